@@ -1,0 +1,83 @@
+"""The project's exception tree.
+
+Third-party errors (``grpc.RpcError``, ``httpx`` errors, simple-salesforce errors,
+``confluent_kafka.KafkaException``) are translated into these where they enter our code,
+with ``raise ... from exc`` so the cause is kept::
+
+    PipelineError                      root; .retryable, .retry_after (seconds or None)
+    ├── ConfigError                    a bad or missing setting (names the variable)
+    ├── SalesforceError                .error_code (Salesforce errorCode / gRPC error-code)
+    │   ├── SalesforceAuthError        invalid_grant, INVALID_SESSION_ID: re-authenticate
+    │   ├── SalesforceLimitError       REQUEST_LIMIT_EXCEEDED, delivery allocation: long backoff
+    │   └── ReplayIdInvalidError       stored replay id refused (older than retention)
+    ├── WhmcsError                     result=error with a message; permanent by default
+    │   ├── WhmcsTransientError        HTTP 5xx, HTML error page, connection error: retry
+    │   └── WhmcsUnknownResultError    timeout after the request was sent: look it up, never repeat blindly
+    └── KafkaError                     broker-side failures (fenced producer, timeouts)
+        └── ProducerFencedError        another instance with the same transactional.id took over
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ConfigError(PipelineError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class SalesforceError(PipelineError):
+    def __init__(self, message: str, *, error_code: str | None = None,
+                 status: int | None = None, retryable: bool | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        self.error_code = error_code
+        self.status = status
+
+
+class SalesforceAuthError(SalesforceError):
+    retryable = True
+
+
+class SalesforceLimitError(SalesforceError):
+    retryable = True
+
+
+class ReplayIdInvalidError(SalesforceError):
+    pass
+
+
+class WhmcsError(PipelineError):
+    def __init__(self, message: str, *, action: str | None = None,
+                 retryable: bool | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        self.action = action
+
+
+class WhmcsTransientError(WhmcsError):
+    retryable = True
+
+
+class WhmcsUnknownResultError(WhmcsError):
+    """The request may or may not have taken effect (timeout after sending)."""
+
+    retryable = True
+
+
+class KafkaError(PipelineError):
+    pass
+
+
+class ProducerFencedError(KafkaError):
+    pass

@@ -1,0 +1,391 @@
+"""Settings, read from the environment (and an optional ``.env``) in one place.
+
+Each process loads only the sections it needs (``KafkaSettings.load()``,
+``SalesforceSettings.load()``, ...), so the connector does not demand WHMCS credentials.
+Every field names its environment variable; a missing or invalid value raises
+:class:`~common.errors.ConfigError` with one line naming the variable. Secrets are
+:class:`Secret`, whose ``repr``/``str`` never show the value.
+
+The README's configuration table is checked against :func:`all_variables` by a test.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.errors import ConfigError
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Secret:
+    """A value that never prints. Call :meth:`reveal` where the value is really needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:  # pickling would leak it into files and queues
+        raise TypeError("Secret values are not picklable")
+
+
+_REQUIRED: Any = object()
+
+
+def env(name: str, default: Any = _REQUIRED, *, parse: Callable[[str], Any] = str,
+        doc: str = "", secret: bool = False) -> Any:
+    """Declare a settings field read from environment variable ``name``."""
+    meta = {"env": name, "parse": parse, "doc": doc, "secret": secret,
+            "required": default is _REQUIRED}
+    if default is _REQUIRED:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_float(raw: str) -> float:
+    return float(raw)
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return value
+    return parse
+
+
+def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped)."""
+    path = path or Path(os.environ.get("SFPROV_ENV_FILE", ROOT / ".env"))
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def environment() -> dict[str, str]:
+    """The process environment over the .env file (the environment wins)."""
+    merged = load_dotenv_file()
+    merged.update(os.environ)
+    return merged
+
+
+S = TypeVar("S", bound="_Section")
+
+
+class _Section:
+    @classmethod
+    def load(cls: type[S], source: Mapping[str, str] | None = None, **overrides: Any) -> S:
+        """Build the section from ``source`` (default: environment + .env)."""
+        src = environment() if source is None else source
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            meta = f.metadata
+            name = meta["env"]
+            raw = src.get(name)
+            if raw is None or raw == "":
+                if meta["required"]:
+                    raise ConfigError(f"{name}: required setting is not set ({meta['doc']})")
+                continue
+            try:
+                parsed = meta["parse"](raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{name}: invalid value: {exc}") from None
+            values[f.name] = Secret(parsed) if meta["secret"] else parsed
+        section = cls(**values)
+        section.validate()
+        return section
+
+    def validate(self) -> None:
+        """Cross-field checks; raise ConfigError naming the variable."""
+
+
+def _secret_default() -> Secret:
+    return Secret("")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings(_Section):
+    log_level: str = env("LOG_LEVEL", "INFO", parse=choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                         doc="Log level of every process.")
+    log_format: str = env("LOG_FORMAT", "JSON", parse=choice("JSON", "TEXT"),
+                          doc="JSON lines (default) or human-readable text.")
+    state_dir: Path = env("SFPROV_STATE_DIR", ROOT / ".state", parse=Path,
+                          doc="Where local state lives: broker data, sandbox databases, logs, "
+                              "worker tables.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings(_Section):
+    bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
+                                 doc="Kafka bootstrap servers.")
+    topic_prefix: str = env("KAFKA_TOPIC_PREFIX", "",
+                            doc="Prefix for every topic and consumer group name "
+                                "(isolates environments and tests).")
+    requests_topic: str = env("KAFKA_TOPIC_REQUESTS", "salesforce.order-provision-requested",
+                              doc="Requests topic: platform events written by the connector.")
+    outcomes_topic: str = env("KAFKA_TOPIC_OUTCOMES", "provisioning.outcomes",
+                              doc="Outcomes topic: one record per provisioning decision.")
+    dead_letters_topic: str = env("KAFKA_TOPIC_DEAD_LETTERS", "provisioning.dead-letters",
+                                  doc="Dead letters of every stage, with the reason in headers.")
+    connector_offsets_topic: str = env("KAFKA_TOPIC_CONNECTOR_OFFSETS",
+                                       "salesforce.connector-offsets",
+                                       doc="Compacted replay-id store of the source connector.")
+    replay_gaps_topic: str = env("KAFKA_TOPIC_REPLAY_GAPS", "salesforce.replay-gaps",
+                                 doc="Gaps recorded when Salesforce refused a stored replay id.")
+    partitions: int = env("KAFKA_PARTITIONS", 6, parse=parse_positive_int,
+                          doc="Partitions of the requests and outcomes topics.")
+    replication_factor: int = env("KAFKA_REPLICATION_FACTOR", 1, parse=parse_positive_int,
+                                  doc="Replication factor of every topic.")
+    min_insync_replicas: int = env("KAFKA_MIN_INSYNC_REPLICAS", 1, parse=parse_positive_int,
+                                   doc="min.insync.replicas of every topic.")
+    requests_retention_ms: int = env("KAFKA_REQUESTS_RETENTION_MS", 30 * 24 * 3600 * 1000,
+                                     parse=int,
+                                     doc="Retention of the requests topic in ms "
+                                         "(default 30 days; -1 keeps forever).")
+    outcomes_retention_ms: int = env("KAFKA_OUTCOMES_RETENTION_MS", 365 * 24 * 3600 * 1000,
+                                     parse=int, doc="Retention of outcomes and dead letters in ms.")
+    schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "",
+                                   doc="Optional Confluent-compatible schema registry; when set, "
+                                       "values use the Confluent wire format.")
+
+    def validate(self) -> None:
+        if self.requests_retention_ms != -1 and self.requests_retention_ms < 3_600_000:
+            raise ConfigError("KAFKA_REQUESTS_RETENTION_MS: must be -1 or at least one hour")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def requests(self) -> str:
+        return self.topic(self.requests_topic)
+
+    @property
+    def outcomes(self) -> str:
+        return self.topic(self.outcomes_topic)
+
+    @property
+    def dead_letters(self) -> str:
+        return self.topic(self.dead_letters_topic)
+
+    @property
+    def connector_offsets(self) -> str:
+        return self.topic(self.connector_offsets_topic)
+
+    @property
+    def replay_gaps(self) -> str:
+        return self.topic(self.replay_gaps_topic)
+
+
+def _decode_base64_key(raw: str) -> str:
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a config error
+        raise ValueError("not valid base64 of a PEM private key") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class SalesforceSettings(_Section):
+    login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
+                         doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
+                             "sandbox).")
+    client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
+    username: str = env("SF_USERNAME", doc="Integration user (JWT `sub`).")
+    private_key_path: str = env("SF_PRIVATE_KEY_PATH", "",
+                                doc="PEM private key of the connected app's certificate.")
+    private_key_base64: Secret = env("SF_PRIVATE_KEY_BASE64", _secret_default(),
+                                     parse=_decode_base64_key, secret=True,
+                                     doc="The same key, base64-encoded (instead of the path).")
+    audience: str = env("SF_AUDIENCE", "",
+                        doc="JWT `aud`; defaults to SF_LOGIN_URL.")
+    api_version: str = env("SF_API_VERSION", "62.0", doc="REST API version.")
+    ca_bundle: str = env("SF_CA_BUNDLE", "",
+                         doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
+                             "(the sandbox's certificate).")
+    timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_float,
+                           doc="Timeout of one Salesforce REST call, seconds.")
+
+    def validate(self) -> None:
+        if not self.private_key_path and not self.private_key_base64:
+            raise ConfigError("SF_PRIVATE_KEY_PATH: required setting is not set "
+                              "(or set SF_PRIVATE_KEY_BASE64)")
+        if self.private_key_path and not Path(self.private_key_path).is_file():
+            raise ConfigError(f"SF_PRIVATE_KEY_PATH: no such file: {self.private_key_path}")
+
+    def private_key(self) -> Secret:
+        if self.private_key_base64:
+            return self.private_key_base64
+        return Secret(Path(self.private_key_path).read_text())
+
+    @property
+    def jwt_audience(self) -> str:
+        return (self.audience or self.login_url).rstrip("/")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorSettings(_Section):
+    events_enabled: bool = env("SF_EVENTS_ENABLED", True, parse=parse_bool,
+                               doc="Subscribe to platform events at all.")
+    channel: str = env("SF_PROVISION_EVENT_CHANNEL", "/event/OrderProvisionRequested__e",
+                       doc="Pub/Sub topic of the provisioning event.")
+    replay: str = env("SF_EVENTS_REPLAY", "LATEST", parse=choice("LATEST", "EARLIEST"),
+                      doc="Where to start when no position is stored in Kafka.")
+    invalid_replay: str = env("SF_EVENTS_INVALID_REPLAY", "EARLIEST",
+                              parse=choice("EARLIEST", "LATEST", "FAIL"),
+                              doc="Policy when Salesforce refuses the stored replay id.")
+    pubsub_endpoint: str = env("SF_PUBSUB_ENDPOINT", "api.pubsub.salesforce.com:7443",
+                               doc="Pub/Sub API gRPC endpoint host:port.")
+    pubsub_tls: bool = env("SF_PUBSUB_TLS", True, parse=parse_bool,
+                           doc="TLS to the Pub/Sub endpoint (false only for the sandbox).")
+    num_requested: int = env("SF_PUBSUB_NUM_REQUESTED", 100, parse=parse_positive_int,
+                             doc="Events kept requested (flow control), at most 100.")
+    keepalive_timeout_s: float = env("SF_PUBSUB_STALL_TIMEOUT_S", 300.0, parse=parse_float,
+                                     doc="Watchdog: resubscribe when nothing (events or "
+                                         "keepalive) arrived for this long.")
+    keepalive_commit_interval_s: float = env("SF_PUBSUB_KEEPALIVE_COMMIT_S", 60.0,
+                                             parse=parse_float,
+                                             doc="Throttle for committing keepalive positions.")
+    name: str = env("CONNECTOR_NAME", "sfprov-connector",
+                    doc="Connector name: its transactional.id and offsets key.")
+    http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
+                         doc="Port of the connector's /metrics and /healthz (0 = off).")
+
+    def validate(self) -> None:
+        if self.num_requested > 100:
+            raise ConfigError("SF_PUBSUB_NUM_REQUESTED: at most 100 (Pub/Sub API limit)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhmcsSettings(_Section):
+    api_url: str = env("WHMCS_API_URL", doc="Full URL of WHMCS includes/api.php.")
+    identifier: Secret = env("WHMCS_API_IDENTIFIER", parse=str, secret=True,
+                             doc="WHMCS API credential identifier.")
+    secret: Secret = env("WHMCS_API_SECRET", parse=str, secret=True,
+                         doc="WHMCS API credential secret.")
+    access_key: Secret = env("WHMCS_API_ACCESS_KEY", _secret_default(), parse=str, secret=True,
+                             doc="Optional API access key (bypasses the IP allow-list).")
+    payment_method: str = env("WHMCS_PAYMENT_METHOD", "mailin",
+                              doc="Payment gateway for AddOrder.")
+    no_invoice: bool = env("WHMCS_NO_INVOICE", False, parse=parse_bool,
+                           doc="AddOrder noinvoice.")
+    no_email: bool = env("WHMCS_NO_EMAIL", True, parse=parse_bool, doc="AddOrder noemail.")
+    autosetup: bool = env("WHMCS_AUTOSETUP", True, parse=parse_bool,
+                          doc="AcceptOrder autosetup (run the provisioning module).")
+    timeout_s: float = env("WHMCS_TIMEOUT_S", 15.0, parse=parse_float,
+                           doc="Timeout of one WHMCS call, seconds.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings(_Section):
+    app_id: str = env("WORKER_APP_ID", "sfprov-worker",
+                      doc="Faust app id (consumer group and changelog topic prefix).")
+    store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
+                                                       "memory:// for tests).")
+    batch_size: int = env("WORKER_BATCH_SIZE", 200, parse=parse_positive_int,
+                          doc="Events decided together (one Salesforce query per batch).")
+    batch_linger_s: float = env("WORKER_BATCH_LINGER_S", 0.05, parse=parse_float,
+                                doc="How long to wait to fill a batch.")
+    whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
+                                 doc="WHMCS calls in flight for different orders of a batch.")
+    dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_float,
+                                 doc="How long an IdemKey is remembered (≥ requests retention).")
+    retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_float,
+                                  doc="Transient WHMCS/Salesforce errors are retried until "
+                                      "this deadline, then the order is Failed.")
+    http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
+                         doc="Port of the worker's web server (/metrics, /healthz).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkSettings(_Section):
+    group_id: str = env("SINK_GROUP_ID", "sfprov-sink", doc="Consumer group of the sink.")
+    batch_size: int = env("SINK_BATCH_SIZE", 200, parse=parse_positive_int,
+                          doc="Records per sObject Collections call (≤ 200).")
+    linger_s: float = env("SINK_LINGER_S", 0.5, parse=parse_float,
+                          doc="Flush a partial batch after this long.")
+    set_order_activated: bool = env("SINK_SET_ORDER_ACTIVATED", False, parse=parse_bool,
+                                    doc="Also set Order.Status = 'Activated' when provisioned.")
+    http_port: int = env("SINK_HTTP_PORT", 9103, parse=int,
+                         doc="Port of the sink's /metrics and /healthz (0 = off).")
+
+    def validate(self) -> None:
+        if self.batch_size > 200:
+            raise ConfigError("SINK_BATCH_SIZE: at most 200 (sObject Collections limit)")
+
+
+SECTIONS: tuple[type[_Section], ...] = (
+    CommonSettings, KafkaSettings, SalesforceSettings, ConnectorSettings, WhmcsSettings,
+    WorkerSettings, SinkSettings,
+)
+
+
+def all_variables() -> list[tuple[str, str, Any, bool]]:
+    """(variable, doc, default or None if required, secret) for every setting."""
+    rows = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(section):  # type: ignore[arg-type]
+            meta = f.metadata
+            default: Any = None
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            rows.append((meta["env"], meta["doc"], default, meta["secret"]))
+    return rows

@@ -1,0 +1,1 @@
+"""Operating the pipeline: the local Kafka broker, the process supervisor, the operator CLI."""

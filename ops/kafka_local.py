@@ -1,0 +1,326 @@
+"""A real Apache Kafka broker as a local JVM process (KRaft combined mode, no Docker).
+
+The jars come from Maven Central through ``kafka/pom.xml`` (``mvn dependency:copy-dependencies``)
+into ``<state>/kafka/libs``; Maven's local repository caches them, and a marker holding the
+pom's hash makes a second run skip Maven entirely.
+
+``LocalBroker`` formats a storage directory once, starts ``kafka.Kafka`` in its own process
+group with single-node settings (replication factors 1, transaction state log min ISR 1),
+waits until the broker answers metadata requests, and stops it with SIGTERM (then SIGKILL
+after a grace period) so no orphan JVM is left behind.
+
+Command line (used by the Makefile)::
+
+    python -m ops.kafka_local jars|start|stop|status [--dir D] [--port P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / "kafka" / "pom.xml"
+KAFKA_VERSION = "3.9.1"
+DEFAULT_STATE = Path(os.environ.get("SFPROV_STATE_DIR", ROOT / ".state"))
+JVM_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be provisioned, started or stopped."""
+
+
+def require_tools() -> None:
+    """One clear line when Java or Maven is missing."""
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        raise BrokerError(
+            f"{' and '.join(missing)} not found on PATH: install Java 17+ and Maven 3.8+ "
+            "(Debian: apt-get install openjdk-17-jre-headless maven)")
+
+
+def libs_dir(state_dir: Path = DEFAULT_STATE) -> Path:
+    return state_dir / "kafka" / "libs"
+
+
+def ensure_jars(state_dir: Path = DEFAULT_STATE, *, quiet: bool = True) -> Path:
+    """Resolve the broker's jars once; later calls return at once (hash marker)."""
+    libs = libs_dir(state_dir)
+    marker = libs / ".pom-sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if marker.is_file() and marker.read_text().strip() == digest and any(libs.glob("kafka_*.jar")):
+        return libs
+    require_tools()
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    cmd = ["mvn", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BrokerError("mvn could not resolve the Kafka jars:\n" + result.stdout[-3000:]
+                          + result.stderr[-2000:])
+    marker.write_text(digest)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+LOG4J = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File={log}
+log4j.appender.file.MaxFileSize=50MB
+log4j.appender.file.MaxBackupIndex=2
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.storage.internals.log=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.state.change.logger=WARN
+"""
+
+
+@dataclass
+class LocalBroker:
+    """One single-node KRaft broker rooted at ``home`` (data, logs, config, pid file)."""
+
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+    host: str = "127.0.0.1"
+    state_dir: Path = DEFAULT_STATE
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "server.log"
+
+    def _properties(self) -> str:
+        data = self.home / "data"
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data}",
+            "num.partitions=1",
+            "auto.create.topics.enable=false",
+            # Single node: every internal topic with one replica.
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=12",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=12",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            "group.initial.rebalance.delay.ms=0",
+            "log.retention.check.interval.ms=60000",
+            "num.network.threads=3",
+            "num.io.threads=4",
+            "",
+        ])
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # A recycled pid is not our broker: check its command line.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return pid
+        return pid if b"kafka.Kafka" in cmdline and str(self.home).encode() in cmdline else None
+
+    def _classpath(self) -> str:
+        return str(libs_dir(self.state_dir)) + "/*"
+
+    def _java(self, main: str, *args: str, log_config: Path) -> list[str]:
+        return ["java", *JVM_HEAP.split(), "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{log_config}",
+                f"-Dkafka.logs.dir={self.home / 'logs'}",
+                "-cp", self._classpath(), main, *args]
+
+    def prepare(self) -> Path:
+        """Write the config and format the storage directory (once)."""
+        ensure_jars(self.state_dir)
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        props = self.home / "server.properties"
+        props.write_text(self._properties())
+        log4j = self.home / "log4j.properties"
+        log4j.write_text(LOG4J.format(log=self.log_file))
+        if not (self.home / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cmd = ["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp",
+                   self._classpath(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                   "-c", str(props), "--ignore-formatted"]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BrokerError(f"formatting {self.home / 'data'} failed: "
+                                  f"{result.stdout}{result.stderr}")
+        return props
+
+    def start(self, *, timeout: float = 90.0) -> LocalBroker:
+        """Start (or find running) and wait until it serves metadata. Idempotent."""
+        if self.running_pid() is not None:
+            self.wait_ready(timeout=timeout)
+            return self
+        for port in (self.port, self.controller_port):
+            if port_open(port, self.host):
+                raise BrokerError(f"port {port} is already in use by another process")
+        props = self.prepare()
+        stdout = open(self.home / "logs" / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(self._java("kafka.Kafka", str(props),
+                                           log_config=self.home / "log4j.properties"),
+                                stdout=stdout, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        stdout.close()
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            self.wait_ready(timeout=timeout, proc=proc)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, *, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise BrokerError(f"broker exited with {proc.returncode}; see {self.log_file} "
+                                  f"and {self.home / 'logs' / 'stdout.log'}")
+            if port_open(self.port, self.host):
+                try:
+                    md = AdminClient({"bootstrap.servers": self.bootstrap,
+                                      "socket.timeout.ms": 2000}).list_topics(timeout=3)
+                    if md.brokers:
+                        return
+                except Exception:  # noqa: BLE001 - not ready yet
+                    pass
+            time.sleep(0.25)
+        raise BrokerError(f"broker on {self.bootstrap} not ready after {timeout:.0f}s; "
+                          f"see {self.log_file}")
+
+    def stop(self, *, grace: float = 30.0) -> bool:
+        """SIGTERM the broker's process group, wait, SIGKILL if needed. True if it ran."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (chaos tests)."""
+        pid = self.running_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone once reaped
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.kafka_local",
+                                     description="Run the local single-node Kafka broker.")
+    parser.add_argument("command", choices=["jars", "start", "stop", "status"])
+    parser.add_argument("--dir", type=Path, default=DEFAULT_STATE / "kafka" / "broker",
+                        help="broker home (data, logs, pid)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    parser.add_argument("--controller-port", type=int,
+                        default=int(os.environ.get("KAFKA_CONTROLLER_PORT", "9093")))
+    args = parser.parse_args(argv)
+    broker = LocalBroker(args.dir, args.port, args.controller_port)
+    try:
+        if args.command == "jars":
+            print(f"kafka jars: {ensure_jars()}")
+        elif args.command == "start":
+            already = broker.running_pid() is not None
+            broker.start()
+            print(f"kafka {KAFKA_VERSION}: {'already running' if already else 'started'} on "
+                  f"{broker.bootstrap} (pid {broker.running_pid()}, logs {broker.log_file})")
+        elif args.command == "stop":
+            print("kafka: stopped" if broker.stop() else "kafka: not running")
+        else:
+            pid = broker.running_pid()
+            print(f"kafka: running on {broker.bootstrap} (pid {pid})" if pid else "kafka: not running")
+            return 0 if pid else 3
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
