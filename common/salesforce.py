@@ -1,0 +1,222 @@
+"""Salesforce access: OAuth 2.0 JWT bearer auth and a REST client built on simple-salesforce.
+
+Auth (REFERENCE §2): an RS256 JWT (``iss`` consumer key, ``sub`` user, ``aud`` login URL,
+``exp`` now + 3 min) is exchanged at ``{SF_LOGIN_URL}/services/oauth2/token``. There is no
+refresh token: on 401 we assert again. The org id (Pub/Sub ``tenantid``) comes from the
+``id`` URL of the token response. Access tokens are :class:`Secret` and never logged.
+
+The REST client wraps ``simple_salesforce.Salesforce`` (constructed with ``instance_url`` and
+``session_id`` after our own JWT exchange, since simple-salesforce's JWT login only knows
+``*.salesforce.com`` hosts) and translates its exceptions at this boundary:
+
+* 401 ``INVALID_SESSION_ID`` → re-authenticate and retry once, then :class:`SalesforceAuthError`;
+* 403 ``REQUEST_LIMIT_EXCEEDED`` → :class:`SalesforceLimitError` (callers back off/pause);
+* 5xx, connection errors, timeouts → :class:`SalesforceError` with ``retryable=True``;
+* other 4xx → :class:`SalesforceError` with the Salesforce ``errorCode``.
+
+The latest ``Sforce-Limit-Info`` is kept in :attr:`SalesforceClient.api_usage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import jwt
+import requests
+import simple_salesforce
+from simple_salesforce import exceptions as sfexc
+
+from common.errors import SalesforceAuthError, SalesforceError, SalesforceLimitError
+from common.settings import SalesforceSettings, Secret
+
+log = logging.getLogger(__name__)
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: Secret
+    instance_url: str
+    org_id: str
+    user_id: str
+    issued_at: float
+
+    def __repr__(self) -> str:
+        return (f"Token(instance_url={self.instance_url!r}, org_id={self.org_id!r}, "
+                f"user_id={self.user_id!r}, access_token=**********)")
+
+
+class SalesforceAuth:
+    """JWT bearer flow; thread-safe; caches the token until :meth:`refresh` is called."""
+
+    def __init__(self, settings: SalesforceSettings, *, http: httpx.Client | None = None) -> None:
+        self.settings = settings
+        self._key = settings.private_key()
+        verify: Any = settings.ca_bundle or True
+        self._http = http or httpx.Client(timeout=settings.timeout_s, verify=verify)
+        self._token: Token | None = None
+        self._lock = threading.Lock()
+        self.logins = 0
+
+    def assertion(self, *, lifetime_s: int = 170) -> str:
+        claims = {"iss": self.settings.client_id, "sub": self.settings.username,
+                  "aud": self.settings.jwt_audience, "exp": int(time.time()) + lifetime_s}
+        return jwt.encode(claims, self._key.reveal(), algorithm="RS256")
+
+    def token(self) -> Token:
+        with self._lock:
+            if self._token is None:
+                self._token = self._login()
+            return self._token
+
+    def refresh(self, stale: Token | None = None) -> Token:
+        """Assert again — unless another thread already replaced ``stale``."""
+        with self._lock:
+            if self._token is None or stale is None or self._token is stale:
+                self._token = self._login()
+            return self._token
+
+    def _login(self) -> Token:
+        url = self.settings.login_url.rstrip("/") + "/services/oauth2/token"
+        try:
+            resp = self._http.post(url, data={"grant_type": JWT_GRANT,
+                                              "assertion": self.assertion()})
+        except httpx.HTTPError as exc:
+            raise SalesforceAuthError(f"token endpoint {url} unreachable: {exc}",
+                                      retryable=True) from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code != 200:
+            code = body.get("error", f"http_{resp.status_code}")
+            desc = body.get("error_description", resp.text[:200])
+            raise SalesforceAuthError(f"JWT bearer login refused: {code}: {desc}",
+                                      error_code=code, status=resp.status_code,
+                                      retryable=resp.status_code >= 500)
+        ident = body.get("id", "")
+        parts = urlparse(ident).path.rstrip("/").split("/")
+        org_id, user_id = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
+        self.logins += 1
+        log.info("authenticated to Salesforce", extra={"cause": f"org {org_id}"})
+        return Token(Secret(body["access_token"]), body["instance_url"].rstrip("/"), org_id,
+                     user_id, time.time())
+
+
+class _TimeoutSession(requests.Session):
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(method, url, **kwargs)
+
+
+def _error_code(exc: sfexc.SalesforceError) -> str | None:
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return content[0].get("errorCode")
+    return None
+
+
+class SalesforceClient:
+    """Synchronous REST client (one per thread of use is simplest; calls are serialized)."""
+
+    def __init__(self, settings: SalesforceSettings, auth: SalesforceAuth | None = None) -> None:
+        self.settings = settings
+        self.auth = auth or SalesforceAuth(settings)
+        self._session = _TimeoutSession(settings.timeout_s)
+        if settings.ca_bundle:
+            self._session.verify = settings.ca_bundle
+        self._sf: simple_salesforce.Salesforce | None = None
+        self._sf_token: Token | None = None
+        self._lock = threading.RLock()
+        self.api_usage: tuple[int, int] | None = None
+        self.calls = 0
+
+    def _client(self) -> simple_salesforce.Salesforce:
+        token = self.auth.token()
+        if self._sf is None or self._sf_token is not token:
+            self._sf = simple_salesforce.Salesforce(
+                instance_url=token.instance_url, session_id=token.access_token.reveal(),
+                session=self._session, version=self.settings.api_version)
+            self._sf_token = token
+        return self._sf
+
+    def _call(self, fn: Any) -> Any:
+        with self._lock:
+            for attempt in (1, 2):
+                sf = self._client()
+                try:
+                    self.calls += 1
+                    result = fn(sf)
+                    self._record_usage(sf)
+                    return result
+                except sfexc.SalesforceExpiredSession as exc:
+                    if attempt == 2:
+                        raise SalesforceAuthError("session refused after re-authentication",
+                                                  error_code="INVALID_SESSION_ID",
+                                                  status=401) from exc
+                    log.info("Salesforce session expired; re-authenticating")
+                    self.auth.refresh(self._sf_token)
+                except sfexc.SalesforceError as exc:
+                    self._record_usage(sf)
+                    raise self._translate(exc) from exc
+                except requests.RequestException as exc:
+                    raise SalesforceError(f"Salesforce unreachable: {type(exc).__name__}: {exc}",
+                                          retryable=True) from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _translate(exc: sfexc.SalesforceError) -> SalesforceError:
+        code = _error_code(exc)
+        status = getattr(exc, "status", None)
+        message = f"Salesforce {status} {code or ''}: {str(exc.content)[:300]}"
+        if code == "REQUEST_LIMIT_EXCEEDED":
+            return SalesforceLimitError(message, error_code=code, status=status, retry_after=60.0)
+        retryable = status is not None and status >= 500 or code == "UNABLE_TO_LOCK_ROW"
+        return SalesforceError(message, error_code=code, status=status, retryable=retryable)
+
+    def _record_usage(self, sf: simple_salesforce.Salesforce) -> None:
+        usage = getattr(sf, "api_usage", None) or {}
+        api = usage.get("api-usage")
+        if api is not None:
+            self.api_usage = (int(api.used), int(api.total))
+
+    # -- operations -------------------------------------------------------------------
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """All records of a SOQL query (follows ``nextRecordsUrl``)."""
+        result = self._call(lambda sf: sf.query(soql))
+        records: list[dict[str, Any]] = list(result.get("records", []))
+        while not result.get("done", True) and result.get("nextRecordsUrl"):
+            next_url = result["nextRecordsUrl"]
+            result = self._call(lambda sf: sf.query_more(next_url, identifier_is_url=True))
+            records.extend(result.get("records", []))
+        return records
+
+    def get(self, sobject: str, record_id: str) -> dict[str, Any]:
+        return dict(self._call(lambda sf: getattr(sf, sobject).get(record_id)))
+
+    def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
+        self._call(lambda sf: getattr(sf, sobject).update(record_id, fields))
+
+    def update_collection(self, records: list[dict[str, Any]], *,
+                          all_or_none: bool = False) -> list[dict[str, Any]]:
+        """PATCH composite/sobjects (≤ 200 records, each with ``attributes.type`` and ``id``).
+
+        Returns one ``{"id","success","errors"}`` per record, in order.
+        """
+        if len(records) > 200:
+            raise ValueError("sObject Collections take at most 200 records")
+        body = {"allOrNone": all_or_none, "records": records}
+        result = self._call(lambda sf: sf.restful("composite/sobjects", method="PATCH",
+                                                  json=body))
+        return list(result)
