@@ -17,7 +17,7 @@ import io
 import json
 import struct
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ class SerdeError(PipelineError):
     """A value could not be encoded or decoded (the record goes to a dead letter)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_json(name: str) -> str:
     """Raw JSON of ``schemas/<name>.avsc``."""
     return (SCHEMAS_DIR / f"{name}.avsc").read_text()
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> Any:
     return fastavro.parse_schema(json.loads(schema_json(name)))
 

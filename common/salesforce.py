@@ -198,7 +198,7 @@ class SalesforceClient:
         records: list[dict[str, Any]] = list(result.get("records", []))
         while not result.get("done", True) and result.get("nextRecordsUrl"):
             next_url = result["nextRecordsUrl"]
-            result = self._call(lambda sf: sf.query_more(next_url, identifier_is_url=True))
+            result = self._call(lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True))
             records.extend(result.get("records", []))
         return records
 

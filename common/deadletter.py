@@ -1,0 +1,49 @@
+"""Dead letters: the original key and bytes, with the reason in headers.
+
+Every stage writes dead letters with the same header names, so ``sfprov dlq`` can list and
+requeue them whatever their origin::
+
+    dlq.stage            connector | worker | sink
+    dlq.reason           human-readable reason
+    dlq.error_class      exception class or error kind (e.g. SerdeError, INVALID_FIELD)
+    dlq.error_code       machine-readable code when one exists
+    dlq.source_topic     topic the record came from ('' for the connector: Salesforce)
+    dlq.source_partition / dlq.source_offset
+    dlq.at               epoch milliseconds
+    plus stage-specific context: dlq.order_id, dlq.event_uuid, dlq.replay_id (hex),
+    dlq.schema_id, dlq.idem_key
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+PREFIX = "dlq."
+
+
+def dead_letter_headers(*, stage: str, reason: str, error_class: str, error_code: str = "",
+                        source_topic: str = "", source_partition: int | None = None,
+                        source_offset: int | None = None,
+                        **context: Any) -> list[tuple[str, bytes]]:
+    headers = {
+        "stage": stage, "reason": reason[:2000], "error_class": error_class,
+        "error_code": error_code, "source_topic": source_topic,
+        "source_partition": "" if source_partition is None else str(source_partition),
+        "source_offset": "" if source_offset is None else str(source_offset),
+        "at": str(int(time.time() * 1000)),
+    }
+    for key, value in context.items():
+        if value is None:
+            continue
+        headers[key] = value.hex() if isinstance(value, bytes) else str(value)
+    return [(PREFIX + k, v.encode()) for k, v in headers.items()]
+
+
+def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    """The ``dlq.*`` headers of a record as a plain dict (prefix stripped)."""
+    out: dict[str, str] = {}
+    for key, value in headers or []:
+        if key.startswith(PREFIX):
+            out[key[len(PREFIX):]] = value.decode(errors="replace") if value else ""
+    return out
