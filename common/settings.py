@@ -364,6 +364,23 @@ class SinkSettings(_Section):
                                     doc="Also set Order.Status = 'Activated' when provisioned.")
     http_port: int = env("SINK_HTTP_PORT", 9103, parse=int,
                          doc="Port of the sink's /metrics and /healthz (0 = off).")
+    retry_backoff_s: float = env("SINK_RETRY_BACKOFF_S", 0.5, parse=parse_float,
+                                 doc="First backoff after a transient Salesforce error "
+                                     "(doubles per attempt).")
+    retry_backoff_max_s: float = env("SINK_RETRY_BACKOFF_MAX_S", 60.0, parse=parse_float,
+                                     doc="Cap of the transient-error backoff, seconds.")
+    limit_backoff_s: float = env("SINK_LIMIT_BACKOFF_S", 60.0, parse=parse_float,
+                                 doc="Pause after REQUEST_LIMIT_EXCEEDED before probing again "
+                                     "(doubles while the limit persists, up to 16x).")
+    max_attempts: int = env("SINK_MAX_ATTEMPTS", 10, parse=parse_positive_int,
+                            doc="A record failing with a transient per-record error "
+                                "(UNABLE_TO_LOCK_ROW) this many times is dead-lettered.")
+    max_pending: int = env("SINK_MAX_PENDING", 5000, parse=parse_positive_int,
+                           doc="Outcomes held unacknowledged before consumption pauses "
+                               "(backpressure).")
+    drain_timeout_s: float = env("SINK_DRAIN_TIMEOUT_S", 30.0, parse=parse_float,
+                                 doc="On SIGTERM, how long to keep flushing before exiting "
+                                     "(unacknowledged offsets stay uncommitted).")
 
     def validate(self) -> None:
         if self.batch_size > 200:
