@@ -1,0 +1,160 @@
+"""The ``/__sandbox/...`` admin endpoints and the application/serve wiring.
+
+See :mod:`sandbox.whmcs.server` for the endpoint list. :func:`serve` runs until SIGTERM or
+SIGINT, writing the ready file (``{"url", "port", "pid"}``, atomically) once listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sandbox.whmcs.faults import FaultSpec
+from sandbox.whmcs.server import Sandbox, log
+
+SANDBOX_KEY: web.AppKey[Sandbox] = web.AppKey("sandbox", Sandbox)
+
+
+def _sb(request: web.Request) -> Sandbox:
+    return request.app[SANDBOX_KEY]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def counters_of(sb: Sandbox) -> dict[str, Any]:
+    by_marker = sb.store.marker_counts()
+    total = sb.store.db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+    return {"calls": dict(sb.calls), "orders_created": total,
+            "orders_by_marker": by_marker,
+            "duplicates": {k: v for k, v in by_marker.items() if v > 1}}
+
+
+async def counters(request: web.Request) -> web.Response:
+    return web.json_response(counters_of(_sb(request)))
+
+
+async def counters_reset(request: web.Request) -> web.Response:
+    _sb(request).calls.clear()
+    return web.json_response({"ok": True})
+
+
+async def orders(request: web.Request) -> web.Response:
+    sb, q = _sb(request), request.query
+    filters: dict[str, Any] = {}
+    if q.get("sf_order_id"):
+        filters["sf_order_id"] = q["sf_order_id"]
+    if q.get("userid"):
+        filters["userid"] = int(q["userid"])
+    if q.get("status"):
+        filters["status"] = q["status"]
+    total, rows = sb.store.find_orders(filters, int(q.get("start", 0)), int(q.get("limit", 100)))
+    keys = ("id", "ordernum", "userid", "date", "amount", "paymentmethod", "invoiceid",
+            "status", "notes", "sf_order_id")
+    out = []
+    for row in rows:
+        item = {k: row[k] for k in keys}
+        item["serviceids"] = [s["id"] for s in sb.store.order_services(row["id"])]
+        out.append(item)
+    return web.json_response({"total": total, "orders": out})
+
+
+async def faults_get(request: web.Request) -> web.Response:
+    return web.json_response(_sb(request).faults.describe())
+
+
+async def faults_set(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    try:
+        data = await request.json()
+        if data.get("replace"):
+            sb.faults.clear()
+        if "seed" in data:
+            sb.faults.reseed(data["seed"])
+        table = data.get("faults")
+        if table is None and "action" in data:
+            table = {data["action"]: {k: v for k, v in data.items()
+                                      if k not in ("action", "seed", "replace")}}
+        for action, spec in (table or {}).items():
+            sb.faults.set(action, FaultSpec.from_dict(spec))
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(sb.faults.describe())
+
+
+async def faults_clear(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    sb.faults.clear(request.query.get("action"))
+    return web.json_response(sb.faults.describe())
+
+
+async def allowed_ips(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    if request.method == "POST":
+        data = await request.json()
+        sb.config.allowed_ips = set(data.get("allowed_ips", []))
+    return web.json_response({"allowed_ips": sorted(sb.config.allowed_ips)})
+
+
+async def seed_accounts(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    data = await request.json()
+    count = sb.store.seed(int(data.get("accounts", 100)))
+    return web.json_response({"clients": count})
+
+
+def build_app(sb: Sandbox) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[SANDBOX_KEY] = sb
+    app.router.add_route("POST", "/includes/api.php", sb.api)
+    app.router.add_route("GET", "/includes/api.php", sb.api)
+    app.router.add_get("/__sandbox/health", health)
+    app.router.add_get("/__sandbox/counters", counters)
+    app.router.add_post("/__sandbox/counters/reset", counters_reset)
+    app.router.add_get("/__sandbox/orders", orders)
+    app.router.add_get("/__sandbox/faults", faults_get)
+    app.router.add_post("/__sandbox/faults", faults_set)
+    app.router.add_delete("/__sandbox/faults", faults_clear)
+    app.router.add_route("*", "/__sandbox/allowed-ips", allowed_ips)
+    app.router.add_post("/__sandbox/seed", seed_accounts)
+    return app
+
+
+def _write_ready(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+async def serve(sb: Sandbox, host: str, port: int, ready_file: Path | None = None) -> None:
+    """Listen until SIGTERM/SIGINT; then stop accepting, close the store and return."""
+    runner = web.AppRunner(build_app(sb), access_log=None, handle_signals=False,
+                            shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets
+    bound = server.sockets[0].getsockname()[1]
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{url_host}:{bound}/includes/api.php"
+    log.info("WHMCS sandbox listening on %s", url)
+    if ready_file is not None:
+        _write_ready(ready_file, {"url": url, "port": bound, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        sb.store.close()
+        log.info("WHMCS sandbox stopped")
