@@ -306,6 +306,22 @@ class ConnectorSettings(_Section):
                     doc="Connector name: its transactional.id and offsets key.")
     http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
                          doc="Port of the connector's /metrics and /healthz (0 = off).")
+    max_batch: int = env("CONNECTOR_MAX_BATCH", 500, parse=parse_positive_int,
+                         doc="Most events written in one Kafka transaction (with their "
+                             "offset record).")
+    max_buffered: int = env("CONNECTOR_MAX_BUFFERED", 1000, parse=parse_positive_int,
+                            doc="Events received but not yet written, beyond which no more "
+                                "are requested from Salesforce (backpressure).")
+    backoff_initial_s: float = env("SF_PUBSUB_BACKOFF_INITIAL_S", 0.5, parse=parse_float,
+                                   doc="First resubscribe delay after an error (doubles, "
+                                       "jittered).")
+    backoff_max_s: float = env("SF_PUBSUB_BACKOFF_MAX_S", 30.0, parse=parse_float,
+                               doc="Cap of the resubscribe backoff.")
+    limit_backoff_s: float = env("SF_PUBSUB_LIMIT_BACKOFF_S", 300.0, parse=parse_float,
+                                 doc="Wait after a delivery-limit or concurrent-client error.")
+    grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 60.0, parse=parse_float,
+                                  doc="gRPC HTTP/2 ping interval (finds half-open "
+                                      "connections).")
 
     def validate(self) -> None:
         if self.num_requested > 100:

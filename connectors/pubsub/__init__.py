@@ -1,0 +1,1 @@
+"""Salesforce Pub/Sub API client: our own ``.proto``, generated stubs, one subscription."""
