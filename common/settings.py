@@ -397,6 +397,12 @@ class SinkSettings(_Section):
     drain_timeout_s: float = env("SINK_DRAIN_TIMEOUT_S", 30.0, parse=parse_float,
                                  doc="On SIGTERM, how long to keep flushing before exiting "
                                      "(unacknowledged offsets stay uncommitted).")
+    instance_id: str = env("SINK_INSTANCE_ID", "",
+                           doc="Optional static group membership (group.instance.id): a "
+                               "restarted sink takes its partitions back without a rebalance.")
+    session_timeout_ms: int = env("SINK_SESSION_TIMEOUT_MS", 45000, parse=parse_positive_int,
+                                  doc="Consumer session.timeout.ms: how soon a dead sink's "
+                                      "partitions move to another member.")
 
     def validate(self) -> None:
         if self.batch_size > 200:
