@@ -1,0 +1,67 @@
+# sfprov — Salesforce order provisioning on Kafka.
+# `make up` runs the pipeline locally (real Kafka broker, sandboxes, connector, worker, sink);
+# `make test` runs the test suite (CI runs exactly this). `make help` lists everything.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+STATE := .state
+export PYTHONPATH := $(CURDIR)
+
+.DEFAULT_GOAL := help
+.PHONY: help install jars up down status logs topics test test-fast lint demo bench chaos clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { echo "error: Python >= 3.11 required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv and install the pinned dependencies
+
+jars: $(STAMP) ## Resolve the Kafka broker jars with Maven (cached)
+	@$(PY) -m ops.kafka_local jars
+
+up: install jars ## Start everything locally (idempotent); prints where to look
+	@$(PY) -m ops.stack up
+
+down: ## Stop everything `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m ops.stack down; else echo "nothing to stop"; fi
+
+status: $(STAMP) ## Show what runs
+	@$(PY) -m ops.stack status
+
+logs: ## Follow the logs of every process
+	@mkdir -p $(STATE)/logs && tail -n 50 -F $(STATE)/logs/*.log
+
+topics: install ## Create missing topics and report config drift
+	@$(PY) -m ops.topics
+
+test: install jars ## Run the whole test suite (starts and stops its own broker)
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install ## Unit tests only (no broker)
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not broker and not e2e"
+
+lint: install ## ruff + mypy
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy common connectors streams sinks ops
+
+demo: install ## Approve N seeded Orders in the sandbox and watch them provision (N=20)
+	@$(PY) -m ops.cli demo --count $${N:-20}
+
+bench: install jars ## Benchmark the whole pipeline; writes bench/results/
+	@$(PY) -m bench.pipeline
+
+chaos: install jars ## Kill processes at random under load; checks the invariants
+	@$(PY) -m bench.chaos
+
+clean: down ## Remove local state (broker data, sandbox databases, logs)
+	rm -rf $(STATE)

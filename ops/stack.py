@@ -1,0 +1,194 @@
+"""``python -m ops.stack up|down|status``: the local stack behind ``make up`` / ``make down``.
+
+``up`` is idempotent: it starts the Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS points
+elsewhere), creates missing topics, and — unless the supervisor already runs — launches the
+supervisor with the plan of processes: in **sandbox mode** (no SF_CLIENT_ID configured) the
+Salesforce and WHMCS sandboxes plus the connector, worker and sink pointed at them; with real
+credentials in ``.env`` only the three pipeline processes. It waits until every process is
+healthy and prints a map of what runs where.
+
+``down`` stops the supervisor (which stops its children in reverse order) and the broker,
+leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from common.settings import ROOT, environment
+from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker
+
+STATE = Path(os.environ.get("SFPROV_STATE_DIR", ROOT / ".state"))
+LOGS = STATE / "logs"
+PLAN = STATE / "supervisor-plan.json"
+STATUS = STATE / "supervisor.json"
+SUPERVISOR_PID = STATE / "supervisor.pid"
+PY = sys.executable
+
+
+def broker() -> LocalBroker:
+    env = environment()
+    return LocalBroker(STATE / "kafka" / "broker", port=int(env.get("KAFKA_PORT", "9092")),
+                       controller_port=int(env.get("KAFKA_CONTROLLER_PORT", "9093")),
+                       state_dir=STATE)
+
+
+def uses_local_broker(env: dict[str, str]) -> bool:
+    servers = env.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    return not servers or all(h.split(":")[0] in ("localhost", "127.0.0.1")
+                              for h in servers.split(","))
+
+
+def sandbox_mode(env: dict[str, str]) -> bool:
+    return not env.get("SF_CLIENT_ID")
+
+
+def _pipeline_processes(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The three pipeline processes (only those whose package exists yet)."""
+    procs = []
+    for name, module, args, port_var, port in (
+            ("connector", "connectors", ["run"], "CONNECTOR_HTTP_PORT", "9101"),
+            ("worker", "streams", ["worker"], "WORKER_HTTP_PORT", "9102"),
+            ("sink", "sinks", ["run"], "SINK_HTTP_PORT", "9103")):
+        if not (ROOT / module / "__main__.py").exists():
+            continue
+        http_port = env.get(port_var, port)
+        procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": env,
+                      "log": str(LOGS / f"{name}.log"),
+                      "health_url": f"http://127.0.0.1:{http_port}/healthz"})
+    return procs
+
+
+def plan(env: dict[str, str]) -> list[dict[str, Any]]:
+    processes: list[dict[str, Any]] = []
+    if sandbox_mode(env):
+        from ops import sandboxes
+
+        sandbox_procs, pipeline_env = sandboxes.plan(STATE, LOGS)
+        processes.extend(sandbox_procs)
+        env = {**pipeline_env, **{k: v for k, v in env.items() if k not in pipeline_env}}
+    env.setdefault("KAFKA_BOOTSTRAP_SERVERS", broker().bootstrap)
+    env.setdefault("PYTHONPATH", str(ROOT))
+    return processes + _pipeline_processes(env)
+
+
+def supervisor_pid() -> int | None:
+    try:
+        pid = int(SUPERVISOR_PID.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local URL
+            return resp.status == 200
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    pending = [p for p in processes if p.get("health_url")]
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if not _healthy(p["health_url"])]
+        time.sleep(0.5)
+    return [p["name"] for p in pending]
+
+
+def up() -> int:
+    env = environment()
+    STATE.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    if uses_local_broker(env):
+        b = broker()
+        try:
+            was_running = b.running_pid() is not None
+            b.start()
+        except BrokerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"kafka {KAFKA_VERSION}   {b.bootstrap}  "
+              f"({'already running' if was_running else 'started'}; log {b.log_file})")
+        os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", b.bootstrap)
+    topics = subprocess.run([PY, "-m", "ops.topics"], env={**os.environ}, cwd=ROOT)
+    if topics.returncode == 1:
+        return 1
+    if supervisor_pid() is not None:
+        processes = json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
+        print("pipeline processes already running (supervisor pid "
+              f"{supervisor_pid()}); nothing started twice")
+    else:
+        processes = plan(dict(env))
+        PLAN.write_text(json.dumps({"processes": processes, "status_file": str(STATUS)}))
+        out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen([PY, "-m", "ops.supervisor", str(PLAN)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        SUPERVISOR_PID.write_text(str(proc.pid))
+    unhealthy = wait_healthy(processes)
+    print_map(processes, unhealthy)
+    return 1 if unhealthy else 0
+
+
+def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
+    print()
+    for p in processes:
+        state = "NOT HEALTHY" if p["name"] in unhealthy else "healthy"
+        print(f"  {p['name']:<18} {state:<11} {p.get('health_url', ''):<36} log {p['log']}")
+    print()
+    print("next: make demo      approve seeded Orders and watch them provision")
+    print("      make logs      follow every log;  .venv/bin/sfprov --help  operator CLI")
+    print("      make down      stop everything")
+    if unhealthy:
+        print(f"\nerror: not healthy after the wait: {', '.join(unhealthy)} (see their logs)")
+
+
+def down() -> int:
+    pid = supervisor_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        print(f"pipeline processes stopped (supervisor {pid})")
+    SUPERVISOR_PID.unlink(missing_ok=True)
+    b = broker()
+    print("kafka: stopped" if b.stop() else "kafka: not running")
+    return 0
+
+
+def status() -> int:
+    pid = supervisor_pid()
+    b = broker()
+    bpid = b.running_pid()
+    print(f"kafka       {'running pid ' + str(bpid) if bpid else 'not running'}  {b.bootstrap}")
+    if pid is None or not STATUS.exists():
+        print("supervisor  not running")
+        return 0 if bpid else 3
+    for p in json.loads(STATUS.read_text())["processes"]:
+        print(f"{p['name']:<11} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}")
+    return 0
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    return {"up": up, "down": down, "status": status}.get(command, status)()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""A small process supervisor: starts children, restarts crashed ones, stops them in order.
+
+``ops.stack`` launches it detached (``python -m ops.supervisor PLAN.json``). The plan is a
+list of processes (name, argv, env, log file, health URL). Each child runs in its own
+process group with stdout/stderr appended to its log file. A child that exits is restarted
+with exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIGTERM
+stops the children in reverse start order (SIGTERM, then SIGKILL after a grace period) and
+exits. ``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: str
+    health_url: str = ""
+    grace_s: float = 20.0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    restarts: int = 0
+    last_exit: int | None = None
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff: float = 1.0
+
+    def start(self) -> None:
+        Path(self.log).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name}\n".encode())
+            self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env},
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if self.proc is None:
+            if now >= self.next_start:
+                self.start()
+            return
+        code = self.proc.poll()
+        if code is None:
+            if now - self.started_at > 60:
+                self.backoff = 1.0
+            return
+        self.last_exit = code
+        self.proc = None
+        self.restarts += 1
+        self.next_start = now + self.backoff
+        self.backoff = min(self.backoff * 2, 30.0)
+        with open(self.log, "ab") as out:
+            out.write(f"=== {self.name} exited with {code}; restarting in "
+                      f"{self.next_start - now:.0f}s\n".encode())
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(self.grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def status(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("proc", "env", "argv")}
+        data["pid"] = self.proc.pid if self.proc else None
+        return data
+
+
+def run(plan_path: Path) -> int:
+    plan = json.loads(plan_path.read_text())
+    children = [Child(**spec) for spec in plan["processes"]]
+    status_file = Path(plan["status_file"])
+    stopping = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    for child in children:
+        child.start()
+    while not stopping:
+        for child in children:
+            child.poll()
+        status_file.write_text(json.dumps({"pid": os.getpid(),
+                                           "processes": [c.status() for c in children]},
+                                          indent=1))
+        time.sleep(0.5)
+    for child in reversed(children):
+        child.stop()
+    status_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

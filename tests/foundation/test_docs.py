@@ -1,0 +1,54 @@
+"""The README's configuration table, .env.example and docker-compose.yml agree with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from common.settings import KafkaSettings, all_variables
+from ops.docs import env_example, readme_with_table
+from ops.kafka_local import KAFKA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_lists_every_setting_and_is_current():
+    readme = (ROOT / "README.md").read_text()
+    for name, *_ in all_variables():
+        assert f"`{name}`" in readme, name
+    assert readme == readme_with_table(readme), "run: python -m ops.docs update"
+    assert "make up" in readme and "make test" in readme
+
+
+def test_env_example_is_current():
+    assert (ROOT / ".env.example").read_text() == env_example(), "run: python -m ops.docs update"
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_compose_agrees_with_settings():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    kafka = services["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert kafka["environment"]["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == 1
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    internal = re.search(r"INTERNAL://([\w.-]+:\d+)", kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"])
+    known = {name for name, *_ in all_variables()}
+    defaults = KafkaSettings.load({})
+    for name in ("connector", "worker", "sink", "topics"):
+        env = services[name]["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == internal.group(1), name
+        unknown = set(env) - known
+        assert not unknown, f"{name} sets variables the code does not read: {unknown}"
+        assert env["KAFKA_TOPIC_REQUESTS"] == defaults.requests_topic
+        assert env["KAFKA_TOPIC_OUTCOMES"] == defaults.outcomes_topic
+        assert env["KAFKA_TOPIC_DEAD_LETTERS"] == defaults.dead_letters_topic
+        assert env["KAFKA_TOPIC_CONNECTOR_OFFSETS"] == defaults.connector_offsets_topic
+        assert env["KAFKA_TOPIC_REPLAY_GAPS"] == defaults.replay_gaps_topic
+    for name, module in (("connector", "connectors"), ("worker", "streams"), ("sink", "sinks")):
+        assert services[name]["command"][:3] == ["python", "-m", module]

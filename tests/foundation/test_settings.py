@@ -1,0 +1,109 @@
+"""Settings fail fast with one line naming the variable; secrets never print."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+
+import pytest
+
+from common.errors import ConfigError
+from common.log import setup_logging
+from common.settings import (
+    ConnectorSettings,
+    KafkaSettings,
+    SalesforceSettings,
+    Secret,
+    SinkSettings,
+    WhmcsSettings,
+    load_dotenv_file,
+)
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8\n-----END PRIVATE KEY-----\n"
+
+
+def test_missing_required_variable_names_it():
+    with pytest.raises(ConfigError) as info:
+        WhmcsSettings.load({"WHMCS_API_URL": "http://x/includes/api.php",
+                            "WHMCS_API_IDENTIFIER": "id"})
+    message = str(info.value)
+    assert message.startswith("WHMCS_API_SECRET:")
+    assert "\n" not in message
+
+
+def test_salesforce_needs_a_key_path_or_base64(tmp_path):
+    base = {"SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com"}
+    with pytest.raises(ConfigError, match="^SF_PRIVATE_KEY_PATH"):
+        SalesforceSettings.load(base)
+    with pytest.raises(ConfigError, match="no such file"):
+        SalesforceSettings.load({**base, "SF_PRIVATE_KEY_PATH": str(tmp_path / "nope.pem")})
+    encoded = base64.b64encode(PEM.encode()).decode()
+    settings = SalesforceSettings.load({**base, "SF_PRIVATE_KEY_BASE64": encoded})
+    assert settings.private_key().reveal() == PEM
+    assert settings.jwt_audience == "https://login.salesforce.com"
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"KAFKA_PARTITIONS": "zero"}, "KAFKA_PARTITIONS"),
+    ({"KAFKA_PARTITIONS": "0"}, "KAFKA_PARTITIONS"),
+    ({"KAFKA_REQUESTS_RETENTION_MS": "1000"}, "KAFKA_REQUESTS_RETENTION_MS"),
+])
+def test_invalid_kafka_values_name_the_variable(env, name):
+    with pytest.raises(ConfigError, match=f"^{name}:"):
+        KafkaSettings.load(env)
+
+
+def test_retention_forever_is_allowed():
+    assert KafkaSettings.load({"KAFKA_REQUESTS_RETENTION_MS": "-1"}).requests_retention_ms == -1
+
+
+def test_choices_and_limits():
+    with pytest.raises(ConfigError, match="^SF_EVENTS_REPLAY:"):
+        ConnectorSettings.load({"SF_EVENTS_REPLAY": "YESTERDAY"})
+    with pytest.raises(ConfigError, match="^SF_PUBSUB_NUM_REQUESTED:"):
+        ConnectorSettings.load({"SF_PUBSUB_NUM_REQUESTED": "500"})
+    with pytest.raises(ConfigError, match="^SINK_BATCH_SIZE:"):
+        SinkSettings.load({"SINK_BATCH_SIZE": "201"})
+    c = ConnectorSettings.load({"SF_EVENTS_REPLAY": "earliest", "SF_EVENTS_ENABLED": "false"})
+    assert c.replay == "EARLIEST" and c.events_enabled is False
+    assert c.channel == "/event/OrderProvisionRequested__e"
+
+
+def test_secrets_never_print_in_repr_str_or_logs():
+    secret_value = "s3cr3t-WHMCS-value"
+    settings = WhmcsSettings.load({"WHMCS_API_URL": "http://w/includes/api.php",
+                                   "WHMCS_API_IDENTIFIER": "ident-123",
+                                   "WHMCS_API_SECRET": secret_value,
+                                   "WHMCS_API_ACCESS_KEY": "akey-999"})
+    assert settings.secret.reveal() == secret_value
+    for text in (repr(settings), str(settings), repr(settings.secret), f"{settings.secret}"):
+        assert secret_value not in text and "akey-999" not in text
+    stream = io.StringIO()
+    setup_logging("test", "INFO", "JSON", stream=stream)
+    log = logging.getLogger("sfprov.test")
+    log.info("settings %s", settings)
+    log.info("calling with secret=%s and Bearer %s", secret_value, "00Dxx!AQ4AQFakeToken123456")
+    log.info("key %s", PEM)
+    out = stream.getvalue()
+    assert secret_value not in out and "akey-999" not in out
+    assert "AQ4AQFakeToken123456" not in out
+    assert "MIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8" not in out
+    assert out.count("\n") == 3
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(Secret("x"))
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nexport KAFKA_PARTITIONS=9\nKAFKA_TOPIC_PREFIX='dev.'\n"
+                        "KAFKA_BOOTSTRAP_SERVERS=from-file:9092\n")
+    assert load_dotenv_file(env_file)["KAFKA_TOPIC_PREFIX"] == "dev."
+    monkeypatch.setenv("SFPROV_ENV_FILE", str(env_file))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:9092")
+    settings = KafkaSettings.load()
+    assert settings.partitions == 9
+    assert settings.bootstrap_servers == "from-env:9092"
+    assert settings.requests == "dev.salesforce.order-provision-requested"

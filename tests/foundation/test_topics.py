@@ -1,0 +1,38 @@
+"""Topics are declared once; creating them is idempotent and drift is reported."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from common.kafka import declared_topics, ensure_topics
+from common.settings import KafkaSettings
+
+pytestmark = pytest.mark.broker
+
+
+def test_ensure_topics_is_idempotent_and_reports_drift(kafka_bootstrap, unique_name):
+    settings = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                                  topic_prefix=unique_name("t") + ".", partitions=4,
+                                  requests_retention_ms=-1)
+    first = ensure_topics(settings)
+    assert sorted(first.created) == sorted(s.name for s in declared_topics(settings))
+    assert first.ok
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    md = admin.list_topics(timeout=10)
+    assert len(md.topics[settings.requests].partitions) == 4
+    res = ConfigResource(ConfigResource.Type.TOPIC, settings.connector_offsets)
+    cfg = admin.describe_configs([res])[res].result()
+    assert cfg["cleanup.policy"].value == "compact"
+    res = ConfigResource(ConfigResource.Type.TOPIC, settings.requests)
+    assert admin.describe_configs([res])[res].result()["retention.ms"].value == "-1"
+
+    second = ensure_topics(settings)
+    assert second.created == [] and second.ok
+
+    drifted = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                                 topic_prefix=settings.topic_prefix, partitions=4,
+                                 requests_retention_ms=7 * 24 * 3600 * 1000)
+    report = ensure_topics(drifted)
+    assert report.created == []
+    assert any(settings.requests in line and "retention.ms" in line for line in report.drift)
