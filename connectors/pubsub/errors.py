@@ -85,6 +85,7 @@ def classify(exc: grpc.RpcError, *, limit_backoff_s: float = 300.0) -> Salesforc
     else:
         err = SalesforceError(message, error_code=code or name, retryable=True)
     err.cause = cause  # type: ignore[attr-defined]
+    err.grpc_status = name  # type: ignore[attr-defined]
     return err
 
 

@@ -19,8 +19,8 @@ PROTO = "pubsub_api.proto"
 
 
 def regenerate() -> list[Path]:
-    from grpc_tools import protoc  # build-time dependency only
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     include = Path(grpc_tools.__file__).resolve().parent / "_proto"
     OUT_DIR.mkdir(exist_ok=True)

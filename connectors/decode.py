@@ -1,0 +1,176 @@
+"""From a Pub/Sub ``ConsumerEvent`` to a Kafka record — or to a dead letter (pure).
+
+Decoding: the payload is schemaless Avro written with the schema ``GetSchema`` returns for
+the event's ``schema_id`` (cached by id, :class:`SchemaCache`). It is read with that writer
+schema and *projected* onto ``schemas/OrderProvisionRequested__e.avsc`` (fastavro schema
+resolution: fields the writer added are dropped, missing optional ones take defaults, int →
+double promotion). Resolution matches records by full name, so the reader schema is
+renamed to the writer's name first — Salesforce's naming is not ours to rely on.
+
+Bad events are data, not crashes: an undecodable payload, a schema id ``GetSchema`` does
+not know, or an event without ``OrderId__c`` becomes a :class:`DeadLetter` (raw payload
+bytes, ``common.deadletter`` headers with the reason, schema id, replay id and event uuid).
+Transient ``GetSchema`` failures (unavailable, auth) are *raised* instead: they end the
+subscription and the event is fetched again after resubscribing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+
+from common.avro import AvroSerde, SerdeError, decode_schemaless, schema_json
+from common.deadletter import dead_letter_headers
+from common.errors import SalesforceError
+
+EVENT_SCHEMA = "OrderProvisionRequested__e"
+HEADER_PREFIX = "sfprov."
+# GetSchema answers that mean "this id does not exist" rather than "try again later".
+PERMANENT_SCHEMA_STATUSES = {"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}
+
+
+class UnknownSchemaError(SerdeError):
+    """GetSchema refused the schema id for good."""
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """A record for the requests topic (or, with ``dead_letter``, the dead-letter topic)."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    event_uuid: str
+    replay_id: bytes
+    order_id: str | None
+    correlation_id: str | None = None
+    dead_letter: bool = False
+    reason: str = ""
+
+
+class SchemaCache:
+    """Writer schemas by schema id; ``fetch(schema_id) -> schema JSON`` fills it.
+
+    Permanent refusals are remembered for ``negative_ttl_s`` so a burst of events with an
+    unknown id costs one GetSchema call, not one per event.
+    """
+
+    def __init__(self, fetch: Callable[[str], str], *, negative_ttl_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self._schemas: dict[str, Any] = {}
+        self._unknown: dict[str, tuple[float, str]] = {}
+        self._negative_ttl_s = negative_ttl_s
+        self._clock = clock
+        self.fetches = 0
+
+    def get(self, schema_id: str) -> Any:
+        schema = self._schemas.get(schema_id)
+        if schema is not None:
+            return schema
+        refused = self._unknown.get(schema_id)
+        if refused and self._clock() - refused[0] < self._negative_ttl_s:
+            raise UnknownSchemaError(refused[1])
+        self.fetches += 1
+        try:
+            text = self._fetch(schema_id)
+        except SalesforceError as exc:
+            if getattr(exc, "grpc_status", "") in PERMANENT_SCHEMA_STATUSES:
+                reason = f"unknown schema id {schema_id}: {exc}"
+                self._unknown[schema_id] = (self._clock(), reason)
+                raise UnknownSchemaError(reason) from exc
+            raise
+        try:
+            schema = fastavro.parse_schema(json.loads(text))
+        except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
+            reason = f"schema {schema_id} from GetSchema is not valid Avro: {exc}"
+            self._unknown[schema_id] = (self._clock(), reason)
+            raise UnknownSchemaError(reason) from exc
+        self._schemas[schema_id] = schema
+        return schema
+
+
+_READERS: dict[str, Any] = {}
+
+
+def reader_schema_for(writer: Any) -> Any:
+    """Our event schema, renamed to the writer's full name so fastavro resolves them."""
+    full_name = writer.get("name", EVENT_SCHEMA) if isinstance(writer, dict) else EVENT_SCHEMA
+    reader = _READERS.get(full_name)
+    if reader is None:
+        raw = copy.deepcopy(json.loads(schema_json(EVENT_SCHEMA)))
+        raw.pop("namespace", None)
+        raw["name"] = full_name
+        reader = _READERS[full_name] = fastavro.parse_schema(raw)
+    return reader
+
+
+class EventDecoder:
+    """Builds the requests-topic record (or a dead letter) for each delivered event."""
+
+    def __init__(self, schemas: SchemaCache, *, channel: str, connector: str,
+                 serde: AvroSerde | None = None) -> None:
+        self.schemas = schemas
+        self.channel = channel
+        self.connector = connector
+        self.serde = serde or AvroSerde("provision_request")
+        self._schema_headers = self.serde.headers()
+
+    def build(self, event: Any, received_at_ms: int | None = None) -> KafkaRecord:
+        """``event`` is a ``ConsumerEvent``. Raises only transient SalesforceErrors."""
+        received_at_ms = received_at_ms or int(time.time() * 1000)
+        pe = event.event
+        replay_id = bytes(event.replay_id)
+        try:
+            writer = self.schemas.get(pe.schema_id)
+        except UnknownSchemaError as exc:
+            return self.dead_letter(event, "unknown_schema", str(exc), "UnknownSchemaError")
+        try:
+            fields = decode_schemaless(writer, bytes(pe.payload), reader_schema_for(writer))
+        except SerdeError as exc:
+            return self.dead_letter(event, "undecodable", str(exc), "SerdeError")
+        order_id = fields.get("OrderId__c")
+        if not order_id:
+            return self.dead_letter(event, "missing_order_id",
+                                    "event has no OrderId__c", "MissingOrderId")
+        record = {
+            "event_uuid": pe.id, "replay_id": replay_id, "schema_id": pe.schema_id,
+            "channel": self.channel, "received_at": received_at_ms,
+            "CreatedDate": fields["CreatedDate"], "CreatedById": fields["CreatedById"],
+            "OrderId__c": order_id, "IdemKey__c": fields.get("IdemKey__c"),
+            "CorrelationId__c": fields.get("CorrelationId__c"),
+            "RequestedBy__c": fields.get("RequestedBy__c"), "Version__c": fields.get("Version__c"),
+        }
+        try:
+            value = self.serde.encode(record)
+        except SerdeError as exc:
+            return self.dead_letter(event, "unencodable", str(exc), "SerdeError")
+        correlation_id = fields.get("CorrelationId__c")
+        headers = [*self._schema_headers,
+                   (HEADER_PREFIX + "event_uuid", pe.id.encode()),
+                   (HEADER_PREFIX + "replay_id", replay_id.hex().encode()),
+                   (HEADER_PREFIX + "schema_id", pe.schema_id.encode()),
+                   (HEADER_PREFIX + "channel", self.channel.encode()),
+                   (HEADER_PREFIX + "connector", self.connector.encode())]
+        if correlation_id:
+            headers.append((HEADER_PREFIX + "correlation_id", correlation_id.encode()))
+        return KafkaRecord(order_id.encode(), value, headers, pe.id, replay_id, order_id,
+                           correlation_id)
+
+    def dead_letter(self, event: Any, error_code: str, reason: str,
+                    error_class: str) -> KafkaRecord:
+        pe = event.event
+        replay_id = bytes(event.replay_id)
+        headers = dead_letter_headers(stage="connector", reason=reason, error_class=error_class,
+                                      error_code=error_code, event_uuid=pe.id or None,
+                                      replay_id=replay_id, schema_id=pe.schema_id or None,
+                                      channel=self.channel, connector=self.connector)
+        key = (pe.id or replay_id.hex()).encode()
+        return KafkaRecord(key, bytes(pe.payload), headers, pe.id, replay_id, None,
+                           dead_letter=True, reason=error_code)

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the connector (default registry, prefix ``sfprov_connector_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS_RECEIVED = Counter("sfprov_connector_events_received",
+                          "Events delivered by the Pub/Sub API (including redeliveries after "
+                          "a resubscribe).")
+EVENTS_WRITTEN = Counter("sfprov_connector_events_written",
+                         "Events committed to the requests topic.")
+DEAD_LETTERS = Counter("sfprov_connector_dead_letters",
+                       "Events committed to the dead-letter topic, by reason.", ["reason"])
+RECONNECTS = Counter("sfprov_connector_reconnects",
+                     "Subscriptions ended and reopened, by cause.", ["cause"])
+TRANSACTIONS = Counter("sfprov_connector_transactions",
+                       "Kafka transactions, by kind (batch|keepalive|gap) and result.",
+                       ["kind", "result"])
+KEEPALIVES = Counter("sfprov_connector_keepalives", "Empty FetchResponses (keepalives) seen.")
+LAST_EVENT_TIME = Gauge("sfprov_connector_last_event_timestamp_seconds",
+                        "When the last event was committed to Kafka (unix time).")
+COMMITTED_AT = Gauge("sfprov_connector_committed_position_timestamp_seconds",
+                     "When the current replay position was committed (unix time).")
+COMMITTED_AGE = Gauge("sfprov_connector_committed_replay_id_age_seconds",
+                      "Seconds since the replay position was last committed (-1: none).")
+REPLAY_GAPS = Counter("sfprov_connector_replay_gaps",
+                      "Stored replay ids refused by Salesforce (gap recorded), by policy.",
+                      ["policy"])
+BUFFERED = Gauge("sfprov_connector_buffered_events",
+                 "Events received from Salesforce, not yet written.")

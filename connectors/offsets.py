@@ -1,0 +1,125 @@
+"""The connector's replay position, kept in Kafka (compacted topic), and replay gaps.
+
+Key ``<connector>|<channel>``; value ``schemas/connector_offset.avsc``. A position record is
+written **in the same Kafka transaction** as the events it covers, so a committed position
+never points past an uncommitted event and an aborted batch never moves it. On start-up
+:func:`load_position` reads the topic to its end with ``isolation.level=read_committed`` and
+keeps the last value for the key; the connector then subscribes ``CUSTOM`` from it, i.e.
+Salesforce delivers the events *after* that replay id.
+
+Pitfall: call :func:`load_position` only **after** the transactional producer's
+``init_transactions`` — that is what fences an older instance and completes or aborts its
+open transaction. Read before it, and a zombie's in-flight batch could commit after we
+read the position, and be written a second time by us.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as CKafkaError
+
+from common.avro import AvroSerde, SerdeError
+from common.errors import KafkaError
+
+EVENT = "event"
+KEEPALIVE = "keepalive"
+
+
+@dataclass(frozen=True)
+class Position:
+    replay_id: bytes
+    source: str  # EVENT | KEEPALIVE
+    committed_at_ms: int
+    event_uuid: str | None = None
+
+
+def offset_key(connector: str, channel: str) -> bytes:
+    return f"{connector}|{channel}".encode()
+
+
+class OffsetCodec:
+    """Encode/decode position and gap records (Avro, schemas/ as the contract)."""
+
+    def __init__(self, connector: str, channel: str) -> None:
+        self.connector = connector
+        self.channel = channel
+        self.key = offset_key(connector, channel)
+        self._offsets = AvroSerde("connector_offset")
+        self._gaps = AvroSerde("replay_gap")
+
+    def position_value(self, position: Position) -> tuple[bytes, list[tuple[str, bytes]]]:
+        value = self._offsets.encode({
+            "connector": self.connector, "channel": self.channel,
+            "replay_id": position.replay_id, "event_uuid": position.event_uuid,
+            "source": position.source, "committed_at": position.committed_at_ms})
+        return value, self._offsets.headers()
+
+    def decode_position(self, value: bytes) -> Position:
+        rec = self._offsets.decode(value)
+        committed = rec["committed_at"]
+        committed_ms = int(committed.timestamp() * 1000) if hasattr(committed, "timestamp") \
+            else int(committed)
+        return Position(bytes(rec["replay_id"]), rec["source"], committed_ms, rec["event_uuid"])
+
+    def gap_value(self, *, last_good: Position | None, policy: str, error_code: str,
+                  error_message: str, detected_at_ms: int | None = None
+                  ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        value = self._gaps.encode({
+            "connector": self.connector, "channel": self.channel,
+            "last_good_replay_id": last_good.replay_id if last_good else None,
+            "last_good_at": last_good.committed_at_ms if last_good else None,
+            "policy": policy, "error_code": error_code, "error_message": error_message[:2000],
+            "detected_at": detected_at_ms or int(time.time() * 1000)})
+        return value, self._gaps.headers()
+
+    def decode_gap(self, value: bytes) -> dict:
+        return self._gaps.decode(value)
+
+
+def load_position(bootstrap: str, topic: str, codec: OffsetCodec, *,
+                  timeout_s: float = 30.0) -> Position | None:
+    """Last committed position for the codec's key, or None (read_committed, to the end)."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot read {topic}: {exc}", retryable=True) from exc
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise KafkaError(f"offsets topic {topic} does not exist "
+                             f"({tmeta.error if tmeta else 'missing'})")
+        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmeta.partitions]
+        consumer.assign(partitions)
+        remaining = {p.partition for p in partitions}
+        last: bytes | None = None
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise KafkaError(f"timed out reading {topic} to its end", retryable=True)
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == CKafkaError._PARTITION_EOF:
+                    remaining.discard(msg.partition())
+                    continue
+                raise KafkaError(f"reading {topic}: {err}", retryable=err.retriable())
+            if msg.key() == codec.key and msg.value() is not None:
+                last = msg.value()
+        if last is None:
+            return None
+        try:
+            return codec.decode_position(last)
+        except SerdeError as exc:
+            raise KafkaError(f"stored position in {topic} is unreadable: {exc}") from exc
+    finally:
+        consumer.close()

@@ -1,0 +1,386 @@
+"""The source connector: Salesforce Pub/Sub API → Kafka, exactly once.
+
+Life of the process (:meth:`Connector.run`)::
+
+    init_transactions          fence an older instance (its open transaction is aborted)
+    load_position              read_committed, to the end of the offsets topic
+    loop:
+      subscribe                CUSTOM after the committed replay id (or the preset)
+      take FetchResponses      in delivery order, up to CONNECTOR_MAX_BATCH events
+      one Kafka transaction    requests + dead letters + the position record, then commit
+      only then                move the in-memory position, ask Salesforce for more
+      on any end of stream     cancel, wait (backoff / limit wait), resubscribe from the
+                               *committed* position; anything received but not committed
+                               is dropped and fetched again
+
+Why exactly once: a record and the position that covers it commit atomically; after a crash
+the connector resumes after the committed position, so an uncommitted batch is fetched again
+and a committed one is not. Deduplication by event uuid is not needed.
+
+Failure policies:
+
+* invalid/corrupted stored replay id → ``SF_EVENTS_INVALID_REPLAY``: a ``replay_gap`` record
+  (last good id and time, policy, error) is committed to the replay-gaps topic and logged;
+  EARLIEST/LATEST then subscribe with that preset until a new position is committed (the bad
+  id is never retried); FAIL exits with :data:`EXIT_REPLAY_INVALID`.
+* auth error → re-authenticate (JWT) and resume; limit / concurrent-client errors → wait
+  ``SF_PUBSUB_LIMIT_BACKOFF_S`` (``/healthz`` reports 503 meanwhile); others → capped
+  exponential backoff with jitter.
+* watchdog: nothing (events or keepalives) for ``SF_PUBSUB_STALL_TIMEOUT_S`` → cancel and
+  resubscribe.
+* fenced by a newer instance → log it and exit :data:`EXIT_FENCED` (no standby: the newer
+  instance owns the stream; do not auto-restart on this code or the two will take turns).
+
+Keepalives: an empty FetchResponse carries ``latest_replay_id``. It is committed (throttled by
+``SF_PUBSUB_KEEPALIVE_COMMIT_S``, in its own small transaction) only when every event
+delivered before it is committed and the server still had our credit
+(``pending_num_requested > 0``) — otherwise events we had not asked for yet could lie
+before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import (
+    KafkaError,
+    PipelineError,
+    ProducerFencedError,
+    ReplayIdInvalidError,
+    SalesforceAuthError,
+    SalesforceError,
+    SalesforceLimitError,
+)
+from common.salesforce import SalesforceAuth
+from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
+from connectors import metrics as m
+from connectors.backoff import Backoff
+from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
+from connectors.offsets import EVENT, KEEPALIVE, OffsetCodec, Position, load_position
+from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
+from connectors.writer import Record, TransactionalWriter, transactional_id
+
+log = logging.getLogger("connectors")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REPLAY_INVALID = 2
+EXIT_FENCED = 3
+
+
+class StreamStalled(SalesforceError):
+    """Watchdog: nothing arrived within the stall timeout."""
+
+    retryable = True
+    cause = "watchdog"
+
+
+class StreamClosed(SalesforceError):
+    retryable = True
+    cause = "closed"
+
+
+@dataclass
+class Health:
+    state: str = "starting"
+    cause: str = ""
+    last_error: str = ""
+    waiting_until: float = 0.0
+    last_response: float = field(default_factory=time.monotonic)
+    committed: Position | None = None
+
+    def snapshot(self, stall_timeout_s: float) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        limited = self.state == "limited" and self.waiting_until > now
+        silent = self.state == "subscribed" and now - self.last_response > stall_timeout_s
+        healthy = self.state not in ("fenced", "failed") and not limited and not silent
+        details = {"state": self.state, "cause": self.cause, "last_error": self.last_error,
+                   "waiting_s": max(0.0, round(self.waiting_until - now, 1)),
+                   "seconds_since_response": round(now - self.last_response, 1)}
+        if self.committed:
+            details["replay_id"] = self.committed.replay_id.hex()
+            details["committed_age_s"] = round(time.time() - self.committed.committed_at_ms / 1000, 1)
+        return healthy, details
+
+
+class Connector:
+    """start/run/stop of one connector instance for one channel."""
+
+    def __init__(self, *, kafka: KafkaSettings, salesforce: SalesforceSettings,
+                 connector: ConnectorSettings, auth: SalesforceAuth | None = None,
+                 pubsub: PubSubClient | None = None) -> None:
+        self.kafka = kafka
+        self.settings = connector
+        self.auth = auth or SalesforceAuth(salesforce)
+        self.pubsub = pubsub or PubSubClient(connector, salesforce, self.auth)
+        self.codec = OffsetCodec(connector.name, connector.channel)
+        self.txn_id = transactional_id(kafka, connector.name, connector.channel)
+        self.writer = TransactionalWriter(kafka, self.txn_id)
+        self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
+                                    channel=connector.channel, connector=connector.name)
+        self.backoff = Backoff(connector.backoff_initial_s, connector.backoff_max_s)
+        self.health = Health()
+        self.position: Position | None = None
+        self.preset_override: str | None = None
+        self.written = 0
+        self._stop = threading.Event()
+        self._keepalive_candidate: bytes | None = None
+        self._last_keepalive_commit = 0.0
+        m.COMMITTED_AGE.set_function(self._committed_age)
+
+    # -- control -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop fetching; the open batch is committed (or aborted) and run() returns 0."""
+        self._stop.set()
+
+    def health_check(self) -> tuple[bool, dict[str, Any]]:
+        return self.health.snapshot(self.settings.keepalive_timeout_s)
+
+    def _committed_age(self) -> float:
+        pos = self.position
+        return -1.0 if pos is None else time.time() - pos.committed_at_ms / 1000
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self, *, max_events: int | None = None, timeout_s: float | None = None) -> int:
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            self.writer.start()
+            self._set_position(load_position(self.kafka.bootstrap_servers,
+                                             self.kafka.connector_offsets, self.codec))
+        except ProducerFencedError as exc:
+            return self._fenced(exc)
+        except KafkaError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_ERROR
+        log.info("starting: transactional.id %s, %s", self.txn_id,
+                 f"resume after replay id {self.position.replay_id.hex()}" if self.position
+                 else f"no stored position, replay preset {self.settings.replay}",
+                 extra={"replay_id": self.position.replay_id if self.position else None})
+        while not self._stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                break
+            try:
+                done = self._subscribe_once(max_events, deadline)
+                if done:
+                    break
+            except ProducerFencedError as exc:
+                return self._fenced(exc)
+            except ReplayIdInvalidError as exc:
+                code = self._replay_invalid(exc)
+                if code is not None:
+                    return code
+            except PipelineError as exc:
+                if not self._recover(exc):
+                    return EXIT_ERROR
+        self.health.state = "stopped"
+        log.info("stopped", extra={"count": self.written,
+                                   "replay_id": self.position.replay_id if self.position else None})
+        self.writer.close()
+        return EXIT_OK
+
+    def _subscribe_once(self, max_events: int | None, deadline: float | None) -> bool:
+        """One subscription until it ends. True = a bound or stop was reached (exit 0)."""
+        if self.position is not None and self.preset_override is None:
+            preset, replay_id = "CUSTOM", self.position.replay_id
+        else:
+            preset, replay_id = self.preset_override or self.settings.replay, None
+        sub = self.pubsub.subscribe(preset, replay_id)
+        self.health.state, self.health.last_response = "subscribed", time.monotonic()
+        log.info("subscribed %s (%s)", self.settings.channel, preset,
+                 extra={"replay_id": replay_id})
+        try:
+            return self._consume(sub, max_events, deadline)
+        finally:
+            sub.cancel()
+            m.BUFFERED.set(0)
+
+    def _consume(self, sub: Subscription, max_events: int | None,
+                 deadline: float | None) -> bool:
+        stall = self.settings.keepalive_timeout_s
+        while not self._stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                return True
+            try:
+                first = sub.responses.get(timeout=0.2)
+            except queue.Empty:
+                if time.monotonic() - self.health.last_response > stall:
+                    raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
+                self._maybe_commit_keepalive()
+                continue
+            items = [first]
+            events = len(getattr(first, "events", ()))
+            while events < self.settings.max_batch and not isinstance(items[-1], StreamEnded):
+                try:
+                    nxt = sub.responses.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(nxt)
+                events += len(getattr(nxt, "events", ()))
+            ended = items.pop() if isinstance(items[-1], StreamEnded) else None
+            # Responses delivered before an error are valid: commit them first.
+            if items:
+                self._handle(sub, items)
+            if max_events is not None and self.written >= max_events:
+                return True
+            if ended is not None:
+                raise ended.error or StreamClosed("server closed the stream")
+            self._maybe_commit_keepalive()
+        return True
+
+    def _handle(self, sub: Subscription, responses: list[Any]) -> None:
+        self.health.last_response = time.monotonic()
+        batch: list[KafkaRecord] = []
+        for response in responses:
+            if response.events:
+                self._keepalive_candidate = None
+                for event in response.events:
+                    batch.append(self.decoder.build(event))
+            else:
+                m.KEEPALIVES.inc()
+                self.backoff.reset()
+                if response.latest_replay_id and response.pending_num_requested > 0:
+                    self._keepalive_candidate = bytes(response.latest_replay_id)
+        if not batch:
+            return
+        m.EVENTS_RECEIVED.inc(len(batch))
+        m.BUFFERED.set(sub.flow.buffered)
+        self._write_batch(batch)
+        sub.consumed(len(batch))
+
+    def _write_batch(self, batch: list[KafkaRecord]) -> None:
+        last = batch[-1]
+        position = Position(last.replay_id, EVENT, int(time.time() * 1000), last.event_uuid)
+        records: list[Record] = []
+        for rec in batch:
+            topic = self.kafka.dead_letters if rec.dead_letter else self.kafka.requests
+            records.append((topic, rec.key, rec.value, rec.headers))
+        value, headers = self.codec.position_value(position)
+        records.append((self.kafka.connector_offsets, self.codec.key, value, headers))
+        try:
+            self.writer.write(records)
+        except KafkaError:
+            m.TRANSACTIONS.labels("batch", "abort").inc()
+            raise
+        m.TRANSACTIONS.labels("batch", "commit").inc()
+        self._set_position(position)
+        self.preset_override = None
+        self.backoff.reset()
+        self.written += len(batch)
+        for rec in batch:
+            extra = {"event_uuid": rec.event_uuid, "order_id": rec.order_id,
+                     "replay_id": rec.replay_id, "correlation_id": rec.correlation_id}
+            if rec.dead_letter:
+                m.DEAD_LETTERS.labels(rec.reason).inc()
+                log.warning("event dead-lettered: %s", rec.reason, extra=extra)
+            else:
+                log.info("event written", extra=extra)
+        written = sum(1 for r in batch if not r.dead_letter)
+        m.EVENTS_WRITTEN.inc(written)
+        m.LAST_EVENT_TIME.set(time.time())
+
+    def _maybe_commit_keepalive(self) -> None:
+        candidate = self._keepalive_candidate
+        if candidate is None or (self.position and candidate == self.position.replay_id):
+            return
+        if time.monotonic() - self._last_keepalive_commit < self.settings.keepalive_commit_interval_s:
+            return
+        position = Position(candidate, KEEPALIVE, int(time.time() * 1000))
+        value, headers = self.codec.position_value(position)
+        try:
+            self.writer.write([(self.kafka.connector_offsets, self.codec.key, value, headers)])
+        except KafkaError:
+            m.TRANSACTIONS.labels("keepalive", "abort").inc()
+            raise
+        m.TRANSACTIONS.labels("keepalive", "commit").inc()
+        self._last_keepalive_commit = time.monotonic()
+        self._keepalive_candidate = None
+        self._set_position(position)
+        self.preset_override = None
+        log.info("keepalive position committed", extra={"replay_id": candidate})
+
+    def _set_position(self, position: Position | None) -> None:
+        self.position = self.health.committed = position
+        if position is not None:
+            m.COMMITTED_AT.set(position.committed_at_ms / 1000)
+
+    # -- failures ------------------------------------------------------------------------
+
+    def _recover(self, exc: PipelineError) -> bool:
+        """Decide the wait before resubscribing. False = give up (fatal)."""
+        cause = getattr(exc, "cause", None) or type(exc).__name__
+        m.RECONNECTS.labels(cause).inc()
+        self.health.cause, self.health.last_error = cause, str(exc)
+        if isinstance(exc, KafkaError) and not exc.retryable:
+            self.health.state = "failed"
+            log.error("fatal Kafka error: %s", exc, extra={"cause": cause})
+            return False
+        if isinstance(exc, SalesforceAuthError):
+            delay = self.backoff.next() if self.backoff.attempt else 0.0
+            self.backoff.attempt += 1
+            try:
+                self.pubsub.refresh_auth()
+            except SalesforceError as auth_exc:
+                log.warning("re-authentication failed: %s", auth_exc, extra={"cause": cause})
+                delay = max(delay, self.backoff.next())
+        elif isinstance(exc, SalesforceLimitError):
+            delay = exc.retry_after or self.settings.limit_backoff_s
+            self.health.state = "limited"
+        elif isinstance(exc, StreamStalled):
+            delay = min(self.backoff.next(), 1.0)
+        else:
+            delay = self.backoff.next()
+        if self.health.state != "limited":
+            self.health.state = "backoff"
+        self.health.waiting_until = time.monotonic() + delay
+        log.warning("subscription ended (%s): %s; resubscribing in %.1fs from %s", cause, exc,
+                    delay, self.position.replay_id.hex() if self.position else "the preset",
+                    extra={"cause": cause, "error_code": getattr(exc, "error_code", None)})
+        self._stop.wait(delay)
+        return True
+
+    def _replay_invalid(self, exc: ReplayIdInvalidError) -> int | None:
+        policy = self.settings.invalid_replay
+        m.RECONNECTS.labels("replay_invalid").inc()
+        if self.position is None or self.preset_override is not None:
+            # Not our stored id (we subscribed with a preset): treat as transient.
+            self._recover(SalesforceError(str(exc), retryable=True))
+            return None
+        value, headers = self.codec.gap_value(last_good=self.position, policy=policy,
+                                              error_code=exc.error_code or "",
+                                              error_message=str(exc))
+        try:
+            self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
+        except ProducerFencedError as fenced:
+            return self._fenced(fenced)
+        except KafkaError as kafka_exc:
+            return None if self._recover(kafka_exc) else EXIT_ERROR
+        m.TRANSACTIONS.labels("gap", "commit").inc()
+        m.REPLAY_GAPS.labels(policy).inc()
+        extra = {"replay_id": self.position.replay_id, "error_code": exc.error_code}
+        if policy == "FAIL":
+            self.health.state = "failed"
+            log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
+                      "SF_EVENTS_INVALID_REPLAY=FAIL, exiting. Set it to EARLIEST or LATEST "
+                      "to resume, then reconcile the gap.", self.position.replay_id.hex(),
+                      exc, self.kafka.replay_gaps, extra=extra)
+            return EXIT_REPLAY_INVALID
+        log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
+                  "resubscribing with %s", self.position.replay_id.hex(), exc,
+                  self.kafka.replay_gaps, policy, extra=extra)
+        self.preset_override = policy
+        return None
+
+    def _fenced(self, exc: ProducerFencedError) -> int:
+        self.health.state = "fenced"
+        self.health.last_error = str(exc)
+        log.error("FENCED: another instance of connector %r (transactional.id %s) took over; "
+                  "this instance stops writing and exits. %s", self.settings.name, self.txn_id,
+                  exc)
+        return EXIT_FENCED

@@ -1,0 +1,270 @@
+"""Unit tests of the connector's pure parts: flow control, backoff, error codes, records."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import fastavro
+import grpc
+import pytest
+
+from common.avro import AvroSerde, load_schema
+from common.deadletter import parse_headers
+from common.errors import (
+    ReplayIdInvalidError,
+    SalesforceAuthError,
+    SalesforceError,
+    SalesforceLimitError,
+)
+from connectors.backoff import Backoff
+from connectors.decode import EventDecoder, SchemaCache, UnknownSchemaError
+from connectors.offsets import EVENT, OffsetCodec, Position
+from connectors.pubsub import errors as perr
+from connectors.pubsub.flow import MAX_OUTSTANDING, FlowControl
+from connectors.pubsub.generated import pubsub_api_pb2 as pb
+from connectors.writer import producer_config, transactional_id
+
+# -- flow control ------------------------------------------------------------------------
+
+
+def test_flow_initial_request_is_capacity_and_never_exceeds_100() -> None:
+    flow = FlowControl(100, 1000)
+    assert flow.initial() == 100
+    assert flow.outstanding == 100
+    with pytest.raises(ValueError):
+        FlowControl(MAX_OUTSTANDING + 1)
+
+
+def test_flow_tops_up_as_delivered_in_chunks() -> None:
+    flow = FlowControl(100, 1000, min_request=25)
+    flow.initial()
+    assert flow.delivered(10) == 0          # deficit 10 < chunk 25: no tiny request
+    assert flow.delivered(20) == 30         # deficit 30: ask for it
+    assert flow.outstanding == 100
+    assert flow.buffered == 30
+
+
+def test_flow_stops_requesting_when_buffer_full_and_resumes_on_consume() -> None:
+    flow = FlowControl(100, 250, min_request=1)
+    flow.initial()
+    total_requested = 100
+    for _ in range(10):
+        total_requested += flow.delivered(flow.outstanding)
+        assert flow.outstanding <= 100
+        assert flow.buffered + flow.outstanding <= 250
+    assert flow.buffered == 250 and flow.outstanding == 0
+    assert flow.delivered(0) == 0
+    assert flow.consumed(250) == 100        # drained: full capacity again
+    assert flow.outstanding == 100
+
+
+def test_flow_random_walk_respects_bounds() -> None:
+    rng = random.Random(7)
+    flow = FlowControl(100, 400, min_request=10)
+    flow.initial()
+    for _ in range(2000):
+        if rng.random() < 0.6 and flow.outstanding:
+            flow.delivered(rng.randint(1, flow.outstanding))
+        elif flow.buffered:
+            flow.consumed(rng.randint(1, flow.buffered))
+        assert 0 <= flow.outstanding <= 100
+        assert flow.buffered + flow.outstanding <= 400
+    flow.consumed(flow.buffered)
+    assert flow.outstanding == 100, "an empty buffer always restores full credit (no starvation)"
+
+
+# -- backoff -----------------------------------------------------------------------------
+
+
+def test_backoff_grows_capped_with_jitter_and_resets() -> None:
+    b = Backoff(0.5, 8.0, rng=random.Random(1))
+    delays = [b.next() for _ in range(10)]
+    assert all(0.25 <= d <= 8.0 for d in delays)
+    assert max(delays[5:]) > 4.0            # reached the cap region
+    assert len({round(d, 6) for d in delays}) == len(delays)  # jittered
+    b.reset()
+    assert b.next() <= 0.5
+
+
+# -- error classification ----------------------------------------------------------------
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, status: grpc.StatusCode, details: str, error_code: str = "") -> None:
+        self._status, self._details, self._code = status, details, error_code
+
+    def code(self) -> grpc.StatusCode:
+        return self._status
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return (("error-code", self._code),) if self._code else ()
+
+
+@pytest.mark.parametrize(("status", "code", "kind", "cause"), [
+    (grpc.StatusCode.INVALID_ARGUMENT, perr.REPLAY_CORRUPTED, ReplayIdInvalidError, "replay_invalid"),
+    (grpc.StatusCode.INVALID_ARGUMENT, perr.REPLAY_VALIDATION_FAILED, ReplayIdInvalidError,
+     "replay_invalid"),
+    (grpc.StatusCode.UNAUTHENTICATED, perr.AUTH_ERROR, SalesforceAuthError, "auth"),
+    (grpc.StatusCode.UNAUTHENTICATED, "", SalesforceAuthError, "auth"),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, perr.LIMIT_EXCEEDED, SalesforceLimitError, "limit"),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, perr.CONCURRENT_CLIENTS, SalesforceLimitError,
+     "concurrent_clients"),
+    (grpc.StatusCode.UNAVAILABLE, "sfdc.platform.eventbus.grpc.service.unavailable",
+     SalesforceError, "transient"),
+    (grpc.StatusCode.INTERNAL, "", SalesforceError, "transient"),
+])
+def test_classify(status, code, kind, cause) -> None:
+    err = perr.classify(FakeRpcError(status, "boom", code), limit_backoff_s=42)
+    assert type(err) is kind
+    assert err.cause == cause
+    if kind is SalesforceLimitError:
+        assert err.retry_after == 42
+    if kind is SalesforceError:
+        assert err.retryable
+
+
+def test_classify_reads_code_from_details_when_trailer_missing() -> None:
+    err = perr.classify(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "replay id invalid " + perr.REPLAY_CORRUPTED))
+    assert isinstance(err, ReplayIdInvalidError)
+
+
+# -- record building ---------------------------------------------------------------------
+
+WRITER = {
+    "type": "record", "name": "OrderProvisionRequested__e", "namespace": "com.sforce.eventbus",
+    "fields": [
+        {"name": "CreatedDate", "type": "long"}, {"name": "CreatedById", "type": "string"},
+        {"name": "OrderId__c", "type": ["null", "string"], "default": None},
+        {"name": "IdemKey__c", "type": ["null", "string"], "default": None},
+        {"name": "CorrelationId__c", "type": ["null", "string"], "default": None},
+        {"name": "NewField__c", "type": ["null", "string"], "default": None},
+    ],
+}
+
+
+def payload(record: dict, schema: dict = WRITER) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return buf.getvalue()
+
+
+def consumer_event(payload_bytes: bytes, schema_id: str = "S1", uuid: str = "u-1",
+                   replay: bytes = b"\x00\x01") -> pb.ConsumerEvent:
+    return pb.ConsumerEvent(event=pb.ProducerEvent(id=uuid, schema_id=schema_id,
+                                                   payload=payload_bytes), replay_id=replay)
+
+
+def decoder(fetch=None) -> EventDecoder:
+    fetch = fetch or (lambda sid: json.dumps(WRITER))
+    return EventDecoder(SchemaCache(fetch), channel="/event/OrderProvisionRequested__e",
+                        connector="c1")
+
+
+def test_build_record_projects_writer_onto_our_schema() -> None:
+    ev = consumer_event(payload({"CreatedDate": 1700000000000, "CreatedById": "005x",
+                                 "OrderId__c": "801000000000001AAA", "IdemKey__c": "k",
+                                 "CorrelationId__c": "corr", "NewField__c": "ignored"}))
+    rec = decoder().build(ev, received_at_ms=1700000000500)
+    assert not rec.dead_letter
+    assert rec.key == b"801000000000001AAA"
+    value = AvroSerde("provision_request").decode(rec.value)
+    assert value["event_uuid"] == "u-1" and value["replay_id"] == b"\x00\x01"
+    assert value["schema_id"] == "S1" and value["IdemKey__c"] == "k"
+    assert value["Version__c"] is None
+    headers = dict(rec.headers)
+    assert headers["sfprov.schema"] == load_schema("provision_request")["name"].encode()
+    assert headers["sfprov.replay_id"] == b"0001"
+    assert headers["sfprov.correlation_id"] == b"corr"
+
+
+def test_build_undecodable_payload_is_dead_letter_with_raw_bytes() -> None:
+    ev = consumer_event(b"\xff\xff\xff\xff\xff\xff\xff", uuid="u-bad", replay=b"\x09")
+    rec = decoder().build(ev)
+    assert rec.dead_letter and rec.reason == "undecodable"
+    assert rec.value == b"\xff\xff\xff\xff\xff\xff\xff"
+    h = parse_headers(rec.headers)
+    assert h["stage"] == "connector" and h["event_uuid"] == "u-bad"
+    assert h["replay_id"] == "09" and h["schema_id"] == "S1" and h["reason"]
+
+
+def test_build_missing_order_id_is_dead_letter() -> None:
+    ev = consumer_event(payload({"CreatedDate": 1, "CreatedById": "005x", "OrderId__c": None,
+                                 "IdemKey__c": None, "CorrelationId__c": None,
+                                 "NewField__c": None}))
+    rec = decoder().build(ev)
+    assert rec.dead_letter and rec.reason == "missing_order_id"
+
+
+def test_unknown_schema_is_dead_letter_and_cached_negatively() -> None:
+    calls = []
+
+    def fetch(sid: str) -> str:
+        calls.append(sid)
+        err = SalesforceError("no such schema", retryable=True)
+        err.grpc_status = "NOT_FOUND"
+        raise err
+
+    dec = decoder(fetch)
+    r1 = dec.build(consumer_event(b"\x00", schema_id="nope"))
+    r2 = dec.build(consumer_event(b"\x00", schema_id="nope", uuid="u-2"))
+    assert r1.dead_letter and r1.reason == "unknown_schema" and r2.dead_letter
+    assert calls == ["nope"]
+
+
+def test_transient_schema_failure_is_raised_not_dead_lettered() -> None:
+    def fetch(sid: str) -> str:
+        err = SalesforceError("unavailable", retryable=True)
+        err.grpc_status = "UNAVAILABLE"
+        raise err
+
+    with pytest.raises(SalesforceError) as info:
+        decoder(fetch).build(consumer_event(b"\x00"))
+    assert not isinstance(info.value, UnknownSchemaError)
+
+
+def test_schema_cache_fetches_once_per_id() -> None:
+    calls = []
+    cache = SchemaCache(lambda sid: calls.append(sid) or json.dumps(WRITER))
+    for _ in range(5):
+        cache.get("A")
+    cache.get("B")
+    assert calls == ["A", "B"]
+
+
+# -- offsets, producer config ------------------------------------------------------------
+
+
+def test_offset_and_gap_records_round_trip() -> None:
+    codec = OffsetCodec("c1", "/event/X__e")
+    assert codec.key == b"c1|/event/X__e"
+    pos = Position(b"\x01\x02", EVENT, 1700000000123, "u-9")
+    value, headers = codec.position_value(pos)
+    assert codec.decode_position(value) == pos
+    gap, _ = codec.gap_value(last_good=pos, policy="EARLIEST", error_code="x.corrupted",
+                             error_message="too old", detected_at_ms=5)
+    rec = codec.decode_gap(gap)
+    assert rec["last_good_replay_id"] == b"\x01\x02" and rec["policy"] == "EARLIEST"
+
+
+def test_producer_config_keeps_java_compatible_partitioner() -> None:
+    from common.settings import KafkaSettings
+
+    kafka = KafkaSettings.load({}, topic_prefix="p.")
+    cfg = producer_config(kafka, transactional_id(kafka, "conn", "/event/X__e"))
+    assert cfg["partitioner"] == "murmur2_random"
+    assert cfg["acks"] == "all" and cfg["enable.idempotence"] is True
+    assert cfg["transactional.id"] == "p.conn|event.X__e"
+
+
+def test_generated_stubs_match_reference_numbers() -> None:
+    fr = pb.FetchRequest.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in fr.items()} == {
+        "topic_name": 1, "replay_preset": 2, "replay_id": 3, "num_requested": 4,
+        "auth_refresh": 5}
+    assert pb.ReplayPreset.Value("CUSTOM") == 2
