@@ -140,9 +140,7 @@ async def serve(sb: Sandbox, host: str, port: int, ready_file: Path | None = Non
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets
-    bound = server.sockets[0].getsockname()[1]
+    bound = int(runner.addresses[0][1])
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{url_host}:{bound}/includes/api.php"
     log.info("WHMCS sandbox listening on %s", url)

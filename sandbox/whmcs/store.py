@@ -250,7 +250,8 @@ class Store:
         db = self.db
         db.execute("BEGIN")
         db.execute("UPDATE orders SET status = 'Active' WHERE id = ?", (order_id,))
-        sets, args = [], []
+        sets: list[str] = []
+        args: list[Any] = []
         if autosetup:
             sets.append("status = 'Active'")
         if serverid:
