@@ -1,0 +1,74 @@
+"""The connector's Kafka side on the real broker: transactions, positions, fencing."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from common.errors import ProducerFencedError
+from connectors.offsets import EVENT, OffsetCodec, Position, load_position
+from connectors.writer import TransactionalWriter, transactional_id
+
+pytestmark = pytest.mark.broker
+
+
+def read_committed(bootstrap: str, topic: str, partitions: int) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t-reader",
+                         "isolation.level": "read_committed", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, eof = [], set()
+    try:
+        while len(eof) < partitions:
+            msg = consumer.poll(5)
+            assert msg is not None, "broker did not answer"
+            if msg.error():
+                eof.add(msg.partition())
+                continue
+            out.append(msg)
+    finally:
+        consumer.close()
+    return out
+
+
+def test_batch_and_position_commit_together_and_abort_leaves_nothing(kafka_settings) -> None:
+    codec = OffsetCodec("c-test", "/event/X__e")
+    txn_id = transactional_id(kafka_settings, "c-test", "/event/X__e")
+    writer = TransactionalWriter(kafka_settings, txn_id)
+    writer.start()
+    boot = kafka_settings.bootstrap_servers
+    assert load_position(boot, kafka_settings.connector_offsets, codec) is None
+
+    pos1 = Position(b"\x01", EVENT, 1000, "u1")
+    value, headers = codec.position_value(pos1)
+    writer.write([(kafka_settings.requests, b"801A", b"v1", []),
+                  (kafka_settings.connector_offsets, codec.key, value, headers)])
+    assert load_position(boot, kafka_settings.connector_offsets, codec) == pos1
+
+    # An aborted transaction: neither its record nor its position become visible.
+    p = writer._producer
+    p.begin_transaction()
+    p.produce(kafka_settings.requests, key=b"801B", value=b"v2")
+    value2, _ = codec.position_value(Position(b"\x02", EVENT, 2000, "u2"))
+    p.produce(kafka_settings.connector_offsets, key=codec.key, value=value2)
+    p.flush(10)
+    p.abort_transaction(10)
+    assert load_position(boot, kafka_settings.connector_offsets, codec) == pos1
+    msgs = read_committed(boot, kafka_settings.requests, kafka_settings.partitions)
+    assert [m.key() for m in msgs] == [b"801A"]
+
+
+def test_second_writer_with_same_id_fences_the_first(kafka_settings) -> None:
+    txn_id = transactional_id(kafka_settings, "c-fence", "/event/X__e")
+    first = TransactionalWriter(kafka_settings, txn_id)
+    first.start()
+    first.write([(kafka_settings.requests, b"k", b"from-first", [])])
+    second = TransactionalWriter(kafka_settings, txn_id)
+    second.start()
+    with pytest.raises(ProducerFencedError, match="fenced"):
+        first.write([(kafka_settings.requests, b"k", b"zombie", [])])
+    second.write([(kafka_settings.requests, b"k", b"from-second", [])])
+    values = [m.value() for m in read_committed(kafka_settings.bootstrap_servers,
+                                                kafka_settings.requests,
+                                                kafka_settings.partitions)]
+    assert values == [b"from-first", b"from-second"]
