@@ -1,0 +1,286 @@
+"""Async client of the WHMCS external API (``includes/api.php``, REFERENCE §4).
+
+Wire format: one ``POST`` per action, form-encoded, arrays as PHP bracket keys
+(``pid[0]=5&billingcycle[0]=monthly``), ``responsetype=json``, credentials ``identifier`` +
+``secret`` (+ optional ``accesskey``). The JSON ``result`` field is authoritative, never
+the HTTP status.
+
+Errors are translated here (``raise ... from exc``)::
+
+    result=error                          WhmcsError(message)              permanent
+    HTTP 5xx, HTML / non-JSON body,
+    connection refused, connect timeout   WhmcsTransientError              retry
+    timeout or dropped connection after
+    the request was sent, for AddOrder /
+    AcceptOrder (mutating actions)        WhmcsUnknownResultError          LOOK IT UP first
+    the same for read-only actions        WhmcsTransientError              retry
+
+Pitfall: WHMCS has no idempotency key. After a :class:`WhmcsUnknownResultError` from
+``AddOrder`` the order may exist; callers must find it with :meth:`find_orders_by_marker`
+before any new ``AddOrder``. The secret and access key never appear in logs or errors
+(they are only ever placed in the request body).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.settings import WhmcsSettings
+
+log = logging.getLogger(__name__)
+
+MUTATING = frozenset({"AddOrder", "AcceptOrder"})
+NOT_PENDING = "Order ID not found or Status not Pending"
+_MARKER = re.compile(r"sfOrderId=([A-Za-z0-9]+)")
+
+
+def marker(sf_order_id: str) -> str:
+    """The ``notes`` marker that ties a WHMCS order to its Salesforce Order."""
+    return f"sfOrderId={sf_order_id}"
+
+
+def has_marker(notes: str | None, sf_order_id: str) -> bool:
+    """True when ``notes`` carries exactly this Order's marker (no prefix matches)."""
+    return any(m == sf_order_id for m in _MARKER.findall(notes or ""))
+
+
+def encode_form(params: Mapping[str, Any]) -> str:
+    """Form-encode with PHP bracket arrays: lists become ``name[0]=..&name[1]=..``.
+
+    ``None`` values are left out; booleans become ``1``/``0`` (PHP truthiness).
+    """
+    pairs: list[tuple[str, str]] = []
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return str(value)
+
+    for name, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            pairs.extend((f"{name}[{i}]", scalar(v)) for i, v in enumerate(value)
+                         if v is not None)
+        else:
+            pairs.append((name, scalar(value)))
+    return urlencode(pairs)
+
+
+def _ids(raw: Any) -> list[int]:
+    """``"12,13"`` / ``12`` / ``["12"]`` / ``""`` → ``[12, 13]``."""
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, int):
+        return [raw]
+    if isinstance(raw, list):
+        return [int(x) for x in raw if str(x).strip()]
+    return [int(x) for x in str(raw).split(",") if x.strip()]
+
+
+def _opt_int(raw: Any) -> int | None:
+    if raw is None or raw == "" or str(raw) == "0":
+        return None
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class AddOrderResult:
+    order_id: int
+    service_ids: list[int] = field(default_factory=list)
+    addon_ids: list[int] = field(default_factory=list)
+    invoice_id: int | None = None
+
+
+@dataclass(frozen=True)
+class WhmcsOrder:
+    """One row of ``GetOrders``: the fields the worker and the CLI need."""
+
+    id: int
+    client_id: int
+    status: str
+    notes: str
+    invoice_id: int | None
+    service_ids: list[int]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WhmcsOrder:
+        items = ((row.get("lineitems") or {}).get("lineitem")) or []
+        services = [int(i["relid"]) for i in items
+                    if str(i.get("type", "")).lower() == "product" and str(i.get("relid", ""))]
+        return cls(id=int(row["id"]), client_id=int(row.get("userid") or 0),
+                   status=str(row.get("status", "")), notes=str(row.get("notes") or ""),
+                   invoice_id=_opt_int(row.get("invoiceid")), service_ids=services,
+                   raw=dict(row))
+
+
+class WhmcsClient:
+    """One shared ``httpx.AsyncClient``; safe for concurrent calls from one event loop.
+
+    ``transport`` is injectable (tests point it at the sandbox or an ``httpx.MockTransport``).
+    :attr:`calls` counts calls per action (attempts, including failed ones) and
+    :attr:`latency` sums seconds per action.
+    """
+
+    def __init__(self, settings: WhmcsSettings, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self._timeout = timeout_s if timeout_s is not None else settings.timeout_s
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
+            transport=transport,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.calls: Counter[str] = Counter()
+        self.latency: Counter[str] = Counter()
+        self.observer: Any = None  # optional callable(action, seconds, outcome)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> WhmcsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _auth(self) -> dict[str, str]:
+        out = {"identifier": self.settings.identifier.reveal(),
+               "secret": self.settings.secret.reveal(), "responsetype": "json"}
+        if self.settings.access_key:
+            out["accesskey"] = self.settings.access_key.reveal()
+        return out
+
+    async def call(self, action: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run one action; returns the success body. Raises the translated errors above."""
+        body = encode_form({"action": action, **(params or {}), **self._auth()})
+        self.calls[action] += 1
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = await self._send(action, body)
+            outcome = "success"
+            return result
+        except WhmcsUnknownResultError:
+            outcome = "unknown"
+            raise
+        except WhmcsTransientError:
+            outcome = "transient"
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            self.latency[action] += elapsed
+            if self.observer is not None:
+                self.observer(action, elapsed, outcome)
+
+    async def _send(self, action: str, body: str) -> dict[str, Any]:
+        mutating = action in MUTATING
+        try:
+            resp = await self._http.post(
+                self.settings.api_url, content=body.encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise WhmcsTransientError(f"{action}: WHMCS unreachable: {type(exc).__name__}",
+                                      action=action) from exc
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as exc:
+            cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
+            raise cls(f"{action}: no answer after sending ({type(exc).__name__}); "
+                      "the call may have taken effect", action=action) from exc
+        except httpx.HTTPError as exc:
+            cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
+            raise cls(f"{action}: HTTP failure {type(exc).__name__}", action=action) from exc
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or "result" not in data:
+            # An HTML error page or a proxy's 5xx: WHMCS did not answer as the API.
+            raise WhmcsTransientError(
+                f"{action}: not a WHMCS API answer (HTTP {resp.status_code}, "
+                f"{resp.headers.get('content-type', '?')})", action=action,
+                retry_after=_retry_after(resp))
+        if data.get("result") == "success":
+            return data
+        message = str(data.get("message") or "unknown WHMCS error")
+        if resp.status_code >= 500:
+            raise WhmcsTransientError(f"{action}: {message}", action=action)
+        raise WhmcsError(message, action=action)
+
+    # -- actions ------------------------------------------------------------------------
+
+    async def add_order(self, params: Mapping[str, Any]) -> AddOrderResult:
+        """``AddOrder`` with ready-made parameters (see ``streams.mapping``). Not idempotent."""
+        data = await self.call("AddOrder", params)
+        return AddOrderResult(order_id=int(data["orderid"]),
+                              service_ids=_ids(data.get("serviceids")),
+                              addon_ids=_ids(data.get("addonids")),
+                              invoice_id=_opt_int(data.get("invoiceid")))
+
+    async def accept_order(self, order_id: int, *, autosetup: bool = True,
+                           sendemail: bool = False) -> None:
+        await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
+                                        "sendemail": sendemail})
+
+    async def get_orders(self, *, client_id: int | None = None, order_id: int | None = None,
+                         status: str | None = None, limitstart: int = 0,
+                         limitnum: int = 25) -> tuple[int, list[WhmcsOrder]]:
+        """One page: ``(totalresults, orders)``."""
+        data = await self.call("GetOrders", {"userid": client_id, "id": order_id,
+                                             "status": status, "limitstart": limitstart,
+                                             "limitnum": limitnum})
+        rows = ((data.get("orders") or {}).get("order")) or []
+        return int(data.get("totalresults") or 0), [WhmcsOrder.from_row(r) for r in rows]
+
+    async def iter_orders(self, client_id: int, *, page_size: int = 100) -> list[WhmcsOrder]:
+        """Every order of a client (pages through ``GetOrders``)."""
+        out: list[WhmcsOrder] = []
+        start = 0
+        while True:
+            total, page = await self.get_orders(client_id=client_id, limitstart=start,
+                                                limitnum=page_size)
+            out.extend(page)
+            start += len(page)
+            if not page or start >= total:
+                return out
+
+    async def get_order(self, order_id: int) -> WhmcsOrder | None:
+        _, rows = await self.get_orders(order_id=order_id, limitnum=1)
+        return next((r for r in rows if r.id == order_id), None)
+
+    async def get_clients_products(self, *, client_id: int | None = None,
+                                   service_id: int | None = None,
+                                   pid: int | None = None) -> list[dict[str, Any]]:
+        data = await self.call("GetClientsProducts", {"clientid": client_id,
+                                                      "serviceid": service_id, "pid": pid})
+        return list(((data.get("products") or {}).get("product")) or [])
+
+    async def find_orders_by_marker(self, client_id: int, sf_order_id: str) -> list[WhmcsOrder]:
+        """The client's orders whose notes carry ``sfOrderId=<sf_order_id>``, oldest first."""
+        found = [o for o in await self.iter_orders(client_id) if has_marker(o.notes, sf_order_id)]
+        return sorted(found, key=lambda o: o.id)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("retry-after")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def redacted_params(params: Mapping[str, Any], keys: Iterable[str] = ("secret", "accesskey",
+                                                                       "identifier")) -> dict:
+    """A copy of ``params`` safe to log."""
+    return {k: ("[REDACTED]" if k in keys else v) for k, v in params.items()}

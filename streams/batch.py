@@ -1,0 +1,327 @@
+"""One batch of request events, end to end: decode → dedupe → guard → provision → outcome.
+
+Order of effects (the contract the crash tests check)::
+
+    1. decode; undecodable records become dead letters (never exceptions)
+    2. ONE guard query for the batch's Orders (retried while Salesforce is down)
+    3. decide each event (streams.decide); an Order's events stay in arrival order
+    4. for Orders to provision: intents[order] = pending (attempt n)
+       → FLUSH: the intents changelog records are acknowledged by the broker
+       → AddOrder / AcceptOrder (different Orders overlap, bounded by a semaphore)
+       (an Order with more events in the batch repeats 3–4 for the next event)
+    5. idem[order][idem_key] = {event_uuid, outcome, emitted: False};
+       intents[order] = accepted | failed, with the outcome
+       → FLUSH: decided outcomes are durable before anyone can see them
+    6. send the outcomes and dead letters, await the broker's acks
+    7. idem entries emitted = True (made durable by the next batch's flushes)
+    8. the caller acks the batch's offsets (streams.app)
+
+Crash windows and what a redelivery does:
+
+* before 4's flush: nothing happened anywhere; the batch is redone from scratch.
+* between 4's flush and 5's flush (the ``AddOrder`` window): the intent is ``pending``;
+  the redelivered event is *resumed*: WHMCS lookup on the ``sfOrderId=`` marker, then
+  accept / done / create — never a second order. The guard is bypassed for it, so it can
+  never become a contradicting ``Skipped`` after the sink wrote the WHMCS id back.
+* between 5's flush and 7 (outcome maybe sent): the event's idem entry holds the decided
+  outcome with ``emitted`` false; the redelivery re-sends **that identical record** (same
+  fields, same ``completed_at``). Consumers may therefore see one outcome twice, always
+  identical: dedupe on ``(order_id, idem_key, event_uuid)``.
+* after 7: the redelivery emits nothing.
+
+A duplicate event (same IdemKey, other event uuid) gets its own ``Duplicate`` outcome with
+the same ``(order_id, idem_key)`` as the original decision — analysts tell them apart by
+``status``/``event_uuid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common.avro import AvroSerde
+from streams import metrics
+from streams.decide import (
+    ACCEPTED,
+    FAILED_STATE,
+    PENDING,
+    Context,
+    Event,
+    Final,
+    Provision,
+    Redelivery,
+    decide,
+    now_ms,
+    outcome_record,
+)
+from streams.guard import Guard
+from streams.provision import Provisioner, ProvisionResult
+
+log = logging.getLogger(__name__)
+MAX_DUPS_REMEMBERED = 20
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    key: bytes | None
+    value: bytes | None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    received_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: RawRecord
+    reason: str
+    error_class: str
+    error_code: str = ""
+    order_id: str | None = None
+    event_uuid: str | None = None
+    idem_key: str | None = None
+
+
+class StateStore(Protocol):
+    idem: MutableMapping[str, Any]
+    intents: MutableMapping[str, Any]
+
+    async def flush(self) -> None:
+        """Return once every table write made so far is acknowledged by the broker."""
+
+
+class Emitter(Protocol):
+    async def send_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
+        """Send (key = order_id) and await the broker's acks for all of them."""
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None: ...
+
+
+@dataclass
+class BatchReport:
+    events: int = 0
+    outcomes: int = 0
+    dead_letters: int = 0
+    redelivered_silent: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+
+
+class DictState:
+    """A StateStore on plain dicts (unit tests, the benchmark's dry runs)."""
+
+    def __init__(self) -> None:
+        self.idem: dict[str, Any] = {}
+        self.intents: dict[str, Any] = {}
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+class BatchProcessor:
+    def __init__(self, *, state: StateStore, guard: Guard, provisioner: Provisioner,
+                 emitter: Emitter, context: Context, parallelism: int = 16,
+                 clock_ms: Callable[[], int] = now_ms) -> None:
+        self.state = state
+        self.guard = guard
+        self.provisioner = provisioner
+        self.emitter = emitter
+        self.context = context
+        self.serde = AvroSerde("provision_request")
+        self._sem = asyncio.Semaphore(parallelism)
+        self._clock = clock_ms
+        self.in_flight: set[str] = set()  # Orders of the batch being processed
+
+    # -- decoding ----------------------------------------------------------------------
+
+    def decode(self, records: list[RawRecord]) -> tuple[list[tuple[Event, RawRecord]],
+                                                         list[DeadLetter]]:
+        events, dead = [], []
+        for rec in records:
+            try:
+                if rec.value is None:
+                    raise ValueError("record has no value (tombstone)")
+                value = self.serde.decode(rec.value)
+                event = Event.from_request(value, topic=rec.topic, partition=rec.partition,
+                                           offset=rec.offset)
+            except Exception as exc:  # noqa: BLE001 - a bad record is data, not a crash
+                dead.append(DeadLetter(rec, f"cannot decode request: {exc}",
+                                       type(exc).__name__, "UNDECODABLE"))
+                continue
+            events.append((event, rec))
+        return events, dead
+
+    # -- the batch ---------------------------------------------------------------------
+
+    async def process(self, records: list[RawRecord]) -> BatchReport:
+        report = BatchReport(events=len(records))
+        events, dead = self.decode(records)
+        by_order: dict[str, deque[tuple[Event, RawRecord]]] = {}
+        for event, rec in events:
+            by_order.setdefault(event.order_id, deque()).append((event, rec))
+        self.in_flight = set(by_order)
+        try:
+            return await self._process(by_order, dead, report)
+        finally:
+            self.in_flight = set()
+
+    async def _process(self, by_order: dict[str, deque[tuple[Event, RawRecord]]],
+                       dead: list[DeadLetter], report: BatchReport) -> BatchReport:
+        idem, intents = self.state.idem, self.state.intents
+        need_guard = [oid for oid, evs in by_order.items()
+                      if any(ev.idem_key not in (idem.get(oid) or {}) for ev, _ in evs)]
+        orders = await self.guard.fetch(need_guard) if need_guard else {}
+        emit: list[tuple[dict[str, Any], RawRecord | None, tuple[str, str, str | None]]] = []
+        pending = {oid: evs for oid, evs in by_order.items() if evs}
+        while pending:
+            provisions: list[tuple[Event, RawRecord, Provision, dict[str, Any] | None]] = []
+            for oid in list(pending):
+                queue = pending[oid]
+                while queue:
+                    event, rec = queue.popleft()
+                    order = Guard.find(orders, oid)
+                    decision = decide(event, idem.get(oid), intents.get(oid), order, self.context)
+                    if isinstance(decision, Provision):
+                        provisions.append((event, rec, decision, order))
+                        break
+                    if isinstance(decision, Redelivery):
+                        if decision.outcome is not None and not decision.emitted:
+                            emit.append((decision.outcome, rec,
+                                         (oid, event.idem_key, event.event_uuid)))
+                        else:
+                            report.redelivered_silent += 1
+                        continue
+                    outcome = self._final_outcome(event, decision, order)
+                    self._record(event, outcome)
+                    emit.append((outcome, rec, (oid, event.idem_key, event.event_uuid)))
+                if not queue:
+                    del pending[oid]
+            if not provisions:
+                break
+            at = self._clock()
+            for event, _rec, decision, order in provisions:
+                intents[event.order_id] = self._intent(event, decision, order, at)
+            await self.state.flush()  # the pending intents are durable before any AddOrder
+            results = await asyncio.gather(*(self._provision(p) for _e, _r, p, _o in provisions))
+            for (event, rec, decision, order), result in zip(provisions, results, strict=True):
+                outcome = self._provision_outcome(event, decision, order, result)
+                intents[event.order_id] = {
+                    **intents[event.order_id], "outcome": outcome,
+                    "state": ACCEPTED if result.status == "Provisioned" else FAILED_STATE,
+                    "whmcs_order_id": result.whmcs_order_id, "may_exist": result.may_exist,
+                    "at": self._clock()}
+                self._record(event, outcome)
+                emit.append((outcome, rec, (event.order_id, event.idem_key, event.event_uuid)))
+        await self.state.flush()  # decided outcomes are durable before they are sent
+        await self.emitter.send_outcomes([o for o, _r, _k in emit])
+        if dead:
+            await self.emitter.send_dead_letters(dead)
+        for outcome, rec, (oid, idem_key, event_uuid) in emit:
+            self._mark_emitted(oid, idem_key, event_uuid)
+            metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
+            if rec is not None:
+                metrics.LATENCY.observe(time.monotonic() - rec.received_at)
+            report.by_status[outcome["status"]] += 1
+        for letter in dead:
+            metrics.DEAD_LETTERS.labels(letter.error_code or letter.error_class).inc()
+        report.outcomes, report.dead_letters = len(emit), len(dead)
+        return report
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _provision(self, decision: Provision) -> ProvisionResult:
+        async with self._sem:
+            result = await self.provisioner.provision(
+                decision.request, lookup_first=decision.lookup_first,
+                intent_at_ms=decision.intent_at)
+        if result.recovered:
+            metrics.RECOVERED.inc()
+        return result
+
+    def _intent(self, event: Event, decision: Provision, order: dict[str, Any] | None,
+                at: int) -> dict[str, Any]:
+        return {"order_id": event.order_id, "idem_key": event.idem_key,
+                "event_uuid": event.event_uuid, "correlation_id": event.correlation_id,
+                "requested_at": event.requested_at, "state": PENDING,
+                "attempt": decision.previous_attempts + 1,
+                "client_id": decision.request.client_id,
+                "opportunity_id": (order or {}).get("OpportunityId"),
+                "whmcs_order_id": None, "outcome": None, "at": at}
+
+    def _final_outcome(self, event: Event, decision: Final,
+                       order: dict[str, Any] | None) -> dict[str, Any]:
+        return outcome_record(event, decision.status,
+                              opportunity_id=(order or {}).get("OpportunityId"),
+                              whmcs_order_id=decision.whmcs_order_id,
+                              error_code=decision.error_code,
+                              error_message=decision.error_message, attempts=0,
+                              completed_at=self._clock())
+
+    def _provision_outcome(self, event: Event, decision: Provision,
+                           order: dict[str, Any] | None,
+                           result: ProvisionResult) -> dict[str, Any]:
+        return outcome_record(event, result.status,
+                              opportunity_id=(order or {}).get("OpportunityId"),
+                              whmcs_client_id=decision.request.client_id,
+                              whmcs_order_id=result.whmcs_order_id,
+                              service_ids=result.service_ids, addon_ids=result.addon_ids,
+                              invoice_id=result.invoice_id, error_code=result.error_code,
+                              error_message=result.error_message, attempts=result.attempts,
+                              recovered=result.recovered, completed_at=self._clock())
+
+    def _record(self, event: Event, outcome: dict[str, Any]) -> None:
+        """Remember the decision under the event's IdemKey (duplicates under ``dups``)."""
+        entries = dict(self.state.idem.get(event.order_id) or {})
+        existing = entries.get(event.idem_key)
+        if existing is not None and existing.get("event_uuid") != event.event_uuid:
+            dups = dict(existing.get("dups") or {})
+            dups[event.event_uuid] = {"outcome": outcome, "emitted": False}
+            while len(dups) > MAX_DUPS_REMEMBERED:
+                dups.pop(next(iter(dups)))
+            entries[event.idem_key] = {**existing, "dups": dups}
+        else:
+            entries[event.idem_key] = {"event_uuid": event.event_uuid,
+                                       "status": outcome["status"], "outcome": outcome,
+                                       "emitted": False, "at": self._clock(), "dups": {}}
+        self.state.idem[event.order_id] = entries
+
+    def _mark_emitted(self, order_id: str, idem_key: str, event_uuid: str | None) -> None:
+        entries = dict(self.state.idem.get(order_id) or {})
+        entry = entries.get(idem_key)
+        if entry is None:
+            return
+        if entry.get("event_uuid") == event_uuid:
+            if entry.get("emitted"):
+                return
+            entries[idem_key] = {**entry, "emitted": True}
+        elif event_uuid in (entry.get("dups") or {}):
+            dups = dict(entry["dups"])
+            if dups[event_uuid].get("emitted"):
+                return
+            dups[event_uuid] = {**dups[event_uuid], "emitted": True}
+            entries[idem_key] = {**entry, "dups": dups}
+        else:
+            return
+        self.state.idem[order_id] = entries
+
+
+async def retry_forever(what: str, fn: Callable[[], Awaitable[Any]], *,
+                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                        max_delay: float = 10.0) -> Any:
+    """Await ``fn()`` until it succeeds (Kafka sends that must not be given up)."""
+    delay = 0.2
+    while True:
+        try:
+            return await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged, retried
+            log.warning("%s failed; retrying", what, extra={"cause": repr(exc)})
+            metrics.RETRIES.labels("kafka").inc()
+            await sleep(delay)
+            delay = min(delay * 2, max_delay)

@@ -1,0 +1,178 @@
+"""What to do with one request event: pure, given the dedupe state, the intent and the Order.
+
+:func:`decide` looks, in this order, at
+
+1. the dedupe entry of the event's IdemKey (``idem`` table of the Order):
+   same ``event_uuid`` → :class:`Redelivery` (a crash replayed it: re-emit the *stored*
+   outcome if it was never acknowledged, otherwise nothing); another event uuid →
+   ``Duplicate``;
+2. the Order's intent (``intents`` table): ``pending`` means an earlier attempt may have
+   reached WHMCS, so the Order is **resumed** (WHMCS lookup first) whatever Salesforce says
+   now — the guard is bypassed so a crash can never turn a real provisioning into a
+   contradicting ``Skipped``; ``accepted`` → ``Skipped(ALREADY_PROVISIONED)``;
+3. the Order as Salesforce returns it (guard): not found → ``Failed(ORDER_NOT_FOUND)``;
+   ``WHMCS_Order_Id__c`` set → ``Skipped(ALREADY_PROVISIONED)``; ``Activation_Status__c``
+   not ``Activating`` → ``Skipped(NOT_ACTIVATING)``;
+4. the mapping (:mod:`streams.mapping`): an error → ``Failed(<code>)``, else
+   :class:`Provision` — with ``lookup_first`` when an earlier failed attempt may have left
+   an order in WHMCS.
+
+An event without IdemKey is deduplicated on its event uuid (``idem_key_of``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.mapping import MappingError, WhmcsOrderRequest, map_order
+
+PROVISIONED, FAILED, SKIPPED, DUPLICATE = "Provisioned", "Failed", "Skipped", "Duplicate"
+PENDING, ACCEPTED, FAILED_STATE = "pending", "accepted", "failed"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A decoded request (the fields the worker uses) and where it came from."""
+
+    order_id: str
+    idem_key: str
+    event_uuid: str
+    correlation_id: str | None = None
+    requested_at: int | None = None  # epoch ms (event CreatedDate)
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+    @classmethod
+    def from_request(cls, value: dict[str, Any], *, topic: str = "", partition: int = -1,
+                     offset: int = -1) -> Event:
+        order_id = str(value.get("OrderId__c") or "").strip()
+        if not order_id:
+            raise ValueError("OrderId__c is empty")
+        event_uuid = str(value.get("event_uuid") or "")
+        created = value.get("CreatedDate")
+        requested_at = _ms(created) if created is not None else None
+        return cls(order_id=order_id, idem_key=idem_key_of(value), event_uuid=event_uuid,
+                   correlation_id=value.get("CorrelationId__c"), requested_at=requested_at,
+                   topic=topic, partition=partition, offset=offset)
+
+
+def _ms(value: Any) -> int:
+    """fastavro gives timestamp-millis as an aware datetime; accept ints too."""
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def idem_key_of(value: dict[str, Any]) -> str:
+    key = value.get("IdemKey__c")
+    if key:
+        return str(key)
+    return f"{value.get('OrderId__c')}-event-{value.get('event_uuid')}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Final:
+    """An outcome decided without WHMCS (Duplicate / Skipped / Failed before provisioning)."""
+
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    whmcs_order_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """The event was decided before; ``outcome`` is what was decided, ``emitted`` whether its
+    send was acknowledged."""
+
+    outcome: dict[str, Any] | None
+    emitted: bool
+
+
+@dataclass(frozen=True)
+class Provision:
+    request: WhmcsOrderRequest
+    lookup_first: bool
+    resumed: bool = False
+    intent_at: int | None = None  # when the earlier attempt's intent was written (ms)
+    previous_attempts: int = 0
+
+
+Decision = Final | Redelivery | Provision
+
+
+@dataclass(frozen=True)
+class Context:
+    payment_method: str = "mailin"
+    no_invoice: bool = False
+    no_email: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | None,
+           order: dict[str, Any] | None, ctx: Context | None = None) -> Decision:
+    ctx = ctx or Context()
+    entry = (idem or {}).get(event.idem_key)
+    if entry is not None:
+        if entry.get("event_uuid") == event.event_uuid:
+            return Redelivery(entry.get("outcome"), bool(entry.get("emitted")))
+        dup = (entry.get("dups") or {}).get(event.event_uuid)
+        if dup is not None:
+            return Redelivery(dup.get("outcome"), bool(dup.get("emitted")))
+        return Final(DUPLICATE, "DUPLICATE_IDEM_KEY",
+                     f"IdemKey {event.idem_key} was already decided ({entry.get('status')}) "
+                     f"for event {entry.get('event_uuid')}")
+    resumed = bool(intent) and intent.get("state") == PENDING
+    if intent and intent.get("state") == ACCEPTED and intent.get("whmcs_order_id"):
+        return Final(SKIPPED, "ALREADY_PROVISIONED",
+                     f"WHMCS order {intent['whmcs_order_id']} was already created for this "
+                     f"Order (IdemKey {intent.get('idem_key')})",
+                     whmcs_order_id=int(intent["whmcs_order_id"]))
+    if order is None:
+        return Final(FAILED, "ORDER_NOT_FOUND", f"Order {event.order_id} not found in Salesforce")
+    if not resumed:
+        existing = order.get("WHMCS_Order_Id__c")
+        if existing not in (None, "", 0):
+            return Final(SKIPPED, "ALREADY_PROVISIONED",
+                         f"Order already has WHMCS_Order_Id__c {existing}",
+                         whmcs_order_id=int(float(existing)))
+        status = order.get("Activation_Status__c")
+        if status != "Activating":
+            return Final(SKIPPED, "NOT_ACTIVATING",
+                         f"Activation_Status__c is {status!r}, not 'Activating'")
+    try:
+        request = map_order(order, idem_key=event.idem_key, payment_method=ctx.payment_method,
+                            no_invoice=ctx.no_invoice, no_email=ctx.no_email)
+    except MappingError as exc:
+        return Final(FAILED, exc.code, exc.message)
+    may_exist = resumed or bool(intent and intent.get("may_exist"))
+    return Provision(request=request, lookup_first=may_exist, resumed=resumed,
+                     intent_at=(intent or {}).get("at") if may_exist else None,
+                     previous_attempts=int((intent or {}).get("attempt") or 0))
+
+
+def outcome_record(event: Event, status: str, *, opportunity_id: str | None = None,
+                   whmcs_client_id: int | None = None, whmcs_order_id: int | None = None,
+                   service_ids: list[int] | None = None, addon_ids: list[int] | None = None,
+                   invoice_id: int | None = None, error_code: str | None = None,
+                   error_message: str | None = None, attempts: int = 0,
+                   recovered: bool = False, completed_at: int | None = None) -> dict[str, Any]:
+    """A value of ``schemas/provisioning_outcome.avsc`` (timestamps as epoch ms)."""
+    return {
+        "order_id": event.order_id, "opportunity_id": opportunity_id,
+        "idem_key": event.idem_key, "correlation_id": event.correlation_id,
+        "event_uuid": event.event_uuid or None, "status": status,
+        "whmcs_client_id": whmcs_client_id, "whmcs_order_id": whmcs_order_id,
+        "whmcs_service_ids": list(service_ids or []), "whmcs_addon_ids": list(addon_ids or []),
+        "whmcs_invoice_id": invoice_id, "error_code": error_code,
+        "error_message": (error_message or None) and error_message[:1000],
+        "attempts": attempts, "recovered": recovered, "requested_at": event.requested_at,
+        "completed_at": completed_at if completed_at is not None else now_ms(),
+    }

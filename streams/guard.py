@@ -1,0 +1,111 @@
+"""The guard read: the Orders of a whole batch with ONE SOQL query (``Id IN (...)``).
+
+Salesforce being down or rate-limited must never fail an Order: :meth:`Guard.fetch` retries
+transient, auth and limit errors with capped backoff **for as long as it takes** (the batch
+is not acknowledged meanwhile, so nothing is lost) and reports itself unhealthy through
+:attr:`Guard.unavailable_since` for ``/healthz``. A non-retryable error (e.g. a field missing
+in the org: a deployment problem) is retried too, with the longest backoff, and logged as an
+error — dead-lettering every event because of a configuration mistake would be worse.
+
+The blocking simple-salesforce client runs in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from common.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+ORDER_FIELDS = ("Id, Status, Activation_Status__c, WHMCS_Order_Id__c, OpportunityId, "
+                "AccountId, Account.WH_Account__c")
+ITEM_FIELDS = ("Id, Quantity, UnitPrice, Product2Id, Product2.Name, "
+               "Product2.WHMCS_Product_Id__c, Product2.Billing_Cycle__c, "
+               "Product2.Item_Class__c, Product2.Portal_ConfigOptions_JSON__c")
+MAX_IDS_PER_QUERY = 300  # keeps the GET URL well below Salesforce's 16 KB limit
+_SF_ID = re.compile(r"[A-Za-z0-9]{15}([A-Za-z0-9]{3})?\Z")
+
+
+class QueryClient(Protocol):
+    def query(self, soql: str) -> list[dict[str, Any]]: ...
+
+
+def guard_soql(order_ids: Iterable[str]) -> str:
+    ids = sorted(set(order_ids))
+    for order_id in ids:
+        if not _SF_ID.match(order_id):  # never let a bad id inject SOQL
+            raise ValueError(f"not a Salesforce id: {order_id!r}")
+    quoted = ", ".join(f"'{i}'" for i in ids)
+    return (f"SELECT {ORDER_FIELDS}, (SELECT {ITEM_FIELDS} FROM OrderItems) "
+            f"FROM Order WHERE Id IN ({quoted})")
+
+
+def is_salesforce_id(value: str) -> bool:
+    return bool(_SF_ID.match(value))
+
+
+def _key18(order_id: str) -> str:
+    return order_id[:15]
+
+
+class Guard:
+    def __init__(self, client: QueryClient, *, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 observer: Callable[[float, str], None] | None = None) -> None:
+        self.client = client
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._observer = observer or (lambda _s, _o: None)
+        self.queries = 0
+        self.unavailable_since: float | None = None
+        self.last_error: str | None = None
+
+    async def fetch(self, order_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Order records by their 15-char id prefix → look up with :meth:`find`."""
+        ids = sorted({i for i in order_ids if is_salesforce_id(i)})
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), MAX_IDS_PER_QUERY):
+            chunk = ids[start:start + MAX_IDS_PER_QUERY]
+            for record in await self._query(guard_soql(chunk)):
+                out[_key18(str(record["Id"]))] = record
+        return out
+
+    @staticmethod
+    def find(orders: dict[str, dict[str, Any]], order_id: str) -> dict[str, Any] | None:
+        """15- and 18-char ids of the same record match (Salesforce returns 18)."""
+        return orders.get(_key18(order_id))
+
+    async def _query(self, soql: str) -> list[dict[str, Any]]:
+        delay = self.backoff_initial_s
+        while True:
+            started = time.monotonic()
+            try:
+                self.queries += 1
+                records = await asyncio.to_thread(self.client.query, soql)
+                self._observer(time.monotonic() - started, "success")
+                if self.unavailable_since is not None:
+                    log.info("Salesforce reachable again")
+                self.unavailable_since, self.last_error = None, None
+                return records
+            except PipelineError as exc:
+                self._observer(time.monotonic() - started, "error")
+                self.unavailable_since = self.unavailable_since or time.time()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                wait = exc.retry_after or delay
+                if not exc.retryable:
+                    wait = self.backoff_max_s
+                    log.error("guard query refused; retrying (check the org's fields)",
+                              extra={"cause": self.last_error})
+                else:
+                    log.warning("guard query failed; retrying", extra={"cause": self.last_error})
+                await self._sleep(min(wait, self.backoff_max_s) * (0.5 + random.random() / 2))
+                delay = min(delay * 2, self.backoff_max_s)

@@ -1,0 +1,209 @@
+"""Map a Salesforce Order (as the guard query returns it) to a WHMCS ``AddOrder`` (REFERENCE §5).
+
+Pure: no I/O. :func:`map_order` returns a :class:`WhmcsOrderRequest` or raises
+:class:`MappingError` carrying the outcome's ``error_code`` and a message naming the item.
+
+Rules:
+
+* ``clientid`` ← ``Order.Account.WH_Account__c`` (a positive integer, possibly sent by
+  Salesforce as ``"12"`` or ``12.0``); empty → ``MISSING_WHMCS_CLIENT``, not a positive
+  integer → ``INVALID_WHMCS_CLIENT``.
+* One ``pid[i]`` per ``Service`` or ``Activation`` item, in the query's item order
+  (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
+  ``billingcycle[i]`` (Monthly→monthly, Annually→annually, One-time→onetime; anything
+  else → ``INVALID_BILLING_CYCLE``) and ``qty[i]`` (a positive whole number, else
+  ``INVALID_QUANTITY``).
+* ``Add-on`` items: their ``WHMCS_Product_Id__c`` is a WHMCS *addon* id. WHMCS attaches
+  addons per product line, and a Salesforce OrderItem has no parent link, so **every add-on
+  goes to ``addons[i]`` of the first Service item** (repeated ``Quantity`` times). An order
+  with add-ons but no Service item → ``ADDON_WITHOUT_SERVICE``.
+* ``configoptions[i]`` ← ``Product2.Portal_ConfigOptions_JSON__c``: a JSON object of option
+  id → scalar value, sent as base64 of the PHP-serialized array; malformed JSON, a
+  non-object, or non-scalar values → ``INVALID_CONFIG_OPTIONS``. Empty → not sent.
+* An item with another or no ``Item_Class__c`` → ``UNKNOWN_ITEM_CLASS``; no items at all →
+  ``NO_ITEMS``.
+* ``notes`` carries ``sfOrderId=<Order Id>`` (the marker crash recovery looks for) and the
+  IdemKey; ``paymentmethod``/``noinvoice``/``noemail`` come from settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.whmcs import marker
+from streams.phpserial import b64_serialize
+
+BILLING_CYCLES = {"monthly": "monthly", "annually": "annually", "one-time": "onetime",
+                  "onetime": "onetime", "one time": "onetime"}
+SERVICE, ACTIVATION, ADDON = "Service", "Activation", "Add-on"
+
+
+class MappingError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class WhmcsItem:
+    pid: int
+    billingcycle: str
+    qty: int
+    configoptions: str | None = None  # base64(php_serialize(...))
+    addons: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WhmcsOrderRequest:
+    order_id: str
+    client_id: int
+    items: tuple[WhmcsItem, ...]
+    notes: str
+    payment_method: str = "mailin"
+    no_invoice: bool = False
+    no_email: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        """AddOrder parameters (lists become PHP bracket arrays in the client)."""
+        params: dict[str, Any] = {
+            "clientid": self.client_id,
+            "paymentmethod": self.payment_method,
+            "pid": [i.pid for i in self.items],
+            "billingcycle": [i.billingcycle for i in self.items],
+            "qty": [i.qty for i in self.items],
+            "notes": self.notes,
+            "noinvoice": self.no_invoice,
+            "noemail": self.no_email,
+        }
+        if any(i.configoptions for i in self.items):
+            params["configoptions"] = [i.configoptions for i in self.items]
+        if any(i.addons for i in self.items):
+            params["addons"] = [",".join(map(str, i.addons)) if i.addons else None
+                                for i in self.items]
+        params.update(self.extra)
+        return params
+
+
+def _positive_int(raw: Any) -> int | None:
+    """``12`` / ``12.0`` / ``"12"`` / ``" 12 "`` → 12; anything else → None."""
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value != int(value) or value <= 0:
+        return None
+    return int(value)
+
+
+def _config_options(raw: Any, item: str) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    try:
+        options = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise MappingError("INVALID_CONFIG_OPTIONS",
+                           f"{item}: Portal_ConfigOptions_JSON__c is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise MappingError("INVALID_CONFIG_OPTIONS",
+                           f"{item}: Portal_ConfigOptions_JSON__c must be a JSON object")
+    for key, value in options.items():
+        if _positive_int(key) is None:
+            raise MappingError("INVALID_CONFIG_OPTIONS",
+                               f"{item}: config option id {key!r} is not a positive integer")
+        if not isinstance(value, str | int | float | bool) or value is None:
+            raise MappingError("INVALID_CONFIG_OPTIONS",
+                               f"{item}: config option {key} has a non-scalar value")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MappingError("INVALID_CONFIG_OPTIONS",
+                               f"{item}: config option {key} is not a finite number")
+    if not options:
+        return None
+    return b64_serialize(options)
+
+
+def _records(sub: Any) -> list[dict[str, Any]]:
+    if not sub:
+        return []
+    if isinstance(sub, dict):
+        return list(sub.get("records") or [])
+    return list(sub)
+
+
+def client_id_of(order: dict[str, Any]) -> int:
+    raw = (order.get("Account") or {}).get("WH_Account__c")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise MappingError("MISSING_WHMCS_CLIENT",
+                           "Account.WH_Account__c (the WHMCS client id) is empty")
+    client_id = _positive_int(raw)
+    if client_id is None:
+        raise MappingError("INVALID_WHMCS_CLIENT",
+                           f"Account.WH_Account__c {raw!r} is not a WHMCS client id")
+    return client_id
+
+
+def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "mailin",
+              no_invoice: bool = False, no_email: bool = True) -> WhmcsOrderRequest:
+    """The AddOrder request for ``order`` (a guard-query record). Raises MappingError."""
+    order_id = str(order["Id"])
+    client_id = client_id_of(order)
+    items = _records(order.get("OrderItems"))
+    if not items:
+        raise MappingError("NO_ITEMS", "the Order has no OrderItems")
+    lines: list[dict[str, Any]] = []
+    addons: list[int] = []
+    for item in items:
+        product = item.get("Product2") or {}
+        name = f"OrderItem {item.get('Id', '?')} ({product.get('Name') or 'unnamed product'})"
+        item_class = product.get("Item_Class__c")
+        whmcs_id = _positive_int(product.get("WHMCS_Product_Id__c"))
+        qty = _positive_int(item.get("Quantity"))
+        if qty is None:
+            raise MappingError("INVALID_QUANTITY",
+                               f"{name}: Quantity {item.get('Quantity')!r} is not a positive "
+                               "whole number")
+        if item_class == ADDON:
+            if whmcs_id is None:
+                raise MappingError("MISSING_PRODUCT_MAPPING",
+                                   f"{name}: Product2.WHMCS_Product_Id__c (addon id) is empty")
+            addons.extend([whmcs_id] * qty)
+            continue
+        if item_class not in (SERVICE, ACTIVATION):
+            raise MappingError("UNKNOWN_ITEM_CLASS",
+                               f"{name}: Item_Class__c {item_class!r} is not Service, "
+                               "Activation or Add-on")
+        if whmcs_id is None:
+            raise MappingError("MISSING_PRODUCT_MAPPING",
+                               f"{name}: Product2.WHMCS_Product_Id__c is empty or invalid")
+        cycle_raw = product.get("Billing_Cycle__c")
+        cycle = BILLING_CYCLES.get(str(cycle_raw or "").strip().lower())
+        if cycle is None:
+            raise MappingError("INVALID_BILLING_CYCLE",
+                               f"{name}: Billing_Cycle__c {cycle_raw!r} is not Monthly, "
+                               "Annually or One-time")
+        lines.append({"pid": whmcs_id, "billingcycle": cycle, "qty": qty, "class": item_class,
+                      "configoptions": _config_options(
+                          product.get("Portal_ConfigOptions_JSON__c"), name)})
+    if addons:
+        first_service = next((i for i, line in enumerate(lines) if line["class"] == SERVICE),
+                             None)
+        if first_service is None:
+            raise MappingError("ADDON_WITHOUT_SERVICE",
+                               "the Order has Add-on items but no Service item to attach "
+                               "them to")
+        lines[first_service]["addons"] = tuple(addons)
+    if not lines:
+        raise MappingError("NO_ITEMS", "the Order has no Service or Activation items")
+    whmcs_items = tuple(WhmcsItem(pid=line["pid"], billingcycle=line["billingcycle"],
+                                  qty=line["qty"], configoptions=line["configoptions"],
+                                  addons=line.get("addons", ())) for line in lines)
+    return WhmcsOrderRequest(order_id=order_id, client_id=client_id, items=whmcs_items,
+                             notes=f"{marker(order_id)} idemKey={idem_key}",
+                             payment_method=payment_method, no_invoice=no_invoice,
+                             no_email=no_email)

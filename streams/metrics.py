@@ -1,0 +1,42 @@
+"""Prometheus metrics of the worker (prefix ``sfprov_worker_``), on the default registry.
+
+Defined once at import, so several apps in one test process share them; tests read
+deltas, never absolute values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter("sfprov_worker_decisions_total", "Outcomes emitted, by status and code",
+                    ["status", "code"])
+DEAD_LETTERS = Counter("sfprov_worker_dead_letters_total", "Events dead-lettered, by reason",
+                       ["reason"])
+WHMCS_CALLS = Counter("sfprov_worker_whmcs_calls_total", "WHMCS API calls by action and result",
+                      ["action", "result"])
+WHMCS_LATENCY = Histogram("sfprov_worker_whmcs_call_seconds", "WHMCS call latency", ["action"],
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+SF_QUERIES = Counter("sfprov_worker_salesforce_queries_total", "Guard SOQL queries by result",
+                     ["result"])
+SF_LATENCY = Histogram("sfprov_worker_salesforce_query_seconds", "Guard query latency",
+                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RETRIES = Counter("sfprov_worker_retries_total", "Retries after transient errors", ["kind"])
+RECOVERED = Counter("sfprov_worker_recovered_total",
+                    "WHMCS orders found by lookup instead of created")
+BATCHES = Counter("sfprov_worker_batches_total", "Batches processed, by result", ["result"])
+BATCH_SIZE = Histogram("sfprov_worker_batch_events", "Events per batch",
+                       buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500))
+LATENCY = Histogram("sfprov_worker_processing_seconds",
+                    "Event received by the worker → outcome acknowledged",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
+
+
+def whmcs_observer(action: str, seconds: float, result: str) -> None:
+    WHMCS_CALLS.labels(action, result).inc()
+    WHMCS_LATENCY.labels(action).observe(seconds)
+
+
+def salesforce_observer(seconds: float, result: str) -> None:
+    SF_QUERIES.labels(result).inc()
+    SF_LATENCY.observe(seconds)

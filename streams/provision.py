@@ -1,0 +1,190 @@
+"""Create and accept one WHMCS order — at most once per Salesforce Order.
+
+Contract with the caller (:mod:`streams.batch`): a ``pending`` intent for the Order is
+already **durable** in the ``intents`` changelog before :meth:`Provisioner.provision` runs,
+so a crash anywhere in here leaves a record saying "WHMCS may have this order".
+
+The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
+
+1. if the order may already exist (``lookup_first``: a resumed or unsure earlier attempt; or
+   our own ``AddOrder`` failed without a definite answer) → :meth:`lookup`: the client's
+   orders whose notes carry ``sfOrderId=<Id>``. Before concluding "absent" it waits until
+   the earlier attempt's intent is older than the WHMCS timeout plus a grace, and looks a
+   second time (an in-flight ``AddOrder`` of a crashed or revoked worker may still commit).
+   Found ``Active`` → done (``recovered``); found ``Pending`` → ``AcceptOrder``; found in
+   another status (Cancelled/Fraud) → ``Failed(WHMCS_ORDER_NOT_ACTIVE)``: never a second order;
+2. ``AddOrder`` — a timeout, dropped connection, 5xx or HTML page sets "look first" for the
+   next round (WHMCS may have committed); a ``result=error`` is permanent →
+   ``Failed(WHMCS_ERROR)`` with WHMCS's message;
+3. ``AcceptOrder`` — "Order ID not found or Status not Pending" → check the order's status:
+   Active means an earlier accept (whose answer we lost) worked.
+
+Transient errors back off (capped exponential, jitter) and past the deadline end in
+``Failed(WHMCS_UNAVAILABLE)`` with ``may_exist`` set when an ``AddOrder`` might have landed,
+so a later event of the Order looks before it creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.whmcs import NOT_PENDING, WhmcsClient, WhmcsOrder
+from streams.mapping import WhmcsOrderRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProvisionResult:
+    status: str  # Provisioned | Failed
+    whmcs_order_id: int | None = None
+    service_ids: list[int] = field(default_factory=list)
+    addon_ids: list[int] = field(default_factory=list)
+    invoice_id: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0  # AddOrder calls made by this decision
+    recovered: bool = False
+    may_exist: bool = False  # Failed, but an AddOrder may have created the order
+    needs_accept: bool = field(default=False, repr=False)  # found Pending by a lookup
+
+
+@dataclass(frozen=True)
+class ProvisionPolicy:
+    retry_deadline_s: float = 120.0
+    whmcs_timeout_s: float = 15.0
+    lookup_grace_s: float = 2.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+    autosetup: bool = True
+
+
+def _addon_ids(order: WhmcsOrder) -> list[int]:
+    items = ((order.raw.get("lineitems") or {}).get("lineitem")) or []
+    return [int(i["relid"]) for i in items
+            if str(i.get("type", "")).lower() == "addon" and str(i.get("relid", ""))]
+
+
+class Provisioner:
+    def __init__(self, whmcs: WhmcsClient, policy: ProvisionPolicy, *,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 on_retry: Callable[[str], None] | None = None) -> None:
+        self.whmcs = whmcs
+        self.policy = policy
+        self._sleep = sleep
+        self._on_retry = on_retry or (lambda _reason: None)
+
+    async def provision(self, request: WhmcsOrderRequest, *, lookup_first: bool = False,
+                        intent_at_ms: int | None = None) -> ProvisionResult:
+        policy = self.policy
+        deadline = time.monotonic() + policy.retry_deadline_s
+        must_lookup = lookup_first
+        created: ProvisionResult | None = None
+        attempts = 0
+        add_uncertain = False
+        delay = policy.backoff_initial_s
+        extra = {"order_id": request.order_id}
+        while True:
+            try:
+                if created is None and must_lookup:
+                    found = await self.lookup(request, intent_at_ms=intent_at_ms)
+                    must_lookup = False
+                    if found is not None:
+                        created = found
+                        created.attempts = attempts
+                        if created.status == "Failed":
+                            return created
+                        if not found.needs_accept:  # found Active: nothing left to do
+                            return created
+                if created is None:
+                    attempts += 1
+                    add_uncertain = True
+                    res = await self.whmcs.add_order(request.params())
+                    add_uncertain = False
+                    created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
+                                              res.addon_ids, res.invoice_id, attempts=attempts)
+                    log.info("WHMCS order created", extra={**extra,
+                                                            "whmcs_order_id": res.order_id})
+                failure = await self._accept(created.whmcs_order_id or 0)
+                if failure is not None:
+                    failure.attempts = attempts
+                    failure.whmcs_order_id = created.whmcs_order_id
+                    failure.may_exist = True
+                    return failure
+                created.attempts = attempts
+                return created
+            except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
+                if created is None and add_uncertain:
+                    must_lookup = True  # WHMCS may have committed the AddOrder
+                    intent_at_ms = int(time.time() * 1000)
+                add_uncertain = False
+                if time.monotonic() + delay > deadline:
+                    log.warning("WHMCS unavailable past the retry deadline",
+                                extra={**extra, "cause": str(exc)})
+                    return ProvisionResult(
+                        "Failed", created.whmcs_order_id if created else None,
+                        error_code="WHMCS_UNAVAILABLE",
+                        error_message=f"WHMCS unavailable for {policy.retry_deadline_s:.0f}s: "
+                                      f"{exc}",
+                        attempts=attempts, may_exist=attempts > 0)
+                self._on_retry(type(exc).__name__)
+                log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
+                await self._sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, policy.backoff_max_s)
+            except WhmcsError as exc:
+                return ProvisionResult(
+                    "Failed", created.whmcs_order_id if created else None,
+                    error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
+                    attempts=attempts, may_exist=created is not None)
+
+    async def _accept(self, order_id: int) -> ProvisionResult | None:
+        """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
+        try:
+            await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup)
+            return None
+        except WhmcsError as exc:
+            if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
+                raise
+        order = await self.whmcs.get_order(order_id)
+        if order is not None and order.status == "Active":
+            return None
+        status = order.status if order else "missing"
+        return ProvisionResult("Failed", order_id, error_code="WHMCS_ORDER_NOT_ACTIVE",
+                               error_message=f"AcceptOrder refused and WHMCS order {order_id} "
+                                             f"is {status}")
+
+    async def lookup(self, request: WhmcsOrderRequest, *,
+                     intent_at_ms: int | None = None) -> ProvisionResult | None:
+        """The WHMCS order of this Salesforce Order, if one exists (see module docstring)."""
+        found = await self._find(request)
+        if not found:
+            settle_at = ((intent_at_ms or 0) / 1000 + self.policy.whmcs_timeout_s
+                         + self.policy.lookup_grace_s)
+            wait = max(self.policy.lookup_grace_s, settle_at - time.time())
+            await self._sleep(min(wait, self.policy.whmcs_timeout_s + self.policy.lookup_grace_s))
+            found = await self._find(request)
+        if not found:
+            return None
+        if len(found) > 1:
+            log.error("several WHMCS orders carry this Salesforce Order's marker",
+                      extra={"order_id": request.order_id,
+                             "cause": ",".join(str(o.id) for o in found)})
+        order = found[0]
+        result = ProvisionResult("Provisioned", order.id, order.service_ids, _addon_ids(order),
+                                 order.invoice_id, recovered=True)
+        if order.status in ("Active", "Pending"):
+            result.needs_accept = order.status == "Pending"
+            return result
+        return ProvisionResult("Failed", order.id, error_code="WHMCS_ORDER_NOT_ACTIVE",
+                               error_message=f"WHMCS order {order.id} for this Order is "
+                                             f"{order.status}; not creating another",
+                               recovered=True, may_exist=True)
+
+    async def _find(self, request: WhmcsOrderRequest) -> list[WhmcsOrder]:
+        return await self.whmcs.find_orders_by_marker(request.client_id, request.order_id)

@@ -1,0 +1,98 @@
+from streams.decide import (
+    Event,
+    Final,
+    Provision,
+    Redelivery,
+    decide,
+    idem_key_of,
+    outcome_record,
+)
+from tests.streams.factories import ORDER_ID, order, request_value
+
+
+def event(**kw):
+    return Event.from_request(request_value(**kw))
+
+
+def test_event_from_request():
+    ev = event()
+    assert ev.order_id == ORDER_ID and ev.idem_key == f"{ORDER_ID}-1700000000000"
+    assert ev.requested_at == 1_700_000_000_000 and ev.correlation_id == "corr-1"
+
+
+def test_missing_idem_key_falls_back_to_event_uuid():
+    value = request_value()
+    value["IdemKey__c"] = None
+    assert idem_key_of(value) == f"{ORDER_ID}-event-uuid-1"
+
+
+def test_activating_order_is_provisioned():
+    d = decide(event(), None, None, order())
+    assert isinstance(d, Provision) and not d.lookup_first and d.request.client_id == 1001
+
+
+def test_same_idem_key_other_event_is_duplicate():
+    ev = event(event_uuid="uuid-2")
+    idem = {ev.idem_key: {"event_uuid": "uuid-1", "status": "Provisioned"}}
+    d = decide(ev, idem, None, order())
+    assert isinstance(d, Final) and d.status == "Duplicate" and d.error_code == "DUPLICATE_IDEM_KEY"
+
+
+def test_same_event_again_is_a_redelivery_with_the_stored_outcome():
+    ev = event()
+    stored = {"status": "Provisioned", "completed_at": 5}
+    idem = {ev.idem_key: {"event_uuid": "uuid-1", "outcome": stored, "emitted": False}}
+    d = decide(ev, idem, None, order(status="Provisioned"))
+    assert d == Redelivery(stored, False)
+
+
+def test_redelivered_duplicate_uses_its_own_stored_outcome():
+    ev = event(event_uuid="uuid-2")
+    dup = {"status": "Duplicate"}
+    idem = {ev.idem_key: {"event_uuid": "uuid-1", "outcome": {"status": "Provisioned"},
+                          "dups": {"uuid-2": {"outcome": dup, "emitted": True}}}}
+    assert decide(ev, idem, None, order()) == Redelivery(dup, True)
+
+
+def test_guard_skips():
+    d = decide(event(), None, None, order(status="Failed"))
+    assert isinstance(d, Final) and (d.status, d.error_code) == ("Skipped", "NOT_ACTIVATING")
+    d = decide(event(), None, None, order(whmcs_order_id=77.0))
+    assert (d.status, d.error_code, d.whmcs_order_id) == ("Skipped", "ALREADY_PROVISIONED", 77)
+    d = decide(event(), None, None, None)
+    assert (d.status, d.error_code) == ("Failed", "ORDER_NOT_FOUND")
+
+
+def test_accepted_intent_of_an_earlier_event_skips():
+    intent = {"state": "accepted", "whmcs_order_id": 9, "idem_key": "old"}
+    d = decide(event(), None, intent, order())
+    assert (d.status, d.error_code, d.whmcs_order_id) == ("Skipped", "ALREADY_PROVISIONED", 9)
+
+
+def test_pending_intent_resumes_with_lookup_even_if_salesforce_moved_on():
+    intent = {"state": "pending", "attempt": 1, "at": 123, "idem_key": "x"}
+    d = decide(event(), None, intent, order(status="Provisioned", whmcs_order_id=5))
+    assert isinstance(d, Provision) and d.lookup_first and d.resumed
+    assert d.intent_at == 123 and d.previous_attempts == 1
+
+
+def test_failed_intent_that_may_exist_looks_first():
+    intent = {"state": "failed", "may_exist": True, "attempt": 2, "at": 1}
+    d = decide(event(event_uuid="u9", idem_key="new-key"), None, intent, order())
+    assert isinstance(d, Provision) and d.lookup_first and not d.resumed
+    clean = {"state": "failed", "may_exist": False, "attempt": 1}
+    assert not decide(event(idem_key="k3"), None, clean, order()).lookup_first
+
+
+def test_mapping_failure_becomes_failed_outcome():
+    d = decide(event(), None, None, order(client=None))
+    assert (d.status, d.error_code) == ("Failed", "MISSING_WHMCS_CLIENT")
+
+
+def test_outcome_record_is_valid_avro():
+    from common.avro import AvroSerde
+
+    serde = AvroSerde("provisioning_outcome")
+    rec = outcome_record(event(), "Provisioned", whmcs_order_id=5, service_ids=[1, 2],
+                         attempts=1, completed_at=10)
+    assert serde.decode(serde.encode(rec))["whmcs_service_ids"] == [1, 2]

@@ -1,0 +1,94 @@
+import base64
+
+import pytest
+
+from sandbox.whmcs import phpserial as reference
+from streams.mapping import MappingError, map_order
+from tests.streams.factories import ORDER_ID, item, order, product
+
+
+def codes(o):
+    with pytest.raises(MappingError) as info:
+        map_order(o, idem_key="k")
+    return info.value.code
+
+
+def test_service_activation_and_addons_map_per_reference():
+    o = order(item(product("INET-1G", pid=1, options='{"1": "2", "2": "5"}'), qty=1.0),
+              item(product("INET-ACT", pid=5.0, cycle="One-time", item_class="Activation")),
+              item(product("ADDON-IPV4", pid="1", item_class="Add-on"), qty=2),
+              item(product("VPN", pid=4, cycle="Annually"), qty=3))
+    req = map_order(o, idem_key="IK-1", payment_method="banktransfer", no_invoice=True)
+    p = req.params()
+    assert p["clientid"] == 1001 and p["paymentmethod"] == "banktransfer"
+    assert p["pid"] == [1, 5, 4]
+    assert p["billingcycle"] == ["monthly", "onetime", "annually"]
+    assert p["qty"] == [1, 1, 3]
+    assert p["addons"] == ["1,1", None, None]  # add-ons ride on the first Service item
+    assert reference.loads(base64.b64decode(p["configoptions"][0])) == {1: "2", 2: "5"}
+    assert p["configoptions"][1:] == [None, None]
+    assert p["notes"] == f"sfOrderId={ORDER_ID} idemKey=IK-1"
+    assert p["noinvoice"] is True and p["noemail"] is True
+
+
+def test_no_config_options_means_no_configoptions_param():
+    assert "configoptions" not in map_order(order(), idem_key="k").params()
+    assert "addons" not in map_order(order(), idem_key="k").params()
+
+
+@pytest.mark.parametrize("client,code", [(None, "MISSING_WHMCS_CLIENT"),
+                                         ("", "MISSING_WHMCS_CLIENT"),
+                                         ("  ", "MISSING_WHMCS_CLIENT"),
+                                         ("abc", "INVALID_WHMCS_CLIENT"),
+                                         ("-4", "INVALID_WHMCS_CLIENT"),
+                                         (12.5, "INVALID_WHMCS_CLIENT")])
+def test_bad_client(client, code):
+    assert codes(order(client=client)) == code
+
+
+def test_missing_account_relationship():
+    o = order()
+    o["Account"] = None
+    assert codes(o) == "MISSING_WHMCS_CLIENT"
+
+
+@pytest.mark.parametrize("prod,code", [
+    (product(pid=None), "MISSING_PRODUCT_MAPPING"),
+    (product(pid="x"), "MISSING_PRODUCT_MAPPING"),
+    (product(pid=None, item_class="Add-on"), "MISSING_PRODUCT_MAPPING"),
+    (product(cycle=None), "INVALID_BILLING_CYCLE"),
+    (product(cycle="Weekly"), "INVALID_BILLING_CYCLE"),
+    (product(item_class=None), "UNKNOWN_ITEM_CLASS"),
+    (product(item_class="Bundle"), "UNKNOWN_ITEM_CLASS"),
+    (product(options="{router: wifi6"), "INVALID_CONFIG_OPTIONS"),
+    (product(options="[1, 2]"), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"1": {"a": 1}}'), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"one": "2"}'), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"1": null}'), "INVALID_CONFIG_OPTIONS"),
+])
+def test_bad_items(prod, code):
+    assert codes(order(item(prod))) == code
+
+
+@pytest.mark.parametrize("qty", [0, -1, 1.5, None, "two"])
+def test_bad_quantity(qty):
+    assert codes(order(item(qty=qty))) == "INVALID_QUANTITY"
+
+
+def test_no_items():
+    o = order()
+    o["OrderItems"] = None
+    assert codes(o) == "NO_ITEMS"
+
+
+def test_addon_without_service():
+    o = order(item(product("ACT", cycle="One-time", item_class="Activation")),
+              item(product("ADDON", item_class="Add-on")))
+    assert codes(o) == "ADDON_WITHOUT_SERVICE"
+    assert codes(order(item(product("ADDON", item_class="Add-on")))) == "ADDON_WITHOUT_SERVICE"
+
+
+def test_error_message_names_the_item():
+    with pytest.raises(MappingError) as info:
+        map_order(order(item(product("LEGACY-PLAN", pid=None), item_id="802XYZ")), idem_key="k")
+    assert "802XYZ" in info.value.message and "LEGACY-PLAN" in info.value.message
