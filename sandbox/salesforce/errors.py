@@ -1,0 +1,28 @@
+"""The one error type of the sandbox's data layer, carrying a Salesforce ``errorCode``.
+
+REST renders it as ``[{"message", "errorCode", "fields"}]`` (or, inside sObject
+Collections results, ``{"statusCode", "message", "fields"}``).
+"""
+
+from __future__ import annotations
+
+
+class SfError(Exception):
+    """A Salesforce API error: ``code`` (errorCode), ``message``, ``fields``, HTTP status."""
+
+    def __init__(self, code: str, message: str, fields: list[str] | None = None,
+                 status: int = 400) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.fields = fields or []
+        self.status = status
+
+    def rest_body(self) -> list[dict]:
+        body: dict = {"message": self.message, "errorCode": self.code}
+        if self.fields:
+            body["fields"] = self.fields
+        return [body]
+
+    def record_error(self) -> dict:
+        return {"statusCode": self.code, "message": self.message, "fields": self.fields}

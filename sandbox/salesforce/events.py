@@ -1,0 +1,43 @@
+"""Platform-event schemas and Avro encoding, as the Pub/Sub API serves them.
+
+The event schema comes from the repository's ``schemas/OrderProvisionRequested__e.avsc``.
+Its ``schema_id`` is a fingerprint: the base64url (unpadded) MD5 of the schema's Avro
+Parsing Canonical Form — stable across runs and machines, opaque to clients, and
+changing whenever the schema changes. Payloads are schemaless Avro binary.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+TOPIC = "/event/OrderProvisionRequested__e"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "OrderProvisionRequested__e.avsc"
+
+
+class EventSchema:
+    def __init__(self, schema_json: str) -> None:
+        self.schema_json = schema_json
+        self.parsed = fastavro.parse_schema(json.loads(schema_json))
+        digest = bytes.fromhex(fingerprint(to_parsing_canonical_form(self.parsed), "MD5"))
+        self.schema_id = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def encode(self, record: dict) -> bytes:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self.parsed, record)
+        return out.getvalue()
+
+    def decode(self, payload: bytes) -> dict:
+        return fastavro.schemaless_reader(io.BytesIO(payload), self.parsed)
+
+
+PROVISION_SCHEMA = EventSchema(SCHEMA_PATH.read_text())
+#: topic name -> schema of its events
+TOPICS: dict[str, EventSchema] = {TOPIC: PROVISION_SCHEMA}
+#: schema id -> schema
+SCHEMAS: dict[str, EventSchema] = {PROVISION_SCHEMA.schema_id: PROVISION_SCHEMA}

@@ -1,0 +1,95 @@
+"""Run-time switchable fault injection and the API-call counters.
+
+:class:`Faults` is the live configuration (``GET``/``POST /__sandbox/faults``): added
+latency on REST and gRPC, a fraction of REST calls failing with 503 or with per-record
+``UNABLE_TO_LOCK_ROW``, permanent per-record errors for chosen ids, paused keepalives and
+the daily API limit. One-shot actions (expire tokens, drop streams, inject bad events)
+are separate admin endpoints.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import SfError
+
+_MESSAGES = {
+    "FIELD_CUSTOM_VALIDATION_EXCEPTION": "Injected validation rule: this record cannot be saved",
+    "ENTITY_IS_DELETED": "entity is deleted",
+    "UNABLE_TO_LOCK_ROW": "unable to obtain exclusive access to this record or 1 records: {id}",
+    "INSUFFICIENT_ACCESS_OR_READONLY": "insufficient access rights on object id",
+}
+
+
+@dataclass
+class Faults:
+    rest_latency_ms: float = 0.0
+    grpc_latency_ms: float = 0.0
+    rest_503_rate: float = 0.0
+    lock_row_rate: float = 0.0
+    #: record id (18 chars) -> errorCode (message chosen per code) for every write to it
+    record_errors: dict[str, str] = field(default_factory=dict)
+    keepalives_paused: bool = False
+    daily_limit: int = 5_000_000
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a partial update; unknown keys are refused (ValueError)."""
+        for key, value in changes.items():
+            if key not in self.__dataclass_fields__:
+                raise ValueError(f"unknown fault {key!r}")
+            current = getattr(self, key)
+            if isinstance(current, bool):
+                value = bool(value)
+            elif isinstance(current, int | float):
+                value = type(current)(value)
+            elif isinstance(current, dict):
+                value = dict(value or {})
+            setattr(self, key, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rest_unavailable(self) -> bool:
+        return self.rest_503_rate > 0 and random.random() < self.rest_503_rate
+
+    def record_error(self, record_id: str) -> SfError | None:
+        """The injected error for a write to ``record_id``, if any (permanent or random)."""
+        code = self.record_errors.get(record_id)
+        if code is None and self.lock_row_rate > 0 and random.random() < self.lock_row_rate:
+            code = "UNABLE_TO_LOCK_ROW"
+        if code is None:
+            return None
+        message = _MESSAGES.get(code, f"Injected error {code}").format(id=record_id)
+        return SfError(code, message, [])
+
+
+class Counters:
+    """API calls per kind plus the rolling daily API usage behind ``Sforce-Limit-Info``."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.api_day = -1
+        self.api_used = 0
+
+    def count(self, kind: str, n: int = 1) -> None:
+        self.calls[kind] += n
+
+    def use_api(self, now_ms: int, limit: int) -> bool:
+        """Count one API request against the daily limit; False when the limit is hit."""
+        day = now_ms // 86_400_000
+        if day != self.api_day:
+            self.api_day, self.api_used = day, 0
+        if self.api_used >= limit:
+            return False
+        self.api_used += 1
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"calls": dict(self.calls), "api_used": self.api_used}
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.api_used = 0

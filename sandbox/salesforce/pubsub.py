@@ -1,0 +1,174 @@
+"""The Pub/Sub API gRPC service (``eventbus.v1.PubSub``) over the sandbox's event store.
+
+Auth: every RPC needs metadata ``accesstoken`` (a live token), ``instanceurl`` and
+``tenantid`` (= the org id); otherwise UNAUTHENTICATED with trailing metadata
+``error-code: sfdc.platform.eventbus.grpc.service.auth.error``. Tokens are re-checked on
+every FetchRequest and before every response, so an expired token ends a stream.
+
+Replay ids are 9 opaque bytes (a version byte and the store's sequence number), strictly
+increasing. ``Subscribe`` honours the replay preset of the **first** FetchRequest only
+(CUSTOM resumes *after* the given id; a purged, future or garbled id ends the stream
+with INVALID_ARGUMENT + ``...subscription.fetch.replayid.corrupted``); outstanding
+``num_requested`` is capped at 100 and never exceeded; events are batched (≤ 100 per
+response); an empty FetchResponse carrying ``latest_replay_id`` is sent after
+``keepalive_s`` without output; a stream with nothing requested for ``idle_close_s``
+is closed (status OK). Error codes other than auth/corrupted/unavailable are unverified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+
+from .core import Sandbox
+from .events import SCHEMAS, TOPICS
+from .generated import pubsub_api_pb2 as pb
+from .generated import pubsub_api_pb2_grpc as pb_grpc
+
+AUTH_ERROR = "sfdc.platform.eventbus.grpc.service.auth.error"
+REPLAY_CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+UNAVAILABLE = "sfdc.platform.eventbus.grpc.service.unavailable"
+TOPIC_NOT_FOUND = "sfdc.platform.eventbus.grpc.topic.not.found"
+SCHEMA_NOT_FOUND = "sfdc.platform.eventbus.grpc.schema.not.found"
+FETCH_INVALID = "sfdc.platform.eventbus.grpc.fetch.request.invalid"
+MAX_REQUESTED = 100
+
+
+def encode_replay(sequence: int) -> bytes:
+    return b"\x01" + sequence.to_bytes(8, "big")
+
+
+def decode_replay(replay_id: bytes) -> int | None:
+    if len(replay_id) != 9 or replay_id[0] != 1:
+        return None
+    return int.from_bytes(replay_id[1:], "big")
+
+
+def _rpc_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _StreamError(Exception):
+    def __init__(self, code: grpc.StatusCode, error_code: str, details: str) -> None:
+        super().__init__(details)
+        self.code, self.error_code, self.details = code, error_code, details
+
+
+class PubSubService(pb_grpc.PubSubServicer):
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sb = sandbox
+
+    def check_token(self, token: str | None) -> None:
+        if not token or self.sb.store.token_user(token) is None:
+            raise _StreamError(grpc.StatusCode.UNAUTHENTICATED, AUTH_ERROR,
+                               "Session expired or invalid")
+
+    def authenticate(self, context: Any) -> str:
+        meta = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+        token = meta.get("accesstoken")
+        self.check_token(token)
+        if meta.get("tenantid") != self.sb.org_id or not meta.get("instanceurl"):
+            raise _StreamError(grpc.StatusCode.UNAUTHENTICATED, AUTH_ERROR,
+                               "tenantid or instanceurl invalid for this session")
+        return str(token)
+
+    async def _latency(self) -> None:
+        if self.sb.faults.grpc_latency_ms:
+            await asyncio.sleep(self.sb.faults.grpc_latency_ms / 1000)
+
+    @staticmethod
+    async def _abort(context: Any, err: _StreamError) -> None:
+        await context.abort(err.code, err.details, trailing_metadata=(
+            ("error-code", err.error_code),))
+
+    async def GetSchema(self, request: Any, context: Any) -> Any:
+        self.sb.counters.count("grpc_get_schema")
+        try:
+            self.authenticate(context)
+            await self._latency()
+            schema = SCHEMAS.get(request.schema_id)
+            if schema is None:
+                raise _StreamError(grpc.StatusCode.NOT_FOUND, SCHEMA_NOT_FOUND,
+                                   f"schema {request.schema_id} not found")
+        except _StreamError as err:
+            await self._abort(context, err)
+        return pb.SchemaInfo(schema_json=schema.schema_json, schema_id=schema.schema_id,
+                             rpc_id=_rpc_id())
+
+    async def GetTopic(self, request: Any, context: Any) -> Any:
+        self.sb.counters.count("grpc_get_topic")
+        try:
+            self.authenticate(context)
+            await self._latency()
+            schema = TOPICS.get(request.topic_name)
+            if schema is None:
+                raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
+                                   f"topic {request.topic_name} not found")
+        except _StreamError as err:
+            await self._abort(context, err)
+        return pb.TopicInfo(topic_name=request.topic_name, tenant_guid=self.sb.org_id,
+                            can_publish=True, can_subscribe=True, schema_id=schema.schema_id,
+                            rpc_id=_rpc_id())
+
+    def _publish(self, request: Any) -> Any:
+        schema = TOPICS.get(request.topic_name)
+        if schema is None:
+            raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
+                               f"topic {request.topic_name} not found")
+        results: list[Any] = []
+        now = self.sb.store.now_ms()
+        with self.sb.store.transaction() as tx:
+            for event in request.events:
+                event_id = event.id or str(uuid.uuid4())
+                try:
+                    if event.schema_id != schema.schema_id:
+                        raise ValueError(f"schema id {event.schema_id} is not the topic's")
+                    schema.decode(event.payload)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is a publish error
+                    results.append(pb.PublishResult(correlation_key=event_id, error=pb.Error(
+                        code=pb.PUBLISH, msg=str(exc))))
+                    continue
+                tx.add_event(request.topic_name, event_id, event.schema_id, event.payload, now)
+                results.append(event_id)
+        stored = iter(tx.committed_events)
+        out = [r if not isinstance(r, str) else pb.PublishResult(
+            replay_id=encode_replay(next(stored).replay), correlation_key=r) for r in results]
+        self.sb.counters.count("grpc_published", len(tx.committed_events))
+        return pb.PublishResponse(results=out, schema_id=schema.schema_id, rpc_id=_rpc_id())
+
+    async def Publish(self, request: Any, context: Any) -> Any:
+        self.sb.counters.count("grpc_publish")
+        try:
+            self.authenticate(context)
+            await self._latency()
+            return self._publish(request)
+        except _StreamError as err:
+            await self._abort(context, err)
+
+    async def PublishStream(self, request_iterator: Any, context: Any) -> Any:
+        self.sb.counters.count("grpc_publish_stream")
+        try:
+            token = self.authenticate(context)
+            async for request in request_iterator:
+                token = request.auth_refresh or token
+                self.check_token(token)
+                await self._latency()
+                yield self._publish(request)
+        except _StreamError as err:
+            await self._abort(context, err)
+
+    async def Subscribe(self, request_iterator: Any, context: Any) -> Any:
+        from .subscription import Subscription
+
+        self.sb.counters.count("grpc_subscribe")
+        sub = Subscription(self, request_iterator)
+        try:
+            sub.token = self.authenticate(context)
+            async for response in sub.responses():
+                yield response
+        except _StreamError as err:
+            self.sb.counters.count("grpc_stream_errors")
+            await self._abort(context, err)

@@ -1,0 +1,191 @@
+"""The REST API resources under ``/services/data/vXX.X/``, as plain functions.
+
+:func:`call` maps (method, resource path, params, body) to (HTTP status, JSON body) inside
+a store transaction the caller commits — so ``composite`` can run its subrequests in one
+transaction (``allOrNone``) and the HTTP layer stays thin. Errors are raised as
+:class:`~.errors.SfError` and rendered by the caller as Salesforce's JSON error array.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from . import dml, query_exec
+from .core import Sandbox
+from .errors import SfError
+from .model import OBJECTS
+from .store import Tx
+
+MAX_COLLECTION = 200
+MAX_COMPOSITE = 25
+DEFAULT_BATCH = 2000
+ROLLED_BACK = {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+               "message": "Record rolled back because not all records were valid and the "
+                          "request was using AllOrNone header", "fields": []}
+
+
+def call(sb: Sandbox, user: dict, version: str, method: str, path: str,
+         params: dict[str, str], body: Any, tx: Tx, headers: dict[str, str]
+         ) -> tuple[int, Any]:
+    parts = [p for p in path.strip("/").split("/") if p]
+    head = parts[0] if parts else ""
+    if not parts and method == "GET":
+        sb.counters.count("resources")
+        return 200, {name: f"/services/data/v{version}/{name}"
+                     for name in ("query", "queryAll", "sobjects", "composite", "limits")}
+    if head in ("query", "queryAll") and method == "GET":
+        return _query(sb, version, parts, params, headers, include_deleted=head == "queryAll")
+    if head == "limits" and method == "GET":
+        sb.counters.count("limits")
+        used, limit = sb.counters.api_used, sb.faults.daily_limit
+        return 200, {"DailyApiRequests": {"Max": limit, "Remaining": max(limit - used, 0)}}
+    if head == "sobjects":
+        return _sobjects(sb, user, version, method, parts[1:], params, body, tx)
+    if head == "composite" and len(parts) == 2 and parts[1] == "sobjects":
+        return _collection(sb, user, method, body, tx)
+    if head == "composite" and len(parts) == 1 and method == "POST":
+        from .composite import composite
+        return composite(sb, user, version, body, tx, headers)
+    raise SfError("NOT_FOUND", "The requested resource does not exist", status=404)
+
+
+def _query(sb: Sandbox, version: str, parts: list[str], params: dict[str, str],
+           headers: dict[str, str], include_deleted: bool) -> tuple[int, Any]:
+    if len(parts) == 2:
+        sb.counters.count("query_more")
+        cursor_id = parts[1]
+        if cursor_id not in sb.cursors:
+            raise SfError("INVALID_QUERY_LOCATOR", "invalid query locator", status=400)
+        rows, total = sb.cursors.pop(cursor_id)
+    else:
+        sb.counters.count("queryAll" if include_deleted else "query")
+        text = params.get("q")
+        if not text:
+            raise SfError("MALFORMED_QUERY", "A query string has to be specified")
+        total, rows = query_exec.run(sb.store, text, version, include_deleted=include_deleted)
+    batch = DEFAULT_BATCH
+    match = re.search(r"batchSize=(\d+)", headers.get("Sforce-Query-Options", ""))
+    if match:
+        batch = min(max(int(match.group(1)), 200), DEFAULT_BATCH)
+    out: dict[str, Any] = {"totalSize": total, "done": len(rows) <= batch,
+                           "records": rows[:batch]}
+    if len(rows) > batch:
+        cursor_id = f"01g{secrets.token_hex(6)}-{batch}"
+        sb.cursors[cursor_id] = (rows[batch:], total)
+        out["nextRecordsUrl"] = f"/services/data/v{version}/query/{cursor_id}"
+    return 200, out
+
+
+def _full(record: dict, sobject: str, version: str, fields: str | None) -> dict:
+    names = [f.strip() for f in fields.split(",")] if fields else list(record)
+    obj = OBJECTS[sobject]
+    out: dict[str, Any] = {"attributes": {
+        "type": sobject, "url": f"/services/data/v{version}/sobjects/{sobject}/{record['Id']}"}}
+    for name in names:
+        f = obj.field(name)
+        if f is None:
+            raise SfError("INVALID_FIELD", f"No such column '{name}' on sobject of type "
+                          f"{sobject}", [name])
+        out[f.name] = record.get(f.name)
+    return out
+
+
+def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[str],
+              params: dict[str, str], body: Any, tx: Tx) -> tuple[int, Any]:
+    if not parts:
+        sb.counters.count("describe_global")
+        return 200, {"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": [
+            {"name": name, "label": name, "keyPrefix": None, "queryable": True,
+             "updateable": True, "urls": {"sobject": f"/services/data/v{version}/sobjects/{name}"}}
+            for name in OBJECTS]}
+    obj = dml.resolve_type(parts[0])
+    if len(parts) == 2 and parts[1] == "describe" and method == "GET":
+        sb.counters.count("describe")
+        return 200, {"name": obj.name, "fields": [
+            {"name": f.name, "type": f.type, "updateable": f.updateable,
+             "createable": f.createable, "nillable": not f.required, "length": f.length,
+             "referenceTo": [f.ref] if f.ref else [], "relationshipName": f.rel,
+             "picklistValues": [{"value": v, "label": v, "active": True} for v in f.picklist],
+             "restrictedPicklist": f.type == "picklist" and f.restricted}
+            for f in obj.fields.values()],
+            "childRelationships": [{"relationshipName": rel, "childSObject": child,
+                                    "field": fk} for rel, (child, fk) in obj.children.items()]}
+    if len(parts) == 1 and method == "POST":
+        sb.counters.count("sobject_post")
+        _require_dict(body)
+        record = dml.create(tx, obj.name, body, user)
+        return 201, {"id": record["Id"], "success": True, "errors": []}
+    if len(parts) == 2:
+        record_id = parts[1]
+        if method == "GET":
+            sb.counters.count("sobject_get")
+            _, record = dml.existing(tx, obj.name, record_id)
+            return 200, _full(record, obj.name, version, params.get("fields"))
+        if method == "PATCH":
+            sb.counters.count("sobject_patch")
+            _require_dict(body)
+            error = sb.faults.record_error(dml.existing(tx, obj.name, record_id)[1]["Id"])
+            if error:
+                raise error
+            dml.update(tx, obj.name, record_id, body, user)
+            return 204, None
+        if method == "DELETE":
+            sb.counters.count("sobject_delete")
+            dml.delete(tx, obj.name, record_id, user)
+            return 204, None
+    raise SfError("METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.", status=405)
+
+
+def _require_dict(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise SfError("JSON_PARSER_ERROR", "Cannot deserialize instance of record from the "
+                      "request body")
+
+
+def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tuple[int, Any]:
+    """sObject Collections: PATCH (update) or POST (create) up to 200 mixed records."""
+    if method not in ("PATCH", "POST"):
+        raise SfError("METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.", status=405)
+    sb.counters.count("composite_sobjects" if method == "PATCH" else "composite_sobjects_create")
+    _require_dict(body)
+    records = body.get("records")
+    if not isinstance(records, list):
+        raise SfError("JSON_PARSER_ERROR", "records: a list of records is required")
+    if len(records) > MAX_COLLECTION:
+        raise SfError("EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 "
+                      "records into this call")
+    all_or_none = bool(body.get("allOrNone", False))
+    savepoint = tx.savepoint()
+    results: list[dict] = []
+    failed = False
+    for raw in records:
+        try:
+            if not isinstance(raw, dict):
+                raise SfError("JSON_PARSER_ERROR", "record is not an object")
+            type_name = (raw.get("attributes") or {}).get("type")
+            if not type_name:
+                raise SfError("INVALID_TYPE", "No SObject Type defined in attributes")
+            fields = {k: v for k, v in raw.items() if k != "attributes"}
+            if method == "POST":
+                record = dml.create(tx, type_name, fields, user)
+            else:
+                record_id = fields.pop("id", None) or fields.pop("Id", None)
+                _, current = dml.existing(tx, type_name, str(record_id or ""))
+                error = sb.faults.record_error(current["Id"])
+                if error:
+                    raise error
+                record = dml.update(tx, type_name, current["Id"], fields, user)
+            results.append({"id": record["Id"], "success": True, "errors": []})
+        except SfError as exc:
+            failed = True
+            results.append({"success": False, "errors": [exc.record_error()]})
+    if failed and all_or_none:
+        for result in results:
+            if result["success"]:
+                result.update(success=False, errors=[dict(ROLLED_BACK)])
+                if method == "POST":
+                    result.pop("id", None)
+        tx.rollback_to(savepoint)
+    return 200, results

@@ -1,0 +1,296 @@
+"""A SOQL subset, parsed and evaluated against the in-memory :class:`~.store.Store`.
+
+Supported: ``SELECT`` field lists, parent paths (``Account.WH_Account__c``,
+``Product2.Item_Class__c`` inside a child subquery), child subqueries
+``(SELECT ... FROM OrderItems [WHERE ...] [ORDER BY ...] [LIMIT n])``, ``COUNT()``;
+``WHERE`` with ``= != <> < <= > >= LIKE IN NOT IN``, ``AND``/``OR``/``NOT`` and
+parentheses; literals: strings, numbers, ``true``/``false``/``null``, dates, datetimes,
+``TODAY``, ``YESTERDAY``, ``TOMORROW``, ``LAST_N_DAYS:n``, ``NEXT_N_DAYS:n``;
+``ORDER BY`` (ASC/DESC, NULLS FIRST/LAST), ``LIMIT``, ``OFFSET``. Text comparisons are
+case-insensitive, ids match in 15- or 18-character form, and ``!=`` matches nulls — as in
+Salesforce. Anything else is ``MALFORMED_QUERY``; unknown objects/fields are
+``INVALID_TYPE``/``INVALID_FIELD`` with Salesforce's wording.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ids
+from .errors import SfError
+from .model import OBJECTS, Field, SObject, format_datetime, normalize_datetime, sobject
+
+_TOKEN = re.compile(r"""\s*(?:
+    (?P<str>'(?:[^'\\]|\\.)*')
+  | (?P<dtm>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2}))
+  | (?P<date>\d{4}-\d{2}-\d{2})
+  | (?P<num>-?\d+(?:\.\d+)?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*(?::\d+)?)
+  | (?P<op>!=|<>|<=|>=|=|<|>|\(|\)|,)
+)""", re.X)
+_DATE_WORDS = {"TODAY": (0, 1), "YESTERDAY": (-1, 0), "TOMORROW": (1, 2)}
+
+
+def _malformed(text: str) -> SfError:
+    return SfError("MALFORMED_QUERY", f"unexpected token: '{text}'")
+
+
+def _invalid_field(name: str, obj: SObject) -> SfError:
+    return SfError("INVALID_FIELD", f"No such column '{name}' on entity '{obj.name}'. If you are "
+                   "attempting to use a custom field, be sure to append the '__c' after the "
+                   "custom field name. Please reference your WSDL or the describe call for the "
+                   "appropriate names.")
+
+
+@dataclass
+class Path:
+    rels: list[Field]  # reference fields walked, in order
+    leaf: Field
+
+    def value(self, store: Any, record: dict | None) -> Any:
+        for ref in self.rels:
+            if record is None:
+                return None
+            target = record.get(ref.name)
+            record = store.get(target) if target else None
+        return None if record is None else record.get(self.leaf.name)
+
+
+@dataclass
+class Query:
+    obj: SObject
+    paths: list[Path] = field(default_factory=list)
+    subqueries: list[tuple[str, str, str, Query]] = field(default_factory=list)
+    where: Any = None
+    order: list[tuple[Path, bool, bool]] = field(default_factory=list)
+    limit: int | None = None
+    offset: int = 0
+    count: bool = False
+    rel: str | None = None  # child relationship name, for subqueries
+
+
+class _Parser:
+    def __init__(self, text: str, now_ms: int) -> None:
+        self.tokens: list[tuple[str, str]] = []
+        self.now_ms = now_ms
+        pos, text = 0, text.strip()
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if not m or m.end() == pos:
+                raise _malformed(text[pos:pos + 10].strip())
+            kind = m.lastgroup or ""
+            self.tokens.append((kind, m.group(kind)))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self, word: str | None = None) -> str | None:
+        if self.i >= len(self.tokens):
+            return None
+        val = self.tokens[self.i][1]
+        if word is None:
+            return val
+        return val if val.upper() == word else None
+
+    def take(self, word: str | None = None) -> str:
+        val = self.peek()
+        if val is None:
+            raise SfError("MALFORMED_QUERY", "unexpected end of query")
+        if word is not None and val.upper() != word:
+            raise _malformed(val)
+        self.i += 1
+        return val
+
+    def query(self, parent: SObject | None = None) -> Query:
+        self.take("SELECT")
+        items: list[Any] = []
+        while True:
+            if self.peek("("):
+                self.take("(")
+                items.append(("sub", self.i))
+                depth = 1
+                while depth:
+                    tok = self.take()
+                    depth += {"(": 1, ")": -1}.get(tok, 0)
+            else:
+                name = self.take()
+                if name.upper() == "COUNT" and self.peek("("):
+                    self.take("(")
+                    self.take(")")
+                    name = "COUNT()"
+                items.append(("field", name))
+            if not self.peek(","):
+                break
+            self.take(",")
+        self.take("FROM")
+        from_name = self.take()
+        rel: str | None = None
+        if parent is None:
+            obj = sobject(from_name)
+            if obj is None:
+                raise SfError("INVALID_TYPE", f"sObject type '{from_name}' is not supported. If "
+                              "you are attempting to use a custom object, be sure to append the "
+                              "'__c' after the entity name. Please reference your WSDL or the "
+                              "describe call for the appropriate names.")
+        else:
+            rel = parent.child(from_name)
+            if rel is None:
+                raise SfError("INVALID_TYPE", f"Didn't understand relationship '{from_name}' in "
+                              "FROM part of query call.")
+            obj = OBJECTS[parent.children[rel][0]]
+        q = Query(obj, rel=rel if parent is not None else None)
+        end = self.i
+        for kind, val in items:
+            if kind == "field" and val == "COUNT()":
+                q.count = True
+            elif kind == "field":
+                q.paths.append(self.path(obj, val))
+            else:
+                self.i = val
+                sub = self.query(obj)
+                self.take(")")
+                child_type, fk = obj.children[sub.rel or ""]
+                q.subqueries.append((sub.rel or "", child_type, fk, sub))
+        self.i = end
+        if self.peek("WHERE"):
+            self.take()
+            q.where = self.expr(obj)
+        if self.peek("ORDER"):
+            self.take()
+            self.take("BY")
+            while True:
+                path = self.path(obj, self.take())
+                desc = bool(self.peek("DESC"))
+                if self.peek("DESC") or self.peek("ASC"):
+                    self.take()
+                nulls_last = desc
+                if self.peek("NULLS"):
+                    self.take()
+                    nulls_last = self.take().upper() == "LAST"
+                q.order.append((path, desc, nulls_last))
+                if not self.peek(","):
+                    break
+                self.take(",")
+        if self.peek("LIMIT"):
+            self.take()
+            q.limit = self._int()
+        if self.peek("OFFSET"):
+            self.take()
+            q.offset = self._int()
+        return q
+
+    def _int(self) -> int:
+        tok = self.take()
+        if not tok.isdigit():
+            raise _malformed(tok)
+        return int(tok)
+
+    def path(self, obj: SObject, text: str) -> Path:
+        parts = text.split(".")
+        if len(parts) > 1 and parts[0].lower() == obj.name.lower() and obj.field(parts[1]):
+            parts = parts[1:]
+        rels: list[Field] = []
+        cur = obj
+        for part in parts[:-1]:
+            ref = cur.relationship(part)
+            if ref is None or ref.ref is None:
+                raise SfError("INVALID_FIELD", f"Didn't understand relationship '{part}' in "
+                              f"field path. If you are attempting to use a custom relationship, "
+                              "be sure to append the '__r' after the custom relationship name.")
+            rels.append(ref)
+            cur = OBJECTS[ref.ref]
+        leaf = cur.field(parts[-1])
+        if leaf is None:
+            raise _invalid_field(parts[-1], cur)
+        return Path(rels, leaf)
+
+    def expr(self, obj: SObject) -> Any:
+        terms = [self.conj(obj)]
+        while self.peek("OR"):
+            self.take()
+            terms.append(self.conj(obj))
+        return terms[0] if len(terms) == 1 else ("or", terms)
+
+    def conj(self, obj: SObject) -> Any:
+        terms = [self.unary(obj)]
+        while self.peek("AND"):
+            self.take()
+            terms.append(self.unary(obj))
+        return terms[0] if len(terms) == 1 else ("and", terms)
+
+    def unary(self, obj: SObject) -> Any:
+        if self.peek("NOT"):
+            self.take()
+            return ("not", self.unary(obj))
+        if self.peek("("):
+            self.take()
+            inner = self.expr(obj)
+            self.take(")")
+            return inner
+        path = self.path(obj, self.take())
+        op = self.take().upper()
+        if op == "NOT":
+            self.take("IN")
+            op = "NOT IN"
+        if op in ("IN", "NOT IN"):
+            self.take("(")
+            values = [self.literal(path.leaf)]
+            while self.peek(","):
+                self.take()
+                values.append(self.literal(path.leaf))
+            self.take(")")
+            return ("in", path, values, op == "NOT IN")
+        if op not in ("=", "!=", "<>", "<", "<=", ">", ">=", "LIKE"):
+            raise _malformed(op)
+        return ("cmp", path, "!=" if op == "<>" else op, self.literal(path.leaf))
+
+    def literal(self, f: Field) -> Any:
+        kind, val = self.tokens[self.i] if self.i < len(self.tokens) else ("", "")
+        self.take()
+        if kind == "str":
+            text = re.sub(r"\\(.)", r"\1", val[1:-1])
+            if f.type in ("id", "reference"):
+                return ids.to18(text) or text
+            return text
+        if kind == "num":
+            return float(val)
+        if kind == "dtm":
+            return normalize_datetime(val)
+        if kind == "date":
+            return val if f.type == "date" else self._range(
+                dt.datetime.fromisoformat(val).replace(tzinfo=dt.UTC), 0, 1, f)
+        upper = val.upper()
+        if upper in ("TRUE", "FALSE"):
+            return upper == "TRUE"
+        if upper == "NULL":
+            return None
+        today = dt.datetime.fromtimestamp(self.now_ms / 1000, tz=dt.UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        if upper in _DATE_WORDS:
+            return self._range(today, *_DATE_WORDS[upper], f)
+        if ":" in upper:
+            word, n = upper.split(":")
+            if word == "LAST_N_DAYS":
+                return self._range(today, -int(n), 1, f)
+            if word == "NEXT_N_DAYS":
+                return self._range(today, 0, int(n) + 1, f)
+        raise _malformed(val)
+
+    @staticmethod
+    def _range(day: dt.datetime, lo: int, hi: int, f: Field) -> tuple[str, str, str]:
+        start, end = day + dt.timedelta(days=lo), day + dt.timedelta(days=hi)
+        if f.type == "date":
+            return ("range", start.date().isoformat(), end.date().isoformat())
+        return ("range", format_datetime(int(start.timestamp() * 1000)),
+                format_datetime(int(end.timestamp() * 1000)))
+
+
+def parse(text: str, now_ms: int) -> Query:
+    """Parse one SOQL statement; raises :class:`SfError` (MALFORMED_QUERY, INVALID_...)."""
+    parser = _Parser(text, now_ms)
+    q = parser.query()
+    if parser.peek() is not None:
+        raise _malformed(parser.peek() or "")
+    return q

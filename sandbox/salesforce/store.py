@@ -1,0 +1,252 @@
+"""Durable state of the emulated org: records, platform events, tokens, clock, counters.
+
+One SQLite database in WAL mode, mirrored in memory for fast queries. Every change goes
+through :meth:`Store.transaction`: the staged record writes and event inserts are
+committed to SQLite in **one** transaction and only then applied to memory and announced
+to subscribers — so an Order update and the platform event the Flow publishes for it
+are durable together or not at all, and a restart loses nothing that was acknowledged.
+
+The clock (:meth:`Store.now_ms`) is wall time plus a persisted offset that tests and
+operators advance; it drives record timestamps, token expiry and event retention.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import ids
+from .model import OBJECTS
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, type TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (replay INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+    uuid TEXT NOT NULL, schema_id TEXT NOT NULL, payload BLOB NOT NULL, created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_created ON events(created_ms);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, user_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL);
+"""
+_CHILD_LINKS = [(spec[0], spec[1]) for obj in OBJECTS.values() for spec in obj.children.values()]
+
+
+class Event:
+    """One stored platform event; ``replay`` is the store's sequence number."""
+
+    __slots__ = ("replay", "topic", "uuid", "schema_id", "payload", "created_ms")
+
+    def __init__(self, replay: int, topic: str, uuid: str, schema_id: str, payload: bytes,
+                 created_ms: int) -> None:
+        self.replay, self.topic, self.uuid = replay, topic, uuid
+        self.schema_id, self.payload, self.created_ms = schema_id, payload, created_ms
+
+
+class Tx:
+    """Staged writes of one transaction; reads see the staged values first."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.records: dict[str, tuple[str, dict]] = {}
+        self.events: list[tuple[str, str, str, bytes, int]] = []
+        self.meta: dict[str, Any] = {}
+        #: the events as stored (with replay ids), filled in when the transaction commits
+        self.committed_events: list[Event] = []
+
+    def get(self, record_id: str) -> dict | None:
+        staged = self.records.get(record_id)
+        return staged[1] if staged else self.store.get(record_id)
+
+    def put(self, sobject: str, record: dict) -> None:
+        self.records[record["Id"]] = (sobject, record)
+
+    def savepoint(self) -> tuple:
+        return dict(self.records), list(self.events)
+
+    def rollback_to(self, savepoint: tuple) -> None:
+        """Discard what was staged after ``savepoint`` (id sequences stay consumed)."""
+        self.records, self.events = dict(savepoint[0]), list(savepoint[1])
+
+    def add_event(self, topic: str, uuid: str, schema_id: str, payload: bytes,
+                  created_ms: int) -> None:
+        self.events.append((topic, uuid, schema_id, payload, created_ms))
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        self.meta: dict[str, str] = dict(self.conn.execute("SELECT key, value FROM meta"))
+        if "org_id" not in self.meta:
+            pod = ids.base62(secrets.randbelow(62 ** 2), 2)
+            self._set_meta({"pod": pod, "org_id": ids.make_id(
+                "00D", pod, secrets.randbelow(62 ** 6))})
+        self.by_type: dict[str, dict[str, dict]] = {name: {} for name in OBJECTS}
+        self.type_of: dict[str, str] = {}
+        self.children: dict[tuple[str, str], dict[str, list[str]]] = {
+            link: {} for link in _CHILD_LINKS}
+        for _rid, rtype, data in self.conn.execute("SELECT id, type, data FROM records"):
+            self._apply(rtype, json.loads(data))
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        self.last_replay = row[0] if row else 0
+        self.tokens: dict[str, tuple[str, int]] = {
+            t: (u, e) for t, u, e in self.conn.execute("SELECT * FROM tokens")}
+        self.listeners: list[Callable[[], None]] = []
+
+    # -- meta, clock, sequences ------------------------------------------------------
+    @property
+    def org_id(self) -> str:
+        return self.meta["org_id"]
+
+    def _set_meta(self, values: dict[str, Any]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [(k, str(v)) for k, v in values.items()])
+        self.meta.update({k: str(v) for k, v in values.items()})
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + int(self.meta.get("clock_offset_ms", "0"))
+
+    def advance_clock(self, seconds: float) -> int:
+        offset = int(self.meta.get("clock_offset_ms", "0")) + int(seconds * 1000)
+        self._set_meta({"clock_offset_ms": offset})
+        return self.now_ms()
+
+    def new_id(self, sobject: str, tx: Tx) -> str:
+        key = f"seq:{sobject}"
+        seq = int(tx.meta.get(key, self.meta.get(key, "0"))) + 1
+        tx.meta[key] = seq
+        return ids.make_id(ids.KEY_PREFIXES[sobject], self.meta["pod"], seq)
+
+    def autonumber(self, sobject: str, width: int, tx: Tx) -> str:
+        key = f"auto:{sobject}"
+        seq = int(tx.meta.get(key, self.meta.get(key, "99"))) + 1
+        tx.meta[key] = seq
+        return str(seq).rjust(width, "0")
+
+    # -- records -----------------------------------------------------------------------
+    def get(self, record_id: str) -> dict | None:
+        rtype = self.type_of.get(record_id)
+        return self.by_type[rtype].get(record_id) if rtype else None
+
+    def child_ids(self, child_type: str, fk: str, parent_id: str) -> list[str]:
+        return self.children[(child_type, fk)].get(parent_id, [])
+
+    def _apply(self, rtype: str, record: dict) -> None:
+        rid = record["Id"]
+        old = self.by_type[rtype].get(rid)
+        self.by_type[rtype][rid] = record
+        self.type_of[rid] = rtype
+        for child_type, fk in _CHILD_LINKS:
+            if child_type != rtype:
+                continue
+            before, after = (old or {}).get(fk), record.get(fk)
+            if before == after and old is not None:
+                continue
+            index = self.children[(child_type, fk)]
+            if before and rid in index.get(before, []):
+                index[before].remove(rid)
+            if after:
+                index.setdefault(after, []).append(rid)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """Stage writes in the yielded :class:`Tx`; commit them atomically on exit."""
+        tx = Tx(self)
+        tx_meta = tx.meta
+        yield tx
+        if not tx.records and not tx.events and not tx_meta:
+            return
+        conn = self.conn
+        new_events: list[Event] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
+                             [(rid, rtype, json.dumps(rec, ensure_ascii=False))
+                              for rid, (rtype, rec) in tx.records.items()])
+            for topic, uuid, schema_id, payload, created_ms in tx.events:
+                cur = conn.execute("INSERT INTO events (topic, uuid, schema_id, payload, "
+                                   "created_ms) VALUES (?, ?, ?, ?, ?)",
+                                   (topic, uuid, schema_id, payload, created_ms))
+                new_events.append(Event(cur.lastrowid or 0, topic, uuid, schema_id, payload,
+                                        created_ms))
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             [(k, str(v)) for k, v in tx_meta.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.meta.update({k: str(v) for k, v in tx_meta.items()})
+        tx.committed_events = new_events
+        for rtype, rec in tx.records.values():
+            self._apply(rtype, rec)
+        if new_events:
+            self.last_replay = max(self.last_replay, new_events[-1].replay)
+            for listener in list(self.listeners):
+                listener()
+
+    # -- events ------------------------------------------------------------------------
+    def events_after(self, topic: str, replay: int, limit: int) -> list[Event]:
+        rows = self.conn.execute(
+            "SELECT replay, topic, uuid, schema_id, payload, created_ms FROM events "
+            "WHERE replay > ? AND topic = ? ORDER BY replay LIMIT ?", (replay, topic, limit))
+        return [Event(*row) for row in rows]
+
+    def event_exists(self, replay: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM events WHERE replay = ?",
+                                 (replay,)).fetchone() is not None
+
+    @property
+    def purged_upto(self) -> int:
+        return int(self.meta.get("purged_upto", "0"))
+
+    def purge_events(self, retention_s: float) -> int:
+        """Delete events older than the retention window; returns how many went."""
+        cutoff = self.now_ms() - int(retention_s * 1000)
+        row = self.conn.execute("SELECT MAX(replay), COUNT(*) FROM events WHERE created_ms < ?",
+                                (cutoff,)).fetchone()
+        if not row[1]:
+            return 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("DELETE FROM events WHERE replay <= ?", (row[0],))
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('purged_upto', ?)",
+                          (str(max(row[0], self.purged_upto)),))
+        self.conn.execute("COMMIT")
+        self.meta["purged_upto"] = str(max(row[0], self.purged_upto))
+        return int(row[1])
+
+    def event_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    # -- tokens ------------------------------------------------------------------------
+    def issue_token(self, user_id: str, lifetime_s: float) -> str:
+        token = f"{self.org_id[:15]}!{secrets.token_urlsafe(72)}"
+        expires = self.now_ms() + int(lifetime_s * 1000)
+        self.conn.execute("INSERT INTO tokens VALUES (?, ?, ?)", (token, user_id, expires))
+        self.tokens[token] = (user_id, expires)
+        return token
+
+    def token_user(self, token: str) -> str | None:
+        """The user a live token belongs to, or None (unknown or expired)."""
+        entry = self.tokens.get(token)
+        if entry is None or entry[1] <= self.now_ms():
+            return None
+        return entry[0]
+
+    def expire_tokens(self) -> int:
+        now = self.now_ms()
+        self.conn.execute("UPDATE tokens SET expires_ms = ? WHERE expires_ms > ?", (now, now))
+        count = 0
+        for token, (user, expires) in list(self.tokens.items()):
+            if expires > now:
+                self.tokens[token] = (user, now)
+                count += 1
+        return count
+
+    def close(self) -> None:
+        self.conn.close()

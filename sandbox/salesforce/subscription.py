@@ -1,0 +1,159 @@
+"""One ``Subscribe`` stream: flow control, replay presets, keepalives, idle close, drop.
+
+A reader task consumes FetchRequests (adding to ``pending``, capped at 100) while
+:meth:`Subscription.responses` delivers stored events after ``position`` — never more
+than ``pending`` — and wakes on new events (store listener), new requests, a drop or a
+timer. See :mod:`.pubsub` for the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from .events import TOPICS
+from .generated import pubsub_api_pb2 as pb
+from .pubsub import (
+    FETCH_INVALID,
+    MAX_REQUESTED,
+    REPLAY_CORRUPTED,
+    TOPIC_NOT_FOUND,
+    UNAVAILABLE,
+    PubSubService,
+    _rpc_id,
+    _StreamError,
+    decode_replay,
+    encode_replay,
+)
+
+
+class Subscription:
+    def __init__(self, service: PubSubService, requests: Any) -> None:
+        self.service = service
+        self.sb = service.sb
+        self.requests = requests
+        self.token: str | None = None
+        self.topic: str | None = None
+        self.position = 0
+        self.pending = 0
+        self.error: _StreamError | None = None
+        self.reader_done = False
+        self.wake = asyncio.Event()
+
+    # -- called from outside ------------------------------------------------------------
+    def notify(self) -> None:
+        self.wake.set()
+
+    def drop(self) -> None:
+        self.error = _StreamError(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE,
+                                  "Service unavailable: stream dropped by the sandbox")
+        self.wake.set()
+
+    # -- reader -------------------------------------------------------------------------
+    def _first(self, request: Any) -> None:
+        if request.topic_name not in TOPICS:
+            raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
+                               f"topic {request.topic_name} not found")
+        store = self.sb.store
+        self.sb.purge()
+        if request.replay_preset == pb.EARLIEST:
+            self.position = store.purged_upto
+        elif request.replay_preset == pb.CUSTOM:
+            value = decode_replay(request.replay_id)
+            valid = value is not None and value <= store.last_replay and (
+                value > store.purged_upto or value == store.purged_upto == 0)
+            if not valid or value is None:
+                raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED,
+                                   "The Replay ID validation failed: the replay id is corrupted "
+                                   "or no longer retained")
+            self.position = value
+        else:
+            self.position = store.last_replay
+        self.topic = request.topic_name
+
+    async def _read(self) -> None:
+        try:
+            async for request in self.requests:
+                if request.auth_refresh:
+                    self.token = request.auth_refresh
+                self.service.check_token(self.token)
+                if self.topic is None:
+                    self._first(request)
+                elif request.topic_name and request.topic_name != self.topic:
+                    raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, FETCH_INVALID,
+                                       "topic_name differs from the stream's first FetchRequest")
+                if request.num_requested < 0:
+                    raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, FETCH_INVALID,
+                                       "num_requested must not be negative")
+                self.pending = min(MAX_REQUESTED, self.pending + request.num_requested)
+                self.sb.counters.count("grpc_fetch_requests")
+                self.wake.set()
+        except _StreamError as err:
+            self.error = err
+        except (asyncio.CancelledError, grpc.RpcError):
+            pass
+        finally:
+            self.reader_done = True
+            self.wake.set()
+
+    # -- writer -------------------------------------------------------------------------
+    async def responses(self) -> AsyncIterator[Any]:
+        sb, cfg, loop = self.sb, self.sb.config, asyncio.get_running_loop()
+        sb.streams.add(self)
+        sb.store.listeners.append(self.notify)
+        reader = asyncio.create_task(self._read())
+        last_sent = idle_since = loop.time()
+        try:
+            while True:
+                self.wake.clear()
+                if self.error is not None:
+                    raise self.error
+                if self.reader_done and (self.topic is None or self.pending == 0):
+                    return
+                if self.topic is not None:
+                    self.service.check_token(self.token)
+                now = loop.time()
+                if self.topic is not None and self.pending > 0:
+                    idle_since = now
+                    batch = sb.store.events_after(self.topic, self.position,
+                                                  min(self.pending, MAX_REQUESTED))
+                    if batch:
+                        await self.service._latency()
+                        self.pending -= len(batch)
+                        self.position = batch[-1].replay
+                        sb.counters.count("grpc_events_delivered", len(batch))
+                        sb.counters.count("grpc_fetch_responses")
+                        yield pb.FetchResponse(
+                            events=[pb.ConsumerEvent(event=pb.ProducerEvent(
+                                id=e.uuid, schema_id=e.schema_id, payload=e.payload),
+                                replay_id=encode_replay(e.replay)) for e in batch],
+                            latest_replay_id=encode_replay(self.position), rpc_id=_rpc_id(),
+                            pending_num_requested=self.pending)
+                        last_sent = loop.time()
+                        continue
+                elif now - idle_since >= cfg.idle_close_s:
+                    sb.counters.count("grpc_idle_closed")
+                    return
+                if (self.topic is not None and now - last_sent >= cfg.keepalive_s
+                        and not sb.faults.keepalives_paused):
+                    sb.counters.count("grpc_keepalives")
+                    yield pb.FetchResponse(latest_replay_id=encode_replay(self.position),
+                                           rpc_id=_rpc_id(), pending_num_requested=self.pending)
+                    last_sent = loop.time()
+                    continue
+                timeout = cfg.keepalive_s - (now - last_sent)
+                if sb.faults.keepalives_paused or self.topic is None:
+                    timeout = cfg.keepalive_s
+                if self.pending == 0:
+                    timeout = min(timeout, cfg.idle_close_s - (now - idle_since))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=max(timeout, 0.01))
+        finally:
+            sb.streams.discard(self)
+            if self.notify in sb.store.listeners:
+                sb.store.listeners.remove(self.notify)
+            reader.cancel()
