@@ -9,7 +9,9 @@ Request handling order for the API (mirrors WHMCS, then the faults):
 4. ``identifier`` + ``secret`` — 403 ``Authentication Failed`` otherwise;
 5. pre-commit faults (HTTP 500/503/HTML page, chosen WHMCS error);
 6. the action (commits its writes);
-7. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit.
+7. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit;
+8. the answer: JSON with ``responsetype=json``, otherwise WHMCS's default XML
+   (``<whmcsapi>``) — auth and IP refusals are always JSON here.
 
 Admin endpoints (JSON, no auth — the sandbox listens on localhost):
 
@@ -36,6 +38,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 from aiohttp import web
 
@@ -130,6 +133,8 @@ class Sandbox:
             raise asyncio.CancelledError  # nothing more to send on a dropped connection
         if plan.hang_s is not None:
             await asyncio.sleep(plan.hang_s)
+        if scalar(params, "responsetype", "xml").strip().lower() != "json":
+            return _xml(action, result)
         return _json(result)
 
 
@@ -142,6 +147,23 @@ _PRETTY = {"addclient": "AddClient", "getclientsdetails": "GetClientsDetails",
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(body).encode(), status=status,
                         content_type=JSON_TYPE)
+
+
+def _xml_value(key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        inner = "".join(_xml_value(k, v) for k, v in value.items())
+        return f"<{key}>{inner}</{key}>"
+    if isinstance(value, list):
+        return "".join(_xml_value(key, v) for v in value)
+    return f"<{key}>{escape(str(value))}</{key}>"
+
+
+def _xml(action: str, body: dict[str, Any]) -> web.Response:
+    """WHMCS's default (no ``responsetype=json``) answer: ``<whmcsapi>`` XML."""
+    inner = "".join(_xml_value(k, v) for k, v in body.items())
+    text = (f'<?xml version="1.0" encoding="utf-8"?>\n<whmcsapi version="8.13.0">'
+            f"<action>{escape(action.lower())}</action>{inner}</whmcsapi>")
+    return web.Response(text=text, content_type="text/xml")
 
 
 def _error_page(plan: Plan) -> web.Response:

@@ -259,3 +259,11 @@ def test_ip_allow_list_and_accesskey_bypass(whmcs_sb: WhmcsSandbox) -> None:
     finally:
         whmcs_sb.set_allowed_ips(["127.0.0.1", "::1"])
     assert whmcs_post(whmcs_sb, {"action": "GetProducts"}).json()["result"] == "success"
+
+
+def test_without_responsetype_json_the_answer_is_xml(whmcs_sb: WhmcsSandbox) -> None:
+    resp = httpx.post(whmcs_sb.api_url, data={"action": "GetOrders", "limitnum": "1",
+                                              "identifier": whmcs_sb.identifier,
+                                              "secret": whmcs_sb.secret})
+    assert resp.headers["content-type"].startswith("text/xml")
+    assert "<result>success</result>" in resp.text and "<totalresults>" in resp.text
