@@ -1,0 +1,6 @@
+"""The Salesforce write-back sink: outcomes topic → Order/Opportunity via sObject Collections.
+
+Modules: :mod:`sinks.mapping` (outcome → record updates, pure), :mod:`sinks.batch` (merging
+and which offsets may be committed, pure), :mod:`sinks.writer` (one flush → per-record
+verdicts), :mod:`sinks.app` (the consumer loop), ``python -m sinks run`` (the process).
+"""

@@ -1,0 +1,63 @@
+"""``python -m sinks run [--max-records N] [--timeout S] [--exit-when-idle]``.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT, a bound reached: pending writes flushed
+and committed), 2 for a bad setting, 1 for anything else (offsets stay where Salesforce's
+acknowledgements put them; a restart redelivers the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common.errors import ConfigError
+from common.log import setup_logging
+from common.metrics import HealthServer
+from common.settings import CommonSettings, KafkaSettings, SalesforceSettings, SinkSettings
+
+log = logging.getLogger("sinks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sinks",
+                                     description="Salesforce write-back sink.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="consume outcomes and write them back to Salesforce")
+    run.add_argument("--max-records", type=int, default=None,
+                     help="stop after consuming this many outcome records")
+    run.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
+    run.add_argument("--exit-when-idle", action="store_true",
+                     help="stop once every assigned partition is consumed, written and committed")
+    args = parser.parse_args(argv)
+    try:
+        common = CommonSettings.load()
+        setup_logging("sink", common.log_level, common.log_format)
+        kafka = KafkaSettings.load()
+        settings = SinkSettings.load()
+        salesforce = SalesforceSettings.load()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from common.salesforce import SalesforceClient
+    from sinks.app import Sink
+
+    sink = Sink(kafka, settings, SalesforceClient(salesforce))
+    sink.install_signal_handlers()
+    server = HealthServer(settings.http_port, sink.health).start() if settings.http_port else None
+    try:
+        stats = sink.run(max_records=args.max_records, timeout=args.timeout,
+                         exit_when_idle=args.exit_when_idle)
+    except Exception:
+        log.exception("sink failed")
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    log.info("sink done: consumed=%d written=%d calls=%d dead_letters=%d", stats.consumed,
+             stats.records_written, stats.calls, stats.dead_letters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

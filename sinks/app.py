@@ -1,0 +1,470 @@
+"""The Salesforce write-back sink: outcomes topic → batched sObject Collections updates.
+
+One thread does everything (poll, decode, batch, PATCH, dead-letter, commit), so there is
+never a write in flight while offsets are computed. The loop polls at least once a second,
+even while paused, so group membership survives long pauses; the longest stretch without
+a poll is one flush (one Salesforce call, bounded by ``SF_TIMEOUT_S``), far below
+``max.poll.interval.ms``.
+
+Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
+
+    consume → decode (undecodable → dead letter) → map → merge into the pending map
+    flush (size or linger) → PATCH composite/sobjects → ack / retry / fail per record
+    complete outcomes (dead letters produced first) → producer.flush → commit offsets
+
+Pauses: ``REQUEST_LIMIT_EXCEEDED`` pauses every assigned partition for
+``SINK_LIMIT_BACKOFF_S`` (doubling while it persists, up to 16x); an outage (5xx,
+unreachable, auth refused) pauses with the transient backoff; both requeue the batch
+without counting attempts, then probe with it. Too many unacknowledged outcomes
+(``SINK_MAX_PENDING``) pause for backpressure. All are visible in ``/healthz`` and
+``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
+pause, a crash or a SIGKILL loses nothing — it only redelivers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from common.avro import AvroSerde, SerdeError
+from common.deadletter import dead_letter_headers
+from common.errors import KafkaError, SalesforceError, SalesforceLimitError
+from common.settings import KafkaSettings, SinkSettings
+from sinks import metrics as m
+from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
+from sinks.mapping import updates_for
+from sinks.writer import CollectionClient, CollectionWriter
+
+log = logging.getLogger(__name__)
+LIMIT = "REQUEST_LIMIT_EXCEEDED"
+OUTAGE = "SALESFORCE_UNAVAILABLE"
+BACKPRESSURE = "BACKPRESSURE"
+
+
+@dataclass
+class RunStats:
+    consumed: int = 0
+    records_written: int = 0
+    calls: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+
+
+class Sink:
+    """``Sink(kafka, settings, client).run(max_records=..., timeout=...)``; ``stop()`` from
+    a signal handler or another thread ends the loop with a drain and a final commit."""
+
+    def __init__(self, kafka: KafkaSettings, settings: SinkSettings, client: CollectionClient,
+                 *, consumer_config: dict[str, Any] | None = None) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.client = client
+        self.writer = CollectionWriter(client, chunk_size=settings.batch_size)
+        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
+        self.batcher = Batcher()
+        self.offsets = OffsetTracker()
+        self.stats = RunStats()
+        config = {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": kafka.topic(settings.group_id),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "max.poll.interval.ms": 300000,
+        }
+        if settings.instance_id:
+            config["group.instance.id"] = settings.instance_id
+        config.update(consumer_config or {})
+        self.consumer = Consumer(config)
+        self.producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                                  "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self._stop = threading.Event()
+        self._assigned: list[TopicPartition] = []
+        self._paused = False
+        self._pause_reasons: dict[str, float] = {}  # reason → resume-at (monotonic)
+        self._outage_streak = 0
+        self._limit_streak = 0
+        self._dlq_failure: str | None = None
+        self._heartbeat = time.monotonic()
+        self._last_commit = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, *, max_records: int | None = None, timeout: float | None = None,
+            exit_when_idle: bool = False) -> RunStats:
+        """Consume until stopped, ``max_records`` consumed, ``timeout`` seconds passed, or
+        (``exit_when_idle``) every assigned partition is consumed to its end and settled.
+        Always ends with a drain (flush for up to ``SINK_DRAIN_TIMEOUT_S``) and a commit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.consumer.subscribe([self.kafka.outcomes], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        idle_checked = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                self._heartbeat = now
+                if deadline is not None and now >= deadline:
+                    break
+                if max_records is not None and self.stats.consumed >= max_records:
+                    break
+                self._update_pause(now)
+                want = 500 if max_records is None else min(500, max_records - self.stats.consumed)
+                messages = self.consumer.consume(num_messages=want,
+                                                 timeout=self._poll_timeout(now))
+                for message in messages:
+                    self._handle(message)
+                self._flush_due()
+                self._commit(force=False)
+                if exit_when_idle and not messages and time.monotonic() - idle_checked > 1.0:
+                    idle_checked = time.monotonic()
+                    if self._caught_up():
+                        break
+            self._drain()
+            self._commit(force=True)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+        log.info("sink stopped", extra={"count": self.stats.consumed})
+        return self.stats
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def _handle(self, message: Message) -> None:
+        if message.error():
+            if message.error().fatal():
+                raise KafkaError(f"fatal consumer error: {message.error()}")
+            log.warning("consumer error: %s", message.error())
+            return
+        self.stats.consumed += 1
+        tracked = Tracked(message.partition(), message.offset(), message.key(), message.value())
+        self.offsets.consumed(tracked.partition, tracked.offset)
+        try:
+            if tracked.value is None:
+                raise SerdeError("tombstone (null value) on the outcomes topic")
+            tracked.outcome = self.serde.decode(tracked.value)
+            updates = updates_for(tracked.outcome,
+                                  set_order_activated=self.settings.set_order_activated)
+        except (SerdeError, KeyError, TypeError, ValueError) as exc:
+            m.OUTCOMES.labels("undecodable").inc()
+            self._dead_letter(tracked, reason=f"undecodable outcome: {exc}",
+                              error_class=type(exc).__name__)
+            self._complete(tracked)
+            return
+        m.OUTCOMES.labels(tracked.outcome["status"]).inc()
+        if updates:
+            self.batcher.add(tracked, updates, time.monotonic())
+        else:
+            self._complete(tracked)
+        if self.offsets.outstanding() >= self.settings.max_pending:
+            self._pause(BACKPRESSURE, 0.0)
+
+    def _poll_timeout(self, now: float) -> float:
+        if self._paused and not len(self.batcher):
+            return 1.0
+        next_at = self.batcher.next_ready_at()
+        if next_at is None:
+            return 1.0
+        return max(0.0, min(1.0, max(next_at, now) - now + self.settings.linger_s / 4))
+
+    # -- flushing ----------------------------------------------------------------------
+
+    def _flush_due(self) -> None:
+        while True:
+            now = time.monotonic()
+            if self._blocked(now):
+                return
+            if not self.batcher.due(now, batch_size=self.settings.batch_size,
+                                    linger_s=self.settings.linger_s):
+                return
+            self._flush(now)
+
+    def _blocked(self, now: float) -> bool:
+        """No calls while the limit or an outage pause has not yet run out."""
+        return any(self._pause_reasons.get(r, 0.0) > now for r in (LIMIT, OUTAGE))
+
+    def _flush(self, now: float) -> bool:
+        """One call's worth of ready entries; False when the whole call failed."""
+        entries = self.batcher.take(now, self.settings.batch_size)
+        if not entries:
+            return True
+        try:
+            result = self.writer.write(entries)
+        except SalesforceLimitError as exc:
+            m.ERRORS.labels(LIMIT, "call").inc()
+            self._limit_streak += 1
+            backoff = self.settings.limit_backoff_s * 2 ** min(self._limit_streak - 1, 4)
+            self._requeue_all(entries, now + backoff)
+            self._pause(LIMIT, now + backoff)
+            log.warning("Salesforce API limit reached; paused for %.1fs", backoff,
+                        extra={"error_code": exc.error_code, "count": len(entries)})
+            self._record_usage()
+            self.stats.calls += 1
+            return False
+        except SalesforceError as exc:
+            if not exc.retryable:
+                raise
+            m.ERRORS.labels(exc.error_code or type(exc).__name__, "call").inc()
+            self._outage_streak += 1
+            backoff = self._backoff(self._outage_streak)
+            self._requeue_all(entries, now + backoff)
+            self._pause(OUTAGE, now + backoff)
+            log.warning("Salesforce call failed (%s); paused for %.1fs", exc, backoff,
+                        extra={"error_code": exc.error_code, "count": len(entries)})
+            self.stats.calls += 1
+            return False
+        self._limit_streak = self._outage_streak = 0
+        self._pause_reasons.pop(LIMIT, None)
+        self._pause_reasons.pop(OUTAGE, None)
+        self._apply_pause()
+        self.stats.calls += result.calls
+        m.BATCHES.inc(result.calls)
+        m.BATCH_SIZE.observe(len(entries))
+        self._record_usage()
+        self._settle(result.acked, result.transient, result.permanent, now)
+        return True
+
+    def _settle(self, acked: list[Entry], transient: list[tuple[Entry, RecordError]],
+                permanent: list[tuple[Entry, RecordError]], now: float) -> None:
+        done: list[Tracked] = []
+        for entry in acked:
+            m.RECORDS_WRITTEN.labels(entry.key.sobject).inc()
+            done.extend(self.batcher.ack(entry))
+        self.stats.records_written += len(acked)
+        for entry, error in transient:
+            m.ERRORS.labels(error.code, "record").inc()
+            if entry.attempts + 1 >= self.settings.max_attempts:
+                exhausted = RecordError(error.key, error.code,
+                                        f"{error.message} (gave up after {entry.attempts + 1} "
+                                        "attempts)", error.fields)
+                done.extend(self.batcher.fail(entry, exhausted))
+            else:
+                self.batcher.retry(entry, now + self._backoff(entry.attempts + 1))
+        for entry, error in permanent:
+            m.ERRORS.labels(error.code, "record").inc()
+            log.warning("Salesforce refused %s: %s %s", entry.key, error.code, error.message,
+                        extra={"error_code": error.code})
+            done.extend(self.batcher.fail(entry, error))
+        for tracked in done:
+            self._complete(tracked)
+
+    def _requeue_all(self, entries: list[Entry], not_before: float) -> None:
+        for entry in entries:
+            self.batcher.retry(entry, not_before, count_attempt=False)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.settings.retry_backoff_max_s,
+                   self.settings.retry_backoff_s * 2 ** max(0, attempt - 1))
+
+    def _record_usage(self) -> None:
+        usage = getattr(self.client, "api_usage", None)
+        if usage:
+            m.API_USED.set(usage[0])
+            m.API_LIMIT.set(usage[1])
+
+    def _drain(self) -> None:
+        """Flush everything pending until done or ``SINK_DRAIN_TIMEOUT_S`` passed."""
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while len(self.batcher) and time.monotonic() < deadline:
+            now = time.monotonic()
+            if self._blocked(now) or not self.batcher.ready(now):
+                wake = max([self.batcher.next_ready_at() or now]
+                           + [self._pause_reasons.get(r, now) for r in (LIMIT, OUTAGE)])
+                if wake >= deadline:
+                    break
+                time.sleep(max(0.01, min(0.5, wake - now)))
+                self.consumer.poll(0)  # serve rebalance callbacks while waiting
+                continue
+            self._flush(now)
+        if len(self.batcher):
+            log.warning("drain ended with %d records unacknowledged; their offsets stay "
+                        "uncommitted and will be redelivered", len(self.batcher))
+
+    # -- completion, dead letters, commits ---------------------------------------------
+
+    def _complete(self, tracked: Tracked) -> None:
+        if tracked.errors:
+            self._dead_letter_errors(tracked)
+        elif tracked.outcome is not None:
+            wall = time.time()
+            for since in ("completed_at", "requested_at"):
+                stamp = tracked.outcome.get(since)
+                if stamp is not None:
+                    m.LAG.labels(since.removesuffix("_at")).observe(
+                        max(0.0, wall - stamp.timestamp()))
+        self.offsets.complete(tracked.partition, tracked.offset)
+
+    def _dead_letter_errors(self, tracked: Tracked) -> None:
+        first = tracked.errors[0]
+        detail = [{"sobject": e.key.sobject, "id": e.key.record_id, "statusCode": e.code,
+                   "message": e.message, "fields": list(e.fields)} for e in tracked.errors]
+        reason = "; ".join(f"{e.key}: {e.code}: {e.message}" for e in tracked.errors)
+        self._dead_letter(tracked, reason=f"Salesforce refused the write-back: {reason}",
+                          error_class="SalesforceRecordError", error_code=first.code,
+                          sf_errors=json.dumps(detail),
+                          sf_fields=",".join(f for e in tracked.errors for f in e.fields))
+
+    def _dead_letter(self, tracked: Tracked, *, reason: str, error_class: str,
+                     error_code: str = "", **context: Any) -> None:
+        outcome = tracked.outcome or {}
+        headers = dead_letter_headers(
+            stage="sink", reason=reason, error_class=error_class, error_code=error_code,
+            source_topic=self.kafka.outcomes, source_partition=tracked.partition,
+            source_offset=tracked.offset, order_id=outcome.get("order_id"),
+            idem_key=outcome.get("idem_key"), correlation_id=outcome.get("correlation_id"),
+            **context)
+        self.producer.produce(self.kafka.dead_letters, key=tracked.key, value=tracked.value,
+                              headers=headers, on_delivery=self._on_dlq_delivery)
+        self.producer.poll(0)
+        self.stats.dead_letters += 1
+        m.DEAD_LETTERS.labels(error_code or error_class).inc()
+        log.warning("dead-lettered outcome: %s", reason[:500],
+                    extra={"order_id": outcome.get("order_id"), "partition": tracked.partition,
+                           "offset": tracked.offset, "error_code": error_code or error_class})
+
+    def _on_dlq_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._dlq_failure = str(err)
+
+    def _commit(self, *, force: bool) -> None:
+        """Commit what is settled: dead letters on the broker first, then the offsets."""
+        m.PENDING.set(self.offsets.outstanding())
+        now = time.monotonic()
+        if not force and now - self._last_commit < 1.0:
+            return
+        positions = self.offsets.committable()
+        if not positions:
+            return
+        if len(self.producer) and self.producer.flush(30) > 0:
+            log.warning("dead letters not yet delivered; commit postponed")
+            return
+        if self._dlq_failure:
+            raise KafkaError(f"dead letter could not be delivered: {self._dlq_failure}; "
+                             "exiting without committing past it")
+        offsets = [TopicPartition(self.kafka.outcomes, p, o) for p, o in positions.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit failed (will retry): %s", exc)
+            return
+        self.offsets.committed(positions)
+        self._last_commit = now
+        self.stats.commits += 1
+        m.COMMITS.inc()
+
+    # -- pausing -----------------------------------------------------------------------
+
+    def _pause(self, reason: str, until: float) -> None:
+        if reason not in self._pause_reasons:
+            m.PAUSES.labels(reason).inc()
+        self._pause_reasons[reason] = until
+        self._apply_pause()
+
+    def _update_pause(self, now: float) -> None:
+        if BACKPRESSURE in self._pause_reasons and \
+                self.offsets.outstanding() < self.settings.max_pending // 2:
+            del self._pause_reasons[BACKPRESSURE]
+        for reason in (LIMIT, OUTAGE):
+            # resume once the backoff ran out and nothing is left to probe with; when
+            # records are pending, the next successful flush lifts the pause instead
+            if reason in self._pause_reasons and self._pause_reasons[reason] <= now \
+                    and not self.batcher.ready(now):
+                del self._pause_reasons[reason]
+        self._apply_pause()
+
+    def _apply_pause(self) -> None:
+        want = bool(self._pause_reasons)
+        if want == self._paused:
+            return
+        self._paused = want
+        m.PAUSED.set(1 if want else 0)
+        if self._assigned:
+            (self.consumer.pause if want else self.consumer.resume)(self._assigned)
+        log.info("consumption %s", "paused" if want else "resumed",
+                 extra={"cause": ",".join(self._pause_reasons) or None})
+
+    # -- rebalances --------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        self._assigned = list(partitions)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        log.info("assigned partitions %s", [p.partition for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Last chance to settle and commit what we hold before another member owns it."""
+        now = time.monotonic()
+        for _ in range(10):
+            if not self.batcher.ready(now) or self._blocked(now) or not self._flush(now):
+                break
+        self._commit(force=True)
+        self._forget(partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        lost = {p.partition for p in partitions}
+        self.batcher.forget(lost)
+        self.offsets.forget(lost)
+        self._assigned = [p for p in self._assigned if p.partition not in lost]
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition consumed to its high watermark, settled and committed.
+
+        Pitfall: with transactional producers the high watermark counts the commit marker;
+        librdkafka moves the position past it, so ``position >= high`` still holds.
+        """
+        if not self._assigned or len(self.batcher) or self.offsets.outstanding():
+            return False
+        self._commit(force=True)
+        committed = {p.partition: p.offset
+                     for p in self.consumer.committed(self._assigned, timeout=5)}
+        for tp in self.consumer.position(self._assigned):
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            position = tp.offset if tp.offset != OFFSET_INVALID else committed[tp.partition]
+            if high > low and (position < high or committed[tp.partition] < high):
+                return False
+        return True
+
+    # -- health ------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        alive = now - self._heartbeat < 60 and self._dlq_failure is None
+        usage = getattr(self.client, "api_usage", None)
+        return alive, {
+            "status": "paused" if self._paused else "running",
+            "paused": self._paused,
+            "pause_reasons": {r: round(max(0.0, t - now), 1)
+                              for r, t in self._pause_reasons.items()},
+            "assigned_partitions": [p.partition for p in self._assigned],
+            "pending_outcomes": self.offsets.outstanding(),
+            "pending_records": len(self.batcher),
+            "api_usage": {"used": usage[0], "limit": usage[1]} if usage else None,
+            "consumed": self.stats.consumed, "records_written": self.stats.records_written,
+            "calls": self.stats.calls, "dead_letters": self.stats.dead_letters,
+        }

@@ -1,0 +1,120 @@
+"""The consumer loop on the real broker, with an in-memory Salesforce (fast, in-process).
+
+The same scenarios against the Salesforce sandbox, with the sink as a subprocess, are in
+``test_sink_sandbox.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from common.settings import KafkaSettings, SinkSettings
+from sinks.app import Sink
+from tests.sinks.fakes import FakeCollections, limit_error
+from tests.sinks.helpers import STATUSES, committed_total, dead_letters, outcome, produce
+
+pytestmark = pytest.mark.broker
+
+
+def sink_settings(**overrides: object) -> SinkSettings:
+    base = {"linger_s": 0.05, "http_port": 0, "retry_backoff_s": 0.05,
+            "limit_backoff_s": 0.5, "session_timeout_ms": 6000}
+    base.update(overrides)
+    return SinkSettings.load({}, **base)
+
+
+def scenario(n: int) -> list[dict]:
+    return [outcome(f"801{i:015d}", STATUSES[i % len(STATUSES)],
+                    opportunity_id=f"006{i:015d}" if i % 3 else None, n=i) for i in range(n)]
+
+
+def test_outcomes_are_written_batched_and_committed(kafka_settings: KafkaSettings) -> None:
+    records = scenario(300)
+    produce(kafka_settings, records)
+    fake = FakeCollections()
+    settings = sink_settings()
+    stats = Sink(kafka_settings, settings, fake).run(timeout=60, exit_when_idle=True)
+    assert stats.consumed == 300
+    for i, rec in enumerate(records):
+        stored = fake.records.get(("Order", rec["order_id"]))
+        if rec["status"] == "Provisioned":
+            assert stored["Activation_Status__c"] == "Provisioned", i
+            assert stored["WHMCS_Order_Id__c"] == rec["whmcs_order_id"]
+            if rec["opportunity_id"]:
+                assert fake.records[("Opportunity", rec["opportunity_id"])] == {
+                    "StageName": "Active", "WHMCS_Service_ID__c": rec["whmcs_service_ids"][0]}
+        elif rec["status"] == "Failed":
+            assert stored["Activation_Status__c"] == "Failed"
+            assert stored["Activation_Error__c"] == f"WHMCS_ERROR: order {i} refused"
+        else:
+            assert stored is None
+    written = sum(len(c) for c in fake.calls)
+    assert written == len(fake.records)
+    assert len(fake.calls) <= -(-written // 200) + 3
+    assert committed_total(kafka_settings, settings) == 300
+
+
+def test_later_outcome_of_the_same_order_wins(kafka_settings: KafkaSettings) -> None:
+    order = "801000000000000042"
+    produce(kafka_settings, [outcome(order, "Failed", n=1), outcome(order, "Provisioned", n=2),
+                             outcome(order, "Failed", n=3, error_message="final")])
+    fake = FakeCollections()
+    Sink(kafka_settings, sink_settings(linger_s=0.5), fake).run(timeout=30, exit_when_idle=True)
+    stored = fake.records[("Order", order)]
+    assert stored["Activation_Status__c"] == "Failed"
+    assert stored["Activation_Error__c"] == "WHMCS_ERROR: final"
+    assert stored["WHMCS_Order_Id__c"] == 1002  # from the Provisioned outcome, not erased
+
+
+def test_bad_records_are_dead_lettered_and_the_rest_proceeds(
+        kafka_settings: KafkaSettings) -> None:
+    records = scenario(20)
+    fake = FakeCollections()
+    fake.record_errors[records[0]["order_id"]] = [
+        {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]
+    fake.record_errors[records[1]["order_id"]] = [
+        {"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked", "fields": []}]
+    produce(kafka_settings, records, raw=[(b"garbage", b"\xff\x00not avro")])
+    settings = sink_settings(max_attempts=3)
+    Sink(kafka_settings, settings, fake).run(timeout=60, exit_when_idle=True)
+    letters = dead_letters(kafka_settings, expected=3)
+    by_order = {h.get("order_id", ""): (k, v, h) for k, v, h in letters}
+    assert len(letters) == 3, [h for _k, _v, h in letters]
+    deleted = by_order[records[0]["order_id"]][2]
+    assert deleted["error_code"] == "ENTITY_IS_DELETED" and deleted["stage"] == "sink"
+    assert "entity is deleted" in deleted["reason"] and deleted["source_offset"]
+    locked = by_order[records[1]["order_id"]][2]
+    assert locked["error_code"] == "UNABLE_TO_LOCK_ROW" and "3 attempts" in locked["reason"]
+    garbage = by_order[""]
+    assert garbage[0] == b"garbage" and garbage[2]["error_class"] == "SerdeError"
+    # everything else written
+    assert ("Order", records[2]["order_id"]) in fake.records
+    assert committed_total(kafka_settings, settings) == 21
+
+
+def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> None:
+    produce(kafka_settings, scenario(100))
+    fake = FakeCollections()
+    limited_until = time.monotonic() + 2.0
+    fake.fail_call = lambda _r: limit_error() if time.monotonic() < limited_until else None
+    sink = Sink(kafka_settings, sink_settings(), fake)
+    seen_paused: list[dict] = []
+
+    def watch() -> None:
+        while time.monotonic() < limited_until:
+            ok, details = sink.health()
+            if details["paused"]:
+                seen_paused.append(details)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    stats = sink.run(timeout=60, exit_when_idle=True)
+    watcher.join()
+    assert seen_paused and "REQUEST_LIMIT_EXCEEDED" in seen_paused[0]["pause_reasons"]
+    assert stats.consumed == 100
+    assert sum(1 for k in fake.records if k[0] == "Order") == 60  # Provisioned + Failed
+    assert not sink.health()[1]["paused"]

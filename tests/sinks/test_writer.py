@@ -1,0 +1,75 @@
+"""Per-record verdicts of one flush, and bisection of a batch refused as a whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import SalesforceError, SalesforceLimitError
+from sinks.batch import Batcher, Entry, Tracked
+from sinks.mapping import RecordKey, RecordUpdate
+from sinks.writer import CollectionWriter
+from tests.sinks.fakes import FakeCollections, bad_request, limit_error
+
+
+def entries(n: int) -> list[Entry]:
+    batcher = Batcher()
+    for i in range(n):
+        batcher.add(Tracked(0, i, None, None),
+                    [RecordUpdate(RecordKey("Order", f"801{i:04d}"), {"Activation_Status__c":
+                                                                      "Provisioned"})], now=i)
+    return batcher.take(now=n, limit=10_000)
+
+
+def test_per_record_errors_are_sorted_transient_or_permanent() -> None:
+    fake = FakeCollections()
+    fake.record_errors["8010001"] = [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked",
+                                      "fields": []}]
+    fake.record_errors["8010002"] = [{"statusCode": "ENTITY_IS_DELETED", "message": "deleted",
+                                      "fields": []}]
+    fake.record_errors["8010003"] = [{"statusCode": "INVALID_FIELD", "message": "no such",
+                                      "fields": ["WHMCS_Order_Id__c"]}]
+    result = CollectionWriter(fake).write(entries(5))
+    assert [e.key.record_id for e in result.acked] == ["8010000", "8010004"]
+    assert [(e.key.record_id, err.code) for e, err in result.transient] == \
+        [("8010001", "UNABLE_TO_LOCK_ROW")]
+    assert [(e.key.record_id, err.code, err.fields) for e, err in result.permanent] == \
+        [("8010002", "ENTITY_IS_DELETED", ()),
+         ("8010003", "INVALID_FIELD", ("WHMCS_Order_Id__c",))]
+    assert result.calls == 1
+
+
+def test_chunks_of_at_most_batch_size() -> None:
+    fake = FakeCollections()
+    result = CollectionWriter(fake, chunk_size=200).write(entries(450))
+    assert [len(c) for c in fake.calls] == [200, 200, 50]
+    assert len(result.acked) == 450
+
+
+def test_limit_and_outage_propagate() -> None:
+    fake = FakeCollections()
+    fake.fail_call = lambda _records: limit_error()
+    with pytest.raises(SalesforceLimitError):
+        CollectionWriter(fake).write(entries(3))
+    fake.fail_call = lambda _records: SalesforceError("503", status=503, retryable=True)
+    with pytest.raises(SalesforceError):
+        CollectionWriter(fake).write(entries(3))
+
+
+def test_whole_call_refusal_is_bisected_to_the_culprit() -> None:
+    fake = FakeCollections()
+    fake.fail_call = lambda records: bad_request() if any(
+        r["id"] == "8010005" for r in records) else None
+    result = CollectionWriter(fake).write(entries(16))
+    assert [(e.key.record_id, err.code) for e, err in result.permanent] == \
+        [("8010005", "JSON_PARSER_ERROR")]
+    assert len(result.acked) == 15
+    assert result.calls <= 1 + 2 * 4  # log2(16) levels, two calls each
+
+
+def test_mixed_transient_and_permanent_errors_count_as_permanent() -> None:
+    fake = FakeCollections()
+    fake.record_errors["8010000"] = [
+        {"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked"},
+        {"statusCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "message": "rule"}]
+    result = CollectionWriter(fake).write(entries(1))
+    assert [err.code for _e, err in result.permanent] == ["FIELD_CUSTOM_VALIDATION_EXCEPTION"]
