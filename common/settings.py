@@ -367,6 +367,19 @@ class WorkerSettings(_Section):
                                       "this deadline, then the order is Failed.")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
                          doc="Port of the worker's web server (/metrics, /healthz).")
+    lookup_grace_s: float = env("WORKER_LOOKUP_GRACE_S", 2.0, parse=parse_float,
+                                doc="Before concluding a WHMCS order is absent, wait this "
+                                    "long (after the earlier attempt's timeout) and look "
+                                    "again.")
+    recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
+                                  doc="A pending intent (or unsent outcome) older than this, "
+                                      "with no event in flight, is recovered by the sweep "
+                                      "(WHMCS lookup, then an outcome).")
+    sweep_interval_s: float = env("WORKER_SWEEP_INTERVAL_S", 60.0, parse=parse_float,
+                                  doc="How often the recovery and dedupe-expiry sweeps run.")
+    standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
+                                doc="Faust table standby replicas (0: a takeover restores "
+                                    "from the changelog).")
 
 
 @dataclass(frozen=True, kw_only=True)
