@@ -116,6 +116,10 @@ class _TimeoutSession(requests.Session):
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self._timeout)
+        if isinstance(self.verify, str):
+            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify;
+            # an explicit SF_CA_BUNDLE must win, so pass it per request
+            kwargs.setdefault("verify", self.verify)
         return super().request(method, url, **kwargs)
 
 
