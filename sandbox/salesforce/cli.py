@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .admin_client import AdminClient
-from .server import DEFAULT_CLIENT_ID, DEFAULT_USERNAME, ServeOptions
+from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME
 
 DEFAULT_DIR = os.environ.get("SF_SANDBOX_DIR", "./.sandbox/salesforce")
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         from common.log import setup_logging
 
-        from .server import serve
+        from .server import ServeOptions, serve
         setup_logging("sf-sandbox", args.log_level, "TEXT")
         opts = ServeOptions(
             dir=args.dir, host=args.host, public_host=args.public_host,

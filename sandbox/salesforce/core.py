@@ -14,6 +14,8 @@ from .errors import SfError
 from .faults import Counters, Faults
 from .store import Store
 
+DEFAULT_CLIENT_ID = "3MVG9sfprovSandboxConsumerKey.local"
+DEFAULT_USERNAME = "integration@sfprov.sandbox"
 SYSTEM_USER = {"Id": "005000000000000AAA", "Username": "automatedprocess@sandbox"}
 
 

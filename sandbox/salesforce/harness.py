@@ -37,7 +37,7 @@ import jwt
 import requests
 
 from .admin_client import AdminClient
-from .server import DEFAULT_CLIENT_ID, DEFAULT_USERNAME
+from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME
 from .tlsgen import jwt_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

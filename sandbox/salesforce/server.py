@@ -23,15 +23,13 @@ import grpc
 from aiohttp import web
 
 from . import tlsgen
-from .core import Config, Sandbox
+from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME, Config, Sandbox
 from .generated import pubsub_api_pb2_grpc as pb_grpc
 from .http_app import make_app
 from .pubsub import PubSubService
 
 log = logging.getLogger("sandbox.salesforce")
 
-DEFAULT_CLIENT_ID = "3MVG9sfprovSandboxConsumerKey.local"
-DEFAULT_USERNAME = "integration@sfprov.sandbox"
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
