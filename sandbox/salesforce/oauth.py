@@ -57,8 +57,10 @@ def verify_assertion(sandbox: Sandbox, assertion: str) -> dict:
         raise OAuthError("invalid_grant", "audience is invalid")
     exp = claims.get("exp")
     now = time.time()
-    if not isinstance(exp, int | float):
-        raise OAuthError("invalid_grant", "invalid assertion")
+    try:  # simple-salesforce sends exp as a string of digits, which Salesforce accepts
+        exp = float(exp)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise OAuthError("invalid_grant", "invalid assertion") from exc
     if exp <= now:
         raise OAuthError("invalid_grant", "expired authorization code")
     if exp > now + MAX_EXP_AHEAD_S + 5:

@@ -1,0 +1,1 @@
+"""Tests of the local Salesforce and WHMCS sandboxes."""

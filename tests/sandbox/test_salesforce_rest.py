@@ -1,0 +1,286 @@
+"""Salesforce sandbox over real HTTPS: OAuth JWT, simple-salesforce, SOQL, sObjects,
+sObject Collections, composite, limits, faults."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+V = "/services/data/v62.0"
+
+
+def _api(sf: Any, http: requests.Session) -> Salesforce:
+    token = sf.login()["access_token"]
+    return Salesforce(instance_url=sf.instance_url, session_id=token, session=http,
+                      version="62.0")
+
+
+def _pending_orders(sf: Any, n: int) -> list[str]:
+    rows = sf.query(f"SELECT Id FROM Order WHERE Status = 'Pending Review' AND "
+                    f"Description = null ORDER BY OrderNumber DESC LIMIT {n}")["records"]
+    return [r["Id"] for r in rows]
+
+
+def test_simple_salesforce_query_and_update_runs_the_flow(sf_sandbox: Any,
+                                                          sf_http: requests.Session) -> None:
+    api = _api(sf_sandbox, sf_http)
+    order_id = _pending_orders(sf_sandbox, 1)[0]
+    before = sf_sandbox.counters()["events_stored"]
+    result = api.query(
+        "SELECT Id, OrderNumber, Status, Account.WH_Account__c, Opportunity.StageName, "
+        "(SELECT Id, Quantity, UnitPrice, Product2Id, Product2.WHMCS_Product_Id__c, "
+        "Product2.Billing_Cycle__c, Product2.Item_Class__c, Product2.Portal_ConfigOptions_JSON__c "
+        f"FROM OrderItems) FROM Order WHERE Id = '{order_id}'")
+    record = result["records"][0]
+    assert result["totalSize"] == 1 and result["done"] is True
+    assert record["attributes"] == {"type": "Order",
+                                    "url": f"{V}/sobjects/Order/{order_id}"}
+    assert record["Account"]["WH_Account__c"].isdigit()
+    assert record["Opportunity"]["StageName"] == "Post Processing"
+    items = record["OrderItems"]
+    assert items["totalSize"] == len(items["records"]) >= 1
+    assert items["records"][0]["Product2"]["Billing_Cycle__c"] in ("Monthly", "Annually",
+                                                                   "One-time")
+    assert api.Order.update(order_id, {"Status": "Approved"}) == 204
+    after = api.Order.get(order_id)
+    assert after["Activation_Status__c"] == "Activating"
+    assert sf_sandbox.counters()["events_stored"] == before + 1
+    # The sink's write-back, absolute values.
+    assert api.Order.update(order_id, {"Activation_Status__c": "Provisioned",
+                                       "WHMCS_Order_Id__c": 4242}) == 204
+    assert api.Order.get(order_id)["WHMCS_Order_Id__c"] == 4242.0
+    assert sf_sandbox.counters()["events_stored"] == before + 1
+
+
+def test_simple_salesforce_own_jwt_login(sf_sandbox: Any) -> None:
+    """simple-salesforce's JWT login posts to https://login.salesforce.com; route it here."""
+
+    class ToSandbox(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, **kw: Any) -> Any:
+            request.url = request.url.replace("https://login.salesforce.com",
+                                              sf_sandbox.login_url)
+            return super().send(request, **kw)
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = sf_sandbox.ca_path
+    session.mount("https://login.salesforce.com", ToSandbox())
+    api = Salesforce(username=sf_sandbox.username, consumer_key=sf_sandbox.client_id,
+                     privatekey_file=str(sf_sandbox.private_key_path), session=session,
+                     version="62.0")
+    assert api.query("SELECT COUNT() FROM Account")["totalSize"] >= 20
+
+
+def _token_error(sf: Any, assertion: str) -> dict:
+    resp = requests.post(sf.login_url + "/services/oauth2/token", verify=sf.ca_path, data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion})
+    assert resp.status_code == 400, resp.text
+    return resp.json()
+
+
+def test_jwt_refusals(sf_sandbox: Any, tmp_path: Any) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_path = tmp_path / "other.pem"
+    other_path.write_bytes(other.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    cases = [
+        (sf_sandbox.assertion(key_path=other_path), "invalid_grant", "invalid assertion"),
+        (sf_sandbox.assertion(audience="https://evil.example.com"), "invalid_grant",
+         "audience is invalid"),
+        (sf_sandbox.assertion(exp_in=-10), "invalid_grant", "expired authorization code"),
+        (sf_sandbox.assertion(exp_in=3600), "invalid_grant", "invalid assertion"),
+        (sf_sandbox.assertion(subject="nobody@example.com"), "invalid_grant",
+         "user hasn't approved this consumer"),
+        ("not-a-jwt", "invalid_grant", "invalid assertion"),
+    ]
+    for assertion, error, description in cases:
+        assert _token_error(sf_sandbox, assertion) == {"error": error,
+                                                       "error_description": description}
+    hs = jwt.encode({"iss": sf_sandbox.client_id, "sub": sf_sandbox.username,
+                     "aud": sf_sandbox.login_url, "exp": int(time.time()) + 60}, "k" * 32,
+                    algorithm="HS256")
+    assert _token_error(sf_sandbox, hs)["error"] == "invalid_grant"
+    for aud in ("https://login.salesforce.com", "https://test.salesforce.com"):
+        assert sf_sandbox.login(audience=aud)["token_type"] == "Bearer"
+    ok = sf_sandbox.login()
+    assert ok["id"].endswith(f"/id/{sf_sandbox.org_id}/" + ok["id"].rsplit("/", 1)[1])
+    assert ok["instance_url"] == sf_sandbox.instance_url
+
+
+def test_userinfo_and_limit_header(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    info = sf_http.get(sf_sandbox.login_url + "/services/oauth2/userinfo").json()
+    assert info["organization_id"] == sf_sandbox.org_id
+    resp = sf_http.get(sf_sandbox.instance_url + V + "/limits")
+    assert resp.headers["Sforce-Limit-Info"].startswith("api-usage=")
+    assert resp.json()["DailyApiRequests"]["Max"] == 5_000_000
+    assert "Sforce-Limit-Info" not in sf_http.get(sf_sandbox.instance_url + "/").headers
+
+
+def _q(http: requests.Session, sf: Any, soql: str, **headers: str) -> requests.Response:
+    return http.get(sf.instance_url + V + "/query", params={"q": soql}, headers=headers)
+
+
+def test_soql_features(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    def rows(soql: str) -> list[dict]:
+        resp = _q(sf_http, sf_sandbox, soql)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["records"]
+
+    numbers = [r["OrderNumber"] for r in rows("SELECT OrderNumber FROM Order ORDER BY "
+                                              "OrderNumber DESC LIMIT 5")]
+    assert numbers == sorted(numbers, reverse=True) and len(numbers) == 5
+    two = [r["OrderNumber"] for r in rows("SELECT OrderNumber FROM Order ORDER BY OrderNumber "
+                                          "LIMIT 2")]
+    picked = rows(f"SELECT Id FROM Order WHERE OrderNumber IN ('{two[0]}', '{two[1]}') "
+                  f"AND (Status = 'Pending Review' OR Status != 'Draft')")
+    assert len(picked) == 2
+    assert rows("SELECT Id, Account.Name FROM Order WHERE Account.WH_Account__c = null")
+    assert all(r["Account"]["WH_Account__c"] is not None for r in rows(
+        "SELECT Account.WH_Account__c FROM Order WHERE Account.WH_Account__c != null"))
+    assert rows("SELECT Id FROM Order WHERE CreatedDate = TODAY LIMIT 1")
+    assert not rows("SELECT Id FROM Order WHERE CreatedDate < 2000-01-01T00:00:00Z")
+    assert rows("SELECT Id FROM Product2 WHERE Name LIKE 'SonixNet%'")
+    assert rows("SELECT Id FROM Order WHERE NOT Status = 'Draft' LIMIT 1")
+    count = _q(sf_http, sf_sandbox, "SELECT COUNT() FROM Account").json()
+    assert count["totalSize"] >= 20 and count["records"] == []
+    # Errors, shaped as Salesforce shapes them.
+    for soql, code in [("SELECT Foo__c FROM Order", "INVALID_FIELD"),
+                       ("SELECT Id FROM Nope__c", "INVALID_TYPE"),
+                       ("SELECT Id FROM Order WHERE", "MALFORMED_QUERY"),
+                       ("SELECT Id FROM Order WHERE Status ~ 'x'", "MALFORMED_QUERY"),
+                       ("SELECT Id, (SELECT Id FROM Nothings) FROM Order", "INVALID_TYPE")]:
+        resp = _q(sf_http, sf_sandbox, soql)
+        assert resp.status_code == 400 and resp.json()[0]["errorCode"] == code, soql
+
+
+def test_query_paging_with_next_records_url(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    first = _q(sf_http, sf_sandbox, "SELECT Id FROM OrderItem",
+               **{"Sforce-Query-Options": "batchSize=200"}).json()
+    assert first["done"] is False and len(first["records"]) == 200
+    seen = [r["Id"] for r in first["records"]]
+    url = first["nextRecordsUrl"]
+    while url:
+        page = sf_http.get(sf_sandbox.instance_url + url).json()
+        seen += [r["Id"] for r in page["records"]]
+        url = page.get("nextRecordsUrl")
+    assert len(seen) == len(set(seen)) == first["totalSize"] > 200
+
+
+def test_sobject_validation(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    order_id = _pending_orders(sf_sandbox, 1)[0]
+    url = f"{sf_sandbox.instance_url}{V}/sobjects/Order/{order_id}"
+    for body, code in [({"Status": "Bogus"}, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"),
+                       ({"Activation_Status__c": "Done"}, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"),
+                       ({"Nope__c": 1}, "INVALID_FIELD"),
+                       ({"OrderNumber": "1"}, "INVALID_FIELD_FOR_INSERT_UPDATE")]:
+        resp = sf_http.patch(url, json=body)
+        assert resp.status_code == 400 and resp.json()[0]["errorCode"] == code, body
+    assert sf_http.get(url).json()["Status"] == "Pending Review"
+    missing = sf_http.get(f"{sf_sandbox.instance_url}{V}/sobjects/Order/801000000000000AAA")
+    assert missing.status_code == 404 and missing.json()[0]["errorCode"] == "NOT_FOUND"
+    case = sf_http.post(f"{sf_sandbox.instance_url}{V}/sobjects/Case",
+                        json={"Subject": "Help", "Type": "General Inquiry", "Status": "New"})
+    assert case.status_code == 201 and case.json()["id"].startswith("500")
+    assert len(case.json()["id"]) == 18
+
+
+def test_composite_sobjects(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    url = sf_sandbox.instance_url + V + "/composite/sobjects"
+    order_ids = _pending_orders(sf_sandbox, 3)
+    too_many = [{"attributes": {"type": "Order"}, "id": order_ids[0], "Activation_Error__c": "x"}
+                ] * 201
+    resp = sf_http.patch(url, json={"allOrNone": False, "records": too_many})
+    assert resp.status_code == 400 and resp.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+
+    opp_id = sf_sandbox.get_record(order_ids[0])["OpportunityId"]
+    sf_sandbox.set_faults(record_errors={order_ids[1]: "FIELD_CUSTOM_VALIDATION_EXCEPTION"})
+    records = [
+        {"attributes": {"type": "Order"}, "id": order_ids[0], "Activation_Error__c": "e1"},
+        {"attributes": {"type": "Order"}, "id": order_ids[1], "Activation_Error__c": "e2"},
+        {"attributes": {"type": "Order"}, "id": order_ids[2], "Activation_Status__c": "Nope"},
+        {"attributes": {"type": "Opportunity"}, "id": opp_id, "StageName": "Active",
+         "WHMCS_Service_ID__c": 77},
+    ]
+    results = sf_http.patch(url, json={"allOrNone": False, "records": records}).json()
+    assert [r["success"] for r in results] == [True, False, False, True]
+    assert results[1]["errors"][0]["statusCode"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    assert results[2]["errors"][0]["statusCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    assert set(results[2]["errors"][0]) == {"statusCode", "message", "fields"}
+    assert sf_sandbox.get_record(opp_id)["StageName"] == "Active"
+    assert sf_sandbox.get_record(order_ids[0])["Activation_Error__c"] == "e1"
+
+    records[0]["Activation_Error__c"] = "rolled back"
+    results = sf_http.patch(url, json={"allOrNone": True, "records": records}).json()
+    assert results[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert results[1]["errors"][0]["statusCode"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    assert sf_sandbox.get_record(order_ids[0])["Activation_Error__c"] == "e1"
+
+    sf_sandbox.set_faults(record_errors={}, lock_row_rate=1.0)
+    results = sf_http.patch(url, json={"records": records[:1]}).json()
+    assert results[0]["errors"][0]["statusCode"] == "UNABLE_TO_LOCK_ROW"
+    assert sf_sandbox.counters()["calls"]["composite_sobjects"] >= 4
+
+
+def test_composite_references_and_limit(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    url = sf_sandbox.instance_url + V + "/composite"
+    body = {"allOrNone": True, "compositeRequest": [
+        {"method": "POST", "url": V + "/sobjects/Case", "referenceId": "newCase",
+         "body": {"Subject": "via composite", "Status": "New"}},
+        {"method": "GET", "url": V + "/sobjects/Case/@{newCase.id}", "referenceId": "readBack"},
+    ]}
+    out = sf_http.post(url, json=body).json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in out] == [201, 200]
+    assert out[1]["body"]["Subject"] == "via composite"
+    body["compositeRequest"][1]["body"] = {"Status": "Bogus"}
+    body["compositeRequest"][1]["method"] = "PATCH"
+    out = sf_http.post(url, json=body).json()["compositeResponse"]
+    assert out[0]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+    too_many = {"compositeRequest": [{"method": "GET", "url": V + "/limits",
+                                      "referenceId": f"r{i}"} for i in range(26)]}
+    resp = sf_http.post(url, json=too_many)
+    assert resp.status_code == 400
+
+
+def test_request_limit_exceeded(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    used = int(sf_http.get(sf_sandbox.instance_url + V + "/limits")
+               .headers["Sforce-Limit-Info"].split("=")[1].split("/")[0])
+    sf_sandbox.set_faults(daily_limit=used + 2)
+    assert sf_http.get(sf_sandbox.instance_url + V + "/limits").status_code == 200
+    assert sf_http.get(sf_sandbox.instance_url + V + "/limits").status_code == 200
+    resp = sf_http.get(sf_sandbox.instance_url + V + "/limits")
+    assert resp.status_code == 403 and resp.json()[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+    assert resp.headers["Sforce-Limit-Info"] == f"api-usage={used + 2}/{used + 2}"
+
+
+def test_token_expiry_and_faults(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    url = sf_sandbox.instance_url + V + "/limits"
+    assert sf_http.get(url).status_code == 200
+    sf_sandbox.expire_tokens()
+    resp = sf_http.get(url)
+    assert resp.status_code == 401
+    assert resp.json() == [{"message": "Session expired or invalid",
+                            "errorCode": "INVALID_SESSION_ID"}]
+    sf_http.headers["Authorization"] = "Bearer " + sf_sandbox.login()["access_token"]
+    assert sf_http.get(url).status_code == 200
+    sf_sandbox.set_faults(rest_503_rate=1.0)
+    assert sf_http.get(url).status_code == 503
+    sf_sandbox.set_faults(rest_503_rate=0.0, rest_latency_ms=300)
+    started = time.monotonic()
+    assert sf_http.get(url).status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_simple_salesforce_sees_errors(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    api = _api(sf_sandbox, sf_http)
+    with pytest.raises(SalesforceMalformedRequest) as info:
+        api.Order.update(_pending_orders(sf_sandbox, 1)[0], {"Status": "Bogus"})
+    assert info.value.content[0]["errorCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
