@@ -1,0 +1,105 @@
+"""Salesforce sandbox across time and restarts: retention purge, corrupted replay ids,
+token lifetime on the sandbox clock, persistence, CLI, and throughput."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+import requests
+
+from sandbox.salesforce.harness import running_sandbox
+from tests.sandbox.conftest import SfPubSub, sf_error_code
+
+ROOT = Path(__file__).resolve().parents[2]
+CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+
+
+def _limits(sf: Any, token: str) -> int:
+    return requests.get(sf.instance_url + "/services/data/v62.0/limits", verify=sf.ca_path,
+                        headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def test_retention_restart_and_token_lifetime(sf_pb: SimpleNamespace, tmp_path: Path) -> None:
+    with running_sandbox(tmp_path / "sf", keepalive_s=1, token_lifetime_s=3600) as sf:
+        sf.seed(accounts=6, orders=10, broken_every=5)
+        token = sf.login()["access_token"]
+        old_ids = sf.approve(2)
+        sf.advance_clock(hours=50)
+        new_id = sf.approve(1)[0]
+
+        client = SfPubSub(sf_pb, sf)
+        try:
+            events = client.subscribe(sf_pb.EARLIEST, num=10).events(3)
+            old_replay, new_replay = events[0].replay_id, events[2].replay_id
+        finally:
+            client.close()
+        assert _limits(sf, token) == 401  # 50 h on the sandbox clock > 1 h token lifetime
+
+        # Restart: records, events, org id and a fresh token all survive.
+        org_id = sf.org_id
+        token = sf.login()["access_token"]
+        sf.restart()
+        assert sf.org_id == org_id and _limits(sf, token) == 200
+        assert sf.get_record(old_ids[0])["Activation_Status__c"] == "Activating"
+        client = SfPubSub(sf_pb, sf)
+        try:
+            replayed = client.subscribe(sf_pb.CUSTOM, num=5, replay_id=old_replay).events(2)
+            assert replayed[1].replay_id == new_replay
+
+            sf.advance_clock(hours=23)  # the first two events are now older than 72 h
+            client.token = sf.login()["access_token"]  # 23 h also outlived the token
+            assert sf.events()["events"][0]["payload"]["OrderId__c"] == new_id
+            sub = client.subscribe(sf_pb.CUSTOM, num=5, replay_id=old_replay)
+            with pytest.raises(grpc.RpcError) as info:
+                sub.next(timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert sf_error_code(info.value) == CORRUPTED
+            [only] = client.subscribe(sf_pb.EARLIEST, num=5).events(1)
+            assert only.replay_id == new_replay
+        finally:
+            client.close()
+
+
+def test_seeded_broken_orders_and_cli(tmp_path: Path) -> None:
+    with running_sandbox(tmp_path / "sf") as sf:
+        created = sf.seed(accounts=5, orders=30, broken_every=5)["orders"]
+        broken = {o["broken"] for o in created if o["broken"]}
+        assert {"MISSING_WHMCS_CLIENT", "WHMCS_CLIENT_NOT_FOUND", "MISSING_PRODUCT_MAPPING",
+                "INVALID_CONFIG_OPTIONS", "NO_ITEMS"} <= broken
+        missing = next(o for o in created if o["broken"] == "MISSING_WHMCS_CLIENT")
+        row = sf.query("SELECT Account.WH_Account__c, (SELECT Id FROM OrderItems) FROM Order "
+                       f"WHERE Id = '{missing['order_id']}'")["records"][0]
+        assert row["Account"]["WH_Account__c"] is None and row["OrderItems"]["totalSize"] >= 1
+
+        def cli(*args: str) -> Any:
+            proc = subprocess.run([sys.executable, "-m", "sandbox.salesforce", "--dir",
+                                   str(sf.dir), *args], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            return json.loads(proc.stdout)
+
+        approved = cli("approve", "--count", "3")
+        assert approved["approved"] == 3
+        shown = cli("show", approved["ids"][0])["records"][0]
+        assert shown["Activation_Status__c"] == "Activating"
+        assert cli("faults", "--set", "rest_latency_ms=5")["faults"]["rest_latency_ms"] == 5
+        assert cli("counters")["events_stored"] == 3
+        assert cli("clock", "advance", "1")["purged"] == 0
+
+
+@pytest.mark.slow
+def test_bench_10k_approvals_delivered_in_seconds() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sandbox.salesforce", "bench", "--orders",
+                           "10000"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("salesforce sandbox bench:", figures)
+    assert figures["delivered"] == 10000
+    assert figures["approve_and_deliver_s"] < 20

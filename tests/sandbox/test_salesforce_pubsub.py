@@ -1,0 +1,201 @@
+"""Salesforce sandbox Pub/Sub API over real gRPC, with a client generated at test time."""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import time
+from typing import Any
+
+import fastavro
+import grpc
+import pytest
+
+from tests.sandbox.conftest import SF_TOPIC, SfPubSub, sf_error_code
+
+CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+
+
+def _approve(sf: Any, n: int) -> list[str]:
+    return sf.approve(n)
+
+
+def _decode(pubsub: SfPubSub, event: Any) -> dict:
+    info = pubsub.unary("GetSchema", pubsub.pb.SchemaRequest(schema_id=event.event.schema_id),
+                        pubsub.pb.SchemaInfo)
+    schema = fastavro.parse_schema(json.loads(info.schema_json))
+    return fastavro.schemaless_reader(io.BytesIO(event.event.payload), schema)
+
+
+def _drain_keepalive(sub: Any) -> Any:
+    """Wait for the first keepalive (proves the stream is registered and positioned)."""
+    response = sub.next(timeout=5)
+    assert not isinstance(response, tuple)
+    return response
+
+
+def test_subscribe_receives_the_approval_event(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    sub = sf_pubsub.subscribe(num=10)
+    _drain_keepalive(sub)
+    order_id = _approve(sf_sandbox, 1)[0]
+    [event] = sub.events(1)
+    payload = _decode(sf_pubsub, event)
+    assert payload["OrderId__c"] == order_id
+    assert payload["IdemKey__c"].startswith(order_id + "-")
+    assert payload["Version__c"] == 1.0
+    assert payload["RequestedBy__c"] == "cs.agent@sfprov.sandbox"
+    assert payload["CreatedById"].startswith("005") and payload["CreatedDate"] > 1.6e12
+    assert len(payload["CorrelationId__c"]) == 36 and len(event.event.id) == 36
+    topic = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
+                            sf_pubsub.pb.TopicInfo)
+    assert topic.schema_id == event.event.schema_id and topic.tenant_guid == sf_sandbox.org_id
+    record = sf_sandbox.get_record(order_id)
+    assert record["Activation_Status__c"] == "Activating" and record["Status"] == "Approved"
+
+
+def test_retry_publishes_a_new_event_with_a_new_idem_key(sf_pubsub: SfPubSub,
+                                                         sf_sandbox: Any) -> None:
+    sub = sf_pubsub.subscribe(num=10)
+    _drain_keepalive(sub)
+    order_id = _approve(sf_sandbox, 1)[0]
+    sf_sandbox.update("Order", order_id, {"Activation_Status__c": "Failed",
+                                          "Activation_Error__c": "boom"})
+    sf_sandbox.update("Order", order_id, {"Activation_Status__c": "Activating"})
+    first, second = sub.events(2)
+    keys = [_decode(sf_pubsub, e)["IdemKey__c"] for e in (first, second)]
+    assert keys[0] != keys[1] and all(k.startswith(order_id) for k in keys)
+    assert sf_sandbox.get_record(order_id)["Activation_Error__c"] is None
+    assert second.replay_id > first.replay_id
+
+
+def test_flow_control_never_exceeds_requested(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    probe = sf_pubsub.subscribe(num=1)
+    start = _drain_keepalive(probe).latest_replay_id
+    _approve(sf_sandbox, 12)
+    sub = sf_pubsub.subscribe(sf_pubsub.pb.CUSTOM, num=5, replay_id=start)
+    got = sub.events(5)
+    assert len(got) == 5
+    time.sleep(1.5)  # only keepalives may come now
+    while True:
+        try:
+            response = sub.next(timeout=0.2)
+        except queue.Empty:
+            break
+        assert len(response.events) == 0 and response.pending_num_requested == 0
+    sub.fetch(num_requested=500)  # capped at 100 outstanding
+    rest = sub.events(7)
+    assert len(rest) == 7
+    response = sub.next(timeout=3)  # a keepalive reports what is still requested
+    assert response.pending_num_requested <= 100 and not response.events
+
+
+def test_keepalives_and_silence(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    sub = sf_pubsub.subscribe(num=5)
+    first = sub.next(timeout=3)
+    assert not first.events and first.latest_replay_id and first.pending_num_requested == 5
+    second = sub.next(timeout=3)
+    assert second.latest_replay_id == first.latest_replay_id
+    sf_sandbox.set_faults(keepalives_paused=True)
+    while True:  # drop a keepalive that may already be in flight
+        try:
+            sub.next(timeout=0.3)
+        except queue.Empty:
+            break
+    with pytest.raises(queue.Empty):
+        sub.next(timeout=2.5)
+    sf_sandbox.set_faults(keepalives_paused=False)
+    assert not sub.next(timeout=3).events
+
+
+def test_replay_presets(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    _approve(sf_sandbox, 3)
+    earliest = sf_pubsub.subscribe(sf_pubsub.pb.EARLIEST, num=3).events(3)
+    assert [e.replay_id for e in earliest] == sorted(e.replay_id for e in earliest)
+    anchor = earliest[0]
+    custom = sf_pubsub.subscribe(sf_pubsub.pb.CUSTOM, num=1, replay_id=anchor.replay_id)
+    assert custom.events(1)[0].replay_id == earliest[1].replay_id  # resumes *after* the id
+    latest = sf_pubsub.subscribe(num=5)
+    _drain_keepalive(latest)
+    new_id = _approve(sf_sandbox, 1)[0]
+    [event] = latest.events(1)
+    assert _decode(sf_pubsub, event)["OrderId__c"] == new_id
+    # Only the first FetchRequest's preset counts; another topic later is refused.
+    latest.fetch(topic_name="/event/Other__e", num_requested=1)
+    with pytest.raises(grpc.RpcError) as info:
+        latest.events(1, timeout=3)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for bad in (b"garbage", b"\x01" + (10**12).to_bytes(8, "big")):
+        sub = sf_pubsub.subscribe(sf_pubsub.pb.CUSTOM, num=1, replay_id=bad)
+        with pytest.raises(grpc.RpcError) as info:
+            sub.next(timeout=3)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert sf_error_code(info.value) == CORRUPTED
+
+
+def test_auth_errors_and_token_expiry(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    for meta in ({"token": "00Dbogus!token"}, {"tenant": "00D000000000000AAA"}):
+        sub = sf_pubsub.subscribe(num=1, **meta)
+        with pytest.raises(grpc.RpcError) as info:
+            sub.next(timeout=3)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert sf_error_code(info.value) == "sfdc.platform.eventbus.grpc.service.auth.error"
+    with pytest.raises(grpc.RpcError) as info:
+        sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id="x"),
+                        sf_pubsub.pb.SchemaInfo, token="00Dbogus!token")
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    sub = sf_pubsub.subscribe(num=1)
+    _drain_keepalive(sub)
+    sf_sandbox.expire_tokens()
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in range(5):
+            sub.next(timeout=3)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_drop_streams_is_unavailable(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    sub = sf_pubsub.subscribe(num=1)
+    _drain_keepalive(sub)
+    assert sf_sandbox.drop_streams() >= 1
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in range(3):
+            sub.next(timeout=3)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert sf_error_code(info.value) == "sfdc.platform.eventbus.grpc.service.unavailable"
+
+
+def test_injected_bad_events_and_publish(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    sub = sf_pubsub.subscribe(num=10)
+    _drain_keepalive(sub)
+    sf_sandbox.inject_event("malformed")
+    sf_sandbox.inject_event("unknown_schema")
+    malformed, unknown = sub.events(2)
+    with pytest.raises(Exception):  # noqa: B017 - any decoding failure will do
+        _decode(sf_pubsub, malformed)
+    with pytest.raises(grpc.RpcError) as info:
+        _decode(sf_pubsub, unknown)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # Publish an event of our own and see it delivered.
+    schema_id = malformed.event.schema_id
+    info_json = sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id=schema_id),
+                                sf_pubsub.pb.SchemaInfo).schema_json
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
+        "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": "801x"})
+    published = sf_pubsub.unary("Publish", sf_pubsub.pb.PublishRequest(
+        topic_name=SF_TOPIC, events=[sf_pubsub.pb.ProducerEvent(
+            id="my-uuid", schema_id=schema_id, payload=out.getvalue())]),
+        sf_pubsub.pb.PublishResponse)
+    assert published.results[0].correlation_key == "my-uuid" and published.results[0].replay_id
+    [event] = sub.events(1)
+    assert event.event.id == "my-uuid" and event.replay_id == published.results[0].replay_id
+
+
+def test_stream_with_nothing_requested_is_closed(sf_pubsub: SfPubSub) -> None:
+    sub = sf_pubsub.subscribe(num=0)
+    started = time.monotonic()
+    while True:
+        response = sub.next(timeout=8)
+        if isinstance(response, tuple):
+            break
+    assert 3.5 <= time.monotonic() - started <= 7
