@@ -162,7 +162,7 @@ class Connector:
         log.info("starting: transactional.id %s, %s", self.txn_id,
                  f"resume after replay id {self.position.replay_id.hex()}" if self.position
                  else f"no stored position, replay preset {self.settings.replay}",
-                 extra={"replay_id": self.position.replay_id if self.position else None})
+                 extra={"replay_id": self.position.replay_id.hex() if self.position else None})
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
                 break
@@ -180,8 +180,8 @@ class Connector:
                 if not self._recover(exc):
                     return EXIT_ERROR
         self.health.state = "stopped"
-        log.info("stopped", extra={"count": self.written,
-                                   "replay_id": self.position.replay_id if self.position else None})
+        log.info("stopped", extra={"count": self.written, "replay_id":
+                                   self.position.replay_id.hex() if self.position else None})
         self.writer.close()
         return EXIT_OK
 
@@ -194,7 +194,7 @@ class Connector:
         sub = self.pubsub.subscribe(preset, replay_id)
         self.health.state, self.health.last_response = "subscribed", time.monotonic()
         log.info("subscribed %s (%s)", self.settings.channel, preset,
-                 extra={"replay_id": replay_id})
+                 extra={"replay_id": replay_id.hex() if replay_id else None})
         try:
             return self._consume(sub, max_events, deadline)
         finally:
@@ -275,7 +275,7 @@ class Connector:
         self.written += len(batch)
         for rec in batch:
             extra = {"event_uuid": rec.event_uuid, "order_id": rec.order_id,
-                     "replay_id": rec.replay_id, "correlation_id": rec.correlation_id}
+                     "replay_id": rec.replay_id.hex(), "correlation_id": rec.correlation_id}
             if rec.dead_letter:
                 m.DEAD_LETTERS.labels(rec.reason).inc()
                 log.warning("event dead-lettered: %s", rec.reason, extra=extra)
@@ -303,7 +303,7 @@ class Connector:
         self._keepalive_candidate = None
         self._set_position(position)
         self.preset_override = None
-        log.info("keepalive position committed", extra={"replay_id": candidate})
+        log.info("keepalive position committed", extra={"replay_id": candidate.hex()})
 
     def _set_position(self, position: Position | None) -> None:
         self.position = self.health.committed = position
@@ -363,7 +363,7 @@ class Connector:
             return None if self._recover(kafka_exc) else EXIT_ERROR
         m.TRANSACTIONS.labels("gap", "commit").inc()
         m.REPLAY_GAPS.labels(policy).inc()
-        extra = {"replay_id": self.position.replay_id, "error_code": exc.error_code}
+        extra = {"replay_id": self.position.replay_id.hex(), "error_code": exc.error_code}
         if policy == "FAIL":
             self.health.state = "failed"
             log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
