@@ -1,0 +1,191 @@
+"""The connector process against the Salesforce sandbox and the real broker.
+
+Each test: a fresh sandbox, a unique topic prefix and connector name, the connector as a
+subprocess (``python -m connectors run``), results read back with ``read_committed``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import pytest
+from aiokafka.partitioner import murmur2
+
+from common.deadletter import parse_headers
+from connectors.offsets import OffsetCodec, load_position
+from tests.connectors.conftest import read_requests, read_topic, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
+
+
+def assert_exactly_once(rows: list[dict], expected_uuids: set[str] | None, n: int) -> None:
+    uuids = [r["event_uuid"] for r in rows]
+    assert len(uuids) == len(set(uuids)), "duplicate events in the requests topic"
+    assert len(rows) == n, f"{len(rows)} records, expected {n}"
+    if expected_uuids is not None:
+        assert set(uuids) == expected_uuids
+    by_partition: dict[int, list[bytes]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: (r["_partition"], r["_offset"])):
+        by_partition[r["_partition"]].append(r["replay_id"])
+    for replay_ids in by_partition.values():
+        assert replay_ids == sorted(replay_ids), "events of a partition out of delivery order"
+
+
+def sandbox_uuids(sf) -> set[str]:
+    out, after = set(), 0
+    while True:
+        page = sf.events(after=after, limit=1000)
+        events = page["events"]
+        if not events:
+            return out
+        out.update(e["uuid"] for e in events)
+        after = events[-1]["replay"]
+
+
+def test_approved_orders_exactly_once_in_order_with_position(sf, connector, kafka_settings):
+    n = 200
+    created = sf.seed(accounts=10, orders=n, broken_every=0)
+    ids = sf.approve(n)
+    retried = ids[:15]  # a retry after Failed publishes a second event for the same order
+    for order_id in retried:
+        sf.update("Order", order_id, {"Activation_Status__c": "Failed"})
+        sf.update("Order", order_id, {"Activation_Status__c": "Activating"})
+    total = n + len(retried)
+    proc = connector("--max-events", str(total), "--timeout", "90")
+    assert proc.wait(120) == 0, proc.text()[-3000:]
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, sandbox_uuids(sf), total)
+    assert {r["OrderId__c"] for r in rows} == set(ids)
+    for r in rows:
+        assert r["_key"] == r["OrderId__c"].encode()
+        # Java/aiokafka-compatible partitioning (the worker's tables rely on it)
+        assert r["_partition"] == (murmur2(r["_key"]) & 0x7FFFFFFF) % kafka_settings.partitions
+    for order_id in retried:
+        mine = sorted((r for r in rows if r["OrderId__c"] == order_id), key=lambda r: r["_offset"])
+        assert len(mine) == 2 and mine[0]["replay_id"] < mine[1]["replay_id"]
+        assert mine[0]["IdemKey__c"] != mine[1]["IdemKey__c"]
+    pos = load_position(kafka_settings.bootstrap_servers, kafka_settings.connector_offsets,
+                        OffsetCodec(proc.name, "/event/OrderProvisionRequested__e"))
+    assert pos is not None and pos.replay_id == max(r["replay_id"] for r in rows)
+    assert created["orders"]
+
+
+def test_sigkill_at_random_moments_still_exactly_once(sf, connector, kafka_settings):
+    n = 300
+    sf.seed(accounts=10, orders=n, broken_every=0)
+    ids = sf.approve(n)
+    # Slow the stream down so the kills land mid-stream: 10 events per response, 25 ms each.
+    sf.set_faults(grpc_latency_ms=25)
+    rng = random.Random()
+    slow = {"SF_PUBSUB_NUM_REQUESTED": "10", "CONNECTOR_MAX_BATCH": "10"}
+    kills = 0
+    for _ in range(4):
+        proc = connector("--timeout", "60", **slow)
+        time.sleep(rng.uniform(1.0, 2.5))  # start-up ~1 s, then streaming
+        if proc.proc.poll() is None:
+            proc.kill()
+            kills += 1
+    sf.set_faults(grpc_latency_ms=0)
+    final = connector("--timeout", "60")
+    wait_until(lambda: len(read_requests(kafka_settings)) >= n, 60, "all events committed")
+    assert final.terminate() == 0
+    rows = read_requests(kafka_settings)
+    assert kills >= 3
+    assert_exactly_once(rows, sandbox_uuids(sf), n)
+    assert {r["OrderId__c"] for r in rows} == set(ids)
+
+
+def test_second_instance_is_fenced_and_no_duplicates(sf, connector, kafka_settings):
+    n = 200
+    sf.seed(accounts=10, orders=n, broken_every=0)
+    sf.approve(n)
+    sf.set_faults(grpc_latency_ms=25)
+    slow = {"SF_PUBSUB_NUM_REQUESTED": "10", "CONNECTOR_MAX_BATCH": "10"}
+    first = connector("--timeout", "60", **slow)
+    wait_until(lambda: "event written" in first.text(), 30, "first instance writing")
+    second = connector("--timeout", "60", **slow)
+    assert first.wait(30) == 3, first.text()[-2000:]
+    assert "FENCED" in first.text()
+    sf.set_faults(grpc_latency_ms=0)
+    wait_until(lambda: len(read_requests(kafka_settings)) >= n, 60, "all events committed")
+    assert second.terminate() == 0
+    assert_exactly_once(read_requests(kafka_settings), sandbox_uuids(sf), n)
+
+
+def test_past_retention_policy_applied_gap_recorded_fail_exits(sf, connector, kafka_settings):
+    sf.seed(accounts=5, orders=60, broken_every=0)
+    first_batch = sf.approve(20)
+    proc = connector("--max-events", "20", "--timeout", "60")
+    assert proc.wait(90) == 0, proc.text()[-2000:]
+    sf.advance_clock(hours=73)          # the stored replay id is now past retention
+    later = sf.approve(10)               # new events, after the purge
+    failing = connector("--timeout", "60", SF_EVENTS_INVALID_REPLAY="FAIL")
+    assert failing.wait(90) == 2, failing.text()[-2000:]
+    assert "SF_EVENTS_INVALID_REPLAY=FAIL" in failing.text()
+    gaps = read_topic(kafka_settings.bootstrap_servers, kafka_settings.replay_gaps, 1)
+    assert len(gaps) == 1
+    codec = OffsetCodec("x", "y")
+    gap = codec.decode_gap(gaps[0].value())
+    assert gap["policy"] == "FAIL" and "corrupted" in gap["error_code"]
+    assert gap["last_good_replay_id"] == max(r["replay_id"] for r in read_requests(kafka_settings))
+
+    resumed = connector("--max-events", "10", "--timeout", "60",
+                        SF_EVENTS_INVALID_REPLAY="EARLIEST")
+    assert resumed.wait(90) == 0, resumed.text()[-2000:]
+    gaps = read_topic(kafka_settings.bootstrap_servers, kafka_settings.replay_gaps, 1)
+    assert [codec.decode_gap(g.value())["policy"] for g in gaps] == ["FAIL", "EARLIEST"]
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, None, 30)
+    assert {r["OrderId__c"] for r in rows} == set(first_batch) | set(later)
+    # No crash loop: one refusal, then a normal subscription from EARLIEST.
+    assert resumed.text().count("refused by Salesforce") == 1
+
+
+def test_token_expiry_dropped_and_silent_streams_recovered(sf, connector, kafka_settings):
+    sf.seed(accounts=5, orders=80, broken_every=0)
+    proc = connector("--timeout", "90", SF_PUBSUB_STALL_TIMEOUT_S="3")
+    wait_until(lambda: "subscribed" in proc.text(), 30, "subscription")
+    expected = set(sf.approve(20))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 20, 30, "first batch")
+    sf.expire_tokens()
+    expected |= set(sf.approve(20))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 40, 30, "after token expiry")
+    sf.drop_streams()
+    expected |= set(sf.approve(20))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 60, 30, "after dropped stream")
+    sf.set_faults(keepalives_paused=True)   # silent stream: no events, no keepalives
+    wait_until(lambda: proc.metric('sfprov_connector_reconnects_total{cause="watchdog"}') >= 1,
+               30, "watchdog resubscribe")
+    sf.set_faults(keepalives_paused=False)
+    expected |= set(sf.approve(20))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 80, 30, "after silent stream")
+    assert proc.metric('sfprov_connector_reconnects_total{cause="auth"}') >= 1
+    assert proc.metric('sfprov_connector_reconnects_total{cause="transient"}') >= 1
+    assert proc.terminate() == 0
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, None, 80)
+    assert {r["OrderId__c"] for r in rows} == expected
+
+
+def test_bad_events_are_dead_lettered_and_the_rest_flows(sf, connector, kafka_settings):
+    sf.seed(accounts=5, orders=40, broken_every=0)
+    good = sf.approve(20)
+    bad1 = sf.inject_event("malformed")
+    bad2 = sf.inject_event("unknown_schema")
+    good += sf.approve(20)
+    proc = connector("--max-events", "42", "--timeout", "60")
+    assert proc.wait(90) == 0, proc.text()[-2000:]
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, None, 40)
+    assert {r["OrderId__c"] for r in rows} == set(good)
+    dead = read_topic(kafka_settings.bootstrap_servers, kafka_settings.dead_letters, 3)
+    by_uuid = {parse_headers(m.headers())["event_uuid"]: (m, parse_headers(m.headers()))
+               for m in dead}
+    assert set(by_uuid) == {bad1["uuid"], bad2["uuid"]}
+    msg, headers = by_uuid[bad1["uuid"]]
+    assert headers["error_code"] == "undecodable" and headers["stage"] == "connector"
+    assert msg.value() == b"\xff\xff\xff\xff\x0fnot-avro"
+    assert headers["replay_id"] and headers["schema_id"] == bad1["schema_id"]
+    assert by_uuid[bad2["uuid"]][1]["error_code"] == "unknown_schema"
