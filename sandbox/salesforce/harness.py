@@ -147,7 +147,7 @@ class SalesforceSandbox:
     def __getattr__(self, name: str) -> Any:
         if name in ("set_faults", "reset_faults", "counters", "reset_counters", "get_record",
                     "query", "expire_tokens", "drop_streams", "inject_event", "update",
-                    "events", "info_now"):
+                    "events", "info"):
             return getattr(self.__dict__["admin"], name)
         raise AttributeError(name)
 
