@@ -441,10 +441,18 @@ class Sink:
         if not self._assigned or len(self.batcher) or self.offsets.outstanding():
             return False
         self._commit(force=True)
-        committed = {p.partition: p.offset
-                     for p in self.consumer.committed(self._assigned, timeout=5)}
-        for tp in self.consumer.position(self._assigned):
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        try:
+            committed = {p.partition: p.offset
+                         for p in self.consumer.committed(self._assigned, timeout=5)}
+            positions = self.consumer.position(self._assigned)
+            marks = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=5,
+                                                                       cached=False)
+                     for tp in positions}
+        except KafkaException as exc:
+            log.info("caught-up check failed (will ask again): %s", exc)
+            return False
+        for tp in positions:
+            low, high = marks[tp.partition]
             position = tp.offset if tp.offset != OFFSET_INVALID else committed[tp.partition]
             if high > low and (position < high or committed[tp.partition] < high):
                 return False

@@ -68,12 +68,20 @@ def dead_letters(kafka: KafkaSettings, expected: int, timeout: float = 20.0
 
 
 def committed_total(kafka: KafkaSettings, settings: SinkSettings) -> int:
-    from confluent_kafka import TopicPartition
+    """Sum of the sink group's committed offsets over the outcomes partitions."""
+    from confluent_kafka import KafkaException, TopicPartition
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
                          "group.id": kafka.topic(settings.group_id)})
     try:
         partitions = consumer.list_topics(kafka.outcomes, timeout=10).topics[kafka.outcomes]
         tps = [TopicPartition(kafka.outcomes, p) for p in partitions.partitions]
-        return sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=10))
+        for attempt in range(20):
+            try:
+                return sum(max(0, tp.offset) for tp in consumer.committed(tps, timeout=10))
+            except KafkaException:  # coordinator loading / moving: ask again
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
