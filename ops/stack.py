@@ -13,13 +13,13 @@ leaving no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,15 @@ def plan(env: dict[str, str]) -> list[dict[str, Any]]:
         sandbox_procs, pipeline_env = sandboxes.plan(STATE, LOGS)
         processes.extend(sandbox_procs)
         env = {**pipeline_env, **{k: v for k, v in env.items() if k not in pipeline_env}}
+        requires = [p["name"] for p in sandbox_procs]
+    else:
+        requires = []
     env.setdefault("KAFKA_BOOTSTRAP_SERVERS", broker().bootstrap)
     env.setdefault("PYTHONPATH", str(ROOT))
-    return processes + _pipeline_processes(env)
+    pipeline = _pipeline_processes(env)
+    for proc in pipeline:
+        proc["requires"] = requires
+    return processes + pipeline
 
 
 def supervisor_pid() -> int | None:
@@ -89,19 +95,13 @@ def supervisor_pid() -> int | None:
         return None
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local URL
-            return resp.status == 200
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
-
-
 def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
+    from ops.supervisor import Child, is_healthy
+
     deadline = time.monotonic() + timeout
     pending = [p for p in processes if p.get("health_url")]
     while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if not _healthy(p["health_url"])]
+        pending = [p for p in pending if not is_healthy(Child(**p))]
         time.sleep(0.5)
     return [p["name"] for p in pending]
 
@@ -136,6 +136,12 @@ def up() -> int:
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         SUPERVISOR_PID.write_text(str(proc.pid))
+    sandbox_procs = [p for p in processes if p["name"].endswith("-sandbox")]
+    unhealthy = wait_healthy(sandbox_procs)
+    if sandbox_procs and not unhealthy:
+        from ops import sandboxes
+
+        print(f"salesforce sandbox: {sandboxes.seed_once(STATE)}")
     unhealthy = wait_healthy(processes)
     print_map(processes, unhealthy)
     return 1 if unhealthy else 0
@@ -156,6 +162,7 @@ def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
 
 def down() -> int:
     pid = supervisor_pid()
+    children = json.loads(STATUS.read_text())["processes"] if STATUS.exists() else []
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
@@ -166,6 +173,11 @@ def down() -> int:
                 break
             time.sleep(0.2)
         print(f"pipeline processes stopped (supervisor {pid})")
+    for child in children:  # a supervisor that died must not leave orphans
+        if child.get("pid"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child["pid"], signal.SIGKILL)
+                print(f"killed leftover {child['name']} (pid {child['pid']})")
     SUPERVISOR_PID.unlink(missing_ok=True)
     b = broker()
     print("kafka: stopped" if b.stop() else "kafka: not running")

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ class Child:
     env: dict[str, str]
     log: str
     health_url: str = ""
+    ca: str = ""
+    requires: list[str] = field(default_factory=list)  # names that must be healthy first
     grace_s: float = 20.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
@@ -46,10 +48,10 @@ class Child:
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.started_at = time.monotonic()
 
-    def poll(self) -> None:
+    def poll(self, healthy: set[str]) -> None:
         now = time.monotonic()
         if self.proc is None:
-            if now >= self.next_start:
+            if now >= self.next_start and all(r in healthy for r in self.requires):
                 self.start()
             return
         code = self.proc.poll()
@@ -80,9 +82,25 @@ class Child:
         self.proc = None
 
     def status(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("proc", "env", "argv")}
-        data["pid"] = self.proc.pid if self.proc else None
-        return data
+        return {"name": self.name, "pid": self.proc.pid if self.proc else None,
+                "restarts": self.restarts, "last_exit": self.last_exit, "log": self.log,
+                "health_url": self.health_url}
+
+
+def is_healthy(child: Child) -> bool:
+    """Health URL answers 200 (a child without one counts as healthy once started)."""
+    if not child.health_url:
+        return True
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=child.ca) if child.ca else None
+    try:
+        with urllib.request.urlopen(child.health_url, timeout=2,  # noqa: S310 - local
+                                    context=context) as resp:
+            return bool(resp.status == 200)
+    except Exception:  # noqa: BLE001 - not up (yet)
+        return False
 
 
 def run(plan_path: Path) -> int:
@@ -97,18 +115,22 @@ def run(plan_path: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    for child in children:
-        child.start()
-    while not stopping:
-        for child in children:
-            child.poll()
-        status_file.write_text(json.dumps({"pid": os.getpid(),
-                                           "processes": [c.status() for c in children]},
-                                          indent=1))
-        time.sleep(0.5)
-    for child in reversed(children):
-        child.stop()
-    status_file.unlink(missing_ok=True)
+    healthy: set[str] = set()
+    try:
+        while not stopping:
+            for child in children:
+                child.poll(healthy)
+                if child.proc is not None and child.name not in healthy and is_healthy(child):
+                    healthy.add(child.name)
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(),
+                                       "processes": [c.status() for c in children]}, indent=1))
+            os.replace(tmp, status_file)
+            time.sleep(0.5)
+    finally:  # whatever happened, leave no child behind
+        for child in reversed(children):
+            child.stop()
+        status_file.unlink(missing_ok=True)
     return 0
 
 

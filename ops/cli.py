@@ -1,0 +1,73 @@
+"""``sfprov``: the operator CLI. ``sfprov --help`` and ``sfprov COMMAND --help`` say it all.
+
+Every option can also come from the environment (shown as ``[env: VAR]`` in ``--help``);
+the Kafka, Salesforce and WHMCS settings are the pipeline's own (``.env`` is read too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from common.errors import PipelineError
+from common.settings import KafkaSettings, environment
+
+
+def add(parser: argparse.ArgumentParser, *flags: str, env: str | None = None,
+        default: Any = None, help: str = "", **kwargs: Any) -> None:  # noqa: A002
+    """An option whose default comes from ``env`` when set."""
+    if env:
+        raw = environment().get(env)
+        if raw not in (None, ""):
+            default = raw if kwargs.get("type") is None else kwargs["type"](raw)
+        help = f"{help} [env: {env}]"
+    parser.add_argument(*flags, default=default, help=help, **kwargs)
+
+
+def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
+    overrides = {}
+    if args.bootstrap:
+        overrides["bootstrap_servers"] = args.bootstrap
+    if args.prefix is not None:
+        overrides["topic_prefix"] = args.prefix
+    return KafkaSettings.load(None, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ops import cmd_kafka, cmd_orders
+
+    parser = argparse.ArgumentParser(
+        prog="sfprov", description="Operate the Salesforce → Kafka → WHMCS provisioning "
+        "pipeline: inspect topics, tail records, check lag, trace an order, replay, "
+        "reconcile, handle dead letters.")
+    add(parser, "--bootstrap", env="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers")
+    add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", help="topic and group name prefix")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
+        *cmd_kafka.COMMANDS, *cmd_orders.COMMANDS]
+    for name, summary, configure in commands:
+        p = sub.add_parser(name, help=summary, description=summary)
+        configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `sfprov tail ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

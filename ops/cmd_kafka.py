@@ -1,0 +1,300 @@
+"""Kafka-side operator commands: topics, tail, lag, replay, dlq."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from common.kafka import declared_topics, describe_drift
+from common.settings import SinkSettings, WorkerSettings
+from ops.cli import add, kafka_settings
+from ops.kafkaview import (
+    consumer,
+    end_offsets,
+    last_value,
+    resolve_topic,
+    rewind_consumer_positions,
+    scan,
+)
+
+
+def worker_group(args: argparse.Namespace) -> str:
+    return kafka_settings(args).topic(WorkerSettings.load().app_id)
+
+
+def sink_group(args: argparse.Namespace) -> str:
+    return kafka_settings(args).topic(SinkSettings.load().group_id)
+
+
+# -- topics -------------------------------------------------------------------------------
+
+def topics(args: argparse.Namespace) -> int:
+    settings = kafka_settings(args)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    md = admin.list_topics(timeout=10)
+    specs = declared_topics(settings)
+    present = [s for s in specs if s.name in md.topics]
+    c = consumer(settings)
+    print(f"{'topic':<45} {'parts':>5} {'records*':>10} {'retention':>12} {'cleanup':>8}")
+    configs = {}
+    if present:
+        res = {s.name: ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present}
+        fut = admin.describe_configs(list(res.values()))
+        configs = {name: fut[r].result() for name, r in res.items()}
+    for spec in specs:
+        if spec.name not in md.topics:
+            print(f"{spec.name:<45} {'MISSING':>5}   (run: make topics)")
+            continue
+        bounds = end_offsets(c, spec.name)
+        count = sum(high - low for low, high in bounds.values())
+        cfg = configs[spec.name]
+        retention = _human_ms(int(cfg["retention.ms"].value))
+        print(f"{spec.name:<45} {len(bounds):>5} {count:>10} {retention:>12} "
+              f"{cfg['cleanup.policy'].value:>8}")
+    c.close()
+    drift = describe_drift(admin, present, md)
+    for line in drift:
+        print(f"drift: {line}")
+    print("* records = end offset − start offset (includes transaction markers)")
+    return 2 if drift else 0
+
+
+def _human_ms(ms: int) -> str:
+    if ms < 0:
+        return "forever"
+    days = ms / 86_400_000
+    return f"{days:g}d" if days >= 1 else f"{ms / 3_600_000:g}h"
+
+
+# -- tail ---------------------------------------------------------------------------------
+
+def tail(args: argparse.Namespace) -> int:
+    settings = kafka_settings(args)
+    topic, schema = resolve_topic(settings, args.topic)
+
+    def match(record: Any) -> bool:
+        if not args.order_id:
+            return True
+        value = record.value if isinstance(record.value, dict) else {}
+        return args.order_id in (record.key, value.get("order_id"), value.get("OrderId__c"),
+                                 record.headers.get("order_id"))
+
+    for record in scan(settings, topic, schema, from_beginning=args.from_beginning,
+                       last=args.last, follow=args.follow, match=match):
+        print(json.dumps(record.as_json(), ensure_ascii=False, default=str), flush=True)
+    return 0
+
+
+# -- lag ----------------------------------------------------------------------------------
+
+def group_lag(admin: AdminClient, c: Any, group: str, topic: str) -> list[tuple[int, int, int]]:
+    """(partition, committed, end) for one group on one topic."""
+    bounds = end_offsets(c, topic)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in bounds])
+    result = admin.list_consumer_group_offsets([request])[group].result()
+    rows = []
+    for tp in result.topic_partitions:
+        committed = tp.offset if tp.offset >= 0 else bounds[tp.partition][0]
+        rows.append((tp.partition, committed, bounds[tp.partition][1]))
+    return sorted(rows)
+
+
+def lag(args: argparse.Namespace) -> int:
+    settings = kafka_settings(args)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    c = consumer(settings)
+    total = 0
+    try:
+        for label, group, topic in (("worker", worker_group(args), settings.requests),
+                                    ("sink", sink_group(args), settings.outcomes)):
+            rows = group_lag(admin, c, group, topic)
+            group_total = sum(max(0, end - committed) for _, committed, end in rows)
+            total += group_total
+            print(f"{label} (group {group}) on {topic}: lag {group_total}")
+            for partition, committed, end in rows:
+                print(f"  partition {partition:>2}  committed {committed:>9}  end {end:>9}  "
+                      f"lag {max(0, end - committed):>7}")
+    finally:
+        c.close()
+    _print_connector_position(args)
+    return 0
+
+
+def _print_connector_position(args: argparse.Namespace) -> None:
+    from common.settings import ConnectorSettings
+
+    settings = kafka_settings(args)
+    conn = ConnectorSettings.load()
+    key = f"{conn.name}|{conn.channel}"
+    record = last_value(settings, settings.connector_offsets, "connector_offset", key)
+    if record is None:
+        print(f"connector {conn.name}: no replay position committed yet")
+        return
+    value = record.value
+    committed = value["committed_at"]
+    age = dt.datetime.now(dt.UTC) - committed
+    print(f"connector {conn.name}: replay id {value['replay_id'].hex()} ({value['source']}) "
+          f"committed {committed.isoformat(timespec='seconds')} ({age.total_seconds():.0f}s ago)")
+
+
+# -- replay -------------------------------------------------------------------------------
+
+def _parse_time(text: str) -> int:
+    """ISO-8601 time (UTC if no zone) or a relative '-2h' / '-3d' → epoch ms."""
+    text = text.strip()
+    if text.startswith("-") and text[-1] in "smhd":
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+        return int((time.time() - float(text[1:-1]) * unit) * 1000)
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def replay(args: argparse.Namespace) -> int:
+    settings = kafka_settings(args)
+    group = worker_group(args)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    deadline = time.monotonic() + args.wait
+    while True:
+        desc = admin.describe_consumer_groups([group])[group].result()
+        members = len(desc.members)
+        if members == 0:
+            break
+        if time.monotonic() >= deadline:
+            print(f"refusing: the worker group {group} has {members} active member(s). Stop "
+                  "the worker first (make-up stack: `python -m ops.stack pause worker`), or "
+                  "pass --wait SECONDS to wait for it to stop.")
+            return 3
+        time.sleep(1)
+    if args.from_offset:
+        partition, _, offset = args.from_offset.partition(":")
+        targets = rewind_consumer_positions(settings, settings.requests,
+                                            offsets={int(partition): int(offset)})
+        c = consumer(settings)
+        current = {p: committed for p, committed, _ in group_lag(admin, c, group, settings.requests)}
+        c.close()
+        targets = {p: (o if p == int(partition) else current[p]) for p, o in targets.items()}
+    else:
+        targets = rewind_consumer_positions(settings, settings.requests,
+                                            from_time_ms=_parse_time(args.from_time))
+    c = consumer(settings)
+    before = {p: committed for p, committed, _ in group_lag(admin, c, group, settings.requests)}
+    c.close()
+    tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
+    if not args.dry_run:
+        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[
+            group].result()
+    rewound = 0
+    for tp in tps:
+        delta = before.get(tp.partition, tp.offset) - tp.offset
+        rewound += max(0, delta)
+        print(f"  partition {tp.partition:>2}: {before.get(tp.partition)} → {tp.offset} "
+              f"({'+' if delta < 0 else '-'}{abs(delta)} records)")
+    verb = "would rewind" if args.dry_run else "rewound"
+    print(f"{verb} group {group} on {settings.requests} by {rewound} records; the worker "
+          "re-decides them when it starts (dedupe, the Salesforce guard and the WHMCS lookup "
+          "prevent a second WHMCS order)")
+    return 0
+
+
+# -- dlq ----------------------------------------------------------------------------------
+
+def dlq(args: argparse.Namespace) -> int:
+    settings = kafka_settings(args)
+    topic = settings.dead_letters
+    selected = set(args.offsets or [])
+
+    def match(record: Any) -> bool:
+        if args.stage and record.headers.get("stage") != args.stage:
+            return False
+        if args.order_id and args.order_id not in (record.key, record.headers.get("order_id")):
+            return False
+        return not selected or f"{record.partition}:{record.offset}" in selected
+
+    records = list(scan(settings, topic, None, match=match))
+    if args.action == "list":
+        for r in records:
+            h = r.headers
+            print(f"{r.partition}:{r.offset:<8} {h.get('stage', '?'):<9} "
+                  f"{h.get('error_code') or h.get('error_class', ''):<28} key={r.key} "
+                  f"{h.get('reason', '')[:120]}")
+        print(f"{len(records)} dead letter(s)")
+        return 0
+    if not selected and not args.all:
+        print("refusing to requeue everything: name records with --offset P:O (repeatable) "
+              "or pass --all together with --stage/--order-id filters")
+        return 3
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    count = 0
+    for r in records:
+        source = r.headers.get("source_topic")
+        if not source:
+            print(f"{r.partition}:{r.offset}: no source topic (stage {r.headers.get('stage')}); "
+                  "not requeueable — fix it at the source")
+            continue
+        producer.produce(source, key=r.key.encode() if r.key else None, value=r.raw_value,
+                         headers=[("dlq.requeued_from", f"{topic}:{r.partition}:{r.offset}"
+                                   .encode())])
+        count += 1
+    producer.flush(30)
+    print(f"requeued {count} record(s)")
+    return 0
+
+
+def _configure_topics(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=topics)
+
+
+def _configure_tail(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topic", help="requests | outcomes | dead-letters | offsets | gaps | a topic name")
+    p.add_argument("--from-beginning", action="store_true", help="start at the first record")
+    add(p, "--last", env="SFPROV_TAIL_LAST", default=10, type=int,
+        help="records per partition to show from the end (without --from-beginning)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
+    add(p, "--order-id", env="SFPROV_ORDER_ID", help="only records of this Salesforce Order")
+    p.set_defaults(func=tail)
+
+
+def _configure_lag(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=lag)
+
+
+def _configure_replay(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from-time", help="ISO-8601 time (UTC) or relative like -6h, -3d")
+    g.add_argument("--from-offset", help="PARTITION:OFFSET of the requests topic")
+    add(p, "--wait", env="SFPROV_REPLAY_WAIT_S", default=0.0, type=float,
+        help="seconds to wait for the worker group to become empty before refusing")
+    p.add_argument("--dry-run", action="store_true", help="show what would be rewound")
+    p.set_defaults(func=replay)
+
+
+def _configure_dlq(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "requeue"], nargs="?", default="list")
+    p.add_argument("--offset", dest="offsets", action="append",
+                   help="PARTITION:OFFSET of a dead letter (repeatable)")
+    add(p, "--stage", env="SFPROV_DLQ_STAGE", help="connector | worker | sink")
+    add(p, "--order-id", env="SFPROV_ORDER_ID", help="only dead letters of this Order")
+    p.add_argument("--all", action="store_true", help="requeue every matching record")
+    p.set_defaults(func=dlq)
+
+
+COMMANDS = [
+    ("topics", "The project's topics: partitions, records, retention, config drift.",
+     _configure_topics),
+    ("tail", "Records of a topic decoded from Avro to JSON lines.", _configure_tail),
+    ("lag", "Consumer lag of the worker and the sink; the connector's replay position.",
+     _configure_lag),
+    ("replay", "Re-drive the worker from the requests topic (rewinds its consumer group).",
+     _configure_replay),
+    ("dlq", "List dead letters with their reasons; requeue selected ones after a fix.",
+     _configure_dlq),
+]

@@ -1,0 +1,208 @@
+"""Kafka reading helpers for the operator CLI: decode records, scan topics, read positions.
+
+Values are decoded with the schema the topic is declared with (``TOPIC_SCHEMAS``); a dead
+letter's value is shown as text when it is printable, else as hex, with its ``dlq.*``
+headers. Scans are bounded (end offsets taken at the start) so they always finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from common.avro import AvroSerde, SerdeError, registry_from_url
+from common.deadletter import parse_headers
+from common.settings import KafkaSettings
+
+#: alias -> (settings attribute, schema name or None for raw)
+TOPIC_ALIASES: dict[str, tuple[str, str | None]] = {
+    "requests": ("requests", "provision_request"),
+    "outcomes": ("outcomes", "provisioning_outcome"),
+    "dead-letters": ("dead_letters", None),
+    "dlq": ("dead_letters", None),
+    "offsets": ("connector_offsets", "connector_offset"),
+    "gaps": ("replay_gaps", "replay_gap"),
+}
+
+
+def resolve_topic(settings: KafkaSettings, name: str) -> tuple[str, str | None]:
+    """(full topic name, schema name) for an alias or a full topic name."""
+    if name in TOPIC_ALIASES:
+        attr, schema = TOPIC_ALIASES[name]
+        return getattr(settings, attr), schema
+    for attr, schema in TOPIC_ALIASES.values():
+        if getattr(settings, attr) == name:
+            return name, schema
+    return name, None
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _raw(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        text = value.decode()
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return {"base64": base64.b64encode(value).decode()}
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: Any
+    headers: dict[str, str]
+    raw_value: bytes | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"topic": self.topic, "partition": self.partition,
+                               "offset": self.offset,
+                               "timestamp": dt.datetime.fromtimestamp(
+                                   self.timestamp_ms / 1000, dt.UTC).isoformat()
+                               .replace("+00:00", "Z"),
+                               "key": self.key, "value": jsonable(self.value)}
+        if self.headers:
+            out["headers"] = self.headers
+        return out
+
+
+class Decoder:
+    def __init__(self, settings: KafkaSettings, schema: str | None, topic: str) -> None:
+        registry = registry_from_url(settings.schema_registry_url)
+        self.serde = AvroSerde(schema, topic=topic, registry=registry) if schema else None
+
+    def record(self, msg: Any) -> Record:
+        headers_list = msg.headers() or []
+        headers = parse_headers(headers_list)
+        for key, val in headers_list:
+            if not key.startswith("dlq."):
+                headers[key] = val.decode(errors="replace") if val else ""
+        value: Any
+        if self.serde is None:
+            value = _raw(msg.value())
+        else:
+            try:
+                value = self.serde.decode(msg.value())
+            except SerdeError as exc:
+                value = {"undecodable": str(exc), "raw": _raw(msg.value())}
+        key = msg.key().decode(errors="replace") if msg.key() is not None else None
+        return Record(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], key,
+                      value, headers, msg.value())
+
+
+def consumer(settings: KafkaSettings, **extra: Any) -> Consumer:
+    conf = {"bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"sfprov-cli-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+            "enable.partition.eof": False}
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def end_offsets(c: Consumer, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+    md = c.list_topics(topic, timeout=timeout)
+    if topic not in md.topics or md.topics[topic].error is not None:
+        raise SystemExit(f"error: topic {topic} does not exist")
+    out = {}
+    for p in md.topics[topic].partitions:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        out[p] = (low, high)
+    return out
+
+
+def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
+         from_beginning: bool = True, last: int = 10, follow: bool = False,
+         partitions: list[int] | None = None,
+         match: Callable[[Record], bool] | None = None,
+         idle_timeout: float = 2.0) -> Iterator[Record]:
+    """Yield decoded records; without ``follow`` stop at the end offsets seen at the start."""
+    c = consumer(settings)
+    try:
+        bounds = end_offsets(c, topic)
+        wanted = partitions if partitions is not None else sorted(bounds)
+        assignment = []
+        remaining: dict[int, int] = {}
+        for p in wanted:
+            low, high = bounds[p]
+            start = low if from_beginning else max(low, high - last)
+            if start < high or follow:
+                assignment.append(TopicPartition(topic, p, start if start < high or not follow
+                                                 else high))
+            if start < high:
+                remaining[p] = high
+        if not assignment:
+            return
+        c.assign(assignment)
+        decoder = Decoder(settings, schema, topic)
+        progress = time.monotonic()
+        while True:
+            msg = c.poll(0.3)
+            if msg is not None and not msg.error():
+                progress = time.monotonic()
+                record = decoder.record(msg)
+                if match is None or match(record):
+                    yield record
+            if follow:
+                continue
+            # Positions pass transaction markers too, so compare them, not record offsets.
+            for tp in c.position([TopicPartition(topic, p) for p in list(remaining)]):
+                if tp.offset >= remaining.get(tp.partition, 1 << 62):
+                    remaining.pop(tp.partition, None)
+            if not remaining or time.monotonic() - progress > idle_timeout + 10:
+                break
+    finally:
+        c.close()
+
+
+def last_value(settings: KafkaSettings, topic: str, schema: str, key: str) -> Record | None:
+    """The last record for ``key`` in a small (compacted) topic."""
+    found = None
+    for record in scan(settings, topic, schema, match=lambda r: r.key == key):
+        found = record
+    return found
+
+
+def rewind_consumer_positions(settings: KafkaSettings, topic: str, *,
+                              from_time_ms: int | None = None,
+                              offsets: dict[int, int] | None = None) -> dict[int, int]:
+    """The offsets a group should restart from: by time (offsets_for_times) or explicit."""
+    c = consumer(settings)
+    try:
+        bounds = end_offsets(c, topic)
+        if offsets is not None:
+            return {p: offsets.get(p, bounds[p][1]) for p in bounds}
+        assert from_time_ms is not None
+        found = c.offsets_for_times([TopicPartition(topic, p, from_time_ms) for p in bounds],
+                                    timeout=10)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else bounds[tp.partition][1])
+                for tp in found}
+    finally:
+        c.close()
+
+
+__all__ = ["OFFSET_BEGINNING", "Record", "TOPIC_ALIASES", "end_offsets", "last_value",
+           "resolve_topic", "rewind_consumer_positions", "scan"]
