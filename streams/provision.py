@@ -111,7 +111,7 @@ class Provisioner:
                                               res.addon_ids, res.invoice_id, attempts=attempts)
                     log.info("WHMCS order created", extra={**extra,
                                                             "whmcs_order_id": res.order_id})
-                failure = await self._accept(created.whmcs_order_id or 0)
+                failure = await self.accept(created.whmcs_order_id or 0)
                 if failure is not None:
                     failure.attempts = attempts
                     failure.whmcs_order_id = created.whmcs_order_id
@@ -143,7 +143,7 @@ class Provisioner:
                     error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
                     attempts=attempts, may_exist=created is not None)
 
-    async def _accept(self, order_id: int) -> ProvisionResult | None:
+    async def accept(self, order_id: int) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
         try:
             await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup)

@@ -1,0 +1,59 @@
+"""``python -m streams worker``: run the provisioning worker.
+
+Reads every setting from the environment (and ``.env``); ``/metrics`` and ``/healthz`` on
+``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the Faust worker: the batch in flight is
+not acknowledged unless it finished (see :mod:`streams.app`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common.kafka import ensure_topics
+from common.log import setup_logging
+from common.metrics import HealthServer
+from common.salesforce import SalesforceClient
+from common.settings import (
+    CommonSettings,
+    KafkaSettings,
+    SalesforceSettings,
+    WhmcsSettings,
+    WorkerSettings,
+)
+
+log = logging.getLogger("streams")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams")
+    parser.add_argument("command", choices=["worker"])
+    parser.parse_args(argv)
+    common = CommonSettings.load()
+    setup_logging("worker", common.log_level, common.log_format)
+    kafka, worker = KafkaSettings.load(), WorkerSettings.load()
+    whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
+    ensure_topics(kafka)
+
+    import faust
+
+    from streams.app import Worker
+
+    built = Worker(kafka=kafka, worker=worker, whmcs=whmcs,
+                   sf_client=SalesforceClient(salesforce), common=common)
+    server = None
+    if worker.http_port:
+        server = HealthServer(worker.http_port, built.check).start()
+    runner = faust.Worker(built.app, loglevel=common.log_level, quiet=True,
+                          redirect_stdouts=False, override_logging=False)
+    try:
+        runner.execute_from_commandline()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The Faust app: one agent over the requests topic, two tables, the sweep timer.
+
+Processing guarantee: at-least-once delivery of events to :mod:`streams.batch`, made safe by
+the tables (Faust's exactly-once mode is not used: it predates KIP-447 and has open
+duplicate reports under rebalance). The agent runs with ``concurrency=1`` and takes events
+in batches (``take_events``): Faust acks a batch when the agent asks for the next one —
+and also when the agent's generator is closed by an exception or a shutdown. To make the
+offsets move **only** after the batch's outcomes are acknowledged, each event's message is
+``incref``'d on arrival and acked by us after the batch; the generator's own ack merely
+drops its reference. A shutdown or crash mid-batch therefore commits nothing past it.
+
+Nothing raises out of the agent body: a batch that fails is retried (safe — the tables make
+a batch idempotent) and after ``BATCH_ATTEMPTS`` its events go to the dead-letter topic with
+the error; a :class:`~streams.tables.DurabilityError` (a table change the broker did not
+acknowledge) stops the worker without acking, because the local tables are then ahead of
+their changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from common.avro import AvroSerde
+from common.deadletter import dead_letter_headers
+from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
+from common.whmcs import WhmcsClient
+from streams import metrics
+from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
+from streams.decide import Context
+from streams.guard import Guard, QueryClient
+from streams.provision import Provisioner, ProvisionPolicy
+from streams.recovery import Sweeper
+from streams.tables import DurabilityError, DurableTable, TableState, key_partition
+
+log = logging.getLogger(__name__)
+BATCH_ATTEMPTS = 3
+
+
+@dataclass
+class Health:
+    started_at: float = 0.0
+    last_batch_at: float | None = None
+    batches: int = 0
+    batch_errors: int = 0
+    last_error: str | None = None
+
+
+class KafkaEmitter:
+    """Outcomes and dead letters through the app's producer (acks=all), awaited."""
+
+    def __init__(self, app: faust.App, kafka: KafkaSettings) -> None:
+        self.outcomes = app.topic(kafka.outcomes, key_serializer="raw", value_serializer="raw",
+                                  internal=False)
+        self.dead_letters = app.topic(kafka.dead_letters, key_serializer="raw",
+                                      value_serializer="raw", internal=False)
+        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
+        self.headers = dict(self.serde.headers())
+
+    async def send_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
+        async def send() -> None:
+            futs = [await self.outcomes.send(key=o["order_id"].encode(),
+                                             value=self.serde.encode(o), headers=self.headers)
+                    for o in outcomes]
+            await asyncio.gather(*futs)
+        if outcomes:
+            await retry_forever("sending outcomes", send)
+
+    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        async def send() -> None:
+            futs = []
+            for letter in letters:
+                rec = letter.record
+                headers = dict(dead_letter_headers(
+                    stage="worker", reason=letter.reason, error_class=letter.error_class,
+                    error_code=letter.error_code, source_topic=rec.topic,
+                    source_partition=rec.partition, source_offset=rec.offset,
+                    order_id=letter.order_id, event_uuid=letter.event_uuid,
+                    idem_key=letter.idem_key))
+                futs.append(await self.dead_letters.send(key=rec.key, value=rec.value,
+                                                         headers=headers))
+            await asyncio.gather(*futs)
+        if letters:
+            await retry_forever("sending dead letters", send)
+
+
+class Worker:
+    """Builds and holds the Faust app and its parts. ``sf_client`` answers the guard query."""
+
+    def __init__(self, *, kafka: KafkaSettings, worker: WorkerSettings, whmcs: WhmcsSettings,
+                 sf_client: QueryClient, common: CommonSettings | None = None,
+                 whmcs_client: WhmcsClient | None = None) -> None:
+        common = common or CommonSettings.load({})
+        self.kafka, self.settings = kafka, worker
+        self.health = Health(started_at=time.time())
+        app_id = kafka.topic(worker.app_id)
+        brokers = [f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")]
+        datadir = common.state_dir / "worker" / app_id
+        datadir.parent.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            app_id, broker=brokers, store=worker.store,
+            datadir=str(datadir), web_enabled=False,
+            autodiscover=False, topic_partitions=kafka.partitions,
+            topic_replication_factor=kafka.replication_factor,
+            table_standby_replicas=worker.standby_replicas,
+            consumer_auto_offset_reset="earliest", producer_acks=-1,
+            processing_guarantee="at_least_once", broker_commit_every=1000,
+            broker_commit_interval=1.0, stream_buffer_maxsize=max(4096, worker.batch_size * 4),
+            key_serializer="raw", value_serializer="raw")
+        table_kw = dict(default=None, partitions=kafka.partitions,
+                        schema=faust.Schema(key_type=str, key_serializer="raw",
+                                            value_serializer="json"))
+        self.idem = self.app.tables.add(DurableTable(self.app, name="idem",
+                                                     beacon=self.app.tables.beacon,
+                                                     help="order id → {idem key: decision}",
+                                                     **table_kw))
+        self.intents = self.app.tables.add(DurableTable(self.app, name="intents",
+                                                        beacon=self.app.tables.beacon,
+                                                        help="order id → provisioning intent",
+                                                        **table_kw))
+        self.whmcs = whmcs_client or WhmcsClient(whmcs)
+        self.whmcs.observer = metrics.whmcs_observer
+        policy = ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
+                                 whmcs_timeout_s=whmcs.timeout_s,
+                                 lookup_grace_s=worker.lookup_grace_s,
+                                 autosetup=whmcs.autosetup)
+        self.guard = Guard(sf_client, observer=metrics.salesforce_observer)
+        self.emitter = KafkaEmitter(self.app, kafka)
+        self.processor = BatchProcessor(
+            state=TableState(self.idem, self.intents), guard=self.guard,
+            provisioner=Provisioner(self.whmcs, policy,
+                                    on_retry=lambda k: metrics.RETRIES.labels(k).inc()),
+            emitter=self.emitter,
+            context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
+                            no_email=whmcs.no_email),
+            parallelism=worker.whmcs_parallelism)
+        self.sweeper = Sweeper(self.processor, recovery_after_s=worker.recovery_after_s,
+                               dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns)
+        self.lock = asyncio.Lock()
+        self.requests = self.app.topic(kafka.requests, key_serializer="raw",
+                                       value_serializer="raw", internal=False)
+        self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
+        self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
+
+    # -- ownership ---------------------------------------------------------------------
+
+    def owns(self, order_id: str) -> bool:
+        """True when this worker actively owns the Order's partition (not standby)."""
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - before the first assignment
+            return False
+        partition = key_partition(order_id, self.kafka.partitions)
+        return any(tp.topic == self.kafka.requests and tp.partition == partition
+                   for tp in actives)
+
+    # -- the agent ---------------------------------------------------------------------
+
+    async def _agent(self, stream: Any) -> None:
+        async for events in stream.take_events(self.settings.batch_size,
+                                               within=self.settings.batch_linger_s):
+            for event in events:
+                event.message.incref()  # we ack after the outcomes are acknowledged
+            await self.handle(events)
+            for event in events:
+                await stream.ack(event)
+
+    async def handle(self, events: list[Any]) -> None:
+        """Process one batch. Never raises (except cancellation), never returns early."""
+        records = [RawRecord(e.message.key, e.message.value, e.message.topic,
+                             e.message.partition, e.message.offset,
+                             received_at=e.message.time_in or time.monotonic())
+                   for e in events]
+        metrics.BATCH_SIZE.observe(len(records))
+        error: BaseException | None = None
+        async with self.lock:
+            for attempt in range(1, BATCH_ATTEMPTS + 1):
+                try:
+                    await self.processor.process(records)
+                    metrics.BATCHES.labels("ok").inc()
+                    self.health.batches += 1
+                    self.health.last_batch_at = time.time()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except DurabilityError as exc:
+                    await self._stop_without_ack(exc)
+                except Exception as exc:  # noqa: BLE001 - the catch-all the design requires
+                    error = exc
+                    self.health.batch_errors += 1
+                    self.health.last_error = f"{type(exc).__name__}: {exc}"
+                    metrics.BATCHES.labels("error").inc()
+                    log.exception("batch failed (attempt %d/%d)", attempt, BATCH_ATTEMPTS)
+                    await asyncio.sleep(min(2.0 ** attempt, 10.0))
+            letters = [DeadLetter(r, f"worker could not process the batch: {error!r}",
+                                  type(error).__name__, "WORKER_ERROR") for r in records]
+            await self.emitter.send_dead_letters(letters)
+            for _ in letters:
+                metrics.DEAD_LETTERS.labels("WORKER_ERROR").inc()
+
+    async def _stop_without_ack(self, exc: BaseException) -> None:
+        log.critical("table changelog not durable; stopping without acknowledging the batch",
+                     extra={"cause": repr(exc)})
+        await self.app.crash(exc)  # type: ignore[arg-type]
+        await asyncio.Event().wait()  # cancelled by the shutdown; never acks
+
+    async def _sweep(self) -> None:
+        if self.lock.locked():
+            return  # a batch is running; next time
+        try:
+            async with self.lock:
+                await self.sweeper.run_once()
+        except asyncio.CancelledError:
+            raise
+        except DurabilityError as exc:
+            await self._stop_without_ack(exc)
+        except Exception:  # noqa: BLE001 - the sweep must not kill the worker
+            log.exception("sweep failed")
+
+    # -- health ------------------------------------------------------------------------
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        since = self.guard.unavailable_since
+        sf_down = since is not None and time.time() - since > 60
+        details = {"batches": self.health.batches, "batch_errors": self.health.batch_errors,
+                   "last_batch_at": self.health.last_batch_at,
+                   "last_error": self.health.last_error,
+                   "salesforce_unavailable_since": since,
+                   "salesforce_last_error": self.guard.last_error,
+                   "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries}
+        return not sf_down, details
