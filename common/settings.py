@@ -380,6 +380,12 @@ class WorkerSettings(_Section):
     standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
                                 doc="Faust table standby replicas (0: a takeover restores "
                                     "from the changelog).")
+    session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_float,
+                                   doc="Consumer group session timeout: how soon a dead "
+                                       "worker's partitions move to another.")
+    instance_id: str = env("WORKER_INSTANCE_ID", "",
+                           doc="Static group membership id (a restarted worker with the "
+                               "same id takes its partitions back without a rebalance).")
 
 
 @dataclass(frozen=True, kw_only=True)
