@@ -35,7 +35,9 @@ Keepalives: an empty FetchResponse carries ``latest_replay_id``. It is committed
 ``SF_PUBSUB_KEEPALIVE_COMMIT_S``, in its own small transaction) only when every event
 delivered before it is committed and the server still had our credit
 (``pending_num_requested > 0``) — otherwise events we had not asked for yet could lie
-before it.
+before it. It is committed even when unchanged: that keeps ``committed_at`` (the position's
+age on /metrics) honest on a quiet channel, and makes an idle instance that was fenced find
+out within one interval instead of at its next event.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class Connector:
 
     def _maybe_commit_keepalive(self) -> None:
         candidate = self._keepalive_candidate
-        if candidate is None or (self.position and candidate == self.position.replay_id):
+        if candidate is None:
             return
         if time.monotonic() - self._last_keepalive_commit < self.settings.keepalive_commit_interval_s:
             return
@@ -380,7 +382,7 @@ class Connector:
     def _fenced(self, exc: ProducerFencedError) -> int:
         self.health.state = "fenced"
         self.health.last_error = str(exc)
-        log.error("FENCED: another instance of connector %r (transactional.id %s) took over; "
-                  "this instance stops writing and exits. %s", self.settings.name, self.txn_id,
-                  exc)
+        log.error("FENCED: connector %r: %s. This instance stops writing and exits "
+                  "(exit code %d); the newer instance owns the stream.", self.settings.name,
+                  exc, EXIT_FENCED)
         return EXIT_FENCED

@@ -101,13 +101,15 @@ def test_second_instance_is_fenced_and_no_duplicates(sf, connector, kafka_settin
     n = 200
     sf.seed(accounts=10, orders=n, broken_every=0)
     sf.approve(n)
-    sf.set_faults(grpc_latency_ms=25)
-    slow = {"SF_PUBSUB_NUM_REQUESTED": "10", "CONNECTOR_MAX_BATCH": "10"}
+    sf.set_faults(grpc_latency_ms=100)    # ~50 events/s: the takeover lands mid-stream
+    slow = {"SF_PUBSUB_NUM_REQUESTED": "5", "CONNECTOR_MAX_BATCH": "5",
+            "SF_PUBSUB_KEEPALIVE_COMMIT_S": "1"}
     first = connector("--timeout", "60", **slow)
     wait_until(lambda: "event written" in first.text(), 30, "first instance writing")
     second = connector("--timeout", "60", **slow)
     assert first.wait(30) == 3, first.text()[-2000:]
     assert "FENCED" in first.text()
+    assert '"event written"' in second.text() or second.proc.poll() is None
     sf.set_faults(grpc_latency_ms=0)
     wait_until(lambda: len(read_requests(kafka_settings)) >= n, 60, "all events committed")
     assert second.terminate() == 0
