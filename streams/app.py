@@ -111,7 +111,10 @@ class Worker:
             consumer_auto_offset_reset="earliest", producer_acks=-1,
             processing_guarantee="at_least_once", broker_commit_every=1000,
             broker_commit_interval=1.0, stream_buffer_maxsize=max(4096, worker.batch_size * 4),
-            key_serializer="raw", value_serializer="raw")
+            key_serializer="raw", value_serializer="raw",
+            broker_session_timeout=worker.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
+            consumer_group_instance_id=worker.instance_id or None)
         table_kw = dict(default=None, partitions=kafka.partitions,
                         schema=faust.Schema(key_type=str, key_serializer="raw",
                                             value_serializer="json"))
@@ -146,6 +149,12 @@ class Worker:
                                        value_serializer="raw", internal=False)
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
+        self.assigned: set[int] = set()
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
+        self.assigned = {tp.partition for tp in assigned if tp.topic == self.kafka.requests}
+        log.info("requests partitions assigned: %s", sorted(self.assigned))
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -232,5 +241,6 @@ class Worker:
                    "last_error": self.health.last_error,
                    "salesforce_unavailable_since": since,
                    "salesforce_last_error": self.guard.last_error,
-                   "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries}
+                   "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
+                   "assigned_partitions": sorted(self.assigned)}
         return not sf_down, details

@@ -111,3 +111,13 @@ def worker_process(env: dict[str, str], log_path: Path) -> Iterator[subprocess.P
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def wait_for_log(path: Path, needle: str, timeout: float) -> bool:
+    """True once ``needle`` appears in the log file (e.g. a non-empty assignment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
