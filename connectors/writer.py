@@ -100,7 +100,8 @@ class TransactionalWriter:
                  headers: list[tuple[str, bytes]]) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
+                self._producer.produce(topic, value=value, key=key,
+                                       headers=headers)  # type: ignore[arg-type] # list invariance
                 return
             except BufferError:
                 self._producer.poll(0.05)

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 
 import pytest
+import requests
 from aiokafka.partitioner import murmur2
 
 from common.deadletter import parse_headers
@@ -165,6 +166,8 @@ def test_token_expiry_dropped_and_silent_streams_recovered(sf, connector, kafka_
     wait_until(lambda: len(read_requests(kafka_settings)) >= 80, 30, "after silent stream")
     assert proc.metric('sfprov_connector_reconnects_total{cause="auth"}') >= 1
     assert proc.metric('sfprov_connector_reconnects_total{cause="transient"}') >= 1
+    health = requests.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json()["state"] == "subscribed"
     assert proc.terminate() == 0
     rows = read_requests(kafka_settings)
     assert_exactly_once(rows, None, 80)
