@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_local_stack_env() -> None:
+    """In sandbox mode ``make up`` records the pipeline's settings; use them as defaults."""
+    from ops.stack import PIPELINE_ENV
+
+    if PIPELINE_ENV.exists():
+        for line in PIPELINE_ENV.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key and key not in os.environ:
+                os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
+    load_local_stack_env()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

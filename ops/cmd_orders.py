@@ -1,5 +1,307 @@
-"""Order-level operator commands: trace, reconcile, demo (filled in as the parts land)."""
+"""Order-level operator commands: trace, reconcile, demo.
+
+``trace`` and ``reconcile`` talk to Salesforce (and WHMCS) with the pipeline's own settings
+and clients; in sandbox mode ``make up`` writes those settings to ``.state/pipeline.env``,
+which the CLI reads as defaults.
+"""
 
 from __future__ import annotations
 
-COMMANDS: list = []
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Producer
+
+from common.avro import AvroSerde
+from common.salesforce import SalesforceClient
+from common.settings import SalesforceSettings, WhmcsSettings
+from ops.cli import add, kafka_settings
+from ops.kafkaview import jsonable, scan
+
+ORDER_FIELDS = ("Id, OrderNumber, Status, Activation_Status__c, Activation_Error__c, "
+                "Activation_Error_DateTime__c, WHMCS_Order_Id__c, OpportunityId, "
+                "Account.WH_Account__c, LastModifiedDate")
+
+
+def _sf() -> SalesforceClient:
+    return SalesforceClient(SalesforceSettings.load())
+
+
+def _soql_id(value: str) -> str:
+    if not value.isalnum() or len(value) not in (15, 18):
+        raise SystemExit(f"error: {value!r} is not a Salesforce id")
+    return value
+
+
+# -- trace --------------------------------------------------------------------------------
+
+def trace(args: argparse.Namespace) -> int:
+    order_id = _soql_id(args.order_id)
+    settings = kafka_settings(args)
+    out: dict[str, Any] = {"order_id": order_id}
+
+    def mine(record: Any) -> bool:
+        return record.key == order_id or record.headers.get("order_id") == order_id
+
+    for label, topic, schema in (("events", settings.requests, "provision_request"),
+                                 ("outcomes", settings.outcomes, "provisioning_outcome"),
+                                 ("dead_letters", settings.dead_letters, None)):
+        out[label] = [r.as_json() for r in scan(settings, topic, schema, match=mine)]
+    try:
+        sf = _sf()
+        orders = sf.query(f"SELECT {ORDER_FIELDS} FROM Order WHERE Id = '{order_id}'")
+        order = orders[0] if orders else None
+        out["salesforce_order"] = _strip(order)
+        if order and order.get("OpportunityId"):
+            out["salesforce_opportunity"] = _strip(sf.query(
+                "SELECT Id, StageName, WHMCS_Service_ID__c FROM Opportunity WHERE Id = "
+                f"'{order['OpportunityId']}'")[0])
+        client_id = ((order or {}).get("Account") or {}).get("WH_Account__c")
+    except Exception as exc:  # noqa: BLE001 - show what we could not read, keep tracing
+        out["salesforce_error"] = str(exc)
+        client_id = None
+    if client_id:
+        out["whmcs_orders"] = _whmcs_orders(int(float(client_id)), order_id)
+    if args.json:
+        print(json.dumps(jsonable(out), indent=2, default=str))
+    else:
+        _print_trace(out)
+    return 0
+
+
+def _strip(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {k: (_strip(v) if isinstance(v, dict) else v) for k, v in record.items()
+            if k != "attributes"}
+
+
+def _whmcs_orders(client_id: int, order_id: str) -> Any:
+    from common.whmcs import WhmcsClient
+
+    async def run() -> Any:
+        async with WhmcsClient(WhmcsSettings.load()) as client:
+            found = await client.find_orders_by_marker(client_id, order_id)
+            return [{"id": o.id, "status": o.status, "invoice_id": o.invoice_id,
+                     "service_ids": o.service_ids, "notes": o.notes} for o in found]
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:  # noqa: BLE001
+        return {"error": str(exc)}
+
+
+def _print_trace(out: dict[str, Any]) -> None:
+    print(f"Order {out['order_id']}")
+    print(f"  events ({len(out['events'])}):")
+    for e in out["events"]:
+        v = e["value"]
+        print(f"    {e['timestamp']}  {e['partition']}:{e['offset']}  idem {v.get('IdemKey__c')}"
+              f"  uuid {v.get('event_uuid')}  by {v.get('RequestedBy__c')}")
+    print(f"  outcomes ({len(out['outcomes'])}):")
+    for o in out["outcomes"]:
+        v = o["value"]
+        detail = (f"WHMCS order {v.get('whmcs_order_id')} services {v.get('whmcs_service_ids')}"
+                  if v.get("status") == "Provisioned" else
+                  f"{v.get('error_code')}: {v.get('error_message')}")
+        print(f"    {v.get('completed_at')}  {v.get('status'):<11} idem {v.get('idem_key')}  "
+              f"{detail}{'  (recovered)' if v.get('recovered') else ''}")
+    print(f"  dead letters ({len(out['dead_letters'])}):")
+    for d in out["dead_letters"]:
+        h = d.get("headers", {})
+        print(f"    {d['timestamp']}  {h.get('stage')}: {h.get('reason')}")
+    if "salesforce_error" in out:
+        print(f"  salesforce: cannot read: {out['salesforce_error']}")
+    order = out.get("salesforce_order")
+    if order:
+        print(f"  salesforce Order: Status {order.get('Status')}, Activation_Status__c "
+              f"{order.get('Activation_Status__c')}, WHMCS_Order_Id__c "
+              f"{order.get('WHMCS_Order_Id__c')}, error {order.get('Activation_Error__c')}")
+    elif "salesforce_error" not in out:
+        print("  salesforce Order: not found")
+    opp = out.get("salesforce_opportunity")
+    if opp:
+        print(f"  salesforce Opportunity {opp.get('Id')}: StageName {opp.get('StageName')}, "
+              f"WHMCS_Service_ID__c {opp.get('WHMCS_Service_ID__c')}")
+    if "whmcs_orders" in out:
+        print(f"  whmcs orders: {json.dumps(out['whmcs_orders'], default=str)}")
+
+
+# -- reconcile ----------------------------------------------------------------------------
+
+def _duration(text: str) -> float:
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1])
+    return float(text[:-1]) * unit if unit else float(text)
+
+
+def _sf_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00")
+                                     ).timestamp()
+
+
+def reconcile(args: argparse.Namespace) -> int:
+    """Activating Orders with no request since their last change get a new request."""
+    settings = kafka_settings(args)
+    older_than = _duration(args.older_than)
+    sf = _sf()
+    activating = sf.query(f"SELECT {ORDER_FIELDS} FROM Order "
+                          "WHERE Activation_Status__c = 'Activating'")
+    now = time.time()
+    candidates = {o["Id"]: o for o in activating
+                  if now - _sf_time(o.get("LastModifiedDate")) >= older_than}
+    latest_request: dict[str, float] = {}
+    for r in scan(settings, settings.requests, "provision_request",
+                  match=lambda r: r.key in candidates):
+        created = r.value["CreatedDate"].timestamp()
+        latest_request[r.key] = max(latest_request.get(r.key, 0.0), created)
+    stranded = [oid for oid, o in candidates.items()
+                if latest_request.get(oid, 0.0) + 1.0 < _sf_time(o.get("LastModifiedDate"))
+                or oid not in latest_request]
+    print(f"{len(activating)} Order(s) Activating; {len(candidates)} older than "
+          f"{args.older_than}; {len(stranded)} with no provisioning request since their last "
+          "change (stranded)")
+    for oid in stranded:
+        print(f"  {oid}  {candidates[oid].get('OrderNumber')}  last change "
+              f"{candidates[oid].get('LastModifiedDate')}")
+    if args.dry_run or not stranded:
+        return 0
+    injected = inject_requests(settings, stranded)
+    print(f"injected {injected} provisioning request(s) into {settings.requests}")
+    return 0
+
+
+def inject_requests(settings: Any, order_ids: list[str]) -> int:
+    serde = AvroSerde("provision_request", topic=settings.requests)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
+                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    now_ms = int(time.time() * 1000)
+    for oid in order_ids:
+        record = {"event_uuid": f"reconcile-{uuid.uuid4()}", "replay_id": b"",
+                  "schema_id": "reconcile", "channel": "sfprov reconcile",
+                  "received_at": now_ms, "CreatedDate": now_ms, "CreatedById": "reconcile",
+                  "OrderId__c": oid, "IdemKey__c": f"{oid}-reconcile-{now_ms}",
+                  "CorrelationId__c": str(uuid.uuid4()), "RequestedBy__c": "sfprov reconcile",
+                  "Version__c": 1.0}
+        producer.produce(settings.requests, key=oid.encode(), value=serde.encode(record),
+                         headers=[*serde.headers(), ("sfprov.source", b"reconcile")])
+    if producer.flush(30) != 0:
+        raise SystemExit("error: could not deliver every request to Kafka")
+    return len(order_ids)
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+def demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ops import sandboxes
+    from ops.stack import STATE
+
+    settings = kafka_settings(args)
+    admin = sandboxes.admin(Path(STATE))
+    start = {}
+    from ops.kafkaview import consumer, end_offsets
+
+    c = consumer(settings)
+    start = {p: high for p, (_, high) in end_offsets(c, settings.outcomes).items()}
+    c.close()
+    ids = admin.approve(count=args.count)
+    if not ids:
+        print("no Orders left in Pending Review: reseed with `make clean up`")
+        return 1
+    wanted = set(ids)
+    print(f"approved {len(ids)} Order(s) in the Salesforce sandbox, as customer service would")
+    results: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + args.timeout
+    from confluent_kafka import TopicPartition
+
+    from ops.kafkaview import Decoder
+
+    c = consumer(settings)
+    c.assign([TopicPartition(settings.outcomes, p, o) for p, o in start.items()])
+    decoder = Decoder(settings, "provisioning_outcome", settings.outcomes)
+    shown = -1
+    try:
+        while len(results) < len(wanted) and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                record = decoder.record(msg)
+                if record.key in wanted and record.key not in results:
+                    results[record.key] = record.value
+            if len(results) != shown:
+                shown = len(results)
+                _progress(shown, len(wanted))
+    finally:
+        c.close()
+    print()
+    time.sleep(args.writeback_wait)
+    final = {}
+    for chunk in range(0, len(ids), 100):
+        part = ids[chunk:chunk + 100]
+        rows = admin.query("SELECT Id, Activation_Status__c, WHMCS_Order_Id__c FROM Order "
+                           "WHERE Id IN ('" + "','".join(part) + "')")
+        for row in rows.get("records", []):
+            final[row["Id"]] = row
+    print(f"{'Order':<20} {'outcome':<12} {'WHMCS order':>11}  {'Salesforce now':<14} reason")
+    for oid in ids:
+        o = results.get(oid)
+        sf_row = final.get(oid, {})
+        status = o["status"] if o else "(waiting)"
+        reason = "" if not o or o["status"] == "Provisioned" else \
+            f"{o.get('error_code')}: {o.get('error_message')}"
+        print(f"{oid:<20} {status:<12} {str(o.get('whmcs_order_id') if o else ''):>11}  "
+              f"{str(sf_row.get('Activation_Status__c')):<14} {reason[:80]}")
+    counts: dict[str, int] = {}
+    for o in results.values():
+        counts[o["status"]] = counts.get(o["status"], 0) + 1
+    print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + (f", still waiting {len(wanted) - len(results)}" if len(results) < len(wanted) else ""))
+    return 0 if len(results) == len(wanted) else 1
+
+
+def _progress(done: int, total: int) -> None:
+    width = 40
+    filled = int(width * done / max(total, 1))
+    sys.stdout.write(f"\r  outcomes [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stdout.flush()
+
+
+def _configure_trace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("order_id", help="Salesforce Order Id (18 characters)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=trace)
+
+
+def _configure_reconcile(p: argparse.ArgumentParser) -> None:
+    add(p, "--older-than", env="SFPROV_RECONCILE_OLDER_THAN", default="15m",
+        help="only Orders Activating for at least this long (e.g. 30m, 2h, 0s)")
+    p.add_argument("--dry-run", action="store_true", help="report, inject nothing")
+    p.set_defaults(func=reconcile)
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    add(p, "--count", env="SFPROV_DEMO_COUNT", default=20, type=int,
+        help="Orders to approve")
+    add(p, "--timeout", env="SFPROV_DEMO_TIMEOUT_S", default=120.0, type=float,
+        help="seconds to wait for the outcomes")
+    add(p, "--writeback-wait", env="SFPROV_DEMO_WRITEBACK_S", default=3.0, type=float,
+        help="seconds to let the sink write back before reading Salesforce")
+    p.set_defaults(func=demo)
+
+
+COMMANDS = [
+    ("trace", "The whole life of one Order: events, outcomes, dead letters, Salesforce, WHMCS.",
+     _configure_trace),
+    ("reconcile", "Find Activating Orders without a provisioning request and inject one.",
+     _configure_reconcile),
+    ("demo", "Approve N seeded Orders in the sandbox and show how they end (sandbox only).",
+     _configure_demo),
+]

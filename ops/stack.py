@@ -31,6 +31,8 @@ LOGS = STATE / "logs"
 PLAN = STATE / "supervisor-plan.json"
 STATUS = STATE / "supervisor.json"
 SUPERVISOR_PID = STATE / "supervisor.pid"
+CONTROL = STATE / "supervisor-control.json"
+PIPELINE_ENV = STATE / "pipeline.env"
 PY = sys.executable
 
 
@@ -51,8 +53,8 @@ def sandbox_mode(env: dict[str, str]) -> bool:
     return not env.get("SF_CLIENT_ID")
 
 
-def _pipeline_processes(env: dict[str, str]) -> list[dict[str, Any]]:
-    """The three pipeline processes (only those whose package exists yet)."""
+def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[dict[str, Any]]:
+    """The three pipeline processes (only those whose package exists)."""
     procs = []
     for name, module, args, port_var, port in (
             ("connector", "connectors", ["run"], "CONNECTOR_HTTP_PORT", "9101"),
@@ -61,26 +63,33 @@ def _pipeline_processes(env: dict[str, str]) -> list[dict[str, Any]]:
         if not (ROOT / module / "__main__.py").exists():
             continue
         http_port = env.get(port_var, port)
-        procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": env,
+        procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": overrides,
                       "log": str(LOGS / f"{name}.log"),
                       "health_url": f"http://127.0.0.1:{http_port}/healthz"})
     return procs
 
 
 def plan(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Processes to supervise. Their env holds only what the stack decides (sandbox URLs and
+    credentials, the bootstrap address); everything else they read from the environment and
+    .env themselves, so no secret is copied into the plan file."""
     processes: list[dict[str, Any]] = []
+    overrides: dict[str, str] = {"PYTHONPATH": str(ROOT)}
+    requires: list[str] = []
     if sandbox_mode(env):
         from ops import sandboxes
 
         sandbox_procs, pipeline_env = sandboxes.plan(STATE, LOGS)
         processes.extend(sandbox_procs)
-        env = {**pipeline_env, **{k: v for k, v in env.items() if k not in pipeline_env}}
+        overrides.update(pipeline_env)
         requires = [p["name"] for p in sandbox_procs]
+    overrides["KAFKA_BOOTSTRAP_SERVERS"] = env.get("KAFKA_BOOTSTRAP_SERVERS") or broker().bootstrap
+    if requires:  # the operator CLI reads these as defaults (ops.cli)
+        PIPELINE_ENV.write_text("".join(f"{k}={v}\n" for k, v in sorted(overrides.items())
+                                        if k != "PYTHONPATH"))
     else:
-        requires = []
-    env.setdefault("KAFKA_BOOTSTRAP_SERVERS", broker().bootstrap)
-    env.setdefault("PYTHONPATH", str(ROOT))
-    pipeline = _pipeline_processes(env)
+        PIPELINE_ENV.unlink(missing_ok=True)
+    pipeline = _pipeline_processes(env, overrides)
     for proc in pipeline:
         proc["requires"] = requires
     return processes + pipeline
@@ -136,6 +145,7 @@ def up() -> int:
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         SUPERVISOR_PID.write_text(str(proc.pid))
+        CONTROL.unlink(missing_ok=True)
     sandbox_procs = [p for p in processes if p["name"].endswith("-sandbox")]
     unhealthy = wait_healthy(sandbox_procs)
     if sandbox_procs and not unhealthy:
@@ -197,8 +207,30 @@ def status() -> int:
     return 0
 
 
+def pause(names: list[str], paused: bool = True) -> int:
+    """Stop (pause) or restart (resume) supervised processes, e.g. the worker for a replay."""
+    if supervisor_pid() is None:
+        print("the supervisor is not running (make up)")
+        return 3
+    control = json.loads(CONTROL.read_text()) if CONTROL.exists() else {"paused": []}
+    current = set(control["paused"])
+    current = current | set(names) if paused else current - set(names)
+    control["paused"] = sorted(current)
+    CONTROL.write_text(json.dumps(control))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        procs = {p["name"]: p for p in json.loads(STATUS.read_text())["processes"]}
+        if all((procs[n]["pid"] is None) == paused for n in names if n in procs):
+            break
+        time.sleep(0.3)
+    print(f"{'paused' if paused else 'resumed'}: {', '.join(names)}")
+    return 0
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if command in ("pause", "resume"):
+        return pause(sys.argv[2:], paused=command == "pause")
     return {"up": up, "down": down, "status": status}.get(command, status)()
 
 

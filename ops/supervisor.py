@@ -71,6 +71,7 @@ class Child:
     def stop(self) -> None:
         if self.proc is None:
             return
+        self.next_start = 0.0
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
@@ -116,9 +117,16 @@ def run(plan_path: Path) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     healthy: set[str] = set()
+    control_file = status_file.parent / "supervisor-control.json"
     try:
         while not stopping:
+            paused = set(json.loads(control_file.read_text())["paused"]) \
+                if control_file.exists() else set()
             for child in children:
+                if child.name in paused:
+                    child.stop()
+                    healthy.discard(child.name)
+                    continue
                 child.poll(healthy)
                 if child.proc is not None and child.name not in healthy and is_healthy(child):
                     healthy.add(child.name)
