@@ -1,0 +1,178 @@
+"""common.whmcs and streams.provision against the WHMCS sandbox (a real HTTP server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient, encode_form, has_marker
+from streams.mapping import WhmcsItem, WhmcsOrderRequest
+from streams.provision import Provisioner, ProvisionPolicy
+
+CLIENT = 1010  # seed account 9: an ordinary, active WHMCS client
+CLOSED_CLIENT = 1003  # seed account 2: WHMCS client status Closed
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def settings(wh, **kw) -> WhmcsSettings:
+    return WhmcsSettings.load(wh.env(), **kw)
+
+
+def req(order_id: str, client: int = CLIENT) -> WhmcsOrderRequest:
+    return WhmcsOrderRequest(order_id=order_id, client_id=client,
+                             items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
+                             notes=f"sfOrderId={order_id} idemKey=k")
+
+
+def policy(**kw) -> ProvisionPolicy:
+    base = dict(retry_deadline_s=10, whmcs_timeout_s=1.0, lookup_grace_s=0.1,
+                backoff_initial_s=0.05, backoff_max_s=0.2)
+    base.update(kw)
+    return ProvisionPolicy(**base)
+
+
+@pytest.fixture(autouse=True)
+def _clean(whmcs):
+    whmcs.clear_faults()
+    yield
+    whmcs.clear_faults()
+
+
+def test_form_encoding_uses_php_brackets_and_skips_none():
+    body = encode_form({"action": "AddOrder", "pid": [1, 5], "addons": ["1,2", None],
+                        "noemail": True, "notes": None})
+    assert body == "action=AddOrder&pid%5B0%5D=1&pid%5B1%5D=5&addons%5B0%5D=1%2C2&noemail=1"
+
+
+def test_marker_matching_is_exact():
+    assert has_marker("sfOrderId=801A idemKey=x", "801A")
+    assert not has_marker("sfOrderId=801AB", "801A")
+    assert not has_marker(None, "801A")
+
+
+def test_add_accept_and_find_by_marker_across_pages(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            made = [await client.add_order(req(f"801T00000000{i:02d}AAA").params())
+                    for i in range(5)]
+            await client.accept_order(made[3].order_id)
+            assert all(isinstance(m.order_id, int) and m.service_ids for m in made)
+            orders = await client.iter_orders(CLIENT, page_size=2)
+            assert {m.order_id for m in made} <= {o.id for o in orders}
+            found = await client.find_orders_by_marker(CLIENT, "801T0000000003AAA")
+            assert [o.id for o in found] == [made[3].order_id]
+            assert found[0].status == "Active"
+            assert found[0].service_ids == made[3].service_ids
+            assert client.calls["AddOrder"] == 5
+    run(go())
+
+
+def test_errors_are_translated(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            with pytest.raises(WhmcsError, match="Client ID Not Found") as info:
+                await client.add_order(req("801T0000000010AAA", client=999999).params())
+            assert type(info.value) is WhmcsError and not info.value.retryable
+            whmcs.set_faults("GetOrders", error_rate=1.0, error_kind="503")
+            with pytest.raises(WhmcsTransientError):
+                await client.get_orders(client_id=CLIENT)
+            whmcs.set_faults("GetOrders", error_rate=1.0, error_kind="html")
+            with pytest.raises(WhmcsTransientError, match="not a WHMCS API answer"):
+                await client.get_orders(client_id=CLIENT)
+    run(go())
+
+
+def test_bad_credentials_are_permanent_and_secret_never_shows(whmcs, caplog):
+    env = {**whmcs.env(), "WHMCS_API_SECRET": "wrong-secret-value"}
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(env)) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.get_orders(client_id=CLIENT)
+            return info.value
+    with caplog.at_level(logging.DEBUG):
+        exc = run(go())
+    assert "Authentication Failed" in str(exc)
+    assert "wrong-secret-value" not in str(exc) + caplog.text
+
+
+def test_timeout_after_sending_is_unknown_for_addorder_only(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
+            whmcs.set_faults("AddOrder", hang_rate=1.0, hang_s=2, times=1)
+            with pytest.raises(WhmcsUnknownResultError):
+                await client.add_order(req("801T0000000011AAA").params())
+            whmcs.set_faults("GetOrders", hang_rate=1.0, hang_s=2, times=1)
+            with pytest.raises(WhmcsTransientError) as info:
+                await client.get_orders(client_id=CLIENT)
+            assert type(info.value) is WhmcsTransientError
+    run(go())
+    assert len(whmcs.orders_for("801T0000000011AAA")) == 1  # the hang came after the commit
+
+
+@pytest.mark.parametrize("mode", ["delay", "drop"])
+def test_provision_after_commit_then_hang_finds_the_order(whmcs, mode):
+    order_id = f"801T00000000{20 if mode == 'delay' else 21}AAA"
+
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
+            whmcs.set_faults("AddOrder", hang_rate=1.0, hang_s=2, hang_mode=mode, times=1)
+            return await Provisioner(client, policy()).provision(req(order_id))
+    result = run(go())
+    assert (result.status, result.recovered, result.attempts) == ("Provisioned", True, 1)
+    made = whmcs.orders_for(order_id)
+    assert len(made) == 1 and made[0]["status"] == "Active"
+
+
+def test_accept_answer_lost_after_commit_checks_status(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            whmcs.set_faults("AcceptOrder", error_rate=1.0, error_kind="500",
+                             error_after_commit=True, times=1)
+            return await Provisioner(client, policy()).provision(req("801T0000000022AAA"))
+    result = run(go())
+    assert result.status == "Provisioned" and not result.recovered
+    assert whmcs.orders_for("801T0000000022AAA")[0]["status"] == "Active"
+
+
+def test_resume_finds_pending_order_and_accepts_it(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            made = await client.add_order(req("801T0000000023AAA").params())
+            result = await Provisioner(client, policy()).provision(
+                req("801T0000000023AAA"), lookup_first=True)
+            return made, result
+    made, result = run(go())
+    assert (result.status, result.recovered, result.whmcs_order_id) == (
+        "Provisioned", True, made.order_id)
+    assert result.attempts == 0
+    assert whmcs.orders_for("801T0000000023AAA")[0]["status"] == "Active"
+
+
+def test_permanent_error_fails_with_whmcs_message(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            return await Provisioner(client, policy()).provision(
+                req("801T0000000024AAA", client=CLOSED_CLIENT))
+    result = run(go())
+    assert (result.status, result.error_code) == ("Failed", "WHMCS_ERROR")
+    assert "Closed" in result.error_message and not result.may_exist
+
+
+def test_unavailable_past_deadline_fails_and_remembers_it_may_exist(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.3) as client:
+            whmcs.set_faults("AddOrder", error_rate=1.0, error_kind="503")
+            return await Provisioner(client, policy(retry_deadline_s=0.8)).provision(
+                req("801T0000000025AAA"))
+    result = run(go())
+    assert (result.status, result.error_code) == ("Failed", "WHMCS_UNAVAILABLE")
+    assert result.may_exist and result.attempts >= 1
+    assert whmcs.orders_for("801T0000000025AAA") == []
