@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,10 +58,31 @@ def ts(line: dict) -> float:
     return datetime.strptime(line["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
 
 
+def kill_rounds(env: dict[str, str], home: Path, kills: int) -> None:
+    """Start the connector, SIGKILL it at a random moment once it writes, ``kills`` times."""
+    rng = random.Random()
+    for i in range(kills):
+        log = home / f"killed-{i}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "connectors", "run"], env=env,
+                                    cwd=ROOT, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while b'"event written"' not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        written = log.read_bytes().count(b'"event written"')
+        print(f"kill {i + 1}: SIGKILL after {written} events logged as written")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--kills", type=int, default=0,
+                    help="SIGKILL the connector this many times mid-stream (random moments "
+                         "after it started writing), restart it, then check exactly N")
     args = ap.parse_args()
     n = args.events
     home = Path(tempfile.mkdtemp(prefix="bench-connector-"))
@@ -79,6 +102,8 @@ def main() -> int:
                        KAFKA_TOPIC_PREFIX="bench.", KAFKA_PARTITIONS="6",
                        SF_EVENTS_REPLAY="EARLIEST", CONNECTOR_HTTP_PORT="0",
                        LOG_FORMAT="JSON", LOG_LEVEL=args.log_level)
+            if args.kills:
+                kill_rounds(env, home, args.kills)
             t1 = time.monotonic()
             proc = subprocess.run([sys.executable, "-m", "connectors", "run", "--max-events",
                                    str(len(approved)), "--timeout", "600"], env=env, cwd=ROOT,

@@ -1,0 +1,269 @@
+"""The whole pipeline as production runs it, for end-to-end tests, ``make chaos``, ``make bench``.
+
+::
+
+    with Pipeline(tmp_path, accounts=50, orders=300) as p:   # broker, sandboxes, 3 processes
+        ids = p.sf.approve(100)
+        p.wait_settled(ids, timeout=120)                        # every Order in a final state
+        report = p.invariants(ids)                              # duplicates, missing, ...
+        p.kill("worker"); p.start("worker")                     # SIGKILL and restart
+
+Everything runs as separate OS processes: a real Kafka broker (``ops.kafka_local``, or an
+existing one via ``bootstrap=``), the Salesforce and WHMCS sandboxes (their harnesses), and
+``python -m connectors run``, ``python -m streams worker``, ``python -m sinks run``, each
+with its own log file under ``<dir>/logs``. Topic and group names carry a unique prefix so
+several pipelines can share one broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from common.avro import AvroSerde
+from common.kafka import ensure_topics
+from common.settings import KafkaSettings
+from ops.kafka_local import LocalBroker, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESSES = {
+    "connector": ["-m", "connectors", "run"],
+    "worker": ["-m", "streams", "worker"],
+    "sink": ["-m", "sinks", "run"],
+}
+FINAL_STATES = ("Provisioned", "Failed")
+
+
+class Pipeline:
+    def __init__(self, directory: Path, *, bootstrap: str | None = None, accounts: int = 50,
+                 orders: int = 200, broken_every: int = 50, partitions: int = 3,
+                 env: dict[str, str] | None = None, sf_options: dict[str, Any] | None = None,
+                 whmcs_options: dict[str, Any] | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.own_broker = bootstrap is None
+        self.broker: LocalBroker | None = None
+        self.bootstrap = bootstrap or ""
+        self.accounts, self.orders, self.broken_every = accounts, orders, broken_every
+        self.partitions = partitions
+        self.prefix = f"p{uuid.uuid4().hex[:6]}."
+        self.extra_env = env or {}
+        self.sf_options = sf_options or {}
+        self.whmcs_options = whmcs_options or {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+        self.kills: list[tuple[float, str]] = []
+        self._stack = contextlib.ExitStack()
+        self.sf: Any = None
+        self.whmcs: Any = None
+        self.seeded: dict[str, Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Pipeline:
+        try:
+            self.start_all()
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start_all(self) -> None:
+        from sandbox.salesforce.harness import running_sandbox
+        from sandbox.whmcs.harness import whmcs_sandbox
+
+        if self.own_broker:
+            self.broker = LocalBroker(self.dir / "kafka", port=free_port(),
+                                      controller_port=free_port())
+            self.broker.start(timeout=120)
+            self.bootstrap = self.broker.bootstrap
+        self.kafka = KafkaSettings.load({}, bootstrap_servers=self.bootstrap,
+                                        topic_prefix=self.prefix, partitions=self.partitions)
+        ensure_topics(self.kafka)
+        self.whmcs = self._stack.enter_context(
+            whmcs_sandbox(self.dir / "whmcs", accounts=max(self.accounts, 10),
+                          **self.whmcs_options))
+        self.sf = self._stack.enter_context(running_sandbox(self.dir / "sf", **self.sf_options))
+        self.seeded = self.sf.seed(accounts=self.accounts, orders=self.orders,
+                                   broken_every=self.broken_every)
+        for name in PROCESSES:
+            self.start(name)
+        for name in PROCESSES:
+            self.wait_healthy(name)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        self._stack.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # -- processes ------------------------------------------------------------------------
+
+    def env(self, name: str) -> dict[str, str]:
+        port = self.ports.setdefault(name, free_port())
+        env = {**os.environ, **self.sf.env(), **self.whmcs.env(),
+               "PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+               "KAFKA_TOPIC_PREFIX": self.prefix, "KAFKA_PARTITIONS": str(self.partitions),
+               "SF_EVENTS_REPLAY": "EARLIEST", "SFPROV_STATE_DIR": str(self.dir / "state"),
+               "LOG_LEVEL": "INFO", f"{name.upper()}_HTTP_PORT": str(port),
+               "SFPROV_ENV_FILE": str(self.dir / "no.env")}
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by child
+        log.write(f"\n=== start {time.strftime('%H:%M:%S')}\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, *PROCESSES[name], *args], cwd=ROOT,
+                                env=self.env(name), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def wait_healthy(self, name: str, timeout: float = 90.0) -> None:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ports[name]}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+            with contextlib.suppress(Exception), \
+                    urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local
+                if resp.status == 200:
+                    return
+            time.sleep(0.3)
+        raise RuntimeError(f"{name} not healthy after {timeout}s; see {self.log(name)}")
+
+    def log(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash would."""
+        if name == "kafka":
+            assert self.broker is not None, "only an own broker can be killed"
+            self.broker.kill()
+            self.kills.append((time.time(), name))
+            return
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.kills.append((time.time(), name))
+
+    def restart(self, name: str) -> None:
+        if name == "kafka":
+            assert self.broker is not None
+            self.broker.start(timeout=120)
+            return
+        self.start(name)
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    # -- observations ---------------------------------------------------------------------
+
+    def provisionable(self, order_ids: list[str]) -> list[str]:
+        """Of ``order_ids``, those the seed did not break on purpose."""
+        broken = {o["order_id"] for o in self.seeded.get("orders", []) if o.get("broken")}
+        return [oid for oid in order_ids if oid not in broken]
+
+    def sf_orders(self, order_ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(order_ids), 200):
+            chunk = order_ids[i:i + 200]
+            soql = ("SELECT Id, Activation_Status__c, Activation_Error__c, WHMCS_Order_Id__c, "
+                    "OpportunityId FROM Order WHERE Id IN ('" + "','".join(chunk) + "')")
+            for row in self.sf.query(soql).get("records", []):
+                out[row["Id"]] = row
+        return out
+
+    def wait_settled(self, order_ids: list[str], timeout: float = 180.0,
+                     poll: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Wait until every Order is Provisioned or Failed in Salesforce (the sink wrote it)."""
+        deadline = time.monotonic() + timeout
+        rows: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            rows = self.sf_orders(order_ids)
+            if all(r.get("Activation_Status__c") in FINAL_STATES for r in rows.values()) \
+                    and len(rows) == len(order_ids):
+                return rows
+            time.sleep(poll)
+        return rows
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        from ops.kafkaview import scan
+
+        return [r.value for r in scan(self.kafka, self.kafka.outcomes, "provisioning_outcome")]
+
+    def records(self, topic: str, schema: str | None = None) -> list[Any]:
+        from ops.kafkaview import scan
+
+        return list(scan(self.kafka, topic, schema))
+
+    def invariants(self, approved: list[str]) -> dict[str, Any]:
+        """The figures make chaos checks: no duplicate WHMCS order, nobody left behind."""
+        counters = self.whmcs.counters()
+        rows = self.sf_orders(approved)
+        provisionable = self.provisionable(approved)
+        missing = [oid for oid in provisionable
+                   if rows.get(oid, {}).get("Activation_Status__c") not in FINAL_STATES]
+        per_marker = counters.get("orders_by_marker") or {}
+        duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
+        return {
+            "approved": len(approved),
+            "provisionable": len(provisionable),
+            "whmcs_orders": sum(per_marker.get(oid, 0) for oid in approved),
+            "duplicates": len(duplicates),
+            "duplicate_orders": sorted(duplicates)[:20],
+            "missing": len(missing),
+            "missing_orders": missing[:20],
+            "provisioned": sum(1 for r in rows.values()
+                               if r.get("Activation_Status__c") == "Provisioned"),
+            "failed": sum(1 for r in rows.values() if r.get("Activation_Status__c") == "Failed"),
+            "kills": len(self.kills),
+        }
+
+
+@contextlib.contextmanager
+def pipeline(directory: Path, **kwargs: Any) -> Iterator[Pipeline]:
+    with Pipeline(directory, **kwargs) as p:
+        yield p
+
+
+def provision_request(order_id: str, idem_key: str, *, event_uuid: str | None = None) -> bytes:
+    """A requests-topic value, for tests that feed the worker directly."""
+    now = int(time.time() * 1000)
+    return AvroSerde("provision_request").encode({
+        "event_uuid": event_uuid or str(uuid.uuid4()), "replay_id": b"\x00",
+        "schema_id": "test", "channel": "/event/OrderProvisionRequested__e",
+        "received_at": now, "CreatedDate": now, "CreatedById": "005000000000000AAA",
+        "OrderId__c": order_id, "IdemKey__c": idem_key, "CorrelationId__c": None,
+        "RequestedBy__c": "test", "Version__c": 1.0})
