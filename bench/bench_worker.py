@@ -105,8 +105,8 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, sf, wh) -> int:
         sf_after = sf.counters()
     got = outcomes(reader.records)
     statuses = {s: sum(1 for o in got if o["status"] == s) for s in {o["status"] for o in got}}
-    done = max(o["completed_at"] for o in got) / 1000
-    latency = [(o["completed_at"] - o["requested_at"]) / 1000 for o in got]
+    done = max(o["completed_at"].timestamp() for o in got)
+    latency = [(o["completed_at"] - o["requested_at"]).total_seconds() for o in got]
     calls = wh.counters()["calls"]
     whmcs_calls = sum(calls.get(a, 0) for a in ("AddOrder", "AcceptOrder", "GetOrders",
                                                "GetClientsProducts"))
