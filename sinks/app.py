@@ -136,7 +136,7 @@ class Sink:
                                                  timeout=self._poll_timeout(now))
                 for message in messages:
                     self._handle(message)
-                self._flush_due()
+                self._flush_due(backlog=len(messages) == want)
                 self._commit(force=False)
                 if exit_when_idle and not messages and time.monotonic() - idle_checked > 1.0:
                     idle_checked = time.monotonic()
@@ -153,13 +153,16 @@ class Sink:
     # -- consuming ---------------------------------------------------------------------
 
     def _handle(self, message: Message) -> None:
-        if message.error():
-            if message.error().fatal():
-                raise KafkaError(f"fatal consumer error: {message.error()}")
-            log.warning("consumer error: %s", message.error())
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaError(f"fatal consumer error: {error}")
+            log.warning("consumer error: %s", error)
             return
         self.stats.consumed += 1
-        tracked = Tracked(message.partition(), message.offset(), message.key(), message.value())
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None  # set on every consumed record
+        tracked = Tracked(partition, offset, message.key(), message.value())
         self.offsets.consumed(tracked.partition, tracked.offset)
         try:
             if tracked.value is None:
@@ -191,13 +194,18 @@ class Sink:
 
     # -- flushing ----------------------------------------------------------------------
 
-    def _flush_due(self) -> None:
+    def _flush_due(self, *, backlog: bool = False) -> None:
+        """Flush full batches; a partial one only after the linger and when the last poll
+        drained what the broker had (``backlog`` False). Otherwise, while catching up, the
+        remainder of each poll ages past the linger during the full flushes and goes out
+        as a small extra call every time (15 % more calls at 200 ms per call)."""
         while True:
             now = time.monotonic()
             if self._blocked(now):
                 return
-            if not self.batcher.due(now, batch_size=self.settings.batch_size,
-                                    linger_s=self.settings.linger_s):
+            full = len(self.batcher.ready(now)) >= self.settings.batch_size
+            if not full and (backlog or not self.batcher.due(
+                    now, batch_size=self.settings.batch_size, linger_s=self.settings.linger_s)):
                 return
             self._flush(now)
 
@@ -336,7 +344,7 @@ class Sink:
             idem_key=outcome.get("idem_key"), correlation_id=outcome.get("correlation_id"),
             **context)
         self.producer.produce(self.kafka.dead_letters, key=tracked.key, value=tracked.value,
-                              headers=headers, on_delivery=self._on_dlq_delivery)
+                              headers=list(headers), on_delivery=self._on_dlq_delivery)
         self.producer.poll(0)
         self.stats.dead_letters += 1
         m.DEAD_LETTERS.labels(error_code or error_class).inc()

@@ -118,3 +118,40 @@ def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> 
     assert stats.consumed == 100
     assert sum(1 for k in fake.records if k[0] == "Order") == 60  # Provisioned + Failed
     assert not sink.health()[1]["paused"]
+
+
+def test_stop_drains_pending_writes_and_commits(kafka_settings: KafkaSettings) -> None:
+    produce(kafka_settings, scenario(50))
+    fake = FakeCollections()
+    settings = sink_settings(linger_s=30.0)  # nothing would flush on its own
+    sink = Sink(kafka_settings, settings, fake)
+
+    def stop_when_consumed() -> None:
+        deadline = time.monotonic() + 30
+        while sink.stats.consumed < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not fake.calls  # still lingering when stopped
+        sink.stop()
+
+    stopper = threading.Thread(target=stop_when_consumed)
+    stopper.start()
+    stats = sink.run(timeout=60)
+    stopper.join()
+    assert stats.consumed == 50 and len(fake.calls) == 1
+    assert committed_total(kafka_settings, settings) == 50
+
+
+def test_outage_pauses_without_losing_anything(kafka_settings: KafkaSettings) -> None:
+    from common.errors import SalesforceError
+
+    produce(kafka_settings, scenario(60))
+    fake = FakeCollections()
+    failures = iter(range(3))
+    fake.fail_call = lambda _r: SalesforceError("Salesforce 503", status=503, retryable=True) \
+        if next(failures, None) is not None else None
+    sink = Sink(kafka_settings, sink_settings(), fake)
+    stats = sink.run(timeout=60, exit_when_idle=True)
+    assert stats.consumed == 60
+    assert len(fake.calls) >= 4  # three refused, then the writes
+    assert sum(1 for k in fake.records if k[0] == "Order") == 36
+    assert committed_total(kafka_settings, sink.settings) == 60

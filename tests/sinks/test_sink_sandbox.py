@@ -160,7 +160,7 @@ def test_record_failures_dead_lettered_and_limit_pauses_then_catches_up(
         assert "sfprov_sink_paused 1.0" in _get(f"http://127.0.0.1:{port}/metrics")[1]
         time.sleep(2)
         assert committed_total(kafka_settings, settings) == 0  # nothing acknowledged yet
-        sandbox.set_faults(daily_limit=5_000_000)
+        sandbox.set_faults(daily_limit=5_000_000, rest_503_rate=0.3)  # and a flaky org
         wait_for(lambda: committed_total(kafka_settings, settings) == len(records), 90,
                  "catch-up after the limit", proc)
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
