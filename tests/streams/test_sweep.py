@@ -1,0 +1,73 @@
+"""streams.recovery: pending intents without an event get a lookup and an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient
+from streams.batch import BatchProcessor, DictState
+from streams.decide import Context
+from streams.guard import Guard
+from streams.mapping import WhmcsItem, WhmcsOrderRequest
+from streams.provision import Provisioner, ProvisionPolicy
+from streams.recovery import DAY_MS, Sweeper
+
+
+class Emitter:
+    def __init__(self):
+        self.sent = []
+
+    async def send_outcomes(self, outcomes):
+        self.sent.extend(outcomes)
+
+    async def send_dead_letters(self, letters):
+        raise AssertionError("the sweep never dead-letters")
+
+
+def intent(order_id, client_id, at):
+    return {"order_id": order_id, "idem_key": f"{order_id}-k", "event_uuid": "ev",
+            "correlation_id": "c", "requested_at": 1, "state": "pending", "attempt": 1,
+            "client_id": client_id, "opportunity_id": "006", "whmcs_order_id": None,
+            "outcome": None, "at": at}
+
+
+def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
+    now = 10 * DAY_MS
+    found, absent, young = "801S00000000001AAA", "801S00000000002AAA", "801S00000000003AAA"
+    state = DictState()
+    state.intents = {found: intent(found, 1012, now - 700_000),
+                     absent: intent(absent, 1012, now - 700_000),
+                     young: intent(young, 1012, now - 1_000),
+                     "801S00000000004AAA": {"state": "accepted", "at": now - 40 * DAY_MS}}
+    state.idem = {"801S00000000005AAA": {"old": {"event_uuid": "x", "at": now - 40 * DAY_MS,
+                                                  "emitted": True, "outcome": {}}}}
+    emitter = Emitter()
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(whmcs.env())) as client:
+            await client.add_order(WhmcsOrderRequest(
+                order_id=found, client_id=1012,
+                items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
+                notes=f"sfOrderId={found}").params())
+            proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter,
+                                  provisioner=Provisioner(client, ProvisionPolicy(
+                                      whmcs_timeout_s=0.1, lookup_grace_s=0.05)),
+                                  context=Context(), clock_ms=lambda: now)
+            sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35,
+                              owns=lambda _oid: True)
+            first = await sweeper.run_once()
+            second = await sweeper.run_once()
+            return first, second
+    first, second = asyncio.run(go())
+    assert (first.recovered, first.interrupted, first.expired_intents, first.expired_idem) == (
+        1, 1, 1, 1)
+    by_order = {o["order_id"]: o for o in emitter.sent}
+    assert by_order[found]["status"] == "Provisioned" and by_order[found]["recovered"]
+    assert by_order[absent]["error_code"] == "PROVISIONING_INTERRUPTED"
+    assert young not in by_order and state.intents[young]["state"] == "pending"
+    assert whmcs.orders_for(found)[0]["status"] == "Active"  # accepted by the sweep
+    assert whmcs.orders_for(absent) == []  # the sweep never creates
+    assert state.idem[found][f"{found}-k"]["emitted"] is True
+    assert (second.recovered, second.interrupted, second.resent) == (0, 0, 0)
+    assert len(emitter.sent) == 2
