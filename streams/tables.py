@@ -17,6 +17,9 @@ Why a :class:`Table` subclass (verified against faust-streaming 0.15.3's source)
 * **RocksDB placement.** faust's RocksDB store ``_set`` puts a key into the DB of the
   *current event's* partition; :class:`KeyPartitionedRocksStore` puts it into the DB of the
   key's partition, so a revoked partition takes its keys with it.
+* **Key bytes.** faust picks the changelog key codec from ``key_type`` (``str`` → JSON,
+  i.e. ``"801..."`` with quotes), whatever the schema says; the keys are forced to raw
+  UTF-8 so every component hashes the same bytes.
 * **Durability.** ``table[key] = value`` only queues the changelog record (``send_soon``
   into the producer buffer) and drops the future. :class:`DurableTable` keeps those futures;
   :meth:`DurableTable.flush` awaits them all, i.e. returns once the broker acknowledged
@@ -59,7 +62,12 @@ class KeyPartitionedRocksStore(RocksStore):
 class DurableTable(faust.Table):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("use_partitioner", True)
+        kwargs.setdefault("key_type", str)
         super().__init__(*args, **kwargs)
+        # faust derives the key codec from key_type (str → json: '"801..."'), ignoring the
+        # schema's; raw UTF-8 keys are what the connector hashes, so the changelog, the
+        # RocksDB placement and operators' tools all see the plain Order id.
+        self.key_serializer = "raw"
         self._unflushed: list[asyncio.Future] = []
 
     def _new_store_by_url(self, url: str | URL) -> Any:

@@ -28,3 +28,50 @@ def test_key_partition_matches_librdkafka_murmur2_random(kafka_bootstrap, unique
     assert producer.flush(30) == 0
     assert len(set(landed.values())) == 6
     assert all(key_partition(k, 6) == p for k, p in landed.items())
+
+
+def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_settings,
+                                                                         tmp_path):
+    """DurableTable.flush awaits the changelog sends; afterwards a reader sees them all."""
+    import asyncio
+
+    import faust
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.tables import DurableTable
+
+    app_id = kafka_settings.topic("durable-test")
+    app = faust.App(app_id, broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                    store="memory://", web_enabled=False, autodiscover=False,
+                    datadir=str(tmp_path), topic_partitions=3, producer_acks=-1)
+    table = app.tables.add(DurableTable(
+        app, name="intents", default=None, partitions=3, beacon=app.tables.beacon,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    keys = [f"801D{i:011d}AAA" for i in range(30)]
+
+    async def go():
+        await app.start()
+        try:
+            await table.changelog_topic.maybe_declare()
+            for key in keys:
+                table[key] = {"state": "pending"}
+            assert table._unflushed  # queued, not yet known durable
+            await table.flush()
+            assert not table._unflushed
+        finally:
+            await app.stop()
+    asyncio.run(go())
+    consumer = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "group.id": "durable-check", "enable.auto.commit": False})
+    found = {}
+    for partition in range(3):
+        tp = TopicPartition(f"{app_id}-intents-changelog", partition)
+        _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        consumer.assign([TopicPartition(tp.topic, partition, 0)])
+        while sum(1 for p in found.values() if p == partition) < high:
+            msg = consumer.poll(5)
+            assert msg is not None and not msg.error()
+            found[msg.key().decode()] = msg.partition()
+    consumer.close()
+    assert set(found) == set(keys)
+    assert all(key_partition(k, 3) == p for k, p in found.items())
