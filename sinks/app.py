@@ -23,7 +23,6 @@ pause, a crash or a SIGKILL loses nothing — it only redelivers.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -36,23 +35,20 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from common.avro import AvroSerde, SerdeError
-from common.deadletter import dead_letter_headers
 from common.errors import KafkaError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
 from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
+from sinks.deadletters import DeadLetters
 from sinks.mapping import updates_for
+from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE, Pauses
 from sinks.writer import CollectionClient, CollectionWriter
 
 log = logging.getLogger(__name__)
-LIMIT = "REQUEST_LIMIT_EXCEEDED"
-OUTAGE = "SALESFORCE_UNAVAILABLE"
-BACKPRESSURE = "BACKPRESSURE"
 
 
 @dataclass
@@ -92,15 +88,12 @@ class Sink:
             config["group.instance.id"] = settings.instance_id
         config.update(consumer_config or {})
         self.consumer = Consumer(config)
-        self.producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
-                                  "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self.dead_letters = DeadLetters(kafka)
         self._stop = threading.Event()
         self._assigned: list[TopicPartition] = []
-        self._paused = False
-        self._pause_reasons: dict[str, float] = {}  # reason → resume-at (monotonic)
+        self.pauses = Pauses(self._pause_changed)
         self._outage_streak = 0
         self._limit_streak = 0
-        self._dlq_failure: str | None = None
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
 
@@ -130,7 +123,9 @@ class Sink:
                     break
                 if max_records is not None and self.stats.consumed >= max_records:
                     break
-                self._update_pause(now)
+                self.pauses.expire(now, can_probe=bool(self.batcher.ready(now)),
+                                   backpressure_over=self.offsets.outstanding()
+                                   < self.settings.max_pending // 2)
                 want = 500 if max_records is None else min(500, max_records - self.stats.consumed)
                 messages = self.consumer.consume(num_messages=want,
                                                  timeout=self._poll_timeout(now))
@@ -146,7 +141,8 @@ class Sink:
             self._commit(force=True)
         finally:
             self.consumer.close()
-            self.producer.flush(10)
+            self.dead_letters.close()
+        self.stats.dead_letters = self.dead_letters.sent
         log.info("sink stopped", extra={"count": self.stats.consumed})
         return self.stats
 
@@ -172,8 +168,8 @@ class Sink:
                                   set_order_activated=self.settings.set_order_activated)
         except (SerdeError, KeyError, TypeError, ValueError) as exc:
             m.OUTCOMES.labels("undecodable").inc()
-            self._dead_letter(tracked, reason=f"undecodable outcome: {exc}",
-                              error_class=type(exc).__name__)
+            self.dead_letters.send(tracked, reason=f"undecodable outcome: {exc}",
+                                   error_class=type(exc).__name__)
             self._complete(tracked)
             return
         m.OUTCOMES.labels(tracked.outcome["status"]).inc()
@@ -182,10 +178,10 @@ class Sink:
         else:
             self._complete(tracked)
         if self.offsets.outstanding() >= self.settings.max_pending:
-            self._pause(BACKPRESSURE, 0.0)
+            self.pauses.pause(BACKPRESSURE, 0.0)
 
     def _poll_timeout(self, now: float) -> float:
-        if self._paused and not len(self.batcher):
+        if self.pauses.paused and not len(self.batcher):
             return 1.0
         next_at = self.batcher.next_ready_at()
         if next_at is None:
@@ -196,22 +192,23 @@ class Sink:
 
     def _flush_due(self, *, backlog: bool = False) -> None:
         """Flush full batches; a partial one only after the linger and when the last poll
-        drained what the broker had (``backlog`` False). Otherwise, while catching up, the
-        remainder of each poll ages past the linger during the full flushes and goes out
-        as a small extra call every time (15 % more calls at 200 ms per call)."""
+        drained what the broker had (``backlog`` False), or after ten lingers in any case.
+        Otherwise, while catching up, the remainder of each poll ages past the linger during
+        the full flushes and goes out as a small extra call every time (15 % more calls at
+        200 ms per call)."""
         while True:
             now = time.monotonic()
-            if self._blocked(now):
+            if self.pauses.blocked(now):
                 return
             full = len(self.batcher.ready(now)) >= self.settings.batch_size
-            if not full and (backlog or not self.batcher.due(
-                    now, batch_size=self.settings.batch_size, linger_s=self.settings.linger_s)):
+            lingered = self.batcher.due(now, batch_size=self.settings.batch_size,
+                                        linger_s=self.settings.linger_s)
+            # a backlog of record-less outcomes (Skipped) must not hold a few records forever
+            overdue = self.batcher.due(now, batch_size=self.settings.batch_size,
+                                       linger_s=10 * self.settings.linger_s)
+            if not (full or overdue or (lingered and not backlog)):
                 return
             self._flush(now)
-
-    def _blocked(self, now: float) -> bool:
-        """No calls while the limit or an outage pause has not yet run out."""
-        return any(self._pause_reasons.get(r, 0.0) > now for r in (LIMIT, OUTAGE))
 
     def _flush(self, now: float) -> bool:
         """One call's worth of ready entries; False when the whole call failed."""
@@ -225,7 +222,7 @@ class Sink:
             self._limit_streak += 1
             backoff = self.settings.limit_backoff_s * 2 ** min(self._limit_streak - 1, 4)
             self._requeue_all(entries, now + backoff)
-            self._pause(LIMIT, now + backoff)
+            self.pauses.pause(LIMIT, now + backoff)
             log.warning("Salesforce API limit reached; paused for %.1fs", backoff,
                         extra={"error_code": exc.error_code, "count": len(entries)})
             self._record_usage()
@@ -238,15 +235,13 @@ class Sink:
             self._outage_streak += 1
             backoff = self._backoff(self._outage_streak)
             self._requeue_all(entries, now + backoff)
-            self._pause(OUTAGE, now + backoff)
+            self.pauses.pause(OUTAGE, now + backoff)
             log.warning("Salesforce call failed (%s); paused for %.1fs", exc, backoff,
                         extra={"error_code": exc.error_code, "count": len(entries)})
             self.stats.calls += 1
             return False
         self._limit_streak = self._outage_streak = 0
-        self._pause_reasons.pop(LIMIT, None)
-        self._pause_reasons.pop(OUTAGE, None)
-        self._apply_pause()
+        self.pauses.lift(LIMIT, OUTAGE)
         self.stats.calls += result.calls
         m.BATCHES.inc(result.calls)
         m.BATCH_SIZE.observe(len(entries))
@@ -297,9 +292,8 @@ class Sink:
         deadline = time.monotonic() + self.settings.drain_timeout_s
         while len(self.batcher) and time.monotonic() < deadline:
             now = time.monotonic()
-            if self._blocked(now) or not self.batcher.ready(now):
-                wake = max([self.batcher.next_ready_at() or now]
-                           + [self._pause_reasons.get(r, now) for r in (LIMIT, OUTAGE)])
+            if self.pauses.blocked(now) or not self.batcher.ready(now):
+                wake = max(self.batcher.next_ready_at() or now, self.pauses.resume_at(now))
                 if wake >= deadline:
                     break
                 time.sleep(max(0.01, min(0.5, wake - now)))
@@ -314,7 +308,7 @@ class Sink:
 
     def _complete(self, tracked: Tracked) -> None:
         if tracked.errors:
-            self._dead_letter_errors(tracked)
+            self.dead_letters.record_errors(tracked)
         elif tracked.outcome is not None:
             wall = time.time()
             for since in ("completed_at", "requested_at"):
@@ -323,38 +317,6 @@ class Sink:
                     m.LAG.labels(since.removesuffix("_at")).observe(
                         max(0.0, wall - stamp.timestamp()))
         self.offsets.complete(tracked.partition, tracked.offset)
-
-    def _dead_letter_errors(self, tracked: Tracked) -> None:
-        first = tracked.errors[0]
-        detail = [{"sobject": e.key.sobject, "id": e.key.record_id, "statusCode": e.code,
-                   "message": e.message, "fields": list(e.fields)} for e in tracked.errors]
-        reason = "; ".join(f"{e.key}: {e.code}: {e.message}" for e in tracked.errors)
-        self._dead_letter(tracked, reason=f"Salesforce refused the write-back: {reason}",
-                          error_class="SalesforceRecordError", error_code=first.code,
-                          sf_errors=json.dumps(detail),
-                          sf_fields=",".join(f for e in tracked.errors for f in e.fields))
-
-    def _dead_letter(self, tracked: Tracked, *, reason: str, error_class: str,
-                     error_code: str = "", **context: Any) -> None:
-        outcome = tracked.outcome or {}
-        headers = dead_letter_headers(
-            stage="sink", reason=reason, error_class=error_class, error_code=error_code,
-            source_topic=self.kafka.outcomes, source_partition=tracked.partition,
-            source_offset=tracked.offset, order_id=outcome.get("order_id"),
-            idem_key=outcome.get("idem_key"), correlation_id=outcome.get("correlation_id"),
-            **context)
-        self.producer.produce(self.kafka.dead_letters, key=tracked.key, value=tracked.value,
-                              headers=list(headers), on_delivery=self._on_dlq_delivery)
-        self.producer.poll(0)
-        self.stats.dead_letters += 1
-        m.DEAD_LETTERS.labels(error_code or error_class).inc()
-        log.warning("dead-lettered outcome: %s", reason[:500],
-                    extra={"order_id": outcome.get("order_id"), "partition": tracked.partition,
-                           "offset": tracked.offset, "error_code": error_code or error_class})
-
-    def _on_dlq_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._dlq_failure = str(err)
 
     def _commit(self, *, force: bool) -> None:
         """Commit what is settled: dead letters on the broker first, then the offsets."""
@@ -365,12 +327,8 @@ class Sink:
         positions = self.offsets.committable()
         if not positions:
             return
-        if len(self.producer) and self.producer.flush(30) > 0:
-            log.warning("dead letters not yet delivered; commit postponed")
+        if not self.dead_letters.settle():
             return
-        if self._dlq_failure:
-            raise KafkaError(f"dead letter could not be delivered: {self._dlq_failure}; "
-                             "exiting without committing past it")
         offsets = [TopicPartition(self.kafka.outcomes, p, o) for p, o in positions.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -382,43 +340,16 @@ class Sink:
         self.stats.commits += 1
         m.COMMITS.inc()
 
-    # -- pausing -----------------------------------------------------------------------
-
-    def _pause(self, reason: str, until: float) -> None:
-        if reason not in self._pause_reasons:
-            m.PAUSES.labels(reason).inc()
-        self._pause_reasons[reason] = until
-        self._apply_pause()
-
-    def _update_pause(self, now: float) -> None:
-        if BACKPRESSURE in self._pause_reasons and \
-                self.offsets.outstanding() < self.settings.max_pending // 2:
-            del self._pause_reasons[BACKPRESSURE]
-        for reason in (LIMIT, OUTAGE):
-            # resume once the backoff ran out and nothing is left to probe with; when
-            # records are pending, the next successful flush lifts the pause instead
-            if reason in self._pause_reasons and self._pause_reasons[reason] <= now \
-                    and not self.batcher.ready(now):
-                del self._pause_reasons[reason]
-        self._apply_pause()
-
-    def _apply_pause(self) -> None:
-        want = bool(self._pause_reasons)
-        if want == self._paused:
-            return
-        self._paused = want
-        m.PAUSED.set(1 if want else 0)
+    def _pause_changed(self, paused: bool) -> None:
         if self._assigned:
-            (self.consumer.pause if want else self.consumer.resume)(self._assigned)
-        log.info("consumption %s", "paused" if want else "resumed",
-                 extra={"cause": ",".join(self._pause_reasons) or None})
+            (self.consumer.pause if paused else self.consumer.resume)(self._assigned)
 
     # -- rebalances --------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         self._assigned = list(partitions)
-        if self._paused and partitions:
+        if self.pauses.paused and partitions:
             consumer.pause(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
 
@@ -426,7 +357,7 @@ class Sink:
         """Last chance to settle and commit what we hold before another member owns it."""
         now = time.monotonic()
         for _ in range(10):
-            if not self.batcher.ready(now) or self._blocked(now) or not self._flush(now):
+            if not self.batcher.ready(now) or self.pauses.blocked(now) or not self._flush(now):
                 break
         self._commit(force=True)
         self._forget(partitions)
@@ -470,17 +401,15 @@ class Sink:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
-        alive = now - self._heartbeat < 60 and self._dlq_failure is None
+        alive = now - self._heartbeat < 60 and self.dead_letters.failure is None
         usage = getattr(self.client, "api_usage", None)
         return alive, {
-            "status": "paused" if self._paused else "running",
-            "paused": self._paused,
-            "pause_reasons": {r: round(max(0.0, t - now), 1)
-                              for r, t in self._pause_reasons.items()},
+            "status": "paused" if self.pauses.paused else "running",
+            **self.pauses.snapshot(now),
             "assigned_partitions": [p.partition for p in self._assigned],
             "pending_outcomes": self.offsets.outstanding(),
             "pending_records": len(self.batcher),
             "api_usage": {"used": usage[0], "limit": usage[1]} if usage else None,
             "consumed": self.stats.consumed, "records_written": self.stats.records_written,
-            "calls": self.stats.calls, "dead_letters": self.stats.dead_letters,
+            "calls": self.stats.calls, "dead_letters": self.dead_letters.sent,
         }
