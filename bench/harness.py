@@ -196,11 +196,16 @@ class Pipeline:
         return [oid for oid in order_ids if oid not in broken]
 
     def sf_orders(self, order_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.sf_orders_fields(order_ids, "Activation_Status__c, Activation_Error__c, "
+                                                "WHMCS_Order_Id__c, OpportunityId")
+
+    def sf_orders_fields(self, order_ids: list[str], fields: str) -> dict[str, dict[str, Any]]:
+        """Orders by id with the given fields, read through the sandbox (200 ids a query)."""
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(order_ids), 200):
             chunk = order_ids[i:i + 200]
-            soql = ("SELECT Id, Activation_Status__c, Activation_Error__c, WHMCS_Order_Id__c, "
-                    "OpportunityId FROM Order WHERE Id IN ('" + "','".join(chunk) + "')")
+            soql = (f"SELECT Id, {fields} FROM Order WHERE Id IN ('" + "','".join(chunk)
+                    + "')")
             for row in self.sf.query(soql).get("records", []):
                 out[row["Id"]] = row
         return out

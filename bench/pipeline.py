@@ -1,0 +1,274 @@
+"""``make bench``: the whole pipeline measured in one run on this machine.
+
+Sandboxes at zero added latency, every process as in production (``bench.harness``), own
+broker. Phases, in order:
+
+1. **burst** — 1,000 Orders approved at once: Salesforce API calls and WHMCS calls per order
+   (from the sandboxes' counters; API calls = REST requests counted against the daily limit).
+2. **sustained** — ``--sustained`` Orders approved at once: orders/s from the first approval
+   to the last Salesforce write-back.
+3. **steady** — ``--steady-rate`` Orders/s for ``--steady-seconds``: latency from approval
+   (the event's CreatedDate) to the write-back (the Order's LastModifiedDate), both on the
+   Salesforce clock; p50/p95/p99 and a plot over time.
+4. **backlog** — worker stopped, ``--backlog`` events queued in the requests topic, worker
+   started: outcomes/s until the backlog is drained.
+5. **ceiling** — a raw topic→topic copy of the same number of records with confluent-kafka on
+   the same broker; the pipeline's backlog rate as a ratio of it.
+
+Peak RSS (VmHWM) of the connector, worker and sink is read at the end. Writes
+``bench/results/bench.json`` and ``bench/results/bench.png`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.harness import Pipeline
+from tests.conftest import create_topic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"sf_api_calls_per_order": ("<=", 0.03), "whmcs_calls_per_order": ("<=", 2.0),
+           "latency_ms_p99": ("<", 300.0), "backlog_orders_per_s": (">=", 500.0),
+           "ceiling_ratio": (">=", 0.2), "rss_mb_max": ("<=", 200.0)}
+
+
+def _sf_ms(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("+0000", "+00:00")).timestamp() * 1000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _count_outcomes(p: Pipeline) -> int:
+    c = Consumer({"bootstrap.servers": p.bootstrap, "group.id": "bench-count",
+                  "isolation.level": "read_committed"})
+    total = 0
+    md = c.list_topics(p.kafka.outcomes, timeout=10)
+    for part in md.topics[p.kafka.outcomes].partitions:
+        low, high = c.get_watermark_offsets(TopicPartition(p.kafka.outcomes, part), timeout=10)
+        total += high - low
+    c.close()
+    return total  # includes transaction markers if the worker used transactions
+
+
+def phase_burst(p: Pipeline, n: int) -> dict[str, Any]:
+    sf0, wh0 = p.sf.counters(), p.whmcs.counters()
+    ids = p.sf.approve(n)
+    t0 = time.monotonic()
+    rows = p.wait_settled(ids, timeout=600, poll=0.5)
+    elapsed = time.monotonic() - t0
+    sf1, wh1 = p.sf.counters(), p.whmcs.counters()
+    wh_calls = sum(wh1["calls"].values()) - sum(wh0["calls"].values())
+    sf_calls = sf1["api_used"] - sf0["api_used"]
+    ok = sum(1 for r in rows.values() if r.get("Activation_Status__c") == "Provisioned")
+    return {"orders": n, "provisioned": ok, "seconds": elapsed, "sf_api_calls": sf_calls,
+            "whmcs_calls": wh_calls, "sf_calls_by_kind": {
+                k: v - sf0["calls"].get(k, 0) for k, v in sf1["calls"].items()}}
+
+
+def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
+    ids: list[str] = []
+    t0 = time.monotonic()
+    tick = 0.2
+    while time.monotonic() - t0 < seconds:
+        due = int((time.monotonic() - t0) * rate) - len(ids)
+        if due > 0:
+            ids.extend(p.sf.approve(due))
+        time.sleep(tick)
+    rows = p.wait_settled(ids, timeout=300, poll=1)
+    created: dict[str, float] = {}
+    for r in p.records(p.kafka.requests, "provision_request"):
+        if r.key in rows:
+            created[r.key] = r.value["CreatedDate"].timestamp() * 1000
+    detail = p.sf_orders_fields(ids, "LastModifiedDate")
+    points = sorted((created[oid], _sf_ms(detail[oid]["LastModifiedDate"]) - created[oid])
+                    for oid in ids if oid in created and oid in detail)
+    lat = [ms for _, ms in points]
+    return {"orders": len(ids), "rate": rate, "points": points,
+            "p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
+            "p99": _percentile(lat, 0.99), "mean": statistics.fmean(lat)}
+
+
+def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
+    p.stop("worker")
+    before = _count_outcomes(p)
+    ids = p.sf.approve(n)
+    # Wait until the connector has written every event (requests end offsets grow by n).
+    c = Consumer({"bootstrap.servers": p.bootstrap, "group.id": "bench-backlog"})
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        md = c.list_topics(p.kafka.requests, timeout=10)
+        if sum(c.get_watermark_offsets(TopicPartition(p.kafka.requests, x), timeout=10)[1]
+               for x in md.topics[p.kafka.requests].partitions) >= n:
+            time.sleep(2)
+            break
+        time.sleep(1)
+    c.close()
+    t0 = time.monotonic()
+    p.start("worker")
+    target = before + n
+    samples = []
+    while time.monotonic() - t0 < 900:
+        count = _count_outcomes(p)
+        samples.append((time.monotonic() - t0, count - before))
+        if count >= target:
+            break
+        time.sleep(1)
+    elapsed = time.monotonic() - t0
+    p.wait_settled(ids[-200:], timeout=600, poll=2)
+    return {"orders": n, "seconds": elapsed, "orders_per_s": n / elapsed, "samples": samples}
+
+
+def phase_ceiling(p: Pipeline, n: int, value_size: int = 220) -> dict[str, Any]:
+    src, dst = f"{p.prefix}bench.copy-src", f"{p.prefix}bench.copy-dst"
+    create_topic(p.bootstrap, src, 3)
+    create_topic(p.bootstrap, dst, 3)
+    producer = Producer({"bootstrap.servers": p.bootstrap, "linger.ms": 5,
+                         "compression.type": "lz4", "enable.idempotence": True})
+    payload = b"x" * value_size
+    for i in range(n):
+        producer.produce(src, key=f"801{i:015d}".encode(), value=payload)
+        if i % 10000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    consumer = Consumer({"bootstrap.servers": p.bootstrap, "group.id": f"{p.prefix}copy",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([src])
+    copied = 0
+    t0 = None
+    while copied < n:
+        for msg in consumer.consume(1000, 1.0):
+            if msg.error():
+                continue
+            t0 = t0 or time.monotonic()
+            producer.produce(dst, key=msg.key(), value=msg.value())
+            copied += 1
+        producer.poll(0)
+    producer.flush(60)
+    consumer.commit(asynchronous=False)
+    elapsed = time.monotonic() - (t0 or time.monotonic())
+    consumer.close()
+    return {"records": n, "seconds": elapsed, "per_s": n / elapsed}
+
+
+def peak_rss_mb(p: Pipeline) -> dict[str, float]:
+    out = {}
+    for name, proc in p.procs.items():
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                out[name] = int(line.split()[1]) / 1024
+    return out
+
+
+def plot(steady: dict[str, Any], backlog: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 7))
+    t0 = steady["points"][0][0] if steady["points"] else 0
+    a.plot([(t - t0) / 1000 for t, _ in steady["points"]], [ms for _, ms in steady["points"]],
+           ".", ms=3)
+    a.axhline(steady["p99"], color="r", lw=0.8, label=f"p99 {steady['p99']:.0f} ms")
+    a.set_xlabel("approval time (s)")
+    a.set_ylabel("approval → write-back (ms)")
+    a.set_title(f"latency at a steady {steady['rate']:.0f} orders/s")
+    a.legend()
+    xs = [s for s, _ in backlog["samples"]]
+    ys = [c for _, c in backlog["samples"]]
+    b.plot(xs, ys)
+    b.set_xlabel("seconds since the worker started")
+    b.set_ylabel("outcomes written")
+    b.set_title(f"backlog of {backlog['orders']} events: {backlog['orders_per_s']:.0f} orders/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--sustained", type=int, default=5000)
+    parser.add_argument("--steady-rate", type=float, default=50.0)
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--backlog", type=int, default=50_000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    total = args.burst + args.sustained + int(args.steady_rate * args.steady_seconds) + \
+        args.backlog + 100
+    with tempfile.TemporaryDirectory(prefix="sfprov-bench-") as tmp:
+        print(f"bench: seeding {total} Orders and starting the pipeline ...", flush=True)
+        with Pipeline(Path(tmp), accounts=200, orders=total, broken_every=0,
+                      partitions=6) as p:
+            print("phase 1/5: burst", flush=True)
+            burst = phase_burst(p, args.burst)
+            print("phase 2/5: sustained", flush=True)
+            sustained = phase_burst(p, args.sustained)
+            print("phase 3/5: steady", flush=True)
+            steady = phase_steady(p, args.steady_rate, args.steady_seconds)
+            print("phase 4/5: backlog", flush=True)
+            backlog = phase_backlog(p, args.backlog)
+            print("phase 5/5: kafka ceiling", flush=True)
+            ceiling = phase_ceiling(p, args.backlog)
+            rss = peak_rss_mb(p)
+    result = {
+        "orders_per_s": round(sustained["orders"] / sustained["seconds"], 1),
+        "latency_ms_p50": round(steady["p50"], 1), "latency_ms_p95": round(steady["p95"], 1),
+        "latency_ms_p99": round(steady["p99"], 1),
+        "backlog_orders_per_s": round(backlog["orders_per_s"], 1),
+        "sf_api_calls_per_order": round(burst["sf_api_calls"] / burst["orders"], 4),
+        "whmcs_calls_per_order": round(burst["whmcs_calls"] / burst["orders"], 3),
+        "kafka_copy_per_s": round(ceiling["per_s"], 1),
+        "ceiling_ratio": round(backlog["orders_per_s"] / ceiling["per_s"], 3),
+        "rss_mb_max": round(max(rss.values()), 1) if rss else None,
+        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        "burst": {k: v for k, v in burst.items()},
+        "sustained_orders": sustained["orders"], "steady_orders": steady["orders"],
+        "backlog_orders": backlog["orders"],
+        "machine": "2 cores, 24 GB; sandboxes at zero added latency",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(steady, backlog, args.out / "bench.png")
+    print_table(result)
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [("sustained orders/s (approval → write-back)", r["orders_per_s"], ""),
+            ("latency p50 / p95 / p99 at 50 orders/s (ms)",
+             f"{r['latency_ms_p50']} / {r['latency_ms_p95']} / {r['latency_ms_p99']}",
+             "p99 < 300"),
+            ("backlog drain (orders/s)", r["backlog_orders_per_s"], ">= 500"),
+            ("Salesforce API calls per order (1,000 burst)", r["sf_api_calls_per_order"],
+             "<= 0.03"),
+            ("WHMCS calls per order", r["whmcs_calls_per_order"], "2.00"),
+            ("raw Kafka topic→topic copy (records/s)", r["kafka_copy_per_s"], ""),
+            ("pipeline / copy ceiling", r["ceiling_ratio"], ">= 0.2"),
+            ("peak RSS per process (MB)", json.dumps(r["rss_mb"]), "<= 200")]
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'measure':<{width}}  {'value':>28}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {str(value):>28}  {target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
