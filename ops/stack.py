@@ -65,7 +65,10 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
         http_port = env.get(port_var, port)
         procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": overrides,
                       "log": str(LOGS / f"{name}.log"),
-                      "health_url": f"http://127.0.0.1:{http_port}/healthz"})
+                      "health_url": f"http://127.0.0.1:{http_port}/healthz",
+                      # connector: 2 = replay id refused under policy FAIL, 3 = fenced by
+                      # another instance; restarting would not help, an operator must look.
+                      "final_exit_codes": [2, 3] if name == "connector" else []})
     return procs
 
 

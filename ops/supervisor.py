@@ -31,6 +31,7 @@ class Child:
     health_url: str = ""
     ca: str = ""
     requires: list[str] = field(default_factory=list)  # names that must be healthy first
+    final_exit_codes: list[int] = field(default_factory=list)  # exits not to restart after
     grace_s: float = 20.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
@@ -61,6 +62,11 @@ class Child:
             return
         self.last_exit = code
         self.proc = None
+        if code in self.final_exit_codes:
+            self.next_start = float("inf")
+            with open(self.log, "ab") as out:
+                out.write(f"=== {self.name} exited with {code}: not restarting\n".encode())
+            return
         self.restarts += 1
         self.next_start = now + self.backoff
         self.backoff = min(self.backoff * 2, 30.0)
