@@ -102,11 +102,16 @@ def main() -> int:
                        KAFKA_TOPIC_PREFIX="bench.", KAFKA_PARTITIONS="6",
                        SF_EVENTS_REPLAY="EARLIEST", CONNECTOR_HTTP_PORT="0",
                        LOG_FORMAT="JSON", LOG_LEVEL=args.log_level)
+            remaining = len(approved)
             if args.kills:
                 kill_rounds(env, home, args.kills)
+                before, _ = count_committed(broker.bootstrap, kafka.requests, 6)
+                remaining -= before
+                print(f"after {args.kills} kills: {before} committed; restarting for the "
+                      f"remaining {remaining}")
             t1 = time.monotonic()
             proc = subprocess.run([sys.executable, "-m", "connectors", "run", "--max-events",
-                                   str(len(approved)), "--timeout", "600"], env=env, cwd=ROOT,
+                                   str(remaining), "--timeout", "600"], env=env, cwd=ROOT,
                                   capture_output=True, text=True)
             wall = time.monotonic() - t1
             lines = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
@@ -114,11 +119,11 @@ def main() -> int:
             written = [ts(x) for x in lines if x["msg"] == "event written"]
             stopped = [ts(x) for x in lines if x["msg"] == "stopped"]
             print(f"connector exit code {proc.returncode}; process wall time {wall:.2f}s "
-                  f"({len(approved) / wall:,.0f} events/s including start-up)")
+                  f"({remaining / wall:,.0f} events/s including start-up)")
             if subscribed and stopped:
                 span = stopped[-1] - subscribed[0]
                 print(f"streaming: {span:.2f}s from first subscription to last commit → "
-                      f"{len(approved) / span:,.0f} events/s")
+                      f"{remaining / span:,.0f} events/s")
             if len(written) > 1:
                 print(f"first → last event written: {written[-1] - written[0]:.2f}s")
             total, unique = count_committed(broker.bootstrap, kafka.requests, 6)
