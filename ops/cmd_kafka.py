@@ -264,7 +264,7 @@ def dlq(args: argparse.Namespace) -> int:
                   "not requeueable — fix it at the source")
             continue
         producer.produce(source, key=r.key.encode() if r.key else None, value=r.raw_value,
-                         headers=[("dlq.requeued_from", f"{topic}:{r.partition}:{r.offset}"
+                         headers=[("sfprov.requeued_from", f"{topic}:{r.partition}:{r.offset}"
                                    .encode())])
         count += 1
     producer.flush(30)

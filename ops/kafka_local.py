@@ -195,8 +195,10 @@ class LocalBroker:
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             cmd = ["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp",
-                   self._classpath(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                   "-c", str(props), "--ignore-formatted"]
+                   self._classpath(), "kafka.tools.StorageTool", "format",
+                   # "=" form: a base64url id may start with "-", which argparse would take
+                   # for an option (one format in 64 failed that way).
+                   f"--cluster-id={cluster_id}", f"--config={props}", "--ignore-formatted"]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise BrokerError(f"formatting {self.home / 'data'} failed: "
