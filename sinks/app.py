@@ -49,6 +49,8 @@ from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE, Pauses
 from sinks.writer import CollectionClient, CollectionWriter
 
 log = logging.getLogger(__name__)
+FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
+REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
 
 
 @dataclass
@@ -126,7 +128,7 @@ class Sink:
                 self.pauses.expire(now, can_probe=bool(self.batcher.ready(now)),
                                    backpressure_over=self.offsets.outstanding()
                                    < self.settings.max_pending // 2)
-                want = 500 if max_records is None else min(500, max_records - self.stats.consumed)
+                want = self._poll_size(max_records)
                 messages = self.consumer.consume(num_messages=want,
                                                  timeout=self._poll_timeout(now))
                 for message in messages:
@@ -180,7 +182,17 @@ class Sink:
         if self.offsets.outstanding() >= self.settings.max_pending:
             self.pauses.pause(BACKPRESSURE, 0.0)
 
+    def _poll_size(self, max_records: int | None) -> int:
+        """At most 500, never past ``max_records`` nor (much) past ``SINK_MAX_PENDING``."""
+        room = max(1, self.settings.max_pending - self.offsets.outstanding())
+        if max_records is not None:
+            room = min(room, max_records - self.stats.consumed)
+        return min(500, room)
+
     def _poll_timeout(self, now: float) -> float:
+        if len(self.batcher.ready(now)) >= self.settings.batch_size \
+                and not self.pauses.blocked(now):
+            return 0.0  # a full batch waits: just serve the consumer, then flush
         if self.pauses.paused and not len(self.batcher):
             return 1.0
         next_at = self.batcher.next_ready_at()
@@ -195,10 +207,13 @@ class Sink:
         drained what the broker had (``backlog`` False), or after ten lingers in any case.
         Otherwise, while catching up, the remainder of each poll ages past the linger during
         the full flushes and goes out as a small extra call every time (15 % more calls at
-        200 ms per call)."""
+        200 ms per call). Flushing stops after ``FLUSH_BUDGET_S`` so the loop polls again:
+        heartbeats and rebalances are served between calls, never after a long run of them.
+        """
+        started = time.monotonic()
         while True:
             now = time.monotonic()
-            if self.pauses.blocked(now):
+            if self.pauses.blocked(now) or now - started >= FLUSH_BUDGET_S:
                 return
             full = len(self.batcher.ready(now)) >= self.settings.batch_size
             lingered = self.batcher.due(now, batch_size=self.settings.batch_size,
@@ -355,8 +370,9 @@ class Sink:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Last chance to settle and commit what we hold before another member owns it."""
-        now = time.monotonic()
-        for _ in range(10):
+        started = time.monotonic()
+        while time.monotonic() - started < REVOKE_BUDGET_S:
+            now = time.monotonic()
             if not self.batcher.ready(now) or self.pauses.blocked(now) or not self._flush(now):
                 break
         self._commit(force=True)

@@ -98,13 +98,20 @@ def test_bad_records_are_dead_lettered_and_the_rest_proceeds(
 def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> None:
     produce(kafka_settings, scenario(100))
     fake = FakeCollections()
-    limited_until = time.monotonic() + 2.0
-    fake.fail_call = lambda _r: limit_error() if time.monotonic() < limited_until else None
+    window: list[float] = []  # the limit holds for 2 s from the first call
+
+    def limited(_records: list) -> Exception | None:
+        if not window:
+            window.append(time.monotonic() + 2.0)
+        return limit_error() if time.monotonic() < window[0] else None
+
+    fake.fail_call = limited
     sink = Sink(kafka_settings, sink_settings(), fake)
     seen_paused: list[dict] = []
 
     def watch() -> None:
-        while time.monotonic() < limited_until:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (window and time.monotonic() > window[0]):
             ok, details = sink.health()
             if details["paused"]:
                 seen_paused.append(details)
@@ -155,3 +162,39 @@ def test_outage_pauses_without_losing_anything(kafka_settings: KafkaSettings) ->
     assert len(fake.calls) >= 4  # three refused, then the writes
     assert sum(1 for k in fake.records if k[0] == "Order") == 36
     assert committed_total(kafka_settings, sink.settings) == 60
+
+
+def test_two_sinks_in_one_group_share_the_work_through_a_rebalance(
+        kafka_settings: KafkaSettings) -> None:
+    records = scenario(600)
+    produce(kafka_settings, records)
+    fake = FakeCollections()
+    slow = fake.update_collection
+
+    def update_collection(recs: list, *, all_or_none: bool = False) -> list:
+        time.sleep(0.3)  # slow enough that the second member joins mid-run
+        return slow(recs, all_or_none=all_or_none)
+
+    fake.update_collection = update_collection  # type: ignore[method-assign]
+    settings = sink_settings(batch_size=20, max_pending=60)  # the rest waits on the broker
+    first = Sink(kafka_settings, settings, fake)
+    second = Sink(kafka_settings, settings, fake)
+    results: dict[str, object] = {}
+    t1 = threading.Thread(target=lambda: results.setdefault(
+        "first", first.run(timeout=90, exit_when_idle=True)))
+    t1.start()
+    deadline = time.monotonic() + 30
+    while first.stats.records_written == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t2 = threading.Thread(target=lambda: results.setdefault(
+        "second", second.run(timeout=90, exit_when_idle=True)))
+    t2.start()
+    t1.join()
+    t2.join()
+    assert first.stats.consumed > 0 and second.stats.consumed > 0  # both took part
+    assert first.stats.consumed + second.stats.consumed >= 600  # redelivery allowed, no loss
+    assert committed_total(kafka_settings, settings) == 600
+    for rec in records:
+        if rec["status"] in ("Provisioned", "Failed"):
+            assert fake.records[("Order", rec["order_id"])]["Activation_Status__c"] == \
+                rec["status"]
