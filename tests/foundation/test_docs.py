@@ -52,3 +52,18 @@ def test_compose_agrees_with_settings():
         assert env["KAFKA_TOPIC_REPLAY_GAPS"] == defaults.replay_gaps_topic
     for name, module in (("connector", "connectors"), ("worker", "streams"), ("sink", "sinks")):
         assert services[name]["command"][:3] == ["python", "-m", module]
+
+
+def test_compose_pipeline_finds_the_sandboxes_files_and_ports():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    sf_cmd = services["salesforce-sandbox"]["command"]
+    sf_dir = sf_cmd[sf_cmd.index("--dir") + 1]
+    env = services["connector"]["environment"]
+    assert env["SF_PRIVATE_KEY_PATH"].split(":-")[1].rstrip("}") == f"{sf_dir}/jwt/private-key.pem"
+    assert env["SF_CA_BUNDLE"].split(":-")[1].rstrip("}") == f"{sf_dir}/tls/ca.pem"
+    grpc_port = sf_cmd[sf_cmd.index("--grpc-port") + 1]
+    assert env["SF_PUBSUB_ENDPOINT"].endswith(f"salesforce-sandbox:{grpc_port}}}")
+    wh_cmd = services["whmcs-sandbox"]["command"]
+    wh_port = wh_cmd[wh_cmd.index("--port") + 1]
+    assert f"whmcs-sandbox:{wh_port}/includes/api.php" in env["WHMCS_API_URL"]
