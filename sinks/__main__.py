@@ -39,9 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    from common.kafka import ensure_topics
     from common.salesforce import SalesforceClient
     from sinks.app import Sink
 
+    try:
+        report = ensure_topics(kafka)  # outcomes and dead letters must exist; idempotent
+    except Exception:
+        log.exception("cannot reach Kafka at %s", kafka.bootstrap_servers)
+        return 1
+    for line in report.drift:
+        log.warning("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     sink.install_signal_handlers()
     server = HealthServer(settings.http_port, sink.health).start() if settings.http_port else None

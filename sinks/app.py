@@ -98,6 +98,7 @@ class Sink:
         self._limit_streak = 0
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
+        self._warned: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -155,7 +156,9 @@ class Sink:
         if error is not None:
             if error.fatal():
                 raise KafkaError(f"fatal consumer error: {error}")
-            log.warning("consumer error: %s", error)
+            if self._warned.get(str(error), 0.0) < time.monotonic() - 60:
+                self._warned[str(error)] = time.monotonic()  # once a minute per kind
+                log.warning("consumer error: %s", error)
             return
         self.stats.consumed += 1
         partition, offset = message.partition(), message.offset()
