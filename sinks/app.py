@@ -3,7 +3,8 @@
 One thread does everything (poll, decode, batch, PATCH, dead-letter, commit), so there is
 never a write in flight while offsets are computed. The loop polls at least once a second,
 even while paused, so group membership survives long pauses; the longest stretch without
-a poll is one flush (one Salesforce call, bounded by ``SF_TIMEOUT_S``), far below
+a poll is one flushing turn (``FLUSH_BUDGET_S`` plus one Salesforce call, bounded by
+``SF_TIMEOUT_S``) or a revoke (``REVOKE_BUDGET_S`` plus one call), far below
 ``max.poll.interval.ms``.
 
 Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
@@ -308,6 +309,8 @@ class Sink:
     def _drain(self) -> None:
         """Flush everything pending until done or ``SINK_DRAIN_TIMEOUT_S`` passed."""
         deadline = time.monotonic() + self.settings.drain_timeout_s
+        if self._assigned:
+            self.consumer.pause(self._assigned)  # the polls below only serve callbacks
         while len(self.batcher) and time.monotonic() < deadline:
             now = time.monotonic()
             if self.pauses.blocked(now) or not self.batcher.ready(now):
