@@ -53,6 +53,9 @@ def sandbox_mode(env: dict[str, str]) -> bool:
     return not env.get("SF_CLIENT_ID")
 
 
+FINAL_EXIT_CODES = {"connector": [2, 3, 64], "sink": [2]}
+
+
 def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[dict[str, Any]]:
     """The three pipeline processes (only those whose package exists)."""
     procs = []
@@ -66,9 +69,9 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
         procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": overrides,
                       "log": str(LOGS / f"{name}.log"),
                       "health_url": f"http://127.0.0.1:{http_port}/healthz",
-                      # connector: 2 = replay id refused under policy FAIL, 3 = fenced by
-                      # another instance; restarting would not help, an operator must look.
-                      "final_exit_codes": [2, 3] if name == "connector" else []})
+                      # Restarting would not help, an operator must look: connector 2 = replay
+                      # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 2 = bad setting.
+                      "final_exit_codes": FINAL_EXIT_CODES.get(name, [])})
     return procs
 
 
