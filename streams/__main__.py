@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from common.kafka import ensure_topics
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     common = CommonSettings.load()
     setup_logging("worker", common.log_level, common.log_format)
+    if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
     kafka, worker = KafkaSettings.load(), WorkerSettings.load()
     whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
     ensure_topics(kafka)

@@ -190,7 +190,12 @@ class Worker:
         async with self.lock:
             for attempt in range(1, BATCH_ATTEMPTS + 1):
                 try:
-                    await self.processor.process(records)
+                    started = time.monotonic()
+                    report = await self.processor.process(records)
+                    log.info("batch done: %d events, %d outcomes, %d dead letters",
+                             report.events, report.outcomes, report.dead_letters,
+                             extra={"duration_ms": int((time.monotonic() - started) * 1000),
+                                    "count": report.events})
                     metrics.BATCHES.labels("ok").inc()
                     self.health.batches += 1
                     self.health.last_batch_at = time.time()

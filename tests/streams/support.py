@@ -91,7 +91,8 @@ def worker_env(*, bootstrap: str, prefix: str, state_dir: Path, sf_env: dict[str
                 "WORKER_STORE": "memory://", "WORKER_BATCH_LINGER_S": "0.05",
                 "WORKER_RETRY_DEADLINE_S": "30", "WHMCS_TIMEOUT_S": "2",
                 "WORKER_LOOKUP_GRACE_S": "0.5", "LOG_LEVEL": "INFO",
-                "PYTHONPATH": str(ROOT)})
+                "PYTHONPATH": str(ROOT),
+                "WORKER_FAUST_LOG_LEVEL": os.environ.get("WORKER_FAUST_LOG_LEVEL", "")})
     env.update(extra)
     return env
 
