@@ -4,11 +4,26 @@ Two wire formats:
 
 * default — plain Avro binary (schemaless) with the schema's full name in the record header
   ``sfprov.schema`` so operators' tools can decode without guessing;
-* with ``SCHEMA_REGISTRY_URL`` — the Confluent wire format (magic byte 0, 4-byte schema id,
-  Avro binary), the schema registered under ``<topic>-value`` on first use.
+* with ``SCHEMA_REGISTRY_URL`` — the Confluent wire format (magic byte 0, 4-byte big-endian
+  schema id, Avro binary), the schema registered under ``<topic>-value`` on first use
+  (TopicNameStrategy). These records carry **no** ``sfprov.schema`` header.
 
-:meth:`AvroSerde.decode` reads both. Evolution rule: add fields with defaults only; readers
-decode with the writer's schema and project onto the reader's (fastavro resolution).
+:meth:`AvroSerde.decode` reads both, so a topic may hold records from before and after the
+switch. Which format a record is in is decided from its headers first, not from its first
+byte alone (plain Avro can start with a 0 byte, e.g. an empty first string):
+
+1. the ``sfprov.schema`` header is present → plain Avro;
+2. otherwise a value of at least 5 bytes starting with the magic byte 0 → Confluent;
+3. otherwise → plain Avro (records written by other tools without our header).
+
+When the caller does not know the headers (``headers=None``) rule 2 is only a guess: a
+Confluent decode that fails falls back to plain. A Confluent record whose schema id the
+registry does not know raises a non-retryable :class:`SerdeError` naming the id (the record
+becomes a dead letter); a registry that cannot be reached raises a **retryable** one
+(``exc.retryable``): the caller retries, it never dead-letters good data for that.
+
+Evolution rule: add fields with defaults only; readers decode with the writer's schema and
+project onto the reader's (fastavro resolution).
 """
 
 from __future__ import annotations
@@ -17,9 +32,12 @@ import io
 import json
 import struct
 import threading
+import time
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import fastavro
 import httpx
@@ -29,10 +47,17 @@ from common.errors import PipelineError
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_HEADER = "sfprov.schema"
 MAGIC = 0
+CONFLUENT_PREFIX = struct.Struct(">bI")  # magic byte, schema id
+REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+SCHEMA_NOT_FOUND = 40403  # Confluent error_code of GET /schemas/ids/{id} for an unknown id
 
 
 class SerdeError(PipelineError):
-    """A value could not be encoded or decoded (the record goes to a dead letter)."""
+    """A value could not be encoded or decoded.
+
+    Not retryable (the default): the record is bad — it goes to a dead letter.
+    Retryable: the schema registry could not be reached — try again later.
+    """
 
 
 @cache
@@ -66,30 +91,90 @@ def decode_schemaless(writer: Any, payload: bytes, reader: Any | None = None) ->
     return out
 
 
-class SchemaRegistry:
-    """Tiny client of a Confluent-compatible schema registry (register + fetch by id)."""
+def confluent_schema_id(value: bytes | None) -> int | None:
+    """The schema id of a value framed in the Confluent wire format, else None."""
+    if value is None or len(value) < CONFLUENT_PREFIX.size or value[0] != MAGIC:
+        return None
+    return int(CONFLUENT_PREFIX.unpack_from(value)[1])
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+def frame(schema_id: int, payload: bytes) -> bytes:
+    """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary."""
+    return CONFLUENT_PREFIX.pack(MAGIC, schema_id) + payload
+
+
+def has_schema_header(headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> bool:
+    if not headers:
+        return False
+    keys = headers.keys() if isinstance(headers, Mapping) else (k for k, _v in headers)
+    return any((k.decode() if isinstance(k, bytes) else k) == SCHEMA_HEADER for k in keys)
+
+
+def _safe_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Split ``user:secret@`` out of the URL: the secret never appears in errors or logs."""
+    parts = urlsplit(url.rstrip("/"))
+    if parts.username is None:
+        return urlunsplit(parts), None
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc)), (parts.username, parts.password or "")
+
+
+class SchemaRegistry:
+    """Tiny client of a Confluent-compatible schema registry (register + fetch by id).
+
+    Every failure is a :class:`SerdeError`: retryable when the registry is unreachable or
+    answers 5xx (and for any refused registration — our schemas are fine, the registry's
+    configuration is not), not retryable only for a schema id the registry says it does
+    not know (``40403``). Unknown ids are remembered for ``negative_ttl_s`` so a burst of
+    such records costs one request.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0) -> None:
+        self.url, auth = _safe_url(url)
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, auth=auth,
+                                    headers={"Accept": REGISTRY_CONTENT_TYPE})
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Any] = {}
+        self._unknown: dict[int, tuple[float, str]] = {}
+        self._negative_ttl_s = negative_ttl_s
         self._lock = threading.Lock()
+        self.requests = 0
+
+    def _call(self, method: str, path: str, what: str, **kw: Any) -> httpx.Response:
+        self.requests += 1
+        try:
+            return self._client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise SerdeError(f"schema registry {self.url} unavailable ({what}): "
+                             f"{type(exc).__name__}: {exc}", retryable=True) from exc
+
+    @staticmethod
+    def _error(resp: httpx.Response) -> tuple[int | None, str]:
+        try:
+            body = resp.json()
+            return body.get("error_code"), str(body.get("message", ""))
+        except (ValueError, AttributeError):
+            return None, resp.text[:200]
 
     def register(self, subject: str, schema: str) -> int:
         key = (subject, schema)
         with self._lock:
             if key in self._ids:
                 return self._ids[key]
+        resp = self._call("POST", f"/subjects/{quote(subject, safe='')}/versions",
+                          f"registering {subject}", json={"schema": schema},
+                          headers={"Content-Type": REGISTRY_CONTENT_TYPE})
+        if resp.status_code != 200:
+            code, message = self._error(resp)
+            raise SerdeError(f"schema registry {self.url} refused to register {subject}: "
+                             f"HTTP {resp.status_code} error_code {code}: {message}",
+                             retryable=True)
         try:
-            resp = self._client.post(f"/subjects/{subject}/versions",
-                                     json={"schema": schema},
-                                     headers={"Content-Type":
-                                              "application/vnd.schemaregistry.v1+json"})
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise SerdeError(f"schema registry: cannot register {subject}: {exc}",
-                             retryable=True) from exc
-        schema_id = int(resp.json()["id"])
+            schema_id = int(resp.json()["id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SerdeError(f"schema registry {self.url}: unexpected answer registering "
+                             f"{subject}: {resp.text[:200]}", retryable=True) from exc
         with self._lock:
             self._ids[key] = schema_id
             self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema))
@@ -99,19 +184,42 @@ class SchemaRegistry:
         with self._lock:
             if schema_id in self._by_id:
                 return self._by_id[schema_id]
+            refused = self._unknown.get(schema_id)
+            if refused and time.monotonic() - refused[0] < self._negative_ttl_s:
+                raise SerdeError(refused[1])
+        resp = self._call("GET", f"/schemas/ids/{schema_id}", f"fetching schema id {schema_id}")
+        if resp.status_code != 200:
+            code, message = self._error(resp)
+            if resp.status_code == 404 and code == SCHEMA_NOT_FOUND:
+                reason = (f"unknown schema id {schema_id}: the schema registry {self.url} "
+                          f"does not know it ({code} {message})")
+                with self._lock:
+                    self._unknown[schema_id] = (time.monotonic(), reason)
+                raise SerdeError(reason)
+            raise SerdeError(f"schema registry {self.url}: cannot fetch schema id {schema_id}: "
+                             f"HTTP {resp.status_code} error_code {code}: {message}",
+                             retryable=True)
         try:
-            resp = self._client.get(f"/schemas/ids/{schema_id}")
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise SerdeError(f"schema registry: unknown schema id {schema_id}: {exc}") from exc
-        parsed = fastavro.parse_schema(json.loads(resp.json()["schema"]))
+            parsed = fastavro.parse_schema(json.loads(resp.json()["schema"]))
+        except Exception as exc:  # noqa: BLE001 - any bad schema text
+            raise SerdeError(f"schema id {schema_id} from the registry is not valid Avro: "
+                             f"{exc}") from exc
         with self._lock:
             self._by_id[schema_id] = parsed
         return parsed
 
+    def close(self) -> None:
+        self._client.close()
+
 
 class AvroSerde:
-    """Encode/decode one topic's values with one schema from ``schemas/``."""
+    """Encode/decode one topic's values with one schema from ``schemas/``.
+
+    With a ``registry``, :meth:`encode` writes the Confluent wire format (registering the
+    schema under ``<topic>-value`` on first use) and :meth:`headers` is empty; without one,
+    plain Avro with the ``sfprov.schema`` header. :meth:`decode` reads both formats either
+    way (a Confluent record needs the registry; without one it is a non-retryable error).
+    """
 
     def __init__(self, schema_name: str, *, topic: str = "",
                  registry: SchemaRegistry | None = None) -> None:
@@ -122,23 +230,65 @@ class AvroSerde:
         self.registry = registry
         self._schema_id: int | None = None
 
+    @property
+    def subject(self) -> str:
+        return f"{self.topic}-value"
+
     def headers(self) -> list[tuple[str, bytes]]:
+        """Headers to write with each encoded value (none in the Confluent format)."""
+        if self.registry is not None:
+            return []
         return [(SCHEMA_HEADER, self.full_name.encode())]
+
+    def schema_id(self) -> int:
+        """Register the schema (once) and return its id; retryable SerdeError when the
+        registry is down."""
+        if self.registry is None:
+            raise SerdeError("no schema registry configured")
+        if self._schema_id is None:
+            if not self.topic:
+                raise SerdeError(f"{self.schema_name}: a topic is needed to register "
+                                 "under <topic>-value")
+            self._schema_id = self.registry.register(self.subject, schema_json(self.schema_name))
+        return self._schema_id
 
     def encode(self, record: dict[str, Any]) -> bytes:
         payload = encode_schemaless(self.schema, record)
         if self.registry is None:
             return payload
-        if self._schema_id is None:
-            self._schema_id = self.registry.register(f"{self.topic}-value",
-                                                     schema_json(self.schema_name))
-        return struct.pack(">bI", MAGIC, self._schema_id) + payload
+        return frame(self.schema_id(), payload)
 
-    def decode(self, value: bytes) -> dict[str, Any]:
-        if self.registry is not None and len(value) > 5 and value[0] == MAGIC:
-            (schema_id,) = struct.unpack(">I", value[1:5])
-            return decode_schemaless(self.registry.schema(schema_id), value[5:], self.schema)
-        return decode_schemaless(self.schema, value)
+    def decode(self, value: bytes,
+               headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """Decode a value in either format. ``headers``: the record's headers, when known
+        (always pass them: without them the format is guessed)."""
+        if headers is not None and has_schema_header(headers):
+            return decode_schemaless(self.schema, value)
+        schema_id = confluent_schema_id(value)
+        if schema_id is None:
+            return decode_schemaless(self.schema, value)
+        if headers is None:  # a guess: fall back to plain Avro
+            try:
+                return self._decode_confluent(schema_id, value)
+            except SerdeError as confluent_exc:
+                if confluent_exc.retryable and self.registry is not None:
+                    raise
+                try:
+                    return decode_schemaless(self.schema, value)
+                except SerdeError as plain_exc:
+                    raise SerdeError(f"{confluent_exc}; as plain Avro: {plain_exc}") from None
+        return self._decode_confluent(schema_id, value)
+
+    def _decode_confluent(self, schema_id: int, value: bytes) -> dict[str, Any]:
+        if self.registry is None:
+            raise SerdeError(f"record is in the Confluent wire format (schema id {schema_id}) "
+                             "but SCHEMA_REGISTRY_URL is not set")
+        writer = self.registry.schema(schema_id)
+        try:
+            return decode_schemaless(writer, value[CONFLUENT_PREFIX.size:], self.schema)
+        except SerdeError as exc:
+            raise SerdeError(f"schema id {schema_id}: {exc}") from exc
 
 
 def registry_from_url(url: str) -> SchemaRegistry | None:

@@ -1,0 +1,133 @@
+"""The schema registry emulator speaks Confluent's REST API (the subset clients use)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from common.avro import schema_json
+from sandbox.registry.compat import can_read
+from sandbox.registry.harness import running_registry
+
+OUTCOME = schema_json("provisioning_outcome")
+
+
+def _evolved(**field: object) -> str:
+    schema = json.loads(OUTCOME)
+    schema["fields"].append({"name": "added", **field})
+    return json.dumps(schema)
+
+
+@pytest.fixture
+def reg():
+    with running_registry() as r:
+        yield r
+
+
+def post(reg, subject: str, schema: str) -> httpx.Response:
+    return httpx.post(f"{reg.url}/subjects/{subject}/versions", json={"schema": schema},
+                      headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+
+
+def test_register_is_idempotent_and_ids_are_global(reg):
+    first = post(reg, "a-value", OUTCOME)
+    assert first.status_code == 200 and first.json() == {"id": 1}
+    # the same schema again (other whitespace): same id, no new version
+    assert post(reg, "a-value", json.dumps(json.loads(OUTCOME), indent=4)).json() == {"id": 1}
+    assert reg.versions("a-value") == [1]
+    # the same schema under another subject keeps its id; another schema gets a new one
+    assert post(reg, "b-value", OUTCOME).json() == {"id": 1}
+    assert post(reg, "c-value", schema_json("provision_request")).json() == {"id": 2}
+    assert reg.subjects() == ["a-value", "b-value", "c-value"]
+    assert json.loads(reg.schema(2))["name"] == "ProvisionRequest"
+    latest = reg.latest("a-value")
+    assert latest["subject"] == "a-value" and latest["version"] == 1 and latest["id"] == 1
+    assert json.loads(latest["schema"]) == json.loads(OUTCOME)
+    assert httpx.get(f"{reg.url}/subjects/a-value/versions/1").json()["id"] == 1
+    raw = httpx.get(f"{reg.url}/subjects/a-value/versions/latest/schema").json()
+    assert raw == json.loads(OUTCOME)
+    assert httpx.get(f"{reg.url}/schemas/ids/1/versions").json() == [
+        {"subject": "a-value", "version": 1}, {"subject": "b-value", "version": 1}]
+    lookup = httpx.post(f"{reg.url}/subjects/a-value", json={"schema": OUTCOME})
+    assert lookup.status_code == 200 and lookup.json()["id"] == 1
+
+
+def test_errors_have_confluents_shape(reg):
+    post(reg, "a-value", OUTCOME)
+    resp = httpx.get(f"{reg.url}/schemas/ids/42")
+    assert resp.status_code == 404
+    assert resp.json() == {"error_code": 40403, "message": "Schema not found"}
+    resp = httpx.get(f"{reg.url}/subjects/nope/versions")
+    assert resp.status_code == 404 and resp.json()["error_code"] == 40401
+    resp = httpx.get(f"{reg.url}/subjects/a-value/versions/7")
+    assert resp.status_code == 404 and resp.json()["error_code"] == 40402
+    resp = httpx.get(f"{reg.url}/subjects/a-value/versions/zero")
+    assert resp.status_code == 422 and resp.json()["error_code"] == 42202
+    resp = post(reg, "a-value", '{"type": "record", "name": "X", "fields": [{"name": 1}]}')
+    assert resp.status_code == 422 and resp.json()["error_code"] == 42201
+    resp = post(reg, "a-value", "not json")
+    assert resp.status_code == 422 and resp.json()["error_code"] == 42201
+    resp = httpx.get(f"{reg.url}/no/such/route")
+    assert resp.status_code == 404 and set(resp.json()) == {"error_code", "message"}
+    resp = httpx.post(f"{reg.url}/subjects/x/versions", content=b"{bad",
+                      headers={"Content-Type": "application/json"})
+    assert resp.status_code in (400, 422) and "error_code" in resp.json()
+
+
+def test_backward_compatibility_is_checked(reg):
+    assert post(reg, "a-value", OUTCOME).status_code == 200
+    refused = post(reg, "a-value", _evolved(type="string"))
+    assert refused.status_code == 409
+    assert refused.json()["error_code"] == 409 and "added" in refused.json()["message"]
+    assert reg.versions("a-value") == [1]
+    ok = post(reg, "a-value", _evolved(type=["null", "string"], default=None))
+    assert ok.status_code == 200 and ok.json()["id"] == 2
+    assert reg.versions("a-value") == [1, 2]
+    # NONE for one subject turns the check off there only
+    put = httpx.put(f"{reg.url}/config/b-value", json={"compatibility": "NONE"})
+    assert put.json() == {"compatibility": "NONE"}
+    post(reg, "b-value", OUTCOME)
+    assert post(reg, "b-value", _evolved(type="string")).status_code == 200
+    assert httpx.get(f"{reg.url}/config").json() == {"compatibilityLevel": "BACKWARD"}
+    assert httpx.get(f"{reg.url}/config/b-value").json() == {"compatibilityLevel": "NONE"}
+
+
+def test_resolution_rules():
+    rec = {"type": "record", "name": "R", "namespace": "n", "fields": [
+        {"name": "a", "type": "int"},
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["X", "Y"]}},
+        {"name": "l", "type": {"type": "array", "items": "E"}},
+        {"name": "t", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}
+    assert can_read(rec, rec) == []
+    wider = json.loads(json.dumps(rec))
+    wider["fields"][0]["type"] = "long"  # int → long is a promotion
+    assert can_read(wider, rec) == []
+    assert can_read(rec, wider)  # long → int is not
+    fewer = json.loads(json.dumps(rec))
+    fewer["fields"][1]["type"]["symbols"] = ["X"]
+    assert can_read(fewer, rec)  # the writer's Y has nowhere to go
+    assert can_read(rec, fewer) == []
+    nullable = json.loads(json.dumps(rec))
+    nullable["fields"][0]["type"] = ["null", "int"]
+    assert can_read(nullable, rec) == []
+    assert can_read(rec, nullable)  # a null cannot be read as int
+    removed = {**rec, "fields": rec["fields"][1:]}
+    assert can_read(removed, rec) == []  # the reader ignores a field it does not know
+
+
+def test_serve_command_keeps_schemas_across_restarts(tmp_path):
+    with running_registry(tmp_path, subprocess=True) as reg:
+        assert reg.process is not None
+        assert post(reg, "a-value", OUTCOME).json() == {"id": 1}
+        assert post(reg, "b-value", schema_json("provision_request")).json() == {"id": 2}
+        port = reg.port
+        reg.stop()
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{reg.url}/subjects", timeout=2)
+        reg.start()
+        assert reg.port == port
+        assert reg.subjects() == ["a-value", "b-value"]
+        assert json.loads(reg.schema(2))["name"] == "ProvisionRequest"
+        assert post(reg, "a-value", OUTCOME).json() == {"id": 1}
