@@ -11,7 +11,9 @@ Bad events are data, not crashes: an undecodable payload, a schema id ``GetSchem
 not know, or an event without ``OrderId__c`` becomes a :class:`DeadLetter` (raw payload
 bytes, ``common.deadletter`` headers with the reason, schema id, replay id and event uuid).
 Transient ``GetSchema`` failures (unavailable, auth) are *raised* instead: they end the
-subscription and the event is fetched again after resubscribing.
+subscription and the event is fetched again after resubscribing. So is a schema registry
+that cannot be reached while encoding in the Confluent format (``SCHEMA_REGISTRY_URL``): a
+retryable :class:`~common.avro.SerdeError`, never a dead letter.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class EventDecoder:
         try:
             value = self.serde.encode(record)
         except SerdeError as exc:
+            if exc.retryable:  # schema registry unreachable: resubscribe and try again
+                raise
             return self.dead_letter(event, "unencodable", str(exc), "SerdeError")
         correlation_id = fields.get("CorrelationId__c")
         headers = [*self._schema_headers,

@@ -48,6 +48,9 @@ class OffsetCodec:
         self.connector = connector
         self.channel = channel
         self.key = offset_key(connector, channel)
+        # Internal topics stay plain Avro (with the sfprov.schema header) even with
+        # SCHEMA_REGISTRY_URL: start-up must not depend on the registry, and only the
+        # connector and the CLI read them. decode() would read either format.
         self._offsets = AvroSerde("connector_offset")
         self._gaps = AvroSerde("replay_gap")
 

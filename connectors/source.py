@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.avro import AvroSerde, registry_from_url
 from common.errors import (
     KafkaError,
     PipelineError,
@@ -123,8 +124,11 @@ class Connector:
         self.codec = OffsetCodec(connector.name, connector.channel)
         self.txn_id = transactional_id(kafka, connector.name, connector.channel)
         self.writer = TransactionalWriter(kafka, self.txn_id)
+        serde = AvroSerde("provision_request", topic=kafka.requests,
+                          registry=registry_from_url(kafka.schema_registry_url))
         self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
-                                    channel=connector.channel, connector=connector.name)
+                                    channel=connector.channel, connector=connector.name,
+                                    serde=serde)
         self.backoff = Backoff(connector.backoff_initial_s, connector.backoff_max_s)
         self.health = Health()
         self.position: Position | None = None
