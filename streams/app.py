@@ -26,7 +26,7 @@ from typing import Any
 
 import faust
 
-from common.avro import AvroSerde
+from common.avro import AvroSerde, registry_from_url
 from common.deadletter import dead_letter_headers
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
@@ -59,8 +59,9 @@ class KafkaEmitter:
                                   internal=False)
         self.dead_letters = app.topic(kafka.dead_letters, key_serializer="raw",
                                       value_serializer="raw", internal=False)
-        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
-        self.headers = dict(self.serde.headers())
+        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
+                               registry=registry_from_url(kafka.schema_registry_url))
+        self.headers = dict(self.serde.headers())  # empty in the Confluent format
 
     async def send_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
         async def send() -> None:
@@ -139,6 +140,8 @@ class Worker:
             provisioner=Provisioner(self.whmcs, policy,
                                     on_retry=lambda k: metrics.RETRIES.labels(k).inc()),
             emitter=self.emitter,
+            serde=AvroSerde("provision_request", topic=kafka.requests,
+                            registry=registry_from_url(kafka.schema_registry_url)),
             context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
                             no_email=whmcs.no_email),
             parallelism=worker.whmcs_parallelism)
@@ -183,7 +186,8 @@ class Worker:
         """Process one batch. Never raises (except cancellation), never returns early."""
         records = [RawRecord(e.message.key, e.message.value, e.message.topic,
                              e.message.partition, e.message.offset,
-                             received_at=e.message.time_in or time.monotonic())
+                             received_at=e.message.time_in or time.monotonic(),
+                             headers=e.message.headers)
                    for e in events]
         metrics.BATCH_SIZE.observe(len(records))
         error: BaseException | None = None

@@ -2,7 +2,9 @@
 
 Order of effects (the contract the crash tests check)::
 
-    1. decode; undecodable records become dead letters (never exceptions)
+    1. decode; undecodable records become dead letters (never exceptions) — a Confluent-framed
+       one whose schema id the registry does not know too; an unreachable registry is
+       retried (the batch waits), never a dead letter
     2. ONE guard query for the batch's Orders (retried while Salesforce is down)
     3. decide each event (streams.decide); an Order's events stay in arrival order
     4. for Orders to provision: intents[order] = pending (attempt n)
@@ -74,6 +76,7 @@ class RawRecord:
     partition: int = -1
     offset: int = -1
     received_at: float = field(default_factory=time.monotonic)
+    headers: Any = None  # the record's headers; None = unknown (the serde guesses the format)
 
 
 @dataclass(frozen=True)
@@ -126,13 +129,13 @@ class DictState:
 class BatchProcessor:
     def __init__(self, *, state: StateStore, guard: Guard, provisioner: Provisioner,
                  emitter: Emitter, context: Context, parallelism: int = 16,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms, serde: AvroSerde | None = None) -> None:
         self.state = state
         self.guard = guard
         self.provisioner = provisioner
         self.emitter = emitter
         self.context = context
-        self.serde = AvroSerde("provision_request")
+        self.serde = serde or AvroSerde("provision_request")
         self._sem = asyncio.Semaphore(parallelism)
         self._clock = clock_ms
         self.in_flight: set[str] = set()  # Orders of the batch being processed
@@ -146,10 +149,12 @@ class BatchProcessor:
             try:
                 if rec.value is None:
                     raise ValueError("record has no value (tombstone)")
-                value = self.serde.decode(rec.value)
+                value = self.serde.decode(rec.value, rec.headers)
                 event = Event.from_request(value, topic=rec.topic, partition=rec.partition,
                                            offset=rec.offset)
             except Exception as exc:  # noqa: BLE001 - a bad record is data, not a crash
+                if getattr(exc, "retryable", False):
+                    raise  # schema registry unreachable: not the record's fault (see process)
                 dead.append(DeadLetter(rec, f"cannot decode request: {exc}",
                                        type(exc).__name__, "UNDECODABLE"))
                 continue
@@ -160,7 +165,9 @@ class BatchProcessor:
 
     async def process(self, records: list[RawRecord]) -> BatchReport:
         report = BatchReport(events=len(records))
-        events, dead = self.decode(records)
+        # In a thread: a registry lookup must not block the loop; retried while it is down.
+        events, dead = await retry_forever("decoding requests (schema registry)",
+                                           lambda: asyncio.to_thread(self.decode, records))
         by_order: dict[str, deque[tuple[Event, RawRecord]]] = {}
         for event, rec in events:
             by_order.setdefault(event.order_id, deque()).append((event, rec))
