@@ -10,6 +10,8 @@ a poll is one flushing turn (``FLUSH_BUDGET_S`` plus one Salesforce call, bounde
 Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
 
     consume → decode (undecodable → dead letter) → map → merge into the pending map
+    (decode reads plain Avro and the Confluent wire format; a schema id the registry does
+    not know → dead letter; registry unreachable → retried, then exit uncommitted)
     flush (size or linger) → PATCH composite/sobjects → ack / retry / fail per record
     complete outcomes (dead letters produced first) → producer.flush → commit offsets
 
@@ -39,7 +41,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from common.avro import AvroSerde, SerdeError
+from common.avro import AvroSerde, SerdeError, registry_from_url
 from common.errors import KafkaError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
 from sinks import metrics as m
@@ -52,6 +54,7 @@ from sinks.writer import CollectionClient, CollectionWriter
 log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
 REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
+REGISTRY_WAIT_S = 60.0  # an unreachable schema registry: retry a decode this long, then exit
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Sink:
         self.settings = settings
         self.client = client
         self.writer = CollectionWriter(client, chunk_size=settings.batch_size)
-        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
+        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
+                               registry=registry_from_url(kafka.schema_registry_url))
         self.batcher = Batcher()
         self.offsets = OffsetTracker()
         self.stats = RunStats()
@@ -169,10 +173,14 @@ class Sink:
         try:
             if tracked.value is None:
                 raise SerdeError("tombstone (null value) on the outcomes topic")
-            tracked.outcome = self.serde.decode(tracked.value)
+            tracked.outcome = self._decode(tracked.value, message.headers())
             updates = updates_for(tracked.outcome,
                                   set_order_activated=self.settings.set_order_activated)
         except (SerdeError, KeyError, TypeError, ValueError) as exc:
+            if getattr(exc, "retryable", False):  # the registry, not the record
+                if self._stop.is_set():
+                    return  # left uncommitted: redelivered after the restart
+                raise
             m.OUTCOMES.labels("undecodable").inc()
             self.dead_letters.send(tracked, reason=f"undecodable outcome: {exc}",
                                    error_class=type(exc).__name__)
@@ -185,6 +193,24 @@ class Sink:
             self._complete(tracked)
         if self.offsets.outstanding() >= self.settings.max_pending:
             self.pauses.pause(BACKPRESSURE, 0.0)
+
+    def _decode(self, value: bytes, headers: Any) -> dict[str, Any]:
+        """Either wire format. A schema id the registry does not know is a (non-retryable)
+        SerdeError → dead letter; an unreachable registry is retried here for up to
+        ``REGISTRY_WAIT_S`` (well inside ``max.poll.interval.ms``), then raised: the sink
+        exits without committing past the record, which is redelivered after the restart."""
+        deadline = time.monotonic() + REGISTRY_WAIT_S
+        delay = 0.25
+        while True:
+            try:
+                return self.serde.decode(value, headers)
+            except SerdeError as exc:
+                if not exc.retryable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("schema registry unavailable; retrying in %.1fs: %s", delay, exc)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 5.0)
 
     def _poll_size(self, max_records: int | None) -> int:
         """At most 500, never past ``max_records`` nor (much) past ``SINK_MAX_PENDING``."""
