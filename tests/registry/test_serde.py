@@ -1,0 +1,192 @@
+"""common.avro with a registry: both wire formats, mixed topics, unknown ids, outages.
+
+The registry is the emulator over real HTTP (no mocks); the worker's decode step is
+exercised through ``streams.batch.BatchProcessor.decode``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import pytest
+
+from common.avro import (
+    SCHEMA_HEADER,
+    AvroSerde,
+    SchemaRegistry,
+    SerdeError,
+    confluent_schema_id,
+)
+from sandbox.registry.harness import running_registry
+from streams.batch import BatchProcessor, DictState, RawRecord, retry_forever
+from streams.decide import Context
+
+TOPIC = "t.provisioning.outcomes"
+
+
+def outcome(order_id: str = "801000000000001AAA", **extra: object) -> dict:
+    return {"order_id": order_id, "idem_key": f"{order_id}-1", "status": "Provisioned",
+            "whmcs_order_id": 7, "whmcs_service_ids": [70],
+            "completed_at": int(time.time() * 1000), **extra}
+
+
+def request(order_id: str = "801000000000001AAA", event_uuid: str = "uuid-1") -> dict:
+    now = int(time.time() * 1000)
+    return {"event_uuid": event_uuid, "replay_id": b"\x01", "schema_id": "s",
+            "channel": "/event/OrderProvisionRequested__e", "received_at": now,
+            "CreatedDate": now, "CreatedById": "005000000000001AAA", "OrderId__c": order_id,
+            "IdemKey__c": f"{order_id}-{now}", "CorrelationId__c": None,
+            "RequestedBy__c": None, "Version__c": 1.0}
+
+
+@pytest.fixture
+def reg():
+    with running_registry() as r:
+        yield r
+
+
+def test_plain_round_trip_keeps_the_header_format():
+    serde = AvroSerde("provisioning_outcome", topic=TOPIC)
+    value = serde.encode(outcome())
+    assert serde.headers() == [(SCHEMA_HEADER, b"sfprov.v1.ProvisioningOutcome")]
+    assert serde.decode(value, serde.headers())["whmcs_order_id"] == 7
+    assert serde.decode(value)["whmcs_order_id"] == 7
+
+
+def test_confluent_round_trip_registers_under_topic_value(reg):
+    serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=SchemaRegistry(reg.url))
+    value = serde.encode(outcome())
+    schema_id = confluent_schema_id(value)
+    assert value[0] == 0 and schema_id == reg.latest(f"{TOPIC}-value")["id"]
+    assert struct.unpack(">I", value[1:5])[0] == schema_id
+    assert serde.headers() == []  # Confluent records carry no sfprov.schema header
+    assert reg.subjects() == [f"{TOPIC}-value"]
+    # a fresh reader (empty cache) fetches the writer schema by id
+    reader = AvroSerde("provisioning_outcome", registry=SchemaRegistry(reg.url))
+    assert reader.decode(value, [])["whmcs_service_ids"] == [70]
+    assert reader.decode(value)["whmcs_service_ids"] == [70]
+    # the payload after the 5-byte prefix is plain Avro (what the README's snippet relies on)
+    assert AvroSerde("provisioning_outcome").decode(value[5:], [])["order_id"] == \
+        outcome()["order_id"]
+
+
+def test_a_topic_in_both_formats_reads_back(reg):
+    registry = SchemaRegistry(reg.url)
+    plain = AvroSerde("provisioning_outcome", topic=TOPIC)
+    confluent = AvroSerde("provisioning_outcome", topic=TOPIC, registry=registry)
+    # a plain record that starts with a 0 byte (empty order id): the header decides, not
+    # the first byte — with and without a registry configured on the reader
+    zero = plain.encode(outcome(order_id=""))
+    assert zero[0] == 0
+    topic = [(plain.encode(outcome("A")), plain.headers()),
+             (confluent.encode(outcome("B")), confluent.headers()),
+             (zero, plain.headers()),
+             (plain.encode(outcome("D")), []),  # another tool's plain record, no header
+             (confluent.encode(outcome("E")), [("other", b"x")])]
+    for reader in (AvroSerde("provisioning_outcome", registry=SchemaRegistry(reg.url)),
+                   confluent):
+        assert [reader.decode(v, h)["order_id"] for v, h in topic] == ["A", "B", "", "D", "E"]
+    # the plain reader reads its own format; a Confluent record is a clear error
+    no_registry = AvroSerde("provisioning_outcome")
+    assert no_registry.decode(zero, plain.headers())["order_id"] == ""
+    with pytest.raises(SerdeError, match="SCHEMA_REGISTRY_URL is not set") as info:
+        no_registry.decode(topic[1][0], [])
+    assert not info.value.retryable
+
+
+def test_unknown_schema_id_is_a_non_retryable_error_naming_the_id(reg):
+    serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=SchemaRegistry(reg.url))
+    good = serde.encode(outcome())
+    forged = struct.pack(">bI", 0, 4242) + good[5:]
+    for headers in ([], None):
+        with pytest.raises(SerdeError, match="unknown schema id 4242") as info:
+            serde.decode(forged, headers)
+        assert not info.value.retryable
+    requests_before = serde.registry.requests
+    with pytest.raises(SerdeError, match="4242"):
+        serde.decode(forged, [])
+    assert serde.registry.requests == requests_before  # remembered: no second request
+
+
+def test_registry_down_is_retryable_on_encode_and_decode(reg):
+    registry = SchemaRegistry(reg.url, timeout=2)
+    serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=registry)
+    reg.stop()
+    with pytest.raises(SerdeError, match="unavailable") as info:
+        serde.encode(outcome())
+    assert info.value.retryable
+    reg.start()
+    value = serde.encode(outcome())
+    reg.stop()
+    cold = AvroSerde("provisioning_outcome", registry=SchemaRegistry(reg.url, timeout=2))
+    with pytest.raises(SerdeError) as info:
+        cold.decode(value, [])
+    assert info.value.retryable
+    assert serde.decode(value, [])["order_id"]  # the writer knows its own id: no request
+    reg.start()
+    assert cold.decode(value, [])["status"] == "Provisioned"
+
+
+def test_registry_credentials_never_appear_in_errors(reg):
+    url = reg.url.replace("http://", "http://analyst:s3cr3t-pw@")
+    registry = SchemaRegistry(url, timeout=2)
+    serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=registry)
+    assert serde.decode(serde.encode(outcome()), [])["order_id"]  # credentials sent, works
+    reg.stop()
+    cold = AvroSerde("provisioning_outcome", registry=SchemaRegistry(url, timeout=2))
+    with pytest.raises(SerdeError) as info:
+        cold.decode(serde.encode(outcome()), [])
+    assert "s3cr3t-pw" not in str(info.value) and "analyst" not in str(info.value)
+
+
+def _processor(serde: AvroSerde) -> BatchProcessor:
+    return BatchProcessor(state=DictState(), guard=None, provisioner=None,  # type: ignore[arg-type]
+                          emitter=None, context=Context(), serde=serde)  # type: ignore[arg-type]
+
+
+def test_worker_decode_mixed_formats_and_dead_letters_an_unknown_id(reg):
+    registry = SchemaRegistry(reg.url)
+    confluent = AvroSerde("provision_request", topic="t.requests", registry=registry)
+    plain = AvroSerde("provision_request", topic="t.requests")
+    forged = struct.pack(">bI", 0, 31337) + plain.encode(request("C"))
+    records = [RawRecord(b"A", plain.encode(request("A")), "t.requests", 0, 0,
+                         headers=plain.headers()),
+               RawRecord(b"B", confluent.encode(request("B")), "t.requests", 0, 1, headers=[]),
+               RawRecord(b"C", forged, "t.requests", 0, 2, headers=[])]
+    worker = _processor(AvroSerde("provision_request", topic="t.requests",
+                                  registry=SchemaRegistry(reg.url)))
+    events, dead = worker.decode(records)
+    assert [e.order_id for e, _r in events] == ["A", "B"]
+    assert len(dead) == 1 and dead[0].record.offset == 2
+    assert "unknown schema id 31337" in dead[0].reason and dead[0].error_code == "UNDECODABLE"
+
+
+def test_worker_waits_for_the_registry_instead_of_dead_lettering(reg):
+    confluent = AvroSerde("provision_request", topic="t.requests",
+                          registry=SchemaRegistry(reg.url))
+    records = [RawRecord(b"B", confluent.encode(request("B")), "t.requests", 0, 0, headers=[])]
+    worker = _processor(AvroSerde("provision_request", topic="t.requests",
+                                  registry=SchemaRegistry(reg.url, timeout=1)))
+    reg.stop()
+    with pytest.raises(SerdeError) as info:
+        worker.decode(records)  # raised, not turned into a dead letter
+    assert info.value.retryable
+
+    async def decode_while_it_comes_back():
+        sleeps = []
+
+        async def sleep(delay):
+            sleeps.append(delay)
+            if len(sleeps) == 2:
+                reg.start()
+            await asyncio.sleep(0)
+
+        result = await retry_forever("decoding", lambda: asyncio.to_thread(worker.decode,
+                                                                           records),
+                                     sleep=sleep)
+        return result, sleeps
+
+    (events, dead), sleeps = asyncio.run(decode_while_it_comes_back())
+    assert len(sleeps) == 2 and dead == [] and [e.order_id for e, _ in events] == ["B"]
