@@ -35,6 +35,14 @@ EVENT_SCHEMA = "OrderProvisionRequested__e"
 HEADER_PREFIX = "sfprov."
 # GetSchema answers that mean "this id does not exist" rather than "try again later".
 PERMANENT_SCHEMA_STATUSES = {"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}
+# The largest record the producer accepts (librdkafka's ``message.max.bytes`` default, which
+# the writer keeps), key, value and headers together. Salesforce allows events of up to 1 MB,
+# so an event near its limit cannot be written as it is: it is dead-lettered instead — the
+# write would fail the whole transaction on every retry and stop the connector for good.
+KAFKA_MESSAGE_MAX_BYTES = 1_000_000
+RECORD_OVERHEAD_BYTES = 1_024  # record and batch framing, generously
+# An oversized event's dead letter keeps this much of the payload (headers say it was cut).
+TRUNCATED_PAYLOAD_BYTES = 64 * 1024
 
 
 class UnknownSchemaError(SerdeError):
@@ -164,17 +172,33 @@ class EventDecoder:
                    (HEADER_PREFIX + "connector", self.connector.encode())]
         if correlation_id:
             headers.append((HEADER_PREFIX + "correlation_id", correlation_id.encode()))
+        size = record_size(order_id.encode(), value, headers)
+        if size > KAFKA_MESSAGE_MAX_BYTES - RECORD_OVERHEAD_BYTES:
+            return self.dead_letter(
+                event, "oversized", f"event too large for Kafka: its record would be {size} "
+                f"bytes, the limit is {KAFKA_MESSAGE_MAX_BYTES - RECORD_OVERHEAD_BYTES}",
+                "RecordTooLarge", order_id=order_id[:100])
         return KafkaRecord(order_id.encode(), value, headers, pe.id, replay_id, order_id,
                            correlation_id)
 
     def dead_letter(self, event: Any, error_code: str, reason: str,
-                    error_class: str) -> KafkaRecord:
+                    error_class: str, **context: Any) -> KafkaRecord:
+        """The event's raw payload with the reason in headers; a payload too large for Kafka
+        is cut to ``TRUNCATED_PAYLOAD_BYTES`` (``dlq.payload_bytes`` keeps its size)."""
         pe = event.event
         replay_id = bytes(event.replay_id)
+        payload = bytes(pe.payload)
+        if len(payload) > KAFKA_MESSAGE_MAX_BYTES // 2:
+            context.update(payload_bytes=len(payload), payload_truncated="true")
+            payload = payload[:TRUNCATED_PAYLOAD_BYTES]
         headers = dead_letter_headers(stage="connector", reason=reason, error_class=error_class,
                                       error_code=error_code, event_uuid=pe.id or None,
                                       replay_id=replay_id, schema_id=pe.schema_id or None,
-                                      channel=self.channel, connector=self.connector)
+                                      channel=self.channel, connector=self.connector, **context)
         key = (pe.id or replay_id.hex()).encode()
-        return KafkaRecord(key, bytes(pe.payload), headers, pe.id, replay_id, None,
+        return KafkaRecord(key, payload, headers, pe.id, replay_id, None,
                            dead_letter=True, reason=error_code)
+
+
+def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    return len(key) + len(value) + sum(len(k) + len(v) for k, v in headers)

@@ -19,7 +19,13 @@ from common.errors import (
     SalesforceLimitError,
 )
 from connectors.backoff import Backoff
-from connectors.decode import EventDecoder, SchemaCache, UnknownSchemaError
+from connectors.decode import (
+    KAFKA_MESSAGE_MAX_BYTES,
+    TRUNCATED_PAYLOAD_BYTES,
+    EventDecoder,
+    SchemaCache,
+    UnknownSchemaError,
+)
 from connectors.offsets import EVENT, OffsetCodec, Position
 from connectors.pubsub import errors as perr
 from connectors.pubsub.flow import MAX_OUTSTANDING, FlowControl
@@ -199,6 +205,24 @@ def test_build_missing_order_id_is_dead_letter() -> None:
                                  "NewField__c": None}))
     rec = decoder().build(ev)
     assert rec.dead_letter and rec.reason == "missing_order_id"
+
+
+def test_event_too_large_for_kafka_is_dead_letter_with_truncated_payload() -> None:
+    # Salesforce allows 1 MB events; with the envelope such an event exceeds the producer's
+    # message.max.bytes, and writing it would fail every transaction (a crash loop).
+    big = payload({"CreatedDate": 1, "CreatedById": "005x", "OrderId__c": "801000000000001AAA",
+                   "IdemKey__c": "k", "CorrelationId__c": "c" * 999_000, "NewField__c": None})
+    rec = decoder().build(consumer_event(big, uuid="u-big"))
+    assert rec.dead_letter and rec.reason == "oversized"
+    assert len(rec.value) == TRUNCATED_PAYLOAD_BYTES and big.startswith(rec.value)
+    h = parse_headers(rec.headers)
+    assert h["error_class"] == "RecordTooLarge" and "too large" in h["reason"]
+    assert h["payload_bytes"] == str(len(big)) and h["order_id"] == "801000000000001AAA"
+    assert sum(len(k) + len(v) for k, v in rec.headers) + len(rec.key) + len(rec.value) \
+        < KAFKA_MESSAGE_MAX_BYTES
+    fits = payload({"CreatedDate": 1, "CreatedById": "005x", "OrderId__c": "801000000000001AAA",
+                    "IdemKey__c": "k", "CorrelationId__c": "c" * 400_000, "NewField__c": None})
+    assert not decoder().build(consumer_event(fits)).dead_letter
 
 
 def test_unknown_schema_is_dead_letter_and_cached_negatively() -> None:
