@@ -20,6 +20,11 @@ default):
   exists.
 - ``times``: fire at most this many times (any fault of this spec), then switch off —
   for deterministic tests ("the first AddOrder hangs").
+- ``match``: the spec applies only to requests with a parameter value containing this
+  text (e.g. ``"sfOrderId=801..."``, found in ``AddOrder``'s ``notes``), so one order can
+  misbehave while every other call goes through. Such a spec is kept beside the action's
+  unscoped spec (several per action, one per ``match``) and is consulted first; once its
+  ``times`` are used up, the unscoped spec applies again.
 
 Randomness comes from one ``random.Random(seed)`` per :class:`Faults`, so a run with the
 same seed and request sequence misbehaves the same way.
@@ -28,6 +33,7 @@ same seed and request sequence misbehaves the same way.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,6 +53,7 @@ class FaultSpec:
     hang_s: float = 30.0
     hang_mode: str = "delay"
     times: int | None = None
+    match: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultSpec:
@@ -92,6 +99,8 @@ class Faults:
         if isinstance(spec, dict):
             spec = FaultSpec.from_dict(spec)
         key = action.strip().lower() or "*"
+        if spec.match:
+            key = f"{key}|{spec.match}"
         self.specs[key] = spec
         self.fired[key] = 0
 
@@ -100,7 +109,9 @@ class Faults:
             self.specs.clear()
             self.fired.clear()
         else:
-            self.specs.pop(action.strip().lower(), None)
+            base = action.strip().lower()
+            for key in [k for k in self.specs if k == base or k.startswith(base + "|")]:
+                self.specs.pop(key, None)
 
     def reseed(self, seed: int | None) -> None:
         self.seed = seed
@@ -110,16 +121,33 @@ class Faults:
         return {"seed": self.seed, "fired": dict(self.fired),
                 "faults": {k: asdict(v) for k, v in self.specs.items()}}
 
-    def plan(self, action: str) -> Plan:
+    def _exhausted(self, key: str, spec: FaultSpec) -> bool:
+        return spec.times is not None and self.fired.get(key, 0) >= spec.times
+
+    def _matching(self, action: str, params: Mapping[str, Any] | None) -> str | None:
+        """The key of a live ``match``-scoped spec of ``action`` (or ``*``) this request meets."""
+        if not params:
+            return None
+        values = [v for value in params.values()
+                  for v in (value.values() if isinstance(value, Mapping) else (value,))]
+        for key, spec in self.specs.items():
+            scope, _, _ = key.partition("|")
+            if (spec.match and scope in (action, "*") and not self._exhausted(key, spec)
+                    and any(spec.match in str(v) for v in values)):
+                return key
+        return None
+
+    def plan(self, action: str, params: Mapping[str, Any] | None = None) -> Plan:
+        """What to do to one request of ``action`` (``params``: its parsed form)."""
         if not self.specs:
             return NO_FAULT
-        key = action.lower()
+        key = self._matching(action.lower(), params) or action.lower()
         if key not in self.specs:
             key = "*"
         spec = self.specs.get(key)
         if spec is None:
             return NO_FAULT
-        if spec.times is not None and self.fired.get(key, 0) >= spec.times:
+        if self._exhausted(key, spec):
             return NO_FAULT
         rng = self.rng
         out = Plan()

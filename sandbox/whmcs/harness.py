@@ -7,6 +7,7 @@ Usage::
     with whmcs_sandbox(tmp_path) as wh:          # free port, db in tmp_path
         settings_env = wh.env()                  # WHMCS_API_URL, _IDENTIFIER, _SECRET, _ACCESS_KEY
         wh.set_faults("AddOrder", hang_rate=1.0, hang_s=5, times=1)   # commit-then-hang once
+        wh.set_faults("AddOrder", error_rate=1.0, match="sfOrderId=801...")  # one order only
         ...run the pipeline against wh.api_url...
         assert wh.duplicates() == {}
         assert len(wh.orders_for("801000000000001AAA")) == 1

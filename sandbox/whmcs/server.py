@@ -110,7 +110,7 @@ class Sandbox:
             params = {**parse_form(request.query_string), **params}
         action = self.action_name(scalar(params, "action"))
         self.calls[action] += 1
-        plan = self.faults.plan(action)
+        plan = self.faults.plan(action, params)
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         ip = request.remote or ""

@@ -94,6 +94,24 @@ def test_chosen_whmcs_error_message(whmcs_sb: WhmcsSandbox) -> None:
     assert whmcs_sb.counters()["orders_created"] == 0
 
 
+def test_fault_matched_to_one_order_leaves_the_others_alone(whmcs_sb: WhmcsSandbox) -> None:
+    target, other = new_marker(), new_marker()
+    whmcs_sb.set_faults("AddOrder", error_rate=1.0, error_kind="500", match=f"sfOrderId={target}")
+    whmcs_sb.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error="second", times=1,
+                        match=f"sfOrderId={other}")
+    assert httpx.post(whmcs_sb.api_url,
+                      data=whmcs_add_order_form(whmcs_sb, target)).status_code == 500
+    assert httpx.post(whmcs_sb.api_url,
+                      data=whmcs_add_order_form(whmcs_sb, other)).json()["message"] == "second"
+    again = httpx.post(whmcs_sb.api_url, data=whmcs_add_order_form(whmcs_sb, other)).json()
+    assert again["result"] == "success"  # times=1 used up
+    assert httpx.post(whmcs_sb.api_url, data=whmcs_add_order_form(whmcs_sb, new_marker())
+                      ).json()["result"] == "success"
+    assert whmcs_sb.orders_for(target) == [] and len(whmcs_sb.orders_for(other)) == 1
+    whmcs_sb.clear_faults("AddOrder")
+    assert whmcs_sb.faults()["faults"] == {}
+
+
 def test_invalid_ip_flap_and_accesskey(whmcs_sb: WhmcsSandbox) -> None:
     whmcs_sb.set_faults("*", invalid_ip_rate=1.0)
     resp = httpx.post(whmcs_sb.api_url, data=whmcs_form(whmcs_sb, "GetProducts"))
