@@ -6,11 +6,14 @@ path                        method  effect
 ``/health``, ``/info``      GET     liveness; org id, urls, users, client id
 ``/seed``                   POST    ``{accounts, orders, broken_every}`` → created orders
 ``/approve``                POST    ``{count}`` or ``{ids}`` [+ ``username``] → approved ids
-``/update``                 POST    ``{type, id, fields[, username]}`` as a CS user (Flow runs)
+``/update``                 POST    ``{type, id, fields[, username, run_flow]}`` as a CS user
+                                    (Flow runs unless ``run_flow`` is false: no event)
 ``/records/{id}``           GET     one record, raw
 ``/query``                  POST    ``{q}`` → ``{totalSize, records}`` (uncounted)
 ``/events``                 GET     ``?after=&limit=`` stored events, decoded when possible
-``/events/inject``          POST    ``{kind: malformed|unknown_schema}`` → a bad event
+``/events/inject``          POST    ``{kind: malformed|unknown_schema|raw}`` → a bad event
+                                    (raw: ``fields`` or ``payload_b64``, optional
+                                    ``schema_json`` served by GetSchema, ``uuid``)
 ``/faults``                 GET/POST  read / partially update :class:`~.faults.Faults`
 ``/faults/reset``           POST    all faults off
 ``/tokens/expire``          POST    every issued token expires now
@@ -23,6 +26,7 @@ path                        method  effect
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -31,7 +35,7 @@ from aiohttp import web
 from . import dml, query_exec, seeding
 from .core import Sandbox
 from .errors import SfError
-from .events import PROVISION_SCHEMA, SCHEMAS, TOPIC
+from .events import PROVISION_SCHEMA, SCHEMAS, TOPIC, register_extra_schema
 
 UNKNOWN_SCHEMA_ID = "UnknownSchemaIdXXXXXXX"
 
@@ -85,7 +89,8 @@ async def update(request: web.Request) -> web.Response:
     user = sb.users.get(username) or sb.ensure_user(username)
     with sb.store.transaction() as tx:
         record = dml.update(tx, body.get("type"), str(body.get("id", "")),
-                            dict(body.get("fields") or {}), user)
+                            dict(body.get("fields") or {}), user,
+                            run_flow=bool(body.get("run_flow", True)))
     return web.json_response(record)
 
 
@@ -132,12 +137,35 @@ async def inject_event(request: web.Request) -> web.Response:
         schema_id = UNKNOWN_SCHEMA_ID
         payload = PROVISION_SCHEMA.encode({"CreatedDate": now, "CreatedById": "005000000000000AAA",
                                            "OrderId__c": body.get("order_id")})
+    elif kind == "raw":
+        schema_id, payload = _raw_event(body, now)
     else:
         raise web.HTTPBadRequest(text=f"unknown kind {kind!r}")
-    event_uuid = str(uuid.uuid4())
+    event_uuid = str(body.get("uuid") or uuid.uuid4())
     with sb.store.transaction() as tx:
         tx.add_event(TOPIC, event_uuid, schema_id, payload, now)
     return web.json_response({"uuid": event_uuid, "schema_id": schema_id})
+
+
+def _raw_event(body: dict[str, Any], now: int) -> tuple[str, bytes]:
+    """A hand-made event: ``payload_b64`` verbatim, or ``fields`` Avro-encoded with
+    ``schema_json`` (registered for GetSchema, even when it is not valid Avro) or the topic's
+    schema; ``schema_id`` overrides the id the event carries."""
+    schema = PROVISION_SCHEMA
+    schema_id = schema.schema_id
+    if body.get("schema_json") is not None:
+        schema_id, parsed = register_extra_schema(str(body["schema_json"]))
+        schema = parsed or schema
+    if body.get("payload_b64") is not None:
+        payload = base64.b64decode(body["payload_b64"])
+    else:
+        fields = {"CreatedDate": now, "CreatedById": "005000000000000AAA",
+                  **dict(body.get("fields") or {})}
+        try:
+            payload = schema.encode(fields)
+        except Exception as exc:  # noqa: BLE001 - report what fastavro refused
+            raise web.HTTPBadRequest(text=f"cannot encode fields: {exc}") from exc
+    return str(body.get("schema_id") or schema_id), payload
 
 
 async def faults(request: web.Request) -> web.Response:

@@ -48,9 +48,10 @@ class AdminClient:
         return self.call("POST", "/approve", body)["approved"]
 
     def update(self, sobject: str, record_id: str, fields: dict,
-               username: str | None = None) -> dict:
+               username: str | None = None, run_flow: bool = True) -> dict:
         return self.call("POST", "/update", {"type": sobject, "id": record_id,
-                                             "fields": fields, "username": username})
+                                             "fields": fields, "username": username,
+                                             "run_flow": run_flow})
 
     def get_record(self, record_id: str) -> dict:
         return self.call("GET", f"/records/{record_id}")
@@ -73,8 +74,10 @@ class AdminClient:
     def drop_streams(self) -> int:
         return self.call("POST", "/streams/drop")["dropped"]
 
-    def inject_event(self, kind: str, order_id: str | None = None) -> dict:
-        return self.call("POST", "/events/inject", {"kind": kind, "order_id": order_id})
+    def inject_event(self, kind: str, order_id: str | None = None, **raw: Any) -> dict:
+        """``kind`` malformed | unknown_schema | raw (``fields=``, ``payload_b64=``,
+        ``schema_json=``, ``schema_id=``, ``uuid=``) → ``{"uuid", "schema_id"}``."""
+        return self.call("POST", "/events/inject", {"kind": kind, "order_id": order_id, **raw})
 
     def advance_clock(self, hours: float = 0.0, seconds: float = 0.0) -> dict:
         return self.call("POST", "/clock/advance", {"hours": hours, "seconds": seconds})

@@ -9,6 +9,7 @@ changing whenever the schema changes. Payloads are schemaless Avro binary.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -41,3 +42,22 @@ PROVISION_SCHEMA = EventSchema(SCHEMA_PATH.read_text())
 TOPICS: dict[str, EventSchema] = {TOPIC: PROVISION_SCHEMA}
 #: schema id -> schema
 SCHEMAS: dict[str, EventSchema] = {PROVISION_SCHEMA.schema_id: PROVISION_SCHEMA}
+#: schema id -> schema JSON registered through the admin API for injected events (any text,
+#: even invalid Avro); served by GetSchema only, forgotten on restart
+EXTRA_SCHEMA_JSON: dict[str, str] = {}
+
+
+def register_extra_schema(schema_json: str) -> tuple[str, EventSchema | None]:
+    """Serve ``schema_json`` from GetSchema; returns its schema id and, when it is valid
+    Avro, the parsed schema (to encode payloads with)."""
+    try:
+        schema: EventSchema | None = EventSchema(schema_json)
+    except Exception:  # noqa: BLE001 - invalid schemas are served as they are, on purpose
+        schema = None
+    if schema is not None:
+        schema_id = schema.schema_id
+    else:
+        digest = hashlib.md5(schema_json.encode()).digest()  # noqa: S324 - an id, not security
+        schema_id = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    EXTRA_SCHEMA_JSON[schema_id] = schema_json
+    return schema_id, schema

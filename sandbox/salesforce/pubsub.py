@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from .core import Sandbox
-from .events import SCHEMAS, TOPICS
+from .events import EXTRA_SCHEMA_JSON, SCHEMAS, TOPICS
 from .generated import pubsub_api_pb2 as pb
 from .generated import pubsub_api_pb2_grpc as pb_grpc
 
@@ -90,12 +90,14 @@ class PubSubService(pb_grpc.PubSubServicer):
             self.authenticate(context)
             await self._latency()
             schema = SCHEMAS.get(request.schema_id)
-            if schema is None:
+            schema_json = schema.schema_json if schema is not None else \
+                EXTRA_SCHEMA_JSON.get(request.schema_id)
+            if schema_json is None:
                 raise _StreamError(grpc.StatusCode.NOT_FOUND, SCHEMA_NOT_FOUND,
                                    f"schema {request.schema_id} not found")
         except _StreamError as err:
             await self._abort(context, err)
-        return pb.SchemaInfo(schema_json=schema.schema_json, schema_id=schema.schema_id,
+        return pb.SchemaInfo(schema_json=schema_json, schema_id=request.schema_id,
                              rpc_id=_rpc_id())
 
     async def GetTopic(self, request: Any, context: Any) -> Any:
