@@ -12,6 +12,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from common.kafka import declared_topics, describe_drift
+from common.lag import group_lag
 from common.settings import SinkSettings, WorkerSettings
 from ops.cli import add, kafka_settings
 from ops.kafkaview import (
@@ -92,41 +93,6 @@ def tail(args: argparse.Namespace) -> int:
 
 
 # -- lag ----------------------------------------------------------------------------------
-
-def group_lag(admin: AdminClient, c: Any, group: str, topic: str) -> list[tuple[int, int, int]]:
-    """(partition, committed, end) for one group on one topic."""
-    bounds = end_offsets(c, topic)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in bounds])
-    result = admin.list_consumer_group_offsets([request])[group].result()
-    rows = []
-    for tp in result.topic_partitions:
-        committed = tp.offset if tp.offset >= 0 else bounds[tp.partition][0]
-        end = bounds[tp.partition][1]
-        if 0 < end - committed <= EXACT_LAG_LIMIT:
-            # Transaction markers take offsets too: count the records really left to read.
-            end = committed + _records_between(c, topic, tp.partition, committed, end)
-        rows.append((tp.partition, committed, end))
-    return sorted(rows)
-
-
-EXACT_LAG_LIMIT = 1000
-
-
-def _records_between(c: Any, topic: str, partition: int, start: int, end: int) -> int:
-    """Committed records in [start, end) of a partition (markers and aborted ones excluded)."""
-    c.assign([TopicPartition(topic, partition, start)])
-    count = 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        msg = c.poll(0.2)
-        if msg is not None and not msg.error() and msg.offset() < end:
-            count += 1
-        position = c.position([TopicPartition(topic, partition)])[0].offset
-        if position >= end:
-            break
-    c.unassign()
-    return count
-
 
 def lag(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)

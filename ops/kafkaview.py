@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from common.avro import AvroSerde, SerdeError, registry_from_url
 from common.deadletter import parse_headers
+from common.lag import end_offsets  # noqa: F401 - re-exported for ops commands
 from common.settings import KafkaSettings
 
 #: alias -> (settings attribute, schema name or None for raw)
@@ -121,17 +122,6 @@ def consumer(settings: KafkaSettings, **extra: Any) -> Consumer:
             "enable.partition.eof": False}
     conf.update(extra)
     return Consumer(conf)
-
-
-def end_offsets(c: Consumer, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
-    md = c.list_topics(topic, timeout=timeout)
-    if topic not in md.topics or md.topics[topic].error is not None:
-        raise SystemExit(f"error: topic {topic} does not exist")
-    out = {}
-    for p in md.topics[topic].partitions:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        out[p] = (low, high)
-    return out
 
 
 def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
