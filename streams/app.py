@@ -33,10 +33,12 @@ from common.whmcs import WhmcsClient
 from streams import metrics
 from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
 from streams.decide import Context
+from streams.faust_recovery import seek_uncommitted_to_beginning
 from streams.guard import Guard, QueryClient
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.tables import DurabilityError, DurableTable, TableState, key_partition
+from streams.watchdog import Progress, StallWatchdog, broker_lag
 
 log = logging.getLogger(__name__)
 BATCH_ATTEMPTS = 3
@@ -115,7 +117,9 @@ class Worker:
             key_serializer="raw", value_serializer="raw",
             broker_session_timeout=worker.session_timeout_s,
             broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
-            consumer_group_instance_id=worker.instance_id or None)
+            consumer_group_instance_id=worker.instance_id or None,
+            # faust's own ends recovery in an order that drops fetched events (see module)
+            TableManager="streams.faust_recovery:TableManager")
         table_kw = dict(default=None, partitions=kafka.partitions,
                         schema=faust.Schema(key_type=str, key_serializer="raw",
                                             value_serializer="json"))
@@ -151,12 +155,58 @@ class Worker:
         self.requests = self.app.topic(kafka.requests, key_serializer="raw",
                                        value_serializer="raw", internal=False)
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
+        seek_uncommitted_to_beginning(self.app.consumer, {kafka.requests})
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.progress = Progress()
+        self.watchdog: StallWatchdog | None = None
+        if worker.stall_timeout_s > 0:
+            self.watchdog = StallWatchdog(
+                lag=broker_lag(kafka.bootstrap_servers, app_id, kafka.requests),
+                owned=lambda: set(self.assigned), progress=self.progress,
+                timeout_s=worker.stall_timeout_s,
+                interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
+                recovery_position=self._recovery_position,
+                diagnose=self.diagnose)  # started by __main__
+
+    def diagnose(self) -> dict[str, Any]:
+        """faust's gates between the broker and the agent (read from the watchdog thread)."""
+        app, out = self.app, {}
+        probes = {
+            "flow_active": lambda: app.consumer.flow_active,
+            "flow_control_active": lambda: app.flow_control.is_active(),
+            "rebalancing": lambda: app.rebalancing,
+            "recovery_completed": lambda: app.tables.recovery.completed.is_set(),
+            "active_partitions": lambda: sorted(
+                tp.partition for tp in (app.consumer._active_partitions or ())
+                if tp.topic == self.kafka.requests),
+            "paused_partitions": lambda: sorted(
+                tp.partition for tp in app.consumer._paused_partitions
+                if tp.topic == self.kafka.requests),
+            "read_offsets": lambda: {tp.partition: off for tp, off
+                                     in app.consumer._read_offset.items()
+                                     if tp.topic == self.kafka.requests},
+            "unacked_messages": lambda: len(app.consumer._unacked_messages),
+            "agent_queue": lambda: self.requests.queue.qsize(),
+            "lock_held": lambda: self.lock.locked(),
+        }
+        for name, probe in probes.items():
+            try:
+                out[name] = probe()
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                out[name] = f"? {type(exc).__name__}"
+        return out
+
+    def _recovery_position(self) -> int:
+        try:
+            return int(sum(self.app.tables.recovery.active_offsets.values()))
+        except Exception:  # noqa: BLE001 - read from another thread; best effort
+            return 0
 
     async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
         self.assigned = {tp.partition for tp in assigned if tp.topic == self.kafka.requests}
+        self.progress.touch()  # recovery of the new assignment starts now
         log.info("requests partitions assigned: %s", sorted(self.assigned))
 
     # -- ownership ---------------------------------------------------------------------
@@ -190,6 +240,13 @@ class Worker:
                              headers=e.message.headers)
                    for e in events]
         metrics.BATCH_SIZE.observe(len(records))
+        self.progress.started()
+        try:
+            await self._handle(records)
+        finally:
+            self.progress.finished()
+
+    async def _handle(self, records: list[RawRecord]) -> None:
         error: BaseException | None = None
         async with self.lock:
             for attempt in range(1, BATCH_ATTEMPTS + 1):
@@ -251,5 +308,7 @@ class Worker:
                    "salesforce_unavailable_since": since,
                    "salesforce_last_error": self.guard.last_error,
                    "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
-                   "assigned_partitions": sorted(self.assigned)}
+                   "assigned_partitions": sorted(self.assigned),
+                   "idle_s": round(self.progress.idle_for(), 1),
+                   "stall_check_error": self.watchdog.last_error if self.watchdog else None}
         return not sf_down, details
