@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if worker.http_port:
         server = HealthServer(worker.http_port, built.check).start()
+    if built.watchdog is not None:
+        built.watchdog.start()
     runner = faust.Worker(built.app, loglevel=common.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
     try:

@@ -1,0 +1,161 @@
+"""Stall watchdog: a worker that owns work but takes no batch for too long exits to be
+restarted.
+
+faust-streaming 0.15.3 can stop feeding the agent after a rebalance while the process stays
+up and heart-beating, so the group never moves its partitions elsewhere. Two ways were seen
+in the two-worker crash test: fetched events cleared from the agent's queue at the end of
+recovery (fixed in :mod:`streams.faust_recovery`), and a table recovery that waits forever
+for changelog records that never arrive (no event received since recovery start). Neither
+loses an event — the committed offsets stay behind — but the pipeline stops.
+
+The watchdog does not try to understand faust's state. Every ``interval`` it asks the broker
+(its own confluent-kafka clients, in its own thread, so a blocked event loop cannot hide a
+stall) how many committed records lie beyond the group's committed offsets on the requests
+partitions this worker owns. When there are such records, no batch is running, and no batch
+has started for ``timeout`` seconds, the worker is stalled: it logs why and exits with
+:data:`STALL_EXIT_CODE`. Exiting is safe by design — nothing is acknowledged that is not
+decided and durable, a restarted worker restores its tables from the changelogs and the
+events come again from the committed offsets — and the supervisor (``make up``), systemd or
+Kubernetes restarts it. A batch that is *waiting* (Salesforce down, WHMCS retries) is not a
+stall: it is in progress, and ``/healthz`` reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common.lag import group_lag
+
+log = logging.getLogger(__name__)
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
+
+
+class Progress:
+    """What the agent reports: when the last batch started/ended, and if one is running."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.last_activity = clock()
+        self.running = 0
+
+    def started(self) -> None:
+        self.running += 1
+        self.last_activity = self._clock()
+
+    def finished(self) -> None:
+        self.running = max(0, self.running - 1)
+        self.last_activity = self._clock()
+
+    def touch(self) -> None:
+        self.last_activity = self._clock()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.running else self._clock() - self.last_activity
+
+
+def pending_records(rows: list[tuple[int, int, int]], owned: set[int]) -> dict[int, int]:
+    """partition → records beyond the committed offset, for the partitions this worker owns."""
+    return {p: end - committed for p, committed, end in rows
+            if p in owned and end - committed > 0}
+
+
+def is_stalled(pending: dict[int, int], idle_s: float, timeout_s: float) -> bool:
+    return bool(pending) and idle_s >= timeout_s
+
+
+class StallWatchdog:
+    def __init__(self, *, lag: Callable[[], list[tuple[int, int, int]]],
+                 owned: Callable[[], set[int]], progress: Progress, timeout_s: float,
+                 interval_s: float = 10.0,
+                 recovery_position: Callable[[], int] | None = None,
+                 diagnose: Callable[[], dict[str, Any]] | None = None,
+                 on_stall: Callable[[str], None] | None = None) -> None:
+        self.lag, self.owned, self.progress = lag, owned, progress
+        self.recovery_position = recovery_position
+        self.diagnose = diagnose
+        self._last_recovery_position: int | None = None
+        self.timeout_s, self.interval_s = timeout_s, interval_s
+        self.on_stall = on_stall or _exit
+        self.last_error: str | None = None
+        self.stalled_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
+
+    def start(self) -> StallWatchdog:
+        if self.timeout_s > 0:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check_once(self) -> bool:
+        if self.recovery_position is not None:  # a long table restore is progress too
+            position = self.recovery_position()
+            if position != self._last_recovery_position:
+                self._last_recovery_position = position
+                self.progress.touch()
+        idle = self.progress.idle_for()
+        if idle < self.timeout_s:  # cheap case first: no broker round trip
+            self.stalled_since = None
+            return False
+        pending = pending_records(self.lag(), self.owned())
+        if not is_stalled(pending, self.progress.idle_for(), self.timeout_s):
+            self.stalled_since = None
+            return False
+        self.stalled_since = self.stalled_since or time.time()
+        state = ""
+        if self.diagnose is not None:
+            try:
+                state = f"; state {self.diagnose()}"
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                state = f"; state unavailable ({exc!r})"
+        self.on_stall(f"{sum(pending.values())} records wait on owned partitions "
+                      f"{sorted(pending)} and no batch has run for {idle:.0f} s "
+                      f"(WORKER_STALL_TIMEOUT_S={self.timeout_s:g}){state}")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - a broker hiccup must not kill the check
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("stall watchdog: cannot read the group's lag: %s", self.last_error)
+
+
+def broker_lag(bootstrap: str, group: str, topic: str) -> Callable[[], list[tuple[int, int, int]]]:
+    """A lag reader with its own clients (never the worker's faust consumer)."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watchdog",
+                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+
+    def read() -> list[tuple[int, int, int]]:
+        return group_lag(admin, reader, group, topic)
+    return read
+
+
+def _exit(reason: str) -> Any:
+    try:  # mode's worker writes every asyncio task's stack on SIGUSR1: the stall's evidence
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(2.0)
+    except Exception:  # noqa: BLE001,S110 - best effort before exiting
+        pass
+    log.critical("worker stalled: %s; exiting with %d so a restart rejoins the group "
+                 "(nothing past the committed offsets was acknowledged)", reason,
+                 STALL_EXIT_CODE)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(STALL_EXIT_CODE)

@@ -1,0 +1,80 @@
+"""The stall watchdog's decision (streams.watchdog), without a broker."""
+
+from __future__ import annotations
+
+from streams.watchdog import Progress, StallWatchdog, is_stalled, pending_records
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pending_counts_only_owned_partitions_with_records_left():
+    rows = [(0, 10, 10), (1, 5, 9), (2, 0, 3)]
+    assert pending_records(rows, {0, 1}) == {1: 4}
+    assert pending_records(rows, set()) == {}
+
+
+def test_stalled_needs_both_pending_records_and_idle_time():
+    assert is_stalled({1: 4}, idle_s=30, timeout_s=20)
+    assert not is_stalled({}, idle_s=3000, timeout_s=20)  # an idle pipeline is no stall
+    assert not is_stalled({1: 4}, idle_s=19, timeout_s=20)
+
+
+def test_a_running_batch_is_never_idle():
+    clock = Clock()
+    p = Progress(clock)
+    p.started()
+    clock.now += 10_000  # e.g. waiting for Salesforce to come back
+    assert p.idle_for() == 0.0
+    p.finished()
+    clock.now += 5
+    assert p.idle_for() == 5
+
+
+def _watchdog(clock, rows, owned, *, recovery=None):
+    stalls: list[str] = []
+    progress = Progress(clock)
+    lag_calls = []
+
+    def lag():
+        lag_calls.append(1)
+        return rows
+    dog = StallWatchdog(lag=lag, owned=lambda: owned, progress=progress, timeout_s=20,
+                        on_stall=stalls.append, recovery_position=recovery)
+    return dog, progress, stalls, lag_calls
+
+
+def test_check_fires_once_idle_with_work_and_names_the_partitions():
+    clock = Clock()
+    dog, _, stalls, lag_calls = _watchdog(clock, [(0, 0, 7), (1, 3, 3)], {0, 1})
+    assert not dog.check_once()
+    assert lag_calls == []  # not idle long enough: no broker round trip
+    clock.now += 21
+    assert dog.check_once()
+    assert "7 records wait on owned partitions [0]" in stalls[0]
+
+
+def test_no_stall_without_work_or_on_partitions_of_another_worker():
+    clock = Clock()
+    dog, _, stalls, _ = _watchdog(clock, [(0, 0, 7)], {1})
+    clock.now += 100
+    assert not dog.check_once()
+    assert stalls == []
+
+
+def test_a_table_restore_that_advances_counts_as_progress():
+    clock = Clock()
+    position = [0]
+    dog, _, stalls, _ = _watchdog(clock, [(0, 0, 7)], {0}, recovery=lambda: position[0])
+    for _ in range(5):
+        clock.now += 15
+        position[0] += 100  # the changelog is being read
+        assert not dog.check_once()
+    clock.now += 21  # the restore stopped moving
+    assert dog.check_once()
+    assert stalls
