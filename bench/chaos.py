@@ -33,11 +33,13 @@ PIPELINE_PROCESSES = ("connector", "worker", "sink")
 
 def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: float,
               broker_kills: bool, bootstrap: str | None = None, settle_timeout: float = 900,
-              log: Any = print) -> dict[str, Any]:
+              break_guard: bool = False, log: Any = print) -> dict[str, Any]:
     rng = random.Random(seed)
     env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
     with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
                   broken_every=50, partitions=3, env=env) as p:
+        if break_guard:  # self-test: the invariants must catch a worker without its guard
+            p.commands["worker"] = ["-m", "bench.broken_worker", "worker"]
         p.whmcs.set_fault_seed(seed)
         p.whmcs.set_faults("AddOrder", latency_ms=15, jitter_ms=15, hang_rate=0.01, hang_s=4)
         p.whmcs.set_faults("AcceptOrder", latency_ms=10, jitter_ms=10, hang_rate=0.01,
@@ -115,11 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=25.0, help="approvals per second")
     parser.add_argument("--no-broker-kills", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
+    parser.add_argument("--break-guard", action="store_true",
+                        help="self-test: run a worker whose WHMCS lookup never finds an order "
+                             "(bench/broken_worker.py); the run must then fail")
     args = parser.parse_args(argv)
+    if args.break_guard and args.out == RESULTS / "chaos.json":
+        args.out = RESULTS / "chaos-broken-guard.json"  # never overwrite the real result
     print(f"chaos: {args.orders} Orders at {args.rate}/s, {args.kills} kills, seed {args.seed}")
     with tempfile.TemporaryDirectory(prefix="sfprov-chaos-") as tmp:
         report = run_chaos(Path(tmp), orders=args.orders, kills=args.kills, seed=args.seed,
-                           rate=args.rate, broker_kills=not args.no_broker_kills)
+                           rate=args.rate, broker_kills=not args.no_broker_kills,
+                           break_guard=args.break_guard)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("approved", "whmcs_orders", "duplicates",

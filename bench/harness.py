@@ -60,6 +60,7 @@ class Pipeline:
         self.sf_options = sf_options or {}
         self.whmcs_options = whmcs_options or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.commands = dict(PROCESSES)  # chaos's self-test swaps in a broken worker
         self.ports: dict[str, int] = {}
         self.kills: list[tuple[float, str]] = []
         self._stack = contextlib.ExitStack()
@@ -127,7 +128,7 @@ class Pipeline:
         log = open(self.dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by child
         log.write(f"\n=== start {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
-        proc = subprocess.Popen([sys.executable, *PROCESSES[name], *args], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, *self.commands[name], *args], cwd=ROOT,
                                 env=self.env(name), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
