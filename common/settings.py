@@ -383,10 +383,11 @@ class WorkerSettings(_Section):
     session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_float,
                                    doc="Consumer group session timeout: how soon a dead "
                                        "worker's partitions move to another.")
-    stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 180.0, parse=parse_float,
-                                 doc="Exit (code 75, to be restarted) when records wait on "
-                                     "this worker's partitions and no batch ran for this "
-                                     "long (a faust rebalance stall); 0 = off.")
+    stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_float,
+                                 doc="When records wait on this worker's partitions and no "
+                                     "batch ran for half this long, seek back to the "
+                                     "committed offsets; after this long, exit (code 75, to "
+                                     "be restarted). 0 = off.")
     instance_id: str = env("WORKER_INSTANCE_ID", "",
                            doc="Static group membership id (a restarted worker with the "
                                "same id takes its partitions back without a rebalance).")

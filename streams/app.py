@@ -168,7 +168,7 @@ class Worker:
                 timeout_s=worker.stall_timeout_s,
                 interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
                 recovery_position=self._recovery_position,
-                diagnose=self.diagnose)  # started by __main__
+                diagnose=self.diagnose, reseek=self._reseek)  # started by __main__
 
     def diagnose(self) -> dict[str, Any]:
         """faust's gates between the broker and the agent (read from the watchdog thread)."""
@@ -197,6 +197,14 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - diagnostics only
                 out[name] = f"? {type(exc).__name__}"
         return out
+
+    def _reseek(self) -> None:
+        """From the watchdog thread: seek the stream partitions to their committed offsets."""
+        if self.app.rebalancing:
+            return  # a rebalance seeks by itself when (if) it completes
+        future = asyncio.run_coroutine_threadsafe(self.app.consumer.perform_seek(),
+                                                  self.app.loop)
+        future.result(timeout=30)
 
     def _recovery_position(self) -> int:
         try:

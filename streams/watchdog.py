@@ -12,7 +12,9 @@ The watchdog does not try to understand faust's state. Every ``interval`` it ask
 (its own confluent-kafka clients, in its own thread, so a blocked event loop cannot hide a
 stall) how many committed records lie beyond the group's committed offsets on the requests
 partitions this worker owns. When there are such records, no batch is running, and no batch
-has started for ``timeout`` seconds, the worker is stalled: it logs why and exits with
+has started for half of ``timeout``, the worker first seeks its partitions back to their
+committed offsets (events that faust fetched and then dropped are fetched again); when that
+does not help either and the whole ``timeout`` has passed, it logs why and exits with
 :data:`STALL_EXIT_CODE`. Exiting is safe by design — nothing is acknowledged that is not
 decided and durable, a restarted worker restores its tables from the changelogs and the
 events come again from the committed offsets — and the supervisor (``make up``), systemd or
@@ -76,10 +78,15 @@ class StallWatchdog:
                  interval_s: float = 10.0,
                  recovery_position: Callable[[], int] | None = None,
                  diagnose: Callable[[], dict[str, Any]] | None = None,
+                 reseek: Callable[[], None] | None = None,
                  on_stall: Callable[[str], None] | None = None) -> None:
         self.lag, self.owned, self.progress = lag, owned, progress
         self.recovery_position = recovery_position
         self.diagnose = diagnose
+        self.reseek = reseek
+        self.reseeked = False
+        self._reseek_activity = 0.0
+        self.reseeks = 0
         self._last_recovery_position: int | None = None
         self.timeout_s, self.interval_s = timeout_s, interval_s
         self.on_stall = on_stall or _exit
@@ -96,31 +103,56 @@ class StallWatchdog:
     def stop(self) -> None:
         self._stop.set()
 
-    def check_once(self) -> bool:
+    def check_once(self) -> str | None:
+        """One look. Returns ``None`` (fine), ``"reseek"`` or ``"exit"`` (what it did)."""
         if self.recovery_position is not None:  # a long table restore is progress too
             position = self.recovery_position()
             if position != self._last_recovery_position:
                 self._last_recovery_position = position
                 self.progress.touch()
+        if self.reseeked and self.progress.last_activity != self._reseek_activity:
+            self.reseeked = False  # batches ran since the re-seek: that stall is over
         idle = self.progress.idle_for()
-        if idle < self.timeout_s:  # cheap case first: no broker round trip
-            self.stalled_since = None
-            return False
+        first_step = self.timeout_s / 2 if self.reseek is not None else self.timeout_s
+        if idle < first_step:  # cheap case first: no broker round trip
+            self._reset()
+            return None
         pending = pending_records(self.lag(), self.owned())
-        if not is_stalled(pending, self.progress.idle_for(), self.timeout_s):
-            self.stalled_since = None
-            return False
+        idle = self.progress.idle_for()
+        if not is_stalled(pending, idle, first_step):
+            self._reset()
+            return None
         self.stalled_since = self.stalled_since or time.time()
-        state = ""
-        if self.diagnose is not None:
-            try:
-                state = f"; state {self.diagnose()}"
-            except Exception as exc:  # noqa: BLE001 - diagnostics only
-                state = f"; state unavailable ({exc!r})"
-        self.on_stall(f"{sum(pending.values())} records wait on owned partitions "
-                      f"{sorted(pending)} and no batch has run for {idle:.0f} s "
-                      f"(WORKER_STALL_TIMEOUT_S={self.timeout_s:g}){state}")
-        return True
+        what = (f"{sum(pending.values())} records wait on owned partitions {sorted(pending)} "
+                f"and no batch has run for {idle:.0f} s")
+        if idle < self.timeout_s:
+            if self.reseek is None or self.reseeked:
+                return None
+            # Records fetched and then dropped inside faust leave the fetch position past
+            # them; seeking every partition back to its committed offset fetches them again
+            # (safe: a redelivered event is recognised by the tables).
+            self.reseeked = True
+            self._reseek_activity = self.progress.last_activity
+            self.reseeks += 1
+            log.warning("worker stalled: %s; seeking back to the committed offsets (%s)",
+                        what, self._state())
+            self.reseek()
+            return "reseek"
+        self.on_stall(f"{what} (WORKER_STALL_TIMEOUT_S={self.timeout_s:g}); "
+                      f"state {self._state()}")
+        return "exit"
+
+    def _reset(self) -> None:
+        self.stalled_since = None
+        self.reseeked = False
+
+    def _state(self) -> str:
+        if self.diagnose is None:
+            return "{}"
+        try:
+            return str(self.diagnose())
+        except Exception as exc:  # noqa: BLE001 - diagnostics only
+            return f"unavailable ({exc!r})"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

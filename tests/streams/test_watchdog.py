@@ -36,7 +36,7 @@ def test_a_running_batch_is_never_idle():
     assert p.idle_for() == 5
 
 
-def _watchdog(clock, rows, owned, *, recovery=None):
+def _watchdog(clock, rows, owned, *, recovery=None, reseek=None):
     stalls: list[str] = []
     progress = Progress(clock)
     lag_calls = []
@@ -45,25 +45,51 @@ def _watchdog(clock, rows, owned, *, recovery=None):
         lag_calls.append(1)
         return rows
     dog = StallWatchdog(lag=lag, owned=lambda: owned, progress=progress, timeout_s=20,
-                        on_stall=stalls.append, recovery_position=recovery)
+                        on_stall=stalls.append, recovery_position=recovery, reseek=reseek)
     return dog, progress, stalls, lag_calls
 
 
 def test_check_fires_once_idle_with_work_and_names_the_partitions():
     clock = Clock()
     dog, _, stalls, lag_calls = _watchdog(clock, [(0, 0, 7), (1, 3, 3)], {0, 1})
-    assert not dog.check_once()
+    assert dog.check_once() is None
     assert lag_calls == []  # not idle long enough: no broker round trip
     clock.now += 21
-    assert dog.check_once()
+    assert dog.check_once() == "exit"
     assert "7 records wait on owned partitions [0]" in stalls[0]
+
+
+def test_reseek_first_then_exit_if_it_did_not_help():
+    clock = Clock()
+    reseeks = []
+    dog, progress, stalls, _ = _watchdog(clock, [(0, 0, 7)], {0},
+                                         reseek=lambda: reseeks.append(1))
+    clock.now += 11
+    assert dog.check_once() == "reseek"
+    clock.now += 5
+    assert dog.check_once() is None  # one re-seek per stall
+    clock.now += 5
+    assert dog.check_once() == "exit"
+    assert len(reseeks) == 1 and len(stalls) == 1
+
+
+def test_a_reseek_that_helps_ends_the_stall():
+    clock = Clock()
+    dog, progress, stalls, _ = _watchdog(clock, [(0, 0, 7)], {0}, reseek=lambda: None)
+    clock.now += 11
+    assert dog.check_once() == "reseek"
+    progress.started()
+    progress.finished()  # batches run again
+    clock.now += 15
+    assert dog.check_once() == "reseek"  # a new stall later gets its own re-seek
+    assert stalls == []
 
 
 def test_no_stall_without_work_or_on_partitions_of_another_worker():
     clock = Clock()
     dog, _, stalls, _ = _watchdog(clock, [(0, 0, 7)], {1})
     clock.now += 100
-    assert not dog.check_once()
+    assert dog.check_once() is None
     assert stalls == []
 
 
@@ -74,7 +100,7 @@ def test_a_table_restore_that_advances_counts_as_progress():
     for _ in range(5):
         clock.now += 15
         position[0] += 100  # the changelog is being read
-        assert not dog.check_once()
+        assert dog.check_once() is None
     clock.now += 21  # the restore stopped moving
-    assert dog.check_once()
+    assert dog.check_once() == "exit"
     assert stalls
