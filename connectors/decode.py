@@ -30,6 +30,7 @@ import fastavro
 from common.avro import AvroSerde, SerdeError, decode_schemaless, schema_json
 from common.deadletter import dead_letter_headers
 from common.errors import SalesforceError
+from common.ids import describe_bad_id, is_salesforce_id
 
 EVENT_SCHEMA = "OrderProvisionRequested__e"
 HEADER_PREFIX = "sfprov."
@@ -149,6 +150,10 @@ class EventDecoder:
         if not order_id:
             return self.dead_letter(event, "missing_order_id",
                                     "event has no OrderId__c", "MissingOrderId")
+        if not is_salesforce_id(order_id):
+            return self.dead_letter(event, "invalid_order_id",
+                                    f"OrderId__c {describe_bad_id(order_id)} is not a 15- or "
+                                    "18-character Salesforce id", "InvalidOrderId")
         record = {
             "event_uuid": pe.id, "replay_id": replay_id, "schema_id": pe.schema_id,
             "channel": self.channel, "received_at": received_at_ms,

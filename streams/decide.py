@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.ids import describe_bad_id, is_salesforce_id
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
 
 PROVISIONED, FAILED, SKIPPED, DUPLICATE = "Provisioned", "Failed", "Skipped", "Duplicate"
@@ -51,6 +52,9 @@ class Event:
         order_id = str(value.get("OrderId__c") or "").strip()
         if not order_id:
             raise ValueError("OrderId__c is empty")
+        if not is_salesforce_id(order_id):
+            raise ValueError(f"OrderId__c {describe_bad_id(order_id)} is not a 15- or "
+                             "18-character Salesforce id")
         event_uuid = str(value.get("event_uuid") or "")
         created = value.get("CreatedDate")
         requested_at = _ms(created) if created is not None else None

@@ -207,6 +207,17 @@ def test_build_missing_order_id_is_dead_letter() -> None:
     assert rec.dead_letter and rec.reason == "missing_order_id"
 
 
+@pytest.mark.parametrize("bad", ["   ", "801' OR Name != '", "801" + "9" * 49_997, "801x"])
+def test_build_order_id_that_is_not_a_salesforce_id_is_dead_letter(bad: str) -> None:
+    ev = consumer_event(payload({"CreatedDate": 1, "CreatedById": "005x", "OrderId__c": bad,
+                                 "IdemKey__c": None, "CorrelationId__c": None,
+                                 "NewField__c": None}))
+    rec = decoder().build(ev)
+    assert rec.dead_letter and rec.reason == "invalid_order_id"
+    reason = parse_headers(rec.headers)["reason"]
+    assert "not a 15- or 18-character Salesforce id" in reason and len(reason) < 200
+
+
 def test_event_too_large_for_kafka_is_dead_letter_with_truncated_payload() -> None:
     # Salesforce allows 1 MB events; with the envelope such an event exceeds the producer's
     # message.max.bytes, and writing it would fail every transaction (a crash loop).

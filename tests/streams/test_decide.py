@@ -1,3 +1,5 @@
+import pytest
+
 from streams.decide import (
     Event,
     Final,
@@ -96,3 +98,9 @@ def test_outcome_record_is_valid_avro():
     rec = outcome_record(event(), "Provisioned", whmcs_order_id=5, service_ids=[1, 2],
                          attempts=1, completed_at=10)
     assert serde.decode(serde.encode(rec))["whmcs_service_ids"] == [1, 2]
+
+
+@pytest.mark.parametrize("bad", ["   ", "801' OR Name != '", "801" + "9" * 500, "801x"])
+def test_event_refuses_an_order_id_that_is_not_a_salesforce_id(bad):
+    with pytest.raises(ValueError, match="is empty|not a 15- or 18-character Salesforce id"):
+        Event.from_request(request_value(bad))
