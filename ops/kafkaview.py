@@ -107,7 +107,7 @@ class Decoder:
             value = _raw(msg.value())
         else:
             try:
-                value = self.serde.decode(msg.value())
+                value = self.serde.decode(msg.value(), headers_list)
             except SerdeError as exc:
                 value = {"undecodable": str(exc), "raw": _raw(msg.value())}
         key = msg.key().decode(errors="replace") if msg.key() is not None else None

@@ -141,6 +141,9 @@ def test_registry_credentials_never_appear_in_errors(reg):
     assert "s3cr3t-pw" not in str(info.value) and "analyst" not in str(info.value)
 
 
+ORDER_A, ORDER_B, ORDER_C = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
+
+
 def _processor(serde: AvroSerde) -> BatchProcessor:
     return BatchProcessor(state=DictState(), guard=None, provisioner=None,  # type: ignore[arg-type]
                           emitter=None, context=Context(), serde=serde)  # type: ignore[arg-type]
@@ -150,15 +153,15 @@ def test_worker_decode_mixed_formats_and_dead_letters_an_unknown_id(reg):
     registry = SchemaRegistry(reg.url)
     confluent = AvroSerde("provision_request", topic="t.requests", registry=registry)
     plain = AvroSerde("provision_request", topic="t.requests")
-    forged = struct.pack(">bI", 0, 31337) + plain.encode(request("C"))
-    records = [RawRecord(b"A", plain.encode(request("A")), "t.requests", 0, 0,
+    forged = struct.pack(">bI", 0, 31337) + plain.encode(request(ORDER_C))
+    records = [RawRecord(b"A", plain.encode(request(ORDER_A)), "t.requests", 0, 0,
                          headers=plain.headers()),
-               RawRecord(b"B", confluent.encode(request("B")), "t.requests", 0, 1, headers=[]),
+               RawRecord(b"B", confluent.encode(request(ORDER_B)), "t.requests", 0, 1, headers=[]),
                RawRecord(b"C", forged, "t.requests", 0, 2, headers=[])]
     worker = _processor(AvroSerde("provision_request", topic="t.requests",
                                   registry=SchemaRegistry(reg.url)))
     events, dead = worker.decode(records)
-    assert [e.order_id for e, _r in events] == ["A", "B"]
+    assert [e.order_id for e, _r in events] == [ORDER_A, ORDER_B]
     assert len(dead) == 1 and dead[0].record.offset == 2
     assert "unknown schema id 31337" in dead[0].reason and dead[0].error_code == "UNDECODABLE"
 
@@ -166,7 +169,7 @@ def test_worker_decode_mixed_formats_and_dead_letters_an_unknown_id(reg):
 def test_worker_waits_for_the_registry_instead_of_dead_lettering(reg):
     confluent = AvroSerde("provision_request", topic="t.requests",
                           registry=SchemaRegistry(reg.url))
-    records = [RawRecord(b"B", confluent.encode(request("B")), "t.requests", 0, 0, headers=[])]
+    records = [RawRecord(b"B", confluent.encode(request(ORDER_B)), "t.requests", 0, 0, headers=[])]
     worker = _processor(AvroSerde("provision_request", topic="t.requests",
                                   registry=SchemaRegistry(reg.url, timeout=1)))
     reg.stop()
@@ -189,4 +192,4 @@ def test_worker_waits_for_the_registry_instead_of_dead_lettering(reg):
         return result, sleeps
 
     (events, dead), sleeps = asyncio.run(decode_while_it_comes_back())
-    assert len(sleeps) == 2 and dead == [] and [e.order_id for e, _ in events] == ["B"]
+    assert len(sleeps) == 2 and dead == [] and [e.order_id for e, _ in events] == [ORDER_B]
