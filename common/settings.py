@@ -399,7 +399,12 @@ class SinkSettings(_Section):
     batch_size: int = env("SINK_BATCH_SIZE", 200, parse=parse_positive_int,
                           doc="Records per sObject Collections call (≤ 200).")
     linger_s: float = env("SINK_LINGER_S", 0.5, parse=parse_float,
-                          doc="Flush a partial batch after this long.")
+                          doc="Flush a partial batch at the latest this long after its "
+                              "oldest outcome arrived.")
+    idle_flush_s: float = env("SINK_IDLE_FLUSH_S", 0.05, parse=parse_float,
+                              doc="Flush a partial batch earlier, once no outcome arrived "
+                                  "for this long (the input is idle: waiting would only add "
+                                  "latency). 0 = flush partial batches by the linger only.")
     set_order_activated: bool = env("SINK_SET_ORDER_ACTIVATED", False, parse=parse_bool,
                                     doc="Also set Order.Status = 'Activated' when provisioned.")
     http_port: int = env("SINK_HTTP_PORT", 9103, parse=int,

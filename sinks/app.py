@@ -12,7 +12,7 @@ Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
     consume → decode (undecodable → dead letter) → map → merge into the pending map
     (decode reads plain Avro and the Confluent wire format; a schema id the registry does
     not know → dead letter; registry unreachable → retried, then exit uncommitted)
-    flush (size or linger) → PATCH composite/sobjects → ack / retry / fail per record
+    flush (size, idle input or linger) → PATCH composite/sobjects → ack / retry / fail per record
     complete outcomes (dead letters produced first) → producer.flush → commit offsets
 
 Pauses: ``REQUEST_LIMIT_EXCEEDED`` pauses every assigned partition for
@@ -103,6 +103,7 @@ class Sink:
         self._limit_streak = 0
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
+        self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
         self._warned: dict[str, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -135,8 +136,7 @@ class Sink:
                                    backpressure_over=self.offsets.outstanding()
                                    < self.settings.max_pending // 2)
                 want = self._poll_size(max_records)
-                messages = self.consumer.consume(num_messages=want,
-                                                 timeout=self._poll_timeout(now))
+                messages = self._poll(want, self._poll_timeout(now))
                 for message in messages:
                     self._handle(message)
                 self._flush_due(backlog=len(messages) == want)
@@ -212,6 +212,22 @@ class Sink:
                     raise
                 delay = min(delay * 2, 5.0)
 
+    def _poll(self, want: int, timeout: float) -> list[Message]:
+        """Up to ``want`` messages, returning as soon as there is one.
+
+        ``consume(n, timeout)`` waits until ``n`` messages arrived *or* the timeout passed:
+        with a trickle of outcomes it sat the whole timeout (1 s) on the first one, and its
+        linger then started only after that — the ~1.6 s sawtooth of the latency plot. So:
+        block on ``poll`` for the first message, then take what else is already fetched.
+        """
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        self._last_arrival = time.monotonic()
+        if want <= 1:
+            return [first]
+        return [first, *self.consumer.consume(num_messages=want - 1, timeout=0)]
+
     def _poll_size(self, max_records: int | None) -> int:
         """At most 500, never past ``max_records`` nor (much) past ``SINK_MAX_PENDING``."""
         room = max(1, self.settings.max_pending - self.offsets.outstanding())
@@ -228,13 +244,20 @@ class Sink:
         next_at = self.batcher.next_ready_at()
         if next_at is None:
             return 1.0
-        return max(0.0, min(1.0, max(next_at, now) - now + self.settings.linger_s / 4))
+        if next_at > now:  # only backed-off entries: wake when the first may go again
+            return max(0.0, min(1.0, next_at - now + self.settings.linger_s / 4))
+        # ready entries: wake for the idle flush or the end of the linger, whichever first
+        wake = self.batcher.oldest_since(now) + self.settings.linger_s
+        if self.settings.idle_flush_s > 0:
+            wake = min(wake, self._last_arrival + self.settings.idle_flush_s)
+        return max(0.0, min(1.0, wake - now))
 
     # -- flushing ----------------------------------------------------------------------
 
     def _flush_due(self, *, backlog: bool = False) -> None:
-        """Flush full batches; a partial one only after the linger and when the last poll
-        drained what the broker had (``backlog`` False), or after ten lingers in any case.
+        """Flush full batches; a partial one when the last poll drained what the broker had
+        (``backlog`` False) and either no outcome arrived for ``SINK_IDLE_FLUSH_S`` (the input
+        is idle) or the oldest entry lingered ``SINK_LINGER_S``; after ten lingers in any case.
         Otherwise, while catching up, the remainder of each poll ages past the linger during
         the full flushes and goes out as a small extra call every time (15 % more calls at
         200 ms per call). Flushing stops after ``FLUSH_BUDGET_S`` so the loop polls again:
@@ -251,7 +274,10 @@ class Sink:
             # a backlog of record-less outcomes (Skipped) must not hold a few records forever
             overdue = self.batcher.due(now, batch_size=self.settings.batch_size,
                                        linger_s=10 * self.settings.linger_s)
-            if not (full or overdue or (lingered and not backlog)):
+            idle = (self.settings.idle_flush_s > 0 and not backlog
+                    and now - self._last_arrival >= self.settings.idle_flush_s
+                    and bool(self.batcher.ready(now)))
+            if not (full or overdue or ((lingered or idle) and not backlog)):
                 return
             self._flush(now)
 

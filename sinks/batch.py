@@ -112,6 +112,10 @@ class Batcher:
             return True
         return bool(ready) and now - min(e.since for e in ready) >= linger_s
 
+    def oldest_since(self, now: float) -> float:
+        """Arrival time of the oldest ready entry (``now`` when none is ready)."""
+        return min((e.since for e in self.ready(now)), default=now)
+
     def next_ready_at(self) -> float | None:
         """Earliest time an entry becomes sendable (for the poll timeout)."""
         if not self._pending:

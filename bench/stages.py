@@ -1,0 +1,99 @@
+"""Where the latency goes: approval → write-back decomposed by stage, at a steady rate.
+
+    .venv/bin/python -m bench.stages [--rate 50] [--seconds 20] [--env NAME=VALUE ...]
+
+Runs the whole pipeline (``bench.harness``), approves ``--rate`` Orders/s for ``--seconds``
+and, per Order, reads five timestamps — all from this host's wall clock (the sandboxes run
+here with a zero clock offset, and every timestamp below is millisecond-precise):
+
+* ``approved``  — the event's ``CreatedDate`` (Salesforce clock, epoch ms, set by the Flow)
+* ``requested`` — the requests record's Kafka timestamp (the connector's produce time)
+* ``decided``   — the outcome's ``completed_at`` (the worker's decision)
+* ``outcome``   — the outcome record's Kafka timestamp (the worker's send)
+* ``written``   — the Order's ``LastModifiedDate`` (the sink's composite update, SF clock)
+
+and prints p50/p95/p99 of each stage and of the total. ``--env`` passes settings to the
+pipeline processes (e.g. ``--env SINK_LINGER_S=0.1``) to measure one change at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import Pipeline
+from bench.pipeline import _percentile, _sf_ms
+
+STAGES = [("approved→requested (SF Pub/Sub + connector)", "approved", "requested"),
+          ("requested→decided (worker: linger, guard, WHMCS)", "requested", "decided"),
+          ("decided→outcome sent (worker: flush, send)", "decided", "outcome"),
+          ("outcome→written (sink: poll, linger, PATCH)", "outcome", "written"),
+          ("TOTAL approved→written", "approved", "written")]
+
+
+def steady(p: Pipeline, rate: float, seconds: float) -> list[str]:
+    ids: list[str] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        due = int((time.monotonic() - t0) * rate) - len(ids)
+        if due > 0:
+            ids.extend(p.sf.approve(due))
+        time.sleep(0.02)
+    p.wait_settled(ids, timeout=300, poll=1)
+    return ids
+
+
+def stamps(p: Pipeline, ids: list[str]) -> dict[str, dict[str, float]]:
+    wanted = set(ids)
+    out: dict[str, dict[str, float]] = {oid: {} for oid in ids}
+    for r in p.records(p.kafka.requests, "provision_request"):
+        if r.key in wanted:
+            out[r.key]["approved"] = r.value["CreatedDate"].timestamp() * 1000
+            out[r.key]["requested"] = r.timestamp_ms
+    for r in p.records(p.kafka.outcomes, "provisioning_outcome"):
+        if r.key in wanted:
+            out[r.key]["decided"] = r.value["completed_at"].timestamp() * 1000
+            out[r.key]["outcome"] = r.timestamp_ms
+    for oid, row in p.sf_orders_fields(ids, "LastModifiedDate").items():
+        out[oid]["written"] = _sf_ms(row["LastModifiedDate"])
+    return {oid: s for oid, s in out.items() if len(s) == 5}
+
+
+def report(rows: dict[str, dict[str, float]]) -> None:
+    print(f"{len(rows)} Orders with all five timestamps; milliseconds")
+    print(f"{'stage':<52} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7}")
+    for name, a, b in STAGES:
+        vals = [s[b] - s[a] for s in rows.values()]
+        print(f"{name:<52} {_percentile(vals, .5):7.0f} {_percentile(vals, .95):7.0f} "
+              f"{_percentile(vals, .99):7.0f} {sum(vals) / len(vals):7.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup", type=int, default=200, help="Orders approved at once first")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the processes")
+    ap.add_argument("--dump", type=Path, help="write per-Order timestamps here (JSON)")
+    args = ap.parse_args(argv)
+    env = dict(x.split("=", 1) for x in args.env)
+    n = args.warmup + int(args.rate * args.seconds) + 50
+    with tempfile.TemporaryDirectory(prefix="sfprov-stages-") as tmp, \
+            Pipeline(Path(tmp), accounts=100, orders=n, broken_every=0, partitions=6,
+                     env=env) as p:
+        if args.warmup:
+            p.wait_settled(p.sf.approve(args.warmup), timeout=300, poll=0.5)
+        ids = steady(p, args.rate, args.seconds)
+        rows = stamps(p, ids)
+    report(rows)
+    if args.dump:
+        import json
+        args.dump.write_text(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
