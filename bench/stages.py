@@ -71,24 +71,58 @@ def report(rows: dict[str, dict[str, float]]) -> None:
               f"{_percentile(vals, .99):7.0f} {sum(vals) / len(vals):7.0f}")
 
 
+def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
+    """The backlog phase of ``make bench`` at size ``n``; optionally py-spy on the worker."""
+    import subprocess
+
+    from bench.pipeline import peak_rss_mb, phase_backlog
+
+    spy: list[subprocess.Popen[bytes]] = []
+    if profile is not None:
+        start = p.start
+
+        def start_and_profile(name: str, *args: str) -> subprocess.Popen[bytes]:
+            proc = start(name, *args)
+            spy.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"),
+                                         "record", "-p", str(proc.pid), "-r", "50", "-f",
+                                         "raw", "-o", str(profile), "--nonblocking"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            return proc
+        p.start = start_and_profile  # type: ignore[method-assign]
+    result = phase_backlog(p, n)
+    rss = peak_rss_mb(p)
+    for proc in spy:
+        proc.send_signal(2)
+        proc.wait(30)
+    print(f"backlog of {n}: {result['seconds']:.1f}s, {result['orders_per_s']:.0f} orders/s; "
+          f"peak RSS MB {rss}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup", type=int, default=200, help="Orders approved at once first")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the processes")
+    ap.add_argument("--backlog", type=int, default=0,
+                    help="then measure the drain of this many pre-queued events")
+    ap.add_argument("--profile", type=Path,
+                    help="py-spy the worker during the backlog (raw folded stacks)")
     ap.add_argument("--dump", type=Path, help="write per-Order timestamps here (JSON)")
     args = ap.parse_args(argv)
     env = dict(x.split("=", 1) for x in args.env)
-    n = args.warmup + int(args.rate * args.seconds) + 50
+    n = args.warmup + int(args.rate * args.seconds) + args.backlog + 50
     with tempfile.TemporaryDirectory(prefix="sfprov-stages-") as tmp, \
             Pipeline(Path(tmp), accounts=100, orders=n, broken_every=0, partitions=6,
                      env=env) as p:
         if args.warmup:
             p.wait_settled(p.sf.approve(args.warmup), timeout=300, poll=0.5)
-        ids = steady(p, args.rate, args.seconds)
-        rows = stamps(p, ids)
-    report(rows)
+        ids = steady(p, args.rate, args.seconds) if args.seconds else []
+        rows = stamps(p, ids) if ids else {}
+        if args.backlog:
+            backlog(p, args.backlog, args.profile)
+    if rows:
+        report(rows)
     if args.dump:
         import json
         args.dump.write_text(json.dumps(rows))
