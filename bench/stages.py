@@ -117,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                      env=env) as p:
         if args.warmup:
             p.wait_settled(p.sf.approve(args.warmup), timeout=300, poll=0.5)
+        before = p.sf.counters()["calls"]
         ids = steady(p, args.rate, args.seconds) if args.seconds else []
+        after = p.sf.counters()["calls"]
+        if ids:
+            calls = {k: v - before.get(k, 0) for k, v in after.items()
+                     if k in ("composite_sobjects", "query") and v - before.get(k, 0)}
+            print(f"Salesforce calls during the steady phase: {calls} "
+                  f"({sum(calls.values()) / len(ids):.3f} per Order)")
         rows = stamps(p, ids) if ids else {}
         if args.backlog:
             backlog(p, args.backlog, args.profile)
