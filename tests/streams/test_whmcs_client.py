@@ -176,3 +176,21 @@ def test_unavailable_past_deadline_fails_and_remembers_it_may_exist(whmcs):
     assert (result.status, result.error_code) == ("Failed", "WHMCS_UNAVAILABLE")
     assert result.may_exist and result.attempts >= 1
     assert whmcs.orders_for("801T0000000025AAA") == []
+
+
+def test_unreachable_whmcs_is_transient_even_for_addorder(whmcs):
+    """Nothing was sent (connection refused): safe to retry, no lookup needed."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = WhmcsSettings.load({**whmcs.env(),
+                               "WHMCS_API_URL": f"http://127.0.0.1:{port}/includes/api.php"})
+
+    async def go():
+        async with WhmcsClient(dead) as client:
+            with pytest.raises(WhmcsTransientError, match="unreachable") as info:
+                await client.add_order(req("801T0000000011AAA").params())
+            assert type(info.value) is WhmcsTransientError
+    run(go())
