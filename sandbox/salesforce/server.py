@@ -92,7 +92,10 @@ async def serve(opts: ServeOptions) -> None:
     if not opts.no_tls and tls:
         ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_ctx.load_cert_chain(str(tls["cert"]), str(tls["key"]))
-    runner = web.AppRunner(make_app(sb), access_log=None)
+    # Salesforce accepts request URIs up to 16,384 characters (a guard query of 300 ids is
+    # ~9 KB); aiohttp's default request line limit is 8,190 bytes.
+    runner = web.AppRunner(make_app(sb), access_log=None, max_line_size=16_400,
+                           max_field_size=16_384)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.http_port, ssl_context=ssl_ctx,
                        reuse_address=True)

@@ -52,3 +52,21 @@ def test_large_batches_are_chunked_and_bad_ids_skipped():
     ids = [f"801{i:012d}AAA" for i in range(MAX_IDS_PER_QUERY + 5)] + ["not-an-id"]
     asyncio.run(Guard(client, sleep=_no_sleep).fetch(ids))
     assert len(client.soql) == 2
+
+
+def test_a_full_chunk_of_ids_is_one_query_salesforce_accepts(salesforce):
+    """300 ids make a ~9 KB GET URL: under Salesforce's 16,384-character URI limit (and the
+    sandbox must accept what Salesforce accepts)."""
+    import asyncio
+
+    from common.salesforce import SalesforceClient
+    from common.settings import SalesforceSettings
+    from streams.guard import MAX_IDS_PER_QUERY
+
+    client = SalesforceClient(SalesforceSettings.load(salesforce.env()))
+    ids = [f"801ZZ{i:010d}AAA" for i in range(MAX_IDS_PER_QUERY * 2 + 5)]
+    guard = Guard(client)
+    found = asyncio.run(asyncio.wait_for(guard.fetch(ids), timeout=60))
+    assert found == {}  # none of them exists; what matters is that each query was accepted
+    assert guard.queries == 3  # 605 ids → three chunks, each accepted the first time
+    assert guard.unavailable_since is None and guard.last_error is None
