@@ -69,6 +69,14 @@ class WhmcsTransientError(WhmcsError):
     retryable = True
 
 
+class WhmcsAccessError(WhmcsError):
+    """WHMCS refused *us* ("Authentication Failed", "Invalid IP"): this installation's
+    credentials or allow-list are wrong. Nothing was done, no Order is at fault, and the
+    worker waits for the fix instead of failing every Order."""
+
+    retryable = True
+
+
 class WhmcsUnknownResultError(WhmcsError):
     """The request may or may not have taken effect (timeout after sending)."""
 

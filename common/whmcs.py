@@ -34,7 +34,12 @@ from urllib.parse import urlencode
 
 import httpx
 
-from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.errors import (
+    WhmcsAccessError,
+    WhmcsError,
+    WhmcsTransientError,
+    WhmcsUnknownResultError,
+)
 from common.http_transport import AiohttpTransport
 from common.settings import WhmcsSettings
 
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"AddOrder", "AcceptOrder"})
 NOT_PENDING = "Order ID not found or Status not Pending"
+# WHMCS refusing this installation (credentials, IP allow-list), not the request
+ACCESS_REFUSED = ("Authentication Failed", "Invalid IP")
 _MARKER = re.compile(r"sfOrderId=([A-Za-z0-9]+)")
 
 
@@ -219,6 +226,8 @@ class WhmcsClient:
         message = str(data.get("message") or "unknown WHMCS error")
         if resp.status_code >= 500:
             raise WhmcsTransientError(f"{action}: {message}", action=action)
+        if message.startswith(ACCESS_REFUSED):
+            raise WhmcsAccessError(message, action=action)
         raise WhmcsError(message, action=action)
 
     # -- actions ------------------------------------------------------------------------

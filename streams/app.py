@@ -315,13 +315,17 @@ class Worker:
     def check(self) -> tuple[bool, dict[str, Any]]:
         since = self.guard.unavailable_since
         sf_down = since is not None and time.time() - since > 60
+        refused = self.processor.provisioner.access_refused_since
+        whmcs_refused = refused is not None and time.time() - refused > 60
         details = {"batches": self.health.batches, "batch_errors": self.health.batch_errors,
                    "last_batch_at": self.health.last_batch_at,
                    "last_error": self.health.last_error,
                    "salesforce_unavailable_since": since,
                    "salesforce_last_error": self.guard.last_error,
                    "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
+                   "whmcs_access_refused_since": refused,
+                   "whmcs_access_error": self.processor.provisioner.access_error,
                    "assigned_partitions": sorted(self.assigned),
                    "idle_s": round(self.progress.idle_for(), 1),
                    "stall_check_error": self.watchdog.last_error if self.watchdog else None}
-        return not sf_down, details
+        return not (sf_down or whmcs_refused), details

@@ -33,7 +33,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.errors import (
+    WhmcsAccessError,
+    WhmcsError,
+    WhmcsTransientError,
+    WhmcsUnknownResultError,
+)
 from common.whmcs import NOT_PENDING, WhmcsClient, WhmcsOrder
 from streams.mapping import WhmcsOrderRequest
 
@@ -65,6 +70,9 @@ class ProvisionPolicy:
     autosetup: bool = True
 
 
+ACCESS_BACKOFF_MAX_S = 30.0
+
+
 def _addon_ids(order: WhmcsOrder) -> list[int]:
     items = ((order.raw.get("lineitems") or {}).get("lineitem")) or []
     return [int(i["relid"]) for i in items
@@ -79,6 +87,19 @@ class Provisioner:
         self.policy = policy
         self._sleep = sleep
         self._on_retry = on_retry or (lambda _reason: None)
+        self.access_refused_since: float | None = None  # for /healthz
+        self.access_error: str | None = None
+        self._access_logged_at = 0.0
+
+    def _access_refused(self, exc: WhmcsAccessError) -> None:
+        now = time.time()
+        self.access_refused_since = self.access_refused_since or now
+        self.access_error = f"{exc.action}: {exc}"
+        if now - self._access_logged_at >= 60:  # once a minute, not once per Order
+            self._access_logged_at = now
+            log.error("WHMCS refuses this installation's credentials or IP; Orders wait "
+                      "until it is fixed (WHMCS_API_IDENTIFIER/SECRET/ACCESS_KEY, allow-list)",
+                      extra={"cause": self.access_error})
 
     async def provision(self, request: WhmcsOrderRequest, *, lookup_first: bool = False,
                         intent_at_ms: int | None = None) -> ProvisionResult:
@@ -89,6 +110,7 @@ class Provisioner:
         attempts = 0
         add_uncertain = False
         delay = policy.backoff_initial_s
+        access_delay = policy.backoff_initial_s
         extra = {"order_id": request.order_id}
         while True:
             try:
@@ -107,6 +129,7 @@ class Provisioner:
                     add_uncertain = True
                     res = await self.whmcs.add_order(request.params())
                     add_uncertain = False
+                    self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
                                               res.addon_ids, res.invoice_id, attempts=attempts)
                     log.info("WHMCS order created", extra={**extra,
@@ -137,6 +160,14 @@ class Provisioner:
                 log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
                 await self._sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, policy.backoff_max_s)
+            except WhmcsAccessError as exc:
+                # Our credentials or IP are refused: nothing happened in WHMCS and no Order is
+                # at fault. Wait for the fix — no deadline, /healthz says why.
+                add_uncertain = False
+                self._access_refused(exc)
+                self._on_retry("WhmcsAccessError")
+                await self._sleep(access_delay * (0.5 + random.random() / 2))
+                access_delay = min(access_delay * 2, ACCESS_BACKOFF_MAX_S)
             except WhmcsError as exc:
                 return ProvisionResult(
                     "Failed", created.whmcs_order_id if created else None,
@@ -147,6 +178,7 @@ class Provisioner:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
         try:
             await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup)
+            self.access_refused_since = None
             return None
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):

@@ -441,12 +441,15 @@ WHMCS = [
          Ending(outcomes=("Provisioned",), salesforce="Provisioned", whmcs_orders=1,
                 recovered=True)),
     Case("whmcs.ip-not-allowed", "whmcs",
-         "AddOrder refused with 403 'Invalid IP' (access key not honoured)",
-         whmcs_fault(invalid_ip_rate=1.0, invalid_ip_ignores_accesskey=True),
-         failed("WHMCS_ERROR", "Invalid IP")),
-    Case("whmcs.authentication-failed", "whmcs", "AddOrder answers 'Authentication Failed'",
-         whmcs_fault(whmcs_error_rate=1.0, whmcs_error="Authentication Failed"),
-         failed("WHMCS_ERROR", "Authentication Failed")),
+         "AddOrder refused with 403 'Invalid IP' (access key not honoured) three times — "
+         "our allow-list, not the Order: it waits, then is provisioned",
+         whmcs_fault(invalid_ip_rate=1.0, invalid_ip_ignores_accesskey=True, times=3),
+         PROVISIONED),
+    Case("whmcs.authentication-failed", "whmcs",
+         "AddOrder answers 'Authentication Failed' three times — our credentials, not the "
+         "Order: it waits, then is provisioned",
+         whmcs_fault(whmcs_error_rate=1.0, whmcs_error="Authentication Failed", times=3),
+         PROVISIONED),
 ]
 
 

@@ -7,7 +7,12 @@ import logging
 
 import pytest
 
-from common.errors import WhmcsError, WhmcsTransientError, WhmcsUnknownResultError
+from common.errors import (
+    WhmcsAccessError,
+    WhmcsError,
+    WhmcsTransientError,
+    WhmcsUnknownResultError,
+)
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient, encode_form, has_marker
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
@@ -89,7 +94,7 @@ def test_errors_are_translated(whmcs):
     run(go())
 
 
-def test_bad_credentials_are_permanent_and_secret_never_shows(whmcs, caplog):
+def test_bad_credentials_are_an_access_error_and_secret_never_shows(whmcs, caplog):
     env = {**whmcs.env(), "WHMCS_API_SECRET": "wrong-secret-value"}
 
     async def go():
@@ -100,7 +105,29 @@ def test_bad_credentials_are_permanent_and_secret_never_shows(whmcs, caplog):
     with caplog.at_level(logging.DEBUG):
         exc = run(go())
     assert "Authentication Failed" in str(exc)
+    assert type(exc) is WhmcsAccessError and exc.retryable  # ours to fix, not the Order's
     assert "wrong-secret-value" not in str(exc) + caplog.text
+
+
+def test_refused_access_makes_orders_wait_not_fail(whmcs):
+    """Bad credentials / IP: no Order fails; provisioning resumes once access is back."""
+    whmcs.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error="Authentication Failed",
+                     times=4)
+    sleeps = []
+
+    async def sleep(delay):
+        sleeps.append(delay)
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            prov = Provisioner(client, policy(retry_deadline_s=0.0), sleep=sleep)
+            result = await prov.provision(req("801T0000000012AAA"))
+            return result, prov
+    result, prov = run(go())
+    assert result.status == "Provisioned" and result.whmcs_order_id
+    assert len(sleeps) == 4  # waited past a zero retry deadline: access errors have none
+    assert prov.access_refused_since is None and "Authentication Failed" in prov.access_error
+    assert whmcs.counters()["orders_by_marker"]["801T0000000012AAA"] == 1
 
 
 def test_timeout_after_sending_is_unknown_for_addorder_only(whmcs):
