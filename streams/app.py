@@ -118,7 +118,12 @@ class Worker:
             table_standby_replicas=worker.standby_replicas,
             consumer_auto_offset_reset="earliest", producer_acks=-1,
             processing_guarantee="at_least_once", broker_commit_every=1000,
-            broker_commit_interval=1.0, stream_buffer_maxsize=max(4096, worker.batch_size * 4),
+            broker_commit_interval=1.0,
+            # Memory: a few batches of events in flight and small fetches (an event is
+            # ~0.5 KB); faust's defaults (4,096 buffered events, 1 MB per partition fetch)
+            # suit bulk streams, not a worker making two HTTP calls per event.
+            stream_buffer_maxsize=max(1024, worker.batch_size * 4),
+            consumer_max_fetch_size=256 * 1024, broker_max_poll_records=worker.batch_size * 2,
             key_serializer="raw", value_serializer="raw",
             broker_session_timeout=worker.session_timeout_s,
             broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
