@@ -303,11 +303,8 @@ class Worker:
         await asyncio.Event().wait()  # cancelled by the shutdown; never acks
 
     async def _sweep(self) -> None:
-        if self.lock.locked():
-            return  # a batch is running; next time
         try:
-            async with self.lock:
-                await self.sweeper.run_once()
+            await self.sweeper.run_once(lock=self.lock)
         except asyncio.CancelledError:
             raise
         except DurabilityError as exc:

@@ -1,7 +1,9 @@
 """The sweep: nothing stays half-done, and the dedupe memory stays bounded.
 
-Runs at start-up and every ``WORKER_SWEEP_INTERVAL_S``, under the same lock as batches (so it
-never overlaps one), over the Orders of partitions this worker actively owns:
+Runs at start-up and every ``WORKER_SWEEP_INTERVAL_S`` over the Orders of partitions this
+worker actively owns. It reads the tables without holding the batches' lock, yielding to the
+event loop as it goes, and takes the lock only to act on the entries that need it (re-read
+and re-checked under the lock), so it never overlaps a batch's changes:
 
 * an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` (its event was not
   redelivered — e.g. it was dead-lettered by the catch-all) → WHMCS lookup on the
@@ -18,6 +20,7 @@ never overlaps one), over the Orders of partitions this worker actively owns:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,15 @@ from streams.mapping import WhmcsOrderRequest
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
+SCAN_SLICE = 500  # table entries read between two yields to the event loop
+
+
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 @dataclass
@@ -51,31 +63,76 @@ class Sweeper:
         self.ttl_ms = int(dedupe_ttl_days * DAY_MS)
         self.owns = owns
 
-    async def run_once(self) -> SweepReport:
+    async def run_once(self, lock: asyncio.Lock | None = None) -> SweepReport:
+        """One sweep. The scan holds no lock and yields to the event loop every
+        :data:`SCAN_SLICE` entries (a table of 100,000 Orders must not stop the batches for
+        seconds); only the few entries that need action are handled under ``lock`` (the
+        batches' lock), each re-read and re-checked first."""
         report = SweepReport()
         proc = self.processor
         state = proc.state
         now = proc._clock()
-        outcomes: list[tuple[str, str, str | None, dict[str, Any]]] = []
-        for oid, intent in list(state.intents.items()):
-            if not intent or not self.owns(oid) or oid in proc.in_flight:
+        due, stale_intents, idem_dirty = [], [], []
+        for n, oid in enumerate(list(state.intents.keys()), 1):
+            if n % SCAN_SLICE == 0:
+                await asyncio.sleep(0)
+            intent = state.intents.get(oid)
+            if not intent or not self.owns(oid):
                 continue
             if intent.get("state") == PENDING:
                 report.pending += 1
                 if now - int(intent.get("at") or 0) >= self.recovery_after_ms:
-                    outcome = await self._recover(oid, intent)
-                    if outcome is not None:
-                        outcomes.append((oid, intent["idem_key"], intent.get("event_uuid"),
-                                         outcome))
-                        if outcome["status"] == "Provisioned":
-                            report.recovered += 1
-                        else:
-                            report.interrupted += 1
+                    due.append(oid)
             elif now - int(intent.get("at") or 0) > self.ttl_ms:
+                stale_intents.append(oid)
+        for n, oid in enumerate(list(state.idem.keys()), 1):
+            if n % SCAN_SLICE == 0:
+                await asyncio.sleep(0)
+            entries = state.idem.get(oid)
+            if entries and self.owns(oid) and self._idem_work(entries, now):
+                idem_dirty.append(oid)
+        if not (due or stale_intents or idem_dirty):
+            metrics.PENDING_INTENTS.set(report.pending)
+            return report
+        async with lock or _NoLock():
+            return await self._act(report, now, due, stale_intents, idem_dirty)
+
+    def _idem_work(self, entries: dict[str, Any], now: int) -> bool:
+        for entry in entries.values():
+            age = now - int(entry.get("at") or 0)
+            if age > self.ttl_ms:
+                return True
+            if not entry.get("emitted") and entry.get("outcome") and \
+                    age >= self.recovery_after_ms:
+                return True
+        return False
+
+    async def _act(self, report: SweepReport, now: int, due: list[str],
+                   stale_intents: list[str], idem_dirty: list[str]) -> SweepReport:
+        proc = self.processor
+        state = proc.state
+        outcomes: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        for oid in due:
+            intent = state.intents.get(oid)  # re-read: a batch may have settled it
+            if not intent or intent.get("state") != PENDING or oid in proc.in_flight or \
+                    now - int(intent.get("at") or 0) < self.recovery_after_ms:
+                continue
+            outcome = await self._recover(oid, intent)
+            if outcome is not None:
+                outcomes.append((oid, intent["idem_key"], intent.get("event_uuid"), outcome))
+                if outcome["status"] == "Provisioned":
+                    report.recovered += 1
+                else:
+                    report.interrupted += 1
+        for oid in stale_intents:
+            intent = state.intents.get(oid)
+            if intent and intent.get("state") != PENDING and oid not in proc.in_flight and \
+                    now - int(intent.get("at") or 0) > self.ttl_ms:
                 del state.intents[oid]
                 report.expired_intents += 1
-        for oid, entries in list(state.idem.items()):
-            if not entries or not self.owns(oid) or oid in proc.in_flight:
+        for oid in idem_dirty:
+            entries = state.idem.get(oid)
+            if not entries or oid in proc.in_flight:
                 continue
             kept = {}
             for idem_key, entry in entries.items():

@@ -71,3 +71,50 @@ def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
     assert state.idem[found][f"{found}-k"]["emitted"] is True
     assert (second.recovered, second.interrupted, second.resent) == (0, 0, 0)
     assert len(emitter.sent) == 2
+
+
+def test_a_large_table_is_scanned_without_stopping_batches_and_acted_on_under_the_lock():
+    """10,000 settled Orders and one expired entry: the scan yields to the event loop (other
+    tasks keep running) and waits for the batches' lock only to act."""
+    now = 100 * DAY_MS
+    state = DictState()
+    state.intents = {f"801L{i:011d}AAA": {"state": "accepted", "at": now - 1000}
+                     for i in range(10_000)}
+    state.idem = {f"801L{i:011d}AAA": {"k": {"event_uuid": "e", "at": now - 1000,
+                                             "emitted": True, "outcome": {}}}
+                  for i in range(10_000)}
+    expired = "801X00000000042AAA"
+    state.idem[expired] = {"k": {"event_uuid": "e", "at": now - 40 * DAY_MS, "emitted": True,
+                                 "outcome": {}}}
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
+                          provisioner=None, context=Context(),  # type: ignore[arg-type]
+                          clock_ms=lambda: now)
+    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+
+    async def go():
+        lock = asyncio.Lock()
+        ticks = 0
+        scanning = asyncio.Event()
+
+        async def other_work():  # stands for the batches
+            nonlocal ticks
+            while not scanning.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        await lock.acquire()  # a batch is running
+        ticker = asyncio.create_task(other_work())
+        sweep = asyncio.create_task(sweeper.run_once(lock=lock))
+        await asyncio.sleep(0.2)
+        acted_while_locked = expired not in state.idem
+        scanning.set()
+        await ticker
+        lock.release()
+        report = await sweep
+        return ticks, acted_while_locked, report
+
+    ticks, acted_while_locked, report = asyncio.run(go())
+    assert ticks > 20  # the scan (20,000 entries) let other tasks run between slices
+    assert not acted_while_locked  # the deletion waited for the lock
+    assert report.expired_idem == 1 and expired not in state.idem
+    assert len(state.idem) == 10_000
