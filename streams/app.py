@@ -161,6 +161,8 @@ class Worker:
             parallelism=worker.whmcs_parallelism)
         self.sweeper = Sweeper(self.processor, recovery_after_s=worker.recovery_after_s,
                                dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns)
+        self.intents.watch = self.sweeper.watch_intent
+        self.idem.watch = self.sweeper.watch_idem
         self.lock = asyncio.Lock()
         self.requests = self.app.topic(kafka.requests, key_serializer="raw",
                                        value_serializer="raw", internal=False)
@@ -225,6 +227,7 @@ class Worker:
     async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
         self.assigned = {tp.partition for tp in assigned if tp.topic == self.kafka.requests}
         self.progress.touch()  # recovery of the new assignment starts now
+        self.sweeper.rescan()  # entries of new partitions may predate the index
         log.info("requests partitions assigned: %s", sorted(self.assigned))
 
     # -- ownership ---------------------------------------------------------------------

@@ -29,6 +29,8 @@ Why a :class:`Table` subclass (verified against faust-streaming 0.15.3's source)
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -69,6 +71,18 @@ class DurableTable(faust.Table):
         # RocksDB placement and operators' tools all see the plain Order id.
         self.key_serializer = "raw"
         self._unflushed: list[asyncio.Future] = []
+        # Told of every change (ours and those restored from the changelog): lets the sweep
+        # keep an index of the few entries it must look at instead of scanning the table.
+        self.watch: Callable[[str, Any], None] | None = None
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        batch = list(batch)
+        super().apply_changelog_batch(batch)
+        if self.watch is not None:
+            for event in batch:
+                key, value = event.message.key, event.message.value
+                oid = key.decode() if isinstance(key, bytes) else str(key)
+                self.watch(oid, json.loads(value) if value is not None else None)
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
@@ -82,12 +96,16 @@ class DurableTable(faust.Table):
         return key_partition(str(key), self.partitions or 1)
 
     def on_key_set(self, key: Any, value: Any) -> None:
+        if self.watch is not None:
+            self.watch(str(key), value)
         fut = self.send_changelog(self.partition_for_key(key), key, value)
         self._unflushed.append(fut)
         self._maybe_set_key_ttl(key, fut.message.partition)
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
+        if self.watch is not None:
+            self.watch(str(key), None)
         fut = self.send_changelog(self.partition_for_key(key), key, value=None,
                                   value_serializer="raw")
         self._unflushed.append(fut)
@@ -124,6 +142,7 @@ class TableState:
         self.idem = idem
         self.intents = intents
         self.flushes = 0
+        self.watched = True  # DurableTable.watch reports every change to the sweep
 
     async def flush(self) -> None:
         self.flushes += 1

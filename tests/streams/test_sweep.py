@@ -118,3 +118,41 @@ def test_a_large_table_is_scanned_without_stopping_batches_and_acted_on_under_th
     assert not acted_while_locked  # the deletion waited for the lock
     assert report.expired_idem == 1 and expired not in state.idem
     assert len(state.idem) == 10_000
+
+
+def test_indexed_sweeps_read_only_what_the_tables_reported():
+    """With change reports (as the Faust tables give), sweeps between full scans look only at
+    pending intents and unsent outcomes — and still find one that appeared after the scan."""
+    now = [100 * DAY_MS]
+    state = DictState()
+    state.watched = True  # type: ignore[attr-defined]
+    state.intents = {f"801W{i:011d}AAA": {"state": "accepted", "at": now[0]}
+                     for i in range(2_000)}
+    reads = []
+
+    class CountingDict(dict):
+        def get(self, key, default=None):
+            reads.append(key)
+            return super().get(key, default)
+    state.intents = CountingDict(state.intents)
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
+                          provisioner=None, context=Context(),  # type: ignore[arg-type]
+                          clock_ms=lambda: now[0])
+    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    first = asyncio.run(sweeper.run_once())
+    assert sweeper.full_scans == 1 and len(reads) == 2_000 and first.pending == 0
+    late = "801W99999999999AAA"
+    state.intents[late] = intent(late, 1012, now[0])
+    sweeper.watch_intent(late, state.intents[late])  # what DurableTable.watch does
+    reads.clear()
+    now[0] += 60_000
+    second = asyncio.run(sweeper.run_once())
+    assert sweeper.full_scans == 1 and reads == [late] and second.pending == 1
+    state.intents[late] = {**state.intents[late], "state": "accepted"}
+    sweeper.watch_intent(late, state.intents[late])
+    reads.clear()
+    asyncio.run(sweeper.run_once())
+    assert reads == [] and sweeper.full_scans == 1  # nothing pending: nothing read
+    sweeper.rescan()  # a new assignment
+    asyncio.run(sweeper.run_once())
+    assert sweeper.full_scans == 2 and len(reads) == 2_001
