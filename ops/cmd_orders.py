@@ -23,6 +23,7 @@ from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from ops.cli import add, kafka_settings
 from ops.kafkaview import jsonable, scan
+from streams.decide import idem_key_of
 
 ORDER_FIELDS = ("Id, OrderNumber, Status, Activation_Status__c, Activation_Error__c, "
                 "Activation_Error_DateTime__c, WHMCS_Order_Id__c, OpportunityId, "
@@ -148,7 +149,8 @@ def _sf_time(value: str | None) -> float:
 
 
 def reconcile(args: argparse.Namespace) -> int:
-    """Activating Orders with no request since their last change get a new request."""
+    """Activating Orders with no request since their last change, or whose latest request
+    never got an outcome, get a new request."""
     settings = kafka_settings(args)
     older_than = _duration(args.older_than)
     sf = _sf()
@@ -157,17 +159,26 @@ def reconcile(args: argparse.Namespace) -> int:
     now = time.time()
     candidates = {o["Id"]: o for o in activating
                   if now - _sf_time(o.get("LastModifiedDate")) >= older_than}
-    latest_request: dict[str, float] = {}
+    latest_request: dict[str, tuple[float, str]] = {}  # order → (CreatedDate, idem key)
     for r in scan(settings, settings.requests, "provision_request",
                   match=lambda r: r.key in candidates):
         created = r.value["CreatedDate"].timestamp()
-        latest_request[r.key] = max(latest_request.get(r.key, 0.0), created)
-    stranded = [oid for oid, o in candidates.items()
-                if latest_request.get(oid, 0.0) + 1.0 < _sf_time(o.get("LastModifiedDate"))
-                or oid not in latest_request]
+        if created >= latest_request.get(r.key, (0.0, ""))[0]:
+            latest_request[r.key] = (created, idem_key_of(r.value))
+    decided: set[tuple[str, str]] = {
+        (r.key, r.value["idem_key"])
+        for r in scan(settings, settings.outcomes, "provisioning_outcome",
+                      match=lambda r: r.key in latest_request)}
+    no_request = [oid for oid, o in candidates.items()
+                  if oid not in latest_request
+                  or latest_request[oid][0] + 1.0 < _sf_time(o.get("LastModifiedDate"))]
+    # A request that never got an outcome: the event was lost past the requests topic.
+    undecided = [oid for oid in candidates if oid in latest_request
+                 and oid not in no_request and (oid, latest_request[oid][1]) not in decided]
+    stranded = no_request + undecided
     print(f"{len(activating)} Order(s) Activating; {len(candidates)} older than "
-          f"{args.older_than}; {len(stranded)} with no provisioning request since their last "
-          "change (stranded)")
+          f"{args.older_than}; {len(no_request)} with no provisioning request since their "
+          f"last change, {len(undecided)} whose latest request has no outcome (stranded)")
     for oid in stranded:
         print(f"  {oid}  {candidates[oid].get('OrderNumber')}  last change "
               f"{candidates[oid].get('LastModifiedDate')}")

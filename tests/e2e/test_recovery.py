@@ -66,6 +66,31 @@ def test_outage_past_retention_is_closed_by_reconcile(kafka_bootstrap, tmp_path)
         assert p.invariants(first + stranded)["duplicates"] == 0
 
 
+def test_reconcile_redrives_requests_that_never_got_an_outcome(kafka_bootstrap, tmp_path):
+    """The events are in the requests topic but the worker never decided them (what a lost
+    event looks like): reconcile names them and re-drives them; nothing is provisioned twice."""
+    with Pipeline(tmp_path, bootstrap=kafka_bootstrap, accounts=20, orders=40,
+                  broken_every=0) as p:
+        assert p.stop("worker") == 0
+        undecided = p.sf.approve(4)
+        deadline = time.monotonic() + 60
+        while len(p.records(p.kafka.requests, "provision_request")) < 4 and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        dry = cli(p, "reconcile", "--older-than", "0s", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "0 with no provisioning request" in dry.stdout, dry.stdout
+        assert "4 whose latest request has no outcome" in dry.stdout, dry.stdout
+        run = cli(p, "reconcile", "--older-than", "0s")
+        assert "injected 4" in run.stdout, run.stdout + run.stderr
+        p.start("worker")
+        rows = p.wait_settled(undecided, timeout=120)
+        assert all(r["Activation_Status__c"] == "Provisioned" for r in rows.values()), rows
+        assert p.invariants(undecided)["duplicates"] == 0
+        again = cli(p, "reconcile", "--older-than", "0s", "--dry-run")
+        assert "0 Order(s) Activating" in again.stdout, again.stdout
+
+
 def test_replay_from_time_creates_no_second_whmcs_order(kafka_bootstrap, tmp_path):
     with Pipeline(tmp_path, bootstrap=kafka_bootstrap, accounts=20, orders=60,
                   broken_every=0) as p:
