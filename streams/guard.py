@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from common.errors import PipelineError
+from common.ids import is_salesforce_id
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ ITEM_FIELDS = ("Id, Quantity, UnitPrice, Product2Id, Product2.Name, "
                "Product2.WHMCS_Product_Id__c, Product2.Billing_Cycle__c, "
                "Product2.Item_Class__c, Product2.Portal_ConfigOptions_JSON__c")
 MAX_IDS_PER_QUERY = 300  # keeps the GET URL well below Salesforce's 16 KB limit
-_SF_ID = re.compile(r"[A-Za-z0-9]{15}([A-Za-z0-9]{3})?\Z")
 
 
 class QueryClient(Protocol):
@@ -40,15 +39,11 @@ class QueryClient(Protocol):
 def guard_soql(order_ids: Iterable[str]) -> str:
     ids = sorted(set(order_ids))
     for order_id in ids:
-        if not _SF_ID.match(order_id):  # never let a bad id inject SOQL
+        if not is_salesforce_id(order_id):  # never let a bad id inject SOQL
             raise ValueError(f"not a Salesforce id: {order_id!r}")
     quoted = ", ".join(f"'{i}'" for i in ids)
     return (f"SELECT {ORDER_FIELDS}, (SELECT {ITEM_FIELDS} FROM OrderItems) "
             f"FROM Order WHERE Id IN ({quoted})")
-
-
-def is_salesforce_id(value: str) -> bool:
-    return bool(_SF_ID.match(value))
 
 
 def _key18(order_id: str) -> str:
