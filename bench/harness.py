@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -71,6 +72,11 @@ class Pipeline:
     # -- lifecycle ------------------------------------------------------------------------
 
     def __enter__(self) -> Pipeline:
+        # A SIGTERM (e.g. `timeout`) must unwind through __exit__: the children run in their
+        # own sessions and would otherwise outlive the harness.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             self.start_all()
         except BaseException:
