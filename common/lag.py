@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import (ConsumerGroupTopicPartitions, KafkaError, KafkaException,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient
 
 EXACT_LAG_LIMIT = 1000
@@ -60,3 +61,47 @@ def records_between(c: Any, topic: str, partition: int, start: int, end: int) ->
             break
     c.unassign()
     return count
+
+
+def new_range_consumer(bootstrap: str, group: str) -> Any:
+    """A consumer for :func:`committed_record_offsets`: assigns, never joins or commits."""
+    from confluent_kafka import Consumer
+
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                     "enable.auto.commit": False, "enable.auto.offset.store": False,
+                     "isolation.level": "read_committed", "enable.partition.eof": True,
+                     "fetch.wait.max.ms": 50})
+
+
+def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, int]],
+                             timeout_s: float = 10.0) -> dict[int, list[int]]:
+    """partition → offsets of the committed records in [start, end) (markers and aborted
+    records excluded); ``c`` from :func:`new_range_consumer`. TimeoutError when the broker
+    does not answer in ``timeout_s``."""
+    out: dict[int, list[int]] = {p: [] for p in ranges}
+    todo = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
+    if not todo:
+        return out
+    c.assign([TopicPartition(topic, p, start) for p, (start, _) in todo.items()])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} partitions {sorted(todo)} took over "
+                                   f"{timeout_s:g} s")
+            at_end = set()
+            for msg in c.consume(500, timeout=0.2):
+                p = msg.partition()
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(p)  # the end of the readable log: nothing more below it
+                        continue
+                    raise KafkaException(msg.error())
+                if p in todo and todo[p][0] <= msg.offset() < todo[p][1]:
+                    out[p].append(msg.offset())
+            for tp in c.position([TopicPartition(topic, p) for p in todo]):
+                if tp.offset >= todo[tp.partition][1] or tp.partition in at_end:
+                    del todo[tp.partition]
+    finally:
+        c.unassign()
+    return out

@@ -33,7 +33,9 @@ from common.whmcs import WhmcsClient
 from streams import metrics
 from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
 from streams.decide import Context
-from streams.faust_recovery import seek_uncommitted_to_beginning
+from streams.commit_gate import CommitGate, broker_reader
+from streams.commit_gate import install as install_commit_gate
+from streams.faust_recovery import read_committed, seek_uncommitted_to_beginning
 from streams.guard import Guard, QueryClient
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
@@ -168,6 +170,11 @@ class Worker:
                                        value_serializer="raw", internal=False)
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
         seek_uncommitted_to_beginning(self.app.consumer, {kafka.requests})
+        read_committed(self.app.consumer)
+        # faust can commit past events it fetched and dropped: check each commit (see module)
+        self.commit_gate = CommitGate(kafka.requests, broker_reader(
+            kafka.bootstrap_servers, app_id, kafka.requests))
+        install_commit_gate(self.commit_gate, self.app.consumer)
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()
         self.app.on_partitions_assigned.connect(self._on_assigned)
@@ -251,6 +258,7 @@ class Worker:
                 event.message.incref()  # we ack after the outcomes are acknowledged
             await self.handle(events)
             for event in events:
+                self.commit_gate.finished(event.message.partition, event.message.offset)
                 await stream.ack(event)
 
     async def handle(self, events: list[Any]) -> None:

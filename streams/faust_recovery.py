@@ -112,3 +112,21 @@ def seek_uncommitted_to_beginning(consumer: Any, topics: set[str]) -> None:
         return committed
 
     consumer.seek_to_committed = seek_to_committed
+
+
+def read_committed(consumer: Any) -> None:
+    """Make faust's aiokafka consumer read with ``isolation_level="read_committed"``.
+
+    faust picks ``read_uncommitted`` unless the app runs in its exactly-once mode, so the
+    worker would act on records of the connector's transactions before they commit — and on
+    those that abort. Must run before the consumer starts (it is created in its thread's
+    ``on_start``)."""
+    thread = consumer._thread
+    original = thread._create_worker_consumer
+
+    def create(transport: Any) -> Any:
+        client = original(transport)
+        client._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start()
+        return client
+
+    thread._create_worker_consumer = create

@@ -29,6 +29,9 @@ BATCH_SIZE = Histogram("sfprov_worker_batch_events", "Events per batch",
 LATENCY = Histogram("sfprov_worker_processing_seconds",
                     "Event received by the worker → outcome acknowledged",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+COMMIT_HOLDS = Counter("sfprov_worker_commit_holds_total",
+                       "Commits of the requests topic held back by the commit gate, by reason",
+                       ["reason"])
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
 
 
