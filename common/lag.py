@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from confluent_kafka import (ConsumerGroupTopicPartitions, KafkaError, KafkaException,
-                             TopicPartition)
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 EXACT_LAG_LIMIT = 1000

@@ -32,9 +32,9 @@ from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, Worker
 from common.whmcs import WhmcsClient
 from streams import metrics
 from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
-from streams.decide import Context
 from streams.commit_gate import CommitGate, broker_reader
 from streams.commit_gate import install as install_commit_gate
+from streams.decide import Context
 from streams.faust_recovery import read_committed, seek_uncommitted_to_beginning
 from streams.guard import Guard, QueryClient
 from streams.provision import Provisioner, ProvisionPolicy
