@@ -182,6 +182,26 @@ def peak_rss_mb(p: Pipeline) -> dict[str, float]:
     return out
 
 
+def worker_metrics(p: Pipeline) -> dict[str, float]:
+    """Sums of the worker's commit-gate metrics since its last start (the backlog phase)."""
+    import urllib.request
+
+    port = p.ports.get("worker")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("sfprov_worker_commit_check_seconds_sum",
+                     "sfprov_worker_commit_check_seconds_count",
+                     "sfprov_worker_commit_holds_total"):
+            if line.startswith(name):
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def plot(steady: dict[str, Any], backlog: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print("phase 5/5: kafka ceiling", flush=True)
             ceiling = phase_ceiling(p, args.backlog)
             rss = peak_rss_mb(p)
+            gate = worker_metrics(p)
     result = {
         "orders_per_s": round(sustained["orders"] / sustained["seconds"], 1),
         "latency_ms_p50": round(steady["p50"], 1), "latency_ms_p95": round(steady["p95"], 1),
@@ -246,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling_ratio": round(backlog["orders_per_s"] / ceiling["per_s"], 3),
         "rss_mb_max": round(max(rss.values()), 1) if rss else None,
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        "commit_gate_checks": int(gate.get("sfprov_worker_commit_check_seconds_count", 0)),
+        "commit_gate_check_ms_mean": round(
+            1000 * gate.get("sfprov_worker_commit_check_seconds_sum", 0.0)
+            / max(1.0, gate.get("sfprov_worker_commit_check_seconds_count", 0.0)), 2),
+        "commit_gate_holds": int(gate.get("sfprov_worker_commit_holds_total", 0)),
         "burst": {k: v for k, v in burst.items()},
         "sustained_orders": sustained["orders"], "steady_orders": steady["orders"],
         "backlog_orders": backlog["orders"],
@@ -272,6 +298,9 @@ def print_table(r: dict[str, Any]) -> None:
             ("Salesforce API calls per order (1,000 burst)", r["sf_api_calls_per_order"],
              "<= 0.03"),
             ("WHMCS calls per order", r["whmcs_calls_per_order"], "2.00"),
+            ("commit gate, backlog phase: checks, mean ms, holds",
+             f"{r['commit_gate_checks']}, {r['commit_gate_check_ms_mean']}, "
+             f"{r['commit_gate_holds']}", ""),
             ("raw Kafka topic→topic copy (records/s)", r["kafka_copy_per_s"], ""),
             ("pipeline / copy ceiling", r["ceiling_ratio"], ">= 0.2"),
             ("peak RSS per process (MB)", json.dumps(r["rss_mb"]), "<= 200")]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -76,8 +77,10 @@ class CommitGate:
         """TP → the offset that may be committed (TPs that may not move are left out)."""
         by_partition = {tp.partition: offset for tp, offset in wanted.items()}
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             found = await loop.run_in_executor(None, self.reader, by_partition)
+            metrics.COMMIT_CHECK.observe(time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - a commit can wait; the next one re-checks
             log.warning("commit gate: cannot read the requests topic (%s: %s); commit held",
                         type(exc).__name__, exc)

@@ -32,6 +32,9 @@ LATENCY = Histogram("sfprov_worker_processing_seconds",
 COMMIT_HOLDS = Counter("sfprov_worker_commit_holds_total",
                        "Commits of the requests topic held back by the commit gate, by reason",
                        ["reason"])
+COMMIT_CHECK = Histogram("sfprov_worker_commit_check_seconds",
+                         "Commit gate: reading the records a commit would cover",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
 
 
