@@ -62,6 +62,7 @@ class Pipeline:
         self.whmcs_options = whmcs_options or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.commands = dict(PROCESSES)  # chaos's self-test swaps in a broken worker
+        self.process_env: dict[str, dict[str, str]] = {}  # per-process overrides
         self.ports: dict[str, int] = {}
         self.kills: list[tuple[float, str]] = []
         self._stack = contextlib.ExitStack()
@@ -121,14 +122,23 @@ class Pipeline:
 
     def env(self, name: str) -> dict[str, str]:
         port = self.ports.setdefault(name, free_port())
+        kind = name.rstrip("0123456789")  # worker2 is another worker
         env = {**os.environ, **self.sf.env(), **self.whmcs.env(),
                "PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
                "KAFKA_TOPIC_PREFIX": self.prefix, "KAFKA_PARTITIONS": str(self.partitions),
                "SF_EVENTS_REPLAY": "EARLIEST", "SFPROV_STATE_DIR": str(self.dir / "state"),
-               "LOG_LEVEL": "INFO", f"{name.upper()}_HTTP_PORT": str(port),
+               "LOG_LEVEL": "INFO", f"{kind.upper()}_HTTP_PORT": str(port),
                "SFPROV_ENV_FILE": str(self.dir / "no.env")}
         env.update(self.extra_env)
+        env.update(self.process_env.get(name, {}))
         return env
+
+    def add_worker(self, name: str) -> None:
+        """Start one more worker in the same consumer group, with its own state directory."""
+        self.commands[name] = self.commands["worker"]
+        self.process_env[name] = {"SFPROV_STATE_DIR": str(self.dir / f"state-{name}")}
+        self.start(name)
+        self.wait_healthy(name)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by child

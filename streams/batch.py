@@ -197,6 +197,8 @@ class BatchProcessor:
                         provisions.append((event, rec, decision, order))
                         break
                     if isinstance(decision, Redelivery):
+                        if decision.restore and decision.outcome is not None:
+                            self._record(event, decision.outcome)
                         if decision.outcome is not None and not decision.emitted:
                             emit.append((decision.outcome, rec,
                                          (oid, event.idem_key, event.event_uuid)))

@@ -6,7 +6,10 @@
    same ``event_uuid`` → :class:`Redelivery` (a crash replayed it: re-emit the *stored*
    outcome if it was never acknowledged, otherwise nothing); another event uuid →
    ``Duplicate``;
-2. the Order's intent (``intents`` table): ``pending`` means an earlier attempt may have
+2. the Order's intent (``intents`` table): decided for this same event (same IdemKey and
+   event uuid) → :class:`Redelivery` of the outcome the intent holds (the dedupe entry is
+   missing, e.g. a table restore lost it: the decided outcome is sent again, never a
+   contradicting one); ``pending`` means an earlier attempt may have
    reached WHMCS, so the Order is **resumed** (WHMCS lookup first) whatever Salesforce says
    now — the guard is bypassed so a crash can never turn a real provisioning into a
    contradicting ``Skipped``; ``accepted`` → ``Skipped(ALREADY_PROVISIONED)``;
@@ -98,6 +101,7 @@ class Redelivery:
 
     outcome: dict[str, Any] | None
     emitted: bool
+    restore: bool = False  # the dedupe entry is missing: record the outcome again
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,12 @@ def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | N
         return Final(DUPLICATE, "DUPLICATE_IDEM_KEY",
                      f"IdemKey {event.idem_key} was already decided ({entry.get('status')}) "
                      f"for event {entry.get('event_uuid')}")
+    if intent and intent.get("state") in (ACCEPTED, FAILED_STATE) and intent.get("outcome") \
+            and intent.get("idem_key") == event.idem_key \
+            and intent.get("event_uuid") == event.event_uuid:
+        # This very event was provisioned (or failed) but its dedupe entry is gone: the
+        # intent holds the outcome that was decided; send that, never a contradicting one.
+        return Redelivery(intent["outcome"], emitted=False, restore=True)
     resumed = bool(intent) and intent.get("state") == PENDING
     if intent and intent.get("state") == ACCEPTED and intent.get("whmcs_order_id"):
         return Final(SKIPPED, "ALREADY_PROVISIONED",

@@ -150,3 +150,27 @@ def test_crash_before_send_then_redelivery_resends_identical_outcomes(harness, w
         assert o == decided[o["order_id"]][o["idem_key"]]["outcome"]  # same completed_at too
     assert len(emitter.sent) == 2
     assert len(whmcs.orders_for(oid(4))) == 1 and len(whmcs.orders_for(oid(5))) == 1
+
+
+def test_lost_dedupe_entry_resends_the_intents_outcome_once(harness, whmcs):
+    """A restore that lost the idem entries but kept the intents: the redelivered event gets
+    its decided outcome again (identical), the entry is recorded again, and the next
+    redelivery sends nothing."""
+    build, sf, state, emitter = harness
+    values = [request_value(oid(0), event_uuid="l0", idem_key="lk0")]
+
+    async def go():
+        proc, client = await build()
+        await proc.process(records(values))
+        first = list(emitter.sent)
+        state.idem.clear()  # what the worker saw after a table restore lost records
+        sf.orders[oid(0)]["WHMCS_Order_Id__c"] = float(first[0]["whmcs_order_id"])
+        await proc.process(records(values))
+        await proc.process(records(values))
+        await client.aclose()
+        return first
+    first = asyncio.run(go())
+    assert first[0]["status"] == "Provisioned"
+    assert emitter.sent == first + first  # the same record, once more, and then nothing
+    assert state.idem[oid(0)]["lk0"]["emitted"] is True
+    assert len(whmcs.orders_for(oid(0))) == 1

@@ -65,6 +65,21 @@ def test_guard_skips():
     assert (d.status, d.error_code) == ("Failed", "ORDER_NOT_FOUND")
 
 
+@pytest.mark.parametrize("state", ["accepted", "failed"])
+def test_decided_intent_of_this_very_event_is_a_redelivery_of_its_outcome(state):
+    """The dedupe entry is missing (a lost table restore): the intent's outcome is sent
+    again — never a contradicting Skipped(ALREADY_PROVISIONED)."""
+    ev = event()
+    stored = {"status": "Provisioned" if state == "accepted" else "Failed", "completed_at": 7}
+    intent = {"state": state, "whmcs_order_id": 9, "idem_key": ev.idem_key,
+              "event_uuid": ev.event_uuid, "outcome": stored}
+    assert decide(ev, None, intent, order(whmcs_order_id=9.0)) == Redelivery(
+        stored, False, restore=True)
+    # another event of the same IdemKey, or a later IdemKey, is not this event
+    other = event(event_uuid="uuid-2")
+    assert not isinstance(decide(other, None, intent, order()), Redelivery)
+
+
 def test_accepted_intent_of_an_earlier_event_skips():
     intent = {"state": "accepted", "whmcs_order_id": 9, "idem_key": "old"}
     d = decide(event(), None, intent, order())
