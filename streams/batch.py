@@ -198,6 +198,10 @@ class BatchProcessor:
                         break
                     if isinstance(decision, Redelivery):
                         if decision.restore and decision.outcome is not None:
+                            log.warning("dedupe entry missing for an event its Order's intent "
+                                        "records as decided; sending that outcome again",
+                                        extra={"order_id": oid, "idem_key": event.idem_key,
+                                               "event_uuid": event.event_uuid})
                             self._record(event, decision.outcome)
                         if decision.outcome is not None and not decision.emitted:
                             emit.append((decision.outcome, rec,
