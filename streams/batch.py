@@ -25,6 +25,11 @@ Crash windows and what a redelivery does:
   the redelivered event is *resumed*: WHMCS lookup on the ``sfOrderId=`` marker, then
   accept / done / create — never a second order. The guard is bypassed for it, so it can
   never become a contradicting ``Skipped`` after the sink wrote the WHMCS id back.
+* during 5's flush (the kill lands between its two table writes): the entry without the
+  intent → the entry re-sends its outcome and settles the intent (a redelivery, or the sweep
+  if none comes); the intent without the entry → ``decide`` finds this very event in the
+  intent and re-sends the intent's outcome (seen in the two-worker crash test before this
+  rule: a contradicting ``Skipped(ALREADY_PROVISIONED)`` for a provisioned event).
 * between 5's flush and 7 (outcome maybe sent): the event's idem entry holds the decided
   outcome with ``emitted`` false; the redelivery re-sends **that identical record** (same
   fields, same ``completed_at``). Consumers may therefore see one outcome twice, always
@@ -203,6 +208,9 @@ class BatchProcessor:
                                         extra={"order_id": oid, "idem_key": event.idem_key,
                                                "event_uuid": event.event_uuid})
                             self._record(event, decision.outcome)
+                        if decision.outcome is not None:
+                            self.settle_intent(oid, event.idem_key, event.event_uuid,
+                                               decision.outcome)
                         if decision.outcome is not None and not decision.emitted:
                             emit.append((decision.outcome, rec,
                                          (oid, event.idem_key, event.event_uuid)))
@@ -302,6 +310,22 @@ class BatchProcessor:
                                        "status": outcome["status"], "outcome": outcome,
                                        "emitted": False, "at": self._clock(), "dups": {}}
         self.state.idem[event.order_id] = entries
+
+    def settle_intent(self, order_id: str, idem_key: str, event_uuid: str | None,
+                      outcome: dict[str, Any]) -> bool:
+        """A crash between step 5's two table writes can leave the decided outcome in the
+        dedupe entry while the intent stays ``pending``: settle the intent from it (else the
+        sweep would look the order up and send a second, ``recovered`` outcome)."""
+        intent = self.state.intents.get(order_id)
+        if not intent or intent.get("state") != PENDING or \
+                intent.get("idem_key") != idem_key or intent.get("event_uuid") != event_uuid \
+                or outcome.get("status") not in ("Provisioned", "Failed"):
+            return False
+        self.state.intents[order_id] = {
+            **intent, "outcome": outcome,
+            "state": ACCEPTED if outcome["status"] == "Provisioned" else FAILED_STATE,
+            "whmcs_order_id": outcome.get("whmcs_order_id"), "at": self._clock()}
+        return True
 
     def _mark_emitted(self, order_id: str, idem_key: str, event_uuid: str | None) -> None:
         entries = dict(self.state.idem.get(order_id) or {})

@@ -185,6 +185,10 @@ class Sweeper:
             if not intent or intent.get("state") != PENDING or oid in proc.in_flight or \
                     now - int(intent.get("at") or 0) < self.recovery_after_ms:
                 continue
+            entry = (state.idem.get(oid) or {}).get(intent.get("idem_key"))
+            if entry and entry.get("outcome") and proc.settle_intent(
+                    oid, intent.get("idem_key"), entry.get("event_uuid"), entry["outcome"]):
+                continue  # decided before a crash cut step 5 short; its entry re-sends it
             outcome = await self._recover(oid, intent)
             if outcome is not None:
                 outcomes.append((oid, intent["idem_key"], intent.get("event_uuid"), outcome))

@@ -174,3 +174,28 @@ def test_lost_dedupe_entry_resends_the_intents_outcome_once(harness, whmcs):
     assert emitter.sent == first + first  # the same record, once more, and then nothing
     assert state.idem[oid(0)]["lk0"]["emitted"] is True
     assert len(whmcs.orders_for(oid(0))) == 1
+
+
+def test_redelivery_settles_an_intent_left_pending_by_a_cut_short_step_5(harness, whmcs):
+    """The dedupe entry holds the decided outcome but the intent write never landed: the
+    redelivered event re-sends the stored outcome and settles the intent."""
+    build, sf, state, emitter = harness
+    values = [request_value(oid(1), event_uuid="p1", idem_key="pk1")]
+
+    async def go():
+        proc, client = await build()
+        await proc.process(records(values))
+        first = list(emitter.sent)
+        accepted = state.intents[oid(1)]
+        state.intents[oid(1)] = {**accepted, "state": "pending", "outcome": None,
+                                 "whmcs_order_id": None}
+        entry = state.idem[oid(1)]["pk1"]
+        state.idem[oid(1)]["pk1"] = {**entry, "emitted": False}
+        await proc.process(records(values))
+        await client.aclose()
+        return first
+    first = asyncio.run(go())
+    assert emitter.sent == first + first
+    assert state.intents[oid(1)]["state"] == "accepted"
+    assert state.intents[oid(1)]["whmcs_order_id"] == first[0]["whmcs_order_id"]
+    assert len(whmcs.orders_for(oid(1))) == 1

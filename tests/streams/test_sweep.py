@@ -156,3 +156,38 @@ def test_indexed_sweeps_read_only_what_the_tables_reported():
     sweeper.rescan()  # a new assignment
     asyncio.run(sweeper.run_once())
     assert sweeper.full_scans == 2 and len(reads) == 2_001
+
+
+def test_a_pending_intent_whose_outcome_the_dedupe_entry_holds_is_settled_not_recovered():
+    """A crash cut step 5 between the idem write and the intents write: the dedupe entry has
+    the decided outcome (unsent), the intent is still pending. The sweep settles the intent
+    from it and re-sends that identical outcome once — no WHMCS lookup, no second,
+    'recovered' outcome."""
+    now = 10 * DAY_MS
+    oid = "801S00000000009AAA"
+    decided = {"order_id": oid, "idem_key": f"{oid}-k", "event_uuid": "ev",
+               "status": "Provisioned", "whmcs_order_id": 77, "completed_at": 5}
+    state = DictState()
+    state.intents = {oid: intent(oid, 1012, now - 700_000)}
+    state.idem = {oid: {f"{oid}-k": {"event_uuid": "ev", "status": "Provisioned",
+                                      "outcome": decided, "emitted": False,
+                                      "at": now - 700_000, "dups": {}}}}
+    emitter = Emitter()
+
+    class NoLookups:
+        async def lookup(self, *_a, **_kw):
+            raise AssertionError("the intent's outcome is known: no WHMCS lookup")
+
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter,
+                          provisioner=NoLookups(), context=Context(),  # type: ignore[arg-type]
+                          clock_ms=lambda: now)
+    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+
+    async def go():
+        await sweeper.run_once()
+        await sweeper.run_once()
+    asyncio.run(go())
+    assert emitter.sent == [decided]
+    assert state.intents[oid]["state"] == "accepted"
+    assert state.intents[oid]["whmcs_order_id"] == 77
+    assert state.idem[oid][f"{oid}-k"]["emitted"] is True
