@@ -69,7 +69,13 @@ def new_range_consumer(bootstrap: str, group: str) -> Any:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                      "enable.auto.commit": False, "enable.auto.offset.store": False,
                      "isolation.level": "read_committed", "enable.partition.eof": True,
-                     "fetch.wait.max.ms": 50})
+                     "fetch.wait.max.ms": 50,
+                     # librdkafka prefetches up to 64 MB per consumer by default: on a
+                     # backlog that cost the worker ~80 MB of RSS and 166 ms per commit check
+                     # (fetch.max.bytes spans many partitions' max.partition.fetch.bytes:
+                     # at 1 MB / 256 KB, partitions 5 and 6 of 6 starved)
+                     "queued.max.messages.kbytes": 2048, "queued.min.messages": 500,
+                     "fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 128 << 10})
 
 
 def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, int]],
@@ -89,7 +95,8 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
                 raise TimeoutError(f"reading {topic} partitions {sorted(todo)} took over "
                                    f"{timeout_s:g} s")
             at_end = set()
-            for msg in c.consume(500, timeout=0.2):
+            # consume() waits its whole timeout unless it fills the batch: keep it short
+            for msg in c.consume(500, timeout=0.02):
                 p = msg.partition()
                 if msg.error():
                     if msg.error().code() == KafkaError._PARTITION_EOF:

@@ -35,7 +35,11 @@ from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
 from streams.commit_gate import CommitGate, broker_reader
 from streams.commit_gate import install as install_commit_gate
 from streams.decide import Context
-from streams.faust_recovery import read_committed, seek_uncommitted_to_beginning
+from streams.faust_recovery import (
+    read_committed,
+    rewind_dropped_records,
+    seek_uncommitted_to_beginning,
+)
 from streams.guard import Guard, QueryClient
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
@@ -171,6 +175,8 @@ class Worker:
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
         seek_uncommitted_to_beginning(self.app.consumer, {kafka.requests})
         read_committed(self.app.consumer)
+        # faust drops fetched records without seeking back (see streams.faust_recovery)
+        self.rewinder = rewind_dropped_records(self.app.consumer)
         # faust can commit past events it fetched and dropped: check each commit (see module)
         self.commit_gate = CommitGate(kafka.requests, broker_reader(
             kafka.bootstrap_servers, app_id, kafka.requests))

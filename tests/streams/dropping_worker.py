@@ -6,7 +6,9 @@ a "gap" (see :mod:`streams.commit_gate`). That needs a rebalance at the wrong in
 module makes it deterministic: faust's ``Consumer.getmany`` skips, the first time it is
 fetched, every requests record whose offset is ``DROP_MOD`` modulo ``DROP_EVERY`` — exactly
 what faust's own drop looks like to the rest of the consumer. ``COMMIT_GATE=off`` runs without
-the gate (to show the events are then lost). Never used by the product.
+the gate, ``DROP_REWIND=off`` without the seek back over dropped records
+(``streams.faust_recovery.DropRewinder``); with neither, the events are lost. Never used by
+the product.
 """
 
 from __future__ import annotations
@@ -47,4 +49,6 @@ if __name__ == "__main__":
                   int(os.environ.get("DROP_MOD", "3")))
     if os.environ.get("COMMIT_GATE") == "off":
         worker_app.install_commit_gate = lambda gate, consumer: None  # type: ignore[assignment]
+    if os.environ.get("DROP_REWIND") == "off":
+        worker_app.rewind_dropped_records = lambda consumer: None  # type: ignore[assignment]
     sys.exit(main(sys.argv[1:] or ["worker"]))

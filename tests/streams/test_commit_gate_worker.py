@@ -1,5 +1,6 @@
-"""The commit gate in a real worker, on the real broker: faust's record drop, made to happen
-(tests/streams/dropping_worker.py), loses events without the gate and none with it."""
+"""The commit gate and the drop rewinder in a real worker, on the real broker: faust's record
+drop, made to happen (tests/streams/dropping_worker.py), loses events with neither and none
+with either of them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
 MODULE = "tests.streams.dropping_worker"
 
 
-def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, count: int = 45):
+def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, rewind: str = "off",
+         count: int = 45):
     ids = [o["order_id"] for o in salesforce.seed(accounts=5, orders=count)["orders"]]
     salesforce.approve(ids=ids)
     events = [request(order_id) for order_id in ids]
@@ -35,6 +37,7 @@ def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, count: in
     env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
                      prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
                      sf_env=salesforce.env(), wh_env=whmcs.env(), COMMIT_GATE=gate,
+                     DROP_REWIND=rewind,
                      DROP_EVERY="7", DROP_MOD="3", WORKER_BATCH_SIZE="5",
                      # a dropped record with none after it is not committed past: the
                      # watchdog's re-seek (at half of this) brings it back
@@ -78,8 +81,8 @@ def _positions(kafka_settings, count: int) -> dict[tuple[int, int], str]:
             for m in reader.records}
 
 
-def test_without_the_gate_faust_commits_past_dropped_events(kafka_settings, salesforce, whmcs,
-                                                            tmp_path):
+def test_without_gate_or_rewind_faust_commits_past_dropped_events(kafka_settings, salesforce,
+                                                                  whmcs, tmp_path):
     """The control: shows the drop is faust's bug, and that the other test can fail."""
     events, got, log_text, dropped, at = _run(kafka_settings, salesforce, whmcs, tmp_path,
                                               gate="off")
@@ -91,11 +94,24 @@ def test_without_the_gate_faust_commits_past_dropped_events(kafka_settings, sale
     assert {e["event_uuid"] for e in events} - set(got) == lost
 
 
-def test_the_gate_brings_dropped_events_back(kafka_settings, salesforce, whmcs, tmp_path):
+def test_the_gate_alone_brings_dropped_events_back(kafka_settings, salesforce, whmcs,
+                                                  tmp_path):
     events, got, log_text, dropped, _ = _run(kafka_settings, salesforce, whmcs, tmp_path,
-                                             gate="on")
+                                             gate="on", rewind="off")
     assert len(dropped) >= 3, log_text[-3000:]
     assert "commit gate: faust would commit partition" in log_text
     assert set(got) == {e["event_uuid"] for e in events}, log_text[-3000:]
     assert max(got.values()) == 1
     assert whmcs.duplicates() == {}
+
+
+def test_the_rewind_alone_brings_dropped_events_back(kafka_settings, salesforce, whmcs,
+                                                    tmp_path):
+    """The seek back over dropped records, without the gate: nothing is committed past them
+    because they are fetched again before the next fetch."""
+    events, got, log_text, dropped, _ = _run(kafka_settings, salesforce, whmcs, tmp_path,
+                                             gate="off", rewind="on")
+    assert len(dropped) >= 3, log_text[-3000:]
+    assert log_text.count("faust dropped fetched records of") >= len(dropped)
+    assert set(got) == {e["event_uuid"] for e in events}, log_text[-3000:]
+    assert max(got.values()) == 1
