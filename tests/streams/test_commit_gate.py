@@ -176,3 +176,29 @@ def test_broker_reader_starts_at_the_groups_committed_offset(kafka_bootstrap: st
     read = broker_reader(kafka_bootstrap, group, topic)
     # partition 0 from its committed offset 2; partition 1 never committed: from its start
     assert read({0: 5, 1: 0}) == {0: (2, [2, 3, 4]), 1: (0, [])}
+
+
+@pytest.mark.broker
+def test_group_lag_counts_records_not_markers(kafka_bootstrap: str, unique_name) -> None:
+    """sfprov lag and the watchdog read the same ranges (a consumer without partition EOF)."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from common.lag import group_lag
+
+    topic, group = unique_name("lag"), unique_name("group")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    _transaction(kafka_bootstrap, topic, 3, commit=True)    # 0-2, marker 3
+    _transaction(kafka_bootstrap, topic, 2, commit=False)   # 4-5 aborted, marker 6
+    member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
+                       "enable.auto.commit": False})
+    member.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    member.close()
+    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique_name("r"),
+                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        # offsets 1..6 hold two committed records (1, 2): the lag is 2, not 6
+        assert group_lag(AdminClient({"bootstrap.servers": kafka_bootstrap}), reader, group,
+                         topic) == [(0, 1, 3)]
+    finally:
+        reader.close()
