@@ -74,10 +74,10 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         started = time.monotonic()
         thread = threading.Thread(target=approve, daemon=True)
         thread.start()
-        restarts = 0
+        restarts: list[dict[str, Any]] = []
         for at, victim in plan:
             while time.monotonic() - started < at:
-                restarts += _revive(p, processes)
+                restarts += _revive(p, processes, started)
                 time.sleep(0.2)
             log(f"  t={time.monotonic() - started:6.1f}s  SIGKILL {victim}")
             p.kill(victim)
@@ -89,7 +89,7 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         deadline = time.monotonic() + settle_timeout
         rows: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            restarts += _revive(p, processes)
+            restarts += _revive(p, processes, started)
             rows = p.wait_settled(approved, timeout=5, poll=1)
             if len(rows) == len(approved) and all(
                     r.get("Activation_Status__c") in ("Provisioned", "Failed")
@@ -101,7 +101,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                           p.log(name).read_text(errors="replace").count(
                               "commit gate: faust would commit")
                           for name in ("worker", *extra_workers)),
-                      unplanned_restarts=restarts, errors=errors,
+                      unplanned_restarts=len(restarts), unplanned=restarts,
+                      errors=errors,
                       kill_plan=[{"at_s": round(at, 1), "process": v} for at, v in plan],
                       duration_s=round(time.monotonic() - started, 1))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
@@ -109,15 +110,22 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         return report
 
 
-def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES) -> int:
-    """Restart a pipeline process that died on its own (what the supervisor does in prod)."""
-    count = 0
+def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
+            started: float = 0.0) -> list[dict[str, Any]]:
+    """Restart a pipeline process that died on its own (what the supervisor does in prod);
+    returns which, when and with what exit code, with the end of its log."""
+    revived = []
     for name in processes:
         proc = p.procs.get(name)
         if proc is not None and proc.poll() is not None:
+            try:
+                tail = p.log(name).read_text(errors="replace").splitlines()[-5:]
+            except OSError:
+                tail = []
+            revived.append({"process": name, "exit": proc.returncode,
+                            "at_s": round(time.monotonic() - started, 1), "log_tail": tail})
             p.start(name)
-            count += 1
-    return count
+    return revived
 
 
 def main(argv: list[str] | None = None) -> int:
