@@ -12,7 +12,13 @@ import contextlib
 import time
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 EXACT_LAG_LIMIT = 1000
@@ -58,8 +64,6 @@ def records_between(c: Any, topic: str, partition: int, start: int, end: int) ->
 
 def new_range_consumer(bootstrap: str, group: str) -> Any:
     """A consumer for :func:`committed_record_offsets`: assigns, never joins or commits."""
-    from confluent_kafka import Consumer
-
     return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                      "enable.auto.commit": False, "enable.auto.offset.store": False,
                      "isolation.level": "read_committed", "enable.partition.eof": True,

@@ -71,7 +71,8 @@ class CommitGate:
     def finished(self, partition: int, offset: int) -> None:
         self._finished.setdefault(partition, set()).add(offset)
 
-    def unfinished_count(self) -> int:
+    def retained_count(self) -> int:
+        """Finished offsets still held (not yet below a committed offset)."""
         return sum(len(s) for s in self._finished.values())
 
     async def check(self, wanted: Mapping[Any, int]) -> dict[Any, int]:

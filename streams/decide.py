@@ -8,8 +8,8 @@
    ``Duplicate``;
 2. the Order's intent (``intents`` table): decided for this same event (same IdemKey and
    event uuid) → :class:`Redelivery` of the outcome the intent holds (the dedupe entry is
-   missing, e.g. a table restore lost it: the decided outcome is sent again, never a
-   contradicting one); ``pending`` means an earlier attempt may have
+   missing: a crash between step 5's two table writes, or an incomplete table restore; the
+   decided outcome is sent again, never a contradicting one); ``pending`` means an earlier attempt may have
    reached WHMCS, so the Order is **resumed** (WHMCS lookup first) whatever Salesforce says
    now — the guard is bypassed so a crash can never turn a real provisioning into a
    contradicting ``Skipped``; ``accepted`` → ``Skipped(ALREADY_PROVISIONED)``;

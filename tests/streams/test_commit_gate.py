@@ -69,7 +69,7 @@ def test_committed_offsets_forget_finished_records_below_them() -> None:
     for offset in range(10, 20):
         gate.finished(0, offset)
     gate.committed({TP(REQ, 0): 15})
-    assert gate.unfinished_count() == 5
+    assert gate.retained_count() == 5
 
 
 class FakeConsumer:
