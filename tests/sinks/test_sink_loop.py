@@ -130,7 +130,9 @@ def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> 
 def test_stop_drains_pending_writes_and_commits(kafka_settings: KafkaSettings) -> None:
     produce(kafka_settings, scenario(50))
     fake = FakeCollections()
-    settings = sink_settings(linger_s=30.0)  # nothing would flush on its own
+    # nothing flushes on its own: no linger, and no idle flush (a slow broker can hand the 50
+    # over in two fetches more than SINK_IDLE_FLUSH_S apart, which flushed the first part)
+    settings = sink_settings(linger_s=30.0, idle_flush_s=0)
     sink = Sink(kafka_settings, settings, fake)
 
     def stop_when_consumed() -> None:
