@@ -195,7 +195,9 @@ def test_stream_with_nothing_requested_is_closed(sf_pubsub: SfPubSub) -> None:
     sub = sf_pubsub.subscribe(num=0)
     started = time.monotonic()
     while True:
-        response = sub.next(timeout=8)
+        response = sub.next(timeout=20)
         if isinstance(response, tuple):
             break
-    assert 3.5 <= time.monotonic() - started <= 7
+    # idle_close_s is 4 (conftest): not before it; the upper bound only says "closed", with
+    # room for a loaded machine
+    assert 3.5 <= time.monotonic() - started <= 15
