@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A SIGTERM during start-up (settings, topics, imports) is kept and honoured once the
+    # connector exists: a clean exit 0, not death by signal half-way through starting.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: early.append(signum))
     args = parse_args(argv)
     try:
         common = CommonSettings.load()
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if early:
+        on_signal(early[0], None)
     server = HealthServer(connector.http_port, app.health_check).start() \
         if connector.http_port else None
     try:
