@@ -19,6 +19,7 @@ pipeline processes (e.g. ``--env SINK_LINGER_S=0.1``) to measure one change at a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -71,6 +72,22 @@ def report(rows: dict[str, dict[str, float]]) -> None:
               f"{_percentile(vals, .99):7.0f} {sum(vals) / len(vals):7.0f}")
 
 
+def slowest(rows: dict[str, dict[str, float]], n: int) -> None:
+    """The N slowest Orders, stage by stage: which process a stall sits in, and when."""
+    print(f"\n{n} slowest Orders (ms per stage; approved = UTC wall clock)")
+    print(f"{'approved':<14} {'order':<19} " + " ".join(f"{i + 1:>6}" for i in range(4))
+          + f" {'total':>7}")
+    worst = sorted(rows.items(), key=lambda kv: kv[1]["written"] - kv[1]["approved"])[-n:]
+    for oid, s in worst:
+        at = time.strftime("%H:%M:%S", time.gmtime(s["approved"] / 1000)) + \
+            f".{int(s['approved'] % 1000):03d}"
+        parts = [s[b] - s[a] for _name, a, b in STAGES[:4]]
+        print(f"{at:<14} {oid:<19} " + " ".join(f"{v:6.0f}" for v in parts)
+              + f" {s['written'] - s['approved']:7.0f}")
+    print("stages: " + "; ".join(f"{i + 1} {name}" for i, (name, _a, _b) in
+                                 enumerate(STAGES[:4])))
+
+
 def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
     """The backlog phase of ``make bench`` at size ``n``; optionally py-spy on the worker."""
     import subprocess
@@ -109,10 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path,
                     help="py-spy the worker during the backlog (raw folded stacks)")
     ap.add_argument("--dump", type=Path, help="write per-Order timestamps here (JSON)")
+    ap.add_argument("--keep", type=Path,
+                    help="run in this directory and keep it (the processes' logs, the "
+                         "broker's data) instead of a temporary one")
+    ap.add_argument("--slowest", type=int, default=0,
+                    help="print the stages of the N slowest Orders, with their wall-clock time")
     args = ap.parse_args(argv)
     env = dict(x.split("=", 1) for x in args.env)
     n = args.warmup + int(args.rate * args.seconds) + args.backlog + 50
-    with tempfile.TemporaryDirectory(prefix="sfprov-stages-") as tmp, \
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory(prefix="sfprov-stages-")) as tmp, \
             Pipeline(Path(tmp), accounts=100, orders=n, broken_every=0, partitions=6,
                      env=env) as p:
         if args.warmup:
@@ -130,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             backlog(p, args.backlog, args.profile)
     if rows:
         report(rows)
+        if args.slowest:
+            slowest(rows, args.slowest)
     if args.dump:
         import json
         args.dump.write_text(json.dumps(rows))
