@@ -17,7 +17,7 @@ from typing import Any
 
 CONTEXT_FIELDS = ("order_id", "correlation_id", "idem_key", "event_uuid", "replay_id",
                   "whmcs_order_id", "status", "error_code", "topic", "partition", "offset",
-                  "attempt", "count", "duration_ms", "cause")
+                  "attempt", "count", "duration_ms", "steps_ms", "cause")
 
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
                   re.S)

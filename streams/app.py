@@ -291,7 +291,7 @@ class Worker:
                     log.info("batch done: %d events, %d outcomes, %d dead letters",
                              report.events, report.outcomes, report.dead_letters,
                              extra={"duration_ms": int((time.monotonic() - started) * 1000),
-                                    "count": report.events})
+                                    "count": report.events, "steps_ms": report.steps_ms})
                     metrics.BATCHES.labels("ok").inc()
                     self.health.batches += 1
                     self.health.last_batch_at = time.time()

@@ -117,6 +117,14 @@ class BatchReport:
     dead_letters: int = 0
     redelivered_silent: int = 0
     by_status: Counter[str] = field(default_factory=Counter)
+    # where the batch's time went, ms per step (decode, guard, intents, whmcs, flush, send):
+    # logged with "batch done", so a slow batch names the call it waited on
+    steps_ms: dict[str, int] = field(default_factory=dict)
+
+    def timed(self, step: str, since: float) -> float:
+        now = time.monotonic()
+        self.steps_ms[step] = self.steps_ms.get(step, 0) + int((now - since) * 1000)
+        return now
 
 
 class DictState:
@@ -170,9 +178,11 @@ class BatchProcessor:
 
     async def process(self, records: list[RawRecord]) -> BatchReport:
         report = BatchReport(events=len(records))
+        t = time.monotonic()
         # In a thread: a registry lookup must not block the loop; retried while it is down.
         events, dead = await retry_forever("decoding requests (schema registry)",
                                            lambda: asyncio.to_thread(self.decode, records))
+        report.timed("decode", t)
         by_order: dict[str, deque[tuple[Event, RawRecord]]] = {}
         for event, rec in events:
             by_order.setdefault(event.order_id, deque()).append((event, rec))
@@ -187,7 +197,9 @@ class BatchProcessor:
         idem, intents = self.state.idem, self.state.intents
         need_guard = [oid for oid, evs in by_order.items()
                       if any(ev.idem_key not in (idem.get(oid) or {}) for ev, _ in evs)]
+        t = time.monotonic()
         orders = await self.guard.fetch(need_guard) if need_guard else {}
+        t = report.timed("guard", t)
         emit: list[tuple[dict[str, Any], RawRecord | None, tuple[str, str, str | None]]] = []
         pending = {oid: evs for oid, evs in by_order.items() if evs}
         while pending:
@@ -227,8 +239,11 @@ class BatchProcessor:
             at = self._clock()
             for event, _rec, decision, order in provisions:
                 intents[event.order_id] = self._intent(event, decision, order, at)
+            t = time.monotonic()
             await self.state.flush()  # the pending intents are durable before any AddOrder
+            t = report.timed("intents", t)
             results = await asyncio.gather(*(self._provision(p) for _e, _r, p, _o in provisions))
+            report.timed("whmcs", t)
             for (event, rec, decision, order), result in zip(provisions, results, strict=True):
                 outcome = self._provision_outcome(event, decision, order, result)
                 intents[event.order_id] = {
@@ -238,10 +253,13 @@ class BatchProcessor:
                     "at": self._clock()}
                 self._record(event, outcome)
                 emit.append((outcome, rec, (event.order_id, event.idem_key, event.event_uuid)))
+        t = time.monotonic()
         await self.state.flush()  # decided outcomes are durable before they are sent
+        t = report.timed("flush", t)
         await self.emitter.send_outcomes([o for o, _r, _k in emit])
         if dead:
             await self.emitter.send_dead_letters(dead)
+        report.timed("send", t)
         for outcome, rec, (oid, idem_key, event_uuid) in emit:
             self._mark_emitted(oid, idem_key, event_uuid)
             metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
