@@ -8,14 +8,16 @@ prefixed ``sfprov_``) and passes a health callback returning ``(healthy, details
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
@@ -66,3 +68,44 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+GC_PAUSE = Histogram("sfprov_gc_pause_seconds",
+                     "Python garbage-collector pauses (the whole process stops), by generation.",
+                     ["generation"], buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+GC_LOG_PAUSE_S = 0.1  # pauses at least this long are logged
+
+
+class GcMonitor:
+    """Times every collection of Python's cyclic garbage collector (``gc.callbacks``).
+
+    A generation-2 collection walks every tracked object of the process: with a few hundred
+    MB of them it stops everything — the event loop, the agent, the heartbeats — for a second
+    or more. The histogram says how often; a WARNING names each pause of at least
+    ``GC_LOG_PAUSE_S`` (``count``: the objects it freed).
+    """
+
+    def __init__(self) -> None:
+        self._started = 0.0
+
+    def install(self) -> GcMonitor:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+        return self
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info.get("generation", -1)
+        GC_PAUSE.labels(str(generation)).observe(pause)
+        if pause >= GC_LOG_PAUSE_S:
+            log.warning("garbage collection of generation %s paused the process for %.0f ms",
+                        generation, pause * 1000,
+                        extra={"duration_ms": round(pause * 1000),
+                               "count": info.get("collected", 0)})

@@ -18,7 +18,7 @@ import sys
 from common.errors import ConfigError, KafkaError
 from common.kafka import ensure_topics
 from common.log import setup_logging
-from common.metrics import HealthServer
+from common.metrics import GcMonitor, HealthServer
 from common.settings import CommonSettings, ConnectorSettings, KafkaSettings, SalesforceSettings
 
 EXIT_CONFIG = 64
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging("connector", common.log_level, common.log_format)
+    GcMonitor().install()
     if not connector.events_enabled:
         log.warning("SF_EVENTS_ENABLED=false: not subscribing; exiting")
         return 0

@@ -13,7 +13,7 @@ import sys
 
 from common.errors import ConfigError
 from common.log import setup_logging
-from common.metrics import HealthServer
+from common.metrics import GcMonitor, HealthServer
 from common.settings import CommonSettings, KafkaSettings, SalesforceSettings, SinkSettings
 
 log = logging.getLogger("sinks")
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         common = CommonSettings.load()
         setup_logging("sink", common.log_level, common.log_format)
+        GcMonitor().install()
         kafka = KafkaSettings.load()
         settings = SinkSettings.load()
         salesforce = SalesforceSettings.load()
