@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import KeysView
 
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
@@ -191,3 +192,91 @@ def test_a_pending_intent_whose_outcome_the_dedupe_entry_holds_is_settled_not_re
     assert state.intents[oid]["state"] == "accepted"
     assert state.intents[oid]["whmcs_order_id"] == 77
     assert state.idem[oid][f"{oid}-k"]["emitted"] is True
+
+
+class LazyTable(dict):
+    """Stands for a faust table on RocksDB: its keys come one by one from an iterator, and
+    ``len()`` would iterate the whole store (faust's ``Store._size``)."""
+
+    def __init__(self, entries, events):
+        super().__init__(entries)
+        self.events = events
+        self.len_calls = 0
+
+    def __len__(self):
+        self.len_calls += 1
+        return super().__len__()
+
+    def __iter__(self):
+        for key in list(dict.keys(self)):
+            self.events.append("key")
+            yield key
+
+    def keys(self):
+        return KeysView(self)  # as faust's tables: len(view) is len(table)
+
+
+def test_a_full_scan_reads_the_keys_a_slice_at_a_time_and_never_asks_len():
+    """The 2 s stall of make bench's steady phase: the full scan after an assignment listed
+    the keys with list(table.keys()) — len() first (a whole pass over RocksDB), then every
+    key, in one go. Now other tasks run between slices of the key listing itself."""
+    now = 100 * DAY_MS
+    events: list[str] = []
+    state = DictState()
+    state.intents = LazyTable({f"801K{i:011d}AAA": {"state": "accepted", "at": now}
+                               for i in range(3_000)}, events)
+    state.idem = LazyTable({f"801K{i:011d}AAA": {"k": {"event_uuid": "e", "at": now,
+                                                       "emitted": True, "outcome": {}}}
+                            for i in range(3_000)}, events)
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
+                          provisioner=None, context=Context(),  # type: ignore[arg-type]
+                          clock_ms=lambda: now)
+    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+
+    async def go():
+        done = asyncio.Event()
+
+        async def other_work():  # stands for the batches
+            while not done.is_set():
+                events.append("tick")
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        report = await sweeper.run_once()
+        done.set()
+        await ticker
+        return report
+
+    report = asyncio.run(go())
+    assert report.pending == 0 and sweeper.full_scans == 1
+    assert state.intents.len_calls == 0 and state.idem.len_calls == 0
+    first, last = events.index("key"), len(events) - 1 - events[::-1].index("key")
+    listing = events[first:last + 1]
+    assert listing.count("key") == 6_000
+    assert listing.count("tick") >= 6_000 // 500 - 1  # a yield every slice of the listing
+    # the longest run of keys read without a yield is one slice
+    runs = "".join("k" if e == "key" else "t" for e in listing).split("t")
+    assert max(len(r) for r in runs) <= 500
+
+
+def test_a_rescan_asked_for_during_a_full_scan_is_not_lost():
+    now = 100 * DAY_MS
+    state = DictState()
+    state.watched = True  # type: ignore[attr-defined]
+    state.intents = {f"801R{i:011d}AAA": {"state": "accepted", "at": now} for i in range(2_000)}
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
+                          provisioner=None, context=Context(),  # type: ignore[arg-type]
+                          clock_ms=lambda: now)
+    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+
+    async def go():
+        sweep = asyncio.create_task(sweeper.run_once())
+        await asyncio.sleep(0)  # the scan has started and yielded
+        await asyncio.sleep(0)
+        sweeper.rescan()  # a new assignment arrives mid-scan
+        await sweep
+        await sweeper.run_once()
+
+    asyncio.run(go())
+    assert sweeper.full_scans == 2  # the second sweep scanned the new assignment in full
