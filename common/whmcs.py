@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,7 +153,7 @@ class WhmcsClient:
             transport=transport or AiohttpTransport(max_connections=64),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.calls: Counter[str] = Counter()
-        self.latency: Counter[str] = Counter()
+        self.latency: dict[str, float] = defaultdict(float)
         self.observer: Any = None  # optional callable(action, seconds, outcome)
 
     async def aclose(self) -> None:

@@ -163,10 +163,11 @@ def reconcile(args: argparse.Namespace) -> int:
     for r in scan(settings, settings.requests, "provision_request",
                   match=lambda r: r.key in candidates):
         created = r.value["CreatedDate"].timestamp()
-        if created >= latest_request.get(r.key, (0.0, ""))[0]:
-            latest_request[r.key] = (created, idem_key_of(r.value))
+        key = str(r.key)  # matched against the candidates: never None
+        if created >= latest_request.get(key, (0.0, ""))[0]:
+            latest_request[key] = (created, idem_key_of(r.value))
     decided: set[tuple[str, str]] = {
-        (r.key, r.value["idem_key"])
+        (str(r.key), r.value["idem_key"])
         for r in scan(settings, settings.outcomes, "provisioning_outcome",
                       match=lambda r: r.key in latest_request)}
     no_request = [oid for oid, o in candidates.items()
@@ -245,7 +246,8 @@ def demo(args: argparse.Namespace) -> int:
             msg = c.poll(0.5)
             if msg is not None and not msg.error():
                 record = decoder.record(msg)
-                if record.key in wanted and record.key not in results:
+                if record.key is not None and record.key in wanted \
+                        and record.key not in results:
                     results[record.key] = record.value
             if len(results) != shown:
                 shown = len(results)

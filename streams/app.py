@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -136,17 +136,19 @@ class Worker:
             consumer_group_instance_id=worker.instance_id or None,
             # faust's own ends recovery in an order that drops fetched events (see module)
             TableManager="streams.faust_recovery:TableManager")
-        table_kw = dict(default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
+        table_kw: dict[str, Any] = dict(default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
                         schema=faust.Schema(key_type=str, key_serializer="raw",
                                             value_serializer="json"))
-        self.idem = self.app.tables.add(DurableTable(self.app, name="idem",
+        self.idem = DurableTable(self.app, name="idem",
                                                      beacon=self.app.tables.beacon,
                                                      help="order id → {idem key: decision}",
-                                                     **table_kw))
-        self.intents = self.app.tables.add(DurableTable(self.app, name="intents",
+                                                     **table_kw)
+        self.intents = DurableTable(self.app, name="intents",
                                                         beacon=self.app.tables.beacon,
                                                         help="order id → provisioning intent",
-                                                        **table_kw))
+                                                        **table_kw)
+        self.app.tables.add(self.idem)
+        self.app.tables.add(self.intents)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
         self.whmcs.observer = metrics.whmcs_observer
         policy = ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
@@ -183,7 +185,7 @@ class Worker:
         install_commit_gate(self.commit_gate, self.app.consumer)
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.progress = Progress()
         self.watchdog: StallWatchdog | None = None
         if worker.stall_timeout_s > 0:
@@ -197,7 +199,8 @@ class Worker:
 
     def diagnose(self) -> dict[str, Any]:
         """faust's gates between the broker and the agent (read from the watchdog thread)."""
-        app, out = self.app, {}
+        app: Any = self.app  # faust's internals, read as they are
+        out: dict[str, Any] = {}
         probes = {
             "flow_active": lambda: app.consumer.flow_active,
             "flow_control_active": lambda: app.flow_control.is_active(),
@@ -233,7 +236,8 @@ class Worker:
 
     def _recovery_position(self) -> int:
         try:
-            return int(sum(self.app.tables.recovery.active_offsets.values()))
+            recovery = cast(Any, self.app.tables).recovery
+            return int(sum(recovery.active_offsets.values()))
         except Exception:  # noqa: BLE001 - read from another thread; best effort
             return 0
 

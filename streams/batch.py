@@ -260,11 +260,11 @@ class BatchProcessor:
         if dead:
             await self.emitter.send_dead_letters(dead)
         report.timed("send", t)
-        for outcome, rec, (oid, idem_key, event_uuid) in emit:
+        for outcome, source, (oid, idem_key, event_uuid) in emit:
             self._mark_emitted(oid, idem_key, event_uuid)
             metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
-            if rec is not None:
-                metrics.LATENCY.observe(time.monotonic() - rec.received_at)
+            if source is not None:
+                metrics.LATENCY.observe(time.monotonic() - source.received_at)
             report.by_status[outcome["status"]] += 1
         for letter in dead:
             metrics.DEAD_LETTERS.labels(letter.error_code or letter.error_class).inc()

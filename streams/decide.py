@@ -143,7 +143,7 @@ def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | N
         # This very event was provisioned (or failed) but its dedupe entry is gone: the
         # intent holds the outcome that was decided; send that, never a contradicting one.
         return Redelivery(intent["outcome"], emitted=False, restore=True)
-    resumed = bool(intent) and intent.get("state") == PENDING
+    resumed = bool(intent and intent.get("state") == PENDING)
     if intent and intent.get("state") == ACCEPTED and intent.get("whmcs_order_id"):
         return Final(SKIPPED, "ALREADY_PROVISIONED",
                      f"WHMCS order {intent['whmcs_order_id']} was already created for this "

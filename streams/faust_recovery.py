@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
@@ -79,7 +79,7 @@ class OrderedRecovery(Recovery):
         app.flow_control.resume()  # clears the queues: nothing of a stream partition is in them
         consumer.resume_partitions(stream_tps)
         consumer.resume_flow()
-        await app._fetcher.maybe_start()
+        await cast(Any, app)._fetcher.maybe_start()
         self.tables.on_actives_ready()
         if not app.assignor.assigned_standbys():
             self.tables.on_standbys_ready()

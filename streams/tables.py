@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -100,7 +100,7 @@ class DurableTable(faust.Table):
             self.watch(str(key), value)
         fut = self.send_changelog(self.partition_for_key(key), key, value)
         self._unflushed.append(fut)
-        self._maybe_set_key_ttl(key, fut.message.partition)
+        self._maybe_set_key_ttl(key, cast(int, fut.message.partition))
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
@@ -109,7 +109,7 @@ class DurableTable(faust.Table):
         fut = self.send_changelog(self.partition_for_key(key), key, value=None,
                                   value_serializer="raw")
         self._unflushed.append(fut)
-        self._maybe_del_key_ttl(key, fut.message.partition)
+        self._maybe_del_key_ttl(key, cast(int, fut.message.partition))
         self._sensor_on_del(self, key)
 
     async def flush(self, timeout: float = 60.0) -> None:
@@ -139,11 +139,14 @@ class TableState:
     """The :class:`streams.batch.StateStore` over the two Faust tables."""
 
     def __init__(self, idem: DurableTable, intents: DurableTable) -> None:
-        self.idem = idem
-        self.intents = intents
+        # faust's tables are mutable mappings at run time (ManagedUserDict); their stubs
+        # do not say so
+        self.idem: MutableMapping[str, Any] = cast(MutableMapping[str, Any], idem)
+        self.intents: MutableMapping[str, Any] = cast(MutableMapping[str, Any], intents)
+        self._tables = (idem, intents)
         self.flushes = 0
         self.watched = True  # DurableTable.watch reports every change to the sweep
 
     async def flush(self) -> None:
         self.flushes += 1
-        await asyncio.gather(self.idem.flush(), self.intents.flush())
+        await asyncio.gather(*(table.flush() for table in self._tables))

@@ -34,7 +34,9 @@ class EventSchema:
         return out.getvalue()
 
     def decode(self, payload: bytes) -> dict:
-        return fastavro.schemaless_reader(io.BytesIO(payload), self.parsed)
+        record = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed)
+        assert isinstance(record, dict)  # the schema is a record
+        return record
 
 
 PROVISION_SCHEMA = EventSchema(SCHEMA_PATH.read_text())
