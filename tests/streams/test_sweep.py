@@ -26,6 +26,14 @@ class Emitter:
         raise AssertionError("the sweep never dead-letters")
 
 
+def sweeper_over(state, clock, emitter=None):
+    """A Sweeper over ``state`` with no WHMCS or Salesforce behind it (the scan's tests)."""
+    proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter or Emitter(),
+                          provisioner=None, context=Context(),  # type: ignore[arg-type]
+                          clock_ms=clock)
+    return Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+
+
 def intent(order_id, client_id, at):
     return {"order_id": order_id, "idem_key": f"{order_id}-k", "event_uuid": "ev",
             "correlation_id": "c", "requested_at": 1, "state": "pending", "attempt": 1,
@@ -87,10 +95,7 @@ def test_a_large_table_is_scanned_without_stopping_batches_and_acted_on_under_th
     expired = "801X00000000042AAA"
     state.idem[expired] = {"k": {"event_uuid": "e", "at": now - 40 * DAY_MS, "emitted": True,
                                  "outcome": {}}}
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
-                          provisioner=None, context=Context(),  # type: ignore[arg-type]
-                          clock_ms=lambda: now)
-    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    sweeper = sweeper_over(state, lambda: now)
 
     async def go():
         lock = asyncio.Lock()
@@ -136,10 +141,7 @@ def test_indexed_sweeps_read_only_what_the_tables_reported():
             reads.append(key)
             return super().get(key, default)
     state.intents = CountingDict(state.intents)
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
-                          provisioner=None, context=Context(),  # type: ignore[arg-type]
-                          clock_ms=lambda: now[0])
-    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    sweeper = sweeper_over(state, lambda: now[0])
     first = asyncio.run(sweeper.run_once())
     assert sweeper.full_scans == 1 and len(reads) == 2_000 and first.pending == 0
     late = "801W99999999999AAA"
@@ -228,10 +230,7 @@ def test_a_full_scan_reads_the_keys_a_slice_at_a_time_and_never_asks_len():
     state.idem = LazyTable({f"801K{i:011d}AAA": {"k": {"event_uuid": "e", "at": now,
                                                        "emitted": True, "outcome": {}}}
                             for i in range(3_000)}, events)
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
-                          provisioner=None, context=Context(),  # type: ignore[arg-type]
-                          clock_ms=lambda: now)
-    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    sweeper = sweeper_over(state, lambda: now)
 
     async def go():
         done = asyncio.Event()
@@ -265,10 +264,7 @@ def test_a_rescan_asked_for_during_a_full_scan_is_not_lost():
     state = DictState()
     state.watched = True  # type: ignore[attr-defined]
     state.intents = {f"801R{i:011d}AAA": {"state": "accepted", "at": now} for i in range(2_000)}
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=Emitter(),
-                          provisioner=None, context=Context(),  # type: ignore[arg-type]
-                          clock_ms=lambda: now)
-    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    sweeper = sweeper_over(state, lambda: now)
 
     async def go():
         sweep = asyncio.create_task(sweeper.run_once())
