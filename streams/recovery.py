@@ -149,9 +149,9 @@ class Sweeper:
 
     async def run_once(self, lock: asyncio.Lock | None = None) -> SweepReport:
         """One sweep. The scan holds no lock and yields to the event loop every
-        :data:`SCAN_SLICE` entries or :data:`SCAN_BUDGET_S` (a table of 100,000 Orders must not stop the batches for
-        seconds); only the few entries that need action are handled under ``lock`` (the
-        batches' lock), each re-read and re-checked first."""
+        :data:`SCAN_SLICE` entries or :data:`SCAN_BUDGET_S` (a table of 100,000 Orders must
+        not stop the batches for seconds); only the few entries that need action are handled
+        under ``lock`` (the batches' lock), each re-read and re-checked first."""
         report = SweepReport()
         proc = self.processor
         state = proc.state
