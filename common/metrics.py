@@ -79,9 +79,10 @@ GC_LOG_PAUSE_S = 0.1  # pauses at least this long are logged
 class GcMonitor:
     """Times every collection of Python's cyclic garbage collector (``gc.callbacks``).
 
-    A generation-2 collection walks every tracked object of the process: with a few hundred
-    MB of them it stops everything — the event loop, the agent, the heartbeats — for a second
-    or more. The histogram says how often; a WARNING names each pause of at least
+    A generation-2 collection walks every tracked object of the process and stops everything
+    meanwhile — the event loop, the agent, the heartbeats (106–125 ms in the worker under
+    ``bench.stages``, before it froze its start-up objects). The histogram says how often;
+    a WARNING names each pause of at least
     ``GC_LOG_PAUSE_S`` (``count``: the objects it freed).
     """
 
