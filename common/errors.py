@@ -15,6 +15,8 @@ with ``raise ... from exc`` so the cause is kept::
     │   └── WhmcsUnknownResultError    timeout after the request was sent: look it up, never repeat blindly
     └── KafkaError                     broker-side failures (fenced producer, timeouts)
         └── ProducerFencedError        another instance with the same transactional.id took over
+            └── TransactionTimedOutError   fenced while its transaction was older than the
+                                           transaction timeout: perhaps only its own timeout
 """
 
 from __future__ import annotations
@@ -89,3 +91,20 @@ class KafkaError(PipelineError):
 
 class ProducerFencedError(KafkaError):
     pass
+
+
+class TransactionTimedOutError(ProducerFencedError):
+    """Fenced, and the failed transaction had been open longer than ``transaction.timeout.ms``.
+
+    The broker answers a transaction it aborted for its age exactly as it answers a newer
+    instance's ``init_transactions`` (``INVALID_PRODUCER_EPOCH``; librdkafka: fatal
+    ``_FENCED``), so this says only that our own timeout *may* be the cause. Whoever catches
+    it must not write with this producer again; a new one's ``init_transactions`` decides.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, age_s: float, timeout_s: float) -> None:
+        super().__init__(message)
+        self.age_s = age_s
+        self.timeout_s = timeout_s

@@ -312,6 +312,11 @@ class ConnectorSettings(_Section):
     max_buffered: int = env("CONNECTOR_MAX_BUFFERED", 1000, parse=parse_positive_int,
                             doc="Events received but not yet written, beyond which no more "
                                 "are requested from Salesforce (backpressure).")
+    transaction_timeout_s: float = env("CONNECTOR_TRANSACTION_TIMEOUT_S", 60.0,
+                                       parse=parse_float,
+                                       doc="Kafka transaction.timeout.ms, in seconds (1–900): "
+                                           "a transaction open longer (a paused process) is "
+                                           "aborted by the broker.")
     backoff_initial_s: float = env("SF_PUBSUB_BACKOFF_INITIAL_S", 0.5, parse=parse_float,
                                    doc="First resubscribe delay after an error (doubles, "
                                        "jittered).")
@@ -326,6 +331,10 @@ class ConnectorSettings(_Section):
     def validate(self) -> None:
         if self.num_requested > 100:
             raise ConfigError("SF_PUBSUB_NUM_REQUESTED: at most 100 (Pub/Sub API limit)")
+        # librdkafka's floor is 1 s; brokers refuse more than transaction.max.timeout.ms
+        # (15 min by default) at init_transactions.
+        if not 1.0 <= self.transaction_timeout_s <= 900.0:
+            raise ConfigError("CONNECTOR_TRANSACTION_TIMEOUT_S: between 1 and 900 seconds")
 
 
 @dataclass(frozen=True, kw_only=True)

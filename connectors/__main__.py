@@ -5,7 +5,8 @@ Settings come from the environment / ``.env`` (``SF_*``, ``KAFKA_*``, ``CONNECTO
 
 Exit codes: 0 stopped (signal or bound reached), 1 fatal error, 2 stored replay id refused
 with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same name
-(do not auto-restart on 3), 64 bad configuration.
+(do not auto-restart on 3; a fence after the connector's own transaction timeout is not
+this: it re-initialises and carries on, see ``connectors.source``), 64 bad configuration.
 """
 
 from __future__ import annotations

@@ -28,3 +28,6 @@ REPLAY_GAPS = Counter("sfprov_connector_replay_gaps",
                       ["policy"])
 BUFFERED = Gauge("sfprov_connector_buffered_events",
                  "Events received from Salesforce, not yet written.")
+TXN_TIMEOUTS = Counter("sfprov_connector_transaction_timeouts",
+                       "Transactions fenced after outliving CONNECTOR_TRANSACTION_TIMEOUT_S "
+                       "(a paused process); each was aborted and the producer re-initialised.")

@@ -30,6 +30,22 @@ Failure policies:
   resubscribe.
 * fenced by a newer instance → log it and exit :data:`EXIT_FENCED` (no standby: the newer
   instance owns the stream; do not auto-restart on this code or the two will take turns).
+* paused past the transaction timeout (``CONNECTOR_TRANSACTION_TIMEOUT_S``: SIGSTOP, a frozen
+  VM, a long GC, a broker away) with a transaction open → the broker aborts it (its records
+  stay invisible to ``read_committed`` readers) and bumps the epoch; the resumed producer
+  gets exactly what a newer instance's fence gives, fatal ``_FENCED`` (``connectors.writer``
+  has what was measured). The failed transaction's age tells them apart — the broker cannot
+  have timed out a younger one: younger than the timeout → a newer instance →
+  :data:`EXIT_FENCED`; older → perhaps only our own timeout (``TransactionTimedOutError``) →
+  after the resubscribe backoff, a new producer's ``init_transactions`` (fencing a newer
+  instance, if any, and aborting its open transaction), the position read again, and a
+  resubscribe from it: in-process, no operator, no restart. Nothing is lost (the aborted
+  batch is fetched again) or doubled (the position is read after the fence, so it includes
+  whatever a newer instance committed). Two live instances cannot take turns: only the one
+  whose transaction outlived the timeout takes the stream back, and the one it fences then
+  fails a *young* transaction and exits 3. Paused *between* transactions, nothing was open
+  and nothing timed out: it carries on (or, fenced meanwhile, fails its next, young,
+  transaction: exit 3). Repeated timeouts back off like any subscription error.
 
 Keepalives: an empty FetchResponse carries ``latest_replay_id``. It is committed (throttled by
 ``SF_PUBSUB_KEEPALIVE_COMMIT_S``, in its own small transaction) only when every event
@@ -58,6 +74,7 @@ from common.errors import (
     SalesforceAuthError,
     SalesforceError,
     SalesforceLimitError,
+    TransactionTimedOutError,
 )
 from common.salesforce import SalesforceAuth
 from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
@@ -123,7 +140,8 @@ class Connector:
         self.pubsub = pubsub or PubSubClient(connector, salesforce, self.auth)
         self.codec = OffsetCodec(connector.name, connector.channel)
         self.txn_id = transactional_id(kafka, connector.name, connector.channel)
-        self.writer = TransactionalWriter(kafka, self.txn_id)
+        self.writer = TransactionalWriter(kafka, self.txn_id,
+                                          transaction_timeout_s=connector.transaction_timeout_s)
         serde = AvroSerde("provision_request", topic=kafka.requests,
                           registry=registry_from_url(kafka.schema_registry_url))
         self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
@@ -137,6 +155,7 @@ class Connector:
         self._stop = threading.Event()
         self._keepalive_candidate: bytes | None = None
         self._last_keepalive_commit = 0.0
+        self._reopen_pending = False  # the producer was fenced after a transaction timeout
         m.COMMITTED_AGE.set_function(self._committed_age)
 
     # -- control -------------------------------------------------------------------------
@@ -173,11 +192,15 @@ class Connector:
             if deadline and time.monotonic() >= deadline:
                 break
             try:
+                if self._reopen_pending:
+                    self._reopen()
                 done = self._subscribe_once(max_events, deadline)
                 if done:
                     break
             except ProducerFencedError as exc:
-                return self._fenced(exc)
+                code = self._on_fenced(exc)
+                if code is not None:
+                    return code
             except ReplayIdInvalidError as exc:
                 code = self._replay_invalid(exc)
                 if code is not None:
@@ -364,7 +387,7 @@ class Connector:
         try:
             self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
         except ProducerFencedError as fenced:
-            return self._fenced(fenced)
+            return self._on_fenced(fenced)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
         m.TRANSACTIONS.labels("gap", "commit").inc()
@@ -382,6 +405,35 @@ class Connector:
                   self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override = policy
         return None
+
+    def _on_fenced(self, exc: ProducerFencedError) -> int | None:
+        """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""
+        if not isinstance(exc, TransactionTimedOutError):
+            return self._fenced(exc)
+        m.TXN_TIMEOUTS.inc()
+        m.RECONNECTS.labels("txn_timeout").inc()
+        self._reopen_pending = True
+        delay = self.backoff.next()
+        self.health.state, self.health.cause, self.health.last_error = \
+            "backoff", "txn_timeout", str(exc)
+        self.health.waiting_until = time.monotonic() + delay
+        log.error("transaction timed out: %s. Its records are aborted (invisible to "
+                  "read_committed readers); in %.1fs a new producer's init_transactions "
+                  "takes the stream back and the connector resumes from the committed "
+                  "position", exc, delay, extra={"cause": "txn_timeout"})
+        self._stop.wait(delay)
+        return None
+
+    def _reopen(self) -> None:
+        """New producer (fencing any newer instance), then the position: in that order."""
+        self.writer.reopen()
+        self._set_position(load_position(self.kafka.bootstrap_servers,
+                                         self.kafka.connector_offsets, self.codec))
+        self._reopen_pending = False
+        log.warning("producer re-initialised after the transaction timeout; resuming after "
+                    "replay id %s", self.position.replay_id.hex() if self.position else "-",
+                    extra={"replay_id": self.position.replay_id.hex() if self.position
+                           else None})
 
     def _fenced(self, exc: ProducerFencedError) -> int:
         self.health.state = "fenced"

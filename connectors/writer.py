@@ -6,6 +6,26 @@ bumps the producer epoch: an older instance with the same id is **fenced** — i
 transaction is aborted and its next write fails with ``ProducerFencedError``. Two
 connectors with one name therefore never both write.
 
+A transaction open longer than ``transaction.timeout.ms`` (``CONNECTOR_TRANSACTION_TIMEOUT_S``;
+the process was paused — SIGSTOP, a frozen VM, a long GC — or the broker was away) is
+aborted by the broker's transaction coordinator, which also bumps the producer epoch. What
+the paused producer sees when it resumes was measured on Kafka 3.9.1 with librdkafka 2.16:
+``commit_transaction`` fails with the fatal ``_FENCED`` ("Failed to end transaction: Local:
+This instance has been fenced by a newer instance"; the broker answered EndTxn with
+``INVALID_PRODUCER_EPOCH``), a record produced after the pause fails the same way when
+it is delivered ("ProduceRequest … failed: Broker: Producer attempted an operation with an
+old epoch … (_FENCED)"), and a ``produce()`` once the producer is in that state raises a
+bare ``_FATAL`` ("Unable to produce message: Local: Fatal error"), whose cause
+:meth:`write` asks the producer for. The records written before the pause stay in the log, aborted: a
+``read_committed`` reader never sees them. Exactly the same errors, with the same broker
+code, arrive when a newer instance's ``init_transactions`` fenced us. The one thing that
+tells them apart is the transaction's age: the coordinator can only have timed out a
+transaction open longer than the timeout. So a fence of an older transaction is raised as
+:class:`TransactionTimedOutError` (perhaps only our own timeout; a new producer's
+``init_transactions`` decides, see ``connectors.source``), a fence of a younger one as
+``ProducerFencedError`` (certainly a newer instance). A pause *between* transactions
+changes nothing: no transaction was open, so none timed out, and the next one commits.
+
 Order of a batch (the commit-after-effect rule): produce every record of the batch, then
 the position record, then ``commit_transaction``. Only after the commit returns does the
 caller move its in-memory position and ask Salesforce for more. A failed commit is retried
@@ -20,12 +40,13 @@ tables keyed by order id live in the same partition numbers as the requests. Do 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException, Producer
 
-from common.errors import KafkaError, ProducerFencedError
+from common.errors import KafkaError, ProducerFencedError, TransactionTimedOutError
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -40,7 +61,9 @@ def transactional_id(kafka: KafkaSettings, connector: str, channel: str) -> str:
     return f"{kafka.topic_prefix}{connector}|{channel.strip('/').replace('/', '.')}"
 
 
-def producer_config(kafka: KafkaSettings, txn_id: str) -> dict[str, Any]:
+def producer_config(kafka: KafkaSettings, txn_id: str,
+                    transaction_timeout_s: float = 60.0) -> dict[str, Any]:
+    txn_ms = int(transaction_timeout_s * 1000)
     return {
         "bootstrap.servers": kafka.bootstrap_servers,
         "transactional.id": txn_id,
@@ -49,15 +72,25 @@ def producer_config(kafka: KafkaSettings, txn_id: str) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         "linger.ms": 5,
         "compression.type": "lz4",
-        "transaction.timeout.ms": 60_000,
-        "message.timeout.ms": 55_000,
+        "transaction.timeout.ms": txn_ms,
+        # librdkafka requires it <= the transaction timeout; a little less, so an undeliverable
+        # record fails the transaction before the broker would abort it for its age.
+        "message.timeout.ms": txn_ms - min(5_000, txn_ms // 10),
     }
 
 
-def translate(exc: KafkaException, what: str, txn_id: str) -> KafkaError:
+def translate(exc: KafkaException, what: str, txn_id: str, *, age_s: float | None = None,
+              timeout_s: float | None = None) -> KafkaError:
+    """Our error for a librdkafka one. ``age_s``: how long the failed transaction was open."""
     err = exc.args[0] if exc.args else None
     if isinstance(err, CKafkaError):
         if err.code() in _FENCED_CODES:
+            if age_s is not None and timeout_s is not None and age_s >= timeout_s:
+                return TransactionTimedOutError(
+                    f"fenced after the transaction was open {age_s:.1f}s, longer than its "
+                    f"{timeout_s:g}s timeout: the broker aborted it, or another instance with "
+                    f"transactional.id {txn_id!r} took over ({err.str()})",
+                    age_s=age_s, timeout_s=timeout_s)
             return ProducerFencedError(
                 f"fenced: another connector instance with transactional.id {txn_id!r} "
                 f"took over ({err.str()})")
@@ -68,10 +101,14 @@ def translate(exc: KafkaException, what: str, txn_id: str) -> KafkaError:
 
 class TransactionalWriter:
     def __init__(self, kafka: KafkaSettings, txn_id: str, *, timeout_s: float = 30.0,
+                 transaction_timeout_s: float = 60.0,
                  extra_config: dict[str, Any] | None = None) -> None:
         self.txn_id = txn_id
         self.timeout_s = timeout_s
-        self._producer = Producer({**producer_config(kafka, txn_id), **(extra_config or {})})
+        self.transaction_timeout_s = transaction_timeout_s
+        self._config = {**producer_config(kafka, txn_id, transaction_timeout_s),
+                        **(extra_config or {})}
+        self._producer = Producer(self._config)
         self.transactions = 0
 
     def start(self) -> None:
@@ -81,20 +118,51 @@ class TransactionalWriter:
         except KafkaException as exc:
             raise translate(exc, "init_transactions", self.txn_id) from exc
 
+    def reopen(self) -> None:
+        """Replace a fenced producer (librdkafka's fatal state is final) and start the new one.
+
+        Its ``init_transactions`` bumps the epoch again: a newer instance, if there is one, is
+        fenced in turn. Read the position only after this returns (see ``connectors.offsets``).
+        """
+        old, self._producer = self._producer, Producer(self._config)
+        old.purge(in_queue=True, in_flight=True, blocking=False)  # never sent: fenced
+        self.start()
+
     def write(self, records: list[Record]) -> None:
-        """Write ``records`` in one transaction; raises KafkaError/ProducerFencedError."""
+        """Write ``records`` in one transaction.
+
+        Raises KafkaError; ProducerFencedError when fenced, TransactionTimedOutError when
+        fenced after the transaction outlived its timeout (then only :meth:`reopen` helps).
+        """
         p = self._producer
+        started = time.monotonic()
         try:
             p.begin_transaction()
             for topic, key, value, headers in records:
                 self._produce(topic, key, value, headers)
             self._commit()
         except KafkaException as exc:
-            err = translate(exc, "transaction", self.txn_id)
+            cause = self._fatal_cause(exc)
+            err = translate(cause, "transaction", self.txn_id,
+                            age_s=time.monotonic() - started,
+                            timeout_s=self.transaction_timeout_s)
             if not isinstance(err, ProducerFencedError):
                 self._abort()
-            raise err from exc
+            raise err from cause
         self.transactions += 1
+
+    def _fatal_cause(self, exc: KafkaException) -> KafkaException:
+        """For ``produce()``'s bare ``_FATAL`` (the producer failed earlier, e.g. fenced while
+        the batch was being produced), the error that made it fatal; else ``exc``."""
+        err = exc.args[0] if exc.args else None
+        if not (isinstance(err, CKafkaError) and err.code() == CKafkaError._FATAL):
+            return exc
+        try:
+            self._producer.abort_transaction(self.timeout_s)  # a fatal producer: returns at once
+        except KafkaException as cause:
+            cause.__context__ = exc  # keep _FATAL in the chain (confluent-kafka does not)
+            return cause
+        return exc
 
     def _produce(self, topic: str, key: bytes, value: bytes,
                  headers: list[tuple[str, bytes]]) -> None:
@@ -128,4 +196,7 @@ class TransactionalWriter:
             log.warning("abort_transaction failed: %s", exc)
 
     def close(self) -> None:
-        self._producer.flush(5)
+        try:
+            self._producer.flush(5)
+        except KafkaException as exc:  # a fenced producer raises its fatal error here
+            log.warning("closing the producer: %s", exc)

@@ -147,6 +147,7 @@ class LocalBroker:
             "transaction.state.log.replication.factor=1",
             "transaction.state.log.min.isr=1",
             "transaction.state.log.num.partitions=12",
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",  # 10 s default
             "default.replication.factor=1",
             "min.insync.replicas=1",
             "group.initial.rebalance.delay.ms=0",

@@ -38,14 +38,16 @@ def free_port() -> int:
 
 
 class ConnectorProc:
-    """``python -m connectors run`` as a subprocess, its log in a file."""
+    """``python -m connectors run`` (or a test wrapper ``module``) as a subprocess, its log
+    in a file."""
 
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *args: str,
+                 module: str = "connectors") -> None:
         self.log = log
         self.name = env["CONNECTOR_NAME"]
         self.port = int(env.get("CONNECTOR_HTTP_PORT", "0"))
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "connectors", "run", *args],
+            self.proc = subprocess.Popen([sys.executable, "-m", module, "run", *args],
                                          env=env, cwd=ROOT, stdout=out, stderr=out)
 
     def wait(self, timeout: float = 120) -> int:
@@ -77,11 +79,12 @@ class ConnectorProc:
 @pytest.fixture
 def connector(tmp_path: Path, sf: Any, kafka_settings: KafkaSettings,
               unique_name: Callable[[str], str]) -> Iterator[Callable[..., ConnectorProc]]:
-    """Factory: ``connector("--max-events", "10", SF_EVENTS_INVALID_REPLAY="FAIL")``."""
+    """Factory: ``connector("--max-events", "10", SF_EVENTS_INVALID_REPLAY="FAIL")``;
+    ``module=`` runs a test wrapper of ``python -m connectors`` instead."""
     name = unique_name("conn")
     procs: list[ConnectorProc] = []
 
-    def start(*args: str, **env_extra: str) -> ConnectorProc:
+    def start(*args: str, module: str = "connectors", **env_extra: str) -> ConnectorProc:
         env = dict(os.environ, **sf.env(), KAFKA_BOOTSTRAP_SERVERS=kafka_settings.bootstrap_servers,
                    KAFKA_TOPIC_PREFIX=kafka_settings.topic_prefix,
                    KAFKA_PARTITIONS=str(kafka_settings.partitions), CONNECTOR_NAME=name,
@@ -89,7 +92,8 @@ def connector(tmp_path: Path, sf: Any, kafka_settings: KafkaSettings,
                    SF_PUBSUB_BACKOFF_INITIAL_S="0.1", SF_PUBSUB_BACKOFF_MAX_S="1",
                    LOG_FORMAT="JSON", LOG_LEVEL="INFO")
         env.update(env_extra)
-        proc = ConnectorProc(env, tmp_path / f"connector-{len(procs)}.log", *args)
+        proc = ConnectorProc(env, tmp_path / f"connector-{len(procs)}.log", *args,
+                             module=module)
         procs.append(proc)
         return proc
 

@@ -9,14 +9,20 @@ import random
 import fastavro
 import grpc
 import pytest
+from confluent_kafka import KafkaError as CKafkaError
+from confluent_kafka import KafkaException
 
 from common.avro import AvroSerde, load_schema
 from common.deadletter import parse_headers
 from common.errors import (
+    ConfigError,
+    KafkaError,
+    ProducerFencedError,
     ReplayIdInvalidError,
     SalesforceAuthError,
     SalesforceError,
     SalesforceLimitError,
+    TransactionTimedOutError,
 )
 from connectors.backoff import Backoff
 from connectors.decode import (
@@ -30,7 +36,7 @@ from connectors.offsets import EVENT, OffsetCodec, Position
 from connectors.pubsub import errors as perr
 from connectors.pubsub.flow import MAX_OUTSTANDING, FlowControl
 from connectors.pubsub.generated import pubsub_api_pb2 as pb
-from connectors.writer import producer_config, transactional_id
+from connectors.writer import producer_config, transactional_id, translate
 
 # -- flow control ------------------------------------------------------------------------
 
@@ -295,6 +301,37 @@ def test_producer_config_keeps_java_compatible_partitioner() -> None:
     assert cfg["partitioner"] == "murmur2_random"
     assert cfg["acks"] == "all" and cfg["enable.idempotence"] is True
     assert cfg["transactional.id"] == "p.conn|event.X__e"
+
+
+def test_transaction_timeout_setting_reaches_the_producer() -> None:
+    from common.settings import ConnectorSettings, KafkaSettings
+
+    kafka = KafkaSettings.load({})
+    assert ConnectorSettings.load({}).transaction_timeout_s == 60.0
+    cfg = producer_config(kafka, "t", ConnectorSettings.load(
+        {"CONNECTOR_TRANSACTION_TIMEOUT_S": "2.5"}).transaction_timeout_s)
+    assert cfg["transaction.timeout.ms"] == 2500
+    # librdkafka refuses message.timeout.ms above the transaction timeout
+    assert 0 < cfg["message.timeout.ms"] < cfg["transaction.timeout.ms"]
+    assert producer_config(kafka, "t")["message.timeout.ms"] == 55_000
+    for bad in ("0.5", "901", "x"):
+        with pytest.raises(ConfigError, match="^CONNECTOR_TRANSACTION_TIMEOUT_S"):
+            ConnectorSettings.load({"CONNECTOR_TRANSACTION_TIMEOUT_S": bad})
+
+
+@pytest.mark.parametrize("code", [CKafkaError._FENCED, CKafkaError.PRODUCER_FENCED,
+                                  CKafkaError.INVALID_PRODUCER_EPOCH])
+def test_a_fence_is_told_from_a_transaction_timeout_by_the_transactions_age(code) -> None:
+    exc = KafkaException(CKafkaError(code, "fenced by a newer instance", fatal=True))
+    young = translate(exc, "transaction", "tid", age_s=1.9, timeout_s=2.0)
+    assert type(young) is ProducerFencedError            # certainly a newer instance: exit 3
+    old = translate(exc, "transaction", "tid", age_s=2.0, timeout_s=2.0)
+    assert isinstance(old, TransactionTimedOutError)      # perhaps our own timeout: re-init
+    assert isinstance(old, ProducerFencedError) and old.retryable and old.age_s == 2.0
+    assert type(translate(exc, "init_transactions", "tid")) is ProducerFencedError
+    other = translate(KafkaException(CKafkaError(CKafkaError._TIMED_OUT, "slow")), "t", "tid",
+                      age_s=99, timeout_s=2)
+    assert type(other) is KafkaError
 
 
 def test_generated_stubs_match_reference_numbers() -> None:
