@@ -38,7 +38,9 @@ from tests.connectors.txn_pause_helper import CHANNEL, batch
 pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 2.0  # CONNECTOR_TRANSACTION_TIMEOUT_S of every process here
+# CONNECTOR_TRANSACTION_TIMEOUT_S of every process here: short, so the tests are quick, but
+# far longer than a transaction of a few records takes on a loaded machine
+TIMEOUT_S = 4.0
 
 
 # -- what the broker holds ------------------------------------------------------------------
@@ -211,7 +213,7 @@ def test_paused_between_transactions_past_the_timeout_nothing_happens(
     h.pause()
     # Nothing is open, so there is nothing to watch the broker do: just stay stopped for
     # longer than the timeout (a lower bound only; a slow machine makes it longer).
-    time.sleep(3 * TIMEOUT_S)
+    time.sleep(2 * TIMEOUT_S)
     h.resume()
     assert h.expect("committed") == {"committed": "4-6"}
     h.expect("state", "done")
@@ -279,7 +281,7 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
     proc.proc.send_signal(signal.SIGSTOP)
     wait_until(lambda: stopped(proc.proc.pid), 30, "the connector to stop")
     sf.approve(20)
-    time.sleep(3 * TIMEOUT_S)   # nothing open, nothing to watch: a lower bound on the pause
+    time.sleep(2 * TIMEOUT_S)   # nothing open, nothing to watch: a lower bound on the pause
     proc.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: len(read_requests(kafka)) >= 80, 120, "all 80 events committed")
     assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1
@@ -296,8 +298,8 @@ def test_paused_connector_and_a_newer_instance_do_not_fight(
     kafka = kafka_settings
     sf.seed(accounts=10, orders=60, broken_every=0)
     sf.approve(30)
-    sf.set_faults(grpc_latency_ms=50)   # B still has events to write when A wakes up
-    keepalive = {"SF_PUBSUB_KEEPALIVE_COMMIT_S": "1"}   # an idle instance learns of a fence
+    sf.set_faults(grpc_latency_ms=50)   # B is often still writing when A wakes up ...
+    keepalive = {"SF_PUBSUB_KEEPALIVE_COMMIT_S": "1"}   # ... idle, it learns of the fence here
     a = connector(module=PAUSER, **PAUSING, **keepalive)
     paused_at = stop_past_the_timeout(a, kafka)
     sf.approve(30)
