@@ -175,3 +175,19 @@ def stop(proc: subprocess.Popen[bytes]) -> int | None:
             proc.wait()
             return None
     return proc.returncode
+
+
+def test_an_org_without_the_fence_field_stops_the_sink_before_it_consumes(
+        sandbox: SalesforceSandbox, kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    [order] = sandbox.seed(accounts=4, orders=1)["orders"]
+    produce(kafka_settings, [outcome(order["order_id"], "Failed")])
+    env = sink_env(kafka_settings, sandbox.env(), SINK_OUTCOME_MS_FIELD="Missing_Outcome_Ms__c")
+    log = tmp_path / "sink.log"
+    proc = start_sink(env, log, "--timeout", "60")
+    assert proc.wait(timeout=90) == 2, log.read_text()[-3000:]
+    errors = [line for line in log.read_text().splitlines() if "configuration error" in line]
+    assert len(errors) == 1 and ("SINK_OUTCOME_MS_FIELD: Order.Missing_Outcome_Ms__c does not "
+                                 "exist in the org") in errors[0]
+    assert "SINK_OUTCOME_FENCE=false" in errors[0]
+    assert sandbox.counters()["calls"].get("composite_sobjects", 0) == 0
+    assert committed_total(kafka_settings, SinkSettings.load({})) == 0
