@@ -131,8 +131,8 @@ class Sink:
         Raises :class:`~common.errors.ConfigError` before consuming when the org lacks the
         fence field."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self._start_fence()
+        try:  # a missing field raises; unanswered, the check is left to the first flush
+            self._fence_unchecked = fence.start_check(self.client, self.settings.fence_field)
         except BaseException:
             self.consumer.close()
             self.dead_letters.close()
@@ -169,20 +169,6 @@ class Sink:
         self.stats.dead_letters = self.dead_letters.sent
         log.info("sink stopped", extra={"count": self.stats.consumed})
         return self.stats
-
-    def _start_fence(self) -> None:
-        """Check the fence field before consuming; when Salesforce cannot answer now, the
-        check is left to the first flush (``_fence_unchecked``), which pauses and retries
-        as for any failed call. A missing field raises ConfigError."""
-        if self.settings.fence_field is None:
-            fence.warn_off()
-            return
-        try:
-            fence.check_field(self.client, self.settings.fence_field)
-        except SalesforceError as exc:
-            log.warning("cannot check the outcome fence field now; checking again before the "
-                        "first write: %s", exc)
-            self._fence_unchecked = True
 
     # -- consuming ---------------------------------------------------------------------
 

@@ -88,6 +88,19 @@ def check_field(client: Describer, field: str) -> None:
 
 
 
-def warn_off() -> None:
-    log.warning("SINK_OUTCOME_FENCE is off: a sink paused past its session timeout can "
-                "write an older outcome over a newer one in Salesforce")
+def start_check(client: Describer, field: str | None) -> bool:
+    """The start-up check: ``field`` None (the fence off) → a warning; otherwise
+    :func:`check_field`. Returns True when Salesforce could not answer: the sink then makes
+    the check before its first write, where a failed call pauses and retries as any other.
+    Raises :class:`ConfigError` when the org lacks the field."""
+    if field is None:
+        log.warning("SINK_OUTCOME_FENCE is off: a sink paused past its session timeout can "
+                    "write an older outcome over a newer one in Salesforce")
+        return False
+    try:
+        check_field(client, field)
+    except SalesforceError as exc:
+        log.warning("cannot check the outcome fence field now; checking again before the "
+                    "first write: %s", exc)
+        return True
+    return False
