@@ -19,11 +19,15 @@ check and write), so the comparison is done by Salesforce, in the save itself:
    (``sfprov_sink_superseded_total``), logged, and its offset committed.
 
 No call is added per batch (the field rides along in the same PATCH); at start-up
-:func:`check_field` describes Order and Opportunity once and stops the sink with one line
+:func:`start_check` describes Order and Opportunity once and stops the sink with one line
 naming the missing field (when Salesforce cannot answer then, the check is made again
-before the first write, under the sink's usual outage and API-limit pauses). "Newer" is the worker's clock: the fence orders two decisions of
-one Order correctly as long as the workers' clocks differ by less than the time between
-those decisions (which always includes a write-back and a new approval).
+before the first write, under the sink's usual outage and API-limit pauses).
+
+Pitfalls: "newer" is the worker's clock, so the fence orders two decisions of one Order
+correctly as long as the workers' clocks differ by less than the time between those
+decisions (which always includes a write-back and a new approval). Equal values must pass
+(a save that leaves the field alone looks the same to the rule), so a stale rewrite of the
+*same* outcome after the Order was re-approved is not refused.
 """
 
 from __future__ import annotations
@@ -85,7 +89,6 @@ def check_field(client: Describer, field: str) -> None:
             "without the protection against stale writes")
     log.info("outcome fence on: %s on %s holds the written outcome's completed_at; "
              "Salesforce refuses an older one", field, " and ".join(FENCED_OBJECTS))
-
 
 
 def start_check(client: Describer, field: str | None) -> bool:

@@ -16,7 +16,7 @@ from common.settings import KafkaSettings, SinkSettings
 from sandbox.salesforce import validation
 from sinks.app import Sink
 from sinks.batch import Batcher, Tracked
-from sinks.fence import RULE_MESSAGE, check_field, is_superseded, rule_formula
+from sinks.fence import RULE_MESSAGE, RULE_NAME, check_field, is_superseded, rule_formula
 from sinks.mapping import OPPORTUNITY, ORDER, RecordKey, RecordUpdate, epoch_ms, updates_for
 from sinks.writer import CollectionWriter
 from tests.sinks.fakes import FENCE_FIELD, FakeCollections
@@ -208,7 +208,8 @@ def test_settings_switch_the_fence_and_check_the_name() -> None:
 def test_readme_gives_the_rule_exactly() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert rule_formula(FENCE_FIELD) in readme
-    assert RULE_MESSAGE in readme
+    assert RULE_MESSAGE in readme and f"`{RULE_NAME}`" in readme
+    assert [r.name for r in validation.RULES] == [RULE_NAME]  # the sandbox's org has it
     assert "Number(18, 0)" in readme
 
 
