@@ -209,6 +209,10 @@ class SalesforceClient:
     def get(self, sobject: str, record_id: str) -> dict[str, Any]:
         return dict(self._call(lambda sf: getattr(sf, sobject).get(record_id)))
 
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """``GET sobjects/{sobject}/describe``: the object's fields as the user sees them."""
+        return dict(self._call(lambda sf: getattr(sf, sobject).describe()))
+
     def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
         self._call(lambda sf: getattr(sf, sobject).update(record_id, fields))
 

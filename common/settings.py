@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,10 +442,30 @@ class SinkSettings(_Section):
     session_timeout_ms: int = env("SINK_SESSION_TIMEOUT_MS", 45000, parse=parse_positive_int,
                                   doc="Consumer session.timeout.ms: how soon a dead sink's "
                                       "partitions move to another member.")
+    outcome_fence: bool = env("SINK_OUTCOME_FENCE", True, parse=parse_bool,
+                              doc="Write each outcome's completed_at (epoch ms) into "
+                                  "SINK_OUTCOME_MS_FIELD of the Order and Opportunity, so the "
+                                  "org's validation rule refuses an older outcome over a newer "
+                                  "one (a sink that resumes after a pause); the field is checked "
+                                  "at start-up. false = off, with a warning.")
+    outcome_ms_field: str = env("SINK_OUTCOME_MS_FIELD", "Activation_Outcome_Ms__c",
+                                doc="API name of that Number(18, 0) field, the same on Order "
+                                    "and Opportunity.")
 
     def validate(self) -> None:
         if self.batch_size > 200:
             raise ConfigError("SINK_BATCH_SIZE: at most 200 (sObject Collections limit)")
+        if not _FIELD_NAME.fullmatch(self.outcome_ms_field):
+            raise ConfigError(f"SINK_OUTCOME_MS_FIELD: {self.outcome_ms_field!r} is not a "
+                              "field API name (e.g. Activation_Outcome_Ms__c)")
+
+    @property
+    def fence_field(self) -> str | None:
+        """The field the sink writes the outcome's epoch ms into; None when the fence is off."""
+        return self.outcome_ms_field if self.outcome_fence else None
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 SECTIONS: tuple[type[_Section], ...] = (

@@ -1,7 +1,8 @@
 """``python -m sinks run [--max-records N] [--timeout S] [--exit-when-idle]``.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT, a bound reached: pending writes flushed
-and committed), 2 for a bad setting, 1 for anything else (offsets stay where Salesforce's
+and committed), 2 for a bad setting (including an org without the outcome fence's field,
+found at start-up before anything is consumed), 1 for anything else (offsets stay where Salesforce's
 acknowledgements put them; a restart redelivers the rest).
 """
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = sink.run(max_records=args.max_records, timeout=args.timeout,
                          exit_when_idle=args.exit_when_idle)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
     except Exception:
         log.exception("sink failed")
         return 1

@@ -22,6 +22,11 @@ without counting attempts, then probe with it. Too many unacknowledged outcomes
 (``SINK_MAX_PENDING``) pause for backpressure. All are visible in ``/healthz`` and
 ``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
 pause, a crash or a SIGKILL loses nothing — it only redelivers.
+
+Stale writes: a sink frozen past its session timeout (while another member took its
+partitions and wrote newer outcomes) may still send what it held when it wakes up. The
+outcome fence (:mod:`sinks.fence`) makes Salesforce refuse such a write per record; the
+sink settles those records as superseded. Its field is checked before consuming starts.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from confluent_kafka import (
 from common.avro import AvroSerde, SerdeError, registry_from_url
 from common.errors import KafkaError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
+from sinks import fence
 from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
 from sinks.deadletters import DeadLetters
@@ -64,6 +70,7 @@ class RunStats:
     calls: int = 0
     dead_letters: int = 0
     commits: int = 0
+    superseded: int = 0
 
 
 class Sink:
@@ -105,6 +112,7 @@ class Sink:
         self._last_commit = 0.0
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
         self._warned: dict[str, float] = {}
+        self._fence_unchecked = False  # the start-up check of the fence field is still due
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -119,8 +127,16 @@ class Sink:
             exit_when_idle: bool = False) -> RunStats:
         """Consume until stopped, ``max_records`` consumed, ``timeout`` seconds passed, or
         (``exit_when_idle``) every assigned partition is consumed to its end and settled.
-        Always ends with a drain (flush for up to ``SINK_DRAIN_TIMEOUT_S``) and a commit."""
+        Always ends with a drain (flush for up to ``SINK_DRAIN_TIMEOUT_S``) and a commit.
+        Raises :class:`~common.errors.ConfigError` before consuming when the org lacks the
+        fence field."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:  # a missing field raises; unanswered, the check is left to the first flush
+            self._fence_unchecked = fence.start_check(self.client, self.settings.fence_field)
+        except BaseException:
+            self.consumer.close()
+            self.dead_letters.close()
+            raise
         self.consumer.subscribe([self.kafka.outcomes], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         idle_checked = 0.0
@@ -175,7 +191,8 @@ class Sink:
                 raise SerdeError("tombstone (null value) on the outcomes topic")
             tracked.outcome = self._decode(tracked.value, message.headers())
             updates = updates_for(tracked.outcome,
-                                  set_order_activated=self.settings.set_order_activated)
+                                  set_order_activated=self.settings.set_order_activated,
+                                  fence_field=self.settings.fence_field)
         except (SerdeError, KeyError, TypeError, ValueError) as exc:
             if getattr(exc, "retryable", False):  # the registry, not the record
                 if self._stop.is_set():
@@ -287,6 +304,10 @@ class Sink:
         if not entries:
             return True
         try:
+            if self._fence_unchecked:
+                assert self.settings.fence_field is not None
+                fence.check_field(self.client, self.settings.fence_field)
+                self._fence_unchecked = False
             result = self.writer.write(entries)
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
@@ -318,7 +339,22 @@ class Sink:
         m.BATCH_SIZE.observe(len(entries))
         self._record_usage()
         self._settle(result.acked, result.transient, result.permanent, now)
+        self._superseded(result.superseded)
         return True
+
+    def _superseded(self, refused: list[tuple[Entry, RecordError]]) -> None:
+        """Records Salesforce refused because it holds a newer outcome: settled unwritten."""
+        if not refused:
+            return
+        for entry, _error in refused:
+            m.SUPERSEDED.labels(entry.key.sobject).inc()
+            for tracked in self.batcher.ack(entry):
+                self._complete(tracked)
+        self.stats.superseded += len(refused)
+        shown = ", ".join(str(entry.key) for entry, _ in refused[:5])
+        log.info("%d record(s) not written: Salesforce holds a newer outcome (superseded): "
+                 "%s%s", len(refused), shown, ", …" if len(refused) > 5 else "",
+                 extra={"count": len(refused)})
 
     def _settle(self, acked: list[Entry], transient: list[tuple[Entry, RecordError]],
                 permanent: list[tuple[Entry, RecordError]], now: float) -> None:
@@ -486,4 +522,5 @@ class Sink:
             "api_usage": {"used": usage[0], "limit": usage[1]} if usage else None,
             "consumed": self.stats.consumed, "records_written": self.stats.records_written,
             "calls": self.stats.calls, "dead_letters": self.dead_letters.sent,
+            "superseded": self.stats.superseded,
         }

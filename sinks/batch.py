@@ -3,11 +3,14 @@
 Three structures, all pure (no Kafka, no HTTP), driven by :class:`sinks.app.Sink`:
 
 * :class:`Batcher` — the pending map keyed by ``(sobject, id)``. Updates of many outcomes
-  merge into one entry per record, **in arrival order**, so the later outcome wins field by
-  field; the merged entry is exactly what applying the outcomes one after another would
-  leave. Each entry remembers the outcomes it covers. A record never has two entries, so a
-  retried record cannot overtake a newer update of itself: a retry merges *under* whatever
-  arrived meanwhile.
+  merge into one entry per record **in version order** (the outcome's ``completed_at``;
+  arrival order between equal versions), so the newer outcome wins field by field; the
+  merged entry is exactly what applying the outcomes one after another would leave. One
+  Order's outcomes arrive in version order (one partition); an Opportunity shared by
+  Orders of different partitions can get them the other way round, and an older update
+  that arrives later then merges *under* the newer one. Each entry remembers the outcomes
+  it covers. A record never has two entries, so a retried record cannot overtake a newer
+  update of itself: a retry merges under whatever newer arrived meanwhile.
 * :class:`Tracked` — one consumed outcome and the records it still waits for. It is
   complete when every record it touched was acknowledged by Salesforce or failed
   permanently (then it is dead-lettered with those errors).
@@ -16,8 +19,10 @@ Three structures, all pure (no Kafka, no HTTP), driven by :class:`sinks.app.Sink
 Commit order (the contract; the sink performs it in this order)::
 
     1. PATCH composite/sobjects; Salesforce answers per record
-    2. acknowledged records → their outcomes lose that record; permanent failures are
-       noted on the outcome; transient failures go back to the pending map
+    2. acknowledged records → their outcomes lose that record; so do records the fence
+       refused as superseded (Salesforce holds a newer outcome: nothing to write);
+       permanent failures are noted on the outcome; transient failures go back to the
+       pending map
     3. an outcome with nothing left is complete: if it carries errors it is produced to
        the dead-letter topic first
     4. producer.flush() — every dead letter is on the broker
@@ -73,11 +78,22 @@ class Entry:
     since: float  # when the oldest update in it arrived (linger clock)
     attempts: int = 0  # failed attempts so far (transient errors)
     not_before: float = 0.0  # backoff: not sent before this time
+    version: int | None = None  # newest version merged in (epoch ms of completed_at)
 
     def payload(self) -> dict[str, Any]:
         """The sObject Collections record: ``attributes.type`` + ``id`` + fields."""
         return {"attributes": {"type": self.key.sobject}, "id": self.key.record_id,
                 **self.fields}
+
+    def merge(self, fields: dict[str, Any], version: int | None) -> None:
+        """Merge another update of this record as if both were applied in version order:
+        a newer (or equal, or unversioned) one over these fields, an older one under."""
+        if version is None or self.version is None or version >= self.version:
+            self.fields.update(fields)
+            if version is not None:
+                self.version = version
+        else:
+            self.fields = {**fields, **self.fields}
 
 
 class Batcher:
@@ -96,9 +112,9 @@ class Batcher:
             entry = self._pending.get(update.key)
             if entry is None:
                 self._pending[update.key] = Entry(update.key, dict(update.fields), [tracked],
-                                                  now)
+                                                  now, version=update.version)
             else:
-                entry.fields.update(update.fields)
+                entry.merge(update.fields, update.version)
                 if tracked not in entry.sources:
                     entry.sources.append(tracked)
 
@@ -147,15 +163,16 @@ class Batcher:
         return Batcher.ack(entry)
 
     def retry(self, entry: Entry, not_before: float, *, count_attempt: bool = True) -> None:
-        """Put a taken entry back; newer updates of the same record that arrived meanwhile
-        win over its fields. ``count_attempt=False`` for whole-call failures (an outage or
-        the API limit), which must never exhaust a record's attempts."""
+        """Put a taken entry back; updates of the same record that arrived meanwhile merge
+        in version order (a newer one wins over its fields). ``count_attempt=False`` for
+        whole-call failures (an outage or the API limit), which must never exhaust a
+        record's attempts."""
         if count_attempt:
             entry.attempts += 1
         entry.not_before = not_before
         newer = self._pending.get(entry.key)
         if newer is not None:
-            entry.fields.update(newer.fields)
+            entry.merge(newer.fields, newer.version)
             entry.sources.extend(t for t in newer.sources if t not in entry.sources)
             entry.since = min(entry.since, newer.since)
             entry.not_before = max(entry.not_before, newer.not_before)

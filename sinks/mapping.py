@@ -16,6 +16,12 @@ Every update is absolute (field = value), so writing the same outcome twice is h
 that is what lets the sink redeliver after a crash. A field whose value is unknown (a
 Provisioned outcome without a WHMCS order id, without service ids) is left out rather than
 nulled, so a partial outcome never erases what Salesforce already holds.
+
+Every update carries the outcome's ``completed_at`` in epoch milliseconds as its
+``version`` (the batch merges updates of one record in version order) and, with the fence
+on, in the fence field too (``Activation_Outcome_Ms__c`` on the Order and the
+Opportunity), which the org's validation rule compares with the value the record holds
+(:mod:`sinks.fence`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ ORDER = "Order"
 OPPORTUNITY = "Opportunity"
 ACTIVATION_ERROR_LENGTH = 255  # Order.Activation_Error__c is Text(255)
 ELLIPSIS = "…"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class RecordKey:
 class RecordUpdate:
     key: RecordKey
     fields: dict[str, Any]
+    version: int | None = None  # the outcome's completed_at, epoch ms: newer wins a merge
 
 
 def truncate(text: str, length: int = ACTIVATION_ERROR_LENGTH) -> str:
@@ -67,6 +75,16 @@ def iso_datetime(value: dt.datetime | int | float) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+def epoch_ms(value: dt.datetime | int | float) -> int:
+    """Epoch milliseconds of an aware datetime (fastavro's timestamp-millis) or a number."""
+    if not isinstance(value, dt.datetime):
+        return int(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    delta = value - EPOCH  # integer arithmetic: a float timestamp can be 1 ms off
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 def error_text(outcome: dict[str, Any]) -> str:
     code = outcome.get("error_code") or ""
     message = outcome.get("error_message") or ""
@@ -75,9 +93,17 @@ def error_text(outcome: dict[str, Any]) -> str:
     return truncate(message or code or "provisioning failed (no reason given)")
 
 
-def updates_for(outcome: dict[str, Any], *, set_order_activated: bool = False
-                ) -> list[RecordUpdate]:
-    """The record updates one decoded outcome asks for (possibly none)."""
+def updates_for(outcome: dict[str, Any], *, set_order_activated: bool = False,
+                fence_field: str | None = None) -> list[RecordUpdate]:
+    """The record updates one decoded outcome asks for (possibly none), each versioned by
+    the outcome's ``completed_at``; ``fence_field`` also writes that version into it."""
+    version = epoch_ms(outcome["completed_at"])
+    extra = {fence_field: version} if fence_field else {}
+    return [RecordUpdate(u.key, {**u.fields, **extra}, version)
+            for u in _updates(outcome, set_order_activated)]
+
+
+def _updates(outcome: dict[str, Any], set_order_activated: bool) -> list[RecordUpdate]:
     status = outcome["status"]
     order_id = outcome["order_id"]
     if status == "Provisioned":

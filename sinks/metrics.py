@@ -25,3 +25,7 @@ PAUSES = Counter("sfprov_sink_pauses_total", "Times consumption was paused, by r
                  ["reason"])
 PENDING = Gauge("sfprov_sink_pending_outcomes", "Outcomes consumed and not yet acknowledged.")
 COMMITS = Counter("sfprov_sink_commits_total", "Offset commits.")
+SUPERSEDED = Counter("sfprov_sink_superseded_total",
+                     "Records not written because Salesforce already holds a newer outcome "
+                     "(the fence's validation rule refused them), by sObject type.",
+                     ["sobject"])

@@ -2,6 +2,10 @@
 
 Per-record errors (``allOrNone: false``) are sorted into:
 
+* superseded — the fence's validation rule refused the record
+  (``FIELD_CUSTOM_VALIDATION_EXCEPTION`` with ``SFPROV_SUPERSEDED`` in its message, see
+  :mod:`sinks.fence`): Salesforce holds a newer outcome, so there is nothing to write and
+  nothing to retry or dead-letter. It wins over any other error of the same record;
 * transient — :data:`TRANSIENT_CODES` (``UNABLE_TO_LOCK_ROW`` and kin): the record goes back
   to the pending map with a backoff;
 * permanent — everything else (``INVALID_FIELD``, ``ENTITY_IS_DELETED``,
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 
 from common.errors import SalesforceError
 from sinks.batch import Entry, RecordError
+from sinks.fence import is_superseded
 
 TRANSIENT_CODES = frozenset({
     "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
@@ -40,12 +45,15 @@ class CollectionClient(Protocol):
     def update_collection(self, records: list[dict[str, Any]], *,
                           all_or_none: bool = False) -> list[dict[str, Any]]: ...
 
+    def describe(self, sobject: str) -> dict[str, Any]: ...
+
 
 @dataclass
 class WriteResult:
     acked: list[Entry] = field(default_factory=list)
     transient: list[tuple[Entry, RecordError]] = field(default_factory=list)
     permanent: list[tuple[Entry, RecordError]] = field(default_factory=list)
+    superseded: list[tuple[Entry, RecordError]] = field(default_factory=list)
     calls: int = 0
 
 
@@ -99,10 +107,13 @@ class CollectionWriter:
             if answer.get("success"):
                 result.acked.append(entry)
                 continue
-            errors = answer.get("errors") or [{"statusCode": "UNKNOWN", "message": str(answer)}]
-            error = record_error(entry, errors[0])
-            if all(is_transient(record_error(entry, e).code) for e in errors):
-                result.transient.append((entry, error))
+            errors = [record_error(entry, e) for e in answer.get("errors")
+                      or [{"statusCode": "UNKNOWN", "message": str(answer)}]]
+            fenced = next((e for e in errors if is_superseded(e.code, e.message)), None)
+            if fenced is not None:
+                result.superseded.append((entry, fenced))
+            elif all(is_transient(e.code) for e in errors):
+                result.transient.append((entry, errors[0]))
             else:
-                permanent = next(e for e in errors if not is_transient(record_error(entry, e).code))
-                result.permanent.append((entry, record_error(entry, permanent)))
+                result.permanent.append((entry, next(e for e in errors
+                                                     if not is_transient(e.code))))

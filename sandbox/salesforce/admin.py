@@ -15,11 +15,13 @@ path                        method  effect
                                     (raw: ``fields`` or ``payload_b64``, optional
                                     ``schema_json`` served by GetSchema, ``uuid``)
 ``/faults``                 GET/POST  read / partially update :class:`~.faults.Faults`
-``/faults/reset``           POST    all faults off
+``/faults/reset``           POST    all faults off (held calls are released)
+``/hold/release``           POST    every held collection update proceeds → ``{released}``
 ``/tokens/expire``          POST    every issued token expires now
 ``/streams/drop``           POST    every open Subscribe ends with UNAVAILABLE
 ``/clock/advance``          POST    ``{seconds}`` or ``{hours}``; purges expired events
-``/counters``               GET     API calls per kind, daily usage, event counts
+``/counters``               GET     API calls per kind, daily usage, event counts,
+                                    ``held_calls`` (records of each held call not yet done)
 ``/counters/reset``         POST    zero the counters and the daily usage
 ==========================  ======  ===================================================
 """
@@ -182,8 +184,13 @@ async def faults_reset(request: web.Request) -> web.Response:
     sb = _sb(request)
     sb.faults.update({"rest_latency_ms": 0, "grpc_latency_ms": 0, "rest_503_rate": 0,
                       "lock_row_rate": 0, "record_errors": {}, "keepalives_paused": False,
-                      "daily_limit": sb.config.daily_limit})
+                      "daily_limit": sb.config.daily_limit, "hold_collection_calls": 0})
+    sb.release_held()
     return web.json_response(sb.faults.as_dict())
+
+
+async def release_held(request: web.Request) -> web.Response:
+    return web.json_response({"released": _sb(request).release_held()})
 
 
 async def expire_tokens(request: web.Request) -> web.Response:
@@ -206,7 +213,8 @@ async def counters(request: web.Request) -> web.Response:
     sb = _sb(request)
     snap = sb.counters.snapshot()
     snap.update(daily_limit=sb.faults.daily_limit, events_stored=sb.store.event_count(),
-                last_replay=sb.store.last_replay, open_streams=len(sb.streams))
+                last_replay=sb.store.last_replay, open_streams=len(sb.streams),
+                held_calls=list(sb.held.values()))
     return web.json_response(snap)
 
 
@@ -228,6 +236,7 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_post(prefix + "/events/inject", inject_event)
     r.add_route("*", prefix + "/faults", faults)
     r.add_post(prefix + "/faults/reset", faults_reset)
+    r.add_post(prefix + "/hold/release", release_held)
     r.add_post(prefix + "/tokens/expire", expire_tokens)
     r.add_post(prefix + "/streams/drop", drop_streams)
     r.add_post(prefix + "/clock/advance", advance_clock)

@@ -68,6 +68,10 @@ class AdminClient:
     def reset_faults(self) -> dict:
         return self.call("POST", "/faults/reset")
 
+    def release_held(self) -> int:
+        """Let the held collection updates proceed (``set_faults(hold_collection_calls=N)``)."""
+        return self.call("POST", "/hold/release")["released"]
+
     def expire_tokens(self) -> int:
         return self.call("POST", "/tokens/expire")["expired"]
 

@@ -6,6 +6,8 @@ admin) and the gRPC servicer; everything runs on one asyncio loop, so no locks.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,10 @@ class Sandbox:
     streams: set[Any] = field(default_factory=set)
     #: query cursors: id -> (remaining shaped records, version)
     cursors: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
+    #: held collection calls not yet finished: call number -> records in it
+    held: dict[int, int] = field(default_factory=dict)
+    _release: asyncio.Event | None = None
+    _held_ids: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.store = Store(self.config.db_path)
@@ -83,6 +89,29 @@ class Sandbox:
 
     def purge(self) -> int:
         return self.store.purge_events(self.config.retention_s)
+
+    def take_hold(self, records: int) -> int | None:
+        """Register a collection update with ``records`` records as held when the
+        ``hold_collection_calls`` fault asks for it; returns its number, else None."""
+        if self.faults.hold_collection_calls <= 0:
+            return None
+        self.faults.hold_collection_calls -= 1
+        number = next(self._held_ids)
+        self.held[number] = records
+        return number
+
+    async def wait_release(self) -> None:
+        if self._release is None:
+            self._release = asyncio.Event()
+        await self._release.wait()
+
+    def release_held(self) -> int:
+        """Let every held call proceed (each leaves :attr:`held` once processed)."""
+        waiting = len(self.held)
+        if self._release is not None:
+            self._release.set()
+            self._release = None
+        return waiting
 
     def drop_streams(self) -> int:
         streams = list(self.streams)

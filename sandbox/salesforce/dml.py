@@ -1,6 +1,7 @@
 """Create / update / delete with Salesforce's validation, inside a :class:`~.store.Tx`.
 
-Each function validates everything first and raises :class:`~.errors.SfError` (with the
+Each function validates everything first — field types, required fields, then the org's
+validation rules (:mod:`.validation`) — and raises :class:`~.errors.SfError` (with the
 errorCode Salesforce would answer) before staging anything, so a failed record leaves
 the transaction untouched. Order saves run the approval Flow (:mod:`.flow`).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import flow, ids
+from . import flow, ids, validation
 from .errors import SfError
 from .model import SObject, coerce, format_datetime, sobject
 from .store import Tx
@@ -69,6 +70,7 @@ def create(tx: Tx, type_name: str, fields: dict[str, Any], user: dict) -> dict:
     record: dict[str, Any] = {f: None for f in obj.fields}
     record.update(values)
     _check_required(obj, record)
+    validation.check(obj.name, {}, record)
     record["Id"] = tx.store.new_id(obj.name, tx)
     record["IsDeleted"] = False
     record["CreatedDate"] = format_datetime(tx.store.now_ms())
@@ -113,6 +115,7 @@ def update(tx: Tx, type_name: str | None, record_id: str, fields: dict[str, Any]
     record = dict(current)
     record.update(values)
     _check_required(obj, record)
+    validation.check(obj.name, current, record)
     _stamp(tx, record, user["Id"])
     if obj.name == "Order" and run_flow:
         flow.run(tx, current, record, user)

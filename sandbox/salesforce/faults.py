@@ -2,8 +2,10 @@
 
 :class:`Faults` is the live configuration (``GET``/``POST /__sandbox/faults``): added
 latency on REST and gRPC, a fraction of REST calls failing with 503 or with per-record
-``UNABLE_TO_LOCK_ROW``, permanent per-record errors for chosen ids, paused keepalives and
-the daily API limit. One-shot actions (expire tokens, drop streams, inject bad events)
+``UNABLE_TO_LOCK_ROW``, permanent per-record errors for chosen ids, paused keepalives,
+the daily API limit, and a *hold* on the next sObject Collections updates (each waits,
+unprocessed, until ``POST /__sandbox/hold/release`` — a write delayed at will past what
+others write meanwhile, as when its sender froze just before sending). One-shot actions (expire tokens, drop streams, inject bad events)
 are separate admin endpoints.
 """
 
@@ -34,6 +36,8 @@ class Faults:
     record_errors: dict[str, str] = field(default_factory=dict)
     keepalives_paused: bool = False
     daily_limit: int = 5_000_000
+    #: the next N ``PATCH composite/sobjects`` calls wait for a release (counts down)
+    hold_collection_calls: int = 0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; unknown keys are refused (ValueError)."""

@@ -1,6 +1,7 @@
 """The HTTP side: REST under ``/services/data``, OAuth under ``/services/oauth2``, admin.
 
-A middleware applies the REST faults (latency, random 503), renders
+A middleware applies the REST faults (latency, random 503; a held collection update
+waits in :func:`_data` until released), renders
 :class:`~.errors.SfError` as Salesforce's JSON error array, and stamps
 ``Sforce-Limit-Info: api-usage=used/limit`` on every response except ``/``. Each
 ``/services/data/vXX.X/...`` request is one API call against the daily limit (a
@@ -77,10 +78,20 @@ async def _data(request: web.Request) -> web.Response:
                 raise SfError("JSON_PARSER_ERROR", f"Unexpected character in request body: "
                               f"{exc}") from exc
     headers = dict(request.headers)
-    with sb.store.transaction() as tx:
-        status, payload = rest.call(sb, user, version, request.method,
-                                    request.match_info.get("tail", ""), dict(request.query), body, tx,
-                                    headers)
+    tail = request.match_info.get("tail", "")
+    held = None
+    if request.method == "PATCH" and tail.strip("/") == "composite/sobjects":
+        records = body.get("records") if isinstance(body, dict) else None
+        held = sb.take_hold(len(records) if isinstance(records, list) else 0)
+        if held is not None:
+            await sb.wait_release()
+    try:
+        with sb.store.transaction() as tx:
+            status, payload = rest.call(sb, user, version, request.method, tail,
+                                        dict(request.query), body, tx, headers)
+    finally:
+        if held is not None:
+            sb.held.pop(held, None)
     if status == 204:
         return web.Response(status=204)
     return web.json_response(payload, status=status)

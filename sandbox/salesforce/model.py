@@ -142,6 +142,7 @@ OBJECTS: dict[str, SObject] = {o.name: o for o in [
             "Portal - Internet Eligibility Request", "Portal - Order Placement",
             "Sales - Manual")),
         Field("WHMCS_Service_ID__c", "double"),
+        Field("Activation_Outcome_Ms__c", "double"),  # Number(18, 0): see .validation
     ], {"Orders": ("Order", "OpportunityId"), "Cases": ("Case", "OpportunityId")}),
     _obj("Order", [
         Field("Name"), Field("OrderNumber", "autonumber", updateable=False, createable=False),
@@ -154,6 +155,7 @@ OBJECTS: dict[str, SObject] = {o.name: o for o in [
         Field("Activation_Error__c", length=255),
         Field("Activation_Error_DateTime__c", "datetime"),
         Field("WHMCS_Order_Id__c", "double"),
+        Field("Activation_Outcome_Ms__c", "double"),  # Number(18, 0): see .validation
     ], {"OrderItems": ("OrderItem", "OrderId")}, ("OrderNumber", "8")),
     _obj("OrderItem", [
         _ref("OrderId", "Order", required=True, updateable=False),

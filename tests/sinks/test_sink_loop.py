@@ -13,6 +13,7 @@ import pytest
 
 from common.settings import KafkaSettings, SinkSettings
 from sinks.app import Sink
+from sinks.mapping import epoch_ms
 from tests.sinks.fakes import FakeCollections, limit_error
 from tests.sinks.helpers import STATUSES, committed_total, dead_letters, outcome, produce
 
@@ -45,7 +46,8 @@ def test_outcomes_are_written_batched_and_committed(kafka_settings: KafkaSetting
             assert stored["WHMCS_Order_Id__c"] == rec["whmcs_order_id"]
             if rec["opportunity_id"]:
                 assert fake.records[("Opportunity", rec["opportunity_id"])] == {
-                    "StageName": "Active", "WHMCS_Service_ID__c": rec["whmcs_service_ids"][0]}
+                    "StageName": "Active", "WHMCS_Service_ID__c": rec["whmcs_service_ids"][0],
+                    "Activation_Outcome_Ms__c": epoch_ms(rec["completed_at"])}
         elif rec["status"] == "Failed":
             assert stored["Activation_Status__c"] == "Failed"
             assert stored["Activation_Error__c"] == f"WHMCS_ERROR: order {i} refused"

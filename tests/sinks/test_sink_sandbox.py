@@ -90,7 +90,8 @@ def test_writeback_batched_and_token_expiry_recovered(
     assert calls["token"] >= 2  # logged in again after the expiry
     written = len(expected_state(wave1)) + len(expected_state(wave2))
     assert calls["composite_sobjects"] <= -(-written // 200) + 4, calls
-    assert set(calls) <= {"token", "composite_sobjects"}, calls  # nothing else was called
+    assert calls.get("describe") == 2, calls  # the fence field, once on Order and Opportunity
+    assert set(calls) <= {"token", "describe", "composite_sobjects"}, calls  # nothing else
 
 
 def test_sigkill_at_random_moments_loses_nothing(
@@ -101,7 +102,10 @@ def test_sigkill_at_random_moments_loses_nothing(
     by_order: dict[str, list[dict]] = {}
     for record in records:
         by_order.setdefault(record["order_id"], []).append(record)
-    records = [r for rs in by_order.values() for r in rs]  # keep each order's outcomes in order
+    # each order's outcomes in decision order, as the worker writes them (the fence keeps
+    # the newest decision, whatever the topic order)
+    records = [r for rs in by_order.values()
+               for r in sorted(rs, key=lambda r: r["completed_at"])]
     produce(kafka_settings, records)
     sandbox.set_faults(rest_latency_ms=150)  # ~50 calls of 25 records: several seconds
     settings = SinkSettings.load({})
