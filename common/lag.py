@@ -112,3 +112,15 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
     finally:
         c.unassign()
     return out
+
+
+def lag_reader(bootstrap: str, group: str, topic: str) -> Any:
+    """A ``() -> group_lag(...)`` reader with its own clients (never a process's consumer:
+    safe to call from another thread). Used by the worker's watchdog and the lag gauges."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watchdog",
+                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+
+    def read() -> list[tuple[int, int, int]]:
+        return group_lag(admin, reader, group, topic)
+    return read
