@@ -115,12 +115,16 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
 
 
 def lag_reader(bootstrap: str, group: str, topic: str) -> Any:
-    """A ``() -> group_lag(...)`` reader with its own clients (never a process's consumer:
-    safe to call from another thread). Used by the worker's watchdog and the lag gauges."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watchdog",
-                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+    """A ``() -> group_lag(...)`` reader with its own clients, made at its first call (never a
+    process's consumer: safe from another thread). The worker's watchdog and the lag gauges
+    use it."""
+    clients: list[Any] = []
 
     def read() -> list[tuple[int, int, int]]:
-        return group_lag(admin, reader, group, topic)
+        if not clients:
+            clients.append(AdminClient({"bootstrap.servers": bootstrap}))
+            clients.append(Consumer({"bootstrap.servers": bootstrap,
+                                     "group.id": f"{group}-watchdog", "enable.auto.commit": False,
+                                     "isolation.level": "read_committed"}))
+        return group_lag(clients[0], clients[1], group, topic)
     return read

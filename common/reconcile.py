@@ -167,13 +167,16 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
                 if msg.error():
                     continue
                 last_progress = time.monotonic()
-                key = msg.key().decode(errors="replace") if msg.key() else ""
-                if key in keys and msg.value() is not None:
+                raw_key, raw, partition, offset = msg.key(), msg.value(), msg.partition(), \
+                    msg.offset()
+                key = raw_key.decode(errors="replace") if raw_key else ""
+                if key in keys and raw is not None and partition is not None \
+                        and offset is not None:
                     try:
-                        value = serde.decode(msg.value(), msg.headers())
+                        value = serde.decode(raw, msg.headers())
                     except SerdeError:
                         continue  # an undecodable record is the dead letters' business
-                    yield key, value, msg.partition(), msg.offset()
+                    yield key, value, partition, offset
             # positions pass transaction markers too: compare them, not record offsets
             for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= todo[tp.partition]:
