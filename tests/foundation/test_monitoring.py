@@ -115,8 +115,11 @@ def test_compose_monitoring_profile_mounts_the_shipped_files():
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "
                     "(apt-get install prometheus)")
-def test_promtool_accepts_the_rules():
+def test_promtool_accepts_the_rules_and_their_unit_tests():
     result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+    tested = subprocess.run(["promtool", "test", "rules", str(MONITORING / "alerts.test.yml")],
+                            capture_output=True, text=True, timeout=60, cwd=MONITORING)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
