@@ -112,3 +112,19 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
     finally:
         c.unassign()
     return out
+
+
+def lag_reader(bootstrap: str, group: str, topic: str) -> Any:
+    """A ``() -> group_lag(...)`` reader with its own clients, made at its first call (never a
+    process's consumer: safe from another thread). The worker's watchdog and the lag gauges
+    use it."""
+    clients: list[Any] = []
+
+    def read() -> list[tuple[int, int, int]]:
+        if not clients:
+            clients.append(AdminClient({"bootstrap.servers": bootstrap}))
+            clients.append(Consumer({"bootstrap.servers": bootstrap,
+                                     "group.id": f"{group}-watchdog", "enable.auto.commit": False,
+                                     "isolation.level": "read_committed"}))
+        return group_lag(clients[0], clients[1], group, topic)
+    return read

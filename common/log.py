@@ -1,9 +1,11 @@
 """Logging: JSON lines (or text) with process, order id and correlation id.
 
 Pass context with ``extra``: ``log.info("provisioned", extra={"order_id": oid})``. Values
-that look like secrets are never rendered: :class:`~common.settings.Secret` prints as
-stars, and a filter masks bearer tokens and PEM blocks in messages as a last line of
-defence.
+that look like secrets are never rendered, whatever their shape: :class:`~common.settings.Secret`
+prints as stars, and both formatters mask credentials in the message, in every context
+field (``cause=str(exc)`` included; dicts walked key by key), in tracebacks and stacks:
+PEM keys, bearer tokens, bare Salesforce session ids (``00D…!…``), JWTs, and the value of
+any secret-named key (:data:`SECRET_KEYS`) written ``k=v``, ``'k': 'v'`` or ``"k": "v"``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,51 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE
                   re.S)
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+)"
                      r"[A-Za-z0-9!._\-+/=]{8,}")
-_SECRET_KV = re.compile(r"(?i)\b(secret|password|accesskey|assertion)=([^&\s]+)")
+#: names whose value is a credential, in any shape: ``secret=x``, ``'secret': 'x'``,
+#: ``"secret": "x"``, ``secret: x`` (also a dict passed as a context field, by key)
+SECRET_KEYS = ("secret", "client_secret", "password", "passwd", "accesskey", "access_key",
+               "api_key", "apikey", "assertion", "identifier", "access_token", "accesstoken",
+               "refresh_token", "private_key", "session_id", "sessionid", "token",
+               "authorization")
+_SECRET_KV = re.compile(r"(?i)(?<![A-Za-z0-9_])([\"']?(?:" + "|".join(SECRET_KEYS)
+                        + r")[\"']?\s*[=:]\s*)(?:([\"'])(.*?)\2|([^\"'&\s,;}\]]+))")
+# A Salesforce session id (an access token) needs no label to be one: <org id>!<token>
+_SESSION_ID = re.compile(r"\b00D[A-Za-z0-9]{0,15}![A-Za-z0-9._]{8,}")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+_SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
 def redact(text: str) -> str:
+    """``text`` with every credential shape masked (keys, tokens, session ids, JWTs)."""
     text = _PEM.sub("[REDACTED PRIVATE KEY]", text)
     text = _BEARER.sub(lambda m: m.group(1) + "[REDACTED]", text)
-    return _SECRET_KV.sub(lambda m: m.group(1) + "=[REDACTED]", text)
+    text = _SESSION_ID.sub("[REDACTED SESSION ID]", text)
+    text = _JWT.sub("[REDACTED JWT]", text)
+    return _SECRET_KV.sub(_mask_value, text)
+
+
+def _mask_value(m: re.Match[str]) -> str:
+    quote = m.group(2) or ""
+    value = m.group(3) if quote else m.group(4)
+    if value.startswith("[REDACTED") or not value:
+        return m.group(0)
+    return f"{m.group(1)}{quote}[REDACTED]{quote}"
+
+
+def scrub(value: Any) -> Any:
+    """A context field made safe to render: strings redacted, dicts and lists walked (a
+    value under a secret-named key is masked whole), anything else rendered as text first
+    (an exception, a Secret) unless it is a number or a bool."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: "[REDACTED]" if str(k).lower() in _SECRET_KEY_SET else scrub(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [scrub(v) for v in value]
+    return redact(value if isinstance(value, str) else str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,9 +89,11 @@ class JsonFormatter(logging.Formatter):
         for key in CONTEXT_FIELDS:
             value = record.__dict__.get(key)
             if value is not None:
-                out[key] = value.hex() if isinstance(value, bytes) else value
+                out[key] = scrub(value)
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            out["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -61,7 +103,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = redact(super().format(record))
-        ctx = " ".join(f"{k}={record.__dict__[k]}" for k in CONTEXT_FIELDS
+        ctx = " ".join(f"{k}={scrub(record.__dict__[k])}" for k in CONTEXT_FIELDS
                        if record.__dict__.get(k) is not None)
         return f"{base} {ctx}" if ctx else base
 

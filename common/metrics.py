@@ -1,9 +1,10 @@
-"""Prometheus ``/metrics`` and ``/healthz`` for every process, on one small HTTP thread.
+"""Prometheus ``/metrics`` and the probes for every process, on one small HTTP thread.
 
 Each process registers its metrics on the default ``prometheus_client`` registry (names
-prefixed ``sfprov_``) and passes a health callback returning ``(healthy, details)``;
-``/healthz`` answers 200 or 503 with the details as JSON. Port 0 picks a free port
-(``server.port`` tells which).
+prefixed ``sfprov_``) and passes two callbacks returning ``(ok, details)``: readiness for
+``/readyz`` (and its alias ``/healthz``) and liveness for ``/livez`` (see
+:mod:`common.probes`). Each answers 200 or 503 with the details as JSON. Port 0 picks a free
+port (``server.port`` tells which).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class HealthServer:
-    def __init__(self, port: int, health: HealthCheck, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, health: HealthCheck, *, live: HealthCheck | None = None,
+                 host: str = "127.0.0.1") -> None:
         self._health = health
+        self._live = live or (lambda: (True, {}))
+        self.host = host
         handler = self._handler()
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -34,18 +38,22 @@ class HealthServer:
                                         daemon=True)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        health = self._health
+        probes = {"/readyz": ("ready", self._health), "/healthz": ("ready", self._health),
+                  "/livez": ("live", self._live)}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
-                if self.path.startswith("/metrics"):
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
                     body, ctype, status = generate_latest(), CONTENT_TYPE_LATEST, 200
-                elif self.path.startswith("/healthz"):
+                elif path in probes:
+                    key, probe = probes[path]
                     try:
-                        ok, details = health()
-                    except Exception as exc:  # noqa: BLE001 - a failing check is unhealthy
-                        ok, details = False, {"error": repr(exc)}
-                    body = json.dumps({"healthy": ok, **details}, default=str).encode()
+                        ok, details = probe()
+                    except Exception as exc:  # noqa: BLE001 - a failing check is a "no"
+                        ok, details = False, {"reasons": [f"check failed: {exc!r}"]}
+                    # "healthy" stays for the clients of the old /healthz
+                    body = json.dumps({key: ok, "healthy": ok, **details}, default=str).encode()
                     ctype, status = "application/json", 200 if ok else 503
                 else:
                     body, ctype, status = b"not found\n", "text/plain", 404
@@ -62,7 +70,8 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("metrics and health on http://127.0.0.1:%d/metrics /healthz", self.port)
+        log.info("metrics and probes on http://%s:%d/metrics /livez /readyz (/healthz)",
+                 self.host, self.port)
         return self
 
     def stop(self) -> None:

@@ -171,6 +171,17 @@ class CommonSettings(_Section):
     state_dir: Path = env("SFPROV_STATE_DIR", ROOT / ".state", parse=Path,
                           doc="Where local state lives: broker data, sandbox databases, logs, "
                               "worker tables.")
+    http_host: str = env("SFPROV_HTTP_HOST", "127.0.0.1",
+                         doc="Address each process's /metrics, /livez and /readyz server binds "
+                             "(0.0.0.0 in a container, so Prometheus and probes reach it).")
+    tracing: str = env("SFPROV_TRACING", "OFF", parse=choice("OFF", "CONSOLE", "FILE", "OTLP"),
+                       doc="OpenTelemetry tracing, one trace per Order across the processes: "
+                           "OFF, CONSOLE (stderr), FILE (JSON lines) or OTLP (HTTP).")
+    tracing_file: str = env("SFPROV_TRACING_FILE", "",
+                            doc="FILE tracing: where spans go (default "
+                                "$SFPROV_STATE_DIR/traces/<process>.jsonl).")
+    otlp_endpoint: str = env("SFPROV_TRACING_OTLP_ENDPOINT", "http://localhost:4318/v1/traces",
+                             doc="OTLP tracing: the collector's OTLP/HTTP traces endpoint.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,6 +339,20 @@ class ConnectorSettings(_Section):
     grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 60.0, parse=parse_float,
                                   doc="gRPC HTTP/2 ping interval (finds half-open "
                                       "connections).")
+    reconcile_interval_s: float = env("CONNECTOR_RECONCILE_INTERVAL_S", 600.0,
+                                      parse=parse_float,
+                                      doc="How often the connector re-requests Orders left "
+                                          "Activating with no request or no outcome (0 = "
+                                          "never; a recorded replay gap still triggers a "
+                                          "pass).")
+    reconcile_older_than_s: float = env("CONNECTOR_RECONCILE_OLDER_THAN_S", 900.0,
+                                        parse=parse_float,
+                                        doc="The periodic pass re-requests only Orders "
+                                            "Activating (unchanged) for at least this long.")
+    reconcile_max_per_pass: int = env("CONNECTOR_RECONCILE_MAX_PER_PASS", 100,
+                                      parse=parse_positive_int,
+                                      doc="Most Orders one reconciliation pass re-requests "
+                                          "(the rest wait for the next pass).")
 
     def validate(self) -> None:
         if self.num_requested > 100:

@@ -16,11 +16,19 @@ import logging
 import signal
 import sys
 
+from common import tracing
 from common.errors import ConfigError, KafkaError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
-from common.settings import CommonSettings, ConnectorSettings, KafkaSettings, SalesforceSettings
+from common.salesforce import SalesforceClient
+from common.settings import (
+    CommonSettings,
+    ConnectorSettings,
+    KafkaSettings,
+    SalesforceSettings,
+    WorkerSettings,
+)
 
 EXIT_CONFIG = 64
 log = logging.getLogger("connectors")
@@ -52,11 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         kafka = KafkaSettings.load()
         salesforce = SalesforceSettings.load()
         connector = ConnectorSettings.load()
+        worker_group = kafka.topic(WorkerSettings.load().app_id)  # whose progress counts
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging("connector", common.log_level, common.log_format)
     GcMonitor().install()
+    tracing.setup("connector", common.tracing, file=common.tracing_file,
+                  otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
     if not connector.events_enabled:
         log.warning("SF_EVENTS_ENABLED=false: not subscribing; exiting")
         return 0
@@ -69,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in report.drift:
             log.warning("topic drift: %s", line)
 
+    from connectors import observability
+    from connectors.reconciler import Reconciler
     from connectors.source import Connector  # after logging is set up
 
     app = Connector(kafka=kafka, salesforce=salesforce, connector=connector)
+    app.reconciler = Reconciler(kafka, connector, SalesforceClient(salesforce),
+                                worker_group=worker_group,
+                                written=lambda: app.written)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping after the open batch", signal.Signals(signum).name)
@@ -81,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if early:
         on_signal(early[0], None)
-    server = HealthServer(connector.http_port, app.health_check).start() \
-        if connector.http_port else None
+    server = HealthServer(connector.http_port, lambda: observability.ready(app),
+                          live=lambda: observability.live(app),
+                          host=common.http_host).start() if connector.http_port else None
+    app.reconciler.start()
     try:
         return app.run(max_events=args.max_events, timeout_s=args.timeout)
     finally:
+        app.reconciler.stop()
         if server is not None:
             server.stop()
 

@@ -65,6 +65,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import tracing
 from common.avro import AvroSerde, registry_from_url
 from common.errors import (
     KafkaError,
@@ -81,6 +82,7 @@ from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
 from connectors.backoff import Backoff
 from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
+from connectors.observability import end_spans, event_spans
 from connectors.offsets import EVENT, KEEPALIVE, OffsetCodec, Position, load_position
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
 from connectors.writer import Record, TransactionalWriter, transactional_id
@@ -156,6 +158,7 @@ class Connector:
         self._keepalive_candidate: bytes | None = None
         self._last_keepalive_commit = 0.0
         self._reopen_pending = False  # the producer was fenced after a transaction timeout
+        self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
         m.COMMITTED_AGE.set_function(self._committed_age)
 
     # -- control -------------------------------------------------------------------------
@@ -236,6 +239,8 @@ class Connector:
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
                 return True
+            if self.reconciler is not None:  # re-requests, in this instance's transaction
+                self.reconciler.write_due(self.writer.write)
             try:
                 first = sub.responses.get(timeout=0.2)
             except queue.Empty:
@@ -287,9 +292,10 @@ class Connector:
         last = batch[-1]
         position = Position(last.replay_id, EVENT, int(time.time() * 1000), last.event_uuid)
         records: list[Record] = []
-        for rec in batch:
+        spans = event_spans(batch)  # tracing: one root span per event (None when off)
+        for rec, span in zip(batch, spans, strict=True):
             topic = self.kafka.dead_letters if rec.dead_letter else self.kafka.requests
-            records.append((topic, rec.key, rec.value, rec.headers))
+            records.append((topic, rec.key, rec.value, rec.headers + tracing.headers_of(span)))
         value, headers = self.codec.position_value(position)
         records.append((self.kafka.connector_offsets, self.codec.key, value, headers))
         try:
@@ -298,6 +304,7 @@ class Connector:
             m.TRANSACTIONS.labels("batch", "abort").inc()
             raise
         m.TRANSACTIONS.labels("batch", "commit").inc()
+        end_spans(spans)
         self._set_position(position)
         self.preset_override = None
         self.backoff.reset()
@@ -404,6 +411,8 @@ class Connector:
                   "resubscribing with %s", self.position.replay_id.hex(), exc,
                   self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override = policy
+        if self.reconciler is not None:
+            self.reconciler.gap_recorded()  # its Orders are re-requested once replay settles
         return None
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:

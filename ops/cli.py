@@ -12,17 +12,21 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from common.errors import PipelineError
+from common.errors import ConfigError, PipelineError
 from common.settings import KafkaSettings, environment
 
 
 def add(parser: argparse.ArgumentParser, *flags: str, env: str | None = None,
         default: Any = None, help: str = "", **kwargs: Any) -> None:  # noqa: A002
-    """An option whose default comes from ``env`` when set."""
+    """An option whose default comes from ``env`` when set (a bad value: ConfigError naming
+    the variable, printed as one line by :func:`main`)."""
     if env:
         raw = environment().get(env)
         if raw not in (None, ""):
-            default = raw if kwargs.get("type") is None else kwargs["type"](raw)
+            try:
+                default = raw if kwargs.get("type") is None else kwargs["type"](raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{env}: invalid value {raw!r}: {exc}") from None
         help = f"{help} [env: {env}]"
     parser.add_argument(*flags, default=default, help=help, **kwargs)
 
@@ -43,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sfprov", description="Operate the Salesforce → Kafka → WHMCS provisioning "
         "pipeline: inspect topics, tail records, check lag, trace an order, replay, "
         "reconcile, handle dead letters.")
-    add(parser, "--bootstrap", env="KAFKA_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers")
+    add(parser, "-b", "--bootstrap-server", "--bootstrap", dest="bootstrap",
+        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT",
+        help="Kafka bootstrap servers (as Kafka's own tools take them)")
     add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", help="topic and group name prefix")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
@@ -67,11 +73,11 @@ def load_local_stack_env() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     load_local_stack_env()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except PipelineError as exc:
+    except PipelineError as exc:  # a bad setting included: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

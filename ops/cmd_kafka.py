@@ -42,7 +42,7 @@ def topics(args: argparse.Namespace) -> int:
     specs = declared_topics(settings)
     present = [s for s in specs if s.name in md.topics]
     c = consumer(settings)
-    print(f"{'topic':<45} {'parts':>5} {'records*':>10} {'retention':>12} {'cleanup':>8}")
+    rows: list[dict[str, Any]] = []
     configs = {}
     if present:
         res = {s.name: ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in present}
@@ -50,16 +50,26 @@ def topics(args: argparse.Namespace) -> int:
         configs = {name: fut[r].result() for name, r in res.items()}
     for spec in specs:
         if spec.name not in md.topics:
-            print(f"{spec.name:<45} {'MISSING':>5}   (run: make topics)")
+            rows.append({"topic": spec.name, "missing": True})
             continue
         bounds = end_offsets(c, spec.name)
-        count = sum(high - low for low, high in bounds.values())
         cfg = configs[spec.name]
-        retention = _human_ms(int(cfg["retention.ms"].value))
-        print(f"{spec.name:<45} {len(bounds):>5} {count:>10} {retention:>12} "
-              f"{cfg['cleanup.policy'].value:>8}")
+        rows.append({"topic": spec.name, "partitions": len(bounds),
+                     "records": sum(high - low for low, high in bounds.values()),
+                     "retention_ms": int(cfg["retention.ms"].value),
+                     "cleanup_policy": cfg["cleanup.policy"].value})
     c.close()
     drift = describe_drift(admin, present, md)
+    if args.json:
+        print(json.dumps({"topics": rows, "drift": drift}, indent=2))
+        return 2 if drift else 0
+    print(f"{'topic':<45} {'parts':>5} {'records*':>10} {'retention':>12} {'cleanup':>8}")
+    for row in rows:
+        if row.get("missing"):
+            print(f"{row['topic']:<45} {'MISSING':>5}   (run: make topics)")
+            continue
+        print(f"{row['topic']:<45} {row['partitions']:>5} {row['records']:>10} "
+              f"{_human_ms(row['retention_ms']):>12} {row['cleanup_policy']:>8}")
     for line in drift:
         print(f"drift: {line}")
     print("* records = end offset − start offset (includes transaction markers)")
@@ -98,24 +108,32 @@ def lag(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     c = consumer(settings)
-    total = 0
+    groups: list[dict[str, Any]] = []
     try:
         for label, group, topic in (("worker", worker_group(args), settings.requests),
                                     ("sink", sink_group(args), settings.outcomes)):
             rows = group_lag(admin, c, group, topic)
-            group_total = sum(max(0, end - committed) for _, committed, end in rows)
-            total += group_total
-            print(f"{label} (group {group}) on {topic}: lag {group_total}")
-            for partition, committed, end in rows:
-                print(f"  partition {partition:>2}  committed {committed:>9}  end {end:>9}  "
-                      f"lag {max(0, end - committed):>7}")
+            groups.append({"process": label, "group": group, "topic": topic,
+                           "lag": sum(max(0, end - committed) for _, committed, end in rows),
+                           "partitions": [{"partition": p, "committed": committed, "end": end,
+                                           "lag": max(0, end - committed)}
+                                          for p, committed, end in rows]})
     finally:
         c.close()
+    if args.json:
+        print(json.dumps({"groups": groups, "connector": _connector_position(args)},
+                         indent=2, default=str))
+        return 0
+    for g in groups:
+        print(f"{g['process']} (group {g['group']}) on {g['topic']}: lag {g['lag']}")
+        for row in g["partitions"]:
+            print(f"  partition {row['partition']:>2}  committed {row['committed']:>9}  "
+                  f"end {row['end']:>9}  lag {row['lag']:>7}")
     _print_connector_position(args)
     return 0
 
 
-def _print_connector_position(args: argparse.Namespace) -> None:
+def _connector_position(args: argparse.Namespace) -> dict[str, Any]:
     from common.settings import ConnectorSettings
 
     settings = kafka_settings(args)
@@ -123,13 +141,21 @@ def _print_connector_position(args: argparse.Namespace) -> None:
     key = f"{conn.name}|{conn.channel}"
     record = last_value(settings, settings.connector_offsets, "connector_offset", key)
     if record is None:
-        print(f"connector {conn.name}: no replay position committed yet")
-        return
+        return {"name": conn.name, "replay_id": None}
     value = record.value
     committed = value["committed_at"]
-    age = dt.datetime.now(dt.UTC) - committed
-    print(f"connector {conn.name}: replay id {value['replay_id'].hex()} ({value['source']}) "
-          f"committed {committed.isoformat(timespec='seconds')} ({age.total_seconds():.0f}s ago)")
+    return {"name": conn.name, "replay_id": value["replay_id"].hex(), "source": value["source"],
+            "committed_at": committed.isoformat(timespec="seconds"),
+            "age_s": round((dt.datetime.now(dt.UTC) - committed).total_seconds())}
+
+
+def _print_connector_position(args: argparse.Namespace) -> None:
+    pos = _connector_position(args)
+    if pos["replay_id"] is None:
+        print(f"connector {pos['name']}: no replay position committed yet")
+        return
+    print(f"connector {pos['name']}: replay id {pos['replay_id']} ({pos['source']}) "
+          f"committed {pos['committed_at']} ({pos['age_s']}s ago)")
 
 
 # -- replay -------------------------------------------------------------------------------
@@ -147,15 +173,19 @@ def _parse_time(text: str) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
+    """Plans the rewind; changes the group's offsets only with ``--execute``."""
+    args.execute = args.execute and not args.dry_run
     settings = kafka_settings(args)
     group = worker_group(args)
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
-    deadline = time.monotonic() + args.wait
+    deadline = time.monotonic() + (args.wait if args.execute else 0.0)
     while True:
         desc = admin.describe_consumer_groups([group])[group].result()
         members = len(desc.members)
         if members == 0:
             break
+        if not args.execute:
+            break  # a plan is shown whatever the group does; --execute needs it empty
         if time.monotonic() >= deadline:
             print(f"refusing: the worker group {group} has {members} active member(s). Stop "
                   "the worker first (make-up stack: `python -m ops.stack pause worker`), or "
@@ -177,17 +207,30 @@ def replay(args: argparse.Namespace) -> int:
     before = {p: committed for p, committed, _ in group_lag(admin, c, group, settings.requests)}
     c.close()
     tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
-    if not args.dry_run:
+    if args.execute:
         admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[
             group].result()
-    rewound = 0
-    for tp in tps:
-        delta = before.get(tp.partition, tp.offset) - tp.offset
-        rewound += max(0, delta)
-        print(f"  partition {tp.partition:>2}: {before.get(tp.partition)} → {tp.offset} "
+    rows: list[dict[str, Any]] = [
+        {"partition": tp.partition, "current": before.get(tp.partition),
+         "target": tp.offset, "rewind": before.get(tp.partition, tp.offset) - tp.offset}
+        for tp in tps]
+    rewound = sum(max(0, r["rewind"]) for r in rows)
+    if args.json:
+        print(json.dumps({"group": group, "topic": settings.requests, "executed": args.execute,
+                          "active_members": members, "rewind": rewound,
+                          "partitions": rows}, indent=2))
+        return 0
+    for r in rows:
+        delta = r["rewind"]
+        print(f"  partition {r['partition']:>2}: {r['current']} → {r['target']} "
               f"({'+' if delta < 0 else '-'}{abs(delta)} records)")
-    verb = "would rewind" if args.dry_run else "rewound"
-    print(f"{verb} group {group} on {settings.requests} by {rewound} records; the worker "
+    if not args.execute:
+        note = (f"; the group has {members} active member(s): stop the worker before "
+                "--execute") if members else ""
+        print(f"would rewind group {group} on {settings.requests} by {rewound} records "
+              f"(a plan: nothing changed; add --execute to apply it{note})")
+        return 0
+    print(f"rewound group {group} on {settings.requests} by {rewound} records; the worker "
           "re-decides them when it starts (dedupe, the Salesforce guard and the WHMCS lookup "
           "prevent a second WHMCS order)")
     return 0
@@ -208,6 +251,9 @@ def dlq(args: argparse.Namespace) -> int:
         return not selected or f"{record.partition}:{record.offset}" in selected
 
     records = list(scan(settings, topic, None, match=match))
+    if args.action == "list" and args.json:
+        print(json.dumps([r.as_json() for r in records], indent=2, default=str))
+        return 0
     if args.action == "list":
         for r in records:
             h = r.headers
@@ -238,7 +284,12 @@ def dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _configure_topics(p: argparse.ArgumentParser) -> None:
+    _json_flag(p)
     p.set_defaults(func=topics)
 
 
@@ -249,10 +300,13 @@ def _configure_tail(p: argparse.ArgumentParser) -> None:
         help="records per partition to show from the end (without --from-beginning)")
     p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
     add(p, "--order-id", env="SFPROV_ORDER_ID", help="only records of this Salesforce Order")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines (what tail always prints; accepted for symmetry)")
     p.set_defaults(func=tail)
 
 
 def _configure_lag(p: argparse.ArgumentParser) -> None:
+    _json_flag(p)
     p.set_defaults(func=lag)
 
 
@@ -261,8 +315,13 @@ def _configure_replay(p: argparse.ArgumentParser) -> None:
     g.add_argument("--from-time", help="ISO-8601 time (UTC) or relative like -6h, -3d")
     g.add_argument("--from-offset", help="PARTITION:OFFSET of the requests topic")
     add(p, "--wait", env="SFPROV_REPLAY_WAIT_S", default=0.0, type=float,
-        help="seconds to wait for the worker group to become empty before refusing")
-    p.add_argument("--dry-run", action="store_true", help="show what would be rewound")
+        help="with --execute: seconds to wait for the worker group to become empty before "
+             "refusing")
+    p.add_argument("--execute", action="store_true",
+                   help="rewind the group (without it, replay only shows the plan, as "
+                        "kafka-consumer-groups --reset-offsets does)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan (the default)")
+    _json_flag(p)
     p.set_defaults(func=replay)
 
 
@@ -273,6 +332,7 @@ def _configure_dlq(p: argparse.ArgumentParser) -> None:
     add(p, "--stage", env="SFPROV_DLQ_STAGE", help="connector | worker | sink")
     add(p, "--order-id", env="SFPROV_ORDER_ID", help="only dead letters of this Order")
     p.add_argument("--all", action="store_true", help="requeue every matching record")
+    _json_flag(p)
     p.set_defaults(func=dlq)
 
 

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import sys
 import time
-import uuid
 from typing import Any
 
 from confluent_kafka import Producer
 
-from common.avro import AvroSerde
+from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from ops.cli import add, kafka_settings
 from ops.kafkaview import jsonable, scan
-from streams.decide import idem_key_of
-
-ORDER_FIELDS = ("Id, OrderNumber, Status, Activation_Status__c, Activation_Error__c, "
-                "Activation_Error_DateTime__c, WHMCS_Order_Id__c, OpportunityId, "
-                "Account.WH_Account__c, LastModifiedDate")
 
 
 def _sf() -> SalesforceClient:
@@ -141,69 +134,40 @@ def _duration(text: str) -> float:
     return float(text[:-1]) * unit if unit else float(text)
 
 
-def _sf_time(value: str | None) -> float:
-    if not value:
-        return 0.0
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00")
-                                     ).timestamp()
-
-
 def reconcile(args: argparse.Namespace) -> int:
     """Activating Orders with no request since their last change, or whose latest request
-    never got an outcome, get a new request."""
+    never got an outcome, get a new request (common.reconcile: the connector's automatic
+    passes use the same mechanism)."""
     settings = kafka_settings(args)
-    older_than = _duration(args.older_than)
-    sf = _sf()
-    activating = sf.query(f"SELECT {ORDER_FIELDS} FROM Order "
-                          "WHERE Activation_Status__c = 'Activating'")
-    now = time.time()
-    candidates = {o["Id"]: o for o in activating
-                  if now - _sf_time(o.get("LastModifiedDate")) >= older_than}
-    latest_request: dict[str, tuple[float, str]] = {}  # order → (CreatedDate, idem key)
-    for r in scan(settings, settings.requests, "provision_request",
-                  match=lambda r: r.key in candidates):
-        created = r.value["CreatedDate"].timestamp()
-        key = str(r.key)  # matched against the candidates: never None
-        if created >= latest_request.get(key, (0.0, ""))[0]:
-            latest_request[key] = (created, idem_key_of(r.value))
-    decided: set[tuple[str, str]] = {
-        (str(r.key), r.value["idem_key"])
-        for r in scan(settings, settings.outcomes, "provisioning_outcome",
-                      match=lambda r: r.key in latest_request)}
-    no_request = [oid for oid, o in candidates.items()
-                  if oid not in latest_request
-                  or latest_request[oid][0] + 1.0 < _sf_time(o.get("LastModifiedDate"))]
-    # A request that never got an outcome: the event was lost past the requests topic.
-    undecided = [oid for oid in candidates if oid in latest_request
-                 and oid not in no_request and (oid, latest_request[oid][1]) not in decided]
-    stranded = no_request + undecided
-    print(f"{len(activating)} Order(s) Activating; {len(candidates)} older than "
-          f"{args.older_than}; {len(no_request)} with no provisioning request since their "
-          f"last change, {len(undecided)} whose latest request has no outcome (stranded)")
-    for oid in stranded:
-        print(f"  {oid}  {candidates[oid].get('OrderNumber')}  last change "
-              f"{candidates[oid].get('LastModifiedDate')}")
-    if args.dry_run or not stranded:
+    plan = find_stranded(_sf(), settings, older_than_s=_duration(args.older_than))
+    stranded = plan.stranded
+    injected = 0 if args.dry_run or not stranded else inject_requests(settings, stranded)
+    if args.json:
+        print(json.dumps({"activating": plan.activating, "candidates": len(plan.candidates),
+                          "no_request": plan.no_request, "undecided": plan.undecided,
+                          "injected": injected, "dry_run": bool(args.dry_run)}, indent=2))
         return 0
-    injected = inject_requests(settings, stranded)
-    print(f"injected {injected} provisioning request(s) into {settings.requests}")
+    print(f"{plan.activating} Order(s) Activating; {len(plan.candidates)} older than "
+          f"{args.older_than}; {len(plan.no_request)} with no provisioning request since their "
+          f"last change, {len(plan.undecided)} whose latest request has no outcome (stranded)")
+    for oid in stranded:
+        print(f"  {oid}  {plan.candidates[oid].get('OrderNumber')}  last change "
+              f"{plan.candidates[oid].get('LastModifiedDate')}")
+    if injected:
+        print(f"injected {injected} provisioning request(s) into {settings.requests}")
     return 0
 
 
 def inject_requests(settings: Any, order_ids: list[str]) -> int:
-    serde = AvroSerde("provision_request", topic=settings.requests)
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
                          "enable.idempotence": True, "partitioner": "murmur2_random"})
     now_ms = int(time.time() * 1000)
     for oid in order_ids:
-        record = {"event_uuid": f"reconcile-{uuid.uuid4()}", "replay_id": b"",
-                  "schema_id": "reconcile", "channel": "sfprov reconcile",
-                  "received_at": now_ms, "CreatedDate": now_ms, "CreatedById": "reconcile",
-                  "OrderId__c": oid, "IdemKey__c": f"{oid}-reconcile-{now_ms}",
-                  "CorrelationId__c": str(uuid.uuid4()), "RequestedBy__c": "sfprov reconcile",
-                  "Version__c": 1.0}
-        producer.produce(settings.requests, key=oid.encode(), value=serde.encode(record),
-                         headers=[*serde.headers(), ("sfprov.source", b"reconcile")])
+        topic, key, value, headers = request_record(settings, oid, source="reconcile",
+                                                    requested_by="sfprov reconcile",
+                                                    now_ms=now_ms)
+        producer.produce(topic, key=key, value=value,
+                         headers=headers)  # type: ignore[arg-type] # list invariance
     if producer.flush(30) != 0:
         raise SystemExit("error: could not deliver every request to Kafka")
     return len(order_ids)
@@ -225,7 +189,7 @@ def demo(args: argparse.Namespace) -> int:
     c = consumer(settings)
     start = {p: high for p, (_, high) in end_offsets(c, settings.outcomes).items()}
     c.close()
-    ids = admin.approve(count=args.count)
+    ids = admin.approve(ids=demo_selection(admin, args.count)) if args.count > 0 else []
     if not ids:
         print("no Orders left in Pending Review: reseed with `make clean up`")
         return 1
@@ -280,6 +244,24 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if len(results) == len(wanted) else 1
 
 
+def demo_selection(admin: Any, count: int) -> list[str]:
+    """``count`` Orders in Pending Review, oldest first, including one of each kind the seed
+    broke on purpose (``Description = 'seed-broken: KIND'``) while the count leaves room for
+    at least twice as many good ones — so a newcomer sees ``Failed`` with its reason next
+    to ``Provisioned``."""
+    rows = admin.query("SELECT Id, Description FROM Order WHERE Status = 'Pending Review'"
+                       ).get("records", [])
+    good = [r["Id"] for r in rows if not str(r.get("Description") or "").startswith("seed-broken")]
+    broken: dict[str, str] = {}
+    for r in rows:
+        kind = str(r.get("Description") or "")
+        if kind.startswith("seed-broken") and kind not in broken:
+            broken[kind] = r["Id"]
+    chosen = list(broken.values())[:min(len(broken), max(1, count // 3))]
+    chosen += good[:count - len(chosen)]
+    return chosen[:count]
+
+
 def _progress(done: int, total: int) -> None:
     width = 40
     filled = int(width * done / max(total, 1))
@@ -297,6 +279,7 @@ def _configure_reconcile(p: argparse.ArgumentParser) -> None:
     add(p, "--older-than", env="SFPROV_RECONCILE_OLDER_THAN", default="15m",
         help="only Orders Activating for at least this long (e.g. 30m, 2h, 0s)")
     p.add_argument("--dry-run", action="store_true", help="report, inject nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=reconcile)
 
 

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from common import tracing
 from common.errors import ConfigError
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         common = CommonSettings.load()
         setup_logging("sink", common.log_level, common.log_format)
         GcMonitor().install()
+        tracing.setup("sink", common.tracing, file=common.tracing_file,
+                      otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
         kafka = KafkaSettings.load()
         settings = SinkSettings.load()
         salesforce = SalesforceSettings.load()
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     sink.install_signal_handlers()
-    server = HealthServer(settings.http_port, sink.health).start() if settings.http_port else None
+    server = HealthServer(settings.http_port, sink.ops.ready, live=sink.ops.live,
+                          host=common.http_host).start() if settings.http_port else None
+    sink.ops.start()  # the group's lag gauge
     try:
         stats = sink.run(max_records=args.max_records, timeout=args.timeout,
                          exit_when_idle=args.exit_when_idle)

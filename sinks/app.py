@@ -54,6 +54,7 @@ from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
 from sinks.deadletters import DeadLetters
 from sinks.mapping import updates_for
+from sinks.observability import SinkOps
 from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE, Pauses
 from sinks.writer import CollectionClient, CollectionWriter
 
@@ -113,6 +114,7 @@ class Sink:
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
         self._warned: dict[str, float] = {}
         self._fence_unchecked = False  # the start-up check of the fence field is still due
+        self.ops = SinkOps(self)  # probes, lag gauge, tracing (sinks.observability)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -204,6 +206,7 @@ class Sink:
             self._complete(tracked)
             return
         m.OUTCOMES.labels(tracked.outcome["status"]).inc()
+        self.ops.taken(tracked, message.headers())
         if updates:
             self.batcher.add(tracked, updates, time.monotonic())
         else:
@@ -303,12 +306,14 @@ class Sink:
         entries = self.batcher.take(now, self.settings.batch_size)
         if not entries:
             return True
+        started = time.monotonic()
         try:
             if self._fence_unchecked:
                 assert self.settings.fence_field is not None
                 fence.check_field(self.client, self.settings.fence_field)
                 self._fence_unchecked = False
             result = self.writer.write(entries)
+            self.ops.called(entries, time.monotonic() - started, "ok")
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
             self._limit_streak += 1
@@ -426,6 +431,7 @@ class Sink:
                     m.LAG.labels(since.removesuffix("_at")).observe(
                         max(0.0, wall - stamp.timestamp()))
         self.offsets.complete(tracked.partition, tracked.offset)
+        self.ops.completed(tracked)
 
     def _commit(self, *, force: bool) -> None:
         """Commit what is settled: dead letters on the broker first, then the offsets."""

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from common import tracing
+from common.errors import ConfigError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -26,20 +28,27 @@ from common.settings import (
 )
 
 log = logging.getLogger("streams")
+EXIT_CONFIG = 64  # as the connector: a bad setting, do not restart
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams")
     parser.add_argument("command", choices=["worker"])
     parser.parse_args(argv)
-    common = CommonSettings.load()
+    try:
+        common = CommonSettings.load()
+        kafka, worker = KafkaSettings.load(), WorkerSettings.load()
+        whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
+    except ConfigError as exc:  # one line naming the variable, not a traceback
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     setup_logging("worker", common.log_level, common.log_format)
     GcMonitor().install()
+    tracing.setup("worker", common.tracing, file=common.tracing_file,
+                  otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
-    kafka, worker = KafkaSettings.load(), WorkerSettings.load()
-    whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
     ensure_topics(kafka)
 
     import faust
@@ -50,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                    sf_client=SalesforceClient(salesforce), common=common)
     server = None
     if worker.http_port:
-        server = HealthServer(worker.http_port, built.check).start()
+        server = HealthServer(worker.http_port, built.ops.ready, live=built.ops.live,
+                              host=common.http_host).start()
+    built.ops.start(built.app.loop)  # loop heartbeat (/livez) and lag gauges
     if built.watchdog is not None:
         built.watchdog.start()
     runner = faust.Worker(built.app, loglevel=common.log_level, quiet=True,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,10 +42,11 @@ from streams.faust_recovery import (
     seek_uncommitted_to_beginning,
 )
 from streams.guard import Guard, QueryClient
+from streams.observability import WorkerOps
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.tables import DurabilityError, DurableTable, TableState, key_partition
-from streams.watchdog import Progress, StallWatchdog, broker_lag
+from streams.watchdog import Progress, StallWatchdog
 
 log = logging.getLogger(__name__)
 BATCH_ATTEMPTS = 3
@@ -75,11 +77,14 @@ class KafkaEmitter:
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
                                registry=registry_from_url(kafka.schema_registry_url))
         self.headers = dict(self.serde.headers())  # empty in the Confluent format
+        # extra headers of one outcome (its trace context); see streams.observability
+        self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
 
     async def send_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
         async def send() -> None:
             futs = [await self.outcomes.send(key=o["order_id"].encode(),
-                                             value=self.serde.encode(o), headers=self.headers)
+                                             value=self.serde.encode(o),
+                                             headers={**self.headers, **self.outcome_headers(o)})
                     for o in outcomes]
             await asyncio.gather(*futs)
         if outcomes:
@@ -112,6 +117,7 @@ class Worker:
         common = common or CommonSettings.load({})
         self.kafka, self.settings = kafka, worker
         self.health = Health(started_at=time.time())
+        self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         app_id = kafka.topic(worker.app_id)
         brokers = [f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")]
         datadir = common.state_dir / "worker" / app_id
@@ -150,13 +156,14 @@ class Worker:
         self.app.tables.add(self.idem)
         self.app.tables.add(self.intents)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
-        self.whmcs.observer = metrics.whmcs_observer
+        self.whmcs.observer = self.ops.whmcs_observer
         policy = ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
                                  whmcs_timeout_s=whmcs.timeout_s,
                                  lookup_grace_s=worker.lookup_grace_s,
                                  autosetup=whmcs.autosetup)
-        self.guard = Guard(sf_client, observer=metrics.salesforce_observer)
+        self.guard = Guard(sf_client, observer=self.ops.salesforce_observer)
         self.emitter = KafkaEmitter(self.app, kafka)
+        self.emitter.outcome_headers = self.ops.outcome_headers
         self.processor = BatchProcessor(
             state=TableState(self.idem, self.intents), guard=self.guard,
             provisioner=Provisioner(self.whmcs, policy,
@@ -190,7 +197,7 @@ class Worker:
         self.watchdog: StallWatchdog | None = None
         if worker.stall_timeout_s > 0:
             self.watchdog = StallWatchdog(
-                lag=broker_lag(kafka.bootstrap_servers, app_id, kafka.requests),
+                lag=self.ops.lag.read,  # the lag gauges' reader: one set of clients
                 owned=lambda: set(self.assigned), progress=self.progress,
                 timeout_s=worker.stall_timeout_s,
                 interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
@@ -266,10 +273,12 @@ class Worker:
                                                within=self.settings.batch_linger_s):
             for event in events:
                 event.message.incref()  # we ack after the outcomes are acknowledged
+                self.ops.event_started(event.message)
             await self.handle(events)
             for event in events:
                 self.commit_gate.finished(event.message.partition, event.message.offset)
                 await stream.ack(event)
+                self.ops.event_finished(event.message)
 
     async def handle(self, events: list[Any]) -> None:
         """Process one batch. Never raises (except cancellation), never returns early."""

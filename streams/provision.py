@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from common import tracing
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
@@ -112,6 +113,7 @@ class Provisioner:
         delay = policy.backoff_initial_s
         access_delay = policy.backoff_initial_s
         extra = {"order_id": request.order_id}
+        tracing.set_current_order(request.order_id)  # whose WHMCS calls these are (spans)
         while True:
             try:
                 if created is None and must_lookup:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.lag import group_lag
+from common.lag import lag_reader
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
@@ -166,16 +166,7 @@ class StallWatchdog:
 
 def broker_lag(bootstrap: str, group: str, topic: str) -> Callable[[], list[tuple[int, int, int]]]:
     """A lag reader with its own clients (never the worker's faust consumer)."""
-    from confluent_kafka import Consumer
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watchdog",
-                       "enable.auto.commit": False, "isolation.level": "read_committed"})
-
-    def read() -> list[tuple[int, int, int]]:
-        return group_lag(admin, reader, group, topic)
-    return read
+    return lag_reader(bootstrap, group, topic)  # type: ignore[no-any-return]
 
 
 def _exit(reason: str) -> Any:

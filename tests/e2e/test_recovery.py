@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def test_short_chaos_no_duplicates_nothing_missing(kafka_bootstrap, tmp_path):
     assert report["whmcs_orders"] == report["provisioned"]
 
 
-def test_outage_past_retention_is_closed_by_reconcile(kafka_bootstrap, tmp_path):
+def test_outage_past_retention_closes_itself(kafka_bootstrap, tmp_path):
+    """Connector stopped, Orders approved, Salesforce's clock past retention, connector
+    restarted — and no CLI call: the connector's gap pass re-requests the stranded Orders."""
     with Pipeline(tmp_path, bootstrap=kafka_bootstrap, accounts=20, orders=60,
                   broken_every=0) as p:
         first = p.sf.approve(3)
@@ -50,20 +54,17 @@ def test_outage_past_retention_is_closed_by_reconcile(kafka_bootstrap, tmp_path)
             time.sleep(1)
         assert len(gaps) == 1, "the connector records the gap it could not replay"
         assert gaps[0].value["policy"] == "EARLIEST"
-        rows = p.sf_orders(stranded)
-        assert all(r["Activation_Status__c"] == "Activating" for r in rows.values())
-
-        dry = cli(p, "reconcile", "--older-than", "0s", "--dry-run")
-        assert dry.returncode == 0, dry.stderr
-        assert "6 with no provisioning request" in dry.stdout, dry.stdout
-        run = cli(p, "reconcile", "--older-than", "0s")
-        assert run.returncode == 0, run.stderr
-        assert "injected 6" in run.stdout
-        rows = p.wait_settled(stranded, timeout=120)
+        rows = p.wait_settled(stranded, timeout=180)
         assert all(r["Activation_Status__c"] == "Provisioned" for r in rows.values()), rows
-        again = cli(p, "reconcile", "--older-than", "0s")
-        assert "injected" not in again.stdout
         assert p.invariants(first + stranded)["duplicates"] == 0
+        metrics = urllib.request.urlopen(  # noqa: S310 - local
+            f"http://127.0.0.1:{p.ports['connector']}/metrics", timeout=5).read().decode()
+        assert 'sfprov_connector_reconcile_requests_total{trigger="gap"} 6.0' in metrics
+        trace = json.loads(cli(p, "trace", stranded[0], "--json").stdout)
+        assert [e["value"]["RequestedBy__c"] for e in trace["events"]] == [
+            "sfprov reconciler (gap)"]
+        again = cli(p, "reconcile", "--older-than", "0s", "--dry-run")  # stays for operators
+        assert again.returncode == 0 and "0 Order(s) Activating" in again.stdout, again.stdout
 
 
 def test_reconcile_redrives_requests_that_never_got_an_outcome(kafka_bootstrap, tmp_path):
@@ -98,10 +99,13 @@ def test_replay_from_time_creates_no_second_whmcs_order(kafka_bootstrap, tmp_pat
         ids = p.sf.approve(12)
         p.wait_settled(ids, timeout=120)
         before = p.whmcs.counters()
-        refused = cli(p, "replay", "--from-time", since)
+        plan = cli(p, "replay", "--from-time", since)  # only plans without --execute
+        assert plan.returncode == 0 and "would rewind" in plan.stdout, plan.stdout
+        assert "stop the worker before --execute" in plan.stdout
+        refused = cli(p, "replay", "--from-time", since, "--execute")
         assert refused.returncode == 3 and "refusing" in refused.stdout
         assert p.stop("worker") == 0
-        replay = cli(p, "replay", "--from-time", since, "--wait", "60")
+        replay = cli(p, "replay", "--from-time", since, "--wait", "60", "--execute")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert "rewound group" in replay.stdout
         rewound = int(replay.stdout.split(" by ")[1].split()[0])

@@ -47,6 +47,13 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path):
         pids = {p["name"]: p["pid"] for p in status["processes"]}
         assert all(pids.values()), pids
 
+        demo = subprocess.run([sys.executable, "-m", "ops.cli", "demo", "--count", "8"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        failed = [line for line in demo.stdout.splitlines() if " Failed " in line]
+        assert failed and all(": " in line for line in failed), demo.stdout  # with the reason
+        assert "Provisioned" in demo.stdout and "summary: Failed" in demo.stdout, demo.stdout
+
         again = stack("up")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "nothing started twice" in again.stdout

@@ -35,6 +35,7 @@ def test_help_lists_every_command_and_env_fallbacks():
     for command in ("topics", "tail", "lag", "trace", "replay", "reconcile", "dlq", "demo"):
         assert command in out
     assert "[env: KAFKA_BOOTSTRAP_SERVERS]" in out
+    assert "-b HOST:PORT, --bootstrap-server HOST:PORT" in out
 
 
 def test_topics_shows_declared_topics(kafka_settings):
@@ -90,3 +91,68 @@ def test_dlq_list_and_requeue(kafka_settings):
     assert len(lines) == 1
     assert lines[0]["value"]["order_id"] == "801000000000009AAA"
     assert lines[0]["headers"]["sfprov.requeued_from"].startswith(kafka_settings.dead_letters)
+
+
+def test_kafka_habits_bootstrap_server_flag_and_json_listings(kafka_settings):
+    env_without_bootstrap = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # the flag must win
+    result = sfprov_env(kafka_settings, env_without_bootstrap, "-b",
+                        kafka_settings.bootstrap_servers, "topics", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = {t["topic"]: t for t in json.loads(result.stdout)["topics"]}
+    assert listed[kafka_settings.requests]["partitions"] == 3
+    lag = sfprov_env(kafka_settings, env_without_bootstrap, "--bootstrap-server",
+                     kafka_settings.bootstrap_servers, "lag", "--json")
+    assert lag.returncode == 0, lag.stderr
+    groups = json.loads(lag.stdout)["groups"]
+    assert [g["process"] for g in groups] == ["worker", "sink"]
+    assert all(g["lag"] == 0 for g in groups)
+    dlq = sfprov(kafka_settings, "dlq", "--json")
+    assert dlq.returncode == 0 and json.loads(dlq.stdout) == []
+
+
+def test_replay_only_plans_unless_execute(kafka_settings):
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "partitioner": "murmur2_random"})
+    for i in range(3):
+        producer.produce(kafka_settings.requests, key="801000000000001AAA", partition=0,
+                         value=provision_request("801000000000001AAA", f"k-{i}"))
+    producer.flush(10)
+    plan = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--json")
+    assert plan.returncode == 0, plan.stderr
+    planned = json.loads(plan.stdout)
+    assert planned["executed"] is False
+    part0 = next(p for p in planned["partitions"] if p["partition"] == 0)
+    assert part0["target"] == 1
+    again = json.loads(sfprov(kafka_settings, "replay", "--from-offset", "0:1",
+                              "--json").stdout)
+    assert again["partitions"] == planned["partitions"]  # nothing was changed
+    done = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--execute")
+    assert done.returncode == 0 and "rewound group" in done.stdout, done.stdout + done.stderr
+    after = json.loads(sfprov(kafka_settings, "replay", "--from-offset", "0:2",
+                              "--json").stdout)
+    assert next(p for p in after["partitions"] if p["partition"] == 0)["current"] == 1
+
+
+@pytest.mark.parametrize("variable,value,argv", [
+    ("SFPROV_TAIL_LAST", "many", ["-m", "ops.cli", "tail", "requests"]),
+    ("KAFKA_PARTITIONS", "zero", ["-m", "ops.cli", "topics"]),
+    ("WORKER_BATCH_SIZE", "-1", ["-m", "streams", "worker"]),
+])
+def test_a_bad_env_value_is_one_line_not_a_traceback(variable, value, argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+           "SFPROV_STATE_DIR": "/nonexistent", variable: value}
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def sfprov_env(settings, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "KAFKA_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": str(ROOT),
+           "KAFKA_PARTITIONS": str(settings.partitions),
+           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent", **extra}
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)

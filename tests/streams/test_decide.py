@@ -119,3 +119,12 @@ def test_outcome_record_is_valid_avro():
 def test_event_refuses_an_order_id_that_is_not_a_salesforce_id(bad):
     with pytest.raises(ValueError, match="is empty|not a 15- or 18-character Salesforce id"):
         Event.from_request(request_value(bad))
+
+
+def test_reconcile_reads_idem_keys_as_the_worker_does():
+    from common.reconcile import idem_key_of as reconcile_idem_key_of
+    from streams.decide import idem_key_of
+
+    for value in ({"IdemKey__c": "801-1", "OrderId__c": "801", "event_uuid": "u"},
+                  {"IdemKey__c": None, "OrderId__c": "801", "event_uuid": "u"}):
+        assert reconcile_idem_key_of(value) == idem_key_of(value)

@@ -1,0 +1,192 @@
+"""Reconciliation: find Orders left ``Activating`` that nothing will provision, and re-request them.
+
+One mechanism for the operator's ``sfprov reconcile`` and the connector's automatic passes
+(:mod:`connectors.reconciler`): :func:`find_stranded` makes a :class:`Plan`,
+:func:`request_record` builds the provisioning request for each stranded Order. The request
+goes to the requests topic like any platform event, so the worker's dedupe, Salesforce guard
+and WHMCS lookup apply to it unchanged: re-requesting an Order that is in fact being
+provisioned creates no second WHMCS order (it ends ``Skipped``/``Duplicate``).
+
+An Order is stranded when it is ``Activating`` (unchanged for ``older_than_s``) and either
+
+* **no request** in Kafka since its last change — its platform event never reached the
+  requests topic (a connector outage past Salesforce's retention, an event lost on the bus); or
+* its latest request has **no outcome** — the event was lost past the requests topic. With
+  ``consumed_by`` (the automatic passes) only when that group has consumed past the request:
+  a request still waiting in the worker's lag is not lost.
+
+Only the part of each topic written since the oldest candidate's last change (less an hour
+for clock skew) is read, so a pass costs what changed recently, not the topic's retention.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from common.avro import AvroSerde, SerdeError, registry_from_url
+from common.lag import end_offsets
+from common.settings import KafkaSettings
+
+ORDER_FIELDS = ("Id, OrderNumber, Status, Activation_Status__c, Activation_Error__c, "
+                "Activation_Error_DateTime__c, WHMCS_Order_Id__c, OpportunityId, "
+                "Account.WH_Account__c, LastModifiedDate")
+SKEW_S = 3600.0  # read the topics from this long before the oldest candidate's last change
+
+
+class QueryClient(Protocol):
+    def query(self, soql: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Plan:
+    activating: int = 0
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # by Order id
+    no_request: list[str] = field(default_factory=list)
+    undecided: list[str] = field(default_factory=list)
+
+    @property
+    def stranded(self) -> list[str]:
+        return self.no_request + self.undecided
+
+
+def sf_time(value: str | None) -> float:
+    """A Salesforce datetime (``2026-11-20T08:00:00.000+0000``) as epoch seconds."""
+    if not value:
+        return 0.0
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00")
+                                     ).timestamp()
+
+
+def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
+                  now: float | None = None, changed_before: float | None = None,
+                  consumed_by: str | None = None) -> Plan:
+    """The Orders to re-request (see the module). ``changed_before``: only Orders whose last
+    change is before this time (a gap pass: later Orders' events arrive normally)."""
+    now = time.time() if now is None else now
+    activating = sf.query(f"SELECT {ORDER_FIELDS} FROM Order "
+                          "WHERE Activation_Status__c = 'Activating'")
+    plan = Plan(activating=len(activating))
+    for order in activating:
+        changed = sf_time(order.get("LastModifiedDate"))
+        if now - changed >= older_than_s and (changed_before is None or changed <= changed_before):
+            plan.candidates[order["Id"]] = order
+    if not plan.candidates:
+        return plan
+    since = min(min(sf_time(o.get("LastModifiedDate")) for o in plan.candidates.values()),
+                now) - SKEW_S
+    latest: dict[str, tuple[float, str, int, int]] = {}  # order → (created, idem, part, off)
+    for key, value, partition, offset in read_topic(kafka, kafka.requests, "provision_request",
+                                                    set(plan.candidates), since):
+        created = value["CreatedDate"].timestamp()
+        if created >= latest.get(key, (0.0, "", 0, 0))[0]:
+            latest[key] = (created, idem_key_of(value), partition, offset)
+    decided = {(key, value["idem_key"]) for key, value, _p, _o in read_topic(
+        kafka, kafka.outcomes, "provisioning_outcome", set(latest), since)}
+    consumed = committed_offsets(kafka, consumed_by) if consumed_by else None
+    for oid, order in plan.candidates.items():
+        if oid not in latest or latest[oid][0] + 1.0 < sf_time(order.get("LastModifiedDate")):
+            plan.no_request.append(oid)
+            continue
+        _created, idem_key, partition, offset = latest[oid]
+        if (oid, idem_key) in decided:
+            continue
+        if consumed is None or offset < consumed.get(partition, -1):
+            plan.undecided.append(oid)
+    return plan
+
+
+def idem_key_of(value: dict[str, Any]) -> str:
+    """The IdemKey the worker dedupes a request on (as :func:`streams.decide.idem_key_of`)."""
+    key = value.get("IdemKey__c")
+    return str(key) if key else f"{value.get('OrderId__c')}-event-{value.get('event_uuid')}"
+
+
+def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requested_by: str,
+                   now_ms: int | None = None,
+                   serde: AvroSerde | None = None) -> tuple[str, bytes, bytes,
+                                                            list[tuple[str, bytes]]]:
+    """(topic, key, value, headers) of a provisioning request for ``order_id``; ``source``
+    (``reconcile``, ``reconcile-gap``, ``reconcile-periodic``) goes to the
+    ``sfprov.source`` header, ``requested_by`` to ``RequestedBy__c`` (``sfprov trace``)."""
+    now_ms = now_ms or int(time.time() * 1000)
+    serde = serde or AvroSerde("provision_request", topic=kafka.requests,
+                               registry=registry_from_url(kafka.schema_registry_url))
+    record = {"event_uuid": f"reconcile-{uuid.uuid4()}", "replay_id": b"",
+              "schema_id": "reconcile", "channel": "sfprov reconcile",
+              "received_at": now_ms, "CreatedDate": now_ms, "CreatedById": "reconcile",
+              "OrderId__c": order_id, "IdemKey__c": f"{order_id}-reconcile-{now_ms}",
+              "CorrelationId__c": str(uuid.uuid4()), "RequestedBy__c": requested_by,
+              "Version__c": 1.0}
+    return (kafka.requests, order_id.encode(), serde.encode(record),
+            [*serde.headers(), ("sfprov.source", source.encode())])
+
+
+def committed_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
+    """partition → the group's committed offset on the requests topic (-1: none)."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    c = _consumer(kafka)
+    try:
+        parts = end_offsets(c, kafka.requests)
+    finally:
+        c.close()
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(kafka.requests, p)
+                                                   for p in parts])
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return {tp.partition: tp.offset for tp in result.topic_partitions}
+
+
+def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], since: float,
+               idle_timeout_s: float = 15.0) -> Iterator[tuple[str, dict[str, Any], int, int]]:
+    """(key, decoded value, partition, offset) of the committed records of ``keys`` written
+    since ``since`` (epoch s), up to the end offsets seen at the start."""
+    if not keys:
+        return
+    serde = AvroSerde(schema, topic=topic, registry=registry_from_url(kafka.schema_registry_url))
+    c = _consumer(kafka)
+    try:
+        bounds = end_offsets(c, topic)
+        starts = c.offsets_for_times([TopicPartition(topic, p, int(since * 1000))
+                                      for p in bounds], timeout=30)
+        todo = {tp.partition: bounds[tp.partition][1] for tp in starts
+                if 0 <= tp.offset < bounds[tp.partition][1]}
+        if not todo:
+            return
+        c.assign([TopicPartition(topic, tp.partition, tp.offset) for tp in starts
+                  if tp.partition in todo])
+        last_progress = time.monotonic()
+        while todo and time.monotonic() - last_progress < idle_timeout_s:
+            for msg in c.consume(500, timeout=0.5):
+                if msg.error():
+                    continue
+                last_progress = time.monotonic()
+                raw_key, raw, partition, offset = msg.key(), msg.value(), msg.partition(), \
+                    msg.offset()
+                key = raw_key.decode(errors="replace") if raw_key else ""
+                if key in keys and raw is not None and partition is not None \
+                        and offset is not None:
+                    try:
+                        value = serde.decode(raw, msg.headers())
+                    except SerdeError:
+                        continue  # an undecodable record is the dead letters' business
+                    yield key, value, partition, offset
+            # positions pass transaction markers too: compare them, not record offsets
+            for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
+                if tp.offset >= todo[tp.partition]:
+                    del todo[tp.partition]
+    finally:
+        c.close()
+
+
+def _consumer(kafka: KafkaSettings) -> Consumer:
+    return Consumer({"bootstrap.servers": kafka.bootstrap_servers,
+                     "group.id": f"sfprov-reconcile-{uuid.uuid4().hex[:8]}",
+                     "enable.auto.commit": False, "isolation.level": "read_committed",
+                     "enable.partition.eof": False})

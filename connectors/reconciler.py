@@ -1,0 +1,166 @@
+"""Gaps close themselves: the connector re-requests stranded Orders without an operator.
+
+The connector is a fenced singleton (one live instance per ``transactional.id``), so running
+reconciliation here means exactly one instance runs it, and its re-requests are written in
+the connector's own Kafka transaction: an instance that was fenced cannot write one.
+
+Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov reconcile``):
+
+* **gap** — the connector recorded a replay gap (its stored replay id was older than
+  Salesforce's retention). Once the resubscription has delivered what Salesforce still had
+  (no event written for :data:`GAP_SETTLE_S`), the Orders last changed before the gap was
+  found that are ``Activating`` with no request in Kafka are re-requested, whatever their age.
+* **periodic** — every ``CONNECTOR_RECONCILE_INTERVAL_S`` (first pass one interval after the
+  start), Orders ``Activating`` and unchanged for ``CONNECTOR_RECONCILE_OLDER_THAN_S`` with
+  no request since their last change, or whose latest request has no outcome although the
+  worker's group consumed past it — covering events lost anywhere.
+
+Division of work: a thread of its own queries Salesforce and reads the topics (slow, never in
+the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` each turn,
+which writes a finished plan's requests (at most ``CONNECTOR_RECONCILE_MAX_PER_PASS``, oldest
+first; the rest wait for the next pass) in one transaction, then logs each re-request
+(``order_id``, ``re-requested``) and counts them. They show in ``sfprov trace`` as events
+``RequestedBy__c = sfprov reconciler (gap|periodic)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from common.avro import AvroSerde, registry_from_url
+from common.reconcile import Plan, QueryClient, find_stranded, request_record, sf_time
+from common.settings import ConnectorSettings, KafkaSettings
+
+log = logging.getLogger("connectors.reconciler")
+GAP_SETTLE_S = 10.0
+
+REQUESTS = Counter("sfprov_connector_reconcile_requests_total",
+                   "Stranded Orders re-requested by the connector's reconciliation, by "
+                   "trigger (gap|periodic).", ["trigger"])
+PASSES = Counter("sfprov_connector_reconcile_passes_total",
+                 "Reconciliation passes, by trigger and result (ok|error).",
+                 ["trigger", "result"])
+STRANDED = Gauge("sfprov_connector_reconcile_stranded_orders",
+                 "Stranded Orders the last pass found (including those deferred by the "
+                 "per-pass limit), by trigger.", ["trigger"])
+LAST_PASS = Gauge("sfprov_connector_reconcile_last_pass_timestamp_seconds",
+                  "When the last reconciliation pass finished (unix time), by trigger.",
+                  ["trigger"])
+
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+
+
+class Reconciler:
+    def __init__(self, kafka: KafkaSettings, settings: ConnectorSettings, sf: QueryClient, *,
+                 worker_group: str, written: Callable[[], int],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.kafka, self.settings, self.sf = kafka, settings, sf
+        self.worker_group = worker_group
+        self._written = written  # events the connector wrote so far (gap settling)
+        self._clock = clock
+        self._serde = AvroSerde("provision_request", topic=kafka.requests,
+                                registry=registry_from_url(kafka.schema_registry_url))
+        self._gap_at: float | None = None
+        self._ready: tuple[str, list[str]] | None = None  # (trigger, orders) to write
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+
+    def start(self) -> Reconciler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def gap_recorded(self) -> None:
+        """The connector recorded a replay gap: plan a gap pass once replay settles."""
+        self._gap_at = self._clock()
+        self._wake.set()
+
+    # -- called by the connector's loop --------------------------------------------------
+
+    def write_due(self, write: Callable[[list[Record]], None]) -> int:
+        """Write a finished plan's requests with ``write`` (one transaction); returns how
+        many. Raises what ``write`` raises (the plan is dropped; the next pass finds the
+        Orders again)."""
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if not ready:
+            return 0
+        trigger, orders = ready
+        now_ms = int(self._clock() * 1000)
+        records = [request_record(self.kafka, oid, source=f"reconcile-{trigger}",
+                                  requested_by=f"sfprov reconciler ({trigger})",
+                                  now_ms=now_ms, serde=self._serde) for oid in orders]
+        write(records)
+        REQUESTS.labels(trigger).inc(len(records))
+        for oid in orders:
+            log.warning("stranded Order re-requested (%s pass)", trigger,
+                        extra={"order_id": oid, "status": "Activating", "cause": trigger})
+        return len(records)
+
+    # -- the planning thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.settings.reconcile_interval_s
+        next_periodic = self._clock() + interval if interval > 0 else float("inf")
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self._ready is not None:
+                continue  # the loop has not written the last plan yet
+            if self._gap_at is not None and self._gap_settled():
+                gap_at, self._gap_at = self._gap_at, None
+                self._pass("gap", older_than_s=0.0, changed_before=gap_at)
+            elif self._clock() >= next_periodic:
+                next_periodic = self._clock() + interval
+                self._pass("periodic", older_than_s=self.settings.reconcile_older_than_s)
+
+    def _gap_settled(self) -> bool:
+        """True once no event was written for GAP_SETTLE_S (the replay after the gap ended)."""
+        count, since = self._written(), self._clock()
+        while self._clock() - since < GAP_SETTLE_S:
+            if self._stop.wait(1.0):
+                return False
+            if self._written() != count:
+                count, since = self._written(), self._clock()
+        return True
+
+    def _pass(self, trigger: str, **kwargs: Any) -> None:
+        try:
+            plan = find_stranded(self.sf, self.kafka, consumed_by=self.worker_group, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Salesforce/Kafka away: the next pass retries
+            PASSES.labels(trigger, "error").inc()
+            log.warning("reconciliation pass (%s) failed: %s", trigger, exc,
+                        extra={"cause": repr(exc)})
+            if trigger == "gap":
+                self._gap_at = self._gap_at or kwargs.get("changed_before")  # try again
+            return
+        PASSES.labels(trigger, "ok").inc()
+        LAST_PASS.labels(trigger).set(time.time())
+        STRANDED.labels(trigger).set(len(plan.stranded))
+        chosen = self._limit(plan)
+        log.info("reconciliation pass (%s): %d Activating, %d candidates, %d without a "
+                 "request, %d without an outcome; re-requesting %d", trigger, plan.activating,
+                 len(plan.candidates), len(plan.no_request), len(plan.undecided), len(chosen),
+                 extra={"count": len(chosen)})
+        if chosen:
+            with self._lock:
+                self._ready = (trigger, chosen)
+
+    def _limit(self, plan: Plan) -> list[str]:
+        """The oldest stranded Orders, at most CONNECTOR_RECONCILE_MAX_PER_PASS."""
+        stranded = sorted(plan.stranded, key=lambda oid: sf_time(
+            plan.candidates[oid].get("LastModifiedDate")))
+        return stranded[:self.settings.reconcile_max_per_pass]

@@ -1,0 +1,77 @@
+"""The sink's probes, lag gauge and trace spans, apart from its loop (see :mod:`common.probes`,
+:mod:`common.lagmetrics`, :mod:`common.tracing`).
+
+* ``/livez``: the poll loop beat within :data:`common.probes.LIVENESS_SILENCE_S` (it polls
+  even while paused, so a long limit pause is alive).
+* ``/readyz``: it can write back now — not paused for Salesforce's API limit or an outage,
+  the dead-letter producer not failed, the group's offsets readable from Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from common import tracing
+from common.lag import lag_reader
+from common.lagmetrics import LagPublisher
+from common.probes import LIVENESS_SILENCE_S, failing_for, readiness
+from sinks.pausing import LIMIT, OUTAGE
+
+if TYPE_CHECKING:
+    from sinks.app import Sink
+    from sinks.batch import Entry, Tracked
+
+
+class SinkOps:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        group, topic = sink.kafka.topic(sink.settings.group_id), sink.kafka.outcomes
+        self.lag = LagPublisher(lag_reader(sink.kafka.bootstrap_servers, group, topic),
+                                group=group, topic=topic)
+        self.spans = tracing.OpenSpans()
+
+    def start(self) -> SinkOps:
+        self.lag.start()
+        return self
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        silent = time.monotonic() - self.sink._heartbeat
+        return silent < LIVENESS_SILENCE_S, {"loop_silent_s": round(silent, 1)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        sink = self.sink
+        ok, details = sink.health()
+        now = time.monotonic()
+        reasons = sink.pauses.reasons
+        return readiness([
+            ("salesforce", LIMIT not in reasons,
+             f"API limit reached (REQUEST_LIMIT_EXCEEDED); resuming in "
+             f"{max(0.0, reasons.get(LIMIT, now) - now):.0f} s"),
+            ("salesforce_reachable", OUTAGE not in reasons,
+             "Salesforce unavailable; retrying with backoff"),
+            ("kafka", sink.dead_letters.failure is None and
+             not failing_for(self.lag.error_since),
+             f"Kafka: {sink.dead_letters.failure or self.lag.last_error}"),
+            ("loop", ok, "poll loop silent"),
+        ], details)
+
+    # -- tracing hooks ---------------------------------------------------------------
+
+    def taken(self, tracked: Tracked, headers: Any) -> None:
+        if tracing.enabled() and tracked.outcome is not None:
+            self.spans.start((tracked.partition, tracked.offset), "sink.write_back",
+                             headers=headers, order_id=tracked.outcome.get("order_id"),
+                             correlation_id=tracked.outcome.get("correlation_id"),
+                             status=tracked.outcome.get("status"))
+
+    def called(self, entries: list[Entry], seconds: float, result: str) -> None:
+        if tracing.enabled():
+            spans = {id(s): s for e in entries for t in e.sources
+                     if (s := self.spans._by_key.get((t.partition, t.offset))) is not None}
+            tracing.call_span("salesforce.composite_update", spans.values(), seconds,
+                              result=result, records=len(entries))
+
+    def completed(self, tracked: Tracked) -> None:
+        self.spans.finish((tracked.partition, tracked.offset),
+                          error_code=tracked.errors[0].code if tracked.errors else None)

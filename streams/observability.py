@@ -1,0 +1,118 @@
+"""The worker's operational surface, apart from its flow: probes, gauges, tracing.
+
+Any flow feeds it through a few calls (the batch flow in :mod:`streams.app` today):
+
+* :meth:`WorkerOps.event_started` when an event is taken, :meth:`WorkerOps.event_finished`
+  once it is acknowledged — the in-flight set behind
+  ``sfprov_worker_oldest_unfinished_event_age_seconds`` and the ``worker.event`` span;
+* :meth:`WorkerOps.outcome_headers` for each outcome record (its ``traceparent``);
+* :meth:`WorkerOps.salesforce_observer` / :meth:`WorkerOps.whmcs_observer` as the clients'
+  observers (the metrics as before, plus child spans).
+
+:meth:`WorkerOps.ready` and :meth:`WorkerOps.live` answer ``/readyz`` and ``/livez``;
+:meth:`WorkerOps.start` starts the loop heartbeat and the lag gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Gauge
+
+from common import tracing
+from common.inflight import InFlight
+from common.lag import lag_reader
+from common.lagmetrics import LagPublisher
+from common.probes import Heartbeat, failing_for, readiness
+from streams import metrics
+
+if TYPE_CHECKING:
+    from streams.app import Worker
+
+OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
+                          "Age (since it entered Kafka) of the oldest event this worker has "
+                          "taken and not yet finished; 0 when none.")
+IN_FLIGHT = Gauge("sfprov_worker_events_in_flight", "Events taken and not yet finished.")
+WHMCS_REFUSED = Gauge("sfprov_worker_whmcs_access_refused",
+                      "1 while WHMCS refuses this installation's credentials or IP.")
+SF_UNAVAILABLE = Gauge("sfprov_worker_salesforce_unavailable",
+                       "1 while the guard's Salesforce queries fail (retried).")
+
+
+class WorkerOps:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.inflight = InFlight()
+        self.spans = tracing.OpenSpans()
+        self.heartbeat = Heartbeat()
+        group, topic = worker.kafka.topic(worker.settings.app_id), worker.kafka.requests
+        self.lag = LagPublisher(lag_reader(worker.kafka.bootstrap_servers, group, topic),
+                                group=group, topic=topic)
+        OLDEST_UNFINISHED.set_function(lambda: self.inflight.oldest_unfinished_age() or 0.0)
+        IN_FLIGHT.set_function(lambda: len(self.inflight))
+        WHMCS_REFUSED.set_function(
+            lambda: int(self.worker.processor.provisioner.access_refused_since is not None))
+        SF_UNAVAILABLE.set_function(lambda: int(self.worker.guard.unavailable_since is not None))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.heartbeat.install_on(loop)
+        self.lag.start()
+
+    # -- the flow's calls ------------------------------------------------------------------
+
+    def event_started(self, message: Any) -> None:
+        key = (message.partition, message.offset)
+        self.inflight.started(key, since=getattr(message, "timestamp", None))
+        if tracing.enabled():
+            order_id = message.key.decode(errors="replace") if message.key else None
+            self.spans.start(key, "worker.event", headers=message.headers, order_id=order_id,
+                             partition=message.partition, offset=message.offset)
+
+    def event_finished(self, message: Any) -> None:
+        key = (message.partition, message.offset)
+        self.inflight.finished(key)
+        self.spans.finish(key)
+
+    def outcome_headers(self, outcome: dict[str, Any]) -> dict[str, bytes]:
+        span = self.spans.of_order(outcome.get("order_id"))
+        if span is None:
+            return {}
+        for key in ("status", "error_code", "correlation_id"):
+            if outcome.get(key):
+                span.set_attribute(f"sfprov.{key}", outcome[key])
+        return dict(tracing.headers_of(span))
+
+    def salesforce_observer(self, seconds: float, result: str) -> None:
+        metrics.salesforce_observer(seconds, result)
+        if tracing.enabled():
+            tracing.call_span("salesforce.query", self.spans.of_orders(
+                self.worker.processor.in_flight), seconds, result=result)
+
+    def whmcs_observer(self, action: str, seconds: float, result: str) -> None:
+        metrics.whmcs_observer(action, seconds, result)
+        if tracing.enabled():
+            tracing.call_span(f"whmcs.{action}",
+                              [self.spans.of_order(tracing.current_order())], seconds,
+                              result=result)
+
+    # -- probes ------------------------------------------------------------------------
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        return self.heartbeat.check()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        w = self.worker
+        _ok, details = w.check()
+        provisioner = w.processor.provisioner
+        now = time.time()
+        return readiness([
+            ("broker", not failing_for(self.lag.error_since, now=now),
+             f"cannot read the group's offsets from Kafka: {self.lag.last_error}"),
+            ("salesforce", not failing_for(w.guard.unavailable_since, now=now),
+             f"Salesforce queries fail: {w.guard.last_error}"),
+            ("whmcs", not failing_for(provisioner.access_refused_since, now=now),
+             f"WHMCS refuses this installation's credentials or IP: "
+             f"{provisioner.access_error}"),
+        ], details)

@@ -1,0 +1,75 @@
+"""The connector's reconciliation without Salesforce or Kafka: the per-pass limit, the records
+it writes (what the worker and ``sfprov trace`` will see), and the gap trigger's settling."""
+
+from __future__ import annotations
+
+from common.avro import AvroSerde
+from common.reconcile import Plan
+from common.settings import ConnectorSettings, KafkaSettings
+from connectors import reconciler as rec
+from connectors.reconciler import Reconciler
+
+
+def make(monkeypatch, plan: Plan, max_per_pass: int = 2) -> Reconciler:
+    kafka = KafkaSettings.load({}, topic_prefix="t.")
+    settings = ConnectorSettings.load({}, reconcile_max_per_pass=max_per_pass)
+    monkeypatch.setattr(rec, "find_stranded", lambda *a, **kw: plan)
+    return Reconciler(kafka, settings, sf=None, worker_group="t.sfprov-worker",  # type: ignore[arg-type]
+                      written=lambda: 0)
+
+
+def test_a_pass_re_requests_the_oldest_stranded_orders_up_to_the_limit(monkeypatch):
+    plan = Plan(activating=5, no_request=["801000000000003AAA", "801000000000001AAA"],
+                undecided=["801000000000002AAA"],
+                candidates={f"80100000000000{i}AAA": {"LastModifiedDate":
+                                                     f"2026-01-0{i}T00:00:00.000+0000"}
+                            for i in (1, 2, 3)})
+    r = make(monkeypatch, plan)
+    before = rec.REQUESTS.labels("periodic")._value.get()
+    r._pass("periodic", older_than_s=0.0)
+    written: list = []
+    assert r.write_due(written.extend) == 2
+    assert r.write_due(written.extend) == 0  # a plan is written once
+    assert rec.REQUESTS.labels("periodic")._value.get() == before + 2
+    serde = AvroSerde("provision_request")
+    values = [serde.decode(value, headers) for _topic, _key, value, headers in written]
+    assert [v["OrderId__c"] for v in values] == ["801000000000001AAA", "801000000000002AAA"]
+    for (topic, key, _value, headers), value in zip(written, values, strict=True):
+        assert topic == "t.salesforce.order-provision-requested"
+        assert key == value["OrderId__c"].encode()
+        assert value["RequestedBy__c"] == "sfprov reconciler (periodic)"
+        assert value["IdemKey__c"].startswith(value["OrderId__c"] + "-reconcile-")
+        assert ("sfprov.source", b"reconcile-periodic") in headers
+
+
+def test_a_failed_write_drops_the_plan_and_raises(monkeypatch):
+    r = make(monkeypatch, Plan(no_request=["801000000000001AAA"],
+                               candidates={"801000000000001AAA": {}}))
+    r._pass("gap", older_than_s=0.0, changed_before=0.0)
+
+    def fail(_records):
+        raise RuntimeError("fenced")
+    try:
+        r.write_due(fail)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the write's error must reach the connector's loop")
+    assert r.write_due(lambda _r: None) == 0
+
+
+def test_the_gap_pass_waits_until_no_event_was_written_for_a_while(monkeypatch):
+    clock = [0.0]
+    written = [0]
+    r = make(monkeypatch, Plan())
+    r._clock = lambda: clock[0]
+
+    def wait(_timeout):  # each wait is a second; events keep coming for five of them
+        clock[0] += 1.0
+        if clock[0] <= 5:
+            written[0] += 10
+        return False
+    monkeypatch.setattr(r._stop, "wait", wait)
+    r._written = lambda: written[0]
+    assert r._gap_settled()
+    assert clock[0] >= 5 + rec.GAP_SETTLE_S

@@ -1,0 +1,125 @@
+"""The shipped alert rules and Grafana dashboard (ops/monitoring) are well formed and name only
+metrics the code registers. tests/e2e/test_operations.py checks the same names against what
+the running processes really expose on /metrics.
+
+Prometheus's own checker validates the rules too when ``promtool`` is installed (Debian's
+``prometheus`` package); without it that one test is skipped — the structure and the metric
+names are always checked here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY, generate_latest
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "ops" / "monitoring"
+RULES = MONITORING / "alerts.yml"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "sfprov.json"
+#: names Prometheus itself makes (not exposed by a process)
+SYNTHETIC = {"up"}
+METRIC = re.compile(r"\b((?:sfprov|process|python)_[a-z0-9_]+|up)\b(?!\s*\()")
+#: the modules that define every process's metrics
+METRIC_MODULES = ("common.metrics", "common.lagmetrics", "connectors.metrics",
+                  "connectors.reconciler", "streams.metrics", "streams.observability",
+                  "sinks.metrics")
+ISSUE_ALERTS = {"stream stalled": "SfprovWorkerStalled", "lag growing": "SfprovConsumerLagGrowing",
+                "oldest event age": "SfprovOldestEventTooOld",
+                "dead-letter rate": "SfprovDeadLetters",
+                "WHMCS access refused": "SfprovWhmcsAccessRefused",
+                "fenced writes": "SfprovFencedWrites", "compensations": "SfprovCompensations",
+                "replay gap recorded": "SfprovReplayGapRecorded",
+                "Salesforce limit pause": "SfprovSalesforceLimitPause",
+                "process restarts": "SfprovProcessRestarting"}
+
+
+def rules() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def referenced_metrics() -> set[str]:
+    """Every metric name the rules and the dashboard use (label values and functions aside)."""
+    names: set[str] = set()
+    for expr in [r["expr"] for r in rules()] + dashboard_exprs():
+        without_strings = re.sub(r'"[^"]*"', '""', expr)
+        names |= set(METRIC.findall(without_strings))
+    return names - SYNTHETIC
+
+
+def exposed_names(text: str) -> set[str]:
+    """Names a /metrics page exposes, with each family's sample suffixes."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        m = re.match(r"# (?:HELP|TYPE) (\S+)", line) or re.match(r"([a-zA-Z_:][\w:]*)[{ ]", line)
+        if m:
+            base = m.group(1)
+            names |= {base, f"{base}_bucket", f"{base}_sum", f"{base}_count", f"{base}_total",
+                      f"{base}_created"}
+    return names
+
+
+def test_rules_are_well_formed_and_cover_the_issue():
+    found = rules()
+    names = [r["alert"] for r in found]
+    assert len(names) == len(set(names))
+    for rule in found:
+        assert rule["expr"].strip() and rule["labels"]["severity"] in ("page", "warn"), rule
+        assert rule["annotations"]["summary"], rule
+    for what, alert in ISSUE_ALERTS.items():
+        assert alert in names, what
+
+
+def test_dashboard_is_well_formed():
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] == "sfprov" and dash["panels"]
+    for panel in dash["panels"]:
+        assert panel["title"] and panel["targets"], panel
+        assert panel["datasource"]["uid"] == "sfprov-prometheus"
+    provisioned = yaml.safe_load((MONITORING / "grafana" / "provisioning" / "datasources"
+                                  / "prometheus.yml").read_text())
+    assert provisioned["datasources"][0]["uid"] == "sfprov-prometheus"
+
+
+def test_rules_and_dashboard_name_only_registered_metrics():
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    registered = exposed_names(generate_latest(REGISTRY).decode())
+    missing = referenced_metrics() - registered
+    assert not missing, f"named in ops/monitoring but registered by no module: {missing}"
+    assert "sfprov_consumer_lag_records" in referenced_metrics()
+
+
+def test_compose_monitoring_profile_mounts_the_shipped_files():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("prometheus", "grafana"):
+        service = compose["services"][name]
+        assert service["profiles"] == ["monitoring"]
+        for volume in service["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume
+    scrape = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["job_name"] == "sfprov"  # the rules select job="sfprov"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed "
+                    "(apt-get install prometheus)")
+def test_promtool_accepts_the_rules_and_their_unit_tests():
+    result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+    tested = subprocess.run(["promtool", "test", "rules", str(MONITORING / "alerts.test.yml")],
+                            capture_output=True, text=True, timeout=60, cwd=MONITORING)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -1,0 +1,160 @@
+"""Probes, the in-flight tracker and the lag gauges, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from common.inflight import InFlight
+from common.lagmetrics import CONSUMER_LAG, LagPublisher
+from common.metrics import HealthServer
+from common.probes import Heartbeat, connector_liveness, failing_for, readiness
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - local
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_livez_and_readyz_answer_apart_and_healthz_is_readyz():
+    state = {"whmcs": False}
+
+    def ready():
+        return readiness([("broker", True, ""),
+                          ("whmcs", state["whmcs"], "WHMCS refuses this installation's "
+                                                    "credentials: Authentication Failed")],
+                         {"batches": 3})
+
+    server = HealthServer(0, ready, live=lambda: (True, {"loop_silent_s": 0.1})).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        status, body = get(f"{base}/livez")
+        assert status == 200 and body["live"] is True
+        for path in ("/readyz", "/healthz"):
+            status, body = get(base + path)
+            assert status == 503, path
+            assert body["ready"] is False and body["healthy"] is False
+            assert body["reasons"] == ["whmcs: WHMCS refuses this installation's credentials: "
+                                       "Authentication Failed"]
+            assert body["checks"] == {"broker": True, "whmcs": False} and body["batches"] == 3
+        state["whmcs"] = True
+        assert get(f"{base}/readyz") == get(f"{base}/healthz")
+        assert get(f"{base}/readyz")[0] == 200
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:  # noqa: S310
+            assert b"sfprov_gc_pause_seconds" in resp.read()
+    finally:
+        server.stop()
+
+
+def test_failing_check_is_a_503_with_the_reason():
+    def broken():
+        raise RuntimeError("boom")
+    server = HealthServer(0, broken).start()
+    try:
+        status, body = get(f"http://127.0.0.1:{server.port}/readyz")
+        assert status == 503 and "boom" in body["reasons"][0]
+    finally:
+        server.stop()
+
+
+def test_failing_for_needs_the_grace():
+    assert not failing_for(None)
+    assert not failing_for(100.0, 60, now=150.0)
+    assert failing_for(100.0, 60, now=160.0)
+
+
+def test_heartbeat_goes_stale_when_the_loop_stops_beating():
+    clock = Clock()
+    hb = Heartbeat(max_silence_s=60, clock=clock)
+    assert hb.check()[0]
+    clock.now += 61
+    ok, details = hb.check()
+    assert not ok and details["loop_silent_s"] == 61
+    hb.beat()
+    assert hb.check()[0]
+
+
+def test_heartbeat_installed_on_a_loop_beats_while_it_runs():
+    hb = Heartbeat()
+    hb.last_beat = 0.0
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        hb.install_on(loop, interval_s=0.05)
+        deadline = time.monotonic() + 10
+        while hb.last_beat == 0.0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hb.check()[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_connector_liveness_follows_its_own_watchdog():
+    assert connector_liveness("subscribed", 10, 0, 300)[0]
+    assert not connector_liveness("subscribed", 400, 0, 300)[0]  # past stall + margin: wedged
+    assert connector_liveness("limited", 0, -250, 300)[0]  # waiting out a long limit: alive
+    assert not connector_liveness("backoff", 0, 120, 300)[0]
+    assert not connector_liveness("fenced", 0, 0, 300)[0]
+    assert connector_liveness("starting", 0, 0, 300)[0]
+
+
+def test_inflight_reports_the_oldest_unfinished_event():
+    clock = Clock(10_000.0)
+    inflight = InFlight(clock)
+    assert inflight.oldest_unfinished_age() is None
+    inflight.started((0, 1), since=9_990.0)
+    inflight.started((1, 7), since=9_995.0)
+    inflight.started((2, 3))  # no timestamp: now
+    inflight.started((0, 1), since=9_999.0)  # a second start keeps the first
+    assert inflight.oldest_unfinished_age() == 10.0
+    inflight.finished((0, 1))
+    clock.now += 5
+    assert inflight.oldest_unfinished_age() == 10.0
+    inflight.finished((1, 7))
+    inflight.finished((2, 3))
+    assert inflight.oldest_unfinished_age() is None and len(inflight) == 0
+    inflight.started((3, 3), since=clock.now + 100)  # a clock ahead of ours: counted from now
+    assert inflight.oldest_unfinished_age() == 0.0
+
+
+def test_lag_publisher_publishes_what_the_watchdog_reads_and_keeps_errors():
+    rows = [(0, 10, 14), (1, 5, 5)]
+    calls = []
+
+    def reader():
+        calls.append(1)
+        if rows is None:
+            raise ConnectionError("broker away")
+        return rows
+
+    pub = LagPublisher(reader, group="g-test-lag", topic="t-test-lag")
+    assert pub.read() == rows
+    assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "0")._value.get() == 4
+    assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "1")._value.get() == 0
+    rows = None
+    with contextlib.suppress(ConnectionError):
+        pub.read()
+    assert pub.last_error and pub.error_since is not None
+    rows = [(0, 14, 14)]
+    pub.read()
+    assert pub.last_error is None and pub.error_since is None
+    assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "0")._value.get() == 0

@@ -1,0 +1,78 @@
+"""No secret reaches a log line, whatever its shape, through either formatter (JSON, TEXT).
+
+Each shape is a way a credential has slipped (or could slip) into a log call: in the message,
+in a ``%`` argument, as a context field passed with ``extra`` (``cause=str(exc)``), as a dict,
+as a bare Salesforce session id with no label, inside a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from common.log import redact, scrub, setup_logging
+from common.settings import Secret
+
+SESSION_ID = "00D5g000004XYZA!AQ0AQH8mFakeSessionTokenValue.abc_123"
+WHMCS_SECRET = "wh-s3cret-value"
+WHMCS_IDENTIFIER = "wh-ident-4711"
+ACCESS_KEY = "wh-accesskey-99"
+PASSWORD = "pass phrase with spaces"
+JWT = ("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIzTVZHOWZha2UiLCJzdWIiOiJ1QHgifQ."
+       "c2lnbmF0dXJlLWJ5dGVzLWhlcmU")
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVgIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+EVERY_SECRET = (SESSION_ID, "AQ0AQH8mFakeSessionTokenValue", WHMCS_SECRET, WHMCS_IDENTIFIER,
+                ACCESS_KEY, PASSWORD, "phrase with", JWT, "MIIBVgIBADANBgkqhkiG9w0BAQEFAASC")
+
+
+def form_body() -> str:
+    return (f"action=AddOrder&identifier={WHMCS_IDENTIFIER}&secret={WHMCS_SECRET}"
+            f"&accesskey={ACCESS_KEY}&responsetype=json")
+
+
+def shapes(log: logging.Logger) -> None:
+    """One log call per shape; each must come out masked."""
+    log.info("session %s", SESSION_ID)                                   # bare session id
+    log.info("POST api.php %s", form_body())                             # k=v form body
+    log.info("credentials %s", {"identifier": WHMCS_IDENTIFIER,          # dict as an argument
+                                "secret": WHMCS_SECRET, "password": PASSWORD})
+    log.info('json body {"password": "%s", "access_token": "%s"}', PASSWORD, SESSION_ID)
+    log.warning("call failed", extra={"cause": str(RuntimeError(       # cause=str(exc)
+        f"401 for {form_body()} with Authorization: Bearer {SESSION_ID}"))})
+    log.warning("call failed", extra={"cause": {"secret": WHMCS_SECRET,  # dict-shaped extra
+                                                "nested": {"password": PASSWORD},
+                                                "list": [f"identifier={WHMCS_IDENTIFIER}"]}})
+    log.warning("retrying", extra={"cause": RuntimeError(f"assertion={JWT}")})  # an object
+    log.info("settings %s", Secret(WHMCS_SECRET))
+    log.info("key %s and jwt %s", PEM, JWT)
+    try:
+        raise ValueError(f"token expired: access_token={SESSION_ID} secret={WHMCS_SECRET}")
+    except ValueError:
+        log.exception("with traceback")
+    log.info("stack", stack_info=True, extra={"order_id": "801000000000001AAA"})
+
+
+@pytest.mark.parametrize("fmt", ["JSON", "TEXT"])
+@pytest.mark.parametrize("logger", ["sfprov.test", "faust.worker", "aiokafka"])
+def test_every_shape_is_masked_by_every_formatter(fmt, logger):
+    stream = io.StringIO()
+    setup_logging("test", "INFO", fmt, stream=stream)
+    log = logging.getLogger(logger)
+    log.setLevel(logging.INFO)  # third-party loggers are raised to WARNING by setup_logging
+    shapes(log)
+    out = stream.getvalue()
+    for secret in EVERY_SECRET:
+        assert secret not in out, (fmt, logger, secret, out)
+    assert out.count("REDACTED") >= 12, out
+    assert "801000000000001AAA" in out  # context that is not secret still comes out
+
+
+def test_redact_keeps_what_is_not_a_secret():
+    text = "idem_key=801-1 order_id=801000000000001AAA status=Provisioned tokens=3"
+    assert redact(text) == text
+    assert scrub({"duration_ms": 12, "steps_ms": {"guard": 3}}) == \
+        {"duration_ms": 12, "steps_ms": {"guard": 3}}
+    assert redact(f"secret={WHMCS_SECRET}") == "secret=[REDACTED]"
+    assert redact(redact(f"secret={WHMCS_SECRET}")) == "secret=[REDACTED]"
