@@ -14,7 +14,9 @@ with ``raise ... from exc`` so the cause is kept::
     │   ├── WhmcsTransientError        HTTP 5xx, HTML error page, connection error: retry
     │   └── WhmcsUnknownResultError    timeout after the request was sent: look it up, never repeat blindly
     └── KafkaError                     broker-side failures (fenced producer, timeouts)
-        └── ProducerFencedError        another instance with the same transactional.id took over
+        ├── ProducerFencedError        another instance with the same transactional.id took over
+        └── KafkaAccessError           the broker refused this client (credentials, TLS, ACLs):
+                                       a configuration problem, restarting will not help
 """
 
 from __future__ import annotations
@@ -89,3 +91,10 @@ class KafkaError(PipelineError):
 
 class ProducerFencedError(KafkaError):
     pass
+
+
+class KafkaAccessError(KafkaError):
+    """The broker refused this client: wrong credentials or TLS trust (authentication), or
+    an operation its principal has no ACL for (authorization). Retrying cannot help; the
+    process stops with its configuration exit code and the message names the setting (or
+    the ACL) to fix."""

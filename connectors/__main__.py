@@ -5,7 +5,8 @@ Settings come from the environment / ``.env`` (``SF_*``, ``KAFKA_*``, ``CONNECTO
 
 Exit codes: 0 stopped (signal or bound reached), 1 fatal error, 2 stored replay id refused
 with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same name
-(do not auto-restart on 3), 64 bad configuration.
+(do not auto-restart on 3), 64 bad configuration (also a broker that refuses the
+connector's credentials or ACLs: one line names the setting).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import signal
 import sys
 
-from common.errors import ConfigError, KafkaError
+from common.errors import ConfigError, KafkaAccessError, KafkaError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.no_create_topics:
         try:
-            report = ensure_topics(kafka)
+            report = ensure_topics(kafka, only=(kafka.requests, kafka.dead_letters,
+                                                kafka.connector_offsets, kafka.replay_gaps))
+        except KafkaAccessError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         except KafkaError as exc:
             log.error("cannot prepare topics: %s", exc)
             return 1
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if early:
         on_signal(early[0], None)
-    server = HealthServer(connector.http_port, app.health_check).start() \
+    server = HealthServer(connector.http_port, app.health_check,
+                          host=connector.http_host).start() \
         if connector.http_port else None
     try:
         return app.run(max_events=args.max_events, timeout_s=args.timeout)

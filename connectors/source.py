@@ -49,8 +49,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.avro import AvroSerde, registry_from_url
+from common.avro import AvroSerde, registry_for
+from common.connection import KafkaConnection
 from common.errors import (
+    KafkaAccessError,
     KafkaError,
     PipelineError,
     ProducerFencedError,
@@ -74,6 +76,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REPLAY_INVALID = 2
 EXIT_FENCED = 3
+EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configuration error
 
 
 class StreamStalled(SalesforceError):
@@ -125,7 +128,7 @@ class Connector:
         self.txn_id = transactional_id(kafka, connector.name, connector.channel)
         self.writer = TransactionalWriter(kafka, self.txn_id)
         serde = AvroSerde("provision_request", topic=kafka.requests,
-                          registry=registry_from_url(kafka.schema_registry_url))
+                          registry=registry_for(kafka))
         self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
                                     channel=connector.channel, connector=connector.name,
                                     serde=serde)
@@ -158,10 +161,12 @@ class Connector:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             self.writer.start()
-            self._set_position(load_position(self.kafka.bootstrap_servers,
+            self._set_position(load_position(KafkaConnection.from_settings(self.kafka),
                                              self.kafka.connector_offsets, self.codec))
         except ProducerFencedError as exc:
             return self._fenced(exc)
+        except KafkaAccessError as exc:
+            return self._refused(exc)
         except KafkaError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_ERROR
@@ -178,6 +183,8 @@ class Connector:
                     break
             except ProducerFencedError as exc:
                 return self._fenced(exc)
+            except KafkaAccessError as exc:
+                return self._refused(exc)
             except ReplayIdInvalidError as exc:
                 code = self._replay_invalid(exc)
                 if code is not None:
@@ -365,6 +372,8 @@ class Connector:
             self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
         except ProducerFencedError as fenced:
             return self._fenced(fenced)
+        except KafkaAccessError as refused:
+            return self._refused(refused)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
         m.TRANSACTIONS.labels("gap", "commit").inc()
@@ -382,6 +391,12 @@ class Connector:
                   self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override = policy
         return None
+
+    def _refused(self, exc: KafkaAccessError) -> int:
+        self.health.state = "failed"
+        self.health.last_error = str(exc)
+        log.error("%s", exc)
+        return EXIT_ACCESS_REFUSED
 
     def _fenced(self, exc: ProducerFencedError) -> int:
         self.health.state = "fenced"

@@ -25,7 +25,8 @@ from typing import Any
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException, Producer
 
-from common.errors import KafkaError, ProducerFencedError
+from common.connection import is_refusal, kafka_config, refusal_message
+from common.errors import KafkaAccessError, KafkaError, ProducerFencedError
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ def transactional_id(kafka: KafkaSettings, connector: str, channel: str) -> str:
 
 
 def producer_config(kafka: KafkaSettings, txn_id: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": kafka.bootstrap_servers,
+    return kafka_config(kafka, **{
         "transactional.id": txn_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -51,7 +51,7 @@ def producer_config(kafka: KafkaSettings, txn_id: str) -> dict[str, Any]:
         "compression.type": "lz4",
         "transaction.timeout.ms": 60_000,
         "message.timeout.ms": 55_000,
-    }
+    })
 
 
 def translate(exc: KafkaException, what: str, txn_id: str) -> KafkaError:
@@ -61,6 +61,9 @@ def translate(exc: KafkaException, what: str, txn_id: str) -> KafkaError:
             return ProducerFencedError(
                 f"fenced: another connector instance with transactional.id {txn_id!r} "
                 f"took over ({err.str()})")
+        if is_refusal(err):
+            return KafkaAccessError(refusal_message(
+                "the connector's principal", f"{what} (transactional.id {txn_id!r})", err))
         retryable = not err.fatal() and (err.retriable() or err.txn_requires_abort())
         return KafkaError(f"{what}: {err.str()}", retryable=retryable)
     return KafkaError(f"{what}: {exc}", retryable=False)

@@ -18,7 +18,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from common.avro import AvroSerde
+from common.avro import AvroSerde, registry_for
+from common.connection import kafka_config
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from ops.cli import add, kafka_settings
@@ -191,9 +192,11 @@ def reconcile(args: argparse.Namespace) -> int:
 
 
 def inject_requests(settings: Any, order_ids: list[str]) -> int:
-    serde = AvroSerde("provision_request", topic=settings.requests)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    # the connector's format: Confluent's with a registry (analysts' tools decode it)
+    serde = AvroSerde("provision_request", topic=settings.requests,
+                      registry=registry_for(settings))
+    producer = Producer(kafka_config(settings, **{
+        "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     now_ms = int(time.time() * 1000)
     for oid in order_ids:
         record = {"event_uuid": f"reconcile-{uuid.uuid4()}", "replay_id": b"",

@@ -1,7 +1,9 @@
 """``python -m sinks run [--max-records N] [--timeout S] [--exit-when-idle]``.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT, a bound reached: pending writes flushed
-and committed), 2 for a bad setting, 1 for anything else (offsets stay where Salesforce's
+and committed), 2 for a bad setting — also a broker that refuses the sink's credentials or
+ACLs (one line names the setting or the refused operation; not restarted) —, 1 for anything
+else (offsets stay where Salesforce's
 acknowledgements put them; a restart redelivers the rest).
 """
 
@@ -11,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from common.errors import ConfigError
+from common.errors import ConfigError, KafkaAccessError
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
 from common.settings import CommonSettings, KafkaSettings, SalesforceSettings, SinkSettings
@@ -44,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from common.salesforce import SalesforceClient
     from sinks.app import Sink
 
-    try:
-        report = ensure_topics(kafka)  # outcomes and dead letters must exist; idempotent
+    try:  # outcomes and dead letters must exist; idempotent
+        report = ensure_topics(kafka, only=(kafka.outcomes, kafka.dead_letters))
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
+        return 2
     except Exception:
         log.exception("cannot reach Kafka at %s", kafka.bootstrap_servers)
         return 1
@@ -53,10 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     sink.install_signal_handlers()
-    server = HealthServer(settings.http_port, sink.health).start() if settings.http_port else None
+    server = HealthServer(settings.http_port, sink.health,
+                          host=settings.http_host).start() if settings.http_port else None
     try:
         stats = sink.run(max_records=args.max_records, timeout=args.timeout,
                          exit_when_idle=args.exit_when_idle)
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
+        return 2
     except Exception:
         log.exception("sink failed")
         return 1

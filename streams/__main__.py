@@ -3,6 +3,10 @@
 Reads every setting from the environment (and ``.env``); ``/metrics`` and ``/healthz`` on
 ``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the Faust worker: the batch in flight is
 not acknowledged unless it finished (see :mod:`streams.app`).
+
+Exit codes: 0 stopped, 64 bad configuration — a missing or invalid setting, or a broker
+that refuses the worker's credentials or ACLs (one line names the setting; the supervisor
+does not restart it), 75 stalled (restart it), anything else: restart.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import sys
 
+from common.errors import ConfigError, KafkaAccessError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -26,6 +31,7 @@ from common.settings import (
 )
 
 log = logging.getLogger("streams")
+EXIT_CONFIG = 64
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
-    kafka, worker = KafkaSettings.load(), WorkerSettings.load()
-    whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
-    ensure_topics(kafka)
+    try:
+        kafka, worker = KafkaSettings.load(), WorkerSettings.load()
+        whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
+        report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    for line in report.drift:
+        log.warning("topic drift: %s", line)
 
     import faust
 
@@ -50,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                    sf_client=SalesforceClient(salesforce), common=common)
     server = None
     if worker.http_port:
-        server = HealthServer(worker.http_port, built.check).start()
+        server = HealthServer(worker.http_port, built.check, host=worker.http_host).start()
     if built.watchdog is not None:
         built.watchdog.start()
     runner = faust.Worker(built.app, loglevel=common.log_level, quiet=True,

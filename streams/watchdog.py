@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common.connection import Connectable, kafka_config
 from common.lag import group_lag
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,17 @@ class StallWatchdog:
                 log.warning("stall watchdog: cannot read the group's lag: %s", self.last_error)
 
 
-def broker_lag(bootstrap: str, group: str, topic: str) -> Callable[[], list[tuple[int, int, int]]]:
-    """A lag reader with its own clients (never the worker's faust consumer)."""
+def broker_lag(bootstrap: Connectable, group: str,
+               topic: str) -> Callable[[], list[tuple[int, int, int]]]:
+    """A lag reader with its own clients (never the worker's faust consumer);
+    ``bootstrap``: the worker's KafkaConnection (or a plaintext address)."""
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watchdog",
-                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+    admin = AdminClient(kafka_config(bootstrap))
+    reader = Consumer(kafka_config(bootstrap, **{
+        "group.id": f"{group}-watchdog", "enable.auto.commit": False,
+        "isolation.level": "read_committed"}))
 
     def read() -> list[tuple[int, int, int]]:
         return group_lag(admin, reader, group, topic)
