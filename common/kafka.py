@@ -140,7 +140,10 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
             raise KafkaError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}",
                              retryable=True) from exc
     wanted = set(only) if only is not None else None
-    specs = [s for s in declared_topics(settings) if wanted is None or s.name in wanted]
+    specs: list[TopicSpec] = []
+    for spec in declared_topics(settings):  # two settings may name one topic: once
+        if (wanted is None or spec.name in wanted) and spec.name not in {s.name for s in specs}:
+            specs.append(spec)
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
     if missing:
@@ -157,8 +160,9 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                     report.existing.append(name)
                 elif exc.args and is_refusal(exc.args[0]):
                     raise KafkaAccessError(refusal_message(
-                        conn, f"create the missing topic {name} (create it as an admin: "
-                        "`make topics`)", exc.args[0])) from None
+                        conn, f"use topic {name} (it is missing, or no ACL lets this "
+                        "principal see it; topics are made by an admin: `make topics`)",
+                        exc.args[0])) from None
                 else:
                     raise KafkaError(f"creating topic {name}: {exc}") from exc
     present = [s for s in specs if s.name in metadata.topics]

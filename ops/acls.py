@@ -6,8 +6,8 @@ Each process runs as its own principal and may do only what its code does:
 connector  write requests, dead letters, replay gaps; read and write its offsets topic;
            its transactional id; the throwaway groups of its position reader
 worker     read requests in its group; write outcomes and dead letters; create, read and
-           write its own topics (faust's changelogs, all named ``<app id>-…``); its group
-           and the groups of its commit gate and stall watchdog (``<app id>…``)
+           write its own topics (faust's changelogs and leader topic, ``<app id>-…``); its
+           group and the groups of its commit gate and stall watchdog (``<app id>…``)
 sink       read outcomes in its group; write dead letters
 ops        read every topic (``sfprov tail``, ``dlq``, ``trace``, ``topics``); describe
            the worker's and sink's groups (``lag``); its throwaway groups
@@ -83,7 +83,7 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
         *_topic(w, kafka.requests, "READ"),
         *_topic(w, kafka.outcomes, "WRITE"),
         *_topic(w, kafka.dead_letters, "WRITE"),
-        *_topic(w, app_id, "CREATE", "READ", "WRITE", pattern="PREFIXED"),
+        *_topic(w, f"{app_id}-", "CREATE", "READ", "WRITE", pattern="PREFIXED"),
         Acl(w, "GROUP", app_id, "READ", "PREFIXED"),
 
         *_topic(s, kafka.outcomes, "READ"),
@@ -150,3 +150,51 @@ def apply(admin: Any, rules: Iterable[Acl], timeout: float = 30.0) -> int:
     for future in admin.create_acls(wanted, request_timeout=timeout).values():
         future.result()
     return len(wanted)
+
+
+# -- sfprov acls ------------------------------------------------------------------------
+
+def command(args: Any) -> int:
+    """Print (or ``--apply``) the ACLs of the pipeline configured in the environment."""
+    from common.kafka import admin_client
+    from ops.cli import kafka_settings
+
+    kafka = kafka_settings(args)
+    principals = Principals(connector=args.connector_principal, worker=args.worker_principal,
+                            sink=args.sink_principal, ops=args.ops_principal)
+    rules = acls(kafka, principals, worker=WorkerSettings.load(), sink=SinkSettings.load(),
+                 connector=ConnectorSettings.load())
+    if args.apply:
+        count = apply(admin_client(kafka), rules)
+        print(f"created {count} ACLs on {kafka.bootstrap_servers} (existing ones unchanged)")
+        return 0
+    print(f"# least-privilege ACLs of the sfprov pipeline, {len(rules)} rules; run as a "
+          "principal allowed to alter ACLs")
+    for line in kafka_acls_lines(rules, kafka.bootstrap_servers, args.command_config):
+        print(line)
+    return 0
+
+
+def configure(p: Any) -> None:
+    from ops.cli import add
+
+    defaults = Principals()
+    add(p, "--connector-principal", env="SFPROV_ACL_CONNECTOR", default=defaults.connector,
+        help="principal of the source connector")
+    add(p, "--worker-principal", env="SFPROV_ACL_WORKER", default=defaults.worker,
+        help="principal of the provisioning worker")
+    add(p, "--sink-principal", env="SFPROV_ACL_SINK", default=defaults.sink,
+        help="principal of the Salesforce sink")
+    add(p, "--ops-principal", env="SFPROV_ACL_OPS", default=defaults.ops,
+        help="principal of read-only operators (sfprov tail, lag, trace)")
+    p.add_argument("--command-config", default="admin.properties",
+                   help="the admin's client.properties named in the printed commands")
+    p.add_argument("--apply", action="store_true",
+                   help="create the ACLs through the admin API as the configured principal "
+                        "instead of printing kafka-acls commands")
+    p.set_defaults(func=command)
+
+
+COMMANDS = [
+    ("acls", "The least-privilege ACLs of every process, as kafka-acls commands.", configure),
+]
