@@ -162,3 +162,27 @@ def test_the_ops_principal_reads_the_topics(secured):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"order_id"') >= 1
+
+
+def test_kafkas_own_tools_with_the_admin_client_properties(secured):
+    """The client.properties the connection config writes works for Kafka's Java tools."""
+    from ops.kafka_tools import ensure_tools
+
+    p = secured
+    assert p.security is not None
+    properties = p.security.write_client_properties(p.bootstrap)
+    assert properties.stat().st_mode & 0o077 == 0
+    bin_dir = ensure_tools()
+    group = p.kafka.topic("sfprov-sink")
+    described = subprocess.run(
+        [str(bin_dir / "kafka-consumer-groups"), "--bootstrap-server", p.bootstrap,
+         "--command-config", str(properties), "--describe", "--group", group],
+        capture_output=True, text=True, timeout=120)
+    assert described.returncode == 0, described.stderr[-2000:]
+    assert p.kafka.outcomes in described.stdout
+    listed = subprocess.run(
+        [str(bin_dir / "kafka-acls"), "--bootstrap-server", p.bootstrap,
+         "--command-config", str(properties), "--list", "--principal", "User:sfprov-sink"],
+        capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert p.kafka.outcomes in listed.stdout and p.kafka.requests not in listed.stdout
