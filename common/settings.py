@@ -23,6 +23,9 @@ from common.errors import ConfigError
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+# where .env and .state are looked for by default: the checkout when running from one, the
+# working directory when installed from the wheel (ROOT is site-packages then)
+HOME = ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 class Secret:
@@ -100,7 +103,7 @@ def choice(*options: str) -> Callable[[str], str]:
 
 def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
     """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped)."""
-    path = path or Path(os.environ.get("SFPROV_ENV_FILE", ROOT / ".env"))
+    path = path or Path(os.environ.get("SFPROV_ENV_FILE", HOME / ".env"))
     values: dict[str, str] = {}
     if not path.is_file():
         return values
@@ -167,7 +170,7 @@ class CommonSettings(_Section):
                          doc="Log level of every process.")
     log_format: str = env("LOG_FORMAT", "JSON", parse=choice("JSON", "TEXT"),
                           doc="JSON lines (default) or human-readable text.")
-    state_dir: Path = env("SFPROV_STATE_DIR", ROOT / ".state", parse=Path,
+    state_dir: Path = env("SFPROV_STATE_DIR", HOME / ".state", parse=Path,
                           doc="Where local state lives: broker data, sandbox databases, logs, "
                               "worker tables.")
 
