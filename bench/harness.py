@@ -124,6 +124,13 @@ class Pipeline:
         for name in PROCESSES:
             self.wait_healthy(name)
 
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """A confluent-kafka configuration for the harness's own clients (the admin's when
+        the broker is secured)."""
+        from common.connection import kafka_config
+
+        return kafka_config(self.kafka, **extra)
+
     def apply_acls(self) -> int:
         """Each process's least-privilege ACLs for this pipeline's names (ops.acls)."""
         from ops.acls import acls, apply
