@@ -95,3 +95,20 @@ def test_installed_package_decodes_an_outcome(installed):
     module, order_id, status, whmcs_order_id = result.stdout.split()
     assert Path(module).is_relative_to(venv), module  # the installed copy, not the checkout
     assert (order_id, status, whmcs_order_id) == ("801000000000001AAA", "Provisioned", "42")
+
+
+def test_the_image_installs_wheels_only():
+    """Docker cannot run here: the Dockerfile's structure says the runtime stage gets the
+    wheels of a build stage, and neither the source tree nor build-only packages."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")
+    assert len(stages) == 2 and " AS build" in stages[0]
+    runtime = stages[1]
+    assert "COPY --from=build /wheels /wheels" in runtime
+    assert "pip install --no-index --find-links /wheels sfprov" in runtime
+    assert "COPY common" not in runtime and "pip wheel" not in runtime
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith(("grpcio-tools", "setuptools", "wheel"))
+                   for dep in project["dependencies"])
