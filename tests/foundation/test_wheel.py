@@ -9,6 +9,7 @@ virtualenv (added to the fresh one's path), so the test needs no network.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,9 +102,8 @@ def test_the_image_installs_wheels_only():
     """Docker cannot run here: the Dockerfile's structure says the runtime stage gets the
     wheels of a build stage, and neither the source tree nor build-only packages."""
     text = (ROOT / "Dockerfile").read_text()
-    stages = text.split("\nFROM ")
-    assert len(stages) == 2 and " AS build" in stages[0]
-    runtime = stages[1]
+    _, build, runtime = re.split(r"^FROM ", text, flags=re.M)
+    assert build.startswith("python:3.11-slim AS build")
     assert "COPY --from=build /wheels /wheels" in runtime
     assert "pip install --no-index --find-links /wheels sfprov" in runtime
     assert "COPY common" not in runtime and "pip wheel" not in runtime
