@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## Create the virtualenv and install the pinned dependencies
 
-jars: $(STAMP) ## Resolve the Kafka broker jars with Maven (cached)
+jars: $(STAMP) ## Resolve the Kafka broker's jars and Kafka's CLI tools with Maven (cached)
 	@$(PY) -m ops.kafka_local jars
+	@$(PY) -m ops.kafka_tools
 
 up: install jars ## Start everything locally (idempotent); prints where to look
 	@$(PY) -m ops.stack up

@@ -13,6 +13,10 @@ existing one via ``bootstrap=``), the Salesforce and WHMCS sandboxes (their harn
 ``python -m connectors run``, ``python -m streams worker``, ``python -m sinks run``, each
 with its own log file under ``<dir>/logs``. Topic and group names carry a unique prefix so
 several pipelines can share one broker.
+
+``secure=True`` (own broker only) runs the broker with a SASL_SSL listener, SCRAM users and
+ACLs (:mod:`ops.kafka_secure`, :mod:`ops.acls`): the harness creates the topics and ACLs as
+the admin, and each process connects as its own principal with least privilege.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from common.avro import AvroSerde
-from common.kafka import ensure_topics
-from common.settings import KafkaSettings
+from common.kafka import admin_client, ensure_topics
+from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, WorkerSettings
 from ops.kafka_local import LocalBroker, free_port
+from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {
@@ -47,11 +52,15 @@ class Pipeline:
     def __init__(self, directory: Path, *, bootstrap: str | None = None, accounts: int = 50,
                  orders: int = 200, broken_every: int = 50, partitions: int = 3,
                  env: dict[str, str] | None = None, sf_options: dict[str, Any] | None = None,
-                 whmcs_options: dict[str, Any] | None = None) -> None:
+                 whmcs_options: dict[str, Any] | None = None, secure: bool = False) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         self.own_broker = bootstrap is None
+        if secure and not self.own_broker:
+            raise ValueError("secure=True needs the pipeline's own broker")
+        self.security: BrokerSecurity | None = (
+            BrokerSecurity.for_broker_home(self.dir / "kafka") if secure else None)
         self.broker: LocalBroker | None = None
         self.bootstrap = bootstrap or ""
         self.accounts, self.orders, self.broken_every = accounts, orders, broken_every
@@ -94,12 +103,16 @@ class Pipeline:
 
         if self.own_broker:
             self.broker = LocalBroker(self.dir / "kafka", port=free_port(),
-                                      controller_port=free_port())
+                                      controller_port=free_port(), security=self.security)
             self.broker.start(timeout=120)
             self.bootstrap = self.broker.bootstrap
-        self.kafka = KafkaSettings.load({}, bootstrap_servers=self.bootstrap,
+        # the harness itself (topics, ACLs, reading topics) is the admin
+        admin_env = self.security.env(ADMIN) if self.security else {}
+        self.kafka = KafkaSettings.load(admin_env, bootstrap_servers=self.bootstrap,
                                         topic_prefix=self.prefix, partitions=self.partitions)
         ensure_topics(self.kafka)
+        if self.security is not None:
+            self.apply_acls()
         self.whmcs = self._stack.enter_context(
             whmcs_sandbox(self.dir / "whmcs", accounts=max(self.accounts, 10),
                           **self.whmcs_options))
@@ -110,6 +123,22 @@ class Pipeline:
             self.start(name)
         for name in PROCESSES:
             self.wait_healthy(name)
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """A confluent-kafka configuration for the harness's own clients (the admin's when
+        the broker is secured)."""
+        from common.connection import kafka_config
+
+        return kafka_config(self.kafka, **extra)
+
+    def apply_acls(self) -> int:
+        """Each process's least-privilege ACLs for this pipeline's names (ops.acls)."""
+        from ops.acls import acls, apply
+
+        env = {**self.extra_env, "KAFKA_TOPIC_PREFIX": self.prefix}
+        rules = acls(self.kafka, worker=WorkerSettings.load(env), sink=SinkSettings.load(env),
+                     connector=ConnectorSettings.load(env))
+        return apply(admin_client(self.kafka), rules)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
@@ -129,6 +158,8 @@ class Pipeline:
                "SF_EVENTS_REPLAY": "EARLIEST", "SFPROV_STATE_DIR": str(self.dir / "state"),
                "LOG_LEVEL": "INFO", f"{kind.upper()}_HTTP_PORT": str(port),
                "SFPROV_ENV_FILE": str(self.dir / "no.env")}
+        if self.security is not None and kind in PROCESS_USERS:
+            env.update(self.security.env(PROCESS_USERS[kind]))
         env.update(self.extra_env)
         env.update(self.process_env.get(name, {}))
         return env

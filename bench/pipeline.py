@@ -52,8 +52,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _count_outcomes(p: Pipeline) -> int:
-    c = Consumer({"bootstrap.servers": p.bootstrap, "group.id": "bench-count",
-                  "isolation.level": "read_committed"})
+    c = Consumer(p.client_config(**{"group.id": "bench-count",
+                                    "isolation.level": "read_committed"}))
     total = 0
     md = c.list_topics(p.kafka.outcomes, timeout=10)
     for part in md.topics[p.kafka.outcomes].partitions:
@@ -106,7 +106,7 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     before = _count_outcomes(p)
     ids = p.sf.approve(n)
     # Wait until the connector has written every event (requests end offsets grow by n).
-    c = Consumer({"bootstrap.servers": p.bootstrap, "group.id": "bench-backlog"})
+    c = Consumer(p.client_config(**{"group.id": "bench-backlog"}))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         md = c.list_topics(p.kafka.requests, timeout=10)
@@ -141,16 +141,17 @@ def phase_ceiling(p: Pipeline, n: int, value_size: int = 220) -> dict[str, Any]:
     src, dst = f"{p.prefix}bench.copy-src", f"{p.prefix}bench.copy-dst"
     create_topic(p.bootstrap, src, 3)
     create_topic(p.bootstrap, dst, 3)
-    producer = Producer({"bootstrap.servers": p.bootstrap, "linger.ms": 5,
-                         "compression.type": "lz4", "enable.idempotence": True})
+    producer = Producer(p.client_config(**{"linger.ms": 5, "compression.type": "lz4",
+                                           "enable.idempotence": True}))
     payload = b"x" * value_size
     for i in range(n):
         producer.produce(src, key=f"801{i:015d}".encode(), value=payload)
         if i % 10000 == 0:
             producer.poll(0)
     producer.flush(60)
-    consumer = Consumer({"bootstrap.servers": p.bootstrap, "group.id": f"{p.prefix}copy",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(p.client_config(**{"group.id": f"{p.prefix}copy",
+                                           "auto.offset.reset": "earliest",
+                                           "enable.auto.commit": False}))
     consumer.subscribe([src])
     copied = 0
     t0 = None

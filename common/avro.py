@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import ssl
 import struct
 import threading
 import time
@@ -43,6 +44,7 @@ import fastavro
 import httpx
 
 from common.errors import PipelineError
+from common.settings import KafkaSettings, Secret
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_HEADER = "sfprov.schema"
@@ -130,9 +132,15 @@ class SchemaRegistry:
     such records costs one request.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0,
+                 username: str = "", password: Secret | None = None,
+                 ca_location: str = "") -> None:
         self.url, auth = _safe_url(url)
+        if username:  # the settings win over credentials in the URL
+            auth = (username, password.reveal() if password else "")
         self._client = httpx.Client(base_url=self.url, timeout=timeout, auth=auth,
+                                    verify=(ssl.create_default_context(cafile=ca_location)
+                                            if ca_location else True),
                                     headers={"Accept": REGISTRY_CONTENT_TYPE})
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Any] = {}
@@ -293,3 +301,13 @@ class AvroSerde:
 
 def registry_from_url(url: str) -> SchemaRegistry | None:
     return SchemaRegistry(url) if url else None
+
+
+def registry_for(kafka: KafkaSettings) -> SchemaRegistry | None:
+    """The registry client of ``SCHEMA_REGISTRY_URL`` with its basic auth and CA (None when
+    no registry is configured: plain Avro)."""
+    if not kafka.schema_registry_url:
+        return None
+    return SchemaRegistry(kafka.schema_registry_url, username=kafka.schema_registry_username,
+                          password=kafka.schema_registry_password,
+                          ca_location=kafka.schema_registry_ca_location)

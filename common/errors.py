@@ -14,9 +14,11 @@ with ``raise ... from exc`` so the cause is kept::
     │   ├── WhmcsTransientError        HTTP 5xx, HTML error page, connection error: retry
     │   └── WhmcsUnknownResultError    timeout after the request was sent: look it up, never repeat blindly
     └── KafkaError                     broker-side failures (fenced producer, timeouts)
-        └── ProducerFencedError        another instance with the same transactional.id took over
-            └── TransactionTimedOutError   fenced while its transaction was older than the
-                                           transaction timeout: perhaps only its own timeout
+        ├── ProducerFencedError        another instance with the same transactional.id took over
+        │   └── TransactionTimedOutError   fenced while its transaction was older than the
+        │                                  transaction timeout: perhaps only its own timeout
+        └── KafkaAccessError           the broker refused this client (credentials, TLS, ACLs):
+                                       a configuration problem, restarting will not help
 """
 
 from __future__ import annotations
@@ -108,3 +110,8 @@ class TransactionTimedOutError(ProducerFencedError):
         super().__init__(message)
         self.age_s = age_s
         self.timeout_s = timeout_s
+class KafkaAccessError(KafkaError):
+    """The broker refused this client: wrong credentials or TLS trust (authentication), or
+    an operation its principal has no ACL for (authorization). Retrying cannot help; the
+    process stops with its configuration exit code and the message names the setting (or
+    the ACL) to fix."""

@@ -8,13 +8,16 @@ changes an existing topic behind the operator's back).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from common.errors import KafkaError
+from common.connection import KafkaConnection, access_error, is_refusal, refusal_message
+from common.errors import KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,53 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
     ]
 
 
-def admin_client(bootstrap_servers: str, **extra: Any) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap_servers, **extra})
+def admin_client(settings: KafkaSettings | KafkaConnection, **extra: Any) -> AdminClient:
+    conn = (settings if isinstance(settings, KafkaConnection)
+            else KafkaConnection.from_settings(settings))
+    return AdminClient(conn.librdkafka(**extra))
+
+
+class _Reports:
+    """librdkafka's error callback and logger in one: keeps what it says (for
+    :func:`~common.connection.access_error`) instead of printing it to stderr."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def error(self, err: Any) -> None:
+        self._keep(err.str())
+
+    def log(self, _level: int, fmt: str, *args: Any) -> None:
+        self._keep(fmt % args if args else fmt)
+
+    def _keep(self, line: str) -> None:
+        if len(self.lines) < 200:
+            self.lines.append(line)
+
+
+def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClient, Any]:
+    """An admin client and the cluster's metadata, once the broker answers.
+
+    A refusal — wrong SASL credentials, a certificate the CA cannot verify, a mechanism
+    the broker does not offer, a protocol its listener does not speak — raises
+    :class:`KafkaAccessError` with one line naming the setting, as soon as it is certain;
+    a broker that does not answer within ``timeout`` raises a retryable KafkaError."""
+    reports = _Reports()
+    admin = AdminClient(conn.librdkafka(error_cb=reports.error, logger=reports))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin, admin.list_topics(timeout=max(0.5, min(2.0,
+                                                                 deadline - time.monotonic())))
+        except KafkaException as exc:
+            admin.poll(0)
+            final = time.monotonic() >= deadline
+            line = access_error(conn, reports.lines, final=final)
+            if line:
+                raise KafkaAccessError(line) from None
+            if final:
+                raise KafkaError(f"cannot reach Kafka at {conn.bootstrap_servers}: {exc}",
+                                 retryable=True) from exc
 
 
 @dataclass
@@ -75,16 +123,28 @@ class EnsureReport:
 
 
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
-                  admin: AdminClient | None = None) -> EnsureReport:
-    """Create missing topics; report partition/config drift of existing ones. Idempotent."""
-    admin = admin or admin_client(settings.bootstrap_servers)
-    specs = declared_topics(settings)
+                  admin: AdminClient | None = None,
+                  only: Iterable[str] | None = None) -> EnsureReport:
+    """Create missing topics; report partition/config drift of existing ones. Idempotent.
+
+    ``only``: the names a process uses (its principal may not see the others). A broker
+    that refuses this client, or its principal to create a missing topic or read a topic's
+    config, raises :class:`KafkaAccessError` (see :func:`connect`)."""
+    conn = KafkaConnection.from_settings(settings)
+    if admin is None:
+        admin, metadata = connect(conn, timeout=timeout)
+    else:
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}",
+                             retryable=True) from exc
+    wanted = set(only) if only is not None else None
+    specs: list[TopicSpec] = []
+    for spec in declared_topics(settings):  # two settings may name one topic: once
+        if (wanted is None or spec.name in wanted) and spec.name not in {s.name for s in specs}:
+            specs.append(spec)
     report = EnsureReport()
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}",
-                         retryable=True) from exc
     missing = [s for s in specs if s.name not in metadata.topics]
     if missing:
         futures = admin.create_topics(
@@ -98,11 +158,22 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
             except KafkaException as exc:
                 if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
                     report.existing.append(name)
+                elif exc.args and is_refusal(exc.args[0]):
+                    raise KafkaAccessError(refusal_message(
+                        conn, f"use topic {name} (it is missing, or no ACL lets this "
+                        "principal see it; topics are made by an admin: `make topics`)",
+                        exc.args[0])) from None
                 else:
                     raise KafkaError(f"creating topic {name}: {exc}") from exc
     present = [s for s in specs if s.name in metadata.topics]
     report.existing.extend(s.name for s in present)
-    report.drift.extend(describe_drift(admin, present, metadata, timeout=timeout))
+    try:
+        report.drift.extend(describe_drift(admin, present, metadata, timeout=timeout))
+    except KafkaException as exc:
+        if exc.args and is_refusal(exc.args[0]):
+            raise KafkaAccessError(refusal_message(
+                conn, "describe the configs of its topics", exc.args[0])) from None
+        raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
     return report
 
 

@@ -21,6 +21,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from common.connection import Connectable, kafka_config
+
 EXACT_LAG_LIMIT = 1000
 
 
@@ -62,9 +64,10 @@ def records_between(c: Any, topic: str, partition: int, start: int, end: int) ->
     return len(found[partition])
 
 
-def new_range_consumer(bootstrap: str, group: str) -> Any:
+def new_range_consumer(target: Connectable, group: str) -> Any:
     """A consumer for :func:`committed_record_offsets`: assigns, never joins or commits."""
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+    return Consumer(kafka_config(target, **{
+                     "group.id": group,
                      "enable.auto.commit": False, "enable.auto.offset.store": False,
                      "isolation.level": "read_committed", "enable.partition.eof": True,
                      "fetch.wait.max.ms": 50,
@@ -73,7 +76,7 @@ def new_range_consumer(bootstrap: str, group: str) -> Any:
                      # (fetch.max.bytes spans many partitions' max.partition.fetch.bytes:
                      # at 1 MB / 256 KB, partitions 5 and 6 of 6 starved)
                      "queued.max.messages.kbytes": 2048, "queued.min.messages": 500,
-                     "fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 128 << 10})
+                     "fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 128 << 10}))
 
 
 def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, int]],
@@ -114,7 +117,7 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
     return out
 
 
-def lag_reader(bootstrap: str, group: str, topic: str) -> Any:
+def lag_reader(bootstrap: Connectable, group: str, topic: str) -> Any:
     """A ``() -> group_lag(...)`` reader with its own clients, made at its first call (never a
     process's consumer: safe from another thread). The worker's watchdog and the lag gauges
     use it."""
@@ -122,9 +125,9 @@ def lag_reader(bootstrap: str, group: str, topic: str) -> Any:
 
     def read() -> list[tuple[int, int, int]]:
         if not clients:
-            clients.append(AdminClient({"bootstrap.servers": bootstrap}))
-            clients.append(Consumer({"bootstrap.servers": bootstrap,
-                                     "group.id": f"{group}-watchdog", "enable.auto.commit": False,
-                                     "isolation.level": "read_committed"}))
+            clients.append(AdminClient(kafka_config(bootstrap)))
+            clients.append(Consumer(kafka_config(bootstrap, **{
+                "group.id": f"{group}-watchdog", "enable.auto.commit": False,
+                "isolation.level": "read_committed"})))
         return group_lag(clients[0], clients[1], group, topic)
     return read

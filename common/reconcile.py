@@ -31,7 +31,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from common.avro import AvroSerde, SerdeError, registry_from_url
+from common.avro import AvroSerde, SerdeError, registry_for
+from common.connection import kafka_config
 from common.lag import end_offsets
 from common.settings import KafkaSettings
 
@@ -118,7 +119,7 @@ def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requeste
     ``sfprov.source`` header, ``requested_by`` to ``RequestedBy__c`` (``sfprov trace``)."""
     now_ms = now_ms or int(time.time() * 1000)
     serde = serde or AvroSerde("provision_request", topic=kafka.requests,
-                               registry=registry_from_url(kafka.schema_registry_url))
+                               registry=registry_for(kafka))
     record = {"event_uuid": f"reconcile-{uuid.uuid4()}", "replay_id": b"",
               "schema_id": "reconcile", "channel": "sfprov reconcile",
               "received_at": now_ms, "CreatedDate": now_ms, "CreatedById": "reconcile",
@@ -131,7 +132,7 @@ def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requeste
 
 def committed_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
     """partition → the group's committed offset on the requests topic (-1: none)."""
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin = AdminClient(kafka_config(kafka))
     c = _consumer(kafka)
     try:
         parts = end_offsets(c, kafka.requests)
@@ -149,7 +150,7 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
     since ``since`` (epoch s), up to the end offsets seen at the start."""
     if not keys:
         return
-    serde = AvroSerde(schema, topic=topic, registry=registry_from_url(kafka.schema_registry_url))
+    serde = AvroSerde(schema, topic=topic, registry=registry_for(kafka))
     c = _consumer(kafka)
     try:
         bounds = end_offsets(c, topic)
@@ -186,7 +187,7 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
 
 
 def _consumer(kafka: KafkaSettings) -> Consumer:
-    return Consumer({"bootstrap.servers": kafka.bootstrap_servers,
-                     "group.id": f"sfprov-reconcile-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False, "isolation.level": "read_committed",
-                     "enable.partition.eof": False})
+    return Consumer(kafka_config(kafka, **{
+        "group.id": f"sfprov-reconcile-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "enable.partition.eof": False}))

@@ -24,6 +24,9 @@ from common.errors import ConfigError
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+# where .env and .state are looked for by default: the checkout when running from one, the
+# working directory when installed from the wheel (ROOT is site-packages then)
+HOME = ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 class Secret:
@@ -101,7 +104,7 @@ def choice(*options: str) -> Callable[[str], str]:
 
 def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
     """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped)."""
-    path = path or Path(os.environ.get("SFPROV_ENV_FILE", ROOT / ".env"))
+    path = path or Path(os.environ.get("SFPROV_ENV_FILE", HOME / ".env"))
     values: dict[str, str] = {}
     if not path.is_file():
         return values
@@ -168,12 +171,9 @@ class CommonSettings(_Section):
                          doc="Log level of every process.")
     log_format: str = env("LOG_FORMAT", "JSON", parse=choice("JSON", "TEXT"),
                           doc="JSON lines (default) or human-readable text.")
-    state_dir: Path = env("SFPROV_STATE_DIR", ROOT / ".state", parse=Path,
+    state_dir: Path = env("SFPROV_STATE_DIR", HOME / ".state", parse=Path,
                           doc="Where local state lives: broker data, sandbox databases, logs, "
                               "worker tables.")
-    http_host: str = env("SFPROV_HTTP_HOST", "127.0.0.1",
-                         doc="Address each process's /metrics, /livez and /readyz server binds "
-                             "(0.0.0.0 in a container, so Prometheus and probes reach it).")
     tracing: str = env("SFPROV_TRACING", "OFF", parse=choice("OFF", "CONSOLE", "FILE", "OTLP"),
                        doc="OpenTelemetry tracing, one trace per Order across the processes: "
                            "OFF, CONSOLE (stderr), FILE (JSON lines) or OTLP (HTTP).")
@@ -182,6 +182,10 @@ class CommonSettings(_Section):
                                 "$SFPROV_STATE_DIR/traces/<process>.jsonl).")
     otlp_endpoint: str = env("SFPROV_TRACING_OTLP_ENDPOINT", "http://localhost:4318/v1/traces",
                              doc="OTLP tracing: the collector's OTLP/HTTP traces endpoint.")
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,11 +220,67 @@ class KafkaSettings(_Section):
                                      parse=int, doc="Retention of outcomes and dead letters in ms.")
     schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "",
                                    doc="Optional Confluent-compatible schema registry; when set, "
-                                       "values use the Confluent wire format.")
+                                       "values use the Confluent wire format (`make up` sets "
+                                       "it to its registry emulator in sandbox mode).")
+    schema_registry_username: str = env("SCHEMA_REGISTRY_USERNAME", "",
+                                        doc="Basic-auth user of the schema registry (e.g. a "
+                                            "Confluent Cloud API key).")
+    schema_registry_password: Secret = env("SCHEMA_REGISTRY_PASSWORD", _secret_default(),
+                                           parse=str, secret=True,
+                                           doc="Basic-auth password of the schema registry.")
+    schema_registry_ca_location: str = env("SCHEMA_REGISTRY_CA_LOCATION", "",
+                                           doc="PEM CA bundle to trust for an HTTPS registry "
+                                               "(default: the system's).")
+    # -- connection security: every client (confluent-kafka and faust/aiokafka) is built
+    # from these by common.connection.KafkaConnection
+    security_protocol: str = env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT",
+                                 parse=choice(*SECURITY_PROTOCOLS),
+                                 doc="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str = env("KAFKA_SASL_MECHANISM", "PLAIN", parse=choice(*SASL_MECHANISMS),
+                              doc="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*).")
+    sasl_username: str = env("KAFKA_SASL_USERNAME", "",
+                             doc="SASL user: the process's principal (with SASL_*).")
+    sasl_password: Secret = env("KAFKA_SASL_PASSWORD", _secret_default(), parse=str,
+                                secret=True, doc="SASL password (with SASL_*).")
+    ssl_ca_location: str = env("KAFKA_SSL_CA_LOCATION", "",
+                               doc="PEM CA bundle that signed the brokers' certificates "
+                                   "(with SSL/SASL_SSL; default: the system's).")
+    ssl_certificate_location: str = env("KAFKA_SSL_CERTIFICATE_LOCATION", "",
+                                        doc="PEM client certificate, for mutual TLS.")
+    ssl_key_location: str = env("KAFKA_SSL_KEY_LOCATION", "",
+                                doc="PEM private key of the client certificate.")
+    ssl_key_password: Secret = env("KAFKA_SSL_KEY_PASSWORD", _secret_default(), parse=str,
+                                   secret=True,
+                                   doc="Password of an encrypted client key.")
+    ssl_endpoint_identification: bool = env("KAFKA_SSL_ENDPOINT_IDENTIFICATION", True,
+                                            parse=parse_bool,
+                                            doc="Check that the broker's certificate names "
+                                                "the host connected to (keep it on).")
 
     def validate(self) -> None:
         if self.requests_retention_ms != -1 and self.requests_retention_ms < 3_600_000:
             raise ConfigError("KAFKA_REQUESTS_RETENTION_MS: must be -1 or at least one hour")
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not self.sasl_username:
+            raise ConfigError(f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL="
+                              f"{self.security_protocol}")
+        if sasl and not self.sasl_password:
+            raise ConfigError(f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL="
+                              f"{self.security_protocol}")
+        if bool(self.ssl_certificate_location) != bool(self.ssl_key_location):
+            missing = ("KAFKA_SSL_KEY_LOCATION" if self.ssl_certificate_location
+                       else "KAFKA_SSL_CERTIFICATE_LOCATION")
+            raise ConfigError(f"{missing}: a client certificate needs both "
+                              "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION")
+        for name, path in (("KAFKA_SSL_CA_LOCATION", self.ssl_ca_location),
+                           ("KAFKA_SSL_CERTIFICATE_LOCATION", self.ssl_certificate_location),
+                           ("KAFKA_SSL_KEY_LOCATION", self.ssl_key_location),
+                           ("SCHEMA_REGISTRY_CA_LOCATION", self.schema_registry_ca_location)):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file: {path}")
+        if self.schema_registry_password and not self.schema_registry_username:
+            raise ConfigError("SCHEMA_REGISTRY_USERNAME: required with "
+                              "SCHEMA_REGISTRY_PASSWORD")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -318,6 +378,10 @@ class ConnectorSettings(_Section):
                     doc="Connector name: its transactional.id and offsets key.")
     http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
                          doc="Port of the connector's /metrics and /healthz (0 = off).")
+    http_host: str = env("CONNECTOR_HTTP_HOST", "127.0.0.1",
+                         doc="Address the connector's /metrics and /healthz listen on "
+                             "(0.0.0.0 in a container, so a published port "
+                             "reaches them).")
     max_batch: int = env("CONNECTOR_MAX_BATCH", 500, parse=parse_positive_int,
                          doc="Most events written in one Kafka transaction (with their "
                              "offset record).")
@@ -402,6 +466,10 @@ class WorkerSettings(_Section):
                                       "this deadline, then the order is Failed.")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
                          doc="Port of the worker's web server (/metrics, /healthz).")
+    http_host: str = env("WORKER_HTTP_HOST", "127.0.0.1",
+                         doc="Address the worker's /metrics and /healthz listen on "
+                             "(0.0.0.0 in a container, so a published port "
+                             "reaches them).")
     lookup_grace_s: float = env("WORKER_LOOKUP_GRACE_S", 2.0, parse=parse_float,
                                 doc="Before concluding a WHMCS order is absent, wait this "
                                     "long (after the earlier attempt's timeout) and look "
@@ -444,6 +512,10 @@ class SinkSettings(_Section):
                                     doc="Also set Order.Status = 'Activated' when provisioned.")
     http_port: int = env("SINK_HTTP_PORT", 9103, parse=int,
                          doc="Port of the sink's /metrics and /healthz (0 = off).")
+    http_host: str = env("SINK_HTTP_HOST", "127.0.0.1",
+                         doc="Address the sink's /metrics and /healthz listen on "
+                             "(0.0.0.0 in a container, so a published port "
+                             "reaches them).")
     retry_backoff_s: float = env("SINK_RETRY_BACKOFF_S", 0.5, parse=parse_float,
                                  doc="First backoff after a transient Salesforce error "
                                      "(doubles per attempt).")

@@ -6,7 +6,8 @@ Settings come from the environment / ``.env`` (``SF_*``, ``KAFKA_*``, ``CONNECTO
 Exit codes: 0 stopped (signal or bound reached), 1 fatal error, 2 stored replay id refused
 with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same name
 (do not auto-restart on 3; a fence after the connector's own transaction timeout is not
-this: it re-initialises and carries on, see ``connectors.source``), 64 bad configuration.
+this: it re-initialises and carries on, see ``connectors.source``), 64 bad configuration
+(also a broker that refuses the connector's credentials or ACLs: one line names the setting).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import sys
 
 from common import tracing
-from common.errors import ConfigError, KafkaError
+from common.errors import ConfigError, KafkaAccessError, KafkaError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.no_create_topics:
         try:
-            report = ensure_topics(kafka)
+            report = ensure_topics(kafka, only=(kafka.requests, kafka.dead_letters,
+                                                kafka.connector_offsets, kafka.replay_gaps))
+        except KafkaAccessError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         except KafkaError as exc:
             log.error("cannot prepare topics: %s", exc)
             return 1
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         on_signal(early[0], None)
     server = HealthServer(connector.http_port, lambda: observability.ready(app),
                           live=lambda: observability.live(app),
-                          host=common.http_host).start() if connector.http_port else None
+                          host=connector.http_host).start() if connector.http_port else None
     app.reconciler.start()
     try:
         return app.run(max_events=args.max_events, timeout_s=args.timeout)

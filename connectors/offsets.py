@@ -23,7 +23,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka import KafkaError as CKafkaError
 
 from common.avro import AvroSerde, SerdeError
-from common.errors import KafkaError
+from common.connection import Connectable, is_refusal, kafka_config, refusal_message
+from common.errors import KafkaAccessError, KafkaError
 
 EVENT = "event"
 KEEPALIVE = "keepalive"
@@ -83,13 +84,13 @@ class OffsetCodec:
         return self._gaps.decode(value)
 
 
-def load_position(bootstrap: str, topic: str, codec: OffsetCodec, *,
+def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
                   timeout_s: float = 30.0) -> Position | None:
     """Last committed position for the codec's key, or None (read_committed, to the end)."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
+    consumer = Consumer(kafka_config(bootstrap, **{
+        "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+        "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
     try:
         try:
             meta = consumer.list_topics(topic, timeout=timeout_s)
@@ -115,6 +116,9 @@ def load_position(bootstrap: str, topic: str, codec: OffsetCodec, *,
                 if err.code() == CKafkaError._PARTITION_EOF:
                     remaining.discard(msg.partition())
                     continue
+                if is_refusal(err):
+                    raise KafkaAccessError(refusal_message(
+                        "the connector's principal", f"read {topic}", err))
                 raise KafkaError(f"reading {topic}: {err}", retryable=err.retriable())
             if msg.key() == codec.key and msg.value() is not None:
                 last = msg.value()

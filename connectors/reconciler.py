@@ -33,7 +33,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from common.avro import AvroSerde, registry_from_url
+from common.avro import AvroSerde, registry_for
 from common.reconcile import Plan, QueryClient, find_stranded, request_record, sf_time
 from common.settings import ConnectorSettings, KafkaSettings
 
@@ -65,7 +65,7 @@ class Reconciler:
         self._written = written  # events the connector wrote so far (gap settling)
         self._clock = clock
         self._serde = AvroSerde("provision_request", topic=kafka.requests,
-                                registry=registry_from_url(kafka.schema_registry_url))
+                                registry=registry_for(kafka))
         self._gap_at: float | None = None
         self._ready: tuple[str, list[str]] | None = None  # (trigger, orders) to write
         self._lock = threading.Lock()

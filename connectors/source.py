@@ -66,8 +66,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import tracing
-from common.avro import AvroSerde, registry_from_url
+from common.avro import AvroSerde, registry_for
+from common.connection import KafkaConnection
 from common.errors import (
+    KafkaAccessError,
     KafkaError,
     PipelineError,
     ProducerFencedError,
@@ -93,6 +95,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REPLAY_INVALID = 2
 EXIT_FENCED = 3
+EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configuration error
 
 
 class StreamStalled(SalesforceError):
@@ -145,7 +148,7 @@ class Connector:
         self.writer = TransactionalWriter(kafka, self.txn_id,
                                           transaction_timeout_s=connector.transaction_timeout_s)
         serde = AvroSerde("provision_request", topic=kafka.requests,
-                          registry=registry_from_url(kafka.schema_registry_url))
+                          registry=registry_for(kafka))
         self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
                                     channel=connector.channel, connector=connector.name,
                                     serde=serde)
@@ -180,10 +183,12 @@ class Connector:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             self.writer.start()
-            self._set_position(load_position(self.kafka.bootstrap_servers,
+            self._set_position(load_position(KafkaConnection.from_settings(self.kafka),
                                              self.kafka.connector_offsets, self.codec))
         except ProducerFencedError as exc:
             return self._fenced(exc)
+        except KafkaAccessError as exc:
+            return self._refused(exc)
         except KafkaError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_ERROR
@@ -204,6 +209,8 @@ class Connector:
                 code = self._on_fenced(exc)
                 if code is not None:
                     return code
+            except KafkaAccessError as exc:
+                return self._refused(exc)
             except ReplayIdInvalidError as exc:
                 code = self._replay_invalid(exc)
                 if code is not None:
@@ -395,6 +402,8 @@ class Connector:
             self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
         except ProducerFencedError as fenced:
             return self._on_fenced(fenced)
+        except KafkaAccessError as refused:
+            return self._refused(refused)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
         m.TRANSACTIONS.labels("gap", "commit").inc()
@@ -436,13 +445,18 @@ class Connector:
     def _reopen(self) -> None:
         """New producer (fencing any newer instance), then the position: in that order."""
         self.writer.reopen()
-        self._set_position(load_position(self.kafka.bootstrap_servers,
+        self._set_position(load_position(self.kafka,
                                          self.kafka.connector_offsets, self.codec))
         self._reopen_pending = False
         log.warning("producer re-initialised after the transaction timeout; resuming after "
                     "replay id %s", self.position.replay_id.hex() if self.position else "-",
                     extra={"replay_id": self.position.replay_id.hex() if self.position
                            else None})
+    def _refused(self, exc: KafkaAccessError) -> int:
+        self.health.state = "failed"
+        self.health.last_error = str(exc)
+        log.error("%s", exc)
+        return EXIT_ACCESS_REFUSED
 
     def _fenced(self, exc: ProducerFencedError) -> int:
         self.health.state = "fenced"

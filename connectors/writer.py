@@ -46,7 +46,13 @@ from typing import Any
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException, Producer
 
-from common.errors import KafkaError, ProducerFencedError, TransactionTimedOutError
+from common.connection import is_refusal, kafka_config, refusal_message
+from common.errors import (
+    KafkaAccessError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionTimedOutError,
+)
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,7 @@ def transactional_id(kafka: KafkaSettings, connector: str, channel: str) -> str:
 def producer_config(kafka: KafkaSettings, txn_id: str,
                     transaction_timeout_s: float = 60.0) -> dict[str, Any]:
     txn_ms = int(transaction_timeout_s * 1000)
-    return {
-        "bootstrap.servers": kafka.bootstrap_servers,
+    return kafka_config(kafka, **{
         "transactional.id": txn_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -76,7 +81,7 @@ def producer_config(kafka: KafkaSettings, txn_id: str,
         # librdkafka requires it <= the transaction timeout; a little less, so an undeliverable
         # record fails the transaction before the broker would abort it for its age.
         "message.timeout.ms": txn_ms - min(5_000, txn_ms // 10),
-    }
+    })
 
 
 def translate(exc: KafkaException, what: str, txn_id: str, *, age_s: float | None = None,
@@ -94,6 +99,9 @@ def translate(exc: KafkaException, what: str, txn_id: str, *, age_s: float | Non
             return ProducerFencedError(
                 f"fenced: another connector instance with transactional.id {txn_id!r} "
                 f"took over ({err.str()})")
+        if is_refusal(err):
+            return KafkaAccessError(refusal_message(
+                "the connector's principal", f"{what} (transactional.id {txn_id!r})", err))
         retryable = not err.fatal() and (err.retriable() or err.txn_requires_abort())
         return KafkaError(f"{what}: {err.str()}", retryable=retryable)
     return KafkaError(f"{what}: {exc}", retryable=False)

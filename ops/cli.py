@@ -41,19 +41,19 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ops import cmd_kafka, cmd_orders
+    from ops import acls, cmd_kafka, cmd_orders
 
     parser = argparse.ArgumentParser(
         prog="sfprov", description="Operate the Salesforce → Kafka → WHMCS provisioning "
         "pipeline: inspect topics, tail records, check lag, trace an order, replay, "
-        "reconcile, handle dead letters.")
+        "reconcile, handle dead letters, list the ACLs each process needs.")
     add(parser, "-b", "--bootstrap-server", "--bootstrap", dest="bootstrap",
         env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT",
         help="Kafka bootstrap servers (as Kafka's own tools take them)")
     add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", help="topic and group name prefix")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
-        *cmd_kafka.COMMANDS, *cmd_orders.COMMANDS]
+        *cmd_kafka.COMMANDS, *cmd_orders.COMMANDS, *acls.COMMANDS]
     for name, summary, configure in commands:
         p = sub.add_parser(name, help=summary, description=summary)
         configure(p)

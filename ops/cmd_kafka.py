@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from common.connection import kafka_config
 from common.kafka import declared_topics, describe_drift
 from common.lag import group_lag
 from common.settings import SinkSettings, WorkerSettings
@@ -37,7 +38,7 @@ def sink_group(args: argparse.Namespace) -> str:
 
 def topics(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(kafka_config(settings))
     md = admin.list_topics(timeout=10)
     specs = declared_topics(settings)
     present = [s for s in specs if s.name in md.topics]
@@ -106,7 +107,7 @@ def tail(args: argparse.Namespace) -> int:
 
 def lag(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(kafka_config(settings))
     c = consumer(settings)
     groups: list[dict[str, Any]] = []
     try:
@@ -177,7 +178,7 @@ def replay(args: argparse.Namespace) -> int:
     args.execute = args.execute and not args.dry_run
     settings = kafka_settings(args)
     group = worker_group(args)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(kafka_config(settings))
     deadline = time.monotonic() + (args.wait if args.execute else 0.0)
     while True:
         desc = admin.describe_consumer_groups([group])[group].result()
@@ -266,8 +267,8 @@ def dlq(args: argparse.Namespace) -> int:
         print("refusing to requeue everything: name records with --offset P:O (repeatable) "
               "or pass --all together with --stage/--order-id filters")
         return 3
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    producer = Producer(kafka_config(settings, **{
+        "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     count = 0
     for r in records:
         source = r.headers.get("source_topic")

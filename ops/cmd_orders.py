@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from common.connection import kafka_config
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
@@ -159,8 +160,10 @@ def reconcile(args: argparse.Namespace) -> int:
 
 
 def inject_requests(settings: Any, order_ids: list[str]) -> int:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    # the connector's format (request_record): Confluent's with a registry, so analysts'
+    # tools decode it
+    producer = Producer(kafka_config(settings, **{
+        "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     now_ms = int(time.time() * 1000)
     for oid in order_ids:
         topic, key, value, headers = request_record(settings, oid, source="reconcile",

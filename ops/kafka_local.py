@@ -30,6 +30,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.connection import KafkaConnection
+    from ops.kafka_secure import BrokerSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "kafka" / "pom.xml"
@@ -114,10 +119,29 @@ class LocalBroker:
     controller_port: int = 9093
     host: str = "127.0.0.1"
     state_dir: Path = DEFAULT_STATE
+    # SASL_SSL listener, SCRAM users and ACLs (ops.kafka_secure); None: plaintext, no ACLs
+    security: BrokerSecurity | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def connection(self) -> KafkaConnection:
+        """How an admin client reaches this broker (the super user when secured)."""
+        from common.connection import KafkaConnection
+
+        if self.security is not None:
+            return self.security.connection(self.bootstrap)
+        return KafkaConnection(self.bootstrap)
+
+    def _secured(self, properties: str) -> str:
+        """The server.properties with the security overlay applied (if any)."""
+        if self.security is None:
+            return properties
+        from ops.kafka_secure import overlay_properties
+
+        return overlay_properties(properties, self.security.broker_properties(
+            self.host, self.port, self.controller_port))
 
     @property
     def pid_file(self) -> Path:
@@ -190,7 +214,8 @@ class LocalBroker:
         ensure_jars(self.state_dir)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
-        props.write_text(self._properties())
+        props.write_text(self._secured(self._properties()))
+        props.chmod(0o600)  # a secured broker's file holds its admin password
         log4j = self.home / "log4j.properties"
         log4j.write_text(LOG4J.format(log=self.log_file))
         if not (self.home / "data" / "meta.properties").exists():
@@ -199,7 +224,8 @@ class LocalBroker:
                    self._classpath(), "kafka.tools.StorageTool", "format",
                    # "=" form: a base64url id may start with "-", which argparse would take
                    # for an option (one format in 64 failed that way).
-                   f"--cluster-id={cluster_id}", f"--config={props}", "--ignore-formatted"]
+                   f"--cluster-id={cluster_id}", f"--config={props}", "--ignore-formatted",
+                   *(self.security.format_arguments() if self.security else [])]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise BrokerError(f"formatting {self.home / 'data'} failed: "
@@ -239,8 +265,8 @@ class LocalBroker:
                                   f"and {self.home / 'logs' / 'stdout.log'}")
             if port_open(self.port, self.host):
                 try:
-                    md = AdminClient({"bootstrap.servers": self.bootstrap,
-                                      "socket.timeout.ms": 2000}).list_topics(timeout=3)
+                    md = AdminClient(self.connection().librdkafka(
+                        **{"socket.timeout.ms": 2000})).list_topics(timeout=3)
                     if md.brokers:
                         return
                 except Exception:  # noqa: BLE001 - not ready yet

@@ -17,7 +17,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from common.avro import AvroSerde, SerdeError, registry_from_url
+from common.avro import AvroSerde, SerdeError, registry_for
+from common.connection import kafka_config
 from common.deadletter import parse_headers
 from common.lag import end_offsets  # noqa: F401 - re-exported for ops commands
 from common.settings import KafkaSettings
@@ -93,7 +94,7 @@ class Record:
 
 class Decoder:
     def __init__(self, settings: KafkaSettings, schema: str | None, topic: str) -> None:
-        registry = registry_from_url(settings.schema_registry_url)
+        registry = registry_for(settings)
         self.serde = AvroSerde(schema, topic=topic, registry=registry) if schema else None
 
     def record(self, msg: Any) -> Record:
@@ -116,7 +117,7 @@ class Decoder:
 
 
 def consumer(settings: KafkaSettings, **extra: Any) -> Consumer:
-    conf = {"bootstrap.servers": settings.bootstrap_servers,
+    conf = {**kafka_config(settings),
             "group.id": f"sfprov-cli-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "enable.partition.eof": False}

@@ -1,8 +1,13 @@
-"""The sandbox part of ``make up``: keys and TLS, the two emulators, the pipeline's env.
+"""The sandbox part of ``make up``: keys and TLS, the emulators, the pipeline's env.
 
 Used only when no real Salesforce credentials are configured (``SF_CLIENT_ID`` unset).
 Ports: Salesforce REST/OAuth ``SF_SANDBOX_HTTP_PORT`` (8443, HTTPS with a local CA),
-Pub/Sub gRPC ``SF_SANDBOX_GRPC_PORT`` (7443, plaintext), WHMCS ``WHMCS_SANDBOX_PORT`` (8881).
+Pub/Sub gRPC ``SF_SANDBOX_GRPC_PORT`` (7443, plaintext), WHMCS ``WHMCS_SANDBOX_PORT`` (8881),
+the schema registry emulator ``REGISTRY_SANDBOX_PORT`` (8081; its schemas in
+``<state>/registry.json``, so ids survive restarts). The registry is on by default: the
+pipeline gets ``SCHEMA_REGISTRY_URL`` pointing at it, so the requests and outcomes are in
+the Confluent wire format every registry-aware tool reads — unless ``SCHEMA_REGISTRY_URL``
+is set already (your own registry), or set empty in ``.env`` (plain Avro, no emulator).
 State lives in ``<state>/sandbox/``; on first start the Salesforce sandbox is seeded
 (``SF_SANDBOX_ACCOUNTS`` accounts, ``SF_SANDBOX_ORDERS`` Orders in Pending Review).
 """
@@ -25,6 +30,22 @@ def ports() -> tuple[int, int, int]:
     return (int(env.get("SF_SANDBOX_HTTP_PORT", "8443")),
             int(env.get("SF_SANDBOX_GRPC_PORT", "7443")),
             int(env.get("WHMCS_SANDBOX_PORT", "8881")))
+
+
+def registry_process(state: Path, logs: Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The registry emulator and the pipeline's ``SCHEMA_REGISTRY_URL`` (none when the
+    environment names a registry, or sets the URL empty to keep plain Avro)."""
+    env = environment()
+    if "SCHEMA_REGISTRY_URL" in env:
+        return None, {}
+    port = int(env.get("REGISTRY_SANDBOX_PORT", "8081"))
+    url = f"http://127.0.0.1:{port}"
+    proc = {"name": "registry-sandbox",
+            "argv": [PY, "-m", "sandbox.registry", "serve", "--port", str(port),
+                     "--store", str(state / "registry.json")],
+            "env": {}, "log": str(logs / "registry-sandbox.log"),
+            "health_url": f"{url}/subjects"}
+    return proc, {"SCHEMA_REGISTRY_URL": url}
 
 
 def sf_dir(state: Path) -> Path:
@@ -56,6 +77,9 @@ def plan(state: Path, logs: Path) -> tuple[list[dict[str, Any]], dict[str, str]]
          "env": {}, "log": str(logs / "whmcs-sandbox.log"),
          "health_url": f"{whmcs_url}/__sandbox/health"},
     ]
+    registry, registry_env = registry_process(state, logs)
+    if registry is not None:
+        processes.append(registry)
     pipeline_env = {
         "SF_LOGIN_URL": sf_url, "SF_CLIENT_ID": DEFAULT_CLIENT_ID,
         "SF_USERNAME": DEFAULT_USERNAME, "SF_PRIVATE_KEY_PATH": str(key),
@@ -64,6 +88,7 @@ def plan(state: Path, logs: Path) -> tuple[list[dict[str, Any]], dict[str, str]]
         "WHMCS_API_URL": f"{whmcs_url}/includes/api.php",
         "WHMCS_API_IDENTIFIER": WHMCS_IDENTIFIER, "WHMCS_API_SECRET": WHMCS_SECRET,
         "WHMCS_API_ACCESS_KEY": WHMCS_ACCESS_KEY,
+        **registry_env,
     }
     return processes, pipeline_env
 

@@ -9,6 +9,11 @@ healthy and prints a map of what runs where.
 
 ``down`` stops the supervisor (which stops its children in reverse order) and the broker,
 leaving no process behind.
+
+``KAFKA_LOCAL_SECURE=true`` runs the local broker secured (:mod:`ops.kafka_secure`): a
+SASL_SSL listener, SCRAM users and the ACLs of :mod:`ops.acls`; topics and ACLs are made as
+the admin, and each pipeline process connects as its own principal (the supervisor's plan
+file, mode 0600, carries their passwords).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.settings import ROOT, environment
+from common.settings import ROOT, environment, parse_bool
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker
+from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 
 STATE = Path(os.environ.get("SFPROV_STATE_DIR", ROOT / ".state"))
 LOGS = STATE / "logs"
@@ -38,9 +44,16 @@ PY = sys.executable
 
 def broker() -> LocalBroker:
     env = environment()
-    return LocalBroker(STATE / "kafka" / "broker", port=int(env.get("KAFKA_PORT", "9092")),
+    home = STATE / "kafka" / "broker"
+    return LocalBroker(home, port=int(env.get("KAFKA_PORT", "9092")),
                        controller_port=int(env.get("KAFKA_CONTROLLER_PORT", "9093")),
-                       state_dir=STATE)
+                       state_dir=STATE,
+                       security=BrokerSecurity.for_broker_home(home) if secure(env) else None)
+
+
+def secure(env: dict[str, str]) -> bool:
+    """``KAFKA_LOCAL_SECURE``: run the local broker with SASL_SSL, SCRAM users and ACLs."""
+    return uses_local_broker(env) and parse_bool(env.get("KAFKA_LOCAL_SECURE", "false"))
 
 
 def uses_local_broker(env: dict[str, str]) -> bool:
@@ -59,6 +72,7 @@ FINAL_EXIT_CODES = {"connector": [2, 3, 64], "worker": [64], "sink": [2]}
 def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[dict[str, Any]]:
     """The three pipeline processes (only those whose package exists)."""
     procs = []
+    security = broker().security if secure(env) else None
     for name, module, args, port_var, port in (
             ("connector", "connectors", ["run"], "CONNECTOR_HTTP_PORT", "9101"),
             ("worker", "streams", ["worker"], "WORKER_HTTP_PORT", "9102"),
@@ -66,12 +80,16 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
         if not (ROOT / module / "__main__.py").exists():
             continue
         http_port = env.get(port_var, port)
-        procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": overrides,
+        own = dict(overrides)
+        if security is not None:  # its own principal
+            own.update(security.env(PROCESS_USERS[name]))
+        procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": own,
                       "log": str(LOGS / f"{name}.log"),
                       "health_url": f"http://127.0.0.1:{http_port}/healthz",
                       # Restarting would not help, an operator must look: connector 2 = replay
-                      # id refused under FAIL, 3 = fenced, 64 = bad setting (also the worker);
-                      # sink 2 = bad setting.
+                      # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 2 = bad setting;
+                      # worker 64 = bad setting (for all three: also a broker refusing their
+                      # credentials or ACLs).
                       "final_exit_codes": FINAL_EXIT_CODES.get(name, [])})
     return procs
 
@@ -91,15 +109,54 @@ def plan(env: dict[str, str]) -> list[dict[str, Any]]:
         overrides.update(pipeline_env)
         requires = [p["name"] for p in sandbox_procs]
     overrides["KAFKA_BOOTSTRAP_SERVERS"] = env.get("KAFKA_BOOTSTRAP_SERVERS") or broker().bootstrap
-    if requires:  # the operator CLI reads these as defaults (ops.cli)
-        PIPELINE_ENV.write_text("".join(f"{k}={v}\n" for k, v in sorted(overrides.items())
-                                        if k != "PYTHONPATH"))
+    cli_env = dict(overrides)
+    b = broker()
+    if b.security is not None:  # the operator CLI reads, as the read-only ops principal
+        cli_env.update(b.security.env(PROCESS_USERS["ops"]))
+    if requires or b.security is not None:  # the operator CLI reads these as defaults
+        _write_private(PIPELINE_ENV, "".join(f"{k}={v}\n" for k, v in sorted(cli_env.items())
+                                             if k != "PYTHONPATH"))
     else:
         PIPELINE_ENV.unlink(missing_ok=True)
     pipeline = _pipeline_processes(env, overrides)
     for proc in pipeline:
         proc["requires"] = requires
     return processes + pipeline
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it may carry local passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o600)
+
+
+def secure_broker_ready(b: LocalBroker) -> str | None:
+    """Why a secured start cannot work, or None: SCRAM users are created when the storage
+    is formatted, so a broker formatted without them must be cleaned first."""
+    if b.security is None:
+        return None
+    formatted = (b.home / "data" / "meta.properties").exists()
+    props = b.home / "server.properties"
+    if formatted and props.exists() and "StandardAuthorizer" not in props.read_text():
+        return ("KAFKA_LOCAL_SECURE: the broker's data was formatted without SCRAM users; "
+                "run `make clean` (it deletes the local topics) and `make up` again")
+    return None
+
+
+def apply_acls(b: LocalBroker, env: dict[str, str]) -> int:
+    """Create every process's ACLs on the secured local broker (idempotent)."""
+    from common.kafka import admin_client
+    from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, WorkerSettings
+    from ops.acls import acls, apply
+
+    assert b.security is not None
+    kafka = KafkaSettings.load({**env, **b.security.env(ADMIN),
+                                "KAFKA_BOOTSTRAP_SERVERS": b.bootstrap})
+    rules = acls(kafka, worker=WorkerSettings.load(env), sink=SinkSettings.load(env),
+                 connector=ConnectorSettings.load(env))
+    return apply(admin_client(kafka), rules)
 
 
 def supervisor_pid() -> int | None:
@@ -126,8 +183,13 @@ def up() -> int:
     env = environment()
     STATE.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
+    admin_env: dict[str, str] = {}
     if uses_local_broker(env):
         b = broker()
+        problem = secure_broker_ready(b)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
         try:
             was_running = b.running_pid() is not None
             b.start()
@@ -137,16 +199,25 @@ def up() -> int:
         print(f"kafka {KAFKA_VERSION}   {b.bootstrap}  "
               f"({'already running' if was_running else 'started'}; log {b.log_file})")
         os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", b.bootstrap)
-    topics = subprocess.run([PY, "-m", "ops.topics"], env={**os.environ}, cwd=ROOT)
+        if b.security is not None:
+            admin_env = b.security.env(ADMIN)
+            properties = b.security.write_client_properties(b.bootstrap)
+            print(f"kafka security: SASL_SSL (SCRAM-SHA-512) with ACLs; CA {b.security.ca_file}; "
+                  f"admin client config {properties}")
+    topics = subprocess.run([PY, "-m", "ops.topics"], env={**os.environ, **admin_env}, cwd=ROOT)
     if topics.returncode == 1:
         return 1
+    if admin_env:
+        b = broker()
+        print(f"kafka acls: {apply_acls(b, {**env, **os.environ})} rules for "
+              f"{', '.join(PROCESS_USERS.values())}")
     if supervisor_pid() is not None:
         processes = json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
         print("pipeline processes already running (supervisor pid "
               f"{supervisor_pid()}); nothing started twice")
     else:
         processes = plan(dict(env))
-        PLAN.write_text(json.dumps({"processes": processes, "status_file": str(STATUS)}))
+        _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen([PY, "-m", "ops.supervisor", str(PLAN)], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,11 +1,14 @@
-"""``python -m ops.topics``: create the project's missing topics, report config drift.
+"""``python -m ops.topics [--drift-ok]``: create the project's missing topics, report drift.
 
 Idempotent: existing topics are never changed; a drifted config is reported (exit 2) so an
-operator decides. Exit 0 when everything matches the declaration in ``common.kafka``.
+operator decides. Exit 0 when everything matches the declaration in ``common.kafka``, or
+with ``--drift-ok`` (compose's one-shot ``topics`` service: drift is reported in its log but
+does not keep the pipeline from starting). Exit 1 when Kafka is unreachable or refuses.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from common.errors import PipelineError
@@ -13,7 +16,12 @@ from common.kafka import declared_topics, ensure_topics
 from common.settings import KafkaSettings
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.topics",
+                                     description="Create missing topics; report drift.")
+    parser.add_argument("--drift-ok", action="store_true",
+                        help="report drift but exit 0 (it does not block a start)")
+    args = parser.parse_args(argv)
     try:
         settings = KafkaSettings.load()
         report = ensure_topics(settings)
@@ -25,7 +33,7 @@ def main() -> int:
         print(f"  {spec.name:<45} {spec.partitions:>2} partitions  {state:<8} {spec.purpose}")
     for line in report.drift:
         print(f"  drift: {line}")
-    return 0 if report.ok else 2
+    return 0 if report.ok or args.drift_ok else 2
 
 
 if __name__ == "__main__":

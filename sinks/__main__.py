@@ -2,7 +2,9 @@
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT, a bound reached: pending writes flushed
 and committed), 2 for a bad setting (including an org without the outcome fence's field,
-found at start-up before anything is consumed), 1 for anything else (offsets stay where Salesforce's
+found at start-up before anything is consumed) — also a broker that refuses the sink's
+credentials or ACLs (one line names the setting or the refused operation; not restarted) —,
+1 for anything else (offsets stay where Salesforce's
 acknowledgements put them; a restart redelivers the rest).
 """
 
@@ -13,7 +15,7 @@ import logging
 import sys
 
 from common import tracing
-from common.errors import ConfigError
+from common.errors import ConfigError, KafkaAccessError
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
 from common.settings import CommonSettings, KafkaSettings, SalesforceSettings, SinkSettings
@@ -48,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from common.salesforce import SalesforceClient
     from sinks.app import Sink
 
-    try:
-        report = ensure_topics(kafka)  # outcomes and dead letters must exist; idempotent
+    try:  # outcomes and dead letters must exist; idempotent
+        report = ensure_topics(kafka, only=(kafka.outcomes, kafka.dead_letters))
+    except ConfigError as exc:  # e.g. the org lacks the outcome fence's field
+        log.error("configuration error: %s", exc)
+        return 2
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
+        return 2
     except Exception:
         log.exception("cannot reach Kafka at %s", kafka.bootstrap_servers)
         return 1
@@ -58,13 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     sink.install_signal_handlers()
     server = HealthServer(settings.http_port, sink.ops.ready, live=sink.ops.live,
-                          host=common.http_host).start() if settings.http_port else None
+                          host=settings.http_host).start() if settings.http_port else None
     sink.ops.start()  # the group's lag gauge
     try:
         stats = sink.run(max_records=args.max_records, timeout=args.timeout,
                          exit_when_idle=args.exit_when_idle)
-    except ConfigError as exc:
+    except ConfigError as exc:  # e.g. the org lacks the outcome fence's field
         log.error("configuration error: %s", exc)
+        return 2
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
         return 2
     except Exception:
         log.exception("sink failed")

@@ -46,8 +46,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from common.avro import AvroSerde, SerdeError, registry_from_url
-from common.errors import KafkaError, SalesforceError, SalesforceLimitError
+from common.avro import AvroSerde, SerdeError, registry_for
+from common.connection import KafkaConnection, is_refusal, refusal_message
+from common.errors import KafkaAccessError, KafkaError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
 from sinks import fence
 from sinks import metrics as m
@@ -85,12 +86,13 @@ class Sink:
         self.client = client
         self.writer = CollectionWriter(client, chunk_size=settings.batch_size)
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
-                               registry=registry_from_url(kafka.schema_registry_url))
+                               registry=registry_for(kafka))
         self.batcher = Batcher()
         self.offsets = OffsetTracker()
         self.stats = RunStats()
+        self.connection = KafkaConnection.from_settings(kafka)
         config = {
-            "bootstrap.servers": kafka.bootstrap_servers,
+            **self.connection.librdkafka(),
             "group.id": kafka.topic(settings.group_id),
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -103,7 +105,7 @@ class Sink:
             config["group.instance.id"] = settings.instance_id
         config.update(consumer_config or {})
         self.consumer = Consumer(config)
-        self.dead_letters = DeadLetters(kafka)
+        self.dead_letters = DeadLetters(kafka, self.connection)
         self._stop = threading.Event()
         self._assigned: list[TopicPartition] = []
         self.pauses = Pauses(self._pause_changed)
@@ -177,6 +179,10 @@ class Sink:
     def _handle(self, message: Message) -> None:
         error = message.error()
         if error is not None:
+            if is_refusal(error):  # an ACL or the credentials: retrying cannot help
+                raise KafkaAccessError(refusal_message(
+                    self.connection, f"consume {self.kafka.outcomes} in group "
+                    f"{self.kafka.topic(self.settings.group_id)}", error))
             if error.fatal():
                 raise KafkaError(f"fatal consumer error: {error}")
             if self._warned.get(str(error), 0.0) < time.monotonic() - 60:

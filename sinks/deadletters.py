@@ -19,8 +19,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from common.connection import KafkaConnection, is_refusal, refusal_message
 from common.deadletter import dead_letter_headers
-from common.errors import KafkaError
+from common.errors import KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
 from sinks import metrics as m
 from sinks.batch import Tracked
@@ -29,11 +30,13 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetters:
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, connection: KafkaConnection | None = None) -> None:
         self.kafka = kafka
-        self.producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
-                                  "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self.connection = connection or KafkaConnection.from_settings(kafka)
+        self.producer = Producer(self.connection.librdkafka(**{
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5}))
         self.failure: str | None = None
+        self.refused: str | None = None  # the broker's ACLs refused the write
         self.sent = 0
 
     def record_errors(self, tracked: Tracked) -> None:
@@ -67,12 +70,17 @@ class DeadLetters:
     def _delivered(self, err: Any, _msg: Any) -> None:
         if err is not None:
             self.failure = str(err)
+            if is_refusal(err):
+                self.refused = refusal_message(
+                    self.connection, f"write dead letters to {self.kafka.dead_letters}", err)
 
     def settle(self, timeout: float = 30.0) -> bool:
         """True when every dead letter is on the broker; raises when one was lost."""
         if len(self.producer) and self.producer.flush(timeout) > 0:
             log.warning("dead letters not yet delivered; commit postponed")
             return False
+        if self.refused:
+            raise KafkaAccessError(f"{self.refused}; exiting without committing past it")
         if self.failure:
             raise KafkaError(f"dead letter could not be delivered: {self.failure}; "
                              "exiting without committing past it")

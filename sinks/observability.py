@@ -27,7 +27,7 @@ class SinkOps:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         group, topic = sink.kafka.topic(sink.settings.group_id), sink.kafka.outcomes
-        self.lag = LagPublisher(lag_reader(sink.kafka.bootstrap_servers, group, topic),
+        self.lag = LagPublisher(lag_reader(sink.kafka, group, topic),
                                 group=group, topic=topic)
         self.spans = tracing.OpenSpans()
 

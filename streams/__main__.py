@@ -3,6 +3,10 @@
 Reads every setting from the environment (and ``.env``); ``/metrics`` and ``/healthz`` on
 ``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the Faust worker: the batch in flight is
 not acknowledged unless it finished (see :mod:`streams.app`).
+
+Exit codes: 0 stopped, 64 bad configuration — a missing or invalid setting, or a broker
+that refuses the worker's credentials or ACLs (one line names the setting; the supervisor
+does not restart it), 75 stalled (restart it), anything else: restart.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import sys
 
 from common import tracing
-from common.errors import ConfigError
+from common.errors import ConfigError, KafkaAccessError
 from common.kafka import ensure_topics
 from common.log import setup_logging
 from common.metrics import GcMonitor, HealthServer
@@ -49,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
-    ensure_topics(kafka)
+    try:
+        report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters))
+    except KafkaAccessError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    for line in report.drift:
+        log.warning("topic drift: %s", line)
 
     import faust
 
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if worker.http_port:
         server = HealthServer(worker.http_port, built.ops.ready, live=built.ops.live,
-                              host=common.http_host).start()
+                              host=worker.http_host).start()
     built.ops.start(built.app.loop)  # loop heartbeat (/livez) and lag gauges
     if built.watchdog is not None:
         built.watchdog.start()

@@ -27,7 +27,8 @@ from typing import Any, cast
 
 import faust
 
-from common.avro import AvroSerde, registry_from_url
+from common.avro import AvroSerde, registry_for
+from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
@@ -75,7 +76,7 @@ class KafkaEmitter:
         self.dead_letters = app.topic(kafka.dead_letters, key_serializer="raw",
                                       value_serializer="raw", internal=False)
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
-                               registry=registry_from_url(kafka.schema_registry_url))
+                               registry=registry_for(kafka))
         self.headers = dict(self.serde.headers())  # empty in the Confluent format
         # extra headers of one outcome (its trace context); see streams.observability
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
@@ -119,11 +120,12 @@ class Worker:
         self.health = Health(started_at=time.time())
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         app_id = kafka.topic(worker.app_id)
-        brokers = [f"kafka://{h.strip()}" for h in kafka.bootstrap_servers.split(",")]
+        # every Kafka client below (faust's and the gate's/watchdog's) from one connection
+        conn = KafkaConnection.from_settings(kafka)
         datadir = common.state_dir / "worker" / app_id
         datadir.parent.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
-            app_id, broker=brokers, store=worker.store,
+            app_id, **conn.faust(), store=worker.store,
             datadir=str(datadir), web_enabled=False,
             autodiscover=False, topic_partitions=kafka.partitions,
             topic_replication_factor=kafka.replication_factor,
@@ -170,7 +172,7 @@ class Worker:
                                     on_retry=lambda k: metrics.RETRIES.labels(k).inc()),
             emitter=self.emitter,
             serde=AvroSerde("provision_request", topic=kafka.requests,
-                            registry=registry_from_url(kafka.schema_registry_url)),
+                            registry=registry_for(kafka)),
             context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
                             no_email=whmcs.no_email),
             parallelism=worker.whmcs_parallelism)
@@ -188,7 +190,7 @@ class Worker:
         self.rewinder = rewind_dropped_records(self.app.consumer)
         # faust can commit past events it fetched and dropped: check each commit (see module)
         self.commit_gate = CommitGate(kafka.requests, broker_reader(
-            kafka.bootstrap_servers, app_id, kafka.requests))
+            conn, app_id, kafka.requests))
         install_commit_gate(self.commit_gate, self.app.consumer)
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from common.connection import Connectable, kafka_config
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -152,15 +153,16 @@ def install(gate: CommitGate, consumer: Any) -> None:
     consumer.getmany = getmany
 
 
-def broker_reader(bootstrap: str, group: str, topic: str,
+def broker_reader(bootstrap: Connectable, group: str, topic: str,
                   timeout_s: float = 10.0) -> RangeReader:
-    """A :data:`RangeReader` with its own clients (never the worker's faust consumer)."""
+    """A :data:`RangeReader` with its own clients (never the worker's faust consumer);
+    ``bootstrap``: the worker's KafkaConnection (or a plaintext address)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
     from common.lag import committed_record_offsets, new_range_consumer
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_config(bootstrap))
     consumer = new_range_consumer(bootstrap, f"{group}-commit-gate")
     lock = threading.Lock()
 

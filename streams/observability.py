@@ -48,7 +48,7 @@ class WorkerOps:
         self.spans = tracing.OpenSpans()
         self.heartbeat = Heartbeat()
         group, topic = worker.kafka.topic(worker.settings.app_id), worker.kafka.requests
-        self.lag = LagPublisher(lag_reader(worker.kafka.bootstrap_servers, group, topic),
+        self.lag = LagPublisher(lag_reader(worker.kafka, group, topic),
                                 group=group, topic=topic)
         OLDEST_UNFINISHED.set_function(lambda: self.inflight.oldest_unfinished_age() or 0.0)
         IN_FLIGHT.set_function(lambda: len(self.inflight))

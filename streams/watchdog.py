@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common.connection import Connectable
 from common.lag import lag_reader
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,10 @@ class StallWatchdog:
                 log.warning("stall watchdog: cannot read the group's lag: %s", self.last_error)
 
 
-def broker_lag(bootstrap: str, group: str, topic: str) -> Callable[[], list[tuple[int, int, int]]]:
-    """A lag reader with its own clients (never the worker's faust consumer)."""
+def broker_lag(bootstrap: Connectable, group: str,
+               topic: str) -> Callable[[], list[tuple[int, int, int]]]:
+    """A lag reader with its own clients (never the worker's faust consumer);
+    ``bootstrap``: the worker's KafkaConnection (or a plaintext address)."""
     return lag_reader(bootstrap, group, topic)  # type: ignore[no-any-return]
 
 

@@ -3,8 +3,8 @@
 The broker is the project's own local KRaft broker (``ops.kafka_local``) in a temporary
 directory on free ports — real Apache Kafka, never a mock. ``KAFKA_TEST_BOOTSTRAP`` points
 the suite at an existing broker instead; ``SFPROV_TEST_DOCKER=1`` uses testcontainers where
-a Docker engine exists. When the broker cannot start, broker tests are skipped locally but
-FAIL when ``CI=true``.
+a Docker engine exists (see :data:`DOCKER_KAFKA_IMAGE`). When the broker cannot start,
+broker tests are skipped locally but FAIL when ``CI=true``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ import pytest
 from common.settings import KafkaSettings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# testcontainers' KafkaContainer (4.x, ``testcontainers.community.kafka``) configures and
+# starts Confluent's cp-kafka images only: it writes /etc/confluent/docker/configure, waits
+# for cp-kafka's log line, and its with_kraft() refuses any tag below 7.0.0 — which is why
+# ``apache/kafka:3.9.1`` (tag 3.9.1) raised "not supported in Kraft mode". Confluent Platform
+# 7.9 ships Apache Kafka 3.9, the version of the local broker and of the compose file.
+DOCKER_KAFKA_IMAGE = os.environ.get("SFPROV_TEST_DOCKER_IMAGE", "confluentinc/cp-kafka:7.9.1")
 
 
 def _unavailable(reason: str) -> None:
@@ -35,14 +41,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     if os.environ.get("SFPROV_TEST_DOCKER") == "1":
-        try:
-            from testcontainers.kafka import KafkaContainer
-        except ImportError as exc:  # pragma: no cover - depends on the machine
-            _unavailable(f"testcontainers not importable: {exc}")
-        from ops.kafka_local import KAFKA_VERSION
-
-        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
-            yield container.get_bootstrap_server()
+        yield from _docker_kafka()
         return
     from ops.kafka_local import BrokerError, LocalBroker, free_port
 
@@ -56,6 +55,26 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+def _docker_kafka() -> Iterator[str]:  # pragma: no cover - needs a Docker engine
+    """A KRaft broker in Docker through testcontainers (see DOCKER_KAFKA_IMAGE)."""
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:
+        try:  # testcontainers < 4.13 only has the old module path
+            from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef]
+        except ImportError as exc:
+            _unavailable(f"testcontainers not importable: {exc}")
+    container = KafkaContainer(DOCKER_KAFKA_IMAGE).with_kraft()
+    try:
+        container.start(timeout=180)  # the default 30 s is short for a first pull's start
+    except Exception as exc:  # noqa: BLE001 - no engine, no image: skip locally, fail in CI
+        _unavailable(f"testcontainers could not start {DOCKER_KAFKA_IMAGE}: {exc}")
+    try:
+        yield container.get_bootstrap_server()
+    finally:
+        container.stop()
 
 
 @pytest.fixture

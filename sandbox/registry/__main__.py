@@ -1,6 +1,7 @@
 """``python -m sandbox.registry serve [--host 127.0.0.1] [--port 8081] [--store PATH]
-[--ready-file PATH] [--compatibility BACKWARD]``: a Confluent-compatible schema registry
-emulator for local use and tests.
+[--ready-file PATH] [--compatibility BACKWARD] [--basic-auth USER:PASSWORD]``: a
+Confluent-compatible schema registry emulator for local use and tests (with
+``--basic-auth``, every request needs those credentials, as a hosted registry's do).
 
 ``--port 0`` picks a free port; the ready file gets ``{"url", "port", "pid"}`` once
 listening. ``--store`` keeps the schemas in a JSON file (ids survive a restart — without it
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ready-file", default="", help="write {url, port, pid} here when up")
     serve.add_argument("--compatibility", default="BACKWARD", choices=sorted(LEVELS),
                        help="default compatibility level of every subject")
+    serve.add_argument("--basic-auth", default=os.environ.get("REGISTRY_BASIC_AUTH", ""),
+                       help="USER:PASSWORD every request must carry [env: REGISTRY_BASIC_AUTH]")
     serve.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -47,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     store_path = Path(args.store) if args.store else None
     if store_path is not None:
         store_path.parent.mkdir(parents=True, exist_ok=True)
-    server = RegistryHTTPServer((args.host, args.port), Store(store_path,
-                                                              compatibility=args.compatibility))
+    user, _, password = args.basic_auth.partition(":")
+    server = RegistryHTTPServer((args.host, args.port),
+                                Store(store_path, compatibility=args.compatibility),
+                                basic_auth=(user, password) if args.basic_auth else None)
     port = server.server_address[1]
 
     def stop(_signum: int, _frame: object) -> None:

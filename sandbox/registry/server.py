@@ -23,6 +23,8 @@ error_code 409.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
 import os
@@ -239,8 +241,19 @@ class Handler(BaseHTTPRequestHandler):
             raise RegistryError(422, 422, "Unrecognized body: expected a JSON object")
         return body
 
+    def _authorized(self) -> bool:
+        if self.server.basic_auth is None:
+            return True
+        user, password = self.server.basic_auth
+        want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return hmac.compare_digest(self.headers.get("Authorization", "").encode(),
+                                   want.encode())
+
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        if not self._authorized():
+            self._reply(401, {"error_code": 401, "message": "Unauthorized"})
+            return
         try:
             for verb, pattern, name in ROUTES:
                 match = pattern.match(path)
@@ -324,6 +337,9 @@ class RegistryHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], store: Store) -> None:
+    def __init__(self, address: tuple[str, int], store: Store,
+                 basic_auth: tuple[str, str] | None = None) -> None:
         self.store = store
+        # like a registry behind basic auth (Confluent Cloud's API key and secret)
+        self.basic_auth = basic_auth
         super().__init__(address, Handler)

@@ -3,7 +3,8 @@
 Flags fall back to environment variables (shown as ``[env: VAR]`` in ``--help``):
 
 - ``serve [--host 127.0.0.1] [--port 8881] [--db var/whmcs-sandbox.db] [--ready-file PATH]
-  [--identifier ..] [--secret ..] [--access-key ..] [--allowed-ips 127.0.0.1,::1]
+  [--identifier ..] [--secret ..] [--access-key ..] [--admin-username .. --admin-password ..]
+  [--allowed-ips 127.0.0.1,::1]
   [--accounts 10000] [--gateways mailin,paypal,banktransfer] [--fault-seed N]`` — port 0
   picks a free port; the ready file gets ``{"url", "port", "pid"}`` once listening. A new
   database is seeded with ``--accounts`` seed accounts on first start.
@@ -66,7 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.seed(int(args.accounts))
     config = Config(args.identifier, args.secret, args.access_key,
                     {ip.strip() for ip in args.allowed_ips.split(",") if ip.strip()},
-                    Context(tuple(g.strip() for g in args.gateways.split(",") if g.strip())))
+                    Context(tuple(g.strip() for g in args.gateways.split(",") if g.strip())),
+                    admin_username=args.admin_username, admin_password=args.admin_password)
     seed = int(args.fault_seed) if args.fault_seed not in (None, "") else None
     sandbox = Sandbox(store, config, Faults(seed))
     ready = Path(args.ready_file) if args.ready_file else None
@@ -156,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--secret", "WHMCS_API_SECRET", harness.DEFAULT_SECRET, "API credential secret")
     _add(serve, "--access-key", "WHMCS_API_ACCESS_KEY", harness.DEFAULT_ACCESS_KEY,
          "accesskey that bypasses the IP allow-list ('' = none)")
+    _add(serve, "--admin-username", "WHMCS_SANDBOX_ADMIN_USERNAME", "",
+         "an admin whose login credentials (username + MD5 of the password) the API takes "
+         "('' = none)")
+    _add(serve, "--admin-password", "WHMCS_SANDBOX_ADMIN_PASSWORD", "",
+         "that admin's password")
     _add(serve, "--allowed-ips", "WHMCS_SANDBOX_ALLOWED_IPS", "127.0.0.1,::1",
          "comma-separated allow-list; * = any")
     _add(serve, "--accounts", "WHMCS_SANDBOX_ACCOUNTS", "10000", "seed accounts on first start")

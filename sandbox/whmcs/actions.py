@@ -81,7 +81,8 @@ def add_client(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
     email = scalar(p, "email").strip()
     if store.email_taken(email) and not truthy(p, "skipvalidation"):
         raise ApiError("A user already exists with that email address")
-    skip = {"action", "identifier", "secret", "accesskey", "responsetype", "password2"}
+    skip = {"action", "identifier", "secret", "username", "password", "accesskey",
+            "responsetype", "password2"}
     fields = {k: v for k, v in p.items() if k not in skip and isinstance(v, str)}
     client = store.add_client(fields)
     return {"clientid": client.id, "owner_id": client.id}

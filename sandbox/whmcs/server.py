@@ -6,7 +6,11 @@ Request handling order for the API (mirrors WHMCS, then the faults):
 2. fault latency; "Invalid IP" flap;
 3. IP allow-list — skipped when ``accesskey`` matches — answering 403
    ``{"result":"error","message":"Invalid IP <ip>"}``;
-4. ``identifier`` + ``secret`` — 403 ``Authentication Failed`` otherwise;
+4. credentials, as WHMCS takes them — 403 ``Authentication Failed`` otherwise: the API
+   credential as ``identifier`` + ``secret``, or the same pair in ``username`` +
+   ``password`` (WHMCS's "forwards compatibility" for integrations written for login
+   credentials), or an admin's login credentials — ``username`` + the MD5 hex of the
+   password — when the sandbox is given an admin (``--admin-username``);
 5. pre-commit faults (HTTP 500/503/HTML page, chosen WHMCS error);
 6. the action (commits its writes);
 7. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit;
@@ -26,12 +30,14 @@ Admin endpoints (JSON, no auth — the sandbox listens on localhost):
 - ``GET/POST /__sandbox/allowed-ips`` (``{"allowed_ips": ["127.0.0.1", ...]}``, ``"*"`` = any)
 - ``POST /__sandbox/seed`` with ``{"accounts": n}``.
 
-Secrets (``secret``, ``accesskey``) are compared in constant time and never logged.
+Secrets (``secret``, ``password``, ``accesskey``) are compared in constant time and never
+logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -66,6 +72,8 @@ class Config:
     access_key: str = ""
     allowed_ips: set[str] = field(default_factory=lambda: {"127.0.0.1", "::1"})
     context: Context = field(default_factory=Context)
+    admin_username: str = ""  # legacy login credentials ('' = none)
+    admin_password: str = ""
 
 
 class Sandbox:
@@ -97,11 +105,25 @@ class Sandbox:
                                                  key.encode())
 
     def _authenticated(self, params: dict[str, Any]) -> bool:
-        ident = scalar(params, "identifier").encode()
-        secret = scalar(params, "secret").encode()
-        ok_ident = hmac.compare_digest(ident, self.config.identifier.encode())
-        ok_secret = hmac.compare_digest(secret, self.config.secret.encode())
+        if "identifier" in params or "secret" in params:
+            return self._credential(scalar(params, "identifier"), scalar(params, "secret"))
+        user, password = scalar(params, "username"), scalar(params, "password")
+        return self._credential(user, password) or self._admin_login(user, password)
+
+    def _credential(self, ident: str, secret: str) -> bool:
+        ok_ident = hmac.compare_digest(ident.encode(), self.config.identifier.encode())
+        ok_secret = hmac.compare_digest(secret.encode(), self.config.secret.encode())
         return ok_ident and ok_secret
+
+    def _admin_login(self, user: str, password_md5: str) -> bool:
+        """Login credentials: the admin's username and the MD5 hex of its password."""
+        if not self.config.admin_username:
+            return False
+        want = hashlib.md5(self.config.admin_password.encode(),  # noqa: S324 - WHMCS's scheme
+                           usedforsecurity=False).hexdigest()
+        ok_user = hmac.compare_digest(user.encode(), self.config.admin_username.encode())
+        ok_password = hmac.compare_digest(password_md5.lower().encode(), want.encode())
+        return ok_user and ok_password
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

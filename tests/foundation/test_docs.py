@@ -43,15 +43,18 @@ def test_compose_agrees_with_settings():
     for name in ("connector", "worker", "sink", "topics"):
         env = services[name]["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == internal.group(1), name
-        unknown = set(env) - known
+        unknown = {v.removeprefix("SFPROV_SANDBOX_") for v in env} - known
         assert not unknown, f"{name} sets variables the code does not read: {unknown}"
         assert env["KAFKA_TOPIC_REQUESTS"] == defaults.requests_topic
         assert env["KAFKA_TOPIC_OUTCOMES"] == defaults.outcomes_topic
         assert env["KAFKA_TOPIC_DEAD_LETTERS"] == defaults.dead_letters_topic
         assert env["KAFKA_TOPIC_CONNECTOR_OFFSETS"] == defaults.connector_offsets_topic
         assert env["KAFKA_TOPIC_REPLAY_GAPS"] == defaults.replay_gaps_topic
+    from ops.container import COMMANDS
+
     for name, module in (("connector", "connectors"), ("worker", "streams"), ("sink", "sinks")):
-        assert services[name]["command"][:3] == ["python", "-m", module]
+        assert services[name]["command"] == ["python", "-m", "ops.container", name]
+        assert COMMANDS[name][0] == module
 
 
 def test_compose_pipeline_finds_the_sandboxes_files_and_ports():
@@ -60,10 +63,10 @@ def test_compose_pipeline_finds_the_sandboxes_files_and_ports():
     sf_cmd = services["salesforce-sandbox"]["command"]
     sf_dir = sf_cmd[sf_cmd.index("--dir") + 1]
     env = services["connector"]["environment"]
-    assert env["SF_PRIVATE_KEY_PATH"].split(":-")[1].rstrip("}") == f"{sf_dir}/jwt/private-key.pem"
-    assert env["SF_CA_BUNDLE"].split(":-")[1].rstrip("}") == f"{sf_dir}/tls/ca.pem"
+    assert env["SFPROV_SANDBOX_SF_PRIVATE_KEY_PATH"] == f"{sf_dir}/jwt/private-key.pem"
+    assert env["SFPROV_SANDBOX_SF_CA_BUNDLE"] == f"{sf_dir}/tls/ca.pem"
     grpc_port = sf_cmd[sf_cmd.index("--grpc-port") + 1]
-    assert env["SF_PUBSUB_ENDPOINT"].endswith(f"salesforce-sandbox:{grpc_port}}}")
+    assert env["SFPROV_SANDBOX_SF_PUBSUB_ENDPOINT"] == f"salesforce-sandbox:{grpc_port}"
     wh_cmd = services["whmcs-sandbox"]["command"]
     wh_port = wh_cmd[wh_cmd.index("--port") + 1]
-    assert f"whmcs-sandbox:{wh_port}/includes/api.php" in env["WHMCS_API_URL"]
+    assert f"whmcs-sandbox:{wh_port}/includes/api.php" in env["SFPROV_SANDBOX_WHMCS_API_URL"]

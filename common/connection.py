@@ -1,0 +1,233 @@
+"""One connection config for every Kafka client: confluent-kafka and faust/aiokafka alike.
+
+:class:`KafkaConnection` holds where the brokers are and how to reach them (TLS, SASL,
+mutual TLS; secrets stay :class:`~common.settings.Secret` until a client is built) and
+renders it for each library, so no client is ever built from the bootstrap servers
+alone::
+
+    conn = KafkaConnection.from_settings(kafka)
+    Producer(conn.librdkafka(**{"acks": "all"}))          # confluent-kafka
+    faust.App(..., **conn.faust())                         # broker URLs + broker_credentials
+    AIOKafkaConsumer(..., **conn.aiokafka())               # aiokafka directly
+    conn.java_properties()                                 # Kafka's CLI tools: --command-config
+
+The settings are ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*`` and ``KAFKA_SSL_*`` (see
+:class:`~common.settings.KafkaSettings`). :func:`access_error` turns what librdkafka
+reports about a refused connection into one line naming the setting to fix.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from common.settings import KafkaSettings, Secret
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_key_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_endpoint_identification: bool = True
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings) -> KafkaConnection:
+        return cls(bootstrap_servers=kafka.bootstrap_servers,
+                   security_protocol=kafka.security_protocol,
+                   sasl_mechanism=kafka.sasl_mechanism, sasl_username=kafka.sasl_username,
+                   sasl_password=kafka.sasl_password, ssl_ca_location=kafka.ssl_ca_location,
+                   ssl_certificate_location=kafka.ssl_certificate_location,
+                   ssl_key_location=kafka.ssl_key_location,
+                   ssl_key_password=kafka.ssl_key_password,
+                   ssl_endpoint_identification=kafka.ssl_endpoint_identification)
+
+    def with_bootstrap(self, bootstrap_servers: str) -> KafkaConnection:
+        return replace(self, bootstrap_servers=bootstrap_servers)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def principal(self) -> str:
+        """Who the broker will see (for messages): the SASL user, else the protocol."""
+        if self.uses_sasl:
+            return f"User:{self.sasl_username}"
+        if self.ssl_certificate_location:
+            return f"the certificate {self.ssl_certificate_location}"
+        return "User:ANONYMOUS"
+
+    # -- confluent-kafka (librdkafka) ----------------------------------------------------
+
+    def librdkafka(self, **extra: Any) -> dict[str, Any]:
+        """The configuration dict of a confluent-kafka Producer, Consumer or AdminClient;
+        ``extra`` adds the client's own properties (keys with dots: pass a dict with **)."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol.lower()
+        if self.uses_sasl:
+            conf.update({"sasl.mechanism": self.sasl_mechanism,
+                         "sasl.username": self.sasl_username,
+                         "sasl.password": self.sasl_password.reveal()})
+        if self.uses_tls:
+            if self.ssl_ca_location:
+                conf["ssl.ca.location"] = self.ssl_ca_location
+            if self.ssl_certificate_location:
+                conf["ssl.certificate.location"] = self.ssl_certificate_location
+                conf["ssl.key.location"] = self.ssl_key_location
+            if self.ssl_key_password:
+                conf["ssl.key.password"] = self.ssl_key_password.reveal()
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_endpoint_identification else "none")
+        conf.update(extra)
+        return conf
+
+    # -- aiokafka and faust ------------------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context aiokafka uses (None without TLS)."""
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_ca_location or None)
+        context.check_hostname = self.ssl_endpoint_identification
+        if self.ssl_certificate_location:
+            context.load_cert_chain(self.ssl_certificate_location, self.ssl_key_location,
+                                    password=self.ssl_key_password.reveal() or None)
+        return context
+
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments of an aiokafka client (besides its own)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers.split(","),
+                                  "security_protocol": self.security_protocol}
+        if self.uses_sasl:
+            kwargs.update(sasl_mechanism=self.sasl_mechanism,
+                          sasl_plain_username=self.sasl_username,
+                          sasl_plain_password=self.sasl_password.reveal())
+        if self.uses_tls:
+            kwargs["ssl_context"] = self.ssl_context()
+        return kwargs
+
+    def faust(self) -> dict[str, Any]:
+        """``broker`` and ``broker_credentials`` of a ``faust.App`` (faust hands the
+        credentials to every aiokafka client it builds: consumer, producer, topic admin)."""
+        import faust
+
+        brokers = [f"kafka://{h.strip()}" for h in self.bootstrap_servers.split(",")]
+        credentials: Any = None
+        if self.uses_sasl:
+            credentials = faust.SASLCredentials(
+                username=self.sasl_username, password=self.sasl_password.reveal(),
+                mechanism=self.sasl_mechanism, ssl_context=self.ssl_context())
+        elif self.uses_tls:
+            credentials = faust.SSLCredentials(self.ssl_context())
+        return {"broker": brokers, "broker_credentials": credentials}
+
+    # -- Kafka's own tools -------------------------------------------------------------
+
+    def java_properties(self) -> str:
+        """A client.properties for Kafka's CLI tools (``--command-config``). It holds the
+        password in clear text: write it to a file only the operator can read."""
+        lines = [f"security.protocol={self.security_protocol}"]
+        if self.uses_sasl:
+            module = ("org.apache.kafka.common.security.plain.PlainLoginModule"
+                      if self.sasl_mechanism == "PLAIN"
+                      else "org.apache.kafka.common.security.scram.ScramLoginModule")
+            lines += [f"sasl.mechanism={self.sasl_mechanism}",
+                      f'sasl.jaas.config={module} required username="{self.sasl_username}" '
+                      f'password="{self.sasl_password.reveal()}";']
+        if self.uses_tls:
+            if self.ssl_ca_location:
+                lines += ["ssl.truststore.type=PEM",
+                          f"ssl.truststore.location={self.ssl_ca_location}"]
+            if self.ssl_certificate_location:
+                lines += ["ssl.keystore.type=PEM",
+                          f"ssl.keystore.location={self.ssl_key_location}"]
+            if not self.ssl_endpoint_identification:
+                lines.append("ssl.endpoint.identification.algorithm=")
+        return "\n".join(lines) + "\n"
+
+
+Connectable = KafkaConnection | KafkaSettings | str
+
+
+def as_connection(target: Connectable) -> KafkaConnection:
+    """A connection from settings, a connection, or a bare bootstrap address (plaintext:
+    tests and benchmarks against the local broker)."""
+    if isinstance(target, KafkaConnection):
+        return target
+    if isinstance(target, KafkaSettings):
+        return KafkaConnection.from_settings(target)
+    return KafkaConnection(target)
+
+
+def kafka_config(target: Connectable, **extra: Any) -> dict[str, Any]:
+    """Shorthand: the confluent-kafka configuration of a client of ``target``'s cluster."""
+    return as_connection(target).librdkafka(**extra)
+
+
+# librdkafka's words for a refused connection, and the setting each points to. The first
+# three are certain the moment they appear; a connection closed during the first request
+# only means a protocol mismatch when it never gets better (see ``final``).
+_SIGNS = (
+    (("authentication failed", "invalid credentials", "sasl authentication error",
+      "invalid username or password"),
+     "KAFKA_SASL_PASSWORD", "the broker refused the SASL credentials of {principal} "
+                            "(KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD, "
+                            "KAFKA_SASL_MECHANISM={mechanism})", False),
+    (("certificate verify failed", "broker certificate could not be verified",
+      "self-signed certificate", "self signed certificate", "unable to get local issuer"),
+     "KAFKA_SSL_CA_LOCATION", "the broker's TLS certificate could not be verified with "
+                              "{ca}", False),
+    (("unsupported sasl mechanism", "sasl mechanism not supported", "no sasl mechanism"),
+     "KAFKA_SASL_MECHANISM", "the broker does not offer SASL mechanism {mechanism}", False),
+    (("in state apiversion_query", "incorrect security.protocol", "in state ssl_handshake",
+      "in state auth_handshake"),
+     "KAFKA_SECURITY_PROTOCOL", "the broker closes every connection during the handshake: "
+                                "is {protocol} the protocol of its listener?", True),
+)
+
+# broker error codes that mean "this principal may not" (confluent_kafka.KafkaError codes)
+REFUSAL_CODES = {29: "TOPIC_AUTHORIZATION_FAILED", 30: "GROUP_AUTHORIZATION_FAILED",
+                 31: "CLUSTER_AUTHORIZATION_FAILED", 53: "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+                 58: "SASL_AUTHENTICATION_FAILED", -169: "_AUTHENTICATION"}
+
+
+def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = False) -> str | None:
+    """One line naming the setting to fix, when librdkafka's error and log ``reports`` show
+    the broker refused this client (credentials, TLS trust, mechanism; with ``final`` — no
+    connection ever succeeded — also the protocol). None when they do not."""
+    for signs, setting, message, needs_final in _SIGNS:
+        if needs_final and not final:
+            continue
+        hits = [r for r in reports if any(sign in r.lower() for sign in signs)]
+        if hits:
+            detail = message.format(principal=conn.principal, mechanism=conn.sasl_mechanism,
+                                    protocol=conn.security_protocol,
+                                    ca=conn.ssl_ca_location or "the system's CA bundle")
+            return f"{setting}: {detail} at {conn.bootstrap_servers} ({hits[-1][:300]})"
+    return None
+
+
+def is_refusal(err: Any) -> bool:
+    """True for a confluent-kafka error that means the broker refused this principal."""
+    return err is not None and err.code() in REFUSAL_CODES
+
+
+def refusal_message(conn_or_principal: KafkaConnection | str, what: str, err: Any) -> str:
+    """The line a process logs when an operation is refused (ACLs, not a retry)."""
+    principal = (conn_or_principal.principal if isinstance(conn_or_principal, KafkaConnection)
+                 else conn_or_principal)
+    return (f"the broker refused {principal} to {what}: {err.str()} — an ACL is missing or "
+            "the process runs under the wrong principal (see `sfprov acls`); not retrying")

@@ -1,0 +1,105 @@
+"""The entry point of the pipeline's containers (``docker-compose.yml``).
+
+``python -m ops.container connector|worker|sink``
+
+* **Sandbox defaults only in sandbox mode.** The compose file gives the pipeline the
+  sandboxes' addresses and credentials as ``SFPROV_SANDBOX_<VARIABLE>``; they become
+  ``<VARIABLE>`` only when ``SF_CLIENT_ID`` is unset (the rule ``make up`` follows) and the
+  variable itself is not set. With real credentials none applies, so a real installation
+  gets the code's own defaults (TLS to Pub/Sub, Salesforce's endpoints), never a sandbox's.
+* **Final exit codes end the container.** Docker's restart policies cannot tell exit codes
+  apart; the services run with ``restart: on-failure`` and this wrapper turns a code that
+  restarting cannot fix (``ops.stack.FINAL_EXIT_CODES``: a bad setting, a refused
+  credential or ACL, a fenced connector) into exit 0 after logging it, so the container
+  stops instead of looping. Any other non-zero exit (a crash, the worker's stall exit 75) is
+  passed on and restarted. SIGTERM and SIGINT are passed to the process.
+
+``python -m ops.container seed`` seeds the compose Salesforce sandbox once (a marker in its
+state directory makes later runs a no-op), like ``make up`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SANDBOX_PREFIX = "SFPROV_SANDBOX_"
+COMMANDS = {"connector": ["connectors", "run"], "worker": ["streams", "worker"],
+            "sink": ["sinks", "run"]}
+
+
+def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
+    """The variables to add: in sandbox mode, each SFPROV_SANDBOX_X the environment lacks."""
+    if env.get("SF_CLIENT_ID"):
+        return {}
+    return {name[len(SANDBOX_PREFIX):]: value for name, value in env.items()
+            if name.startswith(SANDBOX_PREFIX) and value
+            and not env.get(name[len(SANDBOX_PREFIX):])}
+
+
+def run(name: str, args: list[str]) -> int:
+    from ops.stack import FINAL_EXIT_CODES
+
+    env = dict(os.environ)
+    env.update(sandbox_defaults(env))
+    proc = subprocess.Popen([sys.executable, "-m", *COMMANDS[name], *args], env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = proc.wait()
+    if code in FINAL_EXIT_CODES.get(name, []):
+        print(f"{name} exited with {code}: restarting cannot fix this (see the line above); "
+              "the container stops (exit 0) instead of restarting", file=sys.stderr, flush=True)
+        return 0
+    return code
+
+
+def seed(timeout: float = 300.0) -> int:
+    """Seed the compose Salesforce sandbox once (SF_SANDBOX_ACCOUNTS / SF_SANDBOX_ORDERS)."""
+    from sandbox.salesforce.admin_client import AdminClient
+
+    env = {**os.environ, **sandbox_defaults(dict(os.environ))}
+    state = Path(env.get("SFPROV_STATE_DIR", "/state")) / "sandbox" / "salesforce"
+    marker = state / ".seeded"
+    if marker.exists():
+        print("salesforce sandbox: already seeded")
+        return 0
+    admin = AdminClient(env.get("SF_LOGIN_URL", "https://salesforce-sandbox:8443"),
+                        env.get("SF_CA_BUNDLE") or str(state / "tls" / "ca.pem"))
+    accounts = int(env.get("SF_SANDBOX_ACCOUNTS", "200"))
+    orders = int(env.get("SF_SANDBOX_ORDERS", "1000"))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.seed(accounts, orders, 50)
+            break
+        except Exception as exc:  # noqa: BLE001 - not up yet; give up at the deadline
+            if time.monotonic() > deadline:
+                print(f"error: cannot seed the salesforce sandbox: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    marker.write_text("seeded\n")
+    print(f"salesforce sandbox: seeded {accounts} accounts and {orders} Orders")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in (*COMMANDS, "seed"):
+        print(f"usage: python -m ops.container {{{'|'.join(COMMANDS)}|seed}} [ARGS...]",
+              file=sys.stderr)
+        return 64
+    if args[0] == "seed":
+        return seed()
+    return run(args[0], args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

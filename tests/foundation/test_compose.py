@@ -1,0 +1,120 @@
+"""docker-compose.yml works as a whole: checked by structure, since Docker is not available.
+
+Each test is one item of what made the file fail its users: metrics bound where they are
+published, the Kafka data volume really used, topic drift not blocking the start, health
+checks, sandbox defaults that never override real values, a seeded sandbox, and exit codes
+that mean "do not restart" ending the container.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.settings import ConnectorSettings, SinkSettings, WorkerSettings
+from ops.container import COMMANDS, sandbox_defaults
+from ops.stack import FINAL_EXIT_CODES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+PIPELINE = ("connector", "worker", "sink")
+SECTIONS = {"connector": ConnectorSettings, "worker": WorkerSettings, "sink": SinkSettings}
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_metrics_listen_where_they_are_published(name):
+    service = SERVICES[name]
+    env = service["environment"]
+    port = env[f"{name.upper()}_HTTP_PORT"]
+    assert env[f"{name.upper()}_HTTP_HOST"] == "0.0.0.0"
+    assert f"{port}:{port}" in service["ports"]
+    section = SECTIONS[name].load(
+        {f"{name.upper()}_HTTP_HOST": env[f"{name.upper()}_HTTP_HOST"],
+         f"{name.upper()}_HTTP_PORT": str(port)})
+    assert (section.http_host, section.http_port) == ("0.0.0.0", int(port))
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_pipeline_services_have_a_healthcheck_on_their_port(name):
+    check = SERVICES[name]["healthcheck"]
+    port = SERVICES[name]["environment"][f"{name.upper()}_HTTP_PORT"]
+    assert check["test"][0] == "CMD" and f"127.0.0.1:{port}/healthz" in " ".join(check["test"])
+
+
+def test_the_kafka_data_volume_holds_the_log():
+    kafka = SERVICES["kafka"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = dict(v.split(":", 1) for v in kafka["volumes"])
+    assert mounts["kafka-data"] == log_dirs
+    assert "kafka-data" in COMPOSE["volumes"]
+
+
+def test_drift_is_reported_without_blocking(tmp_path):
+    topics = SERVICES["topics"]
+    assert topics["command"][:3] == ["python", "-m", "ops.topics"]
+    assert "--drift-ok" in topics["command"]
+    for name in PIPELINE:
+        assert SERVICES[name]["depends_on"]["topics"]["condition"] == \
+            "service_completed_successfully"
+    from ops.topics import main  # the flag exists and parses
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+
+
+def test_sandbox_defaults_apply_only_in_sandbox_mode_and_never_over_real_values():
+    env = {k: str(v) for k, v in SERVICES["connector"]["environment"].items()}
+    sandbox_keys = {k for k in env if k.startswith("SFPROV_SANDBOX_")}
+    # nothing Salesforce or WHMCS is set directly: .env (env_file) always decides
+    assert not {k for k in env if k.startswith(("SF_", "WHMCS_"))}
+    assert {"SFPROV_SANDBOX_SF_CLIENT_ID", "SFPROV_SANDBOX_WHMCS_API_URL",
+            "SFPROV_SANDBOX_SF_PUBSUB_TLS"} <= sandbox_keys
+    applied = sandbox_defaults(env)
+    assert applied["SF_LOGIN_URL"] == "https://salesforce-sandbox:8443"
+    assert applied["SF_PUBSUB_TLS"] == "false"
+    # a value from .env wins over the sandbox default
+    assert "WHMCS_API_URL" not in sandbox_defaults({**env, "WHMCS_API_URL": "https://x/api"})
+    # real mode (SF_CLIENT_ID set): no sandbox default at all, so e.g. Pub/Sub keeps TLS
+    assert sandbox_defaults({**env, "SF_CLIENT_ID": "3MVG9real"}) == {}
+
+
+def test_the_compose_sandbox_is_seeded_once():
+    seed = SERVICES["seed"]
+    assert seed["profiles"] == ["sandbox"]
+    assert seed["command"] == ["python", "-m", "ops.container", "seed"]
+    assert seed["depends_on"]["salesforce-sandbox"]["condition"] == "service_healthy"
+    assert "healthcheck" in SERVICES["salesforce-sandbox"]
+    for name in PIPELINE:
+        dep = SERVICES[name]["depends_on"]["seed"]
+        assert dep == {"condition": "service_completed_successfully", "required": False}
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_final_exit_codes_end_the_container(name, tmp_path):
+    """restart: on-failure restarts a crash; a final code becomes 0, which it does not."""
+    assert SERVICES[name]["restart"] == "on-failure"
+    assert SERVICES[name]["command"] == ["python", "-m", "ops.container", name]
+    fake = tmp_path / COMMANDS[name][0]
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys; sys.exit(int(sys.argv[-1]))")
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    final = FINAL_EXIT_CODES[name][0]
+    for code, expected in ((final, 0), (1, 1), (0, 0)):
+        result = subprocess.run([sys.executable, "-m", "ops.container", name, str(code)],
+                                env=env, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == expected, (code, result.stderr)
+        if code == final:
+            assert re.search(rf"exited with {final}: restarting cannot fix", result.stderr)
+    if name == "worker":  # a stall exits 75 to be restarted
+        result = subprocess.run([sys.executable, "-m", "ops.container", name, "75"], env=env,
+                                cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 75
