@@ -368,9 +368,10 @@ class WorkerSettings(_Section):
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
                          doc="Port of the worker's web server (/metrics, /healthz).")
     lookup_grace_s: float = env("WORKER_LOOKUP_GRACE_S", 2.0, parse=parse_float,
-                                doc="Before concluding a WHMCS order is absent, wait this "
-                                    "long (after the earlier attempt's timeout) and look "
-                                    "again.")
+                                doc="A lookup for an order an earlier attempt may have "
+                                    "created waits until that attempt's last possible "
+                                    "AddOrder is WHMCS_TIMEOUT_S plus this old (covers "
+                                    "WHMCS committing late and clock skew between workers).")
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
                                   doc="A pending intent (or unsent outcome) older than this, "
                                       "with no event in flight, is recovered by the sweep "
@@ -390,7 +391,30 @@ class WorkerSettings(_Section):
                                      "be restarted). 0 = off.")
     instance_id: str = env("WORKER_INSTANCE_ID", "",
                            doc="Static group membership id (a restarted worker with the "
-                               "same id takes its partitions back without a rebalance).")
+                               "same id takes its partitions back without a rebalance). "
+                               "Unique per live process.")
+    lease_margin_s: float = env("WORKER_LEASE_MARGIN_S", 0.0, parse=parse_float,
+                                doc="Ownership lease: the worker writes to WHMCS only while "
+                                    "its last accepted group heartbeat is younger than the "
+                                    "session timeout minus this margin (0 = a third of "
+                                    "WORKER_SESSION_TIMEOUT_S).")
+    intent_lease_s: float = env("WORKER_INTENT_LEASE_S", 10.0, parse=parse_float,
+                                doc="How far ahead an intent records that its writer may "
+                                    "still send to WHMCS (renewed before a later call); a "
+                                    "new owner of the Order waits this out, plus "
+                                    "WHMCS_TIMEOUT_S and WORKER_LOOKUP_GRACE_S, before its "
+                                    "lookup.")
+
+    @property
+    def lease_margin(self) -> float:
+        return self.lease_margin_s or self.session_timeout_s / 3
+
+    def validate(self) -> None:
+        if not 0 <= self.lease_margin_s < self.session_timeout_s:
+            raise ConfigError("WORKER_LEASE_MARGIN_S: must be shorter than "
+                              f"WORKER_SESSION_TIMEOUT_S ({self.session_timeout_s:g})")
+        if self.intent_lease_s <= 0:
+            raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
+    from streams.faust_seam import UnsupportedVersion, check_versions
+    try:
+        check_versions()
+    except UnsupportedVersion as exc:
+        log.critical("%s", exc)
+        return 64
     kafka, worker = KafkaSettings.load(), WorkerSettings.load()
     whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
     ensure_topics(kafka)

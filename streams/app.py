@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +33,7 @@ from common.avro import AvroSerde, registry_from_url
 from common.deadletter import dead_letter_headers
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
-from streams import metrics
+from streams import faust_seam, metrics
 from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
 from streams.commit_gate import CommitGate, broker_reader
 from streams.commit_gate import install as install_commit_gate
@@ -41,7 +44,8 @@ from streams.faust_recovery import (
     seek_uncommitted_to_beginning,
 )
 from streams.guard import Guard, QueryClient
-from streams.provision import Provisioner, ProvisionPolicy
+from streams.lease import Fenced, OwnershipLease
+from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.tables import DurabilityError, DurableTable, TableState, key_partition
 from streams.watchdog import Progress, StallWatchdog, broker_lag
@@ -149,6 +153,12 @@ class Worker:
                                                         **table_kw)
         self.app.tables.add(self.idem)
         self.app.tables.add(self.intents)
+        # Who writes this process's intents, and whether it still owns an Order's partition
+        # when it is about to write to WHMCS (streams.lease; fed by streams.faust_seam).
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = OwnershipLease(session_timeout_s=worker.session_timeout_s,
+                                    margin_s=worker.lease_margin)
+        faust_seam.watch_membership(app_id, faust_seam.LeaseAdapter(self.lease, kafka.requests))
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
         self.whmcs.observer = metrics.whmcs_observer
         policy = ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
@@ -166,9 +176,11 @@ class Worker:
                             registry=registry_from_url(kafka.schema_registry_url)),
             context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
                             no_email=whmcs.no_email),
-            parallelism=worker.whmcs_parallelism)
+            parallelism=worker.whmcs_parallelism, lease=self.lease, writer_id=self.writer_id,
+            intent_lease_s=worker.intent_lease_s)
         self.sweeper = Sweeper(self.processor, recovery_after_s=worker.recovery_after_s,
-                               dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns)
+                               dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns,
+                               fence_for=self._sweep_fence)
         self.intents.watch = self.sweeper.watch_intent
         self.idem.watch = self.sweeper.watch_idem
         self.lock = asyncio.Lock()
@@ -259,6 +271,15 @@ class Worker:
         return any(tp.topic == self.kafka.requests and tp.partition == partition
                    for tp in actives)
 
+    def _sweep_fence(self, order_id: str) -> Fence:
+        partition = key_partition(order_id, self.kafka.partitions)
+
+        async def fence(action: str) -> None:
+            check = self.lease.current(partition)
+            if not check.ok:
+                raise Fenced(check, stage=action)
+        return fence
+
     # -- the agent ---------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
@@ -266,26 +287,33 @@ class Worker:
                                                within=self.settings.batch_linger_s):
             for event in events:
                 event.message.incref()  # we ack after the outcomes are acknowledged
-            await self.handle(events)
+            fenced = await self.handle(events)
             for event in events:
+                if (event.message.partition, event.message.offset) in fenced:
+                    # never acked (no commit passes it), but no longer awaited by a
+                    # rebalance: the partition's new owner redelivers it
+                    faust_seam.release(self.app.consumer, event.message)
+                    continue
                 self.commit_gate.finished(event.message.partition, event.message.offset)
                 await stream.ack(event)
 
-    async def handle(self, events: list[Any]) -> None:
-        """Process one batch. Never raises (except cancellation), never returns early."""
+    async def handle(self, events: list[Any]) -> set[tuple[int, int]]:
+        """Process one batch. Never raises (except cancellation), never returns early.
+        Returns the (partition, offset) of the events this worker was fenced from."""
         records = [RawRecord(e.message.key, e.message.value, e.message.topic,
                              e.message.partition, e.message.offset,
                              received_at=e.message.time_in or time.monotonic(),
-                             headers=e.message.headers)
+                             headers=e.message.headers,
+                             generation=e.message.generation_id)
                    for e in events]
         metrics.BATCH_SIZE.observe(len(records))
         self.progress.started()
         try:
-            await self._handle(records)
+            return await self._handle(records)
         finally:
             self.progress.finished()
 
-    async def _handle(self, records: list[RawRecord]) -> None:
+    async def _handle(self, records: list[RawRecord]) -> set[tuple[int, int]]:
         error: BaseException | None = None
         async with self.lock:
             for attempt in range(1, BATCH_ATTEMPTS + 1):
@@ -299,7 +327,7 @@ class Worker:
                     metrics.BATCHES.labels("ok").inc()
                     self.health.batches += 1
                     self.health.last_batch_at = time.time()
-                    return
+                    return {(r.partition, r.offset) for r in report.fenced}
                 except asyncio.CancelledError:
                     raise
                 except DurabilityError as exc:
@@ -316,6 +344,7 @@ class Worker:
             await self.emitter.send_dead_letters(letters)
             for _ in letters:
                 metrics.DEAD_LETTERS.labels("WORKER_ERROR").inc()
+            return set()
 
     async def _stop_without_ack(self, exc: BaseException) -> None:
         log.critical("table changelog not durable; stopping without acknowledging the batch",

@@ -67,10 +67,12 @@ from streams.decide import (
     outcome_record,
 )
 from streams.guard import Guard
-from streams.provision import Provisioner, ProvisionResult
+from streams.lease import Fenced, LeaseCheck, OwnershipLease
+from streams.provision import Fence, Provisioner, ProvisionResult
 
 log = logging.getLogger(__name__)
 MAX_DUPS_REMEMBERED = 20
+RENEW_BEFORE_MS = 1000  # renew an intent's lease when less than this is left
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class RawRecord:
     offset: int = -1
     received_at: float = field(default_factory=time.monotonic)
     headers: Any = None  # the record's headers; None = unknown (the serde guesses the format)
+    generation: int = -1  # the consumer group generation the record was taken in
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class BatchReport:
     # where the batch's time went, ms per step (decode, guard, intents, whmcs, flush, send):
     # logged with "batch done", so a slow batch names the call it waited on
     steps_ms: dict[str, int] = field(default_factory=dict)
+    # events of Orders this worker was fenced from (streams.lease): never acked, left to
+    # the partition's new owner
+    fenced: list[RawRecord] = field(default_factory=list)
 
     def timed(self, step: str, since: float) -> float:
         now = time.monotonic()
@@ -142,8 +148,14 @@ class DictState:
 class BatchProcessor:
     def __init__(self, *, state: StateStore, guard: Guard, provisioner: Provisioner,
                  emitter: Emitter, context: Context, parallelism: int = 16,
-                 clock_ms: Callable[[], int] = now_ms, serde: AvroSerde | None = None) -> None:
+                 clock_ms: Callable[[], int] = now_ms, serde: AvroSerde | None = None,
+                 lease: OwnershipLease | None = None, writer_id: str = "",
+                 intent_lease_s: float = 10.0) -> None:
+        """``lease`` None: no ownership lease (unit tests and benchmarks only)."""
         self.state = state
+        self.lease = lease
+        self.writer_id = writer_id
+        self.intent_lease_ms = int(intent_lease_s * 1000)
         self.guard = guard
         self.provisioner = provisioner
         self.emitter = emitter
@@ -237,14 +249,32 @@ class BatchProcessor:
             if not provisions:
                 break
             at = self._clock()
-            for event, _rec, decision, order in provisions:
-                intents[event.order_id] = self._intent(event, decision, order, at)
+            live = []
+            for item in provisions:
+                event, rec, decision, order = item
+                check = self._check(rec)
+                if not check.ok:  # not even the intent: the Order is the new owner's
+                    self._fence_order(event, rec, check, "intent", pending, report)
+                    continue
+                intents[event.order_id] = self._intent(event, decision, order, at, check)
+                live.append(item)
+            provisions = live
+            if not provisions:
+                continue
             t = time.monotonic()
             await self.state.flush()  # the pending intents are durable before any AddOrder
             t = report.timed("intents", t)
-            results = await asyncio.gather(*(self._provision(p) for _e, _r, p, _o in provisions))
+            results = await asyncio.gather(*(self._provision(e, r, p)
+                                             for e, r, p, _o in provisions))
             report.timed("whmcs", t)
             for (event, rec, decision, order), result in zip(provisions, results, strict=True):
+                if isinstance(result, Fenced):
+                    self._fence_order(event, rec, result.check, result.stage, pending, report)
+                    continue
+                check = self._check(rec)
+                if not check.ok:  # the call ran, but the result is no longer ours to record
+                    self._fence_order(event, rec, check, "record", pending, report)
+                    continue
                 outcome = self._provision_outcome(event, decision, order, result)
                 intents[event.order_id] = {
                     **intents[event.order_id], "outcome": outcome,
@@ -273,24 +303,74 @@ class BatchProcessor:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _provision(self, decision: Provision) -> ProvisionResult:
-        async with self._sem:
-            result = await self.provisioner.provision(
-                decision.request, lookup_first=decision.lookup_first,
-                intent_at_ms=decision.intent_at)
+    async def _provision(self, event: Event, rec: RawRecord,
+                         decision: Provision) -> ProvisionResult | Fenced:
+        settle_at = None
+        if decision.lookup_first:
+            settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
+        try:
+            async with self._sem:
+                result = await self.provisioner.provision(
+                    decision.request, settle_at_ms=settle_at, fence=self._fence(event, rec))
+        except Fenced as fenced:
+            return fenced
         if result.recovered:
             metrics.RECOVERED.inc()
         return result
 
+    # -- the ownership lease (streams.lease) --------------------------------------------
+
+    def _check(self, rec: RawRecord) -> LeaseCheck:
+        if self.lease is None:
+            wall = self._clock() / 1000 + self.intent_lease_ms / 1000
+            return LeaseCheck(True, valid_until_wall=wall)
+        return self.lease.check(rec.partition, rec.generation)
+
+    def _lease_until(self, check: LeaseCheck) -> int:
+        """The intent's lease: as long as the group lease, at most ``intent_lease_s``."""
+        return min(int(check.valid_until_wall * 1000), self._clock() + self.intent_lease_ms)
+
+    def _fence(self, event: Event, rec: RawRecord) -> Fence:
+        """Awaited right before each WHMCS write of this event's provisioning: the group
+        lease must hold, and the durable intent must say this writer may still send (else
+        it is renewed — made durable — first), so a new owner that waits out the intent's
+        ``lease_until`` cannot meet a late write of ours."""
+        async def fence(action: str) -> None:
+            check = self._check(rec)
+            if check.ok:
+                intent = self.state.intents.get(event.order_id) or {}
+                if int(intent.get("lease_until") or 0) - self._clock() < RENEW_BEFORE_MS:
+                    self.state.intents[event.order_id] = {
+                        **intent, "lease_until": self._lease_until(check)}
+                    await self.state.flush()
+                    check = self._check(rec)  # the flush took time
+            if not check.ok:
+                raise Fenced(check, stage=action)
+        return fence
+
+    def _fence_order(self, event: Event, rec: RawRecord, check: LeaseCheck, stage: str,
+                     pending: dict[str, deque[tuple[Event, RawRecord]]],
+                     report: BatchReport) -> None:
+        """Stop ``event``'s Order here: no call, no outcome, no ack (nor of its later events
+        in this batch) — the partition's new owner redelivers and finishes it."""
+        metrics.FENCED.labels(stage).inc()
+        later = [r for _e, r in pending.pop(event.order_id, deque())]
+        report.fenced.extend([rec, *later])
+        log.warning("fenced: %s; the Order is left to the partition's new owner (%d event(s) "
+                    "not acknowledged)", check.reason, 1 + len(later),
+                    extra={"order_id": event.order_id, "partition": rec.partition,
+                           "offset": rec.offset, "stage": stage})
+
     def _intent(self, event: Event, decision: Provision, order: dict[str, Any] | None,
-                at: int) -> dict[str, Any]:
+                at: int, check: LeaseCheck) -> dict[str, Any]:
         return {"order_id": event.order_id, "idem_key": event.idem_key,
                 "event_uuid": event.event_uuid, "correlation_id": event.correlation_id,
                 "requested_at": event.requested_at, "state": PENDING,
                 "attempt": decision.previous_attempts + 1,
                 "client_id": decision.request.client_id,
                 "opportunity_id": (order or {}).get("OpportunityId"),
-                "whmcs_order_id": None, "outcome": None, "at": at}
+                "whmcs_order_id": None, "outcome": None, "at": at,
+                "writer": self.writer_id, "lease_until": self._lease_until(check)}
 
     def _final_outcome(self, event: Event, decision: Final,
                        order: dict[str, Any] | None) -> dict[str, Any]:
@@ -311,7 +391,8 @@ class BatchProcessor:
                               service_ids=result.service_ids, addon_ids=result.addon_ids,
                               invoice_id=result.invoice_id, error_code=result.error_code,
                               error_message=result.error_message, attempts=result.attempts,
-                              recovered=result.recovered, completed_at=self._clock())
+                              recovered=result.recovered, completed_at=self._clock(),
+                              duplicate_ids=result.duplicate_ids)
 
     def _record(self, event: Event, outcome: dict[str, Any]) -> None:
         """Remember the decision under the event's IdemKey (duplicates under ``dups``)."""

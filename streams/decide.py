@@ -18,7 +18,8 @@
    not ``Activating`` → ``Skipped(NOT_ACTIVATING)``;
 4. the mapping (:mod:`streams.mapping`): an error → ``Failed(<code>)``, else
    :class:`Provision` — with ``lookup_first`` when an earlier failed attempt may have left
-   an order in WHMCS.
+   an order in WHMCS, and ``sends_until``: until when that attempt's writer could still
+   send (the intent's ``lease_until``, see :mod:`streams.lease`).
 
 An event without IdemKey is deduplicated on its event uuid (``idem_key_of``).
 """
@@ -109,7 +110,9 @@ class Provision:
     request: WhmcsOrderRequest
     lookup_first: bool
     resumed: bool = False
-    intent_at: int | None = None  # when the earlier attempt's intent was written (ms)
+    # epoch ms until which the earlier attempt could send to WHMCS: its intent's lease
+    # (``at`` for an intent written before leases existed); a lookup waits past it
+    sends_until: int | None = None
     previous_attempts: int = 0
 
 
@@ -168,8 +171,16 @@ def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | N
         return Final(FAILED, exc.code, exc.message)
     may_exist = resumed or bool(intent and intent.get("may_exist"))
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
-                     intent_at=(intent or {}).get("at") if may_exist else None,
+                     sends_until=sends_until(intent) if may_exist else None,
                      previous_attempts=int((intent or {}).get("attempt") or 0))
+
+
+def sends_until(intent: dict[str, Any] | None) -> int | None:
+    """Epoch ms after which the intent's writer could no longer send to WHMCS."""
+    if not intent:
+        return None
+    until = intent.get("lease_until")
+    return int(until) if until is not None else intent.get("at")
 
 
 def outcome_record(event: Event, status: str, *, opportunity_id: str | None = None,
@@ -177,7 +188,8 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
                    service_ids: list[int] | None = None, addon_ids: list[int] | None = None,
                    invoice_id: int | None = None, error_code: str | None = None,
                    error_message: str | None = None, attempts: int = 0,
-                   recovered: bool = False, completed_at: int | None = None) -> dict[str, Any]:
+                   recovered: bool = False, completed_at: int | None = None,
+                   duplicate_ids: list[int] | None = None) -> dict[str, Any]:
     """A value of ``schemas/provisioning_outcome.avsc`` (timestamps as epoch ms)."""
     return {
         "order_id": event.order_id, "opportunity_id": opportunity_id,
@@ -189,4 +201,5 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
         "error_message": (error_message or None) and error_message[:1000],
         "attempts": attempts, "recovered": recovered, "requested_at": event.requested_at,
         "completed_at": completed_at if completed_at is not None else now_ms(),
+        "duplicate_whmcs_order_ids": list(duplicate_ids or []),
     }

@@ -35,6 +35,13 @@ COMMIT_HOLDS = Counter("sfprov_worker_commit_holds_total",
 COMMIT_CHECK = Histogram("sfprov_worker_commit_check_seconds",
                          "Commit gate: reading the records a commit would cover",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+FENCED = Counter("sfprov_worker_fenced_total",
+                 "Orders stopped by the ownership lease before a WHMCS write (or before "
+                 "recording a result), left to the partition's new owner, by stage",
+                 ["stage"])
+COMPENSATIONS = Counter("sfprov_worker_compensations_total",
+                        "Lookups that found several WHMCS orders for one Salesforce Order "
+                        "(a fence was crossed; the extra Pending ones are cancelled)")
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
 
 

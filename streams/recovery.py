@@ -35,8 +35,10 @@ from typing import Any
 from common.errors import WhmcsError
 from streams import metrics
 from streams.batch import BatchProcessor
-from streams.decide import ACCEPTED, FAILED_STATE, PENDING, Event, outcome_record
+from streams.decide import ACCEPTED, FAILED_STATE, PENDING, Event, outcome_record, sends_until
+from streams.lease import Fenced
 from streams.mapping import WhmcsOrderRequest
+from streams.provision import Fence, no_fence
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
@@ -108,8 +110,10 @@ class SweepReport:
 class Sweeper:
     def __init__(self, processor: BatchProcessor, *, recovery_after_s: float,
                  dedupe_ttl_days: float, owns: Callable[[str], bool],
-                 full_scan_every_s: float = FULL_SCAN_EVERY_S) -> None:
+                 full_scan_every_s: float = FULL_SCAN_EVERY_S,
+                 fence_for: Callable[[str], Fence] = lambda _oid: no_fence) -> None:
         self.processor = processor
+        self.fence_for = fence_for  # the ownership lease of an Order's partition, now
         self.recovery_after_ms = int(recovery_after_s * 1000)
         self.ttl_ms = int(dedupe_ttl_days * DAY_MS)
         self.owns = owns
@@ -295,12 +299,21 @@ class Sweeper:
                       requested_at=intent.get("requested_at"))
         request = WhmcsOrderRequest(order_id=oid, client_id=int(intent["client_id"]), items=(),
                                     notes="")
+        fence = self.fence_for(oid)
+        until = sends_until(intent)
         try:
-            found = await proc.provisioner.lookup(request, intent_at_ms=intent.get("at"))
+            found = await proc.provisioner.lookup(
+                request, fence=fence,
+                settle_at_ms=proc.provisioner.policy.settle_at_ms((until or 0) / 1000))
             if found is not None and found.needs_accept and found.whmcs_order_id:
-                failure = await proc.provisioner.accept(found.whmcs_order_id)
+                failure = await proc.provisioner.accept(found.whmcs_order_id, fence=fence)
                 if failure is not None:
                     found = failure
+        except Fenced as fenced:
+            metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
+            log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
+                        fenced.check.reason, extra={"order_id": oid})
+            return None
         except WhmcsError as exc:
             log.warning("sweep: WHMCS lookup failed; will retry", extra={
                 "order_id": oid, "cause": str(exc)})
@@ -319,7 +332,7 @@ class Sweeper:
                 service_ids=found.service_ids, addon_ids=found.addon_ids,
                 invoice_id=found.invoice_id, error_code=found.error_code,
                 error_message=found.error_message, attempts=int(intent.get("attempt") or 0),
-                recovered=True, completed_at=proc._clock())
+                recovered=True, completed_at=proc._clock(), duplicate_ids=found.duplicate_ids)
         proc.state.intents[oid] = {
             **intent, "outcome": outcome, "whmcs_order_id": outcome["whmcs_order_id"],
             "state": ACCEPTED if outcome["status"] == "Provisioned" else FAILED_STATE,

@@ -90,7 +90,15 @@ def test_pending_intent_resumes_with_lookup_even_if_salesforce_moved_on():
     intent = {"state": "pending", "attempt": 1, "at": 123, "idem_key": "x"}
     d = decide(event(), None, intent, order(status="Provisioned", whmcs_order_id=5))
     assert isinstance(d, Provision) and d.lookup_first and d.resumed
-    assert d.intent_at == 123 and d.previous_attempts == 1
+    assert d.sends_until == 123 and d.previous_attempts == 1  # an intent from before leases
+
+
+def test_pending_intent_with_a_lease_is_looked_up_after_it():
+    intent = {"state": "pending", "attempt": 2, "at": 123, "lease_until": 9_000,
+              "idem_key": "x", "writer": "other"}
+    d = decide(event(), None, intent, order())
+    assert isinstance(d, Provision) and d.lookup_first and d.resumed
+    assert d.sends_until == 9_000 and d.previous_attempts == 2
 
 
 def test_failed_intent_that_may_exist_looks_first():
