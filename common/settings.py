@@ -354,12 +354,28 @@ class WorkerSettings(_Section):
                       doc="Faust app id (consumer group and changelog topic prefix).")
     store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
                                                        "memory:// for tests).")
-    batch_size: int = env("WORKER_BATCH_SIZE", 200, parse=parse_positive_int,
-                          doc="Events decided together (one Salesforce query per batch).")
-    batch_linger_s: float = env("WORKER_BATCH_LINGER_S", 0.05, parse=parse_float,
-                                doc="How long to wait to fill a batch.")
+    max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 1000, parse=parse_positive_int,
+                             doc="Events taken in and not yet finished, at most "
+                                 "(backpressure: beyond it no more are fetched).")
+    partition_window: int = env("WORKER_PARTITION_WINDOW", 10_000, parse=parse_positive_int,
+                                doc="A partition whose uncommitted span (offsets behind an "
+                                    "unfinished event, e.g. a hung WHMCS call) grows past "
+                                    "this is paused until it halves (memory bound).")
+    guard_batch: int = env("WORKER_GUARD_BATCH", 200, parse=parse_positive_int,
+                           doc="Orders read from Salesforce in one guard query, at most.")
+    guard_linger_s: float = env("WORKER_GUARD_LINGER_S", 0.05, parse=parse_float,
+                                doc="How long an Order waits for others to share its guard "
+                                    "query (while none is in flight).")
     whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
-                                 doc="WHMCS calls in flight for different orders of a batch.")
+                                 doc="WHMCS calls in flight at once (each Order's AddOrder "
+                                     "and AcceptOrder take one slot each, in turn).")
+    commit_interval_s: float = env("WORKER_COMMIT_INTERVAL_S", 1.0, parse=parse_float,
+                                   doc="How often the finished prefix of each requests "
+                                       "partition is committed.")
+    drain_timeout_s: float = env("WORKER_DRAIN_TIMEOUT_S", 20.0, parse=parse_float,
+                                 doc="On SIGTERM, how long events in flight may take to "
+                                     "finish before the worker stops (the rest is "
+                                     "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_float,
                                  doc="How long an IdemKey is remembered (≥ requests retention).")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_float,
@@ -415,6 +431,10 @@ class WorkerSettings(_Section):
                               f"WORKER_SESSION_TIMEOUT_S ({self.session_timeout_s:g})")
         if self.intent_lease_s <= 0:
             raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
+        if self.guard_batch > 200:
+            raise ConfigError("WORKER_GUARD_BATCH: at most 200 Orders per guard query")
+        if self.commit_interval_s <= 0:
+            raise ConfigError("WORKER_COMMIT_INTERVAL_S: must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,6 +42,7 @@ advances it), injectable for tests.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -59,11 +60,16 @@ class LeaseCheck:
     reason: str = ""
     valid_until: float = 0.0
     valid_until_wall: float = 0.0
+    # not ok, and for good: the partition is not ours in the current generation, or changed
+    # hands since the event was taken. Otherwise (a rebalance under way, no heartbeat
+    # accepted lately) it may come back: the caller waits and asks again.
+    lost: bool = False
 
 
 class Fenced(PipelineError):
-    """This worker may no longer write to WHMCS for an Order: its lease is lost or expired.
-    The Order is left to the partition's new owner — no call, no outcome, no ack."""
+    """This worker may no longer write to WHMCS for an Order: the Order's partition is not
+    its own any more (:attr:`LeaseCheck.lost`). The Order is left to the partition's new
+    owner — no call, no outcome, no ack."""
 
     retryable = False
 
@@ -160,10 +166,10 @@ class OwnershipLease:
             return LeaseCheck(False, "a rebalance is under way (not assigned)")
         if since is None:
             return LeaseCheck(False, f"partition {partition} is not assigned to this worker "
-                                     f"in generation {current}")
+                                     f"in generation {current}", lost=True)
         if since > generation:
             return LeaseCheck(False, f"partition {partition} changed hands since generation "
-                                     f"{generation} (owned again since {since})")
+                                     f"{generation} (owned again since {since})", lost=True)
         if renewed is None:
             return LeaseCheck(False, f"no heartbeat accepted yet in generation {current}")
         until = renewed + self.length_s
@@ -178,3 +184,23 @@ class OwnershipLease:
         if generation is None:
             return LeaseCheck(False, "a rebalance is under way (not assigned)")
         return self.check(partition, generation)
+
+
+async def hold(lease: OwnershipLease, partition: int, generation: int, *, stage: str,
+               poll_s: float = 0.05, on_wait: Callable[[LeaseCheck], None] | None = None
+               ) -> LeaseCheck:
+    """The lease for an event of ``partition`` taken in ``generation``, now: returns a valid
+    check, waits while it may come back (a rebalance under way, heartbeats not accepted
+    lately — a broker away, this process just resumed), and raises :class:`Fenced` once the
+    partition is lost. ``on_wait`` is told once when the wait starts."""
+    check = lease.check(partition, generation)
+    told = False
+    while not check.ok:
+        if check.lost:
+            raise Fenced(check, stage=stage)
+        if not told and on_wait is not None:
+            on_wait(check)
+            told = True
+        await asyncio.sleep(poll_s)
+        check = lease.check(partition, generation)
+    return check

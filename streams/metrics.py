@@ -42,6 +42,20 @@ FENCED = Counter("sfprov_worker_fenced_total",
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")
+LEASE_WAITS = Counter("sfprov_worker_lease_waits_total",
+                      "Events that waited for the ownership lease to come back (a rebalance "
+                      "under way, heartbeats not accepted lately)")
+EVENT_ERRORS = Counter("sfprov_worker_event_errors_total",
+                       "Unexpected errors handling an event (retried, then dead-lettered)")
+REDELIVERED_SILENT = Counter("sfprov_worker_redelivered_silent_total",
+                             "Redelivered events whose outcome was already acknowledged")
+IN_FLIGHT = Gauge("sfprov_worker_events_in_flight",
+                  "Events admitted to the Orders' lanes and not yet finished")
+GROUP_COMMITS = Counter("sfprov_worker_group_commits_total",
+                        "Durability flushes of the tables (shared by the Orders that reach "
+                        "them together)")
+GUARD_READS = Histogram("sfprov_worker_guard_read_orders", "Orders per coalesced guard read",
+                        buckets=(1, 2, 5, 10, 25, 50, 100, 200))
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
 
 

@@ -36,6 +36,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from common.errors import (
     WhmcsAccessError,
@@ -48,6 +50,7 @@ from streams import metrics
 from streams.mapping import WhmcsOrderRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Awaited right before each WHMCS write with the action's name; raises streams.lease.Fenced.
 Fence = Callable[[str], Awaitable[None]]
@@ -102,10 +105,14 @@ def _addon_ids(order: WhmcsOrder) -> list[int]:
 
 class Provisioner:
     def __init__(self, whmcs: WhmcsClient, policy: ProvisionPolicy, *,
+                 parallelism: int = 16,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  on_retry: Callable[[str], None] | None = None,
                  wall: Callable[[], float] = time.time) -> None:
+        """``parallelism``: WHMCS calls in flight at once, whichever Orders they serve (a
+        lookup's wait holds no slot)."""
         self.whmcs = whmcs
+        self._slots = asyncio.Semaphore(parallelism)
         self.policy = policy
         self._sleep = sleep
         self._wall = wall
@@ -147,11 +154,11 @@ class Provisioner:
                         if created.status == "Failed" or not found.needs_accept:
                             return created  # not active, or found Active: nothing left
                 if created is None:
-                    await fence("AddOrder")
                     attempts += 1
                     add_uncertain = True
                     sent_at = self._wall()
-                    res = await self.whmcs.add_order(request.params())
+                    res = await self._call("AddOrder", fence,
+                                           lambda: self.whmcs.add_order(request.params()))
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
@@ -200,14 +207,14 @@ class Provisioner:
     async def accept(self, order_id: int, *, fence: Fence = no_fence) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
         try:
-            await fence("AcceptOrder")
-            await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup)
+            await self._call("AcceptOrder", fence, lambda: self.whmcs.accept_order(
+                order_id, autosetup=self.policy.autosetup))
             self.access_refused_since = None
             return None
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
                 raise
-        order = await self.whmcs.get_order(order_id)
+        order = await self._call("GetOrders", None, lambda: self.whmcs.get_order(order_id))
         if order is not None and order.status == "Active":
             return None
         status = order.status if order else "missing"
@@ -254,8 +261,7 @@ class Provisioner:
             if other.status != "Pending":
                 continue
             try:
-                await fence("CancelOrder")
-                await self.whmcs.cancel_order(other.id)
+                await self._call("CancelOrder", fence, partial(self.whmcs.cancel_order, other.id))
                 result.cancelled_ids.append(other.id)
             except WhmcsError as exc:
                 log.error("compensation: cancelling duplicate WHMCS order %d failed: %s",
@@ -271,4 +277,15 @@ class Provisioner:
                   extra={"order_id": request.order_id, "whmcs_order_id": kept.id})
 
     async def _find(self, request: WhmcsOrderRequest) -> list[WhmcsOrder]:
-        return await self.whmcs.find_orders_by_marker(request.client_id, request.order_id)
+        return await self._call("GetOrders", None, lambda: self.whmcs.find_orders_by_marker(
+            request.client_id, request.order_id))
+
+    async def _call(self, action: str, fence: Fence | None,
+                    call: Callable[[], Awaitable[T]]) -> T:
+        """One WHMCS call in one of the ``parallelism`` slots; a write's ``fence`` is asked
+        once the slot is ours, right before the request goes out (an Order queued behind
+        the slots may have lost its partition while it waited)."""
+        async with self._slots:
+            if fence is not None:
+                await fence(action)
+            return await call()

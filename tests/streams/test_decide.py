@@ -1,15 +1,25 @@
+"""streams.decide: the pure decision for one event, given the Order's stored state (written
+here as the tables store it, JSON) and the Order as Salesforce has it."""
+
 import pytest
 
+from streams import decide as decide_module
 from streams.decide import (
     Event,
     Final,
     Provision,
     Redelivery,
-    decide,
     idem_key_of,
     outcome_record,
 )
+from streams.state import Intent, memory_from_json
 from tests.streams.factories import ORDER_ID, order, request_value
+
+
+def decide(ev, idem, intent, order_record, ctx=None):
+    """decide() over the stored JSON of the Order's dedupe memory and intent."""
+    return decide_module.decide(ev, memory_from_json(idem), Intent.from_json(intent),
+                                order_record, ctx)
 
 
 def event(**kw):

@@ -148,17 +148,6 @@ class FakeWhmcs:
         return []
 
 
-class Emitter:
-    def __init__(self) -> None:
-        self.outcomes: list[dict] = []
-
-    async def send_outcomes(self, outcomes):
-        self.outcomes.extend(outcomes)
-
-    async def send_dead_letters(self, letters):
-        raise AssertionError(f"unexpected dead letters {letters}")
-
-
 class Orders:
     def query(self, soql):
         from tests.streams.factories import order
@@ -168,74 +157,122 @@ class Orders:
 
 @pytest.fixture
 def batch_parts():
-    from common.avro import AvroSerde
-    from streams.batch import BatchProcessor, DictState, RawRecord
-    from streams.decide import Context
-    from streams.guard import Guard
-    from streams.provision import Provisioner, ProvisionPolicy
     from tests.streams.factories import request_value
-
-    serde = AvroSerde("provision_request")
+    from tests.streams.flowkit import Kit, records
 
     def build(*, lease):
-        whmcs, emitter, state = FakeWhmcs(), Emitter(), DictState()
-        processor = BatchProcessor(
-            state=state, guard=Guard(Orders()), emitter=emitter, context=Context(),
-            provisioner=Provisioner(whmcs, ProvisionPolicy()),  # type: ignore[arg-type]
-            serde=serde, lease=lease, writer_id="writer-under-test")
-        return processor, whmcs, emitter, state
+        whmcs = FakeWhmcs()
+        kit = Kit(salesforce=Orders(), whmcs_client=whmcs, lease=lease)
+        return kit, whmcs
 
     def record(order_id, *, partition, generation, offset=7):
-        value = serde.encode(request_value(order_id))
-        return RawRecord(order_id.encode(), value, "requests", partition, offset,
-                         headers=serde.headers(), generation=generation)
+        return records([request_value(order_id)], partition=partition, start=offset,
+                       generation=generation)[0]
     build.record = record  # type: ignore[attr-defined]
     return build
 
-def test_batch_with_an_expired_lease_makes_no_call_sends_no_outcome_and_acks_nothing(
-        batch_parts):
-    clock = Clock()
-    owned = joined(clock)
-    processor, whmcs, emitter, state = batch_parts(lease=owned)
-    clock.now += 25  # no heartbeat accepted for 25 s
-    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
-    report = asyncio.run(processor.process([record]))
-    assert whmcs.calls == []
-    assert emitter.outcomes == []
-    assert [(r.partition, r.offset) for r in report.fenced] == [(0, record.offset)]
-    assert "801A00000000001AAA" not in state.intents  # not even the intent
+
+def _run(kit, record, *, until=None):
+    """Process ``record``; with ``until``, stop waiting once ``until()`` is true (an event
+    that waits for its lease never leaves the worker by itself)."""
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        while not task.done():
+            if until is not None and until():
+                task.cancel()
+                return
+            await asyncio.sleep(0.01)
+        await task
+    asyncio.run(go())
 
 
-def test_batch_with_a_renewed_lease_provisions_and_records_who_wrote_the_intent(batch_parts):
+def test_an_expired_lease_makes_the_event_wait_with_no_call_until_it_is_renewed(batch_parts):
     clock = Clock()
     owned = joined(clock)
-    processor, whmcs, emitter, state = batch_parts(lease=owned)
-    clock.now += 25
-    owned.heartbeat(5, clock.now, accepted=True)
+    kit, whmcs = batch_parts(lease=owned)
+    clock.now += 25  # no heartbeat accepted for 25 s (a broker away, or this process paused)
     record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
-    report = asyncio.run(processor.process([record]))
-    assert report.fenced == []
+
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        await asyncio.sleep(0.3)
+        waited = (list(whmcs.calls), list(kit.emitter.sent),
+                  "801A00000000001AAA" in kit.tables.intents)
+        owned.heartbeat(5, clock.now, accepted=True)  # the coordinator answers again
+        await task
+        return waited
+    waited = asyncio.run(go())
+    assert waited == ([], [], False)  # no call, no outcome, not even the intent meanwhile
     assert [c[0] for c in whmcs.calls] == ["AddOrder", "AcceptOrder"]
-    assert [o["status"] for o in emitter.outcomes] == ["Provisioned"]
-    intent = state.intents["801A00000000001AAA"]
-    assert intent["writer"] == "writer-under-test"
+    assert [o["status"] for o in kit.emitter.sent] == ["Provisioned"]
+    intent = kit.tables.intents["801A00000000001AAA"]
+    assert intent["writer"] == "kit"
     assert intent["lease_until"] <= int(owned.check(0, 5).valid_until_wall * 1000)
+
+
+def test_a_partition_lost_while_waiting_fences_the_event_no_call_no_outcome(batch_parts):
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+    clock.now += 25
+    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
+
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        await asyncio.sleep(0.2)
+        owned.heartbeat(5, clock.now, accepted=False, rebalance=True)  # kicked out
+        owned.synced(7, clock.now)
+        owned.assigned([1], 7)  # partition 0 went to another worker
+        await task
+    asyncio.run(go())
+    assert whmcs.calls == [] and kit.emitter.sent == []
+    assert kit.finished == []  # fenced: never finished, so never committed past
+    assert "801A00000000001AAA" not in kit.tables.intents
 
 
 def test_lease_lost_between_addorder_and_acceptorder_stops_the_order(batch_parts):
     clock = Clock()
     owned = joined(clock)
-    processor, whmcs, emitter, state = batch_parts(lease=owned)
+    kit, whmcs = batch_parts(lease=owned)
 
     def lose_it(action: str) -> None:
-        if action == "AddOrder":
-            owned.rebalancing()  # the coordinator answered REBALANCE_IN_PROGRESS meanwhile
+        if action == "AddOrder":  # meanwhile the partition went to another worker
+            owned.rebalancing()
+            owned.synced(6, clock.now)
+            owned.assigned([1], 6)
     whmcs.on_call = lose_it
     record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
-    report = asyncio.run(processor.process([record]))
+    _run(kit, record)
     assert [c[0] for c in whmcs.calls] == ["AddOrder"]
-    assert emitter.outcomes == [] and len(report.fenced) == 1
-    assert state.intents["801A00000000001AAA"]["state"] == "pending"  # for the new owner
+    assert kit.emitter.sent == [] and kit.finished == []
+    assert kit.tables.intents["801A00000000001AAA"]["state"] == "pending"  # for the new owner
+
+
+def test_an_order_queued_behind_the_whmcs_slots_is_checked_when_its_slot_comes():
+    """The issue's finding: Orders waiting for a WHMCS slot when the worker was paused got a
+    second AddOrder. The lease is asked once the slot is ours, right before the call."""
+    from tests.streams.factories import order, request_value
+    from tests.streams.flowkit import Kit, records
+
+    class AnyOrder:
+        def query(self, soql):
+            ids = [p.strip(" '") for p in soql.split("IN (")[1].rstrip(")").split(",")]
+            return [order(order_id=i) for i in ids]
+
+    clock = Clock()
+    owned = joined(clock)
+    whmcs = FakeWhmcs()
+    kit = Kit(salesforce=AnyOrder(), whmcs_client=whmcs, lease=owned, parallelism=1)
+
+    def lose_it(action: str) -> None:  # while the first Order holds the only slot
+        owned.rebalancing()
+        owned.synced(6, clock.now)
+        owned.assigned([1], 6)
+    whmcs.on_call = lose_it
+    values = [request_value("801A00000000001AAA"), request_value("801A00000000002AAA")]
+    asyncio.run(kit.process(records(values, partition=0, generation=5)))
+    assert [c[0] for c in whmcs.calls] == ["AddOrder"]  # the queued one never called
+    assert kit.emitter.sent == [] and kit.finished == []
 
 
 def test_fenced_carries_the_reason():
