@@ -453,12 +453,28 @@ class WorkerSettings(_Section):
                       doc="Faust app id (consumer group and changelog topic prefix).")
     store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
                                                        "memory:// for tests).")
-    batch_size: int = env("WORKER_BATCH_SIZE", 200, parse=parse_positive_int,
-                          doc="Events decided together (one Salesforce query per batch).")
-    batch_linger_s: float = env("WORKER_BATCH_LINGER_S", 0.05, parse=parse_float,
-                                doc="How long to wait to fill a batch.")
+    max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 1000, parse=parse_positive_int,
+                             doc="Events taken in and not yet finished, at most "
+                                 "(backpressure: beyond it no more are fetched).")
+    partition_window: int = env("WORKER_PARTITION_WINDOW", 10_000, parse=parse_positive_int,
+                                doc="A partition whose uncommitted span (offsets behind an "
+                                    "unfinished event, e.g. a hung WHMCS call) grows past "
+                                    "this is paused until it halves (memory bound).")
+    guard_batch: int = env("WORKER_GUARD_BATCH", 200, parse=parse_positive_int,
+                           doc="Orders read from Salesforce in one guard query, at most.")
+    guard_linger_s: float = env("WORKER_GUARD_LINGER_S", 0.05, parse=parse_float,
+                                doc="How long an Order waits for others to share its guard "
+                                    "query (while none is in flight).")
     whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
-                                 doc="WHMCS calls in flight for different orders of a batch.")
+                                 doc="WHMCS calls in flight at once (each Order's AddOrder "
+                                     "and AcceptOrder take one slot each, in turn).")
+    commit_interval_s: float = env("WORKER_COMMIT_INTERVAL_S", 1.0, parse=parse_float,
+                                   doc="How often the finished prefix of each requests "
+                                       "partition is committed.")
+    drain_timeout_s: float = env("WORKER_DRAIN_TIMEOUT_S", 20.0, parse=parse_float,
+                                 doc="On SIGTERM, how long events in flight may take to "
+                                     "finish before the worker stops (the rest is "
+                                     "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_float,
                                  doc="How long an IdemKey is remembered (≥ requests retention).")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_float,
@@ -471,9 +487,10 @@ class WorkerSettings(_Section):
                              "(0.0.0.0 in a container, so a published port "
                              "reaches them).")
     lookup_grace_s: float = env("WORKER_LOOKUP_GRACE_S", 2.0, parse=parse_float,
-                                doc="Before concluding a WHMCS order is absent, wait this "
-                                    "long (after the earlier attempt's timeout) and look "
-                                    "again.")
+                                doc="A lookup for an order an earlier attempt may have "
+                                    "created waits until that attempt's last possible "
+                                    "AddOrder is WHMCS_TIMEOUT_S plus this old (covers "
+                                    "WHMCS committing late and clock skew between workers).")
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
                                   doc="A pending intent (or unsent outcome) older than this, "
                                       "with no event in flight, is recovered by the sweep "
@@ -493,7 +510,34 @@ class WorkerSettings(_Section):
                                      "be restarted). 0 = off.")
     instance_id: str = env("WORKER_INSTANCE_ID", "",
                            doc="Static group membership id (a restarted worker with the "
-                               "same id takes its partitions back without a rebalance).")
+                               "same id takes its partitions back without a rebalance). "
+                               "Unique per live process.")
+    lease_margin_s: float = env("WORKER_LEASE_MARGIN_S", 0.0, parse=parse_float,
+                                doc="Ownership lease: the worker writes to WHMCS only while "
+                                    "its last accepted group heartbeat is younger than the "
+                                    "session timeout minus this margin (0 = a third of "
+                                    "WORKER_SESSION_TIMEOUT_S).")
+    intent_lease_s: float = env("WORKER_INTENT_LEASE_S", 10.0, parse=parse_float,
+                                doc="How far ahead an intent records that its writer may "
+                                    "still send to WHMCS (renewed before a later call); a "
+                                    "new owner of the Order waits this out, plus "
+                                    "WHMCS_TIMEOUT_S and WORKER_LOOKUP_GRACE_S, before its "
+                                    "lookup.")
+
+    @property
+    def lease_margin(self) -> float:
+        return self.lease_margin_s or self.session_timeout_s / 3
+
+    def validate(self) -> None:
+        if not 0 <= self.lease_margin_s < self.session_timeout_s:
+            raise ConfigError("WORKER_LEASE_MARGIN_S: must be shorter than "
+                              f"WORKER_SESSION_TIMEOUT_S ({self.session_timeout_s:g})")
+        if self.intent_lease_s <= 0:
+            raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
+        if self.guard_batch > 200:
+            raise ConfigError("WORKER_GUARD_BATCH: at most 200 Orders per guard query")
+        if self.commit_interval_s <= 0:
+            raise ConfigError("WORKER_COMMIT_INTERVAL_S: must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)

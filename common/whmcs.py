@@ -245,6 +245,10 @@ class WhmcsClient:
         await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
                                         "sendemail": sendemail})
 
+    async def cancel_order(self, order_id: int) -> None:
+        """``CancelOrder`` of a Pending order (the worker's compensation for a duplicate)."""
+        await self.call("CancelOrder", {"orderid": order_id})
+
     async def get_orders(self, *, client_id: int | None = None, order_id: int | None = None,
                          status: str | None = None, limitstart: int = 0,
                          limitnum: int = 25) -> tuple[int, list[WhmcsOrder]]:

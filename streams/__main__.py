@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
+    from streams.faust_seam import UnsupportedVersion, check_versions
+    try:
+        check_versions()
+    except UnsupportedVersion as exc:
+        log.critical("%s", exc)
+        return EXIT_CONFIG
     try:
         report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters))
     except KafkaAccessError as exc:

@@ -1,74 +1,62 @@
-"""The Faust app: one agent over the requests topic, two tables, the sweep timer.
+"""The provisioning worker: the faust app, its agent, and the parts it wires together.
 
-Processing guarantee: at-least-once delivery of events to :mod:`streams.batch`, made safe by
-the tables (Faust's exactly-once mode is not used: it predates KIP-447 and has open
-duplicate reports under rebalance). The agent runs with ``concurrency=1`` and takes events
-in batches (``take_events``): Faust acks a batch when the agent asks for the next one —
-and also when the agent's generator is closed by an exception or a shutdown. To make the
-offsets move **only** after the batch's outcomes are acknowledged, each event's message is
-``incref``'d on arrival and acked by us after the batch; the generator's own ack merely
-drops its reference. A shutdown or crash mid-batch therefore commits nothing past it.
+The agent takes the requests topic's events as they come and hands each to its Order's lane
+(:mod:`streams.lanes`); :mod:`streams.handler` takes one event end to end. Offsets are
+committed by the worker's own :class:`~streams.checkpoint.Checkpoint` — only the contiguous
+prefix of finished events per partition — never by faust (the worker releases faust's
+messages instead of acknowledging them). Faust's exactly-once mode is not used: it predates
+KIP-447 and has open duplicate reports under rebalance; the tables make redelivery safe.
 
-Nothing raises out of the agent body: a batch that fails is retried (safe — the tables make
-a batch idempotent) and after ``BATCH_ATTEMPTS`` its events go to the dead-letter topic with
-the error; a :class:`~streams.tables.DurabilityError` (a table change the broker did not
-acknowledge) stops the worker without acking, because the local tables are then ahead of
-their changelog.
+Nothing raises out of the agent: an event whose handling fails is retried and then
+dead-lettered (:class:`~streams.handler.EventHandler`); a table change the broker did not
+acknowledge (:class:`~streams.state.DurabilityError`) stops the worker without committing,
+because the local tables are then ahead of their changelogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import faust
 
 from common.avro import AvroSerde, registry_for
+from common.backoff import retry_forever
 from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
-from streams import metrics
-from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
-from streams.commit_gate import CommitGate, broker_reader
-from streams.commit_gate import install as install_commit_gate
-from streams.decide import Context
-from streams.faust_recovery import (
-    read_committed,
-    rewind_dropped_records,
-    seek_uncommitted_to_beginning,
-)
-from streams.guard import Guard, QueryClient
+from streams import faust_seam, metrics
+from streams.checkpoint import Checkpoint, broker_reader
+from streams.decide import Context, Event
+from streams.guard import Guard, GuardReads, QueryClient
+from streams.handler import DeadLetter, EventHandler, RawRecord, decode
+from streams.lanes import Admitted, Lanes
+from streams.lease import Fenced, OwnershipLease
 from streams.observability import WorkerOps
-from streams.provision import Provisioner, ProvisionPolicy
+from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
-from streams.tables import DurabilityError, DurableTable, TableState, key_partition
+from streams.state import GroupCommit, OrderState
 from streams.watchdog import Progress, StallWatchdog
 
 log = logging.getLogger(__name__)
-BATCH_ATTEMPTS = 3
 # faust's RocksDB defaults are per partition DB (2 tables x partitions DBs): 64 MB memtables
-# x3 and a 2 GB block cache each. Memtables only flush to disk when full, so every decision
-# stayed in RAM until 64 MB per DB: worker RSS grew with the Orders processed (335 MB).
+# x3 and a 2 GB block cache each; sized for this table instead (docs/decisions/0004).
 ROCKSDB_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
                    "block_cache_size": 8 << 20}
-
-
-@dataclass
-class Health:
-    started_at: float = 0.0
-    last_batch_at: float | None = None
-    batches: int = 0
-    batch_errors: int = 0
-    last_error: str | None = None
+INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
+INTAKE_WITHIN_S = 0.005
 
 
 class KafkaEmitter:
-    """Outcomes and dead letters through the app's producer (acks=all), awaited."""
+    """Outcomes and dead letters through the app's producer (acks=all), each awaited."""
 
     def __init__(self, app: faust.App, kafka: KafkaSettings) -> None:
         self.outcomes = app.topic(kafka.outcomes, key_serializer="raw", value_serializer="raw",
@@ -78,124 +66,130 @@ class KafkaEmitter:
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
                                registry=registry_for(kafka))
         self.headers = dict(self.serde.headers())  # empty in the Confluent format
-        # extra headers of one outcome (its trace context); see streams.observability
+        # the outcome's trace context (streams.observability; nothing when tracing is off)
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
 
-    async def send_outcomes(self, outcomes: list[dict[str, Any]]) -> None:
+    async def send_outcome(self, outcome: dict[str, Any]) -> None:
         async def send() -> None:
-            futs = [await self.outcomes.send(key=o["order_id"].encode(),
-                                             value=self.serde.encode(o),
-                                             headers={**self.headers, **self.outcome_headers(o)})
-                    for o in outcomes]
-            await asyncio.gather(*futs)
-        if outcomes:
-            await retry_forever("sending outcomes", send)
+            await (await self.outcomes.send(
+                key=outcome["order_id"].encode(), value=self.serde.encode(outcome),
+                headers={**self.headers, **self.outcome_headers(outcome)}))
+        await retry_forever("sending an outcome", send,
+                            on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
 
-    async def send_dead_letters(self, letters: list[DeadLetter]) -> None:
+    async def send_dead_letter(self, letter: DeadLetter) -> None:
+        rec = letter.record
+        headers = dict(dead_letter_headers(
+            stage="worker", reason=letter.reason, error_class=letter.error_class,
+            error_code=letter.error_code, source_topic=rec.topic,
+            source_partition=rec.partition, source_offset=rec.offset, order_id=letter.order_id,
+            event_uuid=letter.event_uuid, idem_key=letter.idem_key))
+
         async def send() -> None:
-            futs = []
-            for letter in letters:
-                rec = letter.record
-                headers = dict(dead_letter_headers(
-                    stage="worker", reason=letter.reason, error_class=letter.error_class,
-                    error_code=letter.error_code, source_topic=rec.topic,
-                    source_partition=rec.partition, source_offset=rec.offset,
-                    order_id=letter.order_id, event_uuid=letter.event_uuid,
-                    idem_key=letter.idem_key))
-                futs.append(await self.dead_letters.send(key=rec.key, value=rec.value,
-                                                         headers=headers))
-            await asyncio.gather(*futs)
-        if letters:
-            await retry_forever("sending dead letters", send)
+            await (await self.dead_letters.send(key=rec.key, value=rec.value, headers=headers))
+        await retry_forever("sending a dead letter", send,
+                            on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
 
 
 class Worker:
-    """Builds and holds the Faust app and its parts. ``sf_client`` answers the guard query."""
+    """Builds and holds the faust app and its parts. ``sf_client`` answers the guard query."""
 
     def __init__(self, *, kafka: KafkaSettings, worker: WorkerSettings, whmcs: WhmcsSettings,
                  sf_client: QueryClient, common: CommonSettings | None = None,
                  whmcs_client: WhmcsClient | None = None) -> None:
         common = common or CommonSettings.load({})
         self.kafka, self.settings = kafka, worker
-        self.health = Health(started_at=time.time())
-        self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
+        self.started_at = time.time()
         app_id = kafka.topic(worker.app_id)
-        # every Kafka client below (faust's and the gate's/watchdog's) from one connection
-        conn = KafkaConnection.from_settings(kafka)
         datadir = common.state_dir / "worker" / app_id
         datadir.parent.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
-            app_id, **conn.faust(), store=worker.store,
-            datadir=str(datadir), web_enabled=False,
-            autodiscover=False, topic_partitions=kafka.partitions,
-            topic_replication_factor=kafka.replication_factor,
-            table_standby_replicas=worker.standby_replicas,
-            consumer_auto_offset_reset="earliest", producer_acks=-1,
-            processing_guarantee="at_least_once", broker_commit_every=1000,
-            broker_commit_interval=1.0,
-            # Memory: a few batches of events in flight and small fetches (an event is
-            # ~0.5 KB); faust's defaults (4,096 buffered events, 1 MB per partition fetch)
-            # suit bulk streams, not a worker making two HTTP calls per event.
-            stream_buffer_maxsize=max(1024, worker.batch_size * 4),
-            consumer_max_fetch_size=256 * 1024, broker_max_poll_records=worker.batch_size * 2,
-            key_serializer="raw", value_serializer="raw",
+        # every Kafka client below (faust's, the checkpoint's, the watchdog's) from one
+        # connection (TLS, SASL: common.connection)
+        conn = KafkaConnection.from_settings(kafka)
+        self.app = faust_seam.build_app(
+            app_id, **conn.faust(), store=worker.store, datadir=str(datadir), web_enabled=False, autodiscover=False,
+            topic_partitions=kafka.partitions, topic_replication_factor=kafka.replication_factor,
+            table_standby_replicas=worker.standby_replicas, consumer_auto_offset_reset="earliest",
+            producer_acks=-1, processing_guarantee="at_least_once",
+            # Memory: faust's defaults (4,096 buffered events, 1 MB per partition fetch) suit
+            # bulk streams, not a worker making two HTTP calls per event.
+            stream_buffer_maxsize=max(1024, worker.max_in_flight), consumer_max_fetch_size=256 * 1024,
+            broker_max_poll_records=INTAKE_CHUNK, key_serializer="raw", value_serializer="raw",
             broker_session_timeout=worker.session_timeout_s,
             broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
-            consumer_group_instance_id=worker.instance_id or None,
-            # faust's own ends recovery in an order that drops fetched events (see module)
-            TableManager="streams.faust_recovery:TableManager")
-        table_kw: dict[str, Any] = dict(default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
-                        schema=faust.Schema(key_type=str, key_serializer="raw",
-                                            value_serializer="json"))
-        self.idem = DurableTable(self.app, name="idem",
-                                                     beacon=self.app.tables.beacon,
-                                                     help="order id → {idem key: decision}",
-                                                     **table_kw)
-        self.intents = DurableTable(self.app, name="intents",
-                                                        beacon=self.app.tables.beacon,
-                                                        help="order id → provisioning intent",
-                                                        **table_kw)
+            consumer_group_instance_id=worker.instance_id or None)
+        table_kw: dict[str, Any] = dict(
+            default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
+            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
+        self.idem = faust_seam.DurableTable(self.app, name="idem", beacon=self.app.tables.beacon,
+                                            help="order id → {idem key: decision}", **table_kw)
+        self.intents = faust_seam.DurableTable(self.app, name="intents",
+                                               beacon=self.app.tables.beacon,
+                                               help="order id → provisioning intent", **table_kw)
         self.app.tables.add(self.idem)
         self.app.tables.add(self.intents)
+        self.state = OrderState(cast(Any, self.idem), cast(Any, self.intents), self._flush)
+        self.state.watched = True
+        self.durable = GroupCommit(self.state.flush)
+
+        # Who writes this process's intents, and whether it still owns an Order's partition
+        # when it is about to write to WHMCS (streams.lease, fed by streams.faust_seam).
+        self.writer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = OwnershipLease(session_timeout_s=worker.session_timeout_s,
+                                    margin_s=worker.lease_margin)
+        faust_seam.watch_membership(app_id, faust_seam.LeaseAdapter(self.lease, kafka.requests))
+
+        self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
         self.whmcs.observer = self.ops.whmcs_observer
-        policy = ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
-                                 whmcs_timeout_s=whmcs.timeout_s,
-                                 lookup_grace_s=worker.lookup_grace_s,
-                                 autosetup=whmcs.autosetup)
         self.guard = Guard(sf_client, observer=self.ops.salesforce_observer)
+        self.reads = GuardReads(self.guard, linger_s=worker.guard_linger_s,
+                                max_ids=worker.guard_batch,
+                                on_read=metrics.GUARD_READS.observe)
+        self.provisioner = Provisioner(
+            self.whmcs, ProvisionPolicy(retry_deadline_s=worker.retry_deadline_s,
+                                        whmcs_timeout_s=whmcs.timeout_s,
+                                        lookup_grace_s=worker.lookup_grace_s,
+                                        autosetup=whmcs.autosetup),
+            parallelism=worker.whmcs_parallelism,
+            on_retry=lambda kind: metrics.RETRIES.labels(kind).inc())
         self.emitter = KafkaEmitter(self.app, kafka)
         self.emitter.outcome_headers = self.ops.outcome_headers
-        self.processor = BatchProcessor(
-            state=TableState(self.idem, self.intents), guard=self.guard,
-            provisioner=Provisioner(self.whmcs, policy,
-                                    on_retry=lambda k: metrics.RETRIES.labels(k).inc()),
-            emitter=self.emitter,
-            serde=AvroSerde("provision_request", topic=kafka.requests,
-                            registry=registry_for(kafka)),
+        self.serde = AvroSerde("provision_request", topic=kafka.requests,
+                               registry=registry_for(kafka))
+        self.handler = EventHandler(
+            state=self.state, reads=self.reads, provisioner=self.provisioner,
+            emitter=self.emitter, durable=self.durable,
             context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
                             no_email=whmcs.no_email),
-            parallelism=worker.whmcs_parallelism)
-        self.sweeper = Sweeper(self.processor, recovery_after_s=worker.recovery_after_s,
-                               dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns)
-        self.intents.watch = self.sweeper.watch_intent
-        self.idem.watch = self.sweeper.watch_idem
-        self.lock = asyncio.Lock()
+            lease=self.lease, writer_id=self.writer_id, intent_lease_s=worker.intent_lease_s)
+
         self.requests = self.app.topic(kafka.requests, key_serializer="raw",
                                        value_serializer="raw", internal=False)
+        self.consumer = faust_seam.ConsumerSeam(self.app, kafka.requests)
+        self.checkpoint = Checkpoint(broker_reader(conn, app_id, kafka.requests),
+                                     commit=self.consumer.commit,
+                                     seek=self.consumer.seek_before_next_fetch)
+        self.progress = Progress()
+        self.lanes = Lanes(self.checkpoint, self.consumer.release,
+                           max_in_flight=worker.max_in_flight,
+                           partition_window=worker.partition_window,
+                           pause=self.consumer.pause, resume=self.consumer.resume,
+                           on_leave=self._left, on_crash=self._crash)
+        self.progress.busy = lambda: self.lanes.in_flight > 0
+        self.consumer.before_wait_empty(self._leaving)
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
-        seek_uncommitted_to_beginning(self.app.consumer, {kafka.requests})
-        read_committed(self.app.consumer)
-        # faust drops fetched records without seeking back (see streams.faust_recovery)
-        self.rewinder = rewind_dropped_records(self.app.consumer)
-        # faust can commit past events it fetched and dropped: check each commit (see module)
-        self.commit_gate = CommitGate(kafka.requests, broker_reader(
-            conn, app_id, kafka.requests))
-        install_commit_gate(self.commit_gate, self.app.consumer)
+        self.app.timer(worker.commit_interval_s, on_leader=False)(self._commit)
+
+        self.sweeper = Sweeper(self.state, self.provisioner, self.emitter,
+                               lanes=self.lanes, recovery_after_s=worker.recovery_after_s,
+                               dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns,
+                               fence_for=self._sweep_fence)
+        self.idem.watch = self.sweeper.watch_idem
+        self.intents.watch = self.sweeper.watch_intent
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
-        self.progress = Progress()
         self.watchdog: StallWatchdog | None = None
         if worker.stall_timeout_s > 0:
             self.watchdog = StallWatchdog(
@@ -203,52 +197,91 @@ class Worker:
                 owned=lambda: set(self.assigned), progress=self.progress,
                 timeout_s=worker.stall_timeout_s,
                 interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
-                recovery_position=self._recovery_position,
-                diagnose=self.diagnose, reseek=self._reseek)  # started by __main__
+                recovery_position=self.consumer.recovery_position,
+                diagnose=self.diagnose, reseek=self.consumer.reseek)  # started by __main__
+        self.events = 0
+        self.fenced = 0
+        self.last_event_at: float | None = None
 
-    def diagnose(self) -> dict[str, Any]:
-        """faust's gates between the broker and the agent (read from the watchdog thread)."""
-        app: Any = self.app  # faust's internals, read as they are
-        out: dict[str, Any] = {}
-        probes = {
-            "flow_active": lambda: app.consumer.flow_active,
-            "flow_control_active": lambda: app.flow_control.is_active(),
-            "rebalancing": lambda: app.rebalancing,
-            "recovery_completed": lambda: app.tables.recovery.completed.is_set(),
-            "active_partitions": lambda: sorted(
-                tp.partition for tp in (app.consumer._active_partitions or ())
-                if tp.topic == self.kafka.requests),
-            "paused_partitions": lambda: sorted(
-                tp.partition for tp in app.consumer._paused_partitions
-                if tp.topic == self.kafka.requests),
-            "read_offsets": lambda: {tp.partition: off for tp, off
-                                     in app.consumer._read_offset.items()
-                                     if tp.topic == self.kafka.requests},
-            "unacked_messages": lambda: len(app.consumer._unacked_messages),
-            "agent_queue": lambda: self.requests.queue.qsize(),
-            "lock_held": lambda: self.lock.locked(),
-        }
-        for name, probe in probes.items():
-            try:
-                out[name] = probe()
-            except Exception as exc:  # noqa: BLE001 - diagnostics only
-                out[name] = f"? {type(exc).__name__}"
-        return out
+    async def _flush(self) -> None:
+        metrics.GROUP_COMMITS.inc()
+        await asyncio.gather(self.idem.flush(), self.intents.flush())
 
-    def _reseek(self) -> None:
-        """From the watchdog thread: seek the stream partitions to their committed offsets."""
-        if self.app.rebalancing:
-            return  # a rebalance seeks by itself when (if) it completes
-        future = asyncio.run_coroutine_threadsafe(self.app.consumer.perform_seek(),
-                                                  self.app.loop)
-        future.result(timeout=30)
+    # -- the agent: events in --------------------------------------------------------------
 
-    def _recovery_position(self) -> int:
+    async def _agent(self, stream: Any) -> None:
+        async for events in stream.take_events(INTAKE_CHUNK, within=INTAKE_WITHIN_S):
+            for event in events:
+                event.message.incref()  # faust never acks it: released by the lanes
+            records = [RawRecord(e.message.key, e.message.value, e.message.topic,
+                                 e.message.partition, e.message.offset,
+                                 received_at=e.message.time_in or time.monotonic(),
+                                 headers=e.message.headers, generation=e.message.generation_id)
+                       for e in events]
+            # In a thread: a schema registry lookup must not block the loop; retried while
+            # the registry is down (not the records' fault).
+            decoded = await retry_forever("decoding requests (schema registry)",
+                                          partial(asyncio.to_thread, self._decode, records))
+            for event, rec, item in zip(events, records, decoded, strict=True):
+                await self._admit(event.message, rec, item)
+
+    def _decode(self, records: list[RawRecord]) -> list[Event | DeadLetter]:
+        return [decode(self.serde, r) for r in records]
+
+    async def _admit(self, message: Any, rec: RawRecord, item: Event | DeadLetter) -> None:
+        self.events += 1
+        self.last_event_at = time.time()
+        self.progress.touch()
+        self.ops.event_started(message)
+        if isinstance(item, DeadLetter):
+            async def dead() -> bool:
+                await self.emitter.send_dead_letter(item)
+                metrics.DEAD_LETTERS.labels(item.error_code or item.error_class).inc()
+                return True
+            self.lanes.run_alone(Admitted(rec.partition, rec.offset, message, dead))
+            return
+
+        async def work(event: Event = item) -> bool:
+            finished = await self.handler.handle(event, rec)
+            if not finished:
+                self.fenced += 1
+            return finished
+        await self.lanes.admit(item.order_id, Admitted(rec.partition, rec.offset, message, work))
+
+    def _left(self, item: Admitted) -> None:
+        """An event left the worker (finished, fenced, or released by a rebalance)."""
+        self.progress.touch()
+        self.ops.event_finished(item.message)
+        metrics.EVENTS.labels(item.result).inc()
+
+    # -- commits, rebalances, stopping -----------------------------------------------------
+
+    async def _commit(self) -> None:
         try:
-            recovery = cast(Any, self.app.tables).recovery
-            return int(sum(recovery.active_offsets.values()))
-        except Exception:  # noqa: BLE001 - read from another thread; best effort
-            return 0
+            await self.checkpoint.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next commit tries again
+            log.exception("commit failed")
+
+    async def _leaving(self, stopping: bool) -> None:
+        """faust is about to wait for unacknowledged messages: a rebalance (release every
+        event; its partition may be someone else's in a moment) or a stop (let the events
+        finish for up to ``WORKER_DRAIN_TIMEOUT_S`` first). Then commit what is finished."""
+        if stopping:
+            left = await self.lanes.drain(self.settings.drain_timeout_s)
+            if left:
+                log.warning("stopping with %d event(s) unfinished; they are redelivered", left)
+        await self._commit()
+        released = self.lanes.revoke()
+        if released and not stopping:
+            log.info("rebalance: %d event(s) in flight released (redelivered from the "
+                     "committed offsets)", released)
+
+    def _crash(self, exc: BaseException) -> None:
+        log.critical("table changelog not durable; stopping without committing",
+                     extra={"cause": repr(exc)})
+        asyncio.ensure_future(self.app.crash(exc))  # type: ignore[arg-type]
 
     async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
         self.assigned = {tp.partition for tp in assigned if tp.topic == self.kafka.requests}
@@ -256,110 +289,54 @@ class Worker:
         self.sweeper.rescan()  # entries of new partitions may predate the index
         log.info("requests partitions assigned: %s", sorted(self.assigned))
 
-    # -- ownership ---------------------------------------------------------------------
+    # -- the sweep -------------------------------------------------------------------------
 
     def owns(self, order_id: str) -> bool:
         """True when this worker actively owns the Order's partition (not standby)."""
-        try:
-            actives = self.app.assignor.assigned_actives()
-        except Exception:  # noqa: BLE001 - before the first assignment
-            return False
-        partition = key_partition(order_id, self.kafka.partitions)
-        return any(tp.topic == self.kafka.requests and tp.partition == partition
-                   for tp in actives)
+        partition = faust_seam.key_partition(order_id, self.kafka.partitions)
+        return partition in self.consumer.assigned_partitions()
 
-    # -- the agent ---------------------------------------------------------------------
+    def _sweep_fence(self, order_id: str) -> Fence:
+        partition = faust_seam.key_partition(order_id, self.kafka.partitions)
 
-    async def _agent(self, stream: Any) -> None:
-        async for events in stream.take_events(self.settings.batch_size,
-                                               within=self.settings.batch_linger_s):
-            for event in events:
-                event.message.incref()  # we ack after the outcomes are acknowledged
-                self.ops.event_started(event.message)
-            await self.handle(events)
-            for event in events:
-                self.commit_gate.finished(event.message.partition, event.message.offset)
-                await stream.ack(event)
-                self.ops.event_finished(event.message)
-
-    async def handle(self, events: list[Any]) -> None:
-        """Process one batch. Never raises (except cancellation), never returns early."""
-        records = [RawRecord(e.message.key, e.message.value, e.message.topic,
-                             e.message.partition, e.message.offset,
-                             received_at=e.message.time_in or time.monotonic(),
-                             headers=e.message.headers)
-                   for e in events]
-        metrics.BATCH_SIZE.observe(len(records))
-        self.progress.started()
-        try:
-            await self._handle(records)
-        finally:
-            self.progress.finished()
-
-    async def _handle(self, records: list[RawRecord]) -> None:
-        error: BaseException | None = None
-        async with self.lock:
-            for attempt in range(1, BATCH_ATTEMPTS + 1):
-                try:
-                    started = time.monotonic()
-                    report = await self.processor.process(records)
-                    log.info("batch done: %d events, %d outcomes, %d dead letters",
-                             report.events, report.outcomes, report.dead_letters,
-                             extra={"duration_ms": int((time.monotonic() - started) * 1000),
-                                    "count": report.events, "steps_ms": report.steps_ms})
-                    metrics.BATCHES.labels("ok").inc()
-                    self.health.batches += 1
-                    self.health.last_batch_at = time.time()
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except DurabilityError as exc:
-                    await self._stop_without_ack(exc)
-                except Exception as exc:  # noqa: BLE001 - the catch-all the design requires
-                    error = exc
-                    self.health.batch_errors += 1
-                    self.health.last_error = f"{type(exc).__name__}: {exc}"
-                    metrics.BATCHES.labels("error").inc()
-                    log.exception("batch failed (attempt %d/%d)", attempt, BATCH_ATTEMPTS)
-                    await asyncio.sleep(min(2.0 ** attempt, 10.0))
-            letters = [DeadLetter(r, f"worker could not process the batch: {error!r}",
-                                  type(error).__name__, "WORKER_ERROR") for r in records]
-            await self.emitter.send_dead_letters(letters)
-            for _ in letters:
-                metrics.DEAD_LETTERS.labels("WORKER_ERROR").inc()
-
-    async def _stop_without_ack(self, exc: BaseException) -> None:
-        log.critical("table changelog not durable; stopping without acknowledging the batch",
-                     extra={"cause": repr(exc)})
-        await self.app.crash(exc)  # type: ignore[arg-type]
-        await asyncio.Event().wait()  # cancelled by the shutdown; never acks
+        async def fence(action: str) -> None:
+            check = self.lease.current(partition)
+            if not check.ok:
+                raise Fenced(check, stage=action)
+        return fence
 
     async def _sweep(self) -> None:
         try:
-            await self.sweeper.run_once(lock=self.lock)
+            await self.sweeper.run_once()
         except asyncio.CancelledError:
             raise
-        except DurabilityError as exc:
-            await self._stop_without_ack(exc)
-        except Exception:  # noqa: BLE001 - the sweep must not kill the worker
+        except Exception as exc:  # noqa: BLE001 - the sweep must not kill the worker
+            if getattr(exc, "stops_worker", False):
+                self._crash(exc)
+                return
             log.exception("sweep failed")
 
-    # -- health ------------------------------------------------------------------------
+    # -- health ----------------------------------------------------------------------------
+
+    def diagnose(self) -> dict[str, Any]:
+        """What the stall watchdog logs: faust's gates and the lanes (from its thread)."""
+        return {**self.consumer.diagnose(), "in_flight": self.lanes.in_flight,
+                "unfinished": self.checkpoint.unfinished()}
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         since = self.guard.unavailable_since
         sf_down = since is not None and time.time() - since > 60
-        refused = self.processor.provisioner.access_refused_since
+        refused = self.provisioner.access_refused_since
         whmcs_refused = refused is not None and time.time() - refused > 60
-        details = {"batches": self.health.batches, "batch_errors": self.health.batch_errors,
-                   "last_batch_at": self.health.last_batch_at,
-                   "last_error": self.health.last_error,
+        details = {"events": self.events, "in_flight": self.lanes.in_flight,
+                   "last_event_at": self.last_event_at, "fenced": self.fenced,
                    "salesforce_unavailable_since": since,
                    "salesforce_last_error": self.guard.last_error,
                    "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
                    "whmcs_access_refused_since": refused,
-                   "whmcs_access_error": self.processor.provisioner.access_error,
+                   "whmcs_access_error": self.provisioner.access_error,
                    "assigned_partitions": sorted(self.assigned),
+                   "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
                    "idle_s": round(self.progress.idle_for(), 1),
                    "stall_check_error": self.watchdog.last_error if self.watchdog else None}
         return not (sf_down or whmcs_refused), details

@@ -2,7 +2,7 @@
 
 :func:`decide` looks, in this order, at
 
-1. the dedupe entry of the event's IdemKey (``idem`` table of the Order):
+1. the dedupe entry of the event's IdemKey (the Order's memory, :mod:`streams.state`):
    same ``event_uuid`` → :class:`Redelivery` (a crash replayed it: re-emit the *stored*
    outcome if it was never acknowledged, otherwise nothing); another event uuid →
    ``Duplicate``;
@@ -18,7 +18,8 @@
    not ``Activating`` → ``Skipped(NOT_ACTIVATING)``;
 4. the mapping (:mod:`streams.mapping`): an error → ``Failed(<code>)``, else
    :class:`Provision` — with ``lookup_first`` when an earlier failed attempt may have left
-   an order in WHMCS.
+   an order in WHMCS, and ``sends_until``: until when that attempt's writer could still
+   send (the intent's ``lease_until``, see :mod:`streams.lease`).
 
 An event without IdemKey is deduplicated on its event uuid (``idem_key_of``).
 """
@@ -31,9 +32,9 @@ from typing import Any
 
 from common.ids import describe_bad_id, is_salesforce_id
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
+from streams.state import ACCEPTED, Intent, Memory
 
 PROVISIONED, FAILED, SKIPPED, DUPLICATE = "Provisioned", "Failed", "Skipped", "Duplicate"
-PENDING, ACCEPTED, FAILED_STATE = "pending", "accepted", "failed"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ class Provision:
     request: WhmcsOrderRequest
     lookup_first: bool
     resumed: bool = False
-    intent_at: int | None = None  # when the earlier attempt's intent was written (ms)
+    # epoch ms until which the earlier attempt could send to WHMCS: its intent's lease
+    # (``at`` for an intent written before leases existed); a lookup waits past it
+    sends_until: int | None = None
     previous_attempts: int = 0
 
 
@@ -124,31 +127,30 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | None,
+def decide(event: Event, memory: Memory, intent: Intent | None,
            order: dict[str, Any] | None, ctx: Context | None = None) -> Decision:
+    """``memory``: the Order's dedupe memory; ``intent``: its provisioning intent;
+    ``order``: the Order as the guard read it (None: not found, or not needed because the
+    memory decides)."""
     ctx = ctx or Context()
-    entry = (idem or {}).get(event.idem_key)
+    entry = memory.get(event.idem_key)
     if entry is not None:
-        if entry.get("event_uuid") == event.event_uuid:
-            return Redelivery(entry.get("outcome"), bool(entry.get("emitted")))
-        dup = (entry.get("dups") or {}).get(event.event_uuid)
-        if dup is not None:
-            return Redelivery(dup.get("outcome"), bool(dup.get("emitted")))
+        decided = entry.decision_of(event.event_uuid)
+        if decided is not None:
+            return Redelivery(decided.outcome, decided.emitted)
         return Final(DUPLICATE, "DUPLICATE_IDEM_KEY",
-                     f"IdemKey {event.idem_key} was already decided ({entry.get('status')}) "
-                     f"for event {entry.get('event_uuid')}")
-    if intent and intent.get("state") in (ACCEPTED, FAILED_STATE) and intent.get("outcome") \
-            and intent.get("idem_key") == event.idem_key \
-            and intent.get("event_uuid") == event.event_uuid:
+                     f"IdemKey {event.idem_key} was already decided ({entry.status}) "
+                     f"for event {entry.event_uuid}")
+    if intent is not None and intent.decided(event.idem_key, event.event_uuid):
         # This very event was provisioned (or failed) but its dedupe entry is gone: the
         # intent holds the outcome that was decided; send that, never a contradicting one.
-        return Redelivery(intent["outcome"], emitted=False, restore=True)
-    resumed = bool(intent and intent.get("state") == PENDING)
-    if intent and intent.get("state") == ACCEPTED and intent.get("whmcs_order_id"):
+        return Redelivery(intent.outcome, emitted=False, restore=True)
+    resumed = intent is not None and intent.is_pending
+    if intent is not None and intent.state == ACCEPTED and intent.whmcs_order_id:
         return Final(SKIPPED, "ALREADY_PROVISIONED",
-                     f"WHMCS order {intent['whmcs_order_id']} was already created for this "
-                     f"Order (IdemKey {intent.get('idem_key')})",
-                     whmcs_order_id=int(intent["whmcs_order_id"]))
+                     f"WHMCS order {intent.whmcs_order_id} was already created for this "
+                     f"Order (IdemKey {intent.idem_key})",
+                     whmcs_order_id=int(intent.whmcs_order_id))
     if order is None:
         return Final(FAILED, "ORDER_NOT_FOUND", f"Order {event.order_id} not found in Salesforce")
     if not resumed:
@@ -166,10 +168,15 @@ def decide(event: Event, idem: dict[str, Any] | None, intent: dict[str, Any] | N
                             no_invoice=ctx.no_invoice, no_email=ctx.no_email)
     except MappingError as exc:
         return Final(FAILED, exc.code, exc.message)
-    may_exist = resumed or bool(intent and intent.get("may_exist"))
+    may_exist = resumed or (intent is not None and intent.may_exist)
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
-                     intent_at=(intent or {}).get("at") if may_exist else None,
-                     previous_attempts=int((intent or {}).get("attempt") or 0))
+                     sends_until=intent.sends_until() if may_exist and intent else None,
+                     previous_attempts=intent.attempt if intent else 0)
+
+
+def needs_guard(event: Event, memory: Memory) -> bool:
+    """Whether deciding ``event`` needs the Order from Salesforce (its IdemKey is new)."""
+    return event.idem_key not in memory
 
 
 def outcome_record(event: Event, status: str, *, opportunity_id: str | None = None,
@@ -177,7 +184,8 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
                    service_ids: list[int] | None = None, addon_ids: list[int] | None = None,
                    invoice_id: int | None = None, error_code: str | None = None,
                    error_message: str | None = None, attempts: int = 0,
-                   recovered: bool = False, completed_at: int | None = None) -> dict[str, Any]:
+                   recovered: bool = False, completed_at: int | None = None,
+                   duplicate_ids: list[int] | None = None) -> dict[str, Any]:
     """A value of ``schemas/provisioning_outcome.avsc`` (timestamps as epoch ms)."""
     return {
         "order_id": event.order_id, "opportunity_id": opportunity_id,
@@ -189,4 +197,5 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
         "error_message": (error_message or None) and error_message[:1000],
         "attempts": attempts, "recovered": recovered, "requested_at": event.requested_at,
         "completed_at": completed_at if completed_at is not None else now_ms(),
+        "duplicate_whmcs_order_ids": list(duplicate_ids or []),
     }

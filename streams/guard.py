@@ -13,6 +13,7 @@ The blocking simple-salesforce client runs in a worker thread (``asyncio.to_thre
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -104,3 +105,69 @@ class Guard:
                     log.warning("guard query failed; retrying", extra={"cause": self.last_error})
                 await self._sleep(min(wait, self.backoff_max_s) * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.backoff_max_s)
+
+
+_reading: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "sfprov_guard_reading", default=())
+
+
+def reading_orders() -> tuple[str, ...]:
+    """The Orders of the guard read running in this task (its observer's spans)."""
+    return _reading.get()
+
+
+class GuardReads:
+    """Coalesces the guard reads of Orders that need one at about the same time: the first
+    Order waits up to ``linger_s`` for company, a read starts at once when ``max_ids`` are
+    waiting, and Orders arriving while reads are in flight form the next read — so
+    Salesforce calls per Order stay those of batches, while no Order waits for another's
+    WHMCS calls. At most ``concurrency`` reads run at once."""
+
+    def __init__(self, guard: Guard, *, linger_s: float = 0.05, max_ids: int = 200,
+                 concurrency: int = 4, on_read: Callable[[int], None] | None = None) -> None:
+        self.guard = guard
+        self._on_read = on_read or (lambda _n: None)
+        self.linger_s, self.max_ids = linger_s, max_ids
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self.reads = 0
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        """The Order as Salesforce has it now (None: not found)."""
+        future: asyncio.Future[dict[str, Any] | None] = \
+            asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(order_id, []).append(future)
+        if len(self._waiting) >= self.max_ids:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, {}
+        if waiting:
+            asyncio.ensure_future(self._read(waiting))
+
+    async def _read(self, waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]]
+                    ) -> None:
+        try:
+            async with self._slots:
+                self.reads += 1
+                self._on_read(len(waiting))
+                _reading.set(tuple(waiting))
+                orders = await self.guard.fetch(list(waiting))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for order_id, futures in waiting.items():
+            found = Guard.find(orders, order_id)
+            for future in futures:
+                if not future.done():
+                    future.set_result(found)

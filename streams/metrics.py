@@ -23,9 +23,6 @@ SF_LATENCY = Histogram("sfprov_worker_salesforce_query_seconds", "Guard query la
 RETRIES = Counter("sfprov_worker_retries_total", "Retries after transient errors", ["kind"])
 RECOVERED = Counter("sfprov_worker_recovered_total",
                     "WHMCS orders found by lookup instead of created")
-BATCHES = Counter("sfprov_worker_batches_total", "Batches processed, by result", ["result"])
-BATCH_SIZE = Histogram("sfprov_worker_batch_events", "Events per batch",
-                       buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500))
 LATENCY = Histogram("sfprov_worker_processing_seconds",
                     "Event received by the worker → outcome acknowledged",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -42,6 +39,22 @@ FENCED = Counter("sfprov_worker_fenced_total",
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")
+EVENTS = Counter("sfprov_worker_events_total",
+                 "Events that left the worker: finished (outcome or dead letter acknowledged), "
+                 "fenced (left to the partition's new owner) or released (a rebalance)",
+                 ["result"])
+LEASE_WAITS = Counter("sfprov_worker_lease_waits_total",
+                      "Events that waited for the ownership lease to come back (a rebalance "
+                      "under way, heartbeats not accepted lately)")
+EVENT_ERRORS = Counter("sfprov_worker_event_errors_total",
+                       "Unexpected errors handling an event (retried, then dead-lettered)")
+REDELIVERED_SILENT = Counter("sfprov_worker_redelivered_silent_total",
+                             "Redelivered events whose outcome was already acknowledged")
+GROUP_COMMITS = Counter("sfprov_worker_group_commits_total",
+                        "Durability flushes of the tables (shared by the Orders that reach "
+                        "them together)")
+GUARD_READS = Histogram("sfprov_worker_guard_read_orders", "Orders per coalesced guard read",
+                        buckets=(1, 2, 5, 10, 25, 50, 100, 200))
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
 
 

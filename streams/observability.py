@@ -1,9 +1,9 @@
 """The worker's operational surface, apart from its flow: probes, gauges, tracing.
 
-Any flow feeds it through a few calls (the batch flow in :mod:`streams.app` today):
+The flow (:mod:`streams.app`) feeds it through a few calls:
 
 * :meth:`WorkerOps.event_started` when an event is taken, :meth:`WorkerOps.event_finished`
-  once it is acknowledged — the in-flight set behind
+  once it leaves the worker — the in-flight set behind
   ``sfprov_worker_oldest_unfinished_event_age_seconds`` and the ``worker.event`` span;
 * :meth:`WorkerOps.outcome_headers` for each outcome record (its ``traceparent``);
 * :meth:`WorkerOps.salesforce_observer` / :meth:`WorkerOps.whmcs_observer` as the clients'
@@ -27,6 +27,7 @@ from common.lag import lag_reader
 from common.lagmetrics import LagPublisher
 from common.probes import Heartbeat, failing_for, readiness
 from streams import metrics
+from streams.guard import reading_orders
 
 if TYPE_CHECKING:
     from streams.app import Worker
@@ -53,7 +54,7 @@ class WorkerOps:
         OLDEST_UNFINISHED.set_function(lambda: self.inflight.oldest_unfinished_age() or 0.0)
         IN_FLIGHT.set_function(lambda: len(self.inflight))
         WHMCS_REFUSED.set_function(
-            lambda: int(self.worker.processor.provisioner.access_refused_since is not None))
+            lambda: int(self.worker.provisioner.access_refused_since is not None))
         SF_UNAVAILABLE.set_function(lambda: int(self.worker.guard.unavailable_since is not None))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -88,7 +89,7 @@ class WorkerOps:
         metrics.salesforce_observer(seconds, result)
         if tracing.enabled():
             tracing.call_span("salesforce.query", self.spans.of_orders(
-                self.worker.processor.in_flight), seconds, result=result)
+                reading_orders()), seconds, result=result)
 
     def whmcs_observer(self, action: str, seconds: float, result: str) -> None:
         metrics.whmcs_observer(action, seconds, result)
@@ -105,7 +106,7 @@ class WorkerOps:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         w = self.worker
         _ok, details = w.check()
-        provisioner = w.processor.provisioner
+        provisioner = w.provisioner
         now = time.time()
         return readiness([
             ("broker", not failing_for(self.lag.error_since, now=now),

@@ -1,18 +1,22 @@
 """Create and accept one WHMCS order — at most once per Salesforce Order.
 
-Contract with the caller (:mod:`streams.batch`): a ``pending`` intent for the Order is
-already **durable** in the ``intents`` changelog before :meth:`Provisioner.provision` runs,
-so a crash anywhere in here leaves a record saying "WHMCS may have this order".
+Contract with the caller: a ``pending`` intent for the Order is already **durable** in the
+``intents`` changelog before :meth:`Provisioner.provision` runs, so a crash anywhere in here
+leaves a record saying "WHMCS may have this order"; and ``fence`` is awaited right before
+every WHMCS write (``AddOrder``, ``AcceptOrder``, ``CancelOrder``, each retry): it raises
+:class:`~streams.lease.Fenced` when this worker may no longer act on the Order (see
+:mod:`streams.lease`), which ends the provisioning with no call made.
 
 The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
 
-1. if the order may already exist (``lookup_first``: a resumed or unsure earlier attempt; or
-   our own ``AddOrder`` failed without a definite answer) → :meth:`lookup`: the client's
-   orders whose notes carry ``sfOrderId=<Id>``. Before concluding "absent" it waits until
-   the earlier attempt's intent is older than the WHMCS timeout plus a grace, and looks a
-   second time (an in-flight ``AddOrder`` of a crashed or revoked worker may still commit).
-   Found ``Active`` → done (``recovered``); found ``Pending`` → ``AcceptOrder``; found in
-   another status (Cancelled/Fraud) → ``Failed(WHMCS_ORDER_NOT_ACTIVE)``: never a second order;
+1. if the order may already exist (``settle_at_ms`` given: a resumed or unsure earlier
+   attempt; or our own ``AddOrder`` failed without a definite answer) → :meth:`lookup`:
+   it first waits until ``settle_at_ms`` — the moment after which no ``AddOrder`` sent
+   earlier (by this worker, a crashed one, or one whose lease has ended) can still land —
+   then reads the client's orders whose notes carry ``sfOrderId=<Id>``. Found ``Active`` →
+   done (``recovered``); found ``Pending`` → ``AcceptOrder``; found in another status
+   (Cancelled/Fraud) → ``Failed(WHMCS_ORDER_NOT_ACTIVE)``: never a second order. Found
+   **several** (a fence was crossed) → :meth:`compensate`;
 2. ``AddOrder`` — a timeout, dropped connection, 5xx or HTML page sets "look first" for the
    next round (WHMCS may have committed); a ``result=error`` is permanent →
    ``Failed(WHMCS_ERROR)`` with WHMCS's message;
@@ -32,6 +36,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from common import tracing
 from common.errors import (
@@ -41,9 +47,18 @@ from common.errors import (
     WhmcsUnknownResultError,
 )
 from common.whmcs import NOT_PENDING, WhmcsClient, WhmcsOrder
+from streams import metrics
 from streams.mapping import WhmcsOrderRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Awaited right before each WHMCS write with the action's name; raises streams.lease.Fenced.
+Fence = Callable[[str], Awaitable[None]]
+
+
+async def no_fence(_action: str) -> None:
+    """The fence of work no lease governs (unit tests of the provisioning logic)."""
 
 
 @dataclass
@@ -59,6 +74,10 @@ class ProvisionResult:
     recovered: bool = False
     may_exist: bool = False  # Failed, but an AddOrder may have created the order
     needs_accept: bool = field(default=False, repr=False)  # found Pending by a lookup
+    # other WHMCS orders carrying this Order's marker (a fence was crossed), and those of
+    # them this worker cancelled
+    duplicate_ids: list[int] = field(default_factory=list)
+    cancelled_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,8 +89,13 @@ class ProvisionPolicy:
     backoff_max_s: float = 10.0
     autosetup: bool = True
 
+    def settle_at_ms(self, sent_at_s: float) -> int:
+        """When an ``AddOrder`` sent at ``sent_at_s`` (epoch s) can no longer land."""
+        return int((sent_at_s + self.whmcs_timeout_s + self.lookup_grace_s) * 1000)
+
 
 ACCESS_BACKOFF_MAX_S = 30.0
+_KEEP_ORDER = {"Active": 0, "Pending": 1}
 
 
 def _addon_ids(order: WhmcsOrder) -> list[int]:
@@ -82,11 +106,17 @@ def _addon_ids(order: WhmcsOrder) -> list[int]:
 
 class Provisioner:
     def __init__(self, whmcs: WhmcsClient, policy: ProvisionPolicy, *,
+                 parallelism: int = 16,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 on_retry: Callable[[str], None] | None = None) -> None:
+                 on_retry: Callable[[str], None] | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        """``parallelism``: WHMCS calls in flight at once, whichever Orders they serve (a
+        lookup's wait holds no slot)."""
         self.whmcs = whmcs
+        self._slots = asyncio.Semaphore(parallelism)
         self.policy = policy
         self._sleep = sleep
+        self._wall = wall
         self._on_retry = on_retry or (lambda _reason: None)
         self.access_refused_since: float | None = None  # for /healthz
         self.access_error: str | None = None
@@ -102,11 +132,12 @@ class Provisioner:
                       "until it is fixed (WHMCS_API_IDENTIFIER/SECRET/ACCESS_KEY, allow-list)",
                       extra={"cause": self.access_error})
 
-    async def provision(self, request: WhmcsOrderRequest, *, lookup_first: bool = False,
-                        intent_at_ms: int | None = None) -> ProvisionResult:
+    async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
+                        fence: Fence = no_fence) -> ProvisionResult:
+        """``settle_at_ms`` set: an earlier attempt may have created the order — look it up
+        (after that moment) before creating. Raises :class:`~streams.lease.Fenced`."""
         policy = self.policy
         deadline = time.monotonic() + policy.retry_deadline_s
-        must_lookup = lookup_first
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False
@@ -116,27 +147,27 @@ class Provisioner:
         tracing.set_current_order(request.order_id)  # whose WHMCS calls these are (spans)
         while True:
             try:
-                if created is None and must_lookup:
-                    found = await self.lookup(request, intent_at_ms=intent_at_ms)
-                    must_lookup = False
+                if created is None and settle_at_ms is not None:
+                    found = await self.lookup(request, settle_at_ms=settle_at_ms, fence=fence)
+                    settle_at_ms = None
                     if found is not None:
                         created = found
                         created.attempts = attempts
-                        if created.status == "Failed":
-                            return created
-                        if not found.needs_accept:  # found Active: nothing left to do
-                            return created
+                        if created.status == "Failed" or not found.needs_accept:
+                            return created  # not active, or found Active: nothing left
                 if created is None:
                     attempts += 1
                     add_uncertain = True
-                    res = await self.whmcs.add_order(request.params())
+                    sent_at = self._wall()
+                    res = await self._call("AddOrder", fence,
+                                           lambda: self.whmcs.add_order(request.params()))
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
                                               res.addon_ids, res.invoice_id, attempts=attempts)
                     log.info("WHMCS order created", extra={**extra,
                                                             "whmcs_order_id": res.order_id})
-                failure = await self.accept(created.whmcs_order_id or 0)
+                failure = await self.accept(created.whmcs_order_id or 0, fence=fence)
                 if failure is not None:
                     failure.attempts = attempts
                     failure.whmcs_order_id = created.whmcs_order_id
@@ -146,8 +177,7 @@ class Provisioner:
                 return created
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
                 if created is None and add_uncertain:
-                    must_lookup = True  # WHMCS may have committed the AddOrder
-                    intent_at_ms = int(time.time() * 1000)
+                    settle_at_ms = policy.settle_at_ms(sent_at)  # WHMCS may have committed
                 add_uncertain = False
                 if time.monotonic() + delay > deadline:
                     log.warning("WHMCS unavailable past the retry deadline",
@@ -176,16 +206,17 @@ class Provisioner:
                     error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
                     attempts=attempts, may_exist=created is not None)
 
-    async def accept(self, order_id: int) -> ProvisionResult | None:
+    async def accept(self, order_id: int, *, fence: Fence = no_fence) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
         try:
-            await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup)
+            await self._call("AcceptOrder", fence, lambda: self.whmcs.accept_order(
+                order_id, autosetup=self.policy.autosetup))
             self.access_refused_since = None
             return None
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
                 raise
-        order = await self.whmcs.get_order(order_id)
+        order = await self._call("GetOrders", None, lambda: self.whmcs.get_order(order_id))
         if order is not None and order.status == "Active":
             return None
         status = order.status if order else "missing"
@@ -193,32 +224,70 @@ class Provisioner:
                                error_message=f"AcceptOrder refused and WHMCS order {order_id} "
                                              f"is {status}")
 
-    async def lookup(self, request: WhmcsOrderRequest, *,
-                     intent_at_ms: int | None = None) -> ProvisionResult | None:
-        """The WHMCS order of this Salesforce Order, if one exists (see module docstring)."""
+    async def lookup(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
+                     fence: Fence = no_fence) -> ProvisionResult | None:
+        """The WHMCS order of this Salesforce Order, if one exists: read once every
+        ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring)."""
+        if settle_at_ms is not None:
+            wait = settle_at_ms / 1000 - self._wall()
+            if wait > 0:
+                log.info("waiting %.1f s before looking the Order up in WHMCS (an earlier "
+                         "AddOrder may still land)", wait, extra={"order_id": request.order_id})
+                await self._sleep(wait)
         found = await self._find(request)
         if not found:
-            settle_at = ((intent_at_ms or 0) / 1000 + self.policy.whmcs_timeout_s
-                         + self.policy.lookup_grace_s)
-            wait = max(self.policy.lookup_grace_s, settle_at - time.time())
-            await self._sleep(min(wait, self.policy.whmcs_timeout_s + self.policy.lookup_grace_s))
-            found = await self._find(request)
-        if not found:
             return None
-        if len(found) > 1:
-            log.error("several WHMCS orders carry this Salesforce Order's marker",
-                      extra={"order_id": request.order_id,
-                             "cause": ",".join(str(o.id) for o in found)})
-        order = found[0]
+        ranked = sorted(found, key=lambda o: (_KEEP_ORDER.get(o.status, 2), o.id))
+        order = ranked[0]
         result = ProvisionResult("Provisioned", order.id, order.service_ids, _addon_ids(order),
                                  order.invoice_id, recovered=True)
-        if order.status in ("Active", "Pending"):
-            result.needs_accept = order.status == "Pending"
-            return result
-        return ProvisionResult("Failed", order.id, error_code="WHMCS_ORDER_NOT_ACTIVE",
-                               error_message=f"WHMCS order {order.id} for this Order is "
-                                             f"{order.status}; not creating another",
-                               recovered=True, may_exist=True)
+        if order.status not in _KEEP_ORDER:
+            return ProvisionResult("Failed", order.id, error_code="WHMCS_ORDER_NOT_ACTIVE",
+                                   error_message=f"WHMCS order {order.id} for this Order is "
+                                                 f"{order.status}; not creating another",
+                                   recovered=True, may_exist=True)
+        result.needs_accept = order.status == "Pending"
+        others = [o for o in ranked[1:] if o.status in _KEEP_ORDER]
+        if others:
+            await self.compensate(request, order, others, result, fence=fence)
+        return result
+
+    async def compensate(self, request: WhmcsOrderRequest, kept: WhmcsOrder,
+                         others: list[WhmcsOrder], result: ProvisionResult, *,
+                         fence: Fence = no_fence) -> None:
+        """The last line: several live WHMCS orders carry this Order's marker. Keep
+        ``kept`` (Active before Pending, then the lowest id), cancel the other Pending ones,
+        never accept a second; the outcome says so (``DUPLICATE_WHMCS_ORDERS``)."""
+        result.duplicate_ids = [o.id for o in others]
+        for other in others:
+            if other.status != "Pending":
+                continue
+            try:
+                await self._call("CancelOrder", fence, partial(self.whmcs.cancel_order, other.id))
+                result.cancelled_ids.append(other.id)
+            except WhmcsError as exc:
+                log.error("compensation: cancelling duplicate WHMCS order %d failed: %s",
+                          other.id, exc, extra={"order_id": request.order_id})
+        left = [o.id for o in others if o.id not in result.cancelled_ids]
+        metrics.COMPENSATIONS.inc()
+        result.error_code = "DUPLICATE_WHMCS_ORDERS"
+        result.error_message = (
+            f"{len(others) + 1} WHMCS orders carry this Order's marker: kept {kept.id} "
+            f"({kept.status}), cancelled {result.cancelled_ids or 'none'}"
+            + (f", still live {left} (review them in WHMCS)" if left else ""))
+        log.error("compensation: %s", result.error_message,
+                  extra={"order_id": request.order_id, "whmcs_order_id": kept.id})
 
     async def _find(self, request: WhmcsOrderRequest) -> list[WhmcsOrder]:
-        return await self.whmcs.find_orders_by_marker(request.client_id, request.order_id)
+        return await self._call("GetOrders", None, lambda: self.whmcs.find_orders_by_marker(
+            request.client_id, request.order_id))
+
+    async def _call(self, action: str, fence: Fence | None,
+                    call: Callable[[], Awaitable[T]]) -> T:
+        """One WHMCS call in one of the ``parallelism`` slots; a write's ``fence`` is asked
+        once the slot is ours, right before the request goes out (an Order queued behind
+        the slots may have lost its partition while it waited)."""
+        async with self._slots:
+            if fence is not None:
+                await fence(action)
+            return await call()

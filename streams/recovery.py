@@ -1,25 +1,24 @@
 """The sweep: nothing stays half-done, and the dedupe memory stays bounded.
 
 Runs at start-up and every ``WORKER_SWEEP_INTERVAL_S`` over the Orders of partitions this
-worker actively owns. It reads the tables without holding the batches' lock, yielding to the
-event loop as it goes, and takes the lock only to act on the entries that need it (re-read
-and re-checked under the lock), so it never overlaps a batch's changes. The tables tell the
-sweep of every change (:attr:`streams.tables.DurableTable.watch`), so a sweep reads only
-the entries that may need action — pending intents and unsent outcomes; the whole tables
-are read at the first sweep, after a new assignment, and every 6 hours (dedupe expiry).
-Reading 60,000 entries took the event loop ~2.6 s (a gap in the backlog drain of
-``make bench``); the indexed sweep reads a handful:
+worker actively owns. It reads the tables a slice at a time, yielding to the event loop as
+it goes; the few Orders that need action are handled **in their Order's lane**
+(:meth:`streams.lanes.Lanes.exclusive`), so the work never interleaves with the Order's
+events, and each entry is re-read and re-checked there first. The tables tell the sweep of
+every change (:attr:`streams.faust_seam.DurableTable.watch`), so a sweep reads only the
+entries that may need action — pending intents and unsent outcomes; the whole tables are
+read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions/0007.
 
 * an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` (its event was not
-  redelivered — e.g. it was dead-lettered by the catch-all) → WHMCS lookup on the
-  ``sfOrderId=`` marker: found Pending → AcceptOrder; found Active → ``Provisioned``
-  (``recovered``); absent → ``Failed(PROVISIONING_INTERRUPTED)``. The sweep never calls
-  ``AddOrder``: creating needs the Order's current data, and the Flow's retry path exists
-  for that. The outcome is recorded like a batch's (idem entry + intent, flush, send), so
-  a late redelivery of the event emits nothing new;
-* an outcome recorded but never acknowledged as sent (``emitted`` false) for that long →
-  sent again, identical;
-* idem entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
+  redelivered — e.g. it was dead-lettered) → WHMCS lookup on the ``sfOrderId=`` marker:
+  found Pending → AcceptOrder; found Active → ``Provisioned`` (``recovered``); absent →
+  ``Failed(PROVISIONING_INTERRUPTED)``. The sweep never calls ``AddOrder``: creating needs
+  the Order's current data, and the Flow's retry path exists for that. The outcome is
+  recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
+  redelivery of the event emits nothing new. The sweep's WHMCS writes are fenced by the
+  ownership lease like an event's;
+* an outcome recorded but never acknowledged as sent for that long → sent again, identical;
+* dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted.
 """
 
@@ -28,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from common.errors import WhmcsError
 from streams import metrics
-from streams.batch import BatchProcessor
-from streams.decide import ACCEPTED, FAILED_STATE, PENDING, Event, outcome_record
+from streams.decide import Event, now_ms, outcome_record
+from streams.lease import Fenced
 from streams.mapping import WhmcsOrderRequest
+from streams.provision import Fence, Provisioner, no_fence
+from streams.state import PENDING, DedupeEntry, Intent, OrderState, memory_from_json
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
@@ -87,12 +89,24 @@ async def _keys(table: Any, slicer: _Slicer) -> list[str]:
     return keys
 
 
-class _NoLock:
-    async def __aenter__(self) -> None:
-        return None
+class Emitter(Protocol):
+    async def send_outcome(self, outcome: dict[str, Any]) -> None: ...
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+
+class OrderLanes(Protocol):
+    def busy(self, order_id: str) -> bool: ...
+
+    async def exclusive(self, order_id: str, job: Callable[[], Awaitable[None]]) -> None: ...
+
+
+class _Inline:
+    """No lanes (unit tests): the job runs at once."""
+
+    def busy(self, order_id: str) -> bool:
+        return False
+
+    async def exclusive(self, order_id: str, job: Callable[[], Awaitable[None]]) -> None:
+        await job()
 
 
 @dataclass
@@ -106,16 +120,24 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, processor: BatchProcessor, *, recovery_after_s: float,
-                 dedupe_ttl_days: float, owns: Callable[[str], bool],
+    def __init__(self, state: OrderState, provisioner: Provisioner, emitter: Emitter, *,
+                 recovery_after_s: float, dedupe_ttl_days: float, owns: Callable[[str], bool],
+                 lanes: OrderLanes | None = None,
+                 durable: Callable[[], Awaitable[None]] | None = None,
+                 fence_for: Callable[[str], Fence] = lambda _oid: no_fence,
+                 clock_ms: Callable[[], int] = now_ms,
                  full_scan_every_s: float = FULL_SCAN_EVERY_S) -> None:
-        self.processor = processor
+        self.state, self.provisioner, self.emitter = state, provisioner, emitter
+        self.lanes: OrderLanes = lanes or _Inline()
+        self.durable = durable or state.flush
+        self.fence_for = fence_for  # the ownership lease of an Order's partition, now
+        self._clock = clock_ms
         self.recovery_after_ms = int(recovery_after_s * 1000)
         self.ttl_ms = int(dedupe_ttl_days * DAY_MS)
         self.owns = owns
         self.full_scan_every_ms = int(full_scan_every_s * 1000)
         # The index (see watch_intent/watch_idem), rebuilt by each full scan and kept up to
-        # date by the tables; a state without change reports (DictState) is always scanned.
+        # date by the tables; a state without change reports (dicts) is always scanned.
         self.pending: set[str] | None = None
         self.unemitted: set[str] | None = None
         self.last_full_scan_ms: int | None = None
@@ -147,43 +169,51 @@ class Sweeper:
         self.last_full_scan_ms = None
         self.rescans += 1
 
-    async def run_once(self, lock: asyncio.Lock | None = None) -> SweepReport:
-        """One sweep. The scan holds no lock and yields to the event loop every
-        :data:`SCAN_SLICE` entries or :data:`SCAN_BUDGET_S` (a table of 100,000 Orders must
-        not stop the batches for seconds); only the few entries that need action are handled
-        under ``lock`` (the batches' lock), each re-read and re-checked first."""
+    async def run_once(self) -> SweepReport:
+        """One sweep: read (no lane held, yielding as it goes), then act in the lanes."""
         report = SweepReport()
-        proc = self.processor
-        state = proc.state
-        now = proc._clock()
-        watched = getattr(state, "watched", False)  # the tables report every change
-        if watched and self.last_full_scan_ms is not None and \
+        state, now = self.state, self._clock()
+        if state.watched and self.last_full_scan_ms is not None and \
                 now - self.last_full_scan_ms < self.full_scan_every_ms:
-            return await self._run_indexed(report, now, lock)
+            due, stale, dirty = self._indexed(report, now)
+        else:
+            due, stale, dirty = await self._full_scan(report, now)
+        if due or stale or dirty:
+            await self._act(report, now, due, stale, dirty)
+        metrics.PENDING_INTENTS.set(report.pending - report.recovered - report.interrupted)
+        if any((report.recovered, report.interrupted, report.resent, report.expired_idem,
+                report.expired_intents)):
+            log.info("sweep: %s", report)
+        return report
+
+    async def _full_scan(self, report: SweepReport, now: int
+                         ) -> tuple[list[str], list[str], list[str]]:
+        state = self.state
         self.pending, self.unemitted = set(), set()  # rebuilt by this scan
-        due, stale_intents, idem_dirty = [], [], []
+        due, stale, dirty = [], [], []
         rescans = self.rescans
         slicer = _Slicer()
         intent_keys = await _keys(state.intents, slicer)
         for oid in intent_keys:
             await slicer.tick()
-            intent = state.intents.get(oid)
-            self.watch_intent(oid, intent)
-            if not intent or not self.owns(oid):
+            raw = state.intents.get(oid)
+            self.watch_intent(oid, raw)
+            intent = Intent.from_json(raw)
+            if intent is None or not self.owns(oid):
                 continue
-            if intent.get("state") == PENDING:
+            if intent.is_pending:
                 report.pending += 1
-                if now - int(intent.get("at") or 0) >= self.recovery_after_ms:
+                if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-            elif now - int(intent.get("at") or 0) > self.ttl_ms:
-                stale_intents.append(oid)
+            elif now - intent.at > self.ttl_ms:
+                stale.append(oid)
         idem_keys = await _keys(state.idem, slicer)
         for oid in idem_keys:
             await slicer.tick()
-            entries = state.idem.get(oid)
-            self.watch_idem(oid, entries)
-            if entries and self.owns(oid) and self._idem_work(entries, now):
-                idem_dirty.append(oid)
+            raw = state.idem.get(oid)
+            self.watch_idem(oid, raw)
+            if raw and self.owns(oid) and self._idem_work(memory_from_json(raw), now):
+                dirty.append(oid)
         if self.rescans == rescans:  # only a completed scan of the current assignment
             self.last_full_scan_ms = now
         self.full_scans += 1
@@ -192,139 +222,125 @@ class Sweeper:
                  slicer.elapsed() * 1000, slicer.slices, slicer.longest * 1000,
                  extra={"count": len(intent_keys) + len(idem_keys),
                         "duration_ms": round(slicer.elapsed() * 1000)})
-        if not (due or stale_intents or idem_dirty):
-            metrics.PENDING_INTENTS.set(report.pending)
-            return report
-        async with lock or _NoLock():
-            return await self._act(report, now, due, stale_intents, idem_dirty)
+        return due, stale, dirty
 
-    async def _run_indexed(self, report: SweepReport, now: int,
-                           lock: asyncio.Lock | None) -> SweepReport:
+    def _indexed(self, report: SweepReport, now: int) -> tuple[list[str], list[str], list[str]]:
         """Only the entries the index names: pending intents and unsent outcomes."""
-        state = self.processor.state
         assert self.pending is not None and self.unemitted is not None
         due = []
         for oid in list(self.pending):
-            intent = state.intents.get(oid)
-            if intent and intent.get("state") == PENDING and self.owns(oid):
+            intent = self.state.intent(oid)
+            if intent is not None and intent.is_pending and self.owns(oid):
                 report.pending += 1
-                if now - int(intent.get("at") or 0) >= self.recovery_after_ms:
+                if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-        idem_dirty = [oid for oid in list(self.unemitted)
-                      if (entries := state.idem.get(oid)) and self.owns(oid)
-                      and self._idem_work(entries, now)]
-        if not (due or idem_dirty):
-            metrics.PENDING_INTENTS.set(report.pending)
-            return report
-        async with lock or _NoLock():
-            return await self._act(report, now, due, [], idem_dirty)
+        dirty = [oid for oid in list(self.unemitted)
+                 if self.owns(oid) and self._idem_work(self.state.memory(oid), now)]
+        return due, [], dirty
 
-    def _idem_work(self, entries: dict[str, Any], now: int) -> bool:
-        for entry in entries.values():
-            age = now - int(entry.get("at") or 0)
-            if age > self.ttl_ms:
-                return True
-            if not entry.get("emitted") and entry.get("outcome") and \
-                    age >= self.recovery_after_ms:
+    def _idem_work(self, memory: dict[str, DedupeEntry], now: int) -> bool:
+        for entry in memory.values():
+            age = now - entry.at
+            if age > self.ttl_ms or (age >= self.recovery_after_ms and any(entry.unsent())):
                 return True
         return False
 
-    async def _act(self, report: SweepReport, now: int, due: list[str],
-                   stale_intents: list[str], idem_dirty: list[str]) -> SweepReport:
-        proc = self.processor
-        state = proc.state
-        outcomes: list[tuple[str, str, str | None, dict[str, Any]]] = []
-        for oid in due:
-            intent = state.intents.get(oid)  # re-read: a batch may have settled it
-            if not intent or intent.get("state") != PENDING or oid in proc.in_flight or \
-                    now - int(intent.get("at") or 0) < self.recovery_after_ms:
-                continue
-            entry = (state.idem.get(oid) or {}).get(intent.get("idem_key"))
-            if entry and entry.get("outcome") and proc.settle_intent(
-                    oid, intent.get("idem_key"), entry.get("event_uuid"), entry["outcome"]):
-                continue  # decided before a crash cut step 5 short; its entry re-sends it
-            outcome = await self._recover(oid, intent)
-            if outcome is not None:
-                outcomes.append((oid, intent["idem_key"], intent.get("event_uuid"), outcome))
-                if outcome["status"] == "Provisioned":
-                    report.recovered += 1
-                else:
-                    report.interrupted += 1
-        for oid in stale_intents:
-            intent = state.intents.get(oid)
-            if intent and intent.get("state") != PENDING and oid not in proc.in_flight and \
-                    now - int(intent.get("at") or 0) > self.ttl_ms:
-                del state.intents[oid]
+    async def _act(self, report: SweepReport, now: int, due: list[str], stale: list[str],
+                   dirty: list[str]) -> None:
+        for oid in stale:  # synchronous: nothing interleaves between the check and the delete
+            intent = self.state.intent(oid)
+            if intent is not None and not intent.is_pending and not self.lanes.busy(oid) \
+                    and now - intent.at > self.ttl_ms:
+                self.state.delete_intent(oid)
                 report.expired_intents += 1
-        for oid in idem_dirty:
-            entries = state.idem.get(oid)
-            if not entries or oid in proc.in_flight:
-                continue
-            kept = {}
-            for idem_key, entry in entries.items():
-                age = now - int(entry.get("at") or 0)
-                if age > self.ttl_ms:
-                    report.expired_idem += 1
-                    continue
-                kept[idem_key] = entry
-                if not entry.get("emitted") and entry.get("outcome") and \
-                        age >= self.recovery_after_ms:
-                    outcomes.append((oid, idem_key, entry.get("event_uuid"), entry["outcome"]))
-                    report.resent += 1
-            if not kept:
-                del state.idem[oid]
-            elif len(kept) != len(entries):
-                state.idem[oid] = kept
-        metrics.PENDING_INTENTS.set(report.pending - report.recovered - report.interrupted)
-        await state.flush()
-        if outcomes:
-            await proc.emitter.send_outcomes([o for *_k, o in outcomes])
-            for oid, idem_key, event_uuid, _o in outcomes:
-                proc._mark_emitted(oid, idem_key, event_uuid)
-            await state.flush()
-        if any((report.recovered, report.interrupted, report.resent, report.expired_idem,
-                report.expired_intents)):
-            log.info("sweep: %s", report)
-        return report
+        for oid in dirty:
+            if not self.lanes.busy(oid):
+                self._expire(oid, now, report)
+        jobs = [self.lanes.exclusive(oid, partial(self._recover_pending, oid, report))
+                for oid in due]
+        jobs += [self.lanes.exclusive(oid, partial(self._resend, oid, report)) for oid in dirty]
+        await asyncio.gather(*jobs)
+        await self.durable()
 
-    async def _recover(self, oid: str, intent: dict[str, Any]) -> dict[str, Any] | None:
-        proc = self.processor
-        event = Event(order_id=oid, idem_key=intent["idem_key"],
-                      event_uuid=intent.get("event_uuid") or "",
-                      correlation_id=intent.get("correlation_id"),
-                      requested_at=intent.get("requested_at"))
-        request = WhmcsOrderRequest(order_id=oid, client_id=int(intent["client_id"]), items=(),
-                                    notes="")
+    def _expire(self, oid: str, now: int, report: SweepReport) -> None:
+        memory = self.state.memory(oid)
+        kept = {k: e for k, e in memory.items() if now - e.at <= self.ttl_ms}
+        report.expired_idem += len(memory) - len(kept)
+        if len(kept) != len(memory):
+            self.state.set_memory(oid, kept)
+
+    async def _resend(self, oid: str, report: SweepReport) -> None:
+        """In the Order's lane: outcomes recorded but never acknowledged as sent."""
+        now = self._clock()
+        for idem_key, entry in self.state.memory(oid).items():
+            if now - entry.at < self.recovery_after_ms:
+                continue
+            for event_uuid, outcome in list(entry.unsent()):
+                await self.emitter.send_outcome(outcome)
+                self.state.mark_emitted(oid, idem_key, event_uuid)
+                report.resent += 1
+
+    async def _recover_pending(self, oid: str, report: SweepReport) -> None:
+        """In the Order's lane: a pending intent no event came back for."""
+        now = self._clock()
+        intent = self.state.intent(oid)  # re-read: an event may have settled it
+        if intent is None or not intent.is_pending or now - intent.at < self.recovery_after_ms:
+            return
+        if self.state.settle_from_entry(oid, now):
+            return  # decided before a crash cut the two writes short; its entry re-sends it
+        outcome = await self._recover(oid, intent)
+        if outcome is None:
+            return
+        await self.durable()
+        await self.emitter.send_outcome(outcome)
+        self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
+        if outcome["status"] == "Provisioned":
+            report.recovered += 1
+        else:
+            report.interrupted += 1
+
+    async def _recover(self, oid: str, intent: Intent) -> dict[str, Any] | None:
+        event = Event(order_id=oid, idem_key=intent.idem_key, event_uuid=intent.event_uuid,
+                      correlation_id=intent.correlation_id, requested_at=intent.requested_at)
+        request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
+                                    items=(), notes="")
+        fence = self.fence_for(oid)
+        policy = self.provisioner.policy
         try:
-            found = await proc.provisioner.lookup(request, intent_at_ms=intent.get("at"))
+            found = await self.provisioner.lookup(
+                request, fence=fence,
+                settle_at_ms=policy.settle_at_ms((intent.sends_until() or 0) / 1000))
             if found is not None and found.needs_accept and found.whmcs_order_id:
-                failure = await proc.provisioner.accept(found.whmcs_order_id)
+                failure = await self.provisioner.accept(found.whmcs_order_id, fence=fence)
                 if failure is not None:
                     found = failure
+        except Fenced as fenced:
+            metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
+            log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
+                        fenced.check.reason, extra={"order_id": oid})
+            return None
         except WhmcsError as exc:
             log.warning("sweep: WHMCS lookup failed; will retry", extra={
                 "order_id": oid, "cause": str(exc)})
             return None
+        attempts = intent.attempt
         if found is None:
             outcome = outcome_record(
-                event, "Failed", opportunity_id=intent.get("opportunity_id"),
+                event, "Failed", opportunity_id=intent.opportunity_id,
                 whmcs_client_id=request.client_id, error_code="PROVISIONING_INTERRUPTED",
                 error_message="the request was interrupted and not redelivered; no WHMCS order "
                               "exists for this Order — approve it again to retry",
-                attempts=int(intent.get("attempt") or 0), completed_at=proc._clock())
+                attempts=attempts, completed_at=self._clock())
         else:
             outcome = outcome_record(
-                event, found.status, opportunity_id=intent.get("opportunity_id"),
+                event, found.status, opportunity_id=intent.opportunity_id,
                 whmcs_client_id=request.client_id, whmcs_order_id=found.whmcs_order_id,
                 service_ids=found.service_ids, addon_ids=found.addon_ids,
                 invoice_id=found.invoice_id, error_code=found.error_code,
-                error_message=found.error_message, attempts=int(intent.get("attempt") or 0),
-                recovered=True, completed_at=proc._clock())
-        proc.state.intents[oid] = {
-            **intent, "outcome": outcome, "whmcs_order_id": outcome["whmcs_order_id"],
-            "state": ACCEPTED if outcome["status"] == "Provisioned" else FAILED_STATE,
-            "may_exist": outcome["whmcs_order_id"] is not None, "at": proc._clock()}
-        proc._record(event, outcome)
+                error_message=found.error_message, attempts=attempts, recovered=True,
+                completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
+        self.state.settle(oid, outcome, self._clock())
+        self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())
         log.info("sweep recovered a pending intent", extra={
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})

@@ -47,6 +47,9 @@ class Progress:
         self._clock = clock
         self.last_activity = clock()
         self.running = 0
+        # work in progress that is not a stall (events in the lanes: waiting on WHMCS,
+        # Salesforce or the lease is progress, /healthz reports it)
+        self.busy: Callable[[], bool] = lambda: False
 
     def started(self) -> None:
         self.running += 1
@@ -60,7 +63,9 @@ class Progress:
         self.last_activity = self._clock()
 
     def idle_for(self) -> float:
-        return 0.0 if self.running else self._clock() - self.last_activity
+        if self.running or self.busy():
+            return 0.0
+        return self._clock() - self.last_activity
 
 
 def pending_records(rows: list[tuple[int, int, int]], owned: set[int]) -> dict[int, int]:

@@ -136,7 +136,7 @@ def test_replay_only_plans_unless_execute(kafka_settings):
 @pytest.mark.parametrize("variable,value,argv", [
     ("SFPROV_TAIL_LAST", "many", ["-m", "ops.cli", "tail", "requests"]),
     ("KAFKA_PARTITIONS", "zero", ["-m", "ops.cli", "topics"]),
-    ("WORKER_BATCH_SIZE", "-1", ["-m", "streams", "worker"]),
+    ("WORKER_MAX_IN_FLIGHT", "-1", ["-m", "streams", "worker"]),
 ])
 def test_a_bad_env_value_is_one_line_not_a_traceback(variable, value, argv):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",

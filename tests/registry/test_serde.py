@@ -1,7 +1,7 @@
 """common.avro with a registry: both wire formats, mixed topics, unknown ids, outages.
 
 The registry is the emulator over real HTTP (no mocks); the worker's decode step is
-exercised through ``streams.batch.BatchProcessor.decode``.
+exercised through ``streams.handler.decode``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from common.avro import (
     SerdeError,
     confluent_schema_id,
 )
+from common.backoff import retry_forever
 from sandbox.registry.harness import running_registry
-from streams.batch import BatchProcessor, DictState, RawRecord, retry_forever
-from streams.decide import Context
+from streams.handler import DeadLetter, RawRecord, decode
 
 TOPIC = "t.provisioning.outcomes"
 
@@ -144,9 +144,21 @@ def test_registry_credentials_never_appear_in_errors(reg):
 ORDER_A, ORDER_B, ORDER_C = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
 
 
-def _processor(serde: AvroSerde) -> BatchProcessor:
-    return BatchProcessor(state=DictState(), guard=None, provisioner=None,  # type: ignore[arg-type]
-                          emitter=None, context=Context(), serde=serde)  # type: ignore[arg-type]
+class _Worker:
+    """The worker's decode step: each record → its event or its dead letter."""
+
+    def __init__(self, serde: AvroSerde) -> None:
+        self.serde = serde
+
+    def decode(self, records: list[RawRecord]) -> tuple[list, list[DeadLetter]]:
+        items = [decode(self.serde, r) for r in records]
+        return ([(i, r) for i, r in zip(items, records, strict=True)
+                 if not isinstance(i, DeadLetter)],
+                [i for i in items if isinstance(i, DeadLetter)])
+
+
+def _processor(serde: AvroSerde) -> _Worker:
+    return _Worker(serde)
 
 
 def test_worker_decode_mixed_formats_and_dead_letters_an_unknown_id(reg):

@@ -2,13 +2,14 @@
 
 faust-streaming sometimes drops records that aiokafka has already handed over (a partition
 not active at that instant, a generation change mid-fetch, ...) and then commits past them as
-a "gap" (see :mod:`streams.commit_gate`). That needs a rebalance at the wrong instant; this
+a "gap" (see :mod:`streams.checkpoint`). That needs a rebalance at the wrong instant; this
 module makes it deterministic: faust's ``Consumer.getmany`` skips, the first time it is
 fetched, every requests record whose offset is ``DROP_MOD`` modulo ``DROP_EVERY`` — exactly
-what faust's own drop looks like to the rest of the consumer. ``COMMIT_GATE=off`` runs without
-the gate, ``DROP_REWIND=off`` without the seek back over dropped records
-(``streams.faust_recovery.DropRewinder``); with neither, the events are lost. Never used by
-the product.
+what faust's own drop looks like to the rest of the consumer. ``CHECKPOINT_LOG_CHECK=off``
+runs without the checkpoint's check against the log (step 2 of
+:meth:`streams.checkpoint.Checkpoint.commit`), ``DROP_REWIND=off`` without the seek back over
+dropped records (:class:`streams.faust_seam.ConsumerSeam`); with neither, the events are lost.
+Never used by the product.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from faust.transport import consumer as faust_consumer
 
 from common.settings import KafkaSettings
-from streams import app as worker_app
+from streams import checkpoint, faust_seam
 from streams.__main__ import main
 
 log = logging.getLogger("dropping_worker")
@@ -47,8 +48,8 @@ if __name__ == "__main__":
     requests = KafkaSettings.load().requests
     _install_drop(requests, int(os.environ.get("DROP_EVERY", "7")),
                   int(os.environ.get("DROP_MOD", "3")))
-    if os.environ.get("COMMIT_GATE") == "off":
-        worker_app.install_commit_gate = lambda gate, consumer: None  # type: ignore[assignment]
+    if os.environ.get("CHECKPOINT_LOG_CHECK") == "off":  # every record counts as finished
+        checkpoint.safe_commit = lambda base, wanted, records, finished: wanted
     if os.environ.get("DROP_REWIND") == "off":
-        worker_app.rewind_dropped_records = lambda consumer: None  # type: ignore[assignment]
+        faust_seam.ConsumerSeam._note_dropped = lambda self, yielded: None  # type: ignore
     sys.exit(main(sys.argv[1:] or ["worker"]))

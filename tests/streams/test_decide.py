@@ -1,15 +1,25 @@
+"""streams.decide: the pure decision for one event, given the Order's stored state (written
+here as the tables store it, JSON) and the Order as Salesforce has it."""
+
 import pytest
 
+from streams import decide as decide_module
 from streams.decide import (
     Event,
     Final,
     Provision,
     Redelivery,
-    decide,
     idem_key_of,
     outcome_record,
 )
+from streams.state import Intent, memory_from_json
 from tests.streams.factories import ORDER_ID, order, request_value
+
+
+def decide(ev, idem, intent, order_record, ctx=None):
+    """decide() over the stored JSON of the Order's dedupe memory and intent."""
+    return decide_module.decide(ev, memory_from_json(idem), Intent.from_json(intent),
+                                order_record, ctx)
 
 
 def event(**kw):
@@ -90,7 +100,15 @@ def test_pending_intent_resumes_with_lookup_even_if_salesforce_moved_on():
     intent = {"state": "pending", "attempt": 1, "at": 123, "idem_key": "x"}
     d = decide(event(), None, intent, order(status="Provisioned", whmcs_order_id=5))
     assert isinstance(d, Provision) and d.lookup_first and d.resumed
-    assert d.intent_at == 123 and d.previous_attempts == 1
+    assert d.sends_until == 123 and d.previous_attempts == 1  # an intent from before leases
+
+
+def test_pending_intent_with_a_lease_is_looked_up_after_it():
+    intent = {"state": "pending", "attempt": 2, "at": 123, "lease_until": 9_000,
+              "idem_key": "x", "writer": "other"}
+    d = decide(event(), None, intent, order())
+    assert isinstance(d, Provision) and d.lookup_first and d.resumed
+    assert d.sends_until == 9_000 and d.previous_attempts == 2
 
 
 def test_failed_intent_that_may_exist_looks_first():

@@ -1,15 +1,17 @@
-"""streams.faust_recovery.DropRewinder: records faust fetched and did not yield are fetched
-again — on every topic, and never by moving a position forward."""
+"""The seam's fetch wrapper (streams.faust_seam.ConsumerSeam): records faust fetched and did
+not yield are fetched again — on every topic, and never by moving a position forward — and
+the checkpoint's seeks are applied between fetches, before the rewinds."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
 
-from streams.faust_recovery import rewind_dropped_records
+from streams.faust_seam import ConsumerSeam
 
 Record = namedtuple("Record", "offset")
 Message = namedtuple("Message", "offset")
@@ -41,12 +43,19 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return {CL, REQ}
 
+    async def seek_to_committed(self) -> dict[TP, int]:
+        return {}
+
     async def position(self, tp: TP) -> int | None:
         return self.positions.get(tp)
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
         self.positions[tp] = offset
+
+
+def rewind_dropped_records(consumer: FakeConsumer) -> ConsumerSeam:
+    return ConsumerSeam(SimpleNamespace(consumer=consumer), REQ.topic)  # type: ignore[arg-type]
 
 
 def _drain(consumer: FakeConsumer, rounds: int) -> list[tuple[TP, int]]:
@@ -63,7 +72,7 @@ def test_a_whole_dropped_fetch_of_a_changelog_partition_is_fetched_again():
                             drop={(CL, o) for o in range(20)})
     rewinder = rewind_dropped_records(consumer)
     assert _drain(consumer, 1) == []  # the whole fetch dropped; the position is at 20
-    assert rewinder.pending == {CL: 0}
+    assert rewinder._rewind == {CL: 0}
     consumer.drop = set()
     got = _drain(consumer, 1)  # the seek comes before the next fetch
     assert consumer.seeks == [(CL, 0)] and rewinder.rewinds == 1
@@ -94,4 +103,18 @@ def test_nothing_dropped_nothing_sought():
     consumer = FakeConsumer([{REQ: [1, 2]}, {CL: [4]}], drop=set())
     rewinder = rewind_dropped_records(consumer)
     _drain(consumer, 2)
-    assert consumer.seeks == [] and rewinder.pending == {}
+    assert consumer.seeks == [] and rewinder._rewind == {}
+
+
+def test_checkpoint_seeks_come_first_and_a_rewind_never_moves_past_them():
+    """The checkpoint asks for partition 0 of the requests topic at 4 (a record it found
+    unfinished) while the previous fetch dropped 7: the seek to 4 is applied, and the
+    rewind to 7 is not (the position is already before it)."""
+    consumer = FakeConsumer([{REQ: [5, 6, 7, 8]}, {REQ: [4, 5, 6, 7, 8]}], drop={(REQ, 7)})
+    seam = rewind_dropped_records(consumer)
+    _drain(consumer, 1)
+    seam.seek_before_next_fetch(0, 4)
+    consumer.drop = set()
+    got = _drain(consumer, 1)
+    assert consumer.seeks == [(REQ, 4)] and seam.rewinds == 0
+    assert got == [(REQ, o) for o in range(4, 9)]

@@ -7,31 +7,29 @@ from collections.abc import KeysView
 
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
-from streams.batch import BatchProcessor, DictState
-from streams.decide import Context
-from streams.guard import Guard
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import DAY_MS, Sweeper
+from streams.state import OrderState
 
 
 class Emitter:
     def __init__(self):
         self.sent = []
 
-    async def send_outcomes(self, outcomes):
-        self.sent.extend(outcomes)
-
-    async def send_dead_letters(self, letters):
-        raise AssertionError("the sweep never dead-letters")
+    async def send_outcome(self, outcome):
+        self.sent.append(outcome)
 
 
-def sweeper_over(state, clock, emitter=None):
-    """A Sweeper over ``state`` with no WHMCS or Salesforce behind it (the scan's tests)."""
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter or Emitter(),
-                          provisioner=None, context=Context(),  # type: ignore[arg-type]
-                          clock_ms=clock)
-    return Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+def new_state():
+    return OrderState({}, {})
+
+
+def sweeper_over(state, clock, emitter=None, provisioner=None, lanes=None):
+    """A Sweeper over ``state`` (no WHMCS behind it unless ``provisioner``)."""
+    return Sweeper(state, provisioner, emitter or Emitter(),  # type: ignore[arg-type]
+                   recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True,
+                   clock_ms=clock, lanes=lanes)
 
 
 def intent(order_id, client_id, at):
@@ -44,7 +42,7 @@ def intent(order_id, client_id, at):
 def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
     now = 10 * DAY_MS
     found, absent, young = "801S00000000001AAA", "801S00000000002AAA", "801S00000000003AAA"
-    state = DictState()
+    state = new_state()
     state.intents = {found: intent(found, 1012, now - 700_000),
                      absent: intent(absent, 1012, now - 700_000),
                      young: intent(young, 1012, now - 1_000),
@@ -59,12 +57,8 @@ def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
                 order_id=found, client_id=1012,
                 items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
                 notes=f"sfOrderId={found}").params())
-            proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter,
-                                  provisioner=Provisioner(client, ProvisionPolicy(
-                                      whmcs_timeout_s=0.1, lookup_grace_s=0.05)),
-                                  context=Context(), clock_ms=lambda: now)
-            sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35,
-                              owns=lambda _oid: True)
+            sweeper = sweeper_over(state, lambda: now, emitter, Provisioner(
+                client, ProvisionPolicy(whmcs_timeout_s=0.1, lookup_grace_s=0.05)))
             first = await sweeper.run_once()
             second = await sweeper.run_once()
             return first, second
@@ -82,56 +76,64 @@ def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
     assert len(emitter.sent) == 2
 
 
-def test_a_large_table_is_scanned_without_stopping_batches_and_acted_on_under_the_lock():
-    """10,000 settled Orders and one expired entry: the scan yields to the event loop (other
-    tasks keep running) and waits for the batches' lock only to act."""
+class BusyLanes:
+    """Stands for the Orders' lanes: ``busy`` Orders have events in flight."""
+
+    def __init__(self, busy):
+        self.busy_orders = set(busy)
+
+    def busy(self, order_id):
+        return order_id in self.busy_orders
+
+    async def exclusive(self, order_id, job):
+        await job()
+
+
+def test_a_large_table_is_scanned_without_stopping_events_and_busy_orders_are_left_alone():
+    """10,000 settled Orders and two expired entries: the scan yields to the event loop (other
+    tasks keep running); an Order with events in flight is not touched this time."""
     now = 100 * DAY_MS
-    state = DictState()
+    state = new_state()
     state.intents = {f"801L{i:011d}AAA": {"state": "accepted", "at": now - 1000}
                      for i in range(10_000)}
     state.idem = {f"801L{i:011d}AAA": {"k": {"event_uuid": "e", "at": now - 1000,
                                              "emitted": True, "outcome": {}}}
                   for i in range(10_000)}
-    expired = "801X00000000042AAA"
-    state.idem[expired] = {"k": {"event_uuid": "e", "at": now - 40 * DAY_MS, "emitted": True,
+    expired, busy = "801X00000000042AAA", "801X00000000043AAA"
+    for oid in (expired, busy):
+        state.idem[oid] = {"k": {"event_uuid": "e", "at": now - 40 * DAY_MS, "emitted": True,
                                  "outcome": {}}}
-    sweeper = sweeper_over(state, lambda: now)
+    sweeper = sweeper_over(state, lambda: now, lanes=BusyLanes({busy}))
 
     async def go():
-        lock = asyncio.Lock()
         ticks = 0
         scanning = asyncio.Event()
 
-        async def other_work():  # stands for the batches
+        async def other_work():  # stands for the events in the lanes
             nonlocal ticks
             while not scanning.is_set():
                 ticks += 1
                 await asyncio.sleep(0)
 
-        await lock.acquire()  # a batch is running
         ticker = asyncio.create_task(other_work())
-        sweep = asyncio.create_task(sweeper.run_once(lock=lock))
-        await asyncio.sleep(0.2)
-        acted_while_locked = expired not in state.idem
+        report = await sweeper.run_once()
         scanning.set()
         await ticker
-        lock.release()
-        report = await sweep
-        return ticks, acted_while_locked, report
+        return ticks, report
 
-    ticks, acted_while_locked, report = asyncio.run(go())
+    ticks, report = asyncio.run(go())
     assert ticks > 20  # the scan (20,000 entries) let other tasks run between slices
-    assert not acted_while_locked  # the deletion waited for the lock
     assert report.expired_idem == 1 and expired not in state.idem
-    assert len(state.idem) == 10_000
+    assert busy in state.idem  # its lane was busy: the next sweep expires it
+    assert len(state.idem) == 10_001
 
 
 def test_indexed_sweeps_read_only_what_the_tables_reported():
     """With change reports (as the Faust tables give), sweeps between full scans look only at
     pending intents and unsent outcomes — and still find one that appeared after the scan."""
     now = [100 * DAY_MS]
-    state = DictState()
-    state.watched = True  # type: ignore[attr-defined]
+    state = new_state()
+    state.watched = True
     state.intents = {f"801W{i:011d}AAA": {"state": "accepted", "at": now[0]}
                      for i in range(2_000)}
     reads = []
@@ -170,7 +172,7 @@ def test_a_pending_intent_whose_outcome_the_dedupe_entry_holds_is_settled_not_re
     oid = "801S00000000009AAA"
     decided = {"order_id": oid, "idem_key": f"{oid}-k", "event_uuid": "ev",
                "status": "Provisioned", "whmcs_order_id": 77, "completed_at": 5}
-    state = DictState()
+    state = new_state()
     state.intents = {oid: intent(oid, 1012, now - 700_000)}
     state.idem = {oid: {f"{oid}-k": {"event_uuid": "ev", "status": "Provisioned",
                                       "outcome": decided, "emitted": False,
@@ -181,10 +183,7 @@ def test_a_pending_intent_whose_outcome_the_dedupe_entry_holds_is_settled_not_re
         async def lookup(self, *_a, **_kw):
             raise AssertionError("the intent's outcome is known: no WHMCS lookup")
 
-    proc = BatchProcessor(state=state, guard=Guard(None), emitter=emitter,
-                          provisioner=NoLookups(), context=Context(),  # type: ignore[arg-type]
-                          clock_ms=lambda: now)
-    sweeper = Sweeper(proc, recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _oid: True)
+    sweeper = sweeper_over(state, lambda: now, emitter, NoLookups())
 
     async def go():
         await sweeper.run_once()
@@ -224,7 +223,7 @@ def test_a_full_scan_reads_the_keys_a_slice_at_a_time_and_never_asks_len():
     key, in one go. Now other tasks run between slices of the key listing itself."""
     now = 100 * DAY_MS
     events: list[str] = []
-    state = DictState()
+    state = new_state()
     state.intents = LazyTable({f"801K{i:011d}AAA": {"state": "accepted", "at": now}
                                for i in range(3_000)}, events)
     state.idem = LazyTable({f"801K{i:011d}AAA": {"k": {"event_uuid": "e", "at": now,
@@ -261,8 +260,8 @@ def test_a_full_scan_reads_the_keys_a_slice_at_a_time_and_never_asks_len():
 
 def test_a_rescan_asked_for_during_a_full_scan_is_not_lost():
     now = 100 * DAY_MS
-    state = DictState()
-    state.watched = True  # type: ignore[attr-defined]
+    state = new_state()
+    state.watched = True
     state.intents = {f"801R{i:011d}AAA": {"state": "accepted", "at": now} for i in range(2_000)}
     sweeper = sweeper_over(state, lambda: now)
 

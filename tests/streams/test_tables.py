@@ -7,7 +7,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from streams.tables import key_partition
+from streams.faust_seam import key_partition
 from tests.conftest import create_topic
 
 pytestmark = pytest.mark.broker
@@ -38,7 +38,7 @@ def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_s
     import faust
     from confluent_kafka import Consumer, TopicPartition
 
-    from streams.tables import DurableTable
+    from streams.faust_seam import DurableTable
 
     app_id = kafka_settings.topic("durable-test")
     app = faust.App(app_id, broker=f"kafka://{kafka_settings.bootstrap_servers}",

@@ -174,7 +174,7 @@ def test_resume_finds_pending_order_and_accepts_it(whmcs):
         async with WhmcsClient(settings(whmcs)) as client:
             made = await client.add_order(req("801T0000000023AAA").params())
             result = await Provisioner(client, policy()).provision(
-                req("801T0000000023AAA"), lookup_first=True)
+                req("801T0000000023AAA"), settle_at_ms=0)
             return made, result
     made, result = run(go())
     assert (result.status, result.recovered, result.whmcs_order_id) == (
@@ -221,3 +221,116 @@ def test_unreachable_whmcs_is_transient_even_for_addorder(whmcs):
                 await client.add_order(req("801T0000000011AAA").params())
             assert type(info.value) is WhmcsTransientError
     run(go())
+
+
+# -- the fence (streams.lease) and the compensation ----------------------------------------
+
+class Fence:
+    """Records every WHMCS write it was asked about; fences from the ``after``-th on."""
+
+    def __init__(self, after: int | None = None) -> None:
+        self.asked: list[str] = []
+        self.after = after
+
+    async def __call__(self, action: str) -> None:
+        from streams.lease import Fenced, LeaseCheck
+
+        self.asked.append(action)
+        if self.after is not None and len(self.asked) > self.after:
+            raise Fenced(LeaseCheck(False, "lease expired (test)"), stage=action)
+
+
+def test_fence_is_asked_before_every_write_and_each_retry(whmcs):
+    fence = Fence()
+
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
+            whmcs.set_faults("AddOrder", error_rate=1.0, error_kind="503", times=2)
+            return await Provisioner(client, policy()).provision(req("801T0000000030AAA"),
+                                                                 fence=fence)
+    result = run(go())
+    assert result.status == "Provisioned" and result.attempts == 3
+    assert fence.asked == ["AddOrder", "AddOrder", "AddOrder", "AcceptOrder"]
+    assert [o["status"] for o in whmcs.orders_for("801T0000000030AAA")] == ["Active"]
+
+
+def test_fenced_before_addorder_makes_no_call(whmcs):
+    from streams.lease import Fenced
+
+    calls_before = sum(whmcs.counters()["calls"].values())
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            await Provisioner(client, policy()).provision(req("801T0000000031AAA"),
+                                                          fence=Fence(after=0))
+    with pytest.raises(Fenced, match="before AddOrder"):
+        run(go())
+    assert whmcs.orders_for("801T0000000031AAA") == []
+    assert sum(whmcs.counters()["calls"].values()) == calls_before
+
+
+def test_fenced_before_acceptorder_leaves_the_order_pending_for_the_new_owner(whmcs):
+    from streams.lease import Fenced
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            await Provisioner(client, policy()).provision(req("801T0000000032AAA"),
+                                                          fence=Fence(after=1))
+    with pytest.raises(Fenced, match="before AcceptOrder"):
+        run(go())
+    assert [o["status"] for o in whmcs.orders_for("801T0000000032AAA")] == ["Pending"]
+
+
+def test_lookup_waits_until_earlier_sends_can_no_longer_land(whmcs):
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            prov = Provisioner(client, policy(), sleep=fake_sleep, wall=lambda: 1000.0)
+            return await prov.lookup(req("801T0000000033AAA"), settle_at_ms=1_012_500)
+    assert run(go()) is None
+    assert slept == [pytest.approx(12.5)]
+
+
+def test_several_orders_for_one_marker_keep_one_and_cancel_the_pending_ones(whmcs, caplog):
+    from streams import metrics
+
+    oid = "801T0000000034AAA"
+    before = metrics.COMPENSATIONS._value.get()
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            first = await client.add_order(req(oid).params())
+            second = await client.add_order(req(oid).params())
+            third = await client.add_order(req(oid).params())
+            await client.accept_order(second.order_id)
+            with caplog.at_level(logging.ERROR, logger="streams.provision"):
+                result = await Provisioner(client, policy()).provision(req(oid), settle_at_ms=0)
+            return (first.order_id, second.order_id, third.order_id), result
+    (first, second, third), result = run(go())
+    assert (result.status, result.whmcs_order_id, result.recovered) == ("Provisioned", second,
+                                                                        True)
+    assert result.error_code == "DUPLICATE_WHMCS_ORDERS"
+    assert result.duplicate_ids == [first, third] and result.cancelled_ids == [first, third]
+    statuses = {o["id"]: o["status"] for o in whmcs.orders_for(oid)}
+    assert statuses == {first: "Cancelled", second: "Active", third: "Cancelled"}
+    assert metrics.COMPENSATIONS._value.get() == before + 1
+    assert any(r.message.startswith("compensation:") for r in caplog.records)
+
+
+def test_two_pending_orders_keep_the_lowest_and_accept_only_it(whmcs):
+    oid = "801T0000000035AAA"
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            a = await client.add_order(req(oid).params())
+            b = await client.add_order(req(oid).params())
+            result = await Provisioner(client, policy()).provision(req(oid), settle_at_ms=0)
+            return a.order_id, b.order_id, result
+    a, b, result = run(go())
+    assert result.whmcs_order_id == a and result.cancelled_ids == [b]
+    statuses = {o["id"]: o["status"] for o in whmcs.orders_for(oid)}
+    assert statuses == {a: "Active", b: "Cancelled"}

@@ -68,7 +68,7 @@ def test_sigkill_restarts_leave_no_duplicates_and_no_gaps(kafka_settings, salesf
     env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
                      prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
                      sf_env=salesforce.env(), wh_env=whmcs.env(), WORKER_STORE="rocksdb://",
-                     WORKER_BATCH_SIZE="10", WORKER_WHMCS_PARALLELISM="8",
+                     WORKER_MAX_IN_FLIGHT="10", WORKER_WHMCS_PARALLELISM="8",
                      WORKER_INSTANCE_ID="w1", WORKER_SESSION_TIMEOUT_S="10")
     reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
     kills = 0
@@ -104,7 +104,7 @@ def test_two_workers_one_killed(kafka_settings, salesforce, whmcs, tmp_path):
     ids, events = _scenario(salesforce, 90, rng)
     whmcs.set_faults("AddOrder", latency_ms=150, jitter_ms=100)
     base = dict(bootstrap=kafka_settings.bootstrap_servers, prefix=kafka_settings.topic_prefix,
-                sf_env=salesforce.env(), wh_env=whmcs.env(), WORKER_BATCH_SIZE="10",
+                sf_env=salesforce.env(), wh_env=whmcs.env(), WORKER_MAX_IN_FLIGHT="10",
                 WORKER_SESSION_TIMEOUT_S="8", WORKER_STALL_TIMEOUT_S="20")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

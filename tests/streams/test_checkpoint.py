@@ -1,5 +1,6 @@
-"""The commit gate (streams/commit_gate.py): no commit of the requests topic past a record
-the agent did not finish. Logic with a stub reader; the range reader on the real broker."""
+"""The checkpoint (streams/checkpoint.py): only the contiguous prefix of finished events is
+committed, never past a record the worker did not finish. Logic with a stub reader; the range
+reader on the real broker."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from faust.types import TP
 
 from common.lag import committed_record_offsets, new_range_consumer
 from streams import metrics
-from streams.commit_gate import CommitGate, broker_reader, install, safe_commit
+from streams.checkpoint import Checkpoint, broker_reader, safe_commit
 from tests.conftest import create_topic
-
-REQ = "requests"
 
 
 def test_safe_commit_stops_at_the_first_unfinished_record() -> None:
@@ -28,105 +26,79 @@ def test_safe_commit_stops_at_the_first_unfinished_record() -> None:
     assert safe_commit(10, 12, [9, 10, 11, 12, 13], {10, 11}) == 12
 
 
-def _gate(found: dict[int, tuple[int, list[int]]] | Exception) -> CommitGate:
+def _checkpoint(found: dict[int, tuple[int, list[int]]] | Exception
+                ) -> tuple[Checkpoint, list[dict[int, int]], list[tuple[int, int]]]:
+    commits: list[dict[int, int]] = []
+    seeks: list[tuple[int, int]] = []
+
     def reader(wanted: Any) -> dict[int, tuple[int, list[int]]]:
         if isinstance(found, Exception):
             raise found
         return {p: v for p, v in found.items() if p in wanted}
-    return CommitGate(REQ, reader)
+
+    async def commit(offsets: Any) -> bool:
+        commits.append(dict(offsets))
+        return True
+    return (Checkpoint(reader, commit=commit, seek=lambda p, o: seeks.append((p, o))),
+            commits, seeks)
 
 
-def test_check_clamps_to_the_first_unfinished_record_and_asks_for_a_seek() -> None:
-    gate = _gate({0: (10, [10, 11, 13, 14]), 1: (5, [5, 6])})
-    for offset in (10, 11, 14):
-        gate.finished(0, offset)
-    gate.finished(1, 5)
-    gate.finished(1, 6)
+def _admit_finish(cp: Checkpoint, partition: int, admitted: list[int], finished: list[int]):
+    epochs = {o: cp.admitted(partition, o) for o in admitted}
+    for o in finished:
+        cp.finished(partition, o, epochs[o])
+
+
+def test_candidate_is_the_lowest_unfinished_event_or_past_the_highest_finished() -> None:
+    cp, commits, seeks = _checkpoint({0: (10, [10, 11, 13, 14]), 1: (5, [5, 6, 7])})
+    _admit_finish(cp, 0, [10, 11, 13, 14], [10, 11, 13, 14])  # 12: a marker, never a record
+    _admit_finish(cp, 1, [5, 6, 7], [5, 7])  # 6 still running (a hung WHMCS call)
+    assert asyncio.run(cp.commit()) == {0: 15, 1: 6}
+    assert commits == [{0: 15, 1: 6}] and seeks == []
+
+
+def test_a_record_faust_never_handed_over_stops_the_commit_and_is_sought_back() -> None:
+    cp, commits, seeks = _checkpoint({0: (10, [10, 11, 12, 13, 14])})
+    _admit_finish(cp, 0, [10, 11, 13, 14], [10, 11, 13, 14])  # 12 fetched and dropped
     before = metrics.COMMIT_HOLDS.labels("unfinished_record")._value.get()
-    allowed = asyncio.run(gate.check({TP(REQ, 0): 15, TP(REQ, 1): 7}))
-    assert allowed == {TP(REQ, 0): 13, TP(REQ, 1): 7}
-    assert gate.pending_seeks == {TP(REQ, 0): 13}
-    assert gate.holds == 1
+    assert asyncio.run(cp.commit()) == {0: 12}
+    assert seeks == [(0, 12)] and cp.holds == 1
     assert metrics.COMMIT_HOLDS.labels("unfinished_record")._value.get() == before + 1
 
 
-def test_check_leaves_out_a_partition_that_may_not_move() -> None:
-    gate = _gate({0: (10, [10, 11])})  # record 10 never finished: the commit stays at 10
-    gate.finished(0, 11)
-    assert asyncio.run(gate.check({TP(REQ, 0): 12})) == {}
-    assert gate.pending_seeks == {TP(REQ, 0): 10}
+def test_nothing_moves_when_the_first_record_is_unfinished() -> None:
+    cp, commits, seeks = _checkpoint({0: (10, [10, 11])})
+    _admit_finish(cp, 0, [11], [11])  # 10 never reached the worker
+    assert asyncio.run(cp.commit()) == {} and commits == []
+    assert seeks == [(0, 10)]
 
 
 def test_a_check_that_cannot_be_made_holds_every_commit() -> None:
-    gate = _gate(TimeoutError("broker away"))
-    gate.finished(0, 10)
-    assert asyncio.run(gate.check({TP(REQ, 0): 11})) == {}
-    assert gate.pending_seeks == {}
+    cp, commits, _ = _checkpoint(TimeoutError("broker away"))
+    _admit_finish(cp, 0, [0, 1], [0, 1])
+    before = metrics.COMMIT_HOLDS.labels("check_failed")._value.get()
+    assert asyncio.run(cp.commit()) == {} and commits == []
+    assert metrics.COMMIT_HOLDS.labels("check_failed")._value.get() == before + 1
 
 
-def test_committed_offsets_forget_finished_records_below_them() -> None:
-    gate = _gate({})
-    for offset in range(10, 20):
-        gate.finished(0, offset)
-    gate.committed({TP(REQ, 0): 15})
-    assert gate.retained_count() == 5
+def test_committed_offsets_forget_finished_events_and_nothing_is_committed_twice() -> None:
+    cp, commits, _ = _checkpoint({0: (0, [0, 1, 2, 3])})
+    _admit_finish(cp, 0, [0, 1, 2, 3], [0, 1, 2, 3])
+    assert asyncio.run(cp.commit()) == {0: 4}
+    assert cp.span(0) == 0
+    assert asyncio.run(cp.commit()) == {}  # nothing new
+    assert commits == [{0: 4}]
 
 
-class FakeConsumer:
-    """The three things :func:`install` touches on faust's consumer."""
-
-    def __init__(self, fetches: list[list[tuple[TP, int]]]) -> None:
-        self.fetches = fetches
-        self.commits: list[dict[TP, int]] = []
-        self.seeks: list[tuple[TP, int]] = []
-        self.events: list[str] = []
-
-    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        self.commits.append(dict(offsets))
-        return True
-
-    async def getmany(self, timeout: float) -> Any:
-        self.events.append("fetch")
-        for tp, offset in self.fetches.pop(0):
-            yield tp, offset
-
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.events.append(f"seek {tp.partition}:{offset}")
-        self.seeks.append((tp, offset))
-
-    def assignment(self) -> set[TP]:
-        return {TP(REQ, 0), TP(REQ, 1)}
-
-
-def test_install_clamps_commits_and_seeks_between_fetches() -> None:
-    gate = _gate({0: (0, [0, 1, 2, 3])})
-    consumer = FakeConsumer([[(TP(REQ, 0), 0), (TP(REQ, 0), 3)], [(TP(REQ, 0), 1)]])
-    install(gate, consumer)
-
-    async def run() -> None:
-        got = [item async for item in consumer.getmany(timeout=1.0)]
-        assert got == [(TP(REQ, 0), 0), (TP(REQ, 0), 3)]  # faust "dropped" 1 and 2
-        gate.finished(0, 0)
-        gate.finished(0, 3)
-        # faust wants 4 (it counted 1..2 as a gap); other topics pass untouched
-        assert await consumer._commit_offsets({TP(REQ, 0): 4, TP("changelog", 0): 9})
-        assert consumer.commits == [{TP(REQ, 0): 1, TP("changelog", 0): 9}]
-        assert consumer.seeks == []  # not while a fetched batch may still be iterated
-        [item async for item in consumer.getmany(timeout=1.0)]
-        assert consumer.events == ["fetch", "seek 0:1", "fetch"]
-
-    asyncio.run(run())
-
-
-def test_install_commits_nothing_when_nothing_may_move() -> None:
-    gate = _gate({0: (5, [5])})
-    consumer = FakeConsumer([])
-    install(gate, consumer)
-    assert asyncio.run(consumer._commit_offsets({TP(REQ, 0): 6})) is False
-    assert consumer.commits == []
-
-
-# -- on the broker ---------------------------------------------------------------------------
+def test_a_rebalance_ignores_finishes_of_events_admitted_before_it() -> None:
+    cp, commits, _ = _checkpoint({0: (0, [0, 1])})
+    old = cp.admitted(0, 0)
+    cp.reset()
+    cp.finished(0, 0, old)  # the original finished after the rebalance: not counted
+    assert asyncio.run(cp.commit()) == {}
+    new = cp.admitted(0, 0)  # its redelivered copy
+    cp.finished(0, 0, new)
+    assert asyncio.run(cp.commit()) == {0: 1}
 
 
 def _transaction(bootstrap: str, topic: str, count: int, commit: bool, partition: int = 0) -> None:

@@ -1,6 +1,6 @@
-"""The commit gate and the drop rewinder in a real worker, on the real broker: faust's record
-drop, made to happen (tests/streams/dropping_worker.py), loses events with neither and none
-with either of them."""
+"""The checkpoint's check against the log and the drop rewinder in a real worker, on the real
+broker: faust's record drop, made to happen (tests/streams/dropping_worker.py), loses events
+with neither and none with either of them."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, rewind: s
     produce(kafka_settings.bootstrap_servers, kafka_settings.requests, events)
     env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
                      prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
-                     sf_env=salesforce.env(), wh_env=whmcs.env(), COMMIT_GATE=gate,
+                     sf_env=salesforce.env(), wh_env=whmcs.env(), CHECKPOINT_LOG_CHECK=gate,
                      DROP_REWIND=rewind,
-                     DROP_EVERY="7", DROP_MOD="3", WORKER_BATCH_SIZE="5",
+                     DROP_EVERY="7", DROP_MOD="3", WORKER_MAX_IN_FLIGHT="5",
                      # a dropped record with none after it is not committed past: the
                      # watchdog's re-seek (at half of this) brings it back
                      WORKER_STALL_TIMEOUT_S="20")
@@ -81,7 +81,7 @@ def _positions(kafka_settings, count: int) -> dict[tuple[int, int], str]:
             for m in reader.records}
 
 
-def test_without_gate_or_rewind_faust_commits_past_dropped_events(kafka_settings, salesforce,
+def test_without_log_check_or_rewind_dropped_events_are_committed_past_and_lost(kafka_settings, salesforce,
                                                                   whmcs, tmp_path):
     """The control: shows the drop is faust's bug, and that the other test can fail."""
     events, got, log_text, dropped, at = _run(kafka_settings, salesforce, whmcs, tmp_path,
@@ -94,12 +94,12 @@ def test_without_gate_or_rewind_faust_commits_past_dropped_events(kafka_settings
     assert {e["event_uuid"] for e in events} - set(got) == lost
 
 
-def test_the_gate_alone_brings_dropped_events_back(kafka_settings, salesforce, whmcs,
+def test_the_log_check_alone_brings_dropped_events_back(kafka_settings, salesforce, whmcs,
                                                   tmp_path):
     events, got, log_text, dropped, _ = _run(kafka_settings, salesforce, whmcs, tmp_path,
                                              gate="on", rewind="off")
     assert len(dropped) >= 3, log_text[-3000:]
-    assert "commit gate: faust would commit partition" in log_text
+    assert "checkpoint: partition" in log_text and "never finished" in log_text
     assert set(got) == {e["event_uuid"] for e in events}, log_text[-3000:]
     assert max(got.values()) == 1
     assert whmcs.duplicates() == {}
@@ -107,11 +107,12 @@ def test_the_gate_alone_brings_dropped_events_back(kafka_settings, salesforce, w
 
 def test_the_rewind_alone_brings_dropped_events_back(kafka_settings, salesforce, whmcs,
                                                     tmp_path):
-    """The seek back over dropped records, without the gate: nothing is committed past them
+    """The seek back over dropped records, without the log check: nothing is committed past them
     because they are fetched again before the next fetch."""
     events, got, log_text, dropped, _ = _run(kafka_settings, salesforce, whmcs, tmp_path,
                                              gate="off", rewind="on")
     assert len(dropped) >= 3, log_text[-3000:]
-    assert log_text.count("faust dropped fetched records of") >= len(dropped)
+    # one seek back per partition and fetch covers every record dropped from that fetch
+    assert log_text.count("faust dropped fetched records of") >= len({p for p, _ in dropped})
     assert set(got) == {e["event_uuid"] for e in events}, log_text[-3000:]
     assert max(got.values()) == 1

@@ -1,0 +1,573 @@
+"""The one module that touches faust-streaming's and aiokafka's internals.
+
+Everything the worker needs from the two libraries beyond their public API lives here; no
+other module imports a private name of either (``tests/streams/test_faust_seam.py`` greps
+for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
+``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
+test fails when the source of a function wrapped, subclassed or relied on here changes
+upstream (:data:`CONTRACT`: a hash of each). Why each workaround exists is in
+``docs/decisions/``; each has a behaviour test.
+
+The interface (what the rest of the worker calls):
+
+* :func:`build_app` — the faust app with the recovery order, table placement and
+  ``read_committed`` fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
+  :func:`key_partition`;
+* :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
+  offsets, :meth:`~ConsumerSeam.release` a message without committing it, seeks applied
+  between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
+  backpressure, the re-seek and diagnostics of the stall watchdog, and the revocation
+  callback;
+* :func:`watch_membership` — heartbeats, SyncGroup and rebalances of the consumer group,
+  for the ownership lease (:mod:`streams.lease`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import metadata
+from typing import Any, cast
+
+import faust
+from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance, GroupCoordinator
+from aiokafka.partitioner import murmur2
+from faust.stores.rocksdb import Store as RocksStore
+from faust.tables.manager import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from yarl import URL
+
+from streams.state import DurabilityError
+
+log = logging.getLogger(__name__)
+
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class UnsupportedVersion(RuntimeError):
+    """faust-streaming or aiokafka is not the version this module was verified against."""
+
+
+def check_versions() -> None:
+    """Raise :class:`UnsupportedVersion` (one line) unless the pinned versions are installed."""
+    wrong = []
+    for dist, wanted in PINNED.items():
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found = "not installed"
+        if found != wanted:
+            wrong.append(f"{dist} {found} (needs {wanted})")
+    if wrong:
+        raise UnsupportedVersion(
+            "the worker patches library internals verified only for "
+            + ", ".join(f"{d}=={v}" for d, v in PINNED.items()) + "; found "
+            + ", ".join(wrong) + " (see streams/faust_seam.py)")
+
+
+# upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
+# overridden in a subclass (S) or relied on for its behaviour (R).
+CONTRACT: dict[str, tuple[Any, str, str]] = {
+    "W aiokafka GroupCoordinator._do_heartbeat": (
+        GroupCoordinator, "_do_heartbeat", "dc1d6632aaa68e964cf71958a17ebd8a"),
+    "W aiokafka CoordinatorGroupRebalance._send_sync_group_request": (
+        CoordinatorGroupRebalance, "_send_sync_group_request",
+        "7429ca078ddf9bb7023fd095d118bd74"),
+    "W faust ConsumerRebalanceListener.on_partitions_revoked": (
+        ConsumerRebalanceListener, "on_partitions_revoked", "348c3aec879faf808e3ce86802ad8735"),
+    "W faust ConsumerRebalanceListener.on_partitions_assigned": (
+        ConsumerRebalanceListener, "on_partitions_assigned", "1c1f8406ad3698a6770a4ececb2f8074"),
+    "R faust Consumer._clean_unacked_messages": (
+        FaustConsumer, "_clean_unacked_messages", "11be2587e71c9162510ba634577e1da5"),
+    "R faust Consumer.ack": (FaustConsumer, "ack", "5fcf41cf45153475de3790dc56fec1b8"),
+}
+
+
+def source_hash(owner: Any, attribute: str) -> str:
+    """The first 32 hex digits of the sha256 of ``owner.attribute``'s upstream source."""
+    fn = inspect.getattr_static(owner, attribute)
+    fn = getattr(fn, "fget", fn)  # a property: its getter
+    fn = getattr(fn, "__sfprov_original__", fn)
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:32]
+
+
+def _wrap(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:
+    original = getattr(owner, attribute)
+    if getattr(original, "__sfprov_original__", None) is not None:
+        return  # installed already
+    wrapper = make(original)
+    wrapper.__sfprov_original__ = original
+    setattr(owner, attribute, wrapper)
+
+
+def key_partition(key: str | bytes, partitions: int) -> int:
+    """Kafka's default partition of ``key`` (Java/aiokafka/librdkafka ``murmur2``)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+
+
+# == group membership → the ownership lease (docs/decisions/0005) ==========================
+
+class MembershipListener:
+    """What the hooks report for one consumer group; called from the consumer's thread."""
+
+    def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
+                  rebalance: bool) -> None: ...
+
+    def synced(self, generation: int, sent_at: float) -> None: ...
+
+    def revoked(self) -> None: ...
+
+    def assigned(self, partitions_by_topic: dict[str, set[int]], generation: int) -> None: ...
+
+
+_listeners: dict[str, MembershipListener] = {}  # group id → listener
+
+
+def watch_membership(group_id: str, listener: MembershipListener) -> None:
+    """Report the membership of this process's consumer of ``group_id`` to ``listener``."""
+    _install_membership_hooks()
+    _listeners[group_id] = listener
+
+
+def _install_membership_hooks() -> None:
+    def heartbeat(original: Any) -> Any:
+        async def _do_heartbeat(self: Any) -> Any:
+            generation, sent_at = self.generation, time.monotonic()
+            ok = await original(self)
+            listener = _listeners.get(self.group_id)
+            if listener is not None:
+                # True also answers REBALANCE_IN_PROGRESS (aiokafka keeps heart-beating
+                # through a rebalance): that is no renewal, and it ends the lease.
+                rebalance = self._rejoin_needed_fut.done()
+                listener.heartbeat(generation, sent_at, accepted=bool(ok) and not rebalance,
+                                   rebalance=rebalance)
+            return ok
+        return _do_heartbeat
+
+    def sync(original: Any) -> Any:
+        async def _send_sync_group_request(self: Any, request: Any) -> Any:
+            generation, sent_at = self._coordinator.generation, time.monotonic()
+            assignment = await original(self, request)
+            listener = _listeners.get(self.group_id)
+            if assignment is not None and listener is not None:
+                listener.synced(generation, sent_at)
+            return assignment
+        return _send_sync_group_request
+
+    def revoked(original: Any) -> Any:
+        def on_partitions_revoked(self: Any, revoked: Iterable[Any]) -> Any:
+            listener = _listeners.get(str(self._thread.app.conf.id))
+            if listener is not None:
+                listener.revoked()  # before faust's callbacks: as early as possible
+            return original(self, revoked)
+        return on_partitions_revoked
+
+    def assigned(original: Any) -> Any:
+        async def on_partitions_assigned(self: Any, assigned: Iterable[Any]) -> None:
+            listener = _listeners.get(str(self._thread.app.conf.id))
+            assigned = list(assigned)
+            if listener is not None:
+                generation = self._thread._ensure_consumer()._coordinator.generation
+                by_topic: dict[str, set[int]] = {}
+                for tp in assigned:
+                    by_topic.setdefault(tp.topic, set()).add(tp.partition)
+                listener.assigned(by_topic, generation)
+            await original(self, assigned)
+        return on_partitions_assigned
+
+    _wrap(GroupCoordinator, "_do_heartbeat", heartbeat)
+    _wrap(CoordinatorGroupRebalance, "_send_sync_group_request", sync)
+    _wrap(ConsumerRebalanceListener, "on_partitions_revoked", revoked)
+    _wrap(ConsumerRebalanceListener, "on_partitions_assigned", assigned)
+
+
+class LeaseAdapter(MembershipListener):
+    """Feeds an :class:`~streams.lease.OwnershipLease` with the requests topic's partitions."""
+
+    def __init__(self, lease: Any, topic: str) -> None:
+        self.lease, self.topic = lease, topic
+
+    def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
+                  rebalance: bool) -> None:
+        self.lease.heartbeat(generation, sent_at, accepted=accepted, rebalance=rebalance)
+
+    def synced(self, generation: int, sent_at: float) -> None:
+        self.lease.synced(generation, sent_at)
+
+    def revoked(self) -> None:
+        self.lease.rebalancing()
+
+    def assigned(self, partitions_by_topic: dict[str, set[int]], generation: int) -> None:
+        self.lease.assigned(partitions_by_topic.get(self.topic, set()), generation)
+
+
+# == tables (docs/decisions/0004) ==========================================================
+
+class KeyPartitionedRocksStore(RocksStore):
+    """Files a key under its own partition's RocksDB, not the current event's."""
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = key_partition(key, self.table.partitions or 1)
+        db = self._db_for_partition(partition)
+        self._key_index[key] = partition
+        db.put(key, value)
+
+
+class DurableTable(faust.Table):
+    """A table keyed by Order id whose changelog records go to the key's own partition,
+    with raw UTF-8 keys, and whose writes can be awaited (:meth:`flush`).
+
+    ``watch(order_id, value)`` is told of every change, ours and those restored from the
+    changelog (the sweep keeps an index of the few entries it must look at)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("use_partitioner", True)
+        kwargs.setdefault("key_type", str)
+        super().__init__(*args, **kwargs)
+        self.key_serializer = "raw"  # faust derives JSON from key_type str: '"801..."'
+        self._unflushed: list[asyncio.Future[Any]] = []
+        self.watch: Callable[[str, Any], None] | None = None
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        batch = list(batch)
+        super().apply_changelog_batch(batch)
+        if self.watch is not None:
+            for event in batch:
+                key, value = event.message.key, event.message.value
+                oid = key.decode() if isinstance(key, bytes) else str(key)
+                self.watch(oid, json.loads(value) if value is not None else None)
+
+    def _new_store_by_url(self, url: str | URL) -> Any:
+        if URL(str(url)).scheme == "rocksdb":
+            return KeyPartitionedRocksStore(
+                url, self.app, self, table_name=self.name, key_type=self.key_type,
+                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                value_type=self.value_type, loop=self.loop, options=self.options)
+        return super()._new_store_by_url(url)
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return key_partition(str(key), self.partitions or 1)
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        if self.watch is not None:
+            self.watch(str(key), value)
+        fut = self.send_changelog(self.partition_for_key(key), key, value)
+        self._unflushed.append(fut)
+        self._maybe_set_key_ttl(key, cast(int, fut.message.partition))
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        if self.watch is not None:
+            self.watch(str(key), None)
+        fut = self.send_changelog(self.partition_for_key(key), key, value=None,
+                                  value_serializer="raw")
+        self._unflushed.append(fut)
+        self._maybe_del_key_ttl(key, cast(int, fut.message.partition))
+        self._sensor_on_del(self, key)
+
+    async def flush(self, timeout: float = 60.0) -> None:
+        """Return once every change so far is acknowledged by the broker (``acks=all``).
+
+        Raises :class:`DurabilityError` when a changelog record failed or timed out: the
+        local table is then ahead of its changelog, and the only safe move is to stop the
+        worker without acknowledging anything (a restart restores the tables)."""
+        pending, self._unflushed = self._unflushed, []
+        if not pending:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
+                                  f"{exc!r}") from exc
+
+
+# == the end of table recovery (docs/decisions/0001) =======================================
+
+class OrderedRecovery(Recovery):
+    """Seek the stream partitions while they are still paused, clear the agent queues, and
+    only then resume: nothing fetched for a stream partition can be in a queue when faust
+    clears the queues."""
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        app, consumer = self.app, self.app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [asyncio.ensure_future(table.on_recovery_completed(
+            self.actives_for_table[table], self.standbys_for_table[table]))
+            for table in self.tables.values()]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again: generation %r, now %r",
+                             generation_id, app.consumer_generation_id)
+            return
+        stream_tps = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+        consumer.pause_partitions(stream_tps)
+        if stream_tps:
+            self.log.info("Seek stream partitions to committed offsets (still paused).")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again during the seek")
+            return
+        self.completed.set()
+        app.flow_control.resume()  # clears the queues: nothing of a stream partition is in them
+        consumer.resume_partitions(stream_tps)
+        consumer.resume_flow()
+        await cast(Any, app)._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class TableManager(FaustTableManager):
+    """faust's table manager with :class:`OrderedRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = OrderedRecovery(self.app, self, beacon=self.beacon,
+                                             loop=self.loop)
+        return self._recovery
+
+
+CONTRACT.update({
+    "S faust Recovery.on_recovery_completed": (
+        Recovery, "on_recovery_completed", "6ef567acf072e46da3fccbccc6d66237"),
+    "S faust TableManager.recovery": (FaustTableManager, "recovery", "f0bf5de78b4c3d235c3554010480f407"),
+    "S faust Table.on_key_set": (faust.Table, "on_key_set", "a370e35ca55c2c7e36e93f0d4b485927"),
+    "S faust Table.on_key_del": (faust.Table, "on_key_del", "4f2900b2f9d24a080d5cbc9eaa1f5566"),
+    "S faust Collection.apply_changelog_batch": (
+        faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
+    "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),
+    "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
+    "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
+})
+
+
+def build_app(app_id: str, **settings: Any) -> faust.App:
+    """The worker's faust app: :class:`TableManager` (the recovery order) and its consumer
+    reading ``read_committed`` (docs/decisions/0002)."""
+    app = faust.App(app_id, TableManager="streams.faust_seam:TableManager", **settings)
+    thread = cast(Any, app.consumer)._thread
+    original = thread._create_worker_consumer
+
+    def create(transport: Any) -> Any:
+        client = original(transport)
+        client._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start()
+        return client
+
+    thread._create_worker_consumer = create
+    return app
+
+
+# == the consumer (docs/decisions/0003, 0006) ==============================================
+
+class ConsumerSeam:
+    """What the worker does to faust's consumer of the requests topic.
+
+    Fetching, in this order, before each of faust's fetches (one wrapper, so the order is
+    fixed here): (1) seeks asked for by the checkpoint (records faust dropped that a commit
+    would have passed), (2) seeks back over records faust fetched and dropped in the
+    previous fetch, on any topic (a changelog restore too) — never moving a position
+    forward. A partition that has no committed offset yet is "sought to committed" at its
+    beginning, as ``auto.offset.reset=earliest`` means."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app, self.topic = app, topic
+        self.consumer: Any = app.consumer
+        self.rewinds = 0
+        self._pending_seeks: dict[int, int] = {}  # partition of ``topic`` → offset
+        self._fetched: dict[Any, list[int]] | None = None
+        self._rewind: dict[Any, int] = {}
+        self._install_fetch()
+        self._install_seek_to_committed()
+
+    # -- fetching --------------------------------------------------------------------
+
+    def seek_before_next_fetch(self, partition: int, offset: int) -> None:
+        current = self._pending_seeks.get(partition)
+        self._pending_seeks[partition] = offset if current is None else min(current, offset)
+
+    def _install_fetch(self) -> None:
+        consumer, seam = self.consumer, self
+        original_fetch, original_getmany = consumer._getmany, consumer.getmany
+
+        async def _getmany(*args: Any, **kwargs: Any) -> Any:
+            records = await original_fetch(*args, **kwargs)
+            if records:
+                seam._fetched = {tp: [r.offset for r in recs] for tp, recs in records.items()
+                                 if recs}
+            return records
+
+        async def getmany(timeout: float) -> Any:
+            await seam._apply_seeks()
+            yielded: dict[Any, set[int]] = {}
+            try:
+                async for tp, message in original_getmany(timeout):
+                    yielded.setdefault(tp, set()).add(message.offset)
+                    yield tp, message
+            finally:
+                seam._note_dropped(yielded)
+
+        consumer._getmany = _getmany
+        consumer.getmany = getmany
+
+    def _note_dropped(self, yielded: Mapping[Any, set[int]]) -> None:
+        fetched, self._fetched = self._fetched, None
+        for tp, offsets in (fetched or {}).items():
+            rest = [o for o in offsets if o not in yielded.get(tp, set())]
+            if rest:
+                self._rewind[tp] = min(min(rest), self._rewind.get(tp, min(rest)))
+
+    async def _apply_seeks(self) -> None:
+        assignment = self.consumer.assignment()
+        seeks, self._pending_seeks = self._pending_seeks, {}
+        for partition, offset in seeks.items():
+            tp = next((t for t in assignment
+                       if t.topic == self.topic and t.partition == partition), None)
+            if tp is not None:
+                await self.consumer.seek(tp, offset)
+        rewind, self._rewind = self._rewind, {}
+        for tp, offset in sorted(rewind.items()):
+            if tp not in assignment:
+                continue
+            position = await self.consumer.position(tp)
+            if position is None or position <= offset:
+                continue  # a seek since (recovery, perform_seek, the checkpoint) wins
+            self.rewinds += 1
+            log.warning("faust dropped fetched records of %s[%d] from offset %d; seeking "
+                        "back from %d", tp.topic, tp.partition, offset, position,
+                        extra={"partition": tp.partition, "offset": offset})
+            await self.consumer.seek(tp, offset)
+
+    def _install_seek_to_committed(self) -> None:
+        consumer, topic = self.consumer, self.topic
+        original = consumer.seek_to_committed
+
+        async def seek_to_committed() -> Mapping[Any, int]:
+            committed = await original()
+            uncommitted = [tp for tp, offset in committed.items()
+                           if tp.topic == topic and (offset is None or offset < 0)]
+            if uncommitted:
+                await consumer._thread.seek_to_beginning(*uncommitted)
+            return committed
+
+        consumer.seek_to_committed = seek_to_committed
+
+    # -- acknowledging and committing ----------------------------------------------------
+
+    def release(self, message: Any) -> None:
+        """Let faust forget ``message`` without counting it as processed: it no longer
+        holds up a rebalance (``wait_empty``) and faust itself never commits past it —
+        offsets of the requests topic are committed by the worker's checkpoint alone."""
+        message.acked = True  # later acks of the message are no-ops (faust Message.ack)
+        self.consumer._unacked_messages.discard(message)
+
+    async def commit(self, offsets: Mapping[int, int]) -> bool:
+        """Commit ``partition → offset`` of the requests topic (faust flushes its producer
+        first, skips partitions no longer assigned, and records the commit)."""
+        assignment = {tp.partition: tp for tp in self.consumer.assignment()
+                      if tp.topic == self.topic}
+        tps = {assignment[p]: o for p, o in offsets.items() if p in assignment}
+        if not tps:
+            return False
+        return bool(await self.consumer._commit_offsets(tps))
+
+    def before_wait_empty(self, callback: Callable[[bool], Awaitable[None]]) -> None:
+        """``await callback(stopping)`` whenever faust is about to wait for unacknowledged
+        messages: in a rebalance (every partition is revoked: eager protocol) or when the
+        worker stops — so the worker can finish or release its events first."""
+        consumer, app = self.consumer, self.app
+        original = consumer.wait_empty
+
+        async def wait_empty() -> None:
+            await callback(bool(app.should_stop))
+            await original()
+
+        consumer.wait_empty = wait_empty
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        self.consumer.pause_partitions(self._tps(partitions))
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self.consumer.resume_partitions(self._tps(partitions))
+
+    def _tps(self, partitions: Iterable[int]) -> list[Any]:
+        wanted = set(partitions)
+        return [tp for tp in self.consumer.assignment()
+                if tp.topic == self.topic and tp.partition in wanted]
+
+    def assigned_partitions(self) -> set[int]:
+        """The requests partitions this worker actively owns (not standbys)."""
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - before the first assignment
+            return set()
+        return {tp.partition for tp in actives if tp.topic == self.topic}
+
+    # -- the stall watchdog (from its own thread) ----------------------------------------
+
+    def reseek(self) -> None:
+        """Seek the stream partitions back to their committed offsets (thread-safe)."""
+        if self.app.rebalancing:
+            return  # a rebalance seeks by itself when (if) it completes
+        future = asyncio.run_coroutine_threadsafe(self.consumer.perform_seek(), self.app.loop)
+        future.result(timeout=30)
+
+    def recovery_position(self) -> int:
+        try:
+            recovery = cast(Any, self.app.tables).recovery
+            return int(sum(recovery.active_offsets.values()))
+        except Exception:  # noqa: BLE001 - read from another thread; best effort
+            return 0
+
+    def diagnose(self) -> dict[str, Any]:
+        """faust's gates between the broker and the agent, read as they are."""
+        app, consumer, topic = cast(Any, self.app), self.consumer, self.topic
+        probes = {
+            "flow_active": lambda: consumer.flow_active,
+            "flow_control_active": lambda: app.flow_control.is_active(),
+            "rebalancing": lambda: app.rebalancing,
+            "recovery_completed": lambda: app.tables.recovery.completed.is_set(),
+            "active_partitions": lambda: sorted(
+                tp.partition for tp in (consumer._active_partitions or ())
+                if tp.topic == topic),
+            "paused_partitions": lambda: sorted(
+                tp.partition for tp in consumer._paused_partitions if tp.topic == topic),
+            "read_offsets": lambda: {tp.partition: off for tp, off
+                                     in consumer._read_offset.items() if tp.topic == topic},
+            "unacked_messages": lambda: len(consumer._unacked_messages),
+        }
+        out: dict[str, Any] = {}
+        for name, probe in probes.items():
+            try:
+                out[name] = probe()
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                out[name] = f"? {type(exc).__name__}"
+        return out
+
+
+CONTRACT.update({
+    "W faust Consumer._getmany": (AIOKafkaDriverConsumer, "_getmany", "f9d47aa9010b5ff2b874ba65f927871f"),
+    "W faust Consumer.getmany": (AIOKafkaDriverConsumer, "getmany", "4b168d84882a70d6e3e2f9804430a63b"),
+    "W faust Consumer.seek_to_committed": (AIOKafkaDriverConsumer, "seek_to_committed", "f1d483b861b0328b4f0be90a4abc3f95"),
+    "W faust AIOKafkaConsumerThread._create_worker_consumer": (
+        AIOKafkaConsumerThread, "_create_worker_consumer", "c2701bfc3e6f6cad95c2be36d6a255a8"),
+    "R faust Consumer._commit_offsets": (
+        AIOKafkaDriverConsumer, "_commit_offsets", "1a6979904118844111259d182ca1c6e9"),
+    "R faust Consumer.wait_empty": (AIOKafkaDriverConsumer, "wait_empty", "e4662fe24f094819add590b2d75f2338"),
+})

@@ -1,0 +1,284 @@
+"""One request event, end to end: dedupe → guard → provision → outcome.
+
+Runs inside the event's Order lane (:mod:`streams.lanes`): no other work on the same Order
+runs meanwhile, so the Order's state read at the start is still current at the end.
+Different Orders run concurrently; what they share is coalesced (guard reads,
+:class:`~streams.guard.GuardReads`; durability flushes, :class:`~streams.state.GroupCommit`).
+
+Order of effects for one event (the contract the crash tests check)::
+
+    1. the Order's dedupe memory and intent (tables); the Order from Salesforce when the
+       IdemKey is new (a coalesced guard read, retried while Salesforce is down)
+    2. decide (streams.decide)
+    3. to provision: the ownership lease holds (streams.lease) → intents[order] = pending,
+       with this worker as writer and until when it may send
+       → DURABLE (group commit) → AddOrder / AcceptOrder, the lease checked before each
+    4. the lease holds → idem[order][idem_key] = the outcome; intents[order] settled
+       → DURABLE: the decided outcome is durable before anyone can see it
+    5. send the outcome, await the broker's ack
+    6. idem entry marked emitted (made durable by later flushes)
+    7. the lane reports the event finished; the checkpoint may commit past it
+
+Crash windows and what a redelivery does:
+
+* before 3's flush: nothing happened anywhere; the event is done again from scratch.
+* between 3's flush and 4's (the ``AddOrder`` window): the intent is ``pending``; the
+  redelivered event is *resumed*: once every ``AddOrder`` its writer could have sent has
+  landed (``lease_until`` + the WHMCS timeout + a grace), a WHMCS lookup on the
+  ``sfOrderId=`` marker, then accept / done / create — never a second order. The guard is
+  bypassed for it, so it can never become a contradicting ``Skipped`` after the sink wrote
+  the WHMCS id back.
+* during 4 (between its two table writes): the entry without the settled intent → the
+  intent is settled from the entry (:meth:`~streams.state.OrderState.settle_from_entry`);
+  the settled intent without the entry → ``decide`` finds this very event in the intent and
+  re-sends the intent's outcome, never a contradicting one.
+* between 4 and 6 (outcome maybe sent): the redelivery re-sends **the identical record**
+  (same fields, same ``completed_at``). Consumers dedupe on ``(order_id, idem_key,
+  event_uuid)``.
+* after 6: the redelivery emits nothing.
+
+A lost lease (the Order's partition went to another worker, :class:`~streams.lease.Fenced`)
+stops the event wherever it is: no WHMCS call, no outcome, no finish — the new owner
+redelivers it. While the lease may still come back (a rebalance under way, heartbeats not
+accepted lately) the event waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common.avro import AvroSerde
+from common.backoff import Backoff
+from streams import metrics
+from streams.decide import (
+    Context,
+    Event,
+    Final,
+    Provision,
+    Redelivery,
+    decide,
+    needs_guard,
+    now_ms,
+    outcome_record,
+)
+from streams.guard import GuardReads
+from streams.lease import Fenced, LeaseCheck, OwnershipLease, hold
+from streams.provision import Fence, Provisioner, ProvisionResult
+from streams.state import DurabilityError, Intent, OrderState
+
+log = logging.getLogger(__name__)
+ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
+RENEW_BEFORE_MS = 1000  # renew an intent's lease when less than this is left
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    key: bytes | None
+    value: bytes | None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    received_at: float = field(default_factory=time.monotonic)
+    headers: Any = None  # the record's headers; None = unknown (the serde guesses the format)
+    generation: int = -1  # the consumer group generation the record was taken in
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: RawRecord
+    reason: str
+    error_class: str
+    error_code: str = ""
+    order_id: str | None = None
+    event_uuid: str | None = None
+    idem_key: str | None = None
+
+
+class Emitter(Protocol):
+    async def send_outcome(self, outcome: dict[str, Any]) -> None:
+        """Send (key = order_id) and await the broker's ack."""
+
+    async def send_dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+def decode(serde: AvroSerde, rec: RawRecord) -> Event | DeadLetter:
+    """The request event of ``rec``, or the dead letter saying why there is none. Raises only
+    when the schema registry is unreachable (not the record's fault: retried)."""
+    try:
+        if rec.value is None:
+            raise ValueError("record has no value (tombstone)")
+        value = serde.decode(rec.value, rec.headers)
+        return Event.from_request(value, topic=rec.topic, partition=rec.partition,
+                                  offset=rec.offset)
+    except Exception as exc:  # noqa: BLE001 - a bad record is data, not a crash
+        if getattr(exc, "retryable", False):
+            raise
+        return DeadLetter(rec, f"cannot decode request: {exc}", type(exc).__name__,
+                          "UNDECODABLE")
+
+
+class EventHandler:
+    """``await handler.handle(event, rec)`` → True when finished (outcome or dead letter
+    acknowledged, or nothing to send), False when fenced (left to the partition's new
+    owner). ``lease`` None: no ownership lease (unit tests and benchmarks only)."""
+
+    def __init__(self, *, state: OrderState, reads: GuardReads, provisioner: Provisioner,
+                 emitter: Emitter, context: Context, durable: Callable[[], Awaitable[None]],
+                 lease: OwnershipLease | None = None, writer_id: str = "",
+                 intent_lease_s: float = 10.0, clock_ms: Callable[[], int] = now_ms) -> None:
+        self.state, self.reads, self.provisioner = state, reads, provisioner
+        self.emitter, self.context, self.durable = emitter, context, durable
+        self.lease, self.writer_id = lease, writer_id
+        self.intent_lease_ms = int(intent_lease_s * 1000)
+        self._clock = clock_ms
+
+    async def handle(self, event: Event, rec: RawRecord) -> bool:
+        backoff = Backoff(initial_s=1.0, max_s=10.0, jitter=False)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self._handle(event, rec)
+                return True
+            except Fenced as fenced:
+                metrics.FENCED.labels(fenced.stage).inc()
+                log.warning("fenced: %s; the Order is left to the partition's new owner",
+                            fenced.check.reason, extra={
+                                "order_id": event.order_id, "partition": rec.partition,
+                                "offset": rec.offset, "stage": fenced.stage})
+                return False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
+                if isinstance(exc, DurabilityError):
+                    raise  # a table the broker did not acknowledge: see streams.app
+                metrics.EVENT_ERRORS.inc()
+                log.exception("handling the event failed (attempt %d/%d)", attempt, ATTEMPTS,
+                              extra={"order_id": event.order_id, "offset": rec.offset})
+                error: Exception = exc
+                if attempt < ATTEMPTS:
+                    await asyncio.sleep(backoff.next_delay())
+        await self.emitter.send_dead_letter(DeadLetter(
+            rec, f"worker could not process the event: {error!r}", type(error).__name__,
+            "WORKER_ERROR", order_id=event.order_id, event_uuid=event.event_uuid,
+            idem_key=event.idem_key))
+        metrics.DEAD_LETTERS.labels("WORKER_ERROR").inc()
+        return True
+
+    async def _handle(self, event: Event, rec: RawRecord) -> None:
+        oid, state = event.order_id, self.state
+        memory, intent = state.memory(oid), state.intent(oid)
+        order = await self.reads.get(oid) if needs_guard(event, memory) else None
+        decision = decide(event, memory, intent, order, self.context)
+        opportunity = (order or {}).get("OpportunityId")
+        if isinstance(decision, Redelivery):
+            await self._redelivered(event, rec, decision)
+            return
+        if isinstance(decision, Final):
+            outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
+                                     whmcs_order_id=decision.whmcs_order_id,
+                                     error_code=decision.error_code,
+                                     error_message=decision.error_message, attempts=0,
+                                     completed_at=self._clock())
+            await self._own(rec, "record")
+            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+        else:
+            result = await self._provision(event, rec, decision, opportunity)
+            outcome = outcome_record(
+                event, result.status, opportunity_id=opportunity,
+                whmcs_client_id=decision.request.client_id,
+                whmcs_order_id=result.whmcs_order_id, service_ids=result.service_ids,
+                addon_ids=result.addon_ids, invoice_id=result.invoice_id,
+                error_code=result.error_code, error_message=result.error_message,
+                attempts=result.attempts, recovered=result.recovered,
+                completed_at=self._clock(), duplicate_ids=result.duplicate_ids)
+            await self._own(rec, "record")  # the call ran: is the result still ours?
+            state.settle(oid, outcome, self._clock(), may_exist=result.may_exist)
+            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+        await self.durable()  # the decided outcome is durable before it is sent
+        await self._send(event, rec, outcome)
+
+    async def _redelivered(self, event: Event, rec: RawRecord, decision: Redelivery) -> None:
+        outcome, oid = decision.outcome, event.order_id
+        if outcome is None:
+            return
+        wrote = False
+        if decision.restore:
+            log.warning("dedupe entry missing for an event its Order's intent records as "
+                        "decided; sending that outcome again", extra={
+                            "order_id": oid, "idem_key": event.idem_key,
+                            "event_uuid": event.event_uuid})
+            await self._own(rec, "record")
+            self.state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+            wrote = True
+        if self.state.settle_from_entry(oid, self._clock()):
+            wrote = True
+        if decision.emitted:
+            metrics.REDELIVERED_SILENT.inc()
+            if wrote:
+                await self.durable()
+            return
+        await self._own(rec, "send")
+        await self.durable()
+        await self._send(event, rec, outcome)
+
+    async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any]) -> None:
+        await self.emitter.send_outcome(outcome)
+        self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid)
+        metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
+        metrics.LATENCY.observe(time.monotonic() - rec.received_at)
+
+    # -- provisioning under the lease ---------------------------------------------------
+
+    async def _provision(self, event: Event, rec: RawRecord, decision: Provision,
+                         opportunity: str | None) -> ProvisionResult:
+        check = await self._own(rec, "intent")
+        self.state.set_intent(Intent.pending(
+            order_id=event.order_id, idem_key=event.idem_key, event_uuid=event.event_uuid,
+            attempt=decision.previous_attempts + 1, client_id=decision.request.client_id,
+            at=self._clock(), writer=self.writer_id, lease_until=self._lease_until(check),
+            correlation_id=event.correlation_id, requested_at=event.requested_at,
+            opportunity_id=opportunity))
+        await self.durable()  # the pending intent is durable before any AddOrder
+        settle_at = None
+        if decision.lookup_first:
+            settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
+        result = await self.provisioner.provision(decision.request, settle_at_ms=settle_at,
+                                                  fence=self._fence(event, rec))
+        if result.recovered:
+            metrics.RECOVERED.inc()
+        return result
+
+    async def _own(self, rec: RawRecord, stage: str) -> LeaseCheck:
+        if self.lease is None:
+            return LeaseCheck(True, valid_until_wall=(self._clock() + self.intent_lease_ms)
+                              / 1000)
+
+        def waiting(check: LeaseCheck) -> None:
+            metrics.LEASE_WAITS.inc()
+            log.info("waiting for the ownership lease before %s: %s", stage, check.reason,
+                     extra={"partition": rec.partition, "offset": rec.offset})
+        return await hold(self.lease, rec.partition, rec.generation, stage=stage,
+                          on_wait=waiting)
+
+    def _lease_until(self, check: LeaseCheck) -> int:
+        """The intent's lease: as long as the group lease, at most ``intent_lease_s``."""
+        return min(int(check.valid_until_wall * 1000), self._clock() + self.intent_lease_ms)
+
+    def _fence(self, event: Event, rec: RawRecord) -> Fence:
+        """Awaited right before each WHMCS write: the group lease holds, and the durable
+        intent says this writer may still send (else it is renewed — made durable —
+        first), so a new owner that waits out the intent's ``lease_until`` cannot meet a
+        late write of ours."""
+        async def fence(action: str) -> None:
+            check = await self._own(rec, action)
+            intent = self.state.intent(event.order_id)
+            if intent is not None and \
+                    (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
+                self.state.set_intent(intent.renewed(self._lease_until(check)))
+                await self.durable()
+                await self._own(rec, action)  # the flush took time
+        return fence

@@ -1,0 +1,217 @@
+"""Per-Order lanes: each Order's events strictly in order, different Orders independent.
+
+:meth:`Lanes.admit` takes an event into its Order's lane and returns at once — unless the
+window is full: at most ``max_in_flight`` events are admitted and not yet finished
+(backpressure: the agent stops taking events, faust stops fetching). A lane runs its
+Order's work one item at a time and ends when it is empty; an Order whose WHMCS call hangs
+holds its own lane and its partition's commit point (:mod:`streams.checkpoint`), nothing
+else — later Orders on the same partition are decided, provisioned and sent meanwhile. A
+partition whose uncommitted span grows past ``partition_window`` offsets (one hung Order
+and many finished after it) is paused until it shrinks to half (memory bound).
+
+Every admitted event ends in exactly one of: **finished** (the handler acknowledged its
+outcome or dead letter, or it needed none — the checkpoint may commit past it), **fenced**
+(the Order's partition went to another worker: released, never committed past), or
+**released** by :meth:`Lanes.revoke` (a rebalance: faust redelivers it from the committed
+offset). Faust itself never acknowledges a requests message: the worker releases it
+(:meth:`streams.faust_seam.ConsumerSeam.release`) and commits through its checkpoint.
+
+The sweep's per-Order work runs in the Order's lane too (:meth:`Lanes.exclusive`), so it
+never interleaves with the Order's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streams.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Admitted:
+    """One event in the worker: where it came from and what to call to handle it."""
+
+    partition: int
+    offset: int
+    message: Any  # faust's message, released when the event leaves the worker
+    work: Callable[[], Awaitable[bool]]  # True: finished; False: fenced
+    epoch: int = 0
+    done: bool = False
+    result: str = ""  # finished | fenced | released, once it left
+
+
+Job = Admitted | Callable[[], Awaitable[None]]
+
+
+class Lanes:
+    def __init__(self, checkpoint: Checkpoint, release: Callable[[Any], None], *,
+                 max_in_flight: int = 1000, partition_window: int = 10_000,
+                 pause: Callable[[set[int]], None] = lambda _p: None,
+                 resume: Callable[[set[int]], None] = lambda _p: None,
+                 on_leave: Callable[[Admitted], None] = lambda _item: None,
+                 on_crash: Callable[[BaseException], None] = lambda _exc: None) -> None:
+        self.checkpoint, self._release = checkpoint, release
+        self.max_in_flight, self.partition_window = max_in_flight, partition_window
+        self._pause, self._resume, self._on_leave = pause, resume, on_leave
+        self._on_crash = on_crash
+        self._lanes: dict[str, deque[Job]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._events: dict[int, Admitted] = {}  # id() → admitted events not yet done
+        self._room = asyncio.Event()
+        self._room.set()
+        self._paused: set[int] = set()
+        self.crashed: BaseException | None = None
+
+    # -- taking events in ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._events)
+
+    def busy(self, order_id: str) -> bool:
+        return order_id in self._lanes
+
+    async def admit(self, order_id: str, item: Admitted) -> None:
+        """Into ``order_id``'s lane; waits while the window is full."""
+        while len(self._events) >= self.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+        if self.crashed is not None:
+            raise self.crashed
+        item.epoch = self.checkpoint.admitted(item.partition, item.offset)
+        self._events[id(item)] = item
+        self._enqueue(order_id, item)
+        if self.checkpoint.span(item.partition) > self.partition_window and \
+                item.partition not in self._paused:
+            self._paused.add(item.partition)
+            log.info("partition %d paused: %d offsets uncommitted behind an unfinished event",
+                     item.partition, self.checkpoint.span(item.partition))
+            self._pause({item.partition})
+
+    def run_alone(self, item: Admitted) -> None:
+        """An event that needs no lane (a dead letter): admitted, handled on its own."""
+        item.epoch = self.checkpoint.admitted(item.partition, item.offset)
+        self._events[id(item)] = item
+        asyncio.ensure_future(self._guarded(self._run_one(item)))
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a table not durable: stop everything
+            self._crash(exc)
+
+    def _crash(self, exc: BaseException) -> None:
+        if self.crashed is None:
+            self.crashed = exc
+            log.critical("handling an event failed in a way the worker cannot survive "
+                         "(%s); stopping without acknowledging", exc, exc_info=exc)
+            self._on_crash(exc)
+
+    async def exclusive(self, order_id: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` in ``order_id``'s lane (after what is queued there) and wait for it."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                await job()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(None)
+        self._enqueue(order_id, run)
+        await done
+
+    def _enqueue(self, order_id: str, job: Job) -> None:
+        lane = self._lanes.get(order_id)
+        if lane is None:
+            lane = self._lanes[order_id] = deque()
+            lane.append(job)
+            self._tasks[order_id] = asyncio.ensure_future(self._run_lane(order_id, lane))
+        else:
+            lane.append(job)
+
+    # -- running the lanes -----------------------------------------------------------------
+
+    async def _run_lane(self, order_id: str, lane: deque[Job]) -> None:
+        try:
+            while lane:
+                job = lane[0]
+                if isinstance(job, Admitted):
+                    await self._run_one(job)
+                else:
+                    await job()
+                if lane and lane[0] is job:
+                    lane.popleft()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a table not durable: stop everything
+            self._crash(exc)
+        finally:
+            if self._lanes.get(order_id) is lane:
+                del self._lanes[order_id]
+                self._tasks.pop(order_id, None)
+
+    async def _run_one(self, item: Admitted) -> None:
+        if item.done:
+            return  # released by a rebalance before it started
+        finished = await item.work()
+        if item.done:
+            return  # released by a rebalance while it ran: its redelivered copy counts
+        if finished:
+            self.checkpoint.finished(item.partition, item.offset, item.epoch)
+        self._leave(item, "finished" if finished else "fenced")
+
+    def _leave(self, item: Admitted, result: str) -> None:
+        item.done, item.result = True, result
+        self._release(item.message)
+        self._events.pop(id(item), None)
+        self._on_leave(item)
+        if self._paused and item.partition in self._paused and \
+                self.checkpoint.span(item.partition) <= self.partition_window // 2:
+            self._paused.discard(item.partition)
+            self._resume({item.partition})
+        if len(self._events) < self.max_in_flight:
+            self._room.set()
+
+    # -- rebalances and stopping -----------------------------------------------------------
+
+    def revoke(self) -> int:
+        """A rebalance revoked the partitions: every admitted event leaves the worker now
+        (released, not committed); queued ones are dropped, running ones go on until their
+        next lease check. Returns how many were released."""
+        released = 0
+        for item in list(self._events.values()):
+            self._leave(item, "released")
+            released += 1
+        for order_id, lane in list(self._lanes.items()):
+            kept = [job for job in lane if not isinstance(job, Admitted)]
+            running = lane[0] if lane else None
+            lane.clear()
+            if running is not None and running not in kept:
+                lane.append(running)  # the lane pops it when it returns
+            lane.extend(kept)
+            if not lane:
+                del self._lanes[order_id]
+                self._tasks.pop(order_id, None)
+        self.checkpoint.reset()
+        self._paused.clear()
+        return released
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stopping: let admitted events finish for up to ``timeout_s``; returns how many
+        were left unfinished (then released by :meth:`revoke`)."""
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        return len(self._events)

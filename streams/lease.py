@@ -1,0 +1,206 @@
+"""The ownership lease: may this worker write to WHMCS for an event of partition P *now*?
+
+The consumer group decides who owns a requests partition, but a member only learns that it
+lost a partition when it next talks to the coordinator. A worker that is paused (GC, a
+frozen VM, CPU throttling) or cut off from the brokers past its session timeout keeps
+running its old work when it resumes, while the group has already handed its partitions to
+another member that redelivers the same events. The lease is the worker's own answer,
+checked right before every WHMCS write (``AddOrder``, ``AcceptOrder``, ``CancelOrder`` and
+each retry of them):
+
+* **the partition is owned, continuously since the event was taken** — ``owned[p]`` is the
+  first generation of the unbroken run of generations in which this member held ``p``. An
+  event taken in generation ``g`` may be acted on only while ``owned[p] <= g``. Losing ``p``
+  for one generation (paused, kicked, another member took it) breaks the run for good, even
+  if ``p`` comes back: the other member may have provisioned the event meanwhile;
+* **no rebalance is under way** — from the moment the member learns of a rebalance
+  (revocation, a heartbeat answered ``REBALANCE_IN_PROGRESS``) until it is assigned again,
+  nothing is written;
+* **membership is known to be true now** — the coordinator accepted a heartbeat (or the
+  SyncGroup of this generation) *sent* at ``renewed_at``, so it kept this member until at
+  least ``renewed_at + session_timeout``. The lease lasts until
+  ``renewed_at + session_timeout - margin``; the margin absorbs the time between the check
+  and the bytes leaving the process, and clock-rate differences.
+
+Why it is enough: the coordinator moves a partition to another member only after this
+member revoked it (it then knows) or after its session expired (``session_timeout`` after
+the last heartbeat the coordinator received, which is after ``renewed_at``). Either way this
+member's lease ended before the new owner was assigned, so every WHMCS write this member
+can still make was *sent* before the new owner exists. The new owner waits out the WHMCS
+timeout of such a write (plus a grace) before it looks the Order up (see
+:mod:`streams.provision`), and the intent records, durable before each write, say until
+when its writer could send (:attr:`LeaseCheck.valid_until_wall`).
+
+A residue no client-side check can close: a pause that lands *between* the check and the
+write syscall of the same call (microseconds of CPU). The last line against it is the
+compensation in :meth:`streams.provision.Provisioner.lookup`.
+
+The state is fed from the consumer's thread (:mod:`streams.faust_seam`) and read from the
+event loop's thread; every method takes the lock. Time is ``time.monotonic`` (a pause
+advances it), injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from common.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class LeaseCheck:
+    """The answer of :meth:`OwnershipLease.check`. ``valid_until`` is monotonic seconds,
+    ``valid_until_wall`` the same instant as epoch seconds (for intents read by others)."""
+
+    ok: bool
+    reason: str = ""
+    valid_until: float = 0.0
+    valid_until_wall: float = 0.0
+    # not ok, and for good: the partition is not ours in the current generation, or changed
+    # hands since the event was taken. Otherwise (a rebalance under way, no heartbeat
+    # accepted lately) it may come back: the caller waits and asks again.
+    lost: bool = False
+
+
+class Fenced(PipelineError):
+    """This worker may no longer write to WHMCS for an Order: the Order's partition is not
+    its own any more (:attr:`LeaseCheck.lost`). The Order is left to the partition's new
+    owner — no call, no outcome, no ack."""
+
+    retryable = False
+
+    def __init__(self, check: LeaseCheck, *, stage: str = "") -> None:
+        super().__init__(f"fenced before {stage or 'a WHMCS write'}: {check.reason}")
+        self.check = check
+        self.stage = stage
+
+
+class OwnershipLease:
+    """See the module docstring. ``session_timeout_s - margin_s`` must stay positive."""
+
+    def __init__(self, *, session_timeout_s: float, margin_s: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        if margin_s >= session_timeout_s:
+            raise ValueError("the lease margin must be shorter than the session timeout")
+        self.length_s = session_timeout_s - margin_s
+        self._clock, self._wall = clock, wall
+        self._lock = threading.Lock()
+        self._generation: int | None = None  # the stable generation we are in, if any
+        self._last_generation: int | None = None  # the last one we were assigned in
+        self._owned: dict[int, int] = {}  # partition → first generation of the unbroken run
+        self._renewed_at: float | None = None
+        self._synced: tuple[int, float] | None = None  # (generation, SyncGroup send time)
+        self.assigned_at: float | None = None  # monotonic time of the last assignment
+
+    # -- fed by the consumer's thread ---------------------------------------------------
+
+    def rebalancing(self) -> None:
+        """A rebalance started (revocation, or the coordinator said so): stop writing."""
+        with self._lock:
+            self._generation = None
+            self._renewed_at = None
+
+    def synced(self, generation: int, sent_at: float) -> None:
+        """SyncGroup of ``generation`` sent at ``sent_at`` succeeded."""
+        with self._lock:
+            self._synced = (generation, sent_at)
+
+    def assigned(self, partitions: Iterable[int], generation: int) -> None:
+        """Assigned ``partitions`` in ``generation`` (after the SyncGroup)."""
+        with self._lock:
+            follows = self._last_generation is not None and \
+                generation == self._last_generation + 1
+            owned = {}
+            for p in partitions:
+                since = self._owned.get(p) if follows else None
+                owned[p] = since if since is not None else generation
+            self._owned = owned
+            self._generation = self._last_generation = generation
+            self._renewed_at = self._synced[1] if self._synced and \
+                self._synced[0] == generation else None
+            self.assigned_at = self._clock()
+
+    def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
+                  rebalance: bool = False) -> None:
+        """A heartbeat of ``generation`` sent at ``sent_at`` was answered. ``accepted``:
+        without error; ``rebalance``: the coordinator asked us to rejoin."""
+        with self._lock:
+            if rebalance:
+                self._generation = None
+                self._renewed_at = None
+                return
+            if accepted and generation == self._generation:
+                self._renewed_at = max(self._renewed_at or sent_at, sent_at)
+
+    def lost(self) -> None:
+        """Membership lost (left the group, consumer stopped): nothing is owned."""
+        with self._lock:
+            self._generation = None
+            self._renewed_at = None
+            self._owned = {}
+
+    # -- read by the event loop ---------------------------------------------------------
+
+    @property
+    def generation(self) -> int | None:
+        with self._lock:
+            return self._generation
+
+    def owned_partitions(self) -> set[int]:
+        with self._lock:
+            return set(self._owned) if self._generation is not None else set()
+
+    def check(self, partition: int, generation: int) -> LeaseCheck:
+        """May this worker write to WHMCS now for an event of ``partition`` taken in
+        ``generation``?"""
+        now = self._clock()
+        with self._lock:
+            current, since, renewed = self._generation, self._owned.get(partition), \
+                self._renewed_at
+        if current is None:
+            return LeaseCheck(False, "a rebalance is under way (not assigned)")
+        if since is None:
+            return LeaseCheck(False, f"partition {partition} is not assigned to this worker "
+                                     f"in generation {current}", lost=True)
+        if since > generation:
+            return LeaseCheck(False, f"partition {partition} changed hands since generation "
+                                     f"{generation} (owned again since {since})", lost=True)
+        if renewed is None:
+            return LeaseCheck(False, f"no heartbeat accepted yet in generation {current}")
+        until = renewed + self.length_s
+        if now >= until:
+            return LeaseCheck(False, f"lease expired {now - until:.1f} s ago: the last "
+                                     f"accepted heartbeat was sent {now - renewed:.1f} s ago")
+        return LeaseCheck(True, "", until, self._wall() + (until - now))
+
+    def current(self, partition: int) -> LeaseCheck:
+        """:meth:`check` for work not tied to an event (the sweep): the current generation."""
+        generation = self.generation
+        if generation is None:
+            return LeaseCheck(False, "a rebalance is under way (not assigned)")
+        return self.check(partition, generation)
+
+
+async def hold(lease: OwnershipLease, partition: int, generation: int, *, stage: str,
+               poll_s: float = 0.05, on_wait: Callable[[LeaseCheck], None] | None = None
+               ) -> LeaseCheck:
+    """The lease for an event of ``partition`` taken in ``generation``, now: returns a valid
+    check, waits while it may come back (a rebalance under way, heartbeats not accepted
+    lately — a broker away, this process just resumed), and raises :class:`Fenced` once the
+    partition is lost. ``on_wait`` is told once when the wait starts."""
+    check = lease.check(partition, generation)
+    told = False
+    while not check.ok:
+        if check.lost:
+            raise Fenced(check, stage=stage)
+        if not told and on_wait is not None:
+            on_wait(check)
+            told = True
+        await asyncio.sleep(poll_s)
+        check = lease.check(partition, generation)
+    return check

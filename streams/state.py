@@ -1,0 +1,312 @@
+"""What the worker remembers per Salesforce Order, typed, and where it keeps it.
+
+Two tables keyed by Order id, partitioned exactly like the requests topic (their changelogs
+move with the partitions; see :mod:`streams.faust_seam`):
+
+* ``idem`` — the **dedupe memory**: IdemKey → :class:`DedupeEntry`, the decision taken for
+  the event that carried that IdemKey (its outcome, and whether the outcome's send was
+  acknowledged) and for its duplicates (other events with the same IdemKey);
+* ``intents`` — the Order's **provisioning intent** (:class:`Intent`): ``pending`` while an
+  ``AddOrder`` may have been sent, then ``accepted`` or ``failed`` with the outcome.
+
+Values are stored as JSON objects with the field names below (the format of every release
+so far, so an upgrade reads old tables). The only transitions of an intent are
+:meth:`Intent.pending` (a new attempt; durable before its first WHMCS write),
+:meth:`Intent.renewed` (its writer may send longer; durable before that send) and
+:meth:`Intent.settled` (the attempt's outcome) — every path that finishes an attempt
+(the event's own, a crash between two table writes found later, the sweep's recovery)
+goes through :meth:`settled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import KafkaError
+
+PENDING, ACCEPTED, FAILED_STATE = "pending", "accepted", "failed"
+MAX_DUPS_REMEMBERED = 20
+
+
+class DurabilityError(KafkaError):
+    """A table change could not be made durable: the local tables are ahead of their
+    changelogs, and the worker must stop without acknowledging anything (a restart restores
+    the tables from the changelogs and the events are redelivered)."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    order_id: str
+    idem_key: str
+    event_uuid: str
+    state: str  # pending | accepted | failed
+    attempt: int
+    client_id: int | None
+    at: int  # epoch ms of the last transition
+    correlation_id: str | None = None
+    requested_at: int | None = None
+    opportunity_id: str | None = None
+    whmcs_order_id: int | None = None
+    outcome: dict[str, Any] | None = None
+    may_exist: bool = False  # failed, but an AddOrder may have created the order
+    writer: str = ""  # the worker process that wrote it
+    lease_until: int | None = None  # epoch ms: its writer sends to WHMCS only before this
+
+    @classmethod
+    def pending(cls, *, order_id: str, idem_key: str, event_uuid: str, attempt: int,
+                client_id: int, at: int, writer: str, lease_until: int,
+                correlation_id: str | None = None, requested_at: int | None = None,
+                opportunity_id: str | None = None) -> Intent:
+        return cls(order_id=order_id, idem_key=idem_key, event_uuid=event_uuid,
+                   state=PENDING, attempt=attempt, client_id=client_id, at=at,
+                   correlation_id=correlation_id, requested_at=requested_at,
+                   opportunity_id=opportunity_id, writer=writer, lease_until=lease_until)
+
+    def renewed(self, lease_until: int) -> Intent:
+        return dataclasses.replace(self, lease_until=lease_until)
+
+    def settled(self, outcome: dict[str, Any], at: int, *, may_exist: bool | None = None
+                ) -> Intent:
+        """The attempt's outcome: ``Provisioned`` → accepted, anything else → failed."""
+        whmcs_order_id = outcome.get("whmcs_order_id")
+        return dataclasses.replace(
+            self, state=ACCEPTED if outcome.get("status") == "Provisioned" else FAILED_STATE,
+            outcome=outcome, whmcs_order_id=whmcs_order_id, at=at,
+            may_exist=whmcs_order_id is not None if may_exist is None else may_exist)
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == PENDING
+
+    def decided(self, idem_key: str, event_uuid: str | None) -> bool:
+        """This very event's attempt has an outcome."""
+        return not self.is_pending and self.outcome is not None and \
+            self.idem_key == idem_key and self.event_uuid == event_uuid
+
+    def sends_until(self) -> int | None:
+        """Epoch ms after which its writer could no longer send to WHMCS (``at`` for an
+        intent written before leases existed)."""
+        return self.lease_until if self.lease_until is not None else self.at
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None) -> Intent | None:
+        if not raw:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in names}
+        values.setdefault("order_id", "")
+        values.setdefault("idem_key", "")
+        values.setdefault("state", PENDING)
+        values.setdefault("event_uuid", "")
+        values.setdefault("attempt", 1)
+        values.setdefault("client_id", None)
+        values.setdefault("at", 0)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One event's decision: the outcome, and whether its send was acknowledged."""
+
+    outcome: dict[str, Any] | None
+    emitted: bool = False
+
+
+@dataclass(frozen=True)
+class DedupeEntry:
+    """The decision for one IdemKey: the first event that carried it, and its duplicates."""
+
+    event_uuid: str
+    status: str
+    outcome: dict[str, Any] | None
+    emitted: bool
+    at: int
+    dups: dict[str, Decided] = field(default_factory=dict)
+
+    @classmethod
+    def first(cls, event_uuid: str, outcome: dict[str, Any], at: int) -> DedupeEntry:
+        return cls(event_uuid, outcome["status"], outcome, False, at)
+
+    def decision_of(self, event_uuid: str) -> Decided | None:
+        """The decision taken for ``event_uuid`` (the first event or a duplicate)."""
+        if event_uuid == self.event_uuid:
+            return Decided(self.outcome, self.emitted)
+        return self.dups.get(event_uuid)
+
+    def with_duplicate(self, event_uuid: str, outcome: dict[str, Any]) -> DedupeEntry:
+        dups = {**self.dups, event_uuid: Decided(outcome)}
+        while len(dups) > MAX_DUPS_REMEMBERED:
+            dups.pop(next(iter(dups)))
+        return dataclasses.replace(self, dups=dups)
+
+    def marked_emitted(self, event_uuid: str) -> DedupeEntry | None:
+        """The entry with ``event_uuid``'s outcome acknowledged; None when nothing changes."""
+        if event_uuid == self.event_uuid:
+            return None if self.emitted else dataclasses.replace(self, emitted=True)
+        dup = self.dups.get(event_uuid)
+        if dup is None or dup.emitted:
+            return None
+        return dataclasses.replace(self, dups={**self.dups,
+                                               event_uuid: Decided(dup.outcome, True)})
+
+    def unsent(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event uuid, outcome) of every decision whose send was never acknowledged."""
+        if not self.emitted and self.outcome:
+            yield self.event_uuid, self.outcome
+        for uuid, dup in self.dups.items():
+            if not dup.emitted and dup.outcome:
+                yield uuid, dup.outcome
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event_uuid": self.event_uuid, "status": self.status, "outcome": self.outcome,
+                "emitted": self.emitted, "at": self.at,
+                "dups": {u: {"outcome": d.outcome, "emitted": d.emitted}
+                         for u, d in self.dups.items()}}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DedupeEntry:
+        dups = {u: Decided(d.get("outcome"), bool(d.get("emitted")))
+                for u, d in (raw.get("dups") or {}).items()}
+        return cls(str(raw.get("event_uuid") or ""), str(raw.get("status") or ""),
+                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups)
+
+
+Memory = dict[str, DedupeEntry]  # one Order's dedupe memory: IdemKey → entry
+
+
+def memory_from_json(raw: dict[str, Any] | None) -> Memory:
+    return {k: DedupeEntry.from_json(v) for k, v in (raw or {}).items() if isinstance(v, dict)}
+
+
+def memory_to_json(memory: Memory) -> dict[str, Any]:
+    return {k: e.to_json() for k, e in memory.items()}
+
+
+class OrderState:
+    """Typed reads and writes over the two tables (faust tables in the worker, dicts in
+    unit tests). ``flush`` returns once every write made so far is acknowledged by the
+    broker; :class:`GroupCommit` shares it among the Orders that need it together."""
+
+    def __init__(self, idem: MutableMapping[str, Any], intents: MutableMapping[str, Any],
+                 flush: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.idem, self.intents = idem, intents
+        self._flush = flush
+        self.watched = False  # the tables report every change (streams.recovery's index)
+
+    async def flush(self) -> None:
+        if self._flush is not None:
+            await self._flush()
+
+    def memory(self, order_id: str) -> Memory:
+        return memory_from_json(self.idem.get(order_id))
+
+    def set_memory(self, order_id: str, memory: Memory) -> None:
+        if memory:
+            self.idem[order_id] = memory_to_json(memory)
+        elif order_id in self.idem:
+            del self.idem[order_id]
+
+    def intent(self, order_id: str) -> Intent | None:
+        return Intent.from_json(self.intents.get(order_id))
+
+    def set_intent(self, intent: Intent) -> None:
+        self.intents[intent.order_id] = intent.to_json()
+
+    def delete_intent(self, order_id: str) -> None:
+        del self.intents[order_id]
+
+    def record(self, order_id: str, idem_key: str, event_uuid: str, outcome: dict[str, Any],
+               at: int) -> None:
+        """Remember ``outcome`` as the decision for this event (a duplicate of the IdemKey's
+        first event is remembered under it)."""
+        memory = self.memory(order_id)
+        existing = memory.get(idem_key)
+        if existing is not None and existing.event_uuid != event_uuid:
+            memory[idem_key] = existing.with_duplicate(event_uuid, outcome)
+        else:
+            memory[idem_key] = DedupeEntry.first(event_uuid, outcome, at)
+        self.set_memory(order_id, memory)
+
+    def mark_emitted(self, order_id: str, idem_key: str, event_uuid: str) -> None:
+        memory = self.memory(order_id)
+        entry = memory.get(idem_key)
+        changed = entry.marked_emitted(event_uuid) if entry is not None else None
+        if changed is not None:
+            memory[idem_key] = changed
+            self.set_memory(order_id, memory)
+
+    def settle(self, order_id: str, outcome: dict[str, Any], at: int, *,
+               may_exist: bool | None = None) -> Intent | None:
+        """Settle the Order's pending intent with ``outcome`` (the one place that does)."""
+        intent = self.intent(order_id)
+        if intent is None:
+            return None
+        settled = intent.settled(outcome, at, may_exist=may_exist)
+        self.set_intent(settled)
+        return settled
+
+    def settle_from_entry(self, order_id: str, at: int) -> bool:
+        """A crash between the two table writes of a decision can leave the outcome in the
+        dedupe entry while the intent stays ``pending``: settle the intent from it (else the
+        sweep would look the order up and send a second, ``recovered`` outcome)."""
+        intent = self.intent(order_id)
+        if intent is None or not intent.is_pending:
+            return False
+        entry = self.memory(order_id).get(intent.idem_key)
+        decided = entry.decision_of(intent.event_uuid) if entry is not None else None
+        if decided is None or not decided.outcome or \
+                decided.outcome.get("status") not in ("Provisioned", "Failed"):
+            return False
+        self.set_intent(intent.settled(decided.outcome, at))
+        return True
+
+
+class GroupCommit:
+    """A durability barrier shared by whoever reaches it together.
+
+    ``await barrier()`` returns once every table write made before the call is acknowledged
+    by the broker. Callers that arrive while no flush has started yet join the next one;
+    those that arrive during a flush start (or join) the one after it — so the number of
+    flushes follows the number of *moments* Orders need durability, not the number of
+    Orders, and no Order waits for a flush that started before its writes."""
+
+    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._next: asyncio.Future[None] | None = None
+        self._running: asyncio.Task[None] | None = None
+        self.flushes = 0
+
+    async def __call__(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            if self._running is None:
+                asyncio.get_running_loop().call_soon(self._start)
+        await asyncio.shield(self._next)
+
+    def _start(self) -> None:
+        future, self._next = self._next, None
+        if future is None:
+            return
+        self._running = asyncio.ensure_future(self._run(future))
+
+    async def _run(self, future: asyncio.Future[None]) -> None:
+        self.flushes += 1
+        try:
+            await self._flush()
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(None)
+        finally:
+            self._running = None
+            if self._next is not None:  # callers arrived during this flush
+                self._start()

@@ -1,0 +1,148 @@
+"""The one seam to faust-streaming's and aiokafka's internals (streams/faust_seam.py).
+
+Contract tests fail when a function the seam wraps, overrides or relies on changes upstream
+(its source hash), when the installed or pinned versions differ from the verified ones, and
+when any other module reaches into the libraries' internals. The workarounds' behaviour is
+tested where each one matters (listed in ``WORKAROUND_TESTS``) — plus ``read_committed`` here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from streams import faust_seam
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCT = ("common", "connectors", "streams", "sinks", "ops")
+# the behaviour test of each workaround (file::test), kept next to the contract
+WORKAROUND_TESTS = {
+    "OrderedRecovery, seek to the beginning when nothing is committed":
+        "tests/streams/test_worker_crash.py::test_two_workers_one_killed",
+    "seek back over dropped records (ConsumerSeam fetch)":
+        "tests/streams/test_dropping_worker.py::test_the_rewind_alone_brings_dropped_events_back",
+    "checkpoint seeks before the next fetch":
+        "tests/streams/test_dropping_worker.py::test_the_log_check_alone_brings_dropped_events_back",
+    "DurableTable: key partition, raw keys, flush":
+        "tests/streams/test_tables.py::test_flush_returns_only_after_the_broker_holds_the_changelog_records",
+    "membership hooks for the lease, release()":
+        "tests/streams/test_worker_pause.py::test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns",
+    "read_committed": "tests/streams/test_faust_seam.py::test_the_worker_never_acts_on_an_aborted_event",
+}
+
+
+@pytest.mark.parametrize("name", sorted(faust_seam.CONTRACT))
+def test_upstream_source_is_the_one_verified(name):
+    owner, attribute, verified = faust_seam.CONTRACT[name]
+    assert faust_seam.source_hash(owner, attribute) == verified, (
+        f"{name} changed upstream: re-verify the seam's use of it (streams/faust_seam.py, "
+        "docs/decisions/) before updating its hash")
+
+
+def test_the_installed_and_the_pinned_versions_are_the_verified_ones():
+    faust_seam.check_versions()  # the environment the tests run in
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {re.split(r"[=<>!~ ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+    for dist, version in faust_seam.PINNED.items():
+        assert pins[dist] == f"{dist}=={version}", "pyproject.toml must pin it exactly"
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    for dist, version in faust_seam.PINNED.items():
+        assert f"{dist}=={version}" in lock
+
+
+def test_any_other_version_is_refused_with_one_line(monkeypatch):
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda d: "0.16.0" if d == "faust-streaming"
+                        else real(d))
+    with pytest.raises(faust_seam.UnsupportedVersion) as info:
+        faust_seam.check_versions()
+    message = str(info.value)
+    assert "\n" not in message and "faust-streaming 0.16.0 (needs 0.15.3)" in message
+
+
+PRIVATE = [
+    re.compile(r"^\s*(from|import)\s+aiokafka\b", re.M),
+    re.compile(r"^\s*from\s+faust\.\w", re.M),
+    re.compile(r"^\s*import\s+faust\.\w", re.M),
+    re.compile(r"\b(app|consumer|thread|coordinator|table|tables|recovery|store|stream|"
+               r"message|assignor|client)\._[a-z]\w*"),
+]
+
+
+def test_no_module_but_the_seam_touches_the_libraries_internals():
+    offenders = []
+    for package in PRODUCT:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "streams" / "faust_seam.py" or "generated" in path.parts:
+                continue
+            text = path.read_text()
+            for pattern in PRIVATE:
+                for match in pattern.finditer(text):
+                    line = text.count("\n", 0, match.start()) + 1
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {match.group(0)}")
+    assert offenders == []
+
+
+def test_the_grep_would_see_an_offender(tmp_path):
+    """The patterns above catch what they are meant to (the check can fail)."""
+    samples = ["from aiokafka.partitioner import murmur2", "from faust.tables import x",
+               "self.app.consumer._thread.seek()", "consumer._commit_offsets(x)"]
+    for sample in samples:
+        assert any(p.search(sample) for p in PRIVATE), sample
+    assert not any(p.search("import faust\nfaust.Schema(key_type=str)") for p in PRIVATE)
+
+
+def test_every_workaround_has_a_behaviour_test():
+    for workaround, node in WORKAROUND_TESTS.items():
+        path, name = node.split("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), workaround
+
+
+# -- read_committed: the worker never acts on an event of an aborted transaction ----------
+
+@pytest.mark.broker
+@pytest.mark.e2e
+def test_the_worker_never_acts_on_an_aborted_event(kafka_settings, salesforce, whmcs,
+                                                   tmp_path):
+    from confluent_kafka import Producer
+
+    from tests.streams.support import (
+        REQUEST,
+        Reader,
+        outcomes,
+        request,
+        worker_env,
+        worker_process,
+    )
+
+    ids = [o["order_id"] for o in salesforce.seed(accounts=3, orders=2,
+                                                  broken_every=0)["orders"]]
+    salesforce.approve(ids=ids)
+    aborted, committed = request(ids[0]), request(ids[1])
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "transactional.id": f"seam-{kafka_settings.topic_prefix}",
+                         "partitioner": "murmur2_random"})
+    producer.init_transactions(30)
+    for value, commit in ((aborted, False), (committed, True)):
+        producer.begin_transaction()
+        producer.produce(kafka_settings.requests, key=value["OrderId__c"].encode(),
+                         value=REQUEST.encode(value), headers=REQUEST.headers())
+        producer.flush(30)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+    env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
+                     prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
+                     sf_env=salesforce.env(), wh_env=whmcs.env())
+    reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
+    with worker_process(env, tmp_path / "worker.log") as proc:
+        reader.poll_until(lambda r: len(r) >= 1, timeout=90, alive=lambda: proc.poll() is None)
+        reader.poll_until(lambda r: False, timeout=3)  # anything more would come by now
+    got = outcomes(reader.records)
+    assert [o["event_uuid"] for o in got] == [committed["event_uuid"]]
+    assert whmcs.orders_for(ids[0]) == [] and len(whmcs.orders_for(ids[1])) == 1

@@ -1,0 +1,158 @@
+"""One event end to end (streams.handler) in its lane, with dict tables and a scripted guard,
+provisioning into the WHMCS sandbox.
+
+Checks the order of effects: the pending intent is durable before AddOrder; a decided outcome
+is durable before it is sent; a redelivery re-sends the identical stored outcome or nothing;
+Orders waiting for a guard read at the same time share one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient
+from tests.streams.factories import item, order, product, request_value
+from tests.streams.flowkit import Kit, records
+
+
+class ScriptedSalesforce:
+    def __init__(self, orders):
+        self.orders = {o["Id"]: o for o in orders}
+        self.queries = []
+
+    def query(self, soql):
+        self.queries.append(soql)
+        return [copy.deepcopy(o) for oid, o in self.orders.items() if f"'{oid}'" in soql]
+
+
+_BASE = iter(range(0, 10_000, 100))
+_current = [0]
+
+
+def oid(n: int) -> str:
+    return f"801B{_current[0] + n:011d}AAA"
+
+
+@pytest.fixture
+def harness(whmcs):
+    _current[0] = next(_BASE)  # fresh Order ids per test: the sandbox lives for the module
+    orders = [order(order_id=oid(i), client=str(1010 + i)) for i in range(6)]
+    orders[2] = order(item(product(pid=None)), order_id=oid(2))
+    orders[3] = order(order_id=oid(3), status="Pending Review")
+    sf = ScriptedSalesforce(orders)
+
+    async def build():
+        client = WhmcsClient(WhmcsSettings.load(whmcs.env()))
+        real_add = client.add_order
+        kit = Kit(salesforce=sf, whmcs_client=client)
+
+        async def checked_add(params):
+            order_id = params["notes"].split()[0].split("=")[1]
+            assert kit.tables.durable_intents[order_id]["state"] == "pending"
+            return await real_add(params)
+        client.add_order = checked_add
+        return kit, client
+    return build, sf
+
+
+def test_one_query_for_orders_arriving_together_and_every_event_one_outcome(harness, whmcs):
+    build, sf = harness
+    values = [request_value(oid(i), event_uuid=f"u{i}", idem_key=f"k{i}") for i in range(6)]
+    values.append(request_value(oid(0), event_uuid="u0-dup", idem_key="k0"))
+    values.append(request_value(oid(1), event_uuid="u1-retry", idem_key="k1-retry"))
+
+    async def go():
+        kit, client = await build()
+        await kit.process(records(values + [b"\x01garbage"]))
+        await client.aclose()
+        return kit
+    kit = asyncio.run(go())
+    # the six Orders' first events share one read; the later events of Orders 0 and 1 come
+    # after their first ones in their lanes: one more read for the new IdemKey k1-retry
+    assert len(sf.queries) == 2
+    assert len(kit.emitter.sent) == 8 and len(kit.emitter.letters) == 1
+    assert kit.emitter.letters[0].error_code == "UNDECODABLE"
+    by_uuid = {o["event_uuid"]: o for o in kit.emitter.sent}
+    assert by_uuid["u0"]["status"] == "Provisioned"
+    assert by_uuid["u0-dup"]["status"] == "Duplicate"
+    assert (by_uuid["u1-retry"]["status"], by_uuid["u1-retry"]["error_code"]) == (
+        "Skipped", "ALREADY_PROVISIONED")
+    assert by_uuid["u2"]["error_code"] == "MISSING_PRODUCT_MAPPING"
+    assert by_uuid["u3"]["error_code"] == "NOT_ACTIVATING"
+    assert len(whmcs.orders_for(oid(0))) == 1 and len(whmcs.orders_for(oid(1))) == 1
+    assert whmcs.orders_for(oid(2)) == []
+
+
+def test_failed_send_then_retry_and_redelivery_send_the_identical_outcome(harness, whmcs):
+    build, sf = harness
+    values = [request_value(oid(4), event_uuid="c4", idem_key="ck4")]
+
+    async def go():
+        kit, client = await build()
+        kit.emitter.fail_next = True  # the first send fails after the outcome was durable
+        await kit.process(records(values))
+        decided = copy.deepcopy(kit.tables.durable_idem)
+        first = list(kit.emitter.sent)
+        await kit.process(records(values))  # a redelivery after the ack: nothing new
+        await client.aclose()
+        return kit, decided, first
+    kit, decided, first = asyncio.run(go())
+    assert [o["event_uuid"] for o in first] == ["c4"]
+    for o in first:
+        assert o == decided[o["order_id"]][o["idem_key"]]["outcome"]  # same completed_at too
+    assert len(kit.emitter.sent) == 1
+    assert len(whmcs.orders_for(oid(4))) == 1
+
+
+def test_lost_dedupe_entry_resends_the_intents_outcome_once(harness, whmcs):
+    """A restore that lost the idem entries but kept the intents: the redelivered event gets
+    its decided outcome again (identical), the entry is recorded again, and the next
+    redelivery sends nothing."""
+    build, sf = harness
+    values = [request_value(oid(0), event_uuid="l0", idem_key="lk0")]
+
+    async def go():
+        kit, client = await build()
+        await kit.process(records(values))
+        first = list(kit.emitter.sent)
+        kit.tables.idem.clear()  # what the worker saw after a table restore lost records
+        sf.orders[oid(0)]["WHMCS_Order_Id__c"] = float(first[0]["whmcs_order_id"])
+        await kit.process(records(values))
+        await kit.process(records(values))
+        await client.aclose()
+        return kit, first
+    kit, first = asyncio.run(go())
+    assert first[0]["status"] == "Provisioned"
+    assert kit.emitter.sent == first + first  # the same record, once more, and then nothing
+    assert kit.tables.idem[oid(0)]["lk0"]["emitted"] is True
+    assert len(whmcs.orders_for(oid(0))) == 1
+
+
+def test_redelivery_settles_an_intent_left_pending_by_a_cut_short_record(harness, whmcs):
+    """The dedupe entry holds the decided outcome but the intent write never landed: the
+    redelivered event re-sends the stored outcome and settles the intent."""
+    build, sf = harness
+    values = [request_value(oid(1), event_uuid="p1", idem_key="pk1")]
+
+    async def go():
+        kit, client = await build()
+        await kit.process(records(values))
+        first = list(kit.emitter.sent)
+        tables = kit.tables
+        accepted = tables.intents[oid(1)]
+        tables.intents[oid(1)] = {**accepted, "state": "pending", "outcome": None,
+                                  "whmcs_order_id": None}
+        entry = tables.idem[oid(1)]["pk1"]
+        tables.idem[oid(1)]["pk1"] = {**entry, "emitted": False}
+        await kit.process(records(values))
+        await client.aclose()
+        return kit, first
+    kit, first = asyncio.run(go())
+    assert kit.emitter.sent == first + first
+    assert kit.tables.intents[oid(1)]["state"] == "accepted"
+    assert kit.tables.intents[oid(1)]["whmcs_order_id"] == first[0]["whmcs_order_id"]
+    assert len(whmcs.orders_for(oid(1))) == 1

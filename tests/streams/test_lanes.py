@@ -1,0 +1,145 @@
+"""Per-Order lanes (streams.lanes) with the real handler, fake Salesforce and WHMCS: a hung
+call holds only its own Order and its partition's commit point; one Order's events run in
+order; the window pushes back; guard reads and durability flushes are shared."""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.whmcs import AddOrderResult
+from streams.checkpoint import Checkpoint
+from streams.lanes import Admitted, Lanes
+from tests.streams.factories import order, request_value
+from tests.streams.flowkit import Kit, records
+
+
+def oid(n: int) -> str:
+    return f"801L{n:011d}AAA"
+
+
+class Orders:
+    """Every Order asked for exists and is Activating; counts the guard queries."""
+
+    def __init__(self) -> None:
+        self.queries: list[int] = []
+
+    def query(self, soql: str) -> list[dict]:
+        ids = [part.strip(" '") for part in soql.split("IN (")[1].rstrip(")").split(",")]
+        self.queries.append(len(ids))
+        return [order(order_id=i, client="1010") for i in ids]
+
+
+class SlowWhmcs:
+    """AddOrder takes ``delay_s``; the Orders in ``hang`` wait until ``release`` is set."""
+
+    def __init__(self, delay_s: float = 0.0, hang: frozenset[str] = frozenset()) -> None:
+        self.delay_s, self.hang = delay_s, hang
+        self.release = asyncio.Event()
+        self.created: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.next_id = 0
+
+    async def add_order(self, params):
+        order_id = params["notes"].split()[0].split("=")[1]
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if order_id in self.hang:
+                await self.release.wait()
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
+        self.created.append(order_id)
+        self.next_id += 1
+        return AddOrderResult(order_id=self.next_id)
+
+    async def accept_order(self, order_id, *, autosetup=True):
+        return None
+
+    async def find_orders_by_marker(self, client_id, sf_order_id):
+        return []
+
+
+def test_a_hung_call_holds_its_order_and_its_partitions_commit_point_only():
+    async def go():
+        whmcs = SlowWhmcs(hang=frozenset({oid(0)}))
+        kit = Kit(salesforce=Orders(), whmcs_client=whmcs, parallelism=8)
+        values = [request_value(oid(i), event_uuid=f"h{i}") for i in range(101)]
+        task = asyncio.ensure_future(kit.process(records(values, partition=2)))
+        while len(kit.emitter.sent) < 100:
+            await asyncio.sleep(0.01)
+        await kit.checkpoint.commit()
+        held = dict(kit.commits[-1]) if kit.commits else {}
+        assert {o["order_id"] for o in kit.emitter.sent} == {oid(i) for i in range(1, 101)}
+        whmcs.release.set()
+        await task
+        await kit.checkpoint.commit()
+        return held, kit.commits[-1], kit
+    held, after, kit = asyncio.run(go())
+    assert held == {}  # offset 0 (the hung Order) is the first: nothing may be committed
+    assert after == {2: 101}  # once it finished: past all 101
+    assert [o["status"] for o in kit.emitter.sent].count("Provisioned") == 101
+
+
+def test_one_orders_events_run_in_order_different_orders_overlap():
+    async def go():
+        whmcs = SlowWhmcs(delay_s=0.05)
+        kit = Kit(salesforce=Orders(), whmcs_client=whmcs, parallelism=8)
+        values = [request_value(oid(1), event_uuid="a1", idem_key="k1"),
+                  request_value(oid(1), event_uuid="a2", idem_key="k2"),
+                  request_value(oid(2), event_uuid="b1", idem_key="k3"),
+                  request_value(oid(3), event_uuid="c1", idem_key="k4")]
+        await kit.process(records(values))
+        return whmcs, kit
+    whmcs, kit = asyncio.run(go())
+    sent = [o["event_uuid"] for o in kit.emitter.sent]
+    assert sent.index("a1") < sent.index("a2")
+    # the second event of Order 1 finds it provisioned: one WHMCS order per Order
+    statuses = {o["event_uuid"]: (o["status"], o["error_code"]) for o in kit.emitter.sent}
+    assert statuses["a2"] == ("Skipped", "ALREADY_PROVISIONED")
+    assert sorted(whmcs.created) == [oid(1), oid(2), oid(3)]
+    assert whmcs.most_in_flight >= 2  # Orders 1, 2 and 3 overlapped
+
+
+def test_orders_arriving_together_share_guard_reads_and_flushes():
+    async def go():
+        sf = Orders()
+        kit = Kit(salesforce=sf, whmcs_client=SlowWhmcs(), parallelism=16, linger_s=0.05)
+        values = [request_value(oid(i), event_uuid=f"g{i}") for i in range(250)]
+        await kit.process(records(values))
+        return sf, kit
+    sf, kit = asyncio.run(go())
+    assert len(kit.emitter.sent) == 250
+    assert sorted(sf.queries) == [50, 200]  # 200 ids per SOQL query at most
+    # each Order needs two durable moments (intent, outcome); shared, far fewer flushes
+    assert kit.tables.flushes < 250
+
+
+def test_the_window_pushes_back_and_revoke_releases_everything():
+    async def go():
+        released: list[object] = []
+        checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda p, o: None)
+        lanes = Lanes(checkpoint, released.append, max_in_flight=2)
+        gate = asyncio.Event()
+
+        async def work() -> bool:
+            await gate.wait()
+            return True
+        await lanes.admit("A", Admitted(0, 0, "m0", work))
+        await lanes.admit("B", Admitted(0, 1, "m1", work))
+        third = asyncio.ensure_future(lanes.admit("C", Admitted(0, 2, "m2", work)))
+        await asyncio.sleep(0.05)
+        blocked = not third.done()
+        count = lanes.revoke()  # a rebalance: everything in flight leaves the worker
+        await asyncio.sleep(0.01)
+        gate.set()
+        await third
+        await asyncio.sleep(0.05)
+        return blocked, count, released, checkpoint
+    blocked, count, released, checkpoint = asyncio.run(go())
+    assert blocked  # the third waited for room
+    assert count == 2 and released[:2] == ["m0", "m1"]
+    assert "m2" in released  # admitted after the rebalance, finished normally
+    assert checkpoint.unfinished() == 0

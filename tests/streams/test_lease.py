@@ -1,0 +1,280 @@
+"""The ownership lease (streams.lease) with an injected clock, and its place in the batch:
+an expired lease means no WHMCS call and no outcome; a renewed one lets the call through."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.lease import Fenced, LeaseCheck, OwnershipLease
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def lease(clock: Clock, session: float = 30.0, margin: float = 10.0) -> OwnershipLease:
+    return OwnershipLease(session_timeout_s=session, margin_s=margin, clock=clock,
+                          wall=lambda: 1_000_000 + clock.now)
+
+
+def joined(clock: Clock, partitions=(0, 1), generation: int = 5) -> OwnershipLease:
+    owned = lease(clock)
+    owned.synced(generation, clock.now)
+    owned.assigned(partitions, generation)
+    return owned
+
+
+def test_valid_right_after_the_sync_of_its_generation():
+    clock = Clock()
+    check = joined(clock).check(0, 5)
+    assert check.ok and check.valid_until == 120.0 and check.valid_until_wall == 1_000_120.0
+
+
+def test_expires_without_an_accepted_heartbeat_and_a_renewal_brings_it_back():
+    clock = Clock()
+    owned = joined(clock)
+    clock.now += 19.9
+    assert owned.check(0, 5).ok
+    clock.now += 0.2  # 20.1 s after the last accepted contact: session 30 - margin 10
+    check = owned.check(0, 5)
+    assert not check.ok and "lease expired" in check.reason
+    owned.heartbeat(5, clock.now, accepted=True)
+    assert owned.check(0, 5).ok
+
+
+def test_a_refused_heartbeat_renews_nothing_and_a_rebalance_ends_the_lease():
+    clock = Clock()
+    owned = joined(clock)
+    clock.now += 15
+    owned.heartbeat(5, clock.now, accepted=False)
+    clock.now += 6
+    assert not owned.check(0, 5).ok  # still measured from the sync
+    owned.heartbeat(5, clock.now, accepted=True)
+    assert owned.check(0, 5).ok
+    owned.heartbeat(5, clock.now, accepted=False, rebalance=True)
+    check = owned.check(0, 5)
+    assert not check.ok and "rebalance" in check.reason
+
+
+def test_renewal_counts_from_when_the_heartbeat_was_sent_not_answered():
+    clock = Clock()
+    owned = joined(clock)
+    sent = clock.now + 5
+    clock.now += 24  # the answer arrives 19 s after it was sent (a slow coordinator)
+    owned.heartbeat(5, sent, accepted=True)
+    assert owned.check(0, 5).valid_until == sent + 20
+
+
+def test_a_heartbeat_of_an_older_generation_renews_nothing():
+    clock = Clock()
+    owned = joined(clock, generation=6)
+    clock.now += 21
+    owned.heartbeat(5, clock.now, accepted=True)
+    assert not owned.check(0, 6).ok
+
+
+def test_revocation_stops_writes_until_the_next_assignment():
+    clock = Clock()
+    owned = joined(clock)
+    owned.rebalancing()
+    assert not owned.check(0, 5).ok
+    owned.synced(6, clock.now)
+    owned.assigned([0, 1], 6)
+    assert owned.check(0, 5).ok  # kept partition 0 through generations 5 → 6
+
+
+def test_a_partition_lost_for_one_generation_never_serves_its_old_events_again():
+    clock = Clock()
+    owned = joined(clock, partitions=(0, 1), generation=5)
+    owned.rebalancing()
+    owned.synced(6, clock.now)
+    owned.assigned([1], 6)  # partition 0 went to another worker in generation 6
+    check = owned.check(0, 5)
+    assert not check.ok and "not assigned" in check.reason
+    owned.rebalancing()
+    owned.synced(7, clock.now)
+    owned.assigned([0, 1], 7)  # and came back
+    check = owned.check(0, 5)
+    assert not check.ok and "changed hands" in check.reason
+    assert owned.check(0, 7).ok  # its redelivered events are ours again
+    assert owned.check(1, 5).ok  # partition 1 stayed
+
+
+def test_a_member_kicked_while_paused_rejoins_in_a_later_generation_without_continuity():
+    clock = Clock()
+    owned = joined(clock, partitions=(0,), generation=5)
+    clock.now += 40  # SIGSTOP: the group moved on to generation 6 without us
+    owned.heartbeat(5, clock.now, accepted=False, rebalance=True)  # UNKNOWN_MEMBER_ID
+    owned.synced(7, clock.now)
+    owned.assigned([0], 7)
+    assert not owned.check(0, 5).ok
+    assert owned.check(0, 7).ok
+
+
+def test_margin_must_be_shorter_than_the_session():
+    with pytest.raises(ValueError):
+        OwnershipLease(session_timeout_s=10, margin_s=10)
+
+
+# -- in the batch: no call with an expired lease, a call with a renewed one -----------------
+
+class FakeWhmcs:
+    """The calls the Provisioner makes, recorded; ``on_call(action)`` runs before each."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.on_call = lambda _action: None
+        self.next_id = 100
+
+    async def add_order(self, params):
+        from common.whmcs import AddOrderResult
+
+        self.on_call("AddOrder")
+        self.calls.append(("AddOrder", params))
+        self.next_id += 1
+        return AddOrderResult(order_id=self.next_id, service_ids=[self.next_id * 10])
+
+    async def accept_order(self, order_id, *, autosetup=True):
+        self.on_call("AcceptOrder")
+        self.calls.append(("AcceptOrder", order_id))
+
+    async def find_orders_by_marker(self, client_id, sf_order_id):
+        return []
+
+
+class Orders:
+    def query(self, soql):
+        from tests.streams.factories import order
+
+        return [order(order_id=oid) for oid in ("801A00000000001AAA",) if oid in soql]
+
+
+@pytest.fixture
+def batch_parts():
+    from tests.streams.factories import request_value
+    from tests.streams.flowkit import Kit, records
+
+    def build(*, lease):
+        whmcs = FakeWhmcs()
+        kit = Kit(salesforce=Orders(), whmcs_client=whmcs, lease=lease)
+        return kit, whmcs
+
+    def record(order_id, *, partition, generation, offset=7):
+        return records([request_value(order_id)], partition=partition, start=offset,
+                       generation=generation)[0]
+    build.record = record  # type: ignore[attr-defined]
+    return build
+
+
+def _run(kit, record, *, until=None):
+    """Process ``record``; with ``until``, stop waiting once ``until()`` is true (an event
+    that waits for its lease never leaves the worker by itself)."""
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        while not task.done():
+            if until is not None and until():
+                task.cancel()
+                return
+            await asyncio.sleep(0.01)
+        await task
+    asyncio.run(go())
+
+
+def test_an_expired_lease_makes_the_event_wait_with_no_call_until_it_is_renewed(batch_parts):
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+    clock.now += 25  # no heartbeat accepted for 25 s (a broker away, or this process paused)
+    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
+
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        await asyncio.sleep(0.3)
+        waited = (list(whmcs.calls), list(kit.emitter.sent),
+                  "801A00000000001AAA" in kit.tables.intents)
+        owned.heartbeat(5, clock.now, accepted=True)  # the coordinator answers again
+        await task
+        return waited
+    waited = asyncio.run(go())
+    assert waited == ([], [], False)  # no call, no outcome, not even the intent meanwhile
+    assert [c[0] for c in whmcs.calls] == ["AddOrder", "AcceptOrder"]
+    assert [o["status"] for o in kit.emitter.sent] == ["Provisioned"]
+    intent = kit.tables.intents["801A00000000001AAA"]
+    assert intent["writer"] == "kit"
+    assert intent["lease_until"] <= int(owned.check(0, 5).valid_until_wall * 1000)
+
+
+def test_a_partition_lost_while_waiting_fences_the_event_no_call_no_outcome(batch_parts):
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+    clock.now += 25
+    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
+
+    async def go():
+        task = asyncio.ensure_future(kit.process([record]))
+        await asyncio.sleep(0.2)
+        owned.heartbeat(5, clock.now, accepted=False, rebalance=True)  # kicked out
+        owned.synced(7, clock.now)
+        owned.assigned([1], 7)  # partition 0 went to another worker
+        await task
+    asyncio.run(go())
+    assert whmcs.calls == [] and kit.emitter.sent == []
+    assert kit.finished == []  # fenced: never finished, so never committed past
+    assert "801A00000000001AAA" not in kit.tables.intents
+
+
+def test_lease_lost_between_addorder_and_acceptorder_stops_the_order(batch_parts):
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+
+    def lose_it(action: str) -> None:
+        if action == "AddOrder":  # meanwhile the partition went to another worker
+            owned.rebalancing()
+            owned.synced(6, clock.now)
+            owned.assigned([1], 6)
+    whmcs.on_call = lose_it
+    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
+    _run(kit, record)
+    assert [c[0] for c in whmcs.calls] == ["AddOrder"]
+    assert kit.emitter.sent == [] and kit.finished == []
+    assert kit.tables.intents["801A00000000001AAA"]["state"] == "pending"  # for the new owner
+
+
+def test_an_order_queued_behind_the_whmcs_slots_is_checked_when_its_slot_comes():
+    """The issue's finding: Orders waiting for a WHMCS slot when the worker was paused got a
+    second AddOrder. The lease is asked once the slot is ours, right before the call."""
+    from tests.streams.factories import order, request_value
+    from tests.streams.flowkit import Kit, records
+
+    class AnyOrder:
+        def query(self, soql):
+            ids = [p.strip(" '") for p in soql.split("IN (")[1].rstrip(")").split(",")]
+            return [order(order_id=i) for i in ids]
+
+    clock = Clock()
+    owned = joined(clock)
+    whmcs = FakeWhmcs()
+    kit = Kit(salesforce=AnyOrder(), whmcs_client=whmcs, lease=owned, parallelism=1)
+
+    def lose_it(action: str) -> None:  # while the first Order holds the only slot
+        owned.rebalancing()
+        owned.synced(6, clock.now)
+        owned.assigned([1], 6)
+    whmcs.on_call = lose_it
+    values = [request_value("801A00000000001AAA"), request_value("801A00000000002AAA")]
+    asyncio.run(kit.process(records(values, partition=0, generation=5)))
+    assert [c[0] for c in whmcs.calls] == ["AddOrder"]  # the queued one never called
+    assert kit.emitter.sent == [] and kit.finished == []
+
+
+def test_fenced_carries_the_reason():
+    err = Fenced(LeaseCheck(False, "lease expired 3.0 s ago"), stage="AddOrder")
+    assert "before AddOrder" in str(err) and "lease expired" in str(err)

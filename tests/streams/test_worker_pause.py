@@ -1,0 +1,130 @@
+"""A worker paused (SIGSTOP) past its session timeout while Orders wait for a WHMCS slot.
+
+Two workers share the partitions; WHMCS is slow and only two calls may be in flight, so the
+paused worker holds a queue of Orders. The group hands its partitions to the other worker,
+which redelivers the same events; when the paused one resumes, its ownership lease
+(streams.lease) has expired: it must make no WHMCS call for those Orders. The same test with
+the lease switched off (``tests/streams/unfenced_worker.py``) must find duplicate WHMCS
+orders — so we know the test can see the bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+
+import pytest
+
+from tests.streams.support import (
+    Reader,
+    dead_letters,
+    outcomes,
+    produce,
+    request,
+    wait_for_log,
+    worker_env,
+    worker_process,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
+SESSION_S = 6
+PAUSE_S = 5 * SESSION_S
+
+
+def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: str):
+    seeded = salesforce.seed(accounts=20, orders=60, broken_every=0)["orders"]
+    ids = [o["order_id"] for o in seeded]
+    salesforce.approve(ids=ids)
+    events = [request(order_id) for order_id in ids]
+    whmcs.set_faults("AddOrder", latency_ms=400)
+    base = dict(bootstrap=kafka_settings.bootstrap_servers, prefix=kafka_settings.topic_prefix,
+                sf_env=salesforce.env(), wh_env=whmcs.env(), WORKER_MAX_IN_FLIGHT="200",
+                WORKER_WHMCS_PARALLELISM="2", WORKER_SESSION_TIMEOUT_S=str(SESSION_S),
+                WORKER_STALL_TIMEOUT_S="0", WORKER_INTENT_LEASE_S="4")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
+    dlq = Reader(kafka_settings.bootstrap_servers, kafka_settings.dead_letters)
+    uuids = {e["event_uuid"] for e in events}
+    try:
+        with ExitStack() as stack:
+            a = stack.enter_context(worker_process(
+                worker_env(state_dir=tmp_path / "a", **base), a_log, module=paused_module))
+            b = stack.enter_context(worker_process(
+                worker_env(state_dir=tmp_path / "b", **base), b_log))
+            for log in (a_log, b_log):  # both own partitions before anything arrives
+                assert wait_for_log(log, "requests partitions assigned: [", 60)
+            time.sleep(2)
+            produce(kafka_settings.bootstrap_servers, kafka_settings.requests, events)
+            # Pause worker a in the middle of its batch: Orders are queued behind the two
+            # WHMCS slots (400 ms per AddOrder).
+            assert wait_for_log(a_log, "WHMCS order created", 60)
+            os.kill(a.pid, signal.SIGSTOP)
+            time.sleep(PAUSE_S)
+            with open(a_log, "a") as log:
+                log.write("\n=== SIGCONT\n")
+            os.kill(a.pid, signal.SIGCONT)
+
+            def done(r):
+                return uuids <= {o["event_uuid"] for o in outcomes(r)} | {
+                    h.get("dlq.event_uuid") for h in dead_letters(dlq.records)}
+            deadline = time.monotonic() + 180
+            while not done(reader.records) and time.monotonic() < deadline:
+                reader.poll_until(done, timeout=5, alive=lambda: b.poll() is None)
+                dlq.poll_until(lambda r: False, timeout=0.5)
+                assert a.poll() is None and b.poll() is None, "a worker exited on its own"
+            time.sleep(SESSION_S)  # anything late from the resumed worker lands meanwhile
+            reader.poll_until(lambda r: False, timeout=2)
+    finally:
+        whmcs.clear_faults()
+    return ids, events, outcomes(reader.records), a_log.read_text(), b_log.read_text()
+
+
+def _orders(log: str, needle: str) -> set[str]:
+    """Order ids of the JSON log lines whose message contains ``needle``."""
+    out = set()
+    for line in log.splitlines():
+        if needle in line and line.startswith("{"):
+            order_id = json.loads(line).get("order_id")
+            if order_id:
+                out.add(order_id)
+    return out
+
+
+def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
+        kafka_settings, salesforce, whmcs, tmp_path):
+    ids, events, got, a_log, b_log = _paused_run(kafka_settings, salesforce, whmcs, tmp_path,
+                                                 paused_module="streams")
+    assert {oid: n for oid, n in whmcs.duplicates().items() if oid in ids} == {}
+    by_event = defaultdict(list)
+    for o in got:
+        by_event[o["event_uuid"]].append(o)
+    assert {e["event_uuid"] for e in events} <= set(by_event), "events without an outcome"
+    for uuid, seen in by_event.items():
+        assert all(o == seen[0] for o in seen), f"contradicting outcomes for {uuid}"
+    for order_id in ids:
+        made = whmcs.orders_for(order_id)
+        assert len(made) == 1 and made[0]["status"] == "Active", (order_id, made)
+    resumed = a_log.split("=== SIGCONT", 1)[1]
+    fenced = _orders(resumed, "fenced:")
+    assert fenced, "the paused worker held no queued Order: the test proved nothing"
+    created_after = _orders(resumed, "WHMCS order created")
+    assert not created_after & fenced, "a fenced Order got a WHMCS order from the paused worker"
+    assert not created_after & _orders(b_log, "WHMCS order created")
+    print(f"paused worker fenced {len(fenced)} Order(s) on resuming, created "
+          f"{len(created_after)} after it; worker b recovered "
+          f"{sum(o['recovered'] for o in got)} by lookup")
+
+
+def test_the_same_pause_without_the_lease_creates_duplicates(kafka_settings, salesforce, whmcs,
+                                                             tmp_path):
+    ids, _events, _got, a_log, _b_log = _paused_run(
+        kafka_settings, salesforce, whmcs, tmp_path, paused_module="tests.streams.unfenced_worker")
+    duplicates = {oid: n for oid, n in whmcs.duplicates().items() if oid in ids}
+    print(f"without the lease: {len(duplicates)} Orders with several WHMCS orders")
+    assert duplicates, "the pause test cannot see the bug the lease prevents"
