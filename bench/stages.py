@@ -12,8 +12,13 @@ here with a zero clock offset, and every timestamp below is millisecond-precise)
 * ``outcome``   — the outcome record's Kafka timestamp (the worker's send)
 * ``written``   — the Order's ``LastModifiedDate`` (the sink's composite update, SF clock)
 
-and prints p50/p95/p99 of each stage and of the total. ``--env`` passes settings to the
+and prints p50/p90/p95/p99 of each stage and of the total. ``--env`` passes settings to the
 pipeline processes (e.g. ``--env SINK_LINGER_S=0.1``) to measure one change at a time.
+
+``--whmcs-latency-ms L`` makes every WHMCS call take L ms (a real WHMCS answers in 100–200);
+``--whmcs-hang-rate R --whmcs-hang-s S`` makes that fraction of ``AddOrder`` calls commit and
+then hang for S seconds (past the client's ``WHMCS_TIMEOUT_S``, a hung call). Both apply
+after the warm-up, to the steady phase.
 """
 
 from __future__ import annotations
@@ -65,11 +70,12 @@ def stamps(p: Pipeline, ids: list[str]) -> dict[str, dict[str, float]]:
 
 def report(rows: dict[str, dict[str, float]]) -> None:
     print(f"{len(rows)} Orders with all five timestamps; milliseconds")
-    print(f"{'stage':<52} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7}")
+    print(f"{'stage':<52} {'p50':>7} {'p90':>7} {'p95':>7} {'p99':>7} {'mean':>7}")
     for name, a, b in STAGES:
         vals = [s[b] - s[a] for s in rows.values()]
-        print(f"{name:<52} {_percentile(vals, .5):7.0f} {_percentile(vals, .95):7.0f} "
-              f"{_percentile(vals, .99):7.0f} {sum(vals) / len(vals):7.0f}")
+        print(f"{name:<52} {_percentile(vals, .5):7.0f} {_percentile(vals, .9):7.0f} "
+              f"{_percentile(vals, .95):7.0f} {_percentile(vals, .99):7.0f} "
+              f"{sum(vals) / len(vals):7.0f}")
 
 
 def slowest(rows: dict[str, dict[str, float]], n: int) -> None:
@@ -131,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                          "broker's data) instead of a temporary one")
     ap.add_argument("--slowest", type=int, default=0,
                     help="print the stages of the N slowest Orders, with their wall-clock time")
+    ap.add_argument("--whmcs-latency-ms", type=int, default=0,
+                    help="every WHMCS call takes this long (steady phase)")
+    ap.add_argument("--whmcs-hang-rate", type=float, default=0.0,
+                    help="this fraction of AddOrder calls commit, then hang (steady phase)")
+    ap.add_argument("--whmcs-hang-s", type=float, default=20.0,
+                    help="how long a hung AddOrder hangs (past WHMCS_TIMEOUT_S: a timeout)")
+    ap.add_argument("--seed", type=int, default=1, help="the WHMCS faults' random seed")
     args = ap.parse_args(argv)
     env = dict(x.split("=", 1) for x in args.env)
     n = args.warmup + int(args.rate * args.seconds) + args.backlog + 50
@@ -142,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                      env=env) as p:
         if args.warmup:
             p.wait_settled(p.sf.approve(args.warmup), timeout=300, poll=0.5)
+        if args.whmcs_latency_ms or args.whmcs_hang_rate:
+            p.whmcs.set_fault_seed(args.seed)
+            p.whmcs.set_faults("*", latency_ms=args.whmcs_latency_ms)
+            p.whmcs.set_faults("AddOrder", latency_ms=args.whmcs_latency_ms,
+                               hang_rate=args.whmcs_hang_rate, hang_s=args.whmcs_hang_s)
+            print(f"WHMCS: {args.whmcs_latency_ms} ms per call, {args.whmcs_hang_rate:.1%} of "
+                  f"AddOrder hang {args.whmcs_hang_s:g} s")
         before = p.sf.counters()["calls"]
         ids = steady(p, args.rate, args.seconds) if args.seconds else []
         after = p.sf.counters()["calls"]

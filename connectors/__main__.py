@@ -3,36 +3,25 @@
 Settings come from the environment / ``.env`` (``SF_*``, ``KAFKA_*``, ``CONNECTOR_*``,
 ``LOG_*``). SIGTERM/SIGINT: stop fetching, commit the open batch, exit 0.
 
-Exit codes: 0 stopped (signal or bound reached), 1 fatal error, 2 stored replay id refused
-with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same name
-(do not auto-restart on 3; a fence after the connector's own transaction timeout is not
-this: it re-initialises and carries on, see ``connectors.source``), 64 bad configuration
-(also a broker that refuses the connector's credentials or ACLs: one line names the setting).
+Exit codes (:mod:`common.process`, the same for every process): 0 stopped (signal or bound
+reached), 1 fatal error, 64 bad configuration (also a broker that refuses the connector's
+credentials or ACLs: one line names the setting); the connector's own: 2 stored replay id
+refused with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same
+name (do not auto-restart on 3; a fence after the connector's own transaction timeout is not
+this: it re-initialises and carries on, see ``connectors.source``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 
-from common import tracing
-from common.errors import ConfigError, KafkaAccessError, KafkaError
+from common.errors import KafkaAccessError, KafkaError
 from common.kafka import ensure_topics
-from common.log import setup_logging
-from common.metrics import GcMonitor, HealthServer
+from common.metrics import HealthServer
+from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
-from common.settings import (
-    CommonSettings,
-    ConnectorSettings,
-    KafkaSettings,
-    SalesforceSettings,
-    WorkerSettings,
-)
-
-EXIT_CONFIG = 64
-log = logging.getLogger("connectors")
+from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings, WorkerSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,28 +39,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A SIGTERM during start-up (settings, topics, imports) is kept and honoured once the
-    # connector exists: a clean exit 0, not death by signal half-way through starting.
-    early: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _frame: early.append(signum))
+    boot = Startup("connector")  # from here a SIGTERM is kept: a clean exit 0 once started
     args = parse_args(argv)
-    try:
-        common = CommonSettings.load()
-        kafka = KafkaSettings.load()
-        salesforce = SalesforceSettings.load()
-        connector = ConnectorSettings.load()
-        worker_group = kafka.topic(WorkerSettings.load().app_id)  # whose progress counts
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging("connector", common.log_level, common.log_format)
-    GcMonitor().install()
-    tracing.setup("connector", common.tracing, file=common.tracing_file,
-                  otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
+    kafka = boot.load(KafkaSettings.load)
+    salesforce = boot.load(SalesforceSettings.load)
+    connector = boot.load(ConnectorSettings.load)
+    worker_group = kafka.topic(boot.load(WorkerSettings.load).app_id)  # whose progress counts
+    log = boot.logging()
     if not connector.events_enabled:
         log.warning("SF_EVENTS_ENABLED=false: not subscribing; exiting")
-        return 0
+        return EXIT_OK
     if not args.no_create_topics:
         try:
             report = ensure_topics(kafka, only=(kafka.requests, kafka.dead_letters,
@@ -81,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CONFIG
         except KafkaError as exc:
             log.error("cannot prepare topics: %s", exc)
-            return 1
+            return EXIT_FATAL
         for line in report.drift:
             log.warning("topic drift: %s", line)
 
@@ -93,15 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     app.reconciler = Reconciler(kafka, connector, SalesforceClient(salesforce),
                                 worker_group=worker_group,
                                 written=lambda: app.written)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping after the open batch", signal.Signals(signum).name)
-        app.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if early:
-        on_signal(early[0], None)
+    boot.on_stop(app.request_stop)  # stop after the open batch
     server = HealthServer(connector.http_port, lambda: observability.ready(app),
                           live=lambda: observability.live(app),
                           host=connector.http_host).start() if connector.http_port else None

@@ -66,7 +66,7 @@ def sandbox_mode(env: dict[str, str]) -> bool:
     return not env.get("SF_CLIENT_ID")
 
 
-FINAL_EXIT_CODES = {"connector": [2, 3, 64], "worker": [64], "sink": [2]}
+FINAL_EXIT_CODES = {"connector": [2, 3, 64], "worker": [64], "sink": [64]}
 
 
 def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
                       "log": str(LOGS / f"{name}.log"),
                       "health_url": f"http://127.0.0.1:{http_port}/healthz",
                       # Restarting would not help, an operator must look: connector 2 = replay
-                      # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 2 = bad setting;
+                      # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 64 = bad setting;
                       # worker 64 = bad setting (for all three: also a broker refusing their
                       # credentials or ACLs).
                       "final_exit_codes": FINAL_EXIT_CODES.get(name, [])})

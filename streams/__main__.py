@@ -1,12 +1,14 @@
 """``python -m streams worker``: run the provisioning worker.
 
-Reads every setting from the environment (and ``.env``); ``/metrics`` and ``/healthz`` on
-``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the Faust worker: the batch in flight is
-not acknowledged unless it finished (see :mod:`streams.app`).
+Reads every setting from the environment (and ``.env``); ``/metrics``, ``/livez``,
+``/readyz`` on ``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the worker: events in
+flight may finish for ``WORKER_DRAIN_TIMEOUT_S``, then the finished ones are committed; the
+rest is redelivered (see :mod:`streams.app`).
 
-Exit codes: 0 stopped, 64 bad configuration — a missing or invalid setting, or a broker
-that refuses the worker's credentials or ACLs (one line names the setting; the supervisor
-does not restart it), 75 stalled (restart it), anything else: restart.
+Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 bad
+configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
+the verified one, or a broker that refuses the worker's credentials or ACLs (one line names
+it; the supervisor does not restart it), 75 stalled (restart it), anything else: restart.
 """
 
 from __future__ import annotations
@@ -17,39 +19,22 @@ import logging
 import os
 import sys
 
-from common import tracing
-from common.errors import ConfigError, KafkaAccessError
+from common.errors import KafkaAccessError
 from common.kafka import ensure_topics
-from common.log import setup_logging
-from common.metrics import GcMonitor, HealthServer
+from common.metrics import HealthServer
+from common.process import EXIT_CONFIG, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
-from common.settings import (
-    CommonSettings,
-    KafkaSettings,
-    SalesforceSettings,
-    WhmcsSettings,
-    WorkerSettings,
-)
-
-log = logging.getLogger("streams")
-EXIT_CONFIG = 64  # as the connector: a bad setting, do not restart
+from common.settings import KafkaSettings, SalesforceSettings, WhmcsSettings, WorkerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
+    boot = Startup("worker")  # from here a SIGTERM is kept: a clean exit 0 while starting
     parser = argparse.ArgumentParser(prog="python -m streams")
     parser.add_argument("command", choices=["worker"])
     parser.parse_args(argv)
-    try:
-        common = CommonSettings.load()
-        kafka, worker = KafkaSettings.load(), WorkerSettings.load()
-        whmcs, salesforce = WhmcsSettings.load(), SalesforceSettings.load()
-    except ConfigError as exc:  # one line naming the variable, not a traceback
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup_logging("worker", common.log_level, common.log_format)
-    GcMonitor().install()
-    tracing.setup("worker", common.tracing, file=common.tracing_file,
-                  otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
+    kafka, worker = boot.load(KafkaSettings.load), boot.load(WorkerSettings.load)
+    whmcs, salesforce = boot.load(WhmcsSettings.load), boot.load(SalesforceSettings.load)
+    log = boot.logging()
     if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
@@ -72,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from streams.app import Worker
 
     built = Worker(kafka=kafka, worker=worker, whmcs=whmcs,
-                   sf_client=SalesforceClient(salesforce), common=common)
+                   sf_client=SalesforceClient(salesforce), common=boot.common)
+    if boot.stopping:
+        return EXIT_OK  # signalled while starting: nothing taken in yet
     server = None
     if worker.http_port:
         server = HealthServer(worker.http_port, built.ops.ready, live=built.ops.live,
@@ -80,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     built.ops.start(built.app.loop)  # loop heartbeat (/livez) and lag gauges
     if built.watchdog is not None:
         built.watchdog.start()
-    runner = faust.Worker(built.app, loglevel=common.log_level, quiet=True,
+    # faust's worker (mode) takes SIGTERM/SIGINT over from here: it stops the app, which
+    # lets the events in flight finish (WORKER_DRAIN_TIMEOUT_S) and commits (streams.app)
+    runner = faust.Worker(built.app, loglevel=boot.common.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
     # Everything built so far (modules, faust's app, clients) lives as long as the process:
     # move it out of the collector's way, so a generation-2 collection walks only what the
-    # batches allocate (sfprov_gc_pause_seconds, see common.metrics.GcMonitor).
+    # events allocate (sfprov_gc_pause_seconds, see common.metrics.GcMonitor).
     gc.collect()
     gc.freeze()
     try:
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

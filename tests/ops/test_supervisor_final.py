@@ -36,7 +36,7 @@ def test_another_exit_code_is_restarted_with_backoff(tmp_path):
     assert child.next_start <= time.monotonic() + 1.0
 
 
-@pytest.mark.parametrize("name,code", [("connector", 64), ("worker", 64), ("sink", 2)])
+@pytest.mark.parametrize("name,code", [("connector", 64), ("worker", 64), ("sink", 64)])
 def test_each_process_refused_by_the_broker_exits_finally(name, code):
     assert code in FINAL_EXIT_CODES[name]
     plan = {p["name"]: p for p in _pipeline_processes({}, {})}

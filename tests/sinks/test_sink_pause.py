@@ -184,7 +184,7 @@ def test_an_org_without_the_fence_field_stops_the_sink_before_it_consumes(
     env = sink_env(kafka_settings, sandbox.env(), SINK_OUTCOME_MS_FIELD="Missing_Outcome_Ms__c")
     log = tmp_path / "sink.log"
     proc = start_sink(env, log, "--timeout", "60")
-    assert proc.wait(timeout=90) == 2, log.read_text()[-3000:]
+    assert proc.wait(timeout=90) == 64, log.read_text()[-3000:]
     errors = [line for line in log.read_text().splitlines() if "configuration error" in line]
     assert len(errors) == 1 and ("SINK_OUTCOME_MS_FIELD: Order.Missing_Outcome_Ms__c does not "
                                  "exist in the org") in errors[0]

@@ -1,0 +1,89 @@
+"""One start-up for the connector, the worker and the sink: the same exit codes, the same
+signal handling.
+
+Exit codes, for every process (the supervisor, systemd and Kubernetes act on them):
+
+* ``0`` — stopped: SIGTERM/SIGINT (also one that arrives while the process is still
+  starting), or a bound given on the command line was reached;
+* ``1`` — a fatal error: restart it;
+* ``64`` (``EX_CONFIG``) — a missing or invalid setting, or a service refusing this
+  installation's credentials (the broker, the org): one line names what to fix, and
+  restarting cannot help — the supervisor does not;
+* ``75`` (``EX_TEMPFAIL``) — the worker stalled: restart it.
+
+The connector adds ``2`` (stored replay id refused under ``SF_EVENTS_INVALID_REPLAY=FAIL``)
+and ``3`` (fenced by a newer instance); neither is restarted.
+
+Signals: :class:`Startup` catches SIGTERM and SIGINT from the first instant, so a signal that
+arrives while settings load, topics are checked or modules import is kept; once the process
+has something to stop, :meth:`Startup.on_stop` installs its stop and honours a kept signal
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from common import tracing
+from common.errors import ConfigError
+from common.log import setup_logging
+from common.metrics import GcMonitor
+from common.settings import CommonSettings
+
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_STALLED = 0, 1, 64, 75
+T = TypeVar("T")
+
+
+class ConfigExit(SystemExit):
+    """Leave with :data:`EXIT_CONFIG` after one line on stderr (no traceback)."""
+
+    def __init__(self, message: str) -> None:
+        print(f"configuration error: {message}", file=sys.stderr)
+        super().__init__(EXIT_CONFIG)
+
+
+class Startup:
+    def __init__(self, process: str) -> None:
+        self.process = process
+        self.signalled: list[int] = []
+        self._stop: Callable[[], None] | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.common: CommonSettings = self.load(CommonSettings.load)
+
+    def load(self, loader: Callable[[], T]) -> T:
+        """A settings section; a bad setting leaves with one line and :data:`EXIT_CONFIG`."""
+        try:
+            return loader()
+        except ConfigError as exc:
+            raise ConfigExit(str(exc)) from None
+
+    def logging(self) -> logging.Logger:
+        """Logging (JSON or text, secrets redacted), GC pause timing and tracing, as set."""
+        common = self.common
+        setup_logging(self.process, common.log_level, common.log_format)
+        GcMonitor().install()
+        tracing.setup(self.process, common.tracing, file=common.tracing_file,
+                      otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)
+        return logging.getLogger(self.process)
+
+    def on_stop(self, stop: Callable[[], None]) -> None:
+        """From now on SIGTERM/SIGINT call ``stop``; one that came during start-up, now."""
+        self._stop = stop
+        if self.signalled:
+            stop()
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.signalled)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signalled.append(signum)
+        logging.getLogger(self.process).info(
+            "signal %s: stopping", signal.Signals(signum).name)
+        if self._stop is not None:
+            self._stop()
