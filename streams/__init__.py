@@ -1,7 +1,10 @@
 """The provisioning worker: a Faust app that dedupes, guards and provisions into WHMCS.
 
-Layout: ``phpserial``/``mapping``/``decide`` are pure (no I/O); ``guard`` reads Salesforce;
-``provision`` talks to WHMCS; ``tables`` holds the durable Faust tables; ``batch`` runs one
-batch end to end; ``app`` wires the agent, timers and metrics; ``python -m streams worker``
-starts it.
+Layout: ``phpserial``/``mapping``/``decide`` are pure (no I/O); ``state`` types what is
+remembered per Order; ``guard`` reads Salesforce (coalesced); ``provision`` talks to WHMCS;
+``lease`` says whether this worker may still write for an Order; ``handler`` takes one event
+end to end; ``lanes`` runs each Order's events in order and Orders side by side;
+``checkpoint`` decides what may be committed; ``recovery`` is the sweep; ``faust_seam`` is
+the one module that touches faust's and aiokafka's internals; ``app`` wires them; ``python
+-m streams worker`` starts it.
 """

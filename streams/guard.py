@@ -1,8 +1,9 @@
-"""The guard read: the Orders of a whole batch with ONE SOQL query (``Id IN (...)``).
+"""The guard read: many Orders with ONE SOQL query (``Id IN (...)``), coalesced across the
+Orders that need a read at about the same time (:class:`GuardReads`).
 
 Salesforce being down or rate-limited must never fail an Order: :meth:`Guard.fetch` retries
-transient, auth and limit errors with capped backoff **for as long as it takes** (the batch
-is not acknowledged meanwhile, so nothing is lost) and reports itself unhealthy through
+transient, auth and limit errors with capped backoff **for as long as it takes** (the events
+wait, uncommitted, so nothing is lost) and reports itself unhealthy through
 :attr:`Guard.unavailable_since` for ``/healthz``. A non-retryable error (e.g. a field missing
 in the org: a deployment problem) is retried too, with the longest backoff, and logged as an
 error — dead-lettering every event because of a configuration mistake would be worse.

@@ -49,9 +49,8 @@ FULL_SCAN_EVERY_S = 6 * 3600  # the whole tables: dedupe expiry, and a check of 
 
 class _Slicer:
     """Yields to the event loop every ``SCAN_SLICE`` entries or ``SCAN_BUDGET_S``, whichever
-    comes first, for as long as the slice took: the scan gets at most half of the loop. A bare
-    ``sleep(0)`` after 20 ms slices gave it ~95 %: every await of a batch (guard query, WHMCS
-    calls, broker acks) waited a slice, and a 0.9 s scan still delayed Orders by 1 s."""
+    comes first, for as long as the slice took: the scan gets at most half of the loop
+    (docs/decisions/0007)."""
 
     def __init__(self) -> None:
         self.started = self.since = time.perf_counter()
@@ -73,12 +72,11 @@ class _Slicer:
 
 
 async def _keys(table: Any, slicer: _Slicer) -> list[str]:
-    """The table's keys, read a slice at a time. Not ``list(table.keys())``: ``list()`` asks
-    ``len()`` first, which faust's RocksDB store answers by iterating every key of every
-    partition, and then reads them all again — both in one go on the event loop: 2 s with
-    10,000 Orders, every batch waiting (the p99 of ``make bench``). RocksDB iterators read a
-    snapshot, so the table may change while the scan yields; a dict-backed table (memory://,
-    tests) raises instead, and is then listed at once (fast for a dict)."""
+    """The table's keys, read a slice at a time — never ``list(table.keys())``, which asks
+    ``len()`` first (a pass over every RocksDB key) and then reads them all, in one go
+    (docs/decisions/0007). RocksDB iterators read a snapshot, so the table may change while
+    the scan yields; a dict-backed table (memory://, tests) raises instead, and is then
+    listed at once."""
     keys: list[str] = []
     try:
         for key in table:

@@ -1,25 +1,19 @@
-"""Stall watchdog: a worker that owns work but takes no batch for too long exits to be
-restarted.
+"""Stall watchdog: a worker that owns work but makes no progress for too long re-seeks, then
+exits to be restarted.
 
-faust-streaming 0.15.3 can stop feeding the agent after a rebalance while the process stays
-up and heart-beating, so the group never moves its partitions elsewhere. Two ways were seen
-in the two-worker crash test: fetched events cleared from the agent's queue at the end of
-recovery (fixed in :mod:`streams.faust_recovery`), and a table recovery that waits forever
-for changelog records that never arrive (no event received since recovery start). Neither
-loses an event — the committed offsets stay behind — but the pipeline stops.
-
-The watchdog does not try to understand faust's state. Every ``interval`` it asks the broker
-(its own confluent-kafka clients, in its own thread, so a blocked event loop cannot hide a
-stall) how many committed records lie beyond the group's committed offsets on the requests
-partitions this worker owns. When there are such records, no batch is running, and no batch
-has started for half of ``timeout``, the worker first seeks its partitions back to their
-committed offsets (events that faust fetched and then dropped are fetched again); when that
-does not help either and the whole ``timeout`` has passed, it logs why and exits with
-:data:`STALL_EXIT_CODE`. Exiting is safe by design — nothing is acknowledged that is not
-decided and durable, a restarted worker restores its tables from the changelogs and the
-events come again from the committed offsets — and the supervisor (``make up``), systemd or
-Kubernetes restarts it. A batch that is *waiting* (Salesforce down, WHMCS retries) is not a
-stall: it is in progress, and ``/healthz`` reports it.
+faust-streaming can stop feeding the agent after a rebalance while the process stays up and
+heart-beating, so the group never moves its partitions elsewhere (docs/decisions/0001). The
+watchdog does not try to understand faust's state. Every ``interval`` it asks the broker (its
+own confluent-kafka clients, in its own thread, so a blocked event loop cannot hide a stall)
+how many committed records lie beyond the group's committed offsets on the requests
+partitions this worker owns. When there are such records, no event is in flight, and none
+has moved for half of ``timeout``, the worker seeks its partitions back to their committed
+offsets (events faust fetched and dropped are fetched again); when that does not help either
+and the whole ``timeout`` has passed, it logs why and exits with :data:`STALL_EXIT_CODE`.
+Exiting is safe — nothing past the committed offsets was committed, a restarted worker
+restores its tables from the changelogs, and the events come again — and the supervisor
+(``make up``), systemd or Kubernetes restarts it. Events in flight (waiting on Salesforce,
+WHMCS or the ownership lease) are progress, not a stall: ``/readyz`` reports why they wait.
 """
 
 from __future__ import annotations
@@ -41,7 +35,8 @@ STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
 
 
 class Progress:
-    """What the agent reports: when the last batch started/ended, and if one is running."""
+    """What the flow reports: when an event last entered or left, and whether work is in
+    flight (``busy``)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -117,7 +112,7 @@ class StallWatchdog:
                 self._last_recovery_position = position
                 self.progress.touch()
         if self.reseeked and self.progress.last_activity != self._reseek_activity:
-            self.reseeked = False  # batches ran since the re-seek: that stall is over
+            self.reseeked = False  # events moved since the re-seek: that stall is over
         idle = self.progress.idle_for()
         first_step = self.timeout_s / 2 if self.reseek is not None else self.timeout_s
         if idle < first_step:  # cheap case first: no broker round trip
@@ -130,7 +125,7 @@ class StallWatchdog:
             return None
         self.stalled_since = self.stalled_since or time.time()
         what = (f"{sum(pending.values())} records wait on owned partitions {sorted(pending)} "
-                f"and no batch has run for {idle:.0f} s")
+                f"and no event has moved for {idle:.0f} s")
         if idle < self.timeout_s:
             if self.reseek is None or self.reseeked:
                 return None
