@@ -1,9 +1,11 @@
 """One backoff for every retry loop: capped exponential delays with jitter.
 
-``Backoff(initial_s, max_s)`` hands out ``initial_s``, twice that, ... up to ``max_s``; with
-``jitter`` each delay is drawn from its upper half (half to all of it), so many clients
-that failed together do not retry together. :func:`retry_forever` is the loop for work that
-must not be given up (Kafka sends of decided outcomes).
+``Backoff(initial_s, max_s)``: the n-th delay's ceiling is ``initial_s · factor^(n-1)``,
+capped at ``max_s``; with ``jitter`` the delay is drawn uniformly between half of
+``initial_s`` and that ceiling, so a fleet of clients that failed together does not retry
+together. ``reset()`` after progress, so one blip does not inflate the next wait.
+:func:`retry_forever` is the loop for work that must not be given up (Kafka sends of decided
+outcomes). Waits a service asks for (``retry_after``) come from the error, not from here.
 """
 
 from __future__ import annotations
@@ -19,26 +21,29 @@ T = TypeVar("T")
 
 
 class Backoff:
-    def __init__(self, initial_s: float, max_s: float, *, factor: float = 2.0,
-                 jitter: bool = True, rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, *, factor: float = 2.0,
+                 jitter: bool = True, rng: random.Random | None = None) -> None:
         if initial_s <= 0 or max_s < initial_s or factor < 1:
             raise ValueError("need 0 < initial_s <= max_s and factor >= 1")
         self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
-        self.jitter, self._rng = jitter, rng
-        self._next = initial_s
+        self.jitter, self.rng = jitter, rng or random.Random()
+        self.attempt = 0  # delays handed out since the last reset
+
+    def ceiling(self, attempt: int | None = None) -> float:
+        """The longest delay of ``attempt`` (default: the next one), without jitter."""
+        n = self.attempt if attempt is None else attempt
+        return min(self.max_s, self.initial_s * self.factor ** min(n, 64))
 
     def next_delay(self) -> float:
         """The delay to wait now; the following one grows (up to ``max_s``)."""
-        delay = self._next
-        self._next = min(self._next * self.factor, self.max_s)
-        return delay * (0.5 + self._rng() / 2) if self.jitter else delay
+        high = self.ceiling()
+        self.attempt += 1
+        return self.rng.uniform(min(self.initial_s / 2, high), high) if self.jitter else high
 
-    def peek(self) -> float:
-        """The next delay without jitter, without consuming it."""
-        return self._next
+    next = next_delay
 
     def reset(self) -> None:
-        self._next = self.initial_s
+        self.attempt = 0
 
 
 async def retry_forever(what: str, fn: Callable[[], Awaitable[T]], *,

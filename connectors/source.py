@@ -67,6 +67,7 @@ from typing import Any
 
 from common import tracing
 from common.avro import AvroSerde, registry_for
+from common.backoff import Backoff
 from common.connection import KafkaConnection
 from common.errors import (
     KafkaAccessError,
@@ -82,7 +83,6 @@ from common.errors import (
 from common.salesforce import SalesforceAuth
 from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
-from connectors.backoff import Backoff
 from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
 from connectors.observability import end_spans, event_spans
 from connectors.offsets import EVENT, KEEPALIVE, OffsetCodec, Position, load_position

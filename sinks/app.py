@@ -47,6 +47,7 @@ from confluent_kafka import (
 )
 
 from common.avro import AvroSerde, SerdeError, registry_for
+from common.backoff import Backoff
 from common.connection import KafkaConnection, is_refusal, refusal_message
 from common.errors import KafkaAccessError, KafkaError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
@@ -109,6 +110,11 @@ class Sink:
         self._stop = threading.Event()
         self._assigned: list[TopicPartition] = []
         self.pauses = Pauses(self._pause_changed)
+        self._retry_backoff = Backoff(settings.retry_backoff_s, max(
+            settings.retry_backoff_s, settings.retry_backoff_max_s), jitter=False)
+        # REQUEST_LIMIT_EXCEEDED: the pause doubles while the limit persists, up to 16x
+        self._limit_backoff = Backoff(settings.limit_backoff_s, settings.limit_backoff_s * 16,
+                                      jitter=False)
         self._outage_streak = 0
         self._limit_streak = 0
         self._heartbeat = time.monotonic()
@@ -226,17 +232,17 @@ class Sink:
         ``REGISTRY_WAIT_S`` (well inside ``max.poll.interval.ms``), then raised: the sink
         exits without committing past the record, which is redelivered after the restart."""
         deadline = time.monotonic() + REGISTRY_WAIT_S
-        delay = 0.25
+        backoff = Backoff(0.25, 5.0)
         while True:
             try:
                 return self.serde.decode(value, headers)
             except SerdeError as exc:
+                delay = backoff.next_delay()
                 if not exc.retryable or time.monotonic() + delay > deadline:
                     raise
                 log.warning("schema registry unavailable; retrying in %.1fs: %s", delay, exc)
                 if self._stop.wait(delay):
                     raise
-                delay = min(delay * 2, 5.0)
 
     def _poll(self, want: int, timeout: float) -> list[Message]:
         """Up to ``want`` messages, returning as soon as there is one.
@@ -323,7 +329,7 @@ class Sink:
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
             self._limit_streak += 1
-            backoff = self.settings.limit_backoff_s * 2 ** min(self._limit_streak - 1, 4)
+            backoff = self._limit_backoff.ceiling(self._limit_streak - 1)
             self._requeue_all(entries, now + backoff)
             self.pauses.pause(LIMIT, now + backoff)
             log.warning("Salesforce API limit reached; paused for %.1fs", backoff,
@@ -396,8 +402,8 @@ class Sink:
             self.batcher.retry(entry, not_before, count_attempt=False)
 
     def _backoff(self, attempt: int) -> float:
-        return min(self.settings.retry_backoff_max_s,
-                   self.settings.retry_backoff_s * 2 ** max(0, attempt - 1))
+        """The wait before a record's ``attempt``-th retry (its own count, no jitter)."""
+        return self._retry_backoff.ceiling(max(0, attempt - 1))
 
     def _record_usage(self) -> None:
         usage = getattr(self.client, "api_usage", None)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
+from common.backoff import Backoff
 from common.errors import PipelineError
 from common.ids import is_salesforce_id
 
@@ -82,7 +82,7 @@ class Guard:
         return orders.get(_key18(order_id))
 
     async def _query(self, soql: str) -> list[dict[str, Any]]:
-        delay = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while True:
             started = time.monotonic()
             try:
@@ -97,15 +97,16 @@ class Guard:
                 self._observer(time.monotonic() - started, "error")
                 self.unavailable_since = self.unavailable_since or time.time()
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                wait = exc.retry_after or delay
+                wait = backoff.next_delay()
+                if exc.retry_after:  # what Salesforce asked for, within the cap
+                    wait = min(max(wait, exc.retry_after), self.backoff_max_s)
                 if not exc.retryable:
                     wait = self.backoff_max_s
                     log.error("guard query refused; retrying (check the org's fields)",
                               extra={"cause": self.last_error})
                 else:
                     log.warning("guard query failed; retrying", extra={"cause": self.last_error})
-                await self._sleep(min(wait, self.backoff_max_s) * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self.backoff_max_s)
+                await self._sleep(wait)
 
 
 _reading: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from functools import partial
 from typing import TypeVar
 
 from common import tracing
+from common.backoff import Backoff
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
@@ -141,8 +141,8 @@ class Provisioner:
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False
-        delay = policy.backoff_initial_s
-        access_delay = policy.backoff_initial_s
+        backoff = Backoff(policy.backoff_initial_s, policy.backoff_max_s)
+        access_backoff = Backoff(policy.backoff_initial_s, ACCESS_BACKOFF_MAX_S)
         extra = {"order_id": request.order_id}
         tracing.set_current_order(request.order_id)  # whose WHMCS calls these are (spans)
         while True:
@@ -179,6 +179,7 @@ class Provisioner:
                 if created is None and add_uncertain:
                     settle_at_ms = policy.settle_at_ms(sent_at)  # WHMCS may have committed
                 add_uncertain = False
+                delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     log.warning("WHMCS unavailable past the retry deadline",
                                 extra={**extra, "cause": str(exc)})
@@ -190,16 +191,14 @@ class Provisioner:
                         attempts=attempts, may_exist=attempts > 0)
                 self._on_retry(type(exc).__name__)
                 log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
-                await self._sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, policy.backoff_max_s)
+                await self._sleep(delay)
             except WhmcsAccessError as exc:
                 # Our credentials or IP are refused: nothing happened in WHMCS and no Order is
                 # at fault. Wait for the fix — no deadline, /healthz says why.
                 add_uncertain = False
                 self._access_refused(exc)
                 self._on_retry("WhmcsAccessError")
-                await self._sleep(access_delay * (0.5 + random.random() / 2))
-                access_delay = min(access_delay * 2, ACCESS_BACKOFF_MAX_S)
+                await self._sleep(access_backoff.next_delay())
             except WhmcsError as exc:
                 return ProvisionResult(
                     "Failed", created.whmcs_order_id if created else None,

@@ -24,7 +24,7 @@ from common.errors import (
     SalesforceLimitError,
     TransactionTimedOutError,
 )
-from connectors.backoff import Backoff
+from common.backoff import Backoff
 from connectors.decode import (
     KAFKA_MESSAGE_MAX_BYTES,
     TRUNCATED_PAYLOAD_BYTES,
