@@ -12,6 +12,7 @@ with ``raise ... from exc`` so the cause is kept::
     │   └── ReplayIdInvalidError       stored replay id refused (older than retention)
     ├── WhmcsError                     result=error with a message; permanent by default
     │   ├── WhmcsTransientError        HTTP 5xx, HTML error page, connection error: retry
+    │   │   └── WhmcsNotSentError      its send deadline passed before it left: ask the lease again
     │   └── WhmcsUnknownResultError    timeout after the request was sent: look it up, never repeat blindly
     └── KafkaError                     broker-side failures (fenced producer, timeouts)
         ├── ProducerFencedError        another instance with the same transactional.id took over
@@ -85,6 +86,11 @@ class WhmcsUnknownResultError(WhmcsError):
     """The request may or may not have taken effect (timeout after sending)."""
 
     retryable = True
+
+
+class WhmcsNotSentError(WhmcsTransientError):
+    """The request was certainly not sent: its send deadline (the caller's ownership lease)
+    passed before any byte left the process. Ask the lease again before another try."""
 
 
 class KafkaError(PipelineError):

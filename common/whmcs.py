@@ -37,10 +37,11 @@ import httpx
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
+    WhmcsNotSentError,
     WhmcsTransientError,
     WhmcsUnknownResultError,
 )
-from common.http_transport import AiohttpTransport
+from common.http_transport import SEND_DEADLINE, AiohttpTransport, NotSent
 from common.settings import WhmcsSettings
 
 log = logging.getLogger(__name__)
@@ -172,18 +173,28 @@ class WhmcsClient:
             out["accesskey"] = self.settings.access_key.reveal()
         return out
 
-    async def call(self, action: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Run one action; returns the success body. Raises the translated errors above."""
+    async def call(self, action: str, params: Mapping[str, Any] | None = None, *,
+                   send_deadline: float | None = None) -> dict[str, Any]:
+        """Run one action; returns the success body. Raises the translated errors above.
+        ``send_deadline`` (``time.monotonic`` seconds): past it the request is not sent at
+        all (:class:`~common.errors.WhmcsNotSentError`), checked once the connection is
+        ours, right before the request is written (see :mod:`common.http_transport`)."""
         body = encode_form({"action": action, **(params or {}), **self._auth()})
+        if send_deadline is not None and time.monotonic() >= send_deadline:
+            raise WhmcsNotSentError(f"{action}: not sent, its send deadline had passed",
+                                    action=action)
         self.calls[action] += 1
         started = time.monotonic()
         outcome = "error"
         try:
-            result = await self._send(action, body)
+            result = await self._send(action, body, send_deadline)
             outcome = "success"
             return result
         except WhmcsUnknownResultError:
             outcome = "unknown"
+            raise
+        except WhmcsNotSentError:
+            outcome = "not_sent"
             raise
         except WhmcsTransientError:
             outcome = "transient"
@@ -194,12 +205,16 @@ class WhmcsClient:
             if self.observer is not None:
                 self.observer(action, elapsed, outcome)
 
-    async def _send(self, action: str, body: str) -> dict[str, Any]:
+    async def _send(self, action: str, body: str,
+                    send_deadline: float | None = None) -> dict[str, Any]:
         mutating = action in MUTATING
         try:
             resp = await self._http.post(
                 self.settings.api_url, content=body.encode(),
-                headers={"Content-Type": "application/x-www-form-urlencoded"})
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                extensions={SEND_DEADLINE: send_deadline} if send_deadline is not None else None)
+        except NotSent as exc:
+            raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise WhmcsTransientError(f"{action}: WHMCS unreachable: {type(exc).__name__}",
                                       action=action) from exc
@@ -232,22 +247,23 @@ class WhmcsClient:
 
     # -- actions ------------------------------------------------------------------------
 
-    async def add_order(self, params: Mapping[str, Any]) -> AddOrderResult:
+    async def add_order(self, params: Mapping[str, Any], *,
+                        send_deadline: float | None = None) -> AddOrderResult:
         """``AddOrder`` with ready-made parameters (see ``streams.mapping``). Not idempotent."""
-        data = await self.call("AddOrder", params)
+        data = await self.call("AddOrder", params, send_deadline=send_deadline)
         return AddOrderResult(order_id=int(data["orderid"]),
                               service_ids=_ids(data.get("serviceids")),
                               addon_ids=_ids(data.get("addonids")),
                               invoice_id=_opt_int(data.get("invoiceid")))
 
     async def accept_order(self, order_id: int, *, autosetup: bool = True,
-                           sendemail: bool = False) -> None:
+                           sendemail: bool = False, send_deadline: float | None = None) -> None:
         await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
-                                        "sendemail": sendemail})
+                                        "sendemail": sendemail}, send_deadline=send_deadline)
 
-    async def cancel_order(self, order_id: int) -> None:
+    async def cancel_order(self, order_id: int, *, send_deadline: float | None = None) -> None:
         """``CancelOrder`` of a Pending order (the worker's compensation for a duplicate)."""
-        await self.call("CancelOrder", {"orderid": order_id})
+        await self.call("CancelOrder", {"orderid": order_id}, send_deadline=send_deadline)
 
     async def get_orders(self, *, client_id: int | None = None, order_id: int | None = None,
                          status: str | None = None, limitstart: int = 0,

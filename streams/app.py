@@ -299,10 +299,11 @@ class Worker:
     def _sweep_fence(self, order_id: str) -> Fence:
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
 
-        async def fence(action: str) -> None:
+        async def fence(action: str) -> float | None:
             check = self.lease.current(partition)
             if not check.ok:
                 raise Fenced(check, stage=action)
+            return check.valid_until
         return fence
 
     async def _sweep(self) -> None:

@@ -273,12 +273,20 @@ class EventHandler:
         intent says this writer may still send (else it is renewed — made durable —
         first), so a new owner that waits out the intent's ``lease_until`` cannot meet a
         late write of ours."""
-        async def fence(action: str) -> None:
+        async def fence(action: str) -> float | None:
             check = await self._own(rec, action)
             intent = self.state.intent(event.order_id)
             if intent is not None and \
                     (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
-                self.state.set_intent(intent.renewed(self._lease_until(check)))
+                intent = intent.renewed(self._lease_until(check))
+                self.state.set_intent(intent)
                 await self.durable()
-                await self._own(rec, action)  # the flush took time
+                check = await self._own(rec, action)  # the flush took time
+            if self.lease is None:
+                return None
+            # the send deadline: the group lease's end, or the intent's, whichever is first
+            until_ms = (intent.lease_until if intent and intent.lease_until else
+                        int(check.valid_until_wall * 1000))
+            return min(check.valid_until,
+                       time.monotonic() + (until_ms - self._clock()) / 1000)
         return fence

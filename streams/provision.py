@@ -43,6 +43,7 @@ from common.backoff import Backoff
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
+    WhmcsNotSentError,
     WhmcsTransientError,
     WhmcsUnknownResultError,
 )
@@ -53,12 +54,15 @@ from streams.mapping import WhmcsOrderRequest
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Awaited right before each WHMCS write with the action's name; raises streams.lease.Fenced.
-Fence = Callable[[str], Awaitable[None]]
+# Awaited right before each WHMCS write with the action's name; returns the write's send
+# deadline (time.monotonic seconds: past it, the request must not leave the process), or
+# raises streams.lease.Fenced.
+Fence = Callable[[str], Awaitable[float | None]]
 
 
-async def no_fence(_action: str) -> None:
+async def no_fence(_action: str) -> float | None:
     """The fence of work no lease governs (unit tests of the provisioning logic)."""
+    return None
 
 
 @dataclass
@@ -159,8 +163,8 @@ class Provisioner:
                     attempts += 1
                     add_uncertain = True
                     sent_at = self._wall()
-                    res = await self._call("AddOrder", fence,
-                                           lambda: self.whmcs.add_order(request.params()))
+                    res = await self._call("AddOrder", fence, lambda d: self.whmcs.add_order(
+                        request.params(), send_deadline=d))
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
@@ -176,6 +180,8 @@ class Provisioner:
                 created.attempts = attempts
                 return created
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
+                if isinstance(exc, WhmcsNotSentError):
+                    add_uncertain = False  # certainly not sent: the fence decides what next
                 if created is None and add_uncertain:
                     settle_at_ms = policy.settle_at_ms(sent_at)  # WHMCS may have committed
                 add_uncertain = False
@@ -208,14 +214,14 @@ class Provisioner:
     async def accept(self, order_id: int, *, fence: Fence = no_fence) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
         try:
-            await self._call("AcceptOrder", fence, lambda: self.whmcs.accept_order(
-                order_id, autosetup=self.policy.autosetup))
+            await self._call("AcceptOrder", fence, lambda d: self.whmcs.accept_order(
+                order_id, autosetup=self.policy.autosetup, send_deadline=d))
             self.access_refused_since = None
             return None
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
                 raise
-        order = await self._call("GetOrders", None, lambda: self.whmcs.get_order(order_id))
+        order = await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
         if order is not None and order.status == "Active":
             return None
         status = order.status if order else "missing"
@@ -262,7 +268,8 @@ class Provisioner:
             if other.status != "Pending":
                 continue
             try:
-                await self._call("CancelOrder", fence, partial(self.whmcs.cancel_order, other.id))
+                await self._call("CancelOrder", fence,
+                                 partial(self._cancel, other.id))
                 result.cancelled_ids.append(other.id)
             except WhmcsError as exc:
                 log.error("compensation: cancelling duplicate WHMCS order %d failed: %s",
@@ -277,16 +284,20 @@ class Provisioner:
         log.error("compensation: %s", result.error_message,
                   extra={"order_id": request.order_id, "whmcs_order_id": kept.id})
 
+    async def _cancel(self, order_id: int, send_deadline: float | None) -> None:
+        await self.whmcs.cancel_order(order_id, send_deadline=send_deadline)
+
     async def _find(self, request: WhmcsOrderRequest) -> list[WhmcsOrder]:
-        return await self._call("GetOrders", None, lambda: self.whmcs.find_orders_by_marker(
+        return await self._call("GetOrders", None, lambda _d: self.whmcs.find_orders_by_marker(
             request.client_id, request.order_id))
 
     async def _call(self, action: str, fence: Fence | None,
-                    call: Callable[[], Awaitable[T]]) -> T:
-        """One WHMCS call in one of the ``parallelism`` slots; a write's ``fence`` is asked
-        once the slot is ours, right before the request goes out (an Order queued behind
-        the slots may have lost its partition while it waited)."""
+                    call: Callable[[float | None], Awaitable[T]]) -> T:
+        """One WHMCS call in one of the ``parallelism`` slots. A write's ``fence`` is asked
+        once the slot is ours (an Order queued behind the slots may have lost its partition
+        while it waited); the deadline it answers travels with the request, which is not
+        sent at all once it has passed — checked when the connection is ours, right before
+        the first byte is written (a pause between the check and the write)."""
         async with self._slots:
-            if fence is not None:
-                await fence(action)
-            return await call()
+            deadline = await fence(action) if fence is not None else None
+            return await call(deadline)

@@ -40,7 +40,7 @@ class SlowWhmcs:
         self.most_in_flight = 0
         self.next_id = 0
 
-    async def add_order(self, params):
+    async def add_order(self, params, *, send_deadline=None):
         order_id = params["notes"].split()[0].split("=")[1]
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -54,7 +54,7 @@ class SlowWhmcs:
         self.next_id += 1
         return AddOrderResult(order_id=self.next_id)
 
-    async def accept_order(self, order_id, *, autosetup=True):
+    async def accept_order(self, order_id, *, autosetup=True, send_deadline=None):
         return None
 
     async def find_orders_by_marker(self, client_id, sf_order_id):

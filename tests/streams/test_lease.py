@@ -132,7 +132,7 @@ class FakeWhmcs:
         self.on_call = lambda _action: None
         self.next_id = 100
 
-    async def add_order(self, params):
+    async def add_order(self, params, *, send_deadline=None):
         from common.whmcs import AddOrderResult
 
         self.on_call("AddOrder")
@@ -140,7 +140,7 @@ class FakeWhmcs:
         self.next_id += 1
         return AddOrderResult(order_id=self.next_id, service_ids=[self.next_id * 10])
 
-    async def accept_order(self, order_id, *, autosetup=True):
+    async def accept_order(self, order_id, *, autosetup=True, send_deadline=None):
         self.on_call("AcceptOrder")
         self.calls.append(("AcceptOrder", order_id))
 

@@ -334,3 +334,78 @@ def test_two_pending_orders_keep_the_lowest_and_accept_only_it(whmcs):
     assert result.whmcs_order_id == a and result.cancelled_ids == [b]
     statuses = {o["id"]: o["status"] for o in whmcs.orders_for(oid)}
     assert statuses == {a: "Active", b: "Cancelled"}
+
+
+# -- the send deadline: a request whose lease ran out is never sent -------------------------
+
+def test_a_passed_send_deadline_sends_nothing(whmcs):
+    import time
+
+    from common.errors import WhmcsNotSentError
+
+    before = sum(whmcs.counters()["calls"].values())
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            with pytest.raises(WhmcsNotSentError):
+                await client.add_order(req("801T0000000040AAA").params(),
+                                       send_deadline=time.monotonic() - 0.01)
+            made = await client.add_order(req("801T0000000041AAA").params(),
+                                          send_deadline=time.monotonic() + 30)
+            return made
+    made = run(go())
+    assert made.order_id and whmcs.orders_for("801T0000000040AAA") == []
+    assert sum(whmcs.counters()["calls"].values()) == before + 1
+
+
+def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs):
+    """A process paused after every earlier check and before the write: the transport checks
+    once the connection is ours (new or reused), before any byte of the request is written."""
+    import time
+
+    import httpx
+
+    from common.http_transport import SEND_DEADLINE, AiohttpTransport, NotSent
+    from common.whmcs import encode_form
+
+    url = whmcs.env()["WHMCS_API_URL"]
+    body = encode_form({"action": "AddOrder", **req("801T0000000042AAA").params(),
+                        "identifier": whmcs.env()["WHMCS_API_IDENTIFIER"],
+                        "secret": whmcs.env()["WHMCS_API_SECRET"], "responsetype": "json"})
+    before = sum(whmcs.counters()["calls"].values())
+
+    async def go():
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+            await http.post(url, content=b"action=GetOrders")  # a connection to reuse
+            for _ in range(2):  # a reused connection, then (closed by us) a new one
+                with pytest.raises(NotSent, match="send deadline passed"):
+                    await http.post(url, content=body.encode(), extensions={
+                        SEND_DEADLINE: time.monotonic() - 0.001},
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    run(go())
+    assert whmcs.orders_for("801T0000000042AAA") == []
+    assert sum(whmcs.counters()["calls"].values()) == before + 1  # only the GetOrders
+
+
+def test_provisioning_asks_the_fence_again_after_a_not_sent_call(whmcs):
+    """The fence's deadline passes before the request leaves: nothing is sent, no lookup is
+    needed (it was certainly not sent), and the next round asks the fence again."""
+    import time
+
+    from streams.lease import Fenced, LeaseCheck
+
+    asked: list[str] = []
+
+    async def fence(action: str) -> float:
+        asked.append(action)
+        if len(asked) == 1:
+            return time.monotonic() - 1  # already past: as if paused since the check
+        raise Fenced(LeaseCheck(False, "partition lost", lost=True), stage=action)
+
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            await Provisioner(client, policy()).provision(req("801T0000000043AAA"), fence=fence)
+    with pytest.raises(Fenced):
+        run(go())
+    assert asked == ["AddOrder", "AddOrder"]
+    assert whmcs.orders_for("801T0000000043AAA") == []
