@@ -4,11 +4,13 @@ Each process runs as its own principal and may do only what its code does:
 
 ========== ============================================================================
 connector  write requests, dead letters, replay gaps; read and write its offsets topic;
-           its transactional id; the throwaway groups of its position reader
+           its transactional id; the throwaway groups of its position reader; for the
+           reconciliation passes: read requests and outcomes, describe the worker's group
 worker     read requests in its group; write outcomes and dead letters; create, read and
            write its own topics (faust's changelogs and leader topic, ``<app id>-…``); its
            group and the groups of its commit gate and stall watchdog (``<app id>…``)
-sink       read outcomes in its group; write dead letters
+sink       read outcomes in its group (and its lag gauge's, ``<group>…``); write dead
+           letters
 ops        read every topic (``sfprov tail``, ``dlq``, ``trace``, ``topics``); describe
            the worker's and sink's groups (``lag``); its throwaway groups
 ========== ============================================================================
@@ -35,6 +37,7 @@ from connectors.writer import transactional_id
 
 OFFSET_READER_GROUP_PREFIX = "sfprov-offset-reader-"  # connectors.offsets.load_position
 CLI_GROUP_PREFIX = "sfprov-cli-"  # ops.kafkaview.consumer
+RECONCILE_GROUP_PREFIX = "sfprov-reconcile-"  # common.reconcile._consumer
 
 
 @dataclass(frozen=True, order=True)
@@ -79,6 +82,12 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
         Acl(c, "TRANSACTIONAL_ID", transactional_id(kafka, connector.name, connector.channel),
             "WRITE"),
         Acl(c, "GROUP", OFFSET_READER_GROUP_PREFIX, "READ", "PREFIXED"),
+        # the reconciliation passes (connectors.reconciler): read what was requested and
+        # decided, and how far the worker's group has consumed
+        *_topic(c, kafka.outcomes, "READ"),
+        *_topic(c, kafka.requests, "READ"),
+        Acl(c, "GROUP", RECONCILE_GROUP_PREFIX, "READ", "PREFIXED"),
+        Acl(c, "GROUP", app_id, "DESCRIBE"),
 
         *_topic(w, kafka.requests, "READ"),
         *_topic(w, kafka.outcomes, "WRITE"),
@@ -88,7 +97,8 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
 
         *_topic(s, kafka.outcomes, "READ"),
         *_topic(s, kafka.dead_letters, "WRITE"),
-        Acl(s, "GROUP", kafka.topic(sink.group_id), "READ"),
+        # its group, and its lag gauge's (``<group>-watchdog``)
+        Acl(s, "GROUP", kafka.topic(sink.group_id), "READ", "PREFIXED"),
 
         *[acl for name in (kafka.requests, kafka.outcomes, kafka.dead_letters,
                            kafka.connector_offsets, kafka.replay_gaps)

@@ -330,6 +330,7 @@ class Worker:
         refused = self.provisioner.access_refused_since
         whmcs_refused = refused is not None and time.time() - refused > 60
         details = {"events": self.events, "in_flight": self.lanes.in_flight,
+                   "event_errors": self.handler.errors, "last_error": self.handler.last_error,
                    "last_event_at": self.last_event_at, "fenced": self.fenced,
                    "salesforce_unavailable_since": since,
                    "salesforce_last_error": self.guard.last_error,

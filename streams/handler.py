@@ -136,6 +136,8 @@ class EventHandler:
         self.lease, self.writer_id = lease, writer_id
         self.intent_lease_ms = int(intent_lease_s * 1000)
         self._clock = clock_ms
+        self.errors = 0  # unexpected errors handling an event (/readyz details)
+        self.last_error: str | None = None
 
     async def handle(self, event: Event, rec: RawRecord) -> bool:
         backoff = Backoff(initial_s=1.0, max_s=10.0, jitter=False)
@@ -156,6 +158,8 @@ class EventHandler:
                 if isinstance(exc, DurabilityError):
                     raise  # a table the broker did not acknowledge: see streams.app
                 metrics.EVENT_ERRORS.inc()
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("handling the event failed (attempt %d/%d)", attempt, ATTEMPTS,
                               extra={"order_id": event.order_id, "offset": rec.offset})
                 error: Exception = exc

@@ -211,7 +211,7 @@ def test_processes_kept_running(run: Run) -> None:
         assert c.pipeline.log(name).read_text().count("=== start") == 1
     status, worker = c.health("worker")
     assert status == 200, worker
-    assert worker["batch_errors"] == 0, f"a batch raised: {worker['last_error']}"
+    assert worker["event_errors"] == 0, f"an event raised: {worker['last_error']}"
     assert "batch failed" not in c.pipeline.log("worker").read_text()
     status, sink = c.health("sink")
     assert status == 200 and sink["status"] == "running", sink

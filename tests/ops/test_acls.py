@@ -20,11 +20,16 @@ def allowed(principal: str, resource: str, name: str) -> set[str]:
 
 
 def test_connector_writes_requests_offsets_gaps_dead_letters_in_its_transaction():
-    for topic in (KAFKA.requests, KAFKA.dead_letters, KAFKA.replay_gaps):
+    for topic in (KAFKA.dead_letters, KAFKA.replay_gaps):
         assert allowed(P.connector, "TOPIC", topic) == {"WRITE", "DESCRIBE_CONFIGS"}
+    # requests: written, and read by the reconciliation passes, as the outcomes
+    assert allowed(P.connector, "TOPIC", KAFKA.requests) == {"READ", "WRITE",
+                                                             "DESCRIBE_CONFIGS"}
     assert allowed(P.connector, "TOPIC", KAFKA.connector_offsets) == {
         "READ", "WRITE", "DESCRIBE_CONFIGS"}
-    assert allowed(P.connector, "TOPIC", KAFKA.outcomes) == set()
+    assert allowed(P.connector, "TOPIC", KAFKA.outcomes) == {"READ", "DESCRIBE_CONFIGS"}
+    assert allowed(P.connector, "GROUP", "prod.sfprov-worker") == {"DESCRIBE"}
+    assert allowed(P.connector, "GROUP", "sfprov-reconcile-1a2b3c4d") == {"READ"}
     assert allowed(P.connector, "TRANSACTIONAL_ID",
                    "prod.sfprov-connector|event.OrderProvisionRequested__e") == {"WRITE"}
     assert allowed(P.connector, "TRANSACTIONAL_ID", "prod.other|event.X") == set()
@@ -38,7 +43,7 @@ def test_worker_reads_requests_writes_outcomes_and_owns_its_changelogs():
     changelog = "prod.sfprov-worker-idem-changelog"
     assert allowed(P.worker, "TOPIC", changelog) == {"CREATE", "READ", "WRITE",
                                                       "DESCRIBE_CONFIGS"}
-    for group in ("prod.sfprov-worker", "prod.sfprov-worker-commit-gate",
+    for group in ("prod.sfprov-worker", "prod.sfprov-worker-checkpoint",
                   "prod.sfprov-worker-watchdog"):
         assert allowed(P.worker, "GROUP", group) == {"READ"}
     assert allowed(P.worker, "GROUP", "prod.sfprov-sink") == set()
@@ -50,6 +55,7 @@ def test_sink_reads_outcomes_writes_dead_letters_and_nothing_else():
     assert allowed(P.sink, "TOPIC", KAFKA.dead_letters) == {"WRITE", "DESCRIBE_CONFIGS"}
     assert allowed(P.sink, "TOPIC", KAFKA.requests) == set()
     assert allowed(P.sink, "GROUP", "prod.sfprov-sink") == {"READ"}
+    assert allowed(P.sink, "GROUP", "prod.sfprov-sink-watchdog") == {"READ"}  # its lag gauge
     assert not any(r.operation == "CREATE" for r in RULES if r.principal == P.sink)
 
 
