@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
 
 from common.avro import AvroSerde, load_schema
+from common.backoff import Backoff
 from common.deadletter import parse_headers
 from common.errors import (
     ConfigError,
@@ -24,7 +25,6 @@ from common.errors import (
     SalesforceLimitError,
     TransactionTimedOutError,
 )
-from common.backoff import Backoff
 from connectors.decode import (
     KAFKA_MESSAGE_MAX_BYTES,
     TRUNCATED_PAYLOAD_BYTES,
