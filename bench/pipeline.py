@@ -12,8 +12,14 @@ broker. Phases, in order:
    Salesforce clock; p50/p95/p99 and a plot over time.
 4. **backlog** — worker stopped, ``--backlog`` events queued in the requests topic, worker
    started: outcomes/s until the backlog is drained.
-5. **ceiling** — a raw topic→topic copy of the same number of records with confluent-kafka on
-   the same broker; the pipeline's backlog rate as a ratio of it.
+   The CPU (user + system, from ``/proc``) every process spends from the approvals to the
+   last write-back, per Order: connector, worker, sink, both sandboxes, the broker.
+5. **the WHMCS sandbox alone** — ``AddOrder`` + ``AcceptOrder`` pairs/s driven straight into
+   it: the bound for a pipeline that must make two WHMCS calls per Order; the backlog rate as
+   a ratio of it.
+6. **side by side** — the pipeline and the seed's design (``bench/baseline.py``) on the same
+   sandboxes, at 0 and 150 ms per WHMCS call: Orders/s, Salesforce and WHMCS calls per Order,
+   duplicates after one SIGKILL mid-run.
 
 Peak RSS (VmHWM) of the connector, worker and sink is read at the end. Writes
 ``bench/results/bench.json`` and ``bench/results/bench.png`` and prints a table.
@@ -22,6 +28,7 @@ Peak RSS (VmHWM) of the connector, worker and sink is read at the end. Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import statistics
@@ -31,15 +38,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from bench.cpu import CpuMeter
 from bench.harness import Pipeline
-from tests.conftest import create_topic
+from bench.side_by_side import compare, cpu_pids, table, whmcs_pairs_per_s
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"sf_api_calls_per_order": ("<=", 0.03), "whmcs_calls_per_order": ("<=", 2.0),
-           "latency_ms_p99": ("<", 300.0), "backlog_orders_per_s": (">=", 500.0),
-           "ceiling_ratio": (">=", 0.2), "rss_mb_max": ("<=", 200.0)}
+           "latency_ms_p99": ("<", 300.0), "backlog_orders_per_s": (">=", 1000.0),
+           "whmcs_bound_ratio": (">=", 0.5), "pipeline_cpu_ms_per_order": ("<=", 0.5),
+           "pipeline_to_whmcs_sandbox_cpu": ("<=", 1.5), "rss_mb_max": ("<=", 200.0)}
 
 
 def _sf_ms(value: str) -> float:
@@ -104,6 +113,7 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
 def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     p.stop("worker")
     before = _count_outcomes(p)
+    meter = CpuMeter(cpu_pids(p)).start()  # the connector writes the events now
     ids = p.sf.approve(n)
     # Wait until the connector has written every event (requests end offsets grow by n).
     c = Consumer(p.client_config(**{"group.id": "bench-backlog"}))
@@ -118,6 +128,7 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     c.close()
     t0 = time.monotonic()
     p.start("worker")
+    meter.track("worker", p.procs["worker"].pid)
     target = before + n
     samples = []
     while time.monotonic() - t0 < 900:
@@ -128,46 +139,15 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     p.wait_settled(ids[-200:], timeout=600, poll=2)
+    cpu = meter.stop()  # approval → the last write-back: every process's share of the work
     # The drain rate proper runs from the first outcome to the last: the worker's start-up
     # (process, group join, table recovery) is reported apart, not averaged into it.
     first = next(((t, c) for t, c in samples if c > 0), (elapsed, 0))
     drain_s = max(1e-9, elapsed - first[0])
     return {"orders": n, "seconds": elapsed, "startup_s": first[0],
             "orders_per_s": (n - first[1]) / drain_s if n > first[1] else n / elapsed,
-            "orders_per_s_with_startup": n / elapsed, "samples": samples}
-
-
-def phase_ceiling(p: Pipeline, n: int, value_size: int = 220) -> dict[str, Any]:
-    src, dst = f"{p.prefix}bench.copy-src", f"{p.prefix}bench.copy-dst"
-    create_topic(p.bootstrap, src, 3)
-    create_topic(p.bootstrap, dst, 3)
-    producer = Producer(p.client_config(**{"linger.ms": 5, "compression.type": "lz4",
-                                           "enable.idempotence": True}))
-    payload = b"x" * value_size
-    for i in range(n):
-        producer.produce(src, key=f"801{i:015d}".encode(), value=payload)
-        if i % 10000 == 0:
-            producer.poll(0)
-    producer.flush(60)
-    consumer = Consumer(p.client_config(**{"group.id": f"{p.prefix}copy",
-                                           "auto.offset.reset": "earliest",
-                                           "enable.auto.commit": False}))
-    consumer.subscribe([src])
-    copied = 0
-    t0 = None
-    while copied < n:
-        for msg in consumer.consume(1000, 1.0):
-            if msg.error():
-                continue
-            t0 = t0 or time.monotonic()
-            producer.produce(dst, key=msg.key(), value=msg.value())
-            copied += 1
-        producer.poll(0)
-    producer.flush(60)
-    consumer.commit(asynchronous=False)
-    elapsed = time.monotonic() - (t0 or time.monotonic())
-    consumer.close()
-    return {"records": n, "seconds": elapsed, "per_s": n / elapsed}
+            "orders_per_s_with_startup": n / elapsed, "samples": samples,
+            "cpu_ms_per_order": {k: 1000 * v / n for k, v in cpu.items()}}
 
 
 def peak_rss_mb(p: Pipeline) -> dict[str, float]:
@@ -235,26 +215,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-rate", type=float, default=50.0)
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--backlog", type=int, default=50_000)
+    parser.add_argument("--pairs", type=int, default=3000,
+                        help="AddOrder+AcceptOrder pairs driven into the WHMCS sandbox alone")
+    parser.add_argument("--compare", type=int, default=300,
+                        help="Orders per run of the side-by-side phase (0: skip it)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", type=Path,
+                        help="run in this directory and keep it (logs) instead of a temporary one")
     args = parser.parse_args(argv)
     total = args.burst + args.sustained + int(args.steady_rate * args.steady_seconds) + \
-        args.backlog + 100
-    with tempfile.TemporaryDirectory(prefix="sfprov-bench-") as tmp:
+        args.backlog + 7 * args.compare + 100
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory(prefix="sfprov-bench-")) as tmp:
         print(f"bench: seeding {total} Orders and starting the pipeline ...", flush=True)
         with Pipeline(Path(tmp), accounts=200, orders=total, broken_every=0,
                       partitions=6) as p:
-            print("phase 1/5: burst", flush=True)
+            print("phase 1/6: burst", flush=True)
             burst = phase_burst(p, args.burst)
-            print("phase 2/5: sustained", flush=True)
+            print("phase 2/6: sustained", flush=True)
             sustained = phase_burst(p, args.sustained)
-            print("phase 3/5: steady", flush=True)
+            print("phase 3/6: steady", flush=True)
             steady = phase_steady(p, args.steady_rate, args.steady_seconds)
-            print("phase 4/5: backlog", flush=True)
+            print("phase 4/6: backlog (CPU per Order of every process)", flush=True)
             backlog = phase_backlog(p, args.backlog)
-            print("phase 5/5: kafka ceiling", flush=True)
-            ceiling = phase_ceiling(p, args.backlog)
             rss = peak_rss_mb(p)
             gate = worker_metrics(p)
+            print("phase 5/6: the WHMCS sandbox alone (AddOrder+AcceptOrder pairs/s)",
+                  flush=True)
+            pairs = whmcs_pairs_per_s(p, args.pairs)
+            side: dict[str, Any] = {}
+            if args.compare:
+                print("phase 6/6: the pipeline beside the seed's design (bench/baseline.py)",
+                      flush=True)
+                side = compare(p, n_fast=args.compare, n_slow_pipeline=args.compare,
+                               n_slow_baseline=max(20, args.compare // 5))
+    cpu = backlog["cpu_ms_per_order"]
+    pipeline_cpu = sum(cpu.get(k, 0.0) for k in ("connector", "worker", "sink"))
     result = {
         "orders_per_s": round(sustained["orders"] / sustained["seconds"], 1),
         "latency_ms_p50": round(steady["p50"], 1), "latency_ms_p95": round(steady["p95"], 1),
@@ -264,15 +262,21 @@ def main(argv: list[str] | None = None) -> int:
         "backlog_worker_startup_s": round(backlog["startup_s"], 1),
         "sf_api_calls_per_order": round(burst["sf_api_calls"] / burst["orders"], 4),
         "whmcs_calls_per_order": round(burst["whmcs_calls"] / burst["orders"], 3),
-        "kafka_copy_per_s": round(ceiling["per_s"], 1),
-        "ceiling_ratio": round(backlog["orders_per_s"] / ceiling["per_s"], 3),
+        "cpu_ms_per_order": {k: round(v, 3) for k, v in cpu.items()},
+        "pipeline_cpu_ms_per_order": round(pipeline_cpu, 3),
+        "pipeline_to_whmcs_sandbox_cpu": round(
+            pipeline_cpu / max(1e-9, cpu.get("whmcs_sandbox", 0.0)), 2),
+        "whmcs_sandbox_pairs_per_s": round(pairs["pairs_per_s"], 1),
+        "whmcs_sandbox_cpu_ms_per_pair_alone": round(pairs["sandbox_cpu_ms_per_pair"], 3),
+        "whmcs_bound_ratio": round(backlog["orders_per_s"] / pairs["pairs_per_s"], 3),
         "rss_mb_max": round(max(rss.values()), 1) if rss else None,
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},
-        "commit_gate_checks": int(gate.get("sfprov_worker_commit_check_seconds_count", 0)),
-        "commit_gate_check_ms_mean": round(
+        "commit_checks": int(gate.get("sfprov_worker_commit_check_seconds_count", 0)),
+        "commit_check_ms_mean": round(
             1000 * gate.get("sfprov_worker_commit_check_seconds_sum", 0.0)
             / max(1.0, gate.get("sfprov_worker_commit_check_seconds_count", 0.0)), 2),
-        "commit_gate_holds": int(gate.get("sfprov_worker_commit_holds_total", 0)),
+        "commit_holds": int(gate.get("sfprov_worker_commit_holds_total", 0)),
+        "side_by_side": side,
         "burst": {k: v for k, v in burst.items()},
         "sustained_orders": sustained["orders"], "steady_orders": steady["orders"],
         "backlog_orders": backlog["orders"],
@@ -288,27 +292,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    cpu = r["cpu_ms_per_order"]
     rows = [("sustained orders/s (approval → write-back)", r["orders_per_s"], ""),
             ("latency p50 / p95 / p99 at 50 orders/s (ms)",
              f"{r['latency_ms_p50']} / {r['latency_ms_p95']} / {r['latency_ms_p99']}",
              "p99 < 300"),
             ("backlog drain, first to last outcome (orders/s)", r["backlog_orders_per_s"],
-             ">= 500"),
+             ">= 1000"),
             ("  … including the worker's start-up (s)",
              f"{r['backlog_orders_per_s_with_startup']} ({r['backlog_worker_startup_s']} s)", ""),
+            ("WHMCS sandbox alone: AddOrder+AcceptOrder pairs/s", r["whmcs_sandbox_pairs_per_s"],
+             ""),
+            ("backlog orders/s ÷ WHMCS sandbox pairs/s", r["whmcs_bound_ratio"], ">= 0.5"),
+            ("CPU ms per Order: connector / worker / sink",
+             f"{cpu.get('connector', 0):.3f} / {cpu.get('worker', 0):.3f} / "
+             f"{cpu.get('sink', 0):.3f}", ""),
+            ("CPU ms per Order: the pipeline (the three)", r["pipeline_cpu_ms_per_order"],
+             "<= 0.5"),
+            ("CPU ms per Order: WHMCS sandbox / SF sandbox / broker",
+             f"{cpu.get('whmcs_sandbox', 0):.3f} / {cpu.get('salesforce_sandbox', 0):.3f} / "
+             f"{cpu.get('broker', 0):.3f}", ""),
+            ("pipeline CPU ÷ WHMCS sandbox CPU (same Orders)", r["pipeline_to_whmcs_sandbox_cpu"],
+             "<= 1.5"),
             ("Salesforce API calls per order (1,000 burst)", r["sf_api_calls_per_order"],
              "<= 0.03"),
             ("WHMCS calls per order", r["whmcs_calls_per_order"], "2.00"),
-            ("commit gate, backlog phase: checks, mean ms, holds",
-             f"{r['commit_gate_checks']}, {r['commit_gate_check_ms_mean']}, "
-             f"{r['commit_gate_holds']}", ""),
-            ("raw Kafka topic→topic copy (records/s)", r["kafka_copy_per_s"], ""),
-            ("pipeline / copy ceiling", r["ceiling_ratio"], ">= 0.2"),
+            ("commits, backlog phase: checks, mean ms, holds",
+             f"{r['commit_checks']}, {r['commit_check_ms_mean']}, {r['commit_holds']}", ""),
             ("peak RSS per process (MB)", json.dumps(r["rss_mb"]), "<= 200")]
     width = max(len(name) for name, _, _ in rows)
     print(f"\n{'measure':<{width}}  {'value':>28}  target")
     for name, value, target in rows:
         print(f"{name:<{width}}  {str(value):>28}  {target}")
+    if r.get("side_by_side"):
+        print("\nthe pipeline beside the seed's design (same sandboxes, same run):")
+        print("\n".join(table(r["side_by_side"])))
 
 
 if __name__ == "__main__":

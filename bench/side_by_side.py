@@ -1,0 +1,228 @@
+"""Phases of ``make bench`` that put figures side by side (issue #14).
+
+* :func:`whmcs_pairs_per_s` — the WHMCS sandbox's own ``AddOrder`` + ``AcceptOrder`` pairs per
+  second, driven directly (``WORKER_WHMCS_PARALLELISM`` calls in flight, nothing else
+  running): the bound for any pipeline that must make two WHMCS calls per Order;
+* :func:`compare` — the pipeline against the seed's design (``bench/baseline.py``) on the same
+  sandboxes, at zero WHMCS latency and at 150 ms per call: Orders/s, Salesforce and WHMCS
+  calls per Order, and duplicate WHMCS orders after one SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from bench.harness import ROOT, Pipeline
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient
+
+
+def whmcs_pairs_per_s(p: Pipeline, pairs: int = 3000, parallelism: int = 16) -> dict[str, Any]:
+    """AddOrder+AcceptOrder pairs/s of the WHMCS sandbox alone (its CPU per pair too)."""
+    from bench.cpu import CpuMeter
+
+    settings = WhmcsSettings.load(p.whmcs.env())
+    client_ids = [1000 + i for i in range(10, 60)]
+
+    async def drive() -> float:
+        async with WhmcsClient(settings) as client:
+            slots = asyncio.Semaphore(parallelism)
+
+            async def one(i: int) -> None:
+                async with slots:
+                    made = await client.add_order({
+                        "clientid": client_ids[i % len(client_ids)],
+                        "paymentmethod": "mailin", "pid": [4], "billingcycle": ["annually"],
+                        "qty": [1], "noemail": True, "notes": f"bench-pair-{i}"})
+                    await client.accept_order(made.order_id)
+            t0 = time.monotonic()
+            await asyncio.gather(*(one(i) for i in range(pairs)))
+            return time.monotonic() - t0
+    meter = CpuMeter({"whmcs_sandbox": p.whmcs.process.pid}).start()
+    seconds = asyncio.run(drive())
+    cpu = meter.stop()["whmcs_sandbox"]
+    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
+            "sandbox_cpu_ms_per_pair": 1000 * cpu / pairs}
+
+
+def _latency(p: Pipeline, ms: int) -> None:
+    p.whmcs.clear_faults()
+    if ms:
+        p.whmcs.set_faults("*", latency_ms=ms)
+
+
+def _counters(p: Pipeline) -> tuple[int, int]:
+    sf, wh = p.sf.counters(), p.whmcs.counters()
+    return sf["api_used"], sum(wh["calls"].values())
+
+
+def _kill_midway(p: Pipeline, ids: list[str], kill: Any, restart: Any) -> threading.Thread:
+    """SIGKILL once half of ``ids`` are settled, then restart (in a thread)."""
+    def run() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            rows = p.sf_orders(ids)
+            done = sum(1 for r in rows.values()
+                       if r.get("Activation_Status__c") in ("Provisioned", "Failed"))
+            if done >= len(ids) // 2:
+                kill()
+                time.sleep(1.0)
+                restart()
+                return
+            time.sleep(0.2)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run(p: Pipeline, n: int, latency_ms: int, kill: Any = None,
+         restart: Any = None) -> dict[str, Any]:
+    """Approve ``n`` Orders and wait for every write-back; with ``kill``, SIGKILL midway."""
+    _latency(p, latency_ms)
+    sf0, wh0 = _counters(p)
+    ids = p.sf.approve(n)
+    t0 = time.monotonic()
+    killer = _kill_midway(p, ids, kill, restart) if kill else None
+    try:
+        p.wait_settled(ids, timeout=900, poll=0.5)
+        elapsed = time.monotonic() - t0
+        if killer is not None:
+            killer.join(5)
+    finally:
+        p.whmcs.clear_faults()
+    sf1, wh1 = _counters(p)
+    return {"orders": n, "orders_per_s": n / elapsed, "sf_calls_per_order": (sf1 - sf0) / n,
+            "whmcs_calls_per_order": (wh1 - wh0) / n,
+            "duplicates": p.invariants(ids)["duplicates"]}
+
+
+def _worker_assigned(p: Pipeline, timeout: float = 120.0) -> None:
+    """Until the worker owns partitions again (after a SIGKILL the group waits out the dead
+    member's session before it reassigns them)."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception), urllib.request.urlopen(  # noqa: S310 - local
+                f"http://127.0.0.1:{p.ports['worker']}/readyz", timeout=2) as resp:
+            if json.loads(resp.read()).get("assigned_partitions"):
+                return
+        time.sleep(0.5)
+    raise RuntimeError("the worker owns no partition")
+
+
+def _restart_worker(p: Pipeline) -> None:
+    p.start("worker")
+    _worker_assigned(p)
+
+
+def run_pipeline(p: Pipeline, n: int, latency_ms: int) -> dict[str, Any]:
+    """A clean run (Orders/s, calls per Order), then one with the worker SIGKILLed midway
+    (duplicates)."""
+    _worker_assigned(p)
+    clean = _run(p, n, latency_ms)
+    killed = _run(p, n, latency_ms, lambda: p.kill("worker"), lambda: _restart_worker(p))
+    _worker_assigned(p)
+    return {**clean, "duplicates": killed["duplicates"],
+            "orders_per_s_with_a_kill": killed["orders_per_s"]}
+
+
+class _Baseline:
+    """``python -m bench.baseline run`` as a subprocess of the pipeline's environment."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = self.p.env("baseline")
+        path = self.p.dir / "logs" / "baseline.log"
+        seen = path.read_text(errors="replace").count("ready") if path.exists() else 0
+        log = open(path, "ab")  # noqa: SIM115 - the child's
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.baseline", "run"],
+                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 60
+        while path.read_text(errors="replace").count("ready") <= seen:  # this one's
+            assert time.monotonic() < deadline, "the baseline never got its partitions"
+            assert self.proc.poll() is None, f"the baseline exited; see {path}"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def run_baseline(p: Pipeline, n: int, latency_ms: int) -> dict[str, Any]:
+    """As :func:`run_pipeline`, with ``bench.baseline`` SIGKILLed midway."""
+    baseline = _Baseline(p)
+    baseline.start()
+    try:
+        clean = _run(p, n, latency_ms)
+        killed = _run(p, n, latency_ms, baseline.kill, baseline.start)
+    finally:
+        baseline.stop()
+    return {**clean, "duplicates": killed["duplicates"],
+            "orders_per_s_with_a_kill": killed["orders_per_s"]}
+
+
+def compare(p: Pipeline, *, n_fast: int = 300, n_slow_baseline: int = 60,
+            n_slow_pipeline: int = 300) -> dict[str, Any]:
+    """Both designs at 0 and 150 ms per WHMCS call; the baseline runs with the pipeline's
+    worker and sink stopped (the same requests topic, the same sandboxes)."""
+    out: dict[str, Any] = {"pipeline": {}, "baseline": {}}
+    for latency, n in ((0, n_fast), (150, n_slow_pipeline)):
+        out["pipeline"][f"{latency}ms"] = run = run_pipeline(p, n, latency)
+        print(f"  pipeline, {latency} ms per WHMCS call: {run}", flush=True)
+    p.stop("worker")
+    p.stop("sink")
+    try:
+        for latency, n in ((0, n_fast), (150, n_slow_baseline)):
+            out["baseline"][f"{latency}ms"] = run = run_baseline(p, n, latency)
+            print(f"  seed's design, {latency} ms per WHMCS call: {run}", flush=True)
+    finally:
+        p.start("sink")
+        p.start("worker")
+    return out
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """The side-by-side table (markdown) for the README."""
+    rows = [("Orders/s", "orders_per_s", "{:.1f}"),
+            ("Salesforce calls per Order", "sf_calls_per_order", "{:.3f}"),
+            ("WHMCS calls per Order", "whmcs_calls_per_order", "{:.2f}"),
+            ("duplicate WHMCS orders after one SIGKILL", "duplicates", "{}")]
+    lines = ["| measure | pipeline, 0 ms | seed's design, 0 ms | pipeline, 150 ms | "
+             "seed's design, 150 ms |", "|---|---|---|---|---|"]
+    for name, key, fmt in rows:
+        cells = [fmt.format(result[design][lat][key]) for lat in ("0ms", "150ms")
+                 for design in ("pipeline", "baseline")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    return lines
+
+
+def cpu_pids(p: Pipeline) -> dict[str, int | None]:
+    """The processes whose CPU ``make bench`` reports per Order."""
+    pids: dict[str, int | None] = {name: proc.pid for name, proc in p.procs.items()}
+    pids["salesforce_sandbox"] = p.sf.proc.pid if p.sf.proc else None
+    pids["whmcs_sandbox"] = p.whmcs.process.pid if p.whmcs.process else None
+    pids["broker"] = p.broker.running_pid() if p.broker else None
+    return pids
+

@@ -1,0 +1,145 @@
+"""``python -m bench.soak --orders 1000000``: memory over a long run (not part of make test).
+
+The whole pipeline (``bench.harness``) provisions ``--orders`` Orders at its sustainable rate:
+Orders are seeded and approved a chunk at a time, and the next chunk is approved once most of
+the previous one is written back, so the pipeline never idles and never builds an unbounded
+backlog. Every ``--sample-s`` seconds the resident memory (VmRSS) of every process —
+connector, worker, sink, both sandboxes, the broker — is recorded with the number of Orders
+written back so far, into ``soak.json`` and a plot ``soak.png`` (``--out``). At the end it
+prints each process's growth from the moment ``--after`` Orders were done to the end; the
+target is at most 10 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Pipeline
+from bench.side_by_side import cpu_pids
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rss_mb(pid: int | None) -> float | None:
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Sampler(threading.Thread):
+    def __init__(self, p: Pipeline, every_s: float, done: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.p, self.every_s, self.done = p, every_s, done
+        self.samples: list[dict[str, Any]] = []
+        self.halt = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every_s):
+            row: dict[str, Any] = {"t_s": round(time.monotonic() - self.t0, 1),
+                                   "orders": self.done[0]}
+            for name, pid in cpu_pids(self.p).items():
+                row[name] = rss_mb(pid)
+            self.samples.append(row)
+
+
+def soak(directory: Path, orders: int, chunk: int, every_s: float) -> dict[str, Any]:
+    done = [0]
+    with Pipeline(directory, accounts=500, orders=chunk, broken_every=0, partitions=6) as p:
+        sampler = Sampler(p, every_s, done)
+        sampler.start()
+        pending: list[str] = p.sf.approve(chunk)
+        seeded = chunk
+        while done[0] < orders:
+            if seeded < orders:
+                p.sf.seed(accounts=0, orders=min(chunk, orders - seeded), broken_every=0)
+                seeded += min(chunk, orders - seeded)
+            # approve the next chunk once most of the previous one is written back
+            rows = p.wait_settled(pending, timeout=3600, poll=2)
+            finished = [oid for oid, r in rows.items()
+                        if r.get("Activation_Status__c") in ("Provisioned", "Failed")]
+            done[0] += len(finished)
+            print(f"  {done[0]} Orders written back, {time.monotonic() - sampler.t0:.0f} s",
+                  flush=True)
+            if done[0] >= orders:
+                break
+            pending = p.sf.approve(min(chunk, orders - done[0]))
+        sampler.halt.set()
+        sampler.join()
+        invariants = p.invariants([])
+    return {"orders": done[0], "samples": sampler.samples, "invariants": invariants}
+
+
+def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
+    """MB each process grew between the first sample with ``after`` Orders done and the end
+    (averaging the last three samples of each end, so one GC's swing does not count)."""
+    later = [s for s in samples if s["orders"] >= after]
+    if len(later) < 2:
+        return {}
+    head, tail = later[:3], later[-3:]
+    names = [k for k in later[0] if k not in ("t_s", "orders")]
+    out = {}
+    for name in names:
+        a = [s[name] for s in head if s.get(name) is not None]
+        b = [s[name] for s in tail if s.get(name) is not None]
+        if a and b:
+            out[name] = round(sum(b) / len(b) - sum(a) / len(a), 1)
+    return out
+
+
+def plot(samples: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    names = [k for k in samples[0] if k not in ("t_s", "orders")] if samples else []
+    for name in names:
+        ax.plot([s["orders"] for s in samples], [s.get(name) for s in samples], label=name)
+    ax.set_xlabel("Orders written back")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title("resident memory over the soak")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=5000)
+    parser.add_argument("--after", type=int, default=100_000,
+                        help="growth is measured from when this many Orders are done")
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sfprov-soak-") as tmp:
+        result = soak(Path(tmp), args.orders, args.chunk, args.sample_s)
+    result["growth_mb_after"] = {"after_orders": args.after,
+                                 "mb": growth(result["samples"], args.after)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result["samples"], args.out / "soak.png")
+    print(json.dumps(result["growth_mb_after"]))
+    worst = max(result["growth_mb_after"]["mb"].values(), default=0.0)
+    print(f"largest growth after {args.after} Orders: {worst:.1f} MB (target <= 10)")
+    return 0 if worst <= 10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
