@@ -35,6 +35,7 @@ from streams.batch import BatchProcessor, DeadLetter, RawRecord, retry_forever
 from streams.commit_gate import CommitGate, broker_reader
 from streams.commit_gate import install as install_commit_gate
 from streams.decide import Context
+from streams.faust_producer import make_idempotent
 from streams.faust_recovery import (
     read_committed,
     rewind_dropped_records,
@@ -136,6 +137,7 @@ class Worker:
             consumer_group_instance_id=worker.instance_id or None,
             # faust's own ends recovery in an order that drops fetched events (see module)
             TableManager="streams.faust_recovery:TableManager")
+        make_idempotent(self.app)  # acks=all alone may duplicate a retried send
         table_kw: dict[str, Any] = dict(default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
                         schema=faust.Schema(key_type=str, key_serializer="raw",
                                             value_serializer="json"))
