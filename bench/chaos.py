@@ -44,6 +44,7 @@ order, counted per ``sfOrderId=`` marker in any status, cancelled included), ``m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -105,6 +106,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
               log: Any = print) -> dict[str, Any]:
     if break_lease:
         workers, pauses = max(workers, 2), pauses or 3
+    log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, seed {seed}, "
+        f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else ""))
     env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
     timeouts: dict[str, float] = {}
     if pauses:
@@ -123,24 +126,27 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                      pause_s=pause_s or 0.0, kill_victims=victims,
                      pause_victims=[p for p in victims if p.startswith("worker")]
                      if break_lease else victims, cluster=brokers > 1, partitions=3)
+    commands = {}
+    if break_guard or break_lease:  # self-test: the invariants must catch the breakage
+        commands["worker"] = ["-m", "bench.broken_worker", "--break",
+                              "lease" if break_lease else "guard", "worker"]
     with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
-                  broken_every=50, partitions=3, env=env, brokers=brokers) as p:
-        if break_guard or break_lease:  # self-test: the invariants must catch the breakage
-            p.commands["worker"] = ["-m", "bench.broken_worker", "--break",
-                                    "lease" if break_lease else "guard", "worker"]
+                  broken_every=50, partitions=3, env=env, brokers=brokers,
+                  commands=commands) as p:
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
         _whmcs_faults(p, seed, whmcs_latency_ms)
         approved: list[str] = []
         errors: list[str] = []
-        approving = threading.Thread(target=_approve, args=(p, orders, rate, approved, errors),
-                                     daemon=True)
+        approving_s = [0.0]
+        approving = threading.Thread(target=_approve, daemon=True,
+                                     args=(p, orders, rate, approved, errors, approving_s))
         started = time.monotonic()
         approving.start()
         applied, restarts = _execute(p, plan, processes, timeouts, started, log)
         approving.join()
-        log(f"  approved {len(approved)} Orders in {time.monotonic() - started:.0f}s; "
-            "waiting for every Order to settle")
+        log(f"  approved {len(approved)} Orders in {approving_s[0]:.0f}s; faults done at "
+            f"{time.monotonic() - started:.0f}s; waiting for every Order to settle")
         restarts += _settle(p, approved, processes, started, settle_timeout)
         workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
@@ -178,8 +184,9 @@ def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
 
 
 def _approve(p: Pipeline, orders: int, rate: float, approved: list[str],
-             errors: list[str]) -> None:
+             errors: list[str], took: list[float]) -> None:
     chunk = max(1, int(rate / 4))
+    first = time.monotonic()
     try:
         while len(approved) < orders:
             started = time.monotonic()
@@ -187,6 +194,7 @@ def _approve(p: Pipeline, orders: int, rate: float, approved: list[str],
             time.sleep(max(0.0, chunk / rate - (time.monotonic() - started)))
     except Exception as exc:  # noqa: BLE001 - reported in the result
         errors.append(f"approving: {exc!r}")
+    took[0] = time.monotonic() - first
 
 
 def _execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
@@ -349,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whmcs-parallelism", type=int, default=None,
                         help="WORKER_WHMCS_PARALLELISM (default 2 with pauses)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in this directory and keep it (every process's log)")
     parser.add_argument("--break-guard", action="store_true",
                         help="self-test: run a worker whose WHMCS lookup never finds an order "
                              "(bench/broken_worker.py); the run must then fail")
@@ -357,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                              "pausing only workers (at least 2); the run must then fail")
     args = parser.parse_args(argv)
     out = args.out or default_out(args)
-    print(f"chaos: {args.orders} Orders at {args.rate}/s, {args.kills} kills, {args.pauses} "
-          f"pauses, seed {args.seed}, {args.workers} worker(s), {args.brokers} broker(s)")
-    with tempfile.TemporaryDirectory(prefix="sfprov-chaos-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="sfprov-chaos-"))
         report = run_chaos(Path(tmp), orders=args.orders, kills=args.kills, seed=args.seed,
                            rate=args.rate, broker_kills=not args.no_broker_kills,
                            break_guard=args.break_guard, workers=args.workers,

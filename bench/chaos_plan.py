@@ -13,8 +13,10 @@ Rules, in the order the random numbers are drawn (the order is part of reproduci
    :data:`RECOVER_S`, the time to start and rejoin). All broker nodes count as one victim,
    ``kafka``: at most one node is down or paused at a time — what a 3-node cluster is built
    to survive (a second lost node leaves acks=all writes short of ``min.insync.replicas``
-   and the controllers without a majority: an outage, not a failover). When every victim is
-   busy, the pause moves to when the first becomes free.
+   and the controllers without a majority: an outage, not a failover). Likewise no worker is
+   paused while another one is down or paused: the case that matters is the paused worker's
+   partitions moving to a live one. When every victim is busy, the pause moves to when the
+   first becomes free.
 3. **Broker targets** (only with a cluster): each fault of ``kafka`` aims at a role, not a
    node — the leader of a requests or outcomes partition, or the coordinator of the worker's
    or the sink's consumer group — resolved through the admin API at the moment it happens
@@ -76,7 +78,9 @@ def _free_slot(rng: random.Random, at: float, victim: str, length: float,
                ) -> tuple[float, str]:
     """``(at, victim)`` if free for ``length`` seconds; else another free victim, else later."""
     def free(v: str, t: float) -> bool:
-        return all(t + length + RECOVER_S <= start or t >= end for start, end in busy.get(v, []))
+        return all(t + length + RECOVER_S <= start or t >= end
+                   for other in busy if _group(other) == _group(v)
+                   for start, end in busy[other])
 
     while True:
         if free(victim, at):
@@ -84,7 +88,12 @@ def _free_slot(rng: random.Random, at: float, victim: str, length: float,
         others = [v for v in victims if free(v, at)]
         if others:
             return at, rng.choice(others)
-        at = min(end for v in victims for start, end in busy.get(v, []) if end > at)
+        at = min(end for windows in busy.values() for _start, end in windows if end > at)
+
+
+def _group(victim: str) -> str:
+    """Victims that must not be out together: the workers; otherwise each on its own."""
+    return "worker" if victim.startswith("worker") else victim
 
 
 def _role(rng: random.Random, partitions: int) -> str:

@@ -54,7 +54,8 @@ class Pipeline:
     def __init__(self, directory: Path, *, bootstrap: str | None = None, accounts: int = 50,
                  orders: int = 200, broken_every: int = 50, partitions: int = 3,
                  env: dict[str, str] | None = None, sf_options: dict[str, Any] | None = None,
-                 whmcs_options: dict[str, Any] | None = None, brokers: int = 1) -> None:
+                 whmcs_options: dict[str, Any] | None = None, brokers: int = 1,
+                 commands: dict[str, list[str]] | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
@@ -70,7 +71,8 @@ class Pipeline:
         self.sf_options = sf_options or {}
         self.whmcs_options = whmcs_options or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.commands = dict(PROCESSES)  # chaos's self-test swaps in a broken worker
+        # chaos's self-tests swap in a broken worker (from the first start on)
+        self.commands = {**PROCESSES, **(commands or {})}
         self.process_env: dict[str, dict[str, str]] = {}  # per-process overrides
         self.ports: dict[str, int] = {}
         self.kills: list[tuple[float, str]] = []
