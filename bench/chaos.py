@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whmcs-parallelism", type=int, default=None,
                         help="WORKER_WHMCS_PARALLELISM (default 2 with pauses)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--settle-timeout", type=float, default=900,
+                        help="seconds to wait after the faults for every Order to settle")
     parser.add_argument("--keep", type=Path, default=None,
                         help="run in this directory and keep it (every process's log)")
     parser.add_argument("--break-guard", action="store_true",
@@ -375,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                            pauses=args.pauses, pause_s=args.pause_s, brokers=args.brokers,
                            break_lease=args.break_lease,
                            whmcs_latency_ms=args.whmcs_latency_ms,
-                           whmcs_parallelism=args.whmcs_parallelism)
+                           whmcs_parallelism=args.whmcs_parallelism,
+                           settle_timeout=args.settle_timeout)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))
