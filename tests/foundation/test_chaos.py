@@ -84,7 +84,7 @@ def test_pauses_of_only_workers_move_later_rather_than_overlap():
                        kill_victims=VICTIMS, pause_victims=["worker", "worker2"])
     assert {f.process for f in faults} <= {"worker", "worker2"}
     times = [f.at_s for f in faults]
-    assert all(b - a >= 30 + RECOVER_S for a, b in zip(times, times[1:]))
+    assert all(b - a >= 30 + RECOVER_S for a, b in zip(times, times[1:], strict=False))
 
 
 def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
@@ -143,3 +143,48 @@ def test_pause_stops_the_process_group_and_resumes_it(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_break_lease_makes_every_check_ok_and_logs_what_it_would_have_fenced(monkeypatch,
+                                                                              caplog):
+    """Against the interface the lead's streams.lease offers (a stand-in module here)."""
+    import dataclasses
+    import sys
+    import types
+
+    import streams
+    from bench import broken_worker
+
+    @dataclasses.dataclass(frozen=True)
+    class LeaseCheck:
+        ok: bool
+        reason: str
+
+    class OwnershipLease:
+        def check(self, partition: int, generation: int) -> LeaseCheck:
+            return LeaseCheck(ok=partition == 0, reason=f"expired on {partition}/{generation}")
+
+    fake = types.ModuleType("streams.lease")
+    fake.LeaseCheck, fake.OwnershipLease = LeaseCheck, OwnershipLease
+    monkeypatch.setitem(sys.modules, "streams.lease", fake)
+    monkeypatch.setattr(streams, "lease", fake, raising=False)
+
+    assert "switched off" in broken_worker.break_lease()
+    lease = OwnershipLease()
+    assert lease.check(0, 3) == LeaseCheck(ok=True, reason="expired on 0/3")
+    with caplog.at_level("WARNING", logger="bench.broken_worker"):
+        verdict = lease.check(2, 5)
+    assert verdict.ok is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "lease off: would have fenced: partition 2 generation 5: expired on 2/5"]
+
+
+def test_break_lease_without_a_lease_module_says_so(monkeypatch):
+    import sys
+
+    import streams
+    from bench import broken_worker
+
+    monkeypatch.setitem(sys.modules, "streams.lease", None)  # import fails
+    monkeypatch.delattr(streams, "lease", raising=False)
+    assert "no ownership lease" in broken_worker.break_lease()
