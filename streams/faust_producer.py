@@ -23,6 +23,11 @@ class IdempotentProducer(faust_aiokafka.Producer):
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
+# mode names a service's logger after its class's module; keep faust's (quietened by
+# common.log), or every start, stop and topic declaration lands in the worker's log at INFO.
+IdempotentProducer.logger = faust_aiokafka.Producer.logger
+
+
 def make_idempotent(app: Any) -> None:
     """Before the app's producer exists: build it as an :class:`IdempotentProducer`."""
     app.transport.Producer = IdempotentProducer

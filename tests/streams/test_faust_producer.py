@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import faust
+import faust.transport.drivers.aiokafka
 
 from streams.faust_producer import IdempotentProducer, make_idempotent
 
@@ -24,6 +25,7 @@ def test_the_apps_producer_is_built_idempotent_with_acks_all():
     assert isinstance(producer, IdempotentProducer)
     assert client._txn_manager is not None  # aiokafka: set only with enable_idempotence
     assert client._sender._acks == -1
+    assert IdempotentProducer.logger is faust.transport.drivers.aiokafka.Producer.logger
 
 
 def test_without_it_faust_would_not_ask_for_idempotence():
