@@ -179,7 +179,8 @@ class LocalCluster:
 
     def coordinator(self, group: str, *, timeout: float = 10.0) -> int | None:
         """Node id of the consumer group's coordinator now (None: unknown)."""
-        future = self._admin().describe_consumer_groups([group], request_timeout=timeout)[group]
+        admin = self._admin()  # held until the answer: a collected client drops its futures
+        future = admin.describe_consumer_groups([group], request_timeout=timeout)[group]
         try:
             node = future.result(timeout=timeout).coordinator
         except Exception:  # noqa: BLE001 - an unknown coordinator is an answer here

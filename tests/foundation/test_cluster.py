@@ -78,6 +78,8 @@ def test_three_nodes_keep_producing_and_consuming_when_a_leader_dies(tmp_path):
             consumer.close()
         assert got == first + second  # one partition: in order, no loss, no duplicate
         assert moved != leader
+        coordinator = cluster.coordinator("g")  # what chaos aims a "coordinator" fault at
+        assert coordinator in {1, 2, 3} - {leader}, coordinator
 
         md = admin.list_topics(timeout=10)
         for name in (topic, "__consumer_offsets"):
