@@ -22,7 +22,8 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
 * ``--brokers 3``: a replicated cluster (``ops.kafka_cluster``: replication factor 3,
   ``min.insync.replicas`` 2, internal topics too). A kill or pause of the broker hits a role
   — the leader of a requests/outcomes partition or the worker's/sink's group coordinator —
-  resolved through the admin API at that moment; at most one node is down at a time.
+  resolved through the admin API at that moment (``"fallback": true`` in the report when
+  nobody held it then and another node was hit); at most one node is down at a time.
 * WHMCS in runs with pauses: 60 ms (± 10) per ``AddOrder``/``AcceptOrder`` and
   ``WORKER_WHMCS_PARALLELISM`` 2 — a worker's WHMCS capacity (about 2 / 0.12 s = 16 Orders/s)
   below its share of the approvals, so its batches hold Orders queued behind the parallelism
