@@ -8,10 +8,11 @@ with:
   crash with a pending intent, or a WHMCS timeout) replaced by one that never finds anything.
 * ``lease`` (``bench.chaos --break-lease``): the ownership lease checked before every WHMCS
   write, ``streams.lease.OwnershipLease.check(partition, generation) -> LeaseCheck``, made to
-  always answer ok. Each check the real lease would have refused is logged as
-  ``lease off: would have fenced: ...`` (chaos counts them: proof that a pause hit a worker
-  holding Orders). Without ``streams.lease`` (a worker from before the lease) nothing is
-  patched: that worker has no lease to switch off, and says so in its log.
+  always answer ok — an ok check valid for an hour (``valid_until`` is also the send
+  deadline the WHMCS request carries), never ``lost``. Each check the real lease would have
+  refused is logged as ``lease off: would have fenced: ...`` (chaos counts them: proof that
+  a pause hit a worker holding Orders). Without ``streams.lease`` (a worker from before the
+  lease) nothing is patched: that worker has no lease to switch off, and says so in its log.
 
 Either way the chaos invariants must then catch duplicate WHMCS orders. Never used by the
 product.
@@ -24,6 +25,7 @@ import dataclasses
 import inspect
 import logging
 import sys
+import time
 from typing import Any
 
 from streams import provision
@@ -31,6 +33,7 @@ from streams.__main__ import main
 
 log = logging.getLogger("bench.broken_worker")
 WOULD_HAVE_FENCED = "lease off: would have fenced:"
+VALID_FOR_S = 3600.0
 
 
 async def _never_found(self: Any, request: Any, **_kw: Any) -> None:
@@ -50,22 +53,27 @@ def break_lease() -> str:
         return "streams.lease not found: this worker has no ownership lease to switch off"
     real = lease.OwnershipLease.check
 
-    def allow(verdict: Any, partition: int, generation: int) -> Any:
+    def allow(owner: Any, verdict: Any, partition: int, generation: int) -> Any:
         if verdict.ok:
             return verdict
         log.warning("%s partition %s generation %s: %s", WOULD_HAVE_FENCED, partition,
                     generation, verdict.reason)
-        if dataclasses.is_dataclass(verdict):
-            return dataclasses.replace(verdict, ok=True)
-        return lease.LeaseCheck(ok=True, reason=f"lease switched off ({verdict.reason})")
+        if not dataclasses.is_dataclass(verdict):
+            return lease.LeaseCheck(ok=True, reason=f"lease switched off ({verdict.reason})")
+        fields = {f.name for f in dataclasses.fields(verdict)}
+        clock = getattr(owner, "_clock", time.monotonic)
+        wall = getattr(owner, "_wall", time.time)
+        changes = {"ok": True, "valid_until": clock() + VALID_FOR_S,
+                   "valid_until_wall": wall() + VALID_FOR_S, "lost": False}
+        return dataclasses.replace(verdict, **{k: v for k, v in changes.items() if k in fields})
 
     if inspect.iscoroutinefunction(real):
         async def acheck(self: Any, partition: int, generation: int) -> Any:
-            return allow(await real(self, partition, generation), partition, generation)
+            return allow(self, await real(self, partition, generation), partition, generation)
         lease.OwnershipLease.check = acheck
     else:
         def check(self: Any, partition: int, generation: int) -> Any:
-            return allow(real(self, partition, generation), partition, generation)
+            return allow(self, real(self, partition, generation), partition, generation)
         lease.OwnershipLease.check = check
     return "ownership lease switched off (OwnershipLease.check always ok)"
 

@@ -71,12 +71,13 @@ def pause_settings() -> tuple[dict[str, str], dict[str, float]]:
     """Env of a run with pauses (lowered timeouts) and each victim's relevant timeout (s)."""
     env = {"WORKER_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
            "SINK_SESSION_TIMEOUT_MS": str(int(SESSION_TIMEOUT_S * 1000))}
-    connector_s = _connector_transaction_timeout_s()
     txn_env = _setting_env("ConnectorSettings", "TRANSACTION_TIMEOUT")
     if txn_env:  # a setting now: lower it like the others
         connector_s = SESSION_TIMEOUT_S
         env[txn_env] = str(int(SESSION_TIMEOUT_S * 1000) if txn_env.endswith("_MS")
                            else SESSION_TIMEOUT_S)
+    else:
+        connector_s = _connector_transaction_timeout_s()
     timeouts = {"worker": SESSION_TIMEOUT_S, "sink": SESSION_TIMEOUT_S,
                 "connector": connector_s, BROKER: BROKER_SESSION_S}
     return env, timeouts

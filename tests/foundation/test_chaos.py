@@ -158,11 +158,22 @@ def test_break_lease_makes_every_check_ok_and_logs_what_it_would_have_fenced(mon
     @dataclasses.dataclass(frozen=True)
     class LeaseCheck:
         ok: bool
-        reason: str
+        reason: str = ""
+        valid_until: float = 0.0
+        valid_until_wall: float = 0.0
+        lost: bool = False
 
     class OwnershipLease:
+        def _clock(self) -> float:
+            return 1000.0
+
+        def _wall(self) -> float:
+            return 5000.0
+
         def check(self, partition: int, generation: int) -> LeaseCheck:
-            return LeaseCheck(ok=partition == 0, reason=f"expired on {partition}/{generation}")
+            if partition == 0:
+                return LeaseCheck(True, "", 1010.0, 5010.0)
+            return LeaseCheck(False, f"expired on {partition}/{generation}", lost=True)
 
     fake = types.ModuleType("streams.lease")
     fake.LeaseCheck, fake.OwnershipLease = LeaseCheck, OwnershipLease
@@ -171,10 +182,11 @@ def test_break_lease_makes_every_check_ok_and_logs_what_it_would_have_fenced(mon
 
     assert "switched off" in broken_worker.break_lease()
     lease = OwnershipLease()
-    assert lease.check(0, 3) == LeaseCheck(ok=True, reason="expired on 0/3")
+    assert lease.check(0, 3) == LeaseCheck(True, "", 1010.0, 5010.0)  # ok: untouched
     with caplog.at_level("WARNING", logger="bench.broken_worker"):
         verdict = lease.check(2, 5)
-    assert verdict.ok is True
+    # ok, not lost, and valid long enough that a send deadline taken from it never bites
+    assert verdict == LeaseCheck(True, "expired on 2/5", 1000.0 + 3600, 5000.0 + 3600)
     assert [r.getMessage() for r in caplog.records] == [
         "lease off: would have fenced: partition 2 generation 5: expired on 2/5"]
 
