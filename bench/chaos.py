@@ -33,6 +33,8 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
 Self-tests — the run must then fail: ``--break-guard`` (the worker's WHMCS lookup never
 finds an order) and ``--break-lease`` (its ownership lease always says ok; at least two
 workers, pauses only of workers, 3 pauses unless ``--pauses``): see ``bench/broken_worker.py``.
+``--pause-workers-only`` draws the same plan with nothing broken: one seed compares the lease
+on and off.
 
 When everything has settled it checks the invariants and writes ``bench/results/chaos.json``:
 ``approved``, ``whmcs_orders``, ``duplicates`` (Salesforce Orders with more than one WHMCS
@@ -105,7 +107,7 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
               break_guard: bool = False, workers: int = 1, pauses: int = 0,
               pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
               whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
-              log: Any = print) -> dict[str, Any]:
+              pause_workers_only: bool = False, log: Any = print) -> dict[str, Any]:
     if break_lease:
         workers, pauses = max(workers, 2), pauses or 3
     log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, seed {seed}, "
@@ -127,7 +129,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
     plan = make_plan(seed, duration_s=orders / rate, kills=kills, pauses=pauses,
                      pause_s=pause_s or 0.0, kill_victims=victims,
                      pause_victims=[p for p in victims if p.startswith("worker")]
-                     if break_lease else victims, cluster=brokers > 1, partitions=3)
+                     if break_lease or pause_workers_only else victims,
+                     cluster=brokers > 1, partitions=3)
     commands = {}
     if break_guard or break_lease:  # self-test: the invariants must catch the breakage
         commands["worker"] = ["-m", "bench.broken_worker", "--break",
@@ -358,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="WHMCS AddOrder/AcceptOrder latency (default 60 with pauses)")
     parser.add_argument("--whmcs-parallelism", type=int, default=None,
                         help="WORKER_WHMCS_PARALLELISM (default 2 with pauses)")
+    parser.add_argument("--pause-workers-only", action="store_true",
+                        help="pauses hit only workers (the plan --break-lease draws: the same "
+                             "seed then gives the lease-on run the lease-off run's plan)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--settle-timeout", type=float, default=900,
                         help="seconds to wait after the faults for every Order to settle")
@@ -380,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                            break_lease=args.break_lease,
                            whmcs_latency_ms=args.whmcs_latency_ms,
                            whmcs_parallelism=args.whmcs_parallelism,
-                           settle_timeout=args.settle_timeout)
+                           settle_timeout=args.settle_timeout,
+                           pause_workers_only=args.pause_workers_only)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))
