@@ -3,7 +3,7 @@
 Found by ``make chaos --pauses`` (a SIGSTOP of the broker seconds after a worker restart):
 the restarted worker never processed another event, for 15 minutes, while reporting healthy.
 This repeats it on purpose: for each ``--delay`` D, SIGKILL the worker, start it, wait
-until it serves ``/metrics``, wait D seconds more, SIGSTOP the broker for ``--pause-s``,
+until it answers ``/healthz``, wait D seconds more, SIGSTOP the broker for ``--pause-s``,
 SIGCONT, approve 5 Orders and wait for them to settle. Seen on this machine at D = 0.6 s
 in about one try of two, with and without the idempotent producer: after the broker comes
 back, faust's assignor, running on the worker, finds none of the subscribed topics in its
@@ -34,10 +34,8 @@ ENV = {"WORKER_SESSION_TIMEOUT_S": "10", "SINK_SESSION_TIMEOUT_MS": "10000"}
 def attempt(p: Pipeline, delay: float, pause_s: float) -> int:
     """One frozen start-up; returns how many of 5 Orders approved afterwards settled."""
     p.kill("worker")
-    size = p.log("worker").stat().st_size
     p.start("worker")
-    while b"metrics and health" not in p.log("worker").read_bytes()[size:]:
-        time.sleep(0.05)
+    p.wait_healthy("worker")
     time.sleep(delay)
     p.pause("kafka", pause_s)
     while p.paused():
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.freeze_at_start",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay", type=float, action="append",
-                        help="seconds after the worker's /metrics is up (repeatable)")
+                        help="seconds after the worker's /healthz answers (repeatable)")
     parser.add_argument("--pause-s", type=float, default=30.0)
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args(argv)
