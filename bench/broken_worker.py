@@ -1,25 +1,91 @@
-"""The worker with its recovery guard deliberately broken — for ``make chaos``'s self-test only.
+"""The worker with one of its safeguards deliberately switched off — for ``make chaos``'s self-tests.
 
-``Provisioner.lookup`` (the WHMCS lookup on the ``sfOrderId=`` marker that runs before an
-``AddOrder`` may be repeated: after a crash with a pending intent, or a WHMCS timeout) is
-replaced by one that never finds anything. ``python -m bench.chaos --break-guard`` runs this
-instead of ``python -m streams worker`` to show that the chaos invariants catch a missing
-guard (duplicate WHMCS orders). Never used by the product.
+``python -m bench.broken_worker [--break guard|lease] worker`` runs ``python -m streams worker``
+with:
+
+* ``guard`` (default; ``bench.chaos --break-guard``): ``Provisioner.lookup`` (the WHMCS lookup
+  on the ``sfOrderId=`` marker that runs before an ``AddOrder`` may be repeated: after a
+  crash with a pending intent, or a WHMCS timeout) replaced by one that never finds anything.
+* ``lease`` (``bench.chaos --break-lease``): the ownership lease checked before every WHMCS
+  write, ``streams.lease.OwnershipLease.check(partition, generation) -> LeaseCheck``, made to
+  always answer ok — an ok check valid for an hour (``valid_until`` is also the send
+  deadline the WHMCS request carries), never ``lost``. Each check the real lease would have
+  refused is logged as ``lease off: would have fenced: ...`` (chaos counts them: proof that
+  a pause hit a worker holding Orders). Without ``streams.lease`` (a worker from before the
+  lease) nothing is patched: that worker has no lease to switch off, and says so in its log.
+
+Either way the chaos invariants must then catch duplicate WHMCS orders. Never used by the
+product.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
+import logging
 import sys
+import time
 from typing import Any
 
 from streams import provision
 from streams.__main__ import main
+
+log = logging.getLogger("bench.broken_worker")
+WOULD_HAVE_FENCED = "lease off: would have fenced:"
+VALID_FOR_S = 3600.0
 
 
 async def _never_found(self: Any, request: Any, **_kw: Any) -> None:
     return None
 
 
-if __name__ == "__main__":
+def break_guard() -> str:
     provision.Provisioner.lookup = _never_found  # type: ignore[method-assign,assignment]
-    sys.exit(main(sys.argv[1:] or ["worker"]))
+    return "WHMCS lookup switched off (Provisioner.lookup never finds an order)"
+
+
+def break_lease() -> str:
+    """Patch ``OwnershipLease.check`` to always say ok; returns what was done, for the log."""
+    try:
+        from streams import lease
+    except ImportError:
+        return "streams.lease not found: this worker has no ownership lease to switch off"
+    real = lease.OwnershipLease.check
+
+    def allow(owner: Any, verdict: Any, partition: int, generation: int) -> Any:
+        if verdict.ok:
+            return verdict
+        log.warning("%s partition %s generation %s: %s", WOULD_HAVE_FENCED, partition,
+                    generation, verdict.reason)
+        if not dataclasses.is_dataclass(verdict):
+            return lease.LeaseCheck(ok=True, reason=f"lease switched off ({verdict.reason})")
+        fields = {f.name for f in dataclasses.fields(verdict)}
+        clock = getattr(owner, "_clock", time.monotonic)
+        wall = getattr(owner, "_wall", time.time)
+        changes = {"ok": True, "valid_until": clock() + VALID_FOR_S,
+                   "valid_until_wall": wall() + VALID_FOR_S, "lost": False}
+        return dataclasses.replace(verdict, **{k: v for k, v in changes.items() if k in fields})
+
+    if inspect.iscoroutinefunction(real):
+        async def acheck(self: Any, partition: int, generation: int) -> Any:
+            return allow(self, await real(self, partition, generation), partition, generation)
+        lease.OwnershipLease.check = acheck
+    else:
+        def check(self: Any, partition: int, generation: int) -> Any:
+            return allow(self, real(self, partition, generation), partition, generation)
+        lease.OwnershipLease.check = check
+    return "ownership lease switched off (OwnershipLease.check always ok)"
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.broken_worker")
+    parser.add_argument("--break", dest="broken", choices=["guard", "lease"], default="guard")
+    args, rest = parser.parse_known_args(argv)
+    what = break_guard() if args.broken == "guard" else break_lease()
+    print(f"bench.broken_worker: {what}", file=sys.stderr, flush=True)
+    return main(rest or ["worker"])
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

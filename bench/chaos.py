@@ -1,25 +1,55 @@
-"""``make chaos``: approve Orders at a steady rate while killing processes, then check.
+"""``make chaos``: approve Orders at a steady rate while killing and pausing processes, then check.
 
 Runs the whole pipeline as separate processes (``bench.harness.Pipeline``: real broker,
 both sandboxes, connector, worker, sink) with WHMCS latency and commit-then-hang faults on,
-approves ``--orders`` Orders at ``--rate`` per second, and meanwhile sends SIGKILL to a
-random process (connector, worker, sink and — unless ``--no-broker-kills`` — the Kafka
-broker) ``--kills`` times at random moments, restarting each after a short pause. The
-randomness is seeded (``--seed``) so a failing run can be repeated. ``--workers 2`` runs a
-second worker in the same consumer group (its own state directory), also a kill victim: each
-kill of a worker moves its partitions to the other and back — rebalances under load.
+approves ``--orders`` Orders at ``--rate`` per second, and meanwhile follows a fault plan
+drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
+
+* ``--kills K``: SIGKILL a random process — connector, worker(s), sink and, unless
+  ``--no-broker-kills``, a Kafka broker — and restart it 0.5–3 s later.
+* ``--pauses N --pause-s S``: SIGSTOP a random process's whole process group (the same
+  victims) for S seconds, then SIGCONT — a long GC pause, a frozen VM, CPU throttling. S
+  must outlast the timeout after which the others give the victim up: the worker's group
+  session (``WORKER_SESSION_TIMEOUT_S``), the sink's (``SINK_SESSION_TIMEOUT_MS``), the
+  connector's transaction timeout, a cluster node's broker session (9 s, the controller then
+  fences it and moves its leaderships). To keep runs short, a run with pauses lowers the
+  worker's and the sink's session timeouts to 10 s (and the connector's transaction timeout
+  too, where it is a setting; otherwise it is the 60 s of ``connectors/writer.py``), and S
+  defaults to 3 × the lowest (30 s). Each pause in the report names its victim's timeout and
+  whether S outlasted it.
+* ``--workers 2``: a second worker in the consumer group (its own state directory), also a
+  victim: each kill or pause of a worker moves its partitions to the other and back.
+* ``--brokers 3``: a replicated cluster (``ops.kafka_cluster``: replication factor 3,
+  ``min.insync.replicas`` 2, internal topics too). A kill or pause of the broker hits a role
+  — the leader of a requests/outcomes partition or the worker's/sink's group coordinator —
+  resolved through the admin API at that moment (``"fallback": true`` in the report when
+  nobody held it then and another node was hit); at most one node is down at a time.
+* WHMCS in runs with pauses: 60 ms (± 10) per ``AddOrder``/``AcceptOrder`` and
+  ``WORKER_WHMCS_PARALLELISM`` 2 — a worker's WHMCS capacity (about 2 / 0.12 s = 16 Orders/s)
+  below its share of the approvals, so its batches hold Orders queued behind the parallelism
+  limit most of the time, and a pause catches some (``--whmcs-latency-ms``,
+  ``--whmcs-parallelism`` change it).
+
+Self-tests — the run must then fail: ``--break-guard`` (the worker's WHMCS lookup never
+finds an order) and ``--break-lease`` (its ownership lease always says ok; at least two
+workers, pauses only of workers, 3 pauses unless ``--pauses``): see ``bench/broken_worker.py``.
+``--pause-workers-only`` draws the same plan with nothing broken: one seed compares the lease
+on and off.
 
 When everything has settled it checks the invariants and writes ``bench/results/chaos.json``:
 ``approved``, ``whmcs_orders``, ``duplicates`` (Salesforce Orders with more than one WHMCS
-order), ``missing`` (approved provisionable Orders without a final Salesforce state),
-``kills``, ``seed``. Exit status 1 when an invariant fails.
+order, counted per ``sfOrderId=`` marker in any status, cancelled included), ``missing``
+(approved provisionable Orders without a final Salesforce state), ``compensations`` and
+``fenced`` (the workers' ``compensation:`` / ``fenced:`` log lines), ``kills``, ``pauses``,
+``brokers``, ``seed`` and the ``plan``. Exit status 1 when an invariant fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
-import random
 import sys
 import tempfile
 import threading
@@ -27,87 +57,256 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.chaos_plan import BROKER, Fault, make_plan
 from bench.harness import Pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIPELINE_PROCESSES = ("connector", "worker", "sink")
+SESSION_TIMEOUT_S = 10.0   # worker and sink, in runs with pauses
+BROKER_SESSION_S = 9.0     # KRaft broker.session.timeout.ms default
+WOULD_HAVE_FENCED = "lease off: would have fenced:"  # bench.broken_worker --break lease
+LOG_COUNTS = {"compensations": ("compensation:", None), "fenced": ("fenced:", WOULD_HAVE_FENCED),
+              "lease_would_fence": (WOULD_HAVE_FENCED, None)}
+
+
+def pause_settings() -> tuple[dict[str, str], dict[str, float]]:
+    """Env of a run with pauses (lowered timeouts) and each victim's relevant timeout (s)."""
+    env = {"WORKER_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+           "SINK_SESSION_TIMEOUT_MS": str(int(SESSION_TIMEOUT_S * 1000))}
+    txn_env = _setting_env("ConnectorSettings", "TRANSACTION_TIMEOUT")
+    if txn_env:  # a setting now: lower it like the others
+        connector_s = SESSION_TIMEOUT_S
+        env[txn_env] = str(int(SESSION_TIMEOUT_S * 1000) if txn_env.endswith("_MS")
+                           else SESSION_TIMEOUT_S)
+    else:
+        connector_s = _connector_transaction_timeout_s()
+    timeouts = {"worker": SESSION_TIMEOUT_S, "sink": SESSION_TIMEOUT_S,
+                "connector": connector_s, BROKER: BROKER_SESSION_S}
+    return env, timeouts
+
+
+def _setting_env(section: str, fragment: str) -> str | None:
+    """The env name of a setting of ``common.settings.<section>`` containing ``fragment``."""
+    import common.settings as settings
+
+    for f in dataclasses.fields(getattr(settings, section)):
+        if fragment in f.metadata.get("env", ""):
+            return str(f.metadata["env"])
+    return None
+
+
+def _connector_transaction_timeout_s() -> float:
+    from common.settings import KafkaSettings
+    from connectors.writer import producer_config
+
+    return float(producer_config(KafkaSettings.load({}), "x")["transaction.timeout.ms"]) / 1000
 
 
 def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: float,
               broker_kills: bool, bootstrap: str | None = None, settle_timeout: float = 900,
-              break_guard: bool = False, workers: int = 1,
-              log: Any = print) -> dict[str, Any]:
-    rng = random.Random(seed)
+              break_guard: bool = False, workers: int = 1, pauses: int = 0,
+              pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
+              whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
+              pause_workers_only: bool = False, log: Any = print) -> dict[str, Any]:
+    if break_lease:
+        workers, pauses = max(workers, 2), pauses or 3
+    log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, seed {seed}, "
+        f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else ""))
     env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
+    timeouts: dict[str, float] = {}
+    if pauses:
+        lowered, timeouts = pause_settings()
+        env.update(lowered)
+        pause_s = pause_s or 3 * min(timeouts["worker"], timeouts["sink"], timeouts["connector"])
+        whmcs_parallelism = whmcs_parallelism or 2
+        whmcs_latency_ms = 60 if whmcs_latency_ms is None else whmcs_latency_ms
+    if whmcs_parallelism:
+        env["WORKER_WHMCS_PARALLELISM"] = str(whmcs_parallelism)
+    extra_workers = [f"worker{i}" for i in range(2, workers + 1)]
+    processes = (*PIPELINE_PROCESSES, *extra_workers)
+    broker_faults = broker_kills and bootstrap is None
+    victims = [*processes, *([BROKER] if broker_faults else [])]
+    plan = make_plan(seed, duration_s=orders / rate, kills=kills, pauses=pauses,
+                     pause_s=pause_s or 0.0, kill_victims=victims,
+                     pause_victims=[p for p in victims if p.startswith("worker")]
+                     if break_lease or pause_workers_only else victims,
+                     cluster=brokers > 1, partitions=3)
+    commands = {}
+    if break_guard or break_lease:  # self-test: the invariants must catch the breakage
+        commands["worker"] = ["-m", "bench.broken_worker", "--break",
+                              "lease" if break_lease else "guard", "worker"]
     with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
-                  broken_every=50, partitions=3, env=env) as p:
-        if break_guard:  # self-test: the invariants must catch a worker without its guard
-            p.commands["worker"] = ["-m", "bench.broken_worker", "worker"]
-        extra_workers = [f"worker{i}" for i in range(2, workers + 1)]
+                  broken_every=50, partitions=3, env=env, brokers=brokers,
+                  commands=commands) as p:
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
-        processes = (*PIPELINE_PROCESSES, *extra_workers)
-        p.whmcs.set_fault_seed(seed)
-        p.whmcs.set_faults("AddOrder", latency_ms=15, jitter_ms=15, hang_rate=0.01, hang_s=4)
-        p.whmcs.set_faults("AcceptOrder", latency_ms=10, jitter_ms=10, hang_rate=0.01,
-                           hang_s=4, hang_mode="drop")
+        _whmcs_faults(p, seed, whmcs_latency_ms)
         approved: list[str] = []
-        approving_done = threading.Event()
         errors: list[str] = []
-
-        def approve() -> None:
-            chunk = max(1, int(rate / 4))
-            try:
-                while len(approved) < orders:
-                    started = time.monotonic()
-                    approved.extend(p.sf.approve(min(chunk, orders - len(approved))))
-                    time.sleep(max(0.0, chunk / rate - (time.monotonic() - started)))
-            except Exception as exc:  # noqa: BLE001 - reported in the result
-                errors.append(f"approving: {exc!r}")
-            finally:
-                approving_done.set()
-
-        duration = orders / rate
-        victims = [*processes, *(["kafka"] if broker_kills else [])]
-        plan = sorted((rng.uniform(0.05, 0.95) * duration, rng.choice(victims))
-                      for _ in range(kills))
+        approving_s = [0.0]
+        approving = threading.Thread(target=_approve, daemon=True,
+                                     args=(p, orders, rate, approved, errors, approving_s))
         started = time.monotonic()
-        thread = threading.Thread(target=approve, daemon=True)
-        thread.start()
-        restarts: list[dict[str, Any]] = []
-        for at, victim in plan:
-            while time.monotonic() - started < at:
-                restarts += _revive(p, processes, started)
-                time.sleep(0.2)
-            log(f"  t={time.monotonic() - started:6.1f}s  SIGKILL {victim}")
-            p.kill(victim)
-            time.sleep(rng.uniform(0.5, 3.0))
-            p.restart(victim)
-        approving_done.wait()
-        log(f"  approved {len(approved)} Orders in {time.monotonic() - started:.0f}s; "
-            "waiting for every Order to settle")
-        deadline = time.monotonic() + settle_timeout
-        rows: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            restarts += _revive(p, processes, started)
-            rows = p.wait_settled(approved, timeout=5, poll=1)
-            if len(rows) == len(approved) and all(
-                    r.get("Activation_Status__c") in ("Provisioned", "Failed")
-                    for r in rows.values()):
-                break
+        approving.start()
+        applied, restarts = _execute(p, plan, processes, timeouts, started, log)
+        approving.join()
+        log(f"  approved {len(approved)} Orders in {approving_s[0]:.0f}s; faults done at "
+            f"{time.monotonic() - started:.0f}s; waiting for every Order to settle")
+        restarts += _settle(p, approved, processes, started, settle_timeout)
+        workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
-        report.update(seed=seed, rate=rate, broker_kills=broker_kills, workers=workers,
-                      commit_gate_holds=sum(
-                          p.log(name).read_text(errors="replace").count(
-                              "commit gate: faust would commit")
-                          for name in ("worker", *extra_workers)),
-                      unplanned_restarts=len(restarts), unplanned=restarts,
-                      errors=errors,
-                      kill_plan=[{"at_s": round(at, 1), "process": v} for at, v in plan],
-                      duration_s=round(time.monotonic() - started, 1))
+        report.update(
+            seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
+            brokers=brokers if bootstrap is None else None, break_lease=break_lease,
+            break_guard=break_guard, env=env,
+            **{key: _count_lines(p, workers_logs, needle, but)
+               for key, (needle, but) in LOG_COUNTS.items()},
+            worker_variant=_first_line(p, "worker", "bench.broken_worker:"),
+            connector_fenced=_count_lines(p, ("connector",), "fenced:"),
+            commit_gate_holds=_count_lines(p, workers_logs, "commit gate: faust would commit"),
+            kill_plan=[f for f in applied if f["action"] == "kill"],
+            pauses=[f for f in applied if f["action"] == "pause"],
+            pause_count=sum(f["action"] == "pause" for f in applied),
+            plan=[f.as_dict() for f in plan],
+            duplicate_detail={oid: [(o["id"], o["status"]) for o in p.whmcs.orders_for(oid)]
+                              for oid in report["duplicate_orders"]},
+            unplanned_restarts=len(restarts), unplanned=restarts, errors=errors,
+            duration_s=round(time.monotonic() - started, 1))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["approved"] == orders and not errors)
         return report
+
+
+def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
+    """Commit-then-hang on both writes; latency as in kill-only runs, or ``latency_ms`` ± 10."""
+    add, accept = ((15, 15), (10, 10)) if latency_ms is None else \
+        ((latency_ms, 10), (latency_ms, 10))
+    p.whmcs.set_fault_seed(seed)
+    p.whmcs.set_faults("AddOrder", latency_ms=add[0], jitter_ms=add[1], hang_rate=0.01,
+                       hang_s=4)
+    p.whmcs.set_faults("AcceptOrder", latency_ms=accept[0], jitter_ms=accept[1],
+                       hang_rate=0.01, hang_s=4, hang_mode="drop")
+
+
+def _approve(p: Pipeline, orders: int, rate: float, approved: list[str],
+             errors: list[str], took: list[float]) -> None:
+    chunk = max(1, int(rate / 4))
+    first = time.monotonic()
+    try:
+        while len(approved) < orders:
+            started = time.monotonic()
+            approved.extend(p.sf.approve(min(chunk, orders - len(approved))))
+            time.sleep(max(0.0, chunk / rate - (time.monotonic() - started)))
+    except Exception as exc:  # noqa: BLE001 - reported in the result
+        errors.append(f"approving: {exc!r}")
+    took[0] = time.monotonic() - first
+
+
+def _execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
+             timeouts: dict[str, float], started: float,
+             log: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Apply the plan in time order; returns the faults as applied and unplanned restarts.
+    Waits until the last pause has ended."""
+    applied: list[dict[str, Any]] = []
+    restarts: list[dict[str, Any]] = []
+    for fault in plan:
+        while time.monotonic() - started < fault.at_s:
+            restarts += _revive(p, processes, started)
+            time.sleep(0.2)
+        name, entry = _victim(p, fault)
+        entry = {"at_s": round(time.monotonic() - started, 1), "action": fault.action,
+                 "process": name, **entry}
+        where = f" ({entry['target']}: node {entry['node']})" if "target" in entry else ""
+        if fault.action == "kill":
+            log(f"  t={entry['at_s']:6.1f}s  SIGKILL {name}{where}")
+            p.kill(name)
+            time.sleep(fault.down_s)
+            p.restart(name)
+            entry["down_s"] = round(fault.down_s, 1)
+        else:
+            timeout = _timeout_of(p, fault.process, timeouts)
+            log(f"  t={entry['at_s']:6.1f}s  SIGSTOP {name}{where} for {fault.down_s:.0f}s "
+                f"(its timeout: {timeout:.0f}s)")
+            try:
+                p.pause(name, fault.down_s)
+            except (RuntimeError, ProcessLookupError) as exc:  # it had just died on its own
+                entry["skipped"] = str(exc)
+            entry.update(seconds=round(fault.down_s, 1), timeout_s=timeout,
+                         past_timeout=fault.down_s > timeout)
+        applied.append(entry)
+    while p.paused():
+        restarts += _revive(p, processes, started)
+        time.sleep(0.5)
+    return applied, restarts
+
+
+def _timeout_of(p: Pipeline, process: str, timeouts: dict[str, float]) -> float:
+    """The timeout after which the rest of the system gives ``process`` up."""
+    if process == BROKER and p.cluster is None:  # the only broker: clients' sessions expire
+        return timeouts["worker"]
+    return timeouts[process.rstrip("0123456789")]
+
+
+def _victim(p: Pipeline, fault: Fault) -> tuple[str, dict[str, Any]]:
+    """The process to hit; for a cluster, the node holding the fault's role right now."""
+    if fault.process != BROKER or p.cluster is None:
+        return fault.process, {}
+    role = fault.target or "requests-leader:0"
+    node = _holder(p, role)
+    entry: dict[str, Any] = {"target": role, "node": node}
+    if node is None or p.pid(f"kafka{node}") is None:  # unknown now: any running node
+        node = min(n for n, pid in p.cluster.running().items() if pid)
+        entry.update(node=node, fallback=True)
+    return f"kafka{node}", entry
+
+
+def _holder(p: Pipeline, role: str) -> int | None:
+    from common.settings import SinkSettings, WorkerSettings
+
+    assert p.cluster is not None
+    kind, _, partition = role.partition(":")
+    try:
+        if kind == "requests-leader":
+            return p.cluster.leader(p.kafka.requests, int(partition))
+        if kind == "outcomes-leader":
+            return p.cluster.leader(p.kafka.outcomes, int(partition))
+        group = (WorkerSettings.load({}).app_id if kind == "worker-coordinator"
+                 else SinkSettings.load({}).group_id)
+        return p.cluster.coordinator(p.kafka.topic(group))
+    except Exception:  # noqa: BLE001 - an unanswered question: fall back to any node
+        return None
+
+
+def _settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started: float,
+            timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    restarts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        restarts += _revive(p, processes, started)
+        rows = p.wait_settled(approved, timeout=5, poll=1)
+        if len(rows) == len(approved) and all(
+                r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values()):
+            break
+    return restarts
+
+
+def _log_lines(p: Pipeline, name: str) -> list[str]:
+    try:
+        return p.log(name).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _count_lines(p: Pipeline, names: tuple[str, ...], needle: str,
+                 but: str | None = None) -> int:
+    """Lines containing ``needle`` (and not ``but``) in the logs of ``names`` — every run of
+    each process: a restart appends to the same log."""
+    return sum(needle in line and (but is None or but not in line)
+               for name in names for line in _log_lines(p, name))
+
+
+def _first_line(p: Pipeline, name: str, needle: str) -> str | None:
+    return next((line for line in _log_lines(p, name) if needle in line), None)
 
 
 def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
@@ -118,46 +317,81 @@ def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
     for name in processes:
         proc = p.procs.get(name)
         if proc is not None and proc.poll() is not None:
-            try:
-                tail = p.log(name).read_text(errors="replace").splitlines()[-5:]
-            except OSError:
-                tail = []
             revived.append({"process": name, "exit": proc.returncode,
-                            "at_s": round(time.monotonic() - started, 1), "log_tail": tail})
+                            "at_s": round(time.monotonic() - started, 1),
+                            "log_tail": _log_lines(p, name)[-5:]})
             p.start(name)
     return revived
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Where a run writes its result unless ``--out``: never over another kind of run's."""
+    if args.break_guard:
+        return RESULTS / "chaos-broken-guard.json"
+    if args.break_lease:
+        return RESULTS / "chaos-broken-lease.json"
+    parts = [f"{args.workers}-workers"] if args.workers > 1 else []
+    parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
+    return RESULTS / ("-".join(["chaos", *parts]) + ".json")
+
+
+SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count",
+           "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
+           "commit_gate_holds", "ok")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=5000)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--pauses", type=int, default=0,
+                        help="SIGSTOP a random process this many times (see --pause-s)")
+    parser.add_argument("--pause-s", type=float, default=None,
+                        help="how long each pause lasts (default: 3 x the lowest relevant "
+                             "timeout, which runs with pauses lower to 10 s: 30 s)")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     parser.add_argument("--rate", type=float, default=25.0, help="approvals per second")
-    parser.add_argument("--no-broker-kills", action="store_true")
+    parser.add_argument("--no-broker-kills", action="store_true",
+                        help="neither kill nor pause a broker")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes sharing the partitions (each a kill victim)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
+                        help="worker processes sharing the partitions (each a victim)")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="Kafka nodes: 3 runs a replicated cluster (RF 3, min ISR 2)")
+    parser.add_argument("--whmcs-latency-ms", type=float, default=None,
+                        help="WHMCS AddOrder/AcceptOrder latency (default 60 with pauses)")
+    parser.add_argument("--whmcs-parallelism", type=int, default=None,
+                        help="WORKER_WHMCS_PARALLELISM (default 2 with pauses)")
+    parser.add_argument("--pause-workers-only", action="store_true",
+                        help="pauses hit only workers (the plan --break-lease draws: the same "
+                             "seed then gives the lease-on run the lease-off run's plan)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--settle-timeout", type=float, default=900,
+                        help="seconds to wait after the faults for every Order to settle")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in this directory and keep it (every process's log)")
     parser.add_argument("--break-guard", action="store_true",
                         help="self-test: run a worker whose WHMCS lookup never finds an order "
                              "(bench/broken_worker.py); the run must then fail")
+    parser.add_argument("--break-lease", action="store_true",
+                        help="self-test: run workers whose ownership lease always says ok, "
+                             "pausing only workers (at least 2); the run must then fail")
     args = parser.parse_args(argv)
-    if args.break_guard and args.out == RESULTS / "chaos.json":
-        args.out = RESULTS / "chaos-broken-guard.json"  # never overwrite the real result
-    elif args.workers > 1 and args.out == RESULTS / "chaos.json":
-        args.out = RESULTS / f"chaos-{args.workers}-workers.json"
-    print(f"chaos: {args.orders} Orders at {args.rate}/s, {args.kills} kills, seed {args.seed}, "
-          f"{args.workers} worker(s)")
-    with tempfile.TemporaryDirectory(prefix="sfprov-chaos-") as tmp:
+    out = args.out or default_out(args)
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="sfprov-chaos-"))
         report = run_chaos(Path(tmp), orders=args.orders, kills=args.kills, seed=args.seed,
                            rate=args.rate, broker_kills=not args.no_broker_kills,
-                           break_guard=args.break_guard, workers=args.workers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("approved", "whmcs_orders", "duplicates",
-                                            "missing", "kills", "seed", "workers",
-                                            "commit_gate_holds", "ok")}))
-    print(f"wrote {args.out}")
+                           break_guard=args.break_guard, workers=args.workers,
+                           pauses=args.pauses, pause_s=args.pause_s, brokers=args.brokers,
+                           break_lease=args.break_lease,
+                           whmcs_latency_ms=args.whmcs_latency_ms,
+                           whmcs_parallelism=args.whmcs_parallelism,
+                           settle_timeout=args.settle_timeout,
+                           pause_workers_only=args.pause_workers_only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report.get(k) for k in SUMMARY}))
+    print(f"wrote {out}")
     return 0 if report["ok"] else 1
 
 

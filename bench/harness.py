@@ -7,6 +7,7 @@
         p.wait_settled(ids, timeout=120)                        # every Order in a final state
         report = p.invariants(ids)                              # duplicates, missing, ...
         p.kill("worker"); p.start("worker")                     # SIGKILL and restart
+        p.pause("worker", 30)                                   # SIGSTOP, SIGCONT 30 s later
 
 Everything runs as separate OS processes: a real Kafka broker (``ops.kafka_local``, or an
 existing one via ``bootstrap=``), the Salesforce and WHMCS sandboxes (their harnesses), and
@@ -17,6 +18,10 @@ several pipelines can share one broker.
 ``secure=True`` (own broker only) runs the broker with a SASL_SSL listener, SCRAM users and
 ACLs (:mod:`ops.kafka_secure`, :mod:`ops.acls`): the harness creates the topics and ACLs as
 the admin, and each process connects as its own principal with least privilege.
+``brokers=3`` runs its own replicated cluster instead (``ops.kafka_cluster``): topics with
+replication factor 3 and ``min.insync.replicas`` 2, the nodes named ``kafka1``..``kafka3``
+for :meth:`Pipeline.kill`, :meth:`Pipeline.pause` and :meth:`Pipeline.restart` (a single
+broker is ``kafka``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 from common.avro import AvroSerde
 from common.kafka import admin_client, ensure_topics
 from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, WorkerSettings
+from ops.kafka_cluster import LocalCluster
 from ops.kafka_local import LocalBroker, free_port
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 
@@ -52,7 +58,8 @@ class Pipeline:
     def __init__(self, directory: Path, *, bootstrap: str | None = None, accounts: int = 50,
                  orders: int = 200, broken_every: int = 50, partitions: int = 3,
                  env: dict[str, str] | None = None, sf_options: dict[str, Any] | None = None,
-                 whmcs_options: dict[str, Any] | None = None, secure: bool = False) -> None:
+                 whmcs_options: dict[str, Any] | None = None, secure: bool = False,
+                 brokers: int = 1, commands: dict[str, list[str]] | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
@@ -62,6 +69,8 @@ class Pipeline:
         self.security: BrokerSecurity | None = (
             BrokerSecurity.for_broker_home(self.dir / "kafka") if secure else None)
         self.broker: LocalBroker | None = None
+        self.brokers = brokers
+        self.cluster: LocalCluster | None = None
         self.bootstrap = bootstrap or ""
         self.accounts, self.orders, self.broken_every = accounts, orders, broken_every
         self.partitions = partitions
@@ -70,10 +79,14 @@ class Pipeline:
         self.sf_options = sf_options or {}
         self.whmcs_options = whmcs_options or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.commands = dict(PROCESSES)  # chaos's self-test swaps in a broken worker
+        # chaos's self-tests swap in a broken worker (from the first start on)
+        self.commands = {**PROCESSES, **(commands or {})}
         self.process_env: dict[str, dict[str, str]] = {}  # per-process overrides
         self.ports: dict[str, int] = {}
         self.kills: list[tuple[float, str]] = []
+        self.pauses: list[tuple[float, str, float | None]] = []  # (when, who, for how long)
+        self._paused: dict[str, tuple[int, threading.Timer | None]] = {}  # name → pgid, timer
+        self._pause_lock = threading.Lock()
         self._stack = contextlib.ExitStack()
         self.sf: Any = None
         self.whmcs: Any = None
@@ -101,7 +114,11 @@ class Pipeline:
         from sandbox.salesforce.harness import running_sandbox
         from sandbox.whmcs.harness import whmcs_sandbox
 
-        if self.own_broker:
+        if self.own_broker and self.brokers > 1:
+            self.cluster = LocalCluster(self.dir / "kafka", nodes=self.brokers)
+            self.cluster.start(timeout=180)
+            self.bootstrap = self.cluster.bootstrap
+        elif self.own_broker:
             self.broker = LocalBroker(self.dir / "kafka", port=free_port(),
                                       controller_port=free_port(), security=self.security)
             self.broker.start(timeout=120)
@@ -109,7 +126,8 @@ class Pipeline:
         # the harness itself (topics, ACLs, reading topics) is the admin
         admin_env = self.security.env(ADMIN) if self.security else {}
         self.kafka = KafkaSettings.load(admin_env, bootstrap_servers=self.bootstrap,
-                                        topic_prefix=self.prefix, partitions=self.partitions)
+                                        topic_prefix=self.prefix, partitions=self.partitions,
+                                        **self._replication())
         ensure_topics(self.kafka)
         if self.security is not None:
             self.apply_acls()
@@ -141,11 +159,22 @@ class Pipeline:
         return apply(admin_client(self.kafka), rules)
 
     def stop_all(self) -> None:
+        for name in list(self._paused):
+            self.resume(name)  # a stopped process would not even see its SIGTERM
         for name in list(self.procs):
             self.stop(name)
         self._stack.close()
         if self.broker is not None:
             self.broker.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def _replication(self) -> dict[str, int]:
+        """Replication of the pipeline's topics: the cluster's, or the settings' defaults."""
+        if self.cluster is None:
+            return {}
+        return {"replication_factor": self.cluster.replication_factor,
+                "min_insync_replicas": self.cluster.min_insync_replicas}
 
     # -- processes ------------------------------------------------------------------------
 
@@ -160,6 +189,7 @@ class Pipeline:
                "SFPROV_ENV_FILE": str(self.dir / "no.env")}
         if self.security is not None and kind in PROCESS_USERS:
             env.update(self.security.env(PROCESS_USERS[kind]))
+        env.update({f"KAFKA_{k.upper()}": str(v) for k, v in self._replication().items()})
         env.update(self.extra_env)
         env.update(self.process_env.get(name, {}))
         return env
@@ -201,11 +231,31 @@ class Pipeline:
     def log(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"
 
+    @property
+    def broker_names(self) -> list[str]:
+        """The own broker's name (``kafka``) or the cluster's nodes (``kafka1``..)."""
+        if self.cluster is not None:
+            return [f"kafka{n.node_id}" for n in self.cluster.nodes]
+        return ["kafka"] if self.broker is not None else []
+
+    def _broker(self, name: str) -> LocalBroker:
+        if self.cluster is not None and name[5:].isdigit():
+            return self.cluster.node(int(name[5:]))
+        assert name == "kafka" and self.broker is not None, f"no own broker called {name}"
+        return self.broker
+
+    def pid(self, name: str) -> int | None:
+        """The running process (and process group: each runs in its own session) of ``name``."""
+        if name.startswith("kafka"):
+            return self._broker(name).running_pid()
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def kill(self, name: str) -> None:
-        """SIGKILL, as a crash would."""
-        if name == "kafka":
-            assert self.broker is not None, "only an own broker can be killed"
-            self.broker.kill()
+        """SIGKILL, as a crash would (also ends a pause of ``name``)."""
+        self._forget_pause(name)
+        if name.startswith("kafka"):
+            self._broker(name).kill()
             self.kills.append((time.time(), name))
             return
         proc = self.procs.get(name)
@@ -216,13 +266,59 @@ class Pipeline:
         self.kills.append((time.time(), name))
 
     def restart(self, name: str) -> None:
-        if name == "kafka":
-            assert self.broker is not None
-            self.broker.start(timeout=120)
-            return
-        self.start(name)
+        if self.cluster is not None and name.startswith("kafka"):
+            self.cluster.restart_node(int(name[5:]), timeout=120)
+        elif name == "kafka":
+            self._broker(name).start(timeout=120)
+        else:
+            self.start(name)
+
+    def pause(self, name: str, seconds: float | None = None) -> None:
+        """SIGSTOP ``name``'s whole process group — a long GC pause, a frozen VM, CPU
+        throttling — and SIGCONT it after ``seconds`` (None: at :meth:`resume`). Returns at
+        once; a kill of ``name`` ends the pause, :meth:`stop_all` ends them all."""
+        pid = self.pid(name)
+        if pid is None:
+            raise RuntimeError(f"cannot pause {name}: not running")
+        os.killpg(pid, signal.SIGSTOP)
+        timer = None
+        if seconds is not None:
+            timer = threading.Timer(seconds, self._continue, (name, pid))
+            timer.daemon = True
+        with self._pause_lock:
+            self._paused[name] = (pid, timer)
+        self.pauses.append((time.time(), name, seconds))
+        if timer is not None:
+            timer.start()
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused ``name`` now (nothing if it is not paused)."""
+        entry = self._forget_pause(name)
+        if entry is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry[0], signal.SIGCONT)
+
+    def paused(self) -> list[str]:
+        with self._pause_lock:
+            return list(self._paused)
+
+    def _continue(self, name: str, pid: int) -> None:
+        with self._pause_lock:
+            if self._paused.get(name, (None, None))[0] != pid:
+                return  # resumed or killed meanwhile
+            del self._paused[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGCONT)
+
+    def _forget_pause(self, name: str) -> tuple[int, threading.Timer | None] | None:
+        with self._pause_lock:
+            entry = self._paused.pop(name, None)
+        if entry is not None and entry[1] is not None:
+            entry[1].cancel()
+        return entry
 
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        self.resume(name)
         proc = self.procs.pop(name, None)
         if proc is None:
             return None

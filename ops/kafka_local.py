@@ -11,7 +11,9 @@ after a grace period) so no orphan JVM is left behind.
 
 Command line (used by the Makefile)::
 
-    python -m ops.kafka_local jars|start|stop|status [--dir D] [--port P]
+    python -m ops.kafka_local jars|start|stop|status [--dir D] [--port P] [--nodes N]
+
+``--nodes 3`` runs a replicated cluster instead (``ops.kafka_cluster.LocalCluster``).
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ class LocalBroker:
         log4j = self.home / "log4j.properties"
         log4j.write_text(LOG4J.format(log=self.log_file))
         if not (self.home / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self._new_cluster_id()
             cmd = ["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp",
                    self._classpath(), "kafka.tools.StorageTool", "format",
                    # "=" form: a base64url id may start with "-", which argparse would take
@@ -231,6 +233,10 @@ class LocalBroker:
                 raise BrokerError(f"formatting {self.home / 'data'} failed: "
                                   f"{result.stdout}{result.stderr}")
         return props
+
+    def _new_cluster_id(self) -> str:
+        """The id the storage is formatted with (a cluster's nodes share one)."""
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
     def start(self, *, timeout: float = 90.0) -> LocalBroker:
         """Start (or find running) and wait until it serves metadata. Idempotent."""
@@ -329,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
     parser.add_argument("--controller-port", type=int,
                         default=int(os.environ.get("KAFKA_CONTROLLER_PORT", "9093")))
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: the single-node broker (make up); N > 1: a replicated "
+                             "N-node cluster (ops/kafka_cluster.py), default dir "
+                             ".state/kafka/cluster")
     args = parser.parse_args(argv)
+    if args.nodes > 1:
+        from ops.kafka_cluster import cluster_command
+
+        return cluster_command(args)
     broker = LocalBroker(args.dir, args.port, args.controller_port)
     try:
         if args.command == "jars":

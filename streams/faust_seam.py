@@ -40,9 +40,11 @@ from aiokafka.partitioner import murmur2
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
+from faust.transport.base import Transport as FaustTransport
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 from yarl import URL
 
 from streams.state import DurabilityError
@@ -358,10 +360,25 @@ CONTRACT.update({
 })
 
 
+class IdempotentProducer(AIOKafkaDriverProducer):
+    """faust's aiokafka producer with ``enable_idempotence``: faust asks for it only in its
+    exactly-once mode, and ``acks=-1`` alone lets a send retried after a leader failover
+    write a record twice (an outcome, or a changelog entry of the tables)."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+# mode names a service's logger after its class's module; keep faust's (quietened by
+# common.log), or every start, stop and topic declaration lands in the worker's log at INFO.
+IdempotentProducer.logger = AIOKafkaDriverProducer.logger
+
+
 def build_app(app_id: str, **settings: Any) -> faust.App:
-    """The worker's faust app: :class:`TableManager` (the recovery order) and its consumer
-    reading ``read_committed`` (docs/decisions/0002)."""
+    """The worker's faust app: :class:`TableManager` (the recovery order), an idempotent
+    producer, and its consumer reading ``read_committed`` (docs/decisions/0002)."""
     app = faust.App(app_id, TableManager="streams.faust_seam:TableManager", **settings)
+    cast(Any, app.transport).Producer = IdempotentProducer  # before the producer exists
     thread = cast(Any, app.consumer)._thread
     original = thread._create_worker_consumer
 
@@ -570,4 +587,8 @@ CONTRACT.update({
     "R faust Consumer._commit_offsets": (
         AIOKafkaDriverConsumer, "_commit_offsets", "1a6979904118844111259d182ca1c6e9"),
     "R faust Consumer.wait_empty": (AIOKafkaDriverConsumer, "wait_empty", "e4662fe24f094819add590b2d75f2338"),
+    "S faust aiokafka Producer._settings_extra": (
+        AIOKafkaDriverProducer, "_settings_extra", "a4c7bc41b63822236e4c9be1c49437d0"),
+    "R faust Transport.create_producer": (
+        FaustTransport, "create_producer", "2de47ba78c944b4a74a3aadb0af9fea9"),
 })

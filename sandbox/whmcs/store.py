@@ -321,7 +321,8 @@ class Store:
                                (service_id,)).fetchall()
 
     def marker_counts(self) -> dict[str, int]:
-        """Salesforce Order id → number of WHMCS orders whose notes carry its marker."""
+        """Salesforce Order id → number of WHMCS orders whose notes carry its marker, in any
+        status (Pending, Active, Cancelled, Fraud): a cancelled second order still counts."""
         rows = self.db.execute("SELECT sf_order_id, COUNT(*) FROM orders WHERE sf_order_id "
                                "IS NOT NULL GROUP BY sf_order_id")
         return {r[0]: r[1] for r in rows}

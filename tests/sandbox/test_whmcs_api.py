@@ -163,6 +163,19 @@ def test_cancel_order(whmcs_sb: WhmcsSandbox) -> None:
     assert whmcs_sb.call("CancelOrder", orderid=999999)["message"] == "Order ID Not Found"
 
 
+def test_counters_count_orders_per_marker_in_every_status(whmcs_sb: WhmcsSandbox) -> None:
+    """chaos's duplicates: a cancelled second order (a compensation) still counts."""
+    marker = new_marker()
+    ids = [add_order(whmcs_sb, notes=f"sfOrderId={marker}")["orderid"] for _ in range(3)]
+    whmcs_sb.call("AcceptOrder", orderid=ids[0], autosetup=1)
+    whmcs_sb.call("CancelOrder", orderid=ids[1])
+    statuses = [whmcs_sb.call("GetOrders", id=i)["orders"]["order"][0]["status"] for i in ids]
+    assert statuses == ["Active", "Cancelled", "Pending"]
+    counters = whmcs_sb.counters()
+    assert counters["orders_by_marker"][marker] == 3
+    assert counters["duplicates"][marker] == 3
+
+
 def test_get_orders_filters_and_paging(whmcs_sb: WhmcsSandbox) -> None:
     client = seed.FIRST_CLIENT_ID + 10
     ids = [add_order(whmcs_sb, clientid=client)["orderid"] for _ in range(7)]

@@ -98,10 +98,10 @@ def worker_env(*, bootstrap: str, prefix: str, state_dir: Path, sf_env: dict[str
 
 
 @contextmanager
-def worker_process(env: dict[str, str], log_path: Path,
-                   module: str = "streams") -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(env: dict[str, str], log_path: Path, module: str = "streams",
+                   args: tuple[str, ...] = ("worker",)) -> Iterator[subprocess.Popen[bytes]]:
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, "worker"], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc

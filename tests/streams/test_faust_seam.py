@@ -32,6 +32,8 @@ WORKAROUND_TESTS = {
     "membership hooks for the lease, release()":
         "tests/streams/test_worker_pause.py::test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns",
     "read_committed": "tests/streams/test_faust_seam.py::test_the_worker_never_acts_on_an_aborted_event",
+    "an idempotent producer":
+        "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
 }
 
 
@@ -146,3 +148,43 @@ def test_the_worker_never_acts_on_an_aborted_event(kafka_settings, salesforce, w
     got = outcomes(reader.records)
     assert [o["event_uuid"] for o in got] == [committed["event_uuid"]]
     assert whmcs.orders_for(ids[0]) == [] and len(whmcs.orders_for(ids[1])) == 1
+
+
+# -- the producer: idempotent, not only acks=all -------------------------------------------
+
+def test_the_apps_producer_is_built_idempotent_with_acks_all():
+    import asyncio
+
+    import faust.transport.drivers.aiokafka
+
+    async def build() -> tuple[object, object]:
+        app = faust_seam.build_app("idempotence-test", broker="kafka://127.0.0.1:1",
+                                   producer_acks=-1, web_enabled=False, autodiscover=False)
+        client = app.producer._new_producer()  # the AIOKafkaProducer, not started
+        try:
+            return app.producer, client
+        finally:
+            await client.stop()
+
+    producer, client = asyncio.run(build())
+    assert isinstance(producer, faust_seam.IdempotentProducer)
+    assert client._txn_manager is not None  # aiokafka: set only with enable_idempotence
+    assert client._sender._acks == -1
+    assert faust_seam.IdempotentProducer.logger is \
+        faust.transport.drivers.aiokafka.Producer.logger
+
+
+def test_without_it_faust_would_not_ask_for_idempotence():
+    """Why the subclass exists; if faust starts doing it itself, it can go."""
+    import asyncio
+
+    import faust
+
+    async def build() -> object:
+        app = faust.App("idempotence-test-2", broker="kafka://127.0.0.1:1", producer_acks=-1,
+                        web_enabled=False, autodiscover=False)
+        client = app.producer._new_producer()
+        await client.stop()
+        return client
+
+    assert asyncio.run(build())._txn_manager is None

@@ -4,7 +4,7 @@ Two workers share the partitions; WHMCS is slow and only two calls may be in fli
 paused worker holds a queue of Orders. The group hands its partitions to the other worker,
 which redelivers the same events; when the paused one resumes, its ownership lease
 (streams.lease) has expired: it must make no WHMCS call for those Orders. The same test with
-the lease switched off (``tests/streams/unfenced_worker.py``) must find duplicate WHMCS
+the lease switched off (``bench/broken_worker.py --break lease``) must find duplicate WHMCS
 orders — so we know the test can see the bug.
 """
 
@@ -35,7 +35,8 @@ SESSION_S = 6
 PAUSE_S = 5 * SESSION_S
 
 
-def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: str):
+def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: str,
+                paused_args: tuple[str, ...] = ("worker",)):
     seeded = salesforce.seed(accounts=20, orders=60, broken_every=0)["orders"]
     ids = [o["order_id"] for o in seeded]
     salesforce.approve(ids=ids)
@@ -54,7 +55,8 @@ def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: s
     try:
         with ExitStack() as stack:
             a = stack.enter_context(worker_process(
-                worker_env(state_dir=tmp_path / "a", **base), a_log, module=paused_module))
+                worker_env(state_dir=tmp_path / "a", **base), a_log, module=paused_module,
+                args=paused_args))
             b = stack.enter_context(worker_process(
                 worker_env(state_dir=tmp_path / "b", **base), b_log))
             for log in (a_log, b_log):  # both own partitions before anything arrives
@@ -124,7 +126,8 @@ def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
 def test_the_same_pause_without_the_lease_creates_duplicates(kafka_settings, salesforce, whmcs,
                                                              tmp_path):
     ids, _events, _got, a_log, _b_log = _paused_run(
-        kafka_settings, salesforce, whmcs, tmp_path, paused_module="tests.streams.unfenced_worker")
+        kafka_settings, salesforce, whmcs, tmp_path, paused_module="bench.broken_worker",
+        paused_args=("--break", "lease", "worker"))
     duplicates = {oid: n for oid, n in whmcs.duplicates().items() if oid in ids}
     print(f"without the lease: {len(duplicates)} Orders with several WHMCS orders")
     assert duplicates, "the pause test cannot see the bug the lease prevents"

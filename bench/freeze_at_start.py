@@ -1,0 +1,70 @@
+"""Freeze the broker while a worker starts: does the worker ever get back to work?
+
+Found by ``make chaos --pauses`` (a SIGSTOP of the broker seconds after a worker restart):
+the restarted worker never processed another event, for 15 minutes, while reporting healthy.
+This repeats it on purpose: for each ``--delay`` D, SIGKILL the worker, start it, wait
+until it answers ``/healthz``, wait D seconds more, SIGSTOP the broker for ``--pause-s``,
+SIGCONT, approve 5 Orders and wait for them to settle. Seen on this machine at D = 0.6 s
+in about one try of two, with and without the idempotent producer: after the broker comes
+back, faust's assignor, running on the worker, finds none of the subscribed topics in its
+(empty) metadata — ``Ignoring missing topic: '<prefix>salesforce.order-provision-requested'``
+— assigns nothing (``requests partitions assigned: []``), and nothing triggers another
+rebalance; the stall watchdog watches only assigned partitions, so it never fires. (Once,
+in a chaos run, the worker instead never got any assignment at all after the freeze.)
+
+    python -m bench.freeze_at_start --delay 0.6 --delay 0.6 --delay 1.0 [--keep DIR]
+
+Exit status 1 when an attempt's Orders did not settle (the worker's log is in DIR/logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import Pipeline
+
+ENV = {"WORKER_SESSION_TIMEOUT_S": "10", "SINK_SESSION_TIMEOUT_MS": "10000"}
+
+
+def attempt(p: Pipeline, delay: float, pause_s: float) -> int:
+    """One frozen start-up; returns how many of 5 Orders approved afterwards settled."""
+    p.kill("worker")
+    p.start("worker")
+    p.wait_healthy("worker")
+    time.sleep(delay)
+    p.pause("kafka", pause_s)
+    while p.paused():
+        time.sleep(0.2)
+    ids = p.sf.approve(5)
+    rows = p.wait_settled(ids, timeout=120)
+    return sum(r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.freeze_at_start",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--delay", type=float, action="append",
+                        help="seconds after the worker's /healthz answers (repeatable)")
+    parser.add_argument("--pause-s", type=float, default=30.0)
+    parser.add_argument("--keep", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        home = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        with Pipeline(home, accounts=50, orders=200, broken_every=0, env=ENV) as p:
+            p.wait_settled(p.sf.approve(5), timeout=120)
+            for delay in args.delay or [0.6, 0.6, 1.0]:
+                settled = attempt(p, delay, args.pause_s)
+                print(f"delay {delay}: {settled}/5 settled", flush=True)
+                if settled < 5:
+                    print(f"the worker did not resume work; its log: {p.log('worker')}")
+                    return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""make chaos's harness without a pipeline: the seeded fault plan, the pause mechanics."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import default_out, pause_settings
+from bench.chaos_plan import BROKER, BROKER_ROLES, RECOVER_S, make_plan
+from bench.harness import Pipeline
+
+VICTIMS = ["connector", "worker", "sink", "worker2", BROKER]
+
+
+def plan(seed: int = 7, **kw):
+    args = dict(duration_s=200.0, kills=10, pauses=6, pause_s=30.0, kill_victims=VICTIMS,
+                pause_victims=VICTIMS, cluster=True, partitions=3)
+    args.update(kw)
+    return make_plan(seed, **args)
+
+
+def test_the_same_seed_gives_the_same_plan_and_another_seed_another():
+    assert plan(7) == plan(7)
+    assert plan(7) != plan(8)
+
+
+def test_a_kill_only_plan_is_the_one_make_chaos_drew_before_pauses():
+    """Old seeds (the README's published runs) still repeat their kill schedule."""
+    rng = random.Random(47047)
+    legacy = sorted((rng.uniform(0.05, 0.95) * 200, rng.choice(VICTIMS)) for _ in range(20))
+    downs = [rng.uniform(0.5, 3.0) for _ in legacy]
+    got = make_plan(47047, duration_s=200, kills=20, pauses=0, pause_s=0,
+                    kill_victims=VICTIMS, pause_victims=VICTIMS)
+    assert [(f.at_s, f.process, f.down_s) for f in got] == [
+        (at, v, d) for (at, v), d in zip(legacy, downs, strict=True)]
+    assert {f.action for f in got} == {"kill"}
+
+
+def _group(victim: str) -> str:
+    return "worker" if victim.startswith("worker") else victim
+
+
+def test_pauses_last_pause_s_and_never_overlap_their_victims_other_faults():
+    """Nor another worker's: a paused worker's partitions must have a live worker to go to."""
+    for seed in range(40):
+        faults = plan(seed)
+        assert sum(f.action == "pause" for f in faults) == 6
+        assert sum(f.action == "kill" for f in faults) == 10
+        assert [f.at_s for f in faults] == sorted(f.at_s for f in faults)
+        for pause in (f for f in faults if f.action == "pause"):
+            assert pause.down_s == 30.0 and pause.process in VICTIMS
+            end = pause.at_s + pause.down_s + RECOVER_S
+            for other in faults:
+                if other is pause or _group(other.process) != _group(pause.process):
+                    continue
+                other_end = other.at_s + other.down_s + RECOVER_S
+                assert other_end <= pause.at_s or other.at_s >= end, (seed, pause, other)
+
+
+def test_broker_faults_in_a_cluster_aim_at_a_leader_or_coordinator_role():
+    roles = set()
+    for seed in range(20):
+        for f in plan(seed):
+            if f.process == BROKER:
+                role, _, partition = (f.target or "").partition(":")
+                assert role in BROKER_ROLES
+                if role.endswith("leader"):
+                    assert 0 <= int(partition) < 3
+                roles.add(role)
+            else:
+                assert f.target is None
+    assert roles == set(BROKER_ROLES)
+    assert all(f.target is None for f in plan(3, cluster=False))
+
+
+def test_pauses_of_only_workers_move_later_rather_than_overlap():
+    """--break-lease: three 30 s pauses of two workers in a 24 s approval phase."""
+    faults = make_plan(1, duration_s=24, kills=0, pauses=3, pause_s=30,
+                       kill_victims=VICTIMS, pause_victims=["worker", "worker2"])
+    assert {f.process for f in faults} <= {"worker", "worker2"}
+    times = [f.at_s for f in faults]
+    assert all(b - a >= 30 + RECOVER_S for a, b in zip(times, times[1:], strict=False))
+
+
+def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
+    env, timeouts = pause_settings()
+    assert env["WORKER_SESSION_TIMEOUT_S"] == "10.0"
+    assert env["SINK_SESSION_TIMEOUT_MS"] == "10000"
+    assert timeouts["worker"] == timeouts["sink"] == 10.0
+    assert timeouts["connector"] in (10.0, 60.0)  # 60: connectors/writer.py's hard-coded one
+    assert timeouts[BROKER] < 30.0
+
+
+@pytest.mark.parametrize(("flags", "name"), [
+    ({}, "chaos.json"), ({"workers": 2}, "chaos-2-workers.json"),
+    ({"workers": 2, "brokers": 3}, "chaos-2-workers-3-brokers.json"),
+    ({"break_lease": True, "workers": 2}, "chaos-broken-lease.json"),
+    ({"break_guard": True}, "chaos-broken-guard.json")])
+def test_each_kind_of_run_has_its_own_result_file(flags, name):
+    args = argparse.Namespace(**{"workers": 1, "brokers": 1, "break_guard": False,
+                                 "break_lease": False, **flags})
+    assert default_out(args).name == name
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until(what: str, check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_pause_stops_the_process_group_and_resumes_it(tmp_path):
+    p = Pipeline(tmp_path)  # not started: only its process bookkeeping is used
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    p.procs["sleeper"] = proc
+    try:
+        p.pause("sleeper")
+        _until("stopped", lambda: _state(proc.pid) == "T")
+        assert p.paused() == ["sleeper"]
+        p.resume("sleeper")
+        _until("running again", lambda: _state(proc.pid) != "T")
+        assert p.paused() == []
+
+        p.pause("sleeper", seconds=0.2)  # SIGCONT by the timer
+        _until("resumed by its timer", lambda: not p.paused() and _state(proc.pid) != "T")
+        assert [name for _t, name, _s in p.pauses] == ["sleeper", "sleeper"]
+
+        p.pause("sleeper", seconds=300)
+        p.kill("sleeper")  # a kill ends the pause: nothing left to resume
+        assert p.paused() == [] and proc.poll() is not None
+        with pytest.raises(RuntimeError):
+            p.pause("sleeper")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_break_lease_makes_every_check_ok_and_logs_what_it_would_have_fenced(monkeypatch,
+                                                                              caplog):
+    """Against the interface the lead's streams.lease offers (a stand-in module here)."""
+    import dataclasses
+    import sys
+    import types
+
+    import streams
+    from bench import broken_worker
+
+    @dataclasses.dataclass(frozen=True)
+    class LeaseCheck:
+        ok: bool
+        reason: str = ""
+        valid_until: float = 0.0
+        valid_until_wall: float = 0.0
+        lost: bool = False
+
+    class OwnershipLease:
+        def _clock(self) -> float:
+            return 1000.0
+
+        def _wall(self) -> float:
+            return 5000.0
+
+        def check(self, partition: int, generation: int) -> LeaseCheck:
+            if partition == 0:
+                return LeaseCheck(True, "", 1010.0, 5010.0)
+            return LeaseCheck(False, f"expired on {partition}/{generation}", lost=True)
+
+    fake = types.ModuleType("streams.lease")
+    fake.LeaseCheck, fake.OwnershipLease = LeaseCheck, OwnershipLease
+    monkeypatch.setitem(sys.modules, "streams.lease", fake)
+    monkeypatch.setattr(streams, "lease", fake, raising=False)
+
+    assert "switched off" in broken_worker.break_lease()
+    lease = OwnershipLease()
+    assert lease.check(0, 3) == LeaseCheck(True, "", 1010.0, 5010.0)  # ok: untouched
+    with caplog.at_level("WARNING", logger="bench.broken_worker"):
+        verdict = lease.check(2, 5)
+    # ok, not lost, and valid long enough that a send deadline taken from it never bites
+    assert verdict == LeaseCheck(True, "expired on 2/5", 1000.0 + 3600, 5000.0 + 3600)
+    assert [r.getMessage() for r in caplog.records] == [
+        "lease off: would have fenced: partition 2 generation 5: expired on 2/5"]
+
+
+def test_break_lease_without_a_lease_module_says_so(monkeypatch):
+    import sys
+
+    import streams
+    from bench import broken_worker
+
+    monkeypatch.setitem(sys.modules, "streams.lease", None)  # import fails
+    monkeypatch.delattr(streams, "lease", raising=False)
+    assert "no ownership lease" in broken_worker.break_lease()
