@@ -9,8 +9,10 @@ in about one try of two, with and without the idempotent producer: after the bro
 back, faust's assignor, running on the worker, finds none of the subscribed topics in its
 (empty) metadata — ``Ignoring missing topic: '<prefix>salesforce.order-provision-requested'``
 — assigns nothing (``requests partitions assigned: []``), and nothing triggers another
-rebalance; the stall watchdog watches only assigned partitions, so it never fires. (Once,
-in a chaos run, the worker instead never got any assignment at all after the freeze.)
+rebalance. (Once, in a chaos run, the worker instead never got any assignment at all after
+the freeze.) Since then the stall watchdog also looks for records on partitions *no member
+of the group* owns, and exits 75 to be restarted (here after ``WORKER_STALL_TIMEOUT_S`` =
+20 s; this script restarts it as ``make up``'s supervisor would).
 
     python -m bench.freeze_at_start --delay 0.6 --delay 0.6 --delay 1.0 [--keep DIR]
 
@@ -28,7 +30,8 @@ from pathlib import Path
 
 from bench.harness import Pipeline
 
-ENV = {"WORKER_SESSION_TIMEOUT_S": "10", "SINK_SESSION_TIMEOUT_MS": "10000"}
+ENV = {"WORKER_SESSION_TIMEOUT_S": "10", "SINK_SESSION_TIMEOUT_MS": "10000",
+       "WORKER_STALL_TIMEOUT_S": "20"}
 
 
 def attempt(p: Pipeline, delay: float, pause_s: float) -> int:
@@ -41,7 +44,17 @@ def attempt(p: Pipeline, delay: float, pause_s: float) -> int:
     while p.paused():
         time.sleep(0.2)
     ids = p.sf.approve(5)
-    rows = p.wait_settled(ids, timeout=120)
+    deadline = time.monotonic() + 120
+    rows: dict = {}
+    while time.monotonic() < deadline:
+        rows = p.wait_settled(ids, timeout=5, poll=1)
+        if sum(r.get("Activation_Status__c") in ("Provisioned", "Failed")
+               for r in rows.values()) == len(ids):
+            break
+        proc = p.procs["worker"]
+        if proc.poll() is not None:  # as make up's supervisor: a stalled worker exits 75
+            print(f"  the worker exited {proc.returncode}; restarting it", flush=True)
+            p.start("worker")
     return sum(r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values())
 
 

@@ -54,6 +54,16 @@ def group_lag(admin: AdminClient, c: Any, group: str, topic: str) -> list[tuple[
     return sorted(rows)
 
 
+def unowned_partitions(admin: AdminClient, group: str, topic: str,
+                       partitions: set[int], timeout_s: float = 10.0) -> set[int]:
+    """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=timeout_s)
+    owned = {tp.partition for member in description.members
+             for tp in (member.assignment.topic_partitions if member.assignment else [])
+             if tp.topic == topic}
+    return set(partitions) - owned
+
+
 def records_between(c: Any, topic: str, partition: int, start: int, end: int) -> int:
     """Committed records in [start, end) of a partition (markers and aborted ones excluded);
     ``c`` must be a read_committed consumer. After 10 s without reaching ``end`` it counts

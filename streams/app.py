@@ -44,7 +44,7 @@ from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.state import GroupCommit, OrderState
-from streams.watchdog import Progress, StallWatchdog
+from streams.watchdog import Progress, StallWatchdog, unowned
 
 log = logging.getLogger(__name__)
 # faust's RocksDB defaults are per partition DB (2 tables x partitions DBs): 64 MB memtables
@@ -198,7 +198,8 @@ class Worker:
                 timeout_s=worker.stall_timeout_s,
                 interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
                 recovery_position=self.consumer.recovery_position,
-                diagnose=self.diagnose, reseek=self.consumer.reseek)  # started by __main__
+                diagnose=self.diagnose, reseek=self.consumer.reseek,
+                orphans=partial(unowned, conn, app_id, kafka.requests))  # started by __main__
         self.events = 0
         self.fenced = 0
         self.last_event_at: float | None = None

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.connection import Connectable
-from common.lag import lag_reader
+from common.lag import lag_reader, unowned_partitions
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
@@ -80,7 +80,8 @@ class StallWatchdog:
                  recovery_position: Callable[[], int] | None = None,
                  diagnose: Callable[[], dict[str, Any]] | None = None,
                  reseek: Callable[[], None] | None = None,
-                 on_stall: Callable[[str], None] | None = None) -> None:
+                 on_stall: Callable[[str], None] | None = None,
+                 orphans: Callable[[set[int]], set[int]] | None = None) -> None:
         self.lag, self.owned, self.progress = lag, owned, progress
         self.recovery_position = recovery_position
         self.diagnose = diagnose
@@ -91,6 +92,9 @@ class StallWatchdog:
         self._last_recovery_position: int | None = None
         self.timeout_s, self.interval_s = timeout_s, interval_s
         self.on_stall = on_stall or _exit
+        # of the given partitions, those no member of the group owns (a group whose
+        # assignment left partitions out: nobody will ever read them)
+        self.orphans = orphans
         self.last_error: str | None = None
         self.stalled_since: float | None = None
         self._stop = threading.Event()
@@ -118,8 +122,20 @@ class StallWatchdog:
         if idle < first_step:  # cheap case first: no broker round trip
             self._reset()
             return None
-        pending = pending_records(self.lag(), self.owned())
+        rows = self.lag()
+        pending = pending_records(rows, self.owned())
         idle = self.progress.idle_for()
+        if not pending and self.orphans is not None and idle >= self.timeout_s:
+            waiting = pending_records(rows, {p for p, _c, _e in rows})
+            nobodys = self.orphans(set(waiting)) if waiting else set()
+            orphaned = {p: n for p, n in waiting.items() if p in nobodys}
+            if orphaned:  # no re-seek can help: nobody reads them; a restart rejoins
+                self.on_stall(f"{sum(orphaned.values())} records wait on partitions "
+                              f"{sorted(orphaned)} that no member of the group owns (this "
+                              f"worker owns {sorted(self.owned()) or 'none'}) and no event has "
+                              f"moved for {idle:.0f} s (WORKER_STALL_TIMEOUT_S="
+                              f"{self.timeout_s:g}); state {self._state()}")
+                return "exit"
         if not is_stalled(pending, idle, first_step):
             self._reset()
             return None
@@ -185,3 +201,12 @@ def _exit(reason: str) -> Any:
         handler.flush()
     sys.stderr.flush()
     os._exit(STALL_EXIT_CODE)
+
+
+def unowned(bootstrap: Connectable, group: str, topic: str, partitions: set[int]) -> set[int]:
+    """Of ``partitions``, those no member of ``group`` owns (its own admin client)."""
+    from confluent_kafka.admin import AdminClient
+
+    from common.connection import kafka_config
+
+    return unowned_partitions(AdminClient(kafka_config(bootstrap)), group, topic, partitions)

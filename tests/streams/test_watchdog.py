@@ -104,3 +104,35 @@ def test_a_table_restore_that_advances_counts_as_progress():
     clock.now += 21  # the restore stopped moving
     assert dog.check_once() == "exit"
     assert stalls
+
+
+def test_records_no_member_owns_make_a_worker_without_partitions_exit():
+    """A group whose assignment left the requests partitions out (seen when the broker was
+    frozen while the worker started: faust's assignor found no topic and assigned nothing):
+    nobody reads them, so the worker exits to be restarted — whatever it owns itself."""
+    clock = Clock()
+    stalls: list[str] = []
+    asked: list[set[int]] = []
+
+    def orphans(partitions: set[int]) -> set[int]:
+        asked.append(set(partitions))
+        return partitions - {2}  # another member owns partition 2
+    dog = StallWatchdog(lag=lambda: [(0, 0, 5), (1, 3, 3), (2, 0, 9)], owned=lambda: set(),
+                        progress=Progress(clock), timeout_s=20, on_stall=stalls.append,
+                        orphans=orphans)
+    clock.now += 15
+    assert dog.check_once() is None and asked == []  # not yet the whole timeout
+    clock.now += 6
+    assert dog.check_once() == "exit"
+    assert asked == [{0, 2}]
+    assert "5 records wait on partitions [0] that no member of the group owns" in stalls[0]
+
+
+def test_an_idle_extra_worker_is_no_stall_when_others_own_every_partition():
+    clock = Clock()
+    stalls: list[str] = []
+    dog = StallWatchdog(lag=lambda: [(0, 0, 5), (1, 0, 9)], owned=lambda: set(),
+                        progress=Progress(clock), timeout_s=20, on_stall=stalls.append,
+                        orphans=lambda partitions: set())
+    clock.now += 100
+    assert dog.check_once() is None and stalls == []
