@@ -144,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whmcs-hang-s", type=float, default=20.0,
                     help="how long a hung AddOrder hangs (past WHMCS_TIMEOUT_S: a timeout)")
     ap.add_argument("--seed", type=int, default=1, help="the WHMCS faults' random seed")
+    ap.add_argument("--burst", type=int, default=0,
+                    help="then approve this many Orders at once (WHMCS faults on) and report "
+                         "the drain rate, approval of the first to write-back of the last")
     args = ap.parse_args(argv)
     env = dict(x.split("=", 1) for x in args.env)
-    n = args.warmup + int(args.rate * args.seconds) + args.backlog + 50
+    n = args.warmup + int(args.rate * args.seconds) + args.backlog + args.burst + 50
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(str(args.keep)) if args.keep
@@ -171,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Salesforce calls during the steady phase: {calls} "
                   f"({sum(calls.values()) / len(ids):.3f} per Order)")
         rows = stamps(p, ids) if ids else {}
+        if args.burst:
+            burst_ids = p.sf.approve(args.burst)
+            t0 = time.monotonic()
+            p.wait_settled(burst_ids, timeout=1800, poll=0.5)
+            took = time.monotonic() - t0
+            print(f"burst of {args.burst}: {took:.1f} s, {args.burst / took:.1f} orders/s")
         if args.backlog:
             backlog(p, args.backlog, args.profile)
     if rows:
