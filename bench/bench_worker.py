@@ -12,7 +12,7 @@ outcomes. Prints:
 * Salesforce guard queries per order (the worker's ``/healthz`` ``guard_queries``, and the
   Salesforce sandbox's query counter for comparison).
 
-Usage: ``.venv/bin/python bench/bench_worker.py [--orders 1000] [--batch-size 200]
+Usage: ``.venv/bin/python bench/bench_worker.py [--orders 1000] [--max-in-flight 1000]
 [--whmcs-latency-ms 0] [--partitions 6]``
 """
 
@@ -54,7 +54,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--whmcs-latency-ms", type=float, default=0.0)
     parser.add_argument("--parallelism", type=int, default=16)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, sf, wh) -> int:
     port = free_port()
     env = worker_env(bootstrap=bootstrap, prefix="bench.", state_dir=work,
                      sf_env=sf.env(), wh_env=wh.env(), KAFKA_PARTITIONS=str(args.partitions),
-                     WORKER_STORE="rocksdb://", WORKER_BATCH_SIZE=str(args.batch_size),
+                     WORKER_STORE="rocksdb://", WORKER_MAX_IN_FLIGHT=str(args.max_in_flight),
                      WORKER_WHMCS_PARALLELISM=str(args.parallelism), WORKER_HTTP_PORT=str(port),
                      LOG_LEVEL="INFO")
     log = work / "worker.log"
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, sf, wh) -> int:
     provisioned = statuses.get("Provisioned", 0)
     print(f"orders={len(events)} outcomes={len(got)} statuses={statuses}")
     print(f"throughput: {len(got) / (done - t0):.1f} orders/s "
-          f"(burst of {len(events)}, batch {args.batch_size}, partitions {args.partitions}, "
+          f"(burst of {len(events)}, in flight {args.max_in_flight}, partitions {args.partitions}, "
           f"WHMCS parallelism {args.parallelism}, WHMCS latency {args.whmcs_latency_ms} ms)")
     print(f"latency (CreatedDate -> outcome): p50 {statistics.median(latency) * 1000:.0f} ms, "
           f"p99 {percentile(latency, 0.99) * 1000:.0f} ms")
