@@ -50,10 +50,10 @@ def harness(whmcs):
         real_add = client.add_order
         kit = Kit(salesforce=sf, whmcs_client=client)
 
-        async def checked_add(params):
+        async def checked_add(params, **kwargs):
             order_id = params["notes"].split()[0].split("=")[1]
             assert kit.tables.durable_intents[order_id]["state"] == "pending"
-            return await real_add(params)
+            return await real_add(params, **kwargs)
         client.add_order = checked_add
         return kit, client
     return build, sf
