@@ -69,7 +69,7 @@ from streams.decide import (
 from streams.guard import GuardReads
 from streams.lease import Fenced, LeaseCheck, OwnershipLease, hold
 from streams.provision import Fence, Provisioner, ProvisionResult
-from streams.state import DurabilityError, Intent, OrderState
+from streams.state import DurabilityError, Intent, Memory, OrderState
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
@@ -188,9 +188,11 @@ class EventHandler:
                                      error_message=decision.error_message, attempts=0,
                                      completed_at=self._clock())
             await self._own(rec, "record")
-            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+            memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
+                                  self._clock(), memory=memory)
         else:
-            result = await self._provision(event, rec, decision, opportunity)
+            held: list[Intent] = []  # the intent as last written (pending, then renewed)
+            result = await self._provision(event, rec, decision, opportunity, held)
             outcome = outcome_record(
                 event, result.status, opportunity_id=opportunity,
                 whmcs_client_id=decision.request.client_id,
@@ -200,10 +202,12 @@ class EventHandler:
                 attempts=result.attempts, recovered=result.recovered,
                 completed_at=self._clock(), duplicate_ids=result.duplicate_ids)
             await self._own(rec, "record")  # the call ran: is the result still ours?
-            state.settle(oid, outcome, self._clock(), may_exist=result.may_exist)
-            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+            state.settle(oid, outcome, self._clock(), may_exist=result.may_exist,
+                         current=held[-1])
+            memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
+                                  self._clock(), memory=memory)
         await self.durable()  # the decided outcome is durable before it is sent
-        await self._send(event, rec, outcome)
+        await self._send(event, rec, outcome, memory)
 
     async def _redelivered(self, event: Event, rec: RawRecord, decision: Redelivery) -> None:
         outcome, oid = decision.outcome, event.order_id
@@ -229,29 +233,32 @@ class EventHandler:
         await self.durable()
         await self._send(event, rec, outcome)
 
-    async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any]) -> None:
+    async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any],
+                    memory: Memory | None = None) -> None:
         await self.emitter.send_outcome(outcome)
-        self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid)
+        self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid,
+                                memory=memory)
         metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
         metrics.LATENCY.observe(time.monotonic() - rec.received_at)
 
     # -- provisioning under the lease ---------------------------------------------------
 
     async def _provision(self, event: Event, rec: RawRecord, decision: Provision,
-                         opportunity: str | None) -> ProvisionResult:
+                         opportunity: str | None, held: list[Intent]) -> ProvisionResult:
         check = await self._own(rec, "intent")
-        self.state.set_intent(Intent.pending(
+        held.append(Intent.pending(
             order_id=event.order_id, idem_key=event.idem_key, event_uuid=event.event_uuid,
             attempt=decision.previous_attempts + 1, client_id=decision.request.client_id,
             at=self._clock(), writer=self.writer_id, lease_until=self._lease_until(check),
             correlation_id=event.correlation_id, requested_at=event.requested_at,
             opportunity_id=opportunity))
+        self.state.set_intent(held[-1])
         await self.durable()  # the pending intent is durable before any AddOrder
         settle_at = None
         if decision.lookup_first:
             settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
         result = await self.provisioner.provision(decision.request, settle_at_ms=settle_at,
-                                                  fence=self._fence(event, rec))
+                                                  fence=self._fence(rec, held))
         if result.recovered:
             metrics.RECOVERED.inc()
         return result
@@ -272,24 +279,24 @@ class EventHandler:
         """The intent's lease: as long as the group lease, at most ``intent_lease_s``."""
         return min(int(check.valid_until_wall * 1000), self._clock() + self.intent_lease_ms)
 
-    def _fence(self, event: Event, rec: RawRecord) -> Fence:
+    def _fence(self, rec: RawRecord, held: list[Intent]) -> Fence:
         """Awaited right before each WHMCS write: the group lease holds, and the durable
         intent says this writer may still send (else it is renewed — made durable —
         first), so a new owner that waits out the intent's ``lease_until`` cannot meet a
         late write of ours."""
         async def fence(action: str) -> float | None:
             check = await self._own(rec, action)
-            intent = self.state.intent(event.order_id)
-            if intent is not None and \
-                    (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
+            intent = held[-1]
+            if (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
                 intent = intent.renewed(self._lease_until(check))
+                held.append(intent)
                 self.state.set_intent(intent)
                 await self.durable()
                 check = await self._own(rec, action)  # the flush took time
             if self.lease is None:
                 return None
             # the send deadline: the group lease's end, or the intent's, whichever is first
-            until_ms = (intent.lease_until if intent and intent.lease_until else
+            until_ms = (intent.lease_until if intent.lease_until else
                         int(check.valid_until_wall * 1000))
             return min(check.valid_until,
                        time.monotonic() + (until_ms - self._clock()) / 1000)

@@ -146,3 +146,19 @@ def test_reconcile_reads_idem_keys_as_the_worker_does():
     for value in ({"IdemKey__c": "801-1", "OrderId__c": "801", "event_uuid": "u"},
                   {"IdemKey__c": None, "OrderId__c": "801", "event_uuid": "u"}):
         assert reconcile_idem_key_of(value) == idem_key_of(value)
+
+
+def test_intent_json_holds_every_field_and_reads_back():
+    """Intent.to_json is written by hand (asdict's deep copy was in the profile): a field
+    added to the dataclass must be added there too, or it would not survive a restart."""
+    import dataclasses
+
+
+    pending = Intent.pending(order_id="801A", idem_key="k", event_uuid="u", attempt=2,
+                             client_id=7, at=5, writer="w1", lease_until=9,
+                             correlation_id="c", requested_at=3, opportunity_id="006A")
+    settled = pending.renewed(11).settled({"status": "Provisioned", "whmcs_order_id": 42}, 12)
+    for intent in (pending, settled):
+        assert intent.to_json() == dataclasses.asdict(intent)
+        assert Intent.from_json(intent.to_json()) == intent
+    assert settled.to_json()["outcome"] is not settled.outcome  # a copy, as asdict made

@@ -75,3 +75,35 @@ def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_s
     consumer.close()
     assert set(found) == set(keys)
     assert all(key_partition(k, 3) == p for k, p in found.items())
+
+
+def test_rocksdb_store_keeps_reads_and_deletes_each_key_in_its_own_partition(tmp_path):
+    """KeyPartitionedRocksStore: a key lives in the RocksDB of key_partition(key) — written,
+    read (DurableTable.read), tested and deleted there, and in no other partition's."""
+    import faust
+
+    from streams.faust_seam import DurableTable
+
+    app = faust.App("rocks-test", broker="kafka://localhost:1", store="rocksdb://",
+                    web_enabled=False, autodiscover=False, datadir=str(tmp_path),
+                    topic_partitions=4)
+    table = app.tables.add(DurableTable(
+        app, name="idem", default=None, partitions=4, beacon=app.tables.beacon,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    store = table.data
+    keys = [f"801R{i:011d}AAA" for i in range(40)]
+    for i, key in enumerate(keys):
+        store[key] = {"n": i}
+    assert len({key_partition(k, 4) for k in keys}) == 4
+    for i, key in enumerate(keys):
+        own = key_partition(key, 4)
+        for partition in range(4):
+            held = store._db_for_partition(partition).get(key.encode())
+            assert (held is not None) == (partition == own), (key, partition)
+        assert table.read(key) == {"n": i}
+        assert key in store
+    assert table.read("801R99999999999AAA") is None
+    assert "801R99999999999AAA" not in store
+    del store[keys[0]]
+    assert table.read(keys[0]) is None and keys[0] not in store
+    assert table.read(keys[1]) == {"n": 1}
