@@ -107,7 +107,7 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
         def start_and_profile(name: str, *args: str) -> subprocess.Popen[bytes]:
             proc = start(name, *args)
             spy.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"),
-                                         "record", "-p", str(proc.pid), "-r", "50", "-f",
+                                         "record", "-p", str(proc.pid), "-r", "50", "--gil", "-f",
                                          "raw", "-o", str(profile), "--nonblocking"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             return proc
@@ -117,8 +117,9 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
     for proc in spy:
         proc.send_signal(2)
         proc.wait(30)
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result["cpu_ms_per_order"].items()))
     print(f"backlog of {n}: {result['seconds']:.1f}s, {result['orders_per_s']:.0f} orders/s; "
-          f"peak RSS MB {rss}")
+          f"peak RSS MB {rss}; CPU ms per Order: {cpu}")
 
 
 def main(argv: list[str] | None = None) -> int:
