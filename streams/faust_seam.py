@@ -90,11 +90,6 @@ CONTRACT: dict[str, tuple[Any, str, str]] = {
     "R faust Consumer._clean_unacked_messages": (
         FaustConsumer, "_clean_unacked_messages", "11be2587e71c9162510ba634577e1da5"),
     "R faust Consumer.ack": (FaustConsumer, "ack", "5fcf41cf45153475de3790dc56fec1b8"),
-    "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
-    "S faust rocksdb Store._get": (RocksStore, "_get", "7ae8dfd6d7754a5952ae162d4d5cf0d5"),
-    "S faust rocksdb Store._contains": (
-        RocksStore, "_contains", "bd7d4e5252a71b9a5705677611435431"),
-    "S faust rocksdb Store._del": (RocksStore, "_del", "07f42ff3caefffddb002ba3c316120ee"),
 }
 
 
@@ -383,6 +378,10 @@ CONTRACT.update({
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),
     "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
     "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
+    "S faust rocksdb Store._get": (RocksStore, "_get", "7ae8dfd6d7754a5952ae162d4d5cf0d5"),
+    "S faust rocksdb Store._contains": (
+        RocksStore, "_contains", "bd7d4e5252a71b9a5705677611435431"),
+    "S faust rocksdb Store._del": (RocksStore, "_del", "07f42ff3caefffddb002ba3c316120ee"),
 })
 
 
