@@ -302,7 +302,7 @@ class Worker:
     def _sweep_fence(self, order_id: str) -> Fence:
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
 
-        async def fence(action: str) -> float | None:
+        async def fence(action: str, *, queued: bool = False) -> float | None:
             check = self.lease.current(partition)
             if not check.ok:
                 raise Fenced(check, stage=action)

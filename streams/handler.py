@@ -283,8 +283,10 @@ class EventHandler:
         """Awaited right before each WHMCS write: the group lease holds, and the durable
         intent says this writer may still send (else it is renewed — made durable —
         first), so a new owner that waits out the intent's ``lease_until`` cannot meet a
-        late write of ours."""
-        async def fence(action: str) -> float | None:
+        late write of ours. Asked ``queued`` while the write waits in line for a WHMCS slot,
+        it renews there what the wait for the slots wore down, so the slot is not held by a
+        flush."""
+        async def fence(action: str, *, queued: bool = False) -> float | None:
             check = await self._own(rec, action)
             intent = held[-1]
             if (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
@@ -293,7 +295,7 @@ class EventHandler:
                 self.state.set_intent(intent)
                 await self.durable()
                 check = await self._own(rec, action)  # the flush took time
-            if self.lease is None:
+            if queued or self.lease is None:
                 return None
             # the send deadline: the group lease's end, or the intent's, whichever is first
             until_ms = (intent.lease_until if intent.lease_until else

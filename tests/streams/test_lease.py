@@ -275,6 +275,48 @@ def test_an_order_queued_behind_the_whmcs_slots_is_checked_when_its_slot_comes()
     assert kit.emitter.sent == [] and kit.finished == []
 
 
+def test_a_renewal_runs_outside_the_whmcs_slot_and_the_slot_still_asks_the_lease():
+    """A write's fence may renew its intent (a durable flush). It runs while the Order waits
+    among the next in line, so the flush never holds a slot: with one slot, the second
+    Order's renewal happens while the first Order's call is in flight. Once the slot is
+    its own, the fence is asked again (the lease may have gone while it waited)."""
+    from streams.provision import Provisioner, ProvisionPolicy
+
+    log: list[str] = []
+
+    async def main() -> None:
+        p = Provisioner(None, ProvisionPolicy(retry_deadline_s=5, whmcs_timeout_s=1,
+                                              lookup_grace_s=0.05), parallelism=1)
+        a_calling = asyncio.Event()
+
+        async def a_call(_deadline: float | None) -> None:
+            log.append("A call")
+            a_calling.set()
+            await asyncio.sleep(0.05)
+            log.append("A done")
+
+        async def a_fence(_action: str, *, queued: bool = False) -> None:
+            return None
+
+        async def b_fence(action: str, *, queued: bool = False) -> float:
+            log.append(f"B fence {action}{' in line' if queued else ''}")
+            if queued:
+                await asyncio.sleep(0.01)  # the renewal's flush
+            return 123.0
+
+        async def b_call(deadline: float | None) -> None:
+            log.append(f"B call {deadline}")
+
+        first = asyncio.ensure_future(p._call("AddOrder", a_fence, a_call))
+        await a_calling.wait()
+        await p._call("AcceptOrder", b_fence, b_call)
+        await first
+
+    asyncio.run(main())
+    assert log == ["A call", "B fence AcceptOrder in line", "A done", "B fence AcceptOrder",
+                   "B call 123.0"]
+
+
 def test_fenced_carries_the_reason():
     err = Fenced(LeaseCheck(False, "lease expired 3.0 s ago"), stage="AddOrder")
     assert "before AddOrder" in str(err) and "lease expired" in str(err)
