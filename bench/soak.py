@@ -7,7 +7,9 @@ backlog. Every ``--sample-s`` seconds the resident memory (VmRSS) of every proce
 connector, worker, sink, both sandboxes, the broker — is recorded with the number of Orders
 written back so far, into ``soak.json`` and a plot ``soak.png`` (``--out``). At the end it
 prints each process's growth from the moment ``--after`` Orders were done to the end; the
-target is at most 10 MB.
+target, for the connector, worker and sink, is at most 10 MB (the sandboxes and the broker
+are reported beside them: the Salesforce sandbox keeps every Order it is seeded with, as an
+org does). Exits 1 when a pipeline process grew more, or a WHMCS order was duplicated.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from bench.harness import Pipeline
 from bench.side_by_side import cpu_pids
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PIPELINE = ("connector", "worker", "sink")  # what the target judges
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -62,7 +65,7 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float) -> dict[str, 
         sampler = Sampler(p, every_s, done)
         sampler.start()
         pending: list[str] = p.sf.approve(chunk)
-        seeded = chunk
+        seeded, approved = chunk, len(pending)
         while done[0] < orders:
             if seeded < orders:
                 p.sf.seed(accounts=0, orders=min(chunk, orders - seeded), broken_every=0)
@@ -77,9 +80,14 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float) -> dict[str, 
             if done[0] >= orders:
                 break
             pending = p.sf.approve(min(chunk, orders - done[0]))
+            approved += len(pending)
         sampler.halt.set()
         sampler.join()
-        invariants = p.invariants([])
+        counters = p.whmcs.counters()
+        per_marker = counters.get("orders_by_marker") or {}
+        duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
+        invariants = {"approved": approved, "written_back": done[0],
+                      "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates)}
     return {"orders": done[0], "samples": sampler.samples, "invariants": invariants}
 
 
@@ -136,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result["samples"], args.out / "soak.png")
     print(json.dumps(result["growth_mb_after"]))
-    worst = max(result["growth_mb_after"]["mb"].values(), default=0.0)
-    print(f"largest growth after {args.after} Orders: {worst:.1f} MB (target <= 10)")
-    return 0 if worst <= 10 else 1
+    print(json.dumps(result["invariants"]))
+    grown = result["growth_mb_after"]["mb"]
+    worst = max((grown.get(name, 0.0) for name in PIPELINE), default=0.0)
+    print(f"largest growth of the pipeline's processes after {args.after} Orders: "
+          f"{worst:.1f} MB (target <= 10); the sandboxes and the broker are reported, not "
+          f"judged: the Salesforce sandbox holds every Order it is seeded with, and the "
+          f"broker's JVM grows its heap up to -Xmx")
+    return 0 if worst <= 10 and result["invariants"]["duplicates"] == 0 else 1
 
 
 if __name__ == "__main__":
