@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # partitions (8 + 8 MB each put the worker's peak RSS at 223 MB in make bench).
 ROCKSDB_OPTIONS = {"write_buffer_size": 2 << 20, "max_write_buffer_number": 2,
                    "block_cache_size": 1 << 20}
+BUSY_IN_FLIGHT = 200  # Orders in flight that make a backlog (50/s at ~200 ms keeps ~10)
 INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
 INTAKE_WITHIN_S = 0.005
 
@@ -146,6 +147,8 @@ class Worker:
         self.whmcs.observer = self.ops.whmcs_observer
         self.guard = Guard(sf_client, observer=self.ops.salesforce_observer)
         self.reads = GuardReads(self.guard, linger_s=worker.guard_linger_s,
+                                busy_linger_s=worker.guard_linger_busy_s,
+                                busy=lambda: self.lanes.in_flight >= BUSY_IN_FLIGHT,
                                 max_ids=worker.guard_batch,
                                 on_read=metrics.GUARD_READS.observe)
         self.provisioner = Provisioner(
