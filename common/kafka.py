@@ -122,6 +122,18 @@ class EnsureReport:
         return not self.drift
 
 
+CREATE_ATTEMPTS = 4
+# A cluster still forming answers a CreateTopics with these: a bootstrap connection replaced
+# by the learned brokers (_DESTROY_BROKER), no controller yet, a node not yet up.
+_TRANSIENT = {"_DESTROY_BROKER", "_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN",
+              "NOT_CONTROLLER", "REQUEST_TIMED_OUT", "INVALID_REPLICATION_FACTOR"}
+
+
+def _transient(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return err is not None and (err.retriable() or err.name() in _TRANSIENT)
+
+
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                   admin: AdminClient | None = None,
                   only: Iterable[str] | None = None) -> EnsureReport:
@@ -146,11 +158,14 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
             specs.append(spec)
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
-    if missing:
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        if not missing:
+            break
         futures = admin.create_topics(
             [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                       config=s.config) for s in missing],
             operation_timeout=timeout, request_timeout=timeout)
+        again, by_name = [], {s.name: s for s in missing}
         for name, fut in futures.items():
             try:
                 fut.result()
@@ -163,8 +178,14 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                         conn, f"use topic {name} (it is missing, or no ACL lets this "
                         "principal see it; topics are made by an admin: `make topics`)",
                         exc.args[0])) from None
+                elif attempt < CREATE_ATTEMPTS and _transient(exc):
+                    log.warning("creating topic %s: %s; trying again", name, exc)
+                    again.append(by_name[name])
                 else:
                     raise KafkaError(f"creating topic {name}: {exc}") from exc
+        missing = again
+        if missing:
+            time.sleep(attempt)
     present = [s for s in specs if s.name in metadata.topics]
     report.existing.extend(s.name for s in present)
     try:

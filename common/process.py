@@ -22,6 +22,7 @@ at once.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -66,6 +67,9 @@ class Startup:
         """Logging (JSON or text, secrets redacted), GC pause timing and tracing, as set."""
         common = self.common
         setup_logging(self.process, common.log_level, common.log_format)
+        # a crash in native code (librdkafka, RocksDB) leaves every thread's Python stack on
+        # stderr, in the process's log, instead of a bare exit -11
+        faulthandler.enable()
         GcMonitor().install()
         tracing.setup(self.process, common.tracing, file=common.tracing_file,
                       otlp_endpoint=common.otlp_endpoint, state_dir=common.state_dir)

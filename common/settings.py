@@ -464,7 +464,11 @@ class WorkerSettings(_Section):
                            doc="Orders read from Salesforce in one guard query, at most.")
     guard_linger_s: float = env("WORKER_GUARD_LINGER_S", 0.05, parse=parse_float,
                                 doc="How long an Order waits for others to share its guard "
-                                    "query (while none is in flight).")
+                                    "query.")
+    guard_linger_busy_s: float = env(
+        "WORKER_GUARD_LINGER_BUSY_S", 0.2, parse=parse_float,
+        doc="The same wait while the worker has a backlog (200 or more Orders in flight): "
+            "a burst shares fewer, larger queries (Salesforce API calls).")
     whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
                                  doc="WHMCS calls in flight at once (each Order's AddOrder "
                                      "and AcceptOrder take one slot each, in turn).")
@@ -536,6 +540,9 @@ class WorkerSettings(_Section):
             raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
         if self.guard_batch > 200:
             raise ConfigError("WORKER_GUARD_BATCH: at most 200 Orders per guard query")
+        if not 0 <= self.guard_linger_s <= self.guard_linger_busy_s:
+            raise ConfigError("WORKER_GUARD_LINGER_BUSY_S: at least WORKER_GUARD_LINGER_S "
+                              f"({self.guard_linger_s:g})")
         if self.commit_interval_s <= 0:
             raise ConfigError("WORKER_COMMIT_INTERVAL_S: must be positive")
 

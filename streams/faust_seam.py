@@ -193,10 +193,21 @@ def _install_membership_hooks() -> None:
 
 
 class LeaseAdapter(MembershipListener):
-    """Feeds an :class:`~streams.lease.OwnershipLease` with the requests topic's partitions."""
+    """Feeds an :class:`~streams.lease.OwnershipLease` with the requests topic's partitions.
 
-    def __init__(self, lease: Any, topic: str) -> None:
+    A requests partition counts as owned only with the same partition of every table's
+    changelog (``changelogs``): faust's assignor leaves out a changelog topic its metadata
+    does not show yet ("Ignoring missing topic", seen on a 3-node cluster at start-up), and
+    its table is then neither restored nor kept for that partition — the worker would decide
+    the partition's events without the intents an earlier owner wrote, and send a second
+    ``AddOrder``. Such partitions stay out of the lease (no WHMCS write) and ``unbacked`` is
+    told (the worker exits so that a restart joins again, with the topic known)."""
+
+    def __init__(self, lease: Any, topic: str, changelogs: Iterable[str] = (),
+                 unbacked: Callable[[str], None] | None = None) -> None:
         self.lease, self.topic = lease, topic
+        self.changelogs = tuple(changelogs)
+        self.unbacked = unbacked or (lambda _reason: None)
 
     def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
                   rebalance: bool) -> None:
@@ -209,7 +220,17 @@ class LeaseAdapter(MembershipListener):
         self.lease.rebalancing()
 
     def assigned(self, partitions_by_topic: dict[str, set[int]], generation: int) -> None:
-        self.lease.assigned(partitions_by_topic.get(self.topic, set()), generation)
+        owned = set(partitions_by_topic.get(self.topic, set()))
+        gaps = {changelog: sorted(owned - partitions_by_topic.get(changelog, set()))
+                for changelog in self.changelogs}
+        gaps = {changelog: missing for changelog, missing in gaps.items() if missing}
+        for missing in gaps.values():
+            owned -= set(missing)
+        self.lease.assigned(owned, generation)
+        if gaps:
+            self.unbacked(f"generation {generation} assigned requests partitions "
+                          f"{sorted(partitions_by_topic.get(self.topic, set()))} without "
+                          + ", ".join(f"{c} {m}" for c, m in gaps.items()))
 
 
 # == tables (docs/decisions/0004) ==========================================================

@@ -17,6 +17,7 @@ from common.settings import (
     Secret,
     SinkSettings,
     WhmcsSettings,
+    WorkerSettings,
     load_dotenv_file,
 )
 
@@ -65,6 +66,8 @@ def test_choices_and_limits():
         ConnectorSettings.load({"SF_PUBSUB_NUM_REQUESTED": "500"})
     with pytest.raises(ConfigError, match="^SINK_BATCH_SIZE:"):
         SinkSettings.load({"SINK_BATCH_SIZE": "201"})
+    with pytest.raises(ConfigError, match="^WORKER_GUARD_LINGER_BUSY_S:"):
+        WorkerSettings.load({"WORKER_GUARD_LINGER_S": "0.3", "WORKER_GUARD_LINGER_BUSY_S": "0.2"})
     c = ConnectorSettings.load({"SF_EVENTS_REPLAY": "earliest", "SF_EVENTS_ENABLED": "false"})
     assert c.replay == "EARLIEST" and c.events_enabled is False
     assert c.channel == "/event/OrderProvisionRequested__e"

@@ -36,3 +36,39 @@ def test_ensure_topics_is_idempotent_and_reports_drift(kafka_bootstrap, unique_n
     report = ensure_topics(drifted)
     assert report.created == []
     assert any(settings.requests in line and "retention.ms" in line for line in report.drift)
+
+
+class _FormingCluster:
+    """A real admin client whose first CreateTopics loses one topic's answer the way a
+    forming cluster does (the bootstrap connection destroyed under the request)."""
+
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin, self.calls = admin, 0
+
+    def __getattr__(self, name):
+        return getattr(self.admin, name)
+
+    def create_topics(self, topics, **kwargs):
+        from concurrent.futures import Future
+
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls += 1
+        if self.calls > 1:
+            return self.admin.create_topics(topics, **kwargs)
+        lost, rest = topics[0], topics[1:]
+        futures = self.admin.create_topics(rest, **kwargs) if rest else {}
+        failed: Future = Future()
+        failed.set_exception(KafkaException(KafkaError(KafkaError._DESTROY_BROKER)))
+        return {lost.topic: failed, **futures}
+
+
+def test_a_topic_lost_to_a_forming_cluster_is_created_on_a_second_try(kafka_bootstrap,
+                                                                       unique_name):
+    settings = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                                  topic_prefix=unique_name("t") + ".", partitions=2)
+    admin = _FormingCluster(AdminClient({"bootstrap.servers": kafka_bootstrap}))
+    report = ensure_topics(settings, admin=admin)
+    assert admin.calls == 2
+    assert sorted(report.created) == sorted(s.name for s in declared_topics(settings))
+    assert settings.requests in admin.list_topics(timeout=10).topics

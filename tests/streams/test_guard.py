@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from common.errors import SalesforceError, SalesforceLimitError
-from streams.guard import MAX_IDS_PER_QUERY, Guard, guard_soql
+from streams.guard import MAX_IDS_PER_QUERY, Guard, _key18, guard_soql
 
 
 def test_soql_selects_the_guard_fields_for_all_ids_once():
@@ -70,3 +70,58 @@ def test_a_full_chunk_of_ids_is_one_query_salesforce_accepts(salesforce):
     assert found == {}  # none of them exists; what matters is that each query was accepted
     assert guard.queries == 3  # 605 ids → three chunks, each accepted the first time
     assert guard.unavailable_since is None and guard.last_error is None
+
+
+class _CountingGuard:
+    """A guard whose fetch records the ids of each read and finds every Order."""
+
+    def __init__(self) -> None:
+        self.reads: list[list[str]] = []
+
+    async def fetch(self, order_ids):
+        ids = list(order_ids)
+        self.reads.append(ids)
+        return {_key18(i): {"Id": i} for i in ids}
+
+
+def _oid(n: int) -> str:
+    return f"801A{n:011d}AAA"
+
+
+@pytest.mark.parametrize("busy, expected_reads", [(False, 2), (True, 1)])
+def test_a_busy_worker_lingers_longer_for_company(busy, expected_reads):
+    """Two Orders 0.2 s apart: with a backlog (``busy``) they share one read — the burst's
+    reads grow toward the maximum; without, the short linger keeps each Order's latency."""
+    from streams.guard import GuardReads
+
+    guard = _CountingGuard()
+    reads = GuardReads(guard, linger_s=0.05, busy_linger_s=1.0, busy=lambda: busy)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(reads.get(_oid(1)))
+        await asyncio.sleep(0.2)
+        await asyncio.gather(first, reads.get(_oid(2)))
+
+    asyncio.run(main())
+    assert len(guard.reads) == expected_reads
+
+
+def test_the_linger_is_chosen_when_the_first_order_waits():
+    """The backlog gone, the next read's first Order waits the short linger again."""
+    from streams.guard import GuardReads
+
+    guard = _CountingGuard()
+    state = {"busy": True}
+    reads = GuardReads(guard, linger_s=0.0, busy_linger_s=0.3, busy=lambda: state["busy"])
+
+    async def main() -> None:
+        first = asyncio.ensure_future(reads.get(_oid(1)))
+        await asyncio.sleep(0.1)                       # within the busy linger: shared
+        await asyncio.gather(first, reads.get(_oid(2)))
+        state["busy"] = False
+        late = asyncio.ensure_future(reads.get(_oid(3)))
+        await asyncio.sleep(0.1)                       # past the short linger: apart
+        await asyncio.gather(late, reads.get(_oid(4)))
+
+    asyncio.run(main())
+    assert [sorted(r) for r in guard.reads] == [[_oid(1), _oid(2)], [_oid(3)], [_oid(4)]]

@@ -317,6 +317,29 @@ def test_a_renewal_runs_outside_the_whmcs_slot_and_the_slot_still_asks_the_lease
                    "B call 123.0"]
 
 
+def test_a_requests_partition_assigned_without_its_changelogs_is_not_owned():
+    """faust's assignor leaves out a changelog topic its metadata does not show yet: that
+    partition's table is neither restored nor kept, so the partition must not count as owned
+    (a 3-node chaos run sent second AddOrders from exactly this), and the worker is told."""
+    from streams.faust_seam import LeaseAdapter
+
+    clock = Clock()
+    owned = lease(clock)
+    owned.synced(7, clock.now)
+    told: list[str] = []
+    adapter = LeaseAdapter(owned, "req", changelogs=["idem-cl", "intents-cl"],
+                           unbacked=told.append)
+    adapter.assigned({"req": {0, 1, 2}, "idem-cl": {0, 1, 2, 4}, "intents-cl": {1, 2}}, 7)
+    assert not owned.check(0, 7).ok and owned.check(1, 7).ok and owned.check(2, 7).ok
+    assert told == ["generation 7 assigned requests partitions [0, 1, 2] without "
+                    "intents-cl [0]"]
+
+    told.clear()
+    owned.synced(8, clock.now)
+    adapter.assigned({"req": {0, 1}, "idem-cl": {0, 1}, "intents-cl": {0, 1, 5}}, 8)
+    assert owned.check(0, 8).ok and owned.check(1, 8).ok and told == []
+
+
 def test_fenced_carries_the_reason():
     err = Fenced(LeaseCheck(False, "lease expired 3.0 s ago"), stage="AddOrder")
     assert "before AddOrder" in str(err) and "lease expired" in str(err)
