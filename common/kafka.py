@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from common.backoff import Backoff
 from common.connection import KafkaConnection, access_error, is_refusal, refusal_message
 from common.errors import KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
@@ -158,6 +159,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
             specs.append(spec)
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
+    backoff = Backoff(0.5, 4.0)
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         if not missing:
             break
@@ -185,7 +187,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                     raise KafkaError(f"creating topic {name}: {exc}") from exc
         missing = again
         if missing:
-            time.sleep(attempt)
+            time.sleep(backoff.next_delay())
     present = [s for s in specs if s.name in metadata.topics]
     report.existing.extend(s.name for s in present)
     try:

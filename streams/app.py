@@ -44,7 +44,7 @@ from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.state import GroupCommit, OrderState
-from streams.watchdog import STALL_EXIT_CODE, Progress, StallWatchdog, unowned
+from streams.watchdog import Progress, StallWatchdog, exit_to_rejoin, unowned
 
 log = logging.getLogger(__name__)
 # faust's RocksDB defaults are per partition DB (2 tables x partitions DBs): 64 MB memtables
@@ -54,17 +54,6 @@ log = logging.getLogger(__name__)
 ROCKSDB_OPTIONS = {"write_buffer_size": 2 << 20, "max_write_buffer_number": 2,
                    "block_cache_size": 1 << 20}
 BUSY_IN_FLIGHT = 200  # Orders in flight that make a backlog (50/s at ~200 ms keeps ~10)
-def _exit_unbacked(reason: str) -> None:
-    """A requests partition assigned without its tables' changelog partitions (see
-    :class:`streams.faust_seam.LeaseAdapter`): exit so that a restart joins the group again."""
-    log.critical("%s; exiting with %d so that a restart joins the group again (no WHMCS write "
-                 "was made for those partitions, nothing past the committed offsets was "
-                 "acknowledged)", reason, STALL_EXIT_CODE)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(STALL_EXIT_CODE)
-
-
 INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
 INTAKE_WITHIN_S = 0.005
 
@@ -152,7 +141,8 @@ class Worker:
         self.lease = OwnershipLease(session_timeout_s=worker.session_timeout_s,
                                     margin_s=worker.lease_margin)
         faust_seam.watch_membership(app_id, faust_seam.LeaseAdapter(
-            self.lease, kafka.requests, unbacked=_exit_unbacked,
+            self.lease, kafka.requests,
+            unbacked=lambda reason: exit_to_rejoin(f"{reason}; no WHMCS write was made for them"),
             changelogs=[t.changelog_topic.get_topic_name() for t in (self.idem, self.intents)]))
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)

@@ -127,7 +127,7 @@ class GuardReads:
     While the worker is ``busy`` (a backlog: many Orders in flight), the first waits up to
     ``busy_linger_s`` instead: each Order then waits behind hundreds of others anyway, and
     the reads grow toward ``max_ids`` (a 1,000-Order burst of ``make bench``: 21–35 reads at
-    50 ms, 11 with this). At a steady rate the short wait keeps the latency."""
+    50 ms, 8–11 with this). At a steady rate the short wait keeps the latency."""
 
     def __init__(self, guard: Guard, *, linger_s: float = 0.05,
                  busy_linger_s: float | None = None, busy: Callable[[], bool] | None = None,

@@ -194,9 +194,14 @@ def _exit(reason: str) -> Any:
         time.sleep(2.0)
     except Exception:  # noqa: BLE001,S110 - best effort before exiting
         pass
-    log.critical("worker stalled: %s; exiting with %d so a restart rejoins the group "
-                 "(nothing past the committed offsets was acknowledged)", reason,
-                 STALL_EXIT_CODE)
+    exit_to_rejoin(f"worker stalled: {reason}")
+
+
+def exit_to_rejoin(message: str) -> Any:
+    """Log ``message`` at CRITICAL and exit with :data:`STALL_EXIT_CODE`, at once: the
+    supervisor restarts the worker, which joins its group again."""
+    log.critical("%s; exiting with %d so a restart rejoins the group (nothing past the "
+                 "committed offsets was acknowledged)", message, STALL_EXIT_CODE)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()
