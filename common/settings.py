@@ -453,7 +453,7 @@ class WorkerSettings(_Section):
                       doc="Faust app id (consumer group and changelog topic prefix).")
     store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
                                                        "memory:// for tests).")
-    max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 1000, parse=parse_positive_int,
+    max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 500, parse=parse_positive_int,
                              doc="Events taken in and not yet finished, at most "
                                  "(backpressure: beyond it no more are fetched).")
     partition_window: int = env("WORKER_PARTITION_WINDOW", 10_000, parse=parse_positive_int,

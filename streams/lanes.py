@@ -52,7 +52,7 @@ Job = Admitted | Callable[[], Awaitable[None]]
 
 class Lanes:
     def __init__(self, checkpoint: Checkpoint, release: Callable[[Any], None], *,
-                 max_in_flight: int = 1000, partition_window: int = 10_000,
+                 max_in_flight: int = 500, partition_window: int = 10_000,
                  pause: Callable[[set[int]], None] = lambda _p: None,
                  resume: Callable[[set[int]], None] = lambda _p: None,
                  on_leave: Callable[[Admitted], None] = lambda _item: None,
