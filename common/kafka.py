@@ -7,6 +7,7 @@ changes an existing topic behind the operator's back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -61,6 +62,23 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
                    "min.insync.replicas": isr},
                   "replay-id gaps the connector recorded"),
     ]
+
+
+WORKER_TABLES = ("idem", "intents")  # the worker's faust tables (streams.app)
+
+
+def changelog_topics(settings: KafkaSettings, app_id: str) -> list[TopicSpec]:
+    """The worker's table changelogs, as faust names them (``<app id>-<table>-changelog``,
+    the app id with the topic prefix), declared here so the worker creates them before it
+    joins its group: faust's assignor ignores a changelog its metadata does not show yet (a
+    forming cluster), and faust would create them without ``min.insync.replicas`` — the
+    cluster's default, often 1, under the intents that keep WHMCS writes at most once."""
+    return [TopicSpec(f"{app_id}-{table}-changelog", settings.partitions,
+                      settings.replication_factor,
+                      {"cleanup.policy": "compact",
+                       "min.insync.replicas": str(settings.min_insync_replicas)},
+                      f"worker table {table} (faust changelog, compacted)")
+            for table in WORKER_TABLES]
 
 
 def admin_client(settings: KafkaSettings | KafkaConnection, **extra: Any) -> AdminClient:
@@ -137,10 +155,14 @@ def _transient(exc: KafkaException) -> bool:
 
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                   admin: AdminClient | None = None,
-                  only: Iterable[str] | None = None) -> EnsureReport:
+                  only: Iterable[str] | None = None,
+                  extra: Iterable[TopicSpec] = ()) -> EnsureReport:
     """Create missing topics; report partition/config drift of existing ones. Idempotent.
+    Returns once every topic it names is in the cluster's metadata with a leader for each
+    partition (a forming cluster learns of a new topic a moment after creating it).
 
-    ``only``: the names a process uses (its principal may not see the others). A broker
+    ``only``: the names a process uses (its principal may not see the others); ``extra``:
+    topics declared elsewhere (:func:`changelog_topics`), always included. A broker
     that refuses this client, or its principal to create a missing topic or read a topic's
     config, raises :class:`KafkaAccessError` (see :func:`connect`)."""
     conn = KafkaConnection.from_settings(settings)
@@ -157,6 +179,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     for spec in declared_topics(settings):  # two settings may name one topic: once
         if (wanted is None or spec.name in wanted) and spec.name not in {s.name for s in specs}:
             specs.append(spec)
+    specs.extend(s for s in extra if s.name not in {x.name for x in specs})
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
     backoff = Backoff(0.5, 4.0)
@@ -188,7 +211,10 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
         missing = again
         if missing:
             time.sleep(backoff.next_delay())
-    present = [s for s in specs if s.name in metadata.topics]
+    if report.created:
+        metadata = _until_led(admin, report.created, metadata, timeout)
+    present = [s for s in specs if s.name in metadata.topics
+               and s.name not in report.created and s.name not in report.existing]
     report.existing.extend(s.name for s in present)
     try:
         report.drift.extend(describe_drift(admin, present, metadata, timeout=timeout))
@@ -198,6 +224,23 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                 conn, "describe the configs of its topics", exc.args[0])) from None
         raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
     return report
+
+
+def _until_led(admin: AdminClient, names: list[str], metadata: Any, timeout: float) -> Any:
+    """The metadata once every one of ``names`` has a leader for each partition (or the
+    last seen after ``timeout``: the clients' own metadata refreshes cover the rest)."""
+    deadline = time.monotonic() + timeout
+    backoff = Backoff(0.05, 1.0)
+    while True:
+        with contextlib.suppress(KafkaException):  # a node away: the next round asks again
+            metadata = admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        led = all(n in metadata.topics and metadata.topics[n].error is None and
+                  metadata.topics[n].partitions and
+                  all(p.leader >= 0 for p in metadata.topics[n].partitions.values())
+                  for n in names)
+        if led or time.monotonic() >= deadline:
+            return metadata
+        time.sleep(backoff.next_delay())
 
 
 def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,

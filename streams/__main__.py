@@ -20,7 +20,7 @@ import os
 import sys
 
 from common.errors import KafkaAccessError
-from common.kafka import ensure_topics
+from common.kafka import changelog_topics, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("%s", exc)
         return EXIT_CONFIG
     try:
-        report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters))
+        # its tables' changelogs too, before it joins (common.kafka.changelog_topics)
+        report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters),
+                               extra=changelog_topics(kafka, kafka.topic(worker.app_id)))
     except KafkaAccessError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

@@ -1,0 +1,48 @@
+"""The worker creates its tables' changelogs before it joins (common.kafka.changelog_topics):
+the names must be faust's own, and the topics compacted with the declared min ISR."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from common.kafka import changelog_topics, ensure_topics
+from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
+
+WHMCS = {"WHMCS_API_URL": "http://127.0.0.1:9/includes/api.php",
+         "WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "secret"}
+
+
+def test_the_declared_changelogs_are_the_names_faust_gives_the_worker_tables(tmp_path):
+    from streams.app import Worker
+
+    kafka = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9", topic_prefix="t1.")
+    worker = WorkerSettings.load({})
+    built = Worker(kafka=kafka, worker=worker, whmcs=WhmcsSettings.load(WHMCS),
+                   sf_client=None,  # type: ignore[arg-type]
+                   common=CommonSettings.load({}, state_dir=tmp_path))
+    faust_names = sorted(t.changelog_topic.get_topic_name() for t in built.app.tables.values())
+    declared = sorted(s.name for s in changelog_topics(kafka, kafka.topic(worker.app_id)))
+    assert declared == faust_names == ["t1.sfprov-worker-idem-changelog",
+                                       "t1.sfprov-worker-intents-changelog"]
+
+
+@pytest.mark.broker
+def test_the_worker_topics_are_created_with_their_changelogs_and_led(kafka_bootstrap,
+                                                                      unique_name):
+    kafka = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                               topic_prefix=unique_name("cl") + ".", partitions=3)
+    specs = changelog_topics(kafka, kafka.topic("sfprov-worker"))
+    report = ensure_topics(kafka, only=(kafka.requests,), extra=specs)
+    assert sorted(report.created) == sorted([kafka.requests, *(s.name for s in specs)])
+    # returned only once each partition has a leader: visible to the next client at once
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    md = admin.list_topics(timeout=10)
+    for spec in specs:
+        assert len(md.topics[spec.name].partitions) == 3
+        res = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
+        config = admin.describe_configs([res])[res].result()
+        assert config["cleanup.policy"].value == "compact"
+        assert config["min.insync.replicas"].value == str(kafka.min_insync_replicas)
+    again = ensure_topics(kafka, only=(kafka.requests,), extra=specs)
+    assert again.created == [] and again.ok
