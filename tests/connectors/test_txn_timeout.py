@@ -283,7 +283,10 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
     sf.approve(20)
     time.sleep(2 * TIMEOUT_S)   # nothing open, nothing to watch: a lower bound on the pause
     proc.proc.send_signal(signal.SIGCONT)
-    wait_until(lambda: len(read_requests(kafka)) >= 80, 120, "all 80 events committed")
+    try:
+        wait_until(lambda: len(read_requests(kafka)) >= 80, 120, "all 80 events committed")
+    except AssertionError as exc:  # what the connector said, with the failure
+        raise AssertionError(f"{exc}; connector log:\n{proc.text()[-6000:]}") from None
     assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1
     assert requests.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=5).status_code == 200
     assert proc.terminate() == 0, proc.text()[-3000:]

@@ -13,10 +13,12 @@ WHMCS = {"WHMCS_API_URL": "http://127.0.0.1:9/includes/api.php",
          "WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "secret"}
 
 
-def test_the_declared_changelogs_are_the_names_faust_gives_the_worker_tables(tmp_path):
+@pytest.mark.broker  # the Worker's own clients connect as it is built
+def test_the_declared_changelogs_are_the_names_faust_gives_the_worker_tables(tmp_path,
+                                                                            kafka_bootstrap):
     from streams.app import Worker
 
-    kafka = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9", topic_prefix="t1.")
+    kafka = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap, topic_prefix="t1.")
     worker = WorkerSettings.load({})
     built = Worker(kafka=kafka, worker=worker, whmcs=WhmcsSettings.load(WHMCS),
                    sf_client=None,  # type: ignore[arg-type]
