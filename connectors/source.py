@@ -159,7 +159,9 @@ class Connector:
         self.written = 0
         self._stop = threading.Event()
         self._keepalive_candidate: bytes | None = None
-        self._last_keepalive_commit = 0.0
+        # the first keepalive position is committed one interval after the start (0.0 made
+        # it depend on the machine's uptime: at once on a box up longer than the interval)
+        self._last_keepalive_commit = time.monotonic()
         self._reopen_pending = False  # the producer was fenced after a transaction timeout
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
         m.COMMITTED_AGE.set_function(self._committed_age)

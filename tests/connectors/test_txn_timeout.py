@@ -289,6 +289,12 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
         raise AssertionError(f"{exc}; connector log:\n{proc.text()[-6000:]}") from None
     assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1
     assert requests.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=5).status_code == 200
+    # keepalives came (every second here) and, with SF_PUBSUB_KEEPALIVE_COMMIT_S=3600, none
+    # was committed: an idle connector has no transaction open (the first keepalive commit
+    # once came at once, on a machine up longer than the interval, and could be the one
+    # open at the idle pause)
+    assert proc.metric("sfprov_connector_keepalives_total") > 0
+    assert proc.metric('sfprov_connector_transactions_total{kind="keepalive"') == 0
     assert proc.terminate() == 0, proc.text()[-3000:]
     assert_exactly_once(read_requests(kafka), sandbox_uuids(sf), 80)
 
