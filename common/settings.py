@@ -373,7 +373,9 @@ class ConnectorSettings(_Section):
                                          "keepalive) arrived for this long.")
     keepalive_commit_interval_s: float = env("SF_PUBSUB_KEEPALIVE_COMMIT_S", 60.0,
                                              parse=parse_float,
-                                             doc="Throttle for committing keepalive positions.")
+                                             doc="Throttle for committing keepalive "
+                                                 "positions (at most one per interval; the "
+                                                 "first one interval after the start).")
     name: str = env("CONNECTOR_NAME", "sfprov-connector",
                     doc="Connector name: its transactional.id and offsets key.")
     http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
