@@ -309,8 +309,9 @@ class Provisioner:
         A write first waits among the next ``parallelism`` in line and is fenced there: an
         intent whose lease ran short during the long wait is renewed before the slot is
         taken (a 2,000-Order burst at 150 ms per call: 48.5 → 49.4 Orders/s, 40.6 → 44.0
-        under CPU contention, ``bench.stages --burst``). The fence asked again once the slot is ours is then a lease
-        check, and a renewal only when the short wait for the slot outlived the intent."""
+        under CPU contention, ``bench.stages --burst``). The fence asked again once the slot
+        is ours is then a lease check, and a renewal only when the short wait for the slot
+        outlived the intent."""
         if fence is None:
             async with self._slots:
                 return await call(None)
