@@ -348,6 +348,7 @@ class Worker:
                    "whmcs_access_error": self.provisioner.access_error,
                    "assigned_partitions": sorted(self.assigned),
                    "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
+                   "offset_gaps": self.consumer.offset_gaps(),
                    "idle_s": round(self.progress.idle_for(), 1),
                    "stall_check_error": self.watchdog.last_error if self.watchdog else None}
         return not (sf_down or whmcs_refused), details

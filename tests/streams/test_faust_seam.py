@@ -8,7 +8,9 @@ tested where each one matters (listed in ``WORKAROUND_TESTS``) — plus ``read_c
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +34,8 @@ WORKAROUND_TESTS = {
     "membership hooks for the lease, release()":
         "tests/streams/test_worker_pause.py::test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns",
     "read_committed": "tests/streams/test_faust_seam.py::test_the_worker_never_acts_on_an_aborted_event",
+    "the gaps faust notes below the checkpoint's commit are dropped":
+        "tests/streams/test_faust_seam.py::test_the_gaps_faust_notes_in_the_requests_offsets_go_with_each_commit",
     "an idempotent producer":
         "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
 }
@@ -148,6 +152,66 @@ def test_the_worker_never_acts_on_an_aborted_event(kafka_settings, salesforce, w
     got = outcomes(reader.records)
     assert [o["event_uuid"] for o in got] == [committed["event_uuid"]]
     assert whmcs.orders_for(ids[0]) == [] and len(whmcs.orders_for(ids[1])) == 1
+
+
+# -- the gaps faust notes in the requests' offsets go with each checkpoint commit ---------
+
+@pytest.mark.broker
+@pytest.mark.e2e
+def test_the_gaps_faust_notes_in_the_requests_offsets_go_with_each_commit(
+        kafka_settings, salesforce, whmcs, tmp_path):
+    """Each of the connector's transactions ends in a commit marker that takes an offset;
+    faust notes the gap it leaves and forgets it only when it commits from its own acks —
+    which the worker never does. Left alone they were one interval per transaction for the
+    life of the worker: memory, and a tree rebuilt at every new gap."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from confluent_kafka import Producer
+
+    from tests.streams.support import REQUEST, Reader, request, worker_env, worker_process
+
+    n = 24
+    ids = [o["order_id"] for o in salesforce.seed(accounts=3, orders=n,
+                                                  broken_every=0)["orders"]]
+    salesforce.approve(ids=ids)
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "transactional.id": f"gaps-{kafka_settings.topic_prefix}",
+                         "partitioner": "murmur2_random"})
+    producer.init_transactions(30)
+    for oid in ids:  # one transaction each: a marker, so a gap, after every event
+        value = request(oid)
+        producer.begin_transaction()
+        producer.produce(kafka_settings.requests, key=oid.encode(),
+                         value=REQUEST.encode(value), headers=REQUEST.headers())
+        producer.commit_transaction(30)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
+                     prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
+                     sf_env=salesforce.env(), wh_env=whmcs.env(), WORKER_HTTP_PORT=str(port))
+    reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
+
+    def ready() -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+    with worker_process(env, tmp_path / "worker.log") as proc:
+        reader.poll_until(lambda r: len(r) >= n, timeout=120,
+                          alive=lambda: proc.poll() is None)
+        deadline, details = time.monotonic() + 30, ready()
+        while time.monotonic() < deadline and not (
+                details.get("commits") and details.get("offset_gaps") == 0):
+            time.sleep(0.5)
+            details = ready()
+    assert details.get("commits"), details
+    assert details.get("offset_gaps") == 0, \
+        f"faust still tracks {details.get('offset_gaps')} gaps below the committed offsets"
 
 
 # -- the producer: idempotent, not only acks=all -------------------------------------------
