@@ -14,7 +14,7 @@ The interface (what the rest of the worker calls):
   ``read_committed`` fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
   :func:`key_partition`;
 * :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
-  offsets, :meth:`~ConsumerSeam.release` a message without committing it, seeks applied
+  offsets (and drop faust's record of the offset gaps below them), :meth:`~ConsumerSeam.release` a message without committing it, seeks applied
   between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
   backpressure, the re-seek and diagnostics of the stall watchdog, and the revocation
   callback;
