@@ -5,7 +5,8 @@ Orders are seeded and approved a chunk at a time, and the next chunk is approved
 the previous one is written back, so the pipeline never idles and never builds an unbounded
 backlog. Every ``--sample-s`` seconds the resident memory (VmRSS) of every process —
 connector, worker, sink, both sandboxes, the broker — is recorded with the number of Orders
-written back so far, into ``soak.json`` and a plot ``soak.png`` (``--out``). At the end it
+written back so far, into ``soak.json`` and a plot ``soak.png`` (``--out``; the samples so far
+are in ``soak.partial.json`` while it runs). At the end it
 prints each process's growth from the moment ``--after`` Orders were done to the end; the
 target, for the connector, worker and sink, is at most 10 MB (the sandboxes and the broker
 are reported beside them: the Salesforce sandbox keeps every Order it is seeded with, as an
@@ -43,9 +44,10 @@ def rss_mb(pid: int | None) -> float | None:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, p: Pipeline, every_s: float, done: list[int]) -> None:
+    def __init__(self, p: Pipeline, every_s: float, done: list[int],
+                 partial: Path | None = None) -> None:
         super().__init__(daemon=True)
-        self.p, self.every_s, self.done = p, every_s, done
+        self.p, self.every_s, self.done, self.partial = p, every_s, done, partial
         self.samples: list[dict[str, Any]] = []
         self.halt = threading.Event()
         self.t0 = time.monotonic()
@@ -57,12 +59,16 @@ class Sampler(threading.Thread):
             for name, pid in cpu_pids(self.p).items():
                 row[name] = rss_mb(pid)
             self.samples.append(row)
+            if self.partial is not None and len(self.samples) % 6 == 0:
+                # the samples so far, once a minute: a run that dies still leaves them
+                self.partial.write_text(json.dumps({"samples": self.samples}) + "\n")
 
 
-def soak(directory: Path, orders: int, chunk: int, every_s: float) -> dict[str, Any]:
+def soak(directory: Path, orders: int, chunk: int, every_s: float,
+         partial: Path | None = None) -> dict[str, Any]:
     done = [0]
     with Pipeline(directory, accounts=500, orders=chunk, broken_every=0, partitions=6) as p:
-        sampler = Sampler(p, every_s, done)
+        sampler = Sampler(p, every_s, done, partial)
         sampler.start()
         pending: list[str] = p.sf.approve(chunk)
         seeded, approved = chunk, len(pending)
@@ -136,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sfprov-soak-") as tmp:
-        result = soak(Path(tmp), args.orders, args.chunk, args.sample_s)
+        result = soak(Path(tmp), args.orders, args.chunk, args.sample_s,
+                      partial=args.out / "soak.partial.json")
     result["growth_mb_after"] = {"after_orders": args.after,
                                  "mb": growth(result["samples"], args.after)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "soak.partial.json").unlink(missing_ok=True)
     plot(result["samples"], args.out / "soak.png")
     print(json.dumps(result["growth_mb_after"]))
     print(json.dumps(result["invariants"]))

@@ -36,6 +36,8 @@ WORKAROUND_TESTS = {
     "read_committed": "tests/streams/test_faust_seam.py::test_the_worker_never_acts_on_an_aborted_event",
     "the gaps faust notes below the checkpoint's commit are dropped":
         "tests/streams/test_faust_seam.py::test_the_gaps_faust_notes_in_the_requests_offsets_go_with_each_commit",
+    "indexes and filters in one shared block cache (BoundedRocksDBOptions)":
+        "tests/streams/test_tables.py::test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache",
     "an idempotent producer":
         "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
 }

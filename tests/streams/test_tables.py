@@ -107,3 +107,56 @@ def test_rocksdb_store_keeps_reads_and_deletes_each_key_in_its_own_partition(tmp
     del store[keys[0]]
     assert table.read(keys[0]) is None and keys[0] not in store
     assert table.read(keys[1]) == {"n": 1}
+
+
+def _fill(table, n: int) -> list:
+    """``n`` Orders' worth of ~800-byte values through the table's store; every DB flushed
+    to table files. Returns the DBs."""
+    import os
+
+    store = table.data
+    for i in range(n):
+        store[f"801F{i:011d}AAA"] = {"outcome": os.urandom(300).hex()}
+    dbs = [store._db_for_partition(p) for p in range(table.partitions)]
+    for db in dbs:
+        db.flush()
+    return dbs
+
+
+def _rocks_table(tmp_path, name: str, options: dict):
+    import faust
+
+    from streams.faust_seam import DurableTable
+
+    app = faust.App(f"rocks-{name}", broker="kafka://localhost:1", store="rocksdb://",
+                    web_enabled=False, autodiscover=False, datadir=str(tmp_path / name),
+                    topic_partitions=2)
+    return app.tables.add(DurableTable(
+        app, name="idem", default=None, partitions=2, beacon=app.tables.beacon,
+        options=dict(options),
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+
+
+def test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache(tmp_path):
+    """With the worker's options every table file's index and filter are paged through one
+    block cache that all the DBs share, instead of held whole, outside any cache, for as long
+    as the file exists (faust's options: that memory grew with the Orders kept)."""
+    from streams.app import ROCKSDB_OPTIONS
+
+    faust_options = {k: v for k, v in ROCKSDB_OPTIONS.items() if k != "shared_block_cache_size"}
+    theirs = _fill(_rocks_table(tmp_path, "faust", faust_options), 20_000)
+    ours = _fill(_rocks_table(tmp_path, "ours", ROCKSDB_OPTIONS), 20_000)
+
+    def readers(dbs) -> int:
+        return sum(db.property_int_value("rocksdb.estimate-table-readers-mem") for db in dbs)
+
+    def on_disk(dbs) -> int:
+        return sum(db.property_int_value("rocksdb.total-sst-files-size") for db in dbs)
+    assert on_disk(theirs) > 10 << 20 and on_disk(ours) > 10 << 20  # table files to index
+    held_outside = readers(theirs)
+    assert held_outside > 50_000  # faust: the indexes and filters, outside the cache
+    assert readers(ours) * 4 < held_outside, (readers(ours), held_outside)
+    capacity = {db.property_int_value("rocksdb.block-cache-capacity") for db in ours}
+    assert capacity == {ROCKSDB_OPTIONS["shared_block_cache_size"]}  # one cache, shared
+    usage = {db.property_int_value("rocksdb.block-cache-usage") for db in ours}
+    assert len(usage) == 1 and usage.pop() > 0  # the same cache, holding the index blocks
