@@ -148,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                       partial=args.out / "soak.partial.json")
     result["growth_mb_after"] = {"after_orders": args.after,
                                  "mb": growth(result["samples"], args.after)}
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "soak.partial.json").unlink(missing_ok=True)
     plot(result["samples"], args.out / "soak.png")

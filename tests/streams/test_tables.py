@@ -110,7 +110,7 @@ def test_rocksdb_store_keeps_reads_and_deletes_each_key_in_its_own_partition(tmp
 
 
 def _fill(table, n: int) -> list:
-    """``n`` Orders' worth of ~800-byte values through the table's store; every DB flushed
+    """``n`` Orders' worth of ~600-byte values through the table's store; every DB flushed
     to table files. Returns the DBs."""
     import os
 
