@@ -182,35 +182,9 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     specs.extend(s for s in extra if s.name not in {x.name for x in specs})
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
-    backoff = Backoff(0.5, 4.0)
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        if not missing:
-            break
-        futures = admin.create_topics(
-            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                      config=s.config) for s in missing],
-            operation_timeout=timeout, request_timeout=timeout)
-        again, by_name = [], {s.name: s for s in missing}
-        for name, fut in futures.items():
-            try:
-                fut.result()
-                report.created.append(name)
-            except KafkaException as exc:
-                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
-                    report.existing.append(name)
-                elif exc.args and is_refusal(exc.args[0]):
-                    raise KafkaAccessError(refusal_message(
-                        conn, f"use topic {name} (it is missing, or no ACL lets this "
-                        "principal see it; topics are made by an admin: `make topics`)",
-                        exc.args[0])) from None
-                elif attempt < CREATE_ATTEMPTS and _transient(exc):
-                    log.warning("creating topic %s: %s; trying again", name, exc)
-                    again.append(by_name[name])
-                else:
-                    raise KafkaError(f"creating topic {name}: {exc}") from exc
-        missing = again
-        if missing:
-            time.sleep(backoff.next_delay())
+    created, existing = create_topics(admin, missing, timeout=timeout, conn=conn)
+    report.created.extend(created)
+    report.existing.extend(existing)
     if report.created:
         metadata = _until_led(admin, report.created, metadata, timeout)
     present = [s for s in specs if s.name in metadata.topics
@@ -224,6 +198,48 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                 conn, "describe the configs of its topics", exc.args[0])) from None
         raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
     return report
+
+
+def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float = 30.0,
+                  conn: KafkaConnection | None = None) -> tuple[list[str], list[str]]:
+    """Create ``specs``; returns (created, already existing). A transient failure is tried
+    again (``CREATE_ATTEMPTS``): a fresh client may fail its first request with
+    ``_DESTROY_BROKER`` when it retires the bootstrap connection the request went out on,
+    and a forming cluster answers ``NOT_CONTROLLER`` or ``INVALID_REPLICATION_FACTOR``
+    until every node has registered. A refusal raises :class:`KafkaAccessError`."""
+    created: list[str] = []
+    existing: list[str] = []
+    missing = list(specs)
+    backoff = Backoff(0.5, 4.0)
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        if not missing:
+            break
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                      config=s.config) for s in missing],
+            operation_timeout=timeout, request_timeout=timeout)
+        again, by_name = [], {s.name: s for s in missing}
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    existing.append(name)
+                elif exc.args and is_refusal(exc.args[0]):
+                    what = (f"use topic {name} (it is missing, or no ACL lets this principal "
+                            "see it; topics are made by an admin: `make topics`)")
+                    raise KafkaAccessError(refusal_message(conn, what, exc.args[0])
+                                           if conn is not None else f"{what}: {exc}") from None
+                elif attempt < CREATE_ATTEMPTS and _transient(exc):
+                    log.warning("creating topic %s: %s; trying again", name, exc)
+                    again.append(by_name[name])
+                else:
+                    raise KafkaError(f"creating topic {name}: {exc}") from exc
+        missing = again
+        if missing:
+            time.sleep(backoff.next_delay())
+    return created, existing
 
 
 def _until_led(admin: AdminClient, names: list[str], metadata: Any, timeout: float) -> Any:

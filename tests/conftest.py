@@ -102,9 +102,10 @@ def kafka_settings(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> K
 def create_topic(bootstrap: str, name: str, partitions: int = 1,
                  config: dict[str, str] | None = None) -> None:
     """Create one topic and wait for it (tests use unique names, so it never exists)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+
+    from common.kafka import TopicSpec, create_topics
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                            replication_factor=1, config=config or {})])
-    futures[name].result(timeout=30)
+    assert create_topics(admin, [TopicSpec(name, partitions, 1, config or {})],
+                         timeout=30) == ([name], [])
