@@ -49,12 +49,14 @@ from streams.watchdog import Progress, StallWatchdog, exit_to_rejoin, unowned
 log = logging.getLogger(__name__)
 # faust's RocksDB defaults are per partition DB (2 tables x partitions DBs): 64 MB memtables
 # x3 and a 2 GB block cache each; sized for this table instead (docs/decisions/0004).
-# At most 2 x 2 MB of memtable per DB (48 MB for 2 tables x 6 partitions; 8 + 8 MB each put
-# the worker's peak RSS at 223 MB in make bench), and one 8 MB block cache for all of them
-# that also holds the files' indexes and filters (faust_seam.BoundedRocksDBOptions: outside
-# a cache they grew with the Orders kept).
+# At most 2 x 2 MB of memtable per DB (8 + 8 MB each put the worker's peak RSS at 223 MB in
+# make bench) and 8 MB for all of them together (2 tables x 6 partitions would otherwise
+# hold up to 48 MB), and one 8 MB block cache for all of them that also holds the files'
+# indexes and filters (faust_seam.BoundedRocksDBOptions: outside a cache they grew with the
+# Orders kept). sfprov_worker_rocksdb_bytes shows each.
 ROCKSDB_OPTIONS = {"write_buffer_size": 2 << 20, "max_write_buffer_number": 2,
-                   "block_cache_size": 1 << 20, "shared_block_cache_size": 8 << 20}
+                   "block_cache_size": 1 << 20, "shared_block_cache_size": 8 << 20,
+                   "shared_write_buffer_size": 8 << 20}
 BUSY_IN_FLIGHT = 200  # Orders in flight that make a backlog (50/s at ~200 ms keeps ~10)
 INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
 INTAKE_WITHIN_S = 0.005

@@ -25,6 +25,7 @@ The interface (what the rest of the worker calls):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
@@ -32,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import metadata
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -237,6 +239,7 @@ class LeaseAdapter(MembershipListener):
 # == tables (docs/decisions/0004) ==========================================================
 
 _SHARED_CACHES: dict[int, Any] = {}  # size → the process's one rocksdict.Cache of that size
+_SHARED_WRITE_BUFFERS: dict[int, Any] = {}  # size → the one rocksdict.WriteBufferManager
 
 
 class BoundedRocksDBOptions(RocksDBOptions):
@@ -249,11 +252,36 @@ class BoundedRocksDBOptions(RocksDBOptions):
     worker's four writes per Order, with easily compressed values). Here the index and the filter are partitioned
     (4 KB pieces, paged through the cache; only their top level, and level 0's, stay
     pinned), so the worker's RocksDB memory is its memtables plus this cache. Files written
-    by faust's options are read as they are; compaction rewrites them in this format."""
+    by faust's options are read as they are; compaction rewrites them in this format.
 
-    def __init__(self, *, shared_block_cache_size: int, **kwargs: Any) -> None:
+    ``shared_write_buffer_size`` (optional) bounds the memtables of all the DBs together
+    (one ``WriteBufferManager``): each DB's own bound times the DBs (2 tables × partitions
+    × ``max_write_buffer_number`` × ``write_buffer_size``) is what a worker taking over every
+    partition would otherwise hold; past the shared bound the fullest memtable is flushed
+    early (writes are never stalled)."""
+
+    def __init__(self, *, shared_block_cache_size: int, shared_write_buffer_size: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shared_block_cache_size = shared_block_cache_size
+        self.shared_write_buffer_size = shared_write_buffer_size
+
+    def open(self, path: Path, *, read_only: bool = False) -> Any:
+        """faust's ``open``, with these options named for the default column family too.
+        Reopening an existing DB, rocksdict otherwise takes that family's options from the
+        DB's OPTIONS file, and with them a new block cache per DB (12 × 8 MB, not one 8 MB:
+        the sweep's first full scan filled them, +28 to +44 MB of worker RSS in
+        ``bench.stages``). faust also sets the DB paths on options it then does not use;
+        left out here, to the same effect."""
+        import rocksdict
+
+        options = self.as_options()
+        access = (rocksdict.AccessType.read_write() if self.ttl is None
+                  else rocksdict.AccessType.with_ttl(self.ttl))
+        db = rocksdict.Rdict(str(path), options=options, column_families={"default": options},
+                             access_type=access)
+        db.set_read_options(rocksdict.ReadOptions())
+        return db
 
     def as_options(self) -> Any:
         import rocksdict
@@ -274,6 +302,12 @@ class BoundedRocksDBOptions(RocksDBOptions):
         table.set_metadata_block_size(4096)
         table.set_format_version(5)
         options.set_block_based_table_factory(table)
+        if self.shared_write_buffer_size:
+            manager = _SHARED_WRITE_BUFFERS.get(self.shared_write_buffer_size)
+            if manager is None:
+                manager = _SHARED_WRITE_BUFFERS[self.shared_write_buffer_size] = \
+                    rocksdict.WriteBufferManager(self.shared_write_buffer_size, False)
+            options.set_write_buffer_manager(manager)
         return options
 
 
@@ -292,6 +326,8 @@ class KeyPartitionedRocksStore(RocksStore):
         if shared and faust_options.use_rocksdict:
             self.rocksdb_options = BoundedRocksDBOptions(
                 shared_block_cache_size=int(shared),
+                shared_write_buffer_size=int(
+                    faust_options.extra_options.get("shared_write_buffer_size") or 0),
                 max_open_files=faust_options.max_open_files,
                 write_buffer_size=faust_options.write_buffer_size,
                 max_write_buffer_number=faust_options.max_write_buffer_number,
@@ -302,6 +338,18 @@ class KeyPartitionedRocksStore(RocksStore):
 
     def _db_for_key(self, key: bytes) -> Any:
         return self._db_for_partition(key_partition(key, self.table.partitions or 1))
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held by this store's open DBs: memtables, and table readers (what of the
+        files' indexes and filters lives outside the block cache). Safe from another thread
+        (RocksDB's properties are); a DB closed meanwhile is skipped."""
+        held = {"memtables": 0, "table_readers": 0}
+        for db in list(self._dbs.values()):
+            with contextlib.suppress(Exception):
+                held["memtables"] += db.property_int_value("rocksdb.cur-size-all-mem-tables")
+                held["table_readers"] += db.property_int_value(
+                    "rocksdb.estimate-table-readers-mem")
+        return held
 
     def _set(self, key: bytes, value: bytes | None) -> None:
         self._db_for_key(key).put(key, value)
@@ -314,6 +362,20 @@ class KeyPartitionedRocksStore(RocksStore):
 
     def _del(self, key: bytes) -> None:
         self._db_for_key(key).delete(key)
+
+
+def rocksdb_memory(tables: Any) -> dict[str, int]:
+    """Bytes RocksDB holds for ``tables``: memtables, table readers, and the shared block
+    caches' usage (counted once: every DB shares it). Tables whose store is not open yet,
+    or not RocksDB, count nothing."""
+    held = {"memtables": 0, "table_readers": 0,
+            "block_cache": sum(c.get_usage() for c in list(_SHARED_CACHES.values()))}
+    for table in tables:
+        store = table._data  # not .data: that would open a store, from a scrape
+        if isinstance(store, KeyPartitionedRocksStore):
+            for kind, size in store.memory().items():
+                held[kind] += size
+    return held
 
 
 class DurableTable(faust.Table):
@@ -459,7 +521,13 @@ CONTRACT.update({
     "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
     "S faust rocksdb RocksDBOptions.as_options": (
         RocksDBOptions, "as_options", "d2a1bea17736d2eb2f8d2da592ef843f"),
+    "S faust rocksdb RocksDBOptions.open": (
+        RocksDBOptions, "open", "ff87e92d69e2f487e2657c1df266543f"),
     "R faust rocksdb Store.__init__": (RocksStore, "__init__", "c7c0fa2989e8ab4a4349ff29df825847"),
+    # rocksdb_memory: the open DBs in Store._dbs, the store (if any) in Collection._data
+    "R faust rocksdb Store._db_for_partition": (
+        RocksStore, "_db_for_partition", "cb7e67d5f9efc4bced7b7ab09a55fe71"),
+    "R faust Collection.data": (faust.Table, "data", "ade4a02ddd5582cb4264a7f927bf7a59"),
     "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
     "S faust rocksdb Store._get": (RocksStore, "_get", "7ae8dfd6d7754a5952ae162d4d5cf0d5"),
     "S faust rocksdb Store._contains": (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Gauge
@@ -26,7 +27,7 @@ from common.inflight import InFlight
 from common.lag import lag_reader
 from common.lagmetrics import LagPublisher
 from common.probes import Heartbeat, failing_for, readiness
-from streams import metrics
+from streams import faust_seam, metrics
 from streams.guard import reading_orders
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
 IN_FLIGHT = Gauge("sfprov_worker_events_in_flight", "Events taken and not yet finished.")
 WHMCS_REFUSED = Gauge("sfprov_worker_whmcs_access_refused",
                       "1 while WHMCS refuses this installation's credentials or IP.")
+ROCKSDB_BYTES = Gauge("sfprov_worker_rocksdb_bytes",
+                      "Memory RocksDB holds for the tables, by kind: memtables, table_readers "
+                      "(indexes and filters outside the cache), block_cache (shared).",
+                      ["kind"])
 SF_UNAVAILABLE = Gauge("sfprov_worker_salesforce_unavailable",
                        "1 while the guard's Salesforce queries fail (retried).")
 
@@ -56,6 +61,12 @@ class WorkerOps:
         WHMCS_REFUSED.set_function(
             lambda: int(self.worker.provisioner.access_refused_since is not None))
         SF_UNAVAILABLE.set_function(lambda: int(self.worker.guard.unavailable_since is not None))
+        tables = (worker.idem, worker.intents)
+
+        def held(kind: str) -> Callable[[], float]:
+            return lambda: faust_seam.rocksdb_memory(tables)[kind]
+        for kind in ("memtables", "table_readers", "block_cache"):
+            ROCKSDB_BYTES.labels(kind).set_function(held(kind))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.heartbeat.install_on(loop)

@@ -142,10 +142,13 @@ def test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache(tmp_path):
     block cache that all the DBs share, instead of held whole, outside any cache, for as long
     as the file exists (faust's options: that memory grew with the Orders kept)."""
     from streams.app import ROCKSDB_OPTIONS
+    from streams.faust_seam import _SHARED_CACHES
 
-    faust_options = {k: v for k, v in ROCKSDB_OPTIONS.items() if k != "shared_block_cache_size"}
+    faust_options = {k: v for k, v in ROCKSDB_OPTIONS.items()
+                     if k not in ("shared_block_cache_size", "shared_write_buffer_size")}
     theirs = _fill(_rocks_table(tmp_path, "faust", faust_options), 20_000)
-    ours = _fill(_rocks_table(tmp_path, "ours", ROCKSDB_OPTIONS), 20_000)
+    ours_table = _rocks_table(tmp_path, "ours", ROCKSDB_OPTIONS)
+    ours = _fill(ours_table, 20_000)
 
     def readers(dbs) -> int:
         return sum(db.property_int_value("rocksdb.estimate-table-readers-mem") for db in dbs)
@@ -160,3 +163,38 @@ def test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache(tmp_path):
     assert capacity == {ROCKSDB_OPTIONS["shared_block_cache_size"]}  # one cache, shared
     usage = {db.property_int_value("rocksdb.block-cache-usage") for db in ours}
     assert len(usage) == 1 and usage.pop() > 0  # the same cache, holding the index blocks
+
+    # reopened (a restart, a partition assigned again), the DBs still share that one cache:
+    # rocksdict would take the options of an existing DB from its OPTIONS file, a new 8 MB
+    # cache per DB, which a scan of every key (the sweep's) then fills
+    store = ours_table.data
+    for db in ours:
+        db.close()
+    store._dbs.clear()
+    reopened = [store._db_for_partition(p) for p in range(ours_table.partitions)]
+    assert sum(1 for db in reopened for _ in db.keys()) == 20_000  # noqa: SIM118 - raw mode
+    shared = _SHARED_CACHES[ROCKSDB_OPTIONS["shared_block_cache_size"]].get_usage()
+    usage = {db.property_int_value("rocksdb.block-cache-usage") for db in reopened}
+    assert usage == {shared} and shared > 0, (usage, shared)
+
+
+def test_the_memtables_of_all_dbs_share_one_bound(tmp_path):
+    """``shared_write_buffer_size``: past it the fullest memtable is flushed early, so the
+    DBs together hold about that much, where each alone may hold 2 x write_buffer_size; the
+    gauge behind sfprov_worker_rocksdb_bytes reads the same figures."""
+    from streams.app import ROCKSDB_OPTIONS
+    from streams.faust_seam import rocksdb_memory
+
+    base = {k: v for k, v in ROCKSDB_OPTIONS.items() if k != "shared_write_buffer_size"}
+    theirs = _rocks_table(tmp_path, "unbounded", base)
+    ours = _rocks_table(tmp_path, "bounded", dict(base, shared_write_buffer_size=1 << 20))
+    assert rocksdb_memory([theirs, ours])["memtables"] == 0  # no store open yet: none opened
+    for table in (theirs, ours):
+        store = table.data
+        for i in range(5_000):  # ~3 MB of values: under 2 DBs x 2 x 2 MB, over 1 MB
+            store[f"801M{i:011d}AAA"] = {"outcome": f"{i:0600d}"}
+    unbounded, bounded = rocksdb_memory([theirs])["memtables"], rocksdb_memory([ours])["memtables"]
+    assert unbounded > 3 << 20, unbounded  # nothing flushed: all of it still in memtables
+    assert bounded < 3 << 19, bounded  # about the shared bound (1 MB), not 3 MB
+    both = rocksdb_memory([theirs, ours])
+    assert both["memtables"] == unbounded + bounded and both["block_cache"] >= 0
