@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -38,19 +38,45 @@ def end_offsets(c: Any, topic: str, timeout: float = 10.0) -> dict[int, tuple[in
     return out
 
 
-def group_lag(admin: AdminClient, c: Any, group: str, topic: str) -> list[tuple[int, int, int]]:
-    """(partition, committed, end) for one group on one topic; ``end − committed`` is the
-    number of records left (exact up to :data:`EXACT_LAG_LIMIT`, offsets beyond)."""
+def group_reader(target: Connectable, group: str) -> Any:
+    """A consumer that only reads ``group``'s committed offsets (:func:`committed_offsets`):
+    it never subscribes, so it never joins the group, and it commits nothing."""
+    return Consumer(kafka_config(target, **{"group.id": group, "enable.auto.commit": False}))
+
+
+def committed_offsets(reader: Any, topic: str, partitions: Iterable[int],
+                      timeout: float = 10.0) -> dict[int, int]:
+    """partition → the committed offset of ``reader``'s group on ``topic`` (negative: none
+    committed); ``reader`` from :func:`group_reader`. KafkaException when the broker does not
+    answer in ``timeout``.
+
+    Not the admin API's ``list_consumer_group_offsets``: in librdkafka 2.16 an admin client
+    whose group coordinator moves while it asks (a broker killed, paused or restarted) can
+    fail an assertion and abort the process (librdkafka#4605) or dereference a missing
+    consumer group (librdkafka#5040) — in a librdkafka thread, so with no Python traceback:
+    the -6 and -11 exits of the chaos runs. A consumer asks its own coordinator, and finds the
+    new one (``tests/foundation/test_group_offsets.py``)."""
+    rows = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+    out: dict[int, int] = {}
+    for tp in rows:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        out[tp.partition] = tp.offset
+    return out
+
+
+def group_lag(reader: Any, c: Any, topic: str) -> list[tuple[int, int, int]]:
+    """(partition, committed, end) for ``reader``'s group (:func:`group_reader`) on one topic;
+    ``end − committed`` is the number of records left (exact up to :data:`EXACT_LAG_LIMIT`,
+    offsets beyond)."""
     bounds = end_offsets(c, topic)
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in bounds])
-    result = admin.list_consumer_group_offsets([request])[group].result()
     rows = []
-    for tp in result.topic_partitions:
-        committed = tp.offset if tp.offset >= 0 else bounds[tp.partition][0]
-        end = bounds[tp.partition][1]
+    for partition, offset in committed_offsets(reader, topic, bounds).items():
+        committed = offset if offset >= 0 else bounds[partition][0]
+        end = bounds[partition][1]
         if 0 < end - committed <= EXACT_LAG_LIMIT:
-            end = committed + records_between(c, topic, tp.partition, committed, end)
-        rows.append((tp.partition, committed, end))
+            end = committed + records_between(c, topic, partition, committed, end)
+        rows.append((partition, committed, end))
     return sorted(rows)
 
 
@@ -135,9 +161,9 @@ def lag_reader(bootstrap: Connectable, group: str, topic: str) -> Any:
 
     def read() -> list[tuple[int, int, int]]:
         if not clients:
-            clients.append(AdminClient(kafka_config(bootstrap)))
+            clients.append(group_reader(bootstrap, group))
             clients.append(Consumer(kafka_config(bootstrap, **{
                 "group.id": f"{group}-watchdog", "enable.auto.commit": False,
                 "isolation.level": "read_committed"})))
-        return group_lag(clients[0], clients[1], group, topic)
+        return group_lag(clients[0], clients[1], topic)
     return read

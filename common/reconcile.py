@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
+from common import lag
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
 from common.lag import end_offsets
@@ -131,17 +131,14 @@ def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requeste
 
 
 def committed_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
-    """partition → the group's committed offset on the requests topic (-1: none)."""
-    admin = AdminClient(kafka_config(kafka))
-    c = _consumer(kafka)
+    """partition → the group's committed offset on the requests topic (negative: none)."""
+    c, reader = _consumer(kafka), lag.group_reader(kafka, group)
     try:
         parts = end_offsets(c, kafka.requests)
+        return lag.committed_offsets(reader, kafka.requests, parts, timeout=30)
     finally:
         c.close()
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(kafka.requests, p)
-                                                   for p in parts])
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
-    return {tp.partition: tp.offset for tp in result.topic_partitions}
+        reader.close()
 
 
 def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], since: float,

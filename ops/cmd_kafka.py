@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from common.connection import kafka_config
 from common.kafka import declared_topics, describe_drift
-from common.lag import group_lag
+from common.lag import group_lag, group_reader
 from common.settings import SinkSettings, WorkerSettings
 from ops.cli import add, kafka_settings
 from ops.kafkaview import (
@@ -105,15 +105,22 @@ def tail(args: argparse.Namespace) -> int:
 
 # -- lag ----------------------------------------------------------------------------------
 
+def _group_lag(settings: Any, c: Any, group: str, topic: str) -> list[tuple[int, int, int]]:
+    reader = group_reader(settings, group)
+    try:
+        return group_lag(reader, c, topic)
+    finally:
+        reader.close()
+
+
 def lag(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
-    admin = AdminClient(kafka_config(settings))
     c = consumer(settings)
     groups: list[dict[str, Any]] = []
     try:
         for label, group, topic in (("worker", worker_group(args), settings.requests),
                                     ("sink", sink_group(args), settings.outcomes)):
-            rows = group_lag(admin, c, group, topic)
+            rows = _group_lag(settings, c, group, topic)
             groups.append({"process": label, "group": group, "topic": topic,
                            "lag": sum(max(0, end - committed) for _, committed, end in rows),
                            "partitions": [{"partition": p, "committed": committed, "end": end,
@@ -198,14 +205,16 @@ def replay(args: argparse.Namespace) -> int:
         targets = rewind_consumer_positions(settings, settings.requests,
                                             offsets={int(partition): int(offset)})
         c = consumer(settings)
-        current = {p: committed for p, committed, _ in group_lag(admin, c, group, settings.requests)}
+        current = {p: committed
+                   for p, committed, _ in _group_lag(settings, c, group, settings.requests)}
         c.close()
         targets = {p: (o if p == int(partition) else current[p]) for p, o in targets.items()}
     else:
         targets = rewind_consumer_positions(settings, settings.requests,
                                             from_time_ms=_parse_time(args.from_time))
     c = consumer(settings)
-    before = {p: committed for p, committed, _ in group_lag(admin, c, group, settings.requests)}
+    before = {p: committed
+              for p, committed, _ in _group_lag(settings, c, group, settings.requests)}
     c.close()
     tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
     if args.execute:

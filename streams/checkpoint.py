@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from common.connection import Connectable, kafka_config
+from common.connection import Connectable
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -182,29 +182,30 @@ def broker_reader(bootstrap: Connectable, group: str, topic: str,
                   timeout_s: float = 10.0) -> RangeReader:
     """A :data:`RangeReader` with its own clients (never the worker's faust consumer);
     ``bootstrap``: the worker's KafkaConnection (or a plaintext address)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import TopicPartition
 
-    from common.lag import committed_record_offsets, new_range_consumer
+    from common.lag import (
+        committed_offsets,
+        committed_record_offsets,
+        group_reader,
+        new_range_consumer,
+    )
 
-    admin = AdminClient(kafka_config(bootstrap))
+    offsets = group_reader(bootstrap, group)  # the group's commits, read as a consumer would
     consumer = new_range_consumer(bootstrap, f"{group}-checkpoint")
     lock = threading.Lock()
 
     def read(wanted: Mapping[int, int]) -> dict[int, tuple[int, list[int]]]:
         with lock:
-            request = ConsumerGroupTopicPartitions(
-                group, [TopicPartition(topic, p) for p in wanted])
-            result = admin.list_consumer_group_offsets([request])[group].result(
-                timeout=timeout_s)
             bases = {}
-            for tp in result.topic_partitions:
-                if tp.offset >= 0:
-                    bases[tp.partition] = tp.offset
+            for partition, offset in committed_offsets(offsets, topic, wanted,
+                                                       timeout=timeout_s).items():
+                if offset >= 0:
+                    bases[partition] = offset
                 else:  # never committed: from the partition's beginning
                     low, _ = consumer.get_watermark_offsets(
-                        TopicPartition(topic, tp.partition), timeout=timeout_s)
-                    bases[tp.partition] = low
+                        TopicPartition(topic, partition), timeout=timeout_s)
+                    bases[partition] = low
             ranges = {p: (bases[p], end) for p, end in wanted.items() if p in bases}
             records = committed_record_offsets(consumer, topic, ranges, timeout_s=timeout_s)
             return {p: (bases[p], records[p]) for p in ranges}

@@ -341,8 +341,8 @@ class KeyPartitionedRocksStore(RocksStore):
 
     def memory(self) -> dict[str, int]:
         """Bytes held by this store's open DBs: memtables, and table readers (what of the
-        files' indexes and filters lives outside the block cache). Safe from another thread
-        (RocksDB's properties are); a DB closed meanwhile is skipped."""
+        files' indexes and filters lives outside the block cache). Call it on the event
+        loop's thread, where faust opens and closes the DBs."""
         held = {"memtables": 0, "table_readers": 0}
         for db in list(self._dbs.values()):
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ The flow (:mod:`streams.app`) feeds it through a few calls:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,11 @@ OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
 IN_FLIGHT = Gauge("sfprov_worker_events_in_flight", "Events taken and not yet finished.")
 WHMCS_REFUSED = Gauge("sfprov_worker_whmcs_access_refused",
                       "1 while WHMCS refuses this installation's credentials or IP.")
+ROCKSDB_SAMPLE_S = 5.0
 ROCKSDB_BYTES = Gauge("sfprov_worker_rocksdb_bytes",
                       "Memory RocksDB holds for the tables, by kind: memtables, table_readers "
-                      "(indexes and filters outside the cache), block_cache (shared).",
+                      "(indexes and filters outside the cache), block_cache (shared); "
+                      "sampled every 5 s.",
                       ["kind"])
 SF_UNAVAILABLE = Gauge("sfprov_worker_salesforce_unavailable",
                        "1 while the guard's Salesforce queries fail (retried).")
@@ -61,16 +64,25 @@ class WorkerOps:
         WHMCS_REFUSED.set_function(
             lambda: int(self.worker.provisioner.access_refused_since is not None))
         SF_UNAVAILABLE.set_function(lambda: int(self.worker.guard.unavailable_since is not None))
-        tables = (worker.idem, worker.intents)
+        self.rocksdb_held: dict[str, int] = {}
 
         def held(kind: str) -> Callable[[], float]:
-            return lambda: faust_seam.rocksdb_memory(tables)[kind]
+            return lambda: self.rocksdb_held.get(kind, 0)
         for kind in ("memtables", "table_readers", "block_cache"):
             ROCKSDB_BYTES.labels(kind).set_function(held(kind))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.heartbeat.install_on(loop)
         self.lag.start()
+        loop.call_soon(self._sample_rocksdb, loop)
+
+    def _sample_rocksdb(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read RocksDB's memory on the loop's thread, where faust opens and closes the DBs
+        (a scrape, on the HTTP server's thread, could meet a DB being closed)."""
+        with contextlib.suppress(Exception):
+            self.rocksdb_held = faust_seam.rocksdb_memory((self.worker.idem,
+                                                           self.worker.intents))
+        loop.call_later(ROCKSDB_SAMPLE_S, self._sample_rocksdb, loop)
 
     # -- the flow's calls ------------------------------------------------------------------
 

@@ -158,3 +158,16 @@ def test_livez_stays_200_and_readyz_turns_503_while_whmcs_refuses_credentials(pi
     rows = p.wait_settled([oid], timeout=150)
     assert rows[oid]["Activation_Status__c"] == "Provisioned"
     wait(lambda: get(p, "worker", "/readyz")[0] == 200, 60, "the worker ready again")
+
+
+def test_the_worker_reports_the_memory_rocksdb_holds(pipeline):
+    """sfprov_worker_rocksdb_bytes: sampled on the worker's loop from the tables' open DBs
+    (their memtables hold the Order just written) and the one shared block cache."""
+    p = pipeline
+    [oid] = p.sf.approve(1)
+    assert p.wait_settled([oid], timeout=120)[oid]["Activation_Status__c"] == "Provisioned"
+    memtables = wait(lambda: metric(p, "worker", 'sfprov_worker_rocksdb_bytes{kind="memtables"}'),
+                     30, "a sample of the memtables")
+    assert 0 < memtables <= 8 << 20  # the Orders written so far, under the shared bound
+    for kind in ("table_readers", "block_cache"):
+        assert metric(p, "worker", f'sfprov_worker_rocksdb_bytes{{kind="{kind}"}}') >= 0

@@ -154,9 +154,8 @@ def test_broker_reader_starts_at_the_groups_committed_offset(kafka_bootstrap: st
 def test_group_lag_counts_records_not_markers(kafka_bootstrap: str, unique_name) -> None:
     """sfprov lag and the watchdog read the same ranges (a consumer without partition EOF)."""
     from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
 
-    from common.lag import group_lag
+    from common.lag import group_lag, group_reader
 
     topic, group = unique_name("lag"), unique_name("group")
     create_topic(kafka_bootstrap, topic, partitions=1)
@@ -168,9 +167,10 @@ def test_group_lag_counts_records_not_markers(kafka_bootstrap: str, unique_name)
     member.close()
     reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique_name("r"),
                        "enable.auto.commit": False, "isolation.level": "read_committed"})
+    offsets = group_reader(kafka_bootstrap, group)
     try:
         # offsets 1..6 hold two committed records (1, 2): the lag is 2, not 6
-        assert group_lag(AdminClient({"bootstrap.servers": kafka_bootstrap}), reader, group,
-                         topic) == [(0, 1, 3)]
+        assert group_lag(offsets, reader, topic) == [(0, 1, 3)]
     finally:
         reader.close()
+        offsets.close()

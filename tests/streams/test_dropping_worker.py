@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient
 
-from common.lag import group_lag
+from common.lag import group_lag, group_reader
 from tests.streams.support import (
     REQUEST,
     Reader,
@@ -44,11 +43,11 @@ def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, rewind: s
                      WORKER_STALL_TIMEOUT_S="20")
     log_path = tmp_path / "worker.log"
     reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
-    admin = AdminClient({"bootstrap.servers": kafka_settings.bootstrap_servers})
     lag_reader = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers,
                            "group.id": "gate-test-lag", "enable.auto.commit": False,
                            "isolation.level": "read_committed"})
     group = kafka_settings.topic(env.get("WORKER_APP_ID", "sfprov-worker"))
+    offsets = group_reader(kafka_settings.bootstrap_servers, group)
     with worker_process(env, log_path, module=MODULE) as proc:
         # until every event has an outcome, or faust has committed every partition to its end
         deadline = time.monotonic() + 120
@@ -57,7 +56,7 @@ def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, rewind: s
             if len(reader.records) >= len(events):
                 break
             try:
-                rows = group_lag(admin, lag_reader, group, kafka_settings.requests)
+                rows = group_lag(offsets, lag_reader, kafka_settings.requests)
             except Exception:  # noqa: BLE001 - the group may not exist yet
                 continue
             if rows and all(committed >= end for _, committed, end in rows):
@@ -65,6 +64,7 @@ def _run(kafka_settings, salesforce, whmcs, tmp_path: Path, gate: str, rewind: s
                 break
         assert proc.poll() is None, log_path.read_text()[-3000:]
     lag_reader.close()
+    offsets.close()
     got = Counter(o["event_uuid"] for o in outcomes(reader.records))
     text = log_path.read_text(errors="replace")
     dropped = {tuple(int(v) for v in m.groups())
