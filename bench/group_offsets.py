@@ -37,8 +37,10 @@ def _child(mode: str, bootstrap: str, progress: Path) -> None:
 
     from common.lag import committed_offsets, group_reader
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
-    reader = group_reader(bootstrap, GROUP)
+    if mode == "admin":
+        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
+    else:
+        reader = group_reader(bootstrap, GROUP)
     reads = last_write = 0.0
     while True:
         try:

@@ -91,7 +91,7 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
             latest[key] = (created, idem_key_of(value), partition, offset)
     decided = {(key, value["idem_key"]) for key, value, _p, _o in read_topic(
         kafka, kafka.outcomes, "provisioning_outcome", set(latest), since)}
-    consumed = committed_offsets(kafka, consumed_by) if consumed_by else None
+    consumed = _requests_offsets(kafka, consumed_by) if consumed_by else None
     for oid, order in plan.candidates.items():
         if oid not in latest or latest[oid][0] + 1.0 < sf_time(order.get("LastModifiedDate")):
             plan.no_request.append(oid)
@@ -130,7 +130,7 @@ def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requeste
             [*serde.headers(), ("sfprov.source", source.encode())])
 
 
-def committed_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
+def _requests_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
     """partition → the group's committed offset on the requests topic (negative: none)."""
     c, reader = _consumer(kafka), lag.group_reader(kafka, group)
     try:
