@@ -63,13 +63,12 @@ INTAKE_WITHIN_S = 0.005
 
 
 class KafkaEmitter:
-    """Outcomes and dead letters through the app's producer (acks=all), each awaited."""
+    """Outcomes and dead letters through the app's producer (acks=all, the tables'
+    :class:`~streams.faust_seam.RecordWriter`), each awaited."""
 
     def __init__(self, app: faust.App, kafka: KafkaSettings) -> None:
-        self.outcomes = app.topic(kafka.outcomes, key_serializer="raw", value_serializer="raw",
-                                  internal=False)
-        self.dead_letters = app.topic(kafka.dead_letters, key_serializer="raw",
-                                      value_serializer="raw", internal=False)
+        self.writer = faust_seam.RecordWriter.for_app(app)
+        self.outcomes, self.dead_letters = kafka.outcomes, kafka.dead_letters
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
                                registry=registry_for(kafka))
         self.headers = dict(self.serde.headers())  # empty in the Confluent format
@@ -78,22 +77,22 @@ class KafkaEmitter:
 
     async def send_outcome(self, outcome: dict[str, Any]) -> None:
         async def send() -> None:
-            await (await self.outcomes.send(
-                key=outcome["order_id"].encode(), value=self.serde.encode(outcome),
-                headers={**self.headers, **self.outcome_headers(outcome)}))
+            await self.writer.send_soon(
+                self.outcomes, None, outcome["order_id"].encode(), self.serde.encode(outcome),
+                list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
         await retry_forever("sending an outcome", send,
                             on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
 
     async def send_dead_letter(self, letter: DeadLetter) -> None:
         rec = letter.record
-        headers = dict(dead_letter_headers(
+        headers = list(dead_letter_headers(
             stage="worker", reason=letter.reason, error_class=letter.error_class,
             error_code=letter.error_code, source_topic=rec.topic,
             source_partition=rec.partition, source_offset=rec.offset, order_id=letter.order_id,
             event_uuid=letter.event_uuid, idem_key=letter.idem_key))
 
         async def send() -> None:
-            await (await self.dead_letters.send(key=rec.key, value=rec.value, headers=headers))
+            await self.writer.send_soon(self.dead_letters, None, rec.key, rec.value, headers)
         await retry_forever("sending a dead letter", send,
                             on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
 

@@ -31,12 +31,15 @@ import inspect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaProducer
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance, GroupCoordinator
 from aiokafka.partitioner import murmur2
 from faust.stores.rocksdb import RocksDBOptions
@@ -48,6 +51,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
+from faust.types import TP
 from yarl import URL
 
 from streams.state import DurabilityError
@@ -378,12 +382,95 @@ def rocksdb_memory(tables: Any) -> dict[str, int]:
     return held
 
 
+class RecordWriter:
+    """The worker's records straight into the app's aiokafka producer: the tables'
+    changelog entries and the outcomes, in the order they were written, by one task that
+    drains them all each time it runs.
+
+    faust sends a table change through its producer buffer: a ``FutureMessage``, a queue
+    put and a task wake-up, ``publish_message`` with its sensors, and an acknowledgement
+    callback that writes the changelog offset into RocksDB — per record, ~5 records per
+    Order. Here a record is a tuple in a deque and one future; the changelog offsets are
+    persisted once per flush (:meth:`DurableTable.flush`). One writer per app
+    (:meth:`for_app`), so records keep the order they were written in across tables."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._queue: deque[tuple[str, int | None, bytes | None, bytes | None,
+                                 list[tuple[str, bytes]] | None,
+                                 asyncio.Future[Any]]] = deque()
+        self._draining = False
+
+    @classmethod
+    def for_app(cls, app: faust.App) -> RecordWriter:
+        writer = getattr(app, "_sfprov_record_writer", None)
+        if writer is None:
+            writer = cls(app)
+            setattr(app, "_sfprov_record_writer", writer)  # noqa: B010 - not a faust field
+        return cast(RecordWriter, writer)
+
+    def send_soon(self, topic: str, partition: int | None, key: bytes | None,
+                  value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+                  ) -> asyncio.Future[Any]:
+        """Queue one record; the future resolves to its ``RecordMetadata`` once the broker
+        acknowledged it (``acks=all``), or to the error. ``partition`` None: the
+        producer's partitioner (murmur2 of the key, as faust's topics)."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((topic, partition, key, value, headers, result))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return result
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        try:
+            producer = cast(Any, self.app.producer)._ensure_producer()
+            while queue:
+                topic, partition, key, value, headers, result = queue.popleft()
+                try:
+                    sent = await producer.send(topic, value, key=key, partition=partition,
+                                               headers=headers)
+                except asyncio.CancelledError:
+                    result.cancel()
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the record's own failure
+                    if not result.done():
+                        result.set_exception(exc)
+                    continue
+                sent.add_done_callback(partial(_resolve, result))
+        except BaseException as exc:  # noqa: BLE001 - no producer, or stopping
+            while queue:
+                result = queue.popleft()[-1]
+                if not result.done():
+                    result.set_exception(DurabilityError(f"record not sent: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._draining = False
+
+
+def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    if result.done():
+        return
+    if sent.cancelled():
+        result.set_exception(DurabilityError("record send cancelled"))
+    elif sent.exception() is not None:
+        result.set_exception(cast(BaseException, sent.exception()))
+    else:
+        result.set_result(sent.result())
+
+
 class DurableTable(faust.Table):
     """A table keyed by Order id whose changelog records go to the key's own partition,
     with raw UTF-8 keys, and whose writes can be awaited (:meth:`flush`).
 
-    ``watch(order_id, value)`` is told of every change, ours and those restored from the
-    changelog (the sweep keeps an index of the few entries it must look at)."""
+    A write encodes its value once, puts it into the key's own partition's store and
+    queues its changelog record on the app's :class:`RecordWriter` (faust encodes it twice
+    and sends it through its producer buffer). ``watch(order_id, value)`` is told of every
+    change, ours and those restored from the changelog (the sweep keeps an index of the
+    few entries it must look at)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("use_partitioner", True)
@@ -391,6 +478,9 @@ class DurableTable(faust.Table):
         super().__init__(*args, **kwargs)
         self.key_serializer = "raw"  # faust derives JSON from key_type str: '"801..."'
         self._unflushed: list[asyncio.Future[Any]] = []
+        self._acked: dict[int, int] = {}  # partition → highest changelog offset acknowledged
+        self._writer = RecordWriter.for_app(self.app)
+        self._changelog_name: str | None = None
         self.watch: Callable[[str, Any], None] | None = None
 
     def apply_changelog_batch(self, batch: Any) -> None:
@@ -422,25 +512,62 @@ class DurableTable(faust.Table):
             return None if raw is None else store._decode_value(raw)
         return self.get(key)
 
-    def on_key_set(self, key: Any, value: Any) -> None:
-        if self.watch is not None:
-            self.watch(str(key), value)
-        fut = self.send_changelog(self.partition_for_key(key), key, value)
-        self._unflushed.append(fut)
-        self._maybe_set_key_ttl(key, cast(int, fut.message.partition))
-        self._sensor_on_set(self, key, value)
+    def __setitem__(self, key: Any, value: Any) -> None:
+        store = self.data
+        encoded = self._encode_value(value)
+        self._changed(key, value, encoded)
+        if isinstance(store, KeyPartitionedRocksStore):
+            store._set(str(key).encode(), encoded)
+        else:
+            store[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        self.on_key_del(key)
+        del self.data[key]
+
+    def on_key_set(self, key: Any, value: Any) -> None:  # faust's update() and the like
+        self._changed(key, value, self._encode_value(value))
 
     def on_key_del(self, key: Any) -> None:
         if self.watch is not None:
             self.watch(str(key), None)
-        fut = self.send_changelog(self.partition_for_key(key), key, value=None,
-                                  value_serializer="raw")
-        self._unflushed.append(fut)
-        self._maybe_del_key_ttl(key, cast(int, fut.message.partition))
+        partition = cast(int, self.partition_for_key(key))
+        self._send(partition, key, None)
+        self._maybe_del_key_ttl(key, partition)
         self._sensor_on_del(self, key)
 
+    def _encode_value(self, value: Any) -> bytes | None:
+        return cast("bytes | None", self.app.serializers.dumps_value(
+            self.value_type, value, serializer=self.value_serializer))
+
+    def _changed(self, key: Any, value: Any, encoded: bytes | None) -> None:
+        if self.watch is not None:
+            self.watch(str(key), value)
+        partition = cast(int, self.partition_for_key(key))
+        self._send(partition, key, encoded)
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def _send(self, partition: int, key: Any, encoded: bytes | None) -> None:
+        name = self._changelog_name
+        if name is None:
+            name = self._changelog_name = self.changelog_topic.get_topic_name()
+        fut = self._writer.send_soon(name, partition, str(key).encode(), encoded)
+        fut.add_done_callback(partial(self._on_acked, partition))
+        self._unflushed.append(fut)
+
+    def _on_acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        offset = fut.result().offset
+        if offset > self._acked.get(partition, -1):
+            self._acked[partition] = offset
+
     async def flush(self, timeout: float = 60.0) -> None:
-        """Return once every change so far is acknowledged by the broker (``acks=all``).
+        """Return once every change so far is acknowledged by the broker (``acks=all``),
+        and record the changelog offsets the store now holds (faust reads the changelog
+        from there when it restores; one write per partition and flush, where faust writes
+        one per record — an older offset only means a longer restore).
 
         Raises :class:`DurabilityError` when a changelog record failed or timed out: the
         local table is then ahead of its changelog, and the only safe move is to stop the
@@ -455,6 +582,16 @@ class DurableTable(faust.Table):
         except Exception as exc:
             raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
                                   f"{exc!r}") from exc
+        self._persist_offsets()
+
+    def _persist_offsets(self) -> None:
+        acked, self._acked = self._acked, {}
+        store = self.data
+        if not isinstance(store, RocksStore) or self._changelog_name is None:
+            return
+        for partition, offset in acked.items():
+            if partition in store._dbs:  # a partition closed meanwhile: restored from older
+                store.set_persisted_offset(TP(self._changelog_name, partition), offset)
 
 
 # == the end of table recovery (docs/decisions/0001) =======================================
@@ -515,6 +652,24 @@ CONTRACT.update({
     "S faust TableManager.recovery": (FaustTableManager, "recovery", "f0bf5de78b4c3d235c3554010480f407"),
     "S faust Table.on_key_set": (faust.Table, "on_key_set", "a370e35ca55c2c7e36e93f0d4b485927"),
     "S faust Table.on_key_del": (faust.Table, "on_key_del", "4f2900b2f9d24a080d5cbc9eaa1f5566"),
+    # DurableTable writes: encoded once, the changelog record through RecordWriter (the
+    # path faust's send_changelog / _on_changelog_sent took), the offset persisted per flush
+    "S mode ManagedUserDict.__setitem__": (
+        faust.Table, "__setitem__", "f3bdf602abc08dd1ace4cf2094d860f6"),
+    "S mode ManagedUserDict.__delitem__": (
+        faust.Table, "__delitem__", "c0ce7ef82dbd1255e2085ec37ba8944f"),
+    "R faust Collection.send_changelog": (
+        faust.Table, "send_changelog", "3dd3884e1b5fc0e1612bc688b83d9318"),
+    "R faust Collection._on_changelog_sent": (
+        faust.Table, "_on_changelog_sent", "60122c86a120d82cffa95da4c22323e1"),
+    "R faust Collection._maybe_set_key_ttl": (
+        faust.Table, "_maybe_set_key_ttl", "39b7465fa58038998e628bf0fa80d95b"),
+    "R faust rocksdb Store.set_persisted_offset": (
+        RocksStore, "set_persisted_offset", "b4c811926678346ebb8c40486dbc46d0"),
+    "R faust Producer._ensure_producer": (
+        AIOKafkaDriverProducer, "_ensure_producer", "5592a4bbdf2513253f98233a4eac931d"),
+    "R aiokafka AIOKafkaProducer.send": (
+        AIOKafkaProducer, "send", "08ce81263f43983815bb1056036c2498"),
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -198,3 +199,68 @@ def test_the_memtables_of_all_dbs_share_one_bound(tmp_path):
     assert bounded < 3 << 19, bounded  # about the shared bound (1 MB), not 3 MB
     both = rocksdb_memory([theirs, ours])
     assert both["memtables"] == unbounded + bounded and both["block_cache"] >= 0
+
+
+def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offsets(
+        kafka_settings, tmp_path):
+    """DurableTable's own write path (streams.faust_seam.RecordWriter): the changelog
+    carries exactly the bytes the key's RocksDB holds, in the order written; a flush
+    returns once the broker holds them and then records, per partition, the last changelog
+    offset the store holds (where faust's restore resumes), and a deletion is a tombstone."""
+    import asyncio
+
+    import faust
+    from confluent_kafka import Consumer, TopicPartition
+    from faust.types import TP
+
+    from streams.faust_seam import DurableTable, key_partition
+
+    app_id = kafka_settings.topic("rocks-writes")
+    app = faust.App(app_id, broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                    store="rocksdb://", web_enabled=False, autodiscover=False,
+                    datadir=str(tmp_path), topic_partitions=3, producer_acks=-1)
+    table = app.tables.add(DurableTable(
+        app, name="idem", default=None, partitions=3, beacon=app.tables.beacon,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    keys = [f"801W{i:011d}AAA" for i in range(30)]
+    changelog = f"{app_id}-idem-changelog"
+    stored: dict[str, bytes] = {}
+    persisted: dict[int, int | None] = {}
+
+    async def go():
+        await app.start()
+        try:
+            await table.changelog_topic.maybe_declare()
+            for round_ in range(2):  # the second value of each key wins
+                for key in keys:
+                    table[key] = {"round": round_, "key": key}
+            del table[keys[0]]
+            assert table.data.persisted_offset(TP(changelog, 0)) is None  # nothing yet
+            await table.flush()
+            store = table.data
+            for key in keys:
+                stored[key] = store._db_for_partition(key_partition(key, 3)).get(key.encode())
+            for partition in range(3):
+                persisted[partition] = store.persisted_offset(TP(changelog, partition))
+        finally:
+            await app.stop()
+    asyncio.run(go())
+    consumer = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "group.id": "rocks-writes-check", "enable.auto.commit": False})
+    last: dict[str, bytes | None] = {}
+    for partition in range(3):
+        _low, high = consumer.get_watermark_offsets(TopicPartition(changelog, partition),
+                                                    timeout=10)
+        assert persisted[partition] == high - 1  # the last record of that partition
+        consumer.assign([TopicPartition(changelog, partition, 0)])
+        seen = 0
+        while seen < high:
+            msg = consumer.poll(5)
+            assert msg is not None and not msg.error()
+            seen += 1
+            assert key_partition(msg.key().decode(), 3) == partition
+            last[msg.key().decode()] = msg.value()
+    consumer.close()
+    assert last.pop(keys[0]) is None and stored.pop(keys[0]) is None  # deleted: a tombstone
+    assert last == stored  # byte for byte what RocksDB holds, the second round's values
+    assert all(json.loads(v)["round"] == 1 for v in last.values())
