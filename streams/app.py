@@ -53,10 +53,11 @@ log = logging.getLogger(__name__)
 # make bench) and 8 MB for all of them together (2 tables x 6 partitions would otherwise
 # hold up to 48 MB), and one 8 MB block cache for all of them that also holds the files'
 # indexes and filters (faust_seam.BoundedRocksDBOptions: outside a cache they grew with the
-# Orders kept). sfprov_worker_rocksdb_bytes shows each.
+# Orders kept). sfprov_worker_rocksdb_bytes shows each. No RocksDB write-ahead log: the
+# changelogs are the tables' log (as in Kafka Streams).
 ROCKSDB_OPTIONS = {"write_buffer_size": 2 << 20, "max_write_buffer_number": 2,
                    "block_cache_size": 1 << 20, "shared_block_cache_size": 8 << 20,
-                   "shared_write_buffer_size": 8 << 20}
+                   "shared_write_buffer_size": 8 << 20, "disable_wal": True}
 BUSY_IN_FLIGHT = 200  # Orders in flight that make a backlog (50/s at ~200 ms keeps ~10)
 INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
 INTAKE_WITHIN_S = 0.005

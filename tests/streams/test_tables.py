@@ -264,3 +264,47 @@ def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offse
     assert last.pop(keys[0]) is None and stored.pop(keys[0]) is None  # deleted: a tombstone
     assert last == stored  # byte for byte what RocksDB holds, the second round's values
     assert all(json.loads(v)["round"] == 1 for v in last.values())
+
+
+_WRITE_AND_DIE = """
+import os, sys
+import faust
+from streams.faust_seam import DurableTable
+app = faust.App("wal-test", broker="kafka://localhost:1", store="rocksdb://",
+                web_enabled=False, autodiscover=False, datadir=sys.argv[1], topic_partitions=1)
+options = dict(shared_block_cache_size=1 << 20)
+if sys.argv[2] == "off":
+    options["disable_wal"] = True
+table = app.tables.add(DurableTable(
+    app, name="idem", default=None, partitions=1, beacon=app.tables.beacon, options=options,
+    schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+for i in range(100):
+    table.data[f"801K{i:011d}AAA"] = {"n": i}
+if sys.argv[3] == "close":
+    table.data._dbs[0].close()
+os._exit(0)  # no destructors: as a SIGKILL leaves it
+"""
+
+
+@pytest.mark.parametrize("wal, stop, kept", [("on", "kill", 100), ("off", "kill", 0),
+                                             ("off", "close", 100)])
+def test_without_the_write_ahead_log_a_killed_worker_keeps_only_what_was_flushed(
+        tmp_path, wal, stop, kept):
+    """``disable_wal`` (the worker's tables): a crash loses what the memtables held — the
+    changelog restores it — and a clean close keeps everything; with faust's default
+    write-ahead log a crash loses nothing locally."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rocksdict
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _WRITE_AND_DIE, str(tmp_path), wal, stop],
+                   check=True, cwd=root, timeout=60)
+    [path] = list(tmp_path.rglob("idem-0.db"))
+    db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+    try:
+        assert sum(1 for _ in db.keys()) == kept  # noqa: SIM118 - raw mode
+    finally:
+        db.close()
