@@ -295,7 +295,7 @@ class BoundedRocksDBOptions(RocksDBOptions):
         db.set_read_options(rocksdict.ReadOptions())
         if self.disable_wal:
             writes = rocksdict.WriteOptions()
-            writes.disable_wal = True
+            writes.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
             db.set_write_options(writes)
         return db
 
