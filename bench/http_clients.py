@@ -1,8 +1,10 @@
-"""Client CPU per WHMCS call: httpx (httpcore pool) vs httpx on AiohttpTransport vs aiohttp.
+"""Client CPU per WHMCS call: httpx (httpcore pool) vs httpx on AiohttpTransport vs aiohttp,
+and the worker's own :class:`common.whmcs.WhmcsClient` (httpx requests on that transport).
 
-``python -m bench.http_clients [--calls 2000] [--concurrency 16]`` against a WHMCS sandbox it
-starts itself. Prints calls/s and the client process's CPU per call for each. The reason
-the WHMCS client runs httpx on :class:`common.http_transport.AiohttpTransport`.
+``python -m bench.http_clients [--calls 2000] [--concurrency 16] [--kinds K,...]`` against a
+WHMCS sandbox it starts itself. Prints calls/s and the client process's CPU per call for
+each. The reason the WHMCS client runs httpx on
+:class:`common.http_transport.AiohttpTransport`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import aiohttp
 import httpx
 
 from common.http_transport import AiohttpTransport
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient
 from sandbox.whmcs.harness import whmcs_sandbox
 
 
@@ -27,11 +31,18 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def _measure(kind: str, url: str, form: dict[str, str], calls: int, conc: int) -> None:
+async def _measure(kind: str, url: str, form: dict[str, str], calls: int, conc: int,
+                   env: dict[str, str]) -> None:
     sem = asyncio.Semaphore(conc)
     session: Any = None
     client: Any = None
-    if kind == "aiohttp":
+    if kind == "WhmcsClient":
+        client = WhmcsClient(WhmcsSettings.load(env))
+
+        async def one() -> None:
+            async with sem:
+                await client.call("GetProducts")
+    elif kind == "aiohttp":
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
 
         async def one() -> None:
@@ -60,12 +71,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http_clients")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--kinds", default="httpx,httpx+aiohttp-transport,aiohttp,WhmcsClient",
+                        help="comma-separated: httpx, httpx+aiohttp-transport, aiohttp, "
+                             "WhmcsClient")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, whmcs_sandbox(Path(tmp)) as wh:
         form = {"identifier": wh.identifier, "secret": wh.secret, "action": "GetProducts",
                 "responsetype": "json"}
-        for kind in ("httpx", "httpx+aiohttp-transport", "aiohttp"):
-            asyncio.run(_measure(kind, wh.api_url, form, args.calls, args.concurrency))
+        for kind in args.kinds.split(","):
+            asyncio.run(_measure(kind, wh.api_url, form, args.calls, args.concurrency,
+                                 wh.env()))
 
 
 if __name__ == "__main__":
