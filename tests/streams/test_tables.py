@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -308,3 +309,87 @@ def test_without_the_write_ahead_log_a_killed_worker_keeps_only_what_was_flushed
         assert sum(1 for _ in db.keys()) == kept  # noqa: SIM118 - raw mode
     finally:
         db.close()
+
+
+class _FakeProducer:
+    """aiokafka's ``send``: awaits, then returns the record's future (acked by the test)."""
+
+    def __init__(self, refuse: set[bytes] = frozenset()) -> None:
+        self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
+        self.acks: list = []
+        self.refuse = refuse
+
+    async def send(self, topic, value, *, key=None, partition=None, headers=None):
+        if key in self.refuse:
+            raise RuntimeError(f"refused {key!r}")
+        self.sent.append((topic, partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        self.acks.append(fut)
+        return fut
+
+
+class _FakeApp:
+    def __init__(self, producer) -> None:
+        self.producer = type("P", (), {"_ensure_producer": lambda _self: producer})()
+
+
+def test_the_record_writer_sends_in_order_and_hands_each_record_its_own_result():
+    from types import SimpleNamespace
+
+    from streams.faust_seam import RecordWriter
+
+    producer = _FakeProducer(refuse={b"k2"})
+    writer = RecordWriter(_FakeApp(producer))
+
+    async def go():
+        results = [writer.send_soon("t", i % 2, f"k{i}".encode(), b"v") for i in range(5)]
+        await asyncio.sleep(0)  # the drain runs once, for all five
+        await asyncio.sleep(0)
+        assert [s[2] for s in producer.sent] == [b"k0", b"k1", b"k3", b"k4"]  # in order
+        assert isinstance(results[2].exception(), RuntimeError)  # its own failure
+        for i, ack in enumerate(producer.acks):
+            if i == 1:
+                ack.set_exception(RuntimeError("not enough replicas"))
+            else:
+                ack.set_result(SimpleNamespace(offset=i))
+        await asyncio.sleep(0)
+        assert results[0].result().offset == 0 and results[4].result().offset == 3
+        assert "not enough replicas" in str(results[1].exception())
+    asyncio.run(go())
+
+
+def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_error(
+        tmp_path):
+    """The table is then ahead of its changelog: flush raises DurabilityError (the worker
+    stops without acknowledging anything), and without a producer nothing is lost silently."""
+    import faust
+
+    from streams.faust_seam import DurableTable, RecordWriter
+    from streams.state import DurabilityError
+
+    app = faust.App("durability-test", broker="kafka://localhost:1", store="memory://",
+                    web_enabled=False, autodiscover=False, datadir=str(tmp_path),
+                    topic_partitions=2)
+    table = app.tables.add(DurableTable(
+        app, name="intents", default=None, partitions=2, beacon=app.tables.beacon,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    producer = _FakeProducer()
+    table._writer = RecordWriter(_FakeApp(producer))
+
+    async def go():
+        table["801A00000000001AAA"] = {"state": "pending"}
+        table["801A00000000002AAA"] = {"state": "pending"}
+        await asyncio.sleep(0)
+        producer.acks[0].set_result(type("M", (), {"offset": 7})())
+        producer.acks[1].set_exception(RuntimeError("NotEnoughReplicas"))
+        with pytest.raises(DurabilityError, match="NotEnoughReplicas"):
+            await table.flush()
+
+        class NoProducer:
+            producer = type("P", (), {"_ensure_producer": lambda _s: (_ for _ in ()).throw(
+                RuntimeError("Producer service not yet started"))})()
+        table._writer = RecordWriter(NoProducer())
+        table["801A00000000003AAA"] = {"state": "pending"}
+        with pytest.raises(DurabilityError, match="not yet started"):
+            await table.flush(timeout=5)
+    asyncio.run(go())
