@@ -26,6 +26,8 @@ from common.process import EXIT_CONFIG, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
 from common.settings import KafkaSettings, SalesforceSettings, WhmcsSettings, WorkerSettings
 
+GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 (see main)
+
 
 def main(argv: list[str] | None = None) -> int:
     boot = Startup("worker")  # from here a SIGTERM is kept: a clean exit 0 while starting
@@ -78,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     # events allocate (sfprov_gc_pause_seconds, see common.metrics.GcMonitor).
     gc.collect()
     gc.freeze()
+    # A young generation of 20,000 objects, not 700: most of an event's objects are freed
+    # by their reference counts before a collection would look at them, so far fewer are
+    # promoted and walked again. bench.stages --backlog 15000: collections took 2.2 s of
+    # the worker's ~33 s of CPU, 0.3 s with this; peak RSS unchanged.
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
     try:
         runner.execute_from_commandline()
     finally:
