@@ -12,7 +12,8 @@ The interface (what the rest of the worker calls):
 
 * :func:`build_app` — the faust app with the recovery order, table placement and
   ``read_committed`` fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
-  :func:`key_partition`;
+  :class:`RecordWriter` (the tables' changelog records and the outcomes, straight into
+  aiokafka's producer); :func:`key_partition`;
 * :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
   offsets (and drop faust's record of the offset gaps below them),
   :meth:`~ConsumerSeam.release` a message without committing it, seeks applied between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
@@ -416,6 +417,7 @@ class RecordWriter:
                                  list[tuple[str, bytes]] | None,
                                  asyncio.Future[Any]]] = deque()
         self._draining = False
+        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def for_app(cls, app: Any) -> RecordWriter:
@@ -436,7 +438,7 @@ class RecordWriter:
         self._queue.append((topic, partition, key, value, headers, result))
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._task = loop.create_task(self._drain())  # referenced: not collected
         return result
 
     async def _drain(self) -> None:
@@ -465,6 +467,7 @@ class RecordWriter:
                 raise
         finally:
             self._draining = False
+            self._task = None
 
 
 def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
