@@ -35,20 +35,13 @@ def test_key_partition_matches_librdkafka_murmur2_random(kafka_bootstrap, unique
 def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_settings,
                                                                          tmp_path):
     """DurableTable.flush awaits the changelog sends; afterwards a reader sees them all."""
-    import asyncio
-
-    import faust
     from confluent_kafka import Consumer, TopicPartition
 
-    from streams.faust_seam import DurableTable
-
     app_id = kafka_settings.topic("durable-test")
-    app = faust.App(app_id, broker=f"kafka://{kafka_settings.bootstrap_servers}",
-                    store="memory://", web_enabled=False, autodiscover=False,
-                    datadir=str(tmp_path), topic_partitions=3, producer_acks=-1)
-    table = app.tables.add(DurableTable(
-        app, name="intents", default=None, partitions=3, beacon=app.tables.beacon,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    table = _durable_table(app_id, tmp_path, name="intents", partitions=3,
+                           broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                           store="memory://", producer_acks=-1)
+    app = table.app
     keys = [f"801D{i:011d}AAA" for i in range(30)]
 
     async def go():
@@ -82,16 +75,7 @@ def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_s
 def test_rocksdb_store_keeps_reads_and_deletes_each_key_in_its_own_partition(tmp_path):
     """KeyPartitionedRocksStore: a key lives in the RocksDB of key_partition(key) — written,
     read (DurableTable.read), tested and deleted there, and in no other partition's."""
-    import faust
-
-    from streams.faust_seam import DurableTable
-
-    app = faust.App("rocks-test", broker="kafka://localhost:1", store="rocksdb://",
-                    web_enabled=False, autodiscover=False, datadir=str(tmp_path),
-                    topic_partitions=4)
-    table = app.tables.add(DurableTable(
-        app, name="idem", default=None, partitions=4, beacon=app.tables.beacon,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    table = _durable_table("rocks-test", tmp_path, partitions=4)
     store = table.data
     keys = [f"801R{i:011d}AAA" for i in range(40)]
     for i, key in enumerate(keys):
@@ -125,18 +109,25 @@ def _fill(table, n: int) -> list:
     return dbs
 
 
-def _rocks_table(tmp_path, name: str, options: dict):
+def _durable_table(app_id: str, datadir, *, name: str = "idem", partitions: int = 2,
+                   broker: str = "kafka://localhost:1", store: str = "rocksdb://",
+                   options: dict | None = None, **app_settings):
+    """A DurableTable on a faust app of its own, as the worker builds them."""
     import faust
 
     from streams.faust_seam import DurableTable
 
-    app = faust.App(f"rocks-{name}", broker="kafka://localhost:1", store="rocksdb://",
-                    web_enabled=False, autodiscover=False, datadir=str(tmp_path / name),
-                    topic_partitions=2)
+    app = faust.App(app_id, broker=broker, store=store, web_enabled=False, autodiscover=False,
+                    datadir=str(datadir), topic_partitions=partitions, **app_settings)
+    extra = {} if options is None else {"options": dict(options)}
     return app.tables.add(DurableTable(
-        app, name="idem", default=None, partitions=2, beacon=app.tables.beacon,
-        options=dict(options),
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+        app, name=name, default=None, partitions=partitions, beacon=app.tables.beacon,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        **extra))
+
+
+def _rocks_table(tmp_path, name: str, options: dict):
+    return _durable_table(f"rocks-{name}", tmp_path / name, options=options)
 
 
 def test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache(tmp_path):
@@ -208,21 +199,14 @@ def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offse
     carries exactly the bytes the key's RocksDB holds, in the order written; a flush
     returns once the broker holds them and then records, per partition, the last changelog
     offset the store holds (where faust's restore resumes), and a deletion is a tombstone."""
-    import asyncio
-
-    import faust
     from confluent_kafka import Consumer, TopicPartition
     from faust.types import TP
 
-    from streams.faust_seam import DurableTable, key_partition
-
     app_id = kafka_settings.topic("rocks-writes")
-    app = faust.App(app_id, broker=f"kafka://{kafka_settings.bootstrap_servers}",
-                    store="rocksdb://", web_enabled=False, autodiscover=False,
-                    datadir=str(tmp_path), topic_partitions=3, producer_acks=-1)
-    table = app.tables.add(DurableTable(
-        app, name="idem", default=None, partitions=3, beacon=app.tables.beacon,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    table = _durable_table(app_id, tmp_path, partitions=3,
+                           broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                           producer_acks=-1)
+    app = table.app
     keys = [f"801W{i:011d}AAA" for i in range(30)]
     changelog = f"{app_id}-idem-changelog"
     stored: dict[str, bytes] = {}
@@ -362,17 +346,10 @@ def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_
         tmp_path):
     """The table is then ahead of its changelog: flush raises DurabilityError (the worker
     stops without acknowledging anything), and without a producer nothing is lost silently."""
-    import faust
-
-    from streams.faust_seam import DurableTable, RecordWriter
+    from streams.faust_seam import RecordWriter
     from streams.state import DurabilityError
 
-    app = faust.App("durability-test", broker="kafka://localhost:1", store="memory://",
-                    web_enabled=False, autodiscover=False, datadir=str(tmp_path),
-                    topic_partitions=2)
-    table = app.tables.add(DurableTable(
-        app, name="intents", default=None, partitions=2, beacon=app.tables.beacon,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")))
+    table = _durable_table("durability-test", tmp_path, name="intents", store="memory://")
     producer = _FakeProducer()
     table._writer = RecordWriter(_FakeApp(producer))
 
