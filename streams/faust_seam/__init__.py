@@ -1,0 +1,51 @@
+"""The one package that touches faust-streaming's and aiokafka's internals.
+
+Everything the worker needs from the two libraries beyond their public API lives here, one
+module per part (``membership``, ``tables``, ``recovery``, ``build``, ``consumer``, on
+``_base``); no other module imports a private name of either
+(``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
+``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
+test fails when the source of a function wrapped, subclassed or relied on here changes
+upstream (:data:`CONTRACT`: a hash of each). Why each workaround exists is in
+``docs/decisions/``; each has a behaviour test.
+
+The interface (what the rest of the worker calls):
+
+* :func:`build_app` — the faust app with the recovery order, table placement and
+  ``read_committed`` fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
+  :class:`RecordWriter` (the tables' changelog records and the outcomes, straight into
+  aiokafka's producer); :func:`key_partition`;
+* :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
+  offsets (and drop faust's record of the offset gaps below them),
+  :meth:`~ConsumerSeam.release` a message without committing it, seeks applied between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
+  backpressure, the re-seek and diagnostics of the stall watchdog, and the revocation
+  callback;
+* :func:`watch_membership` — heartbeats, SyncGroup and rebalances of the consumer group,
+  for the ownership lease (:mod:`streams.lease`).
+"""
+
+from streams.faust_seam._base import (
+    CONTRACT,
+    PINNED,
+    UnsupportedVersion,
+    check_versions,
+    key_partition,
+    source_hash,
+)
+from streams.faust_seam.build import IdempotentProducer, build_app
+from streams.faust_seam.consumer import ConsumerSeam
+from streams.faust_seam.membership import LeaseAdapter, MembershipListener, watch_membership
+from streams.faust_seam.recovery import OrderedRecovery, TableManager
+from streams.faust_seam.tables import (
+    BoundedRocksDBOptions,
+    DurableTable,
+    KeyPartitionedRocksStore,
+    RecordWriter,
+    rocksdb_memory,
+)
+
+__all__ = ["CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
+           "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
+           "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
+           "UnsupportedVersion", "build_app", "check_versions", "key_partition",
+           "rocksdb_memory", "source_hash", "watch_membership"]

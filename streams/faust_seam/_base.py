@@ -1,0 +1,72 @@
+"""The seam's own footing: the pinned versions, the contract of upstream sources, and the
+key → partition function every part uses."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+class UnsupportedVersion(RuntimeError):
+    """faust-streaming or aiokafka is not the version this module was verified against."""
+
+
+def check_versions() -> None:
+    """Raise :class:`UnsupportedVersion` (one line) unless the pinned versions are installed."""
+    wrong = []
+    for dist, wanted in PINNED.items():
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found = "not installed"
+        if found != wanted:
+            wrong.append(f"{dist} {found} (needs {wanted})")
+    if wrong:
+        raise UnsupportedVersion(
+            "the worker patches library internals verified only for "
+            + ", ".join(f"{d}=={v}" for d, v in PINNED.items()) + "; found "
+            + ", ".join(wrong) + " (see streams/faust_seam/)")
+
+
+# upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
+# overridden in a subclass (S) or relied on for its behaviour (R).
+
+
+# upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
+# overridden in a subclass (S) or relied on for its behaviour (R). Each part of the seam adds
+# what it uses.
+CONTRACT: dict[str, tuple[Any, str, str]] = {}
+
+
+def source_hash(owner: Any, attribute: str) -> str:
+    """The first 32 hex digits of the sha256 of ``owner.attribute``'s upstream source."""
+    fn = inspect.getattr_static(owner, attribute)
+    fn = getattr(fn, "fget", fn)  # a property: its getter
+    fn = getattr(fn, "__sfprov_original__", fn)
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:32]
+
+
+def _wrap(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:
+    original = getattr(owner, attribute)
+    if getattr(original, "__sfprov_original__", None) is not None:
+        return  # installed already
+    wrapper = make(original)
+    wrapper.__sfprov_original__ = original
+    setattr(owner, attribute, wrapper)
+
+
+@lru_cache(maxsize=4096)
+def key_partition(key: str | bytes, partitions: int) -> int:
+    """Kafka's default partition of ``key`` (Java/aiokafka/librdkafka ``murmur2``).
+    Remembered for the last 4,096 keys: an Order's key is placed ~10 times per event (each
+    table read and write), and aiokafka's murmur2 is pure Python."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,52 @@
+"""The worker's faust app: the recovery order, an idempotent producer, ``read_committed``
+(docs/decisions/0002)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+import faust
+from faust.transport.base import Transport as FaustTransport
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
+
+from streams.faust_seam._base import CONTRACT
+
+
+class IdempotentProducer(AIOKafkaDriverProducer):
+    """faust's aiokafka producer with ``enable_idempotence``: faust asks for it only in its
+    exactly-once mode, and ``acks=-1`` alone lets a send retried after a leader failover
+    write a record twice (an outcome, or a changelog entry of the tables)."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+# mode names a service's logger after its class's module; keep faust's (quietened by
+# common.log), or every start, stop and topic declaration lands in the worker's log at INFO.
+IdempotentProducer.logger = AIOKafkaDriverProducer.logger
+
+
+def build_app(app_id: str, **settings: Any) -> faust.App:
+    """The worker's faust app: :class:`TableManager` (the recovery order), an idempotent
+    producer, and its consumer reading ``read_committed`` (docs/decisions/0002)."""
+    app = faust.App(app_id, TableManager="streams.faust_seam.recovery:TableManager", **settings)
+    cast(Any, app.transport).Producer = IdempotentProducer  # before the producer exists
+    thread = cast(Any, app.consumer)._thread
+    original = thread._create_worker_consumer
+
+    def create(transport: Any) -> Any:
+        client = original(transport)
+        client._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start()
+        return client
+
+    thread._create_worker_consumer = create
+    return app
+
+
+CONTRACT.update({
+    "S faust aiokafka Producer._settings_extra": (
+        AIOKafkaDriverProducer, "_settings_extra", "a4c7bc41b63822236e4c9be1c49437d0"),
+    "R faust Transport.create_producer": (
+        FaustTransport, "create_producer", "2de47ba78c944b4a74a3aadb0af9fea9"),
+})

@@ -1,0 +1,244 @@
+"""What the worker does to faust's consumer of the requests topic (docs/decisions/0003, 0006)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, cast
+
+import faust
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+
+from streams.faust_seam._base import CONTRACT
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerSeam:
+    """What the worker does to faust's consumer of the requests topic.
+
+    Fetching, in this order, before each of faust's fetches (one wrapper, so the order is
+    fixed here): (1) seeks asked for by the checkpoint (records faust dropped that a commit
+    would have passed), (2) seeks back over records faust fetched and dropped in the
+    previous fetch, on any topic (a changelog restore too) — never moving a position
+    forward. A partition that has no committed offset yet is "sought to committed" at its
+    beginning, as ``auto.offset.reset=earliest`` means."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app, self.topic = app, topic
+        self.consumer: Any = app.consumer
+        self.rewinds = 0
+        self._pending_seeks: dict[int, int] = {}  # partition of ``topic`` → offset
+        self._fetched: dict[Any, list[int]] | None = None
+        self._rewind: dict[Any, int] = {}
+        self._install_fetch()
+        self._install_seek_to_committed()
+
+    # -- fetching --------------------------------------------------------------------
+
+    def seek_before_next_fetch(self, partition: int, offset: int) -> None:
+        current = self._pending_seeks.get(partition)
+        self._pending_seeks[partition] = offset if current is None else min(current, offset)
+
+    def _install_fetch(self) -> None:
+        consumer, seam = self.consumer, self
+        original_fetch, original_getmany = consumer._getmany, consumer.getmany
+
+        async def _getmany(*args: Any, **kwargs: Any) -> Any:
+            records = await original_fetch(*args, **kwargs)
+            if records:
+                seam._fetched = {tp: [r.offset for r in recs] for tp, recs in records.items()
+                                 if recs}
+            return records
+
+        async def getmany(timeout: float) -> Any:
+            await seam._apply_seeks()
+            yielded: dict[Any, set[int]] = {}
+            try:
+                async for tp, message in original_getmany(timeout):
+                    yielded.setdefault(tp, set()).add(message.offset)
+                    yield tp, message
+            finally:
+                seam._note_dropped(yielded)
+
+        consumer._getmany = _getmany
+        consumer.getmany = getmany
+
+    def _note_dropped(self, yielded: Mapping[Any, set[int]]) -> None:
+        fetched, self._fetched = self._fetched, None
+        for tp, offsets in (fetched or {}).items():
+            rest = [o for o in offsets if o not in yielded.get(tp, set())]
+            if rest:
+                self._rewind[tp] = min(min(rest), self._rewind.get(tp, min(rest)))
+
+    async def _apply_seeks(self) -> None:
+        assignment = self.consumer.assignment()
+        seeks, self._pending_seeks = self._pending_seeks, {}
+        for partition, offset in seeks.items():
+            tp = next((t for t in assignment
+                       if t.topic == self.topic and t.partition == partition), None)
+            if tp is not None:
+                await self.consumer.seek(tp, offset)
+        rewind, self._rewind = self._rewind, {}
+        for tp, offset in sorted(rewind.items()):
+            if tp not in assignment:
+                continue
+            position = await self.consumer.position(tp)
+            if position is None or position <= offset:
+                continue  # a seek since (recovery, perform_seek, the checkpoint) wins
+            self.rewinds += 1
+            log.warning("faust dropped fetched records of %s[%d] from offset %d; seeking "
+                        "back from %d", tp.topic, tp.partition, offset, position,
+                        extra={"partition": tp.partition, "offset": offset})
+            await self.consumer.seek(tp, offset)
+
+    def _install_seek_to_committed(self) -> None:
+        consumer, topic = self.consumer, self.topic
+        original = consumer.seek_to_committed
+
+        async def seek_to_committed() -> Mapping[Any, int]:
+            committed = await original()
+            uncommitted = [tp for tp, offset in committed.items()
+                           if tp.topic == topic and (offset is None or offset < 0)]
+            if uncommitted:
+                await consumer._thread.seek_to_beginning(*uncommitted)
+            return committed
+
+        consumer.seek_to_committed = seek_to_committed
+
+    # -- acknowledging and committing ----------------------------------------------------
+
+    def release(self, message: Any) -> None:
+        """Let faust forget ``message`` without counting it as processed: it no longer
+        holds up a rebalance (``wait_empty``) and faust itself never commits past it —
+        offsets of the requests topic are committed by the worker's checkpoint alone."""
+        message.acked = True  # later acks of the message are no-ops (faust Message.ack)
+        self.consumer._unacked_messages.discard(message)
+
+    async def commit(self, offsets: Mapping[int, int]) -> bool:
+        """Commit ``partition → offset`` of the requests topic (faust flushes its producer
+        first, skips partitions no longer assigned, and records the commit)."""
+        assignment = {tp.partition: tp for tp in self.consumer.assignment()
+                      if tp.topic == self.topic}
+        tps = {assignment[p]: o for p, o in offsets.items() if p in assignment}
+        if not tps:
+            return False
+        committed = bool(await self.consumer._commit_offsets(tps))
+        if committed:
+            self._forget_gaps(tps)
+        return committed
+
+    def _forget_gaps(self, committed: Mapping[Any, int]) -> None:
+        """Drop faust's record of the gaps in a partition's offsets below what was committed.
+
+        faust notes every gap it reads past (each transaction's commit marker the connector
+        writes is one) to fill it in when it commits from its own acks — and only there
+        does it chop them (``Consumer._new_offset``). The requests topic is committed by the
+        checkpoint instead, so the gaps stayed: one interval per connector transaction for
+        the life of the worker (tracemalloc: ~580 intervals per 15,000 Orders), and faust rebuilds the whole interval tree at every new gap
+        (``merge_overlaps``), a cost that grew with it."""
+        gaps = self.consumer._gap
+        for tp, offset in committed.items():
+            tree = gaps.get(tp)
+            if tree:
+                tree.chop(0, offset)
+
+    def offset_gaps(self) -> int:
+        """The gaps faust tracks in the requests partitions' offsets (/readyz): a handful at
+        most, those above the last commit."""
+        return sum(len(tree) for tp, tree in list(self.consumer._gap.items())
+                   if tp.topic == self.topic)
+
+    def before_wait_empty(self, callback: Callable[[bool], Awaitable[None]]) -> None:
+        """``await callback(stopping)`` whenever faust is about to wait for unacknowledged
+        messages: in a rebalance (every partition is revoked: eager protocol) or when the
+        worker stops — so the worker can finish or release its events first."""
+        consumer, app = self.consumer, self.app
+        original = consumer.wait_empty
+
+        async def wait_empty() -> None:
+            await callback(bool(app.should_stop))
+            await original()
+
+        consumer.wait_empty = wait_empty
+
+    def pause(self, partitions: Iterable[int]) -> None:
+        self.consumer.pause_partitions(self._tps(partitions))
+
+    def resume(self, partitions: Iterable[int]) -> None:
+        self.consumer.resume_partitions(self._tps(partitions))
+
+    def _tps(self, partitions: Iterable[int]) -> list[Any]:
+        wanted = set(partitions)
+        return [tp for tp in self.consumer.assignment()
+                if tp.topic == self.topic and tp.partition in wanted]
+
+    def assigned_partitions(self) -> set[int]:
+        """The requests partitions this worker actively owns (not standbys)."""
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # noqa: BLE001 - before the first assignment
+            return set()
+        return {tp.partition for tp in actives if tp.topic == self.topic}
+
+    # -- the stall watchdog (from its own thread) ----------------------------------------
+
+    def reseek(self) -> None:
+        """Seek the stream partitions back to their committed offsets (thread-safe)."""
+        if self.app.rebalancing:
+            return  # a rebalance seeks by itself when (if) it completes
+        future = asyncio.run_coroutine_threadsafe(self.consumer.perform_seek(), self.app.loop)
+        future.result(timeout=30)
+
+    def recovery_position(self) -> int:
+        try:
+            recovery = cast(Any, self.app.tables).recovery
+            return int(sum(recovery.active_offsets.values()))
+        except Exception:  # noqa: BLE001 - read from another thread; best effort
+            return 0
+
+    def diagnose(self) -> dict[str, Any]:
+        """faust's gates between the broker and the agent, read as they are."""
+        app, consumer, topic = cast(Any, self.app), self.consumer, self.topic
+        probes = {
+            "flow_active": lambda: consumer.flow_active,
+            "flow_control_active": lambda: app.flow_control.is_active(),
+            "rebalancing": lambda: app.rebalancing,
+            "recovery_completed": lambda: app.tables.recovery.completed.is_set(),
+            "active_partitions": lambda: sorted(
+                tp.partition for tp in (consumer._active_partitions or ())
+                if tp.topic == topic),
+            "paused_partitions": lambda: sorted(
+                tp.partition for tp in consumer._paused_partitions if tp.topic == topic),
+            "read_offsets": lambda: {tp.partition: off for tp, off
+                                     in consumer._read_offset.items() if tp.topic == topic},
+            "unacked_messages": lambda: len(consumer._unacked_messages),
+        }
+        out: dict[str, Any] = {}
+        for name, probe in probes.items():
+            try:
+                out[name] = probe()
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                out[name] = f"? {type(exc).__name__}"
+        return out
+
+
+CONTRACT.update({
+    "R faust Consumer._clean_unacked_messages": (
+        FaustConsumer, "_clean_unacked_messages", "11be2587e71c9162510ba634577e1da5"),
+    "R faust Consumer.ack": (FaustConsumer, "ack", "5fcf41cf45153475de3790dc56fec1b8"),
+    "W faust Consumer._getmany": (AIOKafkaDriverConsumer, "_getmany", "f9d47aa9010b5ff2b874ba65f927871f"),
+    "W faust Consumer.getmany": (AIOKafkaDriverConsumer, "getmany", "4b168d84882a70d6e3e2f9804430a63b"),
+    "W faust Consumer.seek_to_committed": (AIOKafkaDriverConsumer, "seek_to_committed", "f1d483b861b0328b4f0be90a4abc3f95"),
+    "W faust AIOKafkaConsumerThread._create_worker_consumer": (
+        AIOKafkaConsumerThread, "_create_worker_consumer", "c2701bfc3e6f6cad95c2be36d6a255a8"),
+    "R faust Consumer._commit_offsets": (
+        AIOKafkaDriverConsumer, "_commit_offsets", "1a6979904118844111259d182ca1c6e9"),
+    "R faust Consumer.wait_empty": (AIOKafkaDriverConsumer, "wait_empty", "e4662fe24f094819add590b2d75f2338"),
+    "R faust Consumer._add_gap": (FaustConsumer, "_add_gap", "4df2573ded7c1c2cde04dc6bde6d4480"),
+    "R faust Consumer._new_offset": (
+        FaustConsumer, "_new_offset", "1d2c7ea89a7ad4f1a216c1d51936e569"),
+})

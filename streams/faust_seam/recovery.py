@@ -1,0 +1,71 @@
+"""The end of table recovery (docs/decisions/0001)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+from faust.tables.manager import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery
+
+from streams.faust_seam._base import CONTRACT
+
+log = logging.getLogger(__name__)
+
+
+class OrderedRecovery(Recovery):
+    """Seek the stream partitions while they are still paused, clear the agent queues, and
+    only then resume: nothing fetched for a stream partition can be in a queue when faust
+    clears the queues."""
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        app, consumer = self.app, self.app.consumer
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        callbacks = [asyncio.ensure_future(table.on_recovery_completed(
+            self.actives_for_table[table], self.standbys_for_table[table]))
+            for table in self.tables.values()]
+        if callbacks:
+            await asyncio.wait(callbacks)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again: generation %r, now %r",
+                             generation_id, app.consumer_generation_id)
+            return
+        stream_tps = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
+        consumer.pause_partitions(stream_tps)
+        if stream_tps:
+            self.log.info("Seek stream partitions to committed offsets (still paused).")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again during the seek")
+            return
+        self.completed.set()
+        app.flow_control.resume()  # clears the queues: nothing of a stream partition is in them
+        consumer.resume_partitions(stream_tps)
+        consumer.resume_flow()
+        await cast(Any, app)._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+
+class TableManager(FaustTableManager):
+    """faust's table manager with :class:`OrderedRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = OrderedRecovery(self.app, self, beacon=self.beacon,
+                                             loop=self.loop)
+        return self._recovery
+
+
+CONTRACT.update({
+    "S faust Recovery.on_recovery_completed": (
+        Recovery, "on_recovery_completed", "6ef567acf072e46da3fccbccc6d66237"),
+    "S faust TableManager.recovery": (FaustTableManager, "recovery", "f0bf5de78b4c3d235c3554010480f407"),
+})

@@ -1,0 +1,432 @@
+"""The tables: RocksDB sized and shared, keys in their own partition, writes straight into the
+producer and awaitable (docs/decisions/0004)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from aiokafka import AIOKafkaProducer
+from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import Store as RocksStore
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
+from faust.types import TP
+from yarl import URL
+
+from streams.faust_seam._base import CONTRACT, key_partition
+from streams.state import DurabilityError
+
+_SHARED_CACHES: dict[int, Any] = {}  # size → the process's one rocksdict.Cache of that size
+_SHARED_WRITE_BUFFERS: dict[int, Any] = {}  # size → the one rocksdict.WriteBufferManager
+
+
+class BoundedRocksDBOptions(RocksDBOptions):
+    """faust's rocksdict options, with every table file's index and bloom filter inside one
+    block cache that all of the process's DBs share (``shared_block_cache_size`` bytes).
+
+    faust keeps each file's whole index and filter in memory, outside its cache, for as long
+    as the file exists; the tables keep every Order for ``WORKER_DEDUPE_TTL_DAYS``, so that
+    memory grew with the Orders processed (~1.3 MB per 100,000 in a RocksDB-only run of the
+    worker's four writes per Order, with easily compressed values). Here the index and the filter are partitioned
+    (4 KB pieces, paged through the cache; only their top level, and level 0's, stay
+    pinned), so the worker's RocksDB memory is its memtables plus this cache. Files written
+    by faust's options are read as they are; compaction rewrites them in this format.
+
+    ``shared_write_buffer_size`` (optional) bounds the memtables of all the DBs together
+    (one ``WriteBufferManager``): each DB's own bound times the DBs (2 tables × partitions
+    × ``max_write_buffer_number`` × ``write_buffer_size``) is what a worker taking over every
+    partition would otherwise hold; past the shared bound the fullest memtable is flushed
+    early (writes are never stalled).
+
+    ``disable_wal``: no RocksDB write-ahead log (a ``write()`` per put, ~5 µs of the worker's
+    ~8 puts per Order). The changelog topic is the tables' log, as in Kafka Streams, which
+    turns RocksDB's off too: a crash loses what the memtables held, and with it the
+    changelog offset written after those entries (:meth:`DurableTable.flush`), so the DB
+    reopens as a consistent earlier state and faust's restore replays the changelog from
+    that older offset. A clean close flushes the memtables first."""
+
+    def __init__(self, *, shared_block_cache_size: int, shared_write_buffer_size: int = 0,
+                 disable_wal: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shared_block_cache_size = shared_block_cache_size
+        self.shared_write_buffer_size = shared_write_buffer_size
+        self.disable_wal = disable_wal
+
+    def open(self, path: Path, *, read_only: bool = False) -> Any:
+        """faust's ``open``, with these options named for the default column family too.
+        Reopening an existing DB, rocksdict otherwise takes that family's options from the
+        DB's OPTIONS file, and with them a new block cache per DB (12 × 8 MB, not one 8 MB:
+        the sweep's first full scan filled them, +28 to +44 MB of worker RSS in
+        ``bench.stages``). faust also sets the DB paths on options it then does not use;
+        left out here, to the same effect."""
+        import rocksdict
+
+        options = self.as_options()
+        access = (rocksdict.AccessType.read_write() if self.ttl is None
+                  else rocksdict.AccessType.with_ttl(self.ttl))
+        db = rocksdict.Rdict(str(path), options=options, column_families={"default": options},
+                             access_type=access)
+        db.set_read_options(rocksdict.ReadOptions())
+        if self.disable_wal:
+            writes = rocksdict.WriteOptions()
+            writes.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (stub: a method)
+            db.set_write_options(writes)
+        return db
+
+    def as_options(self) -> Any:
+        import rocksdict
+
+        options = super().as_options()
+        cache = _SHARED_CACHES.get(self.shared_block_cache_size)
+        if cache is None:
+            cache = _SHARED_CACHES[self.shared_block_cache_size] = rocksdict.Cache(
+                self.shared_block_cache_size)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(cache)
+        table.set_bloom_filter(self.bloom_filter_size, False)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_metadata_block_size(4096)
+        table.set_format_version(5)
+        options.set_block_based_table_factory(table)
+        if self.shared_write_buffer_size:
+            manager = _SHARED_WRITE_BUFFERS.get(self.shared_write_buffer_size)
+            if manager is None:
+                manager = _SHARED_WRITE_BUFFERS[self.shared_write_buffer_size] = \
+                    rocksdict.WriteBufferManager(self.shared_write_buffer_size, False)
+            options.set_write_buffer_manager(manager)
+        return options
+
+
+class KeyPartitionedRocksStore(RocksStore):
+    """Files a key under its own partition's RocksDB, not the current event's, and reads,
+    tests and deletes it there: one RocksDB lookup, where faust probes the bloom filter of
+    every partition for a key it has not seen yet and keeps a locked LRU index of the keys
+    it has (both were in the worker's profile, ``make bench``). Opened with
+    :class:`BoundedRocksDBOptions` when the table's options name a
+    ``shared_block_cache_size``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        faust_options = self.rocksdb_options
+        shared = faust_options.extra_options.get("shared_block_cache_size")
+        if shared and faust_options.use_rocksdict:
+            self.rocksdb_options = BoundedRocksDBOptions(
+                shared_block_cache_size=int(shared),
+                shared_write_buffer_size=int(
+                    faust_options.extra_options.get("shared_write_buffer_size") or 0),
+                disable_wal=bool(faust_options.extra_options.get("disable_wal")),
+                max_open_files=faust_options.max_open_files,
+                write_buffer_size=faust_options.write_buffer_size,
+                max_write_buffer_number=faust_options.max_write_buffer_number,
+                target_file_size_base=faust_options.target_file_size_base,
+                block_cache_size=faust_options.block_cache_size,
+                bloom_filter_size=faust_options.bloom_filter_size,
+                use_rocksdict=True, ttl=faust_options.ttl)
+
+    def _db_for_key(self, key: bytes) -> Any:
+        return self._db_for_partition(key_partition(key, self.table.partitions or 1))
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held by this store's open DBs: memtables, and table readers (what of the
+        files' indexes and filters lives outside the block cache). Call it on the event
+        loop's thread, where faust opens and closes the DBs."""
+        held = {"memtables": 0, "table_readers": 0}
+        for db in list(self._dbs.values()):
+            with contextlib.suppress(Exception):
+                held["memtables"] += db.property_int_value("rocksdb.cur-size-all-mem-tables")
+                held["table_readers"] += db.property_int_value(
+                    "rocksdb.estimate-table-readers-mem")
+        return held
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        self._db_for_key(key).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        return cast("bytes | None", self._db_for_key(key).get(key))
+
+    def _contains(self, key: bytes) -> bool:
+        return self._db_for_key(key).get(key) is not None
+
+    def _del(self, key: bytes) -> None:
+        self._db_for_key(key).delete(key)
+
+
+def rocksdb_memory(tables: Any) -> dict[str, int]:
+    """Bytes RocksDB holds for ``tables``: memtables, table readers, and the shared block
+    caches' usage (counted once: every DB shares it). Tables whose store is not open yet,
+    or not RocksDB, count nothing."""
+    held = {"memtables": 0, "table_readers": 0,
+            "block_cache": sum(c.get_usage() for c in list(_SHARED_CACHES.values()))}
+    for table in tables:
+        store = table._data  # not .data: that would open a store, from a scrape
+        if isinstance(store, KeyPartitionedRocksStore):
+            for kind, size in store.memory().items():
+                held[kind] += size
+    return held
+
+
+class RecordWriter:
+    """The worker's records straight into the app's aiokafka producer: the tables'
+    changelog entries and the outcomes, in the order they were written, by one task that
+    drains them all each time it runs.
+
+    faust sends a table change through its producer buffer: a ``FutureMessage``, a queue
+    put and a task wake-up, ``publish_message`` with its sensors, and an acknowledgement
+    callback that writes the changelog offset into RocksDB — per record, ~5 records per
+    Order. Here a record is a tuple in a deque and one future; the changelog offsets are
+    persisted once per flush (:meth:`DurableTable.flush`). One writer per app
+    (:meth:`for_app`), so records keep the order they were written in across tables."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._queue: deque[tuple[str, int | None, bytes | None, bytes | None,
+                                 list[tuple[str, bytes]] | None,
+                                 asyncio.Future[Any]]] = deque()
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_app(cls, app: Any) -> RecordWriter:
+        writer = getattr(app, "_sfprov_record_writer", None)
+        if writer is None:
+            writer = cls(app)
+            setattr(app, "_sfprov_record_writer", writer)  # noqa: B010 - not a faust field
+        return cast(RecordWriter, writer)
+
+    def send_soon(self, topic: str, partition: int | None, key: bytes | None,
+                  value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+                  ) -> asyncio.Future[Any]:
+        """Queue one record; the future resolves to its ``RecordMetadata`` once the broker
+        acknowledged it (``acks=all``), or to the error. ``partition`` None: the
+        producer's partitioner (murmur2 of the key, as faust's topics)."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((topic, partition, key, value, headers, result))
+        if not self._draining:
+            self._draining = True
+            self._task = loop.create_task(self._drain())  # referenced: not collected
+        return result
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        try:
+            producer = cast(Any, self.app.producer)._ensure_producer()
+            while queue:
+                topic, partition, key, value, headers, result = queue.popleft()
+                try:
+                    sent = await producer.send(topic, value, key=key, partition=partition,
+                                               headers=headers)
+                except asyncio.CancelledError:
+                    result.cancel()
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the record's own failure
+                    if not result.done():
+                        result.set_exception(exc)
+                    continue
+                sent.add_done_callback(partial(_resolve, result))
+        except BaseException as exc:  # noqa: BLE001 - no producer, or stopping
+            while queue:
+                result = queue.popleft()[-1]
+                if not result.done():
+                    result.set_exception(DurabilityError(f"record not sent: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._draining = False
+            self._task = None
+
+
+def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    if result.done():
+        return
+    if sent.cancelled():
+        result.set_exception(DurabilityError("record send cancelled"))
+    elif sent.exception() is not None:
+        result.set_exception(cast(BaseException, sent.exception()))
+    else:
+        result.set_result(sent.result())
+
+
+class DurableTable(faust.Table):
+    """A table keyed by Order id whose changelog records go to the key's own partition,
+    with raw UTF-8 keys, and whose writes can be awaited (:meth:`flush`).
+
+    A write encodes its value once, puts it into the key's own partition's store and
+    queues its changelog record on the app's :class:`RecordWriter` (faust encodes it twice
+    and sends it through its producer buffer). ``watch(order_id, value)`` is told of every
+    change, ours and those restored from the changelog (the sweep keeps an index of the
+    few entries it must look at)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("use_partitioner", True)
+        kwargs.setdefault("key_type", str)
+        super().__init__(*args, **kwargs)
+        self.key_serializer = "raw"  # faust derives JSON from key_type str: '"801..."'
+        self._unflushed: list[asyncio.Future[Any]] = []
+        self._acked: dict[int, int] = {}  # partition → highest changelog offset acknowledged
+        self._writer = RecordWriter.for_app(self.app)
+        self._changelog_name: str | None = None
+        self.watch: Callable[[str, Any], None] | None = None
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        batch = list(batch)
+        super().apply_changelog_batch(batch)
+        if self.watch is not None:
+            for event in batch:
+                key, value = event.message.key, event.message.value
+                oid = key.decode() if isinstance(key, bytes) else str(key)
+                self.watch(oid, json.loads(value) if value is not None else None)
+
+    def _new_store_by_url(self, url: str | URL) -> Any:
+        if URL(str(url)).scheme == "rocksdb":
+            return KeyPartitionedRocksStore(
+                url, self.app, self, table_name=self.name, key_type=self.key_type,
+                key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                value_type=self.value_type, loop=self.loop, options=self.options)
+        return super()._new_store_by_url(url)
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return key_partition(str(key), self.partitions or 1)
+
+    def read(self, key: str) -> Any | None:
+        """The value under ``key``, or None: straight from the store (no sensors, no
+        ``KeyError`` for the Orders the table has never seen)."""
+        store = self.data
+        if isinstance(store, RocksStore):
+            raw = store._get(key.encode())
+            return None if raw is None else store._decode_value(raw)
+        return self.get(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        store = self.data
+        encoded = self._encode_value(value)
+        self._changed(key, value, encoded)
+        if isinstance(store, KeyPartitionedRocksStore):
+            store._set(str(key).encode(), encoded)
+        else:
+            store[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        self.on_key_del(key)
+        del self.data[key]
+
+    def on_key_set(self, key: Any, value: Any) -> None:  # faust's update() and the like
+        self._changed(key, value, self._encode_value(value))
+
+    def on_key_del(self, key: Any) -> None:
+        if self.watch is not None:
+            self.watch(str(key), None)
+        partition = cast(int, self.partition_for_key(key))
+        self._send(partition, key, None)
+        self._maybe_del_key_ttl(key, partition)
+        self._sensor_on_del(self, key)
+
+    def _encode_value(self, value: Any) -> bytes | None:
+        return cast("bytes | None", self.app.serializers.dumps_value(
+            self.value_type, value, serializer=self.value_serializer))
+
+    def _changed(self, key: Any, value: Any, encoded: bytes | None) -> None:
+        if self.watch is not None:
+            self.watch(str(key), value)
+        partition = cast(int, self.partition_for_key(key))
+        self._send(partition, key, encoded)
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def _send(self, partition: int, key: Any, encoded: bytes | None) -> None:
+        name = self._changelog_name
+        if name is None:
+            name = self._changelog_name = self.changelog_topic.get_topic_name()
+        fut = self._writer.send_soon(name, partition, str(key).encode(), encoded)
+        fut.add_done_callback(partial(self._on_acked, partition))
+        self._unflushed.append(fut)
+
+    def _on_acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        offset = fut.result().offset
+        if offset > self._acked.get(partition, -1):
+            self._acked[partition] = offset
+
+    async def flush(self, timeout: float = 60.0) -> None:
+        """Return once every change so far is acknowledged by the broker (``acks=all``),
+        and record the changelog offsets the store now holds (faust reads the changelog
+        from there when it restores; one write per partition and flush, where faust writes
+        one per record — an older offset only means a longer restore).
+
+        Raises :class:`DurabilityError` when a changelog record failed or timed out: the
+        local table is then ahead of its changelog, and the only safe move is to stop the
+        worker without acknowledging anything (a restart restores the tables)."""
+        pending, self._unflushed = self._unflushed, []
+        if not pending:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
+                                  f"{exc!r}") from exc
+        self._persist_offsets()
+
+    def _persist_offsets(self) -> None:
+        acked, self._acked = self._acked, {}
+        store = self.data
+        if not isinstance(store, RocksStore) or self._changelog_name is None:
+            return
+        for partition, offset in acked.items():
+            if partition in store._dbs:  # a partition closed meanwhile: restored from older
+                store.set_persisted_offset(TP(self._changelog_name, partition), offset)
+
+
+CONTRACT.update({
+    "S faust Table.on_key_set": (faust.Table, "on_key_set", "a370e35ca55c2c7e36e93f0d4b485927"),
+    "S faust Table.on_key_del": (faust.Table, "on_key_del", "4f2900b2f9d24a080d5cbc9eaa1f5566"),
+    # DurableTable writes: encoded once, the changelog record through RecordWriter (the
+    # path faust's send_changelog / _on_changelog_sent took), the offset persisted per flush
+    "S mode ManagedUserDict.__setitem__": (
+        faust.Table, "__setitem__", "f3bdf602abc08dd1ace4cf2094d860f6"),
+    "S mode ManagedUserDict.__delitem__": (
+        faust.Table, "__delitem__", "c0ce7ef82dbd1255e2085ec37ba8944f"),
+    "R faust Collection.send_changelog": (
+        faust.Table, "send_changelog", "3dd3884e1b5fc0e1612bc688b83d9318"),
+    "R faust Collection._on_changelog_sent": (
+        faust.Table, "_on_changelog_sent", "60122c86a120d82cffa95da4c22323e1"),
+    "R faust Collection._maybe_set_key_ttl": (
+        faust.Table, "_maybe_set_key_ttl", "39b7465fa58038998e628bf0fa80d95b"),
+    "R faust rocksdb Store.set_persisted_offset": (
+        RocksStore, "set_persisted_offset", "b4c811926678346ebb8c40486dbc46d0"),
+    "R faust Producer._ensure_producer": (
+        AIOKafkaDriverProducer, "_ensure_producer", "5592a4bbdf2513253f98233a4eac931d"),
+    "R aiokafka AIOKafkaProducer.send": (
+        AIOKafkaProducer, "send", "08ce81263f43983815bb1056036c2498"),
+    "S faust Collection.apply_changelog_batch": (
+        faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
+    "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),
+    "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
+    "S faust rocksdb RocksDBOptions.as_options": (
+        RocksDBOptions, "as_options", "d2a1bea17736d2eb2f8d2da592ef843f"),
+    "S faust rocksdb RocksDBOptions.open": (
+        RocksDBOptions, "open", "ff87e92d69e2f487e2657c1df266543f"),
+    "R faust rocksdb Store.__init__": (RocksStore, "__init__", "c7c0fa2989e8ab4a4349ff29df825847"),
+    # rocksdb_memory: the open DBs in Store._dbs, the store (if any) in Collection._data
+    "R faust rocksdb Store._db_for_partition": (
+        RocksStore, "_db_for_partition", "cb7e67d5f9efc4bced7b7ab09a55fe71"),
+    "R faust Collection.data": (faust.Table, "data", "ade4a02ddd5582cb4264a7f927bf7a59"),
+    "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
+    "S faust rocksdb Store._get": (RocksStore, "_get", "7ae8dfd6d7754a5952ae162d4d5cf0d5"),
+    "S faust rocksdb Store._contains": (
+        RocksStore, "_contains", "bd7d4e5252a71b9a5705677611435431"),
+    "S faust rocksdb Store._del": (RocksStore, "_del", "07f42ff3caefffddb002ba3c316120ee"),
+})
