@@ -1,10 +1,10 @@
-"""Client CPU per WHMCS call: httpx (httpcore pool) vs httpx on AiohttpTransport vs aiohttp,
+"""Client CPU per WHMCS call: httpx (httpcore pool) vs httpx on Http11Transport vs aiohttp,
 and the worker's own :class:`common.whmcs.WhmcsClient` (httpx requests on that transport).
 
 ``python -m bench.http_clients [--calls 2000] [--concurrency 16] [--kinds K,...]`` against a
 WHMCS sandbox it starts itself. Prints calls/s and the client process's CPU per call for
 each. The reason the WHMCS client runs httpx on
-:class:`common.http_transport.AiohttpTransport`.
+:class:`common.http_transport.Http11Transport`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from common.http_transport import AiohttpTransport
+from common.http_transport import Http11Transport
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
 from sandbox.whmcs.harness import whmcs_sandbox
@@ -50,7 +50,7 @@ async def _measure(kind: str, url: str, form: dict[str, str], calls: int, conc: 
                 await r.read()
     else:
         client = httpx.AsyncClient(
-            transport=AiohttpTransport() if kind == "httpx+aiohttp-transport" else None,
+            transport=Http11Transport() if kind == "httpx+http11-transport" else None,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
         async def one() -> None:
@@ -71,8 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http_clients")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--kinds", default="httpx,httpx+aiohttp-transport,aiohttp,WhmcsClient",
-                        help="comma-separated: httpx, httpx+aiohttp-transport, aiohttp, "
+    parser.add_argument("--kinds", default="httpx,httpx+http11-transport,aiohttp,WhmcsClient",
+                        help="comma-separated: httpx, httpx+http11-transport, aiohttp, "
                              "WhmcsClient")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, whmcs_sandbox(Path(tmp)) as wh:

@@ -41,7 +41,7 @@ from common.errors import (
     WhmcsTransientError,
     WhmcsUnknownResultError,
 )
-from common.http_transport import SEND_DEADLINE, AiohttpTransport, NotSent
+from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
 from common.settings import WhmcsSettings
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class WhmcsClient:
     """One shared httpx transport; safe for concurrent calls from one event loop.
 
     Requests are ``httpx.Request`` objects handed straight to the transport,
-    :class:`common.http_transport.AiohttpTransport` (httpcore's pool cost six times the CPU
+    :class:`common.http_transport.Http11Transport` (httpcore's pool cost twenty times its CPU
     per call; see that module). Not through an ``httpx.AsyncClient``: WHMCS's API needs none
     of its cookies, redirects, auth or default headers, and its per-request machinery (the
     cookie jar above all) was a fifth of the CPU of a WHMCS call in the worker's profile.
@@ -152,7 +152,7 @@ class WhmcsClient:
                  timeout_s: float | None = None) -> None:
         self.settings = settings
         self._timeout = timeout_s if timeout_s is not None else settings.timeout_s
-        self._transport = transport or AiohttpTransport(max_connections=64)
+        self._transport = transport or Http11Transport(max_connections=64)
         # parsed once: httpx parses a URL given as text on every request (~90 µs)
         self._url = httpx.URL(settings.api_url)
         self._timeouts = httpx.Timeout(self._timeout,

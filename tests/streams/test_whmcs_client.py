@@ -367,7 +367,7 @@ def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs
 
     import httpx
 
-    from common.http_transport import SEND_DEADLINE, AiohttpTransport, NotSent
+    from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
     from common.whmcs import encode_form
 
     url = whmcs.env()["WHMCS_API_URL"]
@@ -377,7 +377,7 @@ def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs
     before = sum(whmcs.counters()["calls"].values())
 
     async def go():
-        async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
+        async with httpx.AsyncClient(transport=Http11Transport()) as http:
             await http.post(url, content=b"action=GetOrders")  # a connection to reuse
             for _ in range(2):  # a reused connection, then (closed by us) a new one
                 with pytest.raises(NotSent, match="send deadline passed"):
