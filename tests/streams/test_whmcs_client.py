@@ -56,6 +56,19 @@ def test_form_encoding_uses_php_brackets_and_skips_none():
     assert body == "action=AddOrder&pid%5B0%5D=1&pid%5B1%5D=5&addons%5B0%5D=1%2C2&noemail=1"
 
 
+def test_form_encoding_is_urlencode_for_any_text():
+    import random
+    from urllib.parse import urlencode
+
+    rng = random.Random(7)
+    alphabet = "aZ09_.~-+ &=%/?#[]\u00e9\u20ac\U0001f600\n\t\"'<>"
+    for _ in range(2000):
+        values = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+                  for _ in range(3)]
+        params = {"notes": values[0], values[1] or "k": values[2], "qty": rng.randrange(-9, 99)}
+        assert encode_form(params) == urlencode([(k, str(v)) for k, v in params.items()])
+
+
 def test_marker_matching_is_exact():
     assert has_marker("sfOrderId=801A idemKey=x", "801A")
     assert not has_marker("sfOrderId=801AB", "801A")
