@@ -370,3 +370,28 @@ def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_
         with pytest.raises(DurabilityError, match="not yet started"):
             await table.flush(timeout=5)
     asyncio.run(go())
+
+
+def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
+    """The worker's own JSON path gives faust's bytes exactly (a changelog written before it
+    restores unchanged), and hands values only faust's encoder knows to faust."""
+    import datetime
+    import decimal
+
+    from streams.state import DedupeEntry, Intent, memory_to_json
+
+    table = _durable_table("codec", tmp_path)
+    intent = Intent.pending(order_id="801T0000000001AAA", idem_key="k\u00e9y", event_uuid="u-1",
+                            attempt=1, client_id=1010, at=1_700_000_000_000, writer="w",
+                            lease_until=1_700_000_010_000, correlation_id=None,
+                            requested_at="2026-11-30T12:00:00Z", opportunity_id="006T1")
+    values = [intent.to_json(),
+              intent.settled({"status": "Provisioned", "whmcs_order_id": 7, "note": "€ \"q\""},
+                             1_700_000_001_000, may_exist=False).to_json(),
+              memory_to_json({"k": DedupeEntry.first("u-1", {"status": "Failed"}, 5)}),
+              {"nested": [1, 2.5, None, True, {"x": "\U0001f600\n"}]},
+              {"at": datetime.datetime(2026, 11, 30, 12, 0, 1, 5), "n": decimal.Decimal("1.5")}]
+    for value in values:
+        theirs = table.app.serializers.dumps_value(None, value, serializer="json")
+        assert table._encode_value(value) == theirs
+    assert table._json_values  # the fast path is the one taken for the worker's tables
