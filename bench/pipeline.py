@@ -16,7 +16,10 @@ broker. Phases, in order:
    last write-back, per Order: connector, worker, sink, both sandboxes, the broker.
 5. **the WHMCS sandbox alone** — ``AddOrder`` + ``AcceptOrder`` pairs/s driven straight into
    it: the bound for a pipeline that must make two WHMCS calls per Order; the backlog rate as
-   a ratio of it.
+   a ratio of it. The share of a core the sandbox used meanwhile is printed beside it: the
+   driver is the worker's ``WhmcsClient`` on the same two cores, and while that client cost
+   more than the server (before the worker's own HTTP transport) the sandbox sat partly idle
+   and the figure measured the client.
 6. **side by side** — the pipeline and the seed's design (``bench/baseline.py``) on the same
    sandboxes, at 0 and 150 ms per WHMCS call: Orders/s, Salesforce and WHMCS calls per Order,
    duplicates after one SIGKILL mid-run.
@@ -303,6 +306,9 @@ def print_table(r: dict[str, Any]) -> None:
              f"{r['backlog_orders_per_s_with_startup']} ({r['backlog_worker_startup_s']} s)", ""),
             ("WHMCS sandbox alone: AddOrder+AcceptOrder pairs/s", r["whmcs_sandbox_pairs_per_s"],
              ""),
+            ("  … the share of its core it used (below ~0.85: the driver bound it)",
+             round(r["whmcs_sandbox_pairs_per_s"] * r["whmcs_sandbox_cpu_ms_per_pair_alone"]
+                   / 1000, 2), ""),
             ("backlog orders/s ÷ WHMCS sandbox pairs/s", r["whmcs_bound_ratio"], ">= 0.5"),
             ("CPU ms per Order: connector / worker / sink",
              f"{cpu.get('connector', 0):.3f} / {cpu.get('worker', 0):.3f} / "
