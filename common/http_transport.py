@@ -1,10 +1,10 @@
 """A lean HTTP/1.1 transport for httpx: keep-alive connections on asyncio protocols.
 
 The WHMCS client is httpx (``httpx.Request`` in, ``httpx.Response`` out, httpx's timeouts and
-errors); only the bytes on the wire are ours. Its transports measured, in client CPU per
-WHMCS call at 16 calls in flight (``python -m bench.http_clients``): httpcore's pool 2.0 ms,
-httpx on aiohttp's pool 0.35 ms, this one about a quarter of that. Two calls per Order made
-the HTTP client the largest share of the worker's CPU.
+errors); only the bytes on the wire are ours (decision 0009). The worker's WHMCS client
+measured, in client CPU per call at 16 calls in flight (``python -m bench.http_clients``):
+on httpcore's pool 2.0 ms, on aiohttp's pool ~0.37 ms, on this transport ~0.22 ms. Two calls
+per Order had made the HTTP client the largest share of the worker's CPU.
 
 What it speaks: ``HTTP/1.1`` requests with a ``Content-Length`` body, one at a time per
 connection (no pipelining); responses framed by ``Content-Length``, ``chunked`` transfer
@@ -278,8 +278,9 @@ class _Pool:
     """The connections to one origin: idle ones (most recent last) and a cap on those in use."""
 
     def __init__(self, scheme: str, host: str, port: int, limit: int,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop) -> None:
         self.scheme, self.host, self.port = scheme, host, port
+        self.loop = loop
         self.ssl = ssl_context
         self.slots = asyncio.Semaphore(limit)
         self.idle: list[_Connection] = []
@@ -327,9 +328,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._pools: dict[tuple[bytes, bytes, int | None], _Pool] = {}
 
-    def _pool(self, url: httpx.URL) -> _Pool:
+    def _pool(self, url: httpx.URL, loop: asyncio.AbstractEventLoop) -> _Pool:
         key = (url.raw_scheme, url.raw_host, url.port)
         pool = self._pools.get(key)
+        if pool is not None and pool.loop is not loop:
+            # made under another event loop (one asyncio.run per CLI command): its
+            # connections belong to that loop and go with it (not closed from here)
+            pool = None
         if pool is None:
             tls = url.scheme == "https"
             if url.scheme not in ("http", "https"):
@@ -338,13 +343,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 self._ssl_context = ssl.create_default_context()
             pool = self._pools[key] = _Pool(url.scheme, url.host, url.port or (443 if tls else 80),
                                             self._max_connections,
-                                            self._ssl_context if tls else None)
+                                            self._ssl_context if tls else None, loop)
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         limits: dict[str, Any] = request.extensions.get("timeout", {})
         url = request.url
-        pool = self._pool(url)
+        loop = asyncio.get_running_loop()
+        pool = self._pool(url, loop)
         body = await request.aread()
         lines = [request.method.encode(), b" ", url.raw_path, b" HTTP/1.1\r\nHost: ",
                  url.netloc, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
@@ -366,7 +372,6 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await slots.acquire()
         conn: _Connection | None = None
         try:
-            loop = asyncio.get_running_loop()
             conn = pool.take_idle(loop.time())
             if conn is None:
                 try:
@@ -374,6 +379,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 except httpx.TransportError as exc:
                     exc.request = request
                     raise
+                if not conn.usable():  # closed by the server as it opened: nothing written
+                    raise httpx.ConnectError("connection closed before the request was "
+                                             "written", request=request)
             deadline = request.extensions.get(SEND_DEADLINE)
             if deadline is not None and time.monotonic() >= deadline:
                 pool.give_back(conn, loop.time())  # untouched: nothing was written on it

@@ -354,3 +354,22 @@ def test_https_verifies_the_servers_certificate(tmp_path):
     assert [r.json() for r in answers] == [{"result": "ok"}] * 2
     # one connection for both (the refused handshake never reached the server's callback)
     assert [c for c, _, _ in srv.requests] == [1, 1]
+
+
+def test_one_transport_serves_successive_event_loops():
+    """A CLI runs one ``asyncio.run`` per command with one client: the pool made under the
+    first loop is dropped, not used from the second."""
+    t = Http11Transport()
+
+    async def once(srv_url: str) -> int:
+        return (await post(t, srv_url)).status_code
+
+    async def serve_twice() -> Scripted:
+        async with Scripted([OK]) as srv:
+            loop = asyncio.get_running_loop()
+            codes = [await loop.run_in_executor(None, asyncio.run, once(srv.url))
+                     for _ in range(2)]
+            assert codes == [200, 200]
+            return srv
+    srv = run(serve_twice())
+    assert srv.connections == 2
