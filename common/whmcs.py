@@ -150,8 +150,8 @@ class WhmcsClient:
     """One shared httpx transport; safe for concurrent calls from one event loop.
 
     Requests are ``httpx.Request`` objects handed straight to the transport,
-    :class:`common.http_transport.Http11Transport` (httpcore's pool cost twenty times its CPU
-    per call; see that module). Not through an ``httpx.AsyncClient``: WHMCS's API needs none
+    :class:`common.http_transport.Http11Transport` (on httpcore's pool a call cost ten times
+    the client CPU; see that module). Not through an ``httpx.AsyncClient``: WHMCS's API needs none
     of its cookies, redirects, auth or default headers, and its per-request machinery (the
     cookie jar above all) was a fifth of the CPU of a WHMCS call in the worker's profile.
     ``transport`` is injectable (tests point it at an ``httpx.MockTransport``).
