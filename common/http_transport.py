@@ -63,6 +63,15 @@ class _Lost(Exception):
         self.kind = kind
 
 
+def _find(buf: bytearray, marker: bytes, what: str) -> int:
+    """Where ``marker`` starts in ``buf``, or -1 (more bytes needed); a line or head that has
+    grown past :data:`MAX_HEAD_BYTES` without it is not HTTP."""
+    end = buf.find(marker)
+    if end < 0 and len(buf) > MAX_HEAD_BYTES:
+        raise _Lost(httpx.RemoteProtocolError, f"{what} longer than {MAX_HEAD_BYTES} bytes")
+    return end
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection; at most one exchange at a time."""
 
@@ -161,10 +170,8 @@ class _Connection(asyncio.Protocol):
         while True:
             state = self._state
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
+                end = _find(buf, b"\r\n\r\n", "answer head")
                 if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise _Lost(httpx.RemoteProtocolError, "answer head too large")
                     return
                 head = bytes(buf[:end])
                 del buf[:end + 4]
@@ -177,10 +184,8 @@ class _Connection(asyncio.Protocol):
                 self._finish(keep=self._keep_alive and not buf)
                 return
             elif state == _CHUNK_SIZE:
-                end = buf.find(b"\r\n")
+                end = _find(buf, b"\r\n", "chunk size line")
                 if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise _Lost(httpx.RemoteProtocolError, "chunk size line too long")
                     return
                 size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
                 del buf[:end + 2]

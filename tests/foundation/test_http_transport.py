@@ -82,6 +82,17 @@ def run(coro: Awaitable[object]) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def exchanges(answers: list[Answer], n: int) -> tuple[Scripted, list[httpx.Response]]:
+    """``n`` requests in a row through one transport to a server scripted with ``answers``."""
+    async def go() -> tuple[Scripted, list[httpx.Response]]:
+        async with Scripted(answers) as srv:
+            t = Http11Transport()
+            responses = [await post(t, srv.url) for _ in range(n)]
+            await t.aclose()
+            return srv, responses
+    return asyncio.run(go())
+
+
 def test_keep_alive_reuses_one_connection_and_writes_a_complete_request():
     async def go():
         async with Scripted([OK]) as srv:
@@ -108,13 +119,7 @@ def test_chunked_answers_are_reassembled_from_any_split():
     byte_by_byte = [body[i:i + 1] for i in range(len(body))]
     no_trailer = body.replace(b"X-Trailer: t\r\n", b"")
 
-    async def go():
-        async with Scripted([byte_by_byte, no_trailer, OK]) as srv:
-            t = Http11Transport()
-            answers = [await post(t, srv.url) for _ in range(3)]
-            await t.aclose()
-            return srv, answers
-    srv, answers = run(go())
+    srv, answers = exchanges([byte_by_byte, no_trailer, OK], 3)
     assert [r.json() for r in answers] == [{"result": "ok"}] * 3
     assert srv.connections == 1  # a chunked answer leaves the connection reusable
 
@@ -124,13 +129,7 @@ def test_chunked_answers_are_reassembled_from_any_split():
     b"HTTP/1.0 200 OK\r\nContent-Length: 16\r\n\r\n{\"result\":\"ok\"}\n",
 ], ids=["connection-close", "http-1.0"])
 def test_an_answer_that_ends_the_connection_is_not_reused(answer):
-    async def go():
-        async with Scripted([answer]) as srv:
-            t = Http11Transport()
-            answers = [await post(t, srv.url) for _ in range(2)]
-            await t.aclose()
-            return srv, answers
-    srv, answers = run(go())
+    srv, answers = exchanges([answer], 2)
     assert [r.json() for r in answers] == [{"result": "ok"}] * 2
     assert srv.connections == 2
 
@@ -143,25 +142,14 @@ def test_a_body_framed_by_the_connections_end_is_read_to_the_end():
         writer.write(b" error</html>")
         writer.close()
 
-    async def go():
-        async with Scripted([close_after, OK]) as srv:
-            t = Http11Transport()
-            first, second = await post(t, srv.url), await post(t, srv.url)
-            await t.aclose()
-            return srv, first, second
-    srv, first, second = run(go())
+    srv, (first, second) = exchanges([close_after, OK], 2)
     assert first.text == "<html>PHP Fatal error</html>" and second.json() == {"result": "ok"}
     assert srv.connections == 2
 
 
 def test_interim_answers_are_skipped():
-    async def go():
-        async with Scripted([[b"HTTP/1.1 100 Continue\r\n\r\n", OK]]) as srv:
-            t = Http11Transport()
-            r = await post(t, srv.url)
-            await t.aclose()
-            return r
-    assert run(go()).json() == {"result": "ok"}
+    _, (answer,) = exchanges([[b"HTTP/1.1 100 Continue\r\n\r\n", OK]], 1)
+    assert answer.json() == {"result": "ok"}
 
 
 async def _closes(writer: asyncio.StreamWriter) -> None:
@@ -182,10 +170,12 @@ async def _hangs(writer: asyncio.StreamWriter) -> None:
     (_closes, httpx.RemoteProtocolError),
     (_truncates, httpx.ReadError),
     (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", httpx.RemoteProtocolError),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, httpx.RemoteProtocolError),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef",
      httpx.RemoteProtocolError),
     (_hangs, httpx.ReadTimeout),
-], ids=["closed-unanswered", "truncated-body", "not-http", "conflicting-length", "silent"])
+], ids=["closed-unanswered", "truncated-body", "not-http", "endless-head", "conflicting-length",
+        "silent"])
 def test_a_lost_answer_is_the_error_that_says_the_request_was_sent(answer, error):
     """Each of these means "sent, answer lost": the client treats a mutating call as unknown."""
     async def go():
@@ -281,13 +271,7 @@ def test_idle_connections_the_server_closed_or_too_old_are_not_used(monkeypatch)
 
 
 def test_bytes_after_an_answer_make_the_connection_unusable():
-    async def go():
-        async with Scripted([OK + b"HTTP/1.1 200 OK\r\n", OK]) as srv:
-            t = Http11Transport()
-            a, b = await post(t, srv.url), await post(t, srv.url)
-            await t.aclose()
-            return srv, a, b
-    srv, a, b = run(go())
+    srv, (a, b) = exchanges([OK + b"HTTP/1.1 200 OK\r\n", OK], 2)
     assert a.json() == b.json() == {"result": "ok"} and srv.connections == 2
 
 
