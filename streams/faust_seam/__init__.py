@@ -1,8 +1,8 @@
 """The one package that touches faust-streaming's and aiokafka's internals.
 
 Everything the worker needs from the two libraries beyond their public API lives here, one
-module per part (``membership``, ``tables``, ``recovery``, ``build``, ``consumer``, on
-``_base``); no other module imports a private name of either
+module per part (``membership``, ``tables``, ``writer``, ``recovery``, ``build``,
+``consumer``, on ``_base``); no other module imports a private name of either
 (``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
 ``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
 test fails when the source of a function wrapped, subclassed or relied on here changes
@@ -40,9 +40,9 @@ from streams.faust_seam.tables import (
     BoundedRocksDBOptions,
     DurableTable,
     KeyPartitionedRocksStore,
-    RecordWriter,
     rocksdb_memory,
 )
+from streams.faust_seam.writer import RecordWriter
 
 __all__ = ["CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",

@@ -1,26 +1,24 @@
 """The tables: RocksDB sized and shared, keys in their own partition, writes straight into the
-producer and awaitable (docs/decisions/0004)."""
+producer (:mod:`streams.faust_seam.writer`) and awaitable (docs/decisions/0004)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections import deque
 from collections.abc import Callable
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, cast
 
 import faust
-from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksStore
-from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 from faust.types import TP
 from yarl import URL
 
 from streams.faust_seam._base import CONTRACT, key_partition
+from streams.faust_seam.writer import RecordWriter
 from streams.state import DurabilityError
 
 # faust.utils.json.dumps without faust's ``default`` hook: separators (",", ":"), ASCII
@@ -179,88 +177,6 @@ def rocksdb_memory(tables: Any) -> dict[str, int]:
     return held
 
 
-class RecordWriter:
-    """The worker's records straight into the app's aiokafka producer: the tables'
-    changelog entries and the outcomes, in the order they were written, by one task that
-    drains them all each time it runs.
-
-    faust sends a table change through its producer buffer: a ``FutureMessage``, a queue
-    put and a task wake-up, ``publish_message`` with its sensors, and an acknowledgement
-    callback that writes the changelog offset into RocksDB — per record, ~5 records per
-    Order. Here a record is a tuple in a deque and one future; the changelog offsets are
-    persisted once per flush (:meth:`DurableTable.flush`). One writer per app
-    (:meth:`for_app`), so records keep the order they were written in across tables."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self._queue: deque[tuple[str, int | None, bytes | None, bytes | None,
-                                 list[tuple[str, bytes]] | None,
-                                 asyncio.Future[Any]]] = deque()
-        self._draining = False
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def for_app(cls, app: Any) -> RecordWriter:
-        writer = getattr(app, "_sfprov_record_writer", None)
-        if writer is None:
-            writer = cls(app)
-            setattr(app, "_sfprov_record_writer", writer)  # noqa: B010 - not a faust field
-        return cast(RecordWriter, writer)
-
-    def send_soon(self, topic: str, partition: int | None, key: bytes | None,
-                  value: bytes | None, headers: list[tuple[str, bytes]] | None = None
-                  ) -> asyncio.Future[Any]:
-        """Queue one record; the future resolves to its ``RecordMetadata`` once the broker
-        acknowledged it (``acks=all``), or to the error. ``partition`` None: the
-        producer's partitioner (murmur2 of the key, as faust's topics)."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((topic, partition, key, value, headers, result))
-        if not self._draining:
-            self._draining = True
-            self._task = loop.create_task(self._drain())  # referenced: not collected
-        return result
-
-    async def _drain(self) -> None:
-        queue = self._queue
-        try:
-            producer = cast(Any, self.app.producer)._ensure_producer()
-            while queue:
-                topic, partition, key, value, headers, result = queue.popleft()
-                try:
-                    sent = await producer.send(topic, value, key=key, partition=partition,
-                                               headers=headers)
-                except asyncio.CancelledError:
-                    result.cancel()
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the record's own failure
-                    if not result.done():
-                        result.set_exception(exc)
-                    continue
-                sent.add_done_callback(partial(_resolve, result))
-        except BaseException as exc:  # noqa: BLE001 - no producer, or stopping
-            while queue:
-                result = queue.popleft()[-1]
-                if not result.done():
-                    result.set_exception(DurabilityError(f"record not sent: {exc!r}"))
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._draining = False
-            self._task = None
-
-
-def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
-    if result.done():
-        return
-    if sent.cancelled():
-        result.set_exception(DurabilityError("record send cancelled"))
-    elif sent.exception() is not None:
-        result.set_exception(cast(BaseException, sent.exception()))
-    else:
-        result.set_result(sent.result())
-
-
 class DurableTable(faust.Table):
     """A table keyed by Order id whose changelog records go to the key's own partition,
     with raw UTF-8 keys, and whose writes can be awaited (:meth:`flush`).
@@ -338,8 +254,8 @@ class DurableTable(faust.Table):
     def _encode_value(self, value: Any) -> bytes | None:
         """faust's JSON bytes for the value. A plain dict goes straight to the C encoder
         with faust's separators (the same bytes; the registry's codec chain around it was
-        ~4 % of the worker's profile samples); anything else, or a type only faust's encoder knows
-        (datetime, Decimal, UUID), through faust's registry."""
+        ~4 % of the worker's profile samples); anything else, or a type only faust's
+        encoder knows (datetime, Decimal, UUID), through faust's registry."""
         if type(value) is dict and self._json_values:
             try:
                 return _PLAIN_JSON(value).encode()
@@ -411,7 +327,8 @@ CONTRACT.update({
     "S faust Table.on_key_set": (faust.Table, "on_key_set", "a370e35ca55c2c7e36e93f0d4b485927"),
     "S faust Table.on_key_del": (faust.Table, "on_key_del", "4f2900b2f9d24a080d5cbc9eaa1f5566"),
     # DurableTable writes: encoded once, the changelog record through RecordWriter (the
-    # path faust's send_changelog / _on_changelog_sent took), the offset persisted per flush
+    # path faust's send_changelog / _on_changelog_sent took; streams.faust_seam.writer),
+    # the offset persisted per flush
     "S mode ManagedUserDict.__setitem__": (
         faust.Table, "__setitem__", "f3bdf602abc08dd1ace4cf2094d860f6"),
     "S mode ManagedUserDict.__delitem__": (
@@ -424,10 +341,6 @@ CONTRACT.update({
         faust.Table, "_maybe_set_key_ttl", "39b7465fa58038998e628bf0fa80d95b"),
     "R faust rocksdb Store.set_persisted_offset": (
         RocksStore, "set_persisted_offset", "b4c811926678346ebb8c40486dbc46d0"),
-    "R faust Producer._ensure_producer": (
-        AIOKafkaDriverProducer, "_ensure_producer", "5592a4bbdf2513253f98233a4eac931d"),
-    "R aiokafka AIOKafkaProducer.send": (
-        AIOKafkaProducer, "send", "08ce81263f43983815bb1056036c2498"),
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),

@@ -7,17 +7,16 @@ failure the transport must tell apart is on the wire as a real server would send
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
 import pytest
 
 from common import http_transport
 from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
+from sandbox.salesforce.tlsgen import tls_material
 
 # one answer: bytes to write (split into pieces written apart), or a coroutine (writer) -> None
 Answer = bytes | list[bytes] | Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -292,34 +291,10 @@ def test_a_passed_send_deadline_writes_nothing_and_keeps_the_connection():
     assert srv.connections == 1
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_https_verifies_the_servers_certificate(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    tls = tls_material(tmp_path / "tls")  # a local CA and a server certificate it signed
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx.load_cert_chain(tls["cert"], tls["key"])
 
     async def go():
         srv = Scripted([OK])
@@ -329,7 +304,7 @@ def test_https_verifies_the_servers_certificate(tmp_path):
         untrusting = Http11Transport()
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await post(untrusting, url)
-        trusting = Http11Transport(ssl_context=ssl.create_default_context(cafile=str(cert)))
+        trusting = Http11Transport(ssl_context=ssl.create_default_context(cafile=str(tls["ca"])))
         answers = [await post(trusting, url) for _ in range(2)]
         await trusting.aclose()
         await srv.__aexit__()
