@@ -68,8 +68,8 @@ def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: s
             assert wait_for_log(a_log, "WHMCS order created", 60)
             os.kill(a.pid, signal.SIGSTOP)
             time.sleep(PAUSE_S)
-            with open(a_log, "a") as log:
-                log.write("\n=== SIGCONT\n")
+            with open(a_log, "a") as log:  # WHMCS's order dates: local time, to the second
+                log.write(f"\n=== SIGCONT {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             os.kill(a.pid, signal.SIGCONT)
 
             def done(r):
@@ -98,6 +98,19 @@ def _orders(log: str, needle: str) -> set[str]:
     return out
 
 
+def _created_after_resume(whmcs, a_log: str) -> set[str]:
+    """Orders the paused worker got a WHMCS order for that WHMCS made after the SIGCONT.
+
+    Its log alone cannot say: an ``AddOrder`` it wrote just before the SIGSTOP is answered
+    during the pause and logged ("WHMCS order created") only once it runs again — sent
+    while it still owned the Order, and then fenced at the next step. WHMCS's own order date
+    says when the order was made; one made after the resume was sent after it."""
+    resumed = a_log.split("=== SIGCONT ", 1)[1]
+    stamp = resumed[:19]
+    return {oid for oid in _orders(resumed, "WHMCS order created")
+            if any(o["date"] >= stamp for o in whmcs.orders_for(oid))}
+
+
 def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
         kafka_settings, salesforce, whmcs, tmp_path):
     ids, events, got, a_log, b_log = _paused_run(kafka_settings, salesforce, whmcs, tmp_path,
@@ -116,10 +129,11 @@ def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
     fenced = _orders(resumed, "fenced:")
     assert fenced, "the paused worker held no queued Order: the test proved nothing"
     created_after = _orders(resumed, "WHMCS order created")
-    assert not created_after & fenced, "a fenced Order got a WHMCS order from the paused worker"
+    sent_after = _created_after_resume(whmcs, a_log)
+    assert not sent_after, f"the paused worker sent AddOrders after it resumed: {sent_after}"
     assert not created_after & _orders(b_log, "WHMCS order created")
-    print(f"paused worker fenced {len(fenced)} Order(s) on resuming, created "
-          f"{len(created_after)} after it; worker b recovered "
+    print(f"paused worker fenced {len(fenced)} Order(s) on resuming; {len(created_after)} "
+          f"AddOrder(s) it sent before the pause were answered after it; worker b recovered "
           f"{sum(o['recovered'] for o in got)} by lookup")
 
 
@@ -129,5 +143,8 @@ def test_the_same_pause_without_the_lease_creates_duplicates(kafka_settings, sal
         kafka_settings, salesforce, whmcs, tmp_path, paused_module="bench.broken_worker",
         paused_args=("--break", "lease", "worker"))
     duplicates = {oid: n for oid, n in whmcs.duplicates().items() if oid in ids}
-    print(f"without the lease: {len(duplicates)} Orders with several WHMCS orders")
+    sent_after = _created_after_resume(whmcs, a_log)
+    print(f"without the lease: {len(duplicates)} Orders with several WHMCS orders; "
+          f"{len(sent_after)} AddOrder(s) sent after the resume")
     assert duplicates, "the pause test cannot see the bug the lease prevents"
+    assert sent_after, "the check of the lease test cannot see an AddOrder sent after a resume"
