@@ -523,6 +523,9 @@ class WorkerSettings(_Section):
                                     "its last accepted group heartbeat is younger than the "
                                     "session timeout minus this margin (0 = a third of "
                                     "WORKER_SESSION_TIMEOUT_S).")
+    event_loop: str = env("WORKER_EVENT_LOOP", "UVLOOP", parse=choice("UVLOOP", "ASYNCIO"),
+                          doc="The worker's event loop: uvloop (libuv; ~10 % less CPU per "
+                              "Order, docs/decisions/0010) or Python's own asyncio loop.")
     intent_lease_s: float = env("WORKER_INTENT_LEASE_S", 10.0, parse=parse_float,
                                 doc="How far ahead an intent records that its writer may "
                                     "still send to WHMCS (renewed before a later call); a "

@@ -14,6 +14,7 @@ it; the supervisor does not restart it), 75 stalled (restart it), anything else:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -27,6 +28,17 @@ from common.salesforce import SalesforceClient
 from common.settings import KafkaSettings, SalesforceSettings, WhmcsSettings, WorkerSettings
 
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 (see main)
+
+
+def use_event_loop(name: str) -> None:
+    """Make every event loop of this process ``name``'s: ``UVLOOP`` (libuv, written in C:
+    its callbacks, futures' scheduling and socket transports cost less CPU than asyncio's
+    pure-Python loop; docs/decisions/0010) or ``ASYNCIO``, Python's own."""
+    if name.upper() == "UVLOOP":
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.drift:
         log.warning("topic drift: %s", line)
 
+    use_event_loop(worker.event_loop)  # before faust makes its loop
     import faust
 
     from streams.app import Worker

@@ -351,6 +351,7 @@ class Worker:
                    "whmcs_access_refused_since": refused,
                    "whmcs_access_error": self.provisioner.access_error,
                    "assigned_partitions": sorted(self.assigned),
+                   "event_loop": type(self.app.loop).__module__.partition(".")[0],
                    "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
                    "offset_gaps": self.consumer.offset_gaps(),
                    "idle_s": round(self.progress.idle_for(), 1),

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+import uvloop
 
 from common import http_transport
 from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
@@ -67,6 +68,20 @@ class Scripted:
             pass
         finally:
             writer.close()
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> object:
+    """Every test under Python's loop and under uvloop, the worker's (its own transports,
+    TLS and timers: streams.__main__.use_event_loop)."""
+    policy = uvloop.EventLoopPolicy() if request.param == "uvloop" else \
+        asyncio.DefaultEventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
+    loop = asyncio.new_event_loop()
+    assert type(loop).__module__.startswith(request.param), type(loop)
+    loop.close()
+    yield request.param
+    asyncio.set_event_loop_policy(None)
 
 
 def post(transport: Http11Transport, url: str, body: bytes = b"action=GetProducts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -71,6 +72,21 @@ def test_choices_and_limits():
     c = ConnectorSettings.load({"SF_EVENTS_REPLAY": "earliest", "SF_EVENTS_ENABLED": "false"})
     assert c.replay == "EARLIEST" and c.events_enabled is False
     assert c.channel == "/event/OrderProvisionRequested__e"
+
+
+@pytest.mark.parametrize("raw,module", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_worker_runs_on_the_event_loop_it_is_given(raw, module):
+    from streams.__main__ import use_event_loop
+    assert WorkerSettings.load({}).event_loop == "UVLOOP"
+    try:
+        use_event_loop(WorkerSettings.load({"WORKER_EVENT_LOOP": raw}).event_loop)
+        loop = asyncio.new_event_loop()
+        assert type(loop).__module__.partition(".")[0] == module
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(None)
+    with pytest.raises(ConfigError, match="^WORKER_EVENT_LOOP:"):
+        WorkerSettings.load({"WORKER_EVENT_LOOP": "tokio"})
 
 
 def test_secrets_never_print_in_repr_str_or_logs():

@@ -216,6 +216,7 @@ def test_the_gaps_faust_notes_in_the_requests_offsets_go_with_each_commit(
     assert details.get("commits"), details
     assert details.get("offset_gaps") == 0, \
         f"faust still tracks {details.get('offset_gaps')} gaps below the committed offsets"
+    assert details.get("event_loop") == "uvloop", details  # WORKER_EVENT_LOOP's default
 
 
 # -- the producer: idempotent, not only acks=all -------------------------------------------
