@@ -39,8 +39,18 @@ _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}
 _SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
+# Each shape above needs one of these to match: "-----" (a PEM key), "bearer" or "access
+# token" (a labelled token), "!" (a session id), "." (a JWT), "=" or ":" (``k=v``, ``'k': v``).
+# A text with none of them (most messages, every id) has nothing to mask: one search, not five.
+_MAYBE_SECRET = re.compile(r"[!=:.]|-----|(?i:bearer|access_?token)")
+
+
 def redact(text: str) -> str:
     """``text`` with every credential shape masked (keys, tokens, session ids, JWTs)."""
+    return _redact_all(text) if _MAYBE_SECRET.search(text) else text
+
+
+def _redact_all(text: str) -> str:
     text = _PEM.sub("[REDACTED PRIVATE KEY]", text)
     text = _BEARER.sub(lambda m: m.group(1) + "[REDACTED]", text)
     text = _SESSION_ID.sub("[REDACTED SESSION ID]", text)

@@ -69,6 +69,29 @@ def test_every_shape_is_masked_by_every_formatter(fmt, logger):
     assert "801000000000001AAA" in out  # context that is not secret still comes out
 
 
+def test_the_quick_path_masks_exactly_what_every_pattern_would():
+    """``redact`` skips the patterns for a text none of them can match: over random texts
+    built from the characters and words they key on, it must mask exactly as running them
+    all does."""
+    import random
+
+    from common.log import _redact_all
+    rng = random.Random(20261130)
+    pieces = ["secret", "Secret", "token", "Bearer ", "bearer\t", "accesstoken", "access_token",
+              "AccessToken", "password", "00D5g000004XYZA", "!", "AQ0AQH8mFakeValue", ".", "=",
+              "00D5g000004XYZA!AQ0AQH8mFakeValue",
+              ":", " ", "'", '"', "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----",
+              "-", "eyJhbGciOiJSUzI1NiJ9", "abcdefgh12", "801000000000001AAA", "é", "\n", "&"]
+    texts = [SESSION_ID, JWT, PEM, form_body(), "WHMCS order created", "801000000000001AAA"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+              for _ in range(5000)]
+    masked = 0
+    for text in texts:
+        assert redact(text) == _redact_all(text), text
+        masked += redact(text) != text
+    assert masked > 500  # the corpus does exercise the patterns
+
+
 def test_redact_keeps_what_is_not_a_secret():
     text = "idem_key=801-1 order_id=801000000000001AAA status=Provisioned tokens=3"
     assert redact(text) == text
