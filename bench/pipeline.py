@@ -272,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         "whmcs_sandbox_pairs_per_s": round(pairs["pairs_per_s"], 1),
         "whmcs_sandbox_cpu_ms_per_pair_alone": round(pairs["sandbox_cpu_ms_per_pair"], 3),
         "whmcs_bound_ratio": round(backlog["orders_per_s"] / pairs["pairs_per_s"], 3),
+        # against what the sandbox could answer with a whole core (1 / its CPU per pair):
+        # the same figure whether or not the driver bound the pairs/s
+        "whmcs_capacity_ratio": round(backlog["orders_per_s"] * pairs["sandbox_cpu_ms_per_pair"]
+                                      / 1000, 3),
         "rss_mb_max": round(max(rss.values()), 1) if rss else None,
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},
         "commit_checks": int(gate.get("sfprov_worker_commit_check_seconds_count", 0)),
@@ -310,6 +314,8 @@ def print_table(r: dict[str, Any]) -> None:
              round(r["whmcs_sandbox_pairs_per_s"] * r["whmcs_sandbox_cpu_ms_per_pair_alone"]
                    / 1000, 2), ""),
             ("backlog orders/s ÷ WHMCS sandbox pairs/s", r["whmcs_bound_ratio"], ">= 0.5"),
+            ("  … ÷ its capacity, 1 / its CPU per pair alone (a whole core)",
+             r.get("whmcs_capacity_ratio", ""), ""),
             ("CPU ms per Order: connector / worker / sink",
              f"{cpu.get('connector', 0):.3f} / {cpu.get('worker', 0):.3f} / "
              f"{cpu.get('sink', 0):.3f}", ""),
