@@ -105,22 +105,35 @@ class _Reports:
             self.lines.append(line)
 
 
+PAUSE_SLACK_S = 1.0  # an attempt this much later than its timeout: the process was stopped
+
+
 def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClient, Any]:
     """An admin client and the cluster's metadata, once the broker answers.
 
     A refusal — wrong SASL credentials, a certificate the CA cannot verify, a mechanism
     the broker does not offer, a protocol its listener does not speak — raises
     :class:`KafkaAccessError` with one line naming the setting, as soon as it is certain;
-    a broker that does not answer within ``timeout`` raises a retryable KafkaError."""
+    a broker that does not answer within ``timeout`` raises a retryable KafkaError.
+
+    ``timeout`` is this process's running time: time it spent stopped (SIGSTOP, a frozen VM,
+    a long GC) does not count against the broker. An attempt that came back more than
+    :data:`PAUSE_SLACK_S` later than its own timeout was stopped, and the deadline moves by
+    the excess — else a process paused while starting gives up at once on resuming, before
+    its client could reconnect (a chaos run saw the worker exit so)."""
     reports = _Reports()
     admin = AdminClient(conn.librdkafka(error_cb=reports.error, logger=reports))
     deadline = time.monotonic() + timeout
     while True:
+        started = time.monotonic()
+        wait = max(0.5, min(2.0, deadline - started))
         try:
-            return admin, admin.list_topics(timeout=max(0.5, min(2.0,
-                                                                 deadline - time.monotonic())))
+            return admin, admin.list_topics(timeout=wait)
         except KafkaException as exc:
             admin.poll(0)
+            stopped = time.monotonic() - started - wait - PAUSE_SLACK_S
+            if stopped > 0:
+                deadline += stopped
             final = time.monotonic() >= deadline
             line = access_error(conn, reports.lines, final=final)
             if line:

@@ -159,3 +159,50 @@ def test_refusals_name_the_setting(ca):
     line = access_error(KafkaConnection("b:9096"), [PLAIN_ON_TLS], final=True)
     assert line is not None and line.startswith("KAFKA_SECURITY_PROTOCOL: ")
     assert access_error(conn, ["1/1 brokers are down"], final=True) is None
+
+
+class _SilentBroker:
+    """An admin client whose broker does not answer until call ``answers_at``; call
+    ``stopped_in`` takes ``stopped_s`` longer (the process was stopped during it)."""
+
+    def __init__(self, clock: list[float], *, answers_at: int, stopped_in: int = 0,
+                 stopped_s: float = 0.0) -> None:
+        self.clock, self.answers_at = clock, answers_at
+        self.stopped_in, self.stopped_s = stopped_in, stopped_s
+        self.calls = 0
+
+    def __call__(self, _conf: dict) -> _SilentBroker:
+        return self
+
+    def list_topics(self, timeout: float) -> str:
+        from confluent_kafka import KafkaError, KafkaException
+        self.calls += 1
+        if self.calls == self.answers_at:
+            return "metadata"
+        self.clock[0] += timeout + (self.stopped_s if self.calls == self.stopped_in else 0.0)
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("stopped_s", [0.0, 45.0])
+def test_connect_gives_up_after_its_timeout_of_running_time(monkeypatch, stopped_s):
+    """A broker silent for the whole timeout is an error; a process stopped for longer than
+    the timeout while it waited is not given up at once on resuming: the stop does not
+    count, and the broker that answers after it is reached."""
+    from common import kafka
+    from common.errors import KafkaError as OurKafkaError
+    clock = [1000.0]
+    monkeypatch.setattr(kafka.time, "monotonic", lambda: clock[0])
+    conn = KafkaConnection.from_settings(KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "k:1"}))
+    silent = _SilentBroker(clock, answers_at=10**6, stopped_in=3, stopped_s=stopped_s)
+    monkeypatch.setattr(kafka, "AdminClient", silent)
+    with pytest.raises(OurKafkaError, match="cannot reach Kafka"):
+        kafka.connect(conn, timeout=30)
+    ran = clock[0] - 1000.0 - max(0.0, stopped_s - kafka.PAUSE_SLACK_S)  # time not stopped
+    assert 30 <= ran <= 34, ran
+    clock[0] = 1000.0
+    stopped_then_answers = _SilentBroker(clock, answers_at=5, stopped_in=3, stopped_s=45.0)
+    monkeypatch.setattr(kafka, "AdminClient", stopped_then_answers)
+    assert kafka.connect(conn, timeout=30)[1] == "metadata"
