@@ -32,7 +32,7 @@ GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 (see main)
 
 def use_event_loop(name: str) -> None:
     """Make every event loop of this process ``name``'s: ``UVLOOP`` (libuv, written in C:
-    its callbacks, futures' scheduling and socket transports cost less CPU than asyncio's
+    its callbacks, timers, polling and socket transports cost less CPU than asyncio's
     pure-Python loop; docs/decisions/0010) or ``ASYNCIO``, Python's own."""
     if name.upper() == "UVLOOP":
         import uvloop
