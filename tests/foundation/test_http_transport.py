@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-import uvloop
 
 from common import http_transport
 from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
 from sandbox.salesforce.tlsgen import tls_material
+from streams.__main__ import use_event_loop
 
 # one answer: bytes to write (split into pieces written apart), or a coroutine (writer) -> None
 Answer = bytes | list[bytes] | Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -73,10 +73,8 @@ class Scripted:
 @pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
 def event_loop_kind(request: pytest.FixtureRequest) -> object:
     """Every test under Python's loop and under uvloop, the worker's (its own transports,
-    TLS and timers: streams.__main__.use_event_loop)."""
-    policy = uvloop.EventLoopPolicy() if request.param == "uvloop" else \
-        asyncio.DefaultEventLoopPolicy()
-    asyncio.set_event_loop_policy(policy)
+    TLS and timers), each installed as the worker installs it."""
+    use_event_loop(request.param)
     loop = asyncio.new_event_loop()
     assert type(loop).__module__.startswith(request.param), type(loop)
     loop.close()
