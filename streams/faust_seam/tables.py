@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, cast
 
 import faust
+import orjson
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP
@@ -21,9 +21,8 @@ from streams.faust_seam._base import CONTRACT, key_partition
 from streams.faust_seam.writer import RecordWriter
 from streams.state import DurabilityError
 
-# faust.utils.json.dumps without faust's ``default`` hook: separators (",", ":"), ASCII
-_PLAIN_JSON = json.JSONEncoder(separators=(",", ":")).encode
-
+# faust.utils.json.dumps's options when orjson is installed (without its ``default`` hook)
+_FAUST_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 _SHARED_CACHES: dict[int, Any] = {}  # size → the process's one rocksdict.Cache of that size
 _SHARED_WRITE_BUFFERS: dict[int, Any] = {}  # size → the one rocksdict.WriteBufferManager
 
@@ -205,7 +204,7 @@ class DurableTable(faust.Table):
             for event in batch:
                 key, value = event.message.key, event.message.value
                 oid = key.decode() if isinstance(key, bytes) else str(key)
-                self.watch(oid, json.loads(value) if value is not None else None)
+                self.watch(oid, orjson.loads(value) if value is not None else None)
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
@@ -224,7 +223,9 @@ class DurableTable(faust.Table):
         store = self.data
         if isinstance(store, RocksStore):
             raw = store._get(key.encode())
-            return None if raw is None else store._decode_value(raw)
+            if raw is None:
+                return None
+            return orjson.loads(raw) if self._json_values else store._decode_value(raw)
         return self.get(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -252,14 +253,16 @@ class DurableTable(faust.Table):
         self._sensor_on_del(self, key)
 
     def _encode_value(self, value: Any) -> bytes | None:
-        """faust's JSON bytes for the value. A plain dict goes straight to the C encoder
-        with faust's separators (the same bytes; the registry's codec chain around it was
-        ~4 % of the worker's profile samples); anything else, or a type only faust's
-        encoder knows (datetime, Decimal, UUID), through faust's registry."""
+        """JSON bytes for the value, as faust's JSON codec writes them. A plain dict goes
+        straight to orjson (the registry's codec chain around it was ~4 % of the worker's
+        profile samples; orjson encodes a table value in 0.5 µs where the standard library
+        takes 6; faust's codec uses orjson too once it is installed); anything else, or a
+        type only faust's encoder knows (datetime, Decimal, UUID), through faust's
+        registry. :meth:`read` decodes the same way, straight from the store."""
         if type(value) is dict and self._json_values:
             try:
-                return _PLAIN_JSON(value).encode()
-            except TypeError:
+                return orjson.dumps(value, option=_FAUST_ORJSON)
+            except TypeError:  # orjson.JSONEncodeError: e.g. a Decimal, an int past 64 bits
                 pass
         return cast("bytes | None", self.app.serializers.dumps_value(
             self.value_type, value, serializer=self.value_serializer))

@@ -373,10 +373,14 @@ def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_
 
 
 def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
-    """The worker's own JSON path gives faust's bytes exactly (a changelog written before it
-    restores unchanged), and hands values only faust's encoder knows to faust."""
+    """The worker's own JSON path gives faust's bytes exactly, hands values only faust's
+    encoder knows to faust, and reads back what it wrote and what the standard library's
+    encoder wrote (changelogs from releases before orjson restore unchanged)."""
     import datetime
     import decimal
+    import json
+
+    import faust.utils.json
 
     from streams.state import DedupeEntry, Intent, memory_to_json
 
@@ -390,8 +394,17 @@ def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
                              1_700_000_001_000, may_exist=False).to_json(),
               memory_to_json({"k": DedupeEntry.first("u-1", {"status": "Failed"}, 5)}),
               {"nested": [1, 2.5, None, True, {"x": "\U0001f600\n"}]},
-              {"at": datetime.datetime(2026, 11, 30, 12, 0, 1, 5), "n": decimal.Decimal("1.5")}]
+              {"at": datetime.datetime(2026, 11, 30, 12, 0, 1, 5), "n": decimal.Decimal("1.5")},
+              {"at": datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)},
+              {7: "a non-str key"}]
+    assert faust.utils.json.orjson is not None  # faust's codec is on orjson as well
     for value in values:
         theirs = table.app.serializers.dumps_value(None, value, serializer="json")
         assert table._encode_value(value) == theirs
     assert table._json_values  # the fast path is the one taken for the worker's tables
+    for i, value in enumerate(values[:4]):
+        table.data._set(f"801T{i}".encode(), table._encode_value(value))
+        assert table.read(f"801T{i}") == value
+        old = json.dumps(value, separators=(",", ":")).encode()  # ASCII-escaped, as before
+        table.data._set(f"801O{i}".encode(), old)
+        assert table.read(f"801O{i}") == value
