@@ -426,3 +426,47 @@ def test_provisioning_asks_the_fence_again_after_a_not_sent_call(whmcs):
         run(go())
     assert asked == ["AddOrder", "AddOrder"]
     assert whmcs.orders_for("801T0000000043AAA") == []
+
+
+@pytest.mark.parametrize("transport", ["ours", "httpx"])
+def test_a_proxy_page_is_transient_with_its_retry_after(transport):
+    """A proxy's HTML 503 with ``Retry-After``: the same error from the fast path over our
+    transport and from an httpx transport; and a success answer read the same by both."""
+    import httpx
+
+    async def go():
+        answers = [(503, b"text/html", b"<html>busy</html>"),
+                   (200, b"application/json", b'{"result":"success","orderid":9,'
+                                              b'"serviceids":"4,5","invoiceid":"7"}')]
+        seen: list[bytes] = []
+
+        async def serve(reader, writer):
+            for status, kind, body in answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                seen.append(head + await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nRetry-After: 7\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (status, kind, len(body), body))
+                await writer.drain()
+            writer.close()
+
+        def mock(request: httpx.Request) -> httpx.Response:
+            status, kind, body = answers[len(seen)]
+            seen.append(request.content)
+            return httpx.Response(status, content=body,
+                                  headers={"Content-Type": kind.decode(), "Retry-After": "7"})
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conf = WhmcsSettings.load({"WHMCS_API_URL": f"http://127.0.0.1:{port}/includes/api.php",
+                                   "WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "s3cr3t"})
+        client = WhmcsClient(conf, transport=None if transport == "ours"
+                             else httpx.MockTransport(mock))
+        async with server, client:
+            with pytest.raises(WhmcsTransientError, match=r"HTTP 503, text/html") as info:
+                await client.get_orders(client_id=CLIENT)
+            assert info.value.retry_after == 7
+            result = await client.add_order({"clientid": CLIENT})
+        assert (result.order_id, result.service_ids, result.invoice_id) == (9, [4, 5], 7)
+        assert len(seen) == 2 and all(b"action=" in s and b"secret=s3cr3t" in s for s in seen)
+    run(go())
