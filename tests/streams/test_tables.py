@@ -395,7 +395,7 @@ def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
               memory_to_json({"k": DedupeEntry.first("u-1", {"status": "Failed"}, 5)}),
               {"nested": [1, 2.5, None, True, {"x": "\U0001f600\n"}]},
               {"at": datetime.datetime(2026, 11, 30, 12, 0, 1, 5), "n": decimal.Decimal("1.5")},
-              {"at": datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)},
+              {"at": datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)},
               {7: "a non-str key"}]
     assert faust.utils.json.orjson is not None  # faust's codec is on orjson as well
     for value in values:
