@@ -402,7 +402,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 try:
                     conn = await pool.connect(timeouts.get("connect"))
                 except httpx.TransportError as exc:
-                    exc.request = request
+                    if request is not None:
+                        exc.request = request
                     raise
                 if not conn.usable():  # closed by the server as it opened: nothing written
                     raise httpx.ConnectError("connection closed before the request was "
