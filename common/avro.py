@@ -188,6 +188,11 @@ class SchemaRegistry:
             self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema))
         return schema_id
 
+    def known(self, schema_id: int) -> bool:
+        """The schema is cached: :meth:`schema` returns it without a call."""
+        with self._lock:
+            return schema_id in self._by_id
+
     def schema(self, schema_id: int) -> Any:
         with self._lock:
             if schema_id in self._by_id:
@@ -287,6 +292,15 @@ class AvroSerde:
                 except SerdeError as plain_exc:
                     raise SerdeError(f"{confluent_exc}; as plain Avro: {plain_exc}") from None
         return self._decode_confluent(schema_id, value)
+
+    def offline(self, value: bytes | None,
+                headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None) -> bool:
+        """:meth:`decode` of this value makes no call to the schema registry: it is plain
+        Avro, or its writer's schema is cached (or there is no registry to call)."""
+        if self.registry is None or (headers is not None and has_schema_header(headers)):
+            return True
+        schema_id = confluent_schema_id(value)
+        return schema_id is None or self.registry.known(schema_id)
 
     def _decode_confluent(self, schema_id: int, value: bytes) -> dict[str, Any]:
         if self.registry is None:

@@ -231,10 +231,13 @@ class Worker:
                                  received_at=e.message.time_in or time.monotonic(),
                                  headers=e.message.headers, generation=e.message.generation_id)
                        for e in events]
-            # In a thread: a schema registry lookup must not block the loop; retried while
-            # the registry is down (not the records' fault).
-            decoded = await retry_forever("decoding requests (schema registry)",
-                                          partial(asyncio.to_thread, self._decode, records))
+            if all(self.serde.offline(r.value, r.headers) for r in records):
+                decoded = self._decode(records)  # every writer's schema is cached
+            else:
+                # In a thread: a schema registry lookup must not block the loop; retried
+                # while the registry is down (not the records' fault).
+                decoded = await retry_forever("decoding requests (schema registry)",
+                                              partial(asyncio.to_thread, self._decode, records))
             for event, rec, item in zip(events, records, decoded, strict=True):
                 await self._admit(event.message, rec, item)
 

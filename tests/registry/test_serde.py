@@ -205,3 +205,26 @@ def test_worker_waits_for_the_registry_instead_of_dead_lettering(reg):
 
     (events, dead), sleeps = asyncio.run(decode_while_it_comes_back())
     assert len(sleeps) == 2 and dead == [] and [e.order_id for e, _ in events] == [ORDER_B]
+
+
+def test_offline_says_when_a_decode_makes_no_registry_call(reg):
+    """The worker decodes on its event loop only what needs no registry call (a cached
+    writer's schema, plain Avro); anything else goes to a thread."""
+    registry = SchemaRegistry(reg.url, timeout=2)
+    writer = AvroSerde("provisioning_outcome", topic=TOPIC, registry=registry)
+    framed = writer.encode(outcome())
+    plain = AvroSerde("provisioning_outcome", topic=TOPIC)
+    plain_value = plain.encode(outcome())
+    cold = AvroSerde("provisioning_outcome", registry=SchemaRegistry(reg.url, timeout=2))
+    assert plain.offline(framed, [])  # no registry configured: nothing to call
+    assert cold.offline(plain_value, plain.headers())
+    assert not cold.offline(framed, [])  # its writer's schema is not cached yet
+    assert not cold.offline(framed, None)
+    before = cold.registry.requests
+    cold.decode(framed, [])
+    assert cold.registry.requests == before + 1
+    assert cold.offline(framed, [])  # cached now
+    cold.decode(framed, [])
+    assert cold.registry.requests == before + 1
+    forged = struct.pack(">bI", 0, 4242) + b"\x00"
+    assert not cold.offline(forged, [])  # an unknown id is never decoded on the loop
