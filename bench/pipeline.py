@@ -63,16 +63,30 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def _count_outcomes(p: Pipeline) -> int:
-    c = Consumer(p.client_config(**{"group.id": "bench-count",
-                                    "isolation.level": "read_committed"}))
-    total = 0
-    md = c.list_topics(p.kafka.outcomes, timeout=10)
-    for part in md.topics[p.kafka.outcomes].partitions:
-        low, high = c.get_watermark_offsets(TopicPartition(p.kafka.outcomes, part), timeout=10)
-        total += high - low
-    c.close()
-    return total  # includes transaction markers if the worker used transactions
+class _OutcomeCounter:
+    """Records in the outcomes topic, read by one consumer kept for the whole phase.
+
+    It was a new consumer per count, four times a second: each made its connections and
+    asked for its group's coordinator, ~9 ApiVersions and ~8 FindCoordinator requests a
+    second at the broker during the backlog (the broker's JMX), counted in the broker's
+    CPU per Order and taken from the same two cores the pipeline runs on."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.topic = p.kafka.outcomes
+        self.consumer = Consumer(p.client_config(**{"group.id": "bench-count",
+                                                    "isolation.level": "read_committed"}))
+        md = self.consumer.list_topics(self.topic, timeout=10)
+        self.partitions = [TopicPartition(self.topic, x) for x in md.topics[self.topic].partitions]
+
+    def count(self) -> int:
+        total = 0
+        for tp in self.partitions:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - low
+        return total  # includes transaction markers if the worker used transactions
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def phase_burst(p: Pipeline, n: int) -> dict[str, Any]:
@@ -115,7 +129,8 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
 
 def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     p.stop("worker")
-    before = _count_outcomes(p)
+    counter = _OutcomeCounter(p)
+    before = counter.count()
     meter = CpuMeter(cpu_pids(p)).start()  # the connector writes the events now
     ids = p.sf.approve(n)
     # Wait until the connector has written every event (requests end offsets grow by n).
@@ -135,12 +150,13 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     target = before + n
     samples = []
     while time.monotonic() - t0 < 900:
-        count = _count_outcomes(p)
+        count = counter.count()
         samples.append((time.monotonic() - t0, count - before))
         if count >= target:
             break
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
+    counter.close()
     p.wait_settled(ids[-200:], timeout=600, poll=2)
     cpu = meter.stop()  # approval → the last write-back: every process's share of the work
     # The drain rate proper runs from the first outcome to the last: the worker's start-up
