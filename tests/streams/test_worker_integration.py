@@ -88,3 +88,56 @@ def test_mixed_batch_with_whmcs_faults(kafka_settings, salesforce, whmcs, tmp_pa
             assert made[0]["status"] == "Active"
     counters = whmcs.counters()
     assert counters["orders_created"] == sum(1 for o in primary if o["status"] == "Provisioned")
+
+
+def test_the_commit_marks_what_was_sent_and_no_order_is_written_twice(
+        kafka_settings, salesforce, whmcs, tmp_path):
+    """Each Order's dedupe entry is written once (its decision, with its event's offset);
+    what was sent is told by each partition's emitted-through mark, which the worker raises
+    to every offset it commits, durable before the commit (decision 0012)."""
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.state import MARK_FIELD, is_mark_key
+
+    seeded = salesforce.seed(accounts=20, orders=12, broken_every=0)["orders"]
+    ids = [o["order_id"] for o in seeded]
+    salesforce.approve(ids=ids)
+    events = [request(order_id) for order_id in ids]
+    produce(kafka_settings.bootstrap_servers, kafka_settings.requests, events)
+    env = worker_env(bootstrap=kafka_settings.bootstrap_servers,
+                     prefix=kafka_settings.topic_prefix, state_dir=tmp_path,
+                     sf_env=salesforce.env(), wh_env=whmcs.env())
+    reader = Reader(kafka_settings.bootstrap_servers, kafka_settings.outcomes)
+    with worker_process(env, tmp_path / "worker.log") as proc:
+        reader.poll_until(lambda r: len(r) >= len(events), timeout=90,
+                          alive=lambda: proc.poll() is None)
+    # stopped with SIGTERM: it finished, marked and committed everything
+    assert len(outcomes(reader.records)) == len(events)
+    probe = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                      "group.id": "test-probe"})
+    ends = {p: probe.get_watermark_offsets(TopicPartition(kafka_settings.requests, p),
+                                           timeout=10)[1] for p in range(3)}
+    probe.close()
+    changelog = Reader(kafka_settings.bootstrap_servers,
+                       f"{kafka_settings.topic('sfprov-worker')}-idem-changelog")
+    marks: dict[int, int] = {}
+    writes: Counter[str] = Counter()
+
+    def read(records):
+        marks.clear()
+        writes.clear()
+        for msg in records:
+            key = msg.key().decode()
+            if is_mark_key(key):
+                marks[msg.partition()] = json.loads(msg.value())[MARK_FIELD]
+            else:
+                writes[key] += 1
+        return len(writes) == len(ids) and marks == {p: e for p, e in ends.items() if e}
+    changelog.poll_until(read, timeout=30)
+    assert marks == {p: e for p, e in ends.items() if e}, (marks, ends)
+    assert set(writes) == set(ids) and set(writes.values()) == {1}, writes
+    entry = json.loads(next(m.value() for m in changelog.records
+                            if m.key().decode() == ids[0]))
+    assert isinstance(next(iter(entry.values()))["offset"], int)
