@@ -172,9 +172,27 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                               for oid in report["duplicate_orders"]},
             unplanned_restarts=len(restarts), unplanned=restarts, errors=errors,
             duration_s=round(time.monotonic() - started, 1))
+        report.update(_outcome_records(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
+                        and report["outcomes_contradicting"] == 0
                         and report["approved"] == orders and not errors)
         return report
+
+
+def _outcome_records(p: Pipeline) -> dict[str, Any]:
+    """The outcomes topic: one decision per event. A record sent again after a crash must be
+    the identical record (counted as resent); two different records for one event
+    (``order_id``, ``idem_key``, ``event_uuid``) are contradicting, a failure."""
+    seen: dict[tuple[Any, ...], set[str]] = {}
+    total = 0
+    for outcome in p.outcomes():
+        total += 1
+        key = (outcome["order_id"], outcome["idem_key"], outcome["event_uuid"])
+        seen.setdefault(key, set()).add(json.dumps(outcome, sort_keys=True, default=str))
+    contradicting = [list(k) for k, records in seen.items() if len(records) > 1]
+    return {"outcome_records": total, "outcomes_resent": total - len(seen),
+            "outcomes_contradicting": len(contradicting),
+            "contradicting_detail": contradicting[:10]}
 
 
 def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
