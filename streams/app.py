@@ -136,8 +136,8 @@ class Worker:
         self.app.tables.add(self.idem)
         self.app.tables.add(self.intents)
         self.state = OrderState(cast(Any, self.idem), cast(Any, self.intents), self._flush,
-                                place=partial(faust_seam.key_partition,
-                                              partitions=kafka.partitions))
+                                place=lambda key: faust_seam.key_partition(
+                                    key, kafka.partitions))
         self.state.watched = True
         self.durable = GroupCommit(self.state.flush)
 

@@ -408,3 +408,20 @@ def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
         old = json.dumps(value, separators=(",", ":")).encode()  # ASCII-escaped, as before
         table.data._set(f"801O{i}".encode(), old)
         assert table.read(f"801O{i}") == value
+
+
+def test_key_partition_hashes_a_key_once_whatever_its_form():
+    """Text and bytes of one key share one cached placement (murmur2 is pure Python); keys
+    that are not UTF-8 still place as their bytes do."""
+    from aiokafka.partitioner import murmur2
+
+    from streams.faust_seam._base import _text_partition
+
+    _text_partition.cache_clear()
+    for n in range(50):
+        key = f"801T{n:014d}"
+        assert key_partition(key, 6) == key_partition(key.encode(), 6) == \
+            (murmur2(key.encode()) & 0x7FFFFFFF) % 6
+    assert _text_partition.cache_info().misses == 50
+    raw = b"\xff\xfe not utf-8"
+    assert key_partition(raw, 7) == (murmur2(raw) & 0x7FFFFFFF) % 7
