@@ -53,6 +53,7 @@ from common.errors import (
     ProducerFencedError,
     TransactionTimedOutError,
 )
+from common.kafka import PAUSE_SLACK_S
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,28 @@ class TransactionalWriter:
         self.transactions = 0
 
     def start(self) -> None:
-        """init_transactions: fences any older instance with this transactional.id."""
-        try:
-            self._producer.init_transactions(self.timeout_s)
-        except KafkaException as exc:
-            raise translate(exc, "init_transactions", self.txn_id) from exc
+        """init_transactions: fences any older instance with this transactional.id.
+
+        A retriable failure (librdkafka's "Timed out …, retry call to resume") is retried
+        — the call resumes where it was — for ``timeout_s`` of this process's running time:
+        time it spent stopped does not count (as in :func:`common.kafka.connect`). A chaos
+        run saw the connector stopped 30 s while it started, then the broker stopped; its
+        one 30 s call timed out and the process exited."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            started = time.monotonic()
+            wait = max(1.0, min(5.0, deadline - started))
+            try:
+                self._producer.init_transactions(wait)
+                return
+            except KafkaException as exc:
+                error = translate(exc, "init_transactions", self.txn_id)
+                stopped = time.monotonic() - started - wait - PAUSE_SLACK_S
+                if stopped > 0:
+                    deadline += stopped
+                if not error.retryable or time.monotonic() >= deadline:
+                    raise error from exc
+                log.info("init_transactions not done yet (%s); retrying", exc)
 
     def reopen(self) -> None:
         """Replace a fenced producer (librdkafka's fatal state is final) and start the new one.

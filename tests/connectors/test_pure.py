@@ -340,3 +340,58 @@ def test_generated_stubs_match_reference_numbers() -> None:
         "topic_name": 1, "replay_preset": 2, "replay_id": 3, "num_requested": 4,
         "auth_refresh": 5}
     assert pb.ReplayPreset.Value("CUSTOM") == 2
+
+
+class _InitTransactions:
+    """A producer whose ``init_transactions`` times out (retriable) until call
+    ``answers_at``; call ``stopped_in`` takes ``stopped_s`` longer (the process stopped)."""
+
+    def __init__(self, clock: list[float], *, answers_at: int, stopped_in: int = 0,
+                 stopped_s: float = 0.0, fatal_at: int = 0) -> None:
+        self.clock, self.answers_at, self.fatal_at = clock, answers_at, fatal_at
+        self.stopped_in, self.stopped_s = stopped_in, stopped_s
+        self.calls = 0
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls += 1
+        if self.calls == self.answers_at:
+            return
+        if self.calls == self.fatal_at:
+            raise KafkaException(CKafkaError(CKafkaError._FENCED, "fenced", fatal=True))
+        self.clock[0] += timeout + (self.stopped_s if self.calls == self.stopped_in else 0.0)
+        raise KafkaException(CKafkaError(CKafkaError._TIMED_OUT, "Timed out waiting for "
+                                         "operation to finish, retry call to resume",
+                                         retriable=True))
+
+
+@pytest.mark.parametrize("stopped_s", [0.0, 45.0])
+def test_init_transactions_is_retried_for_its_timeout_of_running_time(monkeypatch, stopped_s):
+    """A broker silent for the writer's whole timeout is an error; a connector stopped while
+    it started is not given up on resuming, and the call that answers after it resumes.
+    A fence is never retried."""
+    from common.errors import KafkaError as OurKafkaError
+    from common.errors import ProducerFencedError
+    from common.settings import KafkaSettings
+    from connectors import writer as w
+
+    clock = [1000.0]
+    monkeypatch.setattr(w.time, "monotonic", lambda: clock[0])
+    tw = w.TransactionalWriter(KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "k:1"}), "t-1",
+                               timeout_s=30)
+    tw._producer = _InitTransactions(clock, answers_at=10**6, stopped_in=3,  # type: ignore
+                                     stopped_s=stopped_s)
+    with pytest.raises(OurKafkaError, match="init_transactions: .*retry call to resume") \
+            as info:
+        tw.start()
+    assert info.value.retryable
+    ran = clock[0] - 1000.0 - max(0.0, stopped_s - w.PAUSE_SLACK_S)  # time not stopped
+    assert 30 <= ran <= 36, ran
+    clock[0] = 1000.0
+    tw._producer = _InitTransactions(clock, answers_at=6, stopped_in=3,  # type: ignore
+                                     stopped_s=45.0)
+    tw.start()  # 45 s stopped in the third call of 5 s, answered by the sixth
+    assert tw._producer.calls == 6  # type: ignore[attr-defined]
+    tw._producer = _InitTransactions(clock, answers_at=10**6, fatal_at=2)  # type: ignore
+    with pytest.raises(ProducerFencedError):
+        tw.start()
+    assert tw._producer.calls == 2  # type: ignore[attr-defined]
