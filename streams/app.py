@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ from streams.lease import Fenced, OwnershipLease
 from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
-from streams.state import DurabilityError, GroupCommit, OrderState
+from streams.state import GroupCommit, OrderState
 from streams.watchdog import Progress, StallWatchdog, exit_to_rejoin, unowned
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,7 @@ class Worker:
                                                help="order id → provisioning intent", **table_kw)
         self.app.tables.add(self.idem)
         self.app.tables.add(self.intents)
-        self.state = OrderState(cast(Any, self.idem), cast(Any, self.intents), self._flush,
-                                place=lambda key: faust_seam.key_partition(
-                                    key, kafka.partitions))
+        self.state = OrderState(cast(Any, self.idem), cast(Any, self.intents), self._flush)
         self.state.watched = True
         self.durable = GroupCommit(self.state.flush)
 
@@ -183,8 +181,7 @@ class Worker:
         self.consumer = faust_seam.ConsumerSeam(self.app, kafka.requests)
         self.checkpoint = Checkpoint(broker_reader(conn, app_id, kafka.requests),
                                      commit=self.consumer.commit,
-                                     seek=self.consumer.seek_before_next_fetch,
-                                     before_commit=self._mark_emitted)
+                                     seek=self.consumer.seek_before_next_fetch)
         self.progress = Progress()
         self.lanes = Lanes(self.checkpoint, self.consumer.release,
                            max_in_flight=worker.max_in_flight,
@@ -282,18 +279,6 @@ class Worker:
             raise
         except Exception:  # noqa: BLE001 - the next commit tries again
             log.exception("commit failed")
-
-    async def _mark_emitted(self, through: Mapping[int, int]) -> None:
-        """Before a commit: each partition's emitted-through mark raised to the offset about
-        to be committed (every event below it finished: its outcome acknowledged), durable.
-        A mark that cannot be made durable stops the worker, as any table change."""
-        wrote = [self.state.advance_emitted(p, offset) for p, offset in through.items()]
-        if any(wrote):
-            try:
-                await self.durable()
-            except DurabilityError as exc:
-                self._crash(exc)
-                raise
 
     async def _leaving(self, stopping: bool) -> None:
         """faust is about to wait for unacknowledged messages: a rebalance (release every

@@ -14,10 +14,7 @@ does it in four steps, numbered in the code:
    it over (``docs/decisions/0003``) — and the partition is sought back to it before the next
    fetch. A check that cannot be made holds the commit: a commit can always wait;
 3. **commit** what passed, through the consumer, in the current generation (partitions no
-   longer assigned are skipped) — after ``before_commit`` has returned: the worker raises
-   each partition's emitted-through mark to it and makes that durable first
-   (:meth:`streams.state.OrderState.advance_emitted`), so a committed offset never runs
-   ahead of the mark;
+   longer assigned are skipped);
 4. **forget** the finished offsets below what is now committed.
 
 A rebalance (:meth:`Checkpoint.reset`) starts every partition afresh: faust seeks to the
@@ -79,11 +76,8 @@ def safe_commit(base: int, wanted: int, records: list[int], finished: set[int]) 
 class Checkpoint:
     def __init__(self, reader: RangeReader, *,
                  commit: Callable[[Mapping[int, int]], Awaitable[bool]],
-                 seek: Callable[[int, int], None],
-                 before_commit: Callable[[Mapping[int, int]], Awaitable[None]] | None = None
-                 ) -> None:
+                 seek: Callable[[int, int], None]) -> None:
         self._reader, self._commit, self._seek = reader, commit, seek
-        self._before_commit = before_commit
         self._parts: dict[int, _Partition] = {}
         self._lock = asyncio.Lock()  # one commit at a time
         self.holds = 0
@@ -159,12 +153,8 @@ class Checkpoint:
                     self._hold(partition, offset, safe, records, part.finished)
                 if safe > base:
                     allowed[partition] = safe
-            # 3. commit what passed (what it covers is marked first)
-            if not allowed:
-                return {}
-            if self._before_commit is not None:
-                await self._before_commit(allowed)
-            if not await self._commit(allowed):
+            # 3. commit what passed
+            if not allowed or not await self._commit(allowed):
                 return {}
             # 4. forget what is committed
             for partition, offset in allowed.items():

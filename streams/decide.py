@@ -32,7 +32,7 @@ from typing import Any
 
 from common.ids import describe_bad_id, is_salesforce_id
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
-from streams.state import ACCEPTED, Acked, Intent, Memory
+from streams.state import ACCEPTED, Intent, Memory
 
 PROVISIONED, FAILED, SKIPPED, DUPLICATE = "Provisioned", "Failed", "Skipped", "Duplicate"
 
@@ -98,13 +98,11 @@ class Final:
 @dataclass(frozen=True)
 class Redelivery:
     """The event was decided before; ``outcome`` is what was decided, ``emitted`` whether its
-    send was acknowledged, ``offset`` the offset of the event it was decided for (None: the
-    decision carries only the flag)."""
+    send was acknowledged."""
 
     outcome: dict[str, Any] | None
     emitted: bool
     restore: bool = False  # the dedupe entry is missing: record the outcome again
-    offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,19 +128,16 @@ class Context:
 
 
 def decide(event: Event, memory: Memory, intent: Intent | None,
-           order: dict[str, Any] | None, ctx: Context | None = None,
-           acked: Acked | None = None) -> Decision:
+           order: dict[str, Any] | None, ctx: Context | None = None) -> Decision:
     """``memory``: the Order's dedupe memory; ``intent``: its provisioning intent;
     ``order``: the Order as the guard read it (None: not found, or not needed because the
-    memory decides); ``acked``: which offsets' decisions had their outcome acknowledged
-    (:meth:`~streams.state.OrderState.acked`; None: only the flags say)."""
+    memory decides)."""
     ctx = ctx or Context()
     entry = memory.get(event.idem_key)
     if entry is not None:
         decided = entry.decision_of(event.event_uuid)
         if decided is not None:
-            return Redelivery(decided.outcome, decided.acknowledged(acked or _no_offsets),
-                              offset=decided.offset)
+            return Redelivery(decided.outcome, decided.emitted)
         return Final(DUPLICATE, "DUPLICATE_IDEM_KEY",
                      f"IdemKey {event.idem_key} was already decided ({entry.status}) "
                      f"for event {entry.event_uuid}")
@@ -177,10 +172,6 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
                      sends_until=intent.sends_until() if may_exist and intent else None,
                      previous_attempts=intent.attempt if intent else 0)
-
-
-def _no_offsets(_offset: int) -> bool:
-    return False
 
 
 def needs_guard(event: Event, memory: Memory) -> bool:

@@ -13,13 +13,11 @@ Order of effects for one event (the contract the crash tests check)::
     3. to provision: the ownership lease holds (streams.lease) → intents[order] = pending,
        with this worker as writer and until when it may send
        → DURABLE (group commit) → AddOrder / AcceptOrder, the lease checked before each
-    4. the lease holds → idem[order][idem_key] = the outcome, with the event's offset;
-       intents[order] settled
+    4. the lease holds → idem[order][idem_key] = the outcome; intents[order] settled
        → DURABLE: the decided outcome is durable before anyone can see it
-    5. send the outcome, await the broker's ack (this process remembers the offset as
-       acknowledged; no table write)
-    6. the lane reports the event finished; at its next commit the checkpoint raises the
-       partition's emitted-through mark past it → DURABLE, then commits the offsets
+    5. send the outcome, await the broker's ack
+    6. idem entry marked emitted (made durable by later flushes)
+    7. the lane reports the event finished; the checkpoint may commit past it
 
 Crash windows and what a redelivery does:
 
@@ -34,10 +32,10 @@ Crash windows and what a redelivery does:
   intent is settled from the entry (:meth:`~streams.state.OrderState.settle_from_entry`);
   the settled intent without the entry → ``decide`` finds this very event in the intent and
   re-sends the intent's outcome, never a contradicting one.
-* between 4 and 6's mark (outcome maybe sent): the redelivery re-sends **the identical
-  record** (same fields, same ``completed_at``) — unless the same process still remembers
-  the ack. Consumers dedupe on ``(order_id, idem_key, event_uuid)``.
-* after 6's mark (and any later replay from older offsets): the redelivery emits nothing.
+* between 4 and 6 (outcome maybe sent): the redelivery re-sends **the identical record**
+  (same fields, same ``completed_at``). Consumers dedupe on ``(order_id, idem_key,
+  event_uuid)``.
+* after 6: the redelivery emits nothing.
 
 A lost lease (the Order's partition went to another worker, :class:`~streams.lease.Fenced`)
 stops the event wherever it is: no WHMCS call, no outcome, no finish — the new owner
@@ -71,7 +69,7 @@ from streams.decide import (
 from streams.guard import GuardReads
 from streams.lease import Fenced, LeaseCheck, OwnershipLease, hold
 from streams.provision import Fence, Provisioner, ProvisionResult
-from streams.state import DurabilityError, Intent, OrderState
+from streams.state import DurabilityError, Intent, Memory, OrderState
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
@@ -167,9 +165,6 @@ class EventHandler:
                 error: Exception = exc
                 if attempt < ATTEMPTS:
                     await asyncio.sleep(backoff.next_delay())
-        # finished without its outcome sent, should one have been recorded: only the flag
-        # says it is unsent now (no mark covers it), and the sweep sends it
-        self.state.untie(event.order_id, event.idem_key, event.event_uuid)
         await self.emitter.send_dead_letter(DeadLetter(
             rec, f"worker could not process the event: {error!r}", type(error).__name__,
             "WORKER_ERROR", order_id=event.order_id, event_uuid=event.event_uuid,
@@ -181,7 +176,7 @@ class EventHandler:
         oid, state = event.order_id, self.state
         memory, intent = state.memory(oid), state.intent(oid)
         order = await self.reads.get(oid) if needs_guard(event, memory) else None
-        decision = decide(event, memory, intent, order, self.context, state.acked(oid))
+        decision = decide(event, memory, intent, order, self.context)
         opportunity = (order or {}).get("OpportunityId")
         if isinstance(decision, Redelivery):
             await self._redelivered(event, rec, decision)
@@ -193,8 +188,8 @@ class EventHandler:
                                      error_message=decision.error_message, attempts=0,
                                      completed_at=self._clock())
             await self._own(rec, "record")
-            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock(),
-                         memory=memory, offset=rec.offset)
+            memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
+                                  self._clock(), memory=memory)
         else:
             held: list[Intent] = []  # the intent as last written (pending, then renewed)
             result = await self._provision(event, rec, decision, opportunity, held)
@@ -209,25 +204,24 @@ class EventHandler:
             await self._own(rec, "record")  # the call ran: is the result still ours?
             state.settle(oid, outcome, self._clock(), may_exist=result.may_exist,
                          current=held[-1])
-            state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock(),
-                         memory=memory, offset=rec.offset)
+            memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
+                                  self._clock(), memory=memory)
         await self.durable()  # the decided outcome is durable before it is sent
-        await self._send(event, rec, outcome, rec.offset)
+        await self._send(event, rec, outcome, memory)
 
     async def _redelivered(self, event: Event, rec: RawRecord, decision: Redelivery) -> None:
         outcome, oid = decision.outcome, event.order_id
         if outcome is None:
             return
-        wrote, offset = False, decision.offset
+        wrote = False
         if decision.restore:
             log.warning("dedupe entry missing for an event its Order's intent records as "
                         "decided; sending that outcome again", extra={
                             "order_id": oid, "idem_key": event.idem_key,
                             "event_uuid": event.event_uuid})
             await self._own(rec, "record")
-            self.state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock(),
-                              offset=rec.offset)
-            wrote, offset = True, rec.offset
+            self.state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
+            wrote = True
         if self.state.settle_from_entry(oid, self._clock()):
             wrote = True
         if decision.emitted:
@@ -237,18 +231,13 @@ class EventHandler:
             return
         await self._own(rec, "send")
         await self.durable()
-        await self._send(event, rec, outcome, offset)
+        await self._send(event, rec, outcome)
 
     async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any],
-                    offset: int | None) -> None:
-        """Send and await the ack. A decision tied to its event's offset needs no write:
-        the checkpoint's mark covers it once the event is committed past (and this process
-        remembers the ack until then); one without an offset gets its flag written."""
+                    memory: Memory | None = None) -> None:
         await self.emitter.send_outcome(outcome)
-        if offset is not None:
-            self.state.note_acked(event.order_id, offset)
-        else:
-            self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid)
+        self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid,
+                                memory=memory)
         metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
         metrics.LATENCY.observe(time.monotonic() - rec.received_at)
 

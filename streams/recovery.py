@@ -17,9 +17,7 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
   redelivery of the event emits nothing new. The sweep's WHMCS writes are fenced by the
   ownership lease like an event's;
-* an outcome recorded but never acknowledged as sent for that long → sent again, identical
-  (acknowledged: below its partition's emitted-through mark, or seen acknowledged by this
-  process, or flagged; :mod:`streams.state`);
+* an outcome recorded but never acknowledged as sent for that long → sent again, identical;
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted.
 """
@@ -40,15 +38,7 @@ from streams.decide import Event, now_ms, outcome_record
 from streams.lease import Fenced
 from streams.mapping import WhmcsOrderRequest
 from streams.provision import Fence, Provisioner, no_fence
-from streams.state import (
-    PENDING,
-    DedupeEntry,
-    Intent,
-    OrderState,
-    is_mark_key,
-    memory_from_json,
-    unsent_offsets,
-)
+from streams.state import PENDING, DedupeEntry, Intent, OrderState, memory_from_json
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
@@ -147,10 +137,7 @@ class Sweeper:
         # The index (see watch_intent/watch_idem), rebuilt by each full scan and kept up to
         # date by the tables; a state without change reports (dicts) is always scanned.
         self.pending: set[str] | None = None
-        # Order id → the highest offset among its decisions that may be unsent (None: one has
-        # no offset, only its flag can say); entries below the partition's mark drop out
-        self.unemitted: dict[str, int | None] | None = None
-        self._marks: dict[int, int] = {}  # partition → its emitted-through mark, as last read
+        self.unemitted: set[str] | None = None
         self.last_full_scan_ms: int | None = None
         self.full_scans = 0
         self.rescans = 0  # a rescan asked for during a full scan still counts afterwards
@@ -167,22 +154,13 @@ class Sweeper:
 
     def watch_idem(self, oid: str, entries: Any) -> None:
         if self.unemitted is None:
-            self.unemitted = {}
-        if is_mark_key(oid):
-            return
-        found, offset = unsent_offsets(entries)
-        mark = self._marks.get(self.state.partition_of(oid)) if offset is not None else None
-        if found and (mark is None or offset is None or offset >= mark):
-            self.unemitted[oid] = offset
+            self.unemitted = set()
+        if isinstance(entries, dict) and any(
+                isinstance(e, dict) and not e.get("emitted") and e.get("outcome")
+                for e in entries.values()):
+            self.unemitted.add(oid)
         else:
-            self.unemitted.pop(oid, None)
-
-    def _mark(self, oid: str) -> int:
-        partition = self.state.partition_of(oid)
-        mark = self._marks.get(partition)
-        if mark is None:
-            mark = self._marks[partition] = self.state.emitted_through(partition)
-        return mark
+            self.unemitted.discard(oid)
 
     def rescan(self) -> None:
         """Make the next sweep a full scan (new partitions: entries the index never saw)."""
@@ -209,8 +187,7 @@ class Sweeper:
     async def _full_scan(self, report: SweepReport, now: int
                          ) -> tuple[list[str], list[str], list[str]]:
         state = self.state
-        self.pending, self.unemitted = set(), {}  # rebuilt by this scan
-        self._marks = {}
+        self.pending, self.unemitted = set(), set()  # rebuilt by this scan
         due, stale, dirty = [], [], []
         rescans = self.rescans
         slicer = _Slicer()
@@ -232,11 +209,8 @@ class Sweeper:
         for oid in idem_keys:
             await slicer.tick()
             raw = state.idem.get(oid)
-            if not is_mark_key(oid):
-                self._mark(oid)  # read before the watch, which drops what it covers
             self.watch_idem(oid, raw)
-            if raw and not is_mark_key(oid) and self.owns(oid) and \
-                    self._idem_work(oid, memory_from_json(raw), now):
+            if raw and self.owns(oid) and self._idem_work(memory_from_json(raw), now):
                 dirty.append(oid)
         if self.rescans == rescans:  # only a completed scan of the current assignment
             self.last_full_scan_ms = now
@@ -258,26 +232,14 @@ class Sweeper:
                 report.pending += 1
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-        self._marks = {}
-        dirty = []
-        for oid, offset in list(self.unemitted.items()):
-            if not self.owns(oid):
-                # a standby's or a revoked partition's: a new assignment scans it again
-                del self.unemitted[oid]
-                continue
-            if offset is not None and offset < self._mark(oid):
-                del self.unemitted[oid]  # every decision in it was acknowledged
-                continue
-            if self._idem_work(oid, self.state.memory(oid), now):
-                dirty.append(oid)
+        dirty = [oid for oid in list(self.unemitted)
+                 if self.owns(oid) and self._idem_work(self.state.memory(oid), now)]
         return due, [], dirty
 
-    def _idem_work(self, oid: str, memory: dict[str, DedupeEntry], now: int) -> bool:
-        acked = self.state.acked(oid)
+    def _idem_work(self, memory: dict[str, DedupeEntry], now: int) -> bool:
         for entry in memory.values():
             age = now - entry.at
-            if age > self.ttl_ms or (age >= self.recovery_after_ms and
-                                     any(entry.unsent(acked))):
+            if age > self.ttl_ms or (age >= self.recovery_after_ms and any(entry.unsent())):
                 return True
         return False
 
@@ -308,11 +270,10 @@ class Sweeper:
     async def _resend(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: outcomes recorded but never acknowledged as sent."""
         now = self._clock()
-        acked = self.state.acked(oid)
         for idem_key, entry in self.state.memory(oid).items():
             if now - entry.at < self.recovery_after_ms:
                 continue
-            for event_uuid, outcome in list(entry.unsent(acked)):
+            for event_uuid, outcome in list(entry.unsent()):
                 await self.emitter.send_outcome(outcome)
                 self.state.mark_emitted(oid, idem_key, event_uuid)
                 report.resent += 1

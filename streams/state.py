@@ -4,13 +4,8 @@ Two tables keyed by Order id, partitioned exactly like the requests topic (their
 move with the partitions; see :mod:`streams.faust_seam`):
 
 * ``idem`` — the **dedupe memory**: IdemKey → :class:`DedupeEntry`, the decision taken for
-  the event that carried that IdemKey (its outcome, and the event's offset in the requests
-  topic) and for its duplicates (other events with the same IdemKey). Whether a decision's
-  outcome was acknowledged is read from its offset: below the partition's **emitted-through
-  mark** (one more key per partition, written by the checkpoint before each commit, see
-  :meth:`OrderState.advance_emitted`) or acknowledged by this process since, it was. A
-  decision without an offset (a sweep's, or from a release before the mark) carries the
-  ``emitted`` flag, written after its acknowledgement, as before;
+  the event that carried that IdemKey (its outcome, and whether the outcome's send was
+  acknowledged) and for its duplicates (other events with the same IdemKey);
 * ``intents`` — the Order's **provisioning intent** (:class:`Intent`): ``pending`` while an
   ``AddOrder`` may have been sent, then ``accepted`` or ``failed`` with the outcome.
 
@@ -126,24 +121,12 @@ class Intent:
 _INTENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Intent))
 
 
-Acked = Callable[[int], bool]  # requests offset → its decision's outcome was acknowledged
-
-
-def _never(_offset: int) -> bool:
-    return False
-
-
 @dataclass(frozen=True)
 class Decided:
-    """One event's decision: the outcome, whether its send was acknowledged (the flag),
-    and the offset of the event it was decided for (None: a sweep's decision)."""
+    """One event's decision: the outcome, and whether its send was acknowledged."""
 
     outcome: dict[str, Any] | None
     emitted: bool = False
-    offset: int | None = None
-
-    def acknowledged(self, acked: Acked = _never) -> bool:
-        return self.emitted or (self.offset is not None and acked(self.offset))
 
 
 @dataclass(frozen=True)
@@ -156,22 +139,19 @@ class DedupeEntry:
     emitted: bool
     at: int
     dups: dict[str, Decided] = field(default_factory=dict)
-    offset: int | None = None  # the first event's requests offset
 
     @classmethod
-    def first(cls, event_uuid: str, outcome: dict[str, Any], at: int,
-              offset: int | None = None) -> DedupeEntry:
-        return cls(event_uuid, outcome["status"], outcome, False, at, offset=offset)
+    def first(cls, event_uuid: str, outcome: dict[str, Any], at: int) -> DedupeEntry:
+        return cls(event_uuid, outcome["status"], outcome, False, at)
 
     def decision_of(self, event_uuid: str) -> Decided | None:
         """The decision taken for ``event_uuid`` (the first event or a duplicate)."""
         if event_uuid == self.event_uuid:
-            return Decided(self.outcome, self.emitted, self.offset)
+            return Decided(self.outcome, self.emitted)
         return self.dups.get(event_uuid)
 
-    def with_duplicate(self, event_uuid: str, outcome: dict[str, Any],
-                       offset: int | None = None) -> DedupeEntry:
-        dups = {**self.dups, event_uuid: Decided(outcome, offset=offset)}
+    def with_duplicate(self, event_uuid: str, outcome: dict[str, Any]) -> DedupeEntry:
+        dups = {**self.dups, event_uuid: Decided(outcome)}
         while len(dups) > MAX_DUPS_REMEMBERED:
             dups.pop(next(iter(dups)))
         return dataclasses.replace(self, dups=dups)
@@ -183,80 +163,29 @@ class DedupeEntry:
         dup = self.dups.get(event_uuid)
         if dup is None or dup.emitted:
             return None
-        return dataclasses.replace(self, dups={**self.dups, event_uuid: dataclasses.replace(
-            dup, emitted=True)})
+        return dataclasses.replace(self, dups={**self.dups,
+                                               event_uuid: Decided(dup.outcome, True)})
 
-    def without_offset(self, event_uuid: str) -> DedupeEntry | None:
-        """The entry with ``event_uuid``'s decision no longer tied to its offset (its event
-        finished without sending it: the flag decides, and the sweep sends it); None when
-        nothing changes."""
-        if event_uuid == self.event_uuid:
-            return None if self.offset is None or self.emitted else \
-                dataclasses.replace(self, offset=None)
-        dup = self.dups.get(event_uuid)
-        if dup is None or dup.offset is None or dup.emitted:
-            return None
-        return dataclasses.replace(self, dups={**self.dups, event_uuid: dataclasses.replace(
-            dup, offset=None)})
-
-    def unsent(self, acked: Acked = _never) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(event uuid, outcome) of every decision whose send was never acknowledged
-        (``acked``: which offsets' decisions were, see :meth:`OrderState.acked`)."""
-        if self.outcome and not Decided(None, self.emitted, self.offset).acknowledged(acked):
+    def unsent(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event uuid, outcome) of every decision whose send was never acknowledged."""
+        if not self.emitted and self.outcome:
             yield self.event_uuid, self.outcome
         for uuid, dup in self.dups.items():
-            if dup.outcome and not dup.acknowledged(acked):
+            if not dup.emitted and dup.outcome:
                 yield uuid, dup.outcome
 
     def to_json(self) -> dict[str, Any]:
-        out = {"event_uuid": self.event_uuid, "status": self.status, "outcome": self.outcome,
-               "emitted": self.emitted, "at": self.at,
-               "dups": {u: _decided_json(d) for u, d in self.dups.items()}}
-        if self.offset is not None:
-            out["offset"] = self.offset
-        return out
+        return {"event_uuid": self.event_uuid, "status": self.status, "outcome": self.outcome,
+                "emitted": self.emitted, "at": self.at,
+                "dups": {u: {"outcome": d.outcome, "emitted": d.emitted}
+                         for u, d in self.dups.items()}}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DedupeEntry:
-        dups = {u: Decided(d.get("outcome"), bool(d.get("emitted")), _offset(d))
+        dups = {u: Decided(d.get("outcome"), bool(d.get("emitted")))
                 for u, d in (raw.get("dups") or {}).items()}
         return cls(str(raw.get("event_uuid") or ""), str(raw.get("status") or ""),
-                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups,
-                   _offset(raw))
-
-
-def _decided_json(d: Decided) -> dict[str, Any]:
-    out: dict[str, Any] = {"outcome": d.outcome, "emitted": d.emitted}
-    if d.offset is not None:
-        out["offset"] = d.offset
-    return out
-
-
-def _offset(raw: dict[str, Any]) -> int | None:
-    value = raw.get("offset")
-    return value if isinstance(value, int) else None
-
-
-def unsent_offsets(raw: Any) -> tuple[bool, int | None]:
-    """From an idem value as stored: whether any decision may be unsent by its flag, and
-    the highest offset among those (None when one of them has no offset: only the flag or
-    the sweep can settle it). For the sweep's index."""
-    if not isinstance(raw, dict):
-        return False, None
-    found, highest, untied = False, -1, False
-    for entry in raw.values():
-        if not isinstance(entry, dict):
-            continue
-        decisions = [entry, *((entry.get("dups") or {}).values())]
-        for d in decisions:
-            if isinstance(d, dict) and d.get("outcome") and not d.get("emitted"):
-                found = True
-                offset = _offset(d)
-                if offset is None:
-                    untied = True
-                else:
-                    highest = max(highest, offset)
-    return found, (None if untied or not found else highest)
+                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups)
 
 
 Memory = dict[str, DedupeEntry]  # one Order's dedupe memory: IdemKey → entry
@@ -276,87 +205,16 @@ def _read(table: MutableMapping[str, Any], key: str) -> Any:
     return read(key) if read is not None else table.get(key)
 
 
-MARK_FIELD = "emitted_through"  # the value of a partition's mark key in the idem table
-MARK_PREFIX = "~emitted-through~"  # mark keys: never an Order id (Salesforce ids are alnum)
-
-
-def is_mark_key(key: str) -> bool:
-    return key.startswith(MARK_PREFIX)
-
-
 class OrderState:
     """Typed reads and writes over the two tables (faust tables in the worker, dicts in
     unit tests). ``flush`` returns once every write made so far is acknowledged by the
-    broker; :class:`GroupCommit` shares it among the Orders that need it together.
-    ``place``: the partition a key of the tables lands in (None: plain mappings, unit
-    tests); ``partition_of``: the requests partition of an Order's events (default:
-    ``place``, as in the worker, where both are the key's murmur2 partition)."""
+    broker; :class:`GroupCommit` shares it among the Orders that need it together."""
 
     def __init__(self, idem: MutableMapping[str, Any], intents: MutableMapping[str, Any],
-                 flush: Callable[[], Awaitable[None]] | None = None, *,
-                 place: Callable[[str], int] | None = None,
-                 partition_of: Callable[[str], int] | None = None) -> None:
+                 flush: Callable[[], Awaitable[None]] | None = None) -> None:
         self.idem, self.intents = idem, intents
         self._flush = flush
-        self.place = place
-        self.partition_of: Callable[[str], int] = partition_of or place or (lambda _key: 0)
         self.watched = False  # the tables report every change (streams.recovery's index)
-        # requests offsets whose decision's outcome this process saw acknowledged, per
-        # partition, until the partition's mark passes them (bounded by the uncommitted span)
-        self._acked: dict[int, set[int]] = {}
-        self._mark_keys: dict[int, str] = {}
-
-    # -- acknowledged outcomes: the emitted-through marks ------------------------------
-
-    def mark_key(self, partition: int) -> str:
-        """The idem table's key of ``partition``'s mark: one that lands in that partition."""
-        found = self._mark_keys.get(partition)
-        if found is None:
-            found = f"{MARK_PREFIX}{partition}"
-            if self.place is not None:
-                for n in range(1_000_000):  # one key in P lands in each partition
-                    if self.place(candidate := f"{MARK_PREFIX}{partition}~{n}") == partition:
-                        found = candidate
-                        break
-                else:
-                    raise ValueError(f"no mark key lands in partition {partition}")
-            self._mark_keys[partition] = found
-        return found
-
-    def emitted_through(self, partition: int) -> int:
-        """Every event of ``partition`` below this offset had its outcome (or dead letter)
-        acknowledged, or needed none (0: nothing known)."""
-        raw = _read(self.idem, self.mark_key(partition))
-        value = raw.get(MARK_FIELD) if isinstance(raw, dict) else None
-        return value if isinstance(value, int) else 0
-
-    def advance_emitted(self, partition: int, through: int) -> bool:
-        """Raise ``partition``'s mark to ``through`` (the checkpoint, before it commits up
-        to there; durable with the next flush). Returns whether it was written."""
-        acked = self._acked.get(partition)
-        if acked:
-            acked.difference_update([o for o in acked if o < through])
-        if through <= self.emitted_through(partition):
-            return False
-        self.idem[self.mark_key(partition)] = {MARK_FIELD: through}
-        return True
-
-    def note_acked(self, order_id: str, offset: int) -> None:
-        """The outcome decided for the event at ``offset`` was acknowledged by the broker."""
-        self._acked.setdefault(self.partition_of(order_id), set()).add(offset)
-
-    def acked(self, order_id: str) -> Acked:
-        """For one Order: whether the decision of the event at an offset was acknowledged
-        (below its partition's mark, or seen acknowledged by this process). The mark is read
-        once, on the first question."""
-        partition = self.partition_of(order_id)
-        mark: list[int] = []
-
-        def acked(offset: int) -> bool:
-            if not mark:
-                mark.append(self.emitted_through(partition))
-            return offset < mark[0] or offset in self._acked.get(partition, ())
-        return acked
 
     async def flush(self) -> None:
         if self._flush is not None:
@@ -384,27 +242,17 @@ class OrderState:
     # written it since (one Order's event holds the Order until it is done) — saves a read.
 
     def record(self, order_id: str, idem_key: str, event_uuid: str, outcome: dict[str, Any],
-               at: int, *, memory: Memory | None = None, offset: int | None = None) -> Memory:
+               at: int, *, memory: Memory | None = None) -> Memory:
         """Remember ``outcome`` as the decision for this event (a duplicate of the IdemKey's
-        first event is remembered under it), decided for the event at ``offset`` (None: by
-        the sweep); returns the Order's memory as written."""
+        first event is remembered under it); returns the Order's memory as written."""
         memory = dict(self.memory(order_id) if memory is None else memory)
         existing = memory.get(idem_key)
         if existing is not None and existing.event_uuid != event_uuid:
-            memory[idem_key] = existing.with_duplicate(event_uuid, outcome, offset)
+            memory[idem_key] = existing.with_duplicate(event_uuid, outcome)
         else:
-            memory[idem_key] = DedupeEntry.first(event_uuid, outcome, at, offset)
+            memory[idem_key] = DedupeEntry.first(event_uuid, outcome, at)
         self.set_memory(order_id, memory)
         return memory
-
-    def untie(self, order_id: str, idem_key: str, event_uuid: str) -> None:
-        """The event finishes without its decided outcome sent (dead-lettered): its
-        decision keeps only the flag, so no mark covers it and the sweep sends it."""
-        memory = self.memory(order_id)
-        entry = memory.get(idem_key)
-        changed = entry.without_offset(event_uuid) if entry is not None else None
-        if changed is not None:
-            self.set_memory(order_id, {**memory, idem_key: changed})
 
     def mark_emitted(self, order_id: str, idem_key: str, event_uuid: str, *,
                      memory: Memory | None = None) -> None:

@@ -23,7 +23,7 @@ class RecordWriter:
 
     faust sends a table change through its producer buffer: a ``FutureMessage``, a queue
     put and a task wake-up, ``publish_message`` with its sensors, and an acknowledgement
-    callback that writes the changelog offset into RocksDB — per record, ~4 records per
+    callback that writes the changelog offset into RocksDB — per record, ~5 records per
     Order. Here a record is a tuple in a deque and one future; the changelog offsets are
     persisted once per flush (:meth:`DurableTable.flush`). One writer per app
     (:meth:`for_app`), so records keep the order they were written in across tables."""

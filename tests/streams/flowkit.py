@@ -64,15 +64,12 @@ class Kit:
                  parallelism: int = 4, policy: ProvisionPolicy | None = None,
                  linger_s: float = 0.01) -> None:
         self.tables = Durable()
-        self.partitions: dict[str, int] = {}  # Order id → the partition of its records
-        self.state = OrderState(self.tables.idem, self.tables.intents, self.tables.flush,
-                                partition_of=lambda oid: self.partitions.get(oid, 0))
+        self.state = OrderState(self.tables.idem, self.tables.intents, self.tables.flush)
         self.emitter = ListEmitter(self.tables)
         self.guard = Guard(salesforce)
         self.commits: list[dict[int, int]] = []
         self.released: list[Any] = []
-        self.checkpoint = Checkpoint(self._read, commit=self._commit, seek=lambda p, o: None,
-                                     before_commit=self._mark_emitted)
+        self.checkpoint = Checkpoint(self._read, commit=self._commit, seek=lambda p, o: None)
         self.lanes = Lanes(self.checkpoint, self.released.append)
         self.provisioner = Provisioner(whmcs_client, policy or ProvisionPolicy(
             retry_deadline_s=5, whmcs_timeout_s=1, lookup_grace_s=0.05),
@@ -82,15 +79,6 @@ class Kit:
             provisioner=self.provisioner, emitter=self.emitter, context=Context(),
             durable=GroupCommit(self.state.flush), lease=lease, writer_id="kit")
         self.finished: list[tuple[int, int]] = []
-
-    async def _mark_emitted(self, through: Any) -> None:  # as streams.app.Worker does
-        for partition, offset in through.items():
-            self.state.advance_emitted(partition, offset)
-        await self.state.flush()
-
-    def restarted(self) -> None:
-        """What a restarted worker knows: its tables, no acknowledgement seen in memory."""
-        self.state._acked.clear()
 
     def _read(self, wanted: Any) -> dict[int, tuple[int, list[int]]]:
         base = {p: (self.commits[-1].get(p, 0) if self.commits else 0) for p in wanted}
@@ -113,8 +101,6 @@ class Kit:
                     return True
                 self.lanes.run_alone(Admitted(rec.partition, rec.offset, object(), dead))
                 continue
-
-            self.partitions[item.order_id] = rec.partition
 
             async def work(event: Any = item, rec: RawRecord = rec) -> bool:
                 done = await self.handler.handle(event, rec)

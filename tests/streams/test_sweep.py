@@ -10,7 +10,7 @@ from common.whmcs import WhmcsClient
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
 from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import DAY_MS, Sweeper
-from streams.state import OrderState, is_mark_key
+from streams.state import OrderState
 
 
 class Emitter:
@@ -275,77 +275,3 @@ def test_a_rescan_asked_for_during_a_full_scan_is_not_lost():
 
     asyncio.run(go())
     assert sweeper.full_scans == 2  # the second sweep scanned the new assignment in full
-
-
-def _decided(offset, at, uuid="ev", **extra):
-    return {"event_uuid": uuid, "status": "Provisioned", "at": at, "emitted": False,
-            "outcome": {"order_id": "o", "status": "Provisioned", "event_uuid": uuid},
-            "offset": offset, "dups": {}, **extra}
-
-
-def test_an_acknowledged_outcome_is_known_by_its_offset_not_by_a_write():
-    """Outcomes tied to their event's offset: the sweep resends only those neither below
-    the partition's emitted-through mark nor seen acknowledged by this process; what the
-    mark covers leaves its index without a read."""
-    now = 10 * DAY_MS
-    old = now - 700_000  # past recovery_after_s
-    state = OrderState({}, {}, partition_of=lambda key: 0)
-    covered, acked, unsent, flagged = ("801M00000000001AAA", "801M00000000002AAA",
-                                       "801M00000000003AAA", "801M00000000004AAA")
-    state.idem[covered] = {"k": _decided(5, old)}
-    state.idem[acked] = {"k": _decided(12, old)}
-    state.idem[unsent] = {"k": _decided(13, old)}
-    state.idem[flagged] = {"k": _decided(None, old)}  # a sweep's decision: only the flag
-    assert state.advance_emitted(0, 10) and not state.advance_emitted(0, 9)  # monotone
-    assert state.emitted_through(0) == 10
-    state.note_acked(acked, 12)
-    emitter = Emitter()
-    sweeper = sweeper_over(state, lambda: now, emitter)
-
-    first = asyncio.run(sweeper.run_once())  # a full scan
-    assert sorted(o["order_id"] for o in emitter.sent) == ["o", "o"] and first.resent == 2
-    assert state.idem[unsent]["k"]["emitted"] is True  # resent: flagged, as a sweep does
-    assert state.idem[flagged]["k"]["emitted"] is True
-    assert not state.idem[covered]["k"]["emitted"] and not state.idem[acked]["k"]["emitted"]
-    assert covered not in sweeper.unemitted and acked in sweeper.unemitted
-
-    state.advance_emitted(0, 13)  # the commit passed the acknowledged one
-    assert state.acked(acked)(12) and 12 not in state._acked.get(0, set())  # pruned
-    state.watched, sweeper.last_full_scan_ms = True, now  # the index, not a full scan
-    second = asyncio.run(sweeper.run_once())
-    assert second.resent == 0 and acked not in sweeper.unemitted
-    assert is_mark_key(state.mark_key(0)) and state.mark_key(0) not in sweeper.unemitted
-
-
-def test_mark_keys_land_in_their_own_partition_and_are_no_orders_memory():
-    from streams.faust_seam import key_partition
-
-    state = OrderState({}, {}, place=lambda key: key_partition(key, 6))
-    for p in range(6):
-        key = state.mark_key(p)
-        assert key_partition(key, 6) == p and is_mark_key(key)
-        state.advance_emitted(p, 100 + p)
-        assert state.memory(key) == {}  # never mistaken for an Order's dedupe memory
-    assert [state.emitted_through(p) for p in range(6)] == [100, 101, 102, 103, 104, 105]
-
-
-def test_entries_round_trip_with_their_offsets_and_old_entries_keep_their_flags():
-    from streams.state import DedupeEntry, unsent_offsets
-
-    entry = DedupeEntry.first("u1", {"status": "Provisioned"}, 7, offset=41) \
-        .with_duplicate("u2", {"status": "Duplicate"}, offset=57)
-    raw = entry.to_json()
-    assert DedupeEntry.from_json(raw) == entry
-    assert unsent_offsets({"k": raw}) == (True, 57)
-    never = lambda _o: False  # noqa: E731
-    assert [u for u, _ in entry.unsent(never)] == ["u1", "u2"]
-    assert [u for u, _ in entry.unsent(lambda o: o < 50)] == ["u2"]
-    untied = entry.without_offset("u2")
-    assert untied is not None and untied.dups["u2"].offset is None
-    assert [u for u, _ in untied.unsent(lambda o: True)] == ["u2"]  # only its flag now
-    assert unsent_offsets({"k": untied.to_json()}) == (True, None)
-    old = {"event_uuid": "u1", "status": "Provisioned", "outcome": {"status": "Provisioned"},
-           "emitted": True, "at": 7, "dups": {}}  # as releases before the mark wrote it
-    assert DedupeEntry.from_json(old).offset is None
-    assert list(DedupeEntry.from_json(old).unsent(lambda o: False)) == []
-    assert unsent_offsets({"k": old}) == (False, None)
