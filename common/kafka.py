@@ -108,6 +108,42 @@ class _Reports:
 PAUSE_SLACK_S = 1.0  # an attempt this much later than its timeout: the process was stopped
 
 
+class RunningDeadline:
+    """A deadline in this process's running time, for calls retried until it passes.
+
+    Time the process spent stopped (SIGSTOP, a frozen VM, a long GC) does not count: an
+    attempt that came back more than :data:`PAUSE_SLACK_S` later than its own timeout was
+    stopped, and the deadline moves by the excess — else a process paused while it waits
+    for the broker gives up at once on resuming, before its client could reconnect. ::
+
+        deadline = RunningDeadline(30.0)
+        while True:
+            wait = deadline.attempt(0.5, 2.0)   # this attempt's timeout
+            try: return call(wait)
+            except Retriable:
+                if deadline.failed(): raise
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.at = time.monotonic() + timeout_s
+        self._started = self._wait = 0.0
+
+    def attempt(self, shortest_s: float, longest_s: float) -> float:
+        """The timeout of the attempt that starts now: what is left, within the bounds."""
+        self._started = time.monotonic()
+        self._wait = max(shortest_s, min(longest_s, self.at - self._started))
+        return self._wait
+
+    def failed(self) -> bool:
+        """The attempt failed: move the deadline by the time it was stopped; True when the
+        deadline has passed (give up)."""
+        now = time.monotonic()
+        stopped = now - self._started - self._wait - PAUSE_SLACK_S
+        if stopped > 0:
+            self.at += stopped
+        return now >= self.at
+
+
 def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClient, Any]:
     """An admin client and the cluster's metadata, once the broker answers.
 
@@ -116,25 +152,18 @@ def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClien
     :class:`KafkaAccessError` with one line naming the setting, as soon as it is certain;
     a broker that does not answer within ``timeout`` raises a retryable KafkaError.
 
-    ``timeout`` is this process's running time: time it spent stopped (SIGSTOP, a frozen VM,
-    a long GC) does not count against the broker. An attempt that came back more than
-    :data:`PAUSE_SLACK_S` later than its own timeout was stopped, and the deadline moves by
-    the excess — else a process paused while starting gives up at once on resuming, before
-    its client could reconnect (a chaos run saw the worker exit so)."""
+    ``timeout`` is this process's running time (:class:`RunningDeadline`): a process paused
+    while starting must not give up at once on resuming (a chaos run saw the worker exit so)."""
     reports = _Reports()
     admin = AdminClient(conn.librdkafka(error_cb=reports.error, logger=reports))
-    deadline = time.monotonic() + timeout
+    deadline = RunningDeadline(timeout)
     while True:
-        started = time.monotonic()
-        wait = max(0.5, min(2.0, deadline - started))
+        wait = deadline.attempt(0.5, 2.0)
         try:
             return admin, admin.list_topics(timeout=wait)
         except KafkaException as exc:
             admin.poll(0)
-            stopped = time.monotonic() - started - wait - PAUSE_SLACK_S
-            if stopped > 0:
-                deadline += stopped
-            final = time.monotonic() >= deadline
+            final = deadline.failed()
             line = access_error(conn, reports.lines, final=final)
             if line:
                 raise KafkaAccessError(line) from None

@@ -53,7 +53,7 @@ from common.errors import (
     ProducerFencedError,
     TransactionTimedOutError,
 )
-from common.kafka import PAUSE_SLACK_S
+from common.kafka import RunningDeadline
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -124,23 +124,19 @@ class TransactionalWriter:
         """init_transactions: fences any older instance with this transactional.id.
 
         A retriable failure (librdkafka's "Timed out …, retry call to resume") is retried
-        — the call resumes where it was — for ``timeout_s`` of this process's running time:
-        time it spent stopped does not count (as in :func:`common.kafka.connect`). A chaos
+        — the call resumes where it was — for ``timeout_s`` of this process's running time
+        (:class:`common.kafka.RunningDeadline`: time it spent stopped does not count). A chaos
         run saw the connector stopped 30 s while it started, then the broker stopped; its
         one 30 s call timed out and the process exited."""
-        deadline = time.monotonic() + self.timeout_s
+        deadline = RunningDeadline(self.timeout_s)
         while True:
-            started = time.monotonic()
-            wait = max(1.0, min(5.0, deadline - started))
+            wait = deadline.attempt(1.0, 5.0)
             try:
                 self._producer.init_transactions(wait)
                 return
             except KafkaException as exc:
                 error = translate(exc, "init_transactions", self.txn_id)
-                stopped = time.monotonic() - started - wait - PAUSE_SLACK_S
-                if stopped > 0:
-                    deadline += stopped
-                if not error.retryable or time.monotonic() >= deadline:
+                if deadline.failed() or not error.retryable:
                     raise error from exc
                 log.info("init_transactions not done yet (%s); retrying", exc)
 

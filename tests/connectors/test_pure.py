@@ -25,6 +25,7 @@ from common.errors import (
     SalesforceLimitError,
     TransactionTimedOutError,
 )
+from common.kafka import PAUSE_SLACK_S
 from connectors.decode import (
     KAFKA_MESSAGE_MAX_BYTES,
     TRUNCATED_PAYLOAD_BYTES,
@@ -384,7 +385,7 @@ def test_init_transactions_is_retried_for_its_timeout_of_running_time(monkeypatc
             as info:
         tw.start()
     assert info.value.retryable
-    ran = clock[0] - 1000.0 - max(0.0, stopped_s - w.PAUSE_SLACK_S)  # time not stopped
+    ran = clock[0] - 1000.0 - max(0.0, stopped_s - PAUSE_SLACK_S)  # time not stopped
     assert 30 <= ran <= 36, ran
     clock[0] = 1000.0
     tw._producer = _InitTransactions(clock, answers_at=6, stopped_in=3,  # type: ignore
