@@ -41,6 +41,12 @@ async def counters(request: web.Request) -> web.Response:
     return web.json_response(counters_of(_sb(request)))
 
 
+async def calls(request: web.Request) -> web.Response:
+    """Only the call counts: cheap enough to poll while a run is under way (``counters``
+    groups every order by its marker)."""
+    return web.json_response(dict(_sb(request).calls))
+
+
 async def counters_reset(request: web.Request) -> web.Response:
     _sb(request).calls.clear()
     return web.json_response({"ok": True})
@@ -118,6 +124,7 @@ def build_app(sb: Sandbox) -> web.Application:
     app.router.add_get("/__sandbox/health", health)
     app.router.add_get("/__sandbox/counters", counters)
     app.router.add_post("/__sandbox/counters/reset", counters_reset)
+    app.router.add_get("/__sandbox/calls", calls)
     app.router.add_get("/__sandbox/orders", orders)
     app.router.add_get("/__sandbox/faults", faults_get)
     app.router.add_post("/__sandbox/faults", faults_set)

@@ -23,6 +23,7 @@ Admin endpoints (JSON, no auth — the sandbox listens on localhost):
 - ``GET /__sandbox/counters`` → ``calls`` per action, ``orders_created``,
   ``orders_by_marker`` (Salesforce Order id → WHMCS orders), ``duplicates`` (markers with
   more than one order); ``POST /__sandbox/counters/reset`` zeroes the call counts.
+- ``GET /__sandbox/calls`` → the call counts alone (``{"AddOrder": n, ...}``), cheap to poll.
 - ``GET /__sandbox/orders?sf_order_id=&userid=&status=&limit=`` → ``{"orders": [...]}``
 - ``GET /__sandbox/faults``; ``POST /__sandbox/faults`` with ``{"action": "AddOrder"|"*",
   ...FaultSpec fields}`` or ``{"faults": {action: spec, ...}, "seed": n, "replace": bool}``;

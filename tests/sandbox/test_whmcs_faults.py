@@ -160,12 +160,14 @@ def test_counters_and_duplicates(whmcs_sb: WhmcsSandbox) -> None:
     whmcs_sb.call("GetOrders")
     counters = whmcs_sb.counters()
     assert counters["calls"] == {"AddOrder": 4, "GetOrders": 1}
+    assert whmcs_sb.calls() == counters["calls"]
     assert counters["orders_created"] == 4
     assert counters["orders_by_marker"] == {once: 1, twice: 2}
     assert whmcs_sb.duplicates() == {twice: 2}
     assert [o["sf_order_id"] for o in whmcs_sb.orders_for(twice)] == [twice, twice]
     whmcs_sb.reset_counters()
     assert whmcs_sb.counters()["calls"] == {}
+    assert whmcs_sb.calls() == {}
 
 
 def test_restart_keeps_state(whmcs_sb: WhmcsSandbox) -> None:
