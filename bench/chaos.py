@@ -355,7 +355,8 @@ def default_out(args: argparse.Namespace) -> Path:
 
 SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count",
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
-           "commit_gate_holds", "ok")
+           "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
+           "unplanned_restarts", "ok")
 
 
 def main(argv: list[str] | None = None) -> int:
