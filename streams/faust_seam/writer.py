@@ -4,6 +4,7 @@ entries and the outcomes, in the order they were written (docs/decisions/0004)."
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from functools import partial
 from typing import Any, cast
@@ -12,8 +13,12 @@ import faust
 from aiokafka import AIOKafkaProducer
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
-from streams.faust_seam._base import CONTRACT
+from streams.faust_seam._base import CONTRACT, key_partition
 from streams.state import DurabilityError
+
+# topic, partition (None: by key), key, value, headers, the record's result
+_Entry = tuple[str, int | None, bytes | None, bytes | None, list[tuple[str, bytes]] | None,
+               asyncio.Future[Any]]
 
 
 class RecordWriter:
@@ -26,15 +31,23 @@ class RecordWriter:
     callback that writes the changelog offset into RocksDB — per record, ~5 records per
     Order. Here a record is a tuple in a deque and one future; the changelog offsets are
     persisted once per flush (:meth:`DurableTable.flush`). One writer per app
-    (:meth:`for_app`), so records keep the order they were written in across tables."""
+    (:meth:`for_app`), so records keep the order they were written in across tables.
+
+    Each drain takes every record queued so far and hands them to aiokafka as one batch per
+    partition (``create_batch`` / ``send_batch``), where ``AIOKafkaProducer.send`` would
+    cost a coroutine, a partitioner call, an accumulator append and a future per record;
+    aiokafka then sends the batches as it sends its own (the same produce requests,
+    idempotence and ``acks``). A record's result is its batch's, its offset the batch's
+    base offset plus its place in it. A record without a partition goes to its key's
+    partition (aiokafka's default partitioner: murmur2 of the key over all the topic's
+    partitions); one without a key either goes through ``AIOKafkaProducer.send``."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self._queue: deque[tuple[str, int | None, bytes | None, bytes | None,
-                                 list[tuple[str, bytes]] | None,
-                                 asyncio.Future[Any]]] = deque()
+        self._queue: deque[_Entry] = deque()
         self._draining = False
         self._task: asyncio.Task[None] | None = None
+        self._partitions: dict[str, int] = {}  # topic → its number of partitions
 
     @classmethod
     def for_app(cls, app: Any) -> RecordWriter:
@@ -48,8 +61,8 @@ class RecordWriter:
                   value: bytes | None, headers: list[tuple[str, bytes]] | None = None
                   ) -> asyncio.Future[Any]:
         """Queue one record; the future resolves to its ``RecordMetadata`` once the broker
-        acknowledged it (``acks=all``), or to the error. ``partition`` None: the
-        producer's partitioner (murmur2 of the key, as faust's topics)."""
+        acknowledged it (``acks=all``), or to the error. ``partition`` None: the key's
+        partition (murmur2, as aiokafka's default partitioner and faust's topics)."""
         loop = asyncio.get_running_loop()
         result: asyncio.Future[Any] = loop.create_future()
         self._queue.append((topic, partition, key, value, headers, result))
@@ -60,31 +73,106 @@ class RecordWriter:
 
     async def _drain(self) -> None:
         queue = self._queue
+        # Out of the queue and not yet handed to the producer (each list loses its entries
+        # as they are handed over): failed with DurabilityError if the drain is cut short.
+        left: list[deque[_Entry] | list[_Entry]] = []
         try:
             producer = cast(Any, self.app.producer)._ensure_producer()
             while queue:
-                topic, partition, key, value, headers, result = queue.popleft()
-                try:
-                    sent = await producer.send(topic, value, key=key, partition=partition,
-                                               headers=headers)
-                except asyncio.CancelledError:
-                    result.cancel()
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the record's own failure
-                    if not result.done():
-                        result.set_exception(exc)
-                    continue
-                sent.add_done_callback(partial(_resolve, result))
+                taken, self._queue = queue, deque()
+                queue = self._queue
+                left = [taken]
+                groups: dict[tuple[str, int | None], list[_Entry]] = {}
+                while taken:
+                    topic, partition, key = taken[0][0], taken[0][1], taken[0][2]
+                    if partition is None and key is not None:
+                        partition = key_partition(key, await self._count(producer, topic))
+                    group = groups.get((topic, partition))
+                    if group is None:
+                        group = groups[(topic, partition)] = []
+                        left.append(group)
+                    group.append(taken.popleft())
+                for (topic, partition), entries in groups.items():
+                    if partition is None:  # no partition and no key: aiokafka picks one
+                        while entries:
+                            await self._send_one(producer, entries[0])
+                            del entries[0]
+                    else:
+                        await self._send_group(producer, topic, partition, entries)
+                left = []
         except BaseException as exc:  # noqa: BLE001 - no producer, or stopping
-            while queue:
-                result = queue.popleft()[-1]
-                if not result.done():
-                    result.set_exception(DurabilityError(f"record not sent: {exc!r}"))
+            for entry in (*(e for entries in left for e in entries), *queue):
+                if not entry[5].done():
+                    entry[5].set_exception(DurabilityError(f"record not sent: {exc!r}"))
+            queue.clear()
             if not isinstance(exc, Exception):
                 raise
         finally:
             self._draining = False
             self._task = None
+
+    async def _count(self, producer: Any, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = len(await producer.partitions_for(topic))
+        return count
+
+    async def _send_group(self, producer: Any, topic: str, partition: int,
+                          entries: list[_Entry]) -> None:
+        """``entries`` (one partition's, in order) as one batch, or more when they do not
+        fit one (``max_batch_size``; a first record always fits). Each entry leaves
+        ``entries`` once its batch is handed to the producer (or failed on its own)."""
+        while entries:
+            builder = producer.create_batch()
+            chunk: list[tuple[asyncio.Future[Any], int]] = []
+            for _t, _p, key, value, headers, result in entries:
+                meta = builder.append(timestamp=None, key=key, value=value,
+                                      headers=headers or [])
+                if meta is None:
+                    break
+                chunk.append((result, meta.offset))
+            if not chunk:  # cannot be (a batch takes its first record whatever its size)
+                raise DurabilityError(f"aiokafka refused a record of {topic} as a batch")
+            try:
+                sent = await producer.send_batch(builder, topic, partition=partition)
+            except Exception as exc:  # noqa: BLE001 - the batch's own failure (a timeout)
+                for result, _offset in chunk:
+                    if not result.done():
+                        result.set_exception(copy.copy(exc))
+            else:
+                sent.add_done_callback(partial(_resolve_batch, chunk))
+            del entries[:len(chunk)]
+
+    @staticmethod
+    async def _send_one(producer: Any, entry: _Entry) -> None:
+        topic, partition, key, value, headers, result = entry
+        try:
+            sent = await producer.send(topic, value, key=key, partition=partition,
+                                       headers=headers)
+        except Exception as exc:  # noqa: BLE001 - the record's own failure
+            if not result.done():
+                result.set_exception(exc)
+            return
+        sent.add_done_callback(partial(_resolve, result))
+
+
+def _resolve_batch(chunk: list[tuple[asyncio.Future[Any], int]],
+                   sent: asyncio.Future[Any]) -> None:
+    """The batch was acknowledged (or failed): each record's result, its offset the batch's
+    base offset plus its own place in the batch."""
+    if sent.cancelled():
+        error: BaseException = DurabilityError("record send cancelled")
+    elif sent.exception() is not None:
+        error = cast(BaseException, sent.exception())
+    else:
+        base = sent.result()
+        for result, offset in chunk:
+            if not result.done():
+                result.set_result(base._replace(offset=base.offset + offset))
+        return
+    for result, _offset in chunk:
+        if not result.done():
+            result.set_exception(copy.copy(error))
 
 
 def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
@@ -103,4 +191,8 @@ CONTRACT.update({
         AIOKafkaDriverProducer, "_ensure_producer", "5592a4bbdf2513253f98233a4eac931d"),
     "R aiokafka AIOKafkaProducer.send": (
         AIOKafkaProducer, "send", "08ce81263f43983815bb1056036c2498"),
+    "R aiokafka AIOKafkaProducer.create_batch": (
+        AIOKafkaProducer, "create_batch", "c4efda4bb7a09741e168138a54cdeeef"),
+    "R aiokafka AIOKafkaProducer.send_batch": (
+        AIOKafkaProducer, "send_batch", "bf42b0f0c5c0646db4cc15b54a81103f"),
 })

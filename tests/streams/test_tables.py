@@ -295,18 +295,46 @@ def test_without_the_write_ahead_log_a_killed_worker_keeps_only_what_was_flushed
         db.close()
 
 
-class _FakeProducer:
-    """aiokafka's ``send``: awaits, then returns the record's future (acked by the test)."""
+class _FakeBatch:
+    def __init__(self, limit: int) -> None:
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.limit = limit
 
-    def __init__(self, refuse: set[bytes] = frozenset()) -> None:
+    def append(self, *, timestamp, key, value, headers):
+        if len(self.records) >= self.limit:
+            return None
+        self.records.append((key, value))
+        return type("Meta", (), {"offset": len(self.records) - 1})()
+
+
+class _FakeProducer:
+    """aiokafka's ``create_batch`` / ``send_batch`` (and ``send`` for a record with neither
+    partition nor key): each awaits, then returns a future the test acknowledges."""
+
+    def __init__(self, refuse: set[bytes] = frozenset(), batch_limit: int = 100) -> None:
         self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
-        self.acks: list = []
-        self.refuse = refuse
+        self.batches: list[tuple[str, int | None, list[bytes | None]]] = []
+        self.acks: list = []  # one per batch (or per ``send``), in the order handed over
+        self.refuse, self.batch_limit = refuse, batch_limit
+
+    def create_batch(self) -> _FakeBatch:
+        return _FakeBatch(self.batch_limit)
+
+    async def partitions_for(self, topic):
+        return {0, 1, 2}
+
+    async def send_batch(self, batch, topic, *, partition):
+        keys = [k for k, _v in batch.records]
+        if self.refuse & set(keys):
+            raise RuntimeError(f"refused a batch of {keys}")
+        return self._handed(topic, partition, batch.records)
 
     async def send(self, topic, value, *, key=None, partition=None, headers=None):
-        if key in self.refuse:
-            raise RuntimeError(f"refused {key!r}")
-        self.sent.append((topic, partition, key, value))
+        return self._handed(topic, partition, [(key, value)])
+
+    def _handed(self, topic, partition, records):
+        self.sent += [(topic, partition, k, v) for k, v in records]
+        self.batches.append((topic, partition, [k for k, _v in records]))
         fut = asyncio.get_running_loop().create_future()
         self.acks.append(fut)
         return fut
@@ -317,9 +345,41 @@ class _FakeApp:
         self.producer = type("P", (), {"_ensure_producer": lambda _self: producer})()
 
 
-def test_the_record_writer_sends_in_order_and_hands_each_record_its_own_result():
-    from types import SimpleNamespace
+def _meta(offset: int):
+    from aiokafka.structs import RecordMetadata, TopicPartition
+    return RecordMetadata("t", 0, TopicPartition("t", 0), offset, -1, 0, 0)
 
+
+def test_the_record_writer_sends_one_batch_per_partition_and_each_record_its_own_offset():
+    from streams.faust_seam import RecordWriter
+
+    producer = _FakeProducer(batch_limit=2)
+    writer = RecordWriter(_FakeApp(producer))
+
+    async def go():
+        results = [writer.send_soon("t", i % 2, f"k{i}".encode(), b"v") for i in range(5)]
+        by_key = writer.send_soon("o", None, b"801A", b"outcome")  # its key's partition
+        no_key = writer.send_soon("d", None, None, b"letter")  # aiokafka picks
+        for _ in range(5):
+            await asyncio.sleep(0)  # the drain runs once, for all of them
+        assert producer.batches == [("t", 0, [b"k0", b"k2"]), ("t", 0, [b"k4"]),
+                                    ("t", 1, [b"k1", b"k3"]),
+                                    ("o", key_partition(b"801A", 3), [b"801A"]),
+                                    ("d", None, [None])]
+        producer.acks[0].set_result(_meta(10))
+        producer.acks[1].set_result(_meta(12))
+        producer.acks[2].set_exception(RuntimeError("not enough replicas"))
+        producer.acks[3].set_result(_meta(7))
+        producer.acks[4].set_result(_meta(3))
+        await asyncio.sleep(0)
+        assert [results[i].result().offset for i in (0, 2, 4)] == [10, 11, 12]
+        for i in (1, 3):
+            assert "not enough replicas" in str(results[i].exception())
+        assert by_key.result().offset == 7 and no_key.result().offset == 3
+    asyncio.run(go())
+
+
+def test_a_batch_the_producer_refuses_fails_its_own_records_only():
     from streams.faust_seam import RecordWriter
 
     producer = _FakeProducer(refuse={b"k2"})
@@ -327,18 +387,14 @@ def test_the_record_writer_sends_in_order_and_hands_each_record_its_own_result()
 
     async def go():
         results = [writer.send_soon("t", i % 2, f"k{i}".encode(), b"v") for i in range(5)]
-        await asyncio.sleep(0)  # the drain runs once, for all five
         await asyncio.sleep(0)
-        assert [s[2] for s in producer.sent] == [b"k0", b"k1", b"k3", b"k4"]  # in order
-        assert isinstance(results[2].exception(), RuntimeError)  # its own failure
-        for i, ack in enumerate(producer.acks):
-            if i == 1:
-                ack.set_exception(RuntimeError("not enough replicas"))
-            else:
-                ack.set_result(SimpleNamespace(offset=i))
         await asyncio.sleep(0)
-        assert results[0].result().offset == 0 and results[4].result().offset == 3
-        assert "not enough replicas" in str(results[1].exception())
+        assert producer.batches == [("t", 1, [b"k1", b"k3"])]
+        for i in (0, 2, 4):
+            assert "refused" in str(results[i].exception())
+        producer.acks[0].set_result(_meta(0))
+        await asyncio.sleep(0)
+        assert [results[i].result().offset for i in (1, 3)] == [0, 1]
     asyncio.run(go())
 
 
@@ -350,7 +406,7 @@ def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_
     from streams.state import DurabilityError
 
     table = _durable_table("durability-test", tmp_path, name="intents", store="memory://")
-    producer = _FakeProducer()
+    producer = _FakeProducer(batch_limit=1)  # each record its own batch
     table._writer = RecordWriter(_FakeApp(producer))
 
     async def go():
