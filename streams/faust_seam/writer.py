@@ -31,7 +31,7 @@ class RecordWriter:
     callback that writes the changelog offset into RocksDB — per record, ~5 records per
     Order. Here a record is a tuple in a deque and one future; the changelog offsets are
     persisted once per flush (:meth:`DurableTable.flush`). One writer per app
-    (:meth:`for_app`), so records keep the order they were written in across tables.
+    (:meth:`for_app`), so each partition's records keep the order they were written in.
 
     Each drain takes every record queued so far and hands them to aiokafka as one batch per
     partition (``create_batch`` / ``send_batch``), where ``AIOKafkaProducer.send`` would
@@ -47,7 +47,6 @@ class RecordWriter:
         self._queue: deque[_Entry] = deque()
         self._draining = False
         self._task: asyncio.Task[None] | None = None
-        self._partitions: dict[str, int] = {}  # topic → its number of partitions
 
     @classmethod
     def for_app(cls, app: Any) -> RecordWriter:
@@ -83,10 +82,14 @@ class RecordWriter:
                 queue = self._queue
                 left = [taken]
                 groups: dict[tuple[str, int | None], list[_Entry]] = {}
+                counts: dict[str, int] = {}  # topic → its partitions (the current metadata)
                 while taken:
                     topic, partition, key = taken[0][0], taken[0][1], taken[0][2]
                     if partition is None and key is not None:
-                        partition = key_partition(key, await self._count(producer, topic))
+                        count = counts.get(topic)
+                        if count is None:
+                            count = counts[topic] = len(await producer.partitions_for(topic))
+                        partition = key_partition(key, count)
                     group = groups.get((topic, partition))
                     if group is None:
                         group = groups[(topic, partition)] = []
@@ -110,12 +113,6 @@ class RecordWriter:
         finally:
             self._draining = False
             self._task = None
-
-    async def _count(self, producer: Any, topic: str) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            count = self._partitions[topic] = len(await producer.partitions_for(topic))
-        return count
 
     async def _send_group(self, producer: Any, topic: str, partition: int,
                           entries: list[_Entry]) -> None:
