@@ -11,7 +11,7 @@ STATE := .state
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help install jars up down status logs topics test test-fast lint demo bench chaos clean
+.PHONY: help install jars promtool up down status logs topics test test-fast lint demo bench chaos clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,7 +45,21 @@ logs: ## Follow the logs of every process
 topics: install ## Create missing topics and report config drift
 	@$(PY) -m ops.topics
 
-test: install jars ## Run the whole test suite (starts and stops its own broker)
+PROMTOOL := $(STATE)/tools/bin/promtool
+
+promtool: ## Prometheus's rule checker for the alert-rule tests: from PATH, else from Debian's package (no install, no root)
+	@if [ -x $(PROMTOOL) ]; then :; \
+	elif command -v promtool >/dev/null; then mkdir -p $(dir $(PROMTOOL)) && ln -sf "$$(command -v promtool)" $(PROMTOOL); \
+	elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
+	  rm -rf $(STATE)/tools/deb && mkdir -p $(STATE)/tools/deb $(dir $(PROMTOOL)) && \
+	  (cd $(STATE)/tools/deb && apt-get download -q prometheus >/dev/null 2>&1) && \
+	  dpkg-deb -x $(STATE)/tools/deb/prometheus_*.deb $(STATE)/tools/deb/root && \
+	  cp $(STATE)/tools/deb/root/usr/bin/promtool $(PROMTOOL) && rm -rf $(STATE)/tools/deb && \
+	  echo "promtool: $(PROMTOOL) (Debian's prometheus package)" || \
+	  echo "promtool: could not fetch Debian's prometheus package; the alert-rule test needs it"; \
+	else echo "promtool: not on PATH and no apt-get; the alert-rule test needs it"; fi
+
+test: install jars promtool ## Run the whole test suite (starts and stops its own broker)
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: install ## Unit tests only (no broker)
