@@ -84,7 +84,7 @@ class RecordWriter:
                 groups: dict[tuple[str, int | None], list[_Entry]] = {}
                 counts: dict[str, int] = {}  # topic → its partitions (the current metadata)
                 while taken:
-                    topic, partition, key = taken[0][0], taken[0][1], taken[0][2]
+                    topic, partition, key = taken[0][:3]
                     if partition is None and key is not None:
                         count = counts.get(topic)
                         if count is None:
@@ -150,13 +150,13 @@ class RecordWriter:
             if not result.done():
                 result.set_exception(exc)
             return
-        sent.add_done_callback(partial(_resolve, result))
+        sent.add_done_callback(partial(_resolve_batch, [(result, 0)]))  # its own offset
 
 
 def _resolve_batch(chunk: list[tuple[asyncio.Future[Any], int]],
                    sent: asyncio.Future[Any]) -> None:
-    """The batch was acknowledged (or failed): each record's result, its offset the batch's
-    base offset plus its own place in the batch."""
+    """The batch (or the one record ``send`` took) was acknowledged, or failed: each record's
+    result, its offset the batch's base offset plus its own place in the batch."""
     if sent.cancelled():
         error: BaseException = DurabilityError("record send cancelled")
     elif sent.exception() is not None:
@@ -170,17 +170,6 @@ def _resolve_batch(chunk: list[tuple[asyncio.Future[Any], int]],
     for result, _offset in chunk:
         if not result.done():
             result.set_exception(copy.copy(error))
-
-
-def _resolve(result: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
-    if result.done():
-        return
-    if sent.cancelled():
-        result.set_exception(DurabilityError("record send cancelled"))
-    elif sent.exception() is not None:
-        result.set_exception(cast(BaseException, sent.exception()))
-    else:
-        result.set_result(sent.result())
 
 
 CONTRACT.update({
