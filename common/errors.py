@@ -116,6 +116,16 @@ class TransactionTimedOutError(ProducerFencedError):
         super().__init__(message)
         self.age_s = age_s
         self.timeout_s = timeout_s
+
+
+class ProducerFailedError(KafkaError):
+    """The transactional producer is in librdkafka's fatal state for a reason that is not a
+    fence (e.g. the broker answered ``EndTxn`` with ``INVALID_TXN_STATE`` while nodes were
+    away). That state is final for this producer, not for the process: a new producer's
+    ``init_transactions`` (which aborts the open transaction) and the position read again
+    after it resume the stream — what a restarted process would do, without the restart."""
+
+    retryable = True
 class KafkaAccessError(KafkaError):
     """The broker refused this client: wrong credentials or TLS trust (authentication), or
     an operation its principal has no ACL for (authorization). Retrying cannot help; the

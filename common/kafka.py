@@ -232,14 +232,21 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     present = [s for s in specs if s.name in metadata.topics
                and s.name not in report.created and s.name not in report.existing]
     report.existing.extend(s.name for s in present)
-    try:
-        report.drift.extend(describe_drift(admin, present, metadata, timeout=timeout))
-    except KafkaException as exc:
-        if exc.args and is_refusal(exc.args[0]):
-            raise KafkaAccessError(refusal_message(
-                conn, "describe the configs of its topics", exc.args[0])) from None
-        raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
-    return report
+    # Retried for ``timeout`` of running time: a chaos run saw a sink start while the
+    # controller's node was paused, and its one 30 s describe end the process.
+    deadline = RunningDeadline(timeout)
+    while True:
+        wait = deadline.attempt(1.0, 10.0)
+        try:
+            report.drift.extend(describe_drift(admin, present, metadata, timeout=wait))
+            return report
+        except KafkaException as exc:
+            if exc.args and is_refusal(exc.args[0]):
+                raise KafkaAccessError(refusal_message(
+                    conn, "describe the configs of its topics", exc.args[0])) from None
+            if not _transient(exc) or deadline.failed():
+                raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
+            log.warning("describing topic configs: %s; trying again", exc)
 
 
 def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float = 30.0,

@@ -46,6 +46,12 @@ Failure policies:
   fails a *young* transaction and exits 3. Paused *between* transactions, nothing was open
   and nothing timed out: it carries on (or, fenced meanwhile, fails its next, young,
   transaction: exit 3). Repeated timeouts back off like any subscription error.
+* the producer failed otherwise (librdkafka's fatal state without a fence, e.g. the broker
+  answered an abort with ``INVALID_TXN_STATE`` while nodes were away:
+  ``ProducerFailedError``) → the same as after a transaction timeout: after the backoff a
+  new producer, the position read again, a resubscribe. It is what a supervisor's restart
+  would do (that ``init_transactions`` fences a newer instance just the same), minus the
+  restart; a newer instance's fence still arrives as a fence (exit 3).
 
 Keepalives: an empty FetchResponse carries ``latest_replay_id``. It is committed (throttled by
 ``SF_PUBSUB_KEEPALIVE_COMMIT_S``, in its own small transaction) only when every event
@@ -73,6 +79,7 @@ from common.errors import (
     KafkaAccessError,
     KafkaError,
     PipelineError,
+    ProducerFailedError,
     ProducerFencedError,
     ReplayIdInvalidError,
     SalesforceAuthError,
@@ -162,7 +169,9 @@ class Connector:
         # the first keepalive position is committed one interval after the start (0.0 made
         # it depend on the machine's uptime: at once on a box up longer than the interval)
         self._last_keepalive_commit = time.monotonic()
-        self._reopen_pending = False  # the producer was fenced after a transaction timeout
+        # the producer was fenced after a transaction timeout, or failed otherwise: a new
+        # one before the next write
+        self._reopen_pending = False
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
         m.COMMITTED_AGE.set_function(self._committed_age)
 
@@ -359,10 +368,13 @@ class Connector:
 
     def _recover(self, exc: PipelineError) -> bool:
         """Decide the wait before resubscribing. False = give up (fatal)."""
-        cause = getattr(exc, "cause", None) or type(exc).__name__
+        cause = "producer_failed" if isinstance(exc, ProducerFailedError) else \
+            getattr(exc, "cause", None) or type(exc).__name__
         m.RECONNECTS.labels(cause).inc()
         self.health.cause, self.health.last_error = cause, str(exc)
-        if isinstance(exc, KafkaError) and not exc.retryable:
+        if isinstance(exc, ProducerFailedError):
+            self._reopen_pending = True  # a new producer before the next write (_reopen)
+        elif isinstance(exc, KafkaError) and not exc.retryable:
             self.health.state = "failed"
             log.error("fatal Kafka error: %s", exc, extra={"cause": cause})
             return False
@@ -450,8 +462,8 @@ class Connector:
         self._set_position(load_position(self.kafka,
                                          self.kafka.connector_offsets, self.codec))
         self._reopen_pending = False
-        log.warning("producer re-initialised after the transaction timeout; resuming after "
-                    "replay id %s", self.position.replay_id.hex() if self.position else "-",
+        log.warning("producer re-initialised (after a transaction timeout or a failed "
+                    "producer); resuming after replay id %s", self.position.replay_id.hex() if self.position else "-",
                     extra={"replay_id": self.position.replay_id.hex() if self.position
                            else None})
     def _refused(self, exc: KafkaAccessError) -> int:

@@ -26,6 +26,12 @@ transaction open longer than the timeout. So a fence of an older transaction is 
 ``ProducerFencedError`` (certainly a newer instance). A pause *between* transactions
 changes nothing: no transaction was open, so none timed out, and the next one commits.
 
+Any other fatal error is raised as :class:`ProducerFailedError`: librdkafka's fatal state is
+final for the producer, and only a new one (:meth:`reopen`) goes on. A chaos run with two of
+three broker nodes paused saw one: records timed out inside a transaction and the broker
+answered the abort with ``INVALID_TXN_STATE`` (fatal), so an abort that fails fatally raises
+it too.
+
 Order of a batch (the commit-after-effect rule): produce every record of the batch, then
 the position record, then ``commit_transaction``. Only after the commit returns does the
 caller move its in-memory position and ask Salesforce for more. A failed commit is retried
@@ -50,6 +56,7 @@ from common.connection import is_refusal, kafka_config, refusal_message
 from common.errors import (
     KafkaAccessError,
     KafkaError,
+    ProducerFailedError,
     ProducerFencedError,
     TransactionTimedOutError,
 )
@@ -103,8 +110,10 @@ def translate(exc: KafkaException, what: str, txn_id: str, *, age_s: float | Non
         if is_refusal(err):
             return KafkaAccessError(refusal_message(
                 "the connector's principal", f"{what} (transactional.id {txn_id!r})", err))
-        retryable = not err.fatal() and (err.retriable() or err.txn_requires_abort())
-        return KafkaError(f"{what}: {err.str()}", retryable=retryable)
+        if err.fatal():
+            return ProducerFailedError(f"{what}: the producer failed: {err.str()}")
+        return KafkaError(f"{what}: {err.str()}",
+                          retryable=err.retriable() or err.txn_requires_abort())
     return KafkaError(f"{what}: {exc}", retryable=False)
 
 
@@ -136,7 +145,8 @@ class TransactionalWriter:
                 return
             except KafkaException as exc:
                 error = translate(exc, "init_transactions", self.txn_id)
-                if deadline.failed() or not error.retryable:
+                if deadline.failed() or not error.retryable \
+                        or isinstance(error, ProducerFailedError):  # final for this producer
                     raise error from exc
                 log.info("init_transactions not done yet (%s); retrying", exc)
 
@@ -154,7 +164,8 @@ class TransactionalWriter:
         """Write ``records`` in one transaction.
 
         Raises KafkaError; ProducerFencedError when fenced, TransactionTimedOutError when
-        fenced after the transaction outlived its timeout (then only :meth:`reopen` helps).
+        fenced after the transaction outlived its timeout, ProducerFailedError when the
+        producer failed otherwise (for the last two only :meth:`reopen` helps).
         """
         p = self._producer
         started = time.monotonic()
@@ -168,8 +179,10 @@ class TransactionalWriter:
             err = translate(cause, "transaction", self.txn_id,
                             age_s=time.monotonic() - started,
                             timeout_s=self.transaction_timeout_s)
-            if not isinstance(err, ProducerFencedError):
-                self._abort()
+            if not isinstance(err, ProducerFencedError | ProducerFailedError):
+                failed = self._abort()
+                if failed is not None:  # the abort itself failed the producer
+                    raise translate(failed, "abort_transaction", self.txn_id) from cause
             raise err from cause
         self.transactions += 1
 
@@ -211,11 +224,18 @@ class TransactionalWriter:
         raise KafkaException(CKafkaError(CKafkaError._TIMED_OUT, "commit_transaction retries "
                                          "exhausted"))
 
-    def _abort(self) -> None:
+    def _abort(self) -> KafkaException | None:
+        """Abort the open transaction; the error if that left the producer in its fatal
+        state (a chaos run: records timed out while two broker nodes were paused, then the
+        broker answered the abort with ``INVALID_TXN_STATE``, fatal), else None."""
         try:
             self._producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             log.warning("abort_transaction failed: %s", exc)
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, CKafkaError) and err.fatal():
+                return exc
+        return None
 
     def close(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from typing import Any
 
 import fastavro
 import grpc
@@ -18,6 +19,7 @@ from common.deadletter import parse_headers
 from common.errors import (
     ConfigError,
     KafkaError,
+    ProducerFailedError,
     ProducerFencedError,
     ReplayIdInvalidError,
     SalesforceAuthError,
@@ -37,7 +39,12 @@ from connectors.offsets import EVENT, OffsetCodec, Position
 from connectors.pubsub import errors as perr
 from connectors.pubsub.flow import MAX_OUTSTANDING, FlowControl
 from connectors.pubsub.generated import pubsub_api_pb2 as pb
-from connectors.writer import producer_config, transactional_id, translate
+from connectors.writer import (
+    TransactionalWriter,
+    producer_config,
+    transactional_id,
+    translate,
+)
 
 # -- flow control ------------------------------------------------------------------------
 
@@ -333,6 +340,50 @@ def test_a_fence_is_told_from_a_transaction_timeout_by_the_transactions_age(code
     other = translate(KafkaException(CKafkaError(CKafkaError._TIMED_OUT, "slow")), "t", "tid",
                       age_s=99, timeout_s=2)
     assert type(other) is KafkaError
+
+
+class _FailingAbort:
+    """A producer whose transaction fails abortably, and whose abort then fails fatally."""
+
+    def __init__(self, abort_code: int, abort_fatal: bool) -> None:
+        self.abort_code, self.abort_fatal = abort_code, abort_fatal
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def produce(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def commit_transaction(self, _timeout: float) -> None:
+        raise KafkaException(CKafkaError(CKafkaError._MSG_TIMED_OUT, "3 message(s) timed out",
+                                         txn_requires_abort=True))
+
+    def abort_transaction(self, _timeout: float) -> None:
+        raise KafkaException(CKafkaError(self.abort_code, "invalid state",
+                                         fatal=self.abort_fatal))
+
+
+def test_a_fatal_error_that_is_not_a_fence_asks_for_a_new_producer() -> None:
+    fatal = KafkaException(CKafkaError(CKafkaError.INVALID_TXN_STATE, "invalid state",
+                                       fatal=True))
+    err = translate(fatal, "transaction", "tid", age_s=0.1, timeout_s=2.0)
+    assert type(err) is ProducerFailedError and err.retryable
+    assert not isinstance(err, ProducerFencedError)        # not exit 3: a new producer
+
+
+@pytest.mark.parametrize("abort_fatal", [True, False])
+def test_an_abort_that_fails_the_producer_is_raised_as_a_failed_producer(abort_fatal) -> None:
+    from common.settings import KafkaSettings
+
+    tw = TransactionalWriter(KafkaSettings.load({}), "tid")
+    tw._producer = _FailingAbort(CKafkaError.INVALID_TXN_STATE, abort_fatal)  # type: ignore
+    with pytest.raises(KafkaError) as raised:
+        tw.write([("t", b"k", b"v", [])])
+    if abort_fatal:   # the chaos run's case: only a new producer goes on
+        assert type(raised.value) is ProducerFailedError
+        assert "abort_transaction" in str(raised.value)
+    else:             # the abort failed, the producer did not: resubscribe with it
+        assert type(raised.value) is KafkaError and raised.value.retryable
 
 
 def test_generated_stubs_match_reference_numbers() -> None:

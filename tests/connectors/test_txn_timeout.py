@@ -324,3 +324,34 @@ def test_paused_connector_and_a_newer_instance_do_not_fight(
     assert "producer re-initialised" in a.text()
     assert a.terminate() == 0, a.text()[-3000:]
     assert_exactly_once(read_requests(kafka), sandbox_uuids(sf), 60)
+
+
+def test_a_producer_failed_without_a_fence_is_replaced_in_process_exactly_once(
+        sf, connector, kafka_settings: KafkaSettings) -> None:
+    """A chaos run (two of three broker nodes paused) saw the connector's records time out
+    inside a transaction and the abort answered with librdkafka's fatal ``INVALID_TXN_STATE``;
+    the connector exited 1. Here that transaction's producer fails so (``FAIL_AT_BATCH``):
+    the connector must start a new producer in process — whose ``init_transactions`` aborts
+    the failed one's open transaction — read its position again and go on, every event
+    exactly once, no exit."""
+    kafka, boot = kafka_settings, kafka_settings.bootstrap_servers
+    sf.seed(accounts=10, orders=60, broken_every=0)
+    sf.approve(30)
+    proc = connector(module=PAUSER, FAIL_AT_BATCH="3", CONNECTOR_MAX_BATCH="5",
+                     SF_PUBSUB_NUM_REQUESTED="5", SF_PUBSUB_KEEPALIVE_COMMIT_S="3600")
+    wait_until(lambda: "FAILING in transaction" in proc.text(), 60, "the failure point")
+    sf.approve(30)
+    try:
+        wait_until(lambda: proc.proc.poll() is not None or len(read_requests(kafka)) >= 60,
+                   120, "all 60 events committed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; connector log:\n{proc.text()[-6000:]}") from None
+    assert proc.proc.poll() is None, proc.text()[-3000:]   # no exit, no restart
+    text = proc.text()
+    assert "producer re-initialised" in text, text[-3000:]
+    assert proc.metric('sfprov_connector_reconnects_total{cause="producer_failed"}') == 1
+    assert not open_transactions(boot, txn_topics(kafka))  # the failed one was aborted
+    # its records are in the log, never visible to read_committed readers
+    assert len(values(boot, kafka.requests, kafka.partitions, "read_uncommitted")) > 60
+    assert proc.terminate() == 0, proc.text()[-3000:]
+    assert_exactly_once(read_requests(kafka), sandbox_uuids(sf), 60)

@@ -72,3 +72,40 @@ def test_a_topic_lost_to_a_forming_cluster_is_created_on_a_second_try(kafka_boot
     assert admin.calls == 2
     assert sorted(report.created) == sorted(s.name for s in declared_topics(settings))
     assert settings.requests in admin.list_topics(timeout=10).topics
+
+
+class _ControllerAway:
+    """The real admin client, whose first ``describe_configs`` times out waiting for the
+    controller (a chaos run: the sink started while the controller's node was paused)."""
+
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin = admin
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.admin, name)
+
+    def describe_configs(self, resources, **kwargs):
+        from concurrent.futures import Future
+
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls += 1
+        if self.calls > 1:
+            return self.admin.describe_configs(resources, **kwargs)
+        failed: Future = Future()
+        failed.set_exception(KafkaException(KafkaError(
+            KafkaError._TIMED_OUT, "Failed while waiting for controller: Local: Timed out")))
+        return {resource: failed for resource in resources}
+
+
+def test_describing_configs_while_the_controller_is_away_is_tried_again(kafka_bootstrap,
+                                                                          unique_name):
+    settings = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                                  topic_prefix=unique_name("t") + ".", partitions=2)
+    ensure_topics(settings)
+    admin = _ControllerAway(AdminClient({"bootstrap.servers": kafka_bootstrap}))
+    report = ensure_topics(settings, admin=admin)   # every topic there: only the describe
+    assert admin.calls == 2
+    assert report.ok and not report.created
+    assert sorted(report.existing) == sorted(s.name for s in declared_topics(settings))
