@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,7 +18,7 @@ from faust.types import TP
 from yarl import URL
 
 from streams.faust_seam._base import CONTRACT, key_partition
-from streams.faust_seam.writer import RecordWriter
+from streams.faust_seam.writer import RecordWriter, Tally
 from streams.state import DurabilityError
 
 # faust.utils.json.dumps's options when orjson is installed (without its ``default`` hook)
@@ -191,8 +191,7 @@ class DurableTable(faust.Table):
         kwargs.setdefault("key_type", str)
         super().__init__(*args, **kwargs)
         self.key_serializer = "raw"  # faust derives JSON from key_type str: '"801..."'
-        self._unflushed: list[asyncio.Future[Any]] = []
-        self._acked: dict[int, int] = {}  # partition → highest changelog offset acknowledged
+        self._unflushed: Tally | None = None  # the writes since the last flush
         self._writer = RecordWriter.for_app(self.app)
         self._changelog_name: str | None = None
         self.watch: Callable[[str, Any], None] | None = None
@@ -284,16 +283,10 @@ class DurableTable(faust.Table):
         name = self._changelog_name
         if name is None:
             name = self._changelog_name = self.changelog_topic.get_topic_name()
-        fut = self._writer.send_soon(name, partition, str(key).encode(), encoded)
-        fut.add_done_callback(partial(self._on_acked, partition))
-        self._unflushed.append(fut)
-
-    def _on_acked(self, partition: int, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        offset = fut.result().offset
-        if offset > self._acked.get(partition, -1):
-            self._acked[partition] = offset
+        tally = self._unflushed
+        if tally is None:
+            tally = self._unflushed = Tally(asyncio.get_running_loop())
+        self._writer.send_counted(name, partition, str(key).encode(), encoded, tally)
 
     async def flush(self, timeout: float = 60.0) -> None:
         """Return once every change so far is acknowledged by the broker (``acks=all``),
@@ -304,20 +297,20 @@ class DurableTable(faust.Table):
         Raises :class:`DurabilityError` when a changelog record failed or timed out: the
         local table is then ahead of its changelog, and the only safe move is to stop the
         worker without acknowledging anything (a restart restores the tables)."""
-        pending, self._unflushed = self._unflushed, []
-        if not pending:
+        tally, self._unflushed = self._unflushed, None
+        if tally is None:
             return
+        tally.close()
         try:
-            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+            await asyncio.wait_for(tally.done, timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
                                   f"{exc!r}") from exc
-        self._persist_offsets()
+        self._persist_offsets(tally.acked)
 
-    def _persist_offsets(self) -> None:
-        acked, self._acked = self._acked, {}
+    def _persist_offsets(self, acked: dict[int, int]) -> None:
         store = self.data
         if not isinstance(store, RocksStore) or self._changelog_name is None:
             return

@@ -16,9 +16,53 @@ from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 from streams.faust_seam._base import CONTRACT, key_partition
 from streams.state import DurabilityError
 
-# topic, partition (None: by key), key, value, headers, the record's result
+
+class Tally:
+    """Many records' results as one (a table's writes between two flushes): ``done``
+    resolves once :meth:`close` was called and every record counted in is acknowledged, or
+    fails with the first record's error; ``acked`` holds each partition's highest
+    acknowledged offset. Where a future per record cost a future, a done-callback and a
+    ``gather`` entry, and two callbacks run by the loop at the acknowledgement, a record
+    here costs a counter."""
+
+    __slots__ = ("pending", "acked", "done", "closed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pending = 0
+        self.acked: dict[int, int] = {}
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+
+    def ack(self, partition: int, offset: int) -> None:
+        self.pending -= 1
+        if offset > self.acked.get(partition, -1):
+            self.acked[partition] = offset
+        if not self.pending and self.closed and not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.pending -= 1
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def close(self) -> None:
+        """No more records: ``done`` resolves once those counted in are acknowledged."""
+        self.closed = True
+        if not self.pending and not self.done.done():
+            self.done.set_result(None)
+
+
+# topic, partition (None: by key), key, value, headers, the record's result (its own future,
+# or the tally it is counted in)
 _Entry = tuple[str, int | None, bytes | None, bytes | None, list[tuple[str, bytes]] | None,
-               asyncio.Future[Any]]
+               asyncio.Future[Any] | Tally]
+
+
+def _fail(result: asyncio.Future[Any] | Tally, error: BaseException) -> None:
+    if isinstance(result, Tally):
+        result.fail(error)
+    elif not result.done():
+        result.set_exception(error)
 
 
 class RecordWriter:
@@ -29,8 +73,9 @@ class RecordWriter:
     faust sends a table change through its producer buffer: a ``FutureMessage``, a queue
     put and a task wake-up, ``publish_message`` with its sensors, and an acknowledgement
     callback that writes the changelog offset into RocksDB — per record, ~5 records per
-    Order. Here a record is a tuple in a deque and one future; the changelog offsets are
-    persisted once per flush (:meth:`DurableTable.flush`). One writer per app
+    Order. Here a record is a tuple in a deque and one future (an outcome), or one count in
+    its table's :class:`Tally` (a changelog entry: the table waits for all its writes at
+    once); the changelog offsets are persisted once per flush (:meth:`DurableTable.flush`). One writer per app
     (:meth:`for_app`), so each partition's records keep the order they were written in.
 
     Each drain takes every record queued so far and hands them to aiokafka as one batch per
@@ -70,6 +115,16 @@ class RecordWriter:
             self._task = loop.create_task(self._drain())  # referenced: not collected
         return result
 
+    def send_counted(self, topic: str, partition: int, key: bytes, value: bytes | None,
+                     tally: Tally) -> None:
+        """Queue one record whose result is counted in ``tally`` (its ``pending`` raised
+        here) instead of a future of its own."""
+        tally.pending += 1
+        self._queue.append((topic, partition, key, value, None, tally))
+        if not self._draining:
+            self._draining = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
     async def _drain(self) -> None:
         queue = self._queue
         # Out of the queue and not yet handed to the producer (each list loses its entries
@@ -105,8 +160,7 @@ class RecordWriter:
                 left = []
         except BaseException as exc:  # noqa: BLE001 - no producer, or stopping
             for entry in (*(e for entries in left for e in entries), *queue):
-                if not entry[5].done():
-                    entry[5].set_exception(DurabilityError(f"record not sent: {exc!r}"))
+                _fail(entry[5], DurabilityError(f"record not sent: {exc!r}"))
             queue.clear()
             if not isinstance(exc, Exception):
                 raise
@@ -121,7 +175,7 @@ class RecordWriter:
         ``entries`` once its batch is handed to the producer (or failed on its own)."""
         while entries:
             builder = producer.create_batch()
-            chunk: list[tuple[asyncio.Future[Any], int]] = []
+            chunk: list[tuple[asyncio.Future[Any] | Tally, int]] = []
             for _t, _p, key, value, headers, result in entries:
                 meta = builder.append(timestamp=None, key=key, value=value,
                                       headers=headers or [])
@@ -134,10 +188,9 @@ class RecordWriter:
                 sent = await producer.send_batch(builder, topic, partition=partition)
             except Exception as exc:  # noqa: BLE001 - the batch's own failure (a timeout)
                 for result, _offset in chunk:
-                    if not result.done():
-                        result.set_exception(copy.copy(exc))
+                    _fail(result, copy.copy(exc))
             else:
-                sent.add_done_callback(partial(_resolve_batch, chunk))
+                sent.add_done_callback(partial(_resolve_batch, partition, chunk))
             del entries[:len(chunk)]
 
     @staticmethod
@@ -147,13 +200,13 @@ class RecordWriter:
             sent = await producer.send(topic, value, key=key, partition=partition,
                                        headers=headers)
         except Exception as exc:  # noqa: BLE001 - the record's own failure
-            if not result.done():
-                result.set_exception(exc)
+            _fail(result, exc)
             return
-        sent.add_done_callback(partial(_resolve_batch, [(result, 0)]))  # its own offset
+        # its own offset; a record without a partition is never counted in a tally
+        sent.add_done_callback(partial(_resolve_batch, -1, [(result, 0)]))
 
 
-def _resolve_batch(chunk: list[tuple[asyncio.Future[Any], int]],
+def _resolve_batch(partition: int, chunk: list[tuple[asyncio.Future[Any] | Tally, int]],
                    sent: asyncio.Future[Any]) -> None:
     """The batch (or the one record ``send`` took) was acknowledged, or failed: each record's
     result, its offset the batch's base offset plus its own place in the batch."""
@@ -163,13 +216,15 @@ def _resolve_batch(chunk: list[tuple[asyncio.Future[Any], int]],
         error = cast(BaseException, sent.exception())
     else:
         base = sent.result()
+        first = base.offset
         for result, offset in chunk:
-            if not result.done():
-                result.set_result(base._replace(offset=base.offset + offset))
+            if isinstance(result, Tally):
+                result.ack(partition, first + offset)
+            elif not result.done():
+                result.set_result(base._replace(offset=first + offset))
         return
     for result, _offset in chunk:
-        if not result.done():
-            result.set_exception(copy.copy(error))
+        _fail(result, copy.copy(error))
 
 
 CONTRACT.update({

@@ -398,6 +398,43 @@ def test_a_batch_the_producer_refuses_fails_its_own_records_only():
     asyncio.run(go())
 
 
+def test_records_counted_in_a_tally_resolve_it_once_closed_and_all_acknowledged():
+    """A table's writes between two flushes share one Tally: done only after ``close`` and
+    the last acknowledgement, with each partition's highest offset; beside them, records
+    with futures of their own in the same batches resolve as before."""
+    from streams.faust_seam.writer import RecordWriter, Tally
+
+    producer = _FakeProducer(batch_limit=2)
+    writer = RecordWriter(_FakeApp(producer))
+
+    async def go():
+        tally = Tally(asyncio.get_running_loop())
+        for i in range(5):
+            writer.send_counted("c", i % 2, f"k{i}".encode(), b"v", tally)
+        own = writer.send_soon("c", 1, b"own", b"v")
+        assert tally.pending == 5
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert producer.batches == [("c", 0, [b"k0", b"k2"]), ("c", 0, [b"k4"]),
+                                    ("c", 1, [b"k1", b"k3"]), ("c", 1, [b"own"])]
+        for ack, base in zip(producer.acks, (20, 22, 5, 7), strict=True):
+            ack.set_result(_meta(base))
+        await asyncio.sleep(0)
+        assert tally.pending == 0 and not tally.done.done()  # not closed: more may come
+        tally.close()
+        assert tally.done.done() and tally.acked == {0: 22, 1: 6}
+        assert own.result().offset == 7
+
+        refused = Tally(asyncio.get_running_loop())
+        writer.send_counted("c", 0, b"k9", b"v", refused)
+        refused.close()
+        await asyncio.sleep(0)
+        producer.acks[-1].set_exception(RuntimeError("not enough replicas"))
+        await asyncio.sleep(0)
+        assert "not enough replicas" in str(refused.done.exception())
+    asyncio.run(go())
+
+
 def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_error(
         tmp_path):
     """The table is then ahead of its changelog: flush raises DurabilityError (the worker
