@@ -20,10 +20,10 @@ import logging
 import os
 import sys
 
-from common.errors import KafkaAccessError
+from common.errors import KafkaAccessError, KafkaError
 from common.kafka import changelog_topics, ensure_topics
 from common.metrics import HealthServer
-from common.process import EXIT_CONFIG, EXIT_OK, Startup
+from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
 from common.settings import KafkaSettings, SalesforceSettings, WhmcsSettings, WorkerSettings
 
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaAccessError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except KafkaError as exc:  # the broker did not answer for the running time allowed
+        log.error("cannot prepare topics: %s", exc)
+        return EXIT_FATAL
     for line in report.drift:
         log.warning("topic drift: %s", line)
 
