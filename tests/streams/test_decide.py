@@ -162,3 +162,29 @@ def test_intent_json_holds_every_field_and_reads_back():
         assert intent.to_json() == dataclasses.asdict(intent)
         assert Intent.from_json(intent.to_json()) == intent
     assert settled.to_json()["outcome"] is not settled.outcome  # a copy, as asdict made
+
+
+def test_the_state_values_changes_are_what_dataclasses_replace_gives():
+    """Intent and DedupeEntry change by ``_evolve`` (a copy of the fields, without the frozen
+    ``__init__``): equal to ``dataclasses.replace`` for every change they make, still
+    frozen, and the original untouched."""
+    import dataclasses
+
+    from streams.state import DedupeEntry
+
+    pending = Intent.pending(order_id="801A", idem_key="k", event_uuid="u", attempt=2,
+                             client_id=7, at=5, writer="w1", lease_until=9)
+    outcome = {"status": "Failed", "whmcs_order_id": None}
+    assert pending.renewed(11) == dataclasses.replace(pending, lease_until=11)
+    settled = pending.settled(outcome, 12, may_exist=True)
+    assert settled == dataclasses.replace(pending, state="failed", outcome=outcome,
+                                          whmcs_order_id=None, at=12, may_exist=True)
+    assert pending.lease_until == 9 and pending.outcome is None
+    entry = DedupeEntry.first("u", {"status": "Provisioned"}, 5)
+    assert entry.marked_emitted("u") == dataclasses.replace(entry, emitted=True)
+    twice = entry.with_duplicate("u2", {"status": "Duplicate"})
+    assert twice == dataclasses.replace(entry, dups={"u2": twice.dups["u2"]})
+    assert twice.marked_emitted("u2").dups["u2"].emitted and not entry.dups
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settled.at = 1  # type: ignore[misc]
+    assert type(settled) is Intent and dataclasses.fields(settled) == dataclasses.fields(pending)
