@@ -35,16 +35,27 @@ from connectors.__main__ import main
 log = logging.getLogger("pausing_connector")
 
 
-def _install_pause(requests_topic: str, at_batch: int) -> None:
+def _arm_at(requests_topic: str, at_batch: int) -> dict[str, Any]:
+    """Count the transactions that carry events; ``armed`` while the ``at_batch``-th is
+    being written (its commit is the one to disturb)."""
     cls = writer_module.TransactionalWriter
-    original_write, original_commit = cls.write, cls._commit
-    state = {"batches": 0, "armed": False}
+    original_write = cls.write
+    state: dict[str, Any] = {"batches": 0, "armed": False}
 
     def write(self: writer_module.TransactionalWriter, records: list[writer_module.Record]) -> None:
         if any(topic == requests_topic for topic, *_ in records):
             state["batches"] += 1
             state["armed"] = state["batches"] == at_batch
         original_write(self, records)
+
+    cls.write = write  # type: ignore[method-assign]
+    return state
+
+
+def _install_pause(requests_topic: str, at_batch: int) -> None:
+    cls = writer_module.TransactionalWriter
+    original_commit = cls._commit
+    state = _arm_at(requests_topic, at_batch)
 
     def commit(self: writer_module.TransactionalWriter) -> None:
         if state["armed"]:
@@ -55,7 +66,6 @@ def _install_pause(requests_topic: str, at_batch: int) -> None:
             log.warning("RESUMED in transaction %d", state["batches"])
         original_commit(self)
 
-    cls.write = write  # type: ignore[method-assign]
     cls._commit = commit  # type: ignore[method-assign]
 
 
@@ -80,14 +90,8 @@ class _FailedProducer:
 
 def _install_failure(requests_topic: str, at_batch: int) -> None:
     cls = writer_module.TransactionalWriter
-    original_write, original_commit = cls.write, cls._commit
-    state = {"batches": 0, "armed": False}
-
-    def write(self: writer_module.TransactionalWriter, records: list[writer_module.Record]) -> None:
-        if any(topic == requests_topic for topic, *_ in records):
-            state["batches"] += 1
-            state["armed"] = state["batches"] == at_batch
-        original_write(self, records)
+    original_commit = cls._commit
+    state = _arm_at(requests_topic, at_batch)
 
     def commit(self: writer_module.TransactionalWriter) -> None:
         if not state["armed"]:
@@ -100,7 +104,6 @@ def _install_failure(requests_topic: str, at_batch: int) -> None:
         raise KafkaException(CKafkaError(CKafkaError._MSG_TIMED_OUT,
                                          "3 message(s) timed out", txn_requires_abort=True))
 
-    cls.write = write  # type: ignore[method-assign]
     cls._commit = commit  # type: ignore[method-assign]
 
 
