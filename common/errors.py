@@ -126,6 +126,8 @@ class ProducerFailedError(KafkaError):
     after it resume the stream — what a restarted process would do, without the restart."""
 
     retryable = True
+
+
 class KafkaAccessError(KafkaError):
     """The broker refused this client: wrong credentials or TLS trust (authentication), or
     an operation its principal has no ACL for (authorization). Retrying cannot help; the

@@ -462,10 +462,11 @@ class Connector:
         self._set_position(load_position(self.kafka,
                                          self.kafka.connector_offsets, self.codec))
         self._reopen_pending = False
+        replay_id = self.position.replay_id.hex() if self.position else None
         log.warning("producer re-initialised (after a transaction timeout or a failed "
-                    "producer); resuming after replay id %s", self.position.replay_id.hex() if self.position else "-",
-                    extra={"replay_id": self.position.replay_id.hex() if self.position
-                           else None})
+                    "producer); resuming after replay id %s", replay_id or "-",
+                    extra={"replay_id": replay_id})
+
     def _refused(self, exc: KafkaAccessError) -> int:
         self.health.state = "failed"
         self.health.last_error = str(exc)
