@@ -75,8 +75,9 @@ class RecordWriter:
     callback that writes the changelog offset into RocksDB — per record, ~5 records per
     Order. Here a record is a tuple in a deque and one future (an outcome), or one count in
     its table's :class:`Tally` (a changelog entry: the table waits for all its writes at
-    once); the changelog offsets are persisted once per flush (:meth:`DurableTable.flush`). One writer per app
-    (:meth:`for_app`), so each partition's records keep the order they were written in.
+    once); the changelog offsets are persisted once per flush (:meth:`DurableTable.flush`).
+    One writer per app (:meth:`for_app`), so each partition's records keep the order they
+    were written in.
 
     Each drain takes every record queued so far and hands them to aiokafka as one batch per
     partition (``create_batch`` / ``send_batch``), where ``AIOKafkaProducer.send`` would
