@@ -235,6 +235,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     # Retried for ``timeout`` of running time: a chaos run saw a sink start while the
     # controller's node was paused, and its one 30 s describe end the process.
     deadline = RunningDeadline(timeout)
+    backoff = Backoff(0.5, 4.0)  # an answer that fails at once must not be asked in a loop
     while True:
         wait = deadline.attempt(1.0, 10.0)
         try:
@@ -247,6 +248,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
             if not _transient(exc) or deadline.failed():
                 raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
             log.warning("describing topic configs: %s; trying again", exc)
+            time.sleep(backoff.next_delay())
 
 
 def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float = 30.0,
