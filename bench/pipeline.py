@@ -287,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_cpu / max(1e-9, cpu.get("whmcs_sandbox", 0.0)), 2),
         "whmcs_sandbox_pairs_per_s": round(pairs["pairs_per_s"], 1),
         "whmcs_sandbox_cpu_ms_per_pair_alone": round(pairs["sandbox_cpu_ms_per_pair"], 3),
+        # the worker's WhmcsClient making the same two calls with nothing else to do: the
+        # part of the worker's CPU per Order that only a cheaper client could cut
+        "whmcs_client_cpu_ms_per_pair": round(pairs["client_cpu_ms_per_pair"], 3),
+        "worker_cpu_ms_beyond_whmcs_client": round(
+            cpu.get("worker", 0.0) - pairs["client_cpu_ms_per_pair"], 3),
         "whmcs_bound_ratio": round(backlog["orders_per_s"] / pairs["pairs_per_s"], 3),
         # against what the sandbox could answer with a whole core (1 / its CPU per pair):
         # the same figure whether or not the driver bound the pairs/s
@@ -329,12 +334,16 @@ def print_table(r: dict[str, Any]) -> None:
             ("  … the share of its core it used (below ~0.85: the driver bound it)",
              round(r["whmcs_sandbox_pairs_per_s"] * r["whmcs_sandbox_cpu_ms_per_pair_alone"]
                    / 1000, 2), ""),
+            ("  … the driver's CPU ms per pair (the worker's WhmcsClient alone)",
+             r.get("whmcs_client_cpu_ms_per_pair", ""), ""),
             ("backlog orders/s ÷ WHMCS sandbox pairs/s", r["whmcs_bound_ratio"], ">= 0.5"),
             ("  … ÷ its capacity, 1 / its CPU per pair alone (a whole core)",
              r.get("whmcs_capacity_ratio", ""), ""),
             ("CPU ms per Order: connector / worker / sink",
              f"{cpu.get('connector', 0):.3f} / {cpu.get('worker', 0):.3f} / "
              f"{cpu.get('sink', 0):.3f}", ""),
+            ("  … the worker beyond its two WHMCS calls (worker − the driver's per pair)",
+             r.get("worker_cpu_ms_beyond_whmcs_client", ""), ""),
             ("CPU ms per Order: the pipeline (the three)", r["pipeline_cpu_ms_per_order"],
              "<= 0.5"),
             ("CPU ms per Order: WHMCS sandbox / SF sandbox / broker",

@@ -106,9 +106,11 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
 
         def start_and_profile(name: str, *args: str) -> subprocess.Popen[bytes]:
             proc = start(name, *args)
+            # 100 Hz, and blocking: a sample taken without stopping the process
+            # (--nonblocking) can read a stack while it changes (torn stacks)
             spy.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"),
-                                         "record", "-p", str(proc.pid), "-r", "50", "--gil", "-f",
-                                         "raw", "-o", str(profile), "--nonblocking"],
+                                         "record", "-p", str(proc.pid), "-r", "100", "--gil",
+                                         "-f", "raw", "-o", str(profile)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             return proc
         p.start = start_and_profile  # type: ignore[method-assign]
@@ -117,6 +119,9 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
     for proc in spy:
         proc.send_signal(2)
         proc.wait(30)
+    if profile is not None and profile.exists():
+        from bench.profile import render, summarize
+        print(render(summarize(profile.read_text()), top=20))
     cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(result["cpu_ms_per_order"].items()))
     print(f"backlog of {n}: {result['seconds']:.1f}s, {result['orders_per_s']:.0f} orders/s; "
           f"peak RSS MB {rss}; CPU ms per Order: {cpu}")
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=0,
                     help="then measure the drain of this many pre-queued events")
     ap.add_argument("--profile", type=Path,
-                    help="py-spy the worker during the backlog (raw folded stacks)")
+                    help="py-spy the worker during the backlog (raw folded stacks, 100 Hz); "
+                         "prints their summary (bench.profile)")
     ap.add_argument("--dump", type=Path, help="write per-Order timestamps here (JSON)")
     ap.add_argument("--keep", type=Path,
                     help="run in this directory and keep it (the processes' logs, the "
