@@ -1,4 +1,4 @@
-"""What the worker does to faust's consumer of the requests topic (docs/decisions/0003, 0006)."""
+"""What the worker does to faust's consumer of the requests topic (docs/decisions/0003, 0006, 0013)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import faust
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from mode.services import Service, WaitResults
 
 from streams.faust_seam._base import CONTRACT
 
@@ -25,7 +26,9 @@ class ConsumerSeam:
     would have passed), (2) seeks back over records faust fetched and dropped in the
     previous fetch, on any topic (a changelog restore too) — never moving a position
     forward. A partition that has no committed offset yet is "sought to committed" at its
-    beginning, as ``auto.offset.reset=earliest`` means."""
+    beginning, as ``auto.offset.reset=earliest`` means.
+
+    Delivering: each fetched record reaches the streams eagerly (:func:`eager_delivery`)."""
 
     def __init__(self, app: faust.App, topic: str) -> None:
         self.app, self.topic = app, topic
@@ -36,6 +39,7 @@ class ConsumerSeam:
         self._rewind: dict[Any, int] = {}
         self._install_fetch()
         self._install_seek_to_committed()
+        self.eager = eager_delivery(self.consumer)
 
     # -- fetching --------------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class ConsumerSeam:
             "read_offsets": lambda: {tp.partition: off for tp, off
                                      in consumer._read_offset.items() if tp.topic == topic},
             "unacked_messages": lambda: len(consumer._unacked_messages),
+            "deliveries_at_once_raced": lambda: (self.eager.at_once, self.eager.raced),
         }
         out: dict[str, Any] = {}
         for name, probe in probes.items():
@@ -226,7 +231,92 @@ class ConsumerSeam:
         return out
 
 
+class _Continued:
+    """The rest of a coroutine whose first step already ran: awaited (in a task), it goes on
+    from what that step yielded, as if the task had run it from the start."""
+
+    def __init__(self, coro: Any, yielded: Any) -> None:
+        self.coro, self.yielded = coro, yielded
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the task: passed on
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+class EagerDelivery:
+    """Counts of :func:`eager_delivery`'s two paths (tests, diagnostics)."""
+
+    def __init__(self) -> None:
+        self.at_once = 0
+        self.raced = 0
+
+
+def eager_delivery(consumer: Any) -> EagerDelivery:
+    """faust hands each fetched record to the streams with
+    ``await self.wait_first(callback(record), self.suspend_flow.wait())`` (``Consumer.
+    _drain_messages``): four tasks per record — the delivery, the suspension's wait and the
+    consumer's stopped and crashed waits — an ``asyncio.wait`` over them, and three
+    cancellations; 27–29 µs per record on this box (``mode``'s ``Service.wait_first``
+    against a bare ``await``: 0.1 µs), one record per Order.
+
+    The delivery almost always finishes without waiting (the stream's queue has room). So,
+    for exactly that call, its first step runs at once: finished, its result is the
+    winner, as ``wait_first`` would have said, and no task is made. When it has to wait (a
+    full queue, flow control), the race is ``wait_first``'s own, with the delivery going on
+    from where it stopped: a suspension still cancels a delivery that waits. Any other call,
+    and this one while the flow is suspended or the consumer stopping, is ``wait_first``'s
+    (docs/decisions/0013)."""
+    counts = EagerDelivery()
+    original = consumer.wait_first
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> WaitResults:
+        deliver = getattr(consumer, "callback", None)
+        first: Any = coros[0] if coros else None
+        if timeout is not None or len(coros) != 2 or deliver is None or \
+                getattr(first, "cr_code", None) is not getattr(deliver, "__code__", False) \
+                or consumer.suspend_flow.is_set() or consumer._stopped.is_set() \
+                or consumer._crashed.is_set():
+            return await original(*coros, timeout=timeout)
+        rest = coros[1]
+        try:
+            yielded = first.send(None)
+        except StopIteration as done:
+            rest.close()  # the suspension's wait, never started
+            counts.at_once += 1
+            return WaitResults([first], [done.value], False)
+        except BaseException:
+            rest.close()
+            raise
+        counts.raced += 1
+        continued = _Continued(first, yielded)
+        results = await original(continued, rest)
+        return results._replace(done=[first if w is continued else w
+                                      for w in results.done])
+
+    wait_first.__sfprov_original__ = original  # type: ignore[attr-defined]
+    consumer.wait_first = wait_first
+    return counts
+
+
 CONTRACT.update({
+    "R faust Consumer._drain_messages (wait_first per record)": (
+        FaustConsumer, "_drain_messages", "44a2500309e83c630493f6828af50166"),
+    "W mode Service.wait_first": (Service, "wait_first", "feade6a31f8a67897cf687c54c66f5f4"),
     "R faust Consumer._clean_unacked_messages": (
         FaustConsumer, "_clean_unacked_messages", "11be2587e71c9162510ba634577e1da5"),
     "R faust Consumer.ack": (FaustConsumer, "ack", "5fcf41cf45153475de3790dc56fec1b8"),

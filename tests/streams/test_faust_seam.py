@@ -40,6 +40,8 @@ WORKAROUND_TESTS = {
         "tests/streams/test_tables.py::test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache",
     "one memtable bound for all DBs, and their memory read for the gauge (rocksdb_memory)":
         "tests/streams/test_tables.py::test_the_memtables_of_all_dbs_share_one_bound",
+    "eager delivery of fetched records (wait_first without tasks when nothing waits)":
+        "tests/streams/test_eager_delivery.py::test_a_suspension_still_cancels_a_delivery_that_waits",
     "an idempotent producer":
         "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
 }
