@@ -43,6 +43,9 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return {CL, REQ}
 
+    async def wait_first(self, *coros: Any, timeout: float | None = None) -> Any:
+        raise AssertionError("the rewinder never delivers")  # wrapped by the seam, not called
+
     async def seek_to_committed(self) -> dict[TP, int]:
         return {}
 
