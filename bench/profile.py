@@ -14,8 +14,10 @@ nearest caller that has one), by file, and the
 sample however deep it recurs). Self time says where the interpreter is; inclusive says which
 step of an Order costs what.
 
-A sample is the thread holding the GIL (``--gil``) at that moment: time the thread spends in
-a system call counts too, as the CPU it is (a loopback write does the receiver's TCP work).
+A sample is the thread holding the GIL (``--gil``) at that moment, running or not. On a busy
+2-core box a socket write that wakes the receiver (the broker, a sandbox) is often where the
+kernel switches to it while the writer still holds the GIL, so writes read larger than the
+CPU they cost; ``/proc``'s system time (~10 % of the worker's CPU) bounds them.
 """
 
 from __future__ import annotations
