@@ -43,6 +43,15 @@ def _run(run: Callable[[], Awaitable[None]]) -> None:
     assert unawaited == []
 
 
+async def _waiting_delivery(consumer: Any, deliver: Callable[[str], Awaitable[Any]]
+                            ) -> asyncio.Future[Any]:
+    """The drainer's call for record ``r1``, left running for 10 ms (its delivery waits)."""
+    waiting = asyncio.ensure_future(
+        consumer.wait_first(deliver("r1"), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    return waiting
+
+
 async def _tasks_made_during(call: Awaitable[Any]) -> tuple[Any, int]:
     loop = asyncio.get_running_loop()
     made = 0
@@ -95,9 +104,7 @@ def test_a_delivery_that_waits_is_raced_and_finishes_where_it_stopped() -> None:
 
     async def run() -> None:
         consumer, counts = _consumer(deliver)
-        waiting = asyncio.ensure_future(
-            consumer.wait_first(deliver("r1"), consumer.suspend_flow.wait()))
-        await asyncio.sleep(0.01)
+        waiting = await _waiting_delivery(consumer, deliver)
         assert steps == ["start r1"] and not waiting.done()  # its first step ran once
         room.set()
         results = await asyncio.wait_for(waiting, 1)
@@ -121,9 +128,7 @@ def test_a_suspension_still_cancels_a_delivery_that_waits() -> None:
 
     async def run() -> None:
         consumer, _ = _consumer(deliver)
-        waiting = asyncio.ensure_future(
-            consumer.wait_first(deliver("r1"), consumer.suspend_flow.wait()))
-        await asyncio.sleep(0.01)
+        waiting = await _waiting_delivery(consumer, deliver)
         consumer.suspend_flow.set()  # a rebalance stops the flow
         results = await asyncio.wait_for(waiting, 1)
         await asyncio.sleep(0)
