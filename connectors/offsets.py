@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError as CKafkaError
 from common.avro import AvroSerde, SerdeError
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
 from common.errors import KafkaAccessError, KafkaError
+from common.kafka import RunningDeadline
 
 EVENT = "event"
 KEEPALIVE = "keepalive"
@@ -85,17 +86,27 @@ class OffsetCodec:
 
 
 def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
-                  timeout_s: float = 30.0) -> Position | None:
-    """Last committed position for the codec's key, or None (read_committed, to the end)."""
+                  timeout_s: float = 60.0) -> Position | None:
+    """Last committed position for the codec's key, or None (read_committed, to the end).
+
+    ``timeout_s`` is this process's running time (:class:`~common.kafka.RunningDeadline`)
+    for the topic's metadata and the read together. The metadata is asked for in attempts
+    of 1–10 s until then: a broker away for a while — a paused node, a failover — is waited
+    for instead of ending the connector's start-up (a chaos run saw it exit 1 after one
+    30 s attempt met a paused single broker)."""
     consumer = Consumer(kafka_config(bootstrap, **{
         "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
+    deadline = RunningDeadline(timeout_s)
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise KafkaError(f"cannot read {topic}: {exc}", retryable=True) from exc
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=deadline.attempt(1.0, 10.0))
+                break
+            except KafkaException as exc:
+                if deadline.failed():
+                    raise KafkaError(f"cannot read {topic}: {exc}", retryable=True) from exc
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaError(f"offsets topic {topic} does not exist "
@@ -104,12 +115,11 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
         consumer.assign(partitions)
         remaining = {p.partition for p in partitions}
         last: bytes | None = None
-        deadline = time.monotonic() + timeout_s
         while remaining:
-            if time.monotonic() > deadline:
-                raise KafkaError(f"timed out reading {topic} to its end", retryable=True)
-            msg = consumer.poll(0.5)
+            msg = consumer.poll(deadline.attempt(0.5, 0.5))
             if msg is None:
+                if deadline.failed():
+                    raise KafkaError(f"timed out reading {topic} to its end", retryable=True)
                 continue
             err = msg.error()
             if err is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as CKafkaError
 
-from common.errors import ProducerFencedError
+import connectors.offsets
+from common.errors import KafkaError, ProducerFencedError
 from connectors.offsets import EVENT, OffsetCodec, Position, load_position
 from connectors.writer import TransactionalWriter, transactional_id
 
@@ -72,3 +74,41 @@ def test_second_writer_with_same_id_fences_the_first(kafka_settings) -> None:
                                                 kafka_settings.requests,
                                                 kafka_settings.partitions)]
     assert values == [b"from-first", b"from-second"]
+
+
+class _BrokerAwayFirst(Consumer):
+    """A consumer whose first metadata request finds the broker away (as a paused single
+    broker answers: a transport failure once the attempt's timeout has passed)."""
+
+    calls = 0
+
+    def list_topics(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).calls += 1
+        if type(self).calls == 1:
+            raise KafkaException(CKafkaError(CKafkaError._TRANSPORT,
+                                             "Failed to get metadata: Broker transport failure"))
+        return super().list_topics(*args, **kwargs)
+
+    def always_away(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KafkaException(CKafkaError(CKafkaError._TRANSPORT, "Broker transport failure"))
+
+
+def test_a_broker_away_while_the_position_is_read_is_waited_for(kafka_settings,
+                                                                  monkeypatch) -> None:
+    codec = OffsetCodec("c-away", "/event/X__e")
+    writer = TransactionalWriter(kafka_settings,
+                                 transactional_id(kafka_settings, "c-away", "/event/X__e"))
+    writer.start()
+    position = Position(b"\x07", EVENT, 7000, "u7")
+    value, headers = codec.position_value(position)
+    writer.write([(kafka_settings.connector_offsets, codec.key, value, headers)])
+    monkeypatch.setattr(connectors.offsets, "Consumer", _BrokerAwayFirst)
+    assert load_position(kafka_settings.bootstrap_servers, kafka_settings.connector_offsets,
+                         codec) == position
+    assert _BrokerAwayFirst.calls == 2  # the failed attempt, then the one that answered
+    _BrokerAwayFirst.calls = 0
+    with pytest.raises(KafkaError, match="cannot read") as info:  # away for the whole time
+        monkeypatch.setattr(_BrokerAwayFirst, "list_topics", _BrokerAwayFirst.always_away)
+        load_position(kafka_settings.bootstrap_servers, kafka_settings.connector_offsets,
+                      codec, timeout_s=2.0)
+    assert info.value.retryable
