@@ -15,6 +15,7 @@ read the position, and be written a second time by us.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from confluent_kafka import KafkaError as CKafkaError
 
 from common.avro import AvroSerde, SerdeError
+from common.backoff import Backoff
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
 from common.errors import KafkaAccessError, KafkaError
 from common.kafka import RunningDeadline
 
+log = logging.getLogger(__name__)
 EVENT = "event"
 KEEPALIVE = "keepalive"
 
@@ -91,22 +94,29 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
 
     ``timeout_s`` is this process's running time (:class:`~common.kafka.RunningDeadline`)
     for the topic's metadata and the read together. The metadata is asked for in attempts
-    of 1–10 s until then: a broker away for a while — a paused node, a failover — is waited
-    for instead of ending the connector's start-up (a chaos run saw it exit 1 after one
-    30 s attempt met a paused single broker)."""
+    of 1–10 s, with a backoff between them, until then: a broker away for a while — a
+    paused node, a failover — is waited for instead of ending the connector's start-up (a
+    chaos run saw it exit 1 after one 30 s attempt met a paused single broker). A refusal
+    of the connector's principal raises :class:`KafkaAccessError` at once."""
     consumer = Consumer(kafka_config(bootstrap, **{
         "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
     deadline = RunningDeadline(timeout_s)
+    backoff = Backoff(0.5, 4.0)  # an answer that fails at once must not be asked in a loop
     try:
         while True:
             try:
                 meta = consumer.list_topics(topic, timeout=deadline.attempt(1.0, 10.0))
                 break
             except KafkaException as exc:
+                if exc.args and is_refusal(exc.args[0]):
+                    raise KafkaAccessError(refusal_message(
+                        "the connector's principal", f"read {topic}", exc.args[0])) from None
                 if deadline.failed():
                     raise KafkaError(f"cannot read {topic}: {exc}", retryable=True) from exc
+                log.warning("reading the position from %s: %s; trying again", topic, exc)
+                time.sleep(backoff.next_delay())
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaError(f"offsets topic {topic} does not exist "

@@ -7,7 +7,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
 
 import connectors.offsets
-from common.errors import KafkaError, ProducerFencedError
+from common.errors import KafkaAccessError, KafkaError, ProducerFencedError
 from connectors.offsets import EVENT, OffsetCodec, Position, load_position
 from connectors.writer import TransactionalWriter, transactional_id
 
@@ -90,7 +90,13 @@ class _BrokerAwayFirst(Consumer):
         return super().list_topics(*args, **kwargs)
 
     def always_away(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).calls += 1
         raise KafkaException(CKafkaError(CKafkaError._TRANSPORT, "Broker transport failure"))
+
+    def refused(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        type(self).calls += 1
+        raise KafkaException(CKafkaError(CKafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                         "Topic authorization failed"))
 
 
 def test_a_broker_away_while_the_position_is_read_is_waited_for(kafka_settings,
@@ -112,3 +118,15 @@ def test_a_broker_away_while_the_position_is_read_is_waited_for(kafka_settings,
         load_position(kafka_settings.bootstrap_servers, kafka_settings.connector_offsets,
                       codec, timeout_s=2.0)
     assert info.value.retryable
+    # failing at once, it is not asked in a loop: a backoff (0.5 s, doubling) between attempts
+    assert _BrokerAwayFirst.calls <= 4
+
+
+def test_a_refused_position_read_ends_at_once(kafka_settings, monkeypatch) -> None:
+    monkeypatch.setattr(connectors.offsets, "Consumer", _BrokerAwayFirst)
+    monkeypatch.setattr(_BrokerAwayFirst, "list_topics", _BrokerAwayFirst.refused)
+    _BrokerAwayFirst.calls = 0
+    with pytest.raises(KafkaAccessError, match="TOPIC_AUTHORIZATION_FAILED|read"):
+        load_position(kafka_settings.bootstrap_servers, kafka_settings.connector_offsets,
+                      OffsetCodec("c-refused", "/event/X__e"), timeout_s=30.0)
+    assert _BrokerAwayFirst.calls == 1  # not retried for 30 s
