@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -23,6 +23,7 @@ from common.errors import KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,28 @@ class RunningDeadline:
         return now >= self.at
 
 
+def retry_until(deadline: RunningDeadline, call: Callable[[float], T], *, doing: str,
+                failure: str, refused: Callable[[Any], str],
+                give_up: Callable[[KafkaException], bool] = lambda exc: False) -> T:
+    """``call(timeout)`` — one request to the brokers, in attempts of 1–10 s — until it
+    answers or ``deadline`` has passed, with a backoff between attempts (an answer that
+    fails at once must not be asked in a loop). Each failure is logged as ``<doing>:
+    <error>; trying again``. A refusal of the principal raises :class:`KafkaAccessError`
+    with ``refused(error)`` at once; a failure ``give_up`` names, or the last one, raises a
+    retryable KafkaError ``<failure>: <error>``."""
+    backoff = Backoff(0.5, 4.0)
+    while True:
+        try:
+            return call(deadline.attempt(1.0, 10.0))
+        except KafkaException as exc:
+            if exc.args and is_refusal(exc.args[0]):
+                raise KafkaAccessError(refused(exc.args[0])) from None
+            if give_up(exc) or deadline.failed():
+                raise KafkaError(f"{failure}: {exc}", retryable=True) from exc
+            log.warning("%s: %s; trying again", doing, exc)
+            time.sleep(backoff.next_delay())
+
+
 def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClient, Any]:
     """An admin client and the cluster's metadata, once the broker answers.
 
@@ -234,21 +257,13 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     report.existing.extend(s.name for s in present)
     # Retried for ``timeout`` of running time: a chaos run saw a sink start while the
     # controller's node was paused, and its one 30 s describe end the process.
-    deadline = RunningDeadline(timeout)
-    backoff = Backoff(0.5, 4.0)  # an answer that fails at once must not be asked in a loop
-    while True:
-        wait = deadline.attempt(1.0, 10.0)
-        try:
-            report.drift.extend(describe_drift(admin, present, metadata, timeout=wait))
-            return report
-        except KafkaException as exc:
-            if exc.args and is_refusal(exc.args[0]):
-                raise KafkaAccessError(refusal_message(
-                    conn, "describe the configs of its topics", exc.args[0])) from None
-            if not _transient(exc) or deadline.failed():
-                raise KafkaError(f"describing topic configs: {exc}", retryable=True) from exc
-            log.warning("describing topic configs: %s; trying again", exc)
-            time.sleep(backoff.next_delay())
+    report.drift.extend(retry_until(
+        RunningDeadline(timeout),
+        lambda wait: describe_drift(admin, present, metadata, timeout=wait),
+        doing="describing topic configs", failure="describing topic configs",
+        refused=lambda err: refusal_message(conn, "describe the configs of its topics", err),
+        give_up=lambda exc: not _transient(exc)))
+    return report
 
 
 def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float = 30.0,

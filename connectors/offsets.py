@@ -15,21 +15,18 @@ read the position, and be written a second time by us.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
 
 from common.avro import AvroSerde, SerdeError
-from common.backoff import Backoff
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
 from common.errors import KafkaAccessError, KafkaError
-from common.kafka import RunningDeadline
+from common.kafka import RunningDeadline, retry_until
 
-log = logging.getLogger(__name__)
 EVENT = "event"
 KEEPALIVE = "keepalive"
 
@@ -103,20 +100,12 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
     deadline = RunningDeadline(timeout_s)
-    backoff = Backoff(0.5, 4.0)  # an answer that fails at once must not be asked in a loop
     try:
-        while True:
-            try:
-                meta = consumer.list_topics(topic, timeout=deadline.attempt(1.0, 10.0))
-                break
-            except KafkaException as exc:
-                if exc.args and is_refusal(exc.args[0]):
-                    raise KafkaAccessError(refusal_message(
-                        "the connector's principal", f"read {topic}", exc.args[0])) from None
-                if deadline.failed():
-                    raise KafkaError(f"cannot read {topic}: {exc}", retryable=True) from exc
-                log.warning("reading the position from %s: %s; trying again", topic, exc)
-                time.sleep(backoff.next_delay())
+        meta = retry_until(
+            deadline, lambda wait: consumer.list_topics(topic, timeout=wait),
+            doing=f"reading the position from {topic}", failure=f"cannot read {topic}",
+            refused=lambda err: refusal_message("the connector's principal", f"read {topic}",
+                                                err))
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaError(f"offsets topic {topic} does not exist "
