@@ -182,7 +182,12 @@ class TransactionalWriter:
             if not isinstance(err, ProducerFencedError | ProducerFailedError):
                 failed = self._abort()
                 if failed is not None:  # the abort itself failed the producer
-                    raise translate(failed, "abort_transaction", self.txn_id) from cause
+                    # told by the transaction's age too: records that timed out in a
+                    # transaction the broker then timed out make the abort's epoch bump
+                    # fail with the fence's error (a chaos run, a node killed under it)
+                    raise translate(failed, "abort_transaction", self.txn_id,
+                                    age_s=time.monotonic() - started,
+                                    timeout_s=self.transaction_timeout_s) from cause
             raise err from cause
         self.transactions += 1
 

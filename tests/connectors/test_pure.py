@@ -386,6 +386,36 @@ def test_an_abort_that_fails_the_producer_is_raised_as_a_failed_producer(abort_f
         assert type(raised.value) is KafkaError and raised.value.retryable
 
 
+@pytest.mark.parametrize("open_s", [13.0, 3.0])
+def test_a_fenced_abort_is_told_by_the_transactions_age_too(monkeypatch, open_s) -> None:
+    """A chaos run (a broker node killed under an open transaction): records timed out
+    (abortable, an epoch bump needed) 13 s into a transaction with a 10 s timeout, and the
+    abort failed with the fatal ``_FENCED`` — the broker had timed the transaction out. Like
+    a failed commit, a fenced abort of an older transaction may be our own timeout (a new
+    producer, in process); of a younger one it is a newer instance (exit 3)."""
+    from common.settings import KafkaSettings
+    from connectors import writer as w
+
+    clock = [1000.0]
+    monkeypatch.setattr(w.time, "monotonic", lambda: clock[0])
+    tw = TransactionalWriter(KafkaSettings.load({}), "tid", transaction_timeout_s=10.0)
+    producer = _FailingAbort(CKafkaError._FENCED, abort_fatal=True)
+    commit = producer.commit_transaction
+
+    def slow_commit(timeout: float) -> None:
+        clock[0] += open_s
+        commit(timeout)
+    producer.commit_transaction = slow_commit  # type: ignore[method-assign]
+    tw._producer = producer  # type: ignore[assignment]
+    with pytest.raises(ProducerFencedError) as raised:
+        tw.write([("t", b"k", b"v", [])])
+    if open_s >= 10.0:
+        assert isinstance(raised.value, TransactionTimedOutError)
+        assert raised.value.age_s == open_s and raised.value.retryable
+    else:
+        assert type(raised.value) is ProducerFencedError
+
+
 def test_generated_stubs_match_reference_numbers() -> None:
     fr = pb.FetchRequest.DESCRIPTOR.fields_by_name
     assert {n: f.number for n, f in fr.items()} == {
