@@ -17,6 +17,13 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
   too, where it is a setting; otherwise it is the 60 s of ``connectors/writer.py``), and S
   defaults to 3 × the lowest (30 s). Each pause in the report names its victim's timeout and
   whether S outlasted it.
+* ``--cuts C --cut-s S``: cut a random pipeline process (connector, worker(s), sink — never
+  a broker) off from every broker node for S seconds (default: as a pause), then reconnect
+  it — a network partition between it and Kafka while WHMCS and Salesforce stay reachable:
+  unlike a pause it goes on running, its timers fire and its calls go out. Each process
+  reaches the brokers through a route of its own (``ops.netcut``, ``Pipeline(cuttable=)``);
+  the cut freezes the route's connections without closing them. Cut victims follow the pause
+  rules (``--pause-workers-only`` and ``--break-lease``: workers only).
 * ``--workers 2``: a second worker in the consumer group (its own state directory), also a
   victim: each kill or pause of a worker moves its partitions to the other and back.
 * ``--brokers 3``: a replicated cluster (``ops.kafka_cluster``: replication factor 3,
@@ -107,17 +114,22 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
               break_guard: bool = False, workers: int = 1, pauses: int = 0,
               pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
               whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
-              pause_workers_only: bool = False, log: Any = print) -> dict[str, Any]:
+              pause_workers_only: bool = False, cuts: int = 0, cut_s: float | None = None,
+              log: Any = print) -> dict[str, Any]:
     if break_lease:
-        workers, pauses = max(workers, 2), pauses or 3
-    log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, seed {seed}, "
+        workers, pauses = max(workers, 2), pauses if pauses or cuts else 3
+    if cuts and bootstrap is not None:
+        raise ValueError("cuts need the run's own broker(s): each process gets its own route")
+    log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, {cuts} cuts, "
+        f"seed {seed}, "
         f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else ""))
     env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
     timeouts: dict[str, float] = {}
-    if pauses:
+    if pauses or cuts:
         lowered, timeouts = pause_settings()
         env.update(lowered)
         pause_s = pause_s or 3 * min(timeouts["worker"], timeouts["sink"], timeouts["connector"])
+        cut_s = cut_s or pause_s
         whmcs_parallelism = whmcs_parallelism or 2
         whmcs_latency_ms = 60 if whmcs_latency_ms is None else whmcs_latency_ms
     if whmcs_parallelism:
@@ -130,14 +142,16 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                      pause_s=pause_s or 0.0, kill_victims=victims,
                      pause_victims=[p for p in victims if p.startswith("worker")]
                      if break_lease or pause_workers_only else victims,
-                     cluster=brokers > 1, partitions=3)
+                     cluster=brokers > 1, partitions=3, cuts=cuts, cut_s=cut_s or 0.0,
+                     cut_victims=[p for p in processes if p.startswith("worker")]
+                     if break_lease or pause_workers_only else list(processes))
     commands = {}
     if break_guard or break_lease:  # self-test: the invariants must catch the breakage
         commands["worker"] = ["-m", "bench.broken_worker", "--break",
                               "lease" if break_lease else "guard", "worker"]
     with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
                   broken_every=50, partitions=3, env=env, brokers=brokers,
-                  commands=commands) as p:
+                  commands=commands, cuttable=list(processes) if cuts else None) as p:
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
         _whmcs_faults(p, seed, whmcs_latency_ms)
@@ -167,6 +181,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
             kill_plan=[f for f in applied if f["action"] == "kill"],
             pauses=[f for f in applied if f["action"] == "pause"],
             pause_count=sum(f["action"] == "pause" for f in applied),
+            cuts=[f for f in applied if f["action"] == "cut"],
+            cut_count=sum(f["action"] == "cut" for f in applied),
             plan=[f.as_dict() for f in plan],
             duplicate_detail={oid: [(o["id"], o["status"]) for o in p.whmcs.orders_for(oid)]
                               for oid in report["duplicate_orders"]},
@@ -241,6 +257,13 @@ def _execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
             time.sleep(fault.down_s)
             p.restart(name)
             entry["down_s"] = round(fault.down_s, 1)
+        elif fault.action == "cut":
+            timeout = _timeout_of(p, fault.process, timeouts)
+            log(f"  t={entry['at_s']:6.1f}s  CUT {name} off the brokers for "
+                f"{fault.down_s:.0f}s (its timeout: {timeout:.0f}s)")
+            p.cut(name, fault.down_s)
+            entry.update(seconds=round(fault.down_s, 1), timeout_s=timeout,
+                         past_timeout=fault.down_s > timeout)
         else:
             timeout = _timeout_of(p, fault.process, timeouts)
             log(f"  t={entry['at_s']:6.1f}s  SIGSTOP {name}{where} for {fault.down_s:.0f}s "
@@ -252,7 +275,7 @@ def _execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
             entry.update(seconds=round(fault.down_s, 1), timeout_s=timeout,
                          past_timeout=fault.down_s > timeout)
         applied.append(entry)
-    while p.paused():
+    while p.paused() or p.cut_off():
         restarts += _revive(p, processes, started)
         time.sleep(0.5)
     return applied, restarts
@@ -350,10 +373,12 @@ def default_out(args: argparse.Namespace) -> Path:
         return RESULTS / "chaos-broken-lease.json"
     parts = [f"{args.workers}-workers"] if args.workers > 1 else []
     parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
+    parts += ["cuts"] if args.cuts else []
     return RESULTS / ("-".join(["chaos", *parts]) + ".json")
 
 
 SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count",
+           "cut_count",
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
            "unplanned_restarts", "ok")
@@ -368,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=None,
                         help="how long each pause lasts (default: 3 x the lowest relevant "
                              "timeout, which runs with pauses lower to 10 s: 30 s)")
+    parser.add_argument("--cuts", type=int, default=0,
+                        help="cut a random pipeline process off from the brokers this many "
+                             "times (see --cut-s)")
+    parser.add_argument("--cut-s", type=float, default=None,
+                        help="how long each cut lasts (default: as a pause, 30 s)")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     parser.add_argument("--rate", type=float, default=25.0, help="approvals per second")
     parser.add_argument("--no-broker-kills", action="store_true",
@@ -393,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(bench/broken_worker.py); the run must then fail")
     parser.add_argument("--break-lease", action="store_true",
                         help="self-test: run workers whose ownership lease always says ok, "
-                             "pausing only workers (at least 2); the run must then fail")
+                             "pausing (or cutting) only workers (at least 2); the run must "
+                             "then fail")
     args = parser.parse_args(argv)
     out = args.out or default_out(args)
     with contextlib.ExitStack() as stack:
@@ -406,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                            whmcs_latency_ms=args.whmcs_latency_ms,
                            whmcs_parallelism=args.whmcs_parallelism,
                            settle_timeout=args.settle_timeout,
-                           pause_workers_only=args.pause_workers_only)
+                           pause_workers_only=args.pause_workers_only, cuts=args.cuts,
+                           cut_s=args.cut_s)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))

@@ -21,6 +21,10 @@ Rules, in the order the random numbers are drawn (the order is part of reproduci
    node — the leader of a requests or outcomes partition, or the coordinator of the worker's
    or the sink's consumer group — resolved through the admin API at the moment it happens
    (``bench.chaos``), so it hits whoever holds that role then.
+4. **Cuts**: per cut a moment and a victim among ``cut_victims`` (pipeline processes, not
+   the brokers), placed like a pause — a cut-off process is out for the same purposes (its
+   group gives it up), so the pause rules hold for cuts too. Drawn last: the kills, pauses
+   and targets of a seed are the same with or without cuts.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ BROKER_ROLES = ("requests-leader", "outcomes-leader", "worker-coordinator",
 @dataclass(frozen=True)
 class Fault:
     at_s: float          # seconds after the first approval, at the earliest
-    action: str          # "kill" (SIGKILL, then restart after down_s) or "pause"
+    action: str          # "kill" (SIGKILL, then restart after down_s), "pause" or "cut"
     process: str         # connector, worker, worker2, sink, kafka
-    down_s: float        # how long it stays dead (kill) or stopped (pause)
+    down_s: float        # how long it stays dead (kill), stopped (pause) or cut off
     target: str | None = None  # kafka in a cluster: a role, e.g. "requests-leader:2"
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,7 +55,8 @@ class Fault:
 
 def make_plan(seed: int, *, duration_s: float, kills: int, pauses: int, pause_s: float,
               kill_victims: list[str], pause_victims: list[str], cluster: bool = False,
-              partitions: int = 3) -> list[Fault]:
+              partitions: int = 3, cuts: int = 0, cut_s: float = 0.0,
+              cut_victims: list[str] | None = None) -> list[Fault]:
     """The faults of one run, in time order (see the module's rules)."""
     rng = random.Random(seed)
     drawn = sorted((rng.uniform(0.05, 0.95) * duration_s, rng.choice(kill_victims))
@@ -70,6 +75,14 @@ def make_plan(seed: int, *, duration_s: float, kills: int, pauses: int, pause_s:
     if cluster:
         faults = [Fault(f.at_s, f.action, f.process, f.down_s, _role(rng, partitions))
                   if f.process == BROKER else f for f in faults]
+    for _ in range(cuts if cut_victims else 0):
+        assert cut_victims is not None and BROKER not in cut_victims
+        at = rng.uniform(0.05, 0.95) * duration_s
+        victim = rng.choice(cut_victims)
+        at, victim = _free_slot(rng, at, victim, cut_s, cut_victims, busy)
+        busy.setdefault(victim, []).append((at, at + cut_s + RECOVER_S))
+        faults.append(Fault(at, "cut", victim, cut_s))
+    faults.sort(key=lambda f: f.at_s)
     return faults
 
 

@@ -22,6 +22,12 @@ the admin, and each process connects as its own principal with least privilege.
 replication factor 3 and ``min.insync.replicas`` 2, the nodes named ``kafka1``..``kafka3``
 for :meth:`Pipeline.kill`, :meth:`Pipeline.pause` and :meth:`Pipeline.restart` (a single
 broker is ``kafka``).
+
+``cuttable=["worker", "worker2", ...]`` (own broker or cluster, plaintext) gives each named
+process a route of its own to the brokers — a listener per process on every node, advertising
+a forwarder of :mod:`ops.netcut` — so :meth:`Pipeline.cut` can cut that one process off from
+Kafka for a while, as a network partition would, while the sandboxes and the rest stay
+reachable. Without it the processes connect to the brokers directly.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, Work
 from ops.kafka_cluster import LocalCluster
 from ops.kafka_local import LocalBroker, free_port
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
+from ops.netcut import NetCut
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {
@@ -59,13 +66,22 @@ class Pipeline:
                  orders: int = 200, broken_every: int = 50, partitions: int = 3,
                  env: dict[str, str] | None = None, sf_options: dict[str, Any] | None = None,
                  whmcs_options: dict[str, Any] | None = None, secure: bool = False,
-                 brokers: int = 1, commands: dict[str, list[str]] | None = None) -> None:
+                 brokers: int = 1, commands: dict[str, list[str]] | None = None,
+                 cuttable: list[str] | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         self.own_broker = bootstrap is None
         if secure and not self.own_broker:
             raise ValueError("secure=True needs the pipeline's own broker")
+        if cuttable and (secure or not self.own_broker):
+            raise ValueError("cuttable= needs the pipeline's own plaintext broker(s)")
+        # per cuttable process: each node's (listened, advertised) port of its listener
+        self.cut_ports = {name: [(free_port(), free_port()) for _ in range(brokers)]
+                          for name in cuttable or []}
+        self.netcut: NetCut | None = None
+        self._cut_timers: dict[str, threading.Timer] = {}
+        self.cuts: list[tuple[float, str, float | None]] = []  # (when, who, for how long)
         self.security: BrokerSecurity | None = (
             BrokerSecurity.for_broker_home(self.dir / "kafka") if secure else None)
         self.broker: LocalBroker | None = None
@@ -114,13 +130,22 @@ class Pipeline:
         from sandbox.salesforce.harness import running_sandbox
         from sandbox.whmcs.harness import whmcs_sandbox
 
+        listeners = [{_listener(name): ports[i] for name, ports in self.cut_ports.items()}
+                     for i in range(self.brokers)]
+        if self.cut_ports:
+            self.netcut = NetCut()
+            for name, ports in self.cut_ports.items():
+                for listened, advertised in ports:
+                    self.netcut.forward(name, listened, listen_port=advertised)
         if self.own_broker and self.brokers > 1:
-            self.cluster = LocalCluster(self.dir / "kafka", nodes=self.brokers)
+            self.cluster = LocalCluster(self.dir / "kafka", nodes=self.brokers,
+                                        extra_listeners=listeners)
             self.cluster.start(timeout=180)
             self.bootstrap = self.cluster.bootstrap
         elif self.own_broker:
             self.broker = LocalBroker(self.dir / "kafka", port=free_port(),
-                                      controller_port=free_port(), security=self.security)
+                                      controller_port=free_port(), security=self.security,
+                                      extra_listeners=listeners[0])
             self.broker.start(timeout=120)
             self.bootstrap = self.broker.bootstrap
         # the harness itself (topics, ACLs, reading topics) is the admin
@@ -168,6 +193,10 @@ class Pipeline:
             self.broker.stop()
         if self.cluster is not None:
             self.cluster.stop()
+        if self.netcut is not None:
+            for timer in self._cut_timers.values():
+                timer.cancel()
+            self.netcut.close()
 
     def _replication(self) -> dict[str, int]:
         """Replication of the pipeline's topics: the cluster's, or the settings' defaults."""
@@ -181,8 +210,12 @@ class Pipeline:
     def env(self, name: str) -> dict[str, str]:
         port = self.ports.setdefault(name, free_port())
         kind = name.rstrip("0123456789")  # worker2 is another worker
+        bootstrap = self.bootstrap
+        if name in self.cut_ports:  # its own route to every node
+            bootstrap = ",".join(f"127.0.0.1:{advertised}"
+                                 for _listened, advertised in self.cut_ports[name])
         env = {**os.environ, **self.sf.env(), **self.whmcs.env(),
-               "PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+               "PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "KAFKA_TOPIC_PREFIX": self.prefix, "KAFKA_PARTITIONS": str(self.partitions),
                "SF_EVENTS_REPLAY": "EARLIEST", "SFPROV_STATE_DIR": str(self.dir / "state"),
                "LOG_LEVEL": "INFO", f"{kind.upper()}_HTTP_PORT": str(port),
@@ -317,6 +350,33 @@ class Pipeline:
             entry[1].cancel()
         return entry
 
+    def cut(self, name: str, seconds: float | None = None) -> None:
+        """Cut ``name`` off from every broker node (it goes on running; the sandboxes stay
+        reachable) and reconnect it after ``seconds`` (None: at :meth:`heal`). Returns at
+        once; a kill does not end a cut — the restarted process starts cut off."""
+        if self.netcut is None or name not in self.cut_ports:
+            raise RuntimeError(f"cannot cut {name}: not started with a route of its own")
+        self.netcut.cut(name)
+        self.cuts.append((time.time(), name, seconds))
+        if seconds is not None:
+            timer = threading.Timer(seconds, self.heal, (name,))
+            timer.daemon = True
+            old = self._cut_timers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            self._cut_timers[name] = timer
+            timer.start()
+
+    def heal(self, name: str) -> None:
+        """Reconnect a cut-off ``name`` (nothing if it is not cut off)."""
+        if self.netcut is not None and name in self.cut_ports:
+            self.netcut.heal(name)
+
+    def cut_off(self) -> list[str]:
+        if self.netcut is None:
+            return []
+        return [name for name in self.cut_ports if self.netcut.is_cut(name)]
+
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
         self.resume(name)
         proc = self.procs.pop(name, None)
@@ -405,6 +465,11 @@ class Pipeline:
 def pipeline(directory: Path, **kwargs: Any) -> Iterator[Pipeline]:
     with Pipeline(directory, **kwargs) as p:
         yield p
+
+
+def _listener(name: str) -> str:
+    """The broker listener of a cuttable process: ``worker2`` → ``CUT_WORKER2``."""
+    return "CUT_" + "".join(c for c in name.upper() if c.isalnum())
 
 
 def provision_request(order_id: str, idem_key: str, *, event_uuid: str | None = None) -> bytes:

@@ -79,7 +79,8 @@ class LocalCluster:
 
     def __init__(self, home: Path, *, nodes: int = 3, ports: list[int] | None = None,
                  controller_ports: list[int] | None = None, host: str = "127.0.0.1",
-                 state_dir: Path = DEFAULT_STATE) -> None:
+                 state_dir: Path = DEFAULT_STATE,
+                 extra_listeners: list[dict[str, tuple[int, int]]] | None = None) -> None:
         if not 1 <= nodes <= 9:
             raise BrokerError(f"a local cluster has 1 to 9 nodes, not {nodes}")
         self.home = Path(home)
@@ -93,7 +94,8 @@ class LocalCluster:
                                   state_dir=state_dir, node_id=i + 1, voters=voters,
                                   cluster_id=self._cluster_id(),
                                   replication_factor=self.replication_factor,
-                                  min_insync_replicas=self.min_insync_replicas)
+                                  min_insync_replicas=self.min_insync_replicas,
+                                  extra_listeners=(extra_listeners or [{}] * nodes)[i])
                       for i in range(nodes)]
 
     def _cluster_id(self) -> str:

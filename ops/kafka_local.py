@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +123,10 @@ class LocalBroker:
     state_dir: Path = DEFAULT_STATE
     # SASL_SSL listener, SCRAM users and ACLs (ops.kafka_secure); None: plaintext, no ACLs
     security: BrokerSecurity | None = None
+    # More plaintext listeners, name -> (port listened on, port advertised): a client that
+    # bootstraps from one is told that listener's advertised addresses of every node, so a
+    # forwarder on the advertised port carries all of its traffic (ops.netcut)
+    extra_listeners: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -159,11 +163,16 @@ class LocalBroker:
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
-            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}"
+            + "".join(f",{name}://{self.host}:{ports[0]}"
+                      for name, ports in self.extra_listeners.items()),
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}"
+            + "".join(f",{name}://{self.host}:{ports[1]}"
+                      for name, ports in self.extra_listeners.items()),
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            + "".join(f",{name}:PLAINTEXT" for name in self.extra_listeners),
             f"log.dirs={data}",
             "num.partitions=1",
             "auto.create.topics.enable=false",

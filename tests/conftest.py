@@ -13,10 +13,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from common.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from ops.netcut import NetCut
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # testcontainers' KafkaContainer (4.x, ``testcontainers.community.kafka``) configures and
@@ -46,7 +50,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ops.kafka_local import BrokerError, LocalBroker, free_port
 
     home = Path(tmp_path_factory.mktemp("kafka"))
-    broker = LocalBroker(home, port=free_port(), controller_port=free_port())
+    # A second listener for the tests that cut a process off from the broker (broker_cut)
+    global _CUT_PORTS
+    _CUT_PORTS = (free_port(), free_port())
+    broker = LocalBroker(home, port=free_port(), controller_port=free_port(),
+                         extra_listeners={CUT_LISTENER: _CUT_PORTS})
     try:
         broker.start(timeout=120)
     except BrokerError as exc:
@@ -55,6 +63,25 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+CUT_LISTENER = "CUT"
+_CUT_PORTS: tuple[int, int] | None = None  # the session broker's (listened, advertised)
+
+
+@pytest.fixture
+def broker_cut(kafka_bootstrap: str) -> Iterator[tuple[NetCut, str]]:
+    """``(netcut, bootstrap)``: a process given this bootstrap reaches the session broker
+    only through the route ``"cut"`` of ``netcut`` (its ``CUT`` listener advertises the
+    forwarder), which ``netcut.cut("cut")`` / ``heal("cut")`` cut and heal."""
+    from ops.netcut import NetCut
+
+    if _CUT_PORTS is None:
+        _unavailable("the session broker is not this suite's own: no listener to cut")
+    listened, advertised = _CUT_PORTS
+    with NetCut() as netcut:
+        netcut.forward("cut", listened, listen_port=advertised)
+        yield netcut, f"127.0.0.1:{advertised}"
 
 
 def _docker_kafka() -> Iterator[str]:  # pragma: no cover - needs a Docker engine

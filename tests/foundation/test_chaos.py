@@ -62,6 +62,25 @@ def test_pauses_last_pause_s_and_never_overlap_their_victims_other_faults():
                 assert other_end <= pause.at_s or other.at_s >= end, (seed, pause, other)
 
 
+def test_cuts_come_after_the_rest_of_the_plan_and_keep_the_pause_rules():
+    """A plan without cuts is the plan drawn before cuts existed; cuts never hit a broker
+    and, like pauses, never overlap another fault of their victim (or of another worker)."""
+    for seed in range(40):
+        base = plan(seed)
+        assert plan(seed, cuts=0, cut_s=30.0, cut_victims=VICTIMS[:4]) == base
+        faults = plan(seed, cuts=4, cut_s=30.0, cut_victims=VICTIMS[:4])
+        assert [f for f in faults if f.action != "cut"] == base
+        cuts = [f for f in faults if f.action == "cut"]
+        assert len(cuts) == 4 and all(c.process != BROKER and c.down_s == 30.0 for c in cuts)
+        for cut in cuts:
+            end = cut.at_s + cut.down_s + RECOVER_S
+            for other in faults:
+                if other is cut or _group(other.process) != _group(cut.process):
+                    continue
+                other_end = other.at_s + other.down_s + RECOVER_S
+                assert other_end <= cut.at_s or other.at_s >= end, (seed, cut, other)
+
+
 def test_broker_faults_in_a_cluster_aim_at_a_leader_or_coordinator_role():
     roles = set()
     for seed in range(20):
@@ -100,10 +119,11 @@ def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
     ({}, "chaos.json"), ({"workers": 2}, "chaos-2-workers.json"),
     ({"workers": 2, "brokers": 3}, "chaos-2-workers-3-brokers.json"),
     ({"break_lease": True, "workers": 2}, "chaos-broken-lease.json"),
+    ({"workers": 2, "brokers": 3, "cuts": 4}, "chaos-2-workers-3-brokers-cuts.json"),
     ({"break_guard": True}, "chaos-broken-guard.json")])
 def test_each_kind_of_run_has_its_own_result_file(flags, name):
     args = argparse.Namespace(**{"workers": 1, "brokers": 1, "break_guard": False,
-                                 "break_lease": False, **flags})
+                                 "break_lease": False, "cuts": 0, **flags})
     assert default_out(args).name == name
 
 

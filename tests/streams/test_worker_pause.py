@@ -1,11 +1,18 @@
-"""A worker paused (SIGSTOP) past its session timeout while Orders wait for a WHMCS slot.
+"""A worker paused (SIGSTOP) or cut off from the broker past its session timeout while
+Orders wait for a WHMCS slot.
 
 Two workers share the partitions; WHMCS is slow and only two calls may be in flight, so the
-paused worker holds a queue of Orders. The group hands its partitions to the other worker,
+stopped worker holds a queue of Orders. The group hands its partitions to the other worker,
 which redelivers the same events; when the paused one resumes, its ownership lease
-(streams.lease) has expired: it must make no WHMCS call for those Orders. The same test with
-the lease switched off (``bench/broken_worker.py --break lease``) must find duplicate WHMCS
-orders — so we know the test can see the bug.
+(streams.lease) has expired: it must make no WHMCS call for those Orders.
+
+The cut is the other fault a lease must survive: the worker goes on running — its timers,
+its WHMCS calls, its Salesforce reads — while its heartbeats, fetches and table writes
+vanish (``ops.netcut``: it reaches the broker only through a route the test cuts; nothing
+is closed, nothing answers). Its lease must run out on its own clock, during the cut.
+
+The same tests with the lease switched off (``bench/broken_worker.py --break lease``) must
+find duplicate WHMCS orders — so we know they can see the bug.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ PAUSE_S = 5 * SESSION_S
 
 
 def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: str,
-                paused_args: tuple[str, ...] = ("worker",)):
+                paused_args: tuple[str, ...] = ("worker",), cut=None):
+    """``cut``: ``(netcut, bootstrap)`` of ``broker_cut`` — worker a reaches the broker
+    through it and is cut off instead of paused."""
     seeded = salesforce.seed(accounts=20, orders=60, broken_every=0)["orders"]
     ids = [o["order_id"] for o in seeded]
     salesforce.approve(ids=ids)
@@ -54,8 +63,9 @@ def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: s
     uuids = {e["event_uuid"] for e in events}
     try:
         with ExitStack() as stack:
+            a_base = base if cut is None else {**base, "bootstrap": cut[1]}
             a = stack.enter_context(worker_process(
-                worker_env(state_dir=tmp_path / "a", **base), a_log, module=paused_module,
+                worker_env(state_dir=tmp_path / "a", **a_base), a_log, module=paused_module,
                 args=paused_args))
             b = stack.enter_context(worker_process(
                 worker_env(state_dir=tmp_path / "b", **base), b_log))
@@ -66,11 +76,18 @@ def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: s
             # Pause worker a in the middle of its batch: Orders are queued behind the two
             # WHMCS slots (400 ms per AddOrder).
             assert wait_for_log(a_log, "WHMCS order created", 60)
-            os.kill(a.pid, signal.SIGSTOP)
+            if cut is None:
+                os.kill(a.pid, signal.SIGSTOP)
+            else:
+                cut[0].cut("cut")
             time.sleep(PAUSE_S)
+            assert a.poll() is None, "the cut-off worker exited on its own"
             with open(a_log, "a") as log:  # WHMCS's order dates: local time, to the second
                 log.write(f"\n=== SIGCONT {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            os.kill(a.pid, signal.SIGCONT)
+            if cut is None:
+                os.kill(a.pid, signal.SIGCONT)
+            else:
+                cut[0].heal("cut")
 
             def done(r):
                 return uuids <= {o["event_uuid"] for o in outcomes(r)} | {
@@ -111,10 +128,12 @@ def _created_after_resume(whmcs, a_log: str) -> set[str]:
             if any(o["date"] >= stamp for o in whmcs.orders_for(oid))}
 
 
-def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
-        kafka_settings, salesforce, whmcs, tmp_path):
+def _held(kafka_settings, salesforce, whmcs, tmp_path, *, cut=None) -> None:
+    """The lease on: no duplicates, one identical outcome per event, and the stopped worker
+    fenced what it held, sending no AddOrder once it ran again."""
+    what = "paused" if cut is None else "cut-off"
     ids, events, got, a_log, b_log = _paused_run(kafka_settings, salesforce, whmcs, tmp_path,
-                                                 paused_module="streams")
+                                                 paused_module="streams", cut=cut)
     assert {oid: n for oid, n in whmcs.duplicates().items() if oid in ids} == {}
     by_event = defaultdict(list)
     for o in got:
@@ -127,24 +146,44 @@ def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
         assert len(made) == 1 and made[0]["status"] == "Active", (order_id, made)
     resumed = a_log.split("=== SIGCONT", 1)[1]
     fenced = _orders(resumed, "fenced:")
-    assert fenced, "the paused worker held no queued Order: the test proved nothing"
+    assert fenced, f"the {what} worker held no queued Order: the test proved nothing"
     created_after = _orders(resumed, "WHMCS order created")
     sent_after = _created_after_resume(whmcs, a_log)
-    assert not sent_after, f"the paused worker sent AddOrders after it resumed: {sent_after}"
+    assert not sent_after, f"the {what} worker sent AddOrders after it resumed: {sent_after}"
     assert not created_after & _orders(b_log, "WHMCS order created")
-    print(f"paused worker fenced {len(fenced)} Order(s) on resuming; {len(created_after)} "
-          f"AddOrder(s) it sent before the pause were answered after it; worker b recovered "
-          f"{sum(o['recovered'] for o in got)} by lookup")
+    waits = sum(1 for line in a_log.splitlines() if "waiting for the ownership lease" in line)
+    print(f"{what} worker fenced {len(fenced)} Order(s) on resuming after {waits} lease "
+          f"wait(s); {len(created_after)} AddOrder(s) it sent before were answered after; "
+          f"worker b recovered {sum(o['recovered'] for o in got)} by lookup")
 
 
-def test_the_same_pause_without_the_lease_creates_duplicates(kafka_settings, salesforce, whmcs,
-                                                             tmp_path):
+def _broken(kafka_settings, salesforce, whmcs, tmp_path, *, cut=None) -> None:
     ids, _events, _got, a_log, _b_log = _paused_run(
         kafka_settings, salesforce, whmcs, tmp_path, paused_module="bench.broken_worker",
-        paused_args=("--break", "lease", "worker"))
+        paused_args=("--break", "lease", "worker"), cut=cut)
     duplicates = {oid: n for oid, n in whmcs.duplicates().items() if oid in ids}
     sent_after = _created_after_resume(whmcs, a_log)
     print(f"without the lease: {len(duplicates)} Orders with several WHMCS orders; "
           f"{len(sent_after)} AddOrder(s) sent after the resume")
-    assert duplicates, "the pause test cannot see the bug the lease prevents"
+    assert duplicates, "the test cannot see the bug the lease prevents"
     assert sent_after, "the check of the lease test cannot see an AddOrder sent after a resume"
+
+
+def test_paused_worker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
+        kafka_settings, salesforce, whmcs, tmp_path):
+    _held(kafka_settings, salesforce, whmcs, tmp_path)
+
+
+def test_the_same_pause_without_the_lease_creates_duplicates(kafka_settings, salesforce, whmcs,
+                                                             tmp_path):
+    _broken(kafka_settings, salesforce, whmcs, tmp_path)
+
+
+def test_a_worker_cut_off_from_the_broker_makes_no_whmcs_call_for_orders_it_no_longer_owns(
+        kafka_settings, salesforce, whmcs, tmp_path, broker_cut):
+    _held(kafka_settings, salesforce, whmcs, tmp_path, cut=broker_cut)
+
+
+def test_the_same_cut_without_the_lease_creates_duplicates(kafka_settings, salesforce, whmcs,
+                                                           tmp_path, broker_cut):
+    _broken(kafka_settings, salesforce, whmcs, tmp_path, cut=broker_cut)
