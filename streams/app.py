@@ -254,7 +254,8 @@ class Worker:
                 await self.emitter.send_dead_letter(item)
                 metrics.DEAD_LETTERS.labels(item.error_code or item.error_class).inc()
                 return True
-            self.lanes.run_alone(Admitted(rec.partition, rec.offset, message, dead))
+            self.lanes.run_alone(Admitted(rec.partition, rec.offset, message, dead,
+                                          generation=rec.generation))
             return
 
         async def work(event: Event = item) -> bool:
@@ -262,7 +263,8 @@ class Worker:
             if not finished:
                 self.fenced += 1
             return finished
-        await self.lanes.admit(item.order_id, Admitted(rec.partition, rec.offset, message, work))
+        await self.lanes.admit(item.order_id, Admitted(rec.partition, rec.offset, message, work,
+                                                       generation=rec.generation))
 
     def _left(self, item: Admitted) -> None:
         """An event left the worker (finished, fenced, or released by a rebalance)."""

@@ -13,7 +13,12 @@ Every admitted event ends in exactly one of: **finished** (the handler acknowled
 outcome or dead letter, or it needed none — the checkpoint may commit past it), **fenced**
 (the Order's partition went to another worker: released, never committed past), or
 **released** by :meth:`Lanes.revoke` (a rebalance: faust redelivers it from the committed
-offset). Faust itself never acknowledges a requests message: the worker releases it
+offset). An event of a revoked generation that reaches :meth:`Lanes.admit` after the revoke
+— the agent was waiting for room with the rest of its chunk when the rebalance came — is
+released at once, not run: faust's rebalance waits for every message it handed out
+(``wait_empty``), and such an event would only wait for a lease the rebalance cannot give
+back before it ends (a chaos run saw a worker held in the rebalance until the group expelled
+it, 75 s later, its partitions unprocessed meanwhile). Faust itself never acknowledges a requests message: the worker releases it
 (:meth:`streams.faust_seam.ConsumerSeam.release`) and commits through its checkpoint.
 
 The sweep's per-Order work runs in the Order's lane too (:meth:`Lanes.exclusive`), so it
@@ -42,6 +47,7 @@ class Admitted:
     offset: int
     message: Any  # faust's message, released when the event leaves the worker
     work: Callable[[], Awaitable[bool]]  # True: finished; False: fenced
+    generation: int | None = None  # the consumer group generation it was fetched in
     epoch: int = 0
     done: bool = False
     result: str = ""  # finished | fenced | released, once it left
@@ -68,6 +74,8 @@ class Lanes:
         self._room.set()
         self._paused: set[int] = set()
         self.crashed: BaseException | None = None
+        self._newest_generation = -1  # of the events admitted so far
+        self._revoked_through = -1  # events of this generation and older were revoked
 
     # -- taking events in ------------------------------------------------------------------
 
@@ -85,6 +93,8 @@ class Lanes:
             await self._room.wait()
         if self.crashed is not None:
             raise self.crashed
+        if self._revoked(item):
+            return
         item.epoch = self.checkpoint.admitted(item.partition, item.offset)
         self._events[id(item)] = item
         self._enqueue(order_id, item)
@@ -95,8 +105,21 @@ class Lanes:
                      item.partition, self.checkpoint.span(item.partition))
             self._pause({item.partition})
 
+    def _revoked(self, item: Admitted) -> bool:
+        """Release ``item`` at once if its generation was revoked (see the module)."""
+        generation = item.generation
+        if generation is None or generation < 0:  # not known: nothing to tell it by
+            return False
+        if generation <= self._revoked_through:
+            self._leave(item, "released")
+            return True
+        self._newest_generation = max(self._newest_generation, generation)
+        return False
+
     def run_alone(self, item: Admitted) -> None:
         """An event that needs no lane (a dead letter): admitted, handled on its own."""
+        if self._revoked(item):
+            return
         item.epoch = self.checkpoint.admitted(item.partition, item.offset)
         self._events[id(item)] = item
         asyncio.ensure_future(self._guarded(self._run_one(item)))
@@ -189,7 +212,9 @@ class Lanes:
     def revoke(self) -> int:
         """A rebalance revoked the partitions: every admitted event leaves the worker now
         (released, not committed); queued ones are dropped, running ones go on until their
-        next lease check. Returns how many were released."""
+        next lease check; events of the generations seen so far that arrive later are
+        released as they come. Returns how many were released."""
+        self._revoked_through = self._newest_generation
         released = 0
         for item in list(self._events.values()):
             self._leave(item, "released")

@@ -143,3 +143,42 @@ def test_the_window_pushes_back_and_revoke_releases_everything():
     assert count == 2 and released[:2] == ["m0", "m1"]
     assert "m2" in released  # admitted after the rebalance, finished normally
     assert checkpoint.unfinished() == 0
+
+
+def test_an_event_of_a_revoked_generation_admitted_after_the_revoke_is_released_not_run():
+    """The agent waits for room with the rest of its chunk when a rebalance revokes the
+    partitions; those events must leave at once — faust's rebalance waits for them, and
+    run they would only wait for a lease the rebalance cannot give back. An event fetched in
+    the next generation runs."""
+    async def go():
+        released: list[object] = []
+        ran: list[str] = []
+        checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda p, o: None)
+        lanes = Lanes(checkpoint, released.append, max_in_flight=1)
+        gate = asyncio.Event()
+
+        def work(name: str):
+            async def run() -> bool:
+                ran.append(name)
+                await gate.wait()
+                return True
+            return run
+        await lanes.admit("A", Admitted(0, 0, "m0", work("m0"), generation=3))
+        waiting = asyncio.ensure_future(
+            lanes.admit("B", Admitted(0, 1, "m1", work("m1"), generation=3)))
+        await asyncio.sleep(0.05)
+        blocked = not waiting.done()
+        lanes.revoke()
+        await asyncio.wait_for(waiting, 1)  # returns at once: no lease to wait for
+        lanes.run_alone(Admitted(0, 2, "m2", work("m2"), generation=3))
+        in_flight_after_revoke = lanes.in_flight
+        gate.set()
+        await lanes.admit("C", Admitted(0, 5, "m5", work("m5"), generation=4))
+        await asyncio.sleep(0.05)
+        return blocked, released, ran, in_flight_after_revoke, checkpoint
+    blocked, released, ran, in_flight, checkpoint = asyncio.run(go())
+    assert blocked
+    assert released[:3] == ["m0", "m1", "m2"] and in_flight == 0
+    assert ran == ["m0", "m5"]  # m0 was running at the revoke; m1 and m2 never ran
+    assert "m5" in released and checkpoint.unfinished() == 0
