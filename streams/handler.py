@@ -207,6 +207,10 @@ class EventHandler:
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)
         await self.durable()  # the decided outcome is durable before it is sent
+        # and the partition is still ours once it is: a flush that outlived the lease (the
+        # brokers out of reach, this process paused) may have landed after a new owner
+        # restored the tables and decided the event itself — its outcome is the one
+        await self._own(rec, "send")
         await self._send(event, rec, outcome, memory)
 
     async def _redelivered(self, event: Event, rec: RawRecord, decision: Redelivery) -> None:
@@ -229,8 +233,8 @@ class EventHandler:
             if wrote:
                 await self.durable()
             return
-        await self._own(rec, "send")
         await self.durable()
+        await self._own(rec, "send")  # after the flush, as in _handle
         await self._send(event, rec, outcome)
 
     async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any],

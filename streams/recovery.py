@@ -267,6 +267,18 @@ class Sweeper:
         if len(kept) != len(memory):
             self.state.set_memory(oid, kept)
 
+    async def _owned(self, oid: str, action: str) -> bool:
+        """The Order's partition is still ours right before an outcome is sent (the sweep's
+        fence); otherwise its new owner sends it."""
+        try:
+            await self.fence_for(oid)(action)
+        except Fenced as fenced:
+            metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
+            log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
+                        fenced.check.reason, extra={"order_id": oid})
+            return False
+        return True
+
     async def _resend(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: outcomes recorded but never acknowledged as sent."""
         now = self._clock()
@@ -274,6 +286,8 @@ class Sweeper:
             if now - entry.at < self.recovery_after_ms:
                 continue
             for event_uuid, outcome in list(entry.unsent()):
+                if not await self._owned(oid, "send"):
+                    return
                 await self.emitter.send_outcome(outcome)
                 self.state.mark_emitted(oid, idem_key, event_uuid)
                 report.resent += 1
@@ -290,6 +304,8 @@ class Sweeper:
         if outcome is None:
             return
         await self.durable()
+        if not await self._owned(oid, "send"):
+            return
         await self.emitter.send_outcome(outcome)
         self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
         if outcome["status"] == "Provisioned":

@@ -230,6 +230,32 @@ def test_a_partition_lost_while_waiting_fences_the_event_no_call_no_outcome(batc
     assert "801A00000000001AAA" not in kit.tables.intents
 
 
+def test_a_durable_flush_that_outlives_the_lease_sends_no_outcome(batch_parts):
+    """The outcome is decided and the lease checked; then the flush that makes it durable
+    hangs (the brokers out of reach) while the partition goes to another worker, which
+    restores the tables without it and decides the event itself. Once the flush lands, the
+    outcome must not be sent: two different outcomes for one event otherwise."""
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+    flush = kit.handler.durable
+    flushes = []
+
+    async def durable() -> None:
+        flushes.append(len(whmcs.calls))
+        if len(whmcs.calls) == 2 and flushes.count(2) == 1:  # the outcome's flush
+            owned.rebalancing()
+            owned.synced(6, clock.now)
+            owned.assigned([1], 6)
+        await flush()
+    kit.handler.durable = durable
+    record = batch_parts.record("801A00000000001AAA", partition=0, generation=5)
+    _run(kit, record)
+    assert [c[0] for c in whmcs.calls] == ["AddOrder", "AcceptOrder"]
+    assert flushes.count(2) == 1
+    assert kit.emitter.sent == [] and kit.finished == []  # fenced: the new owner's outcome
+
+
 def test_lease_lost_between_addorder_and_acceptorder_stops_the_order(batch_parts):
     clock = Clock()
     owned = joined(clock)

@@ -195,6 +195,46 @@ def test_a_pending_intent_whose_outcome_the_dedupe_entry_holds_is_settled_not_re
     assert state.idem[oid][f"{oid}-k"]["emitted"] is True
 
 
+def test_the_sweep_sends_no_outcome_for_an_order_whose_partition_is_lost_before_the_send():
+    """The sweep's owner check (the assignment it knows) passes, but the lease says the
+    partition went to another worker (its assignment is stale: cut off from the brokers).
+    The unsent outcome stays unsent — the partition's new owner sends it — and is sent once
+    the lease says the partition is ours."""
+    from streams.lease import Fenced, LeaseCheck
+
+    now = 10 * DAY_MS
+    oid = "801S00000000010AAA"
+    decided = {"order_id": oid, "idem_key": f"{oid}-k", "event_uuid": "ev",
+               "status": "Provisioned", "whmcs_order_id": 78, "completed_at": 5}
+    state = new_state()
+    state.idem = {oid: {f"{oid}-k": {"event_uuid": "ev", "status": "Provisioned",
+                                      "outcome": decided, "emitted": False,
+                                      "at": now - 700_000, "dups": {}}}}
+    emitter = Emitter()
+    lost = [True]
+
+    def fence_for(_oid):
+        async def fence(action, *, queued=False):
+            if lost[0]:
+                raise Fenced(LeaseCheck(False, "partition 0 is not assigned", lost=True),
+                             stage=action)
+            return None
+        return fence
+    sweeper = Sweeper(state, None, emitter, recovery_after_s=600,  # type: ignore[arg-type]
+                      dedupe_ttl_days=35, owns=lambda _oid: True, clock_ms=lambda: now,
+                      fence_for=fence_for)
+
+    async def go():
+        first = await sweeper.run_once()
+        sent_while_lost = list(emitter.sent)
+        lost[0] = False
+        second = await sweeper.run_once()
+        return first, sent_while_lost, second
+    first, sent_while_lost, second = asyncio.run(go())
+    assert sent_while_lost == [] and first.resent == 0
+    assert emitter.sent == [decided] and second.resent == 1
+
+
 class LazyTable(dict):
     """Stands for a faust table on RocksDB: its keys come one by one from an iterator, and
     ``len()`` would iterate the whole store (faust's ``Store._size``)."""
