@@ -208,7 +208,16 @@ def _outcome_records(p: Pipeline) -> dict[str, Any]:
     contradicting = [list(k) for k, records in seen.items() if len(records) > 1]
     return {"outcome_records": total, "outcomes_resent": total - len(seen),
             "outcomes_contradicting": len(contradicting),
-            "contradicting_detail": contradicting[:10]}
+            "contradicting_detail": contradicting[:10],
+            "contradicting_fields": [_differences(seen[tuple(k)]) for k in contradicting[:10]]}
+
+
+def _differences(records: set[str]) -> dict[str, list[Any]]:
+    """The fields in which the records of one event differ, with each record's value."""
+    decoded = [json.loads(r) for r in sorted(records)]
+    keys = sorted({k for d in decoded for k in d})
+    return {k: [d.get(k) for d in decoded] for k in keys
+            if len({json.dumps(d.get(k), sort_keys=True) for d in decoded}) > 1}
 
 
 def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
