@@ -39,6 +39,10 @@ FENCED = Counter("sfprov_worker_fenced_total",
                  "Orders stopped by the ownership lease before a WHMCS write (or before "
                  "recording a result), left to the partition's new owner, by stage",
                  ["stage"])
+CHANGELOG_GAPS = Counter("sfprov_worker_changelog_gaps_total",
+                         "Table flushes whose changelog records had another writer's among "
+                         "or before them (the persisted offset was left where it was), by "
+                         "table", ["table"])
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -17,9 +18,12 @@ from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP
 from yarl import URL
 
+from streams import metrics
 from streams.faust_seam._base import CONTRACT, key_partition
 from streams.faust_seam.writer import RecordWriter, Tally
 from streams.state import DurabilityError
+
+log = logging.getLogger(__name__)
 
 # faust.utils.json.dumps's options when orjson is installed (without its ``default`` hook)
 _FAUST_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -308,15 +312,36 @@ class DurableTable(faust.Table):
         except Exception as exc:
             raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
                                   f"{exc!r}") from exc
-        self._persist_offsets(tally.acked)
+        self._persist_offsets(tally)
 
-    def _persist_offsets(self, acked: dict[int, int]) -> None:
+    def _persist_offsets(self, tally: Tally) -> None:
+        """Move each partition's persisted changelog offset (where a restore resumes) to
+        the last record of this flush — only when the flush's records follow the persisted
+        offset without a gap. A gap means another writer's records lie in between: the
+        partition's earlier owner whose writes landed late, after this worker took it over,
+        or this worker's own writes from before a pause or a cut, landing after the records
+        of the worker that held the partition meanwhile. This store never applied those
+        records, so the offset stays where it was and the next restore reads them. (Moving
+        it past them lost a new owner's pending intents in a chaos run: the worker that got
+        the partition back restored from past them, found no intent, and sent a second
+        ``AddOrder`` for 20 Orders.)"""
         store = self.data
         if not isinstance(store, RocksStore) or self._changelog_name is None:
             return
-        for partition, offset in acked.items():
-            if partition in store._dbs:  # a partition closed meanwhile: restored from older
-                store.set_persisted_offset(TP(self._changelog_name, partition), offset)
+        for partition, offset in tally.acked.items():
+            if partition not in store._dbs:  # closed meanwhile: restored from older
+                continue
+            tp = TP(self._changelog_name, partition)
+            persisted = store.persisted_offset(tp)
+            if tally.contiguous(partition, -1 if persisted is None else persisted):
+                store.set_persisted_offset(tp, offset)
+            else:
+                metrics.CHANGELOG_GAPS.labels(self.name).inc()
+                log.info("table %s: changelog partition %d holds records of another writer "
+                         "among this flush's (offsets %d-%d, %d of them ours, the store "
+                         "holds up to %s); the next restore reads from there", self.name,
+                         partition, tally.lowest[partition], offset, tally.count[partition],
+                         persisted)
 
 
 CONTRACT.update({
@@ -337,6 +362,8 @@ CONTRACT.update({
         faust.Table, "_maybe_set_key_ttl", "39b7465fa58038998e628bf0fa80d95b"),
     "R faust rocksdb Store.set_persisted_offset": (
         RocksStore, "set_persisted_offset", "b4c811926678346ebb8c40486dbc46d0"),
+    "R faust rocksdb Store.persisted_offset": (
+        RocksStore, "persisted_offset", "6f2e502fb86043a1cf0adca5c2fffb19"),
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),

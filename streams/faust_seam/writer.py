@@ -21,15 +21,18 @@ class Tally:
     """Many records' results as one (a table's writes between two flushes): ``done``
     resolves once :meth:`close` was called and every record counted in is acknowledged, or
     fails with the first record's error; ``acked`` holds each partition's highest
-    acknowledged offset. Where a future per record cost a future, a done-callback and a
-    ``gather`` entry, and two callbacks run by the loop at the acknowledgement, a record
-    here costs a counter."""
+    acknowledged offset, ``lowest`` its lowest and ``count`` how many were acknowledged
+    (whether they are one unbroken run of offsets: :meth:`contiguous`). Where a future per
+    record cost a future, a done-callback and a ``gather`` entry, and two callbacks run by
+    the loop at the acknowledgement, a record here costs a counter."""
 
-    __slots__ = ("pending", "acked", "done", "closed")
+    __slots__ = ("pending", "acked", "lowest", "count", "done", "closed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.pending = 0
         self.acked: dict[int, int] = {}
+        self.lowest: dict[int, int] = {}
+        self.count: dict[int, int] = {}
         self.done: asyncio.Future[None] = loop.create_future()
         self.closed = False
 
@@ -37,6 +40,9 @@ class Tally:
         self.pending -= 1
         if offset > self.acked.get(partition, -1):
             self.acked[partition] = offset
+        if offset < self.lowest.get(partition, offset + 1):
+            self.lowest[partition] = offset
+        self.count[partition] = self.count.get(partition, 0) + 1
         if not self.pending and self.closed and not self.done.done():
             self.done.set_result(None)
 
@@ -44,6 +50,13 @@ class Tally:
         self.pending -= 1
         if not self.done.done():
             self.done.set_exception(error)
+
+    def contiguous(self, partition: int, after: int) -> bool:
+        """The records acknowledged in ``partition`` are exactly the offsets right after
+        ``after``: nobody else wrote to the partition in between or among them."""
+        lowest = self.lowest.get(partition)
+        return lowest == after + 1 and \
+            self.count[partition] == self.acked[partition] - lowest + 1
 
     def close(self) -> None:
         """No more records: ``done`` resolves once those counted in are acknowledged."""

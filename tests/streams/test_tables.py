@@ -251,6 +251,50 @@ def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offse
     assert all(json.loads(v)["round"] == 1 for v in last.values())
 
 
+def test_a_flush_whose_records_follow_another_writers_leaves_the_persisted_offset(
+        kafka_settings, tmp_path):
+    """Two workers' tables write to one changelog partition: a takeover whose old owner's
+    writes land late, or this worker's own writes from before a pause landing after the
+    records of the worker that held the partition meanwhile. A flush moves the persisted
+    offset (where the next restore starts) only over an unbroken run of its own records
+    right after it: past another writer's records it would skip them at the next restore
+    (a chaos run lost a new owner's pending intents that way, and 20 Orders got a second
+    WHMCS order)."""
+    from faust.types import TP
+
+    app_id = kafka_settings.topic("rocks-gaps")
+    changelog = f"{app_id}-idem-changelog"
+    broker = f"kafka://{kafka_settings.bootstrap_servers}"
+    mine = _durable_table(app_id, tmp_path / "mine", partitions=1, broker=broker,
+                          producer_acks=-1)
+    other = _durable_table(app_id, tmp_path / "other", partitions=1, broker=broker,
+                           producer_acks=-1)
+    tp = TP(changelog, 0)
+    seen: list[int | None] = []
+
+    async def go():
+        await mine.app.start()
+        await other.app.start()
+        try:
+            await mine.changelog_topic.maybe_declare()
+            for i in range(3):  # offsets 0-2: mine, in a row from an empty partition
+                mine[f"801G{i:011d}AAA"] = {"n": i}
+            await mine.flush()
+            seen.append(mine.data.persisted_offset(tp))
+            other["801G00000000099AAA"] = {"n": 99}  # offset 3: the other worker's
+            await other.flush()
+            mine["801G00000000003AAA"] = {"n": 3}  # offsets 4-5: mine again
+            mine["801G00000000004AAA"] = {"n": 4}
+            await mine.flush()
+            seen.append(mine.data.persisted_offset(tp))
+            seen.append(other.data.persisted_offset(tp))  # its first record was offset 3
+        finally:
+            await mine.app.stop()
+            await other.app.stop()
+    asyncio.run(go())
+    assert seen == [2, 2, None]
+
+
 _WRITE_AND_DIE = """
 import os, sys
 import faust
@@ -423,6 +467,9 @@ def test_records_counted_in_a_tally_resolve_it_once_closed_and_all_acknowledged(
         assert tally.pending == 0 and not tally.done.done()  # not closed: more may come
         tally.close()
         assert tally.done.done() and tally.acked == {0: 22, 1: 6}
+        assert tally.lowest == {0: 20, 1: 5} and tally.count == {0: 3, 1: 2}
+        assert tally.contiguous(0, 19) and tally.contiguous(1, 4)
+        assert not tally.contiguous(0, 18)  # offset 19: another writer's
         assert own.result().offset == 7
 
         refused = Tally(asyncio.get_running_loop())
