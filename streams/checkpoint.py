@@ -25,6 +25,7 @@ before the reset is ignored (its ``epoch`` is old).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -178,35 +179,50 @@ class Checkpoint:
         self._seek(partition, safe)
 
 
-def broker_reader(bootstrap: Connectable, group: str, topic: str,
-                  timeout_s: float = 10.0) -> RangeReader:
-    """A :data:`RangeReader` with its own clients (never the worker's faust consumer);
-    ``bootstrap``: the worker's KafkaConnection (or a plaintext address)."""
-    from confluent_kafka import TopicPartition
+class BrokerRangeReader:
+    """A :data:`RangeReader` with its own clients (never the worker's faust consumer):
+    the group's committed offsets read as a consumer would, and a ``read_committed`` range
+    consumer. ``close()`` closes both (a client left open outlives its broker and logs
+    connection failures until the process ends)."""
 
-    from common.lag import (
-        committed_offsets,
-        committed_record_offsets,
-        group_reader,
-        new_range_consumer,
-    )
+    def __init__(self, bootstrap: Connectable, group: str, topic: str,
+                 timeout_s: float = 10.0) -> None:
+        from common.lag import group_reader, new_range_consumer
 
-    offsets = group_reader(bootstrap, group)  # the group's commits, read as a consumer would
-    consumer = new_range_consumer(bootstrap, f"{group}-checkpoint")
-    lock = threading.Lock()
+        self.topic, self.timeout_s = topic, timeout_s
+        self._offsets = group_reader(bootstrap, group)
+        self._consumer = new_range_consumer(bootstrap, f"{group}-checkpoint")
+        self._lock = threading.Lock()
 
-    def read(wanted: Mapping[int, int]) -> dict[int, tuple[int, list[int]]]:
-        with lock:
+    def __call__(self, wanted: Mapping[int, int]) -> dict[int, tuple[int, list[int]]]:
+        from confluent_kafka import TopicPartition
+
+        from common.lag import committed_offsets, committed_record_offsets
+
+        topic, timeout_s = self.topic, self.timeout_s
+        with self._lock:
             bases = {}
-            for partition, offset in committed_offsets(offsets, topic, wanted,
+            for partition, offset in committed_offsets(self._offsets, topic, wanted,
                                                        timeout=timeout_s).items():
                 if offset >= 0:
                     bases[partition] = offset
                 else:  # never committed: from the partition's beginning
-                    low, _ = consumer.get_watermark_offsets(
+                    low, _ = self._consumer.get_watermark_offsets(
                         TopicPartition(topic, partition), timeout=timeout_s)
                     bases[partition] = low
             ranges = {p: (bases[p], end) for p, end in wanted.items() if p in bases}
-            records = committed_record_offsets(consumer, topic, ranges, timeout_s=timeout_s)
+            records = committed_record_offsets(self._consumer, topic, ranges,
+                                               timeout_s=timeout_s)
             return {p: (bases[p], records[p]) for p in ranges}
-    return read
+
+    def close(self) -> None:
+        with self._lock:
+            for client in (self._consumer, self._offsets):
+                with contextlib.suppress(Exception):  # already closed
+                    client.close()
+
+
+def broker_reader(bootstrap: Connectable, group: str, topic: str,
+                  timeout_s: float = 10.0) -> BrokerRangeReader:
+    """The worker's :data:`RangeReader` (:class:`BrokerRangeReader`)."""
+    return BrokerRangeReader(bootstrap, group, topic, timeout_s)

@@ -22,3 +22,13 @@ def salesforce(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     with running_sandbox(Path(tmp_path_factory.mktemp("sf"))) as sf:
         yield sf
+
+
+@pytest.fixture(autouse=True)
+def _close_readers() -> Iterator[None]:
+    """Close the topic readers a test left open (tests.streams.support.Reader)."""
+    yield
+    from tests.streams.support import Reader
+
+    for reader in list(Reader.unclosed):
+        reader.close()

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, Producer
 
@@ -47,7 +47,11 @@ def produce(bootstrap: str, topic: str, values: list[dict[str, Any] | bytes]) ->
 
 
 class Reader:
-    """Reads a topic from the beginning; keeps everything read so far."""
+    """Reads a topic from the beginning; keeps everything read so far. A reader the test
+    leaves open is closed after it (``tests/streams/conftest.py``): a consumer that outlives
+    the session's broker logs connection failures until the process ends."""
+
+    unclosed: ClassVar[list[Reader]] = []
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = Consumer({"bootstrap.servers": bootstrap,
@@ -56,6 +60,7 @@ class Reader:
                                   "enable.auto.commit": False})
         self.consumer.subscribe([topic])
         self.records: list[Any] = []
+        Reader.unclosed.append(self)
 
     def poll_until(self, done: Callable[[list[Any]], bool], timeout: float,
                    alive: Callable[[], bool] = lambda: True) -> list[Any]:
@@ -68,7 +73,9 @@ class Reader:
         return self.records
 
     def close(self) -> None:
-        self.consumer.close()
+        if self in Reader.unclosed:
+            Reader.unclosed.remove(self)
+            self.consumer.close()
 
 
 def outcomes(records: list[Any]) -> list[dict[str, Any]]:

@@ -146,8 +146,12 @@ def test_broker_reader_starts_at_the_groups_committed_offset(kafka_bootstrap: st
     member.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
     member.close()
     read = broker_reader(kafka_bootstrap, group, topic)
-    # partition 0 from its committed offset 2; partition 1 never committed: from its start
-    assert read({0: 5, 1: 0}) == {0: (2, [2, 3, 4]), 1: (0, [])}
+    try:
+        # partition 0 from its committed offset 2; partition 1 never committed: its start
+        assert read({0: 5, 1: 0}) == {0: (2, [2, 3, 4]), 1: (0, [])}
+    finally:
+        read.close()
+    read.close()  # twice: a no-op
 
 
 @pytest.mark.broker
