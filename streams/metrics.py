@@ -40,9 +40,9 @@ FENCED = Counter("sfprov_worker_fenced_total",
                  "recording a result), left to the partition's new owner, by stage",
                  ["stage"])
 CHANGELOG_GAPS = Counter("sfprov_worker_changelog_gaps_total",
-                         "Table flushes whose changelog records had another writer's among "
-                         "or before them (the persisted offset was left where it was), by "
-                         "table", ["table"])
+                         "Another writer's records found among or before a table flush's "
+                         "own in a changelog partition: its persisted offset is held back "
+                         "until the next restore, by table", ["table"])
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")

@@ -199,6 +199,7 @@ class DurableTable(faust.Table):
         self._writer = RecordWriter.for_app(self.app)
         self._changelog_name: str | None = None
         self.watch: Callable[[str, Any], None] | None = None
+        self._gapped: set[int] = set()  # partitions whose persisted offset a gap holds back
 
     def apply_changelog_batch(self, batch: Any) -> None:
         batch = list(batch)
@@ -335,13 +336,15 @@ class DurableTable(faust.Table):
             persisted = store.persisted_offset(tp)
             if tally.contiguous(partition, -1 if persisted is None else persisted):
                 store.set_persisted_offset(tp, offset)
-            else:
+                self._gapped.discard(partition)
+            elif partition not in self._gapped:  # held back from now on, until a restore
+                self._gapped.add(partition)
                 metrics.CHANGELOG_GAPS.labels(self.name).inc()
                 log.info("table %s: changelog partition %d holds records of another writer "
-                         "among this flush's (offsets %d-%d, %d of them ours, the store "
-                         "holds up to %s); the next restore reads from there", self.name,
-                         partition, tally.lowest[partition], offset, tally.count[partition],
-                         persisted)
+                         "among or before this flush's (offsets %d-%d, %d of them ours, the "
+                         "store holds up to %s); the next restore reads from there",
+                         self.name, partition, tally.lowest[partition], offset,
+                         tally.count[partition], persisted)
 
 
 CONTRACT.update({

@@ -288,11 +288,26 @@ def test_a_flush_whose_records_follow_another_writers_leaves_the_persisted_offse
             await mine.flush()
             seen.append(mine.data.persisted_offset(tp))
             seen.append(other.data.persisted_offset(tp))  # its first record was offset 3
+            mine["801G00000000005AAA"] = {"n": 5}  # offset 6: held back still, told once
+            await mine.flush()
+            seen.append(mine.data.persisted_offset(tp))
+            seen.append(mine._gapped)
         finally:
             await mine.app.stop()
             await other.app.stop()
+    before = _gap_count(mine.name)
     asyncio.run(go())
-    assert seen == [2, 2, None]
+    assert seen == [2, 2, None, 2, {0}]
+    # once per table and partition, not once per flush: mine (two flushes held back) and
+    # the other's (its first record followed mine)
+    assert _gap_count(mine.name) - before == 2
+
+
+def _gap_count(table: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("sfprov_worker_changelog_gaps_total",
+                                     {"table": table}) or 0.0
 
 
 _WRITE_AND_DIE = """
