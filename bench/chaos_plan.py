@@ -65,25 +65,29 @@ def make_plan(seed: int, *, duration_s: float, kills: int, pauses: int, pause_s:
     busy: dict[str, list[tuple[float, float]]] = {}
     for f in faults:
         busy.setdefault(f.process, []).append((f.at_s, f.at_s + f.down_s + RECOVER_S))
-    for _ in range(pauses if pause_victims else 0):
-        at = rng.uniform(0.05, 0.95) * duration_s
-        victim = rng.choice(pause_victims)
-        at, victim = _free_slot(rng, at, victim, pause_s, pause_victims, busy)
-        busy.setdefault(victim, []).append((at, at + pause_s + RECOVER_S))
-        faults.append(Fault(at, "pause", victim, pause_s))
+    faults += _placed(rng, "pause", pauses, pause_s, pause_victims, busy, duration_s)
     faults.sort(key=lambda f: f.at_s)
     if cluster:
         faults = [Fault(f.at_s, f.action, f.process, f.down_s, _role(rng, partitions))
                   if f.process == BROKER else f for f in faults]
-    for _ in range(cuts if cut_victims else 0):
-        assert cut_victims is not None and BROKER not in cut_victims
-        at = rng.uniform(0.05, 0.95) * duration_s
-        victim = rng.choice(cut_victims)
-        at, victim = _free_slot(rng, at, victim, cut_s, cut_victims, busy)
-        busy.setdefault(victim, []).append((at, at + cut_s + RECOVER_S))
-        faults.append(Fault(at, "cut", victim, cut_s))
+    assert BROKER not in (cut_victims or [])
+    faults += _placed(rng, "cut", cuts, cut_s, cut_victims or [], busy, duration_s)
     faults.sort(key=lambda f: f.at_s)
     return faults
+
+
+def _placed(rng: random.Random, action: str, count: int, length: float, victims: list[str],
+            busy: dict[str, list[tuple[float, float]]], duration_s: float) -> list[Fault]:
+    """``count`` faults of ``length`` seconds, each at a moment and on a victim free for it
+    (pauses and cuts: rule 2); ``busy`` takes them in."""
+    placed = []
+    for _ in range(count if victims else 0):
+        at = rng.uniform(0.05, 0.95) * duration_s
+        victim = rng.choice(victims)
+        at, victim = _free_slot(rng, at, victim, length, victims, busy)
+        busy.setdefault(victim, []).append((at, at + length + RECOVER_S))
+        placed.append(Fault(at, action, victim, length))
+    return placed
 
 
 def _free_slot(rng: random.Random, at: float, victim: str, length: float,

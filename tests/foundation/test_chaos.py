@@ -45,6 +45,16 @@ def _group(victim: str) -> str:
     return "worker" if victim.startswith("worker") else victim
 
 
+def _alone(faults, fault, seed) -> None:
+    """No other fault of ``fault``'s victim (or of another worker) overlaps it."""
+    end = fault.at_s + fault.down_s + RECOVER_S
+    for other in faults:
+        if other is fault or _group(other.process) != _group(fault.process):
+            continue
+        other_end = other.at_s + other.down_s + RECOVER_S
+        assert other_end <= fault.at_s or other.at_s >= end, (seed, fault, other)
+
+
 def test_pauses_last_pause_s_and_never_overlap_their_victims_other_faults():
     """Nor another worker's: a paused worker's partitions must have a live worker to go to."""
     for seed in range(40):
@@ -54,12 +64,7 @@ def test_pauses_last_pause_s_and_never_overlap_their_victims_other_faults():
         assert [f.at_s for f in faults] == sorted(f.at_s for f in faults)
         for pause in (f for f in faults if f.action == "pause"):
             assert pause.down_s == 30.0 and pause.process in VICTIMS
-            end = pause.at_s + pause.down_s + RECOVER_S
-            for other in faults:
-                if other is pause or _group(other.process) != _group(pause.process):
-                    continue
-                other_end = other.at_s + other.down_s + RECOVER_S
-                assert other_end <= pause.at_s or other.at_s >= end, (seed, pause, other)
+            _alone(faults, pause, seed)
 
 
 def test_cuts_come_after_the_rest_of_the_plan_and_keep_the_pause_rules():
@@ -73,12 +78,7 @@ def test_cuts_come_after_the_rest_of_the_plan_and_keep_the_pause_rules():
         cuts = [f for f in faults if f.action == "cut"]
         assert len(cuts) == 4 and all(c.process != BROKER and c.down_s == 30.0 for c in cuts)
         for cut in cuts:
-            end = cut.at_s + cut.down_s + RECOVER_S
-            for other in faults:
-                if other is cut or _group(other.process) != _group(cut.process):
-                    continue
-                other_end = other.at_s + other.down_s + RECOVER_S
-                assert other_end <= cut.at_s or other.at_s >= end, (seed, cut, other)
+            _alone(faults, cut, seed)
 
 
 def test_broker_faults_in_a_cluster_aim_at_a_leader_or_coordinator_role():
