@@ -18,8 +18,9 @@ offset). An event of a revoked generation that reaches :meth:`Lanes.admit` after
 released at once, not run: faust's rebalance waits for every message it handed out
 (``wait_empty``), and such an event would only wait for a lease the rebalance cannot give
 back before it ends (a chaos run saw a worker held in the rebalance until the group expelled
-it, 75 s later, its partitions unprocessed meanwhile). Faust itself never acknowledges a requests message: the worker releases it
-(:meth:`streams.faust_seam.ConsumerSeam.release`) and commits through its checkpoint.
+it, 75 s later, its partitions unprocessed meanwhile). Faust itself never acknowledges a
+requests message: the worker releases it (:meth:`streams.faust_seam.ConsumerSeam.release`)
+and commits through its checkpoint.
 
 The sweep's per-Order work runs in the Order's lane too (:meth:`Lanes.exclusive`), so it
 never interleaves with the Order's events.

@@ -273,9 +273,7 @@ class Sweeper:
         try:
             await self.fence_for(oid)(action)
         except Fenced as fenced:
-            metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
-            log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
-                        fenced.check.reason, extra={"order_id": oid})
+            _left_to_owner(oid, fenced)
             return False
         return True
 
@@ -329,9 +327,7 @@ class Sweeper:
                 if failure is not None:
                     found = failure
         except Fenced as fenced:
-            metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
-            log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
-                        fenced.check.reason, extra={"order_id": oid})
+            _left_to_owner(oid, fenced)
             return None
         except WhmcsError as exc:
             log.warning("sweep: WHMCS lookup failed; will retry", extra={
@@ -359,3 +355,10 @@ class Sweeper:
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})
         return outcome
+
+
+def _left_to_owner(oid: str, fenced: Fenced) -> None:
+    """The sweep met the lease's fence for ``oid``: counted and logged, nothing done."""
+    metrics.FENCED.labels(f"sweep-{fenced.stage}").inc()
+    log.warning("fenced: %s; the sweep leaves the Order to the partition's owner",
+                fenced.check.reason, extra={"order_id": oid})
