@@ -2,7 +2,7 @@
 
 Everything the worker needs from the two libraries beyond their public API lives here, one
 module per part (``membership``, ``tables``, ``writer``, ``recovery``, ``build``,
-``consumer``, on ``_base``); no other module imports a private name of either
+``consumer``, ``fetcher``, on ``_base``); no other module imports a private name of either
 (``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
 ``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
 test fails when the source of a function wrapped, subclassed or relied on here changes
@@ -11,8 +11,8 @@ upstream (:data:`CONTRACT`: a hash of each). Why each workaround exists is in
 
 The interface (what the rest of the worker calls):
 
-* :func:`build_app` — the faust app with the recovery order, table placement and
-  ``read_committed`` fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
+* :func:`build_app` — the faust app with the recovery order, table placement,
+  ``read_committed`` and the offsets asked of a partition's old leader fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
   :class:`RecordWriter` (the tables' changelog records and the outcomes, straight into
   aiokafka's producer); :func:`key_partition`;
 * :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
@@ -34,6 +34,7 @@ from streams.faust_seam._base import (
 )
 from streams.faust_seam.build import IdempotentProducer, build_app
 from streams.faust_seam.consumer import ConsumerSeam
+from streams.faust_seam.fetcher import refresh_metadata_on_stale_offsets
 from streams.faust_seam.membership import LeaseAdapter, MembershipListener, watch_membership
 from streams.faust_seam.recovery import OrderedRecovery, TableManager
 from streams.faust_seam.tables import (
@@ -48,4 +49,5 @@ __all__ = ["CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "Durab
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
            "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
            "UnsupportedVersion", "build_app", "check_versions", "key_partition",
-           "rocksdb_memory", "source_hash", "watch_membership"]
+           "refresh_metadata_on_stale_offsets", "rocksdb_memory", "source_hash",
+           "watch_membership"]

@@ -11,6 +11,7 @@ from faust.transport.base import Transport as FaustTransport
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
 from streams.faust_seam._base import CONTRACT
+from streams.faust_seam.fetcher import refresh_metadata_on_stale_offsets
 
 
 class IdempotentProducer(AIOKafkaDriverProducer):
@@ -29,7 +30,9 @@ IdempotentProducer.logger = AIOKafkaDriverProducer.logger
 
 def build_app(app_id: str, **settings: Any) -> faust.App:
     """The worker's faust app: :class:`TableManager` (the recovery order), an idempotent
-    producer, and its consumer reading ``read_committed`` (docs/decisions/0002)."""
+    producer, its consumer reading ``read_committed`` (docs/decisions/0002), and offsets
+    asked of a partition's old leader asked again with fresh metadata (decision 0015)."""
+    refresh_metadata_on_stale_offsets()
     app = faust.App(app_id, TableManager="streams.faust_seam.recovery:TableManager", **settings)
     cast(Any, app.transport).Producer = IdempotentProducer  # before the producer exists
     thread = cast(Any, app.consumer)._thread
