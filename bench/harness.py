@@ -50,7 +50,7 @@ from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, Work
 from ops.kafka_cluster import LocalCluster
 from ops.kafka_local import LocalBroker, free_port
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
-from ops.netcut import NetCut
+from ops.netcut import CutRoutes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = {
@@ -76,12 +76,7 @@ class Pipeline:
             raise ValueError("secure=True needs the pipeline's own broker")
         if cuttable and (secure or not self.own_broker):
             raise ValueError("cuttable= needs the pipeline's own plaintext broker(s)")
-        # per cuttable process: each node's (listened, advertised) port of its listener
-        self.cut_ports = {name: [(free_port(), free_port()) for _ in range(brokers)]
-                          for name in cuttable or []}
-        self.netcut: NetCut | None = None
-        self._cut_timers: dict[str, threading.Timer] = {}
-        self.cuts: list[tuple[float, str, float | None]] = []  # (when, who, for how long)
+        self.routes = CutRoutes(cuttable or [], brokers, free_port)
         self.security: BrokerSecurity | None = (
             BrokerSecurity.for_broker_home(self.dir / "kafka") if secure else None)
         self.broker: LocalBroker | None = None
@@ -130,13 +125,8 @@ class Pipeline:
         from sandbox.salesforce.harness import running_sandbox
         from sandbox.whmcs.harness import whmcs_sandbox
 
-        listeners = [{_listener(name): ports[i] for name, ports in self.cut_ports.items()}
-                     for i in range(self.brokers)]
-        if self.cut_ports:
-            self.netcut = NetCut()
-            for name, ports in self.cut_ports.items():
-                for listened, advertised in ports:
-                    self.netcut.forward(name, listened, listen_port=advertised)
+        listeners = [self.routes.listeners(i) for i in range(self.brokers)]
+        self.routes.start()
         if self.own_broker and self.brokers > 1:
             self.cluster = LocalCluster(self.dir / "kafka", nodes=self.brokers,
                                         extra_listeners=listeners)
@@ -193,10 +183,7 @@ class Pipeline:
             self.broker.stop()
         if self.cluster is not None:
             self.cluster.stop()
-        if self.netcut is not None:
-            for timer in self._cut_timers.values():
-                timer.cancel()
-            self.netcut.close()
+        self.routes.close()
 
     def _replication(self) -> dict[str, int]:
         """Replication of the pipeline's topics: the cluster's, or the settings' defaults."""
@@ -211,9 +198,8 @@ class Pipeline:
         port = self.ports.setdefault(name, free_port())
         kind = name.rstrip("0123456789")  # worker2 is another worker
         bootstrap = self.bootstrap
-        if name in self.cut_ports:  # its own route to every node
-            bootstrap = ",".join(f"127.0.0.1:{advertised}"
-                                 for _listened, advertised in self.cut_ports[name])
+        if name in self.routes:  # its own route to every node
+            bootstrap = self.routes.bootstrap(name)
         env = {**os.environ, **self.sf.env(), **self.whmcs.env(),
                "PYTHONPATH": str(ROOT), "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "KAFKA_TOPIC_PREFIX": self.prefix, "KAFKA_PARTITIONS": str(self.partitions),
@@ -350,32 +336,19 @@ class Pipeline:
             entry[1].cancel()
         return entry
 
+    # -- cuts from the brokers (ops.netcut.CutRoutes) -------------------------------------
+
     def cut(self, name: str, seconds: float | None = None) -> None:
         """Cut ``name`` off from every broker node (it goes on running; the sandboxes stay
         reachable) and reconnect it after ``seconds`` (None: at :meth:`heal`). Returns at
         once; a kill does not end a cut — the restarted process starts cut off."""
-        if self.netcut is None or name not in self.cut_ports:
-            raise RuntimeError(f"cannot cut {name}: not started with a route of its own")
-        self.netcut.cut(name)
-        self.cuts.append((time.time(), name, seconds))
-        if seconds is not None:
-            timer = threading.Timer(seconds, self.heal, (name,))
-            timer.daemon = True
-            old = self._cut_timers.pop(name, None)
-            if old is not None:
-                old.cancel()
-            self._cut_timers[name] = timer
-            timer.start()
+        self.routes.cut(name, seconds)
 
     def heal(self, name: str) -> None:
-        """Reconnect a cut-off ``name`` (nothing if it is not cut off)."""
-        if self.netcut is not None and name in self.cut_ports:
-            self.netcut.heal(name)
+        self.routes.heal(name)
 
     def cut_off(self) -> list[str]:
-        if self.netcut is None:
-            return []
-        return [name for name in self.cut_ports if self.netcut.is_cut(name)]
+        return self.routes.cut_off()
 
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
         self.resume(name)
@@ -465,11 +438,6 @@ class Pipeline:
 def pipeline(directory: Path, **kwargs: Any) -> Iterator[Pipeline]:
     with Pipeline(directory, **kwargs) as p:
         yield p
-
-
-def _listener(name: str) -> str:
-    """The broker listener of a cuttable process: ``worker2`` → ``CUT_WORKER2``."""
-    return "CUT_" + "".join(c for c in name.upper() if c.isalnum())
 
 
 def provision_request(order_id: str, idem_key: str, *, event_uuid: str | None = None) -> bytes:

@@ -16,7 +16,8 @@ requests that time out — and the kernel's flow control fills their socket buff
 ``heal()`` lets the held bytes through in order, as TCP's retransmissions would.
 
 The forwarders run on their own event loop in a daemon thread; every public method is
-called from other threads.
+called from other threads. :class:`CutRoutes` is what a pipeline of processes uses: a route
+per process to every node of a cluster, the listeners the nodes need for it, and timed cuts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,3 +227,82 @@ class NetCut:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CutRoutes:
+    """Per-process routes to every node of a local broker or cluster, cut one at a time.
+
+    Each named process gets, on every node, a listener of its own (:meth:`listeners`, for
+    ``LocalBroker``/``LocalCluster(extra_listeners=)``) that advertises a forwarder of
+    :class:`NetCut`; the process bootstraps from its forwarders (:meth:`bootstrap`), so a
+    Kafka client in it only ever connects through them. ``free_port`` picks the ports."""
+
+    def __init__(self, names: Iterable[str], nodes: int, free_port: Callable[[], int],
+                 host: str = "127.0.0.1") -> None:
+        self.host = host
+        # per process: each node's (listened by the broker, advertised = forwarder) port
+        self.ports = {name: [(free_port(), free_port()) for _ in range(nodes)]
+                      for name in names}
+        self.netcut: NetCut | None = None
+        self._timers: dict[str, threading.Timer] = {}
+        self.log: list[tuple[float, str, float | None]] = []  # (when, who, for how long)
+
+    def __bool__(self) -> bool:
+        return bool(self.ports)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ports
+
+    @staticmethod
+    def listener(name: str) -> str:
+        """The broker listener of a process: ``worker2`` → ``CUT_WORKER2``."""
+        return "CUT_" + "".join(c for c in name.upper() if c.isalnum())
+
+    def listeners(self, node: int) -> dict[str, tuple[int, int]]:
+        """The extra listeners of node ``node`` (0-based): listener name → ports."""
+        return {self.listener(name): ports[node] for name, ports in self.ports.items()}
+
+    def start(self) -> None:
+        """Open the forwarders (before the processes start; the brokers may come later)."""
+        if not self.ports or self.netcut is not None:
+            return
+        self.netcut = NetCut(self.host)
+        for name, ports in self.ports.items():
+            for listened, advertised in ports:
+                self.netcut.forward(name, listened, listen_port=advertised)
+
+    def bootstrap(self, name: str) -> str:
+        return ",".join(f"{self.host}:{advertised}" for _listened, advertised in
+                        self.ports[name])
+
+    def cut(self, name: str, seconds: float | None = None) -> None:
+        """Cut ``name`` off from every node, and reconnect it after ``seconds`` (None: at
+        :meth:`heal`). Returns at once."""
+        if self.netcut is None or name not in self.ports:
+            raise RuntimeError(f"cannot cut {name}: not started with a route of its own")
+        self.netcut.cut(name)
+        self.log.append((time.time(), name, seconds))
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        if seconds is not None:
+            timer = threading.Timer(seconds, self.heal, (name,))
+            timer.daemon = True
+            self._timers[name] = timer
+            timer.start()
+
+    def heal(self, name: str) -> None:
+        """Reconnect a cut-off ``name`` (nothing if it is not cut off)."""
+        if self.netcut is not None and name in self.ports:
+            self.netcut.heal(name)
+
+    def cut_off(self) -> list[str]:
+        if self.netcut is None:
+            return []
+        return [name for name in self.ports if self.netcut.is_cut(name)]
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        if self.netcut is not None:
+            self.netcut.close()

@@ -13,7 +13,8 @@ import uuid
 
 import pytest
 
-from ops.netcut import NetCut
+from ops.kafka_local import free_port
+from ops.netcut import CutRoutes, NetCut
 
 
 def _echo_server() -> tuple[int, threading.Event]:
@@ -53,6 +54,39 @@ def _recv(conn: socket.socket, n: int, timeout: float) -> bytes:
     except TimeoutError:
         pass
     return got
+
+
+def test_cut_routes_give_a_process_one_route_per_node_and_a_timed_cut_heals_itself():
+    (node1, stop1), (node2, stop2) = _echo_server(), _echo_server()  # two "brokers"
+    ports = iter([node1, free_port(), node2, free_port()])
+    routes = CutRoutes(["worker2"], 2, lambda: next(ports))
+    try:
+        assert routes.listeners(0) == {"CUT_WORKER2": routes.ports["worker2"][0]}
+        assert routes.listeners(1)["CUT_WORKER2"][0] == node2
+        routes.start()
+        addresses = routes.bootstrap("worker2").split(",")
+        conns = [socket.create_connection((h, int(p))) for h, p in
+                 (a.split(":") for a in addresses)]
+        for conn in conns:
+            conn.sendall(b"ping")
+            assert _recv(conn, 4, 5) == b"ping"
+        routes.cut("worker2", 1.0)
+        assert routes.cut_off() == ["worker2"]
+        for conn in conns:
+            conn.sendall(b"held")
+            assert _recv(conn, 4, 0.3) == b"", "a byte crossed the cut"
+        for conn in conns:  # healed by the timer, the held bytes delivered
+            assert _recv(conn, 4, 5) == b"held"
+        assert routes.cut_off() == []
+        assert [who for _at, who, _s in routes.log] == ["worker2"]
+        with pytest.raises(RuntimeError):
+            routes.cut("sink")  # no route of its own
+        for conn in conns:
+            conn.close()
+    finally:
+        routes.close()
+        stop1.set()
+        stop2.set()
 
 
 @pytest.fixture
