@@ -31,6 +31,11 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
   — the leader of a requests/outcomes partition or the worker's/sink's group coordinator —
   resolved through the admin API at that moment (``"fallback": true`` in the report when
   nobody held it then and another node was hit); at most one node is down at a time.
+* ``--sf-faults``: Salesforce slow and flaky for the whole run — every REST call 20 ms
+  late, 2 % answered 503, 2 % hanging 5 s before they are carried out (past the processes'
+  3 s ``SF_TIMEOUT_S``: the caller gives up, the org still does it — a late sink write, a
+  guard query answered to nobody, a token request retried), 2 % of the records of each
+  write refused with ``UNABLE_TO_LOCK_ROW``. The report counts what the sandbox injected.
 * WHMCS in runs with pauses: 60 ms (± 10) per ``AddOrder``/``AcceptOrder`` and
   ``WORKER_WHMCS_PARALLELISM`` 2 — a worker's WHMCS capacity (about 2 / 0.12 s = 16 Orders/s)
   below its share of the approvals, so its batches hold Orders queued behind the parallelism
@@ -115,15 +120,18 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
               pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
               whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
               pause_workers_only: bool = False, cuts: int = 0, cut_s: float | None = None,
-              log: Any = print) -> dict[str, Any]:
+              sf_faults: bool = False, log: Any = print) -> dict[str, Any]:
     if break_lease:
         workers, pauses = max(workers, 2), pauses if pauses or cuts else 3
     if cuts and bootstrap is not None:
         raise ValueError("cuts need the run's own broker(s): each process gets its own route")
     log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, {cuts} cuts, "
         f"seed {seed}, "
-        f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else ""))
+        f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else "")
+        + (", Salesforce slow and flaky" if sf_faults else ""))
     env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
+    if sf_faults:
+        env["SF_TIMEOUT_S"] = str(SF_TIMEOUT_S)
     timeouts: dict[str, float] = {}
     if pauses or cuts:
         lowered, timeouts = pause_settings()
@@ -155,6 +163,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
         _whmcs_faults(p, seed, whmcs_latency_ms)
+        if sf_faults:
+            p.sf.set_faults(**SF_FAULTS)
         approved: list[str] = []
         errors: list[str] = []
         approving_s = [0.0]
@@ -169,6 +179,10 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         restarts += _settle(p, approved, processes, started, settle_timeout)
         workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
+        if sf_faults:
+            calls = p.sf.counters()["calls"]
+            report["sf_faults"] = {**SF_FAULTS, "timeout_s": SF_TIMEOUT_S, "injected": {
+                k: calls.get(f"injected_{k}", 0) for k in ("hang", "503")}}
         report.update(
             seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
             brokers=brokers if bootstrap is None else None, break_lease=break_lease,
@@ -218,6 +232,11 @@ def _differences(records: set[str]) -> dict[str, list[Any]]:
     keys = sorted({k for d in decoded for k in d})
     return {k: [d.get(k) for d in decoded] for k in keys
             if len({json.dumps(d.get(k), sort_keys=True) for d in decoded}) > 1}
+
+
+SF_TIMEOUT_S = 3.0
+SF_FAULTS = {"rest_latency_ms": 20, "rest_503_rate": 0.02, "rest_hang_rate": 0.02,
+             "rest_hang_s": 5.0, "lock_row_rate": 0.02}
 
 
 def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
@@ -383,6 +402,7 @@ def default_out(args: argparse.Namespace) -> Path:
     parts = [f"{args.workers}-workers"] if args.workers > 1 else []
     parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
     parts += ["cuts"] if args.cuts else []
+    parts += ["sf-faults"] if getattr(args, "sf_faults", False) else []
     return RESULTS / ("-".join(["chaos", *parts]) + ".json")
 
 
@@ -402,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause-s", type=float, default=None,
                         help="how long each pause lasts (default: 3 x the lowest relevant "
                              "timeout, which runs with pauses lower to 10 s: 30 s)")
+    parser.add_argument("--sf-faults", action="store_true",
+                        help="Salesforce slow and flaky for the whole run (latency, 503s, "
+                             "calls hanging past the client timeout, row locks)")
     parser.add_argument("--cuts", type=int, default=0,
                         help="cut a random pipeline process off from the brokers this many "
                              "times (see --cut-s)")
@@ -447,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                            whmcs_parallelism=args.whmcs_parallelism,
                            settle_timeout=args.settle_timeout,
                            pause_workers_only=args.pause_workers_only, cuts=args.cuts,
-                           cut_s=args.cut_s)
+                           cut_s=args.cut_s, sf_faults=args.sf_faults)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))

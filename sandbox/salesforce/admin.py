@@ -183,6 +183,7 @@ async def faults(request: web.Request) -> web.Response:
 async def faults_reset(request: web.Request) -> web.Response:
     sb = _sb(request)
     sb.faults.update({"rest_latency_ms": 0, "grpc_latency_ms": 0, "rest_503_rate": 0,
+                      "rest_hang_rate": 0, "rest_hang_s": 0,
                       "lock_row_rate": 0, "record_errors": {}, "keepalives_paused": False,
                       "daily_limit": sb.config.daily_limit, "hold_collection_calls": 0})
     sb.release_held()

@@ -1,7 +1,9 @@
 """Run-time switchable fault injection and the API-call counters.
 
 :class:`Faults` is the live configuration (``GET``/``POST /__sandbox/faults``): added
-latency on REST and gRPC, a fraction of REST calls failing with 503 or with per-record
+latency on REST and gRPC, a fraction of REST calls hanging before they are handled (the
+client's timeout passes first; the call is then carried out all the same, as a slow org
+finishes what its caller gave up on), a fraction failing with 503 or with per-record
 ``UNABLE_TO_LOCK_ROW``, permanent per-record errors for chosen ids, paused keepalives,
 the daily API limit, and a *hold* on the next sObject Collections updates (each waits,
 unprocessed, until ``POST /__sandbox/hold/release`` — a write delayed at will past what
@@ -31,6 +33,8 @@ class Faults:
     rest_latency_ms: float = 0.0
     grpc_latency_ms: float = 0.0
     rest_503_rate: float = 0.0
+    rest_hang_rate: float = 0.0  # a fraction of REST calls waits rest_hang_s, then runs
+    rest_hang_s: float = 0.0
     lock_row_rate: float = 0.0
     #: record id (18 chars) -> errorCode (message chosen per code) for every write to it
     record_errors: dict[str, str] = field(default_factory=dict)
@@ -55,6 +59,13 @@ class Faults:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def rest_hang(self) -> float:
+        """Seconds this REST call hangs before it is handled (0: it does not)."""
+        if self.rest_hang_rate > 0 and self.rest_hang_s > 0 and \
+                random.random() < self.rest_hang_rate:
+            return self.rest_hang_s
+        return 0.0
 
     def rest_unavailable(self) -> bool:
         return self.rest_503_rate > 0 and random.random() < self.rest_503_rate

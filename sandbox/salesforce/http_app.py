@@ -33,6 +33,11 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if not is_admin and path != "/":
             if sb.faults.rest_latency_ms:
                 await asyncio.sleep(sb.faults.rest_latency_ms / 1000)
+            hang_s = sb.faults.rest_hang()
+            if hang_s:
+                sb.counters.count("injected_hang")
+                await request.read()  # received in full, then slow to be processed:
+                await asyncio.sleep(hang_s)  # handled after the caller may have given up
             if sb.faults.rest_unavailable():
                 sb.counters.count("injected_503")
                 raise SfError("SERVER_UNAVAILABLE", "Service temporarily unavailable",
@@ -69,7 +74,7 @@ async def _data(request: web.Request) -> web.Response:
         sb.counters.count("limit_exceeded")
         raise SfError("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", status=403)
     body = None
-    if request.can_read_body:
+    if request.body_exists:  # read already (and cached) when the call hung first
         raw = await request.read()
         if raw:
             try:

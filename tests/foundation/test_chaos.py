@@ -120,10 +120,12 @@ def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
     ({"workers": 2, "brokers": 3}, "chaos-2-workers-3-brokers.json"),
     ({"break_lease": True, "workers": 2}, "chaos-broken-lease.json"),
     ({"workers": 2, "brokers": 3, "cuts": 4}, "chaos-2-workers-3-brokers-cuts.json"),
+    ({"workers": 2, "brokers": 3, "sf_faults": True}, "chaos-2-workers-3-brokers-sf-faults.json"),
     ({"break_guard": True}, "chaos-broken-guard.json")])
 def test_each_kind_of_run_has_its_own_result_file(flags, name):
     args = argparse.Namespace(**{"workers": 1, "brokers": 1, "break_guard": False,
-                                 "break_lease": False, "cuts": 0, **flags})
+                                 "break_lease": False, "cuts": 0, "sf_faults": False,
+                                 **flags})
     assert default_out(args).name == name
 
 

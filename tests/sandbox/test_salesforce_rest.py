@@ -279,6 +279,29 @@ def test_token_expiry_and_faults(sf_sandbox: Any, sf_http: requests.Session) -> 
     assert time.monotonic() - started >= 0.3
 
 
+def test_a_hung_call_is_carried_out_after_its_caller_gave_up(sf_sandbox: Any,
+                                                             sf_http: requests.Session) -> None:
+    """``rest_hang_rate``/``rest_hang_s``: the call waits before it is handled, the client's
+    timeout passes, and the write lands all the same (a slow org, not a lost request)."""
+    order_id = _pending_orders(sf_sandbox, 1)[0]
+    url = sf_sandbox.instance_url + V + f"/sobjects/Order/{order_id}"
+    hangs = sf_sandbox.counters()["calls"].get("injected_hang", 0)
+    sf_sandbox.set_faults(rest_hang_rate=1.0, rest_hang_s=1.5)
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        sf_http.patch(url, json={"Description": "written late"}, timeout=0.5)
+    assert time.monotonic() - started < 1.4  # the client gave up first
+    assert sf_sandbox.get_record(order_id).get("Description") is None
+    sf_sandbox.set_faults(rest_hang_rate=0.0)
+    deadline = time.monotonic() + 10
+    while sf_sandbox.get_record(order_id).get("Description") is None:
+        assert time.monotonic() < deadline, "the hung write was never carried out"
+        time.sleep(0.1)
+    assert sf_sandbox.get_record(order_id)["Description"] == "written late"
+    assert sf_sandbox.counters()["calls"]["injected_hang"] == hangs + 1
+    assert sf_http.get(url).status_code == 200  # no hang once the rate is 0
+
+
 def test_simple_salesforce_sees_errors(sf_sandbox: Any, sf_http: requests.Session) -> None:
     api = _api(sf_sandbox, sf_http)
     with pytest.raises(SalesforceMalformedRequest) as info:
