@@ -182,7 +182,7 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         if sf_faults:
             calls = p.sf.counters()["calls"]
             report["sf_faults"] = {**SF_FAULTS, "timeout_s": SF_TIMEOUT_S, "injected": {
-                k: calls.get(f"injected_{k}", 0) for k in ("hang", "503")}}
+                k: calls.get(f"injected_{k}", 0) for k in ("hang", "503", "UNABLE_TO_LOCK_ROW")}}
         report.update(
             seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
             brokers=brokers if bootstrap is None else None, break_lease=break_lease,

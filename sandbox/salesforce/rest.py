@@ -128,6 +128,7 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
             _require_dict(body)
             error = sb.faults.record_error(dml.existing(tx, obj.name, record_id)[1]["Id"])
             if error:
+                sb.counters.count(f"injected_{error.code}")
                 raise error
             dml.update(tx, obj.name, record_id, body, user)
             return 204, None
@@ -175,6 +176,7 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
                 _, current = dml.existing(tx, type_name, str(record_id or ""))
                 error = sb.faults.record_error(current["Id"])
                 if error:
+                    sb.counters.count(f"injected_{error.code}")
                     raise error
                 record = dml.update(tx, type_name, current["Id"], fields, user)
             results.append({"id": record["Id"], "success": True, "errors": []})

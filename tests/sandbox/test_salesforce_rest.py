@@ -225,8 +225,10 @@ def test_composite_sobjects(sf_sandbox: Any, sf_http: requests.Session) -> None:
     assert sf_sandbox.get_record(order_ids[0])["Activation_Error__c"] == "e1"
 
     sf_sandbox.set_faults(record_errors={}, lock_row_rate=1.0)
+    locks = sf_sandbox.counters()["calls"].get("injected_UNABLE_TO_LOCK_ROW", 0)
     results = sf_http.patch(url, json={"records": records[:1]}).json()
     assert results[0]["errors"][0]["statusCode"] == "UNABLE_TO_LOCK_ROW"
+    assert sf_sandbox.counters()["calls"]["injected_UNABLE_TO_LOCK_ROW"] == locks + 1
     assert sf_sandbox.counters()["calls"]["composite_sobjects"] >= 4
 
 
