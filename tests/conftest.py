@@ -10,10 +10,11 @@ broker tests are skipped locally but FAIL when ``CI=true``.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -124,6 +125,19 @@ def kafka_settings(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> K
                                   topic_prefix=unique_name("t") + ".", partitions=3)
     ensure_topics(settings)
     return settings
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
+             interval: float = 0.5) -> Any:
+    """``check()``'s first truthy answer, asked every ``interval`` s; AssertionError naming
+    ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not after {timeout:.0f}s")
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1,

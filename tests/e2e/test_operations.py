@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import Pipeline
+from tests.conftest import wait_for
 from tests.foundation.test_monitoring import exposed_names, referenced_metrics
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]
@@ -63,13 +63,7 @@ def spans_of(p: Pipeline, order_id: str) -> list[dict]:
 
 
 def wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(what, check, timeout, interval=1.0)
 
 
 def test_one_approved_order_is_one_trace_across_the_three_processes(pipeline):

@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 from common.kafka import TopicSpec, create_topics
 from ops.kafka_cluster import LocalCluster, override_properties
+from tests.conftest import wait_for
 
 
 def test_override_properties_replaces_in_place_and_appends_the_rest():
@@ -18,16 +19,6 @@ def test_override_properties_replaces_in_place_and_appends_the_rest():
                                      "extra.key": "x"})
     assert out.splitlines() == ["# comment=1", "node.id=3", "min.insync.replicas=2",
                                 "listeners=PLAINTEXT://h:1", "extra.key=x"]
-
-
-def _wait(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not after {timeout:.0f}s")
 
 
 def _produce(bootstrap: str, topic: str, values: list[str]) -> None:
@@ -57,11 +48,11 @@ def test_three_nodes_keep_producing_and_consuming_when_a_leader_dies(tmp_path):
                              timeout=60) == ([topic], [])
         first = [f"before-{i}" for i in range(50)]
         _produce(cluster.bootstrap, topic, first)
-        leader = _wait("a leader for partition 0", lambda: cluster.leader(topic, 0))
+        leader = wait_for("a leader for partition 0", lambda: cluster.leader(topic, 0))
 
         cluster.node(leader).kill()  # SIGKILL the leader of the partition we write to
         assert cluster.running()[leader] is None
-        moved = _wait("a new leader", lambda: (lead := cluster.leader(topic, 0)) not in
+        moved = wait_for("a new leader", lambda: (lead := cluster.leader(topic, 0)) not in
                       (None, leader) and lead)
         second = [f"after-{i}" for i in range(50)]
         _produce(cluster.bootstrap, topic, second)  # 2 replicas left = min.insync.replicas

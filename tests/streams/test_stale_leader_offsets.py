@@ -20,25 +20,16 @@ from confluent_kafka.admin import AdminClient
 from common.kafka import TopicSpec, create_topics
 from ops.kafka_cluster import LocalCluster
 from streams import faust_seam
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 RECORDS = 10
 
 
-def _wait(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not after {timeout:.0f}s")
-
-
 def _move_leadership(cluster: LocalCluster, topic: str, old: int) -> int:
     """Kill the leader, wait for another, start the old one again: a follower now."""
     cluster.node(old).kill()
-    new = _wait("a new leader", lambda: (lead := cluster.leader(topic, 0)) not in
+    new = wait_for("a new leader", lambda: (lead := cluster.leader(topic, 0)) not in
                 (None, old) and lead)
     cluster.restart_node(old)
     assert cluster.leader(topic, 0) == new  # no preferred-leader election for 5 minutes
@@ -64,7 +55,7 @@ def test_a_position_is_found_after_the_leader_moved_behind_the_consumers_back(tm
         cluster.start(timeout=120)
         topic = "moved"
         _create_and_fill(cluster.bootstrap, topic)
-        old = _wait("a leader", lambda: cluster.leader(topic, 0))
+        old = wait_for("a leader", lambda: cluster.leader(topic, 0))
 
         async def run() -> tuple[int | None, bool, int | None, float]:
             consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap,
