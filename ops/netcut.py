@@ -247,9 +247,6 @@ class CutRoutes:
         self._timers: dict[str, threading.Timer] = {}
         self.log: list[tuple[float, str, float | None]] = []  # (when, who, for how long)
 
-    def __bool__(self) -> bool:
-        return bool(self.ports)
-
     def __contains__(self, name: object) -> bool:
         return name in self.ports
 
