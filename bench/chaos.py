@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_plan import BROKER, Fault, make_plan
+from bench.chaos_report import count_lines, first_line, log_lines, outcome_records
 from bench.harness import Pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -187,11 +188,11 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
             seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
             brokers=brokers if bootstrap is None else None, break_lease=break_lease,
             break_guard=break_guard, env=env,
-            **{key: _count_lines(p, workers_logs, needle, but)
+            **{key: count_lines(p, workers_logs, needle, but)
                for key, (needle, but) in LOG_COUNTS.items()},
-            worker_variant=_first_line(p, "worker", "bench.broken_worker:"),
-            connector_fenced=_count_lines(p, ("connector",), "fenced:"),
-            commit_gate_holds=_count_lines(p, workers_logs, "commit gate: faust would commit"),
+            worker_variant=first_line(p, "worker", "bench.broken_worker:"),
+            connector_fenced=count_lines(p, ("connector",), "fenced:"),
+            commit_gate_holds=count_lines(p, workers_logs, "commit gate: faust would commit"),
             kill_plan=[f for f in applied if f["action"] == "kill"],
             pauses=[f for f in applied if f["action"] == "pause"],
             pause_count=sum(f["action"] == "pause" for f in applied),
@@ -202,36 +203,11 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                               for oid in report["duplicate_orders"]},
             unplanned_restarts=len(restarts), unplanned=restarts, errors=errors,
             duration_s=round(time.monotonic() - started, 1))
-        report.update(_outcome_records(p))
+        report.update(outcome_records(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
                         and report["approved"] == orders and not errors)
         return report
-
-
-def _outcome_records(p: Pipeline) -> dict[str, Any]:
-    """The outcomes topic: one decision per event. A record sent again after a crash must be
-    the identical record (counted as resent); two different records for one event
-    (``order_id``, ``idem_key``, ``event_uuid``) are contradicting, a failure."""
-    seen: dict[tuple[Any, ...], set[str]] = {}
-    total = 0
-    for outcome in p.outcomes():
-        total += 1
-        key = (outcome["order_id"], outcome["idem_key"], outcome["event_uuid"])
-        seen.setdefault(key, set()).add(json.dumps(outcome, sort_keys=True, default=str))
-    contradicting = [list(k) for k, records in seen.items() if len(records) > 1]
-    return {"outcome_records": total, "outcomes_resent": total - len(seen),
-            "outcomes_contradicting": len(contradicting),
-            "contradicting_detail": contradicting[:10],
-            "contradicting_fields": [_differences(seen[tuple(k)]) for k in contradicting[:10]]}
-
-
-def _differences(records: set[str]) -> dict[str, list[Any]]:
-    """The fields in which the records of one event differ, with each record's value."""
-    decoded = [json.loads(r) for r in sorted(records)]
-    keys = sorted({k for d in decoded for k in d})
-    return {k: [d.get(k) for d in decoded] for k in keys
-            if len({json.dumps(d.get(k), sort_keys=True) for d in decoded}) > 1}
 
 
 SF_TIMEOUT_S = 3.0
@@ -359,25 +335,6 @@ def _settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], starte
     return restarts
 
 
-def _log_lines(p: Pipeline, name: str) -> list[str]:
-    try:
-        return p.log(name).read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-
-
-def _count_lines(p: Pipeline, names: tuple[str, ...], needle: str,
-                 but: str | None = None) -> int:
-    """Lines containing ``needle`` (and not ``but``) in the logs of ``names`` — every run of
-    each process: a restart appends to the same log."""
-    return sum(needle in line and (but is None or but not in line)
-               for name in names for line in _log_lines(p, name))
-
-
-def _first_line(p: Pipeline, name: str, needle: str) -> str | None:
-    return next((line for line in _log_lines(p, name) if needle in line), None)
-
-
 def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
             started: float = 0.0) -> list[dict[str, Any]]:
     """Restart a pipeline process that died on its own (what the supervisor does in prod);
@@ -388,7 +345,7 @@ def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
         if proc is not None and proc.poll() is not None:
             revived.append({"process": name, "exit": proc.returncode,
                             "at_s": round(time.monotonic() - started, 1),
-                            "log_tail": _log_lines(p, name)[-5:]})
+                            "log_tail": log_lines(p, name)[-5:]})
             p.start(name)
     return revived
 
@@ -402,7 +359,7 @@ def default_out(args: argparse.Namespace) -> Path:
     parts = [f"{args.workers}-workers"] if args.workers > 1 else []
     parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
     parts += ["cuts"] if args.cuts else []
-    parts += ["sf-faults"] if getattr(args, "sf_faults", False) else []
+    parts += ["sf-faults"] if args.sf_faults else []
     return RESULTS / ("-".join(["chaos", *parts]) + ".json")
 
 
