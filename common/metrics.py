@@ -14,14 +14,31 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+T = TypeVar("T")
+
+
+def reads_while_alive(owner: T, read: Callable[[T], float],
+                      default: float = 0.0) -> Callable[[], float]:
+    """A gauge's ``set_function`` for a value of ``owner``: ``read(owner)`` while ``owner``
+    lives, ``default`` after. The gauges are module-level and live as long as the process;
+    a bound method or a closure over ``owner`` would keep it, and the Kafka clients it owns,
+    alive past its use (an object built twice in one process — tests, embedding — kept
+    every earlier one, and their clients went on connecting to brokers long gone)."""
+    ref = weakref.ref(owner)
+
+    def value() -> float:
+        alive = ref()
+        return default if alive is None else read(alive)
+    return value
 
 
 class HealthServer:

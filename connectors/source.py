@@ -87,6 +87,7 @@ from common.errors import (
     SalesforceLimitError,
     TransactionTimedOutError,
 )
+from common.metrics import reads_while_alive
 from common.salesforce import SalesforceAuth
 from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
@@ -173,7 +174,7 @@ class Connector:
         # one before the next write
         self._reopen_pending = False
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
-        m.COMMITTED_AGE.set_function(self._committed_age)
+        m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
 

@@ -201,7 +201,11 @@ class Worker:
         self.intents.watch = self.sweeper.watch_intent
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
         self.assigned: set[int] = set()
-        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        # weak: faust's signal keeps its receivers in the App class's one Signal (keyed by
+        # app), so a strong one would keep this Worker, and its Kafka clients, for good;
+        # whoever runs the Worker holds it (streams.__main__: for the process's life)
+        self.app.on_partitions_assigned.connect(
+            self._on_assigned, weak=True)  # type: ignore[arg-type]
         self.watchdog: StallWatchdog | None = None
         if worker.stall_timeout_s > 0:
             self.watchdog = StallWatchdog(

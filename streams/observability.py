@@ -27,6 +27,7 @@ from common import tracing
 from common.inflight import InFlight
 from common.lag import lag_reader
 from common.lagmetrics import LagPublisher
+from common.metrics import reads_while_alive
 from common.probes import Heartbeat, failing_for, readiness
 from streams import faust_seam, metrics
 from streams.guard import reading_orders
@@ -59,17 +60,19 @@ class WorkerOps:
         group, topic = worker.kafka.topic(worker.settings.app_id), worker.kafka.requests
         self.lag = LagPublisher(lag_reader(worker.kafka, group, topic),
                                 group=group, topic=topic)
-        OLDEST_UNFINISHED.set_function(lambda: self.inflight.oldest_unfinished_age() or 0.0)
-        IN_FLIGHT.set_function(lambda: len(self.inflight))
-        WHMCS_REFUSED.set_function(
-            lambda: int(self.worker.provisioner.access_refused_since is not None))
-        SF_UNAVAILABLE.set_function(lambda: int(self.worker.guard.unavailable_since is not None))
+        OLDEST_UNFINISHED.set_function(reads_while_alive(
+            self, lambda ops: ops.inflight.oldest_unfinished_age() or 0.0))
+        IN_FLIGHT.set_function(reads_while_alive(self, lambda ops: len(ops.inflight)))
+        WHMCS_REFUSED.set_function(reads_while_alive(
+            self, lambda ops: int(ops.worker.provisioner.access_refused_since is not None)))
+        SF_UNAVAILABLE.set_function(reads_while_alive(
+            self, lambda ops: int(ops.worker.guard.unavailable_since is not None)))
         self.rocksdb_held: dict[str, int] = {}
 
-        def held(kind: str) -> Callable[[], float]:
-            return lambda: self.rocksdb_held.get(kind, 0)
+        def held(kind: str) -> Callable[[WorkerOps], float]:
+            return lambda ops: ops.rocksdb_held.get(kind, 0)
         for kind in ("memtables", "table_readers", "block_cache"):
-            ROCKSDB_BYTES.labels(kind).set_function(held(kind))
+            ROCKSDB_BYTES.labels(kind).set_function(reads_while_alive(self, held(kind)))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.heartbeat.install_on(loop)

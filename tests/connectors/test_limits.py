@@ -7,14 +7,18 @@ in-process against it and the real broker.
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from common.salesforce import Token
 from common.settings import ConnectorSettings, Secret
+from connectors.offsets import EVENT, Position
 from connectors.pubsub import errors as perr
 from connectors.pubsub.client import PubSubClient
 from connectors.pubsub.generated import pubsub_api_pb2_grpc as pb_grpc
@@ -82,3 +86,22 @@ def test_limit_errors_wait_long_and_report_unhealthy(kafka_settings, unique_name
         thread.join(15)
         server.stop(0)
     assert result == [0]
+
+
+def test_nothing_keeps_a_connector_once_its_owner_lets_go(kafka_settings, unique_name):
+    """The committed-age gauge is module-level; it reads a Connector only while the
+    Connector lives (a bound method held it, and its producer went on connecting to the
+    session's broker after it stopped)."""
+    settings = ConnectorSettings.load({}, name=unique_name("rel"), pubsub_endpoint="127.0.0.1:9",
+                                      pubsub_tls=False)
+    auth = FakeAuth()
+    conn = Connector(kafka=kafka_settings, salesforce=None, connector=settings, auth=auth,
+                     pubsub=PubSubClient(settings, None, auth,
+                                         channel=grpc.insecure_channel("127.0.0.1:9")))
+    conn.position = Position(b"\x01", EVENT, committed_at_ms=0)
+    assert REGISTRY.get_sample_value("sfprov_connector_committed_replay_id_age_seconds") > 0
+    gone = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert gone() is None
+    assert REGISTRY.get_sample_value("sfprov_connector_committed_replay_id_age_seconds") == -1

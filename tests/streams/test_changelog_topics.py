@@ -3,8 +3,12 @@ the names must be faust's own, and the topics compacted with the declared min IS
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
+from prometheus_client import REGISTRY
 
 from common.kafka import changelog_topics, ensure_topics
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
@@ -27,6 +31,17 @@ def test_the_declared_changelogs_are_the_names_faust_gives_the_worker_tables(tmp
     declared = sorted(s.name for s in changelog_topics(kafka, kafka.topic(worker.app_id)))
     assert declared == faust_names == ["t1.sfprov-worker-idem-changelog",
                                        "t1.sfprov-worker-intents-changelog"]
+
+    # nothing module-level (faust's signals, the gauges) keeps a Worker, or its Kafka
+    # clients, once its owner lets go of it: they went on connecting to the session's
+    # broker after it stopped
+    built.ops.inflight.started((0, 1), since=None)
+    assert REGISTRY.get_sample_value("sfprov_worker_events_in_flight") == 1
+    gone = weakref.ref(built)
+    del built
+    gc.collect()
+    assert gone() is None
+    assert REGISTRY.get_sample_value("sfprov_worker_events_in_flight") == 0
 
 
 @pytest.mark.broker
