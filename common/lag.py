@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import (
@@ -124,9 +124,19 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
     out: dict[int, list[int]] = into if into is not None else {}
     for p in ranges:
         out.setdefault(p, [])
+    for msg in range_records(c, topic, ranges, timeout_s):
+        out[msg.partition()].append(msg.offset())
+    return out
+
+
+def range_records(c: Any, topic: str, ranges: dict[int, tuple[int, int]],
+                  timeout_s: float = 10.0) -> Iterator[Any]:
+    """The committed records (confluent ``Message``) of each partition's [start, end), in
+    offset order per partition; ``c`` from :func:`new_range_consumer`. TimeoutError when the
+    broker does not answer in ``timeout_s``."""
     todo = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
     if not todo:
-        return out
+        return
     c.assign([TopicPartition(topic, p, start) for p, (start, _) in todo.items()])
     deadline = time.monotonic() + timeout_s
     try:
@@ -144,13 +154,12 @@ def committed_record_offsets(c: Any, topic: str, ranges: dict[int, tuple[int, in
                         continue
                     raise KafkaException(msg.error())
                 if p in todo and todo[p][0] <= msg.offset() < todo[p][1]:
-                    out[p].append(msg.offset())
+                    yield msg
             for tp in c.position([TopicPartition(topic, p) for p in todo]):
                 if tp.offset >= todo[tp.partition][1] or tp.partition in at_end:
                     del todo[tp.partition]
     finally:
         c.unassign()
-    return out
 
 
 def lag_reader(bootstrap: Connectable, group: str, topic: str) -> Any:

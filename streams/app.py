@@ -43,6 +43,7 @@ from streams.lease import Fenced, OwnershipLease
 from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
+from streams.repair import ChangelogReader, ChangelogRepair
 from streams.state import GroupCommit, OrderState
 from streams.watchdog import Progress, StallWatchdog, exit_to_rejoin, unowned
 
@@ -148,6 +149,14 @@ class Worker:
             self.lease, kafka.requests,
             unbacked=lambda reason: exit_to_rejoin(f"{reason}; no WHMCS write was made for them"),
             changelogs=[t.changelog_topic.get_topic_name() for t in (self.idem, self.intents)]))
+
+        # another writer's late records among the tables' own: the owner's values sent
+        # again, so that the changelogs end with them (streams.repair)
+        self.changelogs = ChangelogReader(conn, app_id)
+        self.repair = ChangelogRepair(self.lease, self.changelogs, self.durable)
+        for table in (self.idem, self.intents):
+            table.on_foreign = self.repair.foreign
+            table.generation = self._generation
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
@@ -311,6 +320,9 @@ class Worker:
         self.sweeper.rescan()  # entries of new partitions may predate the index
         log.info("requests partitions assigned: %s", sorted(self.assigned))
 
+    def _generation(self) -> int | None:
+        return self.lease.generation
+
     # -- the sweep -------------------------------------------------------------------------
 
     def owns(self, order_id: str) -> bool:
@@ -338,6 +350,12 @@ class Worker:
                 self._crash(exc)
                 return
             log.exception("sweep failed")
+        try:  # late records in partitions gone quiet since (streams.repair)
+            await self.repair.check_idle([self.idem, self.intents], self.changelogs.high)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - looked at again at the next sweep
+            log.exception("looking for late changelog records failed")
 
     # -- health ----------------------------------------------------------------------------
 

@@ -43,6 +43,17 @@ CHANGELOG_GAPS = Counter("sfprov_worker_changelog_gaps_total",
                          "Another writer's records found among or before a table flush's "
                          "own in a changelog partition: its persisted offset is held back "
                          "until the next restore, by table", ["table"])
+CHANGELOG_FOREIGN = Counter("sfprov_worker_changelog_foreign_total",
+                            "Table flushes whose changelog records another writer's records "
+                            "lie among or before (since the last flush), by table", ["table"])
+CHANGELOG_REPAIRS = Counter("sfprov_worker_changelog_repairs_total",
+                            "Ranges of another writer's changelog records looked at, by table "
+                            "and result: repaired (the owner's values sent again where the "
+                            "last record was not theirs), not_owner (the lease did not hold: "
+                            "nothing sent), failed", ["table", "result"])
+CHANGELOG_REWRITES = Counter("sfprov_worker_changelog_rewrites_total",
+                             "Keys whose stored value the owner sent again because another "
+                             "writer's record had landed after its own, by table", ["table"])
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")

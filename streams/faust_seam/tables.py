@@ -200,6 +200,14 @@ class DurableTable(faust.Table):
         self._changelog_name: str | None = None
         self.watch: Callable[[str, Any], None] | None = None
         self._gapped: set[int] = set()  # partitions whose persisted offset a gap holds back
+        # Another writer's records among this table's own (streams.repair): told of each
+        # flush whose records do not follow the last one's, with the offsets to look at
+        # and the group generation its first record was written in (``generation``).
+        self.on_foreign: Callable[[DurableTable, int, int, int, int | None], None] | None = None
+        self.generation: Callable[[], int | None] | None = None
+        self._tail: dict[int, int] = {}  # partition → offset of the last record looked at
+        self._tail_generation: dict[int, int | None] = {}  # ... and its flush's generation
+        self._flushing = 0  # flushes awaiting their acknowledgements
 
     def apply_changelog_batch(self, batch: Any) -> None:
         batch = list(batch)
@@ -231,6 +239,20 @@ class DurableTable(faust.Table):
                 return None
             return orjson.loads(raw) if self._json_values else store._decode_value(raw)
         return self.get(key)
+
+    def stored(self, key: str) -> bytes | None:
+        """The bytes the store holds under ``key`` (what its changelog record carries)."""
+        store = self.data
+        if isinstance(store, RocksStore):
+            return cast("bytes | None", store._get(key.encode()))
+        return self._encode_value(self.get(key)) if key in store else None
+
+    def rewrite(self, key: str) -> None:
+        """Send ``key``'s stored value again (a tombstone when there is none), so that the
+        changelog's last record for it is this table's again: another writer's record landed
+        after ours (streams.repair). The store is unchanged; the next flush makes it
+        durable."""
+        self._send(cast(int, self.partition_for_key(key)), key, self.stored(key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         store = self.data
@@ -290,7 +312,9 @@ class DurableTable(faust.Table):
             name = self._changelog_name = self.changelog_topic.get_topic_name()
         tally = self._unflushed
         if tally is None:
-            tally = self._unflushed = Tally(asyncio.get_running_loop())
+            tally = self._unflushed = Tally(
+                asyncio.get_running_loop(),
+                self.generation() if self.generation is not None else None)
         self._writer.send_counted(name, partition, str(key).encode(), encoded, tally)
 
     async def flush(self, timeout: float = 60.0) -> None:
@@ -306,14 +330,30 @@ class DurableTable(faust.Table):
         if tally is None:
             return
         tally.close()
+        self._flushing += 1
         try:
-            await asyncio.wait_for(tally.done, timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
-                                  f"{exc!r}") from exc
-        self._persist_offsets(tally)
+            try:
+                await asyncio.wait_for(tally.done, timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
+                                      f"{exc!r}") from exc
+            self._persist_offsets(tally)
+        finally:
+            self._flushing -= 1
+
+    def idle_tails(self) -> dict[int, tuple[int, int | None]]:
+        """partition → (offset of the last record of ours looked at, the generation its
+        flush was written in), while none of this table's writes is unflushed or awaiting
+        its acknowledgement (else nothing): a record past it is then another writer's."""
+        if self._unflushed is not None or self._flushing:
+            return {}
+        return {p: (offset, self._tail_generation.get(p)) for p, offset in self._tail.items()}
+
+    def looked_at(self, partition: int, offset: int) -> None:
+        """Records up to ``offset`` of ``partition`` are being looked at (streams.repair)."""
+        self._tail[partition] = max(self._tail.get(partition, -1), offset)
 
     def _persist_offsets(self, tally: Tally) -> None:
         """Move each partition's persisted changelog offset (where a restore resumes) to
@@ -331,9 +371,18 @@ class DurableTable(faust.Table):
             return
         for partition, offset in tally.acked.items():
             if partition not in store._dbs:  # closed meanwhile: restored from older
+                self._tail.pop(partition, None)
+                self._tail_generation.pop(partition, None)
                 continue
             tp = TP(self._changelog_name, partition)
             persisted = store.persisted_offset(tp)
+            # since the last record looked at (ours, or restored: a restore moves the
+            # persisted offset to the end it read), anything but ours is another writer's
+            seen = max(self._tail.get(partition, -1), -1 if persisted is None else persisted)
+            self._tail[partition] = offset
+            self._tail_generation[partition] = tally.generation
+            if self.on_foreign is not None and not tally.contiguous(partition, seen):
+                self.on_foreign(self, partition, seen + 1, offset, tally.generation)
             if tally.contiguous(partition, -1 if persisted is None else persisted):
                 store.set_persisted_offset(tp, offset)
                 self._gapped.discard(partition)

@@ -26,9 +26,10 @@ class Tally:
     record cost a future, a done-callback and a ``gather`` entry, and two callbacks run by
     the loop at the acknowledgement, a record here costs a counter."""
 
-    __slots__ = ("pending", "acked", "lowest", "count", "done", "closed")
+    __slots__ = ("pending", "acked", "lowest", "count", "done", "closed", "generation")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, generation: int | None = None) -> None:
+        self.generation = generation  # the group generation its first record was written in
         self.pending = 0
         self.acked: dict[int, int] = {}
         self.lowest: dict[int, int] = {}

@@ -1,0 +1,219 @@
+"""Late records of a partition's earlier owner, rewritten over so that the owner's come last.
+
+A worker cut off from the brokers, or paused, keeps the table writes it made while its lease
+held in its producer's buffers and on the wire; after the heal they land in the changelog
+*after* the writes of the worker that owns the partition by then (decision 0014). The
+owner's store never applies them, but the changelog now ends, for those Orders, with the
+old owner's values: whoever restores the partition next (the owner after a crash, the next
+owner after a rebalance) applies them last — a decided outcome marked unsent, sent again
+with other fields; an intent pending again — and compaction keeps them over the owner's.
+
+The owner sees them: a flush whose acknowledged offsets do not follow the last record it
+looked at has another writer's records among its own (:class:`streams.faust_seam.DurableTable`
+tells ``on_foreign``). :class:`ChangelogRepair` then reads that offset range back, and for
+every Order whose last record there is not what the owner's store holds, sends the store's
+value again (a tombstone where the store holds nothing) and makes it durable with the next
+group commit. The changelog ends with the owner's values again; a restore after that applies
+the late records and then the owner's over them.
+
+Only the owner may do this, and only for records it can prove it did not write while
+someone else owned the partition: the repair runs while :class:`streams.lease.OwnershipLease`
+answers for the partition *in the generation the flush's first record was written in* —
+ownership unbroken from before those records were sent until the rewrite. A worker that was
+itself the one cut off (its own late records among the new owner's) finds its lease lost
+and rewrites nothing. Why the owner's store is the truth: every WHMCS write of the earlier
+owner was made under its lease, after its intent was acknowledged, so before this owner was
+assigned and restored (:mod:`streams.lease`); a record that lands after that restore carries
+nothing the owner must know.
+
+What it cannot mend: late records that land after the owner's last flush of a partition that
+then stays idle until the partition moves on (no flush of the owner's meets them), and an
+owner that crashes between the late records' landing and its rewrite's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from streams import metrics
+from streams.lease import Fenced, OwnershipLease, hold
+
+log = logging.getLogger(__name__)
+
+# (changelog topic, partition, first offset, last offset) → the last value of each key
+# in that range (None: a tombstone), read by a client of its own; blocking
+RangeRead = Callable[[str, int, int, int], dict[bytes, bytes | None]]
+
+
+class RepairableTable(Protocol):
+    name: str
+
+    def stored(self, key: str) -> bytes | None: ...
+
+    def rewrite(self, key: str) -> None: ...
+
+    def idle_tails(self) -> dict[int, tuple[int, int | None]]: ...
+
+    def looked_at(self, partition: int, offset: int) -> None: ...
+
+    @property
+    def changelog_topic(self) -> Any: ...
+
+
+class ChangelogRepair:
+    """Told of foreign records by the tables (:meth:`foreign`), repairs them one range at a
+    time on the event loop; the range is read on a thread (``read`` blocks). ``commit`` is
+    the worker's group commit. ``wait_s``: how long a range waits for the lease to answer
+    (a rebalance under way, heartbeats not accepted lately) before it is given up."""
+
+    def __init__(self, lease: OwnershipLease, read: RangeRead,
+                 commit: Callable[[], Awaitable[None]], *, wait_s: float = 30.0) -> None:
+        self._lease, self._read, self._commit = lease, read, commit
+        self.wait_s = wait_s
+        self._queue: deque[tuple[RepairableTable, int, int, int, int | None]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.rewritten = 0  # keys sent again, in all
+        self.given_up = 0  # ranges not repaired (the lease lost, or no answer)
+
+    def foreign(self, table: RepairableTable, partition: int, start: int, end: int,
+                generation: int | None) -> None:
+        """Offsets ``start``..``end`` of ``table``'s changelog ``partition`` hold another
+        writer's records among a flush of ours whose first record was written in
+        ``generation``. Called from the flush; the repair runs after it."""
+        metrics.CHANGELOG_FOREIGN.labels(table.name).inc()
+        self._queue.append((table, partition, start, end, generation))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def check_idle(self, tables: list[RepairableTable],
+                         high: Callable[[str, int], int]) -> int:
+        """Late records that landed after a table's last flush, which no flush of ours met
+        (a partition gone quiet): for each partition whose last record of ours this worker
+        has owned since, records past it (``high``: a partition's end offset, blocking) are
+        another writer's. Run at each sweep. Returns how many ranges it found."""
+        loop = asyncio.get_running_loop()
+        found = 0
+        for table in tables:
+            topic = table.changelog_topic.get_topic_name()
+            for partition, (tail, generation) in table.idle_tails().items():
+                if generation is None or not self._lease.check(partition, generation).ok:
+                    continue
+                end = await loop.run_in_executor(None, high, topic, partition)
+                if table.idle_tails().get(partition) != (tail, generation):
+                    continue  # written meanwhile: that flush looks at them itself
+                if end - 1 > tail:
+                    table.looked_at(partition, end - 1)
+                    self.foreign(table, partition, tail + 1, end - 1, generation)
+                    found += 1
+        return found
+
+    async def idle(self) -> None:
+        """Return once every range told so far is repaired or given up (tests)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        while self._queue:
+            table, partition, start, end, generation = self._queue.popleft()
+            try:
+                await self._repair(table, partition, start, end, generation)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next foreign range is tried all the same
+                self.given_up += 1
+                metrics.CHANGELOG_REPAIRS.labels(table.name, "failed").inc()
+                log.exception("table %s: repairing changelog partition %d (offsets %d-%d) "
+                              "failed", table.name, partition, start, end)
+
+    async def _owned(self, table: RepairableTable, partition: int, start: int, end: int,
+                     generation: int | None) -> bool:
+        why = ""
+        if generation is None:
+            why = "its records were written outside an assignment"
+        else:
+            try:
+                await asyncio.wait_for(hold(self._lease, partition, generation,
+                                            stage="a changelog repair"), self.wait_s)
+                return True
+            except Fenced as exc:
+                why = str(exc.check.reason)
+            except TimeoutError:
+                why = f"the lease did not answer within {self.wait_s:g} s"
+        self.given_up += 1
+        metrics.CHANGELOG_REPAIRS.labels(table.name, "not_owner").inc()
+        log.info("table %s: changelog partition %d has another writer's records among ours "
+                 "(offsets %d-%d); not repaired: %s", table.name, partition, start, end, why)
+        return False
+
+    async def _repair(self, table: RepairableTable, partition: int, start: int, end: int,
+                      generation: int | None) -> None:
+        if not await self._owned(table, partition, start, end, generation):
+            return
+        topic = table.changelog_topic.get_topic_name()
+        last = await asyncio.get_running_loop().run_in_executor(
+            None, self._read, topic, partition, start, end)
+        if not await self._owned(table, partition, start, end, generation):
+            return
+        stale = [key.decode() for key, value in last.items()
+                 if table.stored(key.decode()) != value]
+        for key in stale:
+            table.rewrite(key)
+        if stale:
+            await self._commit()
+        self.rewritten += len(stale)
+        metrics.CHANGELOG_REPAIRS.labels(table.name, "repaired").inc()
+        metrics.CHANGELOG_REWRITES.labels(table.name).inc(len(stale))
+        log.warning("table %s: changelog partition %d had another writer's records among "
+                    "ours (offsets %d-%d, %d keys); %d key(s) whose last record there was "
+                    "not ours sent again", table.name, partition, start, end, len(last),
+                    len(stale), extra={"partition": partition, "count": len(stale)})
+
+
+class ChangelogReader:
+    """A :data:`RangeRead` with a ``read_committed`` range consumer of its own, made at the
+    first read (most workers never need one). ``close()`` closes it."""
+
+    def __init__(self, bootstrap: Any, group: str, timeout_s: float = 10.0) -> None:
+        self._bootstrap, self._group, self.timeout_s = bootstrap, group, timeout_s
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, topic: str, partition: int, start: int, end: int
+                 ) -> dict[bytes, bytes | None]:
+        from common.lag import range_records
+
+        with self._lock:
+            last: dict[bytes, bytes | None] = {}
+            for msg in range_records(self._client(), topic, {partition: (start, end + 1)},
+                                     timeout_s=self.timeout_s):
+                last[msg.key()] = msg.value()
+            return last
+
+    def high(self, topic: str, partition: int) -> int:
+        """The end offset of ``topic``'s ``partition`` (the offset its next record gets)."""
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            _low, end = self._client().get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.timeout_s)
+            return int(end)
+
+    def _client(self) -> Any:
+        from common.lag import new_range_consumer
+
+        if self._consumer is None:
+            self._consumer = new_range_consumer(self._bootstrap, f"{self._group}-repair")
+        return self._consumer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):  # already closed
+                    self._consumer.close()
+                self._consumer = None

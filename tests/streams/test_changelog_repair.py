@@ -1,0 +1,118 @@
+"""Another writer's late records among a table's own changelog records (streams.repair):
+the owner sends its values again, so that the changelog — what a restore applies, what
+compaction keeps — ends with them; a worker that is not the owner any more sends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.lease import OwnershipLease
+from streams.repair import ChangelogReader, ChangelogRepair
+from tests.streams.test_tables import _durable_table
+
+pytestmark = pytest.mark.broker
+
+A, B, C, D = (f"801F{i:011d}AAA" for i in range(4))
+
+
+def _last_records(bootstrap: str, topic: str) -> dict[str, bytes | None]:
+    """Each key's last record in partition 0 of ``topic``: what a restore ends with."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "repair-check",
+                         "enable.auto.commit": False})
+    try:
+        tp = TopicPartition(topic, 0)
+        _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        last: dict[str, bytes | None] = {}
+        read = 0
+        while read < high:
+            msg = consumer.poll(5)
+            assert msg is not None and not msg.error()
+            last[msg.key().decode()] = msg.value()
+            read += 1
+        return last
+    finally:
+        consumer.close()
+
+
+def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool = False):
+    """``mine`` owns partition 0 in generation 7 and writes A, B; ``zombie`` — an earlier
+    owner whose writes were held by a cut — lands A and C after them; ``mine`` writes D and
+    flushes, which meets the zombie's records. ``lose_partition``: before that flush,
+    ``mine`` itself lost the partition and got it back (generation 9). ``idle``: ``mine``
+    writes nothing more; the sweep's look at the quiet partitions finds them."""
+    app_id = kafka_settings.topic("repair")
+    broker = f"kafka://{kafka_settings.bootstrap_servers}"
+    mine = _durable_table(app_id, tmp_path / "mine", partitions=1, broker=broker,
+                          producer_acks=-1)
+    zombie = _durable_table(app_id, tmp_path / "zombie", partitions=1, broker=broker,
+                            producer_acks=-1)
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    mine.generation = lambda: lease.generation
+    reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
+    repair = ChangelogRepair(lease, reader, mine.flush, wait_s=2)
+    mine.on_foreign = repair.foreign
+    found: list[int] = []
+
+    async def go():
+        await mine.app.start()
+        await zombie.app.start()
+        try:
+            await mine.changelog_topic.maybe_declare()
+            mine[A] = {"by": "owner", "n": 1}
+            mine[B] = {"by": "owner", "n": 1}
+            await mine.flush()
+            zombie[A] = {"by": "zombie"}
+            zombie[C] = {"by": "zombie"}
+            await zombie.flush()
+            if idle:
+                found.append(await repair.check_idle([mine], reader.high))
+                found.append(await repair.check_idle([mine], reader.high))  # nothing new
+            else:
+                mine[D] = {"by": "owner", "n": 1}  # the table's tally: generation 7
+                if lose_partition:
+                    lease.rebalancing()
+                    lease.synced(9, time.monotonic())
+                    lease.assigned([0], 9)  # not 8: the run of generations is broken
+                await mine.flush()
+            await repair.idle()
+        finally:
+            await mine.app.stop()
+            await zombie.app.stop()
+            reader.close()
+    asyncio.run(go())
+    assert found == ([1, 0] if idle else [])
+    return repair, _last_records(kafka_settings.bootstrap_servers,
+                                 mine.changelog_topic.get_topic_name())
+
+
+def test_the_owner_sends_its_values_again_over_another_writers_late_records(
+        kafka_settings, tmp_path):
+    repair, last = _run(kafka_settings, tmp_path, lose_partition=False)
+    assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}',
+                    C: None,  # the owner holds nothing for C: a tombstone
+                    D: b'{"by":"owner","n":1}'}
+    assert repair.rewritten == 2 and repair.given_up == 0  # A and C; D was the owner's
+
+
+def test_a_worker_whose_partition_changed_hands_since_its_writes_sends_nothing(
+        kafka_settings, tmp_path):
+    """It may itself be the late writer: the other records may be the owner's."""
+    repair, last = _run(kafka_settings, tmp_path, lose_partition=True)
+    assert repair.rewritten == 0 and repair.given_up == 1
+    assert last[A] == b'{"by":"zombie"}' and last[C] == b'{"by":"zombie"}'
+
+
+def test_late_records_in_a_partition_gone_quiet_are_found_at_the_sweep(kafka_settings,
+                                                                       tmp_path):
+    """No flush of the owner's meets them: the sweep compares the partition's end with the
+    owner's last record."""
+    repair, last = _run(kafka_settings, tmp_path, idle=True)
+    assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}', C: None}
+    assert repair.rewritten == 2 and repair.given_up == 0
