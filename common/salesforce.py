@@ -94,12 +94,20 @@ class SalesforceAuth:
             body = resp.json()
         except ValueError:
             body = {}
+        if isinstance(body, list) and body and isinstance(body[0], dict):
+            # the REST error shape, from a gateway in front of the token endpoint (503)
+            body = {"error": body[0].get("errorCode"), "error_description": body[0].get("message")}
+        if not isinstance(body, dict):
+            body = {}
         if resp.status_code != 200:
-            code = body.get("error", f"http_{resp.status_code}")
-            desc = body.get("error_description", resp.text[:200])
+            code = str(body.get("error") or f"http_{resp.status_code}")
+            desc = body.get("error_description") or resp.text[:200]
             raise SalesforceAuthError(f"JWT bearer login refused: {code}: {desc}",
                                       error_code=code, status=resp.status_code,
                                       retryable=resp.status_code >= 500)
+        if not body.get("access_token") or not body.get("instance_url"):
+            raise SalesforceAuthError(f"token endpoint {url} answered 200 without an access "
+                                      "token and instance URL", status=200, retryable=True)
         ident = body.get("id", "")
         parts = urlparse(ident).path.rstrip("/").split("/")
         org_id, user_id = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")

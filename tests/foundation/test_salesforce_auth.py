@@ -1,0 +1,60 @@
+"""The JWT bearer login's answers: a refusal, an outage in whatever shape it comes, and a
+success without a token each end as a SalesforceAuthError that says whether to retry."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from common.errors import SalesforceAuthError
+from common.salesforce import SalesforceAuth
+from common.settings import SalesforceSettings
+
+
+def _auth(status: int, **answer) -> SalesforceAuth:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    settings = SalesforceSettings.load({
+        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
+        "SF_LOGIN_URL": "https://login.example.test",
+        "SF_PRIVATE_KEY_BASE64": base64.b64encode(pem).decode()})
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/services/oauth2/token"
+        return httpx.Response(status, **answer)
+    return SalesforceAuth(settings, http=httpx.Client(transport=httpx.MockTransport(handle)))
+
+
+@pytest.mark.parametrize("status, answer, code, retryable", [
+    (400, {"json": {"error": "invalid_grant", "error_description": "user hasn't approved"}},
+     "invalid_grant", False),
+    # the REST error shape (the Salesforce sandbox's injected outage answered this way, and
+    # the login failed with an AttributeError on it)
+    (503, {"json": [{"errorCode": "SERVER_UNAVAILABLE", "message": "try later"}]},
+     "SERVER_UNAVAILABLE", True),
+    (502, {"text": "<html>Bad Gateway</html>"}, "http_502", True),
+    (503, {"json": ["unexpected"]}, "http_503", True),
+])
+def test_a_refused_login_says_why_and_whether_to_retry(status, answer, code, retryable):
+    with pytest.raises(SalesforceAuthError) as info:
+        _auth(status, **answer).token()
+    assert info.value.error_code == code and info.value.status == status
+    assert info.value.retryable is retryable
+
+
+def test_a_success_without_a_token_is_an_error_to_retry():
+    with pytest.raises(SalesforceAuthError, match="without an access token") as info:
+        _auth(200, json={"id": "https://login.example.test/id/00D/005"}).token()
+    assert info.value.retryable
+
+
+def test_a_success_gives_the_token_and_the_org():
+    token = _auth(200, json={"access_token": "00D!tok", "instance_url": "https://x.test/",
+                             "id": "https://login.example.test/id/00Dxx/005yy"}).token()
+    assert token.instance_url == "https://x.test" and token.org_id == "00Dxx"
+    assert token.access_token.reveal() == "00D!tok"
