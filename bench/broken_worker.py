@@ -1,6 +1,6 @@
 """The worker with one of its safeguards deliberately switched off — for ``make chaos``'s self-tests.
 
-``python -m bench.broken_worker [--break guard|lease] worker`` runs ``python -m streams worker``
+``python -m bench.broken_worker [--break guard|lease|repair] worker`` runs ``python -m streams worker``
 with:
 
 * ``guard`` (default; ``bench.chaos --break-guard``): ``Provisioner.lookup`` (the WHMCS lookup
@@ -14,8 +14,12 @@ with:
   a pause hit a worker holding Orders). Without ``streams.lease`` (a worker from before the
   lease) nothing is patched: that worker has no lease to switch off, and says so in its log.
 
-Either way the chaos invariants must then catch duplicate WHMCS orders. Never used by the
-product.
+* ``repair`` (``bench.chaos --break-repair``): the owner's repair of another writer's late
+  changelog records (``streams.repair.ChangelogRepair``) made to look at nothing: each range
+  it is told of is logged as ``repair off: would have looked at ...`` and dropped.
+
+The chaos invariants must then catch duplicate WHMCS orders (guard, lease) or changelogs that
+end with a late writer's records (repair). Never used by the product.
 """
 
 from __future__ import annotations
@@ -78,11 +82,36 @@ def break_lease() -> str:
     return "ownership lease switched off (OwnershipLease.check always ok)"
 
 
+WOULD_HAVE_REPAIRED = "repair off: would have looked at"
+
+
+def break_repair() -> str:
+    """Patch ``ChangelogRepair.foreign`` and ``check_idle`` to do nothing."""
+    try:
+        from streams import repair
+    except ImportError:
+        return "streams.repair not found: this worker has no changelog repair to switch off"
+
+    def foreign(self: Any, table: Any, partition: int, start: int, end: int,
+                generation: int | None) -> None:
+        log.warning("%s table %s partition %d offsets %d-%d", WOULD_HAVE_REPAIRED, table.name,
+                    partition, start, end)
+
+    async def check_idle(self: Any, tables: Any, high: Any) -> int:
+        return 0
+    repair.ChangelogRepair.foreign = foreign  # type: ignore[method-assign]
+    repair.ChangelogRepair.check_idle = check_idle  # type: ignore[method-assign]
+    return "changelog repair switched off (ChangelogRepair looks at nothing)"
+
+
+BREAKS = {"guard": break_guard, "lease": break_lease, "repair": break_repair}
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.broken_worker")
-    parser.add_argument("--break", dest="broken", choices=["guard", "lease"], default="guard")
+    parser.add_argument("--break", dest="broken", choices=sorted(BREAKS), default="guard")
     args, rest = parser.parse_known_args(argv)
-    what = break_guard() if args.broken == "guard" else break_lease()
+    what = BREAKS[args.broken]()
     print(f"bench.broken_worker: {what}", file=sys.stderr, flush=True)
     return main(rest or ["worker"])
 

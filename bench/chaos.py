@@ -70,7 +70,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_plan import BROKER, Fault, make_plan
-from bench.chaos_report import count_lines, first_line, log_lines, outcome_records
+from bench.chaos_report import (
+    changelog_ends,
+    count_lines,
+    first_line,
+    log_lines,
+    outcome_records,
+)
 from bench.harness import Pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,8 +84,11 @@ PIPELINE_PROCESSES = ("connector", "worker", "sink")
 SESSION_TIMEOUT_S = 10.0   # worker and sink, in runs with pauses
 BROKER_SESSION_S = 9.0     # KRaft broker.session.timeout.ms default
 WOULD_HAVE_FENCED = "lease off: would have fenced:"  # bench.broken_worker --break lease
+WOULD_HAVE_REPAIRED = "repair off: would have looked at"  # --break repair
 LOG_COUNTS = {"compensations": ("compensation:", None), "fenced": ("fenced:", WOULD_HAVE_FENCED),
-              "lease_would_fence": (WOULD_HAVE_FENCED, None)}
+              "lease_would_fence": (WOULD_HAVE_FENCED, None),
+              "repairs": ("had another writer's records among ours", None),
+              "repair_would_look": (WOULD_HAVE_REPAIRED, None)}
 
 
 def pause_settings() -> tuple[dict[str, str], dict[str, float]]:
@@ -121,7 +130,8 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
               pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
               whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
               pause_workers_only: bool = False, cuts: int = 0, cut_s: float | None = None,
-              sf_faults: bool = False, log: Any = print) -> dict[str, Any]:
+              sf_faults: bool = False, break_repair: bool = False,
+              log: Any = print) -> dict[str, Any]:
     if break_lease:
         workers, pauses = max(workers, 2), pauses if pauses or cuts else 3
     if cuts and bootstrap is not None:
@@ -155,9 +165,10 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
                      cut_victims=[p for p in processes if p.startswith("worker")]
                      if break_lease or pause_workers_only else list(processes))
     commands = {}
-    if break_guard or break_lease:  # self-test: the invariants must catch the breakage
-        commands["worker"] = ["-m", "bench.broken_worker", "--break",
-                              "lease" if break_lease else "guard", "worker"]
+    broken = "lease" if break_lease else "guard" if break_guard else \
+        "repair" if break_repair else None
+    if broken:  # self-test: the invariants must catch the breakage
+        commands["worker"] = ["-m", "bench.broken_worker", "--break", broken, "worker"]
     with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
                   broken_every=50, partitions=3, env=env, brokers=brokers,
                   commands=commands, cuttable=list(processes) if cuts else None) as p:
@@ -187,7 +198,7 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         report.update(
             seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
             brokers=brokers if bootstrap is None else None, break_lease=break_lease,
-            break_guard=break_guard, env=env,
+            break_guard=break_guard, break_repair=break_repair, env=env,
             **{key: count_lines(p, workers_logs, needle, but)
                for key, (needle, but) in LOG_COUNTS.items()},
             worker_variant=first_line(p, "worker", "bench.broken_worker:"),
@@ -204,8 +215,11 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
             unplanned_restarts=len(restarts), unplanned=restarts, errors=errors,
             duration_s=round(time.monotonic() - started, 1))
         report.update(outcome_records(p))
+        report.update(changelog_ends(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
+                        and report["changelog_pending_intents"] == 0
+                        and report["changelog_unsent_decisions"] == 0
                         and report["approved"] == orders and not errors)
         return report
 
@@ -356,6 +370,8 @@ def default_out(args: argparse.Namespace) -> Path:
         return RESULTS / "chaos-broken-guard.json"
     if args.break_lease:
         return RESULTS / "chaos-broken-lease.json"
+    if args.break_repair:
+        return RESULTS / "chaos-broken-repair.json"
     parts = [f"{args.workers}-workers"] if args.workers > 1 else []
     parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
     parts += ["cuts"] if args.cuts else []
@@ -363,10 +379,11 @@ def default_out(args: argparse.Namespace) -> Path:
     return RESULTS / ("-".join(["chaos", *parts]) + ".json")
 
 
-SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count",
+SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count", "repairs",
            "cut_count",
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
+           "changelog_pending_intents", "changelog_unsent_decisions", "repair_would_look",
            "unplanned_restarts", "ok")
 
 
@@ -414,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="self-test: run workers whose ownership lease always says ok, "
                              "pausing (or cutting) only workers (at least 2); the run must "
                              "then fail")
+    parser.add_argument("--break-repair", action="store_true",
+                        help="self-test: run workers that leave another writer's late "
+                             "changelog records as they land (use with --cuts or --pauses "
+                             "and --pause-workers-only); the changelogs may then end with them")
     args = parser.parse_args(argv)
     out = args.out or default_out(args)
     with contextlib.ExitStack() as stack:
@@ -427,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                            whmcs_parallelism=args.whmcs_parallelism,
                            settle_timeout=args.settle_timeout,
                            pause_workers_only=args.pause_workers_only, cuts=args.cuts,
-                           cut_s=args.cut_s, sf_faults=args.sf_faults)
+                           cut_s=args.cut_s, sf_faults=args.sf_faults,
+                           break_repair=args.break_repair)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))

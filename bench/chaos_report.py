@@ -34,6 +34,29 @@ def _differences(records: set[str]) -> dict[str, list[Any]]:
             if len({json.dumps(d.get(k), sort_keys=True) for d in decoded}) > 1}
 
 
+def changelog_ends(p: Pipeline) -> dict[str, Any]:
+    """The worker tables' changelogs as a restore would end them: the last record of each
+    Order. Once every Order has settled, none may end with a pending intent or a decision
+    never sent: such a last record is another writer's late one — a worker cut off or
+    paused, whose writes landed after the owner's (streams.repair) — and a restore would act
+    on it again (a lookup, an outcome sent a second time)."""
+    from common.settings import WorkerSettings
+    from streams.state import Intent, memory_from_json
+
+    app = p.kafka.topic(WorkerSettings.load({}).app_id)
+    last: dict[str, dict[str, bytes | None]] = {"intents": {}, "idem": {}}
+    for table, ends in last.items():
+        for record in p.records(f"{app}-{table}-changelog"):
+            ends[str(record.key)] = record.raw_value
+    pending = sorted(k for k, v in last["intents"].items()
+                     if v is not None and (i := Intent.from_json(json.loads(v))) is not None
+                     and i.is_pending)
+    unsent = sorted(k for k, v in last["idem"].items() if v is not None and any(
+        next(e.unsent(), None) for e in memory_from_json(json.loads(v)).values()))
+    return {"changelog_pending_intents": len(pending), "changelog_unsent_decisions": len(unsent),
+            "changelog_stale_detail": (pending + unsent)[:10]}
+
+
 def log_lines(p: Pipeline, name: str) -> list[str]:
     try:
         return p.log(name).read_text(errors="replace").splitlines()

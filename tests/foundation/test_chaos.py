@@ -121,10 +121,12 @@ def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
     ({"break_lease": True, "workers": 2}, "chaos-broken-lease.json"),
     ({"workers": 2, "brokers": 3, "cuts": 4}, "chaos-2-workers-3-brokers-cuts.json"),
     ({"workers": 2, "brokers": 3, "sf_faults": True}, "chaos-2-workers-3-brokers-sf-faults.json"),
-    ({"break_guard": True}, "chaos-broken-guard.json")])
+    ({"break_guard": True}, "chaos-broken-guard.json"),
+    ({"break_repair": True, "workers": 2, "cuts": 3}, "chaos-broken-repair.json")])
 def test_each_kind_of_run_has_its_own_result_file(flags, name):
     args = argparse.Namespace(**{"workers": 1, "brokers": 1, "break_guard": False,
-                                 "break_lease": False, "cuts": 0, "sf_faults": False,
+                                 "break_lease": False, "break_repair": False, "cuts": 0,
+                                 "sf_faults": False,
                                  **flags})
     assert default_out(args).name == name
 
@@ -222,3 +224,24 @@ def test_break_lease_without_a_lease_module_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "streams.lease", None)  # import fails
     monkeypatch.delattr(streams, "lease", raising=False)
     assert "no ownership lease" in broken_worker.break_lease()
+
+
+def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_have(
+        monkeypatch, caplog):
+    import asyncio
+    import types
+
+    from bench import broken_worker
+    from streams import repair
+
+    # the patch replaces class attributes: undone after the test
+    monkeypatch.setattr(repair.ChangelogRepair, "foreign", repair.ChangelogRepair.foreign)
+    monkeypatch.setattr(repair.ChangelogRepair, "check_idle", repair.ChangelogRepair.check_idle)
+    assert "switched off" in broken_worker.break_repair()
+    fixer = repair.ChangelogRepair(None, None, None)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="bench.broken_worker"):
+        fixer.foreign(types.SimpleNamespace(name="idem"), 2, 10, 14, 7)
+    assert [r.getMessage() for r in caplog.records] == [
+        "repair off: would have looked at table idem partition 2 offsets 10-14"]
+    assert not fixer._queue and fixer._task is None
+    assert asyncio.run(fixer.check_idle([object()], lambda *_: 99)) == 0
