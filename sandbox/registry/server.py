@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -343,3 +344,13 @@ class RegistryHTTPServer(ThreadingHTTPServer):
         # like a registry behind basic auth (Confluent Cloud's API key and secret)
         self.basic_auth = basic_auth
         super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-request (it closed, or refused our certificate) is the client's
+        business, as it is for a real registry: one debug line, not socketserver's
+        traceback on stderr. Anything else keeps the traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # ConnectionError, ssl.SSLError, ...
+            log.debug("connection from %s ended mid-request: %r", client_address, exc)
+            return
+        super().handle_error(request, client_address)
