@@ -26,9 +26,12 @@ owner was made under its lease, after its intent was acknowledged, so before thi
 assigned and restored (:mod:`streams.lease`); a record that lands after that restore carries
 nothing the owner must know.
 
-What it cannot mend: late records that land after the owner's last flush of a partition that
-then stays idle until the partition moves on (no flush of the owner's meets them), and an
-owner that crashes between the late records' landing and its rewrite's acknowledgement.
+At each sweep (:meth:`ChangelogRepair.check_idle`) a partition gone quiet is compared with its
+end offset: late records that landed after the owner's last flush are found there.
+
+What it cannot mend (docs/decisions/0016): late records in a partition that moves on before
+the owner's next flush or sweep, or that the owner has not written to since it restored it;
+an owner that crashes between the late records' landing and its rewrite's acknowledgement.
 """
 
 from __future__ import annotations
