@@ -93,9 +93,10 @@ def break_repair() -> str:
         return "streams.repair not found: this worker has no changelog repair to switch off"
 
     def foreign(self: Any, table: Any, partition: int, start: int, end: int,
-                generation: int | None) -> None:
+                generation: int | None) -> bool:
         log.warning("%s table %s partition %d offsets %d-%d", WOULD_HAVE_REPAIRED, table.name,
                     partition, start, end)
+        return False  # the persisted offset held back, as before the repair
 
     async def check_idle(self: Any, tables: Any, high: Any) -> int:
         return 0

@@ -157,6 +157,7 @@ class Worker:
         for table in (self.idem, self.intents):
             table.on_foreign = self.repair.foreign
             table.generation = self._generation
+            table.held_since = self.lease.held_since
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)

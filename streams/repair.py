@@ -63,7 +63,7 @@ class RepairableTable(Protocol):
 
     def idle_tails(self) -> dict[int, tuple[int, int | None]]: ...
 
-    def looked_at(self, partition: int, offset: int) -> None: ...
+    def looked_at(self, partition: int, offset: int, *, late: bool = False) -> None: ...
 
     @property
     def changelog_topic(self) -> Any: ...
@@ -85,14 +85,19 @@ class ChangelogRepair:
         self.given_up = 0  # ranges not repaired (the lease lost, or no answer)
 
     def foreign(self, table: RepairableTable, partition: int, start: int, end: int,
-                generation: int | None) -> None:
+                generation: int | None) -> bool:
         """Offsets ``start``..``end`` of ``table``'s changelog ``partition`` hold another
         writer's records among a flush of ours whose first record was written in
-        ``generation``. Called from the flush; the repair runs after it."""
+        ``generation``. Called from the flush; the repair runs after it. True when this
+        worker has owned the partition since then, as far as the lease knows now: the other
+        records are an earlier owner's late ones, which the store must never apply (a
+        restore in place after the next rebalance would: the table's persisted offset may
+        move past them)."""
         metrics.CHANGELOG_FOREIGN.labels(table.name).inc()
         self._queue.append((table, partition, start, end, generation))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
+        return generation is not None and self._lease.check(partition, generation).ok
 
     async def check_idle(self, tables: list[RepairableTable],
                          high: Callable[[str, int], int]) -> int:
@@ -111,8 +116,8 @@ class ChangelogRepair:
                 if table.idle_tails().get(partition) != (tail, generation):
                     continue  # written meanwhile: that flush looks at them itself
                 if end - 1 > tail:
-                    table.looked_at(partition, end - 1)
-                    self.foreign(table, partition, tail + 1, end - 1, generation)
+                    late = self.foreign(table, partition, tail + 1, end - 1, generation)
+                    table.looked_at(partition, end - 1, late=late)
                     found += 1
         return found
 

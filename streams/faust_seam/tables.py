@@ -202,21 +202,51 @@ class DurableTable(faust.Table):
         self._gapped: set[int] = set()  # partitions whose persisted offset a gap holds back
         # Another writer's records among this table's own (streams.repair): told of each
         # flush whose records do not follow the last one's, with the offsets to look at
-        # and the group generation its first record was written in (``generation``).
-        self.on_foreign: Callable[[DurableTable, int, int, int, int | None], None] | None = None
+        # and the group generation its first record was written in (``generation``);
+        # answers True when they are an earlier owner's late records (this worker owned
+        # the partition throughout): the persisted offset may then move past them.
+        self.on_foreign: Callable[[DurableTable, int, int, int, int | None], bool] | None = None
         self.generation: Callable[[], int | None] | None = None
+        # partition → the first generation of this worker's unbroken hold on it, or None
+        # (streams.lease); a restore of a partition held since the last flush skips records
+        self.held_since: Callable[[int], int | None] | None = None
         self._tail: dict[int, int] = {}  # partition → offset of the last record looked at
         self._tail_generation: dict[int, int | None] = {}  # ... and its flush's generation
         self._flushing = 0  # flushes awaiting their acknowledgements
 
     def apply_changelog_batch(self, batch: Any) -> None:
         batch = list(batch)
+        if self._tail and self.held_since is not None:
+            batch = self._without_late_records(batch)
         super().apply_changelog_batch(batch)
         if self.watch is not None:
             for event in batch:
                 key, value = event.message.key, event.message.value
                 oid = key.decode() if isinstance(key, bytes) else str(key)
                 self.watch(oid, orjson.loads(value) if value is not None else None)
+
+    def _without_late_records(self, batch: list[Any]) -> list[Any]:
+        """A restore of a partition this worker has held since before its last flush there
+        (faust reads a retained partition again at every rebalance, from its persisted
+        offset): every record it holds that the store lacks is an earlier owner's late one
+        (decision 0016), and the store must not take it — it holds the truth. Skipped."""
+        held_since = cast(Callable[[int], "int | None"], self.held_since)
+        keep: list[Any] = []
+        skipped: dict[int, int] = {}
+        for event in batch:
+            partition = event.message.partition
+            generation = self._tail_generation.get(partition)
+            since = held_since(partition) if generation is not None else None
+            if since is not None and since <= cast(int, generation):
+                skipped[partition] = skipped.get(partition, 0) + 1
+            else:
+                keep.append(event)
+        for partition, count in skipped.items():
+            metrics.CHANGELOG_LATE_SKIPPED.labels(self.name).inc(count)
+            log.info("table %s: restore skipped %d record(s) of changelog partition %d: this "
+                     "worker has held it since before its last flush there, its store is "
+                     "ahead of them", self.name, count, partition)
+        return keep
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
@@ -351,21 +381,36 @@ class DurableTable(faust.Table):
             return {}
         return {p: (offset, self._tail_generation.get(p)) for p, offset in self._tail.items()}
 
-    def looked_at(self, partition: int, offset: int) -> None:
-        """Records up to ``offset`` of ``partition`` are being looked at (streams.repair)."""
-        self._tail[partition] = max(self._tail.get(partition, -1), offset)
+    def looked_at(self, partition: int, offset: int, *, late: bool = False) -> None:
+        """Records up to ``offset`` of ``partition`` are being looked at (streams.repair).
+        ``late``: those past the last one looked at are an earlier owner's late records,
+        which this store must never apply: the persisted offset moves past them too, unless
+        it was already held back behind the last record looked at."""
+        previous = self._tail.get(partition, -1)
+        self._tail[partition] = max(previous, offset)
+        store = self.data
+        if not late or not isinstance(store, RocksStore) or self._changelog_name is None \
+                or partition not in store._dbs:
+            return
+        tp = TP(self._changelog_name, partition)
+        persisted = store.persisted_offset(tp)
+        if previous <= (-1 if persisted is None else persisted) < offset:
+            store.set_persisted_offset(tp, offset)
 
     def _persist_offsets(self, tally: Tally) -> None:
         """Move each partition's persisted changelog offset (where a restore resumes) to
-        the last record of this flush — only when the flush's records follow the persisted
-        offset without a gap. A gap means another writer's records lie in between: the
-        partition's earlier owner whose writes landed late, after this worker took it over,
-        or this worker's own writes from before a pause or a cut, landing after the records
-        of the worker that held the partition meanwhile. This store never applied those
-        records, so the offset stays where it was and the next restore reads them. (Moving
-        it past them lost a new owner's pending intents in a chaos run: the worker that got
-        the partition back restored from past them, found no intent, and sent a second
-        ``AddOrder`` for 20 Orders.)"""
+        the last record of this flush — when the flush's records follow the persisted
+        offset without a gap, or when the only other records among them are late ones of an
+        earlier owner, which this store must never apply (``on_foreign`` says so: this
+        worker owned the partition throughout, decision 0016).
+
+        Otherwise another writer's records lie in between that this store never applied:
+        this worker's own writes from before a pause or a cut may have landed after the
+        records of the worker that held the partition meanwhile, and those are the truth.
+        The offset stays where it was and the next restore reads them. (Moving it past them
+        lost a new owner's pending intents in a chaos run: the worker that got the partition
+        back restored from past them, found no intent, and sent a second ``AddOrder`` for 20
+        Orders.)"""
         store = self.data
         if not isinstance(store, RocksStore) or self._changelog_name is None:
             return
@@ -376,14 +421,17 @@ class DurableTable(faust.Table):
                 continue
             tp = TP(self._changelog_name, partition)
             persisted = store.persisted_offset(tp)
+            held = -1 if persisted is None else persisted
             # since the last record looked at (ours, or restored: a restore moves the
             # persisted offset to the end it read), anything but ours is another writer's
-            seen = max(self._tail.get(partition, -1), -1 if persisted is None else persisted)
+            seen = max(self._tail.get(partition, -1), held)
             self._tail[partition] = offset
             self._tail_generation[partition] = tally.generation
+            late_only = False
             if self.on_foreign is not None and not tally.contiguous(partition, seen):
-                self.on_foreign(self, partition, seen + 1, offset, tally.generation)
-            if tally.contiguous(partition, -1 if persisted is None else persisted):
+                late_only = bool(self.on_foreign(self, partition, seen + 1, offset,
+                                                 tally.generation)) and seen == held
+            if late_only or tally.contiguous(partition, held):
                 store.set_persisted_offset(tp, offset)
                 self._gapped.discard(partition)
             elif partition not in self._gapped:  # held back from now on, until a restore

@@ -81,14 +81,14 @@ def test_a_client_gone_mid_request_is_one_debug_line_not_a_traceback(https_regis
     port = int(url.rsplit(":", 1)[1])
     with caplog.at_level("DEBUG", logger="sandbox.registry"):
         untrusting = ssl.create_default_context()  # does not know the local CA
-        with socket.create_connection(("127.0.0.1", port)) as raw:
-            with pytest.raises(ssl.SSLCertVerificationError):
-                untrusting.wrap_socket(raw, server_hostname="127.0.0.1")
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError):
+            untrusting.wrap_socket(raw, server_hostname="127.0.0.1")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", port)) as raw:
-            with context.wrap_socket(raw) as tls:
-                tls.sendall(b"\x00\x01 not http\r\n\r\n")  # a bad request line, then gone
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                context.wrap_socket(raw) as tls:
+            tls.sendall(b"\x00\x01 not http\r\n\r\n")  # a bad request line, then gone
         wait_for("the server to note a client gone mid-request",
                  lambda: any("ended mid-request" in r.getMessage() for r in caplog.records),
                  timeout=10, interval=0.05)

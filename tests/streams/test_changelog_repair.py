@@ -9,6 +9,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 
 from streams.lease import OwnershipLease
 from streams.repair import ChangelogReader, ChangelogRepair
@@ -59,6 +60,7 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
     repair = ChangelogRepair(lease, reader, mine.flush, wait_s=2)
     mine.on_foreign = repair.foreign
     found: list[int] = []
+    persisted: list[int | None] = []
 
     async def go():
         await mine.app.start()
@@ -82,12 +84,17 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
                     lease.assigned([0], 9)  # not 8: the run of generations is broken
                 await mine.flush()
             await repair.idle()
+            persisted.append(mine.data.persisted_offset(
+                TP(mine.changelog_topic.get_topic_name(), 0)))
         finally:
             await mine.app.stop()
             await zombie.app.stop()
             reader.close()
     asyncio.run(go())
     assert found == ([1, 0] if idle else [])
+    # where the next restore starts: past the late records once they are known to be an
+    # earlier owner's (the store must never take them), held back otherwise
+    assert persisted == [1 if lose_partition else 5 if idle else 6]
     return repair, _last_records(kafka_settings.bootstrap_servers,
                                  mine.changelog_topic.get_topic_name())
 
@@ -116,3 +123,45 @@ def test_late_records_in_a_partition_gone_quiet_are_found_at_the_sweep(kafka_set
     repair, last = _run(kafka_settings, tmp_path, idle=True)
     assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}', C: None}
     assert repair.rewritten == 2 and repair.given_up == 0
+
+
+def test_a_restore_of_a_partition_held_all_along_skips_the_late_records(kafka_settings,
+                                                                         tmp_path):
+    """faust reads a retained partition again at every rebalance, from its persisted offset:
+    an earlier owner's late records there must not overwrite what the owner's store holds —
+    unless the worker lost the partition in between (then they may be the truth)."""
+    import types
+
+    app_id = kafka_settings.topic("repair-restore")
+    mine = _durable_table(app_id, tmp_path, partitions=1,
+                          broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                          producer_acks=-1)
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    mine.generation, mine.held_since = (lambda: lease.generation), lease.held_since
+    changelog = TP(f"{app_id}-idem-changelog", 0)
+    late = types.SimpleNamespace(message=types.SimpleNamespace(
+        tp=changelog, partition=0, offset=7, key=A.encode(), value=b'{"by":"zombie"}'))
+    stored: list[bytes | None] = []
+
+    async def go():
+        await mine.app.start()
+        try:
+            await mine.changelog_topic.maybe_declare()
+            mine[A] = {"by": "owner", "n": 1}
+            await mine.flush()  # generation 7: the last flush there
+            lease.rebalancing()
+            lease.synced(8, time.monotonic())
+            lease.assigned([0], 8)  # kept: held since 7
+            mine.apply_changelog_batch([late])
+            stored.append(mine.stored(A))
+            lease.rebalancing()
+            lease.synced(10, time.monotonic())
+            lease.assigned([0], 10)  # lost in 9, back in 10: the records may be the truth
+            mine.apply_changelog_batch([late])
+            stored.append(mine.stored(A))
+        finally:
+            await mine.app.stop()
+    asyncio.run(go())
+    assert stored == [b'{"by":"owner","n":1}', b'{"by":"zombie"}']
