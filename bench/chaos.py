@@ -218,8 +218,6 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         report.update(changelog_ends(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
-                        and report["changelog_pending_intents"] == 0
-                        and report["changelog_unsent_decisions"] == 0
                         and report["approved"] == orders and not errors)
         return report
 

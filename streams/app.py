@@ -153,11 +153,11 @@ class Worker:
         # another writer's late records among the tables' own: the owner's values sent
         # again, so that the changelogs end with them (streams.repair)
         self.changelogs = ChangelogReader(conn, app_id)
-        self.repair = ChangelogRepair(self.lease, self.changelogs, self.durable)
+        self.repair = ChangelogRepair(self.lease, self.changelogs, self.durable,
+                                      busy=self._rebalancing)
         for table in (self.idem, self.intents):
             table.on_foreign = self.repair.foreign
             table.generation = self._generation
-            table.held_since = self.lease.held_since
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
@@ -323,6 +323,11 @@ class Worker:
 
     def _generation(self) -> int | None:
         return self.lease.generation
+
+    def _rebalancing(self) -> bool:
+        """A rebalance or a table restore under way: the tables may not hold yet what the
+        changelogs do."""
+        return bool(self.app.rebalancing or self.app.in_recovery)
 
     # -- the sweep -------------------------------------------------------------------------
 

@@ -151,13 +151,6 @@ class OwnershipLease:
         with self._lock:
             return self._generation
 
-    def held_since(self, partition: int) -> int | None:
-        """The first generation of the unbroken run in which this member has held
-        ``partition``, or None (not held in the current generation, or a rebalance under
-        way). No heartbeat freshness: what restores ask (:mod:`streams.repair`)."""
-        with self._lock:
-            return self._owned.get(partition) if self._generation is not None else None
-
     def owned_partitions(self) -> set[int]:
         with self._lock:
             return set(self._owned) if self._generation is not None else set()

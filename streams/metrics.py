@@ -51,10 +51,6 @@ CHANGELOG_REPAIRS = Counter("sfprov_worker_changelog_repairs_total",
                             "and result: repaired (the owner's values sent again where the "
                             "last record was not theirs), not_owner (the lease did not hold: "
                             "nothing sent), failed", ["table", "result"])
-CHANGELOG_LATE_SKIPPED = Counter("sfprov_worker_changelog_late_skipped_total",
-                                 "Records a restore of a partition this worker held all along "
-                                 "did not apply (an earlier owner's late ones), by table",
-                                 ["table"])
 CHANGELOG_REWRITES = Counter("sfprov_worker_changelog_rewrites_total",
                              "Keys whose stored value the owner sent again because another "
                              "writer's record had landed after its own, by table", ["table"])

@@ -76,9 +76,11 @@ class ChangelogRepair:
     (a rebalance under way, heartbeats not accepted lately) before it is given up."""
 
     def __init__(self, lease: OwnershipLease, read: RangeRead,
-                 commit: Callable[[], Awaitable[None]], *, wait_s: float = 30.0) -> None:
+                 commit: Callable[[], Awaitable[None]], *, wait_s: float = 30.0,
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self._lease, self._read, self._commit = lease, read, commit
         self.wait_s = wait_s
+        self._busy = busy
         self._queue: deque[tuple[RepairableTable, int, int, int, int | None]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.rewritten = 0  # keys sent again, in all
@@ -146,8 +148,7 @@ class ChangelogRepair:
             why = "its records were written outside an assignment"
         else:
             try:
-                await asyncio.wait_for(hold(self._lease, partition, generation,
-                                            stage="a changelog repair"), self.wait_s)
+                await asyncio.wait_for(self._settled(partition, generation), self.wait_s)
                 return True
             except Fenced as exc:
                 why = str(exc.check.reason)
@@ -158,6 +159,16 @@ class ChangelogRepair:
         log.info("table %s: changelog partition %d has another writer's records among ours "
                  "(offsets %d-%d); not repaired: %s", table.name, partition, start, end, why)
         return False
+
+    async def _settled(self, partition: int, generation: int) -> None:
+        """Return once the lease holds for ``partition`` since ``generation`` and no
+        rebalance or restore is under way (a table being restored does not hold yet what
+        its changelog does: compared now, it would look stale); Fenced once it is lost."""
+        while True:
+            await hold(self._lease, partition, generation, stage="a changelog repair")
+            if not self._busy():
+                return
+            await asyncio.sleep(0.05)
 
     async def _repair(self, table: RepairableTable, partition: int, start: int, end: int,
                       generation: int | None) -> None:

@@ -207,46 +207,18 @@ class DurableTable(faust.Table):
         # the partition throughout): the persisted offset may then move past them.
         self.on_foreign: Callable[[DurableTable, int, int, int, int | None], bool] | None = None
         self.generation: Callable[[], int | None] | None = None
-        # partition → the first generation of this worker's unbroken hold on it, or None
-        # (streams.lease); a restore of a partition held since the last flush skips records
-        self.held_since: Callable[[int], int | None] | None = None
         self._tail: dict[int, int] = {}  # partition → offset of the last record looked at
         self._tail_generation: dict[int, int | None] = {}  # ... and its flush's generation
         self._flushing = 0  # flushes awaiting their acknowledgements
 
     def apply_changelog_batch(self, batch: Any) -> None:
         batch = list(batch)
-        if self._tail and self.held_since is not None:
-            batch = self._without_late_records(batch)
         super().apply_changelog_batch(batch)
         if self.watch is not None:
             for event in batch:
                 key, value = event.message.key, event.message.value
                 oid = key.decode() if isinstance(key, bytes) else str(key)
                 self.watch(oid, orjson.loads(value) if value is not None else None)
-
-    def _without_late_records(self, batch: list[Any]) -> list[Any]:
-        """A restore of a partition this worker has held since before its last flush there
-        (faust reads a retained partition again at every rebalance, from its persisted
-        offset): every record it holds that the store lacks is an earlier owner's late one
-        (decision 0016), and the store must not take it — it holds the truth. Skipped."""
-        held_since = cast(Callable[[int], "int | None"], self.held_since)
-        keep: list[Any] = []
-        skipped: dict[int, int] = {}
-        for event in batch:
-            partition = event.message.partition
-            generation = self._tail_generation.get(partition)
-            since = held_since(partition) if generation is not None else None
-            if since is not None and since <= cast(int, generation):
-                skipped[partition] = skipped.get(partition, 0) + 1
-            else:
-                keep.append(event)
-        for partition, count in skipped.items():
-            metrics.CHANGELOG_LATE_SKIPPED.labels(self.name).inc(count)
-            log.info("table %s: restore skipped %d record(s) of changelog partition %d: this "
-                     "worker has held it since before its last flush there, its store is "
-                     "ahead of them", self.name, count, partition)
-        return keep
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
