@@ -135,7 +135,7 @@ def test_rocksdb_indexes_and_filters_live_in_one_shared_bounded_cache(tmp_path):
     block cache that all the DBs share, instead of held whole, outside any cache, for as long
     as the file exists (faust's options: that memory grew with the Orders kept)."""
     from streams.app import ROCKSDB_OPTIONS
-    from streams.faust_seam.tables import _SHARED_CACHES
+    from streams.faust_seam.rocksdb import _SHARED_CACHES
 
     faust_options = {k: v for k, v in ROCKSDB_OPTIONS.items()
                      if k not in ("shared_block_cache_size", "shared_write_buffer_size")}
