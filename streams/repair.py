@@ -188,10 +188,13 @@ class ChangelogRepair:
         self.rewritten += len(stale)
         metrics.CHANGELOG_REPAIRS.labels(table.name, "repaired").inc()
         metrics.CHANGELOG_REWRITES.labels(table.name).inc(len(stale))
-        log.warning("table %s: changelog partition %d had another writer's records among "
-                    "ours (offsets %d-%d, %d keys); %d key(s) whose last record there was "
-                    "not ours sent again", table.name, partition, start, end, len(last),
-                    len(stale), extra={"partition": partition, "count": len(stale)})
+        # a warning only where the changelog ended otherwise than the store: nothing to
+        # mend (the other writer's records said what ours did) is a line of information
+        log.log(logging.WARNING if stale else logging.INFO,
+                "table %s: changelog partition %d had another writer's records among ours "
+                "(offsets %d-%d, %d keys); %d key(s) whose last record there was not ours "
+                "sent again", table.name, partition, start, end, len(last), len(stale),
+                extra={"partition": partition, "count": len(stale)})
 
 
 class ChangelogReader:

@@ -40,12 +40,14 @@ def _last_records(bootstrap: str, topic: str) -> dict[str, bytes | None]:
         consumer.close()
 
 
-def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool = False):
+def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool = False,
+         same: bool = False):
     """``mine`` owns partition 0 in generation 7 and writes A, B; ``zombie`` — an earlier
     owner whose writes were held by a cut — lands A and C after them; ``mine`` writes D and
     flushes, which meets the zombie's records. ``lose_partition``: before that flush,
     ``mine`` itself lost the partition and got it back (generation 9). ``idle``: ``mine``
-    writes nothing more; the sweep's look at the quiet partitions finds them."""
+    writes nothing more; the sweep's look at the quiet partitions finds them. ``same``: the
+    zombie's records say what ``mine`` holds (A as the owner wrote it; no C)."""
     app_id = kafka_settings.topic("repair")
     broker = f"kafka://{kafka_settings.bootstrap_servers}"
     mine = _durable_table(app_id, tmp_path / "mine", partitions=1, broker=broker,
@@ -75,8 +77,11 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
             mine[A] = {"by": "owner", "n": 1}
             mine[B] = {"by": "owner", "n": 1}
             await mine.flush()
-            zombie[A] = {"by": "zombie"}
-            zombie[C] = {"by": "zombie"}
+            if same:
+                zombie[A] = {"by": "owner", "n": 1}
+            else:
+                zombie[A] = {"by": "zombie"}
+                zombie[C] = {"by": "zombie"}
             await zombie.flush()
             if idle:
                 found.append(await repair.check_idle([mine], reader.high))
@@ -100,18 +105,36 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
     assert asked[0] > 3 or lose_partition  # asked until no restore was under way
     # where the next restore starts: past the late records once they are known to be an
     # earlier owner's (the store must never take them), held back otherwise
-    assert persisted == [1 if lose_partition else 5 if idle else 6]
+    assert persisted == [1 if lose_partition else 5 if idle else 3 if same else 6]
     return repair, _last_records(kafka_settings.bootstrap_servers,
                                  mine.changelog_topic.get_topic_name())
 
 
+def _repair_lines(caplog) -> list[tuple[str, int]]:
+    return [(r.levelname, r.count) for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "streams.repair" and "sent again" in r.getMessage()]
+
+
 def test_the_owner_sends_its_values_again_over_another_writers_late_records(
-        kafka_settings, tmp_path):
+        kafka_settings, tmp_path, caplog):
+    caplog.set_level("INFO", logger="streams.repair")
     repair, last = _run(kafka_settings, tmp_path, lose_partition=False)
     assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}',
                     C: None,  # the owner holds nothing for C: a tombstone
                     D: b'{"by":"owner","n":1}'}
     assert repair.rewritten == 2 and repair.given_up == 0  # A and C; D was the owner's
+    assert _repair_lines(caplog) == [("WARNING", 2)]
+
+
+def test_late_records_that_say_what_the_owner_holds_are_noted_not_warned_of(
+        kafka_settings, tmp_path, caplog):
+    """Nothing to mend: the repair sends nothing and its line is information."""
+    caplog.set_level("INFO", logger="streams.repair")
+    repair, last = _run(kafka_settings, tmp_path, same=True)
+    assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}',
+                    D: b'{"by":"owner","n":1}'}
+    assert repair.rewritten == 0 and repair.given_up == 0
+    assert _repair_lines(caplog) == [("INFO", 0)]
 
 
 def test_a_worker_whose_partition_changed_hands_since_its_writes_sends_nothing(
