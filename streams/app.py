@@ -44,7 +44,7 @@ from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.repair import ChangelogReader, ChangelogRepair
-from streams.state import GroupCommit, OrderState
+from streams.state import DurabilityError, GroupCommit, OrderState
 from streams.watchdog import Progress, StallWatchdog, exit_to_rejoin, unowned
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the sweep must not kill the worker
-            if getattr(exc, "stops_worker", False):
+            if isinstance(exc, DurabilityError):
                 self._crash(exc)
                 return
             log.exception("sweep failed")
@@ -360,7 +360,10 @@ class Worker:
             await self.repair.check_idle([self.idem, self.intents], self.changelogs.high)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - looked at again at the next sweep
+        except Exception as exc:  # noqa: BLE001 - looked at again at the next sweep
+            if isinstance(exc, DurabilityError):
+                self._crash(exc)
+                return
             log.exception("looking for late changelog records failed")
 
     # -- health ----------------------------------------------------------------------------
