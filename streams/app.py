@@ -157,7 +157,9 @@ class Worker:
                                       busy=self._rebalancing)
         for table in (self.idem, self.intents):
             table.on_foreign = self.repair.foreign
+            table.on_skipped = self.repair.skipped
             table.generation = self._generation
+            table.writer = self.writer_id
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)
@@ -356,7 +358,9 @@ class Worker:
                 self._crash(exc)
                 return
             log.exception("sweep failed")
-        try:  # late records in partitions gone quiet since (streams.repair)
+        try:  # late records in partitions gone quiet since (streams.repair), once the
+            # tables' writes no event made durable (the claims of a restore) are
+            await self.durable()
             await self.repair.check_idle([self.idem, self.intents], self.changelogs.high)
         except asyncio.CancelledError:
             raise

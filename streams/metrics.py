@@ -54,6 +54,11 @@ CHANGELOG_REPAIRS = Counter("sfprov_worker_changelog_repairs_total",
 CHANGELOG_REWRITES = Counter("sfprov_worker_changelog_rewrites_total",
                              "Keys whose stored value the owner sent again because another "
                              "writer's record had landed after its own, by table", ["table"])
+CHANGELOG_SKIPPED = Counter("sfprov_worker_changelog_skipped_total",
+                            "Records of this worker's own that a table restore left out: they "
+                            "landed after another worker had claimed the changelog partition "
+                            "(written before this worker lost it, held by a cut or a pause), "
+                            "by table", ["table"])
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")

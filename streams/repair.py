@@ -45,9 +45,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from streams import metrics
+from streams.faust_seam import CLAIM_KEY
 from streams.lease import Fenced, OwnershipLease, hold
 
 log = logging.getLogger(__name__)
+
+_CLAIM = CLAIM_KEY.encode()
 
 # (changelog topic, partition, first offset, last offset) → the last value of each key
 # in that range (None: a tombstone), read by a client of its own; blocking
@@ -81,7 +84,11 @@ class ChangelogRepair:
         self._lease, self._read, self._commit = lease, read, commit
         self.wait_s = wait_s
         self._busy = busy
-        self._queue: deque[tuple[RepairableTable, int, int, int, int | None]] = deque()
+        # what to look at, in turn: (table, partition, first offset, last offset, generation)
+        # a range of another writer's records; (table, partition, keys) keys a restore of
+        # ours left records of out
+        self._queue: deque[tuple[RepairableTable, int, int, int, int | None]
+                           | tuple[RepairableTable, int, list[str]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.rewritten = 0  # keys sent again, in all
         self.given_up = 0  # ranges not repaired (the lease lost, or no answer)
@@ -97,9 +104,22 @@ class ChangelogRepair:
         move past them)."""
         metrics.CHANGELOG_FOREIGN.labels(table.name).inc()
         self._queue.append((table, partition, start, end, generation))
+        self._start()
+        return generation is not None and self._lease.check(partition, generation).ok
+
+    def skipped(self, table: RepairableTable, partition: int, keys: list[str]) -> None:
+        """A restore of ``table``'s changelog ``partition`` left out records of this worker's
+        own for ``keys`` (they landed after another worker's claim; the table tells). The
+        changelog still ends with them for whoever restores it next: once this worker owns
+        the partition, with no rebalance or restore under way, its values of ``keys`` are
+        sent again. A restore of a partition that is not ours (a standby's) sends nothing:
+        its owner meets those records itself."""
+        self._queue.append((table, partition, keys))
+        self._start()
+
+    def _start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
-        return generation is not None and self._lease.check(partition, generation).ok
 
     async def check_idle(self, tables: list[RepairableTable],
                          high: Callable[[str, int], int]) -> int:
@@ -130,19 +150,24 @@ class ChangelogRepair:
 
     async def _run(self) -> None:
         while self._queue:
-            table, partition, start, end, generation = self._queue.popleft()
+            job = self._queue.popleft()
+            table, partition = job[0], job[1]
             try:
-                await self._repair(table, partition, start, end, generation)
+                if len(job) == 3:
+                    await self._rewrite_skipped(table, partition, job[2])
+                else:
+                    await self._repair(table, partition, *job[2:])
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next foreign range is tried all the same
                 self.given_up += 1
                 metrics.CHANGELOG_REPAIRS.labels(table.name, "failed").inc()
-                log.exception("table %s: repairing changelog partition %d (offsets %d-%d) "
-                              "failed", table.name, partition, start, end)
+                log.exception("table %s: repairing changelog partition %d (%s) failed",
+                              table.name, partition, _what(job))
 
     async def _owned(self, table: RepairableTable, partition: int, start: int, end: int,
-                     generation: int | None) -> bool:
+                     generation: int | None, *, what: str = "") -> bool:
+        what = what or f"has another writer's records among ours (offsets {start}-{end})"
         why = ""
         if generation is None:
             why = "its records were written outside an assignment"
@@ -156,8 +181,8 @@ class ChangelogRepair:
                 why = f"the lease did not answer within {self.wait_s:g} s"
         self.given_up += 1
         metrics.CHANGELOG_REPAIRS.labels(table.name, "not_owner").inc()
-        log.info("table %s: changelog partition %d has another writer's records among ours "
-                 "(offsets %d-%d); not repaired: %s", table.name, partition, start, end, why)
+        log.info("table %s: changelog partition %d %s; not repaired: %s", table.name,
+                 partition, what, why)
         return False
 
     async def _settled(self, partition: int, generation: int) -> None:
@@ -180,7 +205,7 @@ class ChangelogRepair:
         if not await self._owned(table, partition, start, end, generation):
             return
         stale = [key.decode() for key, value in last.items()
-                 if table.stored(key.decode()) != value]
+                 if key != _CLAIM and table.stored(key.decode()) != value]
         for key in stale:
             table.rewrite(key)
         if stale:
@@ -195,6 +220,32 @@ class ChangelogRepair:
                 "(offsets %d-%d, %d keys); %d key(s) whose last record there was not ours "
                 "sent again", table.name, partition, start, end, len(last), len(stale),
                 extra={"partition": partition, "count": len(stale)})
+
+    async def _rewrite_skipped(self, table: RepairableTable, partition: int,
+                               keys: list[str]) -> None:
+        what = (f"still ends, for {len(keys)} key(s), with records of ours a restore left "
+                f"out")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while (self._busy() or self._lease.generation is None) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not await self._owned(table, partition, -1, -1, self._lease.generation, what=what):
+            return
+        for key in keys:
+            table.rewrite(key)
+        await self._commit()
+        self.rewritten += len(keys)
+        metrics.CHANGELOG_REPAIRS.labels(table.name, "repaired").inc()
+        metrics.CHANGELOG_REWRITES.labels(table.name).inc(len(keys))
+        log.info("table %s: changelog partition %d: %d key(s) a restore left records of "
+                 "ours out for sent again (their values as restored)", table.name, partition,
+                 len(keys), extra={"partition": partition, "count": len(keys)})
+
+
+def _what(job: tuple[Any, ...]) -> str:
+    if len(job) == 3:
+        return f"{len(job[2])} key(s) a restore left records out for"
+    return f"offsets {job[2]}-{job[3]}"
 
 
 class ChangelogReader:

@@ -12,7 +12,8 @@ upstream (:data:`CONTRACT`: a hash of each). Why each workaround exists is in
 The interface (what the rest of the worker calls):
 
 * :func:`build_app` — the faust app with the recovery order, table placement,
-  ``read_committed`` and the offsets asked of a partition's old leader fixed; :class:`DurableTable` (``flush`` awaits the broker's acks);
+  ``read_committed`` and the offsets asked of a partition's old leader fixed; :class:`DurableTable` (``flush`` awaits the broker's acks;
+  ``claim`` marks a changelog partition restored, :data:`CLAIM_KEY` its records' key);
   :class:`RecordWriter` (the tables' changelog records and the outcomes, straight into
   aiokafka's producer); :func:`key_partition`;
 * :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
@@ -42,10 +43,10 @@ from streams.faust_seam.rocksdb import (
     KeyPartitionedRocksStore,
     rocksdb_memory,
 )
-from streams.faust_seam.tables import DurableTable
+from streams.faust_seam.tables import CLAIM_KEY, DurableTable
 from streams.faust_seam.writer import RecordWriter
 
-__all__ = ["CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
+__all__ = ["CLAIM_KEY", "CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
            "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
            "UnsupportedVersion", "build_app", "check_versions", "key_partition",

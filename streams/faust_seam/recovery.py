@@ -33,6 +33,13 @@ class OrderedRecovery(Recovery):
             self.log.warning("Recovery rebalancing again: generation %r, now %r",
                              generation_id, app.consumer_generation_id)
             return
+        # each table's changelog partitions restored here, claimed before the streams
+        # resume: another writer's records after the claim this restore never read
+        # (decision 0016)
+        for table, actives in self.actives_for_table.items():
+            claim = getattr(table, "claim", None)
+            if claim is not None and actives:
+                claim({tp.partition for tp in actives}, generation_id)
         stream_tps = {tp for tp in consumer.assignment() if not self._is_changelog_tp(tp)}
         consumer.pause_partitions(stream_tps)
         if stream_tps:

@@ -5,6 +5,9 @@ for the gauge (docs/decisions/0004)."""
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +15,8 @@ from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksStore
 
 from streams.faust_seam._base import CONTRACT, key_partition
+
+log = logging.getLogger(__name__)
 
 _SHARED_CACHES: dict[int, Any] = {}  # size → the process's one rocksdict.Cache of that size
 _SHARED_WRITE_BUFFERS: dict[int, Any] = {}  # size → the one rocksdict.WriteBufferManager
@@ -139,6 +144,20 @@ class KeyPartitionedRocksStore(RocksStore):
                     "rocksdb.estimate-table-readers-mem")
         return held
 
+    def drop_partition(self, partition: int) -> None:
+        """Close ``partition``'s DB and delete its files: the next restore rebuilds it from
+        the changelog's start (decision 0016). faust's revocation drops a DB from ``_dbs``
+        without closing it (a collection closes it); the next use opens it again."""
+        db = self._dbs.pop(partition, None)
+        if db is not None:
+            db.close()
+        del db
+        gc.collect()
+        path = self.partition_path(partition)
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning("table %s: local store of partition %d dropped; its restore rebuilds it "
+                    "from the changelog's start", self.table.name, partition)
+
     def _set(self, key: bytes, value: bytes | None) -> None:
         self._db_for_key(key).put(key, value)
 
@@ -175,6 +194,11 @@ CONTRACT.update({
     # rocksdb_memory: the open DBs in Store._dbs (the store in Collection._data: tables.py)
     "R faust rocksdb Store._db_for_partition": (
         RocksStore, "_db_for_partition", "cb7e67d5f9efc4bced7b7ab09a55fe71"),
+    # drop_partition: faust's revocation pops a DB from _dbs (not closed), the path it opens
+    "R faust rocksdb Store.revoke_partitions": (
+        RocksStore, "revoke_partitions", "3f85447a24fc34ffd1ecb5039f502ac6"),
+    "R faust rocksdb Store.partition_path": (
+        RocksStore, "partition_path", "0cc4eae7dc33fcf199f5a271d5186984"),
     "S faust rocksdb Store._set": (RocksStore, "_set", "4227e561e288d9413bf663a3a67940fd"),
     "S faust rocksdb Store._get": (RocksStore, "_get", "7ae8dfd6d7754a5952ae162d4d5cf0d5"),
     "S faust rocksdb Store._contains": (

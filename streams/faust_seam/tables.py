@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from typing import Any, cast
 
 import faust
 import orjson
 from faust.stores.rocksdb import Store as RocksStore
+from faust.tables.recovery import Recovery
 from faust.types import TP
 from yarl import URL
 
@@ -23,6 +25,14 @@ from streams.faust_seam.writer import RecordWriter, Tally
 from streams.state import DurabilityError
 
 log = logging.getLogger(__name__)
+
+# The key of a claim record (decision 0016): a worker writes one to each changelog partition
+# of a table once its restore of the partition is complete, before anything else of its own
+# there. Never a table entry (a restore leaves it out), and no Order id can take it.
+CLAIM_KEY = "\x00claim"
+_CLAIM = CLAIM_KEY.encode()
+_KEEP_CLAIMS = 16  # per partition, the latest read
+_KEEP_SUSPECTS = 10_000  # per partition, the latest of this worker's own late records
 
 # faust.utils.json.dumps's options when orjson is installed (without its ``default`` hook)
 _FAUST_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -58,15 +68,130 @@ class DurableTable(faust.Table):
         self._tail: dict[int, int] = {}  # partition → offset of the last record looked at
         self._tail_generation: dict[int, int | None] = {}  # ... and its flush's generation
         self._flushing = 0  # flushes awaiting their acknowledgements
+        # The late writer's side (decision 0016). ``writer``: who this table's records are
+        # from (the worker sets its writer id). ``_suspects``: partition → offset → the
+        # generation its flush was written in, of this worker's own records that landed among
+        # another writer's while the lease did not answer for the partition; ``_claims``:
+        # partition → the claims a restore read, (offset, generation, writer).
+        # ``on_skipped(table, partition, keys)``: a restore left out records of keys.
+        self.writer = uuid.uuid4().hex
+        self._suspects: dict[int, dict[int, int]] = {}
+        self._claims: dict[int, list[tuple[int, int, str]]] = {}
+        self.on_skipped: Callable[[DurableTable, int, list[str]], None] | None = None
+        self._rebuild: set[int] = set()  # partitions whose local store holds them
 
     def apply_changelog_batch(self, batch: Any) -> None:
-        batch = list(batch)
+        events = list(batch)
+        batch = self._restorable(events)
         super().apply_changelog_batch(batch)
+        if len(batch) < len(events):  # what was left out was read all the same
+            self._persist_read(events)
         if self.watch is not None:
             for event in batch:
                 key, value = event.message.key, event.message.value
                 oid = key.decode() if isinstance(key, bytes) else str(key)
                 self.watch(oid, orjson.loads(value) if value is not None else None)
+
+    def claim(self, partitions: Iterable[int], generation: int) -> None:
+        """Mark each changelog ``partition`` as restored by this worker in ``generation``
+        and written by it from here on: a record of another writer's that lands after the
+        mark, this worker's restore never read (decision 0016). Sent before anything else of
+        this worker's there (one partition's records land in the order they are sent);
+        durable with the next flush."""
+        value = orjson.dumps({"generation": generation, "writer": self.writer})
+        for partition in sorted(partitions):
+            self._send(partition, CLAIM_KEY, value)
+
+    def _restorable(self, events: list[Any]) -> list[Any]:
+        """The changelog events a restore applies: not the claims, and not this worker's own
+        records that landed after another writer's claim of a later generation. Those were
+        written before this worker lost the partition and held by a cut or a pause; the
+        claimant's restore never read them, and their acknowledgement came after this
+        worker's lease had ended, so nothing was done on them (streams.lease): as if lost
+        in a crash. A restore that applied them would end with values the partition's owner
+        since then never had — a decision marked unsent again, an intent pending again."""
+        suspects, kept = self._suspects, []
+        skipped: dict[int, list[str]] = {}
+        for event in events:
+            msg = event.message
+            key = msg.key if isinstance(msg.key, bytes) else str(msg.key).encode()
+            if key == _CLAIM:
+                self._read_claim(msg)
+                continue
+            mine = suspects.get(msg.partition) if suspects else None
+            if mine is not None and msg.offset in mine and self._claimed_after(
+                    msg.partition, msg.offset, mine[msg.offset]):
+                skipped.setdefault(msg.partition, []).append(key.decode())
+                continue
+            kept.append(event)
+        for partition, keys in skipped.items():
+            metrics.CHANGELOG_SKIPPED.labels(self.name).inc(len(keys))
+            log.warning("table %s: restoring changelog partition %d left out %d record(s) of "
+                        "this worker's that landed after another worker had claimed the "
+                        "partition (written before this worker lost it, held by a cut or a "
+                        "pause)", self.name, partition, len(keys),
+                        extra={"partition": partition, "count": len(keys)})
+            if self.on_skipped is not None:
+                self.on_skipped(self, partition, keys)
+        return kept
+
+    def _read_claim(self, msg: Any) -> None:
+        try:
+            value = orjson.loads(msg.value)
+            claim = (int(msg.offset), int(value["generation"]), str(value["writer"]))
+        except (TypeError, ValueError, KeyError) as exc:  # orjson.JSONDecodeError: ValueError
+            log.warning("table %s: changelog partition %d offset %d: a claim record that "
+                        "cannot be read (%s); ignored", self.name, msg.partition, msg.offset,
+                        exc)
+            return
+        claims = self._claims.setdefault(msg.partition, [])
+        if claim not in claims:
+            claims.append(claim)
+            del claims[:-_KEEP_CLAIMS]
+
+    def _claimed_after(self, partition: int, offset: int, generation: int) -> bool:
+        """Another writer claimed ``partition`` in a later generation than ``generation``
+        before ``offset``."""
+        return any(at < offset and claimed > generation and writer != self.writer
+                   for at, claimed, writer in self._claims.get(partition, ()))
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """Where faust's recovery starts reading ``tp`` (it asks at every assignment, kept
+        partitions included). A partition whose local store took this worker's own late
+        records when they were written (the store is written before the changelog) is
+        dropped and read from the changelog's start: a restore in place would leave those
+        values there however it reads the changelog (decision 0016)."""
+        store = self.data
+        if tp.partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
+            self._rebuild.discard(tp.partition)
+            store.drop_partition(tp.partition)
+            return None
+        return cast("int | None", super().persisted_offset(tp))
+
+    def _suspect(self, partition: int, offsets: list[int], generation: int) -> None:
+        self._rebuild.add(partition)
+        mine = self._suspects.setdefault(partition, {})
+        for offset in offsets:
+            mine[offset] = generation
+        if len(mine) > _KEEP_SUSPECTS:
+            for offset in sorted(mine)[:len(mine) - _KEEP_SUSPECTS]:
+                del mine[offset]
+
+    def _persist_read(self, events: list[Any]) -> None:
+        """A restore read ``events`` and left some out: the store holds the changelog up to
+        the last of them all the same (a claim or a record left out at the end of a batch
+        would otherwise be read again at the next restore)."""
+        store = self.data
+        if not isinstance(store, RocksStore):
+            return
+        ends: dict[Any, int] = {}
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            if offset > ends.get(tp, -1):
+                ends[tp] = offset
+        for tp, offset in ends.items():
+            if tp.partition in store._dbs and offset > (store.persisted_offset(tp) or -1):
+                store.set_persisted_offset(tp, offset)
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
@@ -249,8 +374,13 @@ class DurableTable(faust.Table):
             self._tail_generation[partition] = tally.generation
             late_only = False
             if self.on_foreign is not None and not tally.contiguous(partition, seen):
-                late_only = bool(self.on_foreign(self, partition, seen + 1, offset,
-                                                 tally.generation)) and seen == held
+                owner = bool(self.on_foreign(self, partition, seen + 1, offset,
+                                             tally.generation))
+                late_only = owner and seen == held
+                if not owner and tally.generation is not None:
+                    # ours may be the late ones: a restore after another worker's claim
+                    # leaves them out (_restorable)
+                    self._suspect(partition, tally.offsets[partition], tally.generation)
             if late_only or tally.contiguous(partition, held):
                 store.set_persisted_offset(tp, offset)
                 self._gapped.discard(partition)
@@ -261,7 +391,7 @@ class DurableTable(faust.Table):
                          "among or before this flush's (offsets %d-%d, %d of them ours, the "
                          "store holds up to %s); the next restore reads from there",
                          self.name, partition, tally.lowest[partition], offset,
-                         tally.count[partition], persisted)
+                         len(tally.offsets[partition]), persisted)
 
 
 CONTRACT.update({
@@ -286,6 +416,11 @@ CONTRACT.update({
         RocksStore, "persisted_offset", "6f2e502fb86043a1cf0adca5c2fffb19"),
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
+    # the rebuild of a partition's store: faust's recovery asks each assigned partition's
+    # persisted offset of the table when it adds it
+    "S faust Collection.persisted_offset": (
+        faust.Table, "persisted_offset", "d473d3ab3fd6f036d974d0abe3d485a1"),
+    "R faust Recovery._add": (Recovery, "_add", "1584a197b11bf835c0e3c497952413ce"),
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),
     "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
     # DurableTable.read, the persisted offsets and rocksdb_memory (streams.faust_seam.rocksdb):

@@ -21,19 +21,20 @@ class Tally:
     """Many records' results as one (a table's writes between two flushes): ``done``
     resolves once :meth:`close` was called and every record counted in is acknowledged, or
     fails with the first record's error; ``acked`` holds each partition's highest
-    acknowledged offset, ``lowest`` its lowest and ``count`` how many were acknowledged
-    (whether they are one unbroken run of offsets: :meth:`contiguous`). Where a future per
-    record cost a future, a done-callback and a ``gather`` entry, and two callbacks run by
-    the loop at the acknowledgement, a record here costs a counter."""
+    acknowledged offset, ``lowest`` its lowest and ``offsets`` the acknowledged offsets
+    themselves (whether they are one unbroken run: :meth:`contiguous`; which records are
+    ours where another writer's landed among them, decision 0016). Where a future per record
+    cost a future, a done-callback and a ``gather`` entry, and two callbacks run by the loop
+    at the acknowledgement, a record here costs a list entry."""
 
-    __slots__ = ("pending", "acked", "lowest", "count", "done", "closed", "generation")
+    __slots__ = ("pending", "acked", "lowest", "offsets", "done", "closed", "generation")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, generation: int | None = None) -> None:
         self.generation = generation  # the group generation its first record was written in
         self.pending = 0
         self.acked: dict[int, int] = {}
         self.lowest: dict[int, int] = {}
-        self.count: dict[int, int] = {}
+        self.offsets: dict[int, list[int]] = {}
         self.done: asyncio.Future[None] = loop.create_future()
         self.closed = False
 
@@ -43,7 +44,10 @@ class Tally:
             self.acked[partition] = offset
         if offset < self.lowest.get(partition, offset + 1):
             self.lowest[partition] = offset
-        self.count[partition] = self.count.get(partition, 0) + 1
+        mine = self.offsets.get(partition)
+        if mine is None:
+            mine = self.offsets[partition] = []
+        mine.append(offset)
         if not self.pending and self.closed and not self.done.done():
             self.done.set_result(None)
 
@@ -57,7 +61,7 @@ class Tally:
         ``after``: nobody else wrote to the partition in between or among them."""
         lowest = self.lowest.get(partition)
         return lowest == after + 1 and \
-            self.count[partition] == self.acked[partition] - lowest + 1
+            len(self.offsets[partition]) == self.acked[partition] - lowest + 1
 
     def close(self) -> None:
         """No more records: ``done`` resolves once those counted in are acknowledged."""

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 
+from streams.faust_seam import CLAIM_KEY
 from streams.lease import OwnershipLease
 from streams.repair import ChangelogReader, ChangelogRepair
 from tests.streams.test_tables import _durable_table
@@ -153,3 +155,144 @@ def test_late_records_in_a_partition_gone_quiet_are_found_at_the_sweep(kafka_set
     assert last == {A: b'{"by":"owner","n":1}', B: b'{"by":"owner","n":1}', C: None}
     assert repair.rewritten == 2 and repair.given_up == 0
 
+
+
+def _restore(table, bootstrap: str, topic: str, start: int) -> int:
+    """Partition 0 of ``topic`` from ``start`` to its end through the table's
+    ``apply_changelog_batch``, as faust's recovery hands it the events. Returns the end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "restore-check",
+                         "enable.auto.commit": False})
+    try:
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        consumer.assign([TopicPartition(topic, 0, start)])
+        events = []
+        while start + len(events) < high:
+            msg = consumer.poll(5)
+            assert msg is not None and not msg.error()
+            events.append(SimpleNamespace(message=SimpleNamespace(
+                key=msg.key(), value=msg.value(), partition=0, offset=msg.offset(),
+                tp=TP(topic, 0))))
+        table.apply_changelog_batch(events)
+        return high
+    finally:
+        consumer.close()
+
+
+def _keep_rebuild_off(table):
+    suspect = table._suspect
+
+    def without_rebuild(*args):
+        suspect(*args)
+        table._rebuild.clear()
+    return without_rebuild
+
+
+def _late_writer(kafka_settings, tmp_path, *, back: bool, skip: bool = True,
+                 rebuild: bool = True):
+    """``late`` holds partition 0 in generation 7 and writes A, B; it loses the partition
+    (generation 8) to ``owner``, which claims it and writes A and C; then ``late``'s writes
+    of generation 7, held by a cut, land after them: A again and D. The partition comes back
+    to ``late`` in generation 9 (``back``; else it restores it as a standby would), and it
+    is assigned it again and restores it. ``skip`` False: the restore takes every record;
+    ``rebuild`` False: the local store is kept (a restore in place)."""
+    app_id = kafka_settings.topic("late-writer")
+    broker = f"kafka://{kafka_settings.bootstrap_servers}"
+    late = _durable_table(app_id, tmp_path / "late", partitions=1, broker=broker,
+                          producer_acks=-1)
+    owner = _durable_table(app_id, tmp_path / "owner", partitions=1, broker=broker,
+                           producer_acks=-1)
+    late.writer, owner.writer = "late", "owner"
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    late.generation = lambda: 7  # what it writes below was written in generation 7
+    reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
+    repair = ChangelogRepair(lease, reader, late.flush, wait_s=2)
+    late.on_foreign, late.on_skipped = repair.foreign, repair.skipped
+    if not skip:
+        late._claimed_after = lambda *_args: False  # type: ignore[method-assign]
+    if not rebuild:
+        late._rebuild = set()  # type: ignore[misc]
+        late._suspect = _keep_rebuild_off(late)  # type: ignore[method-assign]
+    watched: list[str] = []
+    late.watch = lambda key, _value: watched.append(key)
+    topic = late.changelog_topic.get_topic_name()
+    state: dict[str, object] = {}
+
+    async def go():
+        await late.app.start()
+        await owner.app.start()
+        try:
+            await late.changelog_topic.maybe_declare()
+            late[A] = {"by": "late", "n": 1}
+            late[B] = {"by": "late", "n": 1}
+            await late.flush()
+            lease.rebalancing()
+            lease.synced(8, time.monotonic())
+            lease.assigned([], 8)  # partition 0 is the owner's now
+            owner.claim([0], 8)
+            owner[A] = {"by": "owner"}
+            owner[C] = {"by": "owner"}
+            await owner.flush()
+            late[A] = {"by": "late", "n": 2}  # held by the cut: they land now
+            late[D] = {"by": "late"}
+            await late.flush()
+            await repair.idle()  # the lease is lost: nothing rewritten
+            lease.rebalancing()
+            lease.synced(9, time.monotonic())
+            lease.assigned([0] if back else [], 9)
+            held = late.persisted_offset(TP(topic, 0))  # what faust's recovery asks
+            watched.clear()
+            end = _restore(late, kafka_settings.bootstrap_servers, topic,
+                           0 if held is None else held + 1)
+            await repair.idle()
+            state.update(held=held, end=end, persisted=late.data.persisted_offset(TP(topic, 0)),
+                         store={k: late.read(k) for k in (A, B, C, D, CLAIM_KEY)})
+        finally:
+            await late.app.stop()
+            await owner.app.stop()
+            reader.close()
+    asyncio.run(go())
+    state["watched"] = sorted(set(watched))
+    last = _last_records(kafka_settings.bootstrap_servers, topic)
+    return repair, state, last
+
+
+def test_a_late_writer_restoring_its_partition_leaves_its_late_records_out(kafka_settings,
+                                                                           tmp_path):
+    """Its own records that landed after the owner's claim: the owner's restore never read
+    them, and nothing was done on them (their acknowledgement came after the lease ended).
+    The restored store has the owner's values; the changelog is made to end with them."""
+    repair, state, last = _late_writer(kafka_settings, tmp_path, back=True)
+    assert state["held"] is None  # its local store dropped: rebuilt from the start
+    # late's A and B (0, 1), the claim (2), the owner's A and C (3, 4), late's A and D (5, 6)
+    # read; 7, 8 the rewrites
+    assert state["store"] == {A: {"by": "owner"}, B: {"by": "late", "n": 1}, C: {"by": "owner"},
+                              D: None, CLAIM_KEY: None}
+    assert state["watched"] == sorted([A, B, C])  # the claim, the records left out: no entry
+    assert state["end"] == 7 and state["persisted"] == 8
+    assert last == {A: b'{"by":"owner"}', B: b'{"by":"late","n":1}', C: b'{"by":"owner"}',
+                    D: None, CLAIM_KEY: b'{"generation":8,"writer":"owner"}'}
+    assert repair.rewritten == 2 and repair.given_up == 1  # the range while the lease was lost
+
+
+@pytest.mark.parametrize("off", ["skip", "rebuild"])
+def test_without_either_part_the_late_writers_store_keeps_its_late_records(
+        kafka_settings, tmp_path, off):
+    """The check above can see the bug: a restore that takes every record, or one that
+    leaves them out but in place, over a store that took them when they were written."""
+    repair, state, last = _late_writer(kafka_settings, tmp_path, back=True,
+                                       **{off: False})
+    assert state["store"][D] == {"by": "late"}
+    if off == "skip":
+        assert state["store"][A] == {"by": "late", "n": 2}
+        assert last[A] == b'{"by":"late","n":2}' and repair.rewritten == 0
+
+
+def test_a_standby_restore_leaves_them_out_and_rewrites_nothing(kafka_settings, tmp_path):
+    """The partition is not the late writer's: its store leaves them out, the changelog is
+    the owner's to mend."""
+    repair, state, last = _late_writer(kafka_settings, tmp_path, back=False)
+    assert state["store"][A] == {"by": "owner"} and state["store"][D] is None
+    assert last[A] == b'{"by":"late","n":2}' and last[D] == b'{"by":"late"}'
+    assert repair.rewritten == 0 and repair.given_up == 2

@@ -482,7 +482,7 @@ def test_records_counted_in_a_tally_resolve_it_once_closed_and_all_acknowledged(
         assert tally.pending == 0 and not tally.done.done()  # not closed: more may come
         tally.close()
         assert tally.done.done() and tally.acked == {0: 22, 1: 6}
-        assert tally.lowest == {0: 20, 1: 5} and tally.count == {0: 3, 1: 2}
+        assert tally.lowest == {0: 20, 1: 5} and tally.offsets == {0: [20, 21, 22], 1: [5, 6]}
         assert tally.contiguous(0, 19) and tally.contiguous(1, 4)
         assert not tally.contiguous(0, 18)  # offset 19: another writer's
         assert own.result().offset == 7

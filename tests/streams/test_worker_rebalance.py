@@ -12,6 +12,7 @@ once (``streams.lanes``).
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import ExitStack
 
@@ -48,6 +49,11 @@ def test_a_second_worker_joins_while_the_first_ones_lanes_are_full(
             assigned = wait_for_log(b_log, "requests partitions assigned: [", 90)
             took = time.monotonic() - joined_at
             text = a_log.read_text(errors="replace")
+            deadline = time.monotonic() + 30  # b claims its partitions once it restored them
+            claims = _claims(kafka_settings)
+            while len({c["writer"] for c in claims}) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                claims = _claims(kafka_settings)
     finally:
         whmcs.clear_faults()
     released = [line for line in text.splitlines() if "in flight released" in line]
@@ -57,3 +63,34 @@ def test_a_second_worker_joins_while_the_first_ones_lanes_are_full(
         "worker a held the rebalance up with events of the revoked generation"
     assert "member_id was not recognized" not in text, "worker a was expelled from the group"
     assert assigned
+    # each worker claimed the changelog partitions it restored, in its generation, before
+    # writing there (decision 0016): both workers' claims, generations rising
+    writers = {c["writer"] for c in claims}
+    assert len(writers) == 2, claims
+    assert {c["generation"] for c in claims} >= {1, 2}, claims
+
+
+def _claims(kafka_settings) -> list[dict]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from common.settings import WorkerSettings
+    from streams.faust_seam import CLAIM_KEY
+
+    topic = f"{kafka_settings.topic(WorkerSettings.load({}).app_id)}-idem-changelog"
+    consumer = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "group.id": "claims-check", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        claims, ended = [], set()
+        while len(ended) < len(parts):
+            msg = consumer.poll(5)
+            assert msg is not None, "the changelog could not be read to its end"
+            if msg.error():
+                ended.add(msg.partition())
+            elif msg.key() == CLAIM_KEY.encode():
+                claims.append(json.loads(msg.value()))
+        return claims
+    finally:
+        consumer.close()
