@@ -14,9 +14,11 @@ with:
   a pause hit a worker holding Orders). Without ``streams.lease`` (a worker from before the
   lease) nothing is patched: that worker has no lease to switch off, and says so in its log.
 
-* ``repair`` (``bench.chaos --break-repair``): the owner's repair of another writer's late
-  changelog records (``streams.repair.ChangelogRepair``) made to look at nothing: each range
-  it is told of is logged as ``repair off: would have looked at ...`` and dropped.
+* ``repair`` (``bench.chaos --break-repair``): both sides of decision 0016 switched off. The
+  owner's repair of another writer's late changelog records (``streams.repair.ChangelogRepair``)
+  looks at nothing: each range it is told of is logged as ``repair off: would have looked
+  at ...`` and dropped. The late writer forgets which of its records landed after another
+  writer's (``DurableTable._suspect`` does nothing): its restores take them, in place.
 
 The chaos invariants must then catch duplicate WHMCS orders (guard, lease) or changelogs that
 end with a late writer's records (repair). Never used by the product.
@@ -102,7 +104,18 @@ def break_repair() -> str:
         return 0
     repair.ChangelogRepair.foreign = foreign  # type: ignore[method-assign]
     repair.ChangelogRepair.check_idle = check_idle  # type: ignore[method-assign]
-    return "changelog repair switched off (ChangelogRepair looks at nothing)"
+    from streams.faust_seam import DurableTable
+
+    if not hasattr(DurableTable, "_suspect"):
+        return "changelog repair switched off (ChangelogRepair looks at nothing)"
+
+    def suspect(self: Any, partition: int, offsets: list[int], generation: int) -> None:
+        log.warning("%s table %s partition %d: %d record(s) of ours among another writer's "
+                    "(late writer's side)", WOULD_HAVE_REPAIRED, self.name, partition,
+                    len(offsets))
+    DurableTable._suspect = suspect  # type: ignore[method-assign]
+    return ("changelog repair switched off (ChangelogRepair looks at nothing; a restore "
+            "takes this worker's own late records)")
 
 
 BREAKS = {"guard": break_guard, "lease": break_lease, "repair": break_repair}

@@ -88,6 +88,8 @@ WOULD_HAVE_REPAIRED = "repair off: would have looked at"  # --break repair
 LOG_COUNTS = {"compensations": ("compensation:", None), "fenced": ("fenced:", WOULD_HAVE_FENCED),
               "lease_would_fence": (WOULD_HAVE_FENCED, None),
               "repairs": ("had another writer's records among ours", None),
+              "restores_left_out": ("left out", None),
+              "stores_rebuilt": ("local store of partition", None),
               "repair_would_look": (WOULD_HAVE_REPAIRED, None)}
 
 
@@ -382,6 +384,7 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
            "changelog_pending_intents", "changelog_unsent_decisions", "repair_would_look",
+           "restores_left_out", "stores_rebuilt",
            "unplanned_restarts", "ok")
 
 
@@ -431,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                              "then fail")
     parser.add_argument("--break-repair", action="store_true",
                         help="self-test: run workers that leave another writer's late "
-                             "changelog records as they land (use with --cuts or --pauses "
-                             "and --pause-workers-only); the changelogs may then end with them")
+                             "changelog records as they land, and restore their own late "
+                             "records (use with --cuts or --pauses and "
+                             "--pause-workers-only); the changelogs may then end with them")
     args = parser.parse_args(argv)
     out = args.out or default_out(args)
     with contextlib.ExitStack() as stack:

@@ -41,13 +41,15 @@ def changelog_ends(p: Pipeline) -> dict[str, Any]:
     paused, whose writes landed after the owner's (streams.repair) — and a restore would act
     on it again (a lookup, an outcome sent a second time)."""
     from common.settings import WorkerSettings
+    from streams.faust_seam import CLAIM_KEY
     from streams.state import Intent, memory_from_json
 
     app = p.kafka.topic(WorkerSettings.load({}).app_id)
     last: dict[str, dict[str, bytes | None]] = {"intents": {}, "idem": {}}
     for table, ends in last.items():
         for record in p.records(f"{app}-{table}-changelog"):
-            ends[str(record.key)] = record.raw_value
+            if str(record.key) != CLAIM_KEY:  # a worker's claim of the partition, no Order
+                ends[str(record.key)] = record.raw_value
     pending = sorted(k for k, v in last["intents"].items()
                      if v is not None and (i := Intent.from_json(json.loads(v))) is not None
                      and i.is_pending)

@@ -237,6 +237,9 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
     # the patch replaces class attributes: undone after the test
     monkeypatch.setattr(repair.ChangelogRepair, "foreign", repair.ChangelogRepair.foreign)
     monkeypatch.setattr(repair.ChangelogRepair, "check_idle", repair.ChangelogRepair.check_idle)
+    from streams.faust_seam import DurableTable
+
+    monkeypatch.setattr(DurableTable, "_suspect", DurableTable._suspect)
     assert "switched off" in broken_worker.break_repair()
     fixer = repair.ChangelogRepair(None, None, None)  # type: ignore[arg-type]
     with caplog.at_level("WARNING", logger="bench.broken_worker"):
@@ -245,3 +248,12 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
         "repair off: would have looked at table idem partition 2 offsets 10-14"]
     assert not fixer._queue and fixer._task is None
     assert asyncio.run(fixer.check_idle([object()], lambda *_: 99)) == 0
+    # the late writer's side: its own records among another writer's are not remembered
+    table = types.SimpleNamespace(name="intents", _suspects={}, _rebuild=set())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bench.broken_worker"):
+        DurableTable._suspect(table, 1, [5, 6], 7)  # type: ignore[arg-type]
+    assert table._suspects == {} and table._rebuild == set()
+    assert [r.getMessage() for r in caplog.records] == [
+        "repair off: would have looked at table intents partition 1: 2 record(s) of ours "
+        "among another writer's (late writer's side)"]
