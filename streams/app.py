@@ -160,6 +160,7 @@ class Worker:
             table.on_skipped = self.repair.skipped
             table.generation = self._generation
             table.writer = self.writer_id
+            table.held = self.lease.held_since
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
         self.whmcs = whmcs_client or WhmcsClient(whmcs)

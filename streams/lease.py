@@ -155,6 +155,14 @@ class OwnershipLease:
         with self._lock:
             return set(self._owned) if self._generation is not None else set()
 
+    def held_since(self, partition: int, generation: int) -> bool:
+        """This member holds ``partition`` in the current generation and has held it
+        without a break since ``generation`` (a table restore asks: its store is then the
+        partition's truth, decision 0016)."""
+        with self._lock:
+            since = self._owned.get(partition)
+            return self._generation is not None and since is not None and since <= generation
+
     def check(self, partition: int, generation: int) -> LeaseCheck:
         """May this worker write to WHMCS now for an event of ``partition`` taken in
         ``generation``?"""

@@ -79,6 +79,11 @@ class DurableTable(faust.Table):
         self._claims: dict[int, list[tuple[int, int, str]]] = {}
         self.on_skipped: Callable[[DurableTable, int, list[str]], None] | None = None
         self._rebuild: set[int] = set()  # partitions whose local store holds them
+        # The owner's side at a restore: partition → the generation of this worker's last
+        # claim of it; ``held(partition, generation)``: the lease says the partition has
+        # been this worker's without a break since then (the worker sets it).
+        self._claimed: dict[int, int] = {}
+        self.held: Callable[[int, int], bool] | None = None
 
     def apply_changelog_batch(self, batch: Any) -> None:
         events = list(batch)
@@ -101,6 +106,7 @@ class DurableTable(faust.Table):
         value = orjson.dumps({"generation": generation, "writer": self.writer})
         for partition in sorted(partitions):
             self._send(partition, CLAIM_KEY, value)
+            self._claimed[partition] = generation
 
     def _restorable(self, events: list[Any]) -> list[Any]:
         """The changelog events a restore applies: not the claims, and not this worker's own
@@ -112,11 +118,23 @@ class DurableTable(faust.Table):
         since then never had — a decision marked unsent again, an intent pending again."""
         suspects, kept = self._suspects, []
         skipped: dict[int, list[str]] = {}
+        held: dict[int, list[int]] = {}  # partition → [first offset, last offset, count]
+        holds: dict[int, bool] = {}
         for event in events:
             msg = event.message
             key = msg.key if isinstance(msg.key, bytes) else str(msg.key).encode()
             if key == _CLAIM:
                 self._read_claim(msg)
+                continue
+            ours = holds.get(msg.partition)
+            if ours is None:
+                ours = holds[msg.partition] = self._holds(msg.partition)
+            if ours:
+                span = held.get(msg.partition)
+                if span is None:
+                    held[msg.partition] = [msg.offset, msg.offset, 1]
+                else:
+                    span[1], span[2] = msg.offset, span[2] + 1
                 continue
             mine = suspects.get(msg.partition) if suspects else None
             if mine is not None and msg.offset in mine and self._claimed_after(
@@ -124,6 +142,8 @@ class DurableTable(faust.Table):
                 skipped.setdefault(msg.partition, []).append(key.decode())
                 continue
             kept.append(event)
+        for partition, (first, last, count) in held.items():
+            self._left_out_held(partition, first, last, count)
         for partition, keys in skipped.items():
             metrics.CHANGELOG_SKIPPED.labels(self.name).inc(len(keys))
             log.warning("table %s: restoring changelog partition %d left out %d record(s) of "
@@ -134,6 +154,28 @@ class DurableTable(faust.Table):
             if self.on_skipped is not None:
                 self.on_skipped(self, partition, keys)
         return kept
+
+    def _holds(self, partition: int) -> bool:
+        """This worker restored ``partition``, claimed it, and has held it since (its store
+        open throughout): its store is the partition's truth. Every record a restore in
+        place reads past the store's persisted offset is then either its own (the store
+        holds it, or a later value) or another writer's late one (written under a lease that
+        ended before this worker was assigned, never backing a WHMCS write: decision 0016) —
+        none may be applied."""
+        generation = self._claimed.get(partition)
+        return generation is not None and self.held is not None and \
+            self.held(partition, generation)
+
+    def _left_out_held(self, partition: int, first: int, last: int, count: int) -> None:
+        generation = self._claimed[partition]
+        metrics.CHANGELOG_SKIPPED.labels(self.name).inc(count)
+        log.info("table %s: restoring changelog partition %d, held since generation %d: %d "
+                 "record(s) past the store's (offsets %d-%d: ours, or another writer's late "
+                 "ones) left out; the repair looks at them", self.name, partition,
+                 generation, count, first, last,
+                 extra={"partition": partition, "count": count})
+        if self.on_foreign is not None:  # another writer's among them: the changelog must
+            self.on_foreign(self, partition, first, last, generation)  # end with ours
 
     def _read_claim(self, msg: Any) -> None:
         try:
@@ -164,6 +206,7 @@ class DurableTable(faust.Table):
         store = self.data
         if tp.partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
             self._rebuild.discard(tp.partition)
+            self._claimed.pop(tp.partition, None)
             store.drop_partition(tp.partition)
             return None
         return cast("int | None", super().persisted_offset(tp))

@@ -296,3 +296,75 @@ def test_a_standby_restore_leaves_them_out_and_rewrites_nothing(kafka_settings, 
     assert state["store"][A] == {"by": "owner"} and state["store"][D] is None
     assert last[A] == b'{"by":"late","n":2}' and last[D] == b'{"by":"late"}'
     assert repair.rewritten == 0 and repair.given_up == 2
+
+
+def _kept(kafka_settings, tmp_path, *, held: bool):
+    """``mine`` restored partition 0 in generation 7, claimed it and wrote A; a zombie's
+    late A and C land after it, and no flush of ``mine`` meets them before the next
+    rebalance (generation 8), which leaves the partition with ``mine``: its restore in place
+    reads them. ``held`` False: the table is not told the lease (the rule switched off)."""
+    app_id = kafka_settings.topic("kept")
+    broker = f"kafka://{kafka_settings.bootstrap_servers}"
+    mine = _durable_table(app_id, tmp_path / "mine", partitions=1, broker=broker,
+                          producer_acks=-1)
+    zombie = _durable_table(app_id, tmp_path / "zombie", partitions=1, broker=broker,
+                            producer_acks=-1)
+    mine.writer, zombie.writer = "mine", "zombie"
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    mine.generation = lambda: lease.generation
+    if held:
+        mine.held = lease.held_since
+    reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
+    repair = ChangelogRepair(lease, reader, mine.flush, wait_s=2)
+    mine.on_foreign = repair.foreign
+    topic = mine.changelog_topic.get_topic_name()
+    state: dict[str, object] = {}
+
+    async def go():
+        await mine.app.start()
+        await zombie.app.start()
+        try:
+            await mine.changelog_topic.maybe_declare()
+            mine.claim([0], 7)
+            mine[A] = {"by": "owner"}
+            await mine.flush()
+            zombie[A] = {"by": "zombie"}
+            zombie[C] = {"by": "zombie"}
+            await zombie.flush()
+            lease.rebalancing()
+            lease.synced(8, time.monotonic())
+            lease.assigned([0], 8)  # kept: held since 7
+            held_at = mine.persisted_offset(TP(topic, 0))
+            _restore(mine, kafka_settings.bootstrap_servers, topic, held_at + 1)
+            await repair.idle()
+            state.update(held_at=held_at, store={k: mine.read(k) for k in (A, C)},
+                         persisted=mine.data.persisted_offset(TP(topic, 0)))
+        finally:
+            await mine.app.stop()
+            await zombie.app.stop()
+            reader.close()
+    asyncio.run(go())
+    return repair, state, _last_records(kafka_settings.bootstrap_servers, topic)
+
+
+def test_an_owner_that_kept_its_partition_takes_nothing_its_restore_in_place_reads(
+        kafka_settings, tmp_path):
+    """Its store is the truth: what the restore reads past it is its own or a late
+    writer's; the repair then makes the changelog end with the owner's values."""
+    repair, state, last = _kept(kafka_settings, tmp_path, held=True)
+    assert state["held_at"] == 1  # the claim (0) and A (1); the zombie's A and C at 2, 3
+    assert state["store"] == {A: {"by": "owner"}, C: None}
+    assert last[A] == b'{"by":"owner"}' and last[C] is None
+    assert repair.rewritten == 2 and state["persisted"] == 5
+
+
+def test_without_the_held_rule_the_kept_partitions_store_takes_the_late_records(
+        kafka_settings, tmp_path):
+    """The check above can see the bug (a chaos run on 77ca131: 4 Orders' changelogs ended
+    with a cut worker's decisions, its late records read by the owner's restore in place at
+    the rejoin's rebalance, 2 s after they landed)."""
+    repair, state, last = _kept(kafka_settings, tmp_path, held=False)
+    assert state["store"] == {A: {"by": "zombie"}, C: {"by": "zombie"}}
+    assert last[A] == b'{"by":"zombie"}' and repair.rewritten == 0

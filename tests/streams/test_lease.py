@@ -117,6 +117,25 @@ def test_a_member_kicked_while_paused_rejoins_in_a_later_generation_without_cont
     assert owned.check(0, 7).ok
 
 
+def test_held_since_asks_for_an_unbroken_hold_whatever_the_heartbeats():
+    """What a table restore asks (decision 0016): held since generation 5, in the current
+    generation; an expired lease does not matter, a break or a rebalance under way does."""
+    clock = Clock()
+    owned = joined(clock, partitions=(0, 1), generation=5)
+    clock.now += 60  # no heartbeat accepted: the lease has expired, the hold has not
+    assert not owned.check(0, 5).ok and owned.held_since(0, 5)
+    owned.rebalancing()
+    assert not owned.held_since(0, 5)  # a rebalance under way: not known
+    owned.synced(6, clock.now)
+    owned.assigned([1], 6)
+    assert owned.held_since(1, 5) and not owned.held_since(0, 5)
+    owned.rebalancing()
+    owned.synced(7, clock.now)
+    owned.assigned([0, 1], 7)  # partition 0 back: held since 7, not since 5
+    assert owned.held_since(0, 7) and not owned.held_since(0, 6)
+    assert owned.held_since(1, 5) and not owned.held_since(2, 7)
+
+
 def test_margin_must_be_shorter_than_the_session():
     with pytest.raises(ValueError):
         OwnershipLease(session_timeout_s=10, margin_s=10)
