@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import weakref
 
 import pytest
 
@@ -25,9 +27,14 @@ async def _nothing() -> None:
     ("sweep", DurabilityError, True), ("flush", DurabilityError, True),
     ("sweep", RuntimeError, False), ("flush", RuntimeError, False)])
 def test_a_sweep_whose_table_change_is_not_durable_stops_the_worker(
-        tmp_path, kafka_bootstrap, where, kind, stops):
+        tmp_path, kafka_bootstrap, where, kind, stops, monkeypatch):
     from streams.app import Worker
 
+    # the failure's log line keeps its traceback, whose frames keep the worker: not
+    # captured, so the worker and its Kafka clients go with the test
+    quiet = logging.getLogger("streams.app")
+    monkeypatch.setattr(quiet, "propagate", False)
+    monkeypatch.setattr(quiet, "handlers", [logging.NullHandler()])
     error = kind("changelog write not acknowledged")
     worker = Worker(kafka=KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
                                              topic_prefix="sweep."),
@@ -51,8 +58,10 @@ def test_a_sweep_whose_table_change_is_not_durable_stops_the_worker(
     assert crashed == ([error] if stops else [])
     error.__traceback__ = None  # its frames hold the worker
     crashed.clear()
+    gone = weakref.ref(worker)
     del worker, check_idle, fail
     gc.collect()  # its Kafka clients with it, not at the end of the session
+    assert gone() is None
     # the late records' look follows a sweep that failed without stopping the worker, and
     # needs the tables' writes durable first
     assert looked == ([1] if where == "sweep" and not stops else [])
