@@ -18,7 +18,8 @@ with:
   owner's repair of another writer's late changelog records (``streams.repair.ChangelogRepair``)
   looks at nothing: each range it is told of is logged as ``repair off: would have looked
   at ...`` and dropped. The late writer forgets which of its records landed after another
-  writer's (``DurableTable._suspect`` does nothing): its restores take them, in place.
+  writer's (``DurableTable._suspect`` does nothing): its restores take them, in place. An
+  owner that kept its partition takes what its restore in place reads (``_holds``: never).
 
 The chaos invariants must then catch duplicate WHMCS orders (guard, lease) or changelogs that
 end with a late writer's records (repair). Never used by the product.
@@ -114,6 +115,8 @@ def break_repair() -> str:
                     "(late writer's side)", WOULD_HAVE_REPAIRED, self.name, partition,
                     len(offsets))
     DurableTable._suspect = suspect  # type: ignore[method-assign]
+    if hasattr(DurableTable, "_holds"):  # the owner's restore in place takes every record
+        DurableTable._holds = lambda self, partition: False  # type: ignore[method-assign]
     return ("changelog repair switched off (ChangelogRepair looks at nothing; a restore "
             "takes this worker's own late records)")
 

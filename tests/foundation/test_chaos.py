@@ -240,6 +240,7 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
     from streams.faust_seam import DurableTable
 
     monkeypatch.setattr(DurableTable, "_suspect", DurableTable._suspect)
+    monkeypatch.setattr(DurableTable, "_holds", DurableTable._holds)
     assert "switched off" in broken_worker.break_repair()
     fixer = repair.ChangelogRepair(None, None, None)  # type: ignore[arg-type]
     with caplog.at_level("WARNING", logger="bench.broken_worker"):
@@ -254,6 +255,7 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
     with caplog.at_level("WARNING", logger="bench.broken_worker"):
         DurableTable._suspect(table, 1, [5, 6], 7)  # type: ignore[arg-type]
     assert table._suspects == {} and table._rebuild == set()
+    assert DurableTable._holds(table, 1) is False  # type: ignore[arg-type]
     assert [r.getMessage() for r in caplog.records] == [
         "repair off: would have looked at table intents partition 1: 2 record(s) of ours "
         "among another writer's (late writer's side)"]
