@@ -50,6 +50,7 @@ def source_hash(owner: Any, attribute: str) -> str:
     """The first 32 hex digits of the sha256 of ``owner.attribute``'s upstream source."""
     fn = inspect.getattr_static(owner, attribute)
     fn = getattr(fn, "fget", fn)  # a property: its getter
+    fn = getattr(fn, "fun", fn)  # a mode Service.task: its function
     fn = getattr(fn, "__sfprov_original__", fn)
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:32]
 

@@ -120,8 +120,16 @@ class DurableTable(faust.Table):
         skipped: dict[int, list[str]] = {}
         held: dict[int, list[int]] = {}  # partition → [first offset, last offset, count]
         holds: dict[int, bool] = {}
+        floors: dict[int, int] = {}
+        stale: dict[int, int] = {}
         for event in events:
             msg = event.message
+            floor = floors.get(msg.partition)
+            if floor is None:
+                floor = floors[msg.partition] = self._floor(msg.tp)
+            if msg.offset <= floor:
+                stale[msg.partition] = stale.get(msg.partition, 0) + 1
+                continue
             key = msg.key if isinstance(msg.key, bytes) else str(msg.key).encode()
             if key == _CLAIM:
                 self._read_claim(msg)
@@ -142,6 +150,12 @@ class DurableTable(faust.Table):
                 skipped.setdefault(msg.partition, []).append(key.decode())
                 continue
             kept.append(event)
+        for partition, count in stale.items():
+            metrics.CHANGELOG_SKIPPED.labels(self.name).inc(count)
+            log.info("table %s: changelog partition %d: %d record(s) at or below the offset "
+                     "the store holds (%d) handed to it again, left out (faust's recovery "
+                     "buffer, applied at a later rebalance)", self.name, partition, count,
+                     floors[partition], extra={"partition": partition, "count": count})
         for partition, (first, last, count) in held.items():
             self._left_out_held(partition, first, last, count)
         for partition, keys in skipped.items():
@@ -154,6 +168,19 @@ class DurableTable(faust.Table):
             if self.on_skipped is not None:
                 self.on_skipped(self, partition, keys)
         return kept
+
+    def _floor(self, tp: TP) -> int:
+        """The changelog offset the store holds ``tp`` up to (-1: none known). A record at or
+        below it is older than what the store holds: faust's recovery keeps taking the
+        records fetched past a restore's end into its buffer and applies that buffer at the
+        next rebalance's revocation (``Recovery._slurp_changelogs``, ``flush_buffers``) —
+        over the values this worker wrote since (a chaos run: an intent accepted at 1844
+        set back to pending by its own record 1839, applied 20 s later)."""
+        store = self.data
+        if not isinstance(store, RocksStore):
+            return -1
+        persisted = store.persisted_offset(tp)
+        return -1 if persisted is None else int(persisted)
 
     def _holds(self, partition: int) -> bool:
         """This worker restored ``partition``, claimed it, and has held it since (its store
@@ -174,8 +201,13 @@ class DurableTable(faust.Table):
                  "ones) left out; the repair looks at them", self.name, partition,
                  generation, count, first, last,
                  extra={"partition": partition, "count": count})
-        if self.on_foreign is not None:  # another writer's among them: the changelog must
-            self.on_foreign(self, partition, first, last, generation)  # end with ours
+        # records up to the last one of ours looked at were looked at then (a flush that met
+        # another writer's told the repair); past it, another writer's may be among them:
+        # the changelog must end with ours
+        start = max(first, self._tail.get(partition, -1) + 1)
+        self._tail[partition] = max(self._tail.get(partition, -1), last)
+        if self.on_foreign is not None and start <= last:
+            self.on_foreign(self, partition, start, last, generation)
 
     def _read_claim(self, msg: Any) -> None:
         try:
@@ -464,6 +496,9 @@ CONTRACT.update({
     "S faust Collection.persisted_offset": (
         faust.Table, "persisted_offset", "d473d3ab3fd6f036d974d0abe3d485a1"),
     "R faust Recovery._add": (Recovery, "_add", "1584a197b11bf835c0e3c497952413ce"),
+    # _floor: records fetched past a restore's end, buffered, applied at the next revocation
+    "R faust Recovery._slurp_changelogs": (Recovery, "_slurp_changelogs", "7825c7e50f766d5ab0fd246b63420ea0"),
+    "R faust Recovery.flush_buffers": (Recovery, "flush_buffers", "6fa9c17f1071018c49cb6d411a34fb4a"),
     "S faust Collection._new_store_by_url": (faust.Table, "_new_store_by_url", "343a8125107d3f69ced468ee15665995"),
     "S faust Collection.partition_for_key": (faust.Table, "partition_for_key", "3b2291811b8dd791cdd0e690b2b09d96"),
     # DurableTable.read, the persisted offsets and rocksdb_memory (streams.faust_seam.rocksdb):
