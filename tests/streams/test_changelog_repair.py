@@ -179,6 +179,21 @@ def _restore(table, bootstrap: str, topic: str, start: int, end: int | None = No
         consumer.close()
 
 
+def _two_writers(kafka_settings, tmp_path, app: str, names: tuple[str, str]):
+    """Two tables on one single-partition changelog, each a worker of its own (writer ids
+    ``names``), a lease holding partition 0 in generation 7 for the first, and a reader."""
+    app_id = kafka_settings.topic(app)
+    broker = f"kafka://{kafka_settings.bootstrap_servers}"
+    tables = [_durable_table(app_id, tmp_path / name, partitions=1, broker=broker,
+                             producer_acks=-1) for name in names]
+    for table, name in zip(tables, names, strict=True):
+        table.writer = name
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    return (*tables, lease, ChangelogReader(kafka_settings.bootstrap_servers, app_id))
+
+
 def _keep_rebuild_off(table):
     suspect = table._suspect
 
@@ -196,18 +211,9 @@ def _late_writer(kafka_settings, tmp_path, *, back: bool, skip: bool = True,
     to ``late`` in generation 9 (``back``; else it restores it as a standby would), and it
     is assigned it again and restores it. ``skip`` False: the restore takes every record;
     ``rebuild`` False: the local store is kept (a restore in place)."""
-    app_id = kafka_settings.topic("late-writer")
-    broker = f"kafka://{kafka_settings.bootstrap_servers}"
-    late = _durable_table(app_id, tmp_path / "late", partitions=1, broker=broker,
-                          producer_acks=-1)
-    owner = _durable_table(app_id, tmp_path / "owner", partitions=1, broker=broker,
-                           producer_acks=-1)
-    late.writer, owner.writer = "late", "owner"
-    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
-    lease.synced(7, time.monotonic())
-    lease.assigned([0], 7)
+    late, owner, lease, reader = _two_writers(kafka_settings, tmp_path, "late-writer",
+                                              ("late", "owner"))
     late.generation = lambda: 7  # what it writes below was written in generation 7
-    reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
     repair = ChangelogRepair(lease, reader, late.flush, wait_s=2)
     late.on_foreign, late.on_skipped = repair.foreign, repair.skipped
     if not skip:
@@ -307,22 +313,13 @@ def _kept(kafka_settings, tmp_path, *, held: bool, floor: bool = True):
     Then, in the next rebalance, faust's recovery buffer hands the table the zombie's records
     again (what it had fetched past a restore's end); ``floor`` False: the table takes
     records at or below its store's offset."""
-    app_id = kafka_settings.topic("kept")
-    broker = f"kafka://{kafka_settings.bootstrap_servers}"
-    mine = _durable_table(app_id, tmp_path / "mine", partitions=1, broker=broker,
-                          producer_acks=-1)
-    zombie = _durable_table(app_id, tmp_path / "zombie", partitions=1, broker=broker,
-                            producer_acks=-1)
-    mine.writer, zombie.writer = "mine", "zombie"
-    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
-    lease.synced(7, time.monotonic())
-    lease.assigned([0], 7)
+    mine, zombie, lease, reader = _two_writers(kafka_settings, tmp_path, "kept",
+                                               ("mine", "zombie"))
     mine.generation = lambda: lease.generation
     if held:
         mine.held = lease.held_since
     if not floor:
         mine._floor = lambda _tp: -1  # type: ignore[method-assign]
-    reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
     repair = ChangelogRepair(lease, reader, mine.flush, wait_s=2)
     mine.on_foreign = repair.foreign
     topic = mine.changelog_topic.get_topic_name()
