@@ -234,13 +234,17 @@ class DurableTable(faust.Table):
         partitions included). A partition whose local store took this worker's own late
         records when they were written (the store is written before the changelog) is
         dropped and read from the changelog's start: a restore in place would leave those
-        values there however it reads the changelog (decision 0016)."""
+        values there however it reads the changelog (decision 0016). -1, not None: faust
+        keeps the offset it last read a partition to, in memory, and resumes there when the
+        store has none (``Recovery._add``'s ``setdefault``) — a member paused through a
+        generation still has it, and the emptied store would have been filled from there
+        (a chaos run: three decisions lost, the Orders decided again)."""
         store = self.data
         if tp.partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
             self._rebuild.discard(tp.partition)
             self._claimed.pop(tp.partition, None)
             store.drop_partition(tp.partition)
-            return None
+            return -1
         return cast("int | None", super().persisted_offset(tp))
 
     def _suspect(self, partition: int, offsets: list[int], generation: int) -> None:
