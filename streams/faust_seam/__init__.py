@@ -1,7 +1,7 @@
 """The one package that touches faust-streaming's and aiokafka's internals.
 
 Everything the worker needs from the two libraries beyond their public API lives here, one
-module per part (``membership``, ``tables``, ``rocksdb``, ``writer``, ``recovery``, ``build``,
+module per part (``membership``, ``tables``, ``restore``, ``rocksdb``, ``writer``, ``recovery``, ``build``,
 ``consumer``, ``fetcher``, on ``_base``); no other module imports a private name of either
 (``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
 ``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
@@ -38,12 +38,13 @@ from streams.faust_seam.consumer import ConsumerSeam
 from streams.faust_seam.fetcher import refresh_metadata_on_stale_offsets
 from streams.faust_seam.membership import LeaseAdapter, MembershipListener, watch_membership
 from streams.faust_seam.recovery import OrderedRecovery, TableManager
+from streams.faust_seam.restore import CLAIM_KEY
 from streams.faust_seam.rocksdb import (
     BoundedRocksDBOptions,
     KeyPartitionedRocksStore,
     rocksdb_memory,
 )
-from streams.faust_seam.tables import CLAIM_KEY, DurableTable
+from streams.faust_seam.tables import DurableTable
 from streams.faust_seam.writer import RecordWriter
 
 __all__ = ["CLAIM_KEY", "CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
