@@ -42,7 +42,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from streams import metrics
 from streams.faust_seam import CLAIM_KEY
@@ -72,6 +72,30 @@ class RepairableTable(Protocol):
     def changelog_topic(self) -> Any: ...
 
 
+class _Range(NamedTuple):
+    """A range of another writer's records among a table's own (:meth:`ChangelogRepair.foreign`)."""
+
+    table: RepairableTable
+    partition: int
+    start: int
+    end: int
+    generation: int | None  # the generation the flush that met them was written in
+
+    def what(self) -> str:
+        return f"offsets {self.start}-{self.end}"
+
+
+class _Skipped(NamedTuple):
+    """Keys a restore of ours left records out for (:meth:`ChangelogRepair.skipped`)."""
+
+    table: RepairableTable
+    partition: int
+    keys: list[str]
+
+    def what(self) -> str:
+        return f"{len(self.keys)} key(s) a restore left records out for"
+
+
 class ChangelogRepair:
     """Told of foreign records by the tables (:meth:`foreign`), repairs them one range at a
     time on the event loop; the range is read on a thread (``read`` blocks). ``commit`` is
@@ -84,11 +108,7 @@ class ChangelogRepair:
         self._lease, self._read, self._commit = lease, read, commit
         self.wait_s = wait_s
         self._busy = busy
-        # what to look at, in turn: (table, partition, first offset, last offset, generation)
-        # a range of another writer's records; (table, partition, keys) keys a restore of
-        # ours left records of out
-        self._queue: deque[tuple[RepairableTable, int, int, int, int | None]
-                           | tuple[RepairableTable, int, list[str]]] = deque()
+        self._queue: deque[_Range | _Skipped] = deque()  # what to look at, in turn
         self._task: asyncio.Task[None] | None = None
         self.rewritten = 0  # keys sent again, in all
         self.given_up = 0  # ranges not repaired (the lease lost, or no answer)
@@ -103,7 +123,7 @@ class ChangelogRepair:
         restore in place after the next rebalance would: the table's persisted offset may
         move past them)."""
         metrics.CHANGELOG_FOREIGN.labels(table.name).inc()
-        self._queue.append((table, partition, start, end, generation))
+        self._queue.append(_Range(table, partition, start, end, generation))
         self._start()
         return generation is not None and self._lease.check(partition, generation).ok
 
@@ -114,7 +134,7 @@ class ChangelogRepair:
         the partition, with no rebalance or restore under way, its values of ``keys`` are
         sent again. A restore of a partition that is not ours (a standby's) sends nothing:
         its owner meets those records itself."""
-        self._queue.append((table, partition, keys))
+        self._queue.append(_Skipped(table, partition, keys))
         self._start()
 
     def _start(self) -> None:
@@ -151,19 +171,19 @@ class ChangelogRepair:
     async def _run(self) -> None:
         while self._queue:
             job = self._queue.popleft()
-            table, partition = job[0], job[1]
+            table, partition = job.table, job.partition
             try:
-                if len(job) == 3:
-                    await self._rewrite_skipped(table, partition, job[2])
+                if isinstance(job, _Skipped):
+                    await self._rewrite_skipped(table, partition, job.keys)
                 else:
-                    await self._repair(table, partition, *job[2:])
+                    await self._repair(table, partition, job.start, job.end, job.generation)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the next foreign range is tried all the same
                 self.given_up += 1
                 metrics.CHANGELOG_REPAIRS.labels(table.name, "failed").inc()
                 log.exception("table %s: repairing changelog partition %d (%s) failed",
-                              table.name, partition, _what(job))
+                              table.name, partition, job.what())
 
     async def _owned(self, table: RepairableTable, partition: int, start: int, end: int,
                      generation: int | None, *, what: str = "") -> bool:
@@ -242,10 +262,6 @@ class ChangelogRepair:
                  len(keys), extra={"partition": partition, "count": len(keys)})
 
 
-def _what(job: tuple[Any, ...]) -> str:
-    if len(job) == 3:
-        return f"{len(job[2])} key(s) a restore left records out for"
-    return f"offsets {job[2]}-{job[3]}"
 
 
 class ChangelogReader:

@@ -391,3 +391,46 @@ def test_without_the_held_rule_the_kept_partitions_store_takes_the_late_records(
     repair, state, last = _kept(kafka_settings, tmp_path, held=False)
     assert state["store"] == {A: {"by": "zombie"}, C: {"by": "zombie"}}
     assert last[A] == b'{"by":"zombie"}' and repair.rewritten == 0
+
+
+def test_a_job_that_fails_is_counted_and_named_and_the_next_one_still_runs(caplog):
+    """A range whose read fails and keys whose rewrite fails are each given up with a line
+    naming what they were; the job after them still runs (no broker: the read and the
+    table are stand-ins, the lease is the real one)."""
+    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
+    lease.synced(7, time.monotonic())
+    lease.assigned([0], 7)
+    sent: list[str] = []
+
+    def read(topic, partition, start, end):
+        if start == 3:
+            raise OSError("broker gone")
+        return {b"K": b"theirs"}
+
+    def rewrite(key: str) -> None:
+        if key == "bad":
+            raise ValueError("no such key")
+        sent.append(key)
+
+    table = SimpleNamespace(name="idem", stored=lambda key: b"ours", rewrite=rewrite,
+                            changelog_topic=SimpleNamespace(get_topic_name=lambda: "t"))
+
+    async def commit() -> None:
+        return None
+
+    repair = ChangelogRepair(lease, read, commit, wait_s=1)
+
+    async def go():
+        repair.foreign(table, 0, 3, 5, 7)  # type: ignore[arg-type]
+        repair.skipped(table, 0, ["bad"])  # type: ignore[arg-type]
+        repair.foreign(table, 0, 6, 6, 7)  # type: ignore[arg-type]
+        await repair.idle()
+
+    with caplog.at_level("ERROR", logger="streams.repair"):
+        asyncio.run(go())
+    assert repair.given_up == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "table idem: repairing changelog partition 0 (offsets 3-5) failed",
+        "table idem: repairing changelog partition 0 (1 key(s) a restore left records out "
+        "for) failed"]
+    assert sent == ["K"] and repair.rewritten == 1  # the third job ran
