@@ -88,7 +88,10 @@ WOULD_HAVE_REPAIRED = "repair off: would have looked at"  # --break repair
 LOG_COUNTS = {"compensations": ("compensation:", None), "fenced": ("fenced:", WOULD_HAVE_FENCED),
               "lease_would_fence": (WOULD_HAVE_FENCED, None),
               "repairs": ("had another writer's records among ours", None),
-              "restores_left_out": ("left out", None),
+              "restores_left_out": ("left out", None),  # the three below, together
+              "restores_skipped_late": ("record(s) of this worker's that landed after", None),
+              "restores_held": ("past the store's", None),
+              "restores_floor": ("at or below the offset the store holds", None),
               "stores_rebuilt": ("local store of partition", None),
               "repair_would_look": (WOULD_HAVE_REPAIRED, None)}
 
@@ -384,7 +387,8 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
            "changelog_pending_intents", "changelog_unsent_decisions", "repair_would_look",
-           "restores_left_out", "stores_rebuilt",
+           "restores_left_out", "restores_skipped_late", "restores_held", "restores_floor",
+           "stores_rebuilt",
            "unplanned_restarts", "ok")
 
 
