@@ -80,6 +80,7 @@ class _Range(NamedTuple):
     start: int
     end: int
     generation: int | None  # the generation the flush that met them was written in
+    attempt: int = 1
 
     def what(self) -> str:
         return f"offsets {self.start}-{self.end}"
@@ -91,6 +92,7 @@ class _Skipped(NamedTuple):
     table: RepairableTable
     partition: int
     keys: list[str]
+    attempt: int = 1
 
     def what(self) -> str:
         return f"{len(self.keys)} key(s) a restore left records out for"
@@ -100,13 +102,18 @@ class ChangelogRepair:
     """Told of foreign records by the tables (:meth:`foreign`), repairs them one range at a
     time on the event loop; the range is read on a thread (``read`` blocks). ``commit`` is
     the worker's group commit. ``wait_s``: how long a range waits for the lease to answer
-    (a rebalance under way, heartbeats not accepted lately) before it is given up."""
+    (a rebalance under way, heartbeats not accepted lately) before it is given up. A job
+    that fails (the range's read timed out: a broker failing over) is tried again
+    ``retry_s`` later, ``attempts`` times in all, after the others queued meanwhile; both
+    steps are idempotent (the range is read again, the owner's values compared again)."""
 
     def __init__(self, lease: OwnershipLease, read: RangeRead,
                  commit: Callable[[], Awaitable[None]], *, wait_s: float = 30.0,
-                 busy: Callable[[], bool] = lambda: False) -> None:
+                 busy: Callable[[], bool] = lambda: False, attempts: int = 3,
+                 retry_s: float = 5.0) -> None:
         self._lease, self._read, self._commit = lease, read, commit
         self.wait_s = wait_s
+        self.attempts, self.retry_s = attempts, retry_s
         self._busy = busy
         self._queue: deque[_Range | _Skipped] = deque()  # what to look at, in turn
         self._task: asyncio.Task[None] | None = None
@@ -179,11 +186,20 @@ class ChangelogRepair:
                     await self._repair(table, partition, job.start, job.end, job.generation)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the next foreign range is tried all the same
+            except Exception as exc:  # noqa: BLE001 - the next foreign range is tried all the same
+                if job.attempt < self.attempts:
+                    log.warning("table %s: repairing changelog partition %d (%s) failed "
+                                "(attempt %d/%d: %r); tried again in %g s", table.name,
+                                partition, job.what(), job.attempt, self.attempts, exc,
+                                self.retry_s)
+                    await asyncio.sleep(self.retry_s)
+                    self._queue.append(job._replace(attempt=job.attempt + 1))
+                    continue
                 self.given_up += 1
                 metrics.CHANGELOG_REPAIRS.labels(table.name, "failed").inc()
-                log.exception("table %s: repairing changelog partition %d (%s) failed",
-                              table.name, partition, job.what())
+                log.exception("table %s: repairing changelog partition %d (%s) failed, "
+                              "attempt %d/%d; given up", table.name, partition, job.what(),
+                              job.attempt, self.attempts)
 
     async def _owned(self, table: RepairableTable, partition: int, start: int, end: int,
                      generation: int | None, *, what: str = "") -> bool:

@@ -393,19 +393,22 @@ def test_without_the_held_rule_the_kept_partitions_store_takes_the_late_records(
     assert last[A] == b'{"by":"zombie"}' and repair.rewritten == 0
 
 
-def test_a_job_that_fails_is_counted_and_named_and_the_next_one_still_runs(caplog):
-    """A range whose read fails and keys whose rewrite fails are each given up with a line
-    naming what they were; the job after them still runs (no broker: the read and the
-    table are stand-ins, the lease is the real one)."""
+def test_a_failing_job_is_tried_again_then_given_up_with_a_line_naming_it(caplog):
+    """A range whose read fails once (a broker failing over) is repaired at its second
+    attempt; one whose read always fails, and keys whose rewrite always fails, are given up
+    after the last attempt, each with a line naming what it was; the jobs behind them still
+    run (no broker: the read and the table are stand-ins, the lease is the real one)."""
     lease = OwnershipLease(session_timeout_s=30, margin_s=5)
     lease.synced(7, time.monotonic())
     lease.assigned([0], 7)
     sent: list[str] = []
+    reads: Counter[int] = Counter()
 
     def read(topic, partition, start, end):
-        if start == 3:
+        reads[start] += 1
+        if start == 3 or (start == 9 and reads[start] == 1):
             raise OSError("broker gone")
-        return {b"K": b"theirs"}
+        return {f"K{start}".encode(): b"theirs"}
 
     def rewrite(key: str) -> None:
         if key == "bad":
@@ -418,19 +421,24 @@ def test_a_job_that_fails_is_counted_and_named_and_the_next_one_still_runs(caplo
     async def commit() -> None:
         return None
 
-    repair = ChangelogRepair(lease, read, commit, wait_s=1)
+    repair = ChangelogRepair(lease, read, commit, wait_s=1, attempts=3, retry_s=0)
 
     async def go():
         repair.foreign(table, 0, 3, 5, 7)  # type: ignore[arg-type]
         repair.skipped(table, 0, ["bad"])  # type: ignore[arg-type]
+        repair.foreign(table, 0, 9, 9, 7)  # type: ignore[arg-type]
         repair.foreign(table, 0, 6, 6, 7)  # type: ignore[arg-type]
         await repair.idle()
 
-    with caplog.at_level("ERROR", logger="streams.repair"):
+    with caplog.at_level("WARNING", logger="streams.repair"):
         asyncio.run(go())
+    assert reads == {3: 3, 9: 2, 6: 1}
+    assert sorted(sent) == ["K6", "K9"] and repair.rewritten == 2
     assert repair.given_up == 2
-    assert [r.getMessage() for r in caplog.records] == [
-        "table idem: repairing changelog partition 0 (offsets 3-5) failed",
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [m for level, m in lines if level == "ERROR"] == [
+        "table idem: repairing changelog partition 0 (offsets 3-5) failed, attempt 3/3; "
+        "given up",
         "table idem: repairing changelog partition 0 (1 key(s) a restore left records out "
-        "for) failed"]
-    assert sent == ["K"] and repair.rewritten == 1  # the third job ran
+        "for) failed, attempt 3/3; given up"]
+    assert sum("tried again in 0 s" in m for level, m in lines if level == "WARNING") == 5
