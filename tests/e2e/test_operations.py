@@ -122,8 +122,10 @@ def test_dashboard_and_rules_name_only_metrics_the_processes_expose(pipeline):
         exposed |= exposed_names(text)
     missing = referenced_metrics() - exposed
     assert not missing, f"named by ops/monitoring, exposed by no process: {sorted(missing)}"
-    worker = get(pipeline, "worker", "/metrics")[1]
-    assert 'sfprov_consumer_lag_records{group="' in worker  # published, not just declared
+    # published (every 15 s), not just declared
+    worker = wait_for("the worker publishing the consumer lag", lambda: next(
+        (text for text in [get(pipeline, "worker", "/metrics")[1]]
+         if 'sfprov_consumer_lag_records{group="' in text), None), timeout=45, interval=1)
     assert "sfprov_worker_oldest_unfinished_event_age_seconds " in worker
 
 
