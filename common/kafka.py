@@ -218,6 +218,12 @@ def _transient(exc: KafkaException) -> bool:
     return err is not None and (err.retriable() or err.name() in _TRANSIENT)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """``exc`` is a Kafka client error that passes by itself (a timeout, a broker failing
+    over or out of reach): worth a warning and another try, not a traceback."""
+    return isinstance(exc, KafkaException) and _transient(exc)
+
+
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                   admin: AdminClient | None = None,
                   only: Iterable[str] | None = None,

@@ -31,6 +31,7 @@ from common.avro import AvroSerde, registry_for
 from common.backoff import retry_forever
 from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
+from common.kafka import is_transient
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
 from streams import faust_seam, metrics
@@ -368,6 +369,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - looked at again at the next sweep
             if isinstance(exc, DurabilityError):
                 self._crash(exc)
+                return
+            if is_transient(exc):  # a broker failing over, a cut: no traceback for that
+                log.warning("looking for late changelog records: the brokers did not answer "
+                            "(%s); looked at again at the next sweep", exc)
                 return
             log.exception("looking for late changelog records failed")
 

@@ -10,6 +10,7 @@ import logging
 import weakref
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from streams.state import DurabilityError
@@ -22,25 +23,29 @@ async def _nothing() -> None:
     return None
 
 
+def _worker(tmp_path, kafka_bootstrap):
+    from streams.app import Worker
+
+    return Worker(kafka=KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                                           topic_prefix="sweep."),
+                  worker=WorkerSettings.load({}), whmcs=WhmcsSettings.load(WHMCS),
+                  sf_client=None,  # type: ignore[arg-type]
+                  common=CommonSettings.load({}, state_dir=tmp_path))
+
+
 @pytest.mark.broker  # the Worker's own clients connect as it is built
 @pytest.mark.parametrize(("where", "kind", "stops"), [
     ("sweep", DurabilityError, True), ("flush", DurabilityError, True),
     ("sweep", RuntimeError, False), ("flush", RuntimeError, False)])
 def test_a_sweep_whose_table_change_is_not_durable_stops_the_worker(
         tmp_path, kafka_bootstrap, where, kind, stops, monkeypatch):
-    from streams.app import Worker
-
     # the failure's log line keeps its traceback, whose frames keep the worker: not
     # captured, so the worker and its Kafka clients go with the test
     quiet = logging.getLogger("streams.app")
     monkeypatch.setattr(quiet, "propagate", False)
     monkeypatch.setattr(quiet, "handlers", [logging.NullHandler()])
     error = kind("changelog write not acknowledged")
-    worker = Worker(kafka=KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
-                                             topic_prefix="sweep."),
-                    worker=WorkerSettings.load({}), whmcs=WhmcsSettings.load(WHMCS),
-                    sf_client=None,  # type: ignore[arg-type]
-                    common=CommonSettings.load({}, state_dir=tmp_path))
+    worker = _worker(tmp_path, kafka_bootstrap)
     crashed: list[BaseException] = []
     looked: list[int] = []
 
@@ -65,3 +70,42 @@ def test_a_sweep_whose_table_change_is_not_durable_stops_the_worker(
     # the late records' look follows a sweep that failed without stopping the worker, and
     # needs the tables' writes durable first
     assert looked == ([1] if where == "sweep" and not stops else [])
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize(("error", "level", "traceback"), [
+    (KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get watermark offsets")),
+     logging.WARNING, False),
+    (KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)), logging.ERROR, True),
+    (RuntimeError("a bug"), logging.ERROR, True)])
+def test_a_late_records_look_the_brokers_do_not_answer_is_a_warning_not_a_traceback(
+        tmp_path, kafka_bootstrap, error, level, traceback, monkeypatch):
+    """A broker failing over times the look's watermark read out (a chaos run): one line at
+    WARNING, looked at again at the next sweep; anything else keeps its traceback."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+    app_log = logging.getLogger("streams.app")
+    monkeypatch.setattr(app_log, "propagate", False)
+    monkeypatch.setattr(app_log, "handlers", [Keep()])
+    monkeypatch.setattr(app_log, "level", logging.INFO)
+    worker = _worker(tmp_path, kafka_bootstrap)
+
+    async def check_idle(*_args) -> int:
+        raise error
+    worker._crash = lambda exc: pytest.fail(f"crashed on {exc!r}")  # type: ignore[method-assign]
+    worker.sweeper.run_once = _nothing  # type: ignore[method-assign]
+    worker.durable = _nothing  # type: ignore[assignment]
+    worker.repair.check_idle = check_idle  # type: ignore[method-assign]
+    asyncio.run(worker._sweep())
+    looks = [r for r in records if "late changelog records" in r.getMessage()]
+    assert [(r.levelno, r.exc_info is not None) for r in looks] == [(level, traceback)]
+    error.__traceback__ = None
+    records.clear()
+    looks.clear()
+    gone = weakref.ref(worker)
+    del worker, check_idle
+    gc.collect()
+    assert gone() is None
