@@ -14,7 +14,9 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 CONTEXT_FIELDS = ("order_id", "correlation_id", "idem_key", "event_uuid", "replay_id",
@@ -139,6 +141,46 @@ class TextFormatter(logging.Formatter):
         return f"{base} {ctx}" if ctx else base
 
 
+#: libraries whose chatter the process lowers to WARNING and whose repeats it collapses
+NOISY = ("aiokafka", "faust", "mode", "httpx", "httpcore", "urllib3", "grpc")
+
+
+class RepeatFilter(logging.Filter):
+    """At most one line per ``window_s`` for each message of a library's (``prefixes``):
+    aiokafka logs ``Unable connect to node with id 2`` at ERROR on every reconnect attempt
+    while a broker is down (385 lines in one chaos run's outage). The first passes; the
+    repeats within the window are counted, not shown; the first after it passes with how
+    many were left out (``… (384 more like it in the last 30 s, not shown)``). A message
+    is its logger, level and template (the text before its arguments), so a broker's other
+    nodes count together. The pipeline's own lines all pass."""
+
+    def __init__(self, prefixes: tuple[str, ...] = NOISY, window_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._prefixes = tuple(prefixes)
+        self._dotted = tuple(f"{prefix}." for prefix in prefixes)
+        self.window_s, self._clock = window_s, clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # → [window start, left out]
+        self._lock = threading.Lock()  # faust's consumer thread logs too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name not in self._prefixes and not name.startswith(self._dotted):
+            return True
+        key = (name, record.levelno, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window_s:
+                seen[1] += 1
+                return False
+            self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            record.msg = (f"{record.msg} ({int(seen[1])} more like it in the last "
+                          f"{now - seen[0]:.0f} s, not shown)")
+        return True
+
+
 def setup_logging(process_name: str, level: str = "INFO", fmt: str = "JSON",
                   stream: Any = None) -> None:
     """Configure the root logger once for a process."""
@@ -148,9 +190,10 @@ def setup_logging(process_name: str, level: str = "INFO", fmt: str = "JSON",
     # Neither formatter renders the thread or the process (names or ids): LogRecord need
     # not look them up (the logging HOWTO's optimisation flags)
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter that would otherwise drown the pipeline's own lines.
-    for noisy in ("aiokafka", "faust", "mode", "httpx", "httpcore", "urllib3", "grpc"):
+    for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
