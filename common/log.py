@@ -148,11 +148,12 @@ NOISY = ("aiokafka", "faust", "mode", "httpx", "httpcore", "urllib3", "grpc")
 class RepeatFilter(logging.Filter):
     """At most one line per ``window_s`` for each message of a library's (``prefixes``):
     aiokafka logs ``Unable connect to node with id 2`` at ERROR on every reconnect attempt
-    while a broker is down (385 lines across the logs of one chaos run with broker kills). The first passes; the
-    repeats within the window are counted, not shown; the first after it passes with how
-    many were left out (``… (384 more like it in the last 30 s, not shown)``). A message
-    is its logger, level and template (the text before its arguments), so a broker's other
-    nodes count together. The pipeline's own lines all pass."""
+    while a broker is down (385 lines across the logs of one chaos run with broker kills).
+    The first passes; the repeats within the window are counted, not shown; the first after
+    it passes with how many were left out (``… (384 more like it in the last 30 s, not
+    shown)``). A message is its logger, level and template (the text before its
+    arguments), so a broker's other nodes count together. The pipeline's own lines all
+    pass."""
 
     def __init__(self, prefixes: tuple[str, ...] = NOISY, window_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
