@@ -143,6 +143,7 @@ class TextFormatter(logging.Formatter):
 
 #: libraries whose chatter the process lowers to WARNING and whose repeats it collapses
 NOISY = ("aiokafka", "faust", "mode", "httpx", "httpcore", "urllib3", "grpc")
+_KEEP_MESSAGES = 1024  # a library's messages remembered at once, before the old are dropped
 
 
 class RepeatFilter(logging.Filter):
@@ -176,6 +177,9 @@ class RepeatFilter(logging.Filter):
                 seen[1] += 1
                 return False
             self._seen[key] = [now, 0]
+            if len(self._seen) > _KEEP_MESSAGES:  # messages with their values in the text
+                self._seen = {k: v for k, v in self._seen.items()
+                              if now - v[0] < self.window_s}
         if seen is not None and seen[1]:
             record.msg = (f"{record.msg} ({int(seen[1])} more like it in the last "
                           f"{now - seen[0]:.0f} s, not shown)")

@@ -47,6 +47,16 @@ def test_each_message_of_each_library_logger_counts_on_its_own(name):
     assert keep.filter(_record(f"{name}x", "Failed fetch messages from %s", 2))  # not ours
 
 
+def test_what_it_remembers_stays_bounded_when_messages_carry_their_values():
+    now = [0.0]
+    keep = RepeatFilter(window_s=30, clock=lambda: now[0])
+    for i in range(5000):  # an f-string message: each one its own template
+        now[0] = i / 10
+        assert keep.filter(_record("faust", f"partition {i} fell behind"))
+    assert len(keep._seen) <= 1025
+    assert not keep.filter(_record("faust", "partition 4999 fell behind"))  # still counted
+
+
 def test_the_pipelines_own_lines_all_pass():
     keep = RepeatFilter(window_s=30, clock=lambda: 5.0)
     for _ in range(3):
