@@ -55,10 +55,12 @@ CHANGELOG_REWRITES = Counter("sfprov_worker_changelog_rewrites_total",
                              "Keys whose stored value the owner sent again because another "
                              "writer's record had landed after its own, by table", ["table"])
 CHANGELOG_SKIPPED = Counter("sfprov_worker_changelog_skipped_total",
-                            "Records of this worker's own that a table restore left out: they "
-                            "landed after another worker had claimed the changelog partition "
-                            "(written before this worker lost it, held by a cut or a pause), "
-                            "by table", ["table"])
+                            "Changelog records a table restore left out, by table: this "
+                            "worker's own late ones after another worker's claim, those past "
+                            "the store of a partition held throughout (handed to the repair), "
+                            "and those at or below the store's offset that faust's recovery "
+                            "buffer handed again (the most common, at rebalances); the log "
+                            "line tells which (decision 0016)", ["table"])
 COMPENSATIONS = Counter("sfprov_worker_compensations_total",
                         "Lookups that found several WHMCS orders for one Salesforce Order "
                         "(a fence was crossed; the extra Pending ones are cancelled)")
