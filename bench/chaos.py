@@ -129,81 +129,149 @@ def _connector_transaction_timeout_s() -> float:
     return float(producer_config(KafkaSettings.load({}), "x")["transaction.timeout.ms"]) / 1000
 
 
-def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: float,
-              broker_kills: bool, bootstrap: str | None = None, settle_timeout: float = 900,
-              break_guard: bool = False, workers: int = 1, pauses: int = 0,
-              pause_s: float | None = None, brokers: int = 1, break_lease: bool = False,
-              whmcs_latency_ms: float | None = None, whmcs_parallelism: int | None = None,
-              pause_workers_only: bool = False, cuts: int = 0, cut_s: float | None = None,
-              sf_faults: bool = False, break_repair: bool = False,
-              log: Any = print) -> dict[str, Any]:
-    if break_lease:
-        workers, pauses = max(workers, 2), pauses if pauses or cuts else 3
-    if cuts and bootstrap is not None:
-        raise ValueError("cuts need the run's own broker(s): each process gets its own route")
-    log(f"chaos: {orders} Orders at {rate}/s, {kills} kills, {pauses} pauses, {cuts} cuts, "
-        f"seed {seed}, "
-        f"{workers} worker(s), {brokers} broker(s)" + (" — lease OFF" if break_lease else "")
-        + (", Salesforce slow and flaky" if sf_faults else ""))
-    env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
-    if sf_faults:
-        env["SF_TIMEOUT_S"] = str(SF_TIMEOUT_S)
-    timeouts: dict[str, float] = {}
-    if pauses or cuts:
-        lowered, timeouts = pause_settings()
-        env.update(lowered)
-        pause_s = pause_s or 3 * min(timeouts["worker"], timeouts["sink"], timeouts["connector"])
-        cut_s = cut_s or pause_s
-        whmcs_parallelism = whmcs_parallelism or 2
-        whmcs_latency_ms = 60 if whmcs_latency_ms is None else whmcs_latency_ms
-    if whmcs_parallelism:
-        env["WORKER_WHMCS_PARALLELISM"] = str(whmcs_parallelism)
-    extra_workers = [f"worker{i}" for i in range(2, workers + 1)]
+@dataclasses.dataclass(frozen=True)
+class ChaosRun:
+    """One run's options: ``make chaos``'s command line (the e2e test builds a small one)."""
+
+    orders: int = 5000
+    kills: int = 20
+    seed: int = 0
+    rate: float = 25.0  # approvals per second
+    broker_kills: bool = True
+    bootstrap: str | None = None  # an existing broker; None: the run's own broker(s)
+    settle_timeout: float = 900
+    workers: int = 1
+    brokers: int = 1
+    pauses: int = 0
+    pause_s: float | None = None
+    pause_workers_only: bool = False
+    cuts: int = 0
+    cut_s: float | None = None
+    whmcs_latency_ms: float | None = None
+    whmcs_parallelism: int | None = None
+    sf_faults: bool = False
+    break_guard: bool = False
+    break_lease: bool = False
+    break_repair: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cuts and self.bootstrap is not None:
+            raise ValueError("cuts need the run's own broker(s): each process gets its own route")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ChaosRun:
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                 if hasattr(args, f.name)}
+        return cls(**given, broker_kills=not args.no_broker_kills)
+
+    @property
+    def broken(self) -> str | None:
+        """What the run's workers have switched off (``bench.broken_worker --break``)."""
+        return ("lease" if self.break_lease else "guard" if self.break_guard
+                else "repair" if self.break_repair else None)
+
+    def as_made(self) -> tuple[ChaosRun, dict[str, str], dict[str, float]]:
+        """The run as it is made — ``--break-lease``'s two workers and three pauses, the
+        defaults of a run with pauses or cuts — with the processes' env and each victim's
+        timeout (:func:`pause_settings`)."""
+        run = self
+        if run.break_lease:
+            run = dataclasses.replace(run, workers=max(run.workers, 2),
+                                      pauses=run.pauses if run.pauses or run.cuts else 3)
+        env = {"WHMCS_TIMEOUT_S": "2", "WORKER_RETRY_DEADLINE_S": "120"}
+        if run.sf_faults:
+            env["SF_TIMEOUT_S"] = str(SF_TIMEOUT_S)
+        timeouts: dict[str, float] = {}
+        if run.pauses or run.cuts:
+            lowered, timeouts = pause_settings()
+            env.update(lowered)
+            pause_s = run.pause_s or 3 * min(timeouts["worker"], timeouts["sink"],
+                                             timeouts["connector"])
+            run = dataclasses.replace(
+                run, pause_s=pause_s, cut_s=run.cut_s or pause_s,
+                whmcs_parallelism=run.whmcs_parallelism or 2,
+                whmcs_latency_ms=60 if run.whmcs_latency_ms is None else run.whmcs_latency_ms)
+        if run.whmcs_parallelism:
+            env["WORKER_WHMCS_PARALLELISM"] = str(run.whmcs_parallelism)
+        return run, env, timeouts
+
+    @property
+    def extra_workers(self) -> list[str]:
+        return [f"worker{i}" for i in range(2, self.workers + 1)]
+
+    def plan(self) -> list[Fault]:
+        """The faults, drawn from the seed (:func:`bench.chaos_plan.make_plan`)."""
+        processes = (*PIPELINE_PROCESSES, *self.extra_workers)
+        victims = [*processes, *([BROKER] if self.broker_faults else [])]
+        workers_only = self.break_lease or self.pause_workers_only
+        return make_plan(self.seed, duration_s=self.orders / self.rate, kills=self.kills,
+                         pauses=self.pauses, pause_s=self.pause_s or 0.0, kill_victims=victims,
+                         pause_victims=[p for p in victims if p.startswith("worker")]
+                         if workers_only else victims,
+                         cluster=self.brokers > 1, partitions=3, cuts=self.cuts,
+                         cut_s=self.cut_s or 0.0,
+                         cut_victims=[p for p in processes if p.startswith("worker")]
+                         if workers_only else list(processes))
+
+    @property
+    def broker_faults(self) -> bool:
+        return self.broker_kills and self.bootstrap is None
+
+    def result_file(self) -> Path:
+        """Where a run writes its result unless ``--out``: never over another kind of run's."""
+        if self.broken:
+            return RESULTS / f"chaos-broken-{self.broken}.json"
+        parts = [f"{self.workers}-workers"] if self.workers > 1 else []
+        parts += [f"{self.brokers}-brokers"] if self.brokers > 1 else []
+        parts += ["cuts"] if self.cuts else []
+        parts += ["sf-faults"] if self.sf_faults else []
+        return RESULTS / ("-".join(["chaos", *parts]) + ".json")
+
+
+def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, Any]:
+    run, env, timeouts = given.as_made()
+    log(f"chaos: {run.orders} Orders at {run.rate}/s, {run.kills} kills, {run.pauses} pauses, "
+        f"{run.cuts} cuts, seed {run.seed}, {run.workers} worker(s), {run.brokers} broker(s)"
+        + (" — lease OFF" if run.break_lease else "")
+        + (", Salesforce slow and flaky" if run.sf_faults else ""))
+    extra_workers = run.extra_workers
     processes = (*PIPELINE_PROCESSES, *extra_workers)
-    broker_faults = broker_kills and bootstrap is None
-    victims = [*processes, *([BROKER] if broker_faults else [])]
-    plan = make_plan(seed, duration_s=orders / rate, kills=kills, pauses=pauses,
-                     pause_s=pause_s or 0.0, kill_victims=victims,
-                     pause_victims=[p for p in victims if p.startswith("worker")]
-                     if break_lease or pause_workers_only else victims,
-                     cluster=brokers > 1, partitions=3, cuts=cuts, cut_s=cut_s or 0.0,
-                     cut_victims=[p for p in processes if p.startswith("worker")]
-                     if break_lease or pause_workers_only else list(processes))
+    plan = run.plan()
     commands = {}
-    broken = "lease" if break_lease else "guard" if break_guard else \
-        "repair" if break_repair else None
-    if broken:  # self-test: the invariants must catch the breakage
-        commands["worker"] = ["-m", "bench.broken_worker", "--break", broken, "worker"]
-    with Pipeline(directory, bootstrap=bootstrap, accounts=200, orders=orders,
-                  broken_every=50, partitions=3, env=env, brokers=brokers,
-                  commands=commands, cuttable=list(processes) if cuts else None) as p:
+    if run.broken:  # self-test: the invariants must catch the breakage
+        commands["worker"] = ["-m", "bench.broken_worker", "--break", run.broken, "worker"]
+    with Pipeline(directory, bootstrap=run.bootstrap, accounts=200, orders=run.orders,
+                  broken_every=50, partitions=3, env=env, brokers=run.brokers,
+                  commands=commands, cuttable=list(processes) if run.cuts else None) as p:
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
-        _whmcs_faults(p, seed, whmcs_latency_ms)
-        if sf_faults:
+        _whmcs_faults(p, run.seed, run.whmcs_latency_ms)
+        if run.sf_faults:
             p.sf.set_faults(**SF_FAULTS)
         approved: list[str] = []
         errors: list[str] = []
         approving_s = [0.0]
         approving = threading.Thread(target=_approve, daemon=True,
-                                     args=(p, orders, rate, approved, errors, approving_s))
+                                     args=(p, run.orders, run.rate, approved, errors,
+                                           approving_s))
         started = time.monotonic()
         approving.start()
         applied, restarts = _execute(p, plan, processes, timeouts, started, log)
         approving.join()
         log(f"  approved {len(approved)} Orders in {approving_s[0]:.0f}s; faults done at "
             f"{time.monotonic() - started:.0f}s; waiting for every Order to settle")
-        restarts += _settle(p, approved, processes, started, settle_timeout)
+        restarts += _settle(p, approved, processes, started, run.settle_timeout)
         workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
-        if sf_faults:
+        if run.sf_faults:
             calls = p.sf.counters()["calls"]
             report["sf_faults"] = {**SF_FAULTS, "timeout_s": SF_TIMEOUT_S, "injected": {
                 k: calls.get(f"injected_{k}", 0) for k in ("hang", "503", "UNABLE_TO_LOCK_ROW")}}
         report.update(
-            seed=seed, rate=rate, broker_kills=broker_faults, workers=workers,
-            brokers=brokers if bootstrap is None else None, break_lease=break_lease,
-            break_guard=break_guard, break_repair=break_repair, env=env,
+            seed=run.seed, rate=run.rate, broker_kills=run.broker_faults, workers=run.workers,
+            brokers=run.brokers if run.bootstrap is None else None,
+            break_lease=run.break_lease, break_guard=run.break_guard,
+            break_repair=run.break_repair, env=env,
             **{key: count_lines(p, workers_logs, needle, but)
                for key, (needle, but) in LOG_COUNTS.items()},
             worker_variant=first_line(p, "worker", "bench.broken_worker:"),
@@ -223,7 +291,7 @@ def run_chaos(directory: Path, *, orders: int, kills: int, seed: int, rate: floa
         report.update(changelog_ends(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
-                        and report["approved"] == orders and not errors)
+                        and report["approved"] == run.orders and not errors)
         return report
 
 
@@ -367,21 +435,6 @@ def _revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,
     return revived
 
 
-def default_out(args: argparse.Namespace) -> Path:
-    """Where a run writes its result unless ``--out``: never over another kind of run's."""
-    if args.break_guard:
-        return RESULTS / "chaos-broken-guard.json"
-    if args.break_lease:
-        return RESULTS / "chaos-broken-lease.json"
-    if args.break_repair:
-        return RESULTS / "chaos-broken-repair.json"
-    parts = [f"{args.workers}-workers"] if args.workers > 1 else []
-    parts += [f"{args.brokers}-brokers"] if args.brokers > 1 else []
-    parts += ["cuts"] if args.cuts else []
-    parts += ["sf-faults"] if args.sf_faults else []
-    return RESULTS / ("-".join(["chaos", *parts]) + ".json")
-
-
 SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count", "repairs",
            "cut_count",
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
@@ -392,7 +445,7 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "unplanned_restarts", "ok")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=5000)
     parser.add_argument("--kills", type=int, default=20)
@@ -441,21 +494,16 @@ def main(argv: list[str] | None = None) -> int:
                              "changelog records as they land, and restore their own late "
                              "records (use with --cuts or --pauses and "
                              "--pause-workers-only); the changelogs may then end with them")
-    args = parser.parse_args(argv)
-    out = args.out or default_out(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run = ChaosRun.from_args(args)
+    out = args.out or run.result_file()
     with contextlib.ExitStack() as stack:
         tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="sfprov-chaos-"))
-        report = run_chaos(Path(tmp), orders=args.orders, kills=args.kills, seed=args.seed,
-                           rate=args.rate, broker_kills=not args.no_broker_kills,
-                           break_guard=args.break_guard, workers=args.workers,
-                           pauses=args.pauses, pause_s=args.pause_s, brokers=args.brokers,
-                           break_lease=args.break_lease,
-                           whmcs_latency_ms=args.whmcs_latency_ms,
-                           whmcs_parallelism=args.whmcs_parallelism,
-                           settle_timeout=args.settle_timeout,
-                           pause_workers_only=args.pause_workers_only, cuts=args.cuts,
-                           cut_s=args.cut_s, sf_faults=args.sf_faults,
-                           break_repair=args.break_repair)
+        report = run_chaos(Path(tmp), run)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report.get(k) for k in SUMMARY}))

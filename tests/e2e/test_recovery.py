@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import run_chaos
+from bench.chaos import ChaosRun, run_chaos
 from bench.harness import Pipeline
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
@@ -28,9 +28,10 @@ def test_short_chaos_no_duplicates_nothing_missing(kafka_bootstrap, tmp_path):
     """make chaos in small: 300 Orders, 4 SIGKILLs of pipeline processes and one 12 s SIGSTOP
     (of the connector, by this seed's plan), WHMCS faults on. Short: WHMCS as fast as in
     the kill-only runs, the pause just past the lowered 10 s session timeouts."""
-    report = run_chaos(tmp_path, orders=300, kills=4, pauses=1, pause_s=12, seed=4242,
-                       rate=30.0, whmcs_latency_ms=15, whmcs_parallelism=16,
-                       broker_kills=False, bootstrap=kafka_bootstrap, settle_timeout=300)
+    report = run_chaos(tmp_path, ChaosRun(
+        orders=300, kills=4, pauses=1, pause_s=12, seed=4242, rate=30.0, whmcs_latency_ms=15,
+        whmcs_parallelism=16, broker_kills=False, bootstrap=kafka_bootstrap,
+        settle_timeout=300))
     assert report["approved"] == 300
     assert report["kills"] == 4
     assert [(p["process"], p["seconds"]) for p in report["pauses"]] == [("connector", 12.0)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 import subprocess
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import default_out, pause_settings
+from bench.chaos import ChaosRun, parser, pause_settings
 from bench.chaos_plan import BROKER, BROKER_ROLES, RECOVER_S, make_plan
 from bench.harness import Pipeline
 
@@ -124,11 +123,35 @@ def test_runs_with_pauses_lower_the_timeouts_they_must_outlast():
     ({"break_guard": True}, "chaos-broken-guard.json"),
     ({"break_repair": True, "workers": 2, "cuts": 3}, "chaos-broken-repair.json")])
 def test_each_kind_of_run_has_its_own_result_file(flags, name):
-    args = argparse.Namespace(**{"workers": 1, "brokers": 1, "break_guard": False,
-                                 "break_lease": False, "break_repair": False, "cuts": 0,
-                                 "sf_faults": False,
-                                 **flags})
-    assert default_out(args).name == name
+    assert ChaosRun(**flags).result_file().name == name
+
+
+def test_the_command_line_makes_the_run_it_names():
+    run = ChaosRun.from_args(parser().parse_args(
+        ["--orders", "2000", "--workers", "2", "--brokers", "3", "--pause-workers-only",
+         "--cuts", "3", "--kills", "6", "--seed", "7707", "--no-broker-kills",
+         "--break-repair", "--cut-s", "20"]))
+    assert run == ChaosRun(orders=2000, kills=6, seed=7707, workers=2, brokers=3,
+                           pause_workers_only=True, cuts=3, cut_s=20.0, broker_kills=False,
+                           break_repair=True)
+    assert run.broken == "repair"
+    assert ChaosRun.from_args(parser().parse_args([])).broker_kills
+
+
+def test_a_run_as_made_takes_the_defaults_its_faults_need():
+    plain, env, timeouts = ChaosRun(kills=3).as_made()
+    assert (plain.pause_s, plain.whmcs_latency_ms, timeouts) == (None, None, {})
+    assert "WORKER_SESSION_TIMEOUT_S" not in env
+    lease_off, env, timeouts = ChaosRun(break_lease=True, kills=0).as_made()
+    assert (lease_off.workers, lease_off.pauses) == (2, 3)  # what the lease needs to show
+    assert lease_off.pause_s == 3 * min(timeouts["worker"], timeouts["sink"],
+                                        timeouts["connector"])
+    assert (lease_off.whmcs_latency_ms, env["WORKER_WHMCS_PARALLELISM"]) == (60, "2")
+    cuts, _, _ = ChaosRun(cuts=2, cut_s=12, whmcs_latency_ms=0).as_made()
+    assert (cuts.cut_s, cuts.pauses, cuts.whmcs_latency_ms) == (12, 0, 0)
+    with pytest.raises(ValueError, match="own broker"):
+        ChaosRun(cuts=1, bootstrap="127.0.0.1:9092")
+    assert {f.process for f in lease_off.plan()} <= {"worker", "worker2"}
 
 
 def _state(pid: int) -> str:
