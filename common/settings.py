@@ -526,6 +526,11 @@ class WorkerSettings(_Section):
     event_loop: str = env("WORKER_EVENT_LOOP", "UVLOOP", parse=choice("UVLOOP", "ASYNCIO"),
                           doc="The worker's event loop: uvloop (libuv; ~10 % less CPU per "
                               "Order, docs/decisions/0010) or Python's own asyncio loop.")
+    ready_grace_s: float = env("WORKER_READY_GRACE_S", 60.0, parse=parse_float,
+                               doc="How long Salesforce queries must keep failing, WHMCS keep "
+                                   "refusing the credentials or IP, or the group's offsets "
+                                   "stay unreadable before /readyz answers 503 (a failed "
+                                   "call is retried: no reason to take the worker out).")
     intent_lease_s: float = env("WORKER_INTENT_LEASE_S", 10.0, parse=parse_float,
                                 doc="How far ahead an intent records that its writer may "
                                     "still send to WHMCS (renewed before a later call); a "
@@ -543,6 +548,8 @@ class WorkerSettings(_Section):
                               f"WORKER_SESSION_TIMEOUT_S ({self.session_timeout_s:g})")
         if self.intent_lease_s <= 0:
             raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
+        if self.ready_grace_s <= 0:
+            raise ConfigError("WORKER_READY_GRACE_S: must be positive")
         if self.guard_batch > 200:
             raise ConfigError("WORKER_GUARD_BATCH: at most 200 Orders per guard query")
         if not 0 <= self.guard_linger_s <= self.guard_linger_busy_s:

@@ -32,6 +32,7 @@ from common.backoff import retry_forever
 from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
 from common.kafka import is_transient
+from common.probes import failing_for
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
 from streams import faust_seam, metrics
@@ -385,9 +386,9 @@ class Worker:
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         since = self.guard.unavailable_since
-        sf_down = since is not None and time.time() - since > 60
         refused = self.provisioner.access_refused_since
-        whmcs_refused = refused is not None and time.time() - refused > 60
+        sf_down, whmcs_refused = (failing_for(t, self.settings.ready_grace_s)
+                                  for t in (since, refused))
         details = {"events": self.events, "in_flight": self.lanes.in_flight,
                    "event_errors": self.handler.errors, "last_error": self.handler.last_error,
                    "last_event_at": self.last_event_at, "fenced": self.fenced,

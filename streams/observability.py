@@ -133,13 +133,13 @@ class WorkerOps:
         w = self.worker
         _ok, details = w.check()
         provisioner = w.provisioner
-        now = time.time()
+        now, grace = time.time(), w.settings.ready_grace_s
         return readiness([
-            ("broker", not failing_for(self.lag.error_since, now=now),
+            ("broker", not failing_for(self.lag.error_since, grace, now=now),
              f"cannot read the group's offsets from Kafka: {self.lag.last_error}"),
-            ("salesforce", not failing_for(w.guard.unavailable_since, now=now),
+            ("salesforce", not failing_for(w.guard.unavailable_since, grace, now=now),
              f"Salesforce queries fail: {w.guard.last_error}"),
-            ("whmcs", not failing_for(provisioner.access_refused_since, now=now),
+            ("whmcs", not failing_for(provisioner.access_refused_since, grace, now=now),
              f"WHMCS refuses this installation's credentials or IP: "
              f"{provisioner.access_error}"),
         ], details)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -25,12 +26,13 @@ from tests.foundation.test_monitoring import exposed_names, referenced_metrics
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
+READY_GRACE_S = 8  # the worker's /readyz: 503 after WHMCS refuses for this long (60 s default)
 
 
 @pytest.fixture(scope="module")
 def pipeline(kafka_bootstrap, tmp_path_factory):
     env = {"SFPROV_TRACING": "FILE", "CONNECTOR_RECONCILE_INTERVAL_S": "3",
-           "CONNECTOR_RECONCILE_OLDER_THAN_S": "2"}
+           "CONNECTOR_RECONCILE_OLDER_THAN_S": "2", "WORKER_READY_GRACE_S": str(READY_GRACE_S)}
     with Pipeline(tmp_path_factory.mktemp("ops"), bootstrap=kafka_bootstrap, accounts=20,
                   orders=60, broken_every=0, env=env) as p:
         yield p
@@ -137,11 +139,16 @@ def test_livez_stays_200_and_readyz_turns_503_while_whmcs_refuses_credentials(pi
     p.whmcs.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error="Authentication Failed")
     try:
         [oid] = p.sf.approve(1)
+        wait(lambda: metric(p, "worker", "sfprov_worker_whmcs_access_refused") == 1.0, 60,
+             "the worker to meet the refusal")
+        refused_at = time.monotonic()
+        assert get(p, "worker", "/readyz")[0] == 200, "not ready at the first refusal"
 
         def refused():
             status, body = get(p, "worker", "/readyz")
             return (status, json.loads(body)) if status == 503 else None
         status, body = wait(refused, 150, "the worker's /readyz to turn 503")
+        assert time.monotonic() - refused_at >= READY_GRACE_S - 2  # WORKER_READY_GRACE_S
         assert body["ready"] is False and body["checks"]["whmcs"] is False
         assert any("Authentication Failed" in r for r in body["reasons"]), body["reasons"]
         assert get(p, "worker", "/healthz")[0] == 503  # the alias

@@ -69,6 +69,9 @@ def test_choices_and_limits():
         SinkSettings.load({"SINK_BATCH_SIZE": "201"})
     with pytest.raises(ConfigError, match="^WORKER_GUARD_LINGER_BUSY_S:"):
         WorkerSettings.load({"WORKER_GUARD_LINGER_S": "0.3", "WORKER_GUARD_LINGER_BUSY_S": "0.2"})
+    with pytest.raises(ConfigError, match="^WORKER_READY_GRACE_S:"):
+        WorkerSettings.load({"WORKER_READY_GRACE_S": "0"})
+    assert WorkerSettings.load({}).ready_grace_s == 60.0
     c = ConnectorSettings.load({"SF_EVENTS_REPLAY": "earliest", "SF_EVENTS_ENABLED": "false"})
     assert c.replay == "EARLIEST" and c.events_enabled is False
     assert c.channel == "/event/OrderProvisionRequested__e"
