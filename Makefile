@@ -60,7 +60,7 @@ promtool: ## Prometheus's rule checker for the alert-rule tests: from PATH, else
 	else echo "promtool: not on PATH and no apt-get; the alert-rule test needs it"; fi
 
 test: install jars promtool ## Run the whole test suite (starts and stops its own broker)
-	@$(PY) -m pytest -q -p no:cacheprovider
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: install ## Unit tests only (no broker)
 	@$(PY) -m pytest -q -p no:cacheprovider -m "not broker and not e2e"
