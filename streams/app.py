@@ -32,7 +32,6 @@ from common.backoff import retry_forever
 from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
 from common.kafka import is_transient
-from common.probes import failing_for
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
 from streams import faust_seam, metrics
@@ -384,23 +383,19 @@ class Worker:
         return {**self.consumer.diagnose(), "in_flight": self.lanes.in_flight,
                 "unfinished": self.checkpoint.unfinished()}
 
-    def check(self) -> tuple[bool, dict[str, Any]]:
-        since = self.guard.unavailable_since
-        refused = self.provisioner.access_refused_since
-        sf_down, whmcs_refused = (failing_for(t, self.settings.ready_grace_s)
-                                  for t in (since, refused))
-        details = {"events": self.events, "in_flight": self.lanes.in_flight,
-                   "event_errors": self.handler.errors, "last_error": self.handler.last_error,
-                   "last_event_at": self.last_event_at, "fenced": self.fenced,
-                   "salesforce_unavailable_since": since,
-                   "salesforce_last_error": self.guard.last_error,
-                   "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
-                   "whmcs_access_refused_since": refused,
-                   "whmcs_access_error": self.provisioner.access_error,
-                   "assigned_partitions": sorted(self.assigned),
-                   "event_loop": type(self.app.loop).__module__.partition(".")[0],
-                   "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
-                   "offset_gaps": self.consumer.offset_gaps(),
-                   "idle_s": round(self.progress.idle_for(), 1),
-                   "stall_check_error": self.watchdog.last_error if self.watchdog else None}
-        return not (sf_down or whmcs_refused), details
+    def details(self) -> dict[str, Any]:
+        """What ``/readyz`` shows beside its checks (:meth:`WorkerOps.ready` judges them)."""
+        return {"events": self.events, "in_flight": self.lanes.in_flight,
+                "event_errors": self.handler.errors, "last_error": self.handler.last_error,
+                "last_event_at": self.last_event_at, "fenced": self.fenced,
+                "salesforce_unavailable_since": self.guard.unavailable_since,
+                "salesforce_last_error": self.guard.last_error,
+                "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
+                "whmcs_access_refused_since": self.provisioner.access_refused_since,
+                "whmcs_access_error": self.provisioner.access_error,
+                "assigned_partitions": sorted(self.assigned),
+                "event_loop": type(self.app.loop).__module__.partition(".")[0],
+                "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
+                "offset_gaps": self.consumer.offset_gaps(),
+                "idle_s": round(self.progress.idle_for(), 1),
+                "stall_check_error": self.watchdog.last_error if self.watchdog else None}

@@ -131,7 +131,6 @@ class WorkerOps:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         w = self.worker
-        _ok, details = w.check()
         provisioner = w.provisioner
         now, grace = time.time(), w.settings.ready_grace_s
         return readiness([
@@ -142,4 +141,4 @@ class WorkerOps:
             ("whmcs", not failing_for(provisioner.access_refused_since, grace, now=now),
              f"WHMCS refuses this installation's credentials or IP: "
              f"{provisioner.access_error}"),
-        ], details)
+        ], w.details())
