@@ -1,0 +1,59 @@
+"""bench.soak's verdict and plot: the growth the memory target judges, and a PNG whose
+pipeline panel is on the pipeline's own scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.soak import growth, plot
+
+
+def _samples(worker: list[float], sandbox: list[float]) -> list[dict[str, float]]:
+    return [{"t_s": 10.0 * i, "orders": 50_000 * i, "connector": 89.0, "worker": w,
+             "sink": 73.0, "salesforce_sandbox": s}
+            for i, (w, s) in enumerate(zip(worker, sandbox, strict=True))]
+
+
+def test_growth_is_measured_from_the_first_sample_past_after_averaging_three_at_each_end(
+) -> None:
+    # before 100,000 Orders (samples 0 and 1) the worker warms up by 40 MB: not counted
+    worker = [120.0, 160.0, 161.0, 162.0, 163.0, 170.0, 171.0, 172.0]
+    samples = _samples(worker, [100.0 * (i + 1) for i in range(len(worker))])
+    grown = growth(samples, after=100_000)
+    head, tail = worker[2:5], worker[-3:]
+    assert grown["worker"] == round(sum(tail) / 3 - sum(head) / 3, 1)  # 9.7, not 52
+    assert grown["connector"] == 0.0 and grown["sink"] == 0.0
+    assert grown["salesforce_sandbox"] > 100  # reported too (not judged: bench.soak.main)
+
+
+def test_growth_needs_two_samples_past_after() -> None:
+    assert growth(_samples([1.0, 2.0], [1.0, 2.0]), after=100_000) == {}
+
+
+def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: list[object] = []
+    original = plt.subplots
+
+    def keep(*args: object, **kwargs: object) -> object:
+        made = original(*args, **kwargs)
+        figures.append(made)
+        return made
+
+    plt.subplots = keep  # type: ignore[assignment]
+    try:
+        samples = _samples([150.0, 160.0, 161.0, 162.0], [200.0, 1200.0, 2200.0, 3200.0])
+        plot(samples, tmp_path / "soak.png", after=100_000)
+    finally:
+        plt.subplots = original  # type: ignore[assignment]
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _fig, (top, bottom) = figures[0]  # type: ignore[misc]
+    assert {line.get_label() for line in top.get_lines()} >= {"connector", "worker", "sink"}
+    assert "salesforce_sandbox" not in {line.get_label() for line in top.get_lines()}
+    assert "salesforce_sandbox" in {line.get_label() for line in bottom.get_lines()}
+    low, high = top.get_ylim()
+    assert high < 1000  # the pipeline's scale, not the sandbox's 3,200 MB
