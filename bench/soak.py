@@ -16,6 +16,7 @@ org does). Exits 1 when a pipeline process grew more, or a WHMCS order was dupli
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -31,16 +32,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PIPELINE = ("connector", "worker", "sink")  # what the target judges
 
 
-def rss_mb(pid: int | None) -> float | None:
+SERIES_SKIP = ("t_s", "orders", "threads")  # a sample's keys that are no process's RSS
+
+
+def status(pid: int | None) -> tuple[float | None, int | None]:
+    """RSS in MB and the thread count of ``pid`` (None, None once it is gone)."""
     if not pid:
-        return None
+        return None, None
+    rss = threads = None
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                threads = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        return None, None
+    return rss, threads
 
 
 class Sampler(threading.Thread):
@@ -56,8 +64,14 @@ class Sampler(threading.Thread):
         while not self.halt.wait(self.every_s):
             row: dict[str, Any] = {"t_s": round(time.monotonic() - self.t0, 1),
                                    "orders": self.done[0]}
+            threads: dict[str, int | None] = {}
             for name, pid in cpu_pids(self.p).items():
-                row[name] = rss_mb(pid)
+                row[name], count = status(pid)
+                if name in PIPELINE:
+                    threads[name] = count
+            # beside the RSS: a step in a process's RSS that comes with a new thread is most
+            # likely that thread's stack and malloc arena, not a leak
+            row["threads"] = threads
             self.samples.append(row)
             if self.partial is not None and len(self.samples) % 6 == 0:
                 # the samples so far, once a minute: a run that dies still leaves them
@@ -104,7 +118,7 @@ def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
     if len(later) < 2:
         return {}
     head, tail = later[:3], later[-3:]
-    names = [k for k in later[0] if k not in ("t_s", "orders")]
+    names = [k for k in later[0] if k not in SERIES_SKIP]
     out = {}
     for name in names:
         a = [s[name] for s in head if s.get(name) is not None]
@@ -112,6 +126,38 @@ def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
         if a and b:
             out[name] = round(sum(b) / len(b) - sum(a) / len(a), 1)
     return out
+
+
+def verdict(grown: dict[str, float], invariants: dict[str, int], after: int
+            ) -> tuple[int, str]:
+    """The soak's exit code and its last line: 0 when every pipeline process was measured
+    and grew at most 10 MB after ``after`` Orders and no WHMCS order was duplicated."""
+    missing = [name for name in PIPELINE if name not in grown]
+    if missing:
+        return 1, (f"no growth measured for {', '.join(missing)}: fewer than two samples "
+                   f"after {after} Orders (a longer run, or a lower --after)")
+    worst = max(grown[name] for name in PIPELINE)
+    line = (f"largest growth of the pipeline's processes after {after} Orders: {worst:.1f} MB "
+            f"(target <= 10); the sandboxes and the broker are reported, not judged: the "
+            f"Salesforce sandbox holds every Order it is seeded with, and the broker's JVM "
+            f"grows its heap up to -Xmx")
+    if invariants["duplicates"]:
+        line += f"; {invariants['duplicates']} WHMCS orders duplicated"
+    return (0 if worst <= 10 and not invariants["duplicates"] else 1), line
+
+
+def thread_changes(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where a pipeline process's thread count changed: the Orders done by then, the
+    process, the count before and after, and its RSS before and after (MB)."""
+    changes: list[dict[str, Any]] = []
+    for before, after in itertools.pairwise(samples):
+        for name, count in (after.get("threads") or {}).items():
+            was = (before.get("threads") or {}).get(name)
+            if count is not None and was is not None and count != was:
+                changes.append({"orders": after["orders"], "process": name,
+                                "threads": [was, count],
+                                "rss_mb": [before.get(name), after.get(name)]})
+    return changes
 
 
 def plot(samples: list[dict[str, Any]], path: Path, after: int | None = None) -> None:
@@ -126,7 +172,7 @@ def plot(samples: list[dict[str, Any]], path: Path, after: int | None = None) ->
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 2]})
-    names = [k for k in samples[0] if k not in ("t_s", "orders")] if samples else []
+    names = [k for k in samples[0] if k not in SERIES_SKIP] if samples else []
     orders = [s["orders"] for s in samples]
     start = next((s for s in samples if after is not None and s["orders"] >= after), None)
     for name in names:
@@ -168,19 +214,19 @@ def main(argv: list[str] | None = None) -> int:
                       partial=args.out / "soak.partial.json")
     result["growth_mb_after"] = {"after_orders": args.after,
                                  "mb": growth(result["samples"], args.after)}
+    result["thread_changes"] = thread_changes(result["samples"])
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "soak.partial.json").unlink(missing_ok=True)
     plot(result["samples"], args.out / "soak.png", after=args.after)
     print(json.dumps(result["growth_mb_after"]))
     print(json.dumps(result["invariants"]))
-    grown = result["growth_mb_after"]["mb"]
-    worst = max((grown.get(name, 0.0) for name in PIPELINE), default=0.0)
-    print(f"largest growth of the pipeline's processes after {args.after} Orders: "
-          f"{worst:.1f} MB (target <= 10); the sandboxes and the broker are reported, not "
-          f"judged: the Salesforce sandbox holds every Order it is seeded with, and the "
-          f"broker's JVM grows its heap up to -Xmx")
-    return 0 if worst <= 10 and result["invariants"]["duplicates"] == 0 else 1
-
+    for change in result["thread_changes"]:
+        print(f"{change['process']}: {change['threads'][0]} -> {change['threads'][1]} threads "
+              f"at {change['orders']} Orders (RSS {change['rss_mb'][0]} -> "
+              f"{change['rss_mb'][1]} MB)")
+    code, line = verdict(result["growth_mb_after"]["mb"], result["invariants"], args.after)
+    print(line)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.soak import growth, plot
+from bench.soak import growth, plot, status, thread_changes, verdict
 
 
-def _samples(worker: list[float], sandbox: list[float]) -> list[dict[str, float]]:
-    return [{"t_s": 10.0 * i, "orders": 50_000 * i, "connector": 89.0, "worker": w,
-             "sink": 73.0, "salesforce_sandbox": s}
-            for i, (w, s) in enumerate(zip(worker, sandbox, strict=True))]
+def _samples(worker: list[float], sandbox: list[float],
+             connector_threads: list[int] | None = None) -> list[dict[str, object]]:
+    threads = connector_threads or [12] * len(worker)
+    return [{"t_s": 10.0 * i, "orders": 50_000 * i, "connector": 89.0 + 4 * (t - threads[0]),
+             "worker": w, "sink": 73.0, "salesforce_sandbox": s,
+             "threads": {"connector": t, "worker": 20, "sink": 9}}
+            for i, (w, s, t) in enumerate(zip(worker, sandbox, threads, strict=True))]
 
 
 def test_growth_is_measured_from_the_first_sample_past_after_averaging_three_at_each_end(
@@ -57,3 +60,37 @@ def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path) -> None:
     assert "salesforce_sandbox" in {line.get_label() for line in bottom.get_lines()}
     low, high = top.get_ylim()
     assert high < 1000  # the pipeline's scale, not the sandbox's 3,200 MB
+
+
+def test_a_thread_count_change_is_reported_with_the_rss_around_it() -> None:
+    samples = _samples([150.0] * 5, [1.0] * 5, connector_threads=[12, 12, 13, 13, 12])
+    assert thread_changes(samples) == [
+        {"orders": 100_000, "process": "connector", "threads": [12, 13],
+         "rss_mb": [89.0, 93.0]},
+        {"orders": 200_000, "process": "connector", "threads": [13, 12],
+         "rss_mb": [93.0, 89.0]}]
+    assert thread_changes(_samples([150.0] * 3, [1.0] * 3)) == []
+
+
+def test_status_reads_this_process_and_nothing_for_one_that_is_gone() -> None:
+    import os
+    import threading
+
+    rss, threads = status(os.getpid())
+    assert rss is not None and rss > 1
+    assert threads is not None and threads >= threading.active_count()
+    assert status(None) == (None, None)
+    assert status(2 ** 22 + 12345) == (None, None)  # above pid_max's default: no such pid
+
+
+def test_the_verdict_needs_every_pipeline_process_measured_within_10_mb_and_no_duplicate(
+) -> None:
+    fine = {"connector": 4.3, "worker": -1.4, "sink": 0.3, "salesforce_sandbox": 3774.2}
+    assert verdict(fine, {"duplicates": 0}, 100_000)[0] == 0
+    assert "4.3 MB" in verdict(fine, {"duplicates": 0}, 100_000)[1]
+    assert verdict({**fine, "worker": 10.1}, {"duplicates": 0}, 100_000)[0] == 1
+    code, line = verdict(fine, {"duplicates": 2}, 100_000)
+    assert code == 1 and "2 WHMCS orders duplicated" in line
+    # too short a run measures nothing: not a pass
+    code, line = verdict({}, {"duplicates": 0}, 100_000)
+    assert code == 1 and "no growth measured for connector, worker, sink" in line
