@@ -22,6 +22,7 @@ for clock skew) is read, so a pass costs what changed recently, not the topic's 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,11 +40,14 @@ from common.settings import KafkaSettings
 ORDER_FIELDS = ("Id, OrderNumber, Status, Activation_Status__c, Activation_Error__c, "
                 "Activation_Error_DateTime__c, WHMCS_Order_Id__c, OpportunityId, "
                 "Account.WH_Account__c, LastModifiedDate")
+ACTIVATING = "Activation_Status__c = 'Activating'"
 SKEW_S = 3600.0  # read the topics from this long before the oldest candidate's last change
 
 
 class QueryClient(Protocol):
     def query(self, soql: str) -> list[dict[str, Any]]: ...
+
+    def count(self, soql: str) -> int: ...
 
 
 @dataclass
@@ -56,6 +60,11 @@ class Plan:
     @property
     def stranded(self) -> list[str]:
         return self.no_request + self.undecided
+
+
+def soql_datetime(epoch_s: float) -> str:
+    """A SOQL datetime literal (UTC, whole seconds): ``2026-11-20T08:00:00Z``."""
+    return dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sf_time(value: str | None) -> float:
@@ -72,10 +81,19 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
     """The Orders to re-request (see the module). ``changed_before``: only Orders whose last
     change is before this time (a gap pass: later Orders' events arrive normally)."""
     now = time.time() if now is None else now
-    activating = sf.query(f"SELECT {ORDER_FIELDS} FROM Order "
-                          "WHERE Activation_Status__c = 'Activating'")
-    plan = Plan(activating=len(activating))
-    for order in activating:
+    cutoff = now - older_than_s if changed_before is None else \
+        min(now - older_than_s, changed_before)
+    # Only the Orders unchanged since the cutoff come back, not every Order Activating: in a
+    # burst of approvals that is thousands of Orders in flight, whose records a pass would
+    # parse for nothing (the connector's RSS kept the high-water mark: +3.6 MB at a pass
+    # over 4,089 of them in a million-Order soak). The bound is rounded up to the next
+    # second (SOQL datetimes have none smaller); the exact test is made below.
+    plan = Plan(activating=sf.count(f"SELECT COUNT() FROM Order WHERE {ACTIVATING}"))
+    if plan.activating == 0:
+        return plan
+    older = sf.query(f"SELECT {ORDER_FIELDS} FROM Order WHERE {ACTIVATING} "
+                     f"AND LastModifiedDate < {soql_datetime(math.floor(cutoff) + 1)}")
+    for order in older:
         changed = sf_time(order.get("LastModifiedDate"))
         if now - changed >= older_than_s and (changed_before is None or changed <= changed_before):
             plan.candidates[order["Id"]] = order

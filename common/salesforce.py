@@ -217,6 +217,10 @@ class SalesforceClient:
             records.extend(result.get("records", []))
         return records
 
+    def count(self, soql: str) -> int:
+        """The ``totalSize`` of a ``SELECT COUNT() …`` query (no records come back)."""
+        return int(self._call(lambda sf: sf.query(soql)).get("totalSize", 0))
+
     def get(self, sobject: str, record_id: str) -> dict[str, Any]:
         return dict(self._call(lambda sf: getattr(sf, sobject).get(record_id)))
 
