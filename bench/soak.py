@@ -228,5 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
     return code
 
+
 if __name__ == "__main__":
     sys.exit(main())
