@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.soak import growth, plot, status, thread_changes, verdict
 
 
@@ -33,7 +35,8 @@ def test_growth_needs_two_samples_past_after() -> None:
     assert growth(_samples([1.0, 2.0], [1.0, 2.0]), after=100_000) == {}
 
 
-def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path) -> None:
+def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +50,9 @@ def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path) -> None:
         figures.append(made)
         return made
 
-    plt.subplots = keep  # type: ignore[assignment]
-    try:
-        samples = _samples([150.0, 160.0, 161.0, 162.0], [200.0, 1200.0, 2200.0, 3200.0])
-        plot(samples, tmp_path / "soak.png", after=100_000)
-    finally:
-        plt.subplots = original  # type: ignore[assignment]
+    monkeypatch.setattr(plt, "subplots", keep)
+    samples = _samples([150.0, 160.0, 161.0, 162.0], [200.0, 1200.0, 2200.0, 3200.0])
+    plot(samples, tmp_path / "soak.png", after=100_000)
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _fig, (top, bottom) = figures[0]  # type: ignore[misc]
     assert {line.get_label() for line in top.get_lines()} >= {"connector", "worker", "sink"}
