@@ -19,6 +19,7 @@ from .model import OBJECTS
 from .store import Tx
 
 MAX_COLLECTION = 200
+MAX_CHUNKS = 10  # chunks of one type in a mixed sObject Collections call
 MAX_COMPOSITE = 25
 DEFAULT_BATCH = 2000
 ROLLED_BACK = {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
@@ -145,6 +146,14 @@ def _require_dict(body: Any) -> None:
                       "request body")
 
 
+def _chunks(records: list[Any]) -> int:
+    """How many chunks Salesforce makes of a mixed list: a new one at each change of type
+    (``{a1, a2, c1, a3}`` is three)."""
+    types = [(r.get("attributes") or {}).get("type") if isinstance(r, dict) else None
+             for r in records]
+    return sum(1 for i, t in enumerate(types) if i == 0 or t != types[i - 1])
+
+
 def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tuple[int, Any]:
     """sObject Collections: PATCH (update) or POST (create) up to 200 mixed records."""
     if method not in ("PATCH", "POST"):
@@ -157,6 +166,13 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
     if len(records) > MAX_COLLECTION:
         raise SfError("EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 "
                       "records into this call")
+    chunks = _chunks(records)
+    if chunks > MAX_CHUNKS:
+        # Salesforce documents the limit ("a single request can process up to 10 chunks"),
+        # not the shape of its answer; the sandbox refuses the whole call with Apex's words
+        raise SfError("INVALID_BATCH_REQUEST", f"Cannot have more than {MAX_CHUNKS} chunks in "
+                      f"a single operation ({chunks}). Please rearrange the data to reduce "
+                      "chunking.")
     all_or_none = bool(body.get("allOrNone", False))
     savepoint = tx.savepoint()
     results: list[dict] = []

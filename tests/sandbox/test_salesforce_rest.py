@@ -202,6 +202,15 @@ def test_composite_sobjects(sf_sandbox: Any, sf_http: requests.Session) -> None:
     assert resp.status_code == 400 and resp.json()[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
 
     opp_id = sf_sandbox.get_record(order_ids[0])["OpportunityId"]
+    # a new chunk at each change of type; more than 10 chunks refuse the call
+    order = {"attributes": {"type": "Order"}, "id": order_ids[0], "Activation_Error__c": "c"}
+    opp = {"attributes": {"type": "Opportunity"}, "id": opp_id, "WHMCS_Service_ID__c": 5}
+    resp = sf_http.patch(url, json={"records": [order, opp] * 5 + [order]})  # 11 chunks
+    assert resp.status_code == 400 and resp.json()[0]["errorCode"] == "INVALID_BATCH_REQUEST"
+    assert "more than 10 chunks" in resp.json()[0]["message"]
+    assert sf_sandbox.get_record(order_ids[0])["Activation_Error__c"] != "c"  # nothing written
+    ten = sf_http.patch(url, json={"records": [order, opp] * 5}).json()  # 10 chunks
+    assert [r["success"] for r in ten] == [True] * 10
     sf_sandbox.set_faults(record_errors={order_ids[1]: "FIELD_CUSTOM_VALIDATION_EXCEPTION"})
     records = [
         {"attributes": {"type": "Order"}, "id": order_ids[0], "Activation_Error__c": "e1"},

@@ -12,6 +12,7 @@ from common.errors import SalesforceError, SalesforceLimitError
 from sinks.fence import RULE_MESSAGE
 
 FENCE_FIELD = "Activation_Outcome_Ms__c"
+MAX_CHUNKS = 10  # chunks of one type in a mixed call
 
 
 class FakeCollections:
@@ -40,6 +41,12 @@ class FakeCollections:
         error = self.fail_call(records)
         if error is not None:
             raise error
+        types = [r["attributes"]["type"] for r in records]
+        chunks = sum(1 for i, t in enumerate(types) if i == 0 or t != types[i - 1])
+        if chunks > MAX_CHUNKS:  # as Salesforce (and its sandbox) refuses such a call
+            raise SalesforceError(f"Salesforce 400 INVALID_BATCH_REQUEST: {chunks} chunks",
+                                  status=400, error_code="INVALID_BATCH_REQUEST",
+                                  retryable=False)
         out = []
         for record in records:
             errors = self.record_errors.get(record["id"])
