@@ -6,21 +6,31 @@ Per-record errors (``allOrNone: false``) are sorted into:
   (``FIELD_CUSTOM_VALIDATION_EXCEPTION`` with ``SFPROV_SUPERSEDED`` in its message, see
   :mod:`sinks.fence`): Salesforce holds a newer outcome, so there is nothing to write and
   nothing to retry or dead-letter. It wins over any other error of the same record;
-* transient — :data:`TRANSIENT_CODES` (``UNABLE_TO_LOCK_ROW`` and kin): the record goes back
-  to the pending map with a backoff;
+* transient — :data:`TRANSIENT_CODES` (``UNABLE_TO_LOCK_ROW`` and kin), or a trigger's
+  ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` whose message carries ``UNABLE_TO_LOCK_ROW`` (lock
+  contention inside an Order or Opportunity trigger, :func:`is_transient`): the record goes
+  back to the pending map with a backoff;
 * permanent — everything else (``INVALID_FIELD``, ``ENTITY_IS_DELETED``,
   ``FIELD_CUSTOM_VALIDATION_EXCEPTION``, ``INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST``,
   ``NOT_FOUND``, ``MALFORMED_ID``, ...): dead-lettered, the rest of the batch proceeds.
   Unknown codes count as permanent so one odd record can never stall a partition forever.
+
+One call holds the records of one type together (Orders, then Opportunities): Salesforce
+processes a mixed list in chunks, a new chunk at each change of type, and refuses a call of
+more than 10 chunks; outcomes interleave an Order and its Opportunity.
 
 Whole-call failures:
 
 * retryable ones (5xx, connection errors, ``REQUEST_LIMIT_EXCEEDED`` as
   :class:`~common.errors.SalesforceLimitError`, auth still refused after the client's one
   re-authentication) propagate — the sink requeues the batch, pauses and backs off;
-* a permanent whole-call error (a 400 for the request, not for a record) cannot say which
-  record caused it, so the batch is bisected until the culprit stands alone and is failed
-  with that error. The cost is O(k·log n) extra calls for k bad records, only then.
+* so do refusals no record caused (:func:`refuses_records` false): a login refused
+  (``invalid_grant``: a revoked or expired certificate, a frozen user), a 401/403/404 for the
+  installation (permissions, API version) — failing the records would dead-letter every
+  outcome while the credentials are wrong;
+* a 400 for the request cannot say which record caused it, so the batch is bisected until
+  the culprit stands alone and is failed with that error. The cost is O(k·log n) extra calls
+  for k bad records, only then.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from common.errors import SalesforceError
+from common.errors import SalesforceAuthError, SalesforceError
 from sinks.batch import Entry, RecordError
 from sinks.fence import is_superseded
 
@@ -57,8 +67,18 @@ class WriteResult:
     calls: int = 0
 
 
-def is_transient(code: str) -> bool:
-    return code in TRANSIENT_CODES
+def is_transient(code: str, message: str = "") -> bool:
+    """A record error that may pass on its own: a lock, a timeout, an outage. A trigger that
+    met a lock reports it inside its own code (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY``,
+    ``…: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record``)."""
+    return code in TRANSIENT_CODES or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
+                                       and "UNABLE_TO_LOCK_ROW" in message)
+
+
+def refuses_records(exc: SalesforceError) -> bool:
+    """A whole-call refusal one of the call's records may have caused (a 400 for the
+    request), as opposed to one about this installation (a login, permissions, a version)."""
+    return exc.status == 400 and not isinstance(exc, SalesforceAuthError)
 
 
 def record_error(entry: Entry, raw: dict[str, Any]) -> RecordError:
@@ -80,8 +100,9 @@ class CollectionWriter:
         requeues every entry: harmless, since the updates are absolute.
         """
         result = WriteResult()
-        for start in range(0, len(entries), self.chunk_size):
-            self._write_chunk(list(entries[start:start + self.chunk_size]), result)
+        by_type = sorted(entries, key=lambda e: e.key.sobject)  # stable: oldest first per type
+        for start in range(0, len(by_type), self.chunk_size):
+            self._write_chunk(by_type[start:start + self.chunk_size], result)
         return result
 
     def _write_chunk(self, chunk: list[Entry], result: WriteResult) -> None:
@@ -90,7 +111,7 @@ class CollectionWriter:
             answers = self.client.update_collection([e.payload() for e in chunk],
                                                     all_or_none=False)
         except SalesforceError as exc:
-            if exc.retryable:
+            if exc.retryable or not refuses_records(exc):
                 raise
             if len(chunk) == 1:
                 code = exc.error_code or type(exc).__name__
@@ -112,8 +133,8 @@ class CollectionWriter:
             fenced = next((e for e in errors if is_superseded(e.code, e.message)), None)
             if fenced is not None:
                 result.superseded.append((entry, fenced))
-            elif all(is_transient(e.code) for e in errors):
+            elif all(is_transient(e.code, e.message) for e in errors):
                 result.transient.append((entry, errors[0]))
             else:
                 result.permanent.append((entry, next(e for e in errors
-                                                     if not is_transient(e.code))))
+                                                     if not is_transient(e.code, e.message))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import SalesforceError, SalesforceLimitError
+from common.errors import SalesforceAuthError, SalesforceError, SalesforceLimitError
 from sinks.batch import Batcher, Entry, Tracked
 from sinks.mapping import RecordKey, RecordUpdate
 from sinks.writer import CollectionWriter
@@ -73,3 +73,59 @@ def test_mixed_transient_and_permanent_errors_count_as_permanent() -> None:
         {"statusCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "message": "rule"}]
     result = CollectionWriter(fake).write(entries(1))
     assert [err.code for _e, err in result.permanent] == ["FIELD_CUSTOM_VALIDATION_EXCEPTION"]
+
+
+def outcomes_with_opportunities(n: int) -> list[Entry]:
+    """``n`` Provisioned outcomes, each an Order and its Opportunity, as the sink maps them:
+    taken oldest first, the two types alternate."""
+    batcher = Batcher()
+    for i in range(n):
+        batcher.add(Tracked(0, i, None, None), [
+            RecordUpdate(RecordKey("Order", f"801{i:04d}"), {"Activation_Status__c": "Provisioned"}),
+            RecordUpdate(RecordKey("Opportunity", f"006{i:04d}"), {"StageName": "Active"})],
+            now=i)
+    return batcher.take(now=n, limit=10_000)
+
+
+def test_one_call_holds_each_type_together() -> None:
+    taken = outcomes_with_opportunities(100)
+    assert [e.key.sobject for e in taken[:4]] == ["Order", "Opportunity"] * 2  # interleaved
+    fake = FakeCollections()  # refuses a call of more than 10 chunks, as Salesforce does
+    result = CollectionWriter(fake).write(taken)
+    assert result.calls == 1 and len(result.acked) == 200 and not result.permanent
+    types = [r["attributes"]["type"] for r in fake.calls[0]]
+    assert types == ["Opportunity"] * 100 + ["Order"] * 100  # two chunks
+    assert [r["id"] for r in fake.calls[0][100:103]] == ["8010000", "8010001", "8010002"]
+
+
+def test_a_refusal_no_record_caused_fails_no_record() -> None:
+    """A login refused for good (a revoked certificate, a frozen user) or a 403/404 about the
+    installation: the call is refused whatever it holds. Bisecting it would dead-letter every
+    outcome; it propagates (the sink pauses and retries) after one call."""
+    for refusal in (
+            SalesforceAuthError("JWT bearer login refused: invalid_grant: user is inactive",
+                                error_code="invalid_grant", status=400, retryable=False),
+            SalesforceError("Salesforce 403 INSUFFICIENT_ACCESS", error_code="INSUFFICIENT_ACCESS",
+                            status=403, retryable=False),
+            SalesforceError("Salesforce 404 NOT_FOUND", error_code="NOT_FOUND", status=404,
+                            retryable=False)):
+        fake = FakeCollections()
+        fake.fail_call = lambda _records, refusal=refusal: refusal
+        with pytest.raises(SalesforceError) as raised:
+            CollectionWriter(fake).write(entries(16))
+        assert raised.value is refusal and len(fake.calls) == 1
+
+
+def test_a_lock_met_by_a_trigger_is_transient() -> None:
+    fake = FakeCollections()
+    fake.record_errors["8010000"] = [{
+        "statusCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "message": "OrderTrigger: execution of AfterUpdate caused by: System.DmlException: "
+                   "Update failed. First exception on row 0; first error: UNABLE_TO_LOCK_ROW, "
+                   "unable to obtain exclusive access to this record: []"}]
+    fake.record_errors["8010001"] = [{
+        "statusCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "message": "OrderTrigger: execution of AfterUpdate caused by: System.NullPointerException"}]
+    result = CollectionWriter(fake).write(entries(2))
+    assert [e.key.record_id for e, _err in result.transient] == ["8010000"]
+    assert [e.key.record_id for e, _err in result.permanent] == ["8010001"]
