@@ -17,7 +17,8 @@ Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
 
 Pauses: ``REQUEST_LIMIT_EXCEEDED`` pauses every assigned partition for
 ``SINK_LIMIT_BACKOFF_S`` (doubling while it persists, up to 16x); an outage (5xx,
-unreachable, auth refused) pauses with the transient backoff; both requeue the batch
+unreachable, auth refused — a login refused for good too, or a 401/403/404 no record caused:
+see :mod:`sinks.writer`) pauses with the transient backoff; both requeue the batch
 without counting attempts, then probe with it. Too many unacknowledged outcomes
 (``SINK_MAX_PENDING``) pause for backpressure. All are visible in ``/healthz`` and
 ``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
@@ -160,7 +161,7 @@ class Sink:
                     break
                 self.pauses.expire(now, can_probe=bool(self.batcher.ready(now)),
                                    backpressure_over=self.offsets.outstanding()
-                                   < self.settings.max_pending // 2)
+                                   <= self.settings.max_pending // 2)
                 want = self._poll_size(max_records)
                 messages = self._poll(want, self._poll_timeout(now))
                 for message in messages:
@@ -338,15 +339,22 @@ class Sink:
             self.stats.calls += 1
             return False
         except SalesforceError as exc:
-            if not exc.retryable:
-                raise
+            # an outage, or a refusal no record caused (the writer fails the records a 400
+            # is about): a login refused, permissions, the API version — every outcome would
+            # fail alike, so none is dead-lettered; the sink waits for the fix, probing
             m.ERRORS.labels(exc.error_code or type(exc).__name__, "call").inc()
             self._outage_streak += 1
             backoff = self._backoff(self._outage_streak)
             self._requeue_all(entries, now + backoff)
             self.pauses.pause(OUTAGE, now + backoff)
-            log.warning("Salesforce call failed (%s); paused for %.1fs", exc, backoff,
-                        extra={"error_code": exc.error_code, "count": len(entries)})
+            if exc.retryable:
+                log.warning("Salesforce call failed (%s); paused for %.1fs", exc, backoff,
+                            extra={"error_code": exc.error_code, "count": len(entries)})
+            else:
+                log.error("Salesforce refused the call, not for any record (%s): nothing is "
+                          "written or dead-lettered until it accepts (check the sink's "
+                          "credentials and permissions); paused for %.1fs", exc, backoff,
+                          extra={"error_code": exc.error_code, "count": len(entries)})
             self.stats.calls += 1
             return False
         self._limit_streak = self._outage_streak = 0

@@ -168,6 +168,44 @@ def test_outage_pauses_without_losing_anything(kafka_settings: KafkaSettings) ->
     assert committed_total(kafka_settings, sink.settings) == 60
 
 
+def test_a_login_refused_mid_run_pauses_and_dead_letters_nothing(
+        kafka_settings: KafkaSettings) -> None:
+    """The sink's session ends and its login is refused (a certificate revoked, then put
+    back): a refusal no record caused. The sink waits and retries; no outcome is failed."""
+    from common.errors import SalesforceAuthError
+
+    produce(kafka_settings, scenario(60))
+    fake = FakeCollections()
+    window: list[float] = []  # every login refused for 1.5 s from the first call
+
+    def refused(_records: list) -> Exception | None:
+        if not window:
+            window.append(time.monotonic() + 1.5)
+        return SalesforceAuthError("JWT bearer login refused: invalid_grant: invalid assertion",
+                                   error_code="invalid_grant", status=400, retryable=False) \
+            if time.monotonic() < window[0] else None
+
+    fake.fail_call = refused
+    sink = Sink(kafka_settings, sink_settings(), fake)
+    stats = sink.run(timeout=60, exit_when_idle=True)
+    assert stats.consumed == 60 and stats.dead_letters == 0
+    assert dead_letters(kafka_settings, expected=1, timeout=3) == []
+    assert len(fake.calls) >= 2  # refused, then the writes
+    assert sum(1 for k in fake.records if k[0] == "Order") == 36
+    assert committed_total(kafka_settings, sink.settings) == 60
+
+
+def test_backpressure_of_one_pending_outcome_still_flows(kafka_settings: KafkaSettings) -> None:
+    """``SINK_MAX_PENDING=1``: paused at each outcome, resumed once it is written (the
+    resume threshold, half of the limit, is 0 here: "at most 0 outstanding", not "fewer")."""
+    produce(kafka_settings, scenario(12))
+    fake = FakeCollections()
+    sink = Sink(kafka_settings, sink_settings(max_pending=1), fake)
+    stats = sink.run(timeout=30, exit_when_idle=True)
+    assert stats.consumed == 12
+    assert committed_total(kafka_settings, sink.settings) == 12
+
+
 def test_two_sinks_in_one_group_share_the_work_through_a_rebalance(
         kafka_settings: KafkaSettings) -> None:
     records = scenario(600)
