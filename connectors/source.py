@@ -243,6 +243,7 @@ class Connector:
         else:
             preset, replay_id = self.preset_override or self.settings.replay, None
         sub = self.pubsub.subscribe(preset, replay_id)
+        self._keepalive_candidate = None  # a position of the last stream's: not this one's
         self.health.state, self.health.last_response = "subscribed", time.monotonic()
         log.info("subscribed %s (%s)", self.settings.channel, preset,
                  extra={"replay_id": replay_id.hex() if replay_id else None})
@@ -290,22 +291,26 @@ class Connector:
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
         batch: list[KafkaRecord] = []
+        # a keepalive's position is a candidate once every event delivered before it is
+        # written: taken up only after this batch's transaction commits (a failed write
+        # leaves the earlier candidate, which no unwritten event precedes)
+        candidate = self._keepalive_candidate
         for response in responses:
             if response.events:
-                self._keepalive_candidate = None
+                candidate = None
                 for event in response.events:
                     batch.append(self.decoder.build(event))
             else:
                 m.KEEPALIVES.inc()
                 self.backoff.reset()
                 if response.latest_replay_id and response.pending_num_requested > 0:
-                    self._keepalive_candidate = bytes(response.latest_replay_id)
-        if not batch:
-            return
-        m.EVENTS_RECEIVED.inc(len(batch))
-        m.BUFFERED.set(sub.flow.buffered)
-        self._write_batch(batch)
-        sub.consumed(len(batch))
+                    candidate = bytes(response.latest_replay_id)
+        if batch:
+            m.EVENTS_RECEIVED.inc(len(batch))
+            m.BUFFERED.set(sub.flow.buffered)
+            self._write_batch(batch)
+            sub.consumed(len(batch))
+        self._keepalive_candidate = candidate
 
     def _write_batch(self, batch: list[KafkaRecord]) -> None:
         last = batch[-1]
