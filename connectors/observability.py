@@ -4,7 +4,8 @@
 * ``/livez``: the main loop is alive — judged from what the loop keeps up to date (its state,
   when it last handled a response, when its backoff ends), no extra heartbeat needed.
 * ``/readyz``: it can move events now — not fenced or failed (Kafka), not waiting out a
-  Salesforce delivery limit, not subscribed to a silent stream.
+  Salesforce delivery limit, not subscribed to a silent stream, its subscription not refused
+  (no such topic, no access to it: retried, but not ready until a stream answers).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
          f"delivery limit reached, waiting {h.waiting_until - now:.0f} s: {h.last_error}"),
         ("salesforce_stream", not silent,
          f"no events or keepalive for {now - h.last_response:.0f} s"),
+        ("salesforce_subscription", not h.refused,
+         f"Salesforce refuses the subscription to {conn.settings.channel} ({h.refused}): "
+         "check SF_PROVISION_EVENT_CHANNEL and the integration user's access to the event"),
     ], details)
 
 

@@ -95,6 +95,7 @@ from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
 from connectors.observability import end_spans, event_spans
 from connectors.offsets import EVENT, KEEPALIVE, OffsetCodec, Position, load_position
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
+from connectors.pubsub.errors import REFUSED
 from connectors.writer import Record, TransactionalWriter, transactional_id
 
 log = logging.getLogger("connectors")
@@ -126,12 +127,15 @@ class Health:
     waiting_until: float = 0.0
     last_response: float = field(default_factory=time.monotonic)
     committed: Position | None = None
+    # Salesforce refused the subscription (no such topic, no access): until a stream answers
+    refused: str = ""
 
     def snapshot(self, stall_timeout_s: float) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         limited = self.state == "limited" and self.waiting_until > now
         silent = self.state == "subscribed" and now - self.last_response > stall_timeout_s
-        healthy = self.state not in ("fenced", "failed") and not limited and not silent
+        healthy = (self.state not in ("fenced", "failed") and not limited and not silent
+                   and not self.refused)
         details = {"state": self.state, "cause": self.cause, "last_error": self.last_error,
                    "waiting_s": max(0.0, round(self.waiting_until - now, 1)),
                    "seconds_since_response": round(now - self.last_response, 1)}
@@ -245,6 +249,8 @@ class Connector:
         sub = self.pubsub.subscribe(preset, replay_id)
         self._keepalive_candidate = None  # a position of the last stream's: not this one's
         self.health.state, self.health.last_response = "subscribed", time.monotonic()
+        # health.refused stays until this stream answers: a refused subscription is refused
+        # again moments after it opens
         log.info("subscribed %s (%s)", self.settings.channel, preset,
                  extra={"replay_id": replay_id.hex() if replay_id else None})
         try:
@@ -290,6 +296,7 @@ class Connector:
 
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
+        self.health.refused = ""
         batch: list[KafkaRecord] = []
         # a keepalive's position is a candidate once every event delivered before it is
         # written: taken up only after this batch's transaction commits (a failed write
@@ -402,9 +409,18 @@ class Connector:
         if self.health.state != "limited":
             self.health.state = "backoff"
         self.health.waiting_until = time.monotonic() + delay
-        log.warning("subscription ended (%s): %s; resubscribing in %.1fs from %s", cause, exc,
-                    delay, self.position.replay_id.hex() if self.position else "the preset",
-                    extra={"cause": cause, "error_code": getattr(exc, "error_code", None)})
+        extra = {"cause": cause, "error_code": getattr(exc, "error_code", None)}
+        if cause == REFUSED:
+            self.health.refused = str(exc)
+            log.error("Salesforce refuses the subscription to %s: %s; check "
+                      "SF_PROVISION_EVENT_CHANNEL and the integration user's access to the "
+                      "event; retrying in %.1fs (not ready meanwhile)", self.settings.channel,
+                      exc, delay, extra=extra)
+        else:
+            log.warning("subscription ended (%s): %s; resubscribing in %.1fs from %s", cause,
+                        exc, delay,
+                        self.position.replay_id.hex() if self.position else "the preset",
+                        extra=extra)
         self._stop.wait(delay)
         return True
 

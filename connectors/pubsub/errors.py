@@ -9,9 +9,14 @@ details (some proxies drop trailers), then at the status code::
     service.auth.error, UNAUTHENTICATED              → SalesforceAuthError   (cause auth)
     subscription.limit.exceeded                      → SalesforceLimitError  (cause limit)
     concurrent.client.limit.exceeded                 → SalesforceLimitError  (cause concurrent_clients)
+    NOT_FOUND, PERMISSION_DENIED, another INVALID_ARGUMENT
+                                                     → SalesforceError, retryable (cause refused)
     anything else                                    → SalesforceError, retryable (cause transient)
 
 Every error ends the stream; the caller resubscribes from the last *committed* position.
+A refusal (the topic does not exist, ``…topic.not.found``, or this user may not subscribe to
+it) is retried too, as REFERENCE §1 says for every error, but it will not pass on its own:
+the connector reports it as not ready until a stream answers (:mod:`connectors.source`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ REPLAY_INVALID = "replay_invalid"
 AUTH = "auth"
 LIMIT = "limit"
 CONCURRENT = "concurrent_clients"
+REFUSED = "refused"
 TRANSIENT = "transient"
+_REFUSALS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+             grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def error_code_of(exc: Any) -> str:
@@ -64,6 +72,8 @@ def cause_of(error_code: str, status: grpc.StatusCode | None, details: str = "")
         return CONCURRENT
     if "limit.exceeded" in text:
         return LIMIT
+    if status in _REFUSALS or "not.found" in text or "permission" in text:
+        return REFUSED
     return TRANSIENT
 
 

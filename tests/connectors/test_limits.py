@@ -1,4 +1,5 @@
-"""Delivery-limit and concurrent-client errors: a long wait, visible in /healthz.
+"""Delivery-limit and concurrent-client errors: a long wait, visible in /healthz; a
+subscription refused (no such topic, no access): retried, not ready meanwhile.
 
 The Salesforce sandbox cannot inject these, so a tiny in-process Pub/Sub server built on
 our own stubs refuses every Subscribe with the given ``error-code``; the connector runs
@@ -29,8 +30,9 @@ pytestmark = pytest.mark.broker
 
 
 class RefusingPubSub(pb_grpc.PubSubServicer):
-    def __init__(self, error_code: str) -> None:
-        self.error_code = error_code
+    def __init__(self, error_code: str,
+                 status: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED) -> None:
+        self.error_code, self.status = error_code, status
         self.subscribes = 0
         self.metadata: list[dict] = []
 
@@ -39,7 +41,7 @@ class RefusingPubSub(pb_grpc.PubSubServicer):
         self.metadata.append(dict(context.invocation_metadata()))
         next(request_iterator)
         context.set_trailing_metadata((("error-code", self.error_code),))
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "limit reached")
+        context.abort(self.status, "refused")
 
 
 class FakeAuth:
@@ -81,6 +83,46 @@ def test_limit_errors_wait_long_and_report_unhealthy(kafka_settings, unique_name
         md = servicer.metadata[0]
         assert md["tenantid"] == "00Dxx0000001gEREAY" and md["accesstoken"] == "tok-123456789"
         assert md["instanceurl"] == "https://example.my.salesforce.com"
+    finally:
+        conn.request_stop()
+        thread.join(15)
+        server.stop(0)
+    assert result == [0]
+
+
+@pytest.mark.parametrize(("status", "error_code"), [
+    (grpc.StatusCode.NOT_FOUND, "sfdc.platform.eventbus.grpc.topic.not.found"),
+    (grpc.StatusCode.PERMISSION_DENIED, ""),
+])
+def test_a_refused_subscription_is_retried_and_not_ready(kafka_settings, unique_name, status,
+                                                         error_code):
+    """A channel misspelt in SF_PROVISION_EVENT_CHANNEL, or the user's access to the event
+    taken away: retried (REFERENCE §1), but /readyz says so, where it answered ready."""
+    from connectors.observability import live, ready
+
+    servicer = RefusingPubSub(error_code, status)
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_PubSubServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    settings = ConnectorSettings.load({}, name=unique_name("ref"), backoff_initial_s=0.2,
+                                      backoff_max_s=0.5, pubsub_endpoint=f"127.0.0.1:{port}",
+                                      pubsub_tls=False, replay="EARLIEST",
+                                      channel="/event/OrderProvisionRequestd__e")
+    auth = FakeAuth()
+    conn = Connector(kafka=kafka_settings, salesforce=None, connector=settings, auth=auth,
+                     pubsub=PubSubClient(settings, None, auth,
+                                         channel=grpc.insecure_channel(f"127.0.0.1:{port}")))
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(conn.run(timeout_s=60)))
+    thread.start()
+    try:
+        wait_until(lambda: servicer.subscribes >= 3, 20, "three refused subscriptions")
+        ok, details = ready(conn)
+        assert not ok and not conn.health_check()[0]
+        assert any("SF_PROVISION_EVENT_CHANNEL" in r and "OrderProvisionRequestd__e" in r
+                   for r in details["reasons"]), details
+        assert live(conn)[0]  # the loop itself is fine: a restart would not help
     finally:
         conn.request_stop()
         thread.join(15)

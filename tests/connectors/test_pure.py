@@ -137,6 +137,10 @@ class FakeRpcError(grpc.RpcError):
     (grpc.StatusCode.UNAVAILABLE, "sfdc.platform.eventbus.grpc.service.unavailable",
      SalesforceError, "transient"),
     (grpc.StatusCode.INTERNAL, "", SalesforceError, "transient"),
+    (grpc.StatusCode.NOT_FOUND, "sfdc.platform.eventbus.grpc.topic.not.found", SalesforceError,
+     "refused"),
+    (grpc.StatusCode.PERMISSION_DENIED, "", SalesforceError, "refused"),
+    (grpc.StatusCode.INVALID_ARGUMENT, "", SalesforceError, "refused"),
 ])
 def test_classify(status, code, kind, cause) -> None:
     err = perr.classify(FakeRpcError(status, "boom", code), limit_backoff_s=42)
