@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -71,11 +72,26 @@ def load_local_stack_env() -> None:
                 os.environ[key] = value
 
 
+_RELATIVE_TIME = re.compile(r"-\d+(\.\d+)?[smhd]")
+
+
+def attach_relative_times(argv: list[str]) -> list[str]:
+    """``--from-time -2h`` as ``--from-time=-2h``: argparse takes a value that starts with a
+    dash for an option of its own ("expected one argument")."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--from-time" and _RELATIVE_TIME.fullmatch(arg):
+            out[-1] = f"--from-time={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     load_local_stack_env()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(attach_relative_times(sys.argv[1:] if argv is None else argv))
         return int(args.func(args) or 0)
     except PipelineError as exc:  # a bad setting included: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)

@@ -6,12 +6,15 @@ import argparse
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from common.connection import kafka_config
+from common.errors import KafkaError
 from common.kafka import declared_topics, describe_drift
 from common.lag import group_lag, group_reader
 from common.settings import SinkSettings, WorkerSettings
@@ -180,6 +183,26 @@ def _parse_time(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+_COORDINATOR_MOVING = (CKafkaError.NOT_COORDINATOR, CKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                      CKafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+def group_call(call: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """``call()`` (a consumer group admin request's result), asked again while the group's
+    coordinator is loading or moving — a fresh broker, a failover: ``Not coordinator``; any
+    other error, or one lasting ``timeout_s``, as one line (:class:`common.errors.KafkaError`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], CKafkaError) else None
+            if err is None or err.code() not in _COORDINATOR_MOVING \
+                    or time.monotonic() >= deadline:
+                raise KafkaError(f"{what}: {err.str() if err else exc}") from exc
+            time.sleep(0.5)
+
+
 def replay(args: argparse.Namespace) -> int:
     """Plans the rewind; changes the group's offsets only with ``--execute``."""
     args.execute = args.execute and not args.dry_run
@@ -188,7 +211,8 @@ def replay(args: argparse.Namespace) -> int:
     admin = AdminClient(kafka_config(settings))
     deadline = time.monotonic() + (args.wait if args.execute else 0.0)
     while True:
-        desc = admin.describe_consumer_groups([group])[group].result()
+        desc = group_call(lambda: admin.describe_consumer_groups([group])[group].result(),
+                          f"describing the worker group {group}")
         members = len(desc.members)
         if members == 0:
             break
@@ -218,8 +242,9 @@ def replay(args: argparse.Namespace) -> int:
     c.close()
     tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
     if args.execute:
-        admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[
-            group].result()
+        group_call(lambda: admin.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, tps)])[group].result(),
+            f"rewinding the worker group {group}")
     rows: list[dict[str, Any]] = [
         {"partition": tp.partition, "current": before.get(tp.partition),
          "target": tp.offset, "rewind": before.get(tp.partition, tp.offset) - tp.offset}

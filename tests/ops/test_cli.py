@@ -131,6 +131,11 @@ def test_replay_only_plans_unless_execute(kafka_settings):
     after = json.loads(sfprov(kafka_settings, "replay", "--from-offset", "0:2",
                               "--json").stdout)
     assert next(p for p in after["partitions"] if p["partition"] == 0)["current"] == 1
+    # a relative time as the README writes it: the records were written just now
+    recent = sfprov(kafka_settings, "replay", "--from-time", "-1h", "--json")
+    assert recent.returncode == 0, recent.stderr
+    part0 = next(p for p in json.loads(recent.stdout)["partitions"] if p["partition"] == 0)
+    assert part0["target"] == 0
 
 
 @pytest.mark.parametrize("variable,value,argv", [
