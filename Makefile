@@ -7,7 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-STATE := .state
+# pyproject.toml's requires-python; a virtualenv made with another Python is made again
+PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)
+# SFPROV_STATE_DIR from the environment, else from .env, else .state (as the Python side reads it)
+STATE := $(or $(SFPROV_STATE_DIR),$(shell sed -n 's/^[[:space:]]*SFPROV_STATE_DIR=//p' .env 2>/dev/null | tr -d "\"'" | tail -n 1),.state)
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
@@ -18,8 +21,8 @@ help: ## Show this help
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { echo "error: Python >= 3.11 required ($(PYTHON) is $$($(PYTHON) -V))"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c '$(PY_SUPPORTED)' || { echo "error: Python 3.11 to 3.13 required ($(PYTHON) is $$($(PYTHON) -V)); set PYTHON=python3.11"; exit 1; }
+	@$(PY) -c '$(PY_SUPPORTED)' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
 	@touch $(STAMP)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.settings import environment
+
 if TYPE_CHECKING:
     from common.connection import KafkaConnection
     from ops.kafka_secure import BrokerSecurity
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "kafka" / "pom.xml"
 KAFKA_VERSION = "3.9.1"
-DEFAULT_STATE = Path(os.environ.get("SFPROV_STATE_DIR", ROOT / ".state"))
+# the environment over .env, as every process reads it (CommonSettings.state_dir)
+DEFAULT_STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
 JVM_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
 
 

@@ -32,7 +32,8 @@ from common.settings import ROOT, environment, parse_bool
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 
-STATE = Path(os.environ.get("SFPROV_STATE_DIR", ROOT / ".state"))
+# the environment over .env, as every process reads it (CommonSettings.state_dir)
+STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
 LOGS = STATE / "logs"
 PLAN = STATE / "supervisor-plan.json"
 STATUS = STATE / "supervisor.json"
@@ -85,7 +86,9 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
             own.update(security.env(PROCESS_USERS[name]))
         procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": own,
                       "log": str(LOGS / f"{name}.log"),
-                      "health_url": f"http://127.0.0.1:{http_port}/healthz",
+                      # port 0 turns the probes off: then started counts as healthy
+                      "health_url": "" if str(http_port).strip() == "0" else
+                      f"http://127.0.0.1:{http_port}/healthz",
                       # Restarting would not help, an operator must look: connector 2 = replay
                       # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 64 = bad setting;
                       # worker 64 = bad setting (for all three: also a broker refusing their

@@ -41,6 +41,19 @@ def test_metrics_listen_where_they_are_published(name):
 
 
 @pytest.mark.parametrize("name", PIPELINE)
+def test_settings_in_env_file_are_not_overridden(name):
+    """A service's ``environment:`` wins over its ``env_file:``: a setting written there
+    would silently replace the user's .env value (topic names did). Only facts of the compose
+    network may be fixed; anything else is substituted from .env (``${VAR:-default}``)."""
+    network = {"KAFKA_BOOTSTRAP_SERVERS", f"{name.upper()}_HTTP_HOST",
+               f"{name.upper()}_HTTP_PORT"}
+    fixed = {key for key, value in SERVICES[name]["environment"].items()
+             if not key.startswith("SFPROV_SANDBOX_") and key not in network
+             and not str(value).startswith("${" + key)}
+    assert not fixed, f"{name}: set in docker-compose.yml over .env: {sorted(fixed)}"
+
+
+@pytest.mark.parametrize("name", PIPELINE)
 def test_pipeline_services_have_a_healthcheck_on_their_port(name):
     check = SERVICES[name]["healthcheck"]
     port = SERVICES[name]["environment"][f"{name.upper()}_HTTP_PORT"]

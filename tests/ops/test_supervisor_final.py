@@ -41,3 +41,11 @@ def test_each_process_refused_by_the_broker_exits_finally(name, code):
     assert code in FINAL_EXIT_CODES[name]
     plan = {p["name"]: p for p in _pipeline_processes({}, {})}
     assert code in plan[name]["final_exit_codes"]
+
+
+def test_a_process_with_its_probes_off_is_not_waited_for():
+    """``SINK_HTTP_PORT=0`` (documented: 0 = off): `make up` waited 120 s for a health URL on
+    port 0 and reported the sink not healthy."""
+    plan = {p["name"]: p for p in _pipeline_processes({"SINK_HTTP_PORT": "0"}, {})}
+    assert plan["sink"]["health_url"] == ""
+    assert plan["worker"]["health_url"] == "http://127.0.0.1:9102/healthz"
