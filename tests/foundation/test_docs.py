@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from common.settings import KafkaSettings, all_variables
+from common.settings import all_variables
 from ops.docs import env_example, readme_with_table
 from ops.kafka_local import KAFKA_VERSION
 
@@ -39,17 +39,13 @@ def test_compose_agrees_with_settings():
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     internal = re.search(r"INTERNAL://([\w.-]+:\d+)", kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"])
     known = {name for name, *_ in all_variables()}
-    defaults = KafkaSettings.load({})
     for name in ("connector", "worker", "sink", "topics"):
         env = services[name]["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == internal.group(1), name
         unknown = {v.removeprefix("SFPROV_SANDBOX_") for v in env} - known
         assert not unknown, f"{name} sets variables the code does not read: {unknown}"
-        assert env["KAFKA_TOPIC_REQUESTS"] == defaults.requests_topic
-        assert env["KAFKA_TOPIC_OUTCOMES"] == defaults.outcomes_topic
-        assert env["KAFKA_TOPIC_DEAD_LETTERS"] == defaults.dead_letters_topic
-        assert env["KAFKA_TOPIC_CONNECTOR_OFFSETS"] == defaults.connector_offsets_topic
-        assert env["KAFKA_TOPIC_REPLAY_GAPS"] == defaults.replay_gaps_topic
+        # topic names: the code's defaults, or .env's (never fixed here: test_compose)
+        assert not {v for v in env if v.startswith("KAFKA_TOPIC_")}, name
     from ops.container import COMMANDS
 
     for name, module in (("connector", "connectors"), ("worker", "streams"), ("sink", "sinks")):
