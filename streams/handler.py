@@ -188,6 +188,12 @@ class EventHandler:
                                      error_message=decision.error_message, attempts=0,
                                      completed_at=self._clock())
             await self._own(rec, "record")
+            if intent is not None and intent.is_pending and \
+                    (intent.idem_key, intent.event_uuid) == (event.idem_key, event.event_uuid):
+                # this event's own attempt was under way (the Order since deleted, its
+                # mapping since broken): it ends without a WHMCS call, but an AddOrder of
+                # that attempt may have landed — the next attempt looks first
+                state.settle(oid, outcome, self._clock(), may_exist=True, current=intent)
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)
         else:

@@ -201,7 +201,9 @@ class Provisioner:
                         error_code="WHMCS_UNAVAILABLE",
                         error_message=f"WHMCS unavailable for {policy.retry_deadline_s:.0f}s: "
                                       f"{exc}",
-                        attempts=attempts, may_exist=attempts > 0)
+                        # an AddOrder of this attempt, or (a lookup still owed) of an
+                        # earlier one, may have landed: the next attempt looks first
+                        attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None)
                 self._on_retry(type(exc).__name__)
                 log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
                 await self._sleep(delay)
@@ -216,7 +218,8 @@ class Provisioner:
                 return ProvisionResult(
                     "Failed", created.whmcs_order_id if created else None,
                     error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
-                    attempts=attempts, may_exist=created is not None)
+                    attempts=attempts,
+                    may_exist=created is not None or settle_at_ms is not None)
 
     async def accept(self, order_id: int, *, fence: Fence = no_fence) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""

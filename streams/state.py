@@ -301,7 +301,9 @@ class OrderState:
         if decided is None or not decided.outcome or \
                 decided.outcome.get("status") not in ("Provisioned", "Failed"):
             return False
-        self.set_intent(intent.settled(decided.outcome, at))
+        # what the attempt knew of WHMCS (an AddOrder that may have landed) went with the
+        # intent write that never landed: assume it may have, the next attempt looks first
+        self.set_intent(intent.settled(decided.outcome, at, may_exist=True))
         return True
 
 

@@ -156,3 +156,38 @@ def test_redelivery_settles_an_intent_left_pending_by_a_cut_short_record(harness
     assert kit.tables.intents[oid(1)]["state"] == "accepted"
     assert kit.tables.intents[oid(1)]["whmcs_order_id"] == first[0]["whmcs_order_id"]
     assert len(whmcs.orders_for(oid(1))) == 1
+
+
+def test_a_resumed_attempt_that_ends_without_whmcs_leaves_the_next_one_to_look_first(
+        harness, whmcs):
+    """The worker stopped right after an AddOrder (intent pending, the order created in
+    WHMCS); before the event comes back, the Order is deleted in Salesforce. The redelivery
+    ends Failed ORDER_NOT_FOUND without a WHMCS call — and must not forget that the order may
+    exist: the Order undeleted and approved again, the next attempt finds it, never a second."""
+    build, sf = harness
+    first_event = [request_value(oid(4), event_uuid="r4", idem_key="rk4")]
+    retry = [request_value(oid(4), event_uuid="r4b", idem_key="rk4b")]
+
+    async def go():
+        kit, client = await build()
+        await kit.process(records(first_event))
+        made = kit.emitter.sent[0]["whmcs_order_id"]
+        tables = kit.tables  # back to the moment after AddOrder: intent pending, no decision
+        tables.intents[oid(4)] = {**tables.intents[oid(4)], "state": "pending",
+                                  "outcome": None, "whmcs_order_id": None}
+        del tables.idem[oid(4)]
+        kit.emitter.sent.clear()
+        deleted = sf.orders.pop(oid(4))
+        await kit.process(records(first_event))
+        await kit.process(records(first_event))  # and once more (an outcome send retried)
+        gone = list(kit.emitter.sent)
+        sf.orders[oid(4)] = deleted  # undeleted, approved again: a new IdemKey
+        await kit.process(records(retry))
+        await client.aclose()
+        return kit, made, gone
+    kit, made, gone = asyncio.run(go())
+    assert [o["error_code"] for o in gone] == ["ORDER_NOT_FOUND"]  # the second: nothing
+    again = kit.emitter.sent[-1]
+    assert (again["status"], again["whmcs_order_id"], again["recovered"]) == (
+        "Provisioned", made, True)
+    assert len(whmcs.orders_for(oid(4))) == 1

@@ -218,6 +218,21 @@ def test_unavailable_past_deadline_fails_and_remembers_it_may_exist(whmcs):
     assert whmcs.orders_for("801T0000000025AAA") == []
 
 
+def test_a_lookup_failing_past_the_deadline_still_remembers_it_may_exist(whmcs):
+    """An earlier attempt's AddOrder may have landed (settle_at_ms): this attempt must look
+    first, and WHMCS stays down through its whole window. Its Failed outcome must carry the
+    doubt on — else the next attempt (the Flow's retry) calls AddOrder without a lookup."""
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.3) as client:
+            whmcs.set_faults("GetOrders", error_rate=1.0, error_kind="503")
+            return await Provisioner(client, policy(retry_deadline_s=0.8)).provision(
+                req("801T0000000026AAA"), settle_at_ms=0)
+    down = run(go())
+    assert (down.status, down.error_code, down.attempts) == ("Failed", "WHMCS_UNAVAILABLE", 0)
+    assert down.may_exist
+    assert whmcs.orders_for("801T0000000026AAA") == []  # no AddOrder was sent
+
+
 def test_unreachable_whmcs_is_transient_even_for_addorder(whmcs):
     """Nothing was sent (connection refused): safe to retry, no lookup needed."""
     import socket
