@@ -7,21 +7,26 @@ Rules:
 
 * ``clientid`` ← ``Order.Account.WH_Account__c`` (a positive integer, possibly sent by
   Salesforce as ``"12"`` or ``12.0``); empty → ``MISSING_WHMCS_CLIENT``, not a positive
-  integer → ``INVALID_WHMCS_CLIENT``.
+  integer → ``INVALID_WHMCS_CLIENT``. WHMCS ids (clients, products, addons, config options)
+  are at most :data:`MAX_ID` (its tables' signed 32-bit ``int``): a larger one is invalid,
+  not a number to send (it would not fit the outcome's Avro ``long`` either).
 * One ``pid[i]`` per ``Service`` or ``Activation`` item, in the query's item order
   (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
   ``billingcycle[i]`` (Monthly→monthly, Annually→annually, One-time→onetime; anything
-  else → ``INVALID_BILLING_CYCLE``) and ``qty[i]`` (a positive whole number, else
-  ``INVALID_QUANTITY``).
+  else → ``INVALID_BILLING_CYCLE``) and ``qty[i]`` (a whole number from 1 to
+  :data:`MAX_QUANTITY`, else ``INVALID_QUANTITY``).
 * ``Add-on`` items: their ``WHMCS_Product_Id__c`` is a WHMCS *addon* id. WHMCS attaches
   addons per product line, and a Salesforce OrderItem has no parent link, so **every add-on
   goes to ``addons[i]`` of the first Service item** (repeated ``Quantity`` times). An order
   with add-ons but no Service item → ``ADDON_WITHOUT_SERVICE``.
 * ``configoptions[i]`` ← ``Product2.Portal_ConfigOptions_JSON__c``: a JSON object of option
   id → scalar value, sent as base64 of the PHP-serialized array; malformed JSON, a
-  non-object, or non-scalar values → ``INVALID_CONFIG_OPTIONS``. Empty → not sent.
+  non-object, an id not written as a plain decimal (``"05"`` and ``"5.0"`` would reach
+  WHMCS as text keys no option matches) or non-scalar values → ``INVALID_CONFIG_OPTIONS``.
+  Empty → not sent.
 * An item with another or no ``Item_Class__c`` → ``UNKNOWN_ITEM_CLASS``; no items at all →
-  ``NO_ITEMS``.
+  ``NO_ITEMS``; more items than Salesforce returns in one answer (a child subquery's
+  ``done: false``) → ``TOO_MANY_ITEMS``, never a partial order.
 * ``notes`` carries ``sfOrderId=<Order Id>`` (the marker crash recovery looks for) and the
   IdemKey; ``paymentmethod``/``noinvoice``/``noemail`` come from settings.
 """
@@ -89,15 +94,20 @@ class WhmcsOrderRequest:
         return params
 
 
-def _positive_int(raw: Any) -> int | None:
-    """``12`` / ``12.0`` / ``"12"`` / ``" 12 "`` → 12; anything else → None."""
+MAX_ID = 2**31 - 1  # WHMCS keeps its ids in signed 32-bit int columns
+MAX_QUANTITY = 1000  # per item; add-ons are repeated this often in one request
+
+
+def _positive_int(raw: Any, upper: int = MAX_ID) -> int | None:
+    """``12`` / ``12.0`` / ``"12"`` / ``" 12 "`` → 12; anything else, or above ``upper``,
+    → None."""
     if raw is None or isinstance(raw, bool):
         return None
     try:
         value = float(str(raw).strip())
     except ValueError:
         return None
-    if not math.isfinite(value) or value != int(value) or value <= 0:
+    if not math.isfinite(value) or value != int(value) or not 0 < value <= upper:
         return None
     return int(value)
 
@@ -114,9 +124,10 @@ def _config_options(raw: Any, item: str) -> str | None:
         raise MappingError("INVALID_CONFIG_OPTIONS",
                            f"{item}: Portal_ConfigOptions_JSON__c must be a JSON object")
     for key, value in options.items():
-        if _positive_int(key) is None:
+        if not (str(key).isdigit() and str(key)[0] != "0" and _positive_int(key) is not None):
             raise MappingError("INVALID_CONFIG_OPTIONS",
-                               f"{item}: config option id {key!r} is not a positive integer")
+                               f"{item}: config option id {key!r} is not a positive integer "
+                               "written plainly (like \"12\")")
         if not isinstance(value, str | int | float | bool) or value is None:
             raise MappingError("INVALID_CONFIG_OPTIONS",
                                f"{item}: config option {key} has a non-scalar value")
@@ -132,6 +143,10 @@ def _records(sub: Any) -> list[dict[str, Any]]:
     if not sub:
         return []
     if isinstance(sub, dict):
+        if sub.get("done") is False:  # the rest is behind nextRecordsUrl
+            raise MappingError("TOO_MANY_ITEMS",
+                               f"the Order has {sub.get('totalSize', 'more')} items, more than "
+                               "Salesforce returns in one answer; split it into smaller Orders")
         return list(sub.get("records") or [])
     return list(sub)
 
@@ -163,11 +178,11 @@ def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "ma
         name = f"OrderItem {item.get('Id', '?')} ({product.get('Name') or 'unnamed product'})"
         item_class = product.get("Item_Class__c")
         whmcs_id = _positive_int(product.get("WHMCS_Product_Id__c"))
-        qty = _positive_int(item.get("Quantity"))
+        qty = _positive_int(item.get("Quantity"), upper=MAX_QUANTITY)
         if qty is None:
             raise MappingError("INVALID_QUANTITY",
-                               f"{name}: Quantity {item.get('Quantity')!r} is not a positive "
-                               "whole number")
+                               f"{name}: Quantity {item.get('Quantity')!r} is not a whole "
+                               f"number from 1 to {MAX_QUANTITY}")
         if item_class == ADDON:
             if whmcs_id is None:
                 raise MappingError("MISSING_PRODUCT_MAPPING",

@@ -41,7 +41,11 @@ def test_no_config_options_means_no_configoptions_param():
                                          ("  ", "MISSING_WHMCS_CLIENT"),
                                          ("abc", "INVALID_WHMCS_CLIENT"),
                                          ("-4", "INVALID_WHMCS_CLIENT"),
-                                         (12.5, "INVALID_WHMCS_CLIENT")])
+                                         (12.5, "INVALID_WHMCS_CLIENT"),
+                                         # past any WHMCS id (and the outcome's Avro long)
+                                         ("99999999999999999999", "INVALID_WHMCS_CLIENT"),
+                                         ("1e20", "INVALID_WHMCS_CLIENT"),
+                                         (2**31, "INVALID_WHMCS_CLIENT")])
 def test_bad_client(client, code):
     assert codes(order(client=client)) == code
 
@@ -65,12 +69,16 @@ def test_missing_account_relationship():
     (product(options='{"1": {"a": 1}}'), "INVALID_CONFIG_OPTIONS"),
     (product(options='{"one": "2"}'), "INVALID_CONFIG_OPTIONS"),
     (product(options='{"1": null}'), "INVALID_CONFIG_OPTIONS"),
+    # keys WHMCS would take as text, matching no option id
+    (product(options='{"05": "2"}'), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"5.0": "2"}'), "INVALID_CONFIG_OPTIONS"),
+    (product(pid=2**31), "MISSING_PRODUCT_MAPPING"),
 ])
 def test_bad_items(prod, code):
     assert codes(order(item(prod))) == code
 
 
-@pytest.mark.parametrize("qty", [0, -1, 1.5, None, "two"])
+@pytest.mark.parametrize("qty", [0, -1, 1.5, None, "two", 1001, 1e9])
 def test_bad_quantity(qty):
     assert codes(order(item(qty=qty))) == "INVALID_QUANTITY"
 
@@ -92,3 +100,19 @@ def test_error_message_names_the_item():
     with pytest.raises(MappingError) as info:
         map_order(order(item(product("LEGACY-PLAN", pid=None), item_id="802XYZ")), idem_key="k")
     assert "802XYZ" in info.value.message and "LEGACY-PLAN" in info.value.message
+
+
+def test_the_largest_whmcs_ids_and_quantity_still_map():
+    req = map_order(order(item(product(pid=2**31 - 1, options='{"2147483647": "x"}'),
+                               qty=1000), client=str(2**31 - 1)), idem_key="k")
+    assert req.params()["clientid"] == 2**31 - 1 and req.params()["qty"] == [1000]
+
+
+def test_items_past_one_answer_are_refused_not_provisioned_in_part():
+    """Salesforce pages a child subquery (``done: false`` and a ``nextRecordsUrl``): the
+    items it left out would be missing from the WHMCS order, which would still say
+    Provisioned."""
+    o = order(item(), item())
+    o["OrderItems"] = {**o["OrderItems"], "done": False, "totalSize": 250,
+                       "nextRecordsUrl": "/services/data/v61.0/query/01g-2000"}
+    assert codes(o) == "TOO_MANY_ITEMS"
