@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import fastavro
 import httpx
@@ -119,7 +119,9 @@ def _safe_url(url: str) -> tuple[str, tuple[str, str] | None]:
         return urlunsplit(parts), None
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc)), (parts.username, parts.password or "")
+    # percent-decoded, as a URL carries them (a '/' in a secret is written %2F)
+    return urlunsplit(parts._replace(netloc=netloc)), (unquote(parts.username),
+                                                       unquote(parts.password or ""))
 
 
 class SchemaRegistry:

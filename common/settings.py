@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 
@@ -90,7 +92,37 @@ def parse_positive_int(raw: str) -> int:
 
 
 def parse_float(raw: str) -> float:
-    return float(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+def parse_positive_float(raw: str) -> float:
+    """A duration that must pass (a timeout, a backoff): 0 would spin or never wait."""
+    value = parse_float(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return value
+
+
+def parse_non_negative_float(raw: str) -> float:
+    value = parse_float(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {raw!r}")
+    return value
+
+
+def parse_http_url(raw: str) -> str:
+    """An ``http(s)://host[...]`` URL: without its scheme, ``host/path`` parses as a path
+    (httpx: ``UnsupportedProtocol``; the registry: credentials read as a scheme)."""
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}"
+                         if "@" not in value else "expected an http:// or https:// URL with "
+                         "a host (value not shown: it holds credentials)")
+    return value
 
 
 def choice(*options: str) -> Callable[[str], str]:
@@ -218,7 +250,7 @@ class KafkaSettings(_Section):
                                          "(default 30 days; -1 keeps forever).")
     outcomes_retention_ms: int = env("KAFKA_OUTCOMES_RETENTION_MS", 365 * 24 * 3600 * 1000,
                                      parse=int, doc="Retention of outcomes and dead letters in ms.")
-    schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "",
+    schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "", parse=parse_http_url,
                                    doc="Optional Confluent-compatible schema registry; when set, "
                                        "values use the Confluent wire format (`make up` sets "
                                        "it to its registry emulator in sandbox mode).")
@@ -260,6 +292,12 @@ class KafkaSettings(_Section):
     def validate(self) -> None:
         if self.requests_retention_ms != -1 and self.requests_retention_ms < 3_600_000:
             raise ConfigError("KAFKA_REQUESTS_RETENTION_MS: must be -1 or at least one hour")
+        if self.outcomes_retention_ms != -1 and self.outcomes_retention_ms < 3_600_000:
+            raise ConfigError("KAFKA_OUTCOMES_RETENTION_MS: must be -1 or at least one hour "
+                              "(outcomes and dead letters the sink and operators still read)")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(f"KAFKA_MIN_INSYNC_REPLICAS: at most KAFKA_REPLICATION_FACTOR "
+                              f"({self.replication_factor}): no acks=all write could succeed")
         sasl = self.security_protocol.startswith("SASL_")
         if sasl and not self.sasl_username:
             raise ConfigError(f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL="
@@ -316,6 +354,7 @@ def _decode_base64_key(raw: str) -> str:
 @dataclass(frozen=True, kw_only=True)
 class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
+                         parse=parse_http_url,
                          doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
                              "sandbox).")
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
@@ -331,7 +370,7 @@ class SalesforceSettings(_Section):
     ca_bundle: str = env("SF_CA_BUNDLE", "",
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
                              "(the sandbox's certificate).")
-    timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_float,
+    timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_positive_float,
                            doc="Timeout of one Salesforce REST call, seconds.")
 
     def validate(self) -> None:
@@ -368,7 +407,7 @@ class ConnectorSettings(_Section):
                            doc="TLS to the Pub/Sub endpoint (false only for the sandbox).")
     num_requested: int = env("SF_PUBSUB_NUM_REQUESTED", 100, parse=parse_positive_int,
                              doc="Events kept requested (flow control), at most 100.")
-    keepalive_timeout_s: float = env("SF_PUBSUB_STALL_TIMEOUT_S", 300.0, parse=parse_float,
+    keepalive_timeout_s: float = env("SF_PUBSUB_STALL_TIMEOUT_S", 300.0, parse=parse_positive_float,
                                      doc="Watchdog: resubscribe when nothing (events or "
                                          "keepalive) arrived for this long.")
     keepalive_commit_interval_s: float = env("SF_PUBSUB_KEEPALIVE_COMMIT_S", 60.0,
@@ -395,14 +434,14 @@ class ConnectorSettings(_Section):
                                        doc="Kafka transaction.timeout.ms, in seconds (1–900): "
                                            "a transaction open longer (a paused process) is "
                                            "aborted by the broker.")
-    backoff_initial_s: float = env("SF_PUBSUB_BACKOFF_INITIAL_S", 0.5, parse=parse_float,
+    backoff_initial_s: float = env("SF_PUBSUB_BACKOFF_INITIAL_S", 0.5, parse=parse_positive_float,
                                    doc="First resubscribe delay after an error (doubles, "
                                        "jittered).")
-    backoff_max_s: float = env("SF_PUBSUB_BACKOFF_MAX_S", 30.0, parse=parse_float,
+    backoff_max_s: float = env("SF_PUBSUB_BACKOFF_MAX_S", 30.0, parse=parse_positive_float,
                                doc="Cap of the resubscribe backoff.")
-    limit_backoff_s: float = env("SF_PUBSUB_LIMIT_BACKOFF_S", 300.0, parse=parse_float,
+    limit_backoff_s: float = env("SF_PUBSUB_LIMIT_BACKOFF_S", 300.0, parse=parse_positive_float,
                                  doc="Wait after a delivery-limit or concurrent-client error.")
-    grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 60.0, parse=parse_float,
+    grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 60.0, parse=parse_positive_float,
                                   doc="gRPC HTTP/2 ping interval (finds half-open "
                                       "connections).")
     reconcile_interval_s: float = env("CONNECTOR_RECONCILE_INTERVAL_S", 600.0,
@@ -427,11 +466,14 @@ class ConnectorSettings(_Section):
         # (15 min by default) at init_transactions.
         if not 1.0 <= self.transaction_timeout_s <= 900.0:
             raise ConfigError("CONNECTOR_TRANSACTION_TIMEOUT_S: between 1 and 900 seconds")
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ConfigError(f"SF_PUBSUB_BACKOFF_INITIAL_S: at most SF_PUBSUB_BACKOFF_MAX_S "
+                              f"({self.backoff_max_s:g})")
 
 
 @dataclass(frozen=True, kw_only=True)
 class WhmcsSettings(_Section):
-    api_url: str = env("WHMCS_API_URL", doc="Full URL of WHMCS includes/api.php.")
+    api_url: str = env("WHMCS_API_URL", parse=parse_http_url, doc="Full URL of WHMCS includes/api.php.")
     identifier: Secret = env("WHMCS_API_IDENTIFIER", parse=str, secret=True,
                              doc="WHMCS API credential identifier.")
     secret: Secret = env("WHMCS_API_SECRET", parse=str, secret=True,
@@ -445,7 +487,7 @@ class WhmcsSettings(_Section):
     no_email: bool = env("WHMCS_NO_EMAIL", True, parse=parse_bool, doc="AddOrder noemail.")
     autosetup: bool = env("WHMCS_AUTOSETUP", True, parse=parse_bool,
                           doc="AcceptOrder autosetup (run the provisioning module).")
-    timeout_s: float = env("WHMCS_TIMEOUT_S", 15.0, parse=parse_float,
+    timeout_s: float = env("WHMCS_TIMEOUT_S", 15.0, parse=parse_positive_float,
                            doc="Timeout of one WHMCS call, seconds.")
 
 
@@ -481,9 +523,9 @@ class WorkerSettings(_Section):
                                  doc="On SIGTERM, how long events in flight may take to "
                                      "finish before the worker stops (the rest is "
                                      "redelivered).")
-    dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_float,
+    dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
                                  doc="How long an IdemKey is remembered (≥ requests retention).")
-    retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_float,
+    retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
                                   doc="Transient WHMCS/Salesforce errors are retried until "
                                       "this deadline, then the order is Failed.")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
@@ -506,10 +548,10 @@ class WorkerSettings(_Section):
     standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
                                 doc="Faust table standby replicas (0: a takeover restores "
                                     "from the changelog).")
-    session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_float,
+    session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_positive_float,
                                    doc="Consumer group session timeout: how soon a dead "
                                        "worker's partitions move to another.")
-    stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_float,
+    stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_non_negative_float,
                                  doc="When records wait on this worker's partitions and no "
                                      "batch ran for half this long, seek back to the "
                                      "committed offsets; after this long, exit (code 75, to "
@@ -579,12 +621,12 @@ class SinkSettings(_Section):
                          doc="Address the sink's /metrics and /healthz listen on "
                              "(0.0.0.0 in a container, so a published port "
                              "reaches them).")
-    retry_backoff_s: float = env("SINK_RETRY_BACKOFF_S", 0.5, parse=parse_float,
+    retry_backoff_s: float = env("SINK_RETRY_BACKOFF_S", 0.5, parse=parse_positive_float,
                                  doc="First backoff after a transient Salesforce error "
                                      "(doubles per attempt).")
-    retry_backoff_max_s: float = env("SINK_RETRY_BACKOFF_MAX_S", 60.0, parse=parse_float,
+    retry_backoff_max_s: float = env("SINK_RETRY_BACKOFF_MAX_S", 60.0, parse=parse_positive_float,
                                      doc="Cap of the transient-error backoff, seconds.")
-    limit_backoff_s: float = env("SINK_LIMIT_BACKOFF_S", 60.0, parse=parse_float,
+    limit_backoff_s: float = env("SINK_LIMIT_BACKOFF_S", 60.0, parse=parse_positive_float,
                                  doc="Pause after REQUEST_LIMIT_EXCEEDED before probing again "
                                      "(doubles while the limit persists, up to 16x).")
     max_attempts: int = env("SINK_MAX_ATTEMPTS", 10, parse=parse_positive_int,
@@ -615,6 +657,9 @@ class SinkSettings(_Section):
     def validate(self) -> None:
         if self.batch_size > 200:
             raise ConfigError("SINK_BATCH_SIZE: at most 200 (sObject Collections limit)")
+        if self.retry_backoff_s > self.retry_backoff_max_s:
+            raise ConfigError(f"SINK_RETRY_BACKOFF_S: at most SINK_RETRY_BACKOFF_MAX_S "
+                              f"({self.retry_backoff_max_s:g})")
         if not _FIELD_NAME.fullmatch(self.outcome_ms_field):
             raise ConfigError(f"SINK_OUTCOME_MS_FIELD: {self.outcome_ms_field!r} is not a "
                               "field API name (e.g. Activation_Outcome_Ms__c)")

@@ -56,6 +56,51 @@ def test_invalid_kafka_values_name_the_variable(env, name):
         KafkaSettings.load(env)
 
 
+WHMCS = {"WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "s"}
+
+
+@pytest.mark.parametrize("section,env,name", [
+    # without its scheme a URL parses as a path: every WHMCS call failed as 'maybe sent',
+    # every Order ended WHMCS_UNAVAILABLE; the registry retried forever as 'unavailable'
+    (WhmcsSettings, {**WHMCS, "WHMCS_API_URL": "whmcs.example.com/includes/api.php"},
+     "WHMCS_API_URL"),
+    (KafkaSettings, {"SCHEMA_REGISTRY_URL": "registry:8081"}, "SCHEMA_REGISTRY_URL"),
+    (KafkaSettings, {"SCHEMA_REGISTRY_URL": "KEY:S3CRET@psrc.example.cloud"},
+     "SCHEMA_REGISTRY_URL"),
+    (KafkaSettings, {"KAFKA_MIN_INSYNC_REPLICAS": "3"}, "KAFKA_MIN_INSYNC_REPLICAS"),
+    (KafkaSettings, {"KAFKA_OUTCOMES_RETENTION_MS": "0"}, "KAFKA_OUTCOMES_RETENTION_MS"),
+    # a zero backoff resubscribed at once against the limit just hit; an initial past the
+    # cap raised a traceback while the connector was built
+    (ConnectorSettings, {"SF_PUBSUB_LIMIT_BACKOFF_S": "0"}, "SF_PUBSUB_LIMIT_BACKOFF_S"),
+    (ConnectorSettings, {"SF_PUBSUB_BACKOFF_INITIAL_S": "60"}, "SF_PUBSUB_BACKOFF_INITIAL_S"),
+    (SinkSettings, {"SINK_RETRY_BACKOFF_S": "0"}, "SINK_RETRY_BACKOFF_S"),
+    (SinkSettings, {"SINK_LIMIT_BACKOFF_S": "nan"}, "SINK_LIMIT_BACKOFF_S"),
+    (WorkerSettings, {"WORKER_DEDUPE_TTL_DAYS": "0"}, "WORKER_DEDUPE_TTL_DAYS"),
+    (WorkerSettings, {"WORKER_STALL_TIMEOUT_S": "-1"}, "WORKER_STALL_TIMEOUT_S"),
+])
+def test_values_that_would_fail_later_are_refused_at_start(section, env, name):
+    with pytest.raises(ConfigError, match=f"^{name}:") as info:
+        section.load(env)
+    assert "S3CRET" not in str(info.value)
+
+
+def test_the_edges_that_stay_allowed():
+    assert WorkerSettings.load({"WORKER_STALL_TIMEOUT_S": "0"}).stall_timeout_s == 0  # off
+    assert KafkaSettings.load({"KAFKA_OUTCOMES_RETENTION_MS": "-1",
+                               "KAFKA_REPLICATION_FACTOR": "3",
+                               "KAFKA_MIN_INSYNC_REPLICAS": "2"}).min_insync_replicas == 2
+    url = "https://KEY:S3CRET@psrc.example.cloud"
+    assert KafkaSettings.load({"SCHEMA_REGISTRY_URL": url}).schema_registry_url == url
+    assert WhmcsSettings.load({**WHMCS, "WHMCS_API_URL": "http://10.0.0.5/includes/api.php"})
+
+
+def test_registry_credentials_in_the_url_are_percent_decoded():
+    from common.avro import _safe_url
+
+    url, auth = _safe_url("https://KEY:a%2Fb%40c@psrc.example.cloud/")
+    assert url == "https://psrc.example.cloud" and auth == ("KEY", "a/b@c")
+
+
 def test_retention_forever_is_allowed():
     assert KafkaSettings.load({"KAFKA_REQUESTS_RETENTION_MS": "-1"}).requests_retention_ms == -1
 
