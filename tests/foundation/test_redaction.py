@@ -78,6 +78,7 @@ def test_the_quick_path_masks_exactly_what_every_pattern_would():
     from common.log import _redact_all
     rng = random.Random(20261130)
     pieces = ["secret", "Secret", "token", "Bearer ", "bearer\t", "accesstoken", "access_token",
+              "Authorization: Basic ", "basic ", "WHMCS_API_", "SASL_",
               "AccessToken", "password", "00D5g000004XYZA", "!", "AQ0AQH8mFakeValue", ".", "=",
               "00D5g000004XYZA!AQ0AQH8mFakeValue",
               ":", " ", "'", '"', "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----",
@@ -90,6 +91,24 @@ def test_the_quick_path_masks_exactly_what_every_pattern_would():
         assert redact(text) == _redact_all(text), text
         masked += redact(text) != text
     assert masked > 500  # the corpus does exercise the patterns
+
+
+def test_settings_names_and_basic_auth_are_masked():
+    """Credentials under their environment names (a settings dump, an env echoed in an
+    error), and HTTP Basic auth (a schema registry's key and secret)."""
+    text = (f"WHMCS_API_SECRET={WHMCS_SECRET} KAFKA_SASL_PASSWORD='{PASSWORD}' "
+            f"SCHEMA_REGISTRY_PASSWORD: {ACCESS_KEY} WHMCS_API_IDENTIFIER={WHMCS_IDENTIFIER} "
+            "Authorization: Basic S0VZOlMzQ1JFVC12YWx1ZQ==")
+    masked = redact(text)
+    for secret in (WHMCS_SECRET, PASSWORD, ACCESS_KEY, WHMCS_IDENTIFIER,
+                   "S0VZOlMzQ1JFVC12YWx1ZQ=="):
+        assert secret not in masked, masked
+    assert scrub({"SF_PRIVATE_KEY_BASE64": "LS0tLS1CRUdJTg==", "SF_PRIVATE_KEY_PATH": "/k.pem",
+                  "WHMCS_API_SECRET": WHMCS_SECRET}) == {
+        "SF_PRIVATE_KEY_BASE64": "[REDACTED]", "SF_PRIVATE_KEY_PATH": "/k.pem",
+        "WHMCS_API_SECRET": "[REDACTED]"}
+    assert redact("SF_PRIVATE_KEY_PATH=/etc/sfprov/key.pem") == \
+        "SF_PRIVATE_KEY_PATH=/etc/sfprov/key.pem"
 
 
 def test_redact_keeps_what_is_not_a_secret():
