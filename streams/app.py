@@ -295,6 +295,7 @@ class Worker:
     async def _commit(self) -> None:
         try:
             await self.checkpoint.commit()
+            self.lanes.committed()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the next commit tries again

@@ -208,6 +208,18 @@ class Lanes:
         if len(self._events) < self.max_in_flight:
             self._room.set()
 
+    def committed(self) -> None:
+        """After a commit: resume each paused partition whose span shrank to half the window.
+        An event's leave cannot always see it shrink — the span runs from the commit point,
+        so when the hung event the partition waited on leaves last, the span is still wide
+        until the next commit, and no event of a paused partition leaves after that."""
+        for partition in [p for p in self._paused
+                          if self.checkpoint.span(p) <= self.partition_window // 2]:
+            self._paused.discard(partition)
+            log.info("partition %d resumed: its commit point moved past the events that "
+                     "finished while it was paused", partition)
+            self._resume({partition})
+
     # -- rebalances and stopping -----------------------------------------------------------
 
     def revoke(self) -> int:

@@ -182,3 +182,49 @@ def test_an_event_of_a_revoked_generation_admitted_after_the_revoke_is_released_
     assert released[:3] == ["m0", "m1", "m2"] and in_flight == 0
     assert ran == ["m0", "m5"]  # m0 was running at the revoke; m1 and m2 never ran
     assert "m5" in released and checkpoint.unfinished() == 0
+
+
+def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
+    """Past the window behind one hung event, the partition pauses. The hung event finishes
+    while later ones still run, and they finish after it: at every leave the span, counted
+    from the commit point, is still wide. The next commit narrows it; the partition must
+    resume then (it stayed paused until a rebalance, its Orders unread)."""
+    commits: list[dict[int, int]] = []
+
+    def read(wanted):
+        base = {p: commits[-1].get(p, 0) if commits else 0 for p in wanted}
+        return {p: (base[p], list(range(base[p], end))) for p, end in wanted.items()}
+
+    async def commit(offsets):
+        commits.append(dict(offsets))
+        return True
+
+    async def go():
+        checkpoint = Checkpoint(read, commit=commit, seek=lambda _p, _o: None)
+        paused, resumed = [], []
+        lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
+                      pause=paused.append, resume=resumed.append)
+        first, later = asyncio.Event(), asyncio.Event()
+
+        def waiting(gate: asyncio.Event):
+            async def work() -> bool:
+                await gate.wait()
+                return True
+            return work
+        await lanes.admit(oid(0), Admitted(3, 0, None, waiting(first)))
+        for offset in range(1, 26):
+            await lanes.admit(oid(offset), Admitted(3, offset, None, waiting(later)))
+        assert paused == [{3}]
+        first.set()
+        while lanes.in_flight > 25:
+            await asyncio.sleep(0.01)
+        later.set()
+        while lanes.in_flight:
+            await asyncio.sleep(0.01)
+        assert resumed == []  # every leave saw the span from the last commit: still wide
+        await checkpoint.commit()
+        lanes.committed()
+        return commits, resumed
+    commits, resumed = asyncio.run(go())
+    assert commits[-1] == {3: 26}
+    assert resumed == [{3}]
