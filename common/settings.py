@@ -524,7 +524,9 @@ class WorkerSettings(_Section):
                                      "finish before the worker stops (the rest is "
                                      "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
-                                 doc="How long an IdemKey is remembered (≥ requests retention).")
+                                 doc="How long an IdemKey (and a finished intent) is remembered "
+                                     "(≥ requests retention); an intent whose failed "
+                                     "AddOrder may have landed is kept.")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
                                   doc="Transient WHMCS/Salesforce errors are retried until "
                                       "this deadline, then the order is Failed.")

@@ -203,7 +203,10 @@ class Sweeper:
                 report.pending += 1
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-            elif now - intent.at > self.ttl_ms:
+            elif now - intent.at > self.ttl_ms and not intent.may_exist:
+                # a failed attempt whose AddOrder may have landed is kept: nothing else
+                # remembers it (a Failed outcome writes no WHMCS id back), and the Order's
+                # next attempt must look before it creates
                 stale.append(oid)
         idem_keys = await _keys(state.idem, slicer)
         for oid in idem_keys:
@@ -248,7 +251,7 @@ class Sweeper:
         for oid in stale:  # synchronous: nothing interleaves between the check and the delete
             intent = self.state.intent(oid)
             if intent is not None and not intent.is_pending and not self.lanes.busy(oid) \
-                    and now - intent.at > self.ttl_ms:
+                    and now - intent.at > self.ttl_ms and not intent.may_exist:
                 self.state.delete_intent(oid)
                 report.expired_intents += 1
         for oid in dirty:

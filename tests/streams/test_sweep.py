@@ -76,6 +76,21 @@ def test_sweep_recovers_expires_and_leaves_young_intents(whmcs):
     assert len(emitter.sent) == 2
 
 
+def test_an_old_failed_intent_that_may_have_created_an_order_is_never_expired():
+    """A Failed attempt whose AddOrder may have landed (WHMCS down past the deadline): no
+    WHMCS id was written back to Salesforce, so the intent is all that remembers it. Expired
+    after the dedupe TTL, the Order re-approved later would call AddOrder without a lookup."""
+    now = 100 * DAY_MS
+    maybe, surely_not = "801S00000000011AAA", "801S00000000012AAA"
+    failed = {"state": "failed", "at": now - 40 * DAY_MS, "outcome": {"status": "Failed"}}
+    state = new_state()
+    state.intents = {maybe: {**failed, "may_exist": True},
+                     surely_not: {**failed, "may_exist": False}}
+    report = asyncio.run(sweeper_over(state, lambda: now).run_once())
+    assert report.expired_intents == 1
+    assert maybe in state.intents and surely_not not in state.intents
+
+
 class BusyLanes:
     """Stands for the Orders' lanes: ``busy`` Orders have events in flight."""
 
