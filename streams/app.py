@@ -337,21 +337,33 @@ class Worker:
     # -- the sweep -------------------------------------------------------------------------
 
     def owns(self, order_id: str) -> bool:
-        """True when this worker actively owns the Order's partition (not standby)."""
+        """True when this worker actively owns the Order's partition (not standby) and its
+        tables are settled: not while a rebalance or a restore is under way — a table being
+        restored does not hold yet what its changelog does (an intent read ``pending`` that
+        its own changelog settles a few records later)."""
+        if self._rebalancing():
+            return False
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
         return partition in self.consumer.assigned_partitions()
 
     def _sweep_fence(self, order_id: str) -> Fence:
+        """The sweep's fence for one Order's job: the lease in the generation the job began
+        in (made when the job starts), so a partition lost and regained meanwhile — another
+        owner may have acted on the Order — fences it, as an event's lease check would."""
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
+        began = self.lease.generation
 
         async def fence(action: str, *, queued: bool = False) -> float | None:
-            check = self.lease.current(partition)
+            check = (self.lease.check(partition, began) if began is not None
+                     else self.lease.current(partition))
             if not check.ok:
                 raise Fenced(check, stage=action)
             return check.valid_until
         return fence
 
     async def _sweep(self) -> None:
+        if self._rebalancing():
+            return  # the tables are being restored: the next tick looks
         try:
             await self.sweeper.run_once()
         except asyncio.CancelledError:

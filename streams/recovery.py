@@ -270,11 +270,11 @@ class Sweeper:
         if len(kept) != len(memory):
             self.state.set_memory(oid, kept)
 
-    async def _owned(self, oid: str, action: str) -> bool:
+    async def _owned(self, oid: str, action: str, fence: Fence | None = None) -> bool:
         """The Order's partition is still ours right before an outcome is sent (the sweep's
-        fence); otherwise its new owner sends it."""
+        fence, the job's own when given); otherwise its new owner sends it."""
         try:
-            await self.fence_for(oid)(action)
+            await (fence or self.fence_for(oid))(action)
         except Fenced as fenced:
             _left_to_owner(oid, fenced)
             return False
@@ -296,16 +296,19 @@ class Sweeper:
     async def _recover_pending(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: a pending intent no event came back for."""
         now = self._clock()
+        if not self.owns(oid):  # lost, or its tables restoring, since the scan
+            return
         intent = self.state.intent(oid)  # re-read: an event may have settled it
         if intent is None or not intent.is_pending or now - intent.at < self.recovery_after_ms:
             return
         if self.state.settle_from_entry(oid, now):
             return  # decided before a crash cut the two writes short; its entry re-sends it
-        outcome = await self._recover(oid, intent)
+        fence = self.fence_for(oid)  # the job's: the generation it began in
+        outcome = await self._recover(oid, intent, fence)
         if outcome is None:
             return
         await self.durable()
-        if not await self._owned(oid, "send"):
+        if not await self._owned(oid, "send", fence):
             return
         await self.emitter.send_outcome(outcome)
         self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
@@ -314,12 +317,11 @@ class Sweeper:
         else:
             report.interrupted += 1
 
-    async def _recover(self, oid: str, intent: Intent) -> dict[str, Any] | None:
+    async def _recover(self, oid: str, intent: Intent, fence: Fence) -> dict[str, Any] | None:
         event = Event(order_id=oid, idem_key=intent.idem_key, event_uuid=intent.event_uuid,
                       correlation_id=intent.correlation_id, requested_at=intent.requested_at)
         request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
                                     items=(), notes="")
-        fence = self.fence_for(oid)
         policy = self.provisioner.policy
         try:
             found = await self.provisioner.lookup(
@@ -352,6 +354,11 @@ class Sweeper:
                 invoice_id=found.invoice_id, error_code=found.error_code,
                 error_message=found.error_message, attempts=attempts, recovered=True,
                 completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
+        try:  # the lookup took time: is the Order still ours before its tables are written?
+            await fence("record")
+        except Fenced as fenced:
+            _left_to_owner(oid, fenced)
+            return None
         self.state.settle(oid, outcome, self._clock())
         self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())
         log.info("sweep recovered a pending intent", extra={

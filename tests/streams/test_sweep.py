@@ -330,3 +330,76 @@ def test_a_rescan_asked_for_during_a_full_scan_is_not_lost():
 
     asyncio.run(go())
     assert sweeper.full_scans == 2  # the second sweep scanned the new assignment in full
+
+
+class LookupOnly:
+    """A provisioner whose WHMCS has no order for anything; counts the lookups."""
+
+    def __init__(self):
+        from streams.provision import ProvisionPolicy
+        self.policy = ProvisionPolicy()
+        self.lookups = []
+
+    async def lookup(self, request, *, fence, settle_at_ms=None):
+        self.lookups.append(request.order_id)
+        return None
+
+
+class LanesThen:
+    """Runs each job after ``before()`` (what happened while the job waited for its lane)."""
+
+    def __init__(self, before):
+        self.before = before
+
+    def busy(self, _order_id):
+        return False
+
+    async def exclusive(self, _order_id, job):
+        self.before()
+        await job()
+
+
+def _pending_state(now):
+    state = new_state()
+    oid = "801S00000000021AAA"
+    state.intents = {oid: intent(oid, 1012, now - 700_000)}
+    return state, oid
+
+
+def test_the_sweep_leaves_an_order_whose_tables_began_restoring_after_its_scan():
+    """Scanned while owned; by the time its lane ran the job, a rebalance began (its tables
+    restoring: the intent may read pending while its changelog settles it): nothing done."""
+    now = 10 * DAY_MS
+    state, oid = _pending_state(now)
+    owning = [True]
+    provisioner, emitter = LookupOnly(), Emitter()
+    sweeper = Sweeper(state, provisioner, emitter, recovery_after_s=600,  # type: ignore[arg-type]
+                      dedupe_ttl_days=35, owns=lambda _oid: owning[0], clock_ms=lambda: now,
+                      lanes=LanesThen(lambda: owning.__setitem__(0, False)))
+    report = asyncio.run(sweeper.run_once())
+    assert provisioner.lookups == [] and emitter.sent == []
+    assert state.intents[oid]["state"] == "pending" and report.interrupted == 0
+
+
+def test_the_sweep_writes_no_table_once_the_order_is_no_longer_its_own():
+    """The lookup took time; the partition went to another worker meanwhile: the sweep must
+    not settle the intent nor record an outcome in tables another worker now writes."""
+    from streams.lease import Fenced, LeaseCheck
+
+    now = 10 * DAY_MS
+    state, oid = _pending_state(now)
+
+    def fence_for(_oid):
+        async def fence(action, *, queued=False):
+            if action == "record":
+                raise Fenced(LeaseCheck(False, "partition changed hands (test)"), stage=action)
+            return None
+        return fence
+    provisioner, emitter = LookupOnly(), Emitter()
+    sweeper = Sweeper(state, provisioner, emitter, recovery_after_s=600,  # type: ignore[arg-type]
+                      dedupe_ttl_days=35, owns=lambda _oid: True, clock_ms=lambda: now,
+                      fence_for=fence_for)
+    asyncio.run(sweeper.run_once())
+    assert provisioner.lookups == [oid]
+    assert state.intents[oid]["state"] == "pending" and oid not in state.idem
+    assert emitter.sent == []
