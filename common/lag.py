@@ -22,15 +22,20 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from common.connection import Connectable, kafka_config
+from common.errors import KafkaError as PipelineKafkaError
 
 EXACT_LAG_LIMIT = 1000
 
 
 def end_offsets(c: Any, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
-    """partition → (low, high) watermarks; SystemExit when the topic does not exist."""
+    """partition → (low, high) watermarks; :class:`~common.errors.KafkaError` when the topic
+    does not exist or cannot be described (not SystemExit: a library call in a thread — the
+    connector's reconciler — ended that thread silently)."""
     md = c.list_topics(topic, timeout=timeout)
     if topic not in md.topics or md.topics[topic].error is not None:
-        raise SystemExit(f"error: topic {topic} does not exist")
+        error = md.topics[topic].error if topic in md.topics else None
+        raise PipelineKafkaError(f"topic {topic} does not exist" if error is None
+                                 else f"topic {topic}: {error.str()}")
     out = {}
     for p in md.topics[topic].partitions:
         low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)

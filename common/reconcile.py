@@ -107,9 +107,12 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
         created = value["CreatedDate"].timestamp()
         if created >= latest.get(key, (0.0, "", 0, 0))[0]:
             latest[key] = (created, idem_key_of(value), partition, offset)
+    # the worker's committed offsets first: it commits a request only once its outcome is
+    # acknowledged, so every request below them has its outcome in what is read next (read
+    # the other way round, one handled between the two reads looked undecided)
+    consumed = _requests_offsets(kafka, consumed_by) if consumed_by else None
     decided = {(key, value["idem_key"]) for key, value, _p, _o in read_topic(
         kafka, kafka.outcomes, "provisioning_outcome", set(latest), since)}
-    consumed = _requests_offsets(kafka, consumed_by) if consumed_by else None
     for oid, order in plan.candidates.items():
         if oid not in latest or latest[oid][0] + 1.0 < sf_time(order.get("LastModifiedDate")):
             plan.no_request.append(oid)

@@ -39,6 +39,7 @@ from common.settings import ConnectorSettings, KafkaSettings
 
 log = logging.getLogger("connectors.reconciler")
 GAP_SETTLE_S = 10.0
+GAP_SETTLE_MAX_S = 300.0  # traffic that never pauses for GAP_SETTLE_S: run the gap pass anyway
 
 REQUESTS = Counter("sfprov_connector_reconcile_requests_total",
                    "Stranded Orders re-requested by the connector's reconciliation, by "
@@ -120,19 +121,30 @@ class Reconciler:
                 return
             if self._ready is not None:
                 continue  # the loop has not written the last plan yet
-            if self._gap_at is not None and self._gap_settled():
-                gap_at, self._gap_at = self._gap_at, None
-                self._pass("gap", older_than_s=0.0, changed_before=gap_at)
-            elif self._clock() >= next_periodic:
-                next_periodic = self._clock() + interval
-                self._pass("periodic", older_than_s=self.settings.reconcile_older_than_s)
+            try:
+                if self._gap_at is not None and self._gap_settled():
+                    gap_at, self._gap_at = self._gap_at, None
+                    self._pass("gap", older_than_s=0.0, changed_before=gap_at)
+                elif self._clock() >= next_periodic:
+                    next_periodic = self._clock() + interval
+                    self._pass("periodic", older_than_s=self.settings.reconcile_older_than_s)
+            except Exception:  # noqa: BLE001 - a pass must never end the planning thread
+                PASSES.labels("gap" if self._gap_at else "periodic", "error").inc()
+                log.exception("reconciliation: a pass failed unexpectedly; the next one runs "
+                              "as planned")
 
     def _gap_settled(self) -> bool:
-        """True once no event was written for GAP_SETTLE_S (the replay after the gap ended)."""
+        """True once no event was written for GAP_SETTLE_S (the replay after the gap ended),
+        or after GAP_SETTLE_MAX_S of steady traffic (new approvals after the replay would
+        otherwise hold the gap pass, and every periodic pass behind it, for as long as they
+        last)."""
         count, since = self._written(), self._clock()
+        started = since
         while self._clock() - since < GAP_SETTLE_S:
             if self._stop.wait(1.0):
                 return False
+            if self._clock() - started >= GAP_SETTLE_MAX_S:
+                return True
             if self._written() != count:
                 count, since = self._written(), self._clock()
         return True
@@ -151,6 +163,10 @@ class Reconciler:
         LAST_PASS.labels(trigger).set(time.time())
         STRANDED.labels(trigger).set(len(plan.stranded))
         chosen = self._limit(plan)
+        if trigger == "gap" and len(chosen) < len(plan.stranded):
+            # the rest of the gap's Orders in the next gap pass (re-requested ones are no
+            # longer stranded): a gap never waits for a periodic pass, which may be off
+            self._gap_at = self._gap_at or kwargs.get("changed_before")
         log.info("reconciliation pass (%s): %d Activating, %d candidates, %d without a "
                  "request, %d without an outcome; re-requesting %d", trigger, plan.activating,
                  len(plan.candidates), len(plan.no_request), len(plan.undecided), len(chosen),

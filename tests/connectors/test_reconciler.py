@@ -73,3 +73,56 @@ def test_the_gap_pass_waits_until_no_event_was_written_for_a_while(monkeypatch):
     r._written = lambda: written[0]
     assert r._gap_settled()
     assert clock[0] >= 5 + rec.GAP_SETTLE_S
+
+
+def test_steady_traffic_after_a_gap_holds_its_pass_only_so_long(monkeypatch):
+    """Approvals at one a second never leave GAP_SETTLE_S quiet: the gap pass (and every
+    periodic pass behind it) waited for as long as they came."""
+    clock, written = [0.0], [0]
+    r = make(monkeypatch, Plan())
+    r._clock = lambda: clock[0]
+
+    def wait(_timeout):
+        clock[0] += 1.0
+        written[0] += 1
+        assert clock[0] < 3600, "the gap pass is still waiting after an hour of traffic"
+        return False
+    monkeypatch.setattr(r._stop, "wait", wait)
+    r._written = lambda: written[0]
+    assert r._gap_settled()
+    assert clock[0] == rec.GAP_SETTLE_MAX_S
+
+
+def test_a_gap_larger_than_one_pass_is_worked_through_by_gap_passes(monkeypatch):
+    """CONNECTOR_RECONCILE_INTERVAL_S=0 ('only after gaps'): the Orders a gap pass left over
+    for the next pass were never re-requested — there was no next pass."""
+    orders = [f"80100000000000{i}AAA" for i in range(1, 6)]
+    plan = Plan(no_request=list(orders), candidates={
+        oid: {"LastModifiedDate": f"2026-01-0{i}T00:00:00.000+0000"}
+        for i, oid in enumerate(orders, start=1)})
+    r = make(monkeypatch, plan)
+    r._pass("gap", older_than_s=0.0, changed_before=123.0)
+    assert r.write_due(lambda _records: None) == 2
+    assert r._gap_at == 123.0  # another gap pass is due
+    plan.no_request[:] = orders[4:]  # what the next pass finds stranded
+    r._gap_at = None
+    r._pass("gap", older_than_s=0.0, changed_before=123.0)
+    assert r.write_due(lambda _records: None) == 1 and r._gap_at is None
+
+
+def test_a_pass_failing_unexpectedly_does_not_end_the_planning_thread(monkeypatch):
+    """A missing topic ended the thread with SystemExit (not an Exception): no later pass,
+    no log line, no metric."""
+    from common.lag import end_offsets
+
+    class NoTopic:
+        def list_topics(self, topic, timeout):
+            class Meta:
+                topics: dict = {}
+            return Meta()
+    try:
+        end_offsets(NoTopic(), "t.provisioning.outcomes")
+    except Exception as exc:  # noqa: BLE001 - what a pass's handler catches
+        assert "does not exist" in str(exc)
+    else:
+        raise AssertionError("a missing topic must raise")
