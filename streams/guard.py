@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from common.backoff import Backoff
-from common.errors import PipelineError
+from common.errors import PipelineError, SalesforceError
 from common.ids import is_salesforce_id
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,62 @@ class Guard:
 
     async def fetch(self, order_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Order records by their 15-char id prefix → look up with :meth:`find`."""
+        return (await self.fetch_each(order_ids))[0]
+
+    async def fetch_each(self, order_ids: Iterable[str]
+                         ) -> tuple[dict[str, dict[str, Any]], dict[str, PipelineError]]:
+        """:meth:`fetch`, and the ids Salesforce refuses to be queried with (an 18-char id
+        whose case checksum is wrong is refused, and takes its whole query with it): when a
+        query is refused, its halves are asked, down to the ids refused on their own while
+        others were answered. Refused whole — every id alone too — it is the query, not an
+        id (the org's fields): waited out as before."""
         ids = sorted({i for i in order_ids if is_salesforce_id(i)})
         out: dict[str, dict[str, Any]] = {}
+        refused: dict[str, PipelineError] = {}
         for start in range(0, len(ids), MAX_IDS_PER_QUERY):
             chunk = ids[start:start + MAX_IDS_PER_QUERY]
-            for record in await self._query(guard_soql(chunk)):
+            try:
+                records = await self._split(chunk, refused)
+            except _Refusal:
+                records = await self._query(guard_soql(chunk))
+            for record in records:
                 out[_key18(str(record["Id"]))] = record
-        return out
+        return out, refused
+
+    async def _split(self, chunk: list[str], refused: dict[str, PipelineError]
+                     ) -> list[dict[str, Any]]:
+        """Records of ``chunk``; its ids refused alone go to ``refused``. Raises
+        :class:`_Refusal` only when every id of ``chunk`` is refused."""
+        try:
+            return await self._query(guard_soql(chunk), refusal_raises=True)
+        except _Refusal:
+            if len(chunk) == 1:
+                raise
+        middle = len(chunk) // 2
+        records: list[dict[str, Any]] = []
+        failed: list[tuple[list[str], _Refusal]] = []
+        for half in (chunk[:middle], chunk[middle:]):
+            try:
+                records += await self._split(half, refused)
+            except _Refusal as refusal:
+                failed.append((half, refusal))
+        if len(failed) == 2:
+            raise failed[0][1]
+        for half, why in failed:  # refused id by id while its sibling was answered
+            for order_id in half:
+                refused[order_id] = why.error
+                log.error("guard query refused for Order %s alone: %s", order_id, why.error,
+                          extra={"order_id": order_id})
+        return records
 
     @staticmethod
     def find(orders: dict[str, dict[str, Any]], order_id: str) -> dict[str, Any] | None:
         """15- and 18-char ids of the same record match (Salesforce returns 18)."""
         return orders.get(_key18(order_id))
 
-    async def _query(self, soql: str) -> list[dict[str, Any]]:
+    async def _query(self, soql: str, *, refusal_raises: bool = False) -> list[dict[str, Any]]:
+        """The query's records, retried while Salesforce is away; a refusal (not retryable)
+        raises :class:`_Refusal` with ``refusal_raises``, else is waited out too."""
         backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while True:
             started = time.monotonic()
@@ -100,6 +142,8 @@ class Guard:
                 wait = backoff.next_delay()
                 if exc.retry_after:  # what Salesforce asked for, within the cap
                     wait = min(max(wait, exc.retry_after), self.backoff_max_s)
+                if not exc.retryable and refusal_raises:
+                    raise _Refusal(exc) from exc
                 if not exc.retryable:
                     wait = self.backoff_max_s
                     log.error("guard query refused; retrying (check the org's fields)",
@@ -107,6 +151,14 @@ class Guard:
                 else:
                     log.warning("guard query failed; retrying", extra={"cause": self.last_error})
                 await self._sleep(wait)
+
+
+class _Refusal(Exception):
+    """Salesforce refused a guard query (not retryable): ``error``."""
+
+    def __init__(self, error: PipelineError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _reading: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
@@ -170,7 +222,7 @@ class GuardReads:
                 self.reads += 1
                 self._on_read(len(waiting))
                 _reading.set(tuple(waiting))
-                orders = await self.guard.fetch(list(waiting))
+                orders, refused = await self.guard.fetch_each(list(waiting))
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
             for futures in waiting.values():
                 for future in futures:
@@ -179,6 +231,13 @@ class GuardReads:
             return
         for order_id, futures in waiting.items():
             found = Guard.find(orders, order_id)
+            error = refused.get(order_id)
             for future in futures:
-                if not future.done():
+                if future.done():
+                    continue
+                if error is not None:  # the event's own: retried, then a dead letter
+                    future.set_exception(SalesforceError(
+                        f"Salesforce refuses to be queried for Order {order_id}: {error}",
+                        error_code=getattr(error, "error_code", None), retryable=False))
+                else:
                     future.set_result(found)

@@ -78,10 +78,10 @@ class _CountingGuard:
     def __init__(self) -> None:
         self.reads: list[list[str]] = []
 
-    async def fetch(self, order_ids):
+    async def fetch_each(self, order_ids):
         ids = list(order_ids)
         self.reads.append(ids)
-        return {_key18(i): {"Id": i} for i in ids}
+        return {_key18(i): {"Id": i} for i in ids}, {}
 
 
 def _oid(n: int) -> str:
@@ -143,3 +143,56 @@ def test_query_answers_are_plain_dicts(salesforce):
         items = row["OrderItems"]
         assert items is None or type(items) is dict and all(
             type(item) is dict for item in items["records"])
+
+
+class RefusesOne:
+    """Salesforce refusing any query that names ``bad`` (an 18-char id with a wrong case
+    checksum: 'invalid ID field'), answering the others."""
+
+    def __init__(self, bad, everything=False):
+        self.bad, self.everything = bad, everything
+        self.soql = []
+
+    def query(self, soql):
+        self.soql.append(soql)
+        assert len(self.soql) < 100, "the same refused query, again and again"
+        if self.everything or f"'{self.bad}'" in soql:
+            raise SalesforceError(f"Salesforce 400 INVALID_QUERY_FILTER_OPERATOR: invalid ID "
+                                  f"field: {self.bad}", status=400,
+                                  error_code="INVALID_QUERY_FILTER_OPERATOR", retryable=False)
+        ids = [part.split("'")[1] for part in soql.split("IN (")[1].split(",")]
+        return [{"Id": i, "Activation_Status__c": "Activating"} for i in ids]
+
+
+def test_one_id_salesforce_refuses_fails_its_own_order_not_the_batch():
+    """One refused id took its whole query with it, retried every 30 s forever: up to 200
+    Orders held, their partitions' commits too. The batch is split down to that id."""
+    from streams.guard import GuardReads
+
+    good = [f"801{i:012d}AAA" for i in range(1, 40)]
+    bad = "801000000000777XYZ"
+    client = RefusesOne(bad)
+
+    async def go():
+        reads = GuardReads(Guard(client, sleep=_no_sleep), linger_s=0.01)
+        return await asyncio.gather(*(reads.get(i) for i in [*good, bad]),
+                                    return_exceptions=True)
+    results = asyncio.run(go())
+    assert all(r["Activation_Status__c"] == "Activating" for r in results[:-1])
+    assert isinstance(results[-1], SalesforceError) and bad in str(results[-1])
+    assert len(client.soql) <= 1 + 2 * 6  # bisected: log2(40) levels, two queries each
+
+
+def test_a_query_refused_for_every_id_is_waited_out_not_failed():
+    """Refused whatever ids it names: the org's fields, not an Order's — no Order is failed
+    for it; the guard waits (as before) until it is fixed."""
+    client = RefusesOne("none", everything=True)
+    sleeps = []
+
+    async def stop_after_two(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            client.everything = False  # the org fixed
+    guard = Guard(client, sleep=stop_after_two)
+    orders, refused = asyncio.run(guard.fetch_each([f"801{i:012d}AAA" for i in range(1, 5)]))
+    assert refused == {} and len(orders) == 4 and len(sleeps) == 2
