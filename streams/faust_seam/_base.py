@@ -12,11 +12,14 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+# mode-streaming too: the seam wraps its Service.wait_first and overrides its
+# ManagedUserDict.__setitem__/__delitem__ (faust-streaming itself asks only mode>=0.6)
+PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
 
 
 class UnsupportedVersion(RuntimeError):
-    """faust-streaming or aiokafka is not the version this module was verified against."""
+    """faust-streaming, aiokafka or mode-streaming is not the version this module was
+    verified against."""
 
 
 def check_versions() -> None:
