@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import faust
 
-from common.avro import AvroSerde, registry_for
+from common.avro import AvroSerde, SerdeError, registry_for
 from common.backoff import retry_forever
 from common.connection import KafkaConnection
 from common.deadletter import dead_letter_headers
@@ -79,9 +79,17 @@ class KafkaEmitter:
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
 
     async def send_outcome(self, outcome: dict[str, Any]) -> None:
+        try:
+            value: bytes | None = self.serde.encode(outcome)
+        except SerdeError as exc:
+            if not exc.retryable:  # the record itself: the handler retries, then dead-letters
+                raise
+            value = None  # the schema registry away: encoded again in the retries
+
         async def send() -> None:
             await self.writer.send_soon(
-                self.outcomes, None, outcome["order_id"].encode(), self.serde.encode(outcome),
+                self.outcomes, None, outcome["order_id"].encode(),
+                value if value is not None else self.serde.encode(outcome),
                 list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
         await retry_forever("sending an outcome", send,
                             on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
