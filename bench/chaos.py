@@ -259,7 +259,8 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         approving.join()
         log(f"  approved {len(approved)} Orders in {approving_s[0]:.0f}s; faults done at "
             f"{time.monotonic() - started:.0f}s; waiting for every Order to settle")
-        restarts += settle(p, approved, processes, started, run.settle_timeout)
+        more, settled = settle(p, approved, processes, started, run.settle_timeout)
+        restarts += more
         workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
         if run.sf_faults:
@@ -278,7 +279,9 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
             commit_gate_holds=count_lines(p, workers_logs, "commit gate: faust would commit"),
             kill_plan=[f for f in applied if f["action"] == "kill"],
             pauses=[f for f in applied if f["action"] == "pause"],
-            pause_count=sum(f["action"] == "pause" for f in applied),
+            pause_count=sum(f["action"] == "pause" and "skipped" not in f for f in applied),
+            pauses_skipped=sum(f["action"] == "pause" and "skipped" in f for f in applied),
+            settled=settled,
             cuts=[f for f in applied if f["action"] == "cut"],
             cut_count=sum(f["action"] == "cut" for f in applied),
             plan=[f.as_dict() for f in plan],
@@ -290,6 +293,8 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         report.update(changelog_ends(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
+                        and report["disagreeing"] == 0 and report["not_provisioned"] == 0
+                        and report["broken_not_failed"] == 0 and settled
                         and report["approved"] == run.orders and not errors)
         return report
 

@@ -51,7 +51,7 @@ def execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
             except (RuntimeError, ProcessLookupError) as exc:  # it had just died on its own
                 entry["skipped"] = str(exc)
             entry.update(seconds=round(fault.down_s, 1), timeout_s=timeout,
-                         past_timeout=fault.down_s > timeout)
+                         past_timeout=fault.down_s > timeout and "skipped" not in entry)
         applied.append(entry)
     while p.paused() or p.cut_off():
         restarts += revive(p, processes, started)
@@ -97,16 +97,33 @@ def _holder(p: Pipeline, role: str) -> int | None:
 
 
 def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started: float,
-            timeout: float) -> list[dict[str, Any]]:
+            timeout: float) -> tuple[list[dict[str, Any]], bool]:
+    """Wait until every approved Order is final in Salesforce, then until WHMCS has been
+    quiet for :data:`QUIET_S` (a process resumed at the last fault may still act: a queued
+    call, bytes a cut held). Returns the restarts made and whether it settled."""
     deadline = time.monotonic() + timeout
     restarts: list[dict[str, Any]] = []
+    settled = False
     while time.monotonic() < deadline:
         restarts += revive(p, processes, started)
         rows = p.wait_settled(approved, timeout=5, poll=1)
         if len(rows) == len(approved) and all(
                 r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values()):
+            settled = True
             break
-    return restarts
+    calls, quiet_since = p.whmcs.calls(), time.monotonic()
+    while settled and time.monotonic() - quiet_since < QUIET_S \
+            and time.monotonic() < deadline + QUIET_LIMIT_S:
+        time.sleep(1.0)
+        restarts += revive(p, processes, started)
+        now_calls = p.whmcs.calls()
+        if now_calls != calls:
+            calls, quiet_since = now_calls, time.monotonic()
+    return restarts, settled
+
+
+QUIET_S = 20.0  # past a WHMCS call's timeout plus a hang, and a worker's session timeout
+QUIET_LIMIT_S = 120.0
 
 
 def revive(p: Pipeline, processes: tuple[str, ...] = PIPELINE_PROCESSES,

@@ -403,12 +403,13 @@ class Pipeline:
     def outcomes(self) -> list[dict[str, Any]]:
         from ops.kafkaview import scan
 
-        return [r.value for r in scan(self.kafka, self.kafka.outcomes, "provisioning_outcome")]
+        return [r.value for r in scan(self.kafka, self.kafka.outcomes, "provisioning_outcome",
+                                      complete=True)]
 
     def records(self, topic: str, schema: str | None = None) -> list[Any]:
         from ops.kafkaview import scan
 
-        return list(scan(self.kafka, topic, schema))
+        return list(scan(self.kafka, topic, schema, complete=True))
 
     def invariants(self, approved: list[str]) -> dict[str, Any]:
         """The figures make chaos checks: no duplicate WHMCS order, nobody left behind."""
@@ -419,7 +420,29 @@ class Pipeline:
                    if rows.get(oid, {}).get("Activation_Status__c") not in FINAL_STATES]
         per_marker = counters.get("orders_by_marker") or {}
         duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
+        # Salesforce and WHMCS must agree Order by Order: Provisioned ⇔ the WHMCS order it
+        # names is Active; Failed ⇔ no Active WHMCS order carries its marker
+        disagreeing = []
+        for oid in approved:
+            row = rows.get(oid, {})
+            status, named = row.get("Activation_Status__c"), row.get("WHMCS_Order_Id__c")
+            if status not in FINAL_STATES or per_marker.get(oid, 0) == 0 and status == "Failed":
+                continue
+            whmcs = self.whmcs.orders_for(oid)
+            active = {int(o["id"]) for o in whmcs if o.get("status") == "Active"}
+            if status == "Provisioned" and (named is None or int(float(named)) not in active) \
+                    or status == "Failed" and active:
+                disagreeing.append({"order": oid, "salesforce": status, "names": named,
+                                    "whmcs": [(o["id"], o.get("status")) for o in whmcs]})
+        broken = set(approved) - set(provisionable)
         return {
+            "disagreeing": len(disagreeing),
+            "disagreeing_orders": disagreeing[:20],
+            # every provisionable Order provisioned, every seeded broken one Failed
+            "not_provisioned": sum(1 for oid in provisionable if rows.get(oid, {}).get(
+                "Activation_Status__c") != "Provisioned"),
+            "broken_not_failed": sum(1 for oid in broken if rows.get(oid, {}).get(
+                "Activation_Status__c") != "Failed"),
             "approved": len(approved),
             "provisionable": len(provisionable),
             "whmcs_orders": sum(per_marker.get(oid, 0) for oid in approved),

@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
 from common.deadletter import parse_headers
+from common.errors import KafkaError as PipelineKafkaError
 from common.lag import end_offsets  # noqa: F401 - re-exported for ops commands
 from common.settings import KafkaSettings
 
@@ -129,8 +130,11 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
          from_beginning: bool = True, last: int = 10, follow: bool = False,
          partitions: list[int] | None = None,
          match: Callable[[Record], bool] | None = None,
-         idle_timeout: float = 2.0) -> Iterator[Record]:
-    """Yield decoded records; without ``follow`` stop at the end offsets seen at the start."""
+         idle_timeout: float = 2.0, complete: bool = False) -> Iterator[Record]:
+    """Yield decoded records; without ``follow`` stop at the end offsets seen at the start.
+    A partition that stops giving records before its end (an open transaction holds it, a
+    node away) is given up on after ``idle_timeout`` + 10 s; ``complete``: raise then, instead
+    of ending quietly with what was read (a check must not judge a partial read)."""
     c = consumer(settings)
     try:
         bounds = end_offsets(c, topic)
@@ -163,7 +167,13 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
             for tp in c.position([TopicPartition(topic, p) for p in list(remaining)]):
                 if tp.offset >= remaining.get(tp.partition, 1 << 62):
                     remaining.pop(tp.partition, None)
-            if not remaining or time.monotonic() - progress > idle_timeout + 10:
+            if not remaining:
+                break
+            if time.monotonic() - progress > idle_timeout + 10:
+                if complete:
+                    raise PipelineKafkaError(
+                        f"{topic}: partitions {sorted(remaining)} stopped before their end "
+                        f"offsets {[remaining[p] for p in sorted(remaining)]}")
                 break
     finally:
         c.close()

@@ -282,3 +282,39 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
     assert [r.getMessage() for r in caplog.records] == [
         "repair off: would have looked at table intents partition 1: 2 record(s) of ours "
         "among another writer's (late writer's side)"]
+
+
+class _Whmcs:
+    def __init__(self, orders):
+        self.orders = orders  # Salesforce Order id → [(WHMCS id, status)]
+
+    def counters(self):
+        return {"orders_by_marker": {k: len(v) for k, v in self.orders.items() if v}}
+
+    def orders_for(self, oid):
+        return [{"id": i, "status": s} for i, s in self.orders.get(oid, [])]
+
+
+def test_invariants_hold_salesforce_and_whmcs_to_each_other_order_by_order():
+    """Counting duplicates and 'final in Salesforce' let through an Order Provisioned whose
+    WHMCS order stayed Pending (or does not exist), one Failed whose order went Active, a
+    provisionable Order that ended Failed, and a seeded broken one that ended Provisioned."""
+    rows = {"ok": ("Provisioned", 11), "pending": ("Provisioned", 12), "none": ("Provisioned", 13),
+            "failed_active": ("Failed", None), "failed_clean": ("Failed", None),
+            "broken_ok": ("Failed", None), "broken_bad": ("Provisioned", 17)}
+    whmcs = {"ok": [(11, "Active")], "pending": [(12, "Pending")], "none": [],
+             "failed_active": [(14, "Active")], "failed_clean": [(15, "Cancelled")],
+             "broken_ok": [], "broken_bad": [(17, "Active")]}
+    p = object.__new__(Pipeline)
+    p.whmcs = _Whmcs(whmcs)
+    p.kills = []
+    p.sf_orders = lambda ids: {oid: {"Activation_Status__c": rows[oid][0],
+                                     "WHMCS_Order_Id__c": rows[oid][1]} for oid in ids}
+    p.provisionable = lambda ids: [oid for oid in ids if not oid.startswith("broken")]
+    report = p.invariants(list(rows))
+    assert {d["order"] for d in report["disagreeing_orders"]} == {
+        "pending", "none", "failed_active"}
+    assert report["disagreeing"] == 3
+    assert report["not_provisioned"] == 2  # failed_active, failed_clean
+    assert report["broken_not_failed"] == 1
+    assert report["duplicates"] == 0 and report["missing"] == 0  # what it checked before
