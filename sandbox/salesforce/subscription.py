@@ -64,9 +64,8 @@ class Subscription:
             self.position = store.purged_upto
         elif request.replay_preset == pb.CUSTOM:
             value = decode_replay(request.replay_id)
-            # resuming after an event lost nothing when every later event is still kept:
-            # the last purged one included (a quiet channel's position, its keepalives' id)
-            valid = value is not None and store.purged_upto <= value <= store.last_replay
+            valid = value is not None and value <= store.last_replay and (
+                value > store.purged_upto or value == store.purged_upto == 0)
             if not valid or value is None:
                 raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, REPLAY_CORRUPTED,
                                    "The Replay ID validation failed: the replay id is corrupted "
