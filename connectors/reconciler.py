@@ -39,6 +39,7 @@ from common.settings import ConnectorSettings, KafkaSettings
 
 log = logging.getLogger("connectors.reconciler")
 GAP_SETTLE_S = 10.0
+MAX_REREQUESTS = 3  # re-requests of one Order by this process before it is left to an operator
 GAP_SETTLE_MAX_S = 300.0  # traffic that never pauses for GAP_SETTLE_S: run the gap pass anyway
 
 REQUESTS = Counter("sfprov_connector_reconcile_requests_total",
@@ -68,6 +69,7 @@ class Reconciler:
         self._serde = AvroSerde("provision_request", topic=kafka.requests,
                                 registry=registry_for(kafka))
         self._gap_at: float | None = None
+        self._requested: dict[str, int] = {}  # Order → re-requests written by this process
         self._ready: tuple[str, list[str]] | None = None  # (trigger, orders) to write
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -103,6 +105,8 @@ class Reconciler:
                                   requested_by=f"sfprov reconciler ({trigger})",
                                   now_ms=now_ms, serde=self._serde) for oid in orders]
         write(records)
+        for oid in orders:
+            self._requested[oid] = self._requested.get(oid, 0) + 1
         REQUESTS.labels(trigger).inc(len(records))
         for oid in orders:
             log.warning("stranded Order re-requested (%s pass)", trigger,
@@ -162,8 +166,12 @@ class Reconciler:
         PASSES.labels(trigger, "ok").inc()
         LAST_PASS.labels(trigger).set(time.time())
         STRANDED.labels(trigger).set(len(plan.stranded))
-        chosen = self._limit(plan)
-        if trigger == "gap" and len(chosen) < len(plan.stranded):
+        if trigger == "periodic":  # forget Orders no longer Activating (the dict's bound)
+            self._requested = {oid: n for oid, n in self._requested.items()
+                               if oid in plan.candidates}
+        eligible = self._eligible(plan)
+        chosen = self._limit(plan, eligible)
+        if trigger == "gap" and len(chosen) < len(eligible):
             # the rest of the gap's Orders in the next gap pass (re-requested ones are no
             # longer stranded): a gap never waits for a periodic pass, which may be off
             self._gap_at = self._gap_at or kwargs.get("changed_before")
@@ -175,8 +183,26 @@ class Reconciler:
             with self._lock:
                 self._ready = (trigger, chosen)
 
-    def _limit(self, plan: Plan) -> list[str]:
-        """The oldest stranded Orders, at most CONNECTOR_RECONCILE_MAX_PER_PASS."""
-        stranded = sorted(plan.stranded, key=lambda oid: sf_time(
-            plan.candidates[oid].get("LastModifiedDate")))
-        return stranded[:self.settings.reconcile_max_per_pass]
+    def _eligible(self, plan: Plan) -> list[str]:
+        """The stranded Orders this process has not re-requested :data:`MAX_REREQUESTS`
+        times: one whose every request ends as a dead letter (no outcome: stranded again)
+        would otherwise be re-requested by every pass, and, oldest first, crowd out the
+        Orders behind it."""
+        eligible = []
+        for oid in plan.stranded:
+            count = self._requested.get(oid, 0)
+            if count < MAX_REREQUESTS:
+                eligible.append(oid)
+            elif count == MAX_REREQUESTS:
+                self._requested[oid] = count + 1  # said once
+                log.error("Order re-requested %d times and still stranded: not re-requested "
+                          "again by this process (see `sfprov trace` and its dead letters)",
+                          MAX_REREQUESTS, extra={"order_id": oid, "status": "Activating"})
+        return eligible
+
+    def _limit(self, plan: Plan, eligible: list[str]) -> list[str]:
+        """At most CONNECTOR_RECONCILE_MAX_PER_PASS of ``eligible``: the least re-requested
+        first, then the oldest."""
+        ranked = sorted(eligible, key=lambda oid: (self._requested.get(oid, 0), sf_time(
+            plan.candidates[oid].get("LastModifiedDate"))))
+        return ranked[:self.settings.reconcile_max_per_pass]

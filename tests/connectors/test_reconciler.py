@@ -126,3 +126,25 @@ def test_a_pass_failing_unexpectedly_does_not_end_the_planning_thread(monkeypatc
         assert "does not exist" in str(exc)
     else:
         raise AssertionError("a missing topic must raise")
+
+
+def test_an_order_stranded_again_after_each_re_request_stops_crowding_the_others(monkeypatch):
+    """An Order whose every request ends as a dead letter (no outcome) is stranded again
+    after each re-request: re-requested by every pass, oldest first, it crowded out the
+    Orders behind it. The least re-requested go first, and after MAX_REREQUESTS it is left
+    to an operator."""
+    old, newer = "801000000000001AAA", "801000000000002AAA"
+    plan = Plan(undecided=[old, newer], candidates={
+        old: {"LastModifiedDate": "2026-01-01T00:00:00.000+0000"},
+        newer: {"LastModifiedDate": "2026-01-02T00:00:00.000+0000"}})
+    r = make(monkeypatch, plan, max_per_pass=1)
+    chosen = []
+    for _ in range(2 * rec.MAX_REREQUESTS + 1):
+        r._pass("periodic", older_than_s=0.0)
+        written: list = []
+        r.write_due(written.extend)
+        chosen.append([key.decode() for _topic, key, _v, _h in written])
+    assert chosen[:2] == [[old], [newer]]  # not the oldest twice in a row
+    assert sum(c == [old] for c in chosen) == rec.MAX_REREQUESTS
+    assert sum(c == [newer] for c in chosen) == rec.MAX_REREQUESTS
+    assert chosen[-1] == []  # both left to an operator
