@@ -423,17 +423,16 @@ class Pipeline:
         # Salesforce and WHMCS must agree Order by Order: Provisioned ⇔ the WHMCS order it
         # names is Active; Failed ⇔ no Active WHMCS order carries its marker
         disagreeing = []
+        active_by_marker = self.whmcs.active_orders_by_marker()
         for oid in approved:
             row = rows.get(oid, {})
             status, named = row.get("Activation_Status__c"), row.get("WHMCS_Order_Id__c")
-            if status not in FINAL_STATES or per_marker.get(oid, 0) == 0 and status == "Failed":
-                continue
-            whmcs = self.whmcs.orders_for(oid)
-            active = {int(o["id"]) for o in whmcs if o.get("status") == "Active"}
+            active = active_by_marker.get(oid, set())
             if status == "Provisioned" and (named is None or int(float(named)) not in active) \
                     or status == "Failed" and active:
                 disagreeing.append({"order": oid, "salesforce": status, "names": named,
-                                    "whmcs": [(o["id"], o.get("status")) for o in whmcs]})
+                                    "whmcs": [(o["id"], o.get("status"))
+                                              for o in self.whmcs.orders_for(oid)]})
         broken = set(approved) - set(provisionable)
         return {
             "disagreeing": len(disagreeing),

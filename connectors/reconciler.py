@@ -125,15 +125,16 @@ class Reconciler:
                 return
             if self._ready is not None:
                 continue  # the loop has not written the last plan yet
+            trigger = "periodic"
             try:
                 if self._gap_at is not None and self._gap_settled():
-                    gap_at, self._gap_at = self._gap_at, None
+                    trigger, gap_at, self._gap_at = "gap", self._gap_at, None
                     self._pass("gap", older_than_s=0.0, changed_before=gap_at)
                 elif self._clock() >= next_periodic:
                     next_periodic = self._clock() + interval
                     self._pass("periodic", older_than_s=self.settings.reconcile_older_than_s)
             except Exception:  # noqa: BLE001 - a pass must never end the planning thread
-                PASSES.labels("gap" if self._gap_at else "periodic", "error").inc()
+                PASSES.labels(trigger, "error").inc()
                 log.exception("reconciliation: a pass failed unexpectedly; the next one runs "
                               "as planned")
 

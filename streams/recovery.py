@@ -354,10 +354,7 @@ class Sweeper:
                 invoice_id=found.invoice_id, error_code=found.error_code,
                 error_message=found.error_message, attempts=attempts, recovered=True,
                 completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
-        try:  # the lookup took time: is the Order still ours before its tables are written?
-            await fence("record")
-        except Fenced as fenced:
-            _left_to_owner(oid, fenced)
+        if not await self._owned(oid, "record", fence):  # the lookup took time: still ours?
             return None
         self.state.settle(oid, outcome, self._clock())
         self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())

@@ -181,6 +181,21 @@ class WhmcsSandbox:
     def orders_for(self, sf_order_id: str) -> list[dict[str, Any]]:
         return self._admin("GET", "orders", params={"sf_order_id": sf_order_id})["orders"]
 
+    def active_orders_by_marker(self, page: int = 1000) -> dict[str, set[int]]:
+        """Salesforce Order id → the ids of its Active WHMCS orders, every one (a page of
+        ``page`` orders a call, not a call per Order)."""
+        out: dict[str, set[int]] = {}
+        start = 0
+        while True:
+            answer = self._admin("GET", "orders", params={"status": "Active", "start": start,
+                                                          "limit": page})
+            for order in answer["orders"]:
+                if order.get("sf_order_id"):
+                    out.setdefault(order["sf_order_id"], set()).add(int(order["id"]))
+            start += len(answer["orders"])
+            if not answer["orders"] or start >= answer["total"]:
+                return out
+
     def duplicates(self) -> dict[str, int]:
         return self.counters()["duplicates"]
 

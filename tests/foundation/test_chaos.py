@@ -294,6 +294,10 @@ class _Whmcs:
     def orders_for(self, oid):
         return [{"id": i, "status": s} for i, s in self.orders.get(oid, [])]
 
+    def active_orders_by_marker(self):
+        return {oid: {i for i, s in orders if s == "Active"}
+                for oid, orders in self.orders.items()}
+
 
 def test_invariants_hold_salesforce_and_whmcs_to_each_other_order_by_order():
     """Counting duplicates and 'final in Salesforce' let through an Order Provisioned whose
