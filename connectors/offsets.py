@@ -95,6 +95,32 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     paused node, a failover — is waited for instead of ending the connector's start-up (a
     chaos run saw it exit 1 after one 30 s attempt met a paused single broker). A refusal
     of the connector's principal raises :class:`KafkaAccessError` at once."""
+    last = _last_value(bootstrap, topic, codec.key, timeout_s=timeout_s, what="position")
+    if last is None:
+        return None
+    try:
+        return codec.decode_position(last)
+    except SerdeError as exc:
+        raise KafkaError(f"stored position in {topic} is unreadable: {exc}") from exc
+
+
+def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
+                  timeout_s: float = 60.0) -> dict | None:
+    """The last replay gap recorded for the codec's key (``schemas/replay_gap.avsc``), or
+    None; read and refused like :func:`load_position`. The connector reads it at start-up:
+    a gap recorded by an instance that stopped before its gap pass ran is passed again."""
+    last = _last_value(bootstrap, topic, codec.key, timeout_s=timeout_s, what="replay gaps")
+    if last is None:
+        return None
+    try:
+        return codec.decode_gap(last)
+    except SerdeError as exc:
+        raise KafkaError(f"the last replay gap in {topic} is unreadable: {exc}") from exc
+
+
+def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: float,
+                what: str) -> bytes | None:
+    """The last committed value for ``key`` in ``topic`` (every partition read to its end)."""
     consumer = Consumer(kafka_config(bootstrap, **{
         "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -103,12 +129,12 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     try:
         meta = retry_until(
             deadline, lambda wait: consumer.list_topics(topic, timeout=wait),
-            doing=f"reading the position from {topic}", failure=f"cannot read {topic}",
+            doing=f"reading the {what} from {topic}", failure=f"cannot read {topic}",
             refused=lambda err: refusal_message("the connector's principal", f"read {topic}",
                                                 err))
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
-            raise KafkaError(f"offsets topic {topic} does not exist "
+            raise KafkaError(f"topic {topic} ({what}) does not exist "
                              f"({tmeta.error if tmeta else 'missing'})")
         partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmeta.partitions]
         consumer.assign(partitions)
@@ -129,13 +155,8 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
                     raise KafkaAccessError(refusal_message(
                         "the connector's principal", f"read {topic}", err))
                 raise KafkaError(f"reading {topic}: {err}", retryable=err.retriable())
-            if msg.key() == codec.key and msg.value() is not None:
+            if msg.key() == key and msg.value() is not None:
                 last = msg.value()
-        if last is None:
-            return None
-        try:
-            return codec.decode_position(last)
-        except SerdeError as exc:
-            raise KafkaError(f"stored position in {topic} is unreadable: {exc}") from exc
+        return last
     finally:
         consumer.close()

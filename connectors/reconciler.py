@@ -10,6 +10,9 @@ Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov recon
   Salesforce's retention). Once the resubscription has delivered what Salesforce still had
   (no event written for :data:`GAP_SETTLE_S`), the Orders last changed before the gap was
   found that are ``Activating`` with no request in Kafka are re-requested, whatever their age.
+  A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
+  plans the pass again (its instance may have stopped before the pass ran: a pass finding
+  nothing stranded re-requests nothing).
 * **periodic** — every ``CONNECTOR_RECONCILE_INTERVAL_S`` (first pass one interval after the
   start), Orders ``Activating`` and unchanged for ``CONNECTOR_RECONCILE_OLDER_THAN_S`` with
   no request since their last change, or whose latest request has no outcome although the
@@ -41,6 +44,7 @@ log = logging.getLogger("connectors.reconciler")
 GAP_SETTLE_S = 10.0
 MAX_REREQUESTS = 3  # re-requests of one Order by this process before it is left to an operator
 GAP_SETTLE_MAX_S = 300.0  # traffic that never pauses for GAP_SETTLE_S: run the gap pass anyway
+GAP_REARM_S = 72 * 3600.0  # a gap recorded this recently is passed again at start-up
 
 REQUESTS = Counter("sfprov_connector_reconcile_requests_total",
                    "Stranded Orders re-requested by the connector's reconciliation, by "
@@ -84,9 +88,10 @@ class Reconciler:
         self._stop.set()
         self._wake.set()
 
-    def gap_recorded(self) -> None:
-        """The connector recorded a replay gap: plan a gap pass once replay settles."""
-        self._gap_at = self._clock()
+    def gap_recorded(self, at: float | None = None) -> None:
+        """The connector recorded a replay gap (at ``at``, unix time; now if None): plan a
+        gap pass once replay settles, for the Orders last changed before it."""
+        self._gap_at = self._clock() if at is None else at
         self._wake.set()
 
     # -- called by the connector's loop --------------------------------------------------

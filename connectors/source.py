@@ -93,9 +93,17 @@ from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
 from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
 from connectors.observability import end_spans, event_spans
-from connectors.offsets import EVENT, KEEPALIVE, OffsetCodec, Position, load_position
+from connectors.offsets import (
+    EVENT,
+    KEEPALIVE,
+    OffsetCodec,
+    Position,
+    load_last_gap,
+    load_position,
+)
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
 from connectors.pubsub.errors import REFUSED
+from connectors.reconciler import GAP_REARM_S
 from connectors.writer import Record, TransactionalWriter, transactional_id
 
 log = logging.getLogger("connectors")
@@ -212,6 +220,7 @@ class Connector:
                  f"resume after replay id {self.position.replay_id.hex()}" if self.position
                  else f"no stored position, replay preset {self.settings.replay}",
                  extra={"replay_id": self.position.replay_id.hex() if self.position else None})
+        self._rearm_gap()
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
                 break
@@ -459,6 +468,36 @@ class Connector:
         if self.reconciler is not None:
             self.reconciler.gap_recorded()  # its Orders are re-requested once replay settles
         return None
+
+    def _rearm_gap(self) -> None:
+        """Plan a gap pass for the last gap recorded within ``GAP_REARM_S``: the instance
+        that recorded it may have stopped before its pass ran (the pass waits for the replay
+        to settle), and the position it committed since lets this one resume without
+        meeting the gap again. A pass that finds nothing stranded re-requests nothing."""
+        if self.reconciler is None:
+            return
+        try:
+            gap = load_last_gap(KafkaConnection.from_settings(self.kafka),
+                                self.kafka.replay_gaps, self.codec, timeout_s=30.0)
+        except KafkaError as exc:
+            log.warning("cannot read %s (%s): a replay gap recorded before this start is not "
+                        "passed again; `sfprov reconcile` finds its Orders",
+                        self.kafka.replay_gaps, exc)
+            return
+        if gap is None:
+            return
+        detected = gap["detected_at"]
+        detected_s = detected.timestamp() if hasattr(detected, "timestamp") \
+            else int(detected) / 1000
+        age_s = time.time() - detected_s
+        if age_s > GAP_REARM_S:
+            return
+        log.warning("a replay gap was recorded %.0f s ago (%s, stored replay id %s): its "
+                    "Orders are re-requested once the replay settles", age_s,
+                    gap["error_code"] or "replay id refused",
+                    gap["last_good_replay_id"].hex() if gap["last_good_replay_id"] else "none",
+                    extra={"cause": "gap"})
+        self.reconciler.gap_recorded(at=detected_s)
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""

@@ -77,7 +77,7 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
     rules: list[Acl] = [
         *_topic(c, kafka.requests, "WRITE"),
         *_topic(c, kafka.dead_letters, "WRITE"),
-        *_topic(c, kafka.replay_gaps, "WRITE"),
+        *_topic(c, kafka.replay_gaps, "READ", "WRITE"),  # READ: a gap re-armed at start
         *_topic(c, kafka.connector_offsets, "READ", "WRITE"),
         Acl(c, "TRANSACTIONAL_ID", transactional_id(kafka, connector.name, connector.channel),
             "WRITE"),

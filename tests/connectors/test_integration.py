@@ -149,6 +149,49 @@ def test_past_retention_policy_applied_gap_recorded_fail_exits(sf, connector, ka
     assert resumed.text().count("refused by Salesforce") == 1
 
 
+def test_a_gap_whose_instance_died_before_its_pass_is_passed_by_the_next(
+        sf, connector, kafka_settings):
+    """The gap pass waits until the replay after a gap settles (GAP_SETTLE_S quiet). An
+    instance that recorded a gap, committed a position past it and died in between left
+    the gap's Orders Activating with no request: its successor resumes from a valid
+    position, never meets the gap, and with CONNECTOR_RECONCILE_INTERVAL_S=0 ('only after
+    gaps') nothing re-requested them, ever."""
+    sf.seed(accounts=5, orders=40, broken_every=0)
+    first = sf.approve(5)
+    proc = connector("--max-events", "5", "--timeout", "60")
+    assert proc.wait(90) == 0, proc.text()[-2000:]
+    codec = OffsetCodec(proc.name, "/event/OrderProvisionRequested__e")
+
+    def stored():
+        return load_position(kafka_settings.bootstrap_servers,
+                             kafka_settings.connector_offsets, codec)
+    before = stored()
+    stranded = sf.approve(6)
+    sf.advance_clock(hours=73)           # their events are purged, and the stored replay id
+    later = sf.approve(10)               # events after the purge: a valid position past it
+    gaps_only = {"CONNECTOR_RECONCILE_INTERVAL_S": "0"}
+    dying = connector("--timeout", "60", **gaps_only)
+    wait_until(lambda: stored() != before and len(read_requests(kafka_settings)) >= 15, 30,
+               "the gap recorded and a position past it committed")
+    dying.kill()                         # well within GAP_SETTLE_S: its gap pass never ran
+    assert "refused by Salesforce" in dying.text()
+    requested = {r["OrderId__c"] for r in read_requests(kafka_settings)}
+    assert requested == set(first) | set(later), "the gap pass ran before the kill"
+
+    restarted = connector("--timeout", "90", **gaps_only)
+
+    def re_requested() -> set[str]:
+        return {r["OrderId__c"] for r in read_requests(kafka_settings)
+                if r["RequestedBy__c"] == "sfprov reconciler (gap)"}
+    wait_until(lambda: re_requested() >= set(stranded), 60,
+               "the stranded Orders re-requested by the restarted connector's gap pass")
+    assert re_requested() == set(stranded)
+    text = restarted.text()
+    assert "refused by Salesforce" not in text  # it resumed without meeting the gap itself
+    assert "a replay gap was recorded" in text
+    assert restarted.terminate() == 0
+
+
 def test_token_expiry_dropped_and_silent_streams_recovered(sf, connector, kafka_settings):
     sf.seed(accounts=5, orders=80, broken_every=0)
     proc = connector("--timeout", "90", SF_PUBSUB_STALL_TIMEOUT_S="3")

@@ -148,3 +148,36 @@ def test_an_order_stranded_again_after_each_re_request_stops_crowding_the_others
     assert sum(c == [old] for c in chosen) == rec.MAX_REREQUESTS
     assert sum(c == [newer] for c in chosen) == rec.MAX_REREQUESTS
     assert chosen[-1] == []  # both left to an operator
+
+
+def test_a_connector_starting_re_arms_only_a_recent_gap(monkeypatch):
+    """The last gap recorded within GAP_REARM_S is planned again at start-up, with the time
+    it was found as the pass's bound; an older one, none, or a gaps topic that cannot be read
+    plans nothing (and the start goes on)."""
+    import time
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from common.errors import KafkaError
+    from connectors import source
+
+    armed: list = []
+    fake = SimpleNamespace(reconciler=SimpleNamespace(gap_recorded=lambda at: armed.append(at)),
+                           kafka=KafkaSettings.load({}, topic_prefix="t."), codec=None)
+    now = time.time()
+
+    def gap(age_s: float) -> dict:
+        at = datetime.fromtimestamp(now - age_s, tz=UTC)
+        return {"detected_at": at, "error_code": "replay id invalid",
+                "last_good_replay_id": b"\x01\x02"}
+    for found in (gap(rec.GAP_REARM_S + 60), None, KafkaError("timed out")):
+        def load(*_a, found=found, **_kw):
+            if isinstance(found, Exception):
+                raise found
+            return found
+        monkeypatch.setattr(source, "load_last_gap", load)
+        source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
+    assert armed == []
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: gap(3600))
+    source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
+    assert len(armed) == 1 and abs(armed[0] - (now - 3600)) < 0.01
