@@ -155,9 +155,7 @@ class Sweeper:
     def watch_idem(self, oid: str, entries: Any) -> None:
         if self.unemitted is None:
             self.unemitted = set()
-        if isinstance(entries, dict) and any(
-                isinstance(e, dict) and not e.get("emitted") and e.get("outcome")
-                for e in entries.values()):
+        if isinstance(entries, dict) and any(_has_unsent(e) for e in entries.values()):
             self.unemitted.add(oid)
         else:
             self.unemitted.discard(oid)
@@ -362,6 +360,18 @@ class Sweeper:
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})
         return outcome
+
+
+def _has_unsent(entry: Any) -> bool:
+    """A dedupe entry (as stored) holds an outcome, the first event's or a duplicate's,
+    whose send was never acknowledged (:meth:`DedupeEntry.unsent`)."""
+    if not isinstance(entry, dict):
+        return False
+    if not entry.get("emitted") and entry.get("outcome"):
+        return True
+    dups = entry.get("dups")
+    return isinstance(dups, dict) and any(
+        isinstance(d, dict) and not d.get("emitted") and d.get("outcome") for d in dups.values())
 
 
 def _left_to_owner(oid: str, fenced: Fenced) -> None:

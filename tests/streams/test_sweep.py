@@ -403,3 +403,28 @@ def test_the_sweep_writes_no_table_once_the_order_is_no_longer_its_own():
     assert provisioner.lookups == [oid]
     assert state.intents[oid]["state"] == "pending" and oid not in state.idem
     assert emitter.sent == []
+
+
+def test_an_indexed_sweep_resends_a_duplicate_events_unsent_outcome():
+    """Between full scans the index named only entries whose first event's outcome was
+    unsent: a duplicate event's unsent outcome waited for the next full scan."""
+    now = [100 * DAY_MS]
+    state = new_state()
+    state.watched = True
+    sweeper = sweeper_over(state, lambda: now[0])
+    asyncio.run(sweeper.run_once())
+    assert sweeper.full_scans == 1
+    oid = "801W00000000001AAA"
+    first = {"order_id": oid, "status": "Provisioned", "event_uuid": "ev-1"}
+    again = {**first, "event_uuid": "ev-2"}
+    state.idem[oid] = {f"{oid}-k": {"event_uuid": "ev-1", "status": "Provisioned",
+                                    "outcome": first, "emitted": True, "at": now[0],
+                                    "dups": {"ev-2": {"outcome": again, "emitted": False}}}}
+    sweeper.watch_idem(oid, state.idem[oid])  # what DurableTable.watch does
+    now[0] += 601_000  # past recovery_after_s
+    emitter = sweeper.emitter
+    asyncio.run(sweeper.run_once())
+    assert sweeper.full_scans == 1, "an indexed sweep, not a full scan"
+    assert emitter.sent == [again]
+    asyncio.run(sweeper.run_once())
+    assert emitter.sent == [again], "sent once: marked as sent"
