@@ -10,8 +10,10 @@ Rules:
   integer → ``INVALID_WHMCS_CLIENT``. WHMCS ids (clients, products, addons, config options)
   are at most :data:`MAX_ID` (its tables' signed 32-bit ``int``): a larger one is invalid,
   not a number to send (it would not fit the outcome's Avro ``long`` either).
-* One ``pid[i]`` per ``Service`` or ``Activation`` item, in the query's item order
-  (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
+* One ``pid[i]`` per ``Service`` or ``Activation`` item, the Service items first, each
+  class in the query's item order: WHMCS creates the services in ``pid[]`` order, and the
+  first service id is the one the Opportunity links to (``WHMCS_Service_ID__c``), never an
+  installation fee's (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
   ``billingcycle[i]`` (Monthly→monthly, Annually→annually, One-time→onetime; anything
   else → ``INVALID_BILLING_CYCLE``) and ``qty[i]`` (a whole number from 1 to
   :data:`MAX_QUANTITY`, else ``INVALID_QUANTITY``).
@@ -205,6 +207,7 @@ def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "ma
         lines.append({"pid": whmcs_id, "billingcycle": cycle, "qty": qty, "class": item_class,
                       "configoptions": _config_options(
                           product.get("Portal_ConfigOptions_JSON__c"), name)})
+    lines.sort(key=lambda line: line["class"] != SERVICE)  # stable: Services first
     if addons:
         first_service = next((i for i, line in enumerate(lines) if line["class"] == SERVICE),
                              None)

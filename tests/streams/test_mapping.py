@@ -21,14 +21,23 @@ def test_service_activation_and_addons_map_per_reference():
     req = map_order(o, idem_key="IK-1", payment_method="banktransfer", no_invoice=True)
     p = req.params()
     assert p["clientid"] == 1001 and p["paymentmethod"] == "banktransfer"
-    assert p["pid"] == [1, 5, 4]
-    assert p["billingcycle"] == ["monthly", "onetime", "annually"]
-    assert p["qty"] == [1, 1, 3]
+    assert p["pid"] == [1, 4, 5]  # the Services first (in their order), then Activation
+    assert p["billingcycle"] == ["monthly", "annually", "onetime"]
+    assert p["qty"] == [1, 3, 1]
     assert p["addons"] == ["1,1", None, None]  # add-ons ride on the first Service item
     assert reference.loads(base64.b64decode(p["configoptions"][0])) == {1: "2", 2: "5"}
     assert p["configoptions"][1:] == [None, None]
     assert p["notes"] == f"sfOrderId={ORDER_ID} idemKey=IK-1"
     assert p["noinvoice"] is True and p["noemail"] is True
+
+
+def test_an_installation_fee_listed_first_does_not_become_the_first_service():
+    """WHMCS creates services in pid[] order and the Opportunity links to the first
+    (WHMCS_Service_ID__c): an Activation item the query returned first made the one-time
+    fee the Opportunity's service."""
+    o = order(item(product("INET-ACT", pid=5, cycle="One-time", item_class="Activation")),
+              item(product("INET-1G", pid=1)))
+    assert map_order(o, idem_key="k").params()["pid"] == [1, 5]
 
 
 def test_no_config_options_means_no_configoptions_param():
