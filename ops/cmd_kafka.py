@@ -298,8 +298,8 @@ def dlq(args: argparse.Namespace) -> int:
         print(f"{len(records)} dead letter(s)")
         return 0
     if not selected and not args.all:
-        print("refusing to requeue everything: name records with --offset P:O (repeatable) "
-              "or pass --all together with --stage/--order-id filters")
+        print("name the records to requeue with --offset P:O (repeatable), or pass --all: "
+              "every dead letter --stage/--order-id select (every one without them)")
         return 3
     producer = Producer(kafka_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
