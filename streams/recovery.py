@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from common.avro import SerdeError
 from common.errors import WhmcsError
 from streams import metrics
 from streams.decide import Event, now_ms, outcome_record
@@ -141,6 +142,9 @@ class Sweeper:
         self.last_full_scan_ms: int | None = None
         self.full_scans = 0
         self.rescans = 0  # a rescan asked for during a full scan still counts afterwards
+        # outcomes the schema cannot hold, said once: their events are dead-lettered by the
+        # handler, which meets the same refusal; the sweep stops trying (bounded: a few)
+        self.unsendable: set[tuple[str, str]] = set()
 
     # -- the index of entries the sweep must look at -----------------------------------
 
@@ -285,11 +289,29 @@ class Sweeper:
             if now - entry.at < self.recovery_after_ms:
                 continue
             for event_uuid, outcome in list(entry.unsent()):
+                if (oid, event_uuid) in self.unsendable:
+                    continue
                 if not await self._owned(oid, "send"):
                     return
-                await self.emitter.send_outcome(outcome)
+                try:
+                    await self.emitter.send_outcome(outcome)
+                except SerdeError as exc:
+                    if exc.retryable:
+                        raise
+                    self._unsendable(oid, event_uuid, exc)
+                    continue
                 self.state.mark_emitted(oid, idem_key, event_uuid)
                 report.resent += 1
+
+    def _unsendable(self, oid: str, event_uuid: str, exc: SerdeError) -> None:
+        """An outcome its schema refuses: every sweep met the same refusal and failed with
+        it (a traceback a minute), the sweep's other work for the Order with it. Said once;
+        the event itself ends as a dead letter (the handler meets the refusal too)."""
+        if len(self.unsendable) >= 1_000:
+            self.unsendable.clear()  # said again, at worst
+        self.unsendable.add((oid, event_uuid))
+        log.error("sweep: an unsent outcome cannot be encoded (%s): not sent; its event ends "
+                  "as a dead letter", exc, extra={"order_id": oid, "event_uuid": event_uuid})
 
     async def _recover_pending(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: a pending intent no event came back for."""

@@ -428,3 +428,36 @@ def test_an_indexed_sweep_resends_a_duplicate_events_unsent_outcome():
     assert emitter.sent == [again]
     asyncio.run(sweeper.run_once())
     assert emitter.sent == [again], "sent once: marked as sent"
+
+
+def test_an_outcome_the_schema_refuses_is_said_once_and_does_not_fail_the_sweep():
+    """The sweep re-sent it at every sweep and failed with the refusal each time (a
+    traceback a minute), the Order's other unsent outcomes with it."""
+    from common.avro import SerdeError
+
+    class Refusing(Emitter):
+        def __init__(self):
+            super().__init__()
+            self.tries = 0
+
+        async def send_outcome(self, outcome):
+            if outcome["event_uuid"] == "ev-bad":
+                self.tries += 1
+                raise SerdeError("whmcs_client_id: 99999999999999999999 is not a long")
+            await super().send_outcome(outcome)
+    now = [100 * DAY_MS]
+    state = new_state()
+    oid = "801W00000000001AAA"
+    bad = {"order_id": oid, "status": "Failed", "event_uuid": "ev-bad"}
+    good = {"order_id": oid, "status": "Duplicate", "event_uuid": "ev-good"}
+    state.idem[oid] = {f"{oid}-k": {"event_uuid": "ev-bad", "status": "Failed",
+                                    "outcome": bad, "emitted": False, "at": now[0],
+                                    "dups": {"ev-good": {"outcome": good, "emitted": False}}}}
+    emitter = Refusing()
+    sweeper = sweeper_over(state, lambda: now[0], emitter=emitter)
+    now[0] += 601_000
+    report = asyncio.run(sweeper.run_once())
+    assert emitter.sent == [good] and report.resent == 1 and emitter.tries == 1
+    now[0] += 60_000
+    asyncio.run(sweeper.run_once())
+    assert emitter.tries == 1 and emitter.sent == [good]
