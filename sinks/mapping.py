@@ -8,10 +8,7 @@ Provisioned    ``Activation_Status__c='Provisioned'``, ``WHMCS_Order_Id__c``, ``
                ``=None`` (and ``Status='Activated'`` when configured)        (first service id)
 Failed         ``Activation_Status__c='Failed'``, ``Activation_Error__c``     unchanged
                (≤ 255 chars), ``Activation_Error_DateTime__c`` = completed_at
-Skipped        as Provisioned (its WHMCS order id, the service ids it knows)   as Provisioned
-(ALREADY_PRO-  — an Order retried (set Activating again) that WHMCS already has: the worker
-VISIONED)      creates no second order, and the Order must not stay Activating
-other Skipped, nothing                                                     nothing
+Skipped,       nothing                                                     nothing
 Duplicate
 =============  ==========================================================  ===================
 
@@ -109,9 +106,7 @@ def updates_for(outcome: dict[str, Any], *, set_order_activated: bool = False,
 def _updates(outcome: dict[str, Any], set_order_activated: bool) -> list[RecordUpdate]:
     status = outcome["status"]
     order_id = outcome["order_id"]
-    if status == "Provisioned" or (status == "Skipped" and outcome.get("whmcs_order_id")
-                                   is not None and outcome.get("error_code") ==
-                                   "ALREADY_PROVISIONED"):
+    if status == "Provisioned":
         order: dict[str, Any] = {"Activation_Status__c": "Provisioned",
                                  "Activation_Error__c": None,
                                  "Activation_Error_DateTime__c": None}
@@ -134,4 +129,4 @@ def _updates(outcome: dict[str, Any], set_order_activated: bool) -> list[RecordU
             "Activation_Error__c": error_text(outcome),
             "Activation_Error_DateTime__c": iso_datetime(outcome["completed_at"]),
         })]
-    return []  # other Skipped, Duplicate: the worker decided not to touch Salesforce
+    return []  # Skipped, Duplicate: the worker decided not to touch Salesforce

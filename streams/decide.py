@@ -93,7 +93,6 @@ class Final:
     error_code: str | None = None
     error_message: str | None = None
     whmcs_order_id: int | None = None
-    service_ids: tuple[int, ...] = ()  # ALREADY_PROVISIONED: the services the worker knows
 
 
 @dataclass(frozen=True)
@@ -147,28 +146,23 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
         # intent holds the outcome that was decided; send that, never a contradicting one.
         return Redelivery(intent.outcome, emitted=False, restore=True)
     resumed = intent is not None and intent.is_pending
-    # ALREADY_PROVISIONED is decided for an Order still Activating only (a retry of an Order
-    # WHMCS already has): the sink writes it back as Provisioned with that WHMCS order,
-    # which an Order in any other status must not get — it is NOT_ACTIVATING, left alone.
     if intent is not None and intent.state == ACCEPTED and intent.whmcs_order_id:
-        if order is not None and order.get("Activation_Status__c") != "Activating":
-            return _not_activating(order)
-        known = (intent.outcome or {}).get("whmcs_service_ids") or ()
         return Final(SKIPPED, "ALREADY_PROVISIONED",
                      f"WHMCS order {intent.whmcs_order_id} was already created for this "
                      f"Order (IdemKey {intent.idem_key})",
-                     whmcs_order_id=int(intent.whmcs_order_id),
-                     service_ids=tuple(int(i) for i in known))
+                     whmcs_order_id=int(intent.whmcs_order_id))
     if order is None:
         return Final(FAILED, "ORDER_NOT_FOUND", f"Order {event.order_id} not found in Salesforce")
     if not resumed:
-        if order.get("Activation_Status__c") != "Activating":
-            return _not_activating(order)
         existing = order.get("WHMCS_Order_Id__c")
         if existing not in (None, "", 0):
             return Final(SKIPPED, "ALREADY_PROVISIONED",
                          f"Order already has WHMCS_Order_Id__c {existing}",
                          whmcs_order_id=int(float(existing)))
+        status = order.get("Activation_Status__c")
+        if status != "Activating":
+            return Final(SKIPPED, "NOT_ACTIVATING",
+                         f"Activation_Status__c is {status!r}, not 'Activating'")
     try:
         request = map_order(order, idem_key=event.idem_key, payment_method=ctx.payment_method,
                             no_invoice=ctx.no_invoice, no_email=ctx.no_email)
@@ -178,11 +172,6 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
                      sends_until=intent.sends_until() if may_exist and intent else None,
                      previous_attempts=intent.attempt if intent else 0)
-
-
-def _not_activating(order: dict[str, Any]) -> Final:
-    status = order.get("Activation_Status__c")
-    return Final(SKIPPED, "NOT_ACTIVATING", f"Activation_Status__c is {status!r}, not 'Activating'")
 
 
 def needs_guard(event: Event, memory: Memory) -> bool:

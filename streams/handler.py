@@ -184,7 +184,6 @@ class EventHandler:
         if isinstance(decision, Final):
             outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
                                      whmcs_order_id=decision.whmcs_order_id,
-                                     service_ids=list(decision.service_ids),
                                      error_code=decision.error_code,
                                      error_message=decision.error_message, attempts=0,
                                      completed_at=self._clock())

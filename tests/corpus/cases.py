@@ -343,16 +343,9 @@ WORKER = [
          Ending(outcomes=("Skipped",), code="NOT_ACTIVATING", salesforce="Pending Review",
                 whmcs_orders=0)),
     Case("worker.already-provisioned", "worker",
-         "request for an Order set Activating again that already has WHMCS_Order_Id__c",
-         direct_request(lambda c: request(c.activating_without_event(
-             c.with_whmcs_id(c.pending_order())))),
-         Ending(outcomes=("Skipped",), code="ALREADY_PROVISIONED", salesforce="Provisioned",
-                whmcs_orders=0)),
-    Case("worker.whmcs-id-not-activating", "worker",
-         "request for an Order in Pending Review that already has WHMCS_Order_Id__c",
+         "request for an Order that already has WHMCS_Order_Id__c",
          direct_request(lambda c: request(c.with_whmcs_id(c.pending_order()))),
-         Ending(outcomes=("Skipped",), code="NOT_ACTIVATING", salesforce="Pending Review",
-                whmcs_orders=0)),
+         Ending(outcomes=("Skipped",), code="ALREADY_PROVISIONED", whmcs_orders=0)),
 ]
 
 

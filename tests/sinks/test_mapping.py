@@ -78,22 +78,7 @@ def test_failed_without_reason_still_says_something() -> None:
 
 def test_skipped_and_duplicate_write_nothing() -> None:
     assert updates_for(outcome("Skipped")) == []
-    assert updates_for(outcome("Skipped", error_code="NOT_ACTIVATING")) == []
     assert updates_for(outcome("Duplicate")) == []
-
-
-def test_an_order_retried_that_whmcs_already_has_is_written_back_provisioned() -> None:
-    """Skipped(ALREADY_PROVISIONED) — the Order set Activating again, WHMCS has its order,
-    none is created — wrote nothing: the Order stayed Activating for good, and a WHMCS id
-    whose first write-back was lost never reached Salesforce."""
-    skipped = outcome("Skipped", error_code="ALREADY_PROVISIONED",
-                      error_message="WHMCS order 4711 was already created")
-    assert updates_for(skipped) == updates_for(outcome("Provisioned"))
-    # the WHMCS id read from Salesforce itself: no services known, the link left as it is
-    updates = by_type(updates_for({**skipped, "whmcs_service_ids": []}))
-    assert updates[ORDER].fields["Activation_Status__c"] == "Provisioned"
-    assert updates[OPPORTUNITY].fields == {"StageName": "Active"}
-    assert updates_for({**skipped, "whmcs_order_id": None}) == []
 
 
 def test_iso_datetime_accepts_epoch_ms_and_naive() -> None:

@@ -188,18 +188,3 @@ def test_the_state_values_changes_are_what_dataclasses_replace_gives():
     with pytest.raises(dataclasses.FrozenInstanceError):
         settled.at = 1  # type: ignore[misc]
     assert type(settled) is Intent and dataclasses.fields(settled) == dataclasses.fields(pending)
-
-
-def test_already_provisioned_only_for_an_order_still_activating():
-    """ALREADY_PROVISIONED is written back as Provisioned (a retried Order WHMCS already
-    has must not stay Activating): an Order in another status is NOT_ACTIVATING, left
-    alone, whatever WHMCS id it carries."""
-    d = decide(event(), None, None, order(status="Pending Review", whmcs_order_id=77.0))
-    assert (d.status, d.error_code, d.whmcs_order_id) == ("Skipped", "NOT_ACTIVATING", None)
-    intent = {"state": "accepted", "whmcs_order_id": 9, "idem_key": "old",
-              "outcome": {"status": "Provisioned", "whmcs_service_ids": [31, 32]}}
-    d = decide(event(), None, intent, order(status="Provisioned"))
-    assert (d.status, d.error_code, d.whmcs_order_id) == ("Skipped", "NOT_ACTIVATING", None)
-    d = decide(event(), None, intent, order())
-    assert (d.status, d.error_code, d.whmcs_order_id, d.service_ids) == (
-        "Skipped", "ALREADY_PROVISIONED", 9, (31, 32))
