@@ -90,8 +90,10 @@ class Reconciler:
 
     def gap_recorded(self, at: float | None = None) -> None:
         """The connector recorded a replay gap (at ``at``, unix time; now if None): plan a
-        gap pass once replay settles, for the Orders last changed before it."""
-        self._gap_at = self._clock() if at is None else at
+        gap pass once replay settles, for the Orders last changed before it (the later of
+        two gaps not yet passed: its pass covers the earlier one's Orders too)."""
+        at = self._clock() if at is None else at
+        self._gap_at = at if self._gap_at is None else max(self._gap_at, at)
         self._wake.set()
 
     # -- called by the connector's loop --------------------------------------------------

@@ -186,6 +186,7 @@ class Connector:
         # one before the next write
         self._reopen_pending = False
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
+        self._rearm_at: float | None = None  # a stored gap's time, re-armed once streaming
         m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
@@ -306,6 +307,10 @@ class Connector:
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
         self.health.refused = ""
+        if self._rearm_at is not None:  # the replay after a stored gap has begun: its
+            # pass waits from here for the replay to settle, not from a slow start-up
+            at, self._rearm_at = self._rearm_at, None
+            self.reconciler.gap_recorded(at=at)
         batch: list[KafkaRecord] = []
         # a keepalive's position is a candidate once every event delivered before it is
         # written: taken up only after this batch's transaction commits (a failed write
@@ -466,6 +471,7 @@ class Connector:
                   self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override = policy
         if self.reconciler is not None:
+            self._rearm_at = None  # a stored gap's Orders are this one's too
             self.reconciler.gap_recorded()  # its Orders are re-requested once replay settles
         return None
 
@@ -493,11 +499,11 @@ class Connector:
         if age_s > GAP_REARM_S:
             return
         log.warning("a replay gap was recorded %.0f s ago (%s, stored replay id %s): its "
-                    "Orders are re-requested once the replay settles", age_s,
+                    "Orders are re-requested once the stream's replay settles", age_s,
                     gap["error_code"] or "replay id refused",
                     gap["last_good_replay_id"].hex() if gap["last_good_replay_id"] else "none",
                     extra={"cause": "gap"})
-        self.reconciler.gap_recorded(at=detected_s)
+        self._rearm_at = detected_s  # armed when the stream first answers (_handle)
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""

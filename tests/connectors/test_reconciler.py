@@ -161,8 +161,7 @@ def test_a_connector_starting_re_arms_only_a_recent_gap(monkeypatch):
     from common.errors import KafkaError
     from connectors import source
 
-    armed: list = []
-    fake = SimpleNamespace(reconciler=SimpleNamespace(gap_recorded=lambda at: armed.append(at)),
+    fake = SimpleNamespace(reconciler=object(), _rearm_at=None,
                            kafka=KafkaSettings.load({}, topic_prefix="t."), codec=None)
     now = time.time()
 
@@ -177,7 +176,18 @@ def test_a_connector_starting_re_arms_only_a_recent_gap(monkeypatch):
             return found
         monkeypatch.setattr(source, "load_last_gap", load)
         source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
-    assert armed == []
+    assert fake._rearm_at is None
     monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: gap(3600))
     source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
-    assert len(armed) == 1 and abs(armed[0] - (now - 3600)) < 0.01
+    # armed for the pass once the stream answers (Connector._handle), its time the gap's
+    assert abs(fake._rearm_at - (now - 3600)) < 0.01
+
+
+def test_two_gaps_not_yet_passed_are_passed_once_up_to_the_later(monkeypatch):
+    """A stored gap re-armed once the stream answers must not narrow the pass of a gap
+    found meanwhile: the later bound covers the earlier gap's Orders too."""
+    r = make(monkeypatch, Plan())
+    r._clock = lambda: 2_000.0
+    r.gap_recorded()
+    r.gap_recorded(at=1_000.0)
+    assert r._gap_at == 2_000.0
