@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
@@ -29,6 +31,7 @@ from common.kafka import RunningDeadline, retry_until
 
 EVENT = "event"
 KEEPALIVE = "keepalive"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,8 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     paused node, a failover — is waited for instead of ending the connector's start-up (a
     chaos run saw it exit 1 after one 30 s attempt met a paused single broker). A refusal
     of the connector's principal raises :class:`KafkaAccessError` at once."""
-    last = _last_value(bootstrap, topic, codec.key, timeout_s=timeout_s, what="position")
-    if last is None:
-        return None
-    try:
-        return codec.decode_position(last)
-    except SerdeError as exc:
-        raise KafkaError(f"stored position in {topic} is unreadable: {exc}") from exc
+    return _load_last(bootstrap, topic, codec.key, codec.decode_position,
+                      timeout_s=timeout_s, what="position")
 
 
 def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
@@ -109,13 +107,21 @@ def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     """The last replay gap recorded for the codec's key (``schemas/replay_gap.avsc``), or
     None; read and refused like :func:`load_position`. The connector reads it at start-up:
     a gap recorded by an instance that stopped before its gap pass ran is passed again."""
-    last = _last_value(bootstrap, topic, codec.key, timeout_s=timeout_s, what="replay gaps")
+    return _load_last(bootstrap, topic, codec.key, codec.decode_gap,
+                      timeout_s=timeout_s, what="replay gaps")
+
+
+def _load_last(bootstrap: Connectable, topic: str, key: bytes, decode: Callable[[bytes], T],
+               *, timeout_s: float, what: str) -> T | None:
+    """The last committed value for ``key`` in ``topic``, decoded; an undecodable one is a
+    :class:`KafkaError` naming the topic."""
+    last = _last_value(bootstrap, topic, key, timeout_s=timeout_s, what=what)
     if last is None:
         return None
     try:
-        return codec.decode_gap(last)
+        return decode(last)
     except SerdeError as exc:
-        raise KafkaError(f"the last replay gap in {topic} is unreadable: {exc}") from exc
+        raise KafkaError(f"the stored {what} in {topic} is unreadable: {exc}") from exc
 
 
 def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: float,
