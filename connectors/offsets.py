@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
@@ -40,6 +40,11 @@ class Position:
     source: str  # EVENT | KEEPALIVE
     committed_at_ms: int
     event_uuid: str | None = None
+
+
+def epoch_ms(value: Any) -> int:
+    """A ``timestamp-millis`` field as decoded (a datetime, or the raw int) in epoch ms."""
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def offset_key(connector: str, channel: str) -> bytes:
@@ -68,10 +73,8 @@ class OffsetCodec:
 
     def decode_position(self, value: bytes) -> Position:
         rec = self._offsets.decode(value)
-        committed = rec["committed_at"]
-        committed_ms = int(committed.timestamp() * 1000) if hasattr(committed, "timestamp") \
-            else int(committed)
-        return Position(bytes(rec["replay_id"]), rec["source"], committed_ms, rec["event_uuid"])
+        return Position(bytes(rec["replay_id"]), rec["source"], epoch_ms(rec["committed_at"]),
+                        rec["event_uuid"])
 
     def gap_value(self, *, last_good: Position | None, policy: str, error_code: str,
                   error_message: str, detected_at_ms: int | None = None

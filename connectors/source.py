@@ -98,6 +98,7 @@ from connectors.offsets import (
     KEEPALIVE,
     OffsetCodec,
     Position,
+    epoch_ms,
     load_last_gap,
     load_position,
 )
@@ -492,9 +493,7 @@ class Connector:
             return
         if gap is None:
             return
-        detected = gap["detected_at"]
-        detected_s = detected.timestamp() if hasattr(detected, "timestamp") \
-            else int(detected) / 1000
+        detected_s = epoch_ms(gap["detected_at"]) / 1000
         age_s = time.time() - detected_s
         if age_s > GAP_REARM_S:
             return

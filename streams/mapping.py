@@ -12,8 +12,9 @@ Rules:
   not a number to send (it would not fit the outcome's Avro ``long`` either).
 * One ``pid[i]`` per ``Service`` or ``Activation`` item, the Service items first, each
   class in the query's item order: WHMCS creates the services in ``pid[]`` order, and the
-  first service id is the one the Opportunity links to (``WHMCS_Service_ID__c``), never an
-  installation fee's (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
+  first service id is the one the Opportunity links to (``WHMCS_Service_ID__c``): an
+  installation fee's only when the Order has no Service item
+  (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with
   ``billingcycle[i]`` (Monthly→monthly, Annually→annually, One-time→onetime; anything
   else → ``INVALID_BILLING_CYCLE``) and ``qty[i]`` (a whole number from 1 to
   :data:`MAX_QUANTITY`, else ``INVALID_QUANTITY``).

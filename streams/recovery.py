@@ -39,7 +39,14 @@ from streams.decide import Event, now_ms, outcome_record
 from streams.lease import Fenced
 from streams.mapping import WhmcsOrderRequest
 from streams.provision import Fence, Provisioner, no_fence
-from streams.state import PENDING, DedupeEntry, Intent, OrderState, memory_from_json
+from streams.state import (
+    PENDING,
+    DedupeEntry,
+    Intent,
+    OrderState,
+    has_unsent,
+    memory_from_json,
+)
 
 log = logging.getLogger(__name__)
 DAY_MS = 24 * 3600 * 1000
@@ -159,7 +166,7 @@ class Sweeper:
     def watch_idem(self, oid: str, entries: Any) -> None:
         if self.unemitted is None:
             self.unemitted = set()
-        if isinstance(entries, dict) and any(_has_unsent(e) for e in entries.values()):
+        if isinstance(entries, dict) and any(has_unsent(e) for e in entries.values()):
             self.unemitted.add(oid)
         else:
             self.unemitted.discard(oid)
@@ -382,18 +389,6 @@ class Sweeper:
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})
         return outcome
-
-
-def _has_unsent(entry: Any) -> bool:
-    """A dedupe entry (as stored) holds an outcome, the first event's or a duplicate's,
-    whose send was never acknowledged (:meth:`DedupeEntry.unsent`)."""
-    if not isinstance(entry, dict):
-        return False
-    if not entry.get("emitted") and entry.get("outcome"):
-        return True
-    dups = entry.get("dups")
-    return isinstance(dups, dict) and any(
-        isinstance(d, dict) and not d.get("emitted") and d.get("outcome") for d in dups.values())
 
 
 def _left_to_owner(oid: str, fenced: Fenced) -> None:

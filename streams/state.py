@@ -206,6 +206,18 @@ class DedupeEntry:
 Memory = dict[str, DedupeEntry]  # one Order's dedupe memory: IdemKey → entry
 
 
+def has_unsent(entry: Any) -> bool:
+    """A dedupe entry (as stored) holds an outcome, the first event's or a duplicate's,
+    whose send was never acknowledged (:meth:`DedupeEntry.unsent`)."""
+    if not isinstance(entry, dict):
+        return False
+    if not entry.get("emitted") and entry.get("outcome"):
+        return True
+    dups = entry.get("dups")
+    return isinstance(dups, dict) and any(
+        isinstance(d, dict) and not d.get("emitted") and d.get("outcome") for d in dups.values())
+
+
 def memory_from_json(raw: dict[str, Any] | None) -> Memory:
     return {k: DedupeEntry.from_json(v) for k, v in (raw or {}).items() if isinstance(v, dict)}
 
