@@ -1,5 +1,5 @@
-"""bench.profile: the summary of a py-spy profile that the README's "where the rest goes"
-figures come from."""
+"""bench.profile: the summary of a py-spy profile that the README's "Why the CPU targets are
+missed" figures come from."""
 
 from __future__ import annotations
 
