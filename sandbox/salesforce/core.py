@@ -63,6 +63,7 @@ class Sandbox:
         self.faults.daily_limit = self.config.daily_limit
         for name in (self.config.username, self.config.cs_username):
             self.users[name] = self.ensure_user(name)
+        self.store.session_timeout_ms = int(self.config.token_lifetime_s * 1000)
 
     @property
     def org_id(self) -> str:

@@ -6,7 +6,8 @@ connected app named in ``iss``; ``sub`` must be a known user pre-authorised for 
 https://test.salesforce.com; ``exp`` must not be past and at most 3 minutes ahead of
 **wall** time (the sandbox clock may be advanced for retention tests, JWTs are signed by
 real clients). Errors answer 400 with Salesforce's ``error``/``error_description``.
-Issued tokens live ``token_lifetime_s`` on the sandbox clock.
+Issued tokens live ``token_lifetime_s`` on the sandbox clock after their last use (the org's
+session timeout, renewed by a use past half of it: :meth:`~.store.Store.token_user`).
 """
 
 from __future__ import annotations

@@ -97,6 +97,8 @@ class Store:
         self.last_replay = row[0] if row else 0
         self.tokens: dict[str, tuple[str, int]] = {
             t: (u, e) for t, u, e in self.conn.execute("SELECT * FROM tokens")}
+        #: the org's session timeout (``Sandbox`` sets it from ``token_lifetime_s``)
+        self.session_timeout_ms = 7_200_000
         self.listeners: list[Callable[[], None]] = []
 
     # -- meta, clock, sequences ------------------------------------------------------
@@ -232,10 +234,20 @@ class Store:
         return token
 
     def token_user(self, token: str) -> str | None:
-        """The user a live token belongs to, or None (unknown or expired)."""
+        """The user a live token belongs to, or None (unknown or expired).
+
+        A session times out after ``session_timeout_ms`` without use, as an org's does: a use
+        once more than half of the timeout has passed since the session was last renewed
+        renews it (Salesforce resets the timer only then, so not every call writes)."""
         entry = self.tokens.get(token)
-        if entry is None or entry[1] <= self.now_ms():
+        now = self.now_ms()
+        if entry is None or entry[1] <= now:
             return None
+        if entry[1] - now < self.session_timeout_ms // 2:
+            expires = now + self.session_timeout_ms
+            self.conn.execute("UPDATE tokens SET expires_ms = ? WHERE token = ?",
+                              (expires, token))
+            self.tokens[token] = (entry[0], expires)
         return entry[0]
 
     def expire_tokens(self) -> int:

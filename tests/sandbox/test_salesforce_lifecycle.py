@@ -103,3 +103,21 @@ def test_bench_10k_approvals_delivered_in_seconds() -> None:
     print("salesforce sandbox bench:", figures)
     assert figures["delivered"] == 10000
     assert figures["approve_and_deliver_s"] < 20
+
+
+def test_a_session_times_out_after_it_was_last_used(tmp_path: Path) -> None:
+    """The token lives as long as the session timeout *idle* (REFERENCE §2): a session in use
+    outlives its first hour, one left alone for the timeout does not; a use renews it only
+    past half of the timeout, as an org does."""
+    with running_sandbox(tmp_path / "sf", token_lifetime_s=3600) as sf:
+        token = sf.login()["access_token"]
+        sf.advance_clock(seconds=20 * 60)
+        assert _limits(sf, token) == 200  # 20 min: within the first half, not renewed
+        sf.advance_clock(seconds=41 * 60)
+        assert _limits(sf, token) == 401  # 61 min after issue: the use at 20 min renewed nothing
+        token = sf.login()["access_token"]
+        for _ in range(3):  # used every 40 min: renewed each time, alive after 2 h
+            sf.advance_clock(seconds=40 * 60)
+            assert _limits(sf, token) == 200
+        sf.advance_clock(seconds=61 * 60)  # then idle past the timeout
+        assert _limits(sf, token) == 401
