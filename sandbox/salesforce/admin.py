@@ -8,6 +8,11 @@ path                        method  effect
 ``/approve``                POST    ``{count}`` or ``{ids}`` [+ ``username``] → approved ids
 ``/update``                 POST    ``{type, id, fields[, username, run_flow]}`` as a CS user
                                     (Flow runs unless ``run_flow`` is false: no event)
+``/create``                 POST    ``{type, fields[, username]}`` as a CS user → record
+``/delete``                 POST    ``{id[, type, username]}`` as a CS user (Flow runs)
+``/permissions``            GET/POST  read / merge the integration user's profile:
+                                    ``{objects: {Name: "CRU"}, events: {topic: "S"}}``
+``/permissions/reset``      POST    back to the requirements' profile (``permissions``)
 ``/records/{id}``           GET     one record, raw
 ``/query``                  POST    ``{q}`` → ``{totalSize, records}`` (uncounted)
 ``/events``                 GET     ``?after=&limit=`` stored events, decoded when possible
@@ -94,6 +99,44 @@ async def update(request: web.Request) -> web.Response:
                             dict(body.get("fields") or {}), user,
                             run_flow=bool(body.get("run_flow", True)))
     return web.json_response(record)
+
+
+def _acting(sb: Sandbox, body: dict) -> dict:
+    username = body.get("username") or sb.config.cs_username
+    return sb.users.get(username) or sb.ensure_user(username)
+
+
+async def create(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    body = await _json(request)
+    with sb.store.transaction() as tx:
+        made = dml.create(tx, str(body.get("type") or ""), dict(body.get("fields") or {}),
+                          _acting(sb, body))
+    return web.json_response(made)
+
+
+async def delete(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    body = await _json(request)
+    with sb.store.transaction() as tx:
+        dml.delete(tx, body.get("type"), str(body.get("id", "")), _acting(sb, body))
+    return web.json_response({"deleted": str(body.get("id", ""))})
+
+
+async def permissions(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    if request.method == "POST":
+        try:
+            sb.profile.update(await _json(request))
+        except (ValueError, TypeError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response(sb.profile.as_dict())
+
+
+async def permissions_reset(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    sb.profile.reset()
+    return web.json_response(sb.profile.as_dict())
 
 
 async def record(request: web.Request) -> web.Response:
@@ -231,6 +274,10 @@ def add_routes(app: web.Application, prefix: str) -> None:
     r.add_post(prefix + "/seed", seed)
     r.add_post(prefix + "/approve", approve)
     r.add_post(prefix + "/update", update)
+    r.add_post(prefix + "/create", create)
+    r.add_post(prefix + "/delete", delete)
+    r.add_route("*", prefix + "/permissions", permissions)
+    r.add_post(prefix + "/permissions/reset", permissions_reset)
     r.add_get(prefix + "/records/{id}", record)
     r.add_post(prefix + "/query", query)
     r.add_get(prefix + "/events", events)

@@ -53,6 +53,26 @@ class AdminClient:
                                              "fields": fields, "username": username,
                                              "run_flow": run_flow})
 
+    def create(self, sobject: str, fields: dict, username: str | None = None) -> dict:
+        """A record made as the CS user (or ``username``): not held to the integration
+        user's profile."""
+        return self.call("POST", "/create", {"type": sobject, "fields": fields,
+                                             "username": username})
+
+    def delete(self, record_id: str, username: str | None = None) -> str:
+        return self.call("POST", "/delete", {"id": record_id, "username": username})["deleted"]
+
+    def permissions(self) -> dict:
+        return self.call("GET", "/permissions")
+
+    def set_permissions(self, *, objects: dict[str, str] | None = None,
+                        events: dict[str, str] | None = None) -> dict:
+        return self.call("POST", "/permissions", {"objects": objects or {},
+                                                  "events": events or {}})
+
+    def reset_permissions(self) -> dict:
+        return self.call("POST", "/permissions/reset")
+
     def get_record(self, record_id: str) -> dict:
         return self.call("GET", f"/records/{record_id}")
 

@@ -14,6 +14,7 @@ from typing import Any
 from . import dml
 from .errors import SfError
 from .faults import Counters, Faults
+from .permissions import Profile
 from .store import Store
 
 DEFAULT_CLIENT_ID = "3MVG9sfprovSandboxConsumerKey.local"
@@ -55,15 +56,17 @@ class Sandbox:
     cursors: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
     #: held collection calls not yet finished: call number -> records in it
     held: dict[int, int] = field(default_factory=dict)
+    #: the integration user's object and event permissions (``permissions``)
+    profile: Profile = field(default_factory=Profile)
     _release: asyncio.Event | None = None
     _held_ids: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.store = Store(self.config.db_path)
+        self.store.session_timeout_ms = int(self.config.token_lifetime_s * 1000)
         self.faults.daily_limit = self.config.daily_limit
         for name in (self.config.username, self.config.cs_username):
             self.users[name] = self.ensure_user(name)
-        self.store.session_timeout_ms = int(self.config.token_lifetime_s * 1000)
 
     @property
     def org_id(self) -> str:
@@ -76,6 +79,11 @@ class Sandbox:
         with self.store.transaction() as tx:
             return dml.create(tx, "User", {"Username": username, "Name": username.split("@")[0],
                                            "Email": username, "IsActive": True}, SYSTEM_USER)
+
+    def restricted(self, user: dict | None) -> Profile | None:
+        """The profile ``user`` is held to: the integration user's, or None (unrestricted)."""
+        name = str((user or {}).get("Username") or "")
+        return self.profile if name.lower() == self.config.username.lower() else None
 
     def user_for_token(self, token: str | None) -> dict:
         """The user behind a bearer token or raise 401 ``INVALID_SESSION_ID``."""

@@ -148,7 +148,8 @@ class SalesforceSandbox:
     def __getattr__(self, name: str) -> Any:
         if name in ("set_faults", "reset_faults", "counters", "reset_counters", "get_record",
                     "query", "expire_tokens", "drop_streams", "inject_event", "update",
-                    "events", "info", "release_held"):
+                    "events", "info", "release_held", "create", "delete", "permissions",
+                    "set_permissions", "reset_permissions"):
             return getattr(self.__dict__["admin"], name)
         raise AttributeError(name)
 

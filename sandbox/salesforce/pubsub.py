@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from . import permissions
 from .core import Sandbox
 from .events import EXTRA_SCHEMA_JSON, SCHEMAS, TOPICS
 from .generated import pubsub_api_pb2 as pb
@@ -33,6 +34,9 @@ REPLAY_CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corr
 UNAVAILABLE = "sfdc.platform.eventbus.grpc.service.unavailable"
 TOPIC_NOT_FOUND = "sfdc.platform.eventbus.grpc.topic.not.found"
 SCHEMA_NOT_FOUND = "sfdc.platform.eventbus.grpc.schema.not.found"
+# Salesforce's code for a refused permission is not documented in REFERENCE; the connector
+# goes by the gRPC status (PERMISSION_DENIED), not by these words
+PERMISSION_DENIED = "sfdc.platform.eventbus.grpc.service.permission.denied"
 FETCH_INVALID = "sfdc.platform.eventbus.grpc.fetch.request.invalid"
 MAX_REQUESTED = 100
 
@@ -75,6 +79,20 @@ class PubSubService(pb_grpc.PubSubServicer):
                                "tenantid or instanceurl invalid for this session")
         return str(token)
 
+    def may(self, token: str | None, topic: str, op: str) -> bool:
+        """Whether the user behind ``token`` may ``op`` (``permissions.SUBSCRIBE`` or
+        ``PUBLISH``) on ``topic``."""
+        user_id = self.sb.store.token_user(token) if token else None
+        profile = self.sb.restricted(self.sb.store.get(user_id) if user_id else None)
+        return profile is None or profile.may_event(topic, op)
+
+    def require(self, token: str | None, topic: str, op: str) -> None:
+        if not self.may(token, topic, op):
+            verb = "publish to" if op == permissions.PUBLISH else "subscribe to"
+            raise _StreamError(grpc.StatusCode.PERMISSION_DENIED, PERMISSION_DENIED,
+                               f"the user may not {verb} {topic}: grant the permission in "
+                               "its profile or a permission set")
+
     async def _latency(self) -> None:
         if self.sb.faults.grpc_latency_ms:
             await asyncio.sleep(self.sb.faults.grpc_latency_ms / 1000)
@@ -103,7 +121,7 @@ class PubSubService(pb_grpc.PubSubServicer):
     async def GetTopic(self, request: Any, context: Any) -> Any:
         self.sb.counters.count("grpc_get_topic")
         try:
-            self.authenticate(context)
+            token = self.authenticate(context)
             await self._latency()
             schema = TOPICS.get(request.topic_name)
             if schema is None:
@@ -111,15 +129,18 @@ class PubSubService(pb_grpc.PubSubServicer):
                                    f"topic {request.topic_name} not found")
         except _StreamError as err:
             await self._abort(context, err)
-        return pb.TopicInfo(topic_name=request.topic_name, tenant_guid=self.sb.org_id,
-                            can_publish=True, can_subscribe=True, schema_id=schema.schema_id,
-                            rpc_id=_rpc_id())
+        topic = request.topic_name
+        return pb.TopicInfo(topic_name=topic, tenant_guid=self.sb.org_id,
+                            can_publish=self.may(token, topic, permissions.PUBLISH),
+                            can_subscribe=self.may(token, topic, permissions.SUBSCRIBE),
+                            schema_id=schema.schema_id, rpc_id=_rpc_id())
 
-    def _publish(self, request: Any) -> Any:
+    def _publish(self, request: Any, token: str | None) -> Any:
         schema = TOPICS.get(request.topic_name)
         if schema is None:
             raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
                                f"topic {request.topic_name} not found")
+        self.require(token, request.topic_name, permissions.PUBLISH)
         results: list[Any] = []
         now = self.sb.store.now_ms()
         with self.sb.store.transaction() as tx:
@@ -144,9 +165,9 @@ class PubSubService(pb_grpc.PubSubServicer):
     async def Publish(self, request: Any, context: Any) -> Any:
         self.sb.counters.count("grpc_publish")
         try:
-            self.authenticate(context)
+            token = self.authenticate(context)
             await self._latency()
-            return self._publish(request)
+            return self._publish(request, token)
         except _StreamError as err:
             await self._abort(context, err)
 
@@ -158,7 +179,7 @@ class PubSubService(pb_grpc.PubSubServicer):
                 token = request.auth_refresh or token
                 self.check_token(token)
                 await self._latency()
-                yield self._publish(request)
+                yield self._publish(request, token)
         except _StreamError as err:
             await self._abort(context, err)
 

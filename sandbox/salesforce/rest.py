@@ -12,10 +12,10 @@ import re
 import secrets
 from typing import Any
 
-from . import dml, query_exec
+from . import dml, permissions, query_exec
 from .core import Sandbox
 from .errors import SfError
-from .model import OBJECTS
+from .model import OBJECTS, sobject
 from .store import Tx
 
 MAX_COLLECTION = 200
@@ -113,20 +113,27 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
             for f in obj.fields.values()],
             "childRelationships": [{"relationshipName": rel, "childSObject": child,
                                     "field": fk} for rel, (child, fk) in obj.children.items()]}
+    profile = sb.restricted(user)
     if len(parts) == 1 and method == "POST":
         sb.counters.count("sobject_post")
         _require_dict(body)
+        if profile is not None:
+            profile.check(obj.name, permissions.CREATE)
         record = dml.create(tx, obj.name, body, user)
         return 201, {"id": record["Id"], "success": True, "errors": []}
     if len(parts) == 2:
         record_id = parts[1]
         if method == "GET":
             sb.counters.count("sobject_get")
+            if profile is not None:
+                profile.check(obj.name, permissions.READ)
             _, record = dml.existing(tx, obj.name, record_id)
             return 200, _full(record, obj.name, version, params.get("fields"))
         if method == "PATCH":
             sb.counters.count("sobject_patch")
             _require_dict(body)
+            if profile is not None:
+                profile.check(obj.name, permissions.UPDATE)
             error = sb.faults.record_error(dml.existing(tx, obj.name, record_id)[1]["Id"])
             if error:
                 sb.counters.count(f"injected_{error.code}")
@@ -135,6 +142,8 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
             return 204, None
         if method == "DELETE":
             sb.counters.count("sobject_delete")
+            if profile is not None:
+                profile.check(obj.name, permissions.DELETE)
             dml.delete(tx, obj.name, record_id, user)
             return 204, None
     raise SfError("METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.", status=405)
@@ -174,6 +183,7 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
                       f"a single operation ({chunks}). Please rearrange the data to reduce "
                       "chunking.")
     all_or_none = bool(body.get("allOrNone", False))
+    profile = sb.restricted(user)
     savepoint = tx.savepoint()
     results: list[dict] = []
     failed = False
@@ -185,6 +195,10 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
             if not type_name:
                 raise SfError("INVALID_TYPE", "No SObject Type defined in attributes")
             fields = {k: v for k, v in raw.items() if k != "attributes"}
+            known = sobject(type_name)
+            if profile is not None and known is not None:  # an unknown type: dml says so
+                profile.check(known.name,
+                              permissions.CREATE if method == "POST" else permissions.UPDATE)
             if method == "POST":
                 record = dml.create(tx, type_name, fields, user)
             else:

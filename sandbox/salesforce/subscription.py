@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from . import permissions
 from .events import TOPICS
 from .generated import pubsub_api_pb2 as pb
 from .pubsub import (
@@ -58,6 +59,7 @@ class Subscription:
         if request.topic_name not in TOPICS:
             raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
                                f"topic {request.topic_name} not found")
+        self.service.require(self.token, request.topic_name, permissions.SUBSCRIBE)
         store = self.sb.store
         self.sb.purge()
         if request.replay_preset == pb.EARLIEST:

@@ -240,3 +240,31 @@ def test_bad_events_are_dead_lettered_and_the_rest_flows(sf, connector, kafka_se
     assert msg.value() == b"\xff\xff\xff\xff\x0fnot-avro"
     assert headers["replay_id"] and headers["schema_id"] == bad1["schema_id"]
     assert by_uuid[bad2["uuid"]][1]["error_code"] == "unknown_schema"
+
+
+def test_a_profile_without_subscribe_is_told_and_waited_out(sf, connector, kafka_settings):
+    """The integration user's Subscribe on the event taken away (the sandbox holds it to its
+    profile as an org does): the connector says so — ERROR line, /readyz 503 naming the
+    channel — and keeps trying; granted again, the Orders approved meanwhile arrive, once."""
+    sf.seed(accounts=5, orders=20, broken_every=0)
+    channel = "/event/OrderProvisionRequested__e"
+    sf.set_permissions(events={channel: ""})
+    proc = connector("--timeout", "90")
+    expected = set(sf.approve(10))
+
+    def refused() -> bool:
+        try:
+            resp = requests.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=5)
+        except requests.ConnectionError:    # the health server is not listening yet
+            return False
+        return resp.status_code == 503 and "SF_PROVISION_EVENT_CHANNEL" in resp.text
+    wait_until(refused, 30, "/readyz naming the refused subscription")
+    assert "PERMISSION_DENIED" in proc.text() and read_requests(kafka_settings) == []
+    sf.reset_permissions()
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 10, 30, "events once granted")
+    wait_until(lambda: requests.get(f"http://127.0.0.1:{proc.port}/readyz",
+                                    timeout=5).status_code == 200, 30, "ready again")
+    assert proc.terminate() == 0
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, None, 10)
+    assert {r["OrderId__c"] for r in rows} == expected

@@ -458,7 +458,7 @@ WHMCS = [
 def _deleted_opportunity(c: Corpus) -> list[Subject]:
     order_id = c.pending_order()
     opp = c.sf.get_record(order_id)["OpportunityId"]
-    c.rest("DELETE", f"/sobjects/Opportunity/{opp}")
+    c.sf.delete(opp)  # a user deletes it (the integration user may not)
     return [c.produce_outcome(outcome(order_id, "Provisioned", opportunity_id=opp,
                                       whmcs_order_id=990001, whmcs_service_ids=[990001],
                                       error_code=None, error_message=None))]

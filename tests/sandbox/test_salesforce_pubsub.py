@@ -50,6 +50,8 @@ def test_subscribe_receives_the_approval_event(sf_pubsub: SfPubSub, sf_sandbox: 
     topic = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
                             sf_pubsub.pb.TopicInfo)
     assert topic.schema_id == event.event.schema_id and topic.tenant_guid == sf_sandbox.org_id
+    # the integration user's profile: subscribe, never publish (the Flow publishes)
+    assert topic.can_subscribe and not topic.can_publish
     record = sf_sandbox.get_record(order_id)
     assert record["Activation_Status__c"] == "Activating" and record["Status"] == "Approved"
 
@@ -182,10 +184,17 @@ def test_injected_bad_events_and_publish(sf_pubsub: SfPubSub, sf_sandbox: Any) -
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
         "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": "801x"})
-    published = sf_pubsub.unary("Publish", sf_pubsub.pb.PublishRequest(
-        topic_name=SF_TOPIC, events=[sf_pubsub.pb.ProducerEvent(
-            id="my-uuid", schema_id=schema_id, payload=out.getvalue())]),
-        sf_pubsub.pb.PublishResponse)
+    request = sf_pubsub.pb.PublishRequest(topic_name=SF_TOPIC, events=[
+        sf_pubsub.pb.ProducerEvent(id="my-uuid", schema_id=schema_id, payload=out.getvalue())])
+    # the integration user may not publish until an admin grants it
+    with pytest.raises(grpc.RpcError) as refused:
+        sf_pubsub.unary("Publish", request, sf_pubsub.pb.PublishResponse)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    sf_sandbox.set_permissions(events={SF_TOPIC: "SP"})
+    try:
+        published = sf_pubsub.unary("Publish", request, sf_pubsub.pb.PublishResponse)
+    finally:
+        sf_sandbox.reset_permissions()
     assert published.results[0].correlation_key == "my-uuid" and published.results[0].replay_id
     [event] = sub.events(1)
     assert event.event.id == "my-uuid" and event.replay_id == published.results[0].replay_id
@@ -201,3 +210,22 @@ def test_stream_with_nothing_requested_is_closed(sf_pubsub: SfPubSub) -> None:
     # idle_close_s is 4 (conftest): not before it; the upper bound only says "closed", with
     # room for a loaded machine
     assert 3.5 <= time.monotonic() - started <= 15
+
+
+def test_subscribe_refused_without_the_permission(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    """A profile without Subscribe on the event: the stream ends PERMISSION_DENIED, which the
+    connector reports as a refused subscription (``/readyz`` 503), not a retry storm."""
+    sf_sandbox.set_permissions(events={SF_TOPIC: ""})
+    try:
+        topic = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
+                                sf_pubsub.pb.TopicInfo)
+        assert not topic.can_subscribe and not topic.can_publish
+        sub = sf_pubsub.subscribe(num=1)
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in range(3):
+                sub.next(timeout=5)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "subscribe" in (info.value.details() or "")
+    finally:
+        sf_sandbox.reset_permissions()
+    assert sf_sandbox.permissions()["events"][SF_TOPIC] == "S"

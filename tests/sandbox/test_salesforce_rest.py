@@ -318,3 +318,54 @@ def test_simple_salesforce_sees_errors(sf_sandbox: Any, sf_http: requests.Sessio
     with pytest.raises(SalesforceMalformedRequest) as info:
         api.Order.update(_pending_orders(sf_sandbox, 1)[0], {"Status": "Bogus"})
     assert info.value.content[0]["errorCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+
+
+def test_the_integration_users_profile(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """The requirements' profile: Create/Read/Update on the business objects, never Delete,
+    Read only on Product2 and PricebookEntry — single records, collections and composite
+    alike; the CS user (the admin endpoints) is not held to it, and an admin can grant more."""
+    base = sf_sandbox.instance_url + V
+    product = sf_http.get(base + "/query", params={"q": "SELECT Id FROM Product2 LIMIT 1"}
+                          ).json()["records"][0]["Id"]
+    assert sf_http.get(f"{base}/sobjects/Product2/{product}").status_code == 200  # Read: yes
+
+    def refused(resp: requests.Response, verb: str) -> None:
+        assert resp.status_code == 400, resp.text
+        [error] = resp.json()
+        assert error["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY" and verb in error["message"]
+
+    refused(sf_http.post(f"{base}/sobjects/Product2", json={"Name": "Mine"}), "create Product2")
+    refused(sf_http.patch(f"{base}/sobjects/Product2/{product}", json={"Name": "Renamed"}),
+            "update Product2")
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    opp = sf_sandbox.get_record(order_id)["OpportunityId"]
+    refused(sf_http.delete(f"{base}/sobjects/Opportunity/{opp}"), "delete Opportunity")
+    assert not sf_sandbox.get_record(opp).get("IsDeleted")
+    # a collection refuses the record, not the call; the Order beside it is written
+    resp = sf_http.patch(base + "/composite/sobjects", json={"allOrNone": False, "records": [
+        {"attributes": {"type": "Product2"}, "id": product, "Name": "Renamed"},
+        {"attributes": {"type": "Order"}, "id": order_id, "Activation_Error__c": "profile"}]})
+    assert resp.status_code == 200
+    first, second = resp.json()
+    assert not first["success"] and first["errors"][0]["statusCode"] == \
+        "INSUFFICIENT_ACCESS_OR_READONLY"
+    assert second["success"] and sf_sandbox.get_record(order_id)["Activation_Error__c"] == \
+        "profile"
+    # composite subrequests go through the same checks
+    graph = sf_http.post(base + "/composite", json={"allOrNone": False, "compositeRequest": [
+        {"method": "DELETE", "url": f"{V}/sobjects/Opportunity/{opp}", "referenceId": "d"}]})
+    assert graph.status_code == 200
+    [sub] = graph.json()["compositeResponse"]
+    assert sub["httpStatusCode"] == 400 and sub["body"][0]["errorCode"] == \
+        "INSUFFICIENT_ACCESS_OR_READONLY"
+    # the CS user may; an admin may grant the integration user more
+    made = sf_sandbox.create("Product2", {"Name": "By CS", "IsActive": True})
+    assert made["Id"].startswith("01t")
+    sf_sandbox.set_permissions(objects={"Product2": "CRU"})
+    try:
+        assert sf_http.patch(f"{base}/sobjects/Product2/{made['Id']}",
+                             json={"Name": "Renamed"}).status_code == 204
+    finally:
+        sf_sandbox.reset_permissions()
+    assert sf_sandbox.permissions()["objects"]["Product2"] == "R"
+    assert sf_sandbox.delete(opp) == opp and sf_sandbox.get_record(opp)["IsDeleted"]
