@@ -239,7 +239,8 @@ class KafkaSettings(_Section):
     replay_gaps_topic: str = env("KAFKA_TOPIC_REPLAY_GAPS", "salesforce.replay-gaps",
                                  doc="Gaps recorded when Salesforce refused a stored replay id.")
     partitions: int = env("KAFKA_PARTITIONS", 6, parse=parse_positive_int,
-                          doc="Partitions of the requests and outcomes topics.")
+                          doc="Partitions of the requests and outcomes topics and of the "
+                              "worker's changelog topics.")
     replication_factor: int = env("KAFKA_REPLICATION_FACTOR", 1, parse=parse_positive_int,
                                   doc="Replication factor of every topic.")
     min_insync_replicas: int = env("KAFKA_MIN_INSYNC_REPLICAS", 1, parse=parse_positive_int,
@@ -360,7 +361,8 @@ class SalesforceSettings(_Section):
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
     username: str = env("SF_USERNAME", doc="Integration user (JWT `sub`).")
     private_key_path: str = env("SF_PRIVATE_KEY_PATH", "",
-                                doc="PEM private key of the connected app's certificate.")
+                                doc="PEM private key of the connected app's certificate (required "
+                                    "unless SF_PRIVATE_KEY_BASE64 is set).")
     private_key_base64: Secret = env("SF_PRIVATE_KEY_BASE64", _secret_default(),
                                      parse=_decode_base64_key, secret=True,
                                      doc="The same key, base64-encoded (instead of the path).")
@@ -393,7 +395,9 @@ class SalesforceSettings(_Section):
 @dataclass(frozen=True, kw_only=True)
 class ConnectorSettings(_Section):
     events_enabled: bool = env("SF_EVENTS_ENABLED", True, parse=parse_bool,
-                               doc="Subscribe to platform events at all.")
+                               doc="Subscribe to platform events at all: false makes the connector exit 0 at "
+                                   "start (no subscription, no gap re-requests) and `make up` "
+                                   "leave it out.")
     channel: str = env("SF_PROVISION_EVENT_CHANNEL", "/event/OrderProvisionRequested__e",
                        doc="Pub/Sub topic of the provisioning event.")
     replay: str = env("SF_EVENTS_REPLAY", "LATEST", parse=choice("LATEST", "EARLIEST"),
@@ -416,7 +420,7 @@ class ConnectorSettings(_Section):
                                                  "positions (at most one per interval; the "
                                                  "first one interval after the start).")
     name: str = env("CONNECTOR_NAME", "sfprov-connector",
-                    doc="Connector name: its transactional.id and offsets key.")
+                    doc="Connector name: part of its transactional.id and of its offsets key.")
     http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
                          doc="Port of the connector's /metrics and /healthz (0 = off).")
     http_host: str = env("CONNECTOR_HTTP_HOST", "127.0.0.1",
@@ -531,7 +535,7 @@ class WorkerSettings(_Section):
                                   doc="Transient WHMCS/Salesforce errors are retried until "
                                       "this deadline, then the order is Failed.")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
-                         doc="Port of the worker's web server (/metrics, /healthz).")
+                         doc="Port of the worker's web server (/metrics, /healthz; 0 = off).")
     http_host: str = env("WORKER_HTTP_HOST", "127.0.0.1",
                          doc="Address the worker's /metrics and /healthz listen on "
                              "(0.0.0.0 in a container, so a published port "
@@ -610,7 +614,8 @@ class SinkSettings(_Section):
                           doc="Records per sObject Collections call (≤ 200).")
     linger_s: float = env("SINK_LINGER_S", 0.5, parse=parse_float,
                           doc="Flush a partial batch at the latest this long after its "
-                              "oldest outcome arrived.")
+                              "oldest outcome arrived; while a backlog is read, up to 10× "
+                              "this (fuller calls).")
     idle_flush_s: float = env("SINK_IDLE_FLUSH_S", 0.05, parse=parse_float,
                               doc="Flush a partial batch earlier, once no outcome arrived "
                                   "for this long (the input is idle: waiting would only add "

@@ -1,7 +1,7 @@
 """Render the configuration table (README) and ``.env.example`` from ``common.settings``.
 
-``python -m ops.docs update`` rewrites both; a test
-fails when either drifts from the settings, so the documentation cannot lie.
+``python -m ops.docs update`` rewrites both, ``check`` says which one drifted; a test fails
+when either drifts from the settings, so the documentation cannot lie.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def table() -> str:
         for f in dataclasses.fields(section):  # type: ignore[arg-type]
             name = f.metadata["env"]
             row = next(r for r in all_variables() if r[0] == name)
-            secret = " (secret)" if row[3] else ""
-            lines.append(f"| `{name}` | {_default(row[2])} | {row[1]}{secret} |")
+            secret = "**Secret** (never logged). " if row[3] else ""
+            lines.append(f"| `{name}` | {_default(row[2])} | {secret}{row[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -77,15 +77,34 @@ def readme_with_table(text: str) -> str:
     return head + START + "\n" + table() + END + tail
 
 
-def main() -> int:
-    what = sys.argv[1] if len(sys.argv) > 1 else "table"
+USAGE = """usage: python -m ops.docs [table | env | update | check]
+  table   print the README's configuration table
+  env     print .env.example
+  update  regenerate both in place (README between its markers, .env.example)
+  check   exit 1, naming the file, if either is not what update would write
+"""
+
+
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    what = args[0] if args else "table"
+    readme, example = root / "README.md", root / ".env.example"
     if what == "update":
-        readme = ROOT / "README.md"
         readme.write_text(readme_with_table(readme.read_text()))
-        (ROOT / ".env.example").write_text(env_example())
+        example.write_text(env_example())
         return 0
-    sys.stdout.write(table() if what == "table" else env_example())
-    return 0
+    if what == "check":
+        stale = [path.name for path, want in ((readme, readme_with_table(readme.read_text())),
+                                              (example, env_example()))
+                 if path.read_text() != want]
+        for name in stale:
+            sys.stderr.write(f"{name} is out of date: run python -m ops.docs update\n")
+        return 1 if stale else 0
+    if what in ("table", "env") and len(args) <= 1:
+        sys.stdout.write(table() if what == "table" else env_example())
+        return 0
+    sys.stderr.write(USAGE)
+    return 2
 
 
 if __name__ == "__main__":

@@ -66,3 +66,15 @@ def test_compose_pipeline_finds_the_sandboxes_files_and_ports():
     wh_cmd = services["whmcs-sandbox"]["command"]
     wh_port = wh_cmd[wh_cmd.index("--port") + 1]
     assert f"whmcs-sandbox:{wh_port}/includes/api.php" in env["SFPROV_SANDBOX_WHMCS_API_URL"]
+
+
+def test_docs_check_says_which_file_is_stale(tmp_path, capsys):
+    import ops.docs as docs
+    for name in ("README.md", ".env.example"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    assert docs.main(["check"], tmp_path) == 0
+    (tmp_path / ".env.example").write_text(env_example() + "# edited by hand\n")
+    assert docs.main(["check"], tmp_path) == 1
+    assert ".env.example is out of date" in capsys.readouterr().err
+    assert docs.main(["update"], tmp_path) == 0 and docs.main(["check"], tmp_path) == 0
+    assert docs.main(["chek"], tmp_path) == 2 and "usage:" in capsys.readouterr().err
