@@ -9,8 +9,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # pyproject.toml's requires-python; a virtualenv made with another Python is made again
 PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)
-# SFPROV_STATE_DIR from the environment, else from .env, else .state (as the Python side reads it)
-STATE := $(or $(SFPROV_STATE_DIR),$(shell sed -n 's/^[[:space:]]*SFPROV_STATE_DIR=//p' .env 2>/dev/null | tr -d "\"'" | tail -n 1),.state)
+# SFPROV_STATE_DIR as the Python side reads it (the environment over .env or $SFPROV_ENV_FILE,
+# else .state): common.settings needs only the standard library, so no virtualenv yet
+STATE := $(shell $(PYTHON) -c 'from common.settings import environment as e; print(e().get("SFPROV_STATE_DIR") or ".state")' 2>/dev/null || echo .state)
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
@@ -72,8 +73,8 @@ lint: install ## ruff + mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy common connectors streams sinks ops
 
-demo: install ## Approve N seeded Orders in the sandbox and watch them provision (N=20)
-	@$(PY) -m ops.cli demo --count $${N:-20}
+demo: install ## Approve N seeded Orders in the sandbox and watch them provision (N, else SFPROV_DEMO_COUNT, else 20)
+	@$(PY) -m ops.cli demo $${N:+--count $$N}
 
 bench: install jars ## Benchmark the whole pipeline; writes bench/results/
 	@$(PY) -m bench.pipeline

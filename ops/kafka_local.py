@@ -45,7 +45,7 @@ POM = ROOT / "kafka" / "pom.xml"
 KAFKA_VERSION = "3.9.1"
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
 DEFAULT_STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
-JVM_HEAP = os.environ.get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
+JVM_HEAP = environment().get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
 
 
 class BrokerError(RuntimeError):
@@ -344,9 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["jars", "start", "stop", "status"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_STATE / "kafka" / "broker",
                         help="broker home (data, logs, pid)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")))
+    env = environment()  # as `make up` reads them (ops.stack.broker)
+    parser.add_argument("--port", type=int, default=int(env.get("KAFKA_PORT", "9092")))
     parser.add_argument("--controller-port", type=int,
-                        default=int(os.environ.get("KAFKA_CONTROLLER_PORT", "9093")))
+                        default=int(env.get("KAFKA_CONTROLLER_PORT", "9093")))
     parser.add_argument("--nodes", type=int, default=1,
                         help="1: the single-node broker (make up); N > 1: a replicated "
                              "N-node cluster (ops/kafka_cluster.py), default dir "

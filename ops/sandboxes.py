@@ -23,6 +23,8 @@ from common.settings import environment
 PY = sys.executable
 WHMCS_IDENTIFIER, WHMCS_SECRET, WHMCS_ACCESS_KEY = (
     "sandbox-identifier", "sandbox-secret", "sandbox-accesskey")
+#: pipeline settings the plan gives a sandbox default, but which stay the user's when set
+USER_CHOICES = ("SF_EVENTS_REPLAY",)
 
 
 def ports() -> tuple[int, int, int]:

@@ -67,6 +67,24 @@ def sandbox_mode(env: dict[str, str]) -> bool:
     return not env.get("SF_CLIENT_ID")
 
 
+def sandbox_env(env: dict[str, str], pipeline_env: dict[str, str]) -> dict[str, str]:
+    """What the sandboxes set for the pipeline: their URLs and credentials win over the
+    environment; a choice the user made (``ops.sandboxes.USER_CHOICES``: where to start
+    reading events) stays theirs, as under docker compose (``ops.container``)."""
+    from ops.sandboxes import USER_CHOICES
+
+    return {k: v for k, v in pipeline_env.items() if not (k in USER_CHOICES and env.get(k))}
+
+
+def events_enabled(env: dict[str, str]) -> bool:
+    """``SF_EVENTS_ENABLED`` (a value that does not parse is left to the connector to refuse,
+    with exit 64)."""
+    try:
+        return parse_bool(env.get("SF_EVENTS_ENABLED", "true"))
+    except ValueError:
+        return True
+
+
 FINAL_EXIT_CODES = {"connector": [2, 3, 64], "worker": [64], "sink": [64]}
 
 
@@ -80,6 +98,8 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
             ("sink", "sinks", ["run"], "SINK_HTTP_PORT", "9103")):
         if not (ROOT / module / "__main__.py").exists():
             continue
+        if name == "connector" and not events_enabled(env):
+            continue  # it would exit 0 at once, and be restarted for ever
         http_port = env.get(port_var, port)
         own = dict(overrides)
         if security is not None:  # its own principal
@@ -109,7 +129,7 @@ def plan(env: dict[str, str]) -> list[dict[str, Any]]:
 
         sandbox_procs, pipeline_env = sandboxes.plan(STATE, LOGS)
         processes.extend(sandbox_procs)
-        overrides.update(pipeline_env)
+        overrides.update(sandbox_env(env, pipeline_env))
         requires = [p["name"] for p in sandbox_procs]
     overrides["KAFKA_BOOTSTRAP_SERVERS"] = env.get("KAFKA_BOOTSTRAP_SERVERS") or broker().bootstrap
     cli_env = dict(overrides)
@@ -288,31 +308,61 @@ def status() -> int:
     return 0
 
 
-def pause(names: list[str], paused: bool = True) -> int:
-    """Stop (pause) or restart (resume) supervised processes, e.g. the worker for a replay."""
-    if supervisor_pid() is None:
-        print("the supervisor is not running (make up)")
+def pause(names: list[str], paused: bool = True, timeout_s: float = 60.0) -> int:
+    """Stop (pause) or start again (resume) supervised processes, e.g. the worker for a
+    replay. Resuming also starts a process that left with a final exit code (a bad setting,
+    a fenced connector) once the operator has fixed the cause. Exit 0 when every named
+    process is in the asked state, 2 for a name the supervisor does not run, 1 on timeout."""
+    if supervisor_pid() is None or not STATUS.exists():
+        print("the supervisor is not running (make up)", file=sys.stderr)
         return 3
+    known = [p["name"] for p in json.loads(STATUS.read_text())["processes"]]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        print(f"error: {'unknown process ' + ', '.join(unknown) if unknown else 'name one'}; "
+              f"the supervisor runs: {', '.join(known)}", file=sys.stderr)
+        return 2
     control = json.loads(CONTROL.read_text()) if CONTROL.exists() else {"paused": []}
     current = set(control["paused"])
     current = current | set(names) if paused else current - set(names)
     control["paused"] = sorted(current)
     CONTROL.write_text(json.dumps(control))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout_s
+    while True:
         procs = {p["name"]: p for p in json.loads(STATUS.read_text())["processes"]}
-        if all((procs[n]["pid"] is None) == paused for n in names if n in procs):
-            break
+        waiting = [n for n in names if (procs[n]["pid"] is None) != paused]
+        if not waiting:
+            print(f"{'paused' if paused else 'resumed'}: {', '.join(names)}")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"error: still {'running' if paused else 'not running'} after "
+                  f"{timeout_s:.0f} s: {', '.join(waiting)} (see .state/supervisor.json and "
+                  "its log)", file=sys.stderr)
+            return 1
         time.sleep(0.3)
-    print(f"{'paused' if paused else 'resumed'}: {', '.join(names)}")
-    return 0
 
 
-def main() -> int:
-    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+def restart(names: list[str]) -> int:
+    """Stop the named processes and start them again (pause, then resume)."""
+    return pause(names, paused=True) or pause(names, paused=False)
+
+
+USAGE = """usage: python -m ops.stack [up | down | status | pause NAME... | resume NAME... |
+                           restart NAME...]
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "status"
     if command in ("pause", "resume"):
-        return pause(sys.argv[2:], paused=command == "pause")
-    return {"up": up, "down": down, "status": status}.get(command, status)()
+        return pause(args[1:], paused=command == "pause")
+    if command == "restart":
+        return restart(args[1:])
+    if command in ("up", "down", "status") and len(args) <= 1:
+        return {"up": up, "down": down, "status": status}[command]()
+    print(USAGE, end="", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -75,9 +75,12 @@ class Child:
                       f"{self.next_start - now:.0f}s\n".encode())
 
     def stop(self) -> None:
+        """Stop the child; once it is no longer paused it starts at once, even after an exit
+        that was final (``resume`` / ``restart`` is how an operator says "try again")."""
+        self.next_start = 0.0
+        self.backoff = 1.0
         if self.proc is None:
             return
-        self.next_start = 0.0
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:

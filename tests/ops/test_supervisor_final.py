@@ -3,12 +3,14 @@ help (a bad setting, a broker refusing its credentials or ACLs): no restart loop
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 import pytest
 
-from ops.stack import FINAL_EXIT_CODES, _pipeline_processes
+from ops import stack
+from ops.stack import FINAL_EXIT_CODES, _pipeline_processes, sandbox_env
 from ops.supervisor import Child
 
 
@@ -49,3 +51,53 @@ def test_a_process_with_its_probes_off_is_not_waited_for():
     plan = {p["name"]: p for p in _pipeline_processes({"SINK_HTTP_PORT": "0"}, {})}
     assert plan["sink"]["health_url"] == ""
     assert plan["worker"]["health_url"] == "http://127.0.0.1:9102/healthz"
+
+
+def test_resume_starts_a_process_that_exited_finally(tmp_path):
+    """After a final exit the operator fixes the cause and says `ops.stack resume NAME` (or
+    `restart NAME`): the supervisor stops the paused child (none runs) and, resumed, starts it
+    at once — before, `next_start` stayed infinite and only `make down && make up` helped."""
+    child = exits_with(64, tmp_path, [64])
+    child.stop()                     # what the supervisor does while the name is paused
+    child.poll(set())                # resumed
+    assert child.proc is not None
+    child.proc.wait(timeout=60)
+
+
+def test_events_disabled_leaves_the_connector_out_of_make_up():
+    """``SF_EVENTS_ENABLED=false``: the connector exits 0 at start, so `make up` would restart
+    it for ever and report it not healthy; a value that does not parse is the connector's to
+    refuse (exit 64)."""
+    assert "connector" not in {p["name"] for p in
+                               _pipeline_processes({"SF_EVENTS_ENABLED": "false"}, {})}
+    assert "connector" in {p["name"] for p in
+                           _pipeline_processes({"SF_EVENTS_ENABLED": "maybe"}, {})}
+
+
+def test_the_users_replay_choice_survives_sandbox_mode():
+    sandbox = {"SF_LOGIN_URL": "https://127.0.0.1:8443", "SF_EVENTS_REPLAY": "EARLIEST"}
+    assert sandbox_env({}, sandbox) == sandbox
+    assert sandbox_env({"SF_EVENTS_REPLAY": "LATEST", "SF_LOGIN_URL": "https://x"}, sandbox) \
+        == {"SF_LOGIN_URL": "https://127.0.0.1:8443"}
+
+
+@pytest.fixture
+def supervised(tmp_path, monkeypatch):
+    """A status file naming worker and sink, both running, as the supervisor writes it."""
+    status = tmp_path / "supervisor.json"
+    status.write_text(json.dumps({"processes": [{"name": "worker", "pid": 10},
+                                                {"name": "sink", "pid": 11}]}))
+    monkeypatch.setattr(stack, "STATUS", status)
+    monkeypatch.setattr(stack, "CONTROL", tmp_path / "supervisor-control.json")
+    monkeypatch.setattr(stack, "supervisor_pid", lambda: 1)
+    return status
+
+
+def test_pause_names_an_unknown_process_and_a_timeout(supervised, capsys):
+    assert stack.pause(["workers"]) == 2
+    assert "unknown process workers; the supervisor runs: worker, sink" in capsys.readouterr().err
+    assert stack.pause(["worker"], timeout_s=0.5) == 1       # nobody stops it here
+    assert "still running after 0 s: worker" in capsys.readouterr().err
+    assert json.loads(stack.CONTROL.read_text())["paused"] == ["worker"]
+    assert stack.main(["resume"]) == 2
+    assert stack.main(["stauts"]) == 2 and "usage:" in capsys.readouterr().err
