@@ -9,9 +9,12 @@ path                        method  effect
 ``/update``                 POST    ``{type, id, fields[, username, run_flow]}`` as a CS user
                                     (Flow runs unless ``run_flow`` is false: no event)
 ``/create``                 POST    ``{type, fields[, username]}`` as a CS user → record
-``/delete``                 POST    ``{id[, type, username]}`` as a CS user (Flow runs)
+``/delete``                 POST    ``{id[, type, username]}`` as a CS user: to the recycle
+                                    bin (no Flow runs: it runs on Order saves only)
 ``/permissions``            GET/POST  read / merge the integration user's profile:
-                                    ``{objects: {Name: "CRU"}, events: {topic: "S"}}``
+                                    ``{objects: {Name: "CRU"}, events: {topic: "S"}}``;
+                                    names canonicalised, the whole body checked first
+                                    (400 for an unknown name, key or letter: nothing set)
 ``/permissions/reset``      POST    back to the requirements' profile (``permissions``)
 ``/records/{id}``           GET     one record, raw
 ``/query``                  POST    ``{q}`` → ``{totalSize, records}`` (uncounted)
@@ -20,7 +23,8 @@ path                        method  effect
                                     (raw: ``fields`` or ``payload_b64``, optional
                                     ``schema_json`` served by GetSchema, ``uuid``)
 ``/faults``                 GET/POST  read / partially update :class:`~.faults.Faults`
-``/faults/reset``           POST    all faults off (held calls are released)
+``/faults/reset``           POST    all faults off (held calls are released; the profile
+                                    is org configuration, not a fault: it stays)
 ``/hold/release``           POST    every held collection update proceeds → ``{released}``
 ``/tokens/expire``          POST    every issued token expires now
 ``/streams/drop``           POST    every open Subscribe ends with UNAVAILABLE
@@ -89,14 +93,20 @@ async def approve(request: web.Request) -> web.Response:
     return web.json_response({"approved": approved})
 
 
+def _fields(body: dict) -> dict[str, Any]:
+    """``body["fields"]``: a JSON object of field → value (400 otherwise, not a 500)."""
+    fields = body.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise web.HTTPBadRequest(text="fields: a JSON object of field name → value is required")
+    return dict(fields)
+
+
 async def update(request: web.Request) -> web.Response:
     sb = _sb(request)
     body = await _json(request)
-    username = body.get("username") or sb.config.cs_username
-    user = sb.users.get(username) or sb.ensure_user(username)
+    fields, user = _fields(body), _acting(sb, body)
     with sb.store.transaction() as tx:
-        record = dml.update(tx, body.get("type"), str(body.get("id", "")),
-                            dict(body.get("fields") or {}), user,
+        record = dml.update(tx, body.get("type"), str(body.get("id", "")), fields, user,
                             run_flow=bool(body.get("run_flow", True)))
     return web.json_response(record)
 
@@ -109,25 +119,26 @@ def _acting(sb: Sandbox, body: dict) -> dict:
 async def create(request: web.Request) -> web.Response:
     sb = _sb(request)
     body = await _json(request)
+    fields, user = _fields(body), _acting(sb, body)
     with sb.store.transaction() as tx:
-        made = dml.create(tx, str(body.get("type") or ""), dict(body.get("fields") or {}),
-                          _acting(sb, body))
+        made = dml.create(tx, str(body.get("type") or ""), fields, user)
     return web.json_response(made)
 
 
 async def delete(request: web.Request) -> web.Response:
     sb = _sb(request)
     body = await _json(request)
+    user = _acting(sb, body)
     with sb.store.transaction() as tx:
-        dml.delete(tx, body.get("type"), str(body.get("id", "")), _acting(sb, body))
+        dml.delete(tx, body.get("type"), str(body.get("id", "")), user)
     return web.json_response({"deleted": str(body.get("id", ""))})
 
 
 async def permissions(request: web.Request) -> web.Response:
     sb = _sb(request)
     if request.method == "POST":
-        try:
-            sb.profile.update(await _json(request))
+        try:  # the body as sent (not _json's {} for a non-object): Profile.update refuses it
+            sb.profile.update(await request.json() if request.can_read_body else {})
         except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
     return web.json_response(sb.profile.as_dict())

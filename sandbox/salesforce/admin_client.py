@@ -67,6 +67,11 @@ class AdminClient:
 
     def set_permissions(self, *, objects: dict[str, str] | None = None,
                         events: dict[str, str] | None = None) -> dict:
+        """Merge into the integration user's profile: ``objects`` sObject → ``"CRUD"``
+        letters, ``events`` topic (with or without ``/event/``) → ``"SP"``. Names are read
+        as Salesforce reads them; an unknown one, or letters Setup would not allow (Create
+        or Edit without Read, Delete without Read and Edit), raise :class:`AdminError` and
+        change nothing."""
         return self.call("POST", "/permissions", {"objects": objects or {},
                                                   "events": events or {}})
 

@@ -8,6 +8,7 @@ the transaction untouched. Order saves run the approval Flow (:mod:`.flow`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import flow, ids, validation
@@ -18,9 +19,11 @@ from .store import Tx
 _IGNORED = {"attributes"}
 
 
-def resolve_type(name: str) -> SObject:
+def resolve_type(name: str, readable: Callable[[str], bool] | None = None) -> SObject:
+    """The sObject ``name`` or 404 ``NOT_FOUND``; also for one the user may not read
+    (``readable``, see :mod:`.permissions`): to that user it does not exist."""
     obj = sobject(name) if name else None
-    if obj is None:
+    if obj is None or (readable is not None and not readable(obj.name)):
         raise SfError("NOT_FOUND", "The requested resource does not exist", status=404)
     return obj
 

@@ -4,6 +4,9 @@ Auth: every RPC needs metadata ``accesstoken`` (a live token), ``instanceurl`` a
 ``tenantid`` (= the org id); otherwise UNAUTHENTICATED with trailing metadata
 ``error-code: sfdc.platform.eventbus.grpc.service.auth.error``. Tokens are re-checked on
 every FetchRequest and before every response, so an expired token ends a stream.
+Permissions (:mod:`.permissions`): GetTopic tells ``can_publish``/``can_subscribe``;
+Publish and Subscribe without them end PERMISSION_DENIED — Subscribe is checked at the
+first FetchRequest and at each ``auth_refresh``, not per event.
 
 Replay ids are 9 opaque bytes (a version byte and the store's sequence number), strictly
 increasing. ``Subscribe`` honours the replay preset of the **first** FetchRequest only
@@ -81,12 +84,20 @@ class PubSubService(pb_grpc.PubSubServicer):
 
     def may(self, token: str | None, topic: str, op: str) -> bool:
         """Whether the user behind ``token`` may ``op`` (``permissions.SUBSCRIBE`` or
-        ``PUBLISH``) on ``topic``."""
+        ``PUBLISH``) on ``topic``. A token that no longer names a user (it expired since the
+        RPC was authenticated, e.g. during injected latency) may nothing: not knowing who
+        asks must not read as "no profile holds them"."""
         user_id = self.sb.store.token_user(token) if token else None
-        profile = self.sb.restricted(self.sb.store.get(user_id) if user_id else None)
+        user = self.sb.store.get(user_id) if user_id else None
+        if user is None:
+            return False
+        profile = self.sb.restricted(user)
         return profile is None or profile.may_event(topic, op)
 
     def require(self, token: str | None, topic: str, op: str) -> None:
+        """Raise PERMISSION_DENIED unless the user may ``op`` on ``topic``; UNAUTHENTICATED
+        first when ``token`` no longer names a user (that is what is wrong then)."""
+        self.check_token(token)
         if not self.may(token, topic, op):
             verb = "publish to" if op == permissions.PUBLISH else "subscribe to"
             raise _StreamError(grpc.StatusCode.PERMISSION_DENIED, PERMISSION_DENIED,

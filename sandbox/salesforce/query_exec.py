@@ -9,16 +9,18 @@ index, so the pipeline's lookups by id stay fast on large orgs.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from . import soql
 from .soql import Path, Query
 
 
-def run(store: Any, text: str, version: str, *, include_deleted: bool = False
-        ) -> tuple[int, list[dict]]:
-    """Run SOQL ``text``; returns (totalSize, shaped records)."""
-    q = soql.parse(text, store.now_ms())
+def run(store: Any, text: str, version: str, *, include_deleted: bool = False,
+        readable: Callable[[str], bool] | None = None) -> tuple[int, list[dict]]:
+    """Run SOQL ``text``; returns (totalSize, shaped records). ``readable`` (sObject name →
+    bool): the objects the querying user may read, every one when None (see :mod:`.soql`)."""
+    q = soql.parse(text, store.now_ms(), readable)
     rows = _select(store, q, None, include_deleted)
     if q.count:
         return len(rows), []

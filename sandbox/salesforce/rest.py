@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from . import dml, permissions, query_exec
 from .core import Sandbox
 from .errors import SfError
-from .model import OBJECTS, sobject
+from .model import OBJECTS, SObject, sobject
 from .store import Tx
 
 MAX_COLLECTION = 200
@@ -37,7 +38,8 @@ def call(sb: Sandbox, user: dict, version: str, method: str, path: str,
         return 200, {name: f"/services/data/v{version}/{name}"
                      for name in ("query", "queryAll", "sobjects", "composite", "limits")}
     if head in ("query", "queryAll") and method == "GET":
-        return _query(sb, version, parts, params, headers, include_deleted=head == "queryAll")
+        return _query(sb, user, version, parts, params, headers,
+                      include_deleted=head == "queryAll")
     if head == "limits" and method == "GET":
         sb.counters.count("limits")
         used, limit = sb.counters.api_used, sb.faults.daily_limit
@@ -52,7 +54,7 @@ def call(sb: Sandbox, user: dict, version: str, method: str, path: str,
     raise SfError("NOT_FOUND", "The requested resource does not exist", status=404)
 
 
-def _query(sb: Sandbox, version: str, parts: list[str], params: dict[str, str],
+def _query(sb: Sandbox, user: dict, version: str, parts: list[str], params: dict[str, str],
            headers: dict[str, str], include_deleted: bool) -> tuple[int, Any]:
     if len(parts) == 2:
         sb.counters.count("query_more")
@@ -65,7 +67,8 @@ def _query(sb: Sandbox, version: str, parts: list[str], params: dict[str, str],
         text = params.get("q")
         if not text:
             raise SfError("MALFORMED_QUERY", "A query string has to be specified")
-        total, rows = query_exec.run(sb.store, text, version, include_deleted=include_deleted)
+        total, rows = query_exec.run(sb.store, text, version, include_deleted=include_deleted,
+                                     readable=_readable(sb, user))
     batch = DEFAULT_BATCH
     match = re.search(r"batchSize=(\d+)", headers.get("Sforce-Query-Options", ""))
     if match:
@@ -77,6 +80,52 @@ def _query(sb: Sandbox, version: str, parts: list[str], params: dict[str, str],
         sb.cursors[cursor_id] = (rows[batch:], total)
         out["nextRecordsUrl"] = f"/services/data/v{version}/query/{cursor_id}"
     return 200, out
+
+
+def _may(sb: Sandbox, user: dict) -> Callable[[str, str], bool]:
+    """``may(sObject, op)``: what ``user`` may do by its profile; a user no profile holds
+    (the CS agent, the Flow) may do everything."""
+    profile = sb.restricted(user)
+    return profile.may if profile is not None else lambda _name, _op: True
+
+
+def _readable(sb: Sandbox, user: dict) -> Callable[[str], bool]:
+    """Which sObjects ``user`` may read (see :mod:`.soql` for what the others look like)."""
+    may = _may(sb, user)
+    return lambda name: may(name, permissions.READ)
+
+
+def _describe_global(sb: Sandbox, user: dict, version: str) -> dict:
+    """Every object ``user`` may read, with what it may do to each (its profile's letters;
+    all of them for an unrestricted user)."""
+    may = _may(sb, user)
+    return {"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": [
+        {"name": name, "label": name, "keyPrefix": None,
+         "queryable": True, "retrieveable": True,
+         "createable": may(name, permissions.CREATE),
+         "updateable": may(name, permissions.UPDATE),
+         "deletable": may(name, permissions.DELETE),
+         "urls": {"sobject": f"/services/data/v{version}/sobjects/{name}"}}
+        for name in OBJECTS if may(name, permissions.READ)]}
+
+
+def _describe(sb: Sandbox, user: dict, obj: SObject) -> dict:
+    """One object's describe as ``user`` sees it: a field is createable/updateable only when
+    the object is (Salesforce's field-level answer is bounded by the object permission), and
+    child relationships to objects it may not read are left out, as those objects are."""
+    may = _may(sb, user)
+    create, update = may(obj.name, permissions.CREATE), may(obj.name, permissions.UPDATE)
+    return {"name": obj.name, "queryable": True, "retrieveable": True, "createable": create,
+            "updateable": update, "deletable": may(obj.name, permissions.DELETE), "fields": [
+        {"name": f.name, "type": f.type, "updateable": f.updateable and update,
+         "createable": f.createable and create, "nillable": not f.required, "length": f.length,
+         "referenceTo": [f.ref] if f.ref else [], "relationshipName": f.rel,
+         "picklistValues": [{"value": v, "label": v, "active": True} for v in f.picklist],
+         "restrictedPicklist": f.type == "picklist" and f.restricted}
+        for f in obj.fields.values()],
+        "childRelationships": [{"relationshipName": rel, "childSObject": child,
+                                "field": fk} for rel, (child, fk) in obj.children.items()
+                               if may(child, permissions.READ)]}
 
 
 def _full(record: dict, sobject: str, version: str, fields: str | None) -> dict:
@@ -97,22 +146,13 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
               params: dict[str, str], body: Any, tx: Tx) -> tuple[int, Any]:
     if not parts:
         sb.counters.count("describe_global")
-        return 200, {"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": [
-            {"name": name, "label": name, "keyPrefix": None, "queryable": True,
-             "updateable": True, "urls": {"sobject": f"/services/data/v{version}/sobjects/{name}"}}
-            for name in OBJECTS]}
-    obj = dml.resolve_type(parts[0])
+        return 200, _describe_global(sb, user, version)
+    # an object the profile does not let the user read does not exist for it: its describe
+    # and records answer 404 NOT_FOUND as an unknown name does
+    obj = dml.resolve_type(parts[0], _readable(sb, user))
     if len(parts) == 2 and parts[1] == "describe" and method == "GET":
         sb.counters.count("describe")
-        return 200, {"name": obj.name, "fields": [
-            {"name": f.name, "type": f.type, "updateable": f.updateable,
-             "createable": f.createable, "nillable": not f.required, "length": f.length,
-             "referenceTo": [f.ref] if f.ref else [], "relationshipName": f.rel,
-             "picklistValues": [{"value": v, "label": v, "active": True} for v in f.picklist],
-             "restrictedPicklist": f.type == "picklist" and f.restricted}
-            for f in obj.fields.values()],
-            "childRelationships": [{"relationshipName": rel, "childSObject": child,
-                                    "field": fk} for rel, (child, fk) in obj.children.items()]}
+        return 200, _describe(sb, user, obj)
     profile = sb.restricted(user)
     if len(parts) == 1 and method == "POST":
         sb.counters.count("sobject_post")
@@ -124,9 +164,7 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
     if len(parts) == 2:
         record_id = parts[1]
         if method == "GET":
-            sb.counters.count("sobject_get")
-            if profile is not None:
-                profile.check(obj.name, permissions.READ)
+            sb.counters.count("sobject_get")  # Read: resolve_type checked it
             _, record = dml.existing(tx, obj.name, record_id)
             return 200, _full(record, obj.name, version, params.get("fields"))
         if method == "PATCH":
@@ -197,6 +235,8 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
             fields = {k: v for k, v in raw.items() if k != "attributes"}
             known = sobject(type_name)
             if profile is not None and known is not None:  # an unknown type: dml says so
+                # an unreadable type: answered as an unknown one is
+                dml.resolve_type(known.name, _readable(sb, user))
                 profile.check(known.name,
                               permissions.CREATE if method == "POST" else permissions.UPDATE)
             if method == "POST":

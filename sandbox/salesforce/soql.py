@@ -10,12 +10,20 @@ parentheses; literals: strings, numbers, ``true``/``false``/``null``, dates, dat
 case-insensitive, ids match in 15- or 18-character form, and ``!=`` matches nulls — as in
 Salesforce. Anything else is ``MALFORMED_QUERY``; unknown objects/fields are
 ``INVALID_TYPE``/``INVALID_FIELD`` with Salesforce's wording.
+
+An object the user may not read is, to its queries, an object that does not exist — as in
+an org, whose schema a user only sees through their profile: ``FROM`` it is
+``INVALID_TYPE`` (not supported), a parent path through it (``Product2.Name``) is
+``INVALID_FIELD`` (didn't understand relationship), a child subquery of it is
+``INVALID_TYPE`` (didn't understand relationship ... in FROM part), each with the same
+words as for a name that is not there at all.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +81,12 @@ class Query:
 
 
 class _Parser:
-    def __init__(self, text: str, now_ms: int) -> None:
+    def __init__(self, text: str, now_ms: int,
+                 readable: Callable[[str], bool] | None = None) -> None:
         self.tokens: list[tuple[str, str]] = []
         self.now_ms = now_ms
+        #: whether the querying user may read an sObject (None: every one)
+        self.readable = readable or (lambda _name: True)
         pos, text = 0, text.strip()
         while pos < len(text):
             m = _TOKEN.match(text, pos)
@@ -129,14 +140,14 @@ class _Parser:
         rel: str | None = None
         if parent is None:
             obj = sobject(from_name)
-            if obj is None:
+            if obj is None or not self.readable(obj.name):
                 raise SfError("INVALID_TYPE", f"sObject type '{from_name}' is not supported. If "
                               "you are attempting to use a custom object, be sure to append the "
                               "'__c' after the entity name. Please reference your WSDL or the "
                               "describe call for the appropriate names.")
         else:
             rel = parent.child(from_name)
-            if rel is None:
+            if rel is None or not self.readable(parent.children[rel][0]):
                 raise SfError("INVALID_TYPE", f"Didn't understand relationship '{from_name}' in "
                               "FROM part of query call.")
             obj = OBJECTS[parent.children[rel][0]]
@@ -195,7 +206,7 @@ class _Parser:
         cur = obj
         for part in parts[:-1]:
             ref = cur.relationship(part)
-            if ref is None or ref.ref is None:
+            if ref is None or ref.ref is None or not self.readable(ref.ref):
                 raise SfError("INVALID_FIELD", f"Didn't understand relationship '{part}' in "
                               f"field path. If you are attempting to use a custom relationship, "
                               "be sure to append the '__r' after the custom relationship name.")
@@ -287,9 +298,10 @@ class _Parser:
                 format_datetime(int(end.timestamp() * 1000)))
 
 
-def parse(text: str, now_ms: int) -> Query:
-    """Parse one SOQL statement; raises :class:`SfError` (MALFORMED_QUERY, INVALID_...)."""
-    parser = _Parser(text, now_ms)
+def parse(text: str, now_ms: int, readable: Callable[[str], bool] | None = None) -> Query:
+    """Parse one SOQL statement; raises :class:`SfError` (MALFORMED_QUERY, INVALID_...).
+    ``readable`` (sObject name → bool) hides the objects the user may not read."""
+    parser = _Parser(text, now_ms, readable)
     q = parser.query()
     if parser.peek() is not None:
         raise _malformed(parser.peek() or "")

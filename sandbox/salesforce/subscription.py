@@ -88,6 +88,14 @@ class Subscription:
                 elif request.topic_name and request.topic_name != self.topic:
                     raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, FETCH_INVALID,
                                        "topic_name differs from the stream's first FetchRequest")
+                elif request.auth_refresh:
+                    # Subscribe is checked when the stream authenticates: at the first
+                    # FetchRequest and again when auth_refresh hands it a new session (which
+                    # may be another user's). A profile edit alone does not cut a live
+                    # stream: the permission is checked at subscribe, not per event
+                    # (REFERENCE documents no mid-stream re-check), so a revoked Subscribe
+                    # shows at the next auth_refresh or the next Subscribe.
+                    self.service.require(self.token, self.topic, permissions.SUBSCRIBE)
                 if request.num_requested < 0:
                     raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, FETCH_INVALID,
                                        "num_requested must not be negative")

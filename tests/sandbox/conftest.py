@@ -144,6 +144,7 @@ def sf_pubsub(sf_pb: SimpleNamespace, sf_sandbox: Any) -> Iterator[SfPubSub]:
     yield client
     client.close()
     sf_sandbox.reset_faults()
+    sf_sandbox.reset_permissions()  # not a fault (faults/reset keeps it): reset on its own
 
 
 @pytest.fixture
@@ -155,3 +156,4 @@ def sf_http(sf_sandbox: Any) -> Iterator[requests.Session]:
     session.headers["Authorization"] = "Bearer " + sf_sandbox.login()["access_token"]
     yield session
     sf_sandbox.reset_faults()
+    sf_sandbox.reset_permissions()

@@ -229,3 +229,57 @@ def test_subscribe_refused_without_the_permission(sf_pubsub: SfPubSub, sf_sandbo
     finally:
         sf_sandbox.reset_permissions()
     assert sf_sandbox.permissions()["events"][SF_TOPIC] == "S"
+
+
+def test_subscribe_is_checked_again_when_the_stream_reauthenticates(
+        sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    """Subscribe is checked when the stream authenticates: a profile edit alone does not cut
+    a live stream (the permission is checked at subscribe, not per event), but a FetchRequest
+    carrying ``auth_refresh`` is a new authentication and is refused PERMISSION_DENIED."""
+    sub = sf_pubsub.subscribe(num=10)
+    _drain_keepalive(sub)
+    sf_sandbox.set_permissions(events={SF_TOPIC: ""})
+    try:
+        [order_id] = _approve(sf_sandbox, 1)
+        [event] = sub.events(1)
+        assert _decode(sf_pubsub, event)["OrderId__c"] == order_id
+        sub.fetch(auth_refresh=sf_sandbox.login()["access_token"], num_requested=1)
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in range(5):
+                sub.next(timeout=3)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "subscribe" in (info.value.details() or "")
+    finally:
+        sf_sandbox.reset_permissions()
+
+
+def test_a_session_gone_mid_call_is_not_an_unrestricted_user(sf_pubsub: SfPubSub,
+                                                             sf_sandbox: Any) -> None:
+    """The session expires between authentication and the permission check (held apart by
+    injected latency): the publish is refused UNAUTHENTICATED and GetTopic grants nothing —
+    a token that names no user is not taken for one no profile holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema_id = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
+                                sf_pubsub.pb.TopicInfo).schema_id
+    info_json = sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id=schema_id),
+                                sf_pubsub.pb.SchemaInfo).schema_json
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
+        "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": "801late"})
+    publish = sf_pubsub.pb.PublishRequest(topic_name=SF_TOPIC, events=[
+        sf_pubsub.pb.ProducerEvent(id="late-uuid", schema_id=schema_id, payload=out.getvalue())])
+    stored = sf_sandbox.counters()["events_stored"]
+    sf_sandbox.set_faults(grpc_latency_ms=2000)
+    with ThreadPoolExecutor(2) as pool:
+        topic = pool.submit(sf_pubsub.unary, "GetTopic",
+                            sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC), sf_pubsub.pb.TopicInfo)
+        published = pool.submit(sf_pubsub.unary, "Publish", publish, sf_pubsub.pb.PublishResponse)
+        time.sleep(0.7)  # both authenticated, both waiting out the latency
+        sf_sandbox.expire_tokens()
+        with pytest.raises(grpc.RpcError) as info:
+            published.result(timeout=15)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answered = topic.result(timeout=15)
+    assert not answered.can_publish and not answered.can_subscribe
+    assert sf_sandbox.counters()["events_stored"] == stored

@@ -369,3 +369,159 @@ def test_the_integration_users_profile(sf_sandbox: Any, sf_http: requests.Sessio
         sf_sandbox.reset_permissions()
     assert sf_sandbox.permissions()["objects"]["Product2"] == "R"
     assert sf_sandbox.delete(opp) == opp and sf_sandbox.get_record(opp)["IsDeleted"]
+
+
+NOT_SUPPORTED = ("sObject type '{}' is not supported. If you are attempting to use a custom "
+                 "object, be sure to append the '__c' after the entity name. Please reference "
+                 "your WSDL or the describe call for the appropriate names.")
+
+
+def test_soql_is_held_to_read(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """An object the profile does not let the integration user read does not exist for its
+    SOQL — FROM it, a parent path through it (the pipeline's ``Product2.WHMCS_Product_Id__c``
+    in its OrderItems subquery), a child subquery of it, in WHERE too; query, queryAll and a
+    composite ``query`` subrequest alike — answered with the words for an unknown name."""
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    pipeline = ("SELECT Id, (SELECT Id, Product2Id, Product2.WHMCS_Product_Id__c FROM "
+                f"OrderItems) FROM Order WHERE Id = '{order_id}'")
+
+    def error(soql: str, resource: str = "query") -> dict:
+        resp = sf_http.get(f"{sf_sandbox.instance_url}{V}/{resource}", params={"q": soql})
+        assert resp.status_code == 400, (soql, resp.text)
+        [body] = resp.json()
+        return body
+
+    assert _q(sf_http, sf_sandbox, pipeline).status_code == 200
+    sf_sandbox.set_permissions(objects={"Product2": ""})
+    try:
+        for resource in ("query", "queryAll"):
+            assert error("SELECT Id FROM Product2", resource) == {
+                "message": NOT_SUPPORTED.format("Product2"), "errorCode": "INVALID_TYPE"}
+        assert error("SELECT Id FROM Nope__c")["message"] == NOT_SUPPORTED.format("Nope__c")
+        for soql in (pipeline, "SELECT Id FROM OrderItem WHERE Product2.Name != null",
+                     "SELECT Id FROM OrderItem ORDER BY Product2.Name LIMIT 1",
+                     "SELECT Id, PricebookEntry.Product2.Name FROM OrderItem LIMIT 1"):
+            found = error(soql)
+            assert found["errorCode"] == "INVALID_FIELD", soql
+            assert found["message"].startswith("Didn't understand relationship 'Product2' in "
+                                               "field path."), soql
+        # the lookup field itself is OrderItem's, which the user reads
+        assert _q(sf_http, sf_sandbox, "SELECT Id, Product2Id FROM OrderItem LIMIT 1"
+                  ).status_code == 200
+        # a composite subrequest goes through the same check
+        graph = sf_http.post(f"{sf_sandbox.instance_url}{V}/composite", json={
+            "compositeRequest": [{"method": "GET", "referenceId": "q",
+                                  "url": f"{V}/query?q=SELECT+Id+FROM+Product2"}]})
+        [sub] = graph.json()["compositeResponse"]
+        assert sub["httpStatusCode"] == 400 and sub["body"][0]["errorCode"] == "INVALID_TYPE"
+        # the CS user (the admin API) is not held to the profile
+        assert sf_sandbox.query("SELECT Id FROM Product2 LIMIT 1")["records"]
+        sf_sandbox.set_permissions(objects={"Product2": "R", "OrderItem": ""})
+        found = error(pipeline)
+        assert found["errorCode"] == "INVALID_TYPE" and found["message"] == (
+            "Didn't understand relationship 'OrderItems' in FROM part of query call.")
+        assert error("SELECT Id FROM OrderItem")["errorCode"] == "INVALID_TYPE"
+    finally:
+        sf_sandbox.reset_permissions()
+    assert _q(sf_http, sf_sandbox, pipeline).json()["records"][0]["OrderItems"]["records"]
+
+
+def test_describe_tells_the_profile(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """Describe answers as the integration user sees the org: objects it may not read are
+    absent (their describe and records 404 as an unknown name's), object and field
+    createable/updateable/deletable follow the profile — so the sink's start-up check
+    (``sinks.fence.check_field``) sees a revoked Update as the org would show it."""
+    from common.errors import ConfigError
+    from sinks.fence import check_field
+
+    base = sf_sandbox.instance_url + V
+
+    def described(name: str) -> dict:
+        resp = sf_http.get(f"{base}/sobjects/{name}/describe")
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def field(name: str, field_name: str) -> dict:
+        return next(f for f in described(name)["fields"] if f["name"] == field_name)
+
+    class Describer:
+        def describe(self, sobject: str) -> dict:
+            return described(sobject)
+
+    listed = {o["name"]: o for o in sf_http.get(f"{base}/sobjects").json()["sobjects"]}
+    assert {k: listed["Product2"][k] for k in ("queryable", "retrieveable", "createable",
+                                               "updateable", "deletable")} == {
+        "queryable": True, "retrieveable": True, "createable": False, "updateable": False,
+        "deletable": False}
+    assert listed["Order"]["updateable"] and not listed["Order"]["deletable"]
+    assert field("Product2", "Name")["updateable"] is False
+    assert field("Product2", "Name")["createable"] is False
+    assert field("Order", "Activation_Outcome_Ms__c")["updateable"] is True
+    check_field(Describer(), "Activation_Outcome_Ms__c")  # the requirements' profile passes
+    sf_sandbox.set_permissions(objects={"Order": "CR"})
+    try:
+        outcome = field("Order", "Activation_Outcome_Ms__c")
+        assert outcome["updateable"] is False and outcome["createable"] is True
+        assert described("Order")["updateable"] is False
+        with pytest.raises(ConfigError, match="not updatable by the integration user"):
+            check_field(Describer(), "Activation_Outcome_Ms__c")
+        sf_sandbox.set_permissions(objects={"Order": ""})
+        assert "Order" not in {o["name"] for o in sf_http.get(f"{base}/sobjects").json()[
+            "sobjects"]}
+        unknown = sf_http.get(f"{base}/sobjects/Nope__c/describe")
+        [order_id] = _pending_orders(sf_sandbox, 1)
+        for resp in (sf_http.get(f"{base}/sobjects/Order/describe"),
+                     sf_http.get(f"{base}/sobjects/Order/{order_id}"),
+                     sf_http.patch(f"{base}/sobjects/Order/{order_id}",
+                                   json={"Activation_Error__c": "x"})):
+            assert resp.status_code == 404 and resp.json() == unknown.json() == [
+                {"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]
+        assert "Orders" not in {r["relationshipName"]
+                                for r in described("Account")["childRelationships"]}
+    finally:
+        sf_sandbox.reset_permissions()
+    assert described("Order")["updateable"] is True
+
+
+def test_permission_edits_are_checked_whole(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """``POST /__sandbox/permissions``: names are canonicalised (``order``, an event without
+    ``/event/``) so an edit takes effect; an unknown name, key or letter — or Create, Edit,
+    Delete without what Setup requires for them — is a 400 that changes nothing, even where
+    the rest of the body was valid."""
+    url = sf_sandbox.instance_url + "/__sandbox/permissions"
+    before = sf_sandbox.permissions()
+    assert before["default_object"] == "R" and before["default_event"] == ""
+    for body in ({"objects": {"Nope__c": "R"}}, {"events": {"/event/Nope__e": "S"}},
+                 {"object": {"Order": "R"}}, {"objects": {"Order": "RX"}},
+                 {"objects": {"Order": "C"}}, {"objects": {"Order": "RD"}},
+                 {"objects": ["Order"]}, ["objects"], {"objects": {"Order": 7}},
+                 {"objects": {"Account": "R"}, "events": {"Nope__e": "S"}}):
+        resp = sf_http.post(url, json=body)
+        assert resp.status_code == 400, (body, resp.text)
+        assert sf_sandbox.permissions() == before, body
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    try:
+        changed = sf_http.post(url, json={"objects": {"order": "r"},
+                                          "events": {"OrderProvisionRequested__e": ""}})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["objects"]["Order"] == "R" and "order" not in \
+            changed.json()["objects"]
+        assert changed.json()["events"] == {"/event/OrderProvisionRequested__e": ""}
+        resp = sf_http.patch(f"{sf_sandbox.instance_url}{V}/sobjects/Order/{order_id}",
+                             json={"Activation_Error__c": "x"})
+        assert resp.status_code == 400
+        assert resp.json()[0]["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+    finally:
+        sf_sandbox.reset_permissions()
+    assert sf_sandbox.permissions() == before
+
+
+def test_admin_writes_refuse_fields_that_are_not_an_object(sf_sandbox: Any,
+                                                           sf_http: requests.Session) -> None:
+    admin = sf_sandbox.instance_url + "/__sandbox"
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    for path, body in (("/create", {"type": "Case", "fields": "Subject"}),
+                       ("/create", {"type": "Case", "fields": ["Subject", "x"]}),
+                       ("/update", {"type": "Order", "id": order_id, "fields": "Status"})):
+        resp = sf_http.post(admin + path, json=body)
+        assert resp.status_code == 400 and "fields" in resp.text, (path, body, resp.text)
