@@ -78,3 +78,20 @@ def test_docs_check_says_which_file_is_stale(tmp_path, capsys):
     assert ".env.example is out of date" in capsys.readouterr().err
     assert docs.main(["update"], tmp_path) == 0 and docs.main(["check"], tmp_path) == 0
     assert docs.main(["chek"], tmp_path) == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_readme_lists_every_outcome_error_code():
+    """Analysts filter on `error_code`: every code the worker can write is in the README's
+    list (five were missing from it), and the list names none the worker cannot write."""
+    written = set()
+    for path in (ROOT / "streams").glob("*.py"):
+        written |= set(re.findall(
+            r'(?:error_code\s*=\s*|MappingError\(\s*|Final\(\s*[A-Z]+,\s*)"([A-Z][A-Z_]+)"',
+            path.read_text()))
+    assert {"MISSING_WHMCS_CLIENT", "NOT_ACTIVATING", "DUPLICATE_WHMCS_ORDERS"} <= written
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `error_code` |"))
+    settings = {name for name, *_ in all_variables()}
+    listed = set(re.findall(r"`([A-Z][A-Z_]{3,})`", row)) - settings
+    assert written - listed == set(), "codes the README's error_code row does not list"
+    assert listed - written == set(), "codes the README lists that no code writes"
