@@ -299,12 +299,12 @@ def status() -> int:
     pid = supervisor_pid()
     b = broker()
     bpid = b.running_pid()
-    print(f"kafka       {'running pid ' + str(bpid) if bpid else 'not running'}  {b.bootstrap}")
+    print(f"{'kafka':<18} {'running pid ' + str(bpid) if bpid else 'not running'}  {b.bootstrap}")
     if pid is None or not STATUS.exists():
-        print("supervisor  not running")
+        print(f"{'supervisor':<18} not running")
         return 0 if bpid else 3
     for p in json.loads(STATUS.read_text())["processes"]:
-        print(f"{p['name']:<11} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}")
+        print(f"{p['name']:<18} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}")
     return 0
 
 
