@@ -212,6 +212,15 @@ def test_stream_with_nothing_requested_is_closed(sf_pubsub: SfPubSub) -> None:
     assert 3.5 <= time.monotonic() - started <= 15
 
 
+def _assert_subscribe_refused(sub: Any, *, tries: int, timeout: float) -> None:
+    """The stream ends PERMISSION_DENIED, naming the missing Subscribe, within ``tries``."""
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in range(tries):
+            sub.next(timeout=timeout)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "subscribe" in (info.value.details() or "")
+
+
 def test_subscribe_refused_without_the_permission(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
     """A profile without Subscribe on the event: the stream ends PERMISSION_DENIED, which the
     connector reports as a refused subscription (``/readyz`` 503), not a retry storm."""
@@ -220,12 +229,7 @@ def test_subscribe_refused_without_the_permission(sf_pubsub: SfPubSub, sf_sandbo
         topic = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
                                 sf_pubsub.pb.TopicInfo)
         assert not topic.can_subscribe and not topic.can_publish
-        sub = sf_pubsub.subscribe(num=1)
-        with pytest.raises(grpc.RpcError) as info:
-            for _ in range(3):
-                sub.next(timeout=5)
-        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "subscribe" in (info.value.details() or "")
+        _assert_subscribe_refused(sf_pubsub.subscribe(num=1), tries=3, timeout=5)
     finally:
         sf_sandbox.reset_permissions()
     assert sf_sandbox.permissions()["events"][SF_TOPIC] == "S"
@@ -244,11 +248,7 @@ def test_subscribe_is_checked_again_when_the_stream_reauthenticates(
         [event] = sub.events(1)
         assert _decode(sf_pubsub, event)["OrderId__c"] == order_id
         sub.fetch(auth_refresh=sf_sandbox.login()["access_token"], num_requested=1)
-        with pytest.raises(grpc.RpcError) as info:
-            for _ in range(5):
-                sub.next(timeout=3)
-        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "subscribe" in (info.value.details() or "")
+        _assert_subscribe_refused(sub, tries=5, timeout=3)
     finally:
         sf_sandbox.reset_permissions()
 
