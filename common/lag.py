@@ -43,10 +43,12 @@ def end_offsets(c: Any, topic: str, timeout: float = 10.0) -> dict[int, tuple[in
     return out
 
 
-def group_reader(target: Connectable, group: str) -> Any:
+def group_reader(target: Connectable, group: str, **extra: Any) -> Any:
     """A consumer that only reads ``group``'s committed offsets (:func:`committed_offsets`):
-    it never subscribes, so it never joins the group, and it commits nothing."""
-    return Consumer(kafka_config(target, **{"group.id": group, "enable.auto.commit": False}))
+    it never subscribes, so it never joins the group, and it commits nothing. ``extra``:
+    more client properties (the operator CLI's quieter logging)."""
+    return Consumer(kafka_config(target, **{"group.id": group, "enable.auto.commit": False},
+                                 **extra))
 
 
 def committed_offsets(reader: Any, topic: str, partitions: Iterable[int],

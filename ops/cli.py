@@ -13,23 +13,52 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import KafkaError as CKafkaError
+from confluent_kafka import KafkaException
+
 from common.errors import ConfigError, PipelineError
 from common.settings import KafkaSettings, environment
 
 
+class EnvDefault(str):
+    """An option's default as read from its environment variable: :func:`add`'s parser
+    tells it from a value typed on the command line, to name the variable when it fails."""
+
+
 def add(parser: argparse.ArgumentParser, *flags: str, env: str | None = None,
         default: Any = None, help: str = "", **kwargs: Any) -> None:  # noqa: A002
-    """An option whose default comes from ``env`` when set (a bad value: ConfigError naming
-    the variable, printed as one line by :func:`main`)."""
+    """An option whose default comes from ``env`` when set. The value is parsed only when the
+    subcommand that has the option runs without it — a bad ``SFPROV_TAIL_LAST`` once
+    stopped every command, ``--help`` included. A bad value: ConfigError naming the
+    variable and the option, printed as one line by :func:`main` (exit 1)."""
     if env:
         raw = environment().get(env)
         if raw not in (None, ""):
-            try:
-                default = raw if kwargs.get("type") is None else kwargs["type"](raw)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{env}: invalid value {raw!r}: {exc}") from None
+            default = EnvDefault(raw)  # argparse runs ``type`` on a str default when unused
+            if kwargs.get("type") is not None:
+                kwargs["type"] = _env_checked(kwargs["type"], env, _option_name(flags))
         help = f"{help} [env: {env}]"
     parser.add_argument(*flags, default=default, help=help, **kwargs)
+
+
+def _option_name(flags: tuple[str, ...]) -> str:
+    return next((f for f in flags if f.startswith("--")), flags[0])
+
+
+def _env_checked(parse: Callable[[str], Any], env: str, option: str) -> Callable[[str], Any]:
+    """``parse`` that, on a value from ``env``, fails with a ConfigError naming the variable
+    (argparse would call it "argument --last", which the operator never typed)."""
+    def parse_value(text: str) -> Any:
+        if not isinstance(text, EnvDefault):
+            return parse(text)
+        try:
+            return parse(str(text))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{env}: invalid value {str(text)!r} for {option}: {exc}"
+                              ) from None
+    # argparse names the type in its own message: "invalid int value: 'x'"
+    parse_value.__name__ = getattr(parse, "__name__", "value")
+    return parse_value
 
 
 def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
@@ -87,14 +116,39 @@ def attach_relative_times(argv: list[str]) -> list[str]:
     return out
 
 
+# librdkafka's codes for "no broker answered" (refused, unresolvable, silent): the broker is
+# away or the address is wrong, not a refusal of this client
+_UNREACHABLE = {CKafkaError._TRANSPORT, CKafkaError._ALL_BROKERS_DOWN, CKafkaError._RESOLVE,
+                CKafkaError._TIMED_OUT, CKafkaError._MSG_TIMED_OUT}
+
+
+def kafka_failure(exc: KafkaException, args: argparse.Namespace | None) -> str:
+    """The one line for a librdkafka error that reached :func:`main` (``list_topics``, an
+    admin future, ``committed``… raise KafkaException and its subclasses — ConsumeError,
+    ProduceError — wherever the CLI calls them): which broker, what it said."""
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], CKafkaError) else None
+    reason = err.str() if err is not None else str(exc)
+    try:
+        where = kafka_settings(args).bootstrap_servers if args is not None else "?"
+    except PipelineError:
+        where = getattr(args, "bootstrap", None) or "?"
+    if err is not None and err.code() in _UNREACHABLE:
+        return f"cannot reach Kafka at {where}: {reason}"
+    return f"Kafka at {where}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     load_local_stack_env()
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(attach_relative_times(sys.argv[1:] if argv is None else argv))
         return int(args.func(args) or 0)
     except PipelineError as exc:  # a bad setting included: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:  # the broker away, a topic refused: one line as well
+        print(f"error: {kafka_failure(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

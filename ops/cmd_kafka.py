@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,13 +15,15 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Produc
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from common.connection import kafka_config
 from common.errors import KafkaError
 from common.kafka import declared_topics, describe_drift
-from common.lag import group_lag, group_reader
+from common.lag import EXACT_LAG_LIMIT, group_lag, group_reader, records_between
 from common.settings import SinkSettings, WorkerSettings
 from ops.cli import add, kafka_settings
 from ops.kafkaview import (
+    QUIET,
+    Deliveries,
+    client_config,
     consumer,
     end_offsets,
     last_value,
@@ -41,7 +45,7 @@ def sink_group(args: argparse.Namespace) -> str:
 
 def topics(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
-    admin = AdminClient(kafka_config(settings))
+    admin = AdminClient(client_config(settings))
     md = admin.list_topics(timeout=10)
     specs = declared_topics(settings)
     present = [s for s in specs if s.name in md.topics]
@@ -109,7 +113,7 @@ def tail(args: argparse.Namespace) -> int:
 # -- lag ----------------------------------------------------------------------------------
 
 def _group_lag(settings: Any, c: Any, group: str, topic: str) -> list[tuple[int, int, int]]:
-    reader = group_reader(settings, group)
+    reader = group_reader(settings, group, **QUIET)
     try:
         return group_lag(reader, c, topic)
     finally:
@@ -172,15 +176,46 @@ def _print_connector_position(args: argparse.Namespace) -> None:
 # -- replay -------------------------------------------------------------------------------
 
 def _parse_time(text: str) -> int:
-    """ISO-8601 time (UTC if no zone) or a relative '-2h' / '-3d' → epoch ms."""
+    """ISO-8601 time (UTC if no zone) or a relative '-2h' / '-3d' → epoch ms; ValueError
+    when it is neither."""
     text = text.strip()
-    if text.startswith("-") and text[-1] in "smhd":
+    if text.startswith("-") and text[-1:] in ("s", "m", "h", "d"):
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
-        return int((time.time() - float(text[1:-1]) * unit) * 1000)
+        amount = float(text[1:-1])
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"not a duration: {text[1:]!r}")
+        return int((time.time() - amount * unit) * 1000)
     parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return int(parsed.timestamp() * 1000)
+
+
+def time_arg(text: str) -> int:
+    """``--from-time``'s parser: epoch ms, or argparse's one-line usage error naming the
+    option (``yesterday`` once ended in a traceback from ``fromisoformat``)."""
+    try:
+        return _parse_time(text)
+    except (ValueError, OverflowError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 time (2026-11-20T08:00Z, UTC without a zone) or a "
+            f"relative one (-6h, -3d), got {text!r}") from exc
+
+
+def partition_offset_arg(text: str) -> tuple[int, int]:
+    """``--from-offset``'s parser: ``P:O`` → (partition, offset), or argparse's one-line
+    usage error (``3`` once ended in a traceback from ``int('')``)."""
+    partition, sep, offset = text.strip().partition(":")
+    try:
+        if not sep:
+            raise ValueError(text)
+        parsed = int(partition), int(offset)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected PARTITION:OFFSET (e.g. 0:17), got {text!r}") from None
+    if parsed[0] < 0 or parsed[1] < 0:
+        raise argparse.ArgumentTypeError(f"partition and offset cannot be negative: {text!r}")
+    return parsed
 
 
 _COORDINATOR_MOVING = (CKafkaError.NOT_COORDINATOR, CKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
@@ -208,7 +243,10 @@ def replay(args: argparse.Namespace) -> int:
     args.execute = args.execute and not args.dry_run
     settings = kafka_settings(args)
     group = worker_group(args)
-    admin = AdminClient(kafka_config(settings))
+    admin = AdminClient(client_config(settings))
+    # no broker: the one line of every command (ops.cli.main), not a minute's wait for a
+    # group coordinator and then "Timed out"
+    admin.list_topics(settings.requests, timeout=10)
     deadline = time.monotonic() + (args.wait if args.execute else 0.0)
     while True:
         desc = group_call(lambda: admin.describe_consumer_groups([group])[group].result(),
@@ -221,54 +259,83 @@ def replay(args: argparse.Namespace) -> int:
         if time.monotonic() >= deadline:
             print(f"refusing: the worker group {group} has {members} active member(s). Stop "
                   "the worker first (make-up stack: `python -m ops.stack pause worker`), or "
-                  "pass --wait SECONDS to wait for it to stop.")
+                  "pass --wait SECONDS to wait for it to stop.", file=sys.stderr)
             return 3
         time.sleep(1)
-    if args.from_offset:
-        partition, _, offset = args.from_offset.partition(":")
-        targets = rewind_consumer_positions(settings, settings.requests,
-                                            offsets={int(partition): int(offset)})
-        c = consumer(settings)
-        current = {p: committed
-                   for p, committed, _ in _group_lag(settings, c, group, settings.requests)}
-        c.close()
-        targets = {p: (o if p == int(partition) else current[p]) for p, o in targets.items()}
-    else:
-        targets = rewind_consumer_positions(settings, settings.requests,
-                                            from_time_ms=_parse_time(args.from_time))
     c = consumer(settings)
-    before = {p: committed
-              for p, committed, _ in _group_lag(settings, c, group, settings.requests)}
-    c.close()
-    tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
-    if args.execute:
+    try:
+        before = {p: committed
+                  for p, committed, _ in _group_lag(settings, c, group, settings.requests)}
+        if args.from_offset is not None:
+            partition, offset = args.from_offset
+            targets = rewind_consumer_positions(settings, settings.requests,
+                                                offsets={partition: offset})
+            targets = {p: (o if p == partition else before[p]) for p, o in targets.items()}
+        else:
+            targets = rewind_consumer_positions(settings, settings.requests,
+                                                from_time_ms=args.from_time)
+        tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
+        rows: list[dict[str, Any]] = []
+        for tp in tps:
+            current = before.get(tp.partition, tp.offset)
+            rows.append({"partition": tp.partition, "current": current, "target": tp.offset,
+                         "rewind": current - tp.offset,
+                         "skip": _skipped(c, settings.requests, tp.partition, current,
+                                          tp.offset)})
+    finally:
+        c.close()
+    rewound = sum(max(0, r["rewind"]) for r in rows)
+    skipped = sum(r["skip"] for r in rows)
+    refused = skipped > 0 and not args.allow_skip
+    if args.execute and not refused:
         group_call(lambda: admin.alter_consumer_group_offsets(
             [ConsumerGroupTopicPartitions(group, tps)])[group].result(),
             f"rewinding the worker group {group}")
-    rows: list[dict[str, Any]] = [
-        {"partition": tp.partition, "current": before.get(tp.partition),
-         "target": tp.offset, "rewind": before.get(tp.partition, tp.offset) - tp.offset}
-        for tp in tps]
-    rewound = sum(max(0, r["rewind"]) for r in rows)
+    executed = args.execute and not refused
     if args.json:
-        print(json.dumps({"group": group, "topic": settings.requests, "executed": args.execute,
-                          "active_members": members, "rewind": rewound,
+        print(json.dumps({"group": group, "topic": settings.requests, "executed": executed,
+                          "active_members": members, "rewind": rewound, "skip": skipped,
                           "partitions": rows}, indent=2))
+    else:
+        for r in rows:
+            delta = r["rewind"]
+            skips = f": skips {r['skip']} unprocessed" if r["skip"] else ""
+            print(f"  partition {r['partition']:>2}: {r['current']} → {r['target']} "
+                  f"({'+' if delta < 0 else '-'}{abs(delta)} records{skips})")
+    if refused:
+        where = ", ".join(f"partition {r['partition']}: {r['skip']}" for r in rows if r["skip"])
+        print(f"refusing: this plan moves the worker group {group} forward past {skipped} "
+              f"record(s) it has not processed ({where}); the worker would never provision "
+              "them. Choose an earlier --from-time or --from-offset, or pass --allow-skip to "
+              "skip them on purpose.", file=sys.stderr)
+        return 3
+    if args.json:
         return 0
-    for r in rows:
-        delta = r["rewind"]
-        print(f"  partition {r['partition']:>2}: {r['current']} → {r['target']} "
-              f"({'+' if delta < 0 else '-'}{abs(delta)} records)")
-    if not args.execute:
+    skip_note = (f" and skip {skipped} record(s) it has not processed (--allow-skip)"
+                 if skipped else "")
+    if not executed:
         note = (f"; the group has {members} active member(s): stop the worker before "
                 "--execute") if members else ""
-        print(f"would rewind group {group} on {settings.requests} by {rewound} records "
-              f"(a plan: nothing changed; add --execute to apply it{note})")
+        print(f"would rewind group {group} on {settings.requests} by {rewound} records"
+              f"{skip_note} (a plan: nothing changed; add --execute to apply it{note})")
         return 0
-    print(f"rewound group {group} on {settings.requests} by {rewound} records; the worker "
-          "re-decides them when it starts (dedupe, the Salesforce guard and the WHMCS lookup "
-          "prevent a second WHMCS order)")
+    skip_done = (f"; skipped {skipped} record(s) it had not processed (--allow-skip)"
+                 if skipped else "")
+    print(f"rewound group {group} on {settings.requests} by {rewound} records{skip_done}; "
+          "the worker re-decides them when it starts (dedupe, the Salesforce guard and the "
+          "WHMCS lookup prevent a second WHMCS order)")
     return 0
+
+
+def _skipped(c: Any, topic: str, partition: int, current: int, target: int) -> int:
+    """Records a move of the group from ``current`` forward to ``target`` skips: committed
+    records, the transaction markers between them not counted (as ``lag`` counts; offsets
+    beyond :data:`~common.lag.EXACT_LAG_LIMIT`). 0 for a rewind."""
+    if target <= current:
+        return 0
+    if target - current > EXACT_LAG_LIMIT:
+        return target - current
+    return records_between(c, topic, partition, current, target)
 
 
 # -- dlq ----------------------------------------------------------------------------------
@@ -301,21 +368,26 @@ def dlq(args: argparse.Namespace) -> int:
         print("name the records to requeue with --offset P:O (repeatable), or pass --all: "
               "every dead letter --stage/--order-id select (every one without them)")
         return 3
-    producer = Producer(kafka_config(settings, **{
+    producer = Producer(client_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
-    count = 0
+    sent = Deliveries()
     for r in records:
         source = r.headers.get("source_topic")
         if not source:
             print(f"{r.partition}:{r.offset}: no source topic (stage {r.headers.get('stage')}); "
                   "not requeueable — fix it at the source")
             continue
-        producer.produce(source, key=r.key.encode() if r.key else None, value=r.raw_value,
-                         headers=[("sfprov.requeued_from", f"{topic}:{r.partition}:{r.offset}"
-                                   .encode())])
-        count += 1
-    producer.flush(30)
-    print(f"requeued {count} record(s)")
+        sent.produce(producer, source, key=r.key.encode() if r.key else None,
+                     value=r.raw_value,
+                     headers=[("sfprov.requeued_from", f"{topic}:{r.partition}:{r.offset}"
+                               .encode())])
+    sent.wait(producer, 30)
+    # what the broker took, not what was handed to the producer
+    print(f"requeued {sent.delivered} record(s)")
+    if sent.not_delivered:
+        print(f"error: {sent.not_delivered} record(s) not requeued ({sent.problems()}); "
+              f"they stay in {topic}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -347,8 +419,10 @@ def _configure_lag(p: argparse.ArgumentParser) -> None:
 
 def _configure_replay(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--from-time", help="ISO-8601 time (UTC) or relative like -6h, -3d")
-    g.add_argument("--from-offset", help="PARTITION:OFFSET of the requests topic")
+    g.add_argument("--from-time", type=time_arg,
+                   help="ISO-8601 time (UTC) or relative like -6h, -3d")
+    g.add_argument("--from-offset", type=partition_offset_arg, metavar="PARTITION:OFFSET",
+                   help="PARTITION:OFFSET of the requests topic")
     add(p, "--wait", env="SFPROV_REPLAY_WAIT_S", default=0.0, type=float,
         help="with --execute: seconds to wait for the worker group to become empty before "
              "refusing")
@@ -356,6 +430,9 @@ def _configure_replay(p: argparse.ArgumentParser) -> None:
                    help="rewind the group (without it, replay only shows the plan, as "
                         "kafka-consumer-groups --reset-offsets does)")
     p.add_argument("--dry-run", action="store_true", help="show the plan (the default)")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="let the plan move a partition forward past records the worker has "
+                        "not processed (refused without it: they would never be provisioned)")
     _json_flag(p)
     p.set_defaults(func=replay)
 

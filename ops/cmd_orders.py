@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 from typing import Any
 
 from confluent_kafka import Producer
 
-from common.connection import kafka_config
+from common.errors import KafkaError
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from ops.cli import add, kafka_settings
-from ops.kafkaview import jsonable, scan
+from ops.kafkaview import Deliveries, client_config, jsonable, scan
 
 
 def _sf() -> SalesforceClient:
@@ -131,8 +132,25 @@ def _print_trace(out: dict[str, Any]) -> None:
 # -- reconcile ----------------------------------------------------------------------------
 
 def _duration(text: str) -> float:
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1])
-    return float(text[:-1]) * unit if unit else float(text)
+    """``30m``, ``2h``, ``1d``, ``90s`` or bare seconds → seconds; ValueError otherwise."""
+    text = text.strip()
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:])
+    seconds = float(text[:-1]) * unit if unit else float(text)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {text!r}")
+    return seconds
+
+
+def duration_arg(text: str) -> str:
+    """``--older-than``'s parser: the text as given (reports say "older than 15m"), once
+    :func:`_duration` reads it; else argparse's one-line usage error naming the option
+    (``abc`` once ended in a traceback when reconcile started)."""
+    try:
+        _duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 2h, 1d, 90s or seconds, got {text!r}") from None
+    return text.strip()
 
 
 def reconcile(args: argparse.Namespace) -> int:
@@ -142,12 +160,18 @@ def reconcile(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     plan = find_stranded(_sf(), settings, older_than_s=_duration(args.older_than))
     stranded = plan.stranded
-    injected = 0 if args.dry_run or not stranded else inject_requests(settings, stranded)
+    sent = Deliveries() if args.dry_run or not stranded else send_requests(settings, stranded)
+    injected = sent.delivered
+    failed = (f"{sent.not_delivered} of {len(stranded)} provisioning request(s) not injected "
+              f"({sent.problems()})") if sent.not_delivered else ""
     if args.json:
         print(json.dumps({"activating": plan.activating, "candidates": len(plan.candidates),
                           "no_request": plan.no_request, "undecided": plan.undecided,
-                          "injected": injected, "dry_run": bool(args.dry_run)}, indent=2))
-        return 0
+                          "injected": injected, "not_injected": sent.not_delivered,
+                          "dry_run": bool(args.dry_run)}, indent=2))
+        if failed:
+            print(f"error: {failed}", file=sys.stderr)
+        return 1 if failed else 0
     print(f"{plan.activating} Order(s) Activating; {len(plan.candidates)} older than "
           f"{args.older_than}; {len(plan.no_request)} with no provisioning request since their "
           f"last change, {len(plan.undecided)} whose latest request has no outcome (stranded)")
@@ -156,24 +180,37 @@ def reconcile(args: argparse.Namespace) -> int:
               f"{plan.candidates[oid].get('LastModifiedDate')}")
     if injected:
         print(f"injected {injected} provisioning request(s) into {settings.requests}")
+    if failed:
+        print(f"error: {failed}; run reconcile again once Kafka takes them", file=sys.stderr)
+        return 1
     return 0
 
 
 def inject_requests(settings: Any, order_ids: list[str]) -> int:
+    """Requests for ``order_ids``, all delivered (their number), or a KafkaError saying how
+    many were not and why."""
+    sent = send_requests(settings, order_ids)
+    if sent.not_delivered:
+        raise KafkaError(f"{sent.not_delivered} of {len(order_ids)} provisioning request(s) "
+                         f"not injected ({sent.problems()})")
+    return sent.delivered
+
+
+def send_requests(settings: Any, order_ids: list[str]) -> Deliveries:
+    """A request for each of ``order_ids``, with what the broker took (a refused record was
+    once counted as injected: ``flush()`` returns 0 for it too)."""
     # the connector's format (request_record): Confluent's with a registry, so analysts'
     # tools decode it
-    producer = Producer(kafka_config(settings, **{
+    producer = Producer(client_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     now_ms = int(time.time() * 1000)
+    sent = Deliveries()
     for oid in order_ids:
         topic, key, value, headers = request_record(settings, oid, source="reconcile",
                                                     requested_by="sfprov reconcile",
                                                     now_ms=now_ms)
-        producer.produce(topic, key=key, value=value,
-                         headers=headers)  # type: ignore[arg-type] # list invariance
-    if producer.flush(30) != 0:
-        raise SystemExit("error: could not deliver every request to Kafka")
-    return len(order_ids)
+        sent.produce(producer, topic, key=key, value=value, headers=headers)
+    return sent.wait(producer, 30)
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -279,7 +316,7 @@ def _configure_trace(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_reconcile(p: argparse.ArgumentParser) -> None:
-    add(p, "--older-than", env="SFPROV_RECONCILE_OLDER_THAN", default="15m",
+    add(p, "--older-than", env="SFPROV_RECONCILE_OLDER_THAN", default="15m", type=duration_arg,
         help="only Orders Activating for at least this long (e.g. 30m, 2h, 0s)")
     p.add_argument("--dry-run", action="store_true", help="report, inject nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")

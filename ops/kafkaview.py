@@ -15,7 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
@@ -117,8 +123,19 @@ class Decoder:
                       value, headers, msg.value())
 
 
+#: librdkafka logs each failed connection attempt to stderr (``%3|…|FAIL|…``), twenty a
+#: second while a broker is away, around the one line :func:`ops.cli.main` prints for the
+#: error; the CLI's clients log only critical conditions
+QUIET = {"log_level": 2}
+
+
+def client_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    """The confluent-kafka configuration of a CLI client (:data:`QUIET`)."""
+    return kafka_config(settings, **QUIET, **extra)
+
+
 def consumer(settings: KafkaSettings, **extra: Any) -> Consumer:
-    conf = {**kafka_config(settings),
+    conf = {**client_config(settings),
             "group.id": f"sfprov-cli-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
             "enable.partition.eof": False}
@@ -195,6 +212,16 @@ def rewind_consumer_positions(settings: KafkaSettings, topic: str, *,
     try:
         bounds = end_offsets(c, topic)
         if offsets is not None:
+            # a partition or offset the topic does not have was once left out of the plan
+            # without a word (or committed, for the worker to reset from auto.offset.reset)
+            for p, offset in offsets.items():
+                if p not in bounds:
+                    raise PipelineKafkaError(f"{topic} has no partition {p} (it has "
+                                             f"{len(bounds)}: 0 to {len(bounds) - 1})")
+                low, high = bounds[p]
+                if not low <= offset <= high:
+                    raise PipelineKafkaError(f"offset {offset} is outside partition {p} of "
+                                             f"{topic} (offsets {low} to {high})")
             return {p: offsets.get(p, bounds[p][1]) for p in bounds}
         assert from_time_ms is not None
         found = c.offsets_for_times([TopicPartition(topic, p, from_time_ms) for p in bounds],
@@ -205,5 +232,53 @@ def rewind_consumer_positions(settings: KafkaSettings, topic: str, *,
         c.close()
 
 
-__all__ = ["OFFSET_BEGINNING", "Record", "TOPIC_ALIASES", "end_offsets", "last_value",
-           "resolve_topic", "rewind_consumer_positions", "scan"]
+class Deliveries:
+    """The delivery reports of a producer's records, to say how many reached Kafka:
+    ``flush()`` returning 0 only says none is left in the queue — a record the broker
+    refused (an unknown or invalid topic, one too large) is reported failed and gone.
+    :meth:`produce` sends through it, :meth:`wait` flushes."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed: list[tuple[str, str]] = []  # (topic, reason), one per record
+        self.unsent = 0
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed.append((msg.topic(), err.str()))
+
+    def produce(self, producer: Any, topic: str, **kwargs: Any) -> None:
+        """``producer.produce`` with this report as ``on_delivery``; a record refused at once
+        (a full queue, a bad argument) is counted failed and the others still go."""
+        try:
+            producer.produce(topic, on_delivery=self, **kwargs)
+        except (KafkaException, BufferError) as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            self.failed.append((topic, err.str() if err is not None else str(exc)))
+        producer.poll(0)
+
+    def wait(self, producer: Any, timeout_s: float = 30.0) -> Deliveries:
+        """Flush; a record still unsent after ``timeout_s`` counts as not delivered."""
+        self.unsent = producer.flush(timeout_s)
+        return self
+
+    @property
+    def not_delivered(self) -> int:
+        return len(self.failed) + self.unsent
+
+    def problems(self) -> str:
+        """What went wrong, by topic and reason: ``to x: Broker: Invalid topic (2)``."""
+        counts: dict[tuple[str, str], int] = {}
+        for where in self.failed:
+            counts[where] = counts.get(where, 0) + 1
+        parts = [f"to {topic}: {reason}" + (f" ({n})" if n > 1 else "")
+                 for (topic, reason), n in counts.items()]
+        if self.unsent:
+            parts.append(f"{self.unsent} still unsent when the wait ended")
+        return "; ".join(parts)
+
+
+__all__ = ["OFFSET_BEGINNING", "QUIET", "TOPIC_ALIASES", "Deliveries", "Record", "client_config",
+           "end_offsets", "last_value", "resolve_topic", "rewind_consumer_positions", "scan"]

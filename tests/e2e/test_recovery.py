@@ -109,7 +109,7 @@ def test_replay_from_time_creates_no_second_whmcs_order(kafka_bootstrap, tmp_pat
         assert plan.returncode == 0 and "would rewind" in plan.stdout, plan.stdout
         assert "stop the worker before --execute" in plan.stdout
         refused = cli(p, "replay", "--from-time", since, "--execute")
-        assert refused.returncode == 3 and "refusing" in refused.stdout
+        assert refused.returncode == 3 and "refusing" in refused.stderr
         assert p.stop("worker") == 0
         replay = cli(p, "replay", "--from-time", since, "--wait", "60", "--execute")
         assert replay.returncode == 0, replay.stdout + replay.stderr

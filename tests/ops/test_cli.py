@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.harness import provision_request
 from common.avro import AvroSerde
@@ -110,32 +110,118 @@ def test_kafka_habits_bootstrap_server_flag_and_json_listings(kafka_settings):
     assert dlq.returncode == 0 and json.loads(dlq.stdout) == []
 
 
-def test_replay_only_plans_unless_execute(kafka_settings):
-    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+def produce_requests(settings, counts: dict[int, int]) -> None:
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
                          "partitioner": "murmur2_random"})
-    for i in range(3):
-        producer.produce(kafka_settings.requests, key="801000000000001AAA", partition=0,
-                         value=provision_request("801000000000001AAA", f"k-{i}"))
-    producer.flush(10)
+    for partition, count in counts.items():
+        for i in range(count):
+            producer.produce(settings.requests, key="801000000000001AAA", partition=partition,
+                             value=provision_request("801000000000001AAA", f"k-{partition}-{i}"))
+    assert producer.flush(10) == 0
+
+
+def commit_worker_group(settings, offsets: dict[int, int]) -> str:
+    """The worker group's committed offsets on the requests topic, as if the worker had
+    processed the records below them; the group's name (from replay's own plan)."""
+    plan = sfprov(settings, "replay", "--from-offset", "0:0", "--json")
+    assert plan.returncode == 0, plan.stderr
+    group = json.loads(plan.stdout)["group"]
+    committer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group,
+                          "enable.auto.commit": False})
+    committer.commit(offsets=[TopicPartition(settings.requests, p, o)
+                              for p, o in offsets.items()], asynchronous=False)
+    committer.close()
+    return group
+
+
+def partition_row(plan: subprocess.CompletedProcess[str], partition: int) -> dict:
+    return next(p for p in json.loads(plan.stdout)["partitions"] if p["partition"] == partition)
+
+
+def test_replay_only_plans_unless_execute(kafka_settings):
+    produce_requests(kafka_settings, {0: 3})
+    commit_worker_group(kafka_settings, {0: 3})  # the worker has processed all three
     plan = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--json")
     assert plan.returncode == 0, plan.stderr
     planned = json.loads(plan.stdout)
     assert planned["executed"] is False
     part0 = next(p for p in planned["partitions"] if p["partition"] == 0)
-    assert part0["target"] == 1
+    assert part0["target"] == 1 and part0["rewind"] == 2 and part0["skip"] == 0
     again = json.loads(sfprov(kafka_settings, "replay", "--from-offset", "0:1",
                               "--json").stdout)
     assert again["partitions"] == planned["partitions"]  # nothing was changed
     done = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--execute")
     assert done.returncode == 0 and "rewound group" in done.stdout, done.stdout + done.stderr
-    after = json.loads(sfprov(kafka_settings, "replay", "--from-offset", "0:2",
-                              "--json").stdout)
-    assert next(p for p in after["partitions"] if p["partition"] == 0)["current"] == 1
+    after = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--json")
+    assert partition_row(after, 0)["current"] == 1
     # a relative time as the README writes it: the records were written just now
     recent = sfprov(kafka_settings, "replay", "--from-time", "-1h", "--json")
     assert recent.returncode == 0, recent.stderr
     part0 = next(p for p in json.loads(recent.stdout)["partitions"] if p["partition"] == 0)
     assert part0["target"] == 0
+
+
+def test_replay_refuses_to_move_the_group_past_unprocessed_records(kafka_settings):
+    """A target above the committed offset skips events the worker never decided; replay
+    once did it and said "rewound by 0 records"."""
+    produce_requests(kafka_settings, {0: 3, 1: 2})
+    commit_worker_group(kafka_settings, {0: 1})  # partition 1: nothing committed, 2 to read
+    ahead = sfprov(kafka_settings, "replay", "--from-offset", "0:3")
+    assert ahead.returncode == 3, ahead.stdout + ahead.stderr
+    assert "would rewind" not in ahead.stdout
+    [line] = ahead.stderr.strip().splitlines()
+    assert line.startswith("refusing: ") and "past 2 record(s)" in line, line
+    assert "partition 0: 2" in line and "--allow-skip" in line, line
+    executed = sfprov(kafka_settings, "replay", "--from-offset", "0:3", "--execute", "--json")
+    assert executed.returncode == 3, executed.stderr
+    assert json.loads(executed.stdout)["executed"] is False
+    # a time after the last record: every partition to its end, both skip
+    future = sfprov(kafka_settings, "replay", "--from-time", "2099-01-01T00:00Z", "--execute")
+    assert future.returncode == 3, future.stdout + future.stderr
+    assert "past 4 record(s)" in future.stderr and "partition 1: 2" in future.stderr
+    unchanged = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--json")
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert partition_row(unchanged, 0)["current"] == 1  # nothing was changed
+    allowed = sfprov(kafka_settings, "replay", "--from-offset", "0:3", "--execute",
+                     "--allow-skip")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "skipped 2 record(s)" in allowed.stdout, allowed.stdout
+    moved = sfprov(kafka_settings, "replay", "--from-offset", "0:3", "--json")
+    assert moved.returncode == 0 and partition_row(moved, 0)["current"] == 3, moved.stderr
+
+
+@pytest.mark.parametrize("target,message", [
+    ("7:0", "has no partition 7"),  # once planned as nothing, silently
+    ("0:99", "offset 99 is outside partition 0"),
+])
+def test_replay_refuses_a_partition_or_offset_the_topic_does_not_have(kafka_settings, target,
+                                                                       message):
+    produce_requests(kafka_settings, {0: 3})
+    result = sfprov(kafka_settings, "replay", "--from-offset", target)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+
+
+def test_dlq_requeue_counts_what_the_broker_took(kafka_settings):
+    """A record the broker refuses is a failure, not "requeued" (flush() alone says 0 left)."""
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    for order, source in (("801000000000009AAA", kafka_settings.outcomes),
+                          ("801000000000008AAA", "no such topic!")):  # a name Kafka refuses
+        producer.produce(kafka_settings.dead_letters, key=order, value=b"v",
+                         headers=dead_letter_headers(stage="sink", reason="x",
+                                                     error_class="SalesforceRecordError",
+                                                     source_topic=source,
+                                                     source_partition=0, source_offset=1))
+    producer.flush(10)
+    result = sfprov(kafka_settings, "dlq", "requeue", "--all")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "requeued 1 record(s)" in result.stdout, result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: 1 record(s) not requeued"), line
+    assert "no such topic!" in line and "Invalid topic" in line, line
+    back = sfprov(kafka_settings, "tail", "outcomes", "--from-beginning")
+    assert [json.loads(x)["key"] for x in back.stdout.splitlines()] == ["801000000000009AAA"]
 
 
 @pytest.mark.parametrize("variable,value,argv", [

@@ -1,0 +1,118 @@
+"""`sfprov` fails in one line, never a traceback: no broker at the address, a bad option value,
+a bad value in the environment (which stops only the command that reads it). No broker is
+needed: the address given is a free port nobody listens on."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ops.cmd_kafka import partition_offset_arg, time_arg
+from ops.cmd_orders import duration_arg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+            "SFPROV_STATE_DIR": "/nonexistent", **extra}
+
+
+def sfprov(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env(**extra),
+                          capture_output=True, text=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_no_broker_at_the_address_is_one_line_for_every_kafka_command():
+    """librdkafka's KafkaException (list_topics, admin futures) once escaped main() as a
+    traceback, after librdkafka's own FAIL log lines, for all of these."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    commands = {
+        "topics": ["topics"], "tail": ["tail", "requests"], "lag": ["lag"],
+        "trace": ["trace", "801000000000001AAA"], "dlq": ["dlq"],
+        "requeue": ["dlq", "requeue", "--all"], "replay": ["replay", "--from-time", "-1h"],
+        "demo": ["demo", "--count", "1"],
+        # a bad SFPROV_TAIL_LAST is not read when --last is given: the broker is the error
+        "tail --last": ["tail", "requests", "--last", "5"],
+    }
+    # each waits out list_topics' 10 s: run them side by side
+    started = time.monotonic()
+    running = {name: subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "-b", bootstrap, *argv], cwd=ROOT,
+        env=env(**({"SFPROV_TAIL_LAST": "many"} if name == "tail --last" else {})),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, argv in commands.items()}
+    for name, proc in running.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (name, stderr)
+        assert "Traceback" not in stderr, (name, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (name, stderr)
+        assert lines[0].startswith(f"error: cannot reach Kafka at {bootstrap}: "), (name, stderr)
+    assert time.monotonic() - started < 90  # no minute-long wait for a group coordinator
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["replay", "--from-offset", "3"], "--from-offset"),
+    (["replay", "--from-offset", "a:1"], "--from-offset"),
+    (["replay", "--from-offset", "0:-1"], "--from-offset"),
+    (["replay", "--from-time", "yesterday"], "--from-time"),
+    (["replay", "--from-time=-infh"], "--from-time"),
+    (["reconcile", "--older-than", "abc"], "--older-than"),
+    (["reconcile", "--older-than", ""], "--older-than"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(argv, option):
+    result = sfprov("-b", f"127.0.0.1:{free_port()}", *argv)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sfprov {argv[0]}: error: argument {option}: "), result.stderr
+
+
+@pytest.mark.parametrize("variable,value,argv,option", [
+    ("SFPROV_TAIL_LAST", "many", ["tail", "requests"], "--last"),
+    ("SFPROV_RECONCILE_OLDER_THAN", "abc", ["reconcile"], "--older-than"),
+    ("SFPROV_REPLAY_WAIT_S", "soon", ["replay", "--from-offset", "0:0"], "--wait"),
+])
+def test_a_bad_env_default_stops_only_its_command(variable, value, argv, option):
+    """Every subparser once parsed its env defaults while the parser was built: a bad
+    SFPROV_TAIL_LAST stopped `sfprov lag`, `sfprov acls` and `sfprov --help` too."""
+    bad = {variable: value}
+    failed = sfprov(*argv, **bad)
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and option in lines[0], failed.stderr
+    assert repr(value) in lines[0]
+    for other in (["--help"], [argv[0], "--help"], ["acls"]):
+        fine = sfprov(*other, **bad)
+        assert fine.returncode == 0, (other, fine.stderr)
+        assert fine.stdout and not fine.stderr, (other, fine.stderr)
+
+
+def test_the_option_parsers():
+    assert partition_offset_arg("2:17") == (2, 17)
+    assert partition_offset_arg(" 0:0 ") == (0, 0)
+    assert abs(time_arg("-2h") - (time.time() - 7200) * 1000) < 5000
+    assert time_arg("2026-11-20T08:00Z") == time_arg("2026-11-20T08:00:00+00:00") \
+        == time_arg("2026-11-20T08:00")  # UTC without a zone
+    assert duration_arg("15m") == "15m" and duration_arg("90") == "90"
+    for parse, text in ((partition_offset_arg, "3"), (partition_offset_arg, ":"),
+                        (partition_offset_arg, "-1:3"), (time_arg, ""), (time_arg, "-infd"),
+                        (time_arg, "yesterday"), (duration_arg, "-5m"), (duration_arg, "m"),
+                        (duration_arg, "infs")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
