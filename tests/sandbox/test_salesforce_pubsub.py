@@ -179,13 +179,7 @@ def test_injected_bad_events_and_publish(sf_pubsub: SfPubSub, sf_sandbox: Any) -
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     # Publish an event of our own and see it delivered.
     schema_id = malformed.event.schema_id
-    info_json = sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id=schema_id),
-                                sf_pubsub.pb.SchemaInfo).schema_json
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
-        "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": "801x"})
-    request = sf_pubsub.pb.PublishRequest(topic_name=SF_TOPIC, events=[
-        sf_pubsub.pb.ProducerEvent(id="my-uuid", schema_id=schema_id, payload=out.getvalue())])
+    request = _publish_request(sf_pubsub, schema_id, "801x", "my-uuid")
     # the integration user may not publish until an admin grants it
     with pytest.raises(grpc.RpcError) as refused:
         sf_pubsub.unary("Publish", request, sf_pubsub.pb.PublishResponse)
@@ -210,6 +204,17 @@ def test_stream_with_nothing_requested_is_closed(sf_pubsub: SfPubSub) -> None:
     # idle_close_s is 4 (conftest): not before it; the upper bound only says "closed", with
     # room for a loaded machine
     assert 3.5 <= time.monotonic() - started <= 15
+
+
+def _publish_request(sf_pubsub: SfPubSub, schema_id: str, order_id: str, uuid: str) -> Any:
+    """A PublishRequest of one event for ``order_id``, encoded with the event's schema."""
+    info_json = sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id=schema_id),
+                                sf_pubsub.pb.SchemaInfo).schema_json
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
+        "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": order_id})
+    return sf_pubsub.pb.PublishRequest(topic_name=SF_TOPIC, events=[
+        sf_pubsub.pb.ProducerEvent(id=uuid, schema_id=schema_id, payload=out.getvalue())])
 
 
 def _assert_subscribe_refused(sub: Any, *, tries: int, timeout: float) -> None:
@@ -262,13 +267,7 @@ def test_a_session_gone_mid_call_is_not_an_unrestricted_user(sf_pubsub: SfPubSub
 
     schema_id = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
                                 sf_pubsub.pb.TopicInfo).schema_id
-    info_json = sf_pubsub.unary("GetSchema", sf_pubsub.pb.SchemaRequest(schema_id=schema_id),
-                                sf_pubsub.pb.SchemaInfo).schema_json
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(info_json)), {
-        "CreatedDate": 1, "CreatedById": "005000000000000AAA", "OrderId__c": "801late"})
-    publish = sf_pubsub.pb.PublishRequest(topic_name=SF_TOPIC, events=[
-        sf_pubsub.pb.ProducerEvent(id="late-uuid", schema_id=schema_id, payload=out.getvalue())])
+    publish = _publish_request(sf_pubsub, schema_id, "801late", "late-uuid")
     stored = sf_sandbox.counters()["events_stored"]
     sf_sandbox.set_faults(grpc_latency_ms=2000)
     with ThreadPoolExecutor(2) as pool:
