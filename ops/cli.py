@@ -7,6 +7,7 @@ the Kafka, Salesforce and WHMCS settings are the pipeline's own (``.env`` is rea
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
 
 from common.errors import ConfigError, PipelineError
-from common.settings import KafkaSettings, environment
+from common.settings import KafkaSettings, SinkSettings, WorkerSettings, environment
 
 
 class EnvDefault(str):
@@ -68,6 +69,29 @@ def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
     if args.prefix is not None:
         overrides["topic_prefix"] = args.prefix
     return KafkaSettings.load(None, **overrides)
+
+
+def worker_group(args: argparse.Namespace) -> str:
+    return kafka_settings(args).topic(WorkerSettings.load().app_id)
+
+
+def sink_group(args: argparse.Namespace) -> str:
+    return kafka_settings(args).topic(SinkSettings.load().group_id)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """``30m``, ``2h``, ``1d``, ``90s`` or bare seconds → seconds; ValueError for anything
+    else, a negative or a non-finite amount (``replay --from-time -6h``, ``reconcile
+    --older-than 15m``)."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:])
+    seconds = float(text[:-1]) * unit if unit else float(text)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:

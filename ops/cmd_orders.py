@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from common.errors import KafkaError
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
-from ops.cli import add, kafka_settings
+from ops.cli import add, duration_s, kafka_settings
 from ops.kafkaview import Deliveries, client_config, jsonable, scan
 
 
@@ -131,22 +130,12 @@ def _print_trace(out: dict[str, Any]) -> None:
 
 # -- reconcile ----------------------------------------------------------------------------
 
-def _duration(text: str) -> float:
-    """``30m``, ``2h``, ``1d``, ``90s`` or bare seconds → seconds; ValueError otherwise."""
-    text = text.strip()
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:])
-    seconds = float(text[:-1]) * unit if unit else float(text)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"not a duration: {text!r}")
-    return seconds
-
-
 def duration_arg(text: str) -> str:
     """``--older-than``'s parser: the text as given (reports say "older than 15m"), once
-    :func:`_duration` reads it; else argparse's one-line usage error naming the option
+    ``duration_s`` reads it; else argparse's one-line usage error naming the option
     (``abc`` once ended in a traceback when reconcile started)."""
     try:
-        _duration(text)
+        duration_s(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a duration like 30m, 2h, 1d, 90s or seconds, got {text!r}") from None
@@ -158,7 +147,7 @@ def reconcile(args: argparse.Namespace) -> int:
     never got an outcome, get a new request (common.reconcile: the connector's automatic
     passes use the same mechanism)."""
     settings = kafka_settings(args)
-    plan = find_stranded(_sf(), settings, older_than_s=_duration(args.older_than))
+    plan = find_stranded(_sf(), settings, older_than_s=duration_s(args.older_than))
     stranded = plan.stranded
     sent = Deliveries() if args.dry_run or not stranded else send_requests(settings, stranded)
     injected = sent.delivered

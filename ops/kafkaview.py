@@ -27,7 +27,7 @@ from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
 from common.deadletter import parse_headers
 from common.errors import KafkaError as PipelineKafkaError
-from common.lag import end_offsets  # noqa: F401 - re-exported for ops commands
+from common.lag import end_offsets, group_lag, group_reader  # end_offsets: re-exported
 from common.settings import KafkaSettings
 
 #: alias -> (settings attribute, schema name or None for raw)
@@ -232,6 +232,17 @@ def rewind_consumer_positions(settings: KafkaSettings, topic: str, *,
         c.close()
 
 
+def group_positions(settings: KafkaSettings, c: Any, group: str, topic: str
+                    ) -> list[tuple[int, int, int]]:
+    """``group``'s (partition, committed, lag) on ``topic`` (:func:`common.lag.group_lag`),
+    read by a client that never joins the group; ``c`` reads the topic's ends."""
+    reader = group_reader(settings, group, **QUIET)
+    try:
+        return group_lag(reader, c, topic)
+    finally:
+        reader.close()
+
+
 class Deliveries:
     """The delivery reports of a producer's records, to say how many reached Kafka:
     ``flush()`` returning 0 only says none is left in the queue — a record the broker
@@ -281,4 +292,4 @@ class Deliveries:
 
 
 __all__ = ["OFFSET_BEGINNING", "QUIET", "TOPIC_ALIASES", "Deliveries", "Record", "client_config",
-           "end_offsets", "last_value", "resolve_topic", "rewind_consumer_positions", "scan"]
+           "end_offsets", "group_positions", "last_value", "resolve_topic", "rewind_consumer_positions", "scan"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.cmd_kafka import partition_offset_arg, time_arg
+from ops.cmd_replay import partition_offset_arg, time_arg
 from ops.cmd_orders import duration_arg
 
 ROOT = Path(__file__).resolve().parents[2]
