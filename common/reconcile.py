@@ -77,9 +77,11 @@ def sf_time(value: str | None) -> float:
 
 def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
                   now: float | None = None, changed_before: float | None = None,
-                  consumed_by: str | None = None) -> Plan:
+                  consumed_by: str | None = None,
+                  client: dict[str, Any] | None = None) -> Plan:
     """The Orders to re-request (see the module). ``changed_before``: only Orders whose last
-    change is before this time (a gap pass: later Orders' events arrive normally)."""
+    change is before this time (a gap pass: later Orders' events arrive normally).
+    ``client``: more properties of its Kafka clients (the operator CLI's quieter logging)."""
     now = time.time() if now is None else now
     cutoff = now - older_than_s if changed_before is None else \
         min(now - older_than_s, changed_before)
@@ -103,16 +105,17 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
                 now) - SKEW_S
     latest: dict[str, tuple[float, str, int, int]] = {}  # order → (created, idem, part, off)
     for key, value, partition, offset in read_topic(kafka, kafka.requests, "provision_request",
-                                                    set(plan.candidates), since):
+                                                    set(plan.candidates), since,
+                                                    client=client):
         created = value["CreatedDate"].timestamp()
         if created >= latest.get(key, (0.0, "", 0, 0))[0]:
             latest[key] = (created, idem_key_of(value), partition, offset)
     # the worker's committed offsets first: it commits a request only once its outcome is
     # acknowledged, so every request below them has its outcome in what is read next (read
     # the other way round, one handled between the two reads looked undecided)
-    consumed = _requests_offsets(kafka, consumed_by) if consumed_by else None
+    consumed = _requests_offsets(kafka, consumed_by, client) if consumed_by else None
     decided = {(key, value["idem_key"]) for key, value, _p, _o in read_topic(
-        kafka, kafka.outcomes, "provisioning_outcome", set(latest), since)}
+        kafka, kafka.outcomes, "provisioning_outcome", set(latest), since, client=client)}
     for oid, order in plan.candidates.items():
         if oid not in latest or latest[oid][0] + 1.0 < sf_time(order.get("LastModifiedDate")):
             plan.no_request.append(oid)
@@ -151,9 +154,10 @@ def request_record(kafka: KafkaSettings, order_id: str, *, source: str, requeste
             [*serde.headers(), ("sfprov.source", source.encode())])
 
 
-def _requests_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
+def _requests_offsets(kafka: KafkaSettings, group: str,
+                      client: dict[str, Any] | None = None) -> dict[int, int]:
     """partition → the group's committed offset on the requests topic (negative: none)."""
-    c, reader = _consumer(kafka), lag.group_reader(kafka, group)
+    c, reader = _consumer(kafka, client), lag.group_reader(kafka, group, **(client or {}))
     try:
         parts = end_offsets(c, kafka.requests)
         return lag.committed_offsets(reader, kafka.requests, parts, timeout=30)
@@ -163,13 +167,14 @@ def _requests_offsets(kafka: KafkaSettings, group: str) -> dict[int, int]:
 
 
 def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], since: float,
-               idle_timeout_s: float = 15.0) -> Iterator[tuple[str, dict[str, Any], int, int]]:
+               idle_timeout_s: float = 15.0,
+               client: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any], int, int]]:
     """(key, decoded value, partition, offset) of the committed records of ``keys`` written
     since ``since`` (epoch s), up to the end offsets seen at the start."""
     if not keys:
         return
     serde = AvroSerde(schema, topic=topic, registry=registry_for(kafka))
-    c = _consumer(kafka)
+    c = _consumer(kafka, client)
     try:
         bounds = end_offsets(c, topic)
         starts = c.offsets_for_times([TopicPartition(topic, p, int(since * 1000))
@@ -204,8 +209,8 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
         c.close()
 
 
-def _consumer(kafka: KafkaSettings) -> Consumer:
+def _consumer(kafka: KafkaSettings, client: dict[str, Any] | None = None) -> Consumer:
     return Consumer(kafka_config(kafka, **{
         "group.id": f"sfprov-reconcile-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": False}))
+        "enable.partition.eof": False, **(client or {})}))

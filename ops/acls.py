@@ -168,6 +168,7 @@ def command(args: Any) -> int:
     """Print (or ``--apply``) the ACLs of the pipeline configured in the environment."""
     from common.kafka import admin_client
     from ops.cli import kafka_settings
+    from ops.kafkaview import QUIET
 
     kafka = kafka_settings(args)
     principals = Principals(connector=args.connector_principal, worker=args.worker_principal,
@@ -175,7 +176,7 @@ def command(args: Any) -> int:
     rules = acls(kafka, principals, worker=WorkerSettings.load(), sink=SinkSettings.load(),
                  connector=ConnectorSettings.load())
     if args.apply:
-        count = apply(admin_client(kafka), rules)
+        count = apply(admin_client(kafka, **QUIET), rules)
         print(f"created {count} ACLs on {kafka.bootstrap_servers} (existing ones unchanged)")
         return 0
     print(f"# least-privilege ACLs of the sfprov pipeline, {len(rules)} rules; run as a "

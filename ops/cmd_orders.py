@@ -21,7 +21,7 @@ from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from ops.cli import add, duration_s, kafka_settings
-from ops.kafkaview import Deliveries, client_config, jsonable, scan
+from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, scan
 
 
 def _sf() -> SalesforceClient:
@@ -147,7 +147,7 @@ def reconcile(args: argparse.Namespace) -> int:
     never got an outcome, get a new request (common.reconcile: the connector's automatic
     passes use the same mechanism)."""
     settings = kafka_settings(args)
-    plan = find_stranded(_sf(), settings, older_than_s=duration_s(args.older_than))
+    plan = find_stranded(_sf(), settings, older_than_s=duration_s(args.older_than), client=QUIET)
     stranded = plan.stranded
     sent = Deliveries() if args.dry_run or not stranded else send_requests(settings, stranded)
     injected = sent.delivered

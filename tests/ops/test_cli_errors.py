@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.cmd_replay import partition_offset_arg, time_arg
 from ops.cmd_orders import duration_arg
+from ops.cmd_replay import partition_offset_arg, time_arg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_no_broker_at_the_address_is_one_line_for_every_kafka_command():
         "topics": ["topics"], "tail": ["tail", "requests"], "lag": ["lag"],
         "trace": ["trace", "801000000000001AAA"], "dlq": ["dlq"],
         "requeue": ["dlq", "requeue", "--all"], "replay": ["replay", "--from-time", "-1h"],
-        "demo": ["demo", "--count", "1"],
+        "demo": ["demo", "--count", "1"], "acls --apply": ["acls", "--apply"],
         # a bad SFPROV_TAIL_LAST is not read when --last is given: the broker is the error
         "tail --last": ["tail", "requests", "--last", "5"],
     }

@@ -71,3 +71,23 @@ def test_reconcile_reports_requests_not_injected_and_fails(kafka_settings, sf_sa
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: 2 of 2 provisioning request(s) not injected"), line
     assert "Message size too large" in line, line
+
+
+def test_reconcile_without_a_broker_is_one_line(sf_sandbox):
+    """Salesforce answers, Kafka does not: reconcile's topic reads once let librdkafka print
+    its FAIL lines (hundreds while the reads waited) around the one error line."""
+    import socket
+
+    sf_sandbox.approve(count=1)  # a stranded candidate, so the requests topic is read
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {**os.environ, **sf_sandbox.env(), "PYTHONPATH": str(ROOT),
+           "KAFKA_BOOTSTRAP_SERVERS": dead,
+           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent"}
+    result = subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", "--older-than", "0s"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot reach Kafka at {dead}"), line
