@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from common.errors import ConfigError, SalesforceError
+from common.errors import ConfigError, SalesforceAuthError, SalesforceError
 from sinks.mapping import OPPORTUNITY, ORDER
 
 SUPERSEDED_MARKER = "SFPROV_SUPERSEDED"
@@ -63,13 +63,16 @@ def is_superseded(code: str, message: str) -> bool:
 
 def check_field(client: Describer, field: str) -> None:
     """Raise :class:`ConfigError` (naming the setting) unless ``field`` is an updatable
-    Number field on every fenced object; a retryable :class:`SalesforceError` when
-    Salesforce cannot answer now."""
+    Number field on every fenced object; the :class:`SalesforceError` itself when Salesforce
+    cannot answer now or refuses the sink, not the object (an outage, a login refused, a
+    permission): the sink pauses on it as on any such call, instead of exiting 64 with a
+    message that blamed this setting for a refused login."""
     for sobject in FENCED_OBJECTS:
         try:
             described = client.describe(sobject)
         except SalesforceError as exc:
-            if exc.retryable:
+            unseen = exc.status == 404 or exc.error_code == "NOT_FOUND"  # the object
+            if exc.retryable or isinstance(exc, SalesforceAuthError) or not unseen:
                 raise
             raise ConfigError(f"SINK_OUTCOME_MS_FIELD: cannot describe {sobject} to check "
                               f"{field}: {exc}") from exc

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError, SalesforceError, SalesforceLimitError
+from common.errors import ConfigError, SalesforceAuthError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
 from sandbox.salesforce import validation
 from sinks.app import Sink
 from sinks.batch import Batcher, Tracked
-from sinks.fence import RULE_MESSAGE, RULE_NAME, check_field, is_superseded, rule_formula
+from sinks.fence import (
+    RULE_MESSAGE,
+    RULE_NAME,
+    check_field,
+    is_superseded,
+    rule_formula,
+    start_check,
+)
 from sinks.mapping import OPPORTUNITY, ORDER, RecordKey, RecordUpdate, epoch_ms, updates_for
 from sinks.writer import CollectionWriter
 from tests.sinks.fakes import FENCE_FIELD, FakeCollections
@@ -196,6 +203,26 @@ def test_check_field_keeps_salesforce_outages_retryable() -> None:
         check_field(fake, FENCE_FIELD)
 
 
+@pytest.mark.parametrize("error", [
+    SalesforceAuthError("JWT bearer login refused: invalid_grant: user is inactive",
+                        error_code="invalid_grant", status=400, retryable=False),
+    SalesforceError("Salesforce 403 INSUFFICIENT_ACCESS", error_code="INSUFFICIENT_ACCESS",
+                    status=403, retryable=False),
+])
+def test_a_refusal_of_the_sink_is_not_blamed_on_the_fence_setting(error: Exception) -> None:
+    """A refused login at start-up once became ``ConfigError: SINK_OUTCOME_MS_FIELD: cannot
+    describe Order …`` — exit 64, never restarted — where the README promises a pause."""
+    fake = FakeCollections()
+
+    def refused(_sobject: str) -> dict:
+        raise error
+
+    fake.describe = refused  # type: ignore[method-assign]
+    with pytest.raises(type(error)):
+        check_field(fake, FENCE_FIELD)
+    assert start_check(fake, FENCE_FIELD) is True  # checked again before the first write
+
+
 def test_settings_switch_the_fence_and_check_the_name() -> None:
     assert SinkSettings.load({}).fence_field == "Activation_Outcome_Ms__c"
     assert SinkSettings.load({"SINK_OUTCOME_FENCE": "false"}).fence_field is None
@@ -268,8 +295,11 @@ def test_superseded_records_are_counted_committed_and_not_dead_lettered(
 
 
 @pytest.mark.broker
+@pytest.mark.parametrize("failure", ["outage", "login refused"])
 def test_check_postponed_by_an_outage_is_made_before_the_first_write(
-        kafka_settings: KafkaSettings) -> None:
+        kafka_settings: KafkaSettings, failure: str) -> None:
+    """Salesforce down, or refusing the sink's login (a certificate rotated, the user
+    frozen), at start-up: the check waits, and is made before the first write."""
     produce(kafka_settings, [outcome("801000000000000001", "Failed")])
     fake = FakeCollections()
     real_describe = fake.describe
@@ -279,7 +309,11 @@ def test_check_postponed_by_an_outage_is_made_before_the_first_write(
     def describe(sobject: str) -> dict:
         if outage.is_set():
             outage.clear()  # only the start-up check meets the outage
-            raise SalesforceError("Salesforce 503", status=503, retryable=True)
+            if failure == "outage":
+                raise SalesforceError("Salesforce 503", status=503, retryable=True)
+            raise SalesforceAuthError("JWT bearer login refused: invalid_grant: user is "
+                                      "inactive", error_code="invalid_grant", status=400,
+                                      retryable=False)
         return real_describe(sobject)
 
     fake.describe = describe  # type: ignore[method-assign]
