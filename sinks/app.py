@@ -110,6 +110,8 @@ class Sink:
         self.dead_letters = DeadLetters(kafka, self.connection)
         self._stop = threading.Event()
         self._assigned: list[TopicPartition] = []
+        self._owned: set[int] = set()  # the partitions of _assigned
+        self._rebalances = 0  # assignment changes so far (_poll: a message from before one)
         self.pauses = Pauses(self._pause_changed)
         self._retry_backoff = Backoff(settings.retry_backoff_s, max(
             settings.retry_backoff_s, settings.retry_backoff_max_s), jitter=False)
@@ -196,9 +198,14 @@ class Sink:
                 self._warned[str(error)] = time.monotonic()  # once a minute per kind
                 log.warning("consumer error: %s", error)
             return
-        self.stats.consumed += 1
         partition, offset = message.partition(), message.offset()
         assert partition is not None and offset is not None  # set on every consumed record
+        if partition not in self._owned:
+            # fetched before its partition was revoked (consume() serves the rebalance):
+            # tracked now, its commit would pass an outcome still open at the revocation,
+            # which the new owner then never writes — the new owner redelivers this one
+            return
+        self.stats.consumed += 1
         tracked = Tracked(partition, offset, message.key(), message.value())
         self.offsets.consumed(tracked.partition, tracked.offset)
         try:
@@ -259,7 +266,14 @@ class Sink:
         self._last_arrival = time.monotonic()
         if want <= 1:
             return [first]
-        return [first, *self.consumer.consume(num_messages=want - 1, timeout=0)]
+        rebalances = self._rebalances
+        rest = self.consumer.consume(num_messages=want - 1, timeout=0)
+        if self._rebalances != rebalances:
+            # consume() ran a rebalance after ``first`` was handed out: its partition was
+            # revoked and committed without it (assigned again, it is fetched again from
+            # that commit); what consume() returned is of the new assignment
+            return rest
+        return [first, *rest]
 
     def _poll_size(self, max_records: int | None) -> int:
         """At most 500, never past ``max_records`` nor (much) past ``SINK_MAX_PENDING``."""
@@ -484,6 +498,8 @@ class Sink:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         self._assigned = list(partitions)
+        self._owned = {p.partition for p in partitions}
+        self._rebalances += 1
         if self.pauses.paused and partitions:
             consumer.pause(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
@@ -506,6 +522,8 @@ class Sink:
         self.batcher.forget(lost)
         self.offsets.forget(lost)
         self._assigned = [p for p in self._assigned if p.partition not in lost]
+        self._owned -= lost
+        self._rebalances += 1
 
     def _caught_up(self) -> bool:
         """Every assigned partition consumed to its high watermark, settled and committed.
