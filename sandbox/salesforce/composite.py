@@ -17,9 +17,8 @@ from .errors import SfError
 from .store import Tx
 
 _REF = re.compile(r"@\{([A-Za-z0-9_]+)((?:\.[A-Za-z0-9_]+|\[\d+\])*)\}")
-_HALTED = [{"errorCode": "PROCESSING_HALTED",
-            "message": "The transaction was rolled back since another operation in the same "
-                       "transaction failed."}]
+_HALTED = SfError("PROCESSING_HALTED", "The transaction was rolled back since another "
+                  "operation in the same transaction failed.").rest_body()
 
 
 def _resolve(value: Any, results: dict[str, Any]) -> Any:
@@ -34,8 +33,14 @@ def _resolve(value: Any, results: dict[str, Any]) -> Any:
         node: Any = results.get(match.group(1))
         if node is None:
             raise SfError("INVALID_REFERENCE", f"reference {match.group(1)} not found")
-        for step in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", match.group(2)):
-            node = node[int(step[1])] if step[1] else node.get(step[0])
+        try:
+            for step in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", match.group(2)):
+                node = node[int(step[1])] if step[1] else node[step[0]]
+        except (IndexError, KeyError, TypeError, AttributeError):
+            # past the end of a list, a missing key, a step into a value that has none
+            raise SfError("INVALID_REFERENCE", f"Invalid reference specified. No value for "
+                          f"{match.group(1)}{match.group(2)} found in {match.group(1)}"
+                          ) from None
         return str(node)
 
     return _REF.sub(lookup, value)
@@ -52,6 +57,8 @@ def composite(sb: Sandbox, user: dict, version: str, body: Any, tx: Tx,
     if len(requests) > 25:
         raise SfError("INVALID_COMPOSITE_REQUEST", "Composite request may only contain up to 25 "
                       "subrequests")
+    if not all(isinstance(sub, dict) for sub in requests):
+        raise SfError("JSON_PARSER_ERROR", "compositeRequest: each subrequest must be an object")
     all_or_none = bool(body.get("allOrNone", False))
     start = tx.savepoint()
     results: dict[str, Any] = {}

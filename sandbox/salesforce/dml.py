@@ -88,8 +88,13 @@ def create(tx: Tx, type_name: str, fields: dict[str, Any], user: dict) -> dict:
     return record
 
 
-def existing(tx: Tx, type_name: str | None, record_id: str) -> tuple[SObject, dict]:
-    """The live record ``record_id`` (of ``type_name`` when given) or the fitting error."""
+def existing(tx: Tx, type_name: str | None, record_id: str, *,
+             single: bool = False) -> tuple[SObject, dict]:
+    """The live record ``record_id`` (of ``type_name`` when given) or the fitting error.
+
+    An id of another object than ``type_name``: 404 ``NOT_FOUND`` for a single-record
+    resource (``single``, ``/sobjects/Order/<an Account id>``); the per-record
+    ``INVALID_CROSS_REFERENCE_KEY`` otherwise (sObject Collections, the admin API)."""
     rid = ids.to18(str(record_id)) if record_id else None
     if rid is None:
         raise SfError("MALFORMED_ID", f"malformed id {record_id}", ["Id"])
@@ -98,9 +103,11 @@ def existing(tx: Tx, type_name: str | None, record_id: str) -> tuple[SObject, di
     if type_name is not None:
         obj = resolve_type(type_name)
         if rtype != obj.name:
-            raise SfError("INVALID_CROSS_REFERENCE_KEY",
-                          f"Provided external ID field does not exist or is not accessible: "
-                          f"{record_id}", ["Id"], status=404)
+            message = ("Provided external ID field does not exist or is not accessible: "
+                       f"{record_id}")
+            if single:
+                raise SfError("NOT_FOUND", message, status=404)
+            raise SfError("INVALID_CROSS_REFERENCE_KEY", message, ["Id"], status=404)
     if current is None or rtype is None:
         raise SfError("NOT_FOUND", "The requested resource does not exist", status=404)
     if current.get("IsDeleted"):

@@ -1,7 +1,8 @@
 """The one error type of the sandbox's data layer, carrying a Salesforce ``errorCode``.
 
 REST renders it as ``[{"message", "errorCode", "fields"}]`` (or, inside sObject
-Collections results, ``{"statusCode", "message", "fields"}``).
+Collections results, ``{"statusCode", "message", "fields"}``); ``fields`` is always there,
+an empty list when no field is to blame.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ class SfError(Exception):
         self.status = status
 
     def rest_body(self) -> list[dict]:
-        body: dict = {"message": self.message, "errorCode": self.code}
-        if self.fields:
-            body["fields"] = self.fields
-        return [body]
+        return [{"message": self.message, "errorCode": self.code, "fields": list(self.fields)}]
 
     def record_error(self) -> dict:
-        return {"statusCode": self.code, "message": self.message, "fields": self.fields}
+        return {"statusCode": self.code, "message": self.message, "fields": list(self.fields)}

@@ -2,7 +2,8 @@
 
 A middleware applies the REST faults (latency, random 503; a held collection update
 waits in :func:`_data` until released), renders
-:class:`~.errors.SfError` as Salesforce's JSON error array, and stamps
+:class:`~.errors.SfError` as Salesforce's JSON error array (any other exception as a 500
+``UNKNOWN_EXCEPTION`` one, its traceback logged), and stamps
 ``Sforce-Limit-Info: api-usage=used/limit`` on every response except ``/``. Each
 ``/services/data/vXX.X/...`` request is one API call against the daily limit (a
 ``composite`` with 25 subrequests too) and runs in one store transaction.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +24,7 @@ from .core import Sandbox
 from .errors import SfError
 
 ADMIN_PREFIX = "/__sandbox"
+log = logging.getLogger(__name__)
 
 
 @web.middleware
@@ -46,13 +50,21 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     except SfError as exc:
         response = web.json_response(exc.rest_body(), status=exc.status)
     except web.HTTPNotFound:
-        response = web.json_response(
-            [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}],
-            status=404)
+        response = web.json_response(SfError(
+            "NOT_FOUND", "The requested resource does not exist").rest_body(), status=404)
     except web.HTTPMethodNotAllowed:
-        response = web.json_response(
-            [{"errorCode": "METHOD_NOT_ALLOWED",
-              "message": f"HTTP Method '{request.method}' not allowed."}], status=405)
+        response = web.json_response(SfError(
+            "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed.").rest_body(),
+            status=405)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (413 too large, ...) stay as they are
+    except Exception:
+        # a bug (or input no check foresaw): Salesforce's shape, not aiohttp's plain-text 500
+        error_id = secrets.token_hex(4)
+        log.exception("unexpected error (ErrorId %s) on %s %s", error_id, request.method, path)
+        response = web.json_response(SfError(
+            "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId "
+            f"if you contact support: {error_id}").rest_body(), status=500)
     if path != "/" and not is_admin:
         response.headers["Sforce-Limit-Info"] = sb.limit_info()
     return response

@@ -165,14 +165,15 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
         record_id = parts[1]
         if method == "GET":
             sb.counters.count("sobject_get")  # Read: resolve_type checked it
-            _, record = dml.existing(tx, obj.name, record_id)
+            _, record = dml.existing(tx, obj.name, record_id, single=True)
             return 200, _full(record, obj.name, version, params.get("fields"))
         if method == "PATCH":
             sb.counters.count("sobject_patch")
             _require_dict(body)
             if profile is not None:
                 profile.check(obj.name, permissions.UPDATE)
-            error = sb.faults.record_error(dml.existing(tx, obj.name, record_id)[1]["Id"])
+            error = sb.faults.record_error(
+                dml.existing(tx, obj.name, record_id, single=True)[1]["Id"])
             if error:
                 sb.counters.count(f"injected_{error.code}")
                 raise error
@@ -182,6 +183,7 @@ def _sobjects(sb: Sandbox, user: dict, version: str, method: str, parts: list[st
             sb.counters.count("sobject_delete")
             if profile is not None:
                 profile.check(obj.name, permissions.DELETE)
+            dml.existing(tx, obj.name, record_id, single=True)  # its 404 answers first
             dml.delete(tx, obj.name, record_id, user)
             return 204, None
     raise SfError("METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.", status=405)
@@ -193,11 +195,29 @@ def _require_dict(body: Any) -> None:
                       "request body")
 
 
+def _type_of(record: dict) -> Any:
+    """``attributes.type`` of a collection record (None when absent)."""
+    return (record.get("attributes") or {}).get("type")
+
+
+def _check_attributes(records: list[Any]) -> None:
+    """Every record's ``attributes`` is an object (or absent) with a text ``type``: as
+    Salesforce, which cannot deserialize the body otherwise, refuse the whole call."""
+    for record in records:
+        if not isinstance(record, dict):
+            continue  # answered per record
+        attributes = record.get("attributes")
+        if attributes is not None and not (
+                isinstance(attributes, dict)
+                and isinstance(attributes.get("type"), str | None)):
+            raise SfError("JSON_PARSER_ERROR", "Cannot deserialize instance of record: "
+                          "'attributes' must be an object with a text 'type'")
+
+
 def _chunks(records: list[Any]) -> int:
     """How many chunks Salesforce makes of a mixed list: a new one at each change of type
     (``{a1, a2, c1, a3}`` is three)."""
-    types = [(r.get("attributes") or {}).get("type") if isinstance(r, dict) else None
-             for r in records]
+    types = [_type_of(r) if isinstance(r, dict) else None for r in records]
     return sum(1 for i, t in enumerate(types) if i == 0 or t != types[i - 1])
 
 
@@ -213,6 +233,7 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
     if len(records) > MAX_COLLECTION:
         raise SfError("EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 "
                       "records into this call")
+    _check_attributes(records)
     chunks = _chunks(records)
     if chunks > MAX_CHUNKS:
         # Salesforce documents the limit ("a single request can process up to 10 chunks"),
@@ -229,7 +250,7 @@ def _collection(sb: Sandbox, user: dict, method: str, body: Any, tx: Tx) -> tupl
         try:
             if not isinstance(raw, dict):
                 raise SfError("JSON_PARSER_ERROR", "record is not an object")
-            type_name = (raw.get("attributes") or {}).get("type")
+            type_name = _type_of(raw)
             if not type_name:
                 raise SfError("INVALID_TYPE", "No SObject Type defined in attributes")
             fields = {k: v for k, v in raw.items() if k != "attributes"}

@@ -3,6 +3,7 @@ sObject Collections, composite, limits, faults."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -279,7 +280,7 @@ def test_token_expiry_and_faults(sf_sandbox: Any, sf_http: requests.Session) -> 
     resp = sf_http.get(url)
     assert resp.status_code == 401
     assert resp.json() == [{"message": "Session expired or invalid",
-                            "errorCode": "INVALID_SESSION_ID"}]
+                            "errorCode": "INVALID_SESSION_ID", "fields": []}]
     sf_http.headers["Authorization"] = "Bearer " + sf_sandbox.login()["access_token"]
     assert sf_http.get(url).status_code == 200
     sf_sandbox.set_faults(rest_503_rate=1.0)
@@ -396,7 +397,8 @@ def test_soql_is_held_to_read(sf_sandbox: Any, sf_http: requests.Session) -> Non
     try:
         for resource in ("query", "queryAll"):
             assert error("SELECT Id FROM Product2", resource) == {
-                "message": NOT_SUPPORTED.format("Product2"), "errorCode": "INVALID_TYPE"}
+                "message": NOT_SUPPORTED.format("Product2"), "errorCode": "INVALID_TYPE",
+                "fields": []}
         assert error("SELECT Id FROM Nope__c")["message"] == NOT_SUPPORTED.format("Nope__c")
         for soql in (pipeline, "SELECT Id FROM OrderItem WHERE Product2.Name != null",
                      "SELECT Id FROM OrderItem ORDER BY Product2.Name LIMIT 1",
@@ -475,7 +477,8 @@ def test_describe_tells_the_profile(sf_sandbox: Any, sf_http: requests.Session) 
                      sf_http.patch(f"{base}/sobjects/Order/{order_id}",
                                    json={"Activation_Error__c": "x"})):
             assert resp.status_code == 404 and resp.json() == unknown.json() == [
-                {"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]
+                {"message": "The requested resource does not exist", "errorCode": "NOT_FOUND",
+                 "fields": []}]
         assert "Orders" not in {r["relationshipName"]
                                 for r in described("Account")["childRelationships"]}
     finally:
@@ -525,3 +528,120 @@ def test_admin_writes_refuse_fields_that_are_not_an_object(sf_sandbox: Any,
                        ("/update", {"type": "Order", "id": order_id, "fields": "Status"})):
         resp = sf_http.post(admin + path, json=body)
         assert resp.status_code == 400 and "fields" in resp.text, (path, body, resp.text)
+
+
+def _error_array(resp: requests.Response, status: int, code: str) -> dict:
+    """The one error of a Salesforce JSON error array, with the limit header stamped."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Sforce-Limit-Info"].startswith("api-usage="), resp.headers
+    [error] = resp.json()
+    assert set(error) == {"message", "errorCode", "fields"} and error["errorCode"] == code
+    return error
+
+
+def test_malformed_input_answers_a_json_error(sf_sandbox: Any,
+                                              sf_http: requests.Session) -> None:
+    """A reference past the end of a list, ``attributes`` that is not an object, a
+    subrequest that is not an object: Salesforce's error array, not a plain-text 500."""
+    base = sf_sandbox.instance_url + V
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    query = {"method": "GET", "referenceId": "q",
+             "url": f"{V}/query?q=SELECT+Id+FROM+Order+WHERE+Id+=+'{order_id}'"}
+    for ref in ("@{q.records[9].Id}", "@{q.records[0].Nope}", "@{q.totalSize.Id}",
+                "@{q.records.Id}"):
+        resp = sf_http.post(base + "/composite", json={"compositeRequest": [
+            query, {"method": "GET", "url": f"{V}/sobjects/Order/{ref}", "referenceId": "o"}]})
+        assert resp.status_code == 200, (ref, resp.text)
+        first, second = resp.json()["compositeResponse"]
+        assert first["httpStatusCode"] == 200 and second["httpStatusCode"] == 400, ref
+        assert second["body"] == [{"errorCode": "INVALID_REFERENCE", "fields": [], "message":
+                                   f"Invalid reference specified. No value for {ref[2:-1]} "
+                                   "found in q"}]
+    resp = sf_http.post(base + "/composite", json={"compositeRequest": [query, "not a request"]})
+    _error_array(resp, 400, "JSON_PARSER_ERROR")
+    for attributes in ("Order", ["Order"], {"type": 5}):
+        resp = sf_http.patch(base + "/composite/sobjects", json={"records": [
+            {"attributes": attributes, "id": order_id, "Activation_Error__c": "attr"}]})
+        _error_array(resp, 400, "JSON_PARSER_ERROR")
+    assert sf_sandbox.get_record(order_id)["Activation_Error__c"] != "attr"
+
+
+def test_an_unexpected_error_answers_unknown_exception(tmp_path: Any, monkeypatch: Any,
+                                                       caplog: Any) -> None:
+    """The backstop: any other exception is a JSON 500 ``UNKNOWN_EXCEPTION`` with the limit
+    header, its traceback in the sandbox's log (in-process, with a failing ``rest.call``)."""
+    import asyncio
+    import logging
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from sandbox.salesforce import http_app, rest
+    from sandbox.salesforce.core import Config, Sandbox
+
+    sb = Sandbox(Config(db_path=str(tmp_path / "sf.db"), client_id="c",
+                        username="u@example.com", jwt_cert_pem=b""))
+    monkeypatch.setattr(sb, "user_for_token", lambda _token: sb.users["u@example.com"])
+
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug in the sandbox")
+
+    monkeypatch.setattr(rest, "call", broken)
+
+    async def get() -> tuple[int, str, str]:
+        async with TestClient(TestServer(http_app.make_app(sb))) as client:
+            resp = await client.get(V + "/limits")
+            return resp.status, resp.headers.get("Sforce-Limit-Info", ""), await resp.text()
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="sandbox.salesforce"):
+            status, limit_info, text = asyncio.run(get())
+    finally:
+        sb.store.close()
+    assert status == 500 and limit_info == f"api-usage=1/{sb.faults.daily_limit}", text
+    [error] = json.loads(text)
+    assert error["errorCode"] == "UNKNOWN_EXCEPTION" and error["fields"] == []
+    error_id = error["message"].rsplit(" ", 1)[1]
+    [logged] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged.exc_info and "a bug in the sandbox" in str(logged.exc_info[1])
+
+
+def test_an_id_of_another_object_is_not_found(sf_sandbox: Any,
+                                              sf_http: requests.Session) -> None:
+    """``/sobjects/Order/<an Account id>`` answers 404 ``NOT_FOUND``; inside sObject
+    Collections the record's error stays ``INVALID_CROSS_REFERENCE_KEY``."""
+    base = sf_sandbox.instance_url + V
+    account_id = _q(sf_http, sf_sandbox, "SELECT Id FROM Account LIMIT 1").json()[
+        "records"][0]["Id"]
+    message = f"Provided external ID field does not exist or is not accessible: {account_id}"
+    sf_sandbox.set_permissions(objects={"Case": "CRUD"})  # reset by sf_http
+    for resp in (sf_http.get(f"{base}/sobjects/Order/{account_id}"),
+                 sf_http.patch(f"{base}/sobjects/Order/{account_id}",
+                               json={"Activation_Error__c": "x"}),
+                 sf_http.delete(f"{base}/sobjects/Case/{account_id}")):
+        assert _error_array(resp, 404, "NOT_FOUND")["message"] == message
+    [result] = sf_http.patch(base + "/composite/sobjects", json={"records": [
+        {"attributes": {"type": "Order"}, "id": account_id, "Activation_Error__c": "x"}]}
+        ).json()
+    assert not result["success"]
+    assert result["errors"] == [{"statusCode": "INVALID_CROSS_REFERENCE_KEY",
+                                 "message": message, "fields": ["Id"]}]
+
+
+def test_error_bodies_always_carry_fields(sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """``fields`` is in every error, an empty list when no field is to blame: aiohttp's
+    404 and 405, an SfError without fields, composite's ``PROCESSING_HALTED``."""
+    base = sf_sandbox.instance_url + V
+    assert _error_array(sf_http.get(sf_sandbox.instance_url + "/services/nothing"), 404,
+                        "NOT_FOUND")["fields"] == []
+    assert _error_array(sf_http.get(sf_sandbox.login_url + "/services/oauth2/token"), 405,
+                        "METHOD_NOT_ALLOWED")["fields"] == []
+    assert _error_array(sf_http.get(base + "/nothing"), 404, "NOT_FOUND")["fields"] == []
+    [order_id] = _pending_orders(sf_sandbox, 1)
+    out = sf_http.post(base + "/composite", json={"allOrNone": True, "compositeRequest": [
+        {"method": "GET", "url": f"{V}/sobjects/Order/{order_id}", "referenceId": "ok"},
+        {"method": "PATCH", "url": f"{V}/sobjects/Order/{order_id}", "referenceId": "bad",
+         "body": {"Status": "Bogus"}}]}).json()["compositeResponse"]
+    assert out[0]["body"] == [{"message": "The transaction was rolled back since another "
+                               "operation in the same transaction failed.",
+                               "errorCode": "PROCESSING_HALTED", "fields": []}]
+    assert out[1]["body"][0]["fields"] == ["Status"]
