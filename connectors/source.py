@@ -6,7 +6,8 @@ Life of the process (:meth:`Connector.run`)::
     load_position              read_committed, to the end of the offsets topic
     loop:
       subscribe                CUSTOM after the committed replay id (or the preset)
-      take FetchResponses      in delivery order, up to CONNECTOR_MAX_BATCH events
+      take FetchResponses      in delivery order, until CONNECTOR_MAX_BATCH events (a response
+                               is never split: up to 99 more)
       one Kafka transaction    requests + dead letters + the position record, then commit
       only then                move the in-memory position, ask Salesforce for more
       on any end of stream     cancel, wait (backoff / limit wait), resubscribe from the
@@ -22,7 +23,10 @@ Failure policies:
 * invalid/corrupted stored replay id → ``SF_EVENTS_INVALID_REPLAY``: a ``replay_gap`` record
   (last good id and time, policy, error) is committed to the replay-gaps topic and logged;
   EARLIEST/LATEST then subscribe with that preset until a new position is committed (the bad
-  id is never retried); FAIL exits with :data:`EXIT_REPLAY_INVALID`.
+  id is never retried) — by this instance, or by a newer one met meanwhile: a position read
+  again after a reopen that is not the refused one ends the preset, so a resumed instance
+  goes on after what the newer one wrote instead of replaying it all again (EARLIEST) or
+  skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`.
 * auth error → re-authenticate (JWT) and resume; limit / concurrent-client errors → wait
   ``SF_PUBSUB_LIMIT_BACKOFF_S`` (``/healthz`` reports 503 meanwhile); others → capped
   exponential backoff with jitter.
@@ -177,6 +181,9 @@ class Connector:
         self.health = Health()
         self.position: Position | None = None
         self.preset_override: str | None = None
+        # the stored position Salesforce refused when preset_override was set: a position
+        # read again (after a reopen) that differs was committed past the gap by someone
+        self._refused_position: Position | None = None
         self.written = 0
         self._stop = threading.Event()
         self._keepalive_candidate: bytes | None = None
@@ -470,7 +477,7 @@ class Connector:
         log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
                   "resubscribing with %s", self.position.replay_id.hex(), exc,
                   self.kafka.replay_gaps, policy, extra=extra)
-        self.preset_override = policy
+        self.preset_override, self._refused_position = policy, self.position
         if self.reconciler is not None:
             self._rearm_at = None  # a stored gap's Orders are this one's too
             self.reconciler.gap_recorded()  # its Orders are re-requested once replay settles
@@ -528,6 +535,15 @@ class Connector:
         self._set_position(load_position(self.kafka,
                                          self.kafka.connector_offsets, self.codec))
         self._reopen_pending = False
+        if self.preset_override is not None and self.position is not None \
+                and self.position != self._refused_position:
+            # a newer instance met the gap too and committed past it (while this one was
+            # paused): resume after its position, not with the preset again — EARLIEST would
+            # write every retained event a second time, LATEST skip what came after it
+            log.warning("a position was committed past the replay gap meanwhile: resuming "
+                        "after it instead of with %s", self.preset_override,
+                        extra={"replay_id": self.position.replay_id.hex()})
+            self.preset_override = self._refused_position = None
         replay_id = self.position.replay_id.hex() if self.position else None
         log.warning("producer re-initialised (after a transaction timeout or a failed "
                     "producer); resuming after replay id %s", replay_id or "-",

@@ -1,0 +1,198 @@
+"""The connector's loop (:mod:`connectors.source`) with fakes for Salesforce and Kafka: what
+it subscribes with after a reopen that follows a replay gap, how the reconciler's failed
+write is retried, and what CONNECTOR_MAX_BATCH bounds."""
+
+from __future__ import annotations
+
+import queue
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from common.errors import KafkaError, ReplayIdInvalidError, TransactionTimedOutError
+from common.reconcile import Plan
+from common.settings import ConnectorSettings, KafkaSettings
+from connectors import reconciler as rec
+from connectors import source
+from connectors.decode import KafkaRecord
+from connectors.offsets import EVENT, KEEPALIVE, Position
+from connectors.pubsub.client import StreamEnded
+from connectors.source import EXIT_OK, Connector, StreamClosed
+
+
+class Writes:
+    """The connector's transactional writer: each write one transaction, kept in
+    ``committed`` unless ``fail`` (a list of exceptions) has one left to raise for it."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[tuple[str, bytes, bytes, Any]]] = []
+        self.fail: list[Exception] = []
+        self.attempts = 0
+        self.reopened = 0
+
+    def start(self) -> None:
+        pass
+
+    def reopen(self) -> None:
+        self.reopened += 1
+
+    def write(self, records: list[Any]) -> None:
+        self.attempts += 1
+        if self.fail:
+            raise self.fail.pop(0)
+        self.committed.append(list(records))
+
+    def close(self) -> None:
+        pass
+
+
+def make(**settings: Any) -> Connector:
+    kafka = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9", topic_prefix="t.")
+    conn = Connector(kafka=kafka, salesforce=None,  # type: ignore[arg-type]
+                     connector=ConnectorSettings.load({}, name="loop-test", **settings),
+                     auth=object(), pubsub=SimpleNamespace(get_schema=lambda _sid: None))
+    conn.writer.close()
+    conn.writer = Writes()  # type: ignore[assignment]
+    conn.decoder = SimpleNamespace(build=lambda ev: ev)  # type: ignore[assignment]
+    return conn
+
+
+class Subscribed(Exception):
+    """Raised by the fake subscribe: the test has seen what it was called with."""
+
+
+def subscribed_with(conn: Connector) -> tuple[str, bytes | None]:
+    calls: list[tuple[str, bytes | None]] = []
+
+    def subscribe(preset: str, replay_id: bytes | None) -> Any:
+        calls.append((preset, replay_id))
+        raise Subscribed
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    with pytest.raises(Subscribed):
+        conn._subscribe_once(None, None)
+    return calls[0]
+
+
+# -- a reopen after a replay gap -----------------------------------------------------
+
+REFUSED = Position(b"\x00\x10", EVENT, 1_700_000_000_000, "u-a")   # A's, too old for Salesforce
+PAST_GAP = Position(b"\x05\x00", KEEPALIVE, 1_700_000_900_000)      # B's, after the gap
+
+
+def gap_then_reopen(monkeypatch: pytest.MonkeyPatch, policy: str,
+                    reloaded: Position) -> Connector:
+    """Instance A: its stored position refused (a gap recorded, ``policy`` armed), then
+    paused past its transaction timeout; on resuming, a reopen reads ``reloaded``."""
+    conn = make(invalid_replay=policy)
+    conn._set_position(REFUSED)
+    assert conn._replay_invalid(ReplayIdInvalidError("replay id too old",
+                                                     error_code="replayid.corrupted")) is None
+    assert conn.preset_override == policy
+    assert conn.writer.committed[-1][0][0] == conn.kafka.replay_gaps  # type: ignore[attr-defined]
+    assert subscribed_with(conn) == (policy, None)  # the refused id is not tried again
+    # the next write meets the broker's abort of the paused transaction
+    conn._reopen_pending = True
+    monkeypatch.setattr(source, "load_position", lambda *_a, **_kw: reloaded)
+    conn._reopen()
+    assert conn.writer.reopened == 1 and conn.position == reloaded  # type: ignore[attr-defined]
+    return conn
+
+
+@pytest.mark.parametrize("policy", ["EARLIEST", "LATEST"])
+def test_a_reopen_resumes_after_a_position_committed_past_the_gap(monkeypatch, policy):
+    """B met the same gap while A was paused and committed PAST_GAP. A kept its preset:
+    EARLIEST wrote every retained event a second time, LATEST skipped those after PAST_GAP."""
+    conn = gap_then_reopen(monkeypatch, policy, PAST_GAP)
+    assert subscribed_with(conn) == ("CUSTOM", PAST_GAP.replay_id)
+    assert conn.preset_override is None
+
+
+@pytest.mark.parametrize("policy", ["EARLIEST", "LATEST"])
+def test_a_reopen_reading_the_refused_position_again_keeps_the_preset(monkeypatch, policy):
+    """Nobody committed meanwhile: the stored id is still the refused one, never retried."""
+    conn = gap_then_reopen(monkeypatch, policy, REFUSED)
+    assert subscribed_with(conn) == (policy, None)
+
+
+# -- the reconciler's failed write, through the connector's loop ---------------------
+
+class FakeSubscription:
+    def __init__(self, items: list[Any] = ()) -> None:  # type: ignore[assignment]
+        self.responses: queue.Queue[Any] = queue.Queue()
+        for item in items:
+            self.responses.put(item)
+        self.flow = SimpleNamespace(buffered=0)
+
+    def consumed(self, _n: int) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+def quiet_stream(conn: Connector, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No stored position or gap; every subscription opens on a quiet channel."""
+    monkeypatch.setattr(source, "load_position", lambda *_a, **_kw: None)
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: None)
+    presets: list[str] = []
+
+    def subscribe(preset: str, _replay_id: bytes | None) -> FakeSubscription:
+        presets.append(preset)
+        return FakeSubscription()
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    return presets
+
+
+@pytest.mark.parametrize("error", [
+    KafkaError("requests partition: leader not available", retryable=True),
+    TransactionTimedOutError("fenced after 61 s", age_s=61.0, timeout_s=60.0)])
+def test_a_reconciler_write_that_failed_is_written_once_after_the_resubscribe(
+        monkeypatch, error):
+    """The loop resubscribes after the error (a new producer after a timed-out transaction)
+    and writes the plan in the next turn's transaction, once: with
+    CONNECTOR_RECONCILE_INTERVAL_S=0 nothing else would re-request these Orders."""
+    conn = make(backoff_initial_s=0.01, backoff_max_s=0.02, reconcile_interval_s=0.0)
+    presets = quiet_stream(conn, monkeypatch)
+    monkeypatch.setattr(rec, "find_stranded", lambda *a, **kw: Plan(
+        no_request=["801000000000001AAA"], candidates={"801000000000001AAA": {}}))
+    conn.reconciler = rec.Reconciler(conn.kafka, conn.settings, sf=None,  # type: ignore[arg-type]
+                                     worker_group="t.sfprov-worker", written=lambda: 0)
+    conn.reconciler._pass("gap", older_than_s=0.0, changed_before=0.0)
+    writes: Writes = conn.writer  # type: ignore[assignment]
+    writes.fail = [error]
+    assert conn.run(timeout_s=1.0) == EXIT_OK
+    assert writes.attempts == 2 and len(presets) == 2  # failed, resubscribed, written
+    assert writes.reopened == (1 if isinstance(error, TransactionTimedOutError) else 0)
+    requests = [r for txn in writes.committed for r in txn if r[0] == conn.kafka.requests]
+    assert [key for _t, key, _v, _h in requests] == [b"801000000000001AAA"]
+
+
+# -- what CONNECTOR_MAX_BATCH bounds ---------------------------------------------------------
+
+def test_max_batch_ends_a_transaction_but_never_splits_a_response_as_documented():
+    """The loop takes whole FetchResponses (each ≤ 100 events) until the batch holds
+    CONNECTOR_MAX_BATCH events, so a transaction can hold up to 99 more. Capping
+    num_requested would not bound it (responses add up) unless credit were held back to
+    what is left of the batch — throttling flow control — so the description says what it
+    is instead of "most events written in one transaction"."""
+    from common.settings import all_variables
+
+    conn = make(max_batch=150)
+    serial = iter(range(1, 10_000))
+
+    def response(n: int) -> Any:
+        return SimpleNamespace(events=[
+            KafkaRecord(key=b"801", value=b"v", headers=[], event_uuid=f"u-{i}",
+                        replay_id=i.to_bytes(4, "big"), order_id="801")
+            for i in (next(serial) for _ in range(n))])
+    sub = FakeSubscription([response(100), response(100), response(100), StreamEnded(None)])
+    with pytest.raises(StreamClosed):
+        conn._consume(sub, None, None)  # type: ignore[arg-type]
+    writes: Writes = conn.writer  # type: ignore[assignment]
+    sizes = [sum(1 for r in txn if r[0] == conn.kafka.requests) for txn in writes.committed]
+    assert sizes == [200, 100] and conn.written == 300
+    assert all(n <= conn.settings.max_batch + 99 for n in sizes)
+    doc = next(row[1] for row in all_variables() if row[0] == "CONNECTOR_MAX_BATCH")
+    assert "never split" in doc and "up to 99 more" in doc, doc
+    assert not doc.startswith("Most events"), doc
