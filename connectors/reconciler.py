@@ -23,7 +23,10 @@ the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` e
 which writes a finished plan's requests (at most ``CONNECTOR_RECONCILE_MAX_PER_PASS``, oldest
 first; the rest wait for the next pass) in one transaction, then logs each re-request
 (``order_id``, ``re-requested``) and counts them. They show in ``sfprov trace`` as events
-``RequestedBy__c = sfprov reconciler (gap|periodic)``.
+``RequestedBy__c = sfprov reconciler (gap|periodic)``. A write that fails retryably (a
+broker blip, a transaction timed out) keeps the plan, with the very records it tried, for
+the loop's next turn: the gap that planned it is no longer pending, and with
+``CONNECTOR_RECONCILE_INTERVAL_S=0`` no later pass would find those Orders.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class Reconciler:
                                 registry=registry_for(kafka))
         self._gap_at: float | None = None
         self._requested: dict[str, int] = {}  # Order → re-requests written by this process
-        self._ready: tuple[str, list[str]] | None = None  # (trigger, orders) to write
+        # (trigger, orders, their records once built: a retry writes the same ones) to write
+        self._ready: tuple[str, list[str], list[Record] | None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -100,18 +104,37 @@ class Reconciler:
 
     def write_due(self, write: Callable[[list[Record]], None]) -> int:
         """Write a finished plan's requests with ``write`` (one transaction); returns how
-        many. Raises what ``write`` raises (the plan is dropped; the next pass finds the
-        Orders again)."""
+        many. Raises what ``write`` raises. A retryable error keeps the plan for the next
+        call (unless a newer one took its place), with the same records: the transaction
+        that failed was aborted, so they are written once — and were it ever in doubt, a
+        second copy has the first one's ``IdemKey__c`` and event uuid, which the worker
+        deduplicates. Any other error drops the plan: it would fail again on every turn of
+        the connector's loop (a non-retryable Kafka error ends the connector anyway)."""
         with self._lock:
             ready, self._ready = self._ready, None
         if not ready:
             return 0
-        trigger, orders = ready
-        now_ms = int(self._clock() * 1000)
-        records = [request_record(self.kafka, oid, source=f"reconcile-{trigger}",
-                                  requested_by=f"sfprov reconciler ({trigger})",
-                                  now_ms=now_ms, serde=self._serde) for oid in orders]
-        write(records)
+        trigger, orders, records = ready
+        try:
+            if records is None:
+                now_ms = int(self._clock() * 1000)
+                records = [request_record(self.kafka, oid, source=f"reconcile-{trigger}",
+                                          requested_by=f"sfprov reconciler ({trigger})",
+                                          now_ms=now_ms, serde=self._serde) for oid in orders]
+            write(records)
+        except Exception as exc:
+            if getattr(exc, "retryable", False):
+                with self._lock:
+                    if self._ready is None:
+                        self._ready = (trigger, orders, records)
+                log.warning("reconciliation (%s pass): writing %d re-requests failed (%s); "
+                            "they are written after the connector resubscribes", trigger,
+                            len(orders), exc, extra={"cause": trigger})
+            else:
+                log.error("reconciliation (%s pass): writing %d re-requests failed (%s); "
+                          "the next pass finds the Orders again", trigger, len(orders), exc,
+                          extra={"cause": trigger})
+            raise
         for oid in orders:
             self._requested[oid] = self._requested.get(oid, 0) + 1
         REQUESTS.labels(trigger).inc(len(records))
@@ -189,7 +212,7 @@ class Reconciler:
                  extra={"count": len(chosen)})
         if chosen:
             with self._lock:
-                self._ready = (trigger, chosen)
+                self._ready = (trigger, chosen, None)
 
     def _eligible(self, plan: Plan) -> list[str]:
         """The stranded Orders this process has not re-requested :data:`MAX_REREQUESTS`

@@ -3,6 +3,8 @@ it writes (what the worker and ``sfprov trace`` will see), and the gap trigger's
 
 from __future__ import annotations
 
+import pytest
+
 from common.avro import AvroSerde
 from common.reconcile import Plan
 from common.settings import ConnectorSettings, KafkaSettings
@@ -42,20 +44,68 @@ def test_a_pass_re_requests_the_oldest_stranded_orders_up_to_the_limit(monkeypat
         assert ("sfprov.source", b"reconcile-periodic") in headers
 
 
-def test_a_failed_write_drops_the_plan_and_raises(monkeypatch):
+def test_a_failed_write_keeps_the_plan_for_the_next_turn_and_raises(monkeypatch):
+    """A broker blip or a transaction timed out under the write: the gap that planned it is
+    no longer pending and, with CONNECTOR_RECONCILE_INTERVAL_S=0, no pass found the Orders
+    again. The aborted transaction wrote nothing; the next turn writes the same records."""
+    from common.errors import KafkaError, TransactionTimedOutError
+
     r = make(monkeypatch, Plan(no_request=["801000000000001AAA"],
                                candidates={"801000000000001AAA": {}}))
     r._pass("gap", older_than_s=0.0, changed_before=0.0)
+    assert r._gap_at is None  # the gap is passed: only the plan holds its Orders now
+    tried: list = []
+    for error in (KafkaError("leader not available", retryable=True),
+                  TransactionTimedOutError("fenced after 61 s", age_s=61.0, timeout_s=60.0)):
+        def fail(records, error=error):
+            tried.append(records)
+            raise error
+        try:
+            r.write_due(fail)
+        except type(error):
+            pass
+        else:
+            raise AssertionError("the write's error must reach the connector's loop")
+    written: list = []
+    assert r.write_due(written.extend) == 1
+    assert tried[0] == tried[1] == written  # the same IdemKey__c and event uuid each time
+    assert r.write_due(written.extend) == 0  # written once
+    assert r._requested == {"801000000000001AAA": 1}
+
+
+def test_a_write_failing_for_good_drops_the_plan(monkeypatch):
+    """Not retryable: it would fail on every turn of the connector's loop."""
+    from common.errors import KafkaError
+
+    r = make(monkeypatch, Plan(no_request=["801000000000001AAA"],
+                               candidates={"801000000000001AAA": {}}))
+    r._pass("periodic", older_than_s=0.0)
 
     def fail(_records):
-        raise RuntimeError("fenced")
+        raise KafkaError("message too large", retryable=False)
     try:
         r.write_due(fail)
-    except RuntimeError:
+    except KafkaError:
         pass
     else:
         raise AssertionError("the write's error must reach the connector's loop")
     assert r.write_due(lambda _r: None) == 0
+
+
+def test_a_newer_plan_made_while_the_write_failed_is_kept(monkeypatch):
+    from common.errors import KafkaError
+
+    r = make(monkeypatch, Plan(no_request=["801000000000001AAA"],
+                               candidates={"801000000000001AAA": {}}))
+    r._pass("periodic", older_than_s=0.0)
+    newer = ("periodic", ["801000000000002AAA"], None)
+
+    def fail(_records):
+        r._ready = newer  # the planning thread finished a pass meanwhile
+        raise KafkaError("leader not available", retryable=True)
+    with pytest.raises(KafkaError):
+        r.write_due(fail)
+    assert r._ready is newer
 
 
 def test_the_gap_pass_waits_until_no_event_was_written_for_a_while(monkeypatch):
