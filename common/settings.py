@@ -428,8 +428,9 @@ class ConnectorSettings(_Section):
                              "(0.0.0.0 in a container, so a published port "
                              "reaches them).")
     max_batch: int = env("CONNECTOR_MAX_BATCH", 500, parse=parse_positive_int,
-                         doc="Most events written in one Kafka transaction (with their "
-                             "offset record).")
+                         doc="Events per Kafka transaction (with their offset record): a "
+                             "transaction ends once this many events are in it; one fetch "
+                             "response (≤ 100 events) is never split, so up to 99 more.")
     max_buffered: int = env("CONNECTOR_MAX_BUFFERED", 1000, parse=parse_positive_int,
                             doc="Events received but not yet written, beyond which no more "
                                 "are requested from Salesforce (backpressure).")

@@ -61,8 +61,15 @@ def marker(sf_order_id: str) -> str:
 
 
 def has_marker(notes: str | None, sf_order_id: str) -> bool:
-    """True when ``notes`` carries exactly this Order's marker (no prefix matches)."""
-    return any(m == sf_order_id for m in _MARKER.findall(notes or ""))
+    """True when ``notes`` carries this Order's marker: its id exactly, or the same Order's
+    other form — a 15- and an 18-character id of one Order share their first 15 characters
+    (an order made from a request published with the 15-character id, before the connector
+    wrote every id in the 18-character form, is still found). No other prefix matches."""
+    ids = _MARKER.findall(notes or "")
+    if len(sf_order_id) not in (15, 18):
+        return sf_order_id in ids
+    return any(m == sf_order_id or (len(m) in (15, 18) and m[:15] == sf_order_id[:15])
+               for m in ids)
 
 
 def encode_form(params: Mapping[str, Any]) -> str:

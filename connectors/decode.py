@@ -7,6 +7,13 @@ resolution: fields the writer added are dropped, missing optional ones take defa
 double promotion). Resolution matches records by full name, so the reader schema is
 renamed to the writer's name first — Salesforce's naming is not ours to rely on.
 
+Order ids: ``OrderId__c`` is accepted in either of Salesforce's forms (15 case-sensitive
+characters, or 18 with the case checksum) and written in the 18-character one
+(:func:`order_id18`), as the record's key *and* in its value: one Order published once with
+each form must land on one key, hence one partition — and the worker's tables, keyed by the
+value's ``OrderId__c`` and partitioned by its hash, rely on the key being that same string
+(the reconciler's re-requests carry the 18-character ids Salesforce's queries return, too).
+
 Bad events are data, not crashes: an undecodable payload, a schema id ``GetSchema`` does
 not know, or an event without ``OrderId__c`` becomes a :class:`DeadLetter` (raw payload
 bytes, ``common.deadletter`` headers with the reason, schema id, replay id and event uuid).
@@ -154,6 +161,7 @@ class EventDecoder:
             return self.dead_letter(event, "invalid_order_id",
                                     f"OrderId__c {describe_bad_id(order_id)} is not a 15- or "
                                     "18-character Salesforce id", "InvalidOrderId")
+        order_id = order_id18(order_id)
         record = {
             "event_uuid": pe.id, "replay_id": replay_id, "schema_id": pe.schema_id,
             "channel": self.channel, "received_at": received_at_ms,
@@ -203,6 +211,35 @@ class EventDecoder:
         key = (pe.id or replay_id.hex()).encode()
         return KafkaRecord(key, payload, headers, pe.id, replay_id, None,
                            dead_letter=True, reason=error_code)
+
+
+_CHECKSUM_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def _checksum(id15: str) -> str:
+    """Salesforce's 3-character case checksum of a 15-character id: per 5-character chunk,
+    one character whose bits say which of the chunk's characters are upper-case letters."""
+    return "".join(_CHECKSUM_CHARS[sum(1 << i for i, ch in enumerate(id15[c:c + 5])
+                                       if "A" <= ch <= "Z")] for c in (0, 5, 10))
+
+
+def order_id18(order_id: str) -> str:
+    """The 18-character form of a Salesforce id that :func:`is_salesforce_id` accepted.
+
+    A 15-character id gets its checksum. An 18-character one is case-insensitive, as
+    Salesforce reads it: its letters take the case its checksum gives (an id that went
+    through a case-folding system comes back as Salesforce's). One whose checksum does not
+    fit its characters (typed by hand) is returned as given: Salesforce refuses it with an
+    error of its own, which is not this function's to hide."""
+    if len(order_id) == 15:
+        return order_id + _checksum(order_id)
+    suffix = order_id[15:].upper()
+    if any(ch not in _CHECKSUM_CHARS for ch in suffix):
+        return order_id
+    flags = [_CHECKSUM_CHARS.index(ch) for ch in suffix]
+    id15 = "".join(ch.upper() if flags[i // 5] >> (i % 5) & 1 else ch.lower()
+                   for i, ch in enumerate(order_id[:15]))
+    return id15 + suffix if _checksum(id15) == suffix else order_id
 
 
 def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:

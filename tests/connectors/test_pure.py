@@ -207,6 +207,32 @@ def test_build_record_projects_writer_onto_our_schema() -> None:
     assert headers["sfprov.correlation_id"] == b"corr"
 
 
+def test_one_order_published_with_either_id_form_lands_on_one_key() -> None:
+    """OrderId__c "801000000000001" (15 characters) and "801000000000001AAA" (its
+    18-character form) are one Order: keyed as given they were two keys, two partitions
+    (no longer one partition, one order per Order key), and the worker's tables, keyed by
+    the value's OrderId__c and partitioned like the requests, need the value to be the key."""
+    from sandbox.salesforce.ids import to18  # an independent checksum, as an oracle
+
+    def build(order_id: str, uuid: str) -> Any:
+        ev = consumer_event(payload({"CreatedDate": 1, "CreatedById": "005x",
+                                     "OrderId__c": order_id, "IdemKey__c": "k",
+                                     "CorrelationId__c": None, "NewField__c": None}), uuid=uuid)
+        return decoder().build(ev)
+    serde = AvroSerde("provision_request")
+    for id15 in ("801000000000001", "801Ab00000Xy9Zq", "001A0000006Vm9r"):
+        id18 = to18(id15)
+        assert id18 is not None and len(id18) == 18
+        forms = [id15, id18, id18.lower(), id18.upper()]  # 18 characters: case-insensitive
+        records = [build(form, f"u-{i}") for i, form in enumerate(forms)]
+        assert not any(r.dead_letter for r in records)
+        assert {r.key for r in records} == {id18.encode()}, id15
+        assert {serde.decode(r.value)["OrderId__c"] for r in records} == {id18}
+        assert {r.order_id for r in records} == {id18}
+    # an 18-character id whose checksum fits no casing of it: as given (Salesforce refuses it)
+    assert build("801000000000001ZZZ", "u-x").key == b"801000000000001ZZZ"
+
+
 def test_build_undecodable_payload_is_dead_letter_with_raw_bytes() -> None:
     ev = consumer_event(b"\xff\xff\xff\xff\xff\xff\xff", uuid="u-bad", replay=b"\x09")
     rec = decoder().build(ev)

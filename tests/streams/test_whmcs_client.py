@@ -73,6 +73,11 @@ def test_marker_matching_is_exact():
     assert has_marker("sfOrderId=801A idemKey=x", "801A")
     assert not has_marker("sfOrderId=801AB", "801A")
     assert not has_marker(None, "801A")
+    # one Order's two id forms find each other; another Order's 15 characters do not
+    assert has_marker("sfOrderId=8015g00000AbCdE idemKey=x", "8015g00000AbCdEAAZ")
+    assert has_marker("sfOrderId=8015g00000AbCdEAAZ", "8015g00000AbCdE")
+    assert not has_marker("sfOrderId=8015g00000AbCdF", "8015g00000AbCdEAAZ")
+    assert not has_marker("sfOrderId=8015g00000abcde", "8015g00000AbCdE")  # case counts
 
 
 def test_add_accept_and_find_by_marker_across_pages(whmcs):
