@@ -271,12 +271,21 @@ def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
         print(f"\nerror: not healthy after the wait: {', '.join(unhealthy)} (see their logs)")
 
 
+def stop_timeout() -> float:
+    """How long ``down`` waits for the supervisor: it stops its children one after another,
+    each within its grace (``ops.supervisor.stop_grace``), so their sum, plus a margin."""
+    from ops.supervisor import Child
+
+    processes = json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
+    return max(60.0, sum(Child(**p).grace() for p in processes) + 10.0)
+
+
 def down() -> int:
     pid = supervisor_pid()
     children = json.loads(STATUS.read_text())["processes"] if STATUS.exists() else []
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + stop_timeout()
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)

@@ -5,21 +5,56 @@ list of processes (name, argv, env, log file, health URL). Each child runs in it
 process group with stdout/stderr appended to its log file. A child that exits is restarted
 with exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIGTERM
 stops the children in reverse start order (SIGTERM, then SIGKILL after a grace period) and
-exits. ``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit).
+exits. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
+``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S`, so a stop
+never kills a drain half way; :data:`DEFAULT_GRACE_S` for a child without one.
+``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.settings import SinkSettings, WorkerSettings, environment
+
+#: What a child may take after its drain before it is killed: closing its Kafka clients, a
+#: last commit (docker-compose.yml's stop_grace_period keeps the same margin).
+STOP_MARGIN_S = 10.0
+#: The grace of a child without a drain setting (the connector, the sandboxes).
+DEFAULT_GRACE_S = 20.0
+#: The setting (section, field) that bounds a child's drain on SIGTERM, by child name; its
+#: variable and default are the settings' own.
+DRAIN_SETTINGS: dict[str, tuple[type[Any], str]] = {
+    "worker": (WorkerSettings, "drain_timeout_s"),
+    "sink": (SinkSettings, "drain_timeout_s"),
+}
+
+
+def stop_grace(name: str, env: Mapping[str, str]) -> float:
+    """Seconds between SIGTERM and SIGKILL for the child ``name`` whose environment (the
+    supervisor's environment over .env, with the plan's overrides) is ``env``."""
+    if name not in DRAIN_SETTINGS:
+        return DEFAULT_GRACE_S
+    section, attr = DRAIN_SETTINGS[name]
+    setting = next(f for f in dataclasses.fields(section) if f.name == attr)
+    raw = env.get(setting.metadata["env"], "")
+    assert isinstance(setting.default, int | float), f"{attr}: no default"
+    drain = float(setting.default)
+    if raw.strip():
+        with contextlib.suppress(ValueError, TypeError):  # the child refuses it (exit 64)
+            drain = float(setting.metadata["parse"](raw))
+    return max(drain, 0.0) + STOP_MARGIN_S
 
 
 @dataclass
@@ -32,7 +67,7 @@ class Child:
     ca: str = ""
     requires: list[str] = field(default_factory=list)  # names that must be healthy first
     final_exit_codes: list[int] = field(default_factory=list)  # exits not to restart after
-    grace_s: float = 20.0
+    grace_s: float | None = None  # None: stop_grace() of the child's name and environment
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
     last_exit: int | None = None
@@ -74,6 +109,12 @@ class Child:
             out.write(f"=== {self.name} exited with {code}; restarting in "
                       f"{self.next_start - now:.0f}s\n".encode())
 
+    def grace(self) -> float:
+        """How long ``stop`` waits after SIGTERM before SIGKILL."""
+        if self.grace_s is not None:
+            return self.grace_s
+        return stop_grace(self.name, {**environment(), **self.env})
+
     def stop(self) -> None:
         """Stop the child; once it is no longer paused it starts at once, even after an exit
         that was final (``resume`` / ``restart`` is how an operator says "try again")."""
@@ -84,7 +125,7 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(self.grace_s)
+            self.proc.wait(self.grace())
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ that mean "do not restart" ending the container.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import yaml
 from common.settings import ConnectorSettings, SinkSettings, WorkerSettings
 from ops.container import COMMANDS, sandbox_defaults
 from ops.stack import FINAL_EXIT_CODES
+from ops.supervisor import STOP_MARGIN_S, stop_grace
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -44,13 +46,61 @@ def test_metrics_listen_where_they_are_published(name):
 def test_settings_in_env_file_are_not_overridden(name):
     """A service's ``environment:`` wins over its ``env_file:``: a setting written there
     would silently replace the user's .env value (topic names did). Only facts of the compose
-    network may be fixed; anything else is substituted from .env (``${VAR:-default}``)."""
+    network and of the image (the state volume's mount point) may be fixed; anything else is
+    substituted from .env (``${VAR:-default}``)."""
     network = {"KAFKA_BOOTSTRAP_SERVERS", f"{name.upper()}_HTTP_HOST",
-               f"{name.upper()}_HTTP_PORT"}
+               f"{name.upper()}_HTTP_PORT", "SFPROV_STATE_DIR"}
     fixed = {key for key, value in SERVICES[name]["environment"].items()
              if not key.startswith("SFPROV_SANDBOX_") and key not in network
              and not str(value).startswith("${" + key)}
     assert not fixed, f"{name}: set in docker-compose.yml over .env: {sorted(fixed)}"
+
+
+STATE_USERS = sorted(name for name, service in SERVICES.items()
+                     if service.get("image") == "sfprov:local"
+                     or any(str(v).split(":")[0] == "state" for v in service.get("volumes", [])))
+
+
+def test_the_image_keeps_its_state_on_the_state_volume():
+    assert {"topics", "seed", "salesforce-sandbox", "whmcs-sandbox", *PIPELINE} <= set(STATE_USERS)
+    lines = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    runtime = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    assert any(line.startswith("ENV ") and "SFPROV_STATE_DIR=/state" in line.split()
+               for line in runtime)
+    assert "VOLUME [\"/state\"]" in runtime
+
+
+@pytest.mark.parametrize("name", STATE_USERS)
+def test_state_dir_is_pinned_to_the_state_volume(name):
+    """``environment:`` pins SFPROV_STATE_DIR to the volume's mount point: a .env written for
+    `make up` (``SFPROV_STATE_DIR=.state``, the documented default, or a host path) came in
+    through ``env_file:`` over the Dockerfile's /state, and the seed wrote its marker to
+    /state/.state/sandbox/salesforce (FileNotFoundError, nothing started)."""
+    service = SERVICES[name]
+    users_env = {"SFPROV_STATE_DIR": ".state"}          # what .env (env_file) brings
+    effective = {**users_env, **{k: str(v) for k, v in service.get("environment", {}).items()}}
+    assert effective["SFPROV_STATE_DIR"] == "/state"
+    mounts = dict(str(v).split(":", 1) for v in service.get("volumes", []))
+    assert mounts.get("state", "/state") == "/state"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (``45s``, ``1m30s``) in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", str(duration))
+    assert match and duration, duration
+    return int(match.group(1) or 0) * 60 + float(match.group(2) or 0)
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_a_stop_leaves_the_drain_its_time(name):
+    """Docker's default stop grace (10 s) SIGKILLed the worker (WORKER_DRAIN_TIMEOUT_S, 20 s)
+    and the sink (SINK_DRAIN_TIMEOUT_S, 30 s) in the middle of their drain."""
+    drains = [f.default for section in (WorkerSettings, SinkSettings)
+              for f in dataclasses.fields(section) if f.name == "drain_timeout_s"]
+    assert len(drains) == 2
+    grace = _seconds(SERVICES[name]["stop_grace_period"])
+    assert grace >= max(drains) + STOP_MARGIN_S
+    assert grace >= stop_grace(name, {})  # at least what `make up`'s supervisor gives it
 
 
 @pytest.mark.parametrize("name", PIPELINE)
