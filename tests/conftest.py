@@ -5,11 +5,18 @@ directory on free ports — real Apache Kafka, never a mock. ``KAFKA_TEST_BOOTST
 the suite at an existing broker instead; ``SFPROV_TEST_DOCKER=1`` uses testcontainers where
 a Docker engine exists (see :data:`DOCKER_KAFKA_IMAGE`). When the broker cannot start,
 broker tests are skipped locally but FAIL when ``CI=true``.
+
+The broker runs in its own session (a Ctrl-C or a signal to pytest's process group does not
+reach it), so only the fixture's teardown stops it: SIGTERM (a cancelled CI job, `timeout`)
+ends the run as Ctrl-C does, through the teardown, instead of killing pytest and leaving the
+JVM behind.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +37,50 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # ``apache/kafka:3.9.1`` (tag 3.9.1) raised "not supported in Kraft mode". Confluent Platform
 # 7.9 ships Apache Kafka 3.9, the version of the local broker and of the compose file.
 DOCKER_KAFKA_IMAGE = os.environ.get("SFPROV_TEST_DOCKER_IMAGE", "confluentinc/cp-kafka:7.9.1")
+
+
+_prior_sigterm: Any = None
+_installed = False
+_stopping = False  # a Ctrl-C or SIGTERM is being handled: the teardown must get to run
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the session as Ctrl-C does: KeyboardInterrupt, then the fixtures'
+    teardown (the session broker stopped). A handler installed before runs first. While a
+    stop is already under way a further SIGTERM is ignored, so it cannot cut the teardown
+    short (SIGKILL still ends everything, leaving the JVM to the caller)."""
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
+    if callable(_prior_sigterm):
+        _prior_sigterm(signum, frame)
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _prior_sigterm, _installed
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set in the main thread
+    prior = signal.getsignal(signal.SIGTERM)
+    if prior is signal.SIG_IGN:
+        return  # started with SIGTERM ignored (nohup-like): keep it so
+    _prior_sigterm = prior
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _installed = True
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    global _stopping
+    _stopping = True  # Ctrl-C then SIGTERM (a CI cancel sends both): let the teardown finish
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _installed
+    if _installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _prior_sigterm if _prior_sigterm is not None
+                      else signal.SIG_DFL)
+        _installed = False
 
 
 def _unavailable(reason: str) -> None:
@@ -56,11 +107,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _CUT_PORTS = (free_port(), free_port())
     broker = LocalBroker(home, port=free_port(), controller_port=free_port(),
                          extra_listeners={CUT_LISTENER: _CUT_PORTS})
-    try:
-        broker.start(timeout=120)
-    except BrokerError as exc:
-        _unavailable(str(exc))
-    try:
+    try:  # a start that fails or is interrupted (Ctrl-C, SIGTERM) stops the broker too
+        try:
+            broker.start(timeout=120)
+        except BrokerError as exc:
+            _unavailable(str(exc))
         yield broker.bootstrap
     finally:
         broker.stop()

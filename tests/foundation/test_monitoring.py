@@ -15,13 +15,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client import REGISTRY, generate_latest
 
+from ops.kafka_local import DEFAULT_STATE
+
 ROOT = Path(__file__).resolve().parents[2]
+#: The Makefile's $(STATE): SFPROV_STATE_DIR as the Python side reads it (the environment over
+#: .env, else .state); make runs in ROOT, so a relative one is relative to ROOT.
+STATE = DEFAULT_STATE if DEFAULT_STATE.is_absolute() else ROOT / DEFAULT_STATE
 MONITORING = ROOT / "ops" / "monitoring"
 RULES = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "sfprov.json"
@@ -115,9 +121,9 @@ def test_compose_monitoring_profile_mounts_the_shipped_files():
 
 
 def _promtool() -> str:
-    """``make promtool``'s copy, else one on PATH. Missing: skipped on a developer's machine,
-    a failure in CI (``make test`` fetches it there)."""
-    fetched = ROOT / ".state" / "tools" / "bin" / "promtool"
+    """``make promtool``'s copy ($(STATE)/tools/bin/promtool), else one on PATH. Missing:
+    skipped on a developer's machine, a failure in CI (``make test`` fetches it there)."""
+    fetched = STATE / "tools" / "bin" / "promtool"
     found = str(fetched) if os.access(fetched, os.X_OK) else shutil.which("promtool")
     if found is None:
         message = "promtool not found (make promtool, or apt-get install prometheus)"
@@ -125,6 +131,25 @@ def _promtool() -> str:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return found
+
+
+def test_promtool_is_looked_for_where_make_fetches_it(tmp_path):
+    """``SFPROV_STATE_DIR`` in .env moves `make promtool`'s copy; the test looked only in
+    ROOT/.state and, without promtool on PATH, failed in CI although make had fetched it."""
+    fake = tmp_path / "state" / "tools" / "bin" / "promtool"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"SFPROV_STATE_DIR={tmp_path / 'state'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SFPROV_STATE_DIR", "CI")}
+    env.update(SFPROV_ENV_FILE=str(env_file), PYTHONPATH=str(ROOT), PATH=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", "from tests.foundation.test_monitoring import _promtool; "
+         "print(_promtool())"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(fake)]
 
 
 def test_promtool_accepts_the_rules_and_their_unit_tests():
