@@ -23,6 +23,9 @@ path                        method  effect
                                     (raw: ``fields`` or ``payload_b64``, optional
                                     ``schema_json`` served by GetSchema, ``uuid``)
 ``/faults``                 GET/POST  read / partially update :class:`~.faults.Faults`
+                                    (e.g. ``subscribe_error_calls`` + ``_status`` +
+                                    ``_code``: the next Subscribe calls end with a limit
+                                    or INTERNAL error)
 ``/faults/reset``           POST    all faults off (held calls are released; the profile
                                     is org configuration, not a fault: it stays)
 ``/hold/release``           POST    every held collection update proceeds → ``{released}``
@@ -47,6 +50,7 @@ from . import dml, query_exec, seeding
 from .core import Sandbox
 from .errors import SfError
 from .events import PROVISION_SCHEMA, SCHEMAS, TOPIC, register_extra_schema
+from .faults import Faults
 
 UNKNOWN_SCHEMA_ID = "UnknownSchemaIdXXXXXXX"
 
@@ -239,7 +243,10 @@ async def faults_reset(request: web.Request) -> web.Response:
     sb.faults.update({"rest_latency_ms": 0, "grpc_latency_ms": 0, "rest_503_rate": 0,
                       "rest_hang_rate": 0, "rest_hang_s": 0,
                       "lock_row_rate": 0, "record_errors": {}, "keepalives_paused": False,
-                      "daily_limit": sb.config.daily_limit, "hold_collection_calls": 0})
+                      "daily_limit": sb.config.daily_limit, "hold_collection_calls": 0,
+                      "subscribe_error_calls": 0,
+                      "subscribe_error_status": Faults.subscribe_error_status,
+                      "subscribe_error_code": Faults.subscribe_error_code})
     sb.release_held()
     return web.json_response(sb.faults.as_dict())
 

@@ -90,6 +90,15 @@ class AdminClient:
     def set_faults(self, **faults: Any) -> dict:
         return self.call("POST", "/faults", faults)
 
+    def fail_subscribes(self, calls: int = 1,
+                        error_code: str = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded",
+                        status: str = "RESOURCE_EXHAUSTED") -> dict:
+        """End the next ``calls`` Subscribe calls (-1: all until :meth:`reset_faults`) with
+        gRPC ``status`` and trailer ``error-code: error_code`` (none when empty), e.g.
+        ``…concurrent.client.limit.exceeded``, or ``status="INTERNAL", error_code=""``."""
+        return self.set_faults(subscribe_error_calls=calls, subscribe_error_status=status,
+                               subscribe_error_code=error_code)
+
     def reset_faults(self) -> dict:
         return self.call("POST", "/faults/reset")
 

@@ -7,8 +7,13 @@ finishes what its caller gave up on), a fraction failing with 503 or with per-re
 ``UNABLE_TO_LOCK_ROW``, permanent per-record errors for chosen ids, paused keepalives,
 the daily API limit, and a *hold* on the next sObject Collections updates (each waits,
 unprocessed, until ``POST /__sandbox/hold/release`` — a write delayed at will past what
-others write meanwhile, as when its sender froze just before sending). One-shot actions (expire tokens, drop streams, inject bad events)
-are separate admin endpoints.
+others write meanwhile, as when its sender froze just before sending), and refused
+``Subscribe`` calls: the next ``subscribe_error_calls`` (-1: every one until cleared) end
+at once, after authentication, with gRPC status ``subscribe_error_status`` and, unless
+empty, trailer ``error-code: subscribe_error_code`` — REFERENCE §1's
+``…subscription.limit.exceeded`` (the default), ``…concurrent.client.limit.exceeded``, or a
+bare ``INTERNAL``. One-shot actions (expire tokens, drop streams, inject bad events) are
+separate admin endpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import grpc
+
 from .errors import SfError
+
+LIMIT_EXCEEDED = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
 
 _MESSAGES = {
     "FIELD_CUSTOM_VALIDATION_EXCEPTION": "Injected validation rule: this record cannot be saved",
@@ -42,9 +51,17 @@ class Faults:
     daily_limit: int = 5_000_000
     #: the next N ``PATCH composite/sobjects`` calls wait for a release (counts down)
     hold_collection_calls: int = 0
+    #: the next N ``Subscribe`` calls fail (counts down; -1: all of them until cleared) ...
+    subscribe_error_calls: int = 0
+    #: ... with this gRPC status (a ``grpc.StatusCode`` name) ...
+    subscribe_error_status: str = "RESOURCE_EXHAUSTED"
+    #: ... and this ``error-code`` trailer ("" sends none)
+    subscribe_error_code: str = LIMIT_EXCEEDED
 
     def update(self, changes: dict[str, Any]) -> None:
-        """Apply a partial update; unknown keys are refused (ValueError)."""
+        """Apply a partial update; an unknown key or a bad value is refused (ValueError)
+        and then nothing changes."""
+        values: dict[str, Any] = {}
         for key, value in changes.items():
             if key not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault {key!r}")
@@ -55,10 +72,28 @@ class Faults:
                 value = type(current)(value)
             elif isinstance(current, dict):
                 value = dict(value or {})
+            elif isinstance(current, str):
+                value = "" if value is None else str(value)
+            if key == "subscribe_error_status" and (
+                    value not in grpc.StatusCode.__members__ or value == "OK"):
+                raise ValueError(f"subscribe_error_status: {value!r} is not a gRPC error "
+                                 "status name (e.g. RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE)")
+            if key == "subscribe_error_calls" and value < -1:
+                raise ValueError("subscribe_error_calls: a count, or -1 for every call")
+            values[key] = value
+        for key, value in values.items():
             setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def take_subscribe_error(self) -> tuple[str, str] | None:
+        """(status name, error code) this Subscribe call must end with, if any; counts down."""
+        if self.subscribe_error_calls == 0:
+            return None
+        if self.subscribe_error_calls > 0:
+            self.subscribe_error_calls -= 1
+        return self.subscribe_error_status, self.subscribe_error_code
 
     def rest_hang(self) -> float:
         """Seconds this REST call hangs before it is handled (0: it does not)."""

@@ -11,6 +11,7 @@
         token = sf.login()["access_token"]             # a JWT bearer exchange
         sf.set_faults(rest_503_rate=0.1); sf.reset_faults()
         sf.set_faults(hold_collection_calls=1); sf.release_held()   # delay one write at will
+        sf.fail_subscribes(1, "sfdc.platform.eventbus.grpc.subscription.limit.exceeded")
         sf.counters(); sf.advance_clock(hours=73); sf.get_record(ids[0]); sf.query(soql)
         sf.expire_tokens(); sf.drop_streams(); sf.inject_event("malformed")
         sf.restart()                                   # same ports, same database
@@ -149,7 +150,7 @@ class SalesforceSandbox:
         if name in ("set_faults", "reset_faults", "counters", "reset_counters", "get_record",
                     "query", "expire_tokens", "drop_streams", "inject_event", "update",
                     "events", "info", "release_held", "create", "delete", "permissions",
-                    "set_permissions", "reset_permissions"):
+                    "set_permissions", "reset_permissions", "fail_subscribes"):
             return getattr(self.__dict__["admin"], name)
         raise AttributeError(name)
 

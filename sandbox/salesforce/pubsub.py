@@ -9,13 +9,22 @@ Publish and Subscribe without them end PERMISSION_DENIED — Subscribe is checke
 first FetchRequest and at each ``auth_refresh``, not per event.
 
 Replay ids are 9 opaque bytes (a version byte and the store's sequence number), strictly
-increasing. ``Subscribe`` honours the replay preset of the **first** FetchRequest only
+increasing, not contiguous (keepalives take numbers too: :mod:`.subscription`).
+``Subscribe`` honours the replay preset of the **first** FetchRequest only
 (CUSTOM resumes *after* the given id; a purged, future or garbled id ends the stream
 with INVALID_ARGUMENT + ``...subscription.fetch.replayid.corrupted``); outstanding
 ``num_requested`` is capped at 100 and never exceeded; events are batched (≤ 100 per
 response); an empty FetchResponse carrying ``latest_replay_id`` is sent after
-``keepalive_s`` without output; a stream with nothing requested for ``idle_close_s``
-is closed (status OK). Error codes other than auth/corrupted/unavailable are unverified.
+``keepalive_s`` without output (a caught-up stream's carries a fresh replay id); a
+stream with nothing requested for ``idle_close_s`` is closed (status OK); a FetchResponse
+stays within 4 MiB (events split over several). The ``subscribe_error_*`` faults end the
+next Subscribe calls with a chosen status and ``error-code`` (limits, INTERNAL).
+
+Publish: an event over 1 MiB gets a PublishResult error (code PUBLISH), the others in the
+request are published; a request over 4 MiB is refused by gRPC (RESOURCE_EXHAUSTED,
+:data:`.server.GRPC_OPTIONS`). ``PublishStream``: the first request names the topic; a
+later one may omit it (the first's is used) but naming another is INVALID_ARGUMENT.
+Error codes other than auth/corrupted/unavailable/limits are unverified.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ SCHEMA_NOT_FOUND = "sfdc.platform.eventbus.grpc.schema.not.found"
 # goes by the gRPC status (PERMISSION_DENIED), not by these words
 PERMISSION_DENIED = "sfdc.platform.eventbus.grpc.service.permission.denied"
 FETCH_INVALID = "sfdc.platform.eventbus.grpc.fetch.request.invalid"
+PUBLISH_INVALID = "sfdc.platform.eventbus.grpc.publish.request.invalid"  # unverified too
 MAX_REQUESTED = 100
+#: REFERENCE §1: "event ≤ 1 MB"
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 def encode_replay(sequence: int) -> bytes:
@@ -110,8 +122,10 @@ class PubSubService(pb_grpc.PubSubServicer):
 
     @staticmethod
     async def _abort(context: Any, err: _StreamError) -> None:
-        await context.abort(err.code, err.details, trailing_metadata=(
-            ("error-code", err.error_code),))
+        # Salesforce's code rides in the trailer ``error-code`` (REFERENCE §1); a bare gRPC
+        # status (e.g. an injected INTERNAL) has none
+        trailer = (("error-code", err.error_code),) if err.error_code else ()
+        await context.abort(err.code, err.details, trailing_metadata=trailer)
 
     async def GetSchema(self, request: Any, context: Any) -> Any:
         self.sb.counters.count("grpc_get_schema")
@@ -146,18 +160,23 @@ class PubSubService(pb_grpc.PubSubServicer):
                             can_subscribe=self.may(token, topic, permissions.SUBSCRIBE),
                             schema_id=schema.schema_id, rpc_id=_rpc_id())
 
-    def _publish(self, request: Any, token: str | None) -> Any:
-        schema = TOPICS.get(request.topic_name)
+    def _publish(self, request: Any, token: str | None, topic: str | None = None) -> Any:
+        """Publish ``request``'s events to ``topic`` (default: the request's topic_name)."""
+        topic = request.topic_name if topic is None else topic
+        schema = TOPICS.get(topic)
         if schema is None:
             raise _StreamError(grpc.StatusCode.NOT_FOUND, TOPIC_NOT_FOUND,
-                               f"topic {request.topic_name} not found")
-        self.require(token, request.topic_name, permissions.PUBLISH)
+                               f"topic {topic} not found")
+        self.require(token, topic, permissions.PUBLISH)
         results: list[Any] = []
         now = self.sb.store.now_ms()
         with self.sb.store.transaction() as tx:
             for event in request.events:
                 event_id = event.id or str(uuid.uuid4())
                 try:
+                    if len(event.payload) > MAX_EVENT_BYTES:
+                        raise ValueError(f"the event is {len(event.payload)} bytes: the maximum "
+                                         f"event size is 1 MiB ({MAX_EVENT_BYTES} bytes)")
                     if event.schema_id != schema.schema_id:
                         raise ValueError(f"schema id {event.schema_id} is not the topic's")
                     schema.decode(event.payload)
@@ -165,7 +184,7 @@ class PubSubService(pb_grpc.PubSubServicer):
                     results.append(pb.PublishResult(correlation_key=event_id, error=pb.Error(
                         code=pb.PUBLISH, msg=str(exc))))
                     continue
-                tx.add_event(request.topic_name, event_id, event.schema_id, event.payload, now)
+                tx.add_event(topic, event_id, event.schema_id, event.payload, now)
                 results.append(event_id)
         stored = iter(tx.committed_events)
         out = [r if not isinstance(r, str) else pb.PublishResult(
@@ -186,11 +205,18 @@ class PubSubService(pb_grpc.PubSubServicer):
         self.sb.counters.count("grpc_publish_stream")
         try:
             token = self.authenticate(context)
+            topic: str | None = None  # the first request's: it identifies the stream's topic
             async for request in request_iterator:
                 token = request.auth_refresh or token
                 self.check_token(token)
+                if topic is None:
+                    topic = request.topic_name
+                elif request.topic_name and request.topic_name != topic:
+                    raise _StreamError(grpc.StatusCode.INVALID_ARGUMENT, PUBLISH_INVALID,
+                                       f"topic_name {request.topic_name} differs from the "
+                                       f"stream's first PublishRequest ({topic})")
                 await self._latency()
-                yield self._publish(request, token)
+                yield self._publish(request, token, topic)
         except _StreamError as err:
             await self._abort(context, err)
 
@@ -201,6 +227,12 @@ class PubSubService(pb_grpc.PubSubServicer):
         sub = Subscription(self, request_iterator)
         try:
             sub.token = self.authenticate(context)
+            injected = self.sb.faults.take_subscribe_error()
+            if injected is not None:
+                status, error_code = injected
+                raise _StreamError(grpc.StatusCode[status], error_code,
+                                   "injected by the sandbox" + (f": {error_code}"
+                                                                if error_code else ""))
             async for response in sub.responses():
                 yield response
         except _StreamError as err:

@@ -31,8 +31,12 @@ from .pubsub import PubSubService
 log = logging.getLogger("sandbox.salesforce")
 
 GRPC_OPTIONS = [
+    # Sending: a FetchResponse is kept within 4 MiB (.subscription), but one oversized event
+    # (injected through the admin API) still goes out whole — up to 16 MiB, what the
+    # connector's channel accepts (connectors.pubsub.client.channel_options).
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # Receiving: REFERENCE's "4 MB hard gRPC limit" on a publish request
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
     ("grpc.http2.max_ping_strikes", 0),

@@ -8,6 +8,13 @@ are durable together or not at all, and a restart loses nothing that was acknowl
 
 The clock (:meth:`Store.now_ms`) is wall time plus a persisted offset that tests and
 operators advance; it drives record timestamps, token expiry and event retention.
+
+Replay ids are the ``events`` table's AUTOINCREMENT sequence. Besides platform events it
+holds *bus marks* (topic ``''``, no payload): the replay numbers a keepalive hands a
+caught-up subscription (:meth:`Store.bus_mark`), as the org's other traffic moves a real
+event bus on. They take their number from the same persisted sequence (so every later event
+is greater, across restarts too), are never delivered, age and are purged like events (a
+mark older than the retention is refused as a replay id), and are not counted as events.
 """
 
 from __future__ import annotations
@@ -95,6 +102,10 @@ class Store:
             self._apply(rtype, json.loads(data))
         row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self.last_replay = row[0] if row else 0
+        mark = self.conn.execute("SELECT replay, created_ms FROM events WHERE topic = '' "
+                                 "ORDER BY replay DESC LIMIT 1").fetchone()
+        #: the newest bus mark (replay, created_ms), if any
+        self.last_mark: tuple[int, int] | None = (mark[0], mark[1]) if mark else None
         self.tokens: dict[str, tuple[str, int]] = {
             t: (u, e) for t, u, e in self.conn.execute("SELECT * FROM tokens")}
         #: the org's session timeout (``Sandbox`` sets it from ``token_lifetime_s``)
@@ -200,19 +211,37 @@ class Store:
         return [Event(*row) for row in rows]
 
     def event_exists(self, replay: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM events WHERE replay = ?",
+        return self.conn.execute("SELECT 1 FROM events WHERE replay = ? AND topic != ''",
                                  (replay,)).fetchone() is not None
+
+    def bus_mark(self, max_age_ms: int) -> int:
+        """A replay number at the head of the bus, for a keepalive of a caught-up stream:
+        the newest bus mark while nothing was stored after it and it is younger than
+        ``max_age_ms``, else a new one from the sequence (persisted, like an event)."""
+        now = self.now_ms()
+        mark = self.last_mark
+        if (mark is not None and mark[0] == self.last_replay and mark[0] > self.purged_upto
+                and now - mark[1] < max_age_ms):
+            return mark[0]
+        cur = self.conn.execute("INSERT INTO events (topic, uuid, schema_id, payload, "
+                                "created_ms) VALUES ('', '', '', x'', ?)", (now,))
+        replay = int(cur.lastrowid or 0)
+        self.last_replay = max(self.last_replay, replay)
+        self.last_mark = (replay, now)
+        return replay
 
     @property
     def purged_upto(self) -> int:
         return int(self.meta.get("purged_upto", "0"))
 
     def purge_events(self, retention_s: float) -> int:
-        """Delete events older than the retention window; returns how many went."""
+        """Delete events (and bus marks) older than the retention window; returns how many
+        events went. ``purged_upto`` is the greatest replay number deleted: an id at or below
+        it is no longer valid for a CUSTOM subscribe."""
         cutoff = self.now_ms() - int(retention_s * 1000)
-        row = self.conn.execute("SELECT MAX(replay), COUNT(*) FROM events WHERE created_ms < ?",
-                                (cutoff,)).fetchone()
-        if not row[1]:
+        row = self.conn.execute("SELECT MAX(replay), COALESCE(SUM(topic != ''), 0) FROM events "
+                                "WHERE created_ms < ?", (cutoff,)).fetchone()
+        if row[0] is None:
             return 0
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute("DELETE FROM events WHERE replay <= ?", (row[0],))
@@ -223,7 +252,7 @@ class Store:
         return int(row[1])
 
     def event_count(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM events WHERE topic != ''").fetchone()[0]
 
     # -- tokens ------------------------------------------------------------------------
     def issue_token(self, user_id: str, lifetime_s: float) -> str:

@@ -4,6 +4,13 @@ A reader task consumes FetchRequests (adding to ``pending``, capped at 100) whil
 :meth:`Subscription.responses` delivers stored events after ``position`` — never more
 than ``pending`` — and wakes on new events (store listener), new requests, a drop or a
 timer. See :mod:`.pubsub` for the contract.
+
+A keepalive of a stream that is caught up (no stored event of its topic after
+``position``) carries the head of the bus, a fresh replay number (:meth:`.Store.bus_mark`),
+and moves ``position`` there: a quiet subscription's stored id stays young, so a resubscribe
+from it still works once the last real event has left the retention (REFERENCE: "it keeps
+a quiet subscription's position fresh"). A stream with undelivered events keeps reporting
+the last event it delivered.
 """
 
 from __future__ import annotations
@@ -30,6 +37,25 @@ from .pubsub import (
     decode_replay,
     encode_replay,
 )
+
+#: a keepalive reuses the newest bus mark while it is younger than this (and a quarter of
+#: the retention): a quiet org does not burn a replay number per keepalive, and an id a
+#: client got from a keepalive stays valid for (almost) the whole retention
+MARK_REUSE_S = 3600.0
+#: a FetchResponse carries events up to about this many bytes (always at least one), within
+#: gRPC's default 4 MiB message limit (REFERENCE: "4 MB hard gRPC limit"), so a client with
+#: default channel options reads every response
+FETCH_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+def _fitting(batch: list[Any], budget: int = FETCH_RESPONSE_BYTES) -> list[Any]:
+    """The leading events of ``batch`` whose encoded size stays within ``budget``."""
+    size = 0
+    for count, event in enumerate(batch):
+        size += len(event.payload) + len(event.uuid) + len(event.schema_id) + 64
+        if count and size > budget:
+            return batch[:count]
+    return batch
 
 
 class Subscription:
@@ -129,8 +155,8 @@ class Subscription:
                 now = loop.time()
                 if self.topic is not None and self.pending > 0:
                     idle_since = now
-                    batch = sb.store.events_after(self.topic, self.position,
-                                                  min(self.pending, MAX_REQUESTED))
+                    batch = _fitting(sb.store.events_after(self.topic, self.position,
+                                                           min(self.pending, MAX_REQUESTED)))
                     if batch:
                         await self.service._latency()
                         self.pending -= len(batch)
@@ -151,6 +177,9 @@ class Subscription:
                 if (self.topic is not None and now - last_sent >= cfg.keepalive_s
                         and not sb.faults.keepalives_paused):
                     sb.counters.count("grpc_keepalives")
+                    if not sb.store.events_after(self.topic, self.position, 1):
+                        reuse_ms = int(min(MARK_REUSE_S, cfg.retention_s / 4) * 1000)
+                        self.position = max(self.position, sb.store.bus_mark(reuse_ms))
                     yield pb.FetchResponse(latest_replay_id=encode_replay(self.position),
                                            rpc_id=_rpc_id(), pending_num_requested=self.pending)
                     last_sent = loop.time()

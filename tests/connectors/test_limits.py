@@ -1,9 +1,12 @@
 """Delivery-limit and concurrent-client errors: a long wait, visible in /healthz; a
 subscription refused (no such topic, no access): retried, not ready meanwhile.
 
-The Salesforce sandbox cannot inject these, so a tiny in-process Pub/Sub server built on
-our own stubs refuses every Subscribe with the given ``error-code``; the connector runs
-in-process against it and the real broker.
+Most tests here use a tiny in-process Pub/Sub server built on our own stubs that refuses
+every Subscribe with the given ``error-code``; the connector runs in-process against it and
+the real broker. The Salesforce sandbox injects these errors too (the ``subscribe_error_*``
+faults, ``sf.fail_subscribes(calls, error_code, status)``):
+:func:`test_the_sandbox_limit_error_is_waited_out_then_events_flow_exactly_once` runs the
+real connector process against it end to end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+import requests
 from prometheus_client import REGISTRY
 
 from common.salesforce import Token
@@ -24,7 +28,7 @@ from connectors.pubsub import errors as perr
 from connectors.pubsub.client import PubSubClient
 from connectors.pubsub.generated import pubsub_api_pb2_grpc as pb_grpc
 from connectors.source import Connector
-from tests.connectors.conftest import wait_until
+from tests.connectors.conftest import read_requests, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -147,3 +151,42 @@ def test_nothing_keeps_a_connector_once_its_owner_lets_go(kafka_settings, unique
     gc.collect()
     assert gone() is None
     assert REGISTRY.get_sample_value("sfprov_connector_committed_replay_id_age_seconds") == -1
+
+
+def test_the_sandbox_limit_error_is_waited_out_then_events_flow_exactly_once(
+        sf, connector, kafka_settings):
+    """The real connector meets the sandbox's delivery-limit error on its first Subscribe:
+    /healthz answers 503 "limited" for SF_PUBSUB_LIMIT_BACKOFF_S (one Subscribe, no
+    hammering), then it subscribes again and writes every event exactly once."""
+    sf.seed(accounts=5, orders=30, broken_every=0)
+    expected = set(sf.approve(10))
+    sf.fail_subscribes(1, perr.LIMIT_EXCEEDED)
+    sf.reset_counters()
+    proc = connector("--timeout", "90", SF_PUBSUB_LIMIT_BACKOFF_S="6")
+
+    def healthz(status: int, state: str) -> dict | None:
+        """/healthz's body when it answers ``status`` in ``state``, else None."""
+        try:
+            resp = requests.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=2)
+        except requests.RequestException:
+            return None  # not listening yet
+        body = resp.json()
+        return body if resp.status_code == status and body.get("state") == state else None
+
+    body = wait_until(lambda: healthz(503, "limited"), 30, "a limited /healthz")
+    assert "limit" in body["last_error"] and body["cause"] == "limit", body
+    assert any(r.startswith("salesforce: delivery limit") for r in body["reasons"]), body
+    assert sf.counters()["calls"].get("grpc_subscribe") == 1  # waiting, not retrying
+    assert read_requests(kafka_settings) == []
+
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 10, 60, "events after the wait")
+    expected |= set(sf.approve(10))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 20, 30, "events streamed live")
+    wait_until(lambda: healthz(200, "subscribed"), 15, "a healthy /healthz")
+    assert sf.counters()["calls"]["grpc_subscribe"] == 2
+    assert proc.metric('sfprov_connector_reconnects_total{cause="limit"}') == 1
+    assert proc.terminate() == 0
+    rows = read_requests(kafka_settings)
+    uuids = [r["event_uuid"] for r in rows]
+    assert len(uuids) == len(set(uuids)) == 20, "an event missing or written twice"
+    assert {r["OrderId__c"] for r in rows} == expected
