@@ -12,11 +12,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from testcontainers.community.kafka import KafkaContainer  # pinned: a missing one fails
 
 from tests.conftest import DOCKER_KAFKA_IMAGE
-
-community = pytest.importorskip("testcontainers.community.kafka")
-KafkaContainer = community.KafkaContainer
 
 
 def kraft_gate(image: str) -> None:

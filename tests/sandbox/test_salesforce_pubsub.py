@@ -12,6 +12,7 @@ import fastavro
 import grpc
 import pytest
 
+from tests.conftest import wait_for
 from tests.sandbox.conftest import SF_TOPIC, SfPubSub, sf_error_code
 
 CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
@@ -268,13 +269,23 @@ def test_a_session_gone_mid_call_is_not_an_unrestricted_user(sf_pubsub: SfPubSub
     schema_id = sf_pubsub.unary("GetTopic", sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC),
                                 sf_pubsub.pb.TopicInfo).schema_id
     publish = _publish_request(sf_pubsub, schema_id, "801late", "late-uuid")
-    stored = sf_sandbox.counters()["events_stored"]
-    sf_sandbox.set_faults(grpc_latency_ms=2000)
+    before = sf_sandbox.counters()
+    stored, calls = before["events_stored"], before["calls"]
+
+    def arrived() -> bool:
+        """Both calls are in: the sandbox counts a call and authenticates it in one step of
+        its event loop (no await between them, and /counters is served by that loop), so a
+        count seen here is an authenticated call, now waiting out the latency."""
+        now = sf_sandbox.counters()["calls"]
+        return all(now.get(kind, 0) == calls.get(kind, 0) + 1
+                   for kind in ("grpc_get_topic", "grpc_publish"))
+
+    sf_sandbox.set_faults(grpc_latency_ms=5000)  # ample time to see both arrive, then expire
     with ThreadPoolExecutor(2) as pool:
         topic = pool.submit(sf_pubsub.unary, "GetTopic",
                             sf_pubsub.pb.TopicRequest(topic_name=SF_TOPIC), sf_pubsub.pb.TopicInfo)
         published = pool.submit(sf_pubsub.unary, "Publish", publish, sf_pubsub.pb.PublishResponse)
-        time.sleep(0.7)  # both authenticated, both waiting out the latency
+        wait_for("GetTopic and Publish authenticated", arrived, timeout=30, interval=0.05)
         sf_sandbox.expire_tokens()
         with pytest.raises(grpc.RpcError) as info:
             published.result(timeout=15)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import pytest
 from confluent_kafka import Producer
 
 from streams.faust_seam import key_partition
-from tests.conftest import create_topic
-
-pytestmark = pytest.mark.broker
+from tests.conftest import create_topic, wait_for
 
 
+@pytest.mark.broker
 def test_key_partition_matches_librdkafka_murmur2_random(kafka_bootstrap, unique_name):
     topic = unique_name("partitions")
     create_topic(kafka_bootstrap, topic, partitions=6)
@@ -32,6 +32,7 @@ def test_key_partition_matches_librdkafka_murmur2_random(kafka_bootstrap, unique
     assert all(key_partition(k, 6) == p for k, p in landed.items())
 
 
+@pytest.mark.broker
 def test_flush_returns_only_after_the_broker_holds_the_changelog_records(kafka_settings,
                                                                          tmp_path):
     """DurableTable.flush awaits the changelog sends; afterwards a reader sees them all."""
@@ -193,6 +194,7 @@ def test_the_memtables_of_all_dbs_share_one_bound(tmp_path):
     assert both["memtables"] == unbounded + bounded and both["block_cache"] >= 0
 
 
+@pytest.mark.broker
 def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offsets(
         kafka_settings, tmp_path):
     """DurableTable's own write path (streams.faust_seam.RecordWriter): the changelog
@@ -251,6 +253,7 @@ def test_a_write_sends_the_stored_bytes_and_a_flush_persists_the_changelog_offse
     assert all(json.loads(v)["round"] == 1 for v in last.values())
 
 
+@pytest.mark.broker
 def test_a_flush_whose_records_follow_another_writers_leaves_the_persisted_offset(
         kafka_settings, tmp_path):
     """Two workers' tables write to one changelog partition: a takeover whose old owner's
@@ -497,10 +500,12 @@ def test_records_counted_in_a_tally_resolve_it_once_closed_and_all_acknowledged(
     asyncio.run(go())
 
 
-def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_error(
+def test_a_failed_acknowledgement_or_no_producer_fails_the_flush_with_durability_error(
         tmp_path):
-    """The table is then ahead of its changelog: flush raises DurabilityError (the worker
-    stops without acknowledging anything), and without a producer nothing is lost silently."""
+    """Bookkeeping (a fake producer; the broker's own refusal is the test below): a record
+    whose acknowledgement failed leaves the table ahead of its changelog, so flush raises
+    DurabilityError (the worker stops without acknowledging anything), and without a
+    producer nothing is lost silently."""
     from streams.faust_seam import RecordWriter
     from streams.state import DurabilityError
 
@@ -525,6 +530,165 @@ def test_a_write_the_broker_did_not_acknowledge_fails_the_flush_with_durability_
         with pytest.raises(DurabilityError, match="not yet started"):
             await table.flush(timeout=5)
     asyncio.run(go())
+
+
+def _set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+    for fut in admin.incremental_alter_configs([resource]).values():
+        fut.result(timeout=30)
+
+
+def _changelog_held(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    """Each partition's high watermark: how many records the broker holds."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"held-{topic}",
+                         "enable.auto.commit": False})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
+def _refused_table(app_id: str, tmp_path, bootstrap: str, idempotent: bool, **settings):
+    """The intents table on a faust app of its own, with the worker's producer
+    (streams.faust_seam.build: idempotent, acks=all) or faust's default one (acks=all)."""
+    from streams.faust_seam.build import IdempotentProducer
+
+    table = _durable_table(app_id, tmp_path, name="intents", partitions=2,
+                           broker=f"kafka://{bootstrap}", store="memory://",
+                           producer_acks=-1, **settings)
+    if idempotent:
+        table.app.transport.Producer = IdempotentProducer  # as build_app: before it exists
+    return table
+
+
+_PRODUCERS = pytest.mark.parametrize("idempotent", [True, False],
+                                     ids=["worker-producer", "faust-producer"])
+
+
+@pytest.mark.broker
+@_PRODUCERS
+def test_a_changelog_write_the_broker_refuses_fails_the_flush_with_durability_error(
+        kafka_bootstrap, unique_name, tmp_path, idempotent):
+    """A real refusal by the session broker: the changelog takes batches of at most 1 KB
+    (``max.message.bytes``), so it answers MESSAGE_TOO_LARGE to a larger write and
+    acknowledges the small one in the other partition. The table is then ahead of its
+    changelog: flush raises DurabilityError carrying the broker's error, and the changelog
+    holds the acknowledged record only."""
+    from streams.faust_seam.build import IdempotentProducer
+    from streams.state import DurabilityError
+
+    app_id = unique_name("refused")
+    changelog = f"{app_id}-intents-changelog"
+    create_topic(kafka_bootstrap, changelog, partitions=2,
+                 config={"cleanup.policy": "compact", "max.message.bytes": "1024"})
+    table = _refused_table(app_id, tmp_path, kafka_bootstrap, idempotent)
+    app = table.app
+    candidates = [f"801M{i:011d}AAA" for i in range(20)]
+    small = next(k for k in candidates if key_partition(k, 2) == 0)
+    large = next(k for k in candidates if key_partition(k, 2) == 1)
+
+    async def go() -> None:
+        await app.start()
+        try:
+            assert isinstance(app.producer, IdempotentProducer) == idempotent
+            table[small] = {"state": "pending"}
+            table[large] = {"state": "pending", "note": "x" * 4096}
+            with pytest.raises(DurabilityError, match="MessageSizeTooLarge"):
+                await asyncio.wait_for(table.flush(timeout=60), 90)  # a hang guard
+            assert not table._unflushed
+        finally:
+            await asyncio.wait_for(app.stop(), 90)
+    asyncio.run(go())
+    assert _changelog_held(kafka_bootstrap, changelog, 2) == [1, 0]
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_changelog_write_without_enough_in_sync_replicas_fails_the_flush(tmp_path,
+                                                                           caplog):
+    """NOT_ENOUGH_REPLICAS for real. A single broker never answers it: Kafka caps a
+    topic's ``min.insync.replicas`` at its replication factor (``effectiveMinIsr``), so the
+    session broker accepts ``acks=all`` writes to a one-replica topic whatever the setting.
+    Here three nodes, changelogs with three replicas and ``min.insync.replicas=3``, and one
+    node stopped: the broker refuses every write.
+
+    The worker's idempotent producer retries the refused batch for as long as it runs
+    (aiokafka never expires an idempotent batch), so the flush's own deadline raises the
+    DurabilityError; once the broker accepts again (``min.insync.replicas=2``) the retried
+    records land and the table flushes again. faust's default producer gives up once its
+    request timeout has passed: its DurabilityError carries the broker's
+    NotEnoughReplicasError, and the refused records never land."""
+    from confluent_kafka.admin import AdminClient
+
+    from common.kafka import TopicSpec, create_topics
+    from ops.kafka_cluster import LocalCluster
+    from streams.faust_seam.build import IdempotentProducer
+    from streams.state import DurabilityError
+
+    caplog.set_level(logging.WARNING, logger="aiokafka.producer.sender")
+    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
+    try:
+        cluster.start(timeout=120)
+        bootstrap = cluster.bootstrap
+        changelogs = {idempotent: f"isr-{int(idempotent)}-intents-changelog"
+                      for idempotent in (True, False)}
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        created, existing = create_topics(admin, [
+            TopicSpec(name, 2, 3, {"cleanup.policy": "compact", "min.insync.replicas": "3"})
+            for name in changelogs.values()], timeout=60)
+        assert sorted(created + existing) == sorted(changelogs.values())
+        leaders = {cluster.leader(name, p) for name in changelogs.values() for p in (0, 1)}
+        stopped = next(n for n in (3, 2, 1) if n not in leaders) if len(leaders) < 3 else 3
+        cluster.node(stopped).stop(grace=30)  # controlled shutdown: out of every ISR
+
+        def isr_shrunk() -> bool:
+            md = admin.list_topics(timeout=10)
+            return all(len(md.topics[name].partitions[p].isrs) == 2
+                       for name in changelogs.values() for p in (0, 1))
+        wait_for("the in-sync replicas down to two", isr_shrunk, timeout=90)
+        keys = ["801Q00000000001AAA", "801Q00000000002AAA"]
+
+        for idempotent, changelog in changelogs.items():
+            caplog.clear()
+            settings = {} if idempotent else {"producer_request_timeout": 5.0}
+            table = _refused_table(f"isr-{int(idempotent)}", tmp_path / changelog, bootstrap,
+                                   idempotent, **settings)
+            app = table.app
+
+            async def go(idempotent=idempotent, changelog=changelog, table=table,
+                         app=app) -> None:
+                await app.start()
+                try:
+                    assert isinstance(app.producer, IdempotentProducer) == idempotent
+                    for key in keys:
+                        table[key] = {"state": "pending"}
+                    with pytest.raises(DurabilityError) as info:
+                        await asyncio.wait_for(table.flush(timeout=15), 90)
+                    if idempotent:  # retried until the flush's deadline
+                        assert "TimeoutError" in str(info.value), info.value
+                    else:
+                        assert "NotEnoughReplicas" in str(info.value), info.value
+                    assert "NotEnoughReplicas" in caplog.text  # the broker's answer
+                    assert not table._unflushed
+                    # the broker accepts again: the same table flushes
+                    _set_topic_config(bootstrap, changelog, "min.insync.replicas", "2")
+                    table["801Q00000000003AAA"] = {"state": "pending"}
+                    await asyncio.wait_for(table.flush(timeout=60), 90)
+                finally:
+                    await asyncio.wait_for(app.stop(), 90)  # the retried records: sent
+            asyncio.run(go())
+            # the refused records: retried into the changelog by the worker's producer,
+            # given up (never written) by faust's
+            assert sum(_changelog_held(bootstrap, changelog, 2)) == (3 if idempotent else 1)
+    finally:
+        cluster.stop(grace=10)
 
 
 def test_table_values_are_encoded_as_faust_encodes_them(tmp_path):
