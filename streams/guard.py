@@ -65,6 +65,7 @@ class Guard:
         self.queries = 0
         self.unavailable_since: float | None = None
         self.last_error: str | None = None
+        self._accepted: str | None = None  # an id Salesforce answered a guard query for
 
     async def fetch(self, order_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Order records by their 15-char id prefix → look up with :meth:`find`."""
@@ -75,8 +76,10 @@ class Guard:
         """:meth:`fetch`, and the ids Salesforce refuses to be queried with (an 18-char id
         whose case checksum is wrong is refused, and takes its whole query with it): when a
         query is refused, its halves are asked, down to the ids refused on their own while
-        others were answered. Refused whole — every id alone too — it is the query, not an
-        id (the org's fields): waited out as before."""
+        others were answered. Refused whole — every id alone too, e.g. the bad id alone in
+        its read — a query Salesforce answered (:meth:`_answers_others`) tells the ids' fault
+        (each refused) from the query's (the org's fields): that one is waited out as before,
+        and no Order is failed for it."""
         ids = sorted({i for i in order_ids if is_salesforce_id(i)})
         out: dict[str, dict[str, Any]] = {}
         refused: dict[str, PipelineError] = {}
@@ -84,8 +87,12 @@ class Guard:
             chunk = ids[start:start + MAX_IDS_PER_QUERY]
             try:
                 records = await self._split(chunk, refused)
-            except _Refusal:
-                records = await self._query(guard_soql(chunk))
+            except _Refusal as refusal:
+                if await self._answers_others(chunk):
+                    self._refuse(chunk, refusal, refused)
+                    records = []
+                else:
+                    records = await self._query(guard_soql(chunk))
             for record in records:
                 out[_key18(str(record["Id"]))] = record
         return out, refused
@@ -95,7 +102,9 @@ class Guard:
         """Records of ``chunk``; its ids refused alone go to ``refused``. Raises
         :class:`_Refusal` only when every id of ``chunk`` is refused."""
         try:
-            return await self._query(guard_soql(chunk), refusal_raises=True)
+            answered = await self._query(guard_soql(chunk), refusal_raises=True)
+            self._accepted = chunk[0]
+            return answered
         except _Refusal:
             if len(chunk) == 1:
                 raise
@@ -110,11 +119,31 @@ class Guard:
         if len(failed) == 2:
             raise failed[0][1]
         for half, why in failed:  # refused id by id while its sibling was answered
-            for order_id in half:
-                refused[order_id] = why.error
-                log.error("guard query refused for Order %s alone: %s", order_id, why.error,
-                          extra={"order_id": order_id})
+            self._refuse(half, why, refused)
         return records
+
+    async def _answers_others(self, chunk: list[str]) -> bool:
+        """Whether Salesforce answers the guard query for an id it accepts — then the
+        refusal of ``chunk`` (all of it, every id alone) was its ids'. The id: one it
+        answered before, else the 15-char form of an 18-char id of ``chunk`` (no case
+        checksum to be wrong; its records are not used). Refused too, or no such id at
+        hand: the query's (the org's fields), not an Order's."""
+        probe = self._accepted or next((i[:15] for i in chunk if len(i) == 18), None)
+        if probe is None:
+            return False
+        try:
+            await self._query(guard_soql([probe]), refusal_raises=True)
+        except _Refusal:
+            return False
+        self._accepted = probe
+        return True
+
+    @staticmethod
+    def _refuse(ids: list[str], why: _Refusal, refused: dict[str, PipelineError]) -> None:
+        for order_id in ids:
+            refused[order_id] = why.error
+            log.error("guard query refused for Order %s alone: %s", order_id, why.error,
+                      extra={"order_id": order_id})
 
     @staticmethod
     def find(orders: dict[str, dict[str, Any]], order_id: str) -> dict[str, Any] | None:

@@ -149,16 +149,17 @@ class RefusesOne:
     """Salesforce refusing any query that names ``bad`` (an 18-char id with a wrong case
     checksum: 'invalid ID field'), answering the others."""
 
-    def __init__(self, bad, everything=False):
+    def __init__(self, *bad, everything=False):
         self.bad, self.everything = bad, everything
         self.soql = []
 
     def query(self, soql):
         self.soql.append(soql)
         assert len(self.soql) < 100, "the same refused query, again and again"
-        if self.everything or f"'{self.bad}'" in soql:
+        named = [b for b in self.bad if f"'{b}'" in soql]
+        if self.everything or named:
             raise SalesforceError(f"Salesforce 400 INVALID_QUERY_FILTER_OPERATOR: invalid ID "
-                                  f"field: {self.bad}", status=400,
+                                  f"field: {(named or self.bad)[0]}", status=400,
                                   error_code="INVALID_QUERY_FILTER_OPERATOR", retryable=False)
         ids = [part.split("'")[1] for part in soql.split("IN (")[1].split(",")]
         return [{"Id": i, "Activation_Status__c": "Activating"} for i in ids]
@@ -196,3 +197,56 @@ def test_a_query_refused_for_every_id_is_waited_out_not_failed():
     guard = Guard(client, sleep=stop_after_two)
     orders, refused = asyncio.run(guard.fetch_each([f"801{i:012d}AAA" for i in range(1, 5)]))
     assert refused == {} and len(orders) == 4 and len(sleeps) == 2
+
+
+async def _must_not_wait(seconds):
+    raise AssertionError(f"the guard waited {seconds}s for an id Salesforce refuses")
+
+
+@pytest.mark.parametrize("bad", [["801000000000777XYZ"],  # alone in its read (low traffic)
+                                 ["801000000000777XYZ", "801000000000778XYZ"]])  # only bad
+def test_ids_refused_alone_in_their_read_fail_their_orders_not_wait(bad):
+    """A read naming only ids Salesforce refuses was retried every 30 s forever: no outcome,
+    no dead letter, its partition's commits frozen, a GuardReads slot held. A query for an id
+    it accepts is answered, so the ids are at fault: each Order gets the refusal."""
+    from streams.guard import GuardReads
+
+    client = RefusesOne(*bad)
+
+    async def go():
+        reads = GuardReads(Guard(client, sleep=_must_not_wait), linger_s=0.01)
+        return await asyncio.gather(*(reads.get(i) for i in bad), return_exceptions=True)
+    results = asyncio.run(go())
+    for order_id, result in zip(bad, results, strict=True):
+        assert isinstance(result, SalesforceError) and order_id in str(result), result
+        assert result.retryable is False
+        assert "INVALID_QUERY_FILTER_OPERATOR" in str(result)
+
+
+def test_a_15_char_id_refused_alone_is_checked_against_an_id_answered_before():
+    bad = "801000000000777"
+    client = RefusesOne(bad)
+    guard = Guard(client, sleep=_must_not_wait)
+    asyncio.run(guard.fetch(["801000000000001AAA"]))
+    orders, refused = asyncio.run(guard.fetch_each([bad]))
+    assert orders == {} and list(refused) == [bad]
+    assert client.soql[-1].endswith("('801000000000001AAA')")
+
+
+@pytest.mark.parametrize("error", [
+    SalesforceError("Salesforce 400 INVALID_FIELD: No such column 'WHMCS_Order_Id__c'",
+                    status=400, error_code="INVALID_FIELD", retryable=False),
+    SalesforceError("Salesforce 400 INVALID_QUERY_FILTER_OPERATOR: invalid ID field",
+                    status=400, error_code="INVALID_QUERY_FILTER_OPERATOR", retryable=False)])
+def test_a_one_id_read_refused_for_the_orgs_fields_is_waited_out_not_failed(error):
+    """Alone in its read, the id is no proof: the query for an id Salesforce accepts is
+    refused too, so it is the org's — waited out, and the Order is not failed."""
+    client = Flaky([error] * 4)
+    sleeps = []
+
+    async def record(seconds):
+        sleeps.append(seconds)
+    guard = Guard(client, backoff_max_s=30.0, sleep=record)
+    orders, refused = asyncio.run(guard.fetch_each(["801000000000001AAA"]))
+    assert refused == {} and Guard.find(orders, "801000000000001AAA") is not None
+    assert sleeps and set(sleeps) == {30.0}
