@@ -533,8 +533,10 @@ class WorkerSettings(_Section):
                                      "(≥ requests retention); an intent whose failed "
                                      "AddOrder may have landed is kept.")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
-                                  doc="Transient WHMCS/Salesforce errors are retried until "
-                                      "this deadline, then the order is Failed.")
+                                  doc="Transient WHMCS errors are retried until this "
+                                      "deadline, then the Order is Failed "
+                                      "(WHMCS_UNAVAILABLE); Salesforce's have no deadline "
+                                      "(the Order waits).")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
                          doc="Port of the worker's web server (/metrics, /healthz; 0 = off).")
     http_host: str = env("WORKER_HTTP_HOST", "127.0.0.1",

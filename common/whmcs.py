@@ -68,8 +68,8 @@ def has_marker(notes: str | None, sf_order_id: str) -> bool:
     ids = _MARKER.findall(notes or "")
     if len(sf_order_id) not in (15, 18):
         return sf_order_id in ids
-    return any(m == sf_order_id or (len(m) in (15, 18) and m[:15] == sf_order_id[:15])
-               for m in ids)
+    return any(m == sf_order_id or ({len(m), len(sf_order_id)} == {15, 18}
+                                    and m[:15] == sf_order_id[:15]) for m in ids)
 
 
 def encode_form(params: Mapping[str, Any]) -> str:
@@ -317,16 +317,20 @@ class WhmcsClient:
         return int(data.get("totalresults") or 0), [WhmcsOrder.from_row(r) for r in rows]
 
     async def iter_orders(self, client_id: int, *, page_size: int = 100) -> list[WhmcsOrder]:
-        """Every order of a client (pages through ``GetOrders``)."""
-        out: list[WhmcsOrder] = []
+        """Every order of a client, once each (pages through ``GetOrders``). WHMCS lists
+        the newest first: an order created between two pages shifts the rest by one, and
+        the row at the page boundary comes back twice — kept once (the lookup would have
+        taken its own order for a duplicate of itself)."""
+        out: dict[int, WhmcsOrder] = {}
         start = 0
         while True:
             total, page = await self.get_orders(client_id=client_id, limitstart=start,
                                                 limitnum=page_size)
-            out.extend(page)
+            for order in page:
+                out.setdefault(order.id, order)
             start += len(page)
             if not page or start >= total:
-                return out
+                return list(out.values())
 
     async def get_order(self, order_id: int) -> WhmcsOrder | None:
         _, rows = await self.get_orders(order_id=order_id, limitnum=1)

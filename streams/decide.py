@@ -114,6 +114,9 @@ class Provision:
     # (``at`` for an intent written before leases existed); a lookup waits past it
     sends_until: int | None = None
     previous_attempts: int = 0
+    # the WHMCS client the earlier attempt sent to, when the Account's has changed since:
+    # the lookup reads that client's orders too (its AddOrder may have landed there)
+    earlier_client_id: int | None = None
 
 
 Decision = Final | Redelivery | Provision
@@ -169,9 +172,12 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
     except MappingError as exc:
         return Final(FAILED, exc.code, exc.message)
     may_exist = resumed or (intent is not None and intent.may_exist)
+    earlier = intent.client_id if may_exist and intent is not None else None
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
                      sends_until=intent.sends_until() if may_exist and intent else None,
-                     previous_attempts=intent.attempt if intent else 0)
+                     previous_attempts=intent.attempt if intent else 0,
+                     earlier_client_id=earlier if earlier and earlier != request.client_id
+                     else None)
 
 
 def needs_guard(event: Event, memory: Memory) -> bool:

@@ -267,8 +267,9 @@ class EventHandler:
         settle_at = None
         if decision.lookup_first:
             settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
-        result = await self.provisioner.provision(decision.request, settle_at_ms=settle_at,
-                                                  fence=self._fence(rec, held))
+        result = await self.provisioner.provision(
+            decision.request, settle_at_ms=settle_at, fence=self._fence(rec, held),
+            earlier_client_id=decision.earlier_client_id)
         if result.recovered:
             metrics.RECOVERED.inc()
         return result

@@ -21,7 +21,14 @@ The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
    next round (WHMCS may have committed); a ``result=error`` is permanent →
    ``Failed(WHMCS_ERROR)`` with WHMCS's message;
 3. ``AcceptOrder`` — "Order ID not found or Status not Pending" → check the order's status:
-   Active means an earlier accept (whose answer we lost) worked.
+   Active means an earlier accept (whose answer we lost) worked. An ``AcceptOrder`` without
+   a definite answer (a timeout: with autosetup WHMCS runs the module while we wait) is
+   never repeated blindly: the retry waits until that accept can no longer be running,
+   then reads the order's status, and accepts again only a still ``Pending`` order.
+
+When a wait starts: an unanswered call's settle moment counts from when its request was
+handed to the transport — after the fence and the wait for a slot, which can be long under
+load — and never comes sooner than ``WORKER_LOOKUP_GRACE_S`` after the failure itself.
 
 Transient errors back off (capped exponential, jitter) and past the deadline end in
 ``Failed(WHMCS_UNAVAILABLE)`` with ``may_exist`` set when an ``AddOrder`` might have landed,
@@ -47,7 +54,7 @@ from common.errors import (
     WhmcsTransientError,
     WhmcsUnknownResultError,
 )
-from common.whmcs import NOT_PENDING, WhmcsClient, WhmcsOrder
+from common.whmcs import NOT_PENDING, AddOrderResult, WhmcsClient, WhmcsOrder
 from streams import metrics
 from streams.mapping import WhmcsOrderRequest
 
@@ -144,14 +151,23 @@ class Provisioner:
                       extra={"cause": self.access_error})
 
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
-                        fence: Fence = no_fence) -> ProvisionResult:
+                        fence: Fence = no_fence,
+                        earlier_client_id: int | None = None) -> ProvisionResult:
         """``settle_at_ms`` set: an earlier attempt may have created the order — look it up
-        (after that moment) before creating. Raises :class:`~streams.lease.Fenced`."""
+        (after that moment) before creating; ``earlier_client_id``: the WHMCS client that
+        attempt sent to, when it is not ``request``'s (the lookup reads both). Raises
+        :class:`~streams.lease.Fenced`."""
         policy = self.policy
         deadline = time.monotonic() + policy.retry_deadline_s
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False
+        sent_at: float | None = None  # when the last AddOrder / AcceptOrder was handed over
+        accept_settle_at_ms: int | None = None  # an unanswered AcceptOrder: check it first
+
+        def sending() -> None:
+            nonlocal sent_at
+            sent_at = self._wall()
         backoff = Backoff(policy.backoff_initial_s, policy.backoff_max_s)
         access_backoff = Backoff(policy.backoff_initial_s, ACCESS_BACKOFF_MAX_S)
         extra = {"order_id": request.order_id}
@@ -159,7 +175,8 @@ class Provisioner:
         while True:
             try:
                 if created is None and settle_at_ms is not None:
-                    found = await self.lookup(request, settle_at_ms=settle_at_ms, fence=fence)
+                    found = await self.lookup(request, settle_at_ms=settle_at_ms, fence=fence,
+                                              earlier_client_id=earlier_client_id)
                     settle_at_ms = None
                     if found is not None:
                         created = found
@@ -169,16 +186,19 @@ class Provisioner:
                 if created is None:
                     attempts += 1
                     add_uncertain = True
-                    sent_at = self._wall()
-                    res = await self._call("AddOrder", fence, lambda d: self.whmcs.add_order(
-                        request.params(), send_deadline=d))
+                    sent_at = None
+                    res = await self._call("AddOrder", fence, lambda d: self._add(
+                        request, d, sending))
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
                                               res.addon_ids, res.invoice_id, attempts=attempts)
                     log.info("WHMCS order created", extra={**extra,
                                                             "whmcs_order_id": res.order_id})
-                failure = await self.accept(created.whmcs_order_id or 0, fence=fence)
+                sent_at = None
+                failure = await self.accept(created.whmcs_order_id or 0, fence=fence,
+                                            settle_at_ms=accept_settle_at_ms,
+                                            on_send=sending)
                 if failure is not None:
                     failure.attempts = attempts
                     failure.whmcs_order_id = created.whmcs_order_id
@@ -189,9 +209,13 @@ class Provisioner:
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
                 if isinstance(exc, WhmcsNotSentError):
                     add_uncertain = False  # certainly not sent: the fence decides what next
-                if created is None and add_uncertain:
-                    settle_at_ms = policy.settle_at_ms(sent_at)  # WHMCS may have committed
+                elif sent_at is not None:  # WHMCS may have committed what was sent
+                    if created is None and add_uncertain:
+                        settle_at_ms = self._settle_at_ms(sent_at)
+                    elif created is not None:
+                        accept_settle_at_ms = self._settle_at_ms(sent_at)
                 add_uncertain = False
+                sent_at = None
                 delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
                     log.warning("WHMCS unavailable past the retry deadline",
@@ -221,26 +245,68 @@ class Provisioner:
                     attempts=attempts,
                     may_exist=created is not None or settle_at_ms is not None)
 
-    async def accept(self, order_id: int, *, fence: Fence = no_fence) -> ProvisionResult | None:
-        """Accept ``order_id``; None when it is Active afterwards, else a Failed result."""
+    def _settle_at_ms(self, sent_at: float) -> int:
+        """When a write handed over at ``sent_at`` (epoch s) and left unanswered can no
+        longer land: its timeout and the grace after it, and at least the grace from now."""
+        return max(self.policy.settle_at_ms(sent_at),
+                   int((self._wall() + self.policy.lookup_grace_s) * 1000))
+
+    async def _add(self, request: WhmcsOrderRequest, send_deadline: float | None,
+                   sending: Callable[[], None]) -> AddOrderResult:
+        sending()  # the slot is ours and the fence passed: the request goes now
+        return await self.whmcs.add_order(request.params(), send_deadline=send_deadline)
+
+    async def accept(self, order_id: int, *, fence: Fence = no_fence,
+                     settle_at_ms: int | None = None,
+                     on_send: Callable[[], None] | None = None) -> ProvisionResult | None:
+        """Accept ``order_id``; None when it is Active afterwards, else a Failed result.
+
+        ``settle_at_ms``: an earlier ``AcceptOrder`` went unanswered — wait until it can no
+        longer be running, then read the order: Active → done, Pending → accept, anything
+        else → Failed. ``on_send`` is called as the ``AcceptOrder`` request goes."""
+        if settle_at_ms is not None:
+            wait = settle_at_ms / 1000 - self._wall()
+            if wait > 0:
+                log.info("waiting %.1f s before reading WHMCS order %d (an unanswered "
+                         "AcceptOrder may still be running)", wait, order_id)
+                await self._sleep(wait)
+            status = await self._status(order_id)
+            if status == "Active":
+                return None
+            if status != "Pending":
+                return self._not_active(order_id, "an AcceptOrder went unanswered", status)
+            log.info("WHMCS order %d is still Pending after an unanswered AcceptOrder; "
+                     "accepting it", order_id)
+
+        async def call(send_deadline: float | None) -> None:
+            if on_send is not None:
+                on_send()  # the slot is ours and the fence passed: the request goes now
+            await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup,
+                                          send_deadline=send_deadline)
         try:
-            await self._call("AcceptOrder", fence, lambda d: self.whmcs.accept_order(
-                order_id, autosetup=self.policy.autosetup, send_deadline=d))
+            await self._call("AcceptOrder", fence, call)
             self.access_refused_since = None
             return None
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
                 raise
-        order = await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
-        if order is not None and order.status == "Active":
+        status = await self._status(order_id)
+        if status == "Active":
             return None
-        status = order.status if order else "missing"
+        return self._not_active(order_id, "AcceptOrder refused", status)
+
+    async def _status(self, order_id: int) -> str:
+        order = await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
+        return order.status if order else "missing"
+
+    @staticmethod
+    def _not_active(order_id: int, why: str, status: str) -> ProvisionResult:
         return ProvisionResult("Failed", order_id, error_code="WHMCS_ORDER_NOT_ACTIVE",
-                               error_message=f"AcceptOrder refused and WHMCS order {order_id} "
-                                             f"is {status}")
+                               error_message=f"{why} and WHMCS order {order_id} is {status}")
 
     async def lookup(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
-                     fence: Fence = no_fence) -> ProvisionResult | None:
+                     fence: Fence = no_fence,
+                     earlier_client_id: int | None = None) -> ProvisionResult | None:
         """The WHMCS order of this Salesforce Order, if one exists: read once every
         ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring)."""
         if settle_at_ms is not None:
@@ -249,7 +315,7 @@ class Provisioner:
                 log.info("waiting %.1f s before looking the Order up in WHMCS (an earlier "
                          "AddOrder may still land)", wait, extra={"order_id": request.order_id})
                 await self._sleep(wait)
-        found = await self._find(request)
+        found = await self._find(request, earlier_client_id)
         if not found:
             return None
         ranked = sorted(found, key=lambda o: (_KEEP_ORDER.get(o.status, 2), o.id))
@@ -297,9 +363,14 @@ class Provisioner:
     async def _cancel(self, order_id: int, send_deadline: float | None) -> None:
         await self.whmcs.cancel_order(order_id, send_deadline=send_deadline)
 
-    async def _find(self, request: WhmcsOrderRequest) -> list[WhmcsOrder]:
-        return await self._call("GetOrders", None, lambda _d: self.whmcs.find_orders_by_marker(
+    async def _find(self, request: WhmcsOrderRequest,
+                    earlier_client_id: int | None = None) -> list[WhmcsOrder]:
+        found = await self._call("GetOrders", None, lambda _d: self.whmcs.find_orders_by_marker(
             request.client_id, request.order_id))
+        if earlier_client_id is not None and earlier_client_id != request.client_id:
+            found += await self._call("GetOrders", None, lambda _d: (
+                self.whmcs.find_orders_by_marker(earlier_client_id, request.order_id)))
+        return found
 
     async def _call(self, action: str, fence: Fence | None,
                     call: Callable[[float | None], Awaitable[T]]) -> T:

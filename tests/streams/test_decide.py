@@ -119,6 +119,20 @@ def test_failed_intent_that_may_exist_looks_first():
     assert not decide(event(idem_key="k3"), None, clean, order()).lookup_first
 
 
+def test_a_lookup_owed_to_an_earlier_attempt_names_the_client_it_sent_to():
+    """The Account's WHMCS client changed after an attempt whose AddOrder may have landed:
+    the lookup must read the client that attempt sent to as well."""
+    intent = {"state": "failed", "may_exist": True, "attempt": 1, "at": 1, "client_id": 1010}
+    moved = decide(event(idem_key="k4"), None, intent, order(client="1020"))
+    assert isinstance(moved, Provision) and moved.lookup_first
+    assert (moved.request.client_id, moved.earlier_client_id) == (1020, 1010)
+    same = decide(event(idem_key="k5"), None, intent, order(client="1010"))
+    assert isinstance(same, Provision) and same.earlier_client_id is None
+    clean = {**intent, "may_exist": False}
+    assert decide(event(idem_key="k6"), None, clean, order(client="1020")) \
+        .earlier_client_id is None  # nothing may exist: nothing to look for
+
+
 def test_mapping_failure_becomes_failed_outcome():
     d = decide(event(), None, None, order(client=None))
     assert (d.status, d.error_code) == ("Failed", "MISSING_WHMCS_CLIENT")

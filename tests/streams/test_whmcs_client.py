@@ -20,6 +20,7 @@ from streams.provision import Provisioner, ProvisionPolicy
 
 CLIENT = 1010  # seed account 9: an ordinary, active WHMCS client
 CLOSED_CLIENT = 1003  # seed account 2: WHMCS client status Closed
+OTHER_CLIENT = 1009  # seed account 8: another active client
 
 
 def run(coro):
@@ -78,6 +79,8 @@ def test_marker_matching_is_exact():
     assert has_marker("sfOrderId=8015g00000AbCdEAAZ", "8015g00000AbCdE")
     assert not has_marker("sfOrderId=8015g00000AbCdF", "8015g00000AbCdEAAZ")
     assert not has_marker("sfOrderId=8015g00000abcde", "8015g00000AbCdE")  # case counts
+    # two 18-character ids are two Orders unless equal (whatever their first 15 say)
+    assert not has_marker("sfOrderId=801COMPAT000000002", "801COMPAT000000001")
 
 
 def test_add_accept_and_find_by_marker_across_pages(whmcs):
@@ -94,6 +97,35 @@ def test_add_accept_and_find_by_marker_across_pages(whmcs):
             assert found[0].status == "Active"
             assert found[0].service_ids == made[3].service_ids
             assert client.calls["AddOrder"] == 5
+    run(go())
+
+
+def test_an_order_created_between_two_pages_does_not_list_one_twice(whmcs):
+    """GetOrders lists the newest first: an order made while the lookup pages shifts the
+    rest by one, and the page boundary's row came back twice — the lookup then took its
+    own order for a duplicate of itself (compensation cancels a Pending 'duplicate')."""
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            mine = await client.add_order(req("801T0000000060AAA").params())
+            for i in range(3):
+                await client.add_order(req(f"801T00000000{61 + i}AAA").params())
+            page = client.get_orders
+            pages = 0
+
+            async def get_orders(**kw):
+                nonlocal pages
+                pages += 1
+                if pages == 2:  # another Order of the client created meanwhile
+                    await client.add_order(req("801T0000000069AAA").params())
+                return await page(**kw)
+
+            client.get_orders = get_orders  # type: ignore[method-assign]
+            orders = await client.iter_orders(CLIENT, page_size=2)
+            ids = [o.id for o in orders]
+            assert len(ids) == len(set(ids)), ids
+            assert mine.order_id in ids
+            found = await client.find_orders_by_marker(CLIENT, "801T0000000060AAA")
+            assert [o.id for o in found] == [mine.order_id]
     run(go())
 
 
@@ -185,6 +217,81 @@ def test_accept_answer_lost_after_commit_checks_status(whmcs):
     result = run(go())
     assert result.status == "Provisioned" and not result.recovered
     assert whmcs.orders_for("801T0000000022AAA")[0]["status"] == "Active"
+
+
+def test_an_unanswered_accept_is_checked_not_repeated(whmcs):
+    """REFERENCE: a retried AcceptOrder must check the order's status first (with
+    autosetup WHMCS runs the module while the caller waits). The accept timed out after
+    WHMCS accepted: the retry reads the order, finds it Active and sends no second one."""
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
+            whmcs.reset_counters()
+            whmcs.set_faults("AcceptOrder", hang_rate=1.0, hang_s=2, times=1)
+            return await Provisioner(client, policy()).provision(req("801T0000000080AAA"))
+    result = run(go())
+    assert result.status == "Provisioned"
+    assert whmcs.orders_for("801T0000000080AAA")[0]["status"] == "Active"
+    calls = whmcs.calls()
+    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (1, 1), calls
+
+
+def test_an_unanswered_accept_of_a_still_pending_order_is_accepted_again(whmcs):
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            whmcs.reset_counters()
+            whmcs.set_faults("AcceptOrder", error_rate=1.0, error_kind="500", times=1)
+            return await Provisioner(client, policy()).provision(req("801T0000000081AAA"))
+    result = run(go())
+    assert result.status == "Provisioned"
+    assert whmcs.orders_for("801T0000000081AAA")[0]["status"] == "Active"
+    calls = whmcs.calls()
+    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (2, 1), calls
+
+
+def test_a_lookup_after_an_unanswered_add_waits_from_when_it_was_sent(whmcs):
+    """The wait in line for a WHMCS slot (and the fence's renewal there) can be long under
+    load: the settle moment once counted from before it, so the lookup ran at once, before
+    an AddOrder sent late could have landed, and a second AddOrder followed."""
+    wall = [1000.0]
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fence(action: str, *, queued: bool = False) -> float | None:
+        if action == "AddOrder" and queued:
+            wall[0] += 10.0  # ten seconds in line for a slot
+        return None
+
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
+            whmcs.set_faults("AddOrder", hang_rate=1.0, hang_s=2, times=1)
+            prov = Provisioner(client, policy(), sleep=fake_sleep, wall=lambda: wall[0])
+            return await prov.provision(req("801T0000000082AAA"), fence=fence)
+    result = run(go())
+    # sent at 1010: it can land until 1010 + 1.0 (timeout) + 0.1 (grace)
+    assert any(abs(s - 1.1) < 1e-6 for s in slept), slept
+    assert (result.status, result.recovered) == ("Provisioned", True)
+    assert len(whmcs.orders_for("801T0000000082AAA")) == 1
+
+
+def test_a_lookup_reads_the_client_the_earlier_attempt_sent_to(whmcs):
+    """The earlier attempt's AddOrder landed under client 1010 and its answer was lost;
+    the Account's WHMCS client was then changed and the Order approved again. The lookup
+    read only the new client's orders, found nothing, and a second AddOrder followed."""
+    async def go():
+        async with WhmcsClient(settings(whmcs)) as client:
+            made = await client.add_order(req("801T0000000083AAA").params())
+            whmcs.reset_counters()
+            result = await Provisioner(client, policy()).provision(
+                req("801T0000000083AAA", client=OTHER_CLIENT), settle_at_ms=0,
+                earlier_client_id=CLIENT)
+            return made, result
+    made, result = run(go())
+    assert (result.status, result.recovered, result.whmcs_order_id) == (
+        "Provisioned", True, made.order_id)
+    assert whmcs.calls().get("AddOrder", 0) == 0
+    assert len(whmcs.orders_for("801T0000000083AAA")) == 1
 
 
 def test_resume_finds_pending_order_and_accepts_it(whmcs):
