@@ -28,9 +28,11 @@ from typing import Any
 
 from common.settings import SinkSettings, WorkerSettings, environment
 
-#: What a child may take after its drain before it is killed: closing its Kafka clients, a
-#: last commit (docker-compose.yml's stop_grace_period keeps the same margin).
-STOP_MARGIN_S = 10.0
+#: What a child may take after its drain before it is killed: closing its Kafka clients —
+#: the sink's close revokes its partitions, which may flush for up to 10 s more
+#: (sinks.app.REVOKE_BUDGET_S) and commit (docker-compose.yml's stop_grace_period keeps the
+#: same margin).
+STOP_MARGIN_S = 20.0
 #: The grace of a child without a drain setting (the connector, the sandboxes).
 DEFAULT_GRACE_S = 20.0
 #: The setting (section, field) that bounds a child's drain on SIGTERM, by child name; its
