@@ -559,7 +559,9 @@ class WorkerSettings(_Section):
                                     "from the changelog).")
     session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_positive_float,
                                    doc="Consumer group session timeout: how soon a dead "
-                                       "worker's partitions move to another.")
+                                       "worker's partitions move to another (the group's "
+                                       "rebalance timeout is at least this, so the "
+                                       "ownership lease never outlasts membership).")
     stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_non_negative_float,
                                  doc="When records wait on this worker's partitions and no "
                                      "batch ran for half this long, seek back to the "

@@ -40,7 +40,7 @@ from streams.decide import Context, Event
 from streams.guard import Guard, GuardReads, QueryClient
 from streams.handler import DeadLetter, EventHandler, RawRecord, decode
 from streams.lanes import Admitted, Lanes
-from streams.lease import Fenced, OwnershipLease
+from streams.lease import Fenced, LeaseCheck, OwnershipLease
 from streams.observability import WorkerOps
 from streams.provision import Fence, Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
@@ -133,6 +133,11 @@ class Worker:
             stream_buffer_maxsize=max(1024, worker.max_in_flight), consumer_max_fetch_size=256 * 1024,
             broker_max_poll_records=INTAKE_CHUNK, key_serializer="raw", value_serializer="raw",
             broker_session_timeout=worker.session_timeout_s,
+            # the coordinator also drops a member that has not rejoined a rebalance within
+            # this: it must be at least the ownership lease (streams.lease), which counts
+            # only heartbeats — faust's 60 s under a session timeout above that let a member
+            # paused for longer write to WHMCS after its partitions moved
+            broker_rebalance_timeout=max(60.0, worker.session_timeout_s),
             broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
             consumer_group_instance_id=worker.instance_id or None)
         table_kw: dict[str, Any] = dict(
@@ -362,8 +367,13 @@ class Worker:
         began = self.lease.generation
 
         async def fence(action: str, *, queued: bool = False) -> float | None:
-            check = (self.lease.check(partition, began) if began is not None
-                     else self.lease.current(partition))
+            if began is None:
+                # begun while no generation was known (between a rebalance's heartbeat and
+                # faust's revoke): no generation to hold it to, and a partition lost and
+                # regained during the job would pass a check of the current one
+                raise Fenced(LeaseCheck(False, "no generation known when the sweep job began",
+                                        lost=True), stage=action)
+            check = self.lease.check(partition, began)
             if not check.ok:
                 raise Fenced(check, stage=action)
             return check.valid_until

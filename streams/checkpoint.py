@@ -56,8 +56,11 @@ class _Partition:
         return self.highest + 1 if self.highest >= 0 else None
 
     def span(self) -> int:
-        """Offsets between the commit point and the newest admitted event (memory bound)."""
-        newest = max(self.unfinished, default=self.highest)
+        """Offsets between the commit point and the newest admitted event (memory bound):
+        finished ones count too — behind one hung event the finished events are what the
+        window holds in memory (counted to the newest unfinished one only, the span fell to
+        1 as they finished and the partition was resumed at once, without bound)."""
+        newest = max(max(self.unfinished, default=-1), self.highest)
         if newest < 0:
             return 0
         low = self.committed if self.committed is not None else \
@@ -83,6 +86,7 @@ class Checkpoint:
         self._lock = asyncio.Lock()  # one commit at a time
         self.holds = 0
         self.commits = 0
+        self.sought_back: set[int] = set()  # partitions sought back since the lanes asked
 
     def _part(self, partition: int) -> _Partition:
         return self._parts.setdefault(partition, _Partition())
@@ -177,6 +181,7 @@ class Checkpoint:
                     partition, wanted, len(missing), safe, safe,
                     extra={"partition": partition, "offset": safe, "count": len(missing)})
         self._seek(partition, safe)
+        self.sought_back.add(partition)
 
 
 class BrokerRangeReader:

@@ -114,9 +114,9 @@ class Provision:
     # (``at`` for an intent written before leases existed); a lookup waits past it
     sends_until: int | None = None
     previous_attempts: int = 0
-    # the WHMCS client the earlier attempt sent to, when the Account's has changed since:
-    # the lookup reads that client's orders too (its AddOrder may have landed there)
-    earlier_client_id: int | None = None
+    # the WHMCS clients earlier attempts sent to, when the Account's has changed since:
+    # the lookup reads their orders too (an AddOrder may have landed there)
+    earlier_client_ids: tuple[int, ...] = ()
 
 
 Decision = Final | Redelivery | Provision
@@ -172,12 +172,17 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
     except MappingError as exc:
         return Final(FAILED, exc.code, exc.message)
     may_exist = resumed or (intent is not None and intent.may_exist)
-    earlier = intent.client_id if may_exist and intent is not None else None
+    earlier: tuple[int, ...] = ()
+    if may_exist and intent is not None:
+        # kept in every intent until a lookup has read them (an attempt resumed, fenced or
+        # failed before its lookup must not forget them)
+        earlier = tuple(dict.fromkeys(
+            c for c in (*intent.earlier_client_ids, intent.client_id)
+            if c and c != request.client_id))
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
                      sends_until=intent.sends_until() if may_exist and intent else None,
                      previous_attempts=intent.attempt if intent else 0,
-                     earlier_client_id=earlier if earlier and earlier != request.client_id
-                     else None)
+                     earlier_client_ids=earlier)
 
 
 def needs_guard(event: Event, memory: Memory) -> bool:

@@ -261,7 +261,7 @@ class EventHandler:
             attempt=decision.previous_attempts + 1, client_id=decision.request.client_id,
             at=self._clock(), writer=self.writer_id, lease_until=self._lease_until(check),
             correlation_id=event.correlation_id, requested_at=event.requested_at,
-            opportunity_id=opportunity))
+            opportunity_id=opportunity, earlier_client_ids=decision.earlier_client_ids))
         self.state.set_intent(held[-1])
         await self.durable()  # the pending intent is durable before any AddOrder
         settle_at = None
@@ -269,7 +269,7 @@ class EventHandler:
             settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
         result = await self.provisioner.provision(
             decision.request, settle_at_ms=settle_at, fence=self._fence(rec, held),
-            earlier_client_id=decision.earlier_client_id)
+            earlier_client_ids=decision.earlier_client_ids)
         if result.recovered:
             metrics.RECOVERED.inc()
         return result

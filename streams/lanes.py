@@ -213,11 +213,20 @@ class Lanes:
         An event's leave cannot always see it shrink — the span runs from the commit point,
         so when the hung event the partition waited on leaves last, the span is still wide
         until the next commit, and no event of a paused partition leaves after that."""
+        sought, self.checkpoint.sought_back = self.checkpoint.sought_back, set()
         for partition in [p for p in self._paused
                           if self.checkpoint.span(p) <= self.partition_window // 2]:
             self._paused.discard(partition)
             log.info("partition %d resumed: its commit point moved past the events that "
                      "finished while it was paused", partition)
+            self._resume({partition})
+        for partition in sorted(sought & self._paused):
+            # the commit was held at a record the worker never finished and the consumer
+            # sought back to it: a paused partition is not fetched, so that record would
+            # never come and the commit point (hence the span) never move
+            self._paused.discard(partition)
+            log.info("partition %d resumed: sought back to a record it never finished",
+                     partition)
             self._resume({partition})
 
     # -- rebalances and stopping -----------------------------------------------------------

@@ -152,11 +152,11 @@ class Provisioner:
 
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
                         fence: Fence = no_fence,
-                        earlier_client_id: int | None = None) -> ProvisionResult:
+                        earlier_client_ids: tuple[int, ...] = ()) -> ProvisionResult:
         """``settle_at_ms`` set: an earlier attempt may have created the order — look it up
-        (after that moment) before creating; ``earlier_client_id``: the WHMCS client that
-        attempt sent to, when it is not ``request``'s (the lookup reads both). Raises
-        :class:`~streams.lease.Fenced`."""
+        (after that moment) before creating; ``earlier_client_ids``: the WHMCS clients
+        earlier attempts sent to, when they are not ``request``'s (the lookup reads them
+        all). Raises :class:`~streams.lease.Fenced`."""
         policy = self.policy
         deadline = time.monotonic() + policy.retry_deadline_s
         created: ProvisionResult | None = None
@@ -176,7 +176,7 @@ class Provisioner:
             try:
                 if created is None and settle_at_ms is not None:
                     found = await self.lookup(request, settle_at_ms=settle_at_ms, fence=fence,
-                                              earlier_client_id=earlier_client_id)
+                                              earlier_client_ids=earlier_client_ids)
                     settle_at_ms = None
                     if found is not None:
                         created = found
@@ -227,7 +227,9 @@ class Provisioner:
                                       f"{exc}",
                         # an AddOrder of this attempt, or (a lookup still owed) of an
                         # earlier one, may have landed: the next attempt looks first
-                        attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None)
+                        # and an order found by the lookup but not yet accepted exists
+                        attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None
+                        or created is not None)
                 self._on_retry(type(exc).__name__)
                 log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
                 await self._sleep(delay)
@@ -306,7 +308,7 @@ class Provisioner:
 
     async def lookup(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
                      fence: Fence = no_fence,
-                     earlier_client_id: int | None = None) -> ProvisionResult | None:
+                     earlier_client_ids: tuple[int, ...] = ()) -> ProvisionResult | None:
         """The WHMCS order of this Salesforce Order, if one exists: read once every
         ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring)."""
         if settle_at_ms is not None:
@@ -315,7 +317,7 @@ class Provisioner:
                 log.info("waiting %.1f s before looking the Order up in WHMCS (an earlier "
                          "AddOrder may still land)", wait, extra={"order_id": request.order_id})
                 await self._sleep(wait)
-        found = await self._find(request, earlier_client_id)
+        found = await self._find(request, earlier_client_ids)
         if not found:
             return None
         ranked = sorted(found, key=lambda o: (_KEEP_ORDER.get(o.status, 2), o.id))
@@ -364,13 +366,16 @@ class Provisioner:
         await self.whmcs.cancel_order(order_id, send_deadline=send_deadline)
 
     async def _find(self, request: WhmcsOrderRequest,
-                    earlier_client_id: int | None = None) -> list[WhmcsOrder]:
-        found = await self._call("GetOrders", None, lambda _d: self.whmcs.find_orders_by_marker(
-            request.client_id, request.order_id))
-        if earlier_client_id is not None and earlier_client_id != request.client_id:
-            found += await self._call("GetOrders", None, lambda _d: (
-                self.whmcs.find_orders_by_marker(earlier_client_id, request.order_id)))
+                    earlier_client_ids: tuple[int, ...] = ()) -> list[WhmcsOrder]:
+        found: list[WhmcsOrder] = []
+        for client in dict.fromkeys((request.client_id, *earlier_client_ids)):
+            found += await self._call("GetOrders", None, partial(self._find_in, client,
+                                                                  request.order_id))
         return found
+
+    async def _find_in(self, client_id: int, order_id: str,
+                       _send_deadline: float | None) -> list[WhmcsOrder]:
+        return await self.whmcs.find_orders_by_marker(client_id, order_id)
 
     async def _call(self, action: str, fence: Fence | None,
                     call: Callable[[float | None], Awaitable[T]]) -> T:

@@ -292,13 +292,14 @@ class Sweeper:
     async def _resend(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: outcomes recorded but never acknowledged as sent."""
         now = self._clock()
+        fence = self.fence_for(oid)  # the job's: the generation it began in
         for idem_key, entry in self.state.memory(oid).items():
             if now - entry.at < self.recovery_after_ms:
                 continue
             for event_uuid, outcome in list(entry.unsent()):
                 if (oid, event_uuid) in self.unsendable:
                     continue
-                if not await self._owned(oid, "send"):
+                if not await self._owned(oid, "send", fence):
                     return
                 try:
                     await self.emitter.send_outcome(outcome)
@@ -352,7 +353,7 @@ class Sweeper:
         policy = self.provisioner.policy
         try:
             found = await self.provisioner.lookup(
-                request, fence=fence,
+                request, fence=fence, earlier_client_ids=intent.earlier_client_ids,
                 settle_at_ms=policy.settle_at_ms((intent.sends_until() or 0) / 1000))
             if found is not None and found.needs_accept and found.whmcs_order_id:
                 failure = await self.provisioner.accept(found.whmcs_order_id, fence=fence)

@@ -70,16 +70,21 @@ class Intent:
     may_exist: bool = False  # failed, but an AddOrder may have created the order
     writer: str = ""  # the worker process that wrote it
     lease_until: int | None = None  # epoch ms: its writer sends to WHMCS only before this
+    # WHMCS clients earlier attempts sent to, while a lookup there is still owed (the
+    # Account's client changed since): every lookup for the Order reads them too
+    earlier_client_ids: tuple[int, ...] = ()
 
     @classmethod
     def pending(cls, *, order_id: str, idem_key: str, event_uuid: str, attempt: int,
                 client_id: int, at: int, writer: str, lease_until: int,
                 correlation_id: str | None = None, requested_at: int | None = None,
-                opportunity_id: str | None = None) -> Intent:
+                opportunity_id: str | None = None,
+                earlier_client_ids: tuple[int, ...] = ()) -> Intent:
         return cls(order_id=order_id, idem_key=idem_key, event_uuid=event_uuid,
                    state=PENDING, attempt=attempt, client_id=client_id, at=at,
                    correlation_id=correlation_id, requested_at=requested_at,
-                   opportunity_id=opportunity_id, writer=writer, lease_until=lease_until)
+                   opportunity_id=opportunity_id, writer=writer, lease_until=lease_until,
+                   earlier_client_ids=earlier_client_ids)
 
     def renewed(self, lease_until: int) -> Intent:
         return _evolve(self, lease_until=lease_until)
@@ -116,7 +121,8 @@ class Intent:
                 "opportunity_id": self.opportunity_id, "whmcs_order_id": self.whmcs_order_id,
                 "outcome": dict(self.outcome) if self.outcome is not None else None,
                 "may_exist": self.may_exist, "writer": self.writer,
-                "lease_until": self.lease_until}
+                "lease_until": self.lease_until,
+                "earlier_client_ids": list(self.earlier_client_ids)}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> Intent | None:
@@ -130,6 +136,7 @@ class Intent:
         values.setdefault("attempt", 1)
         values.setdefault("client_id", None)
         values.setdefault("at", 0)
+        values["earlier_client_ids"] = tuple(values.get("earlier_client_ids") or ())
         return cls(**values)
 
 
@@ -326,15 +333,26 @@ class GroupCommit:
     by the broker. Callers that arrive while no flush has started yet join the next one;
     those that arrive during a flush start (or join) the one after it — so the number of
     flushes follows the number of *moments* Orders need durability, not the number of
-    Orders, and no Order waits for a flush that started before its writes."""
+    Orders, and no Order waits for a flush that started before its writes.
+
+    A failed flush fails every later barrier too. A table takes the writes it flushes when
+    its flush task first runs, a loop turn or two after the flush was started: a write made
+    in between went out with the flush that failed while its writer waited on the next one,
+    which found nothing left to send and succeeded — the writer went on to ``AddOrder`` on
+    an intent never made durable. Once a flush has failed the tables are ahead of their
+    changelogs and nothing may be acknowledged again (the worker stops; a restart restores
+    them)."""
 
     def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
         self._flush = flush
         self._next: asyncio.Future[None] | None = None
         self._running: asyncio.Task[None] | None = None
+        self._failed: Exception | None = None
         self.flushes = 0
 
     async def __call__(self) -> None:
+        if self._failed is not None:
+            raise self._failed
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
             if self._running is None:
@@ -350,8 +368,12 @@ class GroupCommit:
     async def _run(self, future: asyncio.Future[None]) -> None:
         self.flushes += 1
         try:
+            if self._failed is not None:
+                raise self._failed
             await self._flush()
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            if isinstance(exc, Exception) and self._failed is None:
+                self._failed = exc
             if not future.done():
                 future.set_exception(exc)
         else:

@@ -199,6 +199,14 @@ class DurableTable(RestoreGuards):
                 await asyncio.wait_for(tally.done, timeout)
             except asyncio.CancelledError:
                 raise
+            except TimeoutError as exc:
+                # the worker's idempotent producer retries a refused batch for as long as it
+                # runs: a broker refusing every write (too few in-sync replicas) ends here,
+                # and the reason is only in aiokafka's warnings — say where to look
+                raise DurabilityError(
+                    f"table {self.name}: changelog write not acknowledged within "
+                    f"{timeout:.0f}s (the brokers did not answer, or refused and were asked "
+                    "again: see the aiokafka warnings above, e.g. NotEnoughReplicas)") from exc
             except Exception as exc:
                 raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
                                       f"{exc!r}") from exc

@@ -44,6 +44,28 @@ def test_the_declared_changelogs_are_the_names_faust_gives_the_worker_tables(tmp
     assert REGISTRY.get_sample_value("sfprov_worker_events_in_flight") == 0
 
 
+@pytest.mark.broker  # the Worker's own clients connect as it is built
+def test_a_member_is_not_dropped_from_a_rebalance_while_its_lease_holds(tmp_path,
+                                                                       kafka_bootstrap):
+    """The coordinator drops a member that has not rejoined within the rebalance timeout
+    (faust's default 60 s); the ownership lease, counted from heartbeats alone, lasts the
+    session timeout minus the margin (a third by default): with a session of 150 s a
+    paused member kept writing to WHMCS for up to 40 s after its partitions had moved."""
+    from streams.app import Worker
+
+    kafka = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap, topic_prefix="t2.")
+    for session in ("20", "150"):
+        worker = WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": session})
+        built = Worker(kafka=kafka, worker=worker, whmcs=WhmcsSettings.load(WHMCS),
+                       sf_client=None,  # type: ignore[arg-type]
+                       common=CommonSettings.load({}, state_dir=tmp_path / session))
+        lease_s = worker.session_timeout_s - worker.lease_margin
+        assert built.app.conf.broker_rebalance_timeout >= lease_s, session
+        assert built.app.conf.broker_rebalance_timeout >= 60.0  # faust's, never shorter
+        del built
+        gc.collect()
+
+
 @pytest.mark.broker
 def test_the_worker_topics_are_created_with_their_changelogs_and_led(kafka_bootstrap,
                                                                       unique_name):

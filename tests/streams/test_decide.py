@@ -125,12 +125,32 @@ def test_a_lookup_owed_to_an_earlier_attempt_names_the_client_it_sent_to():
     intent = {"state": "failed", "may_exist": True, "attempt": 1, "at": 1, "client_id": 1010}
     moved = decide(event(idem_key="k4"), None, intent, order(client="1020"))
     assert isinstance(moved, Provision) and moved.lookup_first
-    assert (moved.request.client_id, moved.earlier_client_id) == (1020, 1010)
+    assert (moved.request.client_id, moved.earlier_client_ids) == (1020, (1010,))
     same = decide(event(idem_key="k5"), None, intent, order(client="1010"))
-    assert isinstance(same, Provision) and same.earlier_client_id is None
+    assert isinstance(same, Provision) and same.earlier_client_ids == ()
     clean = {**intent, "may_exist": False}
     assert decide(event(idem_key="k6"), None, clean, order(client="1020")) \
-        .earlier_client_id is None  # nothing may exist: nothing to look for
+        .earlier_client_ids == ()  # nothing may exist: nothing to look for
+
+
+def test_the_earlier_client_survives_an_attempt_that_did_not_finish_its_lookup():
+    """The intent of the attempt that owed the lookup names the new client; it carries the
+    earlier one on, so the attempt after it (resumed after a crash, or retried after a
+    lookup that failed past the deadline) still reads both."""
+    first = {"state": "failed", "may_exist": True, "attempt": 1, "at": 1, "client_id": 1010}
+    second = decide(event(idem_key="k7"), None, first, order(client="1020"))
+    assert isinstance(second, Provision) and second.earlier_client_ids == (1010,)
+    pending = Intent.pending(order_id=ORDER_ID, idem_key="k7", event_uuid="u7", attempt=2,
+                             client_id=1020, at=2, writer="w", lease_until=3,
+                             earlier_client_ids=second.earlier_client_ids)
+    stored = pending.to_json()  # as the changelog holds it
+    resumed = decide(event(idem_key="k7", event_uuid="u7"), None, stored, order(client="1020"))
+    assert isinstance(resumed, Provision) and resumed.resumed
+    assert resumed.earlier_client_ids == (1010,)
+    failed = pending.settled({"status": "Failed", "error_code": "WHMCS_UNAVAILABLE"}, 4,
+                             may_exist=True).to_json()
+    third = decide(event(idem_key="k8"), None, failed, order(client="1030"))
+    assert isinstance(third, Provision) and third.earlier_client_ids == (1010, 1020)
 
 
 def test_mapping_failure_becomes_failed_outcome():
@@ -172,8 +192,10 @@ def test_intent_json_holds_every_field_and_reads_back():
                              client_id=7, at=5, writer="w1", lease_until=9,
                              correlation_id="c", requested_at=3, opportunity_id="006A")
     settled = pending.renewed(11).settled({"status": "Provisioned", "whmcs_order_id": 42}, 12)
-    for intent in (pending, settled):
-        assert intent.to_json() == dataclasses.asdict(intent)
+    for intent in (pending, dataclasses.replace(settled, earlier_client_ids=(1010, 1020))):
+        expected = dataclasses.asdict(intent)
+        expected["earlier_client_ids"] = list(intent.earlier_client_ids)  # JSON has lists
+        assert intent.to_json() == expected
         assert Intent.from_json(intent.to_json()) == intent
     assert settled.to_json()["outcome"] is not settled.outcome  # a copy, as asdict made
 

@@ -228,3 +228,71 @@ def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
     commits, resumed = asyncio.run(go())
     assert commits[-1] == {3: 26}
     assert resumed == [{3}]
+
+
+def test_a_partition_paused_behind_a_hung_event_stays_paused_while_the_rest_finish():
+    """The window bounds what is held behind a hung event. The span was counted to the
+    newest *unfinished* event: as the later events finished it fell to 1, and the first of
+    them to leave resumed the partition — finished offsets piled up without bound."""
+    async def go():
+        checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda _p, _o: None)
+        paused, resumed = [], []
+        lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
+                      pause=paused.append, resume=resumed.append)
+        hung = asyncio.Event()
+
+        async def hangs() -> bool:
+            await hung.wait()
+            return True
+
+        async def quick() -> bool:
+            return True
+        await lanes.admit(oid(0), Admitted(3, 0, None, hangs))
+        for offset in range(1, 26):
+            await lanes.admit(oid(offset), Admitted(3, offset, None, quick))
+        while lanes.in_flight > 1:
+            await asyncio.sleep(0.01)
+        span = checkpoint.span(3)
+        hung.set()
+        return paused, resumed, span
+    paused, resumed, span = asyncio.run(go())
+    assert paused == [{3}] and span == 26
+    assert resumed == []  # the commit point has not moved: nothing may be admitted
+
+
+def test_a_paused_partition_sought_back_to_an_unfinished_record_is_resumed():
+    """The commit was held at a record the worker never finished (faust dropped it) and the
+    consumer sought back to it; a paused partition is never fetched, so the record never
+    came, the commit never moved and the partition stayed paused until a rebalance."""
+    seeks: list[tuple[int, int]] = []
+
+    def read(wanted):  # offset 5 is a record the worker never saw
+        return {p: (0, list(range(0, end))) for p, end in wanted.items()}
+
+    async def go():
+        checkpoint = Checkpoint(read, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda p, o: seeks.append((p, o)))
+        paused, resumed = [], []
+        lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
+                      pause=paused.append, resume=resumed.append)
+        hung = asyncio.Event()
+
+        async def hangs() -> bool:
+            await hung.wait()
+            return True
+
+        async def quick() -> bool:
+            return True
+        for offset in [o for o in range(0, 30) if o != 5]:
+            await lanes.admit(oid(offset), Admitted(3, offset, None,
+                                                    hangs if offset == 29 else quick))
+        while lanes.in_flight > 1:
+            await asyncio.sleep(0.01)
+        await checkpoint.commit()
+        lanes.committed()
+        hung.set()
+        return paused, resumed
+    paused, resumed = asyncio.run(go())
+    assert seeks and seeks[0] == (3, 5)
+    assert paused == [{3}] and resumed == [{3}]

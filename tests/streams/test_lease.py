@@ -388,3 +388,26 @@ def test_a_requests_partition_assigned_without_its_changelogs_is_not_owned():
 def test_fenced_carries_the_reason():
     err = Fenced(LeaseCheck(False, "lease expired 3.0 s ago"), stage="AddOrder")
     assert "before AddOrder" in str(err) and "lease expired" in str(err)
+
+
+def test_a_sweep_job_begun_without_a_generation_is_fenced_even_once_one_is_back():
+    """A sweep job that began between a rebalance's start and the next assignment has no
+    generation to hold to: checking the current one instead, it passed after the partition
+    was lost and regained during the job (another owner may have acted on the Order)."""
+    from types import SimpleNamespace
+
+    from streams.app import Worker
+    from streams.faust_seam import key_partition
+
+    clock = Clock()
+    owned = joined(clock, partitions=range(6), generation=5)
+    owned.rebalancing()  # the job begins now
+    worker = SimpleNamespace(lease=owned, kafka=SimpleNamespace(partitions=6))
+    fence = Worker._sweep_fence(worker, "801000000000001AAA")  # type: ignore[arg-type]
+    owned.synced(6, clock.now)
+    owned.assigned(range(6), 6)  # the partition is back, in a generation after the job began
+    assert owned.current(key_partition("801000000000001AAA", 6)).ok
+    with pytest.raises(Fenced, match="no generation known"):
+        asyncio.run(fence("AcceptOrder"))
+    began = Worker._sweep_fence(worker, "801000000000001AAA")  # type: ignore[arg-type]
+    assert asyncio.run(began("AcceptOrder")) is not None  # begun in a generation: it holds

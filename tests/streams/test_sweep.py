@@ -340,7 +340,7 @@ class LookupOnly:
         self.policy = ProvisionPolicy()
         self.lookups = []
 
-    async def lookup(self, request, *, fence, settle_at_ms=None):
+    async def lookup(self, request, *, fence, settle_at_ms=None, earlier_client_ids=()):
         self.lookups.append(request.order_id)
         return None
 

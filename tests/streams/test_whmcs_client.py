@@ -285,13 +285,30 @@ def test_a_lookup_reads_the_client_the_earlier_attempt_sent_to(whmcs):
             whmcs.reset_counters()
             result = await Provisioner(client, policy()).provision(
                 req("801T0000000083AAA", client=OTHER_CLIENT), settle_at_ms=0,
-                earlier_client_id=CLIENT)
+                earlier_client_ids=(CLIENT,))
             return made, result
     made, result = run(go())
     assert (result.status, result.recovered, result.whmcs_order_id) == (
         "Provisioned", True, made.order_id)
     assert whmcs.calls().get("AddOrder", 0) == 0
     assert len(whmcs.orders_for("801T0000000083AAA")) == 1
+
+
+def test_an_order_found_but_not_accepted_by_the_deadline_may_exist(whmcs):
+    """The lookup found the earlier attempt's Pending order and WHMCS then stayed down:
+    the Failed outcome must say an order may exist, else the next approval would create
+    a second one without looking."""
+    async def go():
+        async with WhmcsClient(settings(whmcs), timeout_s=0.3) as client:
+            made = await client.add_order(req("801T0000000084AAA").params())
+            whmcs.set_faults("AcceptOrder", error_rate=1.0, error_kind="503")
+            result = await Provisioner(client, policy(retry_deadline_s=0.8)).provision(
+                req("801T0000000084AAA"), settle_at_ms=0)
+            return made, result
+    made, result = run(go())
+    assert (result.status, result.error_code) == ("Failed", "WHMCS_UNAVAILABLE")
+    assert result.whmcs_order_id == made.order_id and result.attempts == 0
+    assert result.may_exist
 
 
 def test_resume_finds_pending_order_and_accepts_it(whmcs):
