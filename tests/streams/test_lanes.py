@@ -230,6 +230,24 @@ def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
     assert resumed == [{3}]
 
 
+def windowed(checkpoint: Checkpoint):
+    """Lanes with a 20-offset window recording pauses and resumes, and two kinds of work:
+    one that hangs until ``hung`` is set, one that finishes at once."""
+    paused: list[set[int]] = []
+    resumed: list[set[int]] = []
+    lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
+                  pause=paused.append, resume=resumed.append)
+    hung = asyncio.Event()
+
+    async def hangs() -> bool:
+        await hung.wait()
+        return True
+
+    async def quick() -> bool:
+        return True
+    return lanes, paused, resumed, hung, hangs, quick
+
+
 def test_a_partition_paused_behind_a_hung_event_stays_paused_while_the_rest_finish():
     """The window bounds what is held behind a hung event. The span was counted to the
     newest *unfinished* event: as the later events finished it fell to 1, and the first of
@@ -237,17 +255,7 @@ def test_a_partition_paused_behind_a_hung_event_stays_paused_while_the_rest_fini
     async def go():
         checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
                                 seek=lambda _p, _o: None)
-        paused, resumed = [], []
-        lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
-                      pause=paused.append, resume=resumed.append)
-        hung = asyncio.Event()
-
-        async def hangs() -> bool:
-            await hung.wait()
-            return True
-
-        async def quick() -> bool:
-            return True
+        lanes, paused, resumed, hung, hangs, quick = windowed(checkpoint)
         await lanes.admit(oid(0), Admitted(3, 0, None, hangs))
         for offset in range(1, 26):
             await lanes.admit(oid(offset), Admitted(3, offset, None, quick))
@@ -273,17 +281,7 @@ def test_a_paused_partition_sought_back_to_an_unfinished_record_is_resumed():
     async def go():
         checkpoint = Checkpoint(read, commit=lambda o: asyncio.sleep(0, True),
                                 seek=lambda p, o: seeks.append((p, o)))
-        paused, resumed = [], []
-        lanes = Lanes(checkpoint, lambda _m: None, partition_window=20,
-                      pause=paused.append, resume=resumed.append)
-        hung = asyncio.Event()
-
-        async def hangs() -> bool:
-            await hung.wait()
-            return True
-
-        async def quick() -> bool:
-            return True
+        lanes, paused, resumed, hung, hangs, quick = windowed(checkpoint)
         for offset in [o for o in range(0, 30) if o != 5]:
             await lanes.admit(oid(offset), Admitted(3, offset, None,
                                                     hangs if offset == 29 else quick))

@@ -219,33 +219,27 @@ def test_accept_answer_lost_after_commit_checks_status(whmcs):
     assert whmcs.orders_for("801T0000000022AAA")[0]["status"] == "Active"
 
 
-def test_an_unanswered_accept_is_checked_not_repeated(whmcs):
+@pytest.mark.parametrize("order_id,fault,accepts", [
+    # the accept timed out after WHMCS accepted: read, found Active, not sent again
+    ("801T0000000080AAA", {"hang_rate": 1.0, "hang_s": 2}, 1),
+    # a 500 before WHMCS accepted: read, found still Pending, accepted again
+    ("801T0000000081AAA", {"error_rate": 1.0, "error_kind": "500"}, 2),
+])
+def test_an_unanswered_accept_is_checked_not_repeated_blindly(whmcs, order_id, fault,
+                                                               accepts):
     """REFERENCE: a retried AcceptOrder must check the order's status first (with
-    autosetup WHMCS runs the module while the caller waits). The accept timed out after
-    WHMCS accepted: the retry reads the order, finds it Active and sends no second one."""
+    autosetup WHMCS runs the module while the caller waits): one status read, then an
+    accept only of an order still Pending."""
     async def go():
         async with WhmcsClient(settings(whmcs), timeout_s=0.5) as client:
             whmcs.reset_counters()
-            whmcs.set_faults("AcceptOrder", hang_rate=1.0, hang_s=2, times=1)
-            return await Provisioner(client, policy()).provision(req("801T0000000080AAA"))
+            whmcs.set_faults("AcceptOrder", times=1, **fault)
+            return await Provisioner(client, policy()).provision(req(order_id))
     result = run(go())
     assert result.status == "Provisioned"
-    assert whmcs.orders_for("801T0000000080AAA")[0]["status"] == "Active"
+    assert whmcs.orders_for(order_id)[0]["status"] == "Active"
     calls = whmcs.calls()
-    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (1, 1), calls
-
-
-def test_an_unanswered_accept_of_a_still_pending_order_is_accepted_again(whmcs):
-    async def go():
-        async with WhmcsClient(settings(whmcs)) as client:
-            whmcs.reset_counters()
-            whmcs.set_faults("AcceptOrder", error_rate=1.0, error_kind="500", times=1)
-            return await Provisioner(client, policy()).provision(req("801T0000000081AAA"))
-    result = run(go())
-    assert result.status == "Provisioned"
-    assert whmcs.orders_for("801T0000000081AAA")[0]["status"] == "Active"
-    calls = whmcs.calls()
-    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (2, 1), calls
+    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (accepts, 1), calls
 
 
 def test_a_lookup_after_an_unanswered_add_waits_from_when_it_was_sent(whmcs):
