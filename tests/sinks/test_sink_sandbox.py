@@ -150,7 +150,11 @@ def test_record_failures_dead_lettered_and_limit_pauses_then_catches_up(
     sandbox.set_faults(record_errors=refused, lock_row_rate=0.05, daily_limit=0)
     produce(kafka_settings, records)
     port = free_port()
-    env = sink_env(kafka_settings, sandbox.env(), SINK_HTTP_PORT=port)
+    # a flush is three calls (two describes for the fence check, the write), each 503 with
+    # p = 0.3: with the default 60 s cap the doubling backoff left ~9 tries in the 90 s
+    # below, all failing about once in 40 runs (a CI run saw it); tries every ≤ 2 s instead
+    env = sink_env(kafka_settings, sandbox.env(), SINK_HTTP_PORT=port,
+                   SINK_RETRY_BACKOFF_MAX_S=2)
     settings = SinkSettings.load({})
     proc = start_sink(env, tmp_path / "sink.log", "--timeout", "150")
     try:

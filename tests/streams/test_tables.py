@@ -670,9 +670,9 @@ def test_a_changelog_write_without_enough_in_sync_replicas_fails_the_flush(tmp_p
                     for key in keys:
                         table[key] = {"state": "pending"}
                     with pytest.raises(DurabilityError) as info:
-                        await asyncio.wait_for(table.flush(timeout=15), 90)
+                        await asyncio.wait_for(table.flush(timeout=6), 90)
                     if idempotent:  # retried until the flush's deadline, which says so
-                        assert "not acknowledged within 15s" in str(info.value), info.value
+                        assert "not acknowledged within 6s" in str(info.value), info.value
                         assert "aiokafka warnings" in str(info.value), info.value
                     else:
                         assert "NotEnoughReplicas" in str(info.value), info.value
