@@ -624,7 +624,7 @@ def test_a_changelog_write_without_enough_in_sync_replicas_fails_the_flush(tmp_p
     DurabilityError; once the broker accepts again (``min.insync.replicas=2``) the retried
     records land and the table flushes again. faust's default producer gives up once its
     request timeout has passed: its DurabilityError carries the broker's
-    NotEnoughReplicasError, and the refused records never land."""
+    NotEnoughReplicasError."""
     from confluent_kafka.admin import AdminClient
 
     from common.kafka import TopicSpec, create_topics
@@ -685,9 +685,11 @@ def test_a_changelog_write_without_enough_in_sync_replicas_fails_the_flush(tmp_p
                 finally:
                     await asyncio.wait_for(app.stop(), 90)  # the retried records: sent
             asyncio.run(go())
-            # the refused records: retried into the changelog by the worker's producer,
-            # given up (never written) by faust's
-            assert sum(_changelog_held(bootstrap, changelog, 2)) == (3 if idempotent else 1)
+            # the refused records: retried into the changelog by the worker's producer; by
+            # faust's given up — though a retry still in flight when the brokers accept
+            # again may land (a CI run saw one), so only the later record is certain there
+            held = sum(_changelog_held(bootstrap, changelog, 2))
+            assert held == 3 if idempotent else 1 <= held <= 3, held
     finally:
         cluster.stop(grace=10)
 
