@@ -267,11 +267,8 @@ class Provisioner:
         longer be running, then read the order: Active → done, Pending → accept, anything
         else → Failed. ``on_send`` is called as the ``AcceptOrder`` request goes."""
         if settle_at_ms is not None:
-            wait = settle_at_ms / 1000 - self._wall()
-            if wait > 0:
-                log.info("waiting %.1f s before reading WHMCS order %d (an unanswered "
-                         "AcceptOrder may still be running)", wait, order_id)
-                await self._sleep(wait)
+            await self._wait_until(settle_at_ms, f"reading WHMCS order {order_id} (an "
+                                   "unanswered AcceptOrder may still be running)", None)
             status = await self._status(order_id)
             if status == "Active":
                 return None
@@ -297,6 +294,14 @@ class Provisioner:
             return None
         return self._not_active(order_id, "AcceptOrder refused", status)
 
+    async def _wait_until(self, settle_at_ms: int, before: str, order_id: str | None) -> None:
+        """Sleep until ``settle_at_ms`` (epoch ms), logging what waits for it."""
+        wait = settle_at_ms / 1000 - self._wall()
+        if wait > 0:
+            log.info("waiting %.1f s before %s", wait, before,
+                     extra={"order_id": order_id} if order_id else None)
+            await self._sleep(wait)
+
     async def _status(self, order_id: int) -> str:
         order = await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
         return order.status if order else "missing"
@@ -312,11 +317,8 @@ class Provisioner:
         """The WHMCS order of this Salesforce Order, if one exists: read once every
         ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring)."""
         if settle_at_ms is not None:
-            wait = settle_at_ms / 1000 - self._wall()
-            if wait > 0:
-                log.info("waiting %.1f s before looking the Order up in WHMCS (an earlier "
-                         "AddOrder may still land)", wait, extra={"order_id": request.order_id})
-                await self._sleep(wait)
+            await self._wait_until(settle_at_ms, "looking the Order up in WHMCS (an earlier "
+                                   "AddOrder may still land)", request.order_id)
         found = await self._find(request, earlier_client_ids)
         if not found:
             return None
