@@ -283,8 +283,12 @@ class Sink:
         return min(500, room)
 
     def _poll_timeout(self, now: float) -> float:
-        if len(self.batcher.ready(now)) >= self.settings.batch_size \
-                and not self.pauses.blocked(now):
+        if self.pauses.blocked(now):
+            # no call may go before the pause ends, whatever is ready: sleep until then (at
+            # most a second, to serve the consumer). Entries beyond the refused batch are
+            # still ready, and the linger arithmetic below would answer 0 on every turn
+            return max(0.0, min(1.0, self.pauses.resume_at(now) - now))
+        if len(self.batcher.ready(now)) >= self.settings.batch_size:
             return 0.0  # a full batch waits: just serve the consumer, then flush
         if self.pauses.paused and not len(self.batcher):
             return 1.0

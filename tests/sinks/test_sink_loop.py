@@ -240,3 +240,37 @@ def test_two_sinks_in_one_group_share_the_work_through_a_rebalance(
         if rec["status"] in ("Provisioned", "Failed"):
             assert fake.records[("Order", rec["order_id"])]["Activation_Status__c"] == \
                 rec["status"]
+
+
+def test_a_limit_pause_with_a_backlog_waits_instead_of_spinning(
+        kafka_settings: KafkaSettings) -> None:
+    """More outcomes pending than one batch takes: the batch the limit refused is backed off,
+    the rest are ready but may not be sent. The loop must sleep until the pause ends, not
+    turn with a zero poll timeout for the whole pause (a core at 100 % for up to 16 minutes,
+    or hours while a refused login lasts)."""
+    produce(kafka_settings, [outcome(f"801{i:015d}", "Provisioned", n=i) for i in range(300)])
+    fake = FakeCollections()
+    window: list[float] = []  # the limit holds for 3 s from the first call
+
+    def limited(_records: list) -> Exception | None:
+        if not window:
+            window.append(time.monotonic() + 3.0)
+        return limit_error() if time.monotonic() < window[0] else None
+
+    fake.fail_call = limited
+    sink = Sink(kafka_settings, sink_settings(batch_size=50, limit_backoff_s=2.0), fake)
+    polls_while_blocked: list[float] = []
+    poll = sink._poll
+
+    def counting(want: int, timeout: float) -> list:
+        now = time.monotonic()
+        if sink.pauses.resume_at(now) - now > 0.05:  # well inside the pause, not at its end
+            polls_while_blocked.append(timeout)
+        return poll(want, timeout)
+
+    sink._poll = counting  # type: ignore[method-assign]
+    stats = sink.run(timeout=60, exit_when_idle=True)
+    assert stats.consumed == 300 and sum(1 for k in fake.records if k[0] == "Order") == 300
+    assert polls_while_blocked, "the limit never paused the sink"
+    # about one poll a second (plus a few around the edges), not thousands
+    assert len(polls_while_blocked) <= 20, (len(polls_while_blocked), polls_while_blocked[:10])
