@@ -24,8 +24,9 @@ Rules:
   with add-ons but no Service item → ``ADDON_WITHOUT_SERVICE``.
 * ``configoptions[i]`` ← ``Product2.Portal_ConfigOptions_JSON__c``: a JSON object of option
   id → scalar value, sent as base64 of the PHP-serialized array; malformed JSON, a
-  non-object, an id not written as a plain decimal (``"05"`` and ``"5.0"`` would reach
-  WHMCS as text keys no option matches) or non-scalar values → ``INVALID_CONFIG_OPTIONS``.
+  non-object, an id not written as a plain ASCII decimal (``"05"``, ``"5.0"`` and
+  ``"１２"`` would reach WHMCS as text keys no option matches) or non-scalar values →
+  ``INVALID_CONFIG_OPTIONS``.
   Empty → not sent.
 * An item with another or no ``Item_Class__c`` → ``UNKNOWN_ITEM_CLASS``; no items at all →
   ``NO_ITEMS``; more items than Salesforce returns in one answer (a child subquery's
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +101,7 @@ class WhmcsOrderRequest:
 
 MAX_ID = 2**31 - 1  # WHMCS keeps its ids in signed 32-bit int columns
 MAX_QUANTITY = 1000  # per item; add-ons are repeated this often in one request
+_OPTION_ID = re.compile(r"[1-9][0-9]*", re.ASCII)  # a config option id written plainly
 
 
 def _positive_int(raw: Any, upper: int = MAX_ID) -> int | None:
@@ -127,7 +130,9 @@ def _config_options(raw: Any, item: str) -> str | None:
         raise MappingError("INVALID_CONFIG_OPTIONS",
                            f"{item}: Portal_ConfigOptions_JSON__c must be a JSON object")
     for key, value in options.items():
-        if not (str(key).isdigit() and str(key)[0] != "0" and _positive_int(key) is not None):
+        # ASCII only: str.isdigit()/float() also take "１２" or "١٢", which phpserial would
+        # send as a text key that matches no WHMCS option (the option silently ignored)
+        if not (_OPTION_ID.fullmatch(str(key)) and _positive_int(key) is not None):
             raise MappingError("INVALID_CONFIG_OPTIONS",
                                f"{item}: config option id {key!r} is not a positive integer "
                                "written plainly (like \"12\")")

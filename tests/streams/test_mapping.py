@@ -81,6 +81,11 @@ def test_missing_account_relationship():
     # keys WHMCS would take as text, matching no option id
     (product(options='{"05": "2"}'), "INVALID_CONFIG_OPTIONS"),
     (product(options='{"5.0": "2"}'), "INVALID_CONFIG_OPTIONS"),
+    # Unicode digits pass str.isdigit()/float() but phpserial sends them as text keys
+    (product(options='{"\uff11\uff12": "2"}'), "INVALID_CONFIG_OPTIONS"),  # full-width "12"
+    (product(options='{"\u0661\u0662": "2"}'), "INVALID_CONFIG_OPTIONS"),  # Arabic-Indic "12"
+    (product(options='{"1\u0662": "2"}'), "INVALID_CONFIG_OPTIONS"),  # mixed ASCII + Arabic-Indic
+    (product(options='{"12 ": "2"}'), "INVALID_CONFIG_OPTIONS"),
     (product(pid=2**31), "MISSING_PRODUCT_MAPPING"),
 ])
 def test_bad_items(prod, code):
