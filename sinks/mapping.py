@@ -7,7 +7,7 @@ Provisioned    ``Activation_Status__c='Provisioned'``, ``WHMCS_Order_Id__c``, ``
                ``Activation_Error__c=None``, ``Activation_Error_DateTime__c``  ``WHMCS_Service_ID__c``
                ``=None`` (and ``Status='Activated'`` when configured)        (first service id)
 Failed         ``Activation_Status__c='Failed'``, ``Activation_Error__c``     unchanged
-               (≤ 255 chars), ``Activation_Error_DateTime__c`` = completed_at
+               (≤ 255 UTF-16 units), ``Activation_Error_DateTime__c`` = completed_at
 Skipped,       nothing                                                     nothing
 Duplicate
 =============  ==========================================================  ===================
@@ -55,11 +55,24 @@ class RecordUpdate:
     version: int | None = None  # the outcome's completed_at, epoch ms: newer wins a merge
 
 
+def utf16_length(text: str) -> int:
+    """Length in UTF-16 code units: a character beyond the BMP (``𠮟``, emoji) counts 2."""
+    return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
+
+
 def truncate(text: str, length: int = ACTIVATION_ERROR_LENGTH) -> str:
-    """``text`` cut to ``length`` characters, marked with an ellipsis when cut."""
-    if len(text) <= length:
+    """``text`` cut to at most ``length`` UTF-16 code units, marked with an ellipsis when
+    cut. Salesforce may count a Text field's length in code units rather than characters;
+    this fits either way, and cuts between characters (never inside a surrogate pair)."""
+    if utf16_length(text) <= length:
         return text
-    return text[: length - len(ELLIPSIS)] + ELLIPSIS
+    budget, kept = length - utf16_length(ELLIPSIS), 0
+    for char in text:
+        budget -= 2 if ord(char) > 0xFFFF else 1
+        if budget < 0:
+            break
+        kept += 1
+    return text[:kept] + ELLIPSIS
 
 
 def iso_datetime(value: dt.datetime | int | float) -> str:

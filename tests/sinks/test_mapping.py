@@ -90,3 +90,24 @@ def test_iso_datetime_accepts_epoch_ms_and_naive() -> None:
 def test_truncate_keeps_short_text() -> None:
     assert truncate("short") == "short"
     assert truncate("a" * 255) == "a" * 255
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def test_activation_error_fits_255_utf16_units() -> None:
+    """Salesforce may count a Text field's length in UTF-16 code units: 255 astral characters
+    (510 units) were sent, which it can refuse (STRING_TOO_LONG)."""
+    updates = updates_for(outcome("Failed", error_code="WHMCS_ERROR", error_message="𠮟" * 300))
+    text = updates[0].fields["Activation_Error__c"]
+    assert _utf16_units(text) <= ACTIVATION_ERROR_LENGTH
+    assert text.endswith("…") and text.startswith("WHMCS_ERROR: 𠮟")
+    text.encode("utf-8")  # a whole str: no surrogate pair split in two
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    for odd in ("𠮟" * 300, "a" + "𠮟" * 300, "ab" + "𠮟" * 127 + "c"):
+        cut = truncate(odd)
+        assert _utf16_units(cut) <= ACTIVATION_ERROR_LENGTH and cut.endswith("…")
+        assert odd.startswith(cut[:-1]) and _utf16_units(cut) >= ACTIVATION_ERROR_LENGTH - 1
+    # what fits in 255 units is kept whole, even with astral characters
+    assert truncate("a" + "𠮟" * 127) == "a" + "𠮟" * 127
