@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", default=os.environ.get("REGISTRY_STORE", ""),
                        help="JSON file keeping the schemas across restarts [env: REGISTRY_STORE]")
     serve.add_argument("--ready-file", default="", help="write {url, port, pid} here when up")
-    serve.add_argument("--compatibility", default="BACKWARD", choices=sorted(LEVELS),
-                       help="default compatibility level of every subject")
+    serve.add_argument("--compatibility", default=None, choices=sorted(LEVELS),
+                       help="global compatibility level (subjects without their own). Given, "
+                            "it wins over the level saved in --store and is saved there, as "
+                            "PUT /config would; omitted, the saved level (from an earlier "
+                            "flag or PUT /config) is kept, else BACKWARD")
     serve.add_argument("--basic-auth", default=os.environ.get("REGISTRY_BASIC_AUTH", ""),
                        help="USER:PASSWORD every request must carry [env: REGISTRY_BASIC_AUTH]")
     serve.add_argument("--log-level", default="INFO")

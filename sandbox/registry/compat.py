@@ -4,7 +4,9 @@
 with the latest registered one (writer). :func:`can_read` returns the list of problems,
 empty when compatible. Covers what this project's schemas use — records, enums, arrays,
 maps, unions, fixed, primitives with the spec's promotions, logical types (compared by
-their underlying type) — and named-type references.
+their underlying type) — and named-type references. Records, enums and fixed must keep
+their (unqualified) name, or list the old full name among their ``aliases``: a rename
+without one is refused, as Confluent refuses it (``NAME_MISMATCH``).
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ class _Side:
             return schema, namespace
 
 
+def _names_match(r: dict[str, Any], r_ns: str | None, w: dict[str, Any],
+                 w_ns: str | None) -> bool:
+    """Named types resolve when their unqualified names are equal or the reader has an
+    alias naming the writer's full name (an alias without a dot is in the reader's
+    namespace), as Avro's ``SchemaCompatibility.schemaNameEquals`` (Confluent's check)."""
+    r_full, w_full = _full_name(r, r_ns), _full_name(w, w_ns)
+    if r_full.rsplit(".", 1)[-1] == w_full.rsplit(".", 1)[-1]:
+        return True
+    space = r_full.rsplit(".", 1)[0] if "." in r_full else None
+    aliases = {a if "." in a or not space else f"{space}.{a}" for a in r.get("aliases", [])}
+    return w_full in aliases
+
+
 def _kind(schema: Any) -> str:
     if isinstance(schema, str):
         return schema
@@ -116,6 +131,10 @@ def _check(rs: _Side, r: Any, r_ns: str | None, ws: _Side, w: Any, w_ns: str | N
             problems.append(f"{where}: writer type {wk} cannot be read as {rk}")
         return
     if rk in PRIMITIVES:
+        return
+    if rk in ("record", "error", "enum", "fixed") and not _names_match(r, r_ns, w, w_ns):
+        problems.append(f"{where}: {rk} name {_full_name(r, r_ns)} does not match the "
+                        f"writer's {_full_name(w, w_ns)} (no alias of it)")
         return
     if rk in ("record", "error"):
         r_full, w_full = _full_name(r, r_ns), _full_name(w, w_ns)

@@ -45,7 +45,7 @@ class Registry:
     """Handle on a running emulator (see the module docstring)."""
 
     def __init__(self, directory: Path | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, subprocess: bool = False, compatibility: str = "BACKWARD",
+                 port: int = 0, subprocess: bool = False, compatibility: str | None = None,
                  startup_timeout: float = 20.0) -> None:
         self.directory = Path(directory) if directory is not None else None
         if subprocess and self.directory is None:
@@ -92,7 +92,9 @@ class Registry:
         ready.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "sandbox.registry", "serve", "--host", self.host,
                "--port", str(self.port), "--store", str(self.store_path),
-               "--ready-file", str(ready), "--compatibility", self.compatibility]
+               "--ready-file", str(ready)]
+        if self.compatibility is not None:  # else a level saved by PUT /config survives
+            cmd += ["--compatibility", self.compatibility]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
         with open(log_path, "ab") as log:
@@ -153,7 +155,7 @@ class Registry:
 
 @contextmanager
 def running_registry(directory: str | Path | None = None, *, host: str = "127.0.0.1",
-                     port: int = 0, subprocess: bool = False, compatibility: str = "BACKWARD",
+                     port: int = 0, subprocess: bool = False, compatibility: str | None = None,
                      startup_timeout: float = 20.0) -> Iterator[Registry]:
     """Start the emulator (in this process unless ``subprocess``); stop it on exit."""
     reg = Registry(Path(directory) if directory is not None else None, host=host, port=port,

@@ -65,19 +65,28 @@ def normalise(schema_text: str) -> str:
 class Store:
     """Schemas by id, subjects' versions, compatibility levels; thread-safe."""
 
-    def __init__(self, path: Path | None = None, *, compatibility: str = "BACKWARD") -> None:
+    def __init__(self, path: Path | None = None, *, compatibility: str | None = None) -> None:
+        """``compatibility`` given → the global level, as a ``PUT /config`` at start-up would
+        set it (saved to ``path``, over a level saved there before); ``None`` → the level
+        saved in ``path`` (by an earlier flag or ``PUT /config``), else ``BACKWARD``."""
+        if compatibility is not None and compatibility not in LEVELS:
+            raise ValueError(f"invalid compatibility level: {compatibility}")
         self.path = path
         self.lock = threading.Lock()
         self.schemas: list[str] = []  # id = index + 1 (normalised JSON)
         self.subjects: dict[str, list[int]] = {}  # subject → schema id per version
         self.config: dict[str, str] = {}
-        self.compatibility = compatibility
+        self.compatibility = compatibility or "BACKWARD"
         if path is not None and path.exists():
             data = json.loads(path.read_text())
             self.schemas = data["schemas"]
             self.subjects = {k: list(v) for k, v in data["subjects"].items()}
             self.config = data.get("config", {})
-            self.compatibility = data.get("compatibility", compatibility)
+            saved = data.get("compatibility", self.compatibility)
+            if compatibility is None:
+                self.compatibility = saved
+            elif compatibility != saved:
+                self._save()
 
     def _save(self) -> None:
         if self.path is None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import fastavro
 import httpx
 import pytest
 
 from common.avro import schema_json
 from sandbox.registry.compat import can_read
 from sandbox.registry.harness import running_registry
+from sandbox.registry.server import RegistryError, Store
 
 OUTCOME = schema_json("provisioning_outcome")
 
@@ -131,3 +134,120 @@ def test_serve_command_keeps_schemas_across_restarts(tmp_path):
         assert reg.subjects() == ["a-value", "b-value"]
         assert json.loads(reg.schema(2))["name"] == "ProvisionRequest"
         assert post(reg, "a-value", OUTCOME).json() == {"id": 1}
+
+
+def _renamed(record: str | None = None, enum: str | None = None, **extra: object) -> dict:
+    schema = json.loads(OUTCOME)
+    if record is not None:
+        schema["name"] = record
+    status = next(f for f in schema["fields"] if f["name"] == "status")
+    if enum is not None:
+        status["type"]["name"] = enum
+    for key, value in extra.items():  # record_aliases=..., enum_aliases=..., namespace=...
+        target, _, attr = key.rpartition("_")
+        (status["type"] if target == "enum" else schema)[attr if target else key] = value
+    return schema
+
+
+def _register(schema: dict) -> int:
+    store = Store()
+    store.register("provisioning.outcomes-value", OUTCOME)
+    return store.register("provisioning.outcomes-value", json.dumps(schema))
+
+
+def _reads_old_data(reader: dict) -> dict:
+    writer = fastavro.parse_schema(json.loads(OUTCOME))
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, writer, {"order_id": "x", "status": "Failed",
+                                             "completed_at": 1})
+    return fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), writer,
+                                      fastavro.parse_schema(reader))
+
+
+@pytest.mark.parametrize("renamed", [
+    _renamed(record="ProvisioningOutcomeV2"),
+    _renamed(enum="OutcomeStatusV2"),
+    # an alias naming another type does not help
+    _renamed(record="ProvisioningOutcomeV2", record_aliases=["Other"]),
+    # a relative alias is in the reader's namespace, not the writer's
+    _renamed(record="ProvisioningOutcomeV2", namespace="sfprov.v2",
+             record_aliases=["ProvisioningOutcome"]),
+])
+def test_renaming_a_named_type_is_refused(renamed):
+    """Confluent refuses it (NAME_MISMATCH) and, but for the last case, fastavro cannot
+    read the old data with it: the emulator let it through."""
+    with pytest.raises(RegistryError) as info:
+        _register(renamed)
+    assert info.value.status == 409 and "name" in info.value.message
+    assert can_read(renamed, json.loads(OUTCOME))
+
+
+@pytest.mark.parametrize("renamed", [
+    _renamed(record="ProvisioningOutcomeV2", record_aliases=["ProvisioningOutcome"]),
+    _renamed(record="ProvisioningOutcomeV2", record_aliases=["sfprov.v1.ProvisioningOutcome"]),
+    _renamed(record="sfprov.v2.ProvisioningOutcomeV2",
+             record_aliases=["sfprov.v1.ProvisioningOutcome"]),
+    _renamed(enum="OutcomeStatusV2", enum_aliases=["OutcomeStatus"]),
+    # names are matched unqualified (Avro spec, Avro's SchemaCompatibility, fastavro):
+    # moving to another namespace is not a rename
+    _renamed(namespace="sfprov.v2"),
+])
+def test_a_rename_with_an_alias_of_the_old_name_is_accepted(renamed):
+    assert _register(renamed) == 2
+    assert _reads_old_data(renamed)["status"] == "Failed"
+
+
+def test_renamed_named_types_inside_unions_and_fixed():
+    def fixed(name: str, **more: object) -> dict:
+        return {"type": "record", "name": "R", "fields": [
+            {"name": "f", "type": ["null", {"type": "fixed", "name": name, "size": 4, **more}]}]}
+    assert can_read(fixed("F"), fixed("F")) == []
+    assert can_read(fixed("G"), fixed("F"))
+    assert can_read(fixed("G", aliases=["F"]), fixed("F")) == []
+
+
+def test_an_explicit_compatibility_wins_over_the_saved_global_level(tmp_path):
+    """``--compatibility NONE`` was ignored once the --store file had a saved level."""
+    path = tmp_path / "registry.json"
+    Store(path).set_level("BACKWARD")
+    assert json.loads(path.read_text())["compatibility"] == "BACKWARD"
+    store = Store(path, compatibility="NONE")
+    assert store.level() == "NONE"
+    store.register("a-value", OUTCOME)
+    assert store.register("a-value", _evolved(type="string")) == 2  # NONE: not checked
+    # the flag set the level as PUT /config would: it is saved, and without a flag the
+    # saved level (from a flag or PUT /config) is kept
+    assert Store(path).level() == "NONE"
+    Store(path).set_level("FULL")
+    assert Store(path).level() == "FULL"
+    assert Store(tmp_path / "fresh.json").level() == "BACKWARD"  # nothing saved: default
+
+
+class _FakeServer:
+    stores: list[Store] = []
+
+    def __init__(self, address: tuple[str, int], store: Store, **_: object) -> None:
+        self.server_address = (address[0], 1)
+        self.stores.append(store)
+
+    def serve_forever(self) -> None:
+        raise KeyboardInterrupt
+
+    def server_close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("argv,level", [([], "FULL"), (["--compatibility", "NONE"], "NONE")])
+def test_the_serve_command_applies_the_compatibility_flag_over_the_store(
+        tmp_path, monkeypatch, argv, level):
+    import signal
+
+    from sandbox.registry import __main__ as cli
+
+    path = tmp_path / "registry.json"
+    Store(path).set_level("FULL")
+    monkeypatch.setattr(cli, "RegistryHTTPServer", _FakeServer)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)
+    _FakeServer.stores = []
+    assert cli.main(["serve", "--store", str(path), *argv]) == 0
+    assert _FakeServer.stores[0].level() == level
