@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from common.avro import AvroSerde, registry_for
 from common.errors import KafkaError
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
@@ -194,11 +195,19 @@ def send_requests(settings: Any, order_ids: list[str]) -> Deliveries:
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     now_ms = int(time.time() * 1000)
     sent = Deliveries()
-    for oid in order_ids:
-        topic, key, value, headers = request_record(settings, oid, source="reconcile",
-                                                    requested_by="sfprov reconcile",
-                                                    now_ms=now_ms)
-        sent.produce(producer, topic, key=key, value=value, headers=headers)
+    # one serde for all of them, as the connector's reconciler shares one: the schema is
+    # registered once, and the registry's HTTP client is closed when done
+    registry = registry_for(settings)
+    try:
+        serde = AvroSerde("provision_request", topic=settings.requests, registry=registry)
+        for oid in order_ids:
+            topic, key, value, headers = request_record(settings, oid, source="reconcile",
+                                                        requested_by="sfprov reconcile",
+                                                        now_ms=now_ms, serde=serde)
+            sent.produce(producer, topic, key=key, value=value, headers=headers)
+    finally:
+        if registry is not None:
+            registry.close()
     return sent.wait(producer, 30)
 
 
