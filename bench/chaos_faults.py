@@ -119,6 +119,8 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
         now_calls = p.whmcs.calls()
         if now_calls != calls:
             calls, quiet_since = now_calls, time.monotonic()
+    if time.monotonic() - quiet_since < QUIET_S:  # WHMCS still busy at the limit
+        settled = False
     return restarts, settled
 
 

@@ -47,6 +47,7 @@ from typing import Any
 from common.avro import AvroSerde
 from common.kafka import admin_client, ensure_topics
 from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, WorkerSettings
+from common.whmcs import has_marker, marker
 from ops.kafka_cluster import LocalCluster
 from ops.kafka_local import LocalBroker, free_port
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
@@ -418,8 +419,12 @@ class Pipeline:
         provisionable = self.provisionable(approved)
         missing = [oid for oid in provisionable
                    if rows.get(oid, {}).get("Activation_Status__c") not in FINAL_STATES]
-        per_marker = counters.get("orders_by_marker") or {}
-        duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
+        per_marker = {**(counters.get("duplicates") or {}),
+                      **(counters.get("orders_by_marker") or {})}
+        # this run's Orders only: the sandbox counts every Order it has seen (side_by_side
+        # runs several times on one sandbox, the earlier runs' duplicates are not this one's)
+        whmcs_orders = marker_counts(per_marker, approved)
+        duplicates = {k: v for k, v in whmcs_orders.items() if v > 1}
         # Salesforce and WHMCS must agree Order by Order: Provisioned ⇔ the WHMCS order it
         # names is Active; Failed ⇔ no Active WHMCS order carries its marker
         disagreeing = []
@@ -444,7 +449,7 @@ class Pipeline:
                 "Activation_Status__c") != "Failed"),
             "approved": len(approved),
             "provisionable": len(provisionable),
-            "whmcs_orders": sum(per_marker.get(oid, 0) for oid in approved),
+            "whmcs_orders": sum(whmcs_orders.values()),
             "duplicates": len(duplicates),
             "duplicate_orders": sorted(duplicates)[:20],
             "missing": len(missing),
@@ -454,6 +459,22 @@ class Pipeline:
             "failed": sum(1 for r in rows.values() if r.get("Activation_Status__c") == "Failed"),
             "kills": len(self.kills),
         }
+
+
+def marker_counts(per_marker: dict[str, int], order_ids: list[str]) -> dict[str, int]:
+    """WHMCS orders per Order of ``order_ids``, from the sandbox's counts per marker: a
+    marker counts for an Order as :func:`common.whmcs.has_marker` matches it (its id, or the
+    other of its 15- and 18-character forms)."""
+    by_prefix: dict[str, list[str]] = {}
+    for key in per_marker:
+        by_prefix.setdefault(key[:15] if len(key) in (15, 18) else key, []).append(key)
+    out = {}
+    for oid in order_ids:
+        keys = by_prefix.get(oid[:15] if len(oid) in (15, 18) else oid, [])
+        count = sum(per_marker[k] for k in keys if k == oid or has_marker(marker(k), oid))
+        if count:
+            out[oid] = count
+    return out
 
 
 @contextlib.contextmanager

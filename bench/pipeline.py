@@ -44,7 +44,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.cpu import CpuMeter
-from bench.harness import Pipeline
+from bench.harness import FINAL_STATES, Pipeline
 from bench.side_by_side import compare, cpu_pids, table, whmcs_pairs_per_s
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -89,12 +89,31 @@ class _OutcomeCounter:
         self.consumer.close()
 
 
+class PhaseIncomplete(RuntimeError):
+    """A phase that did not finish in its time: its figures would measure part of the work."""
+
+
+def _all_settled(phase: str, ids: list[str], rows: dict[str, dict[str, Any]]) -> None:
+    done = sum(1 for oid in ids if rows.get(oid, {}).get("Activation_Status__c") in FINAL_STATES)
+    if done < len(ids):
+        raise PhaseIncomplete(f"{phase}: {done} of {len(ids)} Orders settled in time")
+
+
+def _requests_end(c: Consumer, topic: str) -> int:
+    """The sum of the requests topic's end offsets (events and transaction markers)."""
+    md = c.list_topics(topic, timeout=10)
+    return sum(c.get_watermark_offsets(TopicPartition(topic, x), timeout=10)[1]
+               for x in md.topics[topic].partitions)
+
+
 def phase_burst(p: Pipeline, n: int) -> dict[str, Any]:
     sf0, wh0 = p.sf.counters(), p.whmcs.counters()
     ids = p.sf.approve(n)
+    n = len(ids)
     t0 = time.monotonic()
     rows = p.wait_settled(ids, timeout=600, poll=0.5)
     elapsed = time.monotonic() - t0
+    _all_settled("burst", ids, rows)
     sf1, wh1 = p.sf.counters(), p.whmcs.counters()
     wh_calls = sum(wh1["calls"].values()) - sum(wh0["calls"].values())
     sf_calls = sf1["api_used"] - sf0["api_used"]
@@ -114,6 +133,7 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
             ids.extend(p.sf.approve(due))
         time.sleep(tick)
     rows = p.wait_settled(ids, timeout=300, poll=1)
+    _all_settled("steady", ids, rows)
     created: dict[str, float] = {}
     for r in p.records(p.kafka.requests, "provision_request"):
         if r.key in rows:
@@ -132,17 +152,24 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     counter = _OutcomeCounter(p)
     before = counter.count()
     meter = CpuMeter(cpu_pids(p)).start()  # the connector writes the events now
-    ids = p.sf.approve(n)
-    # Wait until the connector has written every event (requests end offsets grow by n).
     c = Consumer(p.client_config(**{"group.id": "bench-backlog"}))
+    start = _requests_end(c, p.kafka.requests)  # the earlier phases' events are there too
+    ids = p.sf.approve(n)
+    n = len(ids)
+    # Wait until the connector has written every event: the requests end offsets grew by n
+    # and stopped moving (transaction markers count among the offsets, n is reached early).
     deadline = time.monotonic() + 600
+    last = -1
     while time.monotonic() < deadline:
-        md = c.list_topics(p.kafka.requests, timeout=10)
-        if sum(c.get_watermark_offsets(TopicPartition(p.kafka.requests, x), timeout=10)[1]
-               for x in md.topics[p.kafka.requests].partitions) >= n:
-            time.sleep(2)
+        end = _requests_end(c, p.kafka.requests)
+        if end >= start + n and end == last:
             break
+        last = end
         time.sleep(1)
+    else:
+        c.close()
+        raise PhaseIncomplete(f"backlog: the {n} events not all queued in 600 s (the requests "
+                              f"topic grew by {max(0, last - start)} offsets)")
     c.close()
     t0 = time.monotonic()
     p.start("worker")
@@ -157,7 +184,10 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
         time.sleep(0.25)
     elapsed = time.monotonic() - t0
     counter.close()
-    p.wait_settled(ids[-200:], timeout=600, poll=2)
+    if count < target:
+        raise PhaseIncomplete(f"backlog: {count - before} of {n} outcomes written in 900 s")
+    _all_settled("backlog (its last 200 Orders)", ids[-200:],
+                 p.wait_settled(ids[-200:], timeout=600, poll=2))
     cpu = meter.stop()  # approval → the last write-back: every process's share of the work
     # The drain rate proper runs from the first outcome to the last: the worker's start-up
     # (process, group join, table recovery) is reported apart, not averaged into it.

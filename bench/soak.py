@@ -86,27 +86,30 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
         sampler.start()
         pending: list[str] = p.sf.approve(chunk)
         seeded, approved = chunk, len(pending)
-        while done[0] < orders:
+        while pending:  # ends once every Order is approved and written back, or one is stuck
             if seeded < orders:
                 p.sf.seed(accounts=0, orders=min(chunk, orders - seeded), broken_every=0)
                 seeded += min(chunk, orders - seeded)
-            # approve the next chunk once most of the previous one is written back
+            # approve the next chunk once the previous one is written back
             rows = p.wait_settled(pending, timeout=3600, poll=2)
-            finished = [oid for oid, r in rows.items()
-                        if r.get("Activation_Status__c") in ("Provisioned", "Failed")]
+            finished = {oid for oid, r in rows.items()
+                        if r.get("Activation_Status__c") in ("Provisioned", "Failed")}
             done[0] += len(finished)
+            pending = [oid for oid in pending if oid not in finished]
             print(f"  {done[0]} Orders written back, {time.monotonic() - sampler.t0:.0f} s",
                   flush=True)
-            if done[0] >= orders:
+            if pending:  # the wait timed out: these are missing, the soak cannot go on
                 break
-            pending = p.sf.approve(min(chunk, orders - done[0]))
-            approved += len(pending)
+            if approved < orders:
+                pending = p.sf.approve(min(chunk, orders - approved))
+                approved += len(pending)
         sampler.halt.set()
         sampler.join()
         counters = p.whmcs.counters()
         per_marker = counters.get("orders_by_marker") or {}
         duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
         invariants = {"approved": approved, "written_back": done[0],
+                      "missing": len(pending), "missing_orders": sorted(pending)[:20],
                       "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates)}
     return {"orders": done[0], "samples": sampler.samples, "invariants": invariants}
 
@@ -128,10 +131,11 @@ def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
     return out
 
 
-def verdict(grown: dict[str, float], invariants: dict[str, int], after: int
+def verdict(grown: dict[str, float], invariants: dict[str, Any], after: int
             ) -> tuple[int, str]:
     """The soak's exit code and its last line: 0 when every pipeline process was measured
-    and grew at most 10 MB after ``after`` Orders and no WHMCS order was duplicated."""
+    and grew at most 10 MB after ``after`` Orders, no WHMCS order was duplicated and no
+    approved Order was left unsettled."""
     missing = [name for name in PIPELINE if name not in grown]
     if missing:
         return 1, (f"no growth measured for {', '.join(missing)}: fewer than two samples "
@@ -143,7 +147,11 @@ def verdict(grown: dict[str, float], invariants: dict[str, int], after: int
             f"grows its heap up to -Xmx")
     if invariants["duplicates"]:
         line += f"; {invariants['duplicates']} WHMCS orders duplicated"
-    return (0 if worst <= 10 and not invariants["duplicates"] else 1), line
+    unsettled = invariants.get("missing", 0)
+    if unsettled:
+        line += (f"; {unsettled} Orders not written back when the wait timed out, e.g. "
+                 f"{', '.join(invariants.get('missing_orders', [])[:5])}")
+    return (0 if worst <= 10 and not invariants["duplicates"] and not unsettled else 1), line
 
 
 def thread_changes(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:

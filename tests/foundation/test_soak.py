@@ -94,3 +94,71 @@ def test_the_verdict_needs_every_pipeline_process_measured_within_10_mb_and_no_d
     # too short a run measures nothing: not a pass
     code, line = verdict({}, {"duplicates": 0}, 100_000)
     assert code == 1 and "no growth measured for connector, worker, sink" in line
+
+
+def test_an_order_that_never_settles_ends_the_soak_as_missing_and_fails_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Order still unsettled when the wait times out was dropped, and once the seeded
+    Orders ran out the loop approved nothing and waited for nothing, forever."""
+    import itertools
+    import types
+
+    import bench.soak as soak_module
+
+    pool = (f"801{i:015d}" for i in itertools.count())
+    stuck: set[str] = set()
+    approvals = itertools.count()
+
+    class Sf:
+        def __init__(self) -> None:
+            self.unapproved = 0
+
+        def seed(self, accounts: int, orders: int, broken_every: int) -> None:
+            self.unapproved += orders
+
+        def approve(self, n: int) -> list[str]:
+            assert next(approvals) < 20, "the soak is still approving after 20 rounds"
+            k = min(n, self.unapproved)
+            self.unapproved -= k
+            ids = [next(pool) for _ in range(k)]
+            if ids and not stuck:
+                stuck.add(ids[0])  # one Order of the first chunk never settles
+            return ids
+
+    class P:
+        def __init__(self, *args: object, **kwargs: int) -> None:
+            self.sf = Sf()
+            self.sf.seed(0, kwargs["orders"], 0)
+            self.whmcs = types.SimpleNamespace(counters=lambda: {})
+
+        def __enter__(self) -> P:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def wait_settled(self, ids: list[str], timeout: float,
+                         poll: float) -> dict[str, dict[str, str]]:
+            return {oid: {"Activation_Status__c": "Activating" if oid in stuck
+                          else "Provisioned"} for oid in ids}
+
+    class Sampler:
+        def __init__(self, *args: object) -> None:
+            self.t0, self.samples = 0.0, []
+            self.halt = types.SimpleNamespace(set=lambda: None)
+
+        def start(self) -> None:
+            pass
+
+        def join(self) -> None:
+            pass
+
+    monkeypatch.setattr(soak_module, "Pipeline", P)
+    monkeypatch.setattr(soak_module, "Sampler", Sampler)
+    result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10)
+    assert result["invariants"]["missing"] == 1
+    assert result["invariants"]["missing_orders"] == sorted(stuck)
+    assert result["orders"] == 9
+    fine = {"connector": 1.0, "worker": 1.0, "sink": 1.0}
+    code, line = verdict(fine, result["invariants"], 0)
+    assert code == 1 and "1 Orders not written back" in line
