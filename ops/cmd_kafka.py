@@ -21,6 +21,7 @@ from ops.kafkaview import (
     end_offsets,
     group_positions,
     last_value,
+    order_id_forms,
     resolve_topic,
     scan,
 )
@@ -80,13 +81,14 @@ def _human_ms(ms: int) -> str:
 def tail(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     topic, schema = resolve_topic(settings, args.topic)
+    wanted = order_id_forms(args.order_id) if args.order_id else set()
 
     def match(record: Any) -> bool:
-        if not args.order_id:
+        if not wanted:
             return True
         value = record.value if isinstance(record.value, dict) else {}
-        return args.order_id in (record.key, value.get("order_id"), value.get("OrderId__c"),
-                                 record.headers.get("order_id"))
+        return not wanted.isdisjoint((record.key, value.get("order_id"),
+                                      value.get("OrderId__c"), record.headers.get("order_id")))
 
     for record in scan(settings, topic, schema, from_beginning=args.from_beginning,
                        last=args.last, follow=args.follow, match=match):
@@ -155,11 +157,12 @@ def dlq(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     topic = settings.dead_letters
     selected = set(args.offsets or [])
+    wanted = order_id_forms(args.order_id) if args.order_id else set()
 
     def match(record: Any) -> bool:
         if args.stage and record.headers.get("stage") != args.stage:
             return False
-        if args.order_id and args.order_id not in (record.key, record.headers.get("order_id")):
+        if wanted and wanted.isdisjoint((record.key, record.headers.get("order_id"))):
             return False
         return not selected or f"{record.partition}:{record.offset}" in selected
 

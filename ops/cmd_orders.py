@@ -21,8 +21,9 @@ from common.errors import KafkaError
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
+from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings
-from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, scan
+from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, order_id_forms, scan
 
 
 def _sf() -> SalesforceClient:
@@ -38,12 +39,16 @@ def _soql_id(value: str) -> str:
 # -- trace --------------------------------------------------------------------------------
 
 def trace(args: argparse.Namespace) -> int:
-    order_id = _soql_id(args.order_id)
+    given = _soql_id(args.order_id)
+    # records, WHMCS notes and the trace carry the 18-character form: a 15-character id
+    # compared as typed once found no event, outcome or dead letter
+    order_id = order_id18(given)
+    wanted = order_id_forms(given)
     settings = kafka_settings(args)
     out: dict[str, Any] = {"order_id": order_id}
 
     def mine(record: Any) -> bool:
-        return record.key == order_id or record.headers.get("order_id") == order_id
+        return record.key in wanted or record.headers.get("order_id") in wanted
 
     for label, topic, schema in (("events", settings.requests, "provision_request"),
                                  ("outcomes", settings.outcomes, "provisioning_outcome"),
@@ -308,7 +313,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def _configure_trace(p: argparse.ArgumentParser) -> None:
-    p.add_argument("order_id", help="Salesforce Order Id (18 characters)")
+    p.add_argument("order_id", help="Salesforce Order Id (15 or 18 characters)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=trace)
 

@@ -83,6 +83,43 @@ def group_call(call: Callable[[], Any], what: str, timeout_s: float = 30.0) -> A
             time.sleep(0.5)
 
 
+# the broker's answers to a commit from outside the group when a member joined after the
+# "no members" check: stopping the worker is the remedy
+_GROUP_ACTIVE = (CKafkaError.UNKNOWN_MEMBER_ID, CKafkaError.ILLEGAL_GENERATION,
+                 CKafkaError.REBALANCE_IN_PROGRESS)
+
+
+def alter_group_offsets(admin: AdminClient, group: str, tps: list[TopicPartition], what: str,
+                        timeout_s: float = 30.0) -> None:
+    """Commit ``tps`` as ``group``'s offsets. The admin future does not raise when the broker
+    refuses the commit partition by partition (a member joined: ``Unknown member``; no
+    authorization): it returns the partitions with ``.error`` set, and replay once said
+    "rewound" with nothing moved. A coordinator that moves is asked again
+    (:func:`group_call`); any other refusal is one line naming the partitions
+    (:class:`common.errors.KafkaError`)."""
+    def call() -> Any:
+        result = admin.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, tps)])[group].result()
+        errors = [(tp.partition, tp.error) for tp in result.topic_partitions or []
+                  if tp.error is not None]
+        moving = [err for _, err in errors if err.code() in _COORDINATOR_MOVING]
+        if moving:
+            raise KafkaException(moving[0])  # group_call asks again
+        if errors:
+            by_reason: dict[str, list[int]] = {}
+            for partition, err in sorted(errors, key=lambda e: e[0]):
+                by_reason.setdefault(err.str(), []).append(partition)
+            refused = "; ".join(
+                f"partition{'s' if len(ps) > 1 else ''} {', '.join(map(str, ps))}: {reason}"
+                for reason, ps in by_reason.items())
+            hint = (" (a member joined the group: stop the worker and run replay again)"
+                    if any(err.code() in _GROUP_ACTIVE for _, err in errors) else "")
+            raise KafkaError(f"{what}: the broker refused the commit of {refused}{hint}")
+        return result
+
+    group_call(call, what, timeout_s)
+
+
 def replay(args: argparse.Namespace) -> int:
     """Plans the rewind; changes the group's offsets only with ``--execute``."""
     args.execute = args.execute and not args.dry_run
@@ -133,9 +170,7 @@ def replay(args: argparse.Namespace) -> int:
     skipped = sum(r["skip"] for r in rows)
     refused = skipped > 0 and not args.allow_skip
     if args.execute and not refused:
-        group_call(lambda: admin.alter_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, tps)])[group].result(),
-            f"rewinding the worker group {group}")
+        alter_group_offsets(admin, group, tps, f"rewinding the worker group {group}")
     executed = args.execute and not refused
     if args.json:
         print(json.dumps({"group": group, "topic": settings.requests, "executed": executed,

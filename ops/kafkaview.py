@@ -27,8 +27,15 @@ from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
 from common.deadletter import parse_headers
 from common.errors import KafkaError as PipelineKafkaError
-from common.lag import end_offsets, group_lag, group_reader  # end_offsets: re-exported
+from common.ids import is_salesforce_id
+from common.lag import (  # end_offsets: re-exported
+    committed_record_offsets,
+    end_offsets,
+    group_lag,
+    group_reader,
+)
 from common.settings import KafkaSettings
+from connectors.decode import order_id18
 
 #: alias -> (settings attribute, schema name or None for raw)
 TOPIC_ALIASES: dict[str, tuple[str, str | None]] = {
@@ -50,6 +57,15 @@ def resolve_topic(settings: KafkaSettings, name: str) -> tuple[str, str | None]:
         if getattr(settings, attr) == name:
             return name, schema
     return name, None
+
+
+def order_id_forms(order_id: str) -> set[str]:
+    """What an ``--order-id`` matches in records: the id as given and its 18-character form
+    (:func:`connectors.decode.order_id18`), the one the pipeline writes in keys, values and
+    dead-letter headers — a 15-character id, compared as typed, once found nothing."""
+    if not is_salesforce_id(order_id):
+        return {order_id}
+    return {order_id, order_id18(order_id)}
 
 
 def jsonable(value: Any) -> Any:
@@ -156,11 +172,13 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
     try:
         bounds = end_offsets(c, topic)
         wanted = partitions if partitions is not None else sorted(bounds)
+        starts = ({p: bounds[p][0] for p in wanted} if from_beginning else
+                  last_record_starts(settings, topic, {p: bounds[p] for p in wanted}, last))
         assignment = []
         remaining: dict[int, int] = {}
         for p in wanted:
-            low, high = bounds[p]
-            start = low if from_beginning else max(low, high - last)
+            high = bounds[p][1]
+            start = starts[p]
             if start < high or follow:
                 assignment.append(TopicPartition(topic, p, start if start < high or not follow
                                                  else high))
@@ -194,6 +212,46 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
                 break
     finally:
         c.close()
+
+
+def last_record_starts(settings: KafkaSettings, topic: str,
+                       bounds: dict[int, tuple[int, int]], last: int,
+                       timeout_s: float = 10.0) -> dict[int, int]:
+    """partition → the offset of its ``last``-th committed record from the end (its low
+    watermark when it has fewer), ``bounds`` its (low, high) watermarks. Not ``high − last``:
+    on a transactional topic (requests, connector-offsets) each commit marker takes an offset
+    too, and ``tail --last 1`` once printed nothing, ``--last 10`` about five. Reads back in
+    windows that double until one holds ``last`` records or reaches the low watermark; a
+    partition the broker does not finish reading in ``timeout_s`` (an open transaction holds
+    it) starts where its records read so far allow."""
+    starts = {p: high for p, (_, high) in bounds.items()}
+    if last <= 0:
+        return starts
+    windows = {p: last for p, (low, high) in bounds.items() if high > low}
+    c = consumer(settings, **{"enable.partition.eof": True, "fetch.wait.max.ms": 50})
+    try:
+        while windows:
+            ranges = {p: (max(bounds[p][0], bounds[p][1] - window), bounds[p][1])
+                      for p, window in windows.items()}
+            found: dict[int, list[int]] = {}
+            timed_out = False
+            try:
+                committed_record_offsets(c, topic, ranges, timeout_s=timeout_s, into=found)
+            except TimeoutError:
+                timed_out = True
+            for p, (start, _) in ranges.items():
+                offsets = found.get(p, [])
+                if len(offsets) >= last:
+                    starts[p] = offsets[-last]
+                elif start == bounds[p][0] or timed_out:
+                    starts[p] = start
+                else:
+                    windows[p] *= 2
+                    continue
+                del windows[p]
+    finally:
+        c.close()
+    return starts
 
 
 def last_value(settings: KafkaSettings, topic: str, schema: str, key: str) -> Record | None:
@@ -292,4 +350,6 @@ class Deliveries:
 
 
 __all__ = ["OFFSET_BEGINNING", "QUIET", "TOPIC_ALIASES", "Deliveries", "Record", "client_config",
-           "end_offsets", "group_positions", "last_value", "resolve_topic", "rewind_consumer_positions", "scan"]
+           "end_offsets", "group_positions", "last_record_starts", "last_value",
+           "order_id_forms", "resolve_topic",
+           "rewind_consumer_positions", "scan"]

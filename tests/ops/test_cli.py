@@ -247,3 +247,120 @@ def sfprov_env(settings, extra: dict[str, str], *args: str) -> subprocess.Comple
            "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent", **extra}
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+# A worker that joins the group after replay's "no members" check and before its commit:
+# the broker's real description (empty), then a real member, then replay goes on.
+JOIN_AFTER_THE_CHECK = """
+import sys, time
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+from ops import cli, cmd_replay
+
+bootstrap, topic = sys.argv[1], sys.argv[2]
+members = []
+
+class MemberJoinsAfterTheCheck(AdminClient):
+    def describe_consumer_groups(self, group_ids, **kwargs):
+        futures = super().describe_consumer_groups(group_ids, **kwargs)
+        for group, future in futures.items():
+            assert not future.result().members
+            member = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                               "enable.auto.commit": False})
+            member.subscribe([topic])
+            deadline = time.monotonic() + 60
+            while not member.assignment() and time.monotonic() < deadline:
+                member.poll(0.2)
+            assert member.assignment(), "the member never joined"
+            members.append(member)
+        return futures
+
+cmd_replay.AdminClient = MemberJoinsAfterTheCheck
+try:
+    code = cli.main(sys.argv[3:])
+finally:
+    for member in members:
+        member.close()
+sys.exit(code)
+"""
+
+
+def test_replay_execute_fails_when_the_broker_refuses_the_commit(kafka_settings):
+    """alter_consumer_group_offsets' future does not raise when the broker refuses the commit
+    partition by partition (a member joined after the check: Unknown member): replay once
+    printed "rewound …" and exited 0 with nothing moved."""
+    produce_requests(kafka_settings, {0: 3})
+    group = commit_worker_group(kafka_settings, {0: 3})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+           "SFPROV_STATE_DIR": "/nonexistent",
+           "KAFKA_PARTITIONS": str(kafka_settings.partitions)}
+    result = subprocess.run(
+        [sys.executable, "-c", JOIN_AFTER_THE_CHECK, kafka_settings.bootstrap_servers,
+         kafka_settings.requests, "-b", kafka_settings.bootstrap_servers,
+         "--prefix", kafka_settings.topic_prefix, "replay", "--from-offset", "0:1",
+         "--execute"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "rewound" not in result.stdout, result.stdout
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: rewinding the worker group {group}: "), line
+    assert "refused the commit of partitions 0, 1, 2: Broker: Unknown member" in line, line
+    assert "stop the worker" in line, line
+    unchanged = sfprov(kafka_settings, "replay", "--from-offset", "0:1", "--json")
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert partition_row(unchanged, 0)["current"] == 3  # nothing was changed
+
+
+ID15 = "8015g00000XyZab"
+ID18 = "8015g00000XyZabAAF"  # connectors.decode.order_id18(ID15): the form records carry
+
+
+def test_an_order_is_found_by_its_15_character_id(kafka_settings):
+    """Records carry the 18-character id (key, value, dead-letter header): trace, tail
+    --order-id and dlq --order-id once compared the 15-character form as text, finding none."""
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers})
+    producer.produce(kafka_settings.requests, key=ID18, value=provision_request(ID18, "k-1"))
+    producer.produce(kafka_settings.requests, key="801000000000001AAA",
+                     value=provision_request("801000000000001AAA", "other"))
+    outcome = AvroSerde("provisioning_outcome").encode(
+        {"order_id": ID18, "status": "Failed", "completed_at": int(time.time() * 1000)})
+    producer.produce(kafka_settings.outcomes, key=ID18, value=outcome)
+    producer.produce(kafka_settings.dead_letters, key="some-event-uuid", value=b"x",
+                     headers=dead_letter_headers(stage="worker", reason="bad",
+                                                 error_class="X", order_id=ID18))
+    assert producer.flush(10) == 0
+    tail = sfprov(kafka_settings, "tail", "requests", "--from-beginning", "--order-id", ID15)
+    assert tail.returncode == 0, tail.stderr
+    assert [json.loads(x)["value"]["IdemKey__c"] for x in tail.stdout.splitlines()] == ["k-1"]
+    dlq = sfprov(kafka_settings, "dlq", "list", "--order-id", ID15, "--json")
+    assert dlq.returncode == 0, dlq.stderr
+    assert [d["key"] for d in json.loads(dlq.stdout)] == ["some-event-uuid"]
+    trace = sfprov(kafka_settings, "trace", ID15, "--json")
+    assert trace.returncode == 0, trace.stderr
+    traced = json.loads(trace.stdout)
+    assert traced["order_id"] == ID18
+    assert [e["value"]["IdemKey__c"] for e in traced["events"]] == ["k-1"]
+    assert [o["key"] for o in traced["outcomes"]] == [ID18]
+    assert [d["key"] for d in traced["dead_letters"]] == ["some-event-uuid"]
+
+
+def test_tail_last_counts_records_not_transaction_markers(kafka_settings):
+    """On a transactional topic every commit marker takes an offset: --last N once started
+    at end − N, so --last 1 printed nothing and --last 3 one or two records."""
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap_servers,
+                         "transactional.id": f"{kafka_settings.topic_prefix}tail-test"})
+    producer.init_transactions(30)
+    for i in range(5):
+        producer.begin_transaction()
+        producer.produce(kafka_settings.requests, key=ID18, partition=0,
+                         value=provision_request(ID18, f"t-{i}"))
+        producer.commit_transaction(30)
+    producer.begin_transaction()  # an aborted one at the end: offsets, no records
+    producer.produce(kafka_settings.requests, key=ID18, partition=0,
+                     value=provision_request(ID18, "aborted"))
+    producer.abort_transaction(30)
+    for last, expected in ((1, ["t-4"]), (3, ["t-2", "t-3", "t-4"]),
+                           (10, [f"t-{i}" for i in range(5)])):
+        tail = sfprov(kafka_settings, "tail", "requests", "--last", str(last))
+        assert tail.returncode == 0, tail.stderr
+        assert [json.loads(x)["value"]["IdemKey__c"] for x in tail.stdout.splitlines()] \
+            == expected, (last, tail.stdout)

@@ -10,12 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError as CKafkaError
+from confluent_kafka import TopicPartition
 
+from common.errors import KafkaError
 from ops.cmd_orders import duration_arg
-from ops.cmd_replay import partition_offset_arg, time_arg
+from ops.cmd_replay import alter_group_offsets, partition_offset_arg, time_arg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +120,37 @@ def test_the_option_parsers():
                         (duration_arg, "infs")):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
+
+
+class _Answered:
+    """One alter_consumer_group_offsets answer: the partitions with the error the broker set
+    on each (a coordinator that moves mid-call cannot be had from the test broker)."""
+
+    def __init__(self, errors: list[int | None]) -> None:
+        self.topic_partitions = [
+            types.SimpleNamespace(partition=p, error=None if code is None else CKafkaError(code))
+            for p, code in enumerate(errors)]
+
+    def result(self) -> _Answered:
+        return self
+
+
+class _Admin:
+    def __init__(self, *answers: list[int | None]) -> None:
+        self.answers = list(answers)
+
+    def alter_consumer_group_offsets(self, requests: list) -> dict:
+        [request] = requests
+        return {request.group_id: _Answered(self.answers.pop(0))}
+
+
+def test_a_refused_offset_commit_is_asked_again_only_while_the_coordinator_moves():
+    tps = [TopicPartition("requests", p, 0) for p in range(2)]
+    moving = _Admin([CKafkaError.NOT_COORDINATOR, CKafkaError.NOT_COORDINATOR], [None, None])
+    alter_group_offsets(moving, "g", tps, "rewinding g")  # type: ignore[arg-type]
+    assert moving.answers == []  # asked again, then committed
+    denied = _Admin([None, CKafkaError.GROUP_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaError) as refused:
+        alter_group_offsets(denied, "g", tps, "rewinding g")  # type: ignore[arg-type]
+    assert str(refused.value).startswith("rewinding g: the broker refused the commit of "
+                                         "partition 1: Broker: Group authorization failed")
