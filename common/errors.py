@@ -75,8 +75,9 @@ class WhmcsTransientError(WhmcsError):
 
 
 class WhmcsAccessError(WhmcsError):
-    """WHMCS refused *us* ("Authentication Failed", "Invalid IP"): this installation's
-    credentials or allow-list are wrong. Nothing was done, no Order is at fault, and the
+    """WHMCS refused *us* ("Authentication Failed", "Invalid IP", "Invalid or missing
+    credentials", "Invalid Permissions"): this installation's credentials, allow-list or
+    API role are wrong. Nothing was done, no Order is at fault, and the
     worker waits for the fix instead of failing every Order."""
 
     retryable = True

@@ -24,7 +24,10 @@ before any new ``AddOrder``. The secret and access key never appear in logs or e
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -50,8 +53,20 @@ log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"AddOrder", "AcceptOrder"})
 NOT_PENDING = "Order ID not found or Status not Pending"
-# WHMCS refusing this installation (credentials, IP allow-list), not the request
-ACCESS_REFUSED = ("Authentication Failed", "Invalid IP")
+# WHMCS refusing this installation, not the request: a wrong secret ("Authentication
+# Failed"), the IP allow-list ("Invalid IP 1.2.3.4"), a wrong or missing API identifier
+# ("Invalid or missing credentials"), an API role without the action ('Invalid Permissions:
+# API action "addorder" is not allowed'). Matched as a prefix of the message, ignoring case
+# and leading blanks, each ending at a word boundary ("Invalid IPv6 ..." is not one).
+ACCESS_REFUSED = ("Authentication Failed", "Invalid IP", "Invalid or missing credentials",
+                  "Invalid Permissions")
+_ACCESS_REFUSED = re.compile(
+    r"\s*(?:" + "|".join(re.escape(p) for p in ACCESS_REFUSED) + r")\b", re.IGNORECASE).match
+_BOM = b"\xef\xbb\xbf"
+_DETAIL_MAX = 300  # characters of a transport error's text kept in an error message
+_REDACT_MIN = 6  # credential values this long are blanked wherever they show
+_CREDENTIAL_FIELD = re.compile(r"\b(secret|accesskey|identifier)=[^&\s'\"]*",
+                               re.IGNORECASE).sub
 _MARKER = re.compile(r"sfOrderId=([A-Za-z0-9]+)")
 
 
@@ -256,7 +271,7 @@ class WhmcsClient:
         except NotSent as exc:
             raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise WhmcsTransientError(f"{action}: WHMCS unreachable: {type(exc).__name__}",
+            raise WhmcsTransientError(f"{action}: WHMCS unreachable: {self._detail(exc)}",
                                       action=action) from exc
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError,
                 httpx.WriteError) as exc:
@@ -269,7 +284,7 @@ class WhmcsClient:
         try:
             answer = orjson.loads(content)
         except ValueError:  # orjson.JSONDecodeError, also for bytes that are not UTF-8
-            answer = None
+            answer = _loads_after_bom(content)
         if not isinstance(answer, dict) or "result" not in answer:
             # An HTML error page or a proxy's 5xx: WHMCS did not answer as the API.
             fields = httpx.Headers(headers)
@@ -281,10 +296,43 @@ class WhmcsClient:
             return answer
         message = str(answer.get("message") or "unknown WHMCS error")
         if status >= 500:
-            raise WhmcsTransientError(f"{action}: {message}", action=action)
-        if message.startswith(ACCESS_REFUSED):
+            raise WhmcsTransientError(f"{action}: {message}", action=action,
+                                      retry_after=_retry_after(httpx.Headers(headers)))
+        if _ACCESS_REFUSED(message):
             raise WhmcsAccessError(message, action=action)
         raise WhmcsError(message, action=action)
+
+    def _detail(self, exc: BaseException) -> str:
+        """``exc`` as one bounded line for logs, ``/readyz`` and outcomes: its type and text
+        (host:port and the OS or TLS reason — our transport's connect errors carry nothing
+        else) and the OS reason of an errno its text leaves out ("Connection refused").
+        Whatever an injected transport puts in its text, the credentials are blanked: the
+        body's ``secret=``/``accesskey=``/``identifier=`` fields, and their values (raw or
+        form-encoded) wherever they show, from 6 characters on."""
+        text = str(exc)
+        cause: BaseException | None = exc.__cause__ or exc.__context__
+        while cause is not None:
+            errno = getattr(cause, "errno", None)
+            # an OS errno: not a TLS library code nor a resolver (EAI) code
+            if (isinstance(cause, OSError) and isinstance(errno, int) and errno > 0
+                    and not isinstance(cause, ssl.SSLError | socket.gaierror | socket.herror)):
+                reason = os.strerror(errno)
+                if reason.lower() not in text.lower():
+                    text = f"{text} ({reason})"
+                break
+            cause = cause.__cause__ or cause.__context__
+        text = _CREDENTIAL_FIELD(r"\1=[REDACTED]", text)  # the request body, if it is there
+        values = [self.settings.secret.reveal(), self.settings.identifier.reveal()]
+        if self.settings.access_key:
+            values.append(self.settings.access_key.reveal())
+        for value in values:
+            for form in {value, quote_plus(value)}:
+                if len(form) >= _REDACT_MIN:  # a 2-letter one would blank ordinary words
+                    text = text.replace(form, "[REDACTED]")
+        text = " ".join(text.split())
+        if len(text) > _DETAIL_MAX:
+            text = text[:_DETAIL_MAX - 1] + "…"
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
     # -- actions ------------------------------------------------------------------------
 
@@ -355,12 +403,32 @@ _FORM_RAW = [(b"Content-Type", b"application/x-www-form-urlencoded"),
              (b"Accept-Encoding", b"identity")]
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    raw = headers.get("retry-after")
+def _loads_after_bom(content: bytes) -> Any:
+    """The JSON after a UTF-8 byte order mark (and blanks): PHP sends a BOM first when a
+    file it includes (``configuration.php``, a hook) was saved with one. None when there
+    is none, or the rest is not JSON either."""
+    start = content
+    while True:
+        content = content.lstrip(b" \t\r\n")
+        if not content.startswith(_BOM):
+            break
+        content = content[len(_BOM):]
+    if len(content) == len(start):
+        return None
     try:
-        return float(raw) if raw else None
+        return orjson.loads(content)
     except ValueError:
         return None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in seconds (a finite, non-negative number), else None."""
+    raw = headers.get("retry-after")
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < float("inf") else None
 
 
 def redacted_params(params: Mapping[str, Any], keys: Iterable[str] = ("secret", "accesskey",

@@ -40,7 +40,7 @@ OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
                           "taken and not yet finished; 0 when none.")
 IN_FLIGHT = Gauge("sfprov_worker_events_in_flight", "Events taken and not yet finished.")
 WHMCS_REFUSED = Gauge("sfprov_worker_whmcs_access_refused",
-                      "1 while WHMCS refuses this installation's credentials or IP.")
+                      "1 while WHMCS refuses this installation's credentials, IP or API role.")
 ROCKSDB_SAMPLE_S = 5.0
 ROCKSDB_BYTES = Gauge("sfprov_worker_rocksdb_bytes",
                       "Memory RocksDB holds for the tables, by kind: memtables, table_readers "
@@ -139,6 +139,6 @@ class WorkerOps:
             ("salesforce", not failing_for(w.guard.unavailable_since, grace, now=now),
              f"Salesforce queries fail: {w.guard.last_error}"),
             ("whmcs", not failing_for(provisioner.access_refused_since, grace, now=now),
-             f"WHMCS refuses this installation's credentials or IP: "
+             f"WHMCS refuses this installation's credentials, IP or API role: "
              f"{provisioner.access_error}"),
         ], w.details())

@@ -147,7 +147,8 @@ class Provisioner:
         if now - self._access_logged_at >= 60:  # once a minute, not once per Order
             self._access_logged_at = now
             log.error("WHMCS refuses this installation's credentials or IP; Orders wait "
-                      "until it is fixed (WHMCS_API_IDENTIFIER/SECRET/ACCESS_KEY, allow-list)",
+                      "until it is fixed (WHMCS_API_IDENTIFIER/SECRET/ACCESS_KEY, allow-list, "
+                      "the API role's permitted actions)",
                       extra={"cause": self.access_error})
 
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
@@ -217,7 +218,8 @@ class Provisioner:
                 add_uncertain = False
                 sent_at = None
                 delay = backoff.next_delay()
-                if time.monotonic() + delay > deadline:
+                now = time.monotonic()
+                if now + delay > deadline:
                     log.warning("WHMCS unavailable past the retry deadline",
                                 extra={**extra, "cause": str(exc)})
                     return ProvisionResult(
@@ -230,8 +232,14 @@ class Provisioner:
                         # and an order found by the lookup but not yet accepted exists
                         attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None
                         or created is not None)
+                if exc.retry_after is not None and exc.retry_after > delay:
+                    # WHMCS (or its proxy) said when to come back (Retry-After): not
+                    # sooner, and not past the deadline — one last try at the deadline
+                    # rather than failing the Order before it
+                    delay = min(exc.retry_after, deadline - now)
                 self._on_retry(type(exc).__name__)
-                log.info("WHMCS call failed; retrying", extra={**extra, "cause": str(exc)})
+                log.info("WHMCS call failed; retrying in %.1f s", delay,
+                         extra={**extra, "cause": str(exc)})
                 await self._sleep(delay)
             except WhmcsAccessError as exc:
                 # Our credentials or IP are refused: nothing happened in WHMCS and no Order is

@@ -1,0 +1,307 @@
+"""common.whmcs's error translation and streams.provision's reaction to it, against answers
+real WHMCS (or PHP, or a proxy in front of it) gives and the sandbox does not: an injected
+``httpx.MockTransport``, or a bare socket. No sandbox needed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from common.errors import WhmcsAccessError, WhmcsError, WhmcsTransientError
+from common.settings import WhmcsSettings
+from common.whmcs import WhmcsClient
+from streams.mapping import WhmcsItem, WhmcsOrderRequest
+from streams.provision import Provisioner, ProvisionPolicy
+
+SECRET = "s3cr3t+value/with&chars"
+ENV = {"WHMCS_API_URL": "https://whmcs.example/includes/api.php",
+       "WHMCS_API_IDENTIFIER": "api-identifier-0001", "WHMCS_API_SECRET": SECRET}
+ADDED = {"result": "success", "orderid": 9, "serviceids": "4,5", "invoiceid": "7"}
+ORDER = "8015g00000AbCdEAAZ"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def client_answering(handler, env=ENV) -> WhmcsClient:
+    return WhmcsClient(WhmcsSettings.load(env), transport=httpx.MockTransport(handler))
+
+
+def action_of(request: httpx.Request) -> str:
+    return parse_qs(request.content.decode())["action"][0]
+
+
+def req() -> WhmcsOrderRequest:
+    return WhmcsOrderRequest(order_id=ORDER, client_id=1,
+                             items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
+                             notes=f"sfOrderId={ORDER}")
+
+
+def policy(**kw) -> ProvisionPolicy:
+    base = dict(retry_deadline_s=10, whmcs_timeout_s=1.0, lookup_grace_s=0.1,
+                backoff_initial_s=0.05, backoff_max_s=0.2)
+    base.update(kw)
+    return ProvisionPolicy(**base)
+
+
+def free_port() -> int:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- 1. every way real WHMCS refuses this installation is an access error ------------------
+
+REFUSALS = [
+    ("Authentication Failed", 403),
+    ("Invalid IP 203.0.113.9", 403),
+    ("Invalid or missing credentials", 200),  # a wrong or missing API identifier
+    ('Invalid Permissions: API action "addorder" is not allowed', 403),  # the API role
+    ('Invalid Permissions: API action "addorder" is not allowed', 200),
+    (" invalid or missing credentials", 200),  # blanks and case do not hide it
+]
+
+
+@pytest.mark.parametrize(("message", "status"), REFUSALS)
+def test_every_refusal_of_this_installation_is_an_access_error(message, status):
+    def handler(_request):
+        return httpx.Response(status, json={"result": "error", "message": message})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.add_order({"clientid": 1})
+            return info.value
+    exc = run(go())
+    assert type(exc) is WhmcsAccessError and exc.retryable
+    assert str(exc) == message
+
+
+@pytest.mark.parametrize("message", ["Client ID Not Found", "Invalid IPv6 address given",
+                                     "Invalid Payment Method. Valid options include mailin"])
+def test_an_order_refused_for_its_content_is_still_permanent(message):
+    def handler(_request):
+        return httpx.Response(200, json={"result": "error", "message": message})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.add_order({"clientid": 1})
+            return info.value
+    exc = run(go())
+    assert type(exc) is WhmcsError and not exc.retryable
+
+
+@pytest.mark.parametrize("message", ["Invalid or missing credentials",
+                                     'Invalid Permissions: API action "addorder" is not '
+                                     "allowed"])
+def test_a_wrong_identifier_or_role_makes_orders_wait_not_fail(message):
+    refusals = 3
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        if calls.count("AddOrder") <= refusals:
+            return httpx.Response(403, json={"result": "error", "message": message})
+        return httpx.Response(200, json=ADDED if calls[-1] == "AddOrder"
+                              else {"result": "success"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            refused_since: list[float | None] = []
+
+            async def sleep(_delay):
+                refused_since.append(prov.access_refused_since)
+
+            prov = Provisioner(client, policy(retry_deadline_s=0.0), sleep=sleep)
+            result = await prov.provision(req())
+            return result, prov, refused_since
+    result, prov, refused_since = run(go())
+    assert (result.status, result.whmcs_order_id) == ("Provisioned", 9)
+    # waited past a zero retry deadline, /readyz's state set meanwhile, cleared after
+    assert len(refused_since) == refusals and all(refused_since)
+    assert prov.access_refused_since is None and message in (prov.access_error or "")
+    assert calls == ["AddOrder"] * (refusals + 1) + ["AcceptOrder"]
+
+
+# -- 2. a UTF-8 byte order mark before the JSON (PHP including a file saved with one) ------
+
+@pytest.mark.parametrize("preamble", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\xef\xbb\xbf",
+                                      b"\r\n\xef\xbb\xbf ", b"\xef\xbb\xbf\n"])
+def test_a_bom_before_the_json_is_read_as_the_answer(preamble):
+    def handler(request):
+        body = (b'{"result":"success","orderid":"9","serviceids":"4,5","invoiceid":"7"}'
+                if action_of(request) == "AddOrder"
+                else b'{"result":"error","message":"Client ID Not Found"}')
+        return httpx.Response(200, content=preamble + body,
+                              headers={"Content-Type": "application/json"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            added = await client.add_order({"clientid": 1})
+            with pytest.raises(WhmcsError, match="Client ID Not Found") as info:
+                await client.get_orders(client_id=1)
+            assert type(info.value) is WhmcsError  # WHMCS's answer, not "not an API answer"
+            return added
+    added = run(go())
+    assert (added.order_id, added.service_ids, added.invoice_id) == (9, [4, 5], 7)
+
+
+def test_a_bom_before_an_html_page_is_still_not_an_api_answer():
+    def handler(_request):
+        return httpx.Response(200, content=b"\xef\xbb\xbf<html>oops</html>",
+                              headers={"Content-Type": "text/html"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsTransientError, match="not a WHMCS API answer"):
+                await client.get_orders(client_id=1)
+    run(go())
+
+
+# -- 3. "unreachable" says why --------------------------------------------------------------
+
+def test_unreachable_over_tls_names_the_tls_failure():
+    """An https URL on a plain-HTTP listener: the TLS handshake fails; the error says so."""
+    async def go():
+        async def plain_http(reader, writer):
+            await reader.read(100)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        env = {**ENV, "WHMCS_API_URL": f"https://127.0.0.1:{port}/includes/api.php"}
+        async with server, WhmcsClient(WhmcsSettings.load(env)) as client:
+            with pytest.raises(WhmcsTransientError) as info:
+                await client.get_orders(client_id=1)
+        return str(info.value), port
+    text, port = run(go())
+    assert text.startswith("GetOrders: WHMCS unreachable: ConnectError: ")
+    assert f"127.0.0.1:{port}" in text and "SSL" in text
+    assert SECRET not in text and "\n" not in text
+
+
+def test_unreachable_names_a_refused_connection():
+    port = free_port()
+    env = {**ENV, "WHMCS_API_URL": f"http://127.0.0.1:{port}/includes/api.php"}
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(env)) as client:
+            with pytest.raises(WhmcsTransientError) as info:
+                await client.add_order({"clientid": 1})
+        return info.value
+    exc = run(go())
+    assert type(exc) is WhmcsTransientError
+    assert f"127.0.0.1:{port}" in str(exc) and "Connection refused" in str(exc)
+
+
+def test_the_cause_of_unreachable_never_carries_the_credentials():
+    """Whatever an injected transport's error says (here: the whole request body, over
+    several lines and very long), the message keeps neither secret nor access key, on one
+    bounded line."""
+    env = {**ENV, "WHMCS_API_ACCESS_KEY": "access-key-value-42"}
+
+    def handler(request):
+        raise httpx.ConnectError(f"refused\nbody={request.content.decode()} "
+                                 f"raw={SECRET} key=access-key-value-42 " + "x" * 2000)
+
+    async def go():
+        async with client_answering(handler, env) as client:
+            with pytest.raises(WhmcsTransientError) as info:
+                await client.add_order({"clientid": 1})
+        return str(info.value)
+    text = run(go())
+    assert text.startswith("AddOrder: WHMCS unreachable: ConnectError: refused body=")
+    assert SECRET not in text and "s3cr3t" not in text and "access-key-value-42" not in text
+    assert "api-identifier-0001" not in text and "[REDACTED]" in text
+    assert "\n" not in text and len(text) < 400
+
+
+# -- 4. Retry-After is honoured by the provisioner -------------------------------------------
+
+@pytest.mark.parametrize("kind", ["html", "json"])
+def test_a_503_with_retry_after_is_not_retried_sooner(kind):
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        if len(calls) == 1:
+            if kind == "html":
+                return httpx.Response(503, content=b"<html>busy</html>",
+                                      headers={"Content-Type": "text/html", "Retry-After": "2"})
+            return httpx.Response(503, json={"result": "error", "message": "maintenance"},
+                                  headers={"Retry-After": "2"})
+        return httpx.Response(200, json=ADDED if calls[-1] == "AddOrder"
+                              else {"result": "success"})
+
+    sleeps: list[float] = []
+    clock = [1_800_000_000.0]  # the provisioner's wall clock: moves only when it sleeps
+
+    async def sleep(delay):
+        sleeps.append(delay)
+        clock[0] += delay
+
+    async def go():
+        async with client_answering(handler) as client:
+            return await Provisioner(client, policy(), sleep=sleep,
+                                     wall=lambda: clock[0]).provision(req())
+    result = run(go())
+    assert result.status == "Provisioned"
+    # a 503 may come after WHMCS committed: looked up (after the wait) before adding again
+    assert calls == ["AddOrder", "GetOrders", "AddOrder", "AcceptOrder"]
+    # one wait, as long as asked (the provisioner's own backoff: at most 0.2 s), and the
+    # lookup's settle moment (1.1 s after the send) passed during it
+    assert len(sleeps) == 1 and sleeps[0] >= 2.0
+
+
+def test_a_retry_after_past_the_deadline_waits_only_until_the_deadline():
+    """Retry-After longer than what is left of the retry deadline: one last try at the
+    deadline (never a wait past it, never a failure before it)."""
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        if len(calls) == 1:
+            return httpx.Response(503, content=b"busy", headers={"Retry-After": "3600"})
+        return httpx.Response(200, json=ADDED if calls[-1] == "AddOrder"
+                              else {"result": "success"})
+
+    sleeps: list[float] = []
+    clock = [1_800_000_000.0]  # the provisioner's wall clock: moves only when it sleeps
+
+    async def sleep(delay):
+        sleeps.append(delay)
+        clock[0] += delay
+
+    async def go():
+        async with client_answering(handler) as client:
+            return await Provisioner(client, policy(retry_deadline_s=5), sleep=sleep,
+                                     wall=lambda: clock[0]).provision(req())
+    result = run(go())
+    assert result.status == "Provisioned"
+    assert calls == ["AddOrder", "GetOrders", "AddOrder", "AcceptOrder"]
+    assert len(sleeps) == 1 and 4.0 < sleeps[0] <= 5.0
+
+
+def test_a_short_credential_does_not_blank_the_cause():
+    """A credential too short to tell apart from ordinary text (a test installation's "s")
+    is not blanked inside words; in a request body it is, by its field name."""
+    env = {**ENV, "WHMCS_API_IDENTIFIER": "i", "WHMCS_API_SECRET": "s"}
+
+    def handler(request):
+        raise httpx.ConnectError(f"ssl handshake failed; sent {request.content.decode()}")
+
+    async def go():
+        async with client_answering(handler, env) as client:
+            with pytest.raises(WhmcsTransientError) as info:
+                await client.get_orders(client_id=1)
+        return str(info.value)
+    text = run(go())
+    assert "ConnectError: ssl handshake failed; sent action=GetOrders" in text
+    assert "identifier=[REDACTED]&secret=[REDACTED]&" in text
