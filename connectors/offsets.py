@@ -4,8 +4,10 @@ Key ``<connector>|<channel>``; value ``schemas/connector_offset.avsc``. A positi
 written **in the same Kafka transaction** as the events it covers, so a committed position
 never points past an uncommitted event and an aborted batch never moves it. On start-up
 :func:`load_position` reads the topic to its end with ``isolation.level=read_committed`` and
-keeps the last value for the key; the connector then subscribes ``CUSTOM`` from it, i.e.
-Salesforce delivers the events *after* that replay id.
+keeps the last value for the key — its real end (the high watermark), waiting for another
+connector's transaction open there instead of stopping before it (:func:`_last_value`); the
+connector then subscribes ``CUSTOM`` from it, i.e. Salesforce delivers the events *after*
+that replay id.
 
 Pitfall: call :func:`load_position` only **after** the transactional producer's
 ``init_transactions`` — that is what fences an older instance and completes or aborts its
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPartition
 from confluent_kafka import KafkaError as CKafkaError
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from common.avro import AvroSerde, SerdeError
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
@@ -129,43 +132,88 @@ def _load_last(bootstrap: Connectable, topic: str, key: bytes, decode: Callable[
 
 def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: float,
                 what: str) -> bytes | None:
-    """The last committed value for ``key`` in ``topic`` (every partition read to its end)."""
-    consumer = Consumer(kafka_config(bootstrap, **{
+    """The last committed value for ``key`` in ``topic`` (every partition read to its end).
+
+    "Its end" is the partition's log end as it is when the read starts (its high watermark,
+    asked for ``read_uncommitted``), not the first end-of-partition the ``read_committed``
+    reader meets: that one comes at the *last stable offset*, the first record of a
+    transaction still open there. Another connector (another name or channel) shares the
+    topic; paused with its transaction open, it would hide every position committed after
+    its record — we would resume from an older one (events written twice) or from the
+    replay preset (events skipped, with LATEST). So the reader goes on until its position
+    reaches the log end, which waits for that transaction to commit or abort (its producer
+    resumes, a newer instance fences it, or the broker aborts it for its age). Past the
+    deadline that is a retryable KafkaError saying a transaction is still open."""
+    config = kafka_config(bootstrap)
+    consumer = Consumer({**config, **{
         "group.id": f"sfprov-offset-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
+        "enable.partition.eof": True, "auto.offset.reset": "earliest"}})
     deadline = RunningDeadline(timeout_s)
+    doing, failure = f"reading the {what} from {topic}", f"cannot read {topic}"
+
+    def refused(err: Any) -> str:
+        return refusal_message("the connector's principal", f"read {topic}", err)
     try:
-        meta = retry_until(
-            deadline, lambda wait: consumer.list_topics(topic, timeout=wait),
-            doing=f"reading the {what} from {topic}", failure=f"cannot read {topic}",
-            refused=lambda err: refusal_message("the connector's principal", f"read {topic}",
-                                                err))
+        meta = retry_until(deadline, lambda wait: consumer.list_topics(topic, timeout=wait),
+                           doing=doing, failure=failure, refused=refused)
         tmeta = meta.topics.get(topic)
         if tmeta is None or tmeta.error is not None:
             raise KafkaError(f"topic {topic} ({what}) does not exist "
                              f"({tmeta.error if tmeta else 'missing'})")
-        partitions = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in tmeta.partitions]
-        consumer.assign(partitions)
-        remaining = {p.partition for p in partitions}
+        admin, partitions = AdminClient(config), list(tmeta.partitions)
+        ends = retry_until(deadline, lambda wait: _log_ends(admin, topic, partitions, wait),
+                           doing=doing, failure=failure, refused=refused)
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        if not remaining:
+            return None  # nothing was ever written
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        stable: dict[int, int] = {}  # partition -> an end-of-partition met before its end
         last: bytes | None = None
         while remaining:
             msg = consumer.poll(deadline.attempt(0.5, 0.5))
-            if msg is None:
-                if deadline.failed():
-                    raise KafkaError(f"timed out reading {topic} to its end", retryable=True)
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == CKafkaError._PARTITION_EOF:
-                    remaining.discard(msg.partition())
-                    continue
-                if is_refusal(err):
-                    raise KafkaAccessError(refusal_message(
-                        "the connector's principal", f"read {topic}", err))
-                raise KafkaError(f"reading {topic}: {err}", retryable=err.retriable())
-            if msg.key() == key and msg.value() is not None:
-                last = msg.value()
+            if msg is not None:
+                err = msg.error()
+                if err is None:
+                    if msg.key() == key and msg.value() is not None:
+                        last = msg.value()
+                elif err.code() == CKafkaError._PARTITION_EOF:
+                    partition, offset = msg.partition() or 0, msg.offset() or 0
+                    if offset >= remaining.get(partition, 0):
+                        remaining.pop(partition, None)
+                    else:  # the last stable offset: a transaction is open behind it
+                        stable[partition] = offset
+                elif is_refusal(err):
+                    raise KafkaAccessError(refused(err))
+                else:
+                    raise KafkaError(f"reading {topic}: {err}", retryable=err.retriable())
+            # positions pass transaction markers and aborted records, which no message shows
+            for tp in consumer.position([TopicPartition(topic, p) for p in remaining]):
+                if tp.offset >= remaining[tp.partition]:
+                    del remaining[tp.partition]
+            if remaining and (msg is None or msg.error() is not None) and deadline.failed():
+                held = {p: (stable[p], end) for p, end in remaining.items() if p in stable}
+                if held:
+                    raise KafkaError(
+                        f"timed out reading {topic} to its end: a transaction on {topic} is "
+                        "still open (a producer sharing the topic — another connector, paused? — "
+                        "has neither committed nor aborted it; the broker aborts it once it "
+                        "outlives its transaction timeout; "
+                        + ", ".join(f"partition {p}: last stable offset {lso}, end {end}"
+                                    for p, (lso, end) in sorted(held.items()))
+                        + ")", retryable=True)
+                raise KafkaError(f"timed out reading {topic} to its end", retryable=True)
         return last
     finally:
         consumer.close()
+
+
+def _log_ends(admin: AdminClient, topic: str, partitions: list[int],
+              wait: float) -> dict[int, int]:
+    """partition -> its log end offset (high watermark, read_uncommitted: past any open
+    transaction's records); KafkaException as the admin call raised it."""
+    futures = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest()
+                                  for p in partitions},
+                                 isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                                 request_timeout=wait)
+    return {tp.partition: future.result().offset for tp, future in futures.items()}
