@@ -169,13 +169,16 @@ class TransactionalWriter:
         """
         p = self._producer
         started = time.monotonic()
+        producing = False
         try:
             p.begin_transaction()
+            producing = True
             for topic, key, value, headers in records:
                 self._produce(topic, key, value, headers)
+            producing = False
             self._commit()
         except KafkaException as exc:
-            cause = self._fatal_cause(exc)
+            cause = self._real_cause(exc, producing=producing)
             err = translate(cause, "transaction", self.txn_id,
                             age_s=time.monotonic() - started,
                             timeout_s=self.transaction_timeout_s)
@@ -191,17 +194,43 @@ class TransactionalWriter:
             raise err from cause
         self.transactions += 1
 
-    def _fatal_cause(self, exc: KafkaException) -> KafkaException:
-        """For ``produce()``'s bare ``_FATAL`` (the producer failed earlier, e.g. fenced while
-        the batch was being produced), the error that made it fatal; else ``exc``."""
+    def _real_cause(self, exc: KafkaException, *, producing: bool) -> KafkaException:
+        """The error behind one of librdkafka's bare ones, else ``exc``.
+
+        ``_FATAL`` from ``produce()`` (the producer failed earlier, e.g. fenced while the
+        batch was being produced): the error that made it fatal, from the abort.
+
+        ``_STATE`` ("Erroneous state") from ``produce()`` inside our open transaction: the
+        transaction failed abortably meanwhile (a record timed out; the broker refused a
+        topic — a missing ACL), and librdkafka refuses every later record. Translated as it
+        is, it is neither retriable nor fatal, and the connector exited 1 ("fatal Kafka
+        error"; a missing ACL not named, not exit 64). ``commit_transaction`` in that state
+        fails at once with the transaction's own error, which is translated instead (the
+        caller then aborts). Not for a ``_STATE`` from ``begin_transaction``: a commit there
+        could end a transaction left open by an earlier write."""
         err = exc.args[0] if exc.args else None
-        if not (isinstance(err, CKafkaError) and err.code() == CKafkaError._FATAL):
+        if not isinstance(err, CKafkaError):
             return exc
-        try:
-            self._producer.abort_transaction(self.timeout_s)  # a fatal producer: returns at once
-        except KafkaException as cause:
-            cause.__context__ = exc  # keep _FATAL in the chain (confluent-kafka does not)
-            return cause
+        if err.code() == CKafkaError._FATAL:
+            try:
+                self._producer.abort_transaction(self.timeout_s)  # a fatal producer: at once
+            except KafkaException as cause:
+                cause.__context__ = exc  # keep _FATAL in the chain (confluent-kafka does not)
+                return cause
+        elif err.code() == CKafkaError._STATE and producing:
+            try:
+                self._producer.commit_transaction(self.timeout_s)
+            except KafkaException as cause:
+                cause.__context__ = exc
+                return cause
+            # not seen: librdkafka commits nothing in that state. Should it, the records
+            # before the refused one are committed without the batch's position (always its
+            # last record), so the resubscribe from the last position writes them again
+            log.error("produce() failed (%s), yet the transaction committed: the records "
+                      "before it are written again after the resubscribe", err.str())
+            return KafkaException(CKafkaError(
+                CKafkaError._STATE, f"{err.str()} (the transaction then committed without "
+                "the rest of the batch)", retriable=True))
         return exc
 
     def _produce(self, topic: str, key: bytes, value: bytes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import fastavro
@@ -445,6 +446,124 @@ def test_a_fenced_abort_is_told_by_the_transactions_age_too(monkeypatch, open_s)
     else:
         assert type(raised.value) is ProducerFencedError
 
+
+
+class _ErroneousState:
+    """A producer whose transaction fails abortably after its first record (the record
+    timed out; or the broker refused the topic, an ACL missing): librdkafka then refuses
+    every later ``produce()`` with the bare ``_STATE`` ("Erroneous state": neither
+    retriable nor fatal, no abort asked for), and ``commit_transaction`` at once with the
+    transaction's real error (both seen with librdkafka 2.16's mock cluster). Only the first
+    ``failing`` transactions fail; the later ones commit, each kept in ``committed``."""
+
+    def __init__(self, commit_error: CKafkaError, failing: int = 1) -> None:
+        self.commit_error, self.failing = commit_error, failing
+        self.transactions = self.commits = self.aborts = 0
+        self.produced: list[Any] = []
+        self.committed: list[list[Any]] = []
+
+    def init_transactions(self, _timeout: float) -> None:
+        pass
+
+    def begin_transaction(self) -> None:
+        self.transactions += 1
+        self.produced = []
+
+    def _failed(self) -> bool:
+        return self.transactions <= self.failing
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        if self._failed() and self.produced:
+            raise KafkaException(CKafkaError(CKafkaError._STATE,
+                                             "Unable to produce message: Local: Erroneous state"))
+        self.produced.append((topic, kwargs.get("key")))
+
+    def commit_transaction(self, _timeout: float) -> None:
+        self.commits += 1
+        if self._failed():
+            raise KafkaException(self.commit_error)
+        self.committed.append(self.produced)
+
+    def abort_transaction(self, _timeout: float) -> None:
+        self.aborts += 1
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+_TIMED_OUT_IN_TXN = CKafkaError(CKafkaError._TIMED_OUT, "1 message(s) timed out on t [0]",
+                                txn_requires_abort=True)
+_ACL_MISSING = CKafkaError(CKafkaError.TOPIC_AUTHORIZATION_FAILED,
+                           "Failed to produce to t [0]: Broker: Topic authorization failed",
+                           txn_requires_abort=True)
+
+
+@pytest.mark.parametrize("commit_error", [_TIMED_OUT_IN_TXN, _ACL_MISSING],
+                         ids=["record-timed-out", "acl-missing"])
+def test_a_produce_refused_for_the_transactions_state_raises_the_transactions_error(
+        commit_error) -> None:
+    """A transaction that failed abortably makes every later produce() fail with
+    ``_STATE``, which said nothing: translated as it was, the connector exited 1 ("fatal
+    Kafka error") — under ``restart: on-failure`` a crash loop, and a missing ACL exited 1
+    instead of 64 naming it. The transaction's own error (from its commit, refused at once)
+    is raised instead, and the transaction aborted."""
+    from common.errors import KafkaAccessError
+    from common.settings import KafkaSettings
+
+    tw = TransactionalWriter(KafkaSettings.load({}), "tid")
+    producer = _ErroneousState(commit_error)
+    tw._producer = producer  # type: ignore[assignment]
+    with pytest.raises(KafkaError) as raised:
+        tw.write([("t", b"k1", b"v1", []), ("t", b"k2", b"v2", []), ("o", b"p", b"pos", [])])
+    if commit_error is _ACL_MISSING:   # exit 64, naming the ACL
+        assert type(raised.value) is KafkaAccessError
+        assert "TOPIC_AUTHORIZATION_FAILED" in str(raised.value) \
+            or "authorization" in str(raised.value).lower()
+    else:                              # a retryable error: resubscribe with this producer
+        assert type(raised.value) is KafkaError and raised.value.retryable
+        assert "timed out" in str(raised.value)
+    assert producer.commits == 1 and producer.aborts == 1 and not producer.committed
+    assert tw.transactions == 0
+
+
+@pytest.mark.parametrize("commit_error", [_TIMED_OUT_IN_TXN, _ACL_MISSING],
+                         ids=["record-timed-out", "acl-missing"])
+def test_the_connector_goes_on_after_a_produce_refused_for_the_transactions_state(
+        monkeypatch, commit_error) -> None:
+    """Through the connector's loop: a record timed out in the transaction → the batch is
+    written again after the resubscribe, in process (not exit 1); a missing ACL → exit 64."""
+    from connectors.decode import KafkaRecord
+    from connectors.pubsub.client import StreamEnded
+    from connectors.source import EXIT_ACCESS_REFUSED, EXIT_OK
+    from tests.connectors.test_source_loop import FakeSubscription, make
+
+    conn = make(backoff_initial_s=0.01, backoff_max_s=0.02)
+    conn.writer = TransactionalWriter(conn.kafka, "tid")
+    producer = _ErroneousState(commit_error)
+    conn.writer._producer = producer  # type: ignore[assignment]
+    monkeypatch.setattr("connectors.source.load_position", lambda *_a, **_kw: None)
+    monkeypatch.setattr("connectors.source.load_last_gap", lambda *_a, **_kw: None)
+    events = [KafkaRecord(key=b"801", value=b"v", headers=[], event_uuid=f"u-{i}",
+                          replay_id=bytes([i]), order_id="801") for i in (1, 2)]
+    presets: list[str] = []
+
+    def subscribe(preset: str, _replay_id: bytes | None) -> FakeSubscription:
+        presets.append(preset)
+        if len(presets) > 2:
+            return FakeSubscription()  # quiet until run()'s timeout
+        return FakeSubscription([SimpleNamespace(events=events), StreamEnded(None)])
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    code = conn.run(timeout_s=1.0)
+    if commit_error is _ACL_MISSING:
+        assert code == EXIT_ACCESS_REFUSED and presets == [conn.settings.replay]
+        assert not producer.committed
+    else:
+        assert code == EXIT_OK and len(presets) >= 2
+        assert [key for _t, key in producer.committed[0]] == [b"801", b"801", conn.codec.key]
+        assert conn.position is not None and conn.position.replay_id == b"\x02"
 
 def test_generated_stubs_match_reference_numbers() -> None:
     fr = pb.FetchRequest.DESCRIPTOR.fields_by_name
