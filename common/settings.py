@@ -553,7 +553,9 @@ class WorkerSettings(_Section):
                                       "with no event in flight, is recovered by the sweep "
                                       "(WHMCS lookup, then an outcome).")
     sweep_interval_s: float = env("WORKER_SWEEP_INTERVAL_S", 60.0, parse=parse_float,
-                                  doc="How often the recovery and dedupe-expiry sweeps run.")
+                                  doc="How often the recovery sweep runs (dedupe expiry "
+                                      "runs at its full scans: after a new assignment and "
+                                      "every 6 hours).")
     standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
                                 doc="Faust table standby replicas (0: a takeover restores "
                                     "from the changelog).")
