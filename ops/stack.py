@@ -241,12 +241,12 @@ def up() -> int:
     else:
         processes = plan(dict(env))
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
+        CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen([PY, "-m", "ops.supervisor", str(PLAN)], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         SUPERVISOR_PID.write_text(str(proc.pid))
-        CONTROL.unlink(missing_ok=True)
     sandbox_procs = [p for p in processes if p["name"].endswith("-sandbox")]
     unhealthy = wait_healthy(sandbox_procs)
     if sandbox_procs and not unhealthy:
@@ -312,16 +312,35 @@ def status() -> int:
     if pid is None or not STATUS.exists():
         print(f"{'supervisor':<18} not running")
         return 0 if bpid else 3
-    for p in json.loads(STATUS.read_text())["processes"]:
-        print(f"{p['name']:<18} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}")
+    supervised = json.loads(STATUS.read_text())
+    for p in supervised["processes"]:
+        print(f"{p['name']:<18} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}"
+              + ("  (paused)" if p["name"] in supervised.get("paused", []) else
+                 "  (final exit: fix the cause, then restart it)" if p.get("final") else ""))
     return 0
+
+
+#: How long ``pause`` gives a supervisor that does not acknowledge a pause (one started by
+#: an older ``ops.stack``) to read the control file: it reads it every 0.5 s.
+UNACKNOWLEDGED_PAUSE_S = 1.5
+
+
+def _write_control(control: dict[str, Any]) -> None:
+    """Replace the control file at once: the supervisor never reads half of it."""
+    tmp = CONTROL.with_name(f".{CONTROL.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(control))
+    os.replace(tmp, CONTROL)
 
 
 def pause(names: list[str], paused: bool = True, timeout_s: float = 60.0) -> int:
     """Stop (pause) or start again (resume) supervised processes, e.g. the worker for a
     replay. Resuming also starts a process that left with a final exit code (a bad setting,
-    a fenced connector) once the operator has fixed the cause. Exit 0 when every named
-    process is in the asked state, 2 for a name the supervisor does not run, 1 on timeout."""
+    a fenced connector) once the operator has fixed the cause: it bumps the process's
+    ``kick`` counter in the control file, which the supervisor cannot miss. A pause is done
+    when the supervisor lists the process as paused (then it has stopped it), not merely when
+    no process runs. Exit 0 when every named process is in the asked state, 2 for a name the
+    supervisor does not run, 1 on timeout or when a resumed process exits finally again, 3
+    when the supervisor does not run."""
     if supervisor_pid() is None or not STATUS.exists():
         print("the supervisor is not running (make up)", file=sys.stderr)
         return 3
@@ -331,15 +350,39 @@ def pause(names: list[str], paused: bool = True, timeout_s: float = 60.0) -> int
         print(f"error: {'unknown process ' + ', '.join(unknown) if unknown else 'name one'}; "
               f"the supervisor runs: {', '.join(known)}", file=sys.stderr)
         return 2
-    control = json.loads(CONTROL.read_text()) if CONTROL.exists() else {"paused": []}
-    current = set(control["paused"])
+    control: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        control = json.loads(CONTROL.read_text())
+    current = set(control.get("paused") or [])
     current = current | set(names) if paused else current - set(names)
     control["paused"] = sorted(current)
-    CONTROL.write_text(json.dumps(control))
-    deadline = time.monotonic() + timeout_s
+    kicks: dict[str, int] = dict(control.get("kick") or {})
+    if not paused:  # "try again now", even after a final exit
+        kicks.update({n: int(kicks.get(n, 0)) + 1 for n in names})
+        control["kick"] = kicks
+    _write_control(control)
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
-        procs = {p["name"]: p for p in json.loads(STATUS.read_text())["processes"]}
-        waiting = [n for n in names if (procs[n]["pid"] is None) != paused]
+        if not STATUS.exists():
+            print("error: the supervisor stopped (see its log)", file=sys.stderr)
+            return 3
+        supervised = json.loads(STATUS.read_text())
+        procs = {p["name"]: p for p in supervised["processes"]}
+        acked: list[str] | None = supervised.get("paused")  # None: an older supervisor
+        if paused:
+            waiting = [n for n in names if procs[n]["pid"] is not None or (
+                n not in acked if acked is not None
+                else time.monotonic() < started + UNACKNOWLEDGED_PAUSE_S)]
+        else:
+            waiting = [n for n in names if procs[n]["pid"] is None or n in (acked or [])]
+            again = [n for n in waiting if procs[n].get("final")
+                     and supervised.get("kicks", {}).get(n, 0) >= kicks[n]]
+            if again:
+                print("error: " + "; ".join(
+                    f"{n} started and exited again with {procs[n]['last_exit']}, a final exit "
+                    f"(see {procs[n]['log']})" for n in again), file=sys.stderr)
+                return 1
         if not waiting:
             print(f"{'paused' if paused else 'resumed'}: {', '.join(names)}")
             return 0
@@ -352,7 +395,8 @@ def pause(names: list[str], paused: bool = True, timeout_s: float = 60.0) -> int
 
 
 def restart(names: list[str]) -> int:
-    """Stop the named processes and start them again (pause, then resume)."""
+    """Stop the named processes and start them again (pause, then resume), also one that
+    left with a final exit code."""
     return pause(names, paused=True) or pause(names, paused=False)
 
 

@@ -9,6 +9,13 @@ exits. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
 ``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S`, so a stop
 never kills a drain half way; :data:`DEFAULT_GRACE_S` for a child without one.
 ``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit).
+
+``ops.stack pause|resume|restart`` talk to it through ``<state>/supervisor-control.json``:
+``{"paused": [names], "kick": {name: n}}``. A paused child is stopped and kept down; the
+status file lists it under ``"paused"`` once it is (that is the supervisor's acknowledgement).
+A changed ``kick`` counter means "try again now" (``resume`` / ``restart``): the child starts
+at once, with its backoff reset, even after an exit that was final; the status file's
+``"kicks"`` echo the counters applied.
 """
 
 from __future__ import annotations
@@ -117,11 +124,16 @@ class Child:
             return self.grace_s
         return stop_grace(self.name, {**environment(), **self.env})
 
-    def stop(self) -> None:
-        """Stop the child; once it is no longer paused it starts at once, even after an exit
-        that was final (``resume`` / ``restart`` is how an operator says "try again")."""
+    def kick(self) -> None:
+        """Start (again) as soon as nothing holds it (pause, requirements), even after an exit
+        that was final: ``resume`` / ``restart`` is how an operator says "try again"."""
         self.next_start = 0.0
         self.backoff = 1.0
+
+    def stop(self) -> None:
+        """Stop the child; once it is no longer paused it starts at once, even after an exit
+        that was final."""
+        self.kick()
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -137,7 +149,9 @@ class Child:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.proc.pid if self.proc else None,
                 "restarts": self.restarts, "last_exit": self.last_exit, "log": self.log,
-                "health_url": self.health_url}
+                "health_url": self.health_url,
+                # left with a final exit code: down until an operator resumes or restarts it
+                "final": self.proc is None and self.next_start == float("inf")}
 
 
 def is_healthy(child: Child) -> bool:
@@ -156,6 +170,25 @@ def is_healthy(child: Child) -> bool:
         return False
 
 
+def read_control(path: Path, last: dict[str, Any]) -> dict[str, Any]:
+    """The control file (``{}`` when there is none); ``last`` while it cannot be read (an
+    older ``ops.stack`` wrote it in place: it may be half written)."""
+    try:
+        control = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return last
+    return control if isinstance(control, dict) else last
+
+
+def kicks_of(control: dict[str, Any]) -> dict[str, int]:
+    kick = control.get("kick")
+    if not isinstance(kick, dict):
+        return {}
+    return {str(k): v for k, v in kick.items() if isinstance(v, int)}
+
+
 def run(plan_path: Path) -> int:
     plan = json.loads(plan_path.read_text())
     children = [Child(**spec) for spec in plan["processes"]]
@@ -170,11 +203,16 @@ def run(plan_path: Path) -> int:
     signal.signal(signal.SIGINT, on_term)
     healthy: set[str] = set()
     control_file = status_file.parent / "supervisor-control.json"
+    control = read_control(control_file, {})
+    applied = kicks_of(control)  # what an earlier supervisor may have left is not a kick
     try:
         while not stopping:
-            paused = set(json.loads(control_file.read_text())["paused"]) \
-                if control_file.exists() else set()
+            control = read_control(control_file, control)
+            paused = set(control.get("paused") or [])
+            kicks = kicks_of(control)
             for child in children:
+                if kicks.get(child.name, 0) != applied.get(child.name, 0):
+                    child.kick()
                 if child.name in paused:
                     child.stop()
                     healthy.discard(child.name)
@@ -183,8 +221,13 @@ def run(plan_path: Path) -> int:
                 if child.proc is not None and child.name not in healthy and is_healthy(child):
                     healthy.add(child.name)
             tmp = status_file.with_suffix(".tmp")
+            applied = kicks
             tmp.write_text(json.dumps({"pid": os.getpid(),
-                                       "processes": [c.status() for c in children]}, indent=1))
+                                       "processes": [c.status() for c in children],
+                                       # stopped and kept down (the pause's acknowledgement)
+                                       "paused": sorted(c.name for c in children
+                                                        if c.name in paused),
+                                       "kicks": applied}, indent=1))
             os.replace(tmp, status_file)
             time.sleep(0.5)
     finally:  # whatever happened, leave no child behind

@@ -56,10 +56,11 @@ def test_a_process_with_its_probes_off_is_not_waited_for():
 def test_resume_starts_a_process_that_exited_finally(tmp_path):
     """After a final exit the operator fixes the cause and says `ops.stack resume NAME` (or
     `restart NAME`): the supervisor stops the paused child (none runs) and, resumed, starts it
-    at once — before, `next_start` stayed infinite and only `make down && make up` helped."""
+    at once — before, `next_start` stayed infinite and only `make down && make up` helped.
+    Against a real supervisor: tests/ops/test_supervisor_resume.py."""
     child = exits_with(64, tmp_path, [64])
-    child.stop()                     # what the supervisor does while the name is paused
-    child.poll(set())                # resumed
+    child.kick()                     # what the supervisor does when resume bumps the kick
+    child.poll(set())
     assert child.proc is not None
     child.proc.wait(timeout=60)
 
