@@ -530,8 +530,11 @@ class WorkerSettings(_Section):
                                      "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
                                  doc="How long an IdemKey (and a finished intent) is remembered "
-                                     "(≥ requests retention); an intent whose failed "
-                                     "AddOrder may have landed is kept.")
+                                     "(≥ requests retention); an intent that names a WHMCS "
+                                     "order, or whose AddOrder may have landed, is kept "
+                                     "(about 1 KB per provisioned Order). An Order's memory "
+                                     "keeps at most its 200 newest IdemKeys (256 KiB); older "
+                                     "ones whose outcome was sent are forgotten early.")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
                                   doc="Transient WHMCS errors are retried until this "
                                       "deadline, then the Order is Failed "
@@ -551,7 +554,9 @@ class WorkerSettings(_Section):
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
                                   doc="A pending intent (or unsent outcome) older than this, "
                                       "with no event in flight, is recovered by the sweep "
-                                      "(WHMCS lookup, then an outcome).")
+                                      "(WHMCS lookup, then an outcome); an Order with an "
+                                      "event in flight is left to a later sweep, which never "
+                                      "waits for it.")
     sweep_interval_s: float = env("WORKER_SWEEP_INTERVAL_S", 60.0, parse=parse_float,
                                   doc="How often the recovery sweep runs (dedupe expiry "
                                       "runs at its full scans: after a new assignment and "

@@ -208,7 +208,10 @@ class EventHandler:
                 attempts=result.attempts, recovered=result.recovered,
                 completed_at=self._clock(), duplicate_ids=result.duplicate_ids)
             await self._own(rec, "record")  # the call ran: is the result still ours?
-            state.settle(oid, outcome, self._clock(), may_exist=result.may_exist,
+            # an attempt that made a WHMCS order says so, as the sweep's recovery does
+            # (Intent.settled): kept past the dedupe TTL, by earlier releases' sweeps too
+            state.settle(oid, outcome, self._clock(),
+                         may_exist=result.may_exist or result.whmcs_order_id is not None,
                          current=held[-1])
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)

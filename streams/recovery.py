@@ -4,7 +4,8 @@ Runs at start-up and every ``WORKER_SWEEP_INTERVAL_S`` over the Orders of partit
 worker actively owns. It reads the tables a slice at a time, yielding to the event loop as
 it goes; the few Orders that need action are handled **in their Order's lane**
 (:meth:`streams.lanes.Lanes.exclusive`), so the work never interleaves with the Order's
-events, and each entry is re-read and re-checked there first. The tables tell the sweep of
+events, and each entry is re-read and re-checked there first. An Order with an event in
+flight is left to a later sweep: the sweep never waits behind an event. The tables tell the sweep of
 every change (:attr:`streams.faust_seam.DurableTable.watch`), so a sweep reads only the
 entries that may need action — pending intents and unsent outcomes; the whole tables are
 read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions/0007.
@@ -19,7 +20,8 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   ownership lease like an event's;
 * an outcome recorded but never acknowledged as sent for that long → sent again, identical;
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
-  are deleted (tombstones in the changelog) — pending intents are never deleted.
+  are deleted (tombstones in the changelog) — pending intents are never deleted, nor one
+  that names a WHMCS order or whose AddOrder may have landed (:attr:`Intent.forgettable`).
 """
 
 from __future__ import annotations
@@ -212,10 +214,11 @@ class Sweeper:
                 report.pending += 1
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-            elif now - intent.at > self.ttl_ms and not intent.may_exist:
-                # a failed attempt whose AddOrder may have landed is kept: nothing else
-                # remembers it (a Failed outcome writes no WHMCS id back), and the Order's
-                # next attempt must look before it creates
+            elif now - intent.at > self.ttl_ms and intent.forgettable:
+                # an attempt that created a WHMCS order, or whose AddOrder may have landed,
+                # is kept (Intent.forgettable): the Order's write-back may never have landed
+                # (Provisioned) or there is none (Failed), and its next request must be
+                # Skipped, or look before it creates
                 stale.append(oid)
         idem_keys = await _keys(state.idem, slicer)
         for oid in idem_keys:
@@ -259,18 +262,39 @@ class Sweeper:
                    dirty: list[str]) -> None:
         for oid in stale:  # synchronous: nothing interleaves between the check and the delete
             intent = self.state.intent(oid)
-            if intent is not None and not intent.is_pending and not self.lanes.busy(oid) \
-                    and now - intent.at > self.ttl_ms and not intent.may_exist:
+            if intent is not None and intent.forgettable and not self.lanes.busy(oid) \
+                    and now - intent.at > self.ttl_ms:
                 self.state.delete_intent(oid)
                 report.expired_intents += 1
         for oid in dirty:
             if not self.lanes.busy(oid):
                 self._expire(oid, now, report)
-        jobs = [self.lanes.exclusive(oid, partial(self._recover_pending, oid, report))
-                for oid in due]
-        jobs += [self.lanes.exclusive(oid, partial(self._resend, oid, report)) for oid in dirty]
-        await asyncio.gather(*jobs)
+        recover, resend = set(due), set(dirty)
+        await asyncio.gather(*(
+            self._when_idle(oid, partial(self._work, oid, report, oid in recover,
+                                         oid in resend))
+            for oid in dict.fromkeys([*due, *dirty])))
         await self.durable()
+
+    async def _when_idle(self, oid: str, job: Callable[[], Awaitable[None]]) -> None:
+        """``job`` in the Order's lane — only if no event is in flight there. A job queued
+        behind an event waits for it, and an event may wait indefinitely (a guard read while
+        Salesforce is down, WHMCS refusing the credentials): the sweep would wait with it,
+        and every later sweep (faust's timer runs them in turn) — nothing resent, recovered
+        or expired for any Order. A busy Order's event resumes its pending intent itself;
+        what is left after it, a later sweep finds (the index keeps it). Checked and queued
+        in one step (``exclusive`` queues before its first await): an idle lane runs the job
+        first, events admitted meanwhile wait for it."""
+        if not self.lanes.busy(oid):
+            await self.lanes.exclusive(oid, job)
+
+    async def _work(self, oid: str, report: SweepReport, recover: bool, resend: bool) -> None:
+        """In the Order's lane: its pending intent recovered, then its unsent outcomes
+        resent — one job, so the Order's lane is busy with the sweep only once."""
+        if recover:
+            await self._recover_pending(oid, report)
+        if resend:
+            await self._resend(oid, report)
 
     def _expire(self, oid: str, now: int, report: SweepReport) -> None:
         memory = self.state.memory(oid)

@@ -26,10 +26,17 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
+
 from common.errors import KafkaError
 
 PENDING, ACCEPTED, FAILED_STATE = "pending", "accepted", "failed"
 MAX_DUPS_REMEMBERED = 20
+# One Order's dedupe memory is one table value, one changelog record: the broker refuses a
+# record over 1 MiB (a changelog write refused stops the worker, and every restart would
+# send it again). Bounded well under that: the newest IdemKeys are kept (see ``bounded``).
+MAX_IDEM_KEYS_REMEMBERED = 200
+MAX_MEMORY_BYTES = 256 * 1024
 
 
 class DurabilityError(KafkaError):
@@ -67,7 +74,8 @@ class Intent:
     opportunity_id: str | None = None
     whmcs_order_id: int | None = None
     outcome: dict[str, Any] | None = None
-    may_exist: bool = False  # failed, but an AddOrder may have created the order
+    # an AddOrder of an attempt may have created (or did create) a WHMCS order for the Order
+    may_exist: bool = False
     writer: str = ""  # the worker process that wrote it
     lease_until: int | None = None  # epoch ms: its writer sends to WHMCS only before this
     # WHMCS clients earlier attempts sent to, while a lookup there is still owed (the
@@ -101,6 +109,17 @@ class Intent:
     @property
     def is_pending(self) -> bool:
         return self.state == PENDING
+
+    @property
+    def forgettable(self) -> bool:
+        """Deleted once older than the dedupe TTL (:mod:`streams.recovery`): a finished
+        attempt that left no WHMCS order behind. Kept for good: a pending intent, and one
+        whose attempt may have created a WHMCS order or did (``whmcs_order_id``) — a Failed
+        outcome writes no WHMCS id back, and a Provisioned one's write-back may never land
+        (the sink dead-lettered it, the Order stays ``Activating``): the intent is then the
+        only memory of that order, and a replayed or new request is decided on it
+        (``Skipped ALREADY_PROVISIONED``, or a lookup first), never a second ``AddOrder``."""
+        return not self.is_pending and not self.may_exist and self.whmcs_order_id is None
 
     def decided(self, idem_key: str, event_uuid: str | None) -> bool:
         """This very event's attempt has an outcome."""
@@ -233,6 +252,35 @@ def memory_to_json(memory: Memory) -> dict[str, Any]:
     return {k: e.to_json() for k, e in memory.items()}
 
 
+def bounded(memory: Memory, raw: dict[str, Any]) -> tuple[Memory, dict[str, Any]]:
+    """``memory`` (and ``raw``, its JSON) within :data:`MAX_IDEM_KEYS_REMEMBERED` entries and
+    :data:`MAX_MEMORY_BYTES` encoded: the oldest entries whose outcomes were all sent are
+    dropped first. An entry holding an outcome not yet acknowledged is never dropped (the
+    sweep resends it from there; nothing else holds it) — the one just recorded is such an
+    entry. A dropped IdemKey is what the TTL forgets sooner: an event carrying it again is
+    decided afresh — the Order's intent (pending: resumed with a lookup; accepted with a
+    WHMCS order: ``Skipped``; this very event's: its outcome again) and then the Salesforce
+    guard keep it from a second WHMCS order (:func:`streams.decide.decide`)."""
+    if len(memory) <= 1:
+        return memory, raw
+    size = len(orjson.dumps(raw))
+    excess = len(memory) - MAX_IDEM_KEYS_REMEMBERED
+    if excess <= 0 and size <= MAX_MEMORY_BYTES:
+        return memory, raw
+    sent = sorted((entry.at, i, key) for i, (key, entry) in enumerate(memory.items())
+                  if not any(entry.unsent()))
+    dropped: set[str] = set()
+    for _at, _i, key in sent:
+        if excess <= 0 and size <= MAX_MEMORY_BYTES:
+            break
+        dropped.add(key)
+        excess -= 1
+        # its share of the encoded object: "key":value and a comma
+        size -= len(orjson.dumps(key)) + len(orjson.dumps(raw[key])) + 2
+    return ({k: e for k, e in memory.items() if k not in dropped},
+            {k: v for k, v in raw.items() if k not in dropped})
+
+
 def _read(table: MutableMapping[str, Any], key: str) -> Any:
     """``DurableTable.read`` (one store lookup), or a plain mapping's ``get`` (unit tests)."""
     read = getattr(table, "read", None)
@@ -257,9 +305,10 @@ class OrderState:
     def memory(self, order_id: str) -> Memory:
         return memory_from_json(_read(self.idem, order_id))
 
-    def set_memory(self, order_id: str, memory: Memory) -> None:
+    def set_memory(self, order_id: str, memory: Memory,
+                   raw: dict[str, Any] | None = None) -> None:
         if memory:
-            self.idem[order_id] = memory_to_json(memory)
+            self.idem[order_id] = memory_to_json(memory) if raw is None else raw
         elif order_id in self.idem:
             del self.idem[order_id]
 
@@ -278,14 +327,16 @@ class OrderState:
     def record(self, order_id: str, idem_key: str, event_uuid: str, outcome: dict[str, Any],
                at: int, *, memory: Memory | None = None) -> Memory:
         """Remember ``outcome`` as the decision for this event (a duplicate of the IdemKey's
-        first event is remembered under it); returns the Order's memory as written."""
+        first event is remembered under it); returns the Order's memory as written, bounded
+        (:func:`bounded`: the oldest IdemKeys whose outcomes were sent may be dropped)."""
         memory = dict(self.memory(order_id) if memory is None else memory)
         existing = memory.get(idem_key)
         if existing is not None and existing.event_uuid != event_uuid:
             memory[idem_key] = existing.with_duplicate(event_uuid, outcome)
         else:
             memory[idem_key] = DedupeEntry.first(event_uuid, outcome, at)
-        self.set_memory(order_id, memory)
+        memory, raw = bounded(memory, memory_to_json(memory))
+        self.set_memory(order_id, memory, raw)
         return memory
 
     def mark_emitted(self, order_id: str, idem_key: str, event_uuid: str, *,

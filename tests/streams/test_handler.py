@@ -191,3 +191,39 @@ def test_a_resumed_attempt_that_ends_without_whmcs_leaves_the_next_one_to_look_f
     assert (again["status"], again["whmcs_order_id"], again["recovered"]) == (
         "Provisioned", made, True)
     assert len(whmcs.orders_for(oid(4))) == 1
+
+
+def test_a_provisioned_order_replayed_after_the_dedupe_ttl_gets_no_second_whmcs_order(
+        harness, whmcs):
+    """The write-back of a Provisioned outcome dead-lettered (the Order stays Activating);
+    after WORKER_DEDUPE_TTL_DAYS the sweep forgot the IdemKey — and deleted the accepted
+    intent with it, so the event replayed from Kafka (or a new request) made a second WHMCS
+    order. The intent that names the WHMCS order is kept: the replay re-sends the decided
+    outcome, a new request is Skipped ALREADY_PROVISIONED."""
+    from streams.decide import now_ms
+    from streams.recovery import DAY_MS, Sweeper
+
+    build, sf = harness
+    first = [request_value(oid(5), event_uuid="t5", idem_key="tk5")]
+    retry = [request_value(oid(5), event_uuid="t5b", idem_key="tk5b")]
+
+    async def go():
+        kit, client = await build()
+        await kit.process(records(first))
+        sweeper = Sweeper(kit.state, kit.provisioner, kit.emitter, recovery_after_s=600,
+                          dedupe_ttl_days=35, owns=lambda _o: True, lanes=kit.lanes,
+                          clock_ms=lambda: now_ms() + 36 * DAY_MS)
+        report = await sweeper.run_once()
+        await kit.process(records(first, start=1))  # replayed (sfprov replay)
+        await kit.process(records(retry, start=2))  # approved again
+        await client.aclose()
+        return kit, report
+    kit, report = asyncio.run(go())
+    assert len(whmcs.orders_for(oid(5))) == 1
+    assert report.expired_idem == 1 and report.expired_intents == 0
+    made = kit.emitter.sent[0]
+    assert made["status"] == "Provisioned"
+    assert kit.emitter.sent[1] == made  # the replay: the decided outcome, identical
+    skipped = kit.emitter.sent[2]
+    assert (skipped["status"], skipped["error_code"], skipped["whmcs_order_id"]) == (
+        "Skipped", "ALREADY_PROVISIONED", made["whmcs_order_id"])

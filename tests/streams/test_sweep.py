@@ -461,3 +461,102 @@ def test_an_outcome_the_schema_refuses_is_said_once_and_does_not_fail_the_sweep(
     now[0] += 60_000
     asyncio.run(sweeper.run_once())
     assert emitter.tries == 1 and emitter.sent == [good]
+
+
+def test_an_event_provisioned_intent_outlives_the_dedupe_ttl():
+    """The event's own provisioning settled the intent accepted with may_exist False (as
+    every release so far stored it), so the sweep deleted it after the TTL with the dedupe
+    entry. The Order's write-back dead-lettered (still Activating), the event replayed from
+    Kafka — or a new request — then decided Provision without a lookup: a second WHMCS
+    order. An intent that names a WHMCS order is kept, as a recovered one always was."""
+    from streams.decide import Event, Final, Provision, Redelivery, decide, outcome_record
+    from streams.state import Intent
+    from tests.streams.factories import order
+
+    oid, t0 = "801S00000000031AAA", 1_000 * DAY_MS
+    state = new_state()
+    event = Event(order_id=oid, idem_key="k1", event_uuid="e1")
+    pending = Intent.pending(order_id=oid, idem_key="k1", event_uuid="e1", attempt=1,
+                             client_id=7, at=t0, writer="w", lease_until=t0 + 10_000)
+    provisioned = outcome_record(event, "Provisioned", whmcs_order_id=55, whmcs_client_id=7,
+                                 completed_at=t0)
+    state.settle(oid, provisioned, t0, may_exist=False, current=pending)
+    state.record(oid, "k1", "e1", provisioned, t0)
+    state.mark_emitted(oid, "k1", "e1")
+
+    now = t0 + 36 * DAY_MS  # the TTL (35 days) and a day
+    report = asyncio.run(sweeper_over(state, lambda: now).run_once())
+    assert report.expired_idem == 1 and oid not in state.idem  # the memory expires
+    assert report.expired_intents == 0
+    kept = state.intent(oid)
+    assert kept is not None and (kept.state, kept.whmcs_order_id) == ("accepted", 55)
+
+    activating = order(order_id=oid, client="7")  # the write-back never landed
+    replayed = decide(event, state.memory(oid), kept, activating)
+    assert not isinstance(replayed, Provision)
+    assert isinstance(replayed, Redelivery) and replayed.outcome == provisioned
+    again = decide(Event(order_id=oid, idem_key="k2", event_uuid="e2"), state.memory(oid),
+                   kept, activating)
+    assert isinstance(again, Final)
+    assert (again.status, again.error_code, again.whmcs_order_id) == (
+        "Skipped", "ALREADY_PROVISIONED", 55)
+
+
+class _Checkpoint:
+    """What Lanes asks of its checkpoint, nothing more."""
+
+    sought_back: set[int] = set()
+
+    def admitted(self, _partition, _offset):
+        return 0
+
+    def span(self, _partition):
+        return 0
+
+    def finished(self, *_a):
+        pass
+
+    def reset(self):
+        pass
+
+
+def test_an_order_whose_event_waits_in_its_lane_does_not_hold_up_the_sweep():
+    """Order A's pending intent is due, but A's redelivered event waits in A's lane (a guard
+    read during a Salesforce outage, WHMCS refusing the credentials). The sweep queued its
+    recovery behind that event and waited for it: this sweep and — faust's timer runs them
+    one after another — every later one stopped (no resends, no recovery, no expiry)."""
+    from streams.decide import Event, outcome_record
+    from streams.lanes import Admitted, Lanes
+    from streams.state import Intent
+
+    now = 100 * DAY_MS
+    a, b = "801S00000000041AAA", "801S00000000042AAA"
+    state = new_state()
+    state.set_intent(Intent.pending(order_id=a, idem_key="ka", event_uuid="ea", attempt=1,
+                                    client_id=1, at=now - 700_000, writer="w",
+                                    lease_until=now - 690_000))
+    unsent = outcome_record(Event(b, "kb", "eb"), "Failed", error_code="X",
+                            completed_at=now - 700_000)
+    state.record(b, "kb", "eb", unsent, now - 700_000)
+    provisioner, emitter = LookupOnly(), Emitter()
+
+    async def go():
+        lanes = Lanes(_Checkpoint(), release=lambda _m: None)  # type: ignore[arg-type]
+        hang = asyncio.Event()
+
+        async def waiting_event():
+            await hang.wait()
+            return True
+        await lanes.admit(a, Admitted(0, 1, None, waiting_event))
+        sweeper = Sweeper(state, provisioner, emitter,  # type: ignore[arg-type]
+                          recovery_after_s=600, dedupe_ttl_days=35, owns=lambda _o: True,
+                          lanes=lanes, clock_ms=lambda: now)
+        try:
+            return await asyncio.wait_for(sweeper.run_once(), timeout=5)
+        finally:
+            hang.set()
+            await asyncio.sleep(0)
+    report = asyncio.run(go())
+    assert emitter.sent == [unsent] and report.resent == 1  # B's outcome went out
+    assert provisioner.lookups == []  # A is left to its event
+    assert state.intent(a).is_pending  # type: ignore[union-attr]
