@@ -18,6 +18,7 @@ reports about a refused connection into one line naming the setting to fix.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -221,13 +222,58 @@ def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = Fal
 
 
 def is_refusal(err: Any) -> bool:
-    """True for a confluent-kafka error that means the broker refused this principal."""
+    """True for a confluent-kafka error that means the broker refused this principal (an
+    aiokafka one: :func:`aiokafka_refusal`)."""
     return err is not None and err.code() in REFUSAL_CODES
+
+
+# aiokafka's errors for the same refusals (aiokafka.errors, by broker error code). Told by
+# their code and module, not imported: only streams.faust_seam imports aiokafka.
+AIOKAFKA_REFUSALS = {"TopicAuthorizationFailedError": 29, "GroupAuthorizationFailedError": 30,
+                     "ClusterAuthorizationFailedError": 31,
+                     "TransactionalIdAuthorizationFailed": 53}
+# one named in an error's text: "record not sent: TopicAuthorizationFailedError('t')"
+_AIOKAFKA_NAMED = re.compile(rf"\b({'|'.join(AIOKAFKA_REFUSALS)})\((?:'([^']*)')?")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An aiokafka authorization error, as :func:`refusal_message` renders it: ``code`` the
+    broker's, ``resource`` the topic (or group) aiokafka named, when it did."""
+
+    code: int
+    resource: str | None = None
+
+    def __str__(self) -> str:  # as confluent_kafka.KafkaError.str() words it
+        name = REFUSAL_CODES[self.code]
+        return f"{name.replace('_', ' ').capitalize()} ({name})"
+
+
+def aiokafka_refusal(exc: BaseException | None) -> Refusal | None:
+    """The authorization refusal (topic, group, cluster, transactional id) that ``exc`` is,
+    or was caused by, when the error came from aiokafka; None otherwise. Found however it
+    was delivered: raised by a send, set on its future, chained (``raise … from``), or only
+    named in the text of the error that replaced it (the worker's record writer fails the
+    records of a send cut short with ``DurabilityError("record not sent: …Error('t')")``)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "errno", None)
+        if isinstance(code, int) and code in AIOKAFKA_REFUSALS.values() and \
+                type(exc).__module__.startswith("aiokafka"):
+            resource = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+            return Refusal(code, resource or None)
+        named = _AIOKAFKA_NAMED.search(str(exc))
+        if named:
+            return Refusal(AIOKAFKA_REFUSALS[named.group(1)], named.group(2) or None)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def refusal_message(conn_or_principal: KafkaConnection | str, what: str, err: Any) -> str:
     """The line a process logs when an operation is refused (ACLs, not a retry)."""
     principal = (conn_or_principal.principal if isinstance(conn_or_principal, KafkaConnection)
                  else conn_or_principal)
-    return (f"the broker refused {principal} to {what}: {err.str()} — an ACL is missing or "
+    detail = err.str() if callable(getattr(err, "str", None)) else str(err)  # or a Refusal
+    return (f"the broker refused {principal} to {what}: {detail} — an ACL is missing or "
             "the process runs under the wrong principal (see `sfprov acls`); not retrying")

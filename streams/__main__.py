@@ -9,6 +9,9 @@ Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 ba
 configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
 the verified one, or a broker that refuses the worker's credentials or ACLs (one line names
 it; the supervisor does not restart it), 75 stalled (restart it), anything else: restart.
+ACLs are checked at start-up for the topics (``ensure_topics``); a write refused later —
+outcomes, dead letters, changelogs — stops the worker as SIGTERM would, then exits 64
+(:meth:`streams.app.Worker.refuse`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sys
 
 from common.errors import KafkaAccessError, KafkaError
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     # lets the events in flight finish (WORKER_DRAIN_TIMEOUT_S) and commits (streams.app)
     runner = faust.Worker(built.app, loglevel=boot.common.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
+    # a write the broker refuses (streams.app.Worker.refuse): the operator's stop — events in
+    # flight may finish, the finished ones are committed — then EXIT_CONFIG below
+    built.stop = lambda: os.kill(os.getpid(), signal.SIGTERM)
     # Everything built so far (modules, faust's app, clients) lives as long as the process:
     # move it out of the collector's way, so a generation-2 collection walks only what the
     # events allocate (sfprov_gc_pause_seconds, see common.metrics.GcMonitor).
@@ -103,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
     try:
         runner.execute_from_commandline()
+    except SystemExit:  # mode's exit code: 0 stopped, 1 crashed
+        if built.refused is not None:
+            return EXIT_CONFIG  # the line was logged (streams.app.Worker.refuse)
+        raise
     finally:
         if server is not None:
             server.stop()

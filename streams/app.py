@@ -10,7 +10,10 @@ KIP-447 and has open duplicate reports under rebalance; the tables make redelive
 Nothing raises out of the agent: an event whose handling fails is retried and then
 dead-lettered (:class:`~streams.handler.EventHandler`); a table change the broker did not
 acknowledge (:class:`~streams.state.DurabilityError`) stops the worker without committing,
-because the local tables are then ahead of their changelogs.
+because the local tables are then ahead of their changelogs. A write the broker refuses this
+principal (an ACL: outcomes, dead letters, changelogs) is not retried: one line names the
+operation and principal and the worker stops with its configuration exit code, 64
+(:meth:`Worker.refuse`, :mod:`streams.__main__`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
@@ -29,7 +32,7 @@ import faust
 
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.backoff import retry_forever
-from common.connection import KafkaConnection
+from common.connection import KafkaConnection, Refusal, aiokafka_refusal, refusal_message
 from common.deadletter import dead_letter_headers
 from common.kafka import is_transient
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
@@ -67,9 +70,15 @@ INTAKE_WITHIN_S = 0.005
 
 class KafkaEmitter:
     """Outcomes and dead letters through the app's producer (acks=all, the tables'
-    :class:`~streams.faust_seam.RecordWriter`), each awaited."""
+    :class:`~streams.faust_seam.RecordWriter`), each awaited: a failed send is tried again
+    until it succeeds, except one the broker refuses this principal (an ACL), which is
+    handed to :attr:`on_refused` (:meth:`Worker.refuse`: the worker stops) and never
+    returns — the event stays unfinished, and is redelivered once the ACL is fixed."""
+
+    on_refused: Callable[[str, Refusal], None]  # the refused operation and the refusal
 
     def __init__(self, app: faust.App, kafka: KafkaSettings) -> None:
+        self.on_refused = _log_refusal  # the Worker's: Worker.refuse
         self.writer = faust_seam.RecordWriter.for_app(app)
         self.outcomes, self.dead_letters = kafka.outcomes, kafka.dead_letters
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
@@ -91,8 +100,7 @@ class KafkaEmitter:
                 self.outcomes, None, outcome["order_id"].encode(),
                 value if value is not None else self.serde.encode(outcome),
                 list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
-        await retry_forever("sending an outcome", send,
-                            on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
+        await self._send("outcomes", self.outcomes, send)
 
     async def send_dead_letter(self, letter: DeadLetter) -> None:
         rec = letter.record
@@ -104,8 +112,38 @@ class KafkaEmitter:
 
         async def send() -> None:
             await self.writer.send_soon(self.dead_letters, None, rec.key, rec.value, headers)
-        await retry_forever("sending a dead letter", send,
+        await self._send("dead letters", self.dead_letters, send)
+
+    async def _send(self, kind: str, topic: str, send: Callable[[], Awaitable[None]]) -> None:
+        """``send()`` until the broker acknowledges it; a refusal (aiokafka's authorization
+        errors, however they arrive: raised, on the record's future, or wrapped by the
+        writer) is reported once and waited out for good — the worker is stopping."""
+        async def attempt() -> None:
+            try:
+                await send()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                refusal = aiokafka_refusal(exc)
+                if refusal is None:
+                    raise  # retried
+                self.on_refused(refused_what(f"write {kind} to {topic}", topic, refusal),
+                                refusal)
+                await asyncio.get_running_loop().create_future()  # until cancelled
+        await retry_forever(f"sending {kind}", attempt,
                             on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
+
+
+def _log_refusal(what: str, refusal: Refusal) -> None:
+    log.error("the broker refused this principal to %s: %s; not retrying", what, refusal)
+
+
+def refused_what(what: str, topic: str | None, refusal: Refusal) -> str:
+    """The refused operation: ``what``, unless aiokafka named another topic than ``topic``
+    (a record of another topic in the same send, refused its metadata)."""
+    if refusal.resource and refusal.code == 29 and refusal.resource != topic:
+        return f"write to {refusal.resource}"
+    return what
 
 
 class Worker:
@@ -122,7 +160,11 @@ class Worker:
         datadir.parent.mkdir(parents=True, exist_ok=True)
         # every Kafka client below (faust's, the checkpoint's, the watchdog's) from one
         # connection (TLS, SASL: common.connection)
-        conn = KafkaConnection.from_settings(kafka)
+        conn = self.connection = KafkaConnection.from_settings(kafka)
+        # the broker's refusal that stops the worker (exit 64: streams.__main__), and how it
+        # stops: streams.__main__ makes it the operator's SIGTERM (drain, commit, stop)
+        self.refused: str | None = None
+        self.stop: Callable[[], Any] = lambda: asyncio.ensure_future(self.app.stop())
         self.app = faust_seam.build_app(
             app_id, **conn.faust(), store=worker.store, datadir=str(datadir), web_enabled=False, autodiscover=False,
             topic_partitions=kafka.partitions, topic_replication_factor=kafka.replication_factor,
@@ -194,6 +236,7 @@ class Worker:
             on_retry=lambda kind: metrics.RETRIES.labels(kind).inc())
         self.emitter = KafkaEmitter(self.app, kafka)
         self.emitter.outcome_headers = self.ops.outcome_headers
+        self.emitter.on_refused = self.refuse
         self.serde = AvroSerde("provision_request", topic=kafka.requests,
                                registry=registry_for(kafka))
         self.handler = EventHandler(
@@ -328,9 +371,30 @@ class Worker:
             log.info("rebalance: %d event(s) in flight released (redelivered from the "
                      "committed offsets)", released)
 
+    def refuse(self, what: str, refusal: Refusal) -> None:
+        """The broker refused this principal ``what`` (an ACL is missing): one line, the
+        first time, and the worker stops (:attr:`stop`: events in flight may finish, the
+        finished ones are committed); its exit code is then 64 (:mod:`streams.__main__`),
+        which the supervisor does not restart."""
+        if self._refused(what, refusal, "stopping the worker"):
+            self.stop()
+
+    def _refused(self, what: str, refusal: Refusal, then: str) -> bool:
+        if self.refused is not None:
+            return False  # said once; the worker is stopping already
+        self.refused = f"{refusal_message(self.connection, what, refusal)}; {then}"
+        log.error("%s", self.refused)
+        return True
+
     def _crash(self, exc: BaseException) -> None:
-        log.critical("table changelog not durable; stopping without committing",
-                     extra={"cause": repr(exc)})
+        refusal = aiokafka_refusal(exc)
+        if refusal is not None:  # a changelog write refused (an ACL): not durable either
+            changelogs = f"write the tables' changelogs ({self.kafka.topic(self.settings.app_id)}-…)"
+            self._refused(refused_what(changelogs, None, refusal), refusal,
+                          "stopping the worker without committing")
+        else:
+            log.critical("table changelog not durable; stopping without committing",
+                         extra={"cause": repr(exc)})
         asyncio.ensure_future(self.app.crash(exc))  # type: ignore[arg-type]
 
     async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
@@ -429,4 +493,5 @@ class Worker:
                 "commits": self.checkpoint.commits, "commit_holds": self.checkpoint.holds,
                 "offset_gaps": self.consumer.offset_gaps(),
                 "idle_s": round(self.progress.idle_for(), 1),
-                "stall_check_error": self.watchdog.last_error if self.watchdog else None}
+                "stall_check_error": self.watchdog.last_error if self.watchdog else None,
+                "kafka_refused": self.refused}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,89 @@ def test_the_sinks_principal_writing_to_the_requests_topic_is_refused_and_report
 
     audit = [line for line in denials(p) if "User:sfprov-sink" in line]
     assert any(p.kafka.requests in line for line in audit), denials(p)[-5:]
+
+
+def test_the_workers_refused_outcome_write_stops_it_with_one_line_and_exit_64(secured):
+    """The worker whose principal may see the outcomes topic but not write to it (its Write
+    ACL replaced by Describe: start-up's topic check passes) stops at its first outcome with
+    one line naming the operation and principal, and the configuration exit code — where
+    the send was retried forever, every lane behind it blocked."""
+    p = secured
+    worker, outcomes = f"User:{PROCESS_USERS['worker']}", p.kafka.outcomes
+    admin = admin_client(p.kafka)
+    acl = partial(AclBinding, ResourceType.TOPIC, outcomes, ResourcePatternType.LITERAL,
+                  worker, "*", permission_type=AclPermissionType.ALLOW)
+    assert p.stop("worker") == 0  # its partitions, its state directory: ours for the test
+    try:
+        _acls(admin, remove=[acl(AclOperation.WRITE)], add=[acl(AclOperation.DESCRIBE)])
+        before = _end_offsets(p, p.kafka.requests)
+        ids = p.sf.approve(3)  # the connector (still running) publishes their requests
+        deadline = time.monotonic() + 60
+        while _end_offsets(p, p.kafka.requests) < before + len(ids):
+            assert time.monotonic() < deadline, "the connector did not publish the requests"
+            time.sleep(0.5)
+
+        code, output = _run_until_exit(p, "worker", {"WORKER_DRAIN_TIMEOUT_S": "2"},
+                                       timeout=REFUSAL_TIMEOUT_S)
+        assert code in FINAL_EXIT_CODES["worker"] and code == 64, (code, output[-3000:])
+        refused = [line for line in output.splitlines() if f"refused {worker}" in line]
+        assert len(refused) == 1, output[-3000:]
+        assert f"write outcomes to {outcomes}" in refused[0], refused[0]
+        assert "Topic authorization failed" in refused[0] and "not retrying" in refused[0]
+        assert "failed; retrying" not in output, output[-3000:]
+        assert any(worker in line and outcomes in line for line in denials(p))
+    finally:
+        _acls(admin, remove=[acl(AclOperation.DESCRIBE)], add=[acl(AclOperation.WRITE)])
+        p.start("worker")
+        p.wait_healthy("worker")
+    # nothing was acknowledged past the refused outcomes: the worker back under its ACLs
+    # settles the Orders
+    rows = p.wait_settled(ids, timeout=180)
+    assert len(rows) == len(ids)
+    assert {o["order_id"] for o in p.outcomes()} >= set(ids)
+
+
+REFUSAL_TIMEOUT_S = 90.0  # start-up (topics, group, table recovery) and the first outcome
+
+
+def _acls(admin, *, remove: list[AclBinding], add: list[AclBinding]) -> None:
+    for future in admin.delete_acls(
+            [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                              b.operation, b.permission_type) for b in remove],
+            request_timeout=30).values():
+        future.result()
+    for future in admin.create_acls(add, request_timeout=30).values():
+        future.result()
+
+
+def _end_offsets(p: Pipeline, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from common.connection import kafka_config
+
+    consumer = Consumer(kafka_config(p.kafka, **{"group.id": "sfprov-test-offsets",
+                                                 "enable.auto.commit": False}))
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, n), timeout=30)[1]
+                   for n in range(p.partitions))
+    finally:
+        consumer.close()
+
+
+def _run_until_exit(p: Pipeline, name: str, env: dict[str, str], timeout: float,
+                    ) -> tuple[int | None, str]:
+    """Like :func:`run`, but a process still running after ``timeout`` is stopped (SIGKILL)
+    and reported with None instead of an exit code."""
+    full = {**p.env(name), f"{name.upper()}_HTTP_PORT": "0", "LOG_FORMAT": "TEXT", **env}
+    proc = subprocess.Popen([sys.executable, "-m", *MODULES[name]], cwd=ROOT, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        return None, output
 
 
 def test_the_ops_principal_reads_the_topics(secured):
