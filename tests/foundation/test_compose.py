@@ -35,7 +35,7 @@ def test_metrics_listen_where_they_are_published(name):
     env = service["environment"]
     port = env[f"{name.upper()}_HTTP_PORT"]
     assert env[f"{name.upper()}_HTTP_HOST"] == "0.0.0.0"
-    assert f"{port}:{port}" in service["ports"]
+    assert f"127.0.0.1:{port}:{port}" in service["ports"]
     section = SECTIONS[name].load(
         {f"{name.upper()}_HTTP_HOST": env[f"{name.upper()}_HTTP_HOST"],
          f"{name.upper()}_HTTP_PORT": str(port)})
@@ -181,3 +181,13 @@ def test_final_exit_codes_end_the_container(name, tmp_path):
                                 cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 75
+
+
+def test_every_published_port_is_bound_to_the_loopback_address():
+    """A port published without an address is open on every interface (Docker bypasses host
+    firewalls such as ufw), and the compose broker's host listener has no authentication:
+    anyone reaching the host could write outcomes the sink copies into Salesforce."""
+    published = [(name, entry) for name, service in SERVICES.items()
+                 for entry in service.get("ports", [])]
+    assert published
+    assert [(n, e) for n, e in published if not str(e).startswith("127.0.0.1:")] == []
