@@ -228,8 +228,12 @@ class LocalBroker:
         ensure_jars(self.state_dir)
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
-        props.write_text(self._secured(self._properties()))
-        props.chmod(0o600)  # a secured broker's file holds its admin password
+        # a secured broker's file holds its admin and keystore passwords: created 0600, never
+        # readable by others even for a moment (write_text then chmod was, under the umask)
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._secured(self._properties()))
+        props.chmod(0o600)  # an existing file keeps its mode through O_CREAT
         log4j = self.home / "log4j.properties"
         log4j.write_text(LOG4J.format(log=self.log_file))
         if not (self.home / "data" / "meta.properties").exists():
