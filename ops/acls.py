@@ -7,16 +7,22 @@ connector  write requests, dead letters, replay gaps; read and write its offsets
            its transactional id; the throwaway groups of its position reader; for the
            reconciliation passes: read requests and outcomes, describe the worker's group
 worker     read requests in its group; write outcomes and dead letters; create, read and
-           write its own topics (faust's changelogs and leader topic, ``<app id>-…``); its
-           group and the groups of its commit gate and stall watchdog (``<app id>…``)
-sink       read outcomes in its group (and its lag gauge's, ``<group>…``); write dead
-           letters
+           write its own topics (faust's changelogs ``<app id>-<table>-changelog`` and
+           leader topic ``<app id>-__assignor-__leader``); its group ``<app id>`` and those
+           of its commit gate, changelog repair and stall watchdog (``<app id>-checkpoint``,
+           ``-repair``, ``-watchdog``)
+sink       read outcomes in its group ``<group>`` (and its lag gauge's,
+           ``<group>-watchdog``); write dead letters
 ops        read every topic (``sfprov tail``, ``dlq``, ``trace``, ``topics``); describe
            the worker's and sink's groups (``lag``); its throwaway groups
 ========== ============================================================================
 
 Every principal may also describe the configs of the topics it uses, so a process can
-report topic drift at start-up. Nothing may create the project's topics but an admin
+report topic drift at start-up. The worker's and the sink's names are granted LITERALLY, each
+one: environments sharing a cluster are told apart by ``WORKER_APP_ID`` and ``SINK_GROUP_ID``,
+and a prefix ``sfprov-worker`` would also give staging's worker prod's ``sfprov-worker-prod``
+(its group's offsets, its intents changelog). Only throwaway groups with a random suffix are
+PREFIXED, on a prefix that ends in ``-``. Nothing may create the project's topics but an admin
 (``make topics``), and ``replay``, ``reconcile`` and ``dlq requeue`` need more than ``ops``:
 run them as a principal allowed to (see the README).
 
@@ -32,12 +38,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from common.kafka import changelog_topics
 from common.settings import ConnectorSettings, KafkaSettings, SinkSettings, WorkerSettings
 from connectors.writer import transactional_id
 
 OFFSET_READER_GROUP_PREFIX = "sfprov-offset-reader-"  # connectors.offsets.load_position
 CLI_GROUP_PREFIX = "sfprov-cli-"  # ops.kafkaview.consumer
 RECONCILE_GROUP_PREFIX = "sfprov-reconcile-"  # common.reconcile._consumer
+# the worker's groups besides faust's own (the app id): "<app id><suffix>"
+WORKER_GROUP_SUFFIXES = (
+    "-checkpoint",  # streams.checkpoint.BrokerRangeReader (the commit gate's range reader)
+    "-repair",  # streams.repair.ChangelogReader
+    "-watchdog",  # common.lag.lag_reader (the stall watchdog and the lag gauges)
+)
+# the sink's groups besides its own: "<group><suffix>"
+SINK_GROUP_SUFFIXES = ("-watchdog",)  # common.lag.lag_reader (its lag gauge)
+
+
+def worker_topics(kafka: KafkaSettings, app_id: str) -> list[str]:
+    """The topics the worker creates and uses besides the pipeline's: its tables' changelogs
+    (common.kafka.changelog_topics, faust's ``Collection._changelog_topic_name``) and faust's
+    leader topic (``faust.assignor.LeaderAssignor._leader_topic_name``). ``app_id``: with
+    the topic prefix; faust's id is the app id itself (no ``version`` > 1 is set)."""
+    return [*(spec.name for spec in changelog_topics(kafka, app_id)),
+            f"{app_id}-__assignor-__leader"]
 
 
 @dataclass(frozen=True, order=True)
@@ -72,7 +96,7 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
     worker = worker or WorkerSettings.load({})
     sink = sink or SinkSettings.load({})
     connector = connector or ConnectorSettings.load({})
-    app_id = kafka.topic(worker.app_id)
+    app_id, sink_group = kafka.topic(worker.app_id), kafka.topic(sink.group_id)
     c, w, s, o = principals.connector, principals.worker, principals.sink, principals.ops
     rules: list[Acl] = [
         *_topic(c, kafka.requests, "WRITE"),
@@ -92,20 +116,20 @@ def acls(kafka: KafkaSettings, principals: Principals = Principals(), *,
         *_topic(w, kafka.requests, "READ"),
         *_topic(w, kafka.outcomes, "WRITE"),
         *_topic(w, kafka.dead_letters, "WRITE"),
-        *_topic(w, f"{app_id}-", "CREATE", "READ", "WRITE", pattern="PREFIXED"),
-        Acl(w, "GROUP", app_id, "READ", "PREFIXED"),
+        *[acl for name in worker_topics(kafka, app_id)
+          for acl in _topic(w, name, "CREATE", "READ", "WRITE")],
+        *[Acl(w, "GROUP", app_id + suffix, "READ") for suffix in ("", *WORKER_GROUP_SUFFIXES)],
 
         *_topic(s, kafka.outcomes, "READ"),
         *_topic(s, kafka.dead_letters, "WRITE"),
-        # its group, and its lag gauge's (``<group>-watchdog``)
-        Acl(s, "GROUP", kafka.topic(sink.group_id), "READ", "PREFIXED"),
+        *[Acl(s, "GROUP", sink_group + suffix, "READ") for suffix in ("", *SINK_GROUP_SUFFIXES)],
 
         *[acl for name in (kafka.requests, kafka.outcomes, kafka.dead_letters,
                            kafka.connector_offsets, kafka.replay_gaps)
           for acl in _topic(o, name, "READ")],
         Acl(o, "GROUP", CLI_GROUP_PREFIX, "READ", "PREFIXED"),
         Acl(o, "GROUP", app_id, "DESCRIBE"),
-        Acl(o, "GROUP", kafka.topic(sink.group_id), "DESCRIBE"),
+        Acl(o, "GROUP", sink_group, "DESCRIBE"),
     ]
     return sorted(set(rules))
 

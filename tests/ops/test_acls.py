@@ -13,9 +13,9 @@ RULES = acls(KAFKA, worker=WorkerSettings.load({}), sink=SinkSettings.load({}),
 P = Principals()
 
 
-def allowed(principal: str, resource: str, name: str) -> set[str]:
+def allowed(principal: str, resource: str, name: str, rules: list[Acl] = RULES) -> set[str]:
     """Operations ``principal`` gets on ``name`` (literal rules, or prefixed ones matching)."""
-    return {r.operation for r in RULES if r.principal == principal and r.resource == resource
+    return {r.operation for r in rules if r.principal == principal and r.resource == resource
             and (r.name == name if r.pattern == "LITERAL" else name.startswith(r.name))}
 
 
@@ -45,8 +45,11 @@ def test_worker_reads_requests_writes_outcomes_and_owns_its_changelogs():
     changelog = "prod.sfprov-worker-idem-changelog"
     assert allowed(P.worker, "TOPIC", changelog) == {"CREATE", "READ", "WRITE",
                                                       "DESCRIBE_CONFIGS"}
+    for topic in ("prod.sfprov-worker-intents-changelog", "prod.sfprov-worker-__assignor-__leader"):
+        assert allowed(P.worker, "TOPIC", topic) == {"CREATE", "READ", "WRITE",
+                                                     "DESCRIBE_CONFIGS"}
     for group in ("prod.sfprov-worker", "prod.sfprov-worker-checkpoint",
-                  "prod.sfprov-worker-watchdog"):
+                  "prod.sfprov-worker-repair", "prod.sfprov-worker-watchdog"):
         assert allowed(P.worker, "GROUP", group) == {"READ"}
     assert allowed(P.worker, "GROUP", "prod.sfprov-sink") == set()
     assert allowed(P.worker, "TOPIC", KAFKA.connector_offsets) == set()
@@ -91,3 +94,59 @@ def test_kafka_acls_lines_merge_operations_and_quote_names():
         ["kafka-acls", "--bootstrap-server", "b:9096", "--command-config", "admin.properties",
          "--add", "--allow-principal", "User:w", "--operation", "Read", "--group", "app",
          "--resource-pattern-type", "prefixed"]]
+
+
+def test_worker_and_sink_get_exactly_the_names_their_code_uses():
+    worker = {(r.resource, r.name) for r in RULES if r.principal == P.worker}
+    assert {name for resource, name in worker if resource == "GROUP"} == {
+        "prod.sfprov-worker",  # faust's consumer (its group id is the app id)
+        "prod.sfprov-worker-checkpoint",  # streams.checkpoint.BrokerRangeReader
+        "prod.sfprov-worker-repair",  # streams.repair.ChangelogReader
+        "prod.sfprov-worker-watchdog"}  # common.lag.lag_reader (stall watchdog, gauges)
+    assert {name for resource, name in worker if resource == "TOPIC"} == {
+        KAFKA.requests, KAFKA.outcomes, KAFKA.dead_letters,
+        "prod.sfprov-worker-idem-changelog", "prod.sfprov-worker-intents-changelog",
+        "prod.sfprov-worker-__assignor-__leader"}
+    sink = {(r.resource, r.name) for r in RULES if r.principal == P.sink}
+    assert {name for resource, name in sink if resource == "GROUP"} == {
+        "prod.sfprov-sink", "prod.sfprov-sink-watchdog"}
+    # no per-run names: nothing of theirs is granted by prefix
+    assert not [r for r in RULES if r.principal in (P.worker, P.sink) and r.pattern != "LITERAL"]
+
+
+def test_the_worker_topics_are_named_as_faust_names_them():
+    from types import SimpleNamespace
+
+    from faust.assignor.leader_assignor import LeaderAssignor
+    from faust.tables.base import Collection
+
+    app = SimpleNamespace(conf=SimpleNamespace(id="prod.sfprov-worker"))
+    leader = LeaderAssignor.__dict__["_leader_topic_name"].__get__(
+        SimpleNamespace(app=app), LeaderAssignor)
+    changelogs = [Collection._changelog_topic_name(SimpleNamespace(app=app, name=table))
+                  for table in ("idem", "intents")]  # streams.app's tables
+    for topic in (leader, *changelogs):
+        assert allowed(P.worker, "TOPIC", topic) == {"CREATE", "READ", "WRITE",
+                                                     "DESCRIBE_CONFIGS"}, topic
+
+
+def test_environments_sharing_a_cluster_cannot_reach_each_other():
+    """Staging (``sfprov-worker``, ``sfprov-sink``) and prod (``sfprov-worker-prod``,
+    ``sfprov-sink-prod``) on one cluster, told apart by WORKER_APP_ID and SINK_GROUP_ID:
+    staging's principals get nothing of prod's (its group, offsets, intents changelog)."""
+    for prefix in ("", "prod."):
+        kafka = KafkaSettings.load({"KAFKA_TOPIC_PREFIX": prefix})
+        staging = acls(kafka, worker=WorkerSettings.load({}), sink=SinkSettings.load({}),
+                       connector=ConnectorSettings.load({}))
+        for group in ("sfprov-worker-prod", "sfprov-worker-prod-checkpoint",
+                      "sfprov-worker-prod-repair", "sfprov-worker-prod-watchdog"):
+            assert allowed(P.worker, "GROUP", prefix + group, staging) == set(), group
+        for topic in ("sfprov-worker-prod-intents-changelog",
+                      "sfprov-worker-prod-idem-changelog",
+                      "sfprov-worker-prod-__assignor-__leader"):
+            assert allowed(P.worker, "TOPIC", prefix + topic, staging) == set(), topic
+        for group in ("sfprov-sink-prod", "sfprov-sink-prod-watchdog"):
+            assert allowed(P.sink, "GROUP", prefix + group, staging) == set(), group
+        # and its own names still
+        assert allowed(P.worker, "GROUP", prefix + "sfprov-worker", staging) == {"READ"}
+        assert allowed(P.sink, "GROUP", prefix + "sfprov-sink", staging) == {"READ"}
