@@ -97,17 +97,24 @@ def test_bad_records_are_dead_lettered_and_the_rest_proceeds(
     assert committed_total(kafka_settings, settings) == 21
 
 
-def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> None:
-    produce(kafka_settings, scenario(100))
-    fake = FakeCollections()
-    window: list[float] = []  # the limit holds for 2 s from the first call
+def limit_for(fake: FakeCollections, seconds: float) -> list[float]:
+    """``fake`` answers REQUEST_LIMIT_EXCEEDED for ``seconds`` from its first call; the
+    list holds when the limit lifts, once a call was made."""
+    window: list[float] = []
 
     def limited(_records: list) -> Exception | None:
         if not window:
-            window.append(time.monotonic() + 2.0)
+            window.append(time.monotonic() + seconds)
         return limit_error() if time.monotonic() < window[0] else None
 
     fake.fail_call = limited
+    return window
+
+
+def test_request_limit_pauses_then_catches_up(kafka_settings: KafkaSettings) -> None:
+    produce(kafka_settings, scenario(100))
+    fake = FakeCollections()
+    window = limit_for(fake, 2.0)
     sink = Sink(kafka_settings, sink_settings(), fake)
     seen_paused: list[dict] = []
 
@@ -250,14 +257,7 @@ def test_a_limit_pause_with_a_backlog_waits_instead_of_spinning(
     or hours while a refused login lasts)."""
     produce(kafka_settings, [outcome(f"801{i:015d}", "Provisioned", n=i) for i in range(300)])
     fake = FakeCollections()
-    window: list[float] = []  # the limit holds for 3 s from the first call
-
-    def limited(_records: list) -> Exception | None:
-        if not window:
-            window.append(time.monotonic() + 3.0)
-        return limit_error() if time.monotonic() < window[0] else None
-
-    fake.fail_call = limited
+    limit_for(fake, 3.0)
     sink = Sink(kafka_settings, sink_settings(batch_size=50, limit_backoff_s=2.0), fake)
     polls_while_blocked: list[float] = []
     poll = sink._poll

@@ -225,6 +225,23 @@ def test_the_cause_of_unreachable_never_carries_the_credentials():
 
 # -- 4. Retry-After is honoured by the provisioner -------------------------------------------
 
+def provision_sleeping(handler, settings):
+    """Provision one Order against ``handler`` with a clock that moves only when the
+    provisioner sleeps: the result and the sleeps it asked for."""
+    sleeps: list[float] = []
+    clock = [1_800_000_000.0]
+
+    async def sleep(delay):
+        sleeps.append(delay)
+        clock[0] += delay
+
+    async def go():
+        async with client_answering(handler) as client:
+            return await Provisioner(client, settings, sleep=sleep,
+                                     wall=lambda: clock[0]).provision(req())
+    return run(go()), sleeps
+
+
 @pytest.mark.parametrize("kind", ["html", "json"])
 def test_a_503_with_retry_after_is_not_retried_sooner(kind):
     calls: list[str] = []
@@ -240,18 +257,7 @@ def test_a_503_with_retry_after_is_not_retried_sooner(kind):
         return httpx.Response(200, json=ADDED if calls[-1] == "AddOrder"
                               else {"result": "success"})
 
-    sleeps: list[float] = []
-    clock = [1_800_000_000.0]  # the provisioner's wall clock: moves only when it sleeps
-
-    async def sleep(delay):
-        sleeps.append(delay)
-        clock[0] += delay
-
-    async def go():
-        async with client_answering(handler) as client:
-            return await Provisioner(client, policy(), sleep=sleep,
-                                     wall=lambda: clock[0]).provision(req())
-    result = run(go())
+    result, sleeps = provision_sleeping(handler, policy())
     assert result.status == "Provisioned"
     # a 503 may come after WHMCS committed: looked up (after the wait) before adding again
     assert calls == ["AddOrder", "GetOrders", "AddOrder", "AcceptOrder"]
@@ -272,18 +278,7 @@ def test_a_retry_after_past_the_deadline_waits_only_until_the_deadline():
         return httpx.Response(200, json=ADDED if calls[-1] == "AddOrder"
                               else {"result": "success"})
 
-    sleeps: list[float] = []
-    clock = [1_800_000_000.0]  # the provisioner's wall clock: moves only when it sleeps
-
-    async def sleep(delay):
-        sleeps.append(delay)
-        clock[0] += delay
-
-    async def go():
-        async with client_answering(handler) as client:
-            return await Provisioner(client, policy(retry_deadline_s=5), sleep=sleep,
-                                     wall=lambda: clock[0]).provision(req())
-    result = run(go())
+    result, sleeps = provision_sleeping(handler, policy(retry_deadline_s=5))
     assert result.status == "Provisioned"
     assert calls == ["AddOrder", "GetOrders", "AddOrder", "AcceptOrder"]
     assert len(sleeps) == 1 and 4.0 < sleeps[0] <= 5.0
