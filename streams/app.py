@@ -299,7 +299,7 @@ class Worker:
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(INTAKE_CHUNK, within=INTAKE_WITHIN_S):
             for event in events:
-                event.message.incref()  # faust never acks it: released by the lanes
+                self.consumer.hold(event.message)  # released by the lanes
             records = [RawRecord(e.message.key, e.message.value, e.message.topic,
                                  e.message.partition, e.message.offset,
                                  received_at=e.message.time_in or time.monotonic(),

@@ -40,10 +40,6 @@ def check_versions() -> None:
 
 
 # upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
-# overridden in a subclass (S) or relied on for its behaviour (R).
-
-
-# upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
 # overridden in a subclass (S) or relied on for its behaviour (R). Each part of the seam adds
 # what it uses.
 CONTRACT: dict[str, tuple[Any, str, str]] = {}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.base import Transport as FaustTransport
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
@@ -52,4 +53,7 @@ CONTRACT.update({
         AIOKafkaDriverProducer, "_settings_extra", "a4c7bc41b63822236e4c9be1c49437d0"),
     "R faust Transport.create_producer": (
         FaustTransport, "create_producer", "2de47ba78c944b4a74a3aadb0af9fea9"),
+    # read_committed: the Fetcher is built from _isolation_level at start()
+    "R aiokafka AIOKafkaConsumer.start (reads _isolation_level)": (
+        AIOKafkaConsumer, "start", "2f1ba70443327538800d348e61042cde"),
 })

@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
+from faust.types import ConsumerMessage, Message
 from mode.services import Service, WaitResults
 
 from streams.faust_seam._base import CONTRACT
@@ -115,10 +117,32 @@ class ConsumerSeam:
 
     # -- acknowledging and committing ----------------------------------------------------
 
+    @staticmethod
+    def hold(message: Any) -> None:
+        """Keep faust from ever counting ``message`` (a record of the requests topic) as
+        processed: call it as the agent takes the message's event, before the stream can
+        acknowledge it; :meth:`release` lets go of it. Offsets of the requests topic are
+        committed by the worker's checkpoint alone (:meth:`commit`), never by faust.
+
+        How: faust's conductor takes one reference on a message per stream it hands it to
+        (``Message.incref``), and a stream's acknowledgement drops one
+        (``Stream.take_events`` acks each event of a chunk once the agent asks for the next
+        chunk: ``Stream.ack`` → ``Event.ack`` → ``Message.ack`` → ``decref``). Only the
+        last reference's ack reaches the consumer (``ConsumerMessage.on_final_ack`` →
+        ``Consumer.ack``), which marks the offset safe to commit for faust's own commits
+        (``Consumer._commit_handler``, ``commit``/``force_commit``, ``wait_empty``: all
+        commit only acked offsets, ``_new_offset``). One reference more here, and the
+        stream's ack leaves it at 1; :meth:`release` then marks the message acked without
+        that final ack, so every later ack is a no-op (``Message.ack`` looks at ``acked``
+        first). Until then it stays in faust's unacked messages: a rebalance waits for it
+        (:meth:`before_wait_empty` releases the worker's events first)."""
+        message.incref()
+
     def release(self, message: Any) -> None:
-        """Let faust forget ``message`` without counting it as processed: it no longer
-        holds up a rebalance (``wait_empty``) and faust itself never commits past it —
-        offsets of the requests topic are committed by the worker's checkpoint alone."""
+        """Let faust forget ``message`` (held: :meth:`hold`) without counting it as
+        processed: it no longer holds up a rebalance (``wait_empty``) and faust itself never
+        commits past it — offsets of the requests topic are committed by the worker's
+        checkpoint alone."""
         message.acked = True  # later acks of the message are no-ops (faust Message.ack)
         self.consumer._unacked_messages.discard(message)
 
@@ -331,4 +355,35 @@ CONTRACT.update({
     "R faust Consumer._add_gap": (FaustConsumer, "_add_gap", "4df2573ded7c1c2cde04dc6bde6d4480"),
     "R faust Consumer._new_offset": (
         FaustConsumer, "_new_offset", "1d2c7ea89a7ad4f1a216c1d51936e569"),
+    # hold / release: faust never commits the requests topic (a stream's ack only decrefs a
+    # held message; only the final ack reaches Consumer.ack; faust commits only acked offsets)
+    "R faust Message.incref": (Message, "incref", "78d34df830d3089b463d2bbc6e06892f"),
+    "R faust Message.decref": (Message, "decref", "f23396189d0e55922d5c9c627879af52"),
+    "R faust Message.ack (no-op once acked; final ack at refcount 0)": (
+        Message, "ack", "4751b72c4ed84153a7b6c14fdfe41cc9"),
+    "R faust ConsumerMessage.on_final_ack": (
+        ConsumerMessage, "on_final_ack", "45d670b6a8ac4bd07a3e5600c8935863"),
+    "R faust Stream.take_events (acks each event of a chunk once)": (
+        faust.Stream, "take_events", "607d48aead118ba8ea868718a0df87de"),
+    "R faust Stream.ack": (faust.Stream, "ack", "32d7171a89b0931d806a87dc81dcba56"),
+    "R faust Event.ack": (faust.Event, "ack", "2d29a6eda87c4ce5f7a491e486c88be9"),
+    "R faust Consumer._commit_handler": (
+        FaustConsumer, "_commit_handler", "4e5da5df073082d6b82c629ff9aa2ffa"),
+    "R faust Consumer.force_commit": (
+        FaustConsumer, "force_commit", "cc094614d22c70fb03606f8e5b940fdd"),
+    "R faust Consumer._commit_tps": (
+        FaustConsumer, "_commit_tps", "a20e230b05ae8b151ac9f78fa77a1020"),
+    "R faust Consumer._filter_committable_offsets": (
+        FaustConsumer, "_filter_committable_offsets", "dc5e9baf5d994485473ce80aed1873b9"),
+    # before_wait_empty: faust waits for unacked messages when a rebalance revokes
+    "R faust App._on_partitions_revoked": (
+        faust.App, "_on_partitions_revoked", "d5c895bbe57dc73ae4d7f762f6fdc9fd"),
+    "R faust App._consumer_wait_empty": (
+        faust.App, "_consumer_wait_empty", "6bc313c48c064b1626be9fb38fcc8760"),
+    # reseek, and OrderedRecovery's seek (seek_to_committed, wrapped here)
+    "R faust Consumer.perform_seek": (
+        FaustConsumer, "perform_seek", "0e8c130ff4b0afd82c0be9c5fd831316"),
+    # the seek to the beginning of a partition with nothing committed: aiokafka's leaves it
+    "R aiokafka AIOKafkaConsumer.seek_to_committed (no seek for None/0)": (
+        AIOKafkaConsumer, "seek_to_committed", "f6cd85c8b70a4ccf7e862de24f6c5d98"),
 })

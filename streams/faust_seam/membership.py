@@ -137,4 +137,7 @@ CONTRACT.update({
         ConsumerRebalanceListener, "on_partitions_revoked", "348c3aec879faf808e3ce86802ad8735"),
     "W faust ConsumerRebalanceListener.on_partitions_assigned": (
         ConsumerRebalanceListener, "on_partitions_assigned", "1c1f8406ad3698a6770a4ececb2f8074"),
+    # heartbeat: _rejoin_needed_fut done means a rebalance (set here)
+    "R aiokafka GroupCoordinator.request_rejoin": (
+        GroupCoordinator, "request_rejoin", "f70a261c91c38cb53dbe591926f6221c"),
 })

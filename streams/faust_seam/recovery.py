@@ -75,4 +75,7 @@ CONTRACT.update({
     "S faust Recovery.on_recovery_completed": (
         Recovery, "on_recovery_completed", "6ef567acf072e46da3fccbccc6d66237"),
     "S faust TableManager.recovery": (FaustTableManager, "recovery", "f0bf5de78b4c3d235c3554010480f407"),
+    # on_recovery_completed's caller: the state (paused partitions, the flow) it takes over
+    "R faust Recovery._restart_recovery": (
+        Recovery, "_restart_recovery", "6bd8a8558a2dffe4c60b8150f23d721b"),
 })

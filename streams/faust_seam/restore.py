@@ -248,6 +248,13 @@ CONTRACT.update({
     "S faust Collection.persisted_offset": (
         faust.Table, "persisted_offset", "d473d3ab3fd6f036d974d0abe3d485a1"),
     "R faust Recovery._add": (Recovery, "_add", "1584a197b11bf835c0e3c497952413ce"),
+    # ... every assigned active partition at every rebalance, kept partitions included
+    "R faust Recovery.on_rebalance": (
+        Recovery, "on_rebalance", "aa4d997a1795ceae3880f98311b46935"),
+    # apply_changelog_batch (DurableTable's super()), _persist_read: each record into its own
+    # partition's DB (KeyPartitionedRocksStore), the persisted offset the last one applied
+    "R faust rocksdb Store.apply_changelog_batch": (
+        RocksStore, "apply_changelog_batch", "ea3344d369fc4ab5e3cdace305656911"),
     # _floor: records fetched past a restore's end, buffered, applied at the next revocation
     "R faust Recovery._slurp_changelogs": (Recovery, "_slurp_changelogs", "7825c7e50f766d5ab0fd246b63420ea0"),
     "R faust Recovery.flush_buffers": (Recovery, "flush_buffers", "6fa9c17f1071018c49cb6d411a34fb4a"),

@@ -190,6 +190,9 @@ CONTRACT.update({
         RocksDBOptions, "as_options", "d2a1bea17736d2eb2f8d2da592ef843f"),
     "S faust rocksdb RocksDBOptions.open": (
         RocksDBOptions, "open", "ff87e92d69e2f487e2657c1df266543f"),
+    # BoundedRocksDBOptions: super().__init__, and the fields KeyPartitionedRocksStore copies
+    "R faust rocksdb RocksDBOptions.__init__": (
+        RocksDBOptions, "__init__", "68ec2240dbf40cf8060c6a90cfe9aeba"),
     "R faust rocksdb Store.__init__": (RocksStore, "__init__", "c7c0fa2989e8ab4a4349ff29df825847"),
     # rocksdb_memory: the open DBs in Store._dbs (the store in Collection._data: tables.py)
     "R faust rocksdb Store._db_for_partition": (

@@ -306,6 +306,8 @@ CONTRACT.update({
         faust.Table, "_on_changelog_sent", "60122c86a120d82cffa95da4c22323e1"),
     "R faust Collection._maybe_set_key_ttl": (
         faust.Table, "_maybe_set_key_ttl", "39b7465fa58038998e628bf0fa80d95b"),
+    "R faust Collection._maybe_del_key_ttl": (
+        faust.Table, "_maybe_del_key_ttl", "c873b702c4e59af5e9bffcfa3c132152"),
     "R faust rocksdb Store.set_persisted_offset": (
         RocksStore, "set_persisted_offset", "b4c811926678346ebb8c40486dbc46d0"),
     "R faust rocksdb Store.persisted_offset": (

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
 from streams.faust_seam._base import CONTRACT, key_partition
@@ -255,4 +256,10 @@ CONTRACT.update({
         AIOKafkaProducer, "create_batch", "c4efda4bb7a09741e168138a54cdeeef"),
     "R aiokafka AIOKafkaProducer.send_batch": (
         AIOKafkaProducer, "send_batch", "bf42b0f0c5c0646db4cc15b54a81103f"),
+    # _resolve_batch: send_batch's future is the batch's (add_batch), resolved to the
+    # batch's base offset (done); a record's offset is that plus its place in the batch
+    "R aiokafka MessageAccumulator.add_batch": (
+        MessageAccumulator, "add_batch", "5ed1c5b1367ad85413d82f5704ed1165"),
+    "R aiokafka MessageBatch.done (the batch future: its base offset)": (
+        MessageBatch, "done", "2d765e5c2dc8638ddf995f5f35484a7e"),
 })

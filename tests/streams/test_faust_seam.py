@@ -8,6 +8,8 @@ tested where each one matters (listed in ``WORKAROUND_TESTS``) — plus ``read_c
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import re
 import time
@@ -47,6 +49,51 @@ WORKAROUND_TESTS = {
         "test_a_position_is_found_after_the_leader_moved_behind_the_consumers_back",
     "an idempotent producer":
         "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
+    "faust never commits the requests topic (ConsumerSeam.hold, release)":
+        "tests/streams/test_faust_seam.py::test_a_held_message_never_reaches_fausts_commit",
+}
+# upstream functions whose behaviour the seam relies on without wrapping or overriding them
+# ("module:Class.attribute" → what of it), each hashed in CONTRACT: a change upstream fails
+# the contract test. Not every CONTRACT entry; those a review found unhashed.
+RELIED_ON = {
+    # ConsumerSeam.hold / release: faust never commits the requests topic
+    "faust.types.tuples:Message.incref": "hold: one reference more than the streams drop",
+    "faust.types.tuples:Message.decref": "a stream's ack takes one reference, never below 0",
+    "faust.types.tuples:Message.ack": "no final ack while referenced; none once acked",
+    "faust.types.tuples:ConsumerMessage.on_final_ack": "the final ack is the Consumer's ack",
+    "faust.streams:Stream.take_events": "acks each event of a chunk once, after the chunk",
+    "faust.streams:Stream.ack": "a stream's ack is the event's",
+    "faust.events:Event.ack": "an event's ack is its message's, on the app's consumer",
+    "faust.transport.consumer:Consumer._commit_handler": "faust's periodic commit",
+    "faust.transport.consumer:Consumer.force_commit": "commits only the acked partitions",
+    "faust.transport.consumer:Consumer._commit_tps": "commits only offsets faust acked",
+    "faust.transport.consumer:Consumer._filter_committable_offsets": "from _new_offset",
+    # ConsumerSeam.before_wait_empty: faust waits for unacked messages in a rebalance
+    "faust.app.base:App._on_partitions_revoked": "a rebalance's revocation waits empty",
+    "faust.app.base:App._consumer_wait_empty": "calls consumer.wait_empty",
+    # ConsumerSeam.reseek, OrderedRecovery: the seek to committed offsets
+    "faust.transport.consumer:Consumer.perform_seek": "seeks via seek_to_committed",
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed":
+        "no seek for a partition with nothing committed (the seam's seek to its beginning)",
+    # build_app: read_committed
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "reads _isolation_level",
+    # OrderedRecovery.on_recovery_completed: its caller
+    "faust.tables.recovery:Recovery._restart_recovery": "calls on_recovery_completed last",
+    # RestoreGuards.persisted_offset: asked of every assigned partition, kept ones too
+    "faust.tables.recovery:Recovery.on_rebalance": "adds every assigned active (_add)",
+    # RestoreGuards / DurableTable.apply_changelog_batch, KeyPartitionedRocksStore
+    "faust.stores.rocksdb:Store.apply_changelog_batch":
+        "a record into its own partition's DB; the persisted offset = the last applied",
+    "faust.stores.rocksdb:RocksDBOptions.__init__": "the fields KeyPartitionedRocksStore copies",
+    # RecordWriter: a record's offset is the batch future's base offset plus its own
+    "aiokafka.producer.message_accumulator:MessageBatch.done": "the batch future: base offset",
+    "aiokafka.producer.message_accumulator:MessageAccumulator.add_batch":
+        "send_batch's future is the batch's",
+    # watch_membership: a heartbeat in a rebalance is no renewal
+    "aiokafka.consumer.group_coordinator:GroupCoordinator.request_rejoin":
+        "sets _rejoin_needed_fut",
+    # DurableTable.on_key_del
+    "faust.tables.base:Collection._maybe_del_key_ttl": "called as faust's on_key_del does",
 }
 
 
@@ -115,6 +162,26 @@ def test_every_workaround_has_a_behaviour_test():
     for workaround, node in WORKAROUND_TESTS.items():
         path, name = node.split("::")
         assert f"def {name}(" in (ROOT / path).read_text(), workaround
+
+
+def _upstream(owner: object, attribute: str) -> object:
+    """The function ``source_hash`` hashes for ``owner.attribute``."""
+    fn = inspect.getattr_static(owner, attribute)
+    fn = getattr(fn, "fget", fn)
+    fn = getattr(fn, "fun", fn)
+    return getattr(fn, "__sfprov_original__", fn)
+
+
+@pytest.mark.parametrize("target", sorted(RELIED_ON))
+def test_every_upstream_function_relied_on_is_in_the_contract(target):
+    module, _, qualname = target.partition(":")
+    owner_path, _, attribute = qualname.rpartition(".")
+    owner: object = importlib.import_module(module)
+    for name in owner_path.split("."):
+        owner = getattr(owner, name)
+    hashed = {_upstream(o, a) for o, a, _verified in faust_seam.CONTRACT.values()}
+    assert _upstream(owner, attribute) in hashed, (
+        f"{target} ({RELIED_ON[target]}) is relied on by the seam but not hashed in CONTRACT")
 
 
 # -- read_committed: the worker never acts on an event of an aborted transaction ----------
@@ -262,3 +329,65 @@ def test_without_it_faust_would_not_ask_for_idempotence():
         return client
 
     assert asyncio.run(build())._txn_manager is None
+
+
+# -- faust never commits the requests topic: ConsumerSeam.hold, release ------------------
+
+def test_a_held_message_never_reaches_fausts_commit():
+    """The agent holds each message (``ConsumerSeam.hold``): the stream's ack after the
+    chunk (``take_events`` → ``Stream.ack``) leaves it referenced, so faust's consumer never
+    acks it, and faust's commit finds nothing to commit. ``release`` lets a rebalance go on
+    without it, and acks after that are no-ops. Unheld, the same ack reaches the consumer
+    and faust commits past the message (the control: the check can fail)."""
+    import asyncio
+
+    import faust
+    from faust.types import TP, ConsumerMessage
+
+    topic = "requests-hold-test"
+
+    async def run() -> tuple[list[int], list[dict], list[int], list[dict]]:
+        app = faust_seam.build_app("hold-test", broker="kafka://127.0.0.1:1",
+                                   web_enabled=False, autodiscover=False)
+        seam = faust_seam.ConsumerSeam(app, topic)
+        consumer = app.consumer
+        app.topics._acking_topics.add(topic)  # as for the agent's subscription
+        stream = app.stream(app.topic(topic))
+        acked: list[int] = []  # offsets that reached the consumer's ack
+        committed: list[dict] = []  # what faust's commit asked of the broker
+        real_ack = consumer.ack
+        consumer.ack = lambda m: acked.append(m.offset) or real_ack(m)
+
+        async def commit_offsets(offsets, start_new_transaction=True):
+            committed.append(dict(offsets))
+            return True
+
+        consumer._commit_offsets = commit_offsets
+
+        def delivered(offset: int) -> faust.Event:
+            message = ConsumerMessage(topic, 0, offset, 0.0, 0, [], b"k", b"v", None)
+            message.incref()  # the conductor's reference: one stream
+            consumer.track_message(message)
+            return faust.Event(app, b"k", b"v", {}, message)
+
+        held = delivered(5)
+        seam.hold(held.message)  # as streams.app's agent does
+        await stream.ack(held)  # take_events, after the chunk
+        assert held.message.refcount == 1 and not held.message.acked
+        assert held.message in consumer._unacked_messages  # a rebalance waits for it
+        seam.release(held.message)  # the lanes: finished, fenced or revoked
+        assert held.message not in consumer._unacked_messages
+        await stream.ack(held)
+        held.message.ack(consumer)
+        await consumer.force_commit()  # the commit handler's, wait_empty's
+        held_acked, held_committed = list(acked), list(committed)
+
+        unheld = delivered(6)  # the control
+        await stream.ack(unheld)
+        await consumer.force_commit()
+        return held_acked, held_committed, acked[len(held_acked):], committed[
+            len(held_committed):]
+
+    held_acked, held_committed, unheld_acked, unheld_committed = asyncio.run(run())
+    assert held_acked == [] and held_committed == []
+    assert unheld_acked == [6] and unheld_committed == [{TP(topic, 0): 7}]
