@@ -16,9 +16,11 @@ import threading
 import time
 
 import pytest
+from confluent_kafka import KafkaError as CKafkaError
 
 from common.errors import KafkaError
 from common.settings import KafkaSettings
+from connectors import offsets
 from connectors.offsets import EVENT, OffsetCodec, Position, load_position
 from connectors.writer import TransactionalWriter, transactional_id
 
@@ -62,7 +64,8 @@ def open_transaction(kafka: KafkaSettings, writer: TransactionalWriter,
 
 @pytest.mark.parametrize("ending", ["abort", "commit"])
 def test_a_position_past_another_connectors_open_transaction_is_found(
-        kafka_settings: KafkaSettings, writers, ending: str) -> None:
+        kafka_settings: KafkaSettings, writers, ending: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     ours, theirs = OffsetCodec("c-ours", CHANNEL), OffsetCodec("c-theirs", CHANNEL)
     writer, other = writers("c-ours"), writers("c-theirs")
     topic = kafka_settings.connector_offsets
@@ -71,10 +74,23 @@ def test_a_position_past_another_connectors_open_transaction_is_found(
     open_transaction(kafka_settings, other, theirs)
     commit_position(kafka_settings, writer, ours, p2)  # after the other's open record
 
-    ended = threading.Event()
+    # end the other transaction only once the reader has met the last stable offset (an
+    # end-of-partition before the end): ended earlier, the old reader would pass too
+    met, ended = threading.Event(), threading.Event()
+
+    class Watching(offsets.Consumer):
+        def poll(self, *args, **kwargs):
+            msg = super().poll(*args, **kwargs)
+            if msg is not None and msg.error() is not None \
+                    and msg.error().code() == CKafkaError._PARTITION_EOF:
+                met.set()
+            return msg
+
+    monkeypatch.setattr(offsets, "Consumer", Watching)
 
     def end_later() -> None:
-        time.sleep(2.0)  # the reader is waiting meanwhile
+        assert met.wait(60), "the reader never met the open transaction"
+        time.sleep(0.5)  # the reader is waiting meanwhile
         ended.set()
         if ending == "abort":
             other._producer.abort_transaction(30)
@@ -87,6 +103,7 @@ def test_a_position_past_another_connectors_open_transaction_is_found(
         found = load_position(kafka_settings.bootstrap_servers, topic, ours, timeout_s=60.0)
     finally:
         thread.join(60)
+    assert met.is_set(), "the reader met no end-of-partition: nothing was tested"
     assert found == p2, f"read {found}, not the position committed last"
     # it waited for the open transaction: returned only after the other one ended it
     assert ended.is_set()
@@ -108,7 +125,8 @@ def test_a_transaction_open_past_the_deadline_is_a_retryable_error_saying_so(
         with pytest.raises(KafkaError, match="transaction .*still open") as info:
             # long enough for the metadata and the log ends on a loaded machine (a 3 s run
             # once saw the first admin request time out), short of the broker's own abort
-            load_position(kafka_settings.bootstrap_servers, topic, ours, timeout_s=8.0)
+            # (the writer's transaction timeout, 60 s)
+            load_position(kafka_settings.bootstrap_servers, topic, ours, timeout_s=20.0)
         assert info.value.retryable  # the connector's start-up fails, its restart reads again
     finally:
         other._producer.abort_transaction(30)

@@ -103,9 +103,7 @@ def test_resume_starts_a_process_that_exited_finally(supervised, tmp_path, capsy
     status = supervised
     exited_finally(status)
     (tmp_path / "cause").unlink()                     # the operator fixes the cause
-    started = time.monotonic()
     assert stack.main(["resume", "connector"]) == 0
-    assert time.monotonic() - started < 5
     assert "resumed: connector" in capsys.readouterr().out
     first = connector(status)["pid"]
     assert first and running(first)
@@ -126,9 +124,7 @@ def test_restart_starts_a_process_that_exited_finally(supervised, tmp_path):
     status = supervised
     exited_finally(status)
     (tmp_path / "cause").unlink()
-    started = time.monotonic()
     assert stack.main(["restart", "connector"]) == 0
-    assert time.monotonic() - started < 5
     first = connector(status)["pid"]
     assert first and running(first)
 
