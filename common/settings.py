@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -25,10 +26,22 @@ from urllib.parse import urlsplit
 from common.errors import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 # where .env and .state are looked for by default: the checkout when running from one, the
 # working directory when installed from the wheel (ROOT is site-packages then)
 HOME = ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+# Numbers of the processes' code that bound settings here (tests/foundation/test_settings
+# keeps them equal to the code's):
+#: streams.handler.RENEW_BEFORE_MS in seconds: an intent is renewed (a durable flush) before
+#: a WHMCS write once less than this is left of its lease
+INTENT_RENEW_BEFORE_S = 1.0
+#: the max.poll.interval.ms the sink's consumer is built with (sinks.app); librdkafka
+#: refuses a consumer whose session.timeout.ms is longer
+SINK_MAX_POLL_INTERVAL_MS = 300_000
+#: Salesforce sends a quiet subscription a keepalive "at least every 270 s" (REFERENCE §1)
+PUBSUB_KEEPALIVE_S = 270.0
 
 
 class Secret:
@@ -413,7 +426,11 @@ class ConnectorSettings(_Section):
                              doc="Events kept requested (flow control), at most 100.")
     keepalive_timeout_s: float = env("SF_PUBSUB_STALL_TIMEOUT_S", 300.0, parse=parse_positive_float,
                                      doc="Watchdog: resubscribe when nothing (events or "
-                                         "keepalive) arrived for this long.")
+                                         "keepalive) arrived for this long. Keep it above "
+                                         "270 s: Salesforce may leave a quiet stream up to "
+                                         "270 s without a keepalive, and a watchdog that "
+                                         "fires first stores no keepalive position (at or "
+                                         "below, a warning at start).")
     keepalive_commit_interval_s: float = env("SF_PUBSUB_KEEPALIVE_COMMIT_S", 60.0,
                                              parse=parse_float,
                                              doc="Throttle for committing keepalive "
@@ -474,6 +491,15 @@ class ConnectorSettings(_Section):
         if self.backoff_initial_s > self.backoff_max_s:
             raise ConfigError(f"SF_PUBSUB_BACKOFF_INITIAL_S: at most SF_PUBSUB_BACKOFF_MAX_S "
                               f"({self.backoff_max_s:g})")
+        if self.keepalive_timeout_s <= PUBSUB_KEEPALIVE_S:
+            # a warning, not a refusal: tests against the sandbox (keepalives every second)
+            # use a watchdog of a few seconds on purpose
+            log.warning("SF_PUBSUB_STALL_TIMEOUT_S: %g s is not above Salesforce's keepalive "
+                        "interval (a keepalive at least every %g s): a quiet subscription may "
+                        "be resubscribed before its keepalive arrives, so no keepalive "
+                        "position is stored (fine only against a sandbox sending keepalives "
+                        "sooner)",
+                        self.keepalive_timeout_s, PUBSUB_KEEPALIVE_S)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -550,7 +576,8 @@ class WorkerSettings(_Section):
                                 doc="A lookup for an order an earlier attempt may have "
                                     "created waits until that attempt's last possible "
                                     "AddOrder is WHMCS_TIMEOUT_S plus this old (covers "
-                                    "WHMCS committing late and clock skew between workers).")
+                                    "WHMCS committing late and clock skew between workers; "
+                                    "≥ 0).")
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
                                   doc="A pending intent (or unsent outcome) older than this, "
                                       "with no event in flight, is recovered by the sweep "
@@ -558,9 +585,9 @@ class WorkerSettings(_Section):
                                       "event in flight is left to a later sweep, which never "
                                       "waits for it.")
     sweep_interval_s: float = env("WORKER_SWEEP_INTERVAL_S", 60.0, parse=parse_float,
-                                  doc="How often the recovery sweep runs (dedupe expiry "
-                                      "runs at its full scans: after a new assignment and "
-                                      "every 6 hours).")
+                                  doc="How often the recovery sweep runs, at least every "
+                                      "1 s (dedupe expiry runs at its full scans: after a "
+                                      "new assignment and every 6 hours).")
     standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
                                 doc="Faust table standby replicas (0: a takeover restores "
                                     "from the changelog).")
@@ -582,7 +609,10 @@ class WorkerSettings(_Section):
                                 doc="Ownership lease: the worker writes to WHMCS only while "
                                     "its last accepted group heartbeat is younger than the "
                                     "session timeout minus this margin (0 = a third of "
-                                    "WORKER_SESSION_TIMEOUT_S).")
+                                    "WORKER_SESSION_TIMEOUT_S). That lease must last at "
+                                    "least a heartbeat interval (min(3 s, a third of the "
+                                    "session timeout)) plus 1 s, an intent's renewal "
+                                    "headroom: 4 s with a session of 9 s or more.")
     event_loop: str = env("WORKER_EVENT_LOOP", "UVLOOP", parse=choice("UVLOOP", "ASYNCIO"),
                           doc="The worker's event loop: uvloop (libuv; ~10 % less CPU per "
                               "Order, docs/decisions/0010) or Python's own asyncio loop.")
@@ -596,18 +626,54 @@ class WorkerSettings(_Section):
                                     "still send to WHMCS (renewed before a later call); a "
                                     "new owner of the Order waits this out, plus "
                                     "WHMCS_TIMEOUT_S and WORKER_LOOKUP_GRACE_S, before its "
-                                    "lookup.")
+                                    "lookup. At least 2 s: twice the 1 s left at which an "
+                                    "intent is renewed.")
 
     @property
     def lease_margin(self) -> float:
         return self.lease_margin_s or self.session_timeout_s / 3
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """The group heartbeat interval the worker runs with (streams.app)."""
+        return min(3.0, self.session_timeout_s / 3)
+
     def validate(self) -> None:
-        if not 0 <= self.lease_margin_s < self.session_timeout_s:
-            raise ConfigError("WORKER_LEASE_MARGIN_S: must be shorter than "
-                              f"WORKER_SESSION_TIMEOUT_S ({self.session_timeout_s:g})")
-        if self.intent_lease_s <= 0:
-            raise ConfigError("WORKER_INTENT_LEASE_S: must be positive")
+        if self.lease_margin_s < 0:
+            raise ConfigError("WORKER_LEASE_MARGIN_S: must be >= 0 (0 = a third of "
+                              "WORKER_SESSION_TIMEOUT_S)")
+        # The ownership lease (streams.lease) runs to a heartbeat's send time plus
+        # session - margin, and is renewed one heartbeat interval later (plus the round
+        # trip). Shorter than that interval, it lapses between heartbeats (at about the
+        # round trip, it is never valid: every write waits); it must also keep an intent's
+        # renewal headroom (streams.handler.RENEW_BEFORE_MS) left, since an intent's lease
+        # ends with it, or every WHMCS write renews (flushes) its intent first.
+        lease = self.session_timeout_s - self.lease_margin
+        floor = self.heartbeat_interval_s + INTENT_RENEW_BEFORE_S
+        if lease < floor - 1e-9:
+            name = "WORKER_LEASE_MARGIN_S" if self.lease_margin_s else "WORKER_SESSION_TIMEOUT_S"
+            raise ConfigError(
+                f"{name}: the ownership lease (WORKER_SESSION_TIMEOUT_S minus "
+                f"WORKER_LEASE_MARGIN_S, 0 = a third) must last at least {floor:g} s, the "
+                f"heartbeat interval ({self.heartbeat_interval_s:g} s) plus the "
+                f"{INTENT_RENEW_BEFORE_S:g} s an intent is renewed before; "
+                f"{self.session_timeout_s:g} - {self.lease_margin:g} leaves {lease:.4g} s")
+        # An intent with less than the headroom left is renewed before a write, to at most
+        # this far ahead: at twice the headroom a renewed intent lasts a headroom before the
+        # next renewal; below 1 ms (0 ms) every send deadline had already passed.
+        if self.intent_lease_s < 2 * INTENT_RENEW_BEFORE_S:
+            raise ConfigError(f"WORKER_INTENT_LEASE_S: at least {2 * INTENT_RENEW_BEFORE_S:g} s "
+                              f"(twice the {INTENT_RENEW_BEFORE_S:g} s left at which an intent "
+                              "is renewed before a WHMCS write), got "
+                              f"{self.intent_lease_s:g}")
+        if self.lookup_grace_s < 0:
+            raise ConfigError("WORKER_LOOKUP_GRACE_S: must be >= 0 (a lookup earlier than "
+                              "an old writer's last AddOrder plus WHMCS_TIMEOUT_S can miss it "
+                              f"and create a second WHMCS order), got {self.lookup_grace_s:g}")
+        if self.sweep_interval_s < 1.0:
+            raise ConfigError("WORKER_SWEEP_INTERVAL_S: at least 1 s (shorter runs the "
+                              f"recovery sweep back to back, a core busy), got "
+                              f"{self.sweep_interval_s:g}")
         if self.ready_grace_s <= 0:
             raise ConfigError("WORKER_READY_GRACE_S: must be positive")
         if self.guard_batch > 200:
@@ -662,7 +728,8 @@ class SinkSettings(_Section):
                                "restarted sink takes its partitions back without a rebalance.")
     session_timeout_ms: int = env("SINK_SESSION_TIMEOUT_MS", 45000, parse=parse_positive_int,
                                   doc="Consumer session.timeout.ms: how soon a dead sink's "
-                                      "partitions move to another member.")
+                                      "partitions move to another member (at most 300000, "
+                                      "the sink's max.poll.interval.ms).")
     outcome_fence: bool = env("SINK_OUTCOME_FENCE", True, parse=parse_bool,
                               doc="Write each outcome's completed_at (epoch ms) into "
                                   "SINK_OUTCOME_MS_FIELD of the Order and Opportunity, so the "
@@ -676,6 +743,10 @@ class SinkSettings(_Section):
     def validate(self) -> None:
         if self.batch_size > 200:
             raise ConfigError("SINK_BATCH_SIZE: at most 200 (sObject Collections limit)")
+        if self.session_timeout_ms > SINK_MAX_POLL_INTERVAL_MS:
+            raise ConfigError(f"SINK_SESSION_TIMEOUT_MS: at most {SINK_MAX_POLL_INTERVAL_MS} "
+                              "(the sink consumer's max.poll.interval.ms: librdkafka refuses "
+                              f"a longer session timeout), got {self.session_timeout_ms}")
         if self.retry_backoff_s > self.retry_backoff_max_s:
             raise ConfigError(f"SINK_RETRY_BACKOFF_S: at most SINK_RETRY_BACKOFF_MAX_S "
                               f"({self.retry_backoff_max_s:g})")

@@ -185,10 +185,12 @@ class WhmcsClient:
 
     def __init__(self, settings: WhmcsSettings, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, max_connections: int = 64) -> None:
         self.settings = settings
         self._timeout = timeout_s if timeout_s is not None else settings.timeout_s
-        self._transport = transport or Http11Transport(max_connections=64)
+        # the worker passes at least its WHMCS calls in flight (WORKER_WHMCS_PARALLELISM):
+        # a smaller pool would hold calls back past their send deadlines
+        self._transport = transport or Http11Transport(max_connections=max_connections)
         # parsed once: httpx parses a URL given as text on every request (~90 µs)
         self._url = httpx.URL(settings.api_url)
         self._timeouts = httpx.Timeout(self._timeout,

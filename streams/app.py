@@ -219,7 +219,8 @@ class Worker:
             table.held = self.lease.held_since
 
         self.ops = WorkerOps(self)  # probes, gauges, tracing (streams.observability)
-        self.whmcs = whmcs_client or WhmcsClient(whmcs)
+        self.whmcs = whmcs_client or WhmcsClient(
+            whmcs, max_connections=max(64, worker.whmcs_parallelism))
         self.whmcs.observer = self.ops.whmcs_observer
         self.guard = Guard(sf_client, observer=self.ops.salesforce_observer)
         self.reads = GuardReads(self.guard, linger_s=worker.guard_linger_s,

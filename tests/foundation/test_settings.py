@@ -174,3 +174,114 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):
     assert settings.partitions == 9
     assert settings.bootstrap_servers == "from-env:9092"
     assert settings.requests == "dev.salesforce.order-provision-requested"
+
+
+# -- bounds whose violation broke the pipeline at run time, not at start -------------------
+
+def test_a_negative_lookup_grace_is_refused():
+    # -15 with WHMCS_TIMEOUT_S=15 looked the Order up the moment the old writer's lease
+    # ended, before its AddOrder could show: a second WHMCS order
+    with pytest.raises(ConfigError, match="^WORKER_LOOKUP_GRACE_S: must be >= 0"):
+        WorkerSettings.load({"WORKER_LOOKUP_GRACE_S": "-15"})
+    assert WorkerSettings.load({"WORKER_LOOKUP_GRACE_S": "0"}).lookup_grace_s == 0
+
+
+def test_the_ownership_lease_outlasts_a_heartbeat_round_and_an_intent_renewal():
+    # session 30 s: heartbeats every 3 s, an intent renewed with under 1 s left → 4 s floor;
+    # a 1 ms lease was never valid once a heartbeat's answer came back: every write waited
+    with pytest.raises(ConfigError, match=r"^WORKER_LEASE_MARGIN_S: .*at least 4 s") as info:
+        WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": "30", "WORKER_LEASE_MARGIN_S": "29.999"})
+    assert "0.001" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="^WORKER_LEASE_MARGIN_S:"):
+        WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": "30", "WORKER_LEASE_MARGIN_S": "26.01"})
+    with pytest.raises(ConfigError, match="^WORKER_LEASE_MARGIN_S:"):
+        WorkerSettings.load({"WORKER_LEASE_MARGIN_S": "-1"})
+    assert WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": "30",
+                                "WORKER_LEASE_MARGIN_S": "26"}).lease_margin == 26
+    # the default margin (a third): a session under 3 s leaves less than heartbeat + 1 s
+    with pytest.raises(ConfigError, match="^WORKER_SESSION_TIMEOUT_S:"):
+        WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": "2.9"})
+    for session in ("3", "6", "8", "10", "30", "150"):  # 6-10: the tests' and chaos runs'
+        assert WorkerSettings.load({"WORKER_SESSION_TIMEOUT_S": session})
+
+
+def test_the_lease_floor_follows_the_worker_code():
+    """The floor above is derived from streams.app's heartbeat interval and
+    streams.handler's renewal headroom: if either changes, the bound must follow."""
+    import re
+    from pathlib import Path
+
+    from common.settings import INTENT_RENEW_BEFORE_S
+    from streams.handler import RENEW_BEFORE_MS
+
+    assert INTENT_RENEW_BEFORE_S * 1000 == RENEW_BEFORE_MS
+    app = (Path(__file__).resolve().parents[2] / "streams" / "app.py").read_text()
+    interval = re.search(r"broker_heartbeat_interval=(.+?),?$", app, re.MULTILINE)
+    assert interval is not None
+    assert interval.group(1).strip() in ("min(3.0, worker.session_timeout_s / 3)",
+                                         "worker.heartbeat_interval_s")
+    for session in (4.5, 9.0, 30.0):
+        assert WorkerSettings.load({}, session_timeout_s=session).heartbeat_interval_s == \
+            min(3.0, session / 3)
+
+
+def test_the_intent_lease_leaves_room_for_its_renewal():
+    # 0.0004 s is 0 ms: every send deadline already past, every Order Failed
+    # WHMCS_UNAVAILABLE without a WHMCS call
+    for bad in ("0.0004", "1", "1.999", "0", "-1"):
+        with pytest.raises(ConfigError, match=r"^WORKER_INTENT_LEASE_S: at least 2 s"):
+            WorkerSettings.load({"WORKER_INTENT_LEASE_S": bad})
+    assert WorkerSettings.load({"WORKER_INTENT_LEASE_S": "2"}).intent_lease_s == 2
+    assert WorkerSettings.load({"WORKER_INTENT_LEASE_S": "4"})  # tests/streams/test_worker_pause
+
+
+def test_the_sweep_interval_is_at_least_a_second():
+    # 0 or less fired the sweep timer back to back: a core pegged
+    for bad in ("0", "-5", "0.5"):
+        with pytest.raises(ConfigError, match="^WORKER_SWEEP_INTERVAL_S: at least 1 s"):
+            WorkerSettings.load({"WORKER_SWEEP_INTERVAL_S": bad})
+    assert WorkerSettings.load({"WORKER_SWEEP_INTERVAL_S": "1"}).sweep_interval_s == 1
+
+
+def test_a_stall_timeout_within_salesforce_keepalive_interval_warns(caplog):
+    # at or under 270 s the watchdog resubscribes before a quiet stream's keepalive comes,
+    # so keepalive positions are never stored. A warning, not a refusal: the sandbox tests
+    # set 3 s against a sandbox that sends keepalives every second
+    for value in ("270", "3"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="common.settings"):
+            loaded = ConnectorSettings.load({"SF_PUBSUB_STALL_TIMEOUT_S": value})
+        assert loaded.keepalive_timeout_s == float(value)
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and warned[0].startswith("SF_PUBSUB_STALL_TIMEOUT_S: ")
+        assert "270" in warned[0]
+    for value in ("", "271"):  # the default (300) and just above
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="common.settings"):
+            ConnectorSettings.load({"SF_PUBSUB_STALL_TIMEOUT_S": value})
+        assert not caplog.records
+    assert ConnectorSettings.load({}).keepalive_timeout_s > 270
+
+
+def test_the_sink_session_timeout_fits_its_max_poll_interval():
+    import re
+    from pathlib import Path
+
+    from confluent_kafka import Consumer, KafkaException
+
+    # longer than 300000 ms: librdkafka refused the Consumer, a traceback, restarted forever
+    with pytest.raises(ConfigError, match=r"^SINK_SESSION_TIMEOUT_MS: at most 300000"):
+        SinkSettings.load({"SINK_SESSION_TIMEOUT_MS": "300001"})
+    assert SinkSettings.load({"SINK_SESSION_TIMEOUT_MS": "300000"}).session_timeout_ms == 300000
+    from common.settings import SINK_MAX_POLL_INTERVAL_MS
+
+    # the bound is the sink's own max.poll.interval.ms, and librdkafka's rule
+    app = (Path(__file__).resolve().parents[2] / "sinks" / "app.py").read_text()
+    poll = re.search(r'"max\.poll\.interval\.ms":\s*([^,\n]+)', app)
+    assert poll is not None
+    assert poll.group(1).strip() in (str(SINK_MAX_POLL_INTERVAL_MS),
+                                     f"{SINK_MAX_POLL_INTERVAL_MS:_}",
+                                     "SINK_MAX_POLL_INTERVAL_MS")
+    with pytest.raises(KafkaException, match="max.poll.interval.ms"):
+        Consumer({"group.id": "g", "session.timeout.ms": SINK_MAX_POLL_INTERVAL_MS + 1,
+                  "max.poll.interval.ms": SINK_MAX_POLL_INTERVAL_MS})
