@@ -47,6 +47,7 @@ from common.errors import (
     WhmcsUnknownResultError,
 )
 from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent, request_bytes
+from common.log import redact
 from common.settings import WhmcsSettings
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ _ACCESS_REFUSED = re.compile(
 _BOM = b"\xef\xbb\xbf"
 _DETAIL_MAX = 300  # characters of a transport error's text kept in an error message
 _REDACT_MIN = 6  # credential values this long are blanked wherever they show
-_CREDENTIAL_FIELD = re.compile(r"\b(secret|accesskey|identifier)=[^&\s'\"]*",
-                               re.IGNORECASE).sub
 _MARKER = re.compile(r"sfOrderId=([A-Za-z0-9]+)")
 
 
@@ -323,7 +322,7 @@ class WhmcsClient:
                     text = f"{text} ({reason})"
                 break
             cause = cause.__cause__ or cause.__context__
-        text = _CREDENTIAL_FIELD(r"\1=[REDACTED]", text)  # the request body, if it is there
+        text = redact(text)  # the request body's secret=/accesskey=/identifier=, if there
         values = [self.settings.secret.reveal(), self.settings.identifier.reveal()]
         if self.settings.access_key:
             values.append(self.settings.access_key.reveal())

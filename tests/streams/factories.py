@@ -1,8 +1,11 @@
-"""Builders of guard-query records (as Salesforce returns them) and request values."""
+"""Builders of guard-query records (as Salesforce returns them), request values and the
+provisioner's policy of the WHMCS client tests."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from streams.provision import ProvisionPolicy
 
 ORDER_ID = "801000000000001AAA"
 
@@ -35,3 +38,11 @@ def request_value(order_id: str = ORDER_ID, *, idem_key: str | None = None,
             "CreatedDate": 1_700_000_000_000, "CreatedById": "005000000000001AAA",
             "OrderId__c": order_id, "IdemKey__c": idem_key or f"{order_id}-1700000000000",
             "CorrelationId__c": correlation_id, "RequestedBy__c": None, "Version__c": 1.0}
+
+
+def policy(**kw: Any) -> ProvisionPolicy:
+    """Short timeouts and backoffs for the provisioner against a fast WHMCS."""
+    base: dict[str, Any] = dict(retry_deadline_s=10, whmcs_timeout_s=1.0, lookup_grace_s=0.1,
+                                backoff_initial_s=0.05, backoff_max_s=0.2)
+    base.update(kw)
+    return ProvisionPolicy(**base)

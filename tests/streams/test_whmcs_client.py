@@ -16,7 +16,8 @@ from common.errors import (
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient, encode_form, has_marker
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
-from streams.provision import Provisioner, ProvisionPolicy
+from streams.provision import Provisioner
+from tests.streams.factories import policy
 
 CLIENT = 1010  # seed account 9: an ordinary, active WHMCS client
 CLOSED_CLIENT = 1003  # seed account 2: WHMCS client status Closed
@@ -35,13 +36,6 @@ def req(order_id: str, client: int = CLIENT) -> WhmcsOrderRequest:
     return WhmcsOrderRequest(order_id=order_id, client_id=client,
                              items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
                              notes=f"sfOrderId={order_id} idemKey=k")
-
-
-def policy(**kw) -> ProvisionPolicy:
-    base = dict(retry_deadline_s=10, whmcs_timeout_s=1.0, lookup_grace_s=0.1,
-                backoff_initial_s=0.05, backoff_max_s=0.2)
-    base.update(kw)
-    return ProvisionPolicy(**base)
 
 
 @pytest.fixture(autouse=True)

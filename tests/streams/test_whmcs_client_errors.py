@@ -15,7 +15,8 @@ from common.errors import WhmcsAccessError, WhmcsError, WhmcsTransientError
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
-from streams.provision import Provisioner, ProvisionPolicy
+from streams.provision import Provisioner
+from tests.streams.factories import policy
 
 SECRET = "s3cr3t+value/with&chars"
 ENV = {"WHMCS_API_URL": "https://whmcs.example/includes/api.php",
@@ -42,13 +43,6 @@ def req() -> WhmcsOrderRequest:
                              notes=f"sfOrderId={ORDER}")
 
 
-def policy(**kw) -> ProvisionPolicy:
-    base = dict(retry_deadline_s=10, whmcs_timeout_s=1.0, lookup_grace_s=0.1,
-                backoff_initial_s=0.05, backoff_max_s=0.2)
-    base.update(kw)
-    return ProvisionPolicy(**base)
-
-
 def free_port() -> int:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -67,8 +61,8 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("message", "status"), REFUSALS)
-def test_every_refusal_of_this_installation_is_an_access_error(message, status):
+def add_order_error(status: int, message: str) -> WhmcsError:
+    """The error ``AddOrder`` raises when WHMCS answers ``result=error`` with ``message``."""
     def handler(_request):
         return httpx.Response(status, json={"result": "error", "message": message})
 
@@ -77,7 +71,12 @@ def test_every_refusal_of_this_installation_is_an_access_error(message, status):
             with pytest.raises(WhmcsError) as info:
                 await client.add_order({"clientid": 1})
             return info.value
-    exc = run(go())
+    return run(go())
+
+
+@pytest.mark.parametrize(("message", "status"), REFUSALS)
+def test_every_refusal_of_this_installation_is_an_access_error(message, status):
+    exc = add_order_error(status, message)
     assert type(exc) is WhmcsAccessError and exc.retryable
     assert str(exc) == message
 
@@ -85,15 +84,7 @@ def test_every_refusal_of_this_installation_is_an_access_error(message, status):
 @pytest.mark.parametrize("message", ["Client ID Not Found", "Invalid IPv6 address given",
                                      "Invalid Payment Method. Valid options include mailin"])
 def test_an_order_refused_for_its_content_is_still_permanent(message):
-    def handler(_request):
-        return httpx.Response(200, json={"result": "error", "message": message})
-
-    async def go():
-        async with client_answering(handler) as client:
-            with pytest.raises(WhmcsError) as info:
-                await client.add_order({"clientid": 1})
-            return info.value
-    exc = run(go())
+    exc = add_order_error(200, message)
     assert type(exc) is WhmcsError and not exc.retryable
 
 
