@@ -24,22 +24,22 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
 import faust
 
-from common.avro import AvroSerde, SerdeError, registry_for
+from common.avro import AvroSerde, registry_for
 from common.backoff import retry_forever
 from common.connection import KafkaConnection, Refusal, aiokafka_refusal, refusal_message
-from common.deadletter import dead_letter_headers
 from common.kafka import is_transient
 from common.settings import CommonSettings, KafkaSettings, WhmcsSettings, WorkerSettings
 from common.whmcs import WhmcsClient
 from streams import faust_seam, metrics
 from streams.checkpoint import Checkpoint, broker_reader
 from streams.decide import Context, Event
+from streams.emitter import KafkaEmitter, refused_what
 from streams.guard import Guard, GuardReads, QueryClient
 from streams.handler import DeadLetter, EventHandler, RawRecord, decode
 from streams.lanes import Admitted, Lanes
@@ -66,84 +66,6 @@ ROCKSDB_OPTIONS = {"write_buffer_size": 2 << 20, "max_write_buffer_number": 2,
 BUSY_IN_FLIGHT = 200  # Orders in flight that make a backlog (50/s at ~200 ms keeps ~10)
 INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out one by one)
 INTAKE_WITHIN_S = 0.005
-
-
-class KafkaEmitter:
-    """Outcomes and dead letters through the app's producer (acks=all, the tables'
-    :class:`~streams.faust_seam.RecordWriter`), each awaited: a failed send is tried again
-    until it succeeds, except one the broker refuses this principal (an ACL), which is
-    handed to :attr:`on_refused` (:meth:`Worker.refuse`: the worker stops) and never
-    returns — the event stays unfinished, and is redelivered once the ACL is fixed."""
-
-    on_refused: Callable[[str, Refusal], None]  # the refused operation and the refusal
-
-    def __init__(self, app: faust.App, kafka: KafkaSettings) -> None:
-        self.on_refused = _log_refusal  # the Worker's: Worker.refuse
-        self.writer = faust_seam.RecordWriter.for_app(app)
-        self.outcomes, self.dead_letters = kafka.outcomes, kafka.dead_letters
-        self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
-                               registry=registry_for(kafka))
-        self.headers = dict(self.serde.headers())  # empty in the Confluent format
-        # the outcome's trace context (streams.observability; nothing when tracing is off)
-        self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
-
-    async def send_outcome(self, outcome: dict[str, Any]) -> None:
-        try:
-            value: bytes | None = self.serde.encode(outcome)
-        except SerdeError as exc:
-            if not exc.retryable:  # the record itself: the handler retries, then dead-letters
-                raise
-            value = None  # the schema registry away: encoded again in the retries
-
-        async def send() -> None:
-            await self.writer.send_soon(
-                self.outcomes, None, outcome["order_id"].encode(),
-                value if value is not None else self.serde.encode(outcome),
-                list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
-        await self._send("outcomes", self.outcomes, send)
-
-    async def send_dead_letter(self, letter: DeadLetter) -> None:
-        rec = letter.record
-        headers = list(dead_letter_headers(
-            stage="worker", reason=letter.reason, error_class=letter.error_class,
-            error_code=letter.error_code, source_topic=rec.topic,
-            source_partition=rec.partition, source_offset=rec.offset, order_id=letter.order_id,
-            event_uuid=letter.event_uuid, idem_key=letter.idem_key))
-
-        async def send() -> None:
-            await self.writer.send_soon(self.dead_letters, None, rec.key, rec.value, headers)
-        await self._send("dead letters", self.dead_letters, send)
-
-    async def _send(self, kind: str, topic: str, send: Callable[[], Awaitable[None]]) -> None:
-        """``send()`` until the broker acknowledges it; a refusal (aiokafka's authorization
-        errors, however they arrive: raised, on the record's future, or wrapped by the
-        writer) is reported once and waited out for good — the worker is stopping."""
-        async def attempt() -> None:
-            try:
-                await send()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                refusal = aiokafka_refusal(exc)
-                if refusal is None:
-                    raise  # retried
-                self.on_refused(refused_what(f"write {kind} to {topic}", topic, refusal),
-                                refusal)
-                await asyncio.get_running_loop().create_future()  # until cancelled
-        await retry_forever(f"sending {kind}", attempt,
-                            on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
-
-
-def _log_refusal(what: str, refusal: Refusal) -> None:
-    log.error("the broker refused this principal to %s: %s; not retrying", what, refusal)
-
-
-def refused_what(what: str, topic: str | None, refusal: Refusal) -> str:
-    """The refused operation: ``what``, unless aiokafka named another topic than ``topic``
-    (a record of another topic in the same send, refused its metadata)."""
-    if refusal.resource and refusal.code == 29 and refusal.resource != topic:
-        return f"write to {refusal.resource}"
-    return what
 
 
 class Worker:

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from common.avro import AvroSerde, SerdeError
-from streams.app import KafkaEmitter
 from streams.decide import Event, outcome_record
+from streams.emitter import KafkaEmitter
 
 
 class Writer:

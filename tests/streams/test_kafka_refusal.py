@@ -16,8 +16,9 @@ from aiokafka import errors as aiokafka_errors
 from common.avro import AvroSerde
 from common.connection import KafkaConnection, Refusal, aiokafka_refusal
 from common.settings import KafkaSettings, WorkerSettings
-from streams.app import KafkaEmitter, Worker
+from streams.app import Worker
 from streams.decide import Event, outcome_record
+from streams.emitter import KafkaEmitter
 from streams.handler import DeadLetter, RawRecord
 from streams.state import DurabilityError
 
