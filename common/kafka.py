@@ -195,6 +195,36 @@ def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClien
                                  retryable=True) from exc
 
 
+def check_group_access(settings: KafkaSettings, group: str, *, timeout: float = 30.0,
+                       admin: AdminClient | None = None) -> None:
+    """Raise :class:`KafkaAccessError` unless this principal may join ``group`` (READ).
+
+    A consumer refused its group never hears of it from aiokafka until it has partitions
+    (the coordinator keeps the error for a ``getmany`` that faust does not call before an
+    assignment): the worker waited for ever, without a line. The broker's description of
+    the group lists what this principal may do with it (KIP-430); a broker without an
+    authorizer lists nothing, and nothing is refused."""
+    from confluent_kafka.admin import AclOperation
+
+    conn = KafkaConnection.from_settings(settings)
+    admin = admin or AdminClient(conn.librdkafka())
+
+    def describe(wait: float) -> Any:
+        futures = admin.describe_consumer_groups(
+            [group], include_authorized_operations=True, request_timeout=wait)
+        return futures[group].result()
+    description = retry_until(
+        RunningDeadline(timeout), describe, doing=f"describing the group {group}",
+        failure=f"cannot describe the group {group}",
+        refused=lambda err: refusal_message(conn, f"describe the group {group}", err))
+    allowed = description.authorized_operations
+    if allowed and not {AclOperation.READ, AclOperation.ALL} & set(allowed):
+        raise KafkaAccessError(refusal_message(
+            conn, f"join the group {group}",
+            f"Group authorization failed (its ACLs allow only "
+            f"{', '.join(sorted(op.name for op in allowed))})"))
+
+
 @dataclass
 class EnsureReport:
     created: list[str] = field(default_factory=list)

@@ -9,9 +9,10 @@ Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 ba
 configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
 the verified one, or a broker that refuses the worker's credentials or ACLs (one line names
 it; the supervisor does not restart it), 75 stalled (restart it), anything else: restart.
-ACLs are checked at start-up for the topics (``ensure_topics``); a write refused later —
-outcomes, dead letters, changelogs — stops the worker as SIGTERM would, then exits 64
-(:meth:`streams.app.Worker.refuse`).
+ACLs are checked at start-up for the topics (``ensure_topics``) and the group
+(``check_group_access``); a write refused later — outcomes, dead letters, changelogs — stops
+the worker as SIGTERM would, then exits 64 (:meth:`streams.app.Worker.refuse`), and so does
+a read of the requests topic or the group refused later (:meth:`streams.app.Worker.crashed`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import signal
 import sys
 
 from common.errors import KafkaAccessError, KafkaError
-from common.kafka import changelog_topics, ensure_topics
+from common.kafka import changelog_topics, check_group_access, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # its tables' changelogs too, before it joins (common.kafka.changelog_topics)
         report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters),
                                extra=changelog_topics(kafka, kafka.topic(worker.app_id)))
+        check_group_access(kafka, kafka.topic(worker.app_id))
     except KafkaAccessError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner.execute_from_commandline()
     except SystemExit:  # mode's exit code: 0 stopped, 1 crashed
+        if built.refused is None:
+            built.crashed(runner.crash_reason)  # a read refused: one line, then exit 64
         if built.refused is not None:
             return EXIT_CONFIG  # the line was logged (streams.app.Worker.refuse)
         raise

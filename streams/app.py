@@ -302,6 +302,20 @@ class Worker:
         if self._refused(what, refusal, "stopping the worker"):
             self.stop()
 
+    def crashed(self, reason: BaseException | None) -> None:
+        """faust stopped on ``reason``: a refusal of this principal — its consumer refused
+        the requests topic (READ) or its group — is said in one line like :meth:`refuse`'s,
+        and the exit is then 64, not a crash restarted for ever (an ACL removed while the
+        worker runs; a missing one is found at start-up, :mod:`streams.__main__`)."""
+        refusal = aiokafka_refusal(reason)
+        if refusal is None:
+            return
+        if refusal.code == 30:  # GroupAuthorizationFailedError
+            what = f"join the group {refusal.resource or self.app.conf.id}"
+        else:
+            what = f"read {refusal.resource or self.kafka.requests}"
+        self._refused(what, refusal, "the worker stopped")
+
     def _refused(self, what: str, refusal: Refusal, then: str) -> bool:
         if self.refused is not None:
             return False  # said once; the worker is stopping already

@@ -29,7 +29,7 @@ from confluent_kafka.admin import (
 from bench.harness import Pipeline
 from common.errors import KafkaAccessError
 from common.kafka import admin_client
-from common.settings import KafkaSettings
+from common.settings import KafkaSettings, WorkerSettings
 from ops.acls import acls
 from ops.kafka_secure import PROCESS_USERS
 from ops.stack import FINAL_EXIT_CODES
@@ -196,17 +196,53 @@ def test_the_workers_refused_outcome_write_stops_it_with_one_line_and_exit_64(se
     assert {o["order_id"] for o in p.outcomes()} >= set(ids)
 
 
+@pytest.mark.parametrize("refused", ["group", "requests"])
+def test_the_workers_refused_read_stops_it_with_one_line_and_exit_64(secured, refused):
+    """The worker whose principal may not join its group (its Group READ removed) or read
+    the requests topic (its READ replaced by DESCRIBE: start-up's topic check passes) stops
+    with one line naming the principal and the refusal, and the configuration exit code —
+    where faust's consumer crashed with exit 1 and the supervisor restarted it for ever."""
+    p = secured
+    worker = f"User:{PROCESS_USERS['worker']}"
+    admin = admin_client(p.kafka)
+    if refused == "group":
+        group = p.kafka.topic(WorkerSettings.load(p.env("worker")).app_id)
+        remove = [AclBinding(ResourceType.GROUP, group, ResourcePatternType.LITERAL, worker,
+                             "*", AclOperation.READ, AclPermissionType.ALLOW)]
+        add: list[AclBinding] = []
+    else:
+        acl = partial(AclBinding, ResourceType.TOPIC, p.kafka.requests,
+                      ResourcePatternType.LITERAL, worker, "*",
+                      permission_type=AclPermissionType.ALLOW)
+        remove, add = [acl(AclOperation.READ)], [acl(AclOperation.DESCRIBE)]
+    assert p.stop("worker") == 0
+    try:
+        _acls(admin, remove=remove, add=add)
+        code, output = _run_until_exit(p, "worker", {"WORKER_DRAIN_TIMEOUT_S": "2"},
+                                       timeout=REFUSAL_TIMEOUT_S)
+        assert code == 64, (code, output[-3000:])
+        lines = [line for line in output.splitlines() if f"refused {worker}" in line]
+        assert len(lines) == 1, output[-3000:]
+        assert "authorization failed" in lines[0].lower() and "not retrying" in lines[0]
+        assert (group if refused == "group" else p.kafka.requests) in lines[0], lines[0]
+    finally:
+        _acls(admin, remove=add, add=remove)
+        p.start("worker")
+        p.wait_healthy("worker")
+
+
 REFUSAL_TIMEOUT_S = 90.0  # start-up (topics, group, table recovery) and the first outcome
 
 
 def _acls(admin, *, remove: list[AclBinding], add: list[AclBinding]) -> None:
-    for future in admin.delete_acls(
-            [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
-                              b.operation, b.permission_type) for b in remove],
-            request_timeout=30).values():
-        future.result()
-    for future in admin.create_acls(add, request_timeout=30).values():
-        future.result()
+    if remove:
+        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal,
+                                    b.host, b.operation, b.permission_type) for b in remove]
+        for future in admin.delete_acls(filters, request_timeout=30).values():
+            future.result()
+    if add:
+        for future in admin.create_acls(add, request_timeout=30).values():
+            future.result()
 
 
 def _end_offsets(p: Pipeline, topic: str) -> int:
