@@ -435,7 +435,8 @@ class ConnectorSettings(_Section):
                                              parse=parse_float,
                                              doc="Throttle for committing keepalive "
                                                  "positions (at most one per interval; the "
-                                                 "first one interval after the start).")
+                                                 "first one interval after the start — at "
+                                                 "once while no position is stored).")
     name: str = env("CONNECTOR_NAME", "sfprov-connector",
                     doc="Connector name: part of its transactional.id and of its offsets key.")
     http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,

@@ -5,7 +5,9 @@ Life of the process (:meth:`Connector.run`)::
     init_transactions          fence an older instance (its open transaction is aborted)
     load_position              read_committed, to the end of the offsets topic
     loop:
-      subscribe                CUSTOM after the committed replay id (or the preset)
+      subscribe                CUSTOM after the committed replay id (or the preset; with
+                               no usable committed position, a keepalive's replay id still
+                               held from the last stream is committed first and used)
       take FetchResponses      in delivery order, until CONNECTOR_MAX_BATCH events (a response
                                is never split: up to 99 more)
       one Kafka transaction    requests + dead letters + the position record, then commit
@@ -51,10 +53,12 @@ Failure policies:
   and nothing timed out: it carries on (or, fenced meanwhile, fails its next, young,
   transaction: exit 3). Repeated timeouts back off like any subscription error.
 * the producer failed otherwise (librdkafka's fatal state without a fence, e.g. the broker
-  answered an abort with ``INVALID_TXN_STATE`` while nodes were away:
-  ``ProducerFailedError``) → the same as after a transaction timeout: after the backoff a
-  new producer, the position read again, a resubscribe. It is what a supervisor's restart
-  would do (that ``init_transactions`` fences a newer instance just the same), minus the
+  answered an abort with ``INVALID_TXN_STATE`` while nodes were away; or a
+  ``commit_transaction`` that timed out on every retry, which librdkafka keeps as the call in
+  progress, so not even an abort ends it: ``ProducerFailedError``) → the same as after a
+  transaction timeout: after the backoff a new producer, the position read again, a
+  resubscribe. It is what a supervisor's restart would do (that ``init_transactions``
+  fences a newer instance just the same, and settles a commit left in progress), minus the
   restart; a newer instance's fence still arrives as a fence (exit 3).
 
 Keepalives: an empty FetchResponse carries ``latest_replay_id``. It is committed (throttled by
@@ -64,6 +68,15 @@ delivered before it is committed and the server still had our credit
 before it. It is committed even when unchanged: that keeps ``committed_at`` (the position's
 age on /metrics) honest on a quiet channel, and makes an idle instance that was fenced find
 out within one interval instead of at its next event.
+
+Not throttled while the connector has no usable committed position (none stored yet, or a
+preset in force after a replay gap): until one is committed, every resubscribe would use the
+preset, and LATEST skips — with no gap recorded — whatever was published between the end of
+a stream and the new subscription. So the first keepalive is committed at once (durable
+across a restart too), and a keepalive still held when its stream ended (the end arrived
+with it, or its commit failed) is committed before the resubscribe, which then is CUSTOM
+after it instead of the preset. Held means valid: no unwritten event precedes it, and a
+reopen that reads another position drops it.
 """
 
 from __future__ import annotations
@@ -186,9 +199,11 @@ class Connector:
         self._refused_position: Position | None = None
         self.written = 0
         self._stop = threading.Event()
+        # a keepalive's replay id no unwritten event precedes, not committed yet
         self._keepalive_candidate: bytes | None = None
-        # the first keepalive position is committed one interval after the start (0.0 made
-        # it depend on the machine's uptime: at once on a box up longer than the interval)
+        # with a position stored, the first keepalive position is committed one interval
+        # after the start (0.0 made it depend on the machine's uptime: at once on a box up
+        # longer than the interval); without one, at once (_needs_position)
         self._last_keepalive_commit = time.monotonic()
         # the producer was fenced after a transaction timeout, or failed otherwise: a new
         # one before the next write
@@ -258,8 +273,19 @@ class Connector:
         self.writer.close()
         return EXIT_OK
 
+    def _needs_position(self) -> bool:
+        """True while a subscription would use a preset: no position committed (or read), or
+        the stored one was refused and a preset override is in force."""
+        return self.position is None or self.preset_override is not None
+
     def _subscribe_once(self, max_events: int | None, deadline: float | None) -> bool:
         """One subscription until it ends. True = a bound or stop was reached (exit 0)."""
+        if self._keepalive_candidate is not None and self._needs_position():
+            # the last stream ended with its keepalive position held (the end came with it,
+            # or its commit failed): resume after it, not with the preset — LATEST would skip
+            # what was published since that stream ended. Committed first, so a refusal of
+            # it is a stored id's (a gap recorded, SF_EVENTS_INVALID_REPLAY applied)
+            self._commit_keepalive(self._keepalive_candidate)
         if self.position is not None and self.preset_override is None:
             preset, replay_id = "CUSTOM", self.position.replay_id
         else:
@@ -322,10 +348,13 @@ class Connector:
         batch: list[KafkaRecord] = []
         # a keepalive's position is a candidate once every event delivered before it is
         # written: taken up only after this batch's transaction commits (a failed write
-        # leaves the earlier candidate, which no unwritten event precedes)
-        candidate = self._keepalive_candidate
+        # leaves the last candidate before the batch's first event, which no unwritten
+        # event precedes)
+        candidate = before_batch = self._keepalive_candidate
         for response in responses:
             if response.events:
+                if not batch:
+                    before_batch = candidate
                 candidate = None
                 for event in response.events:
                     batch.append(self.decoder.build(event))
@@ -337,7 +366,11 @@ class Connector:
         if batch:
             m.EVENTS_RECEIVED.inc(len(batch))
             m.BUFFERED.set(sub.flow.buffered)
-            self._write_batch(batch)
+            try:
+                self._write_batch(batch)
+            except Exception:
+                self._keepalive_candidate = before_batch
+                raise
             sub.consumed(len(batch))
         self._keepalive_candidate = candidate
 
@@ -378,8 +411,12 @@ class Connector:
         candidate = self._keepalive_candidate
         if candidate is None:
             return
-        if time.monotonic() - self._last_keepalive_commit < self.settings.keepalive_commit_interval_s:
-            return
+        if not self._needs_position() and time.monotonic() - self._last_keepalive_commit \
+                < self.settings.keepalive_commit_interval_s:
+            return  # throttled only once a resubscribe no longer falls back to the preset
+        self._commit_keepalive(candidate)
+
+    def _commit_keepalive(self, candidate: bytes) -> None:
         position = Position(candidate, KEEPALIVE, int(time.time() * 1000))
         value, headers = self.codec.position_value(position)
         try:
@@ -440,11 +477,17 @@ class Connector:
                       exc, delay, extra=extra)
         else:
             log.warning("subscription ended (%s): %s; resubscribing in %.1fs from %s", cause,
-                        exc, delay,
-                        self.position.replay_id.hex() if self.position else "the preset",
-                        extra=extra)
+                        exc, delay, self._resume_point(), extra=extra)
         self._stop.wait(delay)
         return True
+
+    def _resume_point(self) -> str:
+        """Where the next subscription starts, for the logs."""
+        if self._keepalive_candidate is not None and self._needs_position():
+            return f"keepalive replay id {self._keepalive_candidate.hex()} (committed first)"
+        if self.position is not None and self.preset_override is None:
+            return self.position.replay_id.hex()
+        return f"the preset {self.preset_override or self.settings.replay}"
 
     def _replay_invalid(self, exc: ReplayIdInvalidError) -> int | None:
         policy = self.settings.invalid_replay
@@ -532,9 +575,14 @@ class Connector:
     def _reopen(self) -> None:
         """New producer (fencing any newer instance), then the position: in that order."""
         self.writer.reopen()
+        before = self.position
         self._set_position(load_position(self.kafka,
                                          self.kafka.connector_offsets, self.codec))
         self._reopen_pending = False
+        if self.position != before:
+            # a newer instance committed meanwhile: a keepalive of ours may lie behind its
+            # position, and resuming after it would write events a second time
+            self._keepalive_candidate = None
         if self.preset_override is not None and self.position is not None \
                 and self.position != self._refused_position:
             # a newer instance met the gap too and committed past it (while this one was

@@ -35,9 +35,15 @@ it too.
 Order of a batch (the commit-after-effect rule): produce every record of the batch, then
 the position record, then ``commit_transaction``. Only after the commit returns does the
 caller move its in-memory position and ask Salesforce for more. A failed commit is retried
-when librdkafka says it is retriable, otherwise the transaction is aborted and the caller
-resubscribes from the last committed position (the aborted records are invisible to
-``read_committed`` readers).
+when librdkafka says it is retriable (the call resumes where it was), otherwise the
+transaction is aborted and the caller resubscribes from the last committed position (the
+aborted records are invisible to ``read_committed`` readers). A commit still failing
+retriably after its five attempts (each timed out: a broker away for minutes) is raised as
+:class:`ProducerFailedError`, not aborted: librdkafka keeps a timed-out
+``commit_transaction`` as the call in progress, so its abort is refused (``_CONFLICT``) and
+no other call can end the transaction. A new producer's ``init_transactions`` settles it
+(the coordinator completes or aborts it) and the position read after that says whether the
+batch committed: nothing is lost or written twice.
 
 Partitioner ``murmur2_random``: Java/aiokafka-compatible key hashing, so the Faust worker's
 tables keyed by order id live in the same partition numbers as the requests. Do not change.
@@ -165,7 +171,8 @@ class TransactionalWriter:
 
         Raises KafkaError; ProducerFencedError when fenced, TransactionTimedOutError when
         fenced after the transaction outlived its timeout, ProducerFailedError when the
-        producer failed otherwise (for the last two only :meth:`reopen` helps).
+        producer failed otherwise or its commit's retries ran out (for the last two only
+        :meth:`reopen` helps).
         """
         p = self._producer
         started = time.monotonic()
@@ -243,8 +250,19 @@ class TransactionalWriter:
             except BufferError:
                 self._producer.poll(0.05)
 
+    _COMMIT_ATTEMPTS = 5
+
     def _commit(self) -> None:
-        for _attempt in range(5):
+        """``commit_transaction``, its retriable failures retried (the call resumes).
+
+        Retries run out → :class:`ProducerFailedError` (raised past :meth:`write`'s abort):
+        the timed-out commit stays librdkafka's call in progress, so an abort fails with
+        ``_CONFLICT`` and this producer can end the transaction no more. Only a new one's
+        ``init_transactions`` (:meth:`reopen`) settles it. A home-made ``_TIMED_OUT`` here was
+        neither retriable nor fatal: the connector exited 1."""
+        last: KafkaException | None = None
+        reason = ""
+        for _attempt in range(self._COMMIT_ATTEMPTS):
             try:
                 self._producer.commit_transaction(self.timeout_s)
                 return
@@ -253,10 +271,13 @@ class TransactionalWriter:
                 if isinstance(err, CKafkaError) and err.retriable() and not err.fatal() \
                         and not err.txn_requires_abort():
                     log.warning("commit_transaction retriable error, retrying: %s", err.str())
+                    last, reason = exc, err.str()
                     continue
                 raise
-        raise KafkaException(CKafkaError(CKafkaError._TIMED_OUT, "commit_transaction retries "
-                                         "exhausted"))
+        raise ProducerFailedError(
+            f"commit_transaction: still failing after {self._COMMIT_ATTEMPTS} attempts "
+            f"({reason}); it stays this producer's call in progress: a new producer's "
+            "init_transactions settles the transaction") from last
 
     def _abort(self) -> KafkaException | None:
         """Abort the open transaction; the error if that left the producer in its fatal
