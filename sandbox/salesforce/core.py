@@ -65,6 +65,7 @@ class Sandbox:
         self.store = Store(self.config.db_path)
         self.store.session_timeout_ms = int(self.config.token_lifetime_s * 1000)
         self.faults.daily_limit = self.config.daily_limit
+        self.counters.attach(self.store)  # the daily API usage outlives a restart
         for name in (self.config.username, self.config.cs_username):
             self.users[name] = self.ensure_user(name)
 

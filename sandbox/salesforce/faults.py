@@ -116,30 +116,79 @@ class Faults:
         return SfError(code, message, [])
 
 
+#: the daily API limit's window (Salesforce counts the last 24 hours, not a calendar day) ...
+API_WINDOW_MS = 86_400_000
+#: ... counted per minute of the sandbox clock: a call leaves the window 24 h after its minute
+API_BUCKET_MS = 60_000
+_WINDOW_BUCKETS = API_WINDOW_MS // API_BUCKET_MS
+
+
 class Counters:
-    """API calls per kind plus the rolling daily API usage behind ``Sforce-Limit-Info``."""
+    """API calls per kind plus the daily API usage behind ``Sforce-Limit-Info``.
+
+    The usage is a rolling 24-hour window on the sandbox clock, as an org's
+    ``DailyApiRequests``: the calls of the last 1,440 minutes, counted per minute (a call
+    leaves the window 24 h after the start of its minute) — no reset at UTC midnight. With a
+    store attached (:meth:`attach`, as :class:`~.core.Sandbox` does) the minutes are
+    persisted, so a restart forgets none of them; only ``POST /__sandbox/counters/reset``
+    (:meth:`reset`) zeroes them."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
-        self.api_day = -1
-        self.api_used = 0
+        #: API requests per minute of the sandbox clock (minute number -> requests)
+        self.api_minutes: dict[int, int] = {}
+        self._used = 0  # the sum of api_minutes
+        self._first = -1  # the oldest minute still in the window, as of the last look
+        self._store: Any = None
+
+    def attach(self, store: Any) -> None:
+        """Persist the usage in ``store`` (a :class:`~.store.Store`), reading what it holds."""
+        self._store = store
+        self.api_minutes = store.api_usage()
+        self._used, self._first = sum(self.api_minutes.values()), -1
+        self._roll(store.now_ms())
 
     def count(self, kind: str, n: int = 1) -> None:
         self.calls[kind] += n
 
+    def _roll(self, now_ms: int) -> None:
+        """Drop the minutes that left the window by ``now_ms``."""
+        first = now_ms // API_BUCKET_MS - _WINDOW_BUCKETS + 1
+        if first <= self._first:
+            return
+        self._first = first
+        stale = [minute for minute in self.api_minutes if minute < first]
+        for minute in stale:
+            self._used -= self.api_minutes.pop(minute)
+        if stale and self._store is not None:
+            self._store.drop_api_usage(first)
+
     def use_api(self, now_ms: int, limit: int) -> bool:
-        """Count one API request against the daily limit; False when the limit is hit."""
-        day = now_ms // 86_400_000
-        if day != self.api_day:
-            self.api_day, self.api_used = day, 0
-        if self.api_used >= limit:
+        """Count one API request against the limit of the 24 hours up to ``now_ms``; False
+        (nothing counted) when that many were made already."""
+        self._roll(now_ms)
+        if self._used >= limit:
             return False
-        self.api_used += 1
+        minute = now_ms // API_BUCKET_MS
+        self.api_minutes[minute] = self.api_minutes.get(minute, 0) + 1
+        self._used += 1
+        if self._store is not None:
+            self._store.add_api_usage(minute)
         return True
+
+    @property
+    def api_used(self) -> int:
+        """The API requests of the last 24 hours (as of the last request without a store)."""
+        if self._store is not None:
+            self._roll(self._store.now_ms())
+        return self._used
 
     def snapshot(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "api_used": self.api_used}
 
     def reset(self) -> None:
         self.calls.clear()
-        self.api_used = 0
+        self.api_minutes.clear()
+        self._used = 0
+        if self._store is not None:
+            self._store.drop_api_usage()

@@ -9,7 +9,8 @@ Publish and Subscribe without them end PERMISSION_DENIED — Subscribe is checke
 first FetchRequest and at each ``auth_refresh``, not per event.
 
 Replay ids are 9 opaque bytes (a version byte and the store's sequence number), strictly
-increasing, not contiguous (keepalives take numbers too: :mod:`.subscription`).
+increasing, not contiguous: successive events' numbers leave random gaps
+(:meth:`.Store.next_replay`), and keepalives take numbers too (:mod:`.subscription`).
 ``Subscribe`` honours the replay preset of the **first** FetchRequest only
 (CUSTOM resumes *after* the given id; a purged, future or garbled id ends the stream
 with INVALID_ARGUMENT + ``...subscription.fetch.replayid.corrupted``); outstanding

@@ -11,6 +11,14 @@ case-insensitive, ids match in 15- or 18-character form, and ``!=`` matches null
 Salesforce. Anything else is ``MALFORMED_QUERY``; unknown objects/fields are
 ``INVALID_TYPE``/``INVALID_FIELD`` with Salesforce's wording.
 
+A filter value must suit its field's type, as Salesforce checks before it runs anything
+(400 ``INVALID_QUERY_FILTER_OPERATOR``): a number field takes an unquoted number (``'5'``
+is refused), a text, picklist, id or reference field a quoted string (``5`` is refused),
+and an id or reference field only a 15- or 18-character id (``'abc'``: "invalid ID field");
+``LIKE`` on an id field is refused too ("invalid operator on id field").
+An 18-character id whose case checksum is wrong, and ``''``, are taken (they match nothing):
+what an org answers to them is unverified.
+
 An object the user may not read is, to its queries, an object that does not exist — as in
 an org, whose schema a user only sees through their profile: ``FROM`` it is
 ``INVALID_TYPE`` (not supported), a parent path through it (``Product2.Name``) is
@@ -51,6 +59,18 @@ def _invalid_field(name: str, obj: SObject) -> SfError:
                    "attempting to use a custom field, be sure to append the '__c' after the "
                    "custom field name. Please reference your WSDL or the describe call for the "
                    "appropriate names.")
+
+
+#: field types whose filter values are unquoted numbers, and the type Salesforce names
+_NUMBER_TYPES = {"double": "double", "currency": "double"}
+#: field types whose filter values are quoted strings, and the type Salesforce names
+_TEXT_TYPES = {"string": "string", "textarea": "string", "picklist": "string",
+               "autonumber": "string", "id": "id", "reference": "id"}
+_ID_SHAPE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+
+
+def _bad_filter(message: str) -> SfError:
+    return SfError("INVALID_QUERY_FILTER_OPERATOR", message)
 
 
 @dataclass
@@ -255,6 +275,8 @@ class _Parser:
             return ("in", path, values, op == "NOT IN")
         if op not in ("=", "!=", "<>", "<", "<=", ">", ">=", "LIKE"):
             raise _malformed(op)
+        if op == "LIKE" and path.leaf.type == "id":
+            raise _bad_filter("invalid operator on id field")
         return ("cmp", path, "!=" if op == "<>" else op, self.literal(path.leaf))
 
     def literal(self, f: Field) -> Any:
@@ -262,10 +284,20 @@ class _Parser:
         self.take()
         if kind == "str":
             text = re.sub(r"\\(.)", r"\1", val[1:-1])
+            if f.type in _NUMBER_TYPES:
+                raise _bad_filter(f"value of filter criterion for field '{f.name}' must be of "
+                                  f"type {_NUMBER_TYPES[f.type]} and should not be enclosed "
+                                  "in quotes")
             if f.type in ("id", "reference"):
-                return ids.to18(text) or text
+                if text and not _ID_SHAPE.fullmatch(text):  # '' unverified: let through
+                    raise _bad_filter(f"invalid ID field: {text}")
+                return ids.to18(text) or text  # a wrong case checksum: matches nothing
             return text
         if kind == "num":
+            if f.type in _TEXT_TYPES:
+                raise _bad_filter(f"value of filter criterion for field '{f.name}' must be of "
+                                  f"type {_TEXT_TYPES[f.type]} and should be enclosed in "
+                                  "quotes")
             return float(val)
         if kind == "dtm":
             return normalize_datetime(val)

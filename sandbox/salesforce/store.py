@@ -1,4 +1,5 @@
-"""Durable state of the emulated org: records, platform events, tokens, clock, counters.
+"""Durable state of the emulated org: records, platform events, tokens, clock, counters
+(id sequences and the daily API usage).
 
 One SQLite database in WAL mode, mirrored in memory for fast queries. Every change goes
 through :meth:`Store.transaction`: the staged record writes and event inserts are
@@ -9,9 +10,12 @@ are durable together or not at all, and a restart loses nothing that was acknowl
 The clock (:meth:`Store.now_ms`) is wall time plus a persisted offset that tests and
 operators advance; it drives record timestamps, token expiry and event retention.
 
-Replay ids are the ``events`` table's AUTOINCREMENT sequence. Besides platform events it
-holds *bus marks* (topic ``''``, no payload): the replay numbers a keepalive hands a
-caught-up subscription (:meth:`Store.bus_mark`), as the org's other traffic moves a real
+Replay ids are the ``events`` table's AUTOINCREMENT sequence, stepped by a random 1–64 per
+event (:meth:`Store.next_replay`): strictly increasing, never reused (the sequence outlives
+purges and restarts) and not contiguous, as REFERENCE §1 says of a real bus, whose numbers
+other topics and orgs take too — so nothing may compute with them. Besides platform events
+the table holds *bus marks* (topic ``''``, no payload): the replay numbers a keepalive hands
+a caught-up subscription (:meth:`Store.bus_mark`), as the org's other traffic moves a real
 event bus on. They take their number from the same persisted sequence (so every later event
 is greater, across restarts too), are never delivered, age and are purged like events (a
 mark older than the retention is refused as a replay id), and are not counted as events.
@@ -20,6 +24,7 @@ mark older than the retention is refused as a replay id), and are not counted as
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import sqlite3
 import time
@@ -38,6 +43,7 @@ CREATE INDEX IF NOT EXISTS events_created ON events(created_ms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, user_id TEXT NOT NULL,
     expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_usage (minute INTEGER PRIMARY KEY, calls INTEGER NOT NULL);
 """
 _CHILD_LINKS = [(spec[0], spec[1]) for obj in OBJECTS.values() for spec in obj.children.values()]
 
@@ -83,8 +89,14 @@ class Tx:
         self.events.append((topic, uuid, schema_id, payload, created_ms))
 
 
+#: the largest step between two successive replay numbers (the smallest is 1)
+REPLAY_MAX_STEP = 64
+
+
 class Store:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, rng: random.Random | None = None) -> None:
+        #: draws the gaps between replay numbers (pass a seeded one for a repeatable run)
+        self.rng = rng or random.Random()
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -129,6 +141,11 @@ class Store:
         offset = int(self.meta.get("clock_offset_ms", "0")) + int(seconds * 1000)
         self._set_meta({"clock_offset_ms": offset})
         return self.now_ms()
+
+    def next_replay(self, previous: int) -> int:
+        """The replay number after ``previous``: a random step up, so successive ids leave
+        gaps (the bus's other traffic) while staying strictly increasing."""
+        return previous + self.rng.randint(1, REPLAY_MAX_STEP)
 
     def new_id(self, sobject: str, tx: Tx) -> str:
         key = f"seq:{sobject}"
@@ -182,12 +199,13 @@ class Store:
             conn.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)",
                              [(rid, rtype, json.dumps(rec, ensure_ascii=False))
                               for rid, (rtype, rec) in tx.records.items()])
+            replay = self.last_replay
             for topic, uuid, schema_id, payload, created_ms in tx.events:
-                cur = conn.execute("INSERT INTO events (topic, uuid, schema_id, payload, "
-                                   "created_ms) VALUES (?, ?, ?, ?, ?)",
-                                   (topic, uuid, schema_id, payload, created_ms))
-                new_events.append(Event(cur.lastrowid or 0, topic, uuid, schema_id, payload,
-                                        created_ms))
+                replay = self.next_replay(replay)  # AUTOINCREMENT's sequence follows it
+                conn.execute("INSERT INTO events (replay, topic, uuid, schema_id, payload, "
+                             "created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                             (replay, topic, uuid, schema_id, payload, created_ms))
+                new_events.append(Event(replay, topic, uuid, schema_id, payload, created_ms))
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                              [(k, str(v)) for k, v in tx_meta.items()])
             conn.execute("COMMIT")
@@ -223,10 +241,10 @@ class Store:
         if (mark is not None and mark[0] == self.last_replay and mark[0] > self.purged_upto
                 and now - mark[1] < max_age_ms):
             return mark[0]
-        cur = self.conn.execute("INSERT INTO events (topic, uuid, schema_id, payload, "
-                                "created_ms) VALUES ('', '', '', x'', ?)", (now,))
-        replay = int(cur.lastrowid or 0)
-        self.last_replay = max(self.last_replay, replay)
+        replay = self.next_replay(self.last_replay)
+        self.conn.execute("INSERT INTO events (replay, topic, uuid, schema_id, payload, "
+                          "created_ms) VALUES (?, '', '', '', x'', ?)", (replay, now))
+        self.last_replay = replay
         self.last_mark = (replay, now)
         return replay
 
@@ -253,6 +271,22 @@ class Store:
 
     def event_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM events WHERE topic != ''").fetchone()[0]
+
+    # -- daily API usage (faults.Counters) ---------------------------------------------
+    def api_usage(self) -> dict[int, int]:
+        """API requests per minute of the sandbox clock, as persisted."""
+        return dict(self.conn.execute("SELECT minute, calls FROM api_usage"))
+
+    def add_api_usage(self, minute: int, calls: int = 1) -> None:
+        self.conn.execute("INSERT INTO api_usage VALUES (?, ?) ON CONFLICT(minute) DO UPDATE "
+                          "SET calls = calls + excluded.calls", (minute, calls))
+
+    def drop_api_usage(self, before_minute: int | None = None) -> None:
+        """Forget the minutes before ``before_minute`` (every one when None)."""
+        if before_minute is None:
+            self.conn.execute("DELETE FROM api_usage")
+        else:
+            self.conn.execute("DELETE FROM api_usage WHERE minute < ?", (before_minute,))
 
     # -- tokens ------------------------------------------------------------------------
     def issue_token(self, user_id: str, lifetime_s: float) -> str:

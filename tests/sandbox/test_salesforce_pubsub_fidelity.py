@@ -280,3 +280,25 @@ def _decode(pubsub: SfPubSub, event: Any) -> dict:
                         pubsub.pb.SchemaInfo)
     schema = fastavro.parse_schema(json.loads(info.schema_json))
     return fastavro.schemaless_reader(io.BytesIO(event.event.payload), schema)
+
+
+# -- 5. replay ids leave gaps -----------------------------------------------------------
+def test_replay_ids_increase_with_gaps_and_custom_resumes_right_after_one(
+        sf_pubsub: SfPubSub, sf_sandbox: Any, may_publish: None) -> None:
+    """REFERENCE §1: replay ids are not contiguous. Fifty events published at once get
+    strictly increasing ids with gaps between them (not the consecutive numbers a bare
+    sequence gives), and a CUSTOM subscribe from one resumes with the very next event."""
+    schema_id, payload = _payload(sf_pubsub, "801gaps")
+    response = sf_pubsub.unary("Publish", _request(
+        sf_pubsub, SF_TOPIC, *[(f"gap-{i}", schema_id, payload) for i in range(50)]),
+        sf_pubsub.pb.PublishResponse)
+    assert [r.correlation_key for r in response.results] == [f"gap-{i}" for i in range(50)]
+    numbers = [_seq(r.replay_id) for r in response.results]
+    steps = [b - a for a, b in zip(numbers, numbers[1:], strict=False)]
+    assert all(step >= 1 for step in steps), numbers  # strictly increasing
+    assert any(step > 1 for step in steps), numbers  # not contiguous
+    sub = sf_pubsub.subscribe(sf_pubsub.pb.CUSTOM, num=100,
+                              replay_id=response.results[24].replay_id)
+    got = sub.events(25, timeout=10)
+    assert [e.event.id for e in got] == [f"gap-{i}" for i in range(25, 50)]
+    assert [e.replay_id for e in got] == [r.replay_id for r in response.results[25:]]

@@ -163,6 +163,53 @@ def test_soql_features(sf_sandbox: Any, sf_http: requests.Session) -> None:
         assert resp.status_code == 400 and resp.json()[0]["errorCode"] == code, soql
 
 
+def test_soql_filter_values_must_suit_the_field_type(sf_sandbox: Any,
+                                                    sf_http: requests.Session) -> None:
+    """Salesforce checks a filter value against its field's type before it runs the query:
+    a quoted value on a number field, an unquoted number on a text, picklist, id or
+    reference field, and a string that is no id on an id field are 400
+    ``INVALID_QUERY_FILTER_OPERATOR`` — never a 200 with nothing (or the wrong rows) in it.
+    The right types still match, and an 18-char id with a wrong case checksum is taken."""
+    order_id = _pending_orders(sf_sandbox, 1)[0]
+    refused = {
+        "SELECT Id FROM Order WHERE WHMCS_Order_Id__c = '5'":
+            "value of filter criterion for field 'WHMCS_Order_Id__c' must be of type double "
+            "and should not be enclosed in quotes",
+        "SELECT Id FROM Order WHERE WHMCS_Order_Id__c IN (5, '6')":
+            "value of filter criterion for field 'WHMCS_Order_Id__c' must be of type double "
+            "and should not be enclosed in quotes",
+        "SELECT Id FROM Order WHERE Account.WH_Account__c = 1003":
+            "value of filter criterion for field 'WH_Account__c' must be of type string and "
+            "should be enclosed in quotes",
+        "SELECT Id FROM Order WHERE Status = 1":
+            "value of filter criterion for field 'Status' must be of type string and should "
+            "be enclosed in quotes",
+        "SELECT Id FROM Order WHERE AccountId = 1":
+            "value of filter criterion for field 'AccountId' must be of type id and should "
+            "be enclosed in quotes",
+        "SELECT Id FROM Order WHERE Id = 'abc'": "invalid ID field: abc",
+        f"SELECT Id FROM Order WHERE Id IN ('{order_id}', '{order_id[:14]}')":
+            f"invalid ID field: {order_id[:14]}",
+        "SELECT Id FROM Order WHERE Id LIKE '801%'": "invalid operator on id field",
+    }
+    for soql, message in refused.items():
+        resp = _q(sf_http, sf_sandbox, soql)
+        assert resp.status_code == 400, (soql, resp.text)
+        assert resp.json() == [{"message": message, "errorCode": "INVALID_QUERY_FILTER_OPERATOR",
+                                "fields": []}], soql
+    sf_sandbox.update("Order", order_id, {"WHMCS_Order_Id__c": 424242}, run_flow=False)
+    for soql in ("SELECT Id FROM Order WHERE WHMCS_Order_Id__c = 424242",
+                 "SELECT Id FROM Order WHERE WHMCS_Order_Id__c IN (424242.0, 1)",
+                 f"SELECT Id FROM Order WHERE Id = '{order_id[:15]}'",
+                 f"SELECT Id FROM Order WHERE Id = '{order_id}' AND WHMCS_Order_Id__c > 1"):
+        resp = _q(sf_http, sf_sandbox, soql)
+        assert resp.status_code == 200, (soql, resp.text)
+        assert [r["Id"] for r in resp.json()["records"]] == [order_id], soql
+    wrong_checksum = order_id[:15] + ("AAA" if order_id[15:] != "AAA" else "BBB")
+    resp = _q(sf_http, sf_sandbox, f"SELECT Id FROM Order WHERE Id = '{wrong_checksum}'")
+    assert resp.status_code == 200 and resp.json()["totalSize"] == 0, resp.text
+
+
 def test_query_paging_with_next_records_url(sf_sandbox: Any, sf_http: requests.Session) -> None:
     first = _q(sf_http, sf_sandbox, "SELECT Id FROM OrderItem",
                **{"Sforce-Query-Options": "batchSize=200"}).json()
@@ -271,6 +318,59 @@ def test_request_limit_exceeded(sf_sandbox: Any, sf_http: requests.Session) -> N
     resp = sf_http.get(sf_sandbox.instance_url + V + "/limits")
     assert resp.status_code == 403 and resp.json()[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
     assert resp.headers["Sforce-Limit-Info"] == f"api-usage={used + 2}/{used + 2}"
+
+
+def test_the_daily_limit_is_a_rolling_24_hours_kept_across_a_restart(tmp_path: Any) -> None:
+    """The limit counts the API requests of the last 24 hours on the sandbox clock, as an
+    org's ``DailyApiRequests`` does: no fresh allowance at UTC midnight, none on a restart
+    (in-process, over the REST entry point, with the sandbox clock moved)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from sandbox.salesforce import http_app
+    from sandbox.salesforce.core import Config, Sandbox
+
+    day_ms = 86_400_000
+    config = Config(db_path=str(tmp_path / "sf.db"), client_id="c", username="u@example.com",
+                    jwt_cert_pem=b"", daily_limit=3)
+
+    def calls(sb: Sandbox, count: int) -> list[tuple[int, str, str]]:
+        sb.user_for_token = lambda _token: sb.users["u@example.com"]  # type: ignore[method-assign]
+
+        async def go() -> list[tuple[int, str, str]]:
+            out = []
+            async with TestClient(TestServer(http_app.make_app(sb))) as client:
+                for _ in range(count):
+                    resp = await client.get(V + "/limits")
+                    body = await resp.json()
+                    code = body[0]["errorCode"] if isinstance(body, list) else ""
+                    out.append((resp.status, code, resp.headers["Sforce-Limit-Info"]))
+            return out
+        return asyncio.run(go())
+
+    sb = Sandbox(config)
+    try:
+        now = sb.store.now_ms()
+        sb.store.advance_clock(((now // day_ms + 1) * day_ms - 1000 - now) / 1000)
+        assert sb.store.now_ms() % day_ms // 1000 == day_ms // 1000 - 1  # 23:59:59 UTC
+        first = sb.store.now_ms()
+        assert calls(sb, 4) == [(200, "", "api-usage=1/3"), (200, "", "api-usage=2/3"),
+                                (200, "", "api-usage=3/3"),
+                                (403, "REQUEST_LIMIT_EXCEEDED", "api-usage=3/3")]
+        sb.store.advance_clock(2)  # 00:00:01 the next UTC day: the same 24 hours
+        assert sb.store.now_ms() // day_ms == first // day_ms + 1
+        assert calls(sb, 1) == [(403, "REQUEST_LIMIT_EXCEEDED", "api-usage=3/3")]
+    finally:
+        sb.store.close()
+    sb = Sandbox(config)  # restarted on the same database: the usage is remembered
+    try:
+        assert sb.counters.api_used == 3
+        assert calls(sb, 1) == [(403, "REQUEST_LIMIT_EXCEEDED", "api-usage=3/3")]
+        sb.store.advance_clock((first + day_ms - sb.store.now_ms()) / 1000)
+        assert calls(sb, 1) == [(200, "", "api-usage=1/3")]  # 24 h on: those have left
+    finally:
+        sb.store.close()
 
 
 def test_token_expiry_and_faults(sf_sandbox: Any, sf_http: requests.Session) -> None:
