@@ -198,5 +198,9 @@ class OpenSpans:
     def of_order(self, order_id: str | None) -> Any:
         return self._by_order.get(order_id) if order_id else None
 
+    def open_keys(self) -> list[Hashable]:
+        """The keys of the spans still open."""
+        return list(self._by_key)
+
     def of_orders(self, order_ids: Iterable[str]) -> list[Any]:
         return [s for s in (self._by_order.get(o) for o in order_ids) if s is not None]

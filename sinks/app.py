@@ -24,6 +24,21 @@ without counting attempts, then probe with it. Too many unacknowledged outcomes
 ``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
 pause, a crash or a SIGKILL loses nothing — it only redelivers.
 
+Probing (a batch that fails as a whole the same way every time must not block everything
+behind it: a 200-record PATCH that always times out because the org's automation is slow
+for big calls, or one record that provokes a 5xx every time). After ``SHRINK_AFTER``
+consecutive retryable whole-call failures — not ``REQUEST_LIMIT_EXCEEDED``, not an auth
+refusal, not a refusal no record caused, none of which a smaller call can cure — the next
+call takes half as many records as the failed one, down to one; ``GROW_AFTER`` answered
+calls in a row double it again, up to ``SINK_BATCH_SIZE``. A record whose call alone
+failed is *isolated*: from then on it is only sent alone, after the others (its own
+backoff runs past the pause), so the rest flows around it. Its failures count as
+attempts (``SINK_MAX_ATTEMPTS``, then a dead letter with the error) only when Salesforce
+answered another call since its previous lone failure: proof that the record, not
+Salesforce, is the problem. During an outage no call is answered, so no attempt is ever
+counted and nothing is dead-lettered, however long it lasts (minutes or days); it only
+leaves a few isolated records, each sent alone once Salesforce is back.
+
 Stale writes: a sink frozen past its session timeout (while another member took its
 partitions and wrote newer outcomes) may still send what it held when it wakes up. The
 outcome fence (:mod:`sinks.fence`) makes Salesforce refuse such a write per record; the
@@ -50,7 +65,13 @@ from confluent_kafka import (
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.backoff import Backoff
 from common.connection import KafkaConnection, is_refusal, refusal_message
-from common.errors import KafkaAccessError, KafkaError, SalesforceError, SalesforceLimitError
+from common.errors import (
+    KafkaAccessError,
+    KafkaError,
+    SalesforceAuthError,
+    SalesforceError,
+    SalesforceLimitError,
+)
 from common.settings import KafkaSettings, SinkSettings
 from sinks import fence
 from sinks import metrics as m
@@ -65,6 +86,8 @@ log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
 REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
 REGISTRY_WAIT_S = 60.0  # an unreachable schema registry: retry a decode this long, then exit
+SHRINK_AFTER = 2  # consecutive retryable whole-call failures before the next call is halved
+GROW_AFTER = 3  # answered calls in a row before a shrunken call size doubles again
 
 
 @dataclass
@@ -120,6 +143,10 @@ class Sink:
                                       jitter=False)
         self._outage_streak = 0
         self._limit_streak = 0
+        self._probe = settings.batch_size  # records per call now (halved while calls fail)
+        self._probe_failures = 0  # consecutive retryable whole-call failures (see probing)
+        self._probe_successes = 0  # answered calls in a row since the size last changed
+        self._answered = 0  # calls Salesforce answered (a lone failure's "others went" test)
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
@@ -319,7 +346,7 @@ class Sink:
             now = time.monotonic()
             if self.pauses.blocked(now) or now - started >= FLUSH_BUDGET_S:
                 return
-            full = len(self.batcher.ready(now)) >= self.settings.batch_size
+            full = len(self.batcher.ready(now)) >= self._probe
             lingered = self.batcher.due(now, batch_size=self.settings.batch_size,
                                         linger_s=self.settings.linger_s)
             # a backlog of record-less outcomes (Skipped) must not hold a few records forever
@@ -334,15 +361,16 @@ class Sink:
 
     def _flush(self, now: float) -> bool:
         """One call's worth of ready entries; False when the whole call failed."""
-        entries = self.batcher.take(now, self.settings.batch_size)
+        entries = self.batcher.take(now, self._probe)
         if not entries:
             return True
         started = time.monotonic()
+        checking = self._fence_unchecked  # a failure of the check says nothing of the batch
         try:
             if self._fence_unchecked:
                 assert self.settings.fence_field is not None
                 fence.check_field(self.client, self.settings.fence_field)
-                self._fence_unchecked = False
+                self._fence_unchecked = checking = False
             result = self.writer.write(entries)
             self.ops.called(entries, time.monotonic() - started, "ok")
         except SalesforceLimitError as exc:
@@ -361,6 +389,13 @@ class Sink:
             # is about): a login refused, permissions, the API version — every outcome would
             # fail alike, so none is dead-lettered; the sink waits for the fix, probing
             m.ERRORS.labels(exc.error_code or type(exc).__name__, "call").inc()
+            self.stats.calls += 1
+            suspect = (exc.retryable and not isinstance(exc, SalesforceAuthError)
+                       and not checking)  # the call itself may be at fault: try smaller
+            if suspect and len(entries) == 1 and self._failed_alone(entries[0], exc, now):
+                return False
+            if suspect:
+                self._shrink(len(entries))
             self._outage_streak += 1
             backoff = self._backoff(self._outage_streak)
             self._requeue_all(entries, now + backoff)
@@ -373,9 +408,10 @@ class Sink:
                           "written or dead-lettered until it accepts (check the sink's "
                           "credentials and permissions); paused for %.1fs", exc, backoff,
                           extra={"error_code": exc.error_code, "count": len(entries)})
-            self.stats.calls += 1
             return False
         self._limit_streak = self._outage_streak = 0
+        self._answered += 1
+        self._grow()
         self.pauses.lift(LIMIT, OUTAGE)
         self.stats.calls += result.calls
         m.BATCHES.inc(result.calls)
@@ -425,7 +461,55 @@ class Sink:
 
     def _requeue_all(self, entries: list[Entry], not_before: float) -> None:
         for entry in entries:
-            self.batcher.retry(entry, not_before, count_attempt=False)
+            if entry.isolated:  # after the pause, probe with another record first
+                self.batcher.retry(entry, not_before + self._backoff(entry.lone_failures),
+                                   count_attempt=False)
+            else:
+                self.batcher.retry(entry, not_before, count_attempt=False)
+
+    def _shrink(self, failed: int) -> None:
+        """A retryable whole-call failure of ``failed`` records: after ``SHRINK_AFTER`` in a
+        row, the next call takes half of them (down to one)."""
+        self._probe_successes = 0
+        self._probe_failures += 1
+        if self._probe_failures >= SHRINK_AFTER and failed > 1:
+            self._probe_failures = 0
+            self._probe = max(1, min(self._probe, failed) // 2)
+            log.info("calls of %d records keep failing; trying %d", failed, self._probe,
+                     extra={"count": self._probe})
+
+    def _grow(self) -> None:
+        """An answered call: after ``GROW_AFTER`` in a row, double a shrunken call size."""
+        self._probe_failures = 0
+        if self._probe >= self.settings.batch_size:
+            return
+        self._probe_successes += 1
+        if self._probe_successes >= GROW_AFTER:
+            self._probe_successes = 0
+            self._probe = min(self.settings.batch_size, self._probe * 2)
+
+    def _failed_alone(self, entry: Entry, exc: SalesforceError, now: float) -> bool:
+        """The call of ``entry`` alone failed retryably. The record is isolated (sent alone
+        from now on). When Salesforce answered another call since its previous lone failure,
+        the record is at fault: the failure counts as an attempt (dead letter at
+        ``SINK_MAX_ATTEMPTS``), the record backs off on its own and the others go on
+        unpaused — returns True. Otherwise it may be an outage: False, the caller pauses."""
+        blamed = entry.isolated and self._answered > entry.lone_mark
+        entry.lone_failures += 1
+        entry.lone_mark = self._answered
+        if not blamed:
+            return False
+        if entry.attempts + 1 >= self.settings.max_attempts:
+            code = exc.error_code or type(exc).__name__
+            error = RecordError(entry.key, code, f"{exc} (gave up after {entry.attempts + 1} "
+                                "attempts of this record alone, while Salesforce wrote others)")
+            log.warning("Salesforce keeps failing the call of %s alone: %s; giving up",
+                        entry.key, exc, extra={"error_code": code})
+            for tracked in self.batcher.fail(entry, error):
+                self._complete(tracked)
+        else:
+            self.batcher.retry(entry, now + self._backoff(entry.lone_failures))
+        return True
 
     def _backoff(self, attempt: int) -> float:
         """The wait before a record's ``attempt``-th retry (its own count, no jitter)."""
@@ -523,6 +607,7 @@ class Sink:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         lost = {p.partition for p in partitions}
+        self.ops.forget(lost)  # their trace spans end, marked revoked
         self.batcher.forget(lost)
         self.offsets.forget(lost)
         self._assigned = [p for p in self._assigned if p.partition not in lost]

@@ -2,15 +2,20 @@
 
 Three structures, all pure (no Kafka, no HTTP), driven by :class:`sinks.app.Sink`:
 
-* :class:`Batcher` — the pending map keyed by ``(sobject, id)``. Updates of many outcomes
-  merge into one entry per record **in version order** (the outcome's ``completed_at``;
-  arrival order between equal versions), so the newer outcome wins field by field; the
-  merged entry is exactly what applying the outcomes one after another would leave. One
-  Order's outcomes arrive in version order (one partition); an Opportunity shared by
-  Orders of different partitions can get them the other way round, and an older update
-  that arrives later then merges *under* the newer one. Each entry remembers the outcomes
-  it covers. A record never has two entries, so a retried record cannot overtake a newer
-  update of itself: a retry merges under whatever newer arrived meanwhile.
+* :class:`Batcher` — the pending map keyed by ``(sobject, id)``: per record, its pending
+  updates in **version order** (the outcome's ``completed_at``; arrival order between equal
+  versions). Two updates of a record merge into one entry only when that is the same as
+  writing them one after the other whatever Salesforce holds meanwhile: the later one sets
+  every field the earlier one sets (the merged entry is then just the later one), or their
+  versions are equal. Otherwise they stay separate entries, sent one after the other in
+  version order, each carrying its own version — so the fence (:mod:`sinks.fence`) judges
+  each against what Salesforce holds. (Merging an older update's other fields under a newer
+  one let them pass the fence with the newer version: an Opportunity shared by Orders of
+  different partitions, whose newer outcome B was already written, got A's older service
+  id back from a merge of A under C.) Only the first pending entry of a record is sendable,
+  and a taken entry goes back in its place (``retry``), so an update never overtakes an
+  older one of the same record, and one call never holds a record twice. Each entry
+  remembers the outcomes it covers.
 * :class:`Tracked` — one consumed outcome and the records it still waits for. It is
   complete when every record it touched was acknowledged by Salesforce or failed
   permanently (then it is dead-lettered with those errors).
@@ -70,7 +75,7 @@ class Tracked:
 
 @dataclass(eq=False)
 class Entry:
-    """The merged update of one record and the outcomes it covers."""
+    """The pending update of one record (one or more merged) and the outcomes it covers."""
 
     key: RecordKey
     fields: dict[str, Any]
@@ -79,21 +84,50 @@ class Entry:
     attempts: int = 0  # failed attempts so far (transient errors)
     not_before: float = 0.0  # backoff: not sent before this time
     version: int | None = None  # newest version merged in (epoch ms of completed_at)
+    #: whole calls of this record alone that failed retryably; once one has, it is only
+    #: ever sent alone (see :class:`sinks.app.Sink`, "probing")
+    lone_failures: int = 0
+    lone_mark: int = -1  # the sink's count of answered calls at its last lone failure
 
     def payload(self) -> dict[str, Any]:
         """The sObject Collections record: ``attributes.type`` + ``id`` + fields."""
         return {"attributes": {"type": self.key.sobject}, "id": self.key.record_id,
                 **self.fields}
 
-    def merge(self, fields: dict[str, Any], version: int | None) -> None:
-        """Merge another update of this record as if both were applied in version order:
-        a newer (or equal, or unversioned) one over these fields, an older one under."""
-        if version is None or self.version is None or version >= self.version:
-            self.fields.update(fields)
-            if version is not None:
-                self.version = version
-        else:
-            self.fields = {**fields, **self.fields}
+    @property
+    def isolated(self) -> bool:
+        return self.lone_failures > 0
+
+
+def _applies_after(entry: Entry, other: Entry, *, arrived_later: bool) -> bool:
+    """``entry`` is applied after ``other``: the newer version; between equal (or missing)
+    versions, the later arrival."""
+    if entry.version is None or other.version is None or entry.version == other.version:
+        return arrived_later
+    return entry.version > other.version
+
+
+def _mergeable(first: Entry, then: Entry) -> bool:
+    """Writing ``first`` then ``then`` is the same as writing them merged, whatever version
+    Salesforce holds: ``then`` sets every field ``first`` sets, or the versions are equal
+    (none can lie between them). Not so otherwise: ``first``'s other fields would pass the
+    fence with ``then``'s version even where Salesforce holds a version between the two."""
+    if first.version is None or then.version is None or first.version == then.version:
+        return True
+    return then.fields.keys() >= first.fields.keys()
+
+
+def _merge(keep: Entry, other: Entry, *, other_after: bool) -> None:
+    """Merge ``other`` into ``keep`` (``other_after``: ``other`` is the one applied later)."""
+    first, then = (keep, other) if other_after else (other, keep)
+    keep.fields = {**first.fields, **then.fields}
+    keep.version = then.version if then.version is not None else first.version
+    keep.sources = first.sources + [t for t in then.sources if t not in first.sources]
+    keep.since = min(keep.since, other.since)
+    keep.not_before = max(keep.not_before, other.not_before)
+    keep.attempts = max(keep.attempts, other.attempts)
+    keep.lone_failures = max(keep.lone_failures, other.lone_failures)
+    keep.lone_mark = max(keep.lone_mark, other.lone_mark)
 
 
 class Batcher:
@@ -101,25 +135,37 @@ class Batcher:
     every taken entry, or the outcomes it covers never complete."""
 
     def __init__(self) -> None:
-        self._pending: dict[RecordKey, Entry] = {}
+        # per record, its pending entries in version order; only the first is sendable,
+        # and only while no entry of the record is out (taken, not yet settled)
+        self._pending: dict[RecordKey, list[Entry]] = {}
+        self._out: set[RecordKey] = set()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(len(chain) for chain in self._pending.values())
 
     def add(self, tracked: Tracked, updates: Iterable[RecordUpdate], now: float) -> None:
         for update in updates:
             tracked.remaining.add(update.key)
-            entry = self._pending.get(update.key)
-            if entry is None:
-                self._pending[update.key] = Entry(update.key, dict(update.fields), [tracked],
-                                                  now, version=update.version)
-            else:
-                entry.merge(update.fields, update.version)
-                if tracked not in entry.sources:
-                    entry.sources.append(tracked)
+            self._place(Entry(update.key, dict(update.fields), [tracked], now,
+                              version=update.version), arrived_later=True)
+
+    def _place(self, entry: Entry, *, arrived_later: bool) -> None:
+        """Put ``entry`` in its record's chain: merged into a neighbour where
+        :func:`_mergeable`, else as an entry of its own in version order."""
+        chain = self._pending.setdefault(entry.key, [])
+        at = sum(1 for e in chain if _applies_after(entry, e, arrived_later=arrived_later))
+        if at > 0 and _mergeable(chain[at - 1], entry):
+            _merge(chain[at - 1], entry, other_after=True)
+        elif at < len(chain) and _mergeable(entry, chain[at]):
+            _merge(chain[at], entry, other_after=False)
+        else:
+            chain.insert(at, entry)
+
+    def _heads(self) -> list[Entry]:
+        return [chain[0] for key, chain in self._pending.items() if key not in self._out]
 
     def ready(self, now: float) -> list[Entry]:
-        return [e for e in self._pending.values() if e.not_before <= now]
+        return [e for e in self._heads() if e.not_before <= now]
 
     def due(self, now: float, *, batch_size: int, linger_s: float) -> bool:
         """A flush is due: a full batch is ready, or the oldest ready entry lingered enough."""
@@ -134,20 +180,28 @@ class Batcher:
 
     def next_ready_at(self) -> float | None:
         """Earliest time an entry becomes sendable (for the poll timeout)."""
-        if not self._pending:
-            return None
-        return min(e.not_before for e in self._pending.values())
+        return min((e.not_before for e in self._heads()), default=None)
 
     def take(self, now: float, limit: int) -> list[Entry]:
-        """Up to ``limit`` ready entries, oldest first, removed from the map."""
-        taken = sorted(self.ready(now), key=lambda e: e.since)[:limit]
+        """Up to ``limit`` ready entries, oldest first, removed from the map. An isolated
+        entry (one whose call alone failed) goes alone, and never with others."""
+        ready = sorted(self.ready(now), key=lambda e: e.since)
+        if ready and ready[0].isolated:
+            taken = ready[:1]
+        else:
+            taken = [e for e in ready if not e.isolated][:limit]
         for entry in taken:
-            del self._pending[entry.key]
+            chain = self._pending[entry.key]
+            chain.pop(0)
+            if not chain:
+                del self._pending[entry.key]
+            self._out.add(entry.key)
         return taken
 
-    @staticmethod
-    def ack(entry: Entry) -> list[Tracked]:
-        """Salesforce stored ``entry``; returns the outcomes that became complete."""
+    def ack(self, entry: Entry) -> list[Tracked]:
+        """Salesforce stored ``entry`` (or settled it otherwise); returns the outcomes that
+        became complete. The record's next pending entry becomes sendable."""
+        self._out.discard(entry.key)
         done = []
         for tracked in entry.sources:
             tracked.remaining.discard(entry.key)
@@ -155,28 +209,22 @@ class Batcher:
                 done.append(tracked)
         return done
 
-    @staticmethod
-    def fail(entry: Entry, error: RecordError) -> list[Tracked]:
+    def fail(self, entry: Entry, error: RecordError) -> list[Tracked]:
         """``entry`` failed permanently; its outcomes carry the error to the dead letter."""
         for tracked in entry.sources:
             tracked.errors.append(error)
-        return Batcher.ack(entry)
+        return self.ack(entry)
 
     def retry(self, entry: Entry, not_before: float, *, count_attempt: bool = True) -> None:
-        """Put a taken entry back; updates of the same record that arrived meanwhile merge
-        in version order (a newer one wins over its fields). ``count_attempt=False`` for
+        """Put a taken entry back in its place; updates of the same record that arrived
+        meanwhile merge with it, or stay apart, as in ``add``. ``count_attempt=False`` for
         whole-call failures (an outage or the API limit), which must never exhaust a
         record's attempts."""
         if count_attempt:
             entry.attempts += 1
         entry.not_before = not_before
-        newer = self._pending.get(entry.key)
-        if newer is not None:
-            entry.merge(newer.fields, newer.version)
-            entry.sources.extend(t for t in newer.sources if t not in entry.sources)
-            entry.since = min(entry.since, newer.since)
-            entry.not_before = max(entry.not_before, newer.not_before)
-        self._pending[entry.key] = entry
+        self._out.discard(entry.key)
+        self._place(entry, arrived_later=False)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the outcomes of revoked partitions (their new owner redelivers them).
@@ -185,9 +233,14 @@ class Batcher:
         they are absolute values the new owner writes again anyway.
         """
         for key in list(self._pending):
-            entry = self._pending[key]
-            entry.sources = [t for t in entry.sources if t.partition not in partitions]
-            if not entry.sources:
+            kept = []
+            for entry in self._pending[key]:
+                entry.sources = [t for t in entry.sources if t.partition not in partitions]
+                if entry.sources:
+                    kept.append(entry)
+            if kept:
+                self._pending[key] = kept
+            else:
                 del self._pending[key]
 
 

@@ -75,3 +75,10 @@ class SinkOps:
     def completed(self, tracked: Tracked) -> None:
         self.spans.finish((tracked.partition, tracked.offset),
                           error_code=tracked.errors[0].code if tracked.errors else None)
+
+    def forget(self, partitions: set[int]) -> None:
+        """The partitions were revoked or lost: the spans of their outcomes still open end
+        now, marked ``sfprov.revoked`` (the new owner traces its own write-back)."""
+        for key in [k for k in self.spans.open_keys()
+                    if isinstance(k, tuple) and k[0] in partitions]:
+            self.spans.finish(key, revoked=True)

@@ -23,7 +23,9 @@ Whole-call failures:
 
 * retryable ones (5xx, connection errors, ``REQUEST_LIMIT_EXCEEDED`` as
   :class:`~common.errors.SalesforceLimitError`, auth still refused after the client's one
-  re-authentication) propagate — the sink requeues the batch, pauses and backs off;
+  re-authentication) propagate — the sink requeues the batch, pauses and backs off, and
+  when the same kind of failure repeats, sends fewer records per call, down to one alone
+  (:mod:`sinks.app`, "Probing");
 * so do refusals no record caused (:func:`refuses_records` false): a login refused
   (``invalid_grant``: a revoked or expired certificate, a frozen user), a 401/403/404 for the
   installation (permissions, API version) — failing the records would dead-letter every

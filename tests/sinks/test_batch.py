@@ -117,3 +117,35 @@ def test_forgotten_partition_is_not_committed() -> None:
     offsets.complete(2, 10)
     offsets.forget({2})
     assert offsets.committable() == {}
+
+
+def test_a_retried_entry_goes_back_before_a_newer_update_that_stays_apart() -> None:
+    """A newer update that leaves out a field of the taken one waits, neither sendable while
+    the taken one is out nor overtaking it once it is put back for a retry."""
+    batcher = Batcher()
+    old, new = tracked(0), tracked(1)
+    batcher.add(old, [RecordUpdate(OPP_A, {"StageName": "Active", "Service__c": 1}, 10)], now=0)
+    [entry] = batcher.take(now=0, limit=200)
+    batcher.add(new, [RecordUpdate(OPP_A, {"StageName": "Active"}, 20)], now=1)
+    assert batcher.take(now=1, limit=200) == [] and len(batcher) == 1
+    batcher.retry(entry, not_before=5)
+    assert batcher.take(now=4, limit=200) == [] and len(batcher) == 2
+    [again] = batcher.take(now=5, limit=200)
+    assert again is entry and again.version == 10 and again.attempts == 1
+    assert batcher.ack(again) == [old]
+    [then] = batcher.take(now=5, limit=200)
+    assert then.fields == {"StageName": "Active"} and then.sources == [new]
+
+
+def test_an_isolated_entry_is_taken_alone_and_never_with_others() -> None:
+    batcher = Batcher()
+    for i in range(3):
+        batcher.add(tracked(i), [RecordUpdate(RecordKey("Order", f"801{i}"), {})], now=i)
+    [first, *_rest] = batcher.take(now=5, limit=200)
+    for entry in _rest:
+        batcher.retry(entry, not_before=0, count_attempt=False)
+    first.lone_failures = 1  # its call alone failed
+    batcher.retry(first, not_before=0, count_attempt=False)
+    assert batcher.take(now=5, limit=200) == [first]  # the oldest, alone
+    batcher.retry(first, not_before=10, count_attempt=False)
+    assert [e.key.record_id for e in batcher.take(now=5, limit=200)] == ["8011", "8012"]

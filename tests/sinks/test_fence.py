@@ -68,9 +68,11 @@ def test_epoch_ms_is_exact_for_datetimes_and_numbers() -> None:
 
 # -- merging in version order --------------------------------------------------------
 
-def test_an_older_update_arriving_later_merges_under_the_newer() -> None:
+def test_an_older_update_arriving_later_is_not_merged_under_the_newer() -> None:
     """One Opportunity, two Orders on different partitions: the newer outcome (service 2)
-    arrives first; the older one (service 1) must not win the merged write."""
+    arrives first, the older one (service 1, and a field the newer does not set) later.
+    Merged under the newer, the older's field would pass the fence with the newer version;
+    it stays a separate update, sent first, judged against its own version."""
     batcher = Batcher()
     newer, older = Tracked(3, 0, b"k", b"v"), Tracked(1, 0, b"k", b"v")
     batcher.add(newer, [RecordUpdate(OPP, {"StageName": "Active", "WHMCS_Service_ID__c": 2,
@@ -78,10 +80,92 @@ def test_an_older_update_arriving_later_merges_under_the_newer() -> None:
     batcher.add(older, [RecordUpdate(OPP, {"StageName": "Active", "WHMCS_Service_ID__c": 1,
                                            "Extra__c": "only in the older",
                                            FENCE_FIELD: 1000}, 1000)], now=1)
+    assert len(batcher) == 2
+    [first] = batcher.take(now=2, limit=200)  # one entry of a record per call
+    assert first.fields == {"StageName": "Active", "WHMCS_Service_ID__c": 1,
+                            "Extra__c": "only in the older", FENCE_FIELD: 1000}
+    assert first.version == 1000 and first.sources == [older]
+    assert batcher.take(now=2, limit=200) == []  # the newer waits until the older settled
+    assert batcher.ack(first) == [older]
+    [then] = batcher.take(now=2, limit=200)
+    assert then.fields == {"StageName": "Active", "WHMCS_Service_ID__c": 2, FENCE_FIELD: 2000}
+    assert then.sources == [newer]
+
+
+def test_an_older_update_the_newer_covers_merges_into_it() -> None:
+    """Writing the older first could change nothing the newer does not set again: merged,
+    the newer's fields and version, both outcomes settled by one write."""
+    batcher = Batcher()
+    newer, older = Tracked(3, 0, b"k", b"v"), Tracked(1, 0, b"k", b"v")
+    batcher.add(newer, [RecordUpdate(OPP, {"StageName": "Active", "WHMCS_Service_ID__c": 2,
+                                           FENCE_FIELD: 2000}, 2000)], now=0)
+    batcher.add(older, [RecordUpdate(OPP, {"StageName": "Active", "WHMCS_Service_ID__c": 1,
+                                           FENCE_FIELD: 1000}, 1000)], now=1)
     [entry] = batcher.take(now=2, limit=200)
-    assert entry.fields == {"StageName": "Active", "WHMCS_Service_ID__c": 2, FENCE_FIELD: 2000,
-                            "Extra__c": "only in the older"}
-    assert entry.version == 2000 and entry.sources == [newer, older]
+    assert entry.fields == {"StageName": "Active", "WHMCS_Service_ID__c": 2, FENCE_FIELD: 2000}
+    assert entry.version == 2000 and set(entry.sources) == {older, newer}
+    assert len(batcher) == 0
+
+
+def test_a_newer_update_that_leaves_out_a_field_of_a_pending_older_one_stays_apart() -> None:
+    """Failed→Provisioned of one Order merges (Provisioned sets every field Failed sets);
+    an Opportunity update without a service id after one with it does not."""
+    order = RecordKey(ORDER, "801000000000001AAA")
+    batcher = Batcher()
+    for i, (status, at) in enumerate((("Failed", T1), ("Provisioned", T2))):
+        record = {**provisioned(order.record_id, at, 7), "status": status,
+                  "error_code": "X", "error_message": "y"}
+        batcher.add(Tracked(0, i, None, None), [u for u in updates_for(
+            record, fence_field=FENCE_FIELD) if u.key == order], now=i)
+    [entry] = batcher.take(now=5, limit=200)
+    assert entry.fields["Activation_Status__c"] == "Provisioned" and len(entry.sources) == 2
+    with_id = updates_for(provisioned("801A", T1, 100), fence_field=FENCE_FIELD)[1]
+    without = updates_for({**provisioned("801B", T2, 0), "whmcs_service_ids": []},
+                          fence_field=FENCE_FIELD)[1]
+    assert "WHMCS_Service_ID__c" not in without.fields
+    batcher.add(Tracked(0, 2, None, None), [with_id], now=6)
+    batcher.add(Tracked(1, 0, None, None), [without], now=7)
+    assert len(batcher) == 2 and [e.version for e in batcher.take(now=8, limit=200)] == \
+        [epoch_ms(T1)]
+
+
+def test_an_older_outcome_merged_with_a_newer_one_cannot_pass_the_fence() -> None:
+    """The reviewer's sequence: B (v2, service 200) written; then C (v3, Provisioned without
+    a service id) and, late from a lagging partition, A (v1, service 100). Merged, A's
+    service id passed the fence with C's version and the Opportunity ended on 100."""
+    def outcome_at(order: str, ms: int, services: list[int]) -> dict:
+        return {"order_id": order, "opportunity_id": OPP.record_id, "status": "Provisioned",
+                "whmcs_order_id": 1, "whmcs_service_ids": services,
+                "completed_at": dt.datetime.fromtimestamp(ms / 1000, dt.UTC)}
+
+    fake = FakeCollections()
+    writer = CollectionWriter(fake)
+    batcher = Batcher()
+    b, c, a = Tracked(1, 0, None, None), Tracked(2, 0, None, None), Tracked(0, 0, None, None)
+    batcher.add(b, updates_for(outcome_at("801000000000002AAA", 2000, [200]),
+                               fence_field=FENCE_FIELD), now=0)
+    result = writer.write(batcher.take(now=1, limit=200))
+    assert len(result.acked) == 2
+    for entry in result.acked:
+        batcher.ack(entry)
+    batcher.add(c, updates_for(outcome_at("801000000000003AAA", 3000, []),
+                               fence_field=FENCE_FIELD), now=2)
+    batcher.add(a, updates_for(outcome_at("801000000000001AAA", 1000, [100]),
+                               fence_field=FENCE_FIELD), now=2)
+    superseded = []
+    for _ in range(5):  # as the sink does: write, settle, write what became sendable
+        entries = batcher.take(now=3, limit=200)
+        if not entries:
+            break
+        result = writer.write(entries)
+        assert not result.permanent and not result.transient
+        superseded += [entry for entry, _error in result.superseded]
+        for entry in result.acked + superseded:
+            batcher.ack(entry)
+    assert len(batcher) == 0 and a.complete and c.complete
+    assert fake.records[(OPPORTUNITY, OPP.record_id)] == {
+        "StageName": "Active", "WHMCS_Service_ID__c": 200, FENCE_FIELD: 3000}
+    assert [e.sources for e in superseded] == [[a]]  # A's update refused: B holds newer
 
 
 def test_equal_versions_merge_in_arrival_order() -> None:

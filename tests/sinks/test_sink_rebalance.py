@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 
+from common import tracing
 from common.avro import AvroSerde
 from common.errors import SalesforceError
 from common.settings import KafkaSettings, SinkSettings
@@ -114,3 +116,45 @@ def test_a_message_of_a_partition_not_owned_is_left_to_its_owner() -> None:
     assert sink.offsets.outstanding() == 0 and sink.stats.consumed == 1
     sink._commit(force=True)
     assert fake.commits == [[(0, 10)]]
+
+
+class FakeSpan:
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
+        self.name, self.attributes, self.ended = name, dict(attributes), False
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def end(self, end_time: int | None = None) -> None:
+        self.ended = True
+
+
+class FakeTracer:
+    def __init__(self) -> None:
+        self.spans: list[FakeSpan] = []
+
+    def start_span(self, name: str, context: Any = None, attributes: Any = None,
+                   start_time: Any = None) -> FakeSpan:
+        self.spans.append(FakeSpan(name, attributes or {}))
+        return self.spans[-1]
+
+
+@pytest.mark.parametrize("how", ["revoked", "lost"])
+def test_the_spans_of_a_revoked_partitions_outcomes_end_marked_revoked(
+        how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tracing on, an outcome still held when its partition goes must not leave its
+    span open (never exported, and the open-span maps grow with every rebalance)."""
+    tracer = FakeTracer()
+    monkeypatch.setattr(tracing, "_tracer", tracer)
+    sink, fake = sink_holding_offset_10(then=[])
+    sink._handle(Message(1, 3))  # partition 1 stays: its span stays open
+    assert len(sink.ops.spans._by_key) == 2
+    lose = sink._on_revoke if how == "revoked" else sink._on_lost
+    lose(fake, [TopicPartition(KAFKA.outcomes, 0)])  # type: ignore[arg-type]
+    [held, kept] = [s for s in tracer.spans if s.name == "sink.write_back"]
+    assert held.ended and held.attributes["sfprov.revoked"] is True
+    assert not kept.ended and list(sink.ops.spans._by_key) == [(1, 3)]
+    assert list(sink.ops.spans._by_order) == [kept.attributes["sfprov.order_id"]]
+    sink._on_lost(fake, [TopicPartition(KAFKA.outcomes, 1)])  # type: ignore[arg-type]
+    assert kept.ended and sink.ops.spans._by_key == {} and sink.ops.spans._by_order == {}
+    sink.dead_letters.close()

@@ -1,0 +1,181 @@
+"""A batch that fails as a whole the same retryable way every time (no broker, fake time).
+
+Before: the batch was requeued without counting attempts, kept its age, and ``take`` gave
+the same 200 records to every probe — nothing was written, ever, and lag grew. Now the
+call shrinks after repeated failures, a record whose call alone fails is isolated, and it
+is dead-lettered only when Salesforce writes other records in between; an outage of hours
+dead-letters nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from common.errors import SalesforceAuthError, SalesforceError
+from common.settings import SinkSettings
+from sinks.app import Sink
+from sinks.batch import Tracked
+from tests.sinks.fakes import FakeCollections, limit_error
+from tests.sinks.test_sink_rebalance import KAFKA, Message, RevokingConsumer
+
+BACKLOG = 300
+
+
+class Harness:
+    """A sink on partition 0 with a fake consumer; ``probe`` advances a fake clock past
+    every pause and backoff and makes one flush, as the loop would."""
+
+    def __init__(self, fail: Callable[[list[dict[str, Any]]], Exception | None]) -> None:
+        self.fake = FakeCollections()
+        self.fake.fail_call = fail
+        self.sink = Sink(KAFKA, SinkSettings.load({}, http_port=0), self.fake)
+        self.dead: list[Tracked] = []
+        self.sink.dead_letters.record_errors = self.dead.append  # type: ignore[method-assign]
+        real = self.sink.consumer
+        consumer = RevokingConsumer(self.sink, [])
+        self.sink.consumer = consumer  # type: ignore[assignment]
+        real.close()
+        self.sink._on_assign(consumer, [TopicPartition(KAFKA.outcomes, 0)])  # type: ignore[arg-type]
+        self.offset = 0
+        self.now = 1e9
+
+    def consume(self, n: int) -> None:
+        for _ in range(n):
+            self.sink._handle(Message(0, self.offset))
+            self.offset += 1
+
+    def probe(self, step: float = 0.001) -> None:
+        sink = self.sink
+        self.now = max(self.now + step, sink.pauses.resume_at(self.now) + 0.001,
+                       (sink.batcher.next_ready_at() or self.now) + 0.001)
+        sink._flush(self.now)
+
+    def drain(self, limit: int = 2000) -> None:
+        for _ in range(limit):
+            if not len(self.sink.batcher):
+                return
+            self.probe()
+        raise AssertionError(f"still {len(self.sink.batcher)} records pending after {limit} "
+                             "probes")
+
+    def written(self) -> set[str]:
+        return {record_id for (_sobject, record_id) in self.fake.records}
+
+
+@pytest.fixture
+def harness() -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(fail: Callable[[list[dict[str, Any]]], Exception | None]) -> Harness:
+        made.append(Harness(fail))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.sink.dead_letters.close()
+
+
+def order_id(offset: int) -> str:
+    return Message(0, offset).key().decode()
+
+
+def test_a_call_too_big_to_answer_in_time_shrinks_until_everything_is_written(
+        harness: Callable[..., Harness]) -> None:
+    """Every call of more than 50 records times out (the org's automation is slow for big
+    calls): the calls shrink to 50 and everything is written, nothing dead-lettered."""
+    h = harness(lambda records: SalesforceError("Salesforce unreachable: ReadTimeout",
+                                                retryable=True) if len(records) > 50 else None)
+    h.consume(BACKLOG)
+    h.drain(limit=100)
+    assert h.sink.stats.records_written == BACKLOG and h.dead == []
+    assert h.written() == {order_id(o) for o in range(BACKLOG)}
+    assert h.sink.offsets.outstanding() == 0
+    assert len(h.fake.calls) < 40, [len(c) for c in h.fake.calls]
+
+
+def test_one_record_failing_every_call_is_dead_lettered_and_the_rest_written(
+        harness: Callable[..., Harness]) -> None:
+    """One record provokes a 5xx UNKNOWN_EXCEPTION in every call it is in: it is isolated,
+    the others are written around it, and — while Salesforce keeps writing other records
+    (outcomes keep arriving) — its lone failures count until SINK_MAX_ATTEMPTS."""
+    poison = order_id(120)
+
+    def fail(records: list[dict[str, Any]]) -> Exception | None:
+        if any(r["id"] == poison for r in records):
+            return SalesforceError("Salesforce 500 UNKNOWN_EXCEPTION: An unexpected error "
+                                   "occurred", status=500, error_code="UNKNOWN_EXCEPTION",
+                                   retryable=True)
+        return None
+
+    h = harness(fail)
+    h.consume(BACKLOG)
+    for _ in range(1000):  # one new outcome a second, each flushed
+        if h.dead:
+            break
+        h.consume(1)
+        h.probe(step=1.0)
+    h.drain()
+    [dead] = h.dead
+    assert (dead.partition, dead.offset) == (0, 120)
+    [error] = dead.errors
+    assert error.code == "UNKNOWN_EXCEPTION" and "gave up after 10 attempts" in error.message
+    assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
+    assert h.sink.offsets.outstanding() == 0 and len(h.sink.batcher) == 0
+    assert h.sink.offsets.committable() == {0: h.offset}
+
+
+def test_an_outage_of_hours_dead_letters_nothing_and_then_writes_everything(
+        harness: Callable[..., Harness]) -> None:
+    """Every call fails, whatever its size (503, then connection errors): the sink pauses
+    and probes for hours of (fake) time; no record is failed or dead-lettered. Then
+    Salesforce is back and everything is written."""
+    down = [True]
+
+    def fail(records: list[dict[str, Any]]) -> Exception | None:
+        if not down[0]:
+            return None
+        if len(h.fake.calls) % 2:
+            return SalesforceError("Salesforce 503 SERVER_UNAVAILABLE", status=503,
+                                   error_code="SERVER_UNAVAILABLE", retryable=True)
+        return SalesforceError("Salesforce unreachable: ConnectionError", retryable=True)
+
+    h = harness(fail)
+    h.consume(BACKLOG)
+    for _ in range(300):
+        h.probe()
+    assert h.now - 1e9 > 4 * 3600  # hours of outage
+    assert {len(c) for c in h.fake.calls[-50:]} == {1}  # probing with one record
+    assert h.dead == [] and h.sink.stats.records_written == 0
+    assert h.sink.offsets.outstanding() == BACKLOG
+    assert all(e.attempts == 0 for chain in h.sink.batcher._pending.values() for e in chain)
+    assert "SALESFORCE_UNAVAILABLE" in h.sink.pauses.reasons
+    down[0] = False
+    before = len(h.fake.calls)
+    h.drain(limit=100)
+    assert h.dead == [] and h.sink.stats.records_written == BACKLOG
+    assert h.sink.offsets.committable() == {0: BACKLOG}
+    recovery = [len(c) for c in h.fake.calls[before:]]
+    assert len(recovery) <= 25 and max(recovery) >= 64, recovery  # the calls grew back
+
+
+@pytest.mark.parametrize("error", [
+    limit_error(),
+    SalesforceAuthError("session refused after re-authentication",
+                        error_code="INVALID_SESSION_ID", status=401),
+    SalesforceAuthError("JWT bearer login refused: invalid_grant: user is inactive",
+                        error_code="invalid_grant", status=400, retryable=False),
+], ids=["limit", "session refused", "login refused"])
+def test_the_api_limit_or_a_refused_login_do_not_shrink_the_calls(
+        harness: Callable[..., Harness], error: SalesforceError) -> None:
+    """Failures no smaller call can cure keep the full batch and isolate nothing."""
+    h = harness(lambda _records: error)
+    h.consume(BACKLOG)
+    for _ in range(20):
+        h.probe()
+    assert {len(c) for c in h.fake.calls} == {200}
+    assert h.dead == []
+    assert not any(e.isolated for chain in h.sink.batcher._pending.values() for e in chain)
