@@ -20,8 +20,11 @@ Rules:
   :data:`MAX_QUANTITY`, else ``INVALID_QUANTITY``).
 * ``Add-on`` items: their ``WHMCS_Product_Id__c`` is a WHMCS *addon* id. WHMCS attaches
   addons per product line, and a Salesforce OrderItem has no parent link, so **every add-on
-  goes to ``addons[i]`` of the first Service item** (repeated ``Quantity`` times). An order
-  with add-ons but no Service item → ``ADDON_WITHOUT_SERVICE``.
+  goes to ``addons[i]`` of the first Service item** (repeated ``Quantity`` times). WHMCS
+  gives each service of a line all of the line's add-ons, so when that item's ``Quantity``
+  is above 1 the add-ons ride on a line of one of its services and the rest of the item
+  follows as a line of its own: the add-ons made (and billed) are the ones ordered. An
+  order with add-ons but no Service item → ``ADDON_WITHOUT_SERVICE``.
 * ``configoptions[i]`` ← ``Product2.Portal_ConfigOptions_JSON__c``: a JSON object of option
   id → scalar value, sent as base64 of the PHP-serialized array; malformed JSON, a
   non-object, an id not written as a plain ASCII decimal (``"05"``, ``"5.0"`` and
@@ -221,6 +224,14 @@ def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "ma
             raise MappingError("ADDON_WITHOUT_SERVICE",
                                "the Order has Add-on items but no Service item to attach "
                                "them to")
+        line = lines[first_service]
+        if line["qty"] > 1:
+            # WHMCS gives every service a line creates all of the line's add-ons: on a line
+            # of 2 services, 2 add-ons ordered became 4 (and billed). So the add-ons go on
+            # a line of one service, and the rest of that item on a line of its own.
+            rest = {**line, "qty": line["qty"] - 1}
+            lines[first_service] = {**line, "qty": 1}
+            lines.insert(first_service + 1, rest)
         lines[first_service]["addons"] = tuple(addons)
     if not lines:
         raise MappingError("NO_ITEMS", "the Order has no Service or Activation items")

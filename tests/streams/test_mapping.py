@@ -31,6 +31,39 @@ def test_service_activation_and_addons_map_per_reference():
     assert p["noinvoice"] is True and p["noemail"] is True
 
 
+def test_add_ons_of_a_service_ordered_twice_are_made_once_each_in_whmcs(tmp_path):
+    """WHMCS gives every service of a line all of the line's add-ons: the add-ons on a line
+    of 2 services were made twice (2 ordered, 4 billed). Counted by the WHMCS sandbox."""
+    from common.whmcs import encode_form
+    from sandbox.whmcs.actions import Context, dispatch
+    from sandbox.whmcs.forms import parse_form
+    from sandbox.whmcs.store import Store
+
+    o = order(item(product("SIM-20G", pid=3), qty=2),
+              item(product("SUPPORT", pid=2, item_class="Add-on"), qty=2))
+    p = map_order(o, idem_key="k").params()
+    assert p["pid"] == [3, 3] and p["qty"] == [1, 1] and p["addons"] == ["2,2", None]
+
+    store = Store(str(tmp_path / "whmcs.db"))
+    store.seed(10)
+    client = next(c.id for c in store.clients.values() if c.status == "Active")
+    made = dispatch(store, parse_form(encode_form(
+        {"action": "AddOrder", **p, "clientid": client, "responsetype": "json"})), Context())
+    assert made["result"] == "success", made
+    assert len(str(made["serviceids"]).split(",")) == 2
+    assert len(str(made["addonids"]).split(",")) == 2
+
+
+def test_the_rest_of_a_service_item_follows_its_add_on_line():
+    o = order(item(product("INET-1G", pid=1), qty=3),
+              item(product("VPN", pid=4, cycle="Annually")),
+              item(product("ADDON-IPV4", pid=1, item_class="Add-on")))
+    p = map_order(o, idem_key="k").params()
+    assert p["pid"] == [1, 1, 4] and p["qty"] == [1, 2, 1]
+    assert p["billingcycle"] == ["monthly", "monthly", "annually"]
+    assert p["addons"] == ["1", None, None]
+
+
 def test_an_installation_fee_listed_first_does_not_become_the_first_service():
     """WHMCS creates services in pid[] order and the Opportunity links to the first
     (WHMCS_Service_ID__c): an Activation item the query returned first made the one-time
