@@ -43,9 +43,9 @@ from streams.emitter import KafkaEmitter, refused_what
 from streams.guard import Guard, GuardReads, QueryClient
 from streams.handler import DeadLetter, EventHandler, RawRecord, decode
 from streams.lanes import Admitted, Lanes
-from streams.lease import Fenced, LeaseCheck, OwnershipLease
+from streams.lease import Fenced, LeaseCheck, Own, OwnershipLease
 from streams.observability import WorkerOps
-from streams.provision import Fence, Provisioner, ProvisionPolicy
+from streams.provision import Provisioner, ProvisionPolicy
 from streams.recovery import Sweeper
 from streams.repair import ChangelogReader, ChangelogRepair
 from streams.state import DurabilityError, GroupCommit, OrderState
@@ -189,7 +189,9 @@ class Worker:
         self.sweeper = Sweeper(self.state, self.provisioner, self.emitter,
                                lanes=self.lanes, recovery_after_s=worker.recovery_after_s,
                                dedupe_ttl_days=worker.dedupe_ttl_days, owns=self.owns,
-                               fence_for=self._sweep_fence)
+                               fence_for=self._sweep_fence, durable=self.durable,
+                               writer_id=self.writer_id,
+                               intent_lease_s=worker.intent_lease_s)
         self.idem.watch = self.sweeper.watch_idem
         self.intents.watch = self.sweeper.watch_intent
         self.app.timer(worker.sweep_interval_s, on_leader=False)(self._sweep)
@@ -288,6 +290,13 @@ class Worker:
             left = await self.lanes.drain(self.settings.drain_timeout_s)
             if left:
                 log.warning("stopping with %d event(s) unfinished; they are redelivered", left)
+            # The worker leaves the group now: faust's stop calls no revoke listener and
+            # aiokafka's LeaveGroup passes no heartbeat hook, so the lease would hold for up
+            # to a session after the last heartbeat while the partitions are restored
+            # elsewhere — an event left running (waiting for a WHMCS slot, a guard read)
+            # could still write to WHMCS. It is fenced from here on: nothing after this
+            # needs the lease (the commit does not ask it; finished events were sent).
+            self.lease.lost()
         await self._commit()
         released = self.lanes.revoke()
         if released and not stopping:
@@ -360,14 +369,15 @@ class Worker:
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
         return partition in self.consumer.assigned_partitions()
 
-    def _sweep_fence(self, order_id: str) -> Fence:
-        """The sweep's fence for one Order's job: the lease in the generation the job began
+    def _sweep_fence(self, order_id: str) -> Own:
+        """The sweep's lease for one Order's job: the lease in the generation the job began
         in (made when the job starts), so a partition lost and regained meanwhile — another
-        owner may have acted on the Order — fences it, as an event's lease check would."""
+        owner may have acted on the Order — fences it, as an event's lease check would. The
+        job's WHMCS writes also renew the intent's lease first (streams.recovery)."""
         partition = faust_seam.key_partition(order_id, self.kafka.partitions)
         began = self.lease.generation
 
-        async def fence(action: str, *, queued: bool = False) -> float | None:
+        async def fence(action: str) -> LeaseCheck:
             if began is None:
                 # begun while no generation was known (between a rebalance's heartbeat and
                 # faust's revoke): no generation to hold it to, and a partition lost and
@@ -377,7 +387,7 @@ class Worker:
             check = self.lease.check(partition, began)
             if not check.ok:
                 raise Fenced(check, stage=action)
-            return check.valid_until
+            return check
         return fence
 
     async def _sweep(self) -> None:

@@ -67,13 +67,13 @@ from streams.decide import (
     outcome_record,
 )
 from streams.guard import GuardReads
-from streams.lease import Fenced, LeaseCheck, OwnershipLease, hold
+from streams.lease import RENEW_BEFORE_MS as RENEW_BEFORE_MS  # common.settings names it here
+from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
 from streams.provision import Fence, Provisioner, ProvisionResult
 from streams.state import DurabilityError, Intent, Memory, OrderState
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
-RENEW_BEFORE_MS = 1000  # renew an intent's lease when less than this is left
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class EventHandler:
         self.emitter, self.context, self.durable = emitter, context, durable
         self.lease, self.writer_id = lease, writer_id
         self.intent_lease_ms = int(intent_lease_s * 1000)
+        self.intent_lease = IntentLease(state, lambda: self.durable(), writer=writer_id,
+                                        length_s=intent_lease_s, clock_ms=clock_ms)
         self._clock = clock_ms
         self.errors = 0  # unexpected errors handling an event (/readyz details)
         self.last_error: str | None = None
@@ -291,29 +293,13 @@ class EventHandler:
 
     def _lease_until(self, check: LeaseCheck) -> int:
         """The intent's lease: as long as the group lease, at most ``intent_lease_s``."""
-        return min(int(check.valid_until_wall * 1000), self._clock() + self.intent_lease_ms)
+        return self.intent_lease.until(check)
 
     def _fence(self, rec: RawRecord, held: list[Intent]) -> Fence:
         """Awaited right before each WHMCS write: the group lease holds, and the durable
-        intent says this writer may still send (else it is renewed — made durable —
-        first), so a new owner that waits out the intent's ``lease_until`` cannot meet a
-        late write of ours. Asked ``queued`` while the write waits in line for a WHMCS slot,
-        it renews there what the wait for the slots wore down, so the slot is not held by a
-        flush."""
-        async def fence(action: str, *, queued: bool = False) -> float | None:
+        intent says this writer may still send, else it is renewed first
+        (:meth:`streams.lease.IntentLease.fence`, the sweep's too)."""
+        async def own(action: str) -> LeaseCheck | None:
             check = await self._own(rec, action)
-            intent = held[-1]
-            if (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
-                intent = intent.renewed(self._lease_until(check))
-                held.append(intent)
-                self.state.set_intent(intent)
-                await self.durable()
-                check = await self._own(rec, action)  # the flush took time
-            if queued or self.lease is None:
-                return None
-            # the send deadline: the group lease's end, or the intent's, whichever is first
-            until_ms = (intent.lease_until if intent.lease_until else
-                        int(check.valid_until_wall * 1000))
-            return min(check.valid_until,
-                       time.monotonic() + (until_ms - self._clock()) / 1000)
-        return fence
+            return check if self.lease is not None else None
+        return self.intent_lease.fence(own, held)

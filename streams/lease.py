@@ -45,10 +45,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common.errors import PipelineError
+
+if TYPE_CHECKING:
+    from streams.provision import Fence
+    from streams.state import Intent, OrderState
+
+RENEW_BEFORE_MS = 1000  # renew an intent's lease when less than this is left
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class LeaseCheck:
     # hands since the event was taken. Otherwise (a rebalance under way, no heartbeat
     # accepted lately) it may come back: the caller waits and asks again.
     lost: bool = False
+
+
+_LEFT = LeaseCheck(False, "this worker left the group (stopping)", lost=True)
 
 
 class Fenced(PipelineError):
@@ -96,6 +106,7 @@ class OwnershipLease:
         self._renewed_at: float | None = None
         self._synced: tuple[int, float] | None = None  # (generation, SyncGroup send time)
         self.assigned_at: float | None = None  # monotonic time of the last assignment
+        self._left = False  # left the group (stopping): nothing is ours until assigned again
 
     # -- fed by the consumer's thread ---------------------------------------------------
 
@@ -121,6 +132,7 @@ class OwnershipLease:
                 owned[p] = since if since is not None else generation
             self._owned = owned
             self._generation = self._last_generation = generation
+            self._left = False
             self._renewed_at = self._synced[1] if self._synced and \
                 self._synced[0] == generation else None
             self.assigned_at = self._clock()
@@ -138,11 +150,18 @@ class OwnershipLease:
                 self._renewed_at = max(self._renewed_at or sent_at, sent_at)
 
     def lost(self) -> None:
-        """Membership lost (left the group, consumer stopped): nothing is owned."""
+        """Membership lost (left the group, consumer stopped): nothing is owned, for good —
+        every check fails as :attr:`LeaseCheck.lost` (what waits for the lease is fenced,
+        not left waiting), and a later assignment starts a new run of ownership. Called by
+        the worker when it stops (:meth:`streams.app.Worker._leaving`): faust's stop calls
+        no revoke listener and its LeaveGroup passes no heartbeat hook, so the lease would
+        otherwise hold for up to a session after the last heartbeat while the partitions
+        are restored elsewhere."""
         with self._lock:
             self._generation = None
             self._renewed_at = None
             self._owned = {}
+            self._left = True
 
     # -- read by the event loop ---------------------------------------------------------
 
@@ -170,6 +189,9 @@ class OwnershipLease:
         with self._lock:
             current, since, renewed = self._generation, self._owned.get(partition), \
                 self._renewed_at
+            left = self._left
+        if left:
+            return _LEFT
         if current is None:
             return LeaseCheck(False, "a rebalance is under way (not assigned)")
         if since is None:
@@ -188,9 +210,11 @@ class OwnershipLease:
 
     def current(self, partition: int) -> LeaseCheck:
         """:meth:`check` for work not tied to an event (the sweep): the current generation."""
-        generation = self.generation
-        if generation is None:
-            return LeaseCheck(False, "a rebalance is under way (not assigned)")
+        with self._lock:
+            generation, left = self._generation, self._left
+        if left or generation is None:
+            return _LEFT if left else \
+                LeaseCheck(False, "a rebalance is under way (not assigned)")
         return self.check(partition, generation)
 
 
@@ -212,3 +236,62 @@ async def hold(lease: OwnershipLease, partition: int, generation: int, *, stage:
         await asyncio.sleep(poll_s)
         check = lease.check(partition, generation)
     return check
+
+
+# -- the intent's lease --------------------------------------------------------------------
+
+#: The ownership lease of one piece of work (an event, a sweep job), asked with the stage
+#: about to run: a valid check, or raises :class:`Fenced`; None when no ownership lease
+#: governs the work (unit tests and benchmarks).
+Own = Callable[[str], Awaitable["LeaseCheck | None"]]
+
+
+class IntentLease:
+    """Until when the writer of a pending intent may send to WHMCS: its ``lease_until``,
+    durable before each write, and the send deadline of that write. Whoever resumes the
+    intent (a redelivered event, a sweep — this worker's or the partition's next owner's)
+    waits until ``lease_until`` + the WHMCS timeout + a grace before it looks the Order up
+    (:meth:`streams.provision.ProvisionPolicy.settle_at_ms`), so no write of this writer can
+    still be running then. Shared by the event path (:class:`streams.handler.EventHandler`)
+    and the sweep (:class:`streams.recovery.Sweeper`): every WHMCS write either makes
+    (``AddOrder``, ``AcceptOrder``, ``CancelOrder``, each retry) goes through :meth:`fence`."""
+
+    def __init__(self, state: OrderState, durable: Callable[[], Awaitable[None]], *,
+                 writer: str, length_s: float, clock_ms: Callable[[], int]) -> None:
+        self.state, self.durable, self.writer = state, durable, writer
+        self.length_ms = int(length_s * 1000)
+        self._clock = clock_ms
+
+    def until(self, check: LeaseCheck | None) -> int:
+        """An intent's lease from now: as long as the group lease, at most ``length_s``."""
+        now = self._clock()
+        if check is None:
+            return now + self.length_ms
+        return min(int(check.valid_until_wall * 1000), now + self.length_ms)
+
+    def fence(self, own: Own, held: list[Intent]) -> Fence:
+        """The :class:`~streams.provision.Fence` of the writes made for ``held[-1]`` (the
+        pending intent as last written; renewals are appended). Awaited right before each
+        WHMCS write: the group lease holds (``own``), and the durable intent says this
+        writer may still send — else it is renewed (this writer, ``lease_until`` =
+        :meth:`until`), written and made durable first, so a new owner that waits out the
+        intent's ``lease_until`` cannot meet a late write of ours. Asked ``queued`` while
+        the write waits in line for a WHMCS slot, it renews there what the wait for the
+        slots wore down, so the slot is not held by a flush. Returns the send deadline: the
+        group lease's end or the intent's, whichever is first."""
+        async def fence(action: str, *, queued: bool = False) -> float | None:
+            check = await own(action)
+            intent = held[-1]
+            if (intent.lease_until or 0) - self._clock() < RENEW_BEFORE_MS:
+                intent = intent.renewed(self.until(check), writer=self.writer)
+                held.append(intent)
+                self.state.set_intent(intent)
+                await self.durable()
+                check = await own(action)  # the flush took time
+            if queued or check is None:
+                return None
+            until_ms = (intent.lease_until if intent.lease_until else
+                        int(check.valid_until_wall * 1000))
+            return min(check.valid_until,
+                       time.monotonic() + (until_ms - self._clock()) / 1000)
+        return fence

@@ -16,8 +16,14 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   ``Failed(PROVISIONING_INTERRUPTED)``. The sweep never calls ``AddOrder``: creating needs
   the Order's current data, and the Flow's retry path exists for that. The outcome is
   recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
-  redelivery of the event emits nothing new. The sweep's WHMCS writes are fenced by the
-  ownership lease like an event's;
+  redelivery of the event emits nothing new. The sweep's WHMCS writes (``AcceptOrder``,
+  a duplicate's ``CancelOrder``) are fenced like an event's
+  (:meth:`streams.lease.IntentLease.fence`): the ownership lease holds, and the intent is
+  renewed — this worker its writer, ``lease_until`` at most ``WORKER_INTENT_LEASE_S``
+  ahead, durable — before each, the write's send deadline capped at it. The next sweep
+  of the intent (this worker's, or the partition's next owner's) then looks the Order up
+  only once that write can no longer be running: an unanswered ``AcceptOrder`` is never
+  repeated blindly;
 * an outcome recorded but never acknowledged as sent for that long → sent again, identical;
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted, nor one
@@ -38,9 +44,9 @@ from common.avro import SerdeError
 from common.errors import WhmcsError
 from streams import metrics
 from streams.decide import Event, now_ms, outcome_record
-from streams.lease import Fenced
+from streams.lease import Fenced, IntentLease, LeaseCheck, Own
 from streams.mapping import WhmcsOrderRequest
-from streams.provision import Fence, Provisioner, no_fence
+from streams.provision import Provisioner
 from streams.state import (
     PENDING,
     DedupeEntry,
@@ -107,6 +113,11 @@ class OrderLanes(Protocol):
     async def exclusive(self, order_id: str, job: Callable[[], Awaitable[None]]) -> None: ...
 
 
+async def _unleased(_action: str) -> LeaseCheck | None:
+    """The lease of work no ownership lease governs (unit tests)."""
+    return None
+
+
 class _Inline:
     """No lanes (unit tests): the job runs at once."""
 
@@ -132,13 +143,18 @@ class Sweeper:
                  recovery_after_s: float, dedupe_ttl_days: float, owns: Callable[[str], bool],
                  lanes: OrderLanes | None = None,
                  durable: Callable[[], Awaitable[None]] | None = None,
-                 fence_for: Callable[[str], Fence] = lambda _oid: no_fence,
+                 fence_for: Callable[[str], Own] = lambda _oid: _unleased,
+                 writer_id: str = "", intent_lease_s: float = 10.0,
                  clock_ms: Callable[[], int] = now_ms,
                  full_scan_every_s: float = FULL_SCAN_EVERY_S) -> None:
         self.state, self.provisioner, self.emitter = state, provisioner, emitter
         self.lanes: OrderLanes = lanes or _Inline()
         self.durable = durable or state.flush
-        self.fence_for = fence_for  # the ownership lease of an Order's partition, now
+        # the ownership lease of an Order's partition, for a job that begins now
+        self.fence_for = fence_for
+        # the intent's lease, renewed before each WHMCS write (as an event's)
+        self.intent_lease = IntentLease(state, lambda: self.durable(), writer=writer_id,
+                                        length_s=intent_lease_s, clock_ms=clock_ms)
         self._clock = clock_ms
         self.recovery_after_ms = int(recovery_after_s * 1000)
         self.ttl_ms = int(dedupe_ttl_days * DAY_MS)
@@ -303,11 +319,11 @@ class Sweeper:
         if len(kept) != len(memory):
             self.state.set_memory(oid, kept)
 
-    async def _owned(self, oid: str, action: str, fence: Fence | None = None) -> bool:
+    async def _owned(self, oid: str, action: str, own: Own | None = None) -> bool:
         """The Order's partition is still ours right before an outcome is sent (the sweep's
-        fence, the job's own when given); otherwise its new owner sends it."""
+        lease, the job's own when given); otherwise its new owner sends it."""
         try:
-            await (fence or self.fence_for(oid))(action)
+            await (own or self.fence_for(oid))(action)
         except Fenced as fenced:
             _left_to_owner(oid, fenced)
             return False
@@ -316,14 +332,14 @@ class Sweeper:
     async def _resend(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: outcomes recorded but never acknowledged as sent."""
         now = self._clock()
-        fence = self.fence_for(oid)  # the job's: the generation it began in
+        own = self.fence_for(oid)  # the job's: the generation it began in
         for idem_key, entry in self.state.memory(oid).items():
             if now - entry.at < self.recovery_after_ms:
                 continue
             for event_uuid, outcome in list(entry.unsent()):
                 if (oid, event_uuid) in self.unsendable:
                     continue
-                if not await self._owned(oid, "send", fence):
+                if not await self._owned(oid, "send", own):
                     return
                 try:
                     await self.emitter.send_outcome(outcome)
@@ -355,12 +371,12 @@ class Sweeper:
             return
         if self.state.settle_from_entry(oid, now):
             return  # decided before a crash cut the two writes short; its entry re-sends it
-        fence = self.fence_for(oid)  # the job's: the generation it began in
-        outcome = await self._recover(oid, intent, fence)
+        own = self.fence_for(oid)  # the job's: the generation it began in
+        outcome = await self._recover(oid, intent, own)
         if outcome is None:
             return
         await self.durable()
-        if not await self._owned(oid, "send", fence):
+        if not await self._owned(oid, "send", own):
             return
         await self.emitter.send_outcome(outcome)
         self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
@@ -369,7 +385,12 @@ class Sweeper:
         else:
             report.interrupted += 1
 
-    async def _recover(self, oid: str, intent: Intent, fence: Fence) -> dict[str, Any] | None:
+    async def _recover(self, oid: str, intent: Intent, own: Own) -> dict[str, Any] | None:
+        """The lookup, then ``AcceptOrder`` of an order found Pending; every WHMCS write
+        (that, or a duplicate's ``CancelOrder``) under the intent's lease, renewed first."""
+        # the lookup waits out the writes the intent's lease let its writer make (an
+        # earlier sweep's included), and its own writes renew it
+        fence = self.intent_lease.fence(own, [intent])
         event = Event(order_id=oid, idem_key=intent.idem_key, event_uuid=intent.event_uuid,
                       correlation_id=intent.correlation_id, requested_at=intent.requested_at)
         request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
@@ -406,7 +427,7 @@ class Sweeper:
                 invoice_id=found.invoice_id, error_code=found.error_code,
                 error_message=found.error_message, attempts=attempts, recovered=True,
                 completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
-        if not await self._owned(oid, "record", fence):  # the lookup took time: still ours?
+        if not await self._owned(oid, "record", own):  # the lookup took time: still ours?
             return None
         self.state.settle(oid, outcome, self._clock())
         self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())

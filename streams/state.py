@@ -94,8 +94,11 @@ class Intent:
                    opportunity_id=opportunity_id, writer=writer, lease_until=lease_until,
                    earlier_client_ids=earlier_client_ids)
 
-    def renewed(self, lease_until: int) -> Intent:
-        return _evolve(self, lease_until=lease_until)
+    def renewed(self, lease_until: int, *, writer: str | None = None) -> Intent:
+        """The same attempt, its writer (``writer``, when given: who sends for it now) free
+        to send to WHMCS until ``lease_until``."""
+        return _evolve(self, lease_until=lease_until,
+                       writer=self.writer if writer is None else writer)
 
     def settled(self, outcome: dict[str, Any], at: int, *, may_exist: bool | None = None
                 ) -> Intent:

@@ -136,6 +136,24 @@ def test_held_since_asks_for_an_unbroken_hold_whatever_the_heartbeats():
     assert owned.held_since(1, 5) and not owned.held_since(2, 7)
 
 
+def test_leaving_the_group_fences_for_good_and_a_new_assignment_starts_a_new_run():
+    """``lost()`` (the worker stopping): what waits for the lease is fenced, not left
+    waiting; a later assignment serves only events taken in it."""
+    from streams.lease import hold
+
+    clock = Clock()
+    owned = joined(clock)
+    owned.lost()
+    check = owned.check(0, 5)
+    assert not check.ok and check.lost and "left the group" in check.reason
+    assert owned.current(0).lost
+    with pytest.raises(Fenced):
+        asyncio.run(hold(owned, 0, 5, stage="AddOrder"))
+    owned.synced(6, clock.now)
+    owned.assigned([0], 6)
+    assert owned.check(0, 6).ok and owned.check(0, 5).lost
+
+
 def test_margin_must_be_shorter_than_the_session():
     with pytest.raises(ValueError):
         OwnershipLease(session_timeout_s=10, margin_s=10)
@@ -411,3 +429,82 @@ def test_a_sweep_job_begun_without_a_generation_is_fenced_even_once_one_is_back(
         asyncio.run(fence("AcceptOrder"))
     began = Worker._sweep_fence(worker, "801000000000001AAA")  # type: ignore[arg-type]
     assert asyncio.run(began("AcceptOrder")) is not None  # begun in a generation: it holds
+
+
+def test_a_stopping_worker_ends_its_lease_so_a_leftover_event_sends_nothing(caplog):
+    """SIGTERM: the drain times out with an Order still waiting for the only WHMCS slot
+    (another Order's AddOrder holds it). The worker then leaves the group — faust's stop
+    calls no revoke listener, and the LeaveGroup goes without the heartbeat hook — so the
+    lease must end when the worker leaves, not a session timeout after the last heartbeat:
+    the leftover event, let through once the slot frees, is fenced — no AddOrder, no
+    AcceptOrder — while another worker restores the partition."""
+    import logging
+    from functools import partial
+    from types import SimpleNamespace
+
+    from streams.app import Worker
+    from tests.streams.factories import order, request_value
+    from tests.streams.flowkit import Kit, records
+
+    first, second = "801A00000000001AAA", "801A00000000002AAA"
+
+    class AnyOrder:
+        def query(self, soql):
+            ids = [p.strip(" '") for p in soql.split("IN (")[1].rstrip(")").split(",")]
+            return [order(order_id=i) for i in ids]
+
+    class Hanging(FakeWhmcs):
+        """The first AddOrder is sent, and its answer takes until ``release``."""
+
+        release: asyncio.Event
+
+        async def add_order(self, params, *, send_deadline=None):
+            hang = not self.calls
+            result = await super().add_order(params, send_deadline=send_deadline)
+            if hang:
+                await self.release.wait()
+            return result
+
+    clock = Clock()
+    owned = joined(clock)  # heartbeats accepted: the lease itself would hold for 20 s
+    whmcs = Hanging()
+    kit = Kit(salesforce=AnyOrder(), whmcs_client=whmcs, lease=owned, parallelism=1)
+    results: dict[str, object] = {}
+    handle = kit.handler.handle
+
+    async def recording(event, rec):
+        results[event.order_id] = await handle(event, rec)
+        return results[event.order_id]
+    kit.handler.handle = recording  # type: ignore[method-assign]
+    worker = SimpleNamespace(lanes=kit.lanes, checkpoint=kit.checkpoint, lease=owned,
+                             settings=SimpleNamespace(drain_timeout_s=0.1))
+    worker._commit = partial(Worker._commit, worker)  # type: ignore[attr-defined]
+
+    async def go():
+        whmcs.release = asyncio.Event()
+        values = [request_value(first), request_value(second)]
+        task = asyncio.ensure_future(kit.process(records(values, partition=0, generation=5)))
+        for _ in range(500):  # the second Order in line for the slot, its intent durable
+            if whmcs.calls and second in kit.tables.durable_intents:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert second not in results
+        await Worker._leaving(worker, True)  # type: ignore[arg-type]  # SIGTERM
+        whmcs.release.set()  # the first AddOrder answers: the slot frees
+        for _ in range(500):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(task, 5)
+
+    with caplog.at_level(logging.WARNING, logger="streams.handler"):
+        asyncio.run(go())
+    calls = [(action, what["notes"].split()[0] if isinstance(what, dict) else what)
+             for action, what in whmcs.calls]
+    assert calls == [("AddOrder", f"sfOrderId={first}")]  # sent before it left; none after
+    assert results == {first: False, second: False}  # both fenced: left to the new owner
+    fenced = {(r.order_id, r.stage) for r in caplog.records  # type: ignore[attr-defined]
+              if r.getMessage().startswith("fenced:")}
+    assert (second, "AddOrder") in fenced and (first, "AcceptOrder") in fenced
+    assert kit.emitter.sent == [] and kit.finished == []
