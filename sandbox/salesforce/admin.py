@@ -25,16 +25,18 @@ path                        method  effect
 ``/faults``                 GET/POST  read / partially update :class:`~.faults.Faults`
                                     (e.g. ``subscribe_error_calls`` + ``_status`` +
                                     ``_code``: the next Subscribe calls end with a limit
-                                    or INTERNAL error)
+                                    or INTERNAL error; ``delivery_allocation``: Pub/Sub
+                                    events deliverable in 24 h, ``daily_limit``: REST calls)
 ``/faults/reset``           POST    all faults off (held calls are released; the profile
                                     is org configuration, not a fault: it stays)
 ``/hold/release``           POST    every held collection update proceeds → ``{released}``
 ``/tokens/expire``          POST    every issued token expires now
 ``/streams/drop``           POST    every open Subscribe ends with UNAVAILABLE
 ``/clock/advance``          POST    ``{seconds}`` or ``{hours}``; purges expired events
-``/counters``               GET     API calls per kind, daily usage, event counts,
+``/counters``               GET     API calls per kind, daily usage, events delivered in
+                                    the last 24 h (``events_delivered_24h``), event counts,
                                     ``held_calls`` (records of each held call not yet done)
-``/counters/reset``         POST    zero the counters and the daily usage
+``/counters/reset``         POST    zero the counters and the daily (API, delivery) usage
 ==========================  ======  ===================================================
 """
 
@@ -243,7 +245,9 @@ async def faults_reset(request: web.Request) -> web.Response:
     sb.faults.update({"rest_latency_ms": 0, "grpc_latency_ms": 0, "rest_503_rate": 0,
                       "rest_hang_rate": 0, "rest_hang_s": 0,
                       "lock_row_rate": 0, "record_errors": {}, "keepalives_paused": False,
-                      "daily_limit": sb.config.daily_limit, "hold_collection_calls": 0,
+                      "daily_limit": sb.config.daily_limit,
+                      "delivery_allocation": sb.config.delivery_allocation,
+                      "hold_collection_calls": 0,
                       "subscribe_error_calls": 0,
                       "subscribe_error_status": Faults.subscribe_error_status,
                       "subscribe_error_code": Faults.subscribe_error_code})
@@ -274,7 +278,8 @@ async def advance_clock(request: web.Request) -> web.Response:
 async def counters(request: web.Request) -> web.Response:
     sb = _sb(request)
     snap = sb.counters.snapshot()
-    snap.update(daily_limit=sb.faults.daily_limit, events_stored=sb.store.event_count(),
+    snap.update(daily_limit=sb.faults.daily_limit,
+                delivery_allocation=sb.faults.delivery_allocation, events_stored=sb.store.event_count(),
                 last_replay=sb.store.last_replay, open_streams=len(sb.streams),
                 held_calls=list(sb.held.values()))
     return web.json_response(snap)

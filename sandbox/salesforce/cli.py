@@ -17,6 +17,7 @@ from typing import Any
 
 from .admin_client import AdminClient
 from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME
+from .faults import DELIVERY_ALLOCATION
 
 DEFAULT_DIR = os.environ.get("SF_SANDBOX_DIR", "./.sandbox/salesforce")
 
@@ -46,6 +47,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--idle-close", type=float, default=60.0, help="seconds")
     p.add_argument("--retention-hours", type=float, default=72.0)
     p.add_argument("--daily-limit", type=int, default=5_000_000)
+    p.add_argument("--delivery-allocation", type=int, default=DELIVERY_ALLOCATION,
+                   help="Pub/Sub events deliverable in 24 hours over all subscribers "
+                   "(a real org: 50000 Performance/Unlimited, 25000 Enterprise)")
     p.add_argument("--ready-file", default="", help="[default: DIR/ready.json]")
     p.add_argument("--log-level", default="INFO")
 
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             client_id=args.client_id, username=args.username, jwt_cert=args.jwt_cert,
             token_lifetime_s=args.token_lifetime, keepalive_s=args.keepalive,
             idle_close_s=args.idle_close, retention_hours=args.retention_hours,
-            daily_limit=args.daily_limit, ready_file=args.ready_file)
+            daily_limit=args.daily_limit, delivery_allocation=args.delivery_allocation,
+            ready_file=args.ready_file)
         asyncio.run(serve(opts))
         return 0
     if args.cmd == "keygen":

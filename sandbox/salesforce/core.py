@@ -13,7 +13,7 @@ from typing import Any
 
 from . import dml
 from .errors import SfError
-from .faults import Counters, Faults
+from .faults import DELIVERY_ALLOCATION, Counters, Faults
 from .permissions import Profile
 from .store import Store
 
@@ -36,6 +36,8 @@ class Config:
     idle_close_s: float = 60.0
     retention_s: float = 72 * 3600.0
     daily_limit: int = 5_000_000
+    #: Pub/Sub events deliverable in 24 hours over all subscribers (REFERENCE §1)
+    delivery_allocation: int = DELIVERY_ALLOCATION
     login_url: str = ""
     instance_url: str = ""
     extra_audiences: tuple[str, ...] = ("https://login.salesforce.com",
@@ -65,7 +67,8 @@ class Sandbox:
         self.store = Store(self.config.db_path)
         self.store.session_timeout_ms = int(self.config.token_lifetime_s * 1000)
         self.faults.daily_limit = self.config.daily_limit
-        self.counters.attach(self.store)  # the daily API usage outlives a restart
+        self.faults.delivery_allocation = self.config.delivery_allocation
+        self.counters.attach(self.store)  # the daily API and delivery usages outlive a restart
         for name in (self.config.username, self.config.cs_username):
             self.users[name] = self.ensure_user(name)
 

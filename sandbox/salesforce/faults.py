@@ -14,6 +14,15 @@ empty, trailer ``error-code: subscribe_error_code`` — REFERENCE §1's
 ``…subscription.limit.exceeded`` (the default), ``…concurrent.client.limit.exceeded``, or a
 bare ``INTERNAL``. One-shot actions (expire tokens, drop streams, inject bad events) are
 separate admin endpoints.
+
+Besides the faults, two org limits are switchable here: ``daily_limit`` (REST API requests)
+and ``delivery_allocation`` — REFERENCE §1's "24 h delivery allocation … summed over all
+subscribers": Pub/Sub events delivered to any stream in the last 24 hours of the sandbox
+clock. Once it is used up, a stream with an event to deliver ends (after delivering up to the
+allocation) and a new ``Subscribe`` is refused — both with :data:`LIMIT_STATUS` and trailer
+``error-code:`` :data:`LIMIT_EXCEEDED`, as the ``subscribe_error_*`` fault renders it — until
+deliveries leave the window. :class:`Counters` keeps both usages, each a
+:class:`RollingWindow`.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ import grpc
 from .errors import SfError
 
 LIMIT_EXCEEDED = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
+#: the gRPC status of a Pub/Sub limit error (the injected one's default too)
+LIMIT_STATUS = "RESOURCE_EXHAUSTED"
+#: the default 24-hour delivery allocation: far above any test or benchmark run (a real org
+#: has 50,000 on Performance/Unlimited, 25,000 on Enterprise; ``--delivery-allocation``)
+DELIVERY_ALLOCATION = 5_000_000
 
 _MESSAGES = {
     "FIELD_CUSTOM_VALIDATION_EXCEPTION": "Injected validation rule: this record cannot be saved",
@@ -49,12 +63,14 @@ class Faults:
     record_errors: dict[str, str] = field(default_factory=dict)
     keepalives_paused: bool = False
     daily_limit: int = 5_000_000
+    #: Pub/Sub events deliverable in 24 hours, summed over every subscriber
+    delivery_allocation: int = DELIVERY_ALLOCATION
     #: the next N ``PATCH composite/sobjects`` calls wait for a release (counts down)
     hold_collection_calls: int = 0
     #: the next N ``Subscribe`` calls fail (counts down; -1: all of them until cleared) ...
     subscribe_error_calls: int = 0
     #: ... with this gRPC status (a ``grpc.StatusCode`` name) ...
-    subscribe_error_status: str = "RESOURCE_EXHAUSTED"
+    subscribe_error_status: str = LIMIT_STATUS
     #: ... and this ``error-code`` trailer ("" sends none)
     subscribe_error_code: str = LIMIT_EXCEEDED
 
@@ -78,6 +94,8 @@ class Faults:
                     value not in grpc.StatusCode.__members__ or value == "OK"):
                 raise ValueError(f"subscribe_error_status: {value!r} is not a gRPC error "
                                  "status name (e.g. RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE)")
+            if key == "delivery_allocation" and value < 0:
+                raise ValueError("delivery_allocation: a number of events (0 or more)")
             if key == "subscribe_error_calls" and value < -1:
                 raise ValueError("subscribe_error_calls: a count, or -1 for every call")
             values[key] = value
@@ -116,40 +134,35 @@ class Faults:
         return SfError(code, message, [])
 
 
-#: the daily API limit's window (Salesforce counts the last 24 hours, not a calendar day) ...
+#: the window of the daily API limit and of the delivery allocation (Salesforce counts the
+#: last 24 hours, not a calendar day) ...
 API_WINDOW_MS = 86_400_000
-#: ... counted per minute of the sandbox clock: a call leaves the window 24 h after its minute
+#: ... counted per minute of the sandbox clock: a use leaves the window 24 h after its minute
 API_BUCKET_MS = 60_000
 _WINDOW_BUCKETS = API_WINDOW_MS // API_BUCKET_MS
 
 
-class Counters:
-    """API calls per kind plus the daily API usage behind ``Sforce-Limit-Info``.
+class RollingWindow:
+    """A usage over a rolling 24-hour window of the sandbox clock, as an org counts its
+    limits: what was used in the last 1,440 minutes, counted per minute (a use leaves the
+    window 24 h after the start of its minute) — no reset at UTC midnight. With a store
+    attached (:meth:`attach`) the minutes are persisted under ``kind``
+    (:data:`.store.USAGE_TABLES`), so a restart forgets none of them."""
 
-    The usage is a rolling 24-hour window on the sandbox clock, as an org's
-    ``DailyApiRequests``: the calls of the last 1,440 minutes, counted per minute (a call
-    leaves the window 24 h after the start of its minute) — no reset at UTC midnight. With a
-    store attached (:meth:`attach`, as :class:`~.core.Sandbox` does) the minutes are
-    persisted, so a restart forgets none of them; only ``POST /__sandbox/counters/reset``
-    (:meth:`reset`) zeroes them."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        #: API requests per minute of the sandbox clock (minute number -> requests)
-        self.api_minutes: dict[int, int] = {}
-        self._used = 0  # the sum of api_minutes
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        #: uses per minute of the sandbox clock (minute number -> count)
+        self.minutes: dict[int, int] = {}
+        self._used = 0  # the sum of minutes
         self._first = -1  # the oldest minute still in the window, as of the last look
         self._store: Any = None
 
     def attach(self, store: Any) -> None:
         """Persist the usage in ``store`` (a :class:`~.store.Store`), reading what it holds."""
         self._store = store
-        self.api_minutes = store.api_usage()
-        self._used, self._first = sum(self.api_minutes.values()), -1
+        self.minutes = store.usage(self.kind)
+        self._used, self._first = sum(self.minutes.values()), -1
         self._roll(store.now_ms())
-
-    def count(self, kind: str, n: int = 1) -> None:
-        self.calls[kind] += n
 
     def _roll(self, now_ms: int) -> None:
         """Drop the minutes that left the window by ``now_ms``."""
@@ -157,38 +170,74 @@ class Counters:
         if first <= self._first:
             return
         self._first = first
-        stale = [minute for minute in self.api_minutes if minute < first]
+        stale = [minute for minute in self.minutes if minute < first]
         for minute in stale:
-            self._used -= self.api_minutes.pop(minute)
+            self._used -= self.minutes.pop(minute)
         if stale and self._store is not None:
-            self._store.drop_api_usage(first)
+            self._store.drop_usage(self.kind, first)
 
-    def use_api(self, now_ms: int, limit: int) -> bool:
-        """Count one API request against the limit of the 24 hours up to ``now_ms``; False
-        (nothing counted) when that many were made already."""
+    def take(self, now_ms: int, limit: int, count: int = 1) -> int:
+        """Count up to ``count`` uses against ``limit`` for the 24 hours up to ``now_ms``;
+        how many were counted (0: the limit is reached, nothing counted)."""
         self._roll(now_ms)
-        if self._used >= limit:
-            return False
-        minute = now_ms // API_BUCKET_MS
-        self.api_minutes[minute] = self.api_minutes.get(minute, 0) + 1
-        self._used += 1
-        if self._store is not None:
-            self._store.add_api_usage(minute)
-        return True
+        count = max(0, min(count, limit - self._used))
+        if count:
+            minute = now_ms // API_BUCKET_MS
+            self.minutes[minute] = self.minutes.get(minute, 0) + count
+            self._used += count
+            if self._store is not None:
+                self._store.add_usage(self.kind, minute, count)
+        return count
 
     @property
-    def api_used(self) -> int:
-        """The API requests of the last 24 hours (as of the last request without a store)."""
+    def used(self) -> int:
+        """The uses of the last 24 hours (as of the last use without a store)."""
         if self._store is not None:
             self._roll(self._store.now_ms())
         return self._used
 
+    def reset(self) -> None:
+        self.minutes.clear()
+        self._used = 0
+        if self._store is not None:
+            self._store.drop_usage(self.kind)
+
+
+class Counters:
+    """Calls per kind, plus two :class:`RollingWindow` usages: the daily API usage behind
+    ``Sforce-Limit-Info`` (as an org's ``DailyApiRequests``) and the Pub/Sub events delivered
+    against the delivery allocation. With a store attached (:meth:`attach`, as
+    :class:`~.core.Sandbox` does) both are persisted, so a restart forgets none of them; only
+    ``POST /__sandbox/counters/reset`` (:meth:`reset`) zeroes them."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.api = RollingWindow("api")
+        self.deliveries = RollingWindow("delivery")
+
+    def attach(self, store: Any) -> None:
+        """Persist the usages in ``store`` (a :class:`~.store.Store`), reading what it holds."""
+        self.api.attach(store)
+        self.deliveries.attach(store)
+
+    def count(self, kind: str, n: int = 1) -> None:
+        self.calls[kind] += n
+
+    def use_api(self, now_ms: int, limit: int) -> bool:
+        """Count one API request against the limit of the 24 hours up to ``now_ms``; False
+        (nothing counted) when that many were made already."""
+        return self.api.take(now_ms, limit) == 1
+
+    @property
+    def api_used(self) -> int:
+        """The API requests of the last 24 hours."""
+        return self.api.used
+
     def snapshot(self) -> dict[str, Any]:
-        return {"calls": dict(self.calls), "api_used": self.api_used}
+        return {"calls": dict(self.calls), "api_used": self.api_used,
+                "events_delivered_24h": self.deliveries.used}
 
     def reset(self) -> None:
         self.calls.clear()
-        self.api_minutes.clear()
-        self._used = 0
-        if self._store is not None:
-            self._store.drop_api_usage()
+        self.api.reset()
+        self.deliveries.reset()

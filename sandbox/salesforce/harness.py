@@ -40,6 +40,7 @@ import requests
 
 from .admin_client import AdminClient
 from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME
+from .faults import DELIVERY_ALLOCATION
 from .tlsgen import jwt_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,9 @@ class SalesforceSandbox:
     def __init__(self, directory: str | Path, *, grpc_tls: bool = False,
                  token_lifetime_s: float = 7200, keepalive_s: float = 270,
                  idle_close_s: float = 60, retention_hours: float = 72,
-                 daily_limit: int = 5_000_000, client_id: str = DEFAULT_CLIENT_ID,
+                 daily_limit: int = 5_000_000,
+                 delivery_allocation: int = DELIVERY_ALLOCATION,
+                 client_id: str = DEFAULT_CLIENT_ID,
                  username: str = DEFAULT_USERNAME, extra_args: tuple[str, ...] = (),
                  startup_timeout: float = 30.0) -> None:
         self.dir = Path(directory)
@@ -59,6 +62,7 @@ class SalesforceSandbox:
         self._args = ["--token-lifetime", str(token_lifetime_s), "--keepalive", str(keepalive_s),
                       "--idle-close", str(idle_close_s), "--retention-hours",
                       str(retention_hours), "--daily-limit", str(daily_limit),
+                      "--delivery-allocation", str(delivery_allocation),
                       "--client-id", client_id, "--username", username, *extra_args]
         if grpc_tls:
             self._args.append("--grpc-tls")

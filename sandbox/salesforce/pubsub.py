@@ -21,6 +21,14 @@ stream with nothing requested for ``idle_close_s`` is closed (status OK); a Fetc
 stays within 4 MiB (events split over several). The ``subscribe_error_*`` faults end the
 next Subscribe calls with a chosen status and ``error-code`` (limits, INTERNAL).
 
+Delivery allocation (REFERENCE §1: "24 h delivery allocation … summed over all
+subscribers"): every event delivered to any stream counts against ``delivery_allocation``
+over a rolling 24 hours of the sandbox clock (:class:`.faults.RollingWindow`, persisted).
+A stream about to deliver more than is left delivers what is left, then ends with
+RESOURCE_EXHAUSTED + ``...subscription.limit.exceeded`` (the rendering of the injected limit
+fault); while nothing is left, a new Subscribe ends so at once, after authentication. A
+stream with nothing to deliver is not ended; keepalives count nothing.
+
 Publish: an event over 1 MiB gets a PublishResult error (code PUBLISH), the others in the
 request are published; a request over 4 MiB is refused by gRPC (RESOURCE_EXHAUSTED,
 :data:`.server.GRPC_OPTIONS`). ``PublishStream``: the first request names the topic; a
@@ -39,6 +47,7 @@ import grpc
 from . import permissions
 from .core import Sandbox
 from .events import EXTRA_SCHEMA_JSON, SCHEMAS, TOPICS
+from .faults import LIMIT_EXCEEDED, LIMIT_STATUS
 from .generated import pubsub_api_pb2 as pb
 from .generated import pubsub_api_pb2_grpc as pb_grpc
 
@@ -116,6 +125,30 @@ class PubSubService(pb_grpc.PubSubServicer):
             raise _StreamError(grpc.StatusCode.PERMISSION_DENIED, PERMISSION_DENIED,
                                f"the user may not {verb} {topic}: grant the permission in "
                                "its profile or a permission set")
+
+    def _allocation_exhausted(self) -> _StreamError:
+        sb = self.sb
+        return _StreamError(grpc.StatusCode[LIMIT_STATUS], LIMIT_EXCEEDED,
+                            "delivery allocation exhausted: "
+                            f"{sb.counters.deliveries.used} of {sb.faults.delivery_allocation} "
+                            "events delivered in the last 24 hours, summed over all subscribers")
+
+    def check_allocation(self) -> None:
+        """Refuse a new subscription while the 24-hour delivery allocation is used up."""
+        if self.sb.counters.deliveries.used >= self.sb.faults.delivery_allocation:
+            self.sb.counters.count("grpc_delivery_limited")
+            raise self._allocation_exhausted()
+
+    def allocate(self, events: int) -> int:
+        """Count up to ``events`` deliveries against the 24-hour delivery allocation (summed
+        over every subscriber); how many may be delivered. None left: the limit error."""
+        sb = self.sb
+        granted = sb.counters.deliveries.take(sb.store.now_ms(), sb.faults.delivery_allocation,
+                                              events)
+        if granted == 0:
+            sb.counters.count("grpc_delivery_limited")
+            raise self._allocation_exhausted()
+        return granted
 
     async def _latency(self) -> None:
         if self.sb.faults.grpc_latency_ms:
@@ -234,6 +267,7 @@ class PubSubService(pb_grpc.PubSubServicer):
                 raise _StreamError(grpc.StatusCode[status], error_code,
                                    "injected by the sandbox" + (f": {error_code}"
                                                                 if error_code else ""))
+            self.check_allocation()
             async for response in sub.responses():
                 yield response
         except _StreamError as err:

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from . import tlsgen
 from .core import DEFAULT_CLIENT_ID, DEFAULT_USERNAME, Config, Sandbox
+from .faults import DELIVERY_ALLOCATION
 from .generated import pubsub_api_pb2_grpc as pb_grpc
 from .http_app import make_app
 from .pubsub import PubSubService
@@ -62,6 +63,7 @@ class ServeOptions:
     idle_close_s: float = 60.0
     retention_hours: float = 72.0
     daily_limit: int = 5_000_000
+    delivery_allocation: int = DELIVERY_ALLOCATION
     purge_interval_s: float = 60.0
     ready_file: str = ""
 
@@ -89,7 +91,8 @@ async def serve(opts: ServeOptions) -> None:
     config = Config(db_path=str(db), client_id=opts.client_id, username=opts.username,
                     jwt_cert_pem=jwt_cert.read_bytes(), token_lifetime_s=opts.token_lifetime_s,
                     keepalive_s=opts.keepalive_s, idle_close_s=opts.idle_close_s,
-                    retention_s=opts.retention_hours * 3600, daily_limit=opts.daily_limit)
+                    retention_s=opts.retention_hours * 3600, daily_limit=opts.daily_limit,
+                    delivery_allocation=opts.delivery_allocation)
     sb = Sandbox(config)
 
     ssl_ctx = None

@@ -1,5 +1,5 @@
 """Durable state of the emulated org: records, platform events, tokens, clock, counters
-(id sequences and the daily API usage).
+(id sequences, the daily API usage and the Pub/Sub delivery usage).
 
 One SQLite database in WAL mode, mirrored in memory for fast queries. Every change goes
 through :meth:`Store.transaction`: the staged record writes and event inserts are
@@ -44,7 +44,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, user_id TEXT NOT NULL,
     expires_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS api_usage (minute INTEGER PRIMARY KEY, calls INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS delivery_usage (minute INTEGER PRIMARY KEY, events INTEGER NOT NULL);
 """
+#: the rolling 24-hour usages kept per minute (:class:`.faults.RollingWindow`): kind ->
+#: (table, count column)
+USAGE_TABLES = {"api": ("api_usage", "calls"), "delivery": ("delivery_usage", "events")}
 _CHILD_LINKS = [(spec[0], spec[1]) for obj in OBJECTS.values() for spec in obj.children.values()]
 
 
@@ -272,21 +276,25 @@ class Store:
     def event_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM events WHERE topic != ''").fetchone()[0]
 
-    # -- daily API usage (faults.Counters) ---------------------------------------------
-    def api_usage(self) -> dict[int, int]:
-        """API requests per minute of the sandbox clock, as persisted."""
-        return dict(self.conn.execute("SELECT minute, calls FROM api_usage"))
+    # -- rolling usages: daily API requests, Pub/Sub deliveries (faults.RollingWindow) ----
+    def usage(self, kind: str) -> dict[int, int]:
+        """The ``kind`` usage (:data:`USAGE_TABLES`) per minute of the sandbox clock, as
+        persisted."""
+        table, column = USAGE_TABLES[kind]
+        return dict(self.conn.execute(f"SELECT minute, {column} FROM {table}"))
 
-    def add_api_usage(self, minute: int, calls: int = 1) -> None:
-        self.conn.execute("INSERT INTO api_usage VALUES (?, ?) ON CONFLICT(minute) DO UPDATE "
-                          "SET calls = calls + excluded.calls", (minute, calls))
+    def add_usage(self, kind: str, minute: int, count: int = 1) -> None:
+        table, column = USAGE_TABLES[kind]
+        self.conn.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT(minute) DO UPDATE "
+                          f"SET {column} = {column} + excluded.{column}", (minute, count))
 
-    def drop_api_usage(self, before_minute: int | None = None) -> None:
-        """Forget the minutes before ``before_minute`` (every one when None)."""
+    def drop_usage(self, kind: str, before_minute: int | None = None) -> None:
+        """Forget the ``kind`` minutes before ``before_minute`` (every one when None)."""
+        table, _ = USAGE_TABLES[kind]
         if before_minute is None:
-            self.conn.execute("DELETE FROM api_usage")
+            self.conn.execute(f"DELETE FROM {table}")
         else:
-            self.conn.execute("DELETE FROM api_usage WHERE minute < ?", (before_minute,))
+            self.conn.execute(f"DELETE FROM {table} WHERE minute < ?", (before_minute,))
 
     # -- tokens ------------------------------------------------------------------------
     def issue_token(self, user_id: str, lifetime_s: float) -> str:

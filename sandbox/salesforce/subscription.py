@@ -11,6 +11,10 @@ and moves ``position`` there: a quiet subscription's stored id stays young, so a
 from it still works once the last real event has left the retention (REFERENCE: "it keeps
 a quiet subscription's position fresh"). A stream with undelivered events keeps reporting
 the last event it delivered.
+
+Every delivered event counts against the org's 24-hour delivery allocation
+(:meth:`.PubSubService.allocate`): a batch larger than what is left is cut to it, and a
+stream with an event to deliver when nothing is left ends with the limit error.
 """
 
 from __future__ import annotations
@@ -158,6 +162,9 @@ class Subscription:
                     batch = _fitting(sb.store.events_after(self.topic, self.position,
                                                            min(self.pending, MAX_REQUESTED)))
                     if batch:
+                        # counted before the (injected) latency, so streams sending at once
+                        # never deliver more than the allocation between them
+                        batch = batch[:self.service.allocate(len(batch))]
                         await self.service._latency()
                         self.pending -= len(batch)
                         self.position = batch[-1].replay

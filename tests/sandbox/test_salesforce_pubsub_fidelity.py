@@ -6,7 +6,11 @@
   INVALID_ARGUMENT;
 * size limits: an event over 1 MiB is refused in its PublishResult, a request over 4 MiB
   by gRPC; FetchResponses stay within 4 MiB (a client with gRPC's default limits reads them);
-* the ``subscribe_error_*`` faults end the next Subscribe calls with a limit/transient error.
+* the ``subscribe_error_*`` faults end the next Subscribe calls with a limit/transient error;
+* the 24-hour delivery allocation, summed over all subscribers: once used up, a stream ends
+  after delivering up to it and new Subscribes are refused (RESOURCE_EXHAUSTED +
+  ``…subscription.limit.exceeded``) until deliveries leave the rolling window; a restart
+  keeps the count.
 """
 
 from __future__ import annotations
@@ -302,3 +306,108 @@ def test_replay_ids_increase_with_gaps_and_custom_resumes_right_after_one(
     got = sub.events(25, timeout=10)
     assert [e.event.id for e in got] == [f"gap-{i}" for i in range(25, 50)]
     assert [e.replay_id for e in got] == [r.replay_id for r in response.results[25:]]
+
+
+# -- 6. delivery allocation -------------------------------------------------------------
+def _assert_allocation_exhausted(exc: grpc.RpcError) -> None:
+    """The limit error as the injected ``subscribe_error_*`` limit fault renders it."""
+    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+    assert sf_error_code(exc) == LIMIT
+    assert "delivery allocation" in (exc.details() or "")
+
+
+def _events_until_end(sub: Any, count: int) -> tuple[list[Any], grpc.RpcError | None]:
+    """The events ``sub`` delivers until it has ``count`` or ends with an error (keepalives
+    skipped)."""
+    got: list[Any] = []
+    while len(got) < count:
+        try:
+            response = sub.next(timeout=5)
+        except grpc.RpcError as exc:
+            return got, exc
+        assert not isinstance(response, tuple), f"stream closed after {len(got)} events"
+        got.extend(response.events)
+    return got, None
+
+
+def test_an_exhausted_delivery_allocation_ends_the_stream_and_refuses_subscribes(
+        sf_pb: Any, tmp_path: Any) -> None:
+    """REFERENCE §1: a 24 h delivery allocation; exceeding it ends subscriptions with
+    ``…subscription.limit.exceeded``. Allocation 5, ten events, EARLIEST with 100 requested:
+    exactly five delivered, then the limit error; a new Subscribe is refused, across a
+    restart too; 24 hours later (sandbox clock) delivery resumes, up to the allocation."""
+    from sandbox.salesforce.harness import running_sandbox
+
+    with running_sandbox(tmp_path / "sf", keepalive_s=0.5, idle_close_s=4.0,
+                         token_lifetime_s=100 * 3600, delivery_allocation=5) as sf:
+        sf.seed(accounts=2, orders=11, broken_every=0)
+        approved = sf.approve(10)  # the Flow publishes ten events
+        assert sf.counters()["delivery_allocation"] == 5
+        pubsub = SfPubSub(sf_pb, sf)
+        try:
+            first, error = _events_until_end(pubsub.subscribe(pubsub.pb.EARLIEST, num=100), 10)
+            assert len(first) == 5, [e.event.id for e in first]  # up to the allocation
+            assert error is not None, "the stream went on past the allocation"
+            _assert_allocation_exhausted(error)
+            assert sf.counters()["events_delivered_24h"] == 5
+            with pytest.raises(grpc.RpcError) as info:  # a new Subscribe: refused at once
+                pubsub.subscribe(pubsub.pb.CUSTOM, num=100,
+                                 replay_id=first[-1].replay_id).next(timeout=5)
+            _assert_allocation_exhausted(info.value)
+        finally:
+            pubsub.close()
+
+        sf.restart()  # same database: the deliveries of the last 24 hours are remembered
+        pubsub = SfPubSub(sf_pb, sf)
+        try:
+            assert sf.counters()["events_delivered_24h"] == 5
+            with pytest.raises(grpc.RpcError) as info:
+                pubsub.subscribe(pubsub.pb.CUSTOM, num=100,
+                                 replay_id=first[-1].replay_id).next(timeout=10)
+            _assert_allocation_exhausted(info.value)
+
+            sf.advance_clock(hours=24)  # the five deliveries leave the window (not retention)
+            assert sf.counters()["events_delivered_24h"] == 0
+            resumed = pubsub.subscribe(pubsub.pb.CUSTOM, num=100, replay_id=first[-1].replay_id)
+            rest = resumed.events(5, timeout=10)
+            assert len(rest) == 5
+            assert sorted(_decode(pubsub, e)["OrderId__c"] for e in first + rest) == \
+                sorted(approved)  # each of the ten once
+            _keepalive(resumed)  # caught up, the allocation just used up: the stream stays
+            sf.approve(1)  # one more event to deliver: none left, the stream ends
+            more, error = _events_until_end(resumed, 1)
+            assert more == [] and error is not None
+            _assert_allocation_exhausted(error)
+            assert sf.counters()["events_delivered_24h"] == 5
+        finally:
+            pubsub.close()
+
+
+def test_the_delivery_allocation_is_summed_over_all_subscribers(
+        sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
+    """Two caught-up streams, room for three deliveries, two new events (four deliveries):
+    three are delivered between them and one stream ends with the limit error; Subscribe is
+    refused until the allocation (a run-time setting, as ``daily_limit``) is raised."""
+    from sandbox.salesforce.admin_client import AdminError
+
+    with pytest.raises(AdminError, match="delivery_allocation"):
+        sf_sandbox.set_faults(delivery_allocation=-1)
+    streams = [sf_pubsub.subscribe(num=100), sf_pubsub.subscribe(num=100)]
+    for stream in streams:
+        _fresh_keepalive(stream)  # open and caught up
+    used = sf_sandbox.counters()["events_delivered_24h"]
+    sf_sandbox.set_faults(delivery_allocation=used + 3)
+    sf_sandbox.approve(2)
+    outcomes = [_events_until_end(stream, 2) for stream in streams]
+    assert sum(len(got) for got, _ in outcomes) == 3, outcomes
+    errors = [error for _, error in outcomes if error is not None]
+    assert len(errors) == 1, outcomes
+    _assert_allocation_exhausted(errors[0])
+    with pytest.raises(grpc.RpcError) as info:
+        sf_pubsub.subscribe(num=1).next(timeout=5)
+    _assert_allocation_exhausted(info.value)
+
+    sf_sandbox.set_faults(delivery_allocation=used + 100)
+    _keepalive(sf_pubsub.subscribe(num=1))
+    sf_sandbox.reset_faults()  # back to the configured allocation
+    assert sf_sandbox.set_faults()["delivery_allocation"] == 5_000_000
