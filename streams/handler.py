@@ -203,7 +203,9 @@ class EventHandler:
             result = await self._provision(event, rec, decision, opportunity, held)
             outcome = outcome_record(
                 event, result.status, opportunity_id=opportunity,
-                whmcs_client_id=decision.request.client_id,
+                # the client of the order a lookup found (an earlier attempt's, under
+                # the Account's old client), else the one this attempt sent to
+                whmcs_client_id=result.client_or(decision.request.client_id),
                 whmcs_order_id=result.whmcs_order_id, service_ids=result.service_ids,
                 addon_ids=result.addon_ids, invoice_id=result.invoice_id,
                 error_code=result.error_code, error_message=result.error_message,

@@ -41,7 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -93,6 +93,15 @@ class ProvisionResult:
     # them this worker cancelled
     duplicate_ids: list[int] = field(default_factory=list)
     cancelled_ids: list[int] = field(default_factory=list)
+    # the WHMCS client ``whmcs_order_id`` belongs to: the request's for an order this
+    # decision created, the one a lookup found it under (an earlier client when the
+    # Account's changed since); None with no order — the outcome names the request's then
+    client_id: int | None = None
+
+    def client_or(self, requested: int | None) -> int | None:
+        """The outcome's ``whmcs_client_id``: the client of the WHMCS order this result
+        names, else ``requested`` (the client the decision sent, or would send, to)."""
+        return self.client_id if self.client_id is not None else requested
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,8 @@ class Provisioner:
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
-                                              res.addon_ids, res.invoice_id, attempts=attempts)
+                                              res.addon_ids, res.invoice_id, attempts=attempts,
+                                              client_id=request.client_id)
                     log.info("WHMCS order created", extra={**extra,
                                                             "whmcs_order_id": res.order_id})
                 sent_at = None
@@ -203,6 +213,7 @@ class Provisioner:
                 if failure is not None:
                     failure.attempts = attempts
                     failure.whmcs_order_id = created.whmcs_order_id
+                    failure.client_id = created.client_id
                     failure.may_exist = True
                     return failure
                 created.attempts = attempts
@@ -231,7 +242,8 @@ class Provisioner:
                         # earlier one, may have landed: the next attempt looks first
                         # and an order found by the lookup but not yet accepted exists
                         attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None
-                        or created is not None)
+                        or created is not None,
+                        client_id=created.client_id if created else None)
                 if exc.retry_after is not None and exc.retry_after > delay:
                     # WHMCS (or its proxy) said when to come back (Retry-After): not
                     # sooner, and not past the deadline — one last try at the deadline
@@ -253,7 +265,8 @@ class Provisioner:
                     "Failed", created.whmcs_order_id if created else None,
                     error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
                     attempts=attempts,
-                    may_exist=created is not None or settle_at_ms is not None)
+                    may_exist=created is not None or settle_at_ms is not None,
+                    client_id=created.client_id if created else None)
 
     def _settle_at_ms(self, sent_at: float) -> int:
         """When a write handed over at ``sent_at`` (epoch s) and left unanswered can no
@@ -323,7 +336,9 @@ class Provisioner:
                      fence: Fence = no_fence,
                      earlier_client_ids: tuple[int, ...] = ()) -> ProvisionResult | None:
         """The WHMCS order of this Salesforce Order, if one exists: read once every
-        ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring)."""
+        ``AddOrder`` sent before ``settle_at_ms`` has landed (see the module docstring). Its
+        ``client_id`` is the client the order was found under: ``request``'s or one of
+        ``earlier_client_ids``."""
         if settle_at_ms is not None:
             await self._wait_until(settle_at_ms, "looking the Order up in WHMCS (an earlier "
                                    "AddOrder may still land)", request.order_id)
@@ -333,12 +348,12 @@ class Provisioner:
         ranked = sorted(found, key=lambda o: (_KEEP_ORDER.get(o.status, 2), o.id))
         order = ranked[0]
         result = ProvisionResult("Provisioned", order.id, order.service_ids, _addon_ids(order),
-                                 order.invoice_id, recovered=True)
+                                 order.invoice_id, recovered=True, client_id=order.client_id)
         if order.status not in _KEEP_ORDER:
             return ProvisionResult("Failed", order.id, error_code="WHMCS_ORDER_NOT_ACTIVE",
                                    error_message=f"WHMCS order {order.id} for this Order is "
                                                  f"{order.status}; not creating another",
-                                   recovered=True, may_exist=True)
+                                   recovered=True, may_exist=True, client_id=order.client_id)
         result.needs_accept = order.status == "Pending"
         others = [o for o in ranked[1:] if o.status in _KEEP_ORDER]
         if others:
@@ -377,10 +392,15 @@ class Provisioner:
 
     async def _find(self, request: WhmcsOrderRequest,
                     earlier_client_ids: tuple[int, ...] = ()) -> list[WhmcsOrder]:
+        """The orders carrying the Order's marker, of ``request``'s client and the earlier
+        ones; each names the client it was found under (a row without ``userid``: the
+        client it was read for)."""
         found: list[WhmcsOrder] = []
         for client in dict.fromkeys((request.client_id, *earlier_client_ids)):
-            found += await self._call("GetOrders", None, partial(self._find_in, client,
+            orders = await self._call("GetOrders", None, partial(self._find_in, client,
                                                                   request.order_id))
+            found += [o if o.client_id else replace(o, client_id=client)
+                      for o in orders]
         return found
 
     async def _find_in(self, client_id: int, order_id: str,

@@ -403,6 +403,7 @@ class Sweeper:
             if found is not None and found.needs_accept and found.whmcs_order_id:
                 failure = await self.provisioner.accept(found.whmcs_order_id, fence=fence)
                 if failure is not None:
+                    failure.client_id = found.client_id
                     found = failure
         except Fenced as fenced:
             _left_to_owner(oid, fenced)
@@ -422,7 +423,10 @@ class Sweeper:
         else:
             outcome = outcome_record(
                 event, found.status, opportunity_id=intent.opportunity_id,
-                whmcs_client_id=request.client_id, whmcs_order_id=found.whmcs_order_id,
+                # the client the order was found under: an earlier one's when the
+                # Account's client changed between the attempts
+                whmcs_client_id=found.client_or(request.client_id),
+                whmcs_order_id=found.whmcs_order_id,
                 service_ids=found.service_ids, addon_ids=found.addon_ids,
                 invoice_id=found.invoice_id, error_code=found.error_code,
                 error_message=found.error_message, attempts=attempts, recovered=True,
