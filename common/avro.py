@@ -8,6 +8,12 @@ Two wire formats:
   schema id, Avro binary), the schema registered under ``<topic>-value`` on first use
   (TopicNameStrategy). These records carry **no** ``sfprov.schema`` header.
 
+Reading and writing are separate: ``SCHEMA_REGISTRY_URL`` gives the :class:`SchemaRegistry`
+every reader needs for Confluent records; ``AVRO_WIRE_FORMAT=PLAIN`` makes it read-only
+(``SchemaRegistry.write`` false): :meth:`AvroSerde.encode` then writes plain Avro while
+:meth:`AvroSerde.decode` still reads the Confluent records already written — the way back
+from a registry. Without a registry a Confluent record is a non-retryable error.
+
 :meth:`AvroSerde.decode` reads both, so a topic may hold records from before and after the
 switch. Which format a record is in is decided from its headers first, not from its first
 byte alone (plain Avro can start with a 0 byte, e.g. an empty first string):
@@ -24,6 +30,13 @@ becomes a dead letter); a registry that cannot be reached raises a **retryable**
 
 Evolution rule: add fields with defaults only; readers decode with the writer's schema and
 project onto the reader's (fastavro resolution).
+
+Versioned plain records (:data:`VERSIONED_SCHEMAS`: the connector's own topics, always plain
+Avro) also carry the writer schema's fingerprint (:func:`fingerprint`, CRC-64-AVRO of its
+Parsing Canonical Form) in the ``sfprov.schema_fingerprint`` header; every version of those
+schemas, the current one included, is kept in ``schemas/history/<name>-<fingerprint>.avsc``,
+and :meth:`AvroSerde.decode` reads a record with the version its header names as the writer
+(a record without the header: :data:`UNVERSIONED`, the version from before the header).
 """
 
 from __future__ import annotations
@@ -48,6 +61,13 @@ from common.settings import KafkaSettings, Secret
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_HEADER = "sfprov.schema"
+FINGERPRINT_HEADER = "sfprov.schema_fingerprint"
+#: schemas whose plain records name their writer's version (FINGERPRINT_HEADER), every
+#: version kept in schemas/history/ (tests/foundation/test_schema_history.py holds the rule)
+VERSIONED_SCHEMAS = ("connector_offset", "replay_gap")
+#: the version a versioned schema's records without FINGERPRINT_HEADER were written with
+#: (everything written before the header existed)
+UNVERSIONED = {"connector_offset": "c0180d2c626c9493", "replay_gap": "2b26fe2faa5695e1"}
 MAGIC = 0
 CONFLUENT_PREFIX = struct.Struct(">bI")  # magic byte, schema id
 REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -71,6 +91,29 @@ def schema_json(name: str) -> str:
 @cache
 def load_schema(name: str) -> Any:
     return fastavro.parse_schema(json.loads(schema_json(name)))
+
+
+def fingerprint(schema: Any) -> str:
+    """CRC-64-AVRO (Rabin) fingerprint of a parsed schema's Parsing Canonical Form, as 16
+    hex digits: what changes when the binary encoding changes (not docs or defaults)."""
+    canonical = fastavro.schema.to_parsing_canonical_form(schema)
+    return str(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def history_dir() -> Path:
+    return SCHEMAS_DIR / "history"
+
+
+@cache
+def schema_history(name: str) -> dict[str, Any]:
+    """fingerprint -> parsed schema of every archived version of ``name``
+    (``schemas/history/<name>-<fingerprint>.avsc``)."""
+    out: dict[str, Any] = {}
+    for path in sorted(history_dir().glob(f"{name}-*.avsc")):
+        stem_name, _, fp = path.stem.rpartition("-")
+        if stem_name == name:
+            out[fp] = fastavro.parse_schema(json.loads(path.read_text()))
+    return out
 
 
 def encode_schemaless(schema: Any, record: dict[str, Any]) -> bytes:
@@ -112,6 +155,20 @@ def has_schema_header(headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | N
     return any((k.decode() if isinstance(k, bytes) else k) == SCHEMA_HEADER for k in keys)
 
 
+def header_text(headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None,
+                name: str) -> str | None:
+    """The last value of header ``name`` as text, or None."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    found: str | None = None
+    for key, value in items:
+        if (key.decode() if isinstance(key, bytes) else key) == name:
+            found = (value.decode(errors="replace") if isinstance(value, bytes)
+                     else None if value is None else str(value))
+    return found
+
+
 def _safe_url(url: str) -> tuple[str, tuple[str, str] | None]:
     """Split ``user:secret@`` out of the URL: the secret never appears in errors or logs."""
     parts = urlsplit(url.rstrip("/"))
@@ -136,7 +193,10 @@ class SchemaRegistry:
 
     def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0,
                  username: str = "", password: Secret | None = None,
-                 ca_location: str = "") -> None:
+                 ca_location: str = "", write: bool = True) -> None:
+        #: serdes with this registry write the Confluent format; False (``AVRO_WIRE_FORMAT=
+        #: PLAIN``): they write plain Avro and only read Confluent records through it
+        self.write = write
         self.url, auth = _safe_url(url)
         if username:  # the settings win over credentials in the URL
             auth = (username, password.reveal() if password else "")
@@ -230,10 +290,12 @@ class SchemaRegistry:
 class AvroSerde:
     """Encode/decode one topic's values with one schema from ``schemas/``.
 
-    With a ``registry``, :meth:`encode` writes the Confluent wire format (registering the
-    schema under ``<topic>-value`` on first use) and :meth:`headers` is empty; without one,
-    plain Avro with the ``sfprov.schema`` header. :meth:`decode` reads both formats either
-    way (a Confluent record needs the registry; without one it is a non-retryable error).
+    With a ``registry`` for writing (``registry.write``), :meth:`encode` writes the
+    Confluent wire format (registering the schema under ``<topic>-value`` on first use) and
+    :meth:`headers` is empty; otherwise — no registry, or a read-only one — plain Avro with
+    the ``sfprov.schema`` header (and, for :data:`VERSIONED_SCHEMAS`, the fingerprint
+    header). :meth:`decode` reads both formats either way (a Confluent record needs the
+    registry, read-only or not; without one it is a non-retryable error).
     """
 
     def __init__(self, schema_name: str, *, topic: str = "",
@@ -241,6 +303,8 @@ class AvroSerde:
         self.schema_name = schema_name
         self.schema = load_schema(schema_name)
         self.full_name: str = self.schema["name"]
+        self.fingerprint = fingerprint(self.schema)
+        self.versioned = schema_name in VERSIONED_SCHEMAS
         self.topic = topic
         self.registry = registry
         self._schema_id: int | None = None
@@ -249,10 +313,18 @@ class AvroSerde:
     def subject(self) -> str:
         return f"{self.topic}-value"
 
+    @property
+    def writes_confluent(self) -> bool:
+        """:meth:`encode` writes the Confluent wire format (a registry for writing)."""
+        return self.registry is not None and self.registry.write
+
     def headers(self) -> list[tuple[str, bytes]]:
         """Headers to write with each encoded value (none in the Confluent format)."""
-        if self.registry is not None:
+        if self.writes_confluent:
             return []
+        if self.versioned:
+            return [(SCHEMA_HEADER, self.full_name.encode()),
+                    (FINGERPRINT_HEADER, self.fingerprint.encode())]
         return [(SCHEMA_HEADER, self.full_name.encode())]
 
     def schema_id(self) -> int:
@@ -269,7 +341,7 @@ class AvroSerde:
 
     def encode(self, record: dict[str, Any]) -> bytes:
         payload = encode_schemaless(self.schema, record)
-        if self.registry is None:
+        if not self.writes_confluent:
             return payload
         return frame(self.schema_id(), payload)
 
@@ -279,7 +351,7 @@ class AvroSerde:
         """Decode a value in either format. ``headers``: the record's headers, when known
         (always pass them: without them the format is guessed)."""
         if headers is not None and has_schema_header(headers):
-            return decode_schemaless(self.schema, value)
+            return self._decode_plain(value, headers)
         schema_id = confluent_schema_id(value)
         if schema_id is None:
             return decode_schemaless(self.schema, value)
@@ -304,10 +376,29 @@ class AvroSerde:
         schema_id = confluent_schema_id(value)
         return schema_id is None or self.registry.known(schema_id)
 
+    def _decode_plain(self, value: bytes,
+                      headers: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+        """A plain record with the ``sfprov.schema`` header, read with the writer's version
+        its fingerprint header names (none: :data:`UNVERSIONED`, or this schema)."""
+        fp = header_text(headers, FINGERPRINT_HEADER) or UNVERSIONED.get(self.schema_name)
+        if fp is None or fp == self.fingerprint:
+            return decode_schemaless(self.schema, value)
+        writer = schema_history(self.schema_name).get(fp)
+        if writer is None:
+            raise SerdeError(f"{self.full_name} record written with schema version {fp}, which "
+                             f"this release does not have (schemas/history/"
+                             f"{self.schema_name}-{fp}.avsc): written by a newer release?")
+        try:
+            return decode_schemaless(writer, value, self.schema)
+        except SerdeError as exc:
+            raise SerdeError(f"schema version {fp}: {exc}") from exc
+
     def _decode_confluent(self, schema_id: int, value: bytes) -> dict[str, Any]:
         if self.registry is None:
             raise SerdeError(f"record is in the Confluent wire format (schema id {schema_id}) "
-                             "but SCHEMA_REGISTRY_URL is not set")
+                             "but SCHEMA_REGISTRY_URL is not set (to write plain Avro again, "
+                             "keep it and set AVRO_WIRE_FORMAT=PLAIN until no Confluent "
+                             "record is left)")
         writer = self.registry.schema(schema_id)
         try:
             return decode_schemaless(writer, value[CONFLUENT_PREFIX.size:], self.schema)
@@ -321,9 +412,11 @@ def registry_from_url(url: str) -> SchemaRegistry | None:
 
 def registry_for(kafka: KafkaSettings) -> SchemaRegistry | None:
     """The registry client of ``SCHEMA_REGISTRY_URL`` with its basic auth and CA (None when
-    no registry is configured: plain Avro)."""
+    no registry is configured: plain Avro, and Confluent records cannot be read); read-only
+    (plain Avro written, Confluent records still read) with ``AVRO_WIRE_FORMAT=PLAIN``."""
     if not kafka.schema_registry_url:
         return None
     return SchemaRegistry(kafka.schema_registry_url, username=kafka.schema_registry_username,
                           password=kafka.schema_registry_password,
-                          ca_location=kafka.schema_registry_ca_location)
+                          ca_location=kafka.schema_registry_ca_location,
+                          write=kafka.writes_confluent)

@@ -266,8 +266,21 @@ class KafkaSettings(_Section):
                                      parse=int, doc="Retention of outcomes and dead letters in ms.")
     schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "", parse=parse_http_url,
                                    doc="Optional Confluent-compatible schema registry; when set, "
-                                       "values use the Confluent wire format (`make up` sets "
-                                       "it to its registry emulator in sandbox mode).")
+                                       "every process reads Confluent-format records through "
+                                       "it and (unless `AVRO_WIRE_FORMAT=PLAIN`) writes that "
+                                       "format (`make up` sets it to its registry emulator in "
+                                       "sandbox mode). Keep it set while any topic still holds "
+                                       "Confluent records: without it they cannot be decoded.")
+    avro_wire_format: str = env("AVRO_WIRE_FORMAT", "AUTO",
+                                parse=choice("AUTO", "CONFLUENT", "PLAIN"),
+                                doc="Format the processes write: CONFLUENT (needs "
+                                    "`SCHEMA_REGISTRY_URL`), PLAIN (Avro with the "
+                                    "`sfprov.schema` header), or AUTO: CONFLUENT when "
+                                    "`SCHEMA_REGISTRY_URL` is set, else PLAIN. Reading does not "
+                                    "depend on it: with `SCHEMA_REGISTRY_URL` set, Confluent "
+                                    "records are read with either format — PLAIN with the URL "
+                                    "kept is the way back from a registry (README, *Schema "
+                                    "registry*).")
     schema_registry_username: str = env("SCHEMA_REGISTRY_USERNAME", "",
                                         doc="Basic-auth user of the schema registry (e.g. a "
                                             "Confluent Cloud API key).")
@@ -333,6 +346,16 @@ class KafkaSettings(_Section):
         if self.schema_registry_password and not self.schema_registry_username:
             raise ConfigError("SCHEMA_REGISTRY_USERNAME: required with "
                               "SCHEMA_REGISTRY_PASSWORD")
+        if self.avro_wire_format == "CONFLUENT" and not self.schema_registry_url:
+            raise ConfigError("SCHEMA_REGISTRY_URL: required with AVRO_WIRE_FORMAT=CONFLUENT")
+
+    @property
+    def writes_confluent(self) -> bool:
+        """Values are written in the Confluent wire format (``AVRO_WIRE_FORMAT``); reading
+        through the registry depends on ``SCHEMA_REGISTRY_URL`` alone."""
+        if self.avro_wire_format == "AUTO":
+            return bool(self.schema_registry_url)
+        return self.avro_wire_format == "CONFLUENT"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -9,6 +9,13 @@ connector's transaction open there instead of stopping before it (:func:`_last_v
 connector then subscribes ``CUSTOM`` from it, i.e. Salesforce delivers the events *after*
 that replay id.
 
+Schema versions: both topics are plain Avro whose records carry the writer schema's
+fingerprint (``sfprov.schema_fingerprint``; see :mod:`common.avro`), and every version of
+``connector_offset.avsc`` / ``replay_gap.avsc`` is kept in ``schemas/history/``: a release
+that adds a (defaulted) field still reads the position an older one stored. Readers must
+pass the record's headers to the decode (a record without the fingerprint header was written
+with :data:`common.avro.UNVERSIONED`'s version).
+
 Pitfall: call :func:`load_position` only **after** the transactional producer's
 ``init_transactions`` — that is what fences an older instance and completes or aborts its
 open transaction. Read before it, and a zombie's in-flight batch could commit after we
@@ -35,6 +42,7 @@ from common.kafka import RunningDeadline, retry_until
 EVENT = "event"
 KEEPALIVE = "keepalive"
 T = TypeVar("T")
+Headers = list[tuple[str, Any]]  # a record's headers, as confluent-kafka gives them
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,10 @@ class OffsetCodec:
         self.connector = connector
         self.channel = channel
         self.key = offset_key(connector, channel)
-        # Internal topics stay plain Avro (with the sfprov.schema header) even with
-        # SCHEMA_REGISTRY_URL: start-up must not depend on the registry, and only the
-        # connector and the CLI read them. decode() would read either format.
+        # Internal topics stay plain Avro (with the sfprov.schema header and the writer
+        # schema's fingerprint) even with SCHEMA_REGISTRY_URL: start-up must not depend on
+        # the registry, and only the connector and the CLI read them. decode() would read
+        # either format.
         self._offsets = AvroSerde("connector_offset")
         self._gaps = AvroSerde("replay_gap")
 
@@ -74,8 +83,10 @@ class OffsetCodec:
             "source": position.source, "committed_at": position.committed_at_ms})
         return value, self._offsets.headers()
 
-    def decode_position(self, value: bytes) -> Position:
-        rec = self._offsets.decode(value)
+    def decode_position(self, value: bytes, headers: Headers | None = None) -> Position:
+        """``headers``: the record's (they name the writer's schema version; without them
+        the value is read with the current schema)."""
+        rec = self._offsets.decode(value, headers)
         return Position(bytes(rec["replay_id"]), rec["source"], epoch_ms(rec["committed_at"]),
                         rec["event_uuid"])
 
@@ -90,8 +101,9 @@ class OffsetCodec:
             "detected_at": detected_at_ms or int(time.time() * 1000)})
         return value, self._gaps.headers()
 
-    def decode_gap(self, value: bytes) -> dict:
-        return self._gaps.decode(value)
+    def decode_gap(self, value: bytes, headers: Headers | None = None) -> dict:
+        """``headers``: as :meth:`decode_position`."""
+        return self._gaps.decode(value, headers)
 
 
 def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
@@ -117,22 +129,25 @@ def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
                       timeout_s=timeout_s, what="replay gaps")
 
 
-def _load_last(bootstrap: Connectable, topic: str, key: bytes, decode: Callable[[bytes], T],
-               *, timeout_s: float, what: str) -> T | None:
-    """The last committed value for ``key`` in ``topic``, decoded; an undecodable one is a
-    :class:`KafkaError` naming the topic."""
+def _load_last(bootstrap: Connectable, topic: str, key: bytes,
+               decode: Callable[[bytes, Headers], T], *, timeout_s: float, what: str
+               ) -> T | None:
+    """The last committed value for ``key`` in ``topic``, decoded with its headers (the
+    writer's schema version); an undecodable one is a :class:`KafkaError` naming the
+    topic."""
     last = _last_value(bootstrap, topic, key, timeout_s=timeout_s, what=what)
     if last is None:
         return None
     try:
-        return decode(last)
+        return decode(*last)
     except SerdeError as exc:
         raise KafkaError(f"the stored {what} in {topic} is unreadable: {exc}") from exc
 
 
 def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: float,
-                what: str) -> bytes | None:
-    """The last committed value for ``key`` in ``topic`` (every partition read to its end).
+                what: str) -> tuple[bytes, Headers] | None:
+    """The last committed value for ``key`` in ``topic`` (every partition read to its end),
+    with its headers.
 
     "Its end" is the partition's log end as it is when the read starts (its high watermark,
     asked for ``read_uncommitted``), not the first end-of-partition the ``read_committed``
@@ -169,14 +184,16 @@ def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: fl
             return None  # nothing was ever written
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
         stable: dict[int, int] = {}  # partition -> an end-of-partition met before its end
-        last: bytes | None = None
+        last: tuple[bytes, Headers] | None = None
         while remaining:
             msg = consumer.poll(deadline.attempt(0.5, 0.5))
             if msg is not None:
                 err = msg.error()
                 if err is None:
-                    if msg.key() == key and msg.value() is not None:
-                        last = msg.value()
+                    value, headers = msg.value(), msg.headers() or []
+                    if msg.key() == key and value is not None:
+                        last = (value, list(headers.items() if isinstance(headers, dict)
+                                            else headers))
                 elif err.code() == CKafkaError._PARTITION_EOF:
                     partition, offset = msg.partition() or 0, msg.offset() or 0
                     if offset >= remaining.get(partition, 0):

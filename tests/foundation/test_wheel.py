@@ -66,8 +66,8 @@ def clean_env() -> dict[str, str]:
 def test_the_wheel_carries_schemas_and_protos(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for schema in (ROOT / "schemas").glob("*.avsc"):
-        assert f"schemas/{schema.name}" in names
+    for schema in (ROOT / "schemas").rglob("*.avsc"):  # schemas/history/ too
+        assert schema.relative_to(ROOT).as_posix() in names
     assert "connectors/pubsub/proto/pubsub_api.proto" in names
     assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
 
