@@ -203,7 +203,9 @@ def check_group_access(settings: KafkaSettings, group: str, *, timeout: float = 
     (the coordinator keeps the error for a ``getmany`` that faust does not call before an
     assignment): the worker waited for ever, without a line. The broker's description of
     the group lists what this principal may do with it (KIP-430); a broker without an
-    authorizer lists nothing, and nothing is refused."""
+    authorizer allows everything and lists every operation the group supports (READ
+    among them), so nothing is refused. A description without the list (empty or None:
+    a broker too old to answer it) says nothing either way and passes."""
     from confluent_kafka.admin import AclOperation
 
     conn = KafkaConnection.from_settings(settings)

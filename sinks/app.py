@@ -26,18 +26,26 @@ pause, a crash or a SIGKILL loses nothing — it only redelivers.
 
 Probing (a batch that fails as a whole the same way every time must not block everything
 behind it: a 200-record PATCH that always times out because the org's automation is slow
-for big calls, or one record that provokes a 5xx every time). After ``SHRINK_AFTER``
-consecutive retryable whole-call failures — not ``REQUEST_LIMIT_EXCEEDED``, not an auth
-refusal, not a refusal no record caused, none of which a smaller call can cure — the next
-call takes half as many records as the failed one, down to one; ``GROW_AFTER`` answered
-calls in a row double it again, up to ``SINK_BATCH_SIZE``. A record whose call alone
-failed is *isolated*: from then on it is only sent alone, after the others (its own
-backoff runs past the pause), so the rest flows around it. Its failures count as
-attempts (``SINK_MAX_ATTEMPTS``, then a dead letter with the error) only when Salesforce
-answered another call since its previous lone failure: proof that the record, not
-Salesforce, is the problem. During an outage no call is answered, so no attempt is ever
-counted and nothing is dead-lettered, however long it lasts (minutes or days); it only
-leaves a few isolated records, each sent alone once Salesforce is back.
+for big calls, or one record that provokes a 5xx every time). Each record counts the
+retryable whole-call failures in a row of the calls it was in — not
+``REQUEST_LIMIT_EXCEEDED``, not an auth refusal, not a refusal no record caused, none of
+which a smaller call can cure. When the records of a call of n have failed
+``SHRINK_AFTER`` calls in a row, each of them gets a cap of n // 2 (down to one): the
+next call takes at most that many, the capped batch first — a bisection of that batch
+only. Nothing else shrinks: other records and records that arrive later go at the full
+``SINK_BATCH_SIZE``, and a capped record leaves once written. So calls that fail at
+random, whatever they hold (a degraded org failing half its calls), cost at most a
+halving of the few batches that met two failures in a row, never the size of every call.
+A record whose call alone (cap 1) failed is *isolated*: from then on it is only sent
+alone, after the others (its own backoff runs past the pause), so the rest flows around
+it. Its failures count as attempts (``SINK_MAX_ATTEMPTS``, then a dead letter with the
+error) only when, since its previous lone failure, Salesforce answered at least
+``BLAME_ANSWERED`` calls and ``BLAME_RATIO`` times as many as it failed: proof that the
+record, not Salesforce, is the problem. Otherwise nothing is counted and the sink pauses
+as for an outage: during an outage no call is answered, and an org failing calls at
+random fails too many of them, so nothing is dead-lettered, however long it lasts
+(minutes or days); it only leaves a few capped or isolated records, each sent in its
+small call once Salesforce is back.
 
 Stale writes: a sink frozen past its session timeout (while another member took its
 partitions and wrote newer outcomes) may still send what it held when it wakes up. The
@@ -86,8 +94,9 @@ log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
 REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
 REGISTRY_WAIT_S = 60.0  # an unreachable schema registry: retry a decode this long, then exit
-SHRINK_AFTER = 2  # consecutive retryable whole-call failures before the next call is halved
-GROW_AFTER = 3  # answered calls in a row before a shrunken call size doubles again
+SHRINK_AFTER = 2  # retryable whole-call failures in a row before a batch's calls halve
+BLAME_ANSWERED = 3  # a lone failure counts: this many calls answered since its last one,
+BLAME_RATIO = 3  # and this many times as many answered as failed
 
 
 @dataclass
@@ -143,10 +152,8 @@ class Sink:
                                       jitter=False)
         self._outage_streak = 0
         self._limit_streak = 0
-        self._probe = settings.batch_size  # records per call now (halved while calls fail)
-        self._probe_failures = 0  # consecutive retryable whole-call failures (see probing)
-        self._probe_successes = 0  # answered calls in a row since the size last changed
         self._answered = 0  # calls Salesforce answered (a lone failure's "others went" test)
+        self._failed_calls = 0  # whole calls that failed (ditto: "Salesforce was fine")
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
@@ -346,7 +353,7 @@ class Sink:
             now = time.monotonic()
             if self.pauses.blocked(now) or now - started >= FLUSH_BUDGET_S:
                 return
-            full = len(self.batcher.ready(now)) >= self._probe
+            full = len(self.batcher.ready(now)) >= self.settings.batch_size
             lingered = self.batcher.due(now, batch_size=self.settings.batch_size,
                                         linger_s=self.settings.linger_s)
             # a backlog of record-less outcomes (Skipped) must not hold a few records forever
@@ -361,7 +368,7 @@ class Sink:
 
     def _flush(self, now: float) -> bool:
         """One call's worth of ready entries; False when the whole call failed."""
-        entries = self.batcher.take(now, self._probe)
+        entries = self.batcher.take(now, self.settings.batch_size)
         if not entries:
             return True
         started = time.monotonic()
@@ -375,6 +382,7 @@ class Sink:
             self.ops.called(entries, time.monotonic() - started, "ok")
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
+            self._failed_calls += 1
             self._limit_streak += 1
             backoff = self._limit_backoff.ceiling(self._limit_streak - 1)
             self._requeue_all(entries, now + backoff)
@@ -392,10 +400,13 @@ class Sink:
             self.stats.calls += 1
             suspect = (exc.retryable and not isinstance(exc, SalesforceAuthError)
                        and not checking)  # the call itself may be at fault: try smaller
-            if suspect and len(entries) == 1 and self._failed_alone(entries[0], exc, now):
+            alone = len(entries) == 1 and entries[0].cap == 1
+            blamed = suspect and alone and self._failed_alone(entries[0], exc, now)
+            self._failed_calls += 1
+            if blamed:
                 return False
-            if suspect:
-                self._shrink(len(entries))
+            if suspect and not alone:
+                self._shrink(entries)
             self._outage_streak += 1
             backoff = self._backoff(self._outage_streak)
             self._requeue_all(entries, now + backoff)
@@ -411,7 +422,6 @@ class Sink:
             return False
         self._limit_streak = self._outage_streak = 0
         self._answered += 1
-        self._grow()
         self.pauses.lift(LIMIT, OUTAGE)
         self.stats.calls += result.calls
         m.BATCHES.inc(result.calls)
@@ -450,6 +460,7 @@ class Sink:
                                         "attempts)", error.fields)
                 done.extend(self.batcher.fail(entry, exhausted))
             else:
+                entry.call_failures = 0  # its call was answered
                 self.batcher.retry(entry, now + self._backoff(entry.attempts + 1))
         for entry, error in permanent:
             m.ERRORS.labels(error.code, "record").inc()
@@ -467,36 +478,40 @@ class Sink:
             else:
                 self.batcher.retry(entry, not_before, count_attempt=False)
 
-    def _shrink(self, failed: int) -> None:
-        """A retryable whole-call failure of ``failed`` records: after ``SHRINK_AFTER`` in a
-        row, the next call takes half of them (down to one)."""
-        self._probe_successes = 0
-        self._probe_failures += 1
-        if self._probe_failures >= SHRINK_AFTER and failed > 1:
-            self._probe_failures = 0
-            self._probe = max(1, min(self._probe, failed) // 2)
-            log.info("calls of %d records keep failing; trying %d", failed, self._probe,
-                     extra={"count": self._probe})
-
-    def _grow(self) -> None:
-        """An answered call: after ``GROW_AFTER`` in a row, double a shrunken call size."""
-        self._probe_failures = 0
-        if self._probe >= self.settings.batch_size:
-            return
-        self._probe_successes += 1
-        if self._probe_successes >= GROW_AFTER:
-            self._probe_successes = 0
-            self._probe = min(self.settings.batch_size, self._probe * 2)
+    def _shrink(self, entries: list[Entry]) -> None:
+        """A retryable failure of the whole call of ``entries``: those that have now failed
+        ``SHRINK_AFTER`` calls in a row go in calls of half as many records from now on
+        (down to one). Only they: other records, and records that arrive later, keep the
+        full batch size, so failures at random that any call may meet shrink nothing for
+        long (a success acknowledges the records)."""
+        n = len(entries)
+        shrunk = 0
+        for entry in entries:
+            entry.call_failures += 1
+            if entry.call_failures >= SHRINK_AFTER:
+                entry.call_failures = 0
+                entry.cap = max(1, n // 2)
+                shrunk += 1
+        if shrunk:
+            log.info("calls of %d records keep failing; trying %d", n, max(1, n // 2),
+                     extra={"count": shrunk})
 
     def _failed_alone(self, entry: Entry, exc: SalesforceError, now: float) -> bool:
-        """The call of ``entry`` alone failed retryably. The record is isolated (sent alone
-        from now on). When Salesforce answered another call since its previous lone failure,
-        the record is at fault: the failure counts as an attempt (dead letter at
-        ``SINK_MAX_ATTEMPTS``), the record backs off on its own and the others go on
-        unpaused — returns True. Otherwise it may be an outage: False, the caller pauses."""
-        blamed = entry.isolated and self._answered > entry.lone_mark
+        """The call of ``entry`` alone (its cap is 1) failed retryably. The record is
+        isolated (sent alone, after the others, from now on). When, since its previous lone
+        failure, Salesforce answered at least ``BLAME_ANSWERED`` calls and ``BLAME_RATIO``
+        times as many as failed, the record, not Salesforce, is at fault: the failure
+        counts as an attempt (dead letter at ``SINK_MAX_ATTEMPTS``), the record backs off
+        on its own and the others go on unpaused — returns True. Otherwise Salesforce may
+        be failing calls whatever they hold (an outage, a degraded org): False, nothing is
+        counted and the caller pauses."""
+        answered = self._answered - entry.answered_mark
+        failed = self._failed_calls - entry.failed_mark
+        blamed = (entry.isolated and answered >= BLAME_ANSWERED
+                  and answered >= BLAME_RATIO * failed)
         entry.lone_failures += 1
-        entry.lone_mark = self._answered
+        entry.answered_mark = self._answered
+        entry.failed_mark = self._failed_calls + 1  # the window starts after this failure
         if not blamed:
             return False
         if entry.attempts + 1 >= self.settings.max_attempts:

@@ -84,10 +84,15 @@ class Entry:
     attempts: int = 0  # failed attempts so far (transient errors)
     not_before: float = 0.0  # backoff: not sent before this time
     version: int | None = None  # newest version merged in (epoch ms of completed_at)
-    #: whole calls of this record alone that failed retryably; once one has, it is only
-    #: ever sent alone (see :class:`sinks.app.Sink`, "probing")
+    #: retryable whole-call failures in a row of the calls it was in (see
+    #: :class:`sinks.app.Sink`, "probing"); after ``SHRINK_AFTER`` its ``cap`` halves
+    call_failures: int = 0
+    cap: int | None = None  # the most records a call with it may hold (None: the batch size)
+    #: whole calls of this record alone (at cap 1) that failed retryably; once one has, it
+    #: is only ever sent alone
     lone_failures: int = 0
-    lone_mark: int = -1  # the sink's count of answered calls at its last lone failure
+    answered_mark: int = -1  # the sink's count of answered calls at its last lone failure
+    failed_mark: int = -1  # the sink's count of failed calls at its last lone failure
 
     def payload(self) -> dict[str, Any]:
         """The sObject Collections record: ``attributes.type`` + ``id`` + fields."""
@@ -126,8 +131,12 @@ def _merge(keep: Entry, other: Entry, *, other_after: bool) -> None:
     keep.since = min(keep.since, other.since)
     keep.not_before = max(keep.not_before, other.not_before)
     keep.attempts = max(keep.attempts, other.attempts)
+    keep.call_failures = max(keep.call_failures, other.call_failures)
+    caps = [e.cap for e in (keep, other) if e.cap is not None]
+    keep.cap = min(caps) if caps else None
     keep.lone_failures = max(keep.lone_failures, other.lone_failures)
-    keep.lone_mark = max(keep.lone_mark, other.lone_mark)
+    keep.answered_mark = max(keep.answered_mark, other.answered_mark)
+    keep.failed_mark = max(keep.failed_mark, other.failed_mark)
 
 
 class Batcher:
@@ -184,12 +193,21 @@ class Batcher:
 
     def take(self, now: float, limit: int) -> list[Entry]:
         """Up to ``limit`` ready entries, oldest first, removed from the map. An isolated
-        entry (one whose call alone failed) goes alone, and never with others."""
+        entry (one whose call alone failed) goes alone, and never with others. When the
+        oldest has a ``cap`` (its calls kept failing), the call takes at most that many:
+        entries with a cap first (the batch that failed, re-sent smaller), then others;
+        never an entry whose cap is below the call's size."""
         ready = sorted(self.ready(now), key=lambda e: e.since)
         if ready and ready[0].isolated:
             taken = ready[:1]
         else:
-            taken = [e for e in ready if not e.isolated][:limit]
+            pool = [e for e in ready if not e.isolated]
+            size = min(limit, pool[0].cap or limit) if pool else limit
+            fits = [e for e in pool if e.cap is None or e.cap >= size]
+            if size < limit:  # the capped batch first
+                fits = ([e for e in fits if e.cap is not None]
+                        + [e for e in fits if e.cap is None])
+            taken = fits[:size]
         for entry in taken:
             chain = self._pending[entry.key]
             chain.pop(0)

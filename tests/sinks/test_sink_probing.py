@@ -2,13 +2,17 @@
 
 Before: the batch was requeued without counting attempts, kept its age, and ``take`` gave
 the same 200 records to every probe — nothing was written, ever, and lag grew. Now the
-call shrinks after repeated failures, a record whose call alone fails is isolated, and it
-is dead-lettered only when Salesforce writes other records in between; an outage of hours
-dead-letters nothing.
+records of a call that keeps failing go in smaller calls (halved after two failures in a
+row, down to one; other records keep the full size), a record whose call alone fails is
+isolated, and it is dead-lettered only when Salesforce answers clearly more calls than it
+fails in between; an outage of hours, or an org failing calls at random, dead-letters
+nothing.
 """
 
 from __future__ import annotations
 
+import random
+import statistics
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +22,8 @@ from confluent_kafka import TopicPartition
 from common.errors import SalesforceAuthError, SalesforceError
 from common.settings import SinkSettings
 from sinks.app import Sink
-from sinks.batch import Tracked
+from sinks.batch import Batcher, Tracked
+from sinks.mapping import RecordKey, RecordUpdate
 from tests.sinks.fakes import FakeCollections, limit_error
 from tests.sinks.test_sink_rebalance import KAFKA, Message, RevokingConsumer
 
@@ -179,3 +184,70 @@ def test_the_api_limit_or_a_refused_login_do_not_shrink_the_calls(
     assert {len(c) for c in h.fake.calls} == {200}
     assert h.dead == []
     assert not any(e.isolated for chain in h.sink.batcher._pending.values() for e in chain)
+
+
+def unavailable_at_random(p: float, seed: int) -> Callable[[list[dict[str, Any]]], Exception | None]:
+    """A degraded org: a share ``p`` of calls fails with a 503, whatever they hold."""
+    rnd = random.Random(seed)
+
+    def fail(_records: list[dict[str, Any]]) -> Exception | None:
+        if rnd.random() < p:
+            return SalesforceError("Salesforce 503 SERVER_UNAVAILABLE", status=503,
+                                   error_code="SERVER_UNAVAILABLE", retryable=True)
+        return None
+    return fail
+
+
+def test_calls_failing_at_random_keep_their_size_and_write_everything(
+        harness: Callable[..., Harness]) -> None:
+    """60 % of calls fail (503) whatever their records: the calls stay large — failures at
+    random halve only the batch that met two in a row, never the size of every call — and
+    the backlog is written, nothing dead-lettered. (Before: the global call size halved
+    after any two failures in a row and grew back only after three successes in a row, so
+    it sank to one record per call: 2,000 of 5,000 written in 600 calls, median size 1.)"""
+    h = harness(unavailable_at_random(0.6, seed=5))
+    h.consume(5000)
+    for _ in range(600):  # one call per 200 ms when not paused
+        if not len(h.sink.batcher):
+            break
+        h.probe(step=0.2)
+    sizes = [len(c) for c in h.fake.calls]
+    assert h.dead == [] and h.sink.stats.records_written == 5000, len(h.sink.batcher)
+    assert h.sink.offsets.committable() == {0: 5000}
+    assert statistics.median(sizes) >= 25 and statistics.mean(sizes) >= 50, sizes
+    assert len(sizes) <= 250  # at full size and 40 % answered: 5000 / 80 = 63 calls
+
+
+def test_calls_failing_at_random_dead_letter_nothing_while_outcomes_trickle_in(
+        harness: Callable[..., Harness]) -> None:
+    """70 % of calls fail at random for hours while one outcome arrives per call: records
+    that end up sent alone fail alone now and then, but Salesforce fails more calls than it
+    answers, so no lone failure is blamed on the record and nothing is dead-lettered.
+    (Before: any answered call since a record's last lone failure blamed it.)"""
+    h = harness(unavailable_at_random(0.7, seed=1))
+    h.consume(BACKLOG)
+    for _ in range(8000):
+        h.consume(1)
+        h.probe(step=1.0)
+    assert h.dead == []
+    assert all(e.attempts == 0 for chain in h.sink.batcher._pending.values() for e in chain)
+    assert h.sink.stats.records_written >= h.offset - 500, len(h.sink.batcher)
+
+
+def test_take_sends_a_capped_batch_smaller_and_the_others_at_full_size() -> None:
+    """Only the records whose calls kept failing are capped; a call never holds a record
+    whose cap is below its size."""
+    batcher = Batcher()
+    for i in range(8):
+        batcher.add(Tracked(0, i, None, None), [RecordUpdate(RecordKey("Order", f"80{i}"), {})],
+                    now=i)
+    taken = batcher.take(now=10, limit=200)
+    for entry in taken:
+        entry.cap = 2 if entry.key.record_id in {"800", "801", "802", "805"} else None
+        if entry.key.record_id == "803":
+            entry.cap = 1
+        batcher.retry(entry, not_before=0, count_attempt=False)
+    assert [e.key.record_id for e in batcher.take(now=10, limit=200)] == ["800", "801"]
+    assert [e.key.record_id for e in batcher.take(now=10, limit=200)] == ["802", "805"]
+    assert [e.key.record_id for e in batcher.take(now=10, limit=200)] == ["803"]
+    assert [e.key.record_id for e in batcher.take(now=10, limit=200)] == ["804", "806", "807"]
