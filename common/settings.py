@@ -34,7 +34,7 @@ HOME = ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 # Numbers of the processes' code that bound settings here (tests/foundation/test_settings
 # keeps them equal to the code's):
-#: streams.handler.RENEW_BEFORE_MS in seconds: an intent is renewed (a durable flush) before
+#: streams.lease.RENEW_BEFORE_MS in seconds: an intent is renewed (a durable flush) before
 #: a WHMCS write once less than this is left of its lease
 INTENT_RENEW_BEFORE_S = 1.0
 #: the max.poll.interval.ms the sink's consumer is built with (sinks.app); librdkafka
@@ -670,7 +670,7 @@ class WorkerSettings(_Section):
         # session - margin, and is renewed one heartbeat interval later (plus the round
         # trip). Shorter than that interval, it lapses between heartbeats (at about the
         # round trip, it is never valid: every write waits); it must also keep an intent's
-        # renewal headroom (streams.handler.RENEW_BEFORE_MS) left, since an intent's lease
+        # renewal headroom (streams.lease.RENEW_BEFORE_MS) left, since an intent's lease
         # ends with it, or every WHMCS write renews (flushes) its intent first.
         lease = self.session_timeout_s - self.lease_margin
         floor = self.heartbeat_interval_s + INTENT_RENEW_BEFORE_S

@@ -67,7 +67,6 @@ from streams.decide import (
     outcome_record,
 )
 from streams.guard import GuardReads
-from streams.lease import RENEW_BEFORE_MS as RENEW_BEFORE_MS  # common.settings names it here
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
 from streams.provision import Fence, Provisioner, ProvisionResult
 from streams.state import DurabilityError, Intent, Memory, OrderState

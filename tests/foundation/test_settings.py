@@ -212,7 +212,7 @@ def test_the_lease_floor_follows_the_worker_code():
     from pathlib import Path
 
     from common.settings import INTENT_RENEW_BEFORE_S
-    from streams.handler import RENEW_BEFORE_MS
+    from streams.lease import RENEW_BEFORE_MS
 
     assert INTENT_RENEW_BEFORE_S * 1000 == RENEW_BEFORE_MS
     app = (Path(__file__).resolve().parents[2] / "streams" / "app.py").read_text()
