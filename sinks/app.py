@@ -24,28 +24,11 @@ without counting attempts, then probe with it. Too many unacknowledged outcomes
 ``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
 pause, a crash or a SIGKILL loses nothing — it only redelivers.
 
-Probing (a batch that fails as a whole the same way every time must not block everything
-behind it: a 200-record PATCH that always times out because the org's automation is slow
-for big calls, or one record that provokes a 5xx every time). Each record counts the
-retryable whole-call failures in a row of the calls it was in — not
-``REQUEST_LIMIT_EXCEEDED``, not an auth refusal, not a refusal no record caused, none of
-which a smaller call can cure. When the records of a call of n have failed
-``SHRINK_AFTER`` calls in a row, each of them gets a cap of n // 2 (down to one): the
-next call takes at most that many, the capped batch first — a bisection of that batch
-only. Nothing else shrinks: other records and records that arrive later go at the full
-``SINK_BATCH_SIZE``, and a capped record leaves once written. So calls that fail at
-random, whatever they hold (a degraded org failing half its calls), cost at most a
-halving of the few batches that met two failures in a row, never the size of every call.
-A record whose call alone (cap 1) failed is *isolated*: from then on it is only sent
-alone, after the others (its own backoff runs past the pause), so the rest flows around
-it. Its failures count as attempts (``SINK_MAX_ATTEMPTS``, then a dead letter with the
-error) only when, since its previous lone failure, Salesforce answered at least
-``BLAME_ANSWERED`` calls and ``BLAME_RATIO`` times as many as it failed: proof that the
-record, not Salesforce, is the problem. Otherwise nothing is counted and the sink pauses
-as for an outage: during an outage no call is answered, and an org failing calls at
-random fails too many of them, so nothing is dead-lettered, however long it lasts
-(minutes or days); it only leaves a few capped or isolated records, each sent in its
-small call once Salesforce is back.
+Probing (:mod:`sinks.probing`): a batch that fails as a whole the same retryable way
+every time is bisected (that batch only), and a record whose call alone keeps failing is
+sent alone after the others and dead-lettered only while Salesforce answers most other
+calls — so neither blocks what is behind it, and an outage or an org failing calls at
+random dead-letters nothing.
 
 Stale writes: a sink frozen past its session timeout (while another member took its
 partitions and wrote newer outcomes) may still send what it held when it wakes up. The
@@ -88,15 +71,13 @@ from sinks.deadletters import DeadLetters
 from sinks.mapping import updates_for
 from sinks.observability import SinkOps
 from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE, Pauses
+from sinks.probing import Probing
 from sinks.writer import CollectionClient, CollectionWriter
 
 log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
 REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
 REGISTRY_WAIT_S = 60.0  # an unreachable schema registry: retry a decode this long, then exit
-SHRINK_AFTER = 2  # retryable whole-call failures in a row before a batch's calls halve
-BLAME_ANSWERED = 3  # a lone failure counts: this many calls answered since its last one,
-BLAME_RATIO = 3  # and this many times as many answered as failed
 
 
 @dataclass
@@ -152,8 +133,7 @@ class Sink:
                                       jitter=False)
         self._outage_streak = 0
         self._limit_streak = 0
-        self._answered = 0  # calls Salesforce answered (a lone failure's "others went" test)
-        self._failed_calls = 0  # whole calls that failed (ditto: "Salesforce was fine")
+        self.probing = Probing()
         self._heartbeat = time.monotonic()
         self._last_commit = 0.0
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
@@ -382,7 +362,7 @@ class Sink:
             self.ops.called(entries, time.monotonic() - started, "ok")
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
-            self._failed_calls += 1
+            self.probing.call_failed()
             self._limit_streak += 1
             backoff = self._limit_backoff.ceiling(self._limit_streak - 1)
             self._requeue_all(entries, now + backoff)
@@ -402,11 +382,11 @@ class Sink:
                        and not checking)  # the call itself may be at fault: try smaller
             alone = len(entries) == 1 and entries[0].cap == 1
             blamed = suspect and alone and self._failed_alone(entries[0], exc, now)
-            self._failed_calls += 1
+            self.probing.call_failed()
             if blamed:
                 return False
             if suspect and not alone:
-                self._shrink(entries)
+                self.probing.shrink(entries)
             self._outage_streak += 1
             backoff = self._backoff(self._outage_streak)
             self._requeue_all(entries, now + backoff)
@@ -421,7 +401,7 @@ class Sink:
                           extra={"error_code": exc.error_code, "count": len(entries)})
             return False
         self._limit_streak = self._outage_streak = 0
-        self._answered += 1
+        self.probing.call_answered()
         self.pauses.lift(LIMIT, OUTAGE)
         self.stats.calls += result.calls
         m.BATCHES.inc(result.calls)
@@ -478,40 +458,12 @@ class Sink:
             else:
                 self.batcher.retry(entry, not_before, count_attempt=False)
 
-    def _shrink(self, entries: list[Entry]) -> None:
-        """A retryable failure of the whole call of ``entries``: those that have now failed
-        ``SHRINK_AFTER`` calls in a row go in calls of half as many records from now on
-        (down to one). Only they: other records, and records that arrive later, keep the
-        full batch size, so failures at random that any call may meet shrink nothing for
-        long (a success acknowledges the records)."""
-        n = len(entries)
-        shrunk = 0
-        for entry in entries:
-            entry.call_failures += 1
-            if entry.call_failures >= SHRINK_AFTER:
-                entry.call_failures = 0
-                entry.cap = max(1, n // 2)
-                shrunk += 1
-        if shrunk:
-            log.info("calls of %d records keep failing; trying %d", n, max(1, n // 2),
-                     extra={"count": shrunk})
-
     def _failed_alone(self, entry: Entry, exc: SalesforceError, now: float) -> bool:
-        """The call of ``entry`` alone (its cap is 1) failed retryably. The record is
-        isolated (sent alone, after the others, from now on). When, since its previous lone
-        failure, Salesforce answered at least ``BLAME_ANSWERED`` calls and ``BLAME_RATIO``
-        times as many as failed, the record, not Salesforce, is at fault: the failure
-        counts as an attempt (dead letter at ``SINK_MAX_ATTEMPTS``), the record backs off
-        on its own and the others go on unpaused — returns True. Otherwise Salesforce may
-        be failing calls whatever they hold (an outage, a degraded org): False, nothing is
-        counted and the caller pauses."""
-        answered = self._answered - entry.answered_mark
-        failed = self._failed_calls - entry.failed_mark
-        blamed = (entry.isolated and answered >= BLAME_ANSWERED
-                  and answered >= BLAME_RATIO * failed)
-        entry.lone_failures += 1
-        entry.answered_mark = self._answered
-        entry.failed_mark = self._failed_calls + 1  # the window starts after this failure
+        """The call of ``entry`` alone (its cap is 1) failed retryably; True when the
+        record is to blame (:meth:`sinks.probing.Probing.blame`): the failure counts as an
+        attempt (dead letter at ``SINK_MAX_ATTEMPTS``), the record backs off on its own and
+        the others go on unpaused. False: nothing is counted and the caller pauses."""
+        blamed = self.probing.blame(entry)
         if not blamed:
             return False
         if entry.attempts + 1 >= self.settings.max_attempts:

@@ -85,7 +85,7 @@ class Entry:
     not_before: float = 0.0  # backoff: not sent before this time
     version: int | None = None  # newest version merged in (epoch ms of completed_at)
     #: retryable whole-call failures in a row of the calls it was in (see
-    #: :class:`sinks.app.Sink`, "probing"); after ``SHRINK_AFTER`` its ``cap`` halves
+    #: :mod:`sinks.probing`); after ``SHRINK_AFTER`` its ``cap`` halves
     call_failures: int = 0
     cap: int | None = None  # the most records a call with it may hold (None: the batch size)
     #: whole calls of this record alone (at cap 1) that failed retryably; once one has, it
