@@ -14,29 +14,58 @@ The REST client wraps ``simple_salesforce.Salesforce`` (constructed with ``insta
 * 5xx, connection errors, timeouts → :class:`SalesforceError` with ``retryable=True``;
 * other 4xx → :class:`SalesforceError` with the Salesforce ``errorCode``.
 
+``SF_CA_BUNDLE`` adds its CAs to the default ones (:func:`ssl_context`), for the token endpoint
+and REST as for the Pub/Sub channel.
+
 The latest ``Sforce-Limit-Info`` is kept in :attr:`SalesforceClient.api_usage`.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import certifi
 import httpx
 import jwt
 import requests
 import simple_salesforce
+from requests.adapters import HTTPAdapter
 from simple_salesforce import exceptions as sfexc
 
-from common.errors import SalesforceAuthError, SalesforceError, SalesforceLimitError
+from common.errors import (
+    PipelineError,
+    SalesforceAuthError,
+    SalesforceError,
+    SalesforceLimitError,
+)
 from common.settings import SalesforceSettings, Secret
 
 log = logging.getLogger(__name__)
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def ssl_context(ca_bundle: str) -> ssl.SSLContext:
+    """The CAs trusted without a bundle (certifi's, as httpx and requests use by default,
+    and the system's) and those of ``ca_bundle``: SF_CA_BUNDLE is an extra bundle (as for
+    the Pub/Sub channel); passed as ``verify=path``, httpx and requests trusted it alone."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    context.load_verify_locations(cafile=ca_bundle)
+    return context
+
+
+def refuses_records(exc: PipelineError) -> bool:
+    """A whole-call refusal one of the call's records (or a query's ids) may have caused:
+    a 400 for the request, as opposed to one about this installation (a login,
+    permissions, an API version) that no record can cause and none can mend."""
+    return (isinstance(exc, SalesforceError) and exc.status == 400
+            and not isinstance(exc, SalesforceAuthError))
 
 
 @dataclass(frozen=True)
@@ -58,7 +87,7 @@ class SalesforceAuth:
     def __init__(self, settings: SalesforceSettings, *, http: httpx.Client | None = None) -> None:
         self.settings = settings
         self._key = settings.private_key()
-        verify: Any = settings.ca_bundle or True
+        verify = ssl_context(settings.ca_bundle) if settings.ca_bundle else True
         self._http = http or httpx.Client(timeout=settings.timeout_s, verify=verify)
         self._token: Token | None = None
         self._lock = threading.Lock()
@@ -85,8 +114,15 @@ class SalesforceAuth:
     def _login(self) -> Token:
         url = self.settings.login_url.rstrip("/") + "/services/oauth2/token"
         try:
-            resp = self._http.post(url, data={"grant_type": JWT_GRANT,
-                                              "assertion": self.assertion()})
+            assertion = self.assertion()
+        except (jwt.PyJWTError, ValueError, TypeError):
+            # a key settings validation let pass: no retry mends it. Not chained, so no
+            # library's text about the key reaches a log
+            raise SalesforceAuthError("the private key cannot sign the JWT assertion (check "
+                                      "SF_PRIVATE_KEY_PATH / SF_PRIVATE_KEY_BASE64)",
+                                      error_code="invalid_key", retryable=False) from None
+        try:
+            resp = self._http.post(url, data={"grant_type": JWT_GRANT, "assertion": assertion})
         except httpx.HTTPError as exc:
             raise SalesforceAuthError(f"token endpoint {url} unreachable: {exc}",
                                       retryable=True) from exc
@@ -124,11 +160,27 @@ class _TimeoutSession(requests.Session):
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self._timeout)
-        if isinstance(self.verify, str):
-            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify;
-            # an explicit SF_CA_BUNDLE must win, so pass it per request
-            kwargs.setdefault("verify", self.verify)
         return super().request(method, url, **kwargs)
+
+
+class _ContextAdapter(HTTPAdapter):
+    """HTTPS verified against ``context`` (:func:`ssl_context`), directly or via a proxy."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, ssl_context=self._context, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        return super().proxy_manager_for(proxy, ssl_context=self._context, **kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests would load its own bundle — or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from
+        # the environment — into the context on each connection: the context decides alone
+        super().cert_verify(conn, url, verify, cert)
+        conn.ca_certs = conn.ca_cert_dir = None
 
 
 def _error_code(exc: sfexc.SalesforceError) -> str | None:
@@ -146,7 +198,7 @@ class SalesforceClient:
         self.auth = auth or SalesforceAuth(settings)
         self._session = _TimeoutSession(settings.timeout_s)
         if settings.ca_bundle:
-            self._session.verify = settings.ca_bundle
+            self._session.mount("https://", _ContextAdapter(ssl_context(settings.ca_bundle)))
         self._sf: simple_salesforce.Salesforce | None = None
         self._sf_token: Token | None = None
         self._lock = threading.RLock()

@@ -417,6 +417,28 @@ class SalesforceSettings(_Section):
                               "(or set SF_PRIVATE_KEY_BASE64)")
         if self.private_key_path and not Path(self.private_key_path).is_file():
             raise ConfigError(f"SF_PRIVATE_KEY_PATH: no such file: {self.private_key_path}")
+        self._check_key()
+
+    def _check_key(self) -> None:
+        """The key must sign the RS256 assertion: a certificate or an encrypted key passed
+        before, and every login failed later with an error no retry mends (events
+        dead-lettered, the sink crash-looping). The message never holds key material."""
+        # here, not at the top: every process imports this module, not every one needs it
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        if self.private_key_base64:
+            name, what = "SF_PRIVATE_KEY_BASE64", "does not decode to"
+        else:
+            name, what = "SF_PRIVATE_KEY_PATH", f"{self.private_key_path} is not"
+        try:
+            key = load_pem_private_key(self.private_key().reveal().encode(), password=None)
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+            raise ConfigError(f"{name}: {what} an unencrypted PEM private key (a certificate? "
+                              "an encrypted key?)") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ConfigError(f"{name}: {what} an RSA private key (the JWT is signed RS256)")
 
     def private_key(self) -> Secret:
         if self.private_key_base64:

@@ -26,10 +26,11 @@ Whole-call failures:
   re-authentication) propagate — the sink requeues the batch, pauses and backs off, and
   when the same kind of failure repeats, sends fewer records per call, down to one alone
   (:mod:`sinks.app`, "Probing");
-* so do refusals no record caused (:func:`refuses_records` false): a login refused
-  (``invalid_grant``: a revoked or expired certificate, a frozen user), a 401/403/404 for the
-  installation (permissions, API version) — failing the records would dead-letter every
-  outcome while the credentials are wrong;
+* so do refusals no record caused (:func:`~common.salesforce.refuses_records` false, the
+  rule the worker's guard read follows too): a login refused (``invalid_grant``: a revoked
+  or expired certificate, a frozen user), a 401/403/404 for the installation (permissions,
+  API version) — failing the records would dead-letter every outcome while the credentials
+  are wrong;
 * a 400 for the request cannot say which record caused it, so the batch is bisected until
   the culprit stands alone and is failed with that error. The cost is O(k·log n) extra calls
   for k bad records, only then.
@@ -41,7 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from common.errors import SalesforceAuthError, SalesforceError
+from common.errors import SalesforceError
+from common.salesforce import refuses_records
 from sinks.batch import Entry, RecordError
 from sinks.fence import is_superseded
 
@@ -75,12 +77,6 @@ def is_transient(code: str, message: str = "") -> bool:
     ``…: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record``)."""
     return code in TRANSIENT_CODES or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
                                        and "UNABLE_TO_LOCK_ROW" in message)
-
-
-def refuses_records(exc: SalesforceError) -> bool:
-    """A whole-call refusal one of the call's records may have caused (a 400 for the
-    request), as opposed to one about this installation (a login, permissions, a version)."""
-    return exc.status == 400 and not isinstance(exc, SalesforceAuthError)
 
 
 def record_error(entry: Entry, raw: dict[str, Any]) -> RecordError:

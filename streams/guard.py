@@ -5,8 +5,10 @@ Salesforce being down or rate-limited must never fail an Order: :meth:`Guard.fet
 transient, auth and limit errors with capped backoff **for as long as it takes** (the events
 wait, uncommitted, so nothing is lost) and reports itself unhealthy through
 :attr:`Guard.unavailable_since` for ``/healthz``. A non-retryable error (e.g. a field missing
-in the org: a deployment problem) is retried too, with the longest backoff, and logged as an
-error — dead-lettering every event because of a configuration mistake would be worse.
+in the org: a deployment problem; a login, permission or API version refused) is retried too,
+with the longest backoff, and logged as an error — dead-lettering every event because of a
+configuration mistake would be worse. Only a 400, which one id may have caused
+(:func:`~common.salesforce.refuses_records`), starts the search for the ids at fault.
 
 The blocking simple-salesforce client runs in a worker thread (``asyncio.to_thread``).
 """
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from common.backoff import Backoff
 from common.errors import PipelineError, SalesforceError
 from common.ids import is_salesforce_id
+from common.salesforce import refuses_records
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,11 @@ class Guard:
                          ) -> tuple[dict[str, dict[str, Any]], dict[str, PipelineError]]:
         """:meth:`fetch`, and the ids Salesforce refuses to be queried with (an 18-char id
         whose case checksum is wrong is refused, and takes its whole query with it): when a
-        query is refused, its halves are asked, down to the ids refused on their own while
-        others were answered. Refused whole — every id alone too, e.g. the bad id alone in
-        its read — a query Salesforce answered (:meth:`_answers_others`) tells the ids' fault
-        (each refused) from the query's (the org's fields): that one is waited out as before,
-        and no Order is failed for it."""
+        query is refused with a 400, its halves are asked, down to the ids refused on their
+        own while others were answered. Refused whole — every id alone too, e.g. the bad id
+        alone in its read — a query Salesforce answered (:meth:`_answers_others`) tells the
+        ids' fault (each refused) from the query's (the org's fields): that one is waited out
+        as before, and no Order is failed for it."""
         ids = sorted({i for i in order_ids if is_salesforce_id(i)})
         out: dict[str, dict[str, Any]] = {}
         refused: dict[str, PipelineError] = {}
@@ -151,8 +154,9 @@ class Guard:
         return orders.get(_key18(order_id))
 
     async def _query(self, soql: str, *, refusal_raises: bool = False) -> list[dict[str, Any]]:
-        """The query's records, retried while Salesforce is away; a refusal (not retryable)
-        raises :class:`_Refusal` with ``refusal_raises``, else is waited out too."""
+        """The query's records, retried while Salesforce is away; a refusal its ids may have
+        caused (:func:`refuses_records`) raises :class:`_Refusal` with ``refusal_raises``,
+        else is waited out too, like any refusal no id causes."""
         backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         while True:
             started = time.monotonic()
@@ -171,12 +175,19 @@ class Guard:
                 wait = backoff.next_delay()
                 if exc.retry_after:  # what Salesforce asked for, within the cap
                     wait = min(max(wait, exc.retry_after), self.backoff_max_s)
-                if not exc.retryable and refusal_raises:
+                if not exc.retryable and refusal_raises and refuses_records(exc):
                     raise _Refusal(exc) from exc
                 if not exc.retryable:
                     wait = self.backoff_max_s
-                    log.error("guard query refused; retrying (check the org's fields)",
-                              extra={"cause": self.last_error})
+                    if refuses_records(exc):
+                        log.error("guard query refused; retrying (check the org's fields)",
+                                  extra={"cause": self.last_error})
+                    else:
+                        # no id causes this: splitting the read asked ~2n times, unpaced
+                        log.error("Salesforce refuses this installation's guard query; "
+                                  "retrying (check the login, the integration user's "
+                                  "permissions, the API version)",
+                                  extra={"cause": self.last_error})
                 else:
                     log.warning("guard query failed; retrying", extra={"cause": self.last_error})
                 await self._sleep(wait)

@@ -58,3 +58,36 @@ def test_a_success_gives_the_token_and_the_org():
                              "id": "https://login.example.test/id/00Dxx/005yy"}).token()
     assert token.instance_url == "https://x.test" and token.org_id == "00Dxx"
     assert token.access_token.reveal() == "00D!tok"
+
+
+@pytest.mark.parametrize("kind", ["certificate", "ec"])
+def test_a_key_that_cannot_sign_is_an_auth_error_not_retried(tmp_path, kind):
+    """Behind the settings' own check (a key replaced after start, settings built in code):
+    jwt's InvalidKeyError is no PipelineError — the worker's guard raised it at once and
+    every event was dead-lettered. It is a refused login now, quoting nothing of the key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sandbox.salesforce.tlsgen import jwt_keypair
+
+    _key, cert = jwt_keypair(tmp_path / "jwt")
+    path = cert
+    if kind == "ec":
+        path = tmp_path / "ec.pem"
+        path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    settings = SalesforceSettings(client_id="cid", username="u@example.com",
+                                  login_url="https://login.example.test",
+                                  private_key_path=str(path))  # not validated
+
+    def never(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("an assertion that cannot be signed was sent")
+    auth = SalesforceAuth(settings, http=httpx.Client(transport=httpx.MockTransport(never)))
+    with pytest.raises(SalesforceAuthError) as info:
+        auth.token()
+    assert info.value.error_code == "invalid_key" and info.value.retryable is False
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    message = str(info.value)
+    assert "SF_PRIVATE_KEY_PATH" in message and "BEGIN" not in message
+    for line in path.read_text().splitlines():
+        assert len(line) < 16 or line not in message

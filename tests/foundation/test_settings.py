@@ -8,6 +8,8 @@ import io
 import logging
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from common.errors import ConfigError
 from common.log import setup_logging
@@ -23,6 +25,9 @@ from common.settings import (
 )
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8\n-----END PRIVATE KEY-----\n"
+_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = _RSA.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                         serialization.NoEncryption()).decode()
 
 
 def test_missing_required_variable_names_it():
@@ -40,10 +45,69 @@ def test_salesforce_needs_a_key_path_or_base64(tmp_path):
         SalesforceSettings.load(base)
     with pytest.raises(ConfigError, match="no such file"):
         SalesforceSettings.load({**base, "SF_PRIVATE_KEY_PATH": str(tmp_path / "nope.pem")})
-    encoded = base64.b64encode(PEM.encode()).decode()
+    encoded = base64.b64encode(KEY.encode()).decode()
     settings = SalesforceSettings.load({**base, "SF_PRIVATE_KEY_BASE64": encoded})
-    assert settings.private_key().reveal() == PEM
+    assert settings.private_key().reveal() == KEY
     assert settings.jwt_audience == "https://login.salesforce.com"
+
+
+_NOT_A_KEY = {
+    "encrypted": _RSA.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.BestAvailableEncryption(b"pass")),
+    "garbage": b"not a key at all\n",
+    "ec": ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()),
+    "truncated": KEY.encode()[:400] + KEY.encode()[-26:],
+}
+
+
+@pytest.mark.parametrize("kind", ["certificate", "encrypted", "garbage", "ec", "truncated"])
+@pytest.mark.parametrize("setting", ["SF_PRIVATE_KEY_PATH", "SF_PRIVATE_KEY_BASE64"])
+def test_a_key_that_cannot_sign_is_refused_at_start(tmp_path, kind, setting):
+    """A certificate (or an encrypted key, or anything but an RSA key) passed: every login
+    then failed with jwt's InvalidKeyError — the worker dead-lettered every event, the sink
+    crash-looped. Refused at start (exit 64), naming the setting, never quoting the key."""
+    from sandbox.salesforce.tlsgen import jwt_keypair
+
+    key, cert = jwt_keypair(tmp_path / "jwt")  # the emulator's key pair
+    base = {"SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com"}
+    SalesforceSettings.load({**base, "SF_PRIVATE_KEY_PATH": str(key)})
+    data = cert.read_bytes() if kind == "certificate" else _NOT_A_KEY[kind]
+    if setting == "SF_PRIVATE_KEY_PATH":
+        path = tmp_path / "key.pem"
+        path.write_bytes(data)
+        base[setting] = str(path)
+    else:
+        base[setting] = base64.b64encode(data).decode()
+    with pytest.raises(ConfigError, match=f"^{setting}: ") as info:
+        SalesforceSettings.load(base)
+    message = str(info.value)
+    assert "\n" not in message and "BEGIN" not in message
+    for line in data.decode(errors="replace").splitlines():
+        assert len(line) < 16 or line not in message
+
+
+@pytest.mark.parametrize("argv", [["sinks", "run"], ["streams", "worker"],
+                                  ["connectors", "run"]])
+def test_every_process_exits_64_for_a_key_that_cannot_sign(tmp_path, argv):
+    import os
+    import subprocess
+    import sys
+
+    from common.settings import ROOT
+    from sandbox.salesforce.tlsgen import jwt_keypair
+
+    _key, cert = jwt_keypair(tmp_path / "jwt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "SINK_", "WHMCS_"))}
+    env.update({"SFPROV_ENV_FILE": "/nonexistent", "PYTHONPATH": str(ROOT),
+                "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
+                "SF_PRIVATE_KEY_PATH": str(cert), "WHMCS_API_URL": "http://w/includes/api.php",
+                "WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "s"})
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64, proc.stderr[-2000:]
+    assert "SF_PRIVATE_KEY_PATH" in proc.stderr and "BEGIN" not in proc.stderr
 
 
 @pytest.mark.parametrize("env,name", [

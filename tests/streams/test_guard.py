@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from common.errors import SalesforceError, SalesforceLimitError
+from common.errors import SalesforceAuthError, SalesforceError, SalesforceLimitError
 from streams.guard import MAX_IDS_PER_QUERY, Guard, _key18, guard_soql
 
 
@@ -250,3 +250,69 @@ def test_a_one_id_read_refused_for_the_orgs_fields_is_waited_out_not_failed(erro
     orders, refused = asyncio.run(guard.fetch_each(["801000000000001AAA"]))
     assert refused == {} and Guard.find(orders, "801000000000001AAA") is not None
     assert sleeps and set(sleeps) == {30.0}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _refused_login(tmp_path, kind):
+    """A real client whose login is refused: ``invalid_grant`` from the token endpoint, or
+    a key that cannot sign (settings built without their check); and the token requests."""
+    import httpx
+
+    from common.salesforce import SalesforceAuth, SalesforceClient
+    from common.settings import SalesforceSettings
+    from sandbox.salesforce.tlsgen import jwt_keypair
+
+    key, cert = jwt_keypair(tmp_path / "jwt")
+    settings = SalesforceSettings(client_id="cid", username="u@example.com",
+                                  login_url="https://login.example.test",
+                                  private_key_path=str(cert if kind == "invalid_key" else key))
+    posts = []
+
+    def refuse(request):
+        posts.append(request.url.path)
+        return httpx.Response(400, json={"error": "invalid_grant",
+                                         "error_description": "user hasn't approved"})
+    auth = SalesforceAuth(settings, http=httpx.Client(transport=httpx.MockTransport(refuse)))
+    return SalesforceClient(settings, auth), posts
+
+
+class _Refuses:
+    def __init__(self, error):
+        self.error = error
+
+    def query(self, soql):
+        raise self.error
+
+
+@pytest.mark.parametrize("kind", [
+    "invalid_grant", "invalid_key",
+    SalesforceError("Salesforce 404 NOT_FOUND: The requested resource does not exist",
+                    error_code="NOT_FOUND", status=404, retryable=False),
+    SalesforceError("Salesforce 403 INSUFFICIENT_ACCESS: no access to Order",
+                    error_code="INSUFFICIENT_ACCESS", status=403, retryable=False),
+    SalesforceAuthError("session refused after re-authentication",
+                        error_code="INVALID_SESSION_ID", status=401, retryable=False)])
+def test_a_refusal_no_id_causes_is_waited_out_not_split(tmp_path, caplog, kind):
+    """A refused login, a wrong API version or missing permissions refuse any query, so
+    splitting the read asked ~2n times back to back (401 token requests for one 200-id
+    read before the first wait), and a key that cannot sign raised past the guard: every
+    event dead-lettered. Such a refusal is waited out at the longest backoff instead."""
+    if isinstance(kind, str):
+        client, posts = _refused_login(tmp_path, kind)
+    else:
+        client, posts = _Refuses(kind), []
+    sleeps = []
+
+    async def stop(seconds):
+        sleeps.append(seconds)
+        raise _Stop
+    guard = Guard(client, backoff_max_s=30.0, sleep=stop)
+    guard._accepted = "801000000000001"  # answered before: the probe is at hand too
+    with pytest.raises(_Stop):
+        asyncio.run(guard.fetch_each([f"801{n:012d}AAA" for n in range(200)]))
+    assert guard.queries <= 2 and len(posts) <= 2, (guard.queries, len(posts))
+    assert sleeps == [30.0] and guard.unavailable_since is not None
+    assert "check the login, the integration user's permissions, the API version" in caplog.text
