@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, TopicPartition
 from common import lag
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
+from common.errors import KafkaError
 from common.lag import end_offsets
 from common.settings import KafkaSettings
 
@@ -81,7 +82,8 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
                   client: dict[str, Any] | None = None) -> Plan:
     """The Orders to re-request (see the module). ``changed_before``: only Orders whose last
     change is before this time (a gap pass: later Orders' events arrive normally).
-    ``client``: more properties of its Kafka clients (the operator CLI's quieter logging)."""
+    ``client``: more properties of its Kafka clients (the operator CLI's quieter logging).
+    A topic that cannot be read whole raises (:func:`read_topic`): no plan beats a wrong one."""
     now = time.time() if now is None else now
     cutoff = now - older_than_s if changed_before is None else \
         min(now - older_than_s, changed_before)
@@ -170,7 +172,12 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
                idle_timeout_s: float = 15.0,
                client: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any], int, int]]:
     """(key, decoded value, partition, offset) of the committed records of ``keys`` written
-    since ``since`` (epoch s), up to the end offsets seen at the start."""
+    since ``since`` (epoch s), up to the end offsets seen at the start.
+
+    All of them or an error: a registry that cannot be reached (retryable
+    :class:`SerdeError`) or nothing read for ``idle_timeout_s`` before those ends (retryable
+    :class:`KafkaError`) raises — a partial read made the Orders not read look as if they
+    had no request, and a pass re-requested them."""
     if not keys:
         return
     serde = AvroSerde(schema, topic=topic, registry=registry_for(kafka))
@@ -198,13 +205,19 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
                         and offset is not None:
                     try:
                         value = serde.decode(raw, msg.headers())
-                    except SerdeError:
+                    except SerdeError as exc:
+                        if exc.retryable:
+                            raise  # the registry away: skipped, a request would look missing
                         continue  # an undecodable record is the dead letters' business
                     yield key, value, partition, offset
             # positions pass transaction markers too: compare them, not record offsets
             for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= todo[tp.partition]:
                     del todo[tp.partition]
+        if todo:
+            raise KafkaError(f"{topic}: nothing read for {idle_timeout_s:g} s with partition(s) "
+                             f"{', '.join(map(str, sorted(todo)))} not read to their end",
+                             retryable=True)
     finally:
         c.close()
 

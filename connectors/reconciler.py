@@ -7,16 +7,20 @@ the connector's own Kafka transaction: an instance that was fenced cannot write 
 Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov reconcile``):
 
 * **gap** — the connector recorded a replay gap (its stored replay id was older than
-  Salesforce's retention). Once the resubscription has delivered what Salesforce still had
-  (no event written for :data:`GAP_SETTLE_S`), the Orders last changed before the gap was
-  found that are ``Activating`` with no request in Kafka are re-requested, whatever their age.
-  A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
+  Salesforce's retention, or it opened a LATEST stream again before a position was
+  committed). Once the resubscription has answered and delivered what Salesforce still had
+  (no event written for :data:`GAP_SETTLE_S` since), the Orders last changed before the gap
+  was found that are ``Activating`` with no request in Kafka are re-requested, whatever their
+  age. A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
   plans the pass again (its instance may have stopped before the pass ran: a pass finding
   nothing stranded re-requests nothing).
 * **periodic** — every ``CONNECTOR_RECONCILE_INTERVAL_S`` (first pass one interval after the
   start), Orders ``Activating`` and unchanged for ``CONNECTOR_RECONCILE_OLDER_THAN_S`` with
   no request since their last change, or whose latest request has no outcome although the
   worker's group consumed past it — covering events lost anywhere.
+
+A pass that cannot read the topics whole (the schema registry or a broker away) fails —
+logged, counted, tried again — instead of taking the Orders it did not read for stranded.
 
 Division of work: a thread of its own queries Salesforce and reads the topics (slow, never in
 the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` each turn,

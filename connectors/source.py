@@ -28,7 +28,8 @@ Failure policies:
   id is never retried) — by this instance, or by a newer one met meanwhile: a position read
   again after a reopen that is not the refused one ends the preset, so a resumed instance
   goes on after what the newer one wrote instead of replaying it all again (EARLIEST) or
-  skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`.
+  skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`. The gap's pass
+  (:mod:`connectors.reconciler`) is armed when the next stream first answers.
 * auth error → re-authenticate (JWT) and resume; limit / concurrent-client errors → wait
   ``SF_PUBSUB_LIMIT_BACKOFF_S`` (``/healthz`` reports 503 meanwhile); others → capped
   exponential backoff with jitter.
@@ -71,12 +72,15 @@ out within one interval instead of at its next event.
 
 Not throttled while the connector has no usable committed position (none stored yet, or a
 preset in force after a replay gap): until one is committed, every resubscribe would use the
-preset, and LATEST skips — with no gap recorded — whatever was published between the end of
-a stream and the new subscription. So the first keepalive is committed at once (durable
-across a restart too), and a keepalive still held when its stream ended (the end arrived
-with it, or its commit failed) is committed before the resubscribe, which then is CUSTOM
-after it instead of the preset. Held means valid: no unwritten event precedes it, and a
-reopen that reads another position drops it.
+preset, and LATEST skips whatever was published since the last stream opened. So the first
+keepalive is committed at once (durable across a restart too), and a keepalive still held
+when its stream ended (the end arrived with it, or its commit failed) is committed before the
+resubscribe, which then is CUSTOM after it instead of the preset. Held means valid: no
+unwritten event precedes it, and a reopen that reads another position drops it. A LATEST
+stream opened again all the same (the last one ended before its first keepalive, which may
+take 270 s, or its batch was not written) records a ``replay_gap`` at its opening, so the gap
+pass re-requests the Orders it skipped; the first stream of a fresh start records none (that
+is where LATEST starts).
 """
 
 from __future__ import annotations
@@ -209,7 +213,10 @@ class Connector:
         # one before the next write
         self._reopen_pending = False
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
-        self._rearm_at: float | None = None  # a stored gap's time, re-armed once streaming
+        self._rearm_at: float | None = None  # a gap's time, armed once a stream answers
+        # a stream was opened since the start or the last refused id's gap: a LATEST one
+        # opened now skips what was published meanwhile (_subscribe_once)
+        self._opened = False
         m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
@@ -291,6 +298,7 @@ class Connector:
         else:
             preset, replay_id = self.preset_override or self.settings.replay, None
         sub = self.pubsub.subscribe(preset, replay_id)
+        skipped, self._opened = preset == "LATEST" and self._opened, True
         self._keepalive_candidate = None  # a position of the last stream's: not this one's
         self.health.state, self.health.last_response = "subscribed", time.monotonic()
         # health.refused stays until this stream answers: a refused subscription is refused
@@ -298,6 +306,8 @@ class Connector:
         log.info("subscribed %s (%s)", self.settings.channel, preset,
                  extra={"replay_id": replay_id.hex() if replay_id else None})
         try:
+            if skipped:
+                self._latest_again()
             return self._consume(sub, max_events, deadline)
         finally:
             sub.cancel()
@@ -341,8 +351,9 @@ class Connector:
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
         self.health.refused = ""
-        if self._rearm_at is not None:  # the replay after a stored gap has begun: its
-            # pass waits from here for the replay to settle, not from a slow start-up
+        if self._rearm_at is not None:  # the stream after a gap answers: its pass waits
+            # from here for the replay to settle, not from a slow start-up, a limit wait or
+            # a backoff that held the stream (Orders still to be replayed looked stranded)
             at, self._rearm_at = self._rearm_at, None
             self.reconciler.gap_recorded(at=at)
         batch: list[KafkaRecord] = []
@@ -496,18 +507,14 @@ class Connector:
             # Not our stored id (we subscribed with a preset): treat as transient.
             self._recover(SalesforceError(str(exc), retryable=True))
             return None
-        value, headers = self.codec.gap_value(last_good=self.position, policy=policy,
-                                              error_code=exc.error_code or "",
-                                              error_message=str(exc))
         try:
-            self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
+            self._record_gap(policy, exc.error_code or "", str(exc))
         except ProducerFencedError as fenced:
             return self._on_fenced(fenced)
         except KafkaAccessError as refused:
             return self._refused(refused)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
-        m.TRANSACTIONS.labels("gap", "commit").inc()
         m.REPLAY_GAPS.labels(policy).inc()
         extra = {"replay_id": self.position.replay_id.hex(), "error_code": exc.error_code}
         if policy == "FAIL":
@@ -521,10 +528,37 @@ class Connector:
                   "resubscribing with %s", self.position.replay_id.hex(), exc,
                   self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override, self._refused_position = policy, self.position
-        if self.reconciler is not None:
-            self._rearm_at = None  # a stored gap's Orders are this one's too
-            self.reconciler.gap_recorded()  # its Orders are re-requested once replay settles
+        self._opened = False  # this gap covers what the next stream skips
         return None
+
+    def _latest_again(self) -> None:
+        """A LATEST stream opened again before a position was committed: what was published
+        since the last one opened (or since the gap that set the preset) was delivered by no
+        stream, or delivered and not written, and is skipped now. Recorded as a gap, so its
+        pass re-requests those Orders (and a restart re-arms it); the first LATEST stream
+        of a fresh start records none, that is where LATEST starts."""
+        self._record_gap("LATEST", "latest.resubscribed",
+                         "resubscribed with LATEST before a position was committed: events "
+                         "published since the last subscription are skipped")
+        log.warning("resubscribed with LATEST before a position was committed: what was "
+                    "published since the last subscription is skipped; gap recorded in %s, "
+                    "its Orders are re-requested once the stream answers and settles",
+                    self.kafka.replay_gaps, extra={"cause": "gap"})
+
+    def _record_gap(self, policy: str, error_code: str, message: str) -> None:
+        """Commit a ``replay_gap`` record found now and plan its gap pass for the next
+        stream's first answer (:meth:`_handle`), as :meth:`_rearm_gap` plans a stored one:
+        armed at once, a limit wait or a long backoff before that answer counted as the
+        replay settling, and the pass re-requested Orders whose events Salesforce still
+        replays. The later of two gaps bounds the pass. Raises the write's KafkaError."""
+        at = time.time()
+        value, headers = self.codec.gap_value(last_good=self.position, policy=policy,
+                                              error_code=error_code, error_message=message,
+                                              detected_at_ms=int(at * 1000))
+        self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
+        m.TRANSACTIONS.labels("gap", "commit").inc()
+        if self.reconciler is not None:
+            self._rearm_at = max(self._rearm_at or at, at)
 
     def _rearm_gap(self) -> None:
         """Plan a gap pass for the last gap recorded within ``GAP_REARM_S``: the instance

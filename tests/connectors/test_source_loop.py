@@ -162,7 +162,10 @@ def test_a_reconciler_write_that_failed_is_written_once_after_the_resubscribe(
     writes: Writes = conn.writer  # type: ignore[assignment]
     writes.fail = [error]
     assert conn.run(timeout_s=1.0) == EXIT_OK
-    assert writes.attempts == 2 and len(presets) == 2  # failed, resubscribed, written
+    # failed; resubscribed (LATEST again with no position: a gap recorded); written
+    assert writes.attempts == 3 and len(presets) == 2
+    assert [txn[0][0] for txn in writes.committed] == [conn.kafka.replay_gaps,
+                                                       conn.kafka.requests]
     assert writes.reopened == (1 if isinstance(error, TransactionTimedOutError) else 0)
     requests = [r for txn in writes.committed for r in txn if r[0] == conn.kafka.requests]
     assert [key for _t, key, _v, _h in requests] == [b"801000000000001AAA"]
