@@ -22,11 +22,13 @@ byte alone (plain Avro can start with a 0 byte, e.g. an empty first string):
 2. otherwise a value of at least 5 bytes starting with the magic byte 0 → Confluent;
 3. otherwise → plain Avro (records written by other tools without our header).
 
-When the caller does not know the headers (``headers=None``) rule 2 is only a guess: a
-Confluent decode that fails falls back to plain. A Confluent record whose schema id the
-registry does not know raises a non-retryable :class:`SerdeError` naming the id (the record
-becomes a dead letter); a registry that cannot be reached raises a **retryable** one
-(``exc.retryable``): the caller retries, it never dead-letters good data for that.
+``headers=None`` means no headers (confluent-kafka's ``Message.headers()`` for a record
+without any): the same rules, and a framed value is never re-read as plain Avro after its
+Confluent decode failed (an unknown schema id would decode as garbage). A Confluent record
+whose schema id the registry does not know raises a non-retryable :class:`SerdeError`
+naming the id (the record becomes a dead letter); a registry that cannot be reached raises
+a **retryable** one (``exc.retryable``): the caller retries, it never dead-letters good
+data for that.
 
 Evolution rule: add fields with defaults only; readers decode with the writer's schema and
 project onto the reader's (fastavro resolution).
@@ -72,6 +74,7 @@ MAGIC = 0
 CONFLUENT_PREFIX = struct.Struct(">bI")  # magic byte, schema id
 REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 SCHEMA_NOT_FOUND = 40403  # Confluent error_code of GET /schemas/ids/{id} for an unknown id
+UNKNOWN_IDS_KEPT = 10_000  # unknown schema ids remembered at most (the oldest forgotten first)
 
 
 class SerdeError(PipelineError):
@@ -188,7 +191,8 @@ class SchemaRegistry:
     answers 5xx (and for any refused registration — our schemas are fine, the registry's
     configuration is not), not retryable only for a schema id the registry says it does
     not know (``40403``). Unknown ids are remembered for ``negative_ttl_s`` so a burst of
-    such records costs one request.
+    such records costs one request (at most :data:`UNKNOWN_IDS_KEPT` of them: a topic of
+    garbage must not grow the memory).
     """
 
     def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0,
@@ -206,7 +210,7 @@ class SchemaRegistry:
                                     headers={"Accept": REGISTRY_CONTENT_TYPE})
         self._ids: dict[tuple[str, str], int] = {}
         self._by_id: dict[int, Any] = {}
-        self._unknown: dict[int, tuple[float, str]] = {}
+        self._unknown: dict[int, tuple[float, str]] = {}  # in the order refused: oldest first
         self._negative_ttl_s = negative_ttl_s
         self._lock = threading.Lock()
         self.requests = 0
@@ -268,8 +272,7 @@ class SchemaRegistry:
             if resp.status_code == 404 and code == SCHEMA_NOT_FOUND:
                 reason = (f"unknown schema id {schema_id}: the schema registry {self.url} "
                           f"does not know it ({code} {message})")
-                with self._lock:
-                    self._unknown[schema_id] = (time.monotonic(), reason)
+                self._refused(schema_id, reason)
                 raise SerdeError(reason)
             raise SerdeError(f"schema registry {self.url}: cannot fetch schema id {schema_id}: "
                              f"HTTP {resp.status_code} error_code {code}: {message}",
@@ -282,6 +285,19 @@ class SchemaRegistry:
         with self._lock:
             self._by_id[schema_id] = parsed
         return parsed
+
+    def _refused(self, schema_id: int, reason: str) -> None:
+        """Remember an unknown id; the expired and those past :data:`UNKNOWN_IDS_KEPT` go
+        (from the front: the dict is in the order refused)."""
+        now = time.monotonic()
+        with self._lock:
+            self._unknown.pop(schema_id, None)
+            while self._unknown:
+                oldest, (at, _reason) = next(iter(self._unknown.items()))
+                if now - at < self._negative_ttl_s and len(self._unknown) < UNKNOWN_IDS_KEPT:
+                    break
+                del self._unknown[oldest]
+            self._unknown[schema_id] = (now, reason)
 
     def close(self) -> None:
         self._client.close()
@@ -339,6 +355,11 @@ class AvroSerde:
             self._schema_id = self.registry.register(self.subject, schema_json(self.schema_name))
         return self._schema_id
 
+    def encodes_offline(self) -> bool:
+        """:meth:`encode` makes no call to the schema registry: it writes plain Avro, or the
+        schema's id is cached (after the first successful registration)."""
+        return not self.writes_confluent or self._schema_id is not None
+
     def encode(self, record: dict[str, Any]) -> bytes:
         payload = encode_schemaless(self.schema, record)
         if not self.writes_confluent:
@@ -348,23 +369,14 @@ class AvroSerde:
     def decode(self, value: bytes,
                headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None
                ) -> dict[str, Any]:
-        """Decode a value in either format. ``headers``: the record's headers, when known
-        (always pass them: without them the format is guessed)."""
+        """Decode a value in either format (the module's rules). ``headers``: the record's
+        headers, None the same as none: a plain record without the ``sfprov.schema`` header
+        that starts with a 0 byte is read as a Confluent one either way."""
         if headers is not None and has_schema_header(headers):
             return self._decode_plain(value, headers)
         schema_id = confluent_schema_id(value)
         if schema_id is None:
             return decode_schemaless(self.schema, value)
-        if headers is None:  # a guess: fall back to plain Avro
-            try:
-                return self._decode_confluent(schema_id, value)
-            except SerdeError as confluent_exc:
-                if confluent_exc.retryable and self.registry is not None:
-                    raise
-                try:
-                    return decode_schemaless(self.schema, value)
-                except SerdeError as plain_exc:
-                    raise SerdeError(f"{confluent_exc}; as plain Avro: {plain_exc}") from None
         return self._decode_confluent(schema_id, value)
 
     def offline(self, value: bytes | None,

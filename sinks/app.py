@@ -221,11 +221,12 @@ class Sink:
             return
         self.stats.consumed += 1
         tracked = Tracked(partition, offset, message.key(), message.value())
+        headers = message.headers() or []  # None: the record has none
         self.offsets.consumed(tracked.partition, tracked.offset)
         try:
             if tracked.value is None:
                 raise SerdeError("tombstone (null value) on the outcomes topic")
-            tracked.outcome = self._decode(tracked.value, message.headers())
+            tracked.outcome = self._decode(tracked.value, headers)
             updates = updates_for(tracked.outcome,
                                   set_order_activated=self.settings.set_order_activated,
                                   fence_field=self.settings.fence_field)
@@ -240,7 +241,7 @@ class Sink:
             self._complete(tracked)
             return
         m.OUTCOMES.labels(tracked.outcome["status"]).inc()
-        self.ops.taken(tracked, message.headers())
+        self.ops.taken(tracked, headers)
         if updates:
             self.batcher.add(tracked, updates, time.monotonic())
         else:

@@ -45,10 +45,11 @@ class KafkaEmitter:
         self.headers = dict(self.serde.headers())  # empty in the Confluent format
         # the outcome's trace context (streams.observability; nothing when tracing is off)
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
+        self._registering = asyncio.Lock()  # one registration of the outcome schema at a time
 
     async def send_outcome(self, outcome: dict[str, Any]) -> None:
         try:
-            value: bytes | None = self.serde.encode(outcome)
+            value: bytes | None = await self._encode(outcome)
         except SerdeError as exc:
             if not exc.retryable:  # the record itself: the handler retries, then dead-letters
                 raise
@@ -57,9 +58,21 @@ class KafkaEmitter:
         async def send() -> None:
             await self.writer.send_soon(
                 self.outcomes, None, outcome["order_id"].encode(),
-                value if value is not None else self.serde.encode(outcome),
+                value if value is not None else await self._encode(outcome),
                 list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
         await self._send("outcomes", self.outcomes, send)
+
+    async def _encode(self, outcome: dict[str, Any]) -> bytes:
+        """The outcome's value. Until the schema's id is cached, encoding registers it — a
+        blocking call to the registry (up to its timeout, again on every retry while it
+        hangs): that runs in a thread, one at a time, so the loop keeps serving the
+        consumer's heartbeats. Once the id is cached it is plain CPU work, done here."""
+        if self.serde.encodes_offline():
+            return self.serde.encode(outcome)
+        async with self._registering:
+            if self.serde.encodes_offline():  # registered while this send waited
+                return self.serde.encode(outcome)
+            return await asyncio.to_thread(self.serde.encode, outcome)
 
     async def send_dead_letter(self, letter: DeadLetter) -> None:
         rec = letter.record

@@ -227,6 +227,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 class Handler(BaseHTTPRequestHandler):
     server: RegistryHTTPServer
     protocol_version = "HTTP/1.1"
+    _raw = b""  # the request's body, read by _dispatch
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -240,10 +241,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(self._raw or b"{}")
         except ValueError:
             raise RegistryError(400, 400, "Unexpected character: the body is not JSON") \
                 from None
@@ -260,6 +259,10 @@ class Handler(BaseHTTPRequestHandler):
                                    want.encode())
 
     def _dispatch(self, method: str) -> None:
+        # read before any reply, whatever the route: the connection stays open (HTTP/1.1),
+        # and a body left unread would be parsed as the next request
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         if not self._authorized():
             self._reply(401, {"error_code": 401, "message": "Unauthorized"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import fastavro
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from common.avro import schema_json
 from sandbox.registry.compat import can_read
 from sandbox.registry.harness import running_registry
-from sandbox.registry.server import RegistryError, Store
+from sandbox.registry.server import RegistryError, RegistryHTTPServer, Store
 
 OUTCOME = schema_json("provisioning_outcome")
 
@@ -77,6 +78,29 @@ def test_errors_have_confluents_shape(reg):
     resp = httpx.post(f"{reg.url}/subjects/x/versions", content=b"{bad",
                       headers={"Content-Type": "application/json"})
     assert resp.status_code in (400, 422) and "error_code" in resp.json()
+
+
+def test_an_error_reply_leaves_the_kept_alive_connection_usable():
+    """401, 404 and 405 were sent with the request's body unread: on the kept-alive
+    connection that body was then parsed as the next request (501, an HTML page)."""
+    server = RegistryHTTPServer(("127.0.0.1", 0), Store(), basic_auth=("u", "p"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    body = {"schema": OUTCOME}
+    try:
+        with httpx.Client(base_url=url, auth=("u", "wrong")) as client:
+            assert [client.post("/subjects/a-value/versions", json=body).status_code
+                    for _ in range(2)] == [401, 401]
+        with httpx.Client(base_url=url, auth=("u", "p")) as client:
+            for path, status in (("/subjects/a-value/versions/latest", 405),
+                                 ("/no/such/route", 404)):
+                answers = [client.post(path, json=body) for _ in range(2)]
+                assert [a.status_code for a in answers] == [status, status], path
+                assert all(a.json()["error_code"] == status for a in answers)
+            assert client.post("/subjects/a-value/versions", json=body).json() == {"id": 1}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_backward_compatibility_is_checked(reg):
