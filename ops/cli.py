@@ -63,9 +63,12 @@ def _env_checked(parse: Callable[[str], Any], env: str, option: str) -> Callable
 
 
 def kafka_settings(args: argparse.Namespace) -> KafkaSettings:
-    overrides = {}
-    if args.bootstrap:
-        overrides["bootstrap_servers"] = args.bootstrap
+    """The pipeline's Kafka settings with the command line's options; without ``-b`` (or
+    ``KAFKA_BOOTSTRAP_SERVERS``, also as ``make up`` recorded it), the local broker's
+    address on ``KAFKA_PORT``."""
+    from ops.kafka_local import local_bootstrap
+
+    overrides = {"bootstrap_servers": args.bootstrap or local_bootstrap(environment())}
     if args.prefix is not None:
         overrides["topic_prefix"] = args.prefix
     return KafkaSettings.load(None, **overrides)
@@ -115,14 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_local_stack_env() -> None:
-    """In sandbox mode ``make up`` records the pipeline's settings; use them as defaults."""
-    from ops.stack import PIPELINE_ENV
+    """``make up`` records the pipeline's settings (its bootstrap address; in sandbox mode
+    the sandboxes'); use them as defaults."""
+    from ops.stack import recorded_env
 
-    if PIPELINE_ENV.exists():
-        for line in PIPELINE_ENV.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key and key not in os.environ:
-                os.environ[key] = value
+    for key, value in recorded_env().items():
+        os.environ.setdefault(key, value)
 
 
 _RELATIVE_TIME = re.compile(r"-\d+(\.\d+)?[smhd]")

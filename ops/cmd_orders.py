@@ -24,6 +24,7 @@ from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings
 from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, order_id_forms, scan
+from streams.mapping import MappingError, client_id_of
 
 
 def _sf() -> SalesforceClient:
@@ -68,7 +69,10 @@ def trace(args: argparse.Namespace) -> int:
         out["salesforce_error"] = str(exc)
         client_id = None
     if client_id:
-        out["whmcs_orders"] = _whmcs_orders(int(float(client_id)), order_id)
+        try:  # read as the worker reads it: 'WH-1042' is a Failed outcome there, not a crash
+            out["whmcs_orders"] = _whmcs_orders(client_id_of(order or {}), order_id)
+        except MappingError as exc:
+            out["whmcs_orders"] = {"error": str(exc)}
     if args.json:
         print(json.dumps(jsonable(out), indent=2, default=str))
     else:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,13 @@ def ensure_jars(state_dir: Path = DEFAULT_STATE, *, quiet: bool = True) -> Path:
                           + result.stderr[-2000:])
     marker.write_text(digest)
     return libs
+
+
+def local_bootstrap(env: Mapping[str, str]) -> str:
+    """Where the pipeline's Kafka is: ``KAFKA_BOOTSTRAP_SERVERS`` when set, else the local
+    broker's address, ``127.0.0.1:KAFKA_PORT``, as ``make up`` starts it
+    (``ops.stack.broker``)."""
+    return env.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{env.get('KAFKA_PORT') or 9092}"
 
 
 def free_port() -> int:
@@ -361,11 +369,19 @@ def main(argv: list[str] | None = None) -> int:
         from ops.kafka_cluster import cluster_command
 
         return cluster_command(args)
-    broker = LocalBroker(args.dir, args.port, args.controller_port)
+    from ops import stack
+
     try:
         if args.command == "jars":
             print(f"kafka jars: {ensure_jars()}")
-        elif args.command == "start":
+            return 0
+        # as `make up` builds it, KAFKA_LOCAL_SECURE included: a broker started here unsecured
+        # would have to be deleted (make clean) before a secured `make up` could use it
+        broker = stack.broker(args.dir, args.port, args.controller_port)
+        if args.command == "start":
+            problem = stack.secure_broker_ready(broker)
+            if problem:
+                raise BrokerError(problem)
             already = broker.running_pid() is not None
             broker.start()
             print(f"kafka {KAFKA_VERSION}: {'already running' if already else 'started'} on "
@@ -383,4 +399,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the package's module, not this __main__ copy of it: the broker comes from ops.stack,
+    # which raises ops.kafka_local.BrokerError, a class this copy would not catch
+    from ops.kafka_local import main as package_main
+
+    sys.exit(package_main())

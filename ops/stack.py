@@ -8,7 +8,9 @@ credentials in ``.env`` only the three pipeline processes. It waits until every 
 healthy and prints a map of what runs where.
 
 ``down`` stops the supervisor (which stops its children in reverse order) and the broker,
-leaving no process behind.
+leaving no process behind. Every pid it signals is verified first (:func:`verified`): pid
+files outlive a restart of the machine, their pids do not, and another process of the user
+may have one now. ``up`` after a supervisor that died alone stops the children it left.
 
 ``KAFKA_LOCAL_SECURE=true`` runs the local broker secured (:mod:`ops.kafka_secure`): a
 SASL_SSL listener, SCRAM users and the ACLs of :mod:`ops.acls`; topics and ACLs are made as
@@ -29,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import ROOT, environment, parse_bool
-from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker
+from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
+from ops.supervisor import Child, is_healthy, process_start, stop_grace
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
 STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
@@ -43,11 +46,17 @@ PIPELINE_ENV = STATE / "pipeline.env"
 PY = sys.executable
 
 
-def broker() -> LocalBroker:
+def broker(home: Path | None = None, port: int | None = None,
+           controller_port: int | None = None) -> LocalBroker:
+    """The local broker as the environment (over .env) sets it up: ``KAFKA_PORT``,
+    ``KAFKA_CONTROLLER_PORT``, ``KAFKA_LOCAL_SECURE``. ``python -m ops.kafka_local`` builds
+    its broker here too (with its ``--dir`` and ports), so a broker started by hand is the
+    one ``make up`` expects."""
     env = environment()
-    home = STATE / "kafka" / "broker"
-    return LocalBroker(home, port=int(env.get("KAFKA_PORT", "9092")),
-                       controller_port=int(env.get("KAFKA_CONTROLLER_PORT", "9093")),
+    home = home or STATE / "kafka" / "broker"
+    return LocalBroker(home, port=port or int(env.get("KAFKA_PORT", "9092")),
+                       controller_port=controller_port
+                       or int(env.get("KAFKA_CONTROLLER_PORT", "9093")),
                        state_dir=STATE,
                        security=BrokerSecurity.for_broker_home(home) if secure(env) else None)
 
@@ -131,20 +140,31 @@ def plan(env: dict[str, str]) -> list[dict[str, Any]]:
         processes.extend(sandbox_procs)
         overrides.update(sandbox_env(env, pipeline_env))
         requires = [p["name"] for p in sandbox_procs]
-    overrides["KAFKA_BOOTSTRAP_SERVERS"] = env.get("KAFKA_BOOTSTRAP_SERVERS") or broker().bootstrap
+    overrides["KAFKA_BOOTSTRAP_SERVERS"] = local_bootstrap(env)
     cli_env = dict(overrides)
     b = broker()
     if b.security is not None:  # the operator CLI reads, as the read-only ops principal
         cli_env.update(b.security.env(PROCESS_USERS["ops"]))
-    if requires or b.security is not None:  # the operator CLI reads these as defaults
-        _write_private(PIPELINE_ENV, "".join(f"{k}={v}\n" for k, v in sorted(cli_env.items())
-                                             if k != "PYTHONPATH"))
-    else:
-        PIPELINE_ENV.unlink(missing_ok=True)
+    # The operator's tools read these as defaults (recorded_env): always the bootstrap
+    # address, so that they follow a KAFKA_PORT given to `make up` alone.
+    _write_private(PIPELINE_ENV, "".join(f"{k}={v}\n" for k, v in sorted(cli_env.items())
+                                         if k != "PYTHONPATH"))
     pipeline = _pipeline_processes(env, overrides)
     for proc in pipeline:
         proc["requires"] = requires
     return processes + pipeline
+
+
+def recorded_env() -> dict[str, str]:
+    """What ``up`` recorded for the operator's tools (:data:`PIPELINE_ENV`, while the stack
+    runs): the pipeline's bootstrap address; in sandbox mode the sandboxes' settings; with
+    a secured broker the read-only ops principal's credentials. ``{}`` when nothing is."""
+    try:
+        lines = PIPELINE_ENV.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.partition("=") for line in lines)
+    return {key: value for key, _, value in pairs if key}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -182,18 +202,85 @@ def apply_acls(b: LocalBroker, env: dict[str, str]) -> int:
     return apply(admin_client(kafka), rules)
 
 
-def supervisor_pid() -> int | None:
+def verified(pid: int, start: str | None, argv: list[str]) -> bool:
+    """Whether ``pid`` still is the process recorded with it: the same start
+    (:func:`ops.supervisor.process_start`). A record without one (written by an earlier
+    release) counts when the process runs ``argv`` (its program aside: another interpreter
+    path may have started it); a process whose command line cannot be read does not. Only a
+    verified pid is ever signalled: a recorded pid may belong to any process of the user
+    after a restart of the machine."""
+    running = process_start(pid)
+    if running is None:
+        return False
+    if start is not None:
+        return running == start
     try:
-        pid = int(SUPERVISOR_PID.read_text())
-        os.kill(pid, 0)
-        return pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return bool(argv) and cmdline[1:] == [a.encode() for a in argv[1:]]
+
+
+def supervisor_argv() -> list[str]:
+    """How ``up`` starts the supervisor (how a pid file of an earlier release is checked)."""
+    return [PY, "-m", "ops.supervisor", str(PLAN)]
+
+
+def supervisor_pid() -> int | None:
+    """The supervisor's pid (:data:`SUPERVISOR_PID`: ``PID START``, or ``PID`` from an
+    earlier release), None unless that process is still the supervisor ``up`` started."""
+    try:
+        pid, _, start = SUPERVISOR_PID.read_text().strip().partition(" ")
+        return int(pid) if verified(int(pid), start or None, supervisor_argv()) else None
     except (OSError, ValueError):
         return None
 
 
-def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
-    from ops.supervisor import Child, is_healthy
+def planned() -> list[dict[str, Any]]:
+    """The processes of the supervisor's plan (none without one)."""
+    return json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
 
+
+def _same(entry: dict[str, Any], specs: dict[str, dict[str, Any]]) -> bool:
+    """Whether the status file's ``entry`` still is the process the supervisor started (an
+    entry of an earlier release, without a start, by the plan's command line)."""
+    return verified(entry["pid"], entry.get("start"), specs.get(entry["name"], {}).get("argv", []))
+
+
+def stop_leftovers(entries: list[dict[str, Any]], *, grace: bool) -> None:
+    """Stop what a supervisor that is gone left running (``entries``: its status file's
+    processes): each process group SIGKILLed, with ``grace`` after a SIGTERM and the child's
+    grace (``ops.supervisor.stop_grace``), as the supervisor would. A running pid that is
+    not the recorded process is left alone, with a warning."""
+    specs = {p["name"]: p for p in planned()}
+    found = []
+    for entry in entries:
+        if not entry.get("pid") or process_start(entry["pid"]) is None:
+            continue
+        if _same(entry, specs):
+            found.append(entry)
+        else:
+            print(f"warning: pid {entry['pid']} is not the {entry['name']} the supervisor "
+                  f"started ({STATUS} is stale): not stopping it", file=sys.stderr)
+    if grace and found:
+        for child in found:
+            print(f"stopping leftover {child['name']} (pid {child['pid']}) of a supervisor "
+                  "that is gone")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + max(
+            Child(**specs[c["name"]]).grace() if c["name"] in specs
+            else stop_grace(c["name"], environment()) for c in found)
+        while time.monotonic() < deadline and any(_same(c, specs) for c in found):
+            time.sleep(0.2)
+    for child in found:
+        if _same(child, specs):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child["pid"], signal.SIGKILL)
+                print(f"killed leftover {child['name']} (pid {child['pid']})")
+
+
+def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
     deadline = time.monotonic() + timeout
     pending = [p for p in processes if p.get("health_url")]
     while pending and time.monotonic() < deadline:
@@ -235,18 +322,21 @@ def up() -> int:
         print(f"kafka acls: {apply_acls(b, {**env, **os.environ})} rules for "
               f"{', '.join(PROCESS_USERS.values())}")
     if supervisor_pid() is not None:
-        processes = json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
+        processes = planned()
         print("pipeline processes already running (supervisor pid "
               f"{supervisor_pid()}); nothing started twice")
     else:
+        # a supervisor killed alone leaves its children running, on their ports
+        stop_leftovers(status_entries(), grace=True)
         processes = plan(dict(env))
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen([PY, "-m", "ops.supervisor", str(PLAN)], cwd=ROOT,
+        proc = subprocess.Popen(supervisor_argv(), cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        SUPERVISOR_PID.write_text(str(proc.pid))
+        start = process_start(proc.pid)
+        SUPERVISOR_PID.write_text(f"{proc.pid} {start}" if start else str(proc.pid))
     sandbox_procs = [p for p in processes if p["name"].endswith("-sandbox")]
     unhealthy = wait_healthy(sandbox_procs)
     if sandbox_procs and not unhealthy:
@@ -271,34 +361,35 @@ def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
         print(f"\nerror: not healthy after the wait: {', '.join(unhealthy)} (see their logs)")
 
 
-def stop_timeout() -> float:
-    """How long ``down`` waits for the supervisor: it stops its children one after another,
-    each within its grace (``ops.supervisor.stop_grace``), so their sum, plus a margin."""
-    from ops.supervisor import Child
-
-    processes = json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
+def stop_timeout(names: list[str] | None = None) -> float:
+    """How long to wait for the supervisor to stop all its children (``down``) or the named
+    ones (``restart``): it stops them one after another, each within its grace
+    (``ops.supervisor.stop_grace``), so their sum, plus a margin."""
+    processes = [p for p in planned() if names is None or p["name"] in names]
     return max(60.0, sum(Child(**p).grace() for p in processes) + 10.0)
+
+
+def status_entries() -> list[dict[str, Any]]:
+    """The processes the supervisor's status file lists (it removes the file when it stops)."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return list(json.loads(STATUS.read_text())["processes"])
+    return []
 
 
 def down() -> int:
     pid = supervisor_pid()
-    children = json.loads(STATUS.read_text())["processes"] if STATUS.exists() else []
+    children = status_entries()
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + stop_timeout()
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while time.monotonic() < deadline and supervisor_pid() == pid:  # exited (or a zombie)
             time.sleep(0.2)
         print(f"pipeline processes stopped (supervisor {pid})")
-    for child in children:  # a supervisor that died must not leave orphans
-        if child.get("pid"):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child["pid"], signal.SIGKILL)
-                print(f"killed leftover {child['name']} (pid {child['pid']})")
+    # a supervisor that died must not leave orphans: they get their grace; what one that
+    # ran did not stop in its time is killed
+    stop_leftovers(children, grace=pid is None)
     SUPERVISOR_PID.unlink(missing_ok=True)
+    PIPELINE_ENV.unlink(missing_ok=True)  # the recorded settings are of a stack that ran
     b = broker()
     print("kafka: stopped" if b.stop() else "kafka: not running")
     return 0
@@ -396,8 +487,16 @@ def pause(names: list[str], paused: bool = True, timeout_s: float = 60.0) -> int
 
 def restart(names: list[str]) -> int:
     """Stop the named processes and start them again (pause, then resume), also one that
-    left with a final exit code."""
-    return pause(names, paused=True) or pause(names, paused=False)
+    left with a final exit code. The pause waits as long as the supervisor may take to stop
+    them (:func:`stop_timeout`; a worker's drain and grace pass 60 s), and whatever it ends
+    with, the resume runs: a process left paused would stay down for good."""
+    code = 1
+    try:
+        code = pause(names, paused=True, timeout_s=stop_timeout(names))
+    finally:
+        if code in (0, 1):  # not after "unknown process" (2) or "no supervisor" (3)
+            code = pause(names, paused=False) or code
+    return code
 
 
 USAGE = """usage: python -m ops.stack [up | down | status | pause NAME... | resume NAME... |

@@ -8,7 +8,9 @@ stops the children in reverse start order (SIGTERM, then SIGKILL after a grace p
 exits. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
 ``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S`, so a stop
 never kills a drain half way; :data:`DEFAULT_GRACE_S` for a child without one.
-``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit).
+``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit), each pid with
+its :func:`process_start`, so that ``ops.stack`` never signals a process that merely got a
+recorded pid after a restart of the machine.
 
 ``ops.stack pause|resume|restart`` talk to it through ``<state>/supervisor-control.json``:
 ``{"paused": [names], "kick": {name: n}}``. A paused child is stopped and kept down; the
@@ -66,6 +68,19 @@ def stop_grace(name: str, env: Mapping[str, str]) -> float:
     return max(drain, 0.0) + STOP_MARGIN_S
 
 
+def process_start(pid: int) -> str | None:
+    """When the process ``pid`` started, as ``BOOT_ID:TICKS`` (the kernel's boot id and field
+    22 of ``/proc/PID/stat``, clock ticks since boot): a pid is reused, this pair is not, even
+    across reboots. None when no such process runs (a zombie does not)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # fields[0] is field 3 (the state)
+    return None if fields[0] == "Z" else f"{boot}:{fields[19]}"
+
+
 @dataclass
 class Child:
     name: str
@@ -78,6 +93,7 @@ class Child:
     final_exit_codes: list[int] = field(default_factory=list)  # exits not to restart after
     grace_s: float | None = None  # None: stop_grace() of the child's name and environment
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    proc_start: str | None = field(default=None, repr=False)  # process_start(proc.pid)
     restarts: int = 0
     last_exit: int | None = None
     started_at: float = 0.0
@@ -91,6 +107,7 @@ class Child:
             self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env},
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc_start = process_start(self.proc.pid)
         self.started_at = time.monotonic()
 
     def poll(self, healthy: set[str]) -> None:
@@ -148,6 +165,7 @@ class Child:
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.proc.pid if self.proc else None,
+                "start": self.proc_start if self.proc else None,
                 "restarts": self.restarts, "last_exit": self.last_exit, "log": self.log,
                 "health_url": self.health_url,
                 # left with a final exit code: down until an operator resumes or restarts it

@@ -4,6 +4,9 @@ Idempotent: existing topics are never changed; a drifted config is reported (exi
 operator decides. Exit 0 when everything matches the declaration in ``common.kafka``, or
 with ``--drift-ok`` (compose's one-shot ``topics`` service: drift is reported in its log but
 does not keep the pipeline from starting). Exit 1 when Kafka is unreachable or refuses.
+
+The broker is the one ``make up`` runs (:func:`kafka_settings`) unless
+``KAFKA_BOOTSTRAP_SERVERS`` names another.
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ import sys
 
 from common.errors import PipelineError
 from common.kafka import declared_topics, ensure_topics
-from common.settings import KafkaSettings
+from common.settings import KafkaSettings, environment
+from ops.kafka_local import local_bootstrap
+from ops.stack import recorded_env
+
+
+def kafka_settings() -> KafkaSettings:
+    """The pipeline's Kafka settings; without ``KAFKA_BOOTSTRAP_SERVERS``, the address the
+    running stack recorded (``KAFKA_PORT`` given to ``make up`` alone), else the local
+    broker's on ``KAFKA_PORT``."""
+    env = environment()
+    return KafkaSettings.load(env, bootstrap_servers=local_bootstrap({**recorded_env(), **env}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="report drift but exit 0 (it does not block a start)")
     args = parser.parse_args(argv)
     try:
-        settings = KafkaSettings.load()
+        settings = kafka_settings()
         report = ensure_topics(settings)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ needed: the address given is a free port nobody listens on."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -154,3 +155,35 @@ def test_a_refused_offset_commit_is_asked_again_only_while_the_coordinator_moves
         alter_group_offsets(denied, "g", tps, "rewinding g")  # type: ignore[arg-type]
     assert str(refused.value).startswith("rewinding g: the broker refused the commit of "
                                          "partition 1: Broker: Group authorization failed")
+
+
+class _Salesforce:
+    """One Order whose Account carries ``client`` as its WHMCS client id."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+    def query(self, soql: str) -> list[dict]:
+        if "FROM Order" not in soql:
+            return []
+        return [{"Id": "801000000000001AAA", "Status": "Activated", "OpportunityId": None,
+                 "Account": {"WH_Account__c": self.client}}]
+
+
+@pytest.mark.parametrize("client,whmcs", [
+    ("WH-1042", {"error": "Account.WH_Account__c 'WH-1042' is not a WHMCS client id"}),
+    ("12.0", [12])])
+def test_trace_reads_the_whmcs_client_id_as_the_worker_does(client, whmcs, monkeypatch,
+                                                             tmp_path, capsys):
+    """An Account whose WH_Account__c is not a WHMCS client id ended `sfprov trace` in a
+    ValueError traceback (``int(float('WH-1042'))``); the worker fails such an Order with
+    INVALID_WHMCS_CLIENT, and trace now says the same."""
+    from ops import cli, cmd_orders, stack
+
+    monkeypatch.setenv("SFPROV_ENV_FILE", "/nonexistent")
+    monkeypatch.setattr(stack, "PIPELINE_ENV", tmp_path / "pipeline.env")
+    monkeypatch.setattr(cmd_orders, "scan", lambda *a, **k: iter(()))
+    monkeypatch.setattr(cmd_orders, "_sf", lambda: _Salesforce(client))
+    monkeypatch.setattr(cmd_orders, "_whmcs_orders", lambda client_id, order_id: [client_id])
+    assert cli.main(["trace", "801000000000001AAA", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["whmcs_orders"] == whmcs

@@ -67,7 +67,7 @@ def supervised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         {"name": "connector", "log": str(tmp_path / "connector.log"), "env": {},
          "argv": [sys.executable, "-c", CHILD, str(tmp_path / "cause"), str(tmp_path / "pids")],
          "final_exit_codes": stack.FINAL_EXIT_CODES["connector"], "grace_s": 5.0}]}))
-    for name in ("STATUS", "CONTROL", "SUPERVISOR_PID"):
+    for name in ("STATUS", "CONTROL", "SUPERVISOR_PID", "PLAN"):
         monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
     real_pause = stack.pause
     monkeypatch.setattr(stack, "pause",  # wait 10 s, not 60 s (restart calls it twice)
@@ -78,6 +78,7 @@ def supervised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
                                  "SFPROV_ENV_FILE": str(tmp_path / "absent.env"),
                                  "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # as an earlier release wrote it: stack.supervisor_pid() knows it by its command line
     stack.SUPERVISOR_PID.write_text(str(proc.pid))
     try:
         yield status
