@@ -10,16 +10,23 @@
    event uuid) → :class:`Redelivery` of the outcome the intent holds (the dedupe entry is
    missing: a crash between step 5's two table writes, or an incomplete table restore; the
    decided outcome is sent again, never a contradicting one); ``pending`` means an earlier attempt may have
-   reached WHMCS, so the Order is **resumed** (WHMCS lookup first) whatever Salesforce says
-   now — the guard is bypassed so a crash can never turn a real provisioning into a
-   contradicting ``Skipped``; ``accepted`` → ``Skipped(ALREADY_PROVISIONED)``;
-3. the Order as Salesforce returns it (guard): not found → ``Failed(ORDER_NOT_FOUND)``;
-   ``WHMCS_Order_Id__c`` set → ``Skipped(ALREADY_PROVISIONED)``; ``Activation_Status__c``
-   not ``Activating`` → ``Skipped(NOT_ACTIVATING)``;
+   reached WHMCS, so the Order is **resumed**: WHMCS lookup first, whatever Salesforce says
+   now — an order found is the outcome, so a crash can never turn a real provisioning into
+   a contradicting ``Skipped``; ``accepted`` → ``Skipped(ALREADY_PROVISIONED)``;
+3. the Order as Salesforce returns it (:func:`guard`): not found →
+   ``Failed(ORDER_NOT_FOUND)``; ``WHMCS_Order_Id__c`` set →
+   ``Skipped(ALREADY_PROVISIONED)``; ``Activation_Status__c`` not ``Activating`` →
+   ``Skipped(NOT_ACTIVATING)``. A resumed attempt gets the same verdict, but only once its
+   lookup found nothing (a lookup that finds nothing proves only that no order of ours
+   exists, not that one may be created): its :class:`Provision` carries it as ``refused``;
 4. the mapping (:mod:`streams.mapping`): an error → ``Failed(<code>)``, else
    :class:`Provision` — with ``lookup_first`` when an earlier failed attempt may have left
    an order in WHMCS, and ``sends_until``: until when that attempt's writer could still
    send (the intent's ``lease_until``, see :mod:`streams.lease`).
+
+A ``Final`` for an event whose own attempt is still pending (the guard refuses and the
+mapping fails, the Order was deleted, its mapping broke) is looked up first as well, by the
+handler (:func:`streams.recovery.look_up_attempt`).
 
 An event without IdemKey is deduplicated on its event uuid (``idem_key_of``).
 """
@@ -117,6 +124,9 @@ class Provision:
     # the WHMCS clients earlier attempts sent to, when the Account's has changed since:
     # the lookup reads their orders too (an AddOrder may have landed there)
     earlier_client_ids: tuple[int, ...] = ()
+    # a resumed attempt the guard now refuses: the outcome when its lookup finds nothing
+    # (no AddOrder then)
+    refused: Final | None = None
 
 
 Decision = Final | Redelivery | Provision
@@ -155,22 +165,16 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
                      f"Order (IdemKey {intent.idem_key})",
                      whmcs_order_id=int(intent.whmcs_order_id))
     if order is None:
-        return Final(FAILED, "ORDER_NOT_FOUND", f"Order {event.order_id} not found in Salesforce")
-    if not resumed:
-        existing = order.get("WHMCS_Order_Id__c")
-        if existing not in (None, "", 0):
-            return Final(SKIPPED, "ALREADY_PROVISIONED",
-                         f"Order already has WHMCS_Order_Id__c {existing}",
-                         whmcs_order_id=int(float(existing)))
-        status = order.get("Activation_Status__c")
-        if status != "Activating":
-            return Final(SKIPPED, "NOT_ACTIVATING",
-                         f"Activation_Status__c is {status!r}, not 'Activating'")
+        return not_found(event.order_id)
+    refused = guard(order)
+    if refused is not None and not resumed:
+        return refused
     try:
         request = map_order(order, idem_key=event.idem_key, payment_method=ctx.payment_method,
                             no_invoice=ctx.no_invoice, no_email=ctx.no_email)
     except MappingError as exc:
-        return Final(FAILED, exc.code, exc.message)
+        # the guard's verdict first, as for any event (a resumed one looks up before either)
+        return refused or Final(FAILED, exc.code, exc.message)
     may_exist = resumed or (intent is not None and intent.may_exist)
     earlier: tuple[int, ...] = ()
     if may_exist and intent is not None:
@@ -182,7 +186,28 @@ def decide(event: Event, memory: Memory, intent: Intent | None,
     return Provision(request=request, lookup_first=may_exist, resumed=resumed,
                      sends_until=intent.sends_until() if may_exist and intent else None,
                      previous_attempts=intent.attempt if intent else 0,
-                     earlier_client_ids=earlier)
+                     earlier_client_ids=earlier, refused=refused)
+
+
+def not_found(order_id: str) -> Final:
+    return Final(FAILED, "ORDER_NOT_FOUND", f"Order {order_id} not found in Salesforce")
+
+
+def guard(order: dict[str, Any]) -> Final | None:
+    """The guard on the Order as Salesforce returns it: the outcome of an event that must
+    not create its WHMCS order (one exists, or the Order is no longer ``Activating``), else
+    None. Asked again before an ``AddOrder`` that waited out a refused WHMCS access
+    (:meth:`streams.provision.Provisioner.provision`)."""
+    existing = order.get("WHMCS_Order_Id__c")
+    if existing not in (None, "", 0):
+        return Final(SKIPPED, "ALREADY_PROVISIONED",
+                     f"Order already has WHMCS_Order_Id__c {existing}",
+                     whmcs_order_id=int(float(existing)))
+    status = order.get("Activation_Status__c")
+    if status != "Activating":
+        return Final(SKIPPED, "NOT_ACTIVATING",
+                     f"Activation_Status__c is {status!r}, not 'Activating'")
+    return None
 
 
 def needs_guard(event: Event, memory: Memory) -> bool:

@@ -25,9 +25,13 @@ Crash windows and what a redelivery does:
 * between 3's flush and 4's (the ``AddOrder`` window): the intent is ``pending``; the
   redelivered event is *resumed*: once every ``AddOrder`` its writer could have sent has
   landed (``lease_until`` + the WHMCS timeout + a grace), a WHMCS lookup on the
-  ``sfOrderId=`` marker, then accept / done / create — never a second order. The guard is
-  bypassed for it, so it can never become a contradicting ``Skipped`` after the sink wrote
-  the WHMCS id back.
+  ``sfOrderId=`` marker, then accept / done / create — never a second order. An order
+  found is the outcome, whatever Salesforce says now, so it can never become a
+  contradicting ``Skipped`` after the sink wrote the WHMCS id back; none found, the guard
+  decides as for any event (``Skipped``, no ``AddOrder``, once the Order was set back or
+  given a WHMCS id). A redelivery that ends without WHMCS (the Order deleted, its mapping
+  broken) looks up first the same way, as the sweep does
+  (:func:`~streams.recovery.look_up_attempt`).
 * during 4 (between its two table writes): the entry without the settled intent → the
   intent is settled from the entry (:meth:`~streams.state.OrderState.settle_from_entry`);
   the settled intent without the entry → ``decide`` finds this very event in the intent and
@@ -62,13 +66,16 @@ from streams.decide import (
     Provision,
     Redelivery,
     decide,
+    guard,
     needs_guard,
+    not_found,
     now_ms,
     outcome_record,
 )
 from streams.guard import GuardReads
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
 from streams.provision import Fence, Provisioner, ProvisionResult
+from streams.recovery import look_up_attempt
 from streams.state import DurabilityError, Intent, Memory, OrderState
 
 log = logging.getLogger(__name__)
@@ -83,7 +90,7 @@ class RawRecord:
     partition: int = -1
     offset: int = -1
     received_at: float = field(default_factory=time.monotonic)
-    headers: Any = None  # the record's headers; None = unknown (the serde guesses the format)
+    headers: Any = None  # the record's headers; None = none (as an empty list)
     generation: int = -1  # the consumer group generation the record was taken in
 
 
@@ -182,34 +189,35 @@ class EventHandler:
         if isinstance(decision, Redelivery):
             await self._redelivered(event, rec, decision)
             return
+        held: list[Intent] = []  # the intent as last written (pending, then renewed)
         if isinstance(decision, Final):
-            outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
-                                     whmcs_order_id=decision.whmcs_order_id,
-                                     error_code=decision.error_code,
-                                     error_message=decision.error_message, attempts=0,
-                                     completed_at=self._clock())
-            await self._own(rec, "record")
+            found = None
             if intent is not None and intent.is_pending and \
                     (intent.idem_key, intent.event_uuid) == (event.idem_key, event.event_uuid):
                 # this event's own attempt was under way (the Order since deleted, its
-                # mapping since broken): it ends without a WHMCS call, but an AddOrder of
-                # that attempt may have landed — the next attempt looks first
-                state.settle(oid, outcome, self._clock(), may_exist=True, current=intent)
+                # mapping since broken, the guard refusing it): an AddOrder of that attempt
+                # may have landed — looked up first, as the sweep does; a WhmcsError is
+                # the event's (retried, then dead-lettered: the sweep looks later)
+                held.append(intent)
+                found = await look_up_attempt(self.provisioner, oid, intent,
+                                              self._fence(rec, held))
+            if found is not None:
+                outcome = self._outcome(event, found, opportunity or held[0].opportunity_id,
+                                        held[0].client_id)
+            else:
+                outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
+                                         whmcs_order_id=decision.whmcs_order_id,
+                                         error_code=decision.error_code,
+                                         error_message=decision.error_message, attempts=0,
+                                         completed_at=self._clock())
+            await self._own(rec, "record")
+            if held:  # may_exist: an order found (none: no AddOrder of it can land now)
+                state.settle(oid, outcome, self._clock(), current=held[-1])
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)
         else:
-            held: list[Intent] = []  # the intent as last written (pending, then renewed)
             result = await self._provision(event, rec, decision, opportunity, held)
-            outcome = outcome_record(
-                event, result.status, opportunity_id=opportunity,
-                # the client of the order a lookup found (an earlier attempt's, under
-                # the Account's old client), else the one this attempt sent to
-                whmcs_client_id=result.client_or(decision.request.client_id),
-                whmcs_order_id=result.whmcs_order_id, service_ids=result.service_ids,
-                addon_ids=result.addon_ids, invoice_id=result.invoice_id,
-                error_code=result.error_code, error_message=result.error_message,
-                attempts=result.attempts, recovered=result.recovered,
-                completed_at=self._clock(), duplicate_ids=result.duplicate_ids)
+            outcome = self._outcome(event, result, opportunity, decision.request.client_id)
             await self._own(rec, "record")  # the call ran: is the result still ours?
             # an attempt that made a WHMCS order says so, as the sweep's recovery does
             # (Intent.settled): kept past the dedupe TTL, by earlier releases' sweeps too
@@ -224,6 +232,22 @@ class EventHandler:
         # restored the tables and decided the event itself — its outcome is the one
         await self._own(rec, "send")
         await self._send(event, rec, outcome, memory)
+
+    def _outcome(self, event: Event, result: ProvisionResult, opportunity: str | None,
+                 client_id: int | None) -> dict[str, Any]:
+        """The outcome of a provisioning (or a lookup) that went to WHMCS."""
+        if result.recovered:
+            metrics.RECOVERED.inc()
+        return outcome_record(
+            event, result.status, opportunity_id=opportunity,
+            # the client of the order a lookup found (an earlier attempt's, under the
+            # Account's old client), else the one this attempt sent (or would send) to
+            whmcs_client_id=result.client_or(client_id),
+            whmcs_order_id=result.whmcs_order_id, service_ids=result.service_ids,
+            addon_ids=result.addon_ids, invoice_id=result.invoice_id,
+            error_code=result.error_code, error_message=result.error_message,
+            attempts=result.attempts, recovered=result.recovered,
+            completed_at=self._clock(), duplicate_ids=result.duplicate_ids)
 
     async def _redelivered(self, event: Event, rec: RawRecord, decision: Redelivery) -> None:
         outcome, oid = decision.outcome, event.order_id
@@ -273,12 +297,15 @@ class EventHandler:
         settle_at = None
         if decision.lookup_first:
             settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
-        result = await self.provisioner.provision(
+        oid = event.order_id
+
+        async def recheck() -> ProvisionResult | None:
+            order = await self.reads.get(oid)
+            return _refusal(not_found(oid) if order is None else guard(order))
+        return await self.provisioner.provision(
             decision.request, settle_at_ms=settle_at, fence=self._fence(rec, held),
-            earlier_client_ids=decision.earlier_client_ids)
-        if result.recovered:
-            metrics.RECOVERED.inc()
-        return result
+            earlier_client_ids=decision.earlier_client_ids,
+            refused=_refusal(decision.refused), recheck=recheck)
 
     async def _own(self, rec: RawRecord, stage: str) -> LeaseCheck:
         if self.lease is None:
@@ -304,3 +331,11 @@ class EventHandler:
             check = await self._own(rec, action)
             return check if self.lease is not None else None
         return self.intent_lease.fence(own, held)
+
+
+def _refusal(verdict: Final | None) -> ProvisionResult | None:
+    """The guard's verdict as the result a provisioning ends with instead of an AddOrder."""
+    if verdict is None:
+        return None
+    return ProvisionResult(verdict.status, verdict.whmcs_order_id,
+                           error_code=verdict.error_code, error_message=verdict.error_message)

@@ -19,7 +19,10 @@ The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
    **several** (a fence was crossed) → :meth:`compensate`;
 2. ``AddOrder`` — a timeout, dropped connection, 5xx or HTML page sets "look first" for the
    next round (WHMCS may have committed); a ``result=error`` is permanent →
-   ``Failed(WHMCS_ERROR)`` with WHMCS's message;
+   ``Failed(WHMCS_ERROR)`` with WHMCS's message. Never when the guard refuses: a resumed
+   attempt's lookup that found nothing ends with the guard's verdict (``refused``), and an
+   ``AddOrder`` that waited out a refused WHMCS access (no deadline: the decision may be
+   hours old) asks the guard again first (``recheck``);
 3. ``AcceptOrder`` — "Order ID not found or Status not Pending" → check the order's status:
    Active means an earlier accept (whose answer we lost) worked. An ``AcceptOrder`` without
    a definite answer (a timeout: with autosetup WHMCS runs the module while we wait) is
@@ -78,7 +81,7 @@ async def no_fence(_action: str, *, queued: bool = False) -> float | None:
 
 @dataclass
 class ProvisionResult:
-    status: str  # Provisioned | Failed
+    status: str  # Provisioned | Failed | Skipped (the guard refuses: no AddOrder)
     whmcs_order_id: int | None = None
     service_ids: list[int] = field(default_factory=list)
     addon_ids: list[int] = field(default_factory=list)
@@ -162,11 +165,17 @@ class Provisioner:
 
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
                         fence: Fence = no_fence,
-                        earlier_client_ids: tuple[int, ...] = ()) -> ProvisionResult:
+                        earlier_client_ids: tuple[int, ...] = (),
+                        refused: ProvisionResult | None = None,
+                        recheck: Callable[[], Awaitable[ProvisionResult | None]] | None = None
+                        ) -> ProvisionResult:
         """``settle_at_ms`` set: an earlier attempt may have created the order — look it up
         (after that moment) before creating; ``earlier_client_ids``: the WHMCS clients
         earlier attempts sent to, when they are not ``request``'s (the lookup reads them
-        all). Raises :class:`~streams.lease.Fenced`."""
+        all). ``refused``: the result to end with, instead of an ``AddOrder``, when no order
+        is found (the guard refuses a resumed attempt); ``recheck``: the guard read again —
+        the same, or None to go on — awaited before an ``AddOrder`` that follows a wait on
+        refused access. Raises :class:`~streams.lease.Fenced`."""
         policy = self.policy
         deadline = time.monotonic() + policy.retry_deadline_s
         created: ProvisionResult | None = None
@@ -174,6 +183,7 @@ class Provisioner:
         add_uncertain = False
         sent_at: float | None = None  # when the last AddOrder / AcceptOrder was handed over
         accept_settle_at_ms: int | None = None  # an unanswered AcceptOrder: check it first
+        waited = False  # out a refused access: the guard's verdict may be stale
 
         def sending() -> None:
             nonlocal sent_at
@@ -194,6 +204,11 @@ class Provisioner:
                         if created.status == "Failed" or not found.needs_accept:
                             return created  # not active, or found Active: nothing left
                 if created is None:
+                    if waited and recheck is not None:
+                        refused = await recheck()
+                        waited = False
+                    if refused is not None:
+                        return replace(refused, attempts=attempts)
                     attempts += 1
                     add_uncertain = True
                     sent_at = None
@@ -257,6 +272,7 @@ class Provisioner:
                 # Our credentials or IP are refused: nothing happened in WHMCS and no Order is
                 # at fault. Wait for the fix — no deadline, /healthz says why.
                 add_uncertain = False
+                waited = True
                 self._access_refused(exc)
                 self._on_retry("WhmcsAccessError")
                 await self._sleep(access_backoff.next_delay())

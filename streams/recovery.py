@@ -46,7 +46,7 @@ from streams import metrics
 from streams.decide import Event, now_ms, outcome_record
 from streams.lease import Fenced, IntentLease, LeaseCheck, Own
 from streams.mapping import WhmcsOrderRequest
-from streams.provision import Provisioner
+from streams.provision import Fence, Provisioner, ProvisionResult
 from streams.state import (
     PENDING,
     DedupeEntry,
@@ -393,18 +393,9 @@ class Sweeper:
         fence = self.intent_lease.fence(own, [intent])
         event = Event(order_id=oid, idem_key=intent.idem_key, event_uuid=intent.event_uuid,
                       correlation_id=intent.correlation_id, requested_at=intent.requested_at)
-        request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
-                                    items=(), notes="")
-        policy = self.provisioner.policy
+        client = int(intent.client_id or 0)
         try:
-            found = await self.provisioner.lookup(
-                request, fence=fence, earlier_client_ids=intent.earlier_client_ids,
-                settle_at_ms=policy.settle_at_ms((intent.sends_until() or 0) / 1000))
-            if found is not None and found.needs_accept and found.whmcs_order_id:
-                failure = await self.provisioner.accept(found.whmcs_order_id, fence=fence)
-                if failure is not None:
-                    failure.client_id = found.client_id
-                    found = failure
+            found = await look_up_attempt(self.provisioner, oid, intent, fence)
         except Fenced as fenced:
             _left_to_owner(oid, fenced)
             return None
@@ -416,7 +407,7 @@ class Sweeper:
         if found is None:
             outcome = outcome_record(
                 event, "Failed", opportunity_id=intent.opportunity_id,
-                whmcs_client_id=request.client_id, error_code="PROVISIONING_INTERRUPTED",
+                whmcs_client_id=client, error_code="PROVISIONING_INTERRUPTED",
                 error_message="the request was interrupted and not redelivered; no WHMCS order "
                               "exists for this Order — approve it again to retry",
                 attempts=attempts, completed_at=self._clock())
@@ -425,7 +416,7 @@ class Sweeper:
                 event, found.status, opportunity_id=intent.opportunity_id,
                 # the client the order was found under: an earlier one's when the
                 # Account's client changed between the attempts
-                whmcs_client_id=found.client_or(request.client_id),
+                whmcs_client_id=found.client_or(client),
                 whmcs_order_id=found.whmcs_order_id,
                 service_ids=found.service_ids, addon_ids=found.addon_ids,
                 invoice_id=found.invoice_id, error_code=found.error_code,
@@ -439,6 +430,26 @@ class Sweeper:
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})
         return outcome
+
+
+async def look_up_attempt(provisioner: Provisioner, oid: str, intent: Intent,
+                          fence: Fence) -> ProvisionResult | None:
+    """The WHMCS order the pending ``intent``'s attempt may have created for Order ``oid``,
+    or None: looked up once every ``AddOrder`` its writer could send has landed, under the
+    client it sent to and the earlier ones; found ``Pending``, accepted under ``fence``.
+    The sweep's recovery, and an event whose own attempt was pending when it ends without
+    WHMCS (:meth:`streams.handler.EventHandler._handle`). Raises Fenced and WhmcsError."""
+    request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
+                                items=(), notes="")
+    found = await provisioner.lookup(
+        request, fence=fence, earlier_client_ids=intent.earlier_client_ids,
+        settle_at_ms=provisioner.policy.settle_at_ms((intent.sends_until() or 0) / 1000))
+    if found is not None and found.needs_accept and found.whmcs_order_id:
+        failure = await provisioner.accept(found.whmcs_order_id, fence=fence)
+        if failure is not None:
+            failure.client_id = found.client_id
+            return failure
+    return found
 
 
 def _left_to_owner(oid: str, fenced: Fenced) -> None:

@@ -96,11 +96,23 @@ def test_accepted_intent_of_an_earlier_event_skips():
     assert (d.status, d.error_code, d.whmcs_order_id) == ("Skipped", "ALREADY_PROVISIONED", 9)
 
 
-def test_pending_intent_resumes_with_lookup_even_if_salesforce_moved_on():
+def test_pending_intent_looks_up_first_and_the_guard_decides_only_if_nothing_is_found():
+    """Salesforce moved on since the attempt: the lookup still comes first (an order found
+    is the outcome), and the guard's verdict travels with it for a lookup that finds
+    nothing — then no AddOrder."""
     intent = {"state": "pending", "attempt": 1, "at": 123, "idem_key": "x"}
     d = decide(event(), None, intent, order(status="Provisioned", whmcs_order_id=5))
     assert isinstance(d, Provision) and d.lookup_first and d.resumed
     assert d.sends_until == 123 and d.previous_attempts == 1  # an intent from before leases
+    assert d.refused == Final("Skipped", "ALREADY_PROVISIONED",
+                              "Order already has WHMCS_Order_Id__c 5", whmcs_order_id=5)
+    d = decide(event(), None, intent, order(status="Pending Review"))
+    assert isinstance(d, Provision) and d.lookup_first
+    assert (d.refused.status, d.refused.error_code) == ("Skipped", "NOT_ACTIVATING")
+    assert decide(event(), None, intent, order()).refused is None  # still Activating
+    # nothing to map either: the guard's verdict first (the handler looks up before it)
+    d = decide(event(), None, intent, order(client=None, status="Pending Review"))
+    assert isinstance(d, Final) and (d.status, d.error_code) == ("Skipped", "NOT_ACTIVATING")
 
 
 def test_pending_intent_with_a_lease_is_looked_up_after_it():

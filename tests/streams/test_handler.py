@@ -158,12 +158,13 @@ def test_redelivery_settles_an_intent_left_pending_by_a_cut_short_record(harness
     assert len(whmcs.orders_for(oid(1))) == 1
 
 
-def test_a_resumed_attempt_that_ends_without_whmcs_leaves_the_next_one_to_look_first(
+def test_a_resumed_attempt_whose_order_was_deleted_looks_its_whmcs_order_up_first(
         harness, whmcs):
     """The worker stopped right after an AddOrder (intent pending, the order created in
     WHMCS); before the event comes back, the Order is deleted in Salesforce. The redelivery
-    ends Failed ORDER_NOT_FOUND without a WHMCS call — and must not forget that the order may
-    exist: the Order undeleted and approved again, the next attempt finds it, never a second."""
+    has nothing to map, but its own attempt made an order: it looks it up first, as the
+    sweep does, and reports it (Provisioned, recovered) — not Failed ORDER_NOT_FOUND over an
+    Active WHMCS order. The Order undeleted and approved again: Skipped, never a second."""
     build, sf = harness
     first_event = [request_value(oid(4), event_uuid="r4", idem_key="rk4")]
     retry = [request_value(oid(4), event_uuid="r4b", idem_key="rk4b")]
@@ -186,10 +187,11 @@ def test_a_resumed_attempt_that_ends_without_whmcs_leaves_the_next_one_to_look_f
         await client.aclose()
         return kit, made, gone
     kit, made, gone = asyncio.run(go())
-    assert [o["error_code"] for o in gone] == ["ORDER_NOT_FOUND"]  # the second: nothing
+    assert [(o["status"], o["whmcs_order_id"], o["recovered"]) for o in gone] == [
+        ("Provisioned", made, True)]  # the second: nothing
     again = kit.emitter.sent[-1]
-    assert (again["status"], again["whmcs_order_id"], again["recovered"]) == (
-        "Provisioned", made, True)
+    assert (again["status"], again["error_code"], again["whmcs_order_id"]) == (
+        "Skipped", "ALREADY_PROVISIONED", made)
     assert len(whmcs.orders_for(oid(4))) == 1
 
 
