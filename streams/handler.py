@@ -58,6 +58,7 @@ from typing import Any, Protocol
 
 from common.avro import AvroSerde
 from common.backoff import Backoff
+from common.errors import WhmcsError
 from streams import metrics
 from streams.decide import (
     Context,
@@ -191,16 +192,24 @@ class EventHandler:
             return
         held: list[Intent] = []  # the intent as last written (pending, then renewed)
         if isinstance(decision, Final):
-            found = None
+            found, looked = None, False
             if intent is not None and intent.is_pending and \
                     (intent.idem_key, intent.event_uuid) == (event.idem_key, event.event_uuid):
                 # this event's own attempt was under way (the Order since deleted, its
                 # mapping since broken, the guard refusing it): an AddOrder of that attempt
-                # may have landed — looked up first, as the sweep does; a WhmcsError is
-                # the event's (retried, then dead-lettered: the sweep looks later)
+                # may have landed — looked up first, as the sweep does. WHMCS away or
+                # refusing: the decision goes out all the same (a dead letter or a wait
+                # here would leave the sweep to call it "interrupted"), and the intent says
+                # an order may exist, so the next attempt looks first
                 held.append(intent)
-                found = await look_up_attempt(self.provisioner, oid, intent,
-                                              self._fence(rec, held))
+                try:
+                    found = await look_up_attempt(self.provisioner, oid, intent,
+                                                  self._fence(rec, held))
+                    looked = True
+                except WhmcsError as exc:
+                    log.warning("Order %s: WHMCS lookup of its pending attempt failed (%s); "
+                                "its outcome goes out, the next attempt looks first", oid,
+                                exc, extra={"order_id": oid})
             if found is not None:
                 outcome = self._outcome(event, found, opportunity or held[0].opportunity_id,
                                         held[0].client_id)
@@ -211,8 +220,10 @@ class EventHandler:
                                          error_message=decision.error_message, attempts=0,
                                          completed_at=self._clock())
             await self._own(rec, "record")
-            if held:  # may_exist: an order found (none: no AddOrder of it can land now)
-                state.settle(oid, outcome, self._clock(), current=held[-1])
+            if held:  # may_exist: an order found (none found: no AddOrder of it can land
+                # now; not looked: unknown)
+                state.settle(oid, outcome, self._clock(), current=held[-1],
+                             may_exist=None if looked else True)
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)
         else:

@@ -371,8 +371,9 @@ class OrderState:
             return False
         entry = self.memory(order_id).get(intent.idem_key)
         decided = entry.decision_of(intent.event_uuid) if entry is not None else None
+        # Skipped too: a resumed attempt the guard refuses once its lookup found nothing
         if decided is None or not decided.outcome or \
-                decided.outcome.get("status") not in ("Provisioned", "Failed"):
+                decided.outcome.get("status") not in ("Provisioned", "Failed", "Skipped"):
             return False
         # what the attempt knew of WHMCS (an AddOrder that may have landed) went with the
         # intent write that never landed: assume it may have, the next attempt looks first

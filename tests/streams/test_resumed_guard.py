@@ -154,3 +154,56 @@ def test_a_redelivery_that_cannot_be_mapped_looks_its_pending_attempt_up_first(f
     intent = kit.tables.intents[OID]
     assert (intent["state"], intent["may_exist"]) == (
         ("accepted", True) if found else ("failed", False))
+
+
+class RefusingLookups(Whmcs):
+    """WHMCS refuses this installation's credentials for the lookup."""
+
+    async def find_orders_by_marker(self, client, order_id):
+        self.calls.append("GetOrders(marker)")
+        raise WhmcsAccessError("Authentication Failed", action="GetOrders")
+
+
+def sweep(kit):
+    """The sweep, as if ``WORKER_RECOVERY_AFTER_S`` had passed."""
+    from streams.decide import now_ms
+    from streams.recovery import Sweeper
+    sweeper = Sweeper(kit.state, kit.provisioner, kit.emitter, recovery_after_s=1,
+                      dedupe_ttl_days=35, owns=lambda _o: True, lanes=kit.lanes,
+                      clock_ms=lambda: now_ms() + 10_000)
+    asyncio.run(sweeper.run_once())
+
+
+def test_a_redelivery_whose_lookup_whmcs_refuses_still_ends_with_its_decision():
+    """The lookup of the pending attempt meets refused WHMCS credentials: the mapping's
+    outcome goes out (no dead letter: the README says nothing is failed for WHMCS refusing
+    this installation), the intent keeps "an order may exist" so the next attempt looks
+    first, and the sweep later has nothing to settle — before, a WORKER_ERROR dead letter
+    and then the sweep's Failed PROVISIONING_INTERRUPTED."""
+    wh = RefusingLookups()
+    record = order(item(product(pid=None)), order_id=OID, status="Pending Review")
+    kit, outcome = run(Salesforce(record), wh, pending=True)
+    assert not kit.emitter.letters
+    assert (outcome["status"], outcome["error_code"]) == ("Skipped", "NOT_ACTIVATING")
+    intent = kit.tables.intents[OID]
+    assert (intent["state"], intent["may_exist"]) == ("failed", True)
+    wh.__class__ = Whmcs  # access restored
+    sweep(kit)
+    assert [o["status"] for o in kit.emitter.sent] == ["Skipped"]
+
+
+def test_a_skipped_resumed_attempt_whose_intent_write_was_lost_is_settled_from_its_entry():
+    """The crash window between the decision's two table writes: the dedupe entry holds the
+    Skipped outcome, the intent is still pending. The entry settles it (as for Provisioned
+    and Failed), so the sweep does not send a contradicting Failed PROVISIONING_INTERRUPTED
+    for an Order sales set back."""
+    record = order(order_id=OID, status="Pending Review")
+    kit, outcome = run(Salesforce(record), Whmcs(), pending=True)
+    assert outcome["status"] == "Skipped"
+    past = int(time.time() * 1000) - 60_000
+    kit.tables.intents[OID] = Intent.pending(  # the settled intent never landed
+        order_id=OID, idem_key="k1", event_uuid="u1", attempt=1, client_id=1001, at=past,
+        writer="old", lease_until=past).to_json()
+    sweep(kit)
+    assert [o["status"] for o in kit.emitter.sent] == ["Skipped"]
+    assert kit.tables.intents[OID]["state"] == "failed"
