@@ -63,7 +63,7 @@ def _child(mode: str, bootstrap: str, progress: Path) -> None:
 def run(mode: str, rounds: int, home: Path) -> dict[str, Any]:
     """One mode: returns rounds survived, the reader's exit (None: alive at the end) and
     its successful reads before the first fault and after the last."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
     from confluent_kafka.admin import AdminClient
 
     from common.kafka import TopicSpec, create_topics
@@ -78,8 +78,18 @@ def run(mode: str, rounds: int, home: Path) -> dict[str, Any]:
                       [TopicSpec(TOPIC, PARTITIONS, 3, {"min.insync.replicas": "2"})],
                       timeout=60)
         member = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": GROUP})
-        member.commit(offsets=[TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)],
-                      asynchronous=False)
+        # a fresh cluster may answer NOT_COORDINATOR (or "loading") while its
+        # __consumer_offsets partitions find their leaders: retried, as clients do
+        settled = time.monotonic() + 60
+        while True:
+            try:
+                member.commit(offsets=[TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)],
+                              asynchronous=False)
+                break
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > settled:
+                    raise
+                time.sleep(0.5)
         member.close()
         stderr = home / f"stderr-{mode}"
         with stderr.open("w") as err:
