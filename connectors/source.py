@@ -29,7 +29,7 @@ Failure policies:
   again after a reopen that is not the refused one ends the preset, so a resumed instance
   goes on after what the newer one wrote instead of replaying it all again (EARLIEST) or
   skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`. The gap's pass
-  (:mod:`connectors.reconciler`) is armed when the next stream first answers.
+  (:mod:`connectors.reconciler`) is armed when the next stream is accepted (answers, or stays open ``GAP_ARM_OPEN_S``).
 * auth error → re-authenticate (JWT) and resume; limit / concurrent-client errors → wait
   ``SF_PUBSUB_LIMIT_BACKOFF_S`` (``/healthz`` reports 503 meanwhile); others → capped
   exponential backoff with jitter.
@@ -135,6 +135,11 @@ EXIT_ERROR = 1
 EXIT_REPLAY_INVALID = 2
 EXIT_FENCED = 3
 EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configuration error
+#: a stream open this long without an error was accepted (Salesforce refuses a subscription
+#: — limit, auth, replay id — within moments): a gap's pass is armed then if no answer came
+#: first, as an EARLIEST stream with nothing left to replay answers only with its first
+#: keepalive, up to 270 s later
+GAP_ARM_OPEN_S = 5.0
 
 
 class StreamStalled(SalesforceError):
@@ -213,7 +218,7 @@ class Connector:
         # one before the next write
         self._reopen_pending = False
         self.reconciler: Any = None  # connectors.reconciler.Reconciler, set by __main__
-        self._rearm_at: float | None = None  # a gap's time, armed once a stream answers
+        self._rearm_at: float | None = None  # a gap's time, armed once a stream answers (or stays open)
         # a stream was opened since the start or the last refused id's gap: a LATEST one
         # opened now skips what was published meanwhile (_subscribe_once)
         self._opened = False
@@ -316,6 +321,7 @@ class Connector:
     def _consume(self, sub: Subscription, max_events: int | None,
                  deadline: float | None) -> bool:
         stall = self.settings.keepalive_timeout_s
+        opened = time.monotonic()
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
                 return True
@@ -326,6 +332,8 @@ class Connector:
             except queue.Empty:
                 if time.monotonic() - self.health.last_response > stall:
                     raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
+                if self._rearm_at is not None and time.monotonic() - opened >= GAP_ARM_OPEN_S:
+                    self._arm_gap_pass()
                 self._maybe_commit_keepalive()
                 continue
             items = [first]
@@ -348,14 +356,19 @@ class Connector:
             self._maybe_commit_keepalive()
         return True
 
+    def _arm_gap_pass(self) -> None:
+        """The stream after a gap answered, or stayed open ``GAP_ARM_OPEN_S`` unrefused: the
+        gap's pass waits from here for the replay to settle, not from a slow start-up, a
+        limit wait or a backoff that held the stream (Orders still to be replayed looked
+        stranded)."""
+        at, self._rearm_at = self._rearm_at, None
+        self.reconciler.gap_recorded(at=at)
+
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
         self.health.refused = ""
-        if self._rearm_at is not None:  # the stream after a gap answers: its pass waits
-            # from here for the replay to settle, not from a slow start-up, a limit wait or
-            # a backoff that held the stream (Orders still to be replayed looked stranded)
-            at, self._rearm_at = self._rearm_at, None
-            self.reconciler.gap_recorded(at=at)
+        if self._rearm_at is not None:
+            self._arm_gap_pass()
         batch: list[KafkaRecord] = []
         # a keepalive's position is a candidate once every event delivered before it is
         # written: taken up only after this batch's transaction commits (a failed write
@@ -547,7 +560,7 @@ class Connector:
 
     def _record_gap(self, policy: str, error_code: str, message: str) -> None:
         """Commit a ``replay_gap`` record found now and plan its gap pass for the next
-        stream's first answer (:meth:`_handle`), as :meth:`_rearm_gap` plans a stored one:
+        stream's acceptance (:meth:`_arm_gap_pass`), as :meth:`_rearm_gap` plans a stored one:
         armed at once, a limit wait or a long backoff before that answer counted as the
         replay settling, and the pass re-requested Orders whose events Salesforce still
         replays. The later of two gaps bounds the pass. Raises the write's KafkaError."""
@@ -586,7 +599,7 @@ class Connector:
                     gap["error_code"] or "replay id refused",
                     gap["last_good_replay_id"].hex() if gap["last_good_replay_id"] else "none",
                     extra={"cause": "gap"})
-        self._rearm_at = detected_s  # armed when the stream first answers (_handle)
+        self._rearm_at = detected_s  # armed once the stream answers or stays open (_arm_gap_pass)
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""

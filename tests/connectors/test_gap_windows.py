@@ -18,6 +18,7 @@ from common.avro import SerdeError, encode_schemaless, frame, load_schema
 from common.errors import KafkaError, ReplayIdInvalidError, SalesforceLimitError
 from common.settings import ConnectorSettings, KafkaSettings
 from connectors import reconciler as rec
+from connectors import source
 from connectors.decode import KafkaRecord
 from connectors.offsets import epoch_ms
 from connectors.pubsub.client import StreamEnded
@@ -120,6 +121,26 @@ def test_a_gap_pass_is_armed_when_the_stream_first_answers_not_when_the_gap_is_f
     open_stream(conn, QUIET, StreamEnded(None))
     (gap,) = gaps(conn)  # EARLIEST replays: no gap for a stream opened again
     assert r._gap_at == pytest.approx(epoch_ms(gap["detected_at"]) / 1000, abs=0.002)
+
+
+def test_a_gap_pass_is_armed_when_the_stream_stays_open_with_nothing_to_replay(monkeypatch):
+    """EARLIEST after a gap with every event past retention: the stream has nothing to
+    replay and answers only with its first keepalive, up to 270 s later. Open and unrefused
+    for GAP_ARM_OPEN_S it was accepted (a refusal comes within moments): the pass is armed
+    then, not minutes later — nor at once, before the stream was opened."""
+    monkeypatch.setattr(source, "GAP_ARM_OPEN_S", 0.3)
+    conn = make(invalid_replay="EARLIEST")
+    r = with_reconciler(conn)
+    refused(conn)
+    conn.pubsub = SimpleNamespace(  # type: ignore[assignment]
+        subscribe=lambda _preset, _replay_id: FakeSubscription([]))
+    started = time.monotonic()
+    assert conn._subscribe_once(None, time.monotonic() + 0.1) is True
+    assert r._gap_at is None, "armed before the stream had stayed open"
+    assert conn._subscribe_once(None, time.monotonic() + 1.0) is True
+    (gap,) = gaps(conn)
+    assert r._gap_at == pytest.approx(epoch_ms(gap["detected_at"]) / 1000, abs=0.002)
+    assert time.monotonic() - started < 2
 
 
 # -- 2. a topic read in part ----------------------------------------------------------
