@@ -8,8 +8,9 @@ Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov recon
 
 * **gap** — the connector recorded a replay gap (its stored replay id was older than
   Salesforce's retention, or it opened a LATEST stream again before a position was
-  committed). Once the resubscription has answered and delivered what Salesforce still had
-  (no event written for :data:`GAP_SETTLE_S` since), the Orders last changed before the gap
+  committed). Once the resubscription was accepted (its first answer, or
+  ``connectors.source.GAP_ARM_OPEN_S`` open unrefused) and delivered what Salesforce still
+  had (no event written for :data:`GAP_SETTLE_S` since), the Orders last changed before the gap
   was found that are ``Activating`` with no request in Kafka are re-requested, whatever their
   age. A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
   plans the pass again (its instance may have stopped before the pass ran: a pass finding
