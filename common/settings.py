@@ -250,7 +250,9 @@ class KafkaSettings(_Section):
                                        "salesforce.connector-offsets",
                                        doc="Compacted replay-id store of the source connector.")
     replay_gaps_topic: str = env("KAFKA_TOPIC_REPLAY_GAPS", "salesforce.replay-gaps",
-                                 doc="Gaps recorded when Salesforce refused a stored replay id.")
+                                 doc="Replay gaps: a stored replay id Salesforce refused, "
+                                     "or a LATEST resubscribe before any position was "
+                                     "committed.")
     partitions: int = env("KAFKA_PARTITIONS", 6, parse=parse_positive_int,
                           doc="Partitions of the requests and outcomes topics and of the "
                               "worker's changelog topics.")

@@ -24,7 +24,8 @@ COMMITTED_AT = Gauge("sfprov_connector_committed_position_timestamp_seconds",
 COMMITTED_AGE = Gauge("sfprov_connector_committed_replay_id_age_seconds",
                       "Seconds since the replay position was last committed (-1: none).")
 REPLAY_GAPS = Counter("sfprov_connector_replay_gaps",
-                      "Stored replay ids refused by Salesforce (gap recorded), by policy.",
+                      "Replay gaps recorded (a stored replay id refused by Salesforce, or a "
+                      "LATEST resubscribe before any position was committed), by policy.",
                       ["policy"])
 BUFFERED = Gauge("sfprov_connector_buffered_events",
                  "Events received from Salesforce, not yet written.")

@@ -528,7 +528,6 @@ class Connector:
             return self._refused(refused)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
-        m.REPLAY_GAPS.labels(policy).inc()
         extra = {"replay_id": self.position.replay_id.hex(), "error_code": exc.error_code}
         if policy == "FAIL":
             self.health.state = "failed"
@@ -570,6 +569,7 @@ class Connector:
                                               detected_at_ms=int(at * 1000))
         self.writer.write([(self.kafka.replay_gaps, self.codec.key, value, headers)])
         m.TRANSACTIONS.labels("gap", "commit").inc()
+        m.REPLAY_GAPS.labels(policy).inc()
         if self.reconciler is not None:
             self._rearm_at = max(self._rearm_at or at, at)
 

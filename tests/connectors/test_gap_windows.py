@@ -71,15 +71,19 @@ def test_a_latest_stream_ended_before_its_first_keepalive_records_a_gap_at_the_n
     covers the Orders changed up to it — not only those changed before the first gap."""
     conn = make(invalid_replay="LATEST")
     r = with_reconciler(conn)
+    counted = source.m.REPLAY_GAPS.labels("LATEST")._value.get()
     refused(conn)
     open_stream(conn, StreamEnded(StreamClosed("RST_STREAM")))
     assert len(gaps(conn)) == 1  # the first LATEST stream after the gap skips nothing
+    assert source.m.REPLAY_GAPS.labels("LATEST")._value.get() == counted + 1
     second = open_stream(conn, QUIET, StreamEnded(StreamClosed("RST_STREAM")))
     assert r._gap_at is not None and r._gap_at >= second, (r._gap_at, second)
     first, again = gaps(conn)
     assert epoch_ms(again["detected_at"]) >= int(second * 1000)  # re-armed after a restart
     assert (again["policy"], again["error_code"]) == ("LATEST", "latest.resubscribed")
     assert again["last_good_replay_id"] == first["last_good_replay_id"] == REFUSED.replay_id
+    # counted as a gap too: sfprov_connector_replay_gaps_total is what the alert watches
+    assert source.m.REPLAY_GAPS.labels("LATEST")._value.get() == counted + 2
 
 
 @pytest.mark.parametrize("start", ["fresh", "gap"])
