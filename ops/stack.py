@@ -8,7 +8,7 @@ credentials in ``.env`` only the three pipeline processes. It waits until every 
 healthy and prints a map of what runs where.
 
 ``down`` stops the supervisor (which stops its children in reverse order) and the broker,
-leaving no process behind. Every pid it signals is verified first (:func:`verified`): pid
+leaving no process behind. Every pid it signals is verified first (:mod:`ops.pids`): pid
 files outlive a restart of the machine, their pids do not, and another process of the user
 may have one now. ``up`` after a supervisor that died alone stops the children it left.
 
@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import ROOT, environment, parse_bool
+from ops import pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
+from ops.pids import recorded_pid
 from ops.supervisor import Child, is_healthy, process_start, stop_grace
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
@@ -202,38 +204,15 @@ def apply_acls(b: LocalBroker, env: dict[str, str]) -> int:
     return apply(admin_client(kafka), rules)
 
 
-def verified(pid: int, start: str | None, argv: list[str]) -> bool:
-    """Whether ``pid`` still is the process recorded with it: the same start
-    (:func:`ops.supervisor.process_start`). A record without one (written by an earlier
-    release) counts when the process runs ``argv`` (its program aside: another interpreter
-    path may have started it); a process whose command line cannot be read does not. Only a
-    verified pid is ever signalled: a recorded pid may belong to any process of the user
-    after a restart of the machine."""
-    running = process_start(pid)
-    if running is None:
-        return False
-    if start is not None:
-        return running == start
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return False
-    return bool(argv) and cmdline[1:] == [a.encode() for a in argv[1:]]
-
-
 def supervisor_argv() -> list[str]:
     """How ``up`` starts the supervisor (how a pid file of an earlier release is checked)."""
     return [PY, "-m", "ops.supervisor", str(PLAN)]
 
 
 def supervisor_pid() -> int | None:
-    """The supervisor's pid (:data:`SUPERVISOR_PID`: ``PID START``, or ``PID`` from an
-    earlier release), None unless that process is still the supervisor ``up`` started."""
-    try:
-        pid, _, start = SUPERVISOR_PID.read_text().strip().partition(" ")
-        return int(pid) if verified(int(pid), start or None, supervisor_argv()) else None
-    except (OSError, ValueError):
-        return None
+    """The supervisor's pid (:data:`SUPERVISOR_PID`), None unless that process is still the
+    supervisor ``up`` started (:func:`ops.pids.recorded_pid`)."""
+    return recorded_pid(SUPERVISOR_PID, supervisor_argv())
 
 
 def planned() -> list[dict[str, Any]]:
@@ -241,43 +220,15 @@ def planned() -> list[dict[str, Any]]:
     return json.loads(PLAN.read_text())["processes"] if PLAN.exists() else []
 
 
-def _same(entry: dict[str, Any], specs: dict[str, dict[str, Any]]) -> bool:
-    """Whether the status file's ``entry`` still is the process the supervisor started (an
-    entry of an earlier release, without a start, by the plan's command line)."""
-    return verified(entry["pid"], entry.get("start"), specs.get(entry["name"], {}).get("argv", []))
-
-
 def stop_leftovers(entries: list[dict[str, Any]], *, grace: bool) -> None:
     """Stop what a supervisor that is gone left running (``entries``: its status file's
-    processes): each process group SIGKILLed, with ``grace`` after a SIGTERM and the child's
-    grace (``ops.supervisor.stop_grace``), as the supervisor would. A running pid that is
-    not the recorded process is left alone, with a warning."""
+    processes), by the plan's specs and graces (:func:`ops.pids.stop_leftovers`)."""
     specs = {p["name"]: p for p in planned()}
-    found = []
-    for entry in entries:
-        if not entry.get("pid") or process_start(entry["pid"]) is None:
-            continue
-        if _same(entry, specs):
-            found.append(entry)
-        else:
-            print(f"warning: pid {entry['pid']} is not the {entry['name']} the supervisor "
-                  f"started ({STATUS} is stale): not stopping it", file=sys.stderr)
-    if grace and found:
-        for child in found:
-            print(f"stopping leftover {child['name']} (pid {child['pid']}) of a supervisor "
-                  "that is gone")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + max(
-            Child(**specs[c["name"]]).grace() if c["name"] in specs
-            else stop_grace(c["name"], environment()) for c in found)
-        while time.monotonic() < deadline and any(_same(c, specs) for c in found):
-            time.sleep(0.2)
-    for child in found:
-        if _same(child, specs):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child["pid"], signal.SIGKILL)
-                print(f"killed leftover {child['name']} (pid {child['pid']})")
+
+    def grace_of(entry: dict[str, Any]) -> float:
+        spec = specs.get(entry["name"])
+        return Child(**spec).grace() if spec else stop_grace(entry["name"], environment())
+    pids.stop_leftovers(entries, specs, grace_of, grace=grace, status_file=STATUS)
 
 
 def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
