@@ -89,8 +89,16 @@ def group_lag(reader: Any, c: Any, topic: str) -> list[tuple[int, int, int]]:
 
 def unowned_partitions(admin: AdminClient, group: str, topic: str,
                        partitions: set[int], timeout_s: float = 10.0) -> set[int]:
-    """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now."""
+    """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now;
+    empty ("cannot tell") unless the group is Stable or Empty: in a rebalance (or an unknown
+    or dead state) the broker's classic coordinator describes its members without their
+    assignments, so every partition would look unowned."""
+    from confluent_kafka import ConsumerGroupState
+
     description = admin.describe_consumer_groups([group])[group].result(timeout=timeout_s)
+    state = getattr(description, "state", None)
+    if state not in (ConsumerGroupState.STABLE, ConsumerGroupState.EMPTY):
+        return set()
     owned = {tp.partition for member in description.members
              for tp in (member.assignment.topic_partitions if member.assignment else [])
              if tp.topic == topic}

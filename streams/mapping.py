@@ -6,8 +6,9 @@ Pure: no I/O. :func:`map_order` returns a :class:`WhmcsOrderRequest` or raises
 Rules:
 
 * ``clientid`` ← ``Order.Account.WH_Account__c`` (a positive integer, possibly sent by
-  Salesforce as ``"12"`` or ``12.0``); empty → ``MISSING_WHMCS_CLIENT``, not a positive
-  integer → ``INVALID_WHMCS_CLIENT``. WHMCS ids (clients, products, addons, config options)
+  Salesforce as ``"12"``, ``"12.0"`` or ``12.0``; text only in plain ASCII decimal digits:
+  ``"1e2"``, ``"4_2"`` or ``"12.5"`` is no id); empty → ``MISSING_WHMCS_CLIENT``, not a
+  positive integer → ``INVALID_WHMCS_CLIENT``. WHMCS ids (clients, products, addons, config options)
   are at most :data:`MAX_ID` (its tables' signed 32-bit ``int``): a larger one is invalid,
   not a number to send (it would not fit the outcome's Avro ``long`` either).
 * One ``pid[i]`` per ``Service`` or ``Activation`` item, the Service items first, each
@@ -105,20 +106,32 @@ class WhmcsOrderRequest:
 MAX_ID = 2**31 - 1  # WHMCS keeps its ids in signed 32-bit int columns
 MAX_QUANTITY = 1000  # per item; add-ons are repeated this often in one request
 _OPTION_ID = re.compile(r"[1-9][0-9]*", re.ASCII)  # a config option id written plainly
+# a whole number as text: "12", " +12 ", "12.0" (ASCII digits and spaces only)
+_WHOLE_NUMBER = re.compile(r"\s*\+?([0-9]+)(?:\.0*)?\s*", re.ASCII)
 
 
 def _positive_int(raw: Any, upper: int = MAX_ID) -> int | None:
-    """``12`` / ``12.0`` / ``"12"`` / ``" 12 "`` → 12; anything else, or above ``upper``,
-    → None."""
+    """``12`` / ``12.0`` / ``"12"`` / ``" 12 "`` / ``"12.0"`` → 12; anything else, or above
+    ``upper``, → None. Text must be a plainly written ASCII whole number: not read through
+    ``float()``, which took ``"1e2"`` for 100, ``"4_2"`` for 42 and rounded
+    ``"2147483647.0000001"``."""
     if raw is None or isinstance(raw, bool):
         return None
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value != int(value) or not 0 < value <= upper:
-        return None
-    return int(value)
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float):
+        if not math.isfinite(raw) or raw != int(raw):
+            return None
+        value = int(raw)
+    else:
+        match = _WHOLE_NUMBER.fullmatch(str(raw))
+        if match is None:
+            return None
+        try:
+            value = int(match.group(1))
+        except ValueError:  # past Python's digit limit for int(): far past any id
+            return None
+    return value if 0 < value <= upper else None
 
 
 def _config_options(raw: Any, item: str) -> str | None:

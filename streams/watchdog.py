@@ -3,13 +3,20 @@ exits to be restarted.
 
 faust-streaming can stop feeding the agent after a rebalance while the process stays up and
 heart-beating, so the group never moves its partitions elsewhere (docs/decisions/0001). The
-watchdog does not try to understand faust's state. Every ``interval`` it asks the broker (its
-own confluent-kafka clients, in its own thread, so a blocked event loop cannot hide a stall)
-how many committed records lie beyond the group's committed offsets on the requests
-partitions this worker owns. When there are such records, no event is in flight, and none
-has moved for half of ``timeout``, the worker seeks its partitions back to their committed
-offsets (events faust fetched and dropped are fetched again); when that does not help either
-and the whole ``timeout`` has passed, it logs why and exits with :data:`STALL_EXIT_CODE`.
+watchdog does not try to understand faust's state. Every ``interval`` without an event
+moving it asks the broker (its own confluent-kafka clients, in its own thread, so a blocked
+event loop cannot hide a stall) how many committed records lie beyond the group's committed
+offsets on the requests partitions this worker owns. Such records wait from the first look
+that saw them beyond a committed offset that has not moved since (or from the last event,
+when that came later): a record landing after a quiet spell gets the whole ``timeout``,
+never an exit at the first look. When they have waited for half of ``timeout`` with no
+event in flight, the worker seeks its partitions back to their committed offsets (events
+faust fetched and dropped are fetched again); when that does not help either and the whole
+``timeout`` has passed, it logs why and exits with :data:`STALL_EXIT_CODE`. Records that
+waited the whole ``timeout`` on partitions no member of the group owns make a worker with
+nothing of its own waiting exit too (a restart rejoins), once two looks in a row find the
+same partitions without an owner in a Stable or Empty group (in a rebalance the broker
+describes members without their assignments: it cannot tell).
 Exiting is safe — nothing past the committed offsets was committed, a restarted worker
 restores its tables from the changelogs, and the events come again — and the supervisor
 (``make up``), systemd or Kubernetes restarts it. Events in flight (waiting on Salesforce,
@@ -57,6 +64,9 @@ class Progress:
     def touch(self) -> None:
         self.last_activity = self._clock()
 
+    def now(self) -> float:
+        return self._clock()
+
     def idle_for(self) -> float:
         if self.running or self.busy():
             return 0.0
@@ -71,6 +81,31 @@ def pending_records(rows: list[tuple[int, int, int]], owned: set[int]) -> dict[i
 
 def is_stalled(pending: dict[int, int], idle_s: float, timeout_s: float) -> bool:
     return bool(pending) and idle_s >= timeout_s
+
+
+class Waiting:
+    """Since when records have waited on each partition, as the watchdog's looks saw them:
+    from the first look that found records beyond a committed offset that has not moved
+    since (a partition whose committed offset moves, or that has nothing left, starts
+    again)."""
+
+    def __init__(self) -> None:
+        self._since: dict[int, tuple[int, float]] = {}  # partition → (committed, since)
+
+    def update(self, pending: dict[int, int], committed: dict[int, int], now: float) -> None:
+        since = {}
+        for p in pending:
+            seen = self._since.get(p)
+            since[p] = seen if seen is not None and seen[0] == committed[p] \
+                else (committed[p], now)
+        self._since = since
+
+    def clear(self) -> None:
+        self._since = {}
+
+    def waited(self, partition: int, now: float) -> float:
+        seen = self._since.get(partition)
+        return 0.0 if seen is None else now - seen[1]
 
 
 class StallWatchdog:
@@ -95,6 +130,12 @@ class StallWatchdog:
         # of the given partitions, those no member of the group owns (a group whose
         # assignment left partitions out: nobody will ever read them)
         self.orphans = orphans
+        # since when records wait (the stall is timed from there, never from before the
+        # records came: a record landing after a quiet spell gets the whole timeout)
+        self._owned_waiting, self._others_waiting = Waiting(), Waiting()
+        self._seen_activity = progress.last_activity
+        # the partitions the previous look found without an owner: one answer is not enough
+        self._orphaned: set[int] = set()
         self.last_error: str | None = None
         self.stalled_since: float | None = None
         self._stop = threading.Event()
@@ -117,32 +158,55 @@ class StallWatchdog:
                 self.progress.touch()
         if self.reseeked and self.progress.last_activity != self._reseek_activity:
             self.reseeked = False  # events moved since the re-seek: that stall is over
+        if self.progress.last_activity != self._seen_activity:  # progress: waits start again
+            self._seen_activity = self.progress.last_activity
+            self._owned_waiting.clear()
+            self._others_waiting.clear()
         idle = self.progress.idle_for()
         first_step = self.timeout_s / 2 if self.reseek is not None else self.timeout_s
-        if idle < first_step:  # cheap case first: no broker round trip
+        # Cheap case first, no broker round trip: events moved within the last look's
+        # interval. Idle longer, it looks at every interval, so that it sees when records
+        # start to wait.
+        if idle < min(first_step, self.interval_s):
             self._reset()
             return None
+        previous, self._orphaned = self._orphaned, set()  # consecutive looks only
         rows = self.lag()
-        pending = pending_records(rows, self.owned())
+        now = self.progress.now()
+        owned = self.owned()
+        committed = {p: c for p, c, _e in rows}
+        waiting = pending_records(rows, {p for p, _c, _e in rows})
+        pending = {p: n for p, n in waiting.items() if p in owned}
+        others = {p: n for p, n in waiting.items() if p not in owned}
+        self._owned_waiting.update(pending, committed, now)
+        self._others_waiting.update(others, committed, now)
         idle = self.progress.idle_for()
-        if not pending and self.orphans is not None and idle >= self.timeout_s:
-            waiting = pending_records(rows, {p for p, _c, _e in rows})
-            nobodys = self.orphans(set(waiting)) if waiting else set()
-            orphaned = {p: n for p, n in waiting.items() if p in nobodys}
-            if orphaned:  # no re-seek can help: nobody reads them; a restart rejoins
-                self.on_stall(f"{sum(orphaned.values())} records wait on partitions "
-                              f"{sorted(orphaned)} that no member of the group owns (this "
-                              f"worker owns {sorted(self.owned()) or 'none'}) and no event has "
-                              f"moved for {idle:.0f} s (WORKER_STALL_TIMEOUT_S="
-                              f"{self.timeout_s:g}); state {self._state()}")
-                return "exit"
-        if not is_stalled(pending, idle, first_step):
-            self._reset()
+        orphaned: dict[int, int] = {}
+        if not pending and self.orphans is not None:
+            # records that waited the whole timeout on partitions this worker does not own
+            due = {p: n for p, n in others.items()
+                   if min(idle, self._others_waiting.waited(p, now)) >= self.timeout_s}
+            nobodys = self.orphans(set(due)) if due else set()
+            orphaned = {p: n for p, n in due.items() if p in nobodys}
+        confirmed = {p: n for p, n in orphaned.items() if p in previous}
+        self._orphaned = set(orphaned)
+        if confirmed:  # twice in a row. No re-seek can help: nobody reads them; a restart rejoins
+            waited = max(min(idle, self._others_waiting.waited(p, now)) for p in confirmed)
+            self.on_stall(f"{sum(confirmed.values())} records wait on partitions "
+                          f"{sorted(confirmed)} that no member of the group owns (this "
+                          f"worker owns {sorted(owned) or 'none'}) and have waited for "
+                          f"{waited:.0f} s with no event moving (WORKER_STALL_TIMEOUT_S="
+                          f"{self.timeout_s:g}); state {self._state()}")
+            return "exit"
+        waited = max((self._owned_waiting.waited(p, now) for p in pending), default=0.0)
+        stalled_for = min(idle, waited)
+        if not is_stalled(pending, stalled_for, first_step):
+            self._reset(keep_waiting=True)
             return None
         self.stalled_since = self.stalled_since or time.time()
         what = (f"{sum(pending.values())} records wait on owned partitions {sorted(pending)} "
-                f"and no event has moved for {idle:.0f} s")
-        if idle < self.timeout_s:
+                f"and have waited for {stalled_for:.0f} s with no event moving")
+        if stalled_for < self.timeout_s:
             if self.reseek is None or self.reseeked:
                 return None
             # Records fetched and then dropped inside faust leave the fetch position past
@@ -159,9 +223,13 @@ class StallWatchdog:
                       f"state {self._state()}")
         return "exit"
 
-    def _reset(self) -> None:
+    def _reset(self, *, keep_waiting: bool = False) -> None:
         self.stalled_since = None
         self.reseeked = False
+        if not keep_waiting:
+            self._owned_waiting.clear()
+            self._others_waiting.clear()
+            self._orphaned = set()
 
     def _state(self) -> str:
         if self.diagnose is None:

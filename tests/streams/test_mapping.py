@@ -163,3 +163,33 @@ def test_items_past_one_answer_are_refused_not_provisioned_in_part():
     o["OrderItems"] = {**o["OrderItems"], "done": False, "totalSize": 250,
                        "nextRecordsUrl": "/services/data/v61.0/query/01g-2000"}
     assert codes(o) == "TOO_MANY_ITEMS"
+
+
+# Text that float() reads but that is no plainly written whole number: "1e2" became client
+# 100, "4_2" product 42 and "2147483647.0000001" was rounded to the largest id.
+@pytest.mark.parametrize("client", ["1e2", "1E2", "4_2", "2147483647.0000001", "12.5e1",
+                                    "0x10", "nan", "inf", ".5", "１２", "\u0661\u0662",
+                                    "12\u00a0", "1 2", "--1", "+-1", "0", "0.0"])
+def test_a_client_id_not_written_as_a_whole_number_is_invalid(client):
+    assert codes(order(client=client)) == "INVALID_WHMCS_CLIENT"
+
+
+@pytest.mark.parametrize("pid", ["1e2", "4_2", "2147483647.0000001", "1e0", "nan", "１２"])
+def test_a_product_id_not_written_as_a_whole_number_is_no_mapping(pid):
+    assert codes(order(item(product(pid=pid)))) == "MISSING_PRODUCT_MAPPING"
+    addon = product("ADDON", pid=pid, item_class="Add-on")
+    assert codes(order(item(), item(addon))) == "MISSING_PRODUCT_MAPPING"
+
+
+@pytest.mark.parametrize("qty", ["2e0", "1_0", "3.0000001"])
+def test_a_quantity_not_written_as_a_whole_number_is_invalid(qty):
+    assert codes(order(item(qty=qty))) == "INVALID_QUANTITY"
+
+
+@pytest.mark.parametrize("raw,expected", [("12", 12), (" 12 ", 12), ("+12", 12), ("12.0", 12),
+                                          ("12.", 12), ("012", 12), ("\t7\n", 7),
+                                          (12, 12), (12.0, 12), ("2147483647", 2**31 - 1),
+                                          ("2147483647.000", 2**31 - 1)])
+def test_whole_numbers_as_salesforce_sends_them_still_map(raw, expected):
+    p = map_order(order(item(product(pid=raw)), client=raw), idem_key="k").params()
+    assert p["clientid"] == expected and p["pid"] == [expected]
