@@ -6,12 +6,16 @@ with:
 * ``guard`` (default; ``bench.chaos --break-guard``): ``Provisioner.lookup`` (the WHMCS lookup
   on the ``sfOrderId=`` marker that runs before an ``AddOrder`` may be repeated: after a
   crash with a pending intent, or a WHMCS timeout) replaced by one that never finds anything.
-* ``lease`` (``bench.chaos --break-lease``): the ownership lease checked before every WHMCS
-  write, ``streams.lease.OwnershipLease.check(partition, generation) -> LeaseCheck``, made to
-  always answer ok — an ok check valid for an hour (``valid_until`` is also the send
-  deadline the WHMCS request carries), never ``lost``. Each check the real lease would have
-  refused is logged as ``lease off: would have fenced: ...`` (chaos counts them: proof that
-  a pause hit a worker holding Orders). Without ``streams.lease`` (a worker from before the
+* ``lease`` (``bench.chaos --break-lease``): the ownership lease's gates of the worker's
+  WHMCS writes switched off — the event path's (``hold`` as ``streams.handler`` calls it,
+  before the pending intent, each ``AddOrder`` / ``AcceptOrder`` / ``CancelOrder``, the
+  record and the send) and the sweep's (``Worker._sweep_fence``) answer ok, valid for an
+  hour (``valid_until`` is also the send deadline the WHMCS request carries), never
+  ``lost``. Each check the real lease would have refused is logged as ``lease off: would
+  have fenced: before <stage>, ...`` (chaos counts them: proof that a pause hit a worker
+  holding Orders). ``OwnershipLease.check`` itself still answers truly: the changelog
+  repair (decision 0016, ``--break repair``'s) still obeys the lease, so a lease-off run
+  breaks one protection, not two. Without ``streams.lease`` (a worker from before the
   lease) nothing is patched: that worker has no lease to switch off, and says so in its log.
 
 * ``repair`` (``bench.chaos --break-repair``): both sides of decision 0016 switched off. The
@@ -28,8 +32,6 @@ end with a late writer's records (repair). Never used by the product.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import logging
 import sys
 import time
@@ -52,37 +54,55 @@ def break_guard() -> str:
     return "WHMCS lookup switched off (Provisioner.lookup never finds an order)"
 
 
+def _let_through(owner: Any, refused: Any, where: str) -> Any:
+    """What a lease-off gate answers instead of ``refused``: ok, not lost, valid for an
+    hour (``valid_until`` is also the send deadline the WHMCS request carries). Logged as
+    the line ``bench.chaos`` counts (``lease_would_fence``)."""
+    from streams.lease import LeaseCheck
+
+    log.warning("%s %s: %s", WOULD_HAVE_FENCED, where, refused.reason)
+    clock = getattr(owner, "_clock", time.monotonic)
+    wall = getattr(owner, "_wall", time.time)
+    return LeaseCheck(True, refused.reason, clock() + VALID_FOR_S, wall() + VALID_FOR_S)
+
+
 def break_lease() -> str:
-    """Patch ``OwnershipLease.check`` to always say ok; returns what was done, for the log."""
+    """Switch off the lease's gates of the WHMCS writes — the event path's
+    (``streams.handler``'s ``hold``) and the sweep's (``Worker._sweep_fence``) — and nothing
+    else: ``OwnershipLease.check`` still answers truly, so the changelog repair
+    (``streams.repair``, decision 0016) still obeys it. Returns what was done, for the log."""
     try:
         from streams import lease
     except ImportError:
         return "streams.lease not found: this worker has no ownership lease to switch off"
-    real = lease.OwnershipLease.check
+    from streams import app, handler
 
-    def allow(owner: Any, verdict: Any, partition: int, generation: int) -> Any:
-        if verdict.ok:
-            return verdict
-        log.warning("%s partition %s generation %s: %s", WOULD_HAVE_FENCED, partition,
-                    generation, verdict.reason)
-        if not dataclasses.is_dataclass(verdict):
-            return lease.LeaseCheck(ok=True, reason=f"lease switched off ({verdict.reason})")
-        fields = {f.name for f in dataclasses.fields(verdict)}
-        clock = getattr(owner, "_clock", time.monotonic)
-        wall = getattr(owner, "_wall", time.time)
-        changes = {"ok": True, "valid_until": clock() + VALID_FOR_S,
-                   "valid_until_wall": wall() + VALID_FOR_S, "lost": False}
-        return dataclasses.replace(verdict, **{k: v for k, v in changes.items() if k in fields})
+    async def hold(owner: Any, partition: int, generation: int, *, stage: str,
+                   **_kw: Any) -> Any:
+        check = owner.check(partition, generation)
+        if check.ok:
+            return check
+        return _let_through(owner, check,
+                            f"before {stage}, partition {partition} generation {generation}")
 
-    if inspect.iscoroutinefunction(real):
-        async def acheck(self: Any, partition: int, generation: int) -> Any:
-            return allow(self, await real(self, partition, generation), partition, generation)
-        lease.OwnershipLease.check = acheck
-    else:
-        def check(self: Any, partition: int, generation: int) -> Any:
-            return allow(self, real(self, partition, generation), partition, generation)
-        lease.OwnershipLease.check = check
-    return "ownership lease switched off (OwnershipLease.check always ok)"
+    real_sweep_fence = app.Worker._sweep_fence
+
+    def sweep_fence(self: Any, order_id: str) -> Any:
+        fence = real_sweep_fence(self, order_id)
+
+        async def lenient(action: str) -> Any:
+            try:
+                return await fence(action)
+            except lease.Fenced as fenced:
+                partition = app.faust_seam.key_partition(order_id, self.kafka.partitions)
+                return _let_through(self.lease, fenced.check, f"before {action} (sweep), "
+                                    f"partition {partition} Order {order_id}")
+        return lenient
+
+    handler.hold = hold  # type: ignore[assignment]
+    app.Worker._sweep_fence = sweep_fence  # type: ignore[method-assign]
+    return ("ownership lease switched off for the WHMCS writes (the event path's and the "
+            "sweep's gates always ok; the changelog repair still obeys the lease)")
 
 
 WOULD_HAVE_REPAIRED = "repair off: would have looked at"

@@ -55,7 +55,7 @@ def _child(mode: str, bootstrap: str, progress: Path) -> None:
         except Exception:  # noqa: BLE001, S110 - a read may fail while a node is away
             pass
         if time.monotonic() - last_write > 0.5:
-            progress.write_text(str(int(reads)))
+            _write_progress(progress, int(reads))
             last_write = time.monotonic()
         time.sleep(0.005)
 
@@ -99,8 +99,15 @@ def run(mode: str, rounds: int, home: Path) -> dict[str, Any]:
         time.sleep(3)
         before = _reads(progress)
         survived = 0
+        faults: list[dict[str, Any]] = []  # per round: the node hit
         for r in range(rounds):
-            coordinator = cluster.coordinator(GROUP) or 1
+            coordinator = cluster.coordinator(GROUP)
+            fault: dict[str, Any] = {"kind": "kill" if r % 2 == 0 else "pause",
+                                     "node": coordinator}
+            if coordinator is None:  # unknown now: node 1, which may not coordinate the group
+                coordinator = 1
+                fault.update(node=1, fallback=True)
+            faults.append(fault)
             if r % 2 == 0:
                 cluster.node(coordinator).kill()
                 time.sleep(3)
@@ -120,6 +127,7 @@ def run(mode: str, rounds: int, home: Path) -> dict[str, Any]:
         return {"mode": mode, "rounds": rounds, "survived": survived,
                 "exit": child.poll(), "reads_before_faults": before,
                 "reads_after_last_fault": _reads(progress) - at_last_fault,
+                "faults": faults, "fallback": any(f.get("fallback") for f in faults),
                 "last_words": [line for line in stderr.read_text(errors="replace").splitlines()
                                if not line.startswith("%")][-3:]}
     finally:
@@ -127,6 +135,14 @@ def run(mode: str, rounds: int, home: Path) -> dict[str, Any]:
             child.kill()
             child.wait()
         cluster.stop(grace=5.0)
+
+
+def _write_progress(progress: Path, reads: int) -> None:
+    """Replace ``progress`` whole (a temporary file renamed over it): the parent reading it
+    meanwhile sees the old count or the new one, never an empty file."""
+    tmp = progress.with_name(progress.name + ".tmp")
+    tmp.write_text(str(reads))
+    os.replace(tmp, progress)
 
 
 def _reads(progress: Path) -> int:

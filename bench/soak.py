@@ -10,7 +10,8 @@ are in ``soak.partial.json`` while it runs). At the end it
 prints each process's growth from the moment ``--after`` Orders were done to the end; the
 target, for the connector, worker and sink, is at most 10 MB (the sandboxes and the broker
 are reported beside them: the Salesforce sandbox keeps every Order it is seeded with, as an
-org does). Exits 1 when a pipeline process grew more, or a WHMCS order was duplicated.
+org does). Exits 1 when a pipeline process grew more, a WHMCS order was duplicated, or the
+run left fewer than four samples after ``--after`` Orders (nothing measured).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ PIPELINE = ("connector", "worker", "sink")  # what the target judges
 
 
 SERIES_SKIP = ("t_s", "orders", "threads")  # a sample's keys that are no process's RSS
+MIN_SAMPLES = 4  # after --after Orders: two at each end of the growth, none shared
 
 
 def status(pid: int | None) -> tuple[float | None, int | None]:
@@ -115,12 +117,15 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
 
 
 def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
-    """MB each process grew between the first sample with ``after`` Orders done and the end
-    (averaging the last three samples of each end, so one GC's swing does not count)."""
+    """MB each process grew between the first sample with ``after`` Orders done and the end,
+    averaging up to three samples at each end (so one GC's swing does not count) — never
+    the same sample at both ends: with 4 or 5 samples two at each end. Fewer than
+    ``MIN_SAMPLES`` measure nothing (``{}``; :func:`verdict` fails the run)."""
     later = [s for s in samples if s["orders"] >= after]
-    if len(later) < 2:
+    if len(later) < MIN_SAMPLES:
         return {}
-    head, tail = later[:3], later[-3:]
+    window = min(3, len(later) // 2)
+    head, tail = later[:window], later[-window:]
     names = [k for k in later[0] if k not in SERIES_SKIP]
     out = {}
     for name in names:
@@ -138,8 +143,9 @@ def verdict(grown: dict[str, float], invariants: dict[str, Any], after: int
     approved Order was left unsettled."""
     missing = [name for name in PIPELINE if name not in grown]
     if missing:
-        return 1, (f"no growth measured for {', '.join(missing)}: fewer than two samples "
-                   f"after {after} Orders (a longer run, or a lower --after)")
+        return 1, (f"no growth measured for {', '.join(missing)}: fewer than four samples "
+                   f"after {after} Orders (two at each end; a longer run, or a lower "
+                   f"--after)")
     worst = max(grown[name] for name in PIPELINE)
     line = (f"largest growth of the pipeline's processes after {after} Orders: {worst:.1f} MB "
             f"(target <= 10); the sandboxes and the broker are reported, not judged: the "

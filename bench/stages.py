@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import Pipeline
-from bench.pipeline import _percentile, _sf_ms
+from bench.harness import FINAL_STATES, Pipeline
+from bench.pipeline import _all_settled, _percentile, _sf_ms
 
 STAGES = [("approved→requested (SF Pub/Sub + connector)", "approved", "requested"),
           ("requested→decided (worker: linger, guard, WHMCS)", "requested", "decided"),
@@ -48,7 +48,9 @@ def steady(p: Pipeline, rate: float, seconds: float) -> list[str]:
         if due > 0:
             ids.extend(p.sf.approve(due))
         time.sleep(0.02)
-    p.wait_settled(ids, timeout=300, poll=1)
+    # an Order not written back has no write-back to time (its LastModifiedDate is the
+    # approval's): the phase fails (PhaseIncomplete) rather than report such latencies
+    _all_settled("steady", ids, p.wait_settled(ids, timeout=300, poll=1))
     return ids
 
 
@@ -63,8 +65,9 @@ def stamps(p: Pipeline, ids: list[str]) -> dict[str, dict[str, float]]:
         if r.key in wanted:
             out[r.key]["decided"] = r.value["completed_at"].timestamp() * 1000
             out[r.key]["outcome"] = r.timestamp_ms
-    for oid, row in p.sf_orders_fields(ids, "LastModifiedDate").items():
-        out[oid]["written"] = _sf_ms(row["LastModifiedDate"])
+    for oid, row in p.sf_orders_fields(ids, "LastModifiedDate, Activation_Status__c").items():
+        if row.get("Activation_Status__c") in FINAL_STATES:  # written back: its write's time
+            out[oid]["written"] = _sf_ms(row["LastModifiedDate"])
     return {oid: s for oid, s in out.items() if len(s) == 5}
 
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.burst:
             burst_ids = p.sf.approve(args.burst)
             t0 = time.monotonic()
-            p.wait_settled(burst_ids, timeout=1800, poll=0.5)
+            _all_settled("burst", burst_ids, p.wait_settled(burst_ids, timeout=1800, poll=0.5))
             took = time.monotonic() - t0
             print(f"burst of {args.burst}: {took:.1f} s, {args.burst / took:.1f} orders/s")
         if args.backlog:

@@ -194,3 +194,99 @@ def test_settle_is_not_settled_when_whmcs_never_goes_quiet(
     p.whmcs = SimpleNamespace(calls=lambda: {"AddOrder": 7})  # quiet: settled
     _restarts, settled = chaos_faults.settle(p, ["801A"], (), 0.0, timeout=30)  # type: ignore[arg-type]
     assert settled is True
+
+
+def _stages_pipeline(statuses: dict[str, str]) -> Any:
+    """bench.stages's view of a pipeline: approvals, the Orders' write-back, and the five
+    timestamps (approved 12:00:00.000, requested .050, decided .250, outcome .300)."""
+    import datetime as dt
+
+    t = dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=dt.UTC)
+    ids = list(statuses)
+    approved: list[str] = []
+
+    def approve(k: int) -> list[str]:
+        got = ids[len(approved):len(approved) + k]
+        approved.extend(got)
+        return got
+
+    def records(topic: str, _schema: str) -> list[Any]:
+        if topic == "req":
+            return [SimpleNamespace(key=k, value={"CreatedDate": t},
+                                    timestamp_ms=t.timestamp() * 1000 + 50) for k in ids]
+        return [SimpleNamespace(key=k, value={"completed_at": t + dt.timedelta(seconds=0.25)},
+                                timestamp_ms=t.timestamp() * 1000 + 300) for k in ids]
+
+    def fields(order_ids: list[str], wanted: str) -> dict[str, dict[str, Any]]:
+        # the written-back Orders were modified at .400; an unsettled one last at .010
+        # (the Flow setting it Activating): no write-back to time
+        out = {}
+        for oid in order_ids:
+            row = {"LastModifiedDate": "2026-12-03T12:00:00.400+0000"
+                   if statuses[oid] in ("Provisioned", "Failed")
+                   else "2026-12-03T12:00:00.010+0000"}
+            if "Activation_Status__c" in wanted:
+                row["Activation_Status__c"] = statuses[oid]
+            out[oid] = row
+        return out
+
+    return SimpleNamespace(
+        sf=SimpleNamespace(approve=approve), kafka=SimpleNamespace(requests="req",
+                                                                   outcomes="out"),
+        records=records, sf_orders_fields=fields,
+        wait_settled=lambda order_ids, timeout, poll: {
+            oid: {"Activation_Status__c": statuses[oid]} for oid in order_ids})
+
+
+def test_a_steady_phase_whose_orders_do_not_all_settle_fails_the_stages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.stages times each Order to its write-back: an Order its wait left unsettled has
+    none (its LastModifiedDate is the approval's), so the phase fails rather than report
+    negative or understated latencies."""
+    from bench import stages
+
+    monkeypatch.setattr(stages, "time", _Clock())
+    p = _stages_pipeline({"801A": "Provisioned", "801B": "Activating"})
+    with pytest.raises(bench_pipeline.PhaseIncomplete, match=r"steady: 1 of 2"):
+        stages.steady(p, rate=2.0, seconds=1.5)
+    p = _stages_pipeline({"801A": "Provisioned", "801B": "Failed"})
+    assert stages.steady(p, rate=2.0, seconds=1.5) == ["801A", "801B"]
+
+
+def test_stages_time_only_orders_that_were_written_back() -> None:
+    from bench import stages
+
+    p = _stages_pipeline({"801A": "Provisioned", "801B": "Activating"})
+    rows = stages.stamps(p, ["801A", "801B"])  # type: ignore[arg-type]
+    assert list(rows) == ["801A"]
+    assert rows["801A"]["written"] - rows["801A"]["outcome"] == 100
+
+
+def test_the_progress_file_never_reads_as_0_once_a_count_was_written(tmp_path: Any) -> None:
+    """bench.group_offsets's reader counts its reads into a file the parent reads while it
+    is rewritten: a read must never meet it empty (0 reads before the faults, a negative
+    count after them)."""
+    import threading
+
+    from bench import group_offsets
+
+    progress = tmp_path / "progress"
+    group_offsets._write_progress(progress, 1)
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 1
+        while not stop.is_set():
+            n += 1
+            group_offsets._write_progress(progress, n)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = [group_offsets._reads(progress) for _ in range(2000)]
+    finally:
+        stop.set()
+        thread.join()
+    assert min(seen) >= 1, f"{seen.count(0)} of 2,000 reads returned 0"
+    assert seen == sorted(seen)
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind

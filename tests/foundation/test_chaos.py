@@ -192,61 +192,7 @@ def test_pause_stops_the_process_group_and_resumes_it(tmp_path):
             proc.wait()
 
 
-def test_break_lease_makes_every_check_ok_and_logs_what_it_would_have_fenced(monkeypatch,
-                                                                              caplog):
-    """Against the interface the lead's streams.lease offers (a stand-in module here)."""
-    import dataclasses
-    import sys
-    import types
-
-    import streams
-    from bench import broken_worker
-
-    @dataclasses.dataclass(frozen=True)
-    class LeaseCheck:
-        ok: bool
-        reason: str = ""
-        valid_until: float = 0.0
-        valid_until_wall: float = 0.0
-        lost: bool = False
-
-    class OwnershipLease:
-        def _clock(self) -> float:
-            return 1000.0
-
-        def _wall(self) -> float:
-            return 5000.0
-
-        def check(self, partition: int, generation: int) -> LeaseCheck:
-            if partition == 0:
-                return LeaseCheck(True, "", 1010.0, 5010.0)
-            return LeaseCheck(False, f"expired on {partition}/{generation}", lost=True)
-
-    fake = types.ModuleType("streams.lease")
-    fake.LeaseCheck, fake.OwnershipLease = LeaseCheck, OwnershipLease
-    monkeypatch.setitem(sys.modules, "streams.lease", fake)
-    monkeypatch.setattr(streams, "lease", fake, raising=False)
-
-    assert "switched off" in broken_worker.break_lease()
-    lease = OwnershipLease()
-    assert lease.check(0, 3) == LeaseCheck(True, "", 1010.0, 5010.0)  # ok: untouched
-    with caplog.at_level("WARNING", logger="bench.broken_worker"):
-        verdict = lease.check(2, 5)
-    # ok, not lost, and valid long enough that a send deadline taken from it never bites
-    assert verdict == LeaseCheck(True, "expired on 2/5", 1000.0 + 3600, 5000.0 + 3600)
-    assert [r.getMessage() for r in caplog.records] == [
-        "lease off: would have fenced: partition 2 generation 5: expired on 2/5"]
-
-
-def test_break_lease_without_a_lease_module_says_so(monkeypatch):
-    import sys
-
-    import streams
-    from bench import broken_worker
-
-    monkeypatch.setitem(sys.modules, "streams.lease", None)  # import fails
-    monkeypatch.delattr(streams, "lease", raising=False)
-    assert "no ownership lease" in broken_worker.break_lease()
+# --break lease: tests/foundation/test_broken_worker.py (in subprocesses: it patches modules)
 
 
 def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_have(

@@ -31,8 +31,33 @@ def test_growth_is_measured_from_the_first_sample_past_after_averaging_three_at_
     assert grown["salesforce_sandbox"] > 100  # reported too (not judged: bench.soak.main)
 
 
-def test_growth_needs_two_samples_past_after() -> None:
+def test_growth_needs_four_samples_past_after() -> None:
     assert growth(_samples([1.0, 2.0], [1.0, 2.0]), after=100_000) == {}
+    # samples 0 and 1 are before 100,000 Orders; 3 after it: too few to measure
+    assert growth(_samples([140.0, 145.0, 150.0, 170.0, 190.0], [1.0] * 5),
+                  after=100_000) == {}
+
+
+def test_a_short_run_that_grows_20_mb_a_sample_does_not_pass() -> None:
+    """3 samples after --after (150, 170, 190 MB): the ends must not overlap (averaging
+    all three at each end measured 0 MB) — too few samples is a failure, not a pass."""
+    grown = growth(_samples([140.0, 145.0, 150.0, 170.0, 190.0], [1.0] * 5), after=100_000)
+    code, line = verdict(grown, {"duplicates": 0, "missing": 0}, 100_000)
+    assert code == 1
+    assert "fewer than four samples after 100000 Orders" in line
+
+
+@pytest.mark.parametrize(("after_samples", "measured"), [
+    ([150.0, 170.0, 190.0, 210.0], 40.0),  # 2 at each end: 200 - 160
+    ([150.0, 170.0, 190.0, 210.0, 230.0], 60.0),  # 2 at each end, the middle left out
+    ([150.0, 170.0, 190.0, 210.0, 230.0, 250.0], 60.0),  # 3 at each end: 230 - 170
+    ([150.0, 170.0, 190.0, 210.0, 230.0, 250.0, 270.0], 80.0)])
+def test_the_two_ends_of_the_growth_never_share_a_sample(after_samples: list[float],
+                                                          measured: float) -> None:
+    worker = [140.0, 145.0, *after_samples]
+    grown = growth(_samples(worker, [1.0] * len(worker)), after=100_000)
+    assert grown["worker"] == measured
+    assert verdict(grown, {"duplicates": 0, "missing": 0}, 100_000)[0] == 1
 
 
 def test_the_plot_puts_the_pipeline_on_its_own_panel(tmp_path: Path,
