@@ -28,6 +28,8 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted, nor one
   that names a WHMCS order or whose AddOrder may have landed (:attr:`Intent.forgettable`).
+  Only of Orders still this worker's when deleted, and not after an assignment changed
+  during the scan that read them (the next sweep's full scan does it).
 """
 
 from __future__ import annotations
@@ -198,13 +200,14 @@ class Sweeper:
         """One sweep: read (no lane held, yielding as it goes), then act in the lanes."""
         report = SweepReport()
         state, now = self.state, self._clock()
+        rescans = self.rescans  # the assignment the entries are read in
         if state.watched and self.last_full_scan_ms is not None and \
                 now - self.last_full_scan_ms < self.full_scan_every_ms:
             due, stale, dirty = self._indexed(report, now)
         else:
             due, stale, dirty = await self._full_scan(report, now)
         if due or stale or dirty:
-            await self._act(report, now, due, stale, dirty)
+            await self._act(report, now, due, stale, dirty, rescans)
         metrics.PENDING_INTENTS.set(report.pending - report.recovered - report.interrupted)
         if any((report.recovered, report.interrupted, report.resent, report.expired_idem,
                 report.expired_intents)):
@@ -275,16 +278,28 @@ class Sweeper:
         return False
 
     async def _act(self, report: SweepReport, now: int, due: list[str], stale: list[str],
-                   dirty: list[str]) -> None:
-        for oid in stale:  # synchronous: nothing interleaves between the check and the delete
-            intent = self.state.intent(oid)
-            if intent is not None and intent.forgettable and not self.lanes.busy(oid) \
-                    and now - intent.at > self.ttl_ms:
-                self.state.delete_intent(oid)
-                report.expired_intents += 1
-        for oid in dirty:
-            if not self.lanes.busy(oid):
-                self._expire(oid, now, report)
+                   dirty: list[str], rescans: int) -> None:
+        # The expiry: synchronous, nothing interleaves between the checks and the writes.
+        # A full scan yields for seconds; an Order it read may have left this worker since
+        # (its tombstone would reopen the revoked partition's store and land in the new
+        # owner's changelog after its claim), and a partition assigned meanwhile — lost
+        # and regained included — is restored from its changelog: none of what was read
+        # then is written. The assignment's rescan expires it.
+        if self.rescans != rescans:
+            if stale or dirty:
+                log.info("sweep: the assignment changed during the scan; expiry left to "
+                         "the next sweep's full scan")
+        else:
+            for oid in stale:
+                intent = self.state.intent(oid)
+                if intent is not None and intent.forgettable and self.owns(oid) \
+                        and not self.lanes.busy(oid) and now - intent.at > self.ttl_ms:
+                    self.state.delete_intent(oid)
+                    report.expired_intents += 1
+            for oid in dirty:
+                if self.owns(oid) and not self.lanes.busy(oid):
+                    self._expire(oid, now, report)
+        # recovery and resends re-check in the Order's lane, under the job's own lease
         recover, resend = set(due), set(dirty)
         await asyncio.gather(*(
             self._when_idle(oid, partial(self._work, oid, report, oid in recover,
