@@ -139,25 +139,58 @@ class KafkaConnection:
 
     def java_properties(self) -> str:
         """A client.properties for Kafka's CLI tools (``--command-config``). It holds the
-        password in clear text: write it to a file only the operator can read."""
-        lines = [f"security.protocol={self.security_protocol}"]
+        password (and a client key) in clear text: write it to a file only the operator
+        can read. Mutual TLS inlines the PEM key and certificate chain (Kafka's PEM keystore
+        wants both, and a key in PKCS#8, if encrypted then under PBES1: Java 17 decrypts no
+        PBES2); values are escaped for java.util.Properties (read as ISO-8859-1 by the
+        tools: anything else as ``\\uXXXX``)."""
+        entries = [("security.protocol", self.security_protocol)]
         if self.uses_sasl:
             module = ("org.apache.kafka.common.security.plain.PlainLoginModule"
                       if self.sasl_mechanism == "PLAIN"
                       else "org.apache.kafka.common.security.scram.ScramLoginModule")
-            lines += [f"sasl.mechanism={self.sasl_mechanism}",
-                      f'sasl.jaas.config={module} required username="{self.sasl_username}" '
-                      f'password="{self.sasl_password.reveal()}";']
+
+            def jaas(value: str) -> str:  # a quoted string of Kafka's JAAS parser
+                return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+            entries += [("sasl.mechanism", self.sasl_mechanism),
+                        ("sasl.jaas.config", f"{module} required "
+                                             f"username={jaas(self.sasl_username)} "
+                                             f"password={jaas(self.sasl_password.reveal())};")]
         if self.uses_tls:
             if self.ssl_ca_location:
-                lines += ["ssl.truststore.type=PEM",
-                          f"ssl.truststore.location={self.ssl_ca_location}"]
+                entries += [("ssl.truststore.type", "PEM"),
+                            ("ssl.truststore.location", self.ssl_ca_location)]
             if self.ssl_certificate_location:
-                lines += ["ssl.keystore.type=PEM",
-                          f"ssl.keystore.location={self.ssl_key_location}"]
+                # PEM is ASCII; Kafka reads nothing but the blocks (whatever else a file says)
+                with open(self.ssl_key_location, encoding="utf-8", errors="replace") as key, \
+                        open(self.ssl_certificate_location, encoding="utf-8",
+                             errors="replace") as chain:
+                    entries += [("ssl.keystore.type", "PEM"),
+                                ("ssl.keystore.key", key.read()),
+                                ("ssl.keystore.certificate.chain", chain.read())]
+                if self.ssl_key_password:
+                    entries.append(("ssl.key.password", self.ssl_key_password.reveal()))
             if not self.ssl_endpoint_identification:
-                lines.append("ssl.endpoint.identification.algorithm=")
-        return "\n".join(lines) + "\n"
+                entries.append(("ssl.endpoint.identification.algorithm", ""))
+
+        def escaped(value: str) -> str:
+            escapes = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}
+            out = []
+            for i, ch in enumerate(value):
+                if ch in escapes:
+                    out.append(escapes[ch])
+                elif ch == " " and i == 0:  # a leading blank would be skipped
+                    out.append("\\ ")
+                elif " " <= ch <= "~":
+                    out.append(ch)
+                else:  # UTF-16 code units, as java.lang.String holds them
+                    units = ch.encode("utf-16-be", "surrogatepass")
+                    out += [f"\\u{units[j]:02x}{units[j + 1]:02x}"
+                            for j in range(0, len(units), 2)]
+            return "".join(out)
+
+        return "".join(f"{key}={escaped(value)}\n" for key, value in entries)
 
 
 Connectable = KafkaConnection | KafkaSettings | str

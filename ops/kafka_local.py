@@ -53,6 +53,26 @@ class BrokerError(RuntimeError):
     """The local broker could not be provisioned, started or stopped."""
 
 
+_ARGFILE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                    "\f": "\\f"}
+
+
+def argfile_quote(arg: str) -> str:
+    """``arg`` as one line of a ``java @file``: in double quotes, where a backslash escapes
+    the next character (``\\n`` ``\\r`` ``\\t`` ``\\f``: the control character) and a line
+    break would end the argument."""
+    return '"' + "".join(_ARGFILE_ESCAPES.get(ch, ch) for ch in arg) + '"'
+
+
+def write_argfile(path: Path, args: list[str]) -> None:
+    """A ``java @file`` holding ``args`` (a main class and its arguments), readable by
+    its owner only, from the moment it exists (created 0600, not chmod-ed after)."""
+    path.unlink(missing_ok=True)  # a leftover of a killed run; O_EXCL below needs it gone
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:  # bytes as argv would carry them (paths included)
+        out.write(os.fsencode("".join(argfile_quote(arg) + "\n" for arg in args)))
+
+
 def require_tools() -> None:
     """One clear line when Java or Maven is missing."""
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
@@ -246,13 +266,22 @@ class LocalBroker:
         log4j.write_text(LOG4J.format(log=self.log_file))
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = self._new_cluster_id()
-            cmd = ["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp",
-                   self._classpath(), "kafka.tools.StorageTool", "format",
-                   # "=" form: a base64url id may start with "-", which argparse would take
-                   # for an option (one format in 64 failed that way).
-                   f"--cluster-id={cluster_id}", f"--config={props}", "--ignore-formatted",
-                   *(self.security.format_arguments() if self.security else [])]
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            tool = ["kafka.tools.StorageTool", "format",
+                    # "=" form: a base64url id may start with "-", which argparse would take
+                    # for an option (one format in 64 failed that way).
+                    f"--cluster-id={cluster_id}", f"--config={props}", "--ignore-formatted",
+                    *(self.security.format_arguments() if self.security else [])]
+            # The --add-scram arguments hold every user's password: never on the command
+            # line (ps and /proc/<pid>/cmdline show it to every local user) but in an
+            # argument file only the owner reads, which the java launcher expands.
+            argfile = (self.security.directory if self.security else self.home) / "format.args"
+            write_argfile(argfile, tool)
+            try:
+                result = subprocess.run(
+                    ["java", "-Xmx256m", f"-Dlog4j.configuration=file:{log4j}", "-cp",
+                     self._classpath(), f"@{argfile}"], capture_output=True, text=True)
+            finally:
+                argfile.unlink(missing_ok=True)
             if result.returncode != 0:
                 raise BrokerError(f"formatting {self.home / 'data'} failed: "
                                   f"{result.stdout}{result.stderr}")

@@ -176,7 +176,9 @@ class BrokerSecurity:
         }
 
     def format_arguments(self) -> list[str]:
-        """``kafka-storage format`` arguments that create every SCRAM user."""
+        """``kafka-storage format`` arguments that create every SCRAM user. They hold the
+        passwords in clear text: pass them in a private argument file (``LocalBroker.prepare``
+        does), never on a command line, which every local user can read."""
         return [f"--add-scram={MECHANISM}=[name={name},password={password.reveal()}]"
                 for name, password in self.users.items()]
 

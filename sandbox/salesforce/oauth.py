@@ -3,9 +3,9 @@
 The assertion must be RS256-signed by the key of the certificate registered for the
 connected app named in ``iss``; ``sub`` must be a known user pre-authorised for the app;
 ``aud`` must be the sandbox's own login URL or https://login.salesforce.com /
-https://test.salesforce.com; ``exp`` must not be past and at most 3 minutes ahead of
-**wall** time (the sandbox clock may be advanced for retention tests, JWTs are signed by
-real clients). Errors answer 400 with Salesforce's ``error``/``error_description``.
+https://test.salesforce.com; ``exp`` (a finite number, or a string of digits) must not be
+past and at most 3 minutes ahead of **wall** time (the sandbox clock may be advanced for
+retention tests, JWTs are signed by real clients). Errors answer 400 with Salesforce's ``error``/``error_description``.
 Issued tokens live ``token_lifetime_s`` on the sandbox clock after their last use (the org's
 session timeout, renewed by a use past half of it: :meth:`~.store.Store.token_user`).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import time
 
 import jwt
@@ -56,12 +57,8 @@ def verify_assertion(sandbox: Sandbox, assertion: str) -> dict:
     aud_list = aud if isinstance(aud, list) else [aud]
     if not any(isinstance(a, str) and a.rstrip("/") in audiences for a in aud_list):
         raise OAuthError("invalid_grant", "audience is invalid")
-    exp = claims.get("exp")
+    exp = _expiry(claims.get("exp"))
     now = time.time()
-    try:  # simple-salesforce sends exp as a string of digits, which Salesforce accepts
-        exp = float(exp)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise OAuthError("invalid_grant", "invalid assertion") from exc
     if exp <= now:
         raise OAuthError("invalid_grant", "expired authorization code")
     if exp > now + MAX_EXP_AHEAD_S + 5:
@@ -70,6 +67,22 @@ def verify_assertion(sandbox: Sandbox, assertion: str) -> dict:
     if user is None or str(claims.get("sub")) != cfg.username:
         raise OAuthError("invalid_grant", "user hasn't approved this consumer")
     return user
+
+
+def _expiry(claim: object) -> float:
+    """``exp`` as seconds: a finite number, or a string of ASCII digits (simple-salesforce
+    sends one, Salesforce accepts it). NaN would never expire (it compares false with every
+    time): it, the infinities, a bool and any other string are an invalid assertion."""
+    digits = isinstance(claim, str) and claim.isascii() and claim.isdigit()
+    if not digits and (isinstance(claim, bool) or not isinstance(claim, int | float)):
+        raise OAuthError("invalid_grant", "invalid assertion")
+    try:
+        exp = float(claim)  # type: ignore[arg-type]
+    except OverflowError as exc:  # an int beyond any float
+        raise OAuthError("invalid_grant", "invalid assertion") from exc
+    if not math.isfinite(exp):
+        raise OAuthError("invalid_grant", "invalid assertion")
+    return exp
 
 
 def _identity_url(sandbox: Sandbox, user: dict) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import replace
+from pathlib import Path
 
 import faust
 import pytest
@@ -92,7 +94,9 @@ def test_mutual_tls_and_plain_ssl(ca, tmp_path):
     assert creds.context.check_hostname is False
 
 
-def _client_pair(cert_path, key_path):
+def _client_pair(cert_path, key_path, issuer=None):
+    """A client certificate and key: self-signed, or signed by ``issuer`` (its cert and
+    key files; the client then has a chain of two)."""
     import datetime as dt
 
     from cryptography import x509
@@ -101,11 +105,17 @@ def _client_pair(cert_path, key_path):
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sfprov-worker")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                         "sfprov-worker" if issuer else "sfprov test CA")])
+    issuer_name, signer = name, key
+    if issuer:
+        issuer_name = x509.load_pem_x509_certificate(issuer[0].read_bytes()).subject
+        signer = serialization.load_pem_private_key(issuer[1].read_bytes(), None)
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+            .public_key(key.public_key()).serial_number(2 if issuer else 1)
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).sign(signer, hashes.SHA256()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
@@ -119,6 +129,175 @@ def test_java_properties_for_kafkas_own_tools(ca):
     assert ('ScramLoginModule required username="sfprov-sink" password="s3cret-value";'
             in text)
     assert f"ssl.truststore.location={ca}\n" in text and "ssl.truststore.type=PEM\n" in text
+
+
+def _java_properties(text: str) -> dict[str, str]:
+    """``text`` read as java.util.Properties.load reads it (no line continuations: a line
+    break inside a value must come escaped)."""
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip()[0] in "#!":
+            continue
+        key, sep, raw = line.partition("=")
+        continued = (len(raw) - len(raw.rstrip("\\"))) % 2  # an odd trailing backslash
+        assert sep and not continued, f"not one key=value line: {line!r}"
+        raw = raw.lstrip(" \t\f")  # blanks before a value are no part of it
+        value, i = [], 0
+        while i < len(raw):
+            ch = raw[i]
+            if ch == "\\":
+                i += 1
+                if raw[i] == "u":
+                    ch, i = chr(int(raw[i + 1:i + 5], 16)), i + 4
+                else:
+                    ch = {"n": "\n", "r": "\r", "t": "\t", "f": "\f"}.get(raw[i], raw[i])
+            value.append(ch)
+            i += 1
+        props[key] = "".join(value).encode("utf-16", "surrogatepass").decode("utf-16")
+    return props
+
+
+KEY_PASSWORD = 'k\\ey "pass" \u00fc\U0001f511'
+
+
+def _mutual_tls(ca, tmp_path, *, key_password: str = KEY_PASSWORD,
+                pbes1: bool = False) -> KafkaConnection:
+    """SSL with a client certificate chain (leaf + issuer) and a PKCS#8 key (encrypted when
+    ``key_password``: PBES2 by ``cryptography``, PBES1 by ``openssl`` when ``pbes1``, the
+    only scheme Kafka's PEM keystore decrypts on Java 17), in a directory whose name needs
+    escaping in a properties file."""
+    import os
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+
+    where = tmp_path / "d\\ir \u00e9"
+    where.mkdir(parents=True)
+    cert, key = where / "client.pem", where / "client-key.pem"
+    issuer_cert, issuer_key = where / "issuer.pem", where / "issuer-key.pem"
+    _client_pair(issuer_cert, issuer_key)
+    _client_pair(cert, key, issuer=(issuer_cert, issuer_key))
+    if key_password and pbes1:
+        plain = key.with_suffix(".plain")
+        key.rename(plain)
+        subprocess.run(["openssl", "pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", str(plain),
+                        "-out", str(key), "-passout", "env:KEY_PASSWORD"], check=True,
+                       env={**os.environ, "KEY_PASSWORD": key_password})
+    elif key_password:
+        private = serialization.load_pem_private_key(key.read_bytes(), None)
+        key.write_bytes(private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(key_password.encode())))
+    cert.write_text(cert.read_text() + issuer_cert.read_text())
+    trust = where / "ca.pem"
+    trust.write_text(ca.read_text())
+    return KafkaConnection.from_settings(KafkaSettings.load({
+        "KAFKA_BOOTSTRAP_SERVERS": "b:9094", "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CA_LOCATION": str(trust), "KAFKA_SSL_CERTIFICATE_LOCATION": str(cert),
+        "KAFKA_SSL_KEY_LOCATION": str(key), "KAFKA_SSL_KEY_PASSWORD": key_password}))
+
+
+def test_java_properties_for_mutual_tls_carry_the_key_and_the_chain(ca, tmp_path):
+    """Kafka's PEM keystore takes the key and the certificate chain inline (a file given as
+    ssl.keystore.location must hold both), and the key's password as ssl.key.password."""
+    conn = _mutual_tls(ca, tmp_path)
+    props = _java_properties(conn.java_properties())
+    assert props["ssl.keystore.type"] == "PEM" and "ssl.keystore.location" not in props
+    assert props["ssl.keystore.key"] == Path(conn.ssl_key_location).read_text()
+    assert "ENCRYPTED PRIVATE KEY" in props["ssl.keystore.key"]
+    chain = Path(conn.ssl_certificate_location).read_text()
+    assert props["ssl.keystore.certificate.chain"] == chain
+    assert props["ssl.keystore.certificate.chain"].count("BEGIN CERTIFICATE") == 2
+    assert props["ssl.key.password"] == KEY_PASSWORD
+    assert "ssl.keystore.password" not in props  # refused by Kafka with a PEM keystore
+    blank = replace(conn, ssl_key_password=Secret(" leading blank"))
+    assert _java_properties(blank.java_properties())["ssl.key.password"] == " leading blank"
+    assert props["ssl.truststore.location"] == conn.ssl_ca_location
+    assert conn.java_properties().isascii()  # CLI tools read the file as ISO-8859-1
+    unencrypted = _java_properties(_mutual_tls(ca, tmp_path / "plain", key_password="")
+                                   .java_properties())
+    assert "ssl.key.password" not in unencrypted
+    assert "BEGIN PRIVATE KEY" in unencrypted["ssl.keystore.key"]
+
+
+def test_java_properties_quote_the_sasl_password_for_jaas(ca):
+    conn = KafkaConnection.from_settings(sasl_ssl(ca, KAFKA_SASL_PASSWORD='pa"ss\\w\u00f6rd'))
+    jaas = _java_properties(conn.java_properties())["sasl.jaas.config"]
+    assert jaas.endswith('username="sfprov-sink" password="pa\\"ss\\\\w\u00f6rd";')
+
+
+CHECK_JAVA = """
+import java.io.*; import java.util.*;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.common.security.JaasContext;
+import org.apache.kafka.common.security.ssl.DefaultSslEngineFactory;
+public class Check { public static void main(String[] a) {
+  try { check(a[0]); } catch (Exception e) { System.out.println("FAILED: " + e); System.exit(1); }
+}
+static void check(String file) throws Exception {
+  Properties p = new Properties();
+  try (InputStream in = new FileInputStream(file)) { p.load(in); }  // as Utils.loadProps
+  Map<String, Object> m = new HashMap<>();
+  for (String k : p.stringPropertyNames()) m.put(k, p.getProperty(k));
+  m.put("bootstrap.servers", "127.0.0.1:9");
+  Map<String, Object> parsed = new HashMap<>(new AdminClientConfig(m).values());
+  if (p.getProperty("ssl.keystore.type") != null) {
+    DefaultSslEngineFactory f = new DefaultSslEngineFactory();
+    f.configure(parsed);
+    java.security.KeyStore ks = f.keystore();
+    String alias = ks.aliases().nextElement();
+    System.out.println("chain " + ks.getCertificateChain(alias).length);
+  }
+  if (p.getProperty("sasl.jaas.config") != null) {
+    JaasContext jaas = JaasContext.loadClientContext(parsed);
+    System.out.println("password " + jaas.configurationEntries().get(0)
+        .getOptions().get("password").toString().codePoints().boxed().toList());
+  }
+}}
+"""
+
+
+@pytest.mark.broker
+def test_java_properties_load_in_kafkas_own_classes(ca, tmp_path):
+    """Kafka's DefaultSslEngineFactory builds the keystore from the rendered file, and its
+    JAAS parser reads back the password (the Kafka jars of the local broker). An encrypted
+    key must be PBES1: Kafka 3.9 on Java 17 cannot decrypt PBES2 (openssl's default)."""
+    import shutil
+    import subprocess
+
+    from ops import kafka_local
+    from tests.conftest import _unavailable
+
+    if shutil.which("java") is None:
+        _unavailable("java not found on PATH")
+    try:
+        libs = kafka_local.ensure_jars()
+    except kafka_local.BrokerError as exc:
+        _unavailable(str(exc))
+    modules = subprocess.run(["java", "--list-modules"], capture_output=True, text=True)
+    if "jdk.compiler@" not in modules.stdout:
+        pytest.skip("this Java runtime cannot run a source file (no jdk.compiler)")
+    source = tmp_path / "Check.java"
+    source.write_text(CHECK_JAVA)
+    password = 'pa"ss\\w\u00f6rd'
+    rendered = {"mtls": _mutual_tls(ca, tmp_path / "m", key_password="").java_properties(),
+                "sasl": KafkaConnection.from_settings(
+                    sasl_ssl(ca, KAFKA_SASL_PASSWORD=password)).java_properties()}
+    if shutil.which("openssl"):  # an encrypted key: ssl.key.password read back and used
+        # (Java's PBE keys take printable ASCII only; Kafka trims a password's blanks)
+        rendered["mtls-encrypted"] = _mutual_tls(
+            ca, tmp_path / "e", pbes1=True, key_password='k\\ey "pass" #!=:').java_properties()
+    for name, text in rendered.items():
+        path = tmp_path / f"{name}.properties"
+        path.write_text(text)
+        run = subprocess.run(["java", "-cp", f"{libs}/*", str(source), str(path)],
+                             capture_output=True, text=True, timeout=120)
+        lines = run.stdout.splitlines()
+        assert run.returncode == 0, f"{name}: {lines or run.stderr}"
+        if name.startswith("mtls"):
+            assert lines == ["chain 2"]
+        else:
+            assert lines == [f"password {[ord(c) for c in password]}"]
 
 
 def test_secrets_never_print(ca):

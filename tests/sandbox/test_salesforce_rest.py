@@ -117,6 +117,36 @@ def test_jwt_refusals(sf_sandbox: Any, tmp_path: Any) -> None:
     assert ok["instance_url"] == sf_sandbox.instance_url
 
 
+@pytest.mark.parametrize("exp", [
+    "nan", "NaN", float("nan"), float("inf"), float("-inf"), "inf", "-inf", "1e99",
+    " {soon}", "+{soon}", "{soon}.0", "{soon}e0", "{soon}\n", "\u0661\u0662\u0663", True,
+    None, [1], pytest.param(10**400, id="10**400"), pytest.param("9" * 400, id="9*400")])
+def test_jwt_exp_must_be_a_finite_number(sf_sandbox: Any, exp: Any) -> None:
+    """NaN compares false with every time, so an assertion expiring "NaN" (as a string, or
+    the JSON literal Python's json writes and reads) would never expire: refused, as are
+    the infinities, a string that is not all digits (even one naming a time a minute
+    ahead, ``{soon}``) and a number no float can hold."""
+    if isinstance(exp, str):
+        exp = exp.replace("{soon}", str(int(time.time()) + 60))
+    key = sf_sandbox.private_key_path.read_text()
+    claims = {"iss": sf_sandbox.client_id, "sub": sf_sandbox.username,
+              "aud": sf_sandbox.login_url, "exp": exp}
+    assert _token_error(sf_sandbox, jwt.encode(claims, key, algorithm="RS256")) == {
+        "error": "invalid_grant", "error_description": "invalid assertion"}
+
+
+def test_jwt_exp_as_digits_or_a_finite_number(sf_sandbox: Any) -> None:
+    key = sf_sandbox.private_key_path.read_text()
+    for exp in (str(int(time.time()) + 60), time.time() + 60.5, int(time.time()) + 60):
+        claims = {"iss": sf_sandbox.client_id, "sub": sf_sandbox.username,
+                  "aud": sf_sandbox.login_url, "exp": exp}
+        resp = requests.post(sf_sandbox.login_url + "/services/oauth2/token",
+                             verify=sf_sandbox.ca_path, data={
+                                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                                 "assertion": jwt.encode(claims, key, algorithm="RS256")})
+        assert resp.status_code == 200 and resp.json()["token_type"] == "Bearer", exp
+
+
 def test_userinfo_and_limit_header(sf_sandbox: Any, sf_http: requests.Session) -> None:
     info = sf_http.get(sf_sandbox.login_url + "/services/oauth2/userinfo").json()
     assert info["organization_id"] == sf_sandbox.org_id
