@@ -77,26 +77,34 @@ def test_sigkill_at_random_moments_still_exactly_once(sf, connector, kafka_setti
     n = 300
     sf.seed(accounts=10, orders=n, broken_every=0)
     ids = sf.approve(n)
-    # Slow the stream down so the kills land mid-stream: 10 events per response, 25 ms each.
-    sf.set_faults(grpc_latency_ms=25)
+    # Slow the stream down so the kills land mid-stream: 10 events per response, 100 ms
+    # each (at most ~100 events/s); each instance is killed at a random moment after its
+    # first transaction committed, and the kill must leave the stream unfinished.
+    sf.set_faults(grpc_latency_ms=100)
     rng = random.Random()
     slow = {"SF_PUBSUB_NUM_REQUESTED": "10", "CONNECTOR_MAX_BATCH": "10"}
-    kills = 0
+    committed = []  # events committed after each kill
     for _ in range(4):
         proc = connector("--timeout", "60", **slow)
-        time.sleep(rng.uniform(1.0, 2.5))  # start-up ~1 s, then streaming
-        if proc.proc.poll() is None:
-            proc.kill()
-            kills += 1
+        # "event written" is logged once the batch's transaction committed
+        wait_until(lambda p=proc: '"event written"' in p.text() or p.proc.poll() is not None,
+                   30, "the instance writing", interval=0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert proc.proc.poll() is None, proc.text()[-2000:]
+        proc.kill()
+        committed.append(len(read_requests(kafka_settings)))
+    # every kill landed mid-stream: after that instance committed, before all n were
+    mid_stream = [now for before, now in zip([0, *committed[:-1]], committed, strict=True)
+                  if before < now < n]
+    assert len(mid_stream) == 4, f"events committed after each kill: {committed} of {n}"
     sf.set_faults(grpc_latency_ms=0)
     final = connector("--timeout", "60")
     wait_until(lambda: len(read_requests(kafka_settings)) >= n, 60, "all events committed")
-    # on a loaded machine the killed instances may have written all n already: let the final
-    # one get as far as resuming from the stored position before it is stopped
+    # let the final instance get as far as resuming from the stored position before it is
+    # stopped
     wait_until(lambda: "subscribed" in final.text(), 60, "final instance subscribed")
     assert final.terminate() == 0
     rows = read_requests(kafka_settings)
-    assert kills >= 3
     assert_exactly_once(rows, sandbox_uuids(sf), n)
     assert {r["OrderId__c"] for r in rows} == set(ids)
 

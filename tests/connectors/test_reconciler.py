@@ -162,8 +162,41 @@ def test_a_gap_larger_than_one_pass_is_worked_through_by_gap_passes(monkeypatch)
 
 def test_a_pass_failing_unexpectedly_does_not_end_the_planning_thread(monkeypatch):
     """A missing topic ended the thread with SystemExit (not an Exception): no later pass,
-    no log line, no metric."""
+    no log line, no metric. The planning thread itself: a pass that raises is counted as
+    an error and the next trigger still runs a pass."""
+    import threading
+    import time
+
     from common.lag import end_offsets
+
+    monkeypatch.setattr(rec, "GAP_SETTLE_S", 0.0)
+    r = make(monkeypatch, Plan())
+    passes: list[str] = []
+    ran = threading.Event()
+
+    def failing_pass(trigger, **_kwargs):
+        passes.append(trigger)
+        ran.set()
+        raise RuntimeError("unexpected")
+    monkeypatch.setattr(r, "_pass", failing_pass)
+    errors = rec.PASSES.labels("gap", "error")
+    before = errors._value.get()
+    r.start()
+    try:
+        for n in (1, 2):
+            ran.clear()
+            r.gap_recorded()
+            assert ran.wait(10), f"gap pass {n} never ran: the planning thread ended"
+            deadline = time.monotonic() + 10
+            while errors._value.get() < before + n and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert r._thread.is_alive()
+        assert passes == ["gap", "gap"]
+        assert errors._value.get() == before + 2
+    finally:
+        r.stop()
+        r._thread.join(10)
+    assert not r._thread.is_alive()
 
     class NoTopic:
         def list_topics(self, topic, timeout):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sinks.batch import Batcher, OffsetTracker, RecordError, Tracked
 from sinks.mapping import RecordKey, RecordUpdate
 
@@ -56,6 +58,15 @@ def test_due_by_size_or_linger() -> None:
     assert batcher.due(100.6, batch_size=2, linger_s=0.5)
     batcher.add(tracked(1), [RecordUpdate(ORDER_B, {})], now=100.1)
     assert batcher.due(100.2, batch_size=2, linger_s=0.5)
+
+
+def test_linger_counts_from_the_oldest_ready_entry() -> None:
+    """A steady trickle of new updates must not hold back the one that has waited."""
+    batcher = Batcher()
+    batcher.add(tracked(0), [RecordUpdate(ORDER_A, {})], now=100.0)
+    batcher.add(tracked(1), [RecordUpdate(ORDER_B, {})], now=100.4)
+    assert not batcher.due(100.45, batch_size=10, linger_s=0.5)
+    assert batcher.due(100.6, batch_size=10, linger_s=0.5)
 
 
 def test_retry_merges_under_newer_update_and_waits() -> None:
@@ -119,6 +130,19 @@ def test_forgotten_partition_is_not_committed() -> None:
     assert offsets.committable() == {}
 
 
+def test_a_partition_assigned_again_commits_from_where_it_resumes() -> None:
+    """What was committed before the revocation says nothing about the next assignment
+    (the group's offsets may have been moved back meanwhile): its positions count anew."""
+    offsets = OffsetTracker()
+    offsets.consumed(2, 10)
+    offsets.complete(2, 10)
+    offsets.committed({2: 11})
+    offsets.forget({2})
+    offsets.consumed(2, 3)  # assigned again, resumed at an earlier offset
+    offsets.complete(2, 3)
+    assert offsets.committable() == {2: 4}
+
+
 def test_a_retried_entry_goes_back_before_a_newer_update_that_stays_apart() -> None:
     """A newer update that leaves out a field of the taken one waits, neither sendable while
     the taken one is out nor overtaking it once it is put back for a retry."""
@@ -149,3 +173,23 @@ def test_an_isolated_entry_is_taken_alone_and_never_with_others() -> None:
     assert batcher.take(now=5, limit=200) == [first]  # the oldest, alone
     batcher.retry(first, not_before=10, count_attempt=False)
     assert [e.key.record_id for e in batcher.take(now=5, limit=200)] == ["8011", "8012"]
+
+
+@pytest.mark.parametrize("failed", ["lone_failures", "cap"])
+def test_a_failing_entry_merged_on_retry_keeps_being_sent_alone(failed: str) -> None:
+    """A record whose calls kept failing (isolated, or capped at one) is put back while a
+    newer update of it arrived: the merged entry must still go alone, not with others."""
+    batcher = Batcher()
+    batcher.add(tracked(0), [RecordUpdate(ORDER_A, {"a": 1})], now=0)
+    batcher.add(tracked(1), [RecordUpdate(ORDER_B, {})], now=1)
+    [poison] = batcher.take(now=2, limit=1)
+    assert poison.key == ORDER_A
+    setattr(poison, failed, 1)
+    batcher.add(tracked(2), [RecordUpdate(ORDER_A, {"a": 2})], now=3)  # while it was out
+    batcher.retry(poison, not_before=0, count_attempt=False)
+    assert len(batcher) == 2  # merged with the newer update
+    taken = batcher.take(now=5, limit=200)
+    assert [e.key for e in taken] == [ORDER_A], "sent with others again"
+    [alone] = taken
+    assert alone.fields == {"a": 2}
+    assert getattr(alone, failed) == 1

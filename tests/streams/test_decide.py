@@ -32,6 +32,21 @@ def test_event_from_request():
     assert ev.requested_at == 1_700_000_000_000 and ev.correlation_id == "corr-1"
 
 
+def test_event_from_a_decoded_request_keeps_created_date_in_milliseconds():
+    """What the worker reads: Avro's timestamp-millis decodes CreatedDate as an aware
+    datetime (the factory's int never exercised that path)."""
+    from datetime import datetime
+
+    from common.avro import AvroSerde
+
+    serde = AvroSerde("provision_request")
+    value = request_value()
+    value["CreatedDate"] = 1_700_000_000_123
+    decoded = serde.decode(serde.encode(value), serde.headers())
+    assert isinstance(decoded["CreatedDate"], datetime)
+    assert Event.from_request(decoded).requested_at == 1_700_000_000_123
+
+
 def test_missing_idem_key_falls_back_to_event_uuid():
     value = request_value()
     value["IdemKey__c"] = None
@@ -177,6 +192,20 @@ def test_outcome_record_is_valid_avro():
     rec = outcome_record(event(), "Provisioned", whmcs_order_id=5, service_ids=[1, 2],
                          attempts=1, completed_at=10)
     assert serde.decode(serde.encode(rec))["whmcs_service_ids"] == [1, 2]
+
+
+def test_outcome_record_carries_duplicates_and_bounds_the_error_message():
+    from common.avro import AvroSerde
+
+    serde = AvroSerde("provisioning_outcome")
+    rec = outcome_record(event(), "Provisioned", whmcs_order_id=5, duplicate_ids=[7, 8],
+                         error_message="x" * 1500, completed_at=10)
+    decoded = serde.decode(serde.encode(rec))
+    assert decoded["duplicate_whmcs_order_ids"] == [7, 8]
+    assert decoded["error_message"] == "x" * 1000
+    assert decoded["requested_at"].timestamp() == 1_700_000_000  # timestamp-millis
+    assert outcome_record(event(), "Provisioned", error_message="",
+                          completed_at=10)["error_message"] is None
 
 
 @pytest.mark.parametrize("bad", ["   ", "801' OR Name != '", "801" + "9" * 500, "801x"])

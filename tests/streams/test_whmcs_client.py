@@ -203,14 +203,19 @@ def test_provision_after_commit_then_hang_finds_the_order(whmcs, mode):
 
 
 def test_accept_answer_lost_after_commit_checks_status(whmcs):
+    """WHMCS accepted, then answered 500: one status read finds the order Active, and the
+    AcceptOrder is not sent again."""
     async def go():
         async with WhmcsClient(settings(whmcs)) as client:
+            whmcs.reset_counters()
             whmcs.set_faults("AcceptOrder", error_rate=1.0, error_kind="500",
                              error_after_commit=True, times=1)
             return await Provisioner(client, policy()).provision(req("801T0000000022AAA"))
     result = run(go())
     assert result.status == "Provisioned" and not result.recovered
     assert whmcs.orders_for("801T0000000022AAA")[0]["status"] == "Active"
+    calls = whmcs.calls()
+    assert (calls.get("AcceptOrder"), calls.get("GetOrders")) == (1, 1), calls
 
 
 @pytest.mark.parametrize("order_id,fault,accepts", [
