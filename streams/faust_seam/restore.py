@@ -208,9 +208,9 @@ class RestoreGuards(faust.Table):
         (a chaos run: three decisions lost, the Orders decided again)."""
         store = self.data
         if tp.partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
+            store.drop_partition(tp.partition)  # a failure leaves it marked: asked again
             self._rebuild.discard(tp.partition)
             self._claimed.pop(tp.partition, None)
-            store.drop_partition(tp.partition)
             return -1
         return cast("int | None", super().persisted_offset(tp))
 
@@ -258,4 +258,8 @@ CONTRACT.update({
     # _floor: records fetched past a restore's end, buffered, applied at the next revocation
     "R faust Recovery._slurp_changelogs": (Recovery, "_slurp_changelogs", "7825c7e50f766d5ab0fd246b63420ea0"),
     "R faust Recovery.flush_buffers": (Recovery, "flush_buffers", "6fa9c17f1071018c49cb6d411a34fb4a"),
+    # _floor's "at or below": a restore seeks to the persisted offset itself (-1: to 0), so
+    # the record at it is read again
+    "R faust Recovery._seek_offsets": (
+        Recovery, "_seek_offsets", "19598ca63d94d250e49d2dfe48a3c48e"),
 })

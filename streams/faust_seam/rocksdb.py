@@ -5,9 +5,7 @@ for the gauge (docs/decisions/0004)."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -145,16 +143,26 @@ class KeyPartitionedRocksStore(RocksStore):
         return held
 
     def drop_partition(self, partition: int) -> None:
-        """Close ``partition``'s DB and delete its files: the next restore rebuilds it from
-        the changelog's start (decision 0016). faust's revocation drops a DB from ``_dbs``
-        without closing it (a collection closes it); the next use opens it again."""
-        db = self._dbs.pop(partition, None)
-        if db is not None:
-            db.close()
-        del db
-        gc.collect()
-        path = self.partition_path(partition)
-        shutil.rmtree(path, ignore_errors=True)
+        """Empty ``partition``'s DB — every key, the persisted changelog offset with them —
+        through its own handle: the next restore rebuilds it from the changelog's start
+        (decision 0016). Its files are never deleted: a RocksDB iterator may still hold the
+        handle (the sweep's key scan yields between slices), ``close()`` is then a no-op,
+        and the handle, let go after its files were deleted, wrote a MANIFEST naming them —
+        every later open failed (``Corruption: ... .sst: No such file or directory``). An
+        open iterator reads on from its snapshot. The deletion is flushed to the DB's files
+        at once: the worker's tables write no WAL, and a crash that lost it would leave the
+        next restore in place over the values the rebuild is for."""
+        db = self._db_for_partition(partition)
+        it = db.iter()
+        try:
+            it.seek_to_last()
+            last = it.key() if it.valid() else None
+        finally:
+            del it
+        if last is not None:
+            # every key sorts at or above b"" and below the successor of the last one
+            db.delete_range(b"", bytes(last) + b"\x00")
+            db.flush(wait=True)
         log.warning("table %s: local store of partition %d dropped; its restore rebuilds it "
                     "from the changelog's start", self.table.name, partition)
 
@@ -197,7 +205,8 @@ CONTRACT.update({
     # rocksdb_memory: the open DBs in Store._dbs (the store in Collection._data: tables.py)
     "R faust rocksdb Store._db_for_partition": (
         RocksStore, "_db_for_partition", "cb7e67d5f9efc4bced7b7ab09a55fe71"),
-    # drop_partition: faust's revocation pops a DB from _dbs (not closed), the path it opens
+    # drop_partition: empties the DB _db_for_partition gives (opened at its partition_path
+    # if faust's revocation popped it from _dbs, which does not close it)
     "R faust rocksdb Store.revoke_partitions": (
         RocksStore, "revoke_partitions", "3f85447a24fc34ffd1ecb5039f502ac6"),
     "R faust rocksdb Store.partition_path": (
@@ -207,4 +216,13 @@ CONTRACT.update({
     "S faust rocksdb Store._contains": (
         RocksStore, "_contains", "bd7d4e5252a71b9a5705677611435431"),
     "S faust rocksdb Store._del": (RocksStore, "_del", "07f42ff3caefffddb002ba3c316120ee"),
+    # a table's keys (the sweep's scan, streams.recovery._keys): one RocksDB iterator per
+    # active partition's DB in _dbs, read from a snapshot (the table may change while the
+    # scan yields; drop_partition empties a DB one may hold), the offset key left out
+    "R faust rocksdb Store._iterkeys": (
+        RocksStore, "_iterkeys", "12ecc1051cc5505d73fd9466067321c7"),
+    "R faust rocksdb Store._dbs_for_actives": (
+        RocksStore, "_dbs_for_actives", "28ffca271cde5b062244446850fabb3a"),
+    "R faust rocksdb Store._visible_keys": (
+        RocksStore, "_visible_keys", "28b3c24a6884cbcd69ee040fa72fb9eb"),
 })

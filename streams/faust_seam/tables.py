@@ -118,17 +118,40 @@ class DurableTable(RestoreGuards):
         self._send(cast(int, self.partition_for_key(key)), key, self.stored(key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        """The store first, then the changelog record: a write the store refuses has no
+        record, and stops the worker (:meth:`_refused`)."""
         store = self.data
         encoded = self._encode_value(value)
+        try:
+            if isinstance(store, KeyPartitionedRocksStore):
+                store._set(str(key).encode(), encoded)
+            else:
+                store[key] = value
+        except Exception as exc:
+            if isinstance(store, RocksStore):
+                raise self._refused("write", key, exc) from exc
+            raise
         self._changed(key, value, encoded)
-        if isinstance(store, KeyPartitionedRocksStore):
-            store._set(str(key).encode(), encoded)
-        else:
-            store[key] = value
 
     def __delitem__(self, key: Any) -> None:
+        store = self.data
+        try:
+            del store[key]
+        except Exception as exc:
+            if isinstance(store, RocksStore):
+                raise self._refused("delete", key, exc) from exc
+            raise
         self.on_key_del(key)
-        del self.data[key]
+
+    def _refused(self, what: str, key: Any, exc: Exception) -> DurabilityError:
+        """A RocksDB store's failure (read-only after a failed background flush, a full
+        disk) as :class:`DurabilityError`: the worker stops without acknowledging the event
+        (retried and then dead-lettered, its commit would skip it). Its changelog record was
+        never queued — restored, it would bring back what the store never held (a pending
+        intent, which the sweep then answered with a contradicting Failed). A memory
+        store's errors (a missing key's KeyError) are raised as they are."""
+        return DurabilityError(f"table {self.name}: the local store refused a {what} of "
+                               f"{str(key)!r}: {exc!r}")
 
     def on_key_set(self, key: Any, value: Any) -> None:  # faust's update() and the like
         self._changed(key, value, self._encode_value(value))

@@ -11,7 +11,11 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
+from aiokafka.producer.message_accumulator import (
+    BatchBuilder,
+    MessageAccumulator,
+    MessageBatch,
+)
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
 from streams.faust_seam._base import CONTRACT, key_partition
@@ -262,4 +266,12 @@ CONTRACT.update({
         MessageAccumulator, "add_batch", "5ed1c5b1367ad85413d82f5704ed1165"),
     "R aiokafka MessageBatch.done (the batch future: its base offset)": (
         MessageBatch, "done", "2d765e5c2dc8638ddf995f5f35484a7e"),
+    # _send_group: the metadata append returns is the record's place in the batch (offset,
+    # from 0), None once the batch is full (the rest go in the next batch)
+    "R aiokafka BatchBuilder.append": (
+        BatchBuilder, "append", "657d76f55157d9cac2981d5e76453c68"),
+    # _drain: a keyed record without a partition goes to murmur2 of its key over the
+    # topic's partitions as the producer's metadata has them
+    "R aiokafka AIOKafkaProducer.partitions_for": (
+        AIOKafkaProducer, "partitions_for", "0d526b6cfcfdfc00be39e2d9f39431ef"),
 })

@@ -94,6 +94,17 @@ RELIED_ON = {
         "sets _rejoin_needed_fut",
     # DurableTable.on_key_del
     "faust.tables.base:Collection._maybe_del_key_ttl": "called as faust's on_key_del does",
+    # RecordWriter._send_group / _drain
+    "aiokafka.producer.message_accumulator:BatchBuilder.append":
+        "a record's place in its batch as metadata.offset (_resolve_batch); None when full",
+    "aiokafka.producer.producer:AIOKafkaProducer.partitions_for":
+        "the topic's partitions, for a keyed record's partition",
+    # RestoreGuards._floor: records at or below the persisted offset left out
+    "faust.tables.recovery:Recovery._seek_offsets": "seeks to the persisted offset itself",
+    # the sweep's key scan (streams.recovery._keys), KeyPartitionedRocksStore.drop_partition
+    "faust.stores.rocksdb:Store._iterkeys": "the keys of the active partitions' DBs",
+    "faust.stores.rocksdb:Store._dbs_for_actives": "the DBs in _dbs of assigned actives",
+    "faust.stores.rocksdb:Store._visible_keys": "one RocksDB iterator per DB, offset key out",
 }
 
 
