@@ -8,17 +8,30 @@ changes an existing topic behind the operator's back).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from common.backoff import Backoff
-from common.connection import KafkaConnection, access_error, is_refusal, refusal_message
+from common.connection import (
+    _SIGNS,
+    KafkaConnection,
+    access_error,
+    is_refusal,
+    refusal_message,
+)
 from common.errors import KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
 
@@ -88,12 +101,26 @@ def admin_client(settings: KafkaSettings | KafkaConnection, **extra: Any) -> Adm
     return AdminClient(conn.librdkafka(**extra))
 
 
+_ACCESS_SIGNS = tuple(sign for signs, *_ in _SIGNS for sign in signs)
+
+
 class _Reports:
     """librdkafka's error callback and logger in one: keeps what it says (for
-    :func:`~common.connection.access_error`) instead of printing it to stderr."""
+    :func:`~common.connection.access_error`) instead of printing it to stderr.
+
+    The most recent 200 lines, and apart the last 50 that read like a refusal: a broker
+    down at start-up says "Connection refused" hundreds of times before the one line that
+    names the wrong password, and that line must not be crowded out (EXIT_CONFIG, not a
+    restart loop)."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self._recent: deque[str] = deque(maxlen=200)
+        self._refusals: deque[str] = deque(maxlen=50)
+
+    @property
+    def lines(self) -> list[str]:
+        """What was kept, oldest first: the refusal-like lines, then the recent ones."""
+        return [*self._refusals, *self._recent]
 
     def error(self, err: Any) -> None:
         self._keep(err.str())
@@ -102,8 +129,10 @@ class _Reports:
         self._keep(fmt % args if args else fmt)
 
     def _keep(self, line: str) -> None:
-        if len(self.lines) < 200:
-            self.lines.append(line)
+        self._recent.append(line)
+        lowered = line.lower()
+        if any(sign in lowered for sign in _ACCESS_SIGNS):
+            self._refusals.append(line)
 
 
 PAUSE_SLACK_S = 1.0  # an attempt this much later than its timeout: the process was stopped
@@ -115,7 +144,8 @@ class RunningDeadline:
     Time the process spent stopped (SIGSTOP, a frozen VM, a long GC) does not count: an
     attempt that came back more than :data:`PAUSE_SLACK_S` later than its own timeout was
     stopped, and the deadline moves by the excess — else a process paused while it waits
-    for the broker gives up at once on resuming, before its client could reconnect. ::
+    for the broker gives up at once on resuming, before its client could reconnect. So does
+    a wait between attempts that lasted that much longer than asked (:meth:`sleep`). ::
 
         deadline = RunningDeadline(30.0)
         while True:
@@ -144,6 +174,15 @@ class RunningDeadline:
             self.at += stopped
         return now >= self.at
 
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep(seconds)`` between attempts; a sleep that ended more than
+        :data:`PAUSE_SLACK_S` late was stopped, and the deadline moves by the excess."""
+        started = time.monotonic()
+        time.sleep(seconds)
+        stopped = time.monotonic() - started - seconds - PAUSE_SLACK_S
+        if stopped > 0:
+            self.at += stopped
+
 
 def retry_until(deadline: RunningDeadline, call: Callable[[float], T], *, doing: str,
                 failure: str, refused: Callable[[Any], str],
@@ -164,7 +203,7 @@ def retry_until(deadline: RunningDeadline, call: Callable[[float], T], *, doing:
             if give_up(exc) or deadline.failed():
                 raise KafkaError(f"{failure}: {exc}", retryable=True) from exc
             log.warning("%s: %s; trying again", doing, exc)
-            time.sleep(backoff.next_delay())
+            deadline.sleep(backoff.next_delay())
 
 
 def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClient, Any]:
@@ -195,8 +234,157 @@ def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClien
                                  retryable=True) from exc
 
 
-def check_group_access(settings: KafkaSettings, group: str, *, timeout: float = 30.0,
-                       admin: AdminClient | None = None) -> None:
+# -- a group's description, asked in a child process ---------------------------------------
+#
+# librdkafka 2.16 aborts the whole process when a coordinator admin request fails
+# (librdkafka#4605, ``rd_kafka_enq_once_del_source_return: Assertion eonce->refcnt > 0``;
+# docs/decisions/0008), and describe_consumer_groups is one: a worker starting while a broker
+# fails over could end with -6 and no line. A child process that aborts is an attempt that
+# failed, not the worker's end. The child (:func:`_describe_child`) gets the group and the
+# request timeout as arguments and the client config as JSON on stdin (never in its
+# arguments or environment: it holds the password), and ends with one of these codes,
+# printing one JSON line: the description, or ``{"code", "reason"}`` of the error.
+CHILD_ANSWERED, CHILD_REFUSED, CHILD_FAILED = 0, 3, 4
+DESCRIBE_CHILD: tuple[str, ...] = (
+    sys.executable, "-c", "from common.kafka import _describe_child; _describe_child()")
+CHILD_START_S = 0.5  # a child's start (interpreter, confluent_kafka): taken off its timeout
+CHILD_GRACE_S = 10.0  # a child this much past its request timeout is stuck: killed
+
+
+@dataclass(frozen=True)
+class GroupAssignment:
+    topic_partitions: list[Any]  # confluent_kafka.TopicPartition (topic, partition)
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    member_id: str
+    client_id: str
+    host: str
+    assignment: GroupAssignment | None
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    """What :func:`describe_group_isolated` returns: the fields of confluent-kafka's
+    ``ConsumerGroupDescription`` this project reads, by the same names."""
+
+    group_id: str
+    state: Any  # confluent_kafka.ConsumerGroupState
+    members: list[GroupMember]
+    authorized_operations: list[Any] | None  # confluent_kafka.admin.AclOperation; None: not told
+
+
+def _description_json(d: Any) -> dict[str, Any]:
+    ops = d.authorized_operations
+    return {"group_id": d.group_id, "state": d.state.name if d.state is not None else None,
+            "members": [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
+                         "assignment": ([[tp.topic, tp.partition]
+                                         for tp in m.assignment.topic_partitions]
+                                        if m.assignment is not None else None)}
+                        for m in d.members or []],
+            "authorized_operations": [op.name for op in ops] if ops is not None else None}
+
+
+def _description(answer: dict[str, Any]) -> GroupDescription:
+    from confluent_kafka import ConsumerGroupState, TopicPartition
+    from confluent_kafka.admin import AclOperation
+
+    ops = answer.get("authorized_operations")
+    return GroupDescription(
+        group_id=answer["group_id"],
+        state=ConsumerGroupState[answer["state"]] if answer.get("state") else None,
+        members=[GroupMember(m["member_id"], m["client_id"], m["host"],
+                             GroupAssignment([TopicPartition(t, p) for t, p in m["assignment"]])
+                             if m.get("assignment") is not None else None)
+                 for m in answer.get("members", [])],
+        authorized_operations=[AclOperation[op] for op in ops] if ops is not None else None)
+
+
+def _describe_child() -> None:
+    """The child of :func:`describe_group_isolated`: ``<group> <timeout_s>`` as arguments,
+    the librdkafka config on stdin. librdkafka's own reports are kept, not printed; it
+    exits with ``os._exit`` (the client is not destroyed: nothing to wait for)."""
+    group, timeout_s = sys.argv[1], float(sys.argv[2])
+    reports = _Reports()
+    conf: dict[str, Any] = {**json.load(sys.stdin), "error_cb": reports.error, "logger": reports}
+    admin = AdminClient(conf)
+    try:
+        futures = admin.describe_consumer_groups(
+            [group], include_authorized_operations=True, request_timeout=timeout_s)
+        answer, code = _description_json(futures[group].result()), CHILD_ANSWERED
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if err is not None and hasattr(err, "code"):
+            answer = {"code": err.code(), "reason": err.str()}
+            code = CHILD_REFUSED if is_refusal(err) else CHILD_FAILED
+        else:
+            answer, code = {"code": -196, "reason": str(exc)}, CHILD_FAILED  # _FAIL
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: this process's, with the project on its path (the
+    worker may run from anywhere)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _describe_once(conf: dict[str, Any], group: str, wait: float,
+                   command: Sequence[str]) -> GroupDescription:
+    """One child, one description; anything but an answer raises KafkaException (a child
+    that died or hung as an error of its own: for :func:`retry_until`, not a verdict)."""
+    from confluent_kafka import KafkaError as CKafkaError
+
+    request_s = max(0.5, wait - CHILD_START_S)
+    try:
+        done = subprocess.run([*command, group, f"{request_s:.3f}"], input=json.dumps(conf),
+                              capture_output=True, text=True, env=_child_env(),
+                              timeout=request_s + CHILD_GRACE_S)
+    except subprocess.TimeoutExpired:
+        raise KafkaException(CKafkaError(
+            CKafkaError._TIMED_OUT, f"the describing process did not end within "
+                                    f"{request_s + CHILD_GRACE_S:.0f} s (killed)")) from None
+    answer: Any = None
+    with contextlib.suppress(ValueError):
+        answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None
+    if done.returncode == CHILD_ANSWERED and isinstance(answer, dict) and "group_id" in answer:
+        return _description(answer)
+    if done.returncode in (CHILD_REFUSED, CHILD_FAILED) and isinstance(answer, dict) \
+            and "code" in answer:
+        raise KafkaException(CKafkaError(int(answer["code"]), str(answer["reason"])))
+    rc = done.returncode
+    how = (f"was killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals()
+           else f"exited {rc} without an answer")
+    said = done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else ""
+    raise KafkaException(CKafkaError(CKafkaError._FAIL, f"the describing process {how}"
+                                                        + (f" ({said})" if said else "")))
+
+
+def describe_group_isolated(settings: KafkaSettings | KafkaConnection, group: str,
+                            timeout_s: float = 30.0, *,
+                            command: Sequence[str] | None = None) -> GroupDescription:
+    """``group``'s description with what this principal may do with it (KIP-430), asked by
+    a short-lived child process (about 0.3 s each) so that librdkafka#4605's abort ends the
+    child, not this process. Retried with a backoff (:func:`retry_until`) for ``timeout_s``
+    of running time: a child that aborted, hung or failed is logged as ``describing the
+    group <group>: <error>; trying again``. A refusal raises :class:`KafkaAccessError`
+    (:func:`~common.connection.refusal_message`), the last failure a retryable KafkaError
+    ``cannot describe the group <group>: <error>``. ``command``: the child (tests)."""
+    conn = settings if isinstance(settings, KafkaConnection) \
+        else KafkaConnection.from_settings(settings)
+    conf, child = conn.librdkafka(), tuple(command or DESCRIBE_CHILD)
+    return retry_until(
+        RunningDeadline(timeout_s), lambda wait: _describe_once(conf, group, wait, child),
+        doing=f"describing the group {group}", failure=f"cannot describe the group {group}",
+        refused=lambda err: refusal_message(conn, f"describe the group {group}", err))
+
+
+def check_group_access(settings: KafkaSettings, group: str, *, timeout: float = 30.0) -> None:
     """Raise :class:`KafkaAccessError` unless this principal may join ``group`` (READ).
 
     A consumer refused its group never hears of it from aiokafka until it has partitions
@@ -205,21 +393,12 @@ def check_group_access(settings: KafkaSettings, group: str, *, timeout: float = 
     the group lists what this principal may do with it (KIP-430); a broker without an
     authorizer allows everything and lists every operation the group supports (READ
     among them), so nothing is refused. A description without the list (empty or None:
-    a broker too old to answer it) says nothing either way and passes."""
+    a broker too old to answer it) says nothing either way and passes. The description is
+    asked in a child process (:func:`describe_group_isolated`, decision 0008)."""
     from confluent_kafka.admin import AclOperation
 
     conn = KafkaConnection.from_settings(settings)
-    admin = admin or AdminClient(conn.librdkafka())
-
-    def describe(wait: float) -> Any:
-        futures = admin.describe_consumer_groups(
-            [group], include_authorized_operations=True, request_timeout=wait)
-        return futures[group].result()
-    description = retry_until(
-        RunningDeadline(timeout), describe, doing=f"describing the group {group}",
-        failure=f"cannot describe the group {group}",
-        refused=lambda err: refusal_message(conn, f"describe the group {group}", err))
-    allowed = description.authorized_operations
+    allowed = describe_group_isolated(conn, group, timeout).authorized_operations
     if allowed and not {AclOperation.READ, AclOperation.ALL} & set(allowed):
         raise KafkaAccessError(refusal_message(
             conn, f"join the group {group}",

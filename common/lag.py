@@ -89,13 +89,21 @@ def group_lag(reader: Any, c: Any, topic: str) -> list[tuple[int, int, int]]:
 
 def unowned_partitions(admin: AdminClient, group: str, topic: str,
                        partitions: set[int], timeout_s: float = 10.0) -> set[int]:
-    """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now;
+    """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now
+    (:func:`unowned_in`), asked with ``admin`` in this process — which librdkafka#4605 can
+    abort (decision 0008): a pipeline process asks through
+    :func:`common.kafka.describe_group_isolated` instead."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=timeout_s)
+    return unowned_in(description, topic, partitions)
+
+
+def unowned_in(description: Any, topic: str, partitions: set[int]) -> set[int]:
+    """Of ``partitions`` of ``topic``, those no member of the described group is assigned;
     empty ("cannot tell") unless the group is Stable or Empty: in a rebalance (or an unknown
     or dead state) the broker's classic coordinator describes its members without their
     assignments, so every partition would look unowned."""
     from confluent_kafka import ConsumerGroupState
 
-    description = admin.describe_consumer_groups([group])[group].result(timeout=timeout_s)
     state = getattr(description, "state", None)
     if state not in (ConsumerGroupState.STABLE, ConsumerGroupState.EMPTY):
         return set()

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # its tables' changelogs too, before it joins (common.kafka.changelog_topics)
         report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters),
                                extra=changelog_topics(kafka, kafka.topic(worker.app_id)))
+        # described in a child process: librdkafka#4605 aborts the asker (decision 0008)
         check_group_access(kafka, kafka.topic(worker.app_id))
     except KafkaAccessError as exc:
         log.error("%s", exc)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.connection import Connectable
-from common.lag import lag_reader, unowned_partitions
+from common.lag import lag_reader, unowned_in
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
@@ -277,9 +277,11 @@ def exit_to_rejoin(message: str) -> Any:
 
 
 def unowned(bootstrap: Connectable, group: str, topic: str, partitions: set[int]) -> set[int]:
-    """Of ``partitions``, those no member of ``group`` owns (its own admin client)."""
-    from confluent_kafka.admin import AdminClient
+    """Of ``partitions``, those no member of ``group`` owns: the group described by a child
+    process (:func:`common.kafka.describe_group_isolated`; in this process, librdkafka#4605
+    aborted the worker on a coordinator's failover, decision 0008), for up to 10 s."""
+    from common.connection import as_connection
+    from common.kafka import describe_group_isolated
 
-    from common.connection import kafka_config
-
-    return unowned_partitions(AdminClient(kafka_config(bootstrap)), group, topic, partitions)
+    return unowned_in(describe_group_isolated(as_connection(bootstrap), group, timeout_s=10.0),
+                      topic, partitions)

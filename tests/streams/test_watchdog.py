@@ -311,3 +311,27 @@ def test_a_rebalancing_group_never_exits_an_idle_worker():
                         orphans=lambda ps: unowned_partitions(admin, "g", "req", ps),
                         interval_s=2)
     assert _looks(dog, clock, 600) == {} and stalls == []
+
+
+def test_the_workers_orphan_check_describes_the_group_in_a_child_process(monkeypatch):
+    """librdkafka#4605: a coordinator request of the admin API that fails aborts the whole
+    process (decision 0008; in-process describe_consumer_groups died -6 in the first round
+    of a coordinator failover). The worker's orphan check asks through a child process."""
+    from confluent_kafka.admin import AdminClient
+
+    from common import kafka as common_kafka
+    from common.kafka import GroupAssignment, GroupDescription, GroupMember
+    from streams import watchdog
+
+    def in_process(*_a, **_kw):
+        raise AssertionError("describe_consumer_groups in the worker process")
+    monkeypatch.setattr(AdminClient, "describe_consumer_groups", in_process)
+    asked: list[tuple[str, float]] = []
+
+    def isolated(_conn, group, timeout_s=30.0, **_kw):
+        asked.append((group, timeout_s))
+        return GroupDescription(group, ConsumerGroupState.STABLE, [GroupMember(
+            "m", "c", "h", GroupAssignment([TopicPartition("req", 0)]))], None)
+    monkeypatch.setattr(common_kafka, "describe_group_isolated", isolated)
+    assert watchdog.unowned("127.0.0.1:1", "g", "req", {0, 1}) == {1}
+    assert asked == [("g", 10.0)]
