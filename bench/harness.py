@@ -206,7 +206,7 @@ class Pipeline:
                "KAFKA_TOPIC_PREFIX": self.prefix, "KAFKA_PARTITIONS": str(self.partitions),
                "SF_EVENTS_REPLAY": "EARLIEST", "SFPROV_STATE_DIR": str(self.dir / "state"),
                "LOG_LEVEL": "INFO", f"{kind.upper()}_HTTP_PORT": str(port),
-               "SFPROV_ENV_FILE": str(self.dir / "no.env")}
+               "SFPROV_ENV_FILE": os.devnull}
         if self.security is not None and kind in PROCESS_USERS:
             env.update(self.security.env(PROCESS_USERS[kind]))
         env.update({f"KAFKA_{k.upper()}": str(v) for k, v in self._replication().items()})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import ConfigError
 
@@ -42,6 +43,14 @@ INTENT_RENEW_BEFORE_S = 1.0
 SINK_MAX_POLL_INTERVAL_MS = 300_000
 #: Salesforce sends a quiet subscription a keepalive "at least every 270 s" (REFERENCE §1)
 PUBSUB_KEEPALIVE_S = 270.0
+#: what the worker appends to its app id (with the topic prefix) for the topics it makes:
+#: its tables' changelogs (common.kafka.changelog_topics) and faust's leader topic
+#: (ops.acls.worker_topics)
+WORKER_TOPIC_SUFFIXES = ("-idem-changelog", "-intents-changelog", "-__assignor-__leader")
+#: Kafka's rule for a topic name (kafka.common.internals.Topic): these characters, at most
+#: 249 of them, and neither "." nor ".."
+TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+TOPIC_MAX_LENGTH = 249
 
 
 class Secret:
@@ -126,6 +135,35 @@ def parse_non_negative_float(raw: str) -> float:
     return value
 
 
+def parse_port(raw: str) -> int:
+    """A TCP port to listen on, 0-65535 (0: off, where the setting says so)."""
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"expected a port from 0 to 65535, got {raw.strip()!r}")
+    return value
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_host_port(raw: str) -> str:
+    """A gRPC target ``host:port`` (an IPv6 address in brackets: ``[::1]:7443``). With a
+    scheme (``https://host:7443``) gRPC looked the whole string up as a name: UNAVAILABLE,
+    retried for ever."""
+    value = raw.strip()
+    match = _HOST_PORT.fullmatch(value)
+    valid = match is not None and 1 <= int(match["port"]) <= 65535
+    if valid and match is not None and match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ValueError(f"expected host:port (no scheme; port 1-65535; IPv6 as "
+                         f"[::1]:7443), got {value!r}")
+    return value
+
+
 def parse_http_url(raw: str) -> str:
     """An ``http(s)://host[...]`` URL: without its scheme, ``host/path`` parses as a path
     (httpx: ``UnsupportedProtocol``; the registry: credentials read as a scheme)."""
@@ -138,6 +176,15 @@ def parse_http_url(raw: str) -> str:
     return value
 
 
+def hide_userinfo(url: str) -> str:
+    """``url`` with the credentials of its authority (``https://KEY:SECRET@host``) shown as
+    ``***``: for a repr, never for use."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().upper()
@@ -147,22 +194,56 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+# a quoted value, up to its closing quote (not an escaped one), then maybe a comment
+_QUOTED = re.compile(r"""(["'])(.*?)(?<!\\)\1\s*(?:#.*)?""")
+
+
+def _dotenv_value(raw: str) -> str:
+    """A value as docker compose (compose-go's dotenv) reads the same line, without its
+    interpolation and escapes: a quoted one ends at its closing quote (``"s3cr#t" # prod`` is
+    ``s3cr#t``); in an unquoted one `` #`` starts a comment (``staging. # per env`` is
+    ``staging.``; ``abc#def`` stays)."""
+    value = raw.strip()
+    quoted = _QUOTED.fullmatch(value)
+    if quoted is not None:
+        return quoted.group(2)
+    return value.partition(" #")[0].rstrip()
+
+
 def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
-    """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped)."""
-    path = path or Path(os.environ.get("SFPROV_ENV_FILE", HOME / ".env"))
+    """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped; inline
+    comments as docker compose reads them).
+
+    Without ``path``: ``SFPROV_ENV_FILE`` when set — it must name a readable file (an empty
+    one, or /dev/null, for no settings): ignoring a file named on purpose ran another stack
+    (sandbox mode) than the one it describes — else the checkout's ``.env``, which may be
+    missing. A file that cannot be read or is not UTF-8 is a :class:`ConfigError` naming it
+    (one line, exit 64 in a process; never the content that did not decode)."""
+    named = os.environ.get("SFPROV_ENV_FILE", "") if path is None else ""
+    path = path or (Path(named) if named else HOME / ".env")
+    label = "SFPROV_ENV_FILE" if named else ".env"
     values: dict[str, str] = {}
-    if not path.is_file():
+    if not named and not path.exists():
         return values
-    for line in path.read_text().splitlines():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{label}: {path} is not UTF-8 text (line {line_no}): save it as "
+                          "UTF-8") from None
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
         key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
+        values[key] = _dotenv_value(value)
     return values
 
 
@@ -176,6 +257,25 @@ def environment() -> dict[str, str]:
 S = TypeVar("S", bound="_Section")
 
 
+_UNSET: Any = object()
+
+
+def _read(f: dataclasses.Field[Any], src: Mapping[str, str]) -> Any:
+    """Field ``f`` parsed from ``src``; ``_UNSET`` when not set (its default applies)."""
+    meta = f.metadata
+    name = meta["env"]
+    raw = src.get(name)
+    if raw is None or raw == "":
+        if meta["required"]:
+            raise ConfigError(f"{name}: required setting is not set ({meta['doc']})")
+        return _UNSET
+    try:
+        parsed = meta["parse"](raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}: invalid value: {exc}") from None
+    return Secret(parsed) if meta["secret"] else parsed
+
+
 class _Section:
     @classmethod
     def load(cls: type[S], source: Mapping[str, str] | None = None, **overrides: Any) -> S:
@@ -186,18 +286,9 @@ class _Section:
             if f.name in overrides:
                 values[f.name] = overrides[f.name]
                 continue
-            meta = f.metadata
-            name = meta["env"]
-            raw = src.get(name)
-            if raw is None or raw == "":
-                if meta["required"]:
-                    raise ConfigError(f"{name}: required setting is not set ({meta['doc']})")
-                continue
-            try:
-                parsed = meta["parse"](raw)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{name}: invalid value: {exc}") from None
-            values[f.name] = Secret(parsed) if meta["secret"] else parsed
+            value = _read(f, src)
+            if value is not _UNSET:
+                values[f.name] = value
         section = cls(**values)
         section.validate()
         return section
@@ -205,12 +296,40 @@ class _Section:
     def validate(self) -> None:
         """Cross-field checks; raise ConfigError naming the variable."""
 
+    def __repr__(self) -> str:
+        """The dataclass repr, with a URL's credentials (``https://KEY:SECRET@host``) shown
+        as ``***`` (Secret fields print themselves masked)."""
+        shown = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, str) and f.metadata.get("parse") is parse_http_url:
+                value = hide_userinfo(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__qualname__}({', '.join(shown)})"
+
+
+def setting(section: type[_Section], attr: str, source: Mapping[str, str]) -> Any:
+    """One field of ``section`` as :meth:`_Section.load` reads it from ``source`` (its
+    default when unset), without the section's other fields and checks: what ``make up``
+    needs of a process's settings (:func:`ops.stack._pipeline_processes`). A value that does
+    not parse is a :class:`ConfigError`, as for the process."""
+    f = next(f for f in dataclasses.fields(section)  # type: ignore[arg-type]
+             if f.name == attr)
+    value = _read(f, source)
+    if value is not _UNSET:
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
 
 def _secret_default() -> Secret:
     return Secret("")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class CommonSettings(_Section):
     log_level: str = env("LOG_LEVEL", "INFO", parse=choice("DEBUG", "INFO", "WARNING", "ERROR"),
                          doc="Log level of every process.")
@@ -226,6 +345,7 @@ class CommonSettings(_Section):
                             doc="FILE tracing: where spans go (default "
                                 "$SFPROV_STATE_DIR/traces/<process>.jsonl).")
     otlp_endpoint: str = env("SFPROV_TRACING_OTLP_ENDPOINT", "http://localhost:4318/v1/traces",
+                             parse=parse_http_url,
                              doc="OTLP tracing: the collector's OTLP/HTTP traces endpoint.")
 
 
@@ -233,13 +353,14 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class KafkaSettings(_Section):
     bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
                                  doc="Kafka bootstrap servers.")
     topic_prefix: str = env("KAFKA_TOPIC_PREFIX", "",
                             doc="Prefix for every topic and consumer group name "
-                                "(isolates environments and tests).")
+                                "(isolates environments and tests): letters, digits, '.', "
+                                "'_' and '-', as every topic name.")
     requests_topic: str = env("KAFKA_TOPIC_REQUESTS", "salesforce.order-provision-requested",
                               doc="Requests topic: platform events written by the connector.")
     outcomes_topic: str = env("KAFKA_TOPIC_OUTCOMES", "provisioning.outcomes",
@@ -345,11 +466,60 @@ class KafkaSettings(_Section):
                            ("SCHEMA_REGISTRY_CA_LOCATION", self.schema_registry_ca_location)):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no such file: {path}")
+        self._check_protocol_uses_its_settings()
         if self.schema_registry_password and not self.schema_registry_username:
             raise ConfigError("SCHEMA_REGISTRY_USERNAME: required with "
                               "SCHEMA_REGISTRY_PASSWORD")
         if self.avro_wire_format == "CONFLUENT" and not self.schema_registry_url:
             raise ConfigError("SCHEMA_REGISTRY_URL: required with AVRO_WIRE_FORMAT=CONFLUENT")
+        self._check_topic_names()
+
+    def _check_protocol_uses_its_settings(self) -> None:
+        """SASL credentials or TLS files the protocol does not use were dropped without a
+        word: the process connected in plain text (or was refused), its operator believing
+        it authenticated and encrypted."""
+        protocol = self.security_protocol
+        if not protocol.startswith("SASL_"):
+            given = [name for name, value in (("KAFKA_SASL_USERNAME", self.sasl_username),
+                                              ("KAFKA_SASL_PASSWORD", self.sasl_password),
+                                              ("KAFKA_SASL_MECHANISM",
+                                               self.sasl_mechanism != "PLAIN")) if value]
+            if given:
+                raise ConfigError(f"KAFKA_SECURITY_PROTOCOL: {' and '.join(given)} set, but "
+                                  f"{protocol} uses no SASL: set it to SASL_SSL or "
+                                  f"SASL_PLAINTEXT (or unset {' and '.join(given)})")
+        if protocol not in ("SSL", "SASL_SSL"):
+            given = [name for name, value in (
+                ("KAFKA_SSL_CA_LOCATION", self.ssl_ca_location),
+                ("KAFKA_SSL_CERTIFICATE_LOCATION", self.ssl_certificate_location),
+                ("KAFKA_SSL_KEY_LOCATION", self.ssl_key_location),
+                ("KAFKA_SSL_KEY_PASSWORD", self.ssl_key_password)) if value]
+            if given:
+                raise ConfigError(f"KAFKA_SECURITY_PROTOCOL: {' and '.join(given)} set, but "
+                                  f"{protocol} uses no TLS: set it to SSL or SASL_SSL (or "
+                                  f"unset {' and '.join(given)})")
+
+    def _check_topic_names(self) -> None:
+        """A name the broker refuses (a space, a slash, too long) failed at the first
+        create with INVALID_TOPIC: exit 1, restarted for ever."""
+        prefix = self.topic_prefix
+        if prefix and not TOPIC_CHARS.fullmatch(prefix):
+            raise ConfigError(f"KAFKA_TOPIC_PREFIX: {prefix!r} begins every topic name, which "
+                              "may hold only letters, digits, '.', '_' and '-'")
+        for name, topic in (("KAFKA_TOPIC_REQUESTS", self.requests_topic),
+                            ("KAFKA_TOPIC_OUTCOMES", self.outcomes_topic),
+                            ("KAFKA_TOPIC_DEAD_LETTERS", self.dead_letters_topic),
+                            ("KAFKA_TOPIC_CONNECTOR_OFFSETS", self.connector_offsets_topic),
+                            ("KAFKA_TOPIC_REPLAY_GAPS", self.replay_gaps_topic)):
+            if (not TOPIC_CHARS.fullmatch(topic) or len(topic) > TOPIC_MAX_LENGTH
+                    or prefix + topic in (".", "..")):
+                raise ConfigError(f"{name}: not a topic name Kafka accepts: letters, digits, "
+                                  f"'.', '_' and '-', at most {TOPIC_MAX_LENGTH} characters, "
+                                  f"not '.' or '..' (got {topic[:80]!r})")
+            if len(prefix + topic) > TOPIC_MAX_LENGTH:
+                raise ConfigError(f"KAFKA_TOPIC_PREFIX: with it {name} is "
+                                  f"{len(prefix + topic)} characters long, Kafka allows "
+                                  f"{TOPIC_MAX_LENGTH}")
 
     @property
     def writes_confluent(self) -> bool:
@@ -390,7 +560,7 @@ def _decode_base64_key(raw: str) -> str:
         raise ValueError("not valid base64 of a PEM private key") from exc
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
                          parse=parse_http_url,
@@ -409,7 +579,7 @@ class SalesforceSettings(_Section):
     api_version: str = env("SF_API_VERSION", "62.0", doc="REST API version.")
     ca_bundle: str = env("SF_CA_BUNDLE", "",
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
-                             "(the sandbox's certificate).")
+                             "(the sandbox's certificate; PEM, checked at start).")
     timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_positive_float,
                            doc="Timeout of one Salesforce REST call, seconds.")
 
@@ -420,6 +590,24 @@ class SalesforceSettings(_Section):
         if self.private_key_path and not Path(self.private_key_path).is_file():
             raise ConfigError(f"SF_PRIVATE_KEY_PATH: no such file: {self.private_key_path}")
         self._check_key()
+        self._check_ca_bundle()
+
+    def _check_ca_bundle(self) -> None:
+        """A missing or unreadable bundle raised in SalesforceClient: a traceback, exit 1,
+        restarted for ever."""
+        if not self.ca_bundle:
+            return
+        if not Path(self.ca_bundle).is_file():
+            raise ConfigError(f"SF_CA_BUNDLE: no such file: {self.ca_bundle}")
+        import ssl
+
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=self.ca_bundle)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = (getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+                      or type(exc).__name__)
+            raise ConfigError(f"SF_CA_BUNDLE: {self.ca_bundle} holds no usable PEM "
+                              f"certificate ({reason})") from None
 
     def _check_key(self) -> None:
         """The key must sign the RS256 assertion: a certificate or an encrypted key passed
@@ -452,7 +640,7 @@ class SalesforceSettings(_Section):
         return (self.audience or self.login_url).rstrip("/")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class ConnectorSettings(_Section):
     events_enabled: bool = env("SF_EVENTS_ENABLED", True, parse=parse_bool,
                                doc="Subscribe to platform events at all: false makes the connector exit 0 at "
@@ -466,7 +654,9 @@ class ConnectorSettings(_Section):
                               parse=choice("EARLIEST", "LATEST", "FAIL"),
                               doc="Policy when Salesforce refuses the stored replay id.")
     pubsub_endpoint: str = env("SF_PUBSUB_ENDPOINT", "api.pubsub.salesforce.com:7443",
-                               doc="Pub/Sub API gRPC endpoint host:port.")
+                               parse=parse_host_port,
+                               doc="Pub/Sub API gRPC endpoint host:port (no scheme; IPv6 as "
+                                   "[::1]:7443).")
     pubsub_tls: bool = env("SF_PUBSUB_TLS", True, parse=parse_bool,
                            doc="TLS to the Pub/Sub endpoint (false only for the sandbox).")
     num_requested: int = env("SF_PUBSUB_NUM_REQUESTED", 100, parse=parse_positive_int,
@@ -486,7 +676,7 @@ class ConnectorSettings(_Section):
                                                  "once while no position is stored).")
     name: str = env("CONNECTOR_NAME", "sfprov-connector",
                     doc="Connector name: part of its transactional.id and of its offsets key.")
-    http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=int,
+    http_port: int = env("CONNECTOR_HTTP_PORT", 9101, parse=parse_port,
                          doc="Port of the connector's /metrics and /healthz (0 = off).")
     http_host: str = env("CONNECTOR_HTTP_HOST", "127.0.0.1",
                          doc="Address the connector's /metrics and /healthz listen on "
@@ -511,9 +701,12 @@ class ConnectorSettings(_Section):
                                doc="Cap of the resubscribe backoff.")
     limit_backoff_s: float = env("SF_PUBSUB_LIMIT_BACKOFF_S", 300.0, parse=parse_positive_float,
                                  doc="Wait after a delivery-limit or concurrent-client error.")
-    grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 60.0, parse=parse_positive_float,
-                                  doc="gRPC HTTP/2 ping interval (finds half-open "
-                                      "connections).")
+    grpc_keepalive_s: float = env("SF_PUBSUB_GRPC_KEEPALIVE_S", 360.0,
+                                  parse=parse_positive_float,
+                                  doc="gRPC HTTP/2 ping interval while a subscription is open "
+                                      "(finds half-open connections). Keep it above 300: a "
+                                      "gRPC server's default policy ends a connection pinged "
+                                      "more often than every 5 minutes without data.")
     reconcile_interval_s: float = env("CONNECTOR_RECONCILE_INTERVAL_S", 600.0,
                                       parse=parse_float,
                                       doc="How often the connector re-requests Orders left "
@@ -550,7 +743,7 @@ class ConnectorSettings(_Section):
                         self.keepalive_timeout_s, PUBSUB_KEEPALIVE_S)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class WhmcsSettings(_Section):
     api_url: str = env("WHMCS_API_URL", parse=parse_http_url, doc="Full URL of WHMCS includes/api.php.")
     identifier: Secret = env("WHMCS_API_IDENTIFIER", parse=str, secret=True,
@@ -570,10 +763,11 @@ class WhmcsSettings(_Section):
                            doc="Timeout of one WHMCS call, seconds.")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class WorkerSettings(_Section):
     app_id: str = env("WORKER_APP_ID", "sfprov-worker",
-                      doc="Faust app id (consumer group and changelog topic prefix).")
+                      doc="Faust app id (consumer group and changelog topic prefix): "
+                          "letters, digits, '.', '_' and '-'.")
     store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
                                                        "memory:// for tests).")
     max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 500, parse=parse_positive_int,
@@ -614,7 +808,7 @@ class WorkerSettings(_Section):
                                       "deadline, then the Order is Failed "
                                       "(WHMCS_UNAVAILABLE); Salesforce's have no deadline "
                                       "(the Order waits).")
-    http_port: int = env("WORKER_HTTP_PORT", 9102, parse=int,
+    http_port: int = env("WORKER_HTTP_PORT", 9102, parse=parse_port,
                          doc="Port of the worker's web server (/metrics, /healthz; 0 = off).")
     http_host: str = env("WORKER_HTTP_HOST", "127.0.0.1",
                          doc="Address the worker's /metrics and /healthz listen on "
@@ -661,6 +855,11 @@ class WorkerSettings(_Section):
                                     "least a heartbeat interval (min(3 s, a third of the "
                                     "session timeout)) plus 1 s, an intent's renewal "
                                     "headroom: 4 s with a session of 9 s or more.")
+    faust_log_level: str = env("WORKER_FAUST_LOG_LEVEL", "",
+                               parse=choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                               doc="Log level of faust's, mode's and aiokafka's loggers "
+                                   "(DEBUG, INFO, WARNING, ERROR or CRITICAL; INFO shows "
+                                   "rebalances and table recovery). Unset: LOG_LEVEL.")
     event_loop: str = env("WORKER_EVENT_LOOP", "UVLOOP", parse=choice("UVLOOP", "ASYNCIO"),
                           doc="The worker's event loop: uvloop (libuv; ~10 % less CPU per "
                               "Order, docs/decisions/0010) or Python's own asyncio loop.")
@@ -687,6 +886,14 @@ class WorkerSettings(_Section):
         return min(3.0, self.session_timeout_s / 3)
 
     def validate(self) -> None:
+        # its group and, with the topic prefix, its changelog and leader topics
+        # (WORKER_TOPIC_SUFFIXES): a name the broker refused failed at the first create
+        longest = max(map(len, WORKER_TOPIC_SUFFIXES))
+        if not TOPIC_CHARS.fullmatch(self.app_id) or len(self.app_id) + longest > \
+                TOPIC_MAX_LENGTH:
+            raise ConfigError(f"WORKER_APP_ID: {self.app_id[:80]!r} names the worker's topics "
+                              f"(<app id>{WORKER_TOPIC_SUFFIXES[-1]}): letters, digits, '.', "
+                              f"'_' and '-', at most {TOPIC_MAX_LENGTH - longest} characters")
         if self.lease_margin_s < 0:
             raise ConfigError("WORKER_LEASE_MARGIN_S: must be >= 0 (0 = a third of "
                               "WORKER_SESSION_TIMEOUT_S)")
@@ -733,7 +940,7 @@ class WorkerSettings(_Section):
             raise ConfigError("WORKER_COMMIT_INTERVAL_S: must be positive")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class SinkSettings(_Section):
     group_id: str = env("SINK_GROUP_ID", "sfprov-sink", doc="Consumer group of the sink.")
     batch_size: int = env("SINK_BATCH_SIZE", 200, parse=parse_positive_int,
@@ -748,7 +955,7 @@ class SinkSettings(_Section):
                                   "latency). 0 = flush partial batches by the linger only.")
     set_order_activated: bool = env("SINK_SET_ORDER_ACTIVATED", False, parse=parse_bool,
                                     doc="Also set Order.Status = 'Activated' when provisioned.")
-    http_port: int = env("SINK_HTTP_PORT", 9103, parse=int,
+    http_port: int = env("SINK_HTTP_PORT", 9103, parse=parse_port,
                          doc="Port of the sink's /metrics and /healthz (0 = off).")
     http_host: str = env("SINK_HTTP_HOST", "127.0.0.1",
                          doc="Address the sink's /metrics and /healthz listen on "

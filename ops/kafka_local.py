@@ -386,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_STATE / "kafka" / "broker",
                         help="broker home (data, logs, pid)")
     env = environment()  # as `make up` reads them (ops.stack.broker)
-    parser.add_argument("--port", type=int, default=int(env.get("KAFKA_PORT", "9092")))
+    parser.add_argument("--port", type=int, default=int(env.get("KAFKA_PORT") or 9092))
     parser.add_argument("--controller-port", type=int,
-                        default=int(env.get("KAFKA_CONTROLLER_PORT", "9093")))
+                        default=int(env.get("KAFKA_CONTROLLER_PORT") or 9093))
     parser.add_argument("--nodes", type=int, default=1,
                         help="1: the single-node broker (make up); N > 1: a replicated "
                              "N-node cluster (ops/kafka_cluster.py), default dir "

@@ -30,7 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.settings import ROOT, environment, parse_bool
+from common.errors import ConfigError
+from common.settings import (
+    ROOT,
+    ConnectorSettings,
+    SinkSettings,
+    WorkerSettings,
+    environment,
+    parse_bool,
+    setting,
+)
 from ops import pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
@@ -56,9 +65,9 @@ def broker(home: Path | None = None, port: int | None = None,
     one ``make up`` expects."""
     env = environment()
     home = home or STATE / "kafka" / "broker"
-    return LocalBroker(home, port=port or int(env.get("KAFKA_PORT", "9092")),
+    return LocalBroker(home, port=port or int(env.get("KAFKA_PORT") or 9092),
                        controller_port=controller_port
-                       or int(env.get("KAFKA_CONTROLLER_PORT", "9093")),
+                       or int(env.get("KAFKA_CONTROLLER_PORT") or 9093),
                        state_dir=STATE,
                        security=BrokerSecurity.for_broker_home(home) if secure(env) else None)
 
@@ -103,29 +112,47 @@ def _pipeline_processes(env: dict[str, str], overrides: dict[str, str]) -> list[
     """The three pipeline processes (only those whose package exists)."""
     procs = []
     security = broker().security if secure(env) else None
-    for name, module, args, port_var, port in (
-            ("connector", "connectors", ["run"], "CONNECTOR_HTTP_PORT", "9101"),
-            ("worker", "streams", ["worker"], "WORKER_HTTP_PORT", "9102"),
-            ("sink", "sinks", ["run"], "SINK_HTTP_PORT", "9103")):
+    for name, module, args, section in (
+            ("connector", "connectors", ["run"], ConnectorSettings),
+            ("worker", "streams", ["worker"], WorkerSettings),
+            ("sink", "sinks", ["run"], SinkSettings)):
         if not (ROOT / module / "__main__.py").exists():
             continue
         if name == "connector" and not events_enabled(env):
             continue  # it would exit 0 at once, and be restarted for ever
-        http_port = env.get(port_var, port)
         own = dict(overrides)
         if security is not None:  # its own principal
             own.update(security.env(PROCESS_USERS[name]))
         procs.append({"name": name, "argv": [PY, "-m", module, *args], "env": own,
                       "log": str(LOGS / f"{name}.log"),
-                      # port 0 turns the probes off: then started counts as healthy
-                      "health_url": "" if str(http_port).strip() == "0" else
-                      f"http://127.0.0.1:{http_port}/healthz",
+                      "health_url": _health_url(section, {**env, **own}),
                       # Restarting would not help, an operator must look: connector 2 = replay
                       # id refused under FAIL, 3 = fenced, 64 = bad setting; sink 64 = bad setting;
                       # worker 64 = bad setting (for all three: also a broker refusing their
                       # credentials or ACLs).
                       "final_exit_codes": FINAL_EXIT_CODES.get(name, [])})
     return procs
+
+
+def _health_url(section: type[Any], env: dict[str, str]) -> str:
+    """Where the process's /healthz answers, from its ``*_HTTP_PORT`` and ``*_HTTP_HOST`` as
+    it reads them (``env``: what the child sees); "" when port 0 turns its probes off (then
+    started counts as healthy). A host listening everywhere is asked on the loopback. A
+    value the process refuses (it exits 64) leaves the default."""
+    def read(attr: str) -> Any:
+        try:
+            return setting(section, attr, env)
+        except ConfigError:
+            return setting(section, attr, {})
+
+    port, host = read("http_port"), str(read("http_host")).strip()
+    if port == 0:
+        return ""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port}/healthz"
 
 
 def plan(env: dict[str, str]) -> list[dict[str, Any]]:

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     kafka, worker = boot.load(KafkaSettings.load), boot.load(WorkerSettings.load)
     whmcs, salesforce = boot.load(WhmcsSettings.load), boot.load(SalesforceSettings.load)
     log = boot.logging()
-    if os.environ.get("WORKER_FAUST_LOG_LEVEL"):  # debugging rebalances/recovery
+    if worker.faust_log_level:  # debugging rebalances/recovery (unset: LOG_LEVEL)
         for name in ("faust", "mode", "aiokafka"):
-            logging.getLogger(name).setLevel(os.environ["WORKER_FAUST_LOG_LEVEL"].upper())
+            logging.getLogger(name).setLevel(worker.faust_log_level)
     from streams.faust_seam import UnsupportedVersion, check_versions
     try:
         check_versions()

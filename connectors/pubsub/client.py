@@ -47,10 +47,15 @@ PRESETS = {"LATEST": pb.LATEST, "EARLIEST": pb.EARLIEST, "CUSTOM": pb.CUSTOM}
 
 
 def channel_options(keepalive_s: float) -> list[tuple[str, Any]]:
+    """HTTP/2 pings every ``keepalive_s`` (``SF_PUBSUB_GRPC_KEEPALIVE_S``) while a call is
+    open, to find a half-open connection: a gRPC server's default policy allows one ping
+    without data per 5 minutes and ends the connection (GOAWAY ``too_many_pings``) after two
+    more, so a quiet stream pinged every 60 s died at 240 s, before the first keepalive
+    could come (270 s). None while no call is open (a limit wait)."""
     return [
         ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]

@@ -38,9 +38,9 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     # Receiving: REFERENCE's "4 MB hard gRPC limit" on a publish request
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
-    ("grpc.http2.max_ping_strikes", 0),
+    # HTTP/2 pings: gRPC's default policy (at most one ping without data per 5 minutes,
+    # GOAWAY "too_many_pings" after two more), as an unknown front end may enforce it — a
+    # client that pings more often loses its quiet streams here too
 ]
 
 

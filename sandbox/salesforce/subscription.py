@@ -181,7 +181,11 @@ class Subscription:
                 elif now - idle_since >= cfg.idle_close_s:
                     sb.counters.count("grpc_idle_closed")
                     return
-                if (self.topic is not None and now - last_sent >= cfg.keepalive_s
+                # a keepalive only while events are requested (Salesforce's Subscribe RPC:
+                # "pending requested events to deliver but no events are available"); a
+                # stream nothing is requested on hears nothing until its idle close
+                if (self.topic is not None and self.pending > 0
+                        and now - last_sent >= cfg.keepalive_s
                         and not sb.faults.keepalives_paused):
                     sb.counters.count("grpc_keepalives")
                     if not sb.store.events_after(self.topic, self.position, 1):
@@ -195,7 +199,7 @@ class Subscription:
                 if sb.faults.keepalives_paused or self.topic is None:
                     timeout = cfg.keepalive_s
                 if self.pending == 0:
-                    timeout = min(timeout, cfg.idle_close_s - (now - idle_since))
+                    timeout = cfg.idle_close_s - (now - idle_since)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=max(timeout, 0.01))
         finally:

@@ -628,3 +628,28 @@ def test_init_transactions_is_retried_for_its_timeout_of_running_time(monkeypatc
     with pytest.raises(ProducerFencedError):
         tw.start()
     assert tw._producer.calls == 2  # type: ignore[attr-defined]
+
+
+def test_the_channel_pings_as_a_default_grpc_server_allows():
+    """A gRPC server's default policy accepts one HTTP/2 ping without data per 5 minutes
+    and sends GOAWAY ``too_many_pings`` after two more: with 60 s pings a quiet Subscribe
+    stream ended UNAVAILABLE at 240 s against a stock server, before the first keepalive
+    (270 s) — on a fresh LATEST start, a spurious ``latest.resubscribed`` gap each time.
+    The sandbox keeps gRPC's default policy, so it would end such a stream too."""
+    import subprocess
+    import sys
+
+    from common.settings import ROOT, ConnectorSettings
+    from connectors.pubsub.client import channel_options
+
+    options = dict(channel_options(ConnectorSettings.load({}).grpc_keepalive_s))
+    assert options["grpc.keepalive_time_ms"] > 300_000
+    assert options["grpc.keepalive_permit_without_calls"] == 0
+    # the sandbox's generated protos clash with the connector's in one process
+    served = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json; from sandbox.salesforce.server import "
+         "GRPC_OPTIONS; print(json.dumps([k for k, _v in GRPC_OPTIONS]))"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    loosened = {"grpc.http2.min_recv_ping_interval_without_data_ms",
+                "grpc.http2.max_ping_strikes", "grpc.keepalive_permit_without_calls"}
+    assert not loosened & set(served)

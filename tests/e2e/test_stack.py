@@ -32,7 +32,7 @@ def stack_env(tmp_path: Path, **more: str) -> tuple[dict[str, int], dict[str, st
     env = {**{k: v for k, v in os.environ.items()
               if not k.startswith(("SF_", "WHMCS_", "SCHEMA_REGISTRY_", "KAFKA_"))},
            **{k: str(v) for k, v in ports.items()}, "SFPROV_STATE_DIR": str(tmp_path),
-           "SFPROV_ENV_FILE": str(tmp_path / "absent.env"), "SF_SANDBOX_ORDERS": "50",
+           "SFPROV_ENV_FILE": os.devnull, "SF_SANDBOX_ORDERS": "50",
            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['KAFKA_PORT']}",
            "PYTHONPATH": str(ROOT), **more}
     return ports, env

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from common.errors import ConfigError
 from common.log import setup_logging
 from common.settings import (
+    CommonSettings,
     ConnectorSettings,
     KafkaSettings,
     SalesforceSettings,
@@ -100,7 +101,7 @@ def test_every_process_exits_64_for_a_key_that_cannot_sign(tmp_path, argv):
 
     _key, cert = jwt_keypair(tmp_path / "jwt")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "SINK_", "WHMCS_"))}
-    env.update({"SFPROV_ENV_FILE": "/nonexistent", "PYTHONPATH": str(ROOT),
+    env.update({"SFPROV_ENV_FILE": os.devnull, "PYTHONPATH": str(ROOT),
                 "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
                 "SF_PRIVATE_KEY_PATH": str(cert), "WHMCS_API_URL": "http://w/includes/api.php",
                 "WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "s"})
@@ -141,6 +142,9 @@ WHMCS = {"WHMCS_API_IDENTIFIER": "id", "WHMCS_API_SECRET": "s"}
     (SinkSettings, {"SINK_LIMIT_BACKOFF_S": "nan"}, "SINK_LIMIT_BACKOFF_S"),
     (WorkerSettings, {"WORKER_DEDUPE_TTL_DAYS": "0"}, "WORKER_DEDUPE_TTL_DAYS"),
     (WorkerSettings, {"WORKER_STALL_TIMEOUT_S": "-1"}, "WORKER_STALL_TIMEOUT_S"),
+    # without its scheme the OTLP exporter posted to nowhere, a warning per batch
+    (CommonSettings, {"SFPROV_TRACING_OTLP_ENDPOINT": "collector:4318"},
+     "SFPROV_TRACING_OTLP_ENDPOINT"),
 ])
 def test_values_that_would_fail_later_are_refused_at_start(section, env, name):
     with pytest.raises(ConfigError, match=f"^{name}:") as info:
@@ -225,6 +229,17 @@ def test_secrets_never_print_in_repr_str_or_logs():
         import pickle
 
         pickle.dumps(Secret("x"))
+    # credentials in a URL (the registry's, as Confluent Cloud documents it): masked in repr,
+    # the value itself still usable
+    url = "https://KEY:S3CRET@psrc.example.cloud"
+    kafka = KafkaSettings.load({"SCHEMA_REGISTRY_URL": url})
+    assert kafka.schema_registry_url == url
+    for text in (repr(kafka), str(kafka), f"{kafka}"):
+        assert "S3CRET" not in text and "KEY:" not in text
+        assert "schema_registry_url='https://***@psrc.example.cloud'" in text
+    whmcs = WhmcsSettings.load({**WHMCS, "WHMCS_API_URL": "https://u:pw-9@w/includes/api.php"})
+    assert "pw-9" not in repr(whmcs) and "https://***@w/includes/api.php" in repr(whmcs)
+    assert "bootstrap_servers='localhost:9092'" in repr(kafka)  # the rest as before
 
 
 def test_dotenv_file_is_read_and_environment_wins(tmp_path, monkeypatch):
@@ -349,3 +364,261 @@ def test_the_sink_session_timeout_fits_its_max_poll_interval():
     with pytest.raises(KafkaException, match="max.poll.interval.ms"):
         Consumer({"group.id": "g", "session.timeout.ms": SINK_MAX_POLL_INTERVAL_MS + 1,
                   "max.poll.interval.ms": SINK_MAX_POLL_INTERVAL_MS})
+
+
+# -- the .env file ---------------------------------------------------------------------------
+
+def test_an_env_file_named_but_missing_is_refused(tmp_path, monkeypatch):
+    """``SFPROV_ENV_FILE`` pointing nowhere was ignored: `make up` then ran sandbox mode and
+    reported healthy instead of the stack the file describes. The default ``.env`` may be
+    missing; an empty file (or /dev/null) reads as no settings."""
+    from common import settings as module
+    from common.settings import environment
+
+    missing = tmp_path / "missing.env"
+    monkeypatch.setenv("SFPROV_ENV_FILE", str(missing))
+    with pytest.raises(ConfigError, match="^SFPROV_ENV_FILE: no such file") as info:
+        KafkaSettings.load()
+    assert str(missing) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="^SFPROV_ENV_FILE: no such file"):
+        environment()
+    (tmp_path / "empty.env").write_text("")
+    for empty in (str(tmp_path / "empty.env"), "/dev/null"):
+        monkeypatch.setenv("SFPROV_ENV_FILE", empty)
+        assert load_dotenv_file() == {}
+        assert KafkaSettings.load().partitions == 6
+    monkeypatch.delenv("SFPROV_ENV_FILE")
+    monkeypatch.setattr(module, "HOME", tmp_path / "checkout")  # no .env there: fine
+    assert load_dotenv_file() == {} and KafkaSettings.load().partitions == 6
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_an_env_file_that_cannot_be_read_is_a_config_error(tmp_path, monkeypatch, named):
+    """A Latin-1 (or unreadable) .env raised UnicodeDecodeError (PermissionError) through
+    start-up: a traceback, exit 1, restarted for ever. Now one line naming the file, without
+    the value that would not decode."""
+    from common import settings as module
+
+    monkeypatch.setattr(module, "HOME", tmp_path)
+    path = tmp_path / ".env"
+    if named:
+        path = tmp_path / "prod.env"
+        monkeypatch.setenv("SFPROV_ENV_FILE", str(path))
+    else:
+        monkeypatch.delenv("SFPROV_ENV_FILE", raising=False)
+    path.write_bytes(b"KAFKA_PARTITIONS=3\nWHMCS_API_SECRET=caf\xe9-s3cr3t\n")
+    with pytest.raises(ConfigError) as info:
+        KafkaSettings.load()
+    message = str(info.value)
+    assert message.startswith("SFPROV_ENV_FILE: " if named else ".env: "), message
+    assert str(path) in message and "UTF-8" in message and "line 2" in message
+    assert "s3cr3t" not in message and "\n" not in message
+    path.unlink()
+    path.mkdir()  # read_text raises IsADirectoryError, an OSError like PermissionError
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        KafkaSettings.load()
+    assert str(path) in str(info.value)
+
+
+def test_a_process_exits_64_for_a_missing_env_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from common.settings import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "SINK_", "KAFKA_"))}
+    env.update({"SFPROV_ENV_FILE": str(tmp_path / "prod.env"), "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "sinks", "run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64, proc.stderr[-2000:]
+    assert "SFPROV_ENV_FILE: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_inline_comments_are_stripped_as_docker_compose_does(tmp_path):
+    """``KAFKA_TOPIC_PREFIX=staging. # per env`` read as 'staging. # per env' here while
+    docker compose (the same .env) reads 'staging.': two prefixes for one file. `` #`` starts
+    a comment in an unquoted value; a quoted value ends at its quote."""
+    path = tmp_path / ".env"
+    path.write_text("KAFKA_TOPIC_PREFIX=staging. # per env\n"
+                    "SINK_BATCH_SIZE=100 # smaller\n"
+                    "WHMCS_API_SECRET=\"s3cr#t\" # prod\n"
+                    "A=abc#def\n"
+                    "B='x # y'\n"
+                    "C= # nothing\n"
+                    "D=\"say \\\"hi\\\"\"\n"
+                    "E=tab\t# comment\n"
+                    "F='it''s'\n")
+    values = load_dotenv_file(path)
+    assert values["KAFKA_TOPIC_PREFIX"] == "staging."
+    assert values["SINK_BATCH_SIZE"] == "100"
+    assert values["WHMCS_API_SECRET"] == "s3cr#t"
+    assert values["A"] == "abc#def" and values["B"] == "x # y"
+    # compose cuts at " #" in the value, leading blanks trimmed: not at a tab, nor at its start
+    assert values["C"] == "# nothing" and values["E"] == "tab\t# comment"
+    assert values["D"] == 'say \\"hi\\"'  # as before: escapes are kept
+    assert values["F"] == "it''s"  # not a quoted value followed by a comment: kept as before
+
+
+# -- values the broker, gRPC or the OS refused only at run time ------------------------------
+
+def test_the_salesforce_ca_bundle_is_checked(tmp_path):
+    """``SF_CA_BUNDLE`` naming a missing file raised FileNotFoundError in SalesforceClient:
+    a traceback, exit 1, restarted for ever."""
+    from sandbox.salesforce.tlsgen import jwt_keypair
+
+    key, cert = jwt_keypair(tmp_path / "jwt")
+    base = {"SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
+            "SF_PRIVATE_KEY_PATH": str(key)}
+    assert SalesforceSettings.load({**base, "SF_CA_BUNDLE": str(cert)}).ca_bundle == str(cert)
+    with pytest.raises(ConfigError, match="^SF_CA_BUNDLE: no such file"):
+        SalesforceSettings.load({**base, "SF_CA_BUNDLE": str(tmp_path / "ca.pem")})
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\n")
+    for bad in (broken, key):  # a truncated certificate; a key, not a certificate
+        with pytest.raises(ConfigError, match="^SF_CA_BUNDLE: ") as info:
+            SalesforceSettings.load({**base, "SF_CA_BUNDLE": str(bad)})
+        assert str(bad) in str(info.value) and "BEGIN" not in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://api.pubsub.salesforce.com:7443",  # grpc: UNAVAILABLE, retried for ever
+    "api.pubsub.salesforce.com", "api.pubsub.salesforce.com:", "host:0", "host:65536",
+    "host:port", "host name:7443", "[::1]", "::1:7443", "[nothost]:7443", "host:7443/path",
+])
+def test_the_pubsub_endpoint_is_host_and_port(endpoint):
+    with pytest.raises(ConfigError, match="^SF_PUBSUB_ENDPOINT: "):
+        ConnectorSettings.load({"SF_PUBSUB_ENDPOINT": endpoint})
+
+
+def test_the_pubsub_endpoints_that_stay_allowed():
+    for endpoint in ("api.pubsub.salesforce.com:7443", "127.0.0.1:7443", "[::1]:7443",
+                     "salesforce-sandbox:7443", "localhost:65535"):
+        assert ConnectorSettings.load({"SF_PUBSUB_ENDPOINT": endpoint}).pubsub_endpoint == \
+            endpoint
+    assert ConnectorSettings.load({"SF_PUBSUB_ENDPOINT": " h:1 "}).pubsub_endpoint == "h:1"
+
+
+@pytest.mark.parametrize("section,env,name", [
+    (KafkaSettings, {"KAFKA_TOPIC_PREFIX": "dev env/"}, "KAFKA_TOPIC_PREFIX"),
+    (KafkaSettings, {"KAFKA_TOPIC_PREFIX": "staging. # per env"}, "KAFKA_TOPIC_PREFIX"),
+    (KafkaSettings, {"KAFKA_TOPIC_REQUESTS": "a b"}, "KAFKA_TOPIC_REQUESTS"),
+    (KafkaSettings, {"KAFKA_TOPIC_OUTCOMES": "out/comes"}, "KAFKA_TOPIC_OUTCOMES"),
+    (KafkaSettings, {"KAFKA_TOPIC_DEAD_LETTERS": "dl:1"}, "KAFKA_TOPIC_DEAD_LETTERS"),
+    (KafkaSettings, {"KAFKA_TOPIC_CONNECTOR_OFFSETS": "o*"}, "KAFKA_TOPIC_CONNECTOR_OFFSETS"),
+    (KafkaSettings, {"KAFKA_TOPIC_REPLAY_GAPS": "gäps"}, "KAFKA_TOPIC_REPLAY_GAPS"),
+    (KafkaSettings, {"KAFKA_TOPIC_REPLAY_GAPS": ".."}, "KAFKA_TOPIC_REPLAY_GAPS"),
+    (KafkaSettings, {"KAFKA_TOPIC_OUTCOMES": "o" * 250}, "KAFKA_TOPIC_OUTCOMES"),
+    (KafkaSettings, {"KAFKA_TOPIC_PREFIX": "p" * 230}, "KAFKA_TOPIC_PREFIX"),
+    (WorkerSettings, {"WORKER_APP_ID": "my app"}, "WORKER_APP_ID"),
+    (WorkerSettings, {"WORKER_APP_ID": "w" * 230}, "WORKER_APP_ID"),
+])
+def test_names_the_broker_would_refuse_are_refused_at_start(section, env, name):
+    """A prefix or topic name with a space or a slash: the broker answered INVALID_TOPIC at
+    the first create, exit 1, restarted for ever. Every topic name — the worker's changelog
+    and leader topics too — must be [A-Za-z0-9._-], at most 249 characters."""
+    with pytest.raises(ConfigError, match=f"^{name}: ") as info:
+        section.load(env)
+    assert "\n" not in str(info.value)
+
+
+def test_topic_names_that_stay_allowed():
+    k = KafkaSettings.load({"KAFKA_TOPIC_PREFIX": "staging_eu-1."})
+    assert k.requests == "staging_eu-1.salesforce.order-provision-requested"
+    assert KafkaSettings.load({"KAFKA_TOPIC_PREFIX": "p" * 200}).topic_prefix == "p" * 200
+    assert WorkerSettings.load({"WORKER_APP_ID": "sfprov-worker_2.eu"}).app_id
+
+
+def test_the_worker_topic_suffixes_follow_the_code():
+    """The app id's bound counts the longest name the worker derives from it."""
+    from common.kafka import changelog_topics
+    from common.settings import WORKER_TOPIC_SUFFIXES
+    from ops.acls import worker_topics
+
+    kafka = KafkaSettings.load({})
+    derived = worker_topics(kafka, "APP")
+    assert {t.name for t in changelog_topics(kafka, "APP")} < set(derived)
+    for name in derived:
+        assert name.startswith("APP") and name[3:] in WORKER_TOPIC_SUFFIXES, name
+
+
+@pytest.mark.parametrize("env", [
+    {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "pa55word"},
+    {"KAFKA_SASL_USERNAME": "u"},
+    {"KAFKA_SASL_PASSWORD": "pa55word"},
+    {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+    {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_USERNAME": "u",
+     "KAFKA_SASL_PASSWORD": "pa55word"},
+    {"KAFKA_SSL_CA_LOCATION": "CA"},
+    {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u",
+     "KAFKA_SASL_PASSWORD": "p", "KAFKA_SSL_CA_LOCATION": "CA"},
+    {"KAFKA_SSL_CERTIFICATE_LOCATION": "CA", "KAFKA_SSL_KEY_LOCATION": "CA"},
+    {"KAFKA_SSL_KEY_PASSWORD": "pa55word"},
+])
+def test_security_settings_the_protocol_would_drop_are_refused(tmp_path, env):
+    """SASL credentials or TLS files with a protocol that does not use them were dropped
+    without a word: the process connected in plain text, or was refused by the broker."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    env = {k: str(ca) if v == "CA" else v for k, v in env.items()}
+    with pytest.raises(ConfigError, match="^KAFKA_SECURITY_PROTOCOL: ") as info:
+        KafkaSettings.load(env)
+    message = str(info.value)
+    assert "\n" not in message and "pa55word" not in message
+    assert "SASL_SSL" in message
+
+
+def test_security_settings_used_by_their_protocol_stay_allowed(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    sasl = {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
+    assert KafkaSettings.load({**sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
+    assert KafkaSettings.load({**sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                               "KAFKA_SSL_CA_LOCATION": str(ca)})
+    assert KafkaSettings.load({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_LOCATION": str(ca)})
+    # the registry's CA is not the brokers': allowed with any protocol
+    assert KafkaSettings.load({"SCHEMA_REGISTRY_CA_LOCATION": str(ca)})
+    assert KafkaSettings.load({"KAFKA_SASL_MECHANISM": "PLAIN"})  # the default, said aloud
+
+
+@pytest.mark.parametrize("section,name", [(ConnectorSettings, "CONNECTOR_HTTP_PORT"),
+                                          (WorkerSettings, "WORKER_HTTP_PORT"),
+                                          (SinkSettings, "SINK_HTTP_PORT")])
+def test_http_ports_are_ports(section, name):
+    """70000 or -1 passed, and the health server raised OverflowError at bind: exit 1, for
+    ever."""
+    for bad in ("70000", "65536", "-1", "x", "9.5"):
+        with pytest.raises(ConfigError, match=f"^{name}: "):
+            section.load({name: bad})
+    for good, port in (("0", 0), ("65535", 65535), (" 9200", 9200)):
+        assert section.load({name: good}).http_port == port
+
+
+def test_the_faust_log_level_is_a_worker_setting():
+    """Read from the process environment only (ignored in .env under `make up`), and
+    ``VERBOSE`` raised ValueError from logging: a traceback, exit 1, restarted for ever."""
+    assert WorkerSettings.load({}).faust_log_level == ""  # faust's loggers follow LOG_LEVEL
+    for raw in ("info", "DEBUG", " warning ", "critical", "Error"):
+        assert WorkerSettings.load({"WORKER_FAUST_LOG_LEVEL": raw}).faust_log_level == \
+            raw.strip().upper()
+    with pytest.raises(ConfigError, match="^WORKER_FAUST_LOG_LEVEL: "):
+        WorkerSettings.load({"WORKER_FAUST_LOG_LEVEL": "VERBOSE"})
+
+
+def test_the_worker_reads_its_faust_log_level_from_the_env_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from common.settings import ROOT
+
+    env_file = tmp_path / "worker.env"
+    env_file.write_text("WORKER_FAUST_LOG_LEVEL=VERBOSE\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SF_", "WORKER_", "KAFKA_", "WHMCS_"))}
+    env.update({"SFPROV_ENV_FILE": str(env_file), "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "streams", "worker"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 64, proc.stderr[-2000:]
+    assert "WORKER_FAUST_LOG_LEVEL" in proc.stderr and "Traceback" not in proc.stderr

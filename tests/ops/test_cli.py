@@ -24,7 +24,7 @@ def sfprov(settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "KAFKA_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": str(ROOT),
            "KAFKA_PARTITIONS": str(settings.partitions),
-           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent"}
+           "SFPROV_ENV_FILE": os.devnull, "SFPROV_STATE_DIR": "/nonexistent"}
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -230,7 +230,7 @@ def test_dlq_requeue_counts_what_the_broker_took(kafka_settings):
     ("WORKER_MAX_IN_FLIGHT", "-1", ["-m", "streams", "worker"]),
 ])
 def test_a_bad_env_value_is_one_line_not_a_traceback(variable, value, argv):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
            "SFPROV_STATE_DIR": "/nonexistent", variable: value}
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
@@ -244,7 +244,7 @@ def sfprov_env(settings, extra: dict[str, str], *args: str) -> subprocess.Comple
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "KAFKA_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": str(ROOT),
            "KAFKA_PARTITIONS": str(settings.partitions),
-           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent", **extra}
+           "SFPROV_ENV_FILE": os.devnull, "SFPROV_STATE_DIR": "/nonexistent", **extra}
     return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -291,7 +291,7 @@ def test_replay_execute_fails_when_the_broker_refuses_the_commit(kafka_settings)
     printed "rewound …" and exited 0 with nothing moved."""
     produce_requests(kafka_settings, {0: 3})
     group = commit_worker_group(kafka_settings, {0: 3})
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
            "SFPROV_STATE_DIR": "/nonexistent",
            "KAFKA_PARTITIONS": str(kafka_settings.partitions)}
     result = subprocess.run(

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/nonexistent",
+    return {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
             "SFPROV_STATE_DIR": "/nonexistent", **extra}
 
 
@@ -180,7 +180,7 @@ def test_trace_reads_the_whmcs_client_id_as_the_worker_does(client, whmcs, monke
     INVALID_WHMCS_CLIENT, and trace now says the same."""
     from ops import cli, cmd_orders, stack
 
-    monkeypatch.setenv("SFPROV_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
     monkeypatch.setattr(stack, "PIPELINE_ENV", tmp_path / "pipeline.env")
     monkeypatch.setattr(cmd_orders, "scan", lambda *a, **k: iter(()))
     monkeypatch.setattr(cmd_orders, "_sf", lambda: _Salesforce(client))

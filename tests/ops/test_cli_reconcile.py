@@ -60,7 +60,7 @@ def test_reconcile_reports_requests_not_injected_and_fails(kafka_settings, sf_sa
     env = {**os.environ, **sf_sandbox.env(), "PYTHONPATH": str(ROOT),
            "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
            "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix, "KAFKA_TOPIC_REQUESTS": SMALL,
-           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent"}
+           "SFPROV_ENV_FILE": os.devnull, "SFPROV_STATE_DIR": "/nonexistent"}
     result = subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", "--older-than", "0s"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -84,7 +84,7 @@ def test_reconcile_without_a_broker_is_one_line(sf_sandbox):
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     env = {**os.environ, **sf_sandbox.env(), "PYTHONPATH": str(ROOT),
            "KAFKA_BOOTSTRAP_SERVERS": dead,
-           "SFPROV_ENV_FILE": "/nonexistent", "SFPROV_STATE_DIR": "/nonexistent"}
+           "SFPROV_ENV_FILE": os.devnull, "SFPROV_STATE_DIR": "/nonexistent"}
     result = subprocess.run([sys.executable, "-m", "ops.cli", "reconcile", "--older-than", "0s"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -17,7 +17,7 @@ from ops import cli, kafka_local, stack, topics
 @pytest.fixture(autouse=True)
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No developer's .env, no running stack's records, nothing the environment sets."""
-    monkeypatch.setenv("SFPROV_ENV_FILE", str(tmp_path / "absent.env"))
+    monkeypatch.setenv("SFPROV_ENV_FILE", "/dev/null")  # an empty file
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PORT", "KAFKA_LOCAL_SECURE", "SF_CLIENT_ID"):
         monkeypatch.setenv(name, "")  # restored afterwards, also when sfprov sets it
         monkeypatch.delenv(name)
@@ -96,3 +96,14 @@ def test_they_follow_a_kafka_port_given_to_make_up_alone(monkeypatch):
     monkeypatch.delenv("KAFKA_PORT")                                  # a later shell
     assert topics_bootstrap(monkeypatch) == "127.0.0.1:19092"
     assert sfprov_bootstrap() == "127.0.0.1:19092"
+
+
+def test_an_empty_kafka_port_is_the_default(tmp_path, monkeypatch):
+    """``KAFKA_PORT=`` (as .env.example-style files leave it) raised ValueError from int('')
+    in `make up` and ``python -m ops.kafka_local``; local_bootstrap already read it as 9092."""
+    monkeypatch.setenv("KAFKA_PORT", "")
+    monkeypatch.setenv("KAFKA_CONTROLLER_PORT", "")
+    assert stack.broker(tmp_path / "broker").port == 9092
+    assert kafka_local.local_bootstrap({"KAFKA_PORT": ""}) == "127.0.0.1:9092"
+    broker = started_by_hand(tmp_path / "by-hand", monkeypatch)
+    assert broker.port == 9092

@@ -61,7 +61,7 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]
                  "PIPELINE_ENV"):
         monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
     monkeypatch.setattr(stack, "broker", lambda: types.SimpleNamespace(stop=lambda: False))
-    monkeypatch.setenv("SFPROV_ENV_FILE", str(tmp_path / "absent.env"))
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
     started: list[int] = []
     yield started
     for pid in started:

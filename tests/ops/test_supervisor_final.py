@@ -53,6 +53,25 @@ def test_a_process_with_its_probes_off_is_not_waited_for():
     assert plan["worker"]["health_url"] == "http://127.0.0.1:9102/healthz"
 
 
+def test_health_urls_follow_the_settings_as_the_processes_read_them():
+    """The URLs were built from the raw variables: ``CONNECTOR_HTTP_PORT=`` (the process
+    listens on its default 9101) gave ``http://127.0.0.1:/healthz``, ``" 9200"`` kept its
+    space, ``*_HTTP_HOST`` was ignored: `make up` waited for probes that could not answer."""
+    def urls(env, overrides=None):
+        return {p["name"]: p["health_url"] for p in _pipeline_processes(env, overrides or {})}
+
+    assert urls({"CONNECTOR_HTTP_PORT": ""})["connector"] == "http://127.0.0.1:9101/healthz"
+    assert urls({"WORKER_HTTP_PORT": " 9200"})["worker"] == "http://127.0.0.1:9200/healthz"
+    assert urls({"SINK_HTTP_PORT": " 0 "})["sink"] == ""
+    assert urls({"WORKER_HTTP_HOST": "10.1.2.3"})["worker"] == "http://10.1.2.3:9102/healthz"
+    for wildcard in ("0.0.0.0", "::", ""):  # listening everywhere: asked on loopback
+        assert urls({"SINK_HTTP_HOST": wildcard})["sink"] == "http://127.0.0.1:9103/healthz"
+    assert urls({"CONNECTOR_HTTP_HOST": "::1"})["connector"] == "http://[::1]:9101/healthz"
+    # the plan's overrides are what the child reads over the environment
+    assert urls({"SINK_HTTP_PORT": "9300"}, {"SINK_HTTP_PORT": "9400"})["sink"] == \
+        "http://127.0.0.1:9400/healthz"
+
+
 def test_resume_starts_a_process_that_exited_finally(tmp_path):
     """After a final exit the operator fixes the cause and says `ops.stack resume NAME` (or
     `restart NAME`): the supervisor stops the paused child (none runs) and, resumed, starts it

@@ -75,7 +75,7 @@ def supervised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
                         real_pause(names, paused, timeout_s))
     proc = subprocess.Popen([sys.executable, "-m", "ops.supervisor", str(plan)], cwd=ROOT,
                             env={**os.environ, "SFPROV_STATE_DIR": str(tmp_path),
-                                 "SFPROV_ENV_FILE": str(tmp_path / "absent.env"),
+                                 "SFPROV_ENV_FILE": os.devnull,
                                  "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # as an earlier release wrote it: stack.supervisor_pid() knows it by its command line

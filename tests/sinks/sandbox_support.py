@@ -22,7 +22,7 @@ def sink_env(kafka: KafkaSettings, sf_env: dict[str, str], **extra: Any) -> dict
                 "KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "LOG_FORMAT": "TEXT",
                 "SINK_HTTP_PORT": "0", "SINK_LINGER_S": "0.1", "SINK_RETRY_BACKOFF_S": "0.1",
                 "SINK_LIMIT_BACKOFF_S": "0.5", "SINK_SESSION_TIMEOUT_MS": "6000",
-                "SFPROV_ENV_FILE": "/nonexistent", "PYTHONPATH": str(REPO)})
+                "SFPROV_ENV_FILE": os.devnull, "PYTHONPATH": str(REPO)})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -94,7 +94,7 @@ def worker_env(*, bootstrap: str, prefix: str, state_dir: Path, sf_env: dict[str
     env.update(wh_env)
     env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC_PREFIX": prefix,
                 "KAFKA_PARTITIONS": "3", "SFPROV_STATE_DIR": str(state_dir),
-                "SFPROV_ENV_FILE": str(state_dir / "no.env"), "WORKER_HTTP_PORT": "0",
+                "SFPROV_ENV_FILE": os.devnull, "WORKER_HTTP_PORT": "0",
                 "WORKER_STORE": "memory://", "WORKER_BATCH_LINGER_S": "0.05",
                 "WORKER_RETRY_DEADLINE_S": "30", "WHMCS_TIMEOUT_S": "2",
                 "WORKER_LOOKUP_GRACE_S": "0.5", "LOG_LEVEL": "INFO",
