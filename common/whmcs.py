@@ -12,7 +12,7 @@ Errors are translated here (``raise ... from exc``)::
     connection refused, connect timeout   WhmcsTransientError              retry
     timeout or dropped connection after
     the request was sent, for AddOrder /
-    AcceptOrder (mutating actions)        WhmcsUnknownResultError          LOOK IT UP first
+    AcceptOrder / CancelOrder (mutating)  WhmcsUnknownResultError          LOOK IT UP first
     the same for read-only actions        WhmcsTransientError              retry
 
 Pitfall: WHMCS has no idempotency key. After a :class:`WhmcsUnknownResultError` from
@@ -52,7 +52,7 @@ from common.settings import WhmcsSettings
 
 log = logging.getLogger(__name__)
 
-MUTATING = frozenset({"AddOrder", "AcceptOrder"})
+MUTATING = frozenset({"AddOrder", "AcceptOrder", "CancelOrder"})
 NOT_PENDING = "Order ID not found or Status not Pending"
 # WHMCS refusing this installation, not the request: a wrong secret ("Authentication
 # Failed"), the IP allow-list ("Invalid IP 1.2.3.4"), a wrong or missing API identifier

@@ -75,7 +75,7 @@ from streams.decide import (
 )
 from streams.guard import GuardReads
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
-from streams.provision import Fence, Provisioner, ProvisionResult
+from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
 from streams.recovery import look_up_attempt
 from streams.state import DurabilityError, Intent, Memory, OrderState
 
@@ -198,14 +198,21 @@ class EventHandler:
                 # this event's own attempt was under way (the Order since deleted, its
                 # mapping since broken, the guard refusing it): an AddOrder of that attempt
                 # may have landed — looked up first, as the sweep does. WHMCS away or
-                # refusing: the decision goes out all the same (a dead letter or a wait
-                # here would leave the sweep to call it "interrupted"), and the intent says
-                # an order may exist, so the next attempt looks first
+                # refusing for the lookup: the decision goes out all the same (a dead letter
+                # or a wait here would leave the sweep to call it "interrupted"), and the
+                # intent says an order may exist, so the next attempt looks first. An order
+                # found is the outcome, also when its AcceptOrder failed (Failed, naming it)
                 held.append(intent)
                 try:
                     found = await look_up_attempt(self.provisioner, oid, intent,
-                                                  self._fence(rec, held))
+                                                  self._fence(rec, held),
+                                                  settle_unanswered=True)
                     looked = True
+                except AcceptFailed as exc:
+                    log.warning("Order %s: the WHMCS order %s of its pending attempt was found "
+                                "but not accepted (%s)", oid, exc.result.whmcs_order_id, exc,
+                                extra={"order_id": oid})
+                    found, looked = exc.result, True
                 except WhmcsError as exc:
                     log.warning("Order %s: WHMCS lookup of its pending attempt failed (%s); "
                                 "its outcome goes out, the next attempt looks first", oid,

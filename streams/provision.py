@@ -28,6 +28,8 @@ The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
    a definite answer (a timeout: with autosetup WHMCS runs the module while we wait) is
    never repeated blindly: the retry waits until that accept can no longer be running,
    then reads the order's status, and accepts again only a still ``Pending`` order.
+   Every Failed result after an order was made or found names it, its client and what a
+   compensation met (the duplicates, those cancelled, those still live).
 
 When a wait starts: an unanswered call's settle moment counts from when its request was
 handed to the transport — after the fence and the wait for a slot, which can be long under
@@ -123,6 +125,32 @@ class ProvisionPolicy:
 
 ACCESS_BACKOFF_MAX_S = 30.0
 _KEEP_ORDER = {"Active": 0, "Pending": 1}
+
+
+class AcceptFailed(WhmcsError):
+    """The order a lookup found Pending could not be accepted — WHMCS refused, or never
+    gave a definite answer even once an unanswered ``AcceptOrder`` was settled and the order
+    read. ``result``: the Failed result naming that order (see :func:`_failed_after`), for a
+    caller that ends with it; a caller that retries later handles it as any WhmcsError."""
+
+    def __init__(self, result: ProvisionResult, cause: WhmcsError) -> None:
+        super().__init__(str(cause), action=cause.action)
+        self.result = result
+
+
+def _failed_after(created: ProvisionResult, error_code: str | None,
+                  error_message: str | None, attempts: int) -> ProvisionResult:
+    """Failed, of the WHMCS order ``created`` names (made by this attempt, or found by its
+    lookup): that order, its client, ``may_exist``, whether a lookup found it, and what a
+    compensation met on the way — the duplicates, those cancelled, and its words (the
+    duplicates still live) after the failure's own."""
+    if created.error_code == "DUPLICATE_WHMCS_ORDERS" and created.error_message:
+        error_message = f"{error_message}; {created.error_message}"
+    return ProvisionResult(
+        "Failed", created.whmcs_order_id, error_code=error_code, error_message=error_message,
+        attempts=attempts, recovered=created.recovered, may_exist=True,
+        duplicate_ids=list(created.duplicate_ids), cancelled_ids=list(created.cancelled_ids),
+        client_id=created.client_id)
 
 
 def _addon_ids(order: WhmcsOrder) -> list[int]:
@@ -226,11 +254,8 @@ class Provisioner:
                                             settle_at_ms=accept_settle_at_ms,
                                             on_send=sending)
                 if failure is not None:
-                    failure.attempts = attempts
-                    failure.whmcs_order_id = created.whmcs_order_id
-                    failure.client_id = created.client_id
-                    failure.may_exist = True
-                    return failure
+                    return _failed_after(created, failure.error_code, failure.error_message,
+                                         attempts)
                 created.attempts = attempts
                 return created
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
@@ -248,17 +273,14 @@ class Provisioner:
                 if now + delay > deadline:
                     log.warning("WHMCS unavailable past the retry deadline",
                                 extra={**extra, "cause": str(exc)})
+                    message = f"WHMCS unavailable for {policy.retry_deadline_s:.0f}s: {exc}"
+                    if created is not None:  # made, or found by the lookup: not accepted
+                        return _failed_after(created, "WHMCS_UNAVAILABLE", message, attempts)
                     return ProvisionResult(
-                        "Failed", created.whmcs_order_id if created else None,
-                        error_code="WHMCS_UNAVAILABLE",
-                        error_message=f"WHMCS unavailable for {policy.retry_deadline_s:.0f}s: "
-                                      f"{exc}",
+                        "Failed", error_code="WHMCS_UNAVAILABLE", error_message=message,
                         # an AddOrder of this attempt, or (a lookup still owed) of an
                         # earlier one, may have landed: the next attempt looks first
-                        # and an order found by the lookup but not yet accepted exists
-                        attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None
-                        or created is not None,
-                        client_id=created.client_id if created else None)
+                        attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None)
                 if exc.retry_after is not None and exc.retry_after > delay:
                     # WHMCS (or its proxy) said when to come back (Retry-After): not
                     # sooner, and not past the deadline — one last try at the deadline
@@ -277,12 +299,12 @@ class Provisioner:
                 self._on_retry("WhmcsAccessError")
                 await self._sleep(access_backoff.next_delay())
             except WhmcsError as exc:
+                if created is not None:
+                    return _failed_after(created, "WHMCS_ERROR", f"{exc.action}: {exc}",
+                                         attempts)
                 return ProvisionResult(
-                    "Failed", created.whmcs_order_id if created else None,
-                    error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
-                    attempts=attempts,
-                    may_exist=created is not None or settle_at_ms is not None,
-                    client_id=created.client_id if created else None)
+                    "Failed", error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
+                    attempts=attempts, may_exist=settle_at_ms is not None)
 
     def _settle_at_ms(self, sent_at: float) -> int:
         """When a write handed over at ``sent_at`` (epoch s) and left unanswered can no
@@ -330,6 +352,50 @@ class Provisioner:
         if status == "Active":
             return None
         return self._not_active(order_id, "AcceptOrder refused", status)
+
+    async def accept_found(self, found: ProvisionResult, *, fence: Fence = no_fence,
+                           settle_unanswered: bool = True) -> ProvisionResult:
+        """Accept the Pending order a lookup ``found`` (the sweep's recovery, an event's own
+        pending attempt: :func:`streams.recovery.look_up_attempt`). ``settle_unanswered``:
+        as :meth:`provision` does, an ``AcceptOrder`` left without a definite answer is not
+        repeated blindly — once it can no longer be running the order is read, Active is
+        done, still Pending is accepted again (else it raises at once: for a caller that
+        tries again later, whose lookup waits that accept out). Returns ``found`` once the
+        order is Active, a Failed result naming it when it is not (Cancelled, Fraud);
+        raises :class:`AcceptFailed` (its ``result`` names the order too) when WHMCS refused
+        the accept or left it unknown, and Fenced."""
+        order_id = found.whmcs_order_id or 0
+        sent_at: float | None = None
+        settle_at_ms: int | None = None
+
+        def sending() -> None:
+            nonlocal sent_at
+            sent_at = self._wall()
+        while True:
+            try:
+                failure = await self.accept(order_id, fence=fence, settle_at_ms=settle_at_ms,
+                                            on_send=sending)
+            except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
+                if settle_unanswered and settle_at_ms is None and sent_at is not None and \
+                        not isinstance(exc, WhmcsNotSentError):
+                    # WHMCS may have accepted (the module runs while we wait): read it once
+                    # that call can no longer be running, as provision() does
+                    settle_at_ms, sent_at = self._settle_at_ms(sent_at), None
+                    log.info("AcceptOrder of WHMCS order %d unanswered (%s); reading it once "
+                             "it can no longer be running", order_id, exc)
+                    continue
+                raise AcceptFailed(_failed_after(
+                    found, "WHMCS_UNAVAILABLE", f"WHMCS gave no definite answer: {exc}",
+                    found.attempts),
+                    exc) from exc
+            except WhmcsError as exc:
+                raise AcceptFailed(_failed_after(
+                    found, "WHMCS_ERROR", f"{exc.action}: {exc}", found.attempts),
+                    exc) from exc
+            if failure is None:
+                return found
+            return _failed_after(found, failure.error_code, failure.error_message,
+                                 found.attempts)
 
     async def _wait_until(self, settle_at_ms: int, before: str, order_id: str | None) -> None:
         """Sleep until ``settle_at_ms`` (epoch ms), logging what waits for it."""
@@ -381,18 +447,46 @@ class Provisioner:
                          fence: Fence = no_fence) -> None:
         """The last line: several live WHMCS orders carry this Order's marker. Keep
         ``kept`` (Active before Pending, then the lowest id), cancel the other Pending ones,
-        never accept a second; the outcome says so (``DUPLICATE_WHMCS_ORDERS``)."""
+        never accept a second; the outcome says so (``DUPLICATE_WHMCS_ORDERS``). A
+        ``CancelOrder`` that failed but may have worked — unanswered, or refused (the order
+        cancelled meanwhile: "Order ID not found or Status not Pending") — is followed by a
+        read of the order (once an unanswered one can no longer be running, as for the
+        other writes): found ``Cancelled``, it counts as cancelled, not "still live"."""
         result.duplicate_ids = [o.id for o in others]
+        cancelled: set[int] = set()
+        # a CancelOrder that failed but may have worked (unanswered, or WHMCS refused it: the
+        # order cancelled meanwhile, "... Status not Pending") → when its order can be read:
+        # once an unanswered one can no longer be running, as for the other writes
+        unsure: dict[int, int | None] = {}
         for other in others:
             if other.status != "Pending":
                 continue
+            sent: list[float] = []
             try:
-                await self._call("CancelOrder", fence,
-                                 partial(self._cancel, other.id))
-                result.cancelled_ids.append(other.id)
+                await self._call("CancelOrder", fence, partial(self._cancel, other.id, sent))
+                cancelled.add(other.id)
             except WhmcsError as exc:
                 log.error("compensation: cancelling duplicate WHMCS order %d failed: %s",
                           other.id, exc, extra={"order_id": request.order_id})
+                if isinstance(exc, WhmcsNotSentError | WhmcsAccessError) or not sent:
+                    continue  # certainly not done
+                unanswered = isinstance(exc, WhmcsTransientError | WhmcsUnknownResultError)
+                unsure[other.id] = self._settle_at_ms(sent[0]) if unanswered else None
+        settle_at_ms = max((at for at in unsure.values() if at is not None), default=None)
+        if settle_at_ms is not None:
+            await self._wait_until(settle_at_ms, "reading duplicate WHMCS orders (an "
+                                   "unanswered CancelOrder may still be running)",
+                                   request.order_id)
+        for order_id in unsure:
+            try:
+                status = await self._status(order_id)
+            except WhmcsError as exc:
+                log.error("compensation: reading duplicate WHMCS order %d failed: %s",
+                          order_id, exc, extra={"order_id": request.order_id})
+                continue
+            if status == "Cancelled":
+                cancelled.add(order_id)
+        result.cancelled_ids = [o.id for o in others if o.id in cancelled]
         left = [o.id for o in others if o.id not in result.cancelled_ids]
         metrics.COMPENSATIONS.inc()
         result.error_code = "DUPLICATE_WHMCS_ORDERS"
@@ -403,7 +497,9 @@ class Provisioner:
         log.error("compensation: %s", result.error_message,
                   extra={"order_id": request.order_id, "whmcs_order_id": kept.id})
 
-    async def _cancel(self, order_id: int, send_deadline: float | None) -> None:
+    async def _cancel(self, order_id: int, sent: list[float],
+                      send_deadline: float | None) -> None:
+        sent.append(self._wall())  # the slot is ours and the fence passed: it goes now
         await self.whmcs.cancel_order(order_id, send_deadline=send_deadline)
 
     async def _find(self, request: WhmcsOrderRequest,

@@ -448,22 +448,27 @@ class Sweeper:
 
 
 async def look_up_attempt(provisioner: Provisioner, oid: str, intent: Intent,
-                          fence: Fence) -> ProvisionResult | None:
+                          fence: Fence, *, settle_unanswered: bool = False
+                          ) -> ProvisionResult | None:
     """The WHMCS order the pending ``intent``'s attempt may have created for Order ``oid``,
     or None: looked up once every ``AddOrder`` its writer could send has landed, under the
-    client it sent to and the earlier ones; found ``Pending``, accepted under ``fence``.
-    The sweep's recovery, and an event whose own attempt was pending when it ends without
-    WHMCS (:meth:`streams.handler.EventHandler._handle`). Raises Fenced and WhmcsError."""
+    client it sent to and the earlier ones; found ``Pending``, accepted under ``fence``
+    (:meth:`~streams.provision.Provisioner.accept_found`). The sweep's recovery — an
+    unanswered ``AcceptOrder`` is left to its next run, whose lookup waits it out — and an
+    event whose own attempt was pending when it ends without WHMCS
+    (:meth:`streams.handler.EventHandler._handle`), which has no next run:
+    ``settle_unanswered``, the order is read once that accept can no longer be running.
+    Raises Fenced, WhmcsError when the lookup fails (nothing known), and
+    :class:`~streams.provision.AcceptFailed` (a WhmcsError) when the order found could not
+    be accepted: its ``result`` names the order, for a caller that ends with it."""
     request = WhmcsOrderRequest(order_id=oid, client_id=int(intent.client_id or 0),
                                 items=(), notes="")
     found = await provisioner.lookup(
         request, fence=fence, earlier_client_ids=intent.earlier_client_ids,
         settle_at_ms=provisioner.policy.settle_at_ms((intent.sends_until() or 0) / 1000))
     if found is not None and found.needs_accept and found.whmcs_order_id:
-        failure = await provisioner.accept(found.whmcs_order_id, fence=fence)
-        if failure is not None:
-            failure.client_id = found.client_id
-            return failure
+        return await provisioner.accept_found(found, fence=fence,
+                                              settle_unanswered=settle_unanswered)
     return found
 
 

@@ -195,14 +195,17 @@ def add_order(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
     return body
 
 
-def accept_order(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
+def accept_order(store: Store, p: Params, ctx: Context, *,
+                 order_active: bool = True) -> dict[str, Any]:
+    """``order_active`` False: as WHMCS when a provisioning module reported errors — the
+    services are set up, the order stays Pending (see :func:`dispatch`)."""
     order_id = _int(p, "orderid")
     if store.order_status(order_id) != "Pending":
         raise ApiError(MESSAGES["not_pending"])
     autosetup = truthy(p, "autosetup")
     store.accept_order(order_id, autosetup=autosetup, serverid=_int(p, "serverid"),
                        username=scalar(p, "serviceusername"),
-                       password=scalar(p, "servicepassword"))
+                       password=scalar(p, "servicepassword"), order_active=order_active)
     return {}
 
 
@@ -265,12 +268,24 @@ ACTIONS: dict[str, Action] = {
 }
 
 
-def dispatch(store: Store, params: Params, ctx: Context) -> dict[str, Any]:
-    """Run the action named in ``params``; the full JSON envelope, success or error."""
+def dispatch(store: Store, params: Params, ctx: Context, *,
+             error_after_commit: str | None = None) -> dict[str, Any]:
+    """Run the action named in ``params``; the full JSON envelope, success or error.
+
+    ``error_after_commit`` (the ``whmcs_error_after_commit`` fault): the action runs, then
+    the answer is ``result=error`` with this message — ``AcceptOrder`` as WHMCS's
+    ``acceptOrder()`` with a failing provisioning module (the services set up, the order
+    left Pending: WHMCS makes it Active only without errors), any other action in full."""
     fn = ACTIONS.get(scalar(params, "action").strip().lower())
     try:
         if fn is None:
             raise ApiError(MESSAGES["command_not_found"])
+        if error_after_commit is not None:
+            if fn is accept_order:
+                accept_order(store, params, ctx, order_active=False)
+            else:
+                fn(store, params, ctx)
+            raise ApiError(error_after_commit)
         return {"result": "success", **fn(store, params, ctx)}
     except ApiError as exc:
         return {"result": "error", "message": str(exc)}

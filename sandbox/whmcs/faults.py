@@ -10,7 +10,12 @@ default):
   (a PHP fatal error) instead of JSON. With ``error_after_commit`` the action runs (and
   commits) first — the response is lost, the effect is not.
 - ``whmcs_error_rate`` + ``whmcs_error``: that fraction answers ``result=error`` with the
-  chosen message, before the action runs (nothing is written).
+  chosen message, before the action runs (nothing is written). With
+  ``whmcs_error_after_commit`` the action runs first and the error comes after its effects:
+  ``AcceptOrder`` as WHMCS's does when a provisioning module fails — it runs the accept
+  (with ``autosetup`` the services and addons are set up, Active) and answers the module's
+  errors, the order left ``Pending`` (WHMCS sets it Active only without errors); any other
+  action commits in full.
 - ``invalid_ip_rate``: that fraction answers 403 "Invalid IP <caller>" — an allow-list
   flap. A valid ``accesskey`` bypasses it, as it bypasses the real allow-list, unless
   ``invalid_ip_ignores_accesskey``.
@@ -47,6 +52,7 @@ class FaultSpec:
     error_after_commit: bool = False
     whmcs_error_rate: float = 0.0
     whmcs_error: str = "An unexpected error occurred"
+    whmcs_error_after_commit: bool = False
     invalid_ip_rate: float = 0.0
     invalid_ip_ignores_accesskey: bool = False
     hang_rate: float = 0.0
@@ -77,6 +83,7 @@ class Plan:
     error_kind: str | None = None  # "500" | "503" | "html"
     error_after_commit: bool = False
     whmcs_error: str | None = None
+    whmcs_error_after_commit: bool = False
     invalid_ip: bool = False
     invalid_ip_bypassable: bool = True
     hang_s: float | None = None
@@ -160,6 +167,7 @@ class Faults:
             fired = True
         elif spec.whmcs_error_rate and rng.random() < spec.whmcs_error_rate:
             out.whmcs_error = spec.whmcs_error
+            out.whmcs_error_after_commit = spec.whmcs_error_after_commit
             fired = True
         elif spec.error_rate and rng.random() < spec.error_rate:
             out.error_kind = spec.error_kind

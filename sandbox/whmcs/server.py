@@ -143,11 +143,12 @@ class Sandbox:
             return _json({"result": "error", "message": f"Invalid IP {ip}"}, 403)
         if not self._authenticated(params):
             return _json({"result": "error", "message": "Authentication Failed"}, 403)
-        if plan.whmcs_error:
+        if plan.whmcs_error and not plan.whmcs_error_after_commit:
             return _json({"result": "error", "message": plan.whmcs_error})
         if plan.error_kind and not plan.error_after_commit:
             return _error_page(plan)
-        result = dispatch(self.store, params, self.config.context)
+        result = dispatch(self.store, params, self.config.context,
+                          error_after_commit=plan.whmcs_error)
         if plan.error_kind:
             return _error_page(plan)
         if plan.drop:

@@ -245,11 +245,13 @@ class Store:
         return row[0] if row else None
 
     def accept_order(self, order_id: int, *, autosetup: bool, serverid: int,
-                     username: str, password: str) -> None:
-        """Pending → Active; with ``autosetup`` the services and addons become Active."""
+                     username: str, password: str, order_active: bool = True) -> None:
+        """Pending → Active; with ``autosetup`` the services and addons become Active.
+        ``order_active`` False: the order stays Pending (a provisioning module failed)."""
         db = self.db
         db.execute("BEGIN")
-        db.execute("UPDATE orders SET status = 'Active' WHERE id = ?", (order_id,))
+        if order_active:
+            db.execute("UPDATE orders SET status = 'Active' WHERE id = ?", (order_id,))
         sets: list[str] = []
         args: list[Any] = []
         if autosetup:

@@ -185,3 +185,30 @@ def test_restart_keeps_state(whmcs_sb: WhmcsSandbox) -> None:
     assert whmcs_sb.orders_for(marker)[0]["id"] == res["orderid"]
     nxt = whmcs_sb.call("AddOrder", clientid=CLIENT, paymentmethod="mailin", pid=[1])
     assert nxt["orderid"] == res["orderid"] + 1
+
+
+def test_whmcs_error_after_commit_on_accept_runs_the_module_then_refuses(
+        whmcs_sb: WhmcsSandbox) -> None:
+    """As WHMCS's AcceptOrder does when a provisioning module fails: the services are set
+    up (autosetup), the order stays Pending, and the answer is result=error with the
+    module's message. Another action commits in full, then answers the error."""
+    marker = new_marker()
+    made = httpx.post(whmcs_sb.api_url, data=whmcs_add_order_form(whmcs_sb, marker)).json()
+    whmcs_sb.set_faults("AcceptOrder", whmcs_error_rate=1.0, whmcs_error_after_commit=True,
+                        whmcs_error="Module Create Failed: quota exceeded", times=1)
+    res = whmcs_sb.call("AcceptOrder", orderid=made["orderid"], autosetup=1)
+    assert res == {"result": "error", "message": "Module Create Failed: quota exceeded"}
+    order = whmcs_sb.orders_for(marker)[0]
+    assert order["status"] == "Pending"
+    services = whmcs_sb.call("GetClientsProducts", serviceid=order["serviceids"][0])
+    assert services["products"]["product"][0]["status"] == "Active"
+    # accepted again (the fault used up): the order becomes Active
+    assert whmcs_sb.call("AcceptOrder", orderid=made["orderid"]) == {"result": "success"}
+    assert whmcs_sb.orders_for(marker)[0]["status"] == "Active"
+
+    other = new_marker()
+    whmcs_sb.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error_after_commit=True,
+                        whmcs_error="An unexpected error occurred", times=1)
+    resp = httpx.post(whmcs_sb.api_url, data=whmcs_add_order_form(whmcs_sb, other)).json()
+    assert resp == {"result": "error", "message": "An unexpected error occurred"}
+    assert len(whmcs_sb.orders_for(other)) == 1

@@ -229,3 +229,115 @@ def test_a_provisioned_order_replayed_after_the_dedupe_ttl_gets_no_second_whmcs_
     skipped = kit.emitter.sent[2]
     assert (skipped["status"], skipped["error_code"], skipped["whmcs_order_id"]) == (
         "Skipped", "ALREADY_PROVISIONED", made["whmcs_order_id"])
+
+
+def _own_kit(whmcs, sf, timeout_s: float = 0.5):
+    """A kit whose WHMCS client gives up after ``timeout_s`` (the handler's policy waits
+    out WHMCS_TIMEOUT_S = 1 s + the grace before it reads an unanswered write)."""
+    client = WhmcsClient(WhmcsSettings.load(whmcs.env()), timeout_s=timeout_s)
+    return Kit(salesforce=sf, whmcs_client=client), client
+
+
+def _back_to_pending(kit, order_id: str) -> None:
+    """The moment after the attempt's WHMCS calls: intent pending, no decision recorded."""
+    tables = kit.tables
+    tables.intents[order_id] = {**tables.intents[order_id], "state": "pending",
+                                "outcome": None, "whmcs_order_id": None}
+    del tables.idem[order_id]
+    kit.emitter.sent.clear()
+
+
+@pytest.mark.parametrize("change,fault,expect", [
+    # the Order's mapping broken since; the lookup's AcceptOrder commits, its answer is
+    # lost: the status read after the settle time sees the order Active
+    ("mapping", {"hang_rate": 1.0, "hang_s": 3}, ("Provisioned", None)),
+    ("deleted", {"hang_rate": 1.0, "hang_s": 3}, ("Provisioned", None)),
+    # the lookup's AcceptOrder refused: Failed, but naming the order found
+    ("mapping", {"whmcs_error_rate": 1.0, "whmcs_error": "An unexpected error occurred"},
+     ("Failed", "WHMCS_ERROR")),
+])
+def test_a_redelivery_ending_without_whmcs_reports_the_order_its_lookup_found(
+        harness, whmcs, change, fault, expect):
+    """The first attempt made a WHMCS order and left it Pending (its AcceptOrder refused),
+    the worker stopped before recording that; meanwhile the Order's mapping broke (or it
+    was deleted). The redelivery looks its attempt's order up and accepts it: when that
+    AcceptOrder goes unanswered or is refused, the outcome still names the WHMCS order
+    (Provisioned once the order reads Active) — never MISSING_PRODUCT_MAPPING /
+    ORDER_NOT_FOUND without it."""
+    _, sf = harness
+    n = {"mapping": 6, "deleted": 7}[change] + (2 if "whmcs_error" in fault else 0)
+    order_id = oid(n)
+    sf.orders[order_id] = order(order_id=order_id, client="1010")
+    event = [request_value(order_id, event_uuid=f"f{n}", idem_key=f"fk{n}")]
+
+    async def go():
+        kit, client = _own_kit(whmcs, sf)
+        try:
+            whmcs.set_faults("AcceptOrder", whmcs_error_rate=1.0,
+                             whmcs_error="An unexpected error occurred", times=1)
+            await kit.process(records(event))
+            first = kit.emitter.sent[-1]
+            whmcs.clear_faults()
+            _back_to_pending(kit, order_id)
+            if change == "mapping":
+                sf.orders[order_id] = order(item(product(pid=None)), order_id=order_id,
+                                            client="1010")
+            else:
+                sf.orders.pop(order_id)
+            whmcs.set_faults("AcceptOrder", times=1, **fault)
+            await kit.process(records(event))
+            await asyncio.sleep(0.1)
+            return kit, first
+        finally:
+            whmcs.clear_faults()
+            await client.aclose()
+    kit, first = asyncio.run(go())
+    made = first["whmcs_order_id"]
+    assert (first["status"], first["error_code"]) == ("Failed", "WHMCS_ERROR") and made
+    out = kit.emitter.sent[-1]
+    assert (out["status"], out["error_code"]) == expect
+    assert out["whmcs_order_id"] == made and out["whmcs_client_id"] == 1010
+    assert out["recovered"] is True
+    intent = kit.tables.intents[order_id]
+    assert intent["whmcs_order_id"] == made and intent["may_exist"] is True
+    orders = whmcs.orders_for(order_id)
+    assert [o["id"] for o in orders] == [made]
+    assert orders[0]["status"] == ("Active" if expect[0] == "Provisioned" else "Pending")
+
+
+def test_an_accept_refused_after_it_ran_then_retried_ends_provisioned_with_one_order(
+        harness, whmcs):
+    """WHMCS runs the AcceptOrder (autosetup: the services set up) and then answers
+    result=error with the module's error (the order left Pending): the attempt is Failed
+    WHMCS_ERROR naming the order; the Order approved again looks it up and accepts it —
+    Provisioned, the same single WHMCS order, no second AddOrder."""
+    _, sf = harness
+    order_id = oid(10)
+    sf.orders[order_id] = order(order_id=order_id, client="1010")
+    first = [request_value(order_id, event_uuid="m10", idem_key="mk10")]
+    retry = [request_value(order_id, event_uuid="m10b", idem_key="mk10b")]
+
+    async def go():
+        kit, client = _own_kit(whmcs, sf)
+        try:
+            whmcs.reset_counters()
+            whmcs.set_faults("AcceptOrder", whmcs_error_rate=1.0,
+                             whmcs_error="Module Create Failed: quota exceeded",
+                             whmcs_error_after_commit=True, times=1)
+            await kit.process(records(first))
+            whmcs.clear_faults()
+            await kit.process(records(retry, start=1))
+            return kit, whmcs.calls()
+        finally:
+            whmcs.clear_faults()
+            await client.aclose()
+    kit, calls = asyncio.run(go())
+    refused, again = kit.emitter.sent
+    made = refused["whmcs_order_id"]
+    assert (refused["status"], refused["error_code"]) == ("Failed", "WHMCS_ERROR") and made
+    assert "Module Create Failed" in refused["error_message"]
+    assert (again["status"], again["whmcs_order_id"], again["recovered"]) == (
+        "Provisioned", made, True)
+    orders = whmcs.orders_for(order_id)
+    assert [(o["id"], o["status"]) for o in orders] == [(made, "Active")]
+    assert calls.get("AddOrder") == 1 and calls.get("AcceptOrder") == 2, calls
