@@ -248,7 +248,10 @@ CHILD_ANSWERED, CHILD_REFUSED, CHILD_FAILED = 0, 3, 4
 DESCRIBE_CHILD: tuple[str, ...] = (
     sys.executable, "-c", "from common.kafka import _describe_child; _describe_child()")
 CHILD_START_S = 0.5  # a child's start (interpreter, confluent_kafka): taken off its timeout
-CHILD_GRACE_S = 10.0  # a child this much past its request timeout is stuck: killed
+# a child still running this long after its attempt's timeout is stuck: killed — within
+# PAUSE_SLACK_S, or RunningDeadline would count the wait as this process stopped and move
+# the deadline by it (a hung child stretched a 30 s check to 57 s)
+CHILD_KILL_AFTER_S = 0.9 * PAUSE_SLACK_S
 
 
 @dataclass(frozen=True)
@@ -340,15 +343,15 @@ def _describe_once(conf: dict[str, Any], group: str, wait: float,
     that died or hung as an error of its own: for :func:`retry_until`, not a verdict)."""
     from confluent_kafka import KafkaError as CKafkaError
 
-    request_s = max(0.5, wait - CHILD_START_S)
+    request_s = max(0.5, wait - 2 * CHILD_START_S)  # its start, and its answer's way back
     try:
         done = subprocess.run([*command, group, f"{request_s:.3f}"], input=json.dumps(conf),
                               capture_output=True, text=True, env=_child_env(),
-                              timeout=request_s + CHILD_GRACE_S)
+                              timeout=max(wait, request_s + CHILD_START_S) + CHILD_KILL_AFTER_S)
     except subprocess.TimeoutExpired:
         raise KafkaException(CKafkaError(
             CKafkaError._TIMED_OUT, f"the describing process did not end within "
-                                    f"{request_s + CHILD_GRACE_S:.0f} s (killed)")) from None
+                                    f"{wait + CHILD_KILL_AFTER_S:.1f} s (killed)")) from None
     answer: Any = None
     with contextlib.suppress(ValueError):
         answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else None

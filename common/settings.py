@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,8 +196,10 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-# a quoted value, up to its closing quote (not an escaped one), then maybe a comment
-_QUOTED = re.compile(r"""(["'])(.*?)(?<!\\)\1\s*(?:#.*)?""")
+# a quoted value, up to its closing quote, then maybe a comment:
+# single quotes take no escapes; in double quotes a backslash escapes the next character
+# (a value ending in an escaped backslash still ends at its quote)
+_QUOTED = re.compile(r"""(?:'([^']*)'|"((?:[^"\\]|\\.)*)")\s*(?:#.*)?""")
 
 
 def _dotenv_value(raw: str) -> str:
@@ -206,7 +210,9 @@ def _dotenv_value(raw: str) -> str:
     value = raw.strip()
     quoted = _QUOTED.fullmatch(value)
     if quoted is not None:
-        return quoted.group(2)
+        return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]  # quoted whole, as read before comments were
     return value.partition(" #")[0].rstrip()
 
 
@@ -252,6 +258,30 @@ def environment() -> dict[str, str]:
     merged = load_dotenv_file()
     merged.update(os.environ)
     return merged
+
+
+def environment_at_import() -> dict[str, str]:
+    """:func:`environment` for a module's constants (the operator tools' state directory):
+    the process environment alone when the env file cannot be read — importing must not
+    fail; the command that reads the settings next reports it in one line
+    (:func:`exits_64_on_config_error`)."""
+    try:
+        return environment()
+    except ConfigError:
+        return dict(os.environ)
+
+
+def exits_64_on_config_error(main: Callable[..., int]) -> Callable[..., int]:
+    """An operator tool's ``main``: a bad setting or env file is one line on stderr
+    (``error: VAR: …``) and exit 64, never a traceback."""
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 64
+    return wrapped
 
 
 S = TypeVar("S", bound="_Section")

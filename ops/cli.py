@@ -18,7 +18,13 @@ from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
 
 from common.errors import ConfigError, PipelineError
-from common.settings import KafkaSettings, SinkSettings, WorkerSettings, environment
+from common.settings import (
+    KafkaSettings,
+    SinkSettings,
+    WorkerSettings,
+    environment,
+    exits_64_on_config_error,
+)
 
 
 class EnvDefault(str):
@@ -162,6 +168,7 @@ def kafka_failure(exc: KafkaException, args: argparse.Namespace | None) -> str:
     return f"Kafka at {where}: {reason}"
 
 
+@exits_64_on_config_error
 def main(argv: list[str] | None = None) -> int:
     load_local_stack_env()
     args = None

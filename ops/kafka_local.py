@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.settings import environment
+from common.settings import environment, environment_at_import, exits_64_on_config_error
 
 if TYPE_CHECKING:
     from common.connection import KafkaConnection
@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "kafka" / "pom.xml"
 KAFKA_VERSION = "3.9.1"
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
-DEFAULT_STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
-JVM_HEAP = environment().get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
+DEFAULT_STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
+JVM_HEAP = environment_at_import().get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
 
 
 class BrokerError(RuntimeError):
@@ -379,6 +379,7 @@ def _alive(pid: int) -> bool:
             return False
 
 
+@exits_64_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.kafka_local",
                                      description="Run the local single-node Kafka broker.")

@@ -37,6 +37,8 @@ from common.settings import (
     SinkSettings,
     WorkerSettings,
     environment,
+    environment_at_import,
+    exits_64_on_config_error,
     parse_bool,
     setting,
 )
@@ -47,7 +49,7 @@ from ops.pids import recorded_pid
 from ops.supervisor import Child, is_healthy, process_start, stop_grace
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
-STATE = Path(environment().get("SFPROV_STATE_DIR") or ROOT / ".state")
+STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
 LOGS = STATE / "logs"
 PLAN = STATE / "supervisor-plan.json"
 STATUS = STATE / "supervisor.json"
@@ -482,6 +484,7 @@ USAGE = """usage: python -m ops.stack [up | down | status | pause NAME... | resu
 """
 
 
+@exits_64_on_config_error
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "status"

@@ -16,7 +16,7 @@ import sys
 
 from common.errors import PipelineError
 from common.kafka import declared_topics, ensure_topics
-from common.settings import KafkaSettings, environment
+from common.settings import KafkaSettings, environment, exits_64_on_config_error
 from ops.kafka_local import local_bootstrap
 from ops.stack import recorded_env
 
@@ -29,6 +29,7 @@ def kafka_settings() -> KafkaSettings:
     return KafkaSettings.load(env, bootstrap_servers=local_bootstrap({**recorded_env(), **env}))
 
 
+@exits_64_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.topics",
                                      description="Create missing topics; report drift.")

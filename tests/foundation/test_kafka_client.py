@@ -153,6 +153,18 @@ def test_a_child_that_always_aborts_ends_as_a_retryable_failure(tmp_path):
     assert int(counter.read_text()) >= 2 and time.monotonic() - started < 15
 
 
+
+def test_a_hung_child_does_not_stretch_the_deadline():
+    """A child stuck in librdkafka was killed 10 s past its request's timeout, and the
+    running-time deadline took those 10 s for a pause of this process and moved by them:
+    a 30 s check gave up after 57 s. A hung child ends within its attempt's slack."""
+    command = (sys.executable, "-c", "import time; time.sleep(600)")
+    started = time.monotonic()
+    with pytest.raises(KafkaError) as raised:
+        k.describe_group_isolated(sasl(), "g", 5.0, command=command)
+    assert raised.value.retryable and "killed" in str(raised.value)
+    assert time.monotonic() - started < 5.0 + 2 * k.PAUSE_SLACK_S
+
 def child_answering(monkeypatch, code: int, answer: dict) -> None:
     script = f"import sys; print({json.dumps(json.dumps(answer))}); sys.exit({code})"
     monkeypatch.setattr(k, "DESCRIBE_CHILD", (sys.executable, "-c", script))

@@ -435,6 +435,25 @@ def test_a_process_exits_64_for_a_missing_env_file(tmp_path):
     assert "SFPROV_ENV_FILE: no such file" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", [["ops.stack", "status"], ["ops.cli", "lag"],
+                                     ["ops.topics"], ["ops.kafka_local", "status"]])
+def test_the_operator_tools_say_a_missing_env_file_in_one_line(tmp_path, command):
+    """The tools read the env file when their modules load (the state directory): a
+    missing one was a traceback at import — `make status`, `make down`, every `sfprov`."""
+    import os
+    import subprocess
+    import sys
+
+    from common.settings import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "SFPROV_STATE_DIR"}
+    env.update({"SFPROV_ENV_FILE": str(tmp_path / "prod.env"), "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (1, 64), proc.stderr[-2000:]
+    assert "SFPROV_ENV_FILE: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_inline_comments_are_stripped_as_docker_compose_does(tmp_path):
     """``KAFKA_TOPIC_PREFIX=staging. # per env`` read as 'staging. # per env' here while
     docker compose (the same .env) reads 'staging.': two prefixes for one file. `` #`` starts
@@ -622,3 +641,19 @@ def test_the_worker_reads_its_faust_log_level_from_the_env_file(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 64, proc.stderr[-2000:]
     assert "WORKER_FAUST_LOG_LEVEL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("'s3cr3t\\'", "s3cr3t\\"),        # single quotes take no escapes
+    ('"C:\\dir\\\\"', "C:\\dir\\\\"),   # an escaped backslash before the closing quote
+    ('"s3cr#t" # prod', "s3cr#t"),
+    ("'a b' # note", "a b"),
+])
+def test_a_quoted_value_ending_in_a_backslash_loses_its_quotes(tmp_path, raw, value):
+    """``WHMCS_API_SECRET='s3cr3t\\'`` kept its quotes (the closing quote read as escaped):
+    the secret sent was wrong."""
+    from common.settings import load_dotenv_file
+
+    path = tmp_path / ".env"
+    path.write_text(f"A={raw}\n")
+    assert load_dotenv_file(path) == {"A": value}
