@@ -293,7 +293,9 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
     # was committed: an idle connector has no transaction open (the first keepalive commit
     # once came at once, on a machine up longer than the interval, and could be the one
     # open at the idle pause)
-    assert proc.metric("sfprov_connector_keepalives_total") > 0
+    # (Salesforce sends one only while events are requested: the idle connector's are)
+    wait_until(lambda: proc.metric("sfprov_connector_keepalives_total") > 0, 30,
+               "a keepalive of the idle stream")
     assert proc.metric('sfprov_connector_transactions_total{kind="keepalive"') == 0
     assert proc.terminate() == 0, proc.text()[-3000:]
     assert_exactly_once(read_requests(kafka), sandbox_uuids(sf), 80)
