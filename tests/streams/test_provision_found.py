@@ -10,17 +10,9 @@ import pytest
 
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
-from streams.mapping import WhmcsItem, WhmcsOrderRequest
 from streams.provision import Provisioner
 from tests.streams.factories import policy
-
-CLIENT = 1010  # seed account 9: an ordinary, active WHMCS client
-
-
-def req(order_id: str) -> WhmcsOrderRequest:
-    return WhmcsOrderRequest(order_id=order_id, client_id=CLIENT,
-                             items=(WhmcsItem(pid=4, billingcycle="annually", qty=1),),
-                             notes=f"sfOrderId={order_id} idemKey=k")
+from tests.streams.test_whmcs_client import CLIENT, req
 
 
 @pytest.fixture(autouse=True)
