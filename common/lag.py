@@ -92,7 +92,7 @@ def unowned_partitions(admin: AdminClient, group: str, topic: str,
     """Of ``partitions`` of ``topic``, those no member of ``group`` is assigned right now
     (:func:`unowned_in`), asked with ``admin`` in this process — which librdkafka#4605 can
     abort (decision 0008): a pipeline process asks through
-    :func:`common.kafka.describe_group_isolated` instead."""
+    :func:`common.group_describe.describe_group_isolated` instead."""
     description = admin.describe_consumer_groups([group])[group].result(timeout=timeout_s)
     return unowned_in(description, topic, partitions)
 

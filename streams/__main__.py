@@ -26,7 +26,8 @@ import signal
 import sys
 
 from common.errors import KafkaAccessError, KafkaError
-from common.kafka import changelog_topics, check_group_access, ensure_topics
+from common.group_describe import check_group_access
+from common.kafka import changelog_topics, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient

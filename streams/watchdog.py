@@ -278,10 +278,11 @@ def exit_to_rejoin(message: str) -> Any:
 
 def unowned(bootstrap: Connectable, group: str, topic: str, partitions: set[int]) -> set[int]:
     """Of ``partitions``, those no member of ``group`` owns: the group described by a child
-    process (:func:`common.kafka.describe_group_isolated`; in this process, librdkafka#4605
-    aborted the worker on a coordinator's failover, decision 0008), for up to 10 s."""
+    process (:func:`common.group_describe.describe_group_isolated`; in this process,
+    librdkafka#4605 aborted the worker on a coordinator's failover, decision 0008), for up
+    to 10 s."""
     from common.connection import as_connection
-    from common.kafka import describe_group_isolated
+    from common.group_describe import describe_group_isolated
 
     return unowned_in(describe_group_isolated(as_connection(bootstrap), group, timeout_s=10.0),
                       topic, partitions)

@@ -1,6 +1,7 @@
 """common.kafka's client plumbing: what librdkafka reports is kept for access_error, retries
-do not count time the process spent stopped, and the worker's group check describes the
-group in a child process (librdkafka#4605 aborts the process that asks: decision 0008)."""
+do not count time the process spent stopped; and common.group_describe: the worker's group
+check describes the group in a child process (librdkafka#4605 aborts the process that asks:
+decision 0008)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from confluent_kafka import Consumer, ConsumerGroupState, KafkaException
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka.admin import AclOperation, AdminClient
 
+import common.group_describe as gd
 import common.kafka as k
 from common.connection import KafkaConnection, access_error, refusal_message
 from common.errors import KafkaAccessError, KafkaError
@@ -131,7 +133,7 @@ def fake_child(tmp_path, aborts: int) -> tuple[list[str], object]:
 def test_a_child_that_aborts_is_retried_not_taken_as_a_verdict(tmp_path, caplog):
     command, counter = fake_child(tmp_path, aborts=2)
     caplog.set_level(logging.WARNING, logger="common.kafka")
-    description = k.describe_group_isolated(sasl(), "g", 30.0, command=command)
+    description = gd.describe_group_isolated(sasl(), "g", 30.0, command=command)
     assert counter.read_text() == "3"
     assert description.group_id == "g" and description.state is ConsumerGroupState.STABLE
     assert description.authorized_operations == [AclOperation.READ]
@@ -147,7 +149,7 @@ def test_a_child_that_always_aborts_ends_as_a_retryable_failure(tmp_path):
     command, counter = fake_child(tmp_path, aborts=10**6)
     started = time.monotonic()
     with pytest.raises(KafkaError) as raised:
-        k.describe_group_isolated(sasl(), "g", 2.0, command=command)
+        gd.describe_group_isolated(sasl(), "g", 2.0, command=command)
     assert not isinstance(raised.value, KafkaAccessError) and raised.value.retryable
     assert "cannot describe the group g" in str(raised.value) and "SIGABRT" in str(raised.value)
     assert int(counter.read_text()) >= 2 and time.monotonic() - started < 15
@@ -161,21 +163,21 @@ def test_a_hung_child_does_not_stretch_the_deadline():
     command = (sys.executable, "-c", "import time; time.sleep(600)")
     started = time.monotonic()
     with pytest.raises(KafkaError) as raised:
-        k.describe_group_isolated(sasl(), "g", 5.0, command=command)
+        gd.describe_group_isolated(sasl(), "g", 5.0, command=command)
     assert raised.value.retryable and "killed" in str(raised.value)
     assert time.monotonic() - started < 5.0 + 2 * k.PAUSE_SLACK_S
 
 def child_answering(monkeypatch, code: int, answer: dict) -> None:
     script = f"import sys; print({json.dumps(json.dumps(answer))}); sys.exit({code})"
-    monkeypatch.setattr(k, "DESCRIBE_CHILD", (sys.executable, "-c", script))
+    monkeypatch.setattr(gd, "DESCRIBE_CHILD", (sys.executable, "-c", script))
 
 
 def test_a_refusal_from_the_child_is_the_same_line_as_before(monkeypatch):
-    child_answering(monkeypatch, k.CHILD_REFUSED,
+    child_answering(monkeypatch, gd.CHILD_REFUSED,
                     {"code": 30, "reason": "Broker: Group authorization failed"})
     settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9096")
     with pytest.raises(KafkaAccessError) as raised:
-        k.check_group_access(settings, "sfprov-worker", timeout=5)
+        gd.check_group_access(settings, "sfprov-worker", timeout=5)
     conn = KafkaConnection.from_settings(settings)
     assert str(raised.value) == refusal_message(
         conn, "describe the group sfprov-worker",
@@ -183,22 +185,22 @@ def test_a_refusal_from_the_child_is_the_same_line_as_before(monkeypatch):
 
 
 def test_an_answer_without_read_is_refused(monkeypatch):
-    child_answering(monkeypatch, k.CHILD_ANSWERED,
+    child_answering(monkeypatch, gd.CHILD_ANSWERED,
                     {"group_id": "g", "state": "EMPTY", "members": [],
                      "authorized_operations": ["DESCRIBE"]})
     settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9096")
     with pytest.raises(KafkaAccessError, match="join the group g.*allow only DESCRIBE"):
-        k.check_group_access(settings, "g", timeout=5)
+        gd.check_group_access(settings, "g", timeout=5)
 
 
 def test_the_child_says_no_secret(tmp_path):
     """The real child, against a port nothing listens on: a failure, and neither its output
     nor its arguments hold the password (the config goes in on stdin)."""
     conf = sasl("s3cret-value").with_bootstrap("127.0.0.1:1").librdkafka()
-    done = subprocess.run([*k.DESCRIBE_CHILD, "g", "1.0"], input=json.dumps(conf),
+    done = subprocess.run([*gd.DESCRIBE_CHILD, "g", "1.0"], input=json.dumps(conf),
                           capture_output=True, text=True, timeout=30,
-                          env=k._child_env())
-    assert done.returncode == k.CHILD_FAILED, (done.returncode, done.stdout, done.stderr)
+                          env=gd._child_env())
+    assert done.returncode == gd.CHILD_FAILED, (done.returncode, done.stdout, done.stderr)
     assert "s3cret" not in done.stdout + done.stderr
     answer = json.loads(done.stdout)
     assert isinstance(answer["code"], int) and answer["reason"]
@@ -215,7 +217,7 @@ def test_the_group_check_never_describes_in_the_calling_process(kafka_settings, 
     monkeypatch.setattr(AdminClient, "describe_consumer_groups", forbidden)
     group = unique_name("g")
     started = time.monotonic()
-    k.check_group_access(kafka_settings, group)  # no authorizer: everything allowed
+    gd.check_group_access(kafka_settings, group)  # no authorizer: everything allowed
     assert time.monotonic() - started < 10
 
     consumer = Consumer(KafkaConnection.from_settings(kafka_settings).librdkafka(**{
@@ -226,7 +228,7 @@ def test_the_group_check_never_describes_in_the_calling_process(kafka_settings, 
         while not consumer.assignment() and time.monotonic() < deadline:
             consumer.poll(0.2)
         assert consumer.assignment()
-        description = k.describe_group_isolated(kafka_settings, group, 30.0)
+        description = gd.describe_group_isolated(kafka_settings, group, 30.0)
         assert description.state is ConsumerGroupState.STABLE
         owned = {tp.partition for m in description.members
                  for tp in m.assignment.topic_partitions if tp.topic == kafka_settings.requests}

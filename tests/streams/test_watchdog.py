@@ -319,8 +319,8 @@ def test_the_workers_orphan_check_describes_the_group_in_a_child_process(monkeyp
     of a coordinator failover). The worker's orphan check asks through a child process."""
     from confluent_kafka.admin import AdminClient
 
-    from common import kafka as common_kafka
-    from common.kafka import GroupAssignment, GroupDescription, GroupMember
+    from common import group_describe
+    from common.group_describe import GroupAssignment, GroupDescription, GroupMember
     from streams import watchdog
 
     def in_process(*_a, **_kw):
@@ -332,6 +332,6 @@ def test_the_workers_orphan_check_describes_the_group_in_a_child_process(monkeyp
         asked.append((group, timeout_s))
         return GroupDescription(group, ConsumerGroupState.STABLE, [GroupMember(
             "m", "c", "h", GroupAssignment([TopicPartition("req", 0)]))], None)
-    monkeypatch.setattr(common_kafka, "describe_group_isolated", isolated)
+    monkeypatch.setattr(group_describe, "describe_group_isolated", isolated)
     assert watchdog.unowned("127.0.0.1:1", "g", "req", {0, 1}) == {1}
     assert asked == [("g", 10.0)]
