@@ -113,11 +113,17 @@ def unowned_in(description: Any, topic: str, partitions: set[int]) -> set[int]:
     return set(partitions) - owned
 
 
-def records_between(c: Any, topic: str, partition: int, start: int, end: int) -> int:
+def records_between(c: Any, topic: str, partition: int, start: int, end: int, *,
+                    strict: bool = False) -> int:
     """Committed records in [start, end) of a partition (markers and aborted ones excluded);
-    ``c`` must be a read_committed consumer. After 10 s without reaching ``end`` it counts
-    what it read (a lag figure, not a guarantee)."""
+    ``c`` must be a read_committed consumer. After 10 s without reaching ``end``, or on an
+    error from the broker, it counts what it read (a lag figure, not a guarantee);
+    ``strict`` (a guard's count, which must not judge a partial read): raises then instead,
+    TimeoutError or KafkaException."""
     found: dict[int, list[int]] = {partition: []}
+    if strict:
+        committed_record_offsets(c, topic, {partition: (start, end)}, timeout_s=10, into=found)
+        return len(found[partition])
     with contextlib.suppress(TimeoutError, KafkaException):
         committed_record_offsets(c, topic, {partition: (start, end)}, timeout_s=10, into=found)
     return len(found[partition])

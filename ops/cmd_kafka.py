@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from common.errors import KafkaError as PipelineKafkaError
 from common.kafka import declared_topics, describe_drift
 from ops import cmd_replay
 from ops.cli import add, kafka_settings, sink_group, worker_group
@@ -53,9 +54,11 @@ def topics(args: argparse.Namespace) -> int:
                      "cleanup_policy": cfg["cleanup.policy"].value})
     c.close()
     drift = describe_drift(admin, present, md)
+    # a missing topic fails the check as drift does (the processes cannot run without it)
+    code = 2 if drift or len(present) < len(specs) else 0
     if args.json:
         print(json.dumps({"topics": rows, "drift": drift}, indent=2))
-        return 2 if drift else 0
+        return code
     print(f"{'topic':<45} {'parts':>5} {'records*':>10} {'retention':>12} {'cleanup':>8}")
     for row in rows:
         if row.get("missing"):
@@ -66,7 +69,7 @@ def topics(args: argparse.Namespace) -> int:
     for line in drift:
         print(f"drift: {line}")
     print("* records = end offset − start offset (includes transaction markers)")
-    return 2 if drift else 0
+    return code
 
 
 def _human_ms(ms: int) -> str:
@@ -156,7 +159,7 @@ def _print_connector_position(args: argparse.Namespace) -> None:
 def dlq(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     topic = settings.dead_letters
-    selected = set(args.offsets or [])
+    selected: set[tuple[int, int]] = set(args.offsets or [])  # (partition, offset)
     wanted = order_id_forms(args.order_id) if args.order_id else set()
 
     def match(record: Any) -> bool:
@@ -164,9 +167,15 @@ def dlq(args: argparse.Namespace) -> int:
             return False
         if wanted and wanted.isdisjoint((record.key, record.headers.get("order_id"))):
             return False
-        return not selected or f"{record.partition}:{record.offset}" in selected
+        return not selected or (record.partition, record.offset) in selected
 
-    records = list(scan(settings, topic, None, match=match))
+    requeue = args.action == "requeue"
+    try:
+        # a requeue judges what it read: a partition that stops before its end is an error,
+        # not a quiet "requeued N" without its dead letters
+        records = list(scan(settings, topic, None, match=match, complete=requeue))
+    except PipelineKafkaError as exc:
+        raise PipelineKafkaError(f"{exc}; nothing was requeued, run it again") from exc
     if args.action == "list" and args.json:
         print(json.dumps([r.as_json() for r in records], indent=2, default=str))
         return 0
@@ -185,11 +194,19 @@ def dlq(args: argparse.Namespace) -> int:
     producer = Producer(client_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     sent = Deliveries()
+    # the records named with --offset that are not requeued: each an error line, exit 1
+    problems = [f"{p}:{o}: no dead letter there in {topic}"
+                + (" that --stage/--order-id select" if args.stage or wanted else "")
+                for p, o in sorted(selected - {(r.partition, r.offset) for r in records})]
     for r in records:
         source = r.headers.get("source_topic")
         if not source:
-            print(f"{r.partition}:{r.offset}: no source topic (stage {r.headers.get('stage')}); "
-                  "not requeueable — fix it at the source")
+            line = (f"{r.partition}:{r.offset}: no source topic (stage "
+                    f"{r.headers.get('stage')}); not requeueable — fix it at the source")
+            if selected:
+                problems.append(line)
+            else:  # --all passes over them
+                print(line)
             continue
         sent.produce(producer, source, key=r.key.encode() if r.key else None,
                      value=r.raw_value,
@@ -198,11 +215,12 @@ def dlq(args: argparse.Namespace) -> int:
     sent.wait(producer, 30)
     # what the broker took, not what was handed to the producer
     print(f"requeued {sent.delivered} record(s)")
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
     if sent.not_delivered:
         print(f"error: {sent.not_delivered} record(s) not requeued ({sent.problems()}); "
               f"they stay in {topic}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if problems or sent.not_delivered else 0
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -234,6 +252,7 @@ def _configure_lag(p: argparse.ArgumentParser) -> None:
 def _configure_dlq(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["list", "requeue"], nargs="?", default="list")
     p.add_argument("--offset", dest="offsets", action="append",
+                   type=cmd_replay.partition_offset_arg, metavar="PARTITION:OFFSET",
                    help="PARTITION:OFFSET of a dead letter (repeatable)")
     add(p, "--stage", env="SFPROV_DLQ_STAGE", help="connector | worker | sink")
     add(p, "--order-id", env="SFPROV_ORDER_ID", help="only dead letters of this Order")

@@ -22,7 +22,7 @@ from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
-from ops.cli import add, duration_s, kafka_settings
+from ops.cli import add, duration_s, kafka_settings, worker_group
 from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, order_id_forms, scan
 from streams.mapping import MappingError, client_id_of
 
@@ -54,20 +54,28 @@ def trace(args: argparse.Namespace) -> int:
     for label, topic, schema in (("events", settings.requests, "provision_request"),
                                  ("outcomes", settings.outcomes, "provisioning_outcome"),
                                  ("dead_letters", settings.dead_letters, None)):
-        out[label] = [r.as_json() for r in scan(settings, topic, schema, match=mine)]
+        out[label] = []
+        try:  # read whole or an error: a partition given up on once hid its records quietly
+            for r in scan(settings, topic, schema, match=mine, complete=True):
+                out[label].append(r.as_json())
+        except KafkaError as exc:  # shown with the rest of the trace, then exit 1
+            out.setdefault("kafka_errors", []).append(str(exc))
+    order = None
     try:
         sf = _sf()
         orders = sf.query(f"SELECT {ORDER_FIELDS} FROM Order WHERE Id = '{order_id}'")
         order = orders[0] if orders else None
         out["salesforce_order"] = _strip(order)
         if order and order.get("OpportunityId"):
-            out["salesforce_opportunity"] = _strip(sf.query(
+            # none when it was deleted or the integration user cannot see it: "not found"
+            opportunities = sf.query(
                 "SELECT Id, StageName, WHMCS_Service_ID__c FROM Opportunity WHERE Id = "
-                f"'{order['OpportunityId']}'")[0])
-        client_id = ((order or {}).get("Account") or {}).get("WH_Account__c")
+                f"'{order['OpportunityId']}'")
+            out["salesforce_opportunity"] = _strip(opportunities[0] if opportunities else None)
     except Exception as exc:  # noqa: BLE001 - show what we could not read, keep tracing
         out["salesforce_error"] = str(exc)
-        client_id = None
+    # the WHMCS client is the Order's Account's: looked up whatever the Opportunity gave
+    client_id = ((order or {}).get("Account") or {}).get("WH_Account__c")
     if client_id:
         try:  # read as the worker reads it: 'WH-1042' is a Failed outcome there, not a crash
             out["whmcs_orders"] = _whmcs_orders(client_id_of(order or {}), order_id)
@@ -77,6 +85,10 @@ def trace(args: argparse.Namespace) -> int:
         print(json.dumps(jsonable(out), indent=2, default=str))
     else:
         _print_trace(out)
+    if out.get("kafka_errors"):
+        print(f"error: {'; '.join(out['kafka_errors'])} (the trace above may miss records)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -134,6 +146,8 @@ def _print_trace(out: dict[str, Any]) -> None:
     if opp:
         print(f"  salesforce Opportunity {opp.get('Id')}: StageName {opp.get('StageName')}, "
               f"WHMCS_Service_ID__c {opp.get('WHMCS_Service_ID__c')}")
+    elif "salesforce_opportunity" in out:
+        print(f"  salesforce Opportunity {(order or {}).get('OpportunityId')}: not found")
     if "whmcs_orders" in out:
         print(f"  whmcs orders: {json.dumps(out['whmcs_orders'], default=str)}")
 
@@ -157,7 +171,10 @@ def reconcile(args: argparse.Namespace) -> int:
     never got an outcome, get a new request (common.reconcile: the connector's automatic
     passes use the same mechanism)."""
     settings = kafka_settings(args)
-    plan = find_stranded(_sf(), settings, older_than_s=duration_s(args.older_than), client=QUIET)
+    # the worker's progress, as the connector's passes read it: a request still waiting
+    # behind the worker's lag is not stranded (without it each one was re-requested)
+    plan = find_stranded(_sf(), settings, older_than_s=duration_s(args.older_than),
+                         consumed_by=worker_group(args), client=QUIET)
     stranded = plan.stranded
     sent = Deliveries() if args.dry_run or not stranded else send_requests(settings, stranded)
     injected = sent.delivered

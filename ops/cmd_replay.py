@@ -210,12 +210,22 @@ def replay(args: argparse.Namespace) -> int:
 def _skipped(c: Any, topic: str, partition: int, current: int, target: int) -> int:
     """Records a move of the group from ``current`` forward to ``target`` skips: committed
     records, the transaction markers between them not counted (as ``lag`` counts; offsets
-    beyond :data:`~common.lag.EXACT_LAG_LIMIT`). 0 for a rewind."""
+    beyond :data:`~common.lag.EXACT_LAG_LIMIT`). 0 for a rewind. The count is the guard
+    against skipping, so a read that fails or stops short is an error, not a smaller count
+    (a lenient one once read 0 after a broker error, and replay moved the group past 500
+    unprocessed records)."""
     if target <= current:
         return 0
     if target - current > EXACT_LAG_LIMIT:
         return target - current
-    return records_between(c, topic, partition, current, target)
+    try:
+        return records_between(c, topic, partition, current, target, strict=True)
+    except (TimeoutError, KafkaException) as exc:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], CKafkaError) else None
+        raise KafkaError(
+            f"cannot count the records partition {partition} of {topic} would skip (offsets "
+            f"{current} to {target}): {err.str() if err else exc}; nothing was changed, run "
+            "replay again") from exc
 
 
 def _configure_replay(p: argparse.ArgumentParser) -> None:
