@@ -11,8 +11,9 @@ Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov recon
   committed). Once the resubscription was accepted (its first answer, or
   ``connectors.source.GAP_ARM_OPEN_S`` open unrefused) and delivered what Salesforce still
   had (no event written for :data:`GAP_SETTLE_S` since), the Orders last changed before the gap
-  was found that are ``Activating`` with no request in Kafka are re-requested, whatever their
-  age. A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
+  was found (before a LATEST resubscription was accepted: what was published until then is
+  skipped too) that are ``Activating`` with no request in Kafka are re-requested, whatever
+  their age. A connector that starts finds the last gap recorded in the last :data:`GAP_REARM_S` and
   plans the pass again (its instance may have stopped before the pass ran: a pass finding
   nothing stranded re-requests nothing).
 * **periodic** — every ``CONNECTOR_RECONCILE_INTERVAL_S`` (first pass one interval after the

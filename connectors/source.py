@@ -29,7 +29,10 @@ Failure policies:
   again after a reopen that is not the refused one ends the preset, so a resumed instance
   goes on after what the newer one wrote instead of replaying it all again (EARLIEST) or
   skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`. The gap's pass
-  (:mod:`connectors.reconciler`) is armed when the next stream is accepted (answers, or stays open ``GAP_ARM_OPEN_S``).
+  (:mod:`connectors.reconciler`) is armed when the next stream is accepted (answers, or stays open ``GAP_ARM_OPEN_S``);
+  after a LATEST one it covers the Orders changed until then, not only until the gap's
+  time: what was published before a LATEST stream was accepted (during a slow gap commit,
+  a backoff, a failed open) is skipped too.
 * auth error → re-authenticate (JWT) and resume; limit / concurrent-client errors → wait
   ``SF_PUBSUB_LIMIT_BACKOFF_S`` (``/healthz`` reports 503 meanwhile); others → capped
   exponential backoff with jitter.
@@ -222,6 +225,9 @@ class Connector:
         # a stream was opened since the start or the last refused id's gap: a LATEST one
         # opened now skips what was published meanwhile (_subscribe_once)
         self._opened = False
+        # the preset of the stream being consumed: a gap's pass armed by a LATEST one is
+        # bounded by its acceptance (_arm_gap_pass)
+        self._stream_preset: str | None = None
         m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
@@ -304,6 +310,7 @@ class Connector:
             preset, replay_id = self.preset_override or self.settings.replay, None
         sub = self.pubsub.subscribe(preset, replay_id)
         skipped, self._opened = preset == "LATEST" and self._opened, True
+        self._stream_preset = preset
         self._keepalive_candidate = None  # a position of the last stream's: not this one's
         self.health.state, self.health.last_response = "subscribed", time.monotonic()
         # health.refused stays until this stream answers: a refused subscription is refused
@@ -360,8 +367,18 @@ class Connector:
         """The stream after a gap answered, or stayed open ``GAP_ARM_OPEN_S`` unrefused: the
         gap's pass waits from here for the replay to settle, not from a slow start-up, a
         limit wait or a backoff that held the stream (Orders still to be replayed looked
-        stranded)."""
+        stranded).
+
+        A LATEST stream starts where Salesforce handled its first request: later than the
+        gap's time by the gap record's commit (up to its retries on a slow broker) and by
+        any backoff or failed open since. No stream delivered what was published in between,
+        so its pass covers the Orders changed until now (this stream's first answer, or its
+        acceptance), not only until the gap's time. Those changed meanwhile whose events
+        this stream delivered have their requests written before the pass settles: not
+        stranded."""
         at, self._rearm_at = self._rearm_at, None
+        if at is not None and self._stream_preset == "LATEST":
+            at = max(at, time.time())
         self.reconciler.gap_recorded(at=at)
 
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:

@@ -5,12 +5,18 @@ write is retried, and what CONNECTOR_MAX_BATCH bounds."""
 from __future__ import annotations
 
 import queue
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from common.errors import KafkaError, ReplayIdInvalidError, TransactionTimedOutError
+from common.errors import (
+    KafkaError,
+    ReplayIdInvalidError,
+    SalesforceError,
+    TransactionTimedOutError,
+)
 from common.reconcile import Plan
 from common.settings import ConnectorSettings, KafkaSettings
 from connectors import reconciler as rec
@@ -199,3 +205,95 @@ def test_max_batch_ends_a_transaction_but_never_splits_a_response_as_documented(
     doc = next(row[1] for row in all_variables() if row[0] == "CONNECTOR_MAX_BATCH")
     assert "never split" in doc and "up to 99 more" in doc, doc
     assert not doc.startswith("Most events"), doc
+
+
+# -- a LATEST gap's pass covers what was published until the LATEST stream was accepted -----
+
+KEEPALIVE_ANSWER = SimpleNamespace(events=[], latest_replay_id=b"\x09", pending_num_requested=100)
+
+
+class SlowWrites(Writes):
+    """A broker that takes ``delay_s`` to commit each transaction (acks=all, a slow ISR)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def write(self, records: list[Any]) -> None:
+        time.sleep(self.delay_s)
+        super().write(records)
+
+
+class GapPasses:
+    """The reconciler, as the loop sees it: the gap passes it is asked to plan."""
+
+    def __init__(self) -> None:
+        self.armed: list[float | None] = []
+
+    def gap_recorded(self, at: float | None = None) -> None:
+        self.armed.append(at)
+
+    def write_due(self, _write: Any) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("accepted", ["answers", "stays_open"])
+def test_a_latest_gaps_pass_covers_what_was_published_before_the_stream_was_accepted(
+        monkeypatch, accepted):
+    """SF_EVENTS_INVALID_REPLAY=LATEST: the gap record takes 0.2 s to commit, then the
+    LATEST stream opens. An Order approved in between was delivered by no stream (LATEST
+    starts where Salesforce handles the stream's first request); bounded at the gap's
+    detection its pass excluded that Order, left Activating until a periodic pass — for
+    ever with CONNECTOR_RECONCILE_INTERVAL_S=0."""
+    monkeypatch.setattr(source, "GAP_ARM_OPEN_S", 0.3)
+    conn = make(invalid_replay="LATEST")
+    conn.writer = SlowWrites(0.2)  # type: ignore[assignment]
+    passes = conn.reconciler = GapPasses()
+    conn._set_position(REFUSED)
+    detected = time.time()
+    assert conn._replay_invalid(ReplayIdInvalidError(
+        "replay id too old", error_code="replayid.corrupted")) is None
+    opened: list[float] = []
+
+    def subscribe(preset: str, _replay_id: bytes | None) -> FakeSubscription:
+        opened.append(time.time())
+        assert preset == "LATEST"
+        return FakeSubscription([KEEPALIVE_ANSWER] if accepted == "answers" else [])
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    assert conn._subscribe_once(None, time.monotonic() + 1.0) is True
+    assert len(passes.armed) == 1, passes.armed
+    at = passes.armed[0]
+    assert at is not None and at >= opened[0], \
+        f"gap pass bounded at {at - detected:.3f}s after detection, before the LATEST " \
+        f"stream was opened ({opened[0] - detected:.3f}s)"
+
+
+def test_a_latest_gaps_pass_covers_a_failed_open_and_its_backoff(monkeypatch):
+    """After the gap, the first LATEST subscribe fails before any stream exists (a token
+    fetch during a Salesforce login outage); the retry after the backoff opens LATEST.
+    Events published during the backoff were skipped by every stream: the gap's pass must
+    cover the Orders changed until the stream that opened was accepted."""
+    conn = make(invalid_replay="LATEST", backoff_initial_s=0.3, backoff_max_s=0.3)
+    passes = conn.reconciler = GapPasses()
+    monkeypatch.setattr(source, "load_position", lambda *_a, **_kw: REFUSED)
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: None)
+    calls: list[tuple[str, float]] = []
+
+    def subscribe(preset: str, _replay_id: bytes | None) -> FakeSubscription:
+        calls.append((preset, time.time()))
+        if preset == "CUSTOM":
+            raise ReplayIdInvalidError("replay id too old", error_code="replayid.corrupted")
+        if len(calls) == 2:
+            raise SalesforceError("token endpoint unavailable", retryable=True)
+        return FakeSubscription([KEEPALIVE_ANSWER])
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    assert conn.run(timeout_s=1.2) == EXIT_OK
+    assert [p for p, _t in calls] == ["CUSTOM", "LATEST", "LATEST"]
+    writes: Writes = conn.writer  # type: ignore[assignment]
+    gaps = [conn.codec.decode_gap(v, h) for txn in writes.committed
+            for topic, _k, v, h in txn if topic == conn.kafka.replay_gaps]
+    assert [g["error_code"] for g in gaps] == ["replayid.corrupted"]  # one gap, one record
+    assert len(passes.armed) == 1, passes.armed
+    at, opened = passes.armed[0], calls[-1][1]
+    assert at is not None and at >= opened, \
+        f"gap pass bounded {opened - at:.3f}s before the LATEST stream that opened"
