@@ -58,8 +58,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import fastavro
 import httpx
 
+from common.envparse import Secret
 from common.errors import PipelineError
-from common.settings import KafkaSettings, Secret
+from common.settings import KafkaSettings
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SCHEMA_HEADER = "sfprov.schema"

@@ -1,7 +1,7 @@
 """One connection config for every Kafka client: confluent-kafka and faust/aiokafka alike.
 
 :class:`KafkaConnection` holds where the brokers are and how to reach them (TLS, SASL,
-mutual TLS; secrets stay :class:`~common.settings.Secret` until a client is built) and
+mutual TLS; secrets stay :class:`~common.envparse.Secret` until a client is built) and
 renders it for each library, so no client is ever built from the bootstrap servers
 alone::
 
@@ -23,7 +23,8 @@ import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from common.settings import KafkaSettings, Secret
+from common.envparse import Secret
+from common.settings import KafkaSettings
 
 
 @dataclass(frozen=True)

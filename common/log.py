@@ -1,7 +1,7 @@
 """Logging: JSON lines (or text) with process, order id and correlation id.
 
 Pass context with ``extra``: ``log.info("provisioned", extra={"order_id": oid})``. Values
-that look like secrets are never rendered, whatever their shape: :class:`~common.settings.Secret`
+that look like secrets are never rendered, whatever their shape: :class:`~common.envparse.Secret`
 prints as stars, and both formatters mask credentials in the message, in every context
 field (``cause=str(exc)`` included; dicts walked key by key), in tracebacks and stacks:
 PEM keys, bearer tokens, bare Salesforce session ids (``00D…!…``), JWTs, and the value of

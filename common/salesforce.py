@@ -38,13 +38,14 @@ import simple_salesforce
 from requests.adapters import HTTPAdapter
 from simple_salesforce import exceptions as sfexc
 
+from common.envparse import Secret
 from common.errors import (
     PipelineError,
     SalesforceAuthError,
     SalesforceError,
     SalesforceLimitError,
 )
-from common.settings import SalesforceSettings, Secret
+from common.settings import SalesforceSettings
 
 log = logging.getLogger(__name__)
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -17,14 +17,9 @@ from typing import Any
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
 
+from common.envparse import environment, exits_64_on_config_error
 from common.errors import ConfigError, PipelineError
-from common.settings import (
-    KafkaSettings,
-    SinkSettings,
-    WorkerSettings,
-    environment,
-    exits_64_on_config_error,
-)
+from common.settings import KafkaSettings, SinkSettings, WorkerSettings
 
 
 class EnvDefault(str):

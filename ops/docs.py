@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.settings import ROOT, SECTIONS, all_variables
+from common.envparse import ROOT
+from common.settings import SECTIONS, all_variables
 
 SECTION_TITLES = {
     "CommonSettings": "General", "KafkaSettings": "Kafka", "SalesforceSettings": "Salesforce",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.settings import environment, environment_at_import, exits_64_on_config_error
+from common.envparse import environment, environment_at_import, exits_64_on_config_error
 
 if TYPE_CHECKING:
     from common.connection import KafkaConnection

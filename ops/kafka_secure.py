@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from common.connection import KafkaConnection
-from common.settings import Secret
+from common.envparse import Secret
 
 ADMIN = "sfprov-admin"
 PROCESS_USERS = {"connector": "sfprov-connector", "worker": "sfprov-worker",

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.settings import environment
+from common.envparse import environment
 
 PY = sys.executable
 WHMCS_IDENTIFIER, WHMCS_SECRET, WHMCS_ACCESS_KEY = (

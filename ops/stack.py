@@ -30,18 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
-from common.settings import (
+from common.envparse import (
     ROOT,
-    ConnectorSettings,
-    SinkSettings,
-    WorkerSettings,
     environment,
     environment_at_import,
     exits_64_on_config_error,
     parse_bool,
-    setting,
 )
+from common.errors import ConfigError
+from common.settings import ConnectorSettings, SinkSettings, WorkerSettings, setting
 from ops import pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.settings import SinkSettings, WorkerSettings, environment
+from common.envparse import environment
+from common.settings import SinkSettings, WorkerSettings
 
 #: What a child may take after its drain before it is killed: closing its Kafka clients —
 #: the sink's close revokes its partitions, which may flush for up to 10 s more

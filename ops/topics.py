@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.envparse import environment, exits_64_on_config_error
 from common.errors import PipelineError
 from common.kafka import declared_topics, ensure_topics
-from common.settings import KafkaSettings, environment, exits_64_on_config_error
+from common.settings import KafkaSettings
 from ops.kafka_local import local_bootstrap
 from ops.stack import recorded_env
 

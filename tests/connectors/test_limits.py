@@ -21,8 +21,9 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
+from common.envparse import Secret
 from common.salesforce import Token
-from common.settings import ConnectorSettings, Secret
+from common.settings import ConnectorSettings
 from connectors.offsets import EVENT, Position
 from connectors.pubsub import errors as perr
 from connectors.pubsub.client import PubSubClient

@@ -639,7 +639,8 @@ def test_the_channel_pings_as_a_default_grpc_server_allows():
     import subprocess
     import sys
 
-    from common.settings import ROOT, ConnectorSettings
+    from common.envparse import ROOT
+    from common.settings import ConnectorSettings
     from connectors.pubsub.client import channel_options
 
     options = dict(channel_options(ConnectorSettings.load({}).grpc_keepalive_s))

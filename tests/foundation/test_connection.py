@@ -10,8 +10,9 @@ import faust
 import pytest
 
 from common.connection import KafkaConnection, access_error, as_connection, kafka_config
+from common.envparse import Secret
 from common.errors import ConfigError
-from common.settings import KafkaSettings, Secret
+from common.settings import KafkaSettings
 
 SCRAM_FAILED = ("sasl_ssl://127.0.0.1:36809/bootstrap: SASL authentication error: "
                 "Authentication failed during authentication due to invalid credentials with "

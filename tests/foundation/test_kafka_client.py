@@ -19,8 +19,9 @@ from confluent_kafka.admin import AclOperation, AdminClient
 import common.group_describe as gd
 import common.kafka as k
 from common.connection import KafkaConnection, access_error, refusal_message
+from common.envparse import Secret
 from common.errors import KafkaAccessError, KafkaError
-from common.settings import KafkaSettings, Secret
+from common.settings import KafkaSettings
 
 REFUSED_CONNECTION = ("sasl_ssl://127.0.0.1:9096/bootstrap: Connect to ipv4#127.0.0.1:9096 "
                       "failed: Connection refused (after 0ms in state CONNECT)")

@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
+from common.envparse import Secret
 from common.log import redact, scrub, setup_logging
-from common.settings import Secret
 
 SESSION_ID = "00D5g000004XYZA!AQ0AQH8mFakeSessionTokenValue.abc_123"
 WHMCS_SECRET = "wh-s3cret-value"

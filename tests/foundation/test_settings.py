@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from common.envparse import Secret, load_dotenv_file
 from common.errors import ConfigError
 from common.log import setup_logging
 from common.settings import (
@@ -18,11 +19,9 @@ from common.settings import (
     ConnectorSettings,
     KafkaSettings,
     SalesforceSettings,
-    Secret,
     SinkSettings,
     WhmcsSettings,
     WorkerSettings,
-    load_dotenv_file,
 )
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8\n-----END PRIVATE KEY-----\n"
@@ -96,7 +95,7 @@ def test_every_process_exits_64_for_a_key_that_cannot_sign(tmp_path, argv):
     import subprocess
     import sys
 
-    from common.settings import ROOT
+    from common.envparse import ROOT
     from sandbox.salesforce.tlsgen import jwt_keypair
 
     _key, cert = jwt_keypair(tmp_path / "jwt")
@@ -372,8 +371,8 @@ def test_an_env_file_named_but_missing_is_refused(tmp_path, monkeypatch):
     """``SFPROV_ENV_FILE`` pointing nowhere was ignored: `make up` then ran sandbox mode and
     reported healthy instead of the stack the file describes. The default ``.env`` may be
     missing; an empty file (or /dev/null) reads as no settings."""
-    from common import settings as module
-    from common.settings import environment
+    from common import envparse as module
+    from common.envparse import environment
 
     missing = tmp_path / "missing.env"
     monkeypatch.setenv("SFPROV_ENV_FILE", str(missing))
@@ -397,7 +396,7 @@ def test_an_env_file_that_cannot_be_read_is_a_config_error(tmp_path, monkeypatch
     """A Latin-1 (or unreadable) .env raised UnicodeDecodeError (PermissionError) through
     start-up: a traceback, exit 1, restarted for ever. Now one line naming the file, without
     the value that would not decode."""
-    from common import settings as module
+    from common import envparse as module
 
     monkeypatch.setattr(module, "HOME", tmp_path)
     path = tmp_path / ".env"
@@ -425,7 +424,7 @@ def test_a_process_exits_64_for_a_missing_env_file(tmp_path):
     import subprocess
     import sys
 
-    from common.settings import ROOT
+    from common.envparse import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SF_", "SINK_", "KAFKA_"))}
     env.update({"SFPROV_ENV_FILE": str(tmp_path / "prod.env"), "PYTHONPATH": str(ROOT)})
@@ -444,7 +443,7 @@ def test_the_operator_tools_say_a_missing_env_file_in_one_line(tmp_path, command
     import subprocess
     import sys
 
-    from common.settings import ROOT
+    from common.envparse import ROOT
 
     env = {k: v for k, v in os.environ.items() if k != "SFPROV_STATE_DIR"}
     env.update({"SFPROV_ENV_FILE": str(tmp_path / "prod.env"), "PYTHONPATH": str(ROOT)})
@@ -630,7 +629,7 @@ def test_the_worker_reads_its_faust_log_level_from_the_env_file(tmp_path):
     import subprocess
     import sys
 
-    from common.settings import ROOT
+    from common.envparse import ROOT
 
     env_file = tmp_path / "worker.env"
     env_file.write_text("WORKER_FAUST_LOG_LEVEL=VERBOSE\n")
@@ -652,7 +651,7 @@ def test_the_worker_reads_its_faust_log_level_from_the_env_file(tmp_path):
 def test_a_quoted_value_ending_in_a_backslash_loses_its_quotes(tmp_path, raw, value):
     """``WHMCS_API_SECRET='s3cr3t\\'`` kept its quotes (the closing quote read as escaped):
     the secret sent was wrong."""
-    from common.settings import load_dotenv_file
+    from common.envparse import load_dotenv_file
 
     path = tmp_path / ".env"
     path.write_text(f"A={raw}\n")

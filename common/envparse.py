@@ -1,0 +1,298 @@
+"""How a raw environment string becomes a settings value: the parsing layer of
+:mod:`common.settings`.
+
+:func:`env` declares a section's field (its variable, parser, doc, whether it is secret or
+required) and :func:`read_field` reads it from a mapping: unset or empty is the default (or
+a :class:`~common.errors.ConfigError` when required), a value its parser refuses is a
+ConfigError naming the variable. The ``parse_*`` functions and :func:`choice` are those
+parsers; :class:`Secret` holds a value that never prints. The values come from
+:func:`environment`: the process environment over the ``.env`` file
+(:func:`load_dotenv_file`, read as docker compose reads it). :func:`exits_64_on_config_error`
+makes a bad setting one line and exit 64 in an operator tool.
+
+Only the standard library: the Makefile reads the state directory through
+``common.settings`` before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import ipaddress
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from common.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+# where .env and .state are looked for by default: the checkout when running from one, the
+# working directory when installed from the wheel (ROOT is site-packages then)
+HOME = ROOT if (ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+#: Kafka's rule for a topic name (kafka.common.internals.Topic): these characters, at most
+#: 249 of them, and neither "." nor ".."
+TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+TOPIC_MAX_LENGTH = 249
+
+
+class Secret:
+    """A value that never prints. Call :meth:`reveal` where the value is really needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> Any:  # pickling would leak it into files and queues
+        raise TypeError("Secret values are not picklable")
+
+
+_REQUIRED: Any = object()
+
+
+def env(name: str, default: Any = _REQUIRED, *, parse: Callable[[str], Any] = str,
+        doc: str = "", secret: bool = False) -> Any:
+    """Declare a settings field read from environment variable ``name``."""
+    meta = {"env": name, "parse": parse, "doc": doc, "secret": secret,
+            "required": default is _REQUIRED}
+    if default is _REQUIRED:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+UNSET: Any = object()
+
+
+def read_field(f: dataclasses.Field[Any], src: Mapping[str, str]) -> Any:
+    """Field ``f`` parsed from ``src``; ``UNSET`` when not set (its default applies)."""
+    meta = f.metadata
+    name = meta["env"]
+    raw = src.get(name)
+    if raw is None or raw == "":
+        if meta["required"]:
+            raise ConfigError(f"{name}: required setting is not set ({meta['doc']})")
+        return UNSET
+    try:
+        parsed = meta["parse"](raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}: invalid value: {exc}") from None
+    return Secret(parsed) if meta["secret"] else parsed
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
+
+
+def parse_positive_float(raw: str) -> float:
+    """A duration that must pass (a timeout, a backoff): 0 would spin or never wait."""
+    value = parse_float(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return value
+
+
+def parse_non_negative_float(raw: str) -> float:
+    value = parse_float(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {raw!r}")
+    return value
+
+
+def parse_port(raw: str) -> int:
+    """A TCP port to listen on, 0-65535 (0: off, where the setting says so)."""
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"expected a port from 0 to 65535, got {raw.strip()!r}")
+    return value
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_host_port(raw: str) -> str:
+    """A gRPC target ``host:port`` (an IPv6 address in brackets: ``[::1]:7443``). With a
+    scheme (``https://host:7443``) gRPC looked the whole string up as a name: UNAVAILABLE,
+    retried for ever."""
+    value = raw.strip()
+    match = _HOST_PORT.fullmatch(value)
+    valid = match is not None and 1 <= int(match["port"]) <= 65535
+    if valid and match is not None and match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ValueError(f"expected host:port (no scheme; port 1-65535; IPv6 as "
+                         f"[::1]:7443), got {value!r}")
+    return value
+
+
+def parse_http_url(raw: str) -> str:
+    """An ``http(s)://host[...]`` URL: without its scheme, ``host/path`` parses as a path
+    (httpx: ``UnsupportedProtocol``; the registry: credentials read as a scheme)."""
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}"
+                         if "@" not in value else "expected an http:// or https:// URL with "
+                         "a host (value not shown: it holds credentials)")
+    return value
+
+
+def parse_base64_key(raw: str) -> str:
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a config error
+        raise ValueError("not valid base64 of a PEM private key") from exc
+
+
+def hide_userinfo(url: str) -> str:
+    """``url`` with the credentials of its authority (``https://KEY:SECRET@host``) shown as
+    ``***``: for a repr, never for use."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return value
+    return parse
+
+
+# a quoted value, up to its closing quote, then maybe a comment:
+# single quotes take no escapes; in double quotes a backslash escapes the next character
+# (a value ending in an escaped backslash still ends at its quote)
+_QUOTED = re.compile(r"""(?:'([^']*)'|"((?:[^"\\]|\\.)*)")\s*(?:#.*)?""")
+
+
+def _dotenv_value(raw: str) -> str:
+    """A value as docker compose (compose-go's dotenv) reads the same line, without its
+    interpolation and escapes: a quoted one ends at its closing quote (``"s3cr#t" # prod`` is
+    ``s3cr#t``); in an unquoted one `` #`` starts a comment (``staging. # per env`` is
+    ``staging.``; ``abc#def`` stays)."""
+    value = raw.strip()
+    quoted = _QUOTED.fullmatch(value)
+    if quoted is not None:
+        return quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]  # quoted whole, as read before comments were
+    return value.partition(" #")[0].rstrip()
+
+
+def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines of a .env file (no interpolation; quotes stripped; inline
+    comments as docker compose reads them).
+
+    Without ``path``: ``SFPROV_ENV_FILE`` when set — it must name a readable file (an empty
+    one, or /dev/null, for no settings): ignoring a file named on purpose ran another stack
+    (sandbox mode) than the one it describes — else the checkout's ``.env``, which may be
+    missing. A file that cannot be read or is not UTF-8 is a :class:`ConfigError` naming it
+    (one line, exit 64 in a process; never the content that did not decode)."""
+    named = os.environ.get("SFPROV_ENV_FILE", "") if path is None else ""
+    path = path or (Path(named) if named else HOME / ".env")
+    label = "SFPROV_ENV_FILE" if named else ".env"
+    values: dict[str, str] = {}
+    if not named and not path.exists():
+        return values
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{label}: {path} is not UTF-8 text (line {line_no}): save it as "
+                          "UTF-8") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        values[key] = _dotenv_value(value)
+    return values
+
+
+def environment() -> dict[str, str]:
+    """The process environment over the .env file (the environment wins)."""
+    merged = load_dotenv_file()
+    merged.update(os.environ)
+    return merged
+
+
+def environment_at_import() -> dict[str, str]:
+    """:func:`environment` for a module's constants (the operator tools' state directory):
+    the process environment alone when the env file cannot be read — importing must not
+    fail; the command that reads the settings next reports it in one line
+    (:func:`exits_64_on_config_error`)."""
+    try:
+        return environment()
+    except ConfigError:
+        return dict(os.environ)
+
+
+def exits_64_on_config_error(main: Callable[..., int]) -> Callable[..., int]:
+    """An operator tool's ``main``: a bad setting or env file is one line on stderr
+    (``error: VAR: …``) and exit 64, never a traceback."""
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 64
+    return wrapped
