@@ -3,7 +3,8 @@
 Starts a local Kafka broker, the Salesforce and WHMCS sandboxes and ``python -m streams
 worker`` as subprocesses, waits until the worker owns its partitions, then writes N request
 events at once (as the connector would: key = Order id, murmur2_random) and reads the
-outcomes. Prints:
+outcomes. Exits 1 when fewer outcomes than events arrived (a timeout, or the worker died).
+Prints:
 
 * orders/s — N / (last outcome's ``completed_at`` − burst start);
 * p50/p99 processing latency — ``completed_at`` − the event's ``CreatedDate`` (the burst's
@@ -100,10 +101,15 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, sf, wh) -> int:
         produce(bootstrap, kafka.requests, events)
         reader.poll_until(lambda r: len(r) >= len(events), timeout=600,
                           alive=lambda: proc.poll() is None)
+        got = outcomes(reader.records)
+        if len(got) < len(events):  # timed out, or the worker died: no figures over a part
+            state = "alive" if proc.poll() is None else f"exited with {proc.returncode}"
+            print(f"FAILED: {len(got)} outcomes of {len(events)} events (the worker "
+                  f"{state}); see {log}")
+            return 1
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
                                                    timeout=5).read())
         sf_after = sf.counters()
-    got = outcomes(reader.records)
     statuses = {s: sum(1 for o in got if o["status"] == s) for s in {o["status"] for o in got}}
     done = max(o["completed_at"].timestamp() for o in got)
     latency = [(o["completed_at"] - o["requested_at"]).total_seconds() for o in got]

@@ -2,7 +2,8 @@
 
 ``CpuMeter({"worker": pid, ...}).start()`` … ``.stop()`` → seconds of CPU each process spent
 in between. A process that restarts in between (a new pid under the same name) is followed:
-call :meth:`CpuMeter.track` with its new pid; its CPU counts from its start. Children are
+call :meth:`CpuMeter.track` with its new pid once it is ready; its CPU counts from then (what
+it spent starting is returned, to be reported apart). Children are
 included only once they have been reaped (``cutime``/``cstime``), so name every process you
 care about.
 """
@@ -36,11 +37,15 @@ class CpuMeter:
             self._start[(name, pid)] = cpu_seconds(pid) or 0.0
         return self
 
-    def track(self, name: str, pid: int) -> None:
-        """``name`` runs as ``pid`` from now on (a restart): counted from zero."""
+    def track(self, name: str, pid: int) -> float | None:
+        """``name`` runs as ``pid`` from now on (a restart), counted from its CPU now: call it
+        once the process is ready, so its interpreter start-up, imports and the like are
+        not counted. Returns the CPU seconds it spent until now (None: it is gone)."""
         self.sample()
         self._pids[name] = pid
-        self._start.setdefault((name, pid), 0.0)
+        now = cpu_seconds(pid)
+        self._start.setdefault((name, pid), now or 0.0)
+        return now
 
     def sample(self) -> None:
         """Remember the latest reading of every process (one that exits keeps its last)."""

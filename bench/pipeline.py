@@ -6,16 +6,21 @@ broker. Phases, in order:
 1. **burst** — 1,000 Orders approved at once: Salesforce API calls and WHMCS calls per order
    (from the sandboxes' counters; API calls = REST requests counted against the daily limit).
 2. **sustained** — ``--sustained`` Orders approved at once: orders/s from the first approval
-   to the last Salesforce write-back.
+   to the last Salesforce write-back (the first event's CreatedDate to the last Order's
+   LastModifiedDate, both on the Salesforce clock — not when the wait's poll saw them).
 3. **steady** — ``--steady-rate`` Orders/s for ``--steady-seconds``: latency from approval
    (the event's CreatedDate) to the write-back (the Order's LastModifiedDate), both on the
    Salesforce clock; p50/p95/p99 and a plot over time.
 4. **backlog** — worker stopped, ``--backlog`` events queued in the requests topic, worker
    started: outcomes/s until the backlog is drained.
    The CPU (user + system, from ``/proc``) every process spends from the approvals to the
-   last write-back, per Order: connector, worker, sink, both sandboxes, the broker.
+   last write-back, per Order: connector, worker, sink, both sandboxes, the broker. The
+   restarted worker's counts from its first outcome, over the Orders finished after it: its
+   start-up CPU (interpreter, imports, RocksDB, group join, table recovery) is reported apart.
 5. **the WHMCS sandbox alone** — ``AddOrder`` + ``AcceptOrder`` pairs/s driven straight into
-   it: the bound for a pipeline that must make two WHMCS calls per Order; the backlog rate as
+   it, each ``AddOrder`` what the worker sends for a seeded Order (the seed's order shapes
+   through the pipeline's mapping, in turn: services, add-ons, config options, a marker):
+   the bound for a pipeline that must make two WHMCS calls per Order; the backlog rate as
    a ratio of it. The share of a core the sandbox used meanwhile is printed beside it: the
    driver is the worker's ``WhmcsClient`` on the same two cores, and while that client cost
    more than the server (before the worker's own HTTP transport) the sandbox sat partly idle
@@ -24,15 +29,17 @@ broker. Phases, in order:
    sandboxes, at 0 and 150 ms per WHMCS call: Orders/s, Salesforce and WHMCS calls per Order,
    duplicates after one SIGKILL mid-run.
 
-Peak RSS (VmHWM) of the connector, worker and sink is read at the end. Writes
-``bench/results/bench.json`` and ``bench/results/bench.png`` and prints a table.
+Peak RSS (VmHWM) of the connector, worker and sink over phases 1–4: read before the worker
+is stopped for the backlog and after the backlog, the larger of the two per process (the
+restarted worker's VmHWM starts again). A process without a reading (gone, a zombie) is
+shown as null and the run exits 1. Writes ``bench/results/bench.json`` and
+``bench/results/bench.png`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import statistics
 import sys
@@ -44,7 +51,15 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.cpu import CpuMeter
-from bench.harness import FINAL_STATES, Pipeline
+from bench.harness import (
+    PhaseIncomplete,
+    Pipeline,
+    _all_settled,
+    _sf_ms,  # noqa: F401 - bench.stages imports it from here
+    approvals_ms,
+    settle_span_s,
+    write_backs_ms,
+)
 from bench.side_by_side import compare, cpu_pids, table, whmcs_pairs_per_s
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,10 +67,6 @@ TARGETS = {"sf_api_calls_per_order": ("<=", 0.03), "whmcs_calls_per_order": ("<=
            "latency_ms_p99": ("<", 300.0), "backlog_orders_per_s": (">=", 1000.0),
            "whmcs_bound_ratio": (">=", 0.5), "pipeline_cpu_ms_per_order": ("<=", 0.5),
            "pipeline_to_whmcs_sandbox_cpu": ("<=", 1.5), "rss_mb_max": ("<=", 200.0)}
-
-
-def _sf_ms(value: str) -> float:
-    return dt.datetime.fromisoformat(value.replace("+0000", "+00:00")).timestamp() * 1000
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -89,16 +100,6 @@ class _OutcomeCounter:
         self.consumer.close()
 
 
-class PhaseIncomplete(RuntimeError):
-    """A phase that did not finish in its time: its figures would measure part of the work."""
-
-
-def _all_settled(phase: str, ids: list[str], rows: dict[str, dict[str, Any]]) -> None:
-    done = sum(1 for oid in ids if rows.get(oid, {}).get("Activation_Status__c") in FINAL_STATES)
-    if done < len(ids):
-        raise PhaseIncomplete(f"{phase}: {done} of {len(ids)} Orders settled in time")
-
-
 def _requests_end(c: Consumer, topic: str) -> int:
     """The sum of the requests topic's end offsets (events and transaction markers)."""
     md = c.list_topics(topic, timeout=10)
@@ -110,11 +111,12 @@ def phase_burst(p: Pipeline, n: int) -> dict[str, Any]:
     sf0, wh0 = p.sf.counters(), p.whmcs.counters()
     ids = p.sf.approve(n)
     n = len(ids)
-    t0 = time.monotonic()
     rows = p.wait_settled(ids, timeout=600, poll=0.5)
-    elapsed = time.monotonic() - t0
     _all_settled("burst", ids, rows)
     sf1, wh1 = p.sf.counters(), p.whmcs.counters()
+    # the first approval to the last write-back, on the Salesforce clock: not when the
+    # wait's 0.5-s poll first saw them all (that quantized the rate to its steps)
+    elapsed, _written = settle_span_s(p, ids, "burst")
     wh_calls = sum(wh1["calls"].values()) - sum(wh0["calls"].values())
     sf_calls = sf1["api_used"] - sf0["api_used"]
     ok = sum(1 for r in rows.values() if r.get("Activation_Status__c") == "Provisioned")
@@ -134,13 +136,10 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
         time.sleep(tick)
     rows = p.wait_settled(ids, timeout=300, poll=1)
     _all_settled("steady", ids, rows)
-    created: dict[str, float] = {}
-    for r in p.records(p.kafka.requests, "provision_request"):
-        if r.key in rows:
-            created[r.key] = r.value["CreatedDate"].timestamp() * 1000
-    detail = p.sf_orders_fields(ids, "LastModifiedDate")
-    points = sorted((created[oid], _sf_ms(detail[oid]["LastModifiedDate"]) - created[oid])
-                    for oid in ids if oid in created and oid in detail)
+    created = approvals_ms(p, ids)
+    written = write_backs_ms(p, ids)
+    points = sorted((created[oid], written[oid] - created[oid])
+                    for oid in ids if oid in created and oid in written)
     lat = [ms for _, ms in points]
     return {"orders": len(ids), "rate": rate, "points": points,
             "p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
@@ -148,6 +147,9 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
 
 
 def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
+    # the worker of the earlier phases: its peak RSS ends with it (the restarted one's
+    # VmHWM starts again), so it is read now and kept (``rss_mb_before_restart``)
+    rss_before = peak_rss_mb(p)
     p.stop("worker")
     counter = _OutcomeCounter(p)
     before = counter.count()
@@ -173,12 +175,20 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     c.close()
     t0 = time.monotonic()
     p.start("worker")
-    meter.track("worker", p.procs["worker"].pid)
+    worker_pid = p.procs["worker"].pid
     target = before + n
     samples = []
+    # The worker's CPU counts from its first outcome: its start-up (interpreter, imports,
+    # RocksDB, group join, table recovery) is reported apart, as the drain rate's is, and
+    # its CPU per Order is over the Orders it finished after that.
+    startup_cpu: float | None = None
+    done_at_track: int | None = None
     while time.monotonic() - t0 < 900:
         count = counter.count()
         samples.append((time.monotonic() - t0, count - before))
+        if done_at_track is None and count > before:
+            startup_cpu = meter.track("worker", worker_pid)
+            done_at_track = count - before
         if count >= target:
             break
         time.sleep(0.25)
@@ -193,22 +203,41 @@ def phase_backlog(p: Pipeline, n: int) -> dict[str, Any]:
     # (process, group join, table recovery) is reported apart, not averaged into it.
     first = next(((t, c) for t, c in samples if c > 0), (elapsed, 0))
     drain_s = max(1e-9, elapsed - first[0])
+    per_order = {k: 1000 * v / n for k, v in cpu.items()}
+    after = n - (done_at_track or 0)
+    if "worker" in cpu and after > 0:
+        per_order["worker"] = 1000 * cpu["worker"] / after
+    elif "worker" in cpu:  # every outcome was there at the first look: nothing to separate
+        per_order["worker"] = 1000 * (cpu["worker"] + (startup_cpu or 0.0)) / n
     return {"orders": n, "seconds": elapsed, "startup_s": first[0],
             "orders_per_s": (n - first[1]) / drain_s if n > first[1] else n / elapsed,
             "orders_per_s_with_startup": n / elapsed, "samples": samples,
-            "cpu_ms_per_order": {k: 1000 * v / n for k, v in cpu.items()}}
+            "cpu_ms_per_order": per_order, "worker_startup_cpu_s": startup_cpu,
+            "rss_mb_before_restart": rss_before}
 
 
-def peak_rss_mb(p: Pipeline) -> dict[str, float]:
-    out = {}
+def _vm_hwm_mb(pid: int) -> float | None:
+    """``pid``'s peak RSS (VmHWM) in MB; None when it is gone or a zombie (no VmHWM)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def peak_rss_mb(p: Pipeline, earlier: dict[str, float | None] | None = None
+                ) -> dict[str, float | None]:
+    """Peak RSS (VmHWM, MB) of each of the pipeline's processes: the larger of its reading
+    now and ``earlier``'s (taken before a restart: a restarted process's VmHWM starts
+    again). None: a process with no reading at all (gone or a zombie) — not left out, so
+    the figures cannot read as a maximum over every process when one is missing."""
+    out: dict[str, float | None] = dict(earlier or {})
     for name, proc in p.procs.items():
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                out[name] = int(line.split()[1]) / 1024
+        readings = [v for v in (out.get(name), _vm_hwm_mb(proc.pid)) if v is not None]
+        out[name] = max(readings) if readings else None
     return out
 
 
@@ -289,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             steady = phase_steady(p, args.steady_rate, args.steady_seconds)
             print("phase 4/6: backlog (CPU per Order of every process)", flush=True)
             backlog = phase_backlog(p, args.backlog)
-            rss = peak_rss_mb(p)
+            rss = peak_rss_mb(p, backlog["rss_mb_before_restart"])
             gate = worker_metrics(p)
             print("phase 5/6: the WHMCS sandbox alone (AddOrder+AcceptOrder pairs/s)",
                   flush=True)
@@ -309,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         "backlog_orders_per_s": round(backlog["orders_per_s"], 1),
         "backlog_orders_per_s_with_startup": round(backlog["orders_per_s_with_startup"], 1),
         "backlog_worker_startup_s": round(backlog["startup_s"], 1),
+        # the restarted worker's CPU until its first outcome: not in its CPU per Order
+        "backlog_worker_startup_cpu_s": None if backlog["worker_startup_cpu_s"] is None
+        else round(backlog["worker_startup_cpu_s"], 2),
         "sf_api_calls_per_order": round(burst["sf_api_calls"] / burst["orders"], 4),
         "whmcs_calls_per_order": round(burst["whmcs_calls"] / burst["orders"], 3),
         "cpu_ms_per_order": {k: round(v, 3) for k, v in cpu.items()},
@@ -327,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         # the same figure whether or not the driver bound the pairs/s
         "whmcs_capacity_ratio": round(backlog["orders_per_s"] * pairs["sandbox_cpu_ms_per_pair"]
                                       / 1000, 3),
-        "rss_mb_max": round(max(rss.values()), 1) if rss else None,
-        "rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        # None when a process has no reading: a max over the others would pass for all
+        "rss_mb_max": round(max(v for v in rss.values() if v is not None), 1)
+        if rss and None not in rss.values() else None,
+        "rss_mb": {k: None if v is None else round(v, 1) for k, v in rss.items()},
         "commit_checks": int(gate.get("sfprov_worker_commit_check_seconds_count", 0)),
         "commit_check_ms_mean": round(
             1000 * gate.get("sfprov_worker_commit_check_seconds_sum", 0.0)
@@ -346,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     plot(steady, backlog, args.out / "bench.png")
     print_table(result)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    unread = sorted(k for k, v in rss.items() if v is None)
+    if unread:
+        print(f"bench: FAILED: no peak RSS reading of {', '.join(unread)} (gone or a zombie "
+              "when read): rss_mb_max is not the peak of every process", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -359,6 +398,8 @@ def print_table(r: dict[str, Any]) -> None:
              ">= 1000"),
             ("  … including the worker's start-up (s)",
              f"{r['backlog_orders_per_s_with_startup']} ({r['backlog_worker_startup_s']} s)", ""),
+            ("  … the worker's start-up CPU (s), not in its CPU per Order",
+             r.get("backlog_worker_startup_cpu_s", ""), ""),
             ("WHMCS sandbox alone: AddOrder+AcceptOrder pairs/s", r["whmcs_sandbox_pairs_per_s"],
              ""),
             ("  … the share of its core it used (below ~0.85: the driver bound it)",

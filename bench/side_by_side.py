@@ -2,9 +2,11 @@
 
 * :func:`whmcs_pairs_per_s` — the WHMCS sandbox's own ``AddOrder`` + ``AcceptOrder`` pairs per
   second, driven directly (``WORKER_WHMCS_PARALLELISM`` calls in flight, nothing else
-  running): the bound for any pipeline that must make two WHMCS calls per Order;
+  running), each ``AddOrder`` the one the worker makes of a seeded Order
+  (:func:`pair_params`): the bound for any pipeline that must make two WHMCS calls per Order;
 * :func:`compare` — the pipeline against the seed's design (``bench/baseline.py``) on the same
-  sandboxes, at zero WHMCS latency and at 150 ms per call: Orders/s, Salesforce and WHMCS
+  sandboxes, at zero WHMCS latency and at 150 ms per call: Orders/s (from the first
+  approval to the last write-back, on the Salesforce clock), Salesforce and WHMCS
   calls per Order, and duplicate WHMCS orders after one SIGKILL mid-run. The kill is
   triggered by WHMCS progress (half of the run's ``AddOrder`` calls made) and the table says
   where it landed; a restarted worker's recovery and first sweep are waited out before the
@@ -21,21 +23,55 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
-from bench.harness import ROOT, Pipeline
+from bench.harness import ROOT, Pipeline, _all_settled, settle_span_s
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
+
+PAIR_CLIENT_IDS = tuple(1000 + i for i in range(10, 60))  # seeded WHMCS clients
+
+
+def pair_params(pairs: int, *, payment_method: str = "mailin", no_invoice: bool = False,
+                no_email: bool = True, run: str | None = None) -> list[dict[str, Any]]:
+    """``AddOrder`` parameters of the standalone pairs: what the worker sends for the seed's
+    Orders — the pipeline's own mapping (:func:`streams.mapping.map_order`) of the guard
+    query's record of an Order of each of ``sandbox.seed.ORDER_SHAPES`` in turn (1.8
+    services, 0.6 add-ons a pair, config options), each with a marker of its own (an
+    18-character id unique to this ``run``, which no approved Order has). A pair of one
+    product without add-ons cost the sandbox ~40 % less CPU than the pipeline's Orders."""
+    from sandbox.seed import ORDER_SHAPES, catalog_item
+    from streams.mapping import map_order
+
+    tag = (run or uuid.uuid4().hex)[:4]
+    out = []
+    for i in range(pairs):
+        items = [catalog_item(code) for code in ORDER_SHAPES[i % len(ORDER_SHAPES)]]
+        order = {"Id": f"801P{tag}{i:010d}",
+                 "Account": {"WH_Account__c": str(PAIR_CLIENT_IDS[i % len(PAIR_CLIENT_IDS)])},
+                 "OrderItems": {"records": [
+                     {"Id": f"802P{tag}{i:08d}{k:02d}", "Quantity": 1, "Product2": {
+                         "Name": item.name, "Item_Class__c": item.item_class,
+                         "WHMCS_Product_Id__c": str(item.whmcs_id),
+                         "Billing_Cycle__c": item.billing_cycle,
+                         "Portal_ConfigOptions_JSON__c": item.config_options_json}}
+                     for k, item in enumerate(items)]}}
+        out.append(map_order(order, idem_key=f"bench-pair-{i}", payment_method=payment_method,
+                             no_invoice=no_invoice, no_email=no_email).params())
+    return out
 
 
 def whmcs_pairs_per_s(p: Pipeline, pairs: int = 3000, parallelism: int = 16) -> dict[str, Any]:
     """AddOrder+AcceptOrder pairs/s of the WHMCS sandbox alone, its CPU per pair, and the
     driver's: the worker's ``WhmcsClient`` on the worker's loop making the same two calls, the
-    part of the worker's CPU per Order that no change outside the client can remove."""
+    part of the worker's CPU per Order that no change outside the client can remove. Each
+    ``AddOrder`` is one the worker makes of a seeded Order (:func:`pair_params`)."""
     from bench.cpu import CpuMeter
 
     settings = WhmcsSettings.load(p.whmcs.env())
-    client_ids = [1000 + i for i in range(10, 60)]
+    orders = pair_params(pairs, payment_method=settings.payment_method,
+                         no_invoice=settings.no_invoice, no_email=settings.no_email)
 
     async def drive() -> float:
         async with WhmcsClient(settings) as client:
@@ -43,10 +79,7 @@ def whmcs_pairs_per_s(p: Pipeline, pairs: int = 3000, parallelism: int = 16) -> 
 
             async def one(i: int) -> None:
                 async with slots:
-                    made = await client.add_order({
-                        "clientid": client_ids[i % len(client_ids)],
-                        "paymentmethod": "mailin", "pid": [4], "billingcycle": ["annually"],
-                        "qty": [1], "noemail": True, "notes": f"bench-pair-{i}"})
+                    made = await client.add_order(orders[i])
                     await client.accept_order(made.order_id)
             t0 = time.monotonic()
             await asyncio.gather(*(one(i) for i in range(pairs)))
@@ -75,24 +108,28 @@ def _counters(p: Pipeline) -> tuple[int, int]:
 
 
 def _kill_midway(p: Pipeline, n: int, kill: Any, restart: Any,
-                 at: dict[str, int]) -> threading.Thread:
+                 at: dict[str, Any]) -> threading.Thread:
     """SIGKILL once the run has made half of its ``n`` ``AddOrder`` calls, then restart (in a
     thread). It watches WHMCS, not the write-backs: at zero latency the pipeline settles a few
     hundred Orders within one poll of Salesforce, and a kill triggered by write-backs would
-    land after the run. ``at["add_orders"]``: the run's ``AddOrder`` calls when it landed."""
+    land after the run. ``at["add_orders"]``: the run's ``AddOrder`` calls when it landed;
+    ``at["error"]``: what the thread raised (a restart that failed), for the caller to raise."""
     start = p.whmcs.calls().get("AddOrder", 0)
 
     def run() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            made = p.whmcs.calls().get("AddOrder", 0) - start
-            if made >= n // 2:
-                kill()
-                at["add_orders"] = p.whmcs.calls().get("AddOrder", 0) - start
-                time.sleep(1.0)
-                restart()
-                return
-            time.sleep(0.005)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                made = p.whmcs.calls().get("AddOrder", 0) - start
+                if made >= n // 2:
+                    kill()
+                    at["add_orders"] = p.whmcs.calls().get("AddOrder", 0) - start
+                    time.sleep(1.0)
+                    restart()
+                    return
+                time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            at["error"] = exc
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -128,25 +165,35 @@ def _settled_worker(p: Pipeline, *, below: float = 0.05, timeout: float = 300.0)
 def _run(p: Pipeline, n: int, latency_ms: int, kill: Any = None, restart: Any = None,
          settle_s: float = 900) -> dict[str, Any]:
     """Approve ``n`` Orders and wait (at most ``settle_s``) for every write-back; with
-    ``kill``, SIGKILL midway. ``missing``: Orders never written back."""
+    ``kill``, SIGKILL midway (a restart that fails raises here). Without one, a run that
+    does not finish raises PhaseIncomplete: its figures would measure part of the work.
+    ``orders_per_s``: Orders written back per second from the first approval to the last
+    write-back, both on the Salesforce clock (:func:`bench.harness.settle_span_s`).
+    ``missing``: Orders never written back."""
     _latency(p, latency_ms)
     sf0, wh0 = _counters(p)
-    at: dict[str, int] = {}
+    at: dict[str, Any] = {}
     killer = _kill_midway(p, n, kill, restart, at) if kill else None
     ids = p.sf.approve(n)
     t0 = time.monotonic()
     try:
         rows = p.wait_settled(ids, timeout=settle_s, poll=0.5)
-        elapsed = time.monotonic() - t0
         if killer is not None:
             killer.join(120)
-            rows = p.wait_settled(ids, timeout=max(0.0, settle_s - elapsed), poll=0.5)
+            rows = p.wait_settled(ids, timeout=max(0.0, settle_s - (time.monotonic() - t0)),
+                                  poll=0.5)
     finally:
         p.whmcs.clear_faults()
+    if "error" in at:
+        raise at["error"]
+    if kill is None:
+        _all_settled(f"side by side, {latency_ms} ms per WHMCS call", ids, rows)
     sf1, wh1 = _counters(p)
     missing = sum(1 for oid in ids if rows.get(oid, {}).get("Activation_Status__c")
                   not in ("Provisioned", "Failed"))
-    return {"orders": n, "orders_per_s": n / elapsed, "sf_calls_per_order": (sf1 - sf0) / n,
+    seconds, written = settle_span_s(p, ids, f"side by side, {latency_ms} ms")
+    return {"orders": n, "orders_per_s": written / seconds if seconds > 0 else 0.0,
+            "seconds": seconds, "sf_calls_per_order": (sf1 - sf0) / n,
             "whmcs_calls_per_order": (wh1 - wh0) / n,
             "duplicates": p.invariants(ids)["duplicates"], "missing": missing,
             "add_orders_at_kill": at.get("add_orders")}
