@@ -546,6 +546,7 @@ class Sink:
         m.COMMITS.inc()
 
     def _pause_changed(self, paused: bool) -> None:
+        # what is assigned now; partitions that come later or go are set by the callbacks
         if self._assigned:
             (self.consumer.pause if paused else self.consumer.resume)(self._assigned)
 
@@ -556,8 +557,11 @@ class Sink:
         self._assigned = list(partitions)
         self._owned = {p.partition for p in partitions}
         self._rebalances += 1
-        if self.pauses.paused and partitions:
-            consumer.pause(partitions)
+        if partitions:
+            # both ways: librdkafka keeps a partition's pause flag across revoke and assign
+            # (librdkafka #1849, #5111); paused under an earlier assignment and not resumed,
+            # it would come back paused for good (nothing fetched, nothing shown)
+            (consumer.pause if self.pauses.paused else consumer.resume)(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -568,12 +572,18 @@ class Sink:
             if not self.batcher.ready(now) or self.pauses.blocked(now) or not self._flush(now):
                 break
         self._commit(force=True)
-        self._forget(partitions)
+        self._forget(consumer, partitions)
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget(partitions)
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(consumer, partitions)
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Drop what is held for ``partitions``, which leave, and resume them: a pause must
+        not outlive the assignment it was made for (see ``_on_assign``). Resuming a partition
+        still assigned until the callback returns is harmless: nothing is polled meanwhile,
+        and ``_handle`` leaves a message of a partition not owned to its owner."""
+        if partitions:
+            consumer.resume(partitions)
         lost = {p.partition for p in partitions}
         self.ops.forget(lost)  # their trace spans end, marked revoked
         self.batcher.forget(lost)
