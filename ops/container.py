@@ -41,7 +41,21 @@ def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
             and not env.get(name[len(SANDBOX_PREFIX):])}
 
 
+def _sandbox_hint(env: dict[str, str]) -> str | None:
+    """Why a process in sandbox mode refused its settings when the sandboxes are not there:
+    plain ``docker compose up`` (no ``--profile sandbox``) without ``SF_CLIENT_ID`` applies
+    the sandboxes' credentials, whose key file only the Salesforce sandbox writes."""
+    key = env.get("SF_PRIVATE_KEY_PATH", "")
+    if env.get("SF_CLIENT_ID") or not env.get(f"{SANDBOX_PREFIX}SF_PRIVATE_KEY_PATH") \
+            or not key or Path(key).exists():
+        return None
+    return ("sandbox mode (SF_CLIENT_ID is not set) but the sandboxes are not running (no "
+            f"{key}): start them with `docker compose --profile sandbox up`, or set "
+            "SF_CLIENT_ID and the real credentials (README, docker-compose)")
+
+
 def run(name: str, args: list[str]) -> int:
+    from common.process import EXIT_CONFIG
     from ops.stack import FINAL_EXIT_CODES
 
     env = dict(os.environ)
@@ -54,6 +68,9 @@ def run(name: str, args: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = proc.wait()
+    hint = _sandbox_hint(env) if code == EXIT_CONFIG else None
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
     if code in FINAL_EXIT_CODES.get(name, []):
         print(f"{name} exited with {code}: restarting cannot fix this (see the line above); "
               "the container stops (exit 0) instead of restarting", file=sys.stderr, flush=True)

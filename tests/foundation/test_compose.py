@@ -183,6 +183,33 @@ def test_final_exit_codes_end_the_container(name, tmp_path):
         assert result.returncode == 75
 
 
+def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
+    """Plain `docker compose up` without SF_CLIENT_ID: the sandboxes' key file is missing and
+    the process refuses its settings (exit 64); the container says how to start them."""
+    fake = tmp_path / "connectors"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "__main__.py").write_text("import sys; sys.exit(int(sys.argv[-1]))")
+    key = tmp_path / "jwt" / "private-key.pem"
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin",
+           "SFPROV_SANDBOX_SF_PRIVATE_KEY_PATH": str(key)}
+
+    def stderr(extra: dict[str, str], code: int = 64) -> str:
+        result = subprocess.run([sys.executable, "-m", "ops.container", "connector", str(code)],
+                                env={**env, **extra}, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == (0 if code == 64 else code)
+        return result.stderr
+
+    assert "docker compose --profile sandbox up" in stderr({})
+    assert "--profile sandbox" not in stderr({}, code=1)  # not a settings refusal
+    assert "--profile sandbox" not in stderr({"SF_CLIENT_ID": "3MVG9real",
+                                              "SF_PRIVATE_KEY_PATH": str(key)})
+    key.parent.mkdir()
+    key.write_text("key")
+    assert "--profile sandbox" not in stderr({})  # the sandboxes are there: another problem
+
+
 def test_every_published_port_is_bound_to_the_loopback_address():
     """A port published without an address is open on every interface (Docker bypasses host
     firewalls such as ufw), and the compose broker's host listener has no authentication:
