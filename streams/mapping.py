@@ -134,6 +134,14 @@ def _positive_int(raw: Any, upper: int = MAX_ID) -> int | None:
     return value if 0 < value <= upper else None
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _config_options(raw: Any, item: str) -> str | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
@@ -142,6 +150,10 @@ def _config_options(raw: Any, item: str) -> str | None:
     except ValueError as exc:
         raise MappingError("INVALID_CONFIG_OPTIONS",
                            f"{item}: Portal_ConfigOptions_JSON__c is not valid JSON: {exc}") from None
+    except RecursionError:  # a RuntimeError: it escaped as a worker error, no outcome
+        raise MappingError("INVALID_CONFIG_OPTIONS",
+                           f"{item}: Portal_ConfigOptions_JSON__c is nested too deeply "
+                           "to be config options") from None
     if not isinstance(options, dict):
         raise MappingError("INVALID_CONFIG_OPTIONS",
                            f"{item}: Portal_ConfigOptions_JSON__c must be a JSON object")
@@ -158,6 +170,12 @@ def _config_options(raw: Any, item: str) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             raise MappingError("INVALID_CONFIG_OPTIONS",
                                f"{item}: config option {key} is not a finite number")
+        if isinstance(value, str) and not _encodes(value):
+            # JSON may escape half a UTF-16 pair ("\ud83d": an emoji cut in two); it has no
+            # UTF-8 form, so the serializer raised and the event became a worker error
+            raise MappingError("INVALID_CONFIG_OPTIONS",
+                               f"{item}: config option {key} has text that is not valid "
+                               "Unicode (half of a UTF-16 surrogate pair)")
     if not options:
         return None
     return b64_serialize(options)
@@ -210,7 +228,9 @@ def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "ma
         if item_class == ADDON:
             if whmcs_id is None:
                 raise MappingError("MISSING_PRODUCT_MAPPING",
-                                   f"{name}: Product2.WHMCS_Product_Id__c (addon id) is empty")
+                                   f"{name}: Product2.WHMCS_Product_Id__c (addon id) "
+                                   f"{product.get('WHMCS_Product_Id__c')!r} is empty or not "
+                                   "a WHMCS addon id")
             addons.extend([whmcs_id] * qty)
             continue
         if item_class not in (SERVICE, ACTIVATION):
@@ -219,7 +239,8 @@ def map_order(order: dict[str, Any], *, idem_key: str, payment_method: str = "ma
                                "Activation or Add-on")
         if whmcs_id is None:
             raise MappingError("MISSING_PRODUCT_MAPPING",
-                               f"{name}: Product2.WHMCS_Product_Id__c is empty or invalid")
+                               f"{name}: Product2.WHMCS_Product_Id__c "
+                               f"{product.get('WHMCS_Product_Id__c')!r} is empty or invalid")
         cycle_raw = product.get("Billing_Cycle__c")
         cycle = BILLING_CYCLES.get(str(cycle_raw or "").strip().lower())
         if cycle is None:

@@ -120,6 +120,10 @@ def test_missing_account_relationship():
     (product(options='{"1\u0662": "2"}'), "INVALID_CONFIG_OPTIONS"),  # mixed ASCII + Arabic-Indic
     (product(options='{"12 ": "2"}'), "INVALID_CONFIG_OPTIONS"),
     (product(pid=2**31), "MISSING_PRODUCT_MAPPING"),
+    # a RecursionError and a UnicodeEncodeError once escaped mapping: a worker-error dead
+    # letter after three attempts, no outcome, the Order left Activating
+    (product(options='{"1":' * 1000 + '1' + '}' * 1000), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"7": "\\ud83d"}'), "INVALID_CONFIG_OPTIONS"),  # half an emoji
 ])
 def test_bad_items(prod, code):
     assert codes(order(item(prod))) == code
@@ -193,3 +197,14 @@ def test_a_quantity_not_written_as_a_whole_number_is_invalid(qty):
 def test_whole_numbers_as_salesforce_sends_them_still_map(raw, expected):
     p = map_order(order(item(product(pid=raw)), client=raw), idem_key="k").params()
     assert p["clientid"] == expected and p["pid"] == [expected]
+
+
+@pytest.mark.parametrize("item_class", ["Add-on", "Service"])
+def test_a_product_id_that_is_not_an_id_is_named(item_class):
+    """The reason shows what the field holds: "is empty" for 'ADD-7' sent agents to look for
+    an empty field."""
+    o = order(item(), item(product("X", pid="ADD-7", item_class=item_class)))
+    with pytest.raises(MappingError) as err:
+        map_order(o, idem_key="k")
+    assert err.value.code == "MISSING_PRODUCT_MAPPING"
+    assert "'ADD-7'" in err.value.message
