@@ -201,3 +201,32 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1,
     admin = AdminClient({"bootstrap.servers": bootstrap})
     assert create_topics(admin, [TopicSpec(name, partitions, 1, config or {})],
                          timeout=30) == ([name], [])
+
+
+def open_transactions(bootstrap: str, topics: dict[str, int]) -> list[Any]:
+    """Partitions (``TopicPartition``) of ``topics`` (name → partition count) whose last
+    stable offset is behind their end: a transaction is open there, or one has ended and
+    its marker is not written yet."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+    ends = {}
+    for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
+                                     isolation_level=level, request_timeout=30)
+        ends[level] = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    return [tp for tp in tps if ends[IsolationLevel.READ_COMMITTED][(tp.topic, tp.partition)]
+            < ends[IsolationLevel.READ_UNCOMMITTED][(tp.topic, tp.partition)]]
+
+
+def wait_markers_written(bootstrap: str, topics: dict[str, int], timeout: float = 30.0) -> None:
+    """Wait until every partition of ``topics`` is stable (no :func:`open_transactions`).
+
+    ``commit_transaction``/``abort_transaction`` return once the coordinator has logged the
+    decision; it writes the markers to the partitions after answering, so for a moment the
+    last stable offset still stops a ``read_committed`` reader before the transaction's
+    records (its end-of-partition comes early, and a read to it misses them)."""
+    wait_for(f"the transaction markers on {sorted(topics)}",
+             lambda: not open_transactions(bootstrap, topics), timeout, interval=0.05)

@@ -10,11 +10,15 @@ import connectors.offsets
 from common.errors import KafkaAccessError, KafkaError, ProducerFencedError
 from connectors.offsets import EVENT, OffsetCodec, Position, load_position
 from connectors.writer import TransactionalWriter, transactional_id
+from tests.conftest import wait_markers_written
 
 pytestmark = pytest.mark.broker
 
 
 def read_committed(bootstrap: str, topic: str, partitions: int) -> list:
+    """Every committed record of ``topic``, once the last transaction's markers are written
+    (its commit returned before they were: a read at once could end before its records)."""
+    wait_markers_written(bootstrap, {topic: partitions})
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "t-reader",
                          "isolation.level": "read_committed", "enable.auto.commit": False,
                          "enable.partition.eof": True})

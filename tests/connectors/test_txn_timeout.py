@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 import requests
-from confluent_kafka import Consumer, IsolationLevel, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, TopicPartition
 
 from common.settings import KafkaSettings
 from connectors.offsets import OffsetCodec, load_position
 from connectors.writer import TransactionalWriter, transactional_id
+from tests.conftest import open_transactions, wait_markers_written
 from tests.connectors.conftest import read_requests, wait_until
 from tests.connectors.test_integration import assert_exactly_once, sandbox_uuids
 from tests.connectors.txn_pause_helper import CHANNEL, batch
@@ -44,19 +44,6 @@ TIMEOUT_S = 4.0
 
 
 # -- what the broker holds ------------------------------------------------------------------
-
-def open_transactions(bootstrap: str, topics: dict[str, int]) -> list[TopicPartition]:
-    """Partitions whose last stable offset is behind their end: a transaction is open there."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
-    ends = {}
-    for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
-        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
-                                     isolation_level=level, request_timeout=30)
-        ends[level] = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-    return [tp for tp in tps if ends[IsolationLevel.READ_COMMITTED][(tp.topic, tp.partition)]
-            < ends[IsolationLevel.READ_UNCOMMITTED][(tp.topic, tp.partition)]]
-
 
 def values(bootstrap: str, topic: str, partitions: int, isolation: str) -> list[bytes]:
     """Every record value of ``topic`` a reader with ``isolation.level`` sees, to the end."""
@@ -158,6 +145,9 @@ def events(raw: list[bytes]) -> list[str]:
 
 
 def assert_events_once(kafka: KafkaSettings, last: int) -> None:
+    # the last commit returned before its markers were written: wait for them, or the
+    # read_committed reader's end comes before that commit's events
+    wait_markers_written(kafka.bootstrap_servers, txn_topics(kafka))
     committed = events(values(kafka.bootstrap_servers, kafka.requests, kafka.partitions,
                               "read_committed"))
     assert sorted(committed) == sorted(f"event-{i}" for i in range(1, last + 1)), committed
@@ -209,7 +199,10 @@ def test_paused_between_transactions_past_the_timeout_nothing_happens(
         kafka_settings: KafkaSettings, helper) -> None:
     h = helper("between")
     h.expect("state", "paused_between")
-    assert not open_transactions(kafka_settings.bootstrap_servers, txn_topics(kafka_settings))
+    # batch 1–3's commit returned just before; its markers come after (well within the
+    # timeout: a transaction left open would still be open then)
+    wait_markers_written(kafka_settings.bootstrap_servers, txn_topics(kafka_settings),
+                         timeout=TIMEOUT_S / 2)
     h.pause()
     # Nothing is open, so there is nothing to watch the broker do: just stay stopped for
     # longer than the timeout (a lower bound only; a slow machine makes it longer).
@@ -254,6 +247,11 @@ def stop_past_the_timeout(proc: Any, kafka: KafkaSettings) -> float:
     return time.monotonic()
 
 
+def timeouts(proc: Any) -> list[str]:
+    """The connector's lines for its transaction timeouts (each with the transaction's age)."""
+    return [line for line in proc.text().splitlines() if "transaction timed out" in line]
+
+
 def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
         sf, connector, kafka_settings: KafkaSettings) -> None:
     kafka, boot = kafka_settings, kafka_settings.bootstrap_servers
@@ -275,7 +273,14 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
     assert proc.proc.poll() is None, proc.text()[-3000:]   # no exit: no operator, no restart
     text = proc.text()
     assert "transaction timed out" in text and "producer re-initialised" in text, text[-3000:]
-    assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1
+    # Exactly one, here and after the idle pause below: the pause is counted once (no
+    # second count, no recovery that times out again), and the idle pause adds none — what
+    # that half of the test is for. Another count would take one of the other transactions
+    # (milliseconds each) staying open for TIMEOUT_S: a record the broker is that slow to
+    # take fails at message.timeout.ms (0.4 s sooner) and the writer aborts it itself, so
+    # only a multi-second freeze of the connector or the broker mid-transaction could; each
+    # count's line names the age of its transaction.
+    assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1, timeouts(proc)
 
     # Stopped again while idle — between transactions — past the timeout: it just goes on.
     proc.proc.send_signal(signal.SIGSTOP)
@@ -287,7 +292,7 @@ def test_connector_paused_in_a_transaction_recovers_by_itself_exactly_once(
         wait_until(lambda: len(read_requests(kafka)) >= 80, 120, "all 80 events committed")
     except AssertionError as exc:  # what the connector said, with the failure
         raise AssertionError(f"{exc}; connector log:\n{proc.text()[-6000:]}") from None
-    assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1
+    assert proc.metric("sfprov_connector_transaction_timeouts_total") == 1, timeouts(proc)
     assert requests.get(f"http://127.0.0.1:{proc.port}/healthz", timeout=5).status_code == 200
     # keepalives came (every second here) and, with SF_PUBSUB_KEEPALIVE_COMMIT_S=3600, none
     # was committed: an idle connector has no transaction open (the first keepalive commit
@@ -352,7 +357,9 @@ def test_a_producer_failed_without_a_fence_is_replaced_in_process_exactly_once(
     text = proc.text()
     assert "producer re-initialised" in text, text[-3000:]
     assert proc.metric('sfprov_connector_reconnects_total{cause="producer_failed"}') == 1
-    assert not open_transactions(boot, txn_topics(kafka))  # the failed one was aborted
+    # the failed one was aborted (left open, it would stay so for the default 60 s timeout);
+    # the last batch's markers may still be on their way
+    wait_markers_written(boot, txn_topics(kafka), timeout=10)
     # its records are in the log, never visible to read_committed readers
     assert len(values(boot, kafka.requests, kafka.partitions, "read_uncommitted")) > 60
     assert proc.terminate() == 0, proc.text()[-3000:]

@@ -38,9 +38,12 @@ def committed(p: Pipeline) -> int:
 def test_a_hung_addorder_delays_only_its_own_order(kafka_bootstrap, tmp_path):
     with Pipeline(tmp_path, bootstrap=kafka_bootstrap, accounts=20, orders=101, broken_every=0,
                   partitions=1, env={"WHMCS_TIMEOUT_S": str(WHMCS_TIMEOUT_S)}) as p:
-        hung = p.sf.approve(1)[0]
+        # the fault first, then the approval: set after it, the Order's AddOrder could come
+        # before the fault (the oldest seeded Order: what approve(1) would take)
+        hung = p.seeded["orders"][0]["order_id"]
         p.whmcs.set_faults("AddOrder", match=f"sfOrderId={hung}", hang_rate=1.0,
                            hang_s=HANG_S, times=1)
+        assert p.sf.approve(ids=[hung]) == [hung]
         deadline = time.monotonic() + 60
         while not [r for r in p.records(p.kafka.requests, "provision_request") if r.key == hung]:
             assert time.monotonic() < deadline, "the hung Order's event never reached Kafka"

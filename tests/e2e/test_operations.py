@@ -1,10 +1,12 @@
-"""End to end, as operations meet the pipeline (issue 16): one trace per Order across the three
-processes, a lost event re-requested by the periodic reconciliation pass, a dashboard and
-rules that name only metrics the processes expose, and probes that tell "alive" from "ready"
-while WHMCS refuses the credentials.
+"""End to end, as operations meet the pipeline (issue 16): a lost event re-requested by the
+periodic reconciliation pass, a dashboard and rules that name only metrics the processes
+expose, and probes that tell "alive" from "ready" while WHMCS refuses the credentials.
 
-One pipeline for the module (tracing to files, a reconciliation pass every few seconds);
-the WHMCS refusal runs last, as it leaves the worker waiting for a while.
+One pipeline for the module (a reconciliation pass every few seconds); the WHMCS refusal
+runs last, as it leaves the worker waiting for a while. One trace per Order across the three
+processes is shown in test_pipeline.py: this module's pass re-requests any Order 2 s old
+without a request, which on a loaded machine can be the traced Order before its own event
+reaches Kafka (it is then provisioned under the re-request's trace).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ READY_GRACE_S = 8  # the worker's /readyz: 503 after WHMCS refuses for this long
 
 @pytest.fixture(scope="module")
 def pipeline(kafka_bootstrap, tmp_path_factory):
-    env = {"SFPROV_TRACING": "FILE", "CONNECTOR_RECONCILE_INTERVAL_S": "3",
+    env = {"CONNECTOR_RECONCILE_INTERVAL_S": "3",
            "CONNECTOR_RECONCILE_OLDER_THAN_S": "2", "WORKER_READY_GRACE_S": str(READY_GRACE_S)}
     with Pipeline(tmp_path_factory.mktemp("ops"), bootstrap=kafka_bootstrap, accounts=20,
                   orders=60, broken_every=0, env=env) as p:
@@ -54,55 +55,8 @@ def metric(p: Pipeline, name: str, sample: str) -> float:
     return 0.0
 
 
-def spans_of(p: Pipeline, order_id: str) -> list[dict]:
-    found = []
-    for path in (p.dir / "state" / "traces").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            span = json.loads(line)
-            if span.get("attributes", {}).get("sfprov.order_id") == order_id:
-                found.append(span)
-    return found
-
-
 def wait(check, timeout: float, what: str):
     return wait_for(what, check, timeout, interval=1.0)
-
-
-def test_one_approved_order_is_one_trace_across_the_three_processes(pipeline):
-    p = pipeline
-    [oid] = p.sf.approve(1)
-    rows = p.wait_settled([oid], timeout=120)
-    assert rows[oid]["Activation_Status__c"] == "Provisioned"
-
-    def complete():
-        spans = spans_of(p, oid)
-        names = {s["name"] for s in spans}
-        return spans if {"connector.event", "worker.event", "sink.write_back",
-                         "salesforce.composite_update"} <= names else None
-    spans = wait(complete, 60, "the sink's spans")
-    by_trace = defaultdict(set)
-    for span in spans:
-        by_trace[span["context"]["trace_id"]].add(span["resource"]["attributes"]["service.name"])
-    # This module's periodic pass re-requests Orders 2 s old without an outcome (for the
-    # lost-event test): on a loaded machine this Order too (CI on 1544101: "stranded Order
-    # re-requested (periodic pass)" for it, a second trace with the worker's spans, and the
-    # sink's when its outcome was written back too).
-    # The approval is one trace through the three processes; a re-request is a trace of
-    # its own and never another connector event.
-    whole = [t for t, services in by_trace.items() if services == {"connector", "worker", "sink"}]
-    assert len(whole) == 1, by_trace
-    main = whole[0]
-    assert all("connector" not in services for t, services in by_trace.items() if t != main), \
-        by_trace
-    spans = [s for s in spans if s["context"]["trace_id"] == main]
-    names = {s["name"] for s in spans}
-    assert {"salesforce.query", "whmcs.AddOrder", "whmcs.AcceptOrder"} <= names, names
-    root = next(s for s in spans if s["name"] == "connector.event")
-    assert root["parent_id"] is None
-    assert root["attributes"]["sfprov.correlation_id"]
-    worker = next(s for s in spans if s["name"] == "worker.event")
-    assert worker["parent_id"] == root["context"]["span_id"]
-    assert worker["attributes"]["sfprov.status"] == "Provisioned"
 
 
 def test_an_event_lost_on_the_bus_is_re_requested_by_the_periodic_pass(pipeline):

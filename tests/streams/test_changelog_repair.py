@@ -5,7 +5,6 @@ compaction keeps — ends with them; a worker that is not the owner any more sen
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -21,6 +20,15 @@ from tests.streams.test_tables import _durable_table
 pytestmark = pytest.mark.broker
 
 A, B, C, D = (f"801F{i:011d}AAA" for i in range(4))
+NOW = 0.0  # the leases' clock: stopped (see _lease)
+
+
+def _lease() -> OwnershipLease:
+    """The real lease on a stopped clock: what these tests turn on is the generations it is
+    told of, never how long ago its SyncGroup was sent. On the real clock its 25 s ran out
+    while two faust apps started and flushed on a slow machine, and the repair gave the
+    range up ("lease expired")."""
+    return OwnershipLease(session_timeout_s=30, margin_s=5, clock=lambda: NOW)
 
 
 def _last_records(bootstrap: str, topic: str) -> dict[str, bytes | None]:
@@ -57,8 +65,8 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
                           producer_acks=-1)
     zombie = _durable_table(app_id, tmp_path / "zombie", partitions=1, broker=broker,
                             producer_acks=-1)
-    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
-    lease.synced(7, time.monotonic())
+    lease = _lease()
+    lease.synced(7, NOW)
     lease.assigned([0], 7)
     mine.generation = lambda: lease.generation
     reader = ChangelogReader(kafka_settings.bootstrap_servers, app_id)
@@ -93,7 +101,7 @@ def _run(kafka_settings, tmp_path, *, lose_partition: bool = False, idle: bool =
                 mine[D] = {"by": "owner", "n": 1}  # the table's tally: generation 7
                 if lose_partition:
                     lease.rebalancing()
-                    lease.synced(9, time.monotonic())
+                    lease.synced(9, NOW)
                     lease.assigned([0], 9)  # not 8: the run of generations is broken
                 await mine.flush()
             await repair.idle()
@@ -189,8 +197,8 @@ def _two_writers(kafka_settings, tmp_path, app: str, names: tuple[str, str]):
                              producer_acks=-1) for name in names]
     for table, name in zip(tables, names, strict=True):
         table.writer = name
-    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
-    lease.synced(7, time.monotonic())
+    lease = _lease()
+    lease.synced(7, NOW)
     lease.assigned([0], 7)
     return (*tables, lease, ChangelogReader(kafka_settings.bootstrap_servers, app_id))
 
@@ -236,7 +244,7 @@ def _late_writer(kafka_settings, tmp_path, *, back: bool, skip: bool = True,
             late[B] = {"by": "late", "n": 1}
             await late.flush()
             lease.rebalancing()
-            lease.synced(8, time.monotonic())
+            lease.synced(8, NOW)
             lease.assigned([], 8)  # partition 0 is the owner's now
             owner.claim([0], 8)
             owner[A] = {"by": "owner"}
@@ -247,7 +255,7 @@ def _late_writer(kafka_settings, tmp_path, *, back: bool, skip: bool = True,
             await late.flush()
             await repair.idle()  # the lease is lost: nothing rewritten
             lease.rebalancing()
-            lease.synced(9, time.monotonic())
+            lease.synced(9, NOW)
             lease.assigned([0] if back else [], 9)
             # where faust's recovery starts: it asks the table (Recovery._add), over the
             # offset it kept in memory from reading the partition before (a member paused
@@ -344,7 +352,7 @@ def _kept(kafka_settings, tmp_path, *, held: bool, floor: bool = True):
             zombie[C] = {"by": "zombie"}
             await zombie.flush()
             lease.rebalancing()
-            lease.synced(8, time.monotonic())
+            lease.synced(8, NOW)
             lease.assigned([0], 8)  # kept: held since 7
             held_at = mine.persisted_offset(TP(topic, 0))
             _restore(mine, kafka_settings.bootstrap_servers, topic, held_at + 1)
@@ -398,8 +406,8 @@ def test_a_failing_job_is_tried_again_then_given_up_with_a_line_naming_it(caplog
     attempt; one whose read always fails, and keys whose rewrite always fails, are given up
     after the last attempt, each with a line naming what it was; the jobs behind them still
     run (no broker: the read and the table are stand-ins, the lease is the real one)."""
-    lease = OwnershipLease(session_timeout_s=30, margin_s=5)
-    lease.synced(7, time.monotonic())
+    lease = _lease()
+    lease.synced(7, NOW)
     lease.assigned([0], 7)
     sent: list[str] = []
     reads: Counter[int] = Counter()

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from common.lag import committed_record_offsets, new_range_consumer
 from streams import metrics
 from streams.checkpoint import Checkpoint, broker_reader, safe_commit
-from tests.conftest import create_topic
+from tests.conftest import create_topic, wait_markers_written
 
 
 def test_safe_commit_stops_at_the_first_unfinished_record() -> None:
@@ -113,6 +113,9 @@ def _transaction(bootstrap: str, topic: str, count: int, commit: bool, partition
         producer.commit_transaction(30)
     else:
         producer.abort_transaction(30)
+    # the coordinator writes the marker after answering: until then a read_committed
+    # reader's end (the last stable offset) is still before this transaction's records
+    wait_markers_written(bootstrap, {topic: partition + 1})
 
 
 @pytest.mark.broker
