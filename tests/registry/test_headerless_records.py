@@ -96,6 +96,12 @@ class Consumer:
     def assign(self, partitions: list[TopicPartition]) -> None:
         pass
 
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        pass
+
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         pass
 
