@@ -73,9 +73,30 @@ def test_outage_past_retention_closes_itself(kafka_bootstrap, tmp_path):
         assert again.returncode == 0 and "0 Order(s) Activating" in again.stdout, again.stdout
 
 
+def move_worker_group_to_the_end(p: Pipeline) -> None:
+    """Commit the worker group at the end of every requests partition, as a worker that had
+    consumed the records without deciding them would (the worker is stopped)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    plan = cli(p, "replay", "--from-offset", "0:0", "--json")
+    assert plan.returncode == 0, plan.stderr
+    c = Consumer({"bootstrap.servers": p.kafka.bootstrap_servers,
+                  "group.id": json.loads(plan.stdout)["group"], "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(p.kafka.requests, timeout=30).topics[p.kafka.requests].partitions
+        ends = [TopicPartition(p.kafka.requests, n,
+                               c.get_watermark_offsets(TopicPartition(p.kafka.requests, n),
+                                                       timeout=30)[1]) for n in parts]
+        c.commit(offsets=ends, asynchronous=False)
+    finally:
+        c.close()
+
+
 def test_reconcile_redrives_requests_that_never_got_an_outcome(kafka_bootstrap, tmp_path):
-    """The events are in the requests topic but the worker never decided them (what a lost
-    event looks like): reconcile names them and re-drives them; nothing is provisioned twice."""
+    """The events are in the requests topic but the worker never decided them although its
+    group moved past them (what a lost event looks like): reconcile names them and re-drives
+    them; nothing is provisioned twice. While they only wait behind the stopped worker, they
+    are left to it."""
     with Pipeline(tmp_path, bootstrap=kafka_bootstrap, accounts=20, orders=40,
                   broken_every=0) as p:
         assert p.stop("worker") == 0
@@ -84,6 +105,10 @@ def test_reconcile_redrives_requests_that_never_got_an_outcome(kafka_bootstrap, 
         while len(p.records(p.kafka.requests, "provision_request")) < 4 and \
                 time.monotonic() < deadline:
             time.sleep(0.5)
+        waiting = cli(p, "reconcile", "--older-than", "0s", "--dry-run")
+        assert waiting.returncode == 0, waiting.stderr
+        assert "0 whose latest request has no outcome" in waiting.stdout, waiting.stdout
+        move_worker_group_to_the_end(p)
         dry = cli(p, "reconcile", "--older-than", "0s", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "0 with no provisioning request" in dry.stdout, dry.stdout
