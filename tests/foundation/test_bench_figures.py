@@ -18,17 +18,7 @@ import pytest
 
 import bench.cpu as bench_cpu
 import bench.pipeline as bench_pipeline
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.foundation.test_bench_harness import _Clock
 
 
 def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,

@@ -16,22 +16,13 @@ import bench.harness as harness
 import bench.side_by_side as sbs
 from bench.harness import Pipeline
 from bench.pipeline import PhaseIncomplete
+from tests.foundation.test_bench_harness import _Clock as _HarnessClock
 
 EPOCH_MS = 1_796_300_000_000  # the fake Salesforce sandbox's clock at the fake clock's 0
 
 
-class _Clock:
+class _Clock(_HarnessClock):
     """time for bench.harness and bench.side_by_side: a sleep moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
     def time(self) -> float:
         return EPOCH_MS / 1000 + self.now
 
