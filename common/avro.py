@@ -18,7 +18,8 @@ from a registry. Without a registry a Confluent record is a non-retryable error.
 switch. Which format a record is in is decided from its headers first, not from its first
 byte alone (plain Avro can start with a 0 byte, e.g. an empty first string):
 
-1. the ``sfprov.schema`` header is present → plain Avro;
+1. the ``sfprov.schema`` header is present → plain Avro (of the schema it names: a record
+   of another schema is a non-retryable :class:`SerdeError` naming both);
 2. otherwise a value of at least 5 bytes starting with the magic byte 0 → Confluent;
 3. otherwise → plain Avro (records written by other tools without our header).
 
@@ -26,9 +27,11 @@ byte alone (plain Avro can start with a 0 byte, e.g. an empty first string):
 without any): the same rules, and a framed value is never re-read as plain Avro after its
 Confluent decode failed (an unknown schema id would decode as garbage). A Confluent record
 whose schema id the registry does not know raises a non-retryable :class:`SerdeError`
-naming the id (the record becomes a dead letter); a registry that cannot be reached raises
-a **retryable** one (``exc.retryable``): the caller retries, it never dead-letters good
-data for that.
+naming the id (the record becomes a dead letter), and so does an id no registry can hold
+(outside :data:`SCHEMA_IDS`: garbage from another producer, never asked); a registry that
+cannot be reached, or answers with anything but a schema text, raises a **retryable** one
+(``exc.retryable``): the caller retries, it never dead-letters good data for that. A null
+value (a tombstone) is a non-retryable :class:`SerdeError` too.
 
 Evolution rule: add fields with defaults only; readers decode with the writer's schema and
 project onto the reader's (fastavro resolution).
@@ -75,6 +78,9 @@ MAGIC = 0
 CONFLUENT_PREFIX = struct.Struct(">bI")  # magic byte, schema id
 REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 SCHEMA_NOT_FOUND = 40403  # Confluent error_code of GET /schemas/ids/{id} for an unknown id
+#: the ids a registry can hold: Confluent's are Java ints counted from 1 (its REST API takes
+#: ``/schemas/ids/{id}`` as an Integer: past 2^31-1 no route matches, a 404 without 40403)
+SCHEMA_IDS = range(1, 2**31)
 UNKNOWN_IDS_KEPT = 10_000  # unknown schema ids remembered at most (the oldest forgotten first)
 
 
@@ -129,7 +135,10 @@ def encode_schemaless(schema: Any, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def decode_schemaless(writer: Any, payload: bytes, reader: Any | None = None) -> dict[str, Any]:
+def decode_schemaless(writer: Any, payload: bytes | None,
+                      reader: Any | None = None) -> dict[str, Any]:
+    if payload is None:
+        raise SerdeError("tombstone (no value)")
     try:
         out = fastavro.schemaless_reader(io.BytesIO(payload), writer, reader)
     except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on garbage
@@ -150,6 +159,13 @@ def confluent_schema_id(value: bytes | None) -> int | None:
 def frame(schema_id: int, payload: bytes) -> bytes:
     """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary."""
     return CONFLUENT_PREFIX.pack(MAGIC, schema_id) + payload
+
+
+def _aliases(schema: dict[str, Any]) -> list[str]:
+    """A named schema's aliases as full names (one without a dot is in its namespace)."""
+    name = schema.get("name", "")
+    space = schema.get("namespace") or (name.rpartition(".")[0] if "." in name else "")
+    return [a if "." in a or not space else f"{space}.{a}" for a in schema.get("aliases", [])]
 
 
 def has_schema_header(headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> bool:
@@ -188,12 +204,14 @@ def _safe_url(url: str) -> tuple[str, tuple[str, str] | None]:
 class SchemaRegistry:
     """Tiny client of a Confluent-compatible schema registry (register + fetch by id).
 
-    Every failure is a :class:`SerdeError`: retryable when the registry is unreachable or
-    answers 5xx (and for any refused registration — our schemas are fine, the registry's
+    Every failure is a :class:`SerdeError`: retryable when the registry is unreachable,
+    answers 5xx or anything but its own answer (a 200 without a schema text: a proxy's page,
+    a wrong URL; and for any refused registration — our schemas are fine, the registry's
     configuration is not), not retryable only for a schema id the registry says it does
-    not know (``40403``). Unknown ids are remembered for ``negative_ttl_s`` so a burst of
-    such records costs one request (at most :data:`UNKNOWN_IDS_KEPT` of them: a topic of
-    garbage must not grow the memory).
+    not know (``40403``), an id outside :data:`SCHEMA_IDS` (never asked: no registry holds
+    one) and a schema text that is not Avro. Those ids are remembered for
+    ``negative_ttl_s`` so a burst of such records costs one request (at most
+    :data:`UNKNOWN_IDS_KEPT` of them: a topic of garbage must not grow the memory).
     """
 
     def __init__(self, url: str, *, timeout: float = 5.0, negative_ttl_s: float = 30.0,
@@ -267,6 +285,13 @@ class SchemaRegistry:
             refused = self._unknown.get(schema_id)
             if refused and time.monotonic() - refused[0] < self._negative_ttl_s:
                 raise SerdeError(refused[1])
+        if schema_id not in SCHEMA_IDS:
+            # not asked: Confluent answers such an id with a 404 that is not 40403 (no route
+            # for it), the answer a wrong URL gets too, which must stay retryable
+            reason = (f"unknown schema id {schema_id}: no schema registry holds it (ids are "
+                      f"{SCHEMA_IDS.start}..{SCHEMA_IDS.stop - 1}): not a Confluent record")
+            self._refused(schema_id, reason)
+            raise SerdeError(reason)
         resp = self._call("GET", f"/schemas/ids/{schema_id}", f"fetching schema id {schema_id}")
         if resp.status_code != 200:
             code, message = self._error(resp)
@@ -279,10 +304,21 @@ class SchemaRegistry:
                              f"HTTP {resp.status_code} error_code {code}: {message}",
                              retryable=True)
         try:
-            parsed = fastavro.parse_schema(json.loads(resp.json()["schema"]))
+            text = resp.json()["schema"]
+        except (ValueError, KeyError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            # not the registry's answer (a proxy's page, a wrong URL): not the record's fault
+            raise SerdeError(f"schema registry {self.url}: unexpected answer fetching schema "
+                             f"id {schema_id}: HTTP {resp.status_code} "
+                             f"{resp.headers.get('Content-Type', '')}: {resp.text[:200]}",
+                             retryable=True)
+        try:
+            parsed = fastavro.parse_schema(json.loads(text))
         except Exception as exc:  # noqa: BLE001 - any bad schema text
-            raise SerdeError(f"schema id {schema_id} from the registry is not valid Avro: "
-                             f"{exc}") from exc
+            reason = f"schema id {schema_id} from the registry is not valid Avro: {exc}"
+            self._refused(schema_id, reason)
+            raise SerdeError(reason) from exc
         with self._lock:
             self._by_id[schema_id] = parsed
         return parsed
@@ -320,6 +356,8 @@ class AvroSerde:
         self.schema_name = schema_name
         self.schema = load_schema(schema_name)
         self.full_name: str = self.schema["name"]
+        #: the writer schema names a plain record's ``sfprov.schema`` header may carry
+        self.names = frozenset({self.full_name, *_aliases(json.loads(schema_json(schema_name)))})
         self.fingerprint = fingerprint(self.schema)
         self.versioned = schema_name in VERSIONED_SCHEMAS
         self.topic = topic
@@ -367,12 +405,15 @@ class AvroSerde:
             return payload
         return frame(self.schema_id(), payload)
 
-    def decode(self, value: bytes,
+    def decode(self, value: bytes | None,
                headers: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None
                ) -> dict[str, Any]:
         """Decode a value in either format (the module's rules). ``headers``: the record's
         headers, None the same as none: a plain record without the ``sfprov.schema`` header
-        that starts with a 0 byte is read as a Confluent one either way."""
+        that starts with a 0 byte is read as a Confluent one either way. A null value (a
+        tombstone) is a non-retryable :class:`SerdeError`."""
+        if value is None:
+            raise SerdeError("tombstone (no value)")
         if headers is not None and has_schema_header(headers):
             return self._decode_plain(value, headers)
         schema_id = confluent_schema_id(value)
@@ -392,7 +433,13 @@ class AvroSerde:
     def _decode_plain(self, value: bytes,
                       headers: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
         """A plain record with the ``sfprov.schema`` header, read with the writer's version
-        its fingerprint header names (none: :data:`UNVERSIONED`, or this schema)."""
+        its fingerprint header names (none: :data:`UNVERSIONED`, or this schema). A header
+        naming another schema (neither this one's full name nor one of its aliases) is a
+        non-retryable error: its bytes would decode as garbage, or not at all."""
+        named = header_text(headers, SCHEMA_HEADER)
+        if named and named not in self.names:
+            raise SerdeError(f"record of schema {named} (its {SCHEMA_HEADER} header), not "
+                             f"{self.full_name}: written to the wrong topic?")
         fp = header_text(headers, FINGERPRINT_HEADER) or UNVERSIONED.get(self.schema_name)
         if fp is None or fp == self.fingerprint:
             return decode_schemaless(self.schema, value)

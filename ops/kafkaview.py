@@ -129,6 +129,8 @@ class Decoder:
         value: Any
         if self.serde is None:
             value = _raw(msg.value())
+        elif msg.value() is None:
+            value = {"tombstone": True}  # a null value: nothing to decode
         else:
             try:
                 value = self.serde.decode(msg.value(), headers_list)

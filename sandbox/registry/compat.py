@@ -143,10 +143,9 @@ def _check(rs: _Side, r: Any, r_ns: str | None, ws: _Side, w: Any, w_ns: str | N
         seen = seen | {(r_full, w_full)}
         r_child_ns = r_full.rsplit(".", 1)[0] if "." in r_full else None
         w_child_ns = w_full.rsplit(".", 1)[0] if "." in w_full else None
+        # matched by the reader's name or aliases only (the writer's aliases play no part:
+        # Avro's resolution, Confluent's check, fastavro)
         w_fields = {f["name"]: f for f in w.get("fields", [])}
-        for f in w.get("fields", []):
-            for alias in f.get("aliases", []):
-                w_fields.setdefault(alias, f)
         for field in r.get("fields", []):
             names = [field["name"], *field.get("aliases", [])]
             match = next((w_fields[n] for n in names if n in w_fields), None)

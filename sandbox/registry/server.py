@@ -6,7 +6,8 @@ Routes (Confluent's REST API, the subset clients use)::
     POST /subjects/{subject}/versions        {"schema": "...", "schemaType"?: "AVRO"}
                                              → {"id": n}; same schema → same id, no new version
     POST /subjects/{subject}                 look a schema up → {"subject","version","id","schema"}
-    GET  /schemas/ids/{id}                   → {"schema": "..."}   (40403 when unknown)
+    GET  /schemas/ids/{id}                   → {"schema": "..."}   (40403 when unknown; an
+                                             id past 2^31-1: 404 with error_code 404)
     GET  /schemas/ids/{id}/versions          → [{"subject", "version"}]
     GET  /subjects                           → ["subject", ...]
     GET  /subjects/{subject}/versions        → [1, 2, ...]          (40401 when unknown)
@@ -42,6 +43,7 @@ from sandbox.registry.compat import can_read
 
 log = logging.getLogger("sandbox.registry")
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+MAX_SCHEMA_ID = 2**31 - 1  # Confluent's ids are Java ints
 LEVELS = {"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
           "FULL", "FULL_TRANSITIVE"}
 
@@ -302,11 +304,19 @@ class Handler(BaseHTTPRequestHandler):
     def get_root(self) -> tuple[int, Any]:
         return 200, {}
 
+    @staticmethod
+    def _schema_id(text: str) -> int:
+        """Confluent's ``{id}`` is a Java Integer: past 2^31-1 the path matches no route
+        (404 with error_code 404, not 40403 — what a client must tell from an unknown id)."""
+        if len(text.lstrip("0")) > len(str(MAX_SCHEMA_ID)) or int(text) > MAX_SCHEMA_ID:
+            raise RegistryError(404, 404, "HTTP 404 Not Found")
+        return int(text)
+
     def get_schema(self, schema_id: str) -> tuple[int, Any]:
-        return 200, {"schema": self.server.store.schema(int(schema_id))}
+        return 200, {"schema": self.server.store.schema(self._schema_id(schema_id))}
 
     def get_schema_versions(self, schema_id: str) -> tuple[int, Any]:
-        return 200, self.server.store.versions_of_id(int(schema_id))
+        return 200, self.server.store.versions_of_id(self._schema_id(schema_id))
 
     def get_subjects(self) -> tuple[int, Any]:
         with self.server.store.lock:

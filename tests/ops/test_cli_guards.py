@@ -424,3 +424,46 @@ def test_topics_fails_when_a_project_topic_is_missing(monkeypatch, capsys, as_js
         assert json.loads(out)["topics"][0] == {"topic": "requests", "missing": True}
     else:
         assert "MISSING" in out
+
+
+# -- tail / trace: a tombstone is a record, not a traceback ------------------------------------
+
+class _ValueMsg:
+    def __init__(self, value: bytes | None, headers: Any) -> None:
+        self._value, self._headers = value, headers
+
+    def headers(self) -> Any:
+        return self._headers
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes:
+        return OID.encode()
+
+    def topic(self) -> str:
+        return "t.requests"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 5
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1700000000123)
+
+
+@pytest.mark.parametrize("schema", ["provision_request", "provisioning_outcome",
+                                    "connector_offset", None])
+@pytest.mark.parametrize("headers", [None, [("sfprov.schema", b"sfprov.v1.ProvisionRequest")]])
+def test_a_tombstone_is_shown_not_a_crash(schema, headers):
+    """A null value made ``sfprov tail`` / ``trace`` die with a TypeError traceback."""
+    from common.settings import KafkaSettings
+
+    record = kafkaview.Decoder(KafkaSettings.load({}), schema, "t.requests").record(
+        _ValueMsg(None, headers))
+    assert isinstance(record, Record) and record.key == OID and record.raw_value is None
+    if schema is not None:
+        assert record.value == {"tombstone": True}
+    json.dumps(record.as_json())

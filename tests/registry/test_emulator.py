@@ -80,6 +80,19 @@ def test_errors_have_confluents_shape(reg):
     assert resp.status_code in (400, 422) and "error_code" in resp.json()
 
 
+def test_an_id_past_confluents_integer_range_matches_no_route(reg):
+    """Confluent's ``/schemas/ids/{id}`` takes an Integer: an id past 2^31-1 is no route
+    (404, error_code 404), not an unknown schema (40403) — what the client must cope with."""
+    post(reg, "a-value", OUTCOME)
+    for path in ("/schemas/ids/2147483648", "/schemas/ids/4294967295",
+                 "/schemas/ids/2147483648/versions", "/schemas/ids/" + "9" * 5000):
+        resp = httpx.get(f"{reg.url}{path}")
+        assert resp.status_code == 404, path
+        assert resp.json() == {"error_code": 404, "message": "HTTP 404 Not Found"}, path
+    resp = httpx.get(f"{reg.url}/schemas/ids/2147483647")
+    assert resp.status_code == 404 and resp.json()["error_code"] == 40403
+
+
 def test_an_error_reply_leaves_the_kept_alive_connection_usable():
     """401, 404 and 405 were sent with the request's body unread: on the kept-alive
     connection that body was then parsed as the next request (501, an HTML page)."""
@@ -142,6 +155,23 @@ def test_resolution_rules():
     assert can_read(rec, nullable)  # a null cannot be read as int
     removed = {**rec, "fields": rec["fields"][1:]}
     assert can_read(removed, rec) == []  # the reader ignores a field it does not know
+
+
+def test_only_the_readers_field_aliases_match_writer_fields():
+    """Avro resolution (Confluent's check, fastavro) matches a reader field by its name or
+    the reader's aliases; the writer's aliases play no part."""
+    old = {"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "int", "aliases": ["b"]}]}
+    new = {"type": "record", "name": "R", "fields": [{"name": "b", "type": "int"}]}
+    assert can_read(new, old) == ["/b: field added without a default"]
+    value = io.BytesIO()
+    fastavro.schemaless_writer(value, fastavro.parse_schema(old), {"a": 1})
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        fastavro.schemaless_reader(io.BytesIO(value.getvalue()), fastavro.parse_schema(old),
+                                   fastavro.parse_schema(new))
+    renamed = {"type": "record", "name": "R", "fields": [
+        {"name": "b", "type": "int", "aliases": ["a"]}]}
+    assert can_read(renamed, old) == []  # the reader's alias of the old name: fine
 
 
 def test_serve_command_keeps_schemas_across_restarts(tmp_path):

@@ -55,6 +55,46 @@ def test_plain_round_trip_keeps_the_header_format():
     assert serde.decode(value)["whmcs_order_id"] == 7
 
 
+def test_a_tombstone_is_a_non_retryable_serde_error():
+    """A null value (a tombstone) was a TypeError from the error message's ``len(None)``:
+    ``sfprov tail`` / ``trace`` crashed on one."""
+    serde = AvroSerde("provision_request", topic="t")
+    for headers in (None, [], serde.headers()):
+        with pytest.raises(SerdeError, match="tombstone") as info:
+            serde.decode(None, headers)  # type: ignore[arg-type]
+        assert not info.value.retryable
+    out = decode(serde, RawRecord(b"k", None, "t", 0, 1))
+    assert isinstance(out, DeadLetter) and "tombstone" in out.reason
+
+
+def test_a_plain_record_of_another_schema_is_refused_naming_both():
+    """The ``sfprov.schema`` header names the writer's schema: a plain outcome on the requests
+    topic decoded as a request silently (garbage fields) instead of becoming a dead letter."""
+    outcomes = AvroSerde("provisioning_outcome", topic=TOPIC)
+    value = outcomes.encode(outcome())
+    requests = AvroSerde("provision_request", topic="t.requests")
+    with pytest.raises(SerdeError) as info:
+        requests.decode(value, outcomes.headers())
+    assert not info.value.retryable
+    assert "sfprov.v1.ProvisioningOutcome" in str(info.value)
+    assert "sfprov.v1.ProvisionRequest" in str(info.value)
+    out = decode(requests, RawRecord(b"k", value, "t.requests", 0, 1,
+                                     headers=outcomes.headers()))
+    assert isinstance(out, DeadLetter) and "ProvisioningOutcome" in out.reason
+    # the versioned ones too (the offsets' serde meeting a replay gap)
+    gaps = AvroSerde("replay_gap")
+    gap = gaps.encode({"connector": "c", "channel": "/event/X", "last_good_replay_id": None,
+                       "last_good_at": None, "policy": "FAIL", "error_code": "E",
+                       "error_message": "m", "detected_at": 1})
+    with pytest.raises(SerdeError, match="sfprov.v1.ReplayGap"):
+        AvroSerde("connector_offset").decode(gap, gaps.headers())
+    # its own name (bytes or text), and no header at all, decode as before
+    assert requests.decode(requests.encode(request()), requests.headers())["OrderId__c"]
+    assert requests.decode(requests.encode(request()),
+                           {SCHEMA_HEADER: "sfprov.v1.ProvisionRequest"})["OrderId__c"]
+    assert outcomes.decode(value)["whmcs_order_id"] == 7
+
+
 def test_confluent_round_trip_registers_under_topic_value(reg):
     serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=SchemaRegistry(reg.url))
     value = serde.encode(outcome())
