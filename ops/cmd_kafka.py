@@ -139,6 +139,9 @@ def _connector_position(args: argparse.Namespace) -> dict[str, Any]:
     if record is None:
         return {"name": conn.name, "replay_id": None}
     value = record.value
+    if "committed_at" not in value:  # the key's tombstone (no position), or undecodable
+        return {"name": conn.name, "replay_id": None,
+                **({} if value.get("tombstone") else {"unreadable": value.get("undecodable")})}
     committed = value["committed_at"]
     return {"name": conn.name, "replay_id": value["replay_id"].hex(), "source": value["source"],
             "committed_at": committed.isoformat(timespec="seconds"),
@@ -147,6 +150,10 @@ def _connector_position(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_connector_position(args: argparse.Namespace) -> None:
     pos = _connector_position(args)
+    if pos.get("unreadable"):
+        print(f"connector {pos['name']}: its last position record cannot be read: "
+              f"{pos['unreadable']}")
+        return
     if pos["replay_id"] is None:
         print(f"connector {pos['name']}: no replay position committed yet")
         return

@@ -275,7 +275,7 @@ def demo(args: argparse.Namespace) -> int:
             if msg is not None and not msg.error():
                 record = decoder.record(msg)
                 if record.key is not None and record.key in wanted \
-                        and record.key not in results:
+                        and record.key not in results and "status" in record.value:
                     results[record.key] = record.value
             if len(results) != shown:
                 shown = len(results)

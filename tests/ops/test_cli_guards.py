@@ -467,3 +467,23 @@ def test_a_tombstone_is_shown_not_a_crash(schema, headers):
     if schema is not None:
         assert record.value == {"tombstone": True}
     json.dumps(record.as_json())
+
+
+@pytest.mark.parametrize("value,shown", [
+    ({"tombstone": True}, "no replay position committed yet"),
+    ({"undecodable": "truncated Avro", "raw": "00"},
+     "its last position record cannot be read: truncated Avro"),
+])
+def test_lag_shows_a_position_record_it_cannot_use(monkeypatch, capsys, value, shown):
+    """The connector-offsets topic's last record for the key is a tombstone or undecodable:
+    `sfprov lag` says so (it raised KeyError 'committed_at')."""
+    import common.settings
+
+    monkeypatch.setattr(cmd_kafka, "kafka_settings",
+                        lambda args: types.SimpleNamespace(connector_offsets="offsets"))
+    monkeypatch.setattr(common.settings.ConnectorSettings, "load", classmethod(
+        lambda cls: types.SimpleNamespace(name="sfprov", channel="/event/X")))
+    monkeypatch.setattr(cmd_kafka, "last_value", lambda *a: Record(
+        "offsets", 0, 3, 0, "sfprov|/event/X", value, {}))
+    cmd_kafka._print_connector_position(argparse.Namespace())
+    assert shown in capsys.readouterr().out
