@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in report.drift:
             log.warning("topic drift: %s", line)
 
-    from connectors import observability
+    from connectors import metrics, observability
     from connectors.reconciler import Reconciler
     from connectors.source import Connector  # after logging is set up
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                 worker_group=worker_group,
                                 written=lambda: app.written)
     boot.on_stop(app.request_stop)  # stop after the open batch
+    metrics.prime(connector.invalid_replay)
     server = HealthServer(connector.http_port, lambda: observability.ready(app),
                           live=lambda: observability.live(app),
                           host=connector.http_host).start() if connector.http_port else None

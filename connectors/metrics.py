@@ -32,3 +32,23 @@ BUFFERED = Gauge("sfprov_connector_buffered_events",
 TXN_TIMEOUTS = Counter("sfprov_connector_transaction_timeouts",
                        "Transactions fenced after outliving CONNECTOR_TRANSACTION_TIMEOUT_S "
                        "(a paused process); each was aborted and the producer re-initialised.")
+
+
+def prime(invalid_replay: str) -> None:
+    """Export the connector's labelled counters whose label values are known at zero from
+    its start: a child made at its first ``inc()`` is first scraped at 1, and the alert
+    rules' ``increase()`` would miss that event (ops/monitoring/alerts.yml). Reconnect causes
+    are the Pub/Sub ones and a login's (the exception's name, as ``Connector._recover``
+    labels it); gaps are recorded with ``SF_EVENTS_INVALID_REPLAY`` (``invalid_replay``) or,
+    resubscribed before a position was committed, LATEST; the reconciler's counters too.
+    Dead letters' reasons are open-ended."""
+    from common.errors import SalesforceAuthError
+    from connectors import reconciler
+    from connectors.pubsub import errors
+
+    for cause in (errors.REPLAY_INVALID, errors.AUTH, errors.LIMIT, errors.CONCURRENT,
+                  errors.REFUSED, errors.TRANSIENT, SalesforceAuthError.__name__):
+        RECONNECTS.labels(cause)
+    for policy in dict.fromkeys((invalid_replay, "LATEST")):
+        REPLAY_GAPS.labels(policy)
+    reconciler.prime()

@@ -67,6 +67,20 @@ STRANDED = Gauge("sfprov_connector_reconcile_stranded_orders",
 LAST_PASS = Gauge("sfprov_connector_reconcile_last_pass_timestamp_seconds",
                   "When the last reconciliation pass finished (unix time), by trigger.",
                   ["trigger"])
+#: the label values REQUESTS and PASSES are counted with (see _run and _pass)
+TRIGGERS = ("gap", "periodic")
+RESULTS = ("ok", "error")
+
+
+def prime() -> None:
+    """REQUESTS and PASSES at zero for every trigger and result, from the connector's start
+    (:func:`connectors.metrics.prime`): the alert rules' ``increase()`` misses a first
+    event otherwise."""
+    for trigger in TRIGGERS:
+        REQUESTS.labels(trigger)
+        for result in RESULTS:
+            PASSES.labels(trigger, result)
+
 
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
 

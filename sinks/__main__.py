@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     log = boot.logging()
     from common.kafka import ensure_topics
     from common.salesforce import SalesforceClient
+    from sinks import metrics
     from sinks.app import Sink
 
     try:  # outcomes and dead letters must exist; idempotent
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     boot.on_stop(sink.stop)
+    metrics.prime()
     server = HealthServer(settings.http_port, sink.ops.ready, live=sink.ops.live,
                           host=settings.http_host).start() if settings.http_port else None
     sink.ops.start()  # the group's lag gauge

@@ -29,3 +29,17 @@ SUPERSEDED = Counter("sfprov_sink_superseded_total",
                      "Records not written because Salesforce already holds a newer outcome "
                      "(the fence's validation rule refused them), by sObject type.",
                      ["sobject"])
+
+
+def prime() -> None:
+    """Export the sink's labelled counters whose label values are known at zero from its
+    start: a child made at its first ``inc()`` is first scraped at 1, and the alert rules'
+    ``increase()`` would miss that event (ops/monitoring/alerts.yml). Dead letters' reasons
+    are open-ended."""
+    from sinks.mapping import OPPORTUNITY, ORDER
+    from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE  # it imports this module
+
+    for sobject in (ORDER, OPPORTUNITY):
+        RECORDS_WRITTEN.labels(sobject)
+    for reason in (LIMIT, OUTAGE, BACKPRESSURE):
+        PAUSES.labels(reason)

@@ -82,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     use_event_loop(worker.event_loop)  # before faust makes its loop
     import faust
 
+    from streams import metrics
     from streams.app import Worker
 
     built = Worker(kafka=kafka, worker=worker, whmcs=whmcs,
                    sf_client=SalesforceClient(salesforce), common=boot.common)
     if boot.stopping:
         return EXIT_OK  # signalled while starting: nothing taken in yet
+    metrics.prime(built.app.tables)  # its tables' names
     server = None
     if worker.http_port:
         server = HealthServer(worker.http_port, built.ops.ready, live=built.ops.live,

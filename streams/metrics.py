@@ -6,6 +6,7 @@ deltas, never absolute values.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
@@ -81,6 +82,23 @@ GROUP_COMMITS = Counter("sfprov_worker_group_commits_total",
 GUARD_READS = Histogram("sfprov_worker_guard_read_orders", "Orders per coalesced guard read",
                         buckets=(1, 2, 5, 10, 25, 50, 100, 200))
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
+
+#: the label values EVENTS (streams.lanes, ``Admitted.result``) and CHANGELOG_REPAIRS
+#: (streams.repair) are counted with
+EVENT_RESULTS = ("finished", "fenced", "released")
+REPAIR_RESULTS = ("repaired", "not_owner", "failed")
+
+
+def prime(tables: Iterable[str]) -> None:
+    """Export the worker's labelled counters whose label values are known at zero from its
+    start (``tables``: its tables' names): a child made at its first ``inc()`` is first
+    scraped at 1, and the alert rules' ``increase()`` would miss that event
+    (ops/monitoring/alerts.yml). Dead letters' reasons and fences' stages are open-ended."""
+    for result in EVENT_RESULTS:
+        EVENTS.labels(result)
+    for table in tables:
+        for result in REPAIR_RESULTS:
+            CHANGELOG_REPAIRS.labels(table, result)
 
 
 def whmcs_observer(action: str, seconds: float, result: str) -> None:
