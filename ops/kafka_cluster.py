@@ -73,6 +73,10 @@ class ClusterNode(LocalBroker):
     def _new_cluster_id(self) -> str:
         return self.cluster_id  # every node of the cluster is formatted with the same id
 
+    def _moved(self, running: int) -> str:
+        return (f"node {self.node_id} runs on {running} ({self.port} asked): stop the cluster "
+                "first (python -m ops.kafka_local stop --nodes N)")
+
 
 class LocalCluster:
     """N :class:`ClusterNode` under ``home/node-<id>``; node ids 1..N."""
@@ -123,14 +127,16 @@ class LocalCluster:
 
     def start(self, *, timeout: float = 120.0) -> LocalCluster:
         """Start every node at once (none is ready before a majority of the quorum is up),
-        then wait until all of them are registered brokers. Idempotent."""
+        then wait until all of them are registered brokers. Idempotent. On failure the nodes
+        this call started are stopped; those that ran before it are left running."""
+        starting = [n for n in self.nodes if n.running_pid() is None]
         try:
             with ThreadPoolExecutor(len(self.nodes)) as pool:
                 for started in [pool.submit(n.start, timeout=timeout) for n in self.nodes]:
                     started.result()
             self.wait_ready(timeout=timeout)
         except BaseException:
-            self.stop(grace=5.0)
+            self.stop(grace=5.0, nodes=starting)
             raise
         return self
 
@@ -148,11 +154,14 @@ class LocalCluster:
         raise BrokerError(f"cluster {self.bootstrap}: {seen} of {want} brokers after "
                           f"{timeout:.0f}s; see {self.home}/node-*/logs/server.log")
 
-    def stop(self, *, grace: float = 20.0) -> bool:
-        """Stop every node at once (one by one, the last ones would wait for a quorum that
-        is gone); SIGKILL after ``grace``. True if any ran."""
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
-            return any(list(pool.map(lambda n: n.stop(grace=grace), self.nodes)))
+    def stop(self, *, grace: float = 20.0, nodes: list[ClusterNode] | None = None) -> bool:
+        """Stop every node (or ``nodes``) at once (one by one, the last ones would wait for a
+        quorum that is gone); SIGKILL after ``grace``. True if any ran."""
+        nodes = self.nodes if nodes is None else nodes
+        if not nodes:
+            return False
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            return any(list(pool.map(lambda n: n.stop(grace=grace), nodes)))
 
     def restart_node(self, node_id: int, *, timeout: float = 120.0) -> None:
         """Start a killed node again and wait until the cluster lists it."""

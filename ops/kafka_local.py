@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.envparse import environment, environment_at_import, exits_64_on_config_error
+from ops.pids import verified
+from ops.supervisor import process_start
 
 if TYPE_CHECKING:
     from common.connection import KafkaConnection
@@ -123,7 +125,8 @@ def free_port() -> int:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
+    """Whether a program listens on ``host``:``port`` (an IPv4 or IPv6 address)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
 
@@ -224,22 +227,40 @@ class LocalBroker:
         ])
 
     def running_pid(self) -> int | None:
+        """The broker's pid, None unless the pid file's process still is the broker started
+        here: the pid file holds ``PID START`` and only a process with that start counts
+        (:func:`ops.pids.verified`), as for the supervisor's. A file of an earlier release
+        (the pid alone) counts when the process is ours and runs ``kafka.Kafka`` with this
+        home; a pid that belongs to another user's process now (the broker died, the machine
+        restarted) is not ours."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid_text, _, start = self.pid_file.read_text().strip().partition(" ")
+            pid = int(pid_text)
         except (OSError, ValueError):
             return None
+        if start:
+            return pid if verified(pid, start, []) else None
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        # A recycled pid is not our broker: check its command line.
-        try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return pid
+        except OSError:  # gone, another user's (EPERM), or unreadable: not our broker
+            return None
         return pid if b"kafka.Kafka" in cmdline and str(self.home).encode() in cmdline else None
+
+    def listener_port(self) -> int | None:
+        """The client port the broker in ``home`` was configured with (its server.properties'
+        first ``listeners`` entry), None without one."""
+        with contextlib.suppress(OSError):
+            for line in (self.home / "server.properties").read_text().splitlines():
+                if line.startswith("listeners="):
+                    first = line.partition("=")[2].split(",")[0]
+                    with contextlib.suppress(ValueError):
+                        return int(first.rpartition(":")[2])
+        return None
+
+    def _moved(self, running: int) -> str:
+        """Why a start on :attr:`port` cannot use the broker that runs on ``running``."""
+        return f"the broker runs on {running} (KAFKA_PORT={self.port} asked): make down first"
 
     def _classpath(self) -> str:
         return str(libs_dir(self.state_dir)) + "/*"
@@ -292,8 +313,12 @@ class LocalBroker:
         return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
     def start(self, *, timeout: float = 90.0) -> LocalBroker:
-        """Start (or find running) and wait until it serves metadata. Idempotent."""
+        """Start (or find running) and wait until it serves metadata. Idempotent; a broker
+        running on another port than :attr:`port` is an error at once."""
         if self.running_pid() is not None:
+            running = self.listener_port()
+            if running is not None and running != self.port:
+                raise BrokerError(self._moved(running))
             self.wait_ready(timeout=timeout)
             return self
         for port in (self.port, self.controller_port):
@@ -306,7 +331,8 @@ class LocalBroker:
                                 stdout=stdout, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         stdout.close()
-        self.pid_file.write_text(str(proc.pid))
+        start = process_start(proc.pid)  # checked by running_pid: the pid may be reused
+        self.pid_file.write_text(f"{proc.pid} {start}" if start else str(proc.pid))
         try:
             self.wait_ready(timeout=timeout, proc=proc)
         except BrokerError:
@@ -364,9 +390,10 @@ class LocalBroker:
 
 
 def _alive(pid: int) -> bool:
+    """Whether our process ``pid`` still runs (a pid that is another user's now is not)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
     try:  # a zombie child of ours counts as gone once reaped
         waited, _ = os.waitpid(pid, os.WNOHANG)

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from common.envparse import (
     ROOT,
@@ -40,7 +41,7 @@ from common.envparse import (
 from common.errors import ConfigError
 from common.settings import ConnectorSettings, SinkSettings, WorkerSettings, setting
 from ops import pids
-from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap
+from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap, port_open
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 from ops.pids import recorded_pid
 from ops.supervisor import Child, is_healthy, process_start, stop_grace
@@ -157,7 +158,9 @@ def _health_url(section: type[Any], env: dict[str, str]) -> str:
 def plan(env: dict[str, str]) -> list[dict[str, Any]]:
     """Processes to supervise. Their env holds only what the stack decides (sandbox URLs and
     credentials, the bootstrap address); everything else they read from the environment and
-    .env themselves, so no secret is copied into the plan file."""
+    .env themselves, so no secret is copied into the plan file. Each carries its stop grace
+    as the environment sets it now (``grace_s``): ``down`` waits for those, not for what its
+    own environment would say."""
     processes: list[dict[str, Any]] = []
     overrides: dict[str, str] = {"PYTHONPATH": str(ROOT)}
     requires: list[str] = []
@@ -180,7 +183,33 @@ def plan(env: dict[str, str]) -> list[dict[str, Any]]:
     pipeline = _pipeline_processes(env, overrides)
     for proc in pipeline:
         proc["requires"] = requires
+    for proc in processes + pipeline:
+        proc["grace_s"] = Child(**proc).grace()
     return processes + pipeline
+
+
+#: The ports a sandbox listens on: its command-line flag and the variable that moves it.
+SANDBOX_PORTS = {"salesforce-sandbox": (("--http-port", "SF_SANDBOX_HTTP_PORT"),
+                                        ("--grpc-port", "SF_SANDBOX_GRPC_PORT")),
+                 "whmcs-sandbox": (("--port", "WHMCS_SANDBOX_PORT"),),
+                 "registry-sandbox": (("--port", "REGISTRY_SANDBOX_PORT"),)}
+
+
+def busy_port(processes: list[dict[str, Any]]) -> str | None:
+    """Which port a planned process would listen on another program holds, or None: a
+    sandbox's (from its command line), a pipeline process's ``*_HTTP_PORT`` (its health
+    URL). A process that cannot bind its port exits and is restarted for ever, while the
+    other program may answer its health URL."""
+    for p in processes:
+        argv, url = p["argv"], urlsplit(p.get("health_url") or "")
+        ports = [("127.0.0.1", int(argv[argv.index(flag) + 1]), variable)
+                 for flag, variable in SANDBOX_PORTS.get(p["name"], ()) if flag in argv]
+        if p["name"] not in SANDBOX_PORTS and url.port:  # *_HTTP_HOST's, or the loopback
+            ports.append((url.hostname or "", url.port, f"{p['name'].upper()}_HTTP_PORT"))
+        for host, port, variable in ports:
+            if port_open(port, host):
+                return f"port {port} ({variable}) is already in use"
+    return None
 
 
 def recorded_env() -> dict[str, str]:
@@ -257,13 +286,29 @@ def stop_leftovers(entries: list[dict[str, Any]], *, grace: bool) -> None:
     pids.stop_leftovers(entries, specs, grace_of, grace=grace, status_file=STATUS)
 
 
-def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> list[str]:
+def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dict[str, str]:
+    """Wait until each process with a health URL answers it while the supervisor lists it
+    running (another program on its port may answer for one that cannot bind it); one that
+    left with a final exit code is not waited for. Returns why each other is not healthy."""
+    def entry(name: str) -> dict[str, Any]:
+        return next((e for e in status_entries() if e["name"] == name), {})
+
     deadline = time.monotonic() + timeout
-    pending = [p for p in processes if p.get("health_url")]
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if not is_healthy(Child(**p))]
+    pending = {p["name"]: p for p in processes if p.get("health_url")}
+    failed: dict[str, str] = {}
+    while pending:
+        for name, p in list(pending.items()):
+            before = entry(name)
+            if before.get("final"):
+                failed[name] = f"exited with {before.get('last_exit')}, a final exit code"
+            elif not (before.get("pid") and is_healthy(Child(**p))
+                      and entry(name).get("pid") == before["pid"]):
+                continue
+            del pending[name]
+        if not pending or time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
-    return [p["name"] for p in pending]
+    return {**failed, **{name: f"not healthy after {timeout:.0f} s" for name in pending}}
 
 
 def up() -> int:
@@ -306,8 +351,13 @@ def up() -> int:
         # a supervisor killed alone leaves its children running, on their ports
         stop_leftovers(status_entries(), grace=True)
         processes = plan(dict(env))
+        busy = busy_port(processes)
+        if busy:
+            print(f"error: {busy}", file=sys.stderr)
+            return 1
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
+        STATUS.unlink(missing_ok=True)  # a killed one's: wait_healthy reads the new one's
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(supervisor_argv(), cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -325,7 +375,7 @@ def up() -> int:
     return 1 if unhealthy else 0
 
 
-def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
+def print_map(processes: list[dict[str, Any]], unhealthy: dict[str, str]) -> None:
     print()
     for p in processes:
         state = "NOT HEALTHY" if p["name"] in unhealthy else "healthy"
@@ -335,13 +385,15 @@ def print_map(processes: list[dict[str, Any]], unhealthy: list[str]) -> None:
     print("      make logs      follow every log;  .venv/bin/sfprov --help  operator CLI")
     print("      make down      stop everything")
     if unhealthy:
-        print(f"\nerror: not healthy after the wait: {', '.join(unhealthy)} (see their logs)")
+        print("\nerror: not healthy: " + "; ".join(f"{name} ({why})" for name, why in
+                                                   unhealthy.items()) + " (see their logs)")
 
 
 def stop_timeout(names: list[str] | None = None) -> float:
     """How long to wait for the supervisor to stop all its children (``down``) or the named
-    ones (``restart``): it stops them one after another, each within its grace
-    (``ops.supervisor.stop_grace``), so their sum, plus a margin."""
+    ones (``restart``): it stops them one after another, each within its grace (the plan's,
+    as ``up`` recorded it; ``ops.supervisor.stop_grace`` for a plan without), so their sum,
+    plus a margin."""
     processes = [p for p in planned() if names is None or p["name"] in names]
     return max(60.0, sum(Child(**p).grace() for p in processes) + 10.0)
 
@@ -358,10 +410,15 @@ def down() -> int:
     children = status_entries()
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + stop_timeout()
+        timeout = stop_timeout()
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and supervisor_pid() == pid:  # exited (or a zombie)
             time.sleep(0.2)
-        print(f"pipeline processes stopped (supervisor {pid})")
+        if supervisor_pid() == pid:
+            print(f"warning: the supervisor ({pid}) did not stop its processes within "
+                  f"{timeout:.0f} s: killing what is left", file=sys.stderr)
+        else:
+            print(f"pipeline processes stopped (supervisor {pid})")
     # a supervisor that died must not leave orphans: they get their grace; what one that
     # ran did not stop in its time is killed
     stop_leftovers(children, grace=pid is None)

@@ -189,6 +189,12 @@ def is_healthy(child: Child) -> bool:
         return False
 
 
+def turned_healthy(child: Child) -> bool:
+    """Whether the running ``child`` answers its health URL and still runs after the probe:
+    another program on its port answers for a child that could not bind it and exited."""
+    return child.proc is not None and is_healthy(child) and child.proc.poll() is None
+
+
 def read_control(path: Path, last: dict[str, Any]) -> dict[str, Any]:
     """The control file (``{}`` when there is none); ``last`` while it cannot be read (an
     older ``ops.stack`` wrote it in place: it may be half written)."""
@@ -237,7 +243,7 @@ def run(plan_path: Path) -> int:
                     healthy.discard(child.name)
                     continue
                 child.poll(healthy)
-                if child.proc is not None and child.name not in healthy and is_healthy(child):
+                if child.name not in healthy and turned_healthy(child):
                     healthy.add(child.name)
             tmp = status_file.with_suffix(".tmp")
             applied = kicks

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,3 +219,57 @@ def test_restart_waits_for_the_named_processes_graces(state, monkeypatch):
     assert calls[0][0] and calls[0][1] >= 40.0 + 50.0, calls   # both drains plus margins
     assert calls[1][0] is False
     assert stack.stop_timeout(["connector"]) == 60.0
+
+
+PORT_VARIABLES = ("SF_SANDBOX_HTTP_PORT", "SF_SANDBOX_GRPC_PORT", "WHMCS_SANDBOX_PORT",
+                  "REGISTRY_SANDBOX_PORT", "CONNECTOR_HTTP_PORT", "WORKER_HTTP_PORT",
+                  "SINK_HTTP_PORT")
+
+
+@pytest.mark.parametrize("taken", ["REGISTRY_SANDBOX_PORT", "SF_SANDBOX_GRPC_PORT",
+                                   "WORKER_HTTP_PORT"])
+def test_up_starts_nothing_on_a_port_another_program_holds(state, monkeypatch, capsys, taken):
+    """A Confluent Schema Registry on 8081 (say): the registry sandbox could not bind it and
+    was restarted for ever, while `make up` took the other registry's answers for its
+    health and reported it healthy. `up` names the port and starts no supervisor."""
+    from ops.kafka_local import free_port
+
+    for variable in PORT_VARIABLES:
+        monkeypatch.setenv(variable, str(free_port()))
+    for variable in ("SF_CLIENT_ID", "SCHEMA_REGISTRY_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(variable, raising=False)           # sandbox mode, the registry on
+    monkeypatch.setattr(stack, "broker", lambda: types.SimpleNamespace(security=None,
+                                                                       stop=lambda: False))
+    monkeypatch.setattr(stack, "uses_local_broker", lambda env: False)
+
+    def popen(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("up() started the supervisor")
+
+    monkeypatch.setattr(stack, "subprocess", types.SimpleNamespace(
+        run=lambda *a, **k: subprocess.CompletedProcess(a, 0), Popen=popen,
+        STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL))
+    with socket.socket() as other:                            # the other program
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        monkeypatch.setenv(taken, str(port))
+        assert stack.up() == 1
+    assert capsys.readouterr().err == f"error: port {port} ({taken}) is already in use\n"
+    assert not stack.PLAN.exists() and not stack.SUPERVISOR_PID.exists()
+    assert stack.busy_port(stack.plan(dict(os.environ))) is None   # once it is free
+
+
+def test_down_says_when_the_supervisor_outlasts_its_wait(state, monkeypatch, capsys):
+    """Past the plan's graces `down` kills what is left: it said "stopped" all the same."""
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(stack, "supervisor_pid", lambda: 4242)        # it never exits
+    monkeypatch.setattr(stack, "stop_timeout", lambda names=None: 0.3)
+    monkeypatch.setattr(stack.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    killed: list[bool] = []
+    monkeypatch.setattr(stack, "stop_leftovers", lambda entries, grace: killed.append(grace))
+    assert stack.down() == 0
+    out = capsys.readouterr()
+    assert sent == [(4242, signal.SIGTERM)] and killed == [False]
+    assert "the supervisor (4242) did not stop its processes within 0 s: killing what is " \
+           "left" in out.err
+    assert "pipeline processes stopped" not in out.out

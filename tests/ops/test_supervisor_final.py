@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+import types
 
 import pytest
 
-from ops import stack
+from ops import stack, supervisor
 from ops.stack import FINAL_EXIT_CODES, _pipeline_processes, sandbox_env
 from ops.supervisor import Child
 
@@ -121,3 +122,62 @@ def test_pause_names_an_unknown_process_and_a_timeout(supervised, capsys):
     assert json.loads(stack.CONTROL.read_text())["paused"] == ["worker"]
     assert stack.main(["resume"]) == 2
     assert stack.main(["stauts"]) == 2 and "usage:" in capsys.readouterr().err
+
+
+@pytest.fixture
+def answering(tmp_path, monkeypatch):
+    """Every health URL answers 200 (another program on the port, say); the status file is
+    the test's to write."""
+    monkeypatch.setattr(stack, "STATUS", tmp_path / "supervisor.json")
+    monkeypatch.setattr(stack, "is_healthy", lambda child: True)
+    return stack.STATUS
+
+
+def planned(*names: str) -> list[dict]:
+    return [{"name": n, "argv": [], "env": {}, "log": f"{n}.log",
+             "health_url": f"http://127.0.0.1:1/{n}"} for n in names]
+
+
+def test_make_up_does_not_wait_for_a_process_that_exited_finally(answering, monkeypatch):
+    """A worker that exited with 64 (a bad setting) is down until an operator acts: `make up`
+    waited its full 120 s for it anyway."""
+    monkeypatch.setattr(stack, "is_healthy", lambda child: False)
+    answering.write_text(json.dumps({"processes": [
+        {"name": "worker", "pid": None, "last_exit": 64, "final": True},
+        {"name": "sink", "pid": None, "last_exit": 1, "final": False}]}))
+    started = time.monotonic()
+    unhealthy = stack.wait_healthy(planned("worker"), timeout=5.0)
+    assert time.monotonic() - started < 1.5, "waited for a process that exited finally"
+    assert unhealthy == {"worker": "exited with 64, a final exit code"}
+    assert stack.wait_healthy(planned("worker", "sink"), timeout=1.0) == {
+        "worker": "exited with 64, a final exit code", "sink": "not healthy after 1 s"}
+
+
+def test_make_up_counts_healthy_only_a_process_that_runs(answering):
+    """Another program answers the registry sandbox's health URL while the sandbox, unable
+    to bind the port, exits and waits for its restart: not healthy."""
+    answering.write_text(json.dumps({"processes": [
+        {"name": "registry-sandbox", "pid": None, "last_exit": 1, "final": False},
+        {"name": "worker", "pid": 4242, "last_exit": None, "final": False}]}))
+    assert stack.wait_healthy(planned("registry-sandbox", "worker"), timeout=1.0) == {
+        "registry-sandbox": "not healthy after 1 s"}
+
+
+def test_the_supervisor_counts_healthy_only_a_child_that_still_runs(monkeypatch):
+    monkeypatch.setattr(supervisor, "is_healthy", lambda child: True)
+    child = Child(name="registry-sandbox", argv=[], env={}, log="", health_url="http://x/")
+    exited = types.SimpleNamespace(pid=4242, poll=lambda: 1)        # EADDRINUSE, say
+    child.proc = exited  # type: ignore[assignment]
+    assert supervisor.turned_healthy(child) is False
+    child.proc = types.SimpleNamespace(pid=4242, poll=lambda: None)  # type: ignore[assignment]
+    assert supervisor.turned_healthy(child) is True
+    child.proc = None
+    assert supervisor.turned_healthy(child) is False
+
+
+def test_make_up_names_why_each_process_is_not_healthy(capsys):
+    stack.print_map(planned("worker", "sink"), {"worker": "exited with 64, a final exit code",
+                                                "sink": "not healthy after 120 s"})
+    out = capsys.readouterr().out
+    assert "error: not healthy: worker (exited with 64, a final exit code); sink (not healthy " \
+           "after 120 s) (see their logs)" in out

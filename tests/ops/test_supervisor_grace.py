@@ -5,6 +5,7 @@ flushing."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -109,3 +110,23 @@ def test_make_down_waits_for_every_childs_grace(tmp_path, monkeypatch):
     assert stack.stop_timeout() >= total
     stack.PLAN.unlink()
     assert stack.stop_timeout() == 60.0
+
+
+def test_make_down_waits_for_the_graces_make_up_planned(tmp_path, monkeypatch):
+    """`WORKER_DRAIN_TIMEOUT_S=300 make up`, then a plain `make down`: down computed the
+    graces from its own environment (the worker's 20 + 20 s), printed "stopped" and SIGKILLed
+    the worker half way through its drain. `up` records each child's grace in the plan."""
+    monkeypatch.setattr(supervisor, "environment", lambda: stack.environment())
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
+    monkeypatch.setenv("SF_CLIENT_ID", "a-real-org")                 # no sandboxes
+    for name in ("KAFKA_LOCAL_SECURE", "SINK_DRAIN_TIMEOUT_S", "SF_EVENTS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("STATE", "LOGS", "PLAN", "PIPELINE_ENV"):
+        monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
+    monkeypatch.setenv("WORKER_DRAIN_TIMEOUT_S", "300")
+    stack.PLAN.write_text(json.dumps({"processes": stack.plan(stack.environment())}))
+    monkeypatch.delenv("WORKER_DRAIN_TIMEOUT_S")                     # plain `make down`
+    graces = {"connector": DEFAULT_GRACE_S, "worker": 300.0 + STOP_MARGIN_S,
+              "sink": 30.0 + STOP_MARGIN_S}
+    assert stack.stop_timeout() >= sum(graces.values()) + 10.0
+    assert stack.stop_timeout(["worker"]) >= graces["worker"] + 10.0  # restart's pause
