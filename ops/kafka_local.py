@@ -128,7 +128,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a program listens on ``host``:``port`` (an IPv4 or IPv6 address)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+        try:
+            return s.connect_ex((host, port)) == 0
+        except OSError:  # a host name that does not resolve: nothing of ours listens there
+            return False
 
 
 LOG4J = """\

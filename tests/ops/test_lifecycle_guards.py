@@ -113,3 +113,12 @@ def test_a_failed_cluster_start_stops_only_the_nodes_it_started(tmp_path, monkey
     with pytest.raises(BrokerError, match="node 3"):
         cluster.start(timeout=1)
     assert stopped == [3]                                # nodes 1 and 2 ran before: left alone
+
+
+def test_a_health_host_that_does_not_resolve_is_not_a_busy_port():
+    """`*_HTTP_HOST` set to a name this machine cannot resolve: `make up`'s port check ended
+    in a gaierror traceback (after the broker had started); the process reports it itself."""
+    from ops.stack import busy_port
+
+    assert busy_port([{"name": "worker", "argv": ["python"],
+                       "health_url": "http://sfprov-worker.invalid:9102/healthz"}]) is None
