@@ -55,7 +55,6 @@ from bench.harness import (
     PhaseIncomplete,
     Pipeline,
     _all_settled,
-    _sf_ms,  # noqa: F401 - bench.stages imports it from here
     approvals_ms,
     settle_span_s,
     write_backs_ms,

@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import FINAL_STATES, Pipeline
-from bench.pipeline import _all_settled, _percentile, _sf_ms
+from bench.harness import FINAL_STATES, Pipeline, _all_settled, _sf_ms
+from bench.pipeline import _percentile
 
 STAGES = [("approved→requested (SF Pub/Sub + connector)", "approved", "requested"),
           ("requested→decided (worker: linger, guard, WHMCS)", "requested", "decided"),

@@ -14,8 +14,7 @@ import pytest
 
 import bench.harness as harness
 import bench.side_by_side as sbs
-from bench.harness import Pipeline
-from bench.pipeline import PhaseIncomplete
+from bench.harness import PhaseIncomplete, Pipeline
 from tests.foundation.test_bench_harness import _Clock as _HarnessClock
 
 EPOCH_MS = 1_796_300_000_000  # the fake Salesforce sandbox's clock at the fake clock's 0
