@@ -616,7 +616,14 @@ class Connector:
                     gap["error_code"] or "replay id refused",
                     gap["last_good_replay_id"].hex() if gap["last_good_replay_id"] else "none",
                     extra={"cause": "gap"})
-        self._rearm_at = detected_s  # armed once the stream answers or stays open (_arm_gap_pass)
+        # the pass's bound: a LATEST stream after the gap started where Salesforce accepted
+        # it, later than the gap's detection, and no stream delivered what was published in
+        # between (_arm_gap_pass). That acceptance is not in the gap record, but a position
+        # committed after the detection came from that stream or a later one, so its commit
+        # follows the acceptance: the later of the two bounds the pass (a later bound only
+        # covers more Orders; those whose requests were written are not stranded)
+        committed_s = self.position.committed_at_ms / 1000 if self.position else 0.0
+        self._rearm_at = max(detected_s, committed_s)  # armed once the stream answers (_arm_gap_pass)
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""

@@ -244,7 +244,7 @@ def test_a_connector_starting_re_arms_only_a_recent_gap(monkeypatch):
     from common.errors import KafkaError
     from connectors import source
 
-    fake = SimpleNamespace(reconciler=object(), _rearm_at=None,
+    fake = SimpleNamespace(reconciler=object(), _rearm_at=None, position=None,
                            kafka=KafkaSettings.load({}, topic_prefix="t."), codec=None)
     now = time.time()
 
@@ -264,6 +264,35 @@ def test_a_connector_starting_re_arms_only_a_recent_gap(monkeypatch):
     source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
     # armed for the pass once the stream answers (Connector._handle), its time the gap's
     assert abs(fake._rearm_at - (now - 3600)) < 0.01
+
+
+def test_a_restart_after_a_latest_gap_bounds_its_pass_at_the_position_committed_since(
+        monkeypatch):
+    """The instance that met the gap resubscribed with LATEST, committed a position from that
+    stream and stopped before its pass ran: what was published between the gap's detection
+    and the LATEST stream's acceptance was delivered by no stream. The successor resumes
+    from the position (no LATEST of its own), so its pass must reach past the detection to
+    the position's commit, which followed that acceptance; a position committed before the
+    gap does not move the bound."""
+    import time
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from connectors import source
+    from connectors.offsets import Position
+
+    now = time.time()
+    detected = now - 600
+    gap = {"detected_at": datetime.fromtimestamp(detected, tz=UTC),
+           "error_code": "latest.resubscribed", "last_good_replay_id": b"\x01"}
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: gap)
+    for committed, bound in ((detected + 40, detected + 40), (detected - 40, detected)):
+        fake = SimpleNamespace(
+            reconciler=object(), _rearm_at=None,
+            position=Position(b"\x02", "KEEPALIVE", int(committed * 1000)),
+            kafka=KafkaSettings.load({}, topic_prefix="t."), codec=None)
+        source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
+        assert abs(fake._rearm_at - bound) < 0.01, (committed - detected, fake._rearm_at - detected)
 
 
 def test_two_gaps_not_yet_passed_are_passed_once_up_to_the_later(monkeypatch):
