@@ -185,6 +185,18 @@ def parse_http_url(raw: str) -> str:
     return value
 
 
+def parse_plain_http_url(raw: str) -> str:
+    """An http(s) URL of a client that authenticates in its requests (WHMCS with its API
+    credentials, the Salesforce login with its JWT): credentials in the URL would never be
+    sent (the WHMCS transport makes no Basic authentication of them), so they are refused
+    rather than left to end as a proxy's 401 on every call."""
+    value = parse_http_url(raw)
+    if "@" in urlsplit(value).netloc:
+        raise ValueError("credentials in the URL (user:password@) are not sent; remove them "
+                         "(value not shown: it holds credentials)")
+    return value
+
+
 def parse_base64_key(raw: str) -> str:
     try:
         return base64.b64decode(raw, validate=True).decode()

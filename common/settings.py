@@ -36,6 +36,7 @@ from common.envparse import (
     parse_host_port,
     parse_http_url,
     parse_non_negative_float,
+    parse_plain_http_url,
     parse_port,
     parse_positive_float,
     parse_positive_int,
@@ -344,7 +345,7 @@ class KafkaSettings(_Section):
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
-                         parse=parse_http_url,
+                         parse=parse_plain_http_url,
                          doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
                              "sandbox).")
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
@@ -526,7 +527,10 @@ class ConnectorSettings(_Section):
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class WhmcsSettings(_Section):
-    api_url: str = env("WHMCS_API_URL", parse=parse_http_url, doc="Full URL of WHMCS includes/api.php.")
+    api_url: str = env("WHMCS_API_URL", parse=parse_plain_http_url,
+                       doc="Full URL of WHMCS includes/api.php (no `user:password@` in it: "
+                           "WHMCS authenticates with WHMCS_API_IDENTIFIER and "
+                           "WHMCS_API_SECRET).")
     identifier: Secret = env("WHMCS_API_IDENTIFIER", parse=str, secret=True,
                              doc="WHMCS API credential identifier.")
     secret: Secret = env("WHMCS_API_SECRET", parse=str, secret=True,
