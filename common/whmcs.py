@@ -289,6 +289,14 @@ class WhmcsClient:
         if not isinstance(answer, dict) or "result" not in answer:
             # An HTML error page or a proxy's 5xx: WHMCS did not answer as the API.
             fields = httpx.Headers(headers)
+            if status in (401, 407):
+                # authentication asked by a web server or proxy in front of api.php, which
+                # this client cannot give (WHMCS authenticates in the body): a refusal of
+                # this installation, not of an Order — wait for the fix, /readyz says why
+                asked = (fields.get("www-authenticate") or fields.get("proxy-authenticate")
+                         or "authentication required")
+                raise WhmcsAccessError(f"not a WHMCS API answer: HTTP {status} ({asked}) from a "
+                                       "server or proxy in front of api.php", action=action)
             raise WhmcsTransientError(
                 f"{action}: not a WHMCS API answer (HTTP {status}, "
                 f"{fields.get('content-type', '?')})", action=action,

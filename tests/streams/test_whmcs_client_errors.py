@@ -155,6 +155,31 @@ def test_a_bom_before_an_html_page_is_still_not_an_api_answer():
     run(go())
 
 
+@pytest.mark.parametrize("status,header", [(401, "WWW-Authenticate"),
+                                           (407, "Proxy-Authenticate")])
+def test_authentication_asked_in_front_of_api_php_is_an_access_refusal(status, header):
+    """A web server or proxy asking for HTTP authentication (api.php behind Basic auth) is a
+    refusal of this installation: the worker waits and /readyz says why, rather than
+    failing every Order WHMCS_UNAVAILABLE after the retry deadline. Any other page that is
+    not the API's answer stays transient."""
+    def handler(request):
+        if action_of(request) == "GetOrders":
+            return httpx.Response(status, content=b"<html>401 Authorization Required</html>",
+                                  headers={"Content-Type": "text/html",
+                                           header: 'Basic realm="whmcs"'})
+        return httpx.Response(403, content=b"<html>Forbidden</html>",
+                              headers={"Content-Type": "text/html"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsAccessError, match=f"HTTP {status}.*Basic realm") as info:
+                await client.get_orders(client_id=1)
+            assert info.value.action == "GetOrders"
+            with pytest.raises(WhmcsTransientError, match="not a WHMCS API answer"):
+                await client.add_order({"clientid": 1})
+    run(go())
+
+
 # -- 3. "unreachable" says why --------------------------------------------------------------
 
 def test_unreachable_over_tls_names_the_tls_failure():
