@@ -12,9 +12,11 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
 
 * an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` (its event was not
   redelivered — e.g. it was dead-lettered) → WHMCS lookup on the ``sfOrderId=`` marker:
-  found Pending → AcceptOrder; found Active → ``Provisioned`` (``recovered``); absent →
-  ``Failed(PROVISIONING_INTERRUPTED)``. The sweep never calls ``AddOrder``: creating needs
-  the Order's current data, and the Flow's retry path exists for that. The outcome is
+  found Pending → AcceptOrder (refused by WHMCS → ``Failed(WHMCS_ERROR)`` naming the
+  order, as an event's attempt ends; left unanswered or unreachable → the next sweep); found
+  Active → ``Provisioned`` (``recovered``); absent → ``Failed(PROVISIONING_INTERRUPTED)``.
+  The sweep never calls ``AddOrder``: creating needs the Order's current data, and the
+  Flow's retry path exists for that. The outcome is
   recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
   redelivery of the event emits nothing new. The sweep's WHMCS writes (``AcceptOrder``,
   a duplicate's ``CancelOrder``) are fenced like an event's
@@ -43,12 +45,12 @@ from functools import partial
 from typing import Any, Protocol
 
 from common.avro import SerdeError
-from common.errors import WhmcsError
+from common.errors import WhmcsAccessError, WhmcsError
 from streams import metrics
 from streams.decide import Event, now_ms, outcome_record
 from streams.lease import Fenced, IntentLease, LeaseCheck, Own
 from streams.mapping import WhmcsOrderRequest
-from streams.provision import Fence, Provisioner, ProvisionResult
+from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
 from streams.state import (
     PENDING,
     DedupeEntry,
@@ -347,6 +349,8 @@ class Sweeper:
     async def _resend(self, oid: str, report: SweepReport) -> None:
         """In the Order's lane: outcomes recorded but never acknowledged as sent."""
         now = self._clock()
+        if not self.owns(oid):  # lost, or its tables restoring, since the scan
+            return
         own = self.fence_for(oid)  # the job's: the generation it began in
         for idem_key, entry in self.state.memory(oid).items():
             if now - entry.at < self.recovery_after_ms:
@@ -414,6 +418,18 @@ class Sweeper:
         except Fenced as fenced:
             _left_to_owner(oid, fenced)
             return None
+        except AcceptFailed as exc:
+            if not _refused(exc):
+                log.warning("sweep: AcceptOrder of WHMCS order %s got no definite answer; "
+                            "will retry", exc.result.whmcs_order_id, extra={
+                                "order_id": oid, "cause": str(exc)})
+                return None
+            # WHMCS refused the accept (a provisioning module failing): the Order ends as
+            # an event's attempt does (Failed WHMCS_ERROR, naming the order) — tried again
+            # at every sweep, the module would run again each time, and no outcome
+            log.warning("sweep: AcceptOrder of WHMCS order %s refused (%s)",
+                        exc.result.whmcs_order_id, exc, extra={"order_id": oid})
+            found = exc.result
         except WhmcsError as exc:
             log.warning("sweep: WHMCS lookup failed; will retry", extra={
                 "order_id": oid, "cause": str(exc)})
@@ -470,6 +486,15 @@ async def look_up_attempt(provisioner: Provisioner, oid: str, intent: Intent,
         return await provisioner.accept_found(found, fence=fence,
                                               settle_unanswered=settle_unanswered)
     return found
+
+
+def _refused(exc: AcceptFailed) -> bool:
+    """WHMCS refused the ``AcceptOrder`` (``result=error``: a provisioning module failing), a
+    definite answer about the order — not one left unanswered or unreachable
+    (``WHMCS_UNAVAILABLE``), nor this installation's access refused (Orders wait then, and
+    nothing is failed)."""
+    return exc.result.error_code == "WHMCS_ERROR" and \
+        not isinstance(exc.__cause__, WhmcsAccessError)
 
 
 def _left_to_owner(oid: str, fenced: Fenced) -> None:

@@ -381,6 +381,33 @@ def test_the_sweep_leaves_an_order_whose_tables_began_restoring_after_its_scan()
     assert state.intents[oid]["state"] == "pending" and report.interrupted == 0
 
 
+def test_the_sweep_resends_nothing_for_an_order_whose_tables_began_restoring_after_its_scan():
+    """Scanned while owned, an unsent outcome; by the time its lane ran the job a rebalance
+    gave the partition back and its tables were restoring (the lease of the new generation
+    holding): the outcome read from them may be one the restore is about to replace (a late
+    writer's, left out or rewritten) — nothing is sent. Owned again, it is."""
+    now = 10 * DAY_MS
+    oid = "801S00000000022AAA"
+    decided = {"order_id": oid, "idem_key": f"{oid}-k", "event_uuid": "ev",
+               "status": "Failed", "completed_at": now - 700_000}
+    state = new_state()
+    state.idem = {oid: {f"{oid}-k": {"event_uuid": "ev", "status": "Failed",
+                                      "outcome": decided, "emitted": False,
+                                      "at": now - 700_000, "dups": {}}}}
+    owning = [True]
+    emitter = Emitter()
+    sweeper = Sweeper(state, None, emitter, recovery_after_s=600,  # type: ignore[arg-type]
+                      dedupe_ttl_days=35, owns=lambda _oid: owning[0], clock_ms=lambda: now,
+                      lanes=LanesThen(lambda: owning.__setitem__(0, False)))
+    report = asyncio.run(sweeper.run_once())
+    assert emitter.sent == [] and report.resent == 0
+    assert state.idem[oid][f"{oid}-k"]["emitted"] is False
+    sweeper.lanes = LanesThen(lambda: None)
+    owning[0] = True
+    report = asyncio.run(sweeper.run_once())
+    assert emitter.sent == [decided] and report.resent == 1
+
+
 def test_the_sweep_writes_no_table_once_the_order_is_no_longer_its_own():
     """The lookup took time; the partition went to another worker meanwhile: the sweep must
     not settle the intent nor record an outcome in tables another worker now writes."""

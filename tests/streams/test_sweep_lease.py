@@ -13,7 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from common.errors import WhmcsUnknownResultError
+import pytest
+
+from common.errors import (
+    WhmcsAccessError,
+    WhmcsError,
+    WhmcsTransientError,
+    WhmcsUnknownResultError,
+)
 from common.whmcs import WhmcsOrder
 from streams.lease import LeaseCheck
 from streams.provision import Provisioner, ProvisionPolicy
@@ -152,3 +159,73 @@ def test_a_sweeps_cancel_of_a_duplicate_is_covered_by_the_intents_lease():
     assert cancel["durable_lease_until"] >= cancel["at"]
     assert cancel["send_deadline"] is not None and \
         cancel["send_deadline"] <= cancel["sent_mono"] + INTENT_LEASE_S + 0.5
+
+
+class Refusing(Whmcs):
+    """``AcceptOrder`` answered with ``refusal`` (a module failing: result=error)."""
+
+    def __init__(self, clock: Clock, tables: Durable, refusal: Exception):
+        super().__init__(clock, tables)
+        self.refusal = refusal
+
+    async def accept_order(self, order_id, *, autosetup=True, send_deadline=None):
+        self._log("AcceptOrder", send_deadline=send_deadline, sent_mono=time.monotonic())
+        raise self.refusal
+
+
+def _refused(refusal: Exception):
+    """One sweeper (one worker) over the pending intent, its WHMCS ``Refusing``."""
+    clock, tables, _whmcs, _sweeper = _setup()
+    whmcs = Refusing(clock, tables, refusal)
+    provisioner = Provisioner(
+        whmcs, ProvisionPolicy(whmcs_timeout_s=TIMEOUT_S, lookup_grace_s=GRACE_S),
+        sleep=clock.sleep, wall=lambda: clock() / 1000)
+    emitter = Emitter()
+    state = OrderState(tables.idem, tables.intents, tables.flush)
+    sweeper = Sweeper(state, provisioner, emitter, recovery_after_s=600,
+                      dedupe_ttl_days=35, owns=lambda _oid: True, clock_ms=clock,
+                      fence_for=_owned(clock))
+    return clock, tables, whmcs, emitter, sweeper
+
+
+def test_a_sweeps_accept_whmcs_refuses_ends_the_order_failed_naming_it():
+    """The lookup finds the order Pending and WHMCS refuses its AcceptOrder (result=error):
+    the sweep logged "lookup failed; will retry", renewed the intent and sent AcceptOrder
+    again at every sweep (the module run again each time), and the Order never got an
+    outcome. It ends as an event's own attempt does: Failed WHMCS_ERROR, naming the order."""
+    clock, tables, whmcs, emitter, sweeper = _refused(
+        WhmcsError("Module Command Error: server full", action="AcceptOrder"))
+    asyncio.run(sweeper.run_once())
+    assert [c["action"] for c in whmcs.calls] == ["GetOrders", "AcceptOrder"]
+    assert len(emitter.sent) == 1
+    outcome = emitter.sent[0]
+    assert outcome["status"] == "Failed" and outcome["error_code"] == "WHMCS_ERROR"
+    assert outcome["whmcs_order_id"] == 55 and outcome["recovered"] is True
+    assert "server full" in outcome["error_message"]
+    intent = tables.intents[OID]
+    assert intent["state"] != "pending" and intent["whmcs_order_id"] == 55
+    assert intent["may_exist"] is True  # kept past the TTL: the order exists
+    assert tables.idem[OID]["k"]["emitted"] is True
+
+    clock.ms += 700_000  # past WORKER_RECOVERY_AFTER_S again: nothing left to recover
+    asyncio.run(sweeper.run_once())
+    assert len(whmcs.calls) == 2 and len(emitter.sent) == 1
+
+
+@pytest.mark.parametrize("failure", [
+    WhmcsUnknownResultError("AcceptOrder: no answer after sending", action="AcceptOrder"),
+    WhmcsTransientError("AcceptOrder: HTTP 503", action="AcceptOrder"),
+    WhmcsAccessError("Invalid IP 10.0.0.1", action="AcceptOrder"),
+], ids=["unanswered", "unavailable", "access-refused"])
+def test_a_sweeps_accept_without_a_definite_refusal_is_tried_again(failure):
+    """WHMCS gave no answer, or none about the order (unreachable; this installation's
+    access refused, where Orders wait and nothing is failed): no outcome, the intent stays
+    pending, and the next sweep looks the order up again."""
+    clock, tables, whmcs, emitter, sweeper = _refused(failure)
+    asyncio.run(sweeper.run_once())
+    assert [c["action"] for c in whmcs.calls] == ["GetOrders", "AcceptOrder"]
+    assert emitter.sent == [] and tables.intents[OID]["state"] == "pending"
+    clock.ms += 60_000
+    asyncio.run(sweeper.run_once())
+    assert [c["action"] for c in whmcs.calls][2:] == ["GetOrders", "AcceptOrder"]
+    assert emitter.sent == [] and tables.intents[OID]["state"] == "pending"
