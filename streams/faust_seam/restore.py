@@ -9,7 +9,9 @@ leave out, and when a partition's local store must be read again from the change
   when they follow another writer's claim of a later generation; the partition's store,
   which took them when they were written, is dropped and read from offset 0
   (``persisted_offset``), and the restored values of their keys are sent again
-  (``on_skipped``).
+  (``on_skipped``) — unless the lease says, by then, that this worker has held the
+  partition without a break since they were written: they were not late, and the store
+  is kept (the held rule).
 * **The held rule.** A worker that restored a partition, claimed it and has held it since
   has the truth in its store: its restore in place applies nothing past the store's offset
   and hands that range to the repair (``on_foreign``).
@@ -69,6 +71,9 @@ class RestoreGuards(faust.Table):
         self._claims: dict[int, list[tuple[int, int, str]]] = {}
         self.on_skipped: Callable[[Any, int, list[str]], None] | None = None
         self._rebuild: set[int] = set()  # partitions whose local store holds them
+        # partition → the generations of the flushes that marked it for a rebuild, since its
+        # last one (``persisted_offset``: held since all of them, the store is kept)
+        self._marked: dict[int, set[int]] = {}
         # The owner's side at a restore: partition → the generation of this worker's last
         # claim of it; ``held(partition, generation)``: the lease says the partition has
         # been this worker's without a break since then (the worker sets it).
@@ -201,21 +206,54 @@ class RestoreGuards(faust.Table):
         partitions included). A partition whose local store took this worker's own late
         records when they were written (the store is written before the changelog) is
         dropped and read from the changelog's start: a restore in place would leave those
-        values there however it reads the changelog (decision 0016). -1, not None: faust
-        keeps the offset it last read a partition to, in memory, and resumes there when the
-        store has none (``Recovery._add``'s ``setdefault``) — a member paused through a
-        generation still has it, and the emptied store would have been filled from there
-        (a chaos run: three decisions lost, the Orders decided again)."""
-        store = self.data
-        if tp.partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
-            store.drop_partition(tp.partition)  # a failure leaves it marked: asked again
-            self._rebuild.discard(tp.partition)
-            self._claimed.pop(tp.partition, None)
-            return -1
+        values there however it reads the changelog (decision 0016) — not when this worker
+        has held it since those records' generations (:meth:`_held_since_suspects`). -1,
+        not None: faust keeps the offset it last read a partition to, in memory, and
+        resumes there when the store has none (``Recovery._add``'s ``setdefault``) — a
+        member paused through a generation still has it, and the emptied store would have
+        been filled from there (a chaos run: three decisions lost, the Orders decided
+        again)."""
+        store, partition = self.data, tp.partition
+        if partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
+            if self._held_since_suspects(partition):
+                self._kept_suspects(partition)
+            else:
+                store.drop_partition(partition)  # a failure leaves it marked: asked again
+                self._rebuild.discard(partition)
+                self._marked.pop(partition, None)
+                self._claimed.pop(partition, None)
+                return -1
         return cast("int | None", super().persisted_offset(tp))
+
+    def _held_since_suspects(self, partition: int) -> bool:
+        """Every flush that marked ``partition`` for a rebuild was written in a generation
+        the lease says this worker has held it since, without a break (it keeps the
+        partition now). Its flush could not tell whose records were the late ones (the
+        lease did not answer then: a rebalance under way, heartbeats stale) — now it can:
+        no other worker held the partition since those records were written, so they were
+        not late, and its store is the partition's truth (the held rule). A rebuild would
+        only take the other writer's late records, applied after ours in offset order; the
+        repair would then find nothing to rewrite (decision 0016)."""
+        generations, held = self._marked.get(partition, set()), self.held
+        return bool(generations) and held is not None and \
+            all(held(partition, g) for g in generations)
+
+    def _kept_suspects(self, partition: int) -> None:
+        generations = self._marked.pop(partition, set())
+        self._rebuild.discard(partition)
+        mine = self._suspects.get(partition, {})
+        for offset in [o for o, g in mine.items() if g in generations]:
+            del mine[offset]
+        if not mine:
+            self._suspects.pop(partition, None)
+        log.info("table %s: changelog partition %d held without a break since generation "
+                 "%d: the records of ours a flush met another writer's among were not late; "
+                 "its local store is kept, not rebuilt", self.name, partition,
+                 min(generations), extra={"partition": partition})
 
     def _suspect(self, partition: int, offsets: list[int], generation: int) -> None:
         self._rebuild.add(partition)
+        self._marked.setdefault(partition, set()).add(generation)
         mine = self._suspects.setdefault(partition, {})
         for offset in offsets:
             mine[offset] = generation
