@@ -388,6 +388,12 @@ class Provisioner:
                     found, "WHMCS_UNAVAILABLE", f"WHMCS gave no definite answer: {exc}",
                     found.attempts),
                     exc) from exc
+            except WhmcsAccessError as exc:
+                # this installation refused, not the order: no answer about it (an Order
+                # is never failed WHMCS_ERROR for our credentials or IP)
+                raise AcceptFailed(_failed_after(
+                    found, "WHMCS_UNAVAILABLE", f"WHMCS refused this installation: "
+                    f"{exc.action}: {exc}", found.attempts), exc) from exc
             except WhmcsError as exc:
                 raise AcceptFailed(_failed_after(
                     found, "WHMCS_ERROR", f"{exc.action}: {exc}", found.attempts),

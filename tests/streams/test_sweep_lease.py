@@ -229,3 +229,23 @@ def test_a_sweeps_accept_without_a_definite_refusal_is_tried_again(failure):
     asyncio.run(sweeper.run_once())
     assert [c["action"] for c in whmcs.calls][2:] == ["GetOrders", "AcceptOrder"]
     assert emitter.sent == [] and tables.intents[OID]["state"] == "pending"
+
+
+def test_an_access_refusal_of_a_found_orders_accept_is_no_answer_about_the_order():
+    """``accept_found`` (the sweep's, and an event's own pending attempt found by its
+    lookup): this installation's credentials or IP refused is no definite answer about the
+    order — ``WHMCS_UNAVAILABLE``, never the ``WHMCS_ERROR`` a refused accept is (an
+    event's attempt sends the found result as its outcome)."""
+    from streams.provision import AcceptFailed, ProvisionResult
+
+    clock, _tables, whmcs, _emitter, _sweeper = _refused(
+        WhmcsAccessError("Invalid IP 10.0.0.1", action="AcceptOrder"))
+    provisioner = Provisioner(
+        whmcs, ProvisionPolicy(whmcs_timeout_s=TIMEOUT_S, lookup_grace_s=GRACE_S),
+        sleep=clock.sleep, wall=lambda: clock() / 1000)
+    found = ProvisionResult("Provisioned", 55, recovered=True)
+    with pytest.raises(AcceptFailed) as info:
+        asyncio.run(provisioner.accept_found(found))
+    assert info.value.result.error_code == "WHMCS_UNAVAILABLE"
+    assert info.value.result.whmcs_order_id == 55
+    assert "Invalid IP" in (info.value.result.error_message or "")
