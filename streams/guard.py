@@ -47,8 +47,11 @@ def guard_soql(order_ids: Iterable[str]) -> str:
         if not is_salesforce_id(order_id):  # never let a bad id inject SOQL
             raise ValueError(f"not a Salesforce id: {order_id!r}")
     quoted = ", ".join(f"'{i}'" for i in ids)
-    return (f"SELECT {ORDER_FIELDS}, (SELECT {ITEM_FIELDS} FROM OrderItems) "
-            f"FROM Order WHERE Id IN ({quoted})")
+    # the items in OrderItemNumber order (the portal's creation order): Salesforce gives a
+    # query's rows in no defined order without ORDER BY, and the mapping takes the first
+    # Service item as the one the Add-ons ride on and the Opportunity links to
+    return (f"SELECT {ORDER_FIELDS}, (SELECT {ITEM_FIELDS} FROM OrderItems "
+            f"ORDER BY OrderItemNumber) FROM Order WHERE Id IN ({quoted})")
 
 
 def _key18(order_id: str) -> str:

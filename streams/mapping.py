@@ -12,7 +12,7 @@ Rules:
   are at most :data:`MAX_ID` (its tables' signed 32-bit ``int``): a larger one is invalid,
   not a number to send (it would not fit the outcome's Avro ``long`` either).
 * One ``pid[i]`` per ``Service`` or ``Activation`` item, the Service items first, each
-  class in the query's item order: WHMCS creates the services in ``pid[]`` order, and the
+  class in ``OrderItemNumber`` order (the guard's query sorts them): WHMCS creates the services in ``pid[]`` order, and the
   first service id is the one the Opportunity links to (``WHMCS_Service_ID__c``): an
   installation fee's only when the Order has no Service item
   (``Product2.WHMCS_Product_Id__c``; missing → ``MISSING_PRODUCT_MAPPING``), with

@@ -13,6 +13,9 @@ def test_soql_selects_the_guard_fields_for_all_ids_once():
     for field in ("Activation_Status__c", "WHMCS_Order_Id__c", "Account.WH_Account__c",
                   "Product2.Portal_ConfigOptions_JSON__c", "FROM OrderItems"):
         assert field in soql
+    # without ORDER BY Salesforce defines no row order, and the first Service item decides
+    # where the Add-ons go and which service the Opportunity links to
+    assert "FROM OrderItems ORDER BY OrderItemNumber)" in soql
 
 
 @pytest.mark.parametrize("bad", ["801' OR Id != '", "", "801000000000001AAA'", "x" * 19])
@@ -143,6 +146,27 @@ def test_query_answers_are_plain_dicts(salesforce):
         items = row["OrderItems"]
         assert items is None or type(items) is dict and all(
             type(item) is dict for item in items["records"])
+
+
+def test_the_guards_query_reads_the_items_in_order_item_number_order(salesforce):
+    """The guard's own query, against the sandbox: accepted, and each Order's items come in
+    OrderItemNumber order."""
+    from common.salesforce import SalesforceClient
+    from common.settings import SalesforceSettings
+
+    salesforce.seed(accounts=2, orders=4)
+    client = SalesforceClient(SalesforceSettings.load(salesforce.env()))
+    ids = [row["Id"] for row in client.query("SELECT Id FROM Order LIMIT 4")]
+    rows = client.query(guard_soql(ids))
+    assert len(rows) == len(ids)
+    numbers = [[item["Id"] for item in (row["OrderItems"] or {"records": []})["records"]]
+               for row in rows]
+    assert any(len(n) > 1 for n in numbers), numbers  # something to order
+    for row in rows:
+        items = (row["OrderItems"] or {"records": []})["records"]
+        ordered = client.query(f"SELECT Id FROM OrderItem WHERE OrderId = '{row['Id']}' "
+                               "ORDER BY OrderItemNumber")
+        assert [i["Id"] for i in items] == [i["Id"] for i in ordered]
 
 
 class RefusesOne:
