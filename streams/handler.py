@@ -221,7 +221,10 @@ class EventHandler:
                 outcome = self._outcome(event, found, opportunity or held[0].opportunity_id,
                                         held[0].client_id)
             else:
+                # the pending attempt went to WHMCS: its outcome names the client it was
+                # sent to, as every outcome that reached WHMCS does
                 outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
+                                         whmcs_client_id=held[0].client_id if held else None,
                                          whmcs_order_id=decision.whmcs_order_id,
                                          error_code=decision.error_code,
                                          error_message=decision.error_message, attempts=0,

@@ -195,6 +195,35 @@ def test_a_resumed_attempt_whose_order_was_deleted_looks_its_whmcs_order_up_firs
     assert len(whmcs.orders_for(oid(4))) == 1
 
 
+def test_a_resumed_attempt_ending_without_whmcs_names_the_client_it_was_sent_to(
+        harness, whmcs):
+    """An attempt left pending whose AddOrder made no order, its Order deleted before the
+    event comes back: the redelivery looks the attempt up (nothing found) and ends Failed
+    ORDER_NOT_FOUND — an outcome that reached WHMCS, so it names the WHMCS client, as the
+    same attempt refused by the guard does (README: set on every outcome that reached
+    WHMCS)."""
+    build, sf = harness
+    event = [request_value(oid(5), event_uuid="r5", idem_key="rk5")]
+
+    async def go():
+        kit, client = await build()
+        whmcs.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error="boom", times=1)
+        await kit.process(records(event))
+        whmcs.clear_faults()
+        tables = kit.tables  # the attempt left pending, no order in WHMCS
+        tables.intents[oid(5)] = {**tables.intents[oid(5)], "state": "pending",
+                                  "outcome": None, "whmcs_order_id": None}
+        del tables.idem[oid(5)]
+        kit.emitter.sent.clear()
+        sf.orders.pop(oid(5))
+        await kit.process(records(event))
+        await client.aclose()
+        return kit.emitter.sent
+    sent = asyncio.run(go())
+    assert [(o["status"], o["error_code"]) for o in sent] == [("Failed", "ORDER_NOT_FOUND")]
+    assert sent[0]["whmcs_client_id"] == 1015
+
+
 def test_a_provisioned_order_replayed_after_the_dedupe_ttl_gets_no_second_whmcs_order(
         harness, whmcs):
     """The write-back of a Provisioned outcome dead-lettered (the Order stays Activating);
