@@ -26,9 +26,10 @@ ORDERS = ["801000000000001AAA", "801000000000002AAA"]
 SMALL = "requests-too-small"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sf_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The Salesforce sandbox (as tests/sandbox has it), seeded."""
+    """The Salesforce sandbox (as tests/sandbox has it), seeded: one per test, since each
+    approves Orders and counts the stranded ones (shared, the counts depended on the order)."""
     from sandbox.salesforce.harness import running_sandbox
 
     with running_sandbox(tmp_path_factory.mktemp("sf"), keepalive_s=1.0,
