@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -123,10 +124,27 @@ def worker_process(env: dict[str, str], log_path: Path, module: str = "streams",
 
 
 def wait_for_log(path: Path, needle: str, timeout: float) -> bool:
-    """True once ``needle`` appears in the log file (e.g. a non-empty assignment)."""
+    """True once ``needle`` appears in the log file (a substring: "assigned: [" matches an
+    empty assignment too — :func:`wait_for_log_match` with :data:`ASSIGNED_SOME` does not)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and needle in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+#: the worker's log line of an assignment of at least one requests partition
+#: (``streams.app`` logs ``requests partitions assigned: []`` for an empty one)
+ASSIGNED_SOME = r"requests partitions assigned: \[\d"
+
+
+def wait_for_log_match(path: Path, pattern: str, timeout: float) -> bool:
+    """True once the regular expression ``pattern`` matches in the log file."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and regex.search(path.read_text(errors="replace")):
             return True
         time.sleep(0.2)
     return False

@@ -16,11 +16,12 @@ import pytest
 
 from streams.watchdog import STALL_EXIT_CODE
 from tests.streams.support import (
+    ASSIGNED_SOME,
     Reader,
     outcomes,
     produce,
     request,
-    wait_for_log,
+    wait_for_log_match,
     worker_env,
     worker_process,
 )
@@ -118,7 +119,7 @@ def test_two_workers_one_killed(kafka_settings, salesforce, whmcs, tmp_path):
             b = stack.enter_context(worker_process(worker_env(state_dir=tmp_path / "b", **base),
                                                    tmp_path / "b.log"))
             for log in ("a.log", "b.log"):  # both own partitions before anything arrives
-                assert wait_for_log(tmp_path / log, "requests partitions assigned: [", 60)
+                assert wait_for_log_match(tmp_path / log, ASSIGNED_SOME, 60)
             time.sleep(3)
             produce(kafka_settings.bootstrap_servers, kafka_settings.requests, events)
             reader.poll_until(lambda r: len(r) >= 25, timeout=90,

@@ -27,12 +27,14 @@ from contextlib import ExitStack
 import pytest
 
 from tests.streams.support import (
+    ASSIGNED_SOME,
     Reader,
     dead_letters,
     outcomes,
     produce,
     request,
     wait_for_log,
+    wait_for_log_match,
     worker_env,
     worker_process,
 )
@@ -76,7 +78,7 @@ def _paused_run(kafka_settings, salesforce, whmcs, tmp_path, *, paused_module: s
             b = stack.enter_context(worker_process(
                 worker_env(state_dir=tmp_path / "b", **base), b_log))
             for log in (a_log, b_log):  # both own partitions before anything arrives
-                assert wait_for_log(log, "requests partitions assigned: [", 60)
+                assert wait_for_log_match(log, ASSIGNED_SOME, 60)
             time.sleep(2)
             produce(kafka_settings.bootstrap_servers, kafka_settings.requests, events)
             # Pause worker a in the middle of its batch: Orders are queued behind the two

@@ -18,7 +18,15 @@ from contextlib import ExitStack
 
 import pytest
 
-from tests.streams.support import produce, request, wait_for_log, worker_env, worker_process
+from tests.streams.support import (
+    ASSIGNED_SOME,
+    produce,
+    request,
+    wait_for_log,
+    wait_for_log_match,
+    worker_env,
+    worker_process,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e, pytest.mark.slow]
 
@@ -46,7 +54,7 @@ def test_a_second_worker_joins_while_the_first_ones_lanes_are_full(
             joined_at = time.monotonic()
             stack.enter_context(worker_process(
                 worker_env(state_dir=tmp_path / "b", **base), b_log))
-            assigned = wait_for_log(b_log, "requests partitions assigned: [", 90)
+            assigned = wait_for_log_match(b_log, ASSIGNED_SOME, 90)
             took = time.monotonic() - joined_at
             text = a_log.read_text(errors="replace")
             deadline = time.monotonic() + 30  # b claims its partitions once it restored them
