@@ -41,6 +41,9 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
          f"delivery limit reached, waiting {h.waiting_until - now:.0f} s: {h.last_error}"),
         ("salesforce_stream", not silent,
          f"no events or keepalive for {now - h.last_response:.0f} s"),
+        ("salesforce_auth", not h.auth_refused,
+         f"Salesforce refuses the connector's login ({h.auth_refused}): check SF_CLIENT_ID, "
+         "SF_USERNAME, the private key and the connected app's approval for the user"),
         ("salesforce_subscription", not h.refused,
          f"Salesforce refuses the subscription to {conn.settings.channel} ({h.refused}): "
          "check SF_PROVISION_EVENT_CHANNEL and the integration user's access to the event"),

@@ -167,13 +167,16 @@ class Health:
     committed: Position | None = None
     # Salesforce refused the subscription (no such topic, no access): until a stream answers
     refused: str = ""
+    # Salesforce refused the login (the re-authentication failed, or a fresh token was
+    # refused again): until a stream answers
+    auth_refused: str = ""
 
     def snapshot(self, stall_timeout_s: float) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         limited = self.state == "limited" and self.waiting_until > now
         silent = self.state == "subscribed" and now - self.last_response > stall_timeout_s
         healthy = (self.state not in ("fenced", "failed") and not limited and not silent
-                   and not self.refused)
+                   and not self.refused and not self.auth_refused)
         details = {"state": self.state, "cause": self.cause, "last_error": self.last_error,
                    "waiting_s": max(0.0, round(self.waiting_until - now, 1)),
                    "seconds_since_response": round(now - self.last_response, 1)}
@@ -228,6 +231,7 @@ class Connector:
         # the preset of the stream being consumed: a gap's pass armed by a LATEST one is
         # bounded by its acceptance (_arm_gap_pass)
         self._stream_preset: str | None = None
+        self._auth_failures = 0  # Salesforce auth errors since a stream last answered
         m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
@@ -383,7 +387,8 @@ class Connector:
 
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
-        self.health.refused = ""
+        self.health.refused = self.health.auth_refused = ""
+        self._auth_failures = 0
         if self._rearm_at is not None:
             self._arm_gap_pass()
         batch: list[KafkaRecord] = []
@@ -492,12 +497,19 @@ class Connector:
             log.error("fatal Kafka error: %s", exc, extra={"cause": cause})
             return False
         if isinstance(exc, SalesforceAuthError):
-            delay = self.backoff.next() if self.backoff.attempt else 0.0
-            self.backoff.attempt += 1
+            # the first at once (a token expired), then backing off (next() counts it)
+            if self.backoff.attempt:
+                delay = self.backoff.next()
+            else:
+                delay, self.backoff.attempt = 0.0, 1
+            self._auth_failures += 1
+            if self._auth_failures > 1:  # a fresh token refused again (tenant, user access)
+                self.health.auth_refused = str(exc)
             try:
                 self.pubsub.refresh_auth()
             except SalesforceError as auth_exc:
                 log.warning("re-authentication failed: %s", auth_exc, extra={"cause": cause})
+                self.health.auth_refused = str(auth_exc)
                 delay = max(delay, self.backoff.next())
         elif isinstance(exc, SalesforceLimitError):
             delay = exc.retry_after or self.settings.limit_backoff_s
