@@ -225,23 +225,45 @@ class Worker:
         async for events in stream.take_events(INTAKE_CHUNK, within=INTAKE_WITHIN_S):
             for event in events:
                 self.consumer.hold(event.message)  # released by the lanes
-            records = [RawRecord(e.message.key, e.message.value, e.message.topic,
-                                 e.message.partition, e.message.offset,
-                                 received_at=e.message.time_in or time.monotonic(),
-                                 headers=e.message.headers, generation=e.message.generation_id)
-                       for e in events]
-            if all(self.serde.offline(r.value, r.headers) for r in records):
-                decoded = self._decode(records)  # every writer's schema is cached
-            else:
-                # In a thread: a schema registry lookup must not block the loop; retried
-                # while the registry is down (not the records' fault).
-                decoded = await retry_forever("decoding requests (schema registry)",
-                                              partial(asyncio.to_thread, self._decode, records))
+            # held, not in the lanes yet: a revoke of their generation releases them
+            self.lanes.taken((e.message, e.message.generation_id) for e in events)
+            try:
+                records = [RawRecord(e.message.key, e.message.value, e.message.topic,
+                                     e.message.partition, e.message.offset,
+                                     received_at=e.message.time_in or time.monotonic(),
+                                     headers=e.message.headers,
+                                     generation=e.message.generation_id)
+                           for e in events]
+                decoded: list[Event | DeadLetter] | None
+                if all(self.serde.offline(r.value, r.headers) for r in records):
+                    decoded = self._decode(records)  # every writer's schema is cached
+                else:
+                    # In a thread: a schema registry lookup must not block the loop; retried
+                    # while the registry is down (not the records' fault) — until a
+                    # rebalance revokes the chunk's generation (its messages were released
+                    # then: faust redelivers them from the committed offsets).
+                    decoded = await retry_forever("decoding requests (schema registry)",
+                                                  partial(self._decode_unless_revoked, records))
+                    if decoded is None:
+                        log.info("rebalance: a chunk of %d event(s) waiting for the schema "
+                                 "registry given up (redelivered from the committed offsets)",
+                                 len(records))
+                        continue
+            finally:
+                self.lanes.taken(())
             for event, rec, item in zip(events, records, decoded, strict=True):
                 await self._admit(event.message, rec, item)
 
     def _decode(self, records: list[RawRecord]) -> list[Event | DeadLetter]:
         return [decode(self.serde, r) for r in records]
+
+    async def _decode_unless_revoked(self, records: list[RawRecord]
+                                     ) -> list[Event | DeadLetter] | None:
+        """One attempt at decoding ``records`` in a thread; None once a rebalance revoked
+        the generation they were fetched in (asked before each attempt)."""
+        if all(self.lanes.revoked(r.generation) for r in records):
+            return None
+        return await asyncio.to_thread(self._decode, records)
 
     async def _admit(self, message: Any, rec: RawRecord, item: Event | DeadLetter) -> None:
         self.events += 1
@@ -282,10 +304,12 @@ class Worker:
         except Exception:  # noqa: BLE001 - the next commit tries again
             log.exception("commit failed")
 
-    async def _leaving(self, stopping: bool) -> None:
+    async def _leaving(self, stopping: bool, generation: int | None = None) -> None:
         """faust is about to wait for unacknowledged messages: a rebalance (release every
         event; its partition may be someone else's in a moment) or a stop (let the events
-        finish for up to ``WORKER_DRAIN_TIMEOUT_S`` first). Then commit what is finished."""
+        finish for up to ``WORKER_DRAIN_TIMEOUT_S`` first). Then commit what is finished.
+        ``generation``: the one being revoked (:meth:`ConsumerSeam.before_wait_empty`);
+        None, not known: the generations of the events seen so far."""
         if stopping:
             left = await self.lanes.drain(self.settings.drain_timeout_s)
             if left:
@@ -298,7 +322,10 @@ class Worker:
             # needs the lease (the commit does not ask it; finished events were sent).
             self.lease.lost()
         await self._commit()
-        released = self.lanes.revoke()
+        # the generation being revoked: its events that reach the lanes later are released
+        # at once, even if none of them did before (the agent was waiting for their chunk's
+        # decode); so are that chunk's messages, now
+        released = self.lanes.revoke(generation)
         if released and not stopping:
             log.info("rebalance: %d event(s) in flight released (redelivered from the "
                      "committed offsets)", released)
@@ -345,6 +372,7 @@ class Worker:
 
     async def _on_assigned(self, app: Any, assigned: Any, **_kw: Any) -> None:
         self.assigned = {tp.partition for tp in assigned if tp.topic == self.kafka.requests}
+        self.lanes.assigned(self.consumer.generation())  # the same generation given back
         self.progress.touch()  # recovery of the new assignment starts now
         self.sweeper.rescan()  # entries of new partitions may predate the index
         log.info("requests partitions assigned: %s", sorted(self.assigned))

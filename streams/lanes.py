@@ -18,7 +18,11 @@ offset). An event of a revoked generation that reaches :meth:`Lanes.admit` after
 released at once, not run: faust's rebalance waits for every message it handed out
 (``wait_empty``), and such an event would only wait for a lease the rebalance cannot give
 back before it ends (a chaos run saw a worker held in the rebalance until the group expelled
-it, 75 s later, its partitions unprocessed meanwhile). Faust itself never acknowledges a
+it, 75 s later, its partitions unprocessed meanwhile). The revoke names the generation it
+revokes (the one faust stamps on what it fetches now), so this holds too for a generation
+none of whose events reached the lanes before the revoke — the agent was waiting for the
+decode of its first chunk (a schema registry lookup; the chunk's messages, held by the agent
+meanwhile, are released by the revoke too: :meth:`Lanes.taken`). Faust itself never acknowledges a
 requests message: the worker releases it (:meth:`streams.faust_seam.ConsumerSeam.release`)
 and commits through its checkpoint.
 
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +81,20 @@ class Lanes:
         self.crashed: BaseException | None = None
         self._newest_generation = -1  # of the events admitted so far
         self._revoked_through = -1  # events of this generation and older were revoked
+        self._taken: list[tuple[Any, int | None]] = []  # (message, generation) not admitted
 
     # -- taking events in ------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
         return len(self._events)
+
+    def taken(self, messages: Iterable[tuple[Any, int | None]]) -> None:
+        """The agent holds these messages (each with the generation it was fetched in) and
+        has not handed their events in yet — it waits for their decode (a schema registry
+        lookup, the registry unreachable): a revoke of their generation releases them at
+        once. Called again with nothing once they are handed in (or given up)."""
+        self._taken = list(messages)
 
     def busy(self, order_id: str) -> bool:
         return order_id in self._lanes
@@ -105,6 +117,11 @@ class Lanes:
             log.info("partition %d paused: %d offsets uncommitted behind an unfinished event",
                      item.partition, self.checkpoint.span(item.partition))
             self._pause({item.partition})
+
+    def revoked(self, generation: int | None) -> bool:
+        """Events fetched in ``generation`` were revoked: released, never run (see the
+        module). A generation not known (None, negative) is never revoked."""
+        return generation is not None and 0 <= generation <= self._revoked_through
 
     def _revoked(self, item: Admitted) -> bool:
         """Release ``item`` at once if its generation was revoked (see the module)."""
@@ -231,13 +248,22 @@ class Lanes:
 
     # -- rebalances and stopping -----------------------------------------------------------
 
-    def revoke(self) -> int:
+    def revoke(self, through: int | None = None) -> int:
         """A rebalance revoked the partitions: every admitted event leaves the worker now
         (released, not committed); queued ones are dropped, running ones go on until their
-        next lease check; events of the generations seen so far that arrive later are
-        released as they come. Returns how many were released."""
-        self._revoked_through = self._newest_generation
+        next lease check; events of the generations seen so far, and of ``through`` (the
+        generation being revoked) and older, that arrive later are released as they come —
+        the agent may hold a chunk of ``through`` that no event of reached the lanes before
+        (waiting for its decode), and that chunk's messages (:meth:`taken`) are released
+        now. Returns how many were released."""
+        self._revoked_through = max(self._revoked_through, self._newest_generation,
+                                    -1 if through is None else through)
         released = 0
+        for message, generation in self._taken:  # the agent's chunk, waiting for its decode
+            if self.revoked(generation):
+                self._release(message)
+                released += 1
+        self._taken = [(m, g) for m, g in self._taken if not self.revoked(g)]
         for item in list(self._events.values()):
             self._leave(item, "released")
             released += 1
@@ -254,6 +280,13 @@ class Lanes:
         self.checkpoint.reset()
         self._paused.clear()
         return released
+
+    def assigned(self, generation: int | None) -> None:
+        """Partitions assigned in ``generation``. One at or below a revoked generation is the
+        same generation given back (a member's rejoin the coordinator answered without a
+        rebalance keeps it): its events are the new assignment's, and run."""
+        if generation is not None and 0 <= generation <= self._revoked_through:
+            self._revoked_through = generation - 1
 
     async def drain(self, timeout_s: float) -> int:
         """Stopping: let admitted events finish for up to ``timeout_s``; returns how many

@@ -6,7 +6,8 @@ module per part (``membership``, ``tables``, ``restore``, ``rocksdb``, ``writer`
 (``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
 ``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
 test fails when the source of a function wrapped, subclassed or relied on here changes
-upstream (:data:`CONTRACT`: a hash of each). Why each workaround exists is in
+upstream (:data:`CONTRACT`: a hash of each; :data:`CONTRACT_FILES` for upstream files with
+no Python function, faust's Cython stream iterator). Why each workaround exists is in
 ``docs/decisions/``; each has a behaviour test.
 
 The interface (what the rest of the worker calls):
@@ -18,7 +19,9 @@ The interface (what the rest of the worker calls):
   aiokafka's producer); :func:`key_partition`;
 * :class:`ConsumerSeam` — on the app's consumer: :meth:`~ConsumerSeam.commit` explicit
   offsets (and drop faust's record of the offset gaps below them),
-  :meth:`~ConsumerSeam.release` a message without committing it, seeks applied between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
+  :meth:`~ConsumerSeam.release` a message without committing it (faust's own commits
+  leave the requests topic out), :meth:`~ConsumerSeam.generation` the generation faust
+  stamps on what it fetches, seeks applied between fetches (:meth:`~ConsumerSeam.seek_before_next_fetch`), partitions paused for
   backpressure, the re-seek and diagnostics of the stall watchdog, and the revocation
   callback;
 * :func:`watch_membership` — heartbeats, SyncGroup and rebalances of the consumer group,
@@ -27,9 +30,11 @@ The interface (what the rest of the worker calls):
 
 from streams.faust_seam._base import (
     CONTRACT,
+    CONTRACT_FILES,
     PINNED,
     UnsupportedVersion,
     check_versions,
+    file_hash,
     key_partition,
     source_hash,
 )
@@ -47,9 +52,9 @@ from streams.faust_seam.rocksdb import (
 from streams.faust_seam.tables import DurableTable
 from streams.faust_seam.writer import RecordWriter
 
-__all__ = ["CLAIM_KEY", "CONTRACT", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
+__all__ = ["CLAIM_KEY", "CONTRACT", "CONTRACT_FILES", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
            "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
-           "UnsupportedVersion", "build_app", "check_versions", "key_partition",
+           "UnsupportedVersion", "build_app", "check_versions", "file_hash", "key_partition",
            "refresh_metadata_on_stale_offsets", "rocksdb_memory", "source_hash",
            "watch_membership"]

@@ -4,11 +4,13 @@ key → partition function every part uses."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
 
@@ -43,6 +45,9 @@ def check_versions() -> None:
 # overridden in a subclass (S) or relied on for its behaviour (R). Each part of the seam adds
 # what it uses.
 CONTRACT: dict[str, tuple[Any, str, str]] = {}
+# upstream files relied on that hold no Python function to hash (faust's Cython source):
+# name → (package, path inside it, the first 32 hex digits of the file's sha256)
+CONTRACT_FILES: dict[str, tuple[str, str, str]] = {}
 
 
 def source_hash(owner: Any, attribute: str) -> str:
@@ -52,6 +57,12 @@ def source_hash(owner: Any, attribute: str) -> str:
     fn = getattr(fn, "fun", fn)  # a mode Service.task: its function
     fn = getattr(fn, "__sfprov_original__", fn)
     return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:32]
+
+
+def file_hash(package: str, path: str) -> str:
+    """The first 32 hex digits of the sha256 of ``path`` in the installed ``package``."""
+    root = Path(cast(str, importlib.import_module(package).__file__)).parent
+    return hashlib.sha256((root / path).read_bytes()).hexdigest()[:32]
 
 
 def _wrap(owner: Any, attribute: str, make: Callable[[Any], Any]) -> None:

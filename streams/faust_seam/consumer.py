@@ -10,12 +10,13 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import ConsumerMessage, Message
 from mode.services import Service, WaitResults
 
-from streams.faust_seam._base import CONTRACT
+from streams.faust_seam._base import CONTRACT, CONTRACT_FILES
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,14 @@ class ConsumerSeam:
         self._rewind: dict[Any, int] = {}
         self._install_fetch()
         self._install_seek_to_committed()
+        self._install_commit_filter()
         self.eager = eager_delivery(self.consumer)
+
+    def generation(self) -> int:
+        """The consumer group generation faust stamps on the records it fetches now
+        (``ConsumerMessage.generation_id``: ``app.consumer_generation_id``, set at each
+        assignment). In a rebalance's revoke, the generation being revoked."""
+        return int(self.app.consumer_generation_id)
 
     # -- fetching --------------------------------------------------------------------
 
@@ -138,11 +146,39 @@ class ConsumerSeam:
         (:meth:`before_wait_empty` releases the worker's events first)."""
         message.incref()
 
+    def _install_commit_filter(self) -> None:
+        """Keep the requests topic out of faust's own commits, whatever acked it.
+
+        :meth:`hold` keeps the streams' acks of a message the worker takes from reaching
+        faust's consumer — but a message faust's stream skips itself (fetched in a
+        generation that has since changed) is acked by the pure-Python stream iterator
+        (``Stream._py_aiter``, used when faust's Cython extension is not built: an sdist
+        install without Cython) though never by the compiled one. Acked, faust's own commit
+        (its commit timer, ``wait_empty`` in a rebalance) would commit the requests
+        partition past records the worker never finished. Every faust commit takes its
+        offsets from ``Consumer._filter_committable_offsets``: the requests topic's
+        partitions are dropped there, and the acks faust noted for them forgotten."""
+        consumer, topic = self.consumer, self.topic
+        original = consumer._filter_committable_offsets
+
+        def _filter_committable_offsets(tps: Iterable[Any]) -> dict[Any, int]:
+            others = []
+            for tp in tps:
+                if tp.topic == topic:
+                    consumer._acked.pop(tp, None)
+                    consumer._acked_index.pop(tp, None)
+                else:
+                    others.append(tp)
+            return cast(dict[Any, int], original(others))
+
+        consumer._filter_committable_offsets = _filter_committable_offsets
+
     def release(self, message: Any) -> None:
         """Let faust forget ``message`` (held: :meth:`hold`) without counting it as
         processed: it no longer holds up a rebalance (``wait_empty``) and faust itself never
         commits past it — offsets of the requests topic are committed by the worker's
-        checkpoint alone."""
+        checkpoint alone (and faust's own commits leave that topic out: the commit
+        filter installed at construction)."""
         message.acked = True  # later acks of the message are no-ops (faust Message.ack)
         self.consumer._unacked_messages.discard(message)
 
@@ -180,15 +216,17 @@ class ConsumerSeam:
         return sum(len(tree) for tp, tree in list(self.consumer._gap.items())
                    if tp.topic == self.topic)
 
-    def before_wait_empty(self, callback: Callable[[bool], Awaitable[None]]) -> None:
-        """``await callback(stopping)`` whenever faust is about to wait for unacknowledged
-        messages: in a rebalance (every partition is revoked: eager protocol) or when the
-        worker stops — so the worker can finish or release its events first."""
+    def before_wait_empty(self, callback: Callable[[bool, int], Awaitable[None]]) -> None:
+        """``await callback(stopping, generation)`` whenever faust is about to wait for
+        unacknowledged messages: in a rebalance (every partition is revoked: eager protocol)
+        or when the worker stops — so the worker can finish or release its events first.
+        ``generation`` is the one being revoked (:meth:`generation`: the next assignment
+        sets the new one only after this wait)."""
         consumer, app = self.consumer, self.app
         original = consumer.wait_empty
 
         async def wait_empty() -> None:
-            await callback(bool(app.should_stop))
+            await callback(bool(app.should_stop), self.generation())
             await original()
 
         consumer.wait_empty = wait_empty
@@ -373,8 +411,32 @@ CONTRACT.update({
         FaustConsumer, "force_commit", "cc094614d22c70fb03606f8e5b940fdd"),
     "R faust Consumer._commit_tps": (
         FaustConsumer, "_commit_tps", "a20e230b05ae8b151ac9f78fa77a1020"),
-    "R faust Consumer._filter_committable_offsets": (
+    # the commit filter: every faust commit takes its offsets from here (force_commit →
+    # _commit_tps → _filter_committable_offsets → _new_offset), whichever stream iterator
+    # acked them: the compiled one never acks a message it skips, the pure-Python one does
+    "W faust Consumer._filter_committable_offsets (requests topic left out)": (
         FaustConsumer, "_filter_committable_offsets", "dc5e9baf5d994485473ce80aed1873b9"),
+    "R faust Stream.__aiter__ (compiled iterator if built, else pure Python)": (
+        faust.Stream, "__aiter__", "e815c0e831f1d2ccf43b083b725f8740"),
+    "R faust Stream._c_aiter (a skipped message is not acked)": (
+        faust.Stream, "_c_aiter", "fa44582a5882e9df5240199eabc47566"),
+    "R faust Stream._py_aiter (a skipped message is acked)": (
+        faust.Stream, "_py_aiter", "3a48ee257a65435b482d51edb74f2993"),
+    # seek_to_committed's seek to the beginning of a partition with nothing committed
+    "R faust AIOKafkaConsumerThread.seek_to_beginning": (
+        AIOKafkaConsumerThread, "seek_to_beginning", "bd4250b8d1e76d339a99ceff690c9d7a"),
+    # commit: _commit_offsets → ThreadDelegateConsumer._commit → the thread's commit → its
+    # _commit, which answers False (no crash) when the group rebalanced meanwhile
+    "R faust ThreadDelegateConsumer._commit": (
+        ThreadDelegateConsumer, "_commit", "a20eec84e4b2ed5072f6c6ab7707ac03"),
+    "R faust AIOKafkaConsumerThread.commit": (
+        AIOKafkaConsumerThread, "commit", "d31c8558ba25310c0b7acbf128a24413"),
+    "R faust AIOKafkaConsumerThread._commit (False on 'already rebalanced')": (
+        AIOKafkaConsumerThread, "_commit", "932852ce7a23f658804273d0296de6af"),
+    # generation: what faust stamps on a fetched record (set at each assignment:
+    # ConsumerRebalanceListener.on_partitions_assigned, wrapped in membership)
+    "R faust aiokafka Consumer._to_message (generation_id: app.consumer_generation_id)": (
+        AIOKafkaDriverConsumer, "_to_message", "7c24f6511b2fcef7cbfe73526e78de03"),
     # before_wait_empty: faust waits for unacked messages when a rebalance revokes
     "R faust App._on_partitions_revoked": (
         faust.App, "_on_partitions_revoked", "d5c895bbe57dc73ae4d7f762f6fdc9fd"),
@@ -386,4 +448,9 @@ CONTRACT.update({
     # the seek to the beginning of a partition with nothing committed: aiokafka's leaves it
     "R aiokafka AIOKafkaConsumer.seek_to_committed (no seek for None/0)": (
         AIOKafkaConsumer, "seek_to_committed", "f6cd85c8b70a4ccf7e862de24f6c5d98"),
+})
+CONTRACT_FILES.update({
+    # the compiled stream iterator (Stream._c_aiter): its StreamIterator's source
+    "R faust _cython/streams.pyx (StreamIterator: a skipped message is not acked)": (
+        "faust", "_cython/streams.pyx", "0041622f4a251188f53d73e6d51d18d1"),
 })

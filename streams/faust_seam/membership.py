@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance, GroupCoordinator
-from faust.transport.drivers.aiokafka import ConsumerRebalanceListener
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 
 from streams.faust_seam._base import CONTRACT, _wrap
 
@@ -140,4 +140,13 @@ CONTRACT.update({
     # heartbeat: _rejoin_needed_fut done means a rebalance (set here)
     "R aiokafka GroupCoordinator.request_rejoin": (
         GroupCoordinator, "request_rejoin", "f70a261c91c38cb53dbe591926f6221c"),
+    # assigned: the generation read as faust reads it, thread._ensure_consumer()._coordinator
+    # (made by AIOKafkaConsumer.start, hashed in build) .generation: set by the JoinGroup,
+    # kept by the SyncGroup (wrapped above), reset when the member is lost
+    "R faust AIOKafkaConsumerThread._ensure_consumer": (
+        AIOKafkaConsumerThread, "_ensure_consumer", "ff4a4c693b7ec63f4a76dfb61c419380"),
+    "R aiokafka CoordinatorGroupRebalance.perform_group_join (sets generation)": (
+        CoordinatorGroupRebalance, "perform_group_join", "ff2c2109b2e9868dc23f43643160ea3d"),
+    "R aiokafka GroupCoordinator.reset_generation": (
+        GroupCoordinator, "reset_generation", "537aa37c531b4de9c2e24601634cc4b0"),
 })

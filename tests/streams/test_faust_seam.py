@@ -51,6 +51,12 @@ WORKAROUND_TESTS = {
         "tests/streams/test_faust_seam.py::test_the_apps_producer_is_built_idempotent_with_acks_all",
     "faust never commits the requests topic (ConsumerSeam.hold, release)":
         "tests/streams/test_faust_seam.py::test_a_held_message_never_reaches_fausts_commit",
+    "faust's commits leave the requests topic out, whichever stream iterator runs":
+        "tests/streams/test_faust_seam.py::"
+        "test_a_message_faust_skips_never_reaches_fausts_commit_whichever_iterator",
+    "a rebalance revokes the generation faust stamps on what it fetches (before_wait_empty)":
+        "tests/streams/test_worker_revoke.py::"
+        "test_a_rebalance_revokes_the_generation_faust_stamps_on_what_it_fetches_now",
 }
 # upstream functions whose behaviour the seam relies on without wrapping or overriding them
 # ("module:Class.attribute" → what of it), each hashed in CONTRACT: a change upstream fails
@@ -105,6 +111,27 @@ RELIED_ON = {
     "faust.stores.rocksdb:Store._iterkeys": "the keys of the active partitions' DBs",
     "faust.stores.rocksdb:Store._dbs_for_actives": "the DBs in _dbs of assigned actives",
     "faust.stores.rocksdb:Store._visible_keys": "one RocksDB iterator per DB, offset key out",
+    # the commit filter: which stream iterator runs, and whether it acks a skipped message
+    "faust.streams:Stream.__aiter__": "the compiled iterator if the extension imports",
+    "faust.streams:Stream._c_aiter": "a message it skips is not acked",
+    "faust.streams:Stream._py_aiter": "a message it skips is acked (faust would commit it)",
+    # ConsumerSeam seek_to_committed, commit
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.seek_to_beginning":
+        "the seek to the beginning of a partition with nothing committed",
+    "faust.transport.consumer:ThreadDelegateConsumer._commit": "the thread's commit",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.commit": "calls _commit",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._commit":
+        "False (no crash) when the group already rebalanced",
+    # ConsumerSeam.generation: what faust stamps on a fetched record
+    "faust.transport.drivers.aiokafka:Consumer._to_message":
+        "generation_id = app.consumer_generation_id",
+    # watch_membership's assigned hook: the generation, read as faust reads it
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._ensure_consumer":
+        "the AIOKafkaConsumer (its _coordinator)",
+    "aiokafka.consumer.group_coordinator:CoordinatorGroupRebalance.perform_group_join":
+        "sets _coordinator.generation from the JoinGroup",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator.reset_generation":
+        "the generation when the member is lost",
 }
 
 
@@ -114,6 +141,13 @@ def test_upstream_source_is_the_one_verified(name):
     assert faust_seam.source_hash(owner, attribute) == verified, (
         f"{name} changed upstream: re-verify the seam's use of it (streams/faust_seam/, "
         "docs/decisions/) before updating its hash")
+
+
+@pytest.mark.parametrize("name", sorted(faust_seam.CONTRACT_FILES))
+def test_upstream_files_are_the_ones_verified(name):
+    package, path, verified = faust_seam.CONTRACT_FILES[name]
+    assert faust_seam.file_hash(package, path) == verified, (
+        f"{name} changed upstream: re-verify the seam's use of it before updating its hash")
 
 
 def test_the_installed_and_the_pinned_versions_are_the_verified_ones():
@@ -349,11 +383,13 @@ def test_a_held_message_never_reaches_fausts_commit():
     chunk (``take_events`` → ``Stream.ack``) leaves it referenced, so faust's consumer never
     acks it, and faust's commit finds nothing to commit. ``release`` lets a rebalance go on
     without it, and acks after that are no-ops. Unheld, the same ack reaches the consumer
-    and faust commits past the message (the control: the check can fail)."""
+    (the control: the check can fail) — and faust's commit still leaves the requests topic
+    out (the seam's commit filter: the next test, whose control shows faust committing
+    another topic)."""
     import asyncio
 
     import faust
-    from faust.types import TP, ConsumerMessage
+    from faust.types import ConsumerMessage
 
     topic = "requests-hold-test"
 
@@ -401,4 +437,64 @@ def test_a_held_message_never_reaches_fausts_commit():
 
     held_acked, held_committed, unheld_acked, unheld_committed = asyncio.run(run())
     assert held_acked == [] and held_committed == []
-    assert unheld_acked == [6] and unheld_committed == [{TP(topic, 0): 7}]
+    assert unheld_acked == [6] and unheld_committed == []
+
+
+@pytest.mark.parametrize("iterator", ["compiled", "pure-python"])
+def test_a_message_faust_skips_never_reaches_fausts_commit_whichever_iterator(
+        iterator, monkeypatch):
+    """faust's stream skips a message fetched in a generation that has since changed. The
+    compiled iterator (``_c_aiter``) never acks it; the pure-Python one (``_py_aiter``, the
+    one an install without faust's Cython extension runs) acks it, and faust's own commit
+    would then commit the requests partition past a record the worker never finished. The
+    seam keeps the requests topic out of faust's commits, whichever iterator runs; another
+    topic is committed as faust does (the control)."""
+    import asyncio
+
+    import faust
+    import faust.streams
+    from faust.types import TP, ConsumerMessage
+
+    if iterator == "pure-python":
+        monkeypatch.setattr(faust.streams, "_CStreamIterator", None)
+    elif faust.streams._CStreamIterator is None:
+        pytest.skip("faust's Cython extension is not built here")
+    topic, other = "requests-skip-test", "other-skip-test"
+
+    async def run() -> tuple[str, bool, list[dict]]:
+        app = faust_seam.build_app("skip-test", broker="kafka://127.0.0.1:1",
+                                   web_enabled=False, autodiscover=False)
+        faust_seam.ConsumerSeam(app, topic)
+        consumer = app.consumer
+        app.topics._acking_topics.update({topic, other})
+        app.flow_control.resume()
+        stream = app.stream(app.topic(topic))
+        app.consumer_generation_id = 7
+        stale = ConsumerMessage(topic, 0, 41, 0.0, 0, [], b"k", b"v", None, generation_id=6)
+        stale.incref()  # the conductor's reference: one stream
+        stream.channel.queue.put_nowait(faust.Event(app, b"k", b"v", {}, stale))
+        fresh = ConsumerMessage(topic, 0, 42, 0.0, 0, [], b"k", b"v", None, generation_id=7)
+        fresh.incref()
+        stream.channel.queue.put_nowait(faust.Event(app, b"k", b"v", {}, fresh))
+        committed: list[dict] = []
+
+        async def commit_offsets(offsets, start_new_transaction=True):
+            committed.append(dict(offsets))
+            return True
+
+        consumer._commit_offsets = commit_offsets
+        consumer._committed_offset[TP(topic, 0)] = 41  # the checkpoint's: next to process
+        it = stream.__aiter__()
+        name = it.ag_code.co_name
+        await asyncio.wait_for(it.__anext__(), 5)  # skips 41, yields 42
+        elsewhere = ConsumerMessage(other, 0, 3, 0.0, 0, [], b"k", b"v", None)
+        consumer.track_message(elsewhere)
+        elsewhere.ack(consumer)  # the control: a topic faust commits itself
+        await consumer.force_commit()
+        await it.aclose()
+        return name, stale.acked, committed
+
+    name, stale_acked, committed = asyncio.run(run())
+    assert name == ("_c_aiter" if iterator == "compiled" else "_py_aiter")
+    assert stale_acked == (iterator == "pure-python")  # what each iterator does upstream
+    assert committed == [{TP(other, 0): 4}]  # the requests partition is not in it

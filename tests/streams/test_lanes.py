@@ -294,3 +294,42 @@ def test_a_paused_partition_sought_back_to_an_unfinished_record_is_resumed():
     paused, resumed = asyncio.run(go())
     assert seeks and seeks[0] == (3, 5)
     assert paused == [{3}] and resumed == [{3}]
+
+
+def test_an_event_of_the_generation_being_revoked_is_released_though_none_came_before():
+    """The revoke names the generation it revokes: the agent may hold a chunk of it not yet
+    handed in (decoding it: a schema registry lookup) when no event of it reached the lanes
+    yet. Handed in after the revoke, such an event must leave at once — run, it would wait
+    for a lease the rebalance cannot give back, and faust's rebalance waits for it."""
+    async def go():
+        released: list[object] = []
+        ran: list[str] = []
+        checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda p, o: None)
+        lanes = Lanes(checkpoint, released.append)
+
+        def work(name: str, gate: asyncio.Event):
+            async def run() -> bool:
+                ran.append(name)
+                await gate.wait()
+                return True
+            return run
+        done, never = asyncio.Event(), asyncio.Event()
+        done.set()
+        await lanes.admit("A", Admitted(0, 0, "m0", work("m0", done), generation=3))
+        await asyncio.sleep(0.01)
+        lanes.revoke(through=4)  # generation 4 current; none of its events seen yet
+        await asyncio.wait_for(
+            lanes.admit("B", Admitted(0, 1, "m1", work("m1", never), generation=4)), 1)
+        lanes.run_alone(Admitted(0, 2, "m2", work("m2", never), generation=4))
+        await asyncio.sleep(0.05)
+        in_flight = lanes.in_flight
+        revoked = (lanes.revoked(3), lanes.revoked(4), lanes.revoked(5), lanes.revoked(None))
+        await lanes.admit("C", Admitted(0, 3, "m3", work("m3", done), generation=5))
+        await asyncio.sleep(0.05)
+        return released, ran, in_flight, revoked
+    released, ran, in_flight, revoked = asyncio.run(go())
+    assert in_flight == 0  # nothing of generation 4 in the lanes: faust's wait_empty ends
+    assert released[:3] == ["m0", "m1", "m2"]
+    assert ran == ["m0", "m3"]  # m1 and m2 never ran; generation 5's event did
+    assert revoked == (True, True, False, False)
