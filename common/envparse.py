@@ -186,10 +186,10 @@ def parse_http_url(raw: str) -> str:
 
 
 def parse_plain_http_url(raw: str) -> str:
-    """An http(s) URL of a client that authenticates in its requests (WHMCS with its API
-    credentials, the Salesforce login with its JWT): credentials in the URL would never be
-    sent (the WHMCS transport makes no Basic authentication of them), so they are refused
-    rather than left to end as a proxy's 401 on every call."""
+    """An http(s) URL of a client that sends no credentials of its URL (WHMCS: its own
+    transport makes no Basic authentication of them; WHMCS authenticates in the request
+    body): refused rather than left to end as a proxy's 401 on every call. (The Salesforce
+    login goes through httpx's client, which does send them: its URL keeps them.)"""
     value = parse_http_url(raw)
     if "@" in urlsplit(value).netloc:
         raise ValueError("credentials in the URL (user:password@) are not sent; remove them "

@@ -345,7 +345,7 @@ class KafkaSettings(_Section):
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
-                         parse=parse_plain_http_url,
+                         parse=parse_http_url,
                          doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
                              "sandbox).")
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
