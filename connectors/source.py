@@ -232,6 +232,7 @@ class Connector:
         # bounded by its acceptance (_arm_gap_pass)
         self._stream_preset: str | None = None
         self._auth_failures = 0  # Salesforce auth errors since a stream last answered
+        self._auth_refreshed = False  # the last re-authentication got a token
         m.COMMITTED_AGE.set_function(reads_while_alive(self, type(self)._committed_age, -1.0))
 
     # -- control -------------------------------------------------------------------------
@@ -503,14 +504,20 @@ class Connector:
             else:
                 delay, self.backoff.attempt = 0.0, 1
             self._auth_failures += 1
-            if self._auth_failures > 1:  # a fresh token refused again (tenant, user access)
+            if self._auth_failures > 1 and self._auth_refreshed:
+                # a fresh token refused again (the org, the user's access)
                 self.health.auth_refused = str(exc)
             try:
                 self.pubsub.refresh_auth()
+                self._auth_refreshed = True
             except SalesforceError as auth_exc:
                 log.warning("re-authentication failed: %s", auth_exc, extra={"cause": cause})
-                self.health.auth_refused = str(auth_exc)
-                delay = max(delay, self.backoff.next())
+                # the token endpoint unreachable (a timeout, a 5xx) is not a refusal: the
+                # cached token, expired, is refused again meanwhile — not one either
+                self._auth_refreshed = False
+                if not auth_exc.retryable:  # invalid_grant, invalid_client, the key
+                    self.health.auth_refused = str(auth_exc)
+                delay = max(delay, self.backoff.ceiling())
         elif isinstance(exc, SalesforceLimitError):
             delay = exc.retry_after or self.settings.limit_backoff_s
             self.health.state = "limited"

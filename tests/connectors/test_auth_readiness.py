@@ -7,21 +7,26 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from common.errors import SalesforceAuthError
+import pytest
+
+from common.errors import SalesforceAuthError, SalesforceError
 from common.settings import ConnectorSettings, KafkaSettings
 from connectors import observability
 from connectors.source import Connector
 
 
 class Pubsub:
-    def __init__(self, refresh_fails: bool) -> None:
-        self.refresh_fails, self.refreshes = refresh_fails, 0
+    def __init__(self, refresh_fails: bool, unreachable: int = 0) -> None:
+        self.refresh_fails, self.refreshes, self.unreachable = refresh_fails, 0, unreachable
 
     def get_schema(self, _schema_id: str) -> None:
         return None
 
     def refresh_auth(self) -> None:
         self.refreshes += 1
+        if self.unreachable:
+            self.unreachable -= 1
+            raise SalesforceError("token endpoint unreachable: ConnectTimeout", retryable=True)
         if self.refresh_fails:
             raise SalesforceAuthError("invalid_grant: user hasn't approved this consumer",
                                       retryable=False)
@@ -64,10 +69,24 @@ def test_a_fresh_token_refused_again_is_a_refusal_one_expired_token_is_not():
     assert observability.ready(conn)[0] is False and pubsub.refreshes == 2
 
 
-def test_auth_errors_back_off_doubling_not_faster():
-    """The first auth error is retried at once, then the backoff grows one step per error
-    (it counted two per error, reaching its ceiling in a few failures)."""
-    conn = connector(Pubsub(refresh_fails=False))
+def test_a_token_endpoint_out_of_reach_is_no_refused_login():
+    """The re-authentication timing out (a network blip, a 5xx) leaves the expired token
+    cached, so the next subscribe is refused again: neither is Salesforce refusing the
+    login, and /readyz must not send the operator to the credentials."""
+    pubsub = Pubsub(refresh_fails=False, unreachable=1)
+    conn = connector(pubsub)
+    assert conn._recover(expired())  # the refresh times out
+    assert observability.ready(conn)[0] is True
+    assert conn._recover(expired())  # the expired token again; this refresh works
+    assert observability.ready(conn)[0] is True and pubsub.refreshes == 2
+
+
+@pytest.mark.parametrize("refresh_fails", [False, True])
+def test_auth_errors_back_off_one_step_per_error(refresh_fails):
+    """The first auth error is retried at once, then the backoff grows one step per error,
+    also when the re-authentication fails (it counted two per error, reaching its ceiling
+    in a few failures)."""
+    conn = connector(Pubsub(refresh_fails=refresh_fails))
     for _ in range(3):
         conn._recover(expired())
     assert conn.backoff.attempt == 3
