@@ -143,6 +143,10 @@ EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configurat
 #: first, as an EARLIEST stream with nothing left to replay answers only with its first
 #: keepalive, up to 270 s later
 GAP_ARM_OPEN_S = 5.0
+#: how long after a gap's detection its LATEST stream may have been accepted, for a
+#: successor's re-armed pass (:meth:`Connector._rearm_gap`): a gap record's commit, failed
+#: opens with their backoff, a delivery-limit wait (SF_PUBSUB_LIMIT_BACKOFF_S, 300 s)
+LATEST_ACCEPT_WITHIN_S = 900.0
 
 
 class StreamStalled(SalesforceError):
@@ -639,10 +643,14 @@ class Connector:
         # it, later than the gap's detection, and no stream delivered what was published in
         # between (_arm_gap_pass). That acceptance is not in the gap record, but a position
         # committed after the detection came from that stream or a later one, so its commit
-        # follows the acceptance: the later of the two bounds the pass (a later bound only
-        # covers more Orders; those whose requests were written are not stranded)
-        committed_s = self.position.committed_at_ms / 1000 if self.position else 0.0
-        self._rearm_at = max(detected_s, committed_s)  # armed once the stream answers (_arm_gap_pass)
+        # follows the acceptance: it bounds the pass — up to LATEST_ACCEPT_WITHIN_S after
+        # the detection (the predecessor's last commit may be days later: a pass to there
+        # would re-request at every restart what was dead-lettered since, at once)
+        bound = detected_s
+        if gap.get("policy") == "LATEST" and self.position is not None:
+            committed_s = self.position.committed_at_ms / 1000
+            bound = max(detected_s, min(committed_s, detected_s + LATEST_ACCEPT_WITHIN_S))
+        self._rearm_at = bound  # armed once the stream answers or stays open (_arm_gap_pass)
 
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""

@@ -282,17 +282,27 @@ def test_a_restart_after_a_latest_gap_bounds_its_pass_at_the_position_committed_
     from connectors.offsets import Position
 
     now = time.time()
-    detected = now - 600
-    gap = {"detected_at": datetime.fromtimestamp(detected, tz=UTC),
-           "error_code": "latest.resubscribed", "last_good_replay_id": b"\x01"}
-    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: gap)
-    for committed, bound in ((detected + 40, detected + 40), (detected - 40, detected)):
+    detected = now - 2 * 86400
+    window = source.LATEST_ACCEPT_WITHIN_S
+    cases = [  # policy, the position's commit after the detection, the pass's bound
+        ("LATEST", 40, 40),
+        ("LATEST", -40, 0),  # committed before the gap: the detection
+        # the predecessor ran on for a day: the acceptance was within the window, not
+        # there (a pass up to its last commit re-requested what was dead-lettered since)
+        ("LATEST", 86400, window),
+        ("EARLIEST", 40, 0),  # an EARLIEST stream replays what the gap skipped: no hole
+    ]
+    for policy, committed, bound in cases:
+        gap = {"detected_at": datetime.fromtimestamp(detected, tz=UTC), "policy": policy,
+               "error_code": "latest.resubscribed", "last_good_replay_id": b"\x01"}
+        monkeypatch.setattr(source, "load_last_gap", lambda *_a, gap=gap, **_kw: gap)
         fake = SimpleNamespace(
             reconciler=object(), _rearm_at=None,
-            position=Position(b"\x02", "KEEPALIVE", int(committed * 1000)),
+            position=Position(b"\x02", "KEEPALIVE", int((detected + committed) * 1000)),
             kafka=KafkaSettings.load({}, topic_prefix="t."), codec=None)
         source.Connector._rearm_gap(fake)  # type: ignore[arg-type]
-        assert abs(fake._rearm_at - bound) < 0.01, (committed - detected, fake._rearm_at - detected)
+        assert abs(fake._rearm_at - (detected + bound)) < 0.01, (
+            policy, committed, fake._rearm_at - detected)
 
 
 def test_two_gaps_not_yet_passed_are_passed_once_up_to_the_later(monkeypatch):
