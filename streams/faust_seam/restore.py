@@ -246,6 +246,11 @@ class RestoreGuards(faust.Table):
             del mine[offset]
         if not mine:
             self._suspects.pop(partition, None)
+        # the restore in place hands everything past the store's offset to the repair (the
+        # held rule), not only what follows the flush's records: that flush's repair job
+        # may have given up waiting for this very rebalance (the repair compares again, so
+        # a range looked at twice is rewritten at most once)
+        self._tail.pop(partition, None)
         log.info("table %s: changelog partition %d held without a break since generation "
                  "%d: the records of ours a flush met another writer's among were not late; "
                  "its local store is kept, not rebuilt", self.name, partition,

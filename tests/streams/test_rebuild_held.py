@@ -34,11 +34,12 @@ def _event(tp: TP, offset: int, key: str, value: bytes | None) -> SimpleNamespac
         tp=tp, partition=tp.partition, offset=offset, key=key.encode(), value=value))
 
 
-def _owner_meets_late_records(tmp_path, *, kept: bool) -> dict:
+def _owner_meets_late_records(tmp_path, *, kept: bool, give_up: bool = False) -> dict:
     """The owner restored and claimed partition 0 in generation 7 and wrote Q (offset 0); a
     late writer's Q lands at 1; the owner's R at 2, acknowledged while a rebalance is under
     way. ``kept``: the rebalance gives the partition back in generation 8 (held throughout);
-    else in 9 (the run of generations broken: held by someone else in between)."""
+    else in 9 (the run of generations broken: held by someone else in between).
+    ``give_up``: the rebalance outlasts the flush's repair job's wait, which gives up."""
     table = _durable_table("rb-test", tmp_path, partitions=1)
     store = table.data
     table._changelog_name = CHANGELOG
@@ -72,12 +73,16 @@ def _owner_meets_late_records(tmp_path, *, kept: bool) -> dict:
         async def commit() -> None:
             pass
         busy = [True]  # the rebalance and the restore: the repair waits them out
-        repair = ChangelogRepair(lease, read, commit, wait_s=5, busy=lambda: busy[0])
+        repair = ChangelogRepair(lease, read, commit, wait_s=0.2 if give_up else 5,
+                                 busy=lambda: busy[0])
         table.on_foreign = repair.foreign
         rewritten: list[str] = []
         table.rewrite = rewritten.append  # type: ignore[method-assign]
         table._persist_offsets(tally)
         result["marked"] = 0 in table._rebuild
+        if give_up:
+            await asyncio.wait_for(repair.idle(), 10)
+            result["given_up"] = repair.given_up
         generation = 8 if kept else 9
         lease.synced(generation, 0.0)
         lease.assigned([0], generation)
@@ -103,9 +108,20 @@ def test_an_owner_that_kept_its_partition_keeps_its_store_and_repairs_the_late_r
     assert result["marked"], "the flush could not tell: its own records remembered"
     assert result["start"] != -1, "held throughout since the suspects: no rebuild from 0"
     assert result["Q"] == OWNER and result["R"] == b'{"n":1}'
-    assert result["rewritten"] == [Q]  # the changelog made to end with the owner's Q
+    assert set(result["rewritten"]) == {Q}  # the changelog made to end with the owner's Q
     assert result["persisted"] == 2 and not result["rebuild"]
     assert result["suspects"] == {} and result["claimed"] == 7
+
+
+def test_a_kept_partition_whose_flush_repair_gave_up_is_repaired_by_the_restore(tmp_path):
+    """The rebalance outlasted the flush's repair job (its wait gave up): the restore in
+    place must hand the whole range past the store's offset to the repair again — else the
+    store holds the owner's Q while the changelog ends with the late writer's, and the
+    partition's next owner restores that."""
+    result = _owner_meets_late_records(tmp_path, kept=True, give_up=True)
+    assert result["given_up"] == 1 and result["start"] != -1
+    assert result["Q"] == OWNER
+    assert Q in result["rewritten"], "store kept but the changelog still ends with the late Q"
 
 
 def test_an_owner_whose_hold_was_broken_since_its_suspect_records_rebuilds(tmp_path):
