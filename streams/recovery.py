@@ -45,7 +45,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from common.avro import SerdeError
-from common.errors import WhmcsAccessError, WhmcsError
+from common.errors import WhmcsError
 from streams import metrics
 from streams.decide import Event, now_ms, outcome_record
 from streams.lease import Fenced, IntentLease, LeaseCheck, Own
@@ -490,11 +490,10 @@ async def look_up_attempt(provisioner: Provisioner, oid: str, intent: Intent,
 
 def _refused(exc: AcceptFailed) -> bool:
     """WHMCS refused the ``AcceptOrder`` (``result=error``: a provisioning module failing), a
-    definite answer about the order — not one left unanswered or unreachable
-    (``WHMCS_UNAVAILABLE``), nor this installation's access refused (Orders wait then, and
-    nothing is failed)."""
-    return exc.result.error_code == "WHMCS_ERROR" and \
-        not isinstance(exc.__cause__, WhmcsAccessError)
+    definite answer about the order — not one left unanswered or unreachable, nor this
+    installation's access refused (both ``WHMCS_UNAVAILABLE``:
+    :meth:`~streams.provision.Provisioner.accept_found` labels them)."""
+    return exc.result.error_code == "WHMCS_ERROR"
 
 
 def _left_to_owner(oid: str, fenced: Fenced) -> None:
