@@ -72,6 +72,7 @@ test-fast: install ## Unit tests only (no broker)
 lint: install ## ruff + mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy common connectors streams sinks ops
+	@$(VENV)/bin/mypy --follow-imports=silent bench  # the test helpers it imports are not typed to this standard
 
 demo: install ## Approve N seeded Orders in the sandbox and watch them provision (N, else SFPROV_DEMO_COUNT, else 20)
 	@$(PY) -m ops.cli demo $${N:+--count $$N}

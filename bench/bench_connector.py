@@ -40,7 +40,9 @@ def count_committed(bootstrap: str, topic: str, partitions: int) -> tuple[int, i
                          "isolation.level": "read_committed", "enable.partition.eof": True,
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    total, uuids, eof = 0, set(), set()
+    total = 0
+    uuids: set[bytes | str | None] = set()
+    eof: set[int | None] = set()
     while len(eof) < partitions:
         msg = consumer.poll(10)
         if msg is None:
@@ -49,7 +51,7 @@ def count_committed(bootstrap: str, topic: str, partitions: int) -> tuple[int, i
             eof.add(msg.partition())
             continue
         total += 1
-        uuids.add(dict(msg.headers())["sfprov.event_uuid"])
+        uuids.add(dict(msg.headers() or [])["sfprov.event_uuid"])
     consumer.close()
     return total, len(uuids)
 

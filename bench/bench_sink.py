@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,7 +49,7 @@ def run(bootstrap: str, args: argparse.Namespace, work: Path) -> int:
     ensure_topics(kafka)
     with running_sandbox(work / "sf", daily_limit=5_000_000) as sf:
         t0 = time.monotonic()
-        orders = []
+        orders: list[dict[str, Any]] = []
         while len(orders) < args.outcomes:
             batch = min(2000, args.outcomes - len(orders))
             orders.extend(sf.seed(accounts=50, orders=batch, broken_every=0)["orders"])

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace, work: Path, bootstrap: str, sf, wh) -> int:
         time.sleep(2)
         sf_before = sf.counters()
         wh.reset_counters()
-        events = [request(i) for i in ids]
+        events: list[dict[str, Any] | bytes] = [request(i) for i in ids]
         t0 = time.time()
         produce(bootstrap, kafka.requests, events)
         reader.poll_until(lambda r: len(r) >= len(events), timeout=600,
