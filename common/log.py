@@ -23,8 +23,13 @@ CONTEXT_FIELDS = ("order_id", "correlation_id", "idem_key", "event_uuid", "repla
                   "whmcs_order_id", "status", "error_code", "topic", "partition", "offset",
                   "attempt", "count", "duration_ms", "steps_ms", "cause")
 
-_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
-                  re.S)
+# a key block to its END line, or, cut before it (a message or a field truncated), to the
+# end of the text: what follows the BEGIN line is the key until shown otherwise
+_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIVATE KEY-----"
+                  r"|.*\Z)", re.S)
+# the password of a URL's user info, ``scheme://user:password@host`` (a proxy or registry URL
+# echoed in an error); the user name stays, as it says which login was used
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+"
                      r"|authorization['\"]?\s*[=:]\s*['\"]?basic\s+)"
                      r"[A-Za-z0-9!._\-+/=]{8,}")
@@ -46,8 +51,8 @@ _SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
 # Each shape above needs its own mark to match: "-----" (a PEM key), "bearer" or "access
-# token" (a labelled token), "!" (a session id), "eyJ" (a JWT), "=" or ":" (``k=v``,
-# ``'k': v``, with a secret's name). ``redact`` runs a pattern only where its mark is (most
+# token" (a labelled token), "!" (a session id), "://" and "@" (a URL's password), "eyJ" (a
+# JWT), "=" or ":" (``k=v``, ``'k': v``, with a secret's name). ``redact`` runs a pattern only where its mark is (most
 # messages and ids have none). No replacement brings a mark in.
 _BEARER_MARK = re.compile(r"(?i)bearer|access_?token|basic")
 # ``k=v`` needs a secret's name too (the words of SECRET_KEYS; "access" and "key" cover
@@ -70,6 +75,8 @@ def redact(text: str) -> str:
         text = _BEARER.sub(lambda m: m.group(1) + "[REDACTED]", text)
     if "!" in text:
         text = _SESSION_ID.sub("[REDACTED SESSION ID]", text)
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD.sub(_mask_url_password, text)
     if "eyJ" in text:
         text = _JWT.sub("[REDACTED JWT]", text)
     if ("=" in text or ":" in text) and _kv_marked(text):
@@ -82,8 +89,15 @@ def _redact_all(text: str) -> str:
     text = _PEM.sub("[REDACTED PRIVATE KEY]", text)
     text = _BEARER.sub(lambda m: m.group(1) + "[REDACTED]", text)
     text = _SESSION_ID.sub("[REDACTED SESSION ID]", text)
+    text = _URL_PASSWORD.sub(_mask_url_password, text)
     text = _JWT.sub("[REDACTED JWT]", text)
     return _SECRET_KV.sub(_mask_value, text)
+
+
+def _mask_url_password(m: re.Match[str]) -> str:
+    if m.group(2).startswith("[REDACTED"):
+        return m.group(0)
+    return f"{m.group(1)}[REDACTED]{m.group(3)}"
 
 
 def _mask_value(m: re.Match[str]) -> str:

@@ -82,7 +82,8 @@ def test_the_quick_path_masks_exactly_what_every_pattern_would():
               "AccessToken", "password", "00D5g000004XYZA", "!", "AQ0AQH8mFakeValue", ".", "=",
               "00D5g000004XYZA!AQ0AQH8mFakeValue",
               ":", " ", "'", '"', "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----",
-              "-", "eyJhbGciOiJSUzI1NiJ9", "abcdefgh12", "801000000000001AAA", "é", "\n", "&"]
+              "-", "eyJhbGciOiJSUzI1NiJ9", "abcdefgh12", "801000000000001AAA", "é", "\n", "&",
+              "https://", "://", "@", "/", "proxy:8080", "user:"]
     texts = [SESSION_ID, JWT, PEM, form_body(), "WHMCS order created", "801000000000001AAA"]
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
               for _ in range(5000)]
@@ -118,3 +119,24 @@ def test_redact_keeps_what_is_not_a_secret():
         {"duration_ms": 12, "steps_ms": {"guard": 3}}
     assert redact(f"secret={WHMCS_SECRET}") == "secret=[REDACTED]"
     assert redact(redact(f"secret={WHMCS_SECRET}")) == "secret=[REDACTED]"
+
+
+def test_a_url_password_and_a_key_cut_short_are_masked():
+    """A proxy or registry URL with its password, echoed in an error; a private key whose
+    message or field was cut before its END line."""
+    text = ("ProxyError('Cannot connect to proxy http://svc-user:Pr0xy-Pa55@proxy.corp:3128')"
+            " and https://reg:" + ACCESS_KEY + "@registry.example.com/subjects")
+    masked = redact(text)
+    assert "Pr0xy-Pa55" not in masked and ACCESS_KEY not in masked, masked
+    assert "http://svc-user:[REDACTED]@proxy.corp:3128" in masked, masked
+    assert redact(masked) == masked
+    # what is not a password stays: a port, a user without one, a path with an @
+    for plain in ("http://proxy.corp:3128/path", "https://user@host.example.com:443/x",
+                  "http://host:8080/api/users/@me", "mailto:ops@example.com"):
+        assert redact(plain) == plain, plain
+    cut = "could not load SF_PRIVATE_KEY: -----BEGIN PRIVATE KEY-----\nMIIBVgIBADANBgkqhkiG9w"
+    masked = redact(cut)
+    assert "MIIBVgIBADANBgkqhkiG9w" not in masked, masked
+    assert masked.startswith("could not load SF_PRIVATE_KEY: [REDACTED PRIVATE KEY]"), masked
+    # a whole key still ends at its END line: what follows it is kept
+    assert redact(PEM + " then order_id=801") == "[REDACTED PRIVATE KEY] then order_id=801"
