@@ -316,6 +316,15 @@ def up() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     admin_env: dict[str, str] = {}
+    if supervisor_pid() is None:
+        # a supervisor killed alone leaves its children running, on their ports; and a port
+        # another program holds is said before anything starts (the broker left running by
+        # a failed `up` was one more thing for the user to stop)
+        stop_leftovers(status_entries(), grace=True)
+        busy = busy_port(plan(dict(env)))
+        if busy:
+            print(f"error: {busy}", file=sys.stderr)
+            return 1
     if uses_local_broker(env):
         b = broker()
         problem = secure_broker_ready(b)
@@ -348,8 +357,7 @@ def up() -> int:
         print("pipeline processes already running (supervisor pid "
               f"{supervisor_pid()}); nothing started twice")
     else:
-        # a supervisor killed alone leaves its children running, on their ports
-        stop_leftovers(status_entries(), grace=True)
+        stop_leftovers(status_entries(), grace=True)  # none, unless one came meanwhile
         processes = plan(dict(env))
         busy = busy_port(processes)
         if busy:

@@ -259,6 +259,36 @@ def test_up_starts_nothing_on_a_port_another_program_holds(state, monkeypatch, c
     assert stack.busy_port(stack.plan(dict(os.environ))) is None   # once it is free
 
 
+def test_up_starts_no_broker_when_a_port_is_taken(state, monkeypatch, capsys):
+    """The port check comes before the local broker's start: a failed `up` used to leave a
+    broker running (and topics created) for the user to stop."""
+    from ops.kafka_local import free_port
+
+    for variable in PORT_VARIABLES:
+        monkeypatch.setenv(variable, str(free_port()))
+    for variable in ("SF_CLIENT_ID", "SCHEMA_REGISTRY_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def start() -> None:
+        raise AssertionError("up() started the broker")
+
+    monkeypatch.setattr(stack, "broker", lambda: types.SimpleNamespace(
+        security=None, stop=lambda: False, start=start, running_pid=lambda: None))
+    monkeypatch.setattr(stack, "uses_local_broker", lambda env: True)
+    monkeypatch.setattr(stack, "secure_broker_ready", lambda b: None)
+    monkeypatch.setattr(stack, "subprocess", types.SimpleNamespace(
+        run=lambda *a, **k: (_ for _ in ()).throw(AssertionError("up() created topics")),
+        Popen=lambda *a, **k: (_ for _ in ()).throw(AssertionError("supervisor started")),
+        STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        monkeypatch.setenv("WHMCS_SANDBOX_PORT", str(port))
+        assert stack.up() == 1
+    assert capsys.readouterr().err == f"error: port {port} (WHMCS_SANDBOX_PORT) is already in use\n"
+
+
 def test_down_says_when_the_supervisor_outlasts_its_wait(state, monkeypatch, capsys):
     """Past the plan's graces `down` kills what is left: it said "stopped" all the same."""
     sent: list[tuple[int, int]] = []
