@@ -545,7 +545,10 @@ class WhmcsSettings(_Section):
     autosetup: bool = env("WHMCS_AUTOSETUP", True, parse=parse_bool,
                           doc="AcceptOrder autosetup (run the provisioning module).")
     timeout_s: float = env("WHMCS_TIMEOUT_S", 15.0, parse=parse_positive_float,
-                           doc="Timeout of one WHMCS call, seconds.")
+                           doc="Timeout of one WHMCS call, seconds: no answer byte for this "
+                               "long ends it, and so does an answer not whole this long after "
+                               "connecting (a trickled answer, repeated 102 Processing); "
+                               "connecting may take up to 5 s more.")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__

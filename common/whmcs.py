@@ -23,6 +23,7 @@ before any new ``AddOrder``. The secret and access key never appear in logs or e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -192,8 +193,13 @@ class WhmcsClient:
         self._transport = transport or Http11Transport(max_connections=max_connections)
         # parsed once: httpx parses a URL given as text on every request (~90 µs)
         self._url = httpx.URL(settings.api_url)
-        self._timeouts = httpx.Timeout(self._timeout,
-                                       connect=min(self._timeout, 5.0)).as_dict()
+        connect = min(self._timeout, 5.0)
+        self._timeouts = httpx.Timeout(self._timeout, connect=connect).as_dict()
+        # The read timeout is for silence: an answer trickled a byte at a time (a proxy, a
+        # server sending ``102 Processing`` again and again) restarts it at each byte. The
+        # whole call is bounded too, by the time to connect plus the timeout, so a call
+        # cannot hold a WHMCS slot and its Order's lane past what WHMCS_TIMEOUT_S says.
+        self._call_limit = self._timeout + connect
         self._auth_form = ""  # the credentials, form-encoded once (never logged)
         self.calls: Counter[str] = Counter()
         self.latency: dict[str, float] = defaultdict(float)
@@ -249,26 +255,35 @@ class WhmcsClient:
             if self.observer is not None:
                 self.observer(action, elapsed, outcome)
 
+    async def _exchange(self, payload: bytes, send_deadline: float | None
+                        ) -> tuple[int, Any, bytes]:
+        if isinstance(self._transport, Http11Transport):
+            # the request in bytes straight to our transport: no httpx.Request or
+            # httpx.Response around it (~17 µs of the worker's CPU per call)
+            return await self._transport.exchange(
+                self._url, request_bytes(b"POST", self._url, _FORM_RAW, payload),
+                self._timeouts, send_deadline=send_deadline)
+        extensions: dict[str, Any] = {"timeout": self._timeouts}
+        if send_deadline is not None:
+            extensions[SEND_DEADLINE] = send_deadline
+        resp = await self._transport.handle_async_request(httpx.Request(
+            "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
+            extensions=extensions))
+        content = await resp.aread()
+        return resp.status_code, resp.headers.raw, content
+
     async def _send(self, action: str, body: str,
                     send_deadline: float | None = None) -> dict[str, Any]:
         mutating = action in MUTATING
         payload = body.encode()
         try:
-            if isinstance(self._transport, Http11Transport):
-                # the request in bytes straight to our transport: no httpx.Request or
-                # httpx.Response around it (~17 µs of the worker's CPU per call)
-                status, headers, content = await self._transport.exchange(
-                    self._url, request_bytes(b"POST", self._url, _FORM_RAW, payload),
-                    self._timeouts, send_deadline=send_deadline)
-            else:
-                extensions: dict[str, Any] = {"timeout": self._timeouts}
-                if send_deadline is not None:
-                    extensions[SEND_DEADLINE] = send_deadline
-                resp = await self._transport.handle_async_request(httpx.Request(
-                    "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
-                    extensions=extensions))
-                content = await resp.aread()
-                status, headers = resp.status_code, resp.headers.raw
+            async with asyncio.timeout(self._call_limit):
+                status, headers, content = await self._exchange(payload, send_deadline)
+        except TimeoutError as exc:  # the whole call's bound (the per-read one is httpx's)
+            cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
+            raise cls(f"{action}: no whole answer within {self._call_limit:g} s "
+                      "(an answer trickled, or never ending); the call may have taken effect",
+                      action=action) from exc
         except NotSent as exc:
             raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

@@ -319,3 +319,45 @@ def test_a_short_credential_does_not_blank_the_cause():
     text = run(go())
     assert "ConnectError: ssl handshake failed; sent action=GetOrders" in text
     assert "identifier=[REDACTED]&secret=[REDACTED]&" in text
+
+
+# -- a trickled answer is bounded by the whole call's limit, not only by silence ------------
+
+@pytest.mark.parametrize("shape", ["bytes", "interim"])
+def test_an_answer_trickled_past_the_timeout_ends_the_call(shape):
+    """The read timeout restarts at every byte: a proxy or server dripping its answer a byte
+    at a time (or sending ``102 Processing`` again and again) held AddOrder, its WHMCS slot
+    and its Order's lane for as long as it liked. The call is bounded by WHMCS_TIMEOUT_S
+    plus the time to connect; AddOrder then ends as a result not known."""
+    from common.errors import WhmcsUnknownResultError
+    body = b'{"result":"success","orderid":9,"serviceids":"4","invoiceid":"7"}'
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def go():
+        async def serve(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            pieces = ([answer[i:i + 1] for i in range(len(answer))] if shape == "bytes"
+                      else [b"HTTP/1.1 102 Processing\r\n\r\n"] * 40 + [answer])
+            try:
+                for piece in pieces:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            except ConnectionError:
+                pass
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        env = {**ENV, "WHMCS_API_URL": f"http://127.0.0.1:{port}/includes/api.php"}
+        client = WhmcsClient(WhmcsSettings.load(env), timeout_s=0.3)
+        started = asyncio.get_running_loop().time()
+        try:
+            with pytest.raises(WhmcsUnknownResultError, match="no whole answer"):
+                await client.add_order({"clientid": 1})
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await client.aclose()
+            server.close()
+        return took
+    took = run(go())
+    assert took < 1.5, took  # 0.3 s + 0.3 s to connect; dripped whole, it took over 2 s
