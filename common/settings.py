@@ -173,7 +173,8 @@ class KafkaSettings(_Section):
     requests_retention_ms: int = env("KAFKA_REQUESTS_RETENTION_MS", 30 * 24 * 3600 * 1000,
                                      parse=int,
                                      doc="Retention of the requests topic in ms "
-                                         "(default 30 days; -1 keeps forever).")
+                                         "(default 30 days; -1 keeps forever; at least "
+                                         "72 hours, Salesforce's own retention).")
     outcomes_retention_ms: int = env("KAFKA_OUTCOMES_RETENTION_MS", 365 * 24 * 3600 * 1000,
                                      parse=int, doc="Retention of outcomes and dead letters in ms.")
     schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "", parse=parse_http_url,
@@ -229,8 +230,11 @@ class KafkaSettings(_Section):
                                                 "the host connected to (keep it on).")
 
     def validate(self) -> None:
-        if self.requests_retention_ms != -1 and self.requests_retention_ms < 3_600_000:
-            raise ConfigError("KAFKA_REQUESTS_RETENTION_MS: must be -1 or at least one hour")
+        if self.requests_retention_ms != -1 and self.requests_retention_ms < 72 * 3_600_000:
+            # the topic is what lets the pipeline replay after Salesforce has forgotten its
+            # events (72 h): keeping them less would lose what Salesforce still holds
+            raise ConfigError("KAFKA_REQUESTS_RETENTION_MS: must be -1 or at least 72 hours "
+                              "(259200000), Salesforce's own retention of the events")
         if self.outcomes_retention_ms != -1 and self.outcomes_retention_ms < 3_600_000:
             raise ConfigError("KAFKA_OUTCOMES_RETENTION_MS: must be -1 or at least one hour "
                               "(outcomes and dead letters the sink and operators still read)")

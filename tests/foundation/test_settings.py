@@ -114,6 +114,8 @@ def test_every_process_exits_64_for_a_key_that_cannot_sign(tmp_path, argv):
     ({"KAFKA_PARTITIONS": "zero"}, "KAFKA_PARTITIONS"),
     ({"KAFKA_PARTITIONS": "0"}, "KAFKA_PARTITIONS"),
     ({"KAFKA_REQUESTS_RETENTION_MS": "1000"}, "KAFKA_REQUESTS_RETENTION_MS"),
+    # a day: replay from Kafka would find less than Salesforce itself still holds
+    ({"KAFKA_REQUESTS_RETENTION_MS": "86400000"}, "KAFKA_REQUESTS_RETENTION_MS"),
 ])
 def test_invalid_kafka_values_name_the_variable(env, name):
     with pytest.raises(ConfigError, match=f"^{name}:"):
