@@ -309,7 +309,15 @@ class LocalBroker:
             if result.returncode != 0:
                 raise BrokerError(f"formatting {self.home / 'data'} failed: "
                                   f"{result.stdout}{result.stderr}")
+            # how the storage was formatted, for a later start to read: server.properties
+            # is rewritten at every start and says only how the broker runs now
+            self.format_marker.write_text("scram\n" if self.security else "plain\n")
         return props
+
+    @property
+    def format_marker(self) -> Path:
+        """``scram`` or ``plain``: whether the storage was formatted with the SCRAM users."""
+        return self.home / "data.format"
 
     def _new_cluster_id(self) -> str:
         """The id the storage is formatted with (a cluster's nodes share one)."""

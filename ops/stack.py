@@ -237,9 +237,14 @@ def secure_broker_ready(b: LocalBroker) -> str | None:
     is formatted, so a broker formatted without them must be cleaned first."""
     if b.security is None:
         return None
-    formatted = (b.home / "data" / "meta.properties").exists()
-    props = b.home / "server.properties"
-    if formatted and props.exists() and "StandardAuthorizer" not in props.read_text():
+    if not (b.home / "data" / "meta.properties").exists():
+        return None
+    if b.format_marker.exists():  # formatted by this version: it says how
+        without = b.format_marker.read_text().strip() != "scram"
+    else:  # formatted before the marker: how the broker last ran is the best hint
+        props = b.home / "server.properties"
+        without = props.exists() and "StandardAuthorizer" not in props.read_text()
+    if without:
         return ("KAFKA_LOCAL_SECURE: the broker's data was formatted without SCRAM users; "
                 "run `make clean` (it deletes the local topics) and `make up` again")
     return None

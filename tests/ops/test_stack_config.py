@@ -107,3 +107,31 @@ def test_an_empty_kafka_port_is_the_default(tmp_path, monkeypatch):
     assert kafka_local.local_bootstrap({"KAFKA_PORT": ""}) == "127.0.0.1:9092"
     broker = started_by_hand(tmp_path / "by-hand", monkeypatch)
     assert broker.port == 9092
+
+
+@pytest.mark.parametrize("formatted", ["scram", "plain"])
+def test_a_secured_start_reads_how_the_storage_was_formatted(tmp_path, monkeypatch, formatted):
+    """A store formatted with SCRAM users, then started once without KAFKA_LOCAL_SECURE,
+    still has its users: the refusal (and its advice to `make clean`, which deletes the
+    local topics) read the server.properties the unsecured start had rewritten."""
+    home = tmp_path / "broker"
+    monkeypatch.setattr(kafka_local, "ensure_jars", lambda state_dir: None)
+    monkeypatch.setattr(kafka_local.LocalBroker, "_classpath", lambda self: "")
+
+    def format_storage(argv, **kwargs):
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        (home / "data" / "meta.properties").write_text("formatted\n")
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(kafka_local.subprocess, "run", format_storage)
+    if formatted == "scram":
+        monkeypatch.setenv("KAFKA_LOCAL_SECURE", "true")
+    stack.broker(home).prepare()                      # the first start formats the storage
+    monkeypatch.delenv("KAFKA_LOCAL_SECURE", raising=False)
+    stack.broker(home).prepare()                      # a start without the flag
+    monkeypatch.setenv("KAFKA_LOCAL_SECURE", "true")
+    problem = stack.secure_broker_ready(stack.broker(home))
+    if formatted == "scram":
+        assert problem is None, problem
+    else:
+        assert problem is not None and "formatted without SCRAM users" in problem
