@@ -221,6 +221,12 @@ def cluster_command(args: Any) -> int:
                   f"{'already running' if already else 'started'} on {cluster.bootstrap} "
                   f"(replication factor {cluster.replication_factor}, min.insync.replicas "
                   f"{cluster.min_insync_replicas}, logs {home}/node-*/logs)")
+            # the broker defaults cover Kafka's internal topics only: the pipeline declares
+            # its own topics' replication (KAFKA_REPLICATION_FACTOR, default 1)
+            print("the pipeline's topics (make topics, make up) take these settings: "
+                  f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap} "
+                  f"KAFKA_REPLICATION_FACTOR={cluster.replication_factor} "
+                  f"KAFKA_MIN_INSYNC_REPLICAS={cluster.min_insync_replicas}")
         elif args.command == "stop":
             print("kafka cluster: stopped" if cluster.stop() else "kafka cluster: not running")
         else:

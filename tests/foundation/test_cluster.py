@@ -35,6 +35,27 @@ def _produce(bootstrap: str, topic: str, values: list[str]) -> None:
 
 @pytest.mark.broker
 @pytest.mark.slow
+def test_a_cluster_started_by_hand_says_what_the_pipeline_needs(tmp_path, monkeypatch, capsys):
+    """The broker defaults (replication 3, min ISR 2) cover only Kafka's internal topics: the
+    pipeline declares its own topics with KAFKA_REPLICATION_FACTOR (default 1), so `make
+    topics` against a hand-started cluster made unreplicated topics unless told."""
+    import types
+
+    from common.settings import KafkaSettings
+    from ops import kafka_cluster
+
+    monkeypatch.setattr(LocalCluster, "start", lambda self, **kw: self)
+    monkeypatch.setattr(LocalCluster, "running", lambda self: {1: None, 2: None, 3: None})
+    args = types.SimpleNamespace(dir=tmp_path / "cluster", nodes=3, port=19092,
+                                 controller_port=19093, command="start")
+    assert kafka_cluster.cluster_command(args) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    env = dict(word.split("=", 1) for word in line.split() if "=" in word)
+    kafka = KafkaSettings.load(env)
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (3, 2), line
+    assert kafka.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096", line
+
+
 def test_three_nodes_keep_producing_and_consuming_when_a_leader_dies(tmp_path):
     cluster = LocalCluster(tmp_path / "cluster", nodes=3)
     try:
