@@ -263,9 +263,11 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                   admin: AdminClient | None = None,
                   only: Iterable[str] | None = None,
                   extra: Iterable[TopicSpec] = ()) -> EnsureReport:
-    """Create missing topics; report partition/config drift of existing ones. Idempotent.
-    Returns once every topic it names is in the cluster's metadata with a leader for each
-    partition (a forming cluster learns of a new topic a moment after creating it).
+    """Create missing topics; report partition/replication/config drift of existing ones
+    (see :func:`describe_drift`). Idempotent. Returns once every topic it names is in the
+    cluster's metadata with a leader for each partition (a forming cluster learns of a new
+    topic a moment after creating it); one that another client created between the metadata
+    read and the create is waited for too, and checked for drift.
 
     ``only``: the names a process uses (its principal may not see the others); ``extra``:
     topics declared elsewhere (:func:`changelog_topics`), always included. A broker
@@ -288,14 +290,16 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     specs.extend(s for s in extra if s.name not in {x.name for x in specs})
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
-    created, existing = create_topics(admin, missing, timeout=timeout, conn=conn)
+    # ``raced``: missing a moment ago, yet "already exists" — another process (the connector,
+    # worker and sink start together), the broker's auto-creation or a create retried after
+    # a timeout made it. As new as one made here: waited for, and checked like any existing.
+    created, raced = create_topics(admin, missing, timeout=timeout, conn=conn)
     report.created.extend(created)
-    report.existing.extend(existing)
-    if report.created:
-        metadata = _until_led(admin, report.created, metadata, timeout)
-    present = [s for s in specs if s.name in metadata.topics
-               and s.name not in report.created and s.name not in report.existing]
+    if created or raced:
+        metadata = _until_led(admin, [*created, *raced], metadata, timeout)
+    present = [s for s in specs if s.name in metadata.topics and s.name not in report.created]
     report.existing.extend(s.name for s in present)
+    report.existing.extend(n for n in raced if n not in report.existing)  # not seen after wait
     # Retried for ``timeout`` of running time: a chaos run saw a sink start while the
     # controller's node was paused, and its one 30 s describe end the process.
     report.drift.extend(retry_until(
@@ -368,19 +372,35 @@ def _until_led(admin: AdminClient, names: list[str], metadata: Any, timeout: flo
 
 def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
                    timeout: float = 30.0) -> list[str]:
-    """Lines describing where existing topics differ from their declaration."""
+    """Lines describing where existing topics differ from their declaration: partitions,
+    replication factor (the smallest replica count of its partitions, or the largest if
+    that is above the declared one), configs; and a ``min.insync.replicas`` in effect above
+    the replicas the topic has (no acks=all write can succeed)."""
     lines: list[str] = []
     if not specs:
         return lines
     resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in specs]
     configs = admin.describe_configs(resources, request_timeout=timeout)
     for spec, resource in zip(specs, resources, strict=True):
-        actual_partitions = len(metadata.topics[spec.name].partitions)
+        partitions = metadata.topics[spec.name].partitions
+        actual_partitions = len(partitions)
         if actual_partitions != spec.partitions:
             lines.append(f"{spec.name}: partitions {actual_partitions}, declared {spec.partitions}")
+        counts = [len(p.replicas) for p in partitions.values()]
+        fewest = min(counts, default=None)
+        if fewest is not None and fewest < spec.replication_factor:
+            lines.append(f"{spec.name}: replication factor {fewest}, declared "
+                         f"{spec.replication_factor} (fewer replicas than declared)")
+        elif counts and max(counts) > spec.replication_factor:
+            lines.append(f"{spec.name}: replication factor {max(counts)}, declared "
+                         f"{spec.replication_factor} (more replicas than declared)")
         entries = configs[resource].result()
         for key, want in spec.config.items():
             have = entries[key].value if key in entries else None
             if have != want:
                 lines.append(f"{spec.name}: {key}={have}, declared {want}")
+        isr = entries["min.insync.replicas"].value if "min.insync.replicas" in entries else None
+        if fewest is not None and isr is not None and isr.isdigit() and int(isr) > fewest:
+            lines.append(f"{spec.name}: min.insync.replicas={isr} exceeds its replication "
+                         f"factor {fewest} (writes with acks=all cannot succeed)")
     return lines

@@ -1,0 +1,130 @@
+"""Topic drift without a broker: the replication factor is compared with the declaration,
+and a topic another process created first (TOPIC_ALREADY_EXISTS) is waited for and checked
+like one this process created."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from common.kafka import TopicSpec, describe_drift, ensure_topics
+from common.settings import KafkaSettings
+
+
+def _done(value: Any) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _failed(code: int) -> Future:
+    fut: Future = Future()
+    fut.set_exception(KafkaException(KafkaError(code)))
+    return fut
+
+
+def _topic(replicas: list[list[int]], *, leader: int = 1) -> SimpleNamespace:
+    """A topic's metadata: one partition per list of replica ids."""
+    return SimpleNamespace(error=None, partitions={
+        p: SimpleNamespace(id=p, leader=leader, replicas=r, isrs=r)
+        for p, r in enumerate(replicas)})
+
+
+def _entries(config: dict[str, str]) -> dict[str, SimpleNamespace]:
+    return {key: SimpleNamespace(value=value) for key, value in config.items()}
+
+
+class _Admin:
+    """A fake admin client: ``configs`` per topic name answer ``describe_configs``."""
+
+    def __init__(self, configs: dict[str, dict[str, str]]) -> None:
+        self.configs = configs
+        self.described: list[str] = []
+
+    def describe_configs(self, resources: list[Any], **kwargs: Any) -> dict[Any, Future]:
+        self.described.extend(r.name for r in resources)
+        return {r: _done(_entries(self.configs[r.name])) for r in resources}
+
+
+def test_fewer_replicas_than_declared_is_drift_and_min_isr_above_them_is_named():
+    spec = TopicSpec("t", 2, 3, {"min.insync.replicas": "2"})
+    metadata = SimpleNamespace(topics={"t": _topic([[1], [1]])})
+    admin = _Admin({"t": {"min.insync.replicas": "2"}})
+    drift = describe_drift(admin, [spec], metadata)   # type: ignore[arg-type]
+    assert "t: replication factor 1, declared 3 (fewer replicas than declared)" in drift
+    assert ("t: min.insync.replicas=2 exceeds its replication factor 1 "
+            "(writes with acks=all cannot succeed)") in drift
+    assert len(drift) == 2
+
+
+def test_the_smallest_replica_count_across_partitions_is_reported():
+    spec = TopicSpec("t", 3, 3, {})
+    metadata = SimpleNamespace(topics={"t": _topic([[1, 2, 3], [1], [1, 2, 3]])})
+    drift = describe_drift(_Admin({"t": {}}), [spec], metadata)   # type: ignore[arg-type]
+    assert drift == ["t: replication factor 1, declared 3 (fewer replicas than declared)"]
+
+
+def test_more_replicas_than_declared_is_drift_too():
+    spec = TopicSpec("t", 1, 1, {})
+    metadata = SimpleNamespace(topics={"t": _topic([[1, 2, 3]])})
+    drift = describe_drift(_Admin({"t": {}}), [spec], metadata)   # type: ignore[arg-type]
+    assert drift == ["t: replication factor 3, declared 1 (more replicas than declared)"]
+
+
+def test_the_declared_replication_factor_is_no_drift():
+    spec = TopicSpec("t", 2, 3, {"min.insync.replicas": "2"})
+    metadata = SimpleNamespace(topics={"t": _topic([[1, 2, 3], [2, 3, 1]])})
+    admin = _Admin({"t": {"min.insync.replicas": "2"}})
+    assert describe_drift(admin, [spec], metadata) == []   # type: ignore[arg-type]
+
+
+def test_a_broker_default_min_isr_above_the_replicas_is_named():
+    """Not declared by the topic, but in effect (the broker's default): still unwritable."""
+    spec = TopicSpec("t", 1, 1, {})
+    metadata = SimpleNamespace(topics={"t": _topic([[1]])})
+    admin = _Admin({"t": {"min.insync.replicas": "2"}})
+    assert describe_drift(admin, [spec], metadata) == [   # type: ignore[arg-type]
+        "t: min.insync.replicas=2 exceeds its replication factor 1 "
+        "(writes with acks=all cannot succeed)"]
+
+
+class _RacedAdmin(_Admin):
+    """The topic is missing from the first metadata read; another process (or the broker's
+    auto-creation, with its defaults: 1 partition, 1 replica) creates it before this one's
+    CreateTopics, which answers TOPIC_ALREADY_EXISTS; its leader shows up a read later."""
+
+    def __init__(self, name: str, configs: dict[str, dict[str, str]]) -> None:
+        super().__init__(configs)
+        self.name = name
+        self.reads = 0
+
+    def list_topics(self, timeout: float = 0) -> SimpleNamespace:
+        self.reads += 1
+        if self.reads == 1:
+            return SimpleNamespace(topics={})
+        return SimpleNamespace(topics={self.name: _topic([[1]], leader=-1 if self.reads == 2
+                                                         else 1)})
+
+    def create_topics(self, topics: list[Any], **kwargs: Any) -> dict[str, Future]:
+        return {t.topic: _failed(KafkaError.TOPIC_ALREADY_EXISTS) for t in topics}
+
+
+def test_a_topic_created_by_another_process_is_waited_for_and_checked_for_drift():
+    settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:1", partitions=4,
+                                  replication_factor=3, min_insync_replicas=2)
+    admin = _RacedAdmin(settings.requests,
+                        {settings.requests: {"cleanup.policy": "delete",
+                                             "retention.ms": str(settings.requests_retention_ms),
+                                             "min.insync.replicas": "1"}})
+    report = ensure_topics(settings, admin=admin, only=(settings.requests,),   # type: ignore[arg-type]
+                           timeout=5)
+    assert report.created == [] and report.existing == [settings.requests]
+    assert admin.reads >= 3            # polled again until the partition had a leader
+    assert admin.described == [settings.requests]
+    name = settings.requests
+    assert f"{name}: partitions 1, declared 4" in report.drift
+    assert f"{name}: replication factor 1, declared 3 (fewer replicas than declared)" in report.drift
+    assert f"{name}: min.insync.replicas=1, declared 2" in report.drift
