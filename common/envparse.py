@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from common.errors import ConfigError
 
@@ -198,10 +198,26 @@ def parse_plain_http_url(raw: str) -> str:
 
 
 def parse_base64_key(raw: str) -> str:
+    """The PEM key ``raw`` encodes; line breaks and blanks are dropped first (``base64``
+    wraps its output at 76 characters, a Kubernetes Secret keeps them), anything else not
+    base64 is refused."""
     try:
-        return base64.b64decode(raw, validate=True).decode()
+        return base64.b64decode("".join(raw.split()), validate=True).decode()
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a config error
         raise ValueError("not valid base64 of a PEM private key") from exc
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without the credentials of its authority, and those credentials (user and
+    password, percent-decoded), or None: a client sends them as Basic authentication, while
+    the URL itself is what may be shown, compared (a JWT's audience) or put in an error."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return (urlunsplit(parts._replace(netloc=host)),
+            (unquote(user), unquote(password)))
 
 
 def hide_userinfo(url: str) -> str:

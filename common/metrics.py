@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
+from common.log import scrub
+
 log = logging.getLogger(__name__)
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 T = TypeVar("T")
@@ -70,7 +72,10 @@ class HealthServer:
                     except Exception as exc:  # noqa: BLE001 - a failing check is a "no"
                         ok, details = False, {"reasons": [f"check failed: {exc!r}"]}
                     # "healthy" stays for the clients of the old /healthz
-                    body = json.dumps({key: ok, "healthy": ok, **details}, default=str).encode()
+                    # masked as a log line is: a reason quotes an error's text, which may
+                    # carry what never reaches a log (a URL's password, a token)
+                    body = json.dumps({key: ok, "healthy": ok, **scrub(details)},
+                                      default=str).encode()
                     ctype, status = "application/json", 200 if ok else 503
                 else:
                     body, ctype, status = b"not found\n", "text/plain", 404

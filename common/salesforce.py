@@ -38,7 +38,7 @@ import simple_salesforce
 from requests.adapters import HTTPAdapter
 from simple_salesforce import exceptions as sfexc
 
-from common.envparse import Secret
+from common.envparse import Secret, split_userinfo
 from common.errors import (
     PipelineError,
     SalesforceAuthError,
@@ -113,7 +113,10 @@ class SalesforceAuth:
             return self._token
 
     def _login(self) -> Token:
-        url = self.settings.login_url.rstrip("/") + "/services/oauth2/token"
+        # credentials in SF_LOGIN_URL (a gateway's) go as Basic authentication; the URL put
+        # in errors (which reach /readyz) and the JWT's audience never carry them
+        login_url, basic = split_userinfo(self.settings.login_url)
+        url = login_url.rstrip("/") + "/services/oauth2/token"
         try:
             assertion = self.assertion()
         except (jwt.PyJWTError, ValueError, TypeError):
@@ -123,7 +126,8 @@ class SalesforceAuth:
                                       "SF_PRIVATE_KEY_PATH / SF_PRIVATE_KEY_BASE64)",
                                       error_code="invalid_key", retryable=False) from None
         try:
-            resp = self._http.post(url, data={"grant_type": JWT_GRANT, "assertion": assertion})
+            resp = self._http.post(url, data={"grant_type": JWT_GRANT, "assertion": assertion},
+                                   auth=httpx.BasicAuth(*basic) if basic else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as exc:
             raise SalesforceAuthError(f"token endpoint {url} unreachable: {exc}",
                                       retryable=True) from exc

@@ -41,6 +41,7 @@ from common.envparse import (
     parse_positive_float,
     parse_positive_int,
     read_field,
+    split_userinfo,
 )
 from common.errors import ConfigError
 
@@ -351,7 +352,9 @@ class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
                          parse=parse_http_url,
                          doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
-                             "sandbox).")
+                             "sandbox). Credentials in it (https://user:password@host, for "
+                             "a gateway in front of it) are sent as Basic authentication and "
+                             "kept out of the JWT `aud` and of every message.")
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
     username: str = env("SF_USERNAME", doc="Integration user (JWT `sub`).")
     private_key_path: str = env("SF_PRIVATE_KEY_PATH", "",
@@ -359,9 +362,10 @@ class SalesforceSettings(_Section):
                                     "unless SF_PRIVATE_KEY_BASE64 is set).")
     private_key_base64: Secret = env("SF_PRIVATE_KEY_BASE64", _secret_default(),
                                      parse=parse_base64_key, secret=True,
-                                     doc="The same key, base64-encoded (instead of the path).")
+                                     doc="The same key, base64-encoded (instead of the path; "
+                                         "line breaks, as `base64` wraps it, are fine).")
     audience: str = env("SF_AUDIENCE", "",
-                        doc="JWT `aud`; defaults to SF_LOGIN_URL.")
+                        doc="JWT `aud`; defaults to SF_LOGIN_URL (without its credentials).")
     api_version: str = env("SF_API_VERSION", "62.0", doc="REST API version.")
     ca_bundle: str = env("SF_CA_BUNDLE", "",
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
@@ -423,7 +427,9 @@ class SalesforceSettings(_Section):
 
     @property
     def jwt_audience(self) -> str:
-        return (self.audience or self.login_url).rstrip("/")
+        # the login URL as Salesforce knows it: credentials for a gateway in front of it
+        # (user:password@) are sent as Basic authentication, never in the signed assertion
+        return (self.audience or split_userinfo(self.login_url)[0]).rstrip("/")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__

@@ -140,3 +140,28 @@ def test_a_url_password_and_a_key_cut_short_are_masked():
     assert masked.startswith("could not load SF_PRIVATE_KEY: [REDACTED PRIVATE KEY]"), masked
     # a whole key still ends at its END line: what follows it is kept
     assert redact(PEM + " then order_id=801") == "[REDACTED PRIVATE KEY] then order_id=801"
+
+
+def test_a_probe_answer_is_masked_as_a_log_line_is():
+    """/readyz quotes an error's text (the connector's last error, the worker's guard
+    failure): what redact() keeps out of the logs must not come out of the probe port."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from common.metrics import HealthServer
+
+    reason = (f"Salesforce queries fail: token endpoint https://gw:Gw-Pa55word@login.test "
+              f"unreachable; Authorization: Bearer {SESSION_ID}")
+    server = HealthServer(0, lambda: (False, {"reasons": [reason],
+                                              "detail": {"secret": WHMCS_SECRET}})).start()
+    try:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5)
+        except urllib.error.HTTPError as answer:  # 503: not ready
+            body = answer.read().decode()
+    finally:
+        server.stop()
+    for secret in ("Gw-Pa55word", SESSION_ID, "AQ0AQH8mFakeSessionTokenValue", WHMCS_SECRET):
+        assert secret not in body, body
+    assert json.loads(body)["ready"] is False and "Salesforce queries fail" in body

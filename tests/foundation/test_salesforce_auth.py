@@ -91,3 +91,40 @@ def test_a_key_that_cannot_sign_is_an_auth_error_not_retried(tmp_path, kind):
     assert "SF_PRIVATE_KEY_PATH" in message and "BEGIN" not in message
     for line in path.read_text().splitlines():
         assert len(line) < 16 or line not in message
+
+
+def test_a_gateway_password_in_the_login_url_goes_as_basic_auth_only():
+    """``SF_LOGIN_URL=https://gw:pass@host`` (an authenticating gateway): the password went
+    into the JWT's audience (Salesforce compares it to its login URL: every login refused)
+    and into the error text the connector and worker show on /readyz."""
+    import jwt as pyjwt
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    settings = SalesforceSettings.load({
+        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
+        "SF_LOGIN_URL": "https://gw%40corp:Gw-Pa55word@login.example.test",
+        "SF_PRIVATE_KEY_BASE64": base64.b64encode(pem).decode()})
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"access_token": "00D!tok",
+                                         "instance_url": "https://x.test",
+                                         "id": "https://login.example.test/id/00Dxx/005yy"})
+    SalesforceAuth(settings, http=httpx.Client(transport=httpx.MockTransport(answer))).token()
+    request = seen[0]
+    assert request.url == "https://login.example.test/services/oauth2/token"
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(
+        b"gw@corp:Gw-Pa55word").decode()
+    form = dict(x.split("=", 1) for x in request.content.decode().split("&"))
+    claims = pyjwt.decode(form["assertion"], options={"verify_signature": False})
+    assert claims["aud"] == "https://login.example.test"
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+    auth = SalesforceAuth(settings, http=httpx.Client(transport=httpx.MockTransport(unreachable)))
+    with pytest.raises(SalesforceAuthError) as info:
+        auth.token()
+    assert "Gw-Pa55word" not in str(info.value) and "login.example.test" in str(info.value)

@@ -49,6 +49,10 @@ def test_salesforce_needs_a_key_path_or_base64(tmp_path):
     settings = SalesforceSettings.load({**base, "SF_PRIVATE_KEY_BASE64": encoded})
     assert settings.private_key().reveal() == KEY
     assert settings.jwt_audience == "https://login.salesforce.com"
+    # as `base64 key.pem` writes it: wrapped at 76 characters, a newline at the end
+    wrapped = "\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)) + "\n"
+    assert SalesforceSettings.load({**base, "SF_PRIVATE_KEY_BASE64": wrapped}
+                                   ).private_key().reveal() == KEY
 
 
 _NOT_A_KEY = {
