@@ -100,6 +100,7 @@ def test_pauses_of_only_workers_move_later_rather_than_overlap():
     """--break-lease: three 30 s pauses of two workers in a 24 s approval phase."""
     faults = make_plan(1, duration_s=24, kills=0, pauses=3, pause_s=30,
                        kill_victims=VICTIMS, pause_victims=["worker", "worker2"])
+    assert [f.action for f in faults] == ["pause"] * 3  # all three, none dropped
     assert {f.process for f in faults} <= {"worker", "worker2"}
     times = [f.at_s for f in faults]
     assert all(b - a >= 30 + RECOVER_S for a, b in zip(times, times[1:], strict=False))
@@ -151,6 +152,7 @@ def test_a_run_as_made_takes_the_defaults_its_faults_need():
     assert (cuts.cut_s, cuts.pauses, cuts.whmcs_latency_ms) == (12, 0, 0)
     with pytest.raises(ValueError, match="own broker"):
         ChaosRun(cuts=1, bootstrap="127.0.0.1:9092")
+    assert [f.action for f in lease_off.plan()] == ["pause"] * 3
     assert {f.process for f in lease_off.plan()} <= {"worker", "worker2"}
 
 

@@ -90,8 +90,18 @@ def test_heartbeat_goes_stale_when_the_loop_stops_beating():
     assert hb.check()[0]
 
 
+class CountingHeartbeat(Heartbeat):
+    def __init__(self) -> None:
+        super().__init__()
+        self.beats = 0
+
+    def beat(self) -> None:
+        self.beats += 1
+        super().beat()
+
+
 def test_heartbeat_installed_on_a_loop_beats_while_it_runs():
-    hb = Heartbeat()
+    hb = CountingHeartbeat()
     hb.last_beat = 0.0
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -99,8 +109,9 @@ def test_heartbeat_installed_on_a_loop_beats_while_it_runs():
     try:
         hb.install_on(loop, interval_s=0.05)
         deadline = time.monotonic() + 10
-        while hb.last_beat == 0.0 and time.monotonic() < deadline:
+        while hb.beats < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert hb.beats >= 3, f"{hb.beats} beat(s) in 10 s at a 0.05 s interval"
         assert hb.check()[0]
     finally:
         loop.call_soon_threadsafe(loop.stop)
