@@ -434,7 +434,10 @@ class Sweeper:
             log.warning("sweep: WHMCS lookup failed; will retry", extra={
                 "order_id": oid, "cause": str(exc)})
             return None
-        attempts = intent.attempt
+        # the AddOrder calls made for this decision, as the handler counts them: the sweep
+        # makes none (an order its lookup found is written with 0, as the handler's lookup
+        # writes it) — not intent.attempt, the Order's counter across IdemKeys and resumptions
+        attempts = 0
         if found is None:
             outcome = outcome_record(
                 event, "Failed", opportunity_id=intent.opportunity_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -95,3 +96,24 @@ def test_readme_lists_every_outcome_error_code():
     listed = set(re.findall(r"`([A-Z][A-Z_]{3,})`", row)) - settings
     assert written - listed == set(), "codes the README's error_code row does not list"
     assert listed - written == set(), "codes the README lists that no code writes"
+
+
+def test_readme_and_schema_say_duplicate_whmcs_order_ids_come_on_failed_outcomes_too():
+    """A lookup that finds two Pending orders keeps one and cancels the other; accepting the
+    kept one then fails: the outcome is `Failed` (`WHMCS_ERROR`) and still lists the
+    cancelled order in `duplicate_whmcs_order_ids` (``_failed_after`` carries it). The
+    README's row and the schema's doc said the field was filled only on a `Provisioned`
+    outcome with `DUPLICATE_WHMCS_ORDERS` — an analyst filtering on that code missed the
+    crossed fence."""
+    provision = (ROOT / "streams" / "provision.py").read_text()
+    failed_after = provision[provision.index("def _failed_after("):]
+    failed_after = failed_after[:failed_after.index("\ndef ")]
+    assert "duplicate_ids=" in failed_after, "Failed outcomes no longer carry duplicates"
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| `duplicate_whmcs_order_ids` |"))
+    assert "`Failed`" in row and "`Provisioned`" in row, row
+    assert "`DUPLICATE_WHMCS_ORDERS`" in row, row
+    schema = json.loads((ROOT / "schemas" / "provisioning_outcome.avsc").read_text())
+    doc = next(f["doc"] for f in schema["fields"] if f["name"] == "duplicate_whmcs_order_ids")
+    assert "Failed" in doc and "Provisioned" in doc, doc
