@@ -1,5 +1,5 @@
 """``python -m sandbox.registry serve [--host 127.0.0.1] [--port 8081] [--store PATH]
-[--ready-file PATH] [--compatibility BACKWARD] [--basic-auth USER:PASSWORD]``: a
+[--ready-file PATH] [--compatibility LEVEL] [--basic-auth USER:PASSWORD]``: a
 Confluent-compatible schema registry emulator for local use and tests (with
 ``--basic-auth``, every request needs those credentials, as a hosted registry's do).
 
@@ -7,6 +7,7 @@ Confluent-compatible schema registry emulator for local use and tests (with
 listening. ``--store`` keeps the schemas in a JSON file (ids survive a restart — without it
 a restart forgets them and records already written with those ids become undecodable).
 Point the pipeline at it with ``SCHEMA_REGISTRY_URL=http://127.0.0.1:<port>``.
+Compatibility is ``FULL`` unless ``--compatibility`` (or ``PUT /config``) sets another level.
 Flags fall back to ``REGISTRY_HOST``, ``REGISTRY_PORT``, ``REGISTRY_STORE``.
 """
 
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--compatibility", default=None, choices=sorted(LEVELS),
                        help="global compatibility level (subjects without their own). Given, "
                             "it wins over the level saved in --store and is saved there, as "
-                            "PUT /config would; omitted, the saved level (from an earlier "
-                            "flag or PUT /config) is kept, else BACKWARD")
+                            "PUT /config would; omitted, the level an earlier flag or PUT "
+                            "/config saved is kept, else FULL (both ways against the latest "
+                            "version; a store's BACKWARD saved by an earlier release, its "
+                            "default then, counts as unset)")
     serve.add_argument("--basic-auth", default=os.environ.get("REGISTRY_BASIC_AUTH", ""),
                        help="USER:PASSWORD every request must carry [env: REGISTRY_BASIC_AUTH]")
     serve.add_argument("--log-level", default="INFO")

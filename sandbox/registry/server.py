@@ -13,13 +13,15 @@ Routes (Confluent's REST API, the subset clients use)::
     GET  /subjects/{subject}/versions        → [1, 2, ...]          (40401 when unknown)
     GET  /subjects/{subject}/versions/{v}    v = number or "latest" (40402 when unknown)
     GET  /subjects/{subject}/versions/{v}/schema   → the raw schema
-    GET|PUT /config, /config/{subject}       {"compatibility": "BACKWARD" | "NONE" | ...}
+    GET|PUT /config, /config/{subject}       {"compatibility": "FULL" | "BACKWARD" | ...}
 
 Ids are global: the same schema (compared as normalised JSON) gets the same id under every
-subject, like Confluent's. Compatibility: ``BACKWARD`` (default) checks the new schema can
-read the latest version; ``BACKWARD_TRANSITIVE`` every version; ``FORWARD``/``FULL`` (and
-their transitive forms) the other way or both; ``NONE`` nothing. Incompatible → 409 with
-error_code 409.
+subject, like Confluent's. Compatibility: ``FULL`` (default) checks both ways against the
+latest version — the new schema can read it and it can read the new schema, so old readers
+keep reading a new producer's records (``BACKWARD`` alone let through a version without a
+field old readers need, e.g. ``completed_at``); ``BACKWARD`` only the first way,
+``FORWARD`` only the second; their ``_TRANSITIVE`` forms against every version; ``NONE``
+nothing. Incompatible → 409 with error_code 409.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 MAX_SCHEMA_ID = 2**31 - 1  # Confluent's ids are Java ints
 LEVELS = {"NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
           "FULL", "FULL_TRANSITIVE"}
+#: the global level unless one is set on purpose (``--compatibility``, ``PUT /config``).
+#: Not FULL_TRANSITIVE: the outcome versions from before the ``Unknown`` status symbol
+#: cannot read records of today's, so a subject holding one could never evolve again.
+DEFAULT_LEVEL = "FULL"
+#: the default before: a store file saved it whether or not it was chosen (no marker)
+_OLD_DEFAULT_LEVEL = "BACKWARD"
 
 
 class RegistryError(Exception):
@@ -70,7 +78,13 @@ class Store:
     def __init__(self, path: Path | None = None, *, compatibility: str | None = None) -> None:
         """``compatibility`` given → the global level, as a ``PUT /config`` at start-up would
         set it (saved to ``path``, over a level saved there before); ``None`` → the level
-        saved in ``path`` (by an earlier flag or ``PUT /config``), else ``BACKWARD``."""
+        saved in ``path`` by an earlier flag or ``PUT /config``, else :data:`DEFAULT_LEVEL`.
+
+        ``path`` records the global level only when it was set on purpose (with
+        ``"compatibility_set": true``), so a store keeps no default of an older release.
+        A file from before that marker saved its level either way: its ``BACKWARD`` (the
+        default then) is taken as the old default — the store is at today's — and any other
+        level, which only a flag or ``PUT /config`` could have set, is kept."""
         if compatibility is not None and compatibility not in LEVELS:
             raise ValueError(f"invalid compatibility level: {compatibility}")
         self.path = path
@@ -78,24 +92,35 @@ class Store:
         self.schemas: list[str] = []  # id = index + 1 (normalised JSON)
         self.subjects: dict[str, list[int]] = {}  # subject → schema id per version
         self.config: dict[str, str] = {}
-        self.compatibility = compatibility or "BACKWARD"
+        self.compatibility = compatibility or DEFAULT_LEVEL
+        self.compatibility_set = compatibility is not None  # on purpose, not by default
         if path is not None and path.exists():
             data = json.loads(path.read_text())
             self.schemas = data["schemas"]
             self.subjects = {k: list(v) for k, v in data["subjects"].items()}
             self.config = data.get("config", {})
-            saved = data.get("compatibility", self.compatibility)
+            saved = data.get("compatibility")
+            saved_set = saved is not None and (bool(data.get("compatibility_set"))
+                                               or saved != _OLD_DEFAULT_LEVEL)
             if compatibility is None:
-                self.compatibility = saved
-            elif compatibility != saved:
+                if saved_set:
+                    self.compatibility, self.compatibility_set = saved, True
+                elif saved is not None:
+                    log.info("%s: the saved global compatibility %s was an earlier "
+                             "release's default; now %s (--compatibility or PUT /config "
+                             "chooses one)", path, saved, self.compatibility)
+            elif not saved_set or compatibility != saved:
                 self._save()
 
     def _save(self) -> None:
         if self.path is None:
             return
+        data: dict[str, Any] = {"schemas": self.schemas, "subjects": self.subjects,
+                                "config": self.config}
+        if self.compatibility_set:  # a default is not recorded: a later one replaces it
+            data.update(compatibility=self.compatibility, compatibility_set=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"schemas": self.schemas, "subjects": self.subjects,
-                                   "config": self.config, "compatibility": self.compatibility}))
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, self.path)
 
     # -- reads --------------------------------------------------------------------------
@@ -165,7 +190,7 @@ class Store:
             if subject:
                 self.config[subject] = level
             else:
-                self.compatibility = level
+                self.compatibility, self.compatibility_set = level, True
             self._save()
         return level
 

@@ -130,7 +130,7 @@ def test_backward_compatibility_is_checked(reg):
     assert put.json() == {"compatibility": "NONE"}
     post(reg, "b-value", OUTCOME)
     assert post(reg, "b-value", _evolved(type="string")).status_code == 200
-    assert httpx.get(f"{reg.url}/config").json() == {"compatibilityLevel": "BACKWARD"}
+    assert httpx.get(f"{reg.url}/config").json() == {"compatibilityLevel": "FULL"}
     assert httpx.get(f"{reg.url}/config/b-value").json() == {"compatibilityLevel": "NONE"}
 
 
@@ -204,7 +204,7 @@ def _renamed(record: str | None = None, enum: str | None = None, **extra: object
 
 
 def _register(schema: dict) -> int:
-    store = Store()
+    store = Store(compatibility="BACKWARD")  # renames: the new reader reads the old name
     store.register("provisioning.outcomes-value", OUTCOME)
     return store.register("provisioning.outcomes-value", json.dumps(schema))
 
@@ -274,7 +274,7 @@ def test_an_explicit_compatibility_wins_over_the_saved_global_level(tmp_path):
     assert Store(path).level() == "NONE"
     Store(path).set_level("FULL")
     assert Store(path).level() == "FULL"
-    assert Store(tmp_path / "fresh.json").level() == "BACKWARD"  # nothing saved: default
+    assert Store(tmp_path / "fresh.json").level() == "FULL"  # nothing saved: default
 
 
 class _FakeServer:
