@@ -94,6 +94,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._read_timeout: float | None = None
         self._last_read = 0.0
+        self._answer_by: float | None = None  # loop time the whole answer is due by, if any
+        self._answer_within = 0.0
         self._head_request = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -139,31 +141,48 @@ class _Connection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, data: bytes, read_timeout: float | None, *, head: bool = False
+    def send(self, data: bytes, read_timeout: float | None, *, head: bool = False,
+             answer_within: float | None = None
              ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes, bool]]:
         """Write one request; the future resolves to ``(status, headers, body, reusable)``.
-        ``head``: the request was a ``HEAD`` (its answer has no body, whatever it says)."""
+        ``head``: the request was a ``HEAD`` (its answer has no body, whatever it says).
+        ``read_timeout`` is for silence (each byte restarts it); ``answer_within`` bounds
+        the whole answer from the write (a trickled answer, ``102`` after ``102``). Both are
+        this connection's timer: an answer that came in while the process was stopped is
+        read before the timer runs, and wins."""
         assert self.transport is not None
         self._head_request = head
         self._waiter = self._loop.create_future()
         self._state, self._buf, self._body = _HEAD, bytearray(), []
         self._read_timeout = read_timeout
-        if read_timeout is not None:
-            self._last_read = self._loop.time()
-            self._timer = self._loop.call_at(self._last_read + read_timeout, self._check_timer)
+        self._last_read = self._loop.time()
+        self._answer_within = answer_within or 0.0
+        self._answer_by = None if answer_within is None else self._last_read + answer_within
+        due = self._due()
+        if due is not None:
+            self._timer = self._loop.call_at(due, self._check_timer)
         self.transport.write(data)
         return self._waiter
 
+    def _due(self) -> float | None:
+        due = None if self._read_timeout is None else self._last_read + self._read_timeout
+        if self._answer_by is not None and (due is None or self._answer_by < due):
+            return self._answer_by
+        return due
+
     def _check_timer(self) -> None:
         self._timer = None
-        if self._waiter is None or self._waiter.done() or self._read_timeout is None:
+        due = self._due()
+        if self._waiter is None or self._waiter.done() or due is None:
             return
-        due = self._last_read + self._read_timeout
-        if self._loop.time() >= due:
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_timer)
+        elif self._answer_by is not None and due >= self._answer_by:
+            self._fail(_Lost(httpx.ReadTimeout,
+                             f"no whole answer within {self._answer_within:g} s"))
+        else:
             self._fail(_Lost(httpx.ReadTimeout,
                              f"no answer byte for {self._read_timeout:g} s"))
-        else:
-            self._timer = self._loop.call_at(due, self._check_timer)
 
     def _parse(self) -> None:
         buf = self._buf
@@ -381,7 +400,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One exchange of a request already in bytes (:func:`request_bytes`) with ``url``'s
         origin: ``(status, headers, body)``. ``timeouts``: httpx's ``pool`` / ``connect`` /
-        ``read`` seconds. The same errors and send deadline as :meth:`handle_async_request`,
+        ``read`` seconds, and optionally ``answer``: the whole answer's, from the write. The same errors and send deadline as :meth:`handle_async_request`,
         without building an ``httpx.Request`` and ``httpx.Response`` around it (a client
         that sends one kind of request, the WHMCS client, saves ~17 µs per call)."""
         loop = asyncio.get_running_loop()
@@ -415,7 +434,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                               "ago", request=request)
             try:
                 status, headers, content, reusable = await conn.send(
-                    data, timeouts.get("read"), head=head)
+                    data, timeouts.get("read"), head=head, answer_within=timeouts.get("answer"))
             except _Lost as exc:
                 raise exc.kind(str(exc), request=request) from None
             if reusable:

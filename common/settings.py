@@ -557,8 +557,8 @@ class WhmcsSettings(_Section):
     timeout_s: float = env("WHMCS_TIMEOUT_S", 15.0, parse=parse_positive_float,
                            doc="Timeout of one WHMCS call, seconds: no answer byte for this "
                                "long ends it, and so does an answer not whole this long after "
-                               "connecting (a trickled answer, repeated 102 Processing); "
-                               "connecting may take up to 5 s more.")
+                               "the request was written (a trickled answer, repeated 102 "
+                               "Processing); connecting may take up to 5 s more.")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__

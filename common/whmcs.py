@@ -194,12 +194,15 @@ class WhmcsClient:
         # parsed once: httpx parses a URL given as text on every request (~90 µs)
         self._url = httpx.URL(settings.api_url)
         connect = min(self._timeout, 5.0)
-        self._timeouts = httpx.Timeout(self._timeout, connect=connect).as_dict()
         # The read timeout is for silence: an answer trickled a byte at a time (a proxy, a
         # server sending ``102 Processing`` again and again) restarts it at each byte. The
-        # whole call is bounded too, by the time to connect plus the timeout, so a call
-        # cannot hold a WHMCS slot and its Order's lane past what WHMCS_TIMEOUT_S says.
-        self._call_limit = self._timeout + connect
+        # whole answer is bounded too (``answer``: our transport's, from the request's
+        # write, on the connection's own timer — an answer that came in while the process
+        # was stopped still wins), so a call cannot hold a WHMCS slot and its Order's lane
+        # past what WHMCS_TIMEOUT_S says.
+        self._timeouts = {**httpx.Timeout(self._timeout, connect=connect).as_dict(),
+                          "answer": self._timeout}
+        self._call_limit = self._timeout + connect  # another transport's (tests): the call's
         self._auth_form = ""  # the credentials, form-encoded once (never logged)
         self.calls: Counter[str] = Counter()
         self.latency: dict[str, float] = defaultdict(float)
@@ -266,10 +269,11 @@ class WhmcsClient:
         extensions: dict[str, Any] = {"timeout": self._timeouts}
         if send_deadline is not None:
             extensions[SEND_DEADLINE] = send_deadline
-        resp = await self._transport.handle_async_request(httpx.Request(
-            "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
-            extensions=extensions))
-        content = await resp.aread()
+        async with asyncio.timeout(self._call_limit):
+            resp = await self._transport.handle_async_request(httpx.Request(
+                "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
+                extensions=extensions))
+            content = await resp.aread()
         return resp.status_code, resp.headers.raw, content
 
     async def _send(self, action: str, body: str,
@@ -277,13 +281,11 @@ class WhmcsClient:
         mutating = action in MUTATING
         payload = body.encode()
         try:
-            async with asyncio.timeout(self._call_limit):
-                status, headers, content = await self._exchange(payload, send_deadline)
-        except TimeoutError as exc:  # the whole call's bound (the per-read one is httpx's)
+            status, headers, content = await self._exchange(payload, send_deadline)
+        except TimeoutError as exc:  # another transport's whole-call bound
             cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
-            raise cls(f"{action}: no whole answer within {self._call_limit:g} s "
-                      "(an answer trickled, or never ending); the call may have taken effect",
-                      action=action) from exc
+            raise cls(f"{action}: no whole answer within {self._call_limit:g} s; the call "
+                      "may have taken effect", action=action) from exc
         except NotSent as exc:
             raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -292,7 +294,7 @@ class WhmcsClient:
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError,
                 httpx.WriteError) as exc:
             cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
-            raise cls(f"{action}: no answer after sending ({type(exc).__name__}); "
+            raise cls(f"{action}: no answer after sending ({self._detail(exc)}); "
                       "the call may have taken effect", action=action) from exc
         except httpx.HTTPError as exc:
             cls = WhmcsUnknownResultError if mutating else WhmcsTransientError

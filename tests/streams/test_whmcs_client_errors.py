@@ -361,3 +361,48 @@ def test_an_answer_trickled_past_the_timeout_ends_the_call(shape):
         return took
     took = run(go())
     assert took < 1.5, took  # 0.3 s + 0.3 s to connect; dripped whole, it took over 2 s
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_answer_that_came_while_the_process_was_stopped_is_taken(loop):
+    """The whole-answer bound is the connection's own timer, as the read timeout is: an
+    answer that arrived while the process was stopped past both (SIGSTOP, a frozen VM, a long
+    pause) is read before the timer runs, and the call succeeds. Bounded from outside the
+    transport, the expired bound cancelled the call on resume and threw the answer away."""
+    import threading
+    import time
+
+    import uvloop
+    body = b'{"result":"success","orderid":9,"serviceids":"4","invoiceid":"7"}'
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:  # another thread: it answers while the event loop is stopped
+        conn, _ = listener.accept()
+        with conn:
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += conn.recv(65536)
+            time.sleep(0.5)
+            conn.sendall(answer)
+            time.sleep(3)
+    threading.Thread(target=serve, daemon=True).start()
+    env = {**ENV, "WHMCS_API_URL": f"http://127.0.0.1:{listener.getsockname()[1]}/api.php"}
+
+    async def go():
+        client = WhmcsClient(WhmcsSettings.load(env), timeout_s=1.0)
+        asyncio.get_running_loop().call_later(0.2, time.sleep, 2.5)  # the process stopped
+        try:
+            return await client.add_order({"clientid": 1})
+        finally:
+            await client.aclose()
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            added = runner.run(go())
+    finally:
+        listener.close()
+    assert added.order_id == 9
