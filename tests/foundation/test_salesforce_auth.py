@@ -15,14 +15,17 @@ from common.salesforce import SalesforceAuth
 from common.settings import SalesforceSettings
 
 
-def _auth(status: int, **answer) -> SalesforceAuth:
+def _settings(login_url: str = "https://login.example.test") -> SalesforceSettings:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    settings = SalesforceSettings.load({
-        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
-        "SF_LOGIN_URL": "https://login.example.test",
+    return SalesforceSettings.load({
+        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com", "SF_LOGIN_URL": login_url,
         "SF_PRIVATE_KEY_BASE64": base64.b64encode(pem).decode()})
+
+
+def _auth(status: int, **answer) -> SalesforceAuth:
+    settings = _settings()
 
     def handle(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/services/oauth2/token"
@@ -99,13 +102,7 @@ def test_a_gateway_password_in_the_login_url_goes_as_basic_auth_only():
     and into the error text the connector and worker show on /readyz."""
     import jwt as pyjwt
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    settings = SalesforceSettings.load({
-        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
-        "SF_LOGIN_URL": "https://gw%40corp:Gw-Pa55word@login.example.test",
-        "SF_PRIVATE_KEY_BASE64": base64.b64encode(pem).decode()})
+    settings = _settings("https://gw%40corp:Gw-Pa55word@login.example.test")
     seen: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
