@@ -12,6 +12,12 @@ from it still works once the last real event has left the retention (REFERENCE: 
 a quiet subscription's position fresh"). A stream with undelivered events keeps reporting
 the last event it delivered.
 
+A call the client cancels (or whose connection goes) ends here at once: gRPC cancels the
+handler task, and every wait lets that cancellation through (:func:`_wait`), so the stream
+leaves ``streams`` and the store's listeners and is never allocated, counted or sent another
+event. Salesforce does not deliver to a cancelled stream. A client that only half-closes
+its request stream is not gone: it keeps receiving what it requested.
+
 Every delivered event counts against the org's 24-hour delivery allocation
 (:meth:`.PubSubService.allocate`): a batch larger than what is left is cut to it, and a
 stream with an event to deliver when nothing is left ends with the limit error.
@@ -62,6 +68,19 @@ def _fitting(batch: list[Any], budget: int = FETCH_RESPONSE_BYTES) -> list[Any]:
     return batch
 
 
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, at most ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it swallows a cancellation that arrives in
+    the loop turn its awaitable completes in. A client's cancel does exactly that: it ends
+    the request stream (the reader sets ``wake``) and gRPC cancels the handler in the same
+    turn, so with ``wait_for`` the cancelled stream lived on until its next send failed,
+    allocating and counting events meanwhile. ``asyncio.timeout`` lets it through."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 class Subscription:
     def __init__(self, service: PubSubService, requests: Any) -> None:
         self.service = service
@@ -73,6 +92,9 @@ class Subscription:
         self.pending = 0
         self.error: _StreamError | None = None
         self.reader_done = False
+        #: the call is gone (cancelled by the client, its connection lost): nothing more is
+        #: delivered or counted. A normal half-close only sets ``reader_done``
+        self.closed = False
         self.wake = asyncio.Event()
 
     # -- called from outside ------------------------------------------------------------
@@ -135,7 +157,7 @@ class Subscription:
         except _StreamError as err:
             self.error = err
         except (asyncio.CancelledError, grpc.RpcError):
-            pass
+            self.closed = True  # the call is gone, not half-closed: do not serve its credit
         finally:
             self.reader_done = True
             self.wake.set()
@@ -152,6 +174,8 @@ class Subscription:
                 self.wake.clear()
                 if self.error is not None:
                     raise self.error
+                if self.closed:
+                    return
                 if self.reader_done and (self.topic is None or self.pending == 0):
                     return
                 if self.topic is not None:
@@ -200,8 +224,7 @@ class Subscription:
                     timeout = cfg.keepalive_s
                 if self.pending == 0:
                     timeout = cfg.idle_close_s - (now - idle_since)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=max(timeout, 0.01))
+                await _wait(self.wake, max(timeout, 0.01))
         finally:
             sb.streams.discard(self)
             if self.notify in sb.store.listeners:
