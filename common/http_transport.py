@@ -400,9 +400,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One exchange of a request already in bytes (:func:`request_bytes`) with ``url``'s
         origin: ``(status, headers, body)``. ``timeouts``: httpx's ``pool`` / ``connect`` /
-        ``read`` seconds, and optionally ``answer``: the whole answer's, from the write. The same errors and send deadline as :meth:`handle_async_request`,
-        without building an ``httpx.Request`` and ``httpx.Response`` around it (a client
-        that sends one kind of request, the WHMCS client, saves ~17 µs per call)."""
+        ``read`` seconds, and optionally ``answer``: the whole answer's, from the write. The
+        same errors and send deadline as :meth:`handle_async_request`, without building an
+        ``httpx.Request`` and ``httpx.Response`` around it (a client that sends one kind of
+        request, the WHMCS client, saves ~17 µs per call)."""
         loop = asyncio.get_running_loop()
         pool = self._pool(url, loop)
         slots = pool.slots
