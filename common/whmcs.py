@@ -23,7 +23,6 @@ before any new ``AddOrder``. The secret and access key never appear in logs or e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -202,7 +201,6 @@ class WhmcsClient:
         # past what WHMCS_TIMEOUT_S says.
         self._timeouts = {**httpx.Timeout(self._timeout, connect=connect).as_dict(),
                           "answer": self._timeout}
-        self._call_limit = self._timeout + connect  # another transport's (tests): the call's
         self._auth_form = ""  # the credentials, form-encoded once (never logged)
         self.calls: Counter[str] = Counter()
         self.latency: dict[str, float] = defaultdict(float)
@@ -269,11 +267,10 @@ class WhmcsClient:
         extensions: dict[str, Any] = {"timeout": self._timeouts}
         if send_deadline is not None:
             extensions[SEND_DEADLINE] = send_deadline
-        async with asyncio.timeout(self._call_limit):
-            resp = await self._transport.handle_async_request(httpx.Request(
-                "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
-                extensions=extensions))
-            content = await resp.aread()
+        resp = await self._transport.handle_async_request(httpx.Request(
+            "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
+            extensions=extensions))
+        content = await resp.aread()
         return resp.status_code, resp.headers.raw, content
 
     async def _send(self, action: str, body: str,
@@ -282,10 +279,6 @@ class WhmcsClient:
         payload = body.encode()
         try:
             status, headers, content = await self._exchange(payload, send_deadline)
-        except TimeoutError as exc:  # another transport's whole-call bound
-            cls = WhmcsUnknownResultError if mutating else WhmcsTransientError
-            raise cls(f"{action}: no whole answer within {self._call_limit:g} s; the call "
-                      "may have taken effect", action=action) from exc
         except NotSent as exc:
             raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

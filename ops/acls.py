@@ -21,8 +21,8 @@ ops        read every topic (``sfprov tail``, ``dlq``, ``trace``, ``topics``); d
 A principal may also describe the configs of the topics its process checks at start-up
 (``common.kafka.ensure_topics``, for its drift report) — only those: not the connector's
 outcomes (read by its reconciliation passes alone), not faust's leader topic — and ``ops``
-those of every declared topic (``sfprov topics``). The worker's and the sink's names are granted LITERALLY, each
-one: environments sharing a cluster are told apart by ``WORKER_APP_ID`` and ``SINK_GROUP_ID``,
+those of every declared topic (``sfprov topics``). The worker's and the sink's names are
+granted LITERALLY, each one: environments sharing a cluster are told apart by ``WORKER_APP_ID`` and ``SINK_GROUP_ID``,
 and a prefix ``sfprov-worker`` would also give staging's worker prod's ``sfprov-worker-prod``
 (its group's offsets, its intents changelog). Only throwaway groups with a random suffix are
 PREFIXED, on a prefix that ends in ``-``. Nothing may create the project's topics but an admin
@@ -264,10 +264,9 @@ def prune(admin: Any, extra: Iterable[Any], timeout: float = 30.0,
 
 
 def describe_binding(binding: Any) -> str:
-    """One binding in a line: ``User:w Read on GROUP sfprov-worker (PREFIXED)``."""
+    """One ALLOW binding in a line: ``User:w Read on GROUP sfprov-worker (PREFIXED)``."""
     host = "" if binding.host == "*" else f" from {binding.host}"
-    deny = "" if binding.permission_type.name == "ALLOW" else f" {binding.permission_type.name}"
-    return (f"{binding.principal}{deny} {_operation_flag(binding.operation.name)} on "
+    return (f"{binding.principal} {_operation_flag(binding.operation.name)} on "
             f"{binding.restype.name} {binding.name} ({binding.resource_pattern_type.name})"
             f"{host}")
 
@@ -275,16 +274,15 @@ def describe_binding(binding: Any) -> str:
 def kafka_acls_remove_lines(found: Iterable[Any], bootstrap: str,
                             command_config: str = "admin.properties") -> list[str]:
     """One ``kafka-acls --remove --force`` command per binding found on the cluster
-    (:func:`extra_bindings`), removing exactly it; a resource kafka-acls cannot name is a
-    ``#`` comment."""
+    (:func:`extra_bindings`: ALLOW ones), removing exactly it; a resource kafka-acls cannot
+    name is a ``#`` comment."""
     lines = []
     for b in found:
-        allow = b.permission_type.name == "ALLOW"
         parts = ["kafka-acls", "--bootstrap-server", bootstrap,
                  "--command-config", command_config, "--remove", "--force",
-                 "--allow-principal" if allow else "--deny-principal", b.principal]
+                 "--allow-principal", b.principal]
         if b.host != "*":
-            parts += ["--allow-host" if allow else "--deny-host", b.host]
+            parts += ["--allow-host", b.host]
         parts += ["--operation", _operation_flag(b.operation.name)]
         resource = b.restype.name
         if resource == "CLUSTER":
