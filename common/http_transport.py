@@ -314,9 +314,12 @@ class _Pool:
         loop = asyncio.get_running_loop()
         conn = _Connection(loop, self.open.discard)
         try:
-            await asyncio.wait_for(loop.create_connection(
-                lambda: conn, self.host, self.port, ssl=self.ssl,
-                server_hostname=self.host if self.ssl is not None else None), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # comes in the loop turn the connection opens, and the call would go on to write
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"connect to {self.host}:{self.port} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
@@ -409,7 +412,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         slots = pool.slots
         if slots.locked():
             try:
-                await asyncio.wait_for(slots.acquire(), timeouts.get("pool"))
+                async with asyncio.timeout(timeouts.get("pool")):  # not wait_for: see connect
+                    await slots.acquire()
             except TimeoutError as exc:
                 raise httpx.PoolTimeout("no free connection slot in time",
                                         request=request) from exc

@@ -209,7 +209,8 @@ class ChangelogRepair:
             why = "its records were written outside an assignment"
         else:
             try:
-                await asyncio.wait_for(self._settled(partition, generation), self.wait_s)
+                async with asyncio.timeout(self.wait_s):  # not wait_for: it can drop a cancel
+                    await self._settled(partition, generation)
                 return True
             except Fenced as exc:
                 why = str(exc.check.reason)

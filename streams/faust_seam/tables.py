@@ -219,7 +219,8 @@ class DurableTable(RestoreGuards):
         self._flushing += 1
         try:
             try:
-                await asyncio.wait_for(tally.done, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can drop a cancel
+                    await tally.done
             except asyncio.CancelledError:
                 raise
             except TimeoutError as exc:

@@ -345,3 +345,71 @@ def test_one_transport_serves_successive_event_loops():
             return srv
     srv = run(serve_twice())
     assert srv.connections == 2
+
+
+def test_a_cancel_that_comes_as_a_pool_slot_frees_is_not_lost():
+    """Python 3.11's ``asyncio.wait_for`` returns the result and drops a cancellation that
+    arrives in the loop turn its inner wait completes: a WHMCS call cancelled (a revoke, a
+    stop) as it got its connection slot went on and wrote its request after the cancel."""
+    async def go():
+        async with Scripted([OK]) as srv:
+            t = Http11Transport(max_connections=1)
+            slots = t._pool(httpx.URL(srv.url), asyncio.get_running_loop()).slots
+            await slots.acquire()  # the one slot, held: the call below waits for it
+            task = asyncio.ensure_future(post(t, srv.url, pool=5.0))
+            await asyncio.sleep(0.05)
+            slots.release()  # the slot frees and the cancel comes in the same loop turn
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.1)
+            free = not slots.locked()
+            await t.aclose()
+            return srv, free
+    srv, free = run(go())
+    assert srv.requests == [], "a cancelled call wrote its request"
+    assert free, "the cancelled call kept the connection slot"
+
+
+def test_a_cancel_that_comes_as_the_connection_opens_is_not_lost(monkeypatch):
+    """The same for the connect: cancelled in the loop turn its connection opened, the call
+    must end cancelled, not write its request on the new connection."""
+    gate: list[asyncio.Future[None]] = []
+    real_get_running_loop = asyncio.get_running_loop
+
+    class GatedLoop:
+        """The running loop, but ``create_connection`` returns only when the test says."""
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self._loop = loop
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._loop, name)
+
+        async def create_connection(self, *args: object, **kwargs: object) -> object:
+            made = await self._loop.create_connection(*args, **kwargs)  # type: ignore[arg-type]
+            try:
+                await gate[0]
+            except asyncio.CancelledError:
+                made[0].close()
+                raise
+            return made
+
+    async def go():
+        async with Scripted([OK]) as srv:
+            t = Http11Transport()
+            loop = real_get_running_loop()
+            gate.append(loop.create_future())
+            monkeypatch.setattr(http_transport.asyncio, "get_running_loop",
+                                lambda: GatedLoop(real_get_running_loop()))
+            task = asyncio.ensure_future(post(t, srv.url, connect=5.0))
+            await asyncio.sleep(0.1)
+            gate[0].set_result(None)  # the connection is open, the cancel comes with it
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            monkeypatch.undo()
+            await asyncio.sleep(0.1)
+            await t.aclose()
+            return srv
+    srv = run(go())
+    assert srv.requests == [], "a cancelled call wrote its request"
