@@ -89,6 +89,37 @@ def test_rules_are_well_formed_and_cover_the_issue():
         assert alert in names, what
 
 
+def _minutes(duration: str) -> int:
+    return int(duration[:-1]) * {"m": 1, "h": 60}[duration[-1]]
+
+
+def test_event_rules_look_for_a_series_inside_their_increase_window():
+    """``increase(X[W]) and last_over_time(X[5m] offset O)``: a sample the "seen before" look
+    finds must be in increase()'s window too (O + 5m <= W). With O = W a series back at 1
+    after a restart, its predecessor last seen 15–20 minutes earlier, counted as old while
+    increase() held only the new samples: the event was never counted."""
+    checked = 0
+    for rule in rules():
+        windows = {_minutes(w) for w in re.findall(r"increase\(\w+(?:\{[^}]*\})?\[(\d+[mh])\]",
+                                                    rule["expr"])}
+        looks = re.findall(r"last_over_time\(\w+\[(\d+[mh])\] offset (\d+[mh])\)", rule["expr"])
+        for span, offset in looks:
+            assert len(windows) == 1, rule["alert"]
+            (window,) = windows
+            assert _minutes(offset) + _minutes(span) <= window, (rule["alert"], offset, window)
+            checked += 1
+    assert checked >= 18  # the six event rules
+
+
+def test_stall_rules_do_not_select_the_lag_by_topic_name():
+    """KAFKA_TOPIC_REQUESTS / KAFKA_TOPIC_OUTCOMES rename the topics: the stall rules pick the
+    lag by the process publishing it, never by a topic's name."""
+    for rule in rules():
+        if rule["alert"] in ("SfprovWorkerStalled", "SfprovSinkStalled"):
+            assert "topic=" not in rule["expr"].replace(" ", ""), rule["alert"]
+            assert "and on(job, instance)" in rule["expr"], rule["alert"]
+
+
 def test_dashboard_is_well_formed():
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "sfprov" and dash["panels"]
