@@ -43,8 +43,9 @@ down: ## Stop everything `make up` started
 status: $(STAMP) ## Show what runs
 	@$(PY) -m ops.stack status
 
-logs: ## Follow the logs of every process
-	@mkdir -p $(STATE)/logs && tail -n 50 -F $(STATE)/logs/*.log
+logs: ## Follow the logs of every process, the local broker's too
+	@mkdir -p $(STATE)/logs $(STATE)/kafka/broker/logs && tail -n 50 -F $(STATE)/logs/*.log \
+	  $(STATE)/kafka/broker/logs/server.log $(STATE)/kafka/broker/logs/stdout.log
 
 topics: install ## Create missing topics and report config drift
 	@$(PY) -m ops.topics

@@ -291,21 +291,63 @@ def stop_leftovers(entries: list[dict[str, Any]], *, grace: bool) -> None:
     pids.stop_leftovers(entries, specs, grace_of, grace=grace, status_file=STATUS)
 
 
+#: How long a process without a probe port (its ``*_HTTP_PORT`` is 0: no health URL) must
+#: have run, the same process, before ``up`` counts it as started: a bad setting exits 64
+#: within a second or two.
+STARTED_S = 5.0
+
+
+def running_for(entry: dict[str, Any]) -> float | None:
+    """How long the process a status entry lists has run, from its ``start`` (boot id and
+    clock ticks, :func:`ops.supervisor.process_start`); None unless that process runs."""
+    pid, start = entry.get("pid"), entry.get("start")
+    if not pid or not start or process_start(int(pid)) != start:
+        return None
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        ticks = int(str(start).rsplit(":", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dict[str, str]:
     """Wait until each process with a health URL answers it while the supervisor lists it
-    running (another program on its port may answer for one that cannot bind it); one that
-    left with a final exit code is not waited for. Returns why each other is not healthy."""
+    running (another program on its port may answer for one that cannot bind it), and each
+    without one (its probes off) has run, the same process, for :data:`STARTED_S`; one that
+    left with a final exit code is not waited for, also when it left after it counted.
+    Returns why each other is not healthy."""
     def entry(name: str) -> dict[str, Any]:
         return next((e for e in status_entries() if e["name"] == name), {})
 
+    seen: dict[str, tuple[int, float]] = {}  # pid first listed when (a status without start)
+
+    def started(name: str, e: dict[str, Any]) -> bool:
+        if "start" in e:
+            age = running_for(e)
+            return age is not None and age >= STARTED_S
+        pid = e.get("pid")
+        if not pid:
+            seen.pop(name, None)
+            return False
+        if seen.get(name, (None, 0.0))[0] != pid:
+            seen[name] = (pid, time.monotonic())
+        return time.monotonic() - seen[name][1] >= STARTED_S
+
+    def final(e: dict[str, Any]) -> str:
+        return f"exited with {e.get('last_exit')}, a final exit code"
+
     deadline = time.monotonic() + timeout
-    pending = {p["name"]: p for p in processes if p.get("health_url")}
+    pending = {p["name"]: p for p in processes}
     failed: dict[str, str] = {}
     while pending:
         for name, p in list(pending.items()):
             before = entry(name)
             if before.get("final"):
-                failed[name] = f"exited with {before.get('last_exit')}, a final exit code"
+                failed[name] = final(before)
+            elif not p.get("health_url"):
+                if not started(name, before):
+                    continue
             elif not (before.get("pid") and is_healthy(Child(**p))
                       and entry(name).get("pid") == before["pid"]):
                 continue
@@ -313,7 +355,15 @@ def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dic
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    return {**failed, **{name: f"not healthy after {timeout:.0f} s" for name in pending}}
+    for p in processes:  # counted, then left for good while others were waited for
+        if p["name"] not in failed and p["name"] not in pending:
+            now = entry(p["name"])
+            if now.get("final"):
+                failed[p["name"]] = final(now)
+    return {**failed, **{
+        name: f"not healthy after {timeout:.0f} s" if p.get("health_url")
+        else f"not running for {STARTED_S:.0f} s after {timeout:.0f} s (no probe port)"
+        for name, p in pending.items()}}
 
 
 def up() -> int:
@@ -391,8 +441,14 @@ def up() -> int:
 def print_map(processes: list[dict[str, Any]], unhealthy: dict[str, str]) -> None:
     print()
     for p in processes:
-        state = "NOT HEALTHY" if p["name"] in unhealthy else "healthy"
-        print(f"  {p['name']:<18} {state:<11} {p.get('health_url', ''):<36} log {p['log']}")
+        url = p.get("health_url", "")
+        if p["name"] in unhealthy:
+            state = "NOT HEALTHY"
+        elif url:
+            state = "healthy"
+        else:  # its probes are off (*_HTTP_PORT=0): it runs, nothing says more
+            state, url = "running", "(no probe port)"
+        print(f"  {p['name']:<18} {state:<11} {url:<36} log {p['log']}")
     print()
     print("next: make demo      approve seeded Orders and watch them provision")
     print("      make logs      follow every log;  .venv/bin/sfprov --help  operator CLI")

@@ -49,8 +49,10 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path):
     def stack(*args: str) -> subprocess.CompletedProcess[str]:
         return run_stack(env, *args)
 
-    up = stack("up")
+    # `up` inside the try: one that times out or is interrupted (SIGTERM) has started the
+    # broker and the supervisor in their own sessions, and only `down` stops them
     try:
+        up = stack("up")
         assert up.returncode == 0, up.stdout + up.stderr
         for name in ("salesforce-sandbox", "whmcs-sandbox", "registry-sandbox", "connector",
                      "worker", "sink"):
@@ -97,8 +99,8 @@ def test_secured_local_broker_each_process_its_own_principal(tmp_path):
     """`KAFKA_LOCAL_SECURE=true make up`: SASL_SSL, ACLs, one principal per process; the
     operator CLI reads as the read-only ops principal."""
     ports, env = stack_env(tmp_path, KAFKA_LOCAL_SECURE="true")
-    up = run_stack(env, "up")
-    try:
+    try:  # `up` too: an interrupted one leaves the broker and the supervisor for `down`
+        up = run_stack(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "kafka security: SASL_SSL" in up.stdout and "kafka acls:" in up.stdout
         for name in ("connector", "worker", "sink"):
