@@ -17,7 +17,7 @@ and ``3`` (fenced by a newer instance); neither is restarted.
 Signals: :class:`Startup` catches SIGTERM and SIGINT from the first instant, so a signal that
 arrives while settings load, topics are checked or modules import is kept; once the process
 has something to stop, :meth:`Startup.on_stop` installs its stop and honours a kept signal
-at once.
+at once (the worker's stop is faust's: :func:`streams.__main__.faust_worker`).
 """
 
 from __future__ import annotations

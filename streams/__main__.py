@@ -3,7 +3,8 @@
 Reads every setting from the environment (and ``.env``); ``/metrics``, ``/livez``,
 ``/readyz`` on ``WORKER_HTTP_PORT`` (0 = off). SIGTERM/SIGINT stop the worker: events in
 flight may finish for ``WORKER_DRAIN_TIMEOUT_S``, then the finished ones are committed; the
-rest is redelivered (see :mod:`streams.app`).
+rest is redelivered (see :mod:`streams.app`). One that arrives while it is still starting
+stops it before it takes anything in (exit 0; :func:`faust_worker`).
 
 Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 bad
 configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
@@ -24,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
@@ -32,6 +34,9 @@ from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
 from common.settings import KafkaSettings, SalesforceSettings, WhmcsSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    import faust
 
 GC_GEN0_THRESHOLD = 20_000  # Python's default is 700 (see main)
 
@@ -45,6 +50,30 @@ def use_event_loop(name: str) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     else:
         asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+
+
+def faust_worker(boot: Startup) -> type[faust.Worker]:
+    """faust's worker, which honours a SIGTERM/SIGINT that ``boot`` kept while starting.
+
+    mode installs faust's handlers for SIGTERM and SIGINT in the worker's first start
+    (``on_first_start``); until then :class:`common.process.Startup` keeps a signal — also
+    one that arrives after :func:`main` last looked (while the health server starts,
+    ``faust.Worker(...)`` is made, ``gc.collect()`` runs). Once mode's handlers are in, such
+    a signal stops the worker (mode's ``stop``, as its handlers do) before its app starts:
+    nothing joined the group or was taken in, and the exit is 0. A signal after that is
+    mode's own."""
+    import faust
+
+    class Worker(faust.Worker):  # its name in the logs: "[^Worker]", as faust's
+        async def on_first_start(self) -> None:
+            await super().on_first_start()  # mode's signal handlers are in from here
+            if boot.stopping:  # the worker's start checks should_stop next: the app never starts
+                logging.getLogger(boot.process).info(
+                    "signal %s while starting: stopping before the app starts",
+                    signal.Signals(boot.signalled[0]).name)
+                await self.stop()
+
+    return Worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("topic drift: %s", line)
 
     use_event_loop(worker.event_loop)  # before faust makes its loop
-    import faust
-
     from streams import metrics
     from streams.app import Worker
 
@@ -97,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     built.ops.start(built.app.loop)  # loop heartbeat (/livez) and lag gauges
     if built.watchdog is not None:
         built.watchdog.start()
-    # faust's worker (mode) takes SIGTERM/SIGINT over from here: it stops the app, which
-    # lets the events in flight finish (WORKER_DRAIN_TIMEOUT_S) and commits (streams.app)
-    runner = faust.Worker(built.app, loglevel=boot.common.log_level, quiet=True,
-                          redirect_stdouts=False, override_logging=False)
+    # faust's worker (mode) takes SIGTERM/SIGINT over when it starts: it stops the app, which
+    # lets the events in flight finish (WORKER_DRAIN_TIMEOUT_S) and commits (streams.app); a
+    # signal kept since the check of boot.stopping above stops it before the app starts
+    # (faust_worker)
+    runner = faust_worker(boot)(built.app, loglevel=boot.common.log_level, quiet=True,
+                                redirect_stdouts=False, override_logging=False)
     # a write the broker refuses (streams.app.Worker.refuse): the operator's stop — events in
     # flight may finish, the finished ones are committed — then EXIT_CONFIG below
     built.stop = lambda: os.kill(os.getpid(), signal.SIGTERM)
