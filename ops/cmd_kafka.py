@@ -164,19 +164,27 @@ def _print_connector_position(args: argparse.Namespace) -> None:
 # -- dlq ----------------------------------------------------------------------------------
 
 def dlq(args: argparse.Namespace) -> int:
+    if args.action == "requeue" and not args.offsets and not args.all:
+        # a usage error (exit 2), before the dead-letter topic is read
+        args.usage_error("requeue needs --offset PARTITION:OFFSET (repeatable) or --all "
+                         "(every dead letter --stage/--order-id select; every one without "
+                         "them)")
     settings = kafka_settings(args)
     topic = settings.dead_letters
     selected: set[tuple[int, int]] = set(args.offsets or [])  # (partition, offset)
     wanted = order_id_forms(args.order_id) if args.order_id else set()
+    requeue = args.action == "requeue"
+    named: set[str] = set()  # the dead letters a later one names in dlq.requeued_from
 
     def match(record: Any) -> bool:
+        if record.headers.get("requeued_from"):
+            named.add(record.headers["requeued_from"])
         if args.stage and record.headers.get("stage") != args.stage:
             return False
         if wanted and wanted.isdisjoint((record.key, record.headers.get("order_id"))):
             return False
         return not selected or (record.partition, record.offset) in selected
 
-    requeue = args.action == "requeue"
     try:
         # a requeue judges what it read: a partition that stops before its end is an error,
         # not a quiet "requeued N" without its dead letters
@@ -194,10 +202,6 @@ def dlq(args: argparse.Namespace) -> int:
                   f"{h.get('reason', '')[:120]}")
         print(f"{len(records)} dead letter(s)")
         return 0
-    if not selected and not args.all:
-        print("name the records to requeue with --offset P:O (repeatable), or pass --all: "
-              "every dead letter --stage/--order-id select (every one without them)")
-        return 3
     producer = Producer(client_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
     sent = Deliveries()
@@ -205,6 +209,13 @@ def dlq(args: argparse.Namespace) -> int:
     problems = [f"{p}:{o}: no dead letter there in {topic}"
                 + (" that --stage/--order-id select" if args.stage or wanted else "")
                 for p, o in sorted(selected - {(r.partition, r.offset) for r in records})]
+    if not selected:  # --all: each failing record once, not once per dead letter of it
+        records, superseded = newest_generation(topic, records, named)
+        if superseded:
+            shown = ", ".join(superseded[:10]) + (", …" if len(superseded) > 10 else "")
+            print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
+                  f"requeued copy failed again, or the same record dead-lettered twice): "
+                  f"{shown}; --offset P:O requeues one anyway")
     for r in records:
         source = r.headers.get("source_topic")
         if not source:
@@ -215,10 +226,8 @@ def dlq(args: argparse.Namespace) -> int:
             else:  # --all passes over them
                 print(line)
             continue
-        sent.produce(producer, source, key=r.key.encode() if r.key else None,
-                     value=r.raw_value,
-                     headers=[("sfprov.requeued_from", f"{topic}:{r.partition}:{r.offset}"
-                               .encode())])
+        sent.produce(producer, source, key=r.key_bytes(), value=r.raw_value,
+                     headers=[(REQUEUED_FROM, f"{topic}:{r.partition}:{r.offset}".encode())])
     sent.wait(producer, 30)
     # what the broker took, not what was handed to the producer
     print(f"requeued {sent.delivered} record(s)")
@@ -228,6 +237,36 @@ def dlq(args: argparse.Namespace) -> int:
         print(f"error: {sent.not_delivered} record(s) not requeued ({sent.problems()}); "
               f"they stay in {topic}", file=sys.stderr)
     return 1 if problems or sent.not_delivered else 0
+
+
+#: the header of each copy requeue sends (``TOPIC:PARTITION:OFFSET`` of its dead letter); the
+#: worker carries it into a dead letter of that copy as ``dlq.requeued_from`` (the sink does
+#: once the consumed record's headers travel with its ``Tracked``; until then the same-bytes
+#: rule of :func:`newest_generation` tells its generations apart)
+REQUEUED_FROM = "sfprov.requeued_from"
+
+
+def newest_generation(topic: str, records: list[Any], named: set[str]
+                      ) -> tuple[list[Any], list[str]]:
+    """What ``requeue --all`` sends of ``records`` (dead letters of ``topic``), and the
+    ``P:O`` of those it passes over: a dead letter that a later one names in
+    ``dlq.requeued_from`` (its requeued copy was dead-lettered again: the later one stands
+    for it), and one whose record — source topic, key and bytes — a later dead letter holds
+    too (a requeued copy dead-lettered by a stage that does not carry the header, or a
+    record dead-lettered twice on a redelivery). Without this each ``--all`` sent every
+    generation again: while the cause stayed, the dead letters doubled on every run."""
+    newest: dict[tuple[Any, ...], Any] = {}
+    for r in sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset)):
+        if f"{topic}:{r.partition}:{r.offset}" in named:
+            continue
+        source = r.headers.get("source_topic")
+        # not requeueable ones are each kept (each is named as passed over)
+        what = ((source, r.key_bytes(), r.raw_value) if source
+                else ("", r.partition, r.offset))
+        newest[what] = r  # a later one of the same record replaces it
+    kept = {id(r) for r in newest.values()}
+    return ([r for r in records if id(r) in kept],
+            [f"{r.partition}:{r.offset}" for r in records if id(r) not in kept])
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -263,9 +302,13 @@ def _configure_dlq(p: argparse.ArgumentParser) -> None:
                    help="PARTITION:OFFSET of a dead letter (repeatable)")
     add(p, "--stage", env="SFPROV_DLQ_STAGE", help="connector | worker | sink")
     add(p, "--order-id", env="SFPROV_ORDER_ID", help="only dead letters of this Order")
-    p.add_argument("--all", action="store_true", help="requeue every matching record")
+    p.add_argument("--all", action="store_true",
+                   help="requeue every matching dead letter, each failing record once: one "
+                        "that a later dead letter supersedes (its requeued copy failed again, "
+                        "or the same record dead-lettered twice) is passed over, so repeated "
+                        "runs send each still-failing record once, not once per dead letter")
     _json_flag(p)
-    p.set_defaults(func=dlq)
+    p.set_defaults(func=dlq, usage_error=p.error)
 
 
 COMMANDS = [

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 
 from common.avro import AvroSerde, registry_for
-from common.errors import KafkaError
+from common.errors import KafkaError, PipelineError
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings, worker_group
+from ops.cmd_replay import seconds_arg
 from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, order_id_forms, scan
 from streams.mapping import MappingError, client_id_of
 
@@ -240,8 +244,6 @@ def send_requests(settings: Any, order_ids: list[str]) -> Deliveries:
 # -- demo ---------------------------------------------------------------------------------
 
 def demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ops import sandboxes
     from ops.stack import STATE
 
@@ -253,7 +255,8 @@ def demo(args: argparse.Namespace) -> int:
     c = consumer(settings)
     start = {p: high for p, (_, high) in end_offsets(c, settings.outcomes).items()}
     c.close()
-    ids = admin.approve(ids=demo_selection(admin, args.count)) if args.count > 0 else []
+    with sandbox_calls(admin):
+        ids = admin.approve(ids=demo_selection(admin, args.count)) if args.count > 0 else []
     if not ids:
         print("no Orders left in Pending Review: reseed with `make clean up`")
         return 1
@@ -287,8 +290,9 @@ def demo(args: argparse.Namespace) -> int:
     final = {}
     for chunk in range(0, len(ids), 100):
         part = ids[chunk:chunk + 100]
-        rows = admin.query("SELECT Id, Activation_Status__c, WHMCS_Order_Id__c FROM Order "
-                           "WHERE Id IN ('" + "','".join(part) + "')")
+        with sandbox_calls(admin):
+            rows = admin.query("SELECT Id, Activation_Status__c, WHMCS_Order_Id__c FROM "
+                               "Order WHERE Id IN ('" + "','".join(part) + "')")
         for row in rows.get("records", []):
             final[row["Id"]] = row
     print(f"{'Order':<20} {'outcome':<12} {'WHMCS order':>11}  {'Salesforce now':<14} reason")
@@ -306,6 +310,38 @@ def demo(args: argparse.Namespace) -> int:
     print("summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
           + (f", still waiting {len(wanted) - len(results)}" if len(results) < len(wanted) else ""))
     return 0 if len(results) == len(wanted) else 1
+
+
+@contextlib.contextmanager
+def sandbox_calls(admin: Any) -> Iterator[None]:
+    """The demo's calls to the Salesforce sandbox's admin API: a sandbox that is not running
+    (nothing listening; no TLS material: `make up` never started it) or that fails a call is
+    one line (:class:`PipelineError`), not a traceback."""
+    import requests
+
+    from sandbox.salesforce.admin_client import AdminError
+
+    where = str(admin.base).removesuffix("/__sandbox")
+    try:
+        yield
+    except (requests.RequestException, AdminError, OSError) as exc:
+        if isinstance(exc, requests.exceptions.SSLError):
+            cause = "its TLS certificate is not the one the state directory holds"
+        elif isinstance(exc, requests.ConnectionError):
+            cause = "nothing answered"
+        elif isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+            # requests' "Could not find a suitable TLS CA certificate bundle": the sandbox
+            # never ran with this state directory (its TLS material is made at start)
+            cause = (f"no TLS CA certificate at {admin.verify}"
+                     if isinstance(admin.verify, str) and not Path(admin.verify).is_file()
+                     else " ".join(str(exc).split())[:300])
+        else:  # an error status, a timeout, an answer that is not JSON
+            reason = " ".join(str(exc).split())[:300]
+            raise PipelineError(f"the Salesforce sandbox at {where} failed the demo's call: "
+                                f"{reason} (demo works only against the sandboxes: make up)"
+                                ) from exc
+        raise PipelineError(f"the Salesforce sandbox is not running at {where}: {cause} "
+                            "(demo works only against the sandboxes: make up)") from exc
 
 
 def demo_selection(admin: Any, count: int) -> list[str]:
@@ -350,9 +386,9 @@ def _configure_reconcile(p: argparse.ArgumentParser) -> None:
 def _configure_demo(p: argparse.ArgumentParser) -> None:
     add(p, "--count", env="SFPROV_DEMO_COUNT", default=20, type=int,
         help="Orders to approve")
-    add(p, "--timeout", env="SFPROV_DEMO_TIMEOUT_S", default=120.0, type=float,
+    add(p, "--timeout", env="SFPROV_DEMO_TIMEOUT_S", default=120.0, type=seconds_arg,
         help="seconds to wait for the outcomes")
-    add(p, "--writeback-wait", env="SFPROV_DEMO_WRITEBACK_S", default=3.0, type=float,
+    add(p, "--writeback-wait", env="SFPROV_DEMO_WRITEBACK_S", default=3.0, type=seconds_arg,
         help="seconds to let the sink write back before reading Salesforce")
     p.set_defaults(func=demo)
 

@@ -47,6 +47,18 @@ def time_arg(text: str) -> int:
             f"relative one (-6h, -3d), got {text!r}") from exc
 
 
+def seconds_arg(text: str) -> float:
+    """A wait's parser (``--wait``): seconds, or a duration like ``90s``, ``2m``, that
+    ``duration_s`` reads — finite and not negative; else argparse's one-line usage error
+    (``nan`` or ``inf`` once made replay wait for an empty group for ever)."""
+    try:
+        return duration_s(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (or a duration like 90s, 2m), finite and not negative, "
+            f"got {text!r}") from None
+
+
 def partition_offset_arg(text: str) -> tuple[int, int]:
     """``--from-offset``'s parser: ``P:O`` → (partition, offset), or argparse's one-line
     usage error (``3`` once ended in a traceback from ``int('')``)."""
@@ -234,7 +246,7 @@ def _configure_replay(p: argparse.ArgumentParser) -> None:
                    help="ISO-8601 time (UTC) or relative like -6h, -3d")
     g.add_argument("--from-offset", type=partition_offset_arg, metavar="PARTITION:OFFSET",
                    help="PARTITION:OFFSET of the requests topic")
-    add(p, "--wait", env="SFPROV_REPLAY_WAIT_S", default=0.0, type=float,
+    add(p, "--wait", env="SFPROV_REPLAY_WAIT_S", default=0.0, type=seconds_arg,
         help="with --execute: seconds to wait for the worker group to become empty before "
              "refusing")
     p.add_argument("--execute", action="store_true",

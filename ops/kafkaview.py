@@ -102,6 +102,16 @@ class Record:
     value: Any
     headers: dict[str, str]
     raw_value: bytes | None = None
+    #: the key's bytes as written (``key`` is their text, a byte that is not UTF-8 replaced):
+    #: what a requeue sends back, so a binary or empty key stays what it was
+    raw_key: bytes | None = None
+
+    def key_bytes(self) -> bytes | None:
+        """The key as written: :attr:`raw_key`, else (a Record made without it) ``key``'s
+        UTF-8."""
+        if self.raw_key is not None or self.key is None:
+            return self.raw_key
+        return self.key.encode()
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"topic": self.topic, "partition": self.partition,
@@ -136,9 +146,10 @@ class Decoder:
                 value = self.serde.decode(msg.value(), headers_list)
             except SerdeError as exc:
                 value = {"undecodable": str(exc), "raw": _raw(msg.value())}
-        key = msg.key().decode(errors="replace") if msg.key() is not None else None
+        raw_key = msg.key()
+        key = raw_key.decode(errors="replace") if raw_key is not None else None
         return Record(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], key,
-                      value, headers, msg.value())
+                      value, headers, msg.value(), raw_key)
 
 
 #: librdkafka logs each failed connection attempt to stderr (``%3|…|FAIL|…``), twenty a

@@ -16,7 +16,7 @@ from typing import Any
 
 import faust
 
-from common.avro import AvroSerde, SerdeError, registry_for
+from common.avro import AvroSerde, SerdeError, header_text, registry_for
 from common.backoff import retry_forever
 from common.connection import Refusal, aiokafka_refusal
 from common.deadletter import dead_letter_headers
@@ -25,6 +25,10 @@ from streams import faust_seam, metrics
 from streams.handler import DeadLetter
 
 log = logging.getLogger(__name__)
+
+#: the header `sfprov dlq requeue` puts on each copy it sends back (``TOPIC:PARTITION:OFFSET``
+#: of the dead letter); a dead letter of such a copy carries it as ``dlq.requeued_from``
+REQUEUED_FROM = "sfprov.requeued_from"
 
 
 class KafkaEmitter:
@@ -80,7 +84,10 @@ class KafkaEmitter:
             stage="worker", reason=letter.reason, error_class=letter.error_class,
             error_code=letter.error_code, source_topic=rec.topic,
             source_partition=rec.partition, source_offset=rec.offset, order_id=letter.order_id,
-            event_uuid=letter.event_uuid, idem_key=letter.idem_key))
+            event_uuid=letter.event_uuid, idem_key=letter.idem_key,
+            # a copy `sfprov dlq requeue` sent: the dead letter it came from, so a later
+            # `requeue --all` sends this newer one and passes over that one
+            requeued_from=header_text(rec.headers, REQUEUED_FROM)))
 
         async def send() -> None:
             await self.writer.send_soon(self.dead_letters, None, rec.key, rec.value, headers)

@@ -80,8 +80,8 @@ def test_dlq_list_and_requeue(kafka_settings):
     assert listed.returncode == 0, listed.stderr
     assert "INVALID_FIELD" in listed.stdout and "undecodable" in listed.stdout
     assert "2 dead letter(s)" in listed.stdout
-    refused = sfprov(kafka_settings, "dlq", "requeue")
-    assert refused.returncode == 3
+    refused = sfprov(kafka_settings, "dlq", "requeue")  # neither --offset nor --all
+    assert refused.returncode == 2 and "error: requeue needs --offset" in refused.stderr
     sink_line = next(line for line in listed.stdout.splitlines() if "INVALID_FIELD" in line)
     where = sink_line.split()[0]
     requeued = sfprov(kafka_settings, "dlq", "requeue", "--offset", where)

@@ -1,0 +1,261 @@
+"""`sfprov dlq requeue`: each failing record once per `--all` (not once per dead letter of it,
+which doubled the dead letters on every run while the cause stayed), the key as written,
+and a usage error without a selection. The worker and the sink carry a requeued copy's
+``sfprov.requeued_from`` into its dead letter. No broker: fakes for the producer and scan."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops import cmd_kafka
+from ops.kafkaview import Decoder, Record
+from sinks.batch import Tracked
+from sinks.deadletters import DeadLetters
+from streams.emitter import KafkaEmitter
+from streams.handler import DeadLetter, RawRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+OID = "801000000000001AAA"
+DLQ = "dl"
+
+
+class _Message:
+    """A consumed dead letter, as confluent-kafka gives it."""
+
+    def __init__(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]] | None, ts: int) -> None:
+        self.p, self.o, self.k, self.v, self.h, self.ts = partition, offset, key, value, headers, ts
+
+    def topic(self) -> str:
+        return DLQ
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.h
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.ts)
+
+
+def decoded(offset: int, key: bytes | None, value: bytes | None,
+            headers: list[tuple[str, bytes]], partition: int = 0) -> Record:
+    """The Record `sfprov dlq` reads of this dead letter (the real decoder, raw topic)."""
+    decoder = object.__new__(Decoder)
+    decoder.serde = None
+    return decoder.record(_Message(partition, offset, key, value, headers, 1000 + offset))
+
+
+class Topic:
+    """The dead-letter topic and everything requeue produced."""
+
+    def __init__(self) -> None:
+        self.letters: list[Record] = []
+        self.produced: list[dict[str, Any]] = []
+
+    def add(self, key: bytes | None, value: bytes | None,
+            headers: list[tuple[str, bytes]]) -> Record:
+        self.letters.append(decoded(len(self.letters), key, value, headers))
+        return self.letters[-1]
+
+
+@pytest.fixture()
+def topic(monkeypatch: pytest.MonkeyPatch) -> Topic:
+    t = Topic()
+
+    class Producer:
+        def __init__(self, conf: Any) -> None: ...
+
+        def produce(self, topic: str, on_delivery: Any, **kwargs: Any) -> None:
+            t.produced.append({"topic": topic, **kwargs})
+            on_delivery(None, None)
+
+        def poll(self, timeout: float) -> None: ...
+
+        def flush(self, timeout: float) -> int:
+            return 0
+
+    def scan(settings: Any, topic: str, schema: Any, match: Any = None, **kwargs: Any) -> Any:
+        return (r for r in list(t.letters) if match is None or match(r))
+
+    monkeypatch.setattr(cmd_kafka, "kafka_settings",
+                        lambda args: types.SimpleNamespace(dead_letters=DLQ))
+    monkeypatch.setattr(cmd_kafka, "client_config", lambda s, **k: {})
+    monkeypatch.setattr(cmd_kafka, "scan", scan)
+    monkeypatch.setattr(cmd_kafka, "Producer", Producer)
+    return t
+
+
+def args(*argv: str) -> argparse.Namespace:
+    from ops.cli import build_parser
+
+    return build_parser().parse_args(["dlq", *argv])
+
+
+def worker_dead_letter(key: bytes | None, value: bytes | None,
+                       headers: list[tuple[str, bytes]] | None, offset: int) -> tuple:
+    """What the worker's emitter writes for a request it dead-letters: (key, value, headers)."""
+    emitter = object.__new__(KafkaEmitter)  # no faust app: only what send_dead_letter uses
+    sent: list[tuple] = []
+
+    class Writer:
+        async def send_soon(self, topic: str, partition: Any, k: Any, v: Any, h: Any) -> None:
+            sent.append((topic, k, v, h))
+
+    emitter.writer = Writer()  # type: ignore[assignment]
+    emitter.dead_letters = DLQ
+    record = RawRecord(key, value, "requests", 0, offset, headers=headers)
+    asyncio.run(emitter.send_dead_letter(DeadLetter(
+        record, reason="WHMCS said no", error_class="WhmcsError", error_code="WORKER_ERROR",
+        order_id=OID)))
+    [(to, k, v, h)] = sent
+    assert to == DLQ
+    return k, v, h
+
+
+def headers_of(produced: dict[str, Any]) -> dict[str, bytes]:
+    return dict(produced.get("headers") or [])
+
+
+# -- the worker and the sink carry the requeue marker ------------------------------------
+
+@pytest.mark.parametrize("incoming", [
+    [("sfprov.requeued_from", b"dl:2:40")],
+    {"sfprov.requeued_from": b"dl:2:40"},  # faust may give headers as a mapping
+])
+def test_the_worker_carries_requeued_from_into_its_dead_letter(incoming):
+    _k, _v, headers = worker_dead_letter(b"k", b"v", incoming, 5)
+    assert dict(headers)["dlq.requeued_from"] == b"dl:2:40"
+    _k, _v, plain = worker_dead_letter(b"k", b"v", None, 5)  # not a requeued copy
+    assert "dlq.requeued_from" not in dict(plain)
+
+
+def test_the_sink_carries_requeued_from_into_its_dead_letter():
+    letters = object.__new__(DeadLetters)  # no broker: only what send uses
+    out: list[dict[str, Any]] = []
+    letters.kafka = types.SimpleNamespace(outcomes="o", dead_letters=DLQ)  # type: ignore
+    letters.producer = types.SimpleNamespace(  # type: ignore[assignment]
+        produce=lambda topic, **kw: out.append(kw), poll=lambda t: 0)
+    letters.sent = 0
+    tracked = Tracked(1, 7, b"k", b"v", outcome={"order_id": OID})
+    tracked.headers = [("sfprov.requeued_from", b"dl:0:3")]  # type: ignore[attr-defined]
+    letters.send(tracked, reason="undecodable", error_class="SerdeError")
+    assert dict(out[0]["headers"])["dlq.requeued_from"] == b"dl:0:3"
+    letters.send(Tracked(1, 8, b"k", b"v"), reason="undecodable", error_class="SerdeError")
+    assert "dlq.requeued_from" not in dict(out[1]["headers"])
+
+
+# -- requeue --all: each failing record once ------------------------------------------------
+
+@pytest.mark.parametrize("later_value", [b"v", b"other"])
+def test_requeue_all_sends_the_newest_dead_letter_of_a_requeued_record(topic, capsys,
+                                                                       later_value):
+    """A: the first dead letter; B: the dead letter of A's requeued copy (it names A)."""
+    topic.add(b"k", b"v", list(worker_dead_letter(b"k", b"v", None, 3)[2]))
+    requeued_copy = [("sfprov.requeued_from", b"dl:0:0")]
+    b = topic.add(b"k", later_value,
+                  list(worker_dead_letter(b"k", later_value, requeued_copy, 90)[2]))
+    assert b.headers["requeued_from"] == "dl:0:0"
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert [(p["topic"], p["value"], headers_of(p)["sfprov.requeued_from"])
+            for p in topic.produced] == [("requests", later_value, b"dl:0:1")]
+    out = capsys.readouterr().out
+    assert "requeued 1 record(s)" in out and "passed over 1 dead letter(s)" in out
+
+
+def test_requeue_all_sends_a_record_dead_lettered_twice_once(topic):
+    """The same record twice without the marker (a sink redelivery, or a stage that does not
+    carry it): the newer one is sent; --offset still sends what it names."""
+    headers = list(worker_dead_letter(b"k", b"v", None, 3)[2])
+    topic.add(b"k", b"v", headers)
+    topic.add(b"k", b"v", headers)
+    topic.add(b"k", b"w", headers)  # another record
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert sorted((p["value"], headers_of(p)["sfprov.requeued_from"])
+                  for p in topic.produced) == [(b"v", b"dl:0:1"), (b"w", b"dl:0:2")]
+    topic.produced.clear()
+    assert cmd_kafka.dlq(args("requeue", "--offset", "0:0", "--offset", "0:1")) == 0
+    assert len(topic.produced) == 2
+
+
+def test_repeated_requeue_all_while_the_cause_stays_is_not_exponential(topic, capsys):
+    """The reviewer's run: three dead letters, `requeue --all` three times, and the worker
+    dead-letters every requeued copy again. It was 3 → 6 → 12 (every generation sent again);
+    now each run sends the three records once."""
+    for i in range(3):
+        topic.add(OID.encode(), f"event-{i}".encode(),
+                  list(worker_dead_letter(OID.encode(), f"event-{i}".encode(), None, i)[2]))
+    sizes = []
+    for run in range(3):
+        before = len(topic.produced)
+        assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+        copies = topic.produced[before:]
+        assert len(copies) == 3, run
+        for n, copy in enumerate(copies):  # the cause is not fixed: dead-lettered again
+            key, value, headers = worker_dead_letter(copy["key"], copy["value"],
+                                                     copy["headers"], 100 * run + n)
+            topic.add(key, value, list(headers))
+        sizes.append(len(topic.letters))
+    assert sizes == [6, 9, 12]
+    assert sorted(p["value"] for p in topic.produced[-3:]) == [b"event-0", b"event-1",
+                                                               b"event-2"]
+
+
+# -- the key as written -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("selection", [("--offset", "0:0", "--offset", "0:1"), ("--all",)])
+def test_requeue_sends_the_key_byte_for_byte(topic, selection):
+    """A key that is not UTF-8 came back with U+FFFD in it, an empty key as none."""
+    headers = list(worker_dead_letter(b"x", b"v", None, 3)[2])
+    topic.add(b"\xa0\x01", b"v1", headers)
+    topic.add(b"", b"v2", headers)
+    topic.add(None, b"v3", headers)
+    assert cmd_kafka.dlq(args("requeue", *selection)) == 0
+    keys = {p["value"]: p["key"] for p in topic.produced}
+    assert keys[b"v1"] == b"\xa0\x01"
+    assert keys[b"v2"] == b"" and keys[b"v2"] is not None
+    if "--all" in selection:
+        assert keys[b"v3"] is None
+
+
+# -- requeue without a selection: a usage error, before any broker --------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_requeue_without_offset_or_all_is_a_usage_error_before_the_broker():
+    """It read the whole dead-letter topic first, then printed its hint on stdout, exit 3."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "-b", f"127.0.0.1:{free_port()}", "dlq", "requeue"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": "/dev/null",
+             "SFPROV_STATE_DIR": "/nonexistent"})
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert time.monotonic() - started < 8  # no broker contact (its timeout is 10 s)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sfprov dlq: error: requeue needs --offset"), result.stderr
