@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from common.connection import Connectable
@@ -123,6 +123,18 @@ class Checkpoint:
 
     def unfinished(self) -> int:
         return sum(len(p.unfinished) for p in self._parts.values())
+
+    async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """partition → the group's committed offset of the requests topic (the partition's
+        first offset when none was committed): every record below it finished or gone, none
+        at or above it committed past. Read from the broker by the range reader asked for
+        an empty range (the committed offsets alone), in a thread; raises when the brokers
+        do not answer."""
+        wanted = dict.fromkeys(partitions, 0)
+        if not wanted:
+            return {}
+        found = await asyncio.get_running_loop().run_in_executor(None, self._reader, wanted)
+        return {p: base for p, (base, _records) in found.items()}
 
     # -- the commit ------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ Crash windows and what a redelivery does:
   decides as for any event (``Skipped``, no ``AddOrder``, once the Order was set back or
   given a WHMCS id). A redelivery that ends without WHMCS (the Order deleted, its mapping
   broken) looks up first the same way, as the sweep does
-  (:func:`~streams.recovery.look_up_attempt`).
+  (:func:`~streams.recovery.look_up_attempt`). The intent names the event's partition and
+  offset: until the group's commit has passed them the sweep leaves the intent to this
+  redelivery, however late it comes.
 * during 4 (between its two table writes): the entry without the settled intent → the
   intent is settled from the entry (:meth:`~streams.state.OrderState.settle_from_entry`);
   the settled intent without the entry → ``decide`` finds this very event in the intent and
@@ -312,7 +314,11 @@ class EventHandler:
             attempt=decision.previous_attempts + 1, client_id=decision.request.client_id,
             at=self._clock(), writer=self.writer_id, lease_until=self._lease_until(check),
             correlation_id=event.correlation_id, requested_at=event.requested_at,
-            opportunity_id=opportunity, earlier_client_ids=decision.earlier_client_ids))
+            opportunity_id=opportunity, earlier_client_ids=decision.earlier_client_ids,
+            # the event's place: the sweep leaves the intent to the event's redelivery
+            # until the group's commit has passed it (streams.recovery)
+            partition=rec.partition if rec.partition >= 0 else None,
+            offset=rec.offset if rec.offset >= 0 else None))
         self.state.set_intent(held[-1])
         await self.durable()  # the pending intent is durable before any AddOrder
         settle_at = None

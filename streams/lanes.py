@@ -27,7 +27,9 @@ requests message: the worker releases it (:meth:`streams.faust_seam.ConsumerSeam
 and commits through its checkpoint.
 
 The sweep's per-Order work runs in the Order's lane too (:meth:`Lanes.exclusive`), so it
-never interleaves with the Order's events.
+never interleaves with the Order's events; and it asks here where the group's commit of a
+partition stands (:meth:`Lanes.committed_offsets`): an event not committed past is still to
+be delivered, and resumes its Order's pending attempt itself.
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class Lanes:
 
     def busy(self, order_id: str) -> bool:
         return order_id in self._lanes
+
+    async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """partition → the group's committed offset of the requests topic (the partition's
+        first offset when none was committed): the first record a consumer of the group is
+        given next (:meth:`streams.checkpoint.Checkpoint.committed_offsets`)."""
+        return await self.checkpoint.committed_offsets(partitions)
 
     async def admit(self, order_id: str, item: Admitted) -> None:
         """Into ``order_id``'s lane; waits while the window is full."""

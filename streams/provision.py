@@ -90,7 +90,9 @@ class ProvisionResult:
     invoice_id: int | None = None
     error_code: str | None = None
     error_message: str | None = None
-    attempts: int = 0  # AddOrder calls made by this decision
+    # AddOrder calls made by this decision (not those WHMCS refused for this installation's
+    # access: nothing happened in WHMCS)
+    attempts: int = 0
     recovered: bool = False
     may_exist: bool = False  # Failed, but an AddOrder may have created the order
     needs_accept: bool = field(default=False, repr=False)  # found Pending by a lookup
@@ -293,6 +295,11 @@ class Provisioner:
             except WhmcsAccessError as exc:
                 # Our credentials or IP are refused: nothing happened in WHMCS and no Order is
                 # at fault. Wait for the fix — no deadline, /healthz says why.
+                if add_uncertain:
+                    # an AddOrder refused so is not one of the Order's attempts (README,
+                    # `attempts`): however long the outage, a Skipped the guard read after
+                    # it decides has 0, a Provisioned counts the calls WHMCS took up
+                    attempts -= 1
                 add_uncertain = False
                 waited = True
                 self._access_refused(exc)

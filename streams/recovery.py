@@ -10,8 +10,10 @@ every change (:attr:`streams.faust_seam.DurableTable.watch`), so a sweep reads o
 entries that may need action — pending intents and unsent outcomes; the whole tables are
 read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions/0007.
 
-* an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` (its event was not
-  redelivered — e.g. it was dead-lettered) → WHMCS lookup on the ``sfOrderId=`` marker:
+* an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` whose event will not be
+  delivered again — the group's committed offset of the requests topic has passed the
+  event's (it was dead-lettered, or a replay moved the offsets on) → WHMCS lookup on the
+  ``sfOrderId=`` marker:
   found Pending → AcceptOrder (refused by WHMCS → ``Failed(WHMCS_ERROR)`` naming the
   order, as an event's attempt ends; left unanswered or unreachable → the next sweep); found
   Active → ``Provisioned`` (``recovered``); absent → ``Failed(PROVISIONING_INTERRUPTED)``.
@@ -25,7 +27,16 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   ahead, durable — before each, the write's send deadline capped at it. The next sweep
   of the intent (this worker's, or the partition's next owner's) then looks the Order up
   only once that write can no longer be running: an unanswered ``AcceptOrder`` is never
-  repeated blindly;
+  repeated blindly. An intent whose event is not committed past yet is left alone, however
+  old: that event is still to come (the worker was down or paused past the recovery delay
+  and has not reached it again — it waits uncommitted, or in the agent's chunk while the
+  window is full), and its redelivery resumes the attempt, a WHMCS lookup before any
+  ``AddOrder`` (:mod:`streams.handler`) — settled here first, the Order would be failed and
+  the redelivery end silently on the outcome recorded. The intent names the event's
+  partition and offset; the committed offsets are read once a sweep, from the broker
+  (:meth:`streams.lanes.Lanes.committed_offsets`), and while they cannot be read the
+  intents wait for a later sweep. An intent written before offsets were kept is settled as
+  before (nothing to tell by);
 * an outcome recorded but never acknowledged as sent for that long → sent again, identical;
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted, nor one
@@ -39,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -117,6 +128,10 @@ class OrderLanes(Protocol):
     async def exclusive(self, order_id: str, job: Callable[[], Awaitable[None]]) -> None: ...
 
 
+# partitions → partition → the group's committed offset of the requests topic
+CommittedOffsets = Callable[[list[int]], Awaitable[Mapping[int, int]]]
+
+
 async def _unleased(_action: str) -> LeaseCheck | None:
     """The lease of work no ownership lease governs (unit tests)."""
     return None
@@ -140,6 +155,7 @@ class SweepReport:
     expired_idem: int = 0
     expired_intents: int = 0
     pending: int = 0
+    awaiting: int = 0  # pending intents left to their events' redelivery (not committed past)
 
 
 class Sweeper:
@@ -150,9 +166,14 @@ class Sweeper:
                  fence_for: Callable[[str], Own] = lambda _oid: _unleased,
                  writer_id: str = "", intent_lease_s: float = 10.0,
                  clock_ms: Callable[[], int] = now_ms,
-                 full_scan_every_s: float = FULL_SCAN_EVERY_S) -> None:
+                 full_scan_every_s: float = FULL_SCAN_EVERY_S,
+                 committed_offsets: CommittedOffsets | None = None) -> None:
         self.state, self.provisioner, self.emitter = state, provisioner, emitter
         self.lanes: OrderLanes = lanes or _Inline()
+        # the group's committed offsets of the requests topic: the worker's lanes read them
+        # (streams.lanes); None, no consumer (unit tests): no event is ever delivered again
+        self.committed_offsets: CommittedOffsets | None = \
+            committed_offsets or getattr(lanes, "committed_offsets", None)
         self.durable = durable or state.flush
         # the ownership lease of an Order's partition, for a job that begins now
         self.fence_for = fence_for
@@ -303,11 +324,48 @@ class Sweeper:
                     self._expire(oid, now, report)
         # recovery and resends re-check in the Order's lane, under the job's own lease
         recover, resend = set(due), set(dirty)
+        committed = await self._committed(due) if due else {}
         await asyncio.gather(*(
             self._when_idle(oid, partial(self._work, oid, report, oid in recover,
-                                         oid in resend))
+                                         oid in resend, committed))
             for oid in dict.fromkeys([*due, *dirty])))
         await self.durable()
+
+    async def _committed(self, due: list[str]) -> Mapping[int, int] | None:
+        """The group's committed offsets of the partitions whose due intents name their
+        event's place (one read for the sweep); None when they cannot be read. Read before
+        the jobs: a commit only moves forward, so an offset read early only leaves an
+        intent for a later sweep."""
+        if self.committed_offsets is None:
+            return {}
+        partitions = set()
+        for oid in due:
+            intent = self.state.intent(oid)
+            if intent is not None and intent.partition is not None and \
+                    intent.offset is not None:
+                partitions.add(intent.partition)
+        if not partitions:
+            return {}
+        try:
+            return await self.committed_offsets(sorted(partitions))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next sweep reads them again
+            log.warning("sweep: the requests topic's committed offsets could not be read "
+                        "(%s: %s); pending intents whose events may still come are left to "
+                        "a later sweep", type(exc).__name__, exc)
+            return None
+
+    def _redelivery_owed(self, intent: Intent, committed: Mapping[int, int] | None) -> bool:
+        """The pending ``intent``'s event is still to be delivered (the group's commit has
+        not passed it), or may be (the offsets could not be read): its redelivery resumes
+        the attempt. False for an intent that does not say where its event is (written
+        before offsets were kept), and with no consumer."""
+        if intent.partition is None or intent.offset is None or \
+                self.committed_offsets is None:
+            return False
+        base = None if committed is None else committed.get(intent.partition)
+        return base is None or base <= intent.offset
 
     async def _when_idle(self, oid: str, job: Callable[[], Awaitable[None]]) -> None:
         """``job`` in the Order's lane — only if no event is in flight there. A job queued
@@ -321,11 +379,12 @@ class Sweeper:
         if not self.lanes.busy(oid):
             await self.lanes.exclusive(oid, job)
 
-    async def _work(self, oid: str, report: SweepReport, recover: bool, resend: bool) -> None:
+    async def _work(self, oid: str, report: SweepReport, recover: bool, resend: bool,
+                    committed: Mapping[int, int] | None = None) -> None:
         """In the Order's lane: its pending intent recovered, then its unsent outcomes
         resent — one job, so the Order's lane is busy with the sweep only once."""
         if recover:
-            await self._recover_pending(oid, report)
+            await self._recover_pending(oid, report, committed)
         if resend:
             await self._resend(oid, report)
 
@@ -380,8 +439,9 @@ class Sweeper:
         log.error("sweep: an unsent outcome cannot be encoded (%s): not sent; its event ends "
                   "as a dead letter", exc, extra={"order_id": oid, "event_uuid": event_uuid})
 
-    async def _recover_pending(self, oid: str, report: SweepReport) -> None:
-        """In the Order's lane: a pending intent no event came back for."""
+    async def _recover_pending(self, oid: str, report: SweepReport,
+                               committed: Mapping[int, int] | None = None) -> None:
+        """In the Order's lane: a pending intent no event will come back for."""
         now = self._clock()
         if not self.owns(oid):  # lost, or its tables restoring, since the scan
             return
@@ -390,6 +450,9 @@ class Sweeper:
             return
         if self.state.settle_from_entry(oid, now):
             return  # decided before a crash cut the two writes short; its entry re-sends it
+        if self._redelivery_owed(intent, committed):
+            report.awaiting += 1  # its event resumes it: a lookup before any AddOrder
+            return
         own = self.fence_for(oid)  # the job's: the generation it began in
         outcome = await self._recover(oid, intent, own)
         if outcome is None:

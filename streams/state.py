@@ -81,18 +81,24 @@ class Intent:
     # WHMCS clients earlier attempts sent to, while a lookup there is still owed (the
     # Account's client changed since): every lookup for the Order reads them too
     earlier_client_ids: tuple[int, ...] = ()
+    # where the attempt's request event is in the requests topic (None: not known — an
+    # intent written before they were kept): while the group's commit has not passed it,
+    # the event is delivered again and resumes the attempt itself (streams.recovery)
+    partition: int | None = None
+    offset: int | None = None
 
     @classmethod
     def pending(cls, *, order_id: str, idem_key: str, event_uuid: str, attempt: int,
                 client_id: int, at: int, writer: str, lease_until: int,
                 correlation_id: str | None = None, requested_at: int | None = None,
                 opportunity_id: str | None = None,
-                earlier_client_ids: tuple[int, ...] = ()) -> Intent:
+                earlier_client_ids: tuple[int, ...] = (),
+                partition: int | None = None, offset: int | None = None) -> Intent:
         return cls(order_id=order_id, idem_key=idem_key, event_uuid=event_uuid,
                    state=PENDING, attempt=attempt, client_id=client_id, at=at,
                    correlation_id=correlation_id, requested_at=requested_at,
                    opportunity_id=opportunity_id, writer=writer, lease_until=lease_until,
-                   earlier_client_ids=earlier_client_ids)
+                   earlier_client_ids=earlier_client_ids, partition=partition, offset=offset)
 
     def renewed(self, lease_until: int, *, writer: str | None = None) -> Intent:
         """The same attempt, its writer (``writer``, when given: who sends for it now) free
@@ -144,7 +150,8 @@ class Intent:
                 "outcome": dict(self.outcome) if self.outcome is not None else None,
                 "may_exist": self.may_exist, "writer": self.writer,
                 "lease_until": self.lease_until,
-                "earlier_client_ids": list(self.earlier_client_ids)}
+                "earlier_client_ids": list(self.earlier_client_ids),
+                "partition": self.partition, "offset": self.offset}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> Intent | None:

@@ -113,7 +113,9 @@ def test_a_resumed_attempt_whose_lookup_finds_its_order_reports_it_though_salesf
 def test_an_addorder_after_refused_access_asks_the_guard_again(monkeypatch):
     """WHMCS refuses the credentials for a while (the worker waits, no deadline); sales
     takes the Order out of Activating meanwhile. When access returns the decision is stale:
-    the guard is read again before the AddOrder, which is not sent."""
+    the guard is read again before the AddOrder, which is not sent. The AddOrders WHMCS
+    refused are not the decision's attempts (nothing happened in WHMCS): a Skipped has 0,
+    as the README's outcome table says."""
     monkeypatch.setattr(streams.provision, "ACCESS_BACKOFF_MAX_S", 0.3)
     sf = Salesforce(order(order_id=OID))
 
@@ -124,6 +126,7 @@ def test_an_addorder_after_refused_access_asks_the_guard_again(monkeypatch):
     kit, outcome = run(sf, wh)
     assert wh.calls == []
     assert (outcome["status"], outcome["error_code"]) == ("Skipped", "NOT_ACTIVATING")
+    assert outcome["attempts"] == 0
     assert sf.queries == 3  # the decision's read, and one before each AddOrder after a wait
 
 
@@ -134,6 +137,7 @@ def test_an_addorder_after_refused_access_goes_when_the_guard_still_allows_it(mo
     kit, outcome = run(sf, wh)
     assert wh.calls == ["AddOrder", "AcceptOrder 77"]
     assert (outcome["status"], outcome["whmcs_order_id"]) == ("Provisioned", 77)
+    assert outcome["attempts"] == 1  # the two WHMCS refused for access are not counted
 
 
 @pytest.mark.parametrize("found, expected", [
