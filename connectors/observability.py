@@ -2,10 +2,17 @@
 :mod:`common.tracing`).
 
 * ``/livez``: the main loop is alive — judged from what the loop keeps up to date (its state,
-  when it last handled a response, when its backoff ends), no extra heartbeat needed.
+  when its stream last answered or opened, when its backoff ends), no extra heartbeat
+  needed. Salesforce or Kafka out of reach is no reason: a restart brings neither back.
 * ``/readyz``: it can move events now — not fenced or failed (Kafka), not waiting out a
   Salesforce delivery limit, not subscribed to a silent stream, its subscription not refused
-  (no such topic, no access to it: retried, but not ready until a stream answers).
+  (no such topic, no access to it: retried, but not ready until a stream answers); and,
+  after ``READY_GRACE_S`` (60 s, as the worker and the sink), not without an answer from
+  Pub/Sub while every subscription ends in an error (an outage, a network cut, a wrong
+  endpoint; or one the watchdog found silent), nor failing error after error although
+  Pub/Sub answers (a Kafka outage retried through the backoff). The first retry after a
+  single error is given a keepalive period: on a quiet channel a new stream's first answer,
+  a keepalive, may come 270 s after it opened.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from common import tracing
-from common.probes import connector_liveness, readiness
+from common.probes import READY_GRACE_S, connector_liveness, readiness
 from connectors.decode import KafkaRecord
 
 if TYPE_CHECKING:
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
 def live(conn: Connector) -> tuple[bool, dict[str, Any]]:
     h = conn.health
     now = time.monotonic()
-    return connector_liveness(h.state, now - h.last_response, now - h.waiting_until,
+    return connector_liveness(h.state, h.stream_silent_s(now), now - h.waiting_until,
                               conn.settings.keepalive_timeout_s)
 
 
@@ -32,15 +39,31 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
     _ok, details = conn.health_check()
     h = conn.health
     now = time.monotonic()
-    silent = h.state == "subscribed" and now - h.last_response > conn.settings.keepalive_timeout_s
+    silent = h.state == "subscribed" and h.stream_silent_s(now) > conn.settings.keepalive_timeout_s
     limited = h.state == "limited" and h.waiting_until > now
+    unanswered = h.unanswered(now, READY_GRACE_S)
+    stuck = h.stuck(now, READY_GRACE_S)
+    failing = stuck if stuck is not None else unanswered
+    # named after where the last error came from: Kafka's (a batch, a keepalive position or
+    # a gap record not written) or Salesforce's
+    kafka_failing = failing is not None and h.failing_on == "kafka"
+    failing_s = now - h.failing_since if h.failing_since is not None else failing or 0.0
+    failing_why = (f"every attempt for {failing_s:.0f} s ended in an error, resubscribing "
+                   f"after each (last error: {h.last_error})")
+    if limited:
+        salesforce_why = (f"delivery limit reached, waiting {h.waiting_until - now:.0f} s: "
+                          f"{h.last_error}")
+    elif stuck is None and unanswered is not None:
+        salesforce_why = (f"no answer from Pub/Sub for {unanswered:.0f} s "
+                          f"(last error: {h.last_error})")
+    else:
+        salesforce_why = f"Pub/Sub answers, but {failing_why}"
     return readiness([
-        ("kafka", h.state not in ("fenced", "failed"),
-         f"connector {h.state}: {h.last_error}"),
-        ("salesforce", not limited,
-         f"delivery limit reached, waiting {h.waiting_until - now:.0f} s: {h.last_error}"),
+        ("kafka", h.state not in ("fenced", "failed") and not kafka_failing,
+         failing_why if kafka_failing else f"connector {h.state}: {h.last_error}"),
+        ("salesforce", not limited and (failing is None or kafka_failing), salesforce_why),
         ("salesforce_stream", not silent,
-         f"no events or keepalive for {now - h.last_response:.0f} s"),
+         f"no events or keepalive for {h.stream_silent_s(now):.0f} s"),
         ("salesforce_auth", not h.auth_refused,
          f"Salesforce refuses the connector's login ({h.auth_refused}): check SF_CLIENT_ID, "
          "SF_USERNAME, the private key and the connected app's approval for the user"),

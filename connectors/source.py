@@ -112,6 +112,7 @@ from common.errors import (
     TransactionTimedOutError,
 )
 from common.metrics import reads_while_alive
+from common.probes import READY_GRACE_S
 from common.salesforce import SalesforceAuth
 from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
@@ -167,7 +168,19 @@ class Health:
     cause: str = ""
     last_error: str = ""
     waiting_until: float = 0.0
+    # the last answer from Pub/Sub (a FetchResponse: events or a keepalive); only an answer
+    # sets it, not a subscription opened: every resubscribe during an outage did, and the
+    # connector answered ready for as long as Pub/Sub was out of reach
     last_response: float = field(default_factory=time.monotonic)
+    # when the stream being consumed opened: its silence counts from here (the watchdog,
+    # /livez, the silent-stream check)
+    subscribed_at: float = field(default_factory=time.monotonic)
+    # errors since the connector last moved (a stream answered and what it answered was
+    # written, or nothing was due), the first one's time, and where the last one came from
+    # ("kafka" or "salesforce")
+    errors: int = 0
+    failing_since: float | None = None
+    failing_on: str = ""
     committed: Position | None = None
     # Salesforce refused the subscription (no such topic, no access): until a stream answers
     refused: str = ""
@@ -175,15 +188,58 @@ class Health:
     # refused again): until a stream answers
     auth_refused: str = ""
 
+    def failed(self, on: str) -> None:
+        """An error ended a subscription (or its transaction): one more in a row."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self.errors += 1
+        self.failing_on = on
+
+    def moved(self) -> None:
+        """A stream answered and what it answered is written: the errors in a row are over."""
+        self.errors, self.failing_since = 0, None
+
+    def stream_silent_s(self, now: float) -> float:
+        """How long the stream being consumed has not answered (since it opened, at most)."""
+        return now - max(self.last_response, self.subscribed_at)
+
+    def unanswered(self, now: float, grace_s: float = READY_GRACE_S) -> float | None:
+        """How long Pub/Sub has not answered, when that makes the connector not ready: at
+        least ``grace_s``, and waiting to resubscribe after an error or on a stream opened
+        after it. The first retry after a single error (not the watchdog's) is given its
+        keepalive period: on a quiet channel a stream reset (RST_STREAM, a GOAWAY) is
+        followed by a stream whose first answer, a keepalive, comes up to 270 s after it
+        opened, and the watchdog ends a silent one. None: no reason to be not ready."""
+        silent = now - self.last_response
+        if silent < grace_s or self.state not in ("backoff", "subscribed"):
+            return None
+        if self.state == "subscribed" and self.errors == 0:
+            return None  # no error since it last moved: waiting for the next keepalive
+        if self.errors == 1 and self.cause != StreamStalled.cause:
+            return None
+        return silent
+
+    def stuck(self, now: float, grace_s: float = READY_GRACE_S) -> float | None:
+        """How long errors have followed each other although Pub/Sub answered meanwhile
+        (what it sent could not be written: Kafka away), when at least ``grace_s``."""
+        since = self.failing_since
+        if since is None or self.last_response < since or now - since < grace_s:
+            return None
+        return now - since
+
     def snapshot(self, stall_timeout_s: float) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         limited = self.state == "limited" and self.waiting_until > now
-        silent = self.state == "subscribed" and now - self.last_response > stall_timeout_s
+        silent = self.state == "subscribed" and self.stream_silent_s(now) > stall_timeout_s
         healthy = (self.state not in ("fenced", "failed") and not limited and not silent
-                   and not self.refused and not self.auth_refused)
+                   and not self.refused and not self.auth_refused
+                   and self.unanswered(now) is None and self.stuck(now) is None)
         details = {"state": self.state, "cause": self.cause, "last_error": self.last_error,
                    "waiting_s": max(0.0, round(self.waiting_until - now, 1)),
-                   "seconds_since_response": round(now - self.last_response, 1)}
+                   "seconds_since_response": round(now - self.last_response, 1),
+                   "errors_in_a_row": self.errors,
+                   "failing_s": None if self.failing_since is None
+                   else round(now - self.failing_since, 1)}
         if self.committed:
             details["replay_id"] = self.committed.replay_id.hex()
             details["committed_age_s"] = round(time.time() - self.committed.committed_at_ms / 1000, 1)
@@ -321,7 +377,7 @@ class Connector:
         skipped, self._opened = preset == "LATEST" and self._opened, True
         self._stream_preset = preset
         self._keepalive_candidate = None  # a position of the last stream's: not this one's
-        self.health.state, self.health.last_response = "subscribed", time.monotonic()
+        self.health.state, self.health.subscribed_at = "subscribed", time.monotonic()
         # health.refused stays until this stream answers: a refused subscription is refused
         # again moments after it opens
         log.info("subscribed %s (%s)", self.settings.channel, preset,
@@ -346,7 +402,7 @@ class Connector:
             try:
                 first = sub.responses.get(timeout=0.2)
             except queue.Empty:
-                if time.monotonic() - self.health.last_response > stall:
+                if time.monotonic() - max(self.health.last_response, opened) > stall:
                     raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
                 if self._rearm_at is not None and time.monotonic() - opened >= GAP_ARM_OPEN_S:
                     self._arm_gap_pass()
@@ -370,6 +426,7 @@ class Connector:
             if ended is not None:
                 raise ended.error or StreamClosed("server closed the stream")
             self._maybe_commit_keepalive()
+            self.health.moved()  # answered, and what is due of it written
         return True
 
     def _arm_gap_pass(self) -> None:
@@ -441,6 +498,7 @@ class Connector:
             m.TRANSACTIONS.labels("batch", "abort").inc()
             raise
         m.TRANSACTIONS.labels("batch", "commit").inc()
+        self.health.moved()
         end_spans(spans)
         self._set_position(position)
         self.preset_override = None
@@ -476,6 +534,7 @@ class Connector:
             m.TRANSACTIONS.labels("keepalive", "abort").inc()
             raise
         m.TRANSACTIONS.labels("keepalive", "commit").inc()
+        self.health.moved()
         self._last_keepalive_commit = time.monotonic()
         self._keepalive_candidate = None
         self._set_position(position)
@@ -495,6 +554,7 @@ class Connector:
             getattr(exc, "cause", None) or type(exc).__name__
         m.RECONNECTS.labels(cause).inc()
         self.health.cause, self.health.last_error = cause, str(exc)
+        self.health.failed("kafka" if isinstance(exc, KafkaError) else "salesforce")
         if isinstance(exc, ProducerFailedError):
             self._reopen_pending = True  # a new producer before the next write (_reopen)
         elif isinstance(exc, KafkaError) and not exc.retryable:
@@ -525,6 +585,9 @@ class Connector:
         elif isinstance(exc, SalesforceLimitError):
             delay = exc.retry_after or self.settings.limit_backoff_s
             self.health.state = "limited"
+            # Salesforce answered "wait": the limit check reports it, and the stream after
+            # the wait starts a count of its own (not one more error of an outage)
+            self.health.moved()
         elif isinstance(exc, StreamStalled):
             delay = min(self.backoff.next(), 1.0)
         else:
@@ -662,6 +725,7 @@ class Connector:
         delay = self.backoff.next()
         self.health.state, self.health.cause, self.health.last_error = \
             "backoff", "txn_timeout", str(exc)
+        self.health.failed("kafka")
         self.health.waiting_until = time.monotonic() + delay
         log.error("transaction timed out: %s. Its records are aborted (invisible to "
                   "read_committed readers); in %.1fs a new producer's init_transactions "
