@@ -19,7 +19,10 @@ Pauses: ``REQUEST_LIMIT_EXCEEDED`` pauses every assigned partition for
 ``SINK_LIMIT_BACKOFF_S`` (doubling while it persists, up to 16x); an outage (5xx,
 unreachable, auth refused — a login refused for good too, or a 401/403/404 no record caused:
 see :mod:`sinks.writer`) pauses with the transient backoff; both requeue the batch
-without counting attempts, then probe with it. Too many unacknowledged outcomes
+without counting attempts, then probe with it. So do records refused one by one for a
+permission the integration user lost (Update or Read on the object, Edit on a field
+written: describe says so, asked once per object and flush, :mod:`sinks.writer`), while the
+rest of their call is settled. Too many unacknowledged outcomes
 (``SINK_MAX_PENDING``) pause for backpressure. All are visible in ``/healthz`` and
 ``sfprov_sink_paused``. Nothing is committed that Salesforce did not acknowledge, so a
 pause, a crash or a SIGKILL loses nothing — it only redelivers.
@@ -72,7 +75,7 @@ from sinks.mapping import updates_for
 from sinks.observability import SinkOps
 from sinks.pausing import BACKPRESSURE, LIMIT, OUTAGE, Pauses
 from sinks.probing import Probing
-from sinks.writer import CollectionClient, CollectionWriter
+from sinks.writer import UNKNOWN_ACCESS, CollectionClient, CollectionWriter
 
 log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
@@ -348,7 +351,8 @@ class Sink:
             self._flush(now)
 
     def _flush(self, now: float) -> bool:
-        """One call's worth of ready entries; False when the whole call failed."""
+        """One call's worth of ready entries; False when the whole call failed, or records
+        were refused for a permission the integration user lost (the sink then pauses)."""
         entries = self.batcher.take(now, self.settings.batch_size)
         if not entries:
             return True
@@ -401,16 +405,44 @@ class Sink:
                           "credentials and permissions); paused for %.1fs", exc, backoff,
                           extra={"error_code": exc.error_code, "count": len(entries)})
             return False
-        self._limit_streak = self._outage_streak = 0
         self.probing.call_answered()
-        self.pauses.lift(LIMIT, OUTAGE)
         self.stats.calls += result.calls
         m.BATCHES.inc(result.calls)
         m.BATCH_SIZE.observe(len(entries))
         self._record_usage()
+        if not result.no_access:
+            self._limit_streak = self._outage_streak = 0
+            self.pauses.lift(LIMIT, OUTAGE)
         self._settle(result.acked, result.transient, result.permanent, now)
         self._superseded(result.superseded)
+        if result.no_access:
+            self._hold(result.no_access, result.access_problems, result.describe_limited, now)
+            return False
         return True
+
+    def _hold(self, held: list[tuple[Entry, RecordError]], problems: list[str],
+              limited: bool, now: float) -> None:
+        """Records refused for a permission the integration user lost (or that describe
+        could not tell about): a refusal no record caused, so none is failed. They are
+        requeued without counting attempts and the sink pauses with the outage backoff
+        (the API-limit one when describe met the limit), then probes with them."""
+        for _entry, error in held:
+            m.ERRORS.labels(error.code, "record").inc()
+        if limited:
+            self._limit_streak += 1
+            backoff = self._limit_backoff.ceiling(self._limit_streak - 1)
+        else:
+            self._outage_streak += 1
+            backoff = self._backoff(self._outage_streak)
+        self._requeue_all([entry for entry, _error in held], now + backoff)
+        self.pauses.pause(LIMIT if limited else OUTAGE, now + backoff)
+        codes = sorted({error.code for _entry, error in held})
+        known = not all(p.startswith(UNKNOWN_ACCESS) for p in problems)
+        log.log(logging.ERROR if known else logging.WARNING,
+                "Salesforce refused %d record(s) (%s), not for any record: %s; they are "
+                "neither written nor dead-lettered until it is granted; paused for %.1fs",
+                len(held), ", ".join(codes), "; ".join(problems), backoff,
+                extra={"error_code": codes[0], "count": len(held)})
 
     def _superseded(self, refused: list[tuple[Entry, RecordError]]) -> None:
         """Records Salesforce refused because it holds a newer outcome: settled unwritten."""

@@ -33,6 +33,7 @@ decisions (which always includes a write-back and a new approval). Equal values 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from common.errors import ConfigError, SalesforceAuthError, SalesforceError
@@ -43,6 +44,7 @@ VALIDATION_CODE = "FIELD_CUSTOM_VALIDATION_EXCEPTION"
 RULE_NAME = "Sfprov_Outcome_Not_Older"
 RULE_MESSAGE = f"{SUPERSEDED_MARKER}: a newer provisioning outcome is already written on this record"
 FENCED_OBJECTS = (ORDER, OPPORTUNITY)
+EPOCH_MS_DIGITS = 13  # digits of an epoch-ms value left of the point (until the year 2286)
 log = logging.getLogger(__name__)
 
 
@@ -61,12 +63,26 @@ def is_superseded(code: str, message: str) -> bool:
     return code == VALIDATION_CODE and SUPERSEDED_MARKER in message
 
 
+def described_field(described: dict[str, Any], field: str) -> dict[str, Any] | None:
+    """``field``'s entry in a describe answer (API names are case-insensitive), or None."""
+    return next((f for f in described.get("fields", [])
+                 if str(f.get("name", "")).lower() == field.lower()), None)
+
+
+def number_size(found: dict[str, Any]) -> tuple[int, int]:
+    """A Number field's size as Setup names it, ``(length, decimal places)``: describe's
+    ``precision`` counts every digit, ``scale`` those right of the point."""
+    precision, scale = int(found.get("precision") or 0), int(found.get("scale") or 0)
+    return precision - scale, scale
+
+
 def check_field(client: Describer, field: str) -> None:
     """Raise :class:`ConfigError` (naming the setting) unless ``field`` is an updatable
-    Number field on every fenced object; the :class:`SalesforceError` itself when Salesforce
-    cannot answer now or refuses the sink, not the object (an outage, a login refused, a
-    permission): the sink pauses on it as on any such call, instead of exiting 64 with a
-    message that blamed this setting for a refused login."""
+    Number field with room for epoch milliseconds (13 digits left of the point) on every
+    fenced object; the :class:`SalesforceError` itself when Salesforce cannot answer now or
+    refuses the sink, not the object (an outage, a login refused, a permission): the sink
+    pauses on it as on any such call, instead of exiting 64 with a message that blamed this
+    setting for a refused login."""
     for sobject in FENCED_OBJECTS:
         try:
             described = client.describe(sobject)
@@ -76,12 +92,20 @@ def check_field(client: Describer, field: str) -> None:
                 raise
             raise ConfigError(f"SINK_OUTCOME_MS_FIELD: cannot describe {sobject} to check "
                               f"{field}: {exc}") from exc
-        found = next((f for f in described.get("fields", [])
-                      if str(f.get("name", "")).lower() == field.lower()), None)
+        found = described_field(described, field)
         if found is None:
             problem = "does not exist in the org (or the integration user cannot see it)"
         elif found.get("type") != "double":
             problem = f"is of type {found.get('type')}, not Number(18, 0)"
+        elif number_size(found)[0] < EPOCH_MS_DIGITS:
+            length, places = number_size(found)
+            problem = (f"is Number({length}, {places}) (describe: precision "
+                       f"{found.get('precision')}, scale {found.get('scale')}): epoch "
+                       f"milliseconds need {EPOCH_MS_DIGITS} digits left of the decimal point, "
+                       "so every write would fail; make it Number(18, 0)")
+        elif described.get("updateable") is False:
+            problem = (f"is not updatable by the integration user (it lacks Update (Edit) on "
+                       f"{sobject}: grant it in its profile or permission set)")
         elif not found.get("updateable"):
             problem = "is not updatable by the integration user (field-level security)"
         else:
@@ -92,6 +116,37 @@ def check_field(client: Describer, field: str) -> None:
             "without the protection against stale writes")
     log.info("outcome fence on: %s on %s holds the written outcome's completed_at; "
              "Salesforce refuses an older one", field, " and ".join(FENCED_OBJECTS))
+
+
+def write_access_problem(client: Describer, sobject: str, fields: Iterable[str]) -> str | None:
+    """Whether the integration user may still update ``sobject`` and each of ``fields``, as
+    describe tells (the start-up check's logic, for what a refused write set): None when it
+    may — a per-record refusal is then about that record (a sharing rule, a record deleted
+    or of another type) — else what is missing and what to grant. Raises the
+    :class:`SalesforceError` when describe cannot answer (an outage, the API limit, a login
+    refused): the sink then cannot tell, and decides nothing either way."""
+    try:
+        described = client.describe(sobject)
+    except SalesforceError as exc:
+        if exc.retryable or isinstance(exc, SalesforceAuthError):
+            raise
+        if exc.status == 404 or exc.error_code == "NOT_FOUND":  # the object is hidden
+            return (f"the integration user cannot read {sobject} (describe answers "
+                    f"{exc.error_code or exc.status}): grant it Read and Update (Edit) on "
+                    f"{sobject} in its profile or permission set")
+        raise
+    if described.get("updateable") is False:
+        return (f"the integration user may not update {sobject}: grant it Update (Edit) on "
+                f"{sobject} in its profile or permission set")
+    for name in sorted(set(fields)):
+        found = described_field(described, name)
+        if found is None:
+            return (f"{sobject}.{name} is not visible to the integration user: grant it Read "
+                    "and Edit access to the field (field-level security)")
+        if not found.get("updateable"):
+            return (f"{sobject}.{name} is read-only for the integration user: grant it Edit "
+                    "access to the field (field-level security)")
+    return None
 
 
 def start_check(client: Describer, field: str | None) -> bool:

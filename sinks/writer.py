@@ -14,6 +14,14 @@ Per-record errors (``allOrNone: false``) are sorted into:
   ``FIELD_CUSTOM_VALIDATION_EXCEPTION``, ``INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST``,
   ``NOT_FOUND``, ``MALFORMED_ID``, ...): dead-lettered, the rest of the batch proceeds.
   Unknown codes count as permanent so one odd record can never stall a partition forever.
+  Except: a code in :data:`ACCESS_CODES` is also what a permission the integration user lost
+  gives every record of an object alike (Update removed: ``INSUFFICIENT_ACCESS_OR_READONLY``;
+  Read removed: ``NOT_FOUND``; a field made read-only: ``INVALID_FIELD_FOR_INSERT_UPDATE``).
+  The writer asks describe whether the object and the fields written are still updatable
+  (once per object per write, :func:`sinks.fence.write_access_problem`); when they are
+  not, or describe cannot answer, it is a refusal no record caused: those records are
+  returned apart (``no_access``), and the sink requeues them and pauses as below;
+  otherwise they are dead-lettered.
 
 One call holds the records of one type together (Orders, then Opportunities): Salesforce
 processes a mixed list in chunks, a new chunk at each change of type, and refuses a call of
@@ -42,15 +50,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from common.errors import SalesforceError
+from common.errors import SalesforceError, SalesforceLimitError
 from common.salesforce import refuses_records
 from sinks.batch import Entry, RecordError
-from sinks.fence import is_superseded
+from sinks.fence import is_superseded, write_access_problem
 
 TRANSIENT_CODES = frozenset({
     "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG",
     "ALL_OR_NONE_OPERATION_ROLLED_BACK", "REQUEST_LIMIT_EXCEEDED", "QUERY_TIMEOUT",
 })
+
+#: per-record codes a lost permission gives every record of an object (see above)
+ACCESS_CODES = frozenset({
+    "INSUFFICIENT_ACCESS_OR_READONLY", "NOT_FOUND", "INVALID_FIELD_FOR_INSERT_UPDATE",
+})
+UNKNOWN_ACCESS = "cannot tell whether"  # how an access problem describe could not judge starts
 
 
 class CollectionClient(Protocol):
@@ -68,6 +82,11 @@ class WriteResult:
     transient: list[tuple[Entry, RecordError]] = field(default_factory=list)
     permanent: list[tuple[Entry, RecordError]] = field(default_factory=list)
     superseded: list[tuple[Entry, RecordError]] = field(default_factory=list)
+    #: refused for a permission the integration user lost, or that describe could not tell
+    #: about: a refusal no record caused (requeued and paused on, never dead-lettered)
+    no_access: list[tuple[Entry, RecordError]] = field(default_factory=list)
+    access_problems: list[str] = field(default_factory=list)  # what is missing, per object
+    describe_limited: bool = False  # a describe of them met the API limit
     calls: int = 0
 
 
@@ -101,7 +120,36 @@ class CollectionWriter:
         by_type = sorted(entries, key=lambda e: e.key.sobject)  # stable: oldest first per type
         for start in range(0, len(by_type), self.chunk_size):
             self._write_chunk(by_type[start:start + self.chunk_size], result)
+        self._recheck_access(result)
         return result
+
+    def _recheck_access(self, result: WriteResult) -> None:
+        """Move the permanent failures a lost permission caused to ``no_access``: a code of
+        :data:`ACCESS_CODES` on an object that describe — asked once per object in this
+        write, for the fields those records set (:func:`sinks.fence.write_access_problem`)
+        — says the integration user may no longer update or read, or that describe could
+        not answer about (an outage, the API limit, a login refused: it says nothing of the
+        records). Still updatable: the refusal is the record's (a sharing rule, a deleted
+        record), and it stays permanent."""
+        suspects: dict[str, list[tuple[Entry, RecordError]]] = {}
+        for entry, error in result.permanent:
+            if error.code in ACCESS_CODES:
+                suspects.setdefault(entry.key.sobject, []).append((entry, error))
+        held: set[int] = set()
+        for sobject, refused in suspects.items():
+            fields = {name for entry, _error in refused for name in entry.fields}
+            try:
+                problem = write_access_problem(self.client, sobject, fields)
+            except SalesforceError as exc:
+                result.describe_limited |= isinstance(exc, SalesforceLimitError)
+                problem = (f"{UNKNOWN_ACCESS} the integration user may still update "
+                           f"{sobject}: its describe failed ({exc})")
+            if problem is not None:
+                result.access_problems.append(problem)
+                held.update(id(entry) for entry, _error in refused)
+        if held:
+            result.no_access = [(e, err) for e, err in result.permanent if id(e) in held]
+            result.permanent = [(e, err) for e, err in result.permanent if id(e) not in held]
 
     def _write_chunk(self, chunk: list[Entry], result: WriteResult) -> None:
         result.calls += 1

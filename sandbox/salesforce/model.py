@@ -34,6 +34,10 @@ class Field:
     createable: bool = True
     required: bool = False
     length: int = 255
+    #: describe's ``precision`` (all digits) and ``scale`` (right of the point): a
+    #: Number(18, 0) reports 18 and 0 (set where the sink's start-up check reads them)
+    precision: int = 0
+    scale: int = 0
 
 
 @dataclass
@@ -142,7 +146,7 @@ OBJECTS: dict[str, SObject] = {o.name: o for o in [
             "Portal - Internet Eligibility Request", "Portal - Order Placement",
             "Sales - Manual")),
         Field("WHMCS_Service_ID__c", "double"),
-        Field("Activation_Outcome_Ms__c", "double"),  # Number(18, 0): see .validation
+        Field("Activation_Outcome_Ms__c", "double", precision=18),  # Number(18, 0): .validation
     ], {"Orders": ("Order", "OpportunityId"), "Cases": ("Case", "OpportunityId")}),
     _obj("Order", [
         Field("Name"), Field("OrderNumber", "autonumber", updateable=False, createable=False),
@@ -155,7 +159,7 @@ OBJECTS: dict[str, SObject] = {o.name: o for o in [
         Field("Activation_Error__c", length=255),
         Field("Activation_Error_DateTime__c", "datetime"),
         Field("WHMCS_Order_Id__c", "double"),
-        Field("Activation_Outcome_Ms__c", "double"),  # Number(18, 0): see .validation
+        Field("Activation_Outcome_Ms__c", "double", precision=18),  # Number(18, 0): .validation
     ], {"OrderItems": ("OrderItem", "OrderId")}, ("OrderNumber", "8")),
     _obj("OrderItem", [
         _ref("OrderId", "Order", required=True, updateable=False),

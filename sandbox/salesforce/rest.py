@@ -119,6 +119,7 @@ def _describe(sb: Sandbox, user: dict, obj: SObject) -> dict:
             "updateable": update, "deletable": may(obj.name, permissions.DELETE), "fields": [
         {"name": f.name, "type": f.type, "updateable": f.updateable and update,
          "createable": f.createable and create, "nillable": not f.required, "length": f.length,
+         "precision": f.precision, "scale": f.scale,
          "referenceTo": [f.ref] if f.ref else [], "relationshipName": f.rel,
          "picklistValues": [{"value": v, "label": v, "active": True} for v in f.picklist],
          "restrictedPicklist": f.type == "picklist" and f.restricted}

@@ -13,6 +13,19 @@ from sinks.fence import RULE_MESSAGE
 
 FENCE_FIELD = "Activation_Outcome_Ms__c"
 MAX_CHUNKS = 10  # chunks of one type in a mixed call
+#: the fields the sink writes (sinks.mapping), as the org's describe lists them
+WRITTEN = {"Order": ("Activation_Status__c", "Activation_Error__c", "Activation_Error_DateTime__c",
+                     "WHMCS_Order_Id__c", "Status", FENCE_FIELD),
+           "Opportunity": ("StageName", "WHMCS_Service_ID__c", FENCE_FIELD)}
+NUMBERS = {"WHMCS_Order_Id__c", "WHMCS_Service_ID__c", FENCE_FIELD}  # Number(18, 0)
+
+
+def described_field(name: str) -> dict[str, Any]:
+    """A field's describe entry as Salesforce gives it (a Number(18, 0): precision 18,
+    scale 0; other types report 0 for both)."""
+    number = name in NUMBERS
+    return {"name": name, "type": "double" if number else "string", "updateable": True,
+            "precision": 18 if number else 0, "scale": 0}
 
 
 class FakeCollections:
@@ -25,13 +38,26 @@ class FakeCollections:
         self.fence_field: str | None = FENCE_FIELD  # the org's validation rule on this field
         #: sobject → {field name: describe entry}; what describe() answers
         self.fields: dict[str, dict[str, dict[str, Any]]] = {
-            sobject: {FENCE_FIELD: {"name": FENCE_FIELD, "type": "double", "updateable": True}}
-            for sobject in ("Order", "Opportunity")}
+            sobject: {name: described_field(name) for name in names}
+            for sobject, names in WRITTEN.items()}
+        #: objects the integration user lost Update on (revoke_update): describe says so,
+        #: and every record of them is refused as Salesforce refuses it
+        self.read_only: set[str] = set()
         self.describes: list[str] = []
 
     def describe(self, sobject: str) -> dict[str, Any]:
         self.describes.append(sobject)
-        return {"name": sobject, "fields": list(self.fields.get(sobject, {}).values())}
+        may = sobject not in self.read_only  # a field is updatable only where its object is
+        return {"name": sobject, "updateable": may, "fields": [
+            {**f, "updateable": bool(f.get("updateable")) and may}
+            for f in self.fields.get(sobject, {}).values()]}
+
+    def revoke_update(self, sobject: str) -> None:
+        """An admin removes the integration user's Update (Edit) on ``sobject``."""
+        self.read_only.add(sobject)
+
+    def grant_update(self, sobject: str) -> None:
+        self.read_only.discard(sobject)
 
     def update_collection(self, records: list[dict[str, Any]], *,
                           all_or_none: bool = False) -> list[dict[str, Any]]:
@@ -50,6 +76,9 @@ class FakeCollections:
         out = []
         for record in records:
             errors = self.record_errors.get(record["id"])
+            if record["attributes"]["type"] in self.read_only:
+                errors = [{"statusCode": "INSUFFICIENT_ACCESS_OR_READONLY",
+                           "message": "insufficient access rights on object id", "fields": []}]
             if errors:
                 out.append({"id": record["id"], "success": False, "errors": errors})
                 continue

@@ -251,8 +251,14 @@ def test_check_field_passes_on_an_updatable_number_field() -> None:
     (OPPORTUNITY, None, "Opportunity.Activation_Outcome_Ms__c does not exist in the org"),
     (ORDER, {"name": FENCE_FIELD, "type": "datetime", "updateable": True},
      "Order.Activation_Outcome_Ms__c is of type datetime"),
-    (ORDER, {"name": FENCE_FIELD, "type": "double", "updateable": False},
-     "Order.Activation_Outcome_Ms__c is not updatable"),
+    (ORDER, {"name": FENCE_FIELD, "type": "double", "updateable": False, "precision": 18,
+             "scale": 0}, "Order.Activation_Outcome_Ms__c is not updatable"),
+    # epoch milliseconds have 13 digits: a Number(10, 0) passed, then every write failed
+    # (NUMBER_OUTSIDE_VALID_RANGE) and was dead-lettered
+    (OPPORTUNITY, {"name": FENCE_FIELD, "type": "double", "updateable": True, "precision": 10,
+                   "scale": 0}, "Opportunity.Activation_Outcome_Ms__c is Number(10, 0)"),
+    (ORDER, {"name": FENCE_FIELD, "type": "double", "updateable": True, "precision": 16,
+             "scale": 4}, "is Number(12, 4)"),  # describe's precision counts all digits
 ])
 def test_check_field_names_what_is_missing(sobject: str, entry: dict | None,
                                            problem: str) -> None:
@@ -266,6 +272,39 @@ def test_check_field_names_what_is_missing(sobject: str, entry: dict | None,
     message = str(info.value)
     assert message.startswith("SINK_OUTCOME_MS_FIELD: ") and problem in message
     assert "SINK_OUTCOME_FENCE=false" in message and "\n" not in message
+
+
+def test_check_field_names_the_size_epoch_ms_needs() -> None:
+    fake = FakeCollections()
+    fake.fields[ORDER][FENCE_FIELD].update(precision=12, scale=0)
+    with pytest.raises(ConfigError) as info:
+        check_field(fake, FENCE_FIELD)
+    assert "13 digits" in str(info.value) and "Number(18, 0)" in str(info.value)
+    for precision, scale in ((13, 0), (18, 0), (18, 2)):  # 13+ digits left of the point
+        fake.fields[ORDER][FENCE_FIELD].update(precision=precision, scale=scale)
+        check_field(fake, FENCE_FIELD)
+
+
+def test_the_sandbox_describes_the_field_as_a_number_18_0(tmp_path: Path) -> None:
+    """The Salesforce sandbox's describe reports precision and scale as the org does, so the
+    sink's check passes against it (and the e2e stacks start)."""
+    from sandbox.salesforce import rest
+    from sandbox.salesforce.core import Config, Sandbox
+
+    username = "integration@sfprov.sandbox"
+    sb = Sandbox(Config(db_path=str(tmp_path / "sf.db"), client_id="x", username=username,
+                        jwt_cert_pem=b""))
+
+    class Describer:
+        def describe(self, sobject: str) -> dict:
+            with sb.store.transaction() as tx:
+                return rest.call(sb, sb.users[username], "62.0", "GET",
+                                 f"sobjects/{sobject}/describe", {}, None, tx, {})[1]
+
+    for name in (ORDER, OPPORTUNITY):
+        [field] = [f for f in Describer().describe(name)["fields"] if f["name"] == FENCE_FIELD]
+        assert (field["type"], field["precision"], field["scale"]) == ("double", 18, 0)
+    check_field(Describer(), FENCE_FIELD)
 
 
 def test_check_field_keeps_salesforce_outages_retryable() -> None:

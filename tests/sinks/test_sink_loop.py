@@ -280,3 +280,101 @@ def test_a_limit_pause_with_a_backlog_waits_instead_of_spinning(
     assert polls_while_blocked, "the limit never paused the sink"
     # about one poll a second (plus a few around the edges), not thousands
     assert len(polls_while_blocked) <= 20, (len(polls_while_blocked), polls_while_blocked[:10])
+
+
+def provisioned_with_opportunities(n: int) -> list[dict]:
+    return [outcome(f"801{i:015d}", "Provisioned", opportunity_id=f"006{i:015d}", n=i)
+            for i in range(n)]
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_update_revoked_mid_run_pauses_and_dead_letters_nothing(
+        kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture) -> None:
+    """An admin removes the integration user's Update on Opportunity while the sink runs:
+    each Opportunity comes back with its own INSUFFICIENT_ACCESS_OR_READONLY, and describe
+    says the object is no longer updatable. A refusal no record caused: nothing is
+    dead-lettered or committed past those outcomes, the sink pauses (not ready) and says
+    what to grant; once Update is granted back, all of them are written and committed.
+    (Classed permanent, every Provisioned outcome's Opportunity write was dead-lettered.)"""
+    records = provisioned_with_opportunities(5)
+    produce(kafka_settings, records)
+    fake = FakeCollections()
+    real_describe = fake.describe
+
+    def describe(sobject: str) -> dict:
+        answer = real_describe(sobject)
+        if fake.describes == ["Order", "Opportunity"]:  # the start-up check passed: now
+            fake.revoke_update("Opportunity")
+        return answer
+
+    fake.describe = describe  # type: ignore[method-assign]
+    settings = sink_settings(retry_backoff_max_s=0.3)
+    sink = Sink(kafka_settings, settings, fake)
+    result: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: result.setdefault(
+        "stats", sink.run(timeout=60, exit_when_idle=True)))
+    with caplog.at_level("ERROR", logger="sinks.app"):
+        runner.start()
+        try:
+            wait_until(lambda: sink.dead_letters.sent or sum(
+                1 for c in fake.calls for r in c if r["attributes"]["type"] == "Opportunity"
+            ) >= 10, 30, "the refused Opportunities to be tried again")
+            assert sink.dead_letters.sent == 0
+            assert sum(1 for k in fake.records if k[0] == "Order") == 5  # the Orders went
+            assert not any(k[0] == "Opportunity" for k in fake.records)
+            assert committed_total(kafka_settings, settings) == 0
+            ready, details = sink.ops.ready()
+            assert not ready and "SALESFORCE_UNAVAILABLE" in details["pause_reasons"]
+        finally:
+            fake.grant_update("Opportunity")
+            runner.join()
+    stats = result["stats"]
+    assert stats.consumed == 5 and stats.dead_letters == 0  # type: ignore[attr-defined]
+    for rec in records:
+        assert fake.records[("Opportunity", rec["opportunity_id"])]["StageName"] == "Active"
+    assert committed_total(kafka_settings, settings) == 5
+    assert dead_letters(kafka_settings, expected=1, timeout=2) == []
+    assert "may not update Opportunity" in caplog.text
+    assert not sink.health()[1]["paused"]
+
+
+def test_a_refusal_of_one_record_while_the_object_is_updatable_is_dead_lettered(
+        kafka_settings: KafkaSettings) -> None:
+    """One Opportunity refused (a sharing rule on that record): describe says Opportunity
+    and the fields written are still updatable, so that outcome is dead-lettered as before
+    and the others are written; a describe that fails transiently on the way (a 503) holds
+    the record back instead of deciding either way."""
+    from common.errors import SalesforceError
+
+    records = provisioned_with_opportunities(5)
+    produce(kafka_settings, records)
+    fake = FakeCollections()
+    shared = records[2]["opportunity_id"]
+    fake.record_errors[shared] = [{"statusCode": "INSUFFICIENT_ACCESS_OR_READONLY",
+                                   "message": "insufficient access rights on object id",
+                                   "fields": []}]
+    real_describe = fake.describe
+    failures = iter(range(1))
+
+    def describe(sobject: str) -> dict:
+        if len(fake.describes) >= 2 and next(failures, None) is not None:  # after start-up
+            fake.describes.append(sobject)
+            raise SalesforceError("Salesforce 503", status=503, retryable=True)
+        return real_describe(sobject)
+
+    fake.describe = describe  # type: ignore[method-assign]
+    settings = sink_settings(max_attempts=3)
+    stats = Sink(kafka_settings, settings, fake).run(timeout=60, exit_when_idle=True)
+    assert stats.consumed == 5 and stats.dead_letters == 1
+    [(_key, _value, headers)] = dead_letters(kafka_settings, expected=1)
+    assert headers["error_code"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+    assert headers["order_id"] == records[2]["order_id"]
+    assert fake.describes == ["Order", "Opportunity", "Opportunity", "Opportunity"]
+    assert sum(1 for k in fake.records if k[0] == "Opportunity") == 4
+    assert committed_total(kafka_settings, settings) == 5

@@ -129,3 +129,93 @@ def test_a_lock_met_by_a_trigger_is_transient() -> None:
     result = CollectionWriter(fake).write(entries(2))
     assert [e.key.record_id for e, _err in result.transient] == ["8010000"]
     assert [e.key.record_id for e, _err in result.permanent] == ["8010001"]
+
+
+def opportunities(n: int) -> list[Entry]:
+    batcher = Batcher()
+    for i in range(n):
+        batcher.add(Tracked(0, i, None, None),
+                    [RecordUpdate(RecordKey("Opportunity", f"006{i:04d}"),
+                                  {"StageName": "Active", "WHMCS_Service_ID__c": i})], now=i)
+    return batcher.take(now=n, limit=10_000)
+
+
+def test_records_refused_for_a_lost_permission_are_not_permanent() -> None:
+    """Update on Opportunity removed: each record comes back INSUFFICIENT_ACCESS_OR_READONLY
+    and describe says Opportunity is not updatable — a refusal no record caused, returned
+    apart (the sink requeues and pauses), one describe for the whole write."""
+    fake = FakeCollections()
+    fake.revoke_update("Opportunity")
+    result = CollectionWriter(fake).write(opportunities(5) + entries(2))
+    assert not result.permanent and len(result.acked) == 2  # the Orders went
+    assert [err.code for _e, err in result.no_access] == ["INSUFFICIENT_ACCESS_OR_READONLY"] * 5
+    assert fake.describes == ["Opportunity"]
+    [problem] = result.access_problems
+    assert "may not update Opportunity" in problem and "Update (Edit)" in problem
+
+
+@pytest.mark.parametrize(("code", "change", "named"), [
+    ("INVALID_FIELD_FOR_INSERT_UPDATE", {"updateable": False},
+     "Opportunity.WHMCS_Service_ID__c is read-only"),
+    ("INVALID_FIELD_FOR_INSERT_UPDATE", None, "Opportunity.WHMCS_Service_ID__c is not visible"),
+])
+def test_a_field_made_read_only_holds_the_records(code: str, change: dict | None,
+                                                  named: str) -> None:
+    fake = FakeCollections()
+    if change is None:
+        del fake.fields["Opportunity"]["WHMCS_Service_ID__c"]
+    else:
+        fake.fields["Opportunity"]["WHMCS_Service_ID__c"].update(change)
+    for entry in opportunities(3):
+        fake.record_errors[entry.key.record_id] = [{"statusCode": code, "message": "x"}]
+    result = CollectionWriter(fake).write(opportunities(3))
+    assert not result.permanent and len(result.no_access) == 3
+    assert named in result.access_problems[0]
+
+
+def test_read_removed_holds_the_records() -> None:
+    fake = FakeCollections()
+    for entry in opportunities(2):
+        fake.record_errors[entry.key.record_id] = [{"statusCode": "NOT_FOUND", "message": "x"}]
+
+    def hidden(_sobject: str) -> dict:
+        raise SalesforceError("Salesforce 404 NOT_FOUND", status=404, error_code="NOT_FOUND",
+                              retryable=False)
+
+    fake.describe = hidden  # type: ignore[method-assign]
+    result = CollectionWriter(fake).write(opportunities(2))
+    assert not result.permanent and len(result.no_access) == 2
+    assert "cannot read Opportunity" in result.access_problems[0]
+
+
+def test_a_refusal_of_one_record_on_an_updatable_object_stays_permanent() -> None:
+    """A sharing rule on one record, a deleted record: describe says the object and the
+    fields are updatable, so the record is dead-lettered as before."""
+    fake = FakeCollections()
+    fake.record_errors["0060001"] = [{"statusCode": "INSUFFICIENT_ACCESS_OR_READONLY",
+                                      "message": "insufficient access rights on object id"}]
+    fake.record_errors["0060002"] = [{"statusCode": "NOT_FOUND", "message": "no such record"}]
+    result = CollectionWriter(fake).write(opportunities(4))
+    assert [(e.key.record_id, err.code) for e, err in result.permanent] == [
+        ("0060001", "INSUFFICIENT_ACCESS_OR_READONLY"), ("0060002", "NOT_FOUND")]
+    assert not result.no_access and fake.describes == ["Opportunity"]
+
+
+@pytest.mark.parametrize("failure", [
+    SalesforceError("Salesforce 503", status=503, retryable=True),
+    SalesforceLimitError("Salesforce 403 REQUEST_LIMIT_EXCEEDED", status=403,
+                         error_code="REQUEST_LIMIT_EXCEEDED", retry_after=60.0),
+])
+def test_a_describe_that_cannot_answer_decides_nothing(failure: SalesforceError) -> None:
+    fake = FakeCollections()
+    fake.record_errors["0060000"] = [{"statusCode": "INSUFFICIENT_ACCESS_OR_READONLY",
+                                      "message": "x"}]
+
+    def down(_sobject: str) -> dict:
+        raise failure
+
+    fake.describe = down  # type: ignore[method-assign]
+    result = CollectionWriter(fake).write(opportunities(2))
+    assert not result.permanent and len(result.no_access) == 1 and len(result.acked) == 1
+    assert result.access_problems[0].startswith("cannot tell whether")
+    assert result.describe_limited is isinstance(failure, SalesforceLimitError)
