@@ -240,9 +240,9 @@ def dlq(args: argparse.Namespace) -> int:
 
 
 #: the header of each copy requeue sends (``TOPIC:PARTITION:OFFSET`` of its dead letter); the
-#: worker carries it into a dead letter of that copy as ``dlq.requeued_from`` (the sink does
-#: once the consumed record's headers travel with its ``Tracked``; until then the same-bytes
-#: rule of :func:`newest_generation` tells its generations apart)
+#: worker and the sink carry it into a dead letter of that copy as ``dlq.requeued_from``
+#: (dead letters written before they did are told apart by the same-bytes rule of
+#: :func:`newest_generation`)
 REQUEUED_FROM = "sfprov.requeued_from"
 
 

@@ -223,8 +223,9 @@ class Sink:
             # which the new owner then never writes — the new owner redelivers this one
             return
         self.stats.consumed += 1
-        tracked = Tracked(partition, offset, message.key(), message.value())
-        headers = message.headers() or []  # None: the record has none
+        headers = message.headers()  # None: the record has none
+        tracked = Tracked(partition, offset, message.key(), message.value(), headers=headers)
+        headers = headers or []
         self.offsets.consumed(tracked.partition, tracked.offset)
         try:
             if tracked.value is None:

@@ -67,6 +67,9 @@ class Tracked:
     outcome: dict[str, Any] | None = None
     remaining: set[RecordKey] = field(default_factory=set)
     errors: list[RecordError] = field(default_factory=list)
+    # the consumed record's headers (None: it had none): a dead letter of it carries
+    # ``sfprov.requeued_from`` on, when ``sfprov dlq requeue`` sent it (sinks.deadletters)
+    headers: Any = None
 
     @property
     def complete(self) -> bool:

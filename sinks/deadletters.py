@@ -58,10 +58,9 @@ class DeadLetters:
             source_topic=self.kafka.outcomes, source_partition=tracked.partition,
             source_offset=tracked.offset, order_id=outcome.get("order_id"),
             idem_key=outcome.get("idem_key"), correlation_id=outcome.get("correlation_id"),
-            # a copy `sfprov dlq requeue` sent (its sfprov.requeued_from header, when the
-            # consumed record's headers travel with it): the dead letter it came from
-            requeued_from=header_text(getattr(tracked, "headers", None),
-                                      "sfprov.requeued_from"),
+            # a copy `sfprov dlq requeue` sent (its sfprov.requeued_from header): the dead
+            # letter it came from
+            requeued_from=header_text(tracked.headers, "sfprov.requeued_from"),
             **context)
         self.producer.produce(self.kafka.dead_letters, key=tracked.key, value=tracked.value,
                               headers=list(headers), on_delivery=self._delivered)

@@ -157,8 +157,8 @@ def test_the_sink_carries_requeued_from_into_its_dead_letter():
     letters.producer = types.SimpleNamespace(  # type: ignore[assignment]
         produce=lambda topic, **kw: out.append(kw), poll=lambda t: 0)
     letters.sent = 0
-    tracked = Tracked(1, 7, b"k", b"v", outcome={"order_id": OID})
-    tracked.headers = [("sfprov.requeued_from", b"dl:0:3")]  # type: ignore[attr-defined]
+    tracked = Tracked(1, 7, b"k", b"v", outcome={"order_id": OID},
+                      headers=[("sfprov.requeued_from", b"dl:0:3")])
     letters.send(tracked, reason="undecodable", error_class="SerdeError")
     assert dict(out[0]["headers"])["dlq.requeued_from"] == b"dl:0:3"
     letters.send(Tracked(1, 8, b"k", b"v"), reason="undecodable", error_class="SerdeError")

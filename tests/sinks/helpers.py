@@ -30,7 +30,8 @@ def outcome(order_id: str, status: str, *, opportunity_id: str | None = None, n:
 
 
 def produce(kafka: KafkaSettings, outcomes: list[dict[str, Any]],
-            raw: list[tuple[bytes, bytes]] = ()) -> None:
+            raw: list[tuple[bytes, bytes]] = (),
+            raw_headers: list[tuple[str, bytes]] | None = None) -> None:
     serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 20,
                          "enable.idempotence": True})
@@ -39,7 +40,7 @@ def produce(kafka: KafkaSettings, outcomes: list[dict[str, Any]],
                          value=serde.encode(record), headers=serde.headers())
         producer.poll(0)
     for key, value in raw:
-        producer.produce(kafka.outcomes, key=key, value=value)
+        producer.produce(kafka.outcomes, key=key, value=value, headers=raw_headers)
     assert producer.flush(30) == 0
 
 

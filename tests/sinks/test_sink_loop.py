@@ -79,7 +79,9 @@ def test_bad_records_are_dead_lettered_and_the_rest_proceeds(
         {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]
     fake.record_errors[records[1]["order_id"]] = [
         {"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked", "fields": []}]
-    produce(kafka_settings, records, raw=[(b"garbage", b"\xff\x00not avro")])
+    # a copy `sfprov dlq requeue` sent: its dead letter names the one it came from
+    produce(kafka_settings, records, raw=[(b"garbage", b"\xff\x00not avro")],
+            raw_headers=[("sfprov.requeued_from", b"dlq:0:9")])
     settings = sink_settings(max_attempts=3)
     Sink(kafka_settings, settings, fake).run(timeout=60, exit_when_idle=True)
     letters = dead_letters(kafka_settings, expected=3)
@@ -92,6 +94,8 @@ def test_bad_records_are_dead_lettered_and_the_rest_proceeds(
     assert locked["error_code"] == "UNABLE_TO_LOCK_ROW" and "3 attempts" in locked["reason"]
     garbage = by_order[""]
     assert garbage[0] == b"garbage" and garbage[2]["error_class"] == "SerdeError"
+    assert garbage[2]["requeued_from"] == "dlq:0:9"
+    assert "requeued_from" not in deleted
     # everything else written
     assert ("Order", records[2]["order_id"]) in fake.records
     assert committed_total(kafka_settings, settings) == 21
