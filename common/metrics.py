@@ -71,10 +71,12 @@ class HealthServer:
                         ok, details = probe()
                     except Exception as exc:  # noqa: BLE001 - a failing check is a "no"
                         ok, details = False, {"reasons": [f"check failed: {exc!r}"]}
-                    # "healthy" stays for the clients of the old /healthz
+                    # "healthy" stays for the clients of the old /healthz; "reasons" and
+                    # "checks" are always there (README), whatever the callback gave
                     # masked as a log line is: a reason quotes an error's text, which may
                     # carry what never reaches a log (a URL's password, a token)
-                    body = json.dumps({key: ok, "healthy": ok, **scrub(details)},
+                    body = json.dumps({key: ok, "healthy": ok, "reasons": [], "checks": {},
+                                       **scrub(details)},
                                       default=str).encode()
                     ctype, status = "application/json", 200 if ok else 503
                 else:

@@ -10,7 +10,9 @@
 Each process builds its readiness from named :data:`Check` s (:func:`readiness`) and its
 liveness from a :class:`Heartbeat` beaten by the loop that does its work (the worker's
 asyncio loop: :meth:`Heartbeat.install_on`; the sink's poll loop) or from facts its loop
-keeps up to date (the connector, :func:`connector_liveness`).
+keeps up to date (the connector, :func:`connector_liveness`). Both answer as readiness does:
+``reasons`` (one ``"name: why"`` per failing check; the liveness check is ``loop``),
+``checks``, then the details.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def readiness(checks: list[Check], details: dict[str, Any] | None = None
                          "checks": {name: ok for name, ok, _ in checks}, **(details or {})}
 
 
+def liveness(checks: list[Check], details: dict[str, Any] | None = None
+             ) -> tuple[bool, dict[str, Any]]:
+    """Live when every check passes, answered as :func:`readiness` answers: ``reasons``
+    (``"name: why"`` per failing check, empty when live), ``checks``, then ``details``."""
+    return readiness(checks, details)
+
+
 def failing_for(since: float | None, grace_s: float = READY_GRACE_S,
                 now: float | None = None) -> bool:
     """True when a failure that started at ``since`` (wall clock) has lasted ``grace_s``."""
@@ -60,8 +69,7 @@ class Heartbeat:
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         silence = self._clock() - self.last_beat
-        return silence < self.max_silence_s, {"loop_silent_s": round(silence, 1),
-                                               "max_silence_s": self.max_silence_s}
+        return loop_liveness(silence, self.max_silence_s)
 
     def install_on(self, loop: asyncio.AbstractEventLoop, interval_s: float = 1.0) -> None:
         """Beat from ``loop`` every ``interval_s`` once it runs: a loop blocked by a
@@ -70,6 +78,15 @@ class Heartbeat:
             self.beat()
             loop.call_later(interval_s, tick)
         loop.call_soon_threadsafe(tick)
+
+
+def loop_liveness(silence_s: float, max_silence_s: float = LIVENESS_SILENCE_S,
+                  what: str = "event loop") -> tuple[bool, dict[str, Any]]:
+    """The liveness of a loop that last beat ``silence_s`` ago: one check, ``loop``."""
+    ok = silence_s < max_silence_s
+    return liveness([("loop", ok, f"{what} silent for {silence_s:.0f} s (max "
+                                  f"{max_silence_s:g} s): wedged")],
+                    {"loop_silent_s": round(silence_s, 1), "max_silence_s": max_silence_s})
 
 
 def connector_liveness(state: str, seconds_since_response: float, overdue_s: float,
@@ -89,4 +106,5 @@ def connector_liveness(state: str, seconds_since_response: float, overdue_s: flo
         why = "" if ok else "backoff ended long ago and no new subscription: main loop wedged"
     else:  # starting: bounded by the Kafka client timeouts
         ok, why = True, ""
-    return ok, {"state": state, **({"reason": why} if why else {})}
+    # "reason" as well: what this probe answered before it had "reasons"
+    return liveness([("loop", ok, why)], {"state": state, **({"reason": why} if why else {})})

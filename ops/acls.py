@@ -300,6 +300,11 @@ def kafka_acls_remove_lines(found: Iterable[Any], bootstrap: str,
 
 # -- sfprov acls ------------------------------------------------------------------------
 
+#: How long ``sfprov acls --apply/--check/--prune`` waits for a broker to answer at all
+#: before the ACL requests (each given 30 s): the other commands' 10 s.
+REACH_TIMEOUT_S = 10.0
+
+
 def command(args: Any) -> int:
     """Print (or ``--apply``) the ACLs of the pipeline configured in the environment;
     ``--check``/``--prune`` the ones its principals hold beyond them."""
@@ -314,6 +319,10 @@ def command(args: Any) -> int:
                  connector=ConnectorSettings.load())
     admin = (admin_client(kafka, **QUIET)
              if args.apply or args.check or args.prune else None)
+    if admin is not None:
+        # no broker: the one line of every command (ops.cli.main) after list_topics' 10 s, as
+        # the others say it (ops.cmd_replay), not after the ACL requests' own 30 s
+        admin.list_topics(timeout=REACH_TIMEOUT_S)
     if args.apply:
         count = apply(admin, rules)
         print(f"created {count} ACLs on {kafka.bootstrap_servers} (existing ones unchanged)")

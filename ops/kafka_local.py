@@ -372,7 +372,8 @@ class LocalBroker:
                           f"see {self.log_file}")
 
     def stop(self, *, grace: float = 30.0) -> bool:
-        """SIGTERM the broker's process group, wait, SIGKILL if needed. True if it ran."""
+        """SIGTERM the broker's process group, wait, SIGKILL if needed (and say so on
+        stderr). True if it ran."""
         pid = self.running_pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
@@ -387,6 +388,8 @@ class LocalBroker:
                 os.killpg(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
+            print(f"warning: kafka did not stop within {grace:g} s: killed (see "
+                  f"{self.log_file})", file=sys.stderr)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -44,7 +44,7 @@ from ops import pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap, port_open
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 from ops.pids import recorded_pid
-from ops.supervisor import Child, is_healthy, process_start, stop_grace
+from ops.supervisor import Child, is_healthy, killed_file, process_start, stop_grace
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
 STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
@@ -474,10 +474,27 @@ def status_entries() -> list[dict[str, Any]]:
     return []
 
 
+def report_killed(pid: int) -> None:
+    """Warn for each child the supervisor ``pid`` had to SIGKILL past its grace (it lists
+    them as it exits: :func:`ops.supervisor.killed_file`), then forget the list."""
+    path = killed_file(STATUS)
+    try:
+        stopped = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    path.unlink(missing_ok=True)
+    if not isinstance(stopped, dict) or stopped.get("pid") != pid:
+        return
+    for child in stopped.get("killed") or []:
+        print(f"warning: {child['name']} did not stop within {child['grace_s']:g} s: killed"
+              + (f" (see {child['log']})" if child.get("log") else ""), file=sys.stderr)
+
+
 def down() -> int:
     pid = supervisor_pid()
     children = status_entries()
     if pid is not None:
+        killed_file(STATUS).unlink(missing_ok=True)  # an earlier supervisor's: not this stop
         os.kill(pid, signal.SIGTERM)
         timeout = stop_timeout()
         deadline = time.monotonic() + timeout
@@ -487,6 +504,7 @@ def down() -> int:
             print(f"warning: the supervisor ({pid}) did not stop its processes within "
                   f"{timeout:.0f} s: killing what is left", file=sys.stderr)
         else:
+            report_killed(pid)
             print(f"pipeline processes stopped (supervisor {pid})")
     # a supervisor that died must not leave orphans: they get their grace; what one that
     # ran did not stop in its time is killed

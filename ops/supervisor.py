@@ -5,7 +5,8 @@ list of processes (name, argv, env, log file, health URL). Each child runs in it
 process group with stdout/stderr appended to its log file. A child that exits is restarted
 with exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIGTERM
 stops the children in reverse start order (SIGTERM, then SIGKILL after a grace period) and
-exits. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
+exits; a child it has to kill is named in its log, on stdout and in
+``<state>/supervisor-killed.json`` (:func:`killed_file`), which ``ops.stack down`` reports. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
 ``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S`, so a stop
 never kills a drain half way; :data:`DEFAULT_GRACE_S` for a child without one.
 ``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit), each pid with
@@ -148,21 +149,31 @@ class Child:
         self.next_start = 0.0
         self.backoff = 1.0
 
-    def stop(self) -> None:
+    def stop(self) -> float | None:
         """Stop the child; once it is no longer paused it starts at once, even after an exit
-        that was final."""
+        that was final. Returns the grace it waited before it had to SIGKILL the child (and
+        says so in the child's log and on stdout, the supervisor's log), None when the child
+        stopped in time (or did not run)."""
         self.kick()
         if self.proc is None:
-            return
+            return None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
+        grace = self.grace()
+        killed = None
         try:
-            self.proc.wait(self.grace())
+            self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            killed = grace
+            line = f"=== {self.name} did not stop within {grace:g}s: killed (SIGKILL)"
+            with contextlib.suppress(OSError), open(self.log, "ab") as out:
+                out.write(f"{line}\n".encode())
+            print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
         self.proc = None
+        return killed
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.proc.pid if self.proc else None,
@@ -171,6 +182,13 @@ class Child:
                 "health_url": self.health_url,
                 # left with a final exit code: down until an operator resumes or restarts it
                 "final": self.proc is None and self.next_start == float("inf")}
+
+
+def killed_file(status_file: Path) -> Path:
+    """Where the supervisor, stopping, lists the children it had to SIGKILL (``{"pid": its
+    pid, "killed": [{"name", "grace_s", "log"}]}``), beside its status file: ``ops.stack
+    down`` reads it once the supervisor has exited, warns for each, and removes it."""
+    return status_file.with_name("supervisor-killed.json")
 
 
 def is_healthy(child: Child) -> bool:
@@ -256,8 +274,16 @@ def run(plan_path: Path) -> int:
             os.replace(tmp, status_file)
             time.sleep(0.5)
     finally:  # whatever happened, leave no child behind
+        killed = []
         for child in reversed(children):
-            child.stop()
+            grace = child.stop()
+            if grace is not None:
+                killed.append({"name": child.name, "grace_s": grace, "log": child.log})
+        # what `make down` reads once this process is gone, to name each child it killed
+        with contextlib.suppress(OSError):
+            tmp = killed_file(status_file).with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "killed": killed}))
+            os.replace(tmp, killed_file(status_file))
         status_file.unlink(missing_ok=True)
     return 0
 

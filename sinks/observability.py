@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from common import tracing
 from common.lag import lag_reader
 from common.lagmetrics import LagPublisher
-from common.probes import LIVENESS_SILENCE_S, failing_for, readiness
+from common.probes import LIVENESS_SILENCE_S, failing_for, loop_liveness, readiness
 from sinks.pausing import LIMIT, OUTAGE
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class SinkOps:
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         silent = time.monotonic() - self.sink._heartbeat
-        return silent < LIVENESS_SILENCE_S, {"loop_silent_s": round(silent, 1)}
+        return loop_liveness(silent, LIVENESS_SILENCE_S, "poll loop")
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         sink = self.sink

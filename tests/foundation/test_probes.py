@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -14,6 +15,7 @@ from common.inflight import InFlight
 from common.lagmetrics import CONSUMER_LAG, LagPublisher
 from common.metrics import HealthServer
 from common.probes import Heartbeat, connector_liveness, failing_for, readiness
+from sinks.observability import SinkOps
 
 
 class Clock:
@@ -126,6 +128,54 @@ def test_connector_liveness_follows_its_own_watchdog():
     assert not connector_liveness("backoff", 0, 120, 300)[0]
     assert not connector_liveness("fenced", 0, 0, 300)[0]
     assert connector_liveness("starting", 0, 0, 300)[0]
+
+
+def test_livez_answers_reasons_and_checks_as_readyz_does():
+    """README: each probe answers ``reasons`` (one "name: why" line per failing check) and
+    ``checks``. /livez answered only the liveness callback's details (the connector's a
+    singular ``reason``): the worker's, the sink's and the connector's alike now."""
+    clock = Clock()
+    hb = Heartbeat(max_silence_s=60, clock=clock)             # the worker's
+    facts = {"state": "subscribed", "silent": 10.0}
+
+    def connector() -> tuple[bool, dict]:
+        return connector_liveness(facts["state"], facts["silent"], 0, 300)
+
+    sink = types.SimpleNamespace(_heartbeat=time.monotonic())
+    ops = SinkOps.__new__(SinkOps)                            # its live() reads the sink only
+    ops.sink = sink
+    servers = {name: HealthServer(0, lambda: readiness([]), live=live).start()
+               for name, live in (("worker", hb.check), ("connector", connector),
+                                  ("sink", ops.live))}
+    try:
+        def livez(name: str) -> tuple[int, dict]:
+            return get(f"http://127.0.0.1:{servers[name].port}/livez")
+
+        for name in servers:
+            status, body = livez(name)
+            assert status == 200 and body["live"] is True, (name, body)
+            assert body["reasons"] == [] and body["checks"] == {"loop": True}, (name, body)
+        assert livez("worker")[1]["loop_silent_s"] == 0 and livez("connector")[1]["state"] == (
+            "subscribed")
+
+        clock.now += 61
+        facts.update(state="subscribed", silent=400.0)
+        sink._heartbeat -= 61
+        for name in servers:
+            status, body = livez(name)
+            assert status == 503 and body["live"] is False, (name, body)
+            assert body["checks"] == {"loop": False}, (name, body)
+            assert len(body["reasons"]) == 1 and body["reasons"][0].startswith("loop: "), body
+        worker = livez("worker")[1]
+        assert worker["loop_silent_s"] == 61 and worker["max_silence_s"] == 60
+        assert "61 s" in worker["reasons"][0]
+        connector_body = livez("connector")[1]
+        assert connector_body["reason"] in connector_body["reasons"][0]   # kept for readers
+        assert "main loop wedged" in connector_body["reasons"][0]
+        assert livez("sink")[1]["loop_silent_s"] >= 61
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def test_inflight_reports_the_oldest_unfinished_event():

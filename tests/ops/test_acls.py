@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import shlex
+import types
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -239,6 +240,10 @@ class FakeAdmin:
                 and (f.operation == AclOperation.ANY or f.operation == b.operation)
                 and (f.permission_type == AclPermissionType.ANY
                      or f.permission_type == b.permission_type))
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        """The reachability check ``sfprov acls`` makes first: the broker answers."""
+        return types.SimpleNamespace(topics={}, brokers={1: object()})
 
     def describe_acls(self, acl_filter: Any, **kwargs: Any) -> Future:
         self.described.append(acl_filter)

@@ -187,3 +187,21 @@ def test_trace_reads_the_whmcs_client_id_as_the_worker_does(client, whmcs, monke
     monkeypatch.setattr(cmd_orders, "_whmcs_orders", lambda client_id, order_id: [client_id])
     assert cli.main(["trace", "801000000000001AAA", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["whmcs_orders"] == whmcs
+
+
+def test_acls_says_no_broker_as_soon_as_the_other_commands():
+    """`sfprov acls --check/--apply/--prune` waited out the ACL requests' 30 s before the
+    one line (31 s); every other command says it after list_topics' 10 s."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    running = {flag: subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "-b", bootstrap, "acls", flag], cwd=ROOT, env=env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for flag in ("--check", "--apply", "--prune")}
+    for flag, proc in running.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (flag, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, (flag, stderr)
+        assert lines[0].startswith(f"error: cannot reach Kafka at {bootstrap}: "), (flag, stderr)
+    assert time.monotonic() - started < 15, f"{time.monotonic() - started:.0f} s"
