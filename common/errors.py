@@ -75,10 +75,11 @@ class WhmcsTransientError(WhmcsError):
 
 
 class WhmcsAccessError(WhmcsError):
-    """WHMCS refused *us* ("Authentication Failed", "Invalid IP", "Invalid or missing
-    credentials", "Invalid Permissions"): this installation's credentials, allow-list or
-    API role are wrong. Nothing was done, no Order is at fault, and the
-    worker waits for the fix instead of failing every Order."""
+    """WHMCS refused *us* (any error answered 401/403, "Authentication Failed", "Invalid IP",
+    "IP Banned", "Invalid Access Key", "Access Denied", …: :data:`common.whmcs.ACCESS_REFUSED`):
+    this installation's credentials, allow-list, access key or API role are wrong, or its IP
+    is banned. Nothing was done, no Order is at fault, and the worker waits for the fix
+    instead of failing every Order."""
 
     retryable = True
 

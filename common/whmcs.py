@@ -2,12 +2,16 @@
 
 Wire format: one ``POST`` per action, form-encoded, arrays as PHP bracket keys
 (``pid[0]=5&billingcycle[0]=monthly``), ``responsetype=json``, credentials ``identifier`` +
-``secret`` (+ optional ``accesskey``). The JSON ``result`` field is authoritative, never
-the HTTP status.
+``secret`` (+ optional ``accesskey``). The JSON ``result`` field says whether a call worked,
+never the HTTP status (which only tells a ``result=error`` refusing this installation,
+401/403, from one about the request).
 
 Errors are translated here (``raise ... from exc``)::
 
     result=error                          WhmcsError(message)              permanent
+    result=error refusing this
+    installation (HTTP 401/403, or an
+    ACCESS_REFUSED text)                  WhmcsAccessError                 wait for the fix
     HTTP 5xx, HTML / non-JSON body,
     connection refused, connect timeout   WhmcsTransientError              retry
     timeout or dropped connection after
@@ -57,10 +61,19 @@ NOT_PENDING = "Order ID not found or Status not Pending"
 # WHMCS refusing this installation, not the request: a wrong secret ("Authentication
 # Failed"), the IP allow-list ("Invalid IP 1.2.3.4"), a wrong or missing API identifier
 # ("Invalid or missing credentials"), an API role without the action ('Invalid Permissions:
-# API action "addorder" is not allowed'). Matched as a prefix of the message, ignoring case
-# and leading blanks, each ending at a word boundary ("Invalid IPv6 ..." is not one).
+# API action "addorder" is not allowed'), the login ban WHMCS puts on an IP after 3 failed
+# logins in 30 minutes ("IP Banned", answered before anything else is checked, the right
+# secret included), a wrong access key ("Invalid Access Key"), the credential's admin
+# refused, disabled or unknown ("Access Denied", "Access Denied: Authentication not
+# permitted", "Administrator Account Disabled", "Invalid administrative identifier").
+# Matched as a prefix of the message, ignoring case and leading blanks, each ending at a
+# word boundary ("Invalid IPv6 ..." is not one). WHMCS answers these with HTTP 403 (401 for
+# some): a ``result=error`` with either status is a refusal of this installation too,
+# however it is worded.
 ACCESS_REFUSED = ("Authentication Failed", "Invalid IP", "Invalid or missing credentials",
-                  "Invalid Permissions")
+                  "Invalid Permissions", "IP Banned", "Invalid Access Key", "Access Denied",
+                  "Administrator Account Disabled", "Invalid administrative identifier")
+ACCESS_REFUSED_STATUS = frozenset({401, 403})
 _ACCESS_REFUSED = re.compile(
     r"\s*(?:" + "|".join(re.escape(p) for p in ACCESS_REFUSED) + r")\b", re.IGNORECASE).match
 _BOM = b"\xef\xbb\xbf"
@@ -317,7 +330,7 @@ class WhmcsClient:
         if status >= 500:
             raise WhmcsTransientError(f"{action}: {message}", action=action,
                                       retry_after=_retry_after(httpx.Headers(headers)))
-        if _ACCESS_REFUSED(message):
+        if status in ACCESS_REFUSED_STATUS or _ACCESS_REFUSED(message):
             raise WhmcsAccessError(message, action=action)
         raise WhmcsError(message, action=action)
 

@@ -190,7 +190,8 @@ class Provisioner:
             self._access_logged_at = now
             log.error("WHMCS refuses this installation's credentials or IP; Orders wait "
                       "until it is fixed (WHMCS_API_IDENTIFIER/SECRET/ACCESS_KEY, allow-list, "
-                      "the API role's permitted actions)",
+                      "the API role's permitted actions; 'IP Banned': WHMCS's ban after "
+                      "failed logins — lift it in WHMCS or wait it out)",
                       extra={"cause": self.access_error})
 
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,

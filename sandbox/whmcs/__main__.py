@@ -4,10 +4,12 @@ Flags fall back to environment variables (shown as ``[env: VAR]`` in ``--help``)
 
 - ``serve [--host 127.0.0.1] [--port 8881] [--db var/whmcs-sandbox.db] [--ready-file PATH]
   [--identifier ..] [--secret ..] [--access-key ..] [--admin-username .. --admin-password ..]
-  [--allowed-ips 127.0.0.1,::1]
+  [--allowed-ips 127.0.0.1,::1] [--ban-after 3] [--ban-window-s 1800] [--ban-s 900]
   [--accounts 10000] [--gateways mailin,paypal,banktransfer] [--fault-seed N]`` — port 0
   picks a free port; the ready file gets ``{"url", "port", "pid"}`` once listening. A new
-  database is seeded with ``--accounts`` seed accounts on first start.
+  database is seeded with ``--accounts`` seed accounts on first start. The ban flags: WHMCS's
+  login ban (an IP with that many failed logins within the window is answered ``IP Banned``
+  for ``--ban-s`` seconds; 0 = no ban; ``DELETE /__sandbox/login-ban`` lifts bans).
 - ``seed --accounts N [--db ..]`` — add the catalogue and N seed accounts' clients.
 - ``orders [--url ..] [--sf-order-id ..] [--userid ..] [--status ..] [--limit ..]``
 - ``faults show|clear [ACTION]|set ACTION key=value ... [--url ..]`` — e.g.
@@ -68,7 +70,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = Config(args.identifier, args.secret, args.access_key,
                     {ip.strip() for ip in args.allowed_ips.split(",") if ip.strip()},
                     Context(tuple(g.strip() for g in args.gateways.split(",") if g.strip())),
-                    admin_username=args.admin_username, admin_password=args.admin_password)
+                    admin_username=args.admin_username, admin_password=args.admin_password,
+                    ban_after=int(args.ban_after), ban_window_s=float(args.ban_window_s),
+                    ban_s=float(args.ban_s))
     seed = int(args.fault_seed) if args.fault_seed not in (None, "") else None
     sandbox = Sandbox(store, config, Faults(seed))
     ready = Path(args.ready_file) if args.ready_file else None
@@ -165,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
          "that admin's password")
     _add(serve, "--allowed-ips", "WHMCS_SANDBOX_ALLOWED_IPS", "127.0.0.1,::1",
          "comma-separated allow-list; * = any")
+    _add(serve, "--ban-after", "WHMCS_SANDBOX_BAN_AFTER", "3",
+         "failed logins from one IP (within --ban-window-s) that ban it, as WHMCS does")
+    _add(serve, "--ban-window-s", "WHMCS_SANDBOX_BAN_WINDOW_S", "1800",
+         "seconds within which failed logins count towards a ban")
+    _add(serve, "--ban-s", "WHMCS_SANDBOX_BAN_S", "900",
+         "how long a banned IP is answered 'IP Banned', seconds (0 = no ban)")
     _add(serve, "--accounts", "WHMCS_SANDBOX_ACCOUNTS", "10000", "seed accounts on first start")
     _add(serve, "--gateways", "WHMCS_SANDBOX_GATEWAYS", "mailin,paypal,banktransfer",
          "payment gateways AddOrder accepts")

@@ -109,6 +109,33 @@ async def allowed_ips(request: web.Request) -> web.Response:
     return web.json_response({"allowed_ips": sorted(sb.config.allowed_ips)})
 
 
+_BAN_FIELDS = {"ban_after": int, "ban_window_s": float, "ban_s": float}
+
+
+async def login_ban(request: web.Request) -> web.Response:
+    """The login ban: GET shows it, POST sets ``ban_after``/``ban_window_s``/``ban_s``,
+    DELETE lifts every ban and forgets the failed logins."""
+    sb = _sb(request)
+    if request.method == "DELETE":
+        sb.lift_bans()
+    elif request.method == "POST":
+        try:
+            data = await request.json()
+            if not isinstance(data, dict):
+                raise TypeError("a JSON object is expected")
+            unknown = set(data) - set(_BAN_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            values = {k: _BAN_FIELDS[k](v) for k, v in data.items()}
+            if any(v < 0 for v in values.values()):
+                raise ValueError("values must not be negative")
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        for key, value in values.items():
+            setattr(sb.config, key, value)
+    return web.json_response(sb.login_ban())
+
+
 async def seed_accounts(request: web.Request) -> web.Response:
     sb = _sb(request)
     data = await request.json()
@@ -130,6 +157,8 @@ def build_app(sb: Sandbox) -> web.Application:
     app.router.add_post("/__sandbox/faults", faults_set)
     app.router.add_delete("/__sandbox/faults", faults_clear)
     app.router.add_route("*", "/__sandbox/allowed-ips", allowed_ips)
+    for method in ("GET", "POST", "DELETE"):
+        app.router.add_route(method, "/__sandbox/login-ban", login_ban)
     app.router.add_post("/__sandbox/seed", seed_accounts)
     return app
 

@@ -26,6 +26,8 @@ yields a :class:`WhmcsSandbox`:
 - ``set_faults(action="*", **spec)`` (fields of :class:`sandbox.whmcs.faults.FaultSpec`),
   ``set_fault_seed(n)``, ``clear_faults(action=None)``, ``faults()``
 - ``set_allowed_ips(ips)``
+- ``login_ban()``, ``set_login_ban(ban_after=, ban_window_s=, ban_s=)``, ``lift_login_bans()``
+  — WHMCS's ban of an IP after failed logins (on by default: 3 in 30 minutes ban for 15)
 - ``counters()`` → ``{"calls", "orders_created", "orders_by_marker", "duplicates"}``,
   ``reset_counters()`` (call counts only)
 - ``orders_for(sf_order_id)`` → list of WHMCS order dicts whose notes carry
@@ -167,6 +169,17 @@ class WhmcsSandbox:
 
     def set_allowed_ips(self, ips: list[str] | tuple[str, ...]) -> dict[str, Any]:
         return self._admin("POST", "allowed-ips", json={"allowed_ips": list(ips)})
+
+    def login_ban(self) -> dict[str, Any]:
+        return self._admin("GET", "login-ban")
+
+    def set_login_ban(self, **fields: float) -> dict[str, Any]:
+        """``ban_after`` (failed logins), ``ban_window_s``, ``ban_s`` (0 = no ban)."""
+        return self._admin("POST", "login-ban", json=fields)
+
+    def lift_login_bans(self) -> dict[str, Any]:
+        """Lift every ban and forget the failed logins (as an admin can in WHMCS)."""
+        return self._admin("DELETE", "login-ban")
 
     def counters(self) -> dict[str, Any]:
         return self._admin("GET", "counters")

@@ -3,18 +3,24 @@
 Request handling order for the API (mirrors WHMCS, then the faults):
 
 1. parse the form body (and query string) into PHP-style params; count the call;
-2. fault latency; "Invalid IP" flap;
-3. IP allow-list — skipped when ``accesskey`` matches — answering 403
-   ``{"result":"error","message":"Invalid IP <ip>"}``;
-4. credentials, as WHMCS takes them — 403 ``Authentication Failed`` otherwise: the API
-   credential as ``identifier`` + ``secret``, or the same pair in ``username`` +
-   ``password`` (WHMCS's "forwards compatibility" for integrations written for login
-   credentials), or an admin's login credentials — ``username`` + the MD5 hex of the
-   password — when the sandbox is given an admin (``--admin-username``);
-5. pre-commit faults (HTTP 500/503/HTML page, chosen WHMCS error);
-6. the action (commits its writes);
-7. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit;
-8. the answer: JSON with ``responsetype=json``, otherwise WHMCS's default XML
+2. fault latency;
+3. the login ban, checked before anything else: an IP that failed to log in ``ban_after``
+   (3) times within ``ban_window_s`` (30 minutes) is answered 403 ``IP Banned`` for
+   ``ban_s`` (15 minutes, WHMCS's default "Invalid Login Ban Time"; 0 = no ban) — whatever
+   it sends, the right secret and access key included;
+4. "Invalid IP" flap; the IP allow-list — skipped when ``accesskey`` matches — answering 403
+   ``{"result":"error","message":"Invalid IP <ip>"}``; a configured access key given wrong
+   from an allowed IP: 403 ``Invalid Access Key``;
+5. credentials, as WHMCS takes them — 403 ``Authentication Failed`` otherwise (a failed
+   login, counted towards the ban): the API credential as ``identifier`` + ``secret``, or
+   the same pair in ``username`` + ``password`` (WHMCS's "forwards compatibility" for
+   integrations written for login credentials), or an admin's login credentials —
+   ``username`` + the MD5 hex of the password — when the sandbox is given an admin
+   (``--admin-username``);
+6. pre-commit faults (HTTP 500/503/HTML page, chosen WHMCS error);
+7. the action (commits its writes);
+8. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit;
+9. the answer: JSON with ``responsetype=json``, otherwise WHMCS's default XML
    (``<whmcsapi>``) — auth and IP refusals are always JSON here.
 
 Admin endpoints (JSON, no auth — the sandbox listens on localhost):
@@ -29,6 +35,10 @@ Admin endpoints (JSON, no auth — the sandbox listens on localhost):
   ...FaultSpec fields}`` or ``{"faults": {action: spec, ...}, "seed": n, "replace": bool}``;
   ``DELETE /__sandbox/faults[?action=AddOrder]`` clears.
 - ``GET/POST /__sandbox/allowed-ips`` (``{"allowed_ips": ["127.0.0.1", ...]}``, ``"*"`` = any)
+- ``GET /__sandbox/login-ban`` → ``{"ban_after", "ban_window_s", "ban_s", "banned": {ip:
+  seconds left}, "failed_logins": {ip: n}}``; ``POST`` with any of ``ban_after``,
+  ``ban_window_s``, ``ban_s`` changes them (bans already on keep their end);
+  ``DELETE`` lifts every ban and forgets the failed logins (an admin removing them in WHMCS).
 - ``POST /__sandbox/seed`` with ``{"accounts": n}``.
 
 Secrets (``secret``, ``password``, ``accesskey``) are compared in constant time and never
@@ -42,7 +52,9 @@ import hashlib
 import hmac
 import json
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
@@ -75,17 +87,26 @@ class Config:
     context: Context = field(default_factory=Context)
     admin_username: str = ""  # legacy login credentials ('' = none)
     admin_password: str = ""
+    # WHMCS's login ban: ``ban_after`` failed logins from one IP within ``ban_window_s`` ban
+    # it for ``ban_s`` seconds (0 = never)
+    ban_after: int = 3
+    ban_window_s: float = 1800.0
+    ban_s: float = 900.0
 
 
 class Sandbox:
     """State shared by the handlers: the store, config, faults and counters."""
 
-    def __init__(self, store: Store, config: Config, faults: Faults | None = None) -> None:
+    def __init__(self, store: Store, config: Config, faults: Faults | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.config = config
         self.faults = faults or Faults()
         self.calls: Counter[str] = Counter()
         self._names: dict[str, str] = {}
+        self._clock = clock
+        self._failed_logins: dict[str, deque[float]] = {}  # ip → when, within the window
+        self._banned_until: dict[str, float] = {}  # ip → end of its ban (clock seconds)
 
     def action_name(self, raw: str) -> str:
         """The action as WHMCS spells it (``addorder`` → ``AddOrder``) for the counters."""
@@ -95,6 +116,48 @@ class Sandbox:
             if len(self._names) < 1000:
                 self._names[raw] = name
         return name
+
+    # -- the login ban (WHMCS: tblbannedips, "Invalid Login Ban Time") --------------------
+
+    def banned(self, ip: str) -> bool:
+        until = self._banned_until.get(ip)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._banned_until[ip]  # run out
+        return False
+
+    def _failed_login(self, ip: str) -> None:
+        """One failed login from ``ip``: its ``ban_after``-th within the window bans it."""
+        config, now = self.config, self._clock()
+        if config.ban_s <= 0 or config.ban_after <= 0:
+            return
+        failures = self._failed_logins.setdefault(ip, deque())
+        failures.append(now)
+        while failures and failures[0] <= now - config.ban_window_s:
+            failures.popleft()
+        if len(failures) >= config.ban_after:
+            self._banned_until[ip] = now + config.ban_s
+            del self._failed_logins[ip]
+            log.warning("IP %s banned for %.0f s after %d failed logins", ip, config.ban_s,
+                        config.ban_after)
+        elif len(self._failed_logins) > 10_000:  # bounded: the oldest IP's count goes
+            self._failed_logins.pop(next(iter(self._failed_logins)))
+
+    def lift_bans(self) -> None:
+        self._banned_until.clear()
+        self._failed_logins.clear()
+
+    def login_ban(self) -> dict[str, Any]:
+        config, now = self.config, self._clock()
+        for ip in list(self._banned_until):
+            self.banned(ip)  # drops those run out
+        return {"ban_after": config.ban_after, "ban_window_s": config.ban_window_s,
+                "ban_s": config.ban_s,
+                "banned": {ip: round(until - now, 3) for ip, until in self._banned_until.items()},
+                "failed_logins": {ip: sum(1 for t in at if t > now - config.ban_window_s)
+                                  for ip, at in self._failed_logins.items()}}
 
     def _ip_allowed(self, ip: str) -> bool:
         allowed = self.config.allowed_ips
@@ -137,11 +200,16 @@ class Sandbox:
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         ip = request.remote or ""
+        if self.banned(ip):
+            return _json({"result": "error", "message": "IP Banned"}, 403)
         has_key = self._has_access_key(params)
         flap = plan.invalid_ip and not (has_key and plan.invalid_ip_bypassable)
         if flap or (not has_key and not self._ip_allowed(ip)):
             return _json({"result": "error", "message": f"Invalid IP {ip}"}, 403)
+        if self.config.access_key and not has_key and scalar(params, "accesskey"):
+            return _json({"result": "error", "message": "Invalid Access Key"}, 403)
         if not self._authenticated(params):
+            self._failed_login(ip)
             return _json({"result": "error", "message": "Authentication Failed"}, 403)
         if plan.whmcs_error and not plan.whmcs_error_after_commit:
             return _json({"result": "error", "message": plan.whmcs_error})

@@ -252,6 +252,7 @@ def test_authentication(whmcs_sb: WhmcsSandbox) -> None:
     assert bad.json() == {"result": "error", "message": "Authentication Failed"}
     none = whmcs_post(whmcs_sb, {"action": "GetProducts"}, auth=False)
     assert none.json()["message"] == "Authentication Failed"
+    whmcs_sb.lift_login_bans()  # two failed logins: the third would ban this IP
 
 
 def test_ip_allow_list_and_accesskey_bypass(whmcs_sb: WhmcsSandbox) -> None:
@@ -271,6 +272,7 @@ def test_ip_allow_list_and_accesskey_bypass(whmcs_sb: WhmcsSandbox) -> None:
         assert key_bad_secret.json()["message"] == "Authentication Failed"
     finally:
         whmcs_sb.set_allowed_ips(["127.0.0.1", "::1"])
+        whmcs_sb.lift_login_bans()
     assert whmcs_post(whmcs_sb, {"action": "GetProducts"}).json()["result"] == "success"
 
 

@@ -43,6 +43,7 @@ def _clean(whmcs):
     whmcs.clear_faults()
     yield
     whmcs.clear_faults()
+    whmcs.lift_login_bans()  # a test's failed logins never ban the next one
 
 
 def test_form_encoding_uses_php_brackets_and_skips_none():
@@ -151,6 +152,28 @@ def test_bad_credentials_are_an_access_error_and_secret_never_shows(whmcs, caplo
     assert "Authentication Failed" in str(exc)
     assert type(exc) is WhmcsAccessError and exc.retryable  # ours to fix, not the Order's
     assert "wrong-secret-value" not in str(exc) + caplog.text
+
+
+def test_the_login_ban_after_failed_logins_is_an_access_error(whmcs):
+    """WHMCS bans an IP after 3 failed logins in 30 minutes: its ``IP Banned`` (HTTP 403)
+    refuses this installation, for the right secret as well — an access error (the worker
+    waits), never an Order's ``WHMCS_ERROR``."""
+    wrong = {**whmcs.env(), "WHMCS_API_SECRET": "wrong-secret-value"}
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(wrong)) as bad, \
+                WhmcsClient(settings(whmcs)) as good:
+            errors = []
+            for client in (bad, bad, bad, bad, good):
+                with pytest.raises(WhmcsAccessError) as info:
+                    await client.get_orders(client_id=CLIENT)
+                errors.append(str(info.value))
+            whmcs.lift_login_bans()
+            total, _ = await good.get_orders(client_id=CLIENT)
+            return errors, total
+    errors, total = run(go())
+    assert errors == ["Authentication Failed"] * 3 + ["IP Banned"] * 2
+    assert total >= 0
 
 
 def test_refused_access_makes_orders_wait_not_fail(whmcs):

@@ -58,6 +58,21 @@ REFUSALS = [
     ('Invalid Permissions: API action "addorder" is not allowed', 403),  # the API role
     ('Invalid Permissions: API action "addorder" is not allowed', 200),
     (" invalid or missing credentials", 200),  # blanks and case do not hide it
+    # WHMCS 8's access control: a login ban (3 failed logins from the IP in 30 minutes;
+    # answered before the access key and the credentials are looked at), a wrong access
+    # key, the API credential's admin disabled or unknown
+    ("IP Banned", 403),
+    ("Invalid Access Key", 403),
+    ("Access Denied", 403),
+    ("Access Denied: Authentication not permitted", 403),
+    ("Administrator Account Disabled", 403),
+    ("Invalid administrative identifier", 403),
+    ("IP Banned", 200),  # the words are a refusal whatever the status
+    ("Invalid Access Key", 200),
+    # any result=error WHMCS answers with 401 or 403 refuses this installation, however
+    # it words it
+    ("Forbidden: some refusal this client has never seen", 403),
+    ("Unauthorized: some refusal this client has never seen", 401),
 ]
 
 
@@ -118,6 +133,89 @@ def test_a_wrong_identifier_or_role_makes_orders_wait_not_fail(message):
     assert len(refused_since) == refusals and all(refused_since)
     assert prov.access_refused_since is None and message in (prov.access_error or "")
     assert calls == ["AddOrder"] * (refusals + 1) + ["AcceptOrder"]
+
+
+@pytest.mark.parametrize("refused", ["AddOrder", "AcceptOrder", "GetOrders"])
+def test_a_login_ban_at_any_step_makes_the_order_wait_not_fail(refused):
+    """``IP Banned`` (any 403) for the lookup, the ``AddOrder`` or the ``AcceptOrder``: the
+    Order waits past a zero retry deadline, then goes on where it stopped — no second
+    ``AddOrder`` after a refused ``AcceptOrder``, the lookup read again before any."""
+    refusals = 3
+    calls: list[str] = []
+
+    def handler(request):
+        action = action_of(request)
+        calls.append(action)
+        if action == refused and calls.count(action) <= refusals:
+            return httpx.Response(403, json={"result": "error", "message": "IP Banned"})
+        if action == "GetOrders":
+            return httpx.Response(200, json={"result": "success", "totalresults": 0,
+                                             "numreturned": 0, "orders": {"order": []}})
+        return httpx.Response(200, json=ADDED if action == "AddOrder" else {"result": "success"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            sleeps: list[str | None] = []
+
+            async def sleep(_delay):
+                sleeps.append(prov.access_error)
+
+            prov = Provisioner(client, policy(retry_deadline_s=0.0), sleep=sleep)
+            # settle_at_ms in the past: an earlier attempt may have made the order, look first
+            result = await prov.provision(req(), settle_at_ms=0 if refused == "GetOrders"
+                                          else None)
+            return result, sleeps
+    result, sleeps = run(go())
+    assert (result.status, result.whmcs_order_id, result.error_code) == ("Provisioned", 9, None)
+    assert result.attempts == 1
+    assert sleeps == [f"{refused}: IP Banned"] * refusals
+    lookup = ["GetOrders"] * (refusals + 1) if refused == "GetOrders" else []
+    assert calls == lookup + ["AddOrder"] * (refusals + 1 if refused == "AddOrder" else 1) + \
+        ["AcceptOrder"] * (refusals + 1 if refused == "AcceptOrder" else 1)
+
+
+def test_a_wrong_secret_tripping_the_login_ban_makes_orders_wait_until_access_is_back():
+    """Real WHMCS bans an IP after 3 failed logins in 30 minutes (15 minutes by default),
+    and then answers ``IP Banned`` to everything from it, the right secret too. A worker
+    whose secret is wrong trips that ban at once: its Orders wait through the
+    ``Authentication Failed`` and the ``IP Banned`` answers alike (none is Failed), and
+    provision once the secret is right and the ban lifted."""
+    whmcs = {"secret": "rotated-in-whmcs", "failures": 0, "banned": False}
+    answers: list[tuple[bool, str]] = []  # (the secret sent is WHMCS's, the answer)
+
+    def handler(request):
+        right = parse_qs(request.content.decode())["secret"][0] == whmcs["secret"]
+        answers.append((right, "IP Banned" if whmcs["banned"] else
+                        "success" if right else "Authentication Failed"))
+        if whmcs["banned"]:
+            return httpx.Response(403, json={"result": "error", "message": "IP Banned"})
+        if not right:
+            whmcs["failures"] += 1
+            whmcs["banned"] = whmcs["failures"] >= 3
+            return httpx.Response(403, json={"result": "error",
+                                             "message": "Authentication Failed"})
+        return httpx.Response(200, json=ADDED if action_of(request) == "AddOrder"
+                              else {"result": "success"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            seen: list[str | None] = []
+
+            async def sleep(_delay):
+                seen.append(prov.access_error)
+                if len(seen) == 5:
+                    whmcs["secret"] = SECRET  # the credential fixed; the ban still on
+                elif len(seen) == 6:
+                    whmcs["banned"] = False  # lifted (or run out)
+
+            prov = Provisioner(client, policy(retry_deadline_s=0.0), sleep=sleep)
+            return await prov.provision(req()), seen, prov
+    result, seen, prov = run(go())
+    assert (result.status, result.whmcs_order_id, result.attempts) == ("Provisioned", 9, 1)
+    assert seen == ["AddOrder: Authentication Failed"] * 3 + ["AddOrder: IP Banned"] * 3
+    assert answers[5] == (True, "IP Banned")  # the right secret, refused while banned
+    assert answers[6:] == [(True, "success")] * 2  # AddOrder, AcceptOrder
+    assert prov.access_refused_since is None
 
 
 # -- 2. a UTF-8 byte order mark before the JSON (PHP including a file saved with one) ------
