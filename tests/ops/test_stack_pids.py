@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,6 @@ def wait_for(what: Callable[[], Any], timeout: float = 20.0) -> Any:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return found
-
-
-@pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """``ops.stack`` on a scratch state directory, with no broker; yields a list where a test
-    puts the pids it starts (each killed at the end if it still runs)."""
-    for name in ("STATE", "LOGS", "STATUS", "PLAN", "SUPERVISOR_PID", "CONTROL",
-                 "PIPELINE_ENV"):
-        monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
-    monkeypatch.setattr(stack, "broker", lambda: types.SimpleNamespace(stop=lambda: False))
-    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
-    started: list[int] = []
-    yield started
-    for pid in started:
-        if running(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def orphan(argv: list[str], started: list[int]) -> int:

@@ -6,18 +6,13 @@ supervisor's log and on `make down`'s own output. It was killed silently: down p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import types
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from ops import stack, supervisor
 from ops.kafka_local import LocalBroker
@@ -62,23 +57,6 @@ def test_a_child_that_stops_in_time_is_not_reported(tmp_path, capsys):
     child.start()
     assert child.stop() is None
     assert "killed" not in log.read_text() and "killed" not in capsys.readouterr().out
-
-
-@pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """``ops.stack`` on a scratch state directory, no broker; the pids a test starts are
-    killed at the end if they still run."""
-    for name in ("STATE", "LOGS", "STATUS", "PLAN", "SUPERVISOR_PID", "CONTROL",
-                 "PIPELINE_ENV"):
-        monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
-    monkeypatch.setattr(stack, "broker", lambda: types.SimpleNamespace(stop=lambda: False))
-    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
-    started: list[int] = []
-    yield started
-    for pid in started:
-        if running(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_down_names_each_child_the_supervisor_had_to_kill(state, capsys):
