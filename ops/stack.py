@@ -298,17 +298,13 @@ STARTED_S = 5.0
 
 
 def running_for(entry: dict[str, Any]) -> float | None:
-    """How long the process a status entry lists has run, from its ``start`` (boot id and
-    clock ticks, :func:`ops.supervisor.process_start`); None unless that process runs."""
-    pid, start = entry.get("pid"), entry.get("start")
-    if not pid or not start or process_start(int(pid)) != start:
+    """How long the process a status entry lists has run, as its supervisor measured it
+    (``running_s``, at its last status write); None unless that process still runs (its
+    ``start`` checked) or when the supervisor does not say (an earlier release's)."""
+    pid, start, age = entry.get("pid"), entry.get("start"), entry.get("running_s")
+    if not pid or not start or age is None or process_start(int(pid)) != start:
         return None
-    try:
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        ticks = int(str(start).rsplit(":", 1)[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    return float(age)
 
 
 def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dict[str, str]:
@@ -320,13 +316,13 @@ def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dic
     def entry(name: str) -> dict[str, Any]:
         return next((e for e in status_entries() if e["name"] == name), {})
 
-    seen: dict[str, tuple[int, float]] = {}  # pid first listed when (a status without start)
+    seen: dict[str, tuple[int, float]] = {}  # pid first listed when (no running_s)
 
     def started(name: str, e: dict[str, Any]) -> bool:
-        if "start" in e:
+        if "running_s" in e:
             age = running_for(e)
             return age is not None and age >= STARTED_S
-        pid = e.get("pid")
+        pid = e.get("pid")  # an earlier supervisor's status: the same pid listed for a while
         if not pid:
             seen.pop(name, None)
             return False

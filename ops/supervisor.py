@@ -178,6 +178,10 @@ class Child:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.proc.pid if self.proc else None,
                 "start": self.proc_start if self.proc else None,
+                # how long it has run, on this process's monotonic clock (`make up` counts a
+                # process without a health URL by it; /proc/uptime is the container's age
+                # under lxcfs, while a process's start ticks count from the host's boot)
+                "running_s": round(time.monotonic() - self.started_at, 1) if self.proc else None,
                 "restarts": self.restarts, "last_exit": self.last_exit, "log": self.log,
                 "health_url": self.health_url,
                 # left with a final exit code: down until an operator resumes or restarts it
