@@ -125,15 +125,20 @@ class Checkpoint:
         return sum(len(p.unfinished) for p in self._parts.values())
 
     async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
-        """partition → the group's committed offset of the requests topic (the partition's
-        first offset when none was committed): every record below it finished or gone, none
-        at or above it committed past. Read from the broker by the range reader asked for
-        an empty range (the committed offsets alone), in a thread; raises when the brokers
-        do not answer."""
-        wanted = dict.fromkeys(partitions, 0)
+        """partition → the first offset of the requests topic a consumer of the group is
+        given next (:meth:`BrokerRangeReader.redeliverable_from`: the committed offset, or
+        the log start when later): every record below it finished or gone, none at or above
+        it committed past. Read from the broker in a thread; raises when the brokers do not
+        answer. A reader without that method (tests): the committed offsets its range read
+        gives."""
+        wanted = sorted(set(partitions))
         if not wanted:
             return {}
-        found = await asyncio.get_running_loop().run_in_executor(None, self._reader, wanted)
+        loop = asyncio.get_running_loop()
+        starts = getattr(self._reader, "redeliverable_from", None)
+        if starts is not None:
+            return dict(await loop.run_in_executor(None, starts, wanted))
+        found = await loop.run_in_executor(None, self._reader, dict.fromkeys(wanted, 0))
         return {p: base for p, (base, _records) in found.items()}
 
     # -- the commit ------------------------------------------------------------------------
@@ -231,6 +236,25 @@ class BrokerRangeReader:
             records = committed_record_offsets(self._consumer, topic, ranges,
                                                timeout_s=timeout_s)
             return {p: (bases[p], records[p]) for p in ranges}
+
+    def redeliverable_from(self, partitions: Iterable[int]) -> dict[int, int]:
+        """partition → the first offset of the requests topic a consumer of the group is
+        given next: the group's committed offset, or the partition's log start when that is
+        later (retention or ``kafka-delete-records`` removed the records between) or the
+        group never committed there. A record below it is never delivered again."""
+        from confluent_kafka import TopicPartition
+
+        from common.lag import committed_offsets
+
+        topic, timeout_s = self.topic, self.timeout_s
+        with self._lock:
+            out = {}
+            for partition, offset in committed_offsets(self._offsets, topic, partitions,
+                                                       timeout=timeout_s).items():
+                low, _ = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout_s)
+                out[partition] = max(offset, low)
+            return out
 
     def close(self) -> None:
         with self._lock:

@@ -11,8 +11,9 @@ entries that may need action — pending intents and unsent outcomes; the whole 
 read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions/0007.
 
 * an intent still ``pending`` after ``WORKER_RECOVERY_AFTER_S`` whose event will not be
-  delivered again — the group's committed offset of the requests topic has passed the
-  event's (it was dead-lettered, or a replay moved the offsets on) → WHMCS lookup on the
+  delivered again — the group's committed offset of the requests topic (or the log start,
+  when later) has passed the event's (it was dead-lettered, a replay moved the offsets on,
+  retention removed it) → WHMCS lookup on the
   ``sfOrderId=`` marker:
   found Pending → AcceptOrder (refused by WHMCS → ``Failed(WHMCS_ERROR)`` naming the
   order, as an event's attempt ends; left unanswered or unreachable → the next sweep); found

@@ -184,3 +184,41 @@ def test_the_lanes_read_the_groups_committed_offsets_from_the_broker(kafka_boots
         assert asyncio.run(lanes.committed_offsets([])) == {}
     finally:
         read.close()
+
+
+def test_an_event_below_the_log_start_is_not_awaited(kafka_bootstrap, unique_name):
+    """The group committed 2, then retention (here ``delete_records``) removed the records
+    below 4 while no worker ran: a consumer of the group is given 4 next, so an intent whose
+    event is at 3 can never be resumed by its redelivery — the sweep must settle it, not
+    wait for a commit a quiet partition may not make for days."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from streams.checkpoint import Checkpoint, broker_reader
+    from tests.conftest import create_topic
+    from tests.streams.test_checkpoint import _transaction
+
+    topic, group = unique_name("sweep-log-start"), unique_name("group")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    _transaction(kafka_bootstrap, topic, 5, commit=True)  # 0-4, marker 5
+    member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
+                       "enable.auto.commit": False})
+    member.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    member.close()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 4)]).values():
+        future.result(30)
+    read = broker_reader(kafka_bootstrap, group, topic)
+
+    async def commit(_offsets):
+        return True
+    checkpoint = Checkpoint(read, commit=commit, seek=lambda p, o: None)
+    try:
+        assert asyncio.run(checkpoint.committed_offsets([0])) == {0: 4}
+        kit, report, swept, _calls = scenario(stale_intent(partition=0, offset=3),
+                                              committed=checkpoint.committed_offsets,
+                                              redeliver=False)
+    finally:
+        read.close()
+    assert (report.awaiting, report.interrupted) == (0, 1) and swept == ["GetOrders(marker)"]
+    assert outcomes(kit) == [("Failed", "PROVISIONING_INTERRUPTED")]
