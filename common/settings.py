@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from common.envparse import (
     HOME,
@@ -365,7 +366,10 @@ class SalesforceSettings(_Section):
                                      doc="The same key, base64-encoded (instead of the path; "
                                          "line breaks, as `base64` wraps it, are fine).")
     audience: str = env("SF_AUDIENCE", "",
-                        doc="JWT `aud`; defaults to SF_LOGIN_URL (without its credentials).")
+                        doc="JWT `aud`; defaults to SF_LOGIN_URL (without its credentials), "
+                            "or for a My Domain SF_LOGIN_URL to https://login.salesforce.com "
+                            "(https://test.salesforce.com for a sandbox's or scratch org's "
+                            "My Domain): Salesforce refuses a My Domain audience.")
     api_version: str = env("SF_API_VERSION", "62.0", doc="REST API version.")
     ca_bundle: str = env("SF_CA_BUNDLE", "",
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
@@ -427,9 +431,24 @@ class SalesforceSettings(_Section):
 
     @property
     def jwt_audience(self) -> str:
-        # the login URL as Salesforce knows it: credentials for a gateway in front of it
-        # (user:password@) are sent as Basic authentication, never in the signed assertion
-        return (self.audience or split_userinfo(self.login_url)[0]).rstrip("/")
+        """``aud`` of the JWT: ``SF_AUDIENCE``, else the login server's own name — for a My
+        Domain login URL (``*.my.salesforce.com``) ``https://login.salesforce.com``, or
+        ``https://test.salesforce.com`` for a sandbox's (``….sandbox.my.salesforce.com``,
+        ``name--sandbox.my.salesforce.com``, a scratch org's): Salesforce refuses a My
+        Domain audience ("audience is invalid") although the token is asked of the My
+        Domain. Any other URL (an emulator, a gateway) is its own audience, without the
+        credentials a gateway in front of Salesforce takes (sent as Basic authentication,
+        never in the signed assertion)."""
+        if self.audience:
+            return self.audience.rstrip("/")
+        url = split_userinfo(self.login_url)[0].rstrip("/")
+        host = (urlsplit(url).hostname or "").lower()
+        if host.endswith(".my.salesforce.com"):
+            first = host.split(".", 1)[0]
+            sandbox = "--" in first or host.endswith(
+                (".sandbox.my.salesforce.com", ".scratch.my.salesforce.com"))
+            return "https://test.salesforce.com" if sandbox else "https://login.salesforce.com"
+        return url
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__

@@ -63,8 +63,10 @@ def verify_assertion(sandbox: Sandbox, assertion: str) -> dict:
         raise OAuthError("invalid_grant", "expired authorization code")
     if exp > now + MAX_EXP_AHEAD_S + 5:
         raise OAuthError("invalid_grant", "invalid assertion")
-    user = sandbox.users.get(str(claims.get("sub", "")))
-    if user is None or str(claims.get("sub")) != cfg.username:
+    # usernames compare without case, as Salesforce's do
+    sub = str(claims.get("sub", "")).lower()
+    user = next((u for name, u in sandbox.users.items() if name.lower() == sub), None)
+    if user is None or sub != cfg.username.lower():
         raise OAuthError("invalid_grant", "user hasn't approved this consumer")
     return user
 

@@ -55,6 +55,27 @@ def test_salesforce_needs_a_key_path_or_base64(tmp_path):
                                    ).private_key().reveal() == KEY
 
 
+
+@pytest.mark.parametrize(("login_url", "audience"), [
+    ("https://login.salesforce.com", "https://login.salesforce.com"),
+    ("https://test.salesforce.com/", "https://test.salesforce.com"),
+    # Salesforce refuses a My Domain audience ("audience is invalid"): the login server's
+    ("https://acme.my.salesforce.com", "https://login.salesforce.com"),
+    ("https://ACME.develop.my.salesforce.com", "https://login.salesforce.com"),
+    ("https://acme--uat.sandbox.my.salesforce.com", "https://test.salesforce.com"),
+    ("https://acme--uat.my.salesforce.com", "https://test.salesforce.com"),  # before enhanced
+    ("https://fun-drive-1234.scratch.my.salesforce.com", "https://test.salesforce.com"),
+    # an emulator or a gateway is its own audience, without a gateway's credentials
+    ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+    ("https://gw:pw@sf-gateway.corp", "https://sf-gateway.corp"),
+])
+def test_the_jwt_audience_is_the_login_servers_name(login_url, audience):
+    base = {"SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com",
+            "SF_PRIVATE_KEY_BASE64": base64.b64encode(KEY.encode()).decode()}
+    assert SalesforceSettings.load({**base, "SF_LOGIN_URL": login_url}).jwt_audience == audience
+    chosen = {**base, "SF_LOGIN_URL": login_url, "SF_AUDIENCE": "https://aud.example/"}
+    assert SalesforceSettings.load(chosen).jwt_audience == "https://aud.example"
+
 _NOT_A_KEY = {
     "encrypted": _RSA.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.BestAvailableEncryption(b"pass")),

@@ -114,6 +114,9 @@ def test_jwt_refusals(sf_sandbox: Any, tmp_path: Any) -> None:
         assert sf_sandbox.login(audience=aud)["token_type"] == "Bearer"
     ok = sf_sandbox.login()
     assert ok["id"].endswith(f"/id/{sf_sandbox.org_id}/" + ok["id"].rsplit("/", 1)[1])
+    # usernames compare without case, as Salesforce's do: the same user, the same id
+    upper = sf_sandbox.login(subject=sf_sandbox.username.upper())
+    assert upper["id"] == ok["id"]
     assert ok["instance_url"] == sf_sandbox.instance_url
 
 
