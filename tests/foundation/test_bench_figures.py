@@ -57,6 +57,7 @@ def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,
 
         def __init__(self) -> None:
             self.procs = {"worker": SimpleNamespace(pid=100)}
+            self.process_env: dict[str, dict[str, str]] = {}
             self.sf = SimpleNamespace(approve=self.approve)
 
         def client_config(self, **extra: Any) -> dict[str, Any]:

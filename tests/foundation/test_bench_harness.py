@@ -115,6 +115,7 @@ def _backlog_pipeline(monkeypatch: pytest.MonkeyPatch, n: int, *, already: int,
     class P:
         kafka = SimpleNamespace(requests="requests", outcomes="outcomes")
         procs = {"worker": SimpleNamespace(pid=1)}
+        process_env: dict[str, dict[str, str]] = {}
 
         def client_config(self, **extra: Any) -> dict[str, Any]:
             return {}
