@@ -100,6 +100,19 @@ def test_the_age_does_not_come_from_proc_uptime(status, monkeypatch):
     assert stack.wait_healthy([no_probe()], timeout=2.0) == {}
 
 
+def test_a_process_younger_than_the_start_window_is_not_counted_yet(status, monkeypatch):
+    """The supervisor's measure against STARTED_S: 0.5 s in, a process that may still exit
+    64 is not counted; 6 s in it is."""
+    me = {"name": "worker", "pid": os.getpid(), "start": process_start(os.getpid()),
+          "restarts": 0, "last_exit": None, "final": False}
+    monkeypatch.setattr(stack, "STARTED_S", 5.0)
+    write(status, {**me, "running_s": 0.5})
+    assert stack.wait_healthy([no_probe()], timeout=1.0) == {
+        "worker": "not running for 5 s after 1 s (no probe port)"}
+    write(status, {**me, "running_s": 6.0})
+    assert stack.wait_healthy([no_probe()], timeout=1.0) == {}
+
+
 def test_the_supervisor_reports_how_long_a_child_has_run(tmp_path):
     child = Child(name="sink", argv=[sys.executable, "-c", "import time; time.sleep(60)"],
                   env={}, log=str(tmp_path / "sink.log"), grace_s=5.0)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from streams.checkpoint import Checkpoint
 from streams.recovery import Sweeper
 from streams.state import Intent
 from tests.streams.factories import order, request_value
@@ -186,6 +187,7 @@ def test_the_lanes_read_the_groups_committed_offsets_from_the_broker(kafka_boots
         read.close()
 
 
+@pytest.mark.broker
 def test_an_event_below_the_log_start_is_not_awaited(kafka_bootstrap, unique_name):
     """The group committed 2, then retention (here ``delete_records``) removed the records
     below 4 while no worker ran: a consumer of the group is given 4 next, so an intent whose
@@ -222,3 +224,20 @@ def test_an_event_below_the_log_start_is_not_awaited(kafka_bootstrap, unique_nam
         read.close()
     assert (report.awaiting, report.interrupted) == (0, 1) and swept == ["GetOrders(marker)"]
     assert outcomes(kit) == [("Failed", "PROVISIONING_INTERRUPTED")]
+
+
+def test_the_checkpoint_asks_the_reader_where_the_group_is_given_records_next():
+    """The sweep's comparison point is the reader's ``redeliverable_from`` (the committed
+    offset, or the log start when later), not the committed offset of a range read."""
+    class Reader:
+        def __call__(self, wanted):
+            return {p: (2, []) for p in wanted}  # committed 2
+
+        def redeliverable_from(self, partitions):
+            return {p: 10 for p in partitions}  # the log start passed it
+
+    async def commit(_offsets):
+        return True
+    checkpoint = Checkpoint(Reader(), commit=commit, seek=lambda p, o: None)
+    assert asyncio.run(checkpoint.committed_offsets([1, 0, 1])) == {0: 10, 1: 10}
+    assert asyncio.run(checkpoint.committed_offsets([])) == {}
