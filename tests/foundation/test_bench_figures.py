@@ -18,7 +18,7 @@ import pytest
 
 import bench.cpu as bench_cpu
 import bench.pipeline as bench_pipeline
-from tests.foundation.test_bench_harness import _Clock
+from tests.foundation.test_bench_harness import _Clock, queued_consumer
 
 
 def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,
@@ -27,18 +27,7 @@ def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,
     (pid 100 before its restart, 200 after) writes ``per_poll`` outcomes per count."""
     state = SimpleNamespace(approved=False, started=False, outcomes=0)
 
-    class Consumer:
-        def __init__(self, config: dict[str, Any]) -> None:
-            pass
-
-        def list_topics(self, topic: str, timeout: float) -> Any:
-            return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None})})
-
-        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
-            return 0, n if state.approved else 0
-
-        def close(self) -> None:
-            pass
+    Consumer = queued_consumer(lambda: n if state.approved else 0)
 
     class Counter:
         def __init__(self, p: Any) -> None:

@@ -4,6 +4,7 @@ the backlog queued before the worker starts, a phase that does not finish, the q
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,6 +60,24 @@ def test_duplicates_count_only_this_runs_orders_under_either_id_form() -> None:
     assert report["duplicates"] == 1 and report["duplicate_orders"] == [twice]
     assert report["whmcs_orders"] == 3
     assert p.invariants([earlier])["duplicates"] == 1
+
+
+def queued_consumer(queued: Callable[[], int]) -> type:
+    """A stand-in for confluent's ``Consumer`` as ``phase_backlog`` uses it: one partition of
+    the requests topic, whose end offset is ``queued()`` (the events the connector wrote)."""
+    class Consumer:
+        def __init__(self, config: dict[str, Any]) -> None:
+            pass
+
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None})})
+
+        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+            return 0, queued()
+
+        def close(self) -> None:
+            pass
+    return Consumer
 
 
 class _Started(Exception):

@@ -16,7 +16,7 @@ import bench.harness as harness
 import bench.pipeline as bench_pipeline
 import bench.side_by_side as sbs
 from common.settings import WorkerSettings
-from tests.foundation.test_bench_harness import _Clock
+from tests.foundation.test_bench_harness import _Clock, queued_consumer
 from tests.foundation.test_bench_side_by_side import _pipeline as _sf_clock_pipeline
 
 # phase_backlog waits up to 900 s for the outcomes, then up to 600 s for the last
@@ -43,18 +43,7 @@ def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, first_outcome_s: float 
             return 0
         return min(n, 1 + int((since - first_outcome_s) * rate))
 
-    class Consumer:
-        def __init__(self, config: dict[str, Any]) -> None:
-            pass
-
-        def list_topics(self, topic: str, timeout: float) -> Any:
-            return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None})})
-
-        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
-            return 0, n if state.approved else 0
-
-        def close(self) -> None:
-            pass
+    Consumer = queued_consumer(lambda: n if state.approved else 0)
 
     class Counter:
         def __init__(self, p: Any) -> None:
