@@ -93,20 +93,12 @@ def _backlog_pipeline(monkeypatch: pytest.MonkeyPatch, n: int, *, already: int,
     state: dict[str, Any] = {"approved": False, "written": 0, "at_start": None,
                              "started": False}
 
-    class Consumer:
-        def __init__(self, config: dict[str, Any]) -> None:
-            pass
+    def queued() -> int:
+        if state["approved"]:
+            state["written"] = min(n, state["written"] + per_poll)
+        return already + state["written"] + state["written"] // 10
 
-        def list_topics(self, topic: str, timeout: float) -> Any:
-            return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None})})
-
-        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
-            if state["approved"]:
-                state["written"] = min(n, state["written"] + per_poll)
-            return 0, already + state["written"] + state["written"] // 10
-
-        def close(self) -> None:
-            pass
+    Consumer = queued_consumer(queued)
 
     class Counter:
         def __init__(self, p: Any) -> None:
