@@ -23,6 +23,7 @@ The latest ``Sforce-Limit-Info`` is kept in :attr:`SalesforceClient.api_usage`.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 import time
@@ -195,6 +196,9 @@ def _error_code(exc: sfexc.SalesforceError) -> str | None:
     return None
 
 
+_LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
 class SalesforceClient:
     """Synchronous REST client (one per thread of use is simplest; calls are serialized)."""
 
@@ -202,6 +206,10 @@ class SalesforceClient:
         self.settings = settings
         self.auth = auth or SalesforceAuth(settings)
         self._session = _TimeoutSession(settings.timeout_s)
+        # every answer's Sforce-Limit-Info, errors and SFType calls (get, update, describe)
+        # included: simple-salesforce keeps it only for the object that made the call, and
+        # not at all when the answer is an error — REQUEST_LIMIT_EXCEEDED among them
+        self._session.hooks["response"].append(self._record_usage)
         if settings.ca_bundle:
             self._session.mount("https://", _ContextAdapter(ssl_context(settings.ca_bundle)))
         self._sf: simple_salesforce.Salesforce | None = None
@@ -228,9 +236,7 @@ class SalesforceClient:
                 sf = self._client()
                 try:
                     self.calls += 1
-                    result = fn(sf)
-                    self._record_usage(sf)
-                    return result
+                    return fn(sf)
                 except sfexc.SalesforceExpiredSession as exc:
                     if attempt == 2:
                         raise SalesforceAuthError("session refused after re-authentication",
@@ -239,7 +245,6 @@ class SalesforceClient:
                     log.info("Salesforce session expired; re-authenticating")
                     self.auth.refresh(self._sf_token)
                 except sfexc.SalesforceError as exc:
-                    self._record_usage(sf)
                     raise self._translate(exc) from exc
                 except requests.RequestException as exc:
                     raise SalesforceError(f"Salesforce unreachable: {type(exc).__name__}: {exc}",
@@ -256,11 +261,10 @@ class SalesforceClient:
         retryable = status is not None and status >= 500 or code == "UNABLE_TO_LOCK_ROW"
         return SalesforceError(message, error_code=code, status=status, retryable=retryable)
 
-    def _record_usage(self, sf: simple_salesforce.Salesforce) -> None:
-        usage = getattr(sf, "api_usage", None) or {}
-        api = usage.get("api-usage")
-        if api is not None:
-            self.api_usage = (int(api.used), int(api.total))
+    def _record_usage(self, response: requests.Response, *_args: Any, **_kw: Any) -> None:
+        match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
+        if match:
+            self.api_usage = (int(match[1]), int(match[2]))
 
     # -- operations -------------------------------------------------------------------
 
