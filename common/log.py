@@ -5,7 +5,8 @@ that look like secrets are never rendered, whatever their shape: :class:`~common
 prints as stars, and both formatters mask credentials in the message, in every context
 field (``cause=str(exc)`` included; dicts walked key by key), in tracebacks and stacks:
 PEM keys, bearer tokens, bare Salesforce session ids (``00D…!…``), JWTs, and the value of
-any secret-named key (:data:`SECRET_KEYS`) written ``k=v``, ``'k': 'v'`` or ``"k": "v"``.
+any secret-named key (:data:`SECRET_KEYS`, after any prefix, camelCase too) written ``k=v``,
+``'k': 'v'``, ``"k": "v"`` or ``k=b'v'``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIV
 # the password of a URL's user info, ``scheme://user:password@host`` (a proxy or registry URL
 # echoed in an error); the user name stays, as it says which login was used
 _URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
+# ``Authorization: <scheme> <credentials>`` with any scheme (Basic, Token, Digest, …)
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+"
-                     r"|authorization['\"]?\s*[=:]\s*['\"]?basic\s+)"
+                     r"|authorization['\"]?\s*[=:]\s*['\"]?[A-Za-z][A-Za-z0-9-]*\s+)"
                      r"[A-Za-z0-9!._\-+/=]{8,}")
 #: names whose value is a credential, in any shape: ``secret=x``, ``'secret': 'x'``,
 #: ``"secret": "x"``, ``secret: x`` (also a dict passed as a context field, by key)
@@ -39,22 +41,28 @@ SECRET_KEYS = ("secret", "client_secret", "password", "passwd", "accesskey", "ac
                "api_key", "apikey", "assertion", "identifier", "access_token", "accesstoken",
                "refresh_token", "private_key", "private_key_base64", "session_id", "sessionid",
                "token", "authorization")
-# a key may carry a prefix, as environment variables and settings do: WHMCS_API_SECRET=…,
-# KAFKA_SASL_PASSWORD=…, 'SF_PRIVATE_KEY_BASE64': …
-_SECRET_KV = re.compile(r"(?i)(?<![A-Za-z0-9_])([\"']?(?:[A-Za-z0-9]+_)*(?:"
+# a key may carry a prefix, as environment variables, settings and JSON do: WHMCS_API_SECRET=…,
+# KAFKA_SASL_PASSWORD=…, 'SF_PRIVATE_KEY_BASE64': …, "clientSecret": … (the match starts at
+# the name, wherever it is in the key: the prefix is kept as it is; the lookahead on the names'
+# first letters only spares trying every name at every position). A value is unquoted
+# (to a separator), or quoted — a bytes repr's b'…' too — to its closing quote past escaped
+# ones (\"), or, cut short before it, to the end of the text
+_SECRET_KV = re.compile(r"(?i)(?=[\"'" + "".join(sorted({k[0] for k in SECRET_KEYS})) + r"])"
+                        r"([\"']?(?:"
                         + "|".join(SECRET_KEYS)
-                        + r")[\"']?\s*[=:]\s*)(?:([\"'])(.*?)\2|([^\"'&\s,;}\]]+))")
+                        + r")[\"']?\s*[=:]\s*)"
+                        r"(?:(b?)([\"'])((?:\\.|(?!\3)[^\\])*)(\3)?|([^\"'&\s,;}\]]+))")
 # A Salesforce session id (an access token) needs no label to be one: <org id>!<token>
 _SESSION_ID = re.compile(r"\b00D[A-Za-z0-9]{0,15}![A-Za-z0-9._]{8,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
-# Each shape above needs its own mark to match: "-----" (a PEM key), "bearer" or "access
-# token" (a labelled token), "!" (a session id), "://" and "@" (a URL's password), "eyJ" (a
+# Each shape above needs its own mark to match: "-----" (a PEM key), "bearer", "access
+# token" or "authorization" (a labelled token), "!" (a session id), "://" and "@" (a URL's password), "eyJ" (a
 # JWT), "=" or ":" (``k=v``, ``'k': v``, with a secret's name). ``redact`` runs a pattern only where its mark is (most
 # messages and ids have none). No replacement brings a mark in.
-_BEARER_MARK = re.compile(r"(?i)bearer|access_?token|basic")
+_BEARER_MARK = re.compile(r"(?i)bearer|access_?token|authorization")
 # ``k=v`` needs a secret's name too (the words of SECRET_KEYS; "access" and "key" cover
 # accesskey, access_key, api_key, apikey, private_key, …)
 _KV_WORDS = ("secret", "passw", "access", "key", "assertion", "identifier", "token",
@@ -101,18 +109,20 @@ def _mask_url_password(m: re.Match[str]) -> str:
 
 
 def _mask_value(m: re.Match[str]) -> str:
-    quote = m.group(2) or ""
-    value = m.group(3) if quote else m.group(4)
+    quote = m.group(3)
+    value = m.group(4) if quote else m.group(6)
     if value.startswith("[REDACTED") or not value:
         return m.group(0)
-    return f"{m.group(1)}{quote}[REDACTED]{quote}"
+    if quote:  # the closing quote only if the text had one (not when it was cut short)
+        return f"{m.group(1)}{m.group(2)}{quote}[REDACTED]{m.group(5) or ''}"
+    return f"{m.group(1)}[REDACTED]"
 
 
 def _secret_name(key: str) -> bool:
-    """``secret``, ``WHMCS_API_SECRET``, ``kafka_sasl_password``: a secret-named key, alone
-    or after a prefix."""
+    """``secret``, ``WHMCS_API_SECRET``, ``kafka_sasl_password``, ``clientSecret``: a
+    secret-named key, alone or after a prefix."""
     key = key.lower()
-    return key in _SECRET_KEY_SET or any(key.endswith("_" + name) for name in SECRET_KEYS)
+    return key in _SECRET_KEY_SET or key.endswith(SECRET_KEYS)
 
 
 def scrub(value: Any) -> Any:

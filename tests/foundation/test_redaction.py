@@ -165,3 +165,32 @@ def test_a_probe_answer_is_masked_as_a_log_line_is():
     for secret in ("Gw-Pa55word", SESSION_ID, "AQ0AQH8mFakeSessionTokenValue", WHMCS_SECRET):
         assert secret not in body, body
     assert json.loads(body)["ready"] is False and "Salesforce queries fail" in body
+
+
+@pytest.mark.parametrize("text", [
+    f"clientSecret={WHMCS_SECRET}",                         # camelCase names (a JSON config)
+    f'{{"clientSecret": "{WHMCS_SECRET}"}}',
+    f"refreshToken: {WHMCS_SECRET}",
+    f"Authorization: Token {WHMCS_SECRET}",                 # any auth scheme, not only two
+    f"authorization=Digest {WHMCS_SECRET}",
+    f'{{"secret": "ab\\"{WHMCS_SECRET}"}}',                 # an escaped quote in the value
+    f"'password': 'x\\'{WHMCS_SECRET}'",
+    f'cause: {{"secret": "{WHMCS_SECRET}',                  # a quoted value cut short
+    f"password=b'{WHMCS_SECRET}'",                          # a bytes repr
+    f"{{'secret': b\"{WHMCS_SECRET}\"}}",
+])
+def test_the_shapes_a_value_can_hide_in_are_masked(text):
+    """Shapes the patterns missed: a secret's name in camelCase, an ``Authorization`` header
+    with a scheme other than Bearer/Basic, a quoted value holding an escaped quote, a quoted
+    value cut before its closing quote (a truncated field), a ``bytes`` value's repr."""
+    from common.log import _redact_all
+    masked = redact(text)
+    assert WHMCS_SECRET not in masked, masked
+    assert "[REDACTED]" in masked and redact(masked) == masked, masked
+    assert _redact_all(text) == masked
+
+
+def test_a_camel_case_secret_key_is_masked_in_a_dict():
+    assert scrub({"clientSecret": WHMCS_SECRET, "refreshToken": WHMCS_SECRET,
+                  "orderId": "801"}) == {"clientSecret": "[REDACTED]",
+                                         "refreshToken": "[REDACTED]", "orderId": "801"}
