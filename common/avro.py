@@ -194,8 +194,8 @@ def _safe_url(url: str) -> tuple[str, tuple[str, str] | None]:
     parts = urlsplit(url.rstrip("/"))
     if parts.username is None:
         return urlunsplit(parts), None
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    # the host and port as written: an IPv6 literal keeps its brackets (and zone)
+    netloc = parts.netloc.rpartition("@")[2]
     # percent-decoded, as a URL carries them (a '/' in a secret is written %2F)
     return urlunsplit(parts._replace(netloc=netloc)), (unquote(parts.username),
                                                        unquote(parts.password or ""))

@@ -181,6 +181,22 @@ def test_registry_credentials_never_appear_in_errors(reg):
     assert "s3cr3t-pw" not in str(info.value) and "analyst" not in str(info.value)
 
 
+@pytest.mark.parametrize("url, plain", [
+    ("http://u:p%2Fw@[::1]:8081/", "http://[::1]:8081"),
+    ("https://u:pw@[fe80::1%25eth0]:8443", "https://[fe80::1%25eth0]:8443"),
+    ("http://u:pw@registry.example.com", "http://registry.example.com"),
+    ("http://u:pw@registry.example.com:8081", "http://registry.example.com:8081"),
+])
+def test_credentials_come_out_of_the_url_and_its_host_stays_as_written(url, plain):
+    """An IPv6 literal keeps its brackets (and zone) once ``user:secret@`` is taken out:
+    without them the address is not a URL and every process failed at start-up."""
+    from common.avro import _safe_url
+    safe, auth = _safe_url(url)
+    assert safe == plain
+    assert auth is not None and auth[0] == "u"
+    SchemaRegistry(url, timeout=2)  # a client can be made of it
+
+
 ORDER_A, ORDER_B, ORDER_C = "801000000000001AAA", "801000000000002AAA", "801000000000003AAA"
 
 
