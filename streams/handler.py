@@ -225,7 +225,10 @@ class EventHandler:
             else:
                 # the pending attempt went to WHMCS: its outcome names the client it was
                 # sent to, as every outcome that reached WHMCS does
-                outcome = outcome_record(event, decision.status, opportunity_id=opportunity,
+                # (and the Opportunity it was made for, when the Order is gone)
+                outcome = outcome_record(event, decision.status,
+                                         opportunity_id=opportunity or (
+                                             held[0].opportunity_id if held else None),
                                          whmcs_client_id=held[0].client_id if held else None,
                                          whmcs_order_id=decision.whmcs_order_id,
                                          error_code=decision.error_code,

@@ -58,7 +58,7 @@ class Whmcs:
                            service_ids=[5], invoice_id=None, raw={}) for o, s in self.found]
 
 
-def run(sf, wh, *, pending=False):
+def run(sf, wh, *, pending=False, opportunity_id=None):
     """One request event; ``pending``: its own attempt was left pending (the worker stopped
     or was fenced after the intent was durable), its writer's lease long over."""
     async def go():
@@ -66,7 +66,8 @@ def run(sf, wh, *, pending=False):
         if pending:
             past = int(time.time() * 1000) - 60_000
             intent = Intent.pending(order_id=OID, idem_key="k1", event_uuid="u1", attempt=1,
-                                    client_id=1001, at=past, writer="old", lease_until=past)
+                                    client_id=1001, at=past, writer="old", lease_until=past,
+                                    opportunity_id=opportunity_id)
             kit.tables.intents[OID] = intent.to_json()
             kit.tables.durable_intents[OID] = intent.to_json()
         await kit.process(records([request_value(OID, event_uuid="u1", idem_key="k1")]))
@@ -91,6 +92,18 @@ def test_a_resumed_attempt_the_guard_now_refuses_sends_no_addorder_when_nothing_
     assert wh.calls == ["GetOrders(marker)"]  # the lookup, and no AddOrder
     assert (outcome["status"], outcome["error_code"], outcome["whmcs_order_id"]) == expected
     assert kit.tables.intents[OID]["state"] == "failed"  # settled: the sweep has nothing left
+
+
+def test_a_resumed_attempt_whose_order_was_deleted_names_the_opportunity_its_intent_held():
+    """The Order is gone from Salesforce (no Opportunity to read from it) and the lookup
+    finds nothing: the outcome still names the Opportunity the attempt was made for, as the
+    sweep's PROVISIONING_INTERRUPTED and a found order's outcome do."""
+    sf = Salesforce(None)
+    sf.query = lambda soql: []
+    kit, outcome = run(sf, Whmcs(), pending=True, opportunity_id="006000000000001AAA")
+    assert (outcome["status"], outcome["error_code"]) == ("Failed", "ORDER_NOT_FOUND")
+    assert outcome["opportunity_id"] == "006000000000001AAA"
+    assert outcome["whmcs_client_id"] == 1001
 
 
 @pytest.mark.parametrize("status, calls", [
