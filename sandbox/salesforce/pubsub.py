@@ -3,7 +3,11 @@
 Auth: every RPC needs metadata ``accesstoken`` (a live token), ``instanceurl`` and
 ``tenantid`` (= the org id); otherwise UNAUTHENTICATED with trailing metadata
 ``error-code: sfdc.platform.eventbus.grpc.service.auth.error``. Tokens are re-checked on
-every FetchRequest and before every response, so an expired token ends a stream.
+every FetchRequest and before every response, so an expired token ends a stream. Only the
+client's activity (RPCs, FetchRequests, ``auth_refresh``) renews a session; the stream's
+own responses and keepalives do not (REFERENCE §1, §2: tokens expire mid-stream), so a
+subscriber that sends nothing after its first FetchRequest is cut at the first response or
+keepalive after its session timed out.
 Permissions (:mod:`.permissions`): GetTopic tells ``can_publish``/``can_subscribe``;
 Publish and Subscribe without them end PERMISSION_DENIED — Subscribe is checked at the
 first FetchRequest and at each ``auth_refresh``, not per event.
@@ -90,8 +94,11 @@ class PubSubService(pb_grpc.PubSubServicer):
     def __init__(self, sandbox: Sandbox) -> None:
         self.sb = sandbox
 
-    def check_token(self, token: str | None) -> None:
-        if not token or self.sb.store.token_user(token) is None:
+    def check_token(self, token: str | None, *, renew: bool = True) -> None:
+        """Raise UNAUTHENTICATED unless ``token`` is live. A check on the client's behalf (an
+        RPC, a FetchRequest) is use and may renew the session; the stream's own check before
+        a response or keepalive passes ``renew=False`` (:meth:`.Store.token_user`)."""
+        if not token or self.sb.store.token_user(token, renew=renew) is None:
             raise _StreamError(grpc.StatusCode.UNAUTHENTICATED, AUTH_ERROR,
                                "Session expired or invalid")
 

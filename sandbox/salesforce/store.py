@@ -304,17 +304,19 @@ class Store:
         self.tokens[token] = (user_id, expires)
         return token
 
-    def token_user(self, token: str) -> str | None:
+    def token_user(self, token: str, *, renew: bool = True) -> str | None:
         """The user a live token belongs to, or None (unknown or expired).
 
         A session times out after ``session_timeout_ms`` without use, as an org's does: a use
         once more than half of the timeout has passed since the session was last renewed
-        renews it (Salesforce resets the timer only then, so not every call writes)."""
+        renews it (Salesforce resets the timer only then, so not every call writes).
+        ``renew=False`` only checks: the server's own pushes (a Subscribe stream's responses
+        and keepalives) are not the client's use, so they never keep a session alive."""
         entry = self.tokens.get(token)
         now = self.now_ms()
         if entry is None or entry[1] <= now:
             return None
-        if entry[1] - now < self.session_timeout_ms // 2:
+        if renew and entry[1] - now < self.session_timeout_ms // 2:
             expires = now + self.session_timeout_ms
             self.conn.execute("UPDATE tokens SET expires_ms = ? WHERE token = ?",
                               (expires, token))

@@ -179,7 +179,8 @@ class Subscription:
                 if self.reader_done and (self.topic is None or self.pending == 0):
                     return
                 if self.topic is not None:
-                    self.service.check_token(self.token)
+                    # the server's own push is no use of the session: it must not renew it
+                    self.service.check_token(self.token, renew=False)
                 now = loop.time()
                 if self.topic is not None and self.pending > 0:
                     idle_since = now

@@ -5,8 +5,10 @@ token lifetime on the sandbox clock, persistence, CLI, and the bench's complete 
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,10 +18,11 @@ import pytest
 import requests
 
 from sandbox.salesforce.harness import running_sandbox
-from tests.sandbox.conftest import SfPubSub, sf_error_code
+from tests.sandbox.conftest import SF_TOPIC, SfPubSub, SfSubscriber, sf_error_code
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRUPTED = "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted"
+AUTH_ERROR = "sfdc.platform.eventbus.grpc.service.auth.error"
 
 
 def _limits(sf: Any, token: str) -> int:
@@ -124,3 +127,62 @@ def test_a_session_times_out_after_it_was_last_used(tmp_path: Path) -> None:
             assert _limits(sf, token) == 200
         sf.advance_clock(seconds=61 * 60)  # then idle past the timeout
         assert _limits(sf, token) == 401
+
+
+def _drained(sub: SfSubscriber) -> list[Any]:
+    """What ``sub`` received so far: FetchResponses, then an RpcError or ("closed", code)."""
+    out: list[Any] = []
+    while True:
+        try:
+            out.append(sub.responses.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def test_server_keepalives_do_not_renew_a_session_client_fetches_do(
+        sf_pb: SimpleNamespace, tmp_path: Path) -> None:
+    """A stream's own keepalives are not use of the session (REFERENCE §1, §2: a token
+    expires mid-stream): a subscriber that sends nothing after its first FetchRequest is cut
+    with UNAUTHENTICATED at the first keepalive after its 6 s session ran out, and the token
+    is dead for unary calls too. One sending a FetchRequest every 2 s renews it (a use past
+    half of the timeout) and its stream lives on. Both streams run side by side."""
+    with running_sandbox(tmp_path / "sf", token_lifetime_s=6, keepalive_s=1,
+                         idle_close_s=60) as sf:
+        quiet_client, busy_client = SfPubSub(sf_pb, sf), SfPubSub(sf_pb, sf)
+        try:
+            quiet, busy = quiet_client.subscribe(num=10), busy_client.subscribe(num=10)
+            start = time.monotonic()
+            next_fetch, quiet_end, busy_last = start + 2, None, 0.0
+            while True:
+                time.sleep(0.2)
+                elapsed = time.monotonic() - start
+                if elapsed >= 12 or (elapsed >= 9 and quiet_end is not None):
+                    break
+                if time.monotonic() >= next_fetch:
+                    busy.fetch(num_requested=1)
+                    next_fetch += 2
+                for item in _drained(busy):
+                    assert isinstance(item, sf_pb.FetchResponse), (
+                        f"the fetching stream ended after {elapsed:.1f} s: {item}")
+                    busy_last = elapsed
+                if quiet_end is None:
+                    ends = [i for i in _drained(quiet) if not isinstance(i, sf_pb.FetchResponse)]
+                    quiet_end = (ends[0], elapsed) if ends else None
+
+            assert quiet_end is not None, "keepalives kept an unused 6 s session alive for 12 s"
+            error, ended_at = quiet_end
+            assert isinstance(error, grpc.RpcError), error
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert sf_error_code(error) == AUTH_ERROR
+            assert 5 <= ended_at < 9, ended_at
+            assert busy_last >= 8, f"the fetching stream's last keepalive came at {busy_last} s"
+
+            topic = sf_pb.TopicRequest(topic_name=SF_TOPIC)
+            with pytest.raises(grpc.RpcError) as info:
+                quiet_client.unary("GetTopic", topic, sf_pb.TopicInfo)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert sf_error_code(info.value) == AUTH_ERROR
+            assert busy_client.unary("GetTopic", topic, sf_pb.TopicInfo).topic_name == SF_TOPIC
+        finally:
+            quiet_client.close()
+            busy_client.close()
