@@ -12,6 +12,9 @@ PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 
 # SFPROV_STATE_DIR as the Python side reads it (the environment over .env or $SFPROV_ENV_FILE,
 # else .state): common.settings needs only the standard library, so no virtualenv yet
 STATE := $(shell $(PYTHON) -c 'from common.settings import environment as e; print(e().get("SFPROV_STATE_DIR") or ".state")' 2>/dev/null || echo .state)
+# A path as one shell word, literal (single-quoted): a recipe uses $(call sh,$(STATE)), never
+# $(STATE) bare, so a space splits nothing and `~` or `$` stay what they are to Python
+sh = '$(subst ','\'',$(1))'
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
@@ -44,23 +47,26 @@ status: $(STAMP) ## Show what runs
 	@$(PY) -m ops.stack status
 
 logs: ## Follow the logs of every process, the local broker's too
-	@mkdir -p $(STATE)/logs $(STATE)/kafka/broker/logs && tail -n 50 -F $(STATE)/logs/*.log \
-	  $(STATE)/kafka/broker/logs/server.log $(STATE)/kafka/broker/logs/stdout.log
+	@mkdir -p $(call sh,$(STATE)/logs) $(call sh,$(STATE)/kafka/broker/logs) && \
+	  tail -n 50 -F $(call sh,$(STATE)/logs)/*.log $(call sh,$(STATE)/kafka/broker/logs/server.log) \
+	  $(call sh,$(STATE)/kafka/broker/logs/stdout.log)
 
 topics: install ## Create missing topics and report config drift
 	@$(PY) -m ops.topics
 
 PROMTOOL := $(STATE)/tools/bin/promtool
+P := $(call sh,$(PROMTOOL))
+DEB := $(call sh,$(STATE)/tools/deb)
 
 promtool: ## Prometheus's rule checker for the alert-rule tests: from PATH, else from Debian's package (no install, no root)
-	@if [ -x $(PROMTOOL) ]; then :; \
-	elif command -v promtool >/dev/null; then mkdir -p $(dir $(PROMTOOL)) && ln -sf "$$(command -v promtool)" $(PROMTOOL); \
+	@if [ -x $(P) ]; then :; \
+	elif command -v promtool >/dev/null; then mkdir -p "$$(dirname $(P))" && ln -sf "$$(command -v promtool)" $(P); \
 	elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
-	  rm -rf $(STATE)/tools/deb && mkdir -p $(STATE)/tools/deb $(dir $(PROMTOOL)) && \
-	  (cd $(STATE)/tools/deb && apt-get download -q prometheus >/dev/null 2>&1) && \
-	  dpkg-deb -x $(STATE)/tools/deb/prometheus_*.deb $(STATE)/tools/deb/root && \
-	  cp $(STATE)/tools/deb/root/usr/bin/promtool $(PROMTOOL) && rm -rf $(STATE)/tools/deb && \
-	  echo "promtool: $(PROMTOOL) (Debian's prometheus package)" || \
+	  rm -rf -- $(DEB) && mkdir -p $(DEB) "$$(dirname $(P))" && \
+	  (cd $(DEB) && apt-get download -q prometheus >/dev/null 2>&1) && \
+	  dpkg-deb -x $(DEB)/prometheus_*.deb $(DEB)/root && \
+	  cp $(DEB)/root/usr/bin/promtool $(P) && rm -rf -- $(DEB) && \
+	  echo "promtool: "$(P)" (Debian's prometheus package)" || \
 	  echo "promtool: could not fetch Debian's prometheus package; the alert-rule test needs it"; \
 	else echo "promtool: not on PATH and no apt-get; the alert-rule test needs it"; fi
 
@@ -84,5 +90,14 @@ bench: install jars ## Benchmark the whole pipeline; writes bench/results/
 chaos: install jars ## Kill processes at random under load; checks the invariants
 	@$(PY) -m bench.chaos
 
+# Removes the state directory as Python reads it (one literal path), never an empty path, /,
+# $HOME or this checkout (nor a symbolic link to one of them)
 clean: down ## Remove local state (broker data, sandbox databases, logs)
-	rm -rf $(STATE)
+	@state=$(call sh,$(STATE)); case "$$state" in /*) at="$$state";; *) at="./$$state";; esac; \
+	real=$$(cd -P -- "$$at" 2>/dev/null && pwd -P); \
+	if [ -z "$$state" ] || [ "$$real" = / ] || [ "$$real" = // ] || [ "$$real" = "$$(pwd -P)" ] || \
+	   { [ -n "$$HOME" ] && [ "$$real" = "$$(cd -P -- "$$HOME" 2>/dev/null && pwd -P)" ]; }; then \
+	  echo "error: refusing to remove SFPROV_STATE_DIR '$$state'$${real:+ ($$real)}: not a state directory" >&2; \
+	  exit 1; \
+	fi; \
+	echo "rm -rf -- '$$state'"; rm -rf -- "$$state"

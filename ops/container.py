@@ -13,6 +13,11 @@
   credential or ACL, a fenced connector) into exit 0 after logging it, so the container
   stops instead of looping. Any other non-zero exit (a crash, the worker's stall exit 75) is
   passed on and restarted. SIGTERM and SIGINT are passed to the process.
+* **Sandbox mode without the sandboxes stops with a hint.** Plain ``docker compose up`` (no
+  ``--profile sandbox``) without ``SF_CLIENT_ID``: the sandboxes' key file is missing and
+  the process refuses its settings, or (the ``state`` volume keeps the key and CA of an
+  earlier sandbox run) the sandbox's host name does not resolve, checked before the process
+  starts; either way the container logs how to start them and stops.
 
 ``python -m ops.container seed`` seeds the compose Salesforce sandbox once (a marker in its
 state directory makes later runs a no-op), like ``make up`` does.
@@ -22,14 +27,20 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SANDBOX_PREFIX = "SFPROV_SANDBOX_"
 COMMANDS = {"connector": ["connectors", "run"], "worker": ["streams", "worker"],
             "sink": ["sinks", "run"]}
+#: how long the sandbox host's name may take to resolve (compose's DNS answers at once);
+#: longer, and the process starts as it would have
+RESOLVE_TIMEOUT_S = 5.0
 
 
 def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -41,25 +52,73 @@ def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
             and not env.get(name[len(SANDBOX_PREFIX):])}
 
 
-def _sandbox_hint(env: dict[str, str]) -> str | None:
-    """Why a process in sandbox mode refused its settings when the sandboxes are not there:
-    plain ``docker compose up`` (no ``--profile sandbox``) without ``SF_CLIENT_ID`` applies
-    the sandboxes' credentials, whose key file only the Salesforce sandbox writes."""
-    key = env.get("SF_PRIVATE_KEY_PATH", "")
-    if env.get("SF_CLIENT_ID") or not env.get(f"{SANDBOX_PREFIX}SF_PRIVATE_KEY_PATH") \
-            or not key or Path(key).exists():
+def _sandbox_hint(env: dict[str, str], missing: str) -> str | None:
+    """The line for a process in sandbox mode that cannot work because the sandboxes are not
+    there (``missing``: what shows it). ``env`` is the container's own environment, before
+    :func:`sandbox_defaults`, whose ``SF_CLIENT_ID`` decides the mode."""
+    if env.get("SF_CLIENT_ID") or not missing:
         return None
-    return ("sandbox mode (SF_CLIENT_ID is not set) but the sandboxes are not running (no "
-            f"{key}): start them with `docker compose --profile sandbox up`, or set "
-            "SF_CLIENT_ID and the real credentials (README, docker-compose)")
+    return ("sandbox mode (SF_CLIENT_ID is not set) but the sandboxes are not running "
+            f"({missing}): start them with `docker compose --profile sandbox up`, or set SF_CLIENT_ID and "
+            "the real credentials (README, docker-compose)")
+
+
+def _missing_key(env: dict[str, str]) -> str:
+    """Plain ``docker compose up`` before any sandbox run: the sandbox credentials point at a
+    key file only the Salesforce sandbox writes, and the process refuses its settings."""
+    key = env.get("SF_PRIVATE_KEY_PATH", "")
+    if not env.get(f"{SANDBOX_PREFIX}SF_PRIVATE_KEY_PATH") or not key or Path(key).exists():
+        return ""
+    return f"no {key}"
+
+
+def _resolves(host: str, timeout: float) -> bool:
+    """Whether ``host`` resolves; a resolver that takes longer than ``timeout`` counts as
+    yes (the process finds out itself, as without this check)."""
+    answer: list[bool] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+            answer.append(True)
+        except OSError:  # socket.gaierror: unknown name, or no resolver
+            answer.append(False)
+
+    thread = threading.Thread(target=look_up, name="resolve-sandbox", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else True
+
+
+def _unresolvable_sandbox(env: dict[str, str], timeout: float = RESOLVE_TIMEOUT_S) -> str:
+    """Plain ``docker compose up`` after a sandbox run: the ``state`` volume keeps the
+    sandbox's key and CA, so the settings pass, but the sandbox's host (a compose service of
+    the sandbox profile) is not on the network and the process would retry it for ever. Only
+    when SF_LOGIN_URL is the sandbox's (``SFPROV_SANDBOX_SF_LOGIN_URL``)."""
+    url = env.get(f"{SANDBOX_PREFIX}SF_LOGIN_URL", "")
+    if not url or env.get("SF_LOGIN_URL") != url:
+        return ""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return ""
+    if not host or _resolves(host, timeout):
+        return ""
+    return f"{host} does not resolve"
 
 
 def run(name: str, args: list[str]) -> int:
     from common.process import EXIT_CONFIG
     from ops.stack import FINAL_EXIT_CODES
 
-    env = dict(os.environ)
-    env.update(sandbox_defaults(env))
+    own = dict(os.environ)
+    env = {**own, **sandbox_defaults(own)}
+    hint = _sandbox_hint(own, _unresolvable_sandbox(env))
+    if hint:  # not started: it would retry the missing sandbox for ever
+        print(hint, file=sys.stderr, flush=True)
+        print(f"{name} not started: restarting cannot fix this (see the line above); the "
+              "container stops (exit 0) instead of restarting", file=sys.stderr, flush=True)
+        return 0
     proc = subprocess.Popen([sys.executable, "-m", *COMMANDS[name], *args], env=env)
 
     def forward(signum: int, _frame: object) -> None:
@@ -68,7 +127,7 @@ def run(name: str, args: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = proc.wait()
-    hint = _sandbox_hint(env) if code == EXIT_CONFIG else None
+    hint = _sandbox_hint(own, _missing_key(env)) if code == EXIT_CONFIG else None
     if hint:
         print(hint, file=sys.stderr, flush=True)
     if code in FINAL_EXIT_CODES.get(name, []):

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -46,14 +47,19 @@ def test_metrics_listen_where_they_are_published(name):
 def test_settings_in_env_file_are_not_overridden(name):
     """A service's ``environment:`` wins over its ``env_file:``: a setting written there
     would silently replace the user's .env value (topic names did). Only facts of the compose
-    network and of the image (the state volume's mount point) may be fixed; anything else is
-    substituted from .env (``${VAR:-default}``)."""
+    network and of the image (the state volume's mount point) may be fixed; anything else
+    comes from .env through ``env_file:``. Not even as ``${VAR:-}``: compose substitutes that
+    from the shell of whoever runs `docker compose` first (over .env), and the README has
+    host users export ``SCHEMA_REGISTRY_URL=http://localhost:8081``, which then reached the
+    containers (where localhost is the container itself)."""
     network = {"KAFKA_BOOTSTRAP_SERVERS", f"{name.upper()}_HTTP_HOST",
                f"{name.upper()}_HTTP_PORT", "SFPROV_STATE_DIR"}
-    fixed = {key for key, value in SERVICES[name]["environment"].items()
-             if not key.startswith("SFPROV_SANDBOX_") and key not in network
-             and not str(value).startswith("${" + key)}
+    environment = SERVICES[name]["environment"]
+    fixed = {key for key in environment
+             if not key.startswith("SFPROV_SANDBOX_") and key not in network}
     assert not fixed, f"{name}: set in docker-compose.yml over .env: {sorted(fixed)}"
+    interpolated = {key: value for key, value in environment.items() if "${" in str(value)}
+    assert not interpolated, f"{name}: taken from the host shell over .env: {interpolated}"
 
 
 STATE_USERS = sorted(name for name, service in SERVICES.items()
@@ -158,6 +164,33 @@ def test_the_compose_sandbox_is_seeded_once():
         assert dep == {"condition": "service_completed_successfully", "required": False}
 
 
+def _sandbox_hosts(environment: dict[str, object]) -> set[str]:
+    """The compose services named by the SFPROV_SANDBOX_* addresses (URLs, host:port)."""
+    hosts = set()
+    for key, value in environment.items():
+        if key.startswith("SFPROV_SANDBOX_") and key.endswith(("_URL", "_ENDPOINT")):
+            text = str(value)
+            host = urlsplit(text if "://" in text else f"//{text}").hostname
+            if host in SERVICES:
+                hosts.add(host)
+    return hosts
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_the_sandboxes_stop_after_the_pipeline(name):
+    """`docker compose stop/down` stops a service after those that depend on it: the WHMCS
+    sandbox was no dependency, stopped in the same wave as the worker, and the worker's
+    drain met connection refused. Each sandbox a pipeline service has the address of is a
+    dependency (required: false: without the sandbox profile there is none)."""
+    hosts = _sandbox_hosts(SERVICES[name]["environment"])
+    assert hosts == {"salesforce-sandbox", "whmcs-sandbox"}
+    depends_on = SERVICES[name]["depends_on"]
+    for host in sorted(hosts):
+        assert SERVICES[host]["profiles"] == ["sandbox"] and "healthcheck" in SERVICES[host]
+        assert depends_on.get(host) == {"condition": "service_healthy", "required": False}, \
+            f"{name} does not depend on {host}"
+
+
 @pytest.mark.parametrize("name", PIPELINE)
 def test_final_exit_codes_end_the_container(name, tmp_path):
     """restart: on-failure restarts a crash; a final code becomes 0, which it does not."""
@@ -184,21 +217,32 @@ def test_final_exit_codes_end_the_container(name, tmp_path):
 
 
 def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
-    """Plain `docker compose up` without SF_CLIENT_ID: the sandboxes' key file is missing and
-    the process refuses its settings (exit 64); the container says how to start them."""
+    """Plain `docker compose up` without SF_CLIENT_ID (the compose file's SFPROV_SANDBOX_*
+    as they are, the sandbox client id included): the sandboxes' key file is missing and the
+    process refuses its settings (exit 64); the container says how to start them. After one
+    sandbox run the state volume keeps the key and CA, the settings pass and the process
+    would retry the unresolvable sandbox host for ever: the container checks that the host
+    resolves before it starts the process, and stops with the same line if it does not."""
     fake = tmp_path / "connectors"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
-    (fake / "__main__.py").write_text("import sys; sys.exit(int(sys.argv[-1]))")
+    (fake / "__main__.py").write_text(
+        "import pathlib, sys; pathlib.Path('started').touch(); sys.exit(int(sys.argv[-1]))")
     key = tmp_path / "jwt" / "private-key.pem"
-    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin",
-           "SFPROV_SANDBOX_SF_PRIVATE_KEY_PATH": str(key)}
+    started = tmp_path / "started"
+    sandbox = {k: str(v) for k, v in SERVICES["connector"]["environment"].items()
+               if k.startswith("SFPROV_SANDBOX_")}
+    assert urlsplit(sandbox["SFPROV_SANDBOX_SF_LOGIN_URL"]).hostname == "salesforce-sandbox"
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin", **sandbox,
+           "SFPROV_SANDBOX_SF_PRIVATE_KEY_PATH": str(key),
+           "SFPROV_SANDBOX_SF_LOGIN_URL": "https://localhost:8443"}  # resolves, hermetically
 
     def stderr(extra: dict[str, str], code: int = 64) -> str:
+        started.unlink(missing_ok=True)
         result = subprocess.run([sys.executable, "-m", "ops.container", "connector", str(code)],
                                 env={**env, **extra}, cwd=tmp_path, capture_output=True,
                                 text=True, timeout=60)
-        assert result.returncode == (0 if code == 64 else code)
+        assert result.returncode == (0 if code == 64 else code), result.stderr
         return result.stderr
 
     assert "docker compose --profile sandbox up" in stderr({})
@@ -208,6 +252,19 @@ def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
     key.parent.mkdir()
     key.write_text("key")
     assert "--profile sandbox" not in stderr({})  # the sandboxes are there: another problem
+    assert started.exists()
+    # the key left on the volume by an earlier sandbox run, but no sandbox on the network
+    gone = {"SFPROV_SANDBOX_SF_LOGIN_URL": "https://nonexistent.invalid:8443"}
+    message = stderr(gone, code=0)  # the process would have run (and retried) for ever
+    assert "docker compose --profile sandbox up" in message
+    assert "nonexistent.invalid" in message
+    assert not started.exists()
+    # real credentials, or a login URL of the user's own: no sandbox to look for
+    assert "--profile sandbox" not in stderr({**gone, "SF_CLIENT_ID": "3MVG9real"}, code=0)
+    assert started.exists()
+    assert "--profile sandbox" not in stderr(
+        {**gone, "SF_LOGIN_URL": "https://test.salesforce.com"}, code=0)
+    assert started.exists()
 
 
 def test_every_published_port_is_bound_to_the_loopback_address():

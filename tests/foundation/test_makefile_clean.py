@@ -1,0 +1,87 @@
+"""`make clean` removes SFPROV_STATE_DIR exactly as Python reads it, and nothing else.
+
+The Makefile takes the state path from Python (common.settings) and used it unquoted: with
+``SFPROV_STATE_DIR=/mnt/c/Users/John Smith/sfprov`` `make clean` ran ``rm -rf
+/mnt/c/Users/John Smith/sfprov`` (two other paths), and with ``~/sfprov`` (which Python
+keeps literal: ``<checkout>/~/sfprov``) the shell removed ``$HOME/sfprov``. Each test runs
+the real Makefile on a copy (with ``common/`` for its STATE line) in a temporary directory:
+no virtualenv there, so the ``down`` prerequisite only says "nothing to stop".
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    co = tmp_path / "checkout"
+    co.mkdir()
+    shutil.copy(ROOT / "Makefile", co / "Makefile")
+    shutil.copytree(ROOT / "common", co / "common",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return co
+
+
+def make(checkout: Path, state: str | None, *args: str,
+         home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    home = home or checkout.parent / "home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHON": sys.executable}
+    if state is not None:
+        env["SFPROV_STATE_DIR"] = state
+    return subprocess.run(["make", "--no-print-directory", "clean", *args], cwd=checkout,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def sentinel(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "sentinel").write_text("keep")
+    return path / "sentinel"
+
+
+def test_a_state_path_with_a_space_is_removed_as_one_path(checkout):
+    tmp = checkout.parent
+    first_word = sentinel(tmp / "a")          # /mnt/c/Users/John
+    second_word = sentinel(checkout / "b")    # ./Smith/sfprov
+    state = tmp / "a b"
+    sentinel(state / "kafka")
+    result = make(checkout, str(state))
+    assert result.returncode == 0, result.stderr
+    assert first_word.exists() and second_word.exists()
+    assert not state.exists()
+
+
+def test_a_tilde_stays_literal_as_python_reads_it(checkout):
+    home = checkout.parent / "home"
+    in_home = sentinel(home / "x")            # $HOME/x: not the state directory
+    literal = checkout / "~" / "x"            # what common.settings uses for "~/x"
+    sentinel(literal)
+    result = make(checkout, "~/x", home=home)
+    assert result.returncode == 0, result.stderr
+    assert in_home.exists()
+    assert not literal.exists()
+
+
+@pytest.mark.parametrize("state", ["HOME", "/", "CHECKOUT", "EMPTY"])
+def test_clean_refuses_paths_that_are_not_a_state_directory(checkout, state):
+    home = checkout.parent / "home"
+    kept = sentinel(home)
+    kept_here = sentinel(checkout / "data")
+    if state == "EMPTY":   # Python never yields an empty path; a `STATE=` override does
+        result = make(checkout, None, "STATE=", home=home)
+    else:
+        path = {"HOME": str(home), "/": "/", "CHECKOUT": str(checkout)}[state]
+        result = make(checkout, path, home=home)
+    assert result.returncode != 0
+    assert "refusing to remove" in result.stderr
+    assert kept.exists() and kept_here.exists()
