@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if worker.faust_log_level:  # debugging rebalances/recovery (unset: LOG_LEVEL)
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(worker.faust_log_level)
-    from streams.faust_seam import UnsupportedVersion, check_versions
+    # before anything imports streams.faust_seam: it imports the libraries' private names,
+    # and another release that renamed one would fail that import first (exit 1, restarted)
+    from streams.faust_pins import UnsupportedVersion, check_versions
     try:
         check_versions()
     except UnsupportedVersion as exc:

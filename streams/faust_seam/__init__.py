@@ -3,8 +3,10 @@
 Everything the worker needs from the two libraries beyond their public API lives here, one
 module per part (``membership``, ``tables``, ``restore``, ``rocksdb``, ``writer``, ``recovery``, ``build``,
 ``consumer``, ``fetcher``, on ``_base``); no other module imports a private name of either
-(``tests/streams/test_faust_seam.py`` greps for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
-``pyproject.toml``); :func:`check_versions` refuses any other at start-up, and the contract
+(``tests/streams/test_faust_seam.py`` checks for it). The versions it was written against are pinned exactly (:data:`PINNED`, and in
+``pyproject.toml``); :func:`check_versions` refuses any other at start-up (both in
+:mod:`streams.faust_pins`, standard library only: the worker checks before it imports this
+package, whose imports a renamed private name would break), and the contract
 test fails when the source of a function wrapped, subclassed or relied on here changes
 upstream (:data:`CONTRACT`: a hash of each; :data:`CONTRACT_FILES` for upstream files with
 no Python function, faust's Cython stream iterator). Why each workaround exists is in
@@ -28,12 +30,10 @@ The interface (what the rest of the worker calls):
   for the ownership lease (:mod:`streams.lease`).
 """
 
+from streams.faust_pins import PINNED, UnsupportedVersion, check_versions
 from streams.faust_seam._base import (
     CONTRACT,
     CONTRACT_FILES,
-    PINNED,
-    UnsupportedVersion,
-    check_versions,
     file_hash,
     key_partition,
     source_hash,

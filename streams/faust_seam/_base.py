@@ -1,5 +1,5 @@
-"""The seam's own footing: the pinned versions, the contract of upstream sources, and the
-key → partition function every part uses."""
+"""The seam's own footing: the pinned versions (:mod:`streams.faust_pins`, re-exported), the
+contract of upstream sources, and the key → partition function every part uses."""
 
 from __future__ import annotations
 
@@ -8,38 +8,15 @@ import importlib
 import inspect
 from collections.abc import Callable
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
 
-# mode-streaming too: the seam wraps its Service.wait_first and overrides its
-# ManagedUserDict.__setitem__/__delitem__ (faust-streaming itself asks only mode>=0.6)
-PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+from streams.faust_pins import PINNED, UnsupportedVersion, check_versions
 
-
-class UnsupportedVersion(RuntimeError):
-    """faust-streaming, aiokafka or mode-streaming is not the version this module was
-    verified against."""
-
-
-def check_versions() -> None:
-    """Raise :class:`UnsupportedVersion` (one line) unless the pinned versions are installed."""
-    wrong = []
-    for dist, wanted in PINNED.items():
-        try:
-            found = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found = "not installed"
-        if found != wanted:
-            wrong.append(f"{dist} {found} (needs {wanted})")
-    if wrong:
-        raise UnsupportedVersion(
-            "the worker patches library internals verified only for "
-            + ", ".join(f"{d}=={v}" for d, v in PINNED.items()) + "; found "
-            + ", ".join(wrong) + " (see streams/faust_seam/)")
-
+__all__ = ["CONTRACT", "CONTRACT_FILES", "PINNED", "UnsupportedVersion", "check_versions",
+           "file_hash", "key_partition", "source_hash"]
 
 # upstream function → the sha256 (32 hex digits) of its source as verified. Wrapped (W),
 # overridden in a subclass (S) or relied on for its behaviour (R). Each part of the seam adds

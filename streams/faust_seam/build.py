@@ -9,6 +9,7 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.base import Transport as FaustTransport
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaDriverProducer
 
 from streams.faust_seam._base import CONTRACT
@@ -56,4 +57,7 @@ CONTRACT.update({
     # read_committed: the Fetcher is built from _isolation_level at start()
     "R aiokafka AIOKafkaConsumer.start (reads _isolation_level)": (
         AIOKafkaConsumer, "start", "2f1ba70443327538800d348e61042cde"),
+    # the wrap is on the thread instance: faust must build through self._create_worker_consumer
+    "R faust AIOKafkaConsumerThread._create_consumer (via self._create_worker_consumer)": (
+        AIOKafkaConsumerThread, "_create_consumer", "a4dc6ba0681a298c05d60994890984fe"),
 })

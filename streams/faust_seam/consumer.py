@@ -15,6 +15,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import ConsumerMessage, Message
 from mode.services import Service, WaitResults
+from mode.utils.futures import notify
 
 from streams.faust_seam._base import CONTRACT, CONTRACT_FILES
 
@@ -178,9 +179,12 @@ class ConsumerSeam:
         processed: it no longer holds up a rebalance (``wait_empty``) and faust itself never
         commits past it — offsets of the requests topic are committed by the worker's
         checkpoint alone (and faust's own commits leave that topic out: the commit
-        filter installed at construction)."""
+        filter installed at construction). Wakes faust's ``wait_empty`` as
+        ``Consumer.ack`` does: a revocation that releases the worker's events goes on at
+        once, not after its wait for an ack times out (1 s, ``_wait_for_ack``)."""
         message.acked = True  # later acks of the message are no-ops (faust Message.ack)
         self.consumer._unacked_messages.discard(message)
+        notify(self.consumer._waiting_for_ack)
 
     async def commit(self, offsets: Mapping[int, int]) -> bool:
         """Commit ``partition → offset`` of the requests topic (faust flushes its producer
@@ -448,6 +452,17 @@ CONTRACT.update({
     # the seek to the beginning of a partition with nothing committed: aiokafka's leaves it
     "R aiokafka AIOKafkaConsumer.seek_to_committed (no seek for None/0)": (
         AIOKafkaConsumer, "seek_to_committed", "f6cd85c8b70a4ccf7e862de24f6c5d98"),
+    "R faust AIOKafkaConsumerThread.seek_to_committed (the committed offsets, None too)": (
+        AIOKafkaConsumerThread, "seek_to_committed", "775ab0adc4b052abee204d5347a55641"),
+    # the fetch wraps are on the consumer instance: faust must fetch through self._getmany
+    "R faust Consumer._wait_next_records (fetches via self._getmany)": (
+        FaustConsumer, "_wait_next_records", "6218e1969a636b3ff504ad1b8e7ad58a"),
+    # the seeks back over dropped records: the records sought back over are taken again
+    "R faust Consumer.seek (resets _read_offset)": (
+        FaustConsumer, "seek", "b86a9fe05f956b30cf299c787b6787c6"),
+    # release wakes wait_empty's wait for an ack, as Consumer.ack does
+    "R faust Consumer._wait_for_ack (woken through _waiting_for_ack)": (
+        FaustConsumer, "_wait_for_ack", "d9c9337d4af88e54a26a9a45aeb73ca8"),
 })
 CONTRACT_FILES.update({
     # the compiled stream iterator (Stream._c_aiter): its StreamIterator's source

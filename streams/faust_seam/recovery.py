@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
+from mode.utils.queues import FlowControlEvent
 
 from streams.faust_seam._base import CONTRACT
 
@@ -57,7 +58,7 @@ class OrderedRecovery(Recovery):
         if not app.assignor.assigned_standbys():
             self.tables.on_standbys_ready()
         app.on_rebalance_end()
-        self.log.info("Worker ready")
+        log.info("Worker ready")  # the worker's own line: faust's logger is quietened
 
 
 class TableManager(FaustTableManager):
@@ -71,6 +72,13 @@ class TableManager(FaustTableManager):
         return self._recovery
 
 
+# mode names a service's logger after its class's module; keep faust's (quietened by
+# common.log, WORKER_FAUST_LOG_LEVEL), as build.IdempotentProducer does. Set after the class:
+# mode's __init_subclass__ replaces one inherited or set in the class body.
+OrderedRecovery.logger = Recovery.logger
+TableManager.logger = FaustTableManager.logger
+
+
 CONTRACT.update({
     "S faust Recovery.on_recovery_completed": (
         Recovery, "on_recovery_completed", "6ef567acf072e46da3fccbccc6d66237"),
@@ -78,4 +86,7 @@ CONTRACT.update({
     # on_recovery_completed's caller: the state (paused partitions, the flow) it takes over
     "R faust Recovery._restart_recovery": (
         Recovery, "_restart_recovery", "6bd8a8558a2dffe4c60b8150f23d721b"),
+    # app.flow_control.resume(): the agents' queues are cleared before the streams resume
+    "R mode FlowControlEvent.resume (clears the queues)": (
+        FlowControlEvent, "resume", "4dcdc1253fd0dcb40de18a3702503c01"),
 })

@@ -283,6 +283,11 @@ class RestoreGuards(faust.Table):
                 store.set_persisted_offset(tp, offset)
 
 
+# mode names a service's logger after its class's module: keep faust's (common.log quietens
+# it; WORKER_FAUST_LOG_LEVEL), set after the class (mode replaces one set in its body)
+RestoreGuards.logger = faust.Table.logger
+
+
 CONTRACT.update({
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),

@@ -179,6 +179,11 @@ class KeyPartitionedRocksStore(RocksStore):
         self._db_for_key(key).delete(key)
 
 
+# mode names a service's logger after its class's module: keep faust's (common.log quietens
+# it; WORKER_FAUST_LOG_LEVEL), set after the class (mode replaces one set in its body)
+KeyPartitionedRocksStore.logger = RocksStore.logger
+
+
 def rocksdb_memory(tables: Any) -> dict[str, int]:
     """Bytes RocksDB holds for ``tables``: memtables, table readers, and the shared block
     caches' usage (counted once: every DB shares it). Tables whose store is not open yet,

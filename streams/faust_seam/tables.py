@@ -314,6 +314,11 @@ class DurableTable(RestoreGuards):
                          len(tally.offsets[partition]), persisted)
 
 
+# mode names a service's logger after its class's module: keep faust's (common.log quietens
+# it; WORKER_FAUST_LOG_LEVEL), set after the class (mode replaces one set in its body)
+DurableTable.logger = faust.Table.logger
+
+
 CONTRACT.update({
     "S faust Table.on_key_set": (faust.Table, "on_key_set", "a370e35ca55c2c7e36e93f0d4b485927"),
     "S faust Table.on_key_del": (faust.Table, "on_key_del", "4f2900b2f9d24a080d5cbc9eaa1f5566"),
