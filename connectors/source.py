@@ -59,7 +59,8 @@ Failure policies:
 * the producer failed otherwise (librdkafka's fatal state without a fence, e.g. the broker
   answered an abort with ``INVALID_TXN_STATE`` while nodes were away; or a
   ``commit_transaction`` that timed out on every retry, which librdkafka keeps as the call in
-  progress, so not even an abort ends it: ``ProducerFailedError``) → the same as after a
+  progress, so not even an abort ends it; or an abort that did not get through, Kafka cut
+  off while events flow: ``ProducerFailedError``) → the same as after a
   transaction timeout: after the backoff a new producer, the position read again, a
   resubscribe. It is what a supervisor's restart would do (that ``init_transactions``
   fences a newer instance just the same, and settles a commit left in progress), minus the

@@ -45,6 +45,17 @@ no other call can end the transaction. A new producer's ``init_transactions`` se
 (the coordinator completes or aborts it) and the position read after that says whether the
 batch committed: nothing is lost or written twice.
 
+An abort that fails is no different: the transaction is not settled, so it raises
+:class:`ProducerFailedError` too (after retrying a retriable one, the call resuming, for
+``timeout_s`` of running time). Kafka cut off for longer than ~85 s while events flow: the
+records time out (the commit fails at the message timeout) and the abort times out as well,
+leaving librdkafka in ABORTING_TRANSACTION. Given up and the producer kept, the next
+``begin_transaction`` was refused (``_STATE``, and the connector exited 1), or, the cut
+healed, the resumed abort met the broker's fence of the *old* transaction, judged by the
+new write's age: exit 3, another instance blamed. So a fence is judged by the age of the
+oldest transaction the producer has not settled, and a refused ``begin_transaction`` asks
+for a new producer as well.
+
 Partitioner ``murmur2_random``: Java/aiokafka-compatible key hashing, so the Faust worker's
 tables keyed by order id live in the same partition numbers as the requests. Do not change.
 """
@@ -134,6 +145,9 @@ class TransactionalWriter:
                         **(extra_config or {})}
         self._producer = Producer(self._config)
         self.transactions = 0
+        # when the oldest transaction this producer has not settled (committed or aborted)
+        # began: a fence is judged by its age, not by the age of the write that met it
+        self._unsettled_since: float | None = None
 
     def start(self) -> None:
         """init_transactions: fences any older instance with this transactional.id.
@@ -163,6 +177,7 @@ class TransactionalWriter:
         fenced in turn. Read the position only after this returns (see ``connectors.offsets``).
         """
         old, self._producer = self._producer, Producer(self._config)
+        self._unsettled_since = None  # the old one's: settled by the new init_transactions
         old.purge(in_queue=True, in_flight=True, blocking=False)  # never sent: fenced
         self.start()
 
@@ -171,35 +186,60 @@ class TransactionalWriter:
 
         Raises KafkaError; ProducerFencedError when fenced, TransactionTimedOutError when
         fenced after the transaction outlived its timeout, ProducerFailedError when the
-        producer failed otherwise or its commit's retries ran out (for the last two only
-        :meth:`reopen` helps).
+        producer failed otherwise, its commit's retries ran out or its abort did not get
+        through (for the last three only :meth:`reopen` helps).
+
+        A fence is judged by the age of the oldest transaction this producer has not
+        settled, which is this one unless an earlier write left its transaction open (its
+        abort failed and the producer was not replaced): a fence of that older transaction
+        is the broker's timeout of it, not a newer instance.
         """
         p = self._producer
         started = time.monotonic()
-        producing = False
         try:
             p.begin_transaction()
-            producing = True
+        except KafkaException as exc:
+            raise self._begin_failed(exc) from exc
+        if self._unsettled_since is None:
+            self._unsettled_since = started
+        producing = True
+        try:
             for topic, key, value, headers in records:
                 self._produce(topic, key, value, headers)
             producing = False
             self._commit()
         except KafkaException as exc:
             cause = self._real_cause(exc, producing=producing)
-            err = translate(cause, "transaction", self.txn_id,
-                            age_s=time.monotonic() - started,
+            err = translate(cause, "transaction", self.txn_id, age_s=self._unsettled_age(),
                             timeout_s=self.transaction_timeout_s)
             if not isinstance(err, ProducerFencedError | ProducerFailedError):
                 failed = self._abort()
-                if failed is not None:  # the abort itself failed the producer
-                    # told by the transaction's age too: records that timed out in a
-                    # transaction the broker then timed out make the abort's epoch bump
-                    # fail with the fence's error (a chaos run, a node killed under it)
-                    raise translate(failed, "abort_transaction", self.txn_id,
-                                    age_s=time.monotonic() - started,
-                                    timeout_s=self.transaction_timeout_s) from cause
+                if failed is not None:  # the abort did not end the transaction
+                    raise failed from cause
             raise err from cause
+        self._unsettled_since = None
         self.transactions += 1
+
+    def _unsettled_age(self) -> float | None:
+        """How long the oldest transaction not settled has been open (None: none is)."""
+        since = self._unsettled_since
+        return None if since is None else time.monotonic() - since
+
+    def _begin_failed(self, exc: KafkaException) -> KafkaError:
+        """The error for a refused ``begin_transaction``: a fence (fatal state) judged by the
+        age of a transaction left open, else :class:`ProducerFailedError`. librdkafka begins
+        only in its READY state; ``_STATE`` ("Operation not valid in state …", neither
+        retriable nor fatal) means an earlier transaction is not settled — say an abort still
+        in progress (ABORTING_TRANSACTION). Translated as it is, the connector exited 1;
+        retrying cannot help, and a commit or abort here could end that earlier
+        transaction. A new producer's ``init_transactions`` settles it."""
+        err = translate(exc, "begin_transaction", self.txn_id, age_s=self._unsettled_age(),
+                        timeout_s=self.transaction_timeout_s)
+        if isinstance(err, ProducerFencedError | ProducerFailedError | KafkaAccessError):
+            return err
+        return ProducerFailedError(
+            f"{err}: an earlier transaction of this producer is not settled; a new "
+            "producer's init_transactions settles it")
 
     def _real_cause(self, exc: KafkaException, *, producing: bool) -> KafkaException:
         """The error behind one of librdkafka's bare ones, else ``exc``.
@@ -279,18 +319,49 @@ class TransactionalWriter:
             f"({reason}); it stays this producer's call in progress: a new producer's "
             "init_transactions settles the transaction") from last
 
-    def _abort(self) -> KafkaException | None:
-        """Abort the open transaction; the error if that left the producer in its fatal
-        state (a chaos run: records timed out while two broker nodes were paused, then the
-        broker answered the abort with ``INVALID_TXN_STATE``, fatal), else None."""
-        try:
-            self._producer.abort_transaction(self.timeout_s)
-        except KafkaException as exc:
-            log.warning("abort_transaction failed: %s", exc)
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, CKafkaError) and err.fatal():
-                return exc
-        return None
+    def _abort(self) -> KafkaError | None:
+        """Abort the open transaction: None once aborted, else the error to raise — the
+        transaction is not settled, and only a new producer (:meth:`reopen`) goes on.
+
+        A retriable failure (librdkafka: "retriable on timeout"; the broker cut off, the
+        producer left in ABORTING_TRANSACTION) is retried — the call resumes — for
+        ``timeout_s`` of this process's running time (:class:`RunningDeadline`), then raised
+        as :class:`ProducerFailedError`: given up and the producer kept, the next write's
+        ``begin_transaction`` was refused (``_STATE``: exit 1). A fatal failure is raised as
+        :meth:`write` raises it: a fence judged by the age of the transaction (records timed
+        out in a transaction the broker then timed out: the abort's epoch bump fails with
+        the fence's error — a chaos run, a node killed under it; or an abort resumed once a
+        long cut healed), else :class:`ProducerFailedError` (a chaos run: records timed out
+        while two broker nodes were paused, then the broker answered the abort with
+        ``INVALID_TXN_STATE``, fatal). Any other failure leaves the transaction open too:
+        :class:`ProducerFailedError`."""
+        deadline = RunningDeadline(self.timeout_s)
+        while True:
+            wait = deadline.attempt(1.0, 5.0)
+            began = time.monotonic()
+            try:
+                self._producer.abort_transaction(wait)
+                self._unsettled_since = None
+                return None
+            except KafkaException as exc:
+                log.warning("abort_transaction failed: %s", exc)
+                error = translate(exc, "abort_transaction", self.txn_id,
+                                  age_s=self._unsettled_age(),
+                                  timeout_s=self.transaction_timeout_s)
+                if isinstance(error, ProducerFencedError | ProducerFailedError
+                              | KafkaAccessError):  # a refusal: named, exit 64
+                    return error
+                err = exc.args[0] if exc.args else None
+                if not (isinstance(err, CKafkaError) and err.retriable()):
+                    return ProducerFailedError(
+                        f"{error}: the transaction is not settled; a new producer's "
+                        "init_transactions settles it")
+                if deadline.failed():
+                    return ProducerFailedError(
+                        f"{error}: still failing after {self.timeout_s:g}s; the transaction "
+                        "is not settled: a new producer's init_transactions settles it")
+                if time.monotonic() - began < wait / 2:  # answered at once: not in a loop
+                    deadline.sleep(0.5)
 
     def close(self) -> None:
         try:

@@ -404,17 +404,19 @@ def test_a_fatal_error_that_is_not_a_fence_asks_for_a_new_producer() -> None:
 
 @pytest.mark.parametrize("abort_fatal", [True, False])
 def test_an_abort_that_fails_the_producer_is_raised_as_a_failed_producer(abort_fatal) -> None:
+    """Fatal: the chaos run's case, only a new producer goes on. Not fatal (nor retriable):
+    the transaction is not settled all the same — librdkafka's next ``begin_transaction``
+    on this producer is refused (``_STATE``, see :class:`_Librdkafka`) — so a new producer
+    too, whose ``init_transactions`` settles it. (This fake's ``begin_transaction`` always
+    succeeds: the test once took that for a producer still usable.)"""
     from common.settings import KafkaSettings
 
     tw = TransactionalWriter(KafkaSettings.load({}), "tid")
     tw._producer = _FailingAbort(CKafkaError.INVALID_TXN_STATE, abort_fatal)  # type: ignore
     with pytest.raises(KafkaError) as raised:
         tw.write([("t", b"k", b"v", [])])
-    if abort_fatal:   # the chaos run's case: only a new producer goes on
-        assert type(raised.value) is ProducerFailedError
-        assert "abort_transaction" in str(raised.value)
-    else:             # the abort failed, the producer did not: resubscribe with it
-        assert type(raised.value) is KafkaError and raised.value.retryable
+    assert type(raised.value) is ProducerFailedError and raised.value.retryable
+    assert "abort_transaction" in str(raised.value)
 
 
 @pytest.mark.parametrize("open_s", [13.0, 3.0])
@@ -446,6 +448,184 @@ def test_a_fenced_abort_is_told_by_the_transactions_age_too(monkeypatch, open_s)
     else:
         assert type(raised.value) is ProducerFencedError
 
+
+
+class _Librdkafka:
+    """librdkafka's transaction states on the path of a broker cut off while events flow
+    (rdkafka_txnmgr.c), the broker away until ``back_at`` (None: not back). Only
+    ``begin_transaction`` in READY begins (else ``_STATE`` "Operation not valid in state
+    …", neither retriable nor fatal; in FATAL the fatal error). The first ``failing``
+    transactions' records time out: their commit fails abortably after ``commit_s`` (the
+    message timeout). An abort while cut off times out retriably after its timeout and
+    leaves ABORTING_TRANSACTION (calling it again resumes it); once the broker is back, the
+    coordinator has timed out a transaction older than ``transaction_timeout_s`` and bumped
+    the epoch: the resumed abort is fenced (fatal), a younger one is aborted. ``clock``:
+    the fake ``time.monotonic`` it advances (None: real time, nothing advanced)."""
+
+    def __init__(self, clock: list[float] | None = None, *, back_at: float | None = 0.0,
+                 failing: int = 1, commit_s: float = 55.0,
+                 transaction_timeout_s: float = 60.0) -> None:
+        self.clock, self.back_at, self.failing = clock, back_at, failing
+        self.commit_s, self.transaction_timeout_s = commit_s, transaction_timeout_s
+        self.state = "READY"
+        self.transactions = self.aborts = self.inits = 0
+        self.begun_at = 0.0
+        self.produced: list[tuple[str, bytes]] = []
+        self.committed: list[list[tuple[str, bytes]]] = []
+
+    def _now(self) -> float:
+        import time
+        return self.clock[0] if self.clock is not None else time.monotonic()
+
+    def _pass(self, seconds: float) -> None:
+        if self.clock is not None:
+            self.clock[0] += seconds
+
+    def _fenced(self) -> KafkaException:
+        return KafkaException(CKafkaError(
+            CKafkaError._FENCED, "Failed to end transaction: Local: This instance has been "
+            "fenced by a newer instance", fatal=True))
+
+    def init_transactions(self, _timeout: float) -> None:
+        self.inits += 1
+        self.state = "READY"
+
+    def begin_transaction(self) -> None:
+        if self.state == "FATAL":
+            raise self._fenced()
+        if self.state != "READY":
+            raise KafkaException(CKafkaError(
+                CKafkaError._STATE, f"Operation not valid in state {self.state}"))
+        self.state, self.begun_at = "IN_TRANSACTION", self._now()
+        self.transactions += 1
+        self.produced = []
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append((topic, kwargs.get("key")))
+
+    def commit_transaction(self, _timeout: float) -> None:
+        if self.transactions <= self.failing:
+            self._pass(self.commit_s)
+            self.state = "ABORTABLE_ERROR"
+            raise KafkaException(CKafkaError(CKafkaError._MSG_TIMED_OUT,
+                                             "1 message(s) timed out on t [0]",
+                                             txn_requires_abort=True))
+        self.committed.append(self.produced)
+        self.state = "READY"
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+        if self.state == "FATAL":
+            raise self._fenced()
+        if self.back_at is None or self._now() < self.back_at:
+            self._pass(timeout)
+            self.state = "ABORTING_TRANSACTION"
+            raise KafkaException(CKafkaError(CKafkaError._TIMED_OUT,
+                                             "Transactional operation timed out",
+                                             retriable=True))
+        if self._now() - self.begun_at >= self.transaction_timeout_s:
+            self.state = "FATAL"  # the coordinator timed it out: the epoch was bumped
+            raise self._fenced()
+        self.state = "READY"
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+    def purge(self, **_kwargs: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("back_at", [70.0, 90.0, None],
+                         ids=["back-while-aborting", "back-after-the-abort", "still-cut-off"])
+def test_an_abort_cut_off_from_the_broker_asks_for_a_new_producer(monkeypatch, back_at):
+    """Kafka cut off for longer than ~85 s while events flow (Salesforce reachable): the
+    batch's records time out (the commit fails abortably at 55 s), and its abort times out
+    too (librdkafka: retriable, the producer left in ABORTING_TRANSACTION). The abort was
+    given up at once and the producer kept: the next write's ``begin_transaction`` was
+    refused (``_STATE``, not retriable: exit 1), or — the broker back meanwhile — its
+    resumed abort met the broker's fence of the *old* timed-out transaction, judged by the
+    new write's age (~0 s): ``ProducerFencedError``, exit 3, another instance blamed.
+    Either way only a new producer goes on: the abort is retried for the writer's timeout,
+    then raised as a failed producer; a fence is judged by the age of the oldest
+    transaction not settled."""
+    from common.settings import KafkaSettings
+    from connectors import writer as w
+
+    clock = [1000.0]
+    monkeypatch.setattr(w.time, "monotonic", lambda: clock[0])
+    tw = TransactionalWriter(KafkaSettings.load({}), "tid", transaction_timeout_s=60.0)
+    producer = _Librdkafka(clock, back_at=None if back_at is None else 1000.0 + back_at)
+    tw._producer = producer  # type: ignore[assignment]
+    errors: list[KafkaError] = []
+    for _write in range(2):  # the second: the batch redelivered, were the producer kept
+        with pytest.raises(KafkaError) as raised:
+            tw.write([("t", b"k", b"v", []), ("o", b"p", b"pos", [])])
+        errors.append(raised.value)
+        clock[0] += 2.0      # the resubscribe's backoff
+    first, second = errors
+    for err in (second, first):  # never exit 3 (not fenced) nor exit 1 (not fatal)
+        assert isinstance(err, ProducerFailedError | TransactionTimedOutError), repr(err)
+        assert err.retryable
+    if back_at == 70.0:  # the abort resumed once the broker was back: fenced at 70 s
+        assert isinstance(first, TransactionTimedOutError) and first.age_s == 70.0
+        assert producer.aborts > 1
+    else:                # no answer for the writer's 30 s: a new producer settles it
+        assert type(first) is ProducerFailedError and "abort_transaction" in str(first)
+        assert 1000.0 + 55.0 + 30.0 <= clock[0] - 2.0 <= 1000.0 + 55.0 + 36.0
+    assert tw.transactions == 0 and not producer.committed
+
+
+def test_a_failed_abort_is_written_once_by_a_new_producer_through_the_connector(
+        monkeypatch) -> None:
+    """Through the connector's loop, the broker cut off for the old producer: its abort
+    never answers. The connector does not exit: a new producer (``init_transactions``
+    settles the old transaction), the position read again, the batch fetched again and
+    committed once, with its position, in one transaction."""
+    from connectors import writer as w
+    from connectors.decode import KafkaRecord
+    from connectors.pubsub.client import StreamEnded
+    from connectors.source import EXIT_OK
+    from tests.connectors.test_source_loop import FakeSubscription, make
+
+    stored = Position(b"\x00", EVENT, 1_700_000_000_000, "u-0")
+    producers = [_Librdkafka(back_at=None), _Librdkafka(failing=0)]
+    created: list[_Librdkafka] = []
+
+    def new_producer(_config: Any) -> _Librdkafka:
+        created.append(producers[len(created)])
+        return created[-1]
+    conn = make(backoff_initial_s=0.01, backoff_max_s=0.02)
+    monkeypatch.setattr(w, "Producer", new_producer)
+    conn.writer = TransactionalWriter(conn.kafka, "tid", timeout_s=0.3)
+    loads: list[int] = []
+
+    def load_position(*_a: Any, **_kw: Any) -> Position:
+        loads.append(len(created))  # which producer had been started when it was read
+        return stored
+    monkeypatch.setattr("connectors.source.load_position", load_position)
+    monkeypatch.setattr("connectors.source.load_last_gap", lambda *_a, **_kw: None)
+    events = [KafkaRecord(key=b"801", value=b"v", headers=[], event_uuid=f"u-{i}",
+                          replay_id=bytes([i]), order_id="801") for i in (1, 2)]
+    subscribed: list[tuple[str, bytes | None]] = []
+
+    def subscribe(preset: str, replay_id: bytes | None) -> FakeSubscription:
+        subscribed.append((preset, replay_id))
+        if len(subscribed) > 2:
+            return FakeSubscription()  # quiet until run()'s timeout
+        return FakeSubscription([SimpleNamespace(events=events), StreamEnded(None)])
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    code = conn.run(timeout_s=2.0)
+    assert code == EXIT_OK
+    old, new = producers
+    assert created == [old, new] and old.aborts >= 2 and new.inits == 1
+    assert loads == [1, 2]  # the position read again after the new producer started
+    assert subscribed[:2] == [("CUSTOM", b"\x00"), ("CUSTOM", b"\x00")]
+    assert not old.committed and len(new.committed) == 1
+    assert [key for _t, key in new.committed[0]] == [b"801", b"801", conn.codec.key]
+    assert conn.position is not None and conn.position.replay_id == b"\x02"
 
 
 class _ErroneousState:
