@@ -223,7 +223,11 @@ def read_topic(kafka: KafkaSettings, topic: str, schema: str, keys: set[str], si
 
 
 def _consumer(kafka: KafkaSettings, client: dict[str, Any] | None = None) -> Consumer:
+    # ``earliest``: a start that retention deleted (between the look-up and the fetch) reads
+    # on from the log start, whose records are all that is left. librdkafka's default jumped
+    # to the end: the next record written took the position past it, and the records still
+    # there were never read (their Orders looked request-less and were re-requested).
     return Consumer(kafka_config(kafka, **{
         "group.id": f"sfprov-reconcile-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "isolation.level": "read_committed",
-        "enable.partition.eof": False, **(client or {})}))
+        "auto.offset.reset": "earliest", "enable.partition.eof": False, **(client or {})}))

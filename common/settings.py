@@ -58,6 +58,10 @@ INTENT_RENEW_BEFORE_S = 1.0
 SINK_MAX_POLL_INTERVAL_MS = 300_000
 #: Salesforce sends a quiet subscription a keepalive "at least every 270 s" (REFERENCE §1)
 PUBSUB_KEEPALIVE_S = 270.0
+#: the longest "Activating for at least" a reconciliation pass takes (10 years): beyond it no
+#: Order is old enough, and far beyond it the pass's SOQL datetime is out of range (every
+#: pass failed); ``sfprov reconcile --older-than`` has the same limit (ops.cli.duration_s)
+RECONCILE_OLDER_THAN_MAX_S = 315_360_000.0
 #: what the worker appends to its app id (with the topic prefix) for the topics it makes:
 #: its tables' changelogs (common.kafka.changelog_topics) and faust's leader topic
 #: (ops.acls.worker_topics)
@@ -525,9 +529,10 @@ class ConnectorSettings(_Section):
                                           "never; a recorded replay gap still triggers a "
                                           "pass).")
     reconcile_older_than_s: float = env("CONNECTOR_RECONCILE_OLDER_THAN_S", 900.0,
-                                        parse=parse_float,
+                                        parse=parse_non_negative_float,
                                         doc="The periodic pass re-requests only Orders "
-                                            "Activating (unchanged) for at least this long.")
+                                            "Activating (unchanged) for at least this long "
+                                            "(0 to 315360000 = 10 years).")
     reconcile_max_per_pass: int = env("CONNECTOR_RECONCILE_MAX_PER_PASS", 100,
                                       parse=parse_positive_int,
                                       doc="Most Orders one reconciliation pass re-requests "
@@ -540,6 +545,10 @@ class ConnectorSettings(_Section):
         # (15 min by default) at init_transactions.
         if not 1.0 <= self.transaction_timeout_s <= 900.0:
             raise ConfigError("CONNECTOR_TRANSACTION_TIMEOUT_S: between 1 and 900 seconds")
+        if not 0 <= self.reconcile_older_than_s <= RECONCILE_OLDER_THAN_MAX_S:
+            raise ConfigError(f"CONNECTOR_RECONCILE_OLDER_THAN_S: at most "
+                              f"{RECONCILE_OLDER_THAN_MAX_S:.0f} s (10 years) and not "
+                              f"negative, got {self.reconcile_older_than_s:g}")
         if self.backoff_initial_s > self.backoff_max_s:
             raise ConfigError(f"SF_PUBSUB_BACKOFF_INITIAL_S: at most SF_PUBSUB_BACKOFF_MAX_S "
                               f"({self.backoff_max_s:g})")

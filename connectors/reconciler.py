@@ -28,11 +28,13 @@ Division of work: a thread of its own queries Salesforce and reads the topics (s
 the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` each turn,
 which writes a finished plan's requests (at most ``CONNECTOR_RECONCILE_MAX_PER_PASS``, oldest
 first; the rest wait for the next pass) in one transaction, then logs each re-request
-(``order_id``, ``re-requested``) and counts them. They show in ``sfprov trace`` as events
-``RequestedBy__c = sfprov reconciler (gap|periodic)``. A write that fails retryably (a
-broker blip, a transaction timed out) keeps the plan, with the very records it tried, for
-the loop's next turn: the gap that planned it is no longer pending, and with
-``CONNECTOR_RECONCILE_INTERVAL_S=0`` no later pass would find those Orders.
+(``order_id``, ``re-requested``) and counts them. No pass is planned while a plan waits for
+that write or is being written (until its transaction commits, a read_committed pass does not
+see its re-requests and planned the same Orders again): a pass due meanwhile runs after it.
+They show in ``sfprov trace`` as events ``RequestedBy__c = sfprov reconciler (gap|periodic)``.
+A write that fails retryably (a broker blip, a transaction timed out) keeps the plan, with
+the very records it tried, for the loop's next turn: the gap that planned it is no longer
+pending, and with ``CONNECTOR_RECONCILE_INTERVAL_S=0`` no later pass would find those Orders.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ class Reconciler:
         self._requested: dict[str, int] = {}  # Order → re-requests written by this process
         # (trigger, orders, their records once built: a retry writes the same ones) to write
         self._ready: tuple[str, list[str], list[Record] | None] | None = None
-        self._lock = threading.Lock()
+        # a plan taken out of _ready is being written: its transaction is open, and a
+        # read_committed pass would not see its re-requests (it planned them again)
+        self._writing = False
+        self._lock = threading.Lock()  # _ready, _writing and _requested's keys
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
@@ -132,8 +137,9 @@ class Reconciler:
         the connector's loop (a non-retryable Kafka error ends the connector anyway)."""
         with self._lock:
             ready, self._ready = self._ready, None
-        if not ready:
-            return 0
+            if not ready:
+                return 0
+            self._writing = True  # until the write ends: the planning thread waits (_run)
         trigger, orders, records = ready
         try:
             if records is None:
@@ -142,6 +148,9 @@ class Reconciler:
                                           requested_by=f"sfprov reconciler ({trigger})",
                                           now_ms=now_ms, serde=self._serde) for oid in orders]
             write(records)
+            with self._lock:  # counted before the next pass can be planned
+                for oid in orders:
+                    self._requested[oid] = self._requested.get(oid, 0) + 1
         except Exception as exc:
             if getattr(exc, "retryable", False):
                 with self._lock:
@@ -155,8 +164,9 @@ class Reconciler:
                           "the next pass finds the Orders again", trigger, len(orders), exc,
                           extra={"cause": trigger})
             raise
-        for oid in orders:
-            self._requested[oid] = self._requested.get(oid, 0) + 1
+        finally:
+            with self._lock:
+                self._writing = False
         REQUESTS.labels(trigger).inc(len(records))
         for oid in orders:
             log.warning("stranded Order re-requested (%s pass)", trigger,
@@ -173,8 +183,13 @@ class Reconciler:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if self._ready is not None:
-                continue  # the loop has not written the last plan yet
+            with self._lock:
+                # the loop has not written the last plan yet, or is writing it: its
+                # transaction still open, a pass would not see its re-requests and plan
+                # the same Orders again (the pass runs once the write is done)
+                busy = self._ready is not None or self._writing
+            if busy:
+                continue
             trigger = "periodic"
             try:
                 if self._gap_at is not None and self._gap_settled():
@@ -218,8 +233,9 @@ class Reconciler:
         LAST_PASS.labels(trigger).set(time.time())
         STRANDED.labels(trigger).set(len(plan.stranded))
         if trigger == "periodic":  # forget Orders no longer Activating (the dict's bound)
-            self._requested = {oid: n for oid, n in self._requested.items()
-                               if oid in plan.candidates}
+            with self._lock:
+                self._requested = {oid: n for oid, n in self._requested.items()
+                                   if oid in plan.candidates}
         eligible = self._eligible(plan)
         chosen = self._limit(plan, eligible)
         if trigger == "gap" and len(chosen) < len(eligible):

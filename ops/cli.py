@@ -19,7 +19,12 @@ from confluent_kafka import KafkaException
 
 from common.envparse import environment, exits_64_on_config_error
 from common.errors import ConfigError, PipelineError
-from common.settings import KafkaSettings, SinkSettings, WorkerSettings
+from common.settings import (
+    RECONCILE_OLDER_THAN_MAX_S,
+    KafkaSettings,
+    SinkSettings,
+    WorkerSettings,
+)
 
 
 class EnvDefault(str):
@@ -84,17 +89,26 @@ def sink_group(args: argparse.Namespace) -> str:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: the longest duration an option takes (10 years: the connector's limit of
+#: CONNECTOR_RECONCILE_OLDER_THAN_S too)
+MAX_DURATION_S = RECONCILE_OLDER_THAN_MAX_S
 
 
 def duration_s(text: str) -> float:
     """``30m``, ``2h``, ``1d``, ``90s`` or bare seconds → seconds; ValueError for anything
     else, a negative or a non-finite amount (``replay --from-time -6h``, ``reconcile
-    --older-than 15m``)."""
+    --older-than 15m``). More than :data:`MAX_DURATION_S`: an ``ArgumentTypeError`` naming
+    the limit (an option's parser passes it on as the usage error), not a ValueError that
+    it would word as "expected a duration" — ``--older-than 1e9d`` ended in a traceback
+    (its SOQL datetime out of range), ``--writeback-wait 1e12`` in ``time.sleep``'s."""
     text = text.strip()
     unit = _UNITS.get(text[-1:])
     seconds = float(text[:-1]) * unit if unit else float(text)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"not a duration: {text!r}")
+    if seconds > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than the limit of "
+                                         f"{MAX_DURATION_S:.0f} s (10 years)")
     return seconds
 
 

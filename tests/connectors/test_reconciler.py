@@ -313,3 +313,64 @@ def test_two_gaps_not_yet_passed_are_passed_once_up_to_the_later(monkeypatch):
     r.gap_recorded()
     r.gap_recorded(at=1_000.0)
     assert r._gap_at == 2_000.0
+
+
+def test_a_pass_due_while_a_plan_is_being_written_waits_for_the_write(monkeypatch):
+    """The plan left ``_ready`` when its write began, so the planning thread planned again
+    while that transaction was open — and a read_committed reader does not see its
+    re-requests yet: the same Orders were planned and written twice (counted twice: the
+    "re-requested 3 times" error after two real attempts). The pass waits for the write and
+    runs after it, finding the Orders requested."""
+    import threading
+
+    oid = "801000000000001AAA"
+    clock = [0.0]
+    committed: set[str] = set()  # what a read_committed reader sees
+    passes: list[float] = []
+
+    def find_stranded(*_a, **_kw):
+        passes.append(clock[0])
+        return Plan(activating=1, no_request=[] if oid in committed else [oid],
+                    candidates={oid: {"LastModifiedDate": "2026-01-01T00:00:00.000+0000"}})
+    r = make(monkeypatch, Plan())
+    monkeypatch.setattr(rec, "find_stranded", find_stranded)
+    r._clock = lambda: clock[0]
+
+    def one_turn() -> None:
+        """One turn of the planning thread (``_run``), the periodic pass due in it."""
+        waits = [0]
+
+        def wait(timeout=None):
+            clock[0] += r.settings.reconcile_interval_s + 1.0
+            waits[0] += 1
+            if waits[0] > 1:
+                r._stop.set()
+            return True
+        monkeypatch.setattr(r._wake, "wait", wait)
+        r._stop.clear()
+        r._run()
+
+    r._pass("periodic", older_than_s=0.0)
+    entered, release = threading.Event(), threading.Event()
+    writes: list[int] = []
+
+    def slow_write(records):  # the connector's transaction, open for a while
+        entered.set()
+        assert release.wait(10)
+        writes.append(len(records))
+        committed.add(oid)
+    writer = threading.Thread(target=r.write_due, args=(slow_write,))
+    writer.start()
+    try:
+        assert entered.wait(10)
+        one_turn()  # the periodic timer is due while the transaction is open
+        assert len(passes) == 1, "a pass planned while the last plan was being written"
+    finally:
+        release.set()
+        writer.join(10)
+    assert r.write_due(slow_write) == 0
+    one_turn()  # the pass put off runs now, and finds the Order requested
+    assert len(passes) == 2
+    assert r.write_due(slow_write) == 0
+    assert writes == [1]
+    assert r._requested[oid] == 1

@@ -295,6 +295,21 @@ def test_a_negative_lookup_grace_is_refused():
     assert WorkerSettings.load({"WORKER_LOOKUP_GRACE_S": "0"}).lookup_grace_s == 0
 
 
+def test_the_reconcile_age_is_not_negative_nor_beyond_ten_years():
+    # -900 re-requested brand-new Activating Orders on every periodic pass; 1e12 made every
+    # pass fail ("year out of range" building its SOQL)
+    name = "CONNECTOR_RECONCILE_OLDER_THAN_S"
+    with pytest.raises(ConfigError, match=f"^{name}: invalid value: must be >= 0"):
+        ConnectorSettings.load({name: "-900"})
+    for huge in ("1e12", "315360001"):
+        with pytest.raises(ConfigError, match=f"^{name}: at most 315360000 s \\(10 years\\)"):
+            ConnectorSettings.load({name: huge})
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        ConnectorSettings.load({}, reconcile_older_than_s=-1.0)
+    for edge in ("0", "315360000"):
+        assert ConnectorSettings.load({name: edge}).reconcile_older_than_s == float(edge)
+
+
 def test_the_ownership_lease_outlasts_a_heartbeat_round_and_an_intent_renewal():
     # session 30 s: heartbeats every 3 s, an intent renewed with under 1 s left → 4 s floor;
     # a 1 ms lease was never valid once a heartbeat's answer came back: every write waited

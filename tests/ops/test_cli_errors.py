@@ -108,6 +108,34 @@ def test_a_bad_env_default_stops_only_its_command(variable, value, argv, option)
         assert fine.stdout and not fine.stderr, (other, fine.stderr)
 
 
+def test_an_older_than_beyond_ten_years_is_a_usage_error_naming_the_limit(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--older-than 1e9d`` ended in a traceback ("year out of range", building the pass's
+    SOQL) once Salesforce answered."""
+    from ops import cli, cmd_orders
+
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
+    monkeypatch.setenv("SFPROV_STATE_DIR", "/nonexistent")
+
+    class Salesforce:  # Orders Activating, none older: the pass would go on to Kafka
+        def count(self, _soql: str) -> int:
+            return 3
+
+        def query(self, _soql: str) -> list[dict[str, str]]:
+            return []
+    monkeypatch.setattr(cmd_orders, "_sf", Salesforce)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["-b", f"127.0.0.1:{free_port()}", "reconcile", "--older-than", "1e9d",
+                  "--dry-run"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "sfprov reconcile: error: argument --older-than: '1e9d' is more than the limit of "
+        "315360000 s (10 years)")
+    assert duration_arg("3650d") == "3650d"  # the limit itself
+
+
 def test_the_option_parsers():
     assert partition_offset_arg("2:17") == (2, 17)
     assert partition_offset_arg(" 0:0 ") == (0, 0)
