@@ -275,8 +275,8 @@ class Worker:
                 await self.emitter.send_dead_letter(item)
                 metrics.DEAD_LETTERS.labels(item.error_code or item.error_class).inc()
                 return True
-            self.lanes.run_alone(Admitted(rec.partition, rec.offset, message, dead,
-                                          generation=rec.generation))
+            await self.lanes.run_alone(Admitted(rec.partition, rec.offset, message, dead,
+                                                generation=rec.generation))
             return
 
         async def work(event: Event = item) -> bool:

@@ -7,7 +7,11 @@ Order's work one item at a time and ends when it is empty; an Order whose WHMCS 
 holds its own lane and its partition's commit point (:mod:`streams.checkpoint`), nothing
 else — later Orders on the same partition are decided, provisioned and sent meanwhile. A
 partition whose uncommitted span grows past ``partition_window`` offsets (one hung Order
-and many finished after it) is paused until it shrinks to half (memory bound).
+and many finished after it) is paused until it shrinks to half (memory bound). A dead letter
+(:meth:`Lanes.run_alone`) needs no lane but is admitted the same way — it waits for room,
+counts in the window and its partition's span, holds the commit point until the broker took
+it, and a stop (:meth:`Lanes.drain`) waits for it: a run of undecodable records while the
+dead-letter topic refuses writes must not take events in without bound.
 
 Every admitted event ends in exactly one of: **finished** (the handler acknowledged its
 outcome or dead letter, or it needed none — the checkpoint may commit past it), **fenced**
@@ -76,6 +80,7 @@ class Lanes:
         self._on_crash = on_crash
         self._lanes: dict[str, deque[Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._alone: set[asyncio.Task[None]] = set()  # dead letters being sent (run_alone)
         self._events: dict[int, Admitted] = {}  # id() → admitted events not yet done
         self._room = asyncio.Event()
         self._room.set()
@@ -109,22 +114,39 @@ class Lanes:
 
     async def admit(self, order_id: str, item: Admitted) -> None:
         """Into ``order_id``'s lane; waits while the window is full."""
+        if await self._take(item):
+            self._enqueue(order_id, item)
+
+    async def run_alone(self, item: Admitted) -> None:
+        """An event that needs no lane (a dead letter): admitted as :meth:`admit` admits —
+        it waits while the window is full, counts in its partition's span (and pauses it),
+        holds the commit point until its work finished — and handled on its own, in a task
+        :meth:`drain` waits for."""
+        if await self._take(item):
+            task = asyncio.ensure_future(self._guarded(self._run_one(item)))
+            self._alone.add(task)
+            task.add_done_callback(self._alone.discard)
+
+    async def _take(self, item: Admitted) -> bool:
+        """Take ``item`` into the window once there is room (the agent waits here: faust
+        stops fetching); False when it was released instead (its generation was revoked).
+        Raises what crashed the lanes."""
         while len(self._events) >= self.max_in_flight:
             self._room.clear()
             await self._room.wait()
         if self.crashed is not None:
             raise self.crashed
         if self._revoked(item):
-            return
+            return False
         item.epoch = self.checkpoint.admitted(item.partition, item.offset)
         self._events[id(item)] = item
-        self._enqueue(order_id, item)
         if self.checkpoint.span(item.partition) > self.partition_window and \
                 item.partition not in self._paused:
             self._paused.add(item.partition)
             log.info("partition %d paused: %d offsets uncommitted behind an unfinished event",
                      item.partition, self.checkpoint.span(item.partition))
             self._pause({item.partition})
+        return True
 
     def revoked(self, generation: int | None) -> bool:
         """Events fetched in ``generation`` were revoked: released, never run (see the
@@ -141,14 +163,6 @@ class Lanes:
             return True
         self._newest_generation = max(self._newest_generation, generation)
         return False
-
-    def run_alone(self, item: Admitted) -> None:
-        """An event that needs no lane (a dead letter): admitted, handled on its own."""
-        if self._revoked(item):
-            return
-        item.epoch = self.checkpoint.admitted(item.partition, item.offset)
-        self._events[id(item)] = item
-        asyncio.ensure_future(self._guarded(self._run_one(item)))
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
@@ -299,7 +313,7 @@ class Lanes:
     async def drain(self, timeout_s: float) -> int:
         """Stopping: let admitted events finish for up to ``timeout_s``; returns how many
         were left unfinished (then released by :meth:`revoke`)."""
-        tasks = [t for t in self._tasks.values() if not t.done()]
+        tasks = [t for t in [*self._tasks.values(), *self._alone] if not t.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)
         return len(self._events)

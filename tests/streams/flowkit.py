@@ -99,7 +99,7 @@ class Kit:
                 async def dead(letter: DeadLetter = letter) -> bool:
                     await self.emitter.send_dead_letter(letter)
                     return True
-                self.lanes.run_alone(Admitted(rec.partition, rec.offset, object(), dead))
+                await self.lanes.run_alone(Admitted(rec.partition, rec.offset, object(), dead))
                 continue
 
             async def work(event: Any = item, rec: RawRecord = rec) -> bool:

@@ -171,7 +171,7 @@ def test_an_event_of_a_revoked_generation_admitted_after_the_revoke_is_released_
         blocked = not waiting.done()
         lanes.revoke()
         await asyncio.wait_for(waiting, 1)  # returns at once: no lease to wait for
-        lanes.run_alone(Admitted(0, 2, "m2", work("m2"), generation=3))
+        await lanes.run_alone(Admitted(0, 2, "m2", work("m2"), generation=3))
         in_flight_after_revoke = lanes.in_flight
         gate.set()
         await lanes.admit("C", Admitted(0, 5, "m5", work("m5"), generation=4))
@@ -321,7 +321,7 @@ def test_an_event_of_the_generation_being_revoked_is_released_though_none_came_b
         lanes.revoke(through=4)  # generation 4 current; none of its events seen yet
         await asyncio.wait_for(
             lanes.admit("B", Admitted(0, 1, "m1", work("m1", never), generation=4)), 1)
-        lanes.run_alone(Admitted(0, 2, "m2", work("m2", never), generation=4))
+        await lanes.run_alone(Admitted(0, 2, "m2", work("m2", never), generation=4))
         await asyncio.sleep(0.05)
         in_flight = lanes.in_flight
         revoked = (lanes.revoked(3), lanes.revoked(4), lanes.revoked(5), lanes.revoked(None))
@@ -333,3 +333,82 @@ def test_an_event_of_the_generation_being_revoked_is_released_though_none_came_b
     assert released[:3] == ["m0", "m1", "m2"]
     assert ran == ["m0", "m3"]  # m1 and m2 never ran; generation 5's event did
     assert revoked == (True, True, False, False)
+
+
+def test_dead_letters_wait_for_room_and_count_in_the_partitions_span():
+    """A run of undecodable records while the dead-letter topic refuses writes: each dead
+    letter was taken in at once (the agent never waited), so in-flight events, held messages
+    and uncommitted offsets grew without bound — ``max_in_flight`` and the partition window
+    ignored. They wait for room as events do, count in the span, and hold the commit point
+    until sent."""
+    commits: list[dict[int, int]] = []
+
+    def read(wanted):
+        base = {p: commits[-1].get(p, 0) if commits else 0 for p in wanted}
+        return {p: (base[p], list(range(base[p], end))) for p, end in wanted.items()}
+
+    async def commit(offsets):
+        commits.append(dict(offsets))
+        return True
+
+    async def go():
+        checkpoint = Checkpoint(read, commit=commit, seek=lambda _p, _o: None)
+        paused: list[set[int]] = []
+        resumed: list[set[int]] = []
+        lanes = Lanes(checkpoint, lambda _m: None, max_in_flight=2, partition_window=3,
+                      pause=paused.append, resume=resumed.append)
+        gate = asyncio.Event()  # the dead-letter topic takes writes again
+        sent: list[int] = []
+
+        def dead(offset: int):
+            async def work() -> bool:
+                await gate.wait()
+                sent.append(offset)
+                return True
+            return work
+
+        async def agent() -> None:
+            for offset in range(10):
+                await lanes.run_alone(Admitted(0, offset, f"m{offset}", dead(offset),
+                                               generation=1))
+        feeding = asyncio.ensure_future(agent())
+        await asyncio.sleep(0.05)
+        held = (lanes.in_flight, feeding.done(), checkpoint.unfinished())
+        await checkpoint.commit()
+        committed_while_held = list(commits)
+        gate.set()
+        await asyncio.wait_for(feeding, 1)
+        while lanes.in_flight:
+            await asyncio.sleep(0.01)
+        paused_after = list(paused)
+        await checkpoint.commit()
+        lanes.committed()
+        return held, committed_while_held, paused_after, sent, commits, resumed
+    held, committed_while_held, paused, sent, commits, resumed = asyncio.run(go())
+    assert held == (2, False, 2)  # two in flight; the agent waits for room
+    assert committed_while_held == []  # nothing past a dead letter not yet sent
+    assert paused == [{0}]  # the finished ones behind the commit point count in the span
+    assert sorted(sent) == list(range(10))
+    assert commits[-1] == {0: 10} and resumed == [{0}]
+
+
+def test_a_stop_waits_for_a_dead_letter_being_sent():
+    """On SIGTERM the drain waited only for the lanes: a dead letter being sent was left to
+    the revoke (released, not committed) and redelivered — dead-lettered twice."""
+    async def go():
+        released: list[object] = []
+        checkpoint = Checkpoint(lambda w: {}, commit=lambda o: asyncio.sleep(0, True),
+                                seek=lambda _p, _o: None)
+        lanes = Lanes(checkpoint, released.append)
+        sent: list[str] = []
+
+        async def dead() -> bool:
+            await asyncio.sleep(0.2)
+            sent.append("m0")
+            return True
+        await lanes.run_alone(Admitted(0, 0, "m0", dead, generation=1))
+        left = await lanes.drain(1.0)
+        return left, sent, released, checkpoint
+    left, sent, released, checkpoint = asyncio.run(go())
+    assert left == 0 and sent == ["m0"] and released == ["m0"]
+    assert checkpoint.unfinished() == 0
