@@ -2,7 +2,8 @@
 :mod:`common.settings`.
 
 :func:`env` declares a section's field (its variable, parser, doc, whether it is secret or
-required) and :func:`read_field` reads it from a mapping: unset or empty is the default (or
+required) and :func:`read_field` reads it from a mapping: unset, empty or blank (only
+whitespace) is the default (or
 a :class:`~common.errors.ConfigError` when required), a value its parser refuses is a
 ConfigError naming the variable. The ``parse_*`` functions and :func:`choice` are those
 parsers; :class:`Secret` holds a value that never prints. The values come from
@@ -28,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from common.errors import ConfigError
 
@@ -91,11 +92,13 @@ UNSET: Any = object()
 
 
 def read_field(f: dataclasses.Field[Any], src: Mapping[str, str]) -> Any:
-    """Field ``f`` parsed from ``src``; ``UNSET`` when not set (its default applies)."""
+    """Field ``f`` parsed from ``src``; ``UNSET`` when not set (its default applies). A
+    blank value (``" "``) is not set either: ``parse_bool`` read it as false, so
+    ``KAFKA_SSL_ENDPOINT_IDENTIFICATION=" "`` turned a check off that ``""`` kept on."""
     meta = f.metadata
     name = meta["env"]
     raw = src.get(name)
-    if raw is None or raw == "":
+    if raw is None or not raw.strip():
         if meta["required"]:
             raise ConfigError(f"{name}: required setting is not set ({meta['doc']})")
         return UNSET
@@ -110,7 +113,7 @@ def parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off", ""):
+    if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"expected true/false, got {raw!r}")
 
@@ -119,6 +122,13 @@ def parse_positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
     return value
 
 
@@ -152,6 +162,27 @@ def parse_port(raw: str) -> int:
     return value
 
 
+def parse_fixed_port(raw: str) -> int:
+    """A TCP port that must be one, 1-65535 (a broker's, a sandbox's: others connect to it)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535, got {raw.strip()!r}")
+    return value
+
+
+def parse_host_list(raw: str) -> str:
+    """A comma-separated list of ``host:port`` (Kafka's bootstrap servers), the blanks
+    around each dropped. An empty item (``kafka1:9092,kafka2:9092,``) is refused: faust made
+    ``kafka://`` of it, which it reads as 127.0.0.1:9092."""
+    items = [item.strip() for item in raw.split(",")]
+    if not all(items):
+        raise ValueError(f"an empty item in the comma-separated list {raw.strip()!r}")
+    return ",".join(items)
+
+
 _HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
 
 
@@ -173,15 +204,40 @@ def parse_host_port(raw: str) -> str:
     return value
 
 
+#: what a message says instead of a URL that may hold credentials (an '@' in it)
+_NOT_SHOWN = "(value not shown: it holds credentials)"
+
+
+def _past_authority(parts: SplitResult, char: str) -> bool:
+    """``char`` is in the path, query or fragment of ``parts``."""
+    return char in parts.path or char in parts.query or char in parts.fragment
+
+
 def parse_http_url(raw: str) -> str:
-    """An ``http(s)://host[...]`` URL: without its scheme, ``host/path`` parses as a path
-    (httpx: ``UnsupportedProtocol``; the registry: credentials read as a scheme)."""
+    """An ``http(s)://host[:port][...]`` URL: without its scheme, ``host/path`` parses as a
+    path (httpx: ``UnsupportedProtocol``; the registry: credentials read as a scheme). The
+    port is 1-65535 when given (``:808l``, ``:99999`` ended in httpx's ``InvalidURL`` at the
+    first call: a traceback, restarted for ever). Credentials must be percent-encoded: in
+    ``https://KEY:ab/cd@host`` the ``/`` ends the authority, the host read is ``KEY`` and its
+    port ``ab`` (a piece of the password in httpx's error). A value with an ``@`` is never
+    quoted in a message."""
     value = raw.strip()
-    parts = urlsplit(value)
+    shown = f" {_NOT_SHOWN}" if "@" in value else f", got {value!r}"
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unclosed "[" of an IPv6 address
+        raise ValueError(f"not a URL{shown}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}"
-                         if "@" not in value else "expected an http:// or https:// URL with "
-                         "a host (value not shown: it holds credentials)")
+        raise ValueError(f"expected an http:// or https:// URL with a host{shown}")
+    if _past_authority(parts, "@"):
+        raise ValueError("an '@' after the host part: percent-encode the credentials ('/' "
+                         f"as %2F, '#' as %23, '?' as %3F) {_NOT_SHOWN}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or beyond 65535; its text quotes the port
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535{shown}")
     return value
 
 
@@ -222,11 +278,18 @@ def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
 
 def hide_userinfo(url: str) -> str:
     """``url`` with the credentials of its authority (``https://KEY:SECRET@host``) shown as
-    ``***``: for a repr, never for use."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    ``***``: for a repr, never for use. A value :func:`parse_http_url` refuses (an ``@``
+    past the authority: ``https://KEY:ab/cd@host``) is masked up to its last ``@``."""
+    if "@" not in url:
         return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None and not _past_authority(parts, "@"):
+        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}{sep}***@{url.rpartition('@')[2]}"
 
 
 def choice(*options: str) -> Callable[[str], str]:

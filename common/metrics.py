@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import socket
 import threading
 import time
 import weakref
@@ -43,6 +44,19 @@ def reads_while_alive(owner: T, read: Callable[[T], float],
     return value
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    """The server on an IPv6 address (``ThreadingHTTPServer`` is IPv4 only: ``::1`` was a
+    ``socket.gaierror`` at start, exit 1, restarted for ever). On ``::`` it takes IPv4
+    connections too, as ``0.0.0.0`` would, whatever the system's ``bindv6only``."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class HealthServer:
     def __init__(self, port: int, health: HealthCheck, *, live: HealthCheck | None = None,
                  host: str = "127.0.0.1") -> None:
@@ -50,7 +64,9 @@ class HealthServer:
         self._live = live or (lambda: (True, {}))
         self.host = host
         handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
+        bare = host.strip().removeprefix("[").removesuffix("]")  # "[::1]", as a URL has it
+        server = _IPv6Server if ":" in bare else ThreadingHTTPServer
+        self._server = server((bare, port), handler)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",
@@ -94,8 +110,11 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
+        host = self.host.strip()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         log.info("metrics and probes on http://%s:%d/metrics /livez /readyz (/healthz)",
-                 self.host, self.port)
+                 host, self.port)
         return self
 
     def stop(self) -> None:

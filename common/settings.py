@@ -34,9 +34,11 @@ from common.envparse import (
     parse_base64_key,
     parse_bool,
     parse_float,
+    parse_host_list,
     parse_host_port,
     parse_http_url,
     parse_non_negative_float,
+    parse_non_negative_int,
     parse_plain_http_url,
     parse_port,
     parse_positive_float,
@@ -99,7 +101,8 @@ class _Section:
             if not f.repr:
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, str) and f.metadata.get("parse") is parse_http_url:
+            if isinstance(value, str) and f.metadata.get("parse") in (parse_http_url,
+                                                                      parse_plain_http_url):
                 value = hide_userinfo(value)
             shown.append(f"{f.name}={value!r}")
         return f"{type(self).__qualname__}({', '.join(shown)})"
@@ -151,7 +154,9 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class KafkaSettings(_Section):
     bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
-                                 doc="Kafka bootstrap servers.")
+                                 parse=parse_host_list,
+                                 doc="Kafka bootstrap servers, comma-separated (no empty "
+                                     "item).")
     topic_prefix: str = env("KAFKA_TOPIC_PREFIX", "",
                             doc="Prefix for every topic and consumer group name "
                                 "(isolates environments and tests): letters, digits, '.', "
@@ -352,13 +357,25 @@ class KafkaSettings(_Section):
         return self.topic(self.replay_gaps_topic)
 
 
+_API_VERSION = re.compile(r"\d+\.\d+")
+
+
+def parse_api_version(raw: str) -> str:
+    """``SF_API_VERSION``: ``62.0``. The paths add the ``v`` (``/services/data/v62.0/``):
+    ``v62.0`` built ``/vv62.0/``, a 404 on every call."""
+    value = raw.strip()
+    if not _API_VERSION.fullmatch(value):
+        raise ValueError(f"expected the version number alone, e.g. 62.0, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class SalesforceSettings(_Section):
     login_url: str = env("SF_LOGIN_URL", "https://login.salesforce.com",
                          parse=parse_http_url,
                          doc="OAuth login URL (login/test.salesforce.com, My Domain, or the "
-                             "sandbox). Credentials in it (https://user:password@host, for "
-                             "a gateway in front of it) are sent as Basic authentication and "
+                             "sandbox). Credentials in it (https://user:password@host, "
+                             "percent-encoded, for a gateway in front of it) are sent as Basic authentication and "
                              "kept out of the JWT `aud` and of every message.")
     client_id: str = env("SF_CLIENT_ID", doc="Connected app consumer key (JWT `iss`).")
     username: str = env("SF_USERNAME", doc="Integration user (JWT `sub`).")
@@ -374,7 +391,9 @@ class SalesforceSettings(_Section):
                             "or for a My Domain SF_LOGIN_URL to https://login.salesforce.com "
                             "(https://test.salesforce.com for a sandbox's or scratch org's "
                             "My Domain): Salesforce refuses a My Domain audience.")
-    api_version: str = env("SF_API_VERSION", "62.0", doc="REST API version.")
+    api_version: str = env("SF_API_VERSION", "62.0", parse=parse_api_version,
+                           doc="REST API version, as in /services/data/v62.0/: the number "
+                               "alone (62.0).")
     ca_bundle: str = env("SF_CA_BUNDLE", "",
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
                              "(the sandbox's certificate; PEM, checked at start).")
@@ -503,7 +522,8 @@ class ConnectorSettings(_Section):
                              "response (≤ 100 events) is never split, so up to 99 more.")
     max_buffered: int = env("CONNECTOR_MAX_BUFFERED", 1000, parse=parse_positive_int,
                             doc="Events received but not yet written, beyond which no more "
-                                "are requested from Salesforce (backpressure).")
+                                "are requested from Salesforce (backpressure); a value below "
+                                "SF_PUBSUB_NUM_REQUESTED is raised to it.")
     transaction_timeout_s: float = env("CONNECTOR_TRANSACTION_TIMEOUT_S", 60.0,
                                        parse=parse_float,
                                        doc="Kafka transaction.timeout.ms, in seconds (1–900): "
@@ -656,7 +676,7 @@ class WorkerSettings(_Section):
                                   doc="How often the recovery sweep runs, at least every "
                                       "1 s (dedupe expiry runs at its full scans: after a "
                                       "new assignment and every 6 hours).")
-    standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=int,
+    standby_replicas: int = env("WORKER_STANDBY_REPLICAS", 0, parse=parse_non_negative_int,
                                 doc="Faust table standby replicas (0: a takeover restores "
                                     "from the changelog).")
     session_timeout_s: float = env("WORKER_SESSION_TIMEOUT_S", 30.0, parse=parse_positive_float,
@@ -759,7 +779,10 @@ class WorkerSettings(_Section):
             raise ConfigError("WORKER_READY_GRACE_S: must be positive")
         if self.guard_batch > 200:
             raise ConfigError("WORKER_GUARD_BATCH: at most 200 Orders per guard query")
-        if not 0 <= self.guard_linger_s <= self.guard_linger_busy_s:
+        if self.guard_linger_s < 0:
+            raise ConfigError(f"WORKER_GUARD_LINGER_S: must be >= 0, got "
+                              f"{self.guard_linger_s:g}")
+        if self.guard_linger_s > self.guard_linger_busy_s:
             raise ConfigError("WORKER_GUARD_LINGER_BUSY_S: at least WORKER_GUARD_LINGER_S "
                               f"({self.guard_linger_s:g})")
         if self.commit_interval_s <= 0:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.envparse import environment, environment_at_import, exits_64_on_config_error
+from ops import envvars
 from ops.pids import verified
 from ops.supervisor import process_start
 
@@ -115,7 +116,8 @@ def local_bootstrap(env: Mapping[str, str]) -> str:
     """Where the pipeline's Kafka is: ``KAFKA_BOOTSTRAP_SERVERS`` when set, else the local
     broker's address, ``127.0.0.1:KAFKA_PORT``, as ``make up`` starts it
     (``ops.stack.broker``)."""
-    return env.get("KAFKA_BOOTSTRAP_SERVERS") or f"127.0.0.1:{env.get('KAFKA_PORT') or 9092}"
+    return ((env.get("KAFKA_BOOTSTRAP_SERVERS") or "").strip()  # blank: unset, as read
+            or f"127.0.0.1:{envvars.port(env, 'KAFKA_PORT', 9092)}")
 
 
 def free_port() -> int:
@@ -428,9 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_STATE / "kafka" / "broker",
                         help="broker home (data, logs, pid)")
     env = environment()  # as `make up` reads them (ops.stack.broker)
-    parser.add_argument("--port", type=int, default=int(env.get("KAFKA_PORT") or 9092))
+    parser.add_argument("--port", type=int, default=envvars.port(env, "KAFKA_PORT", 9092))
     parser.add_argument("--controller-port", type=int,
-                        default=int(env.get("KAFKA_CONTROLLER_PORT") or 9093))
+                        default=envvars.port(env, "KAFKA_CONTROLLER_PORT", 9093))
     parser.add_argument("--nodes", type=int, default=1,
                         help="1: the single-node broker (make up); N > 1: a replicated "
                              "N-node cluster (ops/kafka_cluster.py), default dir "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.envparse import environment
+from ops import envvars
 
 PY = sys.executable
 WHMCS_IDENTIFIER, WHMCS_SECRET, WHMCS_ACCESS_KEY = (
@@ -29,9 +30,9 @@ USER_CHOICES = ("SF_EVENTS_REPLAY",)
 
 def ports() -> tuple[int, int, int]:
     env = environment()
-    return (int(env.get("SF_SANDBOX_HTTP_PORT", "8443")),
-            int(env.get("SF_SANDBOX_GRPC_PORT", "7443")),
-            int(env.get("WHMCS_SANDBOX_PORT", "8881")))
+    return (envvars.port(env, "SF_SANDBOX_HTTP_PORT", 8443),
+            envvars.port(env, "SF_SANDBOX_GRPC_PORT", 7443),
+            envvars.port(env, "WHMCS_SANDBOX_PORT", 8881))
 
 
 def registry_process(state: Path, logs: Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
@@ -40,7 +41,7 @@ def registry_process(state: Path, logs: Path) -> tuple[dict[str, Any] | None, di
     env = environment()
     if "SCHEMA_REGISTRY_URL" in env:
         return None, {}
-    port = int(env.get("REGISTRY_SANDBOX_PORT", "8081"))
+    port = envvars.port(env, "REGISTRY_SANDBOX_PORT", 8081)
     url = f"http://127.0.0.1:{port}"
     proc = {"name": "registry-sandbox",
             "argv": [PY, "-m", "sandbox.registry", "serve", "--port", str(port),
@@ -110,8 +111,8 @@ def seed_once(state: Path) -> str:
     if marker.exists():
         return "already seeded"
     env = environment()
-    accounts = int(env.get("SF_SANDBOX_ACCOUNTS", "200"))
-    orders = int(env.get("SF_SANDBOX_ORDERS", "1000"))
+    accounts = envvars.count(env, "SF_SANDBOX_ACCOUNTS", 200)
+    orders = envvars.count(env, "SF_SANDBOX_ORDERS", 1000)
     result = admin(state).seed(accounts, orders, 50)
     marker.write_text("seeded\n")
     return (f"seeded {accounts} accounts and {len(result.get('orders', [])) or orders} "

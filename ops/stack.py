@@ -40,7 +40,7 @@ from common.envparse import (
 )
 from common.errors import ConfigError
 from common.settings import ConnectorSettings, SinkSettings, WorkerSettings, setting
-from ops import pids
+from ops import envvars, pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap, port_open
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 from ops.pids import recorded_pid
@@ -65,21 +65,21 @@ def broker(home: Path | None = None, port: int | None = None,
     one ``make up`` expects."""
     env = environment()
     home = home or STATE / "kafka" / "broker"
-    return LocalBroker(home, port=port or int(env.get("KAFKA_PORT") or 9092),
+    return LocalBroker(home, port=port or envvars.port(env, "KAFKA_PORT", 9092),
                        controller_port=controller_port
-                       or int(env.get("KAFKA_CONTROLLER_PORT") or 9093),
+                       or envvars.port(env, "KAFKA_CONTROLLER_PORT", 9093),
                        state_dir=STATE,
                        security=BrokerSecurity.for_broker_home(home) if secure(env) else None)
 
 
 def secure(env: dict[str, str]) -> bool:
     """``KAFKA_LOCAL_SECURE``: run the local broker with SASL_SSL, SCRAM users and ACLs."""
-    return uses_local_broker(env) and parse_bool(env.get("KAFKA_LOCAL_SECURE", "false"))
+    return uses_local_broker(env) and envvars.flag(env, "KAFKA_LOCAL_SECURE", False)
 
 
 def uses_local_broker(env: dict[str, str]) -> bool:
-    servers = env.get("KAFKA_BOOTSTRAP_SERVERS", "")
-    return not servers or all(h.split(":")[0] in ("localhost", "127.0.0.1")
+    servers = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()  # blank: unset, as for the processes
+    return not servers or all(h.strip().split(":")[0] in ("localhost", "127.0.0.1")
                               for h in servers.split(","))
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 import types
 import urllib.error
 import urllib.request
+
+import pytest
 
 from common.inflight import InFlight
 from common.lagmetrics import CONSUMER_LAG, LagPublisher
@@ -60,6 +63,31 @@ def test_livez_and_readyz_answer_apart_and_healthz_is_readyz():
         assert get(f"{base}/readyz")[0] == 200
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:  # noqa: S310
             assert b"sfprov_gc_pause_seconds" in resp.read()
+    finally:
+        server.stop()
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("host", ["::1", "[::1]", "::"])
+def test_the_probes_listen_on_an_ipv6_host(host):
+    """``CONNECTOR_HTTP_HOST=::1`` (or ``::``) crashed the process at start (socket.gaierror
+    from an IPv4-only server), though ``make up`` asks such a host in brackets."""
+    server = HealthServer(0, lambda: (True, {}), host=host).start()
+    try:
+        assert get(f"http://[::1]:{server.port}/healthz")[0] == 200
+        if host == "::":  # every address, IPv4 too
+            assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
     finally:
         server.stop()
 

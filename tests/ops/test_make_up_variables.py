@@ -1,0 +1,103 @@
+"""`make up`'s own variables (KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_LOCAL_SECURE, the
+sandboxes' ports and seed sizes): a value that does not parse is one line naming the variable
+and exit 64, as for the processes' settings — it was a raw ValueError traceback (int('abc'))
+that named nothing, and KAFKA_PORT=99999 was taken. Nothing here starts or stops a process:
+the state directory is a scratch one and no broker is asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError
+from ops import kafka_local, sandboxes, stack
+
+MAKE_UP_VARIABLES = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_LOCAL_SECURE",
+                     "KAFKA_BOOTSTRAP_SERVERS", "SF_SANDBOX_HTTP_PORT", "SF_SANDBOX_GRPC_PORT",
+                     "WHMCS_SANDBOX_PORT", "REGISTRY_SANDBOX_PORT", "SF_SANDBOX_ACCOUNTS",
+                     "SF_SANDBOX_ORDERS")
+
+
+@pytest.fixture(autouse=True)
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch state directory (no running stack's records), no .env, none of the
+    variables set."""
+    monkeypatch.setenv("SFPROV_ENV_FILE", "/dev/null")
+    for name in MAKE_UP_VARIABLES:
+        monkeypatch.setenv(name, "")  # restored afterwards
+        monkeypatch.delenv(name)
+    for name in ("STATE", "LOGS", "STATUS", "PLAN", "SUPERVISOR_PID", "CONTROL",
+                 "PIPELINE_ENV"):
+        monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
+    monkeypatch.setattr(kafka_local.LocalBroker, "start",
+                        lambda self, **kw: pytest.fail("a broker was started"))
+    monkeypatch.setattr(kafka_local.LocalBroker, "stop",
+                        lambda self, **kw: pytest.fail("a broker was stopped"))
+
+
+@pytest.mark.parametrize("name,value", [
+    ("KAFKA_PORT", "abc"), ("KAFKA_PORT", "99999"), ("KAFKA_PORT", "0"),
+    ("KAFKA_CONTROLLER_PORT", "9o93"), ("KAFKA_LOCAL_SECURE", "maybe"),
+])
+def test_make_up_status_names_the_bad_variable_and_exits_64(name, value, monkeypatch, capsys):
+    monkeypatch.setenv(name, value)
+    assert stack.main(["status"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name}:") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,value", [("KAFKA_PORT", "abc"),
+                                        ("KAFKA_CONTROLLER_PORT", "70000")])
+def test_kafka_local_names_the_bad_variable_and_exits_64(name, value, monkeypatch, capsys,
+                                                         tmp_path):
+    monkeypatch.setenv(name, value)
+    assert kafka_local.main(["status", "--dir", str(tmp_path / "broker")]) == 64
+    assert capsys.readouterr().err.startswith(f"error: {name}:")
+
+
+def test_the_local_bootstrap_address_reads_kafka_port_as_the_broker_does():
+    with pytest.raises(ConfigError, match="^KAFKA_PORT:"):
+        kafka_local.local_bootstrap({"KAFKA_PORT": "abc"})
+    assert kafka_local.local_bootstrap({"KAFKA_PORT": " 19092 "}) == "127.0.0.1:19092"
+    assert kafka_local.local_bootstrap({"KAFKA_PORT": ""}) == "127.0.0.1:9092"
+    # a blank KAFKA_BOOTSTRAP_SERVERS is unset for the processes (their default, the local
+    # broker): `make up` starts that broker and hands its address on
+    blank = {"KAFKA_BOOTSTRAP_SERVERS": " ", "KAFKA_PORT": "19092"}
+    assert kafka_local.local_bootstrap(blank) == "127.0.0.1:19092"
+    assert stack.uses_local_broker(blank)
+
+
+def test_good_and_blank_values_are_read_as_before(monkeypatch, tmp_path):
+    monkeypatch.setenv("KAFKA_PORT", " 19092 ")
+    monkeypatch.setenv("KAFKA_CONTROLLER_PORT", "")
+    monkeypatch.setenv("KAFKA_LOCAL_SECURE", " ")
+    broker = stack.broker(tmp_path / "broker")
+    assert (broker.port, broker.controller_port, broker.security) == (19092, 9093, None)
+    assert stack.secure({"KAFKA_LOCAL_SECURE": "false"}) is False
+    assert stack.secure({"KAFKA_LOCAL_SECURE": "TRUE"}) is True
+    assert sandboxes.ports() == (8443, 7443, 8881)
+
+
+@pytest.mark.parametrize("name", ["SF_SANDBOX_HTTP_PORT", "SF_SANDBOX_GRPC_PORT",
+                                  "WHMCS_SANDBOX_PORT"])
+def test_a_bad_sandbox_port_names_its_variable(name, monkeypatch):
+    monkeypatch.setenv(name, "84433")
+    with pytest.raises(ConfigError, match=f"^{name}:"):
+        sandboxes.ports()
+
+
+def test_a_bad_registry_port_names_its_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("REGISTRY_SANDBOX_PORT", "80x1")
+    with pytest.raises(ConfigError, match="^REGISTRY_SANDBOX_PORT:"):
+        sandboxes.registry_process(tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("name,value", [("SF_SANDBOX_ORDERS", "1k"),
+                                        ("SF_SANDBOX_ACCOUNTS", "-5")])
+def test_a_bad_seed_size_names_its_variable(name, value, monkeypatch, tmp_path):
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sandboxes, "admin", lambda state: pytest.fail("seeded"))
+    with pytest.raises(ConfigError, match=f"^{name}:"):
+        sandboxes.seed_once(tmp_path)
