@@ -139,6 +139,8 @@ def run(name: str, args: list[str]) -> int:
 
 def seed(timeout: float = 300.0) -> int:
     """Seed the compose Salesforce sandbox once (SF_SANDBOX_ACCOUNTS / SF_SANDBOX_ORDERS)."""
+    from common.errors import ConfigError
+    from ops import envvars
     from sandbox.salesforce.admin_client import AdminClient
 
     env = {**os.environ, **sandbox_defaults(dict(os.environ))}
@@ -149,8 +151,12 @@ def seed(timeout: float = 300.0) -> int:
         return 0
     admin = AdminClient(env.get("SF_LOGIN_URL", "https://salesforce-sandbox:8443"),
                         env.get("SF_CA_BUNDLE") or str(state / "tls" / "ca.pem"))
-    accounts = int(env.get("SF_SANDBOX_ACCOUNTS", "200"))
-    orders = int(env.get("SF_SANDBOX_ORDERS", "1000"))
+    try:  # read as make up reads them: one line naming a bad one, exit 64
+        accounts = envvars.count(env, "SF_SANDBOX_ACCOUNTS", 200)
+        orders = envvars.count(env, "SF_SANDBOX_ORDERS", 1000)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 64
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -164,6 +164,19 @@ def test_the_compose_sandbox_is_seeded_once():
         assert dep == {"condition": "service_completed_successfully", "required": False}
 
 
+@pytest.mark.parametrize("name, value", [("SF_SANDBOX_ACCOUNTS", "2k"),
+                                         ("SF_SANDBOX_ORDERS", "-5")])
+def test_a_bad_seed_size_is_one_line_naming_it(name, value, tmp_path, monkeypatch, capsys):
+    """The seed container's sizes are read as make up reads them: one line naming the
+    variable and exit 64 (a bare int() was a traceback), before any sandbox is called."""
+    from ops import container
+    monkeypatch.setenv("SFPROV_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    assert container.main(["seed"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name}:") and "Traceback" not in err
+
+
 def _sandbox_hosts(environment: dict[str, object]) -> set[str]:
     """The compose services named by the SFPROV_SANDBOX_* addresses (URLs, host:port)."""
     hosts = set()
