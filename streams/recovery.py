@@ -44,6 +44,12 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   that names a WHMCS order or whose AddOrder may have landed (:attr:`Intent.forgettable`).
   Only of Orders still this worker's when deleted, and not after an assignment changed
   during the scan that read them (the next sweep's full scan does it).
+
+Every table write of the sweep — an expiry, an intent settled from its dedupe entry, an
+outcome recorded or marked as sent — is made only while the ownership lease holds, asked
+right before it: ``owns`` (the consumer's assignment, no rebalance seen) still says yes
+during a broker cut or right after a pause past the session timeout. A write the lease
+refuses is skipped, left to the next sweep or the partition's new owner.
 """
 
 from __future__ import annotations
@@ -303,26 +309,24 @@ class Sweeper:
 
     async def _act(self, report: SweepReport, now: int, due: list[str], stale: list[str],
                    dirty: list[str], rescans: int) -> None:
-        # The expiry: synchronous, nothing interleaves between the checks and the writes.
+        # The expiry: each Order's checks and write follow its lease check with nothing
+        # interleaving (the sweep's lease is asked, never waited for).
         # A full scan yields for seconds; an Order it read may have left this worker since
         # (its tombstone would reopen the revoked partition's store and land in the new
         # owner's changelog after its claim), and a partition assigned meanwhile — lost
         # and regained included — is restored from its changelog: none of what was read
-        # then is written. The assignment's rescan expires it.
+        # then is written. The assignment's rescan expires it. And ``owns()`` is the
+        # consumer's view, stale during a broker cut or after a long pause: the ownership
+        # lease is asked too (:meth:`_may_write`).
         if self.rescans != rescans:
             if stale or dirty:
                 log.info("sweep: the assignment changed during the scan; expiry left to "
                          "the next sweep's full scan")
         else:
             for oid in stale:
-                intent = self.state.intent(oid)
-                if intent is not None and intent.forgettable and self.owns(oid) \
-                        and not self.lanes.busy(oid) and now - intent.at > self.ttl_ms:
-                    self.state.delete_intent(oid)
-                    report.expired_intents += 1
+                await self._expire_intent(oid, now, report, rescans)
             for oid in dirty:
-                if self.owns(oid) and not self.lanes.busy(oid):
-                    self._expire(oid, now, report)
+                await self._expire(oid, now, report, rescans)
         # recovery and resends re-check in the Order's lane, under the job's own lease
         recover, resend = set(due), set(dirty)
         committed = await self._committed(due) if due else {}
@@ -389,12 +393,58 @@ class Sweeper:
         if resend:
             await self._resend(oid, report)
 
-    def _expire(self, oid: str, now: int, report: SweepReport) -> None:
+    def _intent_expired(self, oid: str, now: int) -> bool:
+        intent = self.state.intent(oid)
+        return intent is not None and intent.forgettable and self.owns(oid) \
+            and not self.lanes.busy(oid) and now - intent.at > self.ttl_ms
+
+    def _memory_expired(self, oid: str, now: int) -> bool:
+        return self.owns(oid) and not self.lanes.busy(oid) and \
+            any(now - e.at > self.ttl_ms for e in self.state.memory(oid).values())
+
+    async def _expire_intent(self, oid: str, now: int, report: SweepReport,
+                             rescans: int) -> None:
+        """The Order's finished, forgettable intent past the TTL deleted — under the lease,
+        asked once the delete is due and checked again after it, with nothing yielding from
+        there to the write (as for :meth:`_expire`)."""
+        if not self._intent_expired(oid, now) or not await self._may_write(oid, "expire"):
+            return
+        if self.rescans == rescans and self._intent_expired(oid, now):
+            self.state.delete_intent(oid)
+            report.expired_intents += 1
+
+    async def _expire(self, oid: str, now: int, report: SweepReport, rescans: int) -> None:
+        """The Order's dedupe entries past the TTL dropped, under the lease (see
+        :meth:`_expire_intent`); the memory is read after it, so nothing written meanwhile
+        is lost with the trim."""
+        if not self._memory_expired(oid, now) or not await self._may_write(oid, "expire"):
+            return
+        if self.rescans != rescans or not self.owns(oid) or self.lanes.busy(oid):
+            return
         memory = self.state.memory(oid)
         kept = {k: e for k, e in memory.items() if now - e.at <= self.ttl_ms}
         report.expired_idem += len(memory) - len(kept)
         if len(kept) != len(memory):
             self.state.set_memory(oid, kept)
+
+    async def _may_write(self, oid: str, stage: str, own: Own | None = None) -> bool:
+        """The ownership lease holds right before the sweep writes one of the Order's table
+        entries (the job's own lease when given, else the current generation's, asked now).
+        ``owns()`` is the consumer's own view: cut off from the brokers, or just resumed from
+        a pause past the session timeout, it still names the partition the group has given
+        to another member, whose changelog the write would land in after that owner's own.
+        Not held: the write is skipped — this worker's next sweep, or the partition's new
+        owner, makes it — counted (``sfprov_worker_fenced_total{stage="sweep-…"}``) and
+        logged at debug."""
+        try:
+            await (own or self.fence_for(oid))(stage)
+        except Fenced as fenced:
+            metrics.FENCED.labels(f"sweep-{fenced.stage or stage}").inc()
+            log.debug("sweep: the ownership lease does not hold (%s); %s left to the next "
+                      "sweep or the partition's owner", fenced.check.reason, stage,
+                      extra={"order_id": oid})
+            return False
+        return True
 
     async def _owned(self, oid: str, action: str, own: Own | None = None) -> bool:
         """The Order's partition is still ours right before an outcome is sent (the sweep's
@@ -427,8 +477,10 @@ class Sweeper:
                         raise
                     self._unsendable(oid, event_uuid, exc)
                     continue
-                self.state.mark_emitted(oid, idem_key, event_uuid)
                 report.resent += 1
+                if not await self._may_write(oid, "mark", own):
+                    return  # sent again, identical, by whoever sweeps the Order next
+                self.state.mark_emitted(oid, idem_key, event_uuid)
 
     def _unsendable(self, oid: str, event_uuid: str, exc: SerdeError) -> None:
         """An outcome its schema refuses: every sweep met the same refusal and failed with
@@ -446,6 +498,10 @@ class Sweeper:
         now = self._clock()
         if not self.owns(oid):  # lost, or its tables restoring, since the scan
             return
+        own = self.fence_for(oid)  # the job's: the generation it began in
+        # the lease before settle_from_entry's write, and the intent read after it
+        if not await self._may_write(oid, "settle", own):
+            return
         intent = self.state.intent(oid)  # re-read: an event may have settled it
         if intent is None or not intent.is_pending or now - intent.at < self.recovery_after_ms:
             return
@@ -454,7 +510,6 @@ class Sweeper:
         if self._redelivery_owed(intent, committed):
             report.awaiting += 1  # its event resumes it: a lookup before any AddOrder
             return
-        own = self.fence_for(oid)  # the job's: the generation it began in
         outcome = await self._recover(oid, intent, own)
         if outcome is None:
             return
@@ -462,11 +517,12 @@ class Sweeper:
         if not await self._owned(oid, "send", own):
             return
         await self.emitter.send_outcome(outcome)
-        self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
         if outcome["status"] == "Provisioned":
             report.recovered += 1
         else:
             report.interrupted += 1
+        if await self._may_write(oid, "mark", own):  # else sent again by the next sweep
+            self.state.mark_emitted(oid, intent.idem_key, intent.event_uuid)
 
     async def _recover(self, oid: str, intent: Intent, own: Own) -> dict[str, Any] | None:
         """The lookup, then ``AcceptOrder`` of an order found Pending; every WHMCS write
