@@ -24,23 +24,30 @@ Semantics the client decides "sent or not" from (as httpcore's):
   :class:`httpx.RemoteProtocolError` (closed before a complete answer head, or not HTTP),
   :class:`httpx.ReadError` (closed or reset in the middle of the body).
 
-**Send deadline.** A request may carry ``extensions[SEND_DEADLINE]`` (``time.monotonic``
-seconds): once the connection is ours — after any wait for a free slot, a connect or a TLS
+**Send deadline.** A request may carry ``extensions[SEND_DEADLINE]`` (seconds on the lease
+clock, :func:`common.clock.lease_clock`: CLOCK_BOOTTIME on Linux, which counts a host
+suspend): once the connection is ours — after any wait for a free slot, a connect or a TLS
 handshake — and right before the request's bytes are written, a deadline that has passed
 aborts the request with :class:`NotSent`. The worker's ownership lease uses it
-(``streams.lease``): a process paused after its lease check and before the write finds, when
-it resumes, that it may no longer send.
+(``streams.lease``): a process paused (or a host suspended) after its lease check and before
+the write finds, when it resumes, that it may no longer send.
+
+**When the request left.** :meth:`Http11Transport.exchange` calls ``on_write`` right before
+the request's bytes are written — after the send deadline's check, so after any connect and
+TLS handshake — and never for a request of which nothing was written. The worker counts an
+unanswered write's settle moment from it (``streams.provision``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+
+from common.clock import lease_clock
 
 SEND_DEADLINE = "sfprov.send_deadline"
 KEEPALIVE_EXPIRY_S = 4.0  # under the common server idle timeouts (Apache 5 s, nginx 75 s)
@@ -399,14 +406,17 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def exchange(self, url: httpx.URL, data: bytes, timeouts: dict[str, Any], *,
                        send_deadline: float | None = None, head: bool = False,
-                       request: httpx.Request | None = None
+                       request: httpx.Request | None = None,
+                       on_write: Callable[[], None] | None = None
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One exchange of a request already in bytes (:func:`request_bytes`) with ``url``'s
         origin: ``(status, headers, body)``. ``timeouts``: httpx's ``pool`` / ``connect`` /
         ``read`` seconds, and optionally ``answer``: the whole answer's, from the write. The
         same errors and send deadline as :meth:`handle_async_request`, without building an
         ``httpx.Request`` and ``httpx.Response`` around it (a client that sends one kind of
-        request, the WHMCS client, saves ~17 µs per call)."""
+        request, the WHMCS client, saves ~17 µs per call). ``on_write``: called right before
+        the request's first byte is written — once the connection is ours and the send
+        deadline checked — and not at all when nothing is written."""
         loop = asyncio.get_running_loop()
         pool = self._pool(url, loop)
         slots = pool.slots
@@ -432,11 +442,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 if not conn.usable():  # closed by the server as it opened: nothing written
                     raise httpx.ConnectError("connection closed before the request was "
                                              "written", request=request)
-            if send_deadline is not None and time.monotonic() >= send_deadline:
+            if send_deadline is not None and (now := lease_clock()) >= send_deadline:
                 pool.give_back(conn, loop.time())  # untouched: nothing was written on it
                 conn = None
-                raise NotSent(f"send deadline passed {time.monotonic() - send_deadline:.3f} s "
-                              "ago", request=request)
+                raise NotSent(f"send deadline passed {now - send_deadline:.3f} s ago",
+                              request=request)
+            if on_write is not None:
+                on_write()  # the bytes leave now, in this loop turn (conn.send writes them)
             try:
                 status, headers, content, reusable = await conn.send(
                     data, timeouts.get("read"), head=head, answer_within=timeouts.get("answer"))

@@ -34,15 +34,16 @@ import socket
 import ssl
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote_plus
 
 import httpx
 import orjson
 
+from common.clock import lease_clock
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
@@ -195,6 +196,11 @@ class WhmcsClient:
     :attr:`latency` sums seconds per action.
     """
 
+    #: :meth:`call` calls its ``on_write`` as the request is written — after any connect
+    #: and TLS handshake (another injected transport: as the request is handed to it) —
+    #: and never for a request of which nothing was written (not sent, or no connection)
+    reports_writes: ClassVar[bool] = True
+
     def __init__(self, settings: WhmcsSettings, *,
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout_s: float | None = None, max_connections: int = 64) -> None:
@@ -236,22 +242,25 @@ class WhmcsClient:
         return out
 
     async def call(self, action: str, params: Mapping[str, Any] | None = None, *,
-                   send_deadline: float | None = None) -> dict[str, Any]:
+                   send_deadline: float | None = None,
+                   on_write: Callable[[], None] | None = None) -> dict[str, Any]:
         """Run one action; returns the success body. Raises the translated errors above.
-        ``send_deadline`` (``time.monotonic`` seconds): past it the request is not sent at
-        all (:class:`~common.errors.WhmcsNotSentError`), checked once the connection is
-        ours, right before the request is written (see :mod:`common.http_transport`)."""
+        ``send_deadline`` (seconds on :func:`common.clock.lease_clock`): past it the request
+        is not sent at all (:class:`~common.errors.WhmcsNotSentError`), checked once the
+        connection is ours, right before the request is written (see
+        :mod:`common.http_transport`). ``on_write``: called as the request is written
+        (:attr:`reports_writes`) — when it may take effect from."""
         if not self._auth_form:
             self._auth_form = encode_form(self._auth())
         body = encode_form({"action": action, **(params or {})}) + "&" + self._auth_form
-        if send_deadline is not None and time.monotonic() >= send_deadline:
+        if send_deadline is not None and lease_clock() >= send_deadline:
             raise WhmcsNotSentError(f"{action}: not sent, its send deadline had passed",
                                     action=action)
         self.calls[action] += 1
         started = time.monotonic()
         outcome = "error"
         try:
-            result = await self._send(action, body, send_deadline)
+            result = await self._send(action, body, send_deadline, on_write)
             outcome = "success"
             return result
         except WhmcsUnknownResultError:
@@ -269,29 +278,32 @@ class WhmcsClient:
             if self.observer is not None:
                 self.observer(action, elapsed, outcome)
 
-    async def _exchange(self, payload: bytes, send_deadline: float | None
+    async def _exchange(self, payload: bytes, send_deadline: float | None,
+                        on_write: Callable[[], None] | None = None
                         ) -> tuple[int, Any, bytes]:
         if isinstance(self._transport, Http11Transport):
             # the request in bytes straight to our transport: no httpx.Request or
             # httpx.Response around it (~17 µs of the worker's CPU per call)
             return await self._transport.exchange(
                 self._url, request_bytes(b"POST", self._url, _FORM_RAW, payload),
-                self._timeouts, send_deadline=send_deadline)
+                self._timeouts, send_deadline=send_deadline, on_write=on_write)
         extensions: dict[str, Any] = {"timeout": self._timeouts}
         if send_deadline is not None:
             extensions[SEND_DEADLINE] = send_deadline
+        if on_write is not None:
+            on_write()  # another transport's write is not seen: as the request goes to it
         resp = await self._transport.handle_async_request(httpx.Request(
             "POST", self._url, stream=httpx.ByteStream(payload), headers=_FORM,
             extensions=extensions))
         content = await resp.aread()
         return resp.status_code, resp.headers.raw, content
 
-    async def _send(self, action: str, body: str,
-                    send_deadline: float | None = None) -> dict[str, Any]:
+    async def _send(self, action: str, body: str, send_deadline: float | None = None,
+                    on_write: Callable[[], None] | None = None) -> dict[str, Any]:
         mutating = action in MUTATING
         payload = body.encode()
         try:
-            status, headers, content = await self._exchange(payload, send_deadline)
+            status, headers, content = await self._exchange(payload, send_deadline, on_write)
         except NotSent as exc:
             raise WhmcsNotSentError(f"{action}: not sent: {exc}", action=action) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -369,22 +381,28 @@ class WhmcsClient:
     # -- actions ------------------------------------------------------------------------
 
     async def add_order(self, params: Mapping[str, Any], *,
-                        send_deadline: float | None = None) -> AddOrderResult:
+                        send_deadline: float | None = None,
+                        on_write: Callable[[], None] | None = None) -> AddOrderResult:
         """``AddOrder`` with ready-made parameters (see ``streams.mapping``). Not idempotent."""
-        data = await self.call("AddOrder", params, send_deadline=send_deadline)
+        data = await self.call("AddOrder", params, send_deadline=send_deadline,
+                               on_write=on_write)
         return AddOrderResult(order_id=int(data["orderid"]),
                               service_ids=_ids(data.get("serviceids")),
                               addon_ids=_ids(data.get("addonids")),
                               invoice_id=_opt_int(data.get("invoiceid")))
 
     async def accept_order(self, order_id: int, *, autosetup: bool = True,
-                           sendemail: bool = False, send_deadline: float | None = None) -> None:
+                           sendemail: bool = False, send_deadline: float | None = None,
+                           on_write: Callable[[], None] | None = None) -> None:
         await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
-                                        "sendemail": sendemail}, send_deadline=send_deadline)
+                                        "sendemail": sendemail}, send_deadline=send_deadline,
+                        on_write=on_write)
 
-    async def cancel_order(self, order_id: int, *, send_deadline: float | None = None) -> None:
+    async def cancel_order(self, order_id: int, *, send_deadline: float | None = None,
+                           on_write: Callable[[], None] | None = None) -> None:
         """``CancelOrder`` of a Pending order (the worker's compensation for a duplicate)."""
-        await self.call("CancelOrder", {"orderid": order_id}, send_deadline=send_deadline)
+        await self.call("CancelOrder", {"orderid": order_id}, send_deadline=send_deadline,
+                        on_write=on_write)
 
     async def get_orders(self, *, client_id: int | None = None, order_id: int | None = None,
                          status: str | None = None, limitstart: int = 0,
@@ -398,16 +416,30 @@ class WhmcsClient:
 
     async def iter_orders(self, client_id: int, *, page_size: int = 100) -> list[WhmcsOrder]:
         """Every order of a client, once each (pages through ``GetOrders``). WHMCS lists
-        the newest first: an order created between two pages shifts the rest by one, and
-        the row at the page boundary comes back twice — kept once (the lookup would have
-        taken its own order for a duplicate of itself)."""
+        the newest first: an order created between two pages shifts the rest down by one,
+        and the row at the page boundary comes back twice — kept once (the lookup would have
+        taken its own order for a duplicate of itself). Orders deleted between two pages
+        ahead of the read shift the rest *up*, and the rows at the boundary would never be
+        read (the lookup would miss the Order's own order, and a second ``AddOrder``
+        follows): when ``totalresults`` drops by N between two reads, the page is read again
+        N rows earlier. New orders only come in at the front, so the rest cannot have moved
+        up by more than the drop."""
         out: dict[int, WhmcsOrder] = {}
         start = 0
+        last_total: int | None = None
         while True:
             total, page = await self.get_orders(client_id=client_id, limitstart=start,
                                                 limitnum=page_size)
             for order in page:
                 out.setdefault(order.id, order)
+            dropped = 0 if last_total is None else last_total - total
+            last_total = total
+            if dropped > 0 and start > 0:
+                # rows of the last page's end may have moved up past this page's start:
+                # read again from where they can be now (each drop shrinks the total:
+                # this ends)
+                start = max(0, start - dropped)
+                continue
             start += len(page)
             if not page or start >= total:
                 return list(out.values())

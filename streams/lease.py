@@ -36,8 +36,10 @@ write syscall of the same call (microseconds of CPU). The last line against it i
 compensation in :meth:`streams.provision.Provisioner.lookup`.
 
 The state is fed from the consumer's thread (:mod:`streams.faust_seam`) and read from the
-event loop's thread; every method takes the lock. Time is ``time.monotonic`` (a pause
-advances it), injectable for tests.
+event loop's thread; every method takes the lock. Time is the lease clock,
+:func:`common.clock.lease_clock` (CLOCK_BOOTTIME on Linux: a pause advances it, and so does a
+host suspend or hibernation, which ``time.monotonic`` does not count), injectable for tests;
+the heartbeat send times and the send deadlines checked by the WHMCS client are on it too.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from common.clock import lease_clock
 from common.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -60,8 +63,9 @@ RENEW_BEFORE_MS = 1000  # renew an intent's lease when less than this is left
 
 @dataclass(frozen=True)
 class LeaseCheck:
-    """The answer of :meth:`OwnershipLease.check`. ``valid_until`` is monotonic seconds,
-    ``valid_until_wall`` the same instant as epoch seconds (for intents read by others)."""
+    """The answer of :meth:`OwnershipLease.check`. ``valid_until`` is seconds on the lease's
+    clock (:func:`common.clock.lease_clock`), ``valid_until_wall`` the same instant as epoch
+    seconds (for intents read by others)."""
 
     ok: bool
     reason: str = ""
@@ -93,7 +97,7 @@ class OwnershipLease:
     """See the module docstring. ``session_timeout_s - margin_s`` must stay positive."""
 
     def __init__(self, *, session_timeout_s: float, margin_s: float,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = lease_clock,
                  wall: Callable[[], float] = time.time) -> None:
         if margin_s >= session_timeout_s:
             raise ValueError("the lease margin must be shorter than the session timeout")
@@ -105,7 +109,7 @@ class OwnershipLease:
         self._owned: dict[int, int] = {}  # partition → first generation of the unbroken run
         self._renewed_at: float | None = None
         self._synced: tuple[int, float] | None = None  # (generation, SyncGroup send time)
-        self.assigned_at: float | None = None  # monotonic time of the last assignment
+        self.assigned_at: float | None = None  # lease-clock time of the last assignment
         self._left = False  # left the group (stopping): nothing is ours until assigned again
 
     # -- fed by the consumer's thread ---------------------------------------------------
@@ -277,8 +281,9 @@ class IntentLease:
         :meth:`until`), written and made durable first, so a new owner that waits out the
         intent's ``lease_until`` cannot meet a late write of ours. Asked ``queued`` while
         the write waits in line for a WHMCS slot, it renews there what the wait for the
-        slots wore down, so the slot is not held by a flush. Returns the send deadline: the
-        group lease's end or the intent's, whichever is first."""
+        slots wore down, so the slot is not held by a flush. Returns the send deadline (lease
+        clock seconds, as the transport checks it): the group lease's end or the intent's,
+        whichever is first."""
         async def fence(action: str, *, queued: bool = False) -> float | None:
             check = await own(action)
             intent = held[-1]
@@ -293,5 +298,5 @@ class IntentLease:
             until_ms = (intent.lease_until if intent.lease_until else
                         int(check.valid_until_wall * 1000))
             return min(check.valid_until,
-                       time.monotonic() + (until_ms - self._clock()) / 1000)
+                       lease_clock() + (until_ms - self._clock()) / 1000)
         return fence

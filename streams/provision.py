@@ -32,8 +32,11 @@ The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
    compensation met (the duplicates, those cancelled, those still live).
 
 When a wait starts: an unanswered call's settle moment counts from when its request was
-handed to the transport — after the fence and the wait for a slot, which can be long under
-load — and never comes sooner than ``WORKER_LOOKUP_GRACE_S`` after the failure itself.
+written on the connection — after the fence, the wait for a slot (which can be long under
+load) and any connect and TLS handshake (up to min(``WHMCS_TIMEOUT_S``, 5) s), as the WHMCS
+client reports it (``on_write``) — and never comes sooner than ``WORKER_LOOKUP_GRACE_S``
+after the failure itself. A call of which nothing was written (no connection) cannot land:
+it needs no wait and no lookup.
 
 Transient errors back off (capped exponential, jitter) and past the deadline end in
 ``Failed(WHMCS_UNAVAILABLE)`` with ``may_exist`` set when an ``AddOrder`` might have landed,
@@ -48,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from common import tracing
 from common.backoff import Backoff
@@ -68,7 +71,8 @@ T = TypeVar("T")
 
 class Fence(Protocol):
     """Awaited right before each WHMCS write with the action's name; returns the write's
-    send deadline (time.monotonic seconds: past it, the request must not leave the process),
+    send deadline (seconds on :func:`common.clock.lease_clock`: past it, the request must not
+    leave the process),
     or raises streams.lease.Fenced. Awaited first with ``queued=True`` while the write waits
     among the next in line for a WHMCS slot: the moment to renew what a long wait for the
     slots wore down (the deadline returned then is not used)."""
@@ -129,6 +133,33 @@ ACCESS_BACKOFF_MAX_S = 30.0
 _KEEP_ORDER = {"Active": 0, "Pending": 1}
 
 
+class _Write:
+    """When one WHMCS write left, for its settle moment (epoch seconds). ``handed``: when
+    the call was made (the slot ours, the fence passed); ``wrote``: when its request was
+    written, after any connect and TLS handshake, as the client reports it (``on_write``).
+    ``reported``: the client reports its writes (:attr:`common.whmcs.WhmcsClient.
+    reports_writes`) — then one it never reported wrote nothing."""
+
+    __slots__ = ("_wall", "handed", "reported", "wrote")
+
+    def __init__(self, wall: Callable[[], float], reported: bool) -> None:
+        self._wall, self.reported = wall, reported
+        self.handed = wall()
+        self.wrote: float | None = None
+
+    def written(self) -> None:
+        """The client's ``on_write``: the request's bytes leave now."""
+        self.wrote = self._wall()
+
+    def left_at(self) -> float | None:
+        """When the request may have reached WHMCS from; None when nothing of it was
+        written (it cannot land). A client that does not report its writes: when it was
+        handed the request (the write came then or later)."""
+        if self.wrote is not None:
+            return self.wrote
+        return None if self.reported else self.handed
+
+
 class AcceptFailed(WhmcsError):
     """The order a lookup found Pending could not be accepted — WHMCS refused, or never
     gave a definite answer even once an unanswered ``AcceptOrder`` was settled and the order
@@ -170,6 +201,9 @@ class Provisioner:
         """``parallelism``: WHMCS calls in flight at once, whichever Orders they serve (a
         lookup's wait holds no slot)."""
         self.whmcs = whmcs
+        # whether the client tells when a request is written (WhmcsClient does; the
+        # settle moments count from then), or only when it was handed the request
+        self._reports_writes = bool(getattr(whmcs, "reports_writes", False))
         self._slots = asyncio.Semaphore(parallelism)
         # writes next in line for a slot: their fence (which may renew the intent, a durable
         # flush) runs here, so a slot is held by a call, not by a flush
@@ -212,13 +246,14 @@ class Provisioner:
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False
-        sent_at: float | None = None  # when the last AddOrder / AcceptOrder was handed over
+        sent: _Write | None = None  # the last AddOrder / AcceptOrder: when it left
         accept_settle_at_ms: int | None = None  # an unanswered AcceptOrder: check it first
         waited = False  # out a refused access: the guard's verdict may be stale
 
-        def sending() -> None:
-            nonlocal sent_at
-            sent_at = self._wall()
+        def sending() -> _Write:
+            nonlocal sent
+            sent = self._write()
+            return sent
         backoff = Backoff(policy.backoff_initial_s, policy.backoff_max_s)
         access_backoff = Backoff(policy.backoff_initial_s, ACCESS_BACKOFF_MAX_S)
         extra = {"order_id": request.order_id}
@@ -242,7 +277,7 @@ class Provisioner:
                         return replace(refused, attempts=attempts)
                     attempts += 1
                     add_uncertain = True
-                    sent_at = None
+                    sent = None
                     res = await self._call("AddOrder", fence, lambda d: self._add(
                         request, d, sending))
                     add_uncertain = False
@@ -252,7 +287,7 @@ class Provisioner:
                                               client_id=request.client_id)
                     log.info("WHMCS order created", extra={**extra,
                                                             "whmcs_order_id": res.order_id})
-                sent_at = None
+                sent = None
                 failure = await self.accept(created.whmcs_order_id or 0, fence=fence,
                                             settle_at_ms=accept_settle_at_ms,
                                             on_send=sending)
@@ -262,15 +297,17 @@ class Provisioner:
                 created.attempts = attempts
                 return created
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
-                if isinstance(exc, WhmcsNotSentError):
-                    add_uncertain = False  # certainly not sent: the fence decides what next
-                elif sent_at is not None:  # WHMCS may have committed what was sent
+                left_at = None if sent is None or isinstance(exc, WhmcsNotSentError) \
+                    else sent.left_at()
+                # None: certainly not sent (not written: nothing can land) — the fence
+                # decides what next; else WHMCS may have committed what was written
+                if left_at is not None:
                     if created is None and add_uncertain:
-                        settle_at_ms = self._settle_at_ms(sent_at)
+                        settle_at_ms = self._settle_at_ms(left_at)
                     elif created is not None:
-                        accept_settle_at_ms = self._settle_at_ms(sent_at)
+                        accept_settle_at_ms = self._settle_at_ms(left_at)
                 add_uncertain = False
-                sent_at = None
+                sent = None
                 delay = backoff.next_delay()
                 now = time.monotonic()
                 if now + delay > deadline:
@@ -315,24 +352,35 @@ class Provisioner:
                     attempts=attempts, may_exist=settle_at_ms is not None)
 
     def _settle_at_ms(self, sent_at: float) -> int:
-        """When a write handed over at ``sent_at`` (epoch s) and left unanswered can no
-        longer land: its timeout and the grace after it, and at least the grace from now."""
+        """When a write whose request left at ``sent_at`` (epoch s: :meth:`_Write.left_at`)
+        and went unanswered can no longer land: its timeout and the grace after it, and at
+        least the grace from now."""
         return max(self.policy.settle_at_ms(sent_at),
                    int((self._wall() + self.policy.lookup_grace_s) * 1000))
 
+    def _write(self) -> _Write:
+        """A write about to be handed to the client (the slot is ours, the fence passed)."""
+        return _Write(self._wall, self._reports_writes)
+
+    def _on_write(self, write: _Write | None) -> dict[str, Any]:
+        """The ``on_write`` keyword of a client that reports its writes, telling ``write``."""
+        return {"on_write": write.written} if write is not None and write.reported else {}
+
     async def _add(self, request: WhmcsOrderRequest, send_deadline: float | None,
-                   sending: Callable[[], None]) -> AddOrderResult:
-        sending()  # the slot is ours and the fence passed: the request goes now
-        return await self.whmcs.add_order(request.params(), send_deadline=send_deadline)
+                   sending: Callable[[], _Write]) -> AddOrderResult:
+        write = sending()  # the slot is ours and the fence passed: the request goes now
+        return await self.whmcs.add_order(request.params(), send_deadline=send_deadline,
+                                          **self._on_write(write))
 
     async def accept(self, order_id: int, *, fence: Fence = no_fence,
                      settle_at_ms: int | None = None,
-                     on_send: Callable[[], None] | None = None) -> ProvisionResult | None:
+                     on_send: Callable[[], _Write] | None = None) -> ProvisionResult | None:
         """Accept ``order_id``; None when it is Active afterwards, else a Failed result.
 
         ``settle_at_ms``: an earlier ``AcceptOrder`` went unanswered — wait until it can no
         longer be running, then read the order: Active → done, Pending → accept, anything
-        else → Failed. ``on_send`` is called as the ``AcceptOrder`` request goes."""
+        else → Failed. ``on_send`` is called as the ``AcceptOrder`` request is handed to the
+        client; the write it returns is told when the request is written."""
         if settle_at_ms is not None:
             await self._wait_until(settle_at_ms, f"reading WHMCS order {order_id} (an "
                                    "unanswered AcceptOrder may still be running)", None)
@@ -345,10 +393,11 @@ class Provisioner:
                      "accepting it", order_id)
 
         async def call(send_deadline: float | None) -> None:
-            if on_send is not None:
-                on_send()  # the slot is ours and the fence passed: the request goes now
+            # the slot is ours and the fence passed: the request goes now
+            write = on_send() if on_send is not None else None
             await self.whmcs.accept_order(order_id, autosetup=self.policy.autosetup,
-                                          send_deadline=send_deadline)
+                                          send_deadline=send_deadline,
+                                          **self._on_write(write))
         try:
             await self._call("AcceptOrder", fence, call)
             self.access_refused_since = None
@@ -373,24 +422,34 @@ class Provisioner:
         raises :class:`AcceptFailed` (its ``result`` names the order too) when WHMCS refused
         the accept or left it unknown, and Fenced."""
         order_id = found.whmcs_order_id or 0
-        sent_at: float | None = None
+        sent: _Write | None = None
         settle_at_ms: int | None = None
 
-        def sending() -> None:
-            nonlocal sent_at
-            sent_at = self._wall()
+        def sending() -> _Write:
+            nonlocal sent
+            sent = self._write()
+            return sent
         while True:
             try:
                 failure = await self.accept(order_id, fence=fence, settle_at_ms=settle_at_ms,
                                             on_send=sending)
             except (WhmcsTransientError, WhmcsUnknownResultError) as exc:
-                if settle_unanswered and settle_at_ms is None and sent_at is not None and \
+                if settle_unanswered and settle_at_ms is None and sent is not None and \
                         not isinstance(exc, WhmcsNotSentError):
-                    # WHMCS may have accepted (the module runs while we wait): read it once
-                    # that call can no longer be running, as provision() does
-                    settle_at_ms, sent_at = self._settle_at_ms(sent_at), None
-                    log.info("AcceptOrder of WHMCS order %d unanswered (%s); reading it once "
-                             "it can no longer be running", order_id, exc)
+                    left_at = sent.left_at()
+                    if left_at is not None:
+                        # WHMCS may have accepted (the module runs while we wait): read it
+                        # once that call can no longer be running, as provision() does
+                        settle_at_ms = self._settle_at_ms(left_at)
+                        log.info("AcceptOrder of WHMCS order %d unanswered (%s); reading it "
+                                 "once it can no longer be running", order_id, exc)
+                    else:
+                        # nothing of it was written (no connection): nothing to wait out —
+                        # read it and accept again after the grace, as an unanswered one
+                        settle_at_ms = int((self._wall() + self.policy.lookup_grace_s) * 1000)
+                        log.info("AcceptOrder of WHMCS order %d not sent (%s); trying again",
+                                 order_id, exc)
+                    sent = None
                     continue
                 raise AcceptFailed(_failed_after(
                     found, "WHMCS_UNAVAILABLE", f"WHMCS gave no definite answer: {exc}",
@@ -475,17 +534,18 @@ class Provisioner:
         for other in others:
             if other.status != "Pending":
                 continue
-            sent: list[float] = []
+            sent: list[_Write] = []
             try:
                 await self._call("CancelOrder", fence, partial(self._cancel, other.id, sent))
                 cancelled.add(other.id)
             except WhmcsError as exc:
                 log.error("compensation: cancelling duplicate WHMCS order %d failed: %s",
                           other.id, exc, extra={"order_id": request.order_id})
-                if isinstance(exc, WhmcsNotSentError | WhmcsAccessError) or not sent:
-                    continue  # certainly not done
+                left_at = sent[0].left_at() if sent else None
+                if isinstance(exc, WhmcsNotSentError | WhmcsAccessError) or left_at is None:
+                    continue  # certainly not done: nothing of it was written
                 unanswered = isinstance(exc, WhmcsTransientError | WhmcsUnknownResultError)
-                unsure[other.id] = self._settle_at_ms(sent[0]) if unanswered else None
+                unsure[other.id] = self._settle_at_ms(left_at) if unanswered else None
         settle_at_ms = max((at for at in unsure.values() if at is not None), default=None)
         if settle_at_ms is not None:
             await self._wait_until(settle_at_ms, "reading duplicate WHMCS orders (an "
@@ -511,10 +571,12 @@ class Provisioner:
         log.error("compensation: %s", result.error_message,
                   extra={"order_id": request.order_id, "whmcs_order_id": kept.id})
 
-    async def _cancel(self, order_id: int, sent: list[float],
+    async def _cancel(self, order_id: int, sent: list[_Write],
                       send_deadline: float | None) -> None:
-        sent.append(self._wall())  # the slot is ours and the fence passed: it goes now
-        await self.whmcs.cancel_order(order_id, send_deadline=send_deadline)
+        write = self._write()  # the slot is ours and the fence passed: it goes now
+        sent.append(write)
+        await self.whmcs.cancel_order(order_id, send_deadline=send_deadline,
+                                      **self._on_write(write))
 
     async def _find(self, request: WhmcsOrderRequest,
                     earlier_client_ids: tuple[int, ...] = ()) -> list[WhmcsOrder]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance, GroupCoordinator
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 
+from common.clock import lease_clock
 from streams.faust_seam._base import CONTRACT, _wrap
 
 
 class MembershipListener:
-    """What the hooks report for one consumer group; called from the consumer's thread."""
+    """What the hooks report for one consumer group; called from the consumer's thread.
+    ``sent_at``: when the request was sent, on the lease clock
+    (:func:`common.clock.lease_clock`, which counts a host suspend)."""
 
     def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
                   rebalance: bool) -> None: ...
@@ -37,7 +39,7 @@ def watch_membership(group_id: str, listener: MembershipListener) -> None:
 def _install_membership_hooks() -> None:
     def heartbeat(original: Any) -> Any:
         async def _do_heartbeat(self: Any) -> Any:
-            generation, sent_at = self.generation, time.monotonic()
+            generation, sent_at = self.generation, lease_clock()
             ok = await original(self)
             listener = _listeners.get(self.group_id)
             if listener is not None:
@@ -51,7 +53,7 @@ def _install_membership_hooks() -> None:
 
     def sync(original: Any) -> Any:
         async def _send_sync_group_request(self: Any, request: Any) -> Any:
-            generation, sent_at = self._coordinator.generation, time.monotonic()
+            generation, sent_at = self._coordinator.generation, lease_clock()
             assignment = await original(self, request)
             listener = _listeners.get(self.group_id)
             if assignment is not None and listener is not None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from common import http_transport
+from common.clock import lease_clock
 from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
 from sandbox.salesforce.tlsgen import tls_material
 from streams.__main__ import use_event_loop
@@ -293,7 +294,7 @@ def test_a_passed_send_deadline_writes_nothing_and_keeps_the_connection():
             t = Http11Transport()
             await post(t, srv.url)
             request = httpx.Request("POST", srv.url, content=b"action=AddOrder", extensions={
-                SEND_DEADLINE: time.monotonic() - 0.001})
+                SEND_DEADLINE: lease_clock() - 0.001})
             with pytest.raises(NotSent, match="send deadline passed"):
                 await t.handle_async_request(request)
             await post(t, srv.url)
@@ -302,6 +303,48 @@ def test_a_passed_send_deadline_writes_nothing_and_keeps_the_connection():
     srv = run(go())
     assert [body for _, _, body in srv.requests] == [b"action=GetProducts"] * 2
     assert srv.connections == 1
+
+
+def test_on_write_is_told_after_the_connect_and_never_when_nothing_was_written(monkeypatch):
+    """The moment an unanswered write's settle moment counts from (streams.provision): told
+    once the connection is ours (after the connect) and the deadline checked, right before
+    the bytes go — and not at all for a request that was not sent, or had no connection."""
+    events: list[str] = []
+    original = http_transport._Pool.connect
+
+    async def connect(self, timeout):
+        events.append("connect")
+        return await original(self, timeout)
+    monkeypatch.setattr(http_transport._Pool, "connect", connect)
+
+    async def go():
+        async with Scripted([OK]) as srv:
+            t = Http11Transport()
+            url = httpx.URL(srv.url)
+            data = http_transport.request_bytes(b"POST", url, [], b"action=GetProducts")
+            timeouts = httpx.Timeout(5.0).as_dict()
+            written = lambda: events.append(f"write {len(srv.requests)}")  # noqa: E731
+            await t.exchange(url, data, timeouts, on_write=written)
+            with pytest.raises(NotSent):
+                await t.exchange(url, data, timeouts, send_deadline=lease_clock() - 0.001,
+                                 on_write=written)
+            await t.exchange(url, data, timeouts, on_write=written)  # the kept connection
+            await t.aclose()
+            closed = httpx.URL(f"http://127.0.0.1:{unused_port()}/")
+            with pytest.raises(httpx.ConnectError):
+                await t.exchange(closed, data, timeouts, on_write=written)
+            return srv
+    srv = run(go())
+    assert len(srv.requests) == 2
+    assert events == ["connect", "write 0", "write 1", "connect"]
+
+
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_https_verifies_the_servers_certificate(tmp_path):

@@ -100,6 +100,8 @@ class _Salesforce:
 
 
 class _Whmcs:
+    reports_writes = False  # read by the Provisioner as it is made, not a call
+
     def __getattr__(self, name):
         raise AssertionError(f"WHMCS called ({name}) without a durable pending intent")
 

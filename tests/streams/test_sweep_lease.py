@@ -11,10 +11,10 @@ Order up, and never sends a second ``AcceptOrder`` while the first one's autoset
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from common.clock import lease_clock
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
@@ -69,12 +69,12 @@ class Whmcs:
                 for i in self.pending]
 
     async def accept_order(self, order_id, *, autosetup=True, send_deadline=None):
-        self._log("AcceptOrder", send_deadline=send_deadline, sent_mono=time.monotonic())
+        self._log("AcceptOrder", send_deadline=send_deadline, sent_mono=lease_clock())
         raise WhmcsUnknownResultError("AcceptOrder: no answer after sending",
                                       action="AcceptOrder")
 
     async def cancel_order(self, order_id, *, send_deadline=None):
-        self._log("CancelOrder", send_deadline=send_deadline, sent_mono=time.monotonic())
+        self._log("CancelOrder", send_deadline=send_deadline, sent_mono=lease_clock())
 
     async def get_order(self, order_id):
         return None
@@ -92,7 +92,7 @@ def _owned(clock: Clock):
     """The sweep's lease for an Order's job: held, ``GROUP_LEASE_S`` left at each check."""
     def fence_for(_oid):
         async def own(action, *, queued=False):
-            return LeaseCheck(True, "", time.monotonic() + GROUP_LEASE_S,
+            return LeaseCheck(True, "", lease_clock() + GROUP_LEASE_S,
                               clock() / 1000 + GROUP_LEASE_S)
         return own
     return fence_for
@@ -169,7 +169,7 @@ class Refusing(Whmcs):
         self.refusal = refusal
 
     async def accept_order(self, order_id, *, autosetup=True, send_deadline=None):
-        self._log("AcceptOrder", send_deadline=send_deadline, sent_mono=time.monotonic())
+        self._log("AcceptOrder", send_deadline=send_deadline, sent_mono=lease_clock())
         raise self.refusal
 
 

@@ -514,8 +514,7 @@ def test_two_pending_orders_keep_the_lowest_and_accept_only_it(whmcs):
 # -- the send deadline: a request whose lease ran out is never sent -------------------------
 
 def test_a_passed_send_deadline_sends_nothing(whmcs):
-    import time
-
+    from common.clock import lease_clock
     from common.errors import WhmcsNotSentError
 
     before = sum(whmcs.counters()["calls"].values())
@@ -524,9 +523,9 @@ def test_a_passed_send_deadline_sends_nothing(whmcs):
         async with WhmcsClient(settings(whmcs)) as client:
             with pytest.raises(WhmcsNotSentError):
                 await client.add_order(req("801T0000000040AAA").params(),
-                                       send_deadline=time.monotonic() - 0.01)
+                                       send_deadline=lease_clock() - 0.01)
             made = await client.add_order(req("801T0000000041AAA").params(),
-                                          send_deadline=time.monotonic() + 30)
+                                          send_deadline=lease_clock() + 30)
             return made
     made = run(go())
     assert made.order_id and whmcs.orders_for("801T0000000040AAA") == []
@@ -536,10 +535,9 @@ def test_a_passed_send_deadline_sends_nothing(whmcs):
 def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs):
     """A process paused after every earlier check and before the write: the transport checks
     once the connection is ours (new or reused), before any byte of the request is written."""
-    import time
-
     import httpx
 
+    from common.clock import lease_clock
     from common.http_transport import SEND_DEADLINE, Http11Transport, NotSent
     from common.whmcs import encode_form
 
@@ -555,7 +553,7 @@ def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs
             for _ in range(2):  # a reused connection, then (closed by us) a new one
                 with pytest.raises(NotSent, match="send deadline passed"):
                     await http.post(url, content=body.encode(), extensions={
-                        SEND_DEADLINE: time.monotonic() - 0.001},
+                        SEND_DEADLINE: lease_clock() - 0.001},
                         headers={"Content-Type": "application/x-www-form-urlencoded"})
     run(go())
     assert whmcs.orders_for("801T0000000042AAA") == []
@@ -565,8 +563,7 @@ def test_the_deadline_is_checked_again_right_before_the_request_is_written(whmcs
 def test_provisioning_asks_the_fence_again_after_a_not_sent_call(whmcs):
     """The fence's deadline passes before the request leaves: nothing is sent, no lookup is
     needed (it was certainly not sent), and the next round asks the fence again."""
-    import time
-
+    from common.clock import lease_clock
     from streams.lease import Fenced, LeaseCheck
 
     asked: list[str] = []
@@ -576,7 +573,7 @@ def test_provisioning_asks_the_fence_again_after_a_not_sent_call(whmcs):
             return None
         asked.append(action)
         if len(asked) == 1:
-            return time.monotonic() - 1  # already past: as if paused since the check
+            return lease_clock() - 1  # already past: as if paused since the check
         raise Fenced(LeaseCheck(False, "partition lost", lost=True), stage=action)
 
     async def go():
