@@ -33,8 +33,6 @@ def _produce(bootstrap: str, topic: str, values: list[str]) -> None:
     assert errors == []
 
 
-@pytest.mark.broker
-@pytest.mark.slow
 def test_a_cluster_started_by_hand_says_what_the_pipeline_needs(tmp_path, monkeypatch, capsys):
     """The broker defaults (replication 3, min ISR 2) cover only Kafka's internal topics: the
     pipeline declares its own topics with KAFKA_REPLICATION_FACTOR (default 1), so `make
@@ -56,6 +54,8 @@ def test_a_cluster_started_by_hand_says_what_the_pipeline_needs(tmp_path, monkey
     assert kafka.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096", line
 
 
+@pytest.mark.broker
+@pytest.mark.slow
 def test_three_nodes_keep_producing_and_consuming_when_a_leader_dies(tmp_path):
     cluster = LocalCluster(tmp_path / "cluster", nodes=3)
     try:
