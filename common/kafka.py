@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
@@ -28,7 +28,7 @@ from common.connection import (
     is_refusal,
     refusal_message,
 )
-from common.errors import KafkaAccessError, KafkaError
+from common.errors import ConfigError, KafkaAccessError, KafkaError
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class TopicSpec:
     replication_factor: int
     config: dict[str, str] = field(default_factory=dict)
     purpose: str = ""
+    # the topic whose partition count this one must have (a worker changelog: the
+    # requests'), taken from the cluster when that topic exists (:func:`ensure_topics`)
+    partitioned_as: str = ""
 
 
 def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
@@ -82,13 +85,57 @@ def changelog_topics(settings: KafkaSettings, app_id: str) -> list[TopicSpec]:
     the app id with the topic prefix), declared here so the worker creates them before it
     joins its group: faust's assignor ignores a changelog its metadata does not show yet (a
     forming cluster), and faust would create them without ``min.insync.replicas`` — the
-    cluster's default, often 1, under the intents that keep WHMCS writes at most once."""
+    cluster's default, often 1, under the intents that keep WHMCS writes at most once.
+
+    Partitioned as the requests topic (a table's partition P holds the Orders whose events
+    are on requests partition P): ``KAFKA_PARTITIONS`` here, the requests topic's own count
+    when it exists (:func:`ensure_topics`)."""
     return [TopicSpec(f"{app_id}-{table}-changelog", settings.partitions,
                       settings.replication_factor,
                       {"cleanup.policy": "compact",
                        "min.insync.replicas": str(settings.min_insync_replicas)},
-                      f"worker table {table} (faust changelog, compacted)")
+                      f"worker table {table} (faust changelog, compacted)",
+                      partitioned_as=settings.requests)
             for table in WORKER_TABLES]
+
+
+class PartitionMismatch(ConfigError):
+    """The requests topic's partition count is not ``KAFKA_PARTITIONS``, or a topic that
+    must be partitioned as it (a worker changelog) has another count (:func:`ensure_topics`
+    with ``refuse_partition_mismatch``)."""
+
+
+def _partition_count(metadata: Any, name: str) -> int | None:
+    """The partitions of ``name`` in the cluster's metadata; None when it is not there."""
+    topic = metadata.topics.get(name)
+    return len(topic.partitions) if topic is not None and topic.partitions else None
+
+
+def partition_mismatch(settings: KafkaSettings, specs: Iterable[TopicSpec],
+                       metadata: Any) -> str | None:
+    """One line naming what the worker cannot run with, or None: the requests topic, one
+    of ``specs``, exists with another partition count than ``KAFKA_PARTITIONS`` (the worker
+    works out an Order's partition from the setting, the connector's producer from the
+    topic), or a topic of ``specs`` partitioned as another
+    (:attr:`TopicSpec.partitioned_as`) exists with another count than that one."""
+    specs = list(specs)
+    requests = _partition_count(metadata, settings.requests)
+    if (requests is not None and requests != settings.partitions
+            and any(s.name == settings.requests for s in specs)):
+        return (f"the requests topic {settings.requests} has {requests} partitions, "
+                f"KAFKA_PARTITIONS is {settings.partitions}: set KAFKA_PARTITIONS={requests} "
+                "(the worker partitions its tables and finds each Order's partition with it)")
+    for spec in specs:
+        if not spec.partitioned_as:
+            continue
+        have = _partition_count(metadata, spec.name)
+        want = _partition_count(metadata, spec.partitioned_as)
+        if have is not None and want is not None and have != want:
+            return (f"{spec.name} has {have} partitions, {spec.partitioned_as} has {want}: "
+                    f"they must be partitioned alike ({spec.partitioned_as} grown after "
+                    f"{spec.name} was made is not supported without a drain: README, "
+                    "Topics and schemas)")
+    return None
 
 
 def admin_client(settings: KafkaSettings | KafkaConnection, **extra: Any) -> AdminClient:
@@ -262,7 +309,8 @@ def is_transient(exc: BaseException) -> bool:
 def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
                   admin: AdminClient | None = None,
                   only: Iterable[str] | None = None,
-                  extra: Iterable[TopicSpec] = ()) -> EnsureReport:
+                  extra: Iterable[TopicSpec] = (),
+                  refuse_partition_mismatch: bool = False) -> EnsureReport:
     """Create missing topics; report partition/replication/config drift of existing ones
     (see :func:`describe_drift`). Idempotent. Returns once every topic it names is in the
     cluster's metadata with a leader for each partition (a forming cluster learns of a new
@@ -270,9 +318,12 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     read and the create is waited for too, and checked for drift.
 
     ``only``: the names a process uses (its principal may not see the others); ``extra``:
-    topics declared elsewhere (:func:`changelog_topics`), always included. A broker
-    that refuses this client, or its principal to create a missing topic or read a topic's
-    config, raises :class:`KafkaAccessError` (see :func:`connect`)."""
+    topics declared elsewhere (:func:`changelog_topics`), always included. A topic declared
+    ``partitioned_as`` another that exists is created with that one's partition count.
+    ``refuse_partition_mismatch`` (the worker): a :func:`partition_mismatch` raises
+    :class:`PartitionMismatch` before anything is created. A broker that refuses this
+    client, or its principal to create a missing topic or read a topic's config, raises
+    :class:`KafkaAccessError` (see :func:`connect`)."""
     conn = KafkaConnection.from_settings(settings)
     if admin is None:
         admin, metadata = connect(conn, timeout=timeout)
@@ -288,6 +339,11 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
         if (wanted is None or spec.name in wanted) and spec.name not in {s.name for s in specs}:
             specs.append(spec)
     specs.extend(s for s in extra if s.name not in {x.name for x in specs})
+    if refuse_partition_mismatch and (line := partition_mismatch(settings, specs, metadata)):
+        raise PartitionMismatch(line)
+    specs = [replace(s, partitions=count) if s.partitioned_as and
+             (count := _partition_count(metadata, s.partitioned_as)) is not None else s
+             for s in specs]
     report = EnsureReport()
     missing = [s for s in specs if s.name not in metadata.topics]
     # ``raced``: missing a moment ago, yet "already exists" — another process (the connector,

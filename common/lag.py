@@ -130,12 +130,17 @@ def records_between(c: Any, topic: str, partition: int, start: int, end: int, *,
 
 
 def new_range_consumer(target: Connectable, group: str) -> Any:
-    """A consumer for :func:`committed_record_offsets`: assigns, never joins or commits."""
+    """A consumer for :func:`committed_record_offsets`: assigns, never joins or commits.
+
+    A range whose start retention deleted (or ``kafka-delete-records``) reads on from the
+    log start (``earliest``), whose records are all that is left: librdkafka's default
+    (``largest``) jumped to the end and read nothing — a commit check passed unchecked, a lag
+    counted 0."""
     return Consumer(kafka_config(target, **{
                      "group.id": group,
                      "enable.auto.commit": False, "enable.auto.offset.store": False,
                      "isolation.level": "read_committed", "enable.partition.eof": True,
-                     "fetch.wait.max.ms": 50,
+                     "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
                      # librdkafka prefetches up to 64 MB per consumer by default: on a
                      # backlog that cost the worker ~80 MB of RSS and 166 ms per commit check
                      # (fetch.max.bytes spans many partitions' max.partition.fetch.bytes:
@@ -200,8 +205,8 @@ def lag_reader(bootstrap: Connectable, group: str, topic: str) -> Any:
     def read() -> list[tuple[int, int, int]]:
         if not clients:
             clients.append(group_reader(bootstrap, group))
-            clients.append(Consumer(kafka_config(bootstrap, **{
+            clients.append(Consumer(kafka_config(bootstrap, **{  # earliest: as above
                 "group.id": f"{group}-watchdog", "enable.auto.commit": False,
-                "isolation.level": "read_committed"})))
+                "isolation.level": "read_committed", "auto.offset.reset": "earliest"})))
         return group_lag(clients[0], clients[1], topic)
     return read

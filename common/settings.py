@@ -175,8 +175,10 @@ class KafkaSettings(_Section):
                                      "or a LATEST resubscribe before any position was "
                                      "committed.")
     partitions: int = env("KAFKA_PARTITIONS", 6, parse=parse_positive_int,
-                          doc="Partitions of the requests and outcomes topics and of the "
-                              "worker's changelog topics.")
+                          doc="Partitions of the requests and outcomes topics when they are "
+                              "created. Must be the requests topic's count: the worker "
+                              "refuses to start (exit 64) when the requests topic exists with "
+                              "another count; its changelog topics take the requests topic's.")
     replication_factor: int = env("KAFKA_REPLICATION_FACTOR", 1, parse=parse_positive_int,
                                   doc="Replication factor of every topic.")
     min_insync_replicas: int = env("KAFKA_MIN_INSYNC_REPLICAS", 1, parse=parse_positive_int,

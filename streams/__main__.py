@@ -8,8 +8,10 @@ stops it before it takes anything in (exit 0; :func:`faust_worker`).
 
 Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 bad
 configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
-the verified one, or a broker that refuses the worker's credentials or ACLs (one line names
-it; the supervisor does not restart it), 75 stalled (restart it), anything else: restart.
+the verified one, a requests topic whose partition count is not ``KAFKA_PARTITIONS`` (or
+changelogs partitioned otherwise than it), or a broker that refuses the worker's credentials
+or ACLs (one line names it; the supervisor does not restart it), 75 stalled (restart it),
+anything else: restart.
 ACLs are checked at start-up for the topics (``ensure_topics``) and the group
 (``check_group_access``); a write refused later — outcomes, dead letters, changelogs — stops
 the worker as SIGTERM would, then exits 64 (:meth:`streams.app.Worker.refuse`), and so does
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
-from common.kafka import changelog_topics, ensure_topics
+from common.kafka import PartitionMismatch, changelog_topics, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -96,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("%s", exc)
         return EXIT_CONFIG
     try:
-        # its tables' changelogs too, before it joins (common.kafka.changelog_topics)
+        # its tables' changelogs too, before it joins (common.kafka.changelog_topics); a
+        # requests topic with another partition count than KAFKA_PARTITIONS (or changelogs
+        # with another than the requests topic) refuses before anything is created: the
+        # worker partitions its tables and finds each Order's partition with the setting
         report = ensure_topics(kafka, only=(kafka.requests, kafka.outcomes, kafka.dead_letters),
-                               extra=changelog_topics(kafka, kafka.topic(worker.app_id)))
+                               extra=changelog_topics(kafka, kafka.topic(worker.app_id)),
+                               refuse_partition_mismatch=True)
         # described in a child process: librdkafka#4605 aborts the asker (decision 0008)
         check_group_access(kafka, kafka.topic(worker.app_id))
-    except KafkaAccessError as exc:
+    except (KafkaAccessError, PartitionMismatch) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except KafkaError as exc:  # the broker did not answer for the running time allowed

@@ -9,10 +9,10 @@ does it in four steps, numbered in the code:
    its own partition's commit point here, and nothing else), or past the highest finished
    event when none is unfinished;
 2. **check against the log**: a ``read_committed`` reader with its own clients lists the
-   records between the group's committed offset and the candidate; the commit stops at the
-   first record this worker never finished — one faust fetched and dropped without handing
-   it over (``docs/decisions/0003``) — and the partition is sought back to it before the next
-   fetch. A check that cannot be made holds the commit: a commit can always wait;
+   records between the group's committed offset (or the log start, when retention passed
+   it) and the candidate; the commit stops at the first record this worker never finished —
+   one faust fetched and dropped without handing it over (``docs/decisions/0003``) — and the
+   partition is sought back to it before the next fetch. A check that cannot be made holds the commit: a commit can always wait;
 3. **commit** what passed, through the consumer, in the current generation (partitions no
    longer assigned are skipped);
 4. **forget** the finished offsets below what is now committed.
@@ -37,8 +37,8 @@ from streams import metrics
 
 log = logging.getLogger(__name__)
 
-# partition → end offset wanted  ⟶  partition → (group's committed offset, record offsets in
-# [committed, end))
+# partition → end offset wanted  ⟶  partition → (group's committed offset — the log start when
+# that is later —, record offsets in [that, end))
 RangeReader = Callable[[Mapping[int, int]], dict[int, tuple[int, list[int]]]]
 
 
@@ -226,12 +226,12 @@ class BrokerRangeReader:
             bases = {}
             for partition, offset in committed_offsets(self._offsets, topic, wanted,
                                                        timeout=timeout_s).items():
-                if offset >= 0:
-                    bases[partition] = offset
-                else:  # never committed: from the partition's beginning
-                    low, _ = self._consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=timeout_s)
-                    bases[partition] = low
+                # from the committed offset, or the log start when that is later (retention
+                # or kafka-delete-records removed the records between: a read below it
+                # starts at it) or the group never committed there
+                low, _ = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout_s)
+                bases[partition] = max(offset, low)
             ranges = {p: (bases[p], end) for p, end in wanted.items() if p in bases}
             records = committed_record_offsets(self._consumer, topic, ranges,
                                                timeout_s=timeout_s)
