@@ -36,8 +36,8 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
   3 s ``SF_TIMEOUT_S``: the caller gives up, the org still does it — a late sink write, a
   guard query answered to nobody, a token request retried), 2 % of the records of each
   write refused with ``UNABLE_TO_LOCK_ROW``. The report counts what the sandbox injected.
-* WHMCS in runs with pauses: 60 ms (± 10) per ``AddOrder``/``AcceptOrder`` and
-  ``WORKER_WHMCS_PARALLELISM`` 2 — a worker's WHMCS capacity (about 2 / 0.12 s = 16 Orders/s)
+* WHMCS in runs with pauses: 60–70 ms (60 + 0–10) per ``AddOrder``/``AcceptOrder`` and
+  ``WORKER_WHMCS_PARALLELISM`` 2 — a worker's WHMCS capacity (about 2 / 0.13 s = 15 Orders/s)
   below its share of the approvals, so its batches hold Orders queued behind the parallelism
   limit most of the time, and a pause catches some (``--whmcs-latency-ms``,
   ``--whmcs-parallelism`` change it).
@@ -48,12 +48,20 @@ workers, pauses only of workers, 3 pauses unless ``--pauses``): see ``bench/brok
 ``--pause-workers-only`` draws the same plan with nothing broken: one seed compares the lease
 on and off.
 
+The plan's rules hold on the real timeline (``bench.chaos_faults``): a killed victim
+restarts in the background while the plan goes on, and a fault whose victim is still out or
+recovering waits for it (``late_s`` in the report; ``schedule_violations`` lists any fault
+applied against the rules, expected none). From the command line, every pause and cut must
+start inside 0.05–0.95 of the approval phase (``bench.chaos_plan``, rule 5): a plan where
+they cannot is refused with the least ``--orders`` that fits them (exit 2).
+
 When everything has settled it checks the invariants and writes ``bench/results/chaos.json``:
 ``approved``, ``whmcs_orders``, ``duplicates`` (Salesforce Orders with more than one WHMCS
 order, counted per ``sfOrderId=`` marker in any status, cancelled included), ``missing``
 (approved provisionable Orders without a final Salesforce state), ``compensations`` and
 ``fenced`` (the workers' ``compensation:`` / ``fenced:`` log lines), ``kills``, ``pauses``,
-``brokers``, ``seed`` and the ``plan``. Exit status 1 when an invariant fails.
+``brokers``, ``seed``, the ``plan``, ``whmcs_faults`` (the WHMCS sandbox's faults that
+fired) and ``schedule_violations``. Exit status 1 when an invariant fails.
 """
 
 from __future__ import annotations
@@ -69,8 +77,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.chaos_faults import PIPELINE_PROCESSES, execute, settle
-from bench.chaos_plan import BROKER, Fault, make_plan
+from bench.chaos_faults import PIPELINE_PROCESSES, execute, schedule_violations, settle
+from bench.chaos_plan import BROKER, WINDOW, Fault, PlanDoesNotFit, make_plan
 from bench.chaos_report import (
     changelog_ends,
     count_lines,
@@ -152,6 +160,9 @@ class ChaosRun:
     break_guard: bool = False
     break_lease: bool = False
     break_repair: bool = False
+    # no plan unless every pause and cut starts inside the approvals (rule 5 of
+    # bench.chaos_plan): --pauses or --cuts given on the command line; not compared
+    refuse_late: bool = dataclasses.field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.cuts and self.bootstrap is not None:
@@ -161,7 +172,9 @@ class ChaosRun:
     def from_args(cls, args: argparse.Namespace) -> ChaosRun:
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
                  if hasattr(args, f.name)}
-        return cls(**given, broker_kills=not args.no_broker_kills)
+        given.update(pauses=args.pauses or 0, cuts=args.cuts or 0)
+        return cls(**given, broker_kills=not args.no_broker_kills,
+                   refuse_late=args.pauses is not None or args.cuts is not None)
 
     @property
     def broken(self) -> str | None:
@@ -199,18 +212,53 @@ class ChaosRun:
         return [f"worker{i}" for i in range(2, self.workers + 1)]
 
     def plan(self) -> list[Fault]:
-        """The faults, drawn from the seed (:func:`bench.chaos_plan.make_plan`)."""
+        """The faults, drawn from the seed (:func:`bench.chaos_plan.make_plan`), pauses and
+        cuts inside the approval phase where they fit (rule 5). With ``refuse_late``,
+        :class:`~bench.chaos_plan.PlanDoesNotFit` when they do not all fit, naming the least
+        ``--orders`` that fits them (:meth:`minimum_orders`)."""
+        try:
+            return self._plan(self.orders)
+        except PlanDoesNotFit as exc:
+            duration = self.orders / self.rate
+            least = self.minimum_orders()
+            raise PlanDoesNotFit(exc.late, exc.duration_s, (
+                f"{self.pauses} pause(s) and {self.cuts} cut(s) do not all fit inside "
+                f"{WINDOW[0]:g}-{WINDOW[1]:g} of the approval phase ({self.orders} Orders at "
+                f"{self.rate:g}/s: {duration:.0f} s; seed {self.seed}): {len(exc.late)} would "
+                f"start after {WINDOW[1] * duration:.0f} s; "
+                + (f"the least --orders that fits them is {least}" if least is not None
+                   else "no --orders up to 100 times as many fits them"))) from None
+
+    def minimum_orders(self) -> int | None:
+        """The least ``--orders`` above :attr:`orders` whose plan (this seed) starts every
+        pause and cut inside the approval phase."""
+        for orders in range(self.orders + 1, 100 * self.orders + 1):
+            try:
+                self._plan(orders, refuse=True)
+            except PlanDoesNotFit:
+                continue
+            return orders
+        return None
+
+    def late_faults(self, plan: list[Fault]) -> list[Fault]:
+        """The pauses and cuts of ``plan`` that start past 0.95 of the approval phase."""
+        return [f for f in plan
+                if f.action != "kill" and f.at_s > WINDOW[1] * self.orders / self.rate]
+
+    def _plan(self, orders: int, refuse: bool | None = None) -> list[Fault]:
         processes = (*PIPELINE_PROCESSES, *self.extra_workers)
         victims = [*processes, *([BROKER] if self.broker_faults else [])]
         workers_only = self.break_lease or self.pause_workers_only
-        return make_plan(self.seed, duration_s=self.orders / self.rate, kills=self.kills,
+        return make_plan(self.seed, duration_s=orders / self.rate, kills=self.kills,
                          pauses=self.pauses, pause_s=self.pause_s or 0.0, kill_victims=victims,
                          pause_victims=[p for p in victims if p.startswith("worker")]
                          if workers_only else victims,
                          cluster=self.brokers > 1, partitions=3, cuts=self.cuts,
                          cut_s=self.cut_s or 0.0,
                          cut_victims=[p for p in processes if p.startswith("worker")]
-                         if workers_only else list(processes))
+                         if workers_only else list(processes),
+                         within=True,
+                         refuse=self.refuse_late if refuse is None else refuse)
 
     @property
     def broker_faults(self) -> bool:
@@ -236,6 +284,11 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
     extra_workers = run.extra_workers
     processes = (*PIPELINE_PROCESSES, *extra_workers)
     plan = run.plan()
+    if late := run.late_faults(plan):  # --break-lease's own pauses: said, not refused
+        least = run.minimum_orders()
+        log(f"chaos: warning: {len(late)} of the pauses and cuts start after "
+            f"{WINDOW[1] * run.orders / run.rate:.0f} s, with few or no Orders left to "
+            f"approve" + (f" (--orders {least} fits them)" if least else ""))
     commands = {}
     if run.broken:  # self-test: the invariants must catch the breakage
         commands["worker"] = ["-m", "bench.broken_worker", "--break", run.broken, "worker"]
@@ -253,13 +306,15 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         approving = threading.Thread(target=_approve, daemon=True,
                                      args=(p, run.orders, run.rate, approved, errors,
                                            approving_s))
+        watched = (*processes, *p.broker_names)  # deaths of their own: revived, reported
         started = time.monotonic()
         approving.start()
-        applied, restarts = execute(p, plan, processes, timeouts, started, log)
+        applied, restarts = execute(p, plan, watched, timeouts, started, log,
+                                    approvals=lambda: (approving.is_alive(), list(approved)))
         approving.join()
         log(f"  approved {len(approved)} Orders in {approving_s[0]:.0f}s; faults done at "
             f"{time.monotonic() - started:.0f}s; waiting for every Order to settle")
-        more, settled = settle(p, approved, processes, started, run.settle_timeout)
+        more, settled = settle(p, approved, watched, started, run.settle_timeout)
         restarts += more
         workers_logs = ("worker", *extra_workers)
         report = p.invariants(approved)
@@ -277,18 +332,11 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
             worker_variant=first_line(p, "worker", "bench.broken_worker:"),
             connector_fenced=count_lines(p, ("connector",), "fenced:"),
             commit_gate_holds=count_lines(p, workers_logs, "commit gate: faust would commit"),
-            kill_plan=[f for f in applied if f["action"] == "kill"],
-            pauses=[f for f in applied if f["action"] == "pause"],
-            pause_count=sum(f["action"] == "pause" and "skipped" not in f for f in applied),
-            pauses_skipped=sum(f["action"] == "pause" and "skipped" in f for f in applied),
             settled=settled,
-            cuts=[f for f in applied if f["action"] == "cut"],
-            cut_count=sum(f["action"] == "cut" for f in applied),
-            plan=[f.as_dict() for f in plan],
             duplicate_detail={oid: [(o["id"], o["status"]) for o in p.whmcs.orders_for(oid)]
                               for oid in report["duplicate_orders"]},
-            unplanned_restarts=len(restarts), unplanned=restarts, errors=errors,
-            duration_s=round(time.monotonic() - started, 1))
+            errors=errors, duration_s=round(time.monotonic() - started, 1))
+        report.update(fault_report(p, plan, applied, restarts))
         report.update(outcome_records(p))
         report.update(changelog_ends(p))
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
@@ -299,13 +347,32 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         return report
 
 
+def fault_report(p: Pipeline, plan: list[Fault], applied: list[dict[str, Any]],
+                 restarts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The faults as drawn and as applied, the deaths no fault caused, the plan's rules
+    checked on the real timeline, and the WHMCS sandbox's faults that fired."""
+    return {
+        "kill_plan": [f for f in applied if f["action"] == "kill"],
+        "pauses": [f for f in applied if f["action"] == "pause"],
+        "pause_count": sum(f["action"] == "pause" and "skipped" not in f for f in applied),
+        "pauses_skipped": sum(f["action"] == "pause" and "skipped" in f for f in applied),
+        "cuts": [f for f in applied if f["action"] == "cut"],
+        "cut_count": sum(f["action"] == "cut" for f in applied),
+        "plan": [f.as_dict() for f in plan],
+        "unplanned_restarts": len(restarts), "unplanned": restarts,
+        "schedule_violations": schedule_violations(applied, restarts),
+        "whmcs_faults": {"fired": p.whmcs.faults().get("fired", {})},
+    }
+
+
 SF_TIMEOUT_S = 3.0
 SF_FAULTS = {"rest_latency_ms": 20, "rest_503_rate": 0.02, "rest_hang_rate": 0.02,
              "rest_hang_s": 5.0, "lock_row_rate": 0.02}
 
 
 def _whmcs_faults(p: Pipeline, seed: int, latency_ms: float | None) -> None:
-    """Commit-then-hang on both writes; latency as in kill-only runs, or ``latency_ms`` ± 10."""
+    """Commit-then-hang on both writes; latency as in kill-only runs (``AddOrder`` 15 + 0–15
+    ms, ``AcceptOrder`` 10 + 0–10 ms), or ``latency_ms`` + 0–10 ms."""
     add, accept = ((15, 15), (10, 10)) if latency_ms is None else \
         ((latency_ms, 10), (latency_ms, 10))
     p.whmcs.set_fault_seed(seed)
@@ -336,24 +403,27 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "changelog_pending_intents", "changelog_unsent_decisions", "repair_would_look",
            "restores_left_out", "restores_skipped_late", "restores_held", "restores_floor",
            "stores_rebuilt",
-           "unplanned_restarts", "ok")
+           "unplanned_restarts", "schedule_violations", "whmcs_faults", "ok")
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="make chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=5000)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--pauses", type=int, default=0,
-                        help="SIGSTOP a random process this many times (see --pause-s)")
+    parser.add_argument("--pauses", type=int, default=None,
+                        help="SIGSTOP a random process this many times (see --pause-s; "
+                             "default 0, --break-lease 3); given, the run is refused (exit 2) "
+                             "unless every pause and cut starts inside 0.05-0.95 of the "
+                             "approvals, naming the least --orders that fits them")
     parser.add_argument("--pause-s", type=float, default=None,
                         help="how long each pause lasts (default: 3 x the lowest relevant "
                              "timeout, which runs with pauses lower to 10 s: 30 s)")
     parser.add_argument("--sf-faults", action="store_true",
                         help="Salesforce slow and flaky for the whole run (latency, 503s, "
                              "calls hanging past the client timeout, row locks)")
-    parser.add_argument("--cuts", type=int, default=0,
+    parser.add_argument("--cuts", type=int, default=None,
                         help="cut a random pipeline process off from the brokers this many "
-                             "times (see --cut-s)")
+                             "times (see --cut-s; default 0); refused as --pauses")
     parser.add_argument("--cut-s", type=float, default=None,
                         help="how long each cut lasts (default: as a pause, 30 s)")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
@@ -395,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run = ChaosRun.from_args(args)
     out = args.out or run.result_file()
+    try:
+        run.as_made()[0].plan()
+    except PlanDoesNotFit as exc:
+        print(f"make chaos: {exc}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         tmp = args.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="sfprov-chaos-"))
         report = run_chaos(Path(tmp), run)

@@ -25,6 +25,16 @@ Rules, in the order the random numbers are drawn (the order is part of reproduci
    the brokers), placed like a pause — a cut-off process is out for the same purposes (its
    group gives it up), so the pause rules hold for cuts too. Drawn last: the kills, pauses
    and targets of a seed are the same with or without cuts.
+5. **Inside the approvals** (``within=True``: every ``bench.chaos`` run): a pause or cut the
+   rules above would start past 0.95 of the approval phase takes instead the earliest free
+   start from 0.05 of it (a random one of the victims free then, as in rule 2), so it lands
+   while Orders still arrive. When there is none it stays where rule 2 put it, or, with
+   ``refuse=True`` (``--pauses``/``--cuts`` given on the command line), the plan is
+   refused: :class:`PlanDoesNotFit`. A plan whose pauses and cuts all start inside is the
+   same either way.
+
+:func:`out_together` is the rules' test of two faults, also applied to the real timeline
+by ``bench.chaos_faults`` (a restart can take longer than planned).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ RECOVER_S = 10.0
 BROKER = "kafka"
 BROKER_ROLES = ("requests-leader", "outcomes-leader", "worker-coordinator",
                 "sink-coordinator")
+WINDOW = (0.05, 0.95)  # the part of the approval phase the faults are drawn in
 
 
 @dataclass(frozen=True)
@@ -53,59 +64,118 @@ class Fault:
         return {k: v for k, v in out.items() if v is not None}
 
 
+class PlanDoesNotFit(ValueError):
+    """Pauses or cuts that find no free start inside :data:`WINDOW` of the approval phase."""
+
+    def __init__(self, late: list[Fault], duration_s: float, message: str | None = None):
+        self.late, self.duration_s = late, duration_s
+        super().__init__(message or (
+            f"{len(late)} pause(s)/cut(s) find no free start inside {WINDOW[0]:g}-{WINDOW[1]:g} "
+            f"of the {duration_s:.0f} s approval phase"))
+
+
 def make_plan(seed: int, *, duration_s: float, kills: int, pauses: int, pause_s: float,
               kill_victims: list[str], pause_victims: list[str], cluster: bool = False,
               partitions: int = 3, cuts: int = 0, cut_s: float = 0.0,
-              cut_victims: list[str] | None = None) -> list[Fault]:
-    """The faults of one run, in time order (see the module's rules)."""
+              cut_victims: list[str] | None = None, within: bool = False,
+              refuse: bool = False) -> list[Fault]:
+    """The faults of one run, in time order (see the module's rules; ``within`` and
+    ``refuse``: rule 5)."""
     rng = random.Random(seed)
-    drawn = sorted((rng.uniform(0.05, 0.95) * duration_s, rng.choice(kill_victims))
+    drawn = sorted((rng.uniform(*WINDOW) * duration_s, rng.choice(kill_victims))
                    for _ in range(kills)) if kill_victims else []
     faults = [Fault(at, "kill", victim, rng.uniform(0.5, 3.0)) for at, victim in drawn]
     busy: dict[str, list[tuple[float, float]]] = {}
     for f in faults:
         busy.setdefault(f.process, []).append((f.at_s, f.at_s + f.down_s + RECOVER_S))
-    faults += _placed(rng, "pause", pauses, pause_s, pause_victims, busy, duration_s)
+    bounds = (WINDOW[0] * duration_s, WINDOW[1] * duration_s) if within else None
+    late: list[Fault] = []
+    faults += _placed(rng, "pause", pauses, pause_s, pause_victims, busy, duration_s, bounds,
+                      late)
     faults.sort(key=lambda f: f.at_s)
     if cluster:
         faults = [Fault(f.at_s, f.action, f.process, f.down_s, _role(rng, partitions))
                   if f.process == BROKER else f for f in faults]
     assert BROKER not in (cut_victims or [])
-    faults += _placed(rng, "cut", cuts, cut_s, cut_victims or [], busy, duration_s)
+    faults += _placed(rng, "cut", cuts, cut_s, cut_victims or [], busy, duration_s, bounds,
+                      late)
     faults.sort(key=lambda f: f.at_s)
+    if late and refuse:
+        raise PlanDoesNotFit(late, duration_s)
     return faults
 
 
 def _placed(rng: random.Random, action: str, count: int, length: float, victims: list[str],
-            busy: dict[str, list[tuple[float, float]]], duration_s: float) -> list[Fault]:
+            busy: dict[str, list[tuple[float, float]]], duration_s: float,
+            bounds: tuple[float, float] | None = None,
+            late: list[Fault] | None = None) -> list[Fault]:
     """``count`` faults of ``length`` seconds, each at a moment and on a victim free for it
-    (pauses and cuts: rule 2); ``busy`` takes them in."""
+    (pauses and cuts: rule 2; ``bounds``: rule 5, ``late`` takes those that find no start
+    inside); ``busy`` takes them in."""
     placed = []
     for _ in range(count if victims else 0):
-        at = rng.uniform(0.05, 0.95) * duration_s
+        at = rng.uniform(*WINDOW) * duration_s
         victim = rng.choice(victims)
         at, victim = _free_slot(rng, at, victim, length, victims, busy)
+        if bounds is not None and at > bounds[1]:
+            inside = _first_free_slot(rng, length, victims, busy, bounds)
+            if inside is None and late is not None:
+                late.append(Fault(at, action, victim, length))
+            at, victim = inside or (at, victim)
         busy.setdefault(victim, []).append((at, at + length + RECOVER_S))
         placed.append(Fault(at, action, victim, length))
     return placed
+
+
+def _free(busy: dict[str, list[tuple[float, float]]], victim: str, at: float,
+          length: float) -> bool:
+    """Whether ``victim`` and its group are free from ``at`` for ``length`` + RECOVER_S."""
+    return all(at + length + RECOVER_S <= start or at >= end
+               for other in busy if _group(other) == _group(victim)
+               for start, end in busy[other])
 
 
 def _free_slot(rng: random.Random, at: float, victim: str, length: float,
                victims: list[str], busy: dict[str, list[tuple[float, float]]]
                ) -> tuple[float, str]:
     """``(at, victim)`` if free for ``length`` seconds; else another free victim, else later."""
-    def free(v: str, t: float) -> bool:
-        return all(t + length + RECOVER_S <= start or t >= end
-                   for other in busy if _group(other) == _group(v)
-                   for start, end in busy[other])
-
     while True:
-        if free(victim, at):
+        if _free(busy, victim, at, length):
             return at, victim
-        others = [v for v in victims if free(v, at)]
+        others = [v for v in victims if _free(busy, v, at, length)]
         if others:
             return at, rng.choice(others)
         at = min(end for windows in busy.values() for _start, end in windows if end > at)
+
+
+def _first_free_slot(rng: random.Random, length: float, victims: list[str],
+                     busy: dict[str, list[tuple[float, float]]],
+                     bounds: tuple[float, float]) -> tuple[float, str] | None:
+    """The earliest start inside ``bounds`` with a free victim (a random one of those free
+    then), None if there is none: a start is free from the bound or from a window's end."""
+    starts = sorted({bounds[0], *(end for windows in busy.values() for _s, end in windows
+                                  if bounds[0] < end <= bounds[1])})
+    for at in starts:
+        free = [v for v in victims if _free(busy, v, at, length)]
+        if free:
+            return at, rng.choice(free)
+    return None
+
+
+def victim_of(process: str) -> str:
+    """The plan's name of a victim: every broker node is :data:`BROKER`."""
+    return BROKER if process.startswith(BROKER) else process
+
+
+def out_together(action: str, process: str, other_action: str, other_process: str) -> bool:
+    """Whether these two faults must not overlap (each with its length + RECOVER_S): the same
+    victim (any two broker nodes count as one), or two workers when either is a pause or a
+    cut (the paused or cut-off worker's partitions need a live worker to go to). Two kills of
+    different workers may overlap, as kills were always drawn."""
+    victim, other = victim_of(process), victim_of(other_process)
+    if victim == other:
+        return True
+    return _group(victim) == _group(other) and not action == other_action == "kill"
 
 
 def _group(victim: str) -> str:

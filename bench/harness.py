@@ -272,19 +272,26 @@ class Pipeline:
         proc = self.procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def kill(self, name: str) -> None:
-        """SIGKILL, as a crash would (also ends a pause of ``name``)."""
+    def kill(self, name: str) -> bool:
+        """SIGKILL, as a crash would (also ends a pause of ``name``). False when ``name`` was
+        not running — it had exited on its own (its code: ``procs[name].returncode``): no
+        signal sent, no kill counted in :attr:`kills`."""
         self._forget_pause(name)
         if name.startswith("kafka"):
-            self._broker(name).kill()
+            broker = self._broker(name)
+            if broker.running_pid() is None:
+                return False
+            broker.kill()
             self.kills.append((time.time(), name))
-            return
+            return True
         proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is None or proc.poll() is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         self.kills.append((time.time(), name))
+        return True
 
     def restart(self, name: str) -> None:
         if self.cluster is not None and name.startswith("kafka"):
