@@ -229,14 +229,17 @@ def parse_http_url(raw: str) -> str:
         raise ValueError(f"not a URL{shown}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL with a host{shown}")
-    if _past_authority(parts, "@"):
-        raise ValueError("an '@' after the host part: percent-encode the credentials ('/' "
-                         f"as %2F, '#' as %23, '?' as %3F) {_NOT_SHOWN}")
     try:
         port = parts.port
     except ValueError:  # not a number, or beyond 65535; its text quotes the port
         port = -1
     if port is not None and not 1 <= port <= 65535:
+        if "@" not in parts.netloc and _past_authority(parts, "@"):
+            # https://KEY:ab/cd@host: the "port" is a piece of a password whose '/', '#' or
+            # '?' ended the authority (an '@' further on alone is legal: ?site=eu@corp)
+            raise ValueError("an '@' after the host part and no port: percent-encode the "
+                             "credentials ('/' as %2F, '#' as %23, '?' as %3F) "
+                             f"{_NOT_SHOWN}")
         raise ValueError(f"the port must be a number from 1 to 65535{shown}")
     return value
 

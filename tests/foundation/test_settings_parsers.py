@@ -77,6 +77,8 @@ def test_a_bad_port_next_to_credentials_does_not_show_them():
 
 
 @pytest.mark.parametrize("url", [
+    "https://billing.example.com/includes/api.php?site=eu@corp",  # '@' legal past the host
+    "https://billing.example.com:8443/~ops@x/includes/api.php",
     "http://[::1]:8081", "https://[::1]:8081/", "http://registry:8081", "http://registry",
     "https://KEY:ab%2Fcd%23e%3Ff@psrc.example.cloud", "https://KEY:S3CRET@h:443/x",
     "http://127.0.0.1:65535/path?q=1",
