@@ -41,6 +41,10 @@ COMMANDS = {"connector": ["connectors", "run"], "worker": ["streams", "worker"],
 #: how long the sandbox host's name may take to resolve (compose's DNS answers at once);
 #: longer, and the process starts as it would have
 RESOLVE_TIMEOUT_S = 5.0
+#: how long the sandbox's host may be missing before the container stops with the hint (a
+#: sandbox container restarting); ``SFPROV_CONTAINER_SANDBOX_WAIT_S`` overrides it
+RESOLVE_WAIT_S = 60.0
+RESOLVE_RETRY_S = 2.0
 
 
 def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
@@ -102,9 +106,25 @@ def _unresolvable_sandbox(env: dict[str, str], timeout: float = RESOLVE_TIMEOUT_
         host = urlsplit(url).hostname
     except ValueError:
         return ""
-    if not host or _resolves(host, timeout):
+    if not host:
         return ""
-    return f"{host} does not resolve"
+    # a sandbox container restarting (or started a moment after this one) is not yet on the
+    # network's DNS: looked up again for a while, so a brief absence does not stop this
+    # container for good (an exit 0 is not restarted)
+    until = time.monotonic() + _wait_s(env)
+    while not _resolves(host, timeout):
+        if time.monotonic() >= until:
+            return f"{host} does not resolve"
+        time.sleep(RESOLVE_RETRY_S)
+    return ""
+
+
+def _wait_s(env: dict[str, str]) -> float:
+    """How long the sandbox's host may take to appear (``SFPROV_CONTAINER_SANDBOX_WAIT_S``)."""
+    try:
+        return max(0.0, float(env.get("SFPROV_CONTAINER_SANDBOX_WAIT_S") or RESOLVE_WAIT_S))
+    except ValueError:
+        return RESOLVE_WAIT_S
 
 
 def run(name: str, args: list[str]) -> int:

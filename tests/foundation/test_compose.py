@@ -267,7 +267,8 @@ def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
     assert "--profile sandbox" not in stderr({})  # the sandboxes are there: another problem
     assert started.exists()
     # the key left on the volume by an earlier sandbox run, but no sandbox on the network
-    gone = {"SFPROV_SANDBOX_SF_LOGIN_URL": "https://nonexistent.invalid:8443"}
+    gone = {"SFPROV_SANDBOX_SF_LOGIN_URL": "https://nonexistent.invalid:8443",
+            "SFPROV_CONTAINER_SANDBOX_WAIT_S": "0"}  # looked up once
     message = stderr(gone, code=0)  # the process would have run (and retried) for ever
     assert "docker compose --profile sandbox up" in message
     assert "nonexistent.invalid" in message
@@ -278,6 +279,24 @@ def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
     assert "--profile sandbox" not in stderr(
         {**gone, "SF_LOGIN_URL": "https://test.salesforce.com"}, code=0)
     assert started.exists()
+
+
+def test_a_sandbox_host_that_appears_within_the_wait_starts_the_process(monkeypatch):
+    """A sandbox container restarting (not on the network's DNS for a moment) as a pipeline
+    container starts: looked up again, the process starts once it resolves — an exit 0 with
+    the hint would have left the container stopped for good (restart: on-failure)."""
+    from ops import container
+
+    answers = iter([False, False, True])
+    monkeypatch.setattr(container, "_resolves", lambda host, timeout: next(answers))
+    monkeypatch.setattr(container, "RESOLVE_RETRY_S", 0.01)
+    env = {"SFPROV_SANDBOX_SF_LOGIN_URL": "https://salesforce-sandbox:8443",
+           "SF_LOGIN_URL": "https://salesforce-sandbox:8443"}
+    assert container._unresolvable_sandbox(env) == ""
+    answers = iter([False] * 1000)
+    assert container._unresolvable_sandbox(
+        {**env, "SFPROV_CONTAINER_SANDBOX_WAIT_S": "0.05"}) == \
+        "salesforce-sandbox does not resolve"
 
 
 def test_every_published_port_is_bound_to_the_loopback_address():
