@@ -169,14 +169,14 @@ def seed(timeout: float = 300.0) -> int:
     if marker.exists():
         print("salesforce sandbox: already seeded")
         return 0
-    admin = AdminClient(env.get("SF_LOGIN_URL", "https://salesforce-sandbox:8443"),
-                        env.get("SF_CA_BUNDLE") or str(state / "tls" / "ca.pem"))
     try:  # read as make up reads them: one line naming a bad one, exit 64
         accounts = envvars.count(env, "SF_SANDBOX_ACCOUNTS", 200)
         orders = envvars.count(env, "SF_SANDBOX_ORDERS", 1000)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 64
+    admin = AdminClient(env.get("SF_LOGIN_URL", "https://salesforce-sandbox:8443"),
+                        env.get("SF_CA_BUNDLE") or str(state / "tls" / "ca.pem"))
     deadline = time.monotonic() + timeout
     while True:
         try:

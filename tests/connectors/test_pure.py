@@ -613,11 +613,12 @@ def test_a_failed_abort_is_written_once_by_a_new_producer_through_the_connector(
 
     def subscribe(preset: str, replay_id: bytes | None) -> FakeSubscription:
         subscribed.append((preset, replay_id))
-        if len(subscribed) > 2:
-            return FakeSubscription()  # quiet until run()'s timeout
+        if len(subscribed) > 2:  # the batch went through: stop (the timeout only a bound)
+            conn.request_stop()
+            return FakeSubscription()
         return FakeSubscription([SimpleNamespace(events=events), StreamEnded(None)])
     conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
-    code = conn.run(timeout_s=2.0)
+    code = conn.run(timeout_s=30.0)
     assert code == EXIT_OK
     old, new = producers
     assert created == [old, new] and old.aborts >= 2 and new.inits == 1

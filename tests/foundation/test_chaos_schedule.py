@@ -101,10 +101,10 @@ def _broken_rules(events: list[tuple[float, str, str, float]]) -> list[str]:
 
 @pytest.mark.usefixtures("short_recovery")
 def test_a_restart_that_blocks_does_not_hold_the_plan_up_nor_make_late_faults_break_its_rules():
-    """The review's drift: a single broker's restart waits until it serves (here 2 s); the
+    """The review's drift: a single broker's restart waits until it serves (here 4 s); the
     plan used to wait with it, then fire every fault due meanwhile at once — the connector
     paused the moment it came back, against the RECOVER rule the plan was drawn by."""
-    p = _Pipeline({"kafka": 2.0})
+    p = _Pipeline({"kafka": 4.0})
     plan = [Fault(0.0, "kill", "kafka", 0.1),
             Fault(0.2, "kill", "connector", 0.1),
             Fault(0.2 + 0.1 + RECOVER + 0.1, "pause", "connector", 0.3)]  # plan-legal spacing
@@ -112,11 +112,11 @@ def test_a_restart_that_blocks_does_not_hold_the_plan_up_nor_make_late_faults_br
     assert _broken_rules(p.events) == []
     kill_connector = next(t for t, what, who, _s in p.events if (what, who) == (
         "kill", "connector"))
-    assert kill_connector < 1.0  # not after the broker's 2 s restart: nothing waits on it
+    assert kill_connector < 2.0  # not after the broker's 4 s restart: nothing waits on it
     assert [(a["action"], a["process"]) for a in applied] == [
         ("kill", "kafka"), ("kill", "connector"), ("pause", "connector")]
-    assert all(a["late_s"] < 0.5 for a in applied)
-    assert next(a for a in applied if a["process"] == "kafka")["restarted_at_s"] >= 2.0
+    assert all(a["late_s"] < 1.0 for a in applied)
+    assert next(a for a in applied if a["process"] == "kafka")["restarted_at_s"] >= 4.0
 
     from bench.chaos_faults import schedule_violations
     assert schedule_violations(applied, []) == []

@@ -170,6 +170,13 @@ def test_a_bad_seed_size_is_one_line_naming_it(name, value, tmp_path, monkeypatc
     """The seed container's sizes are read as make up reads them: one line naming the
     variable and exit 64 (a bare int() was a traceback), before any sandbox is called."""
     from ops import container
+    from sandbox.salesforce import admin_client
+
+    class Unreachable:  # a regression would seed: fail at once, not after 300 s of retries
+        def __init__(self, *_a):
+            raise AssertionError("the sandbox was contacted with a bad seed size")
+
+    monkeypatch.setattr(admin_client, "AdminClient", Unreachable)
     monkeypatch.setenv("SFPROV_STATE_DIR", str(tmp_path))
     monkeypatch.setenv(name, value)
     assert container.main(["seed"]) == 64

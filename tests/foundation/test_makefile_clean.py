@@ -80,7 +80,12 @@ def test_clean_refuses_paths_that_are_not_a_state_directory(checkout, state):
     if state == "EMPTY":   # Python never yields an empty path; a `STATE=` override does
         result = make(checkout, None, "STATE=", home=home)
     else:
-        path = {"HOME": str(home), "/": "/", "CHECKOUT": str(checkout)}[state]
+        # "/" through a link to it: the guard resolves links (cd -P), and should it ever
+        # fail, `rm -rf -- LINK` removes the link, never the root (GNU rm's --preserve-root
+        # was the only other guard; busybox rm has none)
+        root = checkout.parent / "root"
+        root.symlink_to("/")
+        path = {"HOME": str(home), "/": str(root), "CHECKOUT": str(checkout)}[state]
         result = make(checkout, path, home=home)
     assert result.returncode != 0
     assert "refusing to remove" in result.stderr

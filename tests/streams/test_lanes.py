@@ -377,7 +377,7 @@ def test_dead_letters_wait_for_room_and_count_in_the_partitions_span():
         await checkpoint.commit()
         committed_while_held = list(commits)
         gate.set()
-        await asyncio.wait_for(feeding, 1)
+        await asyncio.wait_for(feeding, 10)
         while lanes.in_flight:
             await asyncio.sleep(0.01)
         paused_after = list(paused)
@@ -407,7 +407,7 @@ def test_a_stop_waits_for_a_dead_letter_being_sent():
             sent.append("m0")
             return True
         await lanes.run_alone(Admitted(0, 0, "m0", dead, generation=1))
-        left = await lanes.drain(1.0)
+        left = await lanes.drain(10.0)
         return left, sent, released, checkpoint
     left, sent, released, checkpoint = asyncio.run(go())
     assert left == 0 and sent == ["m0"] and released == ["m0"]
