@@ -101,6 +101,24 @@ def test_a_rebalance_ignores_finishes_of_events_admitted_before_it() -> None:
     assert asyncio.run(cp.commit()) == {0: 1}
 
 
+def log_start_past_commit(bootstrap: str, topic: str, group: str) -> None:
+    """``topic`` (1 partition) with records 0-4 and a commit marker at 5, ``group``
+    committed at 2, then the records below 4 deleted (retention, ``kafka-delete-records``):
+    the log start passed the group's committed offset."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    create_topic(bootstrap, topic, partitions=1)
+    _transaction(bootstrap, topic, 5, commit=True)  # 0-4, marker 5
+    member = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                       "enable.auto.commit": False})
+    member.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    member.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, 4)]).values():
+        future.result(30)
+
+
 def _transaction(bootstrap: str, topic: str, count: int, commit: bool, partition: int = 0) -> None:
     producer = Producer({"bootstrap.servers": bootstrap,
                          "transactional.id": f"gate-test-{uuid.uuid4().hex[:8]}"})

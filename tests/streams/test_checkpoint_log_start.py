@@ -75,23 +75,11 @@ def test_a_commit_check_below_the_log_start_sees_the_records_left(kafka_bootstra
     """Modelled on test_sweep_redelivery's log-start case: 0-4 and a commit marker at 5,
     the group committed 2, then the records below 4 deleted. The check of a candidate 6
     sees record 4 (the commit is held there unless it finished), and the lag is 1 record."""
-    from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
     from streams.checkpoint import broker_reader
-    from tests.conftest import create_topic
-    from tests.streams.test_checkpoint import _transaction
+    from tests.streams.test_checkpoint import log_start_past_commit
 
     topic, group = unique_name("check-log-start"), unique_name("group")
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    _transaction(kafka_bootstrap, topic, 5, commit=True)  # 0-4, marker 5
-    member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
-                       "enable.auto.commit": False})
-    member.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
-    member.close()
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.delete_records([TopicPartition(topic, 0, 4)]).values():
-        future.result(30)
+    log_start_past_commit(kafka_bootstrap, topic, group)
     read = broker_reader(kafka_bootstrap, group, topic)
     try:
         assert read({0: 6}) == {0: (4, [4])}

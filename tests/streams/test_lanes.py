@@ -184,11 +184,9 @@ def test_an_event_of_a_revoked_generation_admitted_after_the_revoke_is_released_
     assert "m5" in released and checkpoint.unfinished() == 0
 
 
-def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
-    """Past the window behind one hung event, the partition pauses. The hung event finishes
-    while later ones still run, and they finish after it: at every leave the span, counted
-    from the commit point, is still wide. The next commit narrows it; the partition must
-    resume then (it stayed paused until a rebalance, its Orders unread)."""
+def committing():
+    """``(commits, read, commit)`` for a Checkpoint: every offset a record, read from the
+    last commit; the commits made, in order."""
     commits: list[dict[int, int]] = []
 
     def read(wanted):
@@ -198,6 +196,15 @@ def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
     async def commit(offsets):
         commits.append(dict(offsets))
         return True
+    return commits, read, commit
+
+
+def test_a_partition_paused_behind_a_hung_event_resumes_after_the_next_commit():
+    """Past the window behind one hung event, the partition pauses. The hung event finishes
+    while later ones still run, and they finish after it: at every leave the span, counted
+    from the commit point, is still wide. The next commit narrows it; the partition must
+    resume then (it stayed paused until a rebalance, its Orders unread)."""
+    commits, read, commit = committing()
 
     async def go():
         checkpoint = Checkpoint(read, commit=commit, seek=lambda _p, _o: None)
@@ -341,15 +348,7 @@ def test_dead_letters_wait_for_room_and_count_in_the_partitions_span():
     and uncommitted offsets grew without bound — ``max_in_flight`` and the partition window
     ignored. They wait for room as events do, count in the span, and hold the commit point
     until sent."""
-    commits: list[dict[int, int]] = []
-
-    def read(wanted):
-        base = {p: commits[-1].get(p, 0) if commits else 0 for p in wanted}
-        return {p: (base[p], list(range(base[p], end))) for p, end in wanted.items()}
-
-    async def commit(offsets):
-        commits.append(dict(offsets))
-        return True
+    commits, read, commit = committing()
 
     async def go():
         checkpoint = Checkpoint(read, commit=commit, seek=lambda _p, _o: None)

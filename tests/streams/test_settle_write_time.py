@@ -186,10 +186,9 @@ def test_an_unanswered_cancelorder_is_read_only_once_settled_from_its_write(slow
     assert short <= 0, f"the CancelOrder's settle moment is short by {short:.2f} s"
 
 
-def test_an_addorder_that_never_reached_the_wire_is_not_looked_up(monkeypatch):
-    """The connect failed: not a byte of the AddOrder left, nothing can land — the retry
-    creates the order at once, with no lookup and no wait for a settle moment."""
-    wall = [1000.0]
+def refuse_first_connect(monkeypatch) -> None:
+    """The transport's next connect is refused (nothing of its request written); the ones
+    after it connect."""
     original = http_transport._Pool.connect
     refused = [1]
 
@@ -199,6 +198,13 @@ def test_an_addorder_that_never_reached_the_wire_is_not_looked_up(monkeypatch):
             raise http_transport.httpx.ConnectError("connection refused")
         return await original(self, timeout)
     monkeypatch.setattr(http_transport._Pool, "connect", connect)
+
+
+def test_an_addorder_that_never_reached_the_wire_is_not_looked_up(monkeypatch):
+    """The connect failed: not a byte of the AddOrder left, nothing can land — the retry
+    creates the order at once, with no lookup and no wait for a settle moment."""
+    wall = [1000.0]
+    refuse_first_connect(monkeypatch)
 
     async def go():
         prov, client, fake = await provisioner(wall, {
@@ -217,15 +223,7 @@ def test_a_found_orders_acceptorder_that_never_reached_the_wire_is_tried_again_s
     """The sweep's accept of a found Pending order: its connect failed, so no AcceptOrder
     can be running — read and accepted again after the grace, not after WHMCS_TIMEOUT_S."""
     wall = [1000.0]
-    original = http_transport._Pool.connect
-    refused = [1]
-
-    async def connect(self, timeout):
-        if refused[0]:
-            refused[0] -= 1
-            raise http_transport.httpx.ConnectError("connection refused")
-        return await original(self, timeout)
-    monkeypatch.setattr(http_transport._Pool, "connect", connect)
+    refuse_first_connect(monkeypatch)
     slept: list[float] = []
 
     async def go():

@@ -193,23 +193,11 @@ def test_an_event_below_the_log_start_is_not_awaited(kafka_bootstrap, unique_nam
     below 4 while no worker ran: a consumer of the group is given 4 next, so an intent whose
     event is at 3 can never be resumed by its redelivery — the sweep must settle it, not
     wait for a commit a quiet partition may not make for days."""
-    from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
     from streams.checkpoint import Checkpoint, broker_reader
-    from tests.conftest import create_topic
-    from tests.streams.test_checkpoint import _transaction
+    from tests.streams.test_checkpoint import log_start_past_commit
 
     topic, group = unique_name("sweep-log-start"), unique_name("group")
-    create_topic(kafka_bootstrap, topic, partitions=1)
-    _transaction(kafka_bootstrap, topic, 5, commit=True)  # 0-4, marker 5
-    member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group,
-                       "enable.auto.commit": False})
-    member.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
-    member.close()
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.delete_records([TopicPartition(topic, 0, 4)]).values():
-        future.result(30)
+    log_start_past_commit(kafka_bootstrap, topic, group)
     read = broker_reader(kafka_bootstrap, group, topic)
 
     async def commit(_offsets):
