@@ -208,9 +208,20 @@ def parse_host_port(raw: str) -> str:
 _NOT_SHOWN = "(value not shown: it holds credentials)"
 
 
-def _past_authority(parts: SplitResult, char: str) -> bool:
-    """``char`` is in the path, query or fragment of ``parts``."""
-    return char in parts.path or char in parts.query or char in parts.fragment
+def _misread_credentials(value: str, parts: SplitResult) -> int | None:
+    """Where the ``@`` that ends credentials misread as host and path is in ``value``, or
+    None. A password's unencoded ``/``, ``#`` or ``?`` ends the authority early:
+    ``https://KEY:ab/cd@host`` reads as host ``KEY``, port ``ab``, path ``/cd@host`` — and
+    ``https://user:2024/s3cret@host`` as a valid port 2024. Told apart from a legal ``@``
+    past the host (``?site=eu@corp``) by what precedes it: no ``=`` or ``&``."""
+    if "@" in parts.netloc:
+        return None
+    start = value.find("://") + 3 + len(parts.netloc)
+    at = value.find("@", start)
+    if at < 0:
+        return None
+    head = value[start:at]
+    return None if "=" in head or "&" in head else at
 
 
 def parse_http_url(raw: str) -> str:
@@ -229,17 +240,19 @@ def parse_http_url(raw: str) -> str:
         raise ValueError(f"not a URL{shown}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL with a host{shown}")
+    if _misread_credentials(value, parts) is not None:
+        # the "host" and "port" are pieces of credentials whose '/', '#' or '?' ended the
+        # authority: the URL would go to the wrong host, the password into errors and the
+        # JWT audience (an '@' after an '=' or '&' is legal: ?site=eu@corp; one in a path
+        # is written %40)
+        raise ValueError("an '@' after the host part: percent-encode the credentials ('/' "
+                         f"as %2F, '#' as %23, '?' as %3F; an '@' in a path as %40) "
+                         f"{_NOT_SHOWN}")
     try:
         port = parts.port
     except ValueError:  # not a number, or beyond 65535; its text quotes the port
         port = -1
     if port is not None and not 1 <= port <= 65535:
-        if "@" not in parts.netloc and _past_authority(parts, "@"):
-            # https://KEY:ab/cd@host: the "port" is a piece of a password whose '/', '#' or
-            # '?' ended the authority (an '@' further on alone is legal: ?site=eu@corp)
-            raise ValueError("an '@' after the host part and no port: percent-encode the "
-                             "credentials ('/' as %2F, '#' as %23, '?' as %3F) "
-                             f"{_NOT_SHOWN}")
         raise ValueError(f"the port must be a number from 1 to 65535{shown}")
     return value
 
@@ -281,18 +294,22 @@ def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
 
 def hide_userinfo(url: str) -> str:
     """``url`` with the credentials of its authority (``https://KEY:SECRET@host``) shown as
-    ``***``: for a repr, never for use. A value :func:`parse_http_url` refuses (an ``@``
-    past the authority: ``https://KEY:ab/cd@host``) is masked up to its last ``@``."""
+    ``***``: for a repr, never for use. Credentials misread as host and path (a value
+    :func:`parse_http_url` refuses: ``https://KEY:ab/cd@host``) are masked to their ``@``;
+    a legal ``@`` past the host (``?site=eu@corp``) is left as it is."""
     if "@" not in url:
         return url
     try:
         parts = urlsplit(url)
     except ValueError:
-        parts = None
-    if parts is not None and not _past_authority(parts, "@"):
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}***@{url.rpartition('@')[2]}"
+    if "@" in parts.netloc:
         return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-    scheme, sep, _ = url.partition("://")
-    return f"{scheme}{sep}***@{url.rpartition('@')[2]}"
+    at = _misread_credentials(url, parts)
+    if at is None:
+        return url
+    return f"{parts.scheme}://***@{url[at + 1:]}"
 
 
 def choice(*options: str) -> Callable[[str], str]:

@@ -39,8 +39,8 @@ _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s
 #: ``"secret": "x"``, ``secret: x`` (also a dict passed as a context field, by key)
 SECRET_KEYS = ("secret", "client_secret", "password", "passwd", "accesskey", "access_key",
                "api_key", "apikey", "assertion", "identifier", "access_token", "accesstoken",
-               "refresh_token", "private_key", "private_key_base64", "session_id", "sessionid",
-               "token", "authorization")
+               "refresh_token", "private_key", "private_key_base64", "privatekey",
+               "privatekeybase64", "session_id", "sessionid", "token", "authorization")
 # a key may carry a prefix, as environment variables, settings and JSON do: WHMCS_API_SECRET=…,
 # KAFKA_SASL_PASSWORD=…, 'SF_PRIVATE_KEY_BASE64': …, "clientSecret": … (the match starts at
 # the name, wherever it is in the key: the prefix is kept as it is; the lookahead on the names'

@@ -171,6 +171,8 @@ def test_a_probe_answer_is_masked_as_a_log_line_is():
     f"clientSecret={WHMCS_SECRET}",                         # camelCase names (a JSON config)
     f'{{"clientSecret": "{WHMCS_SECRET}"}}',
     f"refreshToken: {WHMCS_SECRET}",
+    f"privateKey={WHMCS_SECRET}",
+    f'{{"privateKeyBase64": "{WHMCS_SECRET}"}}',
     f"Authorization: Token {WHMCS_SECRET}",                 # any auth scheme, not only two
     f"authorization=Digest {WHMCS_SECRET}",
     f'{{"secret": "ab\\"{WHMCS_SECRET}"}}',                 # an escaped quote in the value
