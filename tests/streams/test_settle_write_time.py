@@ -135,8 +135,21 @@ def test_an_unanswered_addorder_is_looked_up_only_once_settled_from_its_write(sl
         return fake.written_at("AddOrder")
     written = asyncio.run(go())
     assert written == handed[0] + CONNECT_S  # the request left after the connect
-    short = written + T + GRACE - settled[0] / 1000
-    assert short <= 0, f"the lookup's settle moment is short by {short:.2f} s"
+    assert_settled_from(written, settled[0], "the lookup's")
+
+
+def stop_at_settle(settled: list[int]):
+    """A ``_wait_until`` that records the settle moment it was given and stops there."""
+    async def wait_until(settle_at_ms, _before, _order_id):
+        settled.append(settle_at_ms)
+        raise Settled
+    return wait_until
+
+
+def assert_settled_from(written: float, settle_at_ms: int, what: str) -> None:
+    """The settle moment is no sooner than the write's timeout and grace after the write."""
+    short = written + T + GRACE - settle_at_ms / 1000
+    assert short <= 0, f"{what} settle moment is short by {short:.2f} s"
 
 
 def test_an_unanswered_acceptorder_is_read_only_once_settled_from_its_write(slow_connect):
@@ -148,17 +161,13 @@ def test_an_unanswered_acceptorder_is_read_only_once_settled_from_its_write(slow
             "AddOrder": {"orderid": 41, "serviceids": "", "addonids": "", "invoiceid": ""},
             "AcceptOrder": "drop"})
 
-        async def wait_until(settle_at_ms, _before, _order_id):
-            settled.append(settle_at_ms)
-            raise Settled
-        prov._wait_until = wait_until
+        prov._wait_until = stop_at_settle(settled)
         with pytest.raises(Settled):
             await prov.provision(request())
         await client.aclose()
         return fake.written_at("AcceptOrder")
     written = asyncio.run(go())
-    short = written + T + GRACE - settled[0] / 1000
-    assert short <= 0, f"the AcceptOrder's settle moment is short by {short:.2f} s"
+    assert_settled_from(written, settled[0], "the AcceptOrder's")
 
 
 def test_an_unanswered_cancelorder_is_read_only_once_settled_from_its_write(slow_connect):
@@ -168,22 +177,17 @@ def test_an_unanswered_cancelorder_is_read_only_once_settled_from_its_write(slow
     async def go():
         prov, client, fake = await provisioner(wall, {"CancelOrder": "drop"})
 
-        async def wait_until(settle_at_ms, _before, _order_id):
-            settled.append(settle_at_ms)
-            raise Settled
-
         def order(oid: int) -> WhmcsOrder:
             return WhmcsOrder(id=oid, client_id=7, status="Pending", notes=f"sfOrderId={OID}",
                               invoice_id=None, service_ids=[])
-        prov._wait_until = wait_until
+        prov._wait_until = stop_at_settle(settled)
         with pytest.raises(Settled):
             await prov.compensate(request(), order(41), [order(42)],
                                   ProvisionResult("Provisioned", 41))
         await client.aclose()
         return fake.written_at("CancelOrder")
     written = asyncio.run(go())
-    short = written + T + GRACE - settled[0] / 1000
-    assert short <= 0, f"the CancelOrder's settle moment is short by {short:.2f} s"
+    assert_settled_from(written, settled[0], "the CancelOrder's")
 
 
 def refuse_first_connect(monkeypatch) -> None:
