@@ -14,7 +14,9 @@ Everything compared with a lease's instants uses it: the heartbeat and SyncGroup
 (:mod:`streams.faust_seam.membership`), :class:`streams.lease.OwnershipLease`, the intent
 fence's send deadline (:meth:`streams.lease.IntentLease.fence`), and the checks of that
 deadline in :meth:`common.whmcs.WhmcsClient.call` and
-:meth:`common.http_transport.Http11Transport.exchange`.
+:meth:`common.http_transport.Http11Transport.exchange`. So does the connector's age of an
+open transaction (:class:`connectors.writer.TransactionalWriter`), which is set against the
+broker's timeout of that transaction, counted on the broker's clock.
 
 What no local clock can see: a hypervisor that freezes the guest and stops its clocks too
 (they resume where they stopped); only the compensation is left against that (README, *The

@@ -54,7 +54,10 @@ leaving librdkafka in ABORTING_TRANSACTION. Given up and the producer kept, the 
 healed, the resumed abort met the broker's fence of the *old* transaction, judged by the
 new write's age: exit 3, another instance blamed. So a fence is judged by the age of the
 oldest transaction the producer has not settled, and a refused ``begin_transaction`` asks
-for a new producer as well.
+for a new producer as well. That age is read on the lease clock (:mod:`common.clock`,
+CLOCK_BOOTTIME), which counts a host suspend as the broker's timeout of the transaction
+does: on ``time.monotonic`` a transaction the broker timed out while the host slept looked
+young, and its fence ended the connector (exit 3, not restarted) blaming another instance.
 
 Partitioner ``murmur2_random``: Java/aiokafka-compatible key hashing, so the Faust worker's
 tables keyed by order id live in the same partition numbers as the requests. Do not change.
@@ -69,6 +72,7 @@ from typing import Any
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException, Producer
 
+from common.clock import lease_clock
 from common.connection import is_refusal, kafka_config, refusal_message
 from common.errors import (
     KafkaAccessError,
@@ -195,7 +199,7 @@ class TransactionalWriter:
         is the broker's timeout of it, not a newer instance.
         """
         p = self._producer
-        started = time.monotonic()
+        started = lease_clock()  # counts a host suspend, as the broker's timeout does
         try:
             p.begin_transaction()
         except KafkaException as exc:
@@ -223,7 +227,7 @@ class TransactionalWriter:
     def _unsettled_age(self) -> float | None:
         """How long the oldest transaction not settled has been open (None: none is)."""
         since = self._unsettled_since
-        return None if since is None else time.monotonic() - since
+        return None if since is None else lease_clock() - since
 
     def _begin_failed(self, exc: KafkaException) -> KafkaError:
         """The error for a refused ``begin_transaction``: a fence (fatal state) judged by the

@@ -431,6 +431,7 @@ def test_a_fenced_abort_is_told_by_the_transactions_age_too(monkeypatch, open_s)
 
     clock = [1000.0]
     monkeypatch.setattr(w.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(w, "lease_clock", lambda: clock[0])
     tw = TransactionalWriter(KafkaSettings.load({}), "tid", transaction_timeout_s=10.0)
     producer = _FailingAbort(CKafkaError._FENCED, abort_fatal=True)
     commit = producer.commit_transaction
@@ -448,6 +449,34 @@ def test_a_fenced_abort_is_told_by_the_transactions_age_too(monkeypatch, open_s)
     else:
         assert type(raised.value) is ProducerFencedError
 
+
+
+def test_a_fence_after_a_host_suspend_is_the_brokers_timeout_not_another_instance(
+        monkeypatch) -> None:
+    """The host suspended (laptop lid, S3/S4) for 100 s while a transaction was open: the
+    broker's clock ran on and it timed the transaction out (epoch bumped), so the commit is
+    fenced. ``time.monotonic`` stops while suspended: on it the transaction looked 0 s old,
+    the fence was blamed on "another connector instance" and the connector exited 3 (not
+    restarted). The age is read on the lease clock (CLOCK_BOOTTIME), which counts the
+    suspend: a timeout, retried with a new producer."""
+    from common.settings import KafkaSettings
+    from connectors import writer as w
+
+    boot = [1000.0]                                         # CLOCK_BOOTTIME
+    monkeypatch.setattr(w.time, "monotonic", lambda: 500.0)  # stopped while suspended
+    monkeypatch.setattr(w, "lease_clock", lambda: boot[0])
+
+    class _SuspendedThenFenced(_FailingAbort):
+        def commit_transaction(self, _timeout: float) -> None:
+            boot[0] += 100.0                                 # the host sleeps mid-commit
+            raise KafkaException(CKafkaError(CKafkaError._FENCED, "fenced", fatal=True))
+
+    tw = TransactionalWriter(KafkaSettings.load({}), "tid", transaction_timeout_s=60.0)
+    tw._producer = _SuspendedThenFenced(CKafkaError._FENCED, abort_fatal=True)  # type: ignore
+    with pytest.raises(ProducerFencedError) as raised:
+        tw.write([("t", b"k", b"v", [])])
+    assert isinstance(raised.value, TransactionTimedOutError), repr(raised.value)
+    assert raised.value.age_s == 100.0 and raised.value.retryable
 
 
 class _Librdkafka:
@@ -556,6 +585,7 @@ def test_an_abort_cut_off_from_the_broker_asks_for_a_new_producer(monkeypatch, b
 
     clock = [1000.0]
     monkeypatch.setattr(w.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(w, "lease_clock", lambda: clock[0])
     tw = TransactionalWriter(KafkaSettings.load({}), "tid", transaction_timeout_s=60.0)
     producer = _Librdkafka(clock, back_at=None if back_at is None else 1000.0 + back_at)
     tw._producer = producer  # type: ignore[assignment]
