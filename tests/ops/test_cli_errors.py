@@ -233,3 +233,28 @@ def test_acls_says_no_broker_as_soon_as_the_other_commands():
         assert len(lines) == 1, (flag, stderr)
         assert lines[0].startswith(f"error: cannot reach Kafka at {bootstrap}: "), (flag, stderr)
     assert time.monotonic() - started < 15, f"{time.monotonic() - started:.0f} s"
+
+
+def test_help_lists_every_command_and_env_fallbacks():
+    out = subprocess.run([sys.executable, "-m", "ops.cli", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60).stdout
+    for command in ("topics", "tail", "lag", "trace", "replay", "reconcile", "dlq", "demo"):
+        assert command in out
+    assert "[env: KAFKA_BOOTSTRAP_SERVERS]" in out
+    assert "-b HOST:PORT, --bootstrap-server HOST:PORT" in out
+
+
+@pytest.mark.parametrize("variable,value,argv", [
+    ("SFPROV_TAIL_LAST", "many", ["-m", "ops.cli", "tail", "requests"]),
+    ("KAFKA_PARTITIONS", "zero", ["-m", "ops.cli", "topics"]),
+    ("WORKER_MAX_IN_FLIGHT", "-1", ["-m", "streams", "worker"]),
+])
+def test_a_bad_env_value_is_one_line_not_a_traceback(variable, value, argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
+           "SFPROV_STATE_DIR": "/nonexistent", variable: value}
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr

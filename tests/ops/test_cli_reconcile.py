@@ -20,7 +20,6 @@ from common.settings import KafkaSettings
 from ops.cmd_orders import inject_requests, send_requests
 from tests.conftest import create_topic
 
-pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = ["801000000000001AAA", "801000000000002AAA"]
 SMALL = "requests-too-small"
@@ -45,6 +44,7 @@ def refusing(settings: KafkaSettings) -> KafkaSettings:
     return dataclasses.replace(settings, requests_topic=SMALL)
 
 
+@pytest.mark.broker
 def test_inject_requests_fails_for_requests_the_broker_refused(kafka_settings):
     settings = refusing(kafka_settings)
     sent = send_requests(settings, ORDERS)
@@ -55,6 +55,7 @@ def test_inject_requests_fails_for_requests_the_broker_refused(kafka_settings):
     assert inject_requests(kafka_settings, ORDERS) == 2  # the topic as declared takes them
 
 
+@pytest.mark.broker
 def test_reconcile_reports_requests_not_injected_and_fails(kafka_settings, sf_sandbox):
     refusing(kafka_settings)
     approved = sf_sandbox.approve(count=2)  # Activating from now on, no request for them
