@@ -86,9 +86,14 @@ class _Section:
             value = read_field(f, src)
             if value is not UNSET:
                 values[f.name] = value
+        cls._derive(values)
         section = cls(**values)
         section.validate()
         return section
+
+    @classmethod
+    def _derive(cls, values: dict[str, Any]) -> None:
+        """Defaults that depend on other fields: fill ``values`` (the fields set) in place."""
 
     def validate(self) -> None:
         """Cross-field checks; raise ConfigError naming the variable."""
@@ -182,7 +187,9 @@ class KafkaSettings(_Section):
     replication_factor: int = env("KAFKA_REPLICATION_FACTOR", 1, parse=parse_positive_int,
                                   doc="Replication factor of every topic.")
     min_insync_replicas: int = env("KAFKA_MIN_INSYNC_REPLICAS", 1, parse=parse_positive_int,
-                                   doc="min.insync.replicas of every topic.")
+                                   doc="min.insync.replicas of every topic. Unset: 2 when "
+                                       "KAFKA_REPLICATION_FACTOR is 3 or more (an acks=all "
+                                       "write then survives a leader's loss), else 1.")
     requests_retention_ms: int = env("KAFKA_REQUESTS_RETENTION_MS", 30 * 24 * 3600 * 1000,
                                      parse=int,
                                      doc="Retention of the requests topic in ms "
@@ -241,6 +248,13 @@ class KafkaSettings(_Section):
                                             parse=parse_bool,
                                             doc="Check that the broker's certificate names "
                                                 "the host connected to (keep it on).")
+
+    @classmethod
+    def _derive(cls, values: dict[str, Any]) -> None:
+        # with 3 replicas and min.insync.replicas 1 an acks=all write may be acknowledged by
+        # the leader alone, and lost with it: a committed request or outcome gone
+        if "min_insync_replicas" not in values:
+            values["min_insync_replicas"] = 2 if values.get("replication_factor", 1) >= 3 else 1
 
     def validate(self) -> None:
         if self.requests_retention_ms != -1 and self.requests_retention_ms < 72 * 3_600_000:

@@ -188,6 +188,16 @@ def test_the_edges_that_stay_allowed():
     assert WhmcsSettings.load({**WHMCS, "WHMCS_API_URL": "http://10.0.0.5/includes/api.php"})
 
 
+@pytest.mark.parametrize("rf,isr,expected", [("1", None, 1), ("2", None, 1), ("3", None, 2),
+                                               ("5", None, 2), ("3", "1", 1), ("3", "3", 3)])
+def test_min_insync_replicas_unset_follows_the_replication_factor(rf, isr, expected):
+    """``KAFKA_REPLICATION_FACTOR=3`` alone kept min.insync.replicas at 1: an ``acks=all``
+    write could be acknowledged by the leader alone and lost with it. Unset, it is 2 from
+    three replicas on; a value given is kept."""
+    env = {"KAFKA_REPLICATION_FACTOR": rf, **({"KAFKA_MIN_INSYNC_REPLICAS": isr} if isr else {})}
+    assert KafkaSettings.load(env).min_insync_replicas == expected
+
+
 def test_registry_credentials_in_the_url_are_percent_decoded():
     from common.avro import _safe_url
 
