@@ -49,18 +49,18 @@ RESOLVE_RETRY_S = 2.0
 
 def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
     """The variables to add: in sandbox mode, each SFPROV_SANDBOX_X the environment lacks."""
-    if env.get("SF_CLIENT_ID"):
+    if env.get("SF_CLIENT_ID", "").strip():  # blank is unset, as for the settings
         return {}
     return {name[len(SANDBOX_PREFIX):]: value for name, value in env.items()
             if name.startswith(SANDBOX_PREFIX) and value
-            and not env.get(name[len(SANDBOX_PREFIX):])}
+            and not env.get(name[len(SANDBOX_PREFIX):], "").strip()}
 
 
 def _sandbox_hint(env: dict[str, str], missing: str) -> str | None:
     """The line for a process in sandbox mode that cannot work because the sandboxes are not
     there (``missing``: what shows it). ``env`` is the container's own environment, before
     :func:`sandbox_defaults`, whose ``SF_CLIENT_ID`` decides the mode."""
-    if env.get("SF_CLIENT_ID") or not missing:
+    if env.get("SF_CLIENT_ID", "").strip() or not missing:
         return None
     return ("sandbox mode (SF_CLIENT_ID is not set) but the sandboxes are not running "
             f"({missing}): start them with `docker compose --profile sandbox up`, or set SF_CLIENT_ID and "

@@ -84,7 +84,7 @@ def uses_local_broker(env: dict[str, str]) -> bool:
 
 
 def sandbox_mode(env: dict[str, str]) -> bool:
-    return not env.get("SF_CLIENT_ID")
+    return not env.get("SF_CLIENT_ID", "").strip()  # blank is unset, as for the settings
 
 
 def sandbox_env(env: dict[str, str], pipeline_env: dict[str, str]) -> dict[str, str]:
@@ -93,7 +93,8 @@ def sandbox_env(env: dict[str, str], pipeline_env: dict[str, str]) -> dict[str, 
     reading events) stays theirs, as under docker compose (``ops.container``)."""
     from ops.sandboxes import USER_CHOICES
 
-    return {k: v for k, v in pipeline_env.items() if not (k in USER_CHOICES and env.get(k))}
+    return {k: v for k, v in pipeline_env.items()
+            if not (k in USER_CHOICES and env.get(k, "").strip())}
 
 
 def events_enabled(env: dict[str, str]) -> bool:

@@ -153,6 +153,23 @@ def test_sandbox_defaults_apply_only_in_sandbox_mode_and_never_over_real_values(
     assert sandbox_defaults({**env, "SF_CLIENT_ID": "3MVG9real"}) == {}
 
 
+def test_a_blank_sf_client_id_is_sandbox_mode_as_for_the_settings():
+    """``SF_CLIENT_ID=" "`` (a blank line in .env) is unset for every process's settings;
+    ``make up`` and the containers took it for real mode, so every process refused to start
+    with "SF_CLIENT_ID: required setting is not set" while the sandboxes went unused."""
+    from ops.stack import sandbox_env, sandbox_mode
+
+    env = {k: str(v) for k, v in SERVICES["connector"]["environment"].items()}
+    blank = {**env, "SF_CLIENT_ID": " ", "WHMCS_API_URL": "  "}
+    assert sandbox_mode({"SF_CLIENT_ID": " "}) and not sandbox_mode({"SF_CLIENT_ID": "3MVG9"})
+    applied = sandbox_defaults(blank)
+    assert applied["SF_CLIENT_ID"] == env["SFPROV_SANDBOX_SF_CLIENT_ID"]
+    assert applied["WHMCS_API_URL"] == env["SFPROV_SANDBOX_WHMCS_API_URL"]
+    choice = {"SF_EVENTS_REPLAY": "EARLIEST"}
+    assert sandbox_env({"SF_EVENTS_REPLAY": " "}, choice) == choice
+    assert sandbox_env({"SF_EVENTS_REPLAY": "LATEST"}, choice) == {}
+
+
 def test_the_compose_sandbox_is_seeded_once():
     seed = SERVICES["seed"]
     assert seed["profiles"] == ["sandbox"]
