@@ -361,8 +361,16 @@ def fault_report(p: Pipeline, plan: list[Fault], applied: list[dict[str, Any]],
         "plan": [f.as_dict() for f in plan],
         "unplanned_restarts": len(restarts), "unplanned": restarts,
         "schedule_violations": schedule_violations(applied, restarts),
-        "whmcs_faults": {"fired": p.whmcs.faults().get("fired", {})},
+        "whmcs_faults": _fired(p.whmcs.faults()),
     }
+
+
+def _fired(faults: dict[str, Any]) -> dict[str, Any]:
+    """The WHMCS sandbox's faults that reached a call: ``fired`` per spec (latency counts, so
+    with latency on it is about every call of its action) and ``fired_kinds``, the same split
+    into latency, hangs, drops and errors — the hangs and drops are the faults that test the
+    at-most-once path."""
+    return {"fired": faults.get("fired", {}), "fired_kinds": faults.get("fired_kinds", {})}
 
 
 SF_TIMEOUT_S = 3.0

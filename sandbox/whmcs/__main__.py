@@ -13,7 +13,9 @@ Flags fall back to environment variables (shown as ``[env: VAR]`` in ``--help``)
 - ``seed --accounts N [--db ..]`` — add the catalogue and N seed accounts' clients.
 - ``orders [--url ..] [--sf-order-id ..] [--userid ..] [--status ..] [--limit ..]``
 - ``faults show|clear [ACTION]|set ACTION key=value ... [--url ..]`` — e.g.
-  ``faults set AddOrder hang_rate=1 hang_s=30 times=1``.
+  ``faults set AddOrder hang_rate=1 hang_s=30 times=1``; a value is read as JSON
+  (``true``, ``0.5``), except the text fields' (``error_kind``, ``whmcs_error``,
+  ``hang_mode``, ``match``), kept as typed.
 - ``counters [--url ..]``
 - ``bench [--url ..] [--pairs 5000] [--concurrency 32]`` — without ``--url`` it starts its
   own sandbox subprocess in a temporary directory; prints AddOrder+AcceptOrder pairs/s.
@@ -116,8 +118,12 @@ def cmd_faults(args: argparse.Namespace) -> int:
     if args.op == "clear":
         params = {"action": args.action} if args.action else {}
         return _print(httpx.delete(url, params=params).json())
+    from sandbox.whmcs.faults import TEXT_FIELDS
+
     spec = dict(kv.split("=", 1) for kv in args.spec)
-    body = {"faults": {args.action or "*": {k: _value(v) for k, v in spec.items()}}}
+    # text fields stay text (``error_kind=500``, ``match=1006``); the rest are JSON values
+    body = {"faults": {args.action or "*": {k: v if k in TEXT_FIELDS else _value(v)
+                                            for k, v in spec.items()}}}
     resp = httpx.post(url, json=body)
     _print(resp.json())
     return 0 if resp.status_code == 200 else 2

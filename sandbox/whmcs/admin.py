@@ -76,22 +76,44 @@ async def faults_get(request: web.Request) -> web.Response:
     return web.json_response(_sb(request).faults.describe())
 
 
+def _fault_request(data: Any) -> tuple[bool, tuple[bool, int | None], dict[str, FaultSpec]]:
+    """``replace``, ``(whether seed is given, seed)`` and the specs by action of a POST to
+    ``/__sandbox/faults``, every part checked; ``ValueError`` naming what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("a JSON object is expected")
+    seed = data.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed: a whole number or null is expected, not {seed!r}")
+    table = data.get("faults")
+    if table is None and "action" in data:
+        table = {data["action"]: {k: v for k, v in data.items()
+                                  if k not in ("action", "seed", "replace")}}
+    if table is not None and not isinstance(table, dict):
+        raise ValueError("faults: an object of action → fault spec is expected")
+    specs: dict[str, FaultSpec] = {}
+    for action, spec in (table or {}).items():
+        if not isinstance(action, str):
+            raise ValueError(f"action: a name is expected, not {action!r}")
+        try:
+            specs[action] = FaultSpec.from_dict(spec)
+        except ValueError as exc:
+            raise ValueError(f"{action}: {exc}") from None
+    return bool(data.get("replace")), ("seed" in data, seed), specs
+
+
 async def faults_set(request: web.Request) -> web.Response:
+    """Checks the whole request before changing anything: a 400 leaves the table as it was."""
     sb = _sb(request)
     try:
-        data = await request.json()
-        if data.get("replace"):
-            sb.faults.clear()
-        if "seed" in data:
-            sb.faults.reseed(data["seed"])
-        table = data.get("faults")
-        if table is None and "action" in data:
-            table = {data["action"]: {k: v for k, v in data.items()
-                                      if k not in ("action", "seed", "replace")}}
-        for action, spec in (table or {}).items():
-            sb.faults.set(action, FaultSpec.from_dict(spec))
+        replace, (seeded, seed), specs = _fault_request(await request.json())
     except (ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
+    if replace:
+        sb.faults.clear()
+    if seeded:
+        sb.faults.reseed(seed)
+    for action, spec in specs.items():
+        sb.faults.set(action, spec)
     return web.json_response(sb.faults.describe())
 
 

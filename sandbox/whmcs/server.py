@@ -2,21 +2,24 @@
 
 Request handling order for the API (mirrors WHMCS, then the faults):
 
-1. parse the form body (and query string) into PHP-style params; count the call;
-2. fault latency;
-3. the login ban, checked before anything else: an IP that failed to log in ``ban_after``
+1. parse the form body (and query string) into PHP-style params; count the call; draw the
+   request's faults (:meth:`Faults.plan`: the RNG moves, nothing is used up yet);
+2. the login ban, checked before anything else: an IP that failed to log in ``ban_after``
    (3) times within ``ban_window_s`` (30 minutes) is answered 403 ``IP Banned`` for
    ``ban_s`` (15 minutes, WHMCS's default "Invalid Login Ban Time"; 0 = no ban) — whatever
    it sends, the right secret and access key included;
-4. "Invalid IP" flap; the IP allow-list — skipped when ``accesskey`` matches — answering 403
-   ``{"result":"error","message":"Invalid IP <ip>"}``; a configured access key given wrong
-   from an allowed IP: 403 ``Invalid Access Key``;
-5. credentials, as WHMCS takes them — 403 ``Authentication Failed`` otherwise (a failed
+3. the IP allow-list — skipped when ``accesskey`` matches — answering 403
+   ``{"result":"error","message":"Invalid IP <ip>"}``; then the "Invalid IP" flap (the same
+   answer; the fault fires); a configured access key given wrong from an allowed IP: 403
+   ``Invalid Access Key``;
+4. credentials, as WHMCS takes them — 403 ``Authentication Failed`` otherwise (a failed
    login, counted towards the ban): the API credential as ``identifier`` + ``secret``, or
    the same pair in ``username`` + ``password`` (WHMCS's "forwards compatibility" for
    integrations written for login credentials), or an admin's login credentials —
    ``username`` + the MD5 hex of the password — when the sandbox is given an admin
    (``--admin-username``);
+5. the request's faults fire (:meth:`Faults.fire`: counted, ``times`` used up — a request
+   refused in 2–4 other than by the flap gets no fault and uses none up); fault latency;
 6. pre-commit faults (HTTP 500/503/HTML page, chosen WHMCS error);
 7. the action (commits its writes);
 8. post-commit faults: commit-then-hang (delay or dropped connection), errors-after-commit;
@@ -31,9 +34,11 @@ Admin endpoints (JSON, no auth — the sandbox listens on localhost):
   more than one order); ``POST /__sandbox/counters/reset`` zeroes the call counts.
 - ``GET /__sandbox/calls`` → the call counts alone (``{"AddOrder": n, ...}``), cheap to poll.
 - ``GET /__sandbox/orders?sf_order_id=&userid=&status=&limit=`` → ``{"orders": [...]}``
-- ``GET /__sandbox/faults``; ``POST /__sandbox/faults`` with ``{"action": "AddOrder"|"*",
-  ...FaultSpec fields}`` or ``{"faults": {action: spec, ...}, "seed": n, "replace": bool}``;
-  ``DELETE /__sandbox/faults[?action=AddOrder]`` clears.
+- ``GET /__sandbox/faults`` → ``{"seed", "fired", "fired_kinds", "faults"}``;
+  ``POST /__sandbox/faults`` with ``{"action": "AddOrder"|"*", ...FaultSpec fields}`` or
+  ``{"faults": {action: spec, ...}, "seed": n, "replace": bool}`` — checked whole first: a
+  400 (naming the field) changes nothing; ``DELETE /__sandbox/faults[?action=AddOrder]``
+  clears.
 - ``GET/POST /__sandbox/allowed-ips`` (``{"allowed_ips": ["127.0.0.1", ...]}``, ``"*"`` = any)
 - ``GET /__sandbox/login-ban`` → ``{"ban_after", "ban_window_s", "ban_s", "banned": {ip:
   seconds left}, "failed_logins": {ip: n}}``; ``POST`` with any of ``ban_after``,
@@ -55,14 +60,14 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
 from sandbox.whmcs.actions import Context, dispatch
-from sandbox.whmcs.faults import Faults, Plan
+from sandbox.whmcs.faults import NO_FAULT, Faults, Plan
 from sandbox.whmcs.forms import parse_form, scalar
 from sandbox.whmcs.store import Store
 
@@ -196,27 +201,38 @@ class Sandbox:
             params = {**parse_form(request.query_string), **params}
         action = self.action_name(scalar(params, "action"))
         self.calls[action] += 1
+        # Drawn now, used up (``fire``) only once it reaches the request: no await between
+        # the two, so ``times`` holds under concurrent requests.
         plan = self.faults.plan(action, params)
-        if plan.latency_s:
-            await asyncio.sleep(plan.latency_s)
         ip = request.remote or ""
         if self.banned(ip):
             return _json({"result": "error", "message": "IP Banned"}, 403)
         has_key = self._has_access_key(params)
-        flap = plan.invalid_ip and not (has_key and plan.invalid_ip_bypassable)
-        if flap or (not has_key and not self._ip_allowed(ip)):
+        if not has_key and not self._ip_allowed(ip):
             return _json({"result": "error", "message": f"Invalid IP {ip}"}, 403)
+        if plan.invalid_ip:
+            if has_key and plan.invalid_ip_bypassable:
+                plan = replace(plan, invalid_ip=False)  # the access key bypasses the flap
+            elif self.faults.fire(plan):
+                return _json({"result": "error", "message": f"Invalid IP {ip}"}, 403)
+            else:
+                plan = NO_FAULT
         if self.config.access_key and not has_key and scalar(params, "accesskey"):
             return _json({"result": "error", "message": "Invalid Access Key"}, 403)
         if not self._authenticated(params):
             self._failed_login(ip)
             return _json({"result": "error", "message": "Authentication Failed"}, 403)
-        if plan.whmcs_error and not plan.whmcs_error_after_commit:
+        if plan.active and not self.faults.fire(plan):
+            plan = NO_FAULT
+        if plan.latency_s:
+            await asyncio.sleep(plan.latency_s)
+        if plan.whmcs_error is not None and not plan.whmcs_error_after_commit:
             return _json({"result": "error", "message": plan.whmcs_error})
         if plan.error_kind and not plan.error_after_commit:
             return _error_page(plan)
         result = dispatch(self.store, params, self.config.context,
-                          error_after_commit=plan.whmcs_error)
+                          error_after_commit=plan.whmcs_error
+                          if plan.whmcs_error_after_commit else None)
         if plan.error_kind:
             return _error_page(plan)
         if plan.drop:

@@ -278,13 +278,15 @@ def test_the_report_says_which_whmcs_faults_fired_and_the_schedules_violations()
     from bench.chaos import SUMMARY, fault_report
 
     whmcs = type("W", (), {"faults": lambda self: {
-        "seed": 7, "fired": {"addorder": 12, "acceptorder": 5}, "faults": {}}})()
+        "seed": 7, "fired": {"addorder": 12, "acceptorder": 5}, "faults": {},
+        "fired_kinds": {"addorder": {"latency": 12, "hang": 2}}}})()
     p = type("P", (), {"whmcs": whmcs})()
     applied = [{"at_s": 1.0, "action": "kill", "process": "worker", "down_s": 1.0,
                 "restarted_at_s": 2.0, "late_s": 0.0},
                {"at_s": 1.5, "action": "pause", "process": "worker", "seconds": 30.0,
                 "late_s": 0.0}]
     report = fault_report(p, [], applied, [])  # type: ignore[arg-type]
-    assert report["whmcs_faults"] == {"fired": {"addorder": 12, "acceptorder": 5}}
+    assert report["whmcs_faults"] == {"fired": {"addorder": 12, "acceptorder": 5},
+                                      "fired_kinds": {"addorder": {"latency": 12, "hang": 2}}}
     assert len(report["schedule_violations"]) == 1  # the pause came while worker was down
     assert {"whmcs_faults", "schedule_violations"} <= set(SUMMARY)
