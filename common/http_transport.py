@@ -388,7 +388,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
             if tls and self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
-            pool = self._pools[key] = _Pool(url.scheme, url.host, url.port or (443 if tls else 80),
+            # The host as the Host header and the pool key have it (IDNA 2008, ASCII; an
+            # IPv6 literal without its brackets), never ``url.host``: that is the Unicode
+            # form, which the resolver and ``ssl`` encode with IDNA 2003 — ``straße.de``
+            # would be resolved, and its certificate checked, as ``strasse.de``, another
+            # domain than ``xn--strae-oqa.de``, and the credentials posted to its owner
+            host = url.raw_host.decode("ascii")
+            pool = self._pools[key] = _Pool(url.scheme, host, url.port or (443 if tls else 80),
                                             self._max_connections,
                                             self._ssl_context if tls else None, loop)
         return pool

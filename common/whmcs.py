@@ -11,7 +11,11 @@ Errors are translated here (``raise ... from exc``)::
     result=error                          WhmcsError(message)              permanent
     result=error refusing this
     installation (HTTP 401/403, or an
-    ACCESS_REFUSED text)                  WhmcsAccessError                 wait for the fix
+    ACCESS_REFUSED text); a non-API
+    answer HTTP 401/407 (authentication
+    asked in front of api.php) or 3xx
+    (WHMCS_API_URL redirected: never
+    followed)                             WhmcsAccessError                 wait for the fix
     HTTP 5xx, HTML / non-JSON body,
     connection refused, connect timeout   WhmcsTransientError              retry
     timeout or dropped connection after
@@ -38,12 +42,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import httpx
 import orjson
 
 from common.clock import lease_clock
+from common.envparse import hide_userinfo
 from common.errors import (
     WhmcsAccessError,
     WhmcsError,
@@ -332,6 +337,14 @@ class WhmcsClient:
                          or "authentication required")
                 raise WhmcsAccessError(f"not a WHMCS API answer: HTTP {status} ({asked}) from a "
                                        "server or proxy in front of api.php", action=action)
+            if 300 <= status < 400:
+                # WHMCS_API_URL is not api.php's URL (http:// to a server redirecting to
+                # https://, a site moved): nothing ran, and the next call is redirected the
+                # same way — a refusal of this installation's configuration, as above, not
+                # an AddOrder that may have landed. Not followed: the body carries the
+                # secret (and may be an AddOrder) and would go to wherever it points.
+                raise WhmcsAccessError(self._redirect(status, fields.get("location")),
+                                       action=action)
             raise WhmcsTransientError(
                 f"{action}: not a WHMCS API answer (HTTP {status}, "
                 f"{fields.get('content-type', '?')})", action=action,
@@ -365,18 +378,41 @@ class WhmcsClient:
                     text = f"{text} ({reason})"
                 break
             cause = cause.__cause__ or cause.__context__
-        text = redact(text)  # the request body's secret=/accesskey=/identifier=, if there
+        text = self._scrub(text)
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def _redirect(self, status: int, location: str | None) -> str:
+        """What a redirect of ``api.php`` says: the URL it points to (resolved against
+        WHMCS_API_URL; credentials of its authority, secrets in its query and this
+        installation's credential values masked; bounded), the one to set."""
+        if not location:
+            return (f"WHMCS_API_URL is redirected (HTTP {status}) with no Location: set "
+                    "WHMCS_API_URL to api.php's URL")
+        try:
+            target = str(self._url.join(location.strip()))
+        except (httpx.InvalidURL, ValueError, TypeError):
+            target = location
+        return (f"WHMCS_API_URL is redirected (HTTP {status}) to "
+                f"{self._scrub(hide_userinfo(target))}: set WHMCS_API_URL to that URL")
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (from an injected transport, a server's header) on one bounded line,
+        with every credential blanked: :func:`common.log.redact`'s shapes (the request
+        body's ``secret=``/``accesskey=``/``identifier=``, a URL's password), and this
+        installation's credential values (raw or form-encoded) wherever they show, from 6
+        characters on."""
+        text = redact(text)
         values = [self.settings.secret.reveal(), self.settings.identifier.reveal()]
         if self.settings.access_key:
             values.append(self.settings.access_key.reveal())
         for value in values:
-            for form in {value, quote_plus(value)}:
+            for form in {value, quote_plus(value), quote(value, safe="")}:
                 if len(form) >= _REDACT_MIN:  # a 2-letter one would blank ordinary words
                     text = text.replace(form, "[REDACTED]")
         text = " ".join(text.split())
         if len(text) > _DETAIL_MAX:
             text = text[:_DETAIL_MAX - 1] + "…"
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return text
 
     # -- actions ------------------------------------------------------------------------
 
