@@ -46,10 +46,14 @@ down: ## Stop everything `make up` started
 status: $(STAMP) ## Show what runs
 	@$(PY) -m ops.stack status
 
-logs: ## Follow the logs of every process, the local broker's too
+# Each log by name (ops/stack.py's and ops/sandboxes.py's plan, the supervisor's own): a glob
+# expands once, and before `make up` to nothing; tail -F waits for a file that is not there yet
+# and follows a log across its rotation (SFPROV_LOG_MAX_MB)
+LOG_NAMES := supervisor salesforce-sandbox whmcs-sandbox registry-sandbox connector worker sink
+logs: ## Follow the logs of every process, the local broker's too (also those not written yet)
 	@mkdir -p $(call sh,$(STATE)/logs) $(call sh,$(STATE)/kafka/broker/logs) && \
-	  tail -n 50 -F $(call sh,$(STATE)/logs)/*.log $(call sh,$(STATE)/kafka/broker/logs/server.log) \
-	  $(call sh,$(STATE)/kafka/broker/logs/stdout.log)
+	  tail -n 50 -F $(foreach n,$(LOG_NAMES),$(call sh,$(STATE)/logs/$(n).log)) \
+	  $(call sh,$(STATE)/kafka/broker/logs/server.log) $(call sh,$(STATE)/kafka/broker/logs/stdout.log)
 
 topics: install ## Create missing topics and report config drift
 	@$(PY) -m ops.topics

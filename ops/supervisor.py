@@ -2,8 +2,10 @@
 
 ``ops.stack`` launches it detached (``python -m ops.supervisor PLAN.json``). The plan is a
 list of processes (name, argv, env, log file, health URL). Each child runs in its own
-process group with stdout/stderr appended to its log file. A child that exits is restarted
-with exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIGTERM
+process group with stdout/stderr appended to its log file; when the supervisor (re)starts a
+child whose log is over ``SFPROV_LOG_MAX_MB`` it first rotates it (:func:`rotate_log`; a
+running child's log only at its next restart). A child that exits is restarted with
+exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIGTERM
 stops the children in reverse start order (SIGTERM, then SIGKILL after a grace period) and
 exits; a child it has to kill is named in its log, on stdout and in
 ``<state>/supervisor-killed.json`` (:func:`killed_file`), which ``ops.stack down`` reports. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
@@ -37,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from common.envparse import environment
+from common.errors import ConfigError
 from common.settings import SinkSettings, WorkerSettings
+from ops import envvars
 
 #: What a child may take after its drain before it is killed: closing its Kafka clients —
 #: the sink's close revokes its partitions, which may flush for up to 10 s more
@@ -70,6 +74,49 @@ def stop_grace(name: str, env: Mapping[str, str]) -> float:
     return max(drain, 0.0) + STOP_MARGIN_S
 
 
+#: The make-up variable that caps a child's log, in MB (0: never rotated), and its default.
+LOG_MAX_MB_VARIABLE, LOG_MAX_MB_DEFAULT = "SFPROV_LOG_MAX_MB", 100
+#: How many rotated logs are kept: ``NAME.log.1`` (the newest) to ``NAME.log.3``.
+LOG_KEEP = 3
+
+
+def log_limit(env: Mapping[str, str]) -> int:
+    """``SFPROV_LOG_MAX_MB`` in bytes (0: never rotate); a value that does not parse is a
+    :class:`~common.errors.ConfigError` naming it."""
+    return envvars.count(env, LOG_MAX_MB_VARIABLE, LOG_MAX_MB_DEFAULT) * 1024 * 1024
+
+
+def configured_log_limit(env: Mapping[str, str]) -> int:
+    """:func:`log_limit`, for the running supervisor: a bad value is said on stdout (its log)
+    and the default used — a log setting does not keep the pipeline down."""
+    try:
+        return log_limit(env)
+    except ConfigError as exc:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warning: {exc}; logs rotate at "
+              f"{LOG_MAX_MB_DEFAULT} MB", flush=True)
+        return LOG_MAX_MB_DEFAULT * 1024 * 1024
+
+
+def rotate_log(log: Path, max_bytes: int, keep: int = LOG_KEEP) -> bool:
+    """Rename ``log`` to ``log.1`` (``log.1`` to ``log.2`` …, the oldest of ``keep`` dropped)
+    when it is over ``max_bytes`` (0: never); whether it did. Only safe while nothing writes
+    to ``log``: a running child holds it open (``O_APPEND``) and would go on writing to the
+    renamed file, so the supervisor calls this just before it (re)starts the child."""
+    if max_bytes <= 0:
+        return False
+    try:
+        if log.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for i in range(keep - 1, 0, -1):
+        older = log.with_name(f"{log.name}.{i}")
+        if older.exists():
+            os.replace(older, log.with_name(f"{log.name}.{i + 1}"))
+    os.replace(log, log.with_name(f"{log.name}.1"))
+    return True
+
+
 def process_start(pid: int) -> str | None:
     """When the process ``pid`` started, as ``BOOT_ID:TICKS`` (the kernel's boot id and field
     22 of ``/proc/PID/stat``, clock ticks since boot): a pid is reused, this pair is not, even
@@ -94,6 +141,7 @@ class Child:
     requires: list[str] = field(default_factory=list)  # names that must be healthy first
     final_exit_codes: list[int] = field(default_factory=list)  # exits not to restart after
     grace_s: float | None = None  # None: stop_grace() of the child's name and environment
+    log_max_bytes: int | None = None  # rotate the log over it at a start; None: log_limit()
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     proc_start: str | None = field(default=None, repr=False)  # process_start(proc.pid)
     restarts: int = 0
@@ -102,10 +150,24 @@ class Child:
     next_start: float = 0.0
     backoff: float = 1.0
 
+    def log_limit(self) -> int:
+        """The size over which :meth:`start` rotates the log first (0: never)."""
+        if self.log_max_bytes is not None:
+            return self.log_max_bytes
+        return log_limit(environment())
+
     def start(self) -> None:
-        Path(self.log).parent.mkdir(parents=True, exist_ok=True)
+        log = Path(self.log)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        now = time.strftime('%Y-%m-%dT%H:%M:%S')
+        limit = self.log_limit()
+        try:
+            note = (f"=== {now} {log.name} over {limit / 2**20:g} MB: rotated to {log.name}.1\n"
+                    if rotate_log(log, limit) else "")
+        except OSError as exc:  # a start does not wait for a rotation
+            note = f"=== {now} could not rotate {log.name}: {exc}\n"
         with open(self.log, "ab") as out:
-            out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {self.name}\n".encode())
+            out.write(f"{note}\n=== {now} starting {self.name}\n".encode())
             self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env},
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -239,6 +301,10 @@ def kicks_of(control: dict[str, Any]) -> dict[str, int]:
 def run(plan_path: Path) -> int:
     plan = json.loads(plan_path.read_text())
     children = [Child(**spec) for spec in plan["processes"]]
+    limit = configured_log_limit(environment())  # once: a bad value is said once
+    for child in children:
+        if child.log_max_bytes is None:
+            child.log_max_bytes = limit
     status_file = Path(plan["status_file"])
     stopping = False
 

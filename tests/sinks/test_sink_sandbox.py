@@ -114,20 +114,26 @@ def test_sigkill_at_random_moments_loses_nothing(
     kills_mid_run = 0
     for _kill in range(3):
         proc = start_sink(env, tmp_path / "sink.log")
-        before = committed_total(kafka_settings, settings)
-        if before == len(records):
-            break
-        wait_for(lambda b=before: committed_total(kafka_settings, settings) > b, 60,
-                 "progress before the kill", proc)
-        time.sleep(rng.uniform(0.0, 1.5))
-        proc.kill()
-        proc.wait()
+        try:  # killed whatever happens (a wait_for that fails, the break): none outlives pytest
+            before = committed_total(kafka_settings, settings)
+            if before == len(records):
+                break
+            wait_for(lambda b=before: committed_total(kafka_settings, settings) > b, 60,
+                     "progress before the kill", proc)
+            time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            proc.kill()
+            proc.wait()
         if committed_total(kafka_settings, settings) < len(records):
             kills_mid_run += 1
     assert kills_mid_run >= 1, "every kill came after the work was done: the test proved nothing"
     sandbox.set_faults(rest_latency_ms=0)
     final = start_sink(env, tmp_path / "sink.log", "--exit-when-idle", "--timeout", "120")
-    assert final.wait(timeout=150) == 0, (tmp_path / "sink.log").read_text()[-3000:]
+    try:
+        assert final.wait(timeout=150) == 0, (tmp_path / "sink.log").read_text()[-3000:]
+    finally:
+        final.kill()  # a no-op once it has exited
+        final.wait()
     assert committed_total(kafka_settings, settings) == len(records)
     assert mismatches(sandbox, expected_state(records)) == []
 
