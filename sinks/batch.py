@@ -128,12 +128,18 @@ def _mergeable(first: Entry, then: Entry) -> bool:
 def _merge(keep: Entry, other: Entry, *, other_after: bool) -> None:
     """Merge ``other`` into ``keep`` (``other_after``: ``other`` is the one applied later)."""
     first, then = (keep, other) if other_after else (other, keep)
+    # the merged entry is the later write alone when that sets every field of the earlier
+    # one: it keeps its own count of attempts (an entry that met 9 locks would otherwise
+    # spend the last attempt of a newer outcome tried once, and dead-letter both); else
+    # the earlier write's fields are still in it, and so is its count
+    attempts = (then.attempts if then.fields.keys() >= first.fields.keys()
+                else max(keep.attempts, other.attempts))
     keep.fields = {**first.fields, **then.fields}
     keep.version = then.version if then.version is not None else first.version
     keep.sources = first.sources + [t for t in then.sources if t not in first.sources]
     keep.since = min(keep.since, other.since)
     keep.not_before = max(keep.not_before, other.not_before)
-    keep.attempts = max(keep.attempts, other.attempts)
+    keep.attempts = attempts
     keep.call_failures = max(keep.call_failures, other.call_failures)
     caps = [e.cap for e in (keep, other) if e.cap is not None]
     keep.cap = min(caps) if caps else None

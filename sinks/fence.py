@@ -79,19 +79,23 @@ def number_size(found: dict[str, Any]) -> tuple[int, int]:
 def check_field(client: Describer, field: str) -> None:
     """Raise :class:`ConfigError` (naming the setting) unless ``field`` is an updatable
     Number field with room for epoch milliseconds (13 digits left of the point) on every
-    fenced object; the :class:`SalesforceError` itself when Salesforce cannot answer now or
-    refuses the sink, not the object (an outage, a login refused, a permission): the sink
-    pauses on it as on any such call, instead of exiting 64 with a message that blamed this
-    setting for a refused login."""
+    fenced object, as describe answers; a :class:`SalesforceError` when describe does not
+    answer (an outage, a login refused, a permission, an API version): the sink pauses on
+    it as on any such call, instead of exiting 64 with a message that blamed this setting.
+    A 404 names ``SF_API_VERSION`` (a version the org does not serve) and Read on the
+    object, both of the installation, not of the field — the sink resumes once fixed."""
     for sobject in FENCED_OBJECTS:
         try:
             described = client.describe(sobject)
         except SalesforceError as exc:
-            unseen = exc.status == 404 or exc.error_code == "NOT_FOUND"  # the object
+            unseen = exc.status == 404 or exc.error_code == "NOT_FOUND"
             if exc.retryable or isinstance(exc, SalesforceAuthError) or not unseen:
                 raise
-            raise ConfigError(f"SINK_OUTCOME_MS_FIELD: cannot describe {sobject} to check "
-                              f"{field}: {exc}") from exc
+            raise SalesforceError(
+                f"cannot describe {sobject} to check the outcome fence field: Salesforce "
+                "answers 404 (the org does not serve SF_API_VERSION, or the integration user "
+                f"lost Read on {sobject}): {exc}", error_code=exc.error_code,
+                status=exc.status, retryable=False) from exc
         found = described_field(described, field)
         if found is None:
             problem = "does not exist in the org (or the integration user cannot see it)"
@@ -141,8 +145,9 @@ def write_access_problem(client: Describer, sobject: str, fields: Iterable[str])
     for name in sorted(set(fields)):
         found = described_field(described, name)
         if found is None:
-            return (f"{sobject}.{name} is not visible to the integration user: grant it Read "
-                    "and Edit access to the field (field-level security)")
+            return (f"{sobject}.{name} is not visible to the integration user (hidden by "
+                    "field-level security, or deleted): grant it Read and Edit access to the "
+                    "field, or create the field again")
         if not found.get("updateable"):
             return (f"{sobject}.{name} is read-only for the integration user: grant it Edit "
                     "access to the field (field-level security)")

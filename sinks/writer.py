@@ -6,17 +6,19 @@ Per-record errors (``allOrNone: false``) are sorted into:
   (``FIELD_CUSTOM_VALIDATION_EXCEPTION`` with ``SFPROV_SUPERSEDED`` in its message, see
   :mod:`sinks.fence`): Salesforce holds a newer outcome, so there is nothing to write and
   nothing to retry or dead-letter. It wins over any other error of the same record;
-* transient — :data:`TRANSIENT_CODES` (``UNABLE_TO_LOCK_ROW`` and kin), or a trigger's
-  ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` whose message carries ``UNABLE_TO_LOCK_ROW`` (lock
-  contention inside an Order or Opportunity trigger, :func:`is_transient`): the record goes
-  back to the pending map with a backoff;
+* transient — :data:`TRANSIENT_CODES` (``UNABLE_TO_LOCK_ROW`` and kin), or any error whose
+  message carries ``UNABLE_TO_LOCK_ROW`` (lock contention inside an Order or Opportunity
+  trigger — ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` — or record-triggered Flow —
+  ``CANNOT_EXECUTE_FLOW_TRIGGER``, :func:`is_transient`): the record goes back to the
+  pending map with a backoff;
 * permanent — everything else (``INVALID_FIELD``, ``ENTITY_IS_DELETED``,
   ``FIELD_CUSTOM_VALIDATION_EXCEPTION``, ``INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST``,
   ``NOT_FOUND``, ``MALFORMED_ID``, ...): dead-lettered, the rest of the batch proceeds.
   Unknown codes count as permanent so one odd record can never stall a partition forever.
   Except: a code in :data:`ACCESS_CODES` is also what a permission the integration user lost
   gives every record of an object alike (Update removed: ``INSUFFICIENT_ACCESS_OR_READONLY``;
-  Read removed: ``NOT_FOUND``; a field made read-only: ``INVALID_FIELD_FOR_INSERT_UPDATE``).
+  Read removed: ``NOT_FOUND``; a field made read-only: ``INVALID_FIELD_FOR_INSERT_UPDATE``;
+  a field hidden by field-level security or deleted: ``INVALID_FIELD``).
   The writer asks describe whether the object and the fields written are still updatable
   (once per object per write, :func:`sinks.fence.write_access_problem`); when they are
   not, or describe cannot answer, it is a refusal no record caused: those records are
@@ -41,12 +43,19 @@ Whole-call failures:
   are wrong;
 * a 400 for the request cannot say which record caused it, so the batch is bisected until
   the culprit stands alone and is failed with that error. The cost is O(k·log n) extra calls
-  for k bad records, only then.
+  for k bad records, only then. Except a 400 with a code of :data:`ACCESS_CODES`: real
+  Salesforce refuses a whole call naming a field the integration user cannot see (Read
+  removed by field-level security, or the field deleted) with ``INVALID_FIELD`` ("No such
+  column … on sobject of type …"). Describe is asked first; the records that set a field
+  it finds missing or read-only (every record of an object it cannot answer about) are
+  returned apart (``no_access``) and the rest of the call is sent again. Only when describe
+  finds every field written in order is the call bisected — splitting a refusal every
+  record shares cost 2n−1 calls and dead-lettered every outcome.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,9 +69,11 @@ TRANSIENT_CODES = frozenset({
     "ALL_OR_NONE_OPERATION_ROLLED_BACK", "REQUEST_LIMIT_EXCEEDED", "QUERY_TIMEOUT",
 })
 
-#: per-record codes a lost permission gives every record of an object (see above)
+#: codes a lost permission gives every record of an object (see above), per record or, for
+#: a field hidden or deleted (``INVALID_FIELD``), for the whole call
 ACCESS_CODES = frozenset({
     "INSUFFICIENT_ACCESS_OR_READONLY", "NOT_FOUND", "INVALID_FIELD_FOR_INSERT_UPDATE",
+    "INVALID_FIELD",
 })
 UNKNOWN_ACCESS = "cannot tell whether"  # how an access problem describe could not judge starts
 
@@ -91,11 +102,52 @@ class WriteResult:
 
 
 def is_transient(code: str, message: str = "") -> bool:
-    """A record error that may pass on its own: a lock, a timeout, an outage. A trigger that
-    met a lock reports it inside its own code (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY``,
-    ``…: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record``)."""
-    return code in TRANSIENT_CODES or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
-                                       and "UNABLE_TO_LOCK_ROW" in message)
+    """A record error that may pass on its own: a lock, a timeout, an outage. Automation
+    that met a lock reports it inside its own code: a trigger
+    (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY``, ``…: UNABLE_TO_LOCK_ROW, unable to obtain
+    exclusive access to this record``), a record-triggered Flow
+    (``CANNOT_EXECUTE_FLOW_TRIGGER``, ``… the flow tried to update records:
+    UNABLE_TO_LOCK_ROW: …``); any code whose message names the lock counts."""
+    return code in TRANSIENT_CODES or "UNABLE_TO_LOCK_ROW" in message
+
+
+class _DescribeOnce:
+    """The client's describe, asked at most once per object in one write (an answer or a
+    failure is remembered), for the whole-call check and the per-record one alike."""
+
+    def __init__(self, client: CollectionClient) -> None:
+        self.client = client
+        self._answers: dict[str, dict[str, Any] | SalesforceError] = {}
+        self._problems: dict[tuple[str, frozenset[str]], str | None] = {}
+
+    def describe(self, sobject: str) -> dict[str, Any]:
+        if sobject not in self._answers:
+            try:
+                self._answers[sobject] = self.client.describe(sobject)
+            except SalesforceError as exc:
+                self._answers[sobject] = exc
+        answer = self._answers[sobject]
+        if isinstance(answer, SalesforceError):
+            raise answer
+        return answer
+
+    def problem(self, sobject: str, fields: Iterable[str], result: WriteResult) -> str | None:
+        """:func:`sinks.fence.write_access_problem` for ``fields`` of ``sobject``; a describe
+        that cannot answer is a problem too (it says nothing of the records). A problem is
+        noted once in ``result.access_problems``."""
+        key = (sobject, frozenset(fields))
+        if key not in self._problems:
+            try:
+                problem = write_access_problem(self, sobject, key[1])
+            except SalesforceError as exc:
+                result.describe_limited |= isinstance(exc, SalesforceLimitError)
+                problem = (f"{UNKNOWN_ACCESS} the integration user may still update "
+                           f"{sobject}: its describe failed ({exc})")
+            self._problems[key] = problem
+        problem = self._problems[key]
+        if problem is not None and problem not in result.access_problems:
+            result.access_problems.append(problem)
+        return problem
 
 
 def record_error(entry: Entry, raw: dict[str, Any]) -> RecordError:
@@ -117,13 +169,14 @@ class CollectionWriter:
         requeues every entry: harmless, since the updates are absolute.
         """
         result = WriteResult()
+        describer = _DescribeOnce(self.client)
         by_type = sorted(entries, key=lambda e: e.key.sobject)  # stable: oldest first per type
         for start in range(0, len(by_type), self.chunk_size):
-            self._write_chunk(by_type[start:start + self.chunk_size], result)
-        self._recheck_access(result)
+            self._write_chunk(by_type[start:start + self.chunk_size], result, describer)
+        self._recheck_access(result, describer)
         return result
 
-    def _recheck_access(self, result: WriteResult) -> None:
+    def _recheck_access(self, result: WriteResult, describer: _DescribeOnce) -> None:
         """Move the permanent failures a lost permission caused to ``no_access``: a code of
         :data:`ACCESS_CODES` on an object that describe — asked once per object in this
         write, for the fields those records set (:func:`sinks.fence.write_access_problem`)
@@ -138,20 +191,16 @@ class CollectionWriter:
         held: set[int] = set()
         for sobject, refused in suspects.items():
             fields = {name for entry, _error in refused for name in entry.fields}
-            try:
-                problem = write_access_problem(self.client, sobject, fields)
-            except SalesforceError as exc:
-                result.describe_limited |= isinstance(exc, SalesforceLimitError)
-                problem = (f"{UNKNOWN_ACCESS} the integration user may still update "
-                           f"{sobject}: its describe failed ({exc})")
-            if problem is not None:
-                result.access_problems.append(problem)
+            if describer.problem(sobject, fields, result) is not None:
                 held.update(id(entry) for entry, _error in refused)
         if held:
-            result.no_access = [(e, err) for e, err in result.permanent if id(e) in held]
+            result.no_access += [(e, err) for e, err in result.permanent if id(e) in held]
             result.permanent = [(e, err) for e, err in result.permanent if id(e) not in held]
 
-    def _write_chunk(self, chunk: list[Entry], result: WriteResult) -> None:
+    def _write_chunk(self, chunk: list[Entry], result: WriteResult, describer: _DescribeOnce,
+                     *, asked: bool = False) -> None:
+        """One call; a 400 for it is bisected (``asked``: describe already found every
+        field of ``chunk`` in order, so an access code is a record's)."""
         result.calls += 1
         try:
             answers = self.client.update_collection([e.payload() for e in chunk],
@@ -159,14 +208,43 @@ class CollectionWriter:
         except SalesforceError as exc:
             if exc.retryable or not refuses_records(exc):
                 raise
+            if exc.error_code in ACCESS_CODES and not asked:
+                held = self._hold_refused(chunk, exc, result, describer)
+                rest = [entry for entry in chunk if id(entry) not in held]
+                if held:
+                    if rest:  # what describe finds in order goes again without them
+                        self._write_chunk(rest, result, describer, asked=True)
+                    return
+                asked = True
             if len(chunk) == 1:
                 code = exc.error_code or type(exc).__name__
                 result.permanent.append((chunk[0], RecordError(chunk[0].key, code, str(exc))))
                 return
             middle = len(chunk) // 2
-            self._write_chunk(chunk[:middle], result)
-            self._write_chunk(chunk[middle:], result)
+            self._write_chunk(chunk[:middle], result, describer, asked=asked)
+            self._write_chunk(chunk[middle:], result, describer, asked=asked)
             return
+        self._sort_answers(chunk, answers, result)
+
+    @staticmethod
+    def _hold_refused(chunk: list[Entry], exc: SalesforceError, result: WriteResult,
+                      describer: _DescribeOnce) -> set[int]:
+        """A whole call refused with an access code (``INVALID_FIELD``: a field hidden or
+        deleted): the records whose object or fields describe says the integration user may
+        no longer update (or that it cannot answer about) go to ``no_access`` with that
+        error — a refusal no record caused. Returns their ids (empty: describe finds every
+        field in order, the refusal is a record's)."""
+        held: set[int] = set()
+        for entry in chunk:
+            if describer.problem(entry.key.sobject, entry.fields, result) is not None:
+                held.add(id(entry))
+                code = exc.error_code or type(exc).__name__
+                result.no_access.append((entry, RecordError(entry.key, code, str(exc))))
+        return held
+
+    @staticmethod
+    def _sort_answers(chunk: list[Entry], answers: list[dict[str, Any]],
+                      result: WriteResult) -> None:
         if len(answers) != len(chunk):
             raise SalesforceError(f"composite/sobjects answered {len(answers)} results for "
                                   f"{len(chunk)} records", retryable=True)
