@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import (
     Consumer,
@@ -72,19 +72,47 @@ def committed_offsets(reader: Any, topic: str, partitions: Iterable[int],
     return out
 
 
-def group_lag(reader: Any, c: Any, topic: str) -> list[tuple[int, int, int]]:
-    """(partition, committed, end) for ``reader``'s group (:func:`group_reader`) on one topic;
-    ``end − committed`` is the number of records left (exact up to :data:`EXACT_LAG_LIMIT`,
-    offsets beyond)."""
+class PartitionLag(NamedTuple):
+    """One partition of a group's lag (:func:`group_lag_detail`)."""
+
+    partition: int
+    committed: int
+    #: the partition's log end offset (high watermark), as ``kafka-consumer-groups`` shows it
+    end: int
+    #: what is left to read from ``committed`` to ``end``: committed records (transaction
+    #: markers and aborted records excluded) when :attr:`exact`, else the offset distance
+    lag: int
+    #: ``lag`` counts records: the partition was at most :data:`EXACT_LAG_LIMIT` offsets
+    #: behind (or not behind at all)
+    exact: bool
+
+
+def group_lag_detail(reader: Any, c: Any, topic: str) -> list[PartitionLag]:
+    """``reader``'s group (:func:`group_reader`) on one topic, per partition: its committed
+    offset, the log end offset and the records left (exact up to :data:`EXACT_LAG_LIMIT`,
+    offsets beyond), sorted by partition."""
     bounds = end_offsets(c, topic)
     rows = []
     for partition, offset in committed_offsets(reader, topic, bounds).items():
         committed = offset if offset >= 0 else bounds[partition][0]
         end = bounds[partition][1]
-        if 0 < end - committed <= EXACT_LAG_LIMIT:
-            end = committed + records_between(c, topic, partition, committed, end)
-        rows.append((partition, committed, end))
+        behind = max(0, end - committed)
+        exact = behind <= EXACT_LAG_LIMIT
+        left = (records_between(c, topic, partition, committed, end)
+                if 0 < behind <= EXACT_LAG_LIMIT else behind)
+        rows.append(PartitionLag(partition, committed, end, left, exact))
     return sorted(rows)
+
+
+def group_lag(reader: Any, c: Any, topic: str) -> list[tuple[int, int, int]]:
+    """(partition, committed, committed + records left) for ``reader``'s group
+    (:func:`group_reader`) on one topic: the third figure is not the log end (a transactional
+    topic's end counts commit markers too) but where the group would be with every record
+    read, so ``end − committed`` is the number of records left (exact up to
+    :data:`EXACT_LAG_LIMIT`, offsets beyond) — what the lag gauges and the stall watchdog
+    take. :func:`group_lag_detail` keeps the log end and the count apart."""
+    return [(row.partition, row.committed, row.committed + row.lag)
+            for row in group_lag_detail(reader, c, topic)]
 
 
 def unowned_partitions(admin: AdminClient, group: str, topic: str,

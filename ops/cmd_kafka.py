@@ -22,6 +22,7 @@ from ops.kafkaview import (
     end_offsets,
     group_positions,
     last_value,
+    order_id_arg,
     order_id_forms,
     resolve_topic,
     scan,
@@ -109,11 +110,15 @@ def lag(args: argparse.Namespace) -> int:
         for label, group, topic in (("worker", worker_group(args), settings.requests),
                                     ("sink", sink_group(args), settings.outcomes)):
             rows = group_positions(settings, c, group, topic)
+            # end: the log end offset, as kafka-consumer-groups shows it; lag: the records
+            # left (a transactional topic's end counts commit markers too), offsets when the
+            # partition is more than EXACT_LAG_LIMIT behind (lag_exact false)
             groups.append({"process": label, "group": group, "topic": topic,
-                           "lag": sum(max(0, end - committed) for _, committed, end in rows),
-                           "partitions": [{"partition": p, "committed": committed, "end": end,
-                                           "lag": max(0, end - committed)}
-                                          for p, committed, end in rows]})
+                           "lag": sum(row.lag for row in rows),
+                           "partitions": [{"partition": row.partition,
+                                           "committed": row.committed, "end": row.end,
+                                           "lag": row.lag, "lag_exact": row.exact}
+                                          for row in rows]})
     finally:
         c.close()
     if args.json:
@@ -123,8 +128,9 @@ def lag(args: argparse.Namespace) -> int:
     for g in groups:
         print(f"{g['process']} (group {g['group']}) on {g['topic']}: lag {g['lag']}")
         for row in g["partitions"]:
+            note = "" if row["lag_exact"] else "  (offsets: markers included)"
             print(f"  partition {row['partition']:>2}  committed {row['committed']:>9}  "
-                  f"end {row['end']:>9}  lag {row['lag']:>7}")
+                  f"end {row['end']:>9}  lag {row['lag']:>7}{note}")
     _print_connector_position(args)
     return 0
 
@@ -269,6 +275,32 @@ def newest_generation(topic: str, records: list[Any], named: set[str]
             [f"{r.partition}:{r.offset}" for r in records if id(r) not in kept])
 
 
+#: the ``dlq.stage`` header's values: who wrote the dead letter
+DLQ_STAGES = ("connector", "worker", "sink")
+
+
+def stage_arg(text: str) -> str:
+    """``--stage``'s parser: one of :data:`DLQ_STAGES`, else argparse's one-line usage error
+    (``--stage Worker`` once matched no dead letter: ``requeued 0 record(s)``, exit 0)."""
+    if text not in DLQ_STAGES:
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(DLQ_STAGES[:-1])} or {DLQ_STAGES[-1]}, got {text!r}")
+    return text
+
+
+def last_arg(text: str) -> int:
+    """``--last``'s parser: a whole number of records, not negative (0: none of those
+    already there; with ``-f``, only new ones), else argparse's one-line usage error
+    (``--last -3`` once showed nothing, exit 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
+    return value
+
+
 def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -281,10 +313,12 @@ def _configure_topics(p: argparse.ArgumentParser) -> None:
 def _configure_tail(p: argparse.ArgumentParser) -> None:
     p.add_argument("topic", help="requests | outcomes | dead-letters | offsets | gaps | a topic name")
     p.add_argument("--from-beginning", action="store_true", help="start at the first record")
-    add(p, "--last", env="SFPROV_TAIL_LAST", default=10, type=int,
-        help="records per partition to show from the end (without --from-beginning)")
+    add(p, "--last", env="SFPROV_TAIL_LAST", default=10, type=last_arg, metavar="N",
+        help="records per partition to show from the end (without --from-beginning); 0 "
+             "shows none of them (with -f: only new records)")
     p.add_argument("-f", "--follow", action="store_true", help="keep waiting for new records")
-    add(p, "--order-id", env="SFPROV_ORDER_ID", help="only records of this Salesforce Order")
+    add(p, "--order-id", env="SFPROV_ORDER_ID", type=order_id_arg,
+        help="only records of this Salesforce Order (15 or 18 characters)")
     p.add_argument("--json", action="store_true",
                    help="JSON lines (what tail always prints; accepted for symmetry)")
     p.set_defaults(func=tail)
@@ -300,8 +334,10 @@ def _configure_dlq(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", dest="offsets", action="append",
                    type=cmd_replay.partition_offset_arg, metavar="PARTITION:OFFSET",
                    help="PARTITION:OFFSET of a dead letter (repeatable)")
-    add(p, "--stage", env="SFPROV_DLQ_STAGE", help="connector | worker | sink")
-    add(p, "--order-id", env="SFPROV_ORDER_ID", help="only dead letters of this Order")
+    add(p, "--stage", env="SFPROV_DLQ_STAGE", type=stage_arg, metavar="STAGE",
+        help="only dead letters of this stage: connector | worker | sink")
+    add(p, "--order-id", env="SFPROV_ORDER_ID", type=order_id_arg,
+        help="only dead letters of this Order (15 or 18 characters)")
     p.add_argument("--all", action="store_true",
                    help="requeue every matching dead letter, each failing record once: one "
                         "that a later dead letter supersedes (its requeued copy failed again, "

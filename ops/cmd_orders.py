@@ -21,13 +21,22 @@ from confluent_kafka import Producer
 
 from common.avro import AvroSerde, registry_for
 from common.errors import KafkaError, PipelineError
+from common.ids import is_salesforce_id
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings, worker_group
 from ops.cmd_replay import seconds_arg
-from ops.kafkaview import QUIET, Deliveries, client_config, jsonable, order_id_forms, scan
+from ops.kafkaview import (
+    QUIET,
+    Deliveries,
+    client_config,
+    jsonable,
+    order_id_arg,
+    order_id_forms,
+    scan,
+)
 from streams.mapping import MappingError, client_id_of
 
 
@@ -36,8 +45,24 @@ def _sf() -> SalesforceClient:
 
 
 def _soql_id(value: str) -> str:
-    if not value.isalnum() or len(value) not in (15, 18):
-        raise SystemExit(f"error: {value!r} is not a Salesforce id")
+    """``value`` as it may go into SOQL: the CLI's parser (:func:`order_id_arg`) already
+    refused anything else as a usage error; a direct caller gets one line (exit 1)."""
+    if not is_salesforce_id(value):
+        raise PipelineError(f"{value!r} is not a Salesforce id (15 or 18 ASCII letters and "
+                            "digits)")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """``demo --count``'s parser: a positive whole number, else argparse's one-line usage
+    error before the sandbox is asked (``--count 0`` once said "no Orders left in Pending
+    Review: reseed with `make clean up`" — advice that wipes the sandbox)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
     return value
 
 
@@ -256,7 +281,7 @@ def demo(args: argparse.Namespace) -> int:
     start = {p: high for p, (_, high) in end_offsets(c, settings.outcomes).items()}
     c.close()
     with sandbox_calls(admin):
-        ids = admin.approve(ids=demo_selection(admin, args.count)) if args.count > 0 else []
+        ids = admin.approve(ids=demo_selection(admin, args.count))
     if not ids:
         print("no Orders left in Pending Review: reseed with `make clean up`")
         return 1
@@ -370,7 +395,8 @@ def _progress(done: int, total: int) -> None:
 
 
 def _configure_trace(p: argparse.ArgumentParser) -> None:
-    p.add_argument("order_id", help="Salesforce Order Id (15 or 18 characters)")
+    p.add_argument("order_id", type=order_id_arg, metavar="ORDER_ID",
+                   help="Salesforce Order Id (15 or 18 characters)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=trace)
 
@@ -384,8 +410,8 @@ def _configure_reconcile(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_demo(p: argparse.ArgumentParser) -> None:
-    add(p, "--count", env="SFPROV_DEMO_COUNT", default=20, type=int,
-        help="Orders to approve")
+    add(p, "--count", env="SFPROV_DEMO_COUNT", default=20, type=count_arg,
+        help="Orders to approve (at least 1)")
     add(p, "--timeout", env="SFPROV_DEMO_TIMEOUT_S", default=120.0, type=seconds_arg,
         help="seconds to wait for the outcomes")
     add(p, "--writeback-wait", env="SFPROV_DEMO_WRITEBACK_S", default=3.0, type=seconds_arg,

@@ -158,8 +158,8 @@ def replay(args: argparse.Namespace) -> int:
         time.sleep(1)
     c = consumer(settings)
     try:
-        before = {p: committed
-                  for p, committed, _ in group_positions(settings, c, group, settings.requests)}
+        before = {p: committed for p, committed, *_ in
+                  group_positions(settings, c, group, settings.requests)}
         if args.from_offset is not None:
             partition, offset = args.from_offset
             targets = rewind_consumer_positions(settings, settings.requests,
@@ -172,14 +172,15 @@ def replay(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         for tp in tps:
             current = before.get(tp.partition, tp.offset)
+            skip, exact = _skipped(c, settings.requests, tp.partition, current, tp.offset)
             rows.append({"partition": tp.partition, "current": current, "target": tp.offset,
-                         "rewind": current - tp.offset,
-                         "skip": _skipped(c, settings.requests, tp.partition, current,
-                                          tp.offset)})
+                         "rewind": current - tp.offset, "skip": skip, "skip_exact": exact})
     finally:
         c.close()
     rewound = sum(max(0, r["rewind"]) for r in rows)
     skipped = sum(r["skip"] for r in rows)
+    # false: a partition's skip is beyond EXACT_LAG_LIMIT, counted in offsets (markers too)
+    skip_exact = all(r["skip_exact"] for r in rows)
     refused = skipped > 0 and not args.allow_skip
     if args.execute and not refused:
         alter_group_offsets(admin, group, tps, f"rewinding the worker group {group}")
@@ -187,51 +188,64 @@ def replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"group": group, "topic": settings.requests, "executed": executed,
                           "active_members": members, "rewind": rewound, "skip": skipped,
-                          "partitions": rows}, indent=2))
+                          "skip_exact": skip_exact, "partitions": rows}, indent=2))
     else:
         for r in rows:
             delta = r["rewind"]
-            skips = f": skips {r['skip']} unprocessed" if r["skip"] else ""
+            skips = ("" if not r["skip"] else f": skips {r['skip']} unprocessed"
+                     if r["skip_exact"] else
+                     f": skips about {r['skip']} unprocessed offsets (commit markers included)")
             print(f"  partition {r['partition']:>2}: {r['current']} → {r['target']} "
-                  f"({'+' if delta < 0 else '-'}{abs(delta)} records{skips})")
+                  f"({'+' if delta < 0 else '-'}{abs(delta)} offsets{skips})")
     if refused:
-        where = ", ".join(f"partition {r['partition']}: {r['skip']}" for r in rows if r["skip"])
-        print(f"refusing: this plan moves the worker group {group} forward past {skipped} "
-              f"record(s) it has not processed ({where}); the worker would never provision "
-              "them. Choose an earlier --from-time or --from-offset, or pass --allow-skip to "
-              "skip them on purpose.", file=sys.stderr)
+        where = ", ".join(f"partition {r['partition']}: "
+                          + (str(r["skip"]) if r["skip_exact"] else f"about {r['skip']} offsets")
+                          for r in rows if r["skip"])
+        print(f"refusing: this plan moves the worker group {group} forward past "
+              f"{_skip_text(skipped, skip_exact)} it has not processed ({where}); the worker "
+              "would never provision them. Choose an earlier --from-time or --from-offset, or "
+              "pass --allow-skip to skip them on purpose.", file=sys.stderr)
         return 3
     if args.json:
         return 0
-    skip_note = (f" and skip {skipped} record(s) it has not processed (--allow-skip)"
-                 if skipped else "")
+    skip_note = (f" and skip {_skip_text(skipped, skip_exact)} it has not processed "
+                 "(--allow-skip)" if skipped else "")
     if not executed:
         note = (f"; the group has {members} active member(s): stop the worker before "
                 "--execute") if members else ""
-        print(f"would rewind group {group} on {settings.requests} by {rewound} records"
+        print(f"would rewind group {group} on {settings.requests} by {rewound} offsets"
               f"{skip_note} (a plan: nothing changed; add --execute to apply it{note})")
         return 0
-    skip_done = (f"; skipped {skipped} record(s) it had not processed (--allow-skip)"
-                 if skipped else "")
-    print(f"rewound group {group} on {settings.requests} by {rewound} records{skip_done}; "
+    skip_done = (f"; skipped {_skip_text(skipped, skip_exact)} it had not processed "
+                 "(--allow-skip)" if skipped else "")
+    print(f"rewound group {group} on {settings.requests} by {rewound} offsets{skip_done}; "
           "the worker re-decides them when it starts (dedupe, the Salesforce guard and the "
           "WHMCS lookup prevent a second WHMCS order)")
     return 0
 
 
-def _skipped(c: Any, topic: str, partition: int, current: int, target: int) -> int:
-    """Records a move of the group from ``current`` forward to ``target`` skips: committed
-    records, the transaction markers between them not counted (as ``lag`` counts; offsets
-    beyond :data:`~common.lag.EXACT_LAG_LIMIT`). 0 for a rewind. The count is the guard
-    against skipping, so a read that fails or stops short is an error, not a smaller count
-    (a lenient one once read 0 after a broker error, and replay moved the group past 500
+def _skip_text(skipped: int, exact: bool) -> str:
+    """How the plan and its result name a skip: records when every partition's was counted,
+    else offsets (beyond :data:`~common.lag.EXACT_LAG_LIMIT` the commit markers are in it)."""
+    return (f"{skipped} record(s)" if exact
+            else f"about {skipped} offsets (commit markers included) of records")
+
+
+def _skipped(c: Any, topic: str, partition: int, current: int, target: int
+             ) -> tuple[int, bool]:
+    """(what a move of the group from ``current`` forward to ``target`` skips, exact): the
+    committed records, the transaction markers between them not counted (as ``lag``
+    counts), exact; beyond :data:`~common.lag.EXACT_LAG_LIMIT` offsets, the offset distance,
+    markers included, not exact. (0, True) for a rewind. The count is the guard against
+    skipping, so a read that fails or stops short is an error, not a smaller count (a
+    lenient one once read 0 after a broker error, and replay moved the group past 500
     unprocessed records)."""
     if target <= current:
-        return 0
+        return 0, True
     if target - current > EXACT_LAG_LIMIT:
-        return target - current
+        return target - current, False
     try:
-        return records_between(c, topic, partition, current, target, strict=True)
+        return records_between(c, topic, partition, current, target, strict=True), True
     except (TimeoutError, KafkaException) as exc:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], CKafkaError) else None
         raise KafkaError(

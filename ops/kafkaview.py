@@ -7,6 +7,7 @@ headers. Scans are bounded (end offsets taken at the start) so they always finis
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import time
@@ -27,11 +28,12 @@ from common.avro import AvroSerde, SerdeError, registry_for
 from common.connection import kafka_config
 from common.deadletter import parse_headers
 from common.errors import KafkaError as PipelineKafkaError
-from common.ids import is_salesforce_id
+from common.ids import describe_bad_id, is_salesforce_id
 from common.lag import (  # end_offsets: re-exported
+    PartitionLag,
     committed_record_offsets,
     end_offsets,
-    group_lag,
+    group_lag_detail,
     group_reader,
 )
 from common.settings import KafkaSettings
@@ -66,6 +68,20 @@ def order_id_forms(order_id: str) -> set[str]:
     if not is_salesforce_id(order_id):
         return {order_id}
     return {order_id, order_id18(order_id)}
+
+
+def order_id_arg(text: str) -> str:
+    """The parser of an Order id the CLI takes (``trace ORDER_ID``, every ``--order-id``): a
+    Salesforce id of 15 or 18 ASCII letters and digits (:func:`common.ids.is_salesforce_id`),
+    else argparse's one-line usage error (exit 2) before Kafka is asked. ``str.isalnum``
+    once let non-ASCII letters through to the SOQL query, ``trace abc`` exited 1, and
+    ``tail``/``dlq --order-id`` took any text and found nothing."""
+    value = text.strip()
+    if not is_salesforce_id(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a Salesforce id (15 or 18 ASCII letters and digits), got "
+            f"{describe_bad_id(text)}")
+    return value
 
 
 def jsonable(value: Any) -> Any:
@@ -236,7 +252,8 @@ def last_record_starts(settings: KafkaSettings, topic: str,
     too, and ``tail --last 1`` once printed nothing, ``--last 10`` about five. Reads back in
     windows that double until one holds ``last`` records or reaches the low watermark; a
     partition the broker does not finish reading in ``timeout_s`` (an open transaction holds
-    it) starts where its records read so far allow."""
+    it) starts where its records read so far allow. ``last`` 0: the ends (``tail --last 0
+    -f`` shows only new records; the CLI takes no negative ``--last``)."""
     starts = {p: high for p, (_, high) in bounds.items()}
     if last <= 0:
         return starts
@@ -304,12 +321,13 @@ def rewind_consumer_positions(settings: KafkaSettings, topic: str, *,
 
 
 def group_positions(settings: KafkaSettings, c: Any, group: str, topic: str
-                    ) -> list[tuple[int, int, int]]:
-    """``group``'s (partition, committed, lag) on ``topic`` (:func:`common.lag.group_lag`),
-    read by a client that never joins the group; ``c`` reads the topic's ends."""
+                    ) -> list[PartitionLag]:
+    """``group``'s (partition, committed, log end, records left, exact) on ``topic``
+    (:func:`common.lag.group_lag_detail`), read by a client that never joins the group;
+    ``c`` reads the topic's ends."""
     reader = group_reader(settings, group, **QUIET)
     try:
-        return group_lag(reader, c, topic)
+        return group_lag_detail(reader, c, topic)
     finally:
         reader.close()
 
@@ -364,5 +382,5 @@ class Deliveries:
 
 __all__ = ["OFFSET_BEGINNING", "QUIET", "TOPIC_ALIASES", "Deliveries", "Record", "client_config",
            "end_offsets", "group_positions", "last_record_starts", "last_value",
-           "order_id_forms", "resolve_topic",
+           "order_id_arg", "order_id_forms", "resolve_topic",
            "rewind_consumer_positions", "scan"]
