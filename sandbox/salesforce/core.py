@@ -54,8 +54,8 @@ class Sandbox:
     users: dict[str, dict] = field(default_factory=dict)
     #: live Subscribe streams; each has .drop(code, error_code, details)
     streams: set[Any] = field(default_factory=set)
-    #: query cursors: id -> (remaining shaped records, version)
-    cursors: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
+    #: query cursors: id -> (remaining shaped records, totalSize, expiry in sandbox ms)
+    cursors: dict[str, tuple[list[dict], int, int]] = field(default_factory=dict)
     #: held collection calls not yet finished: call number -> records in it
     held: dict[int, int] = field(default_factory=dict)
     #: the integration user's object and event permissions (``permissions``)

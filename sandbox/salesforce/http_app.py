@@ -70,6 +70,12 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
+def _not_json(token: str) -> Any:
+    """``NaN``, ``Infinity``, ``-Infinity``: Python's json takes them, JSON (and Salesforce's
+    parser) does not — a body with one is a ``JSON_PARSER_ERROR``, never a stored NaN."""
+    raise ValueError(f"Non-standard token '{token}': not a JSON number")
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -90,7 +96,7 @@ async def _data(request: web.Request) -> web.Response:
         raw = await request.read()
         if raw:
             try:
-                body = json.loads(raw)
+                body = json.loads(raw, parse_constant=_not_json)
             except ValueError as exc:
                 raise SfError("JSON_PARSER_ERROR", f"Unexpected character in request body: "
                               f"{exc}") from exc

@@ -8,15 +8,26 @@ the system fields (``Id``, ``IsDeleted``, ``CreatedDate``, ``CreatedById``,
 Value conventions (as the REST API renders them): numbers are JSON numbers (floats for
 Number/Currency fields), dates ``YYYY-MM-DD``, datetimes ``YYYY-MM-DDTHH:MM:SS.sss+0000``
 in UTC, booleans JSON booleans, empty values ``null``.
+
+A Number/Currency field takes a finite number (NaN and infinities, as JSON or text, are
+``INVALID_TYPE_ON_FIELD_IN_RECORD``) with at most ``precision - scale`` digits left of the
+point — 18 where no precision is declared, Salesforce's largest — else
+``NUMBER_OUTSIDE_VALID_RANGE``; the field's scale is not applied (the value is kept as
+given).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SfError
+
+#: digits left of the point of a Number field without a declared precision (Salesforce's
+#: largest Number field is Number(18, 0))
+MAX_NUMBER_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -227,9 +238,17 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
                               f"(max length={f.length})", [f.name])
             return text
         if kind in ("double", "currency"):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError(value)  # Decimal would read a list as its digit tuple
+            number = decimal.Decimal(value)  # exact: 10**400 is not an overflow here
+            if not number.is_finite():
                 raise ValueError(value)
-            return float(value)
+            digits = f.precision - f.scale if f.precision else MAX_NUMBER_DIGITS
+            if abs(number) >= decimal.Decimal(10) ** digits:
+                raise SfError("NUMBER_OUTSIDE_VALID_RANGE",
+                              f"{f.name}: value outside of valid range on numeric field: "
+                              f"{value}", [f.name])
+            return float(number)
         if kind == "boolean":
             if isinstance(value, bool):
                 return value
@@ -247,7 +266,7 @@ def coerce(obj: SObject, f: Field, value: Any) -> Any:
                 raise SfError("MALFORMED_ID",
                               f"{f.name}: id value of incorrect type: {value}", [f.name])
             return ref
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, decimal.InvalidOperation) as exc:
         raise SfError("INVALID_TYPE_ON_FIELD_IN_RECORD",
                       f"{f.name}: value not of required type: {value}", [f.name]) from exc
     return value

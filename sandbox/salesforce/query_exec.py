@@ -95,6 +95,8 @@ def _compare(value: Any, op: str, lit: Any) -> bool:
             return (value is None) != (lit is None)
         return False
     if op == "LIKE":
+        if isinstance(lit, re.Pattern):  # a text pattern, escapes applied (see .soql)
+            return lit.fullmatch(str(value)) is not None
         pattern = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c)
                           for c in str(lit))
         return re.fullmatch(pattern, str(value), re.I | re.S) is not None

@@ -23,6 +23,14 @@ MAX_COLLECTION = 200
 MAX_CHUNKS = 10  # chunks of one type in a mixed sObject Collections call
 MAX_COMPOSITE = 25
 DEFAULT_BATCH = 2000
+#: a query locator and its records stay 2 days after the query ran, its later pages'
+#: locators too (Salesforce since the cursor change of API 56.0: "Cursors and their
+#: related query results are available for 2 days"; the old 15-minute idle expiry and
+#: 10-per-user cap are gone). Then ``nextRecordsUrl`` answers 400 INVALID_QUERY_LOCATOR.
+CURSOR_LIFETIME_MS = 2 * 86_400_000
+#: the sandbox keeps at most this many open locators (the least recently used goes first):
+#: not Salesforce's (it has no cap), a bound on the memory of locators never followed
+MAX_CURSORS = 1000
 ROLLED_BACK = {"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
                "message": "Record rolled back because not all records were valid and the "
                           "request was using AllOrNone header", "fields": []}
@@ -56,12 +64,14 @@ def call(sb: Sandbox, user: dict, version: str, method: str, path: str,
 
 def _query(sb: Sandbox, user: dict, version: str, parts: list[str], params: dict[str, str],
            headers: dict[str, str], include_deleted: bool) -> tuple[int, Any]:
+    now = sb.store.now_ms()
+    cursors = sb.cursors
     if len(parts) == 2:
         sb.counters.count("query_more")
-        cursor_id = parts[1]
-        if cursor_id not in sb.cursors:
+        cursor = cursors.pop(parts[1], None)  # each locator serves once
+        if cursor is None or cursor[2] <= now:
             raise SfError("INVALID_QUERY_LOCATOR", "invalid query locator", status=400)
-        rows, total = sb.cursors.pop(cursor_id)
+        rows, total, expires = cursor
     else:
         sb.counters.count("queryAll" if include_deleted else "query")
         text = params.get("q")
@@ -69,6 +79,7 @@ def _query(sb: Sandbox, user: dict, version: str, parts: list[str], params: dict
             raise SfError("MALFORMED_QUERY", "A query string has to be specified")
         total, rows = query_exec.run(sb.store, text, version, include_deleted=include_deleted,
                                      readable=_readable(sb, user))
+        expires = now + CURSOR_LIFETIME_MS
     batch = DEFAULT_BATCH
     match = re.search(r"batchSize=(\d+)", headers.get("Sforce-Query-Options", ""))
     if match:
@@ -77,9 +88,21 @@ def _query(sb: Sandbox, user: dict, version: str, parts: list[str], params: dict
                            "records": rows[:batch]}
     if len(rows) > batch:
         cursor_id = f"01g{secrets.token_hex(6)}-{batch}"
-        sb.cursors[cursor_id] = (rows[batch:], total)
+        cursors[cursor_id] = (rows[batch:], total, expires)
+        _bound_cursors(cursors, now)
         out["nextRecordsUrl"] = f"/services/data/v{version}/query/{cursor_id}"
     return 200, out
+
+
+def _bound_cursors(cursors: dict[str, tuple[list[dict], int, int]], now: int) -> None:
+    """Past :data:`MAX_CURSORS` open locators, drop the expired ones, then the least
+    recently used (a followed locator is replaced by its next page's, at the end)."""
+    if len(cursors) <= MAX_CURSORS:
+        return
+    for cursor_id in [c for c, (_, _, expires) in cursors.items() if expires <= now]:
+        del cursors[cursor_id]
+    while len(cursors) > MAX_CURSORS:
+        del cursors[next(iter(cursors))]
 
 
 def _may(sb: Sandbox, user: dict) -> Callable[[str, str], bool]:

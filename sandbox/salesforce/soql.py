@@ -1,4 +1,4 @@
-"""A SOQL subset, parsed and evaluated against the in-memory :class:`~.store.Store`.
+r"""A SOQL subset, parsed and evaluated against the in-memory :class:`~.store.Store`.
 
 Supported: ``SELECT`` field lists, parent paths (``Account.WH_Account__c``,
 ``Product2.Item_Class__c`` inside a child subquery), child subqueries
@@ -6,16 +6,28 @@ Supported: ``SELECT`` field lists, parent paths (``Account.WH_Account__c``,
 ``WHERE`` with ``= != <> < <= > >= LIKE IN NOT IN``, ``AND``/``OR``/``NOT`` and
 parentheses; literals: strings, numbers, ``true``/``false``/``null``, dates, datetimes,
 ``TODAY``, ``YESTERDAY``, ``TOMORROW``, ``LAST_N_DAYS:n``, ``NEXT_N_DAYS:n``;
-``ORDER BY`` (ASC/DESC, NULLS FIRST/LAST), ``LIMIT``, ``OFFSET``. Text comparisons are
-case-insensitive, ids match in 15- or 18-character form, and ``!=`` matches nulls — as in
-Salesforce. Anything else is ``MALFORMED_QUERY``; unknown objects/fields are
-``INVALID_TYPE``/``INVALID_FIELD`` with Salesforce's wording.
+``ORDER BY`` (ASC/DESC, NULLS FIRST/LAST; nulls come first unless ``NULLS LAST``, DESC
+too), ``LIMIT``, ``OFFSET``. Text comparisons are case-insensitive, ids match in 15- or
+18-character form, and ``!=`` matches nulls — as in Salesforce. Anything else is
+``MALFORMED_QUERY``; unknown objects/fields are ``INVALID_TYPE``/``INVALID_FIELD`` with
+Salesforce's wording.
+
+Literals as Salesforce reads them: ``NEXT_N_DAYS:n`` starts at 00:00 tomorrow (today is
+not in it), ``LAST_N_DAYS:n`` ends with today. A date or datetime that is not one
+(``2025-13-45``, year 0, a range past year 9999) is ``MALFORMED_QUERY``. A string takes
+the escapes ``\n \r \t \b \f \" \' \\ \uXXXX``; ``\_`` and ``\%`` only in a ``LIKE``
+pattern, where they match ``_`` and ``%`` themselves; any other backslash is
+``MALFORMED_QUERY``. (The wording of these MALFORMED_QUERY messages is unverified.)
 
 A filter value must suit its field's type, as Salesforce checks before it runs anything
 (400 ``INVALID_QUERY_FILTER_OPERATOR``): a number field takes an unquoted number (``'5'``
 is refused), a text, picklist, id or reference field a quoted string (``5`` is refused),
 and an id or reference field only a 15- or 18-character id (``'abc'``: "invalid ID field");
-``LIKE`` on an id field is refused too ("invalid operator on id field").
+``LIKE`` on an id field is refused too ("invalid operator on id field"). A date field takes
+a date (``2025-01-31``) and a datetime field a datetime (``2025-01-31T00:00:00Z``), both
+unquoted, or a date word (``TODAY``, ``LAST_N_DAYS:n``): anything else — a date on a
+datetime field too — is refused with Salesforce's words ("value of filter criterion for
+field 'CreatedDate' must be of type dateTime and should not be enclosed in quotes").
 An 18-character id whose case checksum is wrong, and ``''``, are taken (they match nothing):
 what an org answers to them is unverified.
 
@@ -66,11 +78,55 @@ _NUMBER_TYPES = {"double": "double", "currency": "double"}
 #: field types whose filter values are quoted strings, and the type Salesforce names
 _TEXT_TYPES = {"string": "string", "textarea": "string", "picklist": "string",
                "autonumber": "string", "id": "id", "reference": "id"}
+#: field types whose filter values are unquoted date/datetime literals or date words
+_DATE_TYPES = {"date": "date", "datetime": "dateTime"}
 _ID_SHAPE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+#: a string literal's escapes (``\n`` or ``\N``, ...): SOQL's "Quoted String Escape Sequences"
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'",
+            "\\": "\\"}
+_UNICODE = re.compile(r"[0-9A-Fa-f]{4}")
 
 
 def _bad_filter(message: str) -> SfError:
     return SfError("INVALID_QUERY_FILTER_OPERATOR", message)
+
+
+def _wrong_type(f: Field) -> SfError:
+    """A filter value of the wrong kind for ``f``, in Salesforce's words."""
+    if f.type in _TEXT_TYPES:
+        return _bad_filter(f"value of filter criterion for field '{f.name}' must be of type "
+                           f"{_TEXT_TYPES[f.type]} and should be enclosed in quotes")
+    name = {**_NUMBER_TYPES, **_DATE_TYPES}.get(f.type, f.type)
+    return _bad_filter(f"value of filter criterion for field '{f.name}' must be of type "
+                       f"{name} and should not be enclosed in quotes")
+
+
+def _string(body: str, like: bool) -> tuple[str, re.Pattern[str] | None]:
+    """A string literal's text (escapes applied) and, in a ``LIKE``, its pattern, where
+    ``%``/``_`` are wildcards and ``\\%``/``\\_`` the characters themselves."""
+    text: list[str] = []
+    regex: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\":
+            text.append(c)
+            regex.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
+            i += 1
+            continue
+        seq = body[i + 1:i + 2]
+        if seq.lower() in _ESCAPES:
+            char, i = _ESCAPES[seq.lower()], i + 2
+        elif seq == "u" and _UNICODE.fullmatch(body[i + 2:i + 6]):
+            char, i = chr(int(body[i + 2:i + 6], 16)), i + 6
+        elif like and seq in ("_", "%"):
+            char, i = seq, i + 2
+        else:
+            raise SfError("MALFORMED_QUERY", f"Invalid string literal '{body}'. Illegal "
+                          f"character sequence '\\{seq}' in string literal.")
+        text.append(char)
+        regex.append(re.escape(char))
+    return "".join(text), re.compile("".join(regex), re.I | re.S) if like else None
 
 
 @dataclass
@@ -196,7 +252,7 @@ class _Parser:
                 desc = bool(self.peek("DESC"))
                 if self.peek("DESC") or self.peek("ASC"):
                     self.take()
-                nulls_last = desc
+                nulls_last = False  # Salesforce: nulls first by default, DESC too
                 if self.peek("NULLS"):
                     self.take()
                     nulls_last = self.take().upper() == "LAST"
@@ -277,33 +333,44 @@ class _Parser:
             raise _malformed(op)
         if op == "LIKE" and path.leaf.type == "id":
             raise _bad_filter("invalid operator on id field")
-        return ("cmp", path, "!=" if op == "<>" else op, self.literal(path.leaf))
+        return ("cmp", path, "!=" if op == "<>" else op,
+                self.literal(path.leaf, like=op == "LIKE"))
 
-    def literal(self, f: Field) -> Any:
+    def literal(self, f: Field, like: bool = False) -> Any:
+        """The value of one filter literal for field ``f``: checked as Salesforce checks it
+        (malformed first, then against the field's type). ``like``: a ``LIKE`` pattern,
+        returned as a compiled pattern for a text field."""
         kind, val = self.tokens[self.i] if self.i < len(self.tokens) else ("", "")
         self.take()
         if kind == "str":
-            text = re.sub(r"\\(.)", r"\1", val[1:-1])
-            if f.type in _NUMBER_TYPES:
-                raise _bad_filter(f"value of filter criterion for field '{f.name}' must be of "
-                                  f"type {_NUMBER_TYPES[f.type]} and should not be enclosed "
-                                  "in quotes")
+            text, pattern = _string(val[1:-1], like)
+            if f.type in _NUMBER_TYPES or f.type in _DATE_TYPES:
+                raise _wrong_type(f)
             if f.type in ("id", "reference"):
                 if text and not _ID_SHAPE.fullmatch(text):  # '' unverified: let through
                     raise _bad_filter(f"invalid ID field: {text}")
                 return ids.to18(text) or text  # a wrong case checksum: matches nothing
-            return text
+            return pattern if pattern is not None else text
         if kind == "num":
-            if f.type in _TEXT_TYPES:
-                raise _bad_filter(f"value of filter criterion for field '{f.name}' must be of "
-                                  f"type {_TEXT_TYPES[f.type]} and should be enclosed in "
-                                  "quotes")
+            if f.type in _TEXT_TYPES or f.type in _DATE_TYPES:
+                raise _wrong_type(f)
             return float(val)
         if kind == "dtm":
-            return normalize_datetime(val)
+            try:
+                value = normalize_datetime(val)
+            except (ValueError, OverflowError):
+                raise SfError("MALFORMED_QUERY", f"Invalid datetime: {val}") from None
+            if f.type != "datetime":
+                raise _wrong_type(f)
+            return value
         if kind == "date":
-            return val if f.type == "date" else self._range(
-                dt.datetime.fromisoformat(val).replace(tzinfo=dt.UTC), 0, 1, f)
+            try:
+                day = dt.date.fromisoformat(val)
+            except ValueError:
+                raise SfError("MALFORMED_QUERY", f"Invalid date: {val}") from None
+            if f.type != "date":
+                raise _wrong_type(f)
+            return day.isoformat()
         upper = val.upper()
         if upper in ("TRUE", "FALSE"):
             return upper == "TRUE"
@@ -311,15 +378,21 @@ class _Parser:
             return None
         today = dt.datetime.fromtimestamp(self.now_ms / 1000, tz=dt.UTC).replace(
             hour=0, minute=0, second=0, microsecond=0)
-        if upper in _DATE_WORDS:
-            return self._range(today, *_DATE_WORDS[upper], f)
-        if ":" in upper:
+        span: tuple[int, int] | None = _DATE_WORDS.get(upper)
+        if span is None and ":" in upper:
             word, n = upper.split(":")
-            if word == "LAST_N_DAYS":
-                return self._range(today, -int(n), 1, f)
-            if word == "NEXT_N_DAYS":
-                return self._range(today, 0, int(n) + 1, f)
-        raise _malformed(val)
+            if word == "LAST_N_DAYS":  # today and the n days before it
+                span = (-int(n), 1)
+            elif word == "NEXT_N_DAYS":  # from 00:00 tomorrow, n days: today is not in it
+                span = (1, int(n) + 1)
+        if span is None:
+            raise _malformed(val)
+        if f.type not in _DATE_TYPES:
+            raise _wrong_type(f)
+        try:
+            return self._range(today, *span, f)
+        except OverflowError:  # before year 1 or after 9999
+            raise SfError("MALFORMED_QUERY", f"Invalid date literal: {val}") from None
 
     @staticmethod
     def _range(day: dt.datetime, lo: int, hi: int, f: Field) -> tuple[str, str, str]:
