@@ -4,8 +4,11 @@
 * ``/livez``: the main loop is alive — judged from what the loop keeps up to date (its state,
   when its stream last answered or opened, when its backoff ends), no extra heartbeat
   needed. Salesforce or Kafka out of reach is no reason: a restart brings neither back.
-* ``/readyz``: it can move events now — not fenced or failed (Kafka), not waiting out a
-  Salesforce delivery limit, not subscribed to a silent stream, its subscription not refused
+* ``/readyz``: it can move events now — not still starting (its producer's
+  ``init_transactions``, the stored position, the first subscription: until that answered,
+  stayed open unrefused or ended in an error; no event needed), not fenced or failed
+  (Kafka), not waiting out a Salesforce delivery limit, not subscribed to a silent stream,
+  its subscription not refused
   (no such topic, no access to it: retried, but not ready until a stream answers); and,
   after ``READY_GRACE_S`` (60 s, as the worker and the sink), not without an answer from
   Pub/Sub while every subscription ends in an error (an outage, a network cut, a wrong
@@ -58,7 +61,15 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
                           f"(last error: {h.last_error})")
     else:
         salesforce_why = f"Pub/Sub answers, but {failing_why}"
+    # start-up: before the first subscription (the producer, the stored position), or on it
+    # until Salesforce accepted it (Connector.run; a refusal comes within moments)
+    starting = h.state == "starting" or (h.state == "subscribed" and not h.started)
+    starting_why = ("opening the Kafka producer (init_transactions) and reading the stored "
+                    "position; not subscribed yet" if h.state == "starting" else
+                    f"the first subscription to {conn.settings.channel}, open "
+                    f"{now - h.subscribed_at:.0f} s, not accepted by Salesforce yet")
     return readiness([
+        ("starting", not starting, starting_why),
         ("kafka", h.state not in ("fenced", "failed") and not kafka_failing,
          failing_why if kafka_failing else f"connector {h.state}: {h.last_error}"),
         ("salesforce", not limited and (failing is None or kafka_failing), salesforce_why),

@@ -188,6 +188,10 @@ class Health:
     # Salesforce refused the login (the re-authentication failed, or a fresh token was
     # refused again): until a stream answers
     auth_refused: str = ""
+    # start-up is over (/readyz "starting" until then, while subscribed or before): the first
+    # subscription answered, stayed open GAP_ARM_OPEN_S unrefused (a quiet channel's first
+    # keepalive may be 270 s away) or ended in an error, which the other checks then judge
+    started: bool = False
 
     def failed(self, on: str) -> None:
         """An error ended a subscription (or its transaction): one more in a row."""
@@ -405,6 +409,8 @@ class Connector:
             except queue.Empty:
                 if time.monotonic() - max(self.health.last_response, opened) > stall:
                     raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
+                if time.monotonic() - opened >= GAP_ARM_OPEN_S:
+                    self.health.started = True  # open unrefused: accepted
                 if self._rearm_at is not None and time.monotonic() - opened >= GAP_ARM_OPEN_S:
                     self._arm_gap_pass()
                 self._maybe_commit_keepalive()
@@ -450,6 +456,7 @@ class Connector:
 
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
+        self.health.started = True
         self.health.refused = self.health.auth_refused = ""
         self._auth_failures = 0
         if self._rearm_at is not None:
@@ -554,6 +561,7 @@ class Connector:
         cause = "producer_failed" if isinstance(exc, ProducerFailedError) else \
             getattr(exc, "cause", None) or type(exc).__name__
         m.RECONNECTS.labels(cause).inc()
+        self.health.started = True  # what the first attempt met is the other checks' to judge
         self.health.cause, self.health.last_error = cause, str(exc)
         self.health.failed("kafka" if isinstance(exc, KafkaError) else "salesforce")
         if isinstance(exc, ProducerFailedError):

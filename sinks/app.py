@@ -128,6 +128,7 @@ class Sink:
         self._assigned: list[TopicPartition] = []
         self._owned: set[int] = set()  # the partitions of _assigned
         self._rebalances = 0  # assignment changes so far (_poll: a message from before one)
+        self.started = False  # its first assignment came, an empty one too (/readyz)
         self.pauses = Pauses(self._pause_changed)
         self._retry_backoff = Backoff(settings.retry_backoff_s, max(
             settings.retry_backoff_s, settings.retry_backoff_max_s), jitter=False)
@@ -590,6 +591,7 @@ class Sink:
         self._assigned = list(partitions)
         self._owned = {p.partition for p in partitions}
         self._rebalances += 1
+        self.started = True
         if partitions:
             # both ways: librdkafka keeps a partition's pause flag across revoke and assign
             # (librdkafka #1849, #5111); paused under an earlier assignment and not resumed,

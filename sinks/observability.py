@@ -3,7 +3,8 @@
 
 * ``/livez``: the poll loop beat within :data:`common.probes.LIVENESS_SILENCE_S` (it polls
   even while paused, so a long limit pause is alive).
-* ``/readyz``: it can write back now — not paused for Salesforce's API limit or an outage,
+* ``/readyz``: it can write back now — started (its consumer's first assignment came, an
+  empty one too: the group joined), not paused for Salesforce's API limit or an outage,
   the dead-letter producer not failed, the group's offsets readable from Kafka.
 """
 
@@ -45,6 +46,11 @@ class SinkOps:
         now = time.monotonic()
         reasons = sink.pauses.reasons
         return readiness([
+            # a first poll returns after its timeout whether or not the group was joined:
+            # the first assignment (Sink._on_assign) is what says the consumer works
+            ("starting", sink.started,
+             "waiting for the consumer group's first assignment (Kafka reachable, the group "
+             "joined)"),
             ("salesforce", LIMIT not in reasons,
              f"API limit reached (REQUEST_LIMIT_EXCEEDED); resuming in "
              f"{max(0.0, reasons.get(LIMIT, now) - now):.0f} s"),

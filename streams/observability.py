@@ -10,7 +10,8 @@ The flow (:mod:`streams.app`) feeds it through a few calls:
   observers (the metrics as before, plus child spans).
 
 :meth:`WorkerOps.ready` and :meth:`WorkerOps.live` answer ``/readyz`` and ``/livez``;
-:meth:`WorkerOps.start` starts the loop heartbeat and the lag gauges.
+:meth:`WorkerOps.start` starts the loop heartbeat and the lag gauges. ``/readyz`` says
+``starting`` until faust's first rebalance has ended, its tables restored (:class:`StartUp`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from faust.sensors import Sensor
 from prometheus_client import Gauge
 
 from common import tracing
@@ -33,6 +35,8 @@ from streams import faust_seam, metrics
 from streams.guard import reading_orders
 
 if TYPE_CHECKING:
+    from faust.types import AppT
+
     from streams.app import Worker
 
 OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
@@ -51,9 +55,29 @@ SF_UNAVAILABLE = Gauge("sfprov_worker_salesforce_unavailable",
                        "1 while the guard's Salesforce queries fail (retried).")
 
 
+class StartUp(Sensor):
+    """The worker's start-up, over when faust's first rebalance has ended: the app started,
+    joined the group and recovered the tables of what it was given (an empty assignment
+    too, more workers than partitions), its streams resumed — ``on_rebalance_end``, faust's
+    hook for "rebalance fully completed (including recovery)". Out of the app's sensors once
+    it fired: no per-event sensor call reaches it after."""
+
+    done = False
+
+    def on_rebalance_end(self, app: AppT, state: dict[Any, Any]) -> None:
+        if self.done:
+            return
+        self.done = True
+        with contextlib.suppress(RuntimeError):  # no loop running: it stays, a no-op
+            # after the loop over the sensors that called it
+            asyncio.get_running_loop().call_soon(app.sensors.remove, self)
+
+
 class WorkerOps:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.start_up = StartUp()
+        worker.app.sensors.add(self.start_up)  # before faust's first rebalance starts
         self.inflight = InFlight()
         self.spans = tracing.OpenSpans()
         self.heartbeat = Heartbeat()
@@ -133,7 +157,12 @@ class WorkerOps:
         w = self.worker
         provisioner = w.provisioner
         now, grace = time.time(), w.settings.ready_grace_s
+        starting_why = (f"restoring the tables of its first assignment (requests partitions "
+                        f"{sorted(w.assigned)}) before it takes events"
+                        if w.app.rebalancing else
+                        "waiting for the faust app to start and join the consumer group")
         return readiness([
+            ("starting", self.start_up.done, starting_why),
             ("broker", not failing_for(self.lag.error_since, grace, now=now),
              f"cannot read the group's offsets from Kafka: {self.lag.last_error}"),
             ("salesforce", not failing_for(w.guard.unavailable_since, grace, now=now),
