@@ -3,7 +3,8 @@
 :func:`declared_topics` is the single source of truth for names, partitions and configs;
 :func:`ensure_topics` creates what is missing and reports configs that drifted (it never
 changes an existing topic behind the operator's back). Also the admin client, connecting
-with refusals named (:func:`connect`), and retries in running time (:func:`retry_until`).
+with refusals named (:func:`connect`), and retries in running time (:func:`retry_until`)
+that a SIGTERM/SIGINT ends (:class:`Stopped`).
 A consumer group's description, asked in a child process, is :mod:`common.group_describe`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -179,6 +181,33 @@ class _Reports:
 
 
 PAUSE_SLACK_S = 1.0  # an attempt this much later than its timeout: the process was stopped
+STOP_CHECK_S = 0.2  # a wait between attempts looks at the stop this often
+_stop_asked = threading.Event()
+
+
+class Stopped(BaseException):  # noqa: N818 - a request, as KeyboardInterrupt is, not an error
+    """The process was asked to stop (:func:`stop_waits`) while its main thread waited for
+    the brokers (:class:`RunningDeadline`): raised instead of another attempt, and turned
+    into exit 0 by each process's main. A BaseException, as KeyboardInterrupt is: an
+    ``except Exception`` on the way must not make a stop a failure."""
+
+
+def stop_waits(stop: bool = True) -> None:
+    """From now on (``stop``) the main thread's waits for the brokers end within one
+    attempt with :class:`Stopped`: :class:`common.process.Startup` asks it on SIGTERM/SIGINT.
+    Without it, a start-up held the signal while it retried an absent broker for 30–60 s,
+    past the supervisor's grace (SIGKILL, exit 1 under compose/Kubernetes). ``False``:
+    wait again (a new :class:`~common.process.Startup`). Other threads' waits are not
+    ended: their owners stop them."""
+    if stop:
+        _stop_asked.set()
+    else:
+        _stop_asked.clear()
+
+
+def _check_stop() -> None:
+    if _stop_asked.is_set() and threading.current_thread() is threading.main_thread():
+        raise Stopped
 
 
 class RunningDeadline:
@@ -188,7 +217,11 @@ class RunningDeadline:
     attempt that came back more than :data:`PAUSE_SLACK_S` later than its own timeout was
     stopped, and the deadline moves by the excess — else a process paused while it waits
     for the broker gives up at once on resuming, before its client could reconnect. So does
-    a wait between attempts that lasted that much longer than asked (:meth:`sleep`). ::
+    a wait between attempts that lasted that much longer than asked (:meth:`sleep`).
+
+    Once the process is asked to stop (:func:`stop_waits`), a failed attempt and a wait
+    between attempts raise :class:`Stopped` on the main thread instead of trying again; an
+    attempt that succeeds is not affected. ::
 
         deadline = RunningDeadline(30.0)
         while True:
@@ -210,7 +243,9 @@ class RunningDeadline:
 
     def failed(self) -> bool:
         """The attempt failed: move the deadline by the time it was stopped; True when the
-        deadline has passed (give up)."""
+        deadline has passed (give up). Raises :class:`Stopped` when the process is asked to
+        stop: no more attempts."""
+        _check_stop()
         now = time.monotonic()
         stopped = now - self._started - self._wait - PAUSE_SLACK_S
         if stopped > 0:
@@ -219,9 +254,14 @@ class RunningDeadline:
 
     def sleep(self, seconds: float) -> None:
         """``time.sleep(seconds)`` between attempts; a sleep that ended more than
-        :data:`PAUSE_SLACK_S` late was stopped, and the deadline moves by the excess."""
+        :data:`PAUSE_SLACK_S` late was stopped, and the deadline moves by the excess. A stop
+        asked meanwhile raises :class:`Stopped` within :data:`STOP_CHECK_S`."""
         started = time.monotonic()
-        time.sleep(seconds)
+        end = started + seconds
+        while (left := end - time.monotonic()) > 0:
+            _check_stop()
+            time.sleep(min(left, STOP_CHECK_S))
+        _check_stop()
         stopped = time.monotonic() - started - seconds - PAUSE_SLACK_S
         if stopped > 0:
             self.at += stopped
@@ -235,7 +275,8 @@ def retry_until(deadline: RunningDeadline, call: Callable[[float], T], *, doing:
     fails at once must not be asked in a loop). Each failure is logged as ``<doing>:
     <error>; trying again``. A refusal of the principal raises :class:`KafkaAccessError`
     with ``refused(error)`` at once; a failure ``give_up`` names, or the last one, raises a
-    retryable KafkaError ``<failure>: <error>``."""
+    retryable KafkaError ``<failure>: <error>``. A stop asked (:func:`stop_waits`) raises
+    :class:`Stopped` after the attempt under way."""
     backoff = Backoff(0.5, 4.0)
     while True:
         try:

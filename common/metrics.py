@@ -9,6 +9,7 @@ port (``server.port`` tells which).
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
+from common.errors import ConfigError
 from common.log import scrub
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,42 @@ class _IPv6Server(ThreadingHTTPServer):
         super().server_bind()
 
 
+def _bind_refused(exc: OSError, bare: str, port: int, names: tuple[str, str]) -> str | None:
+    """One line naming the setting for an address the probes cannot listen on, or None
+    (another error: not a setting's)."""
+    host_name, port_name = names
+    shown = f"[{bare}]" if ":" in bare else bare
+    if isinstance(exc, socket.gaierror):
+        return f"{host_name}: cannot resolve {bare!r} ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{port_name}: {shown}:{port} is already in use (by another process)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host_name}: {bare} is not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"{port_name}: {shown}:{port} may not be bound by this user"
+    return None
+
+
 class HealthServer:
+    """``names``: the settings of ``host`` and ``port``, for the one line of a
+    :class:`~common.errors.ConfigError` when they cannot be listened on (the port in use,
+    the host not this machine's): a setting to fix, not a fault to restart on."""
+
     def __init__(self, port: int, health: HealthCheck, *, live: HealthCheck | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", names: tuple[str, str] = ("host", "port")) -> None:
         self._health = health
         self._live = live or (lambda: (True, {}))
         self.host = host
         handler = self._handler()
         bare = host.strip().removeprefix("[").removesuffix("]")  # "[::1]", as a URL has it
         server = _IPv6Server if ":" in bare else ThreadingHTTPServer
-        self._server = server((bare, port), handler)
+        try:
+            self._server = server((bare, port), handler)
+        except OSError as exc:
+            line = _bind_refused(exc, bare, port, names)
+            if line is None:
+                raise
+            raise ConfigError(line) from None
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",

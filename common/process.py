@@ -17,7 +17,12 @@ and ``3`` (fenced by a newer instance); neither is restarted.
 Signals: :class:`Startup` catches SIGTERM and SIGINT from the first instant, so a signal that
 arrives while settings load, topics are checked or modules import is kept; once the process
 has something to stop, :meth:`Startup.on_stop` installs its stop and honours a kept signal
-at once (the worker's stop is faust's: :func:`streams.__main__.faust_worker`).
+at once (the worker's stop is faust's: :func:`streams.__main__.faust_worker`). A signal also
+ends the main thread's waits for the brokers (topics, the group's access, the connector's
+``init_transactions`` and stored position: :func:`common.kafka.stop_waits`) within one
+attempt, with :class:`common.kafka.Stopped`, which each main turns into exit 0
+(:meth:`Startup.stopped`): with the broker away, a start-up retried for 30–60 s and was
+SIGKILLed after the supervisor's grace.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any, TypeVar
 
 from common import tracing
 from common.errors import ConfigError
+from common.kafka import stop_waits
 from common.log import setup_logging
 from common.metrics import GcMonitor
 from common.settings import CommonSettings
@@ -80,12 +86,14 @@ class Startup:
         self.signalled: list[int] = []
         self._stop: Callable[[], None] | None = None
         limit_malloc_arenas()  # before the Kafka, RocksDB and executor threads start
+        stop_waits(False)  # a stop asked of an earlier Startup in this process is not ours
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         self.common: CommonSettings = self.load(CommonSettings.load)
 
     def load(self, loader: Callable[[], T]) -> T:
-        """A settings section; a bad setting leaves with one line and :data:`EXIT_CONFIG`."""
+        """A settings section (or what a setting names: the probes' port); a bad setting
+        leaves with one line and :data:`EXIT_CONFIG`."""
         try:
             return loader()
         except ConfigError as exc:
@@ -113,8 +121,15 @@ class Startup:
     def stopping(self) -> bool:
         return bool(self.signalled)
 
+    def stopped(self) -> int:
+        """:data:`EXIT_OK`, logged, for a wait for the brokers that a signal ended
+        (:class:`common.kafka.Stopped`)."""
+        logging.getLogger(self.process).info("stopped while waiting for Kafka: exit 0")
+        return EXIT_OK
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signalled.append(signum)
+        stop_waits()  # the main thread's waits for the brokers end within one attempt
         logging.getLogger(self.process).info(
             "signal %s: stopping", signal.Signals(signum).name)
         if self._stop is not None:

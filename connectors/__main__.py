@@ -4,8 +4,9 @@ Settings come from the environment / ``.env`` (``SF_*``, ``KAFKA_*``, ``CONNECTO
 ``LOG_*``). SIGTERM/SIGINT: stop fetching, commit the open batch, exit 0.
 
 Exit codes (:mod:`common.process`, the same for every process): 0 stopped (signal or bound
-reached), 1 fatal error, 64 bad configuration (also a broker that refuses the connector's
-credentials or ACLs: one line names the setting); the connector's own: 2 stored replay id
+reached; also a signal while it waits for Kafka at start-up), 1 fatal error, 64 bad
+configuration (also a broker that refuses the connector's credentials or ACLs, or a
+``CONNECTOR_HTTP_PORT`` in use: one line names the setting); the connector's own: 2 stored replay id
 refused with ``SF_EVENTS_INVALID_REPLAY=FAIL``, 3 fenced by another instance with the same
 name (do not auto-restart on 3; a fence after the connector's own transaction timeout is not
 this: it re-initialises and carries on, see ``connectors.source``).
@@ -17,7 +18,7 @@ import argparse
 import sys
 
 from common.errors import KafkaAccessError, KafkaError
-from common.kafka import ensure_topics
+from common.kafka import Stopped, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         except KafkaError as exc:
             log.error("cannot prepare topics: %s", exc)
             return EXIT_FATAL
+        except Stopped:  # a signal while the broker was waited for
+            return boot.stopped()
         for line in report.drift:
             log.warning("topic drift: %s", line)
 
@@ -72,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                                 written=lambda: app.written)
     boot.on_stop(app.request_stop)  # stop after the open batch
     metrics.prime(connector.invalid_replay)
-    server = HealthServer(connector.http_port, lambda: observability.ready(app),
-                          live=lambda: observability.live(app),
-                          host=connector.http_host).start() if connector.http_port else None
+    server = None
+    if connector.http_port:  # in use: one line naming the setting, exit 64
+        server = boot.load(lambda: HealthServer(
+            connector.http_port, lambda: observability.ready(app),
+            live=lambda: observability.live(app), host=connector.http_host,
+            names=("CONNECTOR_HTTP_HOST", "CONNECTOR_HTTP_PORT"))).start()
     app.reconciler.start()
     try:
         return app.run(max_events=args.max_events, timeout_s=args.timeout)
+    except Stopped:  # a signal while init_transactions or the position read waited
+        return boot.stopped()
     finally:
         app.reconciler.stop()
         if server is not None:

@@ -3,9 +3,11 @@
 Exit codes (:mod:`common.process`, the same for every process): 0 after a clean stop
 (SIGTERM/SIGINT, a bound reached: pending writes flushed and committed), 64 for a bad
 setting (including an org without the outcome fence's field, found at start-up before
-anything is consumed) — also a broker that refuses the sink's credentials or ACLs (one line
-names the setting or the refused operation; not restarted) —, 1 for anything else (offsets
-stay where Salesforce's acknowledgements put them; a restart redelivers the rest).
+anything is consumed, and a ``SINK_HTTP_PORT`` in use) — also a broker that refuses the
+sink's credentials or ACLs (one line names the setting or the refused operation; not
+restarted) —, 1 for anything else (offsets
+stay where Salesforce's acknowledgements put them; a restart redelivers the rest). A signal
+while it waits for Kafka at start-up exits 0 too.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = boot.load(SinkSettings.load)
     salesforce = boot.load(SalesforceSettings.load)
     log = boot.logging()
-    from common.kafka import ensure_topics
+    from common.kafka import Stopped, ensure_topics
     from common.salesforce import SalesforceClient
     from sinks import metrics
     from sinks.app import Sink
@@ -48,13 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("cannot prepare topics")
         return EXIT_FATAL
+    except Stopped:  # a signal while the broker was waited for
+        return boot.stopped()
     for line in report.drift:
         log.warning("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     boot.on_stop(sink.stop)
     metrics.prime()
-    server = HealthServer(settings.http_port, sink.ops.ready, live=sink.ops.live,
-                          host=settings.http_host).start() if settings.http_port else None
+    server = None
+    if settings.http_port:  # in use: one line naming the setting, exit 64
+        server = boot.load(lambda: HealthServer(
+            settings.http_port, sink.ops.ready, live=sink.ops.live, host=settings.http_host,
+            names=("SINK_HTTP_HOST", "SINK_HTTP_PORT"))).start()
     sink.ops.start()  # the group's lag gauge
     try:
         stats = sink.run(max_records=args.max_records, timeout=args.timeout,

@@ -6,8 +6,9 @@ flight may finish for ``WORKER_DRAIN_TIMEOUT_S``, then the finished ones are com
 rest is redelivered (see :mod:`streams.app`). One that arrives while it is still starting
 stops it before it takes anything in (exit 0; :func:`faust_worker`).
 
-Exit codes (:mod:`common.process`, the same for every process): 0 stopped, 64 bad
-configuration — a missing or invalid setting, another faust-streaming/aiokafka version than
+Exit codes (:mod:`common.process`, the same for every process): 0 stopped (also by a signal
+while it waits for Kafka at start-up), 64 bad configuration — a missing or invalid setting
+(``WORKER_HTTP_PORT`` in use among them), another faust-streaming/aiokafka version than
 the verified one, a requests topic whose partition count is not ``KAFKA_PARTITIONS`` (or
 changelogs partitioned otherwise than it), or a broker that refuses the worker's credentials
 or ACLs (one line names it; the supervisor does not restart it), 75 stalled (restart it),
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
-from common.kafka import PartitionMismatch, changelog_topics, ensure_topics
+from common.kafka import PartitionMismatch, Stopped, changelog_topics, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaError as exc:  # the broker did not answer for the running time allowed
         log.error("cannot prepare topics: %s", exc)
         return EXIT_FATAL
+    except Stopped:  # a signal while the broker was waited for
+        return boot.stopped()
     for line in report.drift:
         log.warning("topic drift: %s", line)
 
@@ -126,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK  # signalled while starting: nothing taken in yet
     metrics.prime(built.app.tables)  # its tables' names
     server = None
-    if worker.http_port:
-        server = HealthServer(worker.http_port, built.ops.ready, live=built.ops.live,
-                              host=worker.http_host).start()
+    if worker.http_port:  # in use: one line naming the setting, exit 64
+        server = boot.load(lambda: HealthServer(
+            worker.http_port, built.ops.ready, live=built.ops.live, host=worker.http_host,
+            names=("WORKER_HTTP_HOST", "WORKER_HTTP_PORT"))).start()
     built.ops.start(built.app.loop)  # loop heartbeat (/livez) and lag gauges
     if built.watchdog is not None:
         built.watchdog.start()
