@@ -3,9 +3,11 @@
 ``CpuMeter({"worker": pid, ...}).start()`` … ``.stop()`` → seconds of CPU each process spent
 in between. A process that restarts in between (a new pid under the same name) is followed:
 call :meth:`CpuMeter.track` with its new pid once it is ready; its CPU counts from then (what
-it spent starting is returned, to be reported apart). Children are
-included only once they have been reaped (``cutime``/``cstime``), so name every process you
-care about.
+it spent starting is returned, to be reported apart). A process's children count with it
+once it has reaped them (``cutime``/``cstime``: the worker's group-access check at start-up,
+a child Python process, is in its start-up CPU); a child still running is not, so name every
+long-lived process you care about. (Readings before this counted ``utime``/``stime`` only:
+a reaped child's CPU was left out.)
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` so far, or None when it is gone."""
+    """User + system CPU seconds of ``pid`` so far, its reaped children's included, or None
+    when it is gone. Every figure is a difference of two readings."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    # utime, stime, cutime, cstime (stat fields 14-17)
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICK
 
 
 class CpuMeter:

@@ -1,16 +1,19 @@
 """``python -m bench.soak --orders 1000000``: memory over a long run (not part of make test).
 
 The whole pipeline (``bench.harness``) provisions ``--orders`` Orders at its sustainable rate:
-Orders are seeded and approved a chunk at a time, and the next chunk is approved once most of
-the previous one is written back, so the pipeline never idles and never builds an unbounded
-backlog. Every ``--sample-s`` seconds the resident memory (VmRSS) of every process —
-connector, worker, sink, both sandboxes, the broker — is recorded with the number of Orders
-written back so far, into ``soak.json`` and a plot ``soak.png`` (``--out``; the samples so far
-are in ``soak.partial.json`` while it runs). At the end it
-prints each process's growth from the moment ``--after`` Orders were done to the end; the
-target, for the connector, worker and sink, is at most 10 MB (the sandboxes and the broker
-are reported beside them: the Salesforce sandbox keeps every Order it is seeded with, as an
-org does). Exits 1 when a pipeline process grew more, a WHMCS order was duplicated, or the
+Orders are seeded and approved a chunk at a time, and the next chunk is approved once
+``--next-at`` (80 %) of the previous one is written back — and every Order of the chunk
+before it: at most two chunks in flight — so the pipeline never idles on a chunk's last
+Orders and never builds an unbounded backlog; at the end every Order is waited for. (Soaks
+before this approved the next chunk only once the whole previous one was written back;
+``soak.json`` now records ``next_at``.) Every ``--sample-s`` seconds the resident memory
+(VmRSS) of every process — connector, worker, sink, both sandboxes, the broker — is
+recorded with the number of Orders written back so far, into ``soak.json`` and a plot
+``soak.png`` (``--out``; the samples so far are in ``soak.partial.json`` while it runs). At
+the end it prints each process's growth from the moment ``--after`` Orders were done to the
+end; the target, for the connector, worker and sink, is at most 10 MB (the sandboxes and the
+broker are reported beside them: the Salesforce sandbox keeps every Order it is seeded with,
+as an org does). Exits 1 when a pipeline process grew more, a WHMCS order was duplicated, or the
 run left fewer than four samples after ``--after`` Orders (nothing measured).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import tempfile
 import threading
@@ -26,13 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Pipeline
+from bench.harness import FINAL_STATES, Pipeline
 from bench.side_by_side import cpu_pids
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIPELINE = ("connector", "worker", "sink")  # what the target judges
 
 
+NEXT_AT = 0.8  # --next-at: the share of a chunk written back before the next is approved
+POLL_S = 2.0  # how often the Orders in flight are read while waiting
+SETTLE_TIMEOUT_S = 3600.0  # a wait that ends with Orders unsettled: they are stuck
 SERIES_SKIP = ("t_s", "orders", "threads")  # a sample's keys that are no process's RSS
 MIN_SAMPLES = 4  # after --after Orders: two at each end of the growth, none shared
 
@@ -80,31 +87,66 @@ class Sampler(threading.Thread):
                 self.partial.write_text(json.dumps({"samples": self.samples}) + "\n")
 
 
+def _unsettled(rows: dict[str, dict[str, Any]], ids: list[str]) -> list[str]:
+    return [oid for oid in ids if rows.get(oid, {}).get("Activation_Status__c")
+            not in FINAL_STATES]
+
+
+def _settle(p: Pipeline, ids: list[str], allowed_left: int, done: list[int]) -> list[str]:
+    """Wait until at most ``allowed_left`` of ``ids`` are not written back, or
+    ``SETTLE_TIMEOUT_S`` passed; those not written back. ``done[0]`` counts the rest as
+    they are seen (the sampler's Orders written back so far)."""
+    if allowed_left <= 0:  # all of them: the harness's wait
+        left = _unsettled(p.wait_settled(ids, timeout=SETTLE_TIMEOUT_S, poll=POLL_S), ids)
+        done[0] += len(ids) - len(left)
+        return left
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        left = _unsettled(p.wait_settled(ids, timeout=0, poll=POLL_S), ids)  # one read
+        done[0] += len(ids) - len(left)
+        if len(left) <= allowed_left or time.monotonic() >= deadline:
+            return left
+        ids = left  # read only the Orders still in flight
+        time.sleep(POLL_S)
+
+
 def soak(directory: Path, orders: int, chunk: int, every_s: float,
-         partial: Path | None = None) -> dict[str, Any]:
+         partial: Path | None = None, next_at: float = 0.8) -> dict[str, Any]:
+    """``next_at``: the share of the newest chunk written back before the next is approved
+    (the one before it entirely: at most two chunks in flight); 1.0 waits for the whole
+    chunk. ``main`` passes ``--next-at`` (``NEXT_AT``)."""
     done = [0]
     with Pipeline(directory, accounts=500, orders=chunk, broken_every=0, partitions=6) as p:
         sampler = Sampler(p, every_s, done, partial)
         sampler.start()
-        pending: list[str] = p.sf.approve(chunk)
-        seeded, approved = chunk, len(pending)
-        while pending:  # ends once every Order is approved and written back, or one is stuck
+        newest: list[str] = p.sf.approve(chunk)  # the newest chunk's Orders in flight
+        older: list[str] = []  # the rest of the chunk before it
+        size, seeded, approved = len(newest), chunk, len(newest)
+        more = approved < orders
+        # ends once every Order is approved and written back, or some are stuck
+        while True:
             if seeded < orders:
                 p.sf.seed(accounts=0, orders=min(chunk, orders - seeded), broken_every=0)
                 seeded += min(chunk, orders - seeded)
-            # approve the next chunk once the previous one is written back
-            rows = p.wait_settled(pending, timeout=3600, poll=2)
-            finished = {oid for oid, r in rows.items()
-                        if r.get("Activation_Status__c") in ("Provisioned", "Failed")}
-            done[0] += len(finished)
-            pending = [oid for oid in pending if oid not in finished]
+            if older:  # the chunk before the newest is written back before the next goes in
+                older = _settle(p, older, 0, done)
+                if older:  # the wait timed out: these are missing, the soak cannot go on
+                    break
+            # the last chunk: every Order; before it, the next chunk once next_at of this one
+            allowed = size - min(size, math.ceil(round(next_at * size, 6))) if more else 0
+            newest = _settle(p, newest, allowed, done)
             print(f"  {done[0]} Orders written back, {time.monotonic() - sampler.t0:.0f} s",
                   flush=True)
-            if pending:  # the wait timed out: these are missing, the soak cannot go on
+            if len(newest) > allowed or not more:  # stuck, or every Order written back
                 break
-            if approved < orders:
-                pending = p.sf.approve(min(chunk, orders - approved))
-                approved += len(pending)
+            following = p.sf.approve(min(chunk, orders - approved))
+            approved += len(following)
+            more = approved < orders and bool(following)
+            if following:
+                older, newest, size = newest, following, len(following)
+        pending = older + newest
+        if pending:  # stopped on a stuck Order: one last read of every Order in flight
+            pending = _settle(p, pending, len(pending), done)
         sampler.halt.set()
         sampler.join()
         counters = p.whmcs.counters()
@@ -113,7 +155,8 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
         invariants = {"approved": approved, "written_back": done[0],
                       "missing": len(pending), "missing_orders": sorted(pending)[:20],
                       "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates)}
-    return {"orders": done[0], "samples": sampler.samples, "invariants": invariants}
+    return {"orders": done[0], "next_at": next_at, "samples": sampler.samples,
+            "invariants": invariants}
 
 
 def growth(samples: list[dict[str, Any]], after: int) -> dict[str, float]:
@@ -220,12 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=int, default=100_000,
                         help="growth is measured from when this many Orders are done")
     parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--next-at", type=float, default=NEXT_AT,
+                        help="approve the next chunk once this share of the previous one is "
+                             "written back (and all of the one before; 1: the whole chunk)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if not 0 < args.next_at <= 1:
+        parser.error("--next-at: a share of a chunk, above 0 and at most 1")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sfprov-soak-") as tmp:
         result = soak(Path(tmp), args.orders, args.chunk, args.sample_s,
-                      partial=args.out / "soak.partial.json")
+                      partial=args.out / "soak.partial.json", next_at=args.next_at)
     result["growth_mb_after"] = {"after_orders": args.after,
                                  "mb": growth(result["samples"], args.after)}
     result["thread_changes"] = thread_changes(result["samples"])

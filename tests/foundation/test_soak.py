@@ -180,7 +180,7 @@ def test_an_order_that_never_settles_ends_the_soak_as_missing_and_fails_it(
 
     monkeypatch.setattr(soak_module, "Pipeline", P)
     monkeypatch.setattr(soak_module, "Sampler", Sampler)
-    result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10)
+    result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10, next_at=1.0)
     assert result["invariants"]["missing"] == 1
     assert result["invariants"]["missing_orders"] == sorted(stuck)
     assert result["orders"] == 9
