@@ -44,7 +44,15 @@ from ops import envvars, pids
 from ops.kafka_local import KAFKA_VERSION, BrokerError, LocalBroker, local_bootstrap, port_open
 from ops.kafka_secure import ADMIN, PROCESS_USERS, BrokerSecurity
 from ops.pids import recorded_pid
-from ops.supervisor import Child, is_healthy, killed_file, process_start, stop_grace
+from ops.supervisor import (
+    Child,
+    is_healthy,
+    killed_file,
+    log_limit,
+    process_start,
+    rotate_log,
+    stop_grace,
+)
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
 STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
@@ -365,6 +373,7 @@ def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dic
 
 def up() -> int:
     env = environment()
+    log_max = log_limit(env)  # a bad SFPROV_LOG_MAX_MB: one line, exit 64, before anything
     STATE.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     admin_env: dict[str, str] = {}
@@ -418,6 +427,7 @@ def up() -> int:
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
         STATUS.unlink(missing_ok=True)  # a killed one's: wait_healthy reads the new one's
+        rotate_log(LOGS / "supervisor.log", log_max)  # no supervisor writes to it now
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(supervisor_argv(), cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

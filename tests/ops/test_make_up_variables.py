@@ -16,7 +16,7 @@ from ops import kafka_local, sandboxes, stack
 MAKE_UP_VARIABLES = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_LOCAL_SECURE",
                      "KAFKA_BOOTSTRAP_SERVERS", "SF_SANDBOX_HTTP_PORT", "SF_SANDBOX_GRPC_PORT",
                      "WHMCS_SANDBOX_PORT", "REGISTRY_SANDBOX_PORT", "SF_SANDBOX_ACCOUNTS",
-                     "SF_SANDBOX_ORDERS")
+                     "SF_SANDBOX_ORDERS", "SFPROV_LOG_MAX_MB")
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,27 @@ def test_make_up_status_names_the_bad_variable_and_exits_64(name, value, monkeyp
     err = capsys.readouterr().err
     assert err.startswith(f"error: {name}:") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["lots", "-5"])
+def test_make_up_refuses_a_bad_log_limit_before_it_starts_anything(value, monkeypatch, capsys):
+    """The supervisor only warns of a bad SFPROV_LOG_MAX_MB (a log setting does not keep a
+    running pipeline down); `make up` says it first, one line, exit 64."""
+    monkeypatch.setenv("SFPROV_LOG_MAX_MB", value)
+    assert stack.main(["up"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("error: SFPROV_LOG_MAX_MB:") and err.count("\n") == 1
+
+
+def test_make_up_rotates_the_supervisors_log_over_the_limit(monkeypatch, tmp_path):
+    from ops.supervisor import rotate_log
+
+    log = tmp_path / "supervisor.log"
+    log.write_bytes(b"x" * 2048)
+    assert rotate_log(log, 1024) and (tmp_path / "supervisor.log.1").stat().st_size == 2048
+    source = Path(stack.__file__).read_text()
+    assert source.index('rotate_log(LOGS / "supervisor.log"') < source.index(
+        'open(LOGS / "supervisor.log", "ab")')
 
 
 @pytest.mark.parametrize("name,value", [("KAFKA_PORT", "abc"),
