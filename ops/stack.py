@@ -427,8 +427,12 @@ def up() -> int:
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
         STATUS.unlink(missing_ok=True)  # a killed one's: wait_healthy reads the new one's
-        rotate_log(LOGS / "supervisor.log", log_max)  # no supervisor writes to it now
+        rotated = rotate_log(LOGS / "supervisor.log", log_max)  # no supervisor writes to it
         out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+        if rotated:
+            out.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor.log over "
+                      f"{log_max / 2**20:g} MB: rotated to supervisor.log.1\n".encode())
+            out.flush()
         proc = subprocess.Popen(supervisor_argv(), cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
