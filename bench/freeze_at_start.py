@@ -3,7 +3,8 @@
 Found by ``make chaos --pauses`` (a SIGSTOP of the broker seconds after a worker restart):
 the restarted worker never processed another event, for 15 minutes, while reporting healthy.
 This repeats it on purpose: for each ``--delay`` D, SIGKILL the worker, start it, wait
-until it answers ``/healthz``, wait D seconds more, SIGSTOP the broker for ``--pause-s``,
+until its probe server answers (``/readyz`` 503 ``starting``: since the readiness waits
+for the first rebalance, ``/healthz`` 200 would come after the join this hits), wait D seconds more, SIGSTOP the broker for ``--pause-s``,
 SIGCONT, approve 5 Orders and wait for them to settle. Seen on this machine at D = 0.6 s
 in about one try of two, with and without the idempotent producer: after the broker comes
 back, faust's assignor, running on the worker, finds none of the subscribed topics in its
@@ -38,7 +39,10 @@ def attempt(p: Pipeline, delay: float, pause_s: float) -> int:
     """One frozen start-up; returns how many of 5 Orders approved afterwards settled."""
     p.kill("worker")
     p.start("worker")
-    p.wait_healthy("worker")
+    # its probe server answering (503 "starting" until its first rebalance is over): the
+    # instant its start-up meets the broker — /healthz 200 comes only after the first join,
+    # with the partitions held and the metadata loaded, too late to freeze that join
+    p.wait_listening("worker")
     time.sleep(delay)
     p.pause("kafka", pause_s)
     while p.paused():

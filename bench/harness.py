@@ -249,6 +249,29 @@ class Pipeline:
             time.sleep(0.3)
         raise RuntimeError(f"{name} not healthy after {timeout}s; see {self.log(name)}")
 
+    def wait_listening(self, name: str, timeout: float = 90.0) -> None:
+        """Until ``name``'s probe server answers at all — ``/readyz`` 200 or 503 (``starting``):
+        the instant its start-up begins talking to Kafka, where :meth:`wait_healthy` returns
+        only once that start-up is over (the worker's first rebalance, its tables restored)."""
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - local
+                    return
+            except urllib.error.HTTPError:
+                return  # answered: 503 while starting
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} not listening after {timeout}s; see {self.log(name)}")
+
     def log(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"
 

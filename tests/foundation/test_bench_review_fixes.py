@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -337,3 +338,42 @@ def test_a_stuck_order_still_ends_the_soak_when_the_next_chunk_went_in_at_80_per
     assert result["invariants"]["missing_orders"] == sorted(stuck)
     assert result["orders"] == 19
     assert result["next_at"] == 0.8
+
+
+def test_freeze_at_start_anchors_on_the_probe_answering_not_on_readiness(tmp_path):
+    """Since /readyz says ``starting`` until the worker's first rebalance is over, waiting for
+    /healthz 200 put bench.freeze_at_start's broker freeze after the join it exists to hit
+    (a regression review). Its anchor is the probe server answering at all: 503 counts."""
+    import http.server
+    import threading
+
+    from bench.harness import Pipeline
+
+    class Starting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"ready": false, "reasons": ["starting: ..."]}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Starting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        p = object.__new__(Pipeline)
+        p.ports = {"worker": server.server_address[1]}  # type: ignore[attr-defined]
+        p.procs = {"worker": child}  # type: ignore[attr-defined]
+        p.dir = tmp_path  # type: ignore[attr-defined]
+        started = time.monotonic()
+        p.wait_listening("worker", timeout=10)
+        assert time.monotonic() - started < 5
+        with pytest.raises(RuntimeError, match="not healthy"):
+            p.wait_healthy("worker", timeout=1)  # what the bench waited for: never, here
+        source = Path(__file__).resolve().parents[2] / "bench" / "freeze_at_start.py"
+        assert 'p.wait_listening("worker")' in source.read_text()
+    finally:
+        child.kill()
+        child.wait()
+        server.shutdown()
