@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from faust.sensors import Sensor
+import faust
 from prometheus_client import Gauge
 
 from common import tracing
@@ -35,8 +35,6 @@ from streams import faust_seam, metrics
 from streams.guard import reading_orders
 
 if TYPE_CHECKING:
-    from faust.types import AppT
-
     from streams.app import Worker
 
 OLDEST_UNFINISHED = Gauge("sfprov_worker_oldest_unfinished_event_age_seconds",
@@ -55,7 +53,7 @@ SF_UNAVAILABLE = Gauge("sfprov_worker_salesforce_unavailable",
                        "1 while the guard's Salesforce queries fail (retried).")
 
 
-class StartUp(Sensor):
+class StartUp(faust.Sensor):
     """The worker's start-up, over when faust's first rebalance has ended: the app started,
     joined the group and recovered the tables of what it was given (an empty assignment
     too, more workers than partitions), its streams resumed — ``on_rebalance_end``, faust's
@@ -64,7 +62,7 @@ class StartUp(Sensor):
 
     done = False
 
-    def on_rebalance_end(self, app: AppT, state: dict[Any, Any]) -> None:
+    def on_rebalance_end(self, app: Any, state: dict[Any, Any]) -> None:
         if self.done:
             return
         self.done = True
