@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from common.envparse import (
@@ -371,6 +371,19 @@ def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dic
         for name, p in pending.items()}}
 
 
+def open_supervisor_log(log_max: int) -> BinaryIO:
+    """``LOGS/supervisor.log`` open for append, for a supervisor about to start (none writes
+    to it): rotated first when over ``log_max`` bytes (0: never), the new file then starting
+    with a line saying so."""
+    rotated = rotate_log(LOGS / "supervisor.log", log_max)
+    out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+    if rotated:
+        out.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor.log over "
+                  f"{log_max / 2**20:g} MB: rotated to supervisor.log.1\n".encode())
+        out.flush()
+    return out
+
+
 def up() -> int:
     env = environment()
     log_max = log_limit(env)  # a bad SFPROV_LOG_MAX_MB: one line, exit 64, before anything
@@ -427,12 +440,7 @@ def up() -> int:
         _write_private(PLAN, json.dumps({"processes": processes, "status_file": str(STATUS)}))
         CONTROL.unlink(missing_ok=True)  # before it starts: an old pause is no longer meant
         STATUS.unlink(missing_ok=True)  # a killed one's: wait_healthy reads the new one's
-        rotated = rotate_log(LOGS / "supervisor.log", log_max)  # no supervisor writes to it
-        out = open(LOGS / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-        if rotated:
-            out.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor.log over "
-                      f"{log_max / 2**20:g} MB: rotated to supervisor.log.1\n".encode())
-            out.flush()
+        out = open_supervisor_log(log_max)  # no supervisor writes to it
         proc = subprocess.Popen(supervisor_argv(), cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

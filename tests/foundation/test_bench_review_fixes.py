@@ -340,6 +340,19 @@ def test_a_stuck_order_still_ends_the_soak_when_the_next_chunk_went_in_at_80_per
     assert result["next_at"] == 0.8
 
 
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2", "nan"])
+def test_soak_refuses_a_next_at_that_is_not_a_share_of_a_chunk(value, tmp_path, monkeypatch,
+                                                              capsys):
+    """0 would approve every chunk at once (no back-pressure), over 1 never the next one."""
+    import bench.soak as soak_module
+
+    monkeypatch.setattr(soak_module, "soak", lambda *a, **k: pytest.fail("the soak ran"))
+    with pytest.raises(SystemExit) as exited:
+        soak_module.main(["--next-at", value, "--out", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--next-at: a share of a chunk, above 0 and at most 1" in capsys.readouterr().err
+
+
 def test_freeze_at_start_anchors_on_the_probe_answering_not_on_readiness(tmp_path):
     """Since /readyz says ``starting`` until the worker's first rebalance is over, waiting for
     /healthz 200 put bench.freeze_at_start's broker freeze after the join it exists to hit

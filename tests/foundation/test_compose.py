@@ -283,6 +283,8 @@ def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
         return result.stderr
 
     assert "docker compose --profile sandbox up" in stderr({})
+    # a blank SF_CLIENT_ID (`SF_CLIENT_ID=` in .env) is unset, as for the settings
+    assert "docker compose --profile sandbox up" in stderr({"SF_CLIENT_ID": " "})
     assert "--profile sandbox" not in stderr({}, code=1)  # not a settings refusal
     assert "--profile sandbox" not in stderr({"SF_CLIENT_ID": "3MVG9real",
                                               "SF_PRIVATE_KEY_PATH": str(key)})
@@ -296,6 +298,8 @@ def test_sandbox_mode_without_the_sandboxes_says_to_start_them(tmp_path):
     message = stderr(gone, code=0)  # the process would have run (and retried) for ever
     assert "docker compose --profile sandbox up" in message
     assert "nonexistent.invalid" in message
+    assert not started.exists()
+    assert "nonexistent.invalid" in stderr({**gone, "SF_CLIENT_ID": " "}, code=0)
     assert not started.exists()
     # real credentials, or a login URL of the user's own: no sandbox to look for
     assert "--profile sandbox" not in stderr({**gone, "SF_CLIENT_ID": "3MVG9real"}, code=0)

@@ -132,6 +132,12 @@ def test_a_login_refused_at_the_first_subscribe_ends_start_up_not_ready_for_the_
     ok, reasons = connector_ready(conn)
     assert ok is False and not starting(reasons), reasons
     assert any(r.startswith("salesforce_auth: ") for r in reasons), reasons
+    # the next stream opens (state "subscribed" again, nothing answered yet): start-up
+    # stays over — it ended with the first attempt, whatever the next one meets
+    conn.pubsub = SimpleNamespace(subscribe=lambda *_a: FakeSubscription([]))  # type: ignore[assignment]
+    assert conn._subscribe_once(None, time.monotonic() + 0.2) is True
+    assert conn.health.state == "subscribed"
+    assert not starting(connector_ready(conn)[1])
 
 
 def test_a_starting_connector_answers_503_on_readyz_and_healthz_200_on_livez():

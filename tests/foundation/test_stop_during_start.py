@@ -192,3 +192,36 @@ def test_other_threads_are_not_stopped(stop_asked):
     thread.start()
     thread.join(5)
     assert seen == [True]  # gave up at its deadline, as before: its owner stops it
+
+
+def test_a_second_startup_in_one_process_does_not_start_stopped(tmp_path, monkeypatch,
+                                                                stop_asked):
+    """The stop is process-wide: a SIGTERM kept by one Startup (a test's, an embedding's)
+    must not end the next Startup's waits for the brokers before they begin."""
+    from common import process
+
+    monkeypatch.setattr(process, "limit_malloc_arenas", lambda: False)
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
+    monkeypatch.setenv("SFPROV_STATE_DIR", str(tmp_path))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        k.stop_waits(False)
+        first = process.Startup("connector")
+        first._on_signal(signal.SIGTERM, None)  # as the signal would
+        with pytest.raises(k.Stopped):
+            k.RunningDeadline(30.0).sleep(0.01)
+        second = process.Startup("connector")
+        assert not second.stopping
+        attempts: list[float] = []
+
+        def once_timed_out(wait: float) -> str:
+            attempts.append(wait)
+            if len(attempts) == 1:
+                _timed_out(wait)
+            return "answer"
+        assert k.retry_until(k.RunningDeadline(30.0), once_timed_out, doing="d", failure="f",
+                             refused=str) == "answer"
+        assert len(attempts) == 2  # retried, not Stopped after the first
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

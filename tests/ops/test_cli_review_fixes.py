@@ -153,6 +153,18 @@ def test_lag_prints_the_log_end_and_the_records_left(three_records_three_markers
     assert re.search(r"committed\s+100\s+end\s+106\s+lag\s+3\b", out), out
     assert "103" not in out, out
     assert re.search(r"worker \(group sfprov-worker\) on requests-topic: lag 3\b", out), out
+    assert "markers included" not in out, out  # counted in records: exact
+
+
+def test_lag_says_when_a_lag_is_in_offsets(three_records_three_markers, monkeypatch, capsys):
+    """A partition further behind than EXACT_LAG_LIMIT is not read through: its lag is the
+    offset distance, commit markers included, and each such row says so."""
+    monkeypatch.setattr(lag, "EXACT_LAG_LIMIT", 5)  # 6 behind
+    assert cmd_kafka.lag(argparse.Namespace(json=False)) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"committed\s+100\s+end\s+106\s+lag\s+6  \(offsets: markers included\)$",
+                     out, re.MULTILINE), out
+    assert three_records_three_markers == []  # nothing read
 
 
 def test_lag_json_end_is_the_log_end(three_records_three_markers, capsys):

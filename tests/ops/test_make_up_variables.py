@@ -6,7 +6,11 @@ the state directory is a scratch one and no broker is asked for."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +21,7 @@ MAKE_UP_VARIABLES = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_LOCAL_SECURE"
                      "KAFKA_BOOTSTRAP_SERVERS", "SF_SANDBOX_HTTP_PORT", "SF_SANDBOX_GRPC_PORT",
                      "WHMCS_SANDBOX_PORT", "REGISTRY_SANDBOX_PORT", "SF_SANDBOX_ACCOUNTS",
                      "SF_SANDBOX_ORDERS", "SFPROV_LOG_MAX_MB")
+MB = 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
@@ -58,15 +63,52 @@ def test_make_up_refuses_a_bad_log_limit_before_it_starts_anything(value, monkey
     assert err.startswith("error: SFPROV_LOG_MAX_MB:") and err.count("\n") == 1
 
 
-def test_make_up_rotates_the_supervisors_log_over_the_limit(monkeypatch, tmp_path):
-    from ops.supervisor import rotate_log
+def test_make_up_rotates_the_supervisors_log_over_the_limit():
+    log = stack.LOGS / "supervisor.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old line\n" * (2 * MB // 9))  # 2 MB
+    with stack.open_supervisor_log(1 * MB) as out:
+        out.write(b"the new supervisor\n")
+    assert (stack.LOGS / "supervisor.log.1").read_bytes().startswith(b"old line\n")
+    first, rest = log.read_text().split("\n", 1)
+    assert first.startswith("=== ") and first.endswith(
+        " supervisor.log over 1 MB: rotated to supervisor.log.1")
+    assert rest == "the new supervisor\n"
 
-    log = tmp_path / "supervisor.log"
-    log.write_bytes(b"x" * 2048)
-    assert rotate_log(log, 1024) and (tmp_path / "supervisor.log.1").stat().st_size == 2048
-    source = Path(stack.__file__).read_text()
-    assert source.index('rotate_log(LOGS / "supervisor.log"') < source.index(
-        'open(LOGS / "supervisor.log", "ab")')
+
+def test_make_up_appends_to_the_supervisors_log_under_the_limit():
+    log = stack.LOGS / "supervisor.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old line\n")
+    with stack.open_supervisor_log(1 * MB) as out:
+        out.write(b"the new supervisor\n")
+    assert log.read_text() == "old line\nthe new supervisor\n"
+    assert not (stack.LOGS / "supervisor.log.1").exists()
+
+
+def test_make_up_hands_the_supervisor_its_rotated_log(monkeypatch):
+    """`up` itself (no broker, no topics, an empty plan, the supervisor not started): the
+    file the supervisor is to write to is the fresh one, the old one kept beside it."""
+    monkeypatch.setenv("SFPROV_LOG_MAX_MB", "1")
+    log = stack.LOGS / "supervisor.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old line\n" * (2 * MB // 9))
+    given: list[Any] = []
+
+    def popen(argv: list[str], **kw: Any) -> Any:
+        given.append(kw["stdout"])
+        return types.SimpleNamespace(pid=os.getpid())  # a process that runs, not signalled
+    monkeypatch.setattr(stack, "uses_local_broker", lambda env: False)
+    monkeypatch.setattr(stack, "subprocess", types.SimpleNamespace(
+        run=lambda *a, **k: subprocess.CompletedProcess(a, 0), Popen=popen,
+        STDOUT=subprocess.STDOUT, DEVNULL=subprocess.DEVNULL))
+    monkeypatch.setattr(stack, "plan", lambda env: [])
+    assert stack.up() == 0
+    [out] = given
+    out.close()
+    assert Path(out.name) == log
+    assert (stack.LOGS / "supervisor.log.1").stat().st_size >= 2 * MB - 9
+    assert "supervisor.log over 1 MB: rotated to supervisor.log.1" in log.read_text()
 
 
 @pytest.mark.parametrize("name,value", [("KAFKA_PORT", "abc"),

@@ -8,6 +8,7 @@ once, on an empty directory, to a literal ``*.log`` that tail waited for in vain
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -157,3 +158,39 @@ def test_make_logs_before_make_up_follows_the_logs_once_they_appear(tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert b"a line written after make logs started" in out, out.decode(errors="replace")
+
+
+def test_the_running_supervisor_keeps_its_child_up_under_a_bad_limit(tmp_path):
+    """``SFPROV_LOG_MAX_MB=lots`` under a real ``python -m ops.supervisor``: it warns once and
+    rotates at the default. Before :func:`ops.supervisor.configured_log_limit`, each child's
+    start read the bad value itself: the supervisor exited 1 with a ConfigError traceback and
+    started nothing."""
+    status, log = tmp_path / "supervisor.json", tmp_path / "p.log"
+    plan = tmp_path / "supervisor-plan.json"
+    plan.write_text(json.dumps({"status_file": str(status), "processes": [
+        {"name": "p", "log": str(log), "env": {}, "grace_s": 5.0,
+         "argv": [sys.executable, "-c", "print('hello from the child', flush=True)"],
+         "final_exit_codes": [0]}]}))
+    proc = subprocess.Popen([sys.executable, "-m", "ops.supervisor", str(plan)], cwd=ROOT,
+                            env={**os.environ, "SFPROV_STATE_DIR": str(tmp_path),
+                                 "SFPROV_ENV_FILE": os.devnull, "SFPROV_LOG_MAX_MB": "lots",
+                                 "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "exited with 0" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None, f"the supervisor exited {proc.returncode}"
+            assert time.monotonic() < deadline, "the child did not run"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "hello from the child" in log.read_text()
+    text = out.decode(errors="replace")
+    assert "SFPROV_LOG_MAX_MB: invalid value" in text and "logs rotate at 100 MB" in text, text
+    assert "Traceback" not in text

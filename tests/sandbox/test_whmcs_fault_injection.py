@@ -123,19 +123,22 @@ def test_numbers_and_text_are_taken_as_the_field_wants(wh: WhmcsSandbox) -> None
     hit = httpx.post(wh.api_url, data=add_order_form(wh, f"801X{1006:014d}"), timeout=10)
     assert hit.status_code == 500
     assert "temporary error" in hit.text  # the sandbox's page, not an exception's
+    assert wh.faults()["fired_kinds"] == {"addorder|1006": {"latency": 1, "error": 1}}
 
 
 def test_the_cli_keeps_text_fields_as_text(wh: WhmcsSandbox) -> None:
+    """What a text field is given is its text, even when it reads as JSON: ``null`` is not
+    a missing message, ``1.50`` not the number 1.5 (which would be matched as ``1.5``)."""
     proc = whmcs_cli("faults", "set", "AddOrder", "error_rate=1", "error_kind=500",
-                     "whmcs_error=404", "times=1", "--url", wh.api_url)
+                     "whmcs_error=null", "times=1", "--url", wh.api_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     spec = wh.faults()["faults"]["addorder"]
     assert (spec["error_kind"], spec["whmcs_error"], spec["error_rate"], spec["times"]) == \
-        ("500", "404", 1.0, 1)
-    proc = whmcs_cli("faults", "set", "AddOrder", "match=1006", "whmcs_error_rate=1",
+        ("500", "null", 1.0, 1)
+    proc = whmcs_cli("faults", "set", "AddOrder", "match=1.50", "whmcs_error_rate=1",
                      "--url", wh.api_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert wh.faults()["faults"]["addorder|1006"]["match"] == "1006"
+    assert wh.faults()["faults"]["addorder|1.50"]["match"] == "1.50"
 
 
 def test_a_body_that_is_not_a_table_is_refused(wh: WhmcsSandbox) -> None:
@@ -163,12 +166,14 @@ def test_a_refused_request_does_not_use_up_the_fault(wh: WhmcsSandbox) -> None:
     assert resp.json()["message"] == "IP Banned"
     wh.lift_login_bans()
     assert wh.faults()["fired"] == {"addorder": 0}
+    assert wh.faults()["fired_kinds"] == {"addorder": {}}
     # the fault is still there for the first call it reaches
     marker = new_marker()
     with pytest.raises(httpx.TimeoutException):
         httpx.post(wh.api_url, data=add_order_form(wh, marker), timeout=1)
     assert len(wh.orders_for(marker)) == 1
     assert wh.faults()["fired"] == {"addorder": 1}
+    assert wh.faults()["fired_kinds"] == {"addorder": {"hang": 1}}
 
 
 def test_an_invalid_ip_flap_counts_when_it_refuses(wh: WhmcsSandbox) -> None:
@@ -180,6 +185,7 @@ def test_an_invalid_ip_flap_counts_when_it_refuses(wh: WhmcsSandbox) -> None:
     resp = httpx.post(wh.api_url, data=form(wh, "GetProducts"), timeout=5)
     assert (resp.status_code, resp.json()["message"]) == (403, "Invalid IP 127.0.0.1")
     assert wh.faults()["fired"] == {"getproducts": 1}
+    assert wh.faults()["fired_kinds"] == {"getproducts": {"invalid_ip": 1}}
     assert httpx.post(wh.api_url, data=form(wh, "GetProducts"),
                       timeout=5).json()["result"] == "success"
 
@@ -196,6 +202,7 @@ def test_times_limits_a_latency_only_spec(wh: WhmcsSandbox) -> None:
     assert wh.call("GetProducts")["result"] == "success"
     assert time.perf_counter() - start < 1.0
     assert wh.faults()["fired"] == {"getproducts": 1}
+    assert wh.faults()["fired_kinds"] == {"getproducts": {"latency": 1}}
 
 
 def test_faults_plan_counts_latency_towards_times() -> None:
@@ -208,6 +215,26 @@ def test_faults_plan_counts_latency_towards_times() -> None:
         delayed.append(plan.latency_s > 0)
     assert delayed == [True, True, False, False]
     assert faults.describe()["fired"] == {"getproducts": 2}
+    assert faults.describe()["fired_kinds"] == {"getproducts": {"latency": 2}}
+
+
+def test_faults_count_what_each_fired_request_met() -> None:
+    """``fired_kinds`` (what ``bench.chaos`` reports as the faults applied) counts each kind
+    a fired plan carried, per table key; a plan drawn but not fired counts nothing."""
+    faults = Faults(seed=2)
+    faults.set("AddOrder", {"hang_rate": 1, "hang_s": 3, "latency_ms": 5})
+    faults.set("AcceptOrder", {"error_rate": 1, "error_kind": "html"})
+    faults.set("GetOrders", {"whmcs_error_rate": 1, "times": 1})
+    faults.set("GetClients", {"hang_rate": 1, "hang_mode": "drop"})
+    for action in ("AddOrder", "AddOrder", "AcceptOrder", "GetOrders", "GetOrders",
+                   "GetClients"):
+        assert faults.fire(faults.plan(action))
+    faults.plan("AcceptOrder")  # drawn, never reached its request
+    assert faults.describe()["fired_kinds"] == {
+        "addorder": {"latency": 2, "hang": 2}, "acceptorder": {"error": 1},
+        "getorders": {"whmcs_error": 1}, "getclients": {"drop": 1}}
+    faults.clear()
+    assert faults.describe()["fired_kinds"] == {}
 
 
 # -- 5. several rates on one spec ------------------------------------------------------------

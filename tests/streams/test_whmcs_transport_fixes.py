@@ -210,6 +210,24 @@ def test_the_location_shown_carries_no_credentials_and_is_bounded():
     assert len(text) < 500 and "\n" not in text
 
 
+@pytest.mark.parametrize("form", ["my secret value", "my+secret+value", "my%20secret%20value"])
+def test_a_credential_in_the_location_is_blanked_in_each_form_it_takes(form):
+    """A URL carries a space as ``%20`` (a form body as ``+``): each form of the secret is
+    blanked, not only the raw value and its form encoding."""
+    def handler(_request):
+        return httpx.Response(302, headers={"Location": f"https://whmcs.example/{form}/api.php"})
+
+    async def go():
+        env = {**ENV, "WHMCS_API_SECRET": "my secret value"}
+        async with client_answering(handler, env) as client:
+            with pytest.raises(WhmcsAccessError) as info:
+                await client.get_orders(client_id=1)
+            return str(info.value)
+    text = run(go())
+    assert "https://whmcs.example/[REDACTED]/api.php" in text, text
+    assert "secret" not in text.replace("[REDACTED]", ""), text
+
+
 def test_an_api_answer_with_a_redirect_status_is_still_read_as_the_api():
     """A 3xx carrying WHMCS's own JSON is WHMCS's answer (api.php ran): read as such."""
     def handler(request):
