@@ -22,7 +22,7 @@ from typing import Any
 
 CONTEXT_FIELDS = ("order_id", "correlation_id", "idem_key", "event_uuid", "replay_id",
                   "whmcs_order_id", "status", "error_code", "topic", "partition", "offset",
-                  "attempt", "count", "duration_ms", "steps_ms", "cause")
+                  "attempt", "count", "duration_ms", "steps_ms", "cause", "stage")
 
 # a key block to its END line, or, cut before it (a message or a field truncated), to the
 # end of the text: what follows the BEGIN line is the key until shown otherwise

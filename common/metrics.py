@@ -168,8 +168,16 @@ class GcMonitor:
 
     def __init__(self) -> None:
         self._started = 0.0
+        self._pauses: dict[int, Histogram] = {}  # generation → its GC_PAUSE child (install())
 
     def install(self) -> GcMonitor:
+        # The children are made here, once: labels() takes the histogram's lock, which a
+        # scrape holds while it copies the children — a collection triggered there runs this
+        # callback in the scraping thread, and labels() would wait on that thread forever
+        # (every later scrape hung, automatic collection stopped). A child's observe() takes
+        # only its own values' locks, which are never held across an allocation.
+        self._pauses = {generation: GC_PAUSE.labels(str(generation))
+                        for generation in range(3)}  # Python's three generations
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
         return self
@@ -184,7 +192,9 @@ class GcMonitor:
             return
         pause = time.perf_counter() - self._started
         generation = info.get("generation", -1)
-        GC_PAUSE.labels(str(generation)).observe(pause)
+        child = self._pauses.get(generation)
+        if child is not None:
+            child.observe(pause)
         if pause >= GC_LOG_PAUSE_S:
             log.warning("garbage collection of generation %s paused the process for %.0f ms",
                         generation, pause * 1000,

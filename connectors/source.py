@@ -129,7 +129,7 @@ from connectors.offsets import (
     load_position,
 )
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
-from connectors.pubsub.errors import REFUSED
+from connectors.pubsub.errors import REFUSED, REPLAY_INVALID
 from connectors.reconciler import GAP_REARM_S
 from connectors.writer import Record, TransactionalWriter, transactional_id
 
@@ -627,11 +627,14 @@ class Connector:
 
     def _replay_invalid(self, exc: ReplayIdInvalidError) -> int | None:
         policy = self.settings.invalid_replay
-        m.RECONNECTS.labels("replay_invalid").inc()
         if self.position is None or self.preset_override is not None:
-            # Not our stored id (we subscribed with a preset): treat as transient.
-            self._recover(SalesforceError(str(exc), retryable=True))
+            # Not our stored id (we subscribed with a preset): treat as transient. _recover
+            # counts the reconnect, once, with this cause (not the exception's class name)
+            transient = SalesforceError(str(exc), error_code=exc.error_code, retryable=True)
+            transient.cause = REPLAY_INVALID  # type: ignore[attr-defined]
+            self._recover(transient)
             return None
+        m.RECONNECTS.labels(REPLAY_INVALID).inc()
         try:
             self._record_gap(policy, exc.error_code or "", str(exc))
         except ProducerFencedError as fenced:

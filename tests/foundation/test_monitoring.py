@@ -108,7 +108,7 @@ def test_event_rules_look_for_a_series_inside_their_increase_window():
             (window,) = windows
             assert _minutes(offset) + _minutes(span) <= window, (rule["alert"], offset, window)
             checked += 1
-    assert checked >= 18  # the six event rules
+    assert checked >= 20  # the seven event rules
 
 
 def test_stall_rules_do_not_select_the_lag_by_topic_name():
