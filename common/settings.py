@@ -648,6 +648,15 @@ class WorkerSettings(_Section):
         "WORKER_GUARD_LINGER_BUSY_S", 0.2, parse=parse_float,
         doc="The same wait while the worker has a backlog (200 or more Orders in flight): "
             "a burst shares fewer, larger queries (Salesforce API calls).")
+    guard_max_age_s: float = env(
+        "WORKER_GUARD_MAX_AGE_S", 5.0, parse=parse_non_negative_float,
+        doc="How old the guard read (the Order still Activating, no WHMCS_Order_Id__c) may "
+            "be when an Order's AddOrder goes out, seconds: an older one — the Order waited "
+            "for a WHMCS slot behind a backlog or slow WHMCS — is read again first, and so "
+            "is one read before a wait (for an earlier AddOrder to settle, a retry, refused "
+            "WHMCS access, the ownership lease). Set back from Activating meanwhile, the "
+            "Order ends Skipped with no AddOrder. Those reads share queries as the first "
+            "reads do. 0 = read again before every AddOrder.")
     whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
                                  doc="WHMCS calls in flight at once (each Order's AddOrder "
                                      "and AcceptOrder take one slot each, in turn).")

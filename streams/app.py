@@ -167,7 +167,8 @@ class Worker:
             emitter=self.emitter, durable=self.durable,
             context=Context(payment_method=whmcs.payment_method, no_invoice=whmcs.no_invoice,
                             no_email=whmcs.no_email),
-            lease=self.lease, writer_id=self.writer_id, intent_lease_s=worker.intent_lease_s)
+            lease=self.lease, writer_id=self.writer_id, intent_lease_s=worker.intent_lease_s,
+            guard_max_age_s=worker.guard_max_age_s)
 
         self.requests = self.app.topic(kafka.requests, key_serializer="raw",
                                        value_serializer="raw", internal=False)

@@ -12,7 +12,9 @@ Order of effects for one event (the contract the crash tests check)::
     2. decide (streams.decide)
     3. to provision: the ownership lease holds (streams.lease) → intents[order] = pending,
        with this worker as writer and until when it may send
-       → DURABLE (group commit) → AddOrder / AcceptOrder, the lease checked before each
+       → DURABLE (group commit) → AddOrder / AcceptOrder, the lease checked before each,
+       and the guard read of 1 read again before the AddOrder once stale (older than
+       WORKER_GUARD_MAX_AGE_S, or a wait since: streams.provision.GuardCheck)
     4. the lease holds → idem[order][idem_key] = the outcome; intents[order] settled
        → DURABLE: the decided outcome is durable before anyone can see it
     5. send the outcome, await the broker's ack
@@ -77,12 +79,13 @@ from streams.decide import (
 )
 from streams.guard import GuardReads
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
-from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
+from streams.provision import AcceptFailed, Fence, GuardCheck, Provisioner, ProvisionResult
 from streams.recovery import look_up_attempt
 from streams.state import DurabilityError, Intent, Memory, OrderState
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
+GUARD_MAX_AGE_S = 5.0  # WORKER_GUARD_MAX_AGE_S's default
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,18 @@ def decode(serde: AvroSerde, rec: RawRecord) -> Event | DeadLetter:
 class EventHandler:
     """``await handler.handle(event, rec)`` → True when finished (outcome or dead letter
     acknowledged, or nothing to send), False when fenced (left to the partition's new
-    owner). ``lease`` None: no ownership lease (unit tests and benchmarks only)."""
+    owner). ``lease`` None: no ownership lease (unit tests and benchmarks only).
+    ``guard_max_age_s``: ``WORKER_GUARD_MAX_AGE_S`` — the guard read the decision went on
+    is read again right before its ``AddOrder`` once older than this, or once a wait came
+    after it (:class:`~streams.provision.GuardCheck`)."""
 
     def __init__(self, *, state: OrderState, reads: GuardReads, provisioner: Provisioner,
                  emitter: Emitter, context: Context, durable: Callable[[], Awaitable[None]],
                  lease: OwnershipLease | None = None, writer_id: str = "",
-                 intent_lease_s: float = 10.0, clock_ms: Callable[[], int] = now_ms) -> None:
+                 intent_lease_s: float = 10.0, clock_ms: Callable[[], int] = now_ms,
+                 guard_max_age_s: float = GUARD_MAX_AGE_S) -> None:
         self.state, self.reads, self.provisioner = state, reads, provisioner
+        self.guard_max_age_s = guard_max_age_s
         self.emitter, self.context, self.durable = emitter, context, durable
         self.lease, self.writer_id = lease, writer_id
         self.intent_lease_ms = int(intent_lease_s * 1000)
@@ -186,6 +194,7 @@ class EventHandler:
     async def _handle(self, event: Event, rec: RawRecord) -> None:
         oid, state = event.order_id, self.state
         memory, intent = state.memory(oid), state.intent(oid)
+        read_at = time.monotonic()  # the guard read is no older than this (GuardCheck)
         order = await self.reads.get(oid) if needs_guard(event, memory) else None
         decision = decide(event, memory, intent, order, self.context)
         opportunity = (order or {}).get("OpportunityId")
@@ -242,7 +251,7 @@ class EventHandler:
             memory = state.record(oid, event.idem_key, event.event_uuid, outcome,
                                   self._clock(), memory=memory)
         else:
-            result = await self._provision(event, rec, decision, opportunity, held)
+            result = await self._provision(event, rec, decision, opportunity, held, read_at)
             outcome = self._outcome(event, result, opportunity, decision.request.client_id)
             await self._own(rec, "record")  # the call ran: is the result still ours?
             # an attempt that made a WHMCS order says so, as the sweep's recovery does
@@ -310,8 +319,21 @@ class EventHandler:
     # -- provisioning under the lease ---------------------------------------------------
 
     async def _provision(self, event: Event, rec: RawRecord, decision: Provision,
-                         opportunity: str | None, held: list[Intent]) -> ProvisionResult:
-        check = await self._own(rec, "intent")
+                         opportunity: str | None, held: list[Intent],
+                         read_at: float) -> ProvisionResult:
+        """``read_at``: when the guard read the decision went on was asked for (monotonic).
+        That read is asked again right before the ``AddOrder`` once stale — older than
+        ``guard_max_age_s``, or followed by a wait (the lease's here, the provisioner's
+        own): :class:`~streams.provision.GuardCheck`. The request stays the one mapped from
+        the first read (the intent, durable before, names its client)."""
+        oid = event.order_id
+
+        async def read() -> ProvisionResult | None:
+            order = await self.reads.get(oid)  # coalesced with every other read
+            return _refusal(not_found(oid) if order is None else guard(order))
+        verdict = GuardCheck(read, read_at=read_at, max_age_s=self.guard_max_age_s,
+                             refused=_refusal(decision.refused))
+        check = await self._own(rec, "intent", on_wait=verdict.waiting)
         held.append(Intent.pending(
             order_id=event.order_id, idem_key=event.idem_key, event_uuid=event.event_uuid,
             attempt=decision.previous_attempts + 1, client_id=decision.request.client_id,
@@ -327,22 +349,22 @@ class EventHandler:
         settle_at = None
         if decision.lookup_first:
             settle_at = self.provisioner.policy.settle_at_ms((decision.sends_until or 0) / 1000)
-        oid = event.order_id
-
-        async def recheck() -> ProvisionResult | None:
-            order = await self.reads.get(oid)
-            return _refusal(not_found(oid) if order is None else guard(order))
         return await self.provisioner.provision(
-            decision.request, settle_at_ms=settle_at, fence=self._fence(rec, held),
-            earlier_client_ids=decision.earlier_client_ids,
-            refused=_refusal(decision.refused), recheck=recheck)
+            decision.request, settle_at_ms=settle_at,
+            fence=self._fence(rec, held, on_wait=verdict.waiting),
+            earlier_client_ids=decision.earlier_client_ids, guard=verdict)
 
-    async def _own(self, rec: RawRecord, stage: str) -> LeaseCheck:
+    async def _own(self, rec: RawRecord, stage: str,
+                   on_wait: Callable[[], None] | None = None) -> LeaseCheck:
+        """The lease, held (see :func:`~streams.lease.hold`); ``on_wait`` is told when it
+        has to wait for it."""
         if self.lease is None:
             return LeaseCheck(True, valid_until_wall=(self._clock() + self.intent_lease_ms)
                               / 1000)
 
         def waiting(check: LeaseCheck) -> None:
+            if on_wait is not None:
+                on_wait()
             metrics.LEASE_WAITS.inc()
             log.info("waiting for the ownership lease before %s: %s", stage, check.reason,
                      extra={"partition": rec.partition, "offset": rec.offset})
@@ -353,12 +375,14 @@ class EventHandler:
         """The intent's lease: as long as the group lease, at most ``intent_lease_s``."""
         return self.intent_lease.until(check)
 
-    def _fence(self, rec: RawRecord, held: list[Intent]) -> Fence:
+    def _fence(self, rec: RawRecord, held: list[Intent],
+               on_wait: Callable[[], None] | None = None) -> Fence:
         """Awaited right before each WHMCS write: the group lease holds, and the durable
         intent says this writer may still send, else it is renewed first
-        (:meth:`streams.lease.IntentLease.fence`, the sweep's too)."""
+        (:meth:`streams.lease.IntentLease.fence`, the sweep's too). ``on_wait``: told when
+        it waits for the lease."""
         async def own(action: str) -> LeaseCheck | None:
-            check = await self._own(rec, action)
+            check = await self._own(rec, action, on_wait)
             return check if self.lease is not None else None
         return self.intent_lease.fence(own, held)
 

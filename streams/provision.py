@@ -19,17 +19,23 @@ The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
    **several** (a fence was crossed) → :meth:`compensate`;
 2. ``AddOrder`` — a timeout, dropped connection, 5xx or HTML page sets "look first" for the
    next round (WHMCS may have committed); a ``result=error`` is permanent →
-   ``Failed(WHMCS_ERROR)`` with WHMCS's message. Never when the guard refuses: a resumed
-   attempt's lookup that found nothing ends with the guard's verdict (``refused``), and an
-   ``AddOrder`` that waited out a refused WHMCS access (no deadline: the decision may be
-   hours old) asks the guard again first (``recheck``);
+   ``Failed(WHMCS_ERROR)`` with WHMCS's message. Never when the guard refuses
+   (:class:`GuardCheck`): a resumed attempt's lookup that found nothing ends with the
+   guard's verdict, and the verdict an ``AddOrder`` goes on is read again right before it
+   once stale — older than ``WORKER_GUARD_MAX_AGE_S`` when the WHMCS slot is held (a long
+   wait for the slots, under load), or read before a wait (a settle wait, a retry's
+   backoff, refused WHMCS access: no deadline, the decision may be hours old; a wait for
+   the ownership lease). Refused then, the provisioning ends as the guard would have at the
+   start (``Skipped``, no ``AddOrder``) — after the lookup an ``AddOrder`` of the attempt
+   that may have landed calls for, whose order found decides instead;
 3. ``AcceptOrder`` — "Order ID not found or Status not Pending" → check the order's status:
    Active means an earlier accept (whose answer we lost) worked. An ``AcceptOrder`` without
    a definite answer (a timeout: with autosetup WHMCS runs the module while we wait) is
    never repeated blindly: the retry waits until that accept can no longer be running,
    then reads the order's status, and accepts again only a still ``Pending`` order.
-   Every Failed result after an order was made or found names it, its client and what a
-   compensation met (the duplicates, those cancelled, those still live).
+   Every Failed result after an order was made or found names it, what WHMCS created for
+   it (services, add-ons, invoice), its client and what a compensation met (the
+   duplicates, those cancelled, those still live).
 
 When a wait starts: an unanswered call's settle moment counts from when its request was
 written on the connection — after the fence, the wait for a slot (which can be long under
@@ -174,13 +180,15 @@ class AcceptFailed(WhmcsError):
 def _failed_after(created: ProvisionResult, error_code: str | None,
                   error_message: str | None, attempts: int) -> ProvisionResult:
     """Failed, of the WHMCS order ``created`` names (made by this attempt, or found by its
-    lookup): that order, its client, ``may_exist``, whether a lookup found it, and what a
+    lookup): that order and what WHMCS created for it (services, add-ons, invoice), its
+    client, ``may_exist``, whether a lookup found it, and what a
     compensation met on the way — the duplicates, those cancelled, and its words (the
     duplicates still live) after the failure's own."""
     if created.error_code == "DUPLICATE_WHMCS_ORDERS" and created.error_message:
         error_message = f"{error_message}; {created.error_message}"
     return ProvisionResult(
-        "Failed", created.whmcs_order_id, error_code=error_code, error_message=error_message,
+        "Failed", created.whmcs_order_id, list(created.service_ids), list(created.addon_ids),
+        created.invoice_id, error_code=error_code, error_message=error_message,
         attempts=attempts, recovered=created.recovered, may_exist=True,
         duplicate_ids=list(created.duplicate_ids), cancelled_ids=list(created.cancelled_ids),
         client_id=created.client_id)
@@ -190,6 +198,86 @@ def _addon_ids(order: WhmcsOrder) -> list[int]:
     items = ((order.raw.get("lineitems") or {}).get("lineitem")) or []
     return [int(i["relid"]) for i in items
             if str(i.get("type", "")).lower() == "addon" and str(i.get("relid", ""))]
+
+
+class GuardRefused(Exception):
+    """The guard, read again right before an ``AddOrder``, refuses it: ``result`` is what
+    the provisioning ends with instead (no ``AddOrder``)."""
+
+    def __init__(self, result: ProvisionResult) -> None:
+        super().__init__(result.error_message or result.status)
+        self.result = result
+
+
+class GuardCheck:
+    """The guard's verdict on one provisioning's Order, and how fresh it is. Asked right
+    before each ``AddOrder`` (:meth:`Provisioner.provision`), it is read again first when
+    stale: older than ``max_age_s`` (0: read again before every ``AddOrder``), or read
+    before a wait that began since (:meth:`waiting`: a settle wait, a retry's backoff,
+    refused WHMCS access, a wait for the ownership lease).
+
+    ``read``: reads it again — the refusal to end with, or None to go on (the handler's
+    coalescing :class:`~streams.guard.GuardReads`: concurrent reads share one query);
+    ``read_at``: when the verdict at hand was asked for (``clock`` seconds, no later than
+    its query left); ``refused``: that verdict. A write queued for a WHMCS slot starts a
+    stale verdict's read there (:meth:`prefetch`), so the slot, once held, is seldom held
+    for a query: only when the wait for it outlived ``max_age_s`` (or with 0)."""
+
+    def __init__(self, read: Callable[[], Awaitable[ProvisionResult | None]], *,
+                 read_at: float, max_age_s: float, refused: ProvisionResult | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._clock = read, clock
+        self.read_at, self.max_age_s, self.refused = read_at, max_age_s, refused
+        self._waits = 0  # waits begun so far
+        self._read_after = 0  # of those, the ones the verdict at hand was read after
+        self._prefetched: asyncio.Future[None] | None = None
+        self.reads = 0  # reads again (the first read is the caller's)
+
+    def waiting(self) -> None:
+        """A wait begins: a verdict read before it may be stale once it ends."""
+        self._waits += 1
+
+    def _old(self) -> bool:
+        return self._clock() - self.read_at > self.max_age_s
+
+    def stale(self) -> bool:
+        """Whether the verdict must be read again before it decides an ``AddOrder``."""
+        return self._waits != self._read_after or self.max_age_s <= 0 or self._old()
+
+    def outlived(self) -> bool:
+        """After the fence, right before the write: whether the verdict went stale while
+        the fence ran (it waited for the lease, or took past the max age) — then it is read
+        again and the fence asked again, so the lease check stays last."""
+        return self._waits != self._read_after or (self.max_age_s > 0 and self._old())
+
+    async def _read_again(self) -> None:
+        asked_at, waits = self._clock(), self._waits
+        refused = await self._read()
+        self.refused, self.read_at, self._read_after = refused, asked_at, waits
+        self.reads += 1
+
+    def prefetch(self) -> None:
+        """Queued among the next writes for a WHMCS slot: a stale verdict starts being
+        read again now, while the write waits (not with a max age of 0: read once the
+        slot is held)."""
+        if self.max_age_s > 0 and self._prefetched is None and self.stale():
+            self._prefetched = asyncio.ensure_future(self._read_again())
+
+    async def current(self) -> ProvisionResult | None:
+        """The verdict, read again first when stale (a read :meth:`prefetch` started is
+        awaited first, and is enough when still younger than the max age)."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None:
+            await prefetched
+        if self.stale():
+            await self._read_again()
+        return self.refused
+
+    def drop(self) -> None:
+        """The write will not go (fenced, cancelled): a read started for it is not wanted."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
+            prefetched.exception()  # retrieved: a read that failed meanwhile is not "lost"
 
 
 class Provisioner:
@@ -215,8 +303,13 @@ class Provisioner:
         self.access_refused_since: float | None = None  # for /healthz
         self.access_error: str | None = None
         self._access_logged_at = 0.0
+        # the provisionings waiting out a refused access now: once none is, nothing says
+        # WHMCS refuses (one that ends with a lookup, a guard's refusal or a fence, not with
+        # an AddOrder or AcceptOrder taken, left the refusal on /readyz and the page for good)
+        self._access_waiters: set[object] = set()
 
-    def _access_refused(self, exc: WhmcsAccessError) -> None:
+    def _access_refused(self, exc: WhmcsAccessError, waiter: object) -> None:
+        self._access_waiters.add(waiter)
         now = time.time()
         self.access_refused_since = self.access_refused_since or now
         self.access_error = f"{exc.action}: {exc}"
@@ -231,16 +324,31 @@ class Provisioner:
     async def provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
                         fence: Fence = no_fence,
                         earlier_client_ids: tuple[int, ...] = (),
-                        refused: ProvisionResult | None = None,
-                        recheck: Callable[[], Awaitable[ProvisionResult | None]] | None = None
-                        ) -> ProvisionResult:
+                        guard: GuardCheck | None = None) -> ProvisionResult:
+        """:meth:`_provision`; WHMCS's refusal of this installation is said (``/readyz``,
+        ``sfprov_worker_whmcs_access_refused``) while any provisioning waits it out."""
+        waiter = object()
+        try:
+            return await self._provision(request, settle_at_ms=settle_at_ms, fence=fence,
+                                         earlier_client_ids=earlier_client_ids, guard=guard,
+                                         waiter=waiter)
+        finally:
+            if waiter in self._access_waiters:
+                self._access_waiters.discard(waiter)
+                if not self._access_waiters:
+                    self.access_refused_since = None
+
+    async def _provision(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None,
+                         fence: Fence, earlier_client_ids: tuple[int, ...],
+                         guard: GuardCheck | None, waiter: object) -> ProvisionResult:
         """``settle_at_ms`` set: an earlier attempt may have created the order — look it up
         (after that moment) before creating; ``earlier_client_ids``: the WHMCS clients
         earlier attempts sent to, when they are not ``request``'s (the lookup reads them
-        all). ``refused``: the result to end with, instead of an ``AddOrder``, when no order
-        is found (the guard refuses a resumed attempt); ``recheck``: the guard read again —
-        the same, or None to go on — awaited before an ``AddOrder`` that follows a wait on
-        refused access. Raises :class:`~streams.lease.Fenced`."""
+        all). ``guard``: the guard's verdict on the Order (:class:`GuardCheck`), asked
+        before each ``AddOrder`` — read again first when stale, once the WHMCS slot is held;
+        a refusal (a resumed attempt's when its lookup found nothing, or the Order set back
+        since) is the result, with no ``AddOrder``. None: no guard (unit tests). Raises
+        :class:`~streams.lease.Fenced`."""
         policy = self.policy
         deadline = time.monotonic() + policy.retry_deadline_s
         created: ProvisionResult | None = None
@@ -248,7 +356,7 @@ class Provisioner:
         add_uncertain = False
         sent: _Write | None = None  # the last AddOrder / AcceptOrder: when it left
         accept_settle_at_ms: int | None = None  # an unanswered AcceptOrder: check it first
-        waited = False  # out a refused access: the guard's verdict may be stale
+        waiting = guard.waiting if guard is not None else (lambda: None)
 
         def sending() -> _Write:
             nonlocal sent
@@ -261,6 +369,8 @@ class Provisioner:
         while True:
             try:
                 if created is None and settle_at_ms is not None:
+                    if settle_at_ms / 1000 > self._wall():
+                        waiting()  # the settle wait: the guard's verdict may go stale
                     found = await self.lookup(request, settle_at_ms=settle_at_ms, fence=fence,
                                               earlier_client_ids=earlier_client_ids)
                     settle_at_ms = None
@@ -270,16 +380,22 @@ class Provisioner:
                         if created.status == "Failed" or not found.needs_accept:
                             return created  # not active, or found Active: nothing left
                 if created is None:
-                    if waited and recheck is not None:
-                        refused = await recheck()
-                        waited = False
-                    if refused is not None:
-                        return replace(refused, attempts=attempts)
+                    # the guard refuses (a resumed attempt whose lookup found nothing): that
+                    # verdict ends it, read again first when stale (it may allow now)
+                    if guard is not None and guard.refused is not None and \
+                            await guard.current() is not None:
+                        return replace(guard.refused, attempts=attempts)
                     attempts += 1
                     add_uncertain = True
                     sent = None
-                    res = await self._call("AddOrder", fence, lambda d: self._add(
-                        request, d, sending))
+                    try:
+                        res = await self._call("AddOrder", fence, lambda d: self._add(
+                            request, d, sending), guard=guard)
+                    except GuardRefused as refusal:  # read again once the slot was held
+                        log.info("the Order no longer passes the guard (%s); no AddOrder",
+                                 refusal, extra=extra)
+                        attempts -= 1  # not sent
+                        return replace(refusal.result, attempts=attempts)
                     add_uncertain = False
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
@@ -329,6 +445,7 @@ class Provisioner:
                 self._on_retry(type(exc).__name__)
                 log.info("WHMCS call failed; retrying in %.1f s", delay,
                          extra={**extra, "cause": str(exc)})
+                waiting()
                 await self._sleep(delay)
             except WhmcsAccessError as exc:
                 # Our credentials or IP are refused: nothing happened in WHMCS and no Order is
@@ -339,9 +456,9 @@ class Provisioner:
                     # it decides has 0, a Provisioned counts the calls WHMCS took up
                     attempts -= 1
                 add_uncertain = False
-                waited = True
-                self._access_refused(exc)
+                self._access_refused(exc, waiter)
                 self._on_retry("WhmcsAccessError")
+                waiting()  # no deadline: the decision may be hours old when access returns
                 await self._sleep(access_backoff.next_delay())
             except WhmcsError as exc:
                 if created is not None:
@@ -384,11 +501,12 @@ class Provisioner:
         if settle_at_ms is not None:
             await self._wait_until(settle_at_ms, f"reading WHMCS order {order_id} (an "
                                    "unanswered AcceptOrder may still be running)", None)
-            status = await self._status(order_id)
+            order = await self._read_order(order_id)
+            status = order.status if order else "missing"
             if status == "Active":
                 return None
             if status != "Pending":
-                return self._not_active(order_id, "an AcceptOrder went unanswered", status)
+                return self._not_active(order_id, "an AcceptOrder went unanswered", order)
             log.info("WHMCS order %d is still Pending after an unanswered AcceptOrder; "
                      "accepting it", order_id)
 
@@ -405,10 +523,10 @@ class Provisioner:
         except WhmcsError as exc:
             if type(exc) is not WhmcsError or NOT_PENDING not in str(exc):
                 raise
-        status = await self._status(order_id)
-        if status == "Active":
+        order = await self._read_order(order_id)
+        if order is not None and order.status == "Active":
             return None
-        return self._not_active(order_id, "AcceptOrder refused", status)
+        return self._not_active(order_id, "AcceptOrder refused", order)
 
     async def accept_found(self, found: ProvisionResult, *, fence: Fence = no_fence,
                            settle_unanswered: bool = True) -> ProvisionResult:
@@ -478,14 +596,23 @@ class Provisioner:
                      extra={"order_id": order_id} if order_id else None)
             await self._sleep(wait)
 
+    async def _read_order(self, order_id: int) -> WhmcsOrder | None:
+        return await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
+
     async def _status(self, order_id: int) -> str:
-        order = await self._call("GetOrders", None, lambda _d: self.whmcs.get_order(order_id))
+        order = await self._read_order(order_id)
         return order.status if order else "missing"
 
     @staticmethod
-    def _not_active(order_id: int, why: str, status: str) -> ProvisionResult:
-        return ProvisionResult("Failed", order_id, error_code="WHMCS_ORDER_NOT_ACTIVE",
-                               error_message=f"{why} and WHMCS order {order_id} is {status}")
+    def _not_active(order_id: int, why: str, order: WhmcsOrder | None) -> ProvisionResult:
+        """Failed: ``order_id`` (as ``order`` reads, None: not found) is not Active; what
+        WHMCS created for it listed."""
+        status = order.status if order else "missing"
+        return ProvisionResult(
+            "Failed", order_id, list(order.service_ids) if order else [],
+            _addon_ids(order) if order else [], order.invoice_id if order else None,
+            error_code="WHMCS_ORDER_NOT_ACTIVE",
+            error_message=f"{why} and WHMCS order {order_id} is {status}")
 
     async def lookup(self, request: WhmcsOrderRequest, *, settle_at_ms: int | None = None,
                      fence: Fence = no_fence,
@@ -505,7 +632,8 @@ class Provisioner:
         result = ProvisionResult("Provisioned", order.id, order.service_ids, _addon_ids(order),
                                  order.invoice_id, recovered=True, client_id=order.client_id)
         if order.status not in _KEEP_ORDER:
-            return ProvisionResult("Failed", order.id, error_code="WHMCS_ORDER_NOT_ACTIVE",
+            return ProvisionResult("Failed", order.id, order.service_ids, _addon_ids(order),
+                                   order.invoice_id, error_code="WHMCS_ORDER_NOT_ACTIVE",
                                    error_message=f"WHMCS order {order.id} for this Order is "
                                                  f"{order.status}; not creating another",
                                    recovered=True, may_exist=True, client_id=order.client_id)
@@ -596,7 +724,8 @@ class Provisioner:
         return await self.whmcs.find_orders_by_marker(client_id, order_id)
 
     async def _call(self, action: str, fence: Fence | None,
-                    call: Callable[[float | None], Awaitable[T]]) -> T:
+                    call: Callable[[float | None], Awaitable[T]],
+                    guard: GuardCheck | None = None) -> T:
         """One WHMCS call in one of the ``parallelism`` slots. A write's ``fence`` is asked
         once the slot is ours (an Order queued behind the slots may have lost its partition
         while it waited); the deadline it answers travels with the request, which is not
@@ -608,18 +737,40 @@ class Provisioner:
         taken (a 2,000-Order burst at 150 ms per call: 48.5 → 49.4 Orders/s, 40.6 → 44.0
         under CPU contention, ``bench.stages --burst``). The fence asked again once the slot
         is ours is then a lease check, and a renewal only when the short wait for the slot
-        outlived the intent."""
+        outlived the intent.
+
+        ``guard`` (an ``AddOrder``'s): the guard's verdict, asked once the slot is held and
+        before the fence — after the last wait but the lease's, read again first when stale
+        (:meth:`GuardCheck.current`; a stale one starts being read while the write is queued,
+        :meth:`GuardCheck.prefetch`). A refusal raises :class:`GuardRefused`, nothing sent.
+        A fence that let the verdict go stale (it waited for the lease) is followed by
+        another read and another fence: the lease check stays right before the write."""
         if fence is None:
             async with self._slots:
                 return await call(None)
         await self._next.acquire()
         try:
             await fence(action, queued=True)
+            if guard is not None:
+                guard.prefetch()
             await self._slots.acquire()
+        except BaseException:
+            if guard is not None:
+                guard.drop()
+            raise
         finally:
             self._next.release()
         try:
-            deadline = await fence(action)
+            while True:
+                if guard is not None:
+                    refused = await guard.current()
+                    if refused is not None:
+                        raise GuardRefused(refused)
+                deadline = await fence(action)
+                if guard is None or not guard.outlived():
+                    break
             return await call(deadline)
         finally:
+            if guard is not None:
+                guard.drop()
             self._slots.release()
