@@ -200,6 +200,17 @@ def _addon_ids(order: WhmcsOrder) -> list[int]:
             if str(i.get("type", "")).lower() == "addon" and str(i.get("relid", ""))]
 
 
+#: how long an ``AddOrder`` holding a WHMCS slot waits for its guard's verdict read once more
+#: (:meth:`Provisioner._call`) before it gives the slot back to wait for it
+GUARD_SLOT_READ_S = 1.0
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A read left running (its waiter gave up or was cancelled): its failure is not lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 class GuardRefused(Exception):
     """The guard, read again right before an ``AddOrder``, refuses it: ``result`` is what
     the provisioning ends with instead (no ``AddOrder``)."""
@@ -219,9 +230,10 @@ class GuardCheck:
     ``read``: reads it again — the refusal to end with, or None to go on (the handler's
     coalescing :class:`~streams.guard.GuardReads`: concurrent reads share one query);
     ``read_at``: when the verdict at hand was asked for (``clock`` seconds, no later than
-    its query left); ``refused``: that verdict. A write queued for a WHMCS slot starts a
-    stale verdict's read there (:meth:`prefetch`), so the slot, once held, is seldom held
-    for a query: only when the wait for it outlived ``max_age_s`` (or with 0)."""
+    its query left); ``refused``: that verdict. It is read where the ``AddOrder`` waits among
+    the next ``AddOrder`` calls, right before it takes a WHMCS slot — holding no slot, so a
+    Salesforce slow or down holds back ``AddOrder`` calls only — and once more, briefly,
+    when the wait for the slot outlived it (:meth:`Provisioner._call`)."""
 
     def __init__(self, read: Callable[[], Awaitable[ProvisionResult | None]], *,
                  read_at: float, max_age_s: float, refused: ProvisionResult | None = None,
@@ -230,7 +242,6 @@ class GuardCheck:
         self.read_at, self.max_age_s, self.refused = read_at, max_age_s, refused
         self._waits = 0  # waits begun so far
         self._read_after = 0  # of those, the ones the verdict at hand was read after
-        self._prefetched: asyncio.Future[None] | None = None
         self.reads = 0  # reads again (the first read is the caller's)
 
     def waiting(self) -> None:
@@ -245,10 +256,12 @@ class GuardCheck:
         return self._waits != self._read_after or self.max_age_s <= 0 or self._old()
 
     def outlived(self) -> bool:
-        """After the fence, right before the write: whether the verdict went stale while
-        the fence ran (it waited for the lease, or took past the max age) — then it is read
-        again and the fence asked again, so the lease check stays last."""
-        return self._waits != self._read_after or (self.max_age_s > 0 and self._old())
+        """After the fence, right before the write: whether a wait began since the verdict
+        was read (the fence waited for the lease) — then it is read again and the fence
+        asked again, so the lease check stays last. Not by age: a read that takes longer
+        than the max age (Salesforce slow, a busy linger) would be followed by another for
+        ever, the write never sent."""
+        return self._waits != self._read_after
 
     async def _read_again(self) -> None:
         asked_at, waits = self._clock(), self._waits
@@ -256,28 +269,11 @@ class GuardCheck:
         self.refused, self.read_at, self._read_after = refused, asked_at, waits
         self.reads += 1
 
-    def prefetch(self) -> None:
-        """Queued among the next writes for a WHMCS slot: a stale verdict starts being
-        read again now, while the write waits (not with a max age of 0: read once the
-        slot is held)."""
-        if self.max_age_s > 0 and self._prefetched is None and self.stale():
-            self._prefetched = asyncio.ensure_future(self._read_again())
-
     async def current(self) -> ProvisionResult | None:
-        """The verdict, read again first when stale (a read :meth:`prefetch` started is
-        awaited first, and is enough when still younger than the max age)."""
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None:
-            await prefetched
+        """The verdict, read again first when stale."""
         if self.stale():
             await self._read_again()
         return self.refused
-
-    def drop(self) -> None:
-        """The write will not go (fenced, cancelled): a read started for it is not wanted."""
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and not prefetched.cancel() and not prefetched.cancelled():
-            prefetched.exception()  # retrieved: a read that failed meanwhile is not "lost"
 
 
 class Provisioner:
@@ -296,6 +292,10 @@ class Provisioner:
         # writes next in line for a slot: their fence (which may renew the intent, a durable
         # flush) runs here, so a slot is held by a call, not by a flush
         self._next = asyncio.Semaphore(parallelism)
+        # AddOrders next in line apart, twice as many: each may read the guard there
+        # (GuardCheck), a query the others need not wait for, and enough of them that
+        # those reads (coalesced) keep the slots busy
+        self._next_add = asyncio.Semaphore(2 * parallelism)
         self.policy = policy
         self._sleep = sleep
         self._wall = wall
@@ -739,38 +739,63 @@ class Provisioner:
         is ours is then a lease check, and a renewal only when the short wait for the slot
         outlived the intent.
 
-        ``guard`` (an ``AddOrder``'s): the guard's verdict, asked once the slot is held and
-        before the fence — after the last wait but the lease's, read again first when stale
-        (:meth:`GuardCheck.current`; a stale one starts being read while the write is queued,
-        :meth:`GuardCheck.prefetch`). A refusal raises :class:`GuardRefused`, nothing sent.
-        A fence that let the verdict go stale (it waited for the lease) is followed by
-        another read and another fence: the lease check stays right before the write."""
+        ``guard`` (an ``AddOrder``'s): the guard's verdict, asked among the next ``AddOrder`` calls
+        (their own ``2 × parallelism`` places) right before the slot is taken, read again
+        first when stale (:meth:`GuardCheck.current`) — after the long wait under load, and
+        holding no slot: a Salesforce outage stops only ``AddOrder`` calls, never an
+        ``AcceptOrder``. When the wait for the slot then outlived the verdict, it is read once
+        more with the slot held, for at most :data:`GUARD_SLOT_READ_S` (slower, the slot is
+        given back and the write queues again, once). A refusal raises
+        :class:`GuardRefused`, nothing sent. A fence that waited for
+        the lease is followed by another read and another fence: the lease check stays right
+        before the write."""
         if fence is None:
             async with self._slots:
                 return await call(None)
-        await self._next.acquire()
-        try:
-            await fence(action, queued=True)
-            if guard is not None:
-                guard.prefetch()
-            await self._slots.acquire()
-        except BaseException:
-            if guard is not None:
-                guard.drop()
-            raise
-        finally:
-            self._next.release()
-        try:
-            while True:
+        # an AddOrder's guard is read while it holds its place among the next AddOrders,
+        # never a WHMCS slot nor the other writes' places: a Salesforce slow or down holds
+        # back AddOrders only, not the AcceptOrders of orders already made
+        nxt = self._next_add if guard is not None else self._next
+        slot_read = guard is not None and guard.max_age_s > 0  # once, briefly (below)
+        while True:
+            await nxt.acquire()
+            try:
+                await fence(action, queued=True)
                 if guard is not None:
-                    refused = await guard.current()
+                    refused = await guard.current()  # read again first when stale
+                    if refused is not None:
+                        raise GuardRefused(refused)
+                await self._slots.acquire()
+            finally:
+                nxt.release()
+            held = True
+            try:
+                if guard is not None and slot_read and guard.stale():
+                    # the wait for the slot outlived the verdict: read once more, holding
+                    # the slot for at most GUARD_SLOT_READ_S — a Salesforce slower than
+                    # that gets the slot back and is read holding none, then the write
+                    # queues again (once: a read slower than the max age never loops)
+                    slot_read = False
+                    reading = asyncio.ensure_future(guard.current())
+                    reading.add_done_callback(_retrieved)
+                    done, _ = await asyncio.wait({reading}, timeout=GUARD_SLOT_READ_S)
+                    if not done:
+                        held = False
+                        self._slots.release()
+                        refused = await reading
+                        if refused is not None:
+                            raise GuardRefused(refused)
+                        continue
+                    refused = reading.result()
                     if refused is not None:
                         raise GuardRefused(refused)
                 deadline = await fence(action)
-                if guard is None or not guard.outlived():
-                    break
-            return await call(deadline)
-        finally:
-            if guard is not None:
-                guard.drop()
-            self._slots.release()
+                while guard is not None and guard.outlived():  # it waited for the lease
+                    refused = await guard.current()
+                    if refused is not None:
+                        raise GuardRefused(refused)
+                    deadline = await fence(action)
+                return await call(deadline)
+            finally:
+                if held:
+                    self._slots.release()
