@@ -307,8 +307,9 @@ class Counting(Refusing):
 @pytest.mark.parametrize("set_back", [True, False])
 def test_a_fence_that_waited_for_the_lease_is_followed_by_a_read_and_another_fence(set_back):
     """The fence, once the slot is held, waited for the ownership lease (a rebalance):
-    the verdict read before is stale — read again, and the fence asked again after that
-    read, so the lease check stays right before the AddOrder (or none goes: Skipped)."""
+    the verdict read before is stale — the slot is given back, the verdict read again among
+    the next in line and the write queued again (fenced there and in the slot), so the lease
+    check stays right before the AddOrder (or none goes: Skipped)."""
     reads: list[str] = []
     fences: list[tuple[str, bool]] = []
     wh = Counting()
@@ -333,7 +334,8 @@ def test_a_fence_that_waited_for_the_lease_is_followed_by_a_read_and_another_fen
         assert wh.calls == [] and fences == [("AddOrder", True), ("AddOrder", False)]
     else:
         assert res.status == "Provisioned" and wh.calls == ["AddOrder", "AcceptOrder"]
-        assert fences[:3] == [("AddOrder", True), ("AddOrder", False), ("AddOrder", False)]
+        assert fences[:4] == [("AddOrder", True), ("AddOrder", False),
+                              ("AddOrder", True), ("AddOrder", False)]
 
 
 def test_worker_guard_max_age_s_reaches_the_handler(tmp_path):
