@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,18 +236,13 @@ class Pipeline:
     def wait_healthy(self, name: str, timeout: float = 90.0) -> None:
         import urllib.request
 
-        url = f"http://127.0.0.1:{self.ports[name]}/healthz"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+        def healthy(url: str) -> bool:
             with contextlib.suppress(Exception), \
                     urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - local
-                if resp.status == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"{name} not healthy after {timeout}s; see {self.log(name)}")
+                return bool(resp.status == 200)
+            return False
+
+        self._poll_probe(name, "/healthz", healthy, 0.3, timeout, "not healthy")
 
     def wait_listening(self, name: str, timeout: float = 90.0) -> None:
         """Until ``name``'s probe server answers at all — ``/readyz`` 200 or 503 (``starting``):
@@ -256,21 +251,31 @@ class Pipeline:
         import urllib.error
         import urllib.request
 
-        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
+        def answers(url: str) -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - local
+                    return True
+            except urllib.error.HTTPError:
+                return True  # answered: 503 while starting
+            except OSError:
+                return False
+
+        self._poll_probe(name, "/readyz", answers, 0.05, timeout, "not listening")
+
+    def _poll_probe(self, name: str, path: str, done: Callable[[str], bool], every_s: float,
+                    timeout: float, failed: str) -> None:
+        """Ask ``name``'s probe server for ``path`` every ``every_s`` until ``done`` says yes,
+        failing (``"{name} {failed} after …"``) once the process exits or ``timeout`` passes."""
+        url = f"http://127.0.0.1:{self.ports[name]}{path}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.procs[name]
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
-            try:
-                with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - local
-                    return
-            except urllib.error.HTTPError:
-                return  # answered: 503 while starting
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{name} not listening after {timeout}s; see {self.log(name)}")
+            if done(url):
+                return
+            time.sleep(every_s)
+        raise RuntimeError(f"{name} {failed} after {timeout}s; see {self.log(name)}")
 
     def log(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"

@@ -288,14 +288,20 @@ def stage_arg(text: str) -> str:
     return text
 
 
+def whole_number(text: str) -> int:
+    """``text`` as an int, else argparse's one-line usage error (for the type functions of
+    options that take a count: :func:`last_arg`, ``demo --count``)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def last_arg(text: str) -> int:
     """``--last``'s parser: a whole number of records, not negative (0: none of those
     already there; with ``-f``, only new ones), else argparse's one-line usage error
     (``--last -3`` once showed nothing, exit 0)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
     return value

@@ -27,6 +27,7 @@ from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings, worker_group
+from ops.cmd_kafka import whole_number
 from ops.cmd_replay import seconds_arg
 from ops.kafkaview import (
     QUIET,
@@ -57,10 +58,7 @@ def count_arg(text: str) -> int:
     """``demo --count``'s parser: a positive whole number, else argparse's one-line usage
     error before the sandbox is asked (``--count 0`` once said "no Orders left in Pending
     Review: reseed with `make clean up`" — advice that wipes the sandbox)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {text!r}")
     return value

@@ -19,6 +19,7 @@ import pytest
 
 import bench.cpu as bench_cpu
 import bench.pipeline as bench_pipeline
+from tests.foundation.test_soak import SoakPipeline, SoakSf, fake_soak
 
 # -- 1. bench.cpu: reaped children ---------------------------------------------------------
 
@@ -36,6 +37,22 @@ def test_cpu_seconds_counts_a_reaped_child() -> None:
 
 
 # -- 2. bench.pipeline: the labels name the phase sizes that ran ---------------------------
+
+
+def pipeline_giving(p: Any) -> type:
+    """A stand-in for bench.harness.Pipeline: made with any arguments, ``with`` gives ``p``."""
+
+    class Fake:
+        def __init__(self, *a: Any, **k: Any) -> None:
+            pass
+
+        def __enter__(self) -> Any:
+            return p
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    return Fake
 
 
 def _result(**extra: Any) -> dict[str, Any]:
@@ -68,20 +85,9 @@ def test_make_bench_records_the_steady_rate_and_the_burst_size(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """bench.json holds the sizes the labels are made of (--steady-rate, --burst)."""
-
-    class P:
-        def __init__(self, *a: Any, **k: Any) -> None:
-            pass
-
-        def __enter__(self) -> P:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
     burst = {"orders": 300, "provisioned": 300, "seconds": 1.0, "sf_api_calls": 6,
              "whmcs_calls": 600, "sf_calls_by_kind": {}}
-    monkeypatch.setattr(bench_pipeline, "Pipeline", P)
+    monkeypatch.setattr(bench_pipeline, "Pipeline", pipeline_giving(SimpleNamespace()))
     monkeypatch.setattr(bench_pipeline, "phase_burst", lambda p, n: {**burst, "orders": n})
     monkeypatch.setattr(bench_pipeline, "phase_steady", lambda p, rate, s: {
         "orders": int(rate * s), "rate": rate, "points": [], "p50": 1.0, "p95": 2.0,
@@ -148,21 +154,11 @@ def test_stages_clears_the_whmcs_faults_before_the_backlog(
         wait_settled=lambda ids, timeout, poll: {
             oid: {"Activation_Status__c": "Provisioned"} for oid in ids})
 
-    class Ctx:
-        def __init__(self, *a: Any, **k: Any) -> None:
-            pass
-
-        def __enter__(self) -> Any:
-            return p
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
     def phase_backlog(pp: Any, n: int, on_track: Any = None) -> dict[str, Any]:
         events.append(f"backlog {n} with faults {sorted(faults)}")
         return {"seconds": 1.0, "orders_per_s": 10.0, "cpu_ms_per_order": {"worker": 0.5}}
 
-    monkeypatch.setattr(stages, "Pipeline", Ctx)
+    monkeypatch.setattr(stages, "Pipeline", pipeline_giving(p))
     monkeypatch.setattr(stages, "settle_span_s", lambda pp, ids, what: (1.0, len(ids)))
     monkeypatch.setattr(bench_pipeline, "phase_backlog", phase_backlog)
     monkeypatch.setattr(bench_pipeline, "peak_rss_mb", lambda pp, earlier=None: {})
@@ -183,9 +179,6 @@ def test_soak_approves_the_next_chunk_once_most_of_the_previous_is_written_back(
     """Chunks of 10: the next is approved once 8 of the previous are written back (not all
     10: the pipeline idled on the last few); never more than two chunks in flight; at the
     end every Order is waited for."""
-    import bench.soak as soak_module
-
-    pool = (f"801{i:015d}" for i in itertools.count())
     clock = [0.0]
     approved: list[list[str]] = []
     settled: set[str] = set()
@@ -196,13 +189,7 @@ def test_soak_approves_the_next_chunk_once_most_of_the_previous_is_written_back(
         for oid in [o for c in approved for o in c if o not in settled][:k]:
             settled.add(oid)
 
-    class Sf:
-        def __init__(self) -> None:
-            self.unapproved = 0
-
-        def seed(self, accounts: int, orders: int, broken_every: int) -> None:
-            self.unapproved += orders
-
+    class Sf(SoakSf):
         def approve(self, n: int) -> list[str]:
             assert len(approved) < 20, "still approving after 20 chunks"
             if approved:
@@ -210,23 +197,12 @@ def test_soak_approves_the_next_chunk_once_most_of_the_previous_is_written_back(
                 older = [o for c in approved[:-1] for o in c]
                 at_approve.append((sum(o not in settled for o in prev),
                                    sum(o not in settled for o in older)))
-            k = min(n, self.unapproved)
-            self.unapproved -= k
-            ids = [next(pool) for _ in range(k)]
+            ids = super().approve(n)
             approved.append(ids)
             return ids
 
-    class P:
-        def __init__(self, *args: object, **kwargs: int) -> None:
-            self.sf = Sf()
-            self.sf.seed(0, kwargs["orders"], 0)
-            self.whmcs = SimpleNamespace(counters=lambda: {})
-
-        def __enter__(self) -> P:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+    class P(SoakPipeline):
+        sf_class = Sf
 
         def wait_settled(self, ids: list[str], timeout: float,
                          poll: float) -> dict[str, dict[str, str]]:
@@ -237,26 +213,8 @@ def test_soak_approves_the_next_chunk_once_most_of_the_previous_is_written_back(
             return {oid: {"Activation_Status__c": "Provisioned" if oid in settled
                           else "Activating"} for oid in ids}
 
-    class Sampler:
-        def __init__(self, *args: object) -> None:
-            self.t0 = 0.0
-            self.samples: list[dict[str, Any]] = []
-            self.halt = SimpleNamespace(set=lambda: None)
-
-        def start(self) -> None:
-            pass
-
-        def join(self) -> None:
-            pass
-
-    def sleep(s: float) -> None:
-        clock[0] += s
-
-    monkeypatch.setattr(soak_module, "Pipeline", P)
-    monkeypatch.setattr(soak_module, "Sampler", Sampler)
+    soak_module = fake_soak(monkeypatch, P, clock)
     monkeypatch.setattr(soak_module, "plot", lambda *a, **k: None)
-    monkeypatch.setattr(soak_module, "time", SimpleNamespace(monotonic=lambda: clock[0],
-                                                             sleep=sleep))
     soak_module.main(["--orders", "30", "--chunk", "10", "--after", "0",
                       "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "soak.json").read_text())
@@ -275,37 +233,18 @@ def test_a_stuck_order_still_ends_the_soak_when_the_next_chunk_went_in_at_80_per
     """One Order of the first chunk never settles: the second chunk goes in all the same
     (9 of 10 written back), the wait for the first chunk's rest times out, and the soak
     reports that Order missing — the second chunk's 10 are counted written back."""
-    import bench.soak as soak_module
-
-    pool = (f"801{i:015d}" for i in itertools.count())
     stuck: set[str] = set()
     clock = [0.0]
 
-    class Sf:
-        unapproved = 0
-
-        def seed(self, accounts: int, orders: int, broken_every: int) -> None:
-            self.unapproved += orders
-
+    class Sf(SoakSf):
         def approve(self, n: int) -> list[str]:
-            k = min(n, self.unapproved)
-            self.unapproved -= k
-            ids = [next(pool) for _ in range(k)]
+            ids = super().approve(n)
             if ids and not stuck:
                 stuck.add(ids[0])
             return ids
 
-    class P:
-        def __init__(self, *args: object, **kwargs: int) -> None:
-            self.sf = Sf()
-            self.sf.seed(0, kwargs["orders"], 0)
-            self.whmcs = SimpleNamespace(counters=lambda: {})
-
-        def __enter__(self) -> P:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+    class P(SoakPipeline):
+        sf_class = Sf
 
         def wait_settled(self, ids: list[str], timeout: float,
                          poll: float) -> dict[str, dict[str, str]]:
@@ -313,25 +252,7 @@ def test_a_stuck_order_still_ends_the_soak_when_the_next_chunk_went_in_at_80_per
             return {oid: {"Activation_Status__c": "Activating" if oid in stuck
                           else "Provisioned"} for oid in ids}
 
-    class Sampler:
-        def __init__(self, *args: object) -> None:
-            self.t0 = 0.0
-            self.samples: list[dict[str, Any]] = []
-            self.halt = SimpleNamespace(set=lambda: None)
-
-        def start(self) -> None:
-            pass
-
-        def join(self) -> None:
-            pass
-
-    def sleep(s: float) -> None:
-        clock[0] += s
-
-    monkeypatch.setattr(soak_module, "Pipeline", P)
-    monkeypatch.setattr(soak_module, "Sampler", Sampler)
-    monkeypatch.setattr(soak_module, "time", SimpleNamespace(monotonic=lambda: clock[0],
-                                                             sleep=sleep))
+    soak_module = fake_soak(monkeypatch, P, clock)
     result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10, next_at=0.8)
     assert result["invariants"]["approved"] == 20
     assert result["invariants"]["missing"] == 1

@@ -3,7 +3,10 @@ pipeline panel is on the pipeline's own scale."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -121,65 +124,105 @@ def test_the_verdict_needs_every_pipeline_process_measured_within_10_mb_and_no_d
     assert code == 1 and "no growth measured for connector, worker, sink" in line
 
 
+# -- bench.soak.soak against a fake pipeline (also tests/foundation/test_bench_review_fixes.py)
+
+
+class SoakSf:
+    """bench.soak's Salesforce, faked: ``seed`` adds Orders to approve, ``approve`` hands out
+    fresh Order ids for up to ``n`` of them. A test's subclass watches around
+    ``super().approve``."""
+
+    def __init__(self) -> None:
+        self.unapproved = 0
+        self.pool = (f"801{i:015d}" for i in itertools.count())
+
+    def seed(self, accounts: int, orders: int, broken_every: int) -> None:
+        self.unapproved += orders
+
+    def approve(self, n: int) -> list[str]:
+        k = min(n, self.unapproved)
+        self.unapproved -= k
+        return [next(self.pool) for _ in range(k)]
+
+
+class SoakPipeline:
+    """bench.soak's Pipeline, faked: a ``sf_class`` seeded with the first chunk, a WHMCS
+    that counts nothing; a test's subclass says what ``wait_settled`` finds."""
+
+    sf_class: type[SoakSf] = SoakSf
+
+    def __init__(self, *args: object, **kwargs: int) -> None:
+        self.sf = self.sf_class()
+        self.sf.seed(0, kwargs["orders"], 0)
+        self.whmcs = SimpleNamespace(counters=lambda: {})
+
+    def __enter__(self) -> SoakPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def wait_settled(self, ids: list[str], timeout: float,
+                     poll: float) -> dict[str, dict[str, str]]:
+        raise NotImplementedError
+
+
+class SoakSampler:
+    """bench.soak's Sampler, faked: it samples nothing."""
+
+    def __init__(self, *args: object) -> None:
+        self.t0 = 0.0
+        self.samples: list[dict[str, Any]] = []
+        self.halt = SimpleNamespace(set=lambda: None)
+
+    def start(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
+def fake_soak(monkeypatch: pytest.MonkeyPatch, pipeline: type[SoakPipeline],
+              clock: list[float] | None = None) -> ModuleType:
+    """bench.soak with ``pipeline`` and :class:`SoakSampler`; with ``clock``, its time is
+    ``clock[0]`` seconds, which its sleeps move on."""
+    import bench.soak as soak_module
+
+    monkeypatch.setattr(soak_module, "Pipeline", pipeline)
+    monkeypatch.setattr(soak_module, "Sampler", SoakSampler)
+    if clock is not None:
+        def sleep(s: float) -> None:
+            clock[0] += s
+
+        monkeypatch.setattr(soak_module, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                                 sleep=sleep))
+    return soak_module
+
+
 def test_an_order_that_never_settles_ends_the_soak_as_missing_and_fails_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An Order still unsettled when the wait times out was dropped, and once the seeded
     Orders ran out the loop approved nothing and waited for nothing, forever."""
-    import itertools
-    import types
-
-    import bench.soak as soak_module
-
-    pool = (f"801{i:015d}" for i in itertools.count())
     stuck: set[str] = set()
     approvals = itertools.count()
 
-    class Sf:
-        def __init__(self) -> None:
-            self.unapproved = 0
-
-        def seed(self, accounts: int, orders: int, broken_every: int) -> None:
-            self.unapproved += orders
-
+    class Sf(SoakSf):
         def approve(self, n: int) -> list[str]:
             assert next(approvals) < 20, "the soak is still approving after 20 rounds"
-            k = min(n, self.unapproved)
-            self.unapproved -= k
-            ids = [next(pool) for _ in range(k)]
+            ids = super().approve(n)
             if ids and not stuck:
                 stuck.add(ids[0])  # one Order of the first chunk never settles
             return ids
 
-    class P:
-        def __init__(self, *args: object, **kwargs: int) -> None:
-            self.sf = Sf()
-            self.sf.seed(0, kwargs["orders"], 0)
-            self.whmcs = types.SimpleNamespace(counters=lambda: {})
-
-        def __enter__(self) -> P:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+    class P(SoakPipeline):
+        sf_class = Sf
 
         def wait_settled(self, ids: list[str], timeout: float,
                          poll: float) -> dict[str, dict[str, str]]:
             return {oid: {"Activation_Status__c": "Activating" if oid in stuck
                           else "Provisioned"} for oid in ids}
 
-    class Sampler:
-        def __init__(self, *args: object) -> None:
-            self.t0, self.samples = 0.0, []
-            self.halt = types.SimpleNamespace(set=lambda: None)
-
-        def start(self) -> None:
-            pass
-
-        def join(self) -> None:
-            pass
-
-    monkeypatch.setattr(soak_module, "Pipeline", P)
-    monkeypatch.setattr(soak_module, "Sampler", Sampler)
+    soak_module = fake_soak(monkeypatch, P)
     result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10, next_at=1.0)
     assert result["invariants"]["missing"] == 1
     assert result["invariants"]["missing_orders"] == sorted(stuck)

@@ -30,12 +30,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common import kafka as k
 from common.envparse import ROOT
 from common.process import EXIT_CONFIG, EXIT_OK
+from tests.streams.test_worker_late_signal import _env as _worker_env
 
 SIGNAL_AFTER_S = 4.0  # the start-up is waiting for Kafka by then
 STOPPED_WITHIN_S = 12.0  # of the signal: one attempt (≤ 10 s) and the exit
@@ -59,26 +58,13 @@ RUN = textwrap.dedent("""
 
 
 def _env(tmp_path: Path, bootstrap: str, **extra: str) -> dict[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path / "sf.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAFKA_", "WORKER_", "SF_", "WHMCS_", "CONNECTOR_", "SINK_",
-                                "LOG_", "PASS_"))}
-    env.update({
-        "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
-        "SFPROV_STATE_DIR": str(tmp_path / "state"), "LOG_LEVEL": "INFO",
-        "LOG_FORMAT": "TEXT", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CONNECTOR_HTTP_PORT": "0", "WORKER_HTTP_PORT": "0", "SINK_HTTP_PORT": "0",
-        "WORKER_STORE": "memory://",
-        "WHMCS_API_URL": "http://127.0.0.1:1/includes/api.php",
-        "WHMCS_API_IDENTIFIER": "i", "WHMCS_API_SECRET": "s",
-        "SF_LOGIN_URL": "https://127.0.0.1:1", "SF_CLIENT_ID": "c", "SF_USERNAME": "u",
-        "SF_PRIVATE_KEY_PATH": str(pem)})
-    env.update(extra)
-    return env
+    """The worker's environment of tests/streams/test_worker_late_signal.py, made for the
+    connector and the sink too: none of the three's settings inherited, logs in text."""
+    return _worker_env(tmp_path, bootstrap,
+                       drop=("KAFKA_", "WORKER_", "SF_", "WHMCS_", "CONNECTOR_", "SINK_",
+                             "LOG_", "PASS_"),
+                       **{"LOG_FORMAT": "TEXT", "CONNECTOR_HTTP_PORT": "0",
+                          "SINK_HTTP_PORT": "0", **extra})
 
 
 def _nobody_listens() -> str:

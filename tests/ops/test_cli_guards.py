@@ -86,10 +86,9 @@ class _Future:
         return self.value
 
 
-@pytest.fixture()
-def replay_setup(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """replay against fakes: the worker group committed 100 on partition 0, 500 records
-    unread below 600; returns the offsets replay committed."""
+def fake_replay(monkeypatch: pytest.MonkeyPatch, to: int) -> list[Any]:
+    """replay against fakes: the worker group committed 100 on partition 0, the plan moves
+    it to ``to``; returns the offsets replay committed. (Also test_cli_review_fixes.)"""
     altered: list[Any] = []
 
     class Admin:
@@ -107,16 +106,23 @@ def replay_setup(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(cmd_replay, "worker_group", lambda args: "sfprov-worker")
     monkeypatch.setattr(cmd_replay, "client_config", lambda s: {})
     monkeypatch.setattr(cmd_replay, "AdminClient", Admin)
-    monkeypatch.setattr(cmd_replay, "group_positions", lambda s, c, g, t: [(0, 100, 600)])
+    monkeypatch.setattr(cmd_replay, "group_positions", lambda s, c, g, t: [(0, 100, to)])
     monkeypatch.setattr(cmd_replay, "rewind_consumer_positions",
-                        lambda s, t, offsets=None, from_time_ms=None: {0: 600})
+                        lambda s, t, offsets=None, from_time_ms=None: {0: to})
     return altered
 
 
-def _replay_args(**extra: Any) -> argparse.Namespace:
+def replay_args(to: int, **extra: Any) -> argparse.Namespace:
+    """replay's arguments: ``--from-offset 0:{to}`` executed, then ``extra``."""
     return argparse.Namespace(**{"execute": True, "dry_run": False, "wait": 0.0,
-                                 "from_offset": (0, 600), "from_time": None,
+                                 "from_offset": (0, to), "from_time": None,
                                  "allow_skip": False, "json": False, **extra})
+
+
+@pytest.fixture()
+def replay_setup(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """replay against fakes: 500 records unread below 600, where the plan moves the group."""
+    return fake_replay(monkeypatch, to=600)
 
 
 def test_replay_refuses_when_the_skip_count_cannot_be_read(replay_setup, monkeypatch, capsys):
@@ -124,7 +130,7 @@ def test_replay_refuses_when_the_skip_count_cannot_be_read(replay_setup, monkeyp
     unprocessed requests without --allow-skip and said "rewound … by 0 records"."""
     monkeypatch.setattr(cmd_replay, "consumer", lambda s: _BrokenConsumer())
     with pytest.raises(KafkaError) as raised:
-        cmd_replay.replay(_replay_args())
+        cmd_replay.replay(replay_args(600))
     message = str(raised.value)
     assert "\n" not in message
     assert "partition 0" in message and "nothing was changed" in message, message
@@ -134,7 +140,7 @@ def test_replay_refuses_when_the_skip_count_cannot_be_read(replay_setup, monkeyp
 
 def test_replay_counts_the_records_it_would_skip(replay_setup, monkeypatch, capsys):
     monkeypatch.setattr(cmd_replay, "consumer", lambda s: _ReadingConsumer())
-    assert cmd_replay.replay(_replay_args()) == 3
+    assert cmd_replay.replay(replay_args(600)) == 3
     assert "past 500 record(s)" in capsys.readouterr().err
     assert replay_setup == []
 

@@ -26,6 +26,7 @@ from confluent_kafka import TopicPartition
 import ops.cli as cli
 from common import lag
 from ops import cmd_kafka, cmd_orders, cmd_replay, kafkaview
+from tests.ops.test_cli_guards import fake_replay, replay_args
 
 ID15 = "8015g00000XyZab"
 ID18 = "801000000000001AAA"
@@ -229,44 +230,13 @@ class _NoReads:
 @pytest.fixture()
 def far_move(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The worker group committed 100 on partition 0; the plan moves it to 5,100."""
-    altered: list[Any] = []
-
-    class Future:
-        def __init__(self, value: Any) -> None:
-            self.value = value
-
-        def result(self, timeout: float | None = None) -> Any:
-            return self.value
-
-    class Admin:
-        def __init__(self, conf: Any) -> None: ...
-        def list_topics(self, *args: Any, **kwargs: Any) -> None: ...
-        def describe_consumer_groups(self, groups: list[str]) -> Any:
-            return {groups[0]: Future(types.SimpleNamespace(members=[]))}
-        def alter_consumer_group_offsets(self, requests: Any) -> Any:
-            altered.append([(tp.partition, tp.offset) for tp in requests[0].topic_partitions])
-            return {requests[0].group_id: Future(types.SimpleNamespace(topic_partitions=[]))}
-
-    monkeypatch.setattr(cmd_replay, "kafka_settings",
-                        lambda args: types.SimpleNamespace(requests="requests-topic"))
-    monkeypatch.setattr(cmd_replay, "worker_group", lambda args: "sfprov-worker")
-    monkeypatch.setattr(cmd_replay, "client_config", lambda s: {})
-    monkeypatch.setattr(cmd_replay, "AdminClient", Admin)
+    altered = fake_replay(monkeypatch, to=5100)
     monkeypatch.setattr(cmd_replay, "consumer", lambda s: _NoReads())
-    monkeypatch.setattr(cmd_replay, "group_positions", lambda s, c, g, t: [(0, 100, 5100)])
-    monkeypatch.setattr(cmd_replay, "rewind_consumer_positions",
-                        lambda s, t, offsets=None, from_time_ms=None: {0: 5100})
     return altered
 
 
-def _replay_args(**extra: Any) -> argparse.Namespace:
-    return argparse.Namespace(**{"execute": True, "dry_run": False, "wait": 0.0,
-                                 "from_offset": (0, 5100), "from_time": None,
-                                 "allow_skip": False, "json": False, **extra})
-
-
 def test_replay_refusal_does_not_call_offsets_records(far_move, capsys):
-    assert cmd_replay.replay(_replay_args()) == 3
+    assert cmd_replay.replay(replay_args(5100)) == 3
     out, err = capsys.readouterr()
     assert far_move == []
     assert not re.search(r"5000 (unprocessed )?record", out + err), (out, err)
@@ -274,7 +244,7 @@ def test_replay_refusal_does_not_call_offsets_records(far_move, capsys):
 
 
 def test_replay_allow_skip_result_does_not_call_offsets_records(far_move, capsys):
-    assert cmd_replay.replay(_replay_args(allow_skip=True)) == 0
+    assert cmd_replay.replay(replay_args(5100, allow_skip=True)) == 0
     out, _err = capsys.readouterr()
     assert far_move == [[(0, 5100)]]
     assert not re.search(r"5000 (unprocessed )?record", out), out
@@ -282,7 +252,7 @@ def test_replay_allow_skip_result_does_not_call_offsets_records(far_move, capsys
 
 
 def test_replay_json_says_the_skip_is_not_exact(far_move, capsys):
-    assert cmd_replay.replay(_replay_args(allow_skip=True, json=True)) == 0
+    assert cmd_replay.replay(replay_args(5100, allow_skip=True, json=True)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["skip"] == 5000 and data["skip_exact"] is False
     assert data["partitions"][0]["skip"] == 5000

@@ -30,6 +30,19 @@ from tests.sinks.test_sink_rebalance import KAFKA, Message, RevokingConsumer
 BACKLOG = 300
 
 
+def assigned_sink(fake: FakeCollections, dead: list[Tracked], **settings: Any) -> Sink:
+    """A sink writing to ``fake`` with a fake consumer assigned partition 0 of the outcomes
+    topic; what it dead-letters is appended to ``dead``. (Also test_sink_review_fixes.)"""
+    sink = Sink(KAFKA, SinkSettings.load({}, http_port=0, **settings), fake)
+    sink.dead_letters.record_errors = dead.append  # type: ignore[method-assign]
+    real = sink.consumer
+    consumer = RevokingConsumer(sink, [])
+    sink.consumer = consumer  # type: ignore[assignment]
+    real.close()
+    sink._on_assign(consumer, [TopicPartition(KAFKA.outcomes, 0)])  # type: ignore[arg-type]
+    return sink
+
+
 class Harness:
     """A sink on partition 0 with a fake consumer; ``probe`` advances a fake clock past
     every pause and backoff and makes one flush, as the loop would."""
@@ -37,14 +50,8 @@ class Harness:
     def __init__(self, fail: Callable[[list[dict[str, Any]]], Exception | None]) -> None:
         self.fake = FakeCollections()
         self.fake.fail_call = fail
-        self.sink = Sink(KAFKA, SinkSettings.load({}, http_port=0), self.fake)
         self.dead: list[Tracked] = []
-        self.sink.dead_letters.record_errors = self.dead.append  # type: ignore[method-assign]
-        real = self.sink.consumer
-        consumer = RevokingConsumer(self.sink, [])
-        self.sink.consumer = consumer  # type: ignore[assignment]
-        real.close()
-        self.sink._on_assign(consumer, [TopicPartition(KAFKA.outcomes, 0)])  # type: ignore[arg-type]
+        self.sink = assigned_sink(self.fake, self.dead)
         self.offset = 0
         self.now = 1e9
 

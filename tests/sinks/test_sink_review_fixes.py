@@ -20,19 +20,17 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from common.errors import ConfigError, SalesforceError
-from common.settings import SinkSettings
 from sinks import fence
-from sinks.app import Sink
 from sinks.batch import Batcher, Entry, Tracked
 from sinks.mapping import RecordKey, RecordUpdate, updates_for
 from sinks.pausing import OUTAGE
 from sinks.writer import CollectionWriter, is_transient
 from tests.sinks.fakes import FENCE_FIELD, FakeCollections
 from tests.sinks.helpers import outcome
-from tests.sinks.test_sink_rebalance import KAFKA, SERDE, Message, RevokingConsumer
+from tests.sinks.test_sink_probing import assigned_sink
+from tests.sinks.test_sink_rebalance import SERDE, Message
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -149,14 +147,8 @@ class Harness:
 
     def __init__(self, fake: FakeCollections, **settings: Any) -> None:
         self.fake = fake
-        self.sink = Sink(KAFKA, SinkSettings.load({}, http_port=0, **settings), fake)
         self.dead: list[Tracked] = []
-        self.sink.dead_letters.record_errors = self.dead.append  # type: ignore[method-assign]
-        real = self.sink.consumer
-        consumer = RevokingConsumer(self.sink, [])
-        self.sink.consumer = consumer  # type: ignore[assignment]
-        real.close()
-        self.sink._on_assign(consumer, [TopicPartition(KAFKA.outcomes, 0)])  # type: ignore[arg-type]
+        self.sink = assigned_sink(fake, self.dead, **settings)
         self.now = 1e9
 
     def consume(self, *messages: Any) -> None:
@@ -215,33 +207,40 @@ LOCK = [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclus
          "to this record", "fields": []}]
 
 
-def test_a_newer_update_covering_every_field_starts_its_own_count_when_added() -> None:
+def failing_write(retries: int) -> tuple[Batcher, Entry]:
+    """A batcher holding ORDER's Failed write (version 10), taken at 0, 1, … and retried
+    ``retries`` times (at least once); the entry taken last."""
     batcher = Batcher()
     batcher.add(Tracked(0, 0, None, None),
                 [RecordUpdate(ORDER, {"Activation_Status__c": "Failed", "x": 1}, 10)], now=0)
-    for attempt in range(9):
+    taken: list[Entry] = []
+    for attempt in range(retries):
         [entry] = batcher.take(now=attempt, limit=200)
         batcher.retry(entry, not_before=attempt + 1)
-    assert entry.attempts == 9
+        taken.append(entry)
+    return batcher, taken[-1]
+
+
+def add_covering_update(batcher: Batcher) -> None:
+    """A newer write of ORDER (version 20, at 20) naming every field of the Failed one."""
     batcher.add(Tracked(0, 1, None, None),
                 [RecordUpdate(ORDER, {"Activation_Status__c": "Provisioned", "x": 2}, 20)],
                 now=20)
+
+
+def test_a_newer_update_covering_every_field_starts_its_own_count_when_added() -> None:
+    batcher, entry = failing_write(retries=9)
+    assert entry.attempts == 9
+    add_covering_update(batcher)
     [merged] = batcher.take(now=30, limit=200)
     assert merged.fields == {"Activation_Status__c": "Provisioned", "x": 2}
     assert merged.attempts == 0
 
 
 def test_a_failing_entry_merged_under_a_newer_covering_one_takes_the_newer_count() -> None:
-    batcher = Batcher()
-    batcher.add(Tracked(0, 0, None, None),
-                [RecordUpdate(ORDER, {"Activation_Status__c": "Failed", "x": 1}, 10)], now=0)
-    for attempt in range(8):
-        [entry] = batcher.take(now=attempt, limit=200)
-        batcher.retry(entry, not_before=attempt + 1)
+    batcher, _ = failing_write(retries=8)
     [entry] = batcher.take(now=9, limit=200)  # out: its 9th failure is coming
-    batcher.add(Tracked(0, 1, None, None),
-                [RecordUpdate(ORDER, {"Activation_Status__c": "Provisioned", "x": 2}, 20)],
-                now=20)
+    add_covering_update(batcher)
     batcher.retry(entry, not_before=10)  # 9 failures: merged under the newer one
     [merged] = batcher.take(now=30, limit=200)
     assert merged.fields == {"Activation_Status__c": "Provisioned", "x": 2}
@@ -251,12 +250,7 @@ def test_a_failing_entry_merged_under_a_newer_covering_one_takes_the_newer_count
 def test_a_partial_newer_update_keeps_the_count_of_the_entry_it_joins() -> None:
     """Equal versions merge whatever the fields: the older write's fields are still in the
     merged entry, so its count stays."""
-    batcher = Batcher()
-    batcher.add(Tracked(0, 0, None, None),
-                [RecordUpdate(ORDER, {"Activation_Status__c": "Failed", "x": 1}, 10)], now=0)
-    for attempt in range(3):
-        [entry] = batcher.take(now=attempt, limit=200)
-        batcher.retry(entry, not_before=attempt + 1)
+    batcher, _ = failing_write(retries=3)
     batcher.add(Tracked(0, 1, None, None), [RecordUpdate(ORDER, {"x": 2}, 10)], now=20)
     [merged] = batcher.take(now=30, limit=200)
     assert merged.fields == {"Activation_Status__c": "Failed", "x": 2} and merged.attempts == 3

@@ -15,21 +15,26 @@ from tests.streams.flowkit import Kit, records
 from tests.streams.test_guard_freshness import SF, WH, A
 
 
+def process_a(sf, wh, *, linger_s, max_age_s, within_s):
+    """A's request processed by a kit whose guard verdict is stale after ``max_age_s``:
+    "finished", or "stuck" when not done within ``within_s``."""
+    async def go():
+        kit = Kit(salesforce=sf, whmcs_client=wh, linger_s=linger_s)
+        kit.handler.guard_max_age_s = max_age_s
+        try:
+            await asyncio.wait_for(kit.process(records([request_value(A)])), within_s)
+            return "finished"
+        except TimeoutError:
+            return "stuck"
+    return asyncio.run(go())
+
+
 def test_a_max_age_below_one_reads_duration_still_sends_the_addorder():
     """WORKER_GUARD_MAX_AGE_S=0.01, below the read's own linger (0.05 s): the AddOrder went
     out never, the WHMCS slot held, Salesforce queried in a loop."""
     sf = SF(A)
     wh = WH()
-
-    async def go():
-        kit = Kit(salesforce=sf, whmcs_client=wh, linger_s=0.05)
-        kit.handler.guard_max_age_s = 0.01
-        try:
-            await asyncio.wait_for(kit.process(records([request_value(A)])), 3.0)
-            return "finished"
-        except TimeoutError:
-            return "stuck"
-    got = asyncio.run(go())
+    got = process_a(sf, wh, linger_s=0.05, max_age_s=0.01, within_s=3.0)
     assert got == "finished" and wh.calls[0] == ("AddOrder", A)
 
 
@@ -44,16 +49,7 @@ def test_a_salesforce_read_slower_than_the_max_age_still_sends():
         time.sleep(0.4)
         return real(soql)
     sf.query = slow
-
-    async def go():
-        kit = Kit(salesforce=sf, whmcs_client=wh, linger_s=0.01)
-        kit.handler.guard_max_age_s = 0.3
-        try:
-            await asyncio.wait_for(kit.process(records([request_value(A)])), 4.0)
-            return "finished"
-        except TimeoutError:
-            return "stuck"
-    got = asyncio.run(go())
+    got = process_a(sf, wh, linger_s=0.01, max_age_s=0.3, within_s=4.0)
     assert got == "finished"
 
 

@@ -28,14 +28,18 @@ from common.envparse import ROOT
 STOPPED_WITHIN_S = 10.0  # of the signal; mode's own shutdown of the loop takes ~1-2 s
 
 
-def _env(tmp_path: Path, bootstrap: str, **extra: str) -> dict[str, str]:
+def _env(tmp_path: Path, bootstrap: str, *,
+         drop: tuple[str, ...] = ("KAFKA_", "WORKER_", "SF_", "WHMCS_"),
+         **extra: str) -> dict[str, str]:
+    """A worker's environment: this one's without the variables starting with one of
+    ``drop``, a fresh Salesforce key in ``tmp_path``, ``extra`` last. (Also the connector's
+    and the sink's in tests/foundation/test_stop_during_start.py.)"""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp_path / "sf.pem"
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAFKA_", "WORKER_", "SF_", "WHMCS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update({
         "PYTHONPATH": str(ROOT), "SFPROV_ENV_FILE": os.devnull,
         "SFPROV_STATE_DIR": str(tmp_path / "state"), "LOG_LEVEL": "INFO",
