@@ -14,7 +14,7 @@ Order of effects for one event (the contract the crash tests check)::
        with this worker as writer and until when it may send
        → DURABLE (group commit) → AddOrder / AcceptOrder, the lease checked before each,
        and the guard read of 1 read again before the AddOrder once stale (older than
-       WORKER_GUARD_MAX_AGE_S, or a wait since: streams.provision.GuardCheck)
+       WORKER_GUARD_MAX_AGE_S, or a wait since: streams.guard_check.GuardCheck)
     4. the lease holds → idem[order][idem_key] = the outcome; intents[order] settled
        → DURABLE: the decided outcome is durable before anyone can see it
     5. send the outcome, await the broker's ack
@@ -78,8 +78,9 @@ from streams.decide import (
     outcome_record,
 )
 from streams.guard import GuardReads
+from streams.guard_check import GuardCheck
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
-from streams.provision import AcceptFailed, Fence, GuardCheck, Provisioner, ProvisionResult
+from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
 from streams.recovery import look_up_attempt
 from streams.state import DurabilityError, Intent, Memory, OrderState
 
@@ -140,7 +141,7 @@ class EventHandler:
     owner). ``lease`` None: no ownership lease (unit tests and benchmarks only).
     ``guard_max_age_s``: ``WORKER_GUARD_MAX_AGE_S`` — the guard read the decision went on
     is read again right before its ``AddOrder`` once older than this, or once a wait came
-    after it (:class:`~streams.provision.GuardCheck`)."""
+    after it (:class:`~streams.guard_check.GuardCheck`)."""
 
     def __init__(self, *, state: OrderState, reads: GuardReads, provisioner: Provisioner,
                  emitter: Emitter, context: Context, durable: Callable[[], Awaitable[None]],
@@ -324,7 +325,7 @@ class EventHandler:
         """``read_at``: when the guard read the decision went on was asked for (monotonic).
         That read is asked again right before the ``AddOrder`` once stale — older than
         ``guard_max_age_s``, or followed by a wait (the lease's here, the provisioner's
-        own): :class:`~streams.provision.GuardCheck`. The request stays the one mapped from
+        own): :class:`~streams.guard_check.GuardCheck`. The request stays the one mapped from
         the first read (the intent, durable before, names its client)."""
         oid = event.order_id
 

@@ -11,8 +11,9 @@ import asyncio
 import httpx
 import pytest
 
+from streams.guard_check import GuardCheck
 from streams.lease import Fenced, LeaseCheck
-from streams.provision import GuardCheck, Provisioner, ProvisionResult
+from streams.provision import Provisioner, ProvisionResult
 from tests.streams.test_whmcs_client_errors import (
     ADDED,
     ORDER,

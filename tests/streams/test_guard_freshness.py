@@ -14,8 +14,9 @@ import pytest
 
 from common.errors import WhmcsError
 from common.whmcs import NOT_PENDING, AddOrderResult, WhmcsOrder
+from streams.guard_check import GuardCheck
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
-from streams.provision import GuardCheck, Provisioner, ProvisionResult
+from streams.provision import Provisioner, ProvisionResult
 from streams.state import Intent
 from tests.streams.factories import order, policy, request_value
 from tests.streams.flowkit import Kit, records

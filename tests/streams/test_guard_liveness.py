@@ -1,4 +1,4 @@
-"""The guard read again before an ``AddOrder`` (streams.provision.GuardCheck) never stops the
+"""The guard read again before an ``AddOrder`` (streams.guard_check.GuardCheck) never stops the
 worker: a read slower than ``WORKER_GUARD_MAX_AGE_S`` is not followed by another for ever
 (the write held its WHMCS slot and Salesforce was queried in a loop), and a Salesforce outage
 holds back ``AddOrder`` calls only, not the ``AcceptOrder`` of an order already made (a
@@ -99,7 +99,8 @@ def test_a_lease_wait_at_the_slot_then_a_salesforce_outage_holds_back_no_accepto
     only slot for the outage — an order already made waited that long to be accepted. The
     slot is given back and the read done among the next in line."""
     from common.whmcs import AddOrderResult
-    from streams.provision import GuardCheck, Provisioner
+    from streams.guard_check import GuardCheck
+    from streams.provision import Provisioner
     from tests.streams.factories import policy
 
     calls: list[str] = []
@@ -152,8 +153,9 @@ def test_the_intent_is_renewed_after_a_slow_guard_read_not_in_the_slot():
     """The renewal (the queued fence's durable flush) ran before a slow guard read, so the
     lease it bought had run down by the slot: the fence there renewed again, a flush with the
     slot held. The read comes first now."""
+    from streams.guard_check import GuardCheck
     from streams.lease import IntentLease, LeaseCheck
-    from streams.provision import GuardCheck, Provisioner
+    from streams.provision import Provisioner
     from streams.state import Intent
     from tests.streams.factories import policy
 
