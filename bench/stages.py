@@ -133,6 +133,16 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
           f"peak RSS MB {rss}; CPU ms per Order: {cpu}")
 
 
+def _print_sf_calls(phase: str, before: dict[str, int], after: dict[str, int],
+                    orders: int) -> None:
+    """The Salesforce API calls the pipeline made in one phase (queries: the worker's guard;
+    sObject Collections: the sink's write-back), in all and per Order."""
+    calls = {k: v - before.get(k, 0) for k, v in after.items()
+             if k in ("composite_sobjects", "query") and v - before.get(k, 0)}
+    print(f"Salesforce calls during {phase}: {calls} "
+          f"({sum(calls.values()) / orders:.3f} per Order)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=50.0)
@@ -188,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         ids = steady(p, args.rate, args.seconds) if args.seconds else []
         after = p.sf.counters()["calls"]
         if ids:
-            calls = {k: v - before.get(k, 0) for k, v in after.items()
-                     if k in ("composite_sobjects", "query") and v - before.get(k, 0)}
-            print(f"Salesforce calls during the steady phase: {calls} "
-                  f"({sum(calls.values()) / len(ids):.3f} per Order)")
+            _print_sf_calls("the steady phase", before, after, len(ids))
         rows = stamps(p, ids) if ids else {}
         if args.burst:
+            before = p.sf.counters()["calls"]
             burst_ids = p.sf.approve(args.burst)
             _all_settled("burst", burst_ids, p.wait_settled(burst_ids, timeout=1800, poll=0.5))
+            # the guard's reads (and re-reads before a queued AddOrder) and the write-backs
+            _print_sf_calls("the burst", before, p.sf.counters()["calls"], len(burst_ids))
             # the first approval to the last write-back, on the Salesforce clock: not from
             # approve()'s return (Orders were already in flight) to the 0.5-s poll that
             # first saw them all (it quantized the rate to its steps)
