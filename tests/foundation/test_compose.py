@@ -335,3 +335,18 @@ def test_every_published_port_is_bound_to_the_loopback_address():
                  for entry in service.get("ports", [])]
     assert published
     assert [(n, e) for n, e in published if not str(e).startswith("127.0.0.1:")] == []
+
+
+def test_the_readme_names_the_compose_version_the_file_needs():
+    """``required: false`` on an ``env_file`` entry needs Compose 2.24 (on ``depends_on``,
+    2.20); older Compose refuses the whole file, so the README must say which it needs."""
+    optional_env = any(isinstance(e, dict) and "required" in e
+                       for s in SERVICES.values() for e in s.get("env_file") or [])
+    optional_dep = any(isinstance(d, dict) and "required" in d
+                       for s in SERVICES.values()
+                       for d in (s.get("depends_on") or {}).values()
+                       if isinstance(s.get("depends_on"), dict))
+    need = "2.24" if optional_env else "2.20" if optional_dep else None
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## docker-compose"):]
+    assert need is None or f"Docker Compose v{need} or newer" in section, need
