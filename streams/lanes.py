@@ -7,11 +7,12 @@ Order's work one item at a time and ends when it is empty; an Order whose WHMCS 
 holds its own lane and its partition's commit point (:mod:`streams.checkpoint`), nothing
 else — later Orders on the same partition are decided, provisioned and sent meanwhile. A
 partition whose uncommitted span grows past ``partition_window`` offsets (one hung Order
-and many finished after it) is paused until it shrinks to half (memory bound). A dead letter
-(:meth:`Lanes.run_alone`) needs no lane but is admitted the same way — it waits for room,
-counts in the window and its partition's span, holds the commit point until the broker took
-it, and a stop (:meth:`Lanes.drain`) waits for it: a run of undecodable records while the
-dead-letter topic refuses writes must not take events in without bound.
+and many finished after it) is paused until it shrinks to half (memory bound); while its
+events still come past the window, the pause is asked for again (at most once a second). A
+dead letter (:meth:`Lanes.run_alone`) needs no lane but is admitted the same way — it
+waits for room, counts in the window and its partition's span, holds the commit point until
+the broker took it, and a stop (:meth:`Lanes.drain`) waits for it: a run of undecodable
+records while the dead-letter topic refuses writes must not take events in without bound.
 
 Every admitted event ends in exactly one of: **finished** (the handler acknowledged its
 outcome or dead letter, or it needed none — the checkpoint may commit past it), **fenced**
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -68,6 +71,8 @@ Job = Admitted | Callable[[], Awaitable[None]]
 
 
 class Lanes:
+    repause_interval_s = 1.0  # a paused partition's pause asked for again at most this often
+
     def __init__(self, checkpoint: Checkpoint, release: Callable[[Any], None], *,
                  max_in_flight: int = 500, partition_window: int = 10_000,
                  pause: Callable[[set[int]], None] = lambda _p: None,
@@ -85,6 +90,7 @@ class Lanes:
         self._room = asyncio.Event()
         self._room.set()
         self._paused: set[int] = set()
+        self._paused_asked: dict[int, float] = {}  # partition → when its pause was asked for
         self.crashed: BaseException | None = None
         self._newest_generation = -1  # of the events admitted so far
         self._revoked_through = -1  # events of this generation and older were revoked
@@ -140,13 +146,29 @@ class Lanes:
             return False
         item.epoch = self.checkpoint.admitted(item.partition, item.offset)
         self._events[id(item)] = item
-        if self.checkpoint.span(item.partition) > self.partition_window and \
-                item.partition not in self._paused:
-            self._paused.add(item.partition)
-            log.info("partition %d paused: %d offsets uncommitted behind an unfinished event",
-                     item.partition, self.checkpoint.span(item.partition))
-            self._pause({item.partition})
+        if self.checkpoint.span(item.partition) > self.partition_window:
+            self._hold_paused(item.partition)
         return True
+
+    def _hold_paused(self, partition: int) -> None:
+        """Pause ``partition`` (its span is past the window) — and, while its events keep
+        coming past the window, ask again at most once per ``repause_interval_s``: a pause
+        the consumer undid behind the lanes' back (faust's buffer-pressure bookkeeping did,
+        before the seam kept it) is taken up again, not left to grow the span without
+        bound. Events faust fetched before the pause held come too; asking again costs one
+        idempotent call per interval."""
+        now = time.monotonic()
+        if partition not in self._paused:
+            self._paused.add(partition)
+            log.info("partition %d paused: %d offsets uncommitted behind an unfinished event",
+                     partition, self.checkpoint.span(partition))
+        elif now - self._paused_asked.get(partition, -math.inf) < self.repause_interval_s:
+            return
+        else:
+            log.debug("partition %d: still taking events past the window while paused; "
+                      "pause asked for again", partition)
+        self._paused_asked[partition] = now
+        self._pause({partition})
 
     def revoked(self, generation: int | None) -> bool:
         """Events fetched in ``generation`` were revoked: released, never run (see the

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
+from faust.transport.conductor import Conductor, ConductorCompiler
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -32,7 +33,10 @@ class ConsumerSeam:
     forward. A partition that has no committed offset yet is "sought to committed" at its
     beginning, as ``auto.offset.reset=earliest`` means.
 
-    Delivering: each fetched record reaches the streams eagerly (:func:`eager_delivery`)."""
+    Delivering: each fetched record reaches the streams eagerly (:func:`eager_delivery`).
+
+    Pausing: a partition paused (:meth:`pause`) stays out of the fetch until :meth:`resume`
+    — faust's buffer-pressure bookkeeping does not put it back (:meth:`_install_buffer_drop`)."""
 
     def __init__(self, app: faust.App, topic: str) -> None:
         self.app, self.topic = app, topic
@@ -41,9 +45,11 @@ class ConsumerSeam:
         self._pending_seeks: dict[int, int] = {}  # partition of ``topic`` → offset
         self._fetched: dict[Any, list[int]] | None = None
         self._rewind: dict[Any, int] = {}
+        self.kept_paused = 0  # buffer drops of a paused partition kept out of the fetch
         self._install_fetch()
         self._install_seek_to_committed()
         self._install_commit_filter()
+        self._install_buffer_drop()
         self.eager = eager_delivery(self.consumer)
 
     def generation(self) -> int:
@@ -236,10 +242,43 @@ class ConsumerSeam:
         consumer.wait_empty = wait_empty
 
     def pause(self, partitions: Iterable[int]) -> None:
+        """Stop fetching ``partitions`` of the requests topic until :meth:`resume`
+        (idempotent: asking again for a paused partition changes nothing)."""
         self.consumer.pause_partitions(self._tps(partitions))
 
     def resume(self, partitions: Iterable[int]) -> None:
         self.consumer.resume_partitions(self._tps(partitions))
+
+    def _install_buffer_drop(self) -> None:
+        """Keep a paused partition out of the fetch when faust's buffer pressure drops.
+
+        faust takes a partition out of its fetch (``Consumer._active_partitions``) when an
+        agent's queue passes its high-pressure mark with the partition's records
+        (``Consumer.on_buffer_full``: into ``_buffered_partitions``) and puts it back when
+        the queue drains (``Consumer.on_buffer_drop``) — whether or not it was paused
+        (``pause_partitions``) meanwhile. A partition the lanes paused behind a hung event
+        (its uncommitted span past ``WORKER_PARTITION_WINDOW``: the memory bound) was
+        fetched again, the lanes none the wiser. Here a drop of a paused partition only
+        forgets the buffer mark; :meth:`resume` (``resume_partitions``) puts it back.
+
+        faust's conductor takes ``app.consumer.on_buffer_drop`` when it builds a
+        partition's handler (``ConductorHandler.__init__``, compiled, or
+        ``ConductorCompiler.build``), at each assignment (``Conductor.
+        on_partitions_assigned``) — after the worker built this seam: the wrap, on the
+        consumer instance, is what it takes."""
+        consumer, seam = self.consumer, self
+        original = consumer.on_buffer_drop
+
+        def on_buffer_drop(tp: Any) -> None:
+            if tp in consumer._paused_partitions:
+                if tp in consumer._buffered_partitions:
+                    consumer._buffered_partitions.discard(tp)
+                    seam.kept_paused += 1
+                return
+            original(tp)
+
+        on_buffer_drop.__sfprov_original__ = original  # type: ignore[attr-defined]
+        consumer.on_buffer_drop = on_buffer_drop
 
     def _tps(self, partitions: Iterable[int]) -> list[Any]:
         wanted = set(partitions)
@@ -287,6 +326,7 @@ class ConsumerSeam:
                                      in consumer._read_offset.items() if tp.topic == topic},
             "unacked_messages": lambda: len(consumer._unacked_messages),
             "deliveries_at_once_raced": lambda: (self.eager.at_once, self.eager.raced),
+            "buffer_drops_kept_paused": lambda: self.kept_paused,
         }
         out: dict[str, Any] = {}
         for name, probe in probes.items():
@@ -463,9 +503,33 @@ CONTRACT.update({
     # release wakes wait_empty's wait for an ack, as Consumer.ack does
     "R faust Consumer._wait_for_ack (woken through _waiting_for_ack)": (
         FaustConsumer, "_wait_for_ack", "d9c9337d4af88e54a26a9a45aeb73ca8"),
+    # pause / resume, and the buffer-drop wrap that keeps a paused partition out of the fetch
+    "W faust Consumer.on_buffer_drop (puts a buffered partition back, paused or not)": (
+        FaustConsumer, "on_buffer_drop", "4b57e8a418d5ad9c58632b13b58b377a"),
+    "R faust Consumer.on_buffer_full (out of the fetch, into _buffered_partitions)": (
+        FaustConsumer, "on_buffer_full", "c8961679e0bcdce5c23b07143d687ec8"),
+    "R faust Consumer.pause_partitions (out of the fetch, into _paused_partitions)": (
+        FaustConsumer, "pause_partitions", "27a1c94bdacd54de06593ec4eb040b32"),
+    "R faust Consumer.resume_partitions (back into the fetch, out of _paused_partitions)": (
+        FaustConsumer, "resume_partitions", "afe6b7c02a41d63cd46d47a03f09b547"),
+    "R faust Consumer._get_active_partitions (what is fetched)": (
+        FaustConsumer, "_get_active_partitions", "b24897f3c7afdb5d02e5741d1a3d3c2b"),
+    "R faust Consumer._set_active_tps (paused partitions left out)": (
+        FaustConsumer, "_set_active_tps", "401f4dc8831919506d464d5fe7cee96d"),
+    "R faust ConductorCompiler.build (takes app.consumer.on_buffer_drop when built)": (
+        ConductorCompiler, "build", "837cf521368c1ee4b22c235a2b137f66"),
+    "R faust Conductor._build_handler (the compiled ConductorHandler if built)": (
+        Conductor, "_build_handler", "5c071d1277988c57e4bb62e25551981b"),
+    "R faust Conductor._update_callback_map (a handler per assigned partition)": (
+        Conductor, "_update_callback_map", "37598771880d27baf413d0f0c939fc88"),
+    "R faust Conductor.on_partitions_assigned (handlers built at each assignment)": (
+        Conductor, "on_partitions_assigned", "616e9729131cf0bb7ed8e7108d47bab6"),
 })
 CONTRACT_FILES.update({
     # the compiled stream iterator (Stream._c_aiter): its StreamIterator's source
     "R faust _cython/streams.pyx (StreamIterator: a skipped message is not acked)": (
         "faust", "_cython/streams.pyx", "0041622f4a251188f53d73e6d51d18d1"),
+    # the compiled conductor handler: takes app.consumer.on_buffer_drop in its __init__
+    "R faust transport/_cython/conductor.pyx (ConductorHandler takes on_buffer_drop)": (
+        "faust", "transport/_cython/conductor.pyx", "dde1f974267881cf8c5f7e4fd2b114a2"),
 })
