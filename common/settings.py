@@ -736,8 +736,9 @@ class WorkerSettings(_Section):
                               "Order, docs/decisions/0010) or Python's own asyncio loop.")
     ready_grace_s: float = env("WORKER_READY_GRACE_S", 60.0, parse=parse_float,
                                doc="How long Salesforce queries must keep failing, WHMCS keep "
-                                   "refusing the credentials, IP or API role, or the group's offsets "
-                                   "stay unreadable before /readyz answers 503 (a failed "
+                                   "refusing the credentials, IP or API role, the group's offsets "
+                                   "stay unreadable, or a chunk's decode keep waiting for the "
+                                   "schema registry before /readyz answers 503 (a failed "
                                    "call is retried: no reason to take the worker out).")
     intent_lease_s: float = env("WORKER_INTENT_LEASE_S", 10.0, parse=parse_float,
                                 doc="How far ahead an intent records that its writer may "

@@ -71,6 +71,10 @@ INTAKE_WITHIN_S = 0.005
 class Worker:
     """Builds and holds the faust app and its parts. ``sf_client`` answers the guard query."""
 
+    # since when the agent's decode waits for the schema registry, and why (/readyz)
+    registry_unavailable_since: float | None = None
+    registry_last_error: str | None = None
+
     def __init__(self, *, kafka: KafkaSettings, worker: WorkerSettings, whmcs: WhmcsSettings,
                  sf_client: QueryClient, common: CommonSettings | None = None,
                  whmcs_client: WhmcsClient | None = None) -> None:
@@ -244,7 +248,9 @@ class Worker:
                     # rebalance revokes the chunk's generation (its messages were released
                     # then: faust redelivers them from the committed offsets).
                     decoded = await retry_forever("decoding requests (schema registry)",
-                                                  partial(self._decode_unless_revoked, records))
+                                                  partial(self._decode_unless_revoked, records),
+                                                  on_retry=self._registry_failed)
+                    self.registry_unavailable_since = self.registry_last_error = None
                     if decoded is None:
                         log.info("rebalance: a chunk of %d event(s) waiting for the schema "
                                  "registry given up (redelivered from the committed offsets)",
@@ -254,6 +260,18 @@ class Worker:
                 self.lanes.taken(())
             for event, rec, item in zip(events, records, decoded, strict=True):
                 await self._admit(event.message, rec, item)
+
+    def _registry_failed(self, exc: BaseException) -> None:
+        """A decode attempt failed (the schema registry unreachable) and is retried: the
+        wait is the worker's progress, as an event's wait on Salesforce or WHMCS is — the
+        stall watchdog would otherwise re-seek and exit 75 for as long as the registry is
+        away, and each restart (its schema cache empty) would wait the same way — and
+        ``/readyz`` says what it waits for."""
+        self.progress.touch()
+        if self.registry_unavailable_since is None:
+            self.registry_unavailable_since = time.time()
+        self.registry_last_error = (f"waiting for the schema registry: "
+                                    f"{type(exc).__name__}: {exc}")
 
     def _decode(self, records: list[RawRecord]) -> list[Event | DeadLetter]:
         return [decode(self.serde, r) for r in records]
@@ -461,6 +479,8 @@ class Worker:
                 "last_event_at": self.last_event_at, "fenced": self.fenced,
                 "salesforce_unavailable_since": self.guard.unavailable_since,
                 "salesforce_last_error": self.guard.last_error,
+                "schema_registry_unavailable_since": self.registry_unavailable_since,
+                "schema_registry_last_error": self.registry_last_error,
                 "whmcs_calls": dict(self.whmcs.calls), "guard_queries": self.guard.queries,
                 "whmcs_access_refused_since": self.provisioner.access_refused_since,
                 "whmcs_access_error": self.provisioner.access_error,

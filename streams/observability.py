@@ -168,4 +168,8 @@ class WorkerOps:
             ("whmcs", not failing_for(provisioner.access_refused_since, grace, now=now),
              f"WHMCS refuses this installation's credentials, IP or API role: "
              f"{provisioner.access_error}"),
+            # a chunk of events waits for its writer's schema (retried, no event taken)
+            ("schema_registry",
+             not failing_for(w.registry_unavailable_since, grace, now=now),
+             f"{w.registry_last_error}"),
         ], w.details())

@@ -21,7 +21,9 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   The sweep never calls ``AddOrder``: creating needs the Order's current data, and the
   Flow's retry path exists for that. The outcome is
   recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
-  redelivery of the event emits nothing new. The sweep's WHMCS writes (``AcceptOrder``,
+  redelivery of the event emits nothing new — the entry made durable before the intent is
+  settled: no redelivery repairs a crash between the two, and the entry alone is repaired
+  by the sweep (the intent settled from it, its outcome resent). The sweep's WHMCS writes (``AcceptOrder``,
   a duplicate's ``CancelOrder``) are fenced like an event's
   (:meth:`streams.lease.IntentLease.fence`): the ownership lease holds, and the intent is
   renewed — this worker its writer, ``lease_until`` at most ``WORKER_INTENT_LEASE_S``
@@ -41,7 +43,9 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
 * an outcome recorded but never acknowledged as sent for that long → sent again, identical;
 * dedupe entries older than ``WORKER_DEDUPE_TTL_DAYS`` and finished intents older than that
   are deleted (tombstones in the changelog) — pending intents are never deleted, nor one
-  that names a WHMCS order or whose AddOrder may have landed (:attr:`Intent.forgettable`).
+  that names a WHMCS order or whose AddOrder may have landed (:attr:`Intent.forgettable`),
+  nor an entry holding an outcome never acknowledged as sent until the sweep has resent it
+  (one its schema refuses, said once, is not kept for that).
   Only of Orders still this worker's when deleted, and not after an assignment changed
   during the scan that read them (the next sweep's full scan does it).
 
@@ -400,7 +404,15 @@ class Sweeper:
 
     def _memory_expired(self, oid: str, now: int) -> bool:
         return self.owns(oid) and not self.lanes.busy(oid) and \
-            any(now - e.at > self.ttl_ms for e in self.state.memory(oid).values())
+            any(self._expirable(oid, e, now) for e in self.state.memory(oid).values())
+
+    def _expirable(self, oid: str, entry: DedupeEntry, now: int) -> bool:
+        """Past the TTL, with no outcome left to send: an entry holding an outcome never
+        acknowledged as sent is the only holder of it (:func:`streams.state.bounded` keeps it
+        too), kept until the sweep has resent and marked it — unless its schema refuses it
+        (:meth:`_unsendable`: it can never be sent)."""
+        return now - entry.at > self.ttl_ms and all(
+            (oid, event_uuid) in self.unsendable for event_uuid, _o in entry.unsent())
 
     async def _expire_intent(self, oid: str, now: int, report: SweepReport,
                              rescans: int) -> None:
@@ -414,15 +426,15 @@ class Sweeper:
             report.expired_intents += 1
 
     async def _expire(self, oid: str, now: int, report: SweepReport, rescans: int) -> None:
-        """The Order's dedupe entries past the TTL dropped, under the lease (see
-        :meth:`_expire_intent`); the memory is read after it, so nothing written meanwhile
-        is lost with the trim."""
+        """The Order's dedupe entries past the TTL dropped (not one with an outcome still to
+        send: :meth:`_expirable`), under the lease (see :meth:`_expire_intent`); the memory
+        is read after it, so nothing written meanwhile is lost with the trim."""
         if not self._memory_expired(oid, now) or not await self._may_write(oid, "expire"):
             return
         if self.rescans != rescans or not self.owns(oid) or self.lanes.busy(oid):
             return
         memory = self.state.memory(oid)
-        kept = {k: e for k, e in memory.items() if now - e.at <= self.ttl_ms}
+        kept = {k: e for k, e in memory.items() if not self._expirable(oid, e, now)}
         report.expired_idem += len(memory) - len(kept)
         if len(kept) != len(memory):
             self.state.set_memory(oid, kept)
@@ -578,8 +590,17 @@ class Sweeper:
                 completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
         if not await self._owned(oid, "record", own):  # the lookup took time: still ours?
             return None
-        self.state.settle(oid, outcome, self._clock())
+        # The dedupe entry first, durable, and only then the intent settled: the two tables'
+        # changelogs are acknowledged separately, and this event never comes back to send
+        # the outcome again (it is committed past). A crash between the two leaves the
+        # entry beside the intent still pending, which a later sweep settles from the entry
+        # and whose outcome it resends (settle_from_entry, _resend) — never a settled intent
+        # with no entry, whose outcome nothing would ever send.
         self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())
+        await self.durable()
+        if not await self._may_write(oid, "settle", own):
+            return None  # the partition's owner settles it from the entry, and sends it
+        self.state.settle(oid, outcome, self._clock())
         log.info("sweep recovered a pending intent", extra={
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})

@@ -20,7 +20,9 @@ describes members without their assignments: it cannot tell).
 Exiting is safe — nothing past the committed offsets was committed, a restarted worker
 restores its tables from the changelogs, and the events come again — and the supervisor
 (``make up``), systemd or Kubernetes restarts it. Events in flight (waiting on Salesforce,
-WHMCS or the ownership lease) are progress, not a stall: ``/readyz`` reports why they wait.
+WHMCS or the ownership lease) are progress, not a stall: ``/readyz`` reports why they wait;
+so is each retry of a chunk's decode while the schema registry is away (the agent touches
+:class:`Progress`: :meth:`streams.app.Worker._registry_failed`).
 """
 
 from __future__ import annotations

@@ -232,4 +232,4 @@ def test_a_lease_lapsing_during_a_recovered_outcomes_send_leaves_it_unmarked():
     assert [o["error_code"] for o in emitter.sent] == ["PROVISIONING_INTERRUPTED"]
     assert report.interrupted == 1
     assert not state.memory(OID)["k"].emitted
-    assert writes == [("set", OID), ("set", OID)]  # the intent settled, the entry recorded
+    assert writes == [("set", OID), ("set", OID)]  # the entry recorded (durable first), the intent settled
