@@ -675,8 +675,10 @@ class WorkerSettings(_Section):
                                      "keeps at most its 200 newest IdemKeys (256 KiB); older "
                                      "ones whose outcome was sent are forgotten early.")
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
-                                  doc="Transient WHMCS errors are retried until this "
-                                      "deadline, then the Order is Failed "
+                                  doc="A run of transient WHMCS errors is retried for this "
+                                      "long, counted from its first error (waits for the "
+                                      "ownership lease, a WHMCS slot or refused access do "
+                                      "not count), then the Order is Failed "
                                       "(WHMCS_UNAVAILABLE); Salesforce's have no deadline "
                                       "(the Order waits).")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=parse_port,

@@ -6,9 +6,10 @@ Order set back from ``Activating`` meanwhile must not be created in WHMCS."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+from common.clock import lease_clock
 
 if TYPE_CHECKING:
     from streams.provision import ProvisionResult
@@ -46,14 +47,19 @@ class GuardCheck:
     ``read``: reads it again — the refusal to end with, or None to go on (the handler's
     coalescing :class:`~streams.guard.GuardReads`: concurrent reads share one query);
     ``read_at``: when the verdict at hand was asked for (``clock`` seconds, no later than
-    its query left); ``refused``: that verdict. It is read where the ``AddOrder`` waits among
-    the next ``AddOrder`` calls, right before it takes a WHMCS slot — holding no slot, so a
-    Salesforce slow or down holds back ``AddOrder`` calls only — and once more, briefly,
-    when the wait for the slot outlived it (:meth:`Provisioner._call`)."""
+    its query left); ``refused``: that verdict. ``clock``: the lease clock
+    (:func:`common.clock.lease_clock`, CLOCK_BOOTTIME), which counts a host suspend: a
+    verdict read before a suspend longer than the max age is read again before the
+    ``AddOrder`` (``time.monotonic`` stops meanwhile, and would not age it).
+
+    It is read where the ``AddOrder`` waits among the next ``AddOrder`` calls, right before
+    it takes a WHMCS slot — holding no slot, so a Salesforce slow or down holds back
+    ``AddOrder`` calls only — and once more, briefly, when the wait for the slot outlived it
+    (:meth:`Provisioner._call`)."""
 
     def __init__(self, read: Callable[[], Awaitable[ProvisionResult | None]], *,
                  read_at: float, max_age_s: float, refused: ProvisionResult | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = lease_clock) -> None:
         self._read, self._clock = read, clock
         self.read_at, self.max_age_s, self.refused = read_at, max_age_s, refused
         self._waits = 0  # waits begun so far

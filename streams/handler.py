@@ -62,6 +62,7 @@ from typing import Any, Protocol
 
 from common.avro import AvroSerde
 from common.backoff import Backoff
+from common.clock import lease_clock
 from common.errors import WhmcsError
 from streams import metrics
 from streams.decide import (
@@ -195,7 +196,9 @@ class EventHandler:
     async def _handle(self, event: Event, rec: RawRecord) -> None:
         oid, state = event.order_id, self.state
         memory, intent = state.memory(oid), state.intent(oid)
-        read_at = time.monotonic()  # the guard read is no older than this (GuardCheck)
+        # the guard read is no older than this (GuardCheck), on the lease clock: a host
+        # suspend ages the verdict as it does the lease
+        read_at = lease_clock()
         order = await self.reads.get(oid) if needs_guard(event, memory) else None
         decision = decide(event, memory, intent, order, self.context)
         opportunity = (order or {}).get("OpportunityId")
@@ -322,7 +325,8 @@ class EventHandler:
     async def _provision(self, event: Event, rec: RawRecord, decision: Provision,
                          opportunity: str | None, held: list[Intent],
                          read_at: float) -> ProvisionResult:
-        """``read_at``: when the guard read the decision went on was asked for (monotonic).
+        """``read_at``: when the guard read the decision went on was asked for (seconds on
+        :func:`common.clock.lease_clock`, GuardCheck's clock).
         That read is asked again right before the ``AddOrder`` once stale — older than
         ``guard_max_age_s``, or followed by a wait (the lease's here, the provisioner's
         own): :class:`~streams.guard_check.GuardCheck`. The request stays the one mapped from

@@ -7,7 +7,8 @@ every WHMCS write (``AddOrder``, ``AcceptOrder``, ``CancelOrder``, each retry): 
 :class:`~streams.lease.Fenced` when this worker may no longer act on the Order (see
 :mod:`streams.lease`), which ends the provisioning with no call made.
 
-The loop, until done or ``WORKER_RETRY_DEADLINE_S``:
+The loop, until done or a run of transient WHMCS errors outlasts ``WORKER_RETRY_DEADLINE_S``
+(:class:`_Outage`):
 
 1. if the order may already exist (``settle_at_ms`` given: a resumed or unsure earlier
    attempt; or our own ``AddOrder`` failed without a definite answer) → :meth:`lookup`:
@@ -46,7 +47,14 @@ it needs no wait and no lookup.
 
 Transient errors back off (capped exponential, jitter) and past the deadline end in
 ``Failed(WHMCS_UNAVAILABLE)`` with ``may_exist`` set when an ``AddOrder`` might have landed,
-so a later event of the Order looks before it creates.
+so a later event of the Order looks before it creates. The deadline counts from the first
+transient error of a run, not from the start: the waits before it (for the ownership lease,
+refused WHMCS access, a WHMCS slot, a settle moment) are not WHMCS being unavailable.
+
+``attempts`` counts the ``AddOrder`` calls made: not one WHMCS refused for this
+installation's access, nor one of which nothing was written (its send deadline passed,
+:class:`~common.errors.WhmcsNotSentError`; no connection, the client never reported the
+write) — neither can have done anything in WHMCS.
 """
 
 from __future__ import annotations
@@ -102,7 +110,7 @@ class ProvisionResult:
     error_code: str | None = None
     error_message: str | None = None
     # AddOrder calls made by this decision (not those WHMCS refused for this installation's
-    # access: nothing happened in WHMCS)
+    # access, nor one of which nothing was written: nothing happened in WHMCS)
     attempts: int = 0
     recovered: bool = False
     may_exist: bool = False  # Failed, but an AddOrder may have created the order
@@ -165,6 +173,50 @@ class _Write:
         if self.wrote is not None:
             return self.wrote
         return None if self.reported else self.handed
+
+
+class _Outage:
+    """One provisioning's run of transient WHMCS errors, which ``WORKER_RETRY_DEADLINE_S``
+    bounds. It starts at the run's first error — what came before (a wait for the ownership
+    lease, for refused access, for a WHMCS slot, a settle moment) is not WHMCS being
+    unavailable — and ends when the Order moves on (its WHMCS order made or found) or a wait
+    on refused access ends. A lookup that answers but finds nothing, or a read of an order
+    still Pending, does not end it: each leads back to the call WHMCS left unanswered, and
+    would otherwise retry it for ever. The fence's time during the run (a wait for the
+    ownership lease, an intent renewal's flush) is not counted either.
+
+    On ``time.monotonic``: the clock the retries' backoffs sleep on (asyncio's), so the
+    last wait, cut to what is left, ends at the deadline; and it stops while the host is
+    suspended, which is not WHMCS being unavailable (the lease clock, CLOCK_BOOTTIME, would
+    count it)."""
+
+    __slots__ = ("_excluded", "_since")
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+        self._excluded = 0.0
+
+    def failed(self) -> float:
+        """A transient error: how long WHMCS has been unavailable (0 at a run's first)."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since, self._excluded = now, 0.0
+        return now - self._since - self._excluded
+
+    def ended(self) -> None:
+        """WHMCS answered, the Order moved on; or a wait on refused access ended."""
+        self._since = None
+
+    def fence(self, fence: Fence) -> Fence:
+        """``fence``, its time not counted in a run under way."""
+        async def fenced(action: str, /, *, queued: bool = False) -> float | None:
+            started = time.monotonic()
+            try:
+                return await fence(action, queued=queued)
+            finally:
+                if self._since is not None:
+                    self._excluded += time.monotonic() - started
+        return fenced
 
 
 class AcceptFailed(WhmcsError):
@@ -275,7 +327,9 @@ class Provisioner:
         since) is the result, with no ``AddOrder``. None: no guard (unit tests). Raises
         :class:`~streams.lease.Fenced`."""
         policy = self.policy
-        deadline = time.monotonic() + policy.retry_deadline_s
+        # the run of transient errors WORKER_RETRY_DEADLINE_S bounds: none yet (_Outage)
+        outage = _Outage()
+        fence = outage.fence(fence)
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False
@@ -301,6 +355,7 @@ class Provisioner:
                     settle_at_ms = None
                     if found is not None:
                         created = found
+                        outage.ended()  # the order found: the Order moves on
                         created.attempts = attempts
                         if created.status == "Failed" or not found.needs_accept:
                             return created  # not active, or found Active: nothing left
@@ -322,6 +377,7 @@ class Provisioner:
                         attempts -= 1  # not sent
                         return replace(refusal.result, attempts=attempts)
                     add_uncertain = False
+                    outage.ended()  # WHMCS made the order: the Order moves on
                     self.access_refused_since = None
                     created = ProvisionResult("Provisioned", res.order_id, res.service_ids,
                                               res.addon_ids, res.invoice_id, attempts=attempts,
@@ -342,6 +398,8 @@ class Provisioner:
                     else sent.left_at()
                 # None: certainly not sent (not written: nothing can land) — the fence
                 # decides what next; else WHMCS may have committed what was written
+                if left_at is None and add_uncertain:
+                    attempts -= 1  # an AddOrder of which nothing was written was not made
                 if left_at is not None:
                     if created is None and add_uncertain:
                         settle_at_ms = self._settle_at_ms(left_at)
@@ -350,11 +408,13 @@ class Provisioner:
                 add_uncertain = False
                 sent = None
                 delay = backoff.next_delay()
-                now = time.monotonic()
-                if now + delay > deadline:
+                unavailable = outage.failed()
+                left = policy.retry_deadline_s - unavailable
+                if delay > left:
                     log.warning("WHMCS unavailable past the retry deadline",
                                 extra={**extra, "cause": str(exc)})
-                    message = f"WHMCS unavailable for {policy.retry_deadline_s:.0f}s: {exc}"
+                    message = (f"WHMCS unavailable for {unavailable:.0f}s (retry deadline "
+                               f"{policy.retry_deadline_s:.0f}s): {exc}")
                     if created is not None:  # made, or found by the lookup: not accepted
                         return _failed_after(created, "WHMCS_UNAVAILABLE", message, attempts)
                     return ProvisionResult(
@@ -366,7 +426,7 @@ class Provisioner:
                     # WHMCS (or its proxy) said when to come back (Retry-After): not
                     # sooner, and not past the deadline — one last try at the deadline
                     # rather than failing the Order before it
-                    delay = min(exc.retry_after, deadline - now)
+                    delay = min(exc.retry_after, left)
                 self._on_retry(type(exc).__name__)
                 log.info("WHMCS call failed; retrying in %.1f s", delay,
                          extra={**extra, "cause": str(exc)})
@@ -385,6 +445,7 @@ class Provisioner:
                 self._on_retry("WhmcsAccessError")
                 waiting()  # no deadline: the decision may be hours old when access returns
                 await self._sleep(access_backoff.next_delay())
+                outage.ended()  # the wait on refused access is not WHMCS unavailable
             except WhmcsError as exc:
                 if created is not None:
                     return _failed_after(created, "WHMCS_ERROR", f"{exc.action}: {exc}",

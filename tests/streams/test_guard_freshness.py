@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from common.clock import lease_clock
 from common.errors import WhmcsError
 from common.whmcs import NOT_PENDING, AddOrderResult, WhmcsOrder
 from streams.guard_check import GuardCheck
@@ -320,7 +321,7 @@ def test_a_fence_that_waited_for_the_lease_is_followed_by_a_read_and_another_fen
             reads.append("read")
             return ProvisionResult("Skipped", error_code="NOT_ACTIVATING") if set_back \
                 else None
-        guard = GuardCheck(read, read_at=time.monotonic(), max_age_s=5.0)
+        guard = GuardCheck(read, read_at=lease_clock(), max_age_s=5.0)
 
         async def fence(action, *, queued=False):
             fences.append((action, queued))

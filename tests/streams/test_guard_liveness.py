@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from common.clock import lease_clock
 from tests.streams.factories import request_value
 from tests.streams.flowkit import Kit, records
 from tests.streams.test_guard_freshness import SF, WH, A
@@ -121,7 +122,7 @@ def test_a_lease_wait_at_the_slot_then_a_salesforce_outage_holds_back_no_accepto
         async def read() -> None:  # the guard's read: as long as the outage lasts
             if down["on"]:
                 await asyncio.sleep(4.0)
-        guard = GuardCheck(read, read_at=time.monotonic(), max_age_s=5.0)
+        guard = GuardCheck(read, read_at=lease_clock(), max_age_s=5.0)
         in_slot = 0
 
         async def fence(action, *, queued=False):  # type: ignore[no-untyped-def]
@@ -184,7 +185,7 @@ def test_the_intent_is_renewed_after_a_slow_guard_read_not_in_the_slot():
 
         async def read() -> None:  # Salesforce slow: 1.5 s of a 2-s intent lease
             await asyncio.sleep(1.5)
-        guard = GuardCheck(read, read_at=time.monotonic() - 10, max_age_s=5.0)
+        guard = GuardCheck(read, read_at=lease_clock() - 10, max_age_s=5.0)
 
         async def call(_deadline):  # type: ignore[no-untyped-def]
             return "sent"
