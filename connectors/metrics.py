@@ -14,7 +14,7 @@ DEAD_LETTERS = Counter("sfprov_connector_dead_letters",
 RECONNECTS = Counter("sfprov_connector_reconnects",
                      "Subscriptions ended and reopened, by cause.", ["cause"])
 TRANSACTIONS = Counter("sfprov_connector_transactions",
-                       "Kafka transactions, by kind (batch|keepalive|gap) and result.",
+                       "Kafka transactions, by kind (batch|keepalive|gap|marker) and result.",
                        ["kind", "result"])
 KEEPALIVES = Counter("sfprov_connector_keepalives", "Empty FetchResponses (keepalives) seen.")
 LAST_EVENT_TIME = Gauge("sfprov_connector_last_event_timestamp_seconds",
@@ -29,6 +29,8 @@ REPLAY_GAPS = Counter("sfprov_connector_replay_gaps",
                       ["policy"])
 BUFFERED = Gauge("sfprov_connector_buffered_events",
                  "Events received from Salesforce, not yet written.")
+#: the reconnect cause of a schema registry out of reach (a retryable SerdeError)
+SCHEMA_REGISTRY = "schema_registry"
 TXN_TIMEOUTS = Counter("sfprov_connector_transaction_timeouts",
                        "Transactions fenced after outliving CONNECTOR_TRANSACTION_TIMEOUT_S "
                        "(a paused process); each was aborted and the producer re-initialised.")
@@ -38,8 +40,8 @@ def prime(invalid_replay: str) -> None:
     """Export the connector's labelled counters whose label values are known at zero from
     its start: a child made at its first ``inc()`` is first scraped at 1, and the alert
     rules' ``increase()`` would miss that event (ops/monitoring/alerts.yml). Reconnect causes
-    are the Pub/Sub ones and a login's (the exception's name, as ``Connector._recover``
-    labels it); gaps are recorded with ``SF_EVENTS_INVALID_REPLAY`` (``invalid_replay``) or,
+    are the Pub/Sub ones, a login's (the exception's name, as ``Connector._recover``
+    labels it) and the schema registry's; gaps are recorded with ``SF_EVENTS_INVALID_REPLAY`` (``invalid_replay``) or,
     resubscribed before a position was committed, LATEST; the reconciler's counters too.
     Dead letters' reasons are open-ended."""
     from common.errors import SalesforceAuthError
@@ -47,7 +49,8 @@ def prime(invalid_replay: str) -> None:
     from connectors.pubsub import errors
 
     for cause in (errors.REPLAY_INVALID, errors.AUTH, errors.LIMIT, errors.CONCURRENT,
-                  errors.REFUSED, errors.TRANSIENT, SalesforceAuthError.__name__):
+                  errors.REFUSED, errors.TRANSIENT, SalesforceAuthError.__name__,
+                  SCHEMA_REGISTRY):
         RECONNECTS.labels(cause)
     for policy in dict.fromkeys((invalid_replay, "LATEST")):
         REPLAY_GAPS.labels(policy)

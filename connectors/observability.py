@@ -9,7 +9,11 @@
   stayed open unrefused or ended in an error; no event needed), not fenced or failed
   (Kafka), not waiting out a Salesforce delivery limit, not subscribed to a silent stream,
   its subscription not refused
-  (no such topic, no access to it: retried, but not ready until a stream answers); and,
+  (no such topic, no access to it: retried, but not ready until a stream answers); until a
+  stream has been accepted once (answered, or stayed open unrefused), not after an attempt
+  that ended in an error, at once (a wrong endpoint, an outage, a TLS mismatch, Kafka or the
+  schema registry away at the start: named ``salesforce``, ``kafka`` or ``schema_registry``);
+  and, once one was,
   after ``READY_GRACE_S`` (60 s, as the worker and the sink), not without an answer from
   Pub/Sub while every subscription ends in an error (an outage, a network cut, a wrong
   endpoint; or one the watchdog found silent), nor failing error after error although
@@ -47,15 +51,26 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
     unanswered = h.unanswered(now, READY_GRACE_S)
     stuck = h.stuck(now, READY_GRACE_S)
     failing = stuck if stuck is not None else unanswered
-    # named after where the last error came from: Kafka's (a batch, a keepalive position or
-    # a gap record not written) or Salesforce's
-    kafka_failing = failing is not None and h.failing_on == "kafka"
+    # start-up ended in an error and no stream was accepted since: not ready at once, the
+    # grace is for a connector that worked (a stream reset, a broker's failover)
+    unaccepted = h.unaccepted()
+    # named after where the last error came from: Kafka's (a batch, a keepalive position, a
+    # gap record or the LATEST marker not written), the schema registry's (a batch's event
+    # not encoded: a retryable SerdeError) or Salesforce's
+    on = h.failing_on if failing is not None or unaccepted else ""
+    kafka_failing, registry_failing = on == "kafka", on == "schema_registry"
     failing_s = now - h.failing_since if h.failing_since is not None else failing or 0.0
-    failing_why = (f"every attempt for {failing_s:.0f} s ended in an error, resubscribing "
-                   f"after each (last error: {h.last_error})")
+    if failing is None and unaccepted:
+        failing_why = ("no subscription accepted since the start: every attempt ended in an "
+                       f"error, resubscribing after each (last error: {h.last_error})")
+    else:
+        failing_why = (f"every attempt for {failing_s:.0f} s ended in an error, resubscribing "
+                       f"after each (last error: {h.last_error})")
     if limited:
         salesforce_why = (f"delivery limit reached, waiting {h.waiting_until - now:.0f} s: "
                           f"{h.last_error}")
+    elif failing is None and unaccepted:
+        salesforce_why = failing_why
     elif stuck is None and unanswered is not None:
         salesforce_why = (f"no answer from Pub/Sub for {unanswered:.0f} s "
                           f"(last error: {h.last_error})")
@@ -72,7 +87,10 @@ def ready(conn: Connector) -> tuple[bool, dict[str, Any]]:
         ("starting", not starting, starting_why),
         ("kafka", h.state not in ("fenced", "failed") and not kafka_failing,
          failing_why if kafka_failing else f"connector {h.state}: {h.last_error}"),
-        ("salesforce", not limited and (failing is None or kafka_failing), salesforce_why),
+        ("schema_registry", not registry_failing, failing_why),
+        ("salesforce", not limited and (kafka_failing or registry_failing
+                                        or (failing is None and not unaccepted)),
+         salesforce_why),
         ("salesforce_stream", not silent,
          f"no events or keepalive for {h.stream_silent_s(now):.0f} s"),
         ("salesforce_auth", not h.auth_refused,

@@ -16,6 +16,17 @@ that adds a (defaulted) field still reads the position an older one stored. Read
 pass the record's headers to the decode (a record without the fingerprint header was written
 with :data:`common.avro.UNVERSIONED`'s version).
 
+The LATEST marker: the first ``LATEST`` stream opened with no position stored is preceded
+by a record under the key ``<connector>|<channel>|latest-opened`` (the same schema, an
+empty ``replay_id``, ``committed_at`` when the stream was about to open), committed in the
+connector's transaction, so a fenced instance cannot write it. Until a position is
+committed for the connector's key, that stream's events are written nowhere else: a
+successor that finds the marker and still no position (its predecessor was killed, or
+exited, before its first batch or keepalive position) knows a ``LATEST`` stream was opened
+before it and records a ``latest.resubscribed`` gap, as a second ``LATEST`` stream of one
+process does. A position committed later supersedes it (a stored position is resumed
+from, the marker is then not looked at). :func:`load_position` reads it in the same pass.
+
 Pitfall: call :func:`load_position` only **after** the transactional producer's
 ``init_transactions`` — that is what fences an older instance and completes or aborts its
 open transaction. Read before it, and a zombie's in-flight batch could commit after we
@@ -62,6 +73,18 @@ def offset_key(connector: str, channel: str) -> bytes:
     return f"{connector}|{channel}".encode()
 
 
+#: the LATEST marker's key, after the connector's own (``<connector>|<channel>``)
+LATEST_OPENED_SUFFIX = b"|latest-opened"
+
+
+@dataclass
+class LatestOpened:
+    """Filled by :func:`load_position` when the LATEST marker is stored: when a ``LATEST``
+    stream was (about to be) opened with no position stored (epoch ms)."""
+
+    at_ms: int | None = None
+
+
 class OffsetCodec:
     """Encode/decode position and gap records (Avro, schemas/ as the contract)."""
 
@@ -69,6 +92,7 @@ class OffsetCodec:
         self.connector = connector
         self.channel = channel
         self.key = offset_key(connector, channel)
+        self.latest_opened_key = self.key + LATEST_OPENED_SUFFIX
         # Internal topics stay plain Avro (with the sfprov.schema header and the writer
         # schema's fingerprint) even with SCHEMA_REGISTRY_URL: start-up must not depend on
         # the registry, and only the connector and the CLI read them. decode() would read
@@ -90,6 +114,10 @@ class OffsetCodec:
         return Position(bytes(rec["replay_id"]), rec["source"], epoch_ms(rec["committed_at"]),
                         rec["event_uuid"])
 
+    def latest_opened_value(self, opened_at_ms: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The LATEST marker's value: the offsets schema with no replay id (empty)."""
+        return self.position_value(Position(b"", KEEPALIVE, opened_at_ms))
+
     def gap_value(self, *, last_good: Position | None, policy: str, error_code: str,
                   error_message: str, detected_at_ms: int | None = None
                   ) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -107,8 +135,11 @@ class OffsetCodec:
 
 
 def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
-                  timeout_s: float = 60.0) -> Position | None:
+                  timeout_s: float = 60.0,
+                  latest_opened: LatestOpened | None = None) -> Position | None:
     """Last committed position for the codec's key, or None (read_committed, to the end).
+    ``latest_opened``: given, the LATEST marker is read in the same pass and, when stored,
+    its time set there.
 
     ``timeout_s`` is this process's running time (:class:`~common.kafka.RunningDeadline`)
     for the topic's metadata and the read together. The metadata is asked for in attempts
@@ -116,8 +147,18 @@ def load_position(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     paused node, a failover — is waited for instead of ending the connector's start-up (a
     chaos run saw it exit 1 after one 30 s attempt met a paused single broker). A refusal
     of the connector's principal raises :class:`KafkaAccessError` at once."""
-    return _load_last(bootstrap, topic, codec.key, codec.decode_position,
-                      timeout_s=timeout_s, what="position")
+    if latest_opened is None:
+        return _load_last(bootstrap, topic, codec.key, codec.decode_position,
+                          timeout_s=timeout_s, what="position")
+    found = _last_values(bootstrap, topic, (codec.key, codec.latest_opened_key),
+                         timeout_s=timeout_s, what="position")
+    marker = found.get(codec.latest_opened_key)
+    if marker is not None:
+        latest_opened.at_ms = _decoded(codec.decode_position, marker, topic,
+                                       "LATEST marker").committed_at_ms
+    position = found.get(codec.key)
+    return None if position is None else _decoded(codec.decode_position, position, topic,
+                                                  "position")
 
 
 def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
@@ -136,18 +177,28 @@ def _load_last(bootstrap: Connectable, topic: str, key: bytes,
     writer's schema version); an undecodable one is a :class:`KafkaError` naming the
     topic."""
     last = _last_value(bootstrap, topic, key, timeout_s=timeout_s, what=what)
-    if last is None:
-        return None
+    return None if last is None else _decoded(decode, last, topic, what)
+
+
+def _decoded(decode: Callable[[bytes, Headers], T], stored: tuple[bytes, Headers],
+             topic: str, what: str) -> T:
     try:
-        return decode(*last)
+        return decode(*stored)
     except SerdeError as exc:
         raise KafkaError(f"the stored {what} in {topic} is unreadable: {exc}") from exc
 
 
 def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: float,
                 what: str) -> tuple[bytes, Headers] | None:
-    """The last committed value for ``key`` in ``topic`` (every partition read to its end),
-    with its headers.
+    """The last committed value for ``key`` in ``topic``, with its headers
+    (:func:`_last_values`)."""
+    return _last_values(bootstrap, topic, (key,), timeout_s=timeout_s, what=what).get(key)
+
+
+def _last_values(bootstrap: Connectable, topic: str, keys: tuple[bytes, ...], *,
+                 timeout_s: float, what: str) -> dict[bytes, tuple[bytes, Headers]]:
+    """The last committed value of each of ``keys`` in ``topic`` (every partition read to
+    its end), with its headers; a key with none is left out.
 
     "Its end" is the partition's log end as it is when the read starts (its high watermark,
     asked for ``read_uncommitted``), not the first end-of-partition the ``read_committed``
@@ -180,20 +231,21 @@ def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: fl
         ends = retry_until(deadline, lambda wait: _log_ends(admin, topic, partitions, wait),
                            doing=doing, failure=failure, refused=refused)
         remaining = {p: end for p, end in ends.items() if end > 0}
+        last: dict[bytes, tuple[bytes, Headers]] = {}
         if not remaining:
-            return None  # nothing was ever written
+            return last  # nothing was ever written
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
         stable: dict[int, int] = {}  # partition -> an end-of-partition met before its end
-        last: tuple[bytes, Headers] | None = None
         while remaining:
             msg = consumer.poll(deadline.attempt(0.5, 0.5))
             if msg is not None:
                 err = msg.error()
                 if err is None:
                     value, headers = msg.value(), msg.headers() or []
-                    if msg.key() == key and value is not None:
-                        last = (value, list(headers.items() if isinstance(headers, dict)
-                                            else headers))
+                    key = msg.key()
+                    if key in keys and value is not None:
+                        last[key] = (value, list(headers.items() if isinstance(headers, dict)
+                                                 else headers))
                 elif err.code() == CKafkaError._PARTITION_EOF:
                     partition, offset = msg.partition() or 0, msg.offset() or 0
                     if offset >= remaining.get(partition, 0):

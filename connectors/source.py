@@ -84,7 +84,10 @@ unwritten event precedes it, and a reopen that reads another position drops it. 
 stream opened again all the same (the last one ended before its first keepalive, which may
 take 270 s, or its batch was not written) records a ``replay_gap`` at its opening, so the gap
 pass re-requests the Orders it skipped; the first stream of a fresh start records none (that
-is where LATEST starts).
+is where LATEST starts). A fresh start is remembered in Kafka: before that first stream opens,
+the LATEST marker (:mod:`connectors.offsets`) is committed, so a successor that finds it and
+still no position (this process was killed, or exited, before its first position) opens LATEST
+*again* and records the gap too, instead of losing what this one received silently.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import tracing
-from common.avro import AvroSerde, registry_for
+from common.avro import AvroSerde, SerdeError, registry_for
 from common.backoff import Backoff
 from common.connection import KafkaConnection
 from common.errors import (
@@ -122,6 +125,7 @@ from connectors.observability import end_spans, event_spans
 from connectors.offsets import (
     EVENT,
     KEEPALIVE,
+    LatestOpened,
     OffsetCodec,
     Position,
     epoch_ms,
@@ -178,7 +182,7 @@ class Health:
     subscribed_at: float = field(default_factory=time.monotonic)
     # errors since the connector last moved (a stream answered and what it answered was
     # written, or nothing was due), the first one's time, and where the last one came from
-    # ("kafka" or "salesforce")
+    # ("kafka", "schema_registry" or "salesforce")
     errors: int = 0
     failing_since: float | None = None
     failing_on: str = ""
@@ -192,6 +196,19 @@ class Health:
     # subscription answered, stayed open GAP_ARM_OPEN_S unrefused (a quiet channel's first
     # keepalive may be 270 s away) or ended in an error, which the other checks then judge
     started: bool = False
+    # a stream was accepted once (answered, or stayed open GAP_ARM_OPEN_S unrefused): until
+    # then an attempt that ended in an error is not ready at once, no grace (unaccepted)
+    accepted: bool = False
+
+    def accept(self) -> None:
+        """Salesforce accepted a stream (it answered, or stayed open unrefused)."""
+        self.started = self.accepted = True
+
+    def unaccepted(self) -> bool:
+        """Start-up ended in an error and no stream has been accepted since: nothing has
+        worked yet (a wrong endpoint, an outage, a TLS mismatch, Kafka away), so not ready
+        without the grace given to a running connector's errors."""
+        return self.started and not self.accepted and self.state not in ("fenced", "failed")
 
     def failed(self, on: str) -> None:
         """An error ended a subscription (or its transaction): one more in a row."""
@@ -237,7 +254,7 @@ class Health:
         limited = self.state == "limited" and self.waiting_until > now
         silent = self.state == "subscribed" and self.stream_silent_s(now) > stall_timeout_s
         healthy = (self.state not in ("fenced", "failed") and not limited and not silent
-                   and not self.refused and not self.auth_refused
+                   and not self.refused and not self.auth_refused and not self.unaccepted()
                    and self.unanswered(now) is None and self.stuck(now) is None)
         details = {"state": self.state, "cause": self.cause, "last_error": self.last_error,
                    "waiting_s": max(0.0, round(self.waiting_until - now, 1)),
@@ -293,6 +310,8 @@ class Connector:
         # a stream was opened since the start or the last refused id's gap: a LATEST one
         # opened now skips what was published meanwhile (_subscribe_once)
         self._opened = False
+        # the LATEST marker is stored (written by this instance, or found at start-up)
+        self._latest_marked = False
         # the preset of the stream being consumed: a gap's pass armed by a LATEST one is
         # bounded by its acceptance (_arm_gap_pass)
         self._stream_preset: str | None = None
@@ -317,10 +336,12 @@ class Connector:
 
     def run(self, *, max_events: int | None = None, timeout_s: float | None = None) -> int:
         deadline = time.monotonic() + timeout_s if timeout_s else None
+        latest_opened = LatestOpened()
         try:
             self.writer.start()
             self._set_position(load_position(KafkaConnection.from_settings(self.kafka),
-                                             self.kafka.connector_offsets, self.codec))
+                                             self.kafka.connector_offsets, self.codec,
+                                             latest_opened=latest_opened))
         except ProducerFencedError as exc:
             return self._fenced(exc)
         except KafkaAccessError as exc:
@@ -332,6 +353,10 @@ class Connector:
                  f"resume after replay id {self.position.replay_id.hex()}" if self.position
                  else f"no stored position, replay preset {self.settings.replay}",
                  extra={"replay_id": self.position.replay_id.hex() if self.position else None})
+        if latest_opened.at_ms is not None:
+            self._latest_marked = True
+            if self.position is None:
+                self._found_latest_opened(latest_opened.at_ms)
         self._rearm_gap()
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
@@ -378,6 +403,8 @@ class Connector:
             preset, replay_id = "CUSTOM", self.position.replay_id
         else:
             preset, replay_id = self.preset_override or self.settings.replay, None
+        if preset == "LATEST" and self.position is None and not self._latest_marked:
+            self._mark_latest_opened()
         sub = self.pubsub.subscribe(preset, replay_id)
         skipped, self._opened = preset == "LATEST" and self._opened, True
         self._stream_preset = preset
@@ -410,7 +437,7 @@ class Connector:
                 if time.monotonic() - max(self.health.last_response, opened) > stall:
                     raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
                 if time.monotonic() - opened >= GAP_ARM_OPEN_S:
-                    self.health.started = True  # open unrefused: accepted
+                    self.health.accept()  # open unrefused: accepted
                 if self._rearm_at is not None and time.monotonic() - opened >= GAP_ARM_OPEN_S:
                     self._arm_gap_pass()
                 self._maybe_commit_keepalive()
@@ -456,7 +483,7 @@ class Connector:
 
     def _handle(self, sub: Subscription, responses: list[Any]) -> None:
         self.health.last_response = time.monotonic()
-        self.health.started = True
+        self.health.accept()
         self.health.refused = self.health.auth_refused = ""
         self._auth_failures = 0
         if self._rearm_at is not None:
@@ -488,6 +515,7 @@ class Connector:
                 self._keepalive_candidate = before_batch
                 raise
             sub.consumed(len(batch))
+            m.BUFFERED.set(sub.flow.buffered)  # after the write: not the batch, still shown
         self._keepalive_candidate = candidate
 
     def _write_batch(self, batch: list[KafkaRecord]) -> None:
@@ -558,12 +586,19 @@ class Connector:
 
     def _recover(self, exc: PipelineError) -> bool:
         """Decide the wait before resubscribing. False = give up (fatal)."""
+        # the schema registry out of reach (a retryable SerdeError): neither Salesforce's
+        # nor the broker's, named on /readyz as it is
+        registry = isinstance(exc, SerdeError)
         cause = "producer_failed" if isinstance(exc, ProducerFailedError) else \
+            m.SCHEMA_REGISTRY if registry else \
             getattr(exc, "cause", None) or type(exc).__name__
         m.RECONNECTS.labels(cause).inc()
-        self.health.started = True  # what the first attempt met is the other checks' to judge
+        # what the first attempt met is the other checks' to judge: not ready at once while
+        # no stream has been accepted yet (Health.unaccepted)
+        self.health.started = True
         self.health.cause, self.health.last_error = cause, str(exc)
-        self.health.failed("kafka" if isinstance(exc, KafkaError) else "salesforce")
+        self.health.failed(m.SCHEMA_REGISTRY if registry else
+                           "kafka" if isinstance(exc, KafkaError) else "salesforce")
         if isinstance(exc, ProducerFailedError):
             self._reopen_pending = True  # a new producer before the next write (_reopen)
         elif isinstance(exc, KafkaError) and not exc.retryable:
@@ -671,6 +706,34 @@ class Connector:
                     "published since the last subscription is skipped; gap recorded in %s, "
                     "its Orders are re-requested once the stream answers and settles",
                     self.kafka.replay_gaps, extra={"cause": "gap"})
+
+    def _mark_latest_opened(self) -> None:
+        """Commit the LATEST marker before the first LATEST stream opened with no position
+        (in this instance's transaction: a fenced one cannot). A successor that finds it and
+        still no position opens LATEST again: it records the gap (_found_latest_opened).
+        Raises the write's KafkaError (no stream is opened without it)."""
+        value, headers = self.codec.latest_opened_value(int(time.time() * 1000))
+        try:
+            self.writer.write([(self.kafka.connector_offsets, self.codec.latest_opened_key,
+                                value, headers)])
+        except KafkaError:
+            m.TRANSACTIONS.labels("marker", "abort").inc()
+            raise
+        m.TRANSACTIONS.labels("marker", "commit").inc()
+        self._latest_marked = True
+
+    def _found_latest_opened(self, at_ms: int) -> None:
+        """The LATEST marker is stored and no position: an earlier instance opened a LATEST
+        stream and ended (killed, exited) before a position was committed, so what it
+        received was written nowhere. The next LATEST stream is a re-open (_latest_again):
+        a gap is recorded and its pass armed, as within one process."""
+        self._opened = True
+        opened = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_ms / 1000))
+        log.warning("a LATEST stream was opened at %s with no position stored (the marker "
+                    "%s in %s) and no position was committed since: what it received was "
+                    "not written; a LATEST stream opened now records a gap", opened,
+                    self.codec.latest_opened_key.decode(errors="replace"),
+                    self.kafka.connector_offsets, extra={"cause": "gap"})
 
     def _record_gap(self, policy: str, error_code: str, message: str) -> None:
         """Commit a ``replay_gap`` record found now and plan its gap pass for the next

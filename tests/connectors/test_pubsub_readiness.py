@@ -89,8 +89,11 @@ def event(n: int) -> SimpleNamespace:
 
 def test_pubsub_unavailable_past_the_grace_makes_the_connector_not_ready_not_dead(monkeypatch):
     """Every subscribe ends UNAVAILABLE: subscribe → fail → backoff (≤ 30 s), over and over.
-    Each subscribe reset the response time, so /readyz stayed 200 for hours."""
+    Each subscribe reset the response time, so /readyz stayed 200 for hours. (A connector
+    that ran: before a first stream is accepted it is not ready at once, no grace —
+    test_source_review3.)"""
     conn, clock = connector(monkeypatch)
+    turn(conn, KEEPALIVE)
     start = clock()
     seen: list[tuple[float, bool, list[str], bool]] = []
     while clock() - start < READY_GRACE_S + 120:
@@ -170,6 +173,10 @@ def test_a_kafka_outage_retried_through_the_backoff_is_not_ready(monkeypatch, st
     each error, never writing; not ready after the grace, named after Kafka."""
     conn, clock = connector(monkeypatch)
     conn._set_position(stored)
+    if stored is None:  # the fresh start's first stream: its LATEST marker, open unrefused
+        monkeypatch.setattr(source, "GAP_ARM_OPEN_S", 0.1)
+        turn(conn)
+        assert conn.health.accepted and conn.position is None
     writes: Writes = conn.writer  # type: ignore[assignment]
     writes.fail = [KafkaError("requests: Local: Message timed out", retryable=True)] * 1000
     start, n, seen = clock(), 0, []
@@ -231,8 +238,10 @@ def test_the_sandbox_answering_every_subscribe_unavailable(sf, monkeypatch):
     conn, clock = connector(monkeypatch)
     conn.pubsub = PubSubClient(ConnectorSettings.load(env, name="loop-test"), salesforce,
                                SalesforceAuth(salesforce))
-    sf.fail_subscribes(-1, "sfdc.platform.eventbus.grpc.service.unavailable", "UNAVAILABLE")
     try:
+        assert conn._subscribe_once(None, time.monotonic() + 3) is True  # a connector that ran
+        sf.fail_subscribes(-1, "sfdc.platform.eventbus.grpc.service.unavailable",
+                           "UNAVAILABLE")
         start, seen = clock(), []
         while clock() - start < READY_GRACE_S + 30:
             with pytest.raises(PipelineError) as ended:

@@ -755,6 +755,7 @@ def test_the_connector_goes_on_after_a_produce_refused_for_the_transactions_stat
     conn.writer = TransactionalWriter(conn.kafka, "tid")
     producer = _ErroneousState(commit_error)
     conn.writer._producer = producer  # type: ignore[assignment]
+    conn._latest_marked = True  # the LATEST marker committed earlier: the batch fails first
     monkeypatch.setattr("connectors.source.load_position", lambda *_a, **_kw: None)
     monkeypatch.setattr("connectors.source.load_last_gap", lambda *_a, **_kw: None)
     events = [KafkaRecord(key=b"801", value=b"v", headers=[], event_uuid=f"u-{i}",

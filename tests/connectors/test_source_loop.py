@@ -166,11 +166,13 @@ def test_a_reconciler_write_that_failed_is_written_once_after_the_resubscribe(
                                      worker_group="t.sfprov-worker", written=lambda: 0)
     conn.reconciler._pass("gap", older_than_s=0.0, changed_before=0.0)
     writes: Writes = conn.writer  # type: ignore[assignment]
+    conn._mark_latest_opened()  # the fresh start's LATEST marker, before its first stream
     writes.fail = [error]
     assert conn.run(timeout_s=1.0) == EXIT_OK
     # failed; resubscribed (LATEST again with no position: a gap recorded); written
-    assert writes.attempts == 3 and len(presets) == 2
-    assert [txn[0][0] for txn in writes.committed] == [conn.kafka.replay_gaps,
+    assert writes.attempts == 4 and len(presets) == 2
+    assert [txn[0][0] for txn in writes.committed] == [conn.kafka.connector_offsets,
+                                                       conn.kafka.replay_gaps,
                                                        conn.kafka.requests]
     assert writes.reopened == (1 if isinstance(error, TransactionTimedOutError) else 0)
     requests = [r for txn in writes.committed for r in txn if r[0] == conn.kafka.requests]
