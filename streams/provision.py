@@ -179,11 +179,12 @@ class _Outage:
     """One provisioning's run of transient WHMCS errors, which ``WORKER_RETRY_DEADLINE_S``
     bounds. It starts at the run's first error — what came before (a wait for the ownership
     lease, for refused access, for a WHMCS slot, a settle moment) is not WHMCS being
-    unavailable — and ends when the Order moves on (its WHMCS order made or found) or a wait
-    on refused access ends. A lookup that answers but finds nothing, or a read of an order
-    still Pending, does not end it: each leads back to the call WHMCS left unanswered, and
-    would otherwise retry it for ever. The fence's time during the run (a wait for the
-    ownership lease, an intent renewal's flush) is not counted either.
+    unavailable — and ends when the Order moves on (its WHMCS order made or found). A lookup
+    that answers but finds nothing, or a read of an order still Pending, does not end it:
+    each leads back to the call WHMCS left unanswered, and would otherwise retry it for
+    ever; nor does an access refusal (refusals between 503s would restart the deadline for
+    ever). The waits during the run that are not WHMCS failing — the fence's (the ownership
+    lease, an intent renewal's flush), the backoff on refused access — are not counted.
 
     On ``time.monotonic``: the clock the retries' backoffs sleep on (asyncio's), so the
     last wait, cut to what is left, ends at the deadline; and it stops while the host is
@@ -204,18 +205,22 @@ class _Outage:
         return now - self._since - self._excluded
 
     def ended(self) -> None:
-        """WHMCS answered, the Order moved on; or a wait on refused access ended."""
+        """WHMCS answered, the Order moved on."""
         self._since = None
+
+    async def excluding(self, wait: Awaitable[T]) -> T:
+        """``wait``, its time not counted in a run under way."""
+        started = time.monotonic()
+        try:
+            return await wait
+        finally:
+            if self._since is not None:
+                self._excluded += time.monotonic() - started
 
     def fence(self, fence: Fence) -> Fence:
         """``fence``, its time not counted in a run under way."""
         async def fenced(action: str, /, *, queued: bool = False) -> float | None:
-            started = time.monotonic()
-            try:
-                return await fence(action, queued=queued)
-            finally:
-                if self._since is not None:
-                    self._excluded += time.monotonic() - started
+            return await self.excluding(fence(action, queued=queued))
         return fenced
 
 
@@ -444,8 +449,10 @@ class Provisioner:
                 self._access_refused(exc, waiter)
                 self._on_retry("WhmcsAccessError")
                 waiting()  # no deadline: the decision may be hours old when access returns
-                await self._sleep(access_backoff.next_delay())
-                outage.ended()  # the wait on refused access is not WHMCS unavailable
+                # the wait on refused access is not WHMCS unavailable: left out of a run of
+                # transient errors under way, which it does not end (refusals between 503s
+                # would otherwise restart the deadline for ever)
+                await outage.excluding(self._sleep(access_backoff.next_delay()))
             except WhmcsError as exc:
                 if created is not None:
                     return _failed_after(created, "WHMCS_ERROR", f"{exc.action}: {exc}",

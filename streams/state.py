@@ -383,8 +383,12 @@ class OrderState:
                 decided.outcome.get("status") not in ("Provisioned", "Failed", "Skipped"):
             return False
         # what the attempt knew of WHMCS (an AddOrder that may have landed) went with the
-        # intent write that never landed: assume it may have, the next attempt looks first
-        self.set_intent(intent.settled(decided.outcome, at, may_exist=True))
+        # intent write that never landed: assume it may have, the next attempt looks first —
+        # but for the sweep's PROVISIONING_INTERRUPTED, its lookup's verdict after the settle
+        # moment: no order was made, none can land (kept for good otherwise, never expired)
+        interrupted = decided.outcome.get("error_code") == "PROVISIONING_INTERRUPTED" and \
+            decided.outcome.get("whmcs_order_id") is None
+        self.set_intent(intent.settled(decided.outcome, at, may_exist=not interrupted))
         return True
 
 

@@ -4,8 +4,8 @@ provisioner's retry deadline, its ``attempts`` and the guard's clock).
 * ``WORKER_RETRY_DEADLINE_S`` bounds a run of transient WHMCS errors: it starts at the first
   of them, not when the provisioning started — a wait for the ownership lease, for refused
   WHMCS access (no deadline: nothing is failed), for a slot or a settle moment before it does
-  not count; a wait for refused access ends the run. The deadline still bounds a run of
-  unanswered ``AddOrder`` calls with lookups that answer in between.
+  not count; nor does one during the run (left out, the run goes on). The deadline still
+  bounds a run of unanswered ``AddOrder`` calls with lookups (or refusals) in between.
 * ``attempts`` counts the ``AddOrder`` calls made: one of which nothing was written (its send
   deadline passed, ``WhmcsNotSentError``; no connection, the client never reported a write)
   is not one.
@@ -29,6 +29,7 @@ from common.errors import (
     WhmcsUnknownResultError,
 )
 from common.whmcs import AddOrderResult
+from streams import provision
 from streams.guard_check import GuardCheck
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
 from streams.provision import Provisioner, ProvisionResult
@@ -159,9 +160,10 @@ def test_a_wait_on_refused_access_longer_than_the_deadline_then_one_transient_er
     assert res.attempts == 2  # the refused ones are not attempts; the unanswered one is
 
 
-def test_a_wait_on_refused_access_ends_a_run_of_transient_errors():
+def test_a_wait_on_refused_access_during_a_run_is_not_counted():
     """A transient error, then refused access for longer than the deadline, then another
-    transient error: the refused wait ended the first run, the second starts its own."""
+    transient error: the refused wait is left out of the run, which goes on — retried, not
+    failed for the time access was refused."""
     wh = Scripted([unreachable()] + [refused()] * 4 + [unreachable()])
 
     async def sleep(_s: float) -> None:
@@ -173,6 +175,23 @@ def test_a_wait_on_refused_access_ends_a_run_of_transient_errors():
         return await prov.provision(REQ)
     res = asyncio.run(go())
     assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
+
+
+def test_refusals_between_transient_errors_do_not_restart_the_deadline(monkeypatch):
+    """WHMCS alternates refused access and 503s (a proxy in trouble): the refusals' waits
+    are left out, but do not end the run — the transient errors' own time reaches the
+    deadline and the Order ends Failed(WHMCS_UNAVAILABLE), not retried for ever holding its
+    lane and its partition's commit point (a regression review of the first version, which
+    ended the run at each refusal: 215 AddOrders in 3 s against a 0.3-s deadline)."""
+    monkeypatch.setattr(provision, "ACCESS_BACKOFF_MAX_S", 0.02)
+    wh = Scripted([refused(), unreachable()] * 200)
+
+    async def go() -> ProvisionResult:
+        prov = Provisioner(wh, policy(retry_deadline_s=0.3, **FAST))  # type: ignore[arg-type]
+        return await asyncio.wait_for(prov.provision(REQ), 3.0)
+    res = asyncio.run(go())
+    assert (res.status, res.error_code) == ("Failed", "WHMCS_UNAVAILABLE"), res.error_message
+    assert wh.script, "every scripted answer used: the deadline never came"
 
 
 def test_the_deadline_still_bounds_unanswered_addorders_between_lookups_that_answer():

@@ -94,6 +94,8 @@ def test_a_recovered_outcome_cut_between_its_two_changelogs_is_sent_exactly_once
     intent = Intent.from_json(after_a_day["intents"][OID])
     assert intent is not None and not intent.is_pending
     assert after_a_day["idem"][OID]["k1"]["emitted"] is True
+    # the sweep's lookup found no order: the intent expires with the TTL, however settled
+    assert intent.forgettable is (status == "Failed")
 
 
 def test_the_sweep_settles_an_intent_only_once_its_dedupe_entry_is_durable():
