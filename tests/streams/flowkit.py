@@ -62,7 +62,7 @@ class ListEmitter:
 class Kit:
     def __init__(self, *, salesforce: Any, whmcs_client: Any, lease: Any = None,
                  parallelism: int = 4, policy: ProvisionPolicy | None = None,
-                 linger_s: float = 0.01) -> None:
+                 linger_s: float = 0.01, intent_lease_s: float = 10.0) -> None:
         self.tables = Durable()
         self.state = OrderState(self.tables.idem, self.tables.intents, self.tables.flush)
         self.emitter = ListEmitter(self.tables)
@@ -77,7 +77,8 @@ class Kit:
         self.handler = EventHandler(
             state=self.state, reads=GuardReads(self.guard, linger_s=linger_s),
             provisioner=self.provisioner, emitter=self.emitter, context=Context(),
-            durable=GroupCommit(self.state.flush), lease=lease, writer_id="kit")
+            durable=GroupCommit(self.state.flush), lease=lease, writer_id="kit",
+            intent_lease_s=intent_lease_s)
         self.finished: list[tuple[int, int]] = []
 
     def _read(self, wanted: Any) -> dict[int, tuple[int, list[int]]]:

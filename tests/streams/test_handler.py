@@ -48,7 +48,9 @@ def harness(whmcs):
     async def build():
         client = WhmcsClient(WhmcsSettings.load(whmcs.env()))
         real_add = client.add_order
-        kit = Kit(salesforce=sf, whmcs_client=client)
+        # a resumed attempt waits out its intent's lease (+ the WHMCS timeout) before its
+        # lookup: 1 s, not the worker's 10, keeps these tests short
+        kit = Kit(salesforce=sf, whmcs_client=client, intent_lease_s=1.0)
 
         async def checked_add(params, **kwargs):
             order_id = params["notes"].split()[0].split("=")[1]
@@ -264,7 +266,7 @@ def _own_kit(whmcs, sf, timeout_s: float = 0.5):
     """A kit whose WHMCS client gives up after ``timeout_s`` (the handler's policy waits
     out WHMCS_TIMEOUT_S = 1 s + the grace before it reads an unanswered write)."""
     client = WhmcsClient(WhmcsSettings.load(whmcs.env()), timeout_s=timeout_s)
-    return Kit(salesforce=sf, whmcs_client=client), client
+    return Kit(salesforce=sf, whmcs_client=client, intent_lease_s=1.0), client
 
 
 def _back_to_pending(kit, order_id: str) -> None:
