@@ -11,8 +11,10 @@
   its subscription not refused
   (no such topic, no access to it: retried, but not ready until a stream answers); until a
   stream has been accepted once (answered, or stayed open unrefused), not after an attempt
-  that ended in an error, at once (a wrong endpoint, an outage, a TLS mismatch, Kafka or the
-  schema registry away at the start: named ``salesforce``, ``kafka`` or ``schema_registry``);
+  that ended in an error, at once (a wrong endpoint, an outage, a TLS mismatch: named
+  ``salesforce``; the LATEST marker or a gap record not written: ``kafka`` — the schema
+  registry is met only once a stream answered; an endpoint that never answers the
+  connection keeps the stream open unrefused: accepted after 5 s, then judged below);
   and, once one was,
   after ``READY_GRACE_S`` (60 s, as the worker and the sink), not without an answer from
   Pub/Sub while every subscription ends in an error (an outage, a network cut, a wrong
