@@ -342,3 +342,62 @@ def test_without_a_suspend_a_fresh_read_is_not_read_again(monkeypatch):
     kit = asyncio.run(go())
     assert outcomes(kit)[A]["status"] == "Provisioned"
     assert len(sf.queries) == 1
+
+
+# -- the run's start and end, seen apart from the waits left out (a test audit) -------------
+
+def test_a_settle_wait_longer_than_the_deadline_then_one_transient_error_provisions():
+    """Resumed attempt: the lookup waits 0.5 s for the settle moment (deadline 0.3 s),
+    finds nothing, then one 503: retried, Provisioned."""
+    wh = Scripted([unreachable()])
+
+    async def go() -> ProvisionResult:
+        prov = Provisioner(wh, policy(retry_deadline_s=0.3, **FAST))  # type: ignore[arg-type]
+        return await prov.provision(REQ, settle_at_ms=int(time.time() * 1000) + 500)
+    res = asyncio.run(go())
+    assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
+
+
+class SlowAddThenAccept503(Scripted):
+    """AddOrder: a 503, then made after 0.5 s; AcceptOrder: not sent once, then done."""
+
+    def __init__(self):
+        super().__init__([unreachable()])
+        self.accepts = [not_sent()]
+
+    async def add_order(self, params, send_deadline=None, on_write=None):
+        if self.calls:  # the second AddOrder: slow, made
+            await asyncio.sleep(0.5)
+        return await super().add_order(params, send_deadline, on_write)
+
+    async def accept_order(self, oid, autosetup=True, send_deadline=None, on_write=None):
+        self.calls.append("AcceptOrder")
+        if self.accepts:
+            raise self.accepts.pop(0)
+
+
+def test_a_made_order_ends_the_run_an_acceptorder_error_starts_a_new_one():
+    """A 503, then a slow AddOrder that made the order: the run ended with it — the
+    AcceptOrder's error starts a new run of its own, retried, not failed at once."""
+    wh = SlowAddThenAccept503()
+
+    async def go():
+        return await Provisioner(wh, policy(retry_deadline_s=0.3, **FAST)).provision(REQ)
+    res = asyncio.run(go())
+    assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
+
+
+def test_a_host_that_suspended_before_the_read_does_not_read_again(monkeypatch):
+    """CLOCK_BOOTTIME ahead of CLOCK_MONOTONIC (a suspend since boot): the handler's read is
+    timed on the lease clock as GuardCheck ages it — one query, not a fresh read looking
+    100 s old (the two clocks mixed)."""
+    Suspend(monkeypatch).now(100.0)  # BOOTTIME ahead of MONOTONIC (suspended since boot)
+    sf, wh = SF(A), WH()
+
+    async def go():
+        kit = Kit(salesforce=sf, whmcs_client=wh)
+        await kit.process(records([request_value(A)]))
+        return kit
+    kit = asyncio.run(go())
+    assert outcomes(kit)[A]["status"] == "Provisioned"
+    assert len(sf.queries) == 1

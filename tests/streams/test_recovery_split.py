@@ -24,6 +24,9 @@ from streams.state import DedupeEntry, DurabilityError, Intent, OrderState, memo
 from tests.streams.factories import order
 from tests.streams.flowkit import Kit
 from tests.streams.test_resumed_guard import OID, Salesforce, Whmcs
+from tests.streams.test_sweep_fenced_writes import OID as FENCED_OID
+from tests.streams.test_sweep_fenced_writes import RECENT, SESSION_S, Emitter, Mono, _Absent, _lease
+from tests.streams.test_sweep_fenced_writes import _sweeper as _fenced_sweeper
 
 RECOVERY_S, TTL_DAYS = 600, 35
 
@@ -169,3 +172,23 @@ def test_an_unsent_outcome_the_schema_refuses_still_expires():
     asyncio.run(sweeper.run_once())
     asyncio.run(sweeper.run_once())
     assert "801B" not in idem
+
+
+def test_a_lease_lapsing_during_the_entrys_flush_leaves_the_intent_pending():
+    """The entry's flush outlived the ownership lease: the sweep writes no settled intent
+    and sends nothing — the partition's owner settles it from the entry."""
+    writes: list = []
+    mono = Mono()
+    emitter = Emitter()
+    intent = Intent.pending(order_id=FENCED_OID, idem_key="k", event_uuid="e", attempt=1,
+                            client_id=1, at=RECENT, writer="w", lease_until=0)
+    sweeper, state = _fenced_sweeper({}, {FENCED_OID: intent.to_json()},
+                                     _lease(mono, expired=False), writes, emitter)
+    sweeper.provisioner = _Absent()
+
+    async def slow_flush():
+        mono.s += SESSION_S + 1  # the flush outlived the lease
+    sweeper.durable = slow_flush
+    asyncio.run(sweeper.run_once())
+    assert writes == [("set", FENCED_OID)]  # the entry only
+    assert state.intent(FENCED_OID).is_pending and emitter.sent == []

@@ -102,3 +102,31 @@ def test_a_registry_away_for_the_grace_makes_the_worker_not_ready_saying_why(tmp
     assert ok is False
     assert any(r.startswith("schema_registry: waiting for the schema registry: SerdeError")
                for r in details["reasons"]), details["reasons"]
+
+
+def test_the_registry_wait_is_cleared_once_the_decode_ends(monkeypatch):
+    """Two failed decodes, then the chunk given up (revoked): the wait is over, and
+    /readyz must not go on saying it waits for the registry."""
+    real = common.backoff.Backoff
+    monkeypatch.setattr(common.backoff, "Backoff", lambda *_a, **_kw: real(0.001, 0.001, jitter=False))
+    fails = [2]
+
+    async def go():
+        worker = _worker(7)
+        worker.serde = SimpleNamespace(offline=lambda value, headers: False)
+
+        async def decode(records):
+            if fails[0]:
+                fails[0] -= 1
+                raise SerdeError("schema registry unreachable", retryable=True)
+            return None  # the chunk's generation revoked: given up
+        worker._decode_unless_revoked = decode
+        msgs = [_message(worker, 0, 7)]
+        intake = _Intake([SimpleNamespace(message=m) for m in msgs])
+        agent = asyncio.ensure_future(Worker._agent(worker, intake))
+        await asyncio.wait_for(intake.asked_again.wait(), 5)
+        agent.cancel()
+        return worker
+    w = asyncio.run(go())
+    assert fails[0] == 0
+    assert w.registry_unavailable_since is None and w.registry_last_error is None
