@@ -109,6 +109,17 @@ RELIED_ON = {
         "a record's place in its batch as metadata.offset (_resolve_batch); None when full",
     "aiokafka.producer.producer:AIOKafkaProducer.partitions_for":
         "the topic's partitions, for a keyed record's partition",
+    # ConsumerSeam._install_buffer_drop: a paused partition stays out of faust's fetch
+    "faust.transport.consumer:Consumer.on_buffer_drop": "puts a buffered partition back",
+    "faust.transport.consumer:Consumer.on_buffer_full": "out of the fetch, into the buffered",
+    "faust.transport.consumer:Consumer.pause_partitions": "out of the fetch, into the paused",
+    "faust.transport.consumer:Consumer.resume_partitions": "back into the fetch",
+    "faust.transport.consumer:Consumer._get_active_partitions": "what is fetched",
+    "faust.transport.consumer:Consumer._set_active_tps": "paused partitions left out",
+    "faust.transport.conductor:ConductorCompiler.build": "takes app.consumer.on_buffer_drop",
+    "faust.transport.conductor:Conductor._build_handler": "the compiled handler if built",
+    "faust.transport.conductor:Conductor._update_callback_map": "a handler per partition",
+    "faust.transport.conductor:Conductor.on_partitions_assigned": "handlers built then",
     # RestoreGuards._floor: records at or below the persisted offset left out
     "faust.tables.recovery:Recovery._seek_offsets": "seeks to the persisted offset itself",
     # the sweep's key scan (streams.recovery._keys), KeyPartitionedRocksStore.drop_partition

@@ -21,6 +21,8 @@ import re
 import time
 from typing import Any
 
+import pytest
+
 from common.clock import lease_clock
 from common.errors import (
     WhmcsAccessError,
@@ -143,11 +145,9 @@ def test_a_lease_wait_during_a_run_of_transient_errors_does_not_count():
     assert res.attempts == 3
 
 
-def test_a_wait_on_refused_access_longer_than_the_deadline_then_one_transient_error_provisions():
-    """WHMCS refused our credentials four times (~0.4 s: Orders wait, nothing is failed),
-    then, fixed, failed once: retried, not failed for the time access was refused."""
-    wh = Scripted([refused()] * 4 + [unreachable()])
-
+def _with_access_waits_of_0_1_s(wh: Scripted) -> ProvisionResult:
+    """``wh`` provisioned against a 0.3-s retry deadline, each backoff sleeping 0.1 s (four
+    refusals: longer than the deadline)."""
     async def sleep(_s: float) -> None:
         await asyncio.sleep(0.1)
 
@@ -155,7 +155,13 @@ def test_a_wait_on_refused_access_longer_than_the_deadline_then_one_transient_er
         prov = Provisioner(wh, policy(retry_deadline_s=0.3, **FAST),  # type: ignore[arg-type]
                            sleep=sleep)
         return await prov.provision(REQ)
-    res = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_wait_on_refused_access_longer_than_the_deadline_then_one_transient_error_provisions():
+    """WHMCS refused our credentials four times (~0.4 s: Orders wait, nothing is failed),
+    then, fixed, failed once: retried, not failed for the time access was refused."""
+    res = _with_access_waits_of_0_1_s(Scripted([refused()] * 4 + [unreachable()]))
     assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
     assert res.attempts == 2  # the refused ones are not attempts; the unanswered one is
 
@@ -164,16 +170,8 @@ def test_a_wait_on_refused_access_during_a_run_is_not_counted():
     """A transient error, then refused access for longer than the deadline, then another
     transient error: the refused wait is left out of the run, which goes on — retried, not
     failed for the time access was refused."""
-    wh = Scripted([unreachable()] + [refused()] * 4 + [unreachable()])
-
-    async def sleep(_s: float) -> None:
-        await asyncio.sleep(0.1)
-
-    async def go() -> ProvisionResult:
-        prov = Provisioner(wh, policy(retry_deadline_s=0.3, **FAST),  # type: ignore[arg-type]
-                           sleep=sleep)
-        return await prov.provision(REQ)
-    res = asyncio.run(go())
+    res = _with_access_waits_of_0_1_s(
+        Scripted([unreachable()] + [refused()] * 4 + [unreachable()]))
     assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
 
 
@@ -331,8 +329,12 @@ def test_a_host_suspend_after_the_handlers_read_reads_the_guard_again(monkeypatc
     assert len(sf.queries) == 2
 
 
-def test_without_a_suspend_a_fresh_read_is_not_read_again(monkeypatch):
-    Suspend(monkeypatch)
+@pytest.mark.parametrize("suspended_since_boot_s", [0.0, 100.0])
+def test_without_a_suspend_a_fresh_read_is_not_read_again(monkeypatch, suspended_since_boot_s):
+    """No suspend since the read: one query. Also with CLOCK_BOOTTIME 100 s ahead of
+    CLOCK_MONOTONIC (a suspend before it, since boot): the handler's read is timed on the
+    lease clock, as GuardCheck ages it — not a fresh read looking 100 s old (clocks mixed)."""
+    Suspend(monkeypatch).now(suspended_since_boot_s)
     sf, wh = SF(A), WH()
 
     async def go() -> Kit:
@@ -385,19 +387,3 @@ def test_a_made_order_ends_the_run_an_acceptorder_error_starts_a_new_one():
         return await Provisioner(wh, policy(retry_deadline_s=0.3, **FAST)).provision(REQ)
     res = asyncio.run(go())
     assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
-
-
-def test_a_host_that_suspended_before_the_read_does_not_read_again(monkeypatch):
-    """CLOCK_BOOTTIME ahead of CLOCK_MONOTONIC (a suspend since boot): the handler's read is
-    timed on the lease clock as GuardCheck ages it — one query, not a fresh read looking
-    100 s old (the two clocks mixed)."""
-    Suspend(monkeypatch).now(100.0)  # BOOTTIME ahead of MONOTONIC (suspended since boot)
-    sf, wh = SF(A), WH()
-
-    async def go():
-        kit = Kit(salesforce=sf, whmcs_client=wh)
-        await kit.process(records([request_value(A)]))
-        return kit
-    kit = asyncio.run(go())
-    assert outcomes(kit)[A]["status"] == "Provisioned"
-    assert len(sf.queries) == 1
