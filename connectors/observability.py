@@ -6,15 +6,16 @@
   needed. Salesforce or Kafka out of reach is no reason: a restart brings neither back.
 * ``/readyz``: it can move events now — not still starting (its producer's
   ``init_transactions``, the stored position, the first subscription: until that answered,
-  stayed open unrefused or ended in an error; no event needed), not fenced or failed
-  (Kafka), not waiting out a Salesforce delivery limit, not subscribed to a silent stream,
-  its subscription not refused
+  stayed open unrefused once connected or ended in an error; no event needed), not fenced
+  or failed (Kafka), not waiting out a Salesforce delivery limit, not subscribed to a silent
+  stream, its subscription not refused
   (no such topic, no access to it: retried, but not ready until a stream answers); until a
-  stream has been accepted once (answered, or stayed open unrefused), not after an attempt
-  that ended in an error, at once (a wrong endpoint, an outage, a TLS mismatch: named
-  ``salesforce``; the LATEST marker or a gap record not written: ``kafka`` — the schema
-  registry is met only once a stream answered; an endpoint that never answers the
-  connection keeps the stream open unrefused: accepted after 5 s, then judged below);
+  stream has been accepted once (answered, or stayed open unrefused once connected), not
+  after an attempt that ended in an error, at once (a wrong endpoint, an outage, a TLS
+  mismatch: named ``salesforce``; the LATEST marker or a gap record not written:
+  ``kafka`` — the schema registry is met only once a stream answered; an endpoint that never
+  answers the connection is not accepted: a stream's 5 s open count only once its channel is
+  connected, so it stays starting until gRPC's connect timeout, ~20 s, ends it in an error);
   and, once one was,
   after ``READY_GRACE_S`` (60 s, as the worker and the sink), not without an answer from
   Pub/Sub while every subscription ends in an error (an outage, a network cut, a wrong

@@ -29,7 +29,8 @@ Failure policies:
   again after a reopen that is not the refused one ends the preset, so a resumed instance
   goes on after what the newer one wrote instead of replaying it all again (EARLIEST) or
   skipping past it (LATEST); FAIL exits with :data:`EXIT_REPLAY_INVALID`. The gap's pass
-  (:mod:`connectors.reconciler`) is armed when the next stream is accepted (answers, or stays open ``GAP_ARM_OPEN_S``);
+  (:mod:`connectors.reconciler`) is armed when the next stream is accepted (answers, or stays
+  open ``GAP_ARM_OPEN_S`` on a connected channel);
   after a LATEST one it covers the Orders changed until then, not only until the gap's
   time: what was published before a LATEST stream was accepted (during a slow gap commit,
   a backoff, a failed open) is skipped too.
@@ -85,9 +86,10 @@ stream opened again all the same (the last one ended before its first keepalive,
 take 270 s, or its batch was not written) records a ``replay_gap`` at its opening, so the gap
 pass re-requests the Orders it skipped; the first stream of a fresh start records none (that
 is where LATEST starts). A fresh start is remembered in Kafka: before that first stream opens,
-the LATEST marker (:mod:`connectors.offsets`) is committed, so a successor that finds it and
-still no position (this process was killed, or exited, before its first position) opens LATEST
-*again* and records the gap too, instead of losing what this one received silently.
+and after the Salesforce login it needs (a refused login leaves no marker for a stream never
+opened), the LATEST marker (:mod:`connectors.offsets`) is committed, so a successor that finds
+it and still no position (this process was killed, or exited, before its first position) opens
+LATEST *again* and records the gap too, instead of losing what this one received silently.
 """
 
 from __future__ import annotations
@@ -144,10 +146,12 @@ EXIT_ERROR = 1
 EXIT_REPLAY_INVALID = 2
 EXIT_FENCED = 3
 EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configuration error
-#: a stream open this long without an error was accepted (Salesforce refuses a subscription
-#: — limit, auth, replay id — within moments): a gap's pass is armed then if no answer came
-#: first, as an EARLIEST stream with nothing left to replay answers only with its first
-#: keepalive, up to 270 s later
+#: a stream open this long without an error, its channel connected, was accepted (Salesforce
+#: refuses a subscription — limit, auth, replay id — within moments): a gap's pass is armed
+#: then if no answer came first, as an EARLIEST stream with nothing left to replay answers
+#: only with its first keepalive, up to 270 s later. Counted from the channel's connection: an
+#: endpoint that never completes the handshake (a firewall, a blackhole) keeps a stream "open
+#: unrefused" until gRPC's ~20 s connect timeout, and Salesforce has seen nothing of it
 GAP_ARM_OPEN_S = 5.0
 #: how long after a gap's detection its LATEST stream may have been accepted, for a
 #: successor's re-armed pass (:meth:`Connector._rearm_gap`): a gap record's commit, failed
@@ -193,11 +197,13 @@ class Health:
     # refused again): until a stream answers
     auth_refused: str = ""
     # start-up is over (/readyz "starting" until then, while subscribed or before): the first
-    # subscription answered, stayed open GAP_ARM_OPEN_S unrefused (a quiet channel's first
-    # keepalive may be 270 s away) or ended in an error, which the other checks then judge
+    # subscription answered, stayed open GAP_ARM_OPEN_S unrefused on a connected channel (a
+    # quiet channel's first keepalive may be 270 s away) or ended in an error, which the
+    # other checks then judge
     started: bool = False
-    # a stream was accepted once (answered, or stayed open GAP_ARM_OPEN_S unrefused): until
-    # then an attempt that ended in an error is not ready at once, no grace (unaccepted)
+    # a stream was accepted once (answered, or stayed open GAP_ARM_OPEN_S unrefused on a
+    # connected channel): until then an attempt that ended in an error is not ready at once,
+    # no grace (unaccepted)
     accepted: bool = False
 
     def accept(self) -> None:
@@ -404,6 +410,10 @@ class Connector:
         else:
             preset, replay_id = self.preset_override or self.settings.replay, None
         if preset == "LATEST" and self.position is None and not self._latest_marked:
+            # log in first (the token is cached for the subscribe): a refused login raises
+            # while no marker exists, so a successor does not take a stream that never
+            # opened for one whose events were lost (a false gap)
+            self.pubsub.login()
             self._mark_latest_opened()
         sub = self.pubsub.subscribe(preset, replay_id)
         skipped, self._opened = preset == "LATEST" and self._opened, True
@@ -426,9 +436,15 @@ class Connector:
                  deadline: float | None) -> bool:
         stall = self.settings.keepalive_timeout_s
         opened = time.monotonic()
+        # when the stream's channel was first seen connected: open GAP_ARM_OPEN_S from then
+        # unrefused is accepted. Not from the open: an endpoint that never completes the
+        # handshake keeps the stream open, unrefused, until gRPC's connect timeout (~20 s)
+        connected_at: float | None = None
         while not self._stop.is_set():
             if deadline and time.monotonic() >= deadline:
                 return True
+            if connected_at is None and sub.connected():
+                connected_at = time.monotonic()
             if self.reconciler is not None:  # re-requests, in this instance's transaction
                 self.reconciler.write_due(self.writer.write)
             try:
@@ -436,10 +452,13 @@ class Connector:
             except queue.Empty:
                 if time.monotonic() - max(self.health.last_response, opened) > stall:
                     raise StreamStalled(f"no events or keepalive for {stall:.0f}s") from None
-                if time.monotonic() - opened >= GAP_ARM_OPEN_S:
-                    self.health.accept()  # open unrefused: accepted
-                if self._rearm_at is not None and time.monotonic() - opened >= GAP_ARM_OPEN_S:
-                    self._arm_gap_pass()
+                if connected_at is not None \
+                        and time.monotonic() - connected_at >= GAP_ARM_OPEN_S:
+                    self.health.accept()  # open unrefused, connected: accepted
+                    if self._rearm_at is not None:
+                        # not before: a LATEST stream starts where Salesforce handles its
+                        # request, and no replay settles on a stream that reached nobody
+                        self._arm_gap_pass()
                 self._maybe_commit_keepalive()
                 continue
             items = [first]
@@ -464,10 +483,10 @@ class Connector:
         return True
 
     def _arm_gap_pass(self) -> None:
-        """The stream after a gap answered, or stayed open ``GAP_ARM_OPEN_S`` unrefused: the
-        gap's pass waits from here for the replay to settle, not from a slow start-up, a
-        limit wait or a backoff that held the stream (Orders still to be replayed looked
-        stranded).
+        """The stream after a gap answered, or stayed open ``GAP_ARM_OPEN_S`` unrefused on a
+        connected channel: the gap's pass waits from here for the replay to settle, not from
+        a slow start-up, a limit wait or a backoff that held the stream (Orders still to be
+        replayed looked stranded).
 
         A LATEST stream starts where Salesforce handled its first request: later than the
         gap's time by the gap record's commit (up to its retries on a slow broker) and by
@@ -723,17 +742,23 @@ class Connector:
         self._latest_marked = True
 
     def _found_latest_opened(self, at_ms: int) -> None:
-        """The LATEST marker is stored and no position: an earlier instance opened a LATEST
-        stream and ended (killed, exited) before a position was committed, so what it
+        """The LATEST marker is stored and no position: an earlier instance may have opened
+        a LATEST stream (the marker precedes the open, which can still fail: the endpoint out
+        of reach) and ended (killed, exited) before a position was committed, so what it
         received was written nowhere. The next LATEST stream is a re-open (_latest_again):
-        a gap is recorded and its pass armed, as within one process."""
+        a gap is recorded and its pass armed, as within one process. An EARLIEST one
+        (SF_EVENTS_REPLAY changed since) records none: it replays what is retained."""
         self._opened = True
         opened = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_ms / 1000))
-        log.warning("a LATEST stream was opened at %s with no position stored (the marker "
-                    "%s in %s) and no position was committed since: what it received was "
-                    "not written; a LATEST stream opened now records a gap", opened,
+        then = ("the LATEST stream opened now records a gap (its pass re-requests the Orders "
+                "changed since)" if self.settings.replay == "LATEST" else
+                f"SF_EVENTS_REPLAY={self.settings.replay}: the stream opened now replays the "
+                "events still retained, no gap is recorded")
+        log.warning("a LATEST stream may have been opened at %s with no position stored (the "
+                    "marker %s in %s) and no position was committed since: what it received "
+                    "was not written; %s", opened,
                     self.codec.latest_opened_key.decode(errors="replace"),
-                    self.kafka.connector_offsets, extra={"cause": "gap"})
+                    self.kafka.connector_offsets, then, extra={"cause": "gap"})
 
     def _record_gap(self, policy: str, error_code: str, message: str) -> None:
         """Commit a ``replay_gap`` record found now and plan its gap pass for the next

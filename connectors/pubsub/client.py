@@ -20,6 +20,14 @@ Contracts and pitfalls:
   addition to gRPC's bundled roots); plaintext only with ``SF_PUBSUB_TLS=false``. HTTP/2
   keepalive pings find half-open connections; the caller's watchdog finds silent streams.
 * The access token travels in call metadata only and is never logged.
+* **Connected** (:meth:`PubSubClient.connected`): the channel's connectivity, followed with
+  ``channel.subscribe``. gRPC fails a stream to an endpoint that never completes the HTTP/2
+  handshake (a firewall dropping packets, a blackhole, a TCP peer that says nothing) only at
+  its ~20 s connect timeout; until then the stream looks open and unrefused. The caller
+  counts such a stream as accepted only once the channel is ``READY``. Following it takes a
+  gRPC polling thread, whose pending poll a channel closed during the interpreter's
+  finalization waits for for ever (daemon threads no longer run then): the channel is closed
+  by :meth:`PubSubClient.close`, when the client is collected, or at exit (``atexit``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +104,11 @@ class Subscription:
 
     def __init__(self, stub: pb_grpc.PubSubStub, metadata: list[tuple[str, str]], topic: str,
                  preset: str, replay_id: bytes | None, flow: FlowControl, *,
-                 limit_backoff_s: float = 300.0) -> None:
+                 connected: Callable[[], bool], limit_backoff_s: float = 300.0) -> None:
         self.topic = topic
         self.flow = flow
+        #: whether the stream's channel is connected now (:meth:`PubSubClient.connected`)
+        self.connected = connected
         self.responses: queue.Queue[Any] = queue.Queue()
         self._requests: queue.Queue[pb.FetchRequest | None] = queue.Queue()
         self._cancelled = threading.Event()
@@ -146,6 +158,22 @@ class Subscription:
         self._reader.join(timeout=5)
 
 
+class _Connectivity:
+    """The channel's last connectivity state, set from gRPC's polling thread. Apart from the
+    client, so the channel's subscription does not keep the client (and its channel) alive."""
+
+    def __init__(self) -> None:
+        self.state: grpc.ChannelConnectivity | None = None
+
+    def __call__(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+
+
+def _close_channel(channel: grpc.Channel, connectivity: _Connectivity) -> None:
+    channel.unsubscribe(connectivity)
+    channel.close()
+
+
 class PubSubClient:
     """Channel + stub + auth. Thread-safe for GetSchema; one Subscription at a time."""
 
@@ -154,12 +182,29 @@ class PubSubClient:
         self.settings = connector
         self.auth = auth
         self._channel = channel or make_channel(connector, salesforce)
+        self._connectivity = _Connectivity()
+        # follows the state only: connecting is the calls' business (try_to_connect=False)
+        self._channel.subscribe(self._connectivity, try_to_connect=False)
+        # closed by close(), or when collected, or at exit while gRPC's threads still run
+        self._closer = weakref.finalize(self, _close_channel, self._channel,
+                                        self._connectivity)
         self.stub = pb_grpc.PubSubStub(self._channel)
         self.token: Token | None = None
 
     def _metadata(self) -> list[tuple[str, str]]:
         self.token = self.auth.token()
         return auth_metadata(self.token)
+
+    def login(self) -> None:
+        """Log in to Salesforce now, if no token is cached (the next :meth:`subscribe` uses
+        it). Raises the login's :class:`~common.errors.SalesforceAuthError` (refused) or
+        SalesforceError (the token endpoint out of reach)."""
+        self.token = self.auth.token()
+
+    def connected(self) -> bool:
+        """The channel is connected (``READY``: the TCP, TLS and HTTP/2 handshakes done):
+        a stream opened on it has reached Salesforce."""
+        return self._connectivity.state == grpc.ChannelConnectivity.READY
 
     def refresh_auth(self) -> None:
         """Assert again (the stored token was refused)."""
@@ -168,7 +213,8 @@ class PubSubClient:
     def subscribe(self, preset: str, replay_id: bytes | None = None) -> Subscription:
         flow = FlowControl(self.settings.num_requested, self.settings.max_buffered)
         return Subscription(self.stub, self._metadata(), self.settings.channel, preset,
-                            replay_id, flow, limit_backoff_s=self.settings.limit_backoff_s)
+                            replay_id, flow, connected=self.connected,
+                            limit_backoff_s=self.settings.limit_backoff_s)
 
     def get_schema(self, schema_id: str, *, timeout: float = 30.0) -> str:
         """Avro schema JSON of ``schema_id``; raises the classified error on failure."""
@@ -180,4 +226,4 @@ class PubSubClient:
         return str(info.schema_json)
 
     def close(self) -> None:
-        self._channel.close()
+        self._closer()  # once: a second close does nothing

@@ -64,7 +64,8 @@ def turn(conn: Connector, *items: Any, open_s: float = 0.3) -> Any:
     ``open_s`` real seconds unless they end it), then :meth:`Connector._recover` if it ended
     in an error (its backoff moves the clock). Returns the subscription."""
     sub = FakeSubscription(list(items))
-    conn.pubsub = SimpleNamespace(subscribe=lambda *_a: sub)  # type: ignore[assignment]
+    conn.pubsub = SimpleNamespace(subscribe=lambda *_a: sub,  # type: ignore[assignment]
+                                  login=lambda: None)
     try:
         conn._subscribe_once(None, time.monotonic() + open_s)
     except PipelineError as exc:

@@ -130,6 +130,9 @@ class FakeSubscription:
             self.responses.put(item)
         self.flow = SimpleNamespace(buffered=0)
 
+    def connected(self) -> bool:
+        return True  # its channel connected (the 5-s-open rule asks)
+
     def consumed(self, _n: int) -> None:
         pass
 

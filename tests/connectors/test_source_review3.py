@@ -17,33 +17,45 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 import requests
 from prometheus_client import REGISTRY
 
 from common.avro import SerdeError
+from common.envparse import Secret
 from common.errors import (
     KafkaAccessError,
     KafkaError,
     PipelineError,
     ProducerFencedError,
+    SalesforceAuthError,
     SalesforceError,
     SalesforceLimitError,
 )
 from common.metrics import HealthServer
 from common.probes import READY_GRACE_S
+from common.salesforce import Token
 from connectors import metrics as m
 from connectors import observability, offsets, source
 from connectors.decode import KafkaRecord
 from connectors.offsets import EVENT, Position
+from connectors.pubsub.client import PubSubClient
 from connectors.pubsub.flow import FlowControl
+from connectors.pubsub.generated import pubsub_api_pb2_grpc as pb_grpc
 from connectors.source import EXIT_ACCESS_REFUSED, EXIT_FENCED, EXIT_OK, Connector
 from tests.connectors.test_source_loop import (
     KEEPALIVE_ANSWER,
@@ -82,7 +94,7 @@ def turn(conn: Connector, *items: Any, open_s: float = 0.2, raises: Exception | 
             raise raises
         return FakeSubscription(list(items))
     conn.pubsub = SimpleNamespace(subscribe=subscribe,  # type: ignore[assignment]
-                                  refresh_auth=lambda: None)
+                                  refresh_auth=lambda: None, login=lambda: None)
     conn._stop.wait = lambda _d: False  # type: ignore[method-assign]
     try:
         conn._subscribe_once(None, time.monotonic() + open_s)
@@ -206,7 +218,8 @@ class Topics:
         def subscribe(preset: str, _rid: Any) -> FakeSubscription:
             presets.append(preset)
             return FakeSubscription(list(items) if len(presets) == 1 else [KEEPALIVE_ANSWER])
-        conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+        conn.pubsub = SimpleNamespace(subscribe=subscribe,  # type: ignore[assignment]
+                                      login=lambda: None)
         code = conn.run(timeout_s=timeout_s)
         return code, presets, conn, passes
 
@@ -234,7 +247,8 @@ def test_events_received_by_an_instance_that_exited_before_its_first_position_ar
     # P1's batch write is refused; whatever P1 committed before it stays committed
     p1 = make()
     p1.writer = topics.writes  # type: ignore[assignment]
-    p1.pubsub = SimpleNamespace(subscribe=lambda *_a: FakeSubscription([event(1)]))  # type: ignore[assignment]
+    p1.pubsub = SimpleNamespace(  # type: ignore[assignment]
+        subscribe=lambda *_a: FakeSubscription([event(1)]), login=lambda: None)
     refuse_batches = topics.writes.write
 
     def write(records: list[Any]) -> None:
@@ -275,7 +289,8 @@ def test_the_first_ever_start_records_no_gap_and_its_marker_precedes_the_stream(
     def subscribe(*_a: Any) -> FakeSubscription:
         committed_at_subscribe.append(len(topics.writes.committed))
         return FakeSubscription([])
-    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    conn.pubsub = SimpleNamespace(subscribe=subscribe,  # type: ignore[assignment]
+                                  login=lambda: None)
     assert conn.run(timeout_s=0.3) == EXIT_OK
     assert topics.gaps(conn) == []
     # one transaction, to the offsets topic, committed before the stream was opened
@@ -383,3 +398,147 @@ def test_the_buffered_gauge_follows_the_flow_after_the_batch_is_written():
     conn._handle(sub, [SimpleNamespace(events=[event(i).events[0] for i in range(1, 101)])])
     assert conn.written == 100 and flow.buffered == 0
     assert m.BUFFERED._value.get() == 0  # type: ignore[attr-defined]
+
+
+# -- 5. a fresh start's first login is done before the LATEST marker ----------------------------
+
+class RefusedLogin:
+    """SalesforceAuth whose every login is refused (the connected app not approved)."""
+
+    def token(self) -> Any:
+        raise SalesforceAuthError("JWT bearer login refused: invalid_grant: user hasn't "
+                                  "approved this consumer", retryable=False)
+
+    def refresh(self, _stale: Any = None) -> Any:
+        return self.token()
+
+
+def test_a_login_refused_at_a_fresh_start_leaves_no_marker_and_the_next_start_no_gap(
+        monkeypatch):
+    """/tmp/review-regress2/login_gap.py: P1 (LATEST, no position) committed the LATEST
+    marker, then its first subscribe logged in and the login was refused: no stream ever
+    opened. The operator fixed .env and restarted; P2 found the marker and no position and
+    recorded a false ``latest.resubscribed`` gap (alert, gap pass armed)."""
+    topics = Topics(monkeypatch)
+    monkeypatch.setattr(source, "GAP_ARM_OPEN_S", 0.1)
+    p1 = make(backoff_initial_s=0.01, backoff_max_s=0.02)
+    p1.writer = topics.writes  # type: ignore[assignment]
+    p1.reconciler = GapPasses()
+    # the real client: every subscribe raises the refused login (its _metadata logs in)
+    p1.pubsub = PubSubClient(p1.settings, None, RefusedLogin(),  # type: ignore[arg-type]
+                             channel=grpc.insecure_channel("127.0.0.1:9"))
+    try:
+        assert p1.run(timeout_s=0.5) == EXIT_OK
+    finally:
+        p1.pubsub.close()
+    assert "invalid_grant" in p1.health.auth_refused
+    assert topics.writes.committed == [], "P1 committed the marker though no stream opened"
+    code, presets, p2, passes = topics.instance(timeout_s=0.5)
+    assert code == EXIT_OK and presets[0] == "LATEST"
+    assert topics.gaps(p2) == [] and passes.armed == [], "P2 recorded a false gap"
+
+
+def test_earliest_after_a_marker_does_not_claim_a_gap(monkeypatch, caplog):
+    """SF_EVENTS_REPLAY=EARLIEST: the marker's warning said a gap is recorded; none is (the
+    EARLIEST stream replays what is retained)."""
+    topics = Topics(monkeypatch)
+    topics.instance(timeout_s=0.3)  # LATEST, quiet: only the marker committed
+    conn = make(replay="EARLIEST")
+    conn.writer = topics.writes  # type: ignore[assignment]
+    conn.pubsub = SimpleNamespace(subscribe=lambda *_a: FakeSubscription([]))  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="connectors"):
+        assert conn.run(timeout_s=0.3) == EXIT_OK
+    assert topics.gaps(conn) == []
+    [warning] = [r.getMessage() for r in caplog.records if "marker" in r.getMessage()]
+    assert "may have been opened" in warning and "records a gap" not in warning, warning
+    assert "EARLIEST" in warning and "no gap" in warning, warning
+
+
+# -- 6. open 5 s counts as accepted only on a connected channel ---------------------------------
+
+class TokenAuth:
+    def token(self) -> Token:
+        return Token(Secret("tok-123456789"), "https://example.my.salesforce.com",
+                     "00Dxx0000001gEREAY", "005xx", 0.0)
+
+    def refresh(self, _stale: Any = None) -> Token:
+        return self.token()
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A TCP server that accepts connections and never says a word (no HTTP/2 SETTINGS):
+    what a firewalled or blackholed SF_PUBSUB_ENDPOINT looks like to gRPC."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.05)
+    stop, accepted = threading.Event(), []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+class QuietPubSub(pb_grpc.PubSubServicer):
+    """Accepts every Subscribe and answers nothing (a quiet channel before its keepalive)."""
+
+    def Subscribe(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802 - gRPC API
+        next(request_iterator)
+        while context.is_active():
+            time.sleep(0.05)
+        return iter(())
+
+
+@contextmanager
+def answering_endpoint() -> Iterator[str]:
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_PubSubServicer_to_server(QuietPubSub(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+@pytest.mark.parametrize("endpoint", ["silent", "answering"])
+def test_a_stream_open_counts_as_accepted_only_on_a_connected_channel(monkeypatch, endpoint):
+    """/tmp/review-readme/silent_ready.py: SF_PUBSUB_ENDPOINT firewalled (the TCP connection
+    accepted, nothing answered): gRPC fails the stream only at its ~20-s connect timeout,
+    so the stream "stayed open unrefused" and after 5 s the connector was ready (``make up``
+    printed healthy), a gap's pass armed; 503 only after 60 s. An endpoint that completes
+    the HTTP/2 handshake and stays quiet (a quiet channel) is still accepted."""
+    monkeypatch.setattr(source, "GAP_ARM_OPEN_S", 0.3)
+    conn = make()
+    conn._set_position(STORED)
+    passes = conn.reconciler = GapPasses()
+    conn._rearm_at = time.time()  # a stored gap's pass, armed once a stream is accepted
+    with (silent_endpoint if endpoint == "silent" else answering_endpoint)() as target:
+        conn.pubsub = PubSubClient(conn.settings, None, TokenAuth(),  # type: ignore[arg-type]
+                                   channel=grpc.insecure_channel(target))
+        try:
+            assert conn._subscribe_once(None, time.monotonic() + 1.5) is True
+            assert conn.health.state == "subscribed"
+            ok, why = reasons(conn)
+        finally:
+            conn.pubsub.close()
+    if endpoint == "silent":
+        assert ok is False and [r for r in why if r.startswith("starting: ")], why
+        assert not conn.health.accepted and passes.armed == [], passes.armed
+    else:
+        assert (ok, why) == (True, [])
+        assert len(passes.armed) == 1, passes.armed

@@ -123,8 +123,9 @@ def test_a_login_refused_at_the_first_subscribe_ends_start_up_not_ready_for_the_
 
     def refresh_auth() -> None:
         raise refusal
+    # the login is refused (a fresh start logs in before its LATEST marker, or in subscribe)
     conn.pubsub = SimpleNamespace(subscribe=subscribe,  # type: ignore[assignment]
-                                  refresh_auth=refresh_auth)
+                                  refresh_auth=refresh_auth, login=refresh_auth)
     conn._stop.wait = lambda _delay: False  # type: ignore[method-assign]
     with pytest.raises(SalesforceAuthError) as ended:
         conn._subscribe_once(None, None)
@@ -134,7 +135,8 @@ def test_a_login_refused_at_the_first_subscribe_ends_start_up_not_ready_for_the_
     assert any(r.startswith("salesforce_auth: ") for r in reasons), reasons
     # the next stream opens (state "subscribed" again, nothing answered yet): start-up
     # stays over — it ended with the first attempt, whatever the next one meets
-    conn.pubsub = SimpleNamespace(subscribe=lambda *_a: FakeSubscription([]))  # type: ignore[assignment]
+    conn.pubsub = SimpleNamespace(  # type: ignore[assignment]
+        subscribe=lambda *_a: FakeSubscription([]), login=lambda: None)
     assert conn._subscribe_once(None, time.monotonic() + 0.2) is True
     assert conn.health.state == "subscribed"
     assert not starting(connector_ready(conn)[1])
