@@ -24,6 +24,7 @@ with:
   at ...`` and dropped. The late writer forgets which of its records landed after another
   writer's (``DurableTable._suspect`` does nothing): its restores take them, in place. An
   owner that kept its partition takes what its restore in place reads (``_holds``: never).
+  No restore judges a record by its stamp (``_stamped_late``: never late).
 
 The chaos invariants must then catch duplicate WHMCS orders (guard, lease) or changelogs that
 end with a late writer's records (repair). Never used by the product.
@@ -137,6 +138,8 @@ def break_repair() -> str:
     DurableTable._suspect = suspect  # type: ignore[method-assign]
     if hasattr(DurableTable, "_holds"):  # the owner's restore in place takes every record
         DurableTable._holds = lambda self, partition: False  # type: ignore[method-assign]
+    if hasattr(DurableTable, "_stamped_late"):  # any restore takes stamped late records
+        DurableTable._stamped_late = lambda self, msg: None  # type: ignore[method-assign]
     return ("changelog repair switched off (ChangelogRepair looks at nothing; a restore "
             "takes this worker's own late records)")
 

@@ -96,7 +96,11 @@ LOG_COUNTS = {"compensations": ("compensation:", None), "fenced": ("fenced:", WO
               "lease_would_fence": (WOULD_HAVE_FENCED, None),
               "repairs": ("had another writer's records among ours", None),
               "restores_left_out": ("left out", None),  # the three below, together
-              "restores_skipped_late": ("record(s) of this worker's that landed after", None),
+              # late records after another worker's claim: a late writer's own it remembers,
+              # or any writer's by their stamp (decision 0016)
+              "restores_skipped_late": ("that landed after another worker", None),
+              # ... of which the local store held the values (a restore in place): rebuilt next
+              "restores_late_in_store": ("that the local store holds", None),
               "restores_held": ("past the store's", None),
               "restores_floor": ("at or below the offset the store holds", None),
               "stores_rebuilt": ("local store of partition", None),
@@ -409,7 +413,8 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",
            "changelog_pending_intents", "changelog_unsent_decisions", "repair_would_look",
-           "restores_left_out", "restores_skipped_late", "restores_held", "restores_floor",
+           "restores_left_out", "restores_skipped_late", "restores_late_in_store",
+           "restores_held", "restores_floor",
            "stores_rebuilt",
            "unplanned_restarts", "schedule_violations", "whmcs_faults", "ok")
 

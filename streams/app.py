@@ -141,6 +141,7 @@ class Worker:
             table.on_foreign = self.repair.foreign
             table.on_skipped = self.repair.skipped
             table.generation = self._generation
+            table.stamp_generation = self._last_generation
             table.writer = self.writer_id
             table.held = self.lease.held_since
 
@@ -398,6 +399,9 @@ class Worker:
 
     def _generation(self) -> int | None:
         return self.lease.generation
+
+    def _last_generation(self) -> int | None:
+        return self.lease.last_generation
 
     def _rebalancing(self) -> bool:
         """A rebalance or a table restore under way: the tables may not hold yet what the

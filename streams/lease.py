@@ -174,6 +174,13 @@ class OwnershipLease:
         with self._lock:
             return self._generation
 
+    @property
+    def last_generation(self) -> int | None:
+        """The generation this member was last assigned in, kept through a rebalance (the
+        stamp on its table records: decision 0016)."""
+        with self._lock:
+            return self._last_generation
+
     def owned_partitions(self) -> set[int]:
         with self._lock:
             return set(self._owned) if self._generation is not None else set()

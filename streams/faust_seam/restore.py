@@ -12,6 +12,13 @@ leave out, and when a partition's local store must be read again from the change
   (``on_skipped``) — unless the lease says, by then, that this worker has held the
   partition without a break since they were written: they were not late, and the store
   is kept (the held rule).
+* **The stamp.** Each record carries its writer and the group generation it was written in
+  (:data:`STAMP_HEADER`). Any restore leaves out a record that follows a claim of a later
+  generation by another writer (the latest claim read before it): written under a lease that
+  had ended before that claimant restored the partition, never read by that restore, and
+  backing no WHMCS write. This needs no memory of the late writer's own, so it holds for a
+  restore by a third worker, by the late writer restarted, or by the late writer while the
+  flush that sent them is still open.
 * **The held rule.** A worker that restored a partition, claimed it and has held it since
   has the truth in its store: its restore in place applies nothing past the store's offset
   and hands that range to the repair (``on_foreign``).
@@ -32,6 +39,7 @@ import faust
 import orjson
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
 
 from streams import metrics
@@ -47,6 +55,23 @@ CLAIM_KEY = "\x00claim"
 _CLAIM = CLAIM_KEY.encode()
 _KEEP_CLAIMS = 16  # per partition, the latest read
 _KEEP_SUSPECTS = 10_000  # per partition, the latest of this worker's own late records
+# The header each changelog record carries: b"<generation> <writer>", the group generation it
+# was written in and its writer's id (a record written while no generation was known, during
+# a rebalance, carries none and is never judged by it).
+STAMP_HEADER = "sfprov-writer"
+
+
+def read_stamp(headers: Any) -> tuple[int, str] | None:
+    """(generation, writer) of a record's :data:`STAMP_HEADER`, or None (none, or unreadable:
+    the record is then applied, as before the stamp)."""
+    for name, value in headers or ():
+        if name == STAMP_HEADER:
+            generation, _, writer = bytes(value).partition(b" ")
+            try:
+                return int(generation), writer.decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
 
 
 class RestoreGuards(faust.Table):
@@ -79,6 +104,39 @@ class RestoreGuards(faust.Table):
         # been this worker's without a break since then (the worker sets it).
         self._claimed: dict[int, int] = {}
         self.held: Callable[[int, int], bool] | None = None
+        self._stamps: tuple[str, int | None, list[tuple[str, bytes]] | None] = ("", None, None)
+        # the generation a record is stamped with (the worker sets it: the last one it was
+        # assigned in, kept through a rebalance — a record written then was written under no
+        # lease, and is as late as one of that generation); None: ``generation``'s
+        self.stamp_generation: Callable[[], int | None] | None = None
+
+    def _stamp(self, generation: int | None) -> list[tuple[str, bytes]] | None:
+        """The headers of a record written now (one list per writer and generation, shared
+        by its records)."""
+        writer, stamped, headers = self._stamps
+        if generation is None:
+            return None
+        if writer != self.writer or stamped != generation or headers is None:
+            headers = [(STAMP_HEADER, f"{generation} {self.writer}".encode())]
+            self._stamps = (self.writer, generation, headers)
+        return headers
+
+    def _stamped_late(self, msg: Any) -> tuple[int, str, int, str] | None:
+        """``msg`` is stamped with a generation earlier than that of the latest claim read
+        before it, by another writer: (its generation, its writer, the claim's generation,
+        the claimant), or None. The latest claim, not any: a group whose generations
+        started again from 1 (its metadata expired while empty) has older claims of higher
+        generations before its own."""
+        stamp = read_stamp(getattr(msg, "headers", None))
+        if stamp is None:
+            return None
+        latest = None
+        for claim in self._claims.get(msg.partition, ()):
+            if claim[0] < msg.offset and (latest is None or claim[0] > latest[0]):
+                latest = claim
+        if latest is None or latest[2] == stamp[1] or latest[1] <= stamp[0]:
+            return None
+        return stamp[0], stamp[1], latest[1], latest[2]
 
     def _restorable(self, events: list[Any]) -> list[Any]:
         """The changelog events a restore applies: not the claims, and not this worker's own
@@ -94,6 +152,8 @@ class RestoreGuards(faust.Table):
         holds: dict[int, bool] = {}
         floors: dict[int, int] = {}
         stale: dict[int, int] = {}
+        stamped: dict[int, tuple[int, str, int, str]] = {}  # partition → its first stamped late
+        held_here: dict[int, int] = {}  # partition → stamped late records its store holds
         for event in events:
             msg = event.message
             floor = floors.get(msg.partition)
@@ -121,6 +181,14 @@ class RestoreGuards(faust.Table):
                     msg.partition, msg.offset, mine[msg.offset]):
                 skipped.setdefault(msg.partition, []).append(key.decode())
                 continue
+            late = self._stamped_late(msg)
+            if late is not None:
+                stamped.setdefault(msg.partition, late)
+                if self._left_out_stamped(msg, key, late):
+                    skipped.setdefault(msg.partition, []).append(key.decode())
+                else:
+                    held_here[msg.partition] = held_here.get(msg.partition, 0) + 1
+                continue
             kept.append(event)
         for partition, count in stale.items():
             metrics.CHANGELOG_SKIPPED.labels(self.name).inc(count)
@@ -128,18 +196,52 @@ class RestoreGuards(faust.Table):
                      "the store holds (%d) handed to it again, left out (faust's recovery "
                      "buffer, applied at a later rebalance)", self.name, partition, count,
                      floors[partition], extra={"partition": partition, "count": count})
+        for partition, count in held_here.items():
+            metrics.CHANGELOG_SKIPPED.labels(self.name).inc(count)
+            generation, writer, claimed, claimant = stamped[partition]
+            log.warning("table %s: restoring changelog partition %d left out %d record(s) "
+                        "that landed after another worker's claim and that the local store "
+                        "holds (written here before a cut, a pause or a restart; the first: "
+                        "%s's of generation %d, after %s's claim of generation %d): the "
+                        "partition's store is read from its start at its next assignment",
+                        self.name, partition, count, writer, generation, claimant, claimed,
+                        extra={"partition": partition, "count": count})
         for partition, (first, last, count) in held.items():
             self._left_out_held(partition, first, last, count)
         for partition, keys in skipped.items():
             metrics.CHANGELOG_SKIPPED.labels(self.name).inc(len(keys))
-            log.warning("table %s: restoring changelog partition %d left out %d record(s) of "
-                        "this worker's that landed after another worker had claimed the "
-                        "partition (written before this worker lost it, held by a cut or a "
-                        "pause)", self.name, partition, len(keys),
+            head = stamped.get(partition)
+            whose = "" if head is None else \
+                f" (the first: {head[1]}'s of generation {head[0]}, after {head[3]}'s claim " \
+                f"of generation {head[2]})"
+            log.warning("table %s: restoring changelog partition %d left out %d record(s) that "
+                        "landed after another worker had claimed the partition (written "
+                        "before their writer lost it, held by a cut or a pause)%s", self.name,
+                        partition, len(keys), whose,
                         extra={"partition": partition, "count": len(keys)})
             if self.on_skipped is not None:
                 self.on_skipped(self, partition, keys)
         return kept
+
+    def _left_out_stamped(self, msg: Any, key: bytes, late: tuple[int, str, int, str]) -> bool:
+        """A stamped late record left out: True when the store does not hold its value (its
+        key's restored value may be sent again, ``on_skipped``). False when it does: written
+        on this disk (by this process or an earlier one) before a cut, a pause or a crash,
+        the store took it when it was written, and a restore in place leaves it there — so
+        the partition is read from its start at its next assignment (as for
+        :meth:`_suspect`'s records), and until then its key is not sent again (that would
+        send the late value as the owner's). By bytes, not by writer: a rebuild's store never
+        holds them (it applies none), so a rebuild marks none, and a tombstone is never
+        marked (the store without the key may hold it or not)."""
+        generation = late[0]
+        if msg.value is None or self._store_get(key) != msg.value:
+            return True
+        self._suspect(msg.partition, [msg.offset], generation)
+        return False
+
+    def _store_get(self, key: bytes) -> bytes | None:
+        store = self.data
+        return cast("bytes | None", store._get(key)) if isinstance(store, RocksStore) else None
 
     def _floor(self, tp: TP) -> int:
         """The changelog offset the store holds ``tp`` up to (-1: none known). A record at or
@@ -289,6 +391,9 @@ RestoreGuards.logger = faust.Table.logger
 
 
 CONTRACT.update({
+    # the stamp: a changelog event's message carries the record's headers
+    "R faust aiokafka Consumer._to_message (headers: the stamp)": (
+        AIOKafkaDriverConsumer, "_to_message", "7c24f6511b2fcef7cbfe73526e78de03"),
     "S faust Collection.apply_changelog_batch": (
         faust.Table, "apply_changelog_batch", "b980a78d3ae9b1e87f2d3fb63e0dcd26"),
     # the rebuild of a partition's store: faust's recovery asks each assigned partition's

@@ -196,12 +196,13 @@ class DurableTable(RestoreGuards):
         name = self._changelog_name
         if name is None:
             name = self._changelog_name = self.changelog_topic.get_topic_name()
+        generation = self.generation() if self.generation is not None else None
         tally = self._unflushed
         if tally is None:
-            tally = self._unflushed = Tally(
-                asyncio.get_running_loop(),
-                self.generation() if self.generation is not None else None)
-        self._writer.send_counted(name, partition, str(key).encode(), encoded, tally)
+            tally = self._unflushed = Tally(asyncio.get_running_loop(), generation)
+        stamp = self.stamp_generation
+        self._writer.send_counted(name, partition, str(key).encode(), encoded, tally,
+                                  self._stamp(generation if stamp is None else stamp()))
 
     async def flush(self, timeout: float = 60.0) -> None:
         """Return once every change so far is acknowledged by the broker (``acks=all``),

@@ -140,11 +140,11 @@ class RecordWriter:
         return result
 
     def send_counted(self, topic: str, partition: int, key: bytes, value: bytes | None,
-                     tally: Tally) -> None:
+                     tally: Tally, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue one record whose result is counted in ``tally`` (its ``pending`` raised
         here) instead of a future of its own."""
         tally.pending += 1
-        self._queue.append((topic, partition, key, value, None, tally))
+        self._queue.append((topic, partition, key, value, headers, tally))
         if not self._draining:
             self._draining = True
             self._task = asyncio.get_running_loop().create_task(self._drain())

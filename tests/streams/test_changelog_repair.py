@@ -181,7 +181,7 @@ def _restore(table, bootstrap: str, topic: str, start: int, end: int | None = No
             assert msg is not None and not msg.error()
             events.append(SimpleNamespace(message=SimpleNamespace(
                 key=msg.key(), value=msg.value(), partition=0, offset=msg.offset(),
-                tp=TP(topic, 0))))
+                tp=TP(topic, 0), headers=msg.headers())))
         table.apply_changelog_batch(events)
         return high
     finally:
@@ -227,6 +227,7 @@ def _late_writer(kafka_settings, tmp_path, *, back: bool, skip: bool = True,
     late.on_foreign, late.on_skipped = repair.foreign, repair.skipped
     if not skip:
         late._claimed_after = lambda *_args: False  # type: ignore[method-assign]
+        late._stamped_late = lambda *_args: None  # type: ignore[method-assign]
     if not rebuild:
         late._rebuild = set()  # type: ignore[misc]
         late._suspect = _keep_rebuild_off(late)  # type: ignore[method-assign]
@@ -318,6 +319,117 @@ def test_a_standby_restore_leaves_them_out_and_rewrites_nothing(kafka_settings, 
     assert state["store"][A] == {"by": "owner"} and state["store"][D] is None
     assert last[A] == b'{"by":"late","n":2}' and last[D] == b'{"by":"late"}'
     assert repair.rewritten == 0 and repair.given_up == 2
+
+
+def test_any_restore_leaves_out_records_stamped_before_another_writers_claim(
+        kafka_settings, tmp_path):
+    """A restore by a worker that never wrote the late records and remembers nothing of
+    them — the late writer restarted, or a third worker the partition goes to later, or the
+    late writer itself with the flush still open — judges them by their stamp: each record
+    carries its writer and the generation it was written in, and those that landed after
+    another writer's claim of a later generation are left out. Its store ends with the
+    owner's values. (Before the stamp such a restore took them: A the late writer's, D set.)"""
+    late, owner, lease, reader = _two_writers(kafka_settings, tmp_path, "stamped",
+                                              ("late", "owner"))
+    third = _durable_table(late.app.conf.id, tmp_path / "third", partitions=1,
+                           broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                           producer_acks=-1)
+    third.writer = "third"
+    late.generation = lambda: 7
+    owner.generation = lambda: 8
+    topic = late.changelog_topic.get_topic_name()
+    state: dict[str, object] = {}
+
+    async def go():
+        for table in (late, owner, third):
+            await table.app.start()
+        try:
+            await late.changelog_topic.maybe_declare()
+            late[A] = {"by": "late", "n": 1}
+            late[B] = {"by": "late", "n": 1}
+            await late.flush()
+            owner.claim([0], 8)
+            owner[A] = {"by": "owner"}
+            owner[C] = {"by": "owner"}
+            await owner.flush()
+            late[A] = {"by": "late", "n": 2}  # held by a cut: they land now
+            late[D] = {"by": "late"}
+            await late.flush()
+            owner[B] = {"by": "owner"}  # after them: not late, applied
+            await owner.flush()
+            _restore(third, kafka_settings.bootstrap_servers, topic, 0)
+            state.update(store={k: third.read(k) for k in (A, B, C, D)})
+        finally:
+            for table in (late, owner, third):
+                await table.app.stop()
+            reader.close()
+    asyncio.run(go())
+    assert state["store"] == {A: {"by": "owner"}, B: {"by": "owner"}, C: {"by": "owner"},
+                              D: None}
+
+
+def test_a_restarted_late_writers_store_that_took_its_late_records_is_rebuilt(
+        kafka_settings, tmp_path):
+    """The late writer restarts on the same disk before the partition comes back: the new
+    process remembers nothing of its offsets, but its store took the late values when they
+    were written. Its restore in place leaves them out by their stamp, sees that the store
+    holds their bytes, and marks the partition: at the next assignment it is read from its
+    start, and the store ends with the owner's values. (Before the stamp: D stayed, nothing
+    marked.)"""
+    late, owner, lease, reader = _two_writers(kafka_settings, tmp_path, "restarted",
+                                              ("late", "owner"))
+    late.generation = lambda: 7
+    owner.generation = lambda: 8
+    topic = late.changelog_topic.get_topic_name()
+    state: dict[str, object] = {}
+
+    async def first_life():
+        await late.app.start()
+        await owner.app.start()
+        try:
+            await late.changelog_topic.maybe_declare()
+            late[A] = {"by": "late", "n": 1}
+            await late.flush()
+            owner.claim([0], 8)
+            owner[A] = {"by": "owner"}
+            await owner.flush()
+            late[A] = {"by": "late", "n": 2}  # held by a cut: they land now
+            late[D] = {"by": "late"}
+            await late.flush()
+        finally:
+            await late.app.stop()
+            await owner.app.stop()
+            reader.close()
+    asyncio.run(first_life())
+
+    again = _durable_table(late.app.conf.id, tmp_path / "late", partitions=1,
+                           broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                           producer_acks=-1)
+    again.writer = "late, restarted"
+
+    async def second_life():
+        await again.app.start()
+        try:
+            tp = TP(topic, 0)
+            # its restore in place (faust's own, its app having joined the group, or this
+            # one): from the store's persisted offset, never below the late writer's first
+            # flush (offset 0)
+            start = again.data.persisted_offset(tp)
+            if 0 not in again._rebuild:
+                _restore(again, kafka_settings.bootstrap_servers, topic, start + 1)
+            state.update(start=start, marked=0 in again._rebuild)
+            offsets = Counter({tp: 0})
+            again.app.tables.recovery._add(again, tp, offsets)  # the next assignment
+            state.update(rebuilt_from=offsets[tp])
+            _restore(again, kafka_settings.bootstrap_servers, topic, 0)
+            state.update(rebuilt={k: again.read(k) for k in (A, D)})
+        finally:
+            await again.app.stop()
+    asyncio.run(second_life())
+    assert state["start"] >= 0  # restored in place
+    assert state["marked"]
+    assert state["rebuilt_from"] == -1
+    assert state["rebuilt"] == {A: {"by": "owner"}, D: None}
 
 
 def _kept(kafka_settings, tmp_path, *, held: bool, floor: bool = True):
