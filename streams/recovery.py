@@ -21,9 +21,9 @@ read after a new assignment and every 6 hours (dedupe expiry) — docs/decisions
   The sweep never calls ``AddOrder``: creating needs the Order's current data, and the
   Flow's retry path exists for that. The outcome is
   recorded like an event's (dedupe entry + settled intent, durable, sent), so a late
-  redelivery of the event emits nothing new (a crash that lands the settled intent and not
-  the entry loses that outcome: a known gap, see :meth:`Sweeper._recover`). The sweep's
-  WHMCS writes (``AcceptOrder``,
+  redelivery of the event emits nothing new — the entry made durable before the intent is
+  settled: no redelivery repairs a crash between the two, and the entry alone is repaired
+  by the sweep (the intent settled from it, its outcome resent). The sweep's WHMCS writes (``AcceptOrder``,
   a duplicate's ``CancelOrder``) are fenced like an event's
   (:meth:`streams.lease.IntentLease.fence`): the ownership lease holds, and the intent is
   renewed — this worker its writer, ``lease_until`` at most ``WORKER_INTENT_LEASE_S``
@@ -590,15 +590,21 @@ class Sweeper:
                 completed_at=self._clock(), duplicate_ids=found.duplicate_ids)
         if not await self._owned(oid, "record", own):  # the lookup took time: still ours?
             return None
-        # Both writes, then one flush (_recover_pending): the two changelogs are acknowledged
-        # separately, and a crash that lands the intent's and not the entry's leaves a
-        # settled intent whose outcome nothing sends (this event is committed past) — a
-        # known gap. Flushing the entry first, then settling, closed it, but split the
-        # sweep's writes over two flushes: held by a cut, the second landed after another
-        # owner's decision and escaped the restore's late-record guard (bench.chaos, cuts:
-        # 4 and 17 events with two different outcomes, 0 without the split).
-        self.state.settle(oid, outcome, self._clock())
+        # The dedupe entry first, durable, and only then the intent settled: the two tables'
+        # changelogs are acknowledged separately, and this event never comes back to send
+        # the outcome again (it is committed past). A crash between the two leaves the
+        # entry beside the intent still pending, which a later sweep settles from the entry
+        # and whose outcome it resends (settle_from_entry, _resend) — never a settled intent
+        # with no entry, whose outcome nothing would ever send. (This splits the sweep's
+        # writes over two flushes; held by a cut, the second can land after another owner's
+        # decision — its records carry their generation, and a restore leaves them out:
+        # decision 0016's stamp. Before the stamp, chaos runs gave 4 and 17 events with two
+        # different outcomes from exactly this.)
         self.state.record(oid, intent.idem_key, intent.event_uuid, outcome, self._clock())
+        await self.durable()
+        if not await self._may_write(oid, "settle", own):
+            return None  # the partition's owner settles it from the entry, and sends it
+        self.state.settle(oid, outcome, self._clock())
         log.info("sweep recovered a pending intent", extra={
             "order_id": oid, "status": outcome["status"],
             "whmcs_order_id": outcome["whmcs_order_id"]})

@@ -4,11 +4,11 @@ writes, and an unsent outcome outlives the dedupe TTL until it is sent.
 The intents and idem changelogs are two topics, acknowledged separately: a flush can land
 one and not the other (a SIGKILL, a broker cut of one write). The sweep settles an intent
 whose event will never come back (committed past: dead-lettered, replayed on), so no
-redelivery repairs what the crash left. "An entry without a settled intent" the sweep
-repairs itself (``settle_from_entry`` and the resend of the entry's outcome); "a settled
-intent without its entry" is a known gap (strict xfail below: see
-``streams.recovery.Sweeper._recover``). Real Kit, handler and provisioner; fake Salesforce
-and WHMCS (no broker)."""
+redelivery repairs what the crash left: the dedupe entry must be durable before the intent
+is settled, so that a crash leaves at worst "an entry without a settled intent", which the
+sweep repairs itself (``settle_from_entry`` and the resend of the entry's outcome) — never a
+settled intent whose outcome nothing sends. Real Kit, handler and provisioner; fake
+Salesforce and WHMCS (no broker)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from streams.state import DedupeEntry, DurabilityError, Intent, OrderState, memo
 from tests.streams.factories import order
 from tests.streams.flowkit import Kit
 from tests.streams.test_resumed_guard import OID, Salesforce, Whmcs
+from tests.streams.test_sweep_fenced_writes import OID as FENCED_OID
+from tests.streams.test_sweep_fenced_writes import RECENT, SESSION_S, Emitter, Mono, _Absent, _lease
+from tests.streams.test_sweep_fenced_writes import _sweeper as _fenced_sweeper
 
 RECOVERY_S, TTL_DAYS = 600, 35
 
@@ -48,13 +51,7 @@ def _sweeper(kit: Kit, durable: Any, clock_ms: Any = None) -> Sweeper:
 
 
 @pytest.mark.parametrize("found, status", [([], "Failed"), ([(88, "Active")], "Provisioned")])
-@pytest.mark.parametrize("lands", [
-    # the known gap (streams.recovery.Sweeper._recover): the settled intent landed, the
-    # entry not — its outcome is never sent. Closing it by flushing the entry first split
-    # the sweep's writes over two flushes, which a cut turned into contradicting outcomes
-    # (bench.chaos); strict: this fails the day the gap is closed, to be made a pass
-    pytest.param("intents", marks=pytest.mark.xfail(strict=True, reason="known gap")),
-    "idem"])
+@pytest.mark.parametrize("lands", ["intents", "idem"])
 def test_a_recovered_outcome_cut_between_its_two_changelogs_is_sent_exactly_once(
         found, status, lands):
     """The first flush carrying the sweep's decision lands one changelog only, and the
@@ -104,6 +101,31 @@ def test_a_recovered_outcome_cut_between_its_two_changelogs_is_sent_exactly_once
     assert intent.forgettable is (status == "Failed")
 
 
+def test_the_sweep_settles_an_intent_only_once_its_dedupe_entry_is_durable():
+    """Whatever flush a crash cuts: no flush ever carries the sweep's settled intent while
+    the changelogs do not hold its dedupe decision yet."""
+    t0 = int(time.time() * 1000)
+    raw = _pending(t0 - 700_000)
+    early: list[str] = []
+
+    async def go() -> Kit:
+        kit = _kit([])
+        kit.tables.intents[OID] = dict(raw)
+        kit.tables.durable_intents[OID] = dict(raw)
+
+        async def checked_flush() -> None:
+            tables = kit.tables
+            settled = tables.intents[OID]["state"] != "pending"
+            if settled and "k1" not in tables.durable_idem.get(OID, {}):
+                early.append("the intent settled before its dedupe entry was durable")
+            await tables.flush()
+        await _sweeper(kit, checked_flush).run_once()
+        return kit
+    kit = asyncio.run(go())
+    assert early == []
+    assert [o["error_code"] for o in kit.emitter.sent] == ["PROVISIONING_INTERRUPTED"]
+
+
 class _Emitter:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
@@ -150,3 +172,23 @@ def test_an_unsent_outcome_the_schema_refuses_still_expires():
     asyncio.run(sweeper.run_once())
     asyncio.run(sweeper.run_once())
     assert "801B" not in idem
+
+
+def test_a_lease_lapsing_during_the_entrys_flush_leaves_the_intent_pending():
+    """The entry's flush outlived the ownership lease: the sweep writes no settled intent
+    and sends nothing — the partition's owner settles it from the entry."""
+    writes: list = []
+    mono = Mono()
+    emitter = Emitter()
+    intent = Intent.pending(order_id=FENCED_OID, idem_key="k", event_uuid="e", attempt=1,
+                            client_id=1, at=RECENT, writer="w", lease_until=0)
+    sweeper, state = _fenced_sweeper({}, {FENCED_OID: intent.to_json()},
+                                     _lease(mono, expired=False), writes, emitter)
+    sweeper.provisioner = _Absent()
+
+    async def slow_flush():
+        mono.s += SESSION_S + 1  # the flush outlived the lease
+    sweeper.durable = slow_flush
+    asyncio.run(sweeper.run_once())
+    assert writes == [("set", FENCED_OID)]  # the entry only
+    assert state.intent(FENCED_OID).is_pending and emitter.sent == []
