@@ -96,6 +96,11 @@ class RestoreGuards(faust.Table):
         self._claims: dict[int, list[tuple[int, int, str]]] = {}
         self.on_skipped: Callable[[Any, int, list[str]], None] | None = None
         self._rebuild: set[int] = set()  # partitions whose local store holds them
+        # partitions whose store was dropped for this restore (it holds no local write), and
+        # partition → the first stamped late record a restore in place found the store
+        # holding, in the batch at hand (the persisted offset is held below it)
+        self._rebuilding: set[int] = set()
+        self._held_below: dict[int, int] = {}
         # partition → the generations of the flushes that marked it for a rebuild, since its
         # last one (``persisted_offset``: held since all of them, the store is kept)
         self._marked: dict[int, set[int]] = {}
@@ -154,6 +159,9 @@ class RestoreGuards(faust.Table):
         stale: dict[int, int] = {}
         stamped: dict[int, tuple[int, str, int, str]] = {}  # partition → its first stamped late
         held_here: dict[int, int] = {}  # partition → stamped late records its store holds
+        # (partition, key) → the value this batch leaves under the key so far (what a late
+        # record is compared with, before the store: the batch is applied after this)
+        leaves: dict[tuple[int, bytes], bytes | None] = {}
         for event in events:
             msg = event.message
             floor = floors.get(msg.partition)
@@ -184,11 +192,12 @@ class RestoreGuards(faust.Table):
             late = self._stamped_late(msg)
             if late is not None:
                 stamped.setdefault(msg.partition, late)
-                if self._left_out_stamped(msg, key, late):
+                if self._left_out_stamped(msg, key, late, leaves):
                     skipped.setdefault(msg.partition, []).append(key.decode())
                 else:
                     held_here[msg.partition] = held_here.get(msg.partition, 0) + 1
                 continue
+            leaves[(msg.partition, key)] = msg.value
             kept.append(event)
         for partition, count in stale.items():
             metrics.CHANGELOG_SKIPPED.labels(self.name).inc(count)
@@ -223,7 +232,8 @@ class RestoreGuards(faust.Table):
                 self.on_skipped(self, partition, keys)
         return kept
 
-    def _left_out_stamped(self, msg: Any, key: bytes, late: tuple[int, str, int, str]) -> bool:
+    def _left_out_stamped(self, msg: Any, key: bytes, late: tuple[int, str, int, str],
+                          leaves: dict[tuple[int, bytes], bytes | None]) -> bool:
         """A stamped late record left out: True when the store does not hold its value (its
         key's restored value may be sent again, ``on_skipped``). False when it does: written
         on this disk (by this process or an earlier one) before a cut, a pause or a crash,
@@ -232,11 +242,18 @@ class RestoreGuards(faust.Table):
         :meth:`_suspect`'s records), and until then its key is not sent again (that would
         send the late value as the owner's). By bytes, not by writer: a rebuild's store never
         holds them (it applies none), so a rebuild marks none, and a tombstone is never
-        marked (the store without the key may hold it or not)."""
-        generation = late[0]
-        if msg.value is None or self._store_get(key) != msg.value:
+        marked (the store without the key may hold it or not). Compared with what the restore
+        leaves under the key: a record kept earlier in the batch, else the store's value.
+        The partition's persisted offset is held below the record (``_persist_read``), so a
+        restart before that assignment reads it again and marks the partition again."""
+        partition = msg.partition
+        if msg.value is None or partition in self._rebuilding:
             return True
-        self._suspect(msg.partition, [msg.offset], generation)
+        held = leaves[(partition, key)] if (partition, key) in leaves else self._store_get(key)
+        if held != msg.value:
+            return True
+        self._suspect(partition, [msg.offset], late[0])
+        self._held_below.setdefault(partition, msg.offset)
         return False
 
     def _store_get(self, key: bytes) -> bytes | None:
@@ -324,7 +341,9 @@ class RestoreGuards(faust.Table):
                 self._rebuild.discard(partition)
                 self._marked.pop(partition, None)
                 self._claimed.pop(partition, None)
+                self._rebuilding.add(partition)
                 return -1
+        self._rebuilding.discard(partition)
         return cast("int | None", super().persisted_offset(tp))
 
     def _held_since_suspects(self, partition: int) -> bool:
@@ -383,6 +402,10 @@ class RestoreGuards(faust.Table):
         for tp, offset in ends.items():
             if tp.partition in store._dbs and offset > (store.persisted_offset(tp) or -1):
                 store.set_persisted_offset(tp, offset)
+        for tp in ends:
+            below = self._held_below.pop(tp.partition, None)
+            if below is not None and tp.partition in store._dbs:
+                store.set_persisted_offset(tp, below - 1)
 
 
 # mode names a service's logger after its class's module: keep faust's (common.log quietens

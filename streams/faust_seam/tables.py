@@ -80,6 +80,7 @@ class DurableTable(RestoreGuards):
         for partition in sorted(partitions):
             self._send(partition, CLAIM_KEY, value)
             self._claimed[partition] = generation
+            self._rebuilding.discard(partition)  # its restore is complete
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":

@@ -4,11 +4,15 @@ read before it is another writer's, of a later generation."""
 
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 
+import orjson
 import pytest
+from faust.types import TP
 
-from streams.faust_seam.restore import STAMP_HEADER, RestoreGuards, read_stamp
+from streams.faust_seam.restore import CLAIM_KEY, STAMP_HEADER, RestoreGuards, read_stamp
+from tests.streams.test_tables import _durable_table
 
 
 def _guards(claims: list[tuple[int, int, str]], writer: str = "me") -> SimpleNamespace:
@@ -56,3 +60,93 @@ def test_a_tables_records_are_stamped_with_its_writer_and_the_generation_now():
     assert RestoreGuards._stamp(table, 4) is first  # one list per generation, shared
     assert RestoreGuards._stamp(table, 5) == [(STAMP_HEADER, b"5 host:7:cd")]
     assert RestoreGuards._stamp(table, None) is None
+
+
+# -- a restore in place over a store that took the late values (RocksDB, no broker) ----------
+
+K = "801K00000000001AAA"
+CHANGELOG = "stamp-test-idem-changelog"
+TP0 = TP(CHANGELOG, 0)
+
+
+def _event(offset: int, key: str, value: bytes, stamp: bytes) -> SimpleNamespace:
+    return SimpleNamespace(message=SimpleNamespace(
+        tp=TP0, partition=0, offset=offset, key=key.encode(), value=value,
+        headers=[(STAMP_HEADER, stamp)]))
+
+
+def _claim(offset: int, generation: int, writer: str) -> SimpleNamespace:
+    value = orjson.dumps({"generation": generation, "writer": writer})
+    return _event(offset, CLAIM_KEY, value, f"{generation} {writer}".encode())
+
+
+def _table(path, writer: str, *, holds: bytes | None = None, persisted: int | None = None):
+    table = _durable_table("stamp-test", path, partitions=1)
+    table._changelog_name = CHANGELOG
+    table.writer = writer
+    skipped: list[list[str]] = []
+    table.on_skipped = lambda _table, _partition, keys: skipped.append(keys)
+    if holds is not None:  # its disk took the value when it was written
+        table.data._db_for_partition(0).put(K.encode(), holds)
+    if persisted is not None:
+        table.data.set_persisted_offset(TP0, persisted)
+    return table, skipped
+
+
+def _assigned(table) -> int | None:
+    """Where faust's recovery starts the partition at an assignment (Recovery._add)."""
+    offsets: Counter = Counter({TP0: 0})
+    table.app.tables.recovery._add(table, TP0, offsets)
+    return offsets[TP0]
+
+
+LATE = b'{"state":"pending","by":"late"}'
+OWNERS = b'{"state":"accepted","by":"owner"}'
+
+
+@pytest.mark.parametrize("batches", [[[0, 1, 2]], [[0, 1], [2]]])
+def test_an_owners_record_kept_before_the_late_one_is_what_the_restore_leaves(tmp_path,
+                                                                              batches):
+    """The late writer restarted; its store holds its late value, but the owner's record of
+    the key comes first in the restore: that is what the store ends with, so nothing is
+    marked and the key is sent again — in one batch as in two (the check compared the
+    store as it was before the batch: one batch marked it and sent nothing)."""
+    log = [_claim(1, 6, "owner"), _event(2, K, OWNERS, b"6 owner"), _event(3, K, LATE, b"5 late")]
+    table, skipped = _table(tmp_path, "late, restarted", holds=LATE, persisted=0)
+    for batch in batches:
+        table.apply_changelog_batch([log[i] for i in batch])
+    assert table.stored(K) == OWNERS
+    assert 0 not in table._rebuild and skipped == [[K]]
+
+
+def test_a_store_holding_a_late_value_is_marked_and_read_again_after_a_restart(tmp_path):
+    """The late value stays in the store restored in place: the partition is marked for a
+    rebuild, and its persisted offset held below the late record, so a process restarted
+    before the next assignment reads it again (and marks it again) rather than resuming
+    past it with the late value for good."""
+    log = [_claim(1, 6, "owner"), _event(2, K, LATE, b"5 late")]
+    table, skipped = _table(tmp_path, "late, restarted", holds=LATE, persisted=0)
+    table.apply_changelog_batch(log)
+    assert 0 in table._rebuild and skipped == []
+    assert table.data.persisted_offset(TP0) == 1  # below the late record
+    assert _assigned(table) == -1  # the next assignment: rebuilt from the start
+    table.apply_changelog_batch([_event(0, K, b'{"by":"before"}', b"5 late"), *log])
+    assert table.stored(K) == b'{"by":"before"}' and skipped == [[K]]
+    assert 0 not in table._rebuild
+
+
+def test_a_rebuild_never_marks_its_partition_again(tmp_path):
+    """A late record with the very bytes of an earlier value of its key (a rewrite resends a
+    stored value byte for byte): the rebuild applied the earlier one in a previous batch, and
+    its store is the rebuild's, not a local write — not marked again (it was: every later
+    assignment dropped the store and read the partition from offset 0)."""
+    value = b'{"state":"accepted","by":"L"}'
+    log = [_claim(0, 5, "L"), _event(1, K, value, b"5 L"), _claim(2, 6, "W"),
+           _event(3, K, value, b"5 L")]
+    table, skipped = _table(tmp_path, "W")
+    table._suspect(0, [2], 6)  # marked for a rebuild, for any reason
+    assert _assigned(table) == -1
+    table.apply_changelog_batch(log[:2])
+    table.apply_changelog_batch(log[2:])
+    assert 0 not in table._rebuild and skipped == [[K]]
+    assert _assigned(table) != -1
