@@ -141,7 +141,7 @@ def break_repair() -> str:
     if hasattr(DurableTable, "_stamped_late"):  # any restore takes stamped late records
         DurableTable._stamped_late = lambda self, msg: None  # type: ignore[method-assign]
     return ("changelog repair switched off (ChangelogRepair looks at nothing; a restore "
-            "takes this worker's own late records)")
+            "takes late records, this worker's own and any writer's stamped ones)")
 
 
 BREAKS = {"guard": break_guard, "lease": break_lease, "repair": break_repair}

@@ -56,8 +56,9 @@ CHANGELOG_REWRITES = Counter("sfprov_worker_changelog_rewrites_total",
                              "Keys whose stored value the owner sent again because another "
                              "writer's record had landed after its own, by table", ["table"])
 CHANGELOG_SKIPPED = Counter("sfprov_worker_changelog_skipped_total",
-                            "Changelog records a table restore left out, by table: this "
-                            "worker's own late ones after another worker's claim, those past "
+                            "Changelog records a table restore left out, by table: late ones "
+                            "after another worker's claim (this worker's own it remembers, or "
+                            "any writer's by their stamp), those past "
                             "the store of a partition held throughout (handed to the repair), "
                             "and those at or below the store's offset that faust's recovery "
                             "buffer handed again (the most common, at rebalances); the log "

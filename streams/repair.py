@@ -260,8 +260,7 @@ class ChangelogRepair:
 
     async def _rewrite_skipped(self, table: RepairableTable, partition: int,
                                keys: list[str]) -> None:
-        what = (f"still ends, for {len(keys)} key(s), with records of ours a restore left "
-                f"out")
+        what = (f"still ends, for {len(keys)} key(s), with late records a restore left out")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while (self._busy() or self._lease.generation is None) and loop.time() < deadline:
@@ -274,8 +273,8 @@ class ChangelogRepair:
         self.rewritten += len(keys)
         metrics.CHANGELOG_REPAIRS.labels(table.name, "repaired").inc()
         metrics.CHANGELOG_REWRITES.labels(table.name).inc(len(keys))
-        log.info("table %s: changelog partition %d: %d key(s) a restore left records of "
-                 "ours out for sent again (their values as restored)", table.name, partition,
+        log.info("table %s: changelog partition %d: %d key(s) a restore left late records "
+                 "out for sent again (their values as restored)", table.name, partition,
                  len(keys), extra={"partition": partition, "count": len(keys)})
 
 

@@ -55,9 +55,9 @@ CLAIM_KEY = "\x00claim"
 _CLAIM = CLAIM_KEY.encode()
 _KEEP_CLAIMS = 16  # per partition, the latest read
 _KEEP_SUSPECTS = 10_000  # per partition, the latest of this worker's own late records
-# The header each changelog record carries: b"<generation> <writer>", the group generation it
-# was written in and its writer's id (a record written while no generation was known, during
-# a rebalance, carries none and is never judged by it).
+# The header each changelog record carries: b"<generation> <writer>", the group generation its
+# worker was last assigned in (kept through a rebalance) and its writer's id (a record written
+# before any assignment carries none and is never judged by it).
 STAMP_HEADER = "sfprov-writer"
 
 
@@ -96,11 +96,8 @@ class RestoreGuards(faust.Table):
         self._claims: dict[int, list[tuple[int, int, str]]] = {}
         self.on_skipped: Callable[[Any, int, list[str]], None] | None = None
         self._rebuild: set[int] = set()  # partitions whose local store holds them
-        # partitions whose store was dropped for this restore (it holds no local write), and
-        # partition → the first stamped late record a restore in place found the store
-        # holding, in the batch at hand (the persisted offset is held below it)
+        # partitions whose store was dropped for this restore (it holds no local write)
         self._rebuilding: set[int] = set()
-        self._held_below: dict[int, int] = {}
         # partition → the generations of the flushes that marked it for a rebuild, since its
         # last one (``persisted_offset``: held since all of them, the store is kept)
         self._marked: dict[int, set[int]] = {}
@@ -244,8 +241,10 @@ class RestoreGuards(faust.Table):
         holds them (it applies none), so a rebuild marks none, and a tombstone is never
         marked (the store without the key may hold it or not). Compared with what the restore
         leaves under the key: a record kept earlier in the batch, else the store's value.
-        The partition's persisted offset is held below the record (``_persist_read``), so a
-        restart before that assignment reads it again and marks the partition again."""
+        The partition's persisted offset is held below the record until the store is dropped
+        (``KeyPartitionedRocksStore.hold_below``: whatever moves it later, the rest of the
+        restore or a flush), so a restart before that assignment reads it again and marks
+        the partition again."""
         partition = msg.partition
         if msg.value is None or partition in self._rebuilding:
             return True
@@ -253,7 +252,9 @@ class RestoreGuards(faust.Table):
         if held != msg.value:
             return True
         self._suspect(partition, [msg.offset], late[0])
-        self._held_below.setdefault(partition, msg.offset)
+        store = self.data
+        if isinstance(store, KeyPartitionedRocksStore):
+            store.hold_below(partition, msg.offset)
         return False
 
     def _store_get(self, key: bytes) -> bytes | None:
@@ -402,10 +403,6 @@ class RestoreGuards(faust.Table):
         for tp, offset in ends.items():
             if tp.partition in store._dbs and offset > (store.persisted_offset(tp) or -1):
                 store.set_persisted_offset(tp, offset)
-        for tp in ends:
-            below = self._held_below.pop(tp.partition, None)
-            if below is not None and tp.partition in store._dbs:
-                store.set_persisted_offset(tp, below - 1)
 
 
 # mode names a service's logger after its class's module: keep faust's (common.log quietens

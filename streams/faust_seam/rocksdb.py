@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksStore
+from faust.types import TP
 
 from streams.faust_seam._base import CONTRACT, key_partition
 
@@ -111,6 +112,9 @@ class KeyPartitionedRocksStore(RocksStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # partition → an offset its persisted offset must stay below until it is dropped
+        # (a restore in place found it holding a late record's value: decision 0016's stamp)
+        self._held_below: dict[int, int] = {}
         faust_options = self.rocksdb_options
         shared = faust_options.extra_options.get("shared_block_cache_size")
         if shared and faust_options.use_rocksdict:
@@ -126,6 +130,18 @@ class KeyPartitionedRocksStore(RocksStore):
                 block_cache_size=faust_options.block_cache_size,
                 bloom_filter_size=faust_options.bloom_filter_size,
                 use_rocksdict=True, ttl=faust_options.ttl)
+
+    def hold_below(self, partition: int, offset: int) -> None:
+        """Keep ``partition``'s persisted changelog offset below ``offset`` until the
+        partition is dropped (:meth:`drop_partition`): whatever sets it later — the rest of
+        a restore, a flush — a process restarted on this store reads the record at
+        ``offset`` again."""
+        held = self._held_below.get(partition)
+        self._held_below[partition] = offset if held is None else min(held, offset)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        below = self._held_below.get(tp.partition)
+        super().set_persisted_offset(tp, offset if below is None else min(offset, below - 1))
 
     def _db_for_key(self, key: bytes) -> Any:
         return self._db_for_partition(key_partition(key, self.table.partitions or 1))
@@ -159,6 +175,7 @@ class KeyPartitionedRocksStore(RocksStore):
             last = it.key() if it.valid() else None
         finally:
             del it
+        self._held_below.pop(partition, None)
         if last is not None:
             # every key sorts at or above b"" and below the successor of the last one
             db.delete_range(b"", bytes(last) + b"\x00")

@@ -129,10 +129,15 @@ def test_a_store_holding_a_late_value_is_marked_and_read_again_after_a_restart(t
     table.apply_changelog_batch(log)
     assert 0 in table._rebuild and skipped == []
     assert table.data.persisted_offset(TP0) == 1  # below the late record
+    # and it stays there: the restore's next batch, a flush (each set it past the record)
+    table.apply_changelog_batch([_event(3, "801K00000000002AAA", OWNERS, b"6 owner")])
+    table.data.set_persisted_offset(TP0, 9)
+    assert table.data.persisted_offset(TP0) == 1
     assert _assigned(table) == -1  # the next assignment: rebuilt from the start
     table.apply_changelog_batch([_event(0, K, b'{"by":"before"}', b"5 late"), *log])
     assert table.stored(K) == b'{"by":"before"}' and skipped == [[K]]
     assert 0 not in table._rebuild
+    assert table.data.persisted_offset(TP0) == 2  # the hold ended with the rebuild
 
 
 def test_a_rebuild_never_marks_its_partition_again(tmp_path):
