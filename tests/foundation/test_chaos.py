@@ -212,6 +212,7 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
 
     monkeypatch.setattr(DurableTable, "_suspect", DurableTable._suspect)
     monkeypatch.setattr(DurableTable, "_holds", DurableTable._holds)
+    monkeypatch.setattr(DurableTable, "_stamped_late", DurableTable._stamped_late)
     assert "switched off" in broken_worker.break_repair()
     fixer = repair.ChangelogRepair(None, None, None)  # type: ignore[arg-type]
     with caplog.at_level("WARNING", logger="bench.broken_worker"):
@@ -227,6 +228,10 @@ def test_break_repair_makes_the_repair_look_at_nothing_and_log_what_it_would_hav
         DurableTable._suspect(table, 1, [5, 6], 7)  # type: ignore[arg-type]
     assert table._suspects == {} and table._rebuild == set()
     assert DurableTable._holds(table, 1) is False  # type: ignore[arg-type]
+    # the stamp: no record is judged late by it
+    late = types.SimpleNamespace(partition=1, offset=9, headers=[("sfprov-writer", b"5 w")])
+    table.writer, table._claims = "me", {1: [(3, 8, "owner")]}
+    assert DurableTable._stamped_late(table, late) is None  # type: ignore[arg-type]
     assert [r.getMessage() for r in caplog.records] == [
         "repair off: would have looked at table intents partition 1: 2 record(s) of ours "
         "among another writer's (late writer's side)"]
