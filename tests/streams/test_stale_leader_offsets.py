@@ -15,12 +15,10 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
-from common.kafka import TopicSpec, create_topics
 from ops.kafka_cluster import LocalCluster
 from streams import faust_seam
-from tests.conftest import wait_for
+from tests.conftest import create_topic, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 RECORDS = 10
@@ -39,9 +37,7 @@ def _move_leadership(cluster: LocalCluster, topic: str, old: int) -> int:
 def _create_and_fill(bootstrap: str, topic: str) -> None:
     """One partition on all three nodes, ``RECORDS`` records (the clients end here: none
     outlives the cluster to log its refused connections)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    assert create_topics(admin, [TopicSpec(topic, 1, 3, {"min.insync.replicas": "2"})],
-                         timeout=60) == ([topic], [])
+    create_topic(bootstrap, topic, 1, {"min.insync.replicas": "2"}, replication=3, timeout=60)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for i in range(RECORDS):
         producer.produce(topic, value=f"v{i}".encode(), partition=0)
