@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -99,7 +100,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("SFPROV_TEST_DOCKER") == "1":
         yield from _docker_kafka()
         return
-    from ops.kafka_local import BrokerError, LocalBroker, free_port
+    from ops.kafka_local import BrokerError, LocalBroker, free_port, stop_with_owner
 
     home = Path(tmp_path_factory.mktemp("kafka"))
     # A second listener for the tests that cut a process off from the broker (broker_cut)
@@ -107,14 +108,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _CUT_PORTS = (free_port(), free_port())
     broker = LocalBroker(home, port=free_port(), controller_port=free_port(),
                          extra_listeners={CUT_LISTENER: _CUT_PORTS})
+    watcher = None
     try:  # a start that fails or is interrupted (Ctrl-C, SIGTERM) stops the broker too
         try:
             broker.start(timeout=120)
         except BrokerError as exc:
             _unavailable(str(exc))
+        pid = broker.running_pid()
+        if pid is not None:  # and a session that dies without its teardown (SIGKILL)
+            watcher = stop_with_owner(pid)
         yield broker.bootstrap
     finally:
         broker.stop()
+        if watcher is not None:
+            try:
+                watcher.wait(timeout=10)  # it ends once the broker's group has
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+                watcher.wait()
 
 
 CUT_LISTENER = "CUT"

@@ -6,6 +6,7 @@ broker, so no JVM is needed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 INNER = '''
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,16 +35,28 @@ def mark(what):
 
 
 class StandInBroker:
+    """A process group of its own, as the JVM's (a ``sleep``)."""
+
     def __init__(self, home, **kwargs):
         self.bootstrap = "127.0.0.1:1"
+        self.proc = None
 
     def start(self, *, timeout):
         mark("starting")
         if os.environ["SFPROV_TEST_WHEN"] == "start":
             time.sleep(60)
+        self.proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        mark(f"pid={self.proc.pid}")
+        mark(f"owner={os.getpid()}")
         return self
 
+    def running_pid(self):
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
     def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
         mark("stopped")
 
 
@@ -55,8 +69,9 @@ def test_runs_long(kafka_bootstrap):
 '''
 
 
-@pytest.mark.parametrize("when,waits_for", [("start", "starting"), ("test", "running")])
-def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for):
+def _inner_run(tmp_path: Path, when: str, workers: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """The inner pytest run (its marks file): ``workers`` ``["-n", "2"]`` runs it under
+    pytest-xdist, as ``make test`` does."""
     (tmp_path / "test_inner.py").write_text(INNER)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     marks = tmp_path / "marks"
@@ -65,14 +80,37 @@ def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for):
     env.update(PYTHONPATH=str(ROOT), SFPROV_TEST_MARKS=str(marks), SFPROV_TEST_WHEN=when)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-         "-c", str(tmp_path / "pytest.ini"), str(tmp_path / "test_inner.py")],
+         "-c", str(tmp_path / "pytest.ini"), *workers, str(tmp_path / "test_inner.py")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc, marks
+
+
+def _wait_for_mark(proc: subprocess.Popen[bytes], marks: Path, waits_for: str) -> list[str]:
+    deadline = time.monotonic() + 60
+    while not (marks.exists() and waits_for in marks.read_text().split()):
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline, f"the inner run never got to {waits_for}"
+        time.sleep(0.05)
+    return marks.read_text().split()
+
+
+def _running(pid: int) -> bool:
     try:
-        deadline = time.monotonic() + 60
-        while not (marks.exists() and waits_for in marks.read_text().split()):
-            assert proc.poll() is None, proc.communicate()[0].decode()
-            assert time.monotonic() < deadline, f"the inner run never got to {waits_for}"
-            time.sleep(0.05)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+
+
+@WORKERS
+@pytest.mark.parametrize("when,waits_for", [("start", "starting"), ("test", "running")])
+def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for, workers):
+    proc, marks = _inner_run(tmp_path, when, workers)
+    try:
+        _wait_for_mark(proc, marks, waits_for)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
     finally:
@@ -81,3 +119,29 @@ def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for):
             proc.wait()
     assert marks.read_text().split()[-1] == "stopped", output
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+
+
+@WORKERS
+def test_a_session_killed_without_its_teardown_leaves_no_broker(tmp_path, workers):
+    """SIGKILL of the process that started the broker (pytest, or the xdist worker whose
+    teardown the controller cut short): no teardown runs, and the broker's group — a
+    session of its own — is stopped by the watcher (ops.kafka_local.stop_with_owner)."""
+    proc, marks = _inner_run(tmp_path, "test", workers)
+    broker = None
+    try:
+        seen = _wait_for_mark(proc, marks, "running")
+        broker = int(next(m for m in seen if m.startswith("pid="))[4:])
+        owner = int(next(m for m in seen if m.startswith("owner="))[6:])
+        assert _running(broker)
+        os.kill(owner, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while _running(broker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(broker), "the broker outlived the session that started it"
+        assert "stopped" not in marks.read_text().split(), "a teardown ran: not the case meant"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            if broker is not None:
+                os.killpg(broker, signal.SIGKILL)
+        proc.kill()  # the controller, when the owner was an xdist worker
+        proc.wait()
