@@ -16,11 +16,13 @@ Command line (``make jars``, hence ``make up``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ops.kafka_local import DEFAULT_STATE, ROOT, BrokerError, require_tools
@@ -84,15 +86,35 @@ def ensure_tools(state_dir: Path = DEFAULT_STATE) -> Path:
                               + result.stderr[-2000:])
         marker.write_text(digest)
     log4j = jars / "tools-log4j.properties"
-    log4j.write_text(LOG4J)
+    _write_if_changed(log4j, LOG4J, 0o644)
     out = bin_dir(state_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, main in TOOLS.items():
-        path = out / name
-        path.write_text(WRAPPER.format(name=name, version=KAFKA_VERSION, main=main,
-                                       log4j=log4j, tools=jars))
-        os.chmod(path, 0o755)
+        _write_if_changed(out / name, WRAPPER.format(name=name, version=KAFKA_VERSION,
+                                                     main=main, log4j=log4j, tools=jars), 0o755)
     return out
+
+
+def _write_if_changed(path: Path, text: str, mode: int) -> None:
+    """``path`` holds ``text`` with ``mode``, never seen half-written: another process may
+    be running the wrapper, or installing the same ones (the test suite's two processes).
+    A rewrite in place emptied the script under a running shell ("Text file busy", or an
+    empty run); an unchanged file is left alone, a changed one replaced at once."""
+    try:
+        if path.read_text() == text and (path.stat().st_mode & 0o777) == mode:
+            return
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
