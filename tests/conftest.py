@@ -7,9 +7,12 @@ a Docker engine exists (see :data:`DOCKER_KAFKA_IMAGE`). When the broker cannot 
 broker tests are skipped locally but FAIL when ``CI=true``.
 
 The broker runs in its own session (a Ctrl-C or a signal to pytest's process group does not
-reach it), so only the fixture's teardown stops it: SIGTERM (a cancelled CI job, `timeout`)
+reach it), so the fixture's teardown stops it: SIGTERM (a cancelled CI job, `timeout`)
 ends the run as Ctrl-C does, through the teardown, instead of killing pytest and leaving the
-JVM behind.
+JVM behind. A process that dies without its teardown (SIGKILL, or a pytest-xdist process the
+controller kills once it outlasts its exit timeout) leaves it to a watcher
+(``ops.kafka_local.stop_with_owner``), which stops it then. Under ``make test`` each of the
+suite's processes has a session broker of its own.
 """
 
 from __future__ import annotations
