@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)
 # SFPROV_STATE_DIR as the Python side reads it (the environment over .env or $SFPROV_ENV_FILE,
 # else .state): common.settings needs only the standard library, so no virtualenv yet
-STATE := $(shell $(PYTHON) -c 'from common.settings import environment as e; print(e().get("SFPROV_STATE_DIR") or ".state")' 2>/dev/null || echo .state)
+# (blank is unset, as for the processes)
+STATE := $(shell $(PYTHON) -c 'from common.settings import environment as e; v = e().get("SFPROV_STATE_DIR") or ""; print(v if v.strip() else ".state")' 2>/dev/null || echo .state)
 # A path as one shell word, literal (single-quoted): a recipe uses $(call sh,$(STATE)), never
 # $(STATE) bare, so a space splits nothing and `~` or `$` stay what they are to Python
 sh = '$(subst ','\'',$(1))'

@@ -40,7 +40,7 @@ def add(parser: argparse.ArgumentParser, *flags: str, env: str | None = None,
     variable and the option, printed as one line by :func:`main` (exit 1)."""
     if env:
         raw = environment().get(env)
-        if raw not in (None, ""):
+        if raw is not None and raw.strip():  # blank is unset, as for the processes
             default = EnvDefault(raw)  # argparse runs ``type`` on a str default when unused
             if kwargs.get("type") is not None:
                 kwargs["type"] = _env_checked(kwargs["type"], env, _option_name(flags))

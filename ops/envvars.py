@@ -28,6 +28,12 @@ def value(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], 
         raise ConfigError(f"{name}: invalid value: {exc}") from None
 
 
+def text(env: Mapping[str, str], name: str, default: T) -> str | T:
+    """``env[name]`` as it is, or ``default`` when it is unset or blank."""
+    raw = env.get(name)
+    return raw if raw is not None and raw.strip() else default
+
+
 def port(env: Mapping[str, str], name: str, default: int) -> int:
     """A port others connect to: 1-65535."""
     return value(env, name, default, parse_fixed_port)

@@ -48,8 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "kafka" / "pom.xml"
 KAFKA_VERSION = "3.9.1"
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
-DEFAULT_STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
-JVM_HEAP = environment_at_import().get("KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
+# (blank is unset, as for the processes: a blank KAFKA_HEAP_OPTS started the JVM unbounded)
+DEFAULT_STATE = Path(envvars.text(environment_at_import(), "SFPROV_STATE_DIR", ROOT / ".state"))
+JVM_HEAP = envvars.text(environment_at_import(), "KAFKA_HEAP_OPTS", "-Xms512m -Xmx1g")
 
 
 class BrokerError(RuntimeError):

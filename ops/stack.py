@@ -55,7 +55,7 @@ from ops.supervisor import (
 )
 
 # the environment over .env, as every process reads it (CommonSettings.state_dir)
-STATE = Path(environment_at_import().get("SFPROV_STATE_DIR") or ROOT / ".state")
+STATE = Path(envvars.text(environment_at_import(), "SFPROV_STATE_DIR", ROOT / ".state"))
 LOGS = STATE / "logs"
 PLAN = STATE / "supervisor-plan.json"
 STATUS = STATE / "supervisor.json"

@@ -72,6 +72,17 @@ def test_a_tilde_stays_literal_as_python_reads_it(checkout):
     assert not literal.exists()
 
 
+def test_a_blank_state_path_is_the_default_as_python_reads_it(checkout):
+    """``SFPROV_STATE_DIR="  "`` is unset for the processes (``.state``): `make` took it as
+    the directory ``./  /`` and left the worker's tables in ``.state``."""
+    blank_dir = sentinel(checkout / "  ")
+    default = sentinel(checkout / ".state" / "kafka")
+    result = make(checkout, "  ")
+    assert result.returncode == 0, result.stderr
+    assert blank_dir.exists()
+    assert not default.exists()
+
+
 @pytest.mark.parametrize("state", ["HOME", "/", "CHECKOUT", "EMPTY"])
 def test_clean_refuses_paths_that_are_not_a_state_directory(checkout, state):
     home = checkout.parent / "home"
