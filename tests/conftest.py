@@ -17,6 +17,7 @@ suite's processes has a session broker of its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,6 +47,23 @@ DOCKER_KAFKA_IMAGE = os.environ.get("SFPROV_TEST_DOCKER_IMAGE", "confluentinc/cp
 _prior_sigterm: Any = None
 _installed = False
 _stopping = False  # a Ctrl-C or SIGTERM is being handled: the teardown must get to run
+_controller = False  # pytest-xdist's controller: its children are the suite's processes
+
+
+def _children() -> list[int]:
+    """This process's children, from ``/proc`` (none where there is no ``/proc``)."""
+    me, found = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(entry))
+    return found
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -57,13 +75,25 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     if _stopping:
         return
     _stopping = True
+    # Under pytest-xdist each process tears down its own session. The controller tells them
+    # now: xdist's exit interrupts a process with a SIGINT 5 s later (lost where SIGINT is
+    # ignored, as in a background job) and kills it 5 s after that. A process so told lets
+    # that SIGINT pass, so it cannot cut the teardown short (the watcher of
+    # ops.kafka_local.stop_with_owner stops the broker should the kill come first).
+    if _controller:
+        for pid in _children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if callable(_prior_sigterm):
         _prior_sigterm(signum, frame)
     raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    global _prior_sigterm, _installed
+    global _prior_sigterm, _installed, _controller
+    _controller = session.config.pluginmanager.has_plugin("dsession")
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set in the main thread
     prior = signal.getsignal(signal.SIGTERM)

@@ -78,10 +78,14 @@ def _inner_run(tmp_path: Path, when: str, workers: list[str]) -> tuple[subproces
     env = {k: v for k, v in os.environ.items()
            if k not in ("KAFKA_TEST_BOOTSTRAP", "SFPROV_TEST_DOCKER", "CI")}
     env.update(PYTHONPATH=str(ROOT), SFPROV_TEST_MARKS=str(marks), SFPROV_TEST_WHEN=when)
+    ignore_sigint = "sigint-ignored" in workers  # as in a background job (`cmd &`)
+    workers = [w for w in workers if w != "sigint-ignored"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
          "-c", str(tmp_path / "pytest.ini"), *workers, str(tmp_path / "test_inner.py")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint
+        else None)
     return proc, marks
 
 
@@ -105,7 +109,8 @@ def _running(pid: int) -> bool:
 WORKERS = pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 
 
-@WORKERS
+@pytest.mark.parametrize("workers", [[], ["-n", "2"], ["-n", "2", "sigint-ignored"]],
+                         ids=["serial", "xdist", "xdist-sigint-ignored"])
 @pytest.mark.parametrize("when,waits_for", [("start", "starting"), ("test", "running")])
 def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for, workers):
     proc, marks = _inner_run(tmp_path, when, workers)
