@@ -56,8 +56,10 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         response = web.json_response(SfError(
             "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed.").rest_body(),
             status=405)
-    except web.HTTPException:
-        raise  # aiohttp's own answers (413 too large, ...) stay as they are
+    except web.HTTPException as exc:  # aiohttp's own answers (413 too large, ...) stay as
+        if path != "/" and not is_admin:  # they are, with the header every API answer has
+            exc.headers["Sforce-Limit-Info"] = sb.limit_info()
+        raise
     except Exception:
         # a bug (or input no check foresaw): Salesforce's shape, not aiohttp's plain-text 500
         error_id = secrets.token_hex(4)

@@ -261,6 +261,20 @@ class PubSubService(pb_grpc.PubSubServicer):
         except _StreamError as err:
             await self._abort(context, err)
 
+    async def ManagedSubscribe(self, request_iterator: Any, context: Any) -> Any:
+        """Not emulated (the pipeline subscribes with ``Subscribe`` and keeps its replay
+        position in Kafka): after the authentication a real org does, UNIMPLEMENTED saying
+        so, not the stub's bare "Method not implemented!"."""
+        self.sb.counters.count("grpc_managed_subscribe")
+        try:
+            self.authenticate(context)
+            raise _StreamError(grpc.StatusCode.UNIMPLEMENTED, "",
+                               "ManagedSubscribe is not emulated by the sandbox (it serves "
+                               "Subscribe, GetTopic, GetSchema, Publish and PublishStream)")
+        except _StreamError as err:
+            await self._abort(context, err)
+        yield  # pragma: no cover - a stream's handler: an async generator
+
     async def Subscribe(self, request_iterator: Any, context: Any) -> Any:
         from .subscription import Subscription
 

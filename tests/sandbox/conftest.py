@@ -38,7 +38,8 @@ def sf_pb(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         pool.Add(fd)
     ns = SimpleNamespace()
     for name in ("FetchRequest", "FetchResponse", "SchemaRequest", "SchemaInfo", "TopicRequest",
-                 "TopicInfo", "PublishRequest", "PublishResponse", "ProducerEvent"):
+                 "TopicInfo", "PublishRequest", "PublishResponse", "ProducerEvent",
+                 "ManagedFetchRequest", "ManagedFetchResponse"):
         setattr(ns, name, message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"eventbus.v1.{name}")))
     preset = pool.FindEnumTypeByName("eventbus.v1.ReplayPreset")

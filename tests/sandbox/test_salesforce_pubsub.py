@@ -153,6 +153,24 @@ def test_auth_errors_and_token_expiry(sf_pubsub: SfPubSub, sf_sandbox: Any) -> N
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_managed_subscribe_says_it_is_not_emulated_after_checking_the_session(
+        sf_pubsub: SfPubSub) -> None:
+    """Not emulated (the pipeline uses Subscribe): a clear UNIMPLEMENTED, not the generated
+    stub's "Method not implemented!", and a bad session still refused first."""
+    method = sf_pubsub.channel.stream_stream(
+        "/eventbus.v1.PubSub/ManagedSubscribe",
+        request_serializer=sf_pubsub.pb.ManagedFetchRequest.SerializeToString,
+        response_deserializer=sf_pubsub.pb.ManagedFetchResponse.FromString)
+    for token, code in (("00Dbogus!token", grpc.StatusCode.UNAUTHENTICATED),
+                        (None, grpc.StatusCode.UNIMPLEMENTED)):
+        calls = method(iter([sf_pubsub.pb.ManagedFetchRequest(num_requested=1)]),
+                       metadata=sf_pubsub.metadata(token=token), timeout=10)
+        with pytest.raises(grpc.RpcError) as info:
+            next(calls)
+        assert info.value.code() == code, info.value
+    assert "ManagedSubscribe is not emulated" in info.value.details()
+
+
 def test_drop_streams_is_unavailable(sf_pubsub: SfPubSub, sf_sandbox: Any) -> None:
     sub = sf_pubsub.subscribe(num=1)
     _drain_keepalive(sub)

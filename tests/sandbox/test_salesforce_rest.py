@@ -150,6 +150,17 @@ def test_jwt_exp_as_digits_or_a_finite_number(sf_sandbox: Any) -> None:
         assert resp.status_code == 200 and resp.json()["token_type"] == "Bearer", exp
 
 
+def test_aiohttps_own_answers_carry_the_limit_header(sf_sandbox: Any,
+                                                    sf_http: requests.Session) -> None:
+    """A body over the server's limit is refused by aiohttp itself (413), before any
+    handler: every API answer has ``Sforce-Limit-Info`` (REFERENCE), that one too."""
+    resp = sf_http.post(sf_sandbox.instance_url + V + "/composite/sobjects",
+                        data=b"x" * (32 * 1024 * 1024 + 1),
+                        headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.headers["Sforce-Limit-Info"].startswith("api-usage="), resp.headers
+
+
 def test_userinfo_and_limit_header(sf_sandbox: Any, sf_http: requests.Session) -> None:
     info = sf_http.get(sf_sandbox.login_url + "/services/oauth2/userinfo").json()
     assert info["organization_id"] == sf_sandbox.org_id
