@@ -51,17 +51,20 @@ _controller = False  # pytest-xdist's controller: its children are the suite's p
 
 
 def _children() -> list[int]:
-    """This process's children, from ``/proc`` (none where there is no ``/proc``)."""
+    """This process's children, from ``/proc`` (none where there is no ``/proc``). Read as
+    bytes: a process name is any bytes (a name cut at 15 bytes may split a character), and
+    one not UTF-8 anywhere on the box must not stop the scan."""
     me, found = os.getpid(), []
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+                parent = int(stat.rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            if parent == me:
                 found.append(int(entry))
     return found
 

@@ -75,8 +75,9 @@ def _inner_run(tmp_path: Path, when: str, workers: list[str]) -> tuple[subproces
     (tmp_path / "test_inner.py").write_text(INNER)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     marks = tmp_path / "marks"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_TEST_BOOTSTRAP", "SFPROV_TEST_DOCKER", "CI")}
+    env = {k: v for k, v in os.environ.items()  # (the outer run's xdist worker's too)
+           if k not in ("KAFKA_TEST_BOOTSTRAP", "SFPROV_TEST_DOCKER", "CI",
+                        "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT")}
     env.update(PYTHONPATH=str(ROOT), SFPROV_TEST_MARKS=str(marks), SFPROV_TEST_WHEN=when)
     ignore_sigint = "sigint-ignored" in workers  # as in a background job (`cmd &`)
     workers = [w for w in workers if w != "sigint-ignored"]
@@ -150,3 +151,23 @@ def test_a_session_killed_without_its_teardown_leaves_no_broker(tmp_path, worker
                 os.killpg(broker, signal.SIGKILL)
         proc.kill()  # the controller, when the owner was an xdist worker
         proc.wait()
+
+
+def test_a_process_name_that_is_not_utf8_does_not_stop_the_hand_on():
+    """The controller finds its processes in ``/proc``; a name of any bytes (here
+    ``\\xff\\xfe``) anywhere on the box raised UnicodeDecodeError inside the SIGTERM
+    handler, and no process was told."""
+    from tests.conftest import _children
+
+    code = ("import ctypes, time\n"
+            "ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b'\\xff\\xfe'), 0, 0, 0)\n"
+            "print('named', flush=True)\n"
+            "time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"named\n"
+        assert Path(f"/proc/{child.pid}/comm").read_bytes() == b"\xff\xfe\n"
+        assert child.pid in _children()
+    finally:
+        child.kill()
+        child.wait()
