@@ -465,6 +465,8 @@ class Sink:
         done: list[Tracked] = []
         for entry in acked:
             m.RECORDS_WRITTEN.labels(entry.key.sobject).inc()
+            for tracked in entry.sources:
+                tracked.written = True
             done.extend(self.batcher.ack(entry))
         self.stats.records_written += len(acked)
         for entry, error in transient:
@@ -547,7 +549,9 @@ class Sink:
     def _complete(self, tracked: Tracked) -> None:
         if tracked.errors:
             self.dead_letters.record_errors(tracked)
-        elif tracked.outcome is not None:
+        elif tracked.outcome is not None and tracked.written:
+            # an outcome that wrote nothing (Skipped, Duplicate — a replay's carry their
+            # event's hours-old request time — or superseded) has no write-back to time
             wall = time.time()
             for since in ("completed_at", "requested_at"):
                 stamp = tracked.outcome.get(since)

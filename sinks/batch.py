@@ -70,6 +70,9 @@ class Tracked:
     # the consumed record's headers (None: it had none): a dead letter of it carries
     # ``sfprov.requeued_from`` on, when ``sfprov dlq requeue`` sent it (sinks.deadletters)
     headers: Any = None
+    # Salesforce stored at least one of its records (not only superseded, skipped or
+    # failed): what the write-back lag is observed for
+    written: bool = False
 
     @property
     def complete(self) -> bool:

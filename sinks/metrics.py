@@ -17,7 +17,8 @@ DEAD_LETTERS = Counter("sfprov_sink_dead_letters_total", "Outcomes dead-lettered
 API_USED = Gauge("sfprov_sink_api_usage_used", "Salesforce API requests used (Sforce-Limit-Info).")
 API_LIMIT = Gauge("sfprov_sink_api_usage_limit", "Salesforce daily API request limit.")
 LAG = Histogram("sfprov_sink_end_to_end_lag_seconds",
-                "Now minus the outcome's timestamp when its write-back was acknowledged.",
+                "Now minus the outcome's timestamp when its write-back was acknowledged "
+                "(outcomes that wrote nothing: not observed).",
                 ["since"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
 PAUSED = Gauge("sfprov_sink_paused", "1 while consumption is paused (limit, outage, "
                                      "backpressure).")
