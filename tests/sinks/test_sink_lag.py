@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
 
 from confluent_kafka import TopicPartition
 
@@ -16,34 +15,7 @@ from sinks import metrics as m
 from sinks.app import Sink
 from tests.sinks.fakes import FakeCollections
 from tests.sinks.helpers import outcome
-from tests.sinks.test_sink_rebalance import KAFKA, SERDE, RevokingConsumer
-
-
-class _Msg:
-    def __init__(self, offset: int, record: dict[str, Any]) -> None:
-        self._offset, self._value = offset, SERDE.encode(record)
-        self._key = record["order_id"].encode()
-
-    def error(self) -> None:
-        return None
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return list(SERDE.headers())
-
-    def topic(self) -> str:
-        return KAFKA.outcomes
+from tests.sinks.test_sink_rebalance import KAFKA, Message, RevokingConsumer
 
 
 def _observed(since: str) -> tuple[float, float]:
@@ -65,10 +37,10 @@ def test_only_outcomes_that_wrote_something_are_timed():
     hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
     before = _observed("requested")
     for offset, status in enumerate(("Duplicate", "Skipped")):
-        sink._handle(_Msg(offset, outcome(f"80100000000000000{offset}", status,
+        sink._handle(Message(0, offset, outcome(f"80100000000000000{offset}", status,
                                           requested_at=hours_ago)))
     assert fake.calls == [] and _observed("requested") == before  # nothing written
-    sink._handle(_Msg(2, outcome("801000000000000002", "Provisioned",
+    sink._handle(Message(0, 2, outcome("801000000000000002", "Provisioned",
                                  opportunity_id="006000000000000002", n=2)))
     deadline = time.monotonic() + 5
     while _observed("requested")[0] == before[0] and time.monotonic() < deadline:

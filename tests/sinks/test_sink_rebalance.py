@@ -31,8 +31,10 @@ SERDE = AvroSerde("provisioning_outcome", topic=KAFKA.outcomes)
 
 
 class Message:
-    def __init__(self, partition: int, offset: int) -> None:
-        record = outcome(f"801{partition:03d}{offset:012d}", "Failed", n=offset)
+    def __init__(self, partition: int, offset: int,
+                 record: dict[str, Any] | None = None) -> None:
+        if record is None:
+            record = outcome(f"801{partition:03d}{offset:012d}", "Failed", n=offset)
         self._partition, self._offset = partition, offset
         self._key, self._value = record["order_id"].encode(), SERDE.encode(record)
 
