@@ -121,9 +121,11 @@ def _unresolvable_sandbox(env: dict[str, str], timeout: float = RESOLVE_TIMEOUT_
 
 def _wait_s(env: dict[str, str]) -> float:
     """How long the sandbox's host may take to appear (``SFPROV_CONTAINER_SANDBOX_WAIT_S``)."""
+    from ops import envvars
+
     try:
-        return max(0.0, float(env.get("SFPROV_CONTAINER_SANDBOX_WAIT_S", "").strip()
-                              or RESOLVE_WAIT_S))
+        return max(0.0, float(envvars.text(env, "SFPROV_CONTAINER_SANDBOX_WAIT_S",
+                                           RESOLVE_WAIT_S)))
     except ValueError:
         return RESOLVE_WAIT_S
 
@@ -165,8 +167,7 @@ def seed(timeout: float = 300.0) -> int:
     from sandbox.salesforce.admin_client import AdminClient
 
     env = {**os.environ, **sandbox_defaults(dict(os.environ))}
-    raw = env.get("SFPROV_STATE_DIR", "")  # blank is unset, as for the processes
-    state = Path(raw if raw.strip() else "/state") / "sandbox" / "salesforce"
+    state = Path(envvars.text(env, "SFPROV_STATE_DIR", "/state")) / "sandbox" / "salesforce"
     marker = state / ".seeded"
     if marker.exists():
         print("salesforce sandbox: already seeded")
@@ -177,8 +178,8 @@ def seed(timeout: float = 300.0) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 64
-    admin = AdminClient(env.get("SF_LOGIN_URL", "").strip() or "https://salesforce-sandbox:8443",
-                        env.get("SF_CA_BUNDLE", "").strip() or str(state / "tls" / "ca.pem"))
+    admin = AdminClient(envvars.text(env, "SF_LOGIN_URL", "https://salesforce-sandbox:8443"),
+                        envvars.text(env, "SF_CA_BUNDLE", str(state / "tls" / "ca.pem")))
     deadline = time.monotonic() + timeout
     while True:
         try:

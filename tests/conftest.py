@@ -11,7 +11,7 @@ reach it), so the fixture's teardown stops it: SIGTERM (a cancelled CI job, `tim
 ends the run as Ctrl-C does, through the teardown, instead of killing pytest and leaving the
 JVM behind. A process that dies without its teardown (SIGKILL, or a pytest-xdist process the
 controller kills once it outlasts its exit timeout) leaves it to a watcher
-(``ops.kafka_local.stop_with_owner``), which stops it then. Under ``make test`` each of the
+(``ops.owner_watch.stop_with_owner``), which stops it then. Under ``make test`` each of the
 suite's processes has a session broker of its own.
 """
 
@@ -82,7 +82,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     # now: xdist's exit interrupts a process with a SIGINT 5 s later (lost where SIGINT is
     # ignored, as in a background job) and kills it 5 s after that. A process so told lets
     # that SIGINT pass, so it cannot cut the teardown short (the watcher of
-    # ops.kafka_local.stop_with_owner stops the broker should the kill come first).
+    # ops.owner_watch.stop_with_owner stops the broker should the kill come first).
     if _controller:
         for pid in _children():
             with contextlib.suppress(ProcessLookupError):
@@ -136,7 +136,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("SFPROV_TEST_DOCKER") == "1":
         yield from _docker_kafka()
         return
-    from ops.kafka_local import BrokerError, LocalBroker, free_port, stop_with_owner
+    from ops.kafka_local import BrokerError, LocalBroker, free_port
+    from ops.owner_watch import stop_with_owner
 
     home = Path(tmp_path_factory.mktemp("kafka"))
     # A second listener for the tests that cut a process off from the broker (broker_cut)

@@ -131,7 +131,7 @@ def test_sigterm_stops_the_session_broker(tmp_path, when, waits_for, workers):
 def test_a_session_killed_without_its_teardown_leaves_no_broker(tmp_path, workers):
     """SIGKILL of the process that started the broker (pytest, or the xdist worker whose
     teardown the controller cut short): no teardown runs, and the broker's group — a
-    session of its own — is stopped by the watcher (ops.kafka_local.stop_with_owner)."""
+    session of its own — is stopped by the watcher (ops.owner_watch.stop_with_owner)."""
     proc, marks = _inner_run(tmp_path, "test", workers)
     broker = None
     try:
