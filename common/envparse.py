@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -310,6 +311,27 @@ def hide_userinfo(url: str) -> str:
     if at is None:
         return url
     return f"{parts.scheme}://***@{url[at + 1:]}"
+
+
+EARLIEST = "earliest"
+LATEST = "latest"
+
+
+def parse_start_position(raw: str) -> str:
+    """``earliest``, ``latest`` or an ISO-8601 time with its offset (``Z`` for UTC), as
+    the time's canonical UTC form; ValueError for anything else."""
+    value = raw.strip()
+    if value.lower() in (EARLIEST, LATEST):
+        return value.lower()
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected earliest, latest or an ISO-8601 time such as "
+                         f"2026-12-01T09:30:00Z, got {raw!r}") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{raw!r} has no UTC offset: add Z (UTC) or +hh:mm, so the start "
+                         "does not depend on the sink's time zone")
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def choice(*options: str) -> Callable[[str], str]:

@@ -43,6 +43,7 @@ from common.envparse import (
     parse_port,
     parse_positive_float,
     parse_positive_int,
+    parse_start_position,
     read_field,
     split_userinfo,
 )
@@ -868,6 +869,16 @@ class SinkSettings(_Section):
                                   "org's validation rule refuses an older outcome over a newer "
                                   "one (a sink that resumes after a pause); the field is checked "
                                   "at start-up. false = off, with a warning.")
+    start_position: str = env("SINK_START_POSITION", "", parse=parse_start_position,
+                              doc="Where the sink's group starts on an outcomes partition it "
+                                  "has no committed offset for and that holds records (a new "
+                                  "SINK_GROUP_ID or KAFKA_TOPIC_PREFIX, offsets expired): an "
+                                  "ISO-8601 time (e.g. 2026-12-01T09:30:00Z: when the old "
+                                  "group stopped), earliest or latest. Unset: such a "
+                                  "partition whose records are all less than an hour old (a "
+                                  "new installation) is read from its first; an older one "
+                                  "stops the sink (exit 64) instead of writing its history "
+                                  "again over newer Salesforce data.")
     outcome_ms_field: str = env("SINK_OUTCOME_MS_FIELD", "Activation_Outcome_Ms__c",
                                 doc="API name of that Number(18, 0) field, the same on Order "
                                     "and Opportunity.")

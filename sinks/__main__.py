@@ -3,7 +3,8 @@
 Exit codes (:mod:`common.process`, the same for every process): 0 after a clean stop
 (SIGTERM/SIGINT, a bound reached: pending writes flushed and committed), 64 for a bad
 setting (including an org without the outcome fence's field, found at start-up before
-anything is consumed, and a ``SINK_HTTP_PORT`` in use) — also a broker that refuses the
+anything is consumed, a group with no committed offset on outcomes that hold history and no
+``SINK_START_POSITION``, and a ``SINK_HTTP_PORT`` in use) — also a broker that refuses the
 sink's credentials or ACLs (one line names the setting or the refused operation; not
 restarted) —, 1 for anything else (offsets
 stay where Salesforce's acknowledgements put them; a restart redelivers the rest). A signal

@@ -67,7 +67,7 @@ from common.errors import (
     SalesforceLimitError,
 )
 from common.settings import KafkaSettings, SinkSettings
-from sinks import fence
+from sinks import fence, start
 from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
 from sinks.deadletters import DeadLetters
@@ -591,6 +591,21 @@ class Sink:
     # -- rebalances --------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Take ``partitions``: from the group's committed offsets, or, for one without, from
+        the start :mod:`sinks.start` chose (and committed) — or stop: a partition that holds
+        history and no committed offset, with ``SINK_START_POSITION`` unset, raises
+        :class:`~common.errors.ConfigError` (exit 64) before anything of it is written."""
+        group = self.kafka.topic(self.settings.group_id)
+        try:
+            chosen = start.starts(consumer, self.kafka.outcomes,
+                                  [p.partition for p in partitions], group=group,
+                                  position=self.settings.start_position)
+        except KafkaException as exc:  # a refusal (start._ask retries the rest)
+            raise KafkaAccessError(refusal_message(
+                self.connection, f"read or commit the offsets of group {group}",
+                exc.args[0])) from exc
+        partitions = [TopicPartition(p.topic, p.partition, chosen[p.partition])
+                      if p.partition in chosen else p for p in partitions]
         consumer.assign(partitions)
         self._assigned = list(partitions)
         self._owned = {p.partition for p in partitions}

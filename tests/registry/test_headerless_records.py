@@ -18,6 +18,7 @@ from common.settings import KafkaSettings, SinkSettings
 from sinks.app import Sink
 from sinks.batch import Tracked
 from tests.sinks.fakes import FakeCollections
+from tests.sinks.helpers import committed_everywhere
 
 UNKNOWN_ID = 102913  # frames the reviewer's outcomes into values that decode as plain Avro
 BASE = {"order_id": "801000000000001AAA", "opportunity_id": "006000000000001AAA",
@@ -93,6 +94,8 @@ class Message:
 
 
 class Consumer:
+    committed = staticmethod(committed_everywhere)
+
     def assign(self, partitions: list[TopicPartition]) -> None:
         pass
 

@@ -31,13 +31,17 @@ def outcome(order_id: str, status: str, *, opportunity_id: str | None = None, n:
 
 def produce(kafka: KafkaSettings, outcomes: list[dict[str, Any]],
             raw: list[tuple[bytes, bytes]] = (),
-            raw_headers: list[tuple[str, bytes]] | None = None) -> None:
+            raw_headers: list[tuple[str, bytes]] | None = None,
+            timestamp_ms: int | None = None) -> None:
+    """Each of ``outcomes`` (keyed by Order id), then each of ``raw``; ``timestamp_ms`` the
+    records' CreateTime (default: now)."""
+    stamp = {} if timestamp_ms is None else {"timestamp": timestamp_ms}
     serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes)
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "linger.ms": 20,
                          "enable.idempotence": True})
     for record in outcomes:
         producer.produce(kafka.outcomes, key=record["order_id"].encode(),
-                         value=serde.encode(record), headers=serde.headers())
+                         value=serde.encode(record), headers=serde.headers(), **stamp)
         producer.poll(0)
     for key, value in raw:
         producer.produce(kafka.outcomes, key=key, value=value, headers=raw_headers)
@@ -86,3 +90,10 @@ def committed_total(kafka: KafkaSettings, settings: SinkSettings) -> int:
         raise AssertionError("unreachable")
     finally:
         consumer.close()
+
+
+def committed_everywhere(partitions: list[Any], timeout: float = 0.0) -> list[Any]:
+    """A fake consumer's ``committed()``: the group holds an offset (0) on every partition,
+    so the sink's assignment starts there (sinks.start decides nothing)."""
+    from confluent_kafka import TopicPartition
+    return [TopicPartition(tp.topic, tp.partition, 0) for tp in partitions]
