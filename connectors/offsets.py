@@ -198,7 +198,8 @@ def _last_value(bootstrap: Connectable, topic: str, key: bytes, *, timeout_s: fl
 def _last_values(bootstrap: Connectable, topic: str, keys: tuple[bytes, ...], *,
                  timeout_s: float, what: str) -> dict[bytes, tuple[bytes, Headers]]:
     """The last committed value of each of ``keys`` in ``topic`` (every partition read to
-    its end), with its headers; a key with none is left out.
+    its end), with its headers; a key with none — or whose last record is a tombstone (an
+    operator's reset, before the log cleaner removes the key) — is left out.
 
     "Its end" is the partition's log end as it is when the read starts (its high watermark,
     asked for ``read_uncommitted``), not the first end-of-partition the ``read_committed``
@@ -243,7 +244,9 @@ def _last_values(bootstrap: Connectable, topic: str, keys: tuple[bytes, ...], *,
                 if err is None:
                     value, headers = msg.value(), msg.headers() or []
                     key = msg.key()
-                    if key in keys and value is not None:
+                    if key in keys and value is None:  # a tombstone: no value any more,
+                        last.pop(key, None)  # as once compacted (and as sfprov lag reads it)
+                    elif key in keys:
                         last[key] = (value, list(headers.items() if isinstance(headers, dict)
                                                  else headers))
                 elif err.code() == CKafkaError._PARTITION_EOF:

@@ -131,3 +131,20 @@ def test_a_transaction_open_past_the_deadline_is_a_retryable_error_saying_so(
     finally:
         other._producer.abort_transaction(30)
     assert load_position(kafka_settings.bootstrap_servers, topic, ours) == p2
+
+
+def test_a_tombstone_on_the_position_key_is_no_position(kafka_settings: KafkaSettings,
+                                                        writers) -> None:
+    """An operator's reset (a tombstone on ``<connector>|<channel>``, Kafka Connect's way)
+    is no position at once, as ``sfprov lag`` reads it: before the fix the connector resumed
+    from the value under it until the log cleaner removed both, then from the preset."""
+    ours = OffsetCodec("c-ours", CHANNEL)
+    writer = writers("c-ours")
+    topic = kafka_settings.connector_offsets
+    commit_position(kafka_settings, writer, ours, Position(b"\x01", EVENT, 1000, "u1"))
+    assert load_position(kafka_settings.bootstrap_servers, topic, ours) is not None
+    writer.write([(topic, ours.key, None, [])])
+    assert load_position(kafka_settings.bootstrap_servers, topic, ours) is None
+    p2 = Position(b"\x02", EVENT, 2000, "u2")
+    commit_position(kafka_settings, writer, ours, p2)  # a position after the reset counts
+    assert load_position(kafka_settings.bootstrap_servers, topic, ours) == p2
