@@ -29,6 +29,11 @@ Probe = Callable[[], tuple[bool, dict[str, Any]]]
 #: a loop that did not beat for this long is wedged (GC pauses and slow batches are far
 #: shorter; an orchestrator's failureThreshold adds its own patience on top)
 LIVENESS_SILENCE_S = 60.0
+#: the longest the connector's Kafka work between a backoff and its next subscription takes
+#: when every call times out: a reopen (init_transactions 30 s, the position read 60 s) and
+#: two transactional writes (a held keepalive position, the LATEST marker: about 85 s each
+#: with the brokers cut, connectors.writer); /livez counts that as work, not as a wedge
+RESUBSCRIBE_MAX_S = 300.0
 #: Salesforce or WHMCS failing for this long makes a process not ready (a single failed call
 #: is retried and is no reason to report it)
 READY_GRACE_S = 60.0
@@ -93,7 +98,9 @@ def connector_liveness(state: str, seconds_since_response: float, overdue_s: flo
                        stall_timeout_s: float) -> tuple[bool, dict[str, Any]]:
     """The connector's main loop is alive when what it is doing cannot have lasted this long
     without its own watchdog stepping in: subscribed and silent past the stall timeout (the
-    watchdog resubscribes at that point), or waiting past the end of its backoff."""
+    watchdog resubscribes at that point), waiting past the end of its backoff, or doing the
+    Kafka work before a subscription (``resubscribing``: a reopen, a held keepalive position
+    or the LATEST marker written) past :data:`RESUBSCRIBE_MAX_S`."""
     margin = LIVENESS_SILENCE_S
     if state in ("stopped", "fenced", "failed"):
         ok, why = False, f"connector {state}"
@@ -104,6 +111,11 @@ def connector_liveness(state: str, seconds_since_response: float, overdue_s: flo
     elif state in ("backoff", "limited"):
         ok = overdue_s < margin  # overdue_s: how long ago the backoff ended
         why = "" if ok else "backoff ended long ago and no new subscription: main loop wedged"
+    elif state == "resubscribing":  # overdue_s: how long ago it began
+        ok = overdue_s < RESUBSCRIBE_MAX_S
+        why = "" if ok else (f"resubscribing for {overdue_s:.0f} s (the Kafka work before a "
+                             f"subscription ends within {RESUBSCRIBE_MAX_S:g} s): main loop "
+                             "wedged")
     else:  # starting: bounded by the Kafka client timeouts
         ok, why = True, ""
     # "reason" as well: what this probe answered before it had "reasons"

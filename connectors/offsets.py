@@ -246,7 +246,7 @@ def _last_values(bootstrap: Connectable, topic: str, keys: tuple[bytes, ...], *,
                     key = msg.key()
                     if key in keys and value is None:  # a tombstone: no value any more,
                         last.pop(key, None)  # as once compacted (and as sfprov lag reads it)
-                    elif key in keys:
+                    elif key in keys and value is not None:
                         last[key] = (value, list(headers.items() if isinstance(headers, dict)
                                                  else headers))
                 elif err.code() == CKafkaError._PARTITION_EOF:

@@ -174,6 +174,7 @@ class StreamClosed(SalesforceError):
 @dataclass
 class Health:
     state: str = "starting"
+    resumed_from: str = ""  # the state "resubscribing" followed (a backoff, a stream ended)
     cause: str = ""
     last_error: str = ""
     waiting_until: float = 0.0
@@ -239,13 +240,22 @@ class Health:
         followed by a stream whose first answer, a keepalive, comes up to 270 s after it
         opened, and the watchdog ends a silent one. None: no reason to be not ready."""
         silent = now - self.last_response
-        if silent < grace_s or self.state not in ("backoff", "subscribed"):
+        state = self.resumed_from if self.state == "resubscribing" else self.state
+        if silent < grace_s or state not in ("backoff", "subscribed"):
             return None
-        if self.state == "subscribed" and self.errors == 0:
+        if state == "subscribed" and self.errors == 0:
             return None  # no error since it last moved: waiting for the next keepalive
         if self.errors == 1 and self.cause != StreamStalled.cause:
             return None
         return silent
+
+    def resubscribing(self) -> None:
+        """The Kafka work before a subscription begins (a reopen, a held keepalive position
+        or the LATEST marker written: up to minutes with the brokers cut): /livez times it
+        from now, instead of as a backoff long over. Start-up keeps its own state."""
+        if self.state not in ("starting", "resubscribing"):
+            self.resumed_from = self.state  # what readiness judges meanwhile (unanswered)
+            self.state, self.waiting_until = "resubscribing", time.monotonic()
 
     def stuck(self, now: float, grace_s: float = READY_GRACE_S) -> float | None:
         """How long errors have followed each other although Pub/Sub answered meanwhile
@@ -399,6 +409,7 @@ class Connector:
 
     def _subscribe_once(self, max_events: int | None, deadline: float | None) -> bool:
         """One subscription until it ends. True = a bound or stop was reached (exit 0)."""
+        self.health.resubscribing()
         if self._keepalive_candidate is not None and self._needs_position():
             # the last stream ended with its keepalive position held (the end came with it,
             # or its commit failed): resume after it, not with the preset — LATEST would skip
@@ -836,6 +847,7 @@ class Connector:
 
     def _reopen(self) -> None:
         """New producer (fencing any newer instance), then the position: in that order."""
+        self.health.resubscribing()
         self.writer.reopen()
         before = self.position
         self._set_position(load_position(self.kafka,

@@ -302,3 +302,35 @@ def test_a_latest_gaps_pass_covers_a_failed_open_and_its_backoff(monkeypatch):
     at, opened = passes.armed[0], calls[-1][1]
     assert at is not None and at >= opened, \
         f"gap pass bounded {opened - at:.3f}s before the LATEST stream that opened"
+
+
+# -- /livez while the Kafka work before a subscription lasts ---------------------------
+
+
+def test_livez_keeps_a_connector_writing_before_its_subscription_alive(monkeypatch):
+    """A backoff over, the connector commits the keepalive position its last stream held
+    (the brokers cut: about 85 s) before it subscribes. /livez counted that as the backoff
+    having ended long ago — "main loop wedged" — and a liveness probe restarted it mid-write
+    (connector review). It is timed from the work's start now: alive for RESUBSCRIBE_MAX_S."""
+    from connectors.observability import live
+
+    conn = make()
+    now = [1000.0]
+    monkeypatch.setattr(source.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("connectors.observability.time.monotonic", lambda: now[0])
+    conn.health.state, conn.health.waiting_until = "backoff", now[0]
+    conn._keepalive_candidate = b"\x07"  # held by the stream that ended; no position stored
+    seen: list[tuple[bool, dict[str, Any]]] = []
+
+    class SlowWrite(Writes):
+        def write(self, records: list[Any]) -> None:
+            now[0] += 90.0  # init, produce and commit timing out against cut brokers
+            seen.append(live(conn))
+            super().write(records)
+    conn.writer = SlowWrite()  # type: ignore[assignment]
+    assert subscribed_with(conn)[0] == "CUSTOM"  # resumed after the keepalive it committed
+    assert seen and seen[0][0], seen
+    now[0] += 300.0  # the same work still going after RESUBSCRIBE_MAX_S: wedged
+    conn.health.state = "resubscribing"
+    ok, details = live(conn)
+    assert not ok and "resubscribing for 390 s" in details["reason"]

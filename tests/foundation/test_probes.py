@@ -156,6 +156,10 @@ def test_connector_liveness_follows_its_own_watchdog():
     assert not connector_liveness("backoff", 0, 120, 300)[0]
     assert not connector_liveness("fenced", 0, 0, 300)[0]
     assert connector_liveness("starting", 0, 0, 300)[0]
+    # the Kafka work before a subscription, timed from its start, not from the backoff's end
+    assert connector_liveness("resubscribing", 0, 200, 300)[0]
+    ok, details = connector_liveness("resubscribing", 0, 301, 300)
+    assert not ok and "resubscribing for 301 s" in details["reason"]
 
 
 def test_livez_answers_reasons_and_checks_as_readyz_does():
