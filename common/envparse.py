@@ -315,6 +315,7 @@ def hide_userinfo(url: str) -> str:
 
 EARLIEST = "earliest"
 LATEST = "latest"
+_DATE_ONLY = re.compile(r"\d{4}-?\d{2}-?\d{2}(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?")
 
 
 def parse_start_position(raw: str) -> str:
@@ -328,9 +329,13 @@ def parse_start_position(raw: str) -> str:
     except ValueError:
         raise ValueError(f"expected earliest, latest or an ISO-8601 time such as "
                          f"2026-12-01T09:30:00Z, got {raw!r}") from None
+    if _DATE_ONLY.fullmatch(value):
+        raise ValueError(f"{raw!r} has no time of day: write it, e.g. {value[:10]}T00:00:00Z")
     if when.tzinfo is None:
         raise ValueError(f"{raw!r} has no UTC offset: add Z (UTC) or +hh:mm, so the start "
                          "does not depend on the sink's time zone")
+    if when.timestamp() < 0:  # Kafka reads -1 and -2 as the log's end and start
+        raise ValueError(f"{raw!r} is before 1970: no outcome is that old; write earliest")
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -7,8 +7,10 @@ anything is consumed, a group with no committed offset on outcomes that hold his
 ``SINK_START_POSITION``, and a ``SINK_HTTP_PORT`` in use) — also a broker that refuses the
 sink's credentials or ACLs (one line names the setting or the refused operation; not
 restarted) —, 1 for anything else (offsets
-stay where Salesforce's acknowledgements put them; a restart redelivers the rest). A signal
-while it waits for Kafka at start-up exits 0 too.
+stay where Salesforce's acknowledgements put them; a restart redelivers the rest; among them
+the brokers not answering for 60 s of running time while an assignment asks the group's
+committed offsets, :mod:`sinks.start`). A signal while it waits for Kafka at start-up, or
+while an assignment waits for those offsets, exits 0 too.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaAccessError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
+    except Stopped:  # a signal while an assignment waited for the group's offsets
+        return boot.stopped()
     except Exception:
         log.exception("sink failed")
         return EXIT_FATAL

@@ -595,15 +595,9 @@ class Sink:
         the start :mod:`sinks.start` chose (and committed) — or stop: a partition that holds
         history and no committed offset, with ``SINK_START_POSITION`` unset, raises
         :class:`~common.errors.ConfigError` (exit 64) before anything of it is written."""
-        group = self.kafka.topic(self.settings.group_id)
-        try:
-            chosen = start.starts(consumer, self.kafka.outcomes,
-                                  [p.partition for p in partitions], group=group,
-                                  position=self.settings.start_position)
-        except KafkaException as exc:  # a refusal (start._ask retries the rest)
-            raise KafkaAccessError(refusal_message(
-                self.connection, f"read or commit the offsets of group {group}",
-                exc.args[0])) from exc
+        chosen = start.starts(consumer, self.kafka.outcomes, [p.partition for p in partitions],
+                              group=self.kafka.topic(self.settings.group_id),
+                              position=self.settings.start_position, beat=self._beat)
         partitions = [TopicPartition(p.topic, p.partition, chosen[p.partition])
                       if p.partition in chosen else p for p in partitions]
         consumer.assign(partitions)
@@ -617,6 +611,10 @@ class Sink:
             # it would come back paused for good (nothing fetched, nothing shown)
             (consumer.pause if self.pauses.paused else consumer.resume)(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
+
+    def _beat(self) -> None:
+        """The poll loop is alive while a callback waits on the brokers (/livez)."""
+        self._heartbeat = time.monotonic()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Last chance to settle and commit what we hold before another member owns it."""

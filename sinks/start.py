@@ -37,17 +37,20 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
-from common.connection import is_refusal
+from common.connection import refusal_message
 from common.envparse import EARLIEST, LATEST
-from common.errors import ConfigError, KafkaError
+from common.errors import ConfigError
+from common.kafka import RunningDeadline, retry_until
+
+T = TypeVar("T")
 
 #: how long an assignment keeps asking a broker that does not answer (then the sink exits
 #: 1 and is restarted: deciding without the committed offsets could rewrite history)
 ASK_BUDGET_S = 60.0
-ASK_TIMEOUT_S = 10.0
 #: a partition without a committed offset whose records are all younger than this is taken
 #: from its first record without asking: a new installation whose sink joined after the
 #: worker's first outcomes (or crashed before its first commit), not a topic's history
@@ -60,52 +63,54 @@ def epoch_ms(position: str) -> int:
     return int(datetime.fromisoformat(position.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def _ask(what: str, call: Callable[[], object], budget_s: float) -> object:
-    """``call()``, again after a failure until ``budget_s`` passed; then a KafkaError. A
-    refusal (ACLs, credentials) is raised at once: asking again cannot help."""
-    deadline = time.monotonic() + budget_s
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            if is_refusal(exc.args[0] if exc.args else None):
-                raise
-            if time.monotonic() >= deadline:
-                raise KafkaError(f"cannot {what} for {budget_s:g} s: {exc}") from exc
-            log.warning("cannot %s (asking again): %s", what, exc)
-            time.sleep(1.0)
+class _Asker:
+    """Each call to the brokers of one decision: retried (attempts of 1–10 s, a backoff
+    between them) within one budget of this process's running time (a pause does not
+    count), ``beat()`` before each attempt (the sink's /livez: the poll loop waits on this
+    callback), :class:`~common.errors.KafkaAccessError` at once for a refusal, and
+    :class:`~common.kafka.Stopped` when the process is asked to stop (SIGTERM)."""
+
+    def __init__(self, group: str, budget_s: float, beat: Callable[[], None]) -> None:
+        self.group, self.beat = group, beat
+        self.deadline = RunningDeadline(budget_s)
+
+    def __call__(self, doing: str, call: Callable[[float], T]) -> T:
+        def attempt(wait: float) -> T:
+            self.beat()
+            return call(wait)
+        return retry_until(self.deadline, attempt, doing=doing,
+                           failure=f"cannot {doing} (group {self.group})",
+                           refused=lambda err: refusal_message(
+                               "the sink's principal", f"{doing} (group {self.group})", err))
 
 
 def starts(consumer: Consumer, topic: str, partitions: list[int], *, group: str,
-           position: str, budget_s: float = ASK_BUDGET_S) -> dict[int, int]:
+           position: str, budget_s: float = ASK_BUDGET_S,
+           beat: Callable[[], None] = lambda: None) -> dict[int, int]:
     """Per partition of ``partitions`` that ``group`` has no committed offset for, the
     offset to start at — committed before returning; partitions with a committed offset
     are not in the answer (they start there). Raises :class:`ConfigError` when such a
     partition holds records older than :data:`NEW_INSTALLATION_S` and ``position`` is
-    blank, and :class:`~common.errors.KafkaError` when the broker does not answer within
-    ``budget_s``."""
+    blank; a retryable :class:`~common.errors.KafkaError` when the brokers do not answer
+    within ``budget_s`` of running time, :class:`~common.errors.KafkaAccessError` when they
+    refuse, :class:`~common.kafka.Stopped` on a stop asked meanwhile (nothing committed)."""
     if not partitions:
         return {}
+    ask = _Asker(group, budget_s, beat)
     asked = [TopicPartition(topic, p) for p in partitions]
-    committed = _ask(f"read group {group}'s committed offsets of {topic}",
-                     lambda: consumer.committed(asked, timeout=ASK_TIMEOUT_S), budget_s)
-    assert isinstance(committed, list)
+    committed = ask(f"read the committed offsets of {topic}",
+                    lambda wait: consumer.committed(asked, timeout=wait))
     unset = sorted(tp.partition for tp in committed if tp.offset == OFFSET_INVALID)
     if not unset:
         return {}
-    marks: dict[int, tuple[int, int]] = {}
-    for p in unset:
-        answer = _ask(f"read the watermarks of {topic} [{p}]",
-                      lambda p=p: consumer.get_watermark_offsets(  # type: ignore[misc]
-                          TopicPartition(topic, p), timeout=ASK_TIMEOUT_S, cached=False),
-                      budget_s)
-        assert isinstance(answer, tuple)
-        marks[p] = answer
+    marks = {p: ask(f"read the watermarks of {topic} [{p}]",
+                    lambda wait, p=p: consumer.get_watermark_offsets(  # type: ignore[misc]
+                        TopicPartition(topic, p), timeout=wait, cached=False))
+             for p in unset}
     full = {p: m for p, m in marks.items() if m[1] > m[0]}
     chosen = {p: high for p, (_, high) in marks.items()}  # empty, or LATEST
     if full and not position:  # a new installation, or history: refused
-        since = _at_ms(consumer, topic, full, int(time.time() * 1000 - NEW_INSTALLATION_S * 1000),
-                       budget_s)
+        since = _at_ms(ask, consumer, topic, full, int((time.time() - NEW_INSTALLATION_S) * 1000))
         old = {p: m for p, m in full.items() if since[p] != m[0]}
         if old:
             raise ConfigError(refusal(group, topic, old))
@@ -113,11 +118,10 @@ def starts(consumer: Consumer, topic: str, partitions: list[int], *, group: str,
     elif full and position == EARLIEST:
         chosen.update({p: low for p, (low, _) in full.items()})
     elif full and position != LATEST:
-        chosen.update(_at_ms(consumer, topic, full, epoch_ms(position), budget_s))
-    _ask(f"commit group {group}'s start on {topic}",
-         lambda: consumer.commit(offsets=[TopicPartition(topic, p, o)
-                                          for p, o in sorted(chosen.items())],
-                                 asynchronous=False), budget_s)
+        chosen.update(_at_ms(ask, consumer, topic, full, epoch_ms(position)))
+    start = [TopicPartition(topic, p, o) for p, o in sorted(chosen.items())]
+    ask(f"commit the group's start on {topic}",
+        lambda _wait: consumer.commit(offsets=start, asynchronous=False))
     for p, offset in sorted(chosen.items()):
         low, high = marks[p]
         if p not in full:
@@ -135,15 +139,13 @@ def starts(consumer: Consumer, topic: str, partitions: list[int], *, group: str,
     return chosen
 
 
-def _at_ms(consumer: Consumer, topic: str, full: dict[int, tuple[int, int]], ms: int,
-           budget_s: float) -> dict[int, int]:
+def _at_ms(ask: _Asker, consumer: Consumer, topic: str, full: dict[int, tuple[int, int]],
+           ms: int) -> dict[int, int]:
     """Per partition, the first offset whose timestamp is at or after epoch ``ms`` (its
     end when none is)."""
-    answer = _ask(f"look up {topic}'s offsets at epoch ms {ms}",
-                  lambda: consumer.offsets_for_times(
-                      [TopicPartition(topic, p, ms) for p in sorted(full)],
-                      timeout=ASK_TIMEOUT_S), budget_s)
-    assert isinstance(answer, list)
+    answer = ask(f"look up {topic}'s offsets at epoch ms {ms}",
+                 lambda wait: consumer.offsets_for_times(
+                     [TopicPartition(topic, p, ms) for p in sorted(full)], timeout=wait))
     found = {tp.partition: tp.offset for tp in answer}
     return {p: found[p] if found.get(p, -1) >= 0 else high for p, (_, high) in full.items()}
 

@@ -10,12 +10,13 @@ what the refusal prevents.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from common.errors import ConfigError
 from common.settings import KafkaSettings, SinkSettings
@@ -78,7 +79,8 @@ def test_the_setting_reads_earliest_latest_or_a_time_with_its_offset(raw: str,
 
 @pytest.mark.parametrize(("raw", "why"), [
     ("2026-12-01T09:30:00", "no UTC offset"), ("yesterday", "expected earliest, latest"),
-    ("0", "expected earliest, latest"),
+    ("0", "expected earliest, latest"), ("2026-12-01Z", "no time of day"),
+    ("1969-12-31T23:59:59.999Z", "before 1970"),  # -1 ms: Kafka's "the log's end"
 ])
 def test_a_bad_setting_names_itself(raw: str, why: str) -> None:
     with pytest.raises(ConfigError, match=f"SINK_START_POSITION: invalid value: .*{why}"):
@@ -94,6 +96,51 @@ def test_the_refusal_names_the_group_the_records_and_the_choices() -> None:
     for choice in ("ISO-8601 time", "earliest", "latest"):
         assert choice in line
     assert "\n" not in line
+
+
+class SilentCoordinator:
+    """A consumer whose group coordinator never answers (a failover, a paused broker)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink, self.asked = sink, 0
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
+        self.asked += 1
+        # the poll loop waits in this callback: /livez must see it alive all the while
+        assert time.monotonic() - self.sink._heartbeat < 1.0
+        time.sleep(min(timeout, 0.2))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "coordinator away"))
+
+
+def test_an_assignment_waiting_for_the_group_offsets_stays_alive_and_stops_on_sigterm(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The assignment's wait for the group's committed offsets (the rebalance callback: no
+    poll meanwhile) kept /livez's poll-loop heartbeat still — "wedged" after 60 s — and
+    ignored SIGTERM until its budget ran out, then exited 1 (regression review). Now each
+    attempt beats, and a stop ends it within one attempt: Stopped, exit 0, nothing
+    committed."""
+    from common.kafka import Stopped, stop_waits
+
+    kafka = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:9")  # never reached
+    sink = Sink(kafka, settings(), FakeCollections())
+    sink.consumer.close()
+    fake = SilentCoordinator(sink)
+    sink._heartbeat -= 120  # the loop's last turn, long before the callback
+    timer = threading.Timer(2.0, stop_waits)  # SIGTERM, as Startup's handler asks it
+    timer.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(Stopped):
+            sink._on_assign(fake, [TopicPartition(kafka.outcomes, p)  # type: ignore[arg-type]
+                                   for p in range(3)])
+    finally:
+        timer.cancel()
+        stop_waits(False)
+        sink.dead_letters.close()
+    assert fake.asked >= 2  # asked again after the first silence
+    assert time.monotonic() - began < 2.0 + 10.0 + 1.0  # within one attempt of the stop
+    assert sink.ops.live()[0]
+    assert not sink.started and sink._assigned == []
 
 
 # -- on the broker ------------------------------------------------------------------------
