@@ -12,6 +12,15 @@ requeue them whatever their origin::
     dlq.at               epoch milliseconds
     plus stage-specific context: dlq.order_id, dlq.event_uuid, dlq.replay_id (hex),
     dlq.schema_id, dlq.idem_key
+
+``sfprov dlq requeue`` adds one more kind of record to the topic, after a dead letter's copy
+reached its source topic: a *requeue marker* (empty value, the dead letter's key), so a
+later ``requeue --all`` does not send it again (a sink outcome sent twice is written twice,
+the second time over whatever Salesforce holds by then)::
+
+    dlq.requeue_of       PARTITION:OFFSET of the dead letter requeued
+    dlq.requeued_to      TOPIC:PARTITION:OFFSET of its copy
+    dlq.at               epoch milliseconds
 """
 
 from __future__ import annotations
@@ -47,3 +56,15 @@ def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
         if key.startswith(PREFIX):
             out[key[len(PREFIX):]] = value.decode(errors="replace") if value else ""
     return out
+
+
+#: the marker headers (prefix stripped, as :func:`parse_headers` gives them)
+REQUEUE_OF, REQUEUED_TO = "requeue_of", "requeued_to"
+
+
+def requeue_marker_headers(partition: int, offset: int, copy: str) -> list[tuple[str, bytes]]:
+    """The headers of the marker that dead letter ``partition:offset`` was requeued, its
+    copy at ``copy`` (``TOPIC:PARTITION:OFFSET``)."""
+    return [(PREFIX + REQUEUE_OF, f"{partition}:{offset}".encode()),
+            (PREFIX + REQUEUED_TO, copy.encode()),
+            (PREFIX + "at", str(int(time.time() * 1000)).encode())]

@@ -63,13 +63,29 @@ def committed_offsets(reader: Any, topic: str, partitions: Iterable[int],
     consumer group (librdkafka#5040) — in a librdkafka thread, so with no Python traceback:
     the -6 and -11 exits of the chaos runs. A consumer asks its own coordinator, and finds the
     new one (``tests/foundation/test_group_offsets.py``)."""
-    rows = reader.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout)
+    asked = [TopicPartition(topic, p) for p in partitions]
+    deadline = time.monotonic() + timeout
+    while True:  # a coordinator loading or moving (a new group, a failover) answers soon
+        try:
+            rows = reader.committed(asked, timeout=max(0.5, deadline - time.monotonic()))
+            break
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if (not isinstance(err, KafkaError) or err.code() not in COORDINATOR_MOVING
+                    or time.monotonic() + 0.25 >= deadline):
+                raise
+            time.sleep(0.25)
     out: dict[int, int] = {}
     for tp in rows:
         if tp.error is not None:
             raise KafkaException(tp.error)
         out[tp.partition] = tp.offset
     return out
+
+
+#: a group coordinator being loaded or moved: the committed offsets are asked again
+COORDINATOR_MOVING = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                      KafkaError.COORDINATOR_NOT_AVAILABLE)
 
 
 class PartitionLag(NamedTuple):
@@ -85,6 +101,9 @@ class PartitionLag(NamedTuple):
     #: ``lag`` counts records: the partition was at most :data:`EXACT_LAG_LIMIT` offsets
     #: behind (or not behind at all)
     exact: bool
+    #: the group has a committed offset here; without one, ``committed`` is the log start
+    #: (where a reader resetting to earliest begins) and ``lag`` counts from it
+    has_committed: bool = True
 
 
 def group_lag_detail(reader: Any, c: Any, topic: str) -> list[PartitionLag]:
@@ -100,7 +119,7 @@ def group_lag_detail(reader: Any, c: Any, topic: str) -> list[PartitionLag]:
         exact = behind <= EXACT_LAG_LIMIT
         left = (records_between(c, topic, partition, committed, end)
                 if 0 < behind <= EXACT_LAG_LIMIT else behind)
-        rows.append(PartitionLag(partition, committed, end, left, exact))
+        rows.append(PartitionLag(partition, committed, end, left, exact, offset >= 0))
     return sorted(rows)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from common.deadletter import REQUEUE_OF, REQUEUED_TO, requeue_marker_headers
 from common.errors import KafkaError as PipelineKafkaError
 from common.kafka import declared_topics, describe_drift
 from ops import cmd_replay
@@ -116,7 +117,8 @@ def lag(args: argparse.Namespace) -> int:
             groups.append({"process": label, "group": group, "topic": topic,
                            "lag": sum(row.lag for row in rows),
                            "partitions": [{"partition": row.partition,
-                                           "committed": row.committed, "end": row.end,
+                                           "committed": row.committed if row.has_committed
+                                           else None, "end": row.end,
                                            "lag": row.lag, "lag_exact": row.exact}
                                           for row in rows]})
     finally:
@@ -129,7 +131,12 @@ def lag(args: argparse.Namespace) -> int:
         print(f"{g['process']} (group {g['group']}) on {g['topic']}: lag {g['lag']}")
         for row in g["partitions"]:
             note = "" if row["lag_exact"] else "  (offsets: markers included)"
-            print(f"  partition {row['partition']:>2}  committed {row['committed']:>9}  "
+            if row["committed"] is None:  # kafka-consumer-groups shows "-"
+                note += ("  (no committed offset: lag from the log start; " + (
+                    "the worker starts there)" if g["process"] == "worker" else
+                    "where the sink starts: SINK_START_POSITION)"))
+            committed = "-" if row["committed"] is None else row["committed"]
+            print(f"  partition {row['partition']:>2}  committed {committed:>9}  "
                   f"end {row['end']:>9}  lag {row['lag']:>7}{note}")
     _print_connector_position(args)
     return 0
@@ -181,8 +188,12 @@ def dlq(args: argparse.Namespace) -> int:
     wanted = order_id_forms(args.order_id) if args.order_id else set()
     requeue = args.action == "requeue"
     named: set[str] = set()  # the dead letters a later one names in dlq.requeued_from
+    requeued: dict[str, str] = {}  # P:O of a dead letter requeued → where its copy went
 
     def match(record: Any) -> bool:
+        if record.headers.get(REQUEUE_OF):  # a marker: no dead letter itself
+            requeued[record.headers[REQUEUE_OF]] = record.headers.get(REQUEUED_TO, "")
+            return False
         if record.headers.get("requeued_from"):
             named.add(record.headers["requeued_from"])
         if args.stage and record.headers.get("stage") != args.stage:
@@ -197,16 +208,23 @@ def dlq(args: argparse.Namespace) -> int:
         records = list(scan(settings, topic, None, match=match, complete=requeue))
     except PipelineKafkaError as exc:
         raise PipelineKafkaError(f"{exc}; nothing was requeued, run it again") from exc
+    def copy_of(r: Any) -> str | None:
+        return requeued.get(f"{r.partition}:{r.offset}")
+
     if args.action == "list" and args.json:
-        print(json.dumps([r.as_json() for r in records], indent=2, default=str))
+        print(json.dumps([{**r.as_json(), "requeued_to": copy_of(r)} for r in records],
+                         indent=2, default=str))
         return 0
     if args.action == "list":
         for r in records:
             h = r.headers
+            done = f" (requeued to {copy_of(r)})" if copy_of(r) is not None else ""
             print(f"{r.partition}:{r.offset:<8} {h.get('stage', '?'):<9} "
                   f"{h.get('error_code') or h.get('error_class', ''):<28} key={r.key} "
-                  f"{h.get('reason', '')[:120]}")
-        print(f"{len(records)} dead letter(s)")
+                  f"{h.get('reason', '')[:120]}{done}")
+        print(f"{len(records)} dead letter(s)"
+              + (f", {sum(copy_of(r) is not None for r in records)} of them requeued"
+                 if requeued else ""))
         return 0
     producer = Producer(client_config(settings, **{
         "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"}))
@@ -216,12 +234,17 @@ def dlq(args: argparse.Namespace) -> int:
                 + (" that --stage/--order-id select" if args.stage or wanted else "")
                 for p, o in sorted(selected - {(r.partition, r.offset) for r in records})]
     if not selected:  # --all: each failing record once, not once per dead letter of it
+        already = [f"{r.partition}:{r.offset}" for r in records if copy_of(r) is not None]
+        records = [r for r in records if copy_of(r) is None]
+        if already:
+            print(f"passed over {len(already)} dead letter(s) requeued before (a copy reached "
+                  f"its topic; `dlq list` names it): {shown_list(already)}; --offset P:O "
+                  "requeues one again")
         records, superseded = newest_generation(topic, records, named)
         if superseded:
-            shown = ", ".join(superseded[:10]) + (", …" if len(superseded) > 10 else "")
             print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
                   f"requeued copy failed again, or the same record dead-lettered twice): "
-                  f"{shown}; --offset P:O requeues one anyway")
+                  f"{shown_list(superseded)}; --offset P:O requeues one anyway")
     for r in records:
         source = r.headers.get("source_topic")
         if not source:
@@ -232,17 +255,31 @@ def dlq(args: argparse.Namespace) -> int:
             else:  # --all passes over them
                 print(line)
             continue
-        sent.produce(producer, source, key=r.key_bytes(), value=r.raw_value,
+        sent.produce(producer, source, tag=r, key=r.key_bytes(), value=r.raw_value,
                      headers=[(REQUEUED_FROM, f"{topic}:{r.partition}:{r.offset}".encode())])
     sent.wait(producer, 30)
     # what the broker took, not what was handed to the producer
     print(f"requeued {sent.delivered} record(s)")
+    # then, for each copy that landed, its marker: a later --all passes over the dead letter
+    marked = Deliveries()
+    for r, copy in sent.landed:
+        marked.produce(producer, topic, key=r.key_bytes(), value=b"",
+                       headers=requeue_marker_headers(r.partition, r.offset, copy))
+    marked.wait(producer, 30)
+    if marked.not_delivered:
+        problems.append(f"{marked.not_delivered} requeue marker(s) not written to {topic} "
+                        f"({marked.problems()}): a later --all sends those dead letters again")
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if sent.not_delivered:
         print(f"error: {sent.not_delivered} record(s) not requeued ({sent.problems()}); "
               f"they stay in {topic}", file=sys.stderr)
     return 1 if problems or sent.not_delivered else 0
+
+
+def shown_list(positions: list[str]) -> str:
+    """The first ten ``P:O`` of ``positions``, then an ellipsis."""
+    return ", ".join(positions[:10]) + (", …" if len(positions) > 10 else "")
 
 
 #: the header of each copy requeue sends (``TOPIC:PARTITION:OFFSET`` of its dead letter); the

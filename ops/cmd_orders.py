@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from common.avro import AvroSerde, registry_for
+from common.deadletter import REQUEUE_OF, REQUEUED_TO
 from common.errors import KafkaError, PipelineError
 from common.ids import is_salesforce_id
 from common.reconcile import ORDER_FIELDS, find_stranded, request_record
@@ -156,10 +157,15 @@ def _print_trace(out: dict[str, Any]) -> None:
                   f"{v.get('error_code')}: {v.get('error_message')}")
         print(f"    {v.get('completed_at')}  {v.get('status'):<11} idem {v.get('idem_key')}  "
               f"{detail}{'  (recovered)' if v.get('recovered') else ''}")
-    print(f"  dead letters ({len(out['dead_letters'])}):")
+    letters = [d for d in out["dead_letters"] if REQUEUE_OF not in d.get("headers", {})]
+    print(f"  dead letters ({len(letters)}):")
     for d in out["dead_letters"]:
         h = d.get("headers", {})
-        print(f"    {d['timestamp']}  {h.get('stage')}: {h.get('reason')}")
+        if REQUEUE_OF in h:  # sfprov dlq requeue's marker, in the order it came
+            print(f"    {d['timestamp']}  requeued: dead letter {h[REQUEUE_OF]}, its copy at "
+                  f"{h.get(REQUEUED_TO)}")
+        else:
+            print(f"    {d['timestamp']}  {h.get('stage')}: {h.get('reason')}")
     if "salesforce_error" in out:
         print(f"  salesforce: cannot read: {out['salesforce_error']}")
     order = out.get("salesforce_order")

@@ -342,18 +342,23 @@ class Deliveries:
         self.delivered = 0
         self.failed: list[tuple[str, str]] = []  # (topic, reason), one per record
         self.unsent = 0
+        #: (tag, TOPIC:PARTITION:OFFSET) of each delivered record produced with a tag
+        self.landed: list[tuple[Any, str]] = []
 
-    def __call__(self, err: Any, msg: Any) -> None:
+    def __call__(self, err: Any, msg: Any, tag: Any = None) -> None:
         if err is None:
             self.delivered += 1
+            if tag is not None:
+                self.landed.append((tag, f"{msg.topic()}:{msg.partition()}:{msg.offset()}"))
         else:
             self.failed.append((msg.topic(), err.str()))
 
-    def produce(self, producer: Any, topic: str, **kwargs: Any) -> None:
+    def produce(self, producer: Any, topic: str, tag: Any = None, **kwargs: Any) -> None:
         """``producer.produce`` with this report as ``on_delivery``; a record refused at once
-        (a full queue, a bad argument) is counted failed and the others still go."""
+        (a full queue, a bad argument) is counted failed and the others still go. ``tag``:
+        where it landed is kept in :attr:`landed` with it."""
         try:
-            producer.produce(topic, on_delivery=self, **kwargs)
+            producer.produce(topic, on_delivery=lambda err, msg: self(err, msg, tag), **kwargs)
         except (KafkaException, BufferError) as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             self.failed.append((topic, err.str() if err is not None else str(exc)))

@@ -82,6 +82,14 @@ def test_dlq_list_and_requeue(kafka_settings):
     assert len(lines) == 1
     assert lines[0]["value"]["order_id"] == "801000000000009AAA"
     assert lines[0]["headers"]["sfprov.requeued_from"].startswith(kafka_settings.dead_letters)
+    # its marker, on the broker: a later --all passes over it; list names where it went
+    again = sfprov(kafka_settings, "dlq", "requeue", "--all")
+    assert again.returncode == 0, again.stderr
+    assert "requeued 0 record(s)" in again.stdout
+    assert "passed over 1 dead letter(s) requeued before" in again.stdout, again.stdout
+    relisted = sfprov(kafka_settings, "dlq", "list")
+    assert "2 dead letter(s), 1 of them requeued" in relisted.stdout, relisted.stdout
+    assert f"(requeued to {kafka_settings.outcomes}:" in relisted.stdout
 
 
 def test_kafka_habits_bootstrap_server_flag_and_json_listings(kafka_settings):
@@ -99,6 +107,21 @@ def test_kafka_habits_bootstrap_server_flag_and_json_listings(kafka_settings):
     assert all(g["lag"] == 0 for g in groups)
     dlq = sfprov(kafka_settings, "dlq", "--json")
     assert dlq.returncode == 0 and json.loads(dlq.stdout) == []
+
+
+def test_lag_shows_no_committed_offset_as_kafka_consumer_groups_does(kafka_settings):
+    """A group without a committed offset showed the log start as if committed there (the
+    ops review): beside the sink's exit 64 'no committed offset', lag said 'committed 0'."""
+    produce_requests(kafka_settings, {0: 3})
+    lag = sfprov(kafka_settings, "lag", "--json")
+    assert lag.returncode == 0, lag.stderr
+    worker = json.loads(lag.stdout)["groups"][0]
+    row = next(r for r in worker["partitions"] if r["partition"] == 0)
+    assert row["committed"] is None and row["lag"] == 3
+    text = sfprov(kafka_settings, "lag")
+    line = next(x for x in text.stdout.splitlines() if x.strip().startswith("partition  0")
+                and "worker" not in x)
+    assert "committed         -" in line and "no committed offset" in line, text.stdout
 
 
 def produce_requests(settings, counts: dict[int, int]) -> None:

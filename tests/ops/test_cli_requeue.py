@@ -72,6 +72,7 @@ class Topic:
     def __init__(self) -> None:
         self.letters: list[Record] = []
         self.produced: list[dict[str, Any]] = []
+        self.markers = 0  # requeue markers written to the dead-letter topic
 
     def add(self, key: bytes | None, value: bytes | None,
             headers: list[tuple[str, bytes]]) -> Record:
@@ -87,8 +88,18 @@ def topic(monkeypatch: pytest.MonkeyPatch) -> Topic:
         def __init__(self, conf: Any) -> None: ...
 
         def produce(self, topic: str, on_delivery: Any, **kwargs: Any) -> None:
+            if topic == DLQ:  # a requeue marker: it lands in the dead-letter topic
+                t.add(kwargs["key"], kwargs["value"], kwargs["headers"])
+                t.markers += 1
+                landed = t.letters[-1]
+                on_delivery(None, types.SimpleNamespace(topic=lambda: DLQ,
+                                                        partition=lambda: 0,
+                                                        offset=lambda: landed.offset))
+                return
             t.produced.append({"topic": topic, **kwargs})
-            on_delivery(None, None)
+            n = len(t.produced) - 1
+            on_delivery(None, types.SimpleNamespace(topic=lambda: topic, partition=lambda: 1,
+                                                    offset=lambda: 500 + n))
 
         def poll(self, timeout: float) -> None: ...
 
@@ -215,8 +226,9 @@ def test_repeated_requeue_all_while_the_cause_stays_is_not_exponential(topic, ca
             key, value, headers = worker_dead_letter(copy["key"], copy["value"],
                                                      copy["headers"], 100 * run + n)
             topic.add(key, value, list(headers))
-        sizes.append(len(topic.letters))
+        sizes.append(len(topic.letters) - topic.markers)
     assert sizes == [6, 9, 12]
+    assert topic.markers == 9  # one per copy that landed
     assert sorted(p["value"] for p in topic.produced[-3:]) == [b"event-0", b"event-1",
                                                                b"event-2"]
 
@@ -259,3 +271,56 @@ def test_requeue_without_offset_or_all_is_a_usage_error_before_the_broker():
     assert result.stdout == "" and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("sfprov dlq: error: requeue needs --offset"), result.stderr
+
+
+# -- requeue --all sends a dead letter once: the marker --------------------------------------
+
+def sink_dead_letter(topic: Topic, order_id: str) -> Record:
+    """A sink-stage dead letter of an outcome (a validation rule refused it)."""
+    from common.deadletter import dead_letter_headers
+    return topic.add(order_id.encode(), b"outcome-" + order_id.encode(), dead_letter_headers(
+        stage="sink", reason="FIELD_CUSTOM_VALIDATION_EXCEPTION: no", error_class="x",
+        source_topic="outcomes", source_partition=0, source_offset=7, order_id=order_id))
+
+
+def test_a_second_requeue_all_does_not_send_an_outcome_already_written_again(topic, capsys):
+    """The ops review's run: a sink dead letter requeued with --all, its copy written;
+    weeks later another dead letter, and --all again sent the first one too. Its outcome
+    was written a second time (equal values pass the fence) over what Salesforce held by
+    then. A marker now says it was requeued, where its copy went; --offset still sends it."""
+    sink_dead_letter(topic, OID)
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert [p["value"] for p in topic.produced] == [b"outcome-" + OID.encode()]
+    assert topic.markers == 1
+    marker = topic.letters[-1]
+    assert marker.headers["requeue_of"] == "0:0"
+    assert marker.headers["requeued_to"] == "outcomes:1:500"
+    assert marker.key_bytes() == OID.encode()
+    later = "801000000000002AAA"
+    sink_dead_letter(topic, later)
+    capsys.readouterr()
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert [p["value"] for p in topic.produced[1:]] == [b"outcome-" + later.encode()]
+    out = capsys.readouterr().out
+    assert "passed over 1 dead letter(s) requeued before" in out and ": 0:0;" in out
+    assert cmd_kafka.dlq(args("list")) == 0
+    listed = capsys.readouterr().out
+    assert "0:0 " in listed and "(requeued to outcomes:1:500)" in listed
+    assert "2 dead letter(s), 2 of them requeued" in listed  # the markers are not listed
+    assert cmd_kafka.dlq(args("requeue", "--offset", "0:0")) == 0  # asked by name: sent
+    assert topic.produced[-1]["value"] == b"outcome-" + OID.encode()
+
+
+def test_a_marker_not_written_is_an_error_naming_what_follows(topic, monkeypatch, capsys):
+    class NoMarkers(cmd_kafka.Deliveries):
+        def produce(self, producer: Any, topic_name: str, tag: Any = None, **kw: Any) -> None:
+            if topic_name == DLQ:
+                self.failed.append((DLQ, "Broker: Topic authorization failed"))
+                return
+            super().produce(producer, topic_name, tag=tag, **kw)
+    monkeypatch.setattr(cmd_kafka, "Deliveries", NoMarkers)
+    sink_dead_letter(topic, OID)
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 1
+    err = capsys.readouterr().err
+    assert "1 requeue marker(s) not written to dl" in err
+    assert "a later --all sends those dead letters again" in err
