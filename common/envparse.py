@@ -330,7 +330,8 @@ def parse_start_position(raw: str) -> str:
         raise ValueError(f"expected earliest, latest or an ISO-8601 time such as "
                          f"2026-12-01T09:30:00Z, got {raw!r}") from None
     if _DATE_ONLY.fullmatch(value):
-        raise ValueError(f"{raw!r} has no time of day: write it, e.g. {value[:10]}T00:00:00Z")
+        raise ValueError(f"{raw!r} has no time of day: write one, e.g. "
+                         "2026-12-01T00:00:00Z")
     if when.tzinfo is None:
         raise ValueError(f"{raw!r} has no UTC offset: add Z (UTC) or +hh:mm, so the start "
                          "does not depend on the sink's time zone")

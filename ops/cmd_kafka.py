@@ -234,17 +234,19 @@ def dlq(args: argparse.Namespace) -> int:
                 + (" that --stage/--order-id select" if args.stage or wanted else "")
                 for p, o in sorted(selected - {(r.partition, r.offset) for r in records})]
     if not selected:  # --all: each failing record once, not once per dead letter of it
+        # generations first: a dead letter requeued before still stands for its older twins
+        # (the same record dead-lettered twice), which would otherwise be sent in its place
+        records, superseded = newest_generation(topic, records, named)
+        if superseded:
+            print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
+                  f"requeued copy failed again, or the same record dead-lettered twice): "
+                  f"{shown_list(superseded)}; --offset P:O requeues one anyway")
         already = [f"{r.partition}:{r.offset}" for r in records if copy_of(r) is not None]
         records = [r for r in records if copy_of(r) is None]
         if already:
             print(f"passed over {len(already)} dead letter(s) requeued before (a copy reached "
                   f"its topic; `dlq list` names it): {shown_list(already)}; --offset P:O "
                   "requeues one again")
-        records, superseded = newest_generation(topic, records, named)
-        if superseded:
-            print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
-                  f"requeued copy failed again, or the same record dead-lettered twice): "
-                  f"{shown_list(superseded)}; --offset P:O requeues one anyway")
     for r in records:
         source = r.headers.get("source_topic")
         if not source:

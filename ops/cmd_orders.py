@@ -85,7 +85,9 @@ def trace(args: argparse.Namespace) -> int:
         out[label] = []
         try:  # read whole or an error: a partition given up on once hid its records quietly
             for r in scan(settings, topic, schema, match=mine, complete=True):
-                out[label].append(r.as_json())
+                # sfprov dlq requeue's markers (the dead letter's key) are no dead letters
+                marker = label == "dead_letters" and REQUEUE_OF in r.headers
+                out.setdefault("requeue_markers" if marker else label, []).append(r.as_json())
         except KafkaError as exc:  # shown with the rest of the trace, then exit 1
             out.setdefault("kafka_errors", []).append(str(exc))
     order = None
@@ -157,15 +159,14 @@ def _print_trace(out: dict[str, Any]) -> None:
                   f"{v.get('error_code')}: {v.get('error_message')}")
         print(f"    {v.get('completed_at')}  {v.get('status'):<11} idem {v.get('idem_key')}  "
               f"{detail}{'  (recovered)' if v.get('recovered') else ''}")
-    letters = [d for d in out["dead_letters"] if REQUEUE_OF not in d.get("headers", {})]
-    print(f"  dead letters ({len(letters)}):")
+    print(f"  dead letters ({len(out['dead_letters'])}):")
     for d in out["dead_letters"]:
         h = d.get("headers", {})
-        if REQUEUE_OF in h:  # sfprov dlq requeue's marker, in the order it came
-            print(f"    {d['timestamp']}  requeued: dead letter {h[REQUEUE_OF]}, its copy at "
-                  f"{h.get(REQUEUED_TO)}")
-        else:
-            print(f"    {d['timestamp']}  {h.get('stage')}: {h.get('reason')}")
+        print(f"    {d['timestamp']}  {h.get('stage')}: {h.get('reason')}")
+    for d in out.get("requeue_markers", []):  # sfprov dlq requeue's markers
+        h = d.get("headers", {})
+        print(f"    {d['timestamp']}  requeued: dead letter {h.get(REQUEUE_OF)}, its copy at "
+              f"{h.get(REQUEUED_TO)}")
     if "salesforce_error" in out:
         print(f"  salesforce: cannot read: {out['salesforce_error']}")
     order = out.get("salesforce_order")

@@ -597,7 +597,8 @@ class Sink:
         :class:`~common.errors.ConfigError` (exit 64) before anything of it is written."""
         chosen = start.starts(consumer, self.kafka.outcomes, [p.partition for p in partitions],
                               group=self.kafka.topic(self.settings.group_id),
-                              position=self.settings.start_position, beat=self._beat)
+                              position=self.settings.start_position, beat=self._beat,
+                              principal=self.connection.principal)
         partitions = [TopicPartition(p.topic, p.partition, chosen[p.partition])
                       if p.partition in chosen else p for p in partitions]
         consumer.assign(partitions)

@@ -70,8 +70,9 @@ class _Asker:
     callback), :class:`~common.errors.KafkaAccessError` at once for a refusal, and
     :class:`~common.kafka.Stopped` when the process is asked to stop (SIGTERM)."""
 
-    def __init__(self, group: str, budget_s: float, beat: Callable[[], None]) -> None:
-        self.group, self.beat = group, beat
+    def __init__(self, group: str, budget_s: float, beat: Callable[[], None],
+                 principal: str) -> None:
+        self.group, self.beat, self.principal = group, beat, principal
         self.deadline = RunningDeadline(budget_s)
 
     def __call__(self, doing: str, call: Callable[[float], T]) -> T:
@@ -81,12 +82,13 @@ class _Asker:
         return retry_until(self.deadline, attempt, doing=doing,
                            failure=f"cannot {doing} (group {self.group})",
                            refused=lambda err: refusal_message(
-                               "the sink's principal", f"{doing} (group {self.group})", err))
+                               self.principal, f"{doing} (group {self.group})", err))
 
 
 def starts(consumer: Consumer, topic: str, partitions: list[int], *, group: str,
            position: str, budget_s: float = ASK_BUDGET_S,
-           beat: Callable[[], None] = lambda: None) -> dict[int, int]:
+           beat: Callable[[], None] = lambda: None,
+           principal: str = "the sink's principal") -> dict[int, int]:
     """Per partition of ``partitions`` that ``group`` has no committed offset for, the
     offset to start at — committed before returning; partitions with a committed offset
     are not in the answer (they start there). Raises :class:`ConfigError` when such a
@@ -96,7 +98,7 @@ def starts(consumer: Consumer, topic: str, partitions: list[int], *, group: str,
     refuse, :class:`~common.kafka.Stopped` on a stop asked meanwhile (nothing committed)."""
     if not partitions:
         return {}
-    ask = _Asker(group, budget_s, beat)
+    ask = _Asker(group, budget_s, beat, principal)
     asked = [TopicPartition(topic, p) for p in partitions]
     committed = ask(f"read the committed offsets of {topic}",
                     lambda wait: consumer.committed(asked, timeout=wait))

@@ -495,3 +495,29 @@ def test_lag_shows_a_position_record_it_cannot_use(monkeypatch, capsys, value, s
         "offsets", 0, 3, 0, "sfprov|/event/X", value, {}))
     cmd_kafka._print_connector_position(argparse.Namespace())
     assert shown in capsys.readouterr().out
+
+
+# -- trace: requeue markers are not dead letters -----------------------------------------
+
+def test_trace_keeps_requeue_markers_apart_from_dead_letters(trace_setup, monkeypatch, capsys):
+    """A marker carries its dead letter's key (the Order id), so trace read it as one more
+    dead letter: empty value, no stage, no reason, counted in --json's dead_letters."""
+    from common.deadletter import dead_letter_headers, parse_headers, requeue_marker_headers
+
+    letter = Record("d", 0, 5, 1000, OID, "", parse_headers(dead_letter_headers(
+        stage="sink", reason="refused", error_class="x", source_topic="o")), b"v")
+    marker = Record("d", 2, 9, 2000, OID, "",
+                    parse_headers(requeue_marker_headers(0, 5, "o:1:40")), b"")
+
+    def scan(settings: Any, topic: str, schema: Any, *, match: Any = None, **kw: Any) -> Any:
+        return iter([r for r in (letter, marker) if match(r)] if topic == "d" else [])
+
+    monkeypatch.setattr(cmd_orders, "scan", scan)
+    monkeypatch.setattr(cmd_orders, "_sf", lambda: _trace_salesforce([{"Id": "006"}]))
+    assert cmd_orders.trace(argparse.Namespace(order_id=OID, json=True)) == 0
+    traced = json.loads(capsys.readouterr().out)
+    assert [d["offset"] for d in traced["dead_letters"]] == [5]
+    assert [m["headers"]["requeued_to"] for m in traced["requeue_markers"]] == ["o:1:40"]
+    assert cmd_orders.trace(argparse.Namespace(order_id=OID, json=False)) == 0
+    out = capsys.readouterr().out
+    assert "dead letters (1):" in out and "requeued: dead letter 0:5, its copy at o:1:40" in out

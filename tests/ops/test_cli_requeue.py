@@ -324,3 +324,15 @@ def test_a_marker_not_written_is_an_error_naming_what_follows(topic, monkeypatch
     err = capsys.readouterr().err
     assert "1 requeue marker(s) not written to dl" in err
     assert "a later --all sends those dead letters again" in err
+
+
+def test_a_twice_dead_lettered_outcome_is_not_resent_after_its_twin_was_requeued(topic):
+    """The regression review's case: one outcome dead-lettered twice (a redelivery), the
+    newer dead letter requeued and written; the next --all passed over the marked one
+    first, so nothing superseded the older twin any more and it was sent in its place."""
+    sink_dead_letter(topic, OID)
+    sink_dead_letter(topic, OID)
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced] == [b"dl:0:1"]
+    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert len(topic.produced) == 1, topic.produced[1:]

@@ -279,3 +279,19 @@ def test_a_new_group_does_not_set_salesforce_back(kafka_settings: KafkaSettings,
 
         assert run(SINK_GROUP_ID="sfprov-sink-new", SINK_START_POSITION="earliest") == 0
         assert stage() == "Active"  # what happened before the refusal
+
+
+def test_a_refused_offset_fetch_names_the_sinks_principal() -> None:
+    """The start decision's refusal named "the sink's principal", not the principal, which
+    is what such a line is for (the regression review)."""
+    from common.errors import KafkaAccessError
+    from sinks.start import starts
+
+    class Refused:
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[Any]:
+            raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "no"))
+
+    with pytest.raises(KafkaAccessError, match="refused User:sfprov-sink to read the "
+                                               "committed offsets of t .group g."):
+        starts(Refused(), "t", [0], group="g", position="",  # type: ignore[arg-type]
+               principal="User:sfprov-sink")
