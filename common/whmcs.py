@@ -72,16 +72,22 @@ NOT_PENDING = "Order ID not found or Status not Pending"
 # secret included), a wrong access key ("Invalid Access Key"), the credential's admin
 # refused, disabled or unknown ("Access Denied", "Access Denied: Authentication not
 # permitted", "Administrator Account Disabled", "Invalid administrative identifier").
-# Matched as a prefix of the message, ignoring case and leading blanks, each ending at a
-# word boundary ("Invalid IPv6 ..." is not one). WHMCS answers these with HTTP 403 (401 for
-# some): a ``result=error`` with either status is a refusal of this installation too,
-# however it is worded.
+# Matched as the *whole* message (ignoring case and surrounding blanks), never as a prefix:
+# AcceptOrder runs the provisioning module, and WHMCS answers its failure as result=error
+# with the module's own text — "Authentication failed - wrong password.", "Access denied for
+# user ..." from a control panel — which is that Order's failure, not a refusal of this
+# installation (as a prefix it made the worker wait and re-send AcceptOrder forever). WHMCS
+# answers its own refusals with HTTP 403 (401 for some): a ``result=error`` with either
+# status is a refusal of this installation too, however it is worded.
 ACCESS_REFUSED = ("Authentication Failed", "Invalid IP", "Invalid or missing credentials",
                   "Invalid Permissions", "IP Banned", "Invalid Access Key", "Access Denied",
                   "Administrator Account Disabled", "Invalid administrative identifier")
 ACCESS_REFUSED_STATUS = frozenset({401, 403})
 _ACCESS_REFUSED = re.compile(
-    r"\s*(?:" + "|".join(re.escape(p) for p in ACCESS_REFUSED) + r")\b", re.IGNORECASE).match
+    r"\s*(?:Authentication Failed|Invalid IP [0-9A-Fa-f.:]+|Invalid or missing credentials"
+    r'|Invalid Permissions: API action "[^"]*" is not allowed|IP Banned|Invalid Access Key'
+    r"|Access Denied(?:: Authentication not permitted)?|Administrator Account Disabled"
+    r"|Invalid administrative identifier)\s*", re.IGNORECASE).fullmatch
 _BOM = b"\xef\xbb\xbf"
 _DETAIL_MAX = 300  # characters of a transport error's text kept in an error message
 _REDACT_MIN = 6  # credential values this long are blanked wherever they show

@@ -103,6 +103,27 @@ def test_an_order_refused_for_its_content_is_still_permanent(message):
     assert type(exc) is WhmcsError and not exc.retryable
 
 
+@pytest.mark.parametrize("message", [
+    "Authentication failed - wrong password.", "Access denied for user 'whmcs'@'localhost'",
+    "Invalid IP address for server", "IP Banned by the panel's firewall",
+    "Authentication Failed: the panel refused the reseller login"])
+def test_a_module_failure_in_acceptorder_is_that_orders_error_not_a_refusal(message):
+    """AcceptOrder runs the provisioning module; WHMCS answers its failure with the module's
+    own text at HTTP 200. Matched as a prefix, "Authentication failed - …" read as WHMCS
+    refusing this installation: /readyz 503 naming the API secret, and AcceptOrder sent
+    again every 30 s, forever, re-running the module (the WHMCS review)."""
+    def handler(_request):
+        return httpx.Response(200, json={"result": "error", "message": message})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.accept_order(77)
+            return info.value
+    exc = run(go())
+    assert type(exc) is WhmcsError and not exc.retryable, type(exc)
+
+
 @pytest.mark.parametrize("message", ["Invalid or missing credentials",
                                      'Invalid Permissions: API action "addorder" is not '
                                      "allowed"])
