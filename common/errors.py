@@ -75,8 +75,9 @@ class WhmcsTransientError(WhmcsError):
 
 
 class WhmcsAccessError(WhmcsError):
-    """WHMCS refused *us* (any error answered 401/403, "Authentication Failed", "Invalid IP",
-    "IP Banned", "Invalid Access Key", "Access Denied", …: :data:`common.whmcs.ACCESS_REFUSED`):
+    """WHMCS refused *us* (any error answered 401/403; at HTTP 200 one of WHMCS's own refusal
+    texts as the whole message — "Authentication Failed", "Invalid IP 1.2.3.4", "IP Banned",
+    "Invalid Access Key", "Access Denied", …: ``common.whmcs._ACCESS_REFUSED``):
     this installation's credentials, allow-list, access key or API role are wrong, or its IP
     is banned. Nothing was done, no Order is at fault, and the worker waits for the fix
     instead of failing every Order."""

@@ -10,8 +10,9 @@ Errors are translated here (``raise ... from exc``)::
 
     result=error                          WhmcsError(message)              permanent
     result=error refusing this
-    installation (HTTP 401/403, or an
-    ACCESS_REFUSED text); a non-API
+    installation (HTTP 401/403, or one of
+    WHMCS's own refusal texts, whole:
+    _ACCESS_REFUSED); a non-API
     answer HTTP 401/407 (authentication
     asked in front of api.php) or 3xx
     (WHMCS_API_URL redirected: never
@@ -79,9 +80,6 @@ NOT_PENDING = "Order ID not found or Status not Pending"
 # installation (as a prefix it made the worker wait and re-send AcceptOrder forever). WHMCS
 # answers its own refusals with HTTP 403 (401 for some): a ``result=error`` with either
 # status is a refusal of this installation too, however it is worded.
-ACCESS_REFUSED = ("Authentication Failed", "Invalid IP", "Invalid or missing credentials",
-                  "Invalid Permissions", "IP Banned", "Invalid Access Key", "Access Denied",
-                  "Administrator Account Disabled", "Invalid administrative identifier")
 ACCESS_REFUSED_STATUS = frozenset({401, 403})
 _ACCESS_REFUSED = re.compile(
     r"\s*(?:Authentication Failed|Invalid IP [0-9A-Fa-f.:]+|Invalid or missing credentials"

@@ -293,8 +293,9 @@ REQUEUED_FROM = "sfprov.requeued_from"
 
 def newest_generation(topic: str, records: list[Any], named: set[str]
                       ) -> tuple[list[Any], list[str]]:
-    """What ``requeue --all`` sends of ``records`` (dead letters of ``topic``), and the
-    ``P:O`` of those it passes over: a dead letter that a later one names in
+    """The newest generation of each record among ``records`` (dead letters of ``topic``):
+    what ``requeue --all`` considers before it passes over dead letters that already have a
+    requeue marker; and the ``P:O`` of those it passes over here: a dead letter that a later one names in
     ``dlq.requeued_from`` (its requeued copy was dead-lettered again: the later one stands
     for it), and one whose record — source topic, key and bytes — a later dead letter holds
     too (a requeued copy dead-lettered by a stage that does not carry the header, or a
