@@ -285,6 +285,24 @@ def test_sobject_validation(sf_sandbox: Any, sf_http: requests.Session) -> None:
     assert len(case.json()["id"]) == 18
 
 
+def test_a_collection_naming_a_field_the_object_lacks_is_refused_whole(
+        sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """A field deleted or hidden: Salesforce refuses the whole call (400 INVALID_FIELD, "No
+    such column"), saving none of it. The sandbox answered per record and saved the rest, so
+    the sink's path for it (ask describe, hold those records) never ran against it (the
+    Salesforce sandbox review)."""
+    first, second = _pending_orders(sf_sandbox, 2)
+    resp = sf_http.patch(sf_sandbox.instance_url + V + "/composite/sobjects", json={
+        "allOrNone": False, "records": [
+            {"attributes": {"type": "Order"}, "id": first, "Activation_Error__c": "written"},
+            {"attributes": {"type": "Order"}, "id": second, "No_Such_Field__c": 1}]})
+    assert resp.status_code == 400, resp.text
+    [error] = resp.json()
+    assert error["errorCode"] == "INVALID_FIELD"
+    assert error["message"] == "No such column 'No_Such_Field__c' on sobject of type Order"
+    assert sf_sandbox.get_record(first).get("Activation_Error__c") != "written"
+
+
 def test_composite_sobjects(sf_sandbox: Any, sf_http: requests.Session) -> None:
     url = sf_sandbox.instance_url + V + "/composite/sobjects"
     order_ids = _pending_orders(sf_sandbox, 3)
