@@ -303,6 +303,38 @@ def test_a_collection_naming_a_field_the_object_lacks_is_refused_whole(
     assert sf_sandbox.get_record(first).get("Activation_Error__c") != "written"
 
 
+def test_an_order_with_more_items_than_one_answer_holds_comes_cut(
+        sf_sandbox: Any, sf_http: requests.Session) -> None:
+    """A subquery's child records come 200 at most per parent, the rest behind their own
+    nextRecordsUrl with done false; the sandbox gave them all at once, so the worker's
+    TOO_MANY_ITEMS (streams.mapping) never met the answer it is for (the sandbox review)."""
+    order_id = _pending_orders(sf_sandbox, 1)[0]
+    soql = (f"SELECT Id, (SELECT Id, Product2Id, PricebookEntryId, UnitPrice FROM OrderItems) "
+            f"FROM Order WHERE Id = '{order_id}'")
+    [order] = sf_sandbox.query(soql)["records"]
+    item = order["OrderItems"]["records"][0]
+    have = order["OrderItems"]["totalSize"]
+    base = sf_sandbox.instance_url + V
+    new_items = [{"attributes": {"type": "OrderItem"}, "OrderId": order_id, "Quantity": 1,
+                  "Product2Id": item["Product2Id"], "PricebookEntryId": item["PricebookEntryId"],
+                  "UnitPrice": item["UnitPrice"]} for _ in range(201 - have)]
+    for start in range(0, len(new_items), 200):
+        made = sf_http.post(base + "/composite/sobjects",
+                            json={"records": new_items[start:start + 200]})
+        assert made.status_code == 200 and all(r["success"] for r in made.json()), made.text
+    answer = sf_http.get(base + "/query", params={"q": soql}).json()
+    items = answer["records"][0]["OrderItems"]
+    assert items["totalSize"] == 201 and items["done"] is False
+    assert len(items["records"]) == 200
+    rest = sf_http.get(sf_sandbox.instance_url + items["nextRecordsUrl"]).json()
+    assert rest["done"] is True and len(rest["records"]) == 1
+    seen = {r["Id"] for r in items["records"]} | {r["Id"] for r in rest["records"]}
+    assert len(seen) == 201
+    from streams.mapping import MappingError, _records
+    with pytest.raises(MappingError, match="TOO_MANY_ITEMS|more than"):
+        _records(items)
+
+
 def test_composite_sobjects(sf_sandbox: Any, sf_http: requests.Session) -> None:
     url = sf_sandbox.instance_url + V + "/composite/sobjects"
     order_ids = _pending_orders(sf_sandbox, 3)
