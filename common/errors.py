@@ -83,6 +83,10 @@ class WhmcsAccessError(WhmcsError):
     instead of failing every Order."""
 
     retryable = True
+    #: refused by its words alone (HTTP 200), not by a 401/403: ``AcceptOrder`` runs the
+    #: provisioning module, whose own failure may read the same ("Access denied"), so its
+    #: client asks WHMCS once more before calling it a refusal (WhmcsClient.accept_order)
+    by_words = False
 
 
 class WhmcsUnknownResultError(WhmcsError):

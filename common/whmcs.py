@@ -86,6 +86,8 @@ _ACCESS_REFUSED = re.compile(
     r'|Invalid Permissions: API action "[^"]*" is not allowed|IP Banned|Invalid Access Key'
     r"|Access Denied(?:: Authentication not permitted)?|Administrator Account Disabled"
     r"|Invalid administrative identifier)\s*", re.IGNORECASE).fullmatch
+#: the API role refusing one action: no module says it, and a read would still be allowed
+_ROLE_REFUSED = re.compile(r"\s*Invalid Permissions: API action", re.IGNORECASE).match
 _BOM = b"\xef\xbb\xbf"
 _DETAIL_MAX = 300  # characters of a transport error's text kept in an error message
 _REDACT_MIN = 6  # credential values this long are blanked wherever they show
@@ -360,7 +362,9 @@ class WhmcsClient:
             raise WhmcsTransientError(f"{action}: {message}", action=action,
                                       retry_after=_retry_after(httpx.Headers(headers)))
         if status in ACCESS_REFUSED_STATUS or _ACCESS_REFUSED(message):
-            raise WhmcsAccessError(message, action=action)
+            refused = WhmcsAccessError(message, action=action)
+            refused.by_words = status not in ACCESS_REFUSED_STATUS
+            raise refused
         raise WhmcsError(message, action=action)
 
     def _detail(self, exc: BaseException) -> str:
@@ -434,9 +438,22 @@ class WhmcsClient:
     async def accept_order(self, order_id: int, *, autosetup: bool = True,
                            sendemail: bool = False, send_deadline: float | None = None,
                            on_write: Callable[[], None] | None = None) -> None:
-        await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
-                                        "sendemail": sendemail}, send_deadline=send_deadline,
-                        on_write=on_write)
+        try:
+            await self.call("AcceptOrder", {"orderid": order_id, "autosetup": autosetup,
+                                            "sendemail": sendemail},
+                            send_deadline=send_deadline, on_write=on_write)
+        except WhmcsAccessError as refused:
+            if not refused.by_words or _ROLE_REFUSED(str(refused)):
+                raise  # a 401/403, or the API role without AcceptOrder: a read would pass
+            # HTTP 200 in a refusal's words: WHMCS refusing us, or the provisioning module
+            # failing in the same words (a panel's bare "Access denied"). One read with the
+            # same credentials tells: answered, the refusal was the module's, and the Order
+            # fails as for any AcceptOrder error instead of waiting for a fix forever
+            try:
+                await self.get_orders(order_id=order_id, limitnum=1)
+            except WhmcsError:
+                raise refused from None  # refused too (or no answer): wait, as before
+            raise WhmcsError(str(refused), action="AcceptOrder") from refused
 
     async def cancel_order(self, order_id: int, *, send_deadline: float | None = None,
                            on_write: Callable[[], None] | None = None) -> None:

@@ -106,13 +106,23 @@ def test_an_order_refused_for_its_content_is_still_permanent(message):
 @pytest.mark.parametrize("message", [
     "Authentication failed - wrong password.", "Access denied for user 'whmcs'@'localhost'",
     "Invalid IP address for server", "IP Banned by the panel's firewall",
-    "Authentication Failed: the panel refused the reseller login"])
+    "Authentication Failed: the panel refused the reseller login",
+    # a module's whole text in WHMCS's own words: told apart by one read that WHMCS answers
+    "Access denied", "Authentication Failed", "IP Banned", "Invalid IP 10.0.0.5"])
 def test_a_module_failure_in_acceptorder_is_that_orders_error_not_a_refusal(message):
     """AcceptOrder runs the provisioning module; WHMCS answers its failure with the module's
     own text at HTTP 200. Matched as a prefix, "Authentication failed - …" read as WHMCS
     refusing this installation: /readyz 503 naming the API secret, and AcceptOrder sent
-    again every 30 s, forever, re-running the module (the WHMCS review)."""
-    def handler(_request):
+    again every 30 s, forever, re-running the module (the WHMCS review). A bare "Access
+    denied" from a panel did the same after the whole-text fix (the worker review): the
+    client now reads the order once, and an answer means the refusal was not WHMCS's."""
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        if action_of(request) == "GetOrders":
+            return httpx.Response(200, json={"result": "success", "totalresults": 1,
+                                             "orders": {"order": []}})
         return httpx.Response(200, json={"result": "error", "message": message})
 
     async def go():
@@ -122,6 +132,42 @@ def test_a_module_failure_in_acceptorder_is_that_orders_error_not_a_refusal(mess
             return info.value
     exc = run(go())
     assert type(exc) is WhmcsError and not exc.retryable, type(exc)
+    assert str(exc) == message and exc.action == "AcceptOrder"
+    assert calls in (["AcceptOrder"], ["AcceptOrder", "GetOrders"])
+
+
+@pytest.mark.parametrize(("message", "read_status"), [
+    ("Authentication Failed", 403), ("IP Banned", 200), ("Invalid IP 203.0.113.9", 403)])
+def test_an_acceptorder_refused_in_whmcs_words_is_a_refusal_when_the_read_is_too(
+        message, read_status):
+    def handler(request):
+        return httpx.Response(read_status if action_of(request) == "GetOrders" else 200,
+                              json={"result": "error", "message": message})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.accept_order(77)
+            return info.value
+    exc = run(go())
+    assert type(exc) is WhmcsAccessError and str(exc) == message
+
+
+def test_an_api_role_without_acceptorder_is_a_refusal_without_a_read():
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        return httpx.Response(200, json={"result": "error", "message":
+                                         'Invalid Permissions: API action "acceptorder" is '
+                                         "not allowed"})
+
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.accept_order(77)
+            return info.value
+    assert type(run(go())) is WhmcsAccessError and calls == ["AcceptOrder"]
 
 
 @pytest.mark.parametrize("message", ["Invalid or missing credentials",
