@@ -103,6 +103,16 @@ def test_an_order_refused_for_its_content_is_still_permanent(message):
     assert type(exc) is WhmcsError and not exc.retryable
 
 
+def accept_order_error(handler) -> WhmcsError:
+    """The error ``AcceptOrder`` of order 77 raises when WHMCS answers through ``handler``."""
+    async def go():
+        async with client_answering(handler) as client:
+            with pytest.raises(WhmcsError) as info:
+                await client.accept_order(77)
+            return info.value
+    return run(go())
+
+
 @pytest.mark.parametrize("message", [
     "Authentication failed - wrong password.", "Access denied for user 'whmcs'@'localhost'",
     "Invalid IP address for server", "IP Banned by the panel's firewall",
@@ -125,12 +135,7 @@ def test_a_module_failure_in_acceptorder_is_that_orders_error_not_a_refusal(mess
                                              "orders": {"order": []}})
         return httpx.Response(200, json={"result": "error", "message": message})
 
-    async def go():
-        async with client_answering(handler) as client:
-            with pytest.raises(WhmcsError) as info:
-                await client.accept_order(77)
-            return info.value
-    exc = run(go())
+    exc = accept_order_error(handler)
     assert type(exc) is WhmcsError and not exc.retryable, type(exc)
     assert str(exc) == message and exc.action == "AcceptOrder"
     assert calls in (["AcceptOrder"], ["AcceptOrder", "GetOrders"])
@@ -144,12 +149,7 @@ def test_an_acceptorder_refused_in_whmcs_words_is_a_refusal_when_the_read_is_too
         return httpx.Response(read_status if action_of(request) == "GetOrders" else 200,
                               json={"result": "error", "message": message})
 
-    async def go():
-        async with client_answering(handler) as client:
-            with pytest.raises(WhmcsError) as info:
-                await client.accept_order(77)
-            return info.value
-    exc = run(go())
+    exc = accept_order_error(handler)
     assert type(exc) is WhmcsAccessError and str(exc) == message
 
 
@@ -162,12 +162,7 @@ def test_an_api_role_without_acceptorder_is_a_refusal_without_a_read():
                                          'Invalid Permissions: API action "acceptorder" is '
                                          "not allowed"})
 
-    async def go():
-        async with client_answering(handler) as client:
-            with pytest.raises(WhmcsError) as info:
-                await client.accept_order(77)
-            return info.value
-    assert type(run(go())) is WhmcsAccessError and calls == ["AcceptOrder"]
+    assert type(accept_order_error(handler)) is WhmcsAccessError and calls == ["AcceptOrder"]
 
 
 @pytest.mark.parametrize("message", ["Invalid or missing credentials",
