@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException, TopicPartition
 import common.reconcile as reconcile_module
 from common import lag
 from common.errors import KafkaError
-from ops import cmd_kafka, cmd_orders, cmd_replay, kafkaview
+from ops import cmd_dlq, cmd_kafka, cmd_orders, cmd_replay, kafkaview
 from ops.kafkaview import Deliveries, Record
 
 OID = "801000000000001AAA"
@@ -232,11 +232,11 @@ def produced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     def scan(settings: Any, topic: str, schema: Any, match: Any = None, **kwargs: Any) -> Any:
         return (r for r in LETTERS if match(r))
 
-    monkeypatch.setattr(cmd_kafka, "kafka_settings",
+    monkeypatch.setattr(cmd_dlq, "kafka_settings",
                         lambda args: types.SimpleNamespace(dead_letters="dl"))
-    monkeypatch.setattr(cmd_kafka, "client_config", lambda s, **k: {})
-    monkeypatch.setattr(cmd_kafka, "scan", scan)
-    monkeypatch.setattr(cmd_kafka, "Producer", Producer)
+    monkeypatch.setattr(cmd_dlq, "client_config", lambda s, **k: {})
+    monkeypatch.setattr(cmd_dlq, "scan", scan)
+    monkeypatch.setattr(cmd_dlq, "Producer", Producer)
     return out
 
 
@@ -254,7 +254,7 @@ def _dlq_args(*argv: str) -> argparse.Namespace:
 def test_dlq_requeue_fails_for_an_offset_not_requeued(produced, capsys, offsets, requeued,
                                                       named):
     argv = ["requeue"] + [a for o in offsets for a in ("--offset", o)]
-    assert cmd_kafka.dlq(_dlq_args(*argv)) == 1
+    assert cmd_dlq.dlq(_dlq_args(*argv)) == 1
     out, err = capsys.readouterr()
     assert f"requeued {requeued} record(s)" in out
     assert len(produced) == requeued
@@ -262,13 +262,13 @@ def test_dlq_requeue_fails_for_an_offset_not_requeued(produced, capsys, offsets,
 
 
 def test_dlq_requeue_reads_an_offset_as_a_number(produced, capsys):
-    assert cmd_kafka.dlq(_dlq_args("requeue", "--offset", "0:018")) == 0
+    assert cmd_dlq.dlq(_dlq_args("requeue", "--offset", "0:018")) == 0
     assert "requeued 1 record(s)" in capsys.readouterr().out
     assert produced == [("requests", b"801000000000002AAA")]
 
 
 def test_dlq_requeue_all_passes_over_the_unrequeueable_ones(produced, capsys):
-    assert cmd_kafka.dlq(_dlq_args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(_dlq_args("requeue", "--all")) == 0
     out, _err = capsys.readouterr()
     assert "requeued 1 record(s)" in out and "0:17" in out
 
@@ -337,9 +337,9 @@ def test_dlq_requeue_all_fails_when_a_partition_is_not_read_whole(produced, monk
                         types.SimpleNamespace(record=lambda m: Record(
                             m.topic(), m.p, m.o, 1, m.key().decode(), "v",
                             kafkaview.parse_headers(m.headers()), b"v")))
-    monkeypatch.setattr(cmd_kafka, "scan", kafkaview.scan)
+    monkeypatch.setattr(cmd_dlq, "scan", kafkaview.scan)
     with pytest.raises(KafkaError) as raised:
-        cmd_kafka.dlq(_dlq_args("requeue", "--all"))
+        cmd_dlq.dlq(_dlq_args("requeue", "--all"))
     assert "partitions [1]" in str(raised.value) and "\n" not in str(raised.value)
     assert produced == []  # nothing requeued from a partial read
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ops import cmd_kafka
+from ops import cmd_dlq
 from ops.kafkaview import Decoder, Record
 from sinks.batch import Tracked
 from sinks.deadletters import DeadLetters
@@ -109,11 +109,11 @@ def topic(monkeypatch: pytest.MonkeyPatch) -> Topic:
     def scan(settings: Any, topic: str, schema: Any, match: Any = None, **kwargs: Any) -> Any:
         return (r for r in list(t.letters) if match is None or match(r))
 
-    monkeypatch.setattr(cmd_kafka, "kafka_settings",
+    monkeypatch.setattr(cmd_dlq, "kafka_settings",
                         lambda args: types.SimpleNamespace(dead_letters=DLQ))
-    monkeypatch.setattr(cmd_kafka, "client_config", lambda s, **k: {})
-    monkeypatch.setattr(cmd_kafka, "scan", scan)
-    monkeypatch.setattr(cmd_kafka, "Producer", Producer)
+    monkeypatch.setattr(cmd_dlq, "client_config", lambda s, **k: {})
+    monkeypatch.setattr(cmd_dlq, "scan", scan)
+    monkeypatch.setattr(cmd_dlq, "Producer", Producer)
     return t
 
 
@@ -187,7 +187,7 @@ def test_requeue_all_sends_the_newest_dead_letter_of_a_requeued_record(topic, ca
     b = topic.add(b"k", later_value,
                   list(worker_dead_letter(b"k", later_value, requeued_copy, 90)[2]))
     assert b.headers["requeued_from"] == "dl:0:0"
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert [(p["topic"], p["value"], headers_of(p)["sfprov.requeued_from"])
             for p in topic.produced] == [("requests", later_value, b"dl:0:1")]
     out = capsys.readouterr().out
@@ -201,11 +201,11 @@ def test_requeue_all_sends_a_record_dead_lettered_twice_once(topic):
     topic.add(b"k", b"v", headers)
     topic.add(b"k", b"v", headers)
     topic.add(b"k", b"w", headers)  # another record
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert sorted((p["value"], headers_of(p)["sfprov.requeued_from"])
                   for p in topic.produced) == [(b"v", b"dl:0:1"), (b"w", b"dl:0:2")]
     topic.produced.clear()
-    assert cmd_kafka.dlq(args("requeue", "--offset", "0:0", "--offset", "0:1")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--offset", "0:0", "--offset", "0:1")) == 0
     assert len(topic.produced) == 2
 
 
@@ -219,7 +219,7 @@ def test_repeated_requeue_all_while_the_cause_stays_is_not_exponential(topic, ca
     sizes = []
     for run in range(3):
         before = len(topic.produced)
-        assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+        assert cmd_dlq.dlq(args("requeue", "--all")) == 0
         copies = topic.produced[before:]
         assert len(copies) == 3, run
         for n, copy in enumerate(copies):  # the cause is not fixed: dead-lettered again
@@ -242,7 +242,7 @@ def test_requeue_sends_the_key_byte_for_byte(topic, selection):
     topic.add(b"\xa0\x01", b"v1", headers)
     topic.add(b"", b"v2", headers)
     topic.add(None, b"v3", headers)
-    assert cmd_kafka.dlq(args("requeue", *selection)) == 0
+    assert cmd_dlq.dlq(args("requeue", *selection)) == 0
     keys = {p["value"]: p["key"] for p in topic.produced}
     assert keys[b"v1"] == b"\xa0\x01"
     assert keys[b"v2"] == b"" and keys[b"v2"] is not None
@@ -289,7 +289,7 @@ def test_a_second_requeue_all_does_not_send_an_outcome_already_written_again(top
     was written a second time (equal values pass the fence) over what Salesforce held by
     then. A marker now says it was requeued, where its copy went; --offset still sends it."""
     sink_dead_letter(topic, OID)
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert [p["value"] for p in topic.produced] == [b"outcome-" + OID.encode()]
     assert topic.markers == 1
     marker = topic.letters[-1]
@@ -299,28 +299,28 @@ def test_a_second_requeue_all_does_not_send_an_outcome_already_written_again(top
     later = "801000000000002AAA"
     sink_dead_letter(topic, later)
     capsys.readouterr()
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert [p["value"] for p in topic.produced[1:]] == [b"outcome-" + later.encode()]
     out = capsys.readouterr().out
     assert "passed over 1 dead letter(s) requeued before" in out and ": 0:0;" in out
-    assert cmd_kafka.dlq(args("list")) == 0
+    assert cmd_dlq.dlq(args("list")) == 0
     listed = capsys.readouterr().out
     assert "0:0 " in listed and "(requeued to outcomes:1:500)" in listed
     assert "2 dead letter(s), 2 of them requeued" in listed  # the markers are not listed
-    assert cmd_kafka.dlq(args("requeue", "--offset", "0:0")) == 0  # asked by name: sent
+    assert cmd_dlq.dlq(args("requeue", "--offset", "0:0")) == 0  # asked by name: sent
     assert topic.produced[-1]["value"] == b"outcome-" + OID.encode()
 
 
 def test_a_marker_not_written_is_an_error_naming_what_follows(topic, monkeypatch, capsys):
-    class NoMarkers(cmd_kafka.Deliveries):
+    class NoMarkers(cmd_dlq.Deliveries):
         def produce(self, producer: Any, topic_name: str, tag: Any = None, **kw: Any) -> None:
             if topic_name == DLQ:
                 self.failed.append((DLQ, "Broker: Topic authorization failed"))
                 return
             super().produce(producer, topic_name, tag=tag, **kw)
-    monkeypatch.setattr(cmd_kafka, "Deliveries", NoMarkers)
+    monkeypatch.setattr(cmd_dlq, "Deliveries", NoMarkers)
     sink_dead_letter(topic, OID)
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 1
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 1
     err = capsys.readouterr().err
     assert "1 requeue marker(s) not written to dl" in err
     assert "a later --all sends those dead letters again" in err
@@ -332,7 +332,7 @@ def test_a_twice_dead_lettered_outcome_is_not_resent_after_its_twin_was_requeued
     first, so nothing superseded the older twin any more and it was sent in its place."""
     sink_dead_letter(topic, OID)
     sink_dead_letter(topic, OID)
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced] == [b"dl:0:1"]
-    assert cmd_kafka.dlq(args("requeue", "--all")) == 0
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert len(topic.produced) == 1, topic.produced[1:]

@@ -25,7 +25,7 @@ from confluent_kafka import TopicPartition
 
 import ops.cli as cli
 from common import lag
-from ops import cmd_kafka, cmd_orders, cmd_replay, kafkaview
+from ops import cmd_dlq, cmd_kafka, cmd_orders, cmd_replay, kafkaview
 from tests.ops.test_cli_guards import fake_replay, replay_args
 
 ID15 = "8015g00000XyZab"
@@ -52,7 +52,7 @@ def no_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any Kafka client (or the Salesforce sandbox) the command would make fails the test."""
     from ops import sandboxes
 
-    for module, name in ((cmd_kafka, "scan"), (cmd_kafka, "Producer"),
+    for module, name in ((cmd_kafka, "scan"), (cmd_dlq, "scan"), (cmd_dlq, "Producer"),
                          (cmd_kafka, "consumer"), (cmd_kafka, "AdminClient"),
                          (cmd_orders, "scan"), (cmd_orders, "Producer"),
                          (kafkaview, "consumer"), (kafkaview, "group_reader"),
