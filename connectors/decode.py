@@ -106,8 +106,10 @@ class SchemaCache:
             raise
         try:
             schema = fastavro.parse_schema(json.loads(text))
-        except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
-            reason = f"schema {schema_id} from GetSchema is not valid Avro: {exc}"
+        except Exception as exc:  # any text that fastavro cannot parse (a
+            # RecursionError for a deeply nested one) is the schema's fault, never a crash
+            # loop on the same event at every restart
+            reason = f"schema {schema_id} from GetSchema is not valid Avro: {exc!r:.300}"
             self._unknown[schema_id] = (self._clock(), reason)
             raise UnknownSchemaError(reason) from exc
         self._schemas[schema_id] = schema

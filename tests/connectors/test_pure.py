@@ -297,6 +297,18 @@ def test_unknown_schema_is_dead_letter_and_cached_negatively() -> None:
     assert calls == ["nope"]
 
 
+@pytest.mark.parametrize("text", [
+    '{"type": "nope"}',
+    "not json",
+    '{"type":' * 3000 + '"string"' + "}" * 3000,  # RecursionError in the parser
+], ids=["unknown-type", "not-json", "nested-3000"])
+def test_a_schema_text_fastavro_cannot_parse_is_a_dead_letter_not_a_crash(text) -> None:
+    dec = decoder(lambda sid: text)
+    out = dec.build(consumer_event(b"\x00", schema_id="deep"))
+    assert out.dead_letter and out.reason == "unknown_schema", out
+    assert any(b"not valid Avro" in v for _, v in out.headers), out.headers
+
+
 def test_transient_schema_failure_is_raised_not_dead_lettered() -> None:
     def fetch(sid: str) -> str:
         err = SalesforceError("unavailable", retryable=True)
