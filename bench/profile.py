@@ -59,16 +59,24 @@ AREAS: list[tuple[str, str]] = [
 
 
 def area_of(path: str) -> str:
+    """The area of a :func:`short_path`: its start, not a substring anywhere (a library's
+    own ``streams/`` or ``common/`` folder, as in ``anyio/streams/tls.py`` or
+    ``opentelemetry/…/_common/``, is that library's, not ours)."""
     for marker, area in AREAS:
-        if marker in path:
+        if path.startswith(marker):
             return area
     return "other"
+
+
+#: the checkout this module runs from: a worker started from it (``bench.stages``) has its
+#: files under it, wherever the checkout is (a worktree, not only ``/work/main``)
+_REPO = str(Path(__file__).resolve().parents[1]) + "/"
 
 
 def short_path(path: str) -> str:
     """``…/site-packages/aiokafka/conn.py`` → ``aiokafka/conn.py``; the repo's own files
     relative to the repo; the standard library's relative to its directory."""
-    for cut in ("site-packages/", "/work/main/", "/lib/python3.11/"):
+    for cut in ("site-packages/", _REPO, "/work/main/", "/lib/python3.11/"):
         at = path.rfind(cut)
         if at >= 0:
             return path[at + len(cut):]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.profile import main, parse_frame, render, summarize
+from bench.profile import area_of, main, parse_frame, render, short_path, summarize
 
 SITE = "/work/x/.venv/lib/python3.11/site-packages"
 STDLIB = "/usr/lib/python3.11"
@@ -69,3 +69,23 @@ def test_a_line_without_a_count_is_refused(tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_text(PROFILE)
     assert main([str(good), "--top", "2"]) == 0
+
+
+@pytest.mark.parametrize("path,area", [
+    (f"{SITE}/anyio/streams/tls.py", "other"),
+    (f"{SITE}/opentelemetry/exporter/otlp/proto/http/_common/__init__.py", "other"),
+    (f"{SITE}/confluent_kafka/schema_registry/common/serde.py", "other"),
+    (f"{SITE}/google/logging/type/log_severity_pb2.py", "other"),
+    ("/work/main/streams/lanes.py", "worker flow (handler, lanes, lease, checkpoint, ...)"),
+    (f"{STDLIB}/logging/__init__.py", "logging"),
+])
+def test_a_librarys_own_streams_or_common_folder_is_not_ours(path, area) -> None:
+    """Areas match a short path's start: a dependency's ``streams/`` or ``common/`` folder
+    was filed under the worker's flow or our common code (review of bench/profile.py)."""
+    assert area_of(short_path(path)) == area
+
+
+def test_our_files_are_ours_from_any_checkout() -> None:
+    """A worker run from a worktree has its files under that checkout, not /work/main."""
+    here = Path(__file__).resolve().parents[2]
+    assert short_path(f"{here}/streams/lanes.py") == "streams/lanes.py"
