@@ -12,7 +12,9 @@
   restarting cannot fix (``ops.stack.FINAL_EXIT_CODES``: a bad setting, a refused
   credential or ACL, a fenced connector) into exit 0 after logging it, so the container
   stops instead of looping. Any other non-zero exit (a crash, the worker's stall exit 75) is
-  passed on and restarted. SIGTERM and SIGINT are passed to the process.
+  passed on and restarted. SIGTERM and SIGINT are passed to the process, and end the
+  container at once while it waits, before the process starts (it runs as PID 1, which
+  ignores a signal it has no handler for).
 * **Sandbox mode without the sandboxes stops with a hint.** Plain ``docker compose up`` (no
   ``--profile sandbox``) without ``SF_CLIENT_ID``: the sandboxes' key file is missing and
   the process refuses its settings, or (the ``state`` volume keeps the key and CA of an
@@ -130,10 +132,29 @@ def _wait_s(env: dict[str, str]) -> float:
         return RESOLVE_WAIT_S
 
 
+def _stop_on_signals(child: list[subprocess.Popen[bytes]] | None = None) -> None:
+    """SIGTERM and SIGINT handled from the start: passed to the process once ``child`` holds
+    it, before that the exit a signal's default gives (``128 + signal``). A container's
+    command runs as PID 1, to which the kernel delivers no signal it has no handler for: a
+    ``docker compose stop`` (or a Kubernetes pod's deletion) during the wait for the sandbox's
+    host, or the seed's retries, was ignored until the SIGKILL at the end of the grace."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if child:
+            child[0].send_signal(signum)
+        else:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def run(name: str, args: list[str]) -> int:
     from common.process import EXIT_CONFIG
     from ops.stack import FINAL_EXIT_CODES
 
+    child: list[subprocess.Popen[bytes]] = []
+    _stop_on_signals(child)
     own = dict(os.environ)
     env = {**own, **sandbox_defaults(own)}
     hint = _sandbox_hint(own, _unresolvable_sandbox(env))
@@ -143,12 +164,7 @@ def run(name: str, args: list[str]) -> int:
               "container stops (exit 0) instead of restarting", file=sys.stderr, flush=True)
         return 0
     proc = subprocess.Popen([sys.executable, "-m", *COMMANDS[name], *args], env=env)
-
-    def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    child.append(proc)  # from here a signal is passed to the process
     code = proc.wait()
     hint = _sandbox_hint(own, _missing_key(env)) if code == EXIT_CONFIG else None
     if hint:
@@ -162,6 +178,7 @@ def run(name: str, args: list[str]) -> int:
 
 def seed(timeout: float = 300.0) -> int:
     """Seed the compose Salesforce sandbox once (SF_SANDBOX_ACCOUNTS / SF_SANDBOX_ORDERS)."""
+    _stop_on_signals()
     from common.errors import ConfigError
     from ops import envvars
     from sandbox.salesforce.admin_client import AdminClient

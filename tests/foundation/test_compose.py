@@ -9,9 +9,13 @@ that mean "do not restart" ending the container.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -350,3 +354,63 @@ def test_the_readme_names_the_compose_version_the_file_needs():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## docker-compose"):]
     assert need is None or f"Docker Compose v{need} or newer" in section, need
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items()
+                                        if s.get("image") == "sfprov:local"))
+def test_every_python_service_runs_under_an_init(name):
+    """Python as a container's PID 1 ignores every signal it has no handler for: `docker
+    compose stop` waited out the grace, then SIGKILLed (the sandboxes, `topics`)."""
+    assert SERVICES[name].get("init") is True
+
+
+def _pid1_can_run() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _pid1_can_run(), reason="needs unshare -p (root) for a PID 1")
+@pytest.mark.parametrize("command", ["connector", "seed"])
+def test_a_stop_while_the_container_waits_ends_it_as_pid_1(tmp_path, command):
+    """`python -m ops.container` as PID 1 of its own PID namespace, as in a container (or a
+    Kubernetes pod) without an init, stopped while it waits — for the sandbox host to resolve,
+    for the sandbox to take the seed: SIGTERM ended nothing until the SIGKILL."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+           "SFPROV_SANDBOX_SF_LOGIN_URL": "https://nonexistent.invalid:8443",
+           "SF_LOGIN_URL": "https://nonexistent.invalid:8443",  # the seed's: never answers
+           "SFPROV_CONTAINER_SANDBOX_WAIT_S": "600", "SFPROV_STATE_DIR": str(tmp_path)}
+    outer = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", "--kill-child",
+                              sys.executable, "-m", "ops.container", command],
+                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        pid1 = _child_of(outer.pid)
+        deadline = time.monotonic() + 30
+        while not _handles_sigterm(pid1):  # its handler in place: it is waiting
+            assert time.monotonic() < deadline, "no SIGTERM handler in place"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the wait
+        os.kill(pid1, signal.SIGTERM)  # as `docker stop` does, from outside the namespace
+        assert outer.wait(timeout=10) == 128 + signal.SIGTERM, outer.stderr.read()
+    finally:
+        outer.kill()
+        outer.wait()
+
+
+def _child_of(pid: int) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.02)
+    raise AssertionError("unshare started no child")
+
+
+def _handles_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
