@@ -11,8 +11,14 @@ STAMP := $(VENV)/.installed-stamp
 PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)
 # SFPROV_STATE_DIR as the Python side reads it (the environment over .env or $SFPROV_ENV_FILE,
 # else .state): common.settings needs only the standard library, so no virtualenv yet
-# (blank is unset, as for the processes)
-STATE := $(shell $(PYTHON) -c 'from common.settings import environment as e; v = e().get("SFPROV_STATE_DIR") or ""; print(v if v.strip() else ".state")' 2>/dev/null || echo .state)
+# (blank is unset, as for the processes); read with the virtualenv's Python once there is one,
+# the Python that `make up` ran with. Empty when Python cannot read it (an unreadable
+# SFPROV_ENV_FILE, a Python before 3.11): the targets using it stop with Python's error
+# ($(state_ok)) instead of using ./.state, which is not where the state is
+STATE_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+STATE_READ := from common.settings import environment as e; v = e().get("SFPROV_STATE_DIR") or ""; print(v if v.strip() else ".state")
+STATE := $(shell $(STATE_PY) -c '$(STATE_READ)' 2>/dev/null)
+state_ok = [ -n '$(subst ','\'',$(STATE))' ] || { $(STATE_PY) -c '$(STATE_READ)' 2>&1 >/dev/null | tail -n 1 >&2; echo "error: cannot read SFPROV_STATE_DIR with $(STATE_PY) (the line above); nothing done" >&2; exit 1; }
 # A path as one shell word, literal (single-quoted): a recipe uses $(call sh,$(STATE)), never
 # $(STATE) bare, so a space splits nothing and `~` or `$` stay what they are to Python
 sh = '$(subst ','\'',$(1))'
@@ -52,6 +58,7 @@ status: $(STAMP) ## Show what runs
 # and follows a log across its rotation (SFPROV_LOG_MAX_MB)
 LOG_NAMES := supervisor salesforce-sandbox whmcs-sandbox registry-sandbox connector worker sink
 logs: ## Follow the logs of every process, the local broker's too (also those not written yet)
+	@$(state_ok)
 	@mkdir -p $(call sh,$(STATE)/logs) $(call sh,$(STATE)/kafka/broker/logs) && \
 	  tail -n 50 -F $(foreach n,$(LOG_NAMES),$(call sh,$(STATE)/logs/$(n).log)) \
 	  $(call sh,$(STATE)/kafka/broker/logs/server.log) $(call sh,$(STATE)/kafka/broker/logs/stdout.log)
@@ -64,6 +71,7 @@ P := $(call sh,$(PROMTOOL))
 DEB := $(call sh,$(STATE)/tools/deb)
 
 promtool: ## Prometheus's rule checker for the alert-rule tests: from PATH, else from Debian's package (no install, no root)
+	@$(state_ok)
 	@if [ -x $(P) ]; then :; \
 	elif command -v promtool >/dev/null; then mkdir -p "$$(dirname $(P))" && ln -sf "$$(command -v promtool)" $(P); \
 	elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
@@ -101,12 +109,16 @@ chaos: install jars ## Kill processes at random under load; checks the invariant
 	@$(PY) -m bench.chaos
 
 # Removes the state directory as Python reads it (one literal path), never an empty path, /,
-# $HOME or this checkout (nor a symbolic link to one of them)
+# $HOME or this checkout, nor a directory holding either (`..`, ~/work: the checkout with
+# them), nor a symbolic link to one of them
 clean: down ## Remove local state (broker data, sandbox databases, logs)
+	@$(state_ok)
 	@state=$(call sh,$(STATE)); case "$$state" in /*) at="$$state";; *) at="./$$state";; esac; \
 	real=$$(cd -P -- "$$at" 2>/dev/null && pwd -P); \
-	if [ -z "$$state" ] || [ "$$real" = / ] || [ "$$real" = // ] || [ "$$real" = "$$(pwd -P)" ] || \
-	   { [ -n "$$HOME" ] && [ "$$real" = "$$(cd -P -- "$$HOME" 2>/dev/null && pwd -P)" ]; }; then \
+	home=$$([ -n "$$HOME" ] && cd -P -- "$$HOME" 2>/dev/null && pwd -P); \
+	holds() { [ -n "$$real" ] && case "$$1/" in "$$real"/*) true;; *) false;; esac; }; \
+	if [ -z "$$state" ] || [ "$$real" = / ] || [ "$$real" = // ] || holds "$$(pwd -P)" || \
+	   { [ -n "$$home" ] && holds "$$home"; }; then \
 	  echo "error: refusing to remove SFPROV_STATE_DIR '$$state'$${real:+ ($$real)}: not a state directory" >&2; \
 	  exit 1; \
 	fi; \

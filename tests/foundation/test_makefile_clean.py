@@ -99,5 +99,38 @@ def test_clean_refuses_paths_that_are_not_a_state_directory(checkout, state):
         path = {"HOME": str(home), "/": str(root), "CHECKOUT": str(checkout)}[state]
         result = make(checkout, path, home=home)
     assert result.returncode != 0
-    assert "refusing to remove" in result.stderr
+    # an empty STATE (only an override gives one) stops at the check that Python read it
+    assert ("refusing to remove" if state != "EMPTY" else "nothing done") in result.stderr
     assert kept.exists() and kept_here.exists()
+
+
+@pytest.mark.parametrize("which", ["checkout's parent", "home's parent", "relative .."])
+def test_clean_refuses_a_directory_that_holds_the_checkout_or_home(checkout, which):
+    """``SFPROV_STATE_DIR=..`` (or ``~/work``) removed the checkout and all beside it: the
+    guard compared only with the checkout and $HOME themselves (ops review)."""
+    home = checkout.parent / "users" / "me"
+    beside = sentinel(checkout.parent / "keep")
+    mine = sentinel(home / "notes")
+    path = {"checkout's parent": str(checkout.parent), "home's parent": str(home.parent),
+            "relative ..": ".."}[which]
+    result = make(checkout, path, home=home)
+    assert result.returncode != 0
+    assert "refusing to remove" in result.stderr
+    assert beside.exists() and mine.exists() and (checkout / "Makefile").exists()
+
+
+@pytest.mark.parametrize("target", ["clean", "logs", "promtool"])
+def test_a_state_path_python_cannot_read_stops_the_target(checkout, target):
+    """An unreadable SFPROV_ENV_FILE (or a Python too old to import the settings): the
+    Makefile used ./.state without a word — `make clean` removed it and `make logs` followed
+    files nothing writes — while the processes refuse the file (ops review)."""
+    default = sentinel(checkout / ".state" / "kafka")
+    home = checkout.parent / "home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHON": sys.executable,
+           "SFPROV_ENV_FILE": str(checkout / "missing.env")}
+    result = subprocess.run(["make", "--no-print-directory", target], cwd=checkout, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "missing.env" in result.stderr and "nothing done" in result.stderr
+    assert default.exists()
