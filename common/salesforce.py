@@ -67,7 +67,11 @@ def refuses_records(exc: PipelineError) -> bool:
     a 400 for the request, as opposed to one about this installation (a login,
     permissions, an API version) that no record can cause and none can mend."""
     return (isinstance(exc, SalesforceError) and exc.status == 400
-            and not isinstance(exc, SalesforceAuthError))
+            and not isinstance(exc, SalesforceAuthError)
+            # Salesforce's own error (its JSON list with an errorCode): a 400 page of a proxy,
+            # a WAF or a load balancer in front of it refuses every call alike, whatever the
+            # records — bisected, it dead-lettered every outcome of the batch
+            and exc.error_code is not None)
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,23 @@ def _error_code(exc: sfexc.SalesforceError) -> str | None:
 
 
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
+#: statuses that say "later", retried like a 5xx
+RETRY_LATER = frozenset({408, 429})
+#: the longest Retry-After taken from an answer (a proxy's day-long one is not waited out)
+RETRY_AFTER_MAX_S = 300.0
+
+
+def _retry_after_s(value: str) -> float | None:
+    """A ``Retry-After`` in seconds (its HTTP-date form is not used here), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not seconds >= 0:  # negative or nan
+        return None
+    return min(seconds, RETRY_AFTER_MAX_S)
 
 
 class SalesforceClient:
@@ -216,6 +237,7 @@ class SalesforceClient:
         self._sf_token: Token | None = None
         self._lock = threading.RLock()
         self.api_usage: tuple[int, int] | None = None
+        self._retry_after: float | None = None
         self.calls = 0
 
     def _client(self) -> simple_salesforce.Salesforce:
@@ -251,20 +273,25 @@ class SalesforceClient:
                                           retryable=True) from exc
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _translate(exc: sfexc.SalesforceError) -> SalesforceError:
+    def _translate(self, exc: sfexc.SalesforceError) -> SalesforceError:
         code = _error_code(exc)
         status = getattr(exc, "status", None)
         message = f"Salesforce {status} {code or ''}: {str(exc.content)[:300]}"
         if code == "REQUEST_LIMIT_EXCEEDED":
             return SalesforceLimitError(message, error_code=code, status=status, retry_after=60.0)
-        retryable = status is not None and status >= 500 or code == "UNABLE_TO_LOCK_ROW"
-        return SalesforceError(message, error_code=code, status=status, retryable=retryable)
+        # 408 and 429 (a proxy's or a gateway's, or Salesforce's own concurrency limit) are
+        # "later", not a refusal of the credentials or the records
+        retryable = (status is not None and (status >= 500 or status in RETRY_LATER)
+                     or code == "UNABLE_TO_LOCK_ROW")
+        return SalesforceError(message, error_code=code, status=status, retryable=retryable,
+                               retry_after=self._retry_after if retryable else None)
 
     def _record_usage(self, response: requests.Response, *_args: Any, **_kw: Any) -> None:
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.api_usage = (int(match[1]), int(match[2]))
+        # the last answer's Retry-After (seconds), for the error _translate makes of it
+        self._retry_after = _retry_after_s(response.headers.get("Retry-After", ""))
 
     # -- operations -------------------------------------------------------------------
 

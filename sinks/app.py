@@ -3,8 +3,9 @@
 One thread does everything (poll, decode, batch, PATCH, dead-letter, commit), so there is
 never a write in flight while offsets are computed. The loop polls at least once a second,
 even while paused, so group membership survives long pauses; the longest stretch without
-a poll is one flushing turn (``FLUSH_BUDGET_S`` plus one Salesforce call, bounded by
-``SF_TIMEOUT_S``) or a revoke (``REVOKE_BUDGET_S`` plus one call), far below
+a poll is one flushing turn (``FLUSH_BUDGET_S`` plus the calls of one batch, each bounded by
+``SF_TIMEOUT_S``: one, or about 2·log2(200) more per record at fault while Salesforce's
+400 is bisected to the record that caused it) or a revoke (``REVOKE_BUDGET_S`` plus one batch), far below
 ``max.poll.interval.ms``.
 
 Order of effects (see :mod:`sinks.batch` for the bookkeeping)::

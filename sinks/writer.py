@@ -39,8 +39,9 @@ Whole-call failures:
 * so do refusals no record caused (:func:`~common.salesforce.refuses_records` false, the
   rule the worker's guard read follows too): a login refused (``invalid_grant``: a revoked
   or expired certificate, a frozen user), a 401/403/404 for the installation (permissions,
-  API version) — failing the records would dead-letter every outcome while the credentials
-  are wrong;
+  API version), a 400 without Salesforce's own error (the page of a proxy, a WAF or a load
+  balancer in front of it, which refuses every call alike) — failing the records would
+  dead-letter every outcome while the installation is at fault;
 * a 400 for the request cannot say which record caused it, so the batch is bisected until
   the culprit stands alone and is failed with that error. The cost is O(k·log n) extra calls
   for k bad records, only then. Except a 400 with a code of :data:`ACCESS_CODES`: real

@@ -1,0 +1,122 @@
+"""How the REST client reads an error answer that is not Salesforce's own: a 400 page of a
+proxy or a WAF in front of Salesforce, a 408 or 429 with its Retry-After (HTTP review).
+
+The answers come from a requests adapter on the client's real session (simple-salesforce's
+own error handling runs); the writer is the sink's real ``CollectionWriter``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from common.envparse import Secret
+from common.errors import SalesforceError
+from common.salesforce import SalesforceClient, Token, refuses_records
+from common.settings import SalesforceSettings
+from sinks.batch import Entry, Tracked
+from sinks.mapping import RecordKey
+from sinks.writer import CollectionWriter
+
+NGINX_400 = (b"<html><head><title>400 Bad Request</title></head><body><center><h1>400 Bad "
+             b"Request</h1></center><center>Request Header Or Cookie Too Large</center>"
+             b"</body></html>")
+INVALID_FIELD = (b'[{"message":"No such column \'Nope__c\' on sobject of type Order",'
+                 b'"errorCode":"INVALID_FIELD"}]')
+
+
+class Answers(BaseAdapter):
+    """Every request answered with one status, body and headers."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                 content_type: str = "text/html") -> None:
+        super().__init__()
+        self.status, self.body, self.calls = status, body, 0
+        self.headers = {"Content-Type": content_type, **(headers or {})}
+
+    def send(self, request: Any, **_kw: Any) -> requests.Response:
+        self.calls += 1
+        r = requests.Response()
+        r.status_code, r._content, r.url, r.request = self.status, self.body, request.url, request
+        r.headers.update(self.headers)
+        return r
+
+    def close(self) -> None: ...
+
+
+class FixedAuth:
+    token_ = Token(Secret("00Dxx0000000001!AQ.not-a-token"), "https://example.my.salesforce.com",
+                   "00Dxx0000000001AAA", "005xx0000000001AAA", time.time())
+
+    def token(self) -> Token:
+        return self.token_
+
+    def refresh(self, stale: Token | None = None) -> Token:
+        return self.token_
+
+
+def client_answering(adapter: Answers) -> SalesforceClient:
+    settings = SalesforceSettings(client_id="c", username="u", private_key_base64=Secret("x"))
+    client = SalesforceClient(settings, auth=FixedAuth())  # type: ignore[arg-type]
+    client._session.mount("https://", adapter)
+    return client
+
+
+def entries(n: int) -> list[Entry]:
+    return [Entry(RecordKey("Order", f"801{i:012d}AAA"), {"Activation_Status__c": "Provisioned"},
+                  [Tracked(0, i, b"k", b"v")], 0.0) for i in range(n)]
+
+
+def refusal(adapter: Answers) -> SalesforceError:
+    with pytest.raises(SalesforceError) as raised:
+        client_answering(adapter).update_collection(
+            [{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}])
+    return raised.value
+
+
+def test_a_proxys_400_page_is_not_blamed_on_the_records():
+    """Bisected down to single records, every record of the batch was failed for good and
+    its outcome dead-lettered, in 2n − 1 calls: the page refuses every call alike."""
+    adapter = Answers(400, NGINX_400)
+    exc = refusal(adapter)
+    assert exc.status == 400 and exc.error_code is None
+    assert not refuses_records(exc)
+    adapter.calls = 0
+    with pytest.raises(SalesforceError):
+        CollectionWriter(client_answering(adapter)).write(entries(200))
+    assert adapter.calls == 1  # the batch is requeued by the sink, not bisected
+
+
+def test_salesforces_own_400_is_still_bisected_to_the_record():
+    exc = refusal(Answers(400, INVALID_FIELD, content_type="application/json"))
+    assert exc.error_code == "INVALID_FIELD" and refuses_records(exc)
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_a_408_or_429_is_retried_with_its_retry_after(status):
+    """Read as a refusal of the credentials (no retry before the longest backoff, the
+    operator sent to the login): it says "later"."""
+    exc = refusal(Answers(status, b"slow down", {"Retry-After": "7"}))
+    assert exc.retryable and exc.retry_after == 7.0
+    assert not refuses_records(exc)
+
+
+@pytest.mark.parametrize("value,seconds", [("", None), ("soon", None), ("-3", None),
+                                           ("nan", None), ("86400", 300.0), ("2.5", 2.5)])
+def test_retry_after_is_seconds_capped(value, seconds):
+    headers = {"Retry-After": value} if value else {}
+    assert refusal(Answers(503, b"down", headers)).retry_after == seconds
+
+
+def test_a_refusal_carries_no_retry_after_of_an_earlier_answer():
+    adapter = Answers(429, b"later", {"Retry-After": "9"})
+    client = client_answering(adapter)
+    with pytest.raises(SalesforceError):
+        client.update_collection([{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}])
+    adapter.status, adapter.body, adapter.headers = 403, b"[]", {"Content-Type": "text/plain"}
+    with pytest.raises(SalesforceError) as raised:
+        client.update_collection([{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}])
+    assert not raised.value.retryable and raised.value.retry_after is None
