@@ -49,6 +49,35 @@ class TopicSpec:
     partitioned_as: str = ""
 
 
+#: the requests topic's segments roll daily: Kafka deletes a whole segment once its newest
+#: record is past ``retention.ms``, so with the broker's weekly roll (``log.roll.hours``)
+#: the oldest events outlived the retention by up to a week — 37 days by default, past the
+#: worker's 35-day dedupe memory (:func:`dedupe_outlived`)
+REQUESTS_SEGMENT_MS = 24 * 3600 * 1000
+_DAY_MS = 24 * 3600 * 1000
+
+
+def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float) -> str:
+    """``""`` when the requests topic deletes every event before the worker forgets its
+    IdemKey (retention, a daily segment and an hour for the broker's retention check, at most
+    ``WORKER_DEDUPE_TTL_DAYS``); else the warning line: an event replayed after its IdemKey
+    was forgotten is decided again, and may get a second outcome record."""
+    ttl_ms = dedupe_ttl_days * _DAY_MS
+    longest = requests_retention_ms + REQUESTS_SEGMENT_MS + 3_600_000
+    if requests_retention_ms != -1 and longest <= ttl_ms:
+        return ""
+    kept = ("for ever (-1)" if requests_retention_ms == -1
+            else f"up to {longest / _DAY_MS:.1f} days (retention plus its daily segment)")
+    fix = ("Set a finite KAFKA_REQUESTS_RETENTION_MS, and WORKER_DEDUPE_TTL_DAYS over it "
+           "by a day and more, to avoid it" if requests_retention_ms == -1
+           else f"Set WORKER_DEDUPE_TTL_DAYS to at least {longest / _DAY_MS:.1f} to avoid it")
+    return (f"WORKER_DEDUPE_TTL_DAYS={dedupe_ttl_days:g} is shorter than the requests topic "
+            f"keeps events (KAFKA_REQUESTS_RETENTION_MS: {kept}): an event replayed after "
+            "the worker forgot its IdemKey is decided again and may get a second outcome "
+            "record (such as Skipped ALREADY_PROVISIONED beside its first; never a second "
+            f"WHMCS order). {fix}")
+
+
 def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
     rf = settings.replication_factor
     isr = str(settings.min_insync_replicas)
@@ -57,6 +86,7 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(settings.requests, settings.partitions, rf,
                   {"cleanup.policy": "delete",
                    "retention.ms": str(settings.requests_retention_ms),
+                   "segment.ms": str(REQUESTS_SEGMENT_MS),
                    "min.insync.replicas": isr},
                   "platform events from Salesforce, key OrderId__c"),
         TopicSpec(settings.outcomes, settings.partitions, rf,

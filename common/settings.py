@@ -195,7 +195,9 @@ class KafkaSettings(_Section):
                                      parse=int,
                                      doc="Retention of the requests topic in ms "
                                          "(default 30 days; -1 keeps forever; at least "
-                                         "72 hours, Salesforce's own retention).")
+                                         "72 hours, Salesforce's own retention). Its "
+                                         "segments roll daily: an event is deleted at most "
+                                         "a day after its retention.")
     outcomes_retention_ms: int = env("KAFKA_OUTCOMES_RETENTION_MS", 365 * 24 * 3600 * 1000,
                                      parse=int, doc="Retention of outcomes and dead letters in ms.")
     schema_registry_url: str = env("SCHEMA_REGISTRY_URL", "", parse=parse_http_url,
@@ -670,7 +672,9 @@ class WorkerSettings(_Section):
                                      "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
                                  doc="How long an IdemKey (and a finished intent) is remembered "
-                                     "(≥ requests retention); an intent that names a WHMCS "
+                                     "(≥ requests retention plus a day, else the worker "
+                                     "warns at start: a replay of an older event may get a "
+                                     "second outcome record); an intent that names a WHMCS "
                                      "order, or whose AddOrder may have landed, is kept "
                                      "(about 1 KB per provisioned Order). An Order's memory "
                                      "keeps at most its 200 newest IdemKeys (256 KiB); older "
@@ -696,7 +700,8 @@ class WorkerSettings(_Section):
                                     "≥ 0).")
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
                                   doc="A pending intent (or unsent outcome) older than this, "
-                                      "with no event in flight, is recovered by the sweep "
+                                      "with no event in flight and its event committed past "
+                                      "by the group, is recovered by the sweep "
                                       "(WHMCS lookup, then an outcome); an Order with an "
                                       "event in flight is left to a later sweep, which never "
                                       "waits for it.")

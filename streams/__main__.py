@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING
 
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
-from common.kafka import PartitionMismatch, Stopped, changelog_topics, ensure_topics
+from common.kafka import (
+    PartitionMismatch,
+    Stopped,
+    changelog_topics,
+    dedupe_outlived,
+    ensure_topics,
+)
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return boot.stopped()
     for line in report.drift:
         log.warning("topic drift: %s", line)
+    outlived = dedupe_outlived(kafka.requests_retention_ms, worker.dedupe_ttl_days)
+    if outlived:
+        log.warning("%s", outlived)
 
     use_event_loop(worker.event_loop)  # before faust makes its loop
     from streams import metrics

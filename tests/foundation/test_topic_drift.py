@@ -8,10 +8,11 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from common.kafka import TopicSpec, describe_drift, ensure_topics
-from common.settings import KafkaSettings
+from common.kafka import TopicSpec, declared_topics, describe_drift, ensure_topics
+from common.settings import KafkaSettings, WorkerSettings
 
 
 def _done(value: Any) -> Future:
@@ -128,3 +129,28 @@ def test_a_topic_created_by_another_process_is_waited_for_and_checked_for_drift(
     assert f"{name}: partitions 1, declared 4" in report.drift
     assert f"{name}: replication factor 1, declared 3 (fewer replicas than declared)" in report.drift
     assert f"{name}: min.insync.replicas=1, declared 2" in report.drift
+
+
+def test_the_requests_topic_rolls_daily_so_no_event_outlives_the_dedupe_memory():
+    """With the broker's weekly roll the oldest events lived ~37 days with the defaults, past
+    the worker's 35-day dedupe memory: a replay of them was decided again (recovery review)."""
+    from common.kafka import REQUESTS_SEGMENT_MS, dedupe_outlived
+
+    settings = KafkaSettings.load({})
+    requests = next(s for s in declared_topics(settings) if s.name == settings.requests)
+    assert requests.config["segment.ms"] == str(REQUESTS_SEGMENT_MS) == "86400000"
+    assert dedupe_outlived(settings.requests_retention_ms,
+                           WorkerSettings.load({}).dedupe_ttl_days) == ""
+
+
+@pytest.mark.parametrize("retention_days,ttl_days,named", [
+    (-1, 35, "for ever"),
+    (40, 35, "at least 41.0"),
+    (34, 35, "at least 35.0"),  # a day's segment and the check's hour on top
+])
+def test_a_retention_the_dedupe_memory_does_not_cover_is_named(retention_days, ttl_days, named):
+    from common.kafka import dedupe_outlived
+
+    retention = -1 if retention_days == -1 else retention_days * 86_400_000
+    line = dedupe_outlived(retention, ttl_days)
+    assert named in line and "WORKER_DEDUPE_TTL_DAYS" in line and "\n" not in line
