@@ -57,6 +57,12 @@ class UnknownSchemaError(SerdeError):
     """GetSchema refused the schema id for good."""
 
 
+#: the reasons the connector dead-letters an event with (``dlq.error_code``; the label of
+#: ``sfprov_connector_dead_letters_total``, primed at zero from the start)
+DEAD_LETTER_CODES = ("unknown_schema", "undecodable", "missing_order_id", "invalid_order_id",
+                     "unencodable", "oversized")
+
+
 @dataclass(frozen=True)
 class KafkaRecord:
     """A record for the requests topic (or, with ``dead_letter``, the dead-letter topic)."""

@@ -42,8 +42,8 @@ def prime(invalid_replay: str) -> None:
     rules' ``increase()`` would miss that event (ops/monitoring/alerts.yml). Reconnect causes
     are the Pub/Sub ones, a login's (the exception's name, as ``Connector._recover``
     labels it) and the schema registry's; gaps are recorded with ``SF_EVENTS_INVALID_REPLAY`` (``invalid_replay``) or,
-    resubscribed before a position was committed, LATEST; the reconciler's counters too.
-    Dead letters' reasons are open-ended."""
+    resubscribed before a position was committed, LATEST; the reconciler's counters too;
+    the dead letters' reasons (:data:`connectors.decode.DEAD_LETTER_CODES`)."""
     from common.errors import SalesforceAuthError
     from connectors import reconciler
     from connectors.pubsub import errors
@@ -55,3 +55,7 @@ def prime(invalid_replay: str) -> None:
     for policy in dict.fromkeys((invalid_replay, "LATEST")):
         REPLAY_GAPS.labels(policy)
     reconciler.prime()
+    from connectors.decode import DEAD_LETTER_CODES
+
+    for code in DEAD_LETTER_CODES:
+        DEAD_LETTERS.labels(code)

@@ -42,5 +42,6 @@ def prime() -> None:
 
     for sobject in (ORDER, OPPORTUNITY):
         RECORDS_WRITTEN.labels(sobject)
+        SUPERSEDED.labels(sobject)
     for reason in (LIMIT, OUTAGE, BACKPRESSURE):
         PAUSES.labels(reason)

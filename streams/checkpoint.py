@@ -162,7 +162,7 @@ class Checkpoint:
             except Exception as exc:  # noqa: BLE001 - a commit can wait; the next re-checks
                 log.warning("checkpoint: cannot read the requests topic (%s: %s); commit held",
                             type(exc).__name__, exc)
-                metrics.COMMIT_HOLDS.labels("check_failed").inc()
+                metrics.COMMIT_HOLDS.labels(metrics.COMMIT_HOLD_REASONS[0]).inc()
                 return {}
             allowed: dict[int, int] = {}
             for partition, offset in wanted.items():
@@ -192,7 +192,7 @@ class Checkpoint:
               finished: set[int]) -> None:
         missing = [o for o in records if safe <= o < wanted and o not in finished]
         self.holds += 1
-        metrics.COMMIT_HOLDS.labels("unfinished_record").inc()
+        metrics.COMMIT_HOLDS.labels(metrics.COMMIT_HOLD_REASONS[1]).inc()
         log.warning("checkpoint: partition %d would be committed to %d past %d record(s) the "
                     "worker never finished (first %d); committing to %d and seeking back",
                     partition, wanted, len(missing), safe, safe,

@@ -88,18 +88,26 @@ PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a deci
 #: (streams.repair) are counted with
 EVENT_RESULTS = ("finished", "fenced", "released")
 REPAIR_RESULTS = ("repaired", "not_owner", "failed")
+#: COMMIT_HOLDS' reasons (streams.checkpoint)
+COMMIT_HOLD_REASONS = ("check_failed", "unfinished_record")
 
 
 def prime(tables: Iterable[str]) -> None:
     """Export the worker's labelled counters whose label values are known at zero from its
     start (``tables``: its tables' names): a child made at its first ``inc()`` is first
     scraped at 1, and the alert rules' ``increase()`` would miss that event
-    (ops/monitoring/alerts.yml). Dead letters' reasons and fences' stages are open-ended."""
+    (ops/monitoring/alerts.yml), and a dashboard panel would show 0 for it. Dead letters'
+    reasons and fences' stages are open-ended."""
     for result in EVENT_RESULTS:
         EVENTS.labels(result)
+    for reason in COMMIT_HOLD_REASONS:
+        COMMIT_HOLDS.labels(reason)
     for table in tables:
         for result in REPAIR_RESULTS:
             CHANGELOG_REPAIRS.labels(table, result)
+        for counter in (CHANGELOG_GAPS, CHANGELOG_FOREIGN, CHANGELOG_REWRITES,
+                        CHANGELOG_SKIPPED):
+            counter.labels(table)
 
 
 def whmcs_observer(action: str, seconds: float, result: str) -> None:

@@ -172,4 +172,13 @@ class WorkerOps:
             ("schema_registry",
              not failing_for(w.registry_unavailable_since, grace, now=now),
              f"{w.registry_last_error}"),
+            # a wedged loop takes nothing in and finishes nothing: /healthz (compose, make
+            # up) said ready while /livez alone said so, and events in flight kept the
+            # stall watchdog from firing (as the sink's readiness has its poll loop)
+            self._loop_check(),
         ], w.details())
+
+    def _loop_check(self) -> tuple[str, bool, str]:
+        alive, details = self.heartbeat.check()
+        return ("loop", alive,
+                f"event loop silent for {details.get('loop_silent_s', 0):.0f} s: wedged")

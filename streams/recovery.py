@@ -529,6 +529,11 @@ class Sweeper:
         if not await self._owned(oid, "send", own):
             return
         await self.emitter.send_outcome(outcome)
+        # counted as the handler counts its outcomes: the dashboard's decisions and
+        # "recovered by lookup" left out exactly the outcomes a crash leaves to the sweep
+        metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()
+        if outcome.get("recovered"):
+            metrics.RECOVERED.inc()
         if outcome["status"] == "Provisioned":
             report.recovered += 1
         else:

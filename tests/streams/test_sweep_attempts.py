@@ -97,3 +97,19 @@ def test_an_interrupted_provisioning_is_written_with_attempts_0(attempt):
     assert (outcome["status"], outcome["error_code"], outcome["recovered"]) == (
         "Failed", "PROVISIONING_INTERRUPTED", False)
     assert outcome["attempts"] == 0, "not the Order's attempt counter"
+
+
+@pytest.mark.parametrize("orders, status, code, recovered", [
+    ({}, "Failed", "PROVISIONING_INTERRUPTED", 0),
+    ({77: "Active"}, "Provisioned", "", 1),
+])
+def test_the_sweeps_outcomes_are_counted_as_the_handlers_are(orders, status, code, recovered):
+    """sfprov_worker_decisions_total and …_recovered_total left out the outcomes a crash
+    leaves to the sweep, the ones an operator looks for after one (monitoring review)."""
+    from streams import metrics
+
+    decisions = metrics.DECISIONS.labels(status, code)
+    before = (decisions._value.get(), metrics.RECOVERED._value.get())
+    sweep(FakeWhmcs(orders), 1)
+    assert decisions._value.get() - before[0] == 1
+    assert metrics.RECOVERED._value.get() - before[1] == recovered

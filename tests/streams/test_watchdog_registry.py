@@ -130,3 +130,21 @@ def test_the_registry_wait_is_cleared_once_the_decode_ends(monkeypatch):
     w = asyncio.run(go())
     assert fails[0] == 0
     assert w.registry_unavailable_since is None and w.registry_last_error is None
+
+
+def test_a_wedged_event_loop_makes_the_worker_not_ready(tmp_path):
+    """/livez alone said so: /healthz — what compose's health check and make up read — said
+    ready while the loop was blocked, and events in flight kept the stall watchdog quiet
+    (monitoring review)."""
+    from tests.foundation.test_ready_after_start import worker as built_worker
+
+    built = built_worker(tmp_path)
+    built.ops.start_up.done = True
+    built.ops.heartbeat.beat()
+    assert built.ops.ready()[0] is True
+    built.ops.heartbeat.last_beat -= 600
+    ok, details = built.ops.ready()
+    assert ok is False
+    assert any(r.startswith("loop: event loop silent for 6") for r in details["reasons"]), \
+        details["reasons"]
+    assert built.ops.live()[0] is False
