@@ -730,12 +730,14 @@ class Connector:
         pass re-requests those Orders (and a restart re-arms it); the first LATEST stream
         of a fresh start records none, that is where LATEST starts."""
         self._record_gap("LATEST", "latest.resubscribed",
-                         "resubscribed with LATEST before a position was committed: events "
-                         "published since the last subscription are skipped")
-        log.warning("resubscribed with LATEST before a position was committed: what was "
-                    "published since the last subscription is skipped; gap recorded in %s, "
-                    "its Orders are re-requested once the stream answers and settles",
-                    self.kafka.replay_gaps, extra={"cause": "gap"})
+                         "resubscribed with LATEST with no position stored since a LATEST "
+                         "stream was opened (before its first position was committed, or "
+                         "after the position was reset): events published since the last "
+                         "subscription are skipped")
+        log.warning("resubscribed with LATEST with no position stored since a LATEST stream "
+                    "was opened: what was published since the last subscription is skipped; "
+                    "gap recorded in %s, its Orders are re-requested once the stream answers "
+                    "and settles", self.kafka.replay_gaps, extra={"cause": "gap"})
 
     def _mark_latest_opened(self) -> None:
         """Commit the LATEST marker before the first LATEST stream opened with no position
@@ -766,8 +768,9 @@ class Connector:
                 f"SF_EVENTS_REPLAY={self.settings.replay}: the stream opened now replays the "
                 "events still retained, no gap is recorded")
         log.warning("a LATEST stream may have been opened at %s with no position stored (the "
-                    "marker %s in %s) and no position was committed since: what it received "
-                    "was not written; %s", opened,
+                    "marker %s in %s) and no position is stored now — a predecessor ended "
+                    "before its first position, or the position was reset (a tombstone on "
+                    "its key): what was published since may not have been written; %s", opened,
                     self.codec.latest_opened_key.decode(errors="replace"),
                     self.kafka.connector_offsets, then, extra={"cause": "gap"})
 
