@@ -16,7 +16,9 @@ An Order is stranded when it is ``Activating`` (unchanged for ``older_than_s``) 
   a request still waiting in the worker's lag is not lost.
 
 Only the part of each topic written since the oldest candidate's last change (less an hour
-for clock skew) is read, so a pass costs what changed recently, not the topic's retention.
+for clock skew) is read, so a pass costs what changed recently, not the topic's retention;
+an Order a caller's earlier pass found decided and that has not changed since is no
+candidate (``settled``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class Plan:
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # by Order id
     no_request: list[str] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)
+    #: candidates whose latest request has its outcome: Order id → its ``LastModifiedDate``
+    #: (what a caller passes back as ``settled`` to its next pass)
+    decided: dict[str, str] = field(default_factory=dict)
+    #: Orders left out as ``settled`` (decided, unchanged since): still Activating
+    settled: list[str] = field(default_factory=list)
 
     @property
     def stranded(self) -> list[str]:
@@ -79,10 +86,15 @@ def sf_time(value: str | None) -> float:
 def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
                   now: float | None = None, changed_before: float | None = None,
                   consumed_by: str | None = None,
-                  client: dict[str, Any] | None = None) -> Plan:
+                  client: dict[str, Any] | None = None,
+                  settled: dict[str, str] | None = None) -> Plan:
     """The Orders to re-request (see the module). ``changed_before``: only Orders whose last
     change is before this time (a gap pass: later Orders' events arrive normally).
     ``client``: more properties of its Kafka clients (the operator CLI's quieter logging).
+    ``settled``: Orders an earlier pass found decided (:attr:`Plan.decided`), left out while
+    their ``LastModifiedDate`` is the same — one Order left ``Activating`` with its outcome
+    (a write-back dead-lettered) made every pass read both topics from its last change on,
+    up to their whole retention.
     A topic that cannot be read whole raises (:func:`read_topic`): no plan beats a wrong one."""
     now = time.time() if now is None else now
     cutoff = now - older_than_s if changed_before is None else \
@@ -100,6 +112,9 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
     for order in older:
         changed = sf_time(order.get("LastModifiedDate"))
         if now - changed >= older_than_s and (changed_before is None or changed <= changed_before):
+            if settled and settled.get(order["Id"]) == order.get("LastModifiedDate"):
+                plan.settled.append(order["Id"])
+                continue
             plan.candidates[order["Id"]] = order
     if not plan.candidates:
         return plan
@@ -124,6 +139,7 @@ def find_stranded(sf: QueryClient, kafka: KafkaSettings, *, older_than_s: float,
             continue
         _created, idem_key, partition, offset = latest[oid]
         if (oid, idem_key) in decided:
+            plan.decided[oid] = order.get("LastModifiedDate") or ""
             continue
         if consumed is None or offset < consumed.get(partition, -1):
             plan.undecided.append(oid)

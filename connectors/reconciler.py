@@ -56,6 +56,9 @@ GAP_SETTLE_S = 10.0
 MAX_REREQUESTS = 3  # re-requests of one Order by this process before it is left to an operator
 GAP_SETTLE_MAX_S = 300.0  # traffic that never pauses for GAP_SETTLE_S: run the gap pass anyway
 GAP_REARM_S = 72 * 3600.0  # a gap recorded this recently is passed again at start-up
+#: Orders remembered as decided and unchanged (find_stranded's ``settled``); past it, no more
+#: are added (a pass then reads as it did without them)
+SETTLED_MAX = 100_000
 
 REQUESTS = Counter("sfprov_connector_reconcile_requests_total",
                    "Stranded Orders re-requested by the connector's reconciliation, by "
@@ -99,6 +102,9 @@ class Reconciler:
                                 registry=registry_for(kafka))
         self._gap_at: float | None = None
         self._requested: dict[str, int] = {}  # Order → re-requests written by this process
+        # Order → its LastModifiedDate when a pass found its request decided: left out of
+        # the next passes until it changes (find_stranded's ``settled``)
+        self._settled: dict[str, str] = {}
         # (trigger, orders, their records once built: a retry writes the same ones) to write
         self._ready: tuple[str, list[str], list[Record] | None] | None = None
         # a plan taken out of _ready is being written: its transaction is open, and a
@@ -221,7 +227,8 @@ class Reconciler:
 
     def _pass(self, trigger: str, **kwargs: Any) -> None:
         try:
-            plan = find_stranded(self.sf, self.kafka, consumed_by=self.worker_group, **kwargs)
+            plan = find_stranded(self.sf, self.kafka, consumed_by=self.worker_group,
+                                 settled=dict(self._settled), **kwargs)
         except Exception as exc:  # noqa: BLE001 - Salesforce/Kafka away: the next pass retries
             PASSES.labels(trigger, "error").inc()
             log.warning("reconciliation pass (%s) failed: %s", trigger, exc,
@@ -236,6 +243,10 @@ class Reconciler:
             with self._lock:
                 self._requested = {oid: n for oid, n in self._requested.items()
                                    if oid in plan.candidates}
+            still = set(plan.settled)
+            self._settled = {oid: at for oid, at in self._settled.items() if oid in still}
+        if len(self._settled) + len(plan.decided) <= SETTLED_MAX:
+            self._settled.update(plan.decided)
         eligible = self._eligible(plan)
         chosen = self._limit(plan, eligible)
         if trigger == "gap" and len(chosen) < len(eligible):
