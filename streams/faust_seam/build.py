@@ -35,7 +35,14 @@ def build_app(app_id: str, **settings: Any) -> faust.App:
     producer, its consumer reading ``read_committed`` (docs/decisions/0002), and offsets
     asked of a partition's old leader asked again with fresh metadata (decision 0015)."""
     refresh_metadata_on_stale_offsets()
-    app = faust.App(app_id, TableManager="streams.faust_seam.recovery:TableManager", **settings)
+    # env={}: faust reads every one of its settings from os.environ over what is passed
+    # (STREAM_WAIT_EMPTY=false turned the revoke and SIGTERM drain off, BROKER_URL moved
+    # its clients to another cluster): the worker is configured by its own settings only
+    app = faust.App(app_id, TableManager="streams.faust_seam.recovery:TableManager", env={},
+                    **settings)
+    if not app.conf.stream_wait_empty:  # the revoke and the stop wait empty (consumer.py)
+        raise ValueError("stream_wait_empty must stay on: the worker's revoke and SIGTERM "
+                         "drain run in faust's wait_empty")
     cast(Any, app.transport).Producer = IdempotentProducer  # before the producer exists
     thread = cast(Any, app.consumer)._thread
     original = thread._create_worker_consumer

@@ -434,6 +434,17 @@ CONTRACT.update({
     "R faust Consumer._commit_offsets": (
         AIOKafkaDriverConsumer, "_commit_offsets", "1a6979904118844111259d182ca1c6e9"),
     "R faust Consumer.wait_empty": (AIOKafkaDriverConsumer, "wait_empty", "e4662fe24f094819add590b2d75f2338"),
+    # before_wait_empty on a stop (the SIGTERM drain, lease.lost(), the last commit): the
+    # app's stop stops its consumer first, which waits empty (stream_wait_empty, pinned
+    # on by build_app), and the consumer's own stop waits empty again
+    "R faust App.on_stop (stops the consumer first)": (
+        faust.App, "on_stop", "bfe5a933defb2324031e00f20e2f6501"),
+    "R faust App._stop_consumer (waits empty)": (
+        faust.App, "_stop_consumer", "55854a5de12c3f5296b4acf16ddfe359"),
+    "R faust Consumer.on_stop (wait_empty with stream_wait_empty)": (
+        FaustConsumer, "on_stop", "45b1d2210ce2b526339856969472683f"),
+    "R faust aiokafka Consumer.on_stop (its base's first)": (
+        AIOKafkaDriverConsumer, "on_stop", "173f86b366f3608e2d2c7c0b5c7f223e"),
     "R faust Consumer._add_gap": (FaustConsumer, "_add_gap", "4df2573ded7c1c2cde04dc6bde6d4480"),
     "R faust Consumer._new_offset": (
         FaustConsumer, "_new_offset", "1d2c7ea89a7ad4f1a216c1d51936e569"),

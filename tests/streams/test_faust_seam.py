@@ -81,6 +81,11 @@ RELIED_ON = {
     # ConsumerSeam.before_wait_empty: faust waits for unacked messages in a rebalance
     "faust.app.base:App._on_partitions_revoked": "a rebalance's revocation waits empty",
     "faust.app.base:App._consumer_wait_empty": "calls consumer.wait_empty",
+    # … and on a stop: the SIGTERM drain, lease.lost() and the last commit
+    "faust.app.base:App.on_stop": "stops the consumer first (_stop_consumer)",
+    "faust.app.base:App._stop_consumer": "waits empty (_consumer_wait_empty)",
+    "faust.transport.consumer:Consumer.on_stop": "wait_empty when stream_wait_empty",
+    "faust.transport.drivers.aiokafka:Consumer.on_stop": "its base's on_stop first",
     # ConsumerSeam.reseek, OrderedRecovery: the seek to committed offsets
     "faust.transport.consumer:Consumer.perform_seek": "seeks via seek_to_committed",
     "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed":
@@ -203,6 +208,7 @@ def test_any_other_version_is_refused_with_one_line(monkeypatch):
 
 PRIVATE_IMPORTS = [
     re.compile(r"^\s*(from|import)\s+aiokafka\b", re.M),
+    re.compile(r"^\s*(from|import)\s+mode\b", re.M),
     re.compile(r"^\s*from\s+faust\.\w", re.M),
     re.compile(r"^\s*import\s+faust\.\w", re.M),
 ]
@@ -278,12 +284,42 @@ def _private_accesses(source: str) -> list[tuple[int, str, str]]:
     return found
 
 
+def _library_stores(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each attribute a module assigns or deletes on an object it imported
+    from faust, aiokafka or mode (``faust.App.on_start = …``, ``Stream.x = …``, ``setattr(
+    Stream, "take_events", …)``): a monkeypatch, whatever the attribute's name."""
+    tree = ast.parse(source)
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names
+                         if a.name.split(".")[0] in LIBRARIES)
+        elif isinstance(node, ast.ImportFrom) and \
+                (node.module or "").split(".")[0] in LIBRARIES:
+            bound.update(a.asname or a.name for a in node.names)
+
+    def root(expr: ast.expr) -> str | None:
+        while isinstance(expr, (ast.Attribute, ast.Subscript)):
+            expr = expr.value
+        return expr.id if isinstance(expr, ast.Name) else None
+
+    def patches(node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute):
+            return isinstance(node.ctx, (ast.Store, ast.Del)) and root(node.value) in bound
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id in {"setattr", "delattr"} and bool(node.args) and \
+            root(node.args[0]) in bound
+
+    return [(node.lineno, ast.unparse(node)) for node in ast.walk(tree) if patches(node)]
+
+
 def _offences(source: str) -> list[tuple[int, str]]:
     """What of ``source`` reaches into the libraries' internals: (line, text)."""
     found = [(source.count("\n", 0, m.start()) + 1, m.group(0))
              for pattern in PRIVATE_IMPORTS for m in pattern.finditer(source)]
     found += [(line, text) for line, name, text in _private_accesses(source)
               if name not in ALLOWED_PRIVATE]
+    found += _library_stores(source)
     return sorted(found)
 
 
@@ -323,14 +359,23 @@ def test_the_grep_would_see_an_offender():
                "self.idem._data", "app.topics._acking_topics", "app.conf._id",
                "import faust\nfaust.streams._CStreamIterator",
                "getattr(self.app, '_fetcher')",
-               "def f():\n    import faust\n    return faust.streams._CStreamIterator"]
+               "def f():\n    import faust\n    return faust.streams._CStreamIterator",
+               # monkeypatches through public names (the seam review)
+               "import faust\nfaust.App.on_start = None",
+               "from mode import Service\nService.wait_first = None",
+               "import mode.services\nmode.services.Service.wait_first = None",
+               "from faust import Stream\nsetattr(Stream, 'take_events', None)",
+               "import faust\nfaust.App.__init__ = None",
+               "import faust as f\ndel f.App.on_start"]
     for sample in samples:
         assert _offences(sample), sample
     for fine in ["import faust\nfaust.Schema(key_type=str)", "self._lanes.revoke()",
                  "type(self)._age", "super()._properties()", "parts._replace(path='/')",
                  "import os\nos._exit(1)", "def _f(): pass\n_f._cache = 1",
                  "def f():\n    from confluent_kafka import KafkaError\n"
-                 "    return KafkaError._FAIL"]:
+                 "    return KafkaError._FAIL",
+                 "import faust\nself.idem.watch = faust.Schema()",
+                 "import faust\napp = faust.App('x')\nself.app = app"]:
         assert not _offences(fine), fine
 
 
@@ -751,3 +796,30 @@ def test_a_message_faust_skips_never_reaches_fausts_commit_whichever_iterator(
     assert name == ("_c_aiter" if iterator == "compiled" else "_py_aiter")
     assert stale_acked == (iterator == "pure-python")  # what each iterator does upstream
     assert committed == [{TP(other, 0): 4}]  # the requests partition is not in it
+
+
+def test_faust_reads_no_setting_from_the_environment(monkeypatch):
+    """faust takes each of its settings from os.environ over the keyword the worker passes:
+    STREAM_WAIT_EMPTY=false turned the revoke and the SIGTERM drain off, BROKER_URL moved
+    faust's clients to another cluster than the checkpoint's (seam review)."""
+    for name, value in {"STREAM_WAIT_EMPTY": "false", "PROCESSING_GUARANTEE": "exactly_once",
+                        "BROKER_URL": "kafka://elsewhere:9092",
+                        "BROKER_REBALANCE_TIMEOUT": "5",
+                        "CONSUMER_AUTO_OFFSET_RESET": "latest"}.items():
+        monkeypatch.setenv(name, value)
+    app = faust_seam.build_app("env-test", broker="kafka://here:9092",
+                               processing_guarantee="at_least_once", store="memory://",
+                               broker_rebalance_timeout=60.0,
+                               consumer_auto_offset_reset="earliest")
+    conf = app.conf
+    assert conf.stream_wait_empty is True
+    assert str(conf.processing_guarantee).lower().endswith("at_least_once")
+    assert [str(u) for u in conf.broker] == ["kafka://here:9092"]
+    assert conf.broker_rebalance_timeout == 60.0
+    assert conf.consumer_auto_offset_reset == "earliest"
+
+
+def test_a_build_without_stream_wait_empty_is_refused():
+    with pytest.raises(ValueError, match="stream_wait_empty"):
+        faust_seam.build_app("no-wait", broker="kafka://here:9092", store="memory://",
+                             stream_wait_empty=False)
