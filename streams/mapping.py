@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.whmcs import marker
-from streams.phpserial import b64_serialize
+from streams.phpserial import PHP_INT_MAX, PHP_INT_MIN, b64_serialize
 
 BILLING_CYCLES = {"monthly": "monthly", "annually": "annually", "one-time": "onetime",
                   "onetime": "onetime", "one time": "onetime"}
@@ -170,6 +170,12 @@ def _config_options(raw: Any, item: str) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             raise MappingError("INVALID_CONFIG_OPTIONS",
                                f"{item}: config option {key} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and \
+                not PHP_INT_MIN <= value <= PHP_INT_MAX:
+            # PHP's unserialize clamps it to PHP_INT_MAX: another value than was ordered
+            raise MappingError("INVALID_CONFIG_OPTIONS",
+                               f"{item}: config option {key} is {value}, beyond PHP's "
+                               "64-bit integers")
         if isinstance(value, str) and not _encodes(value):
             # JSON may escape half a UTF-16 pair ("\ud83d": an emoji cut in two); it has no
             # UTF-8 form, so the serializer raised and the event became a worker error

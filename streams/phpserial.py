@@ -14,12 +14,16 @@ import re
 from typing import Any
 
 _CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)\Z")
+#: PHP's integers (64-bit): ``unserialize`` clamps a larger one to these
+PHP_INT_MAX = 2**63 - 1
+PHP_INT_MIN = -(2**63)
 
 
 def _key(key: Any) -> bytes:
     if isinstance(key, bool) or not isinstance(key, int | str):
         raise TypeError(f"PHP array keys are int or str, not {type(key).__name__}")
-    if isinstance(key, str) and _CANONICAL_INT.match(key):
+    if isinstance(key, str) and _CANONICAL_INT.match(key) and \
+            PHP_INT_MIN <= int(key) <= PHP_INT_MAX:  # PHP keeps a larger one a string key
         key = int(key)
     return serialize(key)
 
@@ -31,6 +35,8 @@ def serialize(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"b:%d;" % int(value)
     if isinstance(value, int):
+        if not PHP_INT_MIN <= value <= PHP_INT_MAX:
+            raise ValueError(f"{value} is beyond PHP's 64-bit integers")
         return b"i:%d;" % value
     if isinstance(value, float):
         return b"d:%s;" % repr(value).encode()

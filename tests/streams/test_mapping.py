@@ -124,6 +124,9 @@ def test_missing_account_relationship():
     # letter after three attempts, no outcome, the Order left Activating
     (product(options='{"1":' * 1000 + '1' + '}' * 1000), "INVALID_CONFIG_OPTIONS"),
     (product(options='{"7": "\\ud83d"}'), "INVALID_CONFIG_OPTIONS"),  # half an emoji
+    # beyond PHP's integers: unserialize clamps it, WHMCS got another value (mapping review)
+    (product(options='{"7": 99999999999999999999}'), "INVALID_CONFIG_OPTIONS"),
+    (product(options='{"7": -9223372036854775809}'), "INVALID_CONFIG_OPTIONS"),
 ])
 def test_bad_items(prod, code):
     assert codes(order(item(prod))) == code

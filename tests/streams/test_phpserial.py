@@ -41,3 +41,13 @@ def test_cross_check_with_the_sandboxs_independent_unserializer(value):
 def test_unsupported_values_raise(bad):
     with pytest.raises(TypeError):
         serialize(bad)
+
+
+def test_integers_beyond_phps_are_refused_and_such_keys_stay_strings():
+    """PHP clamps an integer beyond 64 bits to PHP_INT_MAX, and keeps such a key a string."""
+    assert serialize({"9223372036854775807": 1}) == b'a:1:{i:9223372036854775807;i:1;}'
+    assert serialize({"9223372036854775808": 1}) == b'a:1:{s:19:"9223372036854775808";i:1;}'
+    assert serialize(-(2**63)) == b"i:-9223372036854775808;"
+    for big in (2**63, -(2**63) - 1):
+        with pytest.raises(ValueError):
+            serialize(big)
