@@ -16,7 +16,8 @@ it receives (one OffsetFetch) and, for a partition without one:
   that start at once, so a sink killed before its first write does not find the partition
   without an offset, and full, the next time;
 * that holds records: start where ``SINK_START_POSITION`` says — ``earliest``, ``latest``,
-  or the first outcome at or after an ISO-8601 time (the time the old group stopped) — and
+  or the first outcome at or after an ISO-8601 time (no later than the old group last had no
+  lag: the outcomes before it are not written back) — and
   commit that start at once, the choice then made for good. Unset: from the first record
   when every record is younger than :data:`NEW_INSTALLATION_S` (one hour: a new
   installation whose sink joined after the worker's first outcomes); otherwise refuse with
@@ -161,7 +162,8 @@ def refusal(group: str, topic: str, full: dict[int, tuple[int, int]]) -> str:
             "back over anything newer (a new SINK_GROUP_ID or KAFKA_TOPIC_PREFIX, or a sink "
             "stopped longer than the broker keeps an idle group's offsets). Set where this "
             "group starts: an ISO-8601 time such as 2026-12-01T09:30:00Z (the outcomes from "
-            "then on: when the old group stopped), earliest (write them all: a new "
+            "then on: no later than the old group last had no lag, as a group stopped while "
+            "behind never wrote its last outcomes), earliest (write them all: a new "
             "installation whose sink starts after its first outcomes) or latest (only "
             "outcomes from now on); it is read only for partitions without a committed "
             "offset")

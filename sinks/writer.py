@@ -56,6 +56,7 @@ Whole-call failures:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -100,6 +101,19 @@ class WriteResult:
     access_problems: list[str] = field(default_factory=list)  # what is missing, per object
     describe_limited: bool = False  # a describe of them met the API limit
     calls: int = 0
+
+
+#: a governor limit of the org's automation (a trigger's or a Flow's): Salesforce runs a
+#: call's records as one transaction per chunk of 200, so the limit is the call's size, not a
+#: record's fault
+_GOVERNOR_LIMIT = re.compile(r"System\.LimitException|Apex CPU time limit exceeded|"
+                             r"Too many (?:SOQL queries|DML (?:rows|statements))")
+
+
+def governor_limit(answer: dict[str, Any]) -> bool:
+    """A record's answer failed on a governor limit (:data:`_GOVERNOR_LIMIT`)."""
+    return not answer.get("success") and any(
+        _GOVERNOR_LIMIT.search(str(e.get("message", ""))) for e in answer.get("errors") or [])
 
 
 def is_transient(code: str, message: str = "") -> bool:
@@ -249,6 +263,14 @@ class CollectionWriter:
         if len(answers) != len(chunk):
             raise SalesforceError(f"composite/sobjects answered {len(answers)} results for "
                                   f"{len(chunk)} records", retryable=True)
+        if len(chunk) > 1 and all(governor_limit(a) for a in answers):
+            # every record of the call refused by one governor limit: the call's, retried as
+            # a whole-call failure (the sink then sends fewer records per call, down to one
+            # alone) instead of dead-lettering a whole batch that passes in smaller calls
+            first = next(e for e in answers[0].get("errors") or [])
+            raise SalesforceError(f"every record of a call of {len(chunk)} failed on a "
+                                  f"governor limit of the org's automation: "
+                                  f"{str(first.get('message', ''))[:200]}", retryable=True)
         for entry, answer in zip(chunk, answers, strict=True):
             if answer.get("success"):
                 result.acked.append(entry)

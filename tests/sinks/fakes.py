@@ -44,6 +44,10 @@ class FakeCollections:
         #: and every record of them is refused as Salesforce refuses it
         self.read_only: set[str] = set()
         self.describes: list[str] = []
+        #: errors every record of a call gets (its transaction rolled back by the org's
+        #: automation, as a governor limit does), or None
+        self.call_errors: Callable[[list[dict[str, Any]]], list[dict[str, Any]] | None] = \
+            lambda _r: None
 
     def describe(self, sobject: str) -> dict[str, Any]:
         self.describes.append(sobject)
@@ -73,6 +77,9 @@ class FakeCollections:
             raise SalesforceError(f"Salesforce 400 INVALID_BATCH_REQUEST: {chunks} chunks",
                                   status=400, error_code="INVALID_BATCH_REQUEST",
                                   retryable=False)
+        rolled_back = self.call_errors(records)
+        if rolled_back:
+            return [{"id": r["id"], "success": False, "errors": rolled_back} for r in records]
         out = []
         for record in records:
             errors = self.record_errors.get(record["id"])

@@ -109,6 +109,42 @@ def test_a_call_too_big_to_answer_in_time_shrinks_until_everything_is_written(
     assert len(h.fake.calls) < 40, [len(c) for c in h.fake.calls]
 
 
+APEX_CPU = [{"statusCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "fields": [],
+             "message": "OrderTrigger: execution of AfterUpdate caused by: "
+                        "System.LimitException: Apex CPU time limit exceeded"}]
+
+
+def test_a_governor_limit_met_by_big_calls_shrinks_them_and_dead_letters_nothing(
+        harness: Callable[..., Harness]) -> None:
+    """The org's trigger passes for 50 records and hits Apex's CPU limit for more:
+    Salesforce fails every record of the call with it, and the sink dead-lettered the whole
+    batch at once — its records pass in smaller calls (sink review)."""
+    h = harness(lambda records: None)
+    h.fake.call_errors = lambda records: APEX_CPU if len(records) > 50 else None
+    h.consume(BACKLOG)
+    h.drain(limit=100)
+    assert h.dead == []
+    assert h.written() == {order_id(o) for o in range(BACKLOG)}
+    assert h.sink.offsets.outstanding() == 0
+
+
+def test_a_governor_limit_met_by_one_record_alone_is_that_records_dead_letter(
+        harness: Callable[..., Harness]) -> None:
+    poison = order_id(7)
+    h = harness(lambda records: None)
+    h.fake.call_errors = lambda records: APEX_CPU if any(
+        r["id"] == poison for r in records) else None
+    h.consume(20)
+    for _ in range(200):
+        if h.dead:
+            break
+        h.consume(1)
+        h.probe(step=1.0)
+    h.drain()
+    assert [(d.partition, d.offset) for d in h.dead] == [(0, 7)]
+    assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
+
+
 def test_one_record_failing_every_call_is_dead_lettered_and_the_rest_written(
         harness: Callable[..., Harness]) -> None:
     """One record provokes a 5xx UNKNOWN_EXCEPTION in every call it is in: it is isolated,
