@@ -15,7 +15,7 @@ PY_SUPPORTED := import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 
 # the Python that `make up` ran with. Empty when Python cannot read it (an unreadable
 # SFPROV_ENV_FILE, a Python before 3.11): the targets using it stop with Python's error
 # ($(state_ok)) instead of using ./.state, which is not where the state is
-STATE_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+STATE_PY := $(shell $(PY) -c '$(PY_SUPPORTED)' 2>/dev/null && echo $(PY) || echo $(PYTHON))
 STATE_READ := from common.settings import environment as e; v = e().get("SFPROV_STATE_DIR") or ""; print(v if v.strip() else ".state")
 STATE := $(shell $(STATE_PY) -c '$(STATE_READ)' 2>/dev/null)
 state_ok = [ -n '$(subst ','\'',$(STATE))' ] || { $(STATE_PY) -c '$(STATE_READ)' 2>&1 >/dev/null | tail -n 1 >&2; echo "error: cannot read SFPROV_STATE_DIR with $(STATE_PY) (the line above); nothing done" >&2; exit 1; }

@@ -71,16 +71,18 @@ def area_of(path: str) -> str:
 #: the checkout this module runs from: a worker started from it (``bench.stages``) has its
 #: files under it, wherever the checkout is (a worktree, not only ``/work/main``)
 _REPO = str(Path(__file__).resolve().parents[1]) + "/"
+_STDLIB = re.compile(r"/lib/python3\.\d+/")
 
 
 def short_path(path: str) -> str:
     """``…/site-packages/aiokafka/conn.py`` → ``aiokafka/conn.py``; the repo's own files
     relative to the repo; the standard library's relative to its directory."""
-    for cut in ("site-packages/", _REPO, "/work/main/", "/lib/python3.11/"):
+    for cut in ("site-packages/", _REPO, "/work/main/"):
         at = path.rfind(cut)
         if at >= 0:
             return path[at + len(cut):]
-    return path
+    stdlib = _STDLIB.search(path)  # any Python 3 the Makefile takes (3.11 to 3.13)
+    return path[stdlib.end():] if stdlib else path
 
 
 def parse_frame(frame: str) -> tuple[str, str]:

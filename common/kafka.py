@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -67,10 +68,12 @@ def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float) -> str:
     if requests_retention_ms != -1 and longest <= ttl_ms:
         return ""
     kept = ("for ever (-1)" if requests_retention_ms == -1
-            else f"up to {longest / _DAY_MS:.1f} days (retention plus its daily segment)")
+            else f"up to {math.ceil(longest / _DAY_MS * 10) / 10:.1f} days (retention, "
+                 "its daily segment and an hour for the broker's retention check)")
     fix = ("Set a finite KAFKA_REQUESTS_RETENTION_MS, and WORKER_DEDUPE_TTL_DAYS over it "
            "by a day and more, to avoid it" if requests_retention_ms == -1
-           else f"Set WORKER_DEDUPE_TTL_DAYS to at least {longest / _DAY_MS:.1f} to avoid it")
+           else f"Set WORKER_DEDUPE_TTL_DAYS to at least "
+                f"{math.ceil(longest / _DAY_MS * 10) / 10:.1f} to avoid it")
     return (f"WORKER_DEDUPE_TTL_DAYS={dedupe_ttl_days:g} is shorter than the requests topic "
             f"keeps events (KAFKA_REQUESTS_RETENTION_MS: {kept}): an event replayed after "
             "the worker forgot its IdemKey is decided again and may get a second outcome "

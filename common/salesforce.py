@@ -148,9 +148,13 @@ class SalesforceAuth:
         if resp.status_code != 200:
             code = str(body.get("error") or f"http_{resp.status_code}")
             desc = body.get("error_description") or resp.text[:200]
+            later = resp.status_code >= 500 or resp.status_code in RETRY_LATER
             raise SalesforceAuthError(f"JWT bearer login refused: {code}: {desc}",
                                       error_code=code, status=resp.status_code,
-                                      retryable=resp.status_code >= 500)
+                                      retryable=later,
+                                      retry_after=_retry_after_s(
+                                          resp.headers.get("Retry-After", "")) if later
+                                      else None)
         if not body.get("access_token") or not body.get("instance_url"):
             raise SalesforceAuthError(f"token endpoint {url} answered 200 without an access "
                                       "token and instance URL", status=200, retryable=True)

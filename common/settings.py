@@ -672,7 +672,8 @@ class WorkerSettings(_Section):
                                      "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
                                  doc="How long an IdemKey (and a finished intent) is remembered "
-                                     "(≥ requests retention plus a day, else the worker "
+                                     "(≥ requests retention plus a day and an hour, else "
+                                     "the worker "
                                      "warns at start: a replay of an older event may get a "
                                      "second outcome record); an intent that names a WHMCS "
                                      "order, or whose AddOrder may have landed, is kept "

@@ -67,6 +67,7 @@ from common.errors import (
     SalesforceError,
     SalesforceLimitError,
 )
+from common.salesforce import RETRY_LATER
 from common.settings import KafkaSettings, SinkSettings
 from sinks import fence, start
 from sinks import metrics as m
@@ -386,8 +387,14 @@ class Sink:
             # fail alike, so none is dead-lettered; the sink waits for the fix, probing
             m.ERRORS.labels(exc.error_code or type(exc).__name__, "call").inc()
             self.stats.calls += 1
-            suspect = (exc.retryable and not isinstance(exc, SalesforceAuthError)
-                       and not checking)  # the call itself may be at fault: try smaller
+            # a 408/429 says "later": its Retry-After is waited out, the calls not shrunk
+            later = exc.status in RETRY_LATER
+            # a 400 page without Salesforce's error (a proxy or a WAF in front of it): a
+            # record's contents may provoke it, so it is isolated as a failing call is (a
+            # page refusing every call blames none: no call is answered in between)
+            page = exc.status == 400 and exc.error_code is None
+            suspect = ((exc.retryable and not later) or page) and \
+                not isinstance(exc, SalesforceAuthError) and not checking
             alone = len(entries) == 1 and entries[0].cap == 1
             blamed = suspect and alone and self._failed_alone(entries[0], exc, now)
             self.probing.call_failed()
@@ -396,10 +403,11 @@ class Sink:
             if suspect and not alone:
                 self.probing.shrink(entries)
             self._outage_streak += 1
-            backoff = self._backoff(self._outage_streak)
+            backoff = max(self._backoff(self._outage_streak),
+                          (exc.retry_after or 0.0) if later else 0.0)
             self._requeue_all(entries, now + backoff)
             self.pauses.pause(OUTAGE, now + backoff)
-            if exc.retryable:
+            if exc.retryable or page:
                 log.warning("Salesforce call failed (%s); paused for %.1fs", exc, backoff,
                             extra={"error_code": exc.error_code, "count": len(entries)})
             else:

@@ -263,13 +263,16 @@ class CollectionWriter:
         if len(answers) != len(chunk):
             raise SalesforceError(f"composite/sobjects answered {len(answers)} results for "
                                   f"{len(chunk)} records", retryable=True)
-        if len(chunk) > 1 and all(governor_limit(a) for a in answers):
-            # every record of the call refused by one governor limit: the call's, retried as
-            # a whole-call failure (the sink then sends fewer records per call, down to one
-            # alone) instead of dead-lettering a whole batch that passes in smaller calls
-            first = next(e for e in answers[0].get("errors") or [])
-            raise SalesforceError(f"every record of a call of {len(chunk)} failed on a "
-                                  f"governor limit of the org's automation: "
+        limited = [a for a in answers if governor_limit(a)]
+        if len(chunk) > 1 and limited:
+            # records of the call refused by a governor limit: the call's (its records run
+            # as one transaction), retried as a whole-call failure (the sink then sends
+            # fewer records per call, down to one alone; the updates are absolute, so the
+            # others sent again change nothing) instead of dead-lettering records that pass
+            # in smaller calls
+            first = next(e for e in limited[0].get("errors") or [])
+            raise SalesforceError(f"{len(limited)} record(s) of a call of {len(chunk)} "
+                                  f"failed on a governor limit of the org's automation: "
                                   f"{str(first.get('message', ''))[:200]}", retryable=True)
         for entry, answer in zip(chunk, answers, strict=True):
             if answer.get("success"):

@@ -134,3 +134,14 @@ def test_a_state_path_python_cannot_read_stops_the_target(checkout, target):
     assert result.returncode != 0
     assert "missing.env" in result.stderr and "nothing done" in result.stderr
     assert default.exists()
+
+
+def test_a_virtualenv_whose_python_is_gone_falls_back_to_python3(checkout):
+    """A .venv/bin/python left dangling (Python upgraded under it): the Makefile read the
+    state path with it, failed, and refused clean/logs (regression review)."""
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "python").symlink_to("/nonexistent/python3.11")
+    state = sentinel(checkout / "mystate" / "kafka")
+    result = make(checkout, "mystate")
+    assert result.returncode == 0, result.stderr
+    assert not state.exists()

@@ -89,3 +89,10 @@ def test_our_files_are_ours_from_any_checkout() -> None:
     """A worker run from a worktree has its files under that checkout, not /work/main."""
     here = Path(__file__).resolve().parents[2]
     assert short_path(f"{here}/streams/lanes.py") == "streams/lanes.py"
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_the_standard_library_of_any_supported_python_is_its_own_area(version):
+    path = f"/usr/lib/python{version}/asyncio/base_events.py"
+    assert short_path(path) == "asyncio/base_events.py"
+    assert area_of(short_path(path)) == "asyncio"

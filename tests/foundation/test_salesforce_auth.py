@@ -42,12 +42,18 @@ def _auth(status: int, **answer) -> SalesforceAuth:
      "SERVER_UNAVAILABLE", True),
     (502, {"text": "<html>Bad Gateway</html>"}, "http_502", True),
     (503, {"json": ["unexpected"]}, "http_503", True),
+    # "later", not a refused login: the connector's /readyz sent the operator to its
+    # client id, every process waited its longest backoff (regression review)
+    (429, {"text": "Too Many Requests", "headers": {"Retry-After": "30"}}, "http_429", True),
+    (408, {"text": "Request Timeout"}, "http_408", True),
 ])
 def test_a_refused_login_says_why_and_whether_to_retry(status, answer, code, retryable):
     with pytest.raises(SalesforceAuthError) as info:
         _auth(status, **answer).token()
     assert info.value.error_code == code and info.value.status == status
     assert info.value.retryable is retryable
+    if status == 429:
+        assert info.value.retry_after == 30.0
 
 
 def test_a_success_without_a_token_is_an_error_to_retry():

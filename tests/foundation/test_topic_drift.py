@@ -145,8 +145,8 @@ def test_the_requests_topic_rolls_daily_so_no_event_outlives_the_dedupe_memory()
 
 @pytest.mark.parametrize("retention_days,ttl_days,named", [
     (-1, 35, "for ever"),
-    (40, 35, "at least 41.0"),
-    (34, 35, "at least 35.0"),  # a day's segment and the check's hour on top
+    (40, 35, "at least 41.1"),
+    (34, 35, "at least 35.1"),  # a day's segment and the check's hour on top
 ])
 def test_a_retention_the_dedupe_memory_does_not_cover_is_named(retention_days, ttl_days, named):
     from common.kafka import dedupe_outlived

@@ -145,6 +145,54 @@ def test_a_governor_limit_met_by_one_record_alone_is_that_records_dead_letter(
     assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
 
 
+def test_a_proxy_page_one_record_provokes_isolates_it_and_writes_the_rest(
+        harness: Callable[..., Harness]) -> None:
+    """A WAF in front of Salesforce answers a 400 page (no Salesforce error) to every call
+    holding one record's contents: not the installation's fault — the sink requeued the same
+    batch for ever and wrote nothing (regression review)."""
+    poison = order_id(120)
+
+    def fail(records: list[dict[str, Any]]) -> Exception | None:
+        if any(r["id"] == poison for r in records):
+            return SalesforceError("Salesforce 400 : <html>Request Rejected</html>",
+                                   status=400, retryable=False)
+        return None
+
+    h = harness(fail)
+    h.consume(BACKLOG)
+    for _ in range(1000):
+        if h.dead:
+            break
+        h.consume(1)
+        h.probe(step=1.0)
+    h.drain()
+    assert [(d.partition, d.offset) for d in h.dead] == [(0, 120)]
+    assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
+
+
+def test_a_proxy_page_refusing_every_call_dead_letters_nothing(
+        harness: Callable[..., Harness]) -> None:
+    h = harness(lambda records: SalesforceError("Salesforce 400 : <html>Bad Request</html>",
+                                                status=400, retryable=False))
+    h.consume(50)
+    for _ in range(300):
+        h.probe(step=1.0)
+    assert h.dead == [] and h.written() == set()
+    assert h.sink.offsets.outstanding() == 50
+
+
+def test_a_429_waits_its_retry_after_and_does_not_shrink_the_calls(
+        harness: Callable[..., Harness]) -> None:
+    h = harness(lambda records: SalesforceError("Salesforce 429 : slow down", status=429,
+                                                retryable=True, retry_after=120.0))
+    h.consume(50)
+    for _ in range(3):
+        h.probe()
+    assert h.sink.pauses.resume_at(h.now) - h.now >= 119
+    assert all(e.cap is None for entries in h.sink.batcher._pending.values() for e in entries)
+    assert h.dead == []
+
+
 def test_one_record_failing_every_call_is_dead_lettered_and_the_rest_written(
         harness: Callable[..., Harness]) -> None:
     """One record provokes a 5xx UNKNOWN_EXCEPTION in every call it is in: it is isolated,

@@ -219,3 +219,31 @@ def test_a_describe_that_cannot_answer_decides_nothing(failure: SalesforceError)
     assert not result.permanent and len(result.no_access) == 1 and len(result.acked) == 1
     assert result.access_problems[0].startswith("cannot tell whether")
     assert result.describe_limited is isinstance(failure, SalesforceLimitError)
+
+
+APEX_LIMIT = [{"statusCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "fields": [],
+               "message": "OrderTrigger: System.LimitException: Too many SOQL queries: 101"}]
+
+
+@pytest.mark.parametrize("others", ["superseded", "permanent"])
+def test_a_governor_limit_beside_other_answers_is_still_the_calls(others: str) -> None:
+    """Records refused by a governor limit beside one the fence refused (or one refused for
+    its own reason) were dead-lettered at once: the limit is the call's (regression review)."""
+    fake = FakeCollections()
+    for i in range(1, 50):
+        fake.record_errors[f"801{i:04d}"] = APEX_LIMIT
+    fake.record_errors["8010000"] = (
+        [{"statusCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "message": "SFPROV_SUPERSEDED",
+          "fields": []}] if others == "superseded" else
+        [{"statusCode": "ENTITY_IS_DELETED", "message": "deleted", "fields": []}])
+    with pytest.raises(SalesforceError, match="governor limit") as raised:
+        CollectionWriter(fake).write(entries(50))
+    assert raised.value.retryable
+
+
+def test_a_governor_limit_met_by_a_record_alone_is_its_own() -> None:
+    fake = FakeCollections()
+    fake.record_errors["8010000"] = APEX_LIMIT
+    result = CollectionWriter(fake).write(entries(1))
+    assert [(e.key.record_id, err.code) for e, err in result.permanent] == \
+        [("8010000", "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY")]
