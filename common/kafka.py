@@ -63,7 +63,7 @@ def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float) -> str:
     IdemKey (retention, a daily segment and an hour for the broker's retention check, at most
     ``WORKER_DEDUPE_TTL_DAYS``); else the warning line: an event replayed after its IdemKey
     was forgotten is decided again, and may get a second outcome record."""
-    ttl_ms = dedupe_ttl_days * _DAY_MS
+    ttl_ms = round(dedupe_ttl_days * _DAY_MS)  # 1.4 days is 120960000 ms, not a hair less
     longest = requests_retention_ms + REQUESTS_SEGMENT_MS + 3_600_000
     if requests_retention_ms != -1 and longest <= ttl_ms:
         return ""

@@ -119,7 +119,7 @@ from common.errors import (
 )
 from common.metrics import reads_while_alive
 from common.probes import READY_GRACE_S
-from common.salesforce import SalesforceAuth
+from common.salesforce import RETRY_LATER, SalesforceAuth
 from common.settings import ConnectorSettings, KafkaSettings, SalesforceSettings
 from connectors import metrics as m
 from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
@@ -645,7 +645,11 @@ class Connector:
             if self._auth_failures > 1 and self._auth_refreshed:
                 # a fresh token refused again (the org, the user's access)
                 self.health.auth_refused = str(exc)
+            later = exc.status in RETRY_LATER  # the token endpoint said "later" itself
+            delay = max(delay, exc.retry_after or 0.0)
             try:
+                if later:  # asking it again at once would be refused the same way
+                    raise exc
                 self.pubsub.refresh_auth()
                 self._auth_refreshed = True
             except SalesforceError as auth_exc:
@@ -655,7 +659,7 @@ class Connector:
                 self._auth_refreshed = False
                 if not auth_exc.retryable:  # invalid_grant, invalid_client, the key
                     self.health.auth_refused = str(auth_exc)
-                delay = max(delay, self.backoff.ceiling())
+                delay = max(delay, self.backoff.ceiling(), auth_exc.retry_after or 0.0)
         elif isinstance(exc, SalesforceLimitError):
             delay = exc.retry_after or self.settings.limit_backoff_s
             self.health.state = "limited"

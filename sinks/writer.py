@@ -264,7 +264,9 @@ class CollectionWriter:
             raise SalesforceError(f"composite/sobjects answered {len(answers)} results for "
                                   f"{len(chunk)} records", retryable=True)
         limited = [a for a in answers if governor_limit(a)]
-        if len(chunk) > 1 and limited:
+        # two or more: one record's own answer naming a limit beside successes is its own
+        # (its automation alone exceeds it), dead-lettered as before
+        if len(limited) > 1:
             # records of the call refused by a governor limit: the call's (its records run
             # as one transaction), retried as a whole-call failure (the sink then sends
             # fewer records per call, down to one alone; the updates are absolute, so the

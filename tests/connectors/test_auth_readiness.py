@@ -93,3 +93,19 @@ def test_auth_errors_back_off_one_step_per_error(refresh_fails):
     for _ in range(3):
         conn._recover(expired())
     assert conn.backoff.attempt == 3
+
+
+def test_a_token_endpoint_asking_for_later_is_waited_out_not_asked_again_at_once():
+    """A 429 from the token endpoint with Retry-After 120: the connector asked it again at
+    once (a second login), then waited its own backoff, 1 s to 30 s (regression review)."""
+    pubsub = Pubsub(refresh_fails=False)
+    conn = connector(pubsub)
+    waits: list[float] = []
+    conn._stop.wait = lambda delay: waits.append(delay) or False  # type: ignore[method-assign]
+    later = SalesforceAuthError("JWT bearer login refused: http_429: Too Many Requests",
+                                error_code="http_429", status=429, retryable=True,
+                                retry_after=120.0)
+    assert conn._recover(later)
+    assert pubsub.refreshes == 0
+    assert waits and max(waits) >= 120.0, waits
+    assert observability.ready(conn)[0] is True  # "later" is no refused login

@@ -154,3 +154,19 @@ def test_a_retention_the_dedupe_memory_does_not_cover_is_named(retention_days, t
     retention = -1 if retention_days == -1 else retention_days * 86_400_000
     line = dedupe_outlived(retention, ttl_days)
     assert named in line and "WORKER_DEDUPE_TTL_DAYS" in line and "\n" not in line
+
+
+def test_the_advised_dedupe_memory_is_enough_at_every_boundary():
+    """The advice rounded up is taken as enough: 1.4 days was a hair under 120,960,000 ms."""
+    import re as _re
+
+    from common.kafka import dedupe_outlived
+
+    for tenths in range(1, 4000, 7):
+        for extra_ms in (0, 1, 3_599_999):
+            retention = tenths * 8_640_000 - 90_000_000 + extra_ms  # less the day and hour
+            if retention < 1:
+                continue
+            line = dedupe_outlived(retention, 0.1)
+            advised = float(_re.search(r"at least ([0-9.]+)", line).group(1))
+            assert dedupe_outlived(retention, advised) == "", (retention, advised)

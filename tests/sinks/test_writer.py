@@ -247,3 +247,13 @@ def test_a_governor_limit_met_by_a_record_alone_is_its_own() -> None:
     result = CollectionWriter(fake).write(entries(1))
     assert [(e.key.record_id, err.code) for e, err in result.permanent] == \
         [("8010000", "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY")]
+
+
+def test_one_records_own_governor_limit_beside_successes_is_its_own() -> None:
+    """Its automation alone exceeds the limit: made a whole-call failure, the call was halved
+    down to it while the sink paused for minutes (regression review)."""
+    fake = FakeCollections()
+    fake.record_errors["8010007"] = APEX_LIMIT
+    result = CollectionWriter(fake).write(entries(50))
+    assert [e.key.record_id for e, _err in result.permanent] == ["8010007"]
+    assert len(result.acked) == 49 and result.calls == 1
