@@ -700,10 +700,11 @@ class WorkerSettings(_Section):
                                     "WHMCS committing late and clock skew between workers; "
                                     "≥ 0).")
     recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
-                                  doc="A pending intent (or unsent outcome) older than this, "
-                                      "with no event in flight and its event committed past "
-                                      "by the group, is recovered by the sweep "
-                                      "(WHMCS lookup, then an outcome); an Order with an "
+                                  doc="A pending intent older than this, with no event in "
+                                      "flight and its event committed past by the group, is "
+                                      "recovered by the sweep (WHMCS lookup, then an "
+                                      "outcome); an unsent outcome older than this, with no "
+                                      "event in flight, is sent again. An Order with an "
                                       "event in flight is left to a later sweep, which never "
                                       "waits for it.")
     sweep_interval_s: float = env("WORKER_SWEEP_INTERVAL_S", 60.0, parse=parse_float,
