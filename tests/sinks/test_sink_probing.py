@@ -66,6 +66,16 @@ class Harness:
                        (sink.batcher.next_ready_at() or self.now) + 0.001)
         sink._flush(self.now)
 
+    def feed_until_dead(self, limit: int) -> None:
+        """One new outcome a second, each flushed, until something is dead-lettered (at most
+        ``limit`` seconds): Salesforce keeps writing other records meanwhile; then drain."""
+        for _ in range(limit):
+            if self.dead:
+                break
+            self.consume(1)
+            self.probe(step=1.0)
+        self.drain()
+
     def drain(self, limit: int = 2000) -> None:
         for _ in range(limit):
             if not len(self.sink.batcher):
@@ -135,12 +145,7 @@ def test_a_governor_limit_met_by_one_record_alone_is_that_records_dead_letter(
     h.fake.call_errors = lambda records: APEX_CPU if any(
         r["id"] == poison for r in records) else None
     h.consume(20)
-    for _ in range(200):
-        if h.dead:
-            break
-        h.consume(1)
-        h.probe(step=1.0)
-    h.drain()
+    h.feed_until_dead(200)
     assert [(d.partition, d.offset) for d in h.dead] == [(0, 7)]
     assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
 
@@ -160,12 +165,7 @@ def test_a_proxy_page_one_record_provokes_isolates_it_and_writes_the_rest(
 
     h = harness(fail)
     h.consume(BACKLOG)
-    for _ in range(1000):
-        if h.dead:
-            break
-        h.consume(1)
-        h.probe(step=1.0)
-    h.drain()
+    h.feed_until_dead(1000)
     assert [(d.partition, d.offset) for d in h.dead] == [(0, 120)]
     assert h.written() == {order_id(o) for o in range(h.offset)} - {poison}
 
@@ -209,12 +209,7 @@ def test_one_record_failing_every_call_is_dead_lettered_and_the_rest_written(
 
     h = harness(fail)
     h.consume(BACKLOG)
-    for _ in range(1000):  # one new outcome a second, each flushed
-        if h.dead:
-            break
-        h.consume(1)
-        h.probe(step=1.0)
-    h.drain()
+    h.feed_until_dead(1000)
     [dead] = h.dead
     assert (dead.partition, dead.offset) == (0, 120)
     [error] = dead.errors
