@@ -21,6 +21,18 @@ T = TypeVar("T")
 _RNG = random.Random()  # one, seeded once: seeding a Random per Backoff cost the worker 1 %
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds: a finite, non-negative number, else None (its
+    HTTP-date form is not used by the services here). For the WHMCS and Salesforce clients."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None  # nan fails both
+
+
 class Backoff:
     def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, *, factor: float = 2.0,
                  jitter: bool = True, rng: random.Random | None = None) -> None:

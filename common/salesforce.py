@@ -39,6 +39,7 @@ import simple_salesforce
 from requests.adapters import HTTPAdapter
 from simple_salesforce import exceptions as sfexc
 
+from common.backoff import retry_after_seconds
 from common.envparse import Secret, split_userinfo
 from common.errors import (
     PipelineError,
@@ -212,16 +213,9 @@ RETRY_AFTER_MAX_S = 300.0
 
 
 def _retry_after_s(value: str) -> float | None:
-    """A ``Retry-After`` in seconds (its HTTP-date form is not used here), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not seconds >= 0:  # negative or nan
-        return None
-    return min(seconds, RETRY_AFTER_MAX_S)
+    """A ``Retry-After`` in seconds (:func:`common.backoff.retry_after_seconds`), capped."""
+    seconds = retry_after_seconds(value)
+    return None if seconds is None else min(seconds, RETRY_AFTER_MAX_S)
 
 
 class SalesforceClient:

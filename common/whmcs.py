@@ -48,6 +48,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 import orjson
 
+from common.backoff import retry_after_seconds
 from common.clock import lease_clock
 from common.envparse import hide_userinfo
 from common.errors import (
@@ -543,13 +544,7 @@ def _loads_after_bom(content: bytes) -> Any:
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in seconds (a finite, non-negative number), else None."""
-    raw = headers.get("retry-after")
-    try:
-        value = float(raw) if raw else None
-    except ValueError:
-        return None
-    return value if value is not None and 0 <= value < float("inf") else None
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 def redacted_params(params: Mapping[str, Any], keys: Iterable[str] = ("secret", "accesskey",
