@@ -170,6 +170,14 @@ def partition_mismatch(settings: KafkaSettings, specs: Iterable[TopicSpec],
                     f"they must be partitioned alike ({spec.partitioned_as} grown after "
                     f"{spec.name} was made is not supported without a drain: README, "
                     "Topics and schemas)")
+        anchor = next((s for s in specs if s.name == spec.partitioned_as), None)
+        if have is not None and want is None and anchor is not None and \
+                have != anchor.partitions:
+            # the anchor is missing (a renamed requests topic, a deleted one): it would be
+            # made with its declared count, and the existing topic would not match it
+            return (f"{spec.name} has {have} partitions, {spec.partitioned_as} does not exist "
+                    f"and would be made with {anchor.partitions} (KAFKA_PARTITIONS): set "
+                    f"KAFKA_PARTITIONS={have}, or delete {spec.name} (a new worker state)")
     return None
 
 
@@ -395,7 +403,9 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     topics declared elsewhere (:func:`changelog_topics`), always included. A topic declared
     ``partitioned_as`` another that exists is created with that one's partition count.
     ``refuse_partition_mismatch`` (the worker): a :func:`partition_mismatch` raises
-    :class:`PartitionMismatch` before anything is created. A broker that refuses this
+    :class:`PartitionMismatch` before anything is created, and again once the topics others
+    are partitioned as exist (made here or by a racing client), before the others are
+    made. A broker that refuses this
     client, or its principal to create a missing topic or read a topic's config, raises
     :class:`KafkaAccessError` (see :func:`connect`)."""
     conn = KafkaConnection.from_settings(settings)
@@ -415,18 +425,29 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     specs.extend(s for s in extra if s.name not in {x.name for x in specs})
     if refuse_partition_mismatch and (line := partition_mismatch(settings, specs, metadata)):
         raise PartitionMismatch(line)
-    specs = [replace(s, partitions=count) if s.partitioned_as and
-             (count := _partition_count(metadata, s.partitioned_as)) is not None else s
-             for s in specs]
     report = EnsureReport()
-    missing = [s for s in specs if s.name not in metadata.topics]
     # ``raced``: missing a moment ago, yet "already exists" — another process (the connector,
     # worker and sink start together), the broker's auto-creation or a create retried after
     # a timeout made it. As new as one made here: waited for, and checked like any existing.
-    created, raced = create_topics(admin, missing, timeout=timeout, conn=conn)
-    report.created.extend(created)
-    if created or raced:
-        metadata = _until_led(admin, [*created, *raced], metadata, timeout)
+    # The topics others are partitioned as go first, and the check runs again on what they
+    # became: one raced with another count (a connector with another KAFKA_PARTITIONS, the
+    # broker's auto-creation) must not get the changelogs made beside it.
+    anchors = {s.partitioned_as for s in specs if s.partitioned_as}
+    raced: list[str] = []
+    for first, wave in ((True, [s for s in specs if s.name in anchors]),
+                        (False, [s for s in specs if s.name not in anchors])):
+        if not first and refuse_partition_mismatch and \
+                (line := partition_mismatch(settings, specs, metadata)):
+            raise PartitionMismatch(line)
+        wave = [replace(s, partitions=count) if s.partitioned_as and
+                (count := _partition_count(metadata, s.partitioned_as)) is not None else s
+                for s in wave]
+        made, met = create_topics(admin, [s for s in wave if s.name not in metadata.topics],
+                                  timeout=timeout, conn=conn)
+        report.created.extend(made)
+        raced.extend(met)
+        if made or met:
+            metadata = _until_led(admin, [*made, *met], metadata, timeout)
     present = [s for s in specs if s.name in metadata.topics and s.name not in report.created]
     report.existing.extend(s.name for s in present)
     report.existing.extend(n for n in raced if n not in report.existing)  # not seen after wait

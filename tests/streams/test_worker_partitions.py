@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from common.envparse import ROOT
 from common.kafka import changelog_topics, ensure_topics
@@ -175,3 +176,63 @@ def test_without_a_requests_topic_the_changelogs_take_kafka_partitions():
                   refuse_partition_mismatch=True, timeout=3)
     assert sorted(admin.created) == sorted([(kafka.requests, 4)]
                                            + [(name, 4) for name in CHANGELOGS])
+
+
+class RacingAdmin(FakeAdmin):
+    """Another client makes the requests topic with ``raced`` partitions between this
+    client's metadata read and its create: the create answers "already exists"."""
+
+    def __init__(self, topics: dict[str, int], requests: str, raced: int) -> None:
+        super().__init__(topics)
+        self.requests, self.raced = requests, raced
+
+    def create_topics(self, new: list[Any], **kwargs: Any) -> dict[str, Future]:
+        if any(t.topic == self.requests for t in new):
+            self.topics[self.requests] = _topic(self.raced)
+            rest = [t for t in new if t.topic != self.requests]
+            out = super().create_topics(rest, **kwargs) if rest else {}
+            failed: Future = Future()
+            failed.set_exception(KafkaException(
+                KafkaError(KafkaError.TOPIC_ALREADY_EXISTS, "exists")))
+            return {**out, self.requests: failed}
+        return super().create_topics(new, **kwargs)
+
+
+def test_a_requests_topic_raced_in_with_another_count_stops_the_worker_before_its_changelogs():
+    """The connector (another KAFKA_PARTITIONS) or the broker's auto-creation made the
+    requests topic with 12 partitions as the worker, with 6, was about to: the changelogs
+    must not be made beside it (half the Orders looked up on the wrong partition)."""
+    from common.kafka import PartitionMismatch
+
+    kafka = _settings()
+    admin = RacingAdmin({}, kafka.requests, 12)
+    with pytest.raises(PartitionMismatch, match="set KAFKA_PARTITIONS=12"):
+        ensure_topics(kafka, admin=admin, only=(kafka.requests, kafka.outcomes),  # type: ignore[arg-type]
+                      extra=changelog_topics(kafka, kafka.topic(APP)),
+                      refuse_partition_mismatch=True, timeout=3)
+    assert not any(name in CHANGELOGS for name, _n in admin.created), admin.created
+
+
+def test_changelogs_without_their_requests_topic_are_refused_when_counts_differ():
+    """The requests topic renamed (or deleted) while the changelogs stay: it would be made
+    with KAFKA_PARTITIONS, unlike them."""
+    from common.kafka import PartitionMismatch
+
+    kafka = _settings()  # KAFKA_PARTITIONS: 6
+    admin = FakeAdmin(dict.fromkeys(CHANGELOGS, 12))
+    with pytest.raises(PartitionMismatch) as raised:
+        ensure_topics(kafka, admin=admin, only=(kafka.requests,),  # type: ignore[arg-type]
+                      extra=changelog_topics(kafka, kafka.topic(APP)),
+                      refuse_partition_mismatch=True, timeout=3)
+    assert admin.created == []
+    assert "set KAFKA_PARTITIONS=12" in str(raised.value)
+    assert "does not exist" in str(raised.value)
+
+
+def test_changelogs_without_their_requests_topic_and_the_same_count_are_fine():
+    kafka = _settings(KAFKA_PARTITIONS="12")
+    admin = FakeAdmin(dict.fromkeys(CHANGELOGS, 12))
+    ensure_topics(kafka, admin=admin, only=(kafka.requests,),  # type: ignore[arg-type]
+                  extra=changelog_topics(kafka, kafka.topic(APP)),
+                  refuse_partition_mismatch=True, timeout=3)
+    assert admin.created == [(kafka.requests, 12)]
