@@ -251,6 +251,16 @@ def _check_stop() -> None:
         raise Stopped
 
 
+def _sleep_or_stop(seconds: float) -> None:
+    """``time.sleep(seconds)`` that raises :class:`Stopped` within :data:`STOP_CHECK_S` of a
+    stop asked (:func:`stop_waits`) on the main thread."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        _check_stop()
+        time.sleep(min(left, STOP_CHECK_S))
+    _check_stop()
+
+
 class RunningDeadline:
     """A deadline in this process's running time, for calls retried until it passes.
 
@@ -476,6 +486,7 @@ def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float 
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         if not missing:
             break
+        _check_stop()  # a SIGTERM while a forming cluster refuses: exit 0, not 4 attempts
         futures = admin.create_topics(
             [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                       config=s.config) for s in missing],
@@ -500,7 +511,7 @@ def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float 
                     raise KafkaError(f"creating topic {name}: {exc}") from exc
         missing = again
         if missing:
-            time.sleep(backoff.next_delay())
+            _sleep_or_stop(backoff.next_delay())
     return created, existing
 
 
@@ -518,7 +529,7 @@ def _until_led(admin: AdminClient, names: list[str], metadata: Any, timeout: flo
                   for n in names)
         if led or time.monotonic() >= deadline:
             return metadata
-        time.sleep(backoff.next_delay())
+        _sleep_or_stop(backoff.next_delay())
 
 
 def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,

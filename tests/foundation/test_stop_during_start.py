@@ -166,6 +166,47 @@ def test_a_stop_ends_a_wait_between_attempts(stop_asked):
     assert time.monotonic() - started < 0.3 + 2 * k.STOP_CHECK_S
 
 
+class _NotController:
+    """An admin client of a forming cluster: every create answers NOT_CONTROLLER; its
+    metadata never shows a leader."""
+
+    def __init__(self) -> None:
+        self.creates = 0
+
+    def create_topics(self, new: list, **kwargs: object) -> dict:
+        from concurrent.futures import Future
+        self.creates += 1
+        out = {}
+        for t in new:
+            fut: Future = Future()
+            fut.set_exception(KafkaException(CKafkaError(CKafkaError.NOT_CONTROLLER, "nc")))
+            out[t.topic] = fut
+        return out
+
+    def list_topics(self, timeout: float = 0) -> object:
+        import types
+        return types.SimpleNamespace(topics={})
+
+
+def test_a_stop_ends_topic_creation_within_one_attempt(stop_asked):
+    """A SIGTERM while a forming cluster refused the creates was held for 4 attempts and
+    their waits, then ended as a KafkaError (exit 1), not a stop (exit 0)."""
+    admin = _NotController()
+    started = time.monotonic()
+    with pytest.raises(k.Stopped):
+        k.create_topics(admin, [k.TopicSpec("t", 1, 1)], timeout=30)  # type: ignore[arg-type]
+    assert admin.creates <= 1 and time.monotonic() - started < 1.0
+
+
+def test_a_stop_ends_the_wait_for_new_topics_leaders(stop_asked):
+    k.stop_waits(False)
+    threading.Timer(0.3, k.stop_waits).start()
+    started = time.monotonic()
+    with pytest.raises(k.Stopped):
+        k._until_led(_NotController(), ["t"], _NotController().list_topics(), 30.0)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 0.3 + 2 * k.STOP_CHECK_S + 1.0
+
+
 def test_other_threads_are_not_stopped(stop_asked):
     seen: list[object] = []
 

@@ -145,16 +145,60 @@ def test_replay_counts_the_records_it_would_skip(replay_setup, monkeypatch, caps
     assert replay_setup == []
 
 
-def test_records_between_is_strict_only_when_asked(monkeypatch):
-    """The lag figures keep the lenient count; the guard's count raises."""
-    assert lag.records_between(_BrokenConsumer(), "t", 0, 100, 600) == 0
+def test_records_between_raises_on_a_partial_read(monkeypatch):
+    """A read cut short is not a count: an error or a partition that stops short raises."""
     with pytest.raises(KafkaException):
-        lag.records_between(_BrokenConsumer(), "t", 0, 100, 600, strict=True)
+        lag.records_between(_BrokenConsumer(), "t", 0, 100, 600)
     clock = itertools.count(0.0, 1.0)
     monkeypatch.setattr(lag, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
-    assert lag.records_between(_SilentConsumer(), "t", 0, 100, 600) == 0
     with pytest.raises(TimeoutError):
-        lag.records_between(_SilentConsumer(), "t", 0, 100, 600, strict=True)
+        lag.records_between(_SilentConsumer(), "t", 0, 100, 600)
+
+
+class _Committed:
+    """The group's committed offsets (partition → offset)."""
+
+    def __init__(self, offsets: dict[int, int]) -> None:
+        self.offsets = offsets
+
+    def committed(self, tps: Any, timeout: float = 0) -> Any:
+        return [TopicPartition(tp.topic, tp.partition, self.offsets[tp.partition])
+                for tp in tps]
+
+
+def _with_marks(consumer: Any, marks: dict[int, tuple[int, int]]) -> Any:
+    """``consumer`` answering the topic's partitions and their (low, high) watermarks."""
+    consumer.list_topics = lambda topic, timeout=0: types.SimpleNamespace(topics={
+        topic: types.SimpleNamespace(error=None, partitions=dict.fromkeys(marks))})
+    consumer.get_watermark_offsets = lambda tp, timeout=0: marks[tp.partition]
+    return consumer
+
+
+def test_a_lag_read_cut_short_is_the_offset_distance_not_an_exact_zero():
+    """A broker error while counting made the lag 0, reported exact: `sfprov lag` said 0,
+    the gauge published 0 and the stall watchdog dropped the partition from its wait."""
+    rows = lag.group_lag_detail(_Committed({0: 100}), _with_marks(_BrokenConsumer(),
+                                                                   {0: (0, 600)}), "t")
+    assert rows == [lag.PartitionLag(0, 100, 600, 500, False, True)]
+
+
+def test_a_committed_offset_below_the_log_start_counts_from_the_log_start():
+    """Retention removed offsets 100–4,999 while the group's offset stayed: 5,000 were
+    counted left to read where 100 are."""
+    class Reading(_BrokenConsumer):  # reads offsets 5,000–5,099, then stands at 5,100
+        at = 5000
+
+        def consume(self, n: int, timeout: float) -> list[_Msg]:
+            batch = [_Msg(None, 0, o) for o in range(self.at, min(self.at + n, 5100))]
+            self.at += len(batch)
+            return batch
+
+        def position(self, tps: Any) -> Any:
+            return [TopicPartition(tp.topic, tp.partition, self.at) for tp in tps]
+
+    rows = lag.group_lag_detail(_Committed({0: 100}), _with_marks(Reading(),
+                                                                   {0: (5000, 5100)}), "t")
+    assert rows == [lag.PartitionLag(0, 100, 5100, 100, True, True)]
 
 
 # -- reconcile: a request waiting in the worker's lag is not stranded ----------------------

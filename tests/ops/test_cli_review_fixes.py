@@ -131,8 +131,7 @@ def three_records_three_markers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[i
     """committed 100, log end 106: 3 records and 3 commit markers in between."""
     counted: list[tuple[int, int]] = []
 
-    def records_between(c: Any, topic: str, partition: int, start: int, end: int,
-                        strict: bool = False) -> int:
+    def records_between(c: Any, topic: str, partition: int, start: int, end: int) -> int:
         counted.append((start, end))
         return 3
 
