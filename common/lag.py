@@ -8,7 +8,6 @@ offsets in between (up to :data:`EXACT_LAG_LIMIT`) and counts only committed rec
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
