@@ -126,10 +126,39 @@ def schema_history(name: str) -> dict[str, Any]:
     return out
 
 
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a lone half of a UTF-16 surrogate pair (Salesforce's
+    JSON can carry one, ``"\\ud83d"``: an emoji cut in half) becomes U+FFFD; a pair split in
+    two code points is joined. Avro strings are UTF-8: the lone half made an outcome that
+    could never be encoded."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _utf8_strings(value: Any) -> Any:
+    """``value`` with every string in it made :func:`utf8_text`."""
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, dict):
+        return {k: _utf8_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8_strings(v) for v in value]
+    return value
+
+
 def encode_schemaless(schema: Any, record: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     try:
-        fastavro.schemaless_writer(buf, schema, record)
+        try:
+            fastavro.schemaless_writer(buf, schema, record)
+        except UnicodeEncodeError:  # a lone surrogate in a string: written as U+FFFD
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, schema, _utf8_strings(record))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SerdeError(f"cannot encode record as {schema.get('name')}: {exc}") from exc
     return buf.getvalue()

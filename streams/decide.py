@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.avro import utf8_text
 from common.ids import describe_bad_id, is_salesforce_id
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
 from streams.state import ACCEPTED, Intent, Memory
@@ -222,15 +223,20 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
                    error_message: str | None = None, attempts: int = 0,
                    recovered: bool = False, completed_at: int | None = None,
                    duplicate_ids: list[int] | None = None) -> dict[str, Any]:
-    """A value of ``schemas/provisioning_outcome.avsc`` (timestamps as epoch ms)."""
+    """A value of ``schemas/provisioning_outcome.avsc`` (timestamps as epoch ms). Its text
+    is :func:`~common.avro.utf8_text`: the outcome stored before its send and the one sent
+    are the same, whatever half-emoji Salesforce's JSON held."""
+    if error_message:
+        error_message = utf8_text(error_message[:1000])
     return {
-        "order_id": event.order_id, "opportunity_id": opportunity_id,
+        "order_id": event.order_id,
+        "opportunity_id": utf8_text(opportunity_id) if opportunity_id else opportunity_id,
         "idem_key": event.idem_key, "correlation_id": event.correlation_id,
         "event_uuid": event.event_uuid or None, "status": status,
         "whmcs_client_id": whmcs_client_id, "whmcs_order_id": whmcs_order_id,
         "whmcs_service_ids": list(service_ids or []), "whmcs_addon_ids": list(addon_ids or []),
         "whmcs_invoice_id": invoice_id, "error_code": error_code,
-        "error_message": (error_message or None) and error_message[:1000],
+        "error_message": error_message or None,
         "attempts": attempts, "recovered": recovered, "requested_at": event.requested_at,
         "completed_at": completed_at if completed_at is not None else now_ms(),
         "duplicate_whmcs_order_ids": list(duplicate_ids or []),

@@ -117,3 +117,17 @@ def test_readme_and_schema_say_duplicate_whmcs_order_ids_come_on_failed_outcomes
     schema = json.loads((ROOT / "schemas" / "provisioning_outcome.avsc").read_text())
     doc = next(f["doc"] for f in schema["fields"] if f["name"] == "duplicate_whmcs_order_ids")
     assert "Failed" in doc and "Provisioned" in doc, doc
+
+
+def test_the_outcome_schemas_doc_names_the_readmes_dedupe_key():
+    """The schema's doc (what registry tools show analysts) said one record per
+    (order_id, idem_key): keeping the last per that pair replaced a decision with its
+    Duplicate."""
+
+
+    key = "(order_id, idem_key, event_uuid)"
+    doc = json.loads((ROOT / "schemas" / "provisioning_outcome.avsc").read_text())["doc"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"Deduplicate on {key}".replace("(", "`(").replace(")", ")`") in readme
+    assert f"dedupe on {key}" in doc
+    assert "per (order_id, idem_key)" not in doc
