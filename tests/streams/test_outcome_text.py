@@ -11,8 +11,6 @@ import asyncio
 import copy
 import json
 
-import pytest
-
 import streams.handler as handler_module
 from common.avro import AvroSerde, utf8_text
 from tests.streams.factories import item, order, product, request_value
