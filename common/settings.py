@@ -727,7 +727,9 @@ class WorkerSettings(_Section):
     instance_id: str = env("WORKER_INSTANCE_ID", "",
                            doc="Static group membership id (a restarted worker with the "
                                "same id takes its partitions back without a rebalance). "
-                               "Unique per live process.")
+                               "Unique per live process, and a frozen one counts as live: "
+                               "set it only where the old process is certainly gone before "
+                               "its replacement starts (README, The ownership lease).")
     lease_margin_s: float = env("WORKER_LEASE_MARGIN_S", 0.0, parse=parse_float,
                                 doc="Ownership lease: the worker writes to WHMCS only while "
                                     "its last accepted group heartbeat is younger than the "

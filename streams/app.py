@@ -130,6 +130,7 @@ class Worker:
         faust_seam.watch_membership(app_id, faust_seam.LeaseAdapter(
             self.lease, kafka.requests,
             unbacked=lambda reason: exit_to_rejoin(f"{reason}; no WHMCS write was made for them"),
+            regranted=exit_to_rejoin,
             changelogs=[t.changelog_topic.get_topic_name() for t in (self.idem, self.intents)]))
 
         # another writer's late records among the tables' own: the owner's values sent

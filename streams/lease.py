@@ -31,6 +31,14 @@ timeout of such a write (plus a grace) before it looks the Order up (see
 :mod:`streams.provision`), and the intent records, durable before each write, say until
 when its writer could send (:attr:`LeaseCheck.valid_until_wall`).
 
+Static membership (``WORKER_INSTANCE_ID``) breaks the first premise: the coordinator hands
+the partitions of an instance id to a process that joins under it at once, in the same
+generation. A member the coordinator forgot (:meth:`OwnershipLease.member_reset`) writes
+nothing until assigned again, and one given a generation back that it held before the reset
+owns nothing in it (the worker exits: :attr:`OwnershipLease.regranted`). What stays open is
+the time until the replaced process hears of it (its next heartbeat): the README says to
+run one live process per instance id.
+
 A residue no client-side check can close: a pause that lands *between* the check and the
 write syscall of the same call (microseconds of CPU). The last line against it is the
 compensation in :meth:`streams.provision.Provisioner.lookup`.
@@ -111,6 +119,11 @@ class OwnershipLease:
         self._synced: tuple[int, float] | None = None  # (generation, SyncGroup send time)
         self.assigned_at: float | None = None  # lease-clock time of the last assignment
         self._left = False  # left the group (stopping): nothing is ours until assigned again
+        # the coordinator forgot this member (its member id reset) when it was in this
+        # generation: one at or below it given back (a static member's rejoin) may have been
+        # another process's meanwhile (:meth:`member_reset`)
+        self._reset_through = -1
+        self.regranted: int | None = None  # such a generation was given back: never ours
 
     # -- fed by the consumer's thread ---------------------------------------------------
 
@@ -125,8 +138,26 @@ class OwnershipLease:
         with self._lock:
             self._synced = (generation, sent_at)
 
+    def member_reset(self) -> None:
+        """The group forgot this member (aiokafka reset its member id: a heartbeat or commit
+        answered ``UNKNOWN_MEMBER_ID``/``ILLEGAL_GENERATION``, or it gave up its membership
+        itself). Nothing is written until assigned again, and a generation at or below the
+        one it was in is never ours again: with static membership (``WORKER_INSTANCE_ID``)
+        the coordinator gives a member that rejoins under its instance id the *same*
+        generation back — also after another process under that id held its partitions
+        meanwhile, without the session expiry the lease counts on. Its events of that
+        generation would pass :meth:`check`."""
+        with self._lock:
+            self._generation = None
+            self._renewed_at = None
+            if self._last_generation is not None:
+                self._reset_through = max(self._reset_through, self._last_generation)
+
     def assigned(self, partitions: Iterable[int], generation: int) -> None:
-        """Assigned ``partitions`` in ``generation`` (after the SyncGroup)."""
+        """Assigned ``partitions`` in ``generation`` (after the SyncGroup). A generation at
+        or below one this member was reset in (:meth:`member_reset`) owns nothing, for good,
+        and is kept in :attr:`regranted`: the worker exits, so that a new process, with no
+        event of its own taken before, joins."""
         with self._lock:
             follows = self._last_generation is not None and \
                 generation == self._last_generation + 1
@@ -134,6 +165,8 @@ class OwnershipLease:
             for p in partitions:
                 since = self._owned.get(p) if follows else None
                 owned[p] = since if since is not None else generation
+            if generation <= self._reset_through:
+                owned, self.regranted = {}, generation
             self._owned = owned
             self._generation = self._last_generation = generation
             self._left = False

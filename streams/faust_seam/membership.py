@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance, GroupCoordinator
+from aiokafka.protocol.group import JoinGroupRequest
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ConsumerRebalanceListener
 
 from common.clock import lease_clock
@@ -25,6 +26,9 @@ class MembershipListener:
     def revoked(self) -> None: ...
 
     def assigned(self, partitions_by_topic: dict[str, set[int]], generation: int) -> None: ...
+
+    def member_reset(self) -> None:
+        """The member, which had a member id, lost it (aiokafka's ``reset_generation``)."""
 
 
 _listeners: dict[str, MembershipListener] = {}  # group id → listener
@@ -82,7 +86,16 @@ def _install_membership_hooks() -> None:
             await original(self, assigned)
         return on_partitions_assigned
 
+    def reset(original: Any) -> Any:
+        def reset_generation(self: Any) -> Any:
+            listener = _listeners.get(self.group_id)
+            if listener is not None and self.member_id != JoinGroupRequest.UNKNOWN_MEMBER_ID:
+                listener.member_reset()
+            return original(self)
+        return reset_generation
+
     _wrap(GroupCoordinator, "_do_heartbeat", heartbeat)
+    _wrap(GroupCoordinator, "reset_generation", reset)
     _wrap(CoordinatorGroupRebalance, "_send_sync_group_request", sync)
     _wrap(ConsumerRebalanceListener, "on_partitions_revoked", revoked)
     _wrap(ConsumerRebalanceListener, "on_partitions_assigned", assigned)
@@ -100,10 +113,15 @@ class LeaseAdapter(MembershipListener):
     told (the worker exits so that a restart joins again, with the topic known)."""
 
     def __init__(self, lease: Any, topic: str, changelogs: Iterable[str] = (),
-                 unbacked: Callable[[str], None] | None = None) -> None:
+                 unbacked: Callable[[str], None] | None = None,
+                 regranted: Callable[[str], None] | None = None) -> None:
         self.lease, self.topic = lease, topic
         self.changelogs = tuple(changelogs)
         self.unbacked = unbacked or (lambda _reason: None)
+        self.regranted = regranted or (lambda _reason: None)
+
+    def member_reset(self) -> None:
+        self.lease.member_reset()
 
     def heartbeat(self, generation: int, sent_at: float, *, accepted: bool,
                   rebalance: bool) -> None:
@@ -123,6 +141,13 @@ class LeaseAdapter(MembershipListener):
         for missing in gaps.values():
             owned -= set(missing)
         self.lease.assigned(owned, generation)
+        if self.lease.regranted is not None:
+            self.regranted(f"generation {generation} was given back to this worker after the "
+                           "group had forgotten it (a static member's rejoin): another "
+                           "process under the same WORKER_INSTANCE_ID may have held its "
+                           "partitions meanwhile, so nothing of this process's is owned; "
+                           "no WHMCS write was made for its partitions since")
+            return
         if gaps:
             self.unbacked(f"generation {generation} assigned requests partitions "
                           f"{sorted(partitions_by_topic.get(self.topic, set()))} without "
@@ -149,6 +174,7 @@ CONTRACT.update({
         AIOKafkaConsumerThread, "_ensure_consumer", "ff4a4c693b7ec63f4a76dfb61c419380"),
     "R aiokafka CoordinatorGroupRebalance.perform_group_join (sets generation)": (
         CoordinatorGroupRebalance, "perform_group_join", "ff2c2109b2e9868dc23f43643160ea3d"),
-    "R aiokafka GroupCoordinator.reset_generation": (
+    # member_reset: the member id reset (kept until the wrapped call runs)
+    "W aiokafka GroupCoordinator.reset_generation": (
         GroupCoordinator, "reset_generation", "537aa37c531b4de9c2e24601634cc4b0"),
 })

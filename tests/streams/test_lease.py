@@ -117,6 +117,47 @@ def test_a_member_kicked_while_paused_rejoins_in_a_later_generation_without_cont
     assert owned.check(0, 7).ok
 
 
+def test_the_same_generation_given_back_after_a_member_reset_is_never_ours():
+    """Static membership (WORKER_INSTANCE_ID): a frozen worker's replacement under the same
+    instance id took its partitions in generation 5 at once — no rebalance, no session
+    expiry. The zombie, resumed, is told UNKNOWN_MEMBER_ID (aiokafka resets its member id),
+    rejoins under its instance id and is given generation 5 back: its events taken in 5
+    passed the lease while the replacement had provisioned them meanwhile."""
+    clock = Clock()
+    owned = joined(clock, partitions=(0,), generation=5)
+    owned.member_reset()
+    assert not owned.check(0, 5).ok  # nothing is written until assigned again
+    owned.synced(5, clock.now)
+    owned.assigned([0], 5)
+    check = owned.check(0, 5)
+    assert not check.ok and check.lost
+    assert owned.regranted == 5 and not owned.held_since(0, 5)
+
+
+def test_a_member_reset_then_a_later_generation_is_an_ordinary_new_run():
+    """Dynamic membership: a reset always ends in a new generation, which is served."""
+    clock = Clock()
+    owned = joined(clock, partitions=(0,), generation=5)
+    owned.member_reset()
+    owned.synced(7, clock.now)
+    owned.assigned([0], 7)
+    assert owned.check(0, 7).ok and owned.check(0, 5).lost and owned.regranted is None
+
+
+def test_the_adapter_tells_the_worker_when_a_generation_is_given_back():
+    from streams.faust_seam import LeaseAdapter
+
+    clock = Clock()
+    owned = joined(clock, partitions=(0,), generation=5)
+    told: list[str] = []
+    adapter = LeaseAdapter(owned, "req", regranted=told.append)
+    adapter.member_reset()
+    owned.synced(5, clock.now)
+    adapter.assigned({"req": {0}}, 5)
+    assert len(told) == 1 and "WORKER_INSTANCE_ID" in told[0] and "generation 5" in told[0]
+    assert owned.check(0, 5).lost
+
+
 def test_held_since_asks_for_an_unbroken_hold_whatever_the_heartbeats():
     """What a table restore asks (decision 0016): held since generation 5, in the current
     generation; an expired lease does not matter, a break or a rebalance under way does."""

@@ -192,3 +192,29 @@ def test_a_suspend_after_the_fence_stops_the_whmcs_call_before_the_transport(sus
     suspend(120.0)
     with pytest.raises(WhmcsNotSentError):
         asyncio.run(client.call("AddOrder", {}, send_deadline=deadline))
+
+
+def test_a_member_id_reset_is_reported_once_the_member_had_one():
+    """aiokafka's reset_generation (a heartbeat, commit or SyncGroup answered
+    UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION) tells the lease; a reset of a member that had
+    no id yet (a JoinGroup retried) does not."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    from streams.faust_seam import membership
+
+    resets: list[str] = []
+
+    class Seen(membership.MembershipListener):
+        def member_reset(self) -> None:
+            resets.append("reset")
+    membership.watch_membership("reset-test", Seen())
+    try:
+        coordinator = SimpleNamespace(group_id="reset-test", generation=5, member_id="m-1",
+                                      request_rejoin=lambda: None)
+        GroupCoordinator.reset_generation(coordinator)
+        assert resets == ["reset"] and coordinator.member_id == "" and \
+            coordinator.generation == -1
+        GroupCoordinator.reset_generation(coordinator)  # no member id left: nothing lost
+        assert resets == ["reset"]
+    finally:
+        membership._listeners.pop("reset-test", None)
