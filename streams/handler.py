@@ -293,12 +293,15 @@ class EventHandler:
         if outcome is None:
             return
         wrote = False
+        # its table writes are the partition's owner's, as every one the sweep makes: a
+        # worker resumed from a pause, or cut off, still takes redeliveries of a partition
+        # the group has given to another member, whose changelog the write would land in
+        await self._own(rec, "record")
         if decision.restore:
             log.warning("dedupe entry missing for an event its Order's intent records as "
                         "decided; sending that outcome again", extra={
                             "order_id": oid, "idem_key": event.idem_key,
                             "event_uuid": event.event_uuid})
-            await self._own(rec, "record")
             self.state.record(oid, event.idem_key, event.event_uuid, outcome, self._clock())
             wrote = True
         if self.state.settle_from_entry(oid, self._clock()):
@@ -315,6 +318,10 @@ class EventHandler:
     async def _send(self, event: Event, rec: RawRecord, outcome: dict[str, Any],
                     memory: Memory | None = None) -> None:
         await self.emitter.send_outcome(outcome)
+        # a send retried through a cut returns after the partition moved: marking it sent
+        # would write the Order's dedupe memory into the new owner's changelog (the sweep
+        # asks the lease before the same write); fenced, the new owner sends it again
+        await self._own(rec, "mark")
         self.state.mark_emitted(event.order_id, event.idem_key, event.event_uuid,
                                 memory=memory)
         metrics.DECISIONS.labels(outcome["status"], outcome.get("error_code") or "").inc()

@@ -334,6 +334,34 @@ def test_a_durable_flush_that_outlives_the_lease_sends_no_outcome(batch_parts):
     assert kit.emitter.sent == [] and kit.finished == []  # fenced: the new owner's outcome
 
 
+def test_an_outcome_send_that_outlives_the_lease_writes_no_table_after_it(batch_parts):
+    """The outcome's send is retried through a broker cut while the partition goes to
+    another worker; once it returns, marking it sent wrote the Order's dedupe memory into
+    the new owner's changelog (the sweep asks the lease before that same write)."""
+    clock = Clock()
+    owned = joined(clock)
+    kit, whmcs = batch_parts(lease=owned)
+    send = kit.emitter.send_outcome
+    writes: list[bool] = []
+    set_memory = kit.state.set_memory
+
+    def watched(oid, memory, *args):
+        writes.append(owned.check(0, 5).ok)
+        return set_memory(oid, memory, *args)
+    kit.state.set_memory = watched  # type: ignore[method-assign]
+
+    async def held_through_a_cut(outcome) -> None:
+        owned.rebalancing()
+        owned.synced(7, clock.now)
+        owned.assigned([1], 7)  # partition 0 went to another worker meanwhile
+        await send(outcome)
+    kit.emitter.send_outcome = held_through_a_cut  # type: ignore[method-assign]
+    _run(kit, batch_parts.record("801A00000000001AAA", partition=0, generation=5))
+    assert [status["status"] for status in kit.emitter.sent] == ["Provisioned"]
+    assert writes and all(writes), writes  # no table write once the lease was lost
+    assert kit.finished == []  # fenced: the new owner sends it again and marks it
+
+
 def test_lease_lost_between_addorder_and_acceptorder_stops_the_order(batch_parts):
     clock = Clock()
     owned = joined(clock)
