@@ -247,12 +247,50 @@ def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = Fal
         if needs_final and not final:
             continue
         hits = [r for r in reports if any(sign in r.lower() for sign in signs)]
+        if hits and setting == "KAFKA_SSL_CA_LOCATION" and conn.ssl_endpoint_identification \
+                and (host := _unnamed_host(conn, hits[-1])) is not None:
+            return (f"KAFKA_BOOTSTRAP_SERVERS: the broker's TLS certificate does not name "
+                    f"{host} (it is trusted: the CA is right) — connect through a name the "
+                    "certificate has, in KAFKA_BOOTSTRAP_SERVERS or the broker's advertised "
+                    f"listeners ({hits[-1][:300]})")
         if hits:
             detail = message.format(principal=conn.principal, mechanism=conn.sasl_mechanism,
                                     protocol=conn.security_protocol,
                                     ca=conn.ssl_ca_location or "the system's CA bundle")
             return f"{setting}: {detail} at {conn.bootstrap_servers} ({hits[-1][:300]})"
     return None
+
+
+_FAILED_AT = re.compile(r"\bssl://(\[[^\]]+\]|[^:/\s]+):(\d+)/")
+X509_V_ERR_HOSTNAME_MISMATCH = 62
+X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
+def _unnamed_host(conn: KafkaConnection, report: str, timeout_s: float = 3.0) -> str | None:
+    """librdkafka words a host name the broker's certificate does not name as it words an
+    untrusted certificate ("certificate verify failed"). One TLS handshake with Python's
+    ssl, to the address that failed, tells them apart: the host (``host:port``) when the
+    certificate is trusted but does not name it; None otherwise (or when it cannot tell)."""
+    import socket
+
+    found = _FAILED_AT.search(report)
+    if found is None:
+        return None
+    host, port = found.group(1).strip("[]"), int(found.group(2))
+    try:
+        context = ssl.create_default_context(cafile=conn.ssl_ca_location or None)
+        if conn.ssl_certificate_location and conn.ssl_key_location:
+            context.load_cert_chain(conn.ssl_certificate_location, conn.ssl_key_location,
+                                    conn.ssl_key_password.reveal() or None)
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return None  # it verifies from here: not a name librdkafka was refused for
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH):
+            return f"{host}:{port}"
+        return None
+    except (OSError, ValueError):
+        return None
 
 
 def is_refusal(err: Any) -> bool:

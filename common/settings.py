@@ -157,6 +157,28 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+class _KeyPasswordNeeded(Exception):
+    """An encrypted key met with no password (:meth:`KafkaSettings._check_tls_material`)."""
+
+
+def _no_password() -> str:
+    raise _KeyPasswordNeeded
+
+
+def _decrypts(key_file: str, password: str) -> bool:
+    """``password`` opens the PEM key in ``key_file`` (True when it cannot tell: the
+    caller's own error stands)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(Path(key_file).read_bytes(), password.encode())
+    except ValueError as exc:
+        return "decrypt" not in str(exc).lower() and "password" not in str(exc).lower()
+    except (TypeError, OSError):
+        return True
+    return True
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class KafkaSettings(_Section):
     bootstrap_servers: str = env("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092",
@@ -290,12 +312,53 @@ class KafkaSettings(_Section):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no such file: {path}")
         self._check_protocol_uses_its_settings()
+        self._check_tls_material()
         if self.schema_registry_password and not self.schema_registry_username:
             raise ConfigError("SCHEMA_REGISTRY_USERNAME: required with "
                               "SCHEMA_REGISTRY_PASSWORD")
         if self.avro_wire_format == "CONFLUENT" and not self.schema_registry_url:
             raise ConfigError("SCHEMA_REGISTRY_URL: required with AVRO_WIRE_FORMAT=CONFLUENT")
         self._check_topic_names()
+
+    def _check_tls_material(self) -> None:
+        """Load the TLS files as the clients will: librdkafka loads them when a client is
+        made, and its error (a wrong key password, a key not the certificate's, a CA file
+        that is not PEM) was a traceback and exit 1 — restarted for ever, no line naming
+        the setting."""
+        import ssl
+
+        for name, path in (("KAFKA_SSL_CA_LOCATION", self.ssl_ca_location),
+                           ("SCHEMA_REGISTRY_CA_LOCATION", self.schema_registry_ca_location)):
+            if path:
+                try:
+                    ssl.create_default_context(cafile=path)
+                except (ssl.SSLError, ValueError) as exc:
+                    raise ConfigError(f"{name}: {path} holds no PEM certificate the TLS "
+                                      f"library can read ({exc})") from None
+        if self.ssl_certificate_location and self.ssl_key_location:
+            password = self.ssl_key_password.reveal() or None
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    self.ssl_certificate_location, self.ssl_key_location,
+                    password=password if password is not None else _no_password)
+            except _KeyPasswordNeeded:
+                raise ConfigError("KAFKA_SSL_KEY_PASSWORD: the key in KAFKA_SSL_KEY_LOCATION "
+                                  f"({self.ssl_key_location}) is encrypted: its password is "
+                                  "required") from None
+            except ssl.SSLError as exc:
+                if password is not None and not _decrypts(self.ssl_key_location, password):
+                    raise ConfigError("KAFKA_SSL_KEY_PASSWORD: it does not decrypt the key in "
+                                      f"KAFKA_SSL_KEY_LOCATION ({self.ssl_key_location})"
+                                      ) from None
+                if "mismatch" in str(exc).lower():
+                    raise ConfigError("KAFKA_SSL_KEY_LOCATION: the key "
+                                      f"({self.ssl_key_location}) is not the one of the "
+                                      "certificate in KAFKA_SSL_CERTIFICATE_LOCATION "
+                                      f"({self.ssl_certificate_location})") from None
+                raise ConfigError("KAFKA_SSL_CERTIFICATE_LOCATION/KAFKA_SSL_KEY_LOCATION: "
+                                  f"{self.ssl_certificate_location} and "
+                                  f"{self.ssl_key_location} are not a PEM certificate and its "
+                                  f"key the TLS library can read ({exc})") from None
 
     def _check_protocol_uses_its_settings(self) -> None:
         """SASL credentials or TLS files the protocol does not use were dropped without a

@@ -388,3 +388,124 @@ def test_connect_gives_up_after_its_timeout_of_running_time(monkeypatch, stopped
     stopped_then_answers = _SilentBroker(clock, answers_at=5, stopped_in=3, stopped_s=45.0)
     monkeypatch.setattr(kafka, "AdminClient", stopped_then_answers)
     assert kafka.connect(conn, timeout=30)[1] == "metadata"
+
+
+# -- TLS files loaded at start; a host name the certificate lacks named as such -------------
+
+def _pki(tmp_path):
+    """A CA, a certificate for "otherhost" it signed (its key unencrypted), a client key
+    encrypted with "right", and another CA: (paths by name)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(cn, key, issuer=None, issuer_key=None, ca=False):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = (x509.CertificateBuilder().subject_name(name)
+                   .issuer_name(issuer.subject if issuer else name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(days=1))
+                   .not_valid_after(now + dt.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(cn)]), False)
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    def pem(c):
+        return c.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(k, password=None):
+        enc = (serialization.BestAvailableEncryption(password) if password
+               else serialization.NoEncryption())
+        return k.private_bytes(serialization.Encoding.PEM,
+                               serialization.PrivateFormat.PKCS8, enc)
+    ca_key, other_key = ec.generate_private_key(ec.SECP256R1()), \
+        ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("test-ca", ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    files = {"ca": pem(ca_cert), "other-ca": pem(cert("other-ca", other_key, ca=True)),
+             "server": pem(cert("otherhost", server_key, ca_cert, ca_key)),
+             "server-key": key_pem(server_key),
+             "client": pem(cert("client", client_key, ca_cert, ca_key)),
+             "client-key": key_pem(client_key, b"right"),
+             "not-pem": b"not a certificate\n"}
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.pem"
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"KAFKA_SSL_KEY_PASSWORD": "wrong"}, "KAFKA_SSL_KEY_PASSWORD"),
+    ({"KAFKA_SSL_KEY_PASSWORD": ""}, "KAFKA_SSL_KEY_PASSWORD"),
+    ({"KAFKA_SSL_KEY_LOCATION": "server-key"}, "KAFKA_SSL_KEY_LOCATION"),
+    ({"KAFKA_SSL_CA_LOCATION": "not-pem"}, "KAFKA_SSL_CA_LOCATION"),
+])
+def test_tls_files_the_clients_cannot_load_name_their_setting_at_start(tmp_path, change,
+                                                                       name):
+    """librdkafka loads them when a client is made: its error was a traceback, exit 1,
+    restarted for ever, with no line naming the setting."""
+    pki = _pki(tmp_path)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9093", "KAFKA_SECURITY_PROTOCOL": "SSL",
+           "KAFKA_SSL_CA_LOCATION": str(pki["ca"]),
+           "KAFKA_SSL_CERTIFICATE_LOCATION": str(pki["client"]),
+           "KAFKA_SSL_KEY_LOCATION": str(pki["client-key"]), "KAFKA_SSL_KEY_PASSWORD": "right"}
+    KafkaSettings.load(env)  # as given: loads
+    changed = {k: (str(pki[v]) if v in pki else v) for k, v in change.items()}
+    with pytest.raises(ConfigError, match=f"^{name}:") as info:
+        KafkaSettings.load({**env, **changed})
+    assert "\n" not in str(info.value) and "right" not in str(info.value).replace(
+        "not the one", "")
+
+
+def test_a_host_name_the_brokers_certificate_lacks_is_not_blamed_on_the_ca(tmp_path):
+    """OpenSSL words a host name mismatch as an untrusted certificate ("certificate verify
+    failed"): the line sent operators to KAFKA_SSL_CA_LOCATION, which was right."""
+    import socket
+    import ssl
+    import threading
+
+    pki = _pki(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki["server"], pki["server-key"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        listener.settimeout(10)
+        for _ in range(2):
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with server.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    report = (f"ssl://localhost:{port}/bootstrap: SSL handshake failed: error:0A000086:SSL "
+              "routines::certificate verify failed: broker certificate could not be verified "
+              "(after 1ms in state SSL_HANDSHAKE)")
+    try:
+        trusted = KafkaConnection(f"localhost:{port}", security_protocol="SSL",
+                                  ssl_ca_location=str(pki["ca"]))
+        line = access_error(trusted, [report])
+        assert line is not None and line.startswith("KAFKA_BOOTSTRAP_SERVERS: "), line
+        assert f"does not name localhost:{port}" in line
+        untrusted = KafkaConnection(f"localhost:{port}", security_protocol="SSL",
+                                    ssl_ca_location=str(pki["other-ca"]))
+        line = access_error(untrusted, [report])
+        assert line is not None and line.startswith("KAFKA_SSL_CA_LOCATION: "), line
+    finally:
+        listener.close()
+        thread.join(5)

@@ -643,8 +643,9 @@ def test_security_settings_the_protocol_would_drop_are_refused(tmp_path, env):
 
 
 def test_security_settings_used_by_their_protocol_stay_allowed(tmp_path):
-    ca = tmp_path / "ca.pem"
-    ca.write_text("")
+    from ops.kafka_secure import BrokerSecurity
+
+    ca = BrokerSecurity(tmp_path / "secure").ensure().ca_file  # a CA the TLS library reads
     sasl = {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
             "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"}
     assert KafkaSettings.load({**sasl, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"})
