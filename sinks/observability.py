@@ -42,7 +42,7 @@ class SinkOps:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         sink = self.sink
-        ok, details = sink.health()
+        _ok, details = sink.health()
         now = time.monotonic()
         reasons = sink.pauses.reasons
         return readiness([
@@ -59,7 +59,9 @@ class SinkOps:
             ("kafka", sink.dead_letters.failure is None and
              not failing_for(self.lag.error_since),
              f"Kafka: {sink.dead_letters.failure or self.lag.last_error}"),
-            ("loop", ok, "poll loop silent"),
+            # the loop's own check: a dead-letter producer's failure is the kafka check's
+            ("loop", now - sink._heartbeat < LIVENESS_SILENCE_S,
+             f"poll loop silent for {now - sink._heartbeat:.0f} s"),
         ], details)
 
     # -- tracing hooks ---------------------------------------------------------------

@@ -251,3 +251,24 @@ def test_lag_publisher_publishes_what_the_watchdog_reads_and_keeps_errors():
     pub.read()
     assert pub.last_error is None and pub.error_since is None
     assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "0")._value.get() == 0
+
+
+def test_the_sinks_loop_check_is_the_loop_and_a_dead_letter_failure_is_kafkas():
+    """A failed dead-letter producer made /readyz say `loop: poll loop silent` beside the
+    kafka check, sending operators after a wedged loop; the loop beat a moment ago."""
+    from sinks.pausing import Pauses
+
+    sink = types.SimpleNamespace(
+        _heartbeat=time.monotonic(), started=True, pauses=Pauses(lambda *a: None),
+        dead_letters=types.SimpleNamespace(failure="KafkaException: _FATAL"),
+        health=lambda: (False, {}))
+    ops = SinkOps.__new__(SinkOps)
+    ops.sink = sink
+    ops.lag = types.SimpleNamespace(error_since=None, last_error=None)
+    ready, body = ops.ready()
+    assert not ready
+    assert body["checks"]["loop"] is True and body["checks"]["kafka"] is False, body
+    sink._heartbeat -= 61
+    _ready, body = ops.ready()
+    assert body["checks"]["loop"] is False
+    assert any(r.startswith("loop: poll loop silent for 6") for r in body["reasons"]), body
