@@ -28,16 +28,17 @@ def snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def run(bootstrap: str, topic: str, registry_url: str | None) -> str:
+def run(bootstrap: str, topic: str, registry_url: str | None, **more_env: str) -> str:
     code = snippet()
     for literal in ('"localhost:9092"', '"provisioning.outcomes"', '"analytics-outcomes"'):
         assert literal in code, literal
     code = (code.replace('"localhost:9092"', repr(bootstrap))
                 .replace('"provisioning.outcomes"', repr(topic))
                 .replace('"analytics-outcomes"', repr(f"analytics-{uuid.uuid4().hex[:8]}")))
-    env = {k: v for k, v in os.environ.items() if k != "SCHEMA_REGISTRY_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMA_REGISTRY_")}
     if registry_url:
         env["SCHEMA_REGISTRY_URL"] = registry_url
+    env.update(more_env)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -75,4 +76,31 @@ def test_readme_snippet_reads_the_outcomes_topic(kafka_bootstrap, unique_name, f
                   "mixed": [plain, confluent]}[formats]
         records = fill(kafka_bootstrap, topic, serdes, 9)
         output = run(kafka_bootstrap, topic, None if formats == "plain" else reg.url)
+    check(output, records)
+
+
+def test_readme_snippet_reads_through_a_registry_that_asks_for_a_login(kafka_bootstrap,
+                                                                       unique_name):
+    """Confluent Cloud's registry asks for its API key: the snippet sent no credentials,
+    so every Confluent-format outcome failed with 401 while the pipeline read them."""
+    import threading
+
+    from common.envparse import Secret
+    from sandbox.registry.server import RegistryHTTPServer, Store
+
+    topic = unique_name("outcomes")
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    server = RegistryHTTPServer(("127.0.0.1", 0), Store(), basic_auth=("api-key", "s3cret"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        confluent = AvroSerde("provisioning_outcome", topic=topic, registry=SchemaRegistry(
+            url, username="api-key", password=Secret("s3cret")))
+        records = fill(kafka_bootstrap, topic, [confluent], 3)
+        output = run(kafka_bootstrap, topic, url, SCHEMA_REGISTRY_USERNAME="api-key",
+                     SCHEMA_REGISTRY_PASSWORD="s3cret")
+    finally:
+        server.shutdown()
+        server.server_close()
     check(output, records)
