@@ -157,6 +157,10 @@ GAP_ARM_OPEN_S = 5.0
 #: successor's re-armed pass (:meth:`Connector._rearm_gap`): a gap record's commit, failed
 #: opens with their backoff, a delivery-limit wait (SF_PUBSUB_LIMIT_BACKOFF_S, 300 s)
 LATEST_ACCEPT_WITHIN_S = 900.0
+#: a refused stored replay id confirmed current (its last commit, a keepalive's or an
+#: event's) at most this long before: the channel was quiet past Salesforce's retention
+#: rather than the connector down (README, Reconciliation)
+QUIET_CONFIRMED_S = 900.0
 
 
 class StreamStalled(SalesforceError):
@@ -704,25 +708,38 @@ class Connector:
             self._recover(transient)
             return None
         m.RECONNECTS.labels(REPLAY_INVALID).inc()
+        extra = {"replay_id": self.position.replay_id.hex(), "error_code": exc.error_code}
+        # how long before the refusal the stored id was last confirmed current: a keepalive
+        # may carry the last event's id for as long as the channel stays quiet (Salesforce:
+        # "can be the last event consumed"), so an id committed a minute ago is refused once
+        # that event is older than the retention — a quiet weekend, not an outage
+        confirmed_s = max(0.0, time.time() - self.position.committed_at_ms / 1000)
+        quiet = self.position.source == KEEPALIVE and confirmed_s <= QUIET_CONFIRMED_S
+        cause = (f"a keepalive confirmed it current {confirmed_s:.0f} s ago, so the channel "
+                 "has had no event for longer than Salesforce keeps them: only what was "
+                 f"published in those {confirmed_s:.0f} s is unconfirmed" if quiet else
+                 f"it was last committed {confirmed_s / 3600:.1f} h ago: what was published "
+                 "since may be lost to Salesforce's retention")
         try:
-            self._record_gap(policy, exc.error_code or "", str(exc))
+            self._record_gap(policy, exc.error_code or "", f"{exc}; {cause}")
         except ProducerFencedError as fenced:
             return self._on_fenced(fenced)
         except KafkaAccessError as refused:
             return self._refused(refused)
         except KafkaError as kafka_exc:
             return None if self._recover(kafka_exc) else EXIT_ERROR
-        extra = {"replay_id": self.position.replay_id.hex(), "error_code": exc.error_code}
         if policy == "FAIL":
             self.health.state = "failed"
-            log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
-                      "SF_EVENTS_INVALID_REPLAY=FAIL, exiting. Set it to EARLIEST or LATEST "
-                      "to resume, then reconcile the gap.", self.position.replay_id.hex(),
-                      exc, self.kafka.replay_gaps, extra=extra)
+            log.error("stored replay id %s refused by Salesforce (%s); %s; gap recorded in "
+                      "%s; SF_EVENTS_INVALID_REPLAY=FAIL, exiting. Set it to EARLIEST or "
+                      "LATEST to resume, then reconcile the gap.",
+                      self.position.replay_id.hex(), exc, cause, self.kafka.replay_gaps,
+                      extra=extra)
             return EXIT_REPLAY_INVALID
-        log.error("stored replay id %s refused by Salesforce (%s); gap recorded in %s; "
-                  "resubscribing with %s", self.position.replay_id.hex(), exc,
-                  self.kafka.replay_gaps, policy, extra=extra)
+        log.log(logging.WARNING if quiet else logging.ERROR,
+                "stored replay id %s refused by Salesforce (%s); %s; gap recorded in %s, its "
+                "Orders re-requested; resubscribing with %s", self.position.replay_id.hex(),
+                exc, cause, self.kafka.replay_gaps, policy, extra=extra)
         self.preset_override, self._refused_position = policy, self.position
         self._opened = False  # this gap covers what the next stream skips
         return None

@@ -245,6 +245,7 @@ async def faults_reset(request: web.Request) -> web.Response:
     sb.faults.update({"rest_latency_ms": 0, "grpc_latency_ms": 0, "rest_503_rate": 0,
                       "rest_hang_rate": 0, "rest_hang_s": 0,
                       "lock_row_rate": 0, "record_errors": {}, "keepalives_paused": False,
+                      "keepalives_hold_position": False,
                       "daily_limit": sb.config.daily_limit,
                       "delivery_allocation": sb.config.delivery_allocation,
                       "hold_collection_calls": 0,

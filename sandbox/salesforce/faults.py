@@ -62,6 +62,10 @@ class Faults:
     #: record id (18 chars) -> errorCode (message chosen per code) for every write to it
     record_errors: dict[str, str] = field(default_factory=dict)
     keepalives_paused: bool = False
+    #: keepalives carry the stream's own position (the last event it delivered) instead of
+    #: a newer bus position: what Salesforce may do ("can be the last event consumed in
+    #: your client"), so a quiet channel's stored id ages past the retention
+    keepalives_hold_position: bool = False
     daily_limit: int = 5_000_000
     #: Pub/Sub events deliverable in 24 hours, summed over every subscriber
     delivery_allocation: int = DELIVERY_ALLOCATION

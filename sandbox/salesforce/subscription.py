@@ -213,7 +213,8 @@ class Subscription:
                         and now - last_sent >= cfg.keepalive_s
                         and not sb.faults.keepalives_paused):
                     sb.counters.count("grpc_keepalives")
-                    if not sb.store.events_after(self.topic, self.position, 1):
+                    if not sb.faults.keepalives_hold_position and \
+                            not sb.store.events_after(self.topic, self.position, 1):
                         reuse_ms = int(min(MARK_REUSE_S, cfg.retention_s / 4) * 1000)
                         self.position = max(self.position, sb.store.bus_mark(reuse_ms))
                     yield pb.FetchResponse(latest_replay_id=encode_replay(self.position),

@@ -157,6 +157,44 @@ def test_past_retention_policy_applied_gap_recorded_fail_exits(sf, connector, ka
     assert resumed.text().count("refused by Salesforce") == 1
 
 
+def test_a_quiet_channel_past_retention_is_told_apart_from_an_outage(sf, connector,
+                                                                      kafka_settings):
+    """Salesforce's keepalive "can be the last event consumed": on a channel with no event
+    for 72 h (a long weekend) the stored id, committed by a keepalive a minute ago, is
+    refused at the next resubscription. Nothing is lost (EARLIEST), but the connector said
+    at ERROR that it had been down longer than Salesforce keeps events."""
+    import json as _json
+
+    sf.seed(accounts=5, orders=20, broken_every=0)
+    sf.set_faults(keepalives_hold_position=True)
+    first = set(sf.approve(3))
+    proc = connector("--timeout", "90", SF_PUBSUB_KEEPALIVE_COMMIT_S="1")
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 3, 30, "the approvals")
+    codec = OffsetCodec(proc.name, "/event/OrderProvisionRequested__e")
+    last_event = max(r["replay_id"] for r in read_requests(kafka_settings))
+    wait_until(lambda: proc.text().count("keepalive position committed") >= 2, 30,
+               "keepalives committing the last event's id")
+    stored = load_position(kafka_settings.bootstrap_servers,
+                           kafka_settings.connector_offsets, codec)
+    assert stored is not None and stored.replay_id == last_event  # the id did not move
+    sf.advance_clock(hours=73)  # quiet past the retention: the last event is forgotten
+    sf.drop_streams()           # a routine stream end: resubscribe from the stored id
+    wait_until(lambda: "refused by Salesforce" in proc.text(), 30, "the refusal")
+    later = set(sf.approve(2))
+    wait_until(lambda: len(read_requests(kafka_settings)) >= 5, 30, "events after it")
+    assert proc.terminate() == 0
+    refusal = [_json.loads(line) for line in proc.text().splitlines()
+               if "refused by Salesforce" in line]
+    assert len(refusal) == 1 and refusal[0]["level"] == "WARNING", refusal
+    assert "a keepalive confirmed it current" in refusal[0]["msg"], refusal
+    gaps = [codec.decode_gap(g.value()) for g in read_topic(
+        kafka_settings.bootstrap_servers, kafka_settings.replay_gaps, 1)]
+    assert len(gaps) == 1 and "a keepalive confirmed it current" in gaps[0]["error_message"]
+    rows = read_requests(kafka_settings)
+    assert_exactly_once(rows, None, 5)
+    assert {r["OrderId__c"] for r in rows} == first | later
+
+
 def test_a_gap_whose_instance_died_before_its_pass_is_passed_by_the_next(
         sf, connector, kafka_settings):
     """The gap pass waits until the replay after a gap settles (GAP_SETTLE_S quiet). An
