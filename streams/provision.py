@@ -751,7 +751,10 @@ class Provisioner:
         # never a WHMCS slot nor the other writes' places: a Salesforce slow or down holds
         # back AddOrders only, not the AcceptOrders of orders already made
         nxt = self._next_add if guard is not None else self._next
-        slot_read = guard is not None and guard.max_age_s > 0  # once, briefly (below)
+        # the read with the slot held (below): every time the wait for the slot outlived the
+        # verdict (a max age of 0 included: the strictest setting must not check less), until
+        # one is slower than GUARD_SLOT_READ_S
+        slot_read = guard is not None
         while True:
             await nxt.acquire()
             try:
@@ -774,12 +777,14 @@ class Provisioner:
                     # the wait for the slot outlived the verdict: read once more, holding
                     # the slot for at most GUARD_SLOT_READ_S — a Salesforce slower than
                     # that gets the slot back and is read holding none, then the write
-                    # queues again (once: a read slower than the max age never loops)
-                    slot_read = False
+                    # queues again (and is not read in the slot again: a read slower than
+                    # the max age never loops; a fast one after a lease wait's second
+                    # queueing is read again, as the first)
                     reading = asyncio.ensure_future(guard.current())
                     reading.add_done_callback(retrieved)
                     done, _ = await asyncio.wait({reading}, timeout=GUARD_SLOT_READ_S)
                     if not done:
+                        slot_read = False
                         held = False
                         self._slots.release()
                         refused = await reading

@@ -15,7 +15,7 @@ import pytest
 from common.clock import lease_clock
 from common.errors import WhmcsError
 from common.whmcs import NOT_PENDING, AddOrderResult, WhmcsOrder
-from streams.guard_check import GuardCheck
+from streams.guard_check import GuardCheck, GuardRefused
 from streams.mapping import WhmcsItem, WhmcsOrderRequest
 from streams.provision import Provisioner, ProvisionResult
 from streams.state import Intent
@@ -73,11 +73,13 @@ def outcomes(kit):
     return {o["order_id"]: o for o in kit.emitter.sent}
 
 
-def test_an_order_set_back_while_its_addorder_waited_for_a_whmcs_slot_gets_none():
+@pytest.mark.parametrize("max_age_s", [0.2, 0.0])
+def test_an_order_set_back_while_its_addorder_waited_for_a_whmcs_slot_gets_none(max_age_s):
     """The review's demo: one WHMCS slot, A's AddOrder holds it 0.5 s; B's guard was read
     before, and customer service sets B to Pending Review meanwhile. Once B holds the slot
     its read is older than the max age: read again (one query), and B ends as the guard
-    would have decided at the start — Skipped, no AddOrder."""
+    would have decided at the start — Skipped, no AddOrder. A max age of 0 (read again
+    before every AddOrder) read only before the wait for the slot, and sent B's."""
     sf = SF(A, B)
 
     def set_back():
@@ -86,7 +88,7 @@ def test_an_order_set_back_while_its_addorder_waited_for_a_whmcs_slot_gets_none(
 
     async def go():
         kit = Kit(salesforce=sf, whmcs_client=wh, parallelism=1)
-        kit.handler.guard_max_age_s = 0.2
+        kit.handler.guard_max_age_s = max_age_s
         await kit.process(records([request_value(A, event_uuid="ua"),
                                    request_value(B, event_uuid="ub")]))
         return kit
@@ -97,8 +99,9 @@ def test_an_order_set_back_while_its_addorder_waited_for_a_whmcs_slot_gets_none(
     assert (got[A]["status"], got[A]["whmcs_order_id"]) == ("Provisioned", 101)
     assert (got[B]["status"], got[B]["error_code"], got[B]["attempts"]) == (
         "Skipped", "NOT_ACTIVATING", 0)
-    assert len(sf.queries) == 2  # both Orders' first read, and B's again
-    assert f"'{B}'" in sf.queries[1] and f"'{A}'" not in sf.queries[1]
+    if max_age_s:
+        assert len(sf.queries) == 2  # both Orders' first read, and B's again
+        assert f"'{B}'" in sf.queries[1] and f"'{A}'" not in sf.queries[1]
 
 
 def pending_intent(kit, oid, *, lease_until):
@@ -210,7 +213,7 @@ def test_a_max_age_of_zero_reads_the_guard_again_before_every_addorder():
         return kit
     kit = asyncio.run(go())
     assert outcomes(kit)[A]["status"] == "Provisioned"
-    assert len(sf.queries) == 2
+    assert len(sf.queries) == 3  # the decision's, before the wait for a slot, in the slot
 
 
 # -- a Failed result naming a WHMCS order lists what WHMCS created --------------------------
@@ -354,3 +357,48 @@ def test_worker_guard_max_age_s_reaches_the_handler(tmp_path):
                    whmcs=WhmcsSettings.load(whmcs), sf_client=None,  # type: ignore[arg-type]
                    common=CommonSettings.load({}, state_dir=tmp_path))
     assert built.handler.guard_max_age_s == 0.5
+
+
+def test_a_second_wait_for_a_slot_after_a_lease_wait_is_read_again_in_the_slot():
+    """The in-slot read ran once per AddOrder, fast or slow: after a lease wait gave the
+    slot back, the write queued for a slot again and went out on a verdict older than the
+    max age, though the Order had been set back during that second wait."""
+    state = {"activating": True}
+    reads: list[bool] = []
+    fences: list[tuple[str, bool]] = []
+    wh = Counting()
+
+    async def go():
+        prov = Provisioner(wh, policy(), parallelism=1)
+
+        async def blocker(set_back: bool) -> None:  # another Order's call holds the slot
+            async with prov._slots:
+                await asyncio.sleep(0.5)
+                if set_back:
+                    state["activating"] = False  # customer service sets it back meanwhile
+        tasks = [asyncio.ensure_future(blocker(False))]
+        await asyncio.sleep(0)
+
+        async def read():
+            reads.append(state["activating"])
+            if len(reads) == 2:  # the read before the slot, after the lease wait
+                tasks.append(asyncio.ensure_future(blocker(True)))
+                await asyncio.sleep(0.01)
+            return None if state["activating"] else ProvisionResult(
+                "Skipped", error_code="NOT_ACTIVATING")
+        guard = GuardCheck(read, read_at=lease_clock(), max_age_s=0.2)
+
+        async def fence(action, *, queued=False):
+            fences.append((action, queued))
+            if len(fences) == 2:
+                guard.waiting()  # the fence in the slot waited for the lease (once)
+            return None
+        try:
+            return await prov.provision(request(), fence=fence, guard=guard)
+        except GuardRefused as refused:
+            return refused.result
+        finally:
+            await asyncio.gather(*tasks)
+    result = asyncio.run(go())
+    assert wh.calls == [], "AddOrder sent on a verdict older than the max age"
+    assert (result.status, result.error_code) == ("Skipped", "NOT_ACTIVATING")
