@@ -722,7 +722,8 @@ class WorkerSettings(_Section):
             "is one read before a wait (for an earlier AddOrder to settle, a retry, refused "
             "WHMCS access, the ownership lease). Set back from Activating meanwhile, the "
             "Order ends Skipped with no AddOrder. Those reads share queries as the first "
-            "reads do. 0 = read again before every AddOrder (before its wait for a WHMCS slot and again with the slot held).")
+            "reads do. 0 = read again before every AddOrder (before its wait for a "
+            "WHMCS slot and again with the slot held).")
     whmcs_parallelism: int = env("WORKER_WHMCS_PARALLELISM", 16, parse=parse_positive_int,
                                  doc="WHMCS calls in flight at once (each Order's AddOrder "
                                      "and AcceptOrder take one slot each, in turn).")
