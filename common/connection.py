@@ -261,7 +261,7 @@ def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = Fal
     return None
 
 
-_FAILED_AT = re.compile(r"\bssl://(\[[^\]]+\]|[^:/\s]+):(\d+)/")
+_FAILED_AT = re.compile(r"(?<![\w])(?:sasl_)?ssl://(\[[^\]]+\]|[^:/\s]+):(\d+)/")
 X509_V_ERR_HOSTNAME_MISMATCH = 62
 X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 

@@ -350,7 +350,8 @@ class KafkaSettings(_Section):
                     raise ConfigError("KAFKA_SSL_KEY_PASSWORD: it does not decrypt the key in "
                                       f"KAFKA_SSL_KEY_LOCATION ({self.ssl_key_location})"
                                       ) from None
-                if "mismatch" in str(exc).lower():
+                if "mismatch" in str(exc).lower() or "no certificate assigned" in \
+                        str(exc).lower().replace("_", " "):  # a key of another type
                     raise ConfigError("KAFKA_SSL_KEY_LOCATION: the key "
                                       f"({self.ssl_key_location}) is not the one of the "
                                       "certificate in KAFKA_SSL_CERTIFICATE_LOCATION "

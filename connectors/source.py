@@ -157,10 +157,11 @@ GAP_ARM_OPEN_S = 5.0
 #: successor's re-armed pass (:meth:`Connector._rearm_gap`): a gap record's commit, failed
 #: opens with their backoff, a delivery-limit wait (SF_PUBSUB_LIMIT_BACKOFF_S, 300 s)
 LATEST_ACCEPT_WITHIN_S = 900.0
-#: a refused stored replay id confirmed current (its last commit, a keepalive's or an
-#: event's) at most this long before: the channel was quiet past Salesforce's retention
-#: rather than the connector down (README, Reconciliation)
-QUIET_CONFIRMED_S = 900.0
+#: Salesforce's event retention: a stored replay id a keepalive confirmed current less than
+#: this long before Salesforce refused it was refused because the channel was quiet that
+#: long (the keepalive carried the last event's id), not because the connector was down
+#: past it (README, Reconciliation)
+PUBSUB_RETENTION_S = 72 * 3600.0
 
 
 class StreamStalled(SalesforceError):
@@ -714,10 +715,10 @@ class Connector:
         # "can be the last event consumed"), so an id committed a minute ago is refused once
         # that event is older than the retention — a quiet weekend, not an outage
         confirmed_s = max(0.0, time.time() - self.position.committed_at_ms / 1000)
-        quiet = self.position.source == KEEPALIVE and confirmed_s <= QUIET_CONFIRMED_S
-        cause = (f"a keepalive confirmed it current {confirmed_s:.0f} s ago, so the channel "
+        quiet = self.position.source == KEEPALIVE and confirmed_s < PUBSUB_RETENTION_S
+        cause = (f"a keepalive confirmed it current {_span(confirmed_s)} ago, so the channel "
                  "has had no event for longer than Salesforce keeps them: only what was "
-                 f"published in those {confirmed_s:.0f} s is unconfirmed" if quiet else
+                 f"published in those {_span(confirmed_s)} is unconfirmed" if quiet else
                  f"it was last committed {confirmed_s / 3600:.1f} h ago: what was published "
                  "since may be lost to Salesforce's retention")
         try:
@@ -908,3 +909,12 @@ class Connector:
                   "(exit code %d); the newer instance owns the stream.", self.settings.name,
                   exc, EXIT_FENCED)
         return EXIT_FENCED
+
+
+def _span(seconds: float) -> str:
+    """``seconds`` for a log line: "42 s", "20 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import json
 import random
 from types import SimpleNamespace
@@ -878,3 +879,35 @@ def test_the_channel_pings_as_a_default_grpc_server_allows():
     loosened = {"grpc.http2.min_recv_ping_interval_without_data_ms",
                 "grpc.http2.max_ping_strikes", "grpc.keepalive_permit_without_calls"}
     assert not loosened & set(served)
+
+
+@pytest.mark.parametrize("ago_s, level, words", [
+    (300, logging.WARNING, "a keepalive confirmed it current 5 min ago"),
+    (1200, logging.WARNING, "a keepalive confirmed it current 20 min ago"),  # a maintenance stop
+    (73 * 3600, logging.ERROR, "it was last committed 73.0 h ago"),
+])
+def test_a_refused_keepalive_position_is_a_quiet_channel_until_the_retention(
+        caplog, ago_s, level, words):
+    """A keepalive may carry the last event's id: one committed less than 72 h before
+    Salesforce refused it was refused for the channel's quiet, not for an outage — also
+    after a stop of 20 minutes (it said at ERROR that events may be lost to the retention)."""
+    import time
+    import types
+
+    from common.errors import ReplayIdInvalidError
+    from connectors.offsets import KEEPALIVE, Position
+    from connectors.source import Connector
+
+    connector = Connector.__new__(Connector)
+    connector.settings = types.SimpleNamespace(invalid_replay="EARLIEST")
+    connector.kafka = types.SimpleNamespace(replay_gaps="gaps")
+    connector.preset_override = None
+    gaps: list[str] = []
+    connector._record_gap = lambda policy, code, message: gaps.append(message)  # type: ignore[method-assign]
+    connector.position = Position(b"\x00\x01", KEEPALIVE, int((time.time() - ago_s) * 1000))
+    with caplog.at_level(logging.INFO, logger="connectors"):
+        assert connector._replay_invalid(ReplayIdInvalidError(
+            "replay id invalid", error_code="fetch.replayid.corrupted")) is None
+    refused = [r for r in caplog.records if "refused by Salesforce" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == level, refused
+    assert words in refused[0].getMessage() and words in gaps[0]

@@ -102,7 +102,7 @@ def _client_pair(cert_path, key_path, issuer=None):
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -399,7 +399,7 @@ def _pki(tmp_path):
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
     now = dt.datetime.now(dt.UTC)
@@ -435,7 +435,9 @@ def _pki(tmp_path):
              "server-key": key_pem(server_key),
              "client": pem(cert("client", client_key, ca_cert, ca_key)),
              "client-key": key_pem(client_key, b"right"),
-             "not-pem": b"not a certificate\n"}
+             "not-pem": b"not a certificate\n",
+             "rsa-key": key_pem(rsa.generate_private_key(public_exponent=65537,
+                                                         key_size=2048))}
     paths = {}
     for name, data in files.items():
         paths[name] = tmp_path / f"{name}.pem"
@@ -447,6 +449,7 @@ def _pki(tmp_path):
     ({"KAFKA_SSL_KEY_PASSWORD": "wrong"}, "KAFKA_SSL_KEY_PASSWORD"),
     ({"KAFKA_SSL_KEY_PASSWORD": ""}, "KAFKA_SSL_KEY_PASSWORD"),
     ({"KAFKA_SSL_KEY_LOCATION": "server-key"}, "KAFKA_SSL_KEY_LOCATION"),
+    ({"KAFKA_SSL_KEY_LOCATION": "rsa-key"}, "KAFKA_SSL_KEY_LOCATION"),  # another type
     ({"KAFKA_SSL_CA_LOCATION": "not-pem"}, "KAFKA_SSL_CA_LOCATION"),
 ])
 def test_tls_files_the_clients_cannot_load_name_their_setting_at_start(tmp_path, change,
@@ -466,7 +469,8 @@ def test_tls_files_the_clients_cannot_load_name_their_setting_at_start(tmp_path,
         "not the one", "")
 
 
-def test_a_host_name_the_brokers_certificate_lacks_is_not_blamed_on_the_ca(tmp_path):
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_a_host_name_the_brokers_certificate_lacks_is_not_blamed_on_the_ca(tmp_path, protocol):
     """OpenSSL words a host name mismatch as an untrusted certificate ("certificate verify
     failed"): the line sent operators to KAFKA_SSL_CA_LOCATION, which was right."""
     import socket
@@ -493,16 +497,16 @@ def test_a_host_name_the_brokers_certificate_lacks_is_not_blamed_on_the_ca(tmp_p
                 pass
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    report = (f"ssl://localhost:{port}/bootstrap: SSL handshake failed: error:0A000086:SSL "
+    report = (f"{protocol.lower()}://localhost:{port}/bootstrap: SSL handshake failed: error:0A000086:SSL "
               "routines::certificate verify failed: broker certificate could not be verified "
               "(after 1ms in state SSL_HANDSHAKE)")
     try:
-        trusted = KafkaConnection(f"localhost:{port}", security_protocol="SSL",
+        trusted = KafkaConnection(f"localhost:{port}", security_protocol=protocol,
                                   ssl_ca_location=str(pki["ca"]))
         line = access_error(trusted, [report])
         assert line is not None and line.startswith("KAFKA_BOOTSTRAP_SERVERS: "), line
         assert f"does not name localhost:{port}" in line
-        untrusted = KafkaConnection(f"localhost:{port}", security_protocol="SSL",
+        untrusted = KafkaConnection(f"localhost:{port}", security_protocol=protocol,
                                     ssl_ca_location=str(pki["other-ca"]))
         line = access_error(untrusted, [report])
         assert line is not None and line.startswith("KAFKA_SSL_CA_LOCATION: "), line

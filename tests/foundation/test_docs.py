@@ -131,3 +131,15 @@ def test_the_outcome_schemas_doc_names_the_readmes_dedupe_key():
     assert f"Deduplicate on {key}".replace("(", "`(").replace(")", ")`") in readme
     assert f"dedupe on {key}" in doc
     assert "per (order_id, idem_key)" not in doc
+
+
+def test_the_fenced_row_names_every_stage_the_handler_fences_at():
+    """`sfprov_worker_fenced_total{stage}`: each stage the worker's event path asks the
+    lease at is explained in the README's troubleshooting row."""
+    source = (ROOT / "streams" / "handler.py").read_text()
+    stages = set(re.findall(r'self\._own\(rec, "(\w+)"', source))
+    assert {"intent", "record", "send", "mark"} <= stages, stages
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| `fenced: partition P is not assigned"))
+    assert all(f"`{stage}`" in row for stage in stages), stages
