@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import random
 from types import SimpleNamespace
 from typing import Any
