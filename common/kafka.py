@@ -115,6 +115,9 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
 WORKER_TABLES = ("idem", "intents")  # the worker's faust tables (streams.app)
 
 
+CHANGELOG_DELETE_RETENTION_MS = 86_400_000  # Kafka's default, declared: drift if changed
+
+
 def changelog_topics(settings: KafkaSettings, app_id: str) -> list[TopicSpec]:
     """The worker's table changelogs, as faust names them (``<app id>-<table>-changelog``,
     the app id with the topic prefix), declared here so the worker creates them before it
@@ -128,7 +131,11 @@ def changelog_topics(settings: KafkaSettings, app_id: str) -> list[TopicSpec]:
     return [TopicSpec(f"{app_id}-{table}-changelog", settings.partitions,
                       settings.replication_factor,
                       {"cleanup.policy": "compact",
-                       "min.insync.replicas": str(settings.min_insync_replicas)},
+                       "min.insync.replicas": str(settings.min_insync_replicas),
+                       # how long a tombstone outlives its cleaning: a worker's local store
+                       # left behind longer (half of it) is rebuilt from the changelog's
+                       # start (streams.faust_seam.restore.STALE_STORE_S)
+                       "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)},
                       f"worker table {table} (faust changelog, compacted)",
                       partitioned_as=settings.requests)
             for table in WORKER_TABLES]

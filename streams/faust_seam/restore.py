@@ -31,8 +31,10 @@ holds them; the table's write path (``_send``, ``flush``) is in :mod:`.tables`."
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -42,6 +44,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP
 
+from common.kafka import CHANGELOG_DELETE_RETENTION_MS
 from streams import metrics
 from streams.faust_seam._base import CONTRACT
 from streams.faust_seam.rocksdb import KeyPartitionedRocksStore
@@ -55,6 +58,14 @@ CLAIM_KEY = "\x00claim"
 _CLAIM = CLAIM_KEY.encode()
 _KEEP_CLAIMS = 16  # per partition, the latest read
 _KEEP_SUSPECTS = 10_000  # per partition, the latest of this worker's own late records
+# A partition's local store not kept current for this long (held, or restored) is read again
+# from the changelog's start when the partition comes to this worker: the changelogs are
+# compacted, and Kafka drops a tombstone delete.retention.ms (1 day unless the topic says
+# otherwise: the changelogs declare it, common.kafka) after it was cleaned — a store that
+# missed a deletion longer than that, resumed from its persisted offset, would keep the
+# deleted entry for ever (an intent settled and forgotten by another owner, pending again)
+STALE_STORE_S = CHANGELOG_DELETE_RETENTION_MS / 1000 / 2
+_TOUCH_EVERY_S = 60.0  # a held partition's "current at" stamp is renewed this often
 # The header each changelog record carries: b"<generation> <writer>", the group generation its
 # worker was last assigned in (kept through a rebalance) and its writer's id (a record written
 # before any assignment carries none and is never judged by it).
@@ -81,6 +92,9 @@ class RestoreGuards(faust.Table):
     table's looked at) and ``on_foreign(table, partition, first, last, generation)`` (another
     writer's records among this table's own: streams.repair)."""
 
+    #: the group generation now (the worker sets it, :class:`.tables.DurableTable`)
+    generation: Callable[[], int | None] | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_foreign: Callable[[Any, int, int, int, int | None], bool] | None = None
@@ -106,6 +120,7 @@ class RestoreGuards(faust.Table):
         # been this worker's without a break since then (the worker sets it).
         self._claimed: dict[int, int] = {}
         self.held: Callable[[int, int], bool] | None = None
+        self._touched: dict[int, float] = {}  # partition → when its store was noted current
         self._stamps: tuple[str, int | None, list[tuple[str, bytes]] | None] = ("", None, None)
         # the generation a record is stamped with (the worker sets it: the last one it was
         # assigned in, kept through a rebalance — a record written then was written under no
@@ -334,6 +349,16 @@ class RestoreGuards(faust.Table):
         been filled from there (a chaos run: three decisions lost, the Orders decided
         again)."""
         store, partition = self.data, tp.partition
+        if isinstance(store, KeyPartitionedRocksStore) and self._stale(store, tp):
+            store.drop_partition(partition)
+            self._rebuild.discard(partition)
+            self._marked.pop(partition, None)
+            self._claimed.pop(partition, None)
+            self._rebuilding.add(partition)
+            self.touch(partition, force=True)
+            return -1
+        if isinstance(store, KeyPartitionedRocksStore):
+            self.touch(partition, force=True)  # its restore brings it current now
         if partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
             if self._held_since_suspects(partition):
                 self._kept_suspects(partition)
@@ -346,6 +371,57 @@ class RestoreGuards(faust.Table):
                 return -1
         self._rebuilding.discard(partition)
         return cast("int | None", super().persisted_offset(tp))
+
+    def _current_file(self, partition: int) -> Path | None:
+        store = self.data
+        if not isinstance(store, KeyPartitionedRocksStore):
+            return None
+        path = store.partition_path(partition)
+        return path.with_name(path.name + ".current")
+
+    def touch(self, partition: int, *, force: bool = False) -> None:
+        """Note that ``partition``'s local store is current now (held and written, or being
+        restored): the mtime of a file beside its DB, at most every :data:`_TOUCH_EVERY_S`
+        unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._touched.get(partition, -_TOUCH_EVERY_S) < _TOUCH_EVERY_S:
+            return
+        self._touched[partition] = now
+        path = self._current_file(partition)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as exc:  # the worst it costs: a rebuild the store did not need
+            log.warning("table %s: cannot note partition %d's store current (%s)", self.name,
+                        partition, exc)
+
+    def _stale(self, store: KeyPartitionedRocksStore, tp: TP) -> bool:
+        """``tp``'s local store holds data (a persisted offset) that was last current longer
+        than :data:`STALE_STORE_S` ago — or at a time not known — and this worker did not
+        hold the partition in the generation before this one (a kept partition's store is
+        current whatever its age: every write to it was this worker's)."""
+        partition = tp.partition
+        generation = self.generation() if self.generation is not None else None
+        if generation is not None and self.held is not None and \
+                self.held(partition, generation - 1):
+            return False
+        if RocksStore.persisted_offset(store, tp) is None:
+            return False  # nothing in it to be stale
+        path = self._current_file(partition)
+        try:
+            age = time.time() - path.stat().st_mtime if path is not None else None
+        except OSError:
+            age = None
+        if age is not None and age < STALE_STORE_S:
+            return False
+        log.warning("table %s: partition %d's local store was last current %s; the "
+                    "changelog may have dropped deletions since (compaction): it is read "
+                    "again from the changelog's start", self.name, partition,
+                    "at a time not known" if age is None else f"{age / 3600:.1f} h ago",
+                    extra={"partition": partition})
+        return True
 
     def _held_since_suspects(self, partition: int) -> bool:
         """Every flush that marked ``partition`` for a rebuild was written in a generation

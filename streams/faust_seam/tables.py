@@ -286,6 +286,7 @@ class DurableTable(RestoreGuards):
                 self._tail.pop(partition, None)
                 self._tail_generation.pop(partition, None)
                 continue
+            self.touch(partition)  # held and written: current
             tp = TP(self._changelog_name, partition)
             persisted = store.persisted_offset(tp)
             held = -1 if persisted is None else persisted

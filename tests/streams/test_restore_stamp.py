@@ -155,3 +155,56 @@ def test_a_rebuild_never_marks_its_partition_again(tmp_path):
     table.apply_changelog_batch(log[2:])
     assert 0 not in table._rebuild and skipped == [[K]]
     assert _assigned(table) != -1
+
+
+# -- a local store left behind longer than the changelog keeps its tombstones ----------------
+
+def _stale_setup(tmp_path, *, age_s: float | None, held_before: bool = False):
+    """W's store holds K pending, persisted at offset 10; its "current" stamp is ``age_s``
+    old (None: none); the worker is in generation 9 and held the partition in 8 or not."""
+    import os
+    import time
+
+    table, _ = _table(tmp_path, "W", holds=LATE, persisted=10)
+    table.generation = lambda: 9
+    table.held = lambda partition, generation: held_before and generation >= 8
+    current = table._current_file(0)
+    if age_s is not None:
+        current.parent.mkdir(parents=True, exist_ok=True)
+        current.touch()
+        then = time.time() - age_s
+        os.utime(current, (then, then))
+    return table
+
+
+def test_a_store_left_behind_past_the_tombstones_retention_is_read_from_the_start(tmp_path):
+    """The partition went to another owner, which settled K and, weeks later, forgot it
+    (a tombstone); compaction then dropped K's records and the tombstone. Back to W, its
+    store resumed from its persisted offset kept K pending for ever: the sweep recovered it
+    and sent a second, different outcome for an event decided weeks before."""
+    table = _stale_setup(tmp_path, age_s=2 * 24 * 3600)
+    assert _assigned(table) == -1  # read again from the changelog's start
+    assert table.stored(K) is None  # the stale store was dropped
+    assert 0 in table._rebuilding
+
+
+@pytest.mark.parametrize("age_s, held_before", [(600, False), (2 * 24 * 3600, True)])
+def test_a_recent_store_or_a_kept_partition_is_restored_in_place(tmp_path, age_s,
+                                                                 held_before):
+    table = _stale_setup(tmp_path, age_s=age_s, held_before=held_before)
+    assert _assigned(table) == 10  # resumes at its persisted offset
+    assert table.stored(K) == LATE
+
+
+def test_a_store_not_known_current_is_read_from_the_start(tmp_path):
+    """A store from before the stamp (or whose stamp is gone): its age is not known."""
+    table = _stale_setup(tmp_path, age_s=None)
+    assert _assigned(table) == -1 and table.stored(K) is None
+
+
+def test_flushes_and_assignments_keep_the_stamp_fresh(tmp_path):
+    import time
+
+    table = _stale_setup(tmp_path, age_s=600)
+    assert _assigned(table) == 10
+    assert time.time() - table._current_file(0).stat().st_mtime < 60  # touched: restoring
