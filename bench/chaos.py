@@ -44,7 +44,7 @@ drawn from ``--seed`` (``bench.chaos_plan``: the same seed gives the same plan):
 
 Self-tests — the run must then fail: ``--break-guard`` (the worker's WHMCS lookup never
 finds an order) and ``--break-lease`` (its ownership lease always says ok; at least two
-workers, pauses only of workers, 3 pauses unless ``--pauses``): see ``bench/broken_worker.py``.
+workers, pauses only of workers, 3 pauses unless ``--pauses`` or ``--cuts`` is given): see ``bench/broken_worker.py``.
 ``--pause-workers-only`` draws the same plan with nothing broken: one seed compares the lease
 on and off.
 
@@ -343,12 +343,28 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         report.update(fault_report(p, plan, applied, restarts))
         report.update(outcome_records(p))
         report.update(changelog_ends(p))
+        report["faults_ok"] = faults_ok(report)
         report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
                         and report["outcomes_contradicting"] == 0
                         and report["disagreeing"] == 0 and report["not_provisioned"] == 0
                         and report["broken_not_failed"] == 0 and settled
-                        and report["approved"] == run.orders and not errors)
+                        and report["approved"] == run.orders and not errors
+                        and report["faults_ok"])
         return report
+
+
+def faults_ok(report: dict[str, Any]) -> bool:
+    """The faults happened as the report says, and nothing else did: no process died on its
+    own (``unplanned``), the plan's rules held on the real timeline, every fault was applied
+    to its victim (none skipped, none on a fallback node, every restart made) and every pause
+    and cut outlasted the victim's timeout. An ``ok`` data verdict over faults that did not
+    land, or beside a crash the harness quietly restarted, proves less than it says."""
+    faults = [*report.get("kill_plan", []), *report.get("pauses", []), *report.get("cuts", [])]
+    return (report.get("unplanned_restarts", 0) == 0
+            and not report.get("schedule_violations")
+            and not any("skipped" in f or f.get("fallback") or f.get("restart_error")
+                        for f in faults)
+            and all(f.get("past_timeout", True) for f in faults if f["action"] != "kill"))
 
 
 def fault_report(p: Pipeline, plan: list[Fault], applied: list[dict[str, Any]],
@@ -416,7 +432,7 @@ SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_
            "restores_left_out", "restores_skipped_late", "restores_late_in_store",
            "restores_held", "restores_floor",
            "stores_rebuilt",
-           "unplanned_restarts", "schedule_violations", "whmcs_faults", "ok")
+           "unplanned_restarts", "schedule_violations", "whmcs_faults", "faults_ok", "ok")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import Consumer
+
 from bench import chaos_plan
 from bench.chaos_plan import BROKER, Fault, out_together, victim_of
 from bench.chaos_report import log_lines
@@ -82,6 +84,11 @@ class _Restarts:
         return any(t.is_alive() for t in self.threads)
 
 
+#: how long past its due time a fault waits for its victim to be free before it is given up
+#: (noted ``skipped``): a process dying again at every restart kept the run waiting for ever
+FAULT_WAIT_MAX_S = 180.0
+
+
 def execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
             timeouts: dict[str, float], started: float, log: Any, *,
             approvals: Approvals | None = None,
@@ -131,6 +138,18 @@ def execute(p: Pipeline, plan: list[Fault], processes: tuple[str, ...],
         restarts += watch([fault.process] if fault.action == "kill"
                           and not fault.process.startswith(BROKER) else [])
         free_at = _free_at(fault, outs, now())
+        if (free_at is None or free_at > now()) and now() - fault.at_s > FAULT_WAIT_MAX_S:
+            # its victim never came free (it dies again at each restart: a crash loop, or a
+            # node that does not come back): noted as not applied, and the run goes on to
+            # its verdict, which fails on it (bench.chaos: faults_ok)
+            heapq.heappop(pending)
+            waited = now() - fault.at_s
+            log(f"  t={now():6.1f}s  {fault.action} of {fault.process} not applied: its "
+                f"victim was out or recovering for {waited:.0f} s")
+            applied.append({"action": fault.action, "process": fault.process,
+                            "at_s": round(now(), 1), "late_s": round(waited, 1),
+                            "skipped": f"victim never free for {waited:.0f} s (a crash loop?)"})
+            continue
         if free_at is None or free_at > now():  # its victim is still out: wait, then again
             if i not in held:
                 held.add(i)
@@ -325,17 +344,46 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
                 r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values()):
             settled = True
             break
-    calls, quiet_since = p.whmcs.calls(), time.monotonic()
-    while settled and time.monotonic() - quiet_since < QUIET_S \
-            and time.monotonic() < deadline + QUIET_LIMIT_S:
-        time.sleep(1.0)
-        restarts += revive(p, processes, started)
-        now_calls = p.whmcs.calls()
-        if now_calls != calls:
-            calls, quiet_since = now_calls, time.monotonic()
-    if time.monotonic() - quiet_since < QUIET_S:  # WHMCS still busy at the limit
+    # quiet: no WHMCS call and no new outcome record for QUIET_S, and for a worker's sweep
+    # interval (+ a margin): a sweep sends an unsent decision again with no WHMCS call, and
+    # read before it, a contradiction it carries would go unseen
+    quiet_s = max(QUIET_S, quiet_window(p))
+    reader = Consumer(p.client_config(**{"group.id": "chaos-settle",
+                                         "enable.auto.commit": False}))
+    try:
+        marks = (p.whmcs.calls(), _ends(reader, p.kafka.outcomes))
+        quiet_since = time.monotonic()
+        while settled and time.monotonic() - quiet_since < quiet_s \
+                and time.monotonic() < deadline + QUIET_LIMIT_S + quiet_s:
+            time.sleep(1.0)
+            restarts += revive(p, processes, started)
+            now_marks = (p.whmcs.calls(), _ends(reader, p.kafka.outcomes))
+            if now_marks != marks:
+                marks, quiet_since = now_marks, time.monotonic()
+    finally:
+        reader.close()
+    if time.monotonic() - quiet_since < quiet_s:  # still busy at the limit
         settled = False
     return restarts, settled
+
+
+def quiet_window(p: Pipeline) -> float:
+    """A worker's sweep interval, as its environment sets it, and a margin."""
+    try:
+        return float(p.env("worker").get("WORKER_SWEEP_INTERVAL_S", 60.0)) + 10.0
+    except ValueError:
+        return 70.0
+
+
+def _ends(reader: Any, topic: str) -> dict[int, int]:
+    """The partitions' end offsets of ``topic`` (empty when the brokers do not answer: the
+    next look compares again)."""
+    from common.lag import end_offsets
+
+    try:
+        return {part: high for part, (_low, high) in end_offsets(reader, topic).items()}
+    except Exception:  # noqa: BLE001 - a node away: not an answer, asked again
+        return {}
 
 
 QUIET_S = 20.0  # past a WHMCS call's timeout plus a hang, and a worker's session timeout

@@ -39,6 +39,13 @@ def test_short_chaos_no_duplicates_nothing_missing(kafka_bootstrap, tmp_path):
     assert report["duplicates"] == 0, report["duplicate_orders"]
     assert report["missing"] == 0, report["missing_orders"]
     assert report["whmcs_orders"] == report["provisioned"]
+    assert report["outcomes_contradicting"] == 0, report.get("contradicting_detail")
+    # the whole verdict: contradicting outcomes, disagreeing or unprovisioned Orders, faults
+    # that did not land, a process that died on its own
+    assert report["faults_ok"], {k: report.get(k) for k in (
+        "unplanned", "schedule_violations", "kill_plan", "pauses")}
+    assert report["ok"], {k: report.get(k) for k in (
+        "disagreeing", "not_provisioned", "broken_not_failed", "settled", "errors")}
 
 
 def test_outage_past_retention_closes_itself(kafka_bootstrap, tmp_path):

@@ -290,3 +290,77 @@ def test_the_report_says_which_whmcs_faults_fired_and_the_schedules_violations()
                                       "fired_kinds": {"addorder": {"latency": 12, "hang": 2}}}
     assert len(report["schedule_violations"]) == 1  # the pause came while worker was down
     assert {"whmcs_faults", "schedule_violations"} <= set(SUMMARY)
+
+
+class _CrashLoop:
+    """A pipeline whose sink exits 1 a moment after every start (a crash loop)."""
+
+    class Proc:
+        def __init__(self) -> None:
+            self.started, self.returncode = time.monotonic(), None
+
+        def poll(self) -> int | None:
+            if time.monotonic() - self.started > 0.05:
+                self.returncode = 1
+            return self.returncode
+
+    def __init__(self, tmp_path: Any) -> None:
+        self.dir, self.cluster, self.kills = tmp_path, None, []
+        dead = self.Proc()
+        dead.started -= 1.0  # it has died already when the run looks
+        self.procs: dict[str, Any] = {"sink": dead}
+
+    def start(self, name: str, *args: str) -> Any:
+        self.procs[name] = self.Proc()
+        return self.procs[name]
+
+    def pid(self, name: str) -> int | None:
+        proc = self.procs.get(name)
+        return 7 if proc is not None and proc.poll() is None else None
+
+    def paused(self) -> list[str]:
+        return []
+
+    def cut_off(self) -> list[str]:
+        return []
+
+    def log(self, name: str) -> Any:
+        return self.dir / "none.log"
+
+
+@pytest.mark.usefixtures("short_recovery")
+def test_a_fault_whose_victim_never_comes_free_is_given_up_not_waited_for(tmp_path,
+                                                                         monkeypatch):
+    """A process dying again at every restart kept the run waiting for its fault for ever:
+    no verdict at all for the worst failure. The fault is now noted as not applied."""
+    from bench import chaos_faults
+
+    monkeypatch.setattr(chaos_faults, "FAULT_WAIT_MAX_S", 1.0)
+    p = _CrashLoop(tmp_path)
+    began = time.monotonic()
+    applied, unplanned = execute(p, [Fault(0.0, "pause", "sink", 0.5)], ("sink",),  # type: ignore[arg-type]
+                                 TIMEOUTS, time.monotonic(), lambda *_: None)
+    assert time.monotonic() - began < 10
+    assert len(applied) == 1 and "victim never free" in applied[0]["skipped"]
+    assert unplanned and all(u["process"] == "sink" for u in unplanned)
+
+
+def test_the_verdict_fails_when_the_faults_did_not_happen_as_planned():
+    """``ok`` looked only at the data: a process dying on its own (restarted by the
+    harness), a pause skipped, a leader kill that hit another node, a pause shorter than the
+    timeout it was to outlast all left it true."""
+    from bench.chaos import faults_ok
+
+    clean = {"unplanned_restarts": 0, "schedule_violations": [],
+             "kill_plan": [{"action": "kill", "process": "worker"}],
+             "pauses": [{"action": "pause", "process": "worker", "past_timeout": True}],
+             "cuts": [{"action": "cut", "process": "worker2", "past_timeout": True}]}
+    assert faults_ok(clean)
+    for broken in ({"unplanned_restarts": 1},
+                   {"schedule_violations": ["a pause of worker while worker2 was out"]},
+                   {"pauses": [{"action": "pause", "process": "sink", "skipped": "gone"}]},
+                   {"pauses": [{"action": "pause", "process": "sink", "past_timeout": False}]},
+                   {"kill_plan": [{"action": "kill", "process": "kafka", "fallback": True}]},
+                   {"kill_plan": [{"action": "kill", "process": "kafka2",
+                                   "restart_error": "boom"}]}):
+        assert not faults_ok({**clean, **broken}), broken
