@@ -102,8 +102,9 @@ class ChangelogRepair:
     """Told of foreign records by the tables (:meth:`foreign`), repairs them one range at a
     time on the event loop; the range is read on a thread (``read`` blocks). ``commit`` is
     the worker's group commit. ``wait_s``: how long a range waits for the lease to answer
-    (a rebalance under way, heartbeats not accepted lately) before it is given up. A job
-    that fails (the range's read timed out: a broker failing over) is tried again
+    (a rebalance under way, heartbeats not accepted lately) before the attempt fails. A job
+    that fails (the lease did not answer, the range's read timed out: a broker failing
+    over) is tried again
     ``retry_s`` later, ``attempts`` times in all, after the others queued meanwhile; both
     steps are idempotent (the range is read again, the owner's values compared again)."""
 
@@ -215,7 +216,12 @@ class ChangelogRepair:
             except Fenced as exc:
                 why = str(exc.check.reason)
             except TimeoutError:
-                why = f"the lease did not answer within {self.wait_s:g} s"
+                # not a loss of the partition: tried again as a failed read is (the flush
+                # may have moved the persisted offset past the range already, so no later
+                # restore looks at it again), and counted failed once given up
+                raise TimeoutError(f"the lease did not answer within {self.wait_s:g} s (a "
+                                   "rebalance or a restore under way, or the brokers "
+                                   "away)") from None
         self.given_up += 1
         metrics.CHANGELOG_REPAIRS.labels(table.name, "not_owner").inc()
         log.info("table %s: changelog partition %d %s; not repaired: %s", table.name,

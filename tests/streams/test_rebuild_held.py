@@ -74,7 +74,7 @@ def _owner_meets_late_records(tmp_path, *, kept: bool, give_up: bool = False) ->
             pass
         busy = [True]  # the rebalance and the restore: the repair waits them out
         repair = ChangelogRepair(lease, read, commit, wait_s=0.2 if give_up else 5,
-                                 busy=lambda: busy[0])
+                                 busy=lambda: busy[0], retry_s=0.0)
         table.on_foreign = repair.foreign
         rewritten: list[str] = []
         table.rewrite = rewritten.append  # type: ignore[method-assign]

@@ -61,3 +61,47 @@ def test_a_failing_job_is_tried_again_then_given_up_with_a_line_naming_it(caplog
         "table idem: repairing changelog partition 0 (1 key(s) a restore left records out "
         "for) failed, attempt 3/3; given up"]
     assert sum("tried again in 0 s" in m for level, m in lines if level == "WARNING") == 5
+
+
+def test_a_range_whose_lease_wait_times_out_is_tried_again_and_repaired():
+    """The late writer's rejoin made a rebalance and restores outlast the repair's wait
+    while this worker kept the partition: the range was dropped as `not_owner`, though the
+    flush had moved the persisted offset past it — nothing ever looked at it again, and the
+    changelog kept ending with the late values."""
+    import asyncio
+
+    from streams.lease import OwnershipLease
+    from streams.repair import ChangelogRepair
+
+    clock = [1000.0]
+    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
+    lease.synced(5, clock[0])
+    lease.assigned([0], 5)
+
+    class Table:
+        name = "idem"
+        changelog_topic = type("T", (), {"get_topic_name": staticmethod(lambda: "x")})()
+        sent: list[str] = []
+
+        def stored(self, key: str) -> bytes:
+            return b"owner"
+
+        def rewrite(self, key: str) -> None:
+            self.sent.append(key)
+
+    async def commit() -> None:
+        pass
+
+    async def go() -> tuple[list[str], int]:
+        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, commit, wait_s=0.2,
+                                 retry_s=0.05, attempts=3)
+        table = Table()
+        assert repair.foreign(table, 0, 10, 12, 5)  # the lease answered at the flush
+        lease.rebalancing()  # the late writer's rejoin: a rebalance
+        await asyncio.sleep(0.3)  # longer than the repair's wait
+        lease.synced(6, clock[0])
+        lease.assigned([0], 6)  # kept
+        await asyncio.wait_for(repair.idle(), 5)
+        return table.sent, repair.given_up
+    sent, given_up = asyncio.run(go())
+    assert sent == ["K"] and given_up == 0
