@@ -350,20 +350,31 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
     quiet_s = max(QUIET_S, quiet_window(p))
     reader = Consumer(p.client_config(**{"group.id": "chaos-settle",
                                          "enable.auto.commit": False}))
+    read_at: float | None = None  # the last time the outcomes' ends were read
     try:
-        marks = (p.whmcs.calls(), _ends(reader, p.kafka.outcomes))
+        ends = _ends(reader, p.kafka.outcomes)
+        if ends is not None:
+            read_at = time.monotonic()
+        marks = (p.whmcs.calls(), ends or {})
         quiet_since = time.monotonic()
         while settled and time.monotonic() - quiet_since < quiet_s \
                 and time.monotonic() < deadline + QUIET_LIMIT_S + quiet_s:
             time.sleep(1.0)
             restarts += revive(p, processes, started)
-            now_marks = (p.whmcs.calls(), _ends(reader, p.kafka.outcomes))
+            ends = _ends(reader, p.kafka.outcomes)
+            if ends is None:  # not an answer: neither a change nor a quiet look
+                ends = marks[1]
+            else:
+                read_at = time.monotonic()
+            now_marks = (p.whmcs.calls(), ends)
             if now_marks != marks:
                 marks, quiet_since = now_marks, time.monotonic()
     finally:
         reader.close()
     if time.monotonic() - quiet_since < quiet_s:  # still busy at the limit
         settled = False
+    if read_at is None or read_at < quiet_since + quiet_s - 5.0:
+        settled = False  # the outcomes' ends were not read over the quiet window
     return restarts, settled
 
 
@@ -375,15 +386,15 @@ def quiet_window(p: Pipeline) -> float:
         return 70.0
 
 
-def _ends(reader: Any, topic: str) -> dict[int, int]:
-    """The partitions' end offsets of ``topic`` (empty when the brokers do not answer: the
-    next look compares again)."""
+def _ends(reader: Any, topic: str) -> dict[int, int] | None:
+    """The partitions' end offsets of ``topic``; None when the brokers do not answer (the
+    next look asks again; a window with no answer at its end does not settle)."""
     from common.lag import end_offsets
 
     try:
         return {part: high for part, (_low, high) in end_offsets(reader, topic).items()}
     except Exception:  # noqa: BLE001 - a node away: not an answer, asked again
-        return {}
+        return None
 
 
 QUIET_S = 20.0  # past a WHMCS call's timeout plus a hang, and a worker's session timeout

@@ -454,6 +454,9 @@ class Worker:
                 self._crash(exc)
                 return
             log.exception("sweep failed")
+        for table in (self.idem, self.intents):  # held stores are current, written or not
+            table.touch_held(self.lease.owned_partitions,
+                             lambda partition: self.lease.current(partition).ok)
         try:  # late records in partitions gone quiet since (streams.repair), once the
             # tables' writes no event made durable (the claims of a restore) are
             await self.durable()

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple, Protocol
 
 from streams import metrics
 from streams.faust_seam import CLAIM_KEY
-from streams.lease import Fenced, OwnershipLease, hold
+from streams.lease import Fenced, OwnershipLease
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ class ChangelogRepair:
             why = "its records were written outside an assignment"
         else:
             try:
-                async with asyncio.timeout(self.wait_s):  # not wait_for: it can drop a cancel
-                    await self._settled(partition, generation)
+                await self._settled(partition, generation)
                 return True
             except Fenced as exc:
                 why = str(exc.check.reason)
@@ -231,12 +230,24 @@ class ChangelogRepair:
     async def _settled(self, partition: int, generation: int) -> None:
         """Return once the lease holds for ``partition`` since ``generation`` and no
         rebalance or restore is under way (a table being restored does not hold yet what
-        its changelog does: compared now, it would look stale); Fenced once it is lost."""
+        its changelog does: compared now, it would look stale); Fenced once it is lost.
+        TimeoutError once the lease has not answered for ``wait_s`` while nothing was
+        restored (the brokers away): a restore, however long — a rebuild from the start —
+        is waited out, not counted (a range given up while the worker kept its partition is
+        never looked at again)."""
+        unanswered, step = 0.0, 0.05
         while True:
-            await hold(self._lease, partition, generation, stage="a changelog repair")
-            if not self._busy():
+            check = self._lease.check(partition, generation)
+            if check.lost:
+                raise Fenced(check, stage="a changelog repair")
+            busy = self._busy()
+            if check.ok and not busy:
                 return
-            await asyncio.sleep(0.05)
+            if not busy:
+                unanswered += step
+                if unanswered >= self.wait_s:
+                    raise TimeoutError
+            await asyncio.sleep(step)
 
     async def _repair(self, table: RepairableTable, partition: int, start: int, end: int,
                       generation: int | None) -> None:

@@ -397,6 +397,15 @@ class RestoreGuards(faust.Table):
             log.warning("table %s: cannot note partition %d's store current (%s)", self.name,
                         partition, exc)
 
+    def touch_held(self, owned: Callable[[], set[int]], ok: Callable[[int], bool]) -> None:
+        """Renew the stamp of every partition this worker holds now (``owned``) whose lease
+        holds (``ok``: a process resumed from a pause must not stamp a partition it lost):
+        a partition held but not written for hours is current all the same. The worker
+        calls it at each sweep."""
+        for partition in owned():
+            if ok(partition):
+                self.touch(partition)
+
     def _stale(self, store: KeyPartitionedRocksStore, tp: TP) -> bool:
         """``tp``'s local store holds data (a persisted offset) that was last current longer
         than :data:`STALE_STORE_S` ago — or at a time not known — and this worker did not

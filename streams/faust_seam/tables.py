@@ -62,6 +62,8 @@ class DurableTable(RestoreGuards):
         events = list(batch)
         batch = self._restorable(events)
         super().apply_changelog_batch(batch)
+        for partition in {event.message.partition for event in events}:
+            self.touch(partition)  # read up to here (a restore, a standby's reads): current
         if len(batch) < len(events):  # what was left out was read all the same
             self._persist_read(events)
         if self.watch is not None:

@@ -364,3 +364,52 @@ def test_the_verdict_fails_when_the_faults_did_not_happen_as_planned():
                    {"kill_plan": [{"action": "kill", "process": "kafka2",
                                    "restart_error": "boom"}]}):
         assert not faults_ok({**clean, **broken}), broken
+
+
+class _Settling:
+    """A pipeline whose Orders are all final and whose WHMCS is quiet."""
+
+    def __init__(self) -> None:
+        self.kafka = type("K", (), {"outcomes": "outcomes"})()
+        self.whmcs = type("W", (), {"calls": staticmethod(lambda: {"AddOrder": 3})})()
+        self.procs: dict[str, Any] = {}
+
+    def wait_settled(self, approved: list[str], **kwargs: Any) -> dict[str, dict[str, str]]:
+        return {oid: {"Activation_Status__c": "Provisioned"} for oid in approved}
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        return {}
+
+    def env(self, name: str) -> dict[str, str]:
+        return {"WORKER_SWEEP_INTERVAL_S": "0"}
+
+
+class _Reader:
+    def __init__(self, ends: Any) -> None:
+        self.ends = ends
+
+    def list_topics(self, topic: str, timeout: float = 0) -> Any:
+        if self.ends is None:
+            raise RuntimeError("the brokers do not answer")
+        return type("M", (), {"topics": {topic: type("T", (), {
+            "error": None, "partitions": {0: None}})()}})()
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = 0) -> tuple[int, int]:
+        return 0, self.ends
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ends, settles", [(5, True), (None, False)])
+def test_the_settle_needs_the_outcomes_topic_read_and_still(monkeypatch, ends, settles):
+    """Its end offsets unreadable for the whole window, the outcomes check passed with
+    nothing checked."""
+    from bench import chaos_faults
+
+    monkeypatch.setattr(chaos_faults, "QUIET_S", 2.0)
+    monkeypatch.setattr(chaos_faults, "quiet_window", lambda p: 0.0)
+    monkeypatch.setattr(chaos_faults, "Consumer", lambda config: _Reader(ends))
+    _restarts, settled = chaos_faults.settle(_Settling(), ["801A"], (), time.monotonic(),  # type: ignore[arg-type]
+                                             timeout=20)
+    assert settled is settles

@@ -72,7 +72,9 @@ def _owner_meets_late_records(tmp_path, *, kept: bool, give_up: bool = False) ->
 
         async def commit() -> None:
             pass
-        busy = [True]  # the rebalance and the restore: the repair waits them out
+        # the rebalance and the restore: the repair waits them out (a restore is waited
+        # for whatever its length; to give up, the lease must not answer while none runs)
+        busy = [not give_up]
         repair = ChangelogRepair(lease, read, commit, wait_s=0.2 if give_up else 5,
                                  busy=lambda: busy[0], retry_s=0.0)
         table.on_foreign = repair.foreign

@@ -105,3 +105,48 @@ def test_a_range_whose_lease_wait_times_out_is_tried_again_and_repaired():
         return table.sent, repair.given_up
     sent, given_up = asyncio.run(go())
     assert sent == ["K"] and given_up == 0
+
+
+def test_a_restore_longer_than_every_attempt_is_waited_out():
+    """A rebuild from the changelog's start outlasting three waits of the lease gave the
+    range up while the worker kept the partition: it was never looked at again."""
+    import asyncio
+
+    from streams.lease import OwnershipLease
+    from streams.repair import ChangelogRepair
+
+    clock = [1000.0]
+    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
+    lease.synced(5, clock[0])
+    lease.assigned([0], 5)
+    busy = [False]
+
+    class Table:
+        name = "idem"
+        changelog_topic = type("T", (), {"get_topic_name": staticmethod(lambda: "x")})()
+        sent: list[str] = []
+
+        def stored(self, key: str) -> bytes:
+            return b"owner"
+
+        def rewrite(self, key: str) -> None:
+            self.sent.append(key)
+
+    async def commit() -> None:
+        pass
+
+    async def go() -> tuple[list[str], int]:
+        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, commit, wait_s=0.1,
+                                 retry_s=0.01, attempts=3, busy=lambda: busy[0])
+        table = Table()
+        assert repair.foreign(table, 0, 10, 12, 5)
+        lease.rebalancing()
+        busy[0] = True  # a rebalance, then a long restore
+        lease.synced(6, clock[0])
+        lease.assigned([0], 6)  # kept
+        await asyncio.sleep(0.8)  # the restore: longer than 3 × (0.1 + 0.01)
+        busy[0] = False
+        await asyncio.wait_for(repair.idle(), 5)
+        return table.sent, repair.given_up
+    sent, given_up = asyncio.run(go())
+    assert sent == ["K"] and given_up == 0

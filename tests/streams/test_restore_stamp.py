@@ -208,3 +208,29 @@ def test_flushes_and_assignments_keep_the_stamp_fresh(tmp_path):
     table = _stale_setup(tmp_path, age_s=600)
     assert _assigned(table) == 10
     assert time.time() - table._current_file(0).stat().st_mtime < 60  # touched: restoring
+
+
+def test_a_held_partition_not_written_for_hours_stays_current(tmp_path):
+    """The stamp was renewed only by writes and assignments: after a quiet night, a quick
+    restart rebuilt every quiet partition from the changelog's start, saying its store was
+    last current 13 h ago when it was current until the restart."""
+    import time
+
+    table = _stale_setup(tmp_path, age_s=13 * 3600)
+    table.touch_held(lambda: {0}, lambda partition: True)  # the sweep, the lease holding
+    assert time.time() - table._current_file(0).stat().st_mtime < 60
+    table.held = lambda partition, generation: False  # then a quick restart
+    assert _assigned(table) == 10 and table.stored(K) == LATE
+
+
+def test_a_partition_whose_lease_does_not_hold_is_not_stamped(tmp_path):
+    table = _stale_setup(tmp_path, age_s=13 * 3600)
+    table.touch_held(lambda: {0}, lambda partition: False)  # resumed from a pause: lost
+    assert _assigned(table) == -1
+
+
+def test_a_standbys_reads_keep_its_store_current(tmp_path):
+    """A standby's store, read all along, was rebuilt at the failover it exists for."""
+    table = _stale_setup(tmp_path, age_s=13 * 3600)
+    table.apply_changelog_batch([_event(11, "801K00000000003AAA", OWNERS, b"9 other")])
+    assert _assigned(table) != -1
