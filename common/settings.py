@@ -467,8 +467,10 @@ class SalesforceSettings(_Section):
                                     "unless SF_PRIVATE_KEY_BASE64 is set).")
     private_key_base64: Secret = env("SF_PRIVATE_KEY_BASE64", _secret_default(),
                                      parse=parse_base64_key, secret=True,
-                                     doc="The same key, base64-encoded (instead of the path; "
-                                         "line breaks, as `base64` wraps it, are fine).")
+                                     doc="The same key, base64-encoded (instead of the path). "
+                                         "One line in an env file (`base64 -w0 key.pem`): "
+                                         "line breaks, as `base64` wraps it, are fine only "
+                                         "in a real environment variable.")
     audience: str = env("SF_AUDIENCE", "",
                         doc="JWT `aud`; defaults to SF_LOGIN_URL (without its credentials), "
                             "or for a My Domain SF_LOGIN_URL to https://login.salesforce.com "

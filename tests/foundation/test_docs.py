@@ -143,3 +143,23 @@ def test_the_fenced_row_names_every_stage_the_handler_fences_at():
     row = next(line for line in readme.splitlines()
                if line.startswith("| `fenced: partition P is not assigned"))
     assert all(f"`{stage}`" in row for stage in stages), stages
+
+
+def test_the_declared_grpc_and_protobuf_floors_run_the_generated_stubs():
+    """`pip install .` into an environment with an older grpcio or protobuf met the
+    declared floors, and the connector died at import on every start (the stubs refuse an
+    older runtime)."""
+    import tomllib
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split("."))
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {m.group(1): version(m.group(2)) for d in deps
+              if (m := re.match(r"(grpcio|protobuf)>=([\d.]+)", d))}
+    for stubs in ("connectors/pubsub/generated", "sandbox/salesforce/generated"):
+        grpc_stub = (ROOT / stubs / "pubsub_api_pb2_grpc.py").read_text()
+        needs = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", grpc_stub)
+        assert needs and floors["grpcio"] >= version(needs.group(1)), (stubs, floors)
+        pb = (ROOT / stubs / "pubsub_api_pb2.py").read_text()
+        gencode = re.search(r"Protobuf Python Version: ([\d.]+)", pb)
+        assert gencode and floors["protobuf"] >= version(gencode.group(1)), (stubs, floors)
