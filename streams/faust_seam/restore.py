@@ -355,10 +355,7 @@ class RestoreGuards(faust.Table):
             self._marked.pop(partition, None)
             self._claimed.pop(partition, None)
             self._rebuilding.add(partition)
-            self.touch(partition, force=True)
             return -1
-        if isinstance(store, KeyPartitionedRocksStore):
-            self.touch(partition, force=True)  # its restore brings it current now
         if partition in self._rebuild and isinstance(store, KeyPartitionedRocksStore):
             if self._held_since_suspects(partition):
                 self._kept_suspects(partition)
@@ -380,9 +377,12 @@ class RestoreGuards(faust.Table):
         return path.with_name(path.name + ".current")
 
     def touch(self, partition: int, *, force: bool = False) -> None:
-        """Note that ``partition``'s local store is current now (held and written, or being
-        restored): the mtime of a file beside its DB, at most every :data:`_TOUCH_EVERY_S`
-        unless ``force``."""
+        """Note that ``partition``'s local store is current now — caught up with its
+        changelog: its restore complete (the claim), held with no restore under way (a
+        flush of this worker's, the sweep); never while a restore or a standby reads its way
+        through (a partial read stamped
+        current would let a chain of quick restarts resume it for ever): the mtime of a file
+        beside its DB, at most every :data:`_TOUCH_EVERY_S` unless ``force``."""
         now = time.monotonic()
         if not force and now - self._touched.get(partition, -_TOUCH_EVERY_S) < _TOUCH_EVERY_S:
             return

@@ -62,8 +62,6 @@ class DurableTable(RestoreGuards):
         events = list(batch)
         batch = self._restorable(events)
         super().apply_changelog_batch(batch)
-        for partition in {event.message.partition for event in events}:
-            self.touch(partition)  # read up to here (a restore, a standby's reads): current
         if len(batch) < len(events):  # what was left out was read all the same
             self._persist_read(events)
         if self.watch is not None:
@@ -83,6 +81,7 @@ class DurableTable(RestoreGuards):
             self._send(partition, CLAIM_KEY, value)
             self._claimed[partition] = generation
             self._rebuilding.discard(partition)  # its restore is complete
+            self.touch(partition, force=True)  # caught up with its changelog: current
 
     def _new_store_by_url(self, url: str | URL) -> Any:
         if URL(str(url)).scheme == "rocksdb":
