@@ -357,7 +357,8 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
             read_at = time.monotonic()
         marks = (p.whmcs.calls(), ends or {})
         quiet_since = time.monotonic()
-        while settled and time.monotonic() - quiet_since < quiet_s \
+        while settled and (time.monotonic() - quiet_since < quiet_s or read_at is None
+                           or read_at < quiet_since + quiet_s - 5.0) \
                 and time.monotonic() < deadline + QUIET_LIMIT_S + quiet_s:
             time.sleep(1.0)
             restarts += revive(p, processes, started)

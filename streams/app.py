@@ -454,9 +454,12 @@ class Worker:
                 self._crash(exc)
                 return
             log.exception("sweep failed")
-        for table in (self.idem, self.intents):  # held stores are current, written or not
-            table.touch_held(self.lease.owned_partitions,
-                             lambda partition: self.lease.current(partition).ok)
+        if not self._rebalancing():  # again: a rebalance may have begun while it ran, and a
+            # partition just assigned must not be stamped before its restore asks whether
+            # its store is stale (the check and the stamps are synchronous: nothing between)
+            for table in (self.idem, self.intents):  # held stores are current, written or not
+                table.touch_held(self.lease.owned_partitions,
+                                 lambda partition: self.lease.current(partition).ok)
         try:  # late records in partitions gone quiet since (streams.repair), once the
             # tables' writes no event made durable (the claims of a restore) are
             await self.durable()

@@ -92,6 +92,7 @@ class _Skipped(NamedTuple):
     table: RepairableTable
     partition: int
     keys: list[str]
+    generation: int | None = None  # the generation the restore ran in
     attempt: int = 1
 
     def what(self) -> str:
@@ -142,7 +143,10 @@ class ChangelogRepair:
         the partition, with no rebalance or restore under way, its values of ``keys`` are
         sent again. A restore of a partition that is not ours (a standby's) sends nothing:
         its owner meets those records itself."""
-        self._queue.append(_Skipped(table, partition, keys))
+        generation = self._lease.generation
+        if generation is None:
+            generation = self._lease.last_generation
+        self._queue.append(_Skipped(table, partition, keys, generation))
         self._start()
 
     def _start(self) -> None:
@@ -182,7 +186,7 @@ class ChangelogRepair:
             table, partition = job.table, job.partition
             try:
                 if isinstance(job, _Skipped):
-                    await self._rewrite_skipped(table, partition, job.keys)
+                    await self._rewrite_skipped(table, partition, job.keys, job.generation)
                 else:
                     await self._repair(table, partition, job.start, job.end, job.generation)
             except asyncio.CancelledError:
@@ -276,13 +280,11 @@ class ChangelogRepair:
                 extra={"partition": partition, "count": len(stale)})
 
     async def _rewrite_skipped(self, table: RepairableTable, partition: int,
-                               keys: list[str]) -> None:
+                               keys: list[str], generation: int | None) -> None:
+        # held since the restore's generation, with no restore under way (waited out,
+        # however long: a rebalance at a deadline dropped these keys for good)
         what = (f"still ends, for {len(keys)} key(s), with late records a restore left out")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
-        while (self._busy() or self._lease.generation is None) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if not await self._owned(table, partition, -1, -1, self._lease.generation, what=what):
+        if not await self._owned(table, partition, -1, -1, generation, what=what):
             return
         for key in keys:
             table.rewrite(key)

@@ -409,7 +409,8 @@ def test_the_settle_needs_the_outcomes_topic_read_and_still(monkeypatch, ends, s
 
     monkeypatch.setattr(chaos_faults, "QUIET_S", 2.0)
     monkeypatch.setattr(chaos_faults, "quiet_window", lambda p: 0.0)
+    monkeypatch.setattr(chaos_faults, "QUIET_LIMIT_S", 1.0)
     monkeypatch.setattr(chaos_faults, "Consumer", lambda config: _Reader(ends))
     _restarts, settled = chaos_faults.settle(_Settling(), ["801A"], (), time.monotonic(),  # type: ignore[arg-type]
-                                             timeout=20)
+                                             timeout=2)
     assert settled is settles

@@ -150,3 +150,41 @@ def test_a_restore_longer_than_every_attempt_is_waited_out():
         return table.sent, repair.given_up
     sent, given_up = asyncio.run(go())
     assert sent == ["K"] and given_up == 0
+
+
+def test_skipped_keys_survive_a_rebalance_at_their_deadline():
+    """The keys a restore left late records out for were dropped as not_owner when a
+    rebalance was under way 30 s after the restore (no generation then), though the worker
+    kept the partition: the changelog kept ending with the late records."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.lease import OwnershipLease
+    from streams.repair import ChangelogRepair
+
+    clock = [1000.0]
+    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
+    lease.synced(5, clock[0])
+    lease.assigned([0], 5)
+    busy = [True]  # the restore that left the keys out is under way
+    sent: list[str] = []
+    table = SimpleNamespace(name="idem", rewrite=sent.append,
+                            changelog_topic=SimpleNamespace(get_topic_name=lambda: "t"))
+
+    async def commit() -> None:
+        pass
+
+    async def go() -> int:
+        repair = ChangelogRepair(lease, lambda *_: {}, commit, wait_s=0.2, retry_s=0.01,
+                                 busy=lambda: busy[0])
+        repair.skipped(table, 0, ["K"])  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        lease.rebalancing()  # another member joins during the long restore
+        await asyncio.sleep(0.3)  # the join and sync straddle the old deadline
+        lease.synced(6, clock[0])
+        lease.assigned([0], 6)  # kept, without a break
+        await asyncio.sleep(0.3)
+        busy[0] = False  # the restore ends
+        await asyncio.wait_for(repair.idle(), 5)
+        return repair.given_up
+    assert asyncio.run(go()) == 0 and sent == ["K"]

@@ -231,3 +231,37 @@ def test_a_partition_whose_lease_does_not_hold_is_not_stamped(tmp_path):
     table = _stale_setup(tmp_path, age_s=13 * 3600)
     table.touch_held(lambda: {0}, lambda partition: False)  # resumed from a pause: lost
     assert _assigned(table) == -1
+
+
+def test_a_sweep_straddling_a_rebalance_stamps_no_partition_just_assigned(tmp_path):
+    """The sweep checked for a rebalance before its scan only: one begun meanwhile had
+    assigned a partition whose store was left behind days ago, the sweep stamped it current,
+    and its restore then resumed the stale store instead of rebuilding it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from common.clock import lease_clock
+    from streams.app import Worker
+    from streams.lease import OwnershipLease
+
+    table = _stale_setup(tmp_path, age_s=2 * 24 * 3600)
+    lease = OwnershipLease(session_timeout_s=10, margin_s=2)
+    rebalancing = [False]
+
+    async def run_once() -> None:
+        rebalancing[0] = True  # faust sets app.rebalancing in the revoke callback
+        lease.rebalancing()
+        lease.synced(9, lease_clock())
+        lease.assigned([0], 9)
+        await asyncio.sleep(0)
+
+    async def nothing(*args: object, **kwargs: object) -> int:
+        return 0
+
+    worker = SimpleNamespace(
+        _rebalancing=lambda: rebalancing[0], sweeper=SimpleNamespace(run_once=run_once),
+        idem=table, intents=SimpleNamespace(touch_held=lambda *a: None), lease=lease,
+        durable=nothing, repair=SimpleNamespace(check_idle=nothing),
+        changelogs=SimpleNamespace(high=None), _crash=lambda exc: None)
+    asyncio.run(Worker._sweep(worker))  # type: ignore[arg-type]
+    assert _assigned(table) == -1  # rebuilt, as its age says
