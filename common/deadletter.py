@@ -28,6 +28,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from common.log import redact
+
 PREFIX = "dlq."
 
 
@@ -35,8 +37,10 @@ def dead_letter_headers(*, stage: str, reason: str, error_class: str, error_code
                         source_topic: str = "", source_partition: int | None = None,
                         source_offset: int | None = None,
                         **context: Any) -> list[tuple[str, bytes]]:
+    # the reason and the context are outside text too (a WHMCS module's error, an
+    # exception's words): masked as a log line is, since the topic is kept for a year
     headers = {
-        "stage": stage, "reason": reason[:2000], "error_class": error_class,
+        "stage": stage, "reason": redact(reason)[:2000], "error_class": error_class,
         "error_code": error_code, "source_topic": source_topic,
         "source_partition": "" if source_partition is None else str(source_partition),
         "source_offset": "" if source_offset is None else str(source_offset),
@@ -45,7 +49,7 @@ def dead_letter_headers(*, stage: str, reason: str, error_class: str, error_code
     for key, value in context.items():
         if value is None:
             continue
-        headers[key] = value.hex() if isinstance(value, bytes) else str(value)
+        headers[key] = value.hex() if isinstance(value, bytes) else redact(str(value))
     return [(PREFIX + k, v.encode()) for k, v in headers.items()]
 
 

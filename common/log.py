@@ -40,7 +40,10 @@ _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s
 SECRET_KEYS = ("secret", "client_secret", "password", "passwd", "accesskey", "access_key",
                "api_key", "apikey", "assertion", "identifier", "access_token", "accesstoken",
                "refresh_token", "private_key", "private_key_base64", "privatekey",
-               "privatekeybase64", "session_id", "sessionid", "token", "authorization")
+               "privatekeybase64", "session_id", "sessionid", "token", "authorization",
+               # aiokafka's DEBUG lines print its SASL requests and answers:
+               # SaslAuthenticateRequest_v1(sasl_auth_bytes=b'user\x00user\x00PASSWORD')
+               "auth_bytes")
 # a key may carry a prefix, as environment variables, settings and JSON do: WHMCS_API_SECRET=…,
 # KAFKA_SASL_PASSWORD=…, 'SF_PRIVATE_KEY_BASE64': …, "clientSecret": … (the match starts at
 # the name, wherever it is in the key: the prefix is kept as it is; the lookahead on the names'
@@ -66,7 +69,7 @@ _BEARER_MARK = re.compile(r"(?i)bearer|access_?token|authorization")
 # ``k=v`` needs a secret's name too (the words of SECRET_KEYS; "access" and "key" cover
 # accesskey, access_key, api_key, apikey, private_key, …)
 _KV_WORDS = ("secret", "passw", "access", "key", "assertion", "identifier", "token",
-             "session", "authorization")
+             "session", "authorization", "auth_bytes")
 
 
 def _kv_marked(text: str) -> bool:

@@ -49,6 +49,7 @@ from common.avro import AvroSerde, SerdeError
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
 from common.errors import KafkaAccessError, KafkaError
 from common.kafka import RunningDeadline, retry_until
+from common.log import redact
 
 EVENT = "event"
 KEEPALIVE = "keepalive"
@@ -125,7 +126,8 @@ class OffsetCodec:
             "connector": self.connector, "channel": self.channel,
             "last_good_replay_id": last_good.replay_id if last_good else None,
             "last_good_at": last_good.committed_at_ms if last_good else None,
-            "policy": policy, "error_code": error_code, "error_message": error_message[:2000],
+            "policy": policy, "error_code": error_code,
+            "error_message": redact(error_message)[:2000],
             "detected_at": detected_at_ms or int(time.time() * 1000)})
         return value, self._gaps.headers()
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.avro import utf8_text
+from common.log import redact
 from common.ids import describe_bad_id, is_salesforce_id
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
 from streams.state import ACCEPTED, Intent, Memory
@@ -227,7 +228,9 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
     is :func:`~common.avro.utf8_text`: the outcome stored before its send and the one sent
     are the same, whatever half-emoji Salesforce's JSON held."""
     if error_message:
-        error_message = utf8_text(error_message[:1000])
+        # outside text (WHMCS's, a module's, an exception's) leaves the process here, for a
+        # year in Kafka and in the Order's field: masked as a log line is
+        error_message = redact(utf8_text(error_message[:1000]))[:1000]
     return {
         "order_id": event.order_id,
         "opportunity_id": utf8_text(opportunity_id) if opportunity_id else opportunity_id,

@@ -196,11 +196,16 @@ def test_a_burst_whose_orders_do_not_all_settle_fails_the_phase(
 def test_settle_is_not_settled_when_whmcs_never_goes_quiet(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chaos_faults, "time", _Clock())
+    monkeypatch.setattr(chaos_faults, "_ends", lambda reader, topic: {0: 5})
+    monkeypatch.setattr(chaos_faults, "Consumer", lambda config: SimpleNamespace(
+        close=lambda: None))
     never_quiet = itertools.count()
     p = SimpleNamespace(procs={}, whmcs=SimpleNamespace(
         calls=lambda: {"AddOrder": next(never_quiet)}),
         wait_settled=lambda ids, timeout, poll: {
-            oid: {"Activation_Status__c": "Provisioned"} for oid in ids})
+            oid: {"Activation_Status__c": "Provisioned"} for oid in ids},
+        kafka=SimpleNamespace(outcomes="outcomes"), client_config=lambda **extra: {},
+        env=lambda name: {"WORKER_SWEEP_INTERVAL_S": "10"})
     _restarts, settled = chaos_faults.settle(p, ["801A"], (), 0.0, timeout=30)  # type: ignore[arg-type]
     assert settled is False
     p.whmcs = SimpleNamespace(calls=lambda: {"AddOrder": 7})  # quiet: settled

@@ -196,3 +196,67 @@ def test_a_camel_case_secret_key_is_masked_in_a_dict():
     assert scrub({"clientSecret": WHMCS_SECRET, "refreshToken": WHMCS_SECRET,
                   "orderId": "801"}) == {"clientSecret": "[REDACTED]",
                                          "refreshToken": "[REDACTED]", "orderId": "801"}
+
+
+def test_aiokafkas_debug_lines_of_a_sasl_login_are_masked():
+    """WORKER_FAUST_LOG_LEVEL=DEBUG lowers aiokafka's loggers, and aiokafka prints each
+    request it sends — the SASL PLAIN login with the password in its bytes — through the
+    root handler whatever LOG_LEVEL says."""
+    import asyncio
+
+    from aiokafka.conn import AIOKafkaConnection, SaslPlainAuthenticator
+    from aiokafka.protocol.admin import SaslAuthenticateRequest
+
+    stream = io.StringIO()
+    setup_logging("worker", "INFO", "JSON", stream=stream)
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel("DEBUG")
+
+    class Swallow:
+        def write(self, data: bytes) -> None: ...
+
+        async def drain(self) -> None: ...
+
+    async def login() -> None:
+        conn = AIOKafkaConnection("broker.example", 9096, sasl_mechanism="PLAIN",
+                                  security_protocol="SASL_SSL", sasl_plain_username="worker",
+                                  sasl_plain_password="FAKE-SASL-S3cret")
+        conn._writer, conn._versions = Swallow(), {36: (0, 2)}
+        payload, _ = await SaslPlainAuthenticator(
+            loop=asyncio.get_running_loop(), sasl_plain_username="worker",
+            sasl_plain_password="FAKE-SASL-S3cret").step(None)
+        await conn.send(SaslAuthenticateRequest(payload), expect_response=False)
+    try:
+        asyncio.run(login())
+    finally:
+        logger.setLevel(level)
+    out = stream.getvalue()
+    assert "SaslAuthenticateRequest" in out, out  # the line is there, masked
+    assert "FAKE-SASL-S3cret" not in out, out
+    assert redact("SaslAuthenticateResponse_v1(error_code=0, sasl_auth_bytes="
+                  "b'r=nonce,s=c2FsdA==,i=4096')") == (
+        "SaslAuthenticateResponse_v1(error_code=0, sasl_auth_bytes=b'[REDACTED]')")
+
+
+def test_outside_text_leaving_the_process_is_masked_as_a_log_line_is():
+    """A WHMCS module's error naming a panel URL with its password went unmasked into the
+    outcome (365 days in Kafka, and the Order's error field in Salesforce), a dead letter's
+    reason and a replay gap's message, while the same text was masked in the log."""
+    from common.deadletter import dead_letter_headers, parse_headers
+    from connectors.offsets import OffsetCodec
+    from streams.decide import Event, outcome_record
+
+    text = ("AcceptOrder: Module Create Failed: cURL error 7 connecting to "
+            "https://root:FAKE-PANEL-PW@panel.example:2087/json-api token=FAKETOKEN123")
+    event = Event(order_id="801A00000000001AAA", idem_key="k", event_uuid="u")
+    message = outcome_record(event, "Failed", error_code="WHMCS_ERROR",
+                             error_message=text)["error_message"]
+    headers = parse_headers(dead_letter_headers(stage="worker", reason=text, error_class="E",
+                                                detail=text))
+    codec = OffsetCodec("c", "/event/E__e")
+    gap = codec.decode_gap(codec.gap_value(last_good=None, policy="EARLIEST", error_code="x",
+                                           error_message=text)[0])["error_message"]
+    for out in (message, headers["reason"], headers["detail"], gap):
+        assert "FAKE-PANEL-PW" not in out and "FAKETOKEN123" not in out, out
+        assert "panel.example" in out and "Module Create Failed" in out, out
