@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.avro import utf8_text
-from common.log import redact
 from common.ids import describe_bad_id, is_salesforce_id
+from common.log import redact
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
 from streams.state import ACCEPTED, Intent, Memory
 
