@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from types import SimpleNamespace
+from typing import Any
 
 from streams.repair import ChangelogRepair
 from tests.streams.test_changelog_repair import NOW, _lease
@@ -63,6 +64,37 @@ def test_a_failing_job_is_tried_again_then_given_up_with_a_line_naming_it(caplog
     assert sum("tried again in 0 s" in m for level, m in lines if level == "WARNING") == 5
 
 
+class _OwnersTable:
+    """A table whose store holds the owner's value of every key; what is sent again."""
+
+    name = "idem"
+    changelog_topic = type("T", (), {"get_topic_name": staticmethod(lambda: "x")})()
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def stored(self, key: str) -> bytes:
+        return b"owner"
+
+    def rewrite(self, key: str) -> None:
+        self.sent.append(key)
+
+
+def _held_in_5() -> tuple[Any, list[float]]:
+    """A lease holding partition 0 since generation 5, on a clock of its own."""
+    from streams.lease import OwnershipLease
+
+    clock = [1000.0]
+    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
+    lease.synced(5, clock[0])
+    lease.assigned([0], 5)
+    return lease, clock
+
+
+async def _no_commit() -> None:
+    pass
+
+
 def test_a_range_whose_lease_wait_times_out_is_tried_again_and_repaired():
     """The late writer's rejoin made a rebalance and restores outlast the repair's wait
     while this worker kept the partition: the range was dropped as `not_owner`, though the
@@ -70,41 +102,22 @@ def test_a_range_whose_lease_wait_times_out_is_tried_again_and_repaired():
     changelog kept ending with the late values."""
     import asyncio
 
-    from streams.lease import OwnershipLease
     from streams.repair import ChangelogRepair
 
-    clock = [1000.0]
-    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
-    lease.synced(5, clock[0])
-    lease.assigned([0], 5)
+    lease, clock = _held_in_5()
+    table = _OwnersTable()
 
-    class Table:
-        name = "idem"
-        changelog_topic = type("T", (), {"get_topic_name": staticmethod(lambda: "x")})()
-        sent: list[str] = []
-
-        def stored(self, key: str) -> bytes:
-            return b"owner"
-
-        def rewrite(self, key: str) -> None:
-            self.sent.append(key)
-
-    async def commit() -> None:
-        pass
-
-    async def go() -> tuple[list[str], int]:
-        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, commit, wait_s=0.2,
+    async def go() -> int:
+        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, _no_commit, wait_s=0.2,
                                  retry_s=0.05, attempts=3)
-        table = Table()
-        assert repair.foreign(table, 0, 10, 12, 5)  # the lease answered at the flush
+        assert repair.foreign(table, 0, 10, 12, 5)  # type: ignore[arg-type]  # the lease answered
         lease.rebalancing()  # the late writer's rejoin: a rebalance
         await asyncio.sleep(0.3)  # longer than the repair's wait
         lease.synced(6, clock[0])
         lease.assigned([0], 6)  # kept
         await asyncio.wait_for(repair.idle(), 5)
-        return table.sent, repair.given_up
-    sent, given_up = asyncio.run(go())
-    assert sent == ["K"] and given_up == 0
+        return repair.given_up
+    assert asyncio.run(go()) == 0 and table.sent == ["K"]
 
 
 def test_a_restore_longer_than_every_attempt_is_waited_out():
@@ -112,34 +125,16 @@ def test_a_restore_longer_than_every_attempt_is_waited_out():
     range up while the worker kept the partition: it was never looked at again."""
     import asyncio
 
-    from streams.lease import OwnershipLease
     from streams.repair import ChangelogRepair
 
-    clock = [1000.0]
-    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
-    lease.synced(5, clock[0])
-    lease.assigned([0], 5)
+    lease, clock = _held_in_5()
+    table = _OwnersTable()
     busy = [False]
 
-    class Table:
-        name = "idem"
-        changelog_topic = type("T", (), {"get_topic_name": staticmethod(lambda: "x")})()
-        sent: list[str] = []
-
-        def stored(self, key: str) -> bytes:
-            return b"owner"
-
-        def rewrite(self, key: str) -> None:
-            self.sent.append(key)
-
-    async def commit() -> None:
-        pass
-
-    async def go() -> tuple[list[str], int]:
-        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, commit, wait_s=0.1,
+    async def go() -> int:
+        repair = ChangelogRepair(lease, lambda *_: {b"K": b"late"}, _no_commit, wait_s=0.1,
                                  retry_s=0.01, attempts=3, busy=lambda: busy[0])
-        table = Table()
-        assert repair.foreign(table, 0, 10, 12, 5)
+        assert repair.foreign(table, 0, 10, 12, 5)  # type: ignore[arg-type]
         lease.rebalancing()
         busy[0] = True  # a rebalance, then a long restore
         lease.synced(6, clock[0])
@@ -147,9 +142,8 @@ def test_a_restore_longer_than_every_attempt_is_waited_out():
         await asyncio.sleep(0.8)  # the restore: longer than 3 × (0.1 + 0.01)
         busy[0] = False
         await asyncio.wait_for(repair.idle(), 5)
-        return table.sent, repair.given_up
-    sent, given_up = asyncio.run(go())
-    assert sent == ["K"] and given_up == 0
+        return repair.given_up
+    assert asyncio.run(go()) == 0 and table.sent == ["K"]
 
 
 def test_skipped_keys_survive_a_rebalance_at_their_deadline():
@@ -157,25 +151,15 @@ def test_skipped_keys_survive_a_rebalance_at_their_deadline():
     rebalance was under way 30 s after the restore (no generation then), though the worker
     kept the partition: the changelog kept ending with the late records."""
     import asyncio
-    from types import SimpleNamespace
 
-    from streams.lease import OwnershipLease
     from streams.repair import ChangelogRepair
 
-    clock = [1000.0]
-    lease = OwnershipLease(session_timeout_s=10, margin_s=2, clock=lambda: clock[0])
-    lease.synced(5, clock[0])
-    lease.assigned([0], 5)
+    lease, clock = _held_in_5()
+    table = _OwnersTable()
     busy = [True]  # the restore that left the keys out is under way
-    sent: list[str] = []
-    table = SimpleNamespace(name="idem", rewrite=sent.append,
-                            changelog_topic=SimpleNamespace(get_topic_name=lambda: "t"))
-
-    async def commit() -> None:
-        pass
 
     async def go() -> int:
-        repair = ChangelogRepair(lease, lambda *_: {}, commit, wait_s=0.2, retry_s=0.01,
+        repair = ChangelogRepair(lease, lambda *_: {}, _no_commit, wait_s=0.2, retry_s=0.01,
                                  busy=lambda: busy[0])
         repair.skipped(table, 0, ["K"])  # type: ignore[arg-type]
         await asyncio.sleep(0.1)
@@ -187,4 +171,4 @@ def test_skipped_keys_survive_a_rebalance_at_their_deadline():
         busy[0] = False  # the restore ends
         await asyncio.wait_for(repair.idle(), 5)
         return repair.given_up
-    assert asyncio.run(go()) == 0 and sent == ["K"]
+    assert asyncio.run(go()) == 0 and table.sent == ["K"]
