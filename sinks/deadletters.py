@@ -23,6 +23,7 @@ from common.avro import header_text
 from common.connection import KafkaConnection, is_refusal, refusal_message
 from common.deadletter import dead_letter_headers
 from common.errors import KafkaAccessError, KafkaError
+from common.log import redact
 from common.settings import KafkaSettings
 from sinks import metrics as m
 from sinks.batch import Tracked
@@ -43,7 +44,8 @@ class DeadLetters:
     def record_errors(self, tracked: Tracked) -> None:
         """Dead-letter an outcome with the Salesforce errors it collected."""
         detail = [{"sobject": e.key.sobject, "id": e.key.record_id, "statusCode": e.code,
-                   "message": e.message, "fields": list(e.fields)} for e in tracked.errors]
+                   "message": redact(e.message), "fields": list(e.fields)}
+                  for e in tracked.errors]
         reason = "; ".join(f"{e.key}: {e.code}: {e.message}" for e in tracked.errors)
         self.send(tracked, reason=f"Salesforce refused the write-back: {reason}",
                   error_class="SalesforceRecordError", error_code=tracked.errors[0].code,

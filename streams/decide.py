@@ -230,7 +230,9 @@ def outcome_record(event: Event, status: str, *, opportunity_id: str | None = No
     if error_message:
         # outside text (WHMCS's, a module's, an exception's) leaves the process here, for a
         # year in Kafka and in the Order's field: masked as a log line is
-        error_message = redact(utf8_text(error_message[:1000]))[:1000]
+        # masked before it is cut: a credential cut short loses the mark its pattern needs
+        # (a URL's password its "@"), and its first characters would stay
+        error_message = redact(utf8_text(error_message[:4000]))[:1000]
     return {
         "order_id": event.order_id,
         "opportunity_id": utf8_text(opportunity_id) if opportunity_id else opportunity_id,

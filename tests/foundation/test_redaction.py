@@ -252,11 +252,50 @@ def test_outside_text_leaving_the_process_is_masked_as_a_log_line_is():
     event = Event(order_id="801A00000000001AAA", idem_key="k", event_uuid="u")
     message = outcome_record(event, "Failed", error_code="WHMCS_ERROR",
                              error_message=text)["error_message"]
-    headers = parse_headers(dead_letter_headers(stage="worker", reason=text, error_class="E",
-                                                detail=text))
+    headers = parse_headers(dead_letter_headers(stage="worker", reason=text, error_class="E"))
     codec = OffsetCodec("c", "/event/E__e")
     gap = codec.decode_gap(codec.gap_value(last_good=None, policy="EARLIEST", error_code="x",
                                            error_message=text)[0])["error_message"]
-    for out in (message, headers["reason"], headers["detail"], gap):
+    for out in (message, headers["reason"], gap):
         assert "FAKE-PANEL-PW" not in out and "FAKETOKEN123" not in out, out
         assert "panel.example" in out and "Module Create Failed" in out, out
+
+
+def test_a_credential_at_the_outcomes_cut_is_masked_before_it_is_cut():
+    """The message was cut to 1,000 characters and then masked: a URL whose "@" fell past
+    the cut lost the mark its pattern needs, and its password stayed in the outcome."""
+    from streams.decide import Event, outcome_record
+
+    event = Event(order_id="801A00000000001AAA", idem_key="k", event_uuid="u")
+    for at in (1000, 1009):
+        head = "cannot reach https://admin:Hunter2Secret"
+        text = "x" * (at - len(head)) + head + "@panel.example.com:2087/json-api"
+        message = outcome_record(event, "Failed", error_code="WHMCS_ERROR",
+                                 error_message=text)["error_message"]
+        assert "Hunter" not in message and len(message) <= 1000, message[-60:]
+
+
+def test_the_sinks_salesforce_errors_stay_json_and_masked():
+    """`dlq.sf_errors` is JSON: masked as text, a quote's escape in a Salesforce message
+    went and the header no longer parsed."""
+    import json
+
+    from sinks.batch import RecordError, Tracked
+    from sinks.deadletters import DeadLetters
+    from sinks.mapping import RecordKey
+
+    sent: list[dict] = []
+    letters = DeadLetters.__new__(DeadLetters)
+    letters.send = lambda tracked, **kw: sent.append(kw)  # type: ignore[method-assign]
+    tracked = Tracked.__new__(Tracked)
+    tracked.errors = [RecordError(RecordKey("Order", "801A00000000001AAA"),
+                                  "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                                  'Activation token: "expired" cannot be written; '
+                                  "see https://u:FAKEPW@h.example/x", ())]
+    letters.record_errors(tracked)
+    detail = json.loads(sent[0]["sf_errors"])
+    assert "FAKEPW" not in detail[0]["message"] and "h.example" in detail[0]["message"]
+    from common.deadletter import dead_letter_headers, parse_headers
+    header = parse_headers(dead_letter_headers(stage="sink", reason="r", error_class="E",
+                                               sf_errors=sent[0]["sf_errors"]))["sf_errors"]
+    assert json.loads(header) == detail  # the header parses as the JSON it was
