@@ -315,11 +315,7 @@ class RunningDeadline:
         :data:`PAUSE_SLACK_S` late was stopped, and the deadline moves by the excess. A stop
         asked meanwhile raises :class:`Stopped` within :data:`STOP_CHECK_S`."""
         started = time.monotonic()
-        end = started + seconds
-        while (left := end - time.monotonic()) > 0:
-            _check_stop()
-            time.sleep(min(left, STOP_CHECK_S))
-        _check_stop()
+        _sleep_or_stop(seconds)
         stopped = time.monotonic() - started - seconds - PAUSE_SLACK_S
         if stopped > 0:
             self.at += stopped
