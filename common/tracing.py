@@ -99,8 +99,10 @@ def _parent(headers: Any) -> Any:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     pairs = headers.items() if isinstance(headers, dict) else (headers or [])
-    carrier = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in pairs
-               if k == TRACEPARENT and v}
+    # not UTF-8 (another producer's bytes): a malformed header, ignored as the propagator
+    # ignores one — tracing never fails a record (a strict decode crash-looped the sink)
+    carrier = {k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+               for k, v in pairs if k == TRACEPARENT and v}
     return TraceContextTextMapPropagator().extract(carrier) if carrier else None
 
 
@@ -169,11 +171,17 @@ def current_order() -> str | None:
 
 
 class OpenSpans:
-    """Spans between an event's start and finish, by the caller's key and by Order."""
+    """Spans between an event's start and finish, by the caller's key and by Order.
+
+    An Order may have several events open at once (a redelivery, a re-request taken while
+    the first still waits in the Order's lane): its spans are kept in the order they
+    started, and the Order's span is the oldest one still open — the event its lane runs,
+    since a lane runs an Order's events one at a time in that order. (Keeping only the
+    latest gave the first event's outcome and WHMCS calls to the second event's trace.)"""
 
     def __init__(self) -> None:
         self._by_key: dict[Hashable, Any] = {}
-        self._by_order: dict[str, Any] = {}
+        self._by_order: dict[str, list[Any]] = {}
 
     def start(self, key: Hashable, name: str, *, headers: Any = None, order_id: str | None,
               correlation_id: str | None = None, **attrs: Any) -> Any:
@@ -183,7 +191,7 @@ class OpenSpans:
                           correlation_id=correlation_id, **attrs)
         self._by_key[key] = span
         if order_id:
-            self._by_order[order_id] = span
+            self._by_order.setdefault(order_id, []).append(span)
         return span
 
     def finish(self, key: Hashable, **attrs: Any) -> None:
@@ -191,16 +199,20 @@ class OpenSpans:
         if span is None:
             return
         order_id = span.attributes.get("sfprov.order_id")
-        if order_id and self._by_order.get(order_id) is span:
-            del self._by_order[order_id]
+        spans = self._by_order.get(order_id) if order_id else None
+        if spans is not None:
+            spans[:] = [s for s in spans if s is not span]
+            if not spans:
+                del self._by_order[order_id]
         end_span(span, **attrs)
 
     def of_order(self, order_id: str | None) -> Any:
-        return self._by_order.get(order_id) if order_id else None
+        spans = self._by_order.get(order_id) if order_id else None
+        return spans[0] if spans else None
 
     def open_keys(self) -> list[Hashable]:
         """The keys of the spans still open."""
         return list(self._by_key)
 
     def of_orders(self, order_ids: Iterable[str]) -> list[Any]:
-        return [s for s in (self._by_order.get(o) for o in order_ids) if s is not None]
+        return [s for s in (self.of_order(o) for o in order_ids) if s is not None]
