@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,6 +51,18 @@ class KafkaEmitter:
         # the outcome's trace context (streams.observability; nothing when tracing is off)
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
         self._registering = asyncio.Lock()  # one registration of the outcome schema at a time
+        # topic → (wall time of its first failed send since its last acknowledged one, the
+        # last error): /readyz reports a write failing past its grace (streams.observability)
+        # — the events wait in flight meanwhile, which the stall watchdog counts as progress
+        self.failing: dict[str, tuple[float, str]] = {}
+
+    def failing_since(self) -> tuple[float | None, str]:
+        """When the longest-failing topic's sends started failing (None: every topic's last
+        send was acknowledged), and its last error."""
+        if not self.failing:
+            return None, ""
+        topic, (since, error) = min(self.failing.items(), key=lambda kv: kv[1][0])
+        return since, f"{topic}: {error}"
 
     async def send_outcome(self, outcome: dict[str, Any]) -> None:
         try:
@@ -105,10 +118,15 @@ class KafkaEmitter:
             except Exception as exc:
                 refusal = aiokafka_refusal(exc)
                 if refusal is None:
+                    since = self.failing.get(topic, (time.time(), ""))[0]
+                    name, text = type(exc).__name__, str(exc)
+                    self.failing[topic] = (since, text if text.startswith(name)
+                                           else f"{name}: {text}")  # aiokafka's name it
                     raise  # retried
                 self.on_refused(refused_what(f"write {kind} to {topic}", topic, refusal),
                                 refusal)
                 await asyncio.get_running_loop().create_future()  # until cancelled
+            self.failing.pop(topic, None)
         await retry_forever(f"sending {kind}", attempt,
                             on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
 

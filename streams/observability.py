@@ -168,6 +168,10 @@ class WorkerOps:
             ("whmcs", not failing_for(provisioner.access_refused_since, grace, now=now),
              f"WHMCS refuses this installation's credentials, IP or API role: "
              f"{provisioner.access_error}"),
+            # outcomes or dead letters not acknowledged (an offline leader, under min ISR, a
+            # deleted topic): the events wait in flight, which the stall watchdog counts as
+            # progress, so only this says why nothing finishes
+            self._kafka_write_check(now, grace),
             # a chunk of events waits for its writer's schema (retried, no event taken)
             ("schema_registry",
              not failing_for(w.registry_unavailable_since, grace, now=now),
@@ -177,6 +181,11 @@ class WorkerOps:
             # stall watchdog from firing (as the sink's readiness has its poll loop)
             self._loop_check(),
         ], w.details())
+
+    def _kafka_write_check(self, now: float, grace: float) -> tuple[str, bool, str]:
+        since, error = self.worker.emitter.failing_since()
+        return ("kafka_write", not failing_for(since, grace, now=now),
+                f"writes to Kafka not acknowledged: {error}")
 
     def _loop_check(self) -> tuple[str, bool, str]:
         alive, details = self.heartbeat.check()
