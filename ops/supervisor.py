@@ -149,6 +149,7 @@ class Child:
     started_at: float = 0.0
     next_start: float = 0.0
     backoff: float = 1.0
+    start_error: str = ""  # why the last start failed (its program gone, fork refused …)
 
     def log_limit(self) -> int:
         """The size over which :meth:`start` rotates the log first (0: never)."""
@@ -157,22 +158,50 @@ class Child:
         return log_limit(environment())
 
     def start(self) -> None:
+        """Start the child. A start that fails (its program gone — a ``.venv`` rebuilt —,
+        fork refused for memory or processes, no file descriptor, its log not writable) is
+        said on stdout and in its log where it can be, and counts as an exit: tried again
+        after the backoff. It used to end the supervisor's loop, which then stopped every
+        other child too, for good."""
         log = Path(self.log)
-        log.parent.mkdir(parents=True, exist_ok=True)
         now = time.strftime('%Y-%m-%dT%H:%M:%S')
         limit = self.log_limit()
         try:
+            log.parent.mkdir(parents=True, exist_ok=True)
             note = (f"=== {now} {log.name} over {limit / 2**20:g} MB: rotated to {log.name}.1\n"
                     if rotate_log(log, limit) else "")
         except OSError as exc:  # a start does not wait for a rotation
             note = f"=== {now} could not rotate {log.name}: {exc}\n"
-        with open(self.log, "ab") as out:
-            out.write(f"{note}\n=== {now} starting {self.name}\n".encode())
-            self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env},
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with open(self.log, "ab") as out:
+                out.write(f"{note}\n=== {now} starting {self.name}\n".encode())
+                self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env},
+                                             stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            self.proc, self.last_exit = None, None
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            self._again(f"could not start: {self.start_error}")
+            print(f"{now} {self.name} could not start: {self.start_error}", flush=True)
+            return
+        self.start_error = ""
         self.proc_start = process_start(self.proc.pid)
         self.started_at = time.monotonic()
+
+    def _again(self, what: str) -> None:
+        """Start again after the backoff (which doubles), saying ``what`` happened in the
+        log."""
+        now = time.monotonic()
+        self.restarts += 1
+        self.next_start = now + self.backoff
+        self.backoff = min(self.backoff * 2, 30.0)
+        self._say(f"=== {self.name} {what}; restarting in {self.next_start - now:.0f}s")
+
+    def _say(self, line: str) -> None:
+        """A line in the child's log; a log that cannot be written (a full disk) does not
+        stop the supervisor."""
+        with contextlib.suppress(OSError), open(self.log, "ab") as out:
+            out.write(f"{line}\n".encode())
 
     def poll(self, healthy: set[str]) -> None:
         now = time.monotonic()
@@ -189,15 +218,9 @@ class Child:
         self.proc = None
         if code in self.final_exit_codes:
             self.next_start = float("inf")
-            with open(self.log, "ab") as out:
-                out.write(f"=== {self.name} exited with {code}: not restarting\n".encode())
+            self._say(f"=== {self.name} exited with {code}: not restarting")
             return
-        self.restarts += 1
-        self.next_start = now + self.backoff
-        self.backoff = min(self.backoff * 2, 30.0)
-        with open(self.log, "ab") as out:
-            out.write(f"=== {self.name} exited with {code}; restarting in "
-                      f"{self.next_start - now:.0f}s\n".encode())
+        self._again(f"exited with {code}")
 
     def grace(self) -> float:
         """How long ``stop`` waits after SIGTERM before SIGKILL."""
@@ -231,8 +254,7 @@ class Child:
             self.proc.wait()
             killed = grace
             line = f"=== {self.name} did not stop within {grace:g}s: killed (SIGKILL)"
-            with contextlib.suppress(OSError), open(self.log, "ab") as out:
-                out.write(f"{line}\n".encode())
+            self._say(line)
             print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}", flush=True)
         self.proc = None
         return killed
@@ -245,6 +267,7 @@ class Child:
                 # under lxcfs, while a process's start ticks count from the host's boot)
                 "running_s": round(time.monotonic() - self.started_at, 1) if self.proc else None,
                 "restarts": self.restarts, "last_exit": self.last_exit, "log": self.log,
+                "start_error": self.start_error or None,
                 "health_url": self.health_url,
                 # left with a final exit code: down until an operator resumes or restarts it
                 "final": self.proc is None and self.next_start == float("inf")}
@@ -298,6 +321,21 @@ def kicks_of(control: dict[str, Any]) -> dict[str, int]:
     return {str(k): v for k, v in kick.items() if isinstance(v, int)}
 
 
+def write_status(status_file: Path, status: dict[str, Any]) -> bool:
+    """Replace the status file; a write that fails (a full disk) is said on stdout and tried
+    again at the next round — it does not end the supervisor (whose ``finally`` would stop
+    every child)."""
+    tmp = status_file.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, status_file)
+    except OSError as exc:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warning: could not write {status_file}: "
+              f"{exc}", flush=True)
+        return False
+    return True
+
+
 def run(plan_path: Path) -> int:
     plan = json.loads(plan_path.read_text())
     children = [Child(**spec) for spec in plan["processes"]]
@@ -333,15 +371,13 @@ def run(plan_path: Path) -> int:
                 child.poll(healthy)
                 if child.name not in healthy and turned_healthy(child):
                     healthy.add(child.name)
-            tmp = status_file.with_suffix(".tmp")
             applied = kicks
-            tmp.write_text(json.dumps({"pid": os.getpid(),
+            write_status(status_file, {"pid": os.getpid(),
                                        "processes": [c.status() for c in children],
                                        # stopped and kept down (the pause's acknowledgement)
                                        "paused": sorted(c.name for c in children
                                                         if c.name in paused),
-                                       "kicks": applied}, indent=1))
-            os.replace(tmp, status_file)
+                                       "kicks": applied})
             time.sleep(0.5)
     finally:  # whatever happened, leave no child behind
         killed = []
