@@ -930,7 +930,9 @@ class SinkSettings(_Section):
                            doc="Outcomes held unacknowledged before consumption pauses "
                                "(backpressure).")
     drain_timeout_s: float = env("SINK_DRAIN_TIMEOUT_S", 30.0, parse=parse_float,
-                                 doc="On SIGTERM, how long to keep flushing before exiting "
+                                 doc="On SIGTERM, how long to keep flushing before exiting, "
+                                     "counted from the SIGTERM; no call starts after it, "
+                                     "one under way may take SF_TIMEOUT_S more "
                                      "(unacknowledged offsets stay uncommitted).")
     instance_id: str = env("SINK_INSTANCE_ID", "",
                            doc="Optional static group membership (group.instance.id): a "

@@ -9,7 +9,8 @@ exponential backoff (1 s doubling to 30 s, reset after 60 s of good health). SIG
 stops the children in reverse start order (SIGTERM, then SIGKILL after a grace period) and
 exits; a child it has to kill is named in its log, on stdout and in
 ``<state>/supervisor-killed.json`` (:func:`killed_file`), which ``ops.stack down`` reports. A child's grace is its own drain timeout (``WORKER_DRAIN_TIMEOUT_S``,
-``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S`, so a stop
+``SINK_DRAIN_TIMEOUT_S``, as the child reads them) plus :data:`STOP_MARGIN_S` — and, for the
+sink, one Salesforce call under way at its drain's end (``SF_TIMEOUT_S``) — so a stop
 never kills a drain half way; :data:`DEFAULT_GRACE_S` for a child without one.
 ``<state>/supervisor.json`` always tells what runs (pids, restarts, last exit), each pid with
 its :func:`process_start`, so that ``ops.stack`` never signals a process that merely got a
@@ -40,13 +41,13 @@ from typing import Any
 
 from common.envparse import environment
 from common.errors import ConfigError
-from common.settings import SinkSettings, WorkerSettings
+from common.settings import SalesforceSettings, SinkSettings, WorkerSettings
 from ops import envvars
 
 #: What a child may take after its drain before it is killed: closing its Kafka clients —
-#: the sink's close revokes its partitions, which may flush for up to 10 s more
-#: (sinks.app.REVOKE_BUDGET_S) and commit (docker-compose.yml's stop_grace_period keeps the
-#: same margin).
+#: the sink's close revokes its partitions and commits what Salesforce acknowledged (a
+#: stopping sink's revoke flushes nothing more: sinks.app.Sink._on_revoke) —
+#: (docker-compose.yml's stop_grace_period keeps the same margin).
 STOP_MARGIN_S = 20.0
 #: The grace of a child without a drain setting (the connector, the sandboxes).
 DEFAULT_GRACE_S = 20.0
@@ -56,6 +57,11 @@ DRAIN_SETTINGS: dict[str, tuple[type[Any], str]] = {
     "worker": (WorkerSettings, "drain_timeout_s"),
     "sink": (SinkSettings, "drain_timeout_s"),
 }
+#: Settings added to a child's grace: the sink's drain starts no call after its deadline,
+#: but one under way then may take its whole timeout (sinks.app.Sink._drain).
+OVERRUN_SETTINGS: dict[str, list[tuple[type[Any], str]]] = {
+    "sink": [(SalesforceSettings, "timeout_s")],
+}
 
 
 def stop_grace(name: str, env: Mapping[str, str]) -> float:
@@ -63,15 +69,21 @@ def stop_grace(name: str, env: Mapping[str, str]) -> float:
     supervisor's environment over .env, with the plan's overrides) is ``env``."""
     if name not in DRAIN_SETTINGS:
         return DEFAULT_GRACE_S
-    section, attr = DRAIN_SETTINGS[name]
+    overrun = sum(_seconds(section, attr, env) for section, attr in OVERRUN_SETTINGS.get(name, []))
+    return _seconds(*DRAIN_SETTINGS[name], env) + overrun + STOP_MARGIN_S
+
+
+def _seconds(section: type[Any], attr: str, env: Mapping[str, str]) -> float:
+    """The setting ``attr`` of ``section`` as the child reads it from ``env`` (its default
+    when unset or refused: the child refuses it then, exit 64), at least 0."""
     setting = next(f for f in dataclasses.fields(section) if f.name == attr)
     raw = env.get(setting.metadata["env"], "")
     assert isinstance(setting.default, int | float), f"{attr}: no default"
-    drain = float(setting.default)
+    value = float(setting.default)
     if raw.strip():
-        with contextlib.suppress(ValueError, TypeError):  # the child refuses it (exit 64)
-            drain = float(setting.metadata["parse"](raw))
-    return max(drain, 0.0) + STOP_MARGIN_S
+        with contextlib.suppress(ValueError, TypeError):
+            value = float(setting.metadata["parse"](raw))
+    return max(value, 0.0)
 
 
 #: The make-up variable that caps a child's log, in MB (0: never rotated), and its default.

@@ -127,6 +127,7 @@ class Sink:
         self.consumer = Consumer(config)
         self.dead_letters = DeadLetters(kafka, self.connection)
         self._stop = threading.Event()
+        self._stop_at: float | None = None  # when the stop was asked (the drain's deadline)
         self._assigned: list[TopicPartition] = []
         self._owned: set[int] = set()  # the partitions of _assigned
         self._rebalances = 0  # assignment changes so far (_poll: a message from before one)
@@ -150,6 +151,8 @@ class Sink:
     # -- lifecycle ---------------------------------------------------------------------
 
     def stop(self, *_: Any) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -340,6 +343,8 @@ class Sink:
         while True:
             now = time.monotonic()
             if self.pauses.blocked(now) or now - started >= FLUSH_BUDGET_S:
+                return
+            if self._stop.is_set():  # the drain takes over, within its deadline
                 return
             full = len(self.batcher.ready(now)) >= self.settings.batch_size
             lingered = self.batcher.due(now, batch_size=self.settings.batch_size,
@@ -535,8 +540,12 @@ class Sink:
             m.API_LIMIT.set(usage[1])
 
     def _drain(self) -> None:
-        """Flush everything pending until done or ``SINK_DRAIN_TIMEOUT_S`` passed."""
-        deadline = time.monotonic() + self.settings.drain_timeout_s
+        """Flush everything pending until done or ``SINK_DRAIN_TIMEOUT_S`` passed — counted
+        from the stop's request (SIGTERM), so the flush under way then is within it, and no
+        call starts after it: a stop takes the drain's timeout plus at most one call
+        (``SF_TIMEOUT_S``) under way at its end, which the supervisor's grace
+        (:func:`ops.supervisor.stop_grace`) and compose's ``stop_grace_period`` allow for."""
+        deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
         if self._assigned:
             self.consumer.pause(self._assigned)  # the polls below only serve callbacks
         while len(self.batcher) and time.monotonic() < deadline:
@@ -629,7 +638,10 @@ class Sink:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Last chance to settle and commit what we hold before another member owns it."""
         started = time.monotonic()
-        while time.monotonic() - started < REVOKE_BUDGET_S:
+        # stopping (the close after the drain): the drain has flushed what its deadline let
+        # it — flushing again here would add a revoke's budget and a call past it to the
+        # stop, past the supervisor's grace (SIGKILL); what is acknowledged is committed
+        while not self._stop.is_set() and time.monotonic() - started < REVOKE_BUDGET_S:
             now = time.monotonic()
             if not self.batcher.ready(now) or self.pauses.blocked(now) or not self._flush(now):
                 break

@@ -37,20 +37,25 @@ def no_env_file(monkeypatch):
     monkeypatch.setattr(supervisor, "environment", lambda: {})
 
 
+SF_CALL_S = 30.0  # SF_TIMEOUT_S's default: the sink's call under way at its drain's end
+
+
 def test_each_child_waits_its_own_drain_plus_a_margin():
     assert stop_grace("worker", {}) == 20.0 + STOP_MARGIN_S   # WORKER_DRAIN_TIMEOUT_S default
-    assert stop_grace("sink", {}) == 30.0 + STOP_MARGIN_S     # SINK_DRAIN_TIMEOUT_S default
+    # SINK_DRAIN_TIMEOUT_S default, and one call under way at its end (SF_TIMEOUT_S default)
+    assert stop_grace("sink", {}) == 30.0 + SF_CALL_S + STOP_MARGIN_S
     assert stop_grace("connector", {}) == DEFAULT_GRACE_S
     assert stop_grace("salesforce-sandbox", {}) == DEFAULT_GRACE_S
-    assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "50"}) == 50.0 + STOP_MARGIN_S
+    assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "50"}) == 50.0 + SF_CALL_S + STOP_MARGIN_S
     assert stop_grace("worker", {"WORKER_DRAIN_TIMEOUT_S": "2.5"}) == 2.5 + STOP_MARGIN_S
     # a value the process refuses (it exits 64) leaves the default
-    assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "soon"}) == 30.0 + STOP_MARGIN_S
+    assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "soon"}) == \
+        30.0 + SF_CALL_S + STOP_MARGIN_S
 
 
 def test_the_planned_pipeline_gets_more_than_its_drain():
     plan = {p["name"]: Child(**p) for p in _pipeline_processes({}, {})}
-    assert plan["sink"].grace() >= 30.0 + STOP_MARGIN_S
+    assert plan["sink"].grace() >= 30.0 + SF_CALL_S + STOP_MARGIN_S
     assert plan["worker"].grace() >= 20.0 + STOP_MARGIN_S
 
 
@@ -58,9 +63,10 @@ def test_the_grace_follows_the_childs_environment(monkeypatch):
     """The setting as the child reads it: the supervisor's environment over .env, then the
     plan's overrides."""
     monkeypatch.setattr(supervisor, "environment", lambda: {"SINK_DRAIN_TIMEOUT_S": "40"})
-    assert Child(name="sink", argv=[], env={}, log="").grace() == 40.0 + STOP_MARGIN_S
-    assert Child(name="sink", argv=[], env={"SINK_DRAIN_TIMEOUT_S": "5"},
-                 log="").grace() == 5.0 + STOP_MARGIN_S
+    assert Child(name="sink", argv=[], env={}, log="").grace() == \
+        40.0 + SF_CALL_S + STOP_MARGIN_S
+    assert Child(name="sink", argv=[], env={"SINK_DRAIN_TIMEOUT_S": "5", "SF_TIMEOUT_S": "2"},
+                 log="").grace() == 5.0 + 2.0 + STOP_MARGIN_S
     assert Child(name="sink", argv=[], env={}, log="", grace_s=3.0).grace() == 3.0
 
 
@@ -78,7 +84,7 @@ def _started(tmp_path, drain_s: float, env: dict[str, str]) -> tuple[Child, Path
 
 def test_a_drain_within_its_grace_is_not_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(supervisor, "STOP_MARGIN_S", 1.0)
-    child, marks = _started(tmp_path, 2.0, {"SINK_DRAIN_TIMEOUT_S": "3"})
+    child, marks = _started(tmp_path, 2.0, {"SINK_DRAIN_TIMEOUT_S": "3", "SF_TIMEOUT_S": "0.1"})
     proc = child.proc
     assert proc is not None
     child.stop()
@@ -89,7 +95,8 @@ def test_a_drain_within_its_grace_is_not_killed(tmp_path, monkeypatch):
 def test_a_drain_past_its_grace_is_killed_then(tmp_path, monkeypatch):
     """The grace is the child's, not a fixed 20 s: past drain + margin it is SIGKILLed."""
     monkeypatch.setattr(supervisor, "STOP_MARGIN_S", 1.0)
-    child, marks = _started(tmp_path, 60.0, {"SINK_DRAIN_TIMEOUT_S": "0.5"})
+    child, marks = _started(tmp_path, 60.0, {"SINK_DRAIN_TIMEOUT_S": "0.5",
+                                             "SF_TIMEOUT_S": "0.5"})
     proc = child.proc
     assert proc is not None
     started = time.monotonic()
@@ -106,7 +113,7 @@ def test_make_down_waits_for_every_childs_grace(tmp_path, monkeypatch):
                  for n in ("salesforce-sandbox", "whmcs-sandbox", "connector", "worker", "sink")]
     monkeypatch.setattr(stack, "PLAN", tmp_path / "plan.json")
     stack.PLAN.write_text(json.dumps({"processes": processes}))
-    total = 3 * DEFAULT_GRACE_S + 20.0 + 30.0 + 2 * STOP_MARGIN_S
+    total = 3 * DEFAULT_GRACE_S + 20.0 + 30.0 + SF_CALL_S + 2 * STOP_MARGIN_S
     assert stack.stop_timeout() >= total
     stack.PLAN.unlink()
     assert stack.stop_timeout() == 60.0
@@ -127,6 +134,6 @@ def test_make_down_waits_for_the_graces_make_up_planned(tmp_path, monkeypatch):
     stack.PLAN.write_text(json.dumps({"processes": stack.plan(stack.environment())}))
     monkeypatch.delenv("WORKER_DRAIN_TIMEOUT_S")                     # plain `make down`
     graces = {"connector": DEFAULT_GRACE_S, "worker": 300.0 + STOP_MARGIN_S,
-              "sink": 30.0 + STOP_MARGIN_S}
+              "sink": 30.0 + SF_CALL_S + STOP_MARGIN_S}
     assert stack.stop_timeout() >= sum(graces.values()) + 10.0
     assert stack.stop_timeout(["worker"]) >= graces["worker"] + 10.0  # restart's pause
