@@ -211,3 +211,22 @@ def test_a_product_id_that_is_not_an_id_is_named(item_class):
         map_order(o, idem_key="k")
     assert err.value.code == "MISSING_PRODUCT_MAPPING"
     assert "'ADD-7'" in err.value.message
+
+
+def test_the_largest_order_fits_phps_max_input_vars():
+    """WHMCS reads its API's form through PHP, which keeps the first ``max_input_vars`` (1000
+    by default) fields and drops the rest silently — the credentials, sent last: the call
+    would be refused as "Authentication Failed", and failed logins count towards WHMCS's IP
+    ban. The largest Order the mapping accepts is 200 items (one answer of the guard's
+    subquery; more is TOO_MANY_ITEMS), each with config options, add-ons on the first
+    Service split into a line of its own: its AddOrder, with ``action`` and the four
+    credential fields, must stay under that default."""
+    from common.whmcs import encode_form
+
+    items = [item(product(f"SVC-{n}", pid=n + 1, options='{"1": "2"}'), qty=2)
+             for n in range(199)]
+    o = order(*items, item(product("ADDON", pid=9, item_class="Add-on"), qty=3))
+    p = map_order(o, idem_key="k").params()
+    assert len(p["pid"]) == 200  # the first Service's add-on line split off
+    fields = encode_form({"action": "AddOrder", **p}).count("&") + 1
+    assert fields + 4 <= 1000, fields  # identifier, secret, accesskey, responsetype
