@@ -184,13 +184,14 @@ class OpenSpans:
         self._by_order: dict[str, list[Any]] = {}
 
     def start(self, key: Hashable, name: str, *, headers: Any = None, order_id: str | None,
-              correlation_id: str | None = None, **attrs: Any) -> Any:
+              correlation_id: str | None = None, by_order: bool = True, **attrs: Any) -> Any:
+        """A span for ``key``, found by :meth:`of_order` too unless ``by_order`` is False."""
         if _tracer is None:
             return None
         span = start_span(name, headers=headers, order_id=order_id,
                           correlation_id=correlation_id, **attrs)
         self._by_key[key] = span
-        if order_id:
+        if order_id and by_order:
             self._by_order.setdefault(order_id, []).append(span)
         return span
 

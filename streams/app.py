@@ -290,7 +290,9 @@ class Worker:
         self.events += 1
         self.last_event_at = time.time()
         self.progress.touch()
-        self.ops.event_started(message)
+        # a dead letter runs outside its Order's lane: its span is not the Order's (the
+        # Order's next event, run meanwhile, would have its calls and outcome in it)
+        self.ops.event_started(message, of_order=not isinstance(item, DeadLetter))
         if isinstance(item, DeadLetter):
             async def dead() -> bool:
                 await self.emitter.send_dead_letter(item)

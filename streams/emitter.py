@@ -51,18 +51,27 @@ class KafkaEmitter:
         # the outcome's trace context (streams.observability; nothing when tracing is off)
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
         self._registering = asyncio.Lock()  # one registration of the outcome schema at a time
-        # topic → (wall time of its first failed send since its last acknowledged one, the
-        # last error): /readyz reports a write failing past its grace (streams.observability)
-        # — the events wait in flight meanwhile, which the stall watchdog counts as progress
-        self.failing: dict[str, tuple[float, str]] = {}
+        # each send not yet acknowledged → (wall time it started, its topic); the last error
+        # of each topic's sends. /readyz reports a send unacknowledged past its grace
+        # (streams.observability) — its event waits in flight meanwhile, which the stall
+        # watchdog counts as progress. By age, not by errors: aiokafka's idempotent producer
+        # retries a partition under min ISR or a broker out of reach for ever without
+        # failing the send, and one partition's failure must not be cleared by the other
+        # partitions' acknowledgements.
+        self.unacked: dict[object, tuple[float, str]] = {}
+        self.last_error: dict[str, str] = {}
+        self.clock: Callable[[], float] = time.time
 
     def failing_since(self) -> tuple[float | None, str]:
-        """When the longest-failing topic's sends started failing (None: every topic's last
-        send was acknowledged), and its last error."""
-        if not self.failing:
+        """When the oldest send not yet acknowledged started (None: none waits), and its
+        topic with that topic's last error. Safe from another thread (the probes')."""
+        waiting = list(self.unacked.values())  # one C-level copy: no size change under it
+        if not waiting:
             return None, ""
-        topic, (since, error) = min(self.failing.items(), key=lambda kv: kv[1][0])
-        return since, f"{topic}: {error}"
+        since, topic = min(waiting)
+        error = self.last_error.get(topic)
+        return since, f"{topic}: " + (error or "no answer from the brokers (the producer is "
+                                               "still trying)")
 
     async def send_outcome(self, outcome: dict[str, Any]) -> None:
         try:
@@ -118,17 +127,22 @@ class KafkaEmitter:
             except Exception as exc:
                 refusal = aiokafka_refusal(exc)
                 if refusal is None:
-                    since = self.failing.get(topic, (time.time(), ""))[0]
                     name, text = type(exc).__name__, str(exc)
-                    self.failing[topic] = (since, text if text.startswith(name)
-                                           else f"{name}: {text}")  # aiokafka's name it
+                    self.last_error[topic] = text if text.startswith(name) \
+                        else f"{name}: {text}"  # aiokafka's errors name themselves
                     raise  # retried
                 self.on_refused(refused_what(f"write {kind} to {topic}", topic, refusal),
                                 refusal)
                 await asyncio.get_running_loop().create_future()  # until cancelled
-            self.failing.pop(topic, None)
-        await retry_forever(f"sending {kind}", attempt,
-                            on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
+        token = object()
+        self.unacked[token] = (self.clock(), topic)
+        try:
+            await retry_forever(f"sending {kind}", attempt,
+                                on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
+        finally:  # acknowledged, or cancelled (a revoke, a stop): not waiting any more
+            del self.unacked[token]
+        if not any(t == topic for _since, t in self.unacked.values()):
+            self.last_error.pop(topic, None)
 
 
 def _log_refusal(what: str, refusal: Refusal) -> None:

@@ -111,13 +111,16 @@ class WorkerOps:
 
     # -- the flow's calls ------------------------------------------------------------------
 
-    def event_started(self, message: Any) -> None:
+    def event_started(self, message: Any, *, of_order: bool = True) -> None:
+        """An event taken; ``of_order`` False: its span is not found by its Order (a dead
+        letter, which runs outside the Order's lane), though it carries the Order's id."""
         key = (message.partition, message.offset)
         self.inflight.started(key, since=getattr(message, "timestamp", None))
         if tracing.enabled():
             order_id = message.key.decode(errors="replace") if message.key else None
             self.spans.start(key, "worker.event", headers=message.headers, order_id=order_id,
-                             partition=message.partition, offset=message.offset)
+                             by_order=of_order, partition=message.partition,
+                             offset=message.offset)
 
     def event_finished(self, message: Any) -> None:
         key = (message.partition, message.offset)

@@ -55,3 +55,16 @@ def test_a_traceparent_that_is_not_utf8_starts_a_new_trace(tracer: None, value: 
     span = tracing.OpenSpans().start((0, 1), "sink.write_back",
                                      headers=[(tracing.TRACEPARENT, value)], order_id="801A")
     assert span is not None and span.get_span_context().is_valid
+
+
+def test_a_dead_letters_span_is_not_its_orders(tracer: None) -> None:
+    """A dead letter runs outside its Order's lane: while its send retried, the Order's next
+    event (run meanwhile) had its calls and outcome put in the dead letter's trace."""
+    spans = tracing.OpenSpans()
+    spans.start((0, 1), "worker.event", headers=_parent("e" * 32), order_id="801A",
+                by_order=False)
+    spans.start((0, 2), "worker.event", headers=_parent("f" * 32), order_id="801A")
+    assert _trace_of(tracing.headers_of(spans.of_order("801A"))) == "f" * 32
+    spans.finish((0, 1))
+    spans.finish((0, 2))
+    assert spans._by_key == {} and spans._by_order == {}

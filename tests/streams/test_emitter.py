@@ -4,6 +4,7 @@ handler retries it, then dead-letters it), never a send retried forever."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -27,6 +28,7 @@ def emitter() -> KafkaEmitter:
     made.serde = AvroSerde("provisioning_outcome")
     made.headers = dict(made.serde.headers())
     made.outcome_headers = lambda _o: {}
+    made.unacked, made.last_error, made.clock = {}, {}, time.time
     return made
 
 

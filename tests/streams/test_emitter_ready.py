@@ -1,10 +1,13 @@
-"""/readyz while the brokers do not acknowledge the worker's outcomes (observability review).
+"""/readyz while the brokers do not acknowledge the worker's outcomes (observability review,
+then its regression review).
 
 An outcome send is retried until the broker takes it, and its event waits in flight
-meanwhile — which the stall watchdog counts as progress. With the outcomes partition's
-leader offline (or under ``min.insync.replicas``, or the topic deleted) and everything else
-well, nothing finished for as long as that lasted, ``SfprovWorkerStalled`` pointed at
-``/readyz`` for why, and ``/readyz`` answered 200 with no reason."""
+meanwhile — which the stall watchdog counts as progress. With an outcomes partition under
+``min.insync.replicas`` (or its leader offline, or the topic deleted) and everything else
+well, nothing finished for that partition's Orders, ``SfprovWorkerStalled`` pointed at
+``/readyz`` for why, and ``/readyz`` answered 200 with no reason. Judged by the age of the
+oldest unacknowledged send: aiokafka's idempotent producer retries such a send for ever
+without failing it, and the other partitions' sends go on being acknowledged meanwhile."""
 
 from __future__ import annotations
 
@@ -18,21 +21,30 @@ from aiokafka.errors import KafkaTimeoutError
 import common.backoff
 from tests.foundation.test_ready_after_start import worker as built_worker
 
+STUCK = b"801STUCK"
 
-class FlakyWriter:
-    def __init__(self, fails: int) -> None:
-        self.fails, self.sent = fails, 0
+
+class PartlyStuckWriter:
+    """Sends of the key ``STUCK`` hang (``hang``: never answered, as the idempotent producer
+    retrying; else fail with ``NotEnoughReplicas`` each time) until ``release``; the others
+    are acknowledged."""
+
+    def __init__(self, hang: bool) -> None:
+        self.hang, self.released, self.acked = hang, asyncio.Event(), 0
 
     async def send_soon(self, topic: str, partition: Any, key: bytes, value: bytes,
                         headers: Any) -> None:
-        if self.fails:
-            self.fails -= 1
-            raise KafkaTimeoutError("NotEnoughReplicasException")
-        self.sent += 1
+        if key == STUCK and not self.released.is_set():
+            if self.hang:
+                await self.released.wait()
+            else:
+                raise KafkaTimeoutError("NotEnoughReplicasException")
+        self.acked += 1
 
 
-def test_outcomes_not_acknowledged_past_the_grace_make_the_worker_not_ready(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("hang", [True, False], ids=["never-answered", "failing"])
+def test_one_partitions_outcomes_unacknowledged_past_the_grace_make_the_worker_not_ready(
+        hang: bool, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = common.backoff.Backoff
     monkeypatch.setattr(common.backoff, "Backoff",
                         lambda *_a, **_kw: real(0.001, 0.001, jitter=False))
@@ -40,37 +52,64 @@ def test_outcomes_not_acknowledged_past_the_grace_make_the_worker_not_ready(
     built.ops.start_up.done = True
     built.ops.heartbeat.beat()
     emitter = built.emitter
-    writer = FlakyWriter(fails=10**9)
-    emitter.writer = writer
+    grace = built.settings.ready_grace_s
+    clock = [time.time()]
+    emitter.clock = lambda: clock[0]
 
     async def encode(_outcome: dict[str, Any]) -> bytes:
         return b"outcome"
     emitter._encode = encode  # type: ignore[method-assign]
-    readiness: list[tuple[bool, list[str]]] = []
+    seen: list[tuple[bool, list[str]]] = []
 
     async def go() -> None:
-        send = asyncio.ensure_future(emitter.send_outcome({"order_id": "801A"}))
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if writer.fails < 10**9 - 3:
-                break
+        writer = PartlyStuckWriter(hang)
+        emitter.writer = writer
+        clock[0] = time.time() - grace - 1  # the stuck send started past the grace
+        stuck = asyncio.ensure_future(emitter.send_outcome({"order_id": STUCK.decode()}))
+        await asyncio.sleep(0.05)
+        clock[0] = time.time()
+        for n in range(20):  # the other partitions' outcomes go on being acknowledged
+            await emitter.send_outcome({"order_id": f"801OK{n}"})
+        assert writer.acked == 20
         ok, details = built.ops.ready()
-        readiness.append((ok, details["reasons"]))  # within the grace: a retry
-        since, error = emitter.failing_since()
-        assert since is not None and "NotEnoughReplicas" in error
-        topic = emitter.outcomes
-        emitter.failing[topic] = (time.time() - built.settings.ready_grace_s - 1,
-                                  emitter.failing[topic][1])
+        seen.append((ok, details["reasons"]))
+        writer.released.set()  # the partition is back: the stuck send is acknowledged
+        await asyncio.wait_for(stuck, 5)
         ok, details = built.ops.ready()
-        readiness.append((ok, details["reasons"]))
-        writer.fails = 0  # the leader is back: the retry is acknowledged
-        await asyncio.wait_for(send, 5)
-        ok, details = built.ops.ready()
-        readiness.append((ok, details["reasons"]))
+        seen.append((ok, details["reasons"]))
+        assert emitter.unacked == {} and emitter.last_error == {}
     asyncio.run(go())
-    [(within, _), (past, reasons), (after, _)] = readiness
-    assert within is True and after is True and writer.sent == 1
-    assert past is False
+    [(stuck_ok, reasons), (after, _)] = seen
+    assert stuck_ok is False and after is True
+    want = ("no answer from the brokers" if hang else "KafkaTimeoutError: NotEnoughReplicas")
     assert any(r.startswith(f"kafka_write: writes to Kafka not acknowledged: "
-                            f"{emitter.outcomes}: KafkaTimeoutError")
-               for r in reasons), reasons
+                            f"{emitter.outcomes}: {want}") for r in reasons), reasons
+
+
+def test_a_send_within_the_grace_is_not_a_reason(tmp_path) -> None:
+    built = built_worker(tmp_path)
+    built.ops.start_up.done = True
+    built.ops.heartbeat.beat()
+    built.emitter.unacked[object()] = (time.time() - 1.0, built.emitter.outcomes)
+    assert built.ops.ready()[0] is True
+
+
+def test_a_cancelled_send_is_not_waiting_any_more(tmp_path) -> None:
+    """A revoke or a stop cancels a send: it must not keep the worker not ready."""
+    built = built_worker(tmp_path)
+    emitter = built.emitter
+    emitter.writer = PartlyStuckWriter(hang=True)
+
+    async def encode(_outcome: dict[str, Any]) -> bytes:
+        return b"outcome"
+    emitter._encode = encode  # type: ignore[method-assign]
+
+    async def go() -> None:
+        send = asyncio.ensure_future(emitter.send_outcome({"order_id": STUCK.decode()}))
+        await asyncio.sleep(0.05)
+        assert len(emitter.unacked) == 1
+        send.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+    asyncio.run(go())
+    assert emitter.unacked == {} and emitter.failing_since() == (None, "")

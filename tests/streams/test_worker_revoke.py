@@ -36,7 +36,7 @@ def _worker(generation: int) -> Worker:
     worker.lanes = Lanes(worker.checkpoint, worker.consumer.release)
     worker.settings = SimpleNamespace(drain_timeout_s=0.1)
     worker.progress = SimpleNamespace(touch=lambda: None)
-    worker.ops = SimpleNamespace(event_started=lambda m: None, event_finished=lambda m: None)
+    worker.ops = SimpleNamespace(event_started=lambda m, **_kw: None, event_finished=lambda m: None)
     worker.events = 0
     worker.consumer.before_wait_empty(worker._leaving)  # as Worker.__init__ does
     return worker
