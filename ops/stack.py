@@ -365,10 +365,13 @@ def wait_healthy(processes: list[dict[str, Any]], timeout: float = 120.0) -> dic
             now = entry(p["name"])
             if now.get("final"):
                 failed[p["name"]] = final(now)
+    def why(name: str) -> str:  # a start that failed names its cause (its log may not)
+        error = entry(name).get("start_error")
+        return f": could not start: {error}" if error else ""
     return {**failed, **{
-        name: f"not healthy after {timeout:.0f} s" if p.get("health_url")
-        else f"not running for {STARTED_S:.0f} s after {timeout:.0f} s (no probe port)"
-        for name, p in pending.items()}}
+        name: (f"not healthy after {timeout:.0f} s" if p.get("health_url")
+               else f"not running for {STARTED_S:.0f} s after {timeout:.0f} s (no probe port)")
+        + why(name) for name, p in pending.items()}}
 
 
 def open_supervisor_log(log_max: int) -> BinaryIO:
@@ -547,7 +550,8 @@ def status() -> int:
     for p in supervised["processes"]:
         print(f"{p['name']:<18} pid {p['pid']}  restarts {p['restarts']}  last exit {p['last_exit']}"
               + ("  (paused)" if p["name"] in supervised.get("paused", []) else
-                 "  (final exit: fix the cause, then restart it)" if p.get("final") else ""))
+                 "  (final exit: fix the cause, then restart it)" if p.get("final") else "")
+              + (f"  could not start: {p['start_error']}" if p.get("start_error") else ""))
     return 0
 
 

@@ -191,7 +191,7 @@ class Child:
                                              stdout=out, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
-            self.proc, self.last_exit = None, None
+            self.proc = None  # last_exit stays the exit that made this a restart
             self.start_error = f"{type(exc).__name__}: {exc}"
             self._again(f"could not start: {self.start_error}")
             print(f"{now} {self.name} could not start: {self.start_error}", flush=True)

@@ -48,6 +48,7 @@ def test_a_child_that_cannot_start_is_retried_and_the_others_keep_running(tmp_pa
         assert sup.poll() is None, "the supervisor exited"
         failed = statuses(status)["sink"]
         assert "FileNotFoundError" in failed["start_error"]
+        assert failed["last_exit"] == 1  # the exit that made it a restart, kept
         assert statuses(status)["worker"]["pid"] == worker and running(worker)
         assert "could not start: FileNotFoundError" in (tmp_path / "sink.log").read_text()
         # the program is back: the next retry starts it (and it exits 1 again, as before)
@@ -78,3 +79,26 @@ def test_a_log_that_cannot_be_opened_is_a_failed_start_not_a_crash(tmp_path: Pat
         assert child.status()["start_error"] == child.start_error
     finally:
         os.chmod(tmp_path / "logs", 0o700)
+
+
+def test_make_up_and_status_name_why_a_process_could_not_start(tmp_path: Path, monkeypatch,
+                                                               capsys) -> None:
+    """`make up` said only "not healthy after 120 s (see their logs)" — a log that may be the
+    very file that could not be written — and `ops.stack status` showed ``last exit None``."""
+    from ops import stack
+    from tests.ops.test_stack_no_probe import no_probe, write
+
+    monkeypatch.setattr(stack, "STATUS", tmp_path / "supervisor.json")
+    write(stack.STATUS, {"name": "worker", "pid": None, "start": None, "restarts": 4,
+                         "last_exit": 1, "log": "w.log", "health_url": "", "final": False,
+                         "start_error": "FileNotFoundError: [Errno 2] .venv/bin/python"})
+    assert stack.wait_healthy([no_probe()], timeout=1.0) == {
+        "worker": f"not running for {stack.STARTED_S:.0f} s after 1 s (no probe port): "
+                  "could not start: "
+                  "FileNotFoundError: [Errno 2] .venv/bin/python"}
+    monkeypatch.setattr(stack, "supervisor_pid", lambda: 1)
+    monkeypatch.setattr(stack, "broker", lambda: type("B", (), {
+        "running_pid": lambda self: 2, "bootstrap": "127.0.0.1:9092"})())
+    assert stack.status() == 0
+    out = capsys.readouterr().out
+    assert "last exit 1" in out and "could not start: FileNotFoundError" in out, out
