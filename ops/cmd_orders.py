@@ -387,7 +387,7 @@ def demo_selection(admin: Any, count: int) -> list[str]:
         kind = str(r.get("Description") or "")
         if kind.startswith("seed-broken") and kind not in broken:
             broken[kind] = r["Id"]
-    chosen = list(broken.values())[:min(len(broken), max(1, count // 3))]
+    chosen = list(broken.values())[:min(len(broken), count // 3)]  # 1 in 3 at most
     chosen += good[:count - len(chosen)]
     return chosen[:count]
 

@@ -105,3 +105,17 @@ def test_the_waits_that_parse():
     demo = _parse("demo", "--timeout", "90", "--writeback-wait", "0")
     assert (demo.timeout, demo.writeback_wait) == (90.0, 0.0)
     assert seconds_arg(" 1.5 ") == 1.5
+
+
+@pytest.mark.parametrize("count,broken", [(1, 0), (2, 0), (3, 1), (6, 2), (20, 5)])
+def test_demo_approves_a_broken_order_only_beside_twice_as_many_good_ones(count, broken):
+    """`demo --count 1` approved only a deliberately broken Order: a newcomer saw Failed
+    and no Provisioned (CLI review)."""
+    from ops.cmd_orders import demo_selection
+
+    rows = [{"Id": f"G{n}", "Description": None} for n in range(30)] + \
+        [{"Id": f"B{n}", "Description": f"seed-broken: kind {n}"} for n in range(5)]
+    admin = type("Admin", (), {"query": lambda self, soql: {"records": rows}})()
+    chosen = demo_selection(admin, count)
+    assert len(chosen) == count
+    assert sum(c.startswith("B") for c in chosen) == broken
