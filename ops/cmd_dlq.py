@@ -45,10 +45,12 @@ def dlq(args: argparse.Namespace) -> int:
         return not selected or (record.partition, record.offset) in selected
 
     try:
-        # a requeue judges what it read: a partition that stops before its end is an error,
-        # not a quiet "requeued N" without its dead letters
-        records = list(scan(settings, topic, None, match=match, complete=requeue))
+        # what was read is judged (a requeue) or counted (a list): a partition that stops
+        # before its end is an error, not a quiet "requeued N" or "0 dead letter(s)"
+        records = list(scan(settings, topic, None, match=match, complete=True))
     except PipelineKafkaError as exc:
+        if not requeue:
+            raise
         raise PipelineKafkaError(f"{exc}; nothing was requeued, run it again") from exc
     def copy_of(r: Any) -> str | None:
         return requeued.get(f"{r.partition}:{r.offset}")

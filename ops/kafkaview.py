@@ -25,7 +25,7 @@ from confluent_kafka import (
 )
 
 from common.avro import AvroSerde, SerdeError, registry_for
-from common.connection import kafka_config
+from common.connection import is_refusal, kafka_config
 from common.deadletter import parse_headers
 from common.errors import KafkaError as PipelineKafkaError
 from common.ids import describe_bad_id, is_salesforce_id
@@ -188,6 +188,11 @@ def consumer(settings: KafkaSettings, **extra: Any) -> Consumer:
     return Consumer(conf)
 
 
+#: errors that say the topic or partition read is not there (no point reading on)
+_TOPIC_GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                         KafkaError._UNKNOWN_PARTITION})
+
+
 def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
          from_beginning: bool = True, last: int = 10, follow: bool = False,
          partitions: list[int] | None = None,
@@ -196,7 +201,11 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
     """Yield decoded records; without ``follow`` stop at the end offsets seen at the start.
     A partition that stops giving records before its end (an open transaction holds it, a
     node away) is given up on after ``idle_timeout`` + 10 s; ``complete``: raise then, instead
-    of ending quietly with what was read (a check must not judge a partial read)."""
+    of ending quietly with what was read (a check must not judge a partial read). An error
+    Kafka gives for the topic itself (this principal may not read it, no such topic or
+    partition) raises :class:`~common.errors.KafkaError` at once: it was dropped, and a
+    listing said "0 dead letter(s)" with exit 0; other errors (a node away) are retried, the
+    last one named if a partition is given up."""
     c = consumer(settings)
     try:
         bounds = end_offsets(c, topic)
@@ -218,9 +227,17 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
         c.assign(assignment)
         decoder = Decoder(settings, schema, topic)
         progress = time.monotonic()
+        last_error = ""
         while True:
             msg = c.poll(0.3)
-            if msg is not None and not msg.error():
+            err = msg.error() if msg is not None else None
+            if err is not None:
+                if is_refusal(err) or err.code() in _TOPIC_GONE:
+                    raise PipelineKafkaError(
+                        f"reading {topic}: {err.name()}: {err.str()}" + (
+                            " (no ACL lets this principal read it)" if is_refusal(err) else ""))
+                last_error = f" (last error: {err.name()}: {err.str()})"
+            elif msg is not None:
                 progress = time.monotonic()
                 record = decoder.record(msg)
                 if match is None or match(record):
@@ -237,7 +254,7 @@ def scan(settings: KafkaSettings, topic: str, schema: str | None, *,
                 if complete:
                     raise PipelineKafkaError(
                         f"{topic}: partitions {sorted(remaining)} stopped before their end "
-                        f"offsets {[remaining[p] for p in sorted(remaining)]}")
+                        f"offsets {[remaining[p] for p in sorted(remaining)]}{last_error}")
                 break
     finally:
         c.close()
@@ -285,9 +302,11 @@ def last_record_starts(settings: KafkaSettings, topic: str,
 
 
 def last_value(settings: KafkaSettings, topic: str, schema: str, key: str) -> Record | None:
-    """The last record for ``key`` in a small (compacted) topic."""
+    """The last record for ``key`` in a small (compacted) topic. A read that stops before the
+    topic's end raises :class:`~common.errors.KafkaError`: an older record, or none, is
+    not the last ("no replay position committed yet" for one that could not be read)."""
     found = None
-    for record in scan(settings, topic, schema, match=lambda r: r.key == key):
+    for record in scan(settings, topic, schema, match=lambda r: r.key == key, complete=True):
         found = record
     return found
 

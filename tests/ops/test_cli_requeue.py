@@ -135,6 +135,7 @@ def worker_dead_letter(key: bytes | None, value: bytes | None,
 
     emitter.writer = Writer()  # type: ignore[assignment]
     emitter.dead_letters = DLQ
+    emitter.unacked, emitter.last_error, emitter.clock = {}, {}, time.time
     record = RawRecord(key, value, "requests", 0, offset, headers=headers)
     asyncio.run(emitter.send_dead_letter(DeadLetter(
         record, reason="WHMCS said no", error_class="WhmcsError", error_code="WORKER_ERROR",
