@@ -31,10 +31,12 @@ def dlq(args: argparse.Namespace) -> int:
     requeue = args.action == "requeue"
     named: set[str] = set()  # the dead letters a later one names in dlq.requeued_from
     requeued: dict[str, str] = {}  # P:O of a dead letter requeued → where its copy went
+    requeued_at: dict[str, int] = {}  # P:O of a dead letter requeued → its marker's time
 
     def match(record: Any) -> bool:
         if record.headers.get(REQUEUE_OF):  # a marker: no dead letter itself
             requeued[record.headers[REQUEUE_OF]] = record.headers.get(REQUEUED_TO, "")
+            requeued_at[record.headers[REQUEUE_OF]] = record.timestamp_ms
             return False
         if record.headers.get("requeued_from"):
             named.add(record.headers["requeued_from"])
@@ -80,17 +82,18 @@ def dlq(args: argparse.Namespace) -> int:
     if not selected:  # --all: each failing record once, not once per dead letter of it
         # generations first: a dead letter requeued before still stands for its older twins
         # (the same record dead-lettered twice), which would otherwise be sent in its place
-        records, superseded = newest_generation(topic, records, named)
+        records, superseded, copied = newest_generation(topic, records, named, requeued_at)
         if superseded:
             print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
                   f"requeued copy failed again, or the same record dead-lettered twice): "
                   f"{shown_list(superseded)}; --offset P:O requeues one anyway")
-        already = [f"{r.partition}:{r.offset}" for r in records if copy_of(r) is not None]
-        records = [r for r in records if copy_of(r) is None]
+        already = [f"{r.partition}:{r.offset}" for r in records
+                   if copy_of(r) is not None or id(r) in copied]
+        records = [r for r in records if copy_of(r) is None and id(r) not in copied]
         if already:
-            print(f"passed over {len(already)} dead letter(s) requeued before (a copy reached "
-                  f"its topic; `dlq list` names it): {shown_list(already)}; --offset P:O "
-                  "requeues one again")
+            print(f"passed over {len(already)} dead letter(s) requeued before, or whose twin "
+                  f"was (a copy reached its topic after it was written; `dlq list` names "
+                  f"it): {shown_list(already)}; --offset P:O requeues one again")
     for r in records:
         source = r.headers.get("source_topic")
         if not source:
@@ -135,8 +138,9 @@ def shown_list(positions: list[str]) -> str:
 REQUEUED_FROM = "sfprov.requeued_from"
 
 
-def newest_generation(topic: str, records: list[Any], named: set[str]
-                      ) -> tuple[list[Any], list[str]]:
+def newest_generation(topic: str, records: list[Any], named: set[str],
+                      requeued_at: dict[str, int] | None = None
+                      ) -> tuple[list[Any], list[str], set[int]]:
     """The newest generation of each record among ``records`` (dead letters of ``topic``):
     what ``requeue --all`` considers before it passes over dead letters that already have a
     requeue marker; and the ``P:O`` of those it passes over here: a dead letter that a later one names in
@@ -144,8 +148,16 @@ def newest_generation(topic: str, records: list[Any], named: set[str]
     for it), and one whose record — source topic, key and bytes — a later dead letter holds
     too (a requeued copy dead-lettered by a stage that does not carry the header, or a
     record dead-lettered twice on a redelivery). Without this each ``--all`` sent every
-    generation again: while the cause stayed, the dead letters doubled on every run."""
+    generation again: while the cause stayed, the dead letters doubled on every run.
+
+    Third, the ids of the newest dead letters whose record was requeued already: a twin of
+    theirs has a requeue marker (``requeued_at``: ``P:O`` → the marker's time) written after
+    they were — the copy landed after the last failure, and a failure of that copy would be
+    a later dead letter. (The same record dead-lettered twice, A then B, A requeued with
+    ``--offset``: a later ``--all`` sent B, the record a second time.)"""
+    requeued_at = requeued_at or {}
     newest: dict[tuple[Any, ...], Any] = {}
+    marked: dict[tuple[Any, ...], int] = {}  # record → its newest requeue marker's time
     for r in sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset)):
         if f"{topic}:{r.partition}:{r.offset}" in named:
             continue
@@ -154,9 +166,14 @@ def newest_generation(topic: str, records: list[Any], named: set[str]
         what = ((source, r.key_bytes(), r.raw_value) if source
                 else ("", r.partition, r.offset))
         newest[what] = r  # a later one of the same record replaces it
+        at = requeued_at.get(f"{r.partition}:{r.offset}")
+        if at is not None:
+            marked[what] = max(at, marked.get(what, at))
     kept = {id(r) for r in newest.values()}
+    copied = {id(r) for what, r in newest.items()
+              if what in marked and marked[what] >= r.timestamp_ms}
     return ([r for r in records if id(r) in kept],
-            [f"{r.partition}:{r.offset}" for r in records if id(r) not in kept])
+            [f"{r.partition}:{r.offset}" for r in records if id(r) not in kept], copied)
 
 
 #: the ``dlq.stage`` header's values: who wrote the dead letter

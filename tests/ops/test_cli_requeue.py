@@ -337,3 +337,29 @@ def test_a_twice_dead_lettered_outcome_is_not_resent_after_its_twin_was_requeued
     assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced] == [b"dl:0:1"]
     assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert len(topic.produced) == 1, topic.produced[1:]
+
+
+def test_requeue_all_passes_over_a_twin_of_a_dead_letter_requeued_by_offset(topic, capsys):
+    """CLI review: one outcome dead-lettered twice (A 0:0, then B 0:1, a redelivery), A
+    requeued with --offset and its copy written; a later --all sent B — the record a second
+    time — saying "its requeued copy failed again", which nothing had. A failure of that
+    copy is a later dead letter, which --all still sends."""
+    from common.deadletter import dead_letter_headers
+
+    sink_dead_letter(topic, OID)
+    sink_dead_letter(topic, OID)
+    assert cmd_dlq.dlq(args("requeue", "--offset", "0:0")) == 0
+    assert len(topic.produced) == 1
+    capsys.readouterr()
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
+    assert len(topic.produced) == 1, topic.produced[1:]
+    out = capsys.readouterr().out
+    assert "passed over 1 dead letter(s) requeued before, or whose twin was" in out
+    assert ": 0:1;" in out
+    # the copy fails again: its dead letter names A, and --all sends it
+    topic.add(OID.encode(), b"outcome-" + OID.encode(), dead_letter_headers(
+        stage="sink", reason="FIELD_CUSTOM_VALIDATION_EXCEPTION: still no", error_class="x",
+        source_topic="outcomes", source_partition=1, source_offset=500, order_id=OID,
+        requeued_from=f"{DLQ}:0:0"))
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
+    assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced[1:]] == [b"dl:0:3"]
