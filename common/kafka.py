@@ -253,7 +253,9 @@ def stop_waits(stop: bool = True) -> None:
         _stop_asked.clear()
 
 
-def _check_stop() -> None:
+def check_stop() -> None:
+    """Raise :class:`Stopped` on the main thread once a stop was asked (:func:`stop_waits`):
+    for a retry loop's check between attempts."""
     if _stop_asked.is_set() and threading.current_thread() is threading.main_thread():
         raise Stopped
 
@@ -263,9 +265,9 @@ def _sleep_or_stop(seconds: float) -> None:
     stop asked (:func:`stop_waits`) on the main thread."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        _check_stop()
+        check_stop()
         time.sleep(min(left, STOP_CHECK_S))
-    _check_stop()
+    check_stop()
 
 
 class RunningDeadline:
@@ -303,7 +305,7 @@ class RunningDeadline:
         """The attempt failed: move the deadline by the time it was stopped; True when the
         deadline has passed (give up). Raises :class:`Stopped` when the process is asked to
         stop: no more attempts."""
-        _check_stop()
+        check_stop()
         now = time.monotonic()
         stopped = now - self._started - self._wait - PAUSE_SLACK_S
         if stopped > 0:
@@ -489,7 +491,7 @@ def create_topics(admin: AdminClient, specs: list[TopicSpec], *, timeout: float 
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         if not missing:
             break
-        _check_stop()  # a SIGTERM while a forming cluster refuses: exit 0, not 4 attempts
+        check_stop()  # a SIGTERM while a forming cluster refuses: exit 0, not 4 attempts
         futures = admin.create_topics(
             [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                       config=s.config) for s in missing],

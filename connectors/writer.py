@@ -81,7 +81,7 @@ from common.errors import (
     ProducerFencedError,
     TransactionTimedOutError,
 )
-from common.kafka import RunningDeadline
+from common.kafka import RunningDeadline, check_stop
 from common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,13 @@ def translate(exc: KafkaException, what: str, txn_id: str, *, age_s: float | Non
     return KafkaError(f"{what}: {exc}", retryable=False)
 
 
+#: how long one transactional call (commit, abort, init) may take: a stop waits for the one
+#: under way (ops.supervisor.stop_grace gives the connector that much more)
+CALL_TIMEOUT_S = 30.0
+
+
 class TransactionalWriter:
-    def __init__(self, kafka: KafkaSettings, txn_id: str, *, timeout_s: float = 30.0,
+    def __init__(self, kafka: KafkaSettings, txn_id: str, *, timeout_s: float = CALL_TIMEOUT_S,
                  transaction_timeout_s: float = 60.0,
                  extra_config: dict[str, Any] | None = None) -> None:
         self.txn_id = txn_id
@@ -316,6 +321,11 @@ class TransactionalWriter:
                         and not err.txn_requires_abort():
                     log.warning("commit_transaction retriable error, retrying: %s", err.str())
                     last, reason = exc, err.str()
+                    # stopping (SIGTERM): no more attempts of up to timeout_s each, past the
+                    # supervisor's grace; the transaction is left open, and settled by the
+                    # next start's init_transactions (or the broker's transaction timeout):
+                    # its events are fetched again from the committed position
+                    check_stop()
                     continue
                 raise
         raise ProducerFailedError(

@@ -49,7 +49,8 @@ from ops import envvars
 #: stopping sink's revoke flushes nothing more: sinks.app.Sink._on_revoke) —
 #: (docker-compose.yml's stop_grace_period keeps the same margin).
 STOP_MARGIN_S = 20.0
-#: The grace of a child without a drain setting (the connector, the sandboxes).
+#: The grace of a child without a drain setting (the sandboxes; the connector has its
+#: Kafka call timeout more).
 DEFAULT_GRACE_S = 20.0
 #: The setting (section, field) that bounds a child's drain on SIGTERM, by child name; its
 #: variable and default are the settings' own.
@@ -58,15 +59,23 @@ DRAIN_SETTINGS: dict[str, tuple[type[Any], str]] = {
     "sink": (SinkSettings, "drain_timeout_s"),
 }
 #: Settings added to a child's grace: the sink's drain starts no call after its deadline,
-#: but one under way then may take its whole timeout (sinks.app.Sink._drain).
+#: but one under way then may take its whole timeout (sinks.app.Sink._drain); the worker's
+#: guard query runs in a thread, which the interpreter joins at exit.
 OVERRUN_SETTINGS: dict[str, list[tuple[type[Any], str]]] = {
     "sink": [(SalesforceSettings, "timeout_s")],
+    "worker": [(SalesforceSettings, "timeout_s")],
 }
 
 
 def stop_grace(name: str, env: Mapping[str, str]) -> float:
     """Seconds between SIGTERM and SIGKILL for the child ``name`` whose environment (the
     supervisor's environment over .env, with the plan's overrides) is ``env``."""
+    if name == "connector":
+        # its stop commits the open batch: a transactional call under way (or that commit)
+        # takes up to the writer's call timeout, and is not retried once a stop is asked
+        from connectors.writer import CALL_TIMEOUT_S
+
+        return DEFAULT_GRACE_S + CALL_TIMEOUT_S
     if name not in DRAIN_SETTINGS:
         return DEFAULT_GRACE_S
     overrun = sum(_seconds(section, attr, env) for section, attr in OVERRUN_SETTINGS.get(name, []))

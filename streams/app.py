@@ -189,6 +189,9 @@ class Worker:
                            pause=self.consumer.pause, resume=self.consumer.resume,
                            on_leave=self._left, on_crash=self._crash)
         self.progress.busy = lambda: self.lanes.in_flight > 0
+        # a stop's drain ends here (monotonic), counted from its first call: faust waits
+        # empty twice on a stop (the app's, then its consumer's own on_stop)
+        self._drain_deadline: float | None = None
         self.consumer.before_wait_empty(self._leaving)
         self.app.agent(self.requests, name=f"{app_id}.provision", concurrency=1)(self._agent)
         self.app.timer(worker.commit_interval_s, on_leader=False)(self._commit)
@@ -334,7 +337,12 @@ class Worker:
         ``generation``: the one being revoked (:meth:`ConsumerSeam.before_wait_empty`);
         None, not known: the generations of the events seen so far."""
         if stopping:
-            left = await self.lanes.drain(self.settings.drain_timeout_s)
+            # one drain per stop, however often faust waits empty (twice: the app's stop,
+            # then its consumer's): the second waited the whole WORKER_DRAIN_TIMEOUT_S
+            # again on the same hung events, past the supervisor's grace (SIGKILL)
+            if self._drain_deadline is None:
+                self._drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+            left = await self.lanes.drain(max(0.0, self._drain_deadline - time.monotonic()))
             if left:
                 log.warning("stopping with %d event(s) unfinished; they are redelivered", left)
             # The worker leaves the group now: faust's stop calls no revoke listener and

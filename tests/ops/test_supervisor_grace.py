@@ -41,13 +41,16 @@ SF_CALL_S = 30.0  # SF_TIMEOUT_S's default: the sink's call under way at its dra
 
 
 def test_each_child_waits_its_own_drain_plus_a_margin():
-    assert stop_grace("worker", {}) == 20.0 + STOP_MARGIN_S   # WORKER_DRAIN_TIMEOUT_S default
+    # WORKER_DRAIN_TIMEOUT_S default, and a guard query's thread joined at exit (SF_TIMEOUT_S)
+    assert stop_grace("worker", {}) == 20.0 + SF_CALL_S + STOP_MARGIN_S
     # SINK_DRAIN_TIMEOUT_S default, and one call under way at its end (SF_TIMEOUT_S default)
     assert stop_grace("sink", {}) == 30.0 + SF_CALL_S + STOP_MARGIN_S
-    assert stop_grace("connector", {}) == DEFAULT_GRACE_S
+    # a transactional call under way, not retried once stopping (connectors.writer)
+    assert stop_grace("connector", {}) == DEFAULT_GRACE_S + 30.0
     assert stop_grace("salesforce-sandbox", {}) == DEFAULT_GRACE_S
     assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "50"}) == 50.0 + SF_CALL_S + STOP_MARGIN_S
-    assert stop_grace("worker", {"WORKER_DRAIN_TIMEOUT_S": "2.5"}) == 2.5 + STOP_MARGIN_S
+    assert stop_grace("worker", {"WORKER_DRAIN_TIMEOUT_S": "2.5"}) == \
+        2.5 + SF_CALL_S + STOP_MARGIN_S
     # a value the process refuses (it exits 64) leaves the default
     assert stop_grace("sink", {"SINK_DRAIN_TIMEOUT_S": "soon"}) == \
         30.0 + SF_CALL_S + STOP_MARGIN_S
@@ -113,7 +116,7 @@ def test_make_down_waits_for_every_childs_grace(tmp_path, monkeypatch):
                  for n in ("salesforce-sandbox", "whmcs-sandbox", "connector", "worker", "sink")]
     monkeypatch.setattr(stack, "PLAN", tmp_path / "plan.json")
     stack.PLAN.write_text(json.dumps({"processes": processes}))
-    total = 3 * DEFAULT_GRACE_S + 20.0 + 30.0 + SF_CALL_S + 2 * STOP_MARGIN_S
+    total = 3 * DEFAULT_GRACE_S + 30.0 + 20.0 + 30.0 + 2 * SF_CALL_S + 2 * STOP_MARGIN_S
     assert stack.stop_timeout() >= total
     stack.PLAN.unlink()
     assert stack.stop_timeout() == 60.0
@@ -133,7 +136,8 @@ def test_make_down_waits_for_the_graces_make_up_planned(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKER_DRAIN_TIMEOUT_S", "300")
     stack.PLAN.write_text(json.dumps({"processes": stack.plan(stack.environment())}))
     monkeypatch.delenv("WORKER_DRAIN_TIMEOUT_S")                     # plain `make down`
-    graces = {"connector": DEFAULT_GRACE_S, "worker": 300.0 + STOP_MARGIN_S,
+    graces = {"connector": DEFAULT_GRACE_S + 30.0,
+              "worker": 300.0 + SF_CALL_S + STOP_MARGIN_S,
               "sink": 30.0 + SF_CALL_S + STOP_MARGIN_S}
     assert stack.stop_timeout() >= sum(graces.values()) + 10.0
     assert stack.stop_timeout(["worker"]) >= graces["worker"] + 10.0  # restart's pause
