@@ -66,11 +66,17 @@ def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
 
 #: the marker headers (prefix stripped, as :func:`parse_headers` gives them)
 REQUEUE_OF, REQUEUED_TO = "requeue_of", "requeued_to"
+#: the marker's list of the dead letter's twins (``P:O,P:O``): the same record dead-lettered
+#: again before the copy landed, which the copy covers (``dlq requeue --all`` passes over them)
+REQUEUE_COVERS = "requeue_covers"
 
 
-def requeue_marker_headers(partition: int, offset: int, copy: str) -> list[tuple[str, bytes]]:
+def requeue_marker_headers(partition: int, offset: int, copy: str,
+                           covers: list[str] | None = None) -> list[tuple[str, bytes]]:
     """The headers of the marker that dead letter ``partition:offset`` was requeued, its
-    copy at ``copy`` (``TOPIC:PARTITION:OFFSET``)."""
+    copy at ``copy`` (``TOPIC:PARTITION:OFFSET``); ``covers``: the ``P:O`` of its twins
+    written before the copy (the same record's other dead letters)."""
     return [(PREFIX + REQUEUE_OF, f"{partition}:{offset}".encode()),
             (PREFIX + REQUEUED_TO, copy.encode()),
-            (PREFIX + "at", str(int(time.time() * 1000)).encode())]
+            (PREFIX + "at", str(int(time.time() * 1000)).encode()),
+            *([(PREFIX + REQUEUE_COVERS, ",".join(covers).encode())] if covers else [])]

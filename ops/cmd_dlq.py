@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from common.deadletter import REQUEUE_OF, REQUEUED_TO, requeue_marker_headers
+from common.deadletter import REQUEUE_COVERS, REQUEUE_OF, REQUEUED_TO, requeue_marker_headers
 from common.errors import KafkaError as PipelineKafkaError
 from ops import cmd_replay
 from ops.cli import add, kafka_settings
@@ -31,15 +31,19 @@ def dlq(args: argparse.Namespace) -> int:
     requeue = args.action == "requeue"
     named: set[str] = set()  # the dead letters a later one names in dlq.requeued_from
     requeued: dict[str, str] = {}  # P:O of a dead letter requeued → where its copy went
-    requeued_at: dict[str, int] = {}  # P:O of a dead letter requeued → its marker's time
+    covered: set[str] = set()  # P:O of twins a requeued copy covers (its marker says)
+    # a record → the P:O of its dead letters, whatever the selection (a marker lists them)
+    twins: dict[tuple[Any, ...], list[str]] = {}
 
     def match(record: Any) -> bool:
         if record.headers.get(REQUEUE_OF):  # a marker: no dead letter itself
             requeued[record.headers[REQUEUE_OF]] = record.headers.get(REQUEUED_TO, "")
-            requeued_at[record.headers[REQUEUE_OF]] = record.timestamp_ms
+            covered.update(filter(None, record.headers.get(REQUEUE_COVERS, "").split(",")))
             return False
         if record.headers.get("requeued_from"):
             named.add(record.headers["requeued_from"])
+        if requeue:
+            twins.setdefault(record_of(record), []).append(f"{record.partition}:{record.offset}")
         if args.stage and record.headers.get("stage") != args.stage:
             return False
         if wanted and wanted.isdisjoint((record.key, record.headers.get("order_id"))):
@@ -54,6 +58,7 @@ def dlq(args: argparse.Namespace) -> int:
         if not requeue:
             raise
         raise PipelineKafkaError(f"{exc}; nothing was requeued, run it again") from exc
+
     def copy_of(r: Any) -> str | None:
         return requeued.get(f"{r.partition}:{r.offset}")
 
@@ -82,7 +87,7 @@ def dlq(args: argparse.Namespace) -> int:
     if not selected:  # --all: each failing record once, not once per dead letter of it
         # generations first: a dead letter requeued before still stands for its older twins
         # (the same record dead-lettered twice), which would otherwise be sent in its place
-        records, superseded, copied = newest_generation(topic, records, named, requeued_at)
+        records, superseded, copied = newest_generation(topic, records, named, covered)
         if superseded:
             print(f"passed over {len(superseded)} dead letter(s) a later one supersedes (its "
                   f"requeued copy failed again, or the same record dead-lettered twice): "
@@ -112,8 +117,10 @@ def dlq(args: argparse.Namespace) -> int:
     # then, for each copy that landed, its marker: a later --all passes over the dead letter
     marked = Deliveries()
     for r, copy in sent.landed:
+        this = f"{r.partition}:{r.offset}"
         marked.produce(producer, topic, key=r.key_bytes(), value=b"",
-                       headers=requeue_marker_headers(r.partition, r.offset, copy))
+                       headers=requeue_marker_headers(r.partition, r.offset, copy, covers=[
+                           po for po in twins.get(record_of(r), []) if po != this]))
     marked.wait(producer, 30)
     if marked.not_delivered:
         problems.append(f"{marked.not_delivered} requeue marker(s) not written to {topic} "
@@ -138,8 +145,15 @@ def shown_list(positions: list[str]) -> str:
 REQUEUED_FROM = "sfprov.requeued_from"
 
 
+def record_of(r: Any) -> tuple[Any, ...]:
+    """The record a dead letter holds: its source topic, key and bytes (the same for each
+    of its twins); one without a source topic (not requeueable) is its own."""
+    source = r.headers.get("source_topic")
+    return (source, r.key_bytes(), r.raw_value) if source else ("", r.partition, r.offset)
+
+
 def newest_generation(topic: str, records: list[Any], named: set[str],
-                      requeued_at: dict[str, int] | None = None
+                      covered: set[str] | None = None
                       ) -> tuple[list[Any], list[str], set[int]]:
     """The newest generation of each record among ``records`` (dead letters of ``topic``):
     what ``requeue --all`` considers before it passes over dead letters that already have a
@@ -150,28 +164,21 @@ def newest_generation(topic: str, records: list[Any], named: set[str],
     record dead-lettered twice on a redelivery). Without this each ``--all`` sent every
     generation again: while the cause stayed, the dead letters doubled on every run.
 
-    Third, the ids of the newest dead letters whose record was requeued already: a twin of
-    theirs has a requeue marker (``requeued_at``: ``P:O`` → the marker's time) written after
-    they were — the copy landed after the last failure, and a failure of that copy would be
-    a later dead letter. (The same record dead-lettered twice, A then B, A requeued with
-    ``--offset``: a later ``--all`` sent B, the record a second time.)"""
-    requeued_at = requeued_at or {}
+    Third, the ids of the newest dead letters whose record was requeued already: a requeue
+    marker of a twin names them (``covered``: the ``P:O`` its ``requeue_covers`` lists —
+    the twins the requeue read, so written before the copy landed; a failure of that copy is
+    a later dead letter, named by none). (The same record dead-lettered twice, A then B, A
+    requeued with ``--offset``: a later ``--all`` sent B, the record a second time.) Told by
+    what the marker lists, not by timestamps: the CLI's clock and the worker's or sink's
+    are not one."""
+    covered = covered or set()
     newest: dict[tuple[Any, ...], Any] = {}
-    marked: dict[tuple[Any, ...], int] = {}  # record → its newest requeue marker's time
     for r in sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset)):
         if f"{topic}:{r.partition}:{r.offset}" in named:
             continue
-        source = r.headers.get("source_topic")
-        # not requeueable ones are each kept (each is named as passed over)
-        what = ((source, r.key_bytes(), r.raw_value) if source
-                else ("", r.partition, r.offset))
-        newest[what] = r  # a later one of the same record replaces it
-        at = requeued_at.get(f"{r.partition}:{r.offset}")
-        if at is not None:
-            marked[what] = max(at, marked.get(what, at))
+        newest[record_of(r)] = r  # a later one of the same record replaces it
     kept = {id(r) for r in newest.values()}
-    copied = {id(r) for what, r in newest.items()
-              if what in marked and marked[what] >= r.timestamp_ms}
+    copied = {id(r) for r in newest.values() if f"{r.partition}:{r.offset}" in covered}
     return ([r for r in records if id(r) in kept],
             [f"{r.partition}:{r.offset}" for r in records if id(r) not in kept], copied)
 

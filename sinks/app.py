@@ -542,9 +542,12 @@ class Sink:
     def _drain(self) -> None:
         """Flush everything pending until done or ``SINK_DRAIN_TIMEOUT_S`` passed — counted
         from the stop's request (SIGTERM), so the flush under way then is within it, and no
-        call starts after it: a stop takes the drain's timeout plus at most one call
-        (``SF_TIMEOUT_S``) under way at its end, which the supervisor's grace
-        (:func:`ops.supervisor.stop_grace`) and compose's ``stop_grace_period`` allow for."""
+        flush starts after it: a stop takes the drain's timeout plus the flush under way at
+        its end — one call (``SF_TIMEOUT_S``), which the supervisor's grace
+        (:func:`ops.supervisor.stop_grace`) and compose's ``stop_grace_period`` allow for;
+        rarely more (a call refused for one of its records is bisected, an access check or
+        a new login adds one), and a stop past the grace is killed: nothing lost, the
+        offsets of what it had not acknowledged stay uncommitted."""
         deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
         if self._assigned:
             self.consumer.pause(self._assigned)  # the polls below only serve callbacks

@@ -51,25 +51,24 @@ class KafkaEmitter:
         # the outcome's trace context (streams.observability; nothing when tracing is off)
         self.outcome_headers: Callable[[dict[str, Any]], dict[str, bytes]] = lambda _o: {}
         self._registering = asyncio.Lock()  # one registration of the outcome schema at a time
-        # each send not yet acknowledged → (wall time it started, its topic); the last error
-        # of each topic's sends. /readyz reports a send unacknowledged past its grace
+        # each send not yet acknowledged → (wall time it started, its topic, its own last
+        # error: "" while none). /readyz reports a send unacknowledged past its grace
         # (streams.observability) — its event waits in flight meanwhile, which the stall
         # watchdog counts as progress. By age, not by errors: aiokafka's idempotent producer
         # retries a partition under min ISR or a broker out of reach for ever without
         # failing the send, and one partition's failure must not be cleared by the other
-        # partitions' acknowledgements.
-        self.unacked: dict[object, tuple[float, str]] = {}
-        self.last_error: dict[str, str] = {}
+        # partitions' acknowledgements; each send's own error, not its topic's last one (an
+        # old blip's, while other sends kept the topic busy).
+        self.unacked: dict[object, tuple[float, str, str]] = {}
         self.clock: Callable[[], float] = time.time
 
     def failing_since(self) -> tuple[float | None, str]:
         """When the oldest send not yet acknowledged started (None: none waits), and its
-        topic with that topic's last error. Safe from another thread (the probes')."""
+        topic with its last error. Safe from another thread (the probes')."""
         waiting = list(self.unacked.values())  # one C-level copy: no size change under it
         if not waiting:
             return None, ""
-        since, topic = min(waiting)
-        error = self.last_error.get(topic)
+        since, topic, error = min(waiting, key=lambda w: w[0])
         return since, f"{topic}: " + (error or "no answer from the brokers (the producer is "
                                                "still trying)")
 
@@ -119,6 +118,8 @@ class KafkaEmitter:
         """``send()`` until the broker acknowledges it; a refusal (aiokafka's authorization
         errors, however they arrive: raised, on the record's future, or wrapped by the
         writer) is reported once and waited out for good — the worker is stopping."""
+        token = object()
+
         async def attempt() -> None:
             try:
                 await send()
@@ -128,21 +129,18 @@ class KafkaEmitter:
                 refusal = aiokafka_refusal(exc)
                 if refusal is None:
                     name, text = type(exc).__name__, str(exc)
-                    self.last_error[topic] = text if text.startswith(name) \
-                        else f"{name}: {text}"  # aiokafka's errors name themselves
+                    self.unacked[token] = (self.unacked[token][0], topic, text
+                                           if text.startswith(name) else f"{name}: {text}")
                     raise  # retried
                 self.on_refused(refused_what(f"write {kind} to {topic}", topic, refusal),
                                 refusal)
                 await asyncio.get_running_loop().create_future()  # until cancelled
-        token = object()
-        self.unacked[token] = (self.clock(), topic)
+        self.unacked[token] = (self.clock(), topic, "")
         try:
             await retry_forever(f"sending {kind}", attempt,
                                 on_retry=lambda _e: metrics.RETRIES.labels("kafka").inc())
         finally:  # acknowledged, or cancelled (a revoke, a stop): not waiting any more
             del self.unacked[token]
-        if not any(t == topic for _since, t in self.unacked.values()):
-            self.last_error.pop(topic, None)
 
 
 def _log_refusal(what: str, refusal: Refusal) -> None:

@@ -135,7 +135,7 @@ def worker_dead_letter(key: bytes | None, value: bytes | None,
 
     emitter.writer = Writer()  # type: ignore[assignment]
     emitter.dead_letters = DLQ
-    emitter.unacked, emitter.last_error, emitter.clock = {}, {}, time.time
+    emitter.unacked, emitter.clock = {}, time.time
     record = RawRecord(key, value, "requests", 0, offset, headers=headers)
     asyncio.run(emitter.send_dead_letter(DeadLetter(
         record, reason="WHMCS said no", error_class="WhmcsError", error_code="WORKER_ERROR",
@@ -363,3 +363,20 @@ def test_requeue_all_passes_over_a_twin_of_a_dead_letter_requeued_by_offset(topi
         requeued_from=f"{DLQ}:0:0"))
     assert cmd_dlq.dlq(args("requeue", "--all")) == 0
     assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced[1:]] == [b"dl:0:3"]
+
+
+def test_the_marker_lists_the_twins_it_covers_and_no_later_one(topic):
+    """The twins a requeue covers are the ones it read, listed in its marker — not judged by
+    comparing the CLI's clock with the worker's or sink's (regression review: a laptop's
+    clock behind the worker's made the marker look older than its twin, sent again). A
+    twin written after the copy landed is not covered: --all sends it."""
+    sink_dead_letter(topic, OID)
+    sink_dead_letter(topic, OID)
+    sink_dead_letter(topic, "801000000000002AAA")  # another record: not a twin
+    assert cmd_dlq.dlq(args("requeue", "--offset", "0:0")) == 0
+    marker = topic.letters[-1]
+    assert marker.headers["requeue_of"] == "0:0" and marker.headers["requeue_covers"] == "0:1"
+    sink_dead_letter(topic, OID)  # 0:4, after the copy landed
+    assert cmd_dlq.dlq(args("requeue", "--all")) == 0
+    assert [headers_of(p)["sfprov.requeued_from"] for p in topic.produced[1:]] == \
+        [b"dl:0:2", b"dl:0:4"]

@@ -28,7 +28,7 @@ def emitter() -> KafkaEmitter:
     made.serde = AvroSerde("provisioning_outcome")
     made.headers = dict(made.serde.headers())
     made.outcome_headers = lambda _o: {}
-    made.unacked, made.last_error, made.clock = {}, {}, time.time
+    made.unacked, made.clock = {}, time.time
     return made
 
 

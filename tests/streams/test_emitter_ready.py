@@ -77,7 +77,7 @@ def test_one_partitions_outcomes_unacknowledged_past_the_grace_make_the_worker_n
         await asyncio.wait_for(stuck, 5)
         ok, details = built.ops.ready()
         seen.append((ok, details["reasons"]))
-        assert emitter.unacked == {} and emitter.last_error == {}
+        assert emitter.unacked == {}
     asyncio.run(go())
     [(stuck_ok, reasons), (after, _)] = seen
     assert stuck_ok is False and after is True
@@ -90,7 +90,7 @@ def test_a_send_within_the_grace_is_not_a_reason(tmp_path) -> None:
     built = built_worker(tmp_path)
     built.ops.start_up.done = True
     built.ops.heartbeat.beat()
-    built.emitter.unacked[object()] = (time.time() - 1.0, built.emitter.outcomes)
+    built.emitter.unacked[object()] = (time.time() - 1.0, built.emitter.outcomes, "")
     assert built.ops.ready()[0] is True
 
 
@@ -113,3 +113,43 @@ def test_a_cancelled_send_is_not_waiting_any_more(tmp_path) -> None:
             await send
     asyncio.run(go())
     assert emitter.unacked == {} and emitter.failing_since() == (None, "")
+
+
+def test_a_stuck_send_is_named_by_its_own_error_not_an_older_sends(tmp_path,
+                                                                   monkeypatch) -> None:
+    """Regression review: the error was the topic's last one, kept while other sends kept
+    the topic busy — a send stuck without any error (a partition under min ISR) was blamed
+    on a leader move of an hour before."""
+    real = common.backoff.Backoff
+    monkeypatch.setattr(common.backoff, "Backoff",
+                        lambda *_a, **_kw: real(0.001, 0.001, jitter=False))
+    emitter = built_worker(tmp_path).emitter
+
+    async def encode(_outcome: dict[str, Any]) -> bytes:
+        return b"outcome"
+    emitter._encode = encode  # type: ignore[method-assign]
+
+    class Writer:
+        def __init__(self) -> None:
+            self.blip, self.release = 1, asyncio.Event()
+
+        async def send_soon(self, topic: str, partition: Any, key: bytes, value: bytes,
+                            headers: Any) -> None:
+            if key == b"801BLIP" and self.blip:
+                self.blip -= 1
+                raise KafkaTimeoutError("NotLeaderForPartitionError: leader moved")
+            if key == STUCK:
+                await self.release.wait()
+
+    async def go() -> str:
+        writer = Writer()
+        emitter.writer = writer
+        stuck = asyncio.ensure_future(emitter.send_outcome({"order_id": STUCK.decode()}))
+        await asyncio.sleep(0.01)
+        await emitter.send_outcome({"order_id": "801BLIP"})  # failed once, then acknowledged
+        reason = emitter.failing_since()[1]
+        writer.release.set()
+        await stuck
+        return reason
+    reason = asyncio.run(go())
+    assert reason == f"{emitter.outcomes}: no answer from the brokers (the producer is still trying)"

@@ -60,7 +60,7 @@ def emitter(writer: Writer) -> tuple[KafkaEmitter, list[tuple[str, Refusal]]]:
     made.serde = AvroSerde("provisioning_outcome")
     made.headers = dict(made.serde.headers())
     made.outcome_headers = lambda _o: {}
-    made.unacked, made.last_error, made.clock = {}, {}, time.time
+    made.unacked, made.clock = {}, time.time
     calls: list[tuple[str, Refusal]] = []
     made.on_refused = lambda what, refusal: calls.append((what, refusal))
     return made, calls
