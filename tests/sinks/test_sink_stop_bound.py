@@ -67,4 +67,4 @@ def test_the_sinks_grace_allows_for_a_call_under_way_at_the_drains_end() -> None
     assert stop_grace("sink", {}) == 30.0 + 30.0 + STOP_MARGIN_S
     assert stop_grace("sink", {"SF_TIMEOUT_S": "5", "SINK_DRAIN_TIMEOUT_S": "10"}) == \
         10.0 + 5.0 + STOP_MARGIN_S
-    assert stop_grace("worker", {"SF_TIMEOUT_S": "5"}) == 20.0 + STOP_MARGIN_S
+    assert stop_grace("worker", {"SF_TIMEOUT_S": "5"}) == 20.0 + 5.0 + STOP_MARGIN_S

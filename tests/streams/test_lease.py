@@ -546,7 +546,8 @@ def test_a_stopping_worker_ends_its_lease_so_a_leftover_event_sends_nothing(capl
         return results[event.order_id]
     kit.handler.handle = recording  # type: ignore[method-assign]
     worker = SimpleNamespace(lanes=kit.lanes, checkpoint=kit.checkpoint, lease=owned,
-                             settings=SimpleNamespace(drain_timeout_s=0.1))
+                             settings=SimpleNamespace(drain_timeout_s=0.1),
+                             _drain_deadline=None)
     worker._commit = partial(Worker._commit, worker)  # type: ignore[attr-defined]
 
     async def go():
