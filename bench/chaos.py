@@ -302,8 +302,8 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         for name in extra_workers:  # the group shares the partitions among them
             p.add_worker(name)
         _whmcs_faults(p, run.seed, run.whmcs_latency_ms)
-        if run.sf_faults:
-            p.sf.set_faults(**SF_FAULTS)
+        if run.sf_faults:  # seeded: --seed repeats the Salesforce faults too
+            p.sf.set_faults(seed=run.seed, **SF_FAULTS)
         approved: list[str] = []
         errors: list[str] = []
         approving_s = [0.0]
@@ -356,15 +356,40 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
 def faults_ok(report: dict[str, Any]) -> bool:
     """The faults happened as the report says, and nothing else did: no process died on its
     own (``unplanned``), the plan's rules held on the real timeline, every fault was applied
-    to its victim (none skipped, none on a fallback node, every restart made) and every pause
-    and cut outlasted the victim's timeout. An ``ok`` data verdict over faults that did not
+    to its victim (none skipped, none on a fallback node, every restart made), every pause
+    and cut outlasted the victim's timeout, and the dependency faults that test the
+    at-most-once path fired (:func:`dependency_faults_fired`). An ``ok`` data verdict over faults that did not
     land, or beside a crash the harness quietly restarted, proves less than it says."""
     faults = [*report.get("kill_plan", []), *report.get("pauses", []), *report.get("cuts", [])]
-    return (report.get("unplanned_restarts", 0) == 0
+    return (dependency_faults_fired(report)
+            and report.get("unplanned_restarts", 0) == 0
             and not report.get("schedule_violations")
             and not any("skipped" in f or f.get("fallback") or f.get("restart_error")
                         for f in faults)
             and all(f.get("past_timeout", True) for f in faults if f["action"] != "kill"))
+
+
+#: From this many Orders a run must have drawn the dependency faults (at a 1 % rate, none in
+#: 1,000 calls is a chance of 4 in 100,000); a smaller run may draw none, and is not failed
+#: for it — it proves less about the at-most-once path, as its report shows.
+FAULTS_EXPECTED_FROM = 1000
+
+
+def dependency_faults_fired(report: dict[str, Any]) -> bool:
+    """The dependency faults that test the at-most-once path fired: an ``AddOrder`` hung
+    after its commit and an ``AcceptOrder`` dropped after it, and with ``--sf-faults`` a
+    Salesforce call hung — required of a run of :data:`FAULTS_EXPECTED_FROM` Orders or
+    more (a large run that drew none: the faults were not set, or a spec was cleared)."""
+    if report.get("approved", 0) < FAULTS_EXPECTED_FROM:
+        return True
+    kinds = (report.get("whmcs_faults") or {}).get("fired_kinds", {})
+
+    def fired(action: str, kind: str) -> int:  # its specs: unscoped, and one per match
+        return sum(k.get(kind, 0) for key, k in kinds.items()
+                   if key == action or key.startswith(action + "|"))
+    injected = (report.get("sf_faults") or {}).get("injected", {"hang": 1})
+    return (fired("addorder", "hang") > 0 and fired("acceptorder", "drop") > 0
+            and injected.get("hang", 0) > 0)
 
 
 def fault_report(p: Pipeline, plan: list[Fault], applied: list[dict[str, Any]],

@@ -51,6 +51,21 @@ _MESSAGES = {
 }
 
 
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean fault's value: true/false, 0/1 or their text; anything else is refused
+    (``bool("false")`` turned a fault on when asked to turn it off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise ValueError(f"{name}: true or false is expected, not {value!r}")
+
+
 @dataclass
 class Faults:
     rest_latency_ms: float = 0.0
@@ -77,6 +92,12 @@ class Faults:
     subscribe_error_status: str = LIMIT_STATUS
     #: ... and this ``error-code`` trailer ("" sends none)
     subscribe_error_code: str = LIMIT_EXCEEDED
+    #: the seed of the rates' random draws (None: unseeded): a chaos run's ``--seed`` repeats
+    #: the same misbehaviour for the same sequence of calls
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update; an unknown key or a bad value is refused (ValueError)
@@ -86,8 +107,12 @@ class Faults:
             if key not in self.__dataclass_fields__:
                 raise ValueError(f"unknown fault {key!r}")
             current = getattr(self, key)
-            if isinstance(current, bool):
-                value = bool(value)
+            if key == "seed":
+                if isinstance(value, bool) or not isinstance(value, int | str | None):
+                    raise ValueError(f"seed: an integer or null, not {value!r}")
+                value = None if value in (None, "") else int(value)
+            elif isinstance(current, bool):
+                value = _flag(key, value)
             elif isinstance(current, int | float):
                 value = type(current)(value)
             elif isinstance(current, dict):
@@ -105,6 +130,8 @@ class Faults:
             values[key] = value
         for key, value in values.items():
             setattr(self, key, value)
+        if "seed" in values:
+            self._rng = random.Random(self.seed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,17 +147,17 @@ class Faults:
     def rest_hang(self) -> float:
         """Seconds this REST call hangs before it is handled (0: it does not)."""
         if self.rest_hang_rate > 0 and self.rest_hang_s > 0 and \
-                random.random() < self.rest_hang_rate:
+                self._rng.random() < self.rest_hang_rate:
             return self.rest_hang_s
         return 0.0
 
     def rest_unavailable(self) -> bool:
-        return self.rest_503_rate > 0 and random.random() < self.rest_503_rate
+        return self.rest_503_rate > 0 and self._rng.random() < self.rest_503_rate
 
     def record_error(self, record_id: str) -> SfError | None:
         """The injected error for a write to ``record_id``, if any (permanent or random)."""
         code = self.record_errors.get(record_id)
-        if code is None and self.lock_row_rate > 0 and random.random() < self.lock_row_rate:
+        if code is None and self.lock_row_rate > 0 and self._rng.random() < self.lock_row_rate:
             code = "UNABLE_TO_LOCK_ROW"
         if code is None:
             return None

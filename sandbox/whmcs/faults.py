@@ -240,6 +240,8 @@ class Faults:
             base = action.strip().lower()
             for key in [k for k in self.specs if k == base or k.startswith(base + "|")]:
                 self.specs.pop(key, None)
+                self.fired.pop(key, None)  # counts of a spec gone are no fault's any more
+                self.fired_kinds.pop(key, None)
 
     def reseed(self, seed: int | None) -> None:
         self.seed = seed

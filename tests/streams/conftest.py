@@ -12,7 +12,9 @@ import pytest
 def whmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from sandbox.whmcs.harness import whmcs_sandbox
 
-    with whmcs_sandbox(Path(tmp_path_factory.mktemp("whmcs")), accounts=200) as wh:
+    # seeded: the rate-based faults of the tests using it misbehave the same way each run
+    with whmcs_sandbox(Path(tmp_path_factory.mktemp("whmcs")), accounts=200,
+                       fault_seed=2026) as wh:
         yield wh
 
 
