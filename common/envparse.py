@@ -175,13 +175,38 @@ def parse_fixed_port(raw: str) -> int:
 
 
 def parse_host_list(raw: str) -> str:
-    """A comma-separated list of ``host:port`` (Kafka's bootstrap servers), the blanks
+    """A comma-separated list of ``host[:port]`` (Kafka's bootstrap servers), the blanks
     around each dropped. An empty item (``kafka1:9092,kafka2:9092,``) is refused: faust made
-    ``kafka://`` of it, which it reads as 127.0.0.1:9092."""
+    ``kafka://`` of it, which it reads as 127.0.0.1:9092. So is an item that is no
+    ``host[:port]``: a scheme (``SASL_SSL://host:9092``, which librdkafka strips but the
+    worker's aiokafka reads as host ``sasl_ssl``: it never connected, exit 1 for ever), a
+    port out of range, items separated by spaces."""
     items = [item.strip() for item in raw.split(",")]
     if not all(items):
         raise ValueError(f"an empty item in the comma-separated list {raw.strip()!r}")
+    for item in items:
+        if "://" in item:
+            raise ValueError(f"{item!r}: no scheme here (host:port); the protocol is "
+                             "KAFKA_SECURITY_PROTOCOL")
+        match = _HOST_PORT.fullmatch(item if ":" in item.lstrip("[").split("]")[-1]
+                                     else f"{item}:9092")
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"{item!r} is not host:port (port 1-65535; IPv6 as "
+                             "[::1]:9092; items separated by commas)")
     return ",".join(items)
+
+
+#: the table stores faust offers the worker
+_STORES = ("rocksdb://", "memory://")
+
+
+def parse_store_url(raw: str) -> str:
+    """A faust table store: ``rocksdb://`` or ``memory://`` (anything else failed the worker
+    at its first table read, a traceback restarted for ever)."""
+    value = raw.strip()
+    if value.lower() not in _STORES:
+        raise ValueError(f"expected rocksdb:// or memory://, got {value!r}")
+    return value.lower()
 
 
 _HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[^\]]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})")
@@ -378,7 +403,8 @@ def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
     (sandbox mode) than the one it describes — else the checkout's ``.env``, which may be
     missing. A file that cannot be read or is not UTF-8 is a :class:`ConfigError` naming it
     (one line, exit 64 in a process; never the content that did not decode)."""
-    named = os.environ.get("SFPROV_ENV_FILE", "") if path is None else ""
+    # blank counts as unset, as for every other variable
+    named = os.environ.get("SFPROV_ENV_FILE", "").strip() if path is None else ""
     path = path or (Path(named) if named else HOME / ".env")
     label = "SFPROV_ENV_FILE" if named else ".env"
     values: dict[str, str] = {}

@@ -44,6 +44,7 @@ from common.envparse import (
     parse_positive_float,
     parse_positive_int,
     parse_start_position,
+    parse_store_url,
     read_field,
     split_userinfo,
 )
@@ -588,7 +589,7 @@ class ConnectorSettings(_Section):
                                          "fires first stores no keepalive position (at or "
                                          "below, a warning at start).")
     keepalive_commit_interval_s: float = env("SF_PUBSUB_KEEPALIVE_COMMIT_S", 60.0,
-                                             parse=parse_float,
+                                             parse=parse_non_negative_float,
                                              doc="Throttle for committing keepalive "
                                                  "positions (at most one per interval; the "
                                                  "first one interval after the start — at "
@@ -628,7 +629,7 @@ class ConnectorSettings(_Section):
                                       "gRPC server's default policy ends a connection pinged "
                                       "more often than every 5 minutes without data.")
     reconcile_interval_s: float = env("CONNECTOR_RECONCILE_INTERVAL_S", 600.0,
-                                      parse=parse_float,
+                                      parse=parse_non_negative_float,
                                       doc="How often the connector re-requests Orders left "
                                           "Activating with no request or no outcome (0 = "
                                           "never; a recorded replay gap still triggers a "
@@ -699,8 +700,8 @@ class WorkerSettings(_Section):
     app_id: str = env("WORKER_APP_ID", "sfprov-worker",
                       doc="Faust app id (consumer group and changelog topic prefix): "
                           "letters, digits, '.', '_' and '-'.")
-    store: str = env("WORKER_STORE", "rocksdb://", doc="Faust table store (rocksdb:// or "
-                                                       "memory:// for tests).")
+    store: str = env("WORKER_STORE", "rocksdb://", parse=parse_store_url,
+                     doc="Faust table store (rocksdb:// or memory:// for tests).")
     max_in_flight: int = env("WORKER_MAX_IN_FLIGHT", 500, parse=parse_positive_int,
                              doc="Events taken in and not yet finished, at most "
                                  "(backpressure: beyond it no more are fetched).")
@@ -733,7 +734,7 @@ class WorkerSettings(_Section):
     commit_interval_s: float = env("WORKER_COMMIT_INTERVAL_S", 1.0, parse=parse_float,
                                    doc="How often the finished prefix of each requests "
                                        "partition is committed.")
-    drain_timeout_s: float = env("WORKER_DRAIN_TIMEOUT_S", 20.0, parse=parse_float,
+    drain_timeout_s: float = env("WORKER_DRAIN_TIMEOUT_S", 20.0, parse=parse_non_negative_float,
                                  doc="On SIGTERM, how long events in flight may take to "
                                      "finish before the worker stops (the rest is "
                                      "redelivered).")
@@ -766,7 +767,7 @@ class WorkerSettings(_Section):
                                     "AddOrder is WHMCS_TIMEOUT_S plus this old (covers "
                                     "WHMCS committing late and clock skew between workers; "
                                     "≥ 0).")
-    recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_float,
+    recovery_after_s: float = env("WORKER_RECOVERY_AFTER_S", 600.0, parse=parse_non_negative_float,
                                   doc="A pending intent older than this, with no event in "
                                       "flight and its event committed past by the group, is "
                                       "recovered by the sweep (WHMCS lookup, then an "
@@ -899,11 +900,11 @@ class SinkSettings(_Section):
     group_id: str = env("SINK_GROUP_ID", "sfprov-sink", doc="Consumer group of the sink.")
     batch_size: int = env("SINK_BATCH_SIZE", 200, parse=parse_positive_int,
                           doc="Records per sObject Collections call (≤ 200).")
-    linger_s: float = env("SINK_LINGER_S", 0.5, parse=parse_float,
+    linger_s: float = env("SINK_LINGER_S", 0.5, parse=parse_non_negative_float,
                           doc="Flush a partial batch at the latest this long after its "
                               "oldest outcome arrived; while a backlog is read, up to 10× "
                               "this (fuller calls).")
-    idle_flush_s: float = env("SINK_IDLE_FLUSH_S", 0.05, parse=parse_float,
+    idle_flush_s: float = env("SINK_IDLE_FLUSH_S", 0.05, parse=parse_non_negative_float,
                               doc="Flush a partial batch earlier, once no outcome arrived "
                                   "for this long (the input is idle: waiting would only add "
                                   "latency). 0 = flush partial batches by the linger only.")
@@ -929,7 +930,7 @@ class SinkSettings(_Section):
     max_pending: int = env("SINK_MAX_PENDING", 5000, parse=parse_positive_int,
                            doc="Outcomes held unacknowledged before consumption pauses "
                                "(backpressure).")
-    drain_timeout_s: float = env("SINK_DRAIN_TIMEOUT_S", 30.0, parse=parse_float,
+    drain_timeout_s: float = env("SINK_DRAIN_TIMEOUT_S", 30.0, parse=parse_non_negative_float,
                                  doc="On SIGTERM, how long to keep flushing before exiting, "
                                      "counted from the SIGTERM; no call starts after it, "
                                      "one under way may take SF_TIMEOUT_S more "

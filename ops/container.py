@@ -122,14 +122,14 @@ def _unresolvable_sandbox(env: dict[str, str], timeout: float = RESOLVE_TIMEOUT_
 
 
 def _wait_s(env: dict[str, str]) -> float:
-    """How long the sandbox's host may take to appear (``SFPROV_CONTAINER_SANDBOX_WAIT_S``)."""
+    """How long the sandbox's host may take to appear (``SFPROV_CONTAINER_SANDBOX_WAIT_S``);
+    a value that is no duration of 0 or more is a :class:`~common.errors.ConfigError` naming
+    it (``5m`` was the default, ``nan`` or ``-3`` no wait at all, without a word)."""
+    from common.envparse import parse_non_negative_float
     from ops import envvars
 
-    try:
-        return max(0.0, float(envvars.text(env, "SFPROV_CONTAINER_SANDBOX_WAIT_S",
-                                           RESOLVE_WAIT_S)))
-    except ValueError:
-        return RESOLVE_WAIT_S
+    return envvars.value(env, "SFPROV_CONTAINER_SANDBOX_WAIT_S", RESOLVE_WAIT_S,
+                         parse_non_negative_float)
 
 
 def _stop_on_signals(child: list[subprocess.Popen[bytes]] | None = None) -> None:
@@ -157,7 +157,12 @@ def run(name: str, args: list[str]) -> int:
     _stop_on_signals(child)
     own = dict(os.environ)
     env = {**own, **sandbox_defaults(own)}
-    hint = _sandbox_hint(own, _unresolvable_sandbox(env))
+    from common.errors import ConfigError
+
+    try:
+        hint = _sandbox_hint(own, _unresolvable_sandbox(env))
+    except ConfigError as exc:  # one line naming it; restarting cannot fix it
+        hint = f"error: {exc}"
     if hint:  # not started: it would retry the missing sandbox for ever
         print(hint, file=sys.stderr, flush=True)
         print(f"{name} not started: restarting cannot fix this (see the line above); the "

@@ -56,11 +56,13 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka import KafkaError as CKafkaError
 
 from common.avro import AvroSerde, SerdeError, registry_for
 from common.backoff import Backoff
 from common.connection import KafkaConnection, is_refusal, refusal_message
 from common.errors import (
+    ConfigError,
     KafkaAccessError,
     KafkaError,
     SalesforceAuthError,
@@ -215,6 +217,11 @@ class Sink:
                 raise KafkaAccessError(refusal_message(
                     self.connection, f"consume {self.kafka.outcomes} in group "
                     f"{self.kafka.topic(self.settings.group_id)}", error))
+            if error.code() == CKafkaError.INVALID_SESSION_TIMEOUT:  # a setting: exit 64
+                raise ConfigError(
+                    f"SINK_SESSION_TIMEOUT_MS: the broker refuses a session of "
+                    f"{self.settings.session_timeout_ms} ms (its group.min.session.timeout.ms "
+                    f"and group.max.session.timeout.ms: 6,000 to 1,800,000 by default)")
             if error.fatal():
                 raise KafkaError(f"fatal consumer error: {error}")
             if self._warned.get(str(error), 0.0) < time.monotonic() - 60:
