@@ -786,7 +786,10 @@ class WorkerSettings(_Section):
                                    doc="Consumer group session timeout: how soon a dead "
                                        "worker's partitions move to another (the group's "
                                        "rebalance timeout is at least this, so the "
-                                       "ownership lease never outlasts membership).")
+                                       "ownership lease never outlasts membership). "
+                                       "Checked at start against the brokers' group.min/"
+                                       "max.session.timeout.ms (6 s to 30 min by default): "
+                                       "outside them, exit 64.")
     stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_non_negative_float,
                                  doc="When records wait on this worker's partitions and no "
                                      "batch ran for half this long, seek back to the "

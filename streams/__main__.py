@@ -30,12 +30,13 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from common.errors import KafkaAccessError, KafkaError
+from common.errors import ConfigError, KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
 from common.kafka import (
     PartitionMismatch,
     Stopped,
     changelog_topics,
+    check_session_timeout,
     dedupe_outlived,
     ensure_topics,
 )
@@ -114,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                                refuse_partition_mismatch=True)
         # described in a child process: librdkafka#4605 aborts the asker (decision 0008)
         check_group_access(kafka, kafka.topic(worker.app_id))
-    except (KafkaAccessError, PartitionMismatch) as exc:
+        # a session the brokers refuse: aiokafka keeps the error and the worker idles
+        check_session_timeout(kafka, int(worker.session_timeout_s * 1000),
+                              "WORKER_SESSION_TIMEOUT_S")
+    except (KafkaAccessError, PartitionMismatch, ConfigError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except KafkaError as exc:  # the broker did not answer for the running time allowed

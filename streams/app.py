@@ -374,14 +374,6 @@ class Worker:
         the requests topic (READ) or its group — is said in one line like :meth:`refuse`'s,
         and the exit is then 64, not a crash restarted for ever (an ACL removed while the
         worker runs; a missing one is found at start-up, :mod:`streams.__main__`)."""
-        if type(reason).__name__ == "InvalidSessionTimeoutError":  # aiokafka's, Kafka's 26
-            # the broker refuses the session asked: a setting, not a crash to restart
-            self.refused = (f"WORKER_SESSION_TIMEOUT_S: the broker refuses a session of "
-                            f"{self.settings.session_timeout_s:g} s (its group.min."
-                            "session.timeout.ms and group.max.session.timeout.ms: 6 s to "
-                            "30 min by default); the worker stopped")
-            log.error("%s", self.refused)
-            return
         refusal = aiokafka_refusal(reason)
         if refusal is None:
             return

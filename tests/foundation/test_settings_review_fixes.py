@@ -57,18 +57,34 @@ def test_a_session_timeout_the_broker_refuses_stops_the_sink_naming_the_setting(
         sink._handle(message)  # type: ignore[arg-type]
 
 
-def test_a_session_timeout_the_broker_refuses_stops_the_worker_with_exit_64() -> None:
-    from streams.app import Worker
+def test_a_session_timeout_the_brokers_refuse_is_found_before_the_worker_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka keeps the JoinGroup refusal for a getmany faust never calls before an
+    assignment: the worker idled for ever (regression review). Asked of a broker's
+    configuration at start-up instead (against a real broker: tests/streams/test_session_bounds.py)."""
+    import common.kafka as kafka
 
-    class InvalidSessionTimeoutError(Exception):  # aiokafka's, told by its name
-        pass
-    worker = object.__new__(Worker)
-    worker.refused = None
-    worker.settings = SimpleNamespace(session_timeout_s=3.0)  # type: ignore[assignment]
-    Worker.crashed(worker, InvalidSessionTimeoutError())
-    assert worker.refused is not None
-    assert worker.refused.startswith("WORKER_SESSION_TIMEOUT_S: the broker refuses a session "
-                                     "of 3 s")
+    class Entry:
+        def __init__(self, value: str) -> None:
+            self.value = value
+
+    class Admin:
+        def list_topics(self, timeout: float) -> SimpleNamespace:
+            return SimpleNamespace(brokers={2: None, 1: None})
+
+        def describe_configs(self, resources: list, request_timeout: float) -> dict:
+            assert resources[0].name == "1"
+            entries = {"group.min.session.timeout.ms": Entry("6000"),
+                       "group.max.session.timeout.ms": Entry("1800000")}
+            return {resources[0]: SimpleNamespace(result=lambda timeout: entries)}
+    monkeypatch.setattr(kafka, "admin_client", lambda settings: Admin())
+    settings = KafkaSettings.load({})
+    with pytest.raises(ConfigError, match="^WORKER_SESSION_TIMEOUT_S: the brokers refuse a "
+                                          "session of 3 s"):
+        kafka.check_session_timeout(settings, 3000, "WORKER_SESSION_TIMEOUT_S")
+    with pytest.raises(ConfigError, match="session of 3600 s"):
+        kafka.check_session_timeout(settings, 3_600_000, "WORKER_SESSION_TIMEOUT_S")
+    kafka.check_session_timeout(settings, 30_000, "WORKER_SESSION_TIMEOUT_S")
 
 
 @pytest.mark.parametrize("value", ["5m", "nan", "-3"])

@@ -81,3 +81,5 @@ def test_the_verdict_wants_the_at_most_once_faults_to_have_fired() -> None:
     with_sf = {**CLEAN, "sf_faults": {"injected": {"hang": 0, "503": 4}}}
     assert not faults_ok(with_sf)
     assert faults_ok({**with_sf, "sf_faults": {"injected": {"hang": 2}}})
+    # Salesforce's calls are batched: a 1,000-Order run may draw no hang by chance (1 in 100)
+    assert faults_ok({**with_sf, "approved": 1000})
