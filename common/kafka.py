@@ -573,41 +573,23 @@ def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
     return lines
 
 
-#: The brokers' bounds of a group member's session (Kafka's defaults: 6 s to 30 min).
-SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
+
+#: Kafka's default bounds of a group member's session (the brokers'
+#: group.min.session.timeout.ms and group.max.session.timeout.ms), in ms.
+DEFAULT_SESSION_BOUNDS_MS = (6_000, 1_800_000)
 
 
-def check_session_timeout(settings: KafkaSettings, session_ms: int, variable: str, *,
-                          timeout: float = 10.0) -> None:
-    """Raise :class:`~common.errors.ConfigError` naming ``variable`` when the brokers would
-    refuse a group session of ``session_ms`` (``INVALID_SESSION_TIMEOUT``, Kafka's 26).
-
-    The worker never hears of that refusal: aiokafka keeps the JoinGroup error for a
-    ``getmany`` faust does not call before an assignment, so the worker idled for ever
-    after one aiokafka line. The bounds are one broker's configuration (DescribeConfigs);
-    a broker that does not answer, or refuses this principal the description, leaves it
-    unchecked."""
-    admin = admin_client(settings)
-    try:
-        brokers = admin.list_topics(timeout=timeout).brokers
-        if not brokers:
-            return
-        resource = ConfigResource(ConfigResource.Type.BROKER, str(min(brokers)))
-        entries = admin.describe_configs([resource], request_timeout=timeout)[resource] \
-            .result(timeout)
-    except (KafkaException, TimeoutError, ValueError) as exc:
-        log.debug("the brokers' session bounds are not known (%s); not checked", exc)
-        return
-    bounds = []
-    for name in SESSION_BOUNDS:
-        entry = entries.get(name)
-        try:
-            bounds.append(int(entry.value) if entry is not None else None)
-        except (TypeError, ValueError):
-            bounds.append(None)
-    low, high = bounds
-    if (low is not None and session_ms < low) or (high is not None and session_ms > high):
-        raise ConfigError(
-            f"{variable}: the brokers refuse a session of {session_ms / 1000:g} s (their "
-            f"{SESSION_BOUNDS[0]} {low} and {SESSION_BOUNDS[1]} {high}): set it between "
-            f"{(low or 0) / 1000:g} and {(high or 0) / 1000:g} s, or change the brokers'")
+def session_outside_defaults(session_ms: float, variable: str) -> str | None:
+    """A warning when a group session of ``session_ms`` is outside Kafka's default bounds,
+    else None. Brokers that keep their defaults refuse such a JoinGroup
+    (``INVALID_SESSION_TIMEOUT``), and the worker never hears of it: aiokafka keeps the
+    error for a ``getmany`` faust does not call before an assignment, so it idles without a
+    word. Only a warning: brokers may be configured otherwise, and asking their configuration
+    (DescribeConfigs) needs a cluster-wide ACL the worker is not given."""
+    low, high = DEFAULT_SESSION_BOUNDS_MS
+    if low <= session_ms <= high:
+        return None
+    return (f"{variable} {session_ms / 1000:g} s is outside Kafka's default bounds of a "
+            f"group session ({low / 1000:g} s to {high / 60_000:g} min: the brokers' "
+            "group.min.session.timeout.ms and group.max.session.timeout.ms); brokers that "
+            "keep them refuse the group join, and the worker then waits without a word")

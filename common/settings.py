@@ -787,9 +787,10 @@ class WorkerSettings(_Section):
                                        "worker's partitions move to another (the group's "
                                        "rebalance timeout is at least this, so the "
                                        "ownership lease never outlasts membership). "
-                                       "Checked at start against the brokers' group.min/"
-                                       "max.session.timeout.ms (6 s to 30 min by default): "
-                                       "outside them, exit 64.")
+                                       "Outside Kafka's default bounds (6 s to 30 min: the "
+                                       "brokers' group.min/max.session.timeout.ms) the "
+                                       "worker warns at start: brokers keeping them refuse "
+                                       "the join, and it then waits without a word.")
     stall_timeout_s: float = env("WORKER_STALL_TIMEOUT_S", 120.0, parse=parse_non_negative_float,
                                  doc="When records wait on this worker's partitions and no "
                                      "batch ran for half this long, seek back to the "

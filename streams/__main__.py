@@ -30,15 +30,15 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from common.errors import ConfigError, KafkaAccessError, KafkaError
+from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
 from common.kafka import (
     PartitionMismatch,
     Stopped,
     changelog_topics,
-    check_session_timeout,
     dedupe_outlived,
     ensure_topics,
+    session_outside_defaults,
 )
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     kafka, worker = boot.load(KafkaSettings.load), boot.load(WorkerSettings.load)
     whmcs, salesforce = boot.load(WhmcsSettings.load), boot.load(SalesforceSettings.load)
     log = boot.logging()
+    outside = session_outside_defaults(worker.session_timeout_s * 1000, "WORKER_SESSION_TIMEOUT_S")
+    if outside:  # the brokers' bounds may differ: said, not refused
+        log.warning("%s", outside)
     if worker.faust_log_level:  # debugging rebalances/recovery (unset: LOG_LEVEL)
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(worker.faust_log_level)
@@ -115,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                refuse_partition_mismatch=True)
         # described in a child process: librdkafka#4605 aborts the asker (decision 0008)
         check_group_access(kafka, kafka.topic(worker.app_id))
-        # a session the brokers refuse: aiokafka keeps the error and the worker idles
-        check_session_timeout(kafka, int(worker.session_timeout_s * 1000),
-                              "WORKER_SESSION_TIMEOUT_S")
-    except (KafkaAccessError, PartitionMismatch, ConfigError) as exc:
+    except (KafkaAccessError, PartitionMismatch) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except KafkaError as exc:  # the broker did not answer for the running time allowed
