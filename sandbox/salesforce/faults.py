@@ -34,6 +34,8 @@ from typing import Any
 
 import grpc
 
+from sandbox.flags import parse_flag
+
 from .errors import SfError
 
 LIMIT_EXCEEDED = "sfdc.platform.eventbus.grpc.subscription.limit.exceeded"
@@ -49,21 +51,6 @@ _MESSAGES = {
     "UNABLE_TO_LOCK_ROW": "unable to obtain exclusive access to this record or 1 records: {id}",
     "INSUFFICIENT_ACCESS_OR_READONLY": "insufficient access rights on object id",
 }
-
-
-_FLAGS = {"true": True, "1": True, "false": False, "0": False}
-
-
-def _flag(name: str, value: Any) -> bool:
-    """A boolean fault's value: true/false, 0/1 or their text; anything else is refused
-    (``bool("false")`` turned a fault on when asked to turn it off)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _FLAGS:
-        return _FLAGS[value.strip().lower()]
-    raise ValueError(f"{name}: true or false is expected, not {value!r}")
 
 
 @dataclass
@@ -112,7 +99,7 @@ class Faults:
                     raise ValueError(f"seed: an integer or null, not {value!r}")
                 value = None if value in (None, "") else int(value)
             elif isinstance(current, bool):
-                value = _flag(key, value)
+                value = parse_flag(key, value)
             elif isinstance(current, int | float):
                 value = type(current)(value)
             elif isinstance(current, dict):

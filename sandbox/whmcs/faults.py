@@ -61,6 +61,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from sandbox.flags import parse_flag
+
 RATE_FIELDS = ("invalid_ip_rate", "whmcs_error_rate", "error_rate", "hang_rate")
 """The rates, in the order their shares of the one draw are laid out."""
 _NUMBER_FIELDS = frozenset({"latency_ms", "jitter_ms", "hang_s", *RATE_FIELDS})
@@ -69,7 +71,6 @@ _FLAG_FIELDS = frozenset({"error_after_commit", "whmcs_error_after_commit",
 TEXT_FIELDS = frozenset({"error_kind", "whmcs_error", "hang_mode", "match"})
 """Fields whose value is text, whatever it looks like (the CLI passes them unparsed)."""
 _CHOICES = {"error_kind": ("500", "503", "html"), "hang_mode": ("delay", "drop")}
-_FLAG_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def _number(name: str, value: Any) -> float:
@@ -97,16 +98,6 @@ def _times(value: Any) -> int | None:
         raise ValueError(f"times: a whole number of at least 0 (or null) is expected, "
                          f"not {value!r}")
     return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _FLAG_WORDS:
-        return _FLAG_WORDS[value.strip().lower()]
-    raise ValueError(f"{name}: true or false is expected, not {value!r}")
 
 
 def _text(name: str, value: Any) -> str:
@@ -155,7 +146,7 @@ class FaultSpec:
             if name in _NUMBER_FIELDS:
                 values[name] = _number(name, value)
             elif name in _FLAG_FIELDS:
-                values[name] = _flag(name, value)
+                values[name] = parse_flag(name, value)
             elif name in TEXT_FIELDS:
                 values[name] = _text(name, value)
             else:  # times
