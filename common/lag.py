@@ -37,9 +37,30 @@ def end_offsets(c: Any, topic: str, timeout: float = 10.0) -> dict[int, tuple[in
                                  else f"topic {topic}: {error.str()}")
     out = {}
     for p in md.topics[topic].partitions:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        out[p] = (low, high)
+        out[p] = _watermarks(c, TopicPartition(topic, p), timeout)
     return out
+
+
+#: attempts at a partition's watermarks answered with a retriable error (a leader moving,
+#: a new topic's leader not yet known to the node asked): a CI run saw NOT_LEADER_FOR_PARTITION
+WATERMARK_ATTEMPTS = 3
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT})
+
+
+def _watermarks(c: Any, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    for attempt in range(WATERMARK_ATTEMPTS):
+        try:
+            low, high = c.get_watermark_offsets(tp, timeout=timeout)
+            return low, high
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            # the binding's error carries no retriable flag: told by its code
+            if attempt + 1 == WATERMARK_ATTEMPTS or not isinstance(err, KafkaError) or not (
+                    err.retriable() or err.code() in _LEADER_MOVING):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def group_reader(target: Connectable, group: str, **extra: Any) -> Any:
