@@ -168,13 +168,19 @@ def decode_schemaless(writer: Any, payload: bytes | None,
                       reader: Any | None = None) -> dict[str, Any]:
     if payload is None:
         raise SerdeError("tombstone (no value)")
+    stream = io.BytesIO(payload)
     try:
-        out = fastavro.schemaless_reader(io.BytesIO(payload), writer, reader)
+        out = fastavro.schemaless_reader(stream, writer, reader)
     except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on garbage
         raise SerdeError(f"cannot decode payload ({len(payload)} bytes): "
                          f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(out, dict):
         raise SerdeError("payload did not decode to a record")
+    if stream.tell() != len(payload):
+        # bytes the schema does not account for: written with another schema than the one
+        # its id names (a record of that schema read as a prefix decodes "fine")
+        raise SerdeError(f"cannot decode payload ({len(payload)} bytes): "
+                         f"{len(payload) - stream.tell()} byte(s) left after the record")
     return out
 
 

@@ -245,6 +245,19 @@ def test_build_undecodable_payload_is_dead_letter_with_raw_bytes() -> None:
     assert h["replay_id"] == "09" and h["schema_id"] == "S1" and h["reason"]
 
 
+def test_build_payload_with_bytes_after_the_record_is_dead_letter() -> None:
+    """A valid record followed by more bytes decoded without a word: the payload was written
+    with another schema than the one its id names, and its first fields were read as ours."""
+    whole = payload({"CreatedDate": 1, "CreatedById": "005x",
+                     "OrderId__c": "801000000000001AAA", "IdemKey__c": "k",
+                     "CorrelationId__c": None, "RequestedBy__c": None, "Version__c": 1.0})
+    assert not decoder().build(consumer_event(whole)).dead_letter
+    rec = decoder().build(consumer_event(whole + b"\x02\x00", uuid="u-long"))
+    assert rec.dead_letter and rec.reason == "undecodable"
+    assert rec.value == whole + b"\x02\x00"
+    assert "2 byte(s) left after the record" in parse_headers(rec.headers)["reason"]
+
+
 def test_build_missing_order_id_is_dead_letter() -> None:
     ev = consumer_event(payload({"CreatedDate": 1, "CreatedById": "005x", "OrderId__c": None,
                                  "IdemKey__c": None, "CorrelationId__c": None,

@@ -95,6 +95,19 @@ def test_a_plain_record_of_another_schema_is_refused_naming_both():
     assert outcomes.decode(value)["whmcs_order_id"] == 7
 
 
+def test_a_record_with_bytes_after_it_is_refused():
+    """Bytes left after the record (another schema's record read as a prefix of ours)
+    decoded as a record; the worker took its first fields for a request."""
+    requests = AvroSerde("provision_request", topic="t.requests")
+    value = requests.encode(request())
+    assert requests.decode(value)["OrderId__c"] == "801000000000001AAA"
+    with pytest.raises(SerdeError, match="1 byte.s. left after the record") as info:
+        requests.decode(value + b"\x00")
+    assert not info.value.retryable
+    out = decode(requests, RawRecord(b"k", value + b"\x00", "t.requests", 0, 1))
+    assert isinstance(out, DeadLetter) and "left after the record" in out.reason
+
+
 def test_confluent_round_trip_registers_under_topic_value(reg):
     serde = AvroSerde("provisioning_outcome", topic=TOPIC, registry=SchemaRegistry(reg.url))
     value = serde.encode(outcome())
