@@ -512,6 +512,31 @@ def _all_settled(phase: str, ids: list[str], rows: dict[str, dict[str, Any]]) ->
         raise PhaseIncomplete(f"{phase}: {done} of {len(ids)} Orders settled in time")
 
 
+def _all_provisioned(phase: str, ids: list[str], rows: dict[str, dict[str, Any]]) -> None:
+    """Every Order written back ``Provisioned``. The benches seed no Order meant to fail:
+    one that does is a regression (a mapping error, a refusal before ``AddOrder``) whose
+    quick failures would read as a faster pipeline making fewer WHMCS calls per Order."""
+    _all_settled(phase, ids, rows)
+    failed = [oid for oid in ids if rows[oid].get("Activation_Status__c") != "Provisioned"]
+    if failed:
+        first = rows[failed[0]]
+        raise PhaseIncomplete(f"{phase}: {len(failed)} of {len(ids)} Orders Failed, e.g. "
+                              f"{failed[0]}: {first.get('Activation_Error__c')!r} (the bench "
+                              f"seeds none that should)")
+
+
+def _one_whmcs_order_each(p: Pipeline, phase: str, ids: list[str]) -> None:
+    """Exactly one WHMCS order per Order of ``ids`` (the sandbox's counts by marker): a
+    phase's outcomes and write-backs alone would not show an Order created twice, or an
+    outcome written without its WHMCS order."""
+    counts = marker_counts(p.whmcs.counters().get("orders_by_marker") or {}, ids)
+    wrong = {oid: counts.get(oid, 0) for oid in ids if counts.get(oid, 0) != 1}
+    if wrong:
+        oid, n = next(iter(wrong.items()))
+        raise PhaseIncomplete(f"{phase}: {len(wrong)} of {len(ids)} Orders without exactly "
+                              f"one WHMCS order, e.g. {oid}: {n}")
+
+
 def _sf_ms(value: str) -> float:
     """A Salesforce datetime (``2026-12-03T12:00:00.400+0000``) as epoch milliseconds."""
     return dt.datetime.fromisoformat(value.replace("+0000", "+00:00")).timestamp() * 1000

@@ -62,7 +62,9 @@ from bench.cpu import CpuMeter
 from bench.harness import (
     PhaseIncomplete,
     Pipeline,
+    _all_provisioned,
     _all_settled,
+    _one_whmcs_order_each,
     approvals_ms,
     settle_span_s,
     write_backs_ms,
@@ -135,7 +137,8 @@ def phase_burst(p: Pipeline, n: int) -> dict[str, Any]:
     ids = p.sf.approve(n)
     n = len(ids)
     rows = p.wait_settled(ids, timeout=600, poll=0.5)
-    _all_settled("burst", ids, rows)
+    _all_provisioned("burst", ids, rows)
+    _one_whmcs_order_each(p, "burst", ids)
     sf1, wh1 = p.sf.counters(), p.whmcs.counters()
     # the first approval to the last write-back, on the Salesforce clock: not when the
     # wait's 0.5-s poll first saw them all (that quantized the rate to its steps)
@@ -158,7 +161,7 @@ def phase_steady(p: Pipeline, rate: float, seconds: float) -> dict[str, Any]:
             ids.extend(p.sf.approve(due))
         time.sleep(tick)
     rows = p.wait_settled(ids, timeout=300, poll=1)
-    _all_settled("steady", ids, rows)
+    _all_provisioned("steady", ids, rows)
     created = approvals_ms(p, ids)
     written = write_backs_ms(p, ids)
     points = sorted((created[oid], written[oid] - created[oid])
@@ -248,6 +251,11 @@ def phase_backlog(p: Pipeline, n: int,
     finally:
         if untrack is not None:
             untrack()
+    # every one of them, once the CPU is counted: the outcome records counted above are of
+    # any status, and a Failed one is quick
+    _all_provisioned("backlog", ids, p.wait_settled(ids, timeout=BACKLOG_SETTLE_TIMEOUT_S,
+                                                    poll=2))
+    _one_whmcs_order_each(p, "backlog", ids)
     # The drain rate proper runs from the first outcome to the last: the worker's start-up
     # (process, group join, table recovery) is reported apart, not averaged into it.
     first = next(((t, c) for t, c in samples if c > 0), (elapsed, 0))

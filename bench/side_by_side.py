@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import ROOT, Pipeline, _all_settled, settle_span_s
+from bench.harness import ROOT, Pipeline, _all_provisioned, settle_span_s
 from common.settings import WhmcsSettings
 from common.whmcs import WhmcsClient
 
@@ -198,7 +198,7 @@ def _run(p: Pipeline, n: int, latency_ms: int, kill: Any = None, restart: Any = 
     if "error" in at:
         raise at["error"]
     if kill is None:
-        _all_settled(f"side by side, {latency_ms} ms per WHMCS call", ids, rows)
+        _all_provisioned(f"side by side, {latency_ms} ms per WHMCS call", ids, rows)
     sf1, wh1 = _counters(p)
     missing = sum(1 for oid in ids if rows.get(oid, {}).get("Activation_Status__c")
                   not in ("Provisioned", "Failed"))

@@ -154,7 +154,10 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
         duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
         invariants = {"approved": approved, "written_back": done[0],
                       "missing": len(pending), "missing_orders": sorted(pending)[:20],
-                      "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates)}
+                      "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates),
+                      # Orders with a WHMCS order: one written back without (Failed: the
+                      # soak seeds none that should) is counted, quick, as done
+                      "created": len(per_marker)}
     return {"orders": done[0], "next_at": next_at, "samples": sampler.samples,
             "invariants": invariants}
 
@@ -200,7 +203,13 @@ def verdict(grown: dict[str, float], invariants: dict[str, Any], after: int
     if unsettled:
         line += (f"; {unsettled} Orders not written back when the wait timed out, e.g. "
                  f"{', '.join(invariants.get('missing_orders', [])[:5])}")
-    return (0 if worst <= 10 and not invariants["duplicates"] and not unsettled else 1), line
+    # soaks recorded before the count have no "created"
+    written = invariants.get("written_back", 0)
+    uncreated = max(0, written - invariants.get("created", written))
+    if uncreated:
+        line += f"; {uncreated} Orders written back without a WHMCS order (Failed)"
+    return (0 if worst <= 10 and not invariants["duplicates"] and not unsettled
+            and not uncreated else 1), line
 
 
 def thread_changes(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import FINAL_STATES, Pipeline, _all_settled, _sf_ms, settle_span_s
+from bench.harness import FINAL_STATES, Pipeline, _all_provisioned, _sf_ms, settle_span_s
 from bench.pipeline import _percentile
 
 STAGES = [("approved→requested (SF Pub/Sub + connector)", "approved", "requested"),
@@ -54,7 +54,7 @@ def steady(p: Pipeline, rate: float, seconds: float) -> list[str]:
         time.sleep(0.02)
     # an Order not written back has no write-back to time (its LastModifiedDate is the
     # approval's): the phase fails (PhaseIncomplete) rather than report such latencies
-    _all_settled("steady", ids, p.wait_settled(ids, timeout=300, poll=1))
+    _all_provisioned("steady", ids, p.wait_settled(ids, timeout=300, poll=1))
     return ids
 
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.burst:
             before = p.sf.counters()["calls"]
             burst_ids = p.sf.approve(args.burst)
-            _all_settled("burst", burst_ids, p.wait_settled(burst_ids, timeout=1800, poll=0.5))
+            _all_provisioned("burst", burst_ids, p.wait_settled(burst_ids, timeout=1800, poll=0.5))
             # the guard's reads (and re-reads before a queued AddOrder) and the write-backs
             _print_sf_calls("the burst", before, p.sf.counters()["calls"], len(burst_ids))
             # the first approval to the last write-back, on the Salesforce clock: not from

@@ -40,8 +40,9 @@ class _Salesforce:
     """Approves Orders at the clock's time; the pipeline writes ``share`` of each run's
     Orders back ``after`` seconds later (LastModifiedDate on the sandbox's clock)."""
 
-    def __init__(self, clock: _Clock, after: float, share: float = 1.0) -> None:
-        self.clock, self.after, self.share = clock, after, share
+    def __init__(self, clock: _Clock, after: float, share: float = 1.0,
+                 status: str = "Provisioned") -> None:
+        self.clock, self.after, self.share, self.status = clock, after, share, status
         self.approved: dict[str, tuple[float, bool]] = {}  # id → (approved at, written)
 
     def _ms(self) -> float:
@@ -67,7 +68,7 @@ class _Salesforce:
             at, writes = self.approved[oid]
             written = writes and self._ms() >= at + 1000 * self.after
             out.append({"Id": oid,
-                        "Activation_Status__c": "Provisioned" if written else "Activating",
+                        "Activation_Status__c": self.status if written else "Activating",
                         "Activation_Error__c": None, "WHMCS_Order_Id__c": None,
                         "OpportunityId": None,
                         "LastModifiedDate": _sf_time(at + 1000 * self.after if written
@@ -81,8 +82,12 @@ class _Salesforce:
 
 
 class _Whmcs:
-    def __init__(self) -> None:
+    """One WHMCS order per Order the fake Salesforce has written back Provisioned
+    (``extra``: one more for these)."""
+
+    def __init__(self, sf: _Salesforce | None = None) -> None:
         self.add_orders = 0
+        self.sf, self.extra = sf, set[str]()
 
     def clear_faults(self) -> None:
         pass
@@ -94,7 +99,11 @@ class _Whmcs:
         return {"AddOrder": self.add_orders}
 
     def counters(self) -> dict[str, Any]:
-        return {"calls": {"AddOrder": 0}, "orders_by_marker": {}, "duplicates": {}}
+        made = {oid: 1 + (oid in self.extra)
+                for oid, (_at, writes) in (self.sf.approved.items() if self.sf else [])
+                if writes and self.sf.status == "Provisioned"}
+        return {"calls": {"AddOrder": 0}, "orders_by_marker": made,
+                "duplicates": {k: v for k, v in made.items() if v > 1}}
 
     def active_orders_by_marker(self) -> dict[str, set[int]]:
         return {}
@@ -103,15 +112,16 @@ class _Whmcs:
         return []
 
 
-def _pipeline(monkeypatch: pytest.MonkeyPatch, after: float, share: float = 1.0) -> Pipeline:
+def _pipeline(monkeypatch: pytest.MonkeyPatch, after: float, share: float = 1.0,
+              status: str = "Provisioned") -> Pipeline:
     """A Pipeline whose Salesforce and WHMCS are the fakes above, the rest the harness's own
     (wait_settled, sf_orders, invariants), on a fake clock."""
     clock = _Clock()
     monkeypatch.setattr(harness, "time", clock)
     monkeypatch.setattr(sbs, "time", clock)
     p = object.__new__(Pipeline)
-    p.sf = _Salesforce(clock, after, share)
-    p.whmcs = _Whmcs()
+    p.sf = _Salesforce(clock, after, share, status)
+    p.whmcs = _Whmcs(p.sf)
     p.seeded, p.kills = {}, []
     p.kafka = SimpleNamespace(requests="requests", outcomes="outcomes")
     p.records = lambda topic, schema=None: (  # type: ignore[method-assign]
@@ -150,6 +160,33 @@ def test_a_clean_run_that_does_not_finish_fails_the_phase(
     p = _pipeline(monkeypatch, after=0.2, share=0.7)
     with pytest.raises(PhaseIncomplete, match=r"210 of 300"):
         sbs._run(p, 300, 0, settle_s=1)
+
+
+def test_a_run_whose_orders_fail_fails_the_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Order written back Failed (a mapping regression, a refusal before AddOrder)
+    settled the clean run and the burst: quick failures read as a faster pipeline making
+    fewer WHMCS calls per Order. The benches seed no Order meant to fail."""
+    import bench.pipeline as bench_pipeline
+
+    p = _pipeline(monkeypatch, after=0.2, status="Failed")
+    with pytest.raises(PhaseIncomplete, match=r"300 of 300 Orders Failed"):
+        sbs._run(p, 300, 0)
+    monkeypatch.setattr(bench_pipeline, "time", harness.time)
+    with pytest.raises(PhaseIncomplete, match=r"burst: 300 of 300 Orders Failed"):
+        bench_pipeline.phase_burst(p, 300)
+
+
+def test_a_burst_with_an_order_created_twice_in_whmcs_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its outcomes and write-backs alone do not show a second WHMCS order."""
+    import bench.pipeline as bench_pipeline
+
+    p = _pipeline(monkeypatch, after=0.7)
+    monkeypatch.setattr(bench_pipeline, "time", harness.time)
+    p.whmcs.extra = {f"801{5:015d}"}
+    with pytest.raises(PhaseIncomplete, match=r"1 of 300 Orders without exactly one WHMCS "
+                                              r"order, e.g. 801000000000000005: 2"):
+        bench_pipeline.phase_burst(p, 300)
 
 
 def test_a_killed_run_may_leave_orders_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,6 +119,12 @@ def test_the_verdict_needs_every_pipeline_process_measured_within_10_mb_and_no_d
     assert verdict({**fine, "worker": 10.1}, {"duplicates": 0}, 100_000)[0] == 1
     code, line = verdict(fine, {"duplicates": 2}, 100_000)
     assert code == 1 and "2 WHMCS orders duplicated" in line
+    # Orders written back Failed (none is seeded to fail) settle quick: not a pass
+    code, line = verdict(fine, {"duplicates": 0, "written_back": 1000, "created": 990},
+                         100_000)
+    assert code == 1 and "10 Orders written back without a WHMCS order (Failed)" in line
+    assert verdict(fine, {"duplicates": 0, "written_back": 1000, "created": 1000},
+                   100_000)[0] == 0
     # too short a run measures nothing: not a pass
     code, line = verdict({}, {"duplicates": 0}, 100_000)
     assert code == 1 and "no growth measured for connector, worker, sink" in line
