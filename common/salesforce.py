@@ -328,4 +328,14 @@ class SalesforceClient:
         body = {"allOrNone": all_or_none, "records": records}
         result = self._call(lambda sf: sf.restful("composite/sobjects", method="PATCH",
                                                   json=body))
-        return list(result)
+        if not isinstance(result, list) or len(result) != len(records) or \
+                not all(isinstance(r, dict) for r in result):
+            # a 2xx that is not Salesforce's answer (a proxy's 204, a gateway's {} or
+            # {"status": …}): no record's fate is known, so the call is retried like an
+            # outage — read as results it crashed the sink on every retry
+            shape = (f"{len(result)} item(s) for {len(records)} record(s)"
+                     if isinstance(result, list) else
+                     "no body" if result is None else f"a JSON {type(result).__name__}")
+            raise SalesforceError(f"composite/sobjects answered without one result per "
+                                  f"record ({shape})", retryable=True)
+        return result

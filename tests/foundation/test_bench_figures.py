@@ -48,6 +48,10 @@ def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,
             self.procs = {"worker": SimpleNamespace(pid=100)}
             self.process_env: dict[str, dict[str, str]] = {}
             self.sf = SimpleNamespace(approve=self.approve)
+            # one WHMCS order per approved Order (the backlog checks each has exactly one)
+            self.whmcs = SimpleNamespace(counters=lambda: {
+                "orders_by_marker": dict.fromkeys(self.approved, 1)})
+            self.approved: list[str] = []
 
         def client_config(self, **extra: Any) -> dict[str, Any]:
             return {}
@@ -61,7 +65,8 @@ def _backlog(monkeypatch: pytest.MonkeyPatch, n: int, *, per_poll: int,
 
         def approve(self, k: int) -> list[str]:
             state.approved = True
-            return [f"801{i:015d}" for i in range(k)]
+            self.approved = [f"801{i:015d}" for i in range(k)]
+            return self.approved
 
         def wait_settled(self, ids: list[str], timeout: float, poll: float) -> dict[str, Any]:
             return {oid: {"Activation_Status__c": "Provisioned"} for oid in ids}

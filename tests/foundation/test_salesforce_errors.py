@@ -120,3 +120,31 @@ def test_a_refusal_carries_no_retry_after_of_an_earlier_answer():
     with pytest.raises(SalesforceError) as raised:
         client.update_collection([{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}])
     assert not raised.value.retryable and raised.value.retry_after is None
+
+
+@pytest.mark.parametrize("status,body", [
+    (204, b""), (200, b"{}"), (200, b'{"status": "queued"}'), (202, b"[]"),
+    (200, b'[{"id": "801000000000001AAA", "success": true, "errors": []}, '
+          b'{"id": "801000000000002AAA", "success": true, "errors": []}]'),
+    (200, b'["ok"]')])
+def test_a_2xx_without_one_result_per_record_is_retried_not_read(status, body):
+    """A proxy's 204 or a gateway's ``{}`` crashed the sink (TypeError: None is not
+    iterable), and ``{"status": …}`` became the list of its keys (AttributeError in the
+    writer), on every retry: a crash loop. No record's fate is known: retried as an outage,
+    never bisected onto the records."""
+    adapter = Answers(status, body, content_type="application/json")
+    exc = refusal(adapter)
+    assert exc.retryable and not refuses_records(exc)
+    assert "without one result per record" in str(exc)
+    adapter.calls = 0
+    with pytest.raises(SalesforceError, match="without one result per record"):
+        CollectionWriter(client_answering(adapter)).write(entries(1))
+    assert adapter.calls == 1
+
+
+def test_one_result_per_record_is_read():
+    adapter = Answers(200, b'[{"id": "801000000000001AAA", "success": true, "errors": []}]',
+                      content_type="application/json")
+    assert client_answering(adapter).update_collection(
+        [{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}]) == [
+        {"id": "801000000000001AAA", "success": True, "errors": []}]
