@@ -438,6 +438,13 @@ class GroupCommit:
                 raise self._failed
             await self._flush()
         except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            if isinstance(exc, Exception) and not isinstance(exc, DurabilityError):
+                # whatever failed, the tables are now ahead of their changelogs: the worker
+                # stops (the handler stops on DurabilityError; any other error it takes for
+                # the event's own, and dead-lettered every later event at its barrier)
+                failure = DurabilityError(f"table flush failed: {exc!r}")
+                failure.__cause__ = exc
+                exc = failure
             if isinstance(exc, Exception) and self._failed is None:
                 self._failed = exc
             if not future.done():

@@ -237,7 +237,13 @@ class DurableTable(RestoreGuards):
             except Exception as exc:
                 raise DurabilityError(f"table {self.name}: changelog write not acknowledged: "
                                       f"{exc!r}") from exc
-            self._persist_offsets(tally)
+            try:
+                self._persist_offsets(tally)
+            except Exception as exc:
+                # the local store's restore point (read-only after a failed background
+                # flush, a full disk): the worker stops, as for a write the store refuses
+                raise DurabilityError(f"table {self.name}: the local store refused the "
+                                      f"changelog's offsets: {exc!r}") from exc
         finally:
             self._flushing -= 1
 

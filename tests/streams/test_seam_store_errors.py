@@ -149,3 +149,38 @@ def test_the_handler_stops_on_a_refused_store_write_without_a_dead_letter(
     emitter, handler = asyncio.run(go())
     assert emitter.letters == [] and emitter.sent == [] and handler.errors == 0
     assert _queued(intents) == [] and intents.read(OID) is None
+
+
+def test_a_flush_failing_with_any_error_stops_the_worker_without_dead_letters():
+    """streams.state.GroupCommit: a flush that failed with an error other than
+    DurabilityError (the local store refusing its restore point after the changelog's
+    acknowledgement) failed every later barrier with that error, which the handler took for
+    each event's own fault: every later event retried, dead-lettered (WORKER_ERROR) and
+    committed past, the worker running on. It is a DurabilityError: the lanes stop."""
+    from streams.state import GroupCommit
+    from tests.streams.factories import order, request_value
+    from tests.streams.flowkit import Kit, records
+
+    ids = [f"801B{n:011d}AAA" for n in range(3)]
+
+    async def go():
+        kit = Kit(salesforce=_Salesforce([order(order_id=i, status="Pending Review")
+                                          for i in ids]), whmcs_client=None)
+        real, calls = kit.tables.flush, [0]
+
+        async def flush() -> None:
+            calls[0] += 1
+            await real()
+            if calls[0] == 1:
+                raise RuntimeError("IO error: No space left on device")
+        kit.handler.durable = GroupCommit(flush)
+        with pytest.raises(DurabilityError, match="table flush failed"):
+            await kit.process(records([request_value(i, event_uuid=f"u{n}", idem_key=f"k{n}")
+                                       for n, i in enumerate(ids)]))
+        return kit
+    kit = asyncio.run(go())
+    assert kit.emitter.letters == [] and kit.emitter.sent == []
+    assert kit.finished == []
+    assert isinstance(kit.lanes.crashed, DurabilityError)
+    assert "table flush failed: RuntimeError('IO error" in str(kit.lanes.crashed)
+    assert isinstance(kit.lanes.crashed.__cause__, RuntimeError)

@@ -111,6 +111,37 @@ def _fill(table, n: int) -> list:
     return dbs
 
 
+@pytest.mark.broker
+def test_a_flush_whose_offsets_the_local_store_refuses_raises_durability_error(
+        kafka_settings, tmp_path):
+    """The changelog acknowledged, the store's restore point refused (RocksDB read-only
+    after a failed background flush, a full disk): a plain exception, which the handler took
+    for the event's own fault and dead-lettered every later event at its barrier."""
+    from streams.state import DurabilityError
+
+    app_id = kafka_settings.topic("durable-offsets")
+    table = _durable_table(app_id, tmp_path, name="intents", partitions=1,
+                           broker=f"kafka://{kafka_settings.bootstrap_servers}",
+                           producer_acks=-1)
+    app = table.app
+
+    def refused(*_args: object) -> None:
+        raise Exception("IO error: No space left on device")  # what rocksdict raises
+
+    async def go() -> None:
+        await app.start()
+        try:
+            await table.changelog_topic.maybe_declare()
+            table["801D00000000001AAA"] = {"state": "pending"}
+            table.data.set_persisted_offset = refused
+            with pytest.raises(DurabilityError, match="refused the changelog's offsets.*"
+                                                      "No space left"):
+                await table.flush()
+        finally:
+            await app.stop()
+    asyncio.run(go())
+
+
 def _durable_table(app_id: str, datadir, *, name: str = "idem", partitions: int = 2,
                    broker: str = "kafka://localhost:1", store: str = "rocksdb://",
                    options: dict | None = None, **app_settings):
