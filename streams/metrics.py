@@ -83,6 +83,9 @@ GROUP_COMMITS = Counter("sfprov_worker_group_commits_total",
 GUARD_READS = Histogram("sfprov_worker_guard_read_orders", "Orders per coalesced guard read",
                         buckets=(1, 2, 5, 10, 25, 50, 100, 200))
 PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a decided outcome")
+OLDEST_PENDING_INTENT = Gauge("sfprov_worker_oldest_pending_intent_age_seconds",
+                              "Age of the oldest intent without a decided outcome, as the "
+                              "last sweep read it (0: none)")
 
 #: the label values EVENTS (streams.lanes, ``Admitted.result``) and CHANGELOG_REPAIRS
 #: (streams.repair) are counted with

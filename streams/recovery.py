@@ -167,6 +167,12 @@ class SweepReport:
     expired_intents: int = 0
     pending: int = 0
     awaiting: int = 0  # pending intents left to their events' redelivery (not committed past)
+    oldest_pending_at: int | None = None  # epoch ms: the oldest pending intent's attempt
+
+    def saw_pending(self, at: int) -> None:
+        self.pending += 1
+        if self.oldest_pending_at is None or at < self.oldest_pending_at:
+            self.oldest_pending_at = at
 
 
 class Sweeper:
@@ -243,6 +249,11 @@ class Sweeper:
         if due or stale or dirty:
             await self._act(report, now, due, stale, dirty, rescans)
         metrics.PENDING_INTENTS.set(report.pending - report.recovered - report.interrupted)
+        # as the sweep read them: an Order in doubt for long (WHMCS lookups failing, its
+        # event never redelivered) pages (SfprovIntentPendingTooLong); 0 when none
+        metrics.OLDEST_PENDING_INTENT.set(
+            0.0 if report.oldest_pending_at is None
+            else max(0.0, (now - report.oldest_pending_at) / 1000))
         if any((report.recovered, report.interrupted, report.resent, report.expired_idem,
                 report.expired_intents)):
             log.info("sweep: %s", report)
@@ -264,7 +275,7 @@ class Sweeper:
             if intent is None or not self.owns(oid):
                 continue
             if intent.is_pending:
-                report.pending += 1
+                report.saw_pending(intent.at)
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
             elif now - intent.at > self.ttl_ms and intent.forgettable:
@@ -297,7 +308,7 @@ class Sweeper:
         for oid in list(self.pending):
             intent = self.state.intent(oid)
             if intent is not None and intent.is_pending and self.owns(oid):
-                report.pending += 1
+                report.saw_pending(intent.at)
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
         dirty = [oid for oid in list(self.unemitted)

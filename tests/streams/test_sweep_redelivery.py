@@ -229,3 +229,25 @@ def test_the_checkpoint_asks_the_reader_where_the_group_is_given_records_next():
     checkpoint = Checkpoint(Reader(), commit=commit, seek=lambda p, o: None)
     assert asyncio.run(checkpoint.committed_offsets([1, 0, 1])) == {0: 10, 1: 10}
     assert asyncio.run(checkpoint.committed_offsets([])) == {}
+
+
+def test_the_oldest_pending_intents_age_is_exported_and_falls_back_once_decided():
+    """sfprov_worker_oldest_pending_intent_age_seconds (SfprovIntentPendingTooLong): an
+    intent left to its redelivery is 700 s old as the sweep reads it; once the redelivery
+    decided it, the next sweep exports 0."""
+    from streams import metrics
+
+    sf, wh = Salesforce(order(order_id=OID)), Whmcs()
+
+    async def go() -> tuple[float, float]:
+        kit = Kit(salesforce=sf, whmcs_client=wh)
+        put(kit, stale_intent(partition=0, offset=3))
+        await sweeper(kit).run_once()
+        waiting = metrics.OLDEST_PENDING_INTENT._value.get()
+        await kit.process(records([request_value(OID, event_uuid="u1", idem_key="k1")],
+                                  start=3))
+        await sweeper(kit).run_once()
+        return waiting, metrics.OLDEST_PENDING_INTENT._value.get()
+    waiting, decided = asyncio.run(go())
+    assert 699 <= waiting <= 760
+    assert decided == 0.0
