@@ -199,6 +199,10 @@ def _run(p: Pipeline, n: int, latency_ms: int, kill: Any = None, restart: Any = 
         raise at["error"]
     if kill is None:
         _all_provisioned(f"side by side, {latency_ms} ms per WHMCS call", ids, rows)
+    else:  # Orders never written back are the figure (missing); a Failed one is not
+        _all_provisioned(f"side by side with a kill, {latency_ms} ms per WHMCS call",
+                         [oid for oid in ids if rows.get(oid, {}).get(
+                             "Activation_Status__c") in ("Provisioned", "Failed")], rows)
     sf1, wh1 = _counters(p)
     missing = sum(1 for oid in ids if rows.get(oid, {}).get("Activation_Status__c")
                   not in ("Provisioned", "Failed"))

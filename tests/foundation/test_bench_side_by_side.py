@@ -176,6 +176,21 @@ def test_a_run_whose_orders_fail_fails_the_phase(monkeypatch: pytest.MonkeyPatch
         bench_pipeline.phase_burst(p, 300)
 
 
+def test_a_killed_run_whose_orders_fail_fails_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders never written back are a killed run's figure (``missing``); Failed ones were
+    counted as written back, quick, and raised its Orders/s."""
+    p = _pipeline(monkeypatch, after=0.2, share=0.7, status="Failed")
+
+    def kill() -> None:
+        pass
+
+    calls = iter([0] + [300] * 1000)  # the run's AddOrders: none at the start, then all
+    p.whmcs.calls = lambda: {"AddOrder": next(calls)}  # type: ignore[method-assign]
+    with pytest.raises(PhaseIncomplete, match=r"with a kill, 0 ms per WHMCS call: 210 of "
+                                              r"210 Orders Failed"):
+        sbs._run(p, 300, 0, kill, lambda: None, settle_s=1)
+
+
 def test_a_burst_with_an_order_created_twice_in_whmcs_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Its outcomes and write-backs alone do not show a second WHMCS order."""
