@@ -212,6 +212,13 @@ def kafka_config(target: Connectable, **extra: Any) -> dict[str, Any]:
     return as_connection(target).librdkafka(**extra)
 
 
+# A connection closed before the broker's first answer: a listener of another protocol —
+# or a TCP front (a load balancer, a proxy, a PrivateLink endpoint) whose brokers behind it
+# are down, which accepts and closes alike. Only a probe tells them apart
+# (:func:`_speaks_other_protocol`).
+_CLOSED_IN_HANDSHAKE = ("in state apiversion_query", "incorrect security.protocol",
+                        "in state ssl_handshake")
+
 # librdkafka's words for a refused connection, and the setting each points to. The first
 # three are certain the moment they appear; a connection closed during the first request
 # only means a protocol mismatch when it never gets better (see ``final``).
@@ -227,8 +234,10 @@ _SIGNS = (
                               "{ca}", False),
     (("unsupported sasl mechanism", "sasl mechanism not supported", "no sasl mechanism"),
      "KAFKA_SASL_MECHANISM", "the broker does not offer SASL mechanism {mechanism}", False),
-    (("in state apiversion_query", "incorrect security.protocol", "in state ssl_handshake",
-      "in state auth_handshake"),
+    (("in state auth_handshake",),  # its ApiVersions was answered: a broker, alive
+     "KAFKA_SECURITY_PROTOCOL", "the broker closes every connection during the handshake: "
+                                "is {protocol} the protocol of its listener?", True),
+    (_CLOSED_IN_HANDSHAKE,
      "KAFKA_SECURITY_PROTOCOL", "the broker closes every connection during the handshake: "
                                 "is {protocol} the protocol of its listener?", True),
 )
@@ -247,6 +256,8 @@ def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = Fal
         if needs_final and not final:
             continue
         hits = [r for r in reports if any(sign in r.lower() for sign in signs)]
+        if hits and signs is _CLOSED_IN_HANDSHAKE and not _speaks_other_protocol(conn):
+            continue  # nothing answers either way: brokers down behind a front (retried)
         if hits and setting == "KAFKA_SSL_CA_LOCATION" and conn.ssl_endpoint_identification \
                 and (host := _unnamed_host(conn, hits[-1])) is not None:
             return (f"KAFKA_BOOTSTRAP_SERVERS: the broker's TLS certificate does not name "
@@ -259,6 +270,48 @@ def access_error(conn: KafkaConnection, reports: list[str], *, final: bool = Fal
                                     ca=conn.ssl_ca_location or "the system's CA bundle")
             return f"{setting}: {detail} at {conn.bootstrap_servers} ({hits[-1][:300]})"
     return None
+
+
+def closed_in_handshake(reports: list[str]) -> bool:
+    """Every connection closed before the broker's first answer (``reports``: librdkafka's
+    errors and log lines), as a front whose brokers are down does: the hint for a retried
+    failure's message."""
+    return any(sign in r.lower() for r in reports for sign in _CLOSED_IN_HANDSHAKE)
+
+
+#: ApiVersions v0 (api key 18), correlation id 7, client id "sfprov-probe": a request every
+#: Kafka broker answers before any authentication
+_API_VERSIONS = (b"\x00\x00\x00\x16" b"\x00\x12\x00\x00\x00\x00\x00\x07"
+                 b"\x00\x0csfprov-probe")
+
+
+def _speaks_other_protocol(conn: KafkaConnection, timeout_s: float = 3.0) -> bool:
+    """True when a bootstrap address answers in the protocol ``conn`` does not speak: a TLS
+    handshake completes where ``conn`` is plaintext, or a broker answers a plaintext
+    ApiVersions where ``conn`` speaks TLS. False when nothing answers either way (a front
+    that accepts and closes, its brokers down) or it cannot tell."""
+    import socket
+
+    for address in conn.bootstrap_servers.split(",")[:3]:
+        host, _, port = address.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
+                raw.settimeout(timeout_s)
+                if conn.uses_tls:
+                    raw.sendall(_API_VERSIONS)
+                    answer = raw.recv(8)
+                    if len(answer) >= 8 and answer[4:8] == b"\x00\x00\x00\x07":
+                        return True
+                else:
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    with context.wrap_socket(raw, server_hostname=host or None):
+                        return True  # the handshake completed: its listener speaks TLS
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 _FAILED_AT = re.compile(r"(?<![\w])(?:sasl_)?ssl://(\[[^\]]+\]|[^:/\s]+):(\d+)/")

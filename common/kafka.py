@@ -28,6 +28,7 @@ from common.connection import (
     _SIGNS,
     KafkaConnection,
     access_error,
+    closed_in_handshake,
     is_refusal,
     refusal_message,
 )
@@ -370,8 +371,11 @@ def connect(conn: KafkaConnection, *, timeout: float = 30.0) -> tuple[AdminClien
             if line:
                 raise KafkaAccessError(line) from None
             if final:
-                raise KafkaError(f"cannot reach Kafka at {conn.bootstrap_servers}: {exc}",
-                                 retryable=True) from exc
+                hint = ("; every connection was closed before the broker's first answer, "
+                        "and nothing answers in another protocol: brokers down behind a load "
+                        "balancer or proxy?" if closed_in_handshake(reports.lines) else "")
+                raise KafkaError(f"cannot reach Kafka at {conn.bootstrap_servers}: {exc}"
+                                 f"{hint}", retryable=True) from exc
 
 
 @dataclass

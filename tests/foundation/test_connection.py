@@ -336,11 +336,113 @@ def test_refusals_name_the_setting(ca):
     assert "User:sfprov-sink" in line and "s3cret-value" not in line and "\n" not in line
     line = access_error(conn, [TLS_FAILED])
     assert line is not None and line.startswith("KAFKA_SSL_CA_LOCATION: ") and str(ca) in line
-    # a connection closed during the first request is a protocol mismatch only when it lasts
+    # a connection closed during the first request is a protocol mismatch only when it
+    # lasts, and something answers in the other protocol (test_a_front_whose_brokers_…)
     assert access_error(KafkaConnection("b:9096"), [PLAIN_ON_TLS]) is None
-    line = access_error(KafkaConnection("b:9096"), [PLAIN_ON_TLS], final=True)
+    assert access_error(KafkaConnection("b:9096"), [PLAIN_ON_TLS], final=True) is None
+    line = access_error(KafkaConnection("b:9096"), [PLAIN_ON_TLS.replace(
+        "APIVERSION_QUERY", "AUTH_HANDSHAKE")], final=True)
     assert line is not None and line.startswith("KAFKA_SECURITY_PROTOCOL: ")
     assert access_error(conn, ["1/1 brokers are down"], final=True) is None
+
+
+class _Listener:
+    """A local listener whose connections ``answer`` (socket → None) handles, one at a
+    time, in a thread, until closed."""
+
+    def __init__(self, answer) -> None:
+        import socket
+        import threading
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port, self._answer = self._server.getsockname()[1], answer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._server.accept()
+            except OSError:
+                continue
+            try:
+                raw.settimeout(3)
+                self._answer(raw)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                raw.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+
+def _closes(raw) -> None:
+    """A TCP front whose brokers behind it are down: accepts, then closes."""
+
+
+def _answers_api_versions(raw) -> None:
+    """A plaintext broker's first answer: the request's correlation id echoed."""
+    request = raw.recv(64)
+    raw.sendall(b"\x00\x00\x00\x06" + request[8:12] + b"\x00\x23")
+
+
+def test_a_front_whose_brokers_are_down_is_retried_not_blamed_on_the_protocol(tmp_path):
+    """A load balancer, proxy or PrivateLink endpoint (or ops/netcut's forwarder) whose
+    brokers are down accepts and closes every connection, which librdkafka words as a
+    listener of another protocol does: every process exited 64 (final, never restarted)
+    naming KAFKA_SECURITY_PROTOCOL, and stayed down once the brokers were back. A probe in
+    the other protocol tells them apart: nothing answers — retried."""
+    from common.errors import KafkaAccessError, KafkaError
+    from common.kafka import connect
+
+    pki = _pki(tmp_path)
+    front = _Listener(_closes)
+    try:
+        for protocol in ("PLAINTEXT", "SSL"):
+            conn = KafkaConnection(f"127.0.0.1:{front.port}", security_protocol=protocol,
+                                   ssl_ca_location=str(pki["ca"]))
+            assert access_error(conn, [PLAIN_ON_TLS], final=True) is None, protocol
+        with pytest.raises(KafkaError) as raised:
+            connect(KafkaConnection(f"127.0.0.1:{front.port}"), timeout=3)
+        assert not isinstance(raised.value, KafkaAccessError) and raised.value.retryable
+        assert "brokers down behind a load balancer or proxy?" in str(raised.value)
+    finally:
+        front.close()
+
+    # a TLS listener reached in plaintext: its handshake completes — the protocol is wrong
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki["server"], pki["server-key"])
+
+    def tls(raw) -> None:
+        with server.wrap_socket(raw, server_side=True) as wrapped:
+            wrapped.recv(1)
+    listener = _Listener(tls)
+    try:
+        line = access_error(KafkaConnection(f"127.0.0.1:{listener.port}"), [PLAIN_ON_TLS],
+                            final=True)
+        assert line is not None and line.startswith("KAFKA_SECURITY_PROTOCOL: "), line
+        assert "is PLAINTEXT the protocol of its listener?" in line
+        with pytest.raises(KafkaAccessError, match="^KAFKA_SECURITY_PROTOCOL: "):
+            connect(KafkaConnection(f"127.0.0.1:{listener.port}"), timeout=3)
+    finally:
+        listener.close()
+
+    # a plaintext broker reached over TLS: it answers a plaintext ApiVersions
+    broker = _Listener(_answers_api_versions)
+    try:
+        conn = KafkaConnection(f"127.0.0.1:{broker.port}", security_protocol="SSL",
+                               ssl_ca_location=str(pki["ca"]))
+        report = (f"ssl://127.0.0.1:{broker.port}/bootstrap: Disconnected (after 2ms in "
+                  "state SSL_HANDSHAKE)")
+        line = access_error(conn, [report], final=True)
+        assert line is not None and "is SSL the protocol of its listener?" in line, line
+    finally:
+        broker.close()
 
 
 class _SilentBroker:
