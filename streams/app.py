@@ -68,6 +68,13 @@ INTAKE_CHUNK = 500  # events taken from faust's stream at once (then handed out 
 INTAKE_WITHIN_S = 0.005
 
 
+def rebalance_timeout_s(worker: WorkerSettings) -> float:
+    """How long the coordinator waits for members to rejoin a rebalance (faust's
+    ``broker_rebalance_timeout``): at least the session, which the ownership lease counts
+    on (streams.lease); the stall watchdog waits a rebalance out for as long."""
+    return max(60.0, worker.session_timeout_s)
+
+
 class Worker:
     """Builds and holds the faust app and its parts. ``sf_client`` answers the guard query."""
 
@@ -105,7 +112,7 @@ class Worker:
             # this: it must be at least the ownership lease (streams.lease), which counts
             # only heartbeats — faust's 60 s under a session timeout above that let a member
             # paused for longer write to WHMCS after its partitions moved
-            broker_rebalance_timeout=max(60.0, worker.session_timeout_s),
+            broker_rebalance_timeout=rebalance_timeout_s(worker),
             broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
             consumer_group_instance_id=worker.instance_id or None)
         table_kw: dict[str, Any] = dict(
@@ -220,7 +227,9 @@ class Worker:
                 interval_s=min(10.0, max(1.0, worker.stall_timeout_s / 6)),
                 recovery_position=self.consumer.recovery_position,
                 diagnose=self.diagnose, reseek=self.consumer.reseek,
-                orphans=partial(unowned, conn, app_id, kafka.requests))  # started by __main__
+                orphans=partial(unowned, conn, app_id, kafka.requests),
+                rebalancing=lambda: bool(self.app.rebalancing),
+                rebalance_limit_s=rebalance_timeout_s(worker) + 30.0)  # started by __main__
         self.events = 0
         self.fenced = 0
         self.last_event_at: float | None = None

@@ -1,6 +1,10 @@
 """Stall watchdog: a worker that owns work but makes no progress for too long re-seeks, then
 exits to be restarted.
 
+A worker waiting in a rebalance is not stalled (its events were released at the revoke, and
+it reads nothing until the assignment), for up to the rebalance timeout and a margin: the
+coordinator may hold it until a dead member's session runs out.
+
 faust-streaming can stop feeding the agent after a rebalance while the process stays up and
 heart-beating, so the group never moves its partitions elsewhere (docs/decisions/0001). The
 watchdog does not try to understand faust's state. Every ``interval`` without an event
@@ -118,8 +122,18 @@ class StallWatchdog:
                  diagnose: Callable[[], dict[str, Any]] | None = None,
                  reseek: Callable[[], None] | None = None,
                  on_stall: Callable[[str], None] | None = None,
-                 orphans: Callable[[set[int]], set[int]] | None = None) -> None:
+                 orphans: Callable[[set[int]], set[int]] | None = None,
+                 rebalancing: Callable[[], bool] | None = None,
+                 rebalance_limit_s: float = 0.0) -> None:
         self.lag, self.owned, self.progress = lag, owned, progress
+        # a member waiting in a rebalance holds no events and reads none: no stall, for up to
+        # ``rebalance_limit_s`` (the coordinator holds JoinGroup until every member rejoined
+        # or a dead one's session ran out — past the stall timeout with a long session, and
+        # every healthy worker exited to rejoin, a restart loop). Longer, faust's rebalance
+        # is wedged: the waits count again.
+        self.rebalancing = rebalancing
+        self.rebalance_limit_s = rebalance_limit_s
+        self._rebalancing_since: float | None = None
         self.recovery_position = recovery_position
         self.diagnose = diagnose
         self.reseek = reseek
@@ -158,6 +172,15 @@ class StallWatchdog:
             if position != self._last_recovery_position:
                 self._last_recovery_position = position
                 self.progress.touch()
+        if self.rebalancing is not None and self.rebalancing():
+            now = self.progress.now()
+            if self._rebalancing_since is None:
+                self._rebalancing_since = now
+            if now - self._rebalancing_since < self.rebalance_limit_s:
+                self._reset()  # waits seen before it start again after it
+                return None
+        else:
+            self._rebalancing_since = None
         if self.reseeked and self.progress.last_activity != self._reseek_activity:
             self.reseeked = False  # events moved since the re-seek: that stall is over
         if self.progress.last_activity != self._seen_activity:  # progress: waits start again

@@ -335,3 +335,36 @@ def test_the_workers_orphan_check_describes_the_group_in_a_child_process(monkeyp
     monkeypatch.setattr(group_describe, "describe_group_isolated", isolated)
     assert watchdog.unowned("127.0.0.1:1", "g", "req", {0, 1}) == {1}
     assert asked == [("g", 10.0)]
+
+
+def test_a_worker_waiting_in_a_rebalance_is_no_stall_up_to_its_limit():
+    """WORKER_SESSION_TIMEOUT_S=180: the coordinator holds every healthy member in JoinGroup
+    until a dead member's session runs out. Their events released at the revoke, records
+    waiting on the partitions they still listed: each re-seeked at 70 s and exited 75 at
+    130 s, without leaving the group — whose restarts started the same wait again."""
+    clock = Clock()
+    rebalancing = [True]
+    reseeks: list[int] = []
+    stalls: list[str] = []
+    dog = StallWatchdog(lag=lambda: [(0, 0, 9)], owned=lambda: {0}, progress=Progress(clock),
+                        timeout_s=120, interval_s=10, on_stall=stalls.append,
+                        reseek=lambda: reseeks.append(1), rebalancing=lambda: rebalancing[0],
+                        rebalance_limit_s=210)
+    assert _looks(dog, clock, 200, every=10) == {}
+    assert reseeks == [] and stalls == []
+    # the rebalance ends; the records still wait: the whole timeout from the first look after
+    rebalancing[0] = False
+    assert _looks(dog, clock, 140, every=10) == {70: "reseek", 130: "exit"}
+
+
+def test_a_rebalance_that_never_ends_is_a_stall_after_its_limit():
+    """faust wedged in its rebalance (app.rebalancing never cleared): the waits count again
+    once the rebalance has outlasted the coordinator's timeout and its margin."""
+    clock = Clock()
+    stalls: list[str] = []
+    dog = StallWatchdog(lag=lambda: [(0, 0, 9)], owned=lambda: {0}, progress=Progress(clock),
+                        timeout_s=120, interval_s=10, on_stall=stalls.append,
+                        reseek=lambda: None, rebalancing=lambda: True, rebalance_limit_s=90)
+    # seen rebalancing at 10 s; from 100 s the records wait: half the timeout, then all
+    assert _looks(dog, clock, 400, every=10) == {160: "reseek", 220: "exit"}
+    assert "9 records wait on owned partitions [0]" in stalls[0]
