@@ -173,13 +173,16 @@ class Guard:
                 return records
             except PipelineError as exc:
                 self._observer(time.monotonic() - started, "error")
+                if not exc.retryable and refusal_raises and refuses_records(exc):
+                    # an answer about these ids (split off and failed one by one), not an
+                    # outage: it left /readyz and SfprovSalesforceUnavailable failing until
+                    # the next query succeeded — on a quiet worker, for good
+                    raise _Refusal(exc) from exc
                 self.unavailable_since = self.unavailable_since or time.time()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 wait = backoff.next_delay()
                 if exc.retry_after:  # what Salesforce asked for, within the cap
                     wait = min(max(wait, exc.retry_after), self.backoff_max_s)
-                if not exc.retryable and refusal_raises and refuses_records(exc):
-                    raise _Refusal(exc) from exc
                 if not exc.retryable:
                     wait = self.backoff_max_s
                     if refuses_records(exc):

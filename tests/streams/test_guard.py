@@ -208,6 +208,17 @@ def test_one_id_salesforce_refuses_fails_its_own_order_not_the_batch():
     assert len(client.soql) <= 1 + 2 * 6  # bisected: log2(40) levels, two queries each
 
 
+def test_an_id_refused_in_a_mixed_read_is_no_outage():
+    """The read's last query was the refused id's half: Salesforce answered, yet the guard
+    stayed "unavailable" until another query succeeded — on a quiet worker /readyz failed
+    and SfprovSalesforceUnavailable paged while Salesforce was fine."""
+    good, bad = "801000000000001AAA", "801000000000777XYZ"  # the refused one sorts last
+    guard = Guard(RefusesOne(bad), sleep=_no_sleep)
+    orders, refused = asyncio.run(guard.fetch_each([good, bad]))
+    assert list(refused) == [bad] and Guard.find(orders, good) is not None
+    assert guard.unavailable_since is None and guard.last_error is None
+
+
 def test_a_query_refused_for_every_id_is_waited_out_not_failed():
     """Refused whatever ids it names: the org's fields, not an Order's — no Order is failed
     for it; the guard waits (as before) until it is fixed."""
