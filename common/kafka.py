@@ -388,6 +388,11 @@ class EnsureReport:
     def ok(self) -> bool:
         return not self.drift
 
+    @property
+    def unsafe(self) -> list[str]:
+        """The drift lines that break a guarantee (:data:`UNSAFE`): not to be started on."""
+        return [line for line in self.drift if UNSAFE in line]
+
 
 CREATE_ATTEMPTS = 4
 # A cluster still forming answers a CreateTopics with these: a bootstrap connection replaced
@@ -541,12 +546,41 @@ def _until_led(admin: AdminClient, names: list[str], metadata: Any, timeout: flo
         _sleep_or_stop(backoff.next_delay())
 
 
+#: marks a drift line that breaks a guarantee (:attr:`EnsureReport.unsafe`)
+UNSAFE = " — unsafe: "
+#: Salesforce keeps platform events 72 hours: a topic keeping them less cannot replay
+#: what Salesforce has forgotten
+SALESFORCE_RETENTION_MS = 72 * 3600 * 1000
+
+
+def _unsafe(key: str, have: str | None, want: str) -> str:
+    """Why a config drift breaks a guarantee, or ``""``: another cleanup policy (a
+    compacted requests topic keeps one event per Order; a compacted dead-letter topic turns
+    ``dlq requeue``'s markers into tombstones; offsets or changelogs not compacted lose
+    their keys to retention), a retention under Salesforce's 72 hours where the declaration
+    keeps longer (no replay from Kafka past Salesforce's own), or a ``min.insync.replicas``
+    under the declared one (an acknowledged write can be lost with its leader)."""
+    if key == "cleanup.policy":
+        return "its records are kept otherwise than the pipeline relies on"
+    number = have.lstrip("-").isdigit() if have is not None else False
+    if key == "retention.ms" and number and want.lstrip("-").isdigit():
+        kept, declared = int(have or 0), int(want)
+        if kept != -1 and kept < SALESFORCE_RETENTION_MS and (
+                declared == -1 or declared >= SALESFORCE_RETENTION_MS):
+            return "it keeps records for less than Salesforce's 72 hours"
+    if key == "min.insync.replicas" and number and want.isdigit() and int(have or 0) < int(want):
+        return "an acknowledged write can be lost with its leader"
+    return ""
+
+
 def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
                    timeout: float = 30.0) -> list[str]:
     """Lines describing where existing topics differ from their declaration: partitions,
     replication factor (the smallest replica count of its partitions, or the largest if
     that is above the declared one), configs; and a ``min.insync.replicas`` in effect above
-    the replicas the topic has (no acks=all write can succeed)."""
+    the replicas the topic has (no acks=all write can succeed). A line whose drift breaks a
+    guarantee holds :data:`UNSAFE` and why (:func:`_unsafe`; fewer replicas than declared,
+    and a ``min.insync.replicas`` above the replicas, are unsafe too)."""
     lines: list[str] = []
     if not specs:
         return lines
@@ -561,7 +595,8 @@ def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
         fewest = min(counts, default=None)
         if fewest is not None and fewest < spec.replication_factor:
             lines.append(f"{spec.name}: replication factor {fewest}, declared "
-                         f"{spec.replication_factor} (fewer replicas than declared)")
+                         f"{spec.replication_factor} (fewer replicas than declared){UNSAFE}"
+                         "a broker's loss can lose its records")
         elif counts and max(counts) > spec.replication_factor:
             lines.append(f"{spec.name}: replication factor {max(counts)}, declared "
                          f"{spec.replication_factor} (more replicas than declared)")
@@ -569,11 +604,14 @@ def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
         for key, want in spec.config.items():
             have = entries[key].value if key in entries else None
             if have != want:
-                lines.append(f"{spec.name}: {key}={have}, declared {want}")
+                why = _unsafe(key, have, want)
+                lines.append(f"{spec.name}: {key}={have}, declared {want}"
+                             + (f"{UNSAFE}{why}" if why else ""))
         isr = entries["min.insync.replicas"].value if "min.insync.replicas" in entries else None
         if fewest is not None and isr is not None and isr.isdigit() and int(isr) > fewest:
             lines.append(f"{spec.name}: min.insync.replicas={isr} exceeds its replication "
-                         f"factor {fewest} (writes with acks=all cannot succeed)")
+                         f"factor {fewest} (writes with acks=all cannot succeed){UNSAFE}"
+                         "nothing can be written to it")
     return lines
 
 

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from common.errors import KafkaAccessError, KafkaError
-from common.kafka import Stopped, ensure_topics
+from common.kafka import UNSAFE, Stopped, ensure_topics
 from common.metrics import HealthServer
 from common.process import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, Startup
 from common.salesforce import SalesforceClient
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         except Stopped:  # a signal while the broker was waited for
             return boot.stopped()
         for line in report.drift:
-            log.warning("topic drift: %s", line)
+            (log.error if UNSAFE in line else log.warning)("topic drift: %s", line)
 
     from connectors import metrics, observability
     from connectors.reconciler import Reconciler

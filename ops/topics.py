@@ -3,7 +3,10 @@
 Idempotent: existing topics are never changed; a drifted config is reported (exit 2) so an
 operator decides. Exit 0 when everything matches the declaration in ``common.kafka``, or
 with ``--drift-ok`` (compose's one-shot ``topics`` service: drift is reported in its log but
-does not keep the pipeline from starting). Exit 1 when Kafka is unreachable or refuses.
+does not keep the pipeline from starting). Exit 3, ``--drift-ok`` or not, when a drift breaks
+a guarantee (``common.kafka._unsafe``: another cleanup policy, a retention under Salesforce's
+72 hours, fewer replicas or a lower ``min.insync.replicas`` than declared): ``make up`` and
+compose's pipeline services do not start. Exit 1 when Kafka is unreachable or refuses.
 
 The broker is the one ``make up`` runs (:func:`kafka_settings`) unless
 ``KAFKA_BOOTSTRAP_SERVERS`` names another.
@@ -48,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {spec.name:<45} {spec.partitions:>2} partitions  {state:<8} {spec.purpose}")
     for line in report.drift:
         print(f"  drift: {line}")
+    if report.unsafe:
+        # whatever --drift-ok says: a start on such a topic loses what the pipeline promises
+        print(f"error: {len(report.unsafe)} topic drift(s) break a guarantee (unsafe, above): "
+              "fix the topic (kafka-configs --alter), or declare what it is meant to be "
+              "(KAFKA_MIN_INSYNC_REPLICAS, KAFKA_REPLICATION_FACTOR)", file=sys.stderr)
+        return 3
     return 0 if report.ok or args.drift_ok else 2
 
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = boot.load(SinkSettings.load)
     salesforce = boot.load(SalesforceSettings.load)
     log = boot.logging()
-    from common.kafka import Stopped, ensure_topics
+    from common.kafka import UNSAFE, Stopped, ensure_topics
     from common.salesforce import SalesforceClient
     from sinks import metrics
     from sinks.app import Sink
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped:  # a signal while the broker was waited for
         return boot.stopped()
     for line in report.drift:
-        log.warning("topic drift: %s", line)
+        (log.error if UNSAFE in line else log.warning)("topic drift: %s", line)
     sink = Sink(kafka, settings, SalesforceClient(salesforce))
     boot.on_stop(sink.stop)
     metrics.prime()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
 from common.kafka import (
+    UNSAFE,
     PartitionMismatch,
     Stopped,
     changelog_topics,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped:  # a signal while the broker was waited for
         return boot.stopped()
     for line in report.drift:
-        log.warning("topic drift: %s", line)
+        (log.error if UNSAFE in line else log.warning)("topic drift: %s", line)
     outlived = dedupe_outlived(kafka.requests_retention_ms, worker.dedupe_ttl_days)
     if outlived:
         log.warning("%s", outlived)

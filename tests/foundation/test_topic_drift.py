@@ -55,9 +55,11 @@ def test_fewer_replicas_than_declared_is_drift_and_min_isr_above_them_is_named()
     metadata = SimpleNamespace(topics={"t": _topic([[1], [1]])})
     admin = _Admin({"t": {"min.insync.replicas": "2"}})
     drift = describe_drift(admin, [spec], metadata)   # type: ignore[arg-type]
-    assert "t: replication factor 1, declared 3 (fewer replicas than declared)" in drift
+    assert ("t: replication factor 1, declared 3 (fewer replicas than declared) — unsafe: a "
+            "broker's loss can lose its records") in drift
     assert ("t: min.insync.replicas=2 exceeds its replication factor 1 "
-            "(writes with acks=all cannot succeed)") in drift
+            "(writes with acks=all cannot succeed) — unsafe: nothing can be written to it"
+            ) in drift
     assert len(drift) == 2
 
 
@@ -65,7 +67,8 @@ def test_the_smallest_replica_count_across_partitions_is_reported():
     spec = TopicSpec("t", 3, 3, {})
     metadata = SimpleNamespace(topics={"t": _topic([[1, 2, 3], [1], [1, 2, 3]])})
     drift = describe_drift(_Admin({"t": {}}), [spec], metadata)   # type: ignore[arg-type]
-    assert drift == ["t: replication factor 1, declared 3 (fewer replicas than declared)"]
+    assert drift == ["t: replication factor 1, declared 3 (fewer replicas than declared) — "
+                     "unsafe: a broker's loss can lose its records"]
 
 
 def test_more_replicas_than_declared_is_drift_too():
@@ -89,7 +92,31 @@ def test_a_broker_default_min_isr_above_the_replicas_is_named():
     admin = _Admin({"t": {"min.insync.replicas": "2"}})
     assert describe_drift(admin, [spec], metadata) == [   # type: ignore[arg-type]
         "t: min.insync.replicas=2 exceeds its replication factor 1 "
-        "(writes with acks=all cannot succeed)"]
+        "(writes with acks=all cannot succeed) — unsafe: nothing can be written to it"]
+
+
+@pytest.mark.parametrize("config,why", [
+    ({"cleanup.policy": "compact"}, "its records are kept otherwise than the pipeline relies on"),
+    ({"retention.ms": "3600000"}, "it keeps records for less than Salesforce's 72 hours"),
+    ({"min.insync.replicas": "1"}, "an acknowledged write can be lost with its leader"),
+    ({"retention.ms": "-1"}, None),  # longer than declared: drift, not unsafe
+    ({"retention.ms": "300000000"}, None),  # shorter, still past 72 h: drift only
+    ({"min.insync.replicas": "3"}, None),  # stricter: drift only
+])
+def test_a_drift_that_breaks_a_guarantee_is_unsafe(config, why):
+    """A compacted or 1-hour requests topic, a lowered min.insync.replicas: reported like
+    a longer retention, in a line `--drift-ok` let pass and each process only warned of —
+    while KAFKA_REQUESTS_RETENTION_MS under 72 h is refused as a setting."""
+    settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:1", partitions=1,
+                                  replication_factor=3, min_insync_replicas=2)
+    [spec] = [s for s in declared_topics(settings) if s.name == settings.requests]
+    metadata = SimpleNamespace(topics={spec.name: _topic([[1, 2, 3]])})
+    admin = _Admin({spec.name: {**spec.config, **config}})
+    [line] = describe_drift(admin, [spec], metadata)   # type: ignore[arg-type]
+    if why is None:
+        assert "unsafe" not in line, line
+    else:
+        assert line.endswith(f" — unsafe: {why}"), line
 
 
 class _RacedAdmin(_Admin):
@@ -127,8 +154,11 @@ def test_a_topic_created_by_another_process_is_waited_for_and_checked_for_drift(
     assert admin.described == [settings.requests]
     name = settings.requests
     assert f"{name}: partitions 1, declared 4" in report.drift
-    assert f"{name}: replication factor 1, declared 3 (fewer replicas than declared)" in report.drift
-    assert f"{name}: min.insync.replicas=1, declared 2" in report.drift
+    assert (f"{name}: replication factor 1, declared 3 (fewer replicas than declared) — "
+            "unsafe: a broker's loss can lose its records") in report.drift
+    assert (f"{name}: min.insync.replicas=1, declared 2 — unsafe: an acknowledged write can "
+            "be lost with its leader") in report.drift
+    assert len(report.unsafe) == 2  # the partitions and segment.ms: drift, not unsafe
 
 
 def test_the_requests_topic_rolls_daily_so_no_event_outlives_the_dedupe_memory():
@@ -170,3 +200,36 @@ def test_the_advised_dedupe_memory_is_enough_at_every_boundary():
             line = dedupe_outlived(retention, 0.1)
             advised = float(_re.search(r"at least ([0-9.]+)", line).group(1))
             assert dedupe_outlived(retention, advised) == "", (retention, advised)
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"cleanup.policy": "compact", "retention.ms": "3600000"}, 3),  # unsafe: even --drift-ok
+    ({"retention.ms": "-1"}, 0),  # drift --drift-ok lets pass
+])
+def test_ops_topics_refuses_unsafe_drift_even_with_drift_ok(monkeypatch, capsys, change, code):
+    """compose's topics service (`--drift-ok`) exited 0 on a compacted, 1-hour requests
+    topic, and every pipeline service started on it; `make up` went on too (it stops on 1
+    and 3)."""
+
+    import common.kafka as kafka
+    import ops.topics as topics
+
+    settings = KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "x:1"})
+    specs = declared_topics(settings)
+    metadata = SimpleNamespace(topics={s.name: _topic([[1]] * s.partitions) for s in specs})
+    actual = {s.name: dict(s.config) for s in specs}
+    actual[settings.requests].update(change)
+
+    class Admin:
+        def list_topics(self, timeout: float = 0) -> SimpleNamespace:
+            return metadata
+
+        def describe_configs(self, resources: list[Any], **_kw: Any) -> dict[Any, Future]:
+            return {r: _done(_entries(actual[r.name])) for r in resources}
+
+    monkeypatch.setattr(kafka, "connect", lambda conn, timeout=30.0: (Admin(), metadata))
+    monkeypatch.setattr(topics, "kafka_settings", lambda: settings)
+    assert topics.main(["--drift-ok"]) == code
+    out, err = capsys.readouterr()
+    assert f"drift: {settings.requests}: retention.ms=" in out
+    assert ("break a guarantee" in err) == (code == 3), err

@@ -65,7 +65,7 @@ def topics_bootstrap(monkeypatch: pytest.MonkeyPatch) -> str:
     """The broker ``make topics`` (``python -m ops.topics``) goes to."""
     seen = []
     monkeypatch.setattr(topics, "ensure_topics", lambda settings: seen.append(settings)
-                        or types.SimpleNamespace(created=[], drift=[], ok=True))
+                        or types.SimpleNamespace(created=[], drift=[], ok=True, unsafe=[]))
     assert topics.main([]) == 0
     return str(seen[0].bootstrap_servers)
 
