@@ -237,6 +237,14 @@ _SIGNS = (
     (("in state auth_handshake",),  # its ApiVersions was answered: a broker, alive
      "KAFKA_SECURITY_PROTOCOL", "the broker closes every connection during the handshake: "
                                 "is {protocol} the protocol of its listener?", True),
+    # the broker's own TLS alert: a TLS listener, alive, refusing this client's certificate
+    # (none given, or one it does not trust) — certain
+    (("alert certificate required", "alert handshake failure", "alert bad certificate",
+      "alert unknown ca", "alert certificate unknown", "alert access denied"),
+     "KAFKA_SSL_CERTIFICATE_LOCATION", "the broker refused the TLS handshake: does its "
+                                       "listener require a client certificate it trusts "
+                                       "(KAFKA_SSL_CERTIFICATE_LOCATION, KAFKA_SSL_KEY_LOCATION)?",
+     False),
     (_CLOSED_IN_HANDSHAKE,
      "KAFKA_SECURITY_PROTOCOL", "the broker closes every connection during the handshake: "
                                 "is {protocol} the protocol of its listener?", True),
@@ -292,11 +300,15 @@ def _speaks_other_protocol(conn: KafkaConnection, timeout_s: float = 3.0) -> boo
     that accepts and closes, its brokers down) or it cannot tell."""
     import socket
 
-    for address in conn.bootstrap_servers.split(",")[:3]:
-        host, _, port = address.strip().rpartition(":")
-        host = host.strip("[]")
+    from common.envparse import host_port
+
+    for item in conn.bootstrap_servers.split(",")[:3]:
+        address = host_port(item)
+        if address is None:
+            continue
+        host, port = address
         try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s) as raw:
+            with socket.create_connection((host, port), timeout=timeout_s) as raw:
                 raw.settimeout(timeout_s)
                 if conn.uses_tls:
                     raw.sendall(_API_VERSIONS)
@@ -307,8 +319,13 @@ def _speaks_other_protocol(conn: KafkaConnection, timeout_s: float = 3.0) -> boo
                     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                    with context.wrap_socket(raw, server_hostname=host or None):
+                    with context.wrap_socket(raw, server_hostname=host):
                         return True  # the handshake completed: its listener speaks TLS
+        except ssl.SSLEOFError:
+            continue  # closed mid-handshake: what a front with nothing behind it does
+        except ssl.SSLError:
+            if not conn.uses_tls:
+                return True  # a TLS alert (a client certificate required): a TLS peer
         except (OSError, ValueError):
             continue
     return False

@@ -188,9 +188,8 @@ def parse_host_list(raw: str) -> str:
         if "://" in item:
             raise ValueError(f"{item!r}: no scheme here (host:port); the protocol is "
                              "KAFKA_SECURITY_PROTOCOL")
-        match = _HOST_PORT.fullmatch(item if ":" in item.lstrip("[").split("]")[-1]
-                                     else f"{item}:9092")
-        if match is None or not 1 <= int(match["port"]) <= 65535:
+        address = host_port(item)
+        if address is None or not 1 <= address[1] <= 65535:
             raise ValueError(f"{item!r} is not host:port (port 1-65535; IPv6 as "
                              "[::1]:9092; items separated by commas)")
     return ",".join(items)
@@ -198,6 +197,17 @@ def parse_host_list(raw: str) -> str:
 
 #: the table stores faust offers the worker
 _STORES = ("rocksdb://", "memory://")
+
+
+def host_port(item: str, default_port: int = 9092) -> tuple[str, int] | None:
+    """``(host, port)`` of one bootstrap item (``host[:port]``, IPv6 as ``[::1]:9092``; the
+    port defaults as librdkafka's does), None when it is no such item."""
+    item = item.strip()
+    match = _HOST_PORT.fullmatch(item if ":" in item.lstrip("[").split("]")[-1]
+                                 else f"{item}:{default_port}")
+    if match is None:
+        return None
+    return match["ipv6"] or match["host"], int(match["port"])
 
 
 def parse_store_url(raw: str) -> str:

@@ -615,3 +615,52 @@ def test_a_host_name_the_brokers_certificate_lacks_is_not_blamed_on_the_ca(tmp_p
     finally:
         listener.close()
         thread.join(5)
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_listener_requiring_a_client_certificate_is_named_not_retried(tmp_path, version):
+    """Mutual TLS without a client certificate: librdkafka's line is the broker's TLS
+    alert; a plaintext client's is a connection closed in its first request, and the probe's
+    own handshake meets the alert. Both are certain (exit 64), not a front to wait out."""
+    from common.errors import KafkaAccessError
+    from common.kafka import connect
+
+    pki = _pki(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki["server"], pki["server-key"])
+    server.load_verify_locations(pki["ca"])
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.maximum_version = getattr(ssl.TLSVersion, version)
+
+    def tls(raw) -> None:
+        with server.wrap_socket(raw, server_side=True) as wrapped:
+            wrapped.recv(1)
+    listener = _Listener(tls)
+    try:
+        tls_conn = KafkaConnection(f"127.0.0.1:{listener.port}", security_protocol="SSL",
+                                   ssl_ca_location=str(pki["ca"]),
+                                   ssl_endpoint_identification=False)
+        with pytest.raises(KafkaAccessError, match="^KAFKA_SSL_CERTIFICATE_LOCATION: the "
+                                                   "broker refused the TLS handshake"):
+            connect(tls_conn, timeout=4)
+        with pytest.raises(KafkaAccessError, match="^KAFKA_SECURITY_PROTOCOL: "):
+            connect(KafkaConnection(f"127.0.0.1:{listener.port}"), timeout=4)
+    finally:
+        listener.close()
+
+
+def test_the_probe_reaches_bootstrap_items_without_a_port(monkeypatch):
+    """librdkafka takes `kafka1` as kafka1:9092: the probe parsed no port from it, tried
+    nothing, and a real protocol mismatch was retried for ever."""
+    import socket
+
+    from common.connection import _speaks_other_protocol
+
+    tried: list[tuple[str, int]] = []
+
+    def create_connection(address, timeout=None):
+        tried.append(address)
+        raise OSError("refused")
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    assert not _speaks_other_protocol(KafkaConnection("kafka1,[::1],kafka3:9093"))
+    assert tried == [("kafka1", 9092), ("::1", 9092), ("kafka3", 9093)]
