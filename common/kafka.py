@@ -59,11 +59,14 @@ REQUESTS_SEGMENT_MS = 24 * 3600 * 1000
 _DAY_MS = 24 * 3600 * 1000
 
 
-def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float) -> str:
+def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float, *,
+                    source: str = "KAFKA_REQUESTS_RETENTION_MS") -> str:
     """``""`` when the requests topic deletes every event before the worker forgets its
     IdemKey (retention, a daily segment and an hour for the broker's retention check, at most
     ``WORKER_DEDUPE_TTL_DAYS``); else the warning line: an event replayed after its IdemKey
-    was forgotten is decided again, and may get a second outcome record."""
+    was forgotten is decided again, and may get a second outcome record. ``source``: where
+    the retention was read (the setting, or the topic's own ``retention.ms`` when it has
+    another: :meth:`EnsureReport.retention_ms`)."""
     ttl_ms = round(dedupe_ttl_days * _DAY_MS)  # 1.4 days is 120960000 ms, not a hair less
     longest = requests_retention_ms + REQUESTS_SEGMENT_MS + 3_600_000
     if requests_retention_ms != -1 and longest <= ttl_ms:
@@ -71,12 +74,12 @@ def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float) -> str:
     kept = ("for ever (-1)" if requests_retention_ms == -1
             else f"up to {math.ceil(longest / _DAY_MS * 10) / 10:.1f} days (retention, "
                  "its daily segment and an hour for the broker's retention check)")
-    fix = ("Set a finite KAFKA_REQUESTS_RETENTION_MS, and WORKER_DEDUPE_TTL_DAYS over it "
+    fix = (f"Set a finite retention ({source}), and WORKER_DEDUPE_TTL_DAYS over it "
            "by a day and more, to avoid it" if requests_retention_ms == -1
            else f"Set WORKER_DEDUPE_TTL_DAYS to at least "
                 f"{math.ceil(longest / _DAY_MS * 10) / 10:.1f} to avoid it")
     return (f"WORKER_DEDUPE_TTL_DAYS={dedupe_ttl_days:g} is shorter than the requests topic "
-            f"keeps events (KAFKA_REQUESTS_RETENTION_MS: {kept}): an event replayed after "
+            f"keeps events ({source}: {kept}): an event replayed after "
             "the worker forgot its IdemKey is decided again and may get a second outcome "
             "record (such as Skipped ALREADY_PROVISIONED beside its first; never a second "
             f"WHMCS order). {fix}")
@@ -383,10 +386,18 @@ class EnsureReport:
     created: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)  # human-readable lines
+    #: an existing topic's declared config keys as the brokers have them (None: not set)
+    configs: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.drift
+
+    def retention_ms(self, topic: str, declared: int) -> int:
+        """``topic``'s ``retention.ms`` as the brokers have it; ``declared`` for a topic
+        created now, or without a number there."""
+        have = self.configs.get(topic, {}).get("retention.ms")
+        return int(have) if have is not None and have.lstrip("-").isdigit() else declared
 
     @property
     def unsafe(self) -> list[str]:
@@ -479,7 +490,8 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
     # controller's node was paused, and its one 30 s describe end the process.
     report.drift.extend(retry_until(
         RunningDeadline(timeout),
-        lambda wait: describe_drift(admin, present, metadata, timeout=wait),
+        lambda wait: describe_drift(admin, present, metadata, timeout=wait,
+                                    actual=report.configs),
         doing="describing topic configs", failure="describing topic configs",
         refused=lambda err: refusal_message(conn, "describe the configs of its topics", err),
         give_up=lambda exc: not _transient(exc)))
@@ -574,7 +586,8 @@ def _unsafe(key: str, have: str | None, want: str) -> str:
 
 
 def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
-                   timeout: float = 30.0) -> list[str]:
+                   timeout: float = 30.0,
+                   actual: dict[str, dict[str, str | None]] | None = None) -> list[str]:
     """Lines describing where existing topics differ from their declaration: partitions,
     replication factor (the smallest replica count of its partitions, or the largest if
     that is above the declared one), configs; and a ``min.insync.replicas`` in effect above
@@ -601,6 +614,9 @@ def describe_drift(admin: AdminClient, specs: list[TopicSpec], metadata: Any, *,
             lines.append(f"{spec.name}: replication factor {max(counts)}, declared "
                          f"{spec.replication_factor} (more replicas than declared)")
         entries = configs[resource].result()
+        if actual is not None:
+            actual[spec.name] = {key: entries[key].value if key in entries else None
+                                 for key in spec.config}
         for key, want in spec.config.items():
             have = entries[key].value if key in entries else None
             if have != want:

@@ -129,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         return boot.stopped()
     for line in report.drift:
         (log.error if UNSAFE in line else log.warning)("topic drift: %s", line)
-    outlived = dedupe_outlived(kafka.requests_retention_ms, worker.dedupe_ttl_days)
+    # the topic's own retention: made by an admin, or kept since another setting, it may
+    # keep events longer than KAFKA_REQUESTS_RETENTION_MS says (a drift, not unsafe)
+    retention = report.retention_ms(kafka.requests, kafka.requests_retention_ms)
+    outlived = dedupe_outlived(
+        retention, worker.dedupe_ttl_days,
+        source="KAFKA_REQUESTS_RETENTION_MS" if retention == kafka.requests_retention_ms
+        else f"the requests topic's retention.ms, not KAFKA_REQUESTS_RETENTION_MS="
+             f"{kafka.requests_retention_ms}")
     if outlived:
         log.warning("%s", outlived)
 

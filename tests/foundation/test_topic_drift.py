@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from common.kafka import TopicSpec, declared_topics, describe_drift, ensure_topics
+from common.kafka import EnsureReport, TopicSpec, declared_topics, describe_drift, ensure_topics
 from common.settings import KafkaSettings, WorkerSettings
 
 
@@ -184,6 +184,29 @@ def test_a_retention_the_dedupe_memory_does_not_cover_is_named(retention_days, t
     retention = -1 if retention_days == -1 else retention_days * 86_400_000
     line = dedupe_outlived(retention, ttl_days)
     assert named in line and "WORKER_DEDUPE_TTL_DAYS" in line and "\n" not in line
+
+
+def test_the_dedupe_warning_reads_the_requests_topics_own_retention():
+    """A requests topic kept for ever (retention.ms=-1: a drift, not unsafe) with the setting
+    at its 30-day default: the warning read the setting and said nothing, while a replay of
+    events older than the dedupe memory may get second outcome records."""
+    from common.kafka import dedupe_outlived
+
+    settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:1", partitions=1)
+    [spec] = [s for s in declared_topics(settings) if s.name == settings.requests]
+    admin = _Admin({spec.name: {**spec.config, "retention.ms": "-1"}})
+    actual: dict[str, dict[str, str | None]] = {}
+    describe_drift(admin, [spec], SimpleNamespace(topics={spec.name: _topic([[1]])}),   # type: ignore[arg-type]
+                   actual=actual)
+    report = EnsureReport(configs=actual)
+    retention = report.retention_ms(spec.name, settings.requests_retention_ms)
+    assert retention == -1
+    ttl = WorkerSettings.load({}).dedupe_ttl_days
+    assert dedupe_outlived(settings.requests_retention_ms, ttl) == ""  # the setting's view
+    line = dedupe_outlived(retention, ttl, source="the requests topic's retention.ms")
+    assert "the requests topic's retention.ms: for ever (-1)" in line, line
+    # a topic created now (not described): the setting
+    assert EnsureReport().retention_ms(spec.name, 7) == 7
 
 
 def test_the_advised_dedupe_memory_is_enough_at_every_boundary():

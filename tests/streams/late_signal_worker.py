@@ -14,12 +14,12 @@ import gc
 import os
 import signal
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import faust
 
 import streams.__main__ as worker_main
+from common.kafka import EnsureReport
 
 SIGNAL = signal.Signals[os.environ.get("LATE_SIGNAL", "SIGTERM")]
 
@@ -41,7 +41,7 @@ class _LateSignalGc:
 
 
 def _install() -> None:
-    worker_main.ensure_topics = lambda *a, **k: SimpleNamespace(drift=[])  # type: ignore
+    worker_main.ensure_topics = lambda *a, **k: EnsureReport()  # type: ignore
     worker_main.check_group_access = lambda *a, **k: None  # type: ignore
     worker_main.gc = _LateSignalGc()  # type: ignore[assignment]
     original = faust.App.on_start

@@ -19,14 +19,13 @@ from tests.streams.test_worker_late_signal import _env
 OTHER_AIOKAFKA = textwrap.dedent("""
     import sys
     from importlib import metadata
-    from types import SimpleNamespace
-
     real = metadata.version
     metadata.version = lambda d: "0.15.0" if d == "aiokafka" else real(d)
     import aiokafka.producer.message_accumulator as accumulator
     del accumulator.BatchBuilder  # renamed upstream
     import streams.__main__ as worker_main
-    worker_main.ensure_topics = lambda *a, **k: SimpleNamespace(drift=[])
+    from common.kafka import EnsureReport
+    worker_main.ensure_topics = lambda *a, **k: EnsureReport()
     worker_main.check_group_access = lambda *a, **k: None
     sys.exit(worker_main.main(["worker"]))
 """)
