@@ -83,7 +83,7 @@ from streams.guard_check import GuardCheck
 from streams.lease import Fenced, IntentLease, LeaseCheck, OwnershipLease, hold
 from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
 from streams.recovery import look_up_attempt
-from streams.state import DurabilityError, Intent, Memory, OrderState
+from streams.state import DurabilityError, Intent, Memory, OrderState, UnreadableState
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3  # an event whose handling raises this often goes to the dead letters
@@ -175,6 +175,20 @@ class EventHandler:
                 return False
             except asyncio.CancelledError:
                 raise
+            except UnreadableState as exc:
+                # a value no retry changes (streams.state): the event waits in the dead
+                # letters, its Order untouched, until an operator has looked
+                metrics.EVENT_ERRORS.inc()
+                self.errors += 1
+                self.last_error = str(exc)
+                log.error("%s: the event is dead-lettered (STATE_UNREADABLE)", exc, extra={
+                    "order_id": event.order_id, "offset": rec.offset})
+                await self.emitter.send_dead_letter(DeadLetter(
+                    rec, str(exc), type(exc).__name__, "STATE_UNREADABLE",
+                    order_id=event.order_id, event_uuid=event.event_uuid,
+                    idem_key=event.idem_key))
+                metrics.DEAD_LETTERS.labels("STATE_UNREADABLE").inc()
+                return True
             except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
                 if isinstance(exc, DurabilityError):
                     raise  # a table the broker did not acknowledge: see streams.app

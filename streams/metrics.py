@@ -86,6 +86,9 @@ PENDING_INTENTS = Gauge("sfprov_worker_pending_intents", "Intents without a deci
 OLDEST_PENDING_INTENT = Gauge("sfprov_worker_oldest_pending_intent_age_seconds",
                               "Age of the oldest intent without a decided outcome, as the "
                               "last sweep read it (0: none)")
+UNREADABLE_ENTRIES = Gauge("sfprov_worker_unreadable_table_entries",
+                           "Table values the last full sweep could not decode (passed over; "
+                           "their Orders' events are dead-lettered STATE_UNREADABLE)")
 
 #: the label values EVENTS (streams.lanes, ``Admitted.result``) and CHANGELOG_REPAIRS
 #: (streams.repair) are counted with

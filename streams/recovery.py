@@ -74,12 +74,16 @@ from streams.lease import Fenced, IntentLease, LeaseCheck, Own
 from streams.mapping import WhmcsOrderRequest
 from streams.provision import AcceptFailed, Fence, Provisioner, ProvisionResult
 from streams.state import (
+    DECODE_ERRORS,
     PENDING,
     DedupeEntry,
+    DurabilityError,
     Intent,
     OrderState,
+    UnreadableState,
     has_unsent,
     memory_from_json,
+    read_value,
 )
 
 log = logging.getLogger(__name__)
@@ -212,6 +216,8 @@ class Sweeper:
         # outcomes the schema cannot hold, said once: their events are dead-lettered by the
         # handler, which meets the same refusal; the sweep stops trying (bounded: a few)
         self.unsendable: set[tuple[str, str]] = set()
+        # (table, Order) of the values that could not be decoded, said once each
+        self.unreadable: set[tuple[str, str]] = set()
 
     # -- the index of entries the sweep must look at -----------------------------------
 
@@ -266,12 +272,17 @@ class Sweeper:
         due, stale, dirty = [], [], []
         rescans = self.rescans
         slicer = _Slicer()
+        unreadable = 0
         intent_keys = await _keys(state.intents, slicer)
         for oid in intent_keys:
             await slicer.tick()
-            raw = state.intents.get(oid)
+            try:
+                raw = read_value(state.intents, oid)
+                intent = Intent.from_json(raw)
+            except DECODE_ERRORS as exc:
+                unreadable += self._unreadable(UnreadableState("intents", oid, exc))
+                continue
             self.watch_intent(oid, raw)
-            intent = Intent.from_json(raw)
             if intent is None or not self.owns(oid):
                 continue
             if intent.is_pending:
@@ -287,10 +298,15 @@ class Sweeper:
         idem_keys = await _keys(state.idem, slicer)
         for oid in idem_keys:
             await slicer.tick()
-            raw = state.idem.get(oid)
+            try:
+                raw = read_value(state.idem, oid)
+                if raw and self.owns(oid) and self._idem_work(memory_from_json(raw), now):
+                    dirty.append(oid)
+            except DECODE_ERRORS as exc:
+                unreadable += self._unreadable(UnreadableState("idem", oid, exc))
+                continue
             self.watch_idem(oid, raw)
-            if raw and self.owns(oid) and self._idem_work(memory_from_json(raw), now):
-                dirty.append(oid)
+        metrics.UNREADABLE_ENTRIES.set(unreadable)
         if self.rescans == rescans:  # only a completed scan of the current assignment
             self.last_full_scan_ms = now
         self.full_scans += 1
@@ -304,16 +320,37 @@ class Sweeper:
     def _indexed(self, report: SweepReport, now: int) -> tuple[list[str], list[str], list[str]]:
         """Only the entries the index names: pending intents and unsent outcomes."""
         assert self.pending is not None and self.unemitted is not None
-        due = []
+        due, dirty = [], []
         for oid in list(self.pending):
-            intent = self.state.intent(oid)
+            try:
+                intent = self.state.intent(oid)
+            except UnreadableState as exc:  # the index only holds values it could read
+                self._unreadable(exc)
+                self.pending.discard(oid)
+                continue
             if intent is not None and intent.is_pending and self.owns(oid):
                 report.saw_pending(intent.at)
                 if now - intent.at >= self.recovery_after_ms:
                     due.append(oid)
-        dirty = [oid for oid in list(self.unemitted)
-                 if self.owns(oid) and self._idem_work(self.state.memory(oid), now)]
+        for oid in list(self.unemitted):
+            try:
+                if self.owns(oid) and self._idem_work(self.state.memory(oid), now):
+                    dirty.append(oid)
+            except UnreadableState as exc:
+                self._unreadable(exc)
+                self.unemitted.discard(oid)
         return due, [], dirty
+
+    def _unreadable(self, exc: UnreadableState) -> int:
+        """An entry that does not decode (:class:`UnreadableState`): passed over, so that one
+        bad value does not stop the sweep for every Order; said once per entry at ERROR,
+        and counted by each full scan (``sfprov_worker_unreadable_table_entries``, which
+        pages). Its Order's events are dead-lettered (``STATE_UNREADABLE``)."""
+        if (exc.table, exc.order_id) not in self.unreadable:
+            self.unreadable.add((exc.table, exc.order_id))
+            log.error("sweep: %s; passed over (its events are dead-lettered with "
+                      "STATE_UNREADABLE)", exc, extra={"order_id": exc.order_id})
+        return 1
 
     def _idem_work(self, memory: dict[str, DedupeEntry], now: int) -> bool:
         for entry in memory.values():
@@ -345,11 +382,22 @@ class Sweeper:
         # recovery and resends re-check in the Order's lane, under the job's own lease
         recover, resend = set(due), set(dirty)
         committed = await self._committed(due) if due else {}
-        await asyncio.gather(*(
+        jobs = list(dict.fromkeys([*due, *dirty]))
+        results = await asyncio.gather(*(
             self._when_idle(oid, partial(self._work, oid, report, oid in recover,
                                          oid in resend, committed))
-            for oid in dict.fromkeys([*due, *dirty])))
+            for oid in jobs), return_exceptions=True)
+        # one Order's failed job neither stops the others (each ran to its end) nor skips
+        # the sweep's flush and gauges; a table not made durable stops the worker
+        failures = [(oid, r) for oid, r in zip(jobs, results, strict=True)
+                    if isinstance(r, BaseException)]
+        for _oid, exc in failures:
+            if isinstance(exc, (DurabilityError, asyncio.CancelledError)):
+                raise exc
         await self.durable()
+        for oid, exc in failures:
+            log.error("sweep: the job of Order %s failed; the next sweep looks again", oid,
+                      exc_info=exc, extra={"order_id": oid})
 
     async def _committed(self, due: list[str]) -> Mapping[int, int] | None:
         """The group's committed offsets of the partitions whose due intents name their

@@ -45,6 +45,24 @@ class DurabilityError(KafkaError):
     the tables from the changelogs and the events are redelivered)."""
 
 
+class UnreadableState(ValueError):
+    """A table value that does not decode as this module's JSON (truncated, not JSON, another
+    shape): a record written to a changelog by hand or by a bug, restored into the store. It
+    stays there whatever is retried, so it is not retried: the event is dead-lettered naming
+    the table and the Order, and the sweep passes over the entry (saying so once)."""
+
+    def __init__(self, table: str, order_id: str, cause: BaseException) -> None:
+        super().__init__(f"the worker's {table} table holds a value for Order {order_id} that "
+                         f"cannot be read ({type(cause).__name__}: {cause})")
+        self.table, self.order_id = table, order_id
+
+
+#: what decoding a malformed value raises, read with :func:`read_value`: orjson's
+#: JSONDecodeError (a ValueError), and a JSON value of another shape met by the typed reads
+#: (a list's ``.items``, a string where a dict belongs)
+DECODE_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AttributeError)
+
+
 _T = TypeVar("_T")
 
 
@@ -291,7 +309,7 @@ def bounded(memory: Memory, raw: dict[str, Any]) -> tuple[Memory, dict[str, Any]
             {k: v for k, v in raw.items() if k not in dropped})
 
 
-def _read(table: MutableMapping[str, Any], key: str) -> Any:
+def read_value(table: MutableMapping[str, Any], key: str) -> Any:
     """``DurableTable.read`` (one store lookup), or a plain mapping's ``get`` (unit tests)."""
     read = getattr(table, "read", None)
     return read(key) if read is not None else table.get(key)
@@ -313,7 +331,10 @@ class OrderState:
             await self._flush()
 
     def memory(self, order_id: str) -> Memory:
-        return memory_from_json(_read(self.idem, order_id))
+        try:
+            return memory_from_json(read_value(self.idem, order_id))
+        except DECODE_ERRORS as exc:
+            raise UnreadableState("idem", order_id, exc) from exc
 
     def set_memory(self, order_id: str, memory: Memory,
                    raw: dict[str, Any] | None = None) -> None:
@@ -323,7 +344,10 @@ class OrderState:
             del self.idem[order_id]
 
     def intent(self, order_id: str) -> Intent | None:
-        return Intent.from_json(_read(self.intents, order_id))
+        try:
+            return Intent.from_json(read_value(self.intents, order_id))
+        except DECODE_ERRORS as exc:
+            raise UnreadableState("intents", order_id, exc) from exc
 
     def set_intent(self, intent: Intent) -> None:
         self.intents[intent.order_id] = intent.to_json()

@@ -68,7 +68,17 @@ class DurableTable(RestoreGuards):
             for event in batch:
                 key, value = event.message.key, event.message.value
                 oid = key.decode() if isinstance(key, bytes) else str(key)
-                self.watch(oid, orjson.loads(value) if value is not None else None)
+                try:
+                    decoded = orjson.loads(value) if value is not None else None
+                except orjson.JSONDecodeError as exc:
+                    # restored as it is (the store holds it): the sweep passes over it and
+                    # the Order's events are dead-lettered (streams.state.UnreadableState);
+                    # the rest of the batch is still watched
+                    log.error("restore: %s changelog record at partition %s offset %s (Order "
+                              "%s) is not a JSON value: %s", self.name, event.message.partition,
+                              event.message.offset, oid, exc, extra={"order_id": oid})
+                    decoded = None
+                self.watch(oid, decoded)
 
     def claim(self, partitions: Iterable[int], generation: int) -> None:
         """Mark each changelog ``partition`` as restored by this worker in ``generation``
