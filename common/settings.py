@@ -739,8 +739,8 @@ class WorkerSettings(_Section):
                                      "finish before the worker stops (the rest is "
                                      "redelivered).")
     dedupe_ttl_days: float = env("WORKER_DEDUPE_TTL_DAYS", 35.0, parse=parse_positive_float,
-                                 doc="How long an IdemKey (and a finished intent) is remembered "
-                                     "(≥ requests retention plus a day and an hour, else "
+                                 doc="How long an IdemKey (from its newest event) and a "
+                                     "finished intent are remembered (≥ requests retention plus a day and an hour, else "
                                      "the worker "
                                      "warns at start: a replay of an older event may get a "
                                      "second outcome record); an intent that names a WHMCS "

@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 # faust's RocksDB defaults are per partition DB (2 tables x partitions DBs): 64 MB memtables
 # x3 and a 2 GB block cache each; sized for this table instead (docs/decisions/0004).
 # At most 2 x 2 MB of memtable per DB (8 + 8 MB each put the worker's peak RSS at 223 MB in
-# make bench) and 8 MB for all of them together (2 tables x 6 partitions would otherwise
-# hold up to 48 MB), and one 8 MB block cache for all of them that also holds the files'
+# make bench) and about 8 MB for all of them together (2 tables x 6 partitions would otherwise
+# hold up to 48 MB; a soft limit, so that writes never stall: memtables being flushed count
+# on top, ~10 MB seen in a burst), and one 8 MB block cache for all of them that also holds the files'
 # indexes and filters (faust_seam.BoundedRocksDBOptions: outside a cache they grew with the
 # Orders kept). sfprov_worker_rocksdb_bytes shows each. No RocksDB write-ahead log: the
 # changelogs are the tables' log (as in Kafka Streams).

@@ -354,7 +354,7 @@ class Sweeper:
 
     def _idem_work(self, memory: dict[str, DedupeEntry], now: int) -> bool:
         for entry in memory.values():
-            age = now - entry.at
+            age = now - entry.newest
             if age > self.ttl_ms or (age >= self.recovery_after_ms and any(entry.unsent())):
                 return True
         return False
@@ -470,7 +470,7 @@ class Sweeper:
         acknowledged as sent is the only holder of it (:func:`streams.state.bounded` keeps it
         too), kept until the sweep has resent and marked it — unless its schema refuses it
         (:meth:`_unsendable`: it can never be sent)."""
-        return now - entry.at > self.ttl_ms and all(
+        return now - entry.newest > self.ttl_ms and all(
             (oid, event_uuid) in self.unsendable for event_uuid, _o in entry.unsent())
 
     async def _expire_intent(self, oid: str, now: int, report: SweepReport,
@@ -534,7 +534,7 @@ class Sweeper:
             return
         own = self.fence_for(oid)  # the job's: the generation it began in
         for idem_key, entry in self.state.memory(oid).items():
-            if now - entry.at < self.recovery_after_ms:
+            if now - entry.newest < self.recovery_after_ms:
                 continue
             for event_uuid, outcome in list(entry.unsent()):
                 if (oid, event_uuid) in self.unsendable:

@@ -208,6 +208,15 @@ class DedupeEntry:
     emitted: bool
     at: int
     dups: dict[str, Decided] = field(default_factory=dict)
+    # epoch ms of the newest duplicate's decision (0: none): the entry is remembered for the
+    # TTL from there, so that a duplicate arriving days after the first event is not
+    # forgotten while its own record is still in the requests topic
+    last_at: int = 0
+
+    @property
+    def newest(self) -> int:
+        """When the entry's last decision was taken (the first event's or a duplicate's)."""
+        return max(self.at, self.last_at) if self.last_at else self.at
 
     @classmethod
     def first(cls, event_uuid: str, outcome: dict[str, Any], at: int) -> DedupeEntry:
@@ -219,11 +228,12 @@ class DedupeEntry:
             return Decided(self.outcome, self.emitted)
         return self.dups.get(event_uuid)
 
-    def with_duplicate(self, event_uuid: str, outcome: dict[str, Any]) -> DedupeEntry:
+    def with_duplicate(self, event_uuid: str, outcome: dict[str, Any], at: int
+                       ) -> DedupeEntry:
         dups = {**self.dups, event_uuid: Decided(outcome)}
         while len(dups) > MAX_DUPS_REMEMBERED:
             dups.pop(next(iter(dups)))
-        return _evolve(self, dups=dups)
+        return _evolve(self, dups=dups, last_at=max(self.last_at, at))
 
     def marked_emitted(self, event_uuid: str) -> DedupeEntry | None:
         """The entry with ``event_uuid``'s outcome acknowledged; None when nothing changes."""
@@ -244,17 +254,21 @@ class DedupeEntry:
                 yield uuid, dup.outcome
 
     def to_json(self) -> dict[str, Any]:
-        return {"event_uuid": self.event_uuid, "status": self.status, "outcome": self.outcome,
-                "emitted": self.emitted, "at": self.at,
-                "dups": {u: {"outcome": d.outcome, "emitted": d.emitted}
-                         for u, d in self.dups.items()}}
+        raw = {"event_uuid": self.event_uuid, "status": self.status, "outcome": self.outcome,
+               "emitted": self.emitted, "at": self.at,
+               "dups": {u: {"outcome": d.outcome, "emitted": d.emitted}
+                        for u, d in self.dups.items()}}
+        if self.last_at:
+            raw["last_at"] = self.last_at
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DedupeEntry:
         dups = {u: Decided(d.get("outcome"), bool(d.get("emitted")))
                 for u, d in (raw.get("dups") or {}).items()}
         return cls(str(raw.get("event_uuid") or ""), str(raw.get("status") or ""),
-                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups)
+                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups,
+                   int(raw.get("last_at") or 0))
 
 
 Memory = dict[str, DedupeEntry]  # one Order's dedupe memory: IdemKey → entry
@@ -295,7 +309,7 @@ def bounded(memory: Memory, raw: dict[str, Any]) -> tuple[Memory, dict[str, Any]
     excess = len(memory) - MAX_IDEM_KEYS_REMEMBERED
     if excess <= 0 and size <= MAX_MEMORY_BYTES:
         return memory, raw
-    sent = sorted((entry.at, i, key) for i, (key, entry) in enumerate(memory.items())
+    sent = sorted((entry.newest, i, key) for i, (key, entry) in enumerate(memory.items())
                   if not any(entry.unsent()))
     dropped: set[str] = set()
     for _at, _i, key in sent:
@@ -366,7 +380,7 @@ class OrderState:
         memory = dict(self.memory(order_id) if memory is None else memory)
         existing = memory.get(idem_key)
         if existing is not None and existing.event_uuid != event_uuid:
-            memory[idem_key] = existing.with_duplicate(event_uuid, outcome)
+            memory[idem_key] = existing.with_duplicate(event_uuid, outcome, at)
         else:
             memory[idem_key] = DedupeEntry.first(event_uuid, outcome, at)
         memory, raw = bounded(memory, memory_to_json(memory))

@@ -259,8 +259,8 @@ def test_the_state_values_changes_are_what_dataclasses_replace_gives():
     assert pending.lease_until == 9 and pending.outcome is None
     entry = DedupeEntry.first("u", {"status": "Provisioned"}, 5)
     assert entry.marked_emitted("u") == dataclasses.replace(entry, emitted=True)
-    twice = entry.with_duplicate("u2", {"status": "Duplicate"})
-    assert twice == dataclasses.replace(entry, dups={"u2": twice.dups["u2"]})
+    twice = entry.with_duplicate("u2", {"status": "Duplicate"}, 7)
+    assert twice == dataclasses.replace(entry, dups={"u2": twice.dups["u2"]}, last_at=7)
     assert twice.marked_emitted("u2").dups["u2"].emitted and not entry.dups
     with pytest.raises(dataclasses.FrozenInstanceError):
         settled.at = 1  # type: ignore[misc]
