@@ -69,7 +69,10 @@ def plan(state: Path, logs: Path) -> tuple[list[dict[str, Any]], dict[str, str]]
         {"name": "salesforce-sandbox",
          "argv": [PY, "-m", "sandbox.salesforce", "--dir", str(sfd), "serve",
                   "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                  "--jwt-cert", str(cert)],
+                  "--jwt-cert", str(cert),
+                  # the pipeline's own (below): not SF_CLIENT_ID/SF_USERNAME from the
+                  # environment, which sandbox mode ignores (a blank one is sandbox mode)
+                  "--client-id", DEFAULT_CLIENT_ID, "--username", DEFAULT_USERNAME],
          "env": {}, "log": str(logs / "salesforce-sandbox.log"),
          "health_url": f"{sf_url}/__sandbox/health", "ca": str(tls["ca"])},
         {"name": "whmcs-sandbox",
@@ -86,6 +89,9 @@ def plan(state: Path, logs: Path) -> tuple[list[dict[str, Any]], dict[str, str]]
     pipeline_env = {
         "SF_LOGIN_URL": sf_url, "SF_CLIENT_ID": DEFAULT_CLIENT_ID,
         "SF_USERNAME": DEFAULT_USERNAME, "SF_PRIVATE_KEY_PATH": str(key),
+        # blank is unset: the sandbox's key and its own audience, whatever a half-filled
+        # .env says (SF_PRIVATE_KEY_BASE64 wins over the path)
+        "SF_PRIVATE_KEY_BASE64": "", "SF_AUDIENCE": "",
         "SF_CA_BUNDLE": str(tls["ca"]), "SF_PUBSUB_ENDPOINT": f"127.0.0.1:{grpc_port}",
         "SF_PUBSUB_TLS": "false", "SF_EVENTS_REPLAY": "EARLIEST",
         "WHMCS_API_URL": f"{whmcs_url}/includes/api.php",

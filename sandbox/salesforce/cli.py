@@ -23,7 +23,8 @@ DEFAULT_DIR = os.environ.get("SF_SANDBOX_DIR", "./.sandbox/salesforce")
 
 
 def _env(name: str, default: Any) -> Any:
-    return os.environ.get(name, default)
+    """``name`` from the environment; blank is unset (as for the pipeline's settings)."""
+    return os.environ.get(name, "").strip() or default
 
 
 def _serve_parser(sub: Any) -> None:
