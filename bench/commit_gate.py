@@ -9,6 +9,7 @@ p50 and max milliseconds. Own broker; nothing else runs.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -58,4 +59,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # no options: --help (or anything else) says what it does instead of starting a broker
+    argparse.ArgumentParser(prog="python -m bench.commit_gate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     raise SystemExit(main())
