@@ -177,4 +177,20 @@ CONTRACT.update({
     # member_reset: the member id reset (kept until the wrapped call runs)
     "W aiokafka GroupCoordinator.reset_generation": (
         GroupCoordinator, "reset_generation", "537aa37c531b4de9c2e24601634cc4b0"),
+    # the callers the lease's hooks rely on (lease review): every heartbeat goes through
+    # _do_heartbeat; the revocation is reported (on_partitions_revoked) before the JoinGroup
+    # is sent; the member is reset right after its LeaveGroup; the assignment is reported
+    # (on_partitions_assigned) once the SyncGroup is done. One of them changed (an inlined
+    # heartbeat, a reset moved after a wait) would leave the lease valid after the member
+    # left, with the hooks' own hashes unchanged.
+    "R aiokafka GroupCoordinator._heartbeat_routine (calls _do_heartbeat)": (
+        GroupCoordinator, "_heartbeat_routine", "61d01028952239d03c882d0bc6c0259f"),
+    "R aiokafka GroupCoordinator.ensure_active_group (join prepared first)": (
+        GroupCoordinator, "ensure_active_group", "33c84c1a93012e812cb3d1a6774ded18"),
+    "R aiokafka GroupCoordinator._on_join_prepare (revocation reported)": (
+        GroupCoordinator, "_on_join_prepare", "4d9524afc0ee2c2fd54cd8397e4fc216"),
+    "R aiokafka GroupCoordinator._maybe_leave_group (reset after LeaveGroup)": (
+        GroupCoordinator, "_maybe_leave_group", "016cd88a16e6c4b5b08ecab793e0fde0"),
+    "R aiokafka GroupCoordinator._on_join_complete (assignment reported)": (
+        GroupCoordinator, "_on_join_complete", "0b0b3d204b408f3ce3c3cc7d2168d642"),
 })

@@ -66,6 +66,17 @@ WORKAROUND_TESTS = {
 # ("module:Class.attribute" → what of it), each hashed in CONTRACT: a change upstream fails
 # the contract test. Not every CONTRACT entry; those a review found unhashed.
 RELIED_ON = {
+    # streams.faust_seam.membership: the callers of the lease's hooks
+    "aiokafka.consumer.group_coordinator:GroupCoordinator._heartbeat_routine":
+        "every heartbeat goes through _do_heartbeat (wrapped: renews the lease)",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator.ensure_active_group":
+        "the join is prepared (revocation reported) before the JoinGroup",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator._on_join_prepare":
+        "calls on_partitions_revoked (wrapped: ends the lease)",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator._maybe_leave_group":
+        "reset_generation (wrapped: member_reset) right after the LeaveGroup",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator._on_join_complete":
+        "calls on_partitions_assigned (wrapped: the lease's assignment)",
     # ConsumerSeam.hold / release: faust never commits the requests topic
     "faust.types.tuples:Message.incref": "hold: one reference more than the streams drop",
     "faust.types.tuples:Message.decref": "a stream's ack takes one reference, never below 0",
