@@ -49,13 +49,27 @@ RESOLVE_WAIT_S = 60.0
 RESOLVE_RETRY_S = 2.0
 
 
+#: in sandbox mode, the identity the Salesforce sandbox container knows (it reads no .env):
+#: its SFPROV_SANDBOX_ value wins over the environment's, as under `make up`
+#: (``ops.stack.sandbox_env``) — a half-filled .env's user or key made every login fail
+SANDBOX_IDENTITY = ("SF_CLIENT_ID", "SF_USERNAME", "SF_PRIVATE_KEY_PATH")
+#: … and these are blanked (blank is unset): the base64 key would win over the sandbox's key
+#: file, and an audience other than the sandbox's login URL is refused
+SANDBOX_BLANKED = ("SF_PRIVATE_KEY_BASE64", "SF_AUDIENCE")
+
+
 def sandbox_defaults(env: dict[str, str]) -> dict[str, str]:
-    """The variables to add: in sandbox mode, each SFPROV_SANDBOX_X the environment lacks."""
+    """The variables to set: in sandbox mode, each SFPROV_SANDBOX_X the environment lacks,
+    and the sandbox's identity (:data:`SANDBOX_IDENTITY`, :data:`SANDBOX_BLANKED`) whatever
+    the environment says."""
     if env.get("SF_CLIENT_ID", "").strip():  # blank is unset, as for the settings
         return {}
-    return {name[len(SANDBOX_PREFIX):]: value for name, value in env.items()
-            if name.startswith(SANDBOX_PREFIX) and value
-            and not env.get(name[len(SANDBOX_PREFIX):], "").strip()}
+    applied = {name[len(SANDBOX_PREFIX):]: value for name, value in env.items()
+               if name.startswith(SANDBOX_PREFIX) and value
+               and (not env.get(name[len(SANDBOX_PREFIX):], "").strip()
+                    or name[len(SANDBOX_PREFIX):] in SANDBOX_IDENTITY)}
+    applied.update({name: "" for name in SANDBOX_BLANKED if env.get(name, "").strip()})
+    return applied
 
 
 def _sandbox_hint(env: dict[str, str], missing: str) -> str | None:

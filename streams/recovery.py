@@ -396,6 +396,9 @@ class Sweeper:
                 raise exc
         await self.durable()
         for oid, exc in failures:
+            if isinstance(exc, UnreadableState):  # said once, not at every sweep
+                self._unreadable(exc)
+                continue
             log.error("sweep: the job of Order %s failed; the next sweep looks again", oid,
                       exc_info=exc, extra={"order_id": oid})
 

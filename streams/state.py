@@ -183,11 +183,25 @@ class Intent:
         values.setdefault("attempt", 1)
         values.setdefault("client_id", None)
         values.setdefault("at", 0)
-        values["earlier_client_ids"] = tuple(values.get("earlier_client_ids") or ())
+        values["earlier_client_ids"] = tuple(
+            int(c) for c in values.get("earlier_client_ids") or ())
+        # typed as the code reads them, so that a value of another type (written by hand or
+        # by a bug) is refused here — an UnreadableState — and not met later in a sweep's
+        # arithmetic, where it stopped every sweep
+        values["at"], values["attempt"] = int(values["at"]), int(values["attempt"])
+        for name in _OPTIONAL_INTS:
+            if values.get(name) is not None:
+                values[name] = int(values[name])
+        if not isinstance(values["state"], str) or not isinstance(
+                values.get("outcome") or {}, dict):
+            raise TypeError(f"intent of another shape: state {values['state']!r}, outcome "
+                            f"{type(values.get('outcome')).__name__}")
         return cls(**values)
 
 
 _INTENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Intent))
+_OPTIONAL_INTS = ("client_id", "requested_at", "whmcs_order_id", "lease_until", "partition",
+                  "offset")
 
 
 @dataclass(frozen=True)

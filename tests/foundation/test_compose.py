@@ -169,6 +169,13 @@ def test_a_blank_sf_client_id_is_sandbox_mode_as_for_the_settings():
     applied = sandbox_defaults(blank)
     assert applied["SF_CLIENT_ID"] == env["SFPROV_SANDBOX_SF_CLIENT_ID"]
     assert applied["WHMCS_API_URL"] == env["SFPROV_SANDBOX_WHMCS_API_URL"]
+    # a half-filled .env's Salesforce identity: the sandbox container knows only its own
+    leftovers = {**blank, "SF_USERNAME": "ops@example.com", "SF_PRIVATE_KEY_BASE64": "LS0t",
+                 "SF_AUDIENCE": "https://acme.my.salesforce.com"}
+    applied = sandbox_defaults(leftovers)
+    assert applied["SF_USERNAME"] == env["SFPROV_SANDBOX_SF_USERNAME"]
+    assert applied["SF_PRIVATE_KEY_PATH"] == env["SFPROV_SANDBOX_SF_PRIVATE_KEY_PATH"]
+    assert applied["SF_PRIVATE_KEY_BASE64"] == applied["SF_AUDIENCE"] == ""
     choice = {"SF_EVENTS_REPLAY": "EARLIEST"}
     assert sandbox_env({"SF_EVENTS_REPLAY": " "}, choice) == choice
     assert sandbox_env({"SF_EVENTS_REPLAY": "LATEST"}, choice) == {}

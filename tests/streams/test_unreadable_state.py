@@ -154,3 +154,49 @@ def test_one_orders_failed_sweep_job_neither_stops_the_others_nor_skips_the_flus
     assert worked == [OTHER] and flushes == [1] and report.pending == 2
     assert metrics.OLDEST_PENDING_INTENT._value.get() >= 3590
     assert any(f"the job of Order {OID} failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("bad", [
+    {"order_id": OID, "state": "pending", "at": None},
+    {"order_id": OID, "state": "pending", "at": "2024-01-01"},
+    {"order_id": OID, "state": "accepted", "at": 5, "lease_until": "soon"},
+    {"order_id": OID, "state": ["pending"], "at": 5},
+    {"order_id": OID, "state": "failed", "at": 5, "outcome": "Failed"},
+])
+def test_an_intent_of_the_right_shape_with_a_field_of_another_type_is_unreadable(bad):
+    """Valid JSON, but ``at`` null or text: it passed the decode and stopped every sweep
+    later, in its arithmetic (regression review)."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    pending = Intent.pending(order_id=OTHER, idem_key="k", event_uuid="u", attempt=1,
+                             client_id=1, at=hour_ago, writer="w", lease_until=hour_ago)
+    state = OrderState({}, {OID: bad, OTHER: pending.to_json()})
+    with pytest.raises(UnreadableState):
+        state.intent(OID)
+    sweeper = Sweeper(state, provisioner=None, emitter=None, recovery_after_s=10**9,
+                      dedupe_ttl_days=35, owns=lambda _oid: True)
+    report = asyncio.run(sweeper.run_once())
+    assert report.pending == 1 and metrics.UNREADABLE_ENTRIES._value.get() == 1
+
+
+def test_a_due_intent_whose_dedupe_memory_cannot_be_read_is_said_once_not_at_every_sweep(
+        caplog):
+    """The intent reads, the Order's dedupe memory does not: the job fails at each sweep
+    (the settling reads the memory), and said so with a traceback every time."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    pending = Intent.pending(order_id=OID, idem_key="k", event_uuid="u", attempt=1,
+                             client_id=1, at=hour_ago, writer="w", lease_until=hour_ago)
+    state = OrderState({OID: ["not", "a", "memory"]}, {OID: pending.to_json()})
+    sweeper = Sweeper(state, provisioner=None, emitter=None, recovery_after_s=1,
+                      dedupe_ttl_days=35, owns=lambda _oid: True)
+
+    async def work(oid, *_args):
+        state.memory(oid)  # as settling the intent from its entry does
+    sweeper._work = work
+    caplog.set_level(logging.ERROR, logger="streams.recovery")
+
+    async def sweeps():
+        for _ in range(3):
+            await sweeper.run_once()
+    asyncio.run(sweeps())
+    errors = [r for r in caplog.records if OID in r.getMessage()]
+    assert len(errors) == 1 and "cannot be read" in errors[0].getMessage()
