@@ -335,6 +335,10 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
                for key, (needle, but) in LOG_COUNTS.items()},
             worker_variant=first_line(p, "worker", "bench.broken_worker:"),
             connector_fenced=count_lines(p, ("connector",), "fenced:"),
+            # chaos loses no event: an Order the connector's reconciliation had to request
+            # again is one the pipeline lost (no request written, or committed past without
+            # an outcome), repaired behind the check's back
+            rerequested=count_lines(p, ("connector",), "stranded Order re-requested"),
             commit_gate_holds=count_lines(p, workers_logs, "commit gate: faust would commit"),
             settled=settled,
             duplicate_detail={oid: [(o["id"], o["status"]) for o in p.whmcs.orders_for(oid)]
@@ -344,13 +348,23 @@ def run_chaos(directory: Path, given: ChaosRun, log: Any = print) -> dict[str, A
         report.update(outcome_records(p))
         report.update(changelog_ends(p))
         report["faults_ok"] = faults_ok(report)
-        report["ok"] = (report["duplicates"] == 0 and report["missing"] == 0
-                        and report["outcomes_contradicting"] == 0
-                        and report["disagreeing"] == 0 and report["not_provisioned"] == 0
-                        and report["broken_not_failed"] == 0 and settled
-                        and report["approved"] == run.orders and not errors
-                        and report["faults_ok"])
+        report["ok"] = verdict(report, run.orders)
         return report
+
+
+def verdict(report: dict[str, Any], orders: int) -> bool:
+    """The run kept every guarantee: no duplicate WHMCS order, no Order missing or
+    contradicted, Salesforce and WHMCS agreeing (Orders and Opportunities), nothing lost and
+    repaired by the connector's reconciliation, every Order settled, and the faults as
+    planned (:func:`faults_ok`)."""
+    return (report["duplicates"] == 0 and report["missing"] == 0
+            and report["outcomes_contradicting"] == 0
+            and report["disagreeing"] == 0 and report["not_provisioned"] == 0
+            and report["broken_not_failed"] == 0
+            and report.get("opportunities_behind", 0) == 0
+            and report.get("rerequested", 0) == 0 and report["settled"]
+            and report["approved"] == orders and not report["errors"]
+            and report["faults_ok"])
 
 
 def faults_ok(report: dict[str, Any]) -> bool:
@@ -455,7 +469,8 @@ def _approve(p: Pipeline, orders: int, rate: float, approved: list[str],
     took[0] = time.monotonic() - first
 
 
-SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "kills", "pause_count", "repairs",
+SUMMARY = ("approved", "whmcs_orders", "duplicates", "missing", "opportunities_behind",
+           "rerequested", "kills", "pause_count", "repairs",
            "cut_count",
            "brokers", "compensations", "fenced", "lease_would_fence", "seed", "workers",
            "commit_gate_holds", "outcome_records", "outcomes_resent", "outcomes_contradicting",

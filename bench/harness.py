@@ -469,7 +469,8 @@ class Pipeline:
         # Salesforce and WHMCS must agree Order by Order: Provisioned ⇔ the WHMCS order it
         # names is Active; Failed ⇔ no Active WHMCS order carries its marker
         disagreeing = []
-        active_by_marker = self.whmcs.active_orders_by_marker()
+        services_by_marker = self.whmcs.active_services_by_marker()
+        active_by_marker = {oid: set(orders) for oid, orders in services_by_marker.items()}
         for oid in approved:
             row = rows.get(oid, {})
             status, named = row.get("Activation_Status__c"), row.get("WHMCS_Order_Id__c")
@@ -480,7 +481,12 @@ class Pipeline:
                                     "whmcs": [(o["id"], o.get("status"))
                                               for o in self.whmcs.orders_for(oid)]})
         broken = set(approved) - set(provisionable)
+        opportunities_behind = self._opportunities_behind(approved, rows, services_by_marker)
         return {
+            # the write-back's other half: each Provisioned Order's Opportunity Active, naming
+            # a service of its WHMCS order (of one of the Provisioned Orders sharing it)
+            "opportunities_behind": len(opportunities_behind),
+            "opportunities_behind_detail": opportunities_behind[:20],
             "disagreeing": len(disagreeing),
             "disagreeing_orders": disagreeing[:20],
             # every provisionable Order provisioned, every seeded broken one Failed
@@ -500,6 +506,39 @@ class Pipeline:
             "failed": sum(1 for r in rows.values() if r.get("Activation_Status__c") == "Failed"),
             "kills": len(self.kills),
         }
+
+
+    def _opportunities_behind(self, approved: list[str], rows: dict[str, dict[str, Any]],
+                              services_by_marker: dict[str, dict[int, set[int]]]
+                              ) -> list[dict[str, Any]]:
+        """The Opportunities of Provisioned Orders that the sink left behind: not ``Active``,
+        or ``WHMCS_Service_ID__c`` naming none of the services of the WHMCS orders those
+        Orders name (several Orders may share one Opportunity: any of theirs)."""
+        services: dict[str, set[int]] = {}
+        for oid in approved:
+            row = rows.get(oid, {})
+            opportunity, named = row.get("OpportunityId"), row.get("WHMCS_Order_Id__c")
+            if row.get("Activation_Status__c") != "Provisioned" or not opportunity:
+                continue
+            orders = services_by_marker.get(oid, {})
+            services.setdefault(opportunity, set()).update(
+                orders.get(int(float(named)), set()) if named is not None else set())
+        found: dict[str, dict[str, Any]] = {}
+        ids = sorted(services)
+        for i in range(0, len(ids), 200):
+            soql = ("SELECT Id, StageName, WHMCS_Service_ID__c FROM Opportunity WHERE Id IN ('"
+                    + "','".join(ids[i:i + 200]) + "')")
+            for row in self.sf.query(soql).get("records", []):
+                found[row["Id"]] = row
+        behind = []
+        for opportunity, expected in services.items():
+            row = found.get(opportunity, {})
+            service = row.get("WHMCS_Service_ID__c")
+            if row.get("StageName") != "Active" or expected and (
+                    service is None or int(float(service)) not in expected):
+                behind.append({"opportunity": opportunity, "stage": row.get("StageName"),
+                               "service": service, "expected": sorted(expected)})
+        return behind
 
 
 class PhaseIncomplete(RuntimeError):

@@ -197,14 +197,19 @@ class WhmcsSandbox:
     def active_orders_by_marker(self, page: int = 1000) -> dict[str, set[int]]:
         """Salesforce Order id → the ids of its Active WHMCS orders, every one (a page of
         ``page`` orders a call, not a call per Order)."""
-        out: dict[str, set[int]] = {}
+        return {oid: set(orders) for oid, orders in self.active_services_by_marker(page).items()}
+
+    def active_services_by_marker(self, page: int = 1000) -> dict[str, dict[int, set[int]]]:
+        """Salesforce Order id → its Active WHMCS orders' ids → their service ids."""
+        out: dict[str, dict[int, set[int]]] = {}
         start = 0
         while True:
             answer = self._admin("GET", "orders", params={"status": "Active", "start": start,
                                                           "limit": page})
             for order in answer["orders"]:
                 if order.get("sf_order_id"):
-                    out.setdefault(order["sf_order_id"], set()).add(int(order["id"]))
+                    out.setdefault(order["sf_order_id"], {})[int(order["id"])] = {
+                        int(s) for s in order.get("serviceids") or ()}
             start += len(answer["orders"])
             if not answer["orders"] or start >= answer["total"]:
                 return out

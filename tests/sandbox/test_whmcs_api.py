@@ -282,3 +282,16 @@ def test_without_responsetype_json_the_answer_is_xml(whmcs_sb: WhmcsSandbox) -> 
                                               "secret": whmcs_sb.secret})
     assert resp.headers["content-type"].startswith("text/xml")
     assert "<result>success</result>" in resp.text and "<totalresults>" in resp.text
+
+
+def test_the_harness_lists_each_markers_active_orders_with_their_services(
+        whmcs_sb: WhmcsSandbox) -> None:
+    """What make chaos holds the Opportunity write-back to (bench.harness.invariants)."""
+    marker = new_marker()
+    active = add_order(whmcs_sb, notes=f"sfOrderId={marker}")
+    whmcs_sb.call("AcceptOrder", orderid=active["orderid"], autosetup="true")
+    add_order(whmcs_sb, notes=f"sfOrderId={marker}")  # left Pending: not listed
+    listed = whmcs_sb.active_services_by_marker(page=2)  # paged
+    services = {int(s) for s in str(active["serviceids"]).split(",") if s}
+    assert listed[marker] == {int(active["orderid"]): services} and services
+    assert whmcs_sb.active_orders_by_marker()[marker] == {int(active["orderid"])}
