@@ -71,6 +71,7 @@ def test_approved_orders_end_provisioned_or_failed_with_reason(pipeline):
             assert p.whmcs.orders_for(oid), oid
     report = p.invariants(ids)
     assert report["duplicates"] == 0 and report["missing"] == 0
+    assert report["opportunities_behind"] == 0, report["opportunities_behind_detail"]
     outcomes = [o for o in p.outcomes() if o["order_id"] in set(ids)]
     per_order = Counter(o["order_id"] for o in outcomes)
     assert set(per_order) == set(ids)

@@ -45,7 +45,8 @@ def test_short_chaos_no_duplicates_nothing_missing(kafka_bootstrap, tmp_path):
     assert report["faults_ok"], {k: report.get(k) for k in (
         "unplanned", "schedule_violations", "kill_plan", "pauses")}
     assert report["ok"], {k: report.get(k) for k in (
-        "disagreeing", "not_provisioned", "broken_not_failed", "settled", "errors")}
+        "disagreeing", "not_provisioned", "broken_not_failed", "settled", "errors",
+        "opportunities_behind_detail", "rerequested")}
 
 
 def test_outage_past_retention_closes_itself(kafka_bootstrap, tmp_path):
