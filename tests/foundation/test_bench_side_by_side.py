@@ -108,6 +108,9 @@ class _Whmcs:
     def active_orders_by_marker(self) -> dict[str, set[int]]:
         return {}
 
+    def active_services_by_marker(self) -> dict[str, dict[int, set[int]]]:
+        return {}
+
     def orders_for(self, oid: str) -> list[dict[str, Any]]:
         return []
 
