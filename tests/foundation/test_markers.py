@@ -80,3 +80,15 @@ def test_the_rule_sees_an_unmarked_cluster_test(tmp_path):
         assert offenders(sample) == ["test_sample.py::test_real"]
     finally:
         TESTS = saved
+
+
+MOCK_CLUSTER = "test.mock." + "num.brokers"  # split: this file is not an offender itself
+
+
+def test_no_test_runs_against_librdkafkas_mock_cluster_instead_of_the_broker():
+    """Tests run against the real broker, never a mock of Kafka: the sink's pause across a
+    rebalance was checked on librdkafka's in-process mock cluster (which also could not
+    answer the sink's default start, an offset by time), unmarked, in the fast suite."""
+    bad = [str(path.relative_to(TESTS)) for path in sorted(TESTS.rglob("*.py"))
+           if MOCK_CLUSTER in path.read_text()]
+    assert bad == []

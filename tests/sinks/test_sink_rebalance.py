@@ -11,7 +11,7 @@ And a partition paused, revoked and assigned again: it must not come back paused
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from common.errors import SalesforceError
 from common.settings import KafkaSettings, SinkSettings
 from sinks.app import Sink
 from sinks.pausing import BACKPRESSURE
+from tests.conftest import create_topic
 from tests.sinks.fakes import FakeCollections
 from tests.sinks.helpers import committed_everywhere, outcome
 
@@ -274,17 +275,16 @@ def test_no_pause_flag_outlives_the_assignment_it_was_set_for(how: str) -> None:
     sink.dead_letters.close()
 
 
-# -- the same on librdkafka itself: its in-process mock cluster, no broker -----------------
+# -- the same on librdkafka itself, against the real broker ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def mock_cluster() -> Iterator[str]:
-    """A librdkafka mock cluster (``test.mock.num.brokers``); it lives as long as the
-    handle that made it. Topics are created on first use, with 4 partitions."""
-    host = Producer({"test.mock.num.brokers": 1})
-    broker = next(iter(host.list_topics(timeout=10).brokers.values()))
-    yield f"{broker.host}:{broker.port}"
-    host.flush(5)
+@pytest.fixture
+def four_partitions(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> str:
+    """A topic of 4 partitions of its own on the real broker (this module's fakes stand in
+    for librdkafka; these tests check that what they assume is what librdkafka does)."""
+    topic = unique_name("pause")
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    return topic
 
 
 def _read(poll: Callable[[], list[Any]], until: Callable[[set[int]], bool], within: float,
@@ -309,16 +309,20 @@ def _produce(producer: Producer, topic: str, numbers: range, tag: int) -> None:
     assert producer.flush(10) == 0
 
 
-def test_librdkafka_keeps_a_pause_across_unassign_and_assign(mock_cluster: str) -> None:
+@pytest.mark.broker
+def test_librdkafka_keeps_a_pause_across_unassign_and_assign(
+        kafka_bootstrap: str, four_partitions: str) -> None:
     """What ``PausingConsumer`` assumes: the flag survives the assignment."""
-    topic = "pause-flag"
-    producer = Producer({"bootstrap.servers": mock_cluster})
+    topic = four_partitions
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
     _produce(producer, topic, range(4), tag=1)
-    consumer = Consumer({"bootstrap.servers": mock_cluster, "group.id": "pause-flag",
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topic,
                          "enable.auto.commit": False, "auto.offset.reset": "latest"})
     try:
         assert len(consumer.list_topics(topic, timeout=10).topics[topic].partitions) == 4
-        every = [TopicPartition(topic, n) for n in range(4)]
+        # past the first records (offset 0 of each partition): the second ones, produced
+        # below, are the first read (no "latest" to resolve before they land)
+        every = [TopicPartition(topic, n, 1) for n in range(4)]
 
         def poll() -> list[Any]:
             return [consumer.poll(0.1)]
@@ -330,7 +334,6 @@ def test_librdkafka_keeps_a_pause_across_unassign_and_assign(mock_cluster: str) 
         consumer.resume(every[:2])
         consumer.unassign()
         consumer.assign(every)
-        time.sleep(0.5)  # "latest" resolved before the records below
         _produce(producer, topic, range(4), tag=2)
         seen = _read(poll, lambda s: {0, 1} <= s, within=10)
         seen |= _read(poll, lambda s: bool(s & {2, 3}), within=1.5)
@@ -341,14 +344,16 @@ def test_librdkafka_keeps_a_pause_across_unassign_and_assign(mock_cluster: str) 
         consumer.close()
 
 
+@pytest.mark.broker
 def test_the_sink_on_librdkafka_consumes_a_partition_paused_before_it_left(
-        mock_cluster: str) -> None:
-    """The sink's own callbacks on a real client: paused, revoked, lifted, assigned again."""
-    kafka = KafkaSettings.load({}, bootstrap_servers=mock_cluster, outcomes_topic="pause-sink")
-    producer = Producer({"bootstrap.servers": mock_cluster})
+        kafka_bootstrap: str, four_partitions: str) -> None:
+    """The sink's own callbacks on a real client: paused, revoked, lifted, assigned again
+    (its start position the default one: a new installation's first records)."""
+    kafka = KafkaSettings.load({}, bootstrap_servers=kafka_bootstrap,
+                               outcomes_topic=four_partitions)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
     _produce(producer, kafka.outcomes, range(4), tag=1)
-    # earliest: librdkafka's mock cluster finds no offset by time (sinks.start asks one)
-    sink = Sink(kafka, SinkSettings.load({}, http_port=0, start_position="earliest"),
+    sink = Sink(kafka, SinkSettings.load({}, http_port=0, group_id=four_partitions),
                 FakeCollections())
     consumer = sink.consumer
     every = [TopicPartition(kafka.outcomes, n) for n in range(4)]
