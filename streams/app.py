@@ -28,8 +28,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
-import faust
-
 from common.avro import AvroSerde, registry_for
 from common.backoff import retry_forever
 from common.connection import KafkaConnection, Refusal, aiokafka_refusal, refusal_message
@@ -118,7 +116,9 @@ class Worker:
             consumer_group_instance_id=worker.instance_id or None)
         table_kw: dict[str, Any] = dict(
             default=None, partitions=kafka.partitions, options=dict(ROCKSDB_OPTIONS),
-            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
+            # a changelog record that does not decode is restored, not waited for (the seam)
+            schema=faust_seam.ChangelogSchema(key_type=str, key_serializer="raw",
+                                              value_serializer="json"))
         self.idem = faust_seam.DurableTable(self.app, name="idem", beacon=self.app.tables.beacon,
                                             help="order id → {idem key: decision}", **table_kw)
         self.intents = faust_seam.DurableTable(self.app, name="intents",

@@ -49,10 +49,11 @@ from streams.faust_seam.rocksdb import (
     KeyPartitionedRocksStore,
     rocksdb_memory,
 )
-from streams.faust_seam.tables import DurableTable
+from streams.faust_seam.tables import UNREADABLE_VALUE, ChangelogSchema, DurableTable
 from streams.faust_seam.writer import RecordWriter
 
-__all__ = ["CLAIM_KEY", "CONTRACT", "CONTRACT_FILES", "PINNED", "BoundedRocksDBOptions", "ConsumerSeam", "DurableTable",
+__all__ = ["CLAIM_KEY", "CONTRACT", "CONTRACT_FILES", "PINNED", "UNREADABLE_VALUE",
+           "BoundedRocksDBOptions", "ChangelogSchema", "ConsumerSeam", "DurableTable",
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
            "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
            "UnsupportedVersion", "build_app", "check_versions", "file_hash", "key_partition",

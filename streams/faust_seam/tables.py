@@ -29,6 +29,37 @@ log = logging.getLogger(__name__)
 _FAUST_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
 
+#: what a changelog record's value that does not decode is read as by faust's restore (the
+#: memory store keeps it; RocksDB keeps the record's bytes): a text no typed read takes for a
+#: table value (streams.state.UnreadableState)
+UNREADABLE_VALUE = "<sfprov: a changelog value that does not decode>"
+
+
+class ChangelogSchema(faust.Schema):
+    """The tables' schema, whose changelog records are always read. faust decodes each record
+    its restore reads before the restore sees it, and a record its codec refuses (a value
+    that is not JSON, a key that is not UTF-8: written by hand or by a bug) never reached the
+    restore's buffer — the restore waited for that offset for ever, and the worker never
+    became ready, at every restart. Read leniently here, the record is restored as it is
+    (RocksDB takes the record's own bytes): its Order's events are dead-lettered
+    ``STATE_UNREADABLE``, and the sweep passes over it."""
+
+    def loads_key(self, app: Any, message: Any, *, loads: Any = None,
+                  serializer: Any = None) -> Any:
+        try:
+            return super().loads_key(app, message, loads=loads, serializer=serializer)
+        except faust.exceptions.KeyDecodeError:
+            key = message.key
+            return key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+
+    def loads_value(self, app: Any, message: Any, *, loads: Any = None,
+                    serializer: Any = None) -> Any:
+        try:
+            return super().loads_value(app, message, loads=loads, serializer=serializer)
+        except faust.exceptions.ValueDecodeError:
+            return UNREADABLE_VALUE
+
+
 class DurableTable(RestoreGuards):
     """A table keyed by Order id whose changelog records go to the key's own partition,
     with raw UTF-8 keys, and whose writes can be awaited (:meth:`flush`).
@@ -366,4 +397,14 @@ CONTRACT.update({
     # DurableTable.read, the persisted offsets and rocksdb_memory (streams.faust_seam.rocksdb):
     # the store (if any) in Collection._data
     "R faust Collection.data": (faust.Table, "data", "ade4a02ddd5582cb4264a7f927bf7a59"),
+    # ChangelogSchema: the changelog topic takes the table's schema, whose compiled decode
+    # goes through loads_key / loads_value (a refusal there skipped the record, and the
+    # restore waited for its offset for ever)
+    "S faust Schema.loads_key": (
+        faust.Schema, "loads_key", "9adc30303f20915c764a93dc48721210"),
+    "S faust Schema.loads_value": (
+        faust.Schema, "loads_value", "61a4628b4e0966e6fc5602c1b9a13de3"),
+    "R faust Schema.compile": (faust.Schema, "compile", "d46eec5ce3195b2c6752cb860a10946c"),
+    "R faust Collection._new_changelog_topic": (
+        faust.Table, "_new_changelog_topic", "77bea64b59f798094f8de7a939a2e159"),
 })

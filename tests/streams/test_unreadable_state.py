@@ -200,3 +200,32 @@ def test_a_due_intent_whose_dedupe_memory_cannot_be_read_is_said_once_not_at_eve
     asyncio.run(sweeps())
     errors = [r for r in caplog.records if OID in r.getMessage()]
     assert len(errors) == 1 and "cannot be read" in errors[0].getMessage()
+
+
+def test_the_tables_changelog_schema_reads_a_record_faust_cannot_decode():
+    """faust decodes each changelog record its restore reads before the restore sees it: a
+    value its JSON codec refused (or a key that is not UTF-8) was skipped, and the restore
+    waited for that offset for ever — the worker never became ready (found by
+    test_unreadable_state_e2e). The tables' schema reads it: the restore goes on."""
+    import faust
+
+    from streams.faust_seam import UNREADABLE_VALUE, ChangelogSchema
+
+    app = faust.App("unreadable-schema", broker="kafka://localhost:1", web_enabled=False,
+                    autodiscover=False)
+    schema = ChangelogSchema(key_type=str, key_serializer="raw", value_serializer="json")
+    good = SimpleNamespace(key=OID.encode(), value=b'{"state": "pending"}', headers=None)
+    bad = SimpleNamespace(key=b"\xff\xfe" + OID.encode(), value=b'{"order_id": "801K',
+                          headers=None)
+    assert schema.loads_value(app, good) == {"state": "pending"}
+    assert schema.loads_value(app, bad) == UNREADABLE_VALUE
+    assert schema.loads_key(app, good) == OID
+    assert schema.loads_key(app, bad).endswith(OID)  # kept, not refused
+    with pytest.raises(Exception, match="decode|Expecting|unexpected"):
+        faust.Schema(key_type=str, key_serializer="raw", value_serializer="json").loads_value(
+            app, bad)  # faust's own: the refusal the restore skipped
+    # what the memory store keeps for it is no table value: its Order's reads refuse it
+    with pytest.raises(UnreadableState):
+        OrderState({}, {OID: UNREADABLE_VALUE}).intent(OID)
+    with pytest.raises(UnreadableState):
+        OrderState({OID: UNREADABLE_VALUE}, {}).memory(OID)
