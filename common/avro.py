@@ -63,6 +63,7 @@ import httpx
 
 from common.envparse import Secret
 from common.errors import PipelineError
+from common.log import redact
 from common.settings import KafkaSettings
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -283,7 +284,7 @@ class SchemaRegistry:
             body = resp.json()
             return body.get("error_code"), str(body.get("message", ""))
         except (ValueError, AttributeError):
-            return None, resp.text[:200]
+            return None, redact(resp.text)[:200]
 
     def register(self, subject: str, schema: str) -> int:
         key = (subject, schema)
@@ -302,7 +303,7 @@ class SchemaRegistry:
             schema_id = int(resp.json()["id"])
         except (ValueError, KeyError, TypeError) as exc:
             raise SerdeError(f"schema registry {self.url}: unexpected answer registering "
-                             f"{subject}: {resp.text[:200]}", retryable=True) from exc
+                             f"{subject}: {redact(resp.text)[:200]}", retryable=True) from exc
         with self._lock:
             self._ids[key] = schema_id
             self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema))
@@ -346,7 +347,7 @@ class SchemaRegistry:
             # not the registry's answer (a proxy's page, a wrong URL): not the record's fault
             raise SerdeError(f"schema registry {self.url}: unexpected answer fetching schema "
                              f"id {schema_id}: HTTP {resp.status_code} "
-                             f"{resp.headers.get('Content-Type', '')}: {resp.text[:200]}",
+                             f"{resp.headers.get('Content-Type', '')}: {redact(resp.text)[:200]}",
                              retryable=True)
         try:
             parsed = fastavro.parse_schema(json.loads(text))

@@ -29,8 +29,12 @@ CONTEXT_FIELDS = ("order_id", "correlation_id", "idem_key", "event_uuid", "repla
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIVATE KEY-----"
                   r"|.*\Z)", re.S)
 # the password of a URL's user info, ``scheme://user:password@host`` (a proxy or registry URL
-# echoed in an error); the user name stays, as it says which login was used
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)([^/\s@]+)(@)")
+# echoed in an error); the user name stays, as it says which login was used. The password
+# runs to the last "@" of the unbroken text (one pasted unencoded may hold "/" or "@"), or
+# to the end of a text cut short before its "@"; a port there (``host:8080/…``) is no
+# password (:func:`_mask_url_password`)
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?:(\S+)@|([^\s@]+)\Z)")
+_PORT = re.compile(r"\d{1,5}(?:[/?#]|\Z)")
 # ``Authorization: <scheme> <credentials>`` with any scheme (Basic, Token, Digest, …)
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+"
                      r"|authorization['\"]?\s*[=:]\s*['\"]?[A-Za-z][A-Za-z0-9-]*\s+)"
@@ -62,7 +66,7 @@ _SECRET_KEY_SET = frozenset(SECRET_KEYS)
 
 
 # Each shape above needs its own mark to match: "-----" (a PEM key), "bearer", "access
-# token" or "authorization" (a labelled token), "!" (a session id), "://" and "@" (a URL's password), "eyJ" (a
+# token" or "authorization" (a labelled token), "!" (a session id), "://" (a URL's password), "eyJ" (a
 # JWT), "=" or ":" (``k=v``, ``'k': v``, with a secret's name). ``redact`` runs a pattern only where its mark is (most
 # messages and ids have none). No replacement brings a mark in.
 _BEARER_MARK = re.compile(r"(?i)bearer|access_?token|authorization")
@@ -86,7 +90,7 @@ def redact(text: str) -> str:
         text = _BEARER.sub(lambda m: m.group(1) + "[REDACTED]", text)
     if "!" in text:
         text = _SESSION_ID.sub("[REDACTED SESSION ID]", text)
-    if "://" in text and "@" in text:
+    if "://" in text:
         text = _URL_PASSWORD.sub(_mask_url_password, text)
     if "eyJ" in text:
         text = _JWT.sub("[REDACTED JWT]", text)
@@ -106,9 +110,10 @@ def _redact_all(text: str) -> str:
 
 
 def _mask_url_password(m: re.Match[str]) -> str:
-    if m.group(2).startswith("[REDACTED"):
-        return m.group(0)
-    return f"{m.group(1)}[REDACTED]{m.group(3)}"
+    password, at = (m.group(2), "@") if m.group(2) is not None else (m.group(3), "")
+    if password.startswith("[REDACTED") or _PORT.match(password):
+        return m.group(0)  # masked already, or a port and a path that holds an "@"
+    return f"{m.group(1)}[REDACTED]{at}"
 
 
 def _mask_value(m: re.Match[str]) -> str:

@@ -47,6 +47,7 @@ from common.errors import (
     SalesforceError,
     SalesforceLimitError,
 )
+from common.log import redact
 from common.settings import SalesforceSettings
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class SalesforceAuth:
             body = {}
         if resp.status_code != 200:
             code = str(body.get("error") or f"http_{resp.status_code}")
-            desc = body.get("error_description") or resp.text[:200]
+            desc = body.get("error_description") or redact(resp.text)[:200]
             later = resp.status_code >= 500 or resp.status_code in RETRY_LATER
             raise SalesforceAuthError(f"JWT bearer login refused: {code}: {desc}",
                                       error_code=code, status=resp.status_code,
@@ -274,7 +275,7 @@ class SalesforceClient:
     def _translate(self, exc: sfexc.SalesforceError) -> SalesforceError:
         code = _error_code(exc)
         status = getattr(exc, "status", None)
-        message = f"Salesforce {status} {code or ''}: {str(exc.content)[:300]}"
+        message = f"Salesforce {status} {code or ''}: {redact(str(exc.content))[:300]}"
         if code == "REQUEST_LIMIT_EXCEEDED":
             return SalesforceLimitError(message, error_code=code, status=status, retry_after=60.0)
         # 408 and 429 (a proxy's or a gateway's, or Salesforce's own concurrency limit) are

@@ -69,7 +69,7 @@ class DeadLetters:
         self.producer.poll(0)
         self.sent += 1
         m.DEAD_LETTERS.labels(error_code or error_class).inc()
-        log.warning("dead-lettered outcome: %s", reason[:500],
+        log.warning("dead-lettered outcome: %s", redact(reason)[:500],
                     extra={"order_id": outcome.get("order_id"), "partition": tracked.partition,
                            "offset": tracked.offset, "error_code": error_code or error_class})
 

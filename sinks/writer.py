@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.errors import SalesforceError, SalesforceLimitError
+from common.log import redact
 from common.salesforce import refuses_records
 from sinks.batch import Entry, RecordError
 from sinks.fence import is_superseded, write_access_problem
@@ -275,7 +276,7 @@ class CollectionWriter:
             first = next(e for e in limited[0].get("errors") or [])
             raise SalesforceError(f"{len(limited)} record(s) of a call of {len(chunk)} "
                                   f"failed on a governor limit of the org's automation: "
-                                  f"{str(first.get('message', ''))[:200]}", retryable=True)
+                                  f"{redact(str(first.get('message', '')))[:200]}", retryable=True)
         for entry, answer in zip(chunk, answers, strict=True):
             if answer.get("success"):
                 result.acked.append(entry)

@@ -299,3 +299,31 @@ def test_the_sinks_salesforce_errors_stay_json_and_masked():
     header = parse_headers(dead_letter_headers(stage="sink", reason="r", error_class="E",
                                                sf_errors=sent[0]["sf_errors"]))["sf_errors"]
     assert json.loads(header) == detail  # the header parses as the JSON it was
+
+
+@pytest.mark.parametrize("text, secret", [
+    # pasted unencoded into a provisioning module's error: a "/" or an "@" in the password
+    ("cPanel module: API call to https://root:kT3/x9Q+ZPANELPW@panel.example.com:2087/json-api"
+     "/createacct failed: 503", "ZPANELPW"),
+    ("https://user:pa@ssSECRET@h.example.com/x", "ssSECRET"),
+    # cut short before its "@" (an error text cut at its length limit)
+    ("ON_EXCEPTION: webhook https://svc:S3CRETPASSW", "S3CRETPASSW"),
+])
+def test_a_url_password_holding_a_slash_or_an_at_or_cut_before_its_at_is_masked(text, secret):
+    masked = redact(text)
+    assert secret not in masked and "[REDACTED]" in masked, masked
+    assert redact(masked) == masked
+
+
+def test_salesforces_error_text_is_masked_before_it_is_cut():
+    """An error quoting a URL with its password across the 300 characters kept: cut first,
+    the "@" was gone and the password's start stayed, in logs, /readyz and dead letters."""
+    from simple_salesforce import exceptions as sfexc
+
+    from common.salesforce import SalesforceClient
+
+    content = [{"errorCode": "CANNOT_EXECUTE_FLOW_TRIGGER", "message": "x" * 255
+                + " webhook https://svc:S3CRETPASSWORD@hooks.example.com/in"}]
+    exc = sfexc.SalesforceMalformedRequest("https://org/x", 400, "Order", content)
+    translated = SalesforceClient._translate(object.__new__(SalesforceClient), exc)
+    assert "S3CRET" not in str(translated), str(translated)
