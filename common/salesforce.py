@@ -219,6 +219,32 @@ def _retry_after_s(value: str) -> float | None:
     return None if seconds is None else min(seconds, RETRY_AFTER_MAX_S)
 
 
+def _shape(value: Any) -> str:
+    return "no body" if value is None else f"a JSON {type(value).__name__}"
+
+
+def _query_page(result: Any) -> dict[str, Any]:
+    """A query answer as Salesforce gives it — ``totalSize``, ``done`` and a ``records``
+    list — or a retryable :class:`SalesforceError`: a 2xx that is not Salesforce's (a
+    proxy's or a gateway's ``{}``, ``{"status": …}``, a list) read as an empty answer made
+    every Order of a guard read missing (``Failed ORDER_NOT_FOUND``), or crashed the read."""
+    if isinstance(result, dict) and isinstance(result.get("records"), list) and \
+            isinstance(result.get("totalSize"), int) and isinstance(result.get("done"), bool):
+        return result
+    keys = f" with {sorted(result)[:5]}" if isinstance(result, dict) else ""
+    raise SalesforceError(f"the query answered without Salesforce's query result "
+                          f"({_shape(result)}{keys})", retryable=True)
+
+
+def _answer(result: Any, what: str, key: str) -> dict[str, Any]:
+    """A record or describe answer (a JSON object holding ``key``), or a retryable
+    :class:`SalesforceError`, as for a query (:func:`_query_page`)."""
+    if isinstance(result, dict) and key in result:
+        return dict(result)
+    raise SalesforceError(f"{what} answered without Salesforce's answer ({_shape(result)})",
+                          retryable=True)
+
+
 class SalesforceClient:
     """Synchronous REST client (one per thread of use is simplest; calls are serialized)."""
 
@@ -296,24 +322,27 @@ class SalesforceClient:
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         """All records of a SOQL query (follows ``nextRecordsUrl``)."""
-        result = self._call(lambda sf: sf.query(soql))
-        records: list[dict[str, Any]] = list(result.get("records", []))
-        while not result.get("done", True) and result.get("nextRecordsUrl"):
+        result = _query_page(self._call(lambda sf: sf.query(soql)))
+        records: list[dict[str, Any]] = list(result["records"])
+        while not result["done"] and result.get("nextRecordsUrl"):
             next_url = result["nextRecordsUrl"]
-            result = self._call(lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True))
-            records.extend(result.get("records", []))
+            result = _query_page(self._call(
+                lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True)))
+            records.extend(result["records"])
         return records
 
     def count(self, soql: str) -> int:
         """The ``totalSize`` of a ``SELECT COUNT() …`` query (no records come back)."""
-        return int(self._call(lambda sf: sf.query(soql)).get("totalSize", 0))
+        return int(_query_page(self._call(lambda sf: sf.query(soql)))["totalSize"])
 
     def get(self, sobject: str, record_id: str) -> dict[str, Any]:
-        return dict(self._call(lambda sf: getattr(sf, sobject).get(record_id)))
+        return _answer(self._call(lambda sf: getattr(sf, sobject).get(record_id)),
+                       f"{sobject} {record_id}", "attributes")
 
     def describe(self, sobject: str) -> dict[str, Any]:
         """``GET sobjects/{sobject}/describe``: the object's fields as the user sees them."""
-        return dict(self._call(lambda sf: getattr(sf, sobject).describe()))
+        return _answer(self._call(lambda sf: getattr(sf, sobject).describe()),
+                       f"{sobject} describe", "fields")
 
     def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
         self._call(lambda sf: getattr(sf, sobject).update(record_id, fields))

@@ -148,3 +148,47 @@ def test_one_result_per_record_is_read():
     assert client_answering(adapter).update_collection(
         [{"attributes": {"type": "Order"}, "id": "801000000000001AAA"}]) == [
         {"id": "801000000000001AAA", "success": True, "errors": []}]
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"status": "ok"}', b"[]", b'[{"ok": true}]',
+                                  b'"ok"', b'{"records": {}, "totalSize": 0, "done": true}'])
+def test_a_2xx_that_is_no_query_result_is_retried_not_read_as_no_records(body):
+    """A proxy's or a gateway's 200 to a query: ``{}`` read as "no records" made every Order
+    of a guard read missing — ``Failed ORDER_NOT_FOUND`` written back to real Orders — and a
+    list crashed the read (every waiting event dead-lettered). Now an outage: retried."""
+    client = client_answering(Answers(200, body, content_type="application/json"))
+    for call in (lambda: client.query("SELECT Id FROM Order"),
+                 lambda: client.count("SELECT COUNT() FROM Order"),
+                 lambda: client.describe("Order"),
+                 lambda: client.get("Order", "801000000000001AAA")):
+        with pytest.raises(SalesforceError) as raised:
+            call()
+        assert raised.value.retryable, str(raised.value)
+
+
+def test_a_query_result_is_read():
+    body = (b'{"totalSize": 1, "done": true, "records": [{"attributes": {"type": "Order"}, '
+            b'"Id": "801000000000001AAA"}]}')
+    client = client_answering(Answers(200, body, content_type="application/json"))
+    assert [r["Id"] for r in client.query("SELECT Id FROM Order")] == ["801000000000001AAA"]
+    assert client.count("SELECT COUNT() FROM Order") == 1
+
+
+def test_the_guard_waits_out_a_2xx_that_is_no_query_result():
+    """The guard read meets it as an outage (waited out, /readyz told), never as Orders not
+    found."""
+    import asyncio
+
+    from streams.guard import Guard
+
+    class Waited(Exception):
+        pass
+
+    async def sleep(_s: float) -> None:
+        raise Waited  # the guard waits to ask again: enough seen
+
+    guard = Guard(client_answering(Answers(200, b"{}", content_type="application/json")),
+                  sleep=sleep)
+    with pytest.raises(Waited):
+        asyncio.run(guard.fetch_each(["801000000000001AAA"]))
+    assert guard.unavailable_since is not None and "query result" in guard.last_error
