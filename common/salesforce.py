@@ -22,6 +22,7 @@ The latest ``Sforce-Limit-Info`` is kept in :attr:`SalesforceClient.api_usage`.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import ssl
@@ -36,6 +37,7 @@ import httpx
 import jwt
 import requests
 import simple_salesforce
+import urllib3
 from requests.adapters import HTTPAdapter
 from simple_salesforce import exceptions as sfexc
 
@@ -119,6 +121,28 @@ class SalesforceAuth:
                 self._token = self._login()
             return self._token
 
+    def _post_within(self, url: str, assertion: str, basic: tuple[str, str] | None
+                     ) -> httpx.Response:
+        """The token request, whole within ``SF_TIMEOUT_S`` (httpx bounds each read: a
+        trickled answer held the login, and every thread waiting for a token, for as long
+        as it took)."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        with self._http.stream(
+                "POST", url, data={"grant_type": JWT_GRANT, "assertion": assertion},
+                auth=httpx.BasicAuth(*basic) if basic else httpx.USE_CLIENT_DEFAULT) as resp:
+            body = bytearray()
+            for chunk in resp.iter_bytes():  # decoded (gzip)
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no whole answer within "
+                                            f"{self.settings.timeout_s:g} s (SF_TIMEOUT_S)")
+        # the answer as read, whole (a new response: the streamed one is closed)
+        headers = [(k, v) for k, v in resp.headers.items()
+                   if k.lower() not in ("content-encoding", "content-length",
+                                        "transfer-encoding")]  # it is decoded, whole
+        return httpx.Response(resp.status_code, headers=headers, content=bytes(body),
+                              request=resp.request)
+
     def _login(self) -> Token:
         # credentials in SF_LOGIN_URL (a gateway's) go as Basic authentication; the URL put
         # in errors (which reach /readyz) and the JWT's audience never carry them
@@ -133,8 +157,7 @@ class SalesforceAuth:
                                       "SF_PRIVATE_KEY_PATH / SF_PRIVATE_KEY_BASE64)",
                                       error_code="invalid_key", retryable=False) from None
         try:
-            resp = self._http.post(url, data={"grant_type": JWT_GRANT, "assertion": assertion},
-                                   auth=httpx.BasicAuth(*basic) if basic else httpx.USE_CLIENT_DEFAULT)
+            resp = self._post_within(url, assertion, basic)
         except httpx.HTTPError as exc:
             raise SalesforceAuthError(f"token endpoint {url} unreachable: {exc}",
                                       retryable=True) from exc
@@ -169,22 +192,68 @@ class SalesforceAuth:
                      user_id, time.time())
 
 
+CHUNK = 64 * 1024  # the most a read of an answer's body takes at once
+_ENCODED = ("content-encoding", "content-length", "transfer-encoding")
+
+
 class _TimeoutSession(requests.Session):
     def __init__(self, timeout: float) -> None:
         super().__init__()
         self._timeout = timeout
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, _DeadlineAdapter(timeout))
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, **kwargs)
 
 
-class _ContextAdapter(HTTPAdapter):
+class _DeadlineAdapter(HTTPAdapter):
+    """Each answer whole within ``whole_s`` (``SF_TIMEOUT_S``): requests bounds each socket
+    read, so an answer that kept trickling (a proxy, a degraded link) was never cut — the
+    call, and every caller queued behind the client's lock, waited as long as it took,
+    with nothing reported. The body is read as it arrives, against the call's deadline,
+    then handed on as a response of its own."""
+
+    def __init__(self, whole_s: float) -> None:
+        self.whole_s = whole_s
+        super().__init__()
+
+    def send(self, request: Any, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        deadline = time.monotonic() + self.whole_s
+        response = super().send(request, stream=True, timeout=timeout, verify=verify,
+                                cert=cert, proxies=proxies)
+        if stream:
+            return response
+        body = bytearray()
+        try:
+            while chunk := response.raw.read1(CHUNK, decode_content=True):
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise requests.exceptions.ReadTimeout(
+                        f"no whole answer within {self.whole_s:g} s (SF_TIMEOUT_S)",
+                        request=request)
+        except BaseException:
+            response.close()  # the connection is not used again
+            raise
+        response.raw.release_conn()  # read to its end: the connection is kept
+        headers = urllib3.HTTPHeaderDict()
+        for name, value in response.raw.headers.items():
+            if name.lower() not in _ENCODED:  # the body is decoded, and whole
+                headers.add(name, value)
+        whole = urllib3.HTTPResponse(
+            body=io.BytesIO(bytes(body)), status=response.status_code, reason=response.reason,
+            headers=headers, preload_content=False, decode_content=False)
+        return self.build_response(request, whole)
+
+
+class _ContextAdapter(_DeadlineAdapter):
     """HTTPS verified against ``context`` (:func:`ssl_context`), directly or via a proxy."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, whole_s: float) -> None:
         self._context = context
-        super().__init__()
+        super().__init__(whole_s)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, ssl_context=self._context, **kwargs)
@@ -257,7 +326,8 @@ class SalesforceClient:
         # not at all when the answer is an error — REQUEST_LIMIT_EXCEEDED among them
         self._session.hooks["response"].append(self._record_usage)
         if settings.ca_bundle:
-            self._session.mount("https://", _ContextAdapter(ssl_context(settings.ca_bundle)))
+            self._session.mount("https://", _ContextAdapter(ssl_context(settings.ca_bundle),
+                                                             settings.timeout_s))
         self._sf: simple_salesforce.Salesforce | None = None
         self._sf_token: Token | None = None
         self._lock = threading.RLock()

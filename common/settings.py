@@ -484,7 +484,9 @@ class SalesforceSettings(_Section):
                          doc="Extra CA bundle to trust for Salesforce HTTPS/gRPC "
                              "(the sandbox's certificate; PEM, checked at start).")
     timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_positive_float,
-                           doc="Timeout of one Salesforce REST call, seconds.")
+                           doc="Timeout of one Salesforce REST call or login, seconds: "
+                               "each wait, and the whole answer (one that keeps trickling "
+                               "in is cut there, retried as an outage).")
 
     def validate(self) -> None:
         if not self.private_key_path and not self.private_key_base64:
