@@ -437,7 +437,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await slots.acquire()
         conn: _Connection | None = None
         try:
-            conn = pool.take_idle(loop.time())
+            # idle times on the lease clock: a host suspend counts (the loop's clock stops,
+            # and a connection the server closed meanwhile looked fresh after it)
+            conn = pool.take_idle(lease_clock())
+            reused = conn is not None
             if conn is None:
                 try:
                     conn = await pool.connect(timeouts.get("connect"))
@@ -449,7 +452,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     raise httpx.ConnectError("connection closed before the request was "
                                              "written", request=request)
             if send_deadline is not None and (now := lease_clock()) >= send_deadline:
-                pool.give_back(conn, loop.time())  # untouched: nothing was written on it
+                # untouched: nothing was written on it, and it has been idle since before
+                pool.give_back(conn, conn.idle_since if reused else lease_clock())
                 conn = None
                 raise NotSent(f"send deadline passed {now - send_deadline:.3f} s ago",
                               request=request)
@@ -461,7 +465,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             except _Lost as exc:
                 raise exc.kind(str(exc), request=request) from None
             if reusable:
-                pool.give_back(conn, loop.time())
+                pool.give_back(conn, lease_clock())
             else:
                 conn._abort()
             conn = None

@@ -274,3 +274,57 @@ def test_an_add_order_redirected_makes_the_order_wait_and_never_look_up():
                for _, error in seen)
     assert calls == ["AddOrder"] * (redirects + 1) + ["AcceptOrder"]  # no GetOrders
     assert prov.access_refused_since is None
+
+
+def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused(monkeypatch):
+    """A call refused by its send deadline (NotSent) gave its untouched connection back as
+    if just used, and idle times ran on the loop's clock, which a host suspend stops: a
+    connection idle past Apache's 5 s keep-alive was written into, reset, and the Order's
+    AddOrder left in doubt. Scaled: expiry 0.4 s."""
+    import asyncio
+
+    import httpx
+
+    from common import clock, http_transport
+    from common.http_transport import Http11Transport, NotSent, request_bytes
+
+    monkeypatch.setattr(http_transport, "KEEPALIVE_EXPIRY_S", 0.4)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    timeouts = {"pool": 5, "connect": 2, "read": 2, "answer": 2}
+
+    async def run(suspend: bool) -> int:
+        opened = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal opened
+            opened += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    writer.write(answer)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = httpx.URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api.php")
+        data = request_bytes(b"POST", url, [], b"x")
+        transport = Http11Transport()
+        try:
+            await transport.exchange(url, data, timeouts)
+            if suspend:  # the host slept 1 s: the lease clock counts it, the loop's does not
+                real = clock.lease_clock
+                monkeypatch.setattr(http_transport, "lease_clock", lambda: real() + 1.0)
+            else:
+                await asyncio.sleep(0.3)
+                with pytest.raises(NotSent):
+                    await transport.exchange(url, data, timeouts,
+                                             send_deadline=clock.lease_clock() - 1)
+                await asyncio.sleep(0.3)  # 0.6 s idle in all
+            await transport.exchange(url, data, timeouts)
+        finally:
+            server.close()
+        return opened
+    assert asyncio.run(run(suspend=False)) == 2
+    assert asyncio.run(run(suspend=True)) == 2
