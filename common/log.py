@@ -32,9 +32,15 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIV
 # echoed in an error); the user name stays, as it says which login was used. The password
 # runs to the last "@" of the unbroken text (one pasted unencoded may hold "/" or "@"), or
 # to the end of a text cut short before its "@"; a port there (``host:8080/…``) is no
-# password (:func:`_mask_url_password`)
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)(?:(\S+)@|([^\s@]+)\Z)")
-_PORT = re.compile(r"\d{1,5}(?:[/?#]|\Z)")
+# password (:func:`_mask_url_password`). It never runs across another "://" (a URL later in
+# the text is looked at on its own), and at most 256 characters (linear on any text)
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)"
+                           r"(?:((?:(?!://)\S){1,256})@|((?:(?!://)[^\s@]){1,256})\Z)")
+# a port, not a password: digits and then a path (``host:8080/api/@me``), or, in a text cut
+# short, digits then its end or a closing mark (``(http://127.0.0.1:8443)``); all digits
+# before an "@" are a password (``user:12345@host``)
+_PORT_PATH = re.compile(r"\d{1,5}[/?#]")
+_PORT_END = re.compile(r"\d{1,5}(?:[/?#)\]}>.,;'\"]|\Z)")
 # ``Authorization: <scheme> <credentials>`` with any scheme (Basic, Token, Digest, …)
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+"
                      r"|authorization['\"]?\s*[=:]\s*['\"]?[A-Za-z][A-Za-z0-9-]*\s+)"
@@ -110,9 +116,12 @@ def _redact_all(text: str) -> str:
 
 
 def _mask_url_password(m: re.Match[str]) -> str:
-    password, at = (m.group(2), "@") if m.group(2) is not None else (m.group(3), "")
-    if password.startswith("[REDACTED") or _PORT.match(password):
-        return m.group(0)  # masked already, or a port and a path that holds an "@"
+    if m.group(2) is not None:
+        password, at, port = m.group(2), "@", _PORT_PATH
+    else:
+        password, at, port = m.group(3), "", _PORT_END
+    if password.startswith("[REDACTED") or port.match(password):
+        return m.group(0)  # masked already, or a port (and a path that may hold an "@")
     return f"{m.group(1)}[REDACTED]{at}"
 
 

@@ -234,6 +234,11 @@ class _DeadlineAdapter(HTTPAdapter):
                     raise requests.exceptions.ReadTimeout(
                         f"no whole answer within {self.whole_s:g} s (SF_TIMEOUT_S)",
                         request=request)
+        except urllib3.exceptions.HTTPError as exc:
+            # what requests raises reading a body itself (a connection broken mid-answer, a
+            # read timed out, a body that does not decode): a RequestException, an outage
+            response.close()
+            raise requests.exceptions.ConnectionError(exc, request=request) from exc
         except BaseException:
             response.close()  # the connection is not used again
             raise

@@ -85,6 +85,14 @@ def read_stamp(headers: Any) -> tuple[int, str] | None:
     return None
 
 
+def _utf8(key: bytes) -> bool:
+    try:
+        key.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class RestoreGuards(faust.Table):
     """What a restore of this table applies, and where it starts (the module's four rules).
 
@@ -185,6 +193,13 @@ class RestoreGuards(faust.Table):
             key = msg.key if isinstance(msg.key, bytes) else str(msg.key).encode()
             if key == _CLAIM:
                 self._read_claim(msg)
+                continue
+            if not _utf8(key):  # no Order's (written by hand or by a bug): never restored
+                metrics.CHANGELOG_SKIPPED.labels(self.name).inc()
+                log.error("table %s: changelog partition %d offset %d: a key that is not "
+                          "UTF-8 text (%r), no Order's; left out", self.name, msg.partition,
+                          msg.offset, key[:40], extra={"partition": msg.partition,
+                                                       "offset": msg.offset})
                 continue
             ours = holds.get(msg.partition)
             if ours is None:

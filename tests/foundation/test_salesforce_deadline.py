@@ -44,6 +44,11 @@ class _Org(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if kind == "query" and "cut" in self.trickle:  # a connection broken mid-answer
+            self.wfile.write(data[:15])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if kind not in self.trickle:
             self.wfile.write(data)
             return
@@ -102,3 +107,13 @@ def test_a_trickled_answer_is_cut_at_the_timeout_and_retryable(org, trickled, er
     assert took < 5.0, took  # the answer takes ~20 s; 1 s each for the call (and a login)
     _Org.trickle = set()
     assert [r["Id"] for r in client.query("SELECT Id FROM Order")] == ["801000000000001AAA"]
+
+
+def test_an_answer_broken_mid_body_is_a_retryable_outage(org):
+    """Read by the adapter itself, a body cut short raised urllib3's own ProtocolError past
+    the client's error mapping: the guard dead-lettered its Orders and the sink exited."""
+    _Org.trickle = {"cut"}
+    client = _client(org)
+    with pytest.raises(SalesforceError) as raised:
+        client.query("SELECT Id FROM Order")
+    assert raised.value.retryable, raised.value
