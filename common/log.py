@@ -33,14 +33,14 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIV
 # runs to the last "@" of the unbroken text (one pasted unencoded may hold "/" or "@"), or
 # to the end of a text cut short before its "@"; a port there (``host:8080/…``) is no
 # password (:func:`_mask_url_password`). It never runs across another "://" (a URL later in
-# the text is looked at on its own), and at most 256 characters (linear on any text)
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)"
-                           r"(?:((?:(?!://)\S){1,256})@|((?:(?!://)[^\s@]){1,256})\Z)")
+# the text is looked at on its own: each part is read once, linear on any text)
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,31}://[^/\s:@]{0,256}:)"
+                           r"(?:((?:(?!://)\S)+)@|((?:(?!://)[^\s@])+)\Z)")
 # a port, not a password: digits and then a path (``host:8080/api/@me``), or, in a text cut
 # short, digits then its end or a closing mark (``(http://127.0.0.1:8443)``); all digits
 # before an "@" are a password (``user:12345@host``)
 _PORT_PATH = re.compile(r"\d{1,5}[/?#]")
-_PORT_END = re.compile(r"\d{1,5}(?:[/?#)\]}>.,;'\"]|\Z)")
+_PORT_END = re.compile(r"\d{1,5}(?:[/?#]|[)\]}>.,;'\"]*\Z)")
 # ``Authorization: <scheme> <credentials>`` with any scheme (Basic, Token, Digest, …)
 _BEARER = re.compile(r"(?i)(bearer\s+|accesstoken['\"=:\s]+|access_token['\"=:\s]+"
                      r"|authorization['\"]?\s*[=:]\s*['\"]?[A-Za-z][A-Za-z0-9-]*\s+)"

@@ -335,6 +335,9 @@ def test_salesforces_error_text_is_masked_before_it_is_cut():
     ("http://h:8080/a,http://u:secret@h2/", "secret"),  # a port earlier, a password later
     ("proxy=http://h:3128/;https_proxy=http://u:hunter2@p:3128", "hunter2"),
     ("http://127.0.0.1:8443/x?next=https://admin:pw1234@whmcs.example.com/", "pw1234"),
+    (f"token endpoint https://gw:{'k%239%2F' * 40}@sfgw.example.com/", "k%239%2F" * 40),
+    ("proxy error for http://user:2024.Spring-Sale", "Spring-Sale"),  # cut short
+    ("http://u:12,pw", ",pw"),
 ])
 def test_a_port_before_or_digits_as_the_password_do_not_hide_a_password(text, secret):
     masked = redact(text)
@@ -354,7 +357,8 @@ def test_redacting_a_large_body_of_urls_stays_linear():
     import time
 
     bodies = ['{"links": [' + ",".join(f'"http://host:8080/item/{i}"' for i in range(2000))
-              + "]}\n", "x://a:" * 25_000 + " end\n"]
+              + "]}\n", "x://a:" * 25_000 + " end\n", "a-" * 20_000 + "://\n",
+              "a-" * 20_000 + " see http://x/\n"]
     for body in bodies:
         began = time.process_time()
         assert redact(body) == body
