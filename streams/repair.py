@@ -262,7 +262,7 @@ class ChangelogRepair:
             None, self._read, topic, partition, start, end)
         if not await self._owned(table, partition, start, end, generation):
             return
-        stale = []
+        stale: list[str] = []
         for key, value in last.items():
             try:
                 text = key.decode()
@@ -272,8 +272,8 @@ class ChangelogRepair:
                 continue
             if key != _CLAIM and table.stored(text) != value:
                 stale.append(text)
-        for key in stale:
-            table.rewrite(key)
+        for order_id in stale:
+            table.rewrite(order_id)
         if stale:
             await self._commit()
         self.rewritten += len(stale)
