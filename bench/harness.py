@@ -415,10 +415,16 @@ class Pipeline:
 
     def sf_orders_fields(self, order_ids: list[str], fields: str) -> dict[str, dict[str, Any]]:
         """Orders by id with the given fields, read through the sandbox (200 ids a query)."""
+        return self.sf_records("Order", order_ids, fields)
+
+    def sf_records(self, sobject: str, ids: list[str], fields: str
+                   ) -> dict[str, dict[str, Any]]:
+        """Records of ``sobject`` by id with the given fields, read through the sandbox (200
+        ids a query)."""
         out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(order_ids), 200):
-            chunk = order_ids[i:i + 200]
-            soql = (f"SELECT Id, {fields} FROM Order WHERE Id IN ('" + "','".join(chunk)
+        for i in range(0, len(ids), 200):
+            chunk = ids[i:i + 200]
+            soql = (f"SELECT Id, {fields} FROM {sobject} WHERE Id IN ('" + "','".join(chunk)
                     + "')")
             for row in self.sf.query(soql).get("records", []):
                 out[row["Id"]] = row
@@ -523,13 +529,8 @@ class Pipeline:
             orders = services_by_marker.get(oid, {})
             services.setdefault(opportunity, set()).update(
                 orders.get(int(float(named)), set()) if named is not None else set())
-        found: dict[str, dict[str, Any]] = {}
-        ids = sorted(services)
-        for i in range(0, len(ids), 200):
-            soql = ("SELECT Id, StageName, WHMCS_Service_ID__c FROM Opportunity WHERE Id IN ('"
-                    + "','".join(ids[i:i + 200]) + "')")
-            for row in self.sf.query(soql).get("records", []):
-                found[row["Id"]] = row
+        found = self.sf_records("Opportunity", sorted(services),
+                                "StageName, WHMCS_Service_ID__c")
         behind = []
         for opportunity, expected in services.items():
             row = found.get(opportunity, {})
