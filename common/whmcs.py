@@ -73,7 +73,10 @@ NOT_PENDING = "Order ID not found or Status not Pending"
 # logins in 30 minutes ("IP Banned", answered before anything else is checked, the right
 # secret included), a wrong access key ("Invalid Access Key"), the credential's admin
 # refused, disabled or unknown ("Access Denied", "Access Denied: Authentication not
-# permitted", "Administrator Account Disabled", "Invalid administrative identifier").
+# permitted", "Administrator Account Disabled", "Invalid administrative identifier"), the
+# installation's licence lapsed ("Your license key has expired", "... has been suspended",
+# "... is invalid", "... is still pending ...", "You must enter a license key ...", "WHMCS
+# has not been able to verify your license ...": every action refused until it is fixed).
 # Matched as the *whole* message (ignoring case and surrounding blanks), never as a prefix:
 # AcceptOrder runs the provisioning module, and WHMCS answers its failure as result=error
 # with the module's own text — "Authentication failed - wrong password.", "Access denied for
@@ -86,7 +89,12 @@ _ACCESS_REFUSED = re.compile(
     r"\s*(?:Authentication Failed|Invalid IP [0-9A-Fa-f.:]+|Invalid or missing credentials"
     r'|Invalid Permissions: API action "[^"]*" is not allowed|IP Banned|Invalid Access Key'
     r"|Access Denied(?:: Authentication not permitted)?|Administrator Account Disabled"
-    r"|Invalid administrative identifier)\s*", re.IGNORECASE).fullmatch
+    r"|Invalid administrative identifier"
+    # the installation's licence refused (checked before any action): every call fails
+    # until it is renewed or re-issued — a wait, not the Order's failure
+    r"|Your license key (?:has expired|has been suspended|is invalid|is still pending\b.*)"
+    r"|You must enter a license key\b.*"
+    r"|WHMCS has not been able to verify your license\b.*)\s*", re.IGNORECASE).fullmatch
 #: the API role refusing one action: no module says it, and a read would still be allowed
 _ROLE_REFUSED = re.compile(r"\s*Invalid Permissions: API action", re.IGNORECASE).match
 _BOM = b"\xef\xbb\xbf"

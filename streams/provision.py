@@ -340,6 +340,8 @@ class Provisioner:
         add_uncertain = False
         sent: _Write | None = None  # the last AddOrder / AcceptOrder: when it left
         accept_settle_at_ms: int | None = None  # an unanswered AcceptOrder: check it first
+        # WHMCS answered the AddOrder with an error: looked up before it is the result
+        add_refused: WhmcsError | None = None
         waiting = guard.waiting if guard is not None else (lambda: None)
 
         def sending() -> _Write:
@@ -362,8 +364,17 @@ class Provisioner:
                         created = found
                         outage.ended()  # the order found: the Order moves on
                         created.attempts = attempts
+                        if add_refused is not None:
+                            log.warning("WHMCS answered the AddOrder with an error (%s) yet "
+                                        "made the order: WHMCS order %s goes on", add_refused,
+                                        found.whmcs_order_id, extra=extra)
                         if created.status == "Failed" or not found.needs_accept:
                             return created  # not active, or found Active: nothing left
+                    elif add_refused is not None:  # no order made: the error is the result
+                        return ProvisionResult(
+                            "Failed", error_code="WHMCS_ERROR",
+                            error_message=f"{add_refused.action}: {add_refused}",
+                            attempts=attempts)
                 if created is None:
                     # the guard refuses (a resumed attempt whose lookup found nothing): that
                     # verdict ends it, read again first when stale (it may allow now)
@@ -457,6 +468,16 @@ class Provisioner:
                 if created is not None:
                     return _failed_after(created, "WHMCS_ERROR", f"{exc.action}: {exc}",
                                          attempts)
+                written = sent.left_at() if sent is not None else None
+                if add_uncertain and written is not None:
+                    # WHMCS answers an exception anywhere in AddOrder as result=error — also
+                    # one after it saved the order (an invoice, hook or e-mail step failing, a
+                    # deadlock): the order may exist. The answer came, so nothing is still
+                    # running: look now, before the error becomes the result (a Failed that
+                    # said "no order" let the next request create a second one)
+                    add_refused, add_uncertain, sent = exc, False, None
+                    settle_at_ms = int(self._wall() * 1000)
+                    continue
                 return ProvisionResult(
                     "Failed", error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
                     attempts=attempts, may_exist=settle_at_ms is not None)

@@ -102,3 +102,44 @@ def test_a_duplicate_cancelled_meanwhile_counts_as_cancelled(whmcs):
     assert (res.status, res.whmcs_order_id) == ("Provisioned", kept)
     assert res.duplicate_ids == [other] and res.cancelled_ids == [other]
     assert "still live" not in (res.error_message or "")
+
+
+def test_an_addorder_error_after_whmcs_saved_the_order_finds_the_order(whmcs):
+    """WHMCS answers an exception anywhere in AddOrder as result=error — also one raised
+    after it saved the order (an invoice or hook step failing, a deadlock). Taken as "no
+    order", the Failed result let the Order's next request create a second order. The
+    provisioning looks first: the order it finds is accepted, as after an unanswered
+    AddOrder, and the result names it."""
+    oid = "801T0000000110AAA"
+    whmcs.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error_after_commit=True,
+                     whmcs_error="SQLSTATE[40001]: Serialization failure: 1213 Deadlock",
+                     times=1)
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(whmcs.env()), timeout_s=1.0) as client:
+            return await Provisioner(client, policy()).provision(req(oid))
+    res = asyncio.run(go())
+    orders = whmcs.orders_for(oid)
+    assert [o["status"] for o in orders] == ["Active"]
+    assert (res.status, res.whmcs_order_id, res.recovered, res.attempts) == (
+        "Provisioned", orders[0]["id"], True, 1)
+
+
+def test_an_addorder_error_with_no_order_made_is_the_result_after_one_lookup(whmcs):
+    """An AddOrder WHMCS refused before it saved anything: the lookup finds nothing, and
+    the error is the result — the Order is not sent again."""
+    oid = "801T0000000111AAA"
+    whmcs.set_faults("AddOrder", whmcs_error_rate=1.0, whmcs_error="Client ID Not Found",
+                     times=1)
+    before = whmcs.calls()
+
+    async def go():
+        async with WhmcsClient(WhmcsSettings.load(whmcs.env()), timeout_s=1.0) as client:
+            return await Provisioner(client, policy()).provision(req(oid))
+    res = asyncio.run(go())
+    assert (res.status, res.error_code, res.may_exist) == ("Failed", "WHMCS_ERROR", False)
+    assert res.error_message == "AddOrder: Client ID Not Found" and res.attempts == 1
+    assert whmcs.orders_for(oid) == []
+    calls = whmcs.calls()
+    assert calls.get("AddOrder", 0) - before.get("AddOrder", 0) == 1
+    assert calls.get("GetOrders", 0) > before.get("GetOrders", 0)

@@ -68,6 +68,13 @@ REFUSALS = [
     ("Administrator Account Disabled", 403),
     ("Invalid administrative identifier", 403),
     ("IP Banned", 200),  # the words are a refusal whatever the status
+    # the installation's licence lapsed: checked before any action, answered at HTTP 200
+    ("Your license key has expired", 200),
+    ("Your license key has been suspended", 200),
+    ("Your license key is invalid", 200),
+    ("Your license key is still pending (payment not received)", 200),
+    ("You must enter a license key to activate and begin using WHMCS", 200),
+    ("WHMCS has not been able to verify your license for the last few days", 200),
     ("Invalid Access Key", 200),
     # any result=error WHMCS answers with 401 or 403 refuses this installation, however
     # it words it
@@ -97,7 +104,8 @@ def test_every_refusal_of_this_installation_is_an_access_error(message, status):
 
 
 @pytest.mark.parametrize("message", ["Client ID Not Found", "Invalid IPv6 address given",
-                                     "Invalid Payment Method. Valid options include mailin"])
+                                     "Invalid Payment Method. Valid options include mailin",
+                                     "Your license key is invalidated by the panel"])
 def test_an_order_refused_for_its_content_is_still_permanent(message):
     exc = add_order_error(200, message)
     assert type(exc) is WhmcsError and not exc.retryable
@@ -167,7 +175,7 @@ def test_an_api_role_without_acceptorder_is_a_refusal_without_a_read():
 
 @pytest.mark.parametrize("message", ["Invalid or missing credentials",
                                      'Invalid Permissions: API action "addorder" is not '
-                                     "allowed"])
+                                     "allowed", "Your license key has expired"])
 def test_a_wrong_identifier_or_role_makes_orders_wait_not_fail(message):
     refusals = 3
     calls: list[str] = []
