@@ -72,10 +72,11 @@ def faust_worker(boot: Startup) -> type[faust.Worker]:
     ``faust.Worker(...)`` is made, ``gc.collect()`` runs). Once mode's handlers are in, such
     a signal stops the worker (mode's ``stop``, as its handlers do) before its app starts:
     nothing joined the group or was taken in, and the exit is 0. A signal after that is
-    mode's own."""
-    import faust
+    mode's own; SIGUSR1's stack dump leaves local variables out (the seam's
+    :class:`~streams.faust_seam.StackDumpWorker`)."""
+    from streams.faust_seam import StackDumpWorker
 
-    class Worker(faust.Worker):  # its name in the logs: "[^Worker]", as faust's
+    class Worker(StackDumpWorker):  # its name in the logs: "[^Worker]", as faust's
         async def on_first_start(self) -> None:
             await super().on_first_start()  # mode's signal handlers are in from here
             if boot.stopping:  # the worker's start checks should_stop next: the app never starts

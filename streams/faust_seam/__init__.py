@@ -27,7 +27,9 @@ The interface (what the rest of the worker calls):
   backpressure, the re-seek and diagnostics of the stall watchdog, and the revocation
   callback;
 * :func:`watch_membership` — heartbeats, SyncGroup and rebalances of the consumer group,
-  for the ownership lease (:mod:`streams.lease`).
+  for the ownership lease (:mod:`streams.lease`);
+* :class:`StackDumpWorker` — faust's worker whose SIGUSR1 stack dump writes no local
+  variable (they held the WHMCS secret and the SASL password).
 """
 
 from streams.faust_pins import PINNED, UnsupportedVersion, check_versions
@@ -49,13 +51,15 @@ from streams.faust_seam.rocksdb import (
     KeyPartitionedRocksStore,
     rocksdb_memory,
 )
+from streams.faust_seam.stackdump import StackDumpWorker
 from streams.faust_seam.tables import UNREADABLE_VALUE, ChangelogSchema, DurableTable
 from streams.faust_seam.writer import RecordWriter
 
 __all__ = ["CLAIM_KEY", "CONTRACT", "CONTRACT_FILES", "PINNED", "UNREADABLE_VALUE",
            "BoundedRocksDBOptions", "ChangelogSchema", "ConsumerSeam", "DurableTable",
            "IdempotentProducer", "KeyPartitionedRocksStore", "LeaseAdapter",
-           "MembershipListener", "OrderedRecovery", "RecordWriter", "TableManager",
+           "MembershipListener", "OrderedRecovery", "RecordWriter", "StackDumpWorker",
+           "TableManager",
            "UnsupportedVersion", "build_app", "check_versions", "file_hash", "key_partition",
            "refresh_metadata_on_stale_offsets", "rocksdb_memory", "source_hash",
            "watch_membership"]

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("common", "connectors", "streams", "sinks", "ops")
 # the behaviour test of each workaround (file::test), kept next to the contract
 WORKAROUND_TESTS = {
+    "StackDumpWorker: the SIGUSR1 dump without local variables":
+        "tests/streams/test_stack_dump.py::"
+        "test_the_sigusr1_dump_shows_the_stacks_but_not_the_whmcs_secret",
     "OrderedRecovery, seek to the beginning when nothing is committed":
         "tests/streams/test_worker_crash.py::test_two_workers_one_killed",
     "seek back over dropped records (ConsumerSeam fetch)":
@@ -66,6 +69,8 @@ WORKAROUND_TESTS = {
 # ("module:Class.attribute" → what of it), each hashed in CONTRACT: a change upstream fails
 # the contract test. Not every CONTRACT entry; those a review found unhashed.
 RELIED_ON = {
+    # streams.faust_seam.stackdump: the SIGUSR1 handler that calls the dump overridden
+    "mode.worker:Worker._on_sigusr1": "schedules self._cry() (overridden: no local variables)",
     # streams.faust_seam.membership: the callers of the lease's hooks
     "aiokafka.consumer.group_coordinator:GroupCoordinator._heartbeat_routine":
         "every heartbeat goes through _do_heartbeat (wrapped: renews the lease)",
