@@ -30,6 +30,11 @@ CONSUMER_LAG = Gauge("sfprov_consumer_lag_records",
 LAG_READS = Counter("sfprov_consumer_lag_reads_total",
                     "Reads of the consumer group's lag from the broker, by result.",
                     ["group", "result"])
+# the lag gauge keeps its last value while reads fail: a process cut from the brokers while
+# idle showed lag 0 for ever, and no stall rule could fire (SfprovLagUnreadable reads this)
+LAG_READ_AT = Gauge("sfprov_consumer_lag_read_timestamp_seconds",
+                    "Unix time of the last successful read of the consumer group's lag "
+                    "(the process's start until its first).", ["group"])
 
 
 class LagPublisher:
@@ -43,6 +48,9 @@ class LagPublisher:
         self.last_read_at: float | None = None  # monotonic, of the last successful read
         self.last_error: str | None = None
         self.error_since: float | None = None  # wall clock: reads failing since
+        LAG_READ_AT.labels(group).set_to_current_time()  # counts from the start
+        for result in ("ok", "error"):
+            LAG_READS.labels(group, result)  # exported at zero from the start
 
     def read(self) -> Rows:
         """Read the lag (raising what the reader raises) and publish it."""
@@ -56,6 +64,7 @@ class LagPublisher:
                 raise
             self.last_read_at, self.last_error, self.error_since = time.monotonic(), None, None
             LAG_READS.labels(self.group, "ok").inc()
+            LAG_READ_AT.labels(self.group).set_to_current_time()
             for partition, committed, end in rows:
                 CONSUMER_LAG.labels(self.group, self.topic, str(partition)).set(
                     max(0, end - committed))

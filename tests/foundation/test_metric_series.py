@@ -34,8 +34,9 @@ PROCESSES: dict[str, tuple[tuple[str, ...], str, tuple[object, ...]]] = {
     "sink": (("sinks.metrics", "common.lagmetrics"), "sinks.metrics", ()),
 }
 PREFIX = {"sfprov_connector_": "connector", "sfprov_worker_": "worker", "sfprov_sink_": "sink"}
-#: made by Prometheus (up), or a gauge the process sets while it runs (the lag reader's)
-NOT_AT_START = {"up", "sfprov_consumer_lag_records"}
+#: made by Prometheus (up), or a gauge the process sets while it runs (the lag reader's,
+#: its read time from the publisher's start)
+NOT_AT_START = {"up", "sfprov_consumer_lag_records", "sfprov_consumer_lag_read_timestamp_seconds"}
 #: labels Prometheus adds to every series it scrapes
 TARGET_LABELS = {"job", "instance"}
 #: label values no process knows in advance: exported from the first event only

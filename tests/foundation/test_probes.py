@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from common.inflight import InFlight
-from common.lagmetrics import CONSUMER_LAG, LagPublisher
+from common.lagmetrics import CONSUMER_LAG, LAG_READ_AT, LagPublisher
 from common.metrics import HealthServer
 from common.probes import Heartbeat, connector_liveness, failing_for, readiness
 from sinks.observability import SinkOps
@@ -239,17 +239,25 @@ def test_lag_publisher_publishes_what_the_watchdog_reads_and_keeps_errors():
             raise ConnectionError("broker away")
         return rows
 
+    def read_at() -> float:
+        return LAG_READ_AT.labels("g-test-lag")._value.get()
+
+    started = time.time()
     pub = LagPublisher(reader, group="g-test-lag", topic="t-test-lag")
+    assert read_at() >= started  # counts from the start: a first read failing pages too
     assert pub.read() == rows
     assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "0")._value.get() == 4
     assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "1")._value.get() == 0
+    LAG_READ_AT.labels("g-test-lag").set(1.0)  # as if read long ago
     rows = None
     with contextlib.suppress(ConnectionError):
         pub.read()
     assert pub.last_error and pub.error_since is not None
+    assert read_at() == 1.0  # a failed read is no read: SfprovLagUnreadable sees its age
     rows = [(0, 14, 14)]
     pub.read()
     assert pub.last_error is None and pub.error_since is None
+    assert read_at() >= started
     assert CONSUMER_LAG.labels("g-test-lag", "t-test-lag", "0")._value.get() == 0
 
 
