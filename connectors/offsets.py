@@ -45,7 +45,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, IsolationLevel, TopicPar
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from common.avro import AvroSerde, SerdeError
+from common.avro import AvroSerde, SerdeError, epoch_ms
 from common.connection import Connectable, is_refusal, kafka_config, refusal_message
 from common.errors import KafkaAccessError, KafkaError
 from common.kafka import RunningDeadline, retry_until
@@ -63,11 +63,6 @@ class Position:
     source: str  # EVENT | KEEPALIVE
     committed_at_ms: int
     event_uuid: str | None = None
-
-
-def epoch_ms(value: Any) -> int:
-    """A ``timestamp-millis`` field as decoded (a datetime, or the raw int) in epoch ms."""
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def offset_key(connector: str, channel: str) -> bytes:

@@ -102,7 +102,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import tracing
-from common.avro import AvroSerde, SerdeError, registry_for
+from common.avro import AvroSerde, SerdeError, epoch_ms, registry_for
 from common.backoff import Backoff
 from common.connection import KafkaConnection
 from common.errors import (
@@ -130,7 +130,6 @@ from connectors.offsets import (
     LatestOpened,
     OffsetCodec,
     Position,
-    epoch_ms,
     load_last_gap,
     load_position,
 )

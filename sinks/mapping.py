@@ -30,11 +30,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from common.avro import epoch_ms
+
 ORDER = "Order"
 OPPORTUNITY = "Opportunity"
 ACTIVATION_ERROR_LENGTH = 255  # Order.Activation_Error__c is Text(255)
 ELLIPSIS = "…"
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -86,16 +87,6 @@ def iso_datetime(value: dt.datetime | int | float) -> str:
         value = value.replace(tzinfo=dt.UTC)
     value = value.astimezone(dt.UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def epoch_ms(value: dt.datetime | int | float) -> int:
-    """Epoch milliseconds of an aware datetime (fastavro's timestamp-millis) or a number."""
-    if not isinstance(value, dt.datetime):
-        return int(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    delta = value - EPOCH  # integer arithmetic: a float timestamp can be 1 ms off
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def error_text(outcome: dict[str, Any]) -> str:

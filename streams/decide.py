@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.avro import utf8_text
+from common.avro import epoch_ms, utf8_text
 from common.ids import describe_bad_id, is_salesforce_id
 from common.log import redact
 from streams.mapping import MappingError, WhmcsOrderRequest, map_order
@@ -70,17 +70,10 @@ class Event:
                              "18-character Salesforce id")
         event_uuid = str(value.get("event_uuid") or "")
         created = value.get("CreatedDate")
-        requested_at = _ms(created) if created is not None else None
+        requested_at = epoch_ms(created) if created is not None else None
         return cls(order_id=order_id, idem_key=idem_key_of(value), event_uuid=event_uuid,
                    correlation_id=value.get("CorrelationId__c"), requested_at=requested_at,
                    topic=topic, partition=partition, offset=offset)
-
-
-def _ms(value: Any) -> int:
-    """fastavro gives timestamp-millis as an aware datetime; accept ints too."""
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    return int(value)
 
 
 def idem_key_of(value: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.avro import epoch_ms
 from common.errors import ConfigError, SalesforceAuthError, SalesforceError, SalesforceLimitError
 from common.settings import KafkaSettings, SinkSettings
 from sandbox.salesforce import validation
@@ -24,7 +25,7 @@ from sinks.fence import (
     rule_formula,
     start_check,
 )
-from sinks.mapping import OPPORTUNITY, ORDER, RecordKey, RecordUpdate, epoch_ms, updates_for
+from sinks.mapping import OPPORTUNITY, ORDER, RecordKey, RecordUpdate, updates_for
 from sinks.writer import CollectionWriter
 from tests.sinks.fakes import FENCE_FIELD, FakeCollections
 from tests.sinks.helpers import committed_total, dead_letters, outcome, produce

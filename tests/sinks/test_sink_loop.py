@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from common.avro import epoch_ms
 from common.settings import KafkaSettings, SinkSettings
 from sinks.app import Sink
-from sinks.mapping import epoch_ms
 from tests.sinks.fakes import FakeCollections, limit_error
 from tests.sinks.helpers import STATUSES, committed_total, dead_letters, outcome, produce
 

@@ -265,3 +265,18 @@ def test_the_state_values_changes_are_what_dataclasses_replace_gives():
     with pytest.raises(dataclasses.FrozenInstanceError):
         settled.at = 1  # type: ignore[misc]
     assert type(settled) is Intent and dataclasses.fields(settled) == dataclasses.fields(pending)
+
+
+def test_requested_at_is_the_events_created_date_to_the_millisecond():
+    """fastavro decodes timestamp-millis to a datetime; ``int(timestamp() * 1000)`` made
+    2038-01-19T03:14:08.127Z 1 ms low (the float lands just under the millisecond), so an
+    outcome's requested_at no longer equalled its event's CreatedDate."""
+    from common.avro import AvroSerde
+
+    serde = AvroSerde("provision_request")
+    for ms in (1738314900123, 2147483648127, 2200000000001):
+        rec = {"event_uuid": "u", "replay_id": b"", "schema_id": "s", "channel": "c",
+               "received_at": ms, "CreatedDate": ms, "CreatedById": "x",
+               "OrderId__c": "801xx000003DGbqAAG"}
+        decoded = serde.decode(serde.encode(rec), serde.headers())
+        assert Event.from_request(decoded).requested_at == ms
