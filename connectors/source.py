@@ -106,6 +106,7 @@ from common.avro import AvroSerde, SerdeError, epoch_ms, registry_for
 from common.backoff import Backoff
 from common.connection import KafkaConnection
 from common.errors import (
+    ConfigError,
     KafkaAccessError,
     KafkaError,
     PipelineError,
@@ -145,6 +146,7 @@ EXIT_ERROR = 1
 EXIT_REPLAY_INVALID = 2
 EXIT_FENCED = 3
 EXIT_ACCESS_REFUSED = 64  # the broker refused credentials or ACLs: a configuration error
+EXIT_CONFIG = 64  # a setting the broker refuses (CONNECTOR_TRANSACTION_TIMEOUT_S)
 #: a stream open this long without an error, its channel connected, was accepted (Salesforce
 #: refuses a subscription — limit, auth, replay id — within moments): a gap's pass is armed
 #: then if no answer came first, as an EARLIEST stream with nothing left to replay answers
@@ -366,6 +368,10 @@ class Connector:
             return self._fenced(exc)
         except KafkaAccessError as exc:
             return self._refused(exc)
+        except ConfigError as exc:  # a setting the broker refuses: restarting cannot help
+            self.health.state, self.health.last_error = "failed", str(exc)
+            log.error("configuration error: %s", exc)
+            return EXIT_CONFIG
         except KafkaError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_ERROR

@@ -75,6 +75,7 @@ from confluent_kafka import KafkaException, Producer
 from common.clock import lease_clock
 from common.connection import is_refusal, kafka_config, refusal_message
 from common.errors import (
+    ConfigError,
     KafkaAccessError,
     KafkaError,
     ProducerFailedError,
@@ -173,6 +174,13 @@ class TransactionalWriter:
                 self._producer.init_transactions(wait)
                 return
             except KafkaException as exc:
+                code = exc.args[0].code() if exc.args and isinstance(exc.args[0], CKafkaError) \
+                    else None
+                if code == CKafkaError.INVALID_TRANSACTION_TIMEOUT:  # a setting: exit 64
+                    raise ConfigError(
+                        f"CONNECTOR_TRANSACTION_TIMEOUT_S: the broker refuses a transaction "
+                        f"timeout of {self.transaction_timeout_s:g} s (above its "
+                        f"transaction.max.timeout.ms, 900 s by default)") from exc
                 error = translate(exc, "init_transactions", self.txn_id)
                 if deadline.failed() or not error.retryable \
                         or isinstance(error, ProducerFailedError):  # final for this producer

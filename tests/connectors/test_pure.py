@@ -924,3 +924,38 @@ def test_a_refused_keepalive_position_is_a_quiet_channel_until_the_retention(
     refused = [r for r in caplog.records if "refused by Salesforce" in r.getMessage()]
     assert len(refused) == 1 and refused[0].levelno == level, refused
     assert words in refused[0].getMessage() and words in gaps[0]
+
+
+class _RefusedTimeout:
+    calls = 0
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls += 1
+        raise KafkaException(CKafkaError(CKafkaError.INVALID_TRANSACTION_TIMEOUT,
+                                         "Broker: Invalid transaction timeout"))
+
+
+def test_a_transaction_timeout_the_broker_refuses_is_a_setting_error_exit_64(monkeypatch):
+    """CONNECTOR_TRANSACTION_TIMEOUT_S above the broker's transaction.max.timeout.ms: its
+    init_transactions is refused at every start. It was 'cannot start', exit 1, restarted for
+    ever without naming the setting; it is a configuration error (64, not restarted)."""
+    from common.errors import ConfigError
+    from common.settings import ConnectorSettings, KafkaSettings
+    from connectors import source
+    from connectors import writer as w
+
+    kafka = KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    tw = w.TransactionalWriter(kafka, "t-1", transaction_timeout_s=600)
+    tw._producer = _RefusedTimeout()  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"CONNECTOR_TRANSACTION_TIMEOUT_S: .* 600 s"):
+        tw.start()
+    assert tw._producer.calls == 1  # type: ignore[attr-defined]  # not retried
+
+    conn = source.Connector(kafka=kafka, salesforce=None,  # type: ignore[arg-type]
+                            connector=ConnectorSettings.load({}, name="txn-timeout-test"),
+                            auth=object(), pubsub=SimpleNamespace(get_schema=None))  # type: ignore[arg-type]
+    conn.writer.close()
+    conn.writer = tw
+    assert conn.run(timeout_s=1) == source.EXIT_CONFIG == 64
+    assert conn.health.state == "failed" and "CONNECTOR_TRANSACTION_TIMEOUT_S" in (
+        conn.health.last_error or "")
