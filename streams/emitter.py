@@ -86,6 +86,14 @@ class KafkaEmitter:
                 value if value is not None else await self._encode(outcome),
                 list({**self.headers, **self.outcome_headers(outcome)}.items()) or None)
         await self._send("outcomes", self.outcomes, send)
+        status = outcome.get("status")
+        if status != "Provisioned":  # a provisioning logs its own ("WHMCS order created")
+            log.log(logging.WARNING if status == "Failed" else logging.INFO,
+                    "outcome %s %s: %s", status, outcome.get("error_code") or "",
+                    outcome.get("error_message") or "", extra={
+                        "order_id": outcome.get("order_id"),
+                        "idem_key": outcome.get("idem_key"), "status": status,
+                        "error_code": outcome.get("error_code")})
 
     async def _encode(self, outcome: dict[str, Any]) -> bytes:
         """The outcome's value. Until the schema's id is cached, encoding registers it — a
@@ -113,6 +121,11 @@ class KafkaEmitter:
         async def send() -> None:
             await self.writer.send_soon(self.dead_letters, None, rec.key, rec.value, headers)
         await self._send("dead letters", self.dead_letters, send)
+        log.warning("event dead-lettered (%s): %s", letter.error_code or letter.error_class,
+                    letter.reason, extra={
+                        "order_id": letter.order_id, "idem_key": letter.idem_key,
+                        "event_uuid": letter.event_uuid, "error_code": letter.error_code,
+                        "topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
 
     async def _send(self, kind: str, topic: str, send: Callable[[], Awaitable[None]]) -> None:
         """``send()`` until the broker acknowledges it; a refusal (aiokafka's authorization

@@ -182,7 +182,8 @@ class EventHandler:
                 self.errors += 1
                 self.last_error = str(exc)
                 log.error("%s: the event is dead-lettered (STATE_UNREADABLE)", exc, extra={
-                    "order_id": event.order_id, "offset": rec.offset})
+                    "order_id": event.order_id, "idem_key": event.idem_key,
+                    "partition": rec.partition, "offset": rec.offset})
                 await self.emitter.send_dead_letter(DeadLetter(
                     rec, str(exc), type(exc).__name__, "STATE_UNREADABLE",
                     order_id=event.order_id, event_uuid=event.event_uuid,
@@ -196,7 +197,8 @@ class EventHandler:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("handling the event failed (attempt %d/%d)", attempt, ATTEMPTS,
-                              extra={"order_id": event.order_id, "offset": rec.offset})
+                              extra={"order_id": event.order_id, "idem_key": event.idem_key,
+                                     "partition": rec.partition, "offset": rec.offset})
                 error: Exception = exc
                 if attempt < ATTEMPTS:
                     await asyncio.sleep(backoff.next_delay())
