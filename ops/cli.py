@@ -134,10 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_local_stack_env() -> None:
     """``make up`` records the pipeline's settings (its bootstrap address; in sandbox mode
-    the sandboxes'); use them as defaults."""
+    the sandboxes'; with a secured broker the read-only ops principal's credentials); use
+    them as defaults. The sandboxes' win over .env, as for the pipeline they were written
+    for (``ops.stack.sandbox_env``); the Kafka ones do not, as for ``make topics``
+    (``ops.topics``): after .env named another broker, sfprov still went to the local one,
+    and as the read-only principal over the admin's credentials in .env."""
     from ops.stack import recorded_env
 
-    for key, value in recorded_env().items():
+    recorded, env = recorded_env(), environment()
+    bootstrap = "KAFKA_BOOTSTRAP_SERVERS"
+    # the recorded credentials are the recorded broker's: not sent to another one
+    same_broker = env.get(bootstrap, recorded.get(bootstrap)) == recorded.get(bootstrap)
+    for key, value in recorded.items():
+        if key.startswith("KAFKA_") and (key in env or not same_broker):
+            continue
         os.environ.setdefault(key, value)
 
 

@@ -21,7 +21,13 @@ from confluent_kafka.admin import AdminClient
 from common.errors import KafkaError
 from common.lag import EXACT_LAG_LIMIT, records_between
 from ops.cli import add, duration_s, kafka_settings, worker_group
-from ops.kafkaview import client_config, consumer, group_positions, rewind_consumer_positions
+from ops.kafkaview import (
+    client_config,
+    consumer,
+    end_offsets,
+    group_positions,
+    rewind_consumer_positions,
+)
 
 
 def _parse_time(text: str) -> int:
@@ -169,10 +175,16 @@ def replay(args: argparse.Namespace) -> int:
             targets = rewind_consumer_positions(settings, settings.requests,
                                                 from_time_ms=args.from_time)
         tps = [TopicPartition(settings.requests, p, o) for p, o in sorted(targets.items())]
+        bounds = end_offsets(c, settings.requests)
         rows: list[dict[str, Any]] = []
         for tp in tps:
             current = before.get(tp.partition, tp.offset)
-            skip, exact = _skipped(c, settings.requests, tp.partition, current, tp.offset)
+            # offsets below the log start are gone (retention, kafka-delete-records): the
+            # worker goes on from the log start, so they are not what a move skips (as lag
+            # counts); counted from the committed offset, a safe plan was refused
+            low = bounds.get(tp.partition, (0, 0))[0]
+            skip, exact = _skipped(c, settings.requests, tp.partition, max(current, low),
+                                   tp.offset)
             rows.append({"partition": tp.partition, "current": current, "target": tp.offset,
                          "rewind": current - tp.offset, "skip": skip, "skip_exact": exact})
     finally:
@@ -233,13 +245,13 @@ def _skip_text(skipped: int, exact: bool) -> str:
 
 def _skipped(c: Any, topic: str, partition: int, current: int, target: int
              ) -> tuple[int, bool]:
-    """(what a move of the group from ``current`` forward to ``target`` skips, exact): the
-    committed records, the transaction markers between them not counted (as ``lag``
-    counts), exact; beyond :data:`~common.lag.EXACT_LAG_LIMIT` offsets, the offset distance,
-    markers included, not exact. (0, True) for a rewind. The count is the guard against
-    skipping, so a read that fails or stops short is an error, not a smaller count (a
-    lenient one once read 0 after a broker error, and replay moved the group past 500
-    unprocessed records)."""
+    """(what a move of the group from ``current`` (the log start when retention removed its
+    committed offset) forward to ``target`` skips, exact): the committed records, the
+    transaction markers between them not counted (as ``lag`` counts), exact; beyond
+    :data:`~common.lag.EXACT_LAG_LIMIT` offsets, the offset distance, markers included, not
+    exact. (0, True) for a rewind. The count is the guard against skipping, so a read that
+    fails or stops short is an error, not a smaller count (a lenient one once read 0 after a
+    broker error, and replay moved the group past 500 unprocessed records)."""
     if target <= current:
         return 0, True
     if target - current > EXACT_LAG_LIMIT:

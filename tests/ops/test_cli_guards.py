@@ -86,9 +86,10 @@ class _Future:
         return self.value
 
 
-def fake_replay(monkeypatch: pytest.MonkeyPatch, to: int) -> list[Any]:
+def fake_replay(monkeypatch: pytest.MonkeyPatch, to: int, low: int = 0) -> list[Any]:
     """replay against fakes: the worker group committed 100 on partition 0, the plan moves
-    it to ``to``; returns the offsets replay committed. (Also test_cli_review_fixes.)"""
+    it to ``to``; the partition's log starts at ``low``; returns the offsets replay
+    committed. (Also test_cli_review_fixes.)"""
     altered: list[Any] = []
 
     class Admin:
@@ -107,6 +108,8 @@ def fake_replay(monkeypatch: pytest.MonkeyPatch, to: int) -> list[Any]:
     monkeypatch.setattr(cmd_replay, "client_config", lambda s: {})
     monkeypatch.setattr(cmd_replay, "AdminClient", Admin)
     monkeypatch.setattr(cmd_replay, "group_positions", lambda s, c, g, t: [(0, 100, to)])
+    monkeypatch.setattr(cmd_replay, "end_offsets", lambda c, t: {0: (low, max(to, low))},
+                        raising=False)
     monkeypatch.setattr(cmd_replay, "rewind_consumer_positions",
                         lambda s, t, offsets=None, from_time_ms=None: {0: to})
     return altered
