@@ -242,6 +242,27 @@ def parse_host_port(raw: str) -> str:
 
 #: what a message says instead of a URL that may hold credentials (an '@' in it)
 _NOT_SHOWN = "(value not shown: it holds credentials)"
+#: what a message says instead of a file setting's value that is no path but a key
+KEY_NOT_SHOWN = "(value not shown: it looks like key material, not a file's path)"
+#: base64 text (a DER key, or a PEM encoded whole: ``base64 -w0 key.pem``)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{32,}={0,2}")
+#: the longest file name (one path component) Linux allows
+_NAME_MAX = 255
+
+
+def looks_like_key_material(value: str) -> bool:
+    """``value`` of a file setting is a key or certificate pasted in place of its path
+    (as easy in a Kubernetes Secret as mounting it): a PEM (line breaks, ``-----BEGIN``),
+    longer than a file name, or base64 that is no absolute path. A message never quotes
+    it: the key went into every log line of a crash loop."""
+    return ("\n" in value or "\r" in value or "-----BEGIN" in value or len(value) > _NAME_MAX
+            or (_BASE64.fullmatch(value.strip()) is not None and not value.startswith("/")))
+
+
+def shown_path(value: str) -> str:
+    """A file setting's ``value`` as a message may quote it (:func:`looks_like_key_material`:
+    :data:`KEY_NOT_SHOWN` instead)."""
+    return KEY_NOT_SHOWN if looks_like_key_material(value) else value
 
 
 def _misread_credentials(value: str, parts: SplitResult) -> int | None:
@@ -423,9 +444,10 @@ def load_dotenv_file(path: Path | None = None) -> dict[str, str]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{label}: no such file: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{label}: no such file: {shown_path(str(path))}") from None
+    except OSError as exc:  # the strerror alone: str(exc) quotes the path
+        raise ConfigError(f"{label}: cannot read {shown_path(str(path))}: "
+                          f"{exc.strerror or type(exc).__name__}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

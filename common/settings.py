@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from common.envparse import (
     HOME,
+    KEY_NOT_SHOWN,
     TOPIC_CHARS,
     TOPIC_MAX_LENGTH,
     UNSET,
@@ -31,6 +32,7 @@ from common.envparse import (
     env,
     environment,
     hide_userinfo,
+    looks_like_key_material,
     parse_base64_key,
     parse_bool,
     parse_float,
@@ -132,6 +134,24 @@ def setting(section: type[_Section], attr: str, source: Mapping[str, str]) -> An
 
 def _secret_default() -> Secret:
     return Secret("")
+
+
+def _check_file(name: str, path: str, instead: str = "") -> None:
+    """``path``, the value of setting ``name``, names a file: else a ConfigError naming the
+    setting — for a name the OS refuses too (base64 key material: "File name too long" was
+    a traceback, exit 1, restarted for ever). A key pasted in place of the path
+    (:func:`~common.envparse.looks_like_key_material`) is never quoted: the message printed
+    it whole, in every restart's log; ``instead`` says where such a value goes."""
+    try:
+        if Path(path).is_file():
+            return
+        reason = "no such file"
+    except OSError as exc:
+        reason = f"not a file's path ({exc.strerror or type(exc).__name__})"
+    if looks_like_key_material(path):
+        raise ConfigError(f"{name}: expected the path of a PEM file {KEY_NOT_SHOWN}"
+                          f"{instead}")
+    raise ConfigError(f"{name}: {reason}: {path}")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
@@ -310,8 +330,8 @@ class KafkaSettings(_Section):
                            ("KAFKA_SSL_CERTIFICATE_LOCATION", self.ssl_certificate_location),
                            ("KAFKA_SSL_KEY_LOCATION", self.ssl_key_location),
                            ("SCHEMA_REGISTRY_CA_LOCATION", self.schema_registry_ca_location)):
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{name}: no such file: {path}")
+            if path:
+                _check_file(name, path)
         self._check_protocol_uses_its_settings()
         self._check_tls_material()
         if self.schema_registry_password and not self.schema_registry_username:
@@ -492,8 +512,10 @@ class SalesforceSettings(_Section):
         if not self.private_key_path and not self.private_key_base64:
             raise ConfigError("SF_PRIVATE_KEY_PATH: required setting is not set "
                               "(or set SF_PRIVATE_KEY_BASE64)")
-        if self.private_key_path and not Path(self.private_key_path).is_file():
-            raise ConfigError(f"SF_PRIVATE_KEY_PATH: no such file: {self.private_key_path}")
+        if self.private_key_path:
+            _check_file("SF_PRIVATE_KEY_PATH", self.private_key_path,
+                        "; to give the key itself, set SF_PRIVATE_KEY_BASE64 to its base64 "
+                        "(base64 -w0 key.pem) and unset SF_PRIVATE_KEY_PATH")
         self._check_key()
         self._check_ca_bundle()
 
@@ -502,8 +524,7 @@ class SalesforceSettings(_Section):
         restarted for ever."""
         if not self.ca_bundle:
             return
-        if not Path(self.ca_bundle).is_file():
-            raise ConfigError(f"SF_CA_BUNDLE: no such file: {self.ca_bundle}")
+        _check_file("SF_CA_BUNDLE", self.ca_bundle)
         import ssl
 
         try:
@@ -562,6 +583,10 @@ class SalesforceSettings(_Section):
         return url
 
 
+#: gRPC takes a channel's durations in ms as a C int: the most it takes (24.8 days)
+_GRPC_MAX_MS = 2**31 - 1
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)  # _Section.__repr__
 class ConnectorSettings(_Section):
     events_enabled: bool = env("SF_EVENTS_ENABLED", True, parse=parse_bool,
@@ -616,7 +641,9 @@ class ConnectorSettings(_Section):
                                        parse=parse_float,
                                        doc="Kafka transaction.timeout.ms, in seconds (1–900): "
                                            "a transaction open longer (a paused process) is "
-                                           "aborted by the broker.")
+                                           "aborted by the broker. One above the broker's "
+                                           "transaction.max.timeout.ms (900 s by default) is "
+                                           "refused at start: exit 64.")
     backoff_initial_s: float = env("SF_PUBSUB_BACKOFF_INITIAL_S", 0.5, parse=parse_positive_float,
                                    doc="First resubscribe delay after an error (doubles, "
                                        "jittered).")
@@ -629,7 +656,8 @@ class ConnectorSettings(_Section):
                                   doc="gRPC HTTP/2 ping interval while a subscription is open "
                                       "(finds half-open connections). Keep it above 300: a "
                                       "gRPC server's default policy ends a connection pinged "
-                                      "more often than every 5 minutes without data.")
+                                      "more often than every 5 minutes without data. At most "
+                                      "2147483.647 (gRPC takes it in ms as a C int).")
     reconcile_interval_s: float = env("CONNECTOR_RECONCILE_INTERVAL_S", 600.0,
                                       parse=parse_non_negative_float,
                                       doc="How often the connector re-requests Orders left "
@@ -657,6 +685,12 @@ class ConnectorSettings(_Section):
             raise ConfigError(f"CONNECTOR_RECONCILE_OLDER_THAN_S: at most "
                               f"{RECONCILE_OLDER_THAN_MAX_S:.0f} s (10 years) and not "
                               f"negative, got {self.reconcile_older_than_s:g}")
+        if int(self.grpc_keepalive_s * 1000) > _GRPC_MAX_MS:
+            # as connectors.pubsub.client.channel_options converts it: gRPC's OverflowError
+            # making the channel was a traceback, exit 1, restarted for ever
+            raise ConfigError(f"SF_PUBSUB_GRPC_KEEPALIVE_S: at most {_GRPC_MAX_MS / 1000} s "
+                              f"(gRPC takes it in ms as a C int), got "
+                              f"{self.grpc_keepalive_s:.10g}")
         if self.backoff_initial_s > self.backoff_max_s:
             raise ConfigError(f"SF_PUBSUB_BACKOFF_INITIAL_S: at most SF_PUBSUB_BACKOFF_MAX_S "
                               f"({self.backoff_max_s:g})")

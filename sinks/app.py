@@ -42,10 +42,12 @@ sink settles those records as superseded. Its field is checked before consuming 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +99,39 @@ class RunStats:
     superseded: int = 0
 
 
+class _Beating:
+    """The Salesforce client as the sink calls it: every call beats the poll loop's heartbeat
+    (/livez) as it starts and as it ends, and the loop counts as alive through the call for
+    as long as the client bounds one (``SF_TIMEOUT_S``): a slow call is progress, not a
+    wedge (:mod:`common.probes`). Beaten only at the top of the loop, a flush of several
+    calls (a batch bisected to the record Salesforce refuses, describes, the fence check),
+    or one call longer than the liveness silence, was one silence: with a slow but working
+    Salesforce the liveness probe killed the sink mid-write."""
+
+    def __init__(self, client: CollectionClient, sink: Sink) -> None:
+        self._client = client
+        self._sink = sink
+        # a SalesforceClient's SF_TIMEOUT_S (a test's fake has none: its calls get no credit)
+        self._bound_s: float = getattr(getattr(client, "settings", None), "timeout_s", 0.0)
+
+    def update_collection(self, records: list[dict[str, Any]], *,
+                          all_or_none: bool = False) -> list[dict[str, Any]]:
+        with self._call():
+            return self._client.update_collection(records, all_or_none=all_or_none)
+
+    def describe(self, sobject: str) -> dict[str, Any]:
+        with self._call():
+            return self._client.describe(sobject)
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        self._sink._beat(ahead_s=self._bound_s)
+        try:
+            yield
+        finally:
+            self._sink._beat()
+
+
 class Sink:
     """``Sink(kafka, settings, client).run(max_records=..., timeout=...)``; ``stop()`` from
     a signal handler or another thread ends the loop with a drain and a final commit."""
@@ -106,7 +141,8 @@ class Sink:
         self.kafka = kafka
         self.settings = settings
         self.client = client
-        self.writer = CollectionWriter(client, chunk_size=settings.batch_size)
+        self._salesforce = _Beating(client, self)  # what the flushes call (/livez)
+        self.writer = CollectionWriter(self._salesforce, chunk_size=settings.batch_size)
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
                                registry=registry_for(kafka))
         self.batcher = Batcher()
@@ -170,7 +206,8 @@ class Sink:
         fence field."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:  # a missing field raises; unanswered, the check is left to the first flush
-            self._fence_unchecked = fence.start_check(self.client, self.settings.fence_field)
+            self._fence_unchecked = fence.start_check(self._salesforce,
+                                                      self.settings.fence_field)
         except BaseException:
             self.consumer.close()
             self.dead_letters.close()
@@ -377,7 +414,7 @@ class Sink:
         try:
             if self._fence_unchecked:
                 assert self.settings.fence_field is not None
-                fence.check_field(self.client, self.settings.fence_field)
+                fence.check_field(self._salesforce, self.settings.fence_field)
                 self._fence_unchecked = checking = False
             result = self.writer.write(entries)
             self.ops.called(entries, time.monotonic() - started, "ok")
@@ -641,9 +678,11 @@ class Sink:
             (consumer.pause if self.pauses.paused else consumer.resume)(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
 
-    def _beat(self) -> None:
-        """The poll loop is alive while a callback waits on the brokers (/livez)."""
-        self._heartbeat = time.monotonic()
+    def _beat(self, ahead_s: float = 0.0) -> None:
+        """The poll loop is alive while a callback waits on the brokers, or a Salesforce
+        call for up to ``ahead_s`` more (:class:`_Beating`): ``_heartbeat`` is then that
+        call's bound, as if beaten when the call may end at the latest (/livez)."""
+        self._heartbeat = time.monotonic() + ahead_s
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Last chance to settle and commit what we hold before another member owns it."""

@@ -2,7 +2,8 @@
 :mod:`common.lagmetrics`, :mod:`common.tracing`).
 
 * ``/livez``: the poll loop beat within :data:`common.probes.LIVENESS_SILENCE_S` (it polls
-  even while paused, so a long limit pause is alive).
+  even while paused, so a long limit pause is alive; a Salesforce call beats as it starts
+  and ends, and counts as a beat until its ``SF_TIMEOUT_S`` is over: ``sinks.app._Beating``).
 * ``/readyz``: it can write back now — started (its consumer's first assignment came, an
   empty one too: the group joined), not paused for Salesforce's API limit or an outage,
   the dead-letter producer not failed, the group's offsets readable from Kafka.
@@ -37,7 +38,8 @@ class SinkOps:
         return self
 
     def live(self) -> tuple[bool, dict[str, Any]]:
-        silent = time.monotonic() - self.sink._heartbeat
+        # a beat ahead (a Salesforce call under way, within its bound) is no silence
+        silent = max(0.0, time.monotonic() - self.sink._heartbeat)
         return loop_liveness(silent, LIVENESS_SILENCE_S, "poll loop")
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
