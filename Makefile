@@ -30,10 +30,13 @@ export PYTHONPATH := $(CURDIR)
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The virtualenv is made again when its Python is not PY_SUPPORTED or it has no pip (`python
+# -m venv` interrupted, python3-venv missing): a half-made one passed the Python check, and
+# every `pip install` failed with "No module named pip"
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
 	@$(PYTHON) -c '$(PY_SUPPORTED)' || { echo "error: Python 3.11 to 3.13 required ($(PYTHON) is $$($(PYTHON) -V)); set PYTHON=python3.11"; exit 1; }
-	@$(PY) -c '$(PY_SUPPORTED)' 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	@{ $(PY) -c '$(PY_SUPPORTED)' && $(PY) -m pip --version >/dev/null; } 2>/dev/null || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -c requirements.lock -e ".[dev]"
 	@touch $(STAMP)

@@ -1,5 +1,6 @@
 """`make up`'s own variables (``KAFKA_PORT``, ``KAFKA_CONTROLLER_PORT``,
-``KAFKA_LOCAL_SECURE``, the sandboxes' ports and seed sizes, ``SFPROV_LOG_MAX_MB``: the size
+``KAFKA_LOCAL_SECURE``, ``SFPROV_SANDBOX_REMOTE_KAFKA``, the sandboxes' ports and seed sizes,
+``SFPROV_LOG_MAX_MB``: the size
 over which the supervisor rotates a process's log, :func:`ops.supervisor.log_limit`), read as
 the processes read their settings (:func:`common.envparse.read_field`): unset, empty or blank
 is the default, and a value that does not parse is a :class:`~common.errors.ConfigError` naming the variable —

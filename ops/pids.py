@@ -61,9 +61,11 @@ def stop_leftovers(entries: list[dict[str, Any]], specs: dict[str, dict[str, Any
                    grace_of: Callable[[dict[str, Any]], float], *, grace: bool,
                    status_file: Path) -> None:
     """Stop what a supervisor that is gone left running (``entries``: its status file's
-    processes; ``specs``: its plan's, by name): each process group SIGKILLed, with ``grace``
-    after a SIGTERM and the child's grace (``grace_of(entry)``), as the supervisor would. A
-    running pid that is not the recorded process is left alone, with a warning."""
+    processes, in plan order; ``specs``: its plan's, by name): each process group SIGKILLed,
+    with ``grace`` after a SIGTERM and the child's grace (``grace_of(entry)``), one after
+    another in reverse plan order, as the supervisor stops its children: the sink's flush and
+    the worker's drain still find the sandboxes up. A running pid that is not the recorded
+    process is left alone, with a warning."""
     found = []
     for entry in entries:
         if not entry.get("pid") or process_start(entry["pid"]) is None:
@@ -73,17 +75,20 @@ def stop_leftovers(entries: list[dict[str, Any]], specs: dict[str, dict[str, Any
         else:
             print(f"warning: pid {entry['pid']} is not the {entry['name']} the supervisor "
                   f"started ({status_file} is stale): not stopping it", file=sys.stderr)
-    if grace and found:
-        for child in found:
-            print(f"stopping leftover {child['name']} (pid {child['pid']}) of a supervisor "
-                  "that is gone")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + max(grace_of(c) for c in found)
-        while time.monotonic() < deadline and any(_same(c, specs) for c in found):
-            time.sleep(0.2)
-    for child in found:
+    for child in reversed(found):
+        if grace:
+            _terminate(child, specs, grace_of(child))
         if _same(child, specs):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child["pid"], signal.SIGKILL)
                 print(f"killed leftover {child['name']} (pid {child['pid']})")
+
+
+def _terminate(child: dict[str, Any], specs: dict[str, dict[str, Any]], grace: float) -> None:
+    """SIGTERM a leftover's process group and wait up to ``grace`` for it to exit."""
+    print(f"stopping leftover {child['name']} (pid {child['pid']}) of a supervisor that is gone")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _same(child, specs):
+        time.sleep(0.2)

@@ -86,13 +86,42 @@ def secure(env: dict[str, str]) -> bool:
 
 
 def uses_local_broker(env: dict[str, str]) -> bool:
-    servers = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()  # blank: unset, as for the processes
-    return not servers or all(h.strip().split(":")[0] in ("localhost", "127.0.0.1")
-                              for h in servers.split(","))
+    """Whether the pipeline's Kafka is the broker ``make up`` runs: ``KAFKA_BOOTSTRAP_SERVERS``
+    unset (blank, as for the processes) or naming only the loopback on ``KAFKA_PORT``. Another
+    port there is another Kafka (the user's own): no broker is started for it, and its
+    processes are not given the local broker's SCRAM credentials."""
+    return is_local_broker(local_bootstrap(env), envvars.port(env, "KAFKA_PORT", 9092))
+
+
+def is_local_broker(servers: str, port: int) -> bool:
+    """Whether each of the bootstrap ``servers`` is the loopback on ``port``."""
+    def local(server: str) -> bool:
+        host, _, given = server.strip().partition(":")
+        # no port is the Kafka clients' default, 9092
+        return host in ("localhost", "127.0.0.1") and (given.strip() or "9092") == str(port)
+    return all(local(server) for server in servers.split(","))
 
 
 def sandbox_mode(env: dict[str, str]) -> bool:
     return not env.get("SF_CLIENT_ID", "").strip()  # blank is unset, as for the settings
+
+
+def check_sandbox_kafka(env: dict[str, str]) -> None:
+    """Refuse sandbox mode on a Kafka that is not the local broker, unless
+    ``SFPROV_SANDBOX_REMOTE_KAFKA=true`` says that cluster is one to test on: on a real
+    pipeline's cluster the sandbox connector fences its connector (the same transactional
+    id), the worker joins its group and fails its Orders (the sandbox has none of them), and
+    the sink takes its outcomes."""
+    servers, port = local_bootstrap(env), envvars.port(env, "KAFKA_PORT", 9092)
+    if (not sandbox_mode(env) or is_local_broker(servers, port)
+            or envvars.flag(env, "SFPROV_SANDBOX_REMOTE_KAFKA", False)):
+        return
+    raise ConfigError(
+        f"KAFKA_BOOTSTRAP_SERVERS: {servers} is not the local broker (127.0.0.1:{port}) and "
+        "SF_CLIENT_ID is unset (sandbox mode): the sandboxes' connector, worker and sink would "
+        "join the pipeline of that cluster; set SF_CLIENT_ID to run against a real org, unset "
+        "KAFKA_BOOTSTRAP_SERVERS to use the local broker, or set "
+        "SFPROV_SANDBOX_REMOTE_KAFKA=true if that cluster is one to test on")
 
 
 def sandbox_env(env: dict[str, str], pipeline_env: dict[str, str]) -> dict[str, str]:
@@ -390,6 +419,7 @@ def open_supervisor_log(log_max: int) -> BinaryIO:
 def up() -> int:
     env = environment()
     log_max = log_limit(env)  # a bad SFPROV_LOG_MAX_MB: one line, exit 64, before anything
+    check_sandbox_kafka(env)  # likewise: nothing is made on another pipeline's cluster
     STATE.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     admin_env: dict[str, str] = {}

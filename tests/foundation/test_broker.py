@@ -132,11 +132,14 @@ def test_cli_start_is_idempotent_and_stop_leaves_no_process(tmp_path):
     cmd = [sys.executable, "-m", "ops.kafka_local", "--dir", str(tmp_path / "b"),
            "--port", str(port), "--controller-port", str(cport)]
     root = Path(__file__).resolve().parents[2]
-    first = subprocess.run([*cmd, "start"], cwd=root, capture_output=True, text=True, timeout=180)
-    assert first.returncode == 0, first.stderr
     broker = LocalBroker(tmp_path / "b", port, cport)
-    pid = broker.running_pid()
+    # the first start inside the try too: one that times out or is interrupted may have
+    # started the broker (in its own session), and only `stop` stops it
     try:
+        first = subprocess.run([*cmd, "start"], cwd=root, capture_output=True, text=True,
+                               timeout=180)
+        assert first.returncode == 0, first.stderr
+        pid = broker.running_pid()
         second = subprocess.run([*cmd, "start"], cwd=root, capture_output=True, text=True,
                                 timeout=60)
         assert second.returncode == 0 and "already running" in second.stdout
