@@ -141,7 +141,8 @@ def load_local_stack_env() -> None:
     and as the read-only principal over the admin's credentials in .env."""
     from ops.stack import recorded_env
 
-    recorded, env = recorded_env(), environment()
+    recorded = recorded_env()
+    env = {k: v for k, v in environment().items() if v.strip()}  # blank is unset, as always
     bootstrap = "KAFKA_BOOTSTRAP_SERVERS"
     # the recorded credentials are the recorded broker's: not sent to another one
     same_broker = env.get(bootstrap, recorded.get(bootstrap)) == recorded.get(bootstrap)

@@ -77,3 +77,13 @@ def test_the_sandboxes_recorded_settings_still_win_over_dotenv(dotenv):
     dotenv.write_text("SF_LOGIN_URL=https://login.salesforce.com\n")
     cli.load_local_stack_env()
     assert cli.os.environ["SF_LOGIN_URL"] == "https://127.0.0.1:8443"
+
+
+def test_a_blank_line_in_dotenv_is_unset_and_leaves_the_recorded_broker(dotenv, monkeypatch):
+    """`KAFKA_BOOTSTRAP_SERVERS=` (blank: unset, as everywhere) made sfprov drop the recorded
+    broker and every recorded credential: 127.0.0.1:9092 with no SASL on a secured broker
+    that `make up` had put elsewhere."""
+    stack.PIPELINE_ENV.write_text(RECORDED.replace("127.0.0.1:9092", "127.0.0.1:9192"))
+    dotenv.write_text("KAFKA_BOOTSTRAP_SERVERS=\nKAFKA_SASL_USERNAME= \n")
+    assert sfprov_bootstrap() == "127.0.0.1:9192"
+    assert sfprov_user() == "sfprov-ops"
