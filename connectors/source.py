@@ -368,10 +368,8 @@ class Connector:
             return self._fenced(exc)
         except KafkaAccessError as exc:
             return self._refused(exc)
-        except ConfigError as exc:  # a setting the broker refuses: restarting cannot help
-            self.health.state, self.health.last_error = "failed", str(exc)
-            log.error("configuration error: %s", exc)
-            return EXIT_CONFIG
+        except ConfigError as exc:
+            return self._config_refused(exc)
         except KafkaError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_ERROR
@@ -399,6 +397,8 @@ class Connector:
                     return code
             except KafkaAccessError as exc:
                 return self._refused(exc)
+            except ConfigError as exc:  # a new producer's init refused (brokers reconfigured)
+                return self._config_refused(exc)
             except ReplayIdInvalidError as exc:
                 code = self._replay_invalid(exc)
                 if code is not None:
@@ -900,6 +900,14 @@ class Connector:
         log.warning("producer re-initialised (after a transaction timeout or a failed "
                     "producer); resuming after replay id %s", replay_id or "-",
                     extra={"replay_id": replay_id})
+
+    def _config_refused(self, exc: ConfigError) -> int:
+        """A setting the broker refuses (CONNECTOR_TRANSACTION_TIMEOUT_S), at the start or a
+        new producer's: no retry or restart helps (taken for a failed subscription, it was
+        retried for ever, blamed on Salesforce)."""
+        self.health.state, self.health.last_error = "failed", str(exc)
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
 
     def _refused(self, exc: KafkaAccessError) -> int:
         self.health.state = "failed"

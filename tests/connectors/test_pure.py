@@ -959,3 +959,31 @@ def test_a_transaction_timeout_the_broker_refuses_is_a_setting_error_exit_64(mon
     assert conn.run(timeout_s=1) == source.EXIT_CONFIG == 64
     assert conn.health.state == "failed" and "CONNECTOR_TRANSACTION_TIMEOUT_S" in (
         conn.health.last_error or "")
+
+
+def test_a_transaction_timeout_refused_at_a_new_producer_is_exit_64_too(monkeypatch):
+    """The brokers reconfigured with a lower transaction.max.timeout.ms while the connector
+    runs: its next new producer (after a transaction timeout or a failed producer) is refused.
+    Taken for a failed subscription, it was retried for ever, blamed on Salesforce."""
+    from common.errors import ConfigError
+    from common.settings import ConnectorSettings, KafkaSettings
+    from connectors import source
+
+    reopened: list[int] = []
+
+    def reopen() -> None:
+        reopened.append(1)
+        raise ConfigError("CONNECTOR_TRANSACTION_TIMEOUT_S: the broker refuses a transaction "
+                          "timeout of 600 s")
+    kafka = KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    conn = source.Connector(kafka=kafka, salesforce=None,  # type: ignore[arg-type]
+                            connector=ConnectorSettings.load({}, name="txn-reopen-test"),
+                            auth=object(), pubsub=SimpleNamespace(get_schema=None))  # type: ignore[arg-type]
+    conn.writer.close()
+    conn.writer = SimpleNamespace(start=lambda: None, reopen=reopen,  # type: ignore[assignment]
+                                  close=lambda: None)
+    monkeypatch.setattr(source, "load_position", lambda *a, **k: None)
+    monkeypatch.setattr(conn, "_rearm_gap", lambda: None)
+    conn._reopen_pending = True  # a transaction timed out, or the producer failed
+    assert conn.run(timeout_s=2) == source.EXIT_CONFIG
+    assert reopened == [1] and conn.health.state == "failed"
