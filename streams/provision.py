@@ -252,6 +252,16 @@ def _failed_after(created: ProvisionResult, error_code: str | None,
         client_id=created.client_id)
 
 
+def _after_refusal(refused: WhmcsError | None, message: str) -> str:
+    """``message``, after the error WHMCS answered an ``AddOrder`` with when the lookup
+    that followed it failed: the refusal is what an analyst must see (a payment method to
+    fix, not an outage to wait out)."""
+    if refused is None:
+        return message
+    return f"{refused.action}: {refused}; the lookup for an order it may have made " \
+           f"failed: {message}"
+
+
 def _addon_ids(order: WhmcsOrder) -> list[int]:
     items = ((order.raw.get("lineitems") or {}).get("lineitem")) or []
     return [int(i["relid"]) for i in items
@@ -434,7 +444,8 @@ class Provisioner:
                     if created is not None:  # made, or found by the lookup: not accepted
                         return _failed_after(created, "WHMCS_UNAVAILABLE", message, attempts)
                     return ProvisionResult(
-                        "Failed", error_code="WHMCS_UNAVAILABLE", error_message=message,
+                        "Failed", error_code="WHMCS_UNAVAILABLE",
+                        error_message=_after_refusal(add_refused, message),
                         # an AddOrder of this attempt, or (a lookup still owed) of an
                         # earlier one, may have landed: the next attempt looks first
                         attempts=attempts, may_exist=attempts > 0 or settle_at_ms is not None)
@@ -477,9 +488,12 @@ class Provisioner:
                     # said "no order" let the next request create a second one)
                     add_refused, add_uncertain, sent = exc, False, None
                     settle_at_ms = int(self._wall() * 1000)
+                    log.warning("WHMCS answered the AddOrder with an error (%s); looking for "
+                                "an order it may have made before the error", exc, extra=extra)
                     continue
                 return ProvisionResult(
-                    "Failed", error_code="WHMCS_ERROR", error_message=f"{exc.action}: {exc}",
+                    "Failed", error_code="WHMCS_ERROR",
+                    error_message=_after_refusal(add_refused, f"{exc.action}: {exc}"),
                     attempts=attempts, may_exist=settle_at_ms is not None)
 
     def _settle_at_ms(self, sent_at: float) -> int:

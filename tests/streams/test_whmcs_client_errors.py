@@ -574,3 +574,33 @@ def test_an_answer_that_came_while_the_process_was_stopped_is_taken(loop):
     finally:
         listener.close()
     assert added.order_id == 9
+
+
+@pytest.mark.parametrize(("lookup", "code"), [
+    (httpx.Response(200, json={"result": "error", "message": "Some failure"}), "WHMCS_ERROR"),
+    (httpx.Response(503, text="down"), "WHMCS_UNAVAILABLE")])
+def test_an_addorder_refusal_whose_lookup_fails_keeps_the_refusal_in_the_outcome(lookup, code):
+    """AddOrder refused ("Invalid Payment Method"), then the lookup for an order it may have
+    made fails: the outcome said only the lookup's failure (an outage to wait out), and no
+    log line kept WHMCS's refusal (a payment method to fix). Either way the next attempt
+    looks first (may_exist) and no second AddOrder is sent."""
+    calls: list[str] = []
+
+    def handler(request):
+        calls.append(action_of(request))
+        if calls[-1] == "AddOrder":
+            return httpx.Response(200, json={"result": "error", "message":
+                                             "Invalid Payment Method. Valid options include"})
+        return lookup
+
+    async def go():
+        async with client_answering(handler) as client:
+            async def sleep(_delay):
+                pass
+            return await Provisioner(client, policy(retry_deadline_s=0.0),
+                                     sleep=sleep).provision(req())
+    res = run(go())
+    assert (res.status, res.error_code, res.may_exist) == ("Failed", code, True)
+    assert (res.error_message or "").startswith(
+        "AddOrder: Invalid Payment Method. Valid options include; the lookup"), res
+    assert calls.count("AddOrder") == 1 and "GetOrders" in calls
