@@ -9,7 +9,9 @@ pipeline gets ``SCHEMA_REGISTRY_URL`` pointing at it, so the requests and outcom
 the Confluent wire format every registry-aware tool reads — unless ``SCHEMA_REGISTRY_URL``
 is set already (your own registry), or set empty in ``.env`` (plain Avro, no emulator).
 State lives in ``<state>/sandbox/``; on first start the Salesforce sandbox is seeded
-(``SF_SANDBOX_ACCOUNTS`` accounts, ``SF_SANDBOX_ORDERS`` Orders in Pending Review).
+(``SF_SANDBOX_ACCOUNTS`` accounts, ``SF_SANDBOX_ORDERS`` Orders in Pending Review), and the
+WHMCS sandbox with the clients of ``WHMCS_SANDBOX_ACCOUNTS`` (10,000) accounts, or of
+``SF_SANDBOX_ACCOUNTS`` when more (:func:`whmcs_accounts`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def registry_process(state: Path, logs: Path) -> tuple[dict[str, Any] | None, di
     return proc, {"SCHEMA_REGISTRY_URL": url}
 
 
+def whmcs_accounts() -> int:
+    """The WHMCS sandbox's seed accounts: ``WHMCS_SANDBOX_ACCOUNTS``, but never fewer than
+    the Salesforce sandbox's — its account i names WHMCS client 1001+i, and an Order of an
+    account the WHMCS sandbox lacks failed for good with "Client ID Not Found"."""
+    env = environment()
+    return max(envvars.count(env, "WHMCS_SANDBOX_ACCOUNTS", 10000),
+               envvars.count(env, "SF_SANDBOX_ACCOUNTS", 200))
+
+
 def sf_dir(state: Path) -> Path:
     return state / "sandbox" / "salesforce"
 
@@ -79,7 +90,7 @@ def plan(state: Path, logs: Path) -> tuple[list[dict[str, Any]], dict[str, str]]
          "argv": [PY, "-m", "sandbox.whmcs", "serve", "--port", str(whmcs_port),
                   "--db", str(state / "sandbox" / "whmcs.db"),
                   "--identifier", WHMCS_IDENTIFIER, "--secret", WHMCS_SECRET,
-                  "--access-key", WHMCS_ACCESS_KEY],
+                  "--access-key", WHMCS_ACCESS_KEY, "--accounts", str(whmcs_accounts())],
          "env": {}, "log": str(logs / "whmcs-sandbox.log"),
          "health_url": f"{whmcs_url}/__sandbox/health"},
     ]

@@ -5,15 +5,18 @@ Flags fall back to environment variables (shown as ``[env: VAR]`` in ``--help``)
 - ``serve [--host 127.0.0.1] [--port 8881] [--db var/whmcs-sandbox.db] [--ready-file PATH]
   [--identifier ..] [--secret ..] [--access-key ..] [--admin-username .. --admin-password ..]
   [--allowed-ips 127.0.0.1,::1] [--ban-after 3] [--ban-window-s 1800] [--ban-s 900]
-  [--accounts 10000] [--gateways mailin,paypal,banktransfer] [--fault-seed N]`` — port 0
-  picks a free port; the ready file gets ``{"url", "port", "pid"}`` once listening. A new
-  database is seeded with ``--accounts`` seed accounts on first start. The ban flags: WHMCS's
+  [--accounts 10000] [--sf-accounts 0] [--gateways mailin,paypal,banktransfer]
+  [--fault-seed N]`` — port 0 picks a free port; the ready file gets ``{"url", "port",
+  "pid"}`` once listening. A new database is seeded on first start with ``--accounts`` seed
+  accounts, or ``--sf-accounts`` (the Salesforce sandbox's ``SF_SANDBOX_ACCOUNTS``) when more:
+  each of its accounts names a WHMCS client, which must exist. The ban flags: WHMCS's
   login ban (an IP with that many failed logins within the window is answered ``IP Banned``
   for ``--ban-s`` seconds; 0 = no ban; ``DELETE /__sandbox/login-ban`` lifts bans).
 - ``seed --accounts N [--db ..]`` — add the catalogue and N seed accounts' clients.
 - ``orders [--url ..] [--sf-order-id ..] [--userid ..] [--status ..] [--limit ..]``
-- ``faults show|clear [ACTION]|set ACTION key=value ... [--url ..]`` — e.g.
-  ``faults set AddOrder hang_rate=1 hang_s=30 times=1``; a value is read as JSON
+- ``faults show|clear [ACTION]|set [ACTION] key=value ... [--url ..]`` — e.g.
+  ``faults set AddOrder hang_rate=1 hang_s=30 times=1``; without an action (``faults set
+  hang_rate=1``) the spec is every action's (``*``); a value is read as JSON
   (``true``, ``0.5``), except the text fields' (``error_kind``, ``whmcs_error``,
   ``hang_mode``, ``match``), kept as typed.
 - ``counters [--url ..]``
@@ -68,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     store = Store(args.db)
     if not store.is_seeded():
-        store.seed(int(args.accounts))
+        store.seed(max(int(args.accounts), args.sf_accounts))
     config = Config(args.identifier, args.secret, args.access_key,
                     {ip.strip() for ip in args.allowed_ips.split(",") if ip.strip()},
                     Context(tuple(g.strip() for g in args.gateways.split(",") if g.strip())),
@@ -120,10 +123,13 @@ def cmd_faults(args: argparse.Namespace) -> int:
         return _print(httpx.delete(url, params=params).json())
     from sandbox.whmcs.faults import TEXT_FIELDS
 
-    spec = dict(kv.split("=", 1) for kv in args.spec)
+    action, fields = args.action or "*", list(args.spec)
+    if "=" in action:  # ``faults set hang_rate=1``: no action named, a field taken for it
+        action, fields = "*", [action, *fields]
+    spec = dict(kv.split("=", 1) for kv in fields)
     # text fields stay text (``error_kind=500``, ``match=1006``); the rest are JSON values
-    body = {"faults": {args.action or "*": {k: v if k in TEXT_FIELDS else _value(v)
-                                            for k, v in spec.items()}}}
+    body = {"faults": {action: {k: v if k in TEXT_FIELDS else _value(v)
+                                for k, v in spec.items()}}}
     resp = httpx.post(url, json=body)
     _print(resp.json())
     return 0 if resp.status_code == 200 else 2
@@ -182,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(serve, "--ban-s", "WHMCS_SANDBOX_BAN_S", "900",
          "how long a banned IP is answered 'IP Banned', seconds (0 = no ban)")
     _add(serve, "--accounts", "WHMCS_SANDBOX_ACCOUNTS", "10000", "seed accounts on first start")
+    serve.add_argument("--sf-accounts", type=int, default=0,
+                       help="the Salesforce sandbox's seed accounts (SF_SANDBOX_ACCOUNTS): "
+                            "seeded too on first start when more than --accounts, since each "
+                            "names a WHMCS client")
     _add(serve, "--gateways", "WHMCS_SANDBOX_GATEWAYS", "mailin,paypal,banktransfer",
          "payment gateways AddOrder accepts")
     _add(serve, "--fault-seed", "WHMCS_SANDBOX_FAULT_SEED", "", "seed of the fault RNG")

@@ -90,7 +90,7 @@ def add_client(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
 
 def get_clients_details(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
     client_id = _int(p, "clientid")
-    client = store.clients.get(client_id)
+    client = store.client(client_id)
     if client is None and scalar(p, "email"):
         email = scalar(p, "email").lower()
         client = next((c for c in store.clients.values() if c.email.lower() == email), None)
@@ -169,7 +169,7 @@ def _items(store: Store, p: Params) -> list[NewItem]:
 
 
 def add_order(store: Store, p: Params, ctx: Context) -> dict[str, Any]:
-    client = store.clients.get(_int(p, "clientid"))
+    client = store.client(_int(p, "clientid"))
     if client is None:
         raise ApiError(MESSAGES["client_not_found"])
     if client.status == "Closed":

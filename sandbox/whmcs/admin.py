@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sandbox.whmcs.actions import ACTIONS
 from sandbox.whmcs.faults import FaultSpec
 from sandbox.whmcs.server import Sandbox, log
 
@@ -76,6 +78,16 @@ async def faults_get(request: web.Request) -> web.Response:
     return web.json_response(_sb(request).faults.describe())
 
 
+def _check_action(action: Any) -> None:
+    """An action the sandbox answers (any case), or ``*``: a spec set for a misspelt one
+    (``AddOrders``) would never fire, and nothing would say so."""
+    if not isinstance(action, str):
+        raise ValueError(f"action: a name is expected, not {action!r}")
+    if action.strip().lower() not in (*ACTIONS, "*", ""):
+        raise ValueError(f"action: {action!r} is not one the sandbox answers "
+                         f"({', '.join(sorted(ACTIONS))}, or *)")
+
+
 def _fault_request(data: Any) -> tuple[bool, tuple[bool, int | None], dict[str, FaultSpec]]:
     """``replace``, ``(whether seed is given, seed)`` and the specs by action of a POST to
     ``/__sandbox/faults``, every part checked; ``ValueError`` naming what is wrong."""
@@ -92,8 +104,7 @@ def _fault_request(data: Any) -> tuple[bool, tuple[bool, int | None], dict[str, 
         raise ValueError("faults: an object of action → fault spec is expected")
     specs: dict[str, FaultSpec] = {}
     for action, spec in (table or {}).items():
-        if not isinstance(action, str):
-            raise ValueError(f"action: a name is expected, not {action!r}")
+        _check_action(action)
         try:
             specs[action] = FaultSpec.from_dict(spec)
         except ValueError as exc:
@@ -126,8 +137,17 @@ async def faults_clear(request: web.Request) -> web.Response:
 async def allowed_ips(request: web.Request) -> web.Response:
     sb = _sb(request)
     if request.method == "POST":
-        data = await request.json()
-        sb.config.allowed_ips = set(data.get("allowed_ips", []))
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            return web.json_response({"error": f"not JSON: {exc}"}, status=400)
+        ips = data.get("allowed_ips") if isinstance(data, dict) else None
+        # a string (``"10.0.0.5,127.0.0.1"``) was stored as the set of its characters
+        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+            return web.json_response(
+                {"error": f"allowed_ips: a list of strings is expected, not {ips!r}"},
+                status=400)
+        sb.config.allowed_ips = set(ips)
     return web.json_response({"allowed_ips": sorted(sb.config.allowed_ips)})
 
 
@@ -149,9 +169,10 @@ async def login_ban(request: web.Request) -> web.Response:
             if unknown:
                 raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
             values = {k: _BAN_FIELDS[k](v) for k, v in data.items()}
-            if any(v < 0 for v in values.values()):
-                raise ValueError("values must not be negative")
-        except (ValueError, TypeError) as exc:
+            # NaN passes ``v < 0`` (a ban that never ends, or never starts); int(inf) overflows
+            if not all(math.isfinite(v) and v >= 0 for v in values.values()):
+                raise ValueError("values must be finite and not negative")
+        except (ValueError, TypeError, OverflowError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         for key, value in values.items():
             setattr(sb.config, key, value)

@@ -37,13 +37,15 @@ Admin endpoints (JSON, no auth — the sandbox listens on localhost):
 - ``GET /__sandbox/faults`` → ``{"seed", "fired", "fired_kinds", "faults"}``;
   ``POST /__sandbox/faults`` with ``{"action": "AddOrder"|"*", ...FaultSpec fields}`` or
   ``{"faults": {action: spec, ...}, "seed": n, "replace": bool}`` — checked whole first: a
-  400 (naming the field) changes nothing; ``DELETE /__sandbox/faults[?action=AddOrder]``
-  clears.
-- ``GET/POST /__sandbox/allowed-ips`` (``{"allowed_ips": ["127.0.0.1", ...]}``, ``"*"`` = any)
+  400 (naming the field, or an action the sandbox does not answer) changes nothing;
+  ``DELETE /__sandbox/faults[?action=AddOrder]`` clears.
+- ``GET/POST /__sandbox/allowed-ips`` (``{"allowed_ips": ["127.0.0.1", ...]}``, a list of
+  strings, else 400; ``"*"`` = any)
 - ``GET /__sandbox/login-ban`` → ``{"ban_after", "ban_window_s", "ban_s", "banned": {ip:
   seconds left}, "failed_logins": {ip: n}}``; ``POST`` with any of ``ban_after``,
-  ``ban_window_s``, ``ban_s`` changes them (bans already on keep their end);
-  ``DELETE`` lifts every ban and forgets the failed logins (an admin removing them in WHMCS).
+  ``ban_window_s``, ``ban_s`` (finite, not negative) changes them (bans already on keep
+  their end); ``DELETE`` lifts every ban and forgets the failed logins (an admin removing
+  them in WHMCS).
 - ``POST /__sandbox/seed`` with ``{"accounts": n}``.
 
 Secrets (``secret``, ``password``, ``accesskey``) are compared in constant time and never
@@ -227,7 +229,8 @@ class Sandbox:
         if plan.latency_s:
             await asyncio.sleep(plan.latency_s)
         if plan.whmcs_error is not None and not plan.whmcs_error_after_commit:
-            return _json({"result": "error", "message": plan.whmcs_error})
+            # answered as the action's own errors are (step 9): XML unless responsetype=json
+            return _answer(action, params, {"result": "error", "message": plan.whmcs_error})
         if plan.error_kind and not plan.error_after_commit:
             return _error_page(plan)
         result = dispatch(self.store, params, self.config.context,
@@ -241,15 +244,20 @@ class Sandbox:
             raise asyncio.CancelledError  # nothing more to send on a dropped connection
         if plan.hang_s is not None:
             await asyncio.sleep(plan.hang_s)
-        if scalar(params, "responsetype", "xml").strip().lower() != "json":
-            return _xml(action, result)
-        return _json(result)
+        return _answer(action, params, result)
 
 
 _PRETTY = {"addclient": "AddClient", "getclientsdetails": "GetClientsDetails",
            "addorder": "AddOrder", "acceptorder": "AcceptOrder", "cancelorder": "CancelOrder",
            "getorders": "GetOrders", "getclientsproducts": "GetClientsProducts",
            "getproducts": "GetProducts"}
+
+
+def _answer(action: str, params: dict[str, Any], body: dict[str, Any]) -> web.Response:
+    """An API answer: JSON with ``responsetype=json``, otherwise WHMCS's default XML."""
+    if scalar(params, "responsetype", "xml").strip().lower() != "json":
+        return _xml(action, body)
+    return _json(body)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:

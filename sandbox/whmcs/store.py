@@ -3,7 +3,9 @@
 One :class:`Store` per server process, used from the event loop's thread only. Every write
 commits before the method returns (``synchronous=NORMAL``: durable across a process crash,
 which is what the tests and the commit-then-hang fault need). Products, addons and clients
-are also kept in dicts, because every AddOrder needs them.
+are also kept in dicts, because every AddOrder needs them; a client missing from its dict
+is looked up in the database (:meth:`Store.client`), so clients seeded into a running
+sandbox's database by another process are found.
 
 Ids follow WHMCS: integer autoincrement per table, clients seeded at
 ``seed.FIRST_CLIENT_ID + i``; clients created through AddClient get ids above
@@ -156,6 +158,17 @@ class Store:
         return len(self.clients)
 
     # -- clients ------------------------------------------------------------------------
+
+    def client(self, client_id: int) -> Client | None:
+        """The client with this id: from the cache, else from the database — another process
+        (``python -m sandbox.whmcs seed`` on the live database) may have added it since the
+        cache was loaded. Only a miss reads SQLite, so the hot path stays a dict lookup."""
+        client = self.clients.get(client_id)
+        if client is None:
+            row = self.db.execute("SELECT * FROM clients WHERE id = ?", (client_id,)).fetchone()
+            if row is not None:
+                client = self.clients[client_id] = self._client(row)
+        return client
 
     def add_client(self, fields: dict[str, str]) -> Client:
         top = max((c for c in self.clients if c != seed.UNKNOWN_CLIENT_ID), default=0)
