@@ -183,7 +183,9 @@ class EventDecoder:
         except SerdeError as exc:
             if exc.retryable:  # schema registry unreachable: resubscribe and try again
                 raise
-            return self.dead_letter(event, "unencodable", str(exc), "SerdeError")
+            # its Order is known: `sfprov trace` and `dlq --order-id` find it by the header
+            return self.dead_letter(event, "unencodable", str(exc), "SerdeError",
+                                    order_id=order_id)
         correlation_id = fields.get("CorrelationId__c")
         headers = [*self._schema_headers,
                    (HEADER_PREFIX + "event_uuid", pe.id.encode()),

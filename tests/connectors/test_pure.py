@@ -295,6 +295,25 @@ def test_event_too_large_for_kafka_is_dead_letter_with_truncated_payload() -> No
     assert not decoder().build(consumer_event(fits)).dead_letter
 
 
+def test_an_unencodable_event_of_a_known_order_names_the_order(monkeypatch) -> None:
+    """An event whose request cannot be encoded (non-retryable SerdeError) after its Order id
+    was read: the dead letter carried no Order id (key: the event uuid), so `sfprov trace`
+    and `dlq --order-id` said the Order had no dead letter."""
+    from common.avro import SerdeError
+
+    dec = decoder()
+
+    def refuse(_record):
+        raise SerdeError("value does not fit the schema", retryable=False)
+    monkeypatch.setattr(dec.serde, "encode", refuse)
+    ev = consumer_event(payload({"CreatedDate": 1, "CreatedById": "005x",
+                                 "OrderId__c": "801000000000001AAA", "IdemKey__c": "k",
+                                 "CorrelationId__c": None, "NewField__c": None}))
+    rec = dec.build(ev)
+    assert rec.dead_letter and rec.reason == "unencodable"
+    assert parse_headers(rec.headers)["order_id"] == "801000000000001AAA"
+
+
 def test_unknown_schema_is_dead_letter_and_cached_negatively() -> None:
     calls = []
 
