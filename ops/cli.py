@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError as CKafkaError
 from confluent_kafka import KafkaException
 
-from common.envparse import environment, exits_64_on_config_error
+from common.envparse import TOPIC_CHARS, environment, exits_64_on_config_error, parse_host_list
 from common.errors import ConfigError, PipelineError
 from common.settings import (
     RECONCILE_OLDER_THAN_MAX_S,
@@ -112,6 +112,24 @@ def duration_s(text: str) -> float:
     return seconds
 
 
+def bootstrap_servers(text: str) -> str:
+    """``-b``: the processes' check of KAFKA_BOOTSTRAP_SERVERS, as a usage error — a bad one
+    was waited on for ~10 s, then "cannot reach Kafka at localhost:notaport"."""
+    try:
+        return parse_host_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def topic_prefix(text: str) -> str:
+    """``--prefix``: the characters a topic name may hold (KafkaSettings' check), as a usage
+    error naming the option."""
+    if text and not TOPIC_CHARS.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} begins every topic name, which may hold "
+                                         "only letters, digits, '.', '_' and '-'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ops import acls, cmd_kafka, cmd_orders
 
@@ -120,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline: inspect topics, tail records, check lag, trace an order, replay, "
         "reconcile, handle dead letters, list the ACLs each process needs.")
     add(parser, "-b", "--bootstrap-server", "--bootstrap", dest="bootstrap",
-        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT",
+        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT", type=bootstrap_servers,
         help="Kafka bootstrap servers (as Kafka's own tools take them)")
-    add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", help="topic and group name prefix")
+    add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", type=topic_prefix,
+        help="topic and group name prefix")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
         *cmd_kafka.COMMANDS, *cmd_orders.COMMANDS, *acls.COMMANDS]
