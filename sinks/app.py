@@ -99,6 +99,11 @@ class RunStats:
     superseded: int = 0
 
 
+#: the exchanges one SalesforceClient call may make (common.salesforce: _call's two attempts,
+#: each after a login or a re-login when the token is missing or the session expired)
+CALL_EXCHANGES = 4
+
+
 class _Beating:
     """The Salesforce client as the sink calls it: every call beats the poll loop's heartbeat
     (/livez) as it starts and as it ends, and the loop counts as alive through the call for
@@ -106,13 +111,18 @@ class _Beating:
     wedge (:mod:`common.probes`). Beaten only at the top of the loop, a flush of several
     calls (a batch bisected to the record Salesforce refuses, describes, the fence check),
     or one call longer than the liveness silence, was one silence: with a slow but working
-    Salesforce the liveness probe killed the sink mid-write."""
+    Salesforce the liveness probe killed the sink mid-write. The credit is the call's worst
+    case: with one SF_TIMEOUT_S, a call that re-logged in first (``SF_TIMEOUT_S=120``) failed
+    the probe all the same."""
 
     def __init__(self, client: CollectionClient, sink: Sink) -> None:
         self._client = client
         self._sink = sink
-        # a SalesforceClient's SF_TIMEOUT_S (a test's fake has none: its calls get no credit)
-        self._bound_s: float = getattr(getattr(client, "settings", None), "timeout_s", 0.0)
+        # a SalesforceClient's call is at most four exchanges each bounded by SF_TIMEOUT_S: a
+        # login, the request, and after an expired session a re-login and the request again
+        # (a test's fake has no settings: its calls get no credit)
+        self._bound_s: float = CALL_EXCHANGES * getattr(
+            getattr(client, "settings", None), "timeout_s", 0.0)
 
     def update_collection(self, records: list[dict[str, Any]], *,
                           all_or_none: bool = False) -> list[dict[str, Any]]:
@@ -125,11 +135,11 @@ class _Beating:
 
     @contextlib.contextmanager
     def _call(self) -> Iterator[None]:
-        self._sink._beat(ahead_s=self._bound_s)
+        self._sink.beat(ahead_s=self._bound_s)
         try:
             yield
         finally:
-            self._sink._beat()
+            self._sink.beat()
 
 
 class Sink:
@@ -662,7 +672,7 @@ class Sink:
         :class:`~common.errors.ConfigError` (exit 64) before anything of it is written."""
         chosen = start.starts(consumer, self.kafka.outcomes, [p.partition for p in partitions],
                               group=self.kafka.topic(self.settings.group_id),
-                              position=self.settings.start_position, beat=self._beat,
+                              position=self.settings.start_position, beat=self.beat,
                               principal=self.connection.principal)
         partitions = [TopicPartition(p.topic, p.partition, chosen[p.partition])
                       if p.partition in chosen else p for p in partitions]
@@ -678,7 +688,7 @@ class Sink:
             (consumer.pause if self.pauses.paused else consumer.resume)(partitions)
         log.info("assigned partitions %s", [p.partition for p in partitions])
 
-    def _beat(self, ahead_s: float = 0.0) -> None:
+    def beat(self, ahead_s: float = 0.0) -> None:
         """The poll loop is alive while a callback waits on the brokers, or a Salesforce
         call for up to ``ahead_s`` more (:class:`_Beating`): ``_heartbeat`` is then that
         call's bound, as if beaten when the call may end at the latest (/livez)."""

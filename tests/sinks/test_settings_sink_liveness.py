@@ -3,7 +3,8 @@ beat only at its top, so one flush turn of several calls (a batch bisected to th
 Salesforce refuses, describes, the fence check) or one call longer than
 ``LIVENESS_SILENCE_S`` (``SF_TIMEOUT_S=120``) left it silent past 60 s, and Kubernetes'
 liveness probe killed the sink mid-write. Each call now beats as it starts and as it ends,
-and counts as a beat until its ``SF_TIMEOUT_S`` is over. No broker; a fake clock."""
+and counts as a beat until its worst case is over (four exchanges of ``SF_TIMEOUT_S``). No
+broker; a fake clock."""
 
 from __future__ import annotations
 
@@ -115,9 +116,26 @@ def test_one_call_longer_than_the_liveness_silence_within_sf_timeout_is_alive(
         sink.dead_letters.close()
 
 
+def test_a_call_that_logs_in_again_first_within_its_bounds_is_alive(clock: Clock) -> None:
+    """One client call may be a re-login (its session expired) and the request, each up to
+    SF_TIMEOUT_S: with one SF_TIMEOUT_S of credit such a call of 200 s (120 s each) failed
+    the probe at 180 s."""
+    org = SlowOrg(clock, call_s=200.0, timeout_s=120.0)
+    sink = sink_on(org, [])
+    try:
+        sink._flush(clock.now)
+        assert org.live == [True] and sink.stats.records_written == 20
+    finally:
+        sink.dead_letters.close()
+
+
 def test_a_call_stuck_past_its_timeout_still_fails_liveness(clock: Clock) -> None:
-    # the client bounds a call by SF_TIMEOUT_S: one still waiting long past it is a wedge
-    org = SlowOrg(clock, call_s=120.0 + LIVENESS_SILENCE_S + 1, timeout_s=120.0)
+    # the client bounds a call by SF_TIMEOUT_S an exchange, four at most (a login, the
+    # request, a re-login, the request again): one still waiting long past that is a wedge
+    from sinks.app import CALL_EXCHANGES
+
+    org = SlowOrg(clock, call_s=CALL_EXCHANGES * 120.0 + LIVENESS_SILENCE_S + 1,
+                  timeout_s=120.0)
     sink = sink_on(org, [])
     try:
         sink._flush(clock.now)
