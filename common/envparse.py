@@ -252,11 +252,22 @@ _NAME_MAX = 255
 
 def looks_like_key_material(value: str) -> bool:
     """``value`` of a file setting is a key or certificate pasted in place of its path
-    (as easy in a Kubernetes Secret as mounting it): a PEM (line breaks, ``-----BEGIN``),
-    longer than a file name, or base64 that is no absolute path. A message never quotes
-    it: the key went into every log line of a crash loop."""
-    return ("\n" in value or "\r" in value or "-----BEGIN" in value or len(value) > _NAME_MAX
-            or (_BASE64.fullmatch(value.strip()) is not None and not value.startswith("/")))
+    (as easy in a Kubernetes Secret as mounting it): a PEM (line breaks, ``-----BEGIN``), a
+    part longer than any file name, or base64 of a DER structure or of a PEM. A message
+    never quotes it: the key went into every log line of a crash loop. A path that merely
+    looks like base64 (``secrets/kafka/production/clusterca``) is still quoted."""
+    if "\n" in value or "\r" in value or "-----BEGIN" in value:
+        return True
+    if any(len(part) > _NAME_MAX for part in value.split("/")):
+        return True
+    text = value.strip()
+    if _BASE64.fullmatch(text) is None or len(text) % 4:
+        return False
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return decoded[:1] == b"0" or decoded.startswith(b"-----BEGIN")  # DER: a SEQUENCE
 
 
 def shown_path(value: str) -> str:

@@ -89,7 +89,11 @@ def test_an_env_file_setting_holding_key_material_is_not_shown(
 
 
 @pytest.mark.parametrize("path", ["/nonexistent/ca.pem", "/etc/sfprov/secrets/salesforcekey",
-                                  "keys/sf.pem"])
+                                  "keys/sf.pem",
+                                  # base64's characters, but no key: a typo is still shown
+                                  "secrets/kafka/production/clusterca",
+                                  "secrets/kafka/production/clustercaXX",
+                                  "/" + "/".join(["deep-directory-name"] * 16) + "/ca.pem"])
 def test_a_path_that_is_no_file_is_still_quoted(path: str, files: dict[str, str]) -> None:
     for variable in ("SF_PRIVATE_KEY_PATH", "SF_CA_BUNDLE", "KAFKA_SSL_CA_LOCATION"):
         with pytest.raises(ConfigError, match=f"^{variable}: no such file: {path}$"):
