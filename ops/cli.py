@@ -168,7 +168,8 @@ def load_local_stack_env() -> None:
     for key, value in recorded.items():
         if key.startswith("KAFKA_") and (key in env or not same_broker):
             continue
-        os.environ.setdefault(key, value)
+        if not os.environ.get(key, "").strip():  # an exported blank is unset too
+            os.environ[key] = value
 
 
 _RELATIVE_TIME = re.compile(r"-\d+(\.\d+)?[smhd]")

@@ -30,7 +30,8 @@ def kafka_settings() -> KafkaSettings:
     running stack recorded (``KAFKA_PORT`` given to ``make up`` alone), else the local
     broker's on ``KAFKA_PORT``."""
     env = environment()
-    return KafkaSettings.load(env, bootstrap_servers=local_bootstrap({**recorded_env(), **env}))
+    given = {k: v for k, v in env.items() if v.strip()}  # a blank line is unset, as always
+    return KafkaSettings.load(env, bootstrap_servers=local_bootstrap({**recorded_env(), **given}))
 
 
 @exits_64_on_config_error

@@ -87,3 +87,15 @@ def test_a_blank_line_in_dotenv_is_unset_and_leaves_the_recorded_broker(dotenv, 
     dotenv.write_text("KAFKA_BOOTSTRAP_SERVERS=\nKAFKA_SASL_USERNAME= \n")
     assert sfprov_bootstrap() == "127.0.0.1:9192"
     assert sfprov_user() == "sfprov-ops"
+
+
+def test_an_exported_blank_is_unset_too(dotenv, monkeypatch):
+    """`KAFKA_BOOTSTRAP_SERVERS=` exported in the shell: sfprov went to 127.0.0.1:9092 with
+    the recorded broker's credentials (the blank kept the recorded address out, not them);
+    make topics went there too on a blank .env line."""
+    stack.PIPELINE_ENV.write_text(RECORDED.replace("127.0.0.1:9092", "127.0.0.1:9192"))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    assert sfprov_bootstrap() == "127.0.0.1:9192" and sfprov_user() == "sfprov-ops"
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    dotenv.write_text("KAFKA_BOOTSTRAP_SERVERS=\n")
+    assert topics_bootstrap(monkeypatch) == "127.0.0.1:9192"
