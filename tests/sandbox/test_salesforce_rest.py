@@ -446,7 +446,9 @@ def test_the_daily_limit_is_a_rolling_24_hours_kept_across_a_restart(tmp_path: A
     sb = Sandbox(config)
     try:
         now = sb.store.now_ms()
-        sb.store.advance_clock(((now // day_ms + 1) * day_ms - 1000 - now) / 1000)
+        # to 23:59:59.5 UTC: half a second from both edges (the move, in float seconds, can
+        # land a millisecond short: aimed at 23:59:59.000 it read 23:59:58.999)
+        sb.store.advance_clock(((now // day_ms + 1) * day_ms - 500 - now) / 1000)
         assert sb.store.now_ms() % day_ms // 1000 == day_ms // 1000 - 1  # 23:59:59 UTC
         first = sb.store.now_ms()
         assert calls(sb, 4) == [(200, "", "api-usage=1/3"), (200, "", "api-usage=2/3"),
