@@ -246,28 +246,36 @@ _NOT_SHOWN = "(value not shown: it holds credentials)"
 KEY_NOT_SHOWN = "(value not shown: it looks like key material, not a file's path)"
 #: base64 text (a DER key, or a PEM encoded whole: ``base64 -w0 key.pem``)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]{32,}={0,2}")
+#: either alphabet, padded or not
+_ANY_BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 #: the longest file name (one path component) Linux allows
 _NAME_MAX = 255
 
 
 def looks_like_key_material(value: str) -> bool:
     """``value`` of a file setting is a key or certificate pasted in place of its path
-    (as easy in a Kubernetes Secret as mounting it): a PEM (line breaks, ``-----BEGIN``), a
-    part longer than any file name, or base64 of a DER structure or of a PEM. A message
-    never quotes it: the key went into every log line of a crash loop. A path that merely
-    looks like base64 (``secrets/kafka/production/clusterca``) is still quoted."""
-    if "\n" in value or "\r" in value or "-----BEGIN" in value:
+    (as easy in a Kubernetes Secret as mounting it): a PEM (line breaks, literal ``\\n``,
+    ``-----BEGIN``), a part longer than any file name, over 255 characters of base64's
+    characters (blanks and ``\\n`` between them), or base64 — padded or not, standard or
+    URL-safe — of a DER structure, a PEM or an OpenSSH key. A message never quotes it: the
+    key went into every log line of a crash loop. A path that merely looks like base64
+    (``secrets/kafka/production/clusterca``) is still quoted."""
+    if any(mark in value for mark in ("\n", "\r", "\\n", "-----BEGIN")):
         return True
     if any(len(part) > _NAME_MAX for part in value.split("/")):
         return True
-    text = value.strip()
-    if _BASE64.fullmatch(text) is None or len(text) % 4:
+    text = "".join(value.split())
+    if len(value) > _NAME_MAX and _BASE64.fullmatch(text):
+        return True  # no path this long is made only of base64's characters
+    if len(text) < 32 or not _ANY_BASE64.fullmatch(text):
         return False
     try:
-        decoded = base64.b64decode(text, validate=True)
+        decoded = base64.b64decode(text.replace("-", "+").replace("_", "/")
+                                   + "=" * (-len(text) % 4), validate=True)
     except ValueError:
         return False
-    return decoded[:1] == b"0" or decoded.startswith(b"-----BEGIN")  # DER: a SEQUENCE
+    return (decoded[:1] == b"0"  # DER: a SEQUENCE
+            or b"-----BEGIN" in decoded[:64] or decoded.startswith(b"openssh-key-v1"))
 
 
 def shown_path(value: str) -> str:

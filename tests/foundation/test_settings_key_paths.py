@@ -23,13 +23,21 @@ PEM = _RSA.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat
 B64 = base64.b64encode(PEM.encode()).decode()
 WRAPPED = "\n".join(B64[i:i + 76] for i in range(0, len(B64), 76)) + "\n"  # `base64 key.pem`
 BODY = "".join(PEM.splitlines()[1:-1])  # the key itself, without its armour lines
-PASTED = {"pem": PEM, "base64": B64, "wrapped base64": WRAPPED}
+OPENSSH = "".join(_RSA.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.OpenSSH,
+                                     serialization.NoEncryption()).decode().splitlines()[1:-1])
+PASTED = {"pem": PEM, "base64": B64, "wrapped base64": WRAPPED,
+          # the armour dropped: lines joined by blanks (a YAML folded scalar) or by a
+          # literal \n, the DER's base64 unpadded (RawStdEncoding), an OpenSSH key's body
+          "body joined by blanks": " ".join(PEM.splitlines()[1:-1]),
+          "body joined by a literal \\n": "\\n".join(PEM.splitlines()[1:-1]),
+          "unpadded base64": BODY.rstrip("="), "openssh body": OPENSSH}
 SF = {"SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com"}
 
 
 def leaks(message: str) -> str | None:
     """A slice (12 characters) of the key or of its base64 found in ``message``."""
-    for secret in (BODY, B64):
+    for secret in (BODY, B64, OPENSSH):
         for i in range(len(secret) - 11):
             if secret[i:i + 12] in message:
                 return secret[i:i + 12]
