@@ -151,7 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_local_stack_env() -> None:
+def given_bootstrap(argv: list[str]) -> str | None:
+    """The ``-b`` of ``argv``, read before the settings are (None: not given)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("-b", "--bootstrap-server", "--bootstrap", dest="bootstrap")
+    try:
+        known, _rest = early.parse_known_args(argv)
+    except SystemExit:  # -b without a value: the real parser says so
+        return None
+    return known.bootstrap.strip() if known.bootstrap else None
+
+
+def load_local_stack_env(argv: list[str] | None = None) -> None:
     """``make up`` records the pipeline's settings (its bootstrap address; in sandbox mode
     the sandboxes'; with a secured broker the read-only ops principal's credentials); use
     them as defaults. The sandboxes' win over .env, as for the pipeline they were written
@@ -163,6 +174,9 @@ def load_local_stack_env() -> None:
     recorded = recorded_env()
     env = {k: v for k, v in environment().items() if v.strip()}  # blank is unset, as always
     bootstrap = "KAFKA_BOOTSTRAP_SERVERS"
+    typed = given_bootstrap(argv or [])
+    if typed:  # `sfprov -b other:9092`: the recorded credentials were sent there too
+        env[bootstrap] = typed
     # the recorded credentials are the recorded broker's: not sent to another one
     same_broker = env.get(bootstrap, recorded.get(bootstrap)) == recorded.get(bootstrap)
     for key, value in recorded.items():
@@ -210,11 +224,12 @@ def kafka_failure(exc: KafkaException, args: argparse.Namespace | None) -> str:
 
 @exits_64_on_config_error
 def main(argv: list[str] | None = None) -> int:
-    load_local_stack_env()
+    argv = sys.argv[1:] if argv is None else argv
+    load_local_stack_env(argv)
     args = None
     try:
         parser = build_parser()
-        args = parser.parse_args(attach_relative_times(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(attach_relative_times(argv))
         return int(args.func(args) or 0)
     except PipelineError as exc:  # a bad setting included: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)

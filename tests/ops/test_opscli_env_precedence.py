@@ -99,3 +99,13 @@ def test_an_exported_blank_is_unset_too(dotenv, monkeypatch):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
     dotenv.write_text("KAFKA_BOOTSTRAP_SERVERS=\n")
     assert topics_bootstrap(monkeypatch) == "127.0.0.1:9192"
+
+
+def test_the_recorded_credentials_never_go_to_a_broker_named_with_b(dotenv, monkeypatch):
+    """`sfprov -b staging-kafka:9092`: the recorded ops principal and its password (and its
+    SASL protocol) went to that broker; on the recorded one (`-b` naming it) they apply."""
+    cli.load_local_stack_env(["-b", "staging-kafka:9092", "lag"])
+    assert cli.os.environ.get("KAFKA_SASL_USERNAME") is None
+    assert cli.os.environ.get("KAFKA_SASL_PASSWORD") is None
+    cli.load_local_stack_env(["--bootstrap-server=127.0.0.1:9092", "lag"])
+    assert cli.os.environ.get("KAFKA_SASL_USERNAME") == "sfprov-ops"
