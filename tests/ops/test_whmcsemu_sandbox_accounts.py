@@ -94,3 +94,15 @@ def test_the_larger_count_reaches_the_sandbox_on_first_start_only(tmp_path, monk
     assert len(serve_once(argv, db, monkeypatch).clients) == 28  # minus missing + unknown
     argv = ["serve", "--db", "", "--accounts", "5", "--sf-accounts", "60"]
     assert len(serve_once(argv, db, monkeypatch).clients) == 28  # seeded already
+
+
+def test_compose_gives_the_seed_and_the_whmcs_sandbox_one_account_count():
+    """The whmcs-sandbox's --sf-accounts is substituted by compose (the shell, else .env);
+    the seed service read SF_SANDBOX_ACCOUNTS from .env alone: with another value exported
+    in the shell the two seeded different counts, and Orders of the accounts the WHMCS
+    sandbox lacked failed for good."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["whmcs-sandbox"]["command"]
+    seed_env = compose["services"]["seed"]["environment"]
+    given = command[command.index("--sf-accounts") + 1]
+    assert seed_env["SF_SANDBOX_ACCOUNTS"] == given == "${SF_SANDBOX_ACCOUNTS:-200}"
