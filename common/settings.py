@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,8 +145,12 @@ def _check_file(name: str, path: str, instead: str = "") -> None:
     it whole, in every restart's log; ``instead`` says where such a value goes."""
     try:
         if Path(path).is_file():
-            return
+            with Path(path).open("rb"):  # readable by this process's user too
+                return
         reason = "no such file"
+    except PermissionError as exc:  # a 0600 file mounted into a container of another uid
+        raise ConfigError(f"{name}: cannot read {path} ({exc.strerror}): this process runs "
+                          f"as uid {os.getuid()}") from None
     except OSError as exc:
         reason = f"not a file's path ({exc.strerror or type(exc).__name__})"
     if looks_like_key_material(path):

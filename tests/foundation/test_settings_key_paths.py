@@ -124,3 +124,23 @@ def test_short_base64_key_material_is_not_shown_either(files: dict[str, str]) ->
     with pytest.raises(ConfigError) as info:
         load("KAFKA_SSL_KEY_LOCATION", short, files)
     assert "value not shown" in str(info.value) and short[8:20] not in str(info.value)
+
+
+@pytest.mark.parametrize("variable", ["SF_PRIVATE_KEY_PATH", "SF_CA_BUNDLE",
+                                      "KAFKA_SSL_CA_LOCATION", "SCHEMA_REGISTRY_CA_LOCATION"])
+def test_a_file_this_user_cannot_read_is_named_as_such(variable, files, monkeypatch) -> None:
+    """A 0600 file mounted into a container of another uid: the CA's PermissionError was a
+    traceback (exit 1, restarted for ever), the key's read as 'not an unencrypted PEM
+    private key', sending the operator after the wrong problem."""
+    unreadable = str(Path(files["key"]).with_name("mounted.pem"))
+    Path(unreadable).write_text(PEM)
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if str(self) == unreadable:
+            raise PermissionError(13, "Permission denied", unreadable)
+        return real_open(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ConfigError, match=f"^{variable}: cannot read {unreadable} "
+                                          r"\(Permission denied\): this process runs as uid"):
+        load(variable, unreadable, files)
