@@ -202,6 +202,12 @@ def seed(timeout: float = 300.0) -> int:
     from ops import envvars
     from sandbox.salesforce.admin_client import AdminClient
 
+    if os.environ.get("SF_CLIENT_ID", "").strip():
+        # real credentials: the pipeline's Salesforce is the org, nothing of it is seeded
+        # (seeding "the sandbox" at SF_LOGIN_URL tried the org for 300 s, then exited 1, and
+        # every pipeline service, which waits for this one, never started)
+        print("salesforce sandbox: not seeded (SF_CLIENT_ID is set: the pipeline uses a real org)")
+        return 0
     env = {**os.environ, **sandbox_defaults(dict(os.environ))}
     state = Path(envvars.text(env, "SFPROV_STATE_DIR", "/state")) / "sandbox" / "salesforce"
     marker = state / ".seeded"

@@ -212,6 +212,26 @@ def test_a_bad_seed_size_is_one_line_naming_it(name, value, tmp_path, monkeypatc
     assert err.startswith(f"error: {name}:") and "Traceback" not in err
 
 
+def test_with_real_credentials_the_seed_seeds_nothing_and_succeeds(tmp_path, monkeypatch,
+                                                                   capsys):
+    """SF_CLIENT_ID set (a real org, the WHMCS sandbox perhaps): the seed container tried to
+    seed "the sandbox" at the org's SF_LOGIN_URL for 300 s and exited 1, and every pipeline
+    service, which waits for it to complete, never started."""
+    from ops import container
+    from sandbox.salesforce import admin_client
+
+    class Unreachable:
+        def __init__(self, *_a):
+            raise AssertionError("the real org was contacted as a sandbox")
+
+    monkeypatch.setattr(admin_client, "AdminClient", Unreachable)
+    monkeypatch.setenv("SFPROV_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SF_CLIENT_ID", "3MVG9real")
+    monkeypatch.setenv("SF_LOGIN_URL", "https://acme.my.salesforce.com")
+    assert container.main(["seed"]) == 0
+    assert "not seeded" in capsys.readouterr().out
+
+
 def _sandbox_hosts(environment: dict[str, object]) -> set[str]:
     """The compose services named by the SFPROV_SANDBOX_* addresses (URLs, host:port)."""
     hosts = set()
@@ -436,3 +456,14 @@ def _handles_sigterm(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status").read_text()
     caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
     return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def test_every_service_of_ours_rotates_its_log():
+    """Docker's default json-file driver never rotates: a stack running for weeks filled the
+    disk with the worker's log."""
+    for name, service in SERVICES.items():
+        if name in ("prometheus", "grafana"):
+            continue  # the monitoring profile's own images, quiet
+        logging = service.get("logging") or {}
+        assert logging.get("driver") == "local" or \
+            (logging.get("options") or {}).get("max-size"), name
