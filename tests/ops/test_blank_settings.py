@@ -47,7 +47,7 @@ def test_set_values_are_taken_as_they_are(tmp_path):
 
 
 def test_the_cli_takes_a_blank_prefix_and_bootstrap_as_unset(monkeypatch):
-    monkeypatch.setattr(cli, "load_local_stack_env", lambda: None)
+    monkeypatch.setattr(cli, "load_local_stack_env", lambda *_argv: None)
     monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
     monkeypatch.delenv("KAFKA_PORT", raising=False)
     monkeypatch.setenv("KAFKA_TOPIC_PREFIX", "  ")

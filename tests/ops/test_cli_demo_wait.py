@@ -27,7 +27,7 @@ def free_port() -> int:
 @pytest.fixture()
 def no_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Kafka answers (an empty outcomes topic); nothing listens on the sandbox's port."""
-    monkeypatch.setattr(cli, "load_local_stack_env", lambda: None)  # not this machine's stack
+    monkeypatch.setattr(cli, "load_local_stack_env", lambda *_argv: None)  # not this machine's stack
     monkeypatch.setenv("SFPROV_ENV_FILE", "/dev/null")
     monkeypatch.setenv("SF_SANDBOX_HTTP_PORT", str(free_port()))
     monkeypatch.setattr(stack, "STATE", tmp_path)

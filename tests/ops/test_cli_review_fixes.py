@@ -35,7 +35,7 @@ ID18 = "801000000000001AAA"
 @pytest.fixture(autouse=True)
 def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No machine's stack, .env or SFPROV_* variables leak in."""
-    monkeypatch.setattr(cli, "load_local_stack_env", lambda: None)
+    monkeypatch.setattr(cli, "load_local_stack_env", lambda *_argv: None)
     monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)
     monkeypatch.setenv("SFPROV_STATE_DIR", "/nonexistent")
     for name in ("SFPROV_DLQ_STAGE", "SFPROV_TAIL_LAST", "SFPROV_DEMO_COUNT",
