@@ -112,6 +112,10 @@ def duration_s(text: str) -> float:
     return seconds
 
 
+#: sfprov's bootstrap option (read early by :func:`given_bootstrap` too)
+BOOTSTRAP_FLAGS = ("-b", "--bootstrap-server", "--bootstrap")
+
+
 def bootstrap_servers(text: str) -> str:
     """``-b``: the processes' check of KAFKA_BOOTSTRAP_SERVERS, as a usage error — a bad one
     was waited on for ~10 s, then "cannot reach Kafka at localhost:notaport"."""
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sfprov", description="Operate the Salesforce → Kafka → WHMCS provisioning "
         "pipeline: inspect topics, tail records, check lag, trace an order, replay, "
         "reconcile, handle dead letters, list the ACLs each process needs.")
-    add(parser, "-b", "--bootstrap-server", "--bootstrap", dest="bootstrap",
+    add(parser, *BOOTSTRAP_FLAGS, dest="bootstrap",
         env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT", type=bootstrap_servers,
         help="Kafka bootstrap servers (as Kafka's own tools take them)")
     add(parser, "--prefix", env="KAFKA_TOPIC_PREFIX", type=topic_prefix,
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 def given_bootstrap(argv: list[str]) -> str | None:
     """The ``-b`` of ``argv``, read before the settings are (None: not given)."""
     early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("-b", "--bootstrap-server", "--bootstrap", dest="bootstrap")
+    early.add_argument(*BOOTSTRAP_FLAGS, dest="bootstrap")
     try:
         known, _rest = early.parse_known_args(argv)
     except SystemExit:  # -b without a value: the real parser says so

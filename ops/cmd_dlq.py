@@ -111,9 +111,9 @@ def dlq(args: argparse.Namespace) -> int:
             continue
         sent.produce(producer, source, tag=r, key=r.key_bytes(), value=r.raw_value,
                      headers=[(REQUEUED_FROM, f"{topic}:{r.partition}:{r.offset}".encode())])
-    # every copy's fate known before any marker: one still unsent after the wait, counted
-    # "not requeued", once landed while the markers were flushed — no marker, sent again
-    settle(sent, producer)
+    # every copy's fate known before any marker (Deliveries.wait): one still unsent after
+    # the wait, counted "not requeued", once landed while the markers were flushed
+    sent.wait(producer)
     # what the broker took, not what was handed to the producer
     print(f"requeued {sent.delivered} record(s)")
     # then, for each copy that landed, its marker: a later --all passes over the dead letter
@@ -123,7 +123,7 @@ def dlq(args: argparse.Namespace) -> int:
         marked.produce(producer, topic, key=r.key_bytes(), value=b"",
                        headers=requeue_marker_headers(r.partition, r.offset, copy, covers=[
                            po for po in twins.get(record_of(r), []) if po != this]))
-    settle(marked, producer)
+    marked.wait(producer)
     if marked.not_delivered:
         problems.append(f"{marked.not_delivered} requeue marker(s) not written to {topic} "
                         f"({marked.problems()}): a later --all sends those dead letters again")
@@ -133,19 +133,6 @@ def dlq(args: argparse.Namespace) -> int:
         print(f"error: {sent.not_delivered} record(s) not requeued ({sent.problems()}); "
               f"they stay in {topic}", file=sys.stderr)
     return 1 if problems or sent.not_delivered else 0
-
-
-def settle(sent: Deliveries, producer: Any, timeout_s: float = 30.0) -> Deliveries:
-    """``sent.wait``, then a known fate for each record still unsent: one never sent is
-    purged (reported failed: it did not land), one in flight is waited for (its real report:
-    the broker may have taken it). Left in the queue, such a record was counted not
-    delivered, then sent by the producer's next flush."""
-    if sent.wait(producer, timeout_s).unsent:
-        producer.purge(in_queue=True, in_flight=False)
-        while producer.flush(timeout_s):
-            pass  # in flight: each one reported by message.timeout.ms at the latest
-        sent.unsent = 0
-    return sent
 
 
 def shown_list(positions: list[str]) -> str:

@@ -28,7 +28,6 @@ from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings, WhmcsSettings
 from connectors.decode import order_id18
 from ops.cli import add, duration_s, kafka_settings, worker_group
-from ops.cmd_dlq import settle
 from ops.cmd_kafka import whole_number
 from ops.cmd_replay import seconds_arg
 from ops.kafkaview import (
@@ -269,9 +268,10 @@ def send_requests(settings: Any, order_ids: list[str]) -> Deliveries:
     finally:
         if registry is not None:
             registry.close()
-    # a request still queued after the wait is purged, one in flight waited for: counted
-    # "not injected" while it landed, reconcile's advice (run it again) sent it twice
-    return settle(sent, producer)
+    # a request still queued after the wait is purged, one in flight waited for
+    # (Deliveries.wait): counted "not injected" while it landed, reconcile's advice (run it
+    # again) sent it twice
+    return sent.wait(producer)
 
 
 # -- demo ---------------------------------------------------------------------------------

@@ -384,8 +384,17 @@ class Deliveries:
         producer.poll(0)
 
     def wait(self, producer: Any, timeout_s: float = 30.0) -> Deliveries:
-        """Flush; a record still unsent after ``timeout_s`` counts as not delivered."""
-        self.unsent = producer.flush(timeout_s)
+        """Flush, then a known fate for each record still unsent after ``timeout_s``: one
+        never sent is purged (reported failed: it did not land), one in flight is waited for
+        (its real report: the broker may have taken it; by ``message.timeout.ms`` at the
+        latest). Left in the queue, such a record was counted not delivered, then sent by the
+        producer's next flush — a requeued copy with no marker, sent again by the advice to
+        run again."""
+        if producer.flush(timeout_s):
+            producer.purge(in_queue=True, in_flight=False)
+            while producer.flush(timeout_s):
+                pass
+        self.unsent = 0
         return self
 
     @property

@@ -24,12 +24,12 @@ MAKE_UP_VARIABLES = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_LOCAL_SECURE"
 MB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scratch state directory (no running stack's records), no .env, none of the
-    variables set."""
+def scratch_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  variables: tuple[str, ...]) -> None:
+    """A scratch state directory (no running stack's records), no .env, none of
+    ``variables`` set, and no broker started (also used by test_stack_bootstrap)."""
     monkeypatch.setenv("SFPROV_ENV_FILE", "/dev/null")
-    for name in MAKE_UP_VARIABLES:
+    for name in variables:
         monkeypatch.setenv(name, "")  # restored afterwards
         monkeypatch.delenv(name)
     for name in ("STATE", "LOGS", "STATUS", "PLAN", "SUPERVISOR_PID", "CONTROL",
@@ -37,6 +37,11 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
     monkeypatch.setattr(kafka_local.LocalBroker, "start",
                         lambda self, **kw: pytest.fail("a broker was started"))
+
+
+@pytest.fixture(autouse=True)
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch_stack(tmp_path, monkeypatch, MAKE_UP_VARIABLES)
     monkeypatch.setattr(kafka_local.LocalBroker, "stop",
                         lambda self, **kw: pytest.fail("a broker was stopped"))
 

@@ -107,5 +107,5 @@ def test_nothing_is_purged_when_the_wait_sends_everything():
             return 0
 
     producer = Prompt()
-    assert cmd_dlq.settle(cmd_dlq.Deliveries(), producer).unsent == 0
+    assert cmd_dlq.Deliveries().wait(producer).unsent == 0
     assert producer.purges == []

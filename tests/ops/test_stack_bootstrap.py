@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from ops import kafka_local, stack
+from ops import stack
+from tests.ops.test_make_up_variables import scratch_stack
 
 VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PORT", "KAFKA_LOCAL_SECURE", "SF_CLIENT_ID",
              "SFPROV_SANDBOX_REMOTE_KAFKA", "SFPROV_LOG_MAX_MB")
@@ -24,15 +25,7 @@ VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_PORT", "KAFKA_LOCAL_SECURE", "SF_
 @pytest.fixture(autouse=True)
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scratch state directory, no .env, none of the variables set; nothing may start."""
-    monkeypatch.setenv("SFPROV_ENV_FILE", "/dev/null")
-    for name in VARIABLES:
-        monkeypatch.setenv(name, "")  # restored afterwards
-        monkeypatch.delenv(name)
-    for name in ("STATE", "LOGS", "STATUS", "PLAN", "SUPERVISOR_PID", "CONTROL",
-                 "PIPELINE_ENV"):
-        monkeypatch.setattr(stack, name, tmp_path / getattr(stack, name).name)
-    monkeypatch.setattr(kafka_local.LocalBroker, "start",
-                        lambda self, **kw: pytest.fail("a broker was started"))
+    scratch_stack(tmp_path, monkeypatch, VARIABLES)
     monkeypatch.setattr(stack.subprocess, "run",
                         lambda *a, **kw: pytest.fail(f"{a[0]} was run"))
     monkeypatch.setattr(stack.subprocess, "Popen",
