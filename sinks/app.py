@@ -5,8 +5,12 @@ never a write in flight while offsets are computed. The loop polls at least once
 even while paused, so group membership survives long pauses; the longest stretch without
 a poll is one flushing turn (``FLUSH_BUDGET_S`` plus the calls of one batch, each bounded by
 ``SF_TIMEOUT_S``: one, or about 2·log2(200) more per record at fault while Salesforce's
-400 is bisected to the record that caused it) or a revoke (``REVOKE_BUDGET_S`` plus one batch), far below
-``max.poll.interval.ms``.
+400 is bisected to the record that caused it) or a revoke (``REVOKE_BUDGET_S`` plus one batch).
+A flush starts no call whose worst case would end past ``max.poll.interval.ms`` since the
+last poll, less ``WRITE_MARGIN_S`` (:meth:`Sink._may_call`): the calls it has no time for go
+back to the pending map, capped at their size, and the bisection goes on after the next
+poll. Slow calls bisecting a batch once outlasted the interval: the group was left, the
+commit failed and the batch came back, its refused record dead-lettered again.
 
 Order of effects (see :mod:`sinks.batch` for the bookkeeping)::
 
@@ -72,7 +76,7 @@ from common.errors import (
     SalesforceLimitError,
 )
 from common.salesforce import RETRY_LATER
-from common.settings import KafkaSettings, SinkSettings
+from common.settings import SINK_MAX_POLL_INTERVAL_MS, KafkaSettings, SinkSettings
 from sinks import fence, start
 from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
@@ -87,6 +91,10 @@ log = logging.getLogger(__name__)
 FLUSH_BUDGET_S = 1.0  # flushing in one loop turn, before polling again
 REVOKE_BUDGET_S = 10.0  # flushing in a revoke callback, before letting the partitions go
 REGISTRY_WAIT_S = 60.0  # an unreachable schema registry: retry a decode this long, then exit
+#: what a flushing turn may take besides its calls before the next poll (describes, the fence
+#: check, the dead letters' delivery, the commit): no call starts that could end later than
+#: max.poll.interval.ms less this after the last poll
+WRITE_MARGIN_S = 60.0
 
 
 @dataclass
@@ -121,7 +129,7 @@ class _Beating:
         # a SalesforceClient's call is at most four exchanges each bounded by SF_TIMEOUT_S: a
         # login, the request, and after an expired session a re-login and the request again
         # (a test's fake has no settings: its calls get no credit)
-        self._bound_s: float = CALL_EXCHANGES * getattr(
+        self.bound_s: float = CALL_EXCHANGES * getattr(
             getattr(client, "settings", None), "timeout_s", 0.0)
 
     def update_collection(self, records: list[dict[str, Any]], *,
@@ -135,7 +143,7 @@ class _Beating:
 
     @contextlib.contextmanager
     def _call(self) -> Iterator[None]:
-        self._sink.beat(ahead_s=self._bound_s)
+        self._sink.beat(ahead_s=self.bound_s)
         try:
             yield
         finally:
@@ -167,7 +175,7 @@ class Sink:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.session_timeout_ms,
-            "max.poll.interval.ms": 300000,
+            "max.poll.interval.ms": SINK_MAX_POLL_INTERVAL_MS,
         }
         if settings.instance_id:
             config["group.instance.id"] = settings.instance_id
@@ -190,6 +198,7 @@ class Sink:
         self._limit_streak = 0
         self.probing = Probing()
         self._heartbeat = time.monotonic()
+        self._polled_at = time.monotonic()  # the last call of consumer.poll (_may_call)
         self._last_commit = 0.0
         self._last_arrival = 0.0  # when the last poll returned a message (idle flush)
         self._warned: dict[str, float] = {}
@@ -339,6 +348,7 @@ class Sink:
         linger then started only after that — the ~1.6 s sawtooth of the latency plot. So:
         block on ``poll`` for the first message, then take what else is already fetched.
         """
+        self._polled_at = time.monotonic()
         first = self.consumer.poll(timeout)
         if first is None:
             return []
@@ -426,7 +436,7 @@ class Sink:
                 assert self.settings.fence_field is not None
                 fence.check_field(self._salesforce, self.settings.fence_field)
                 self._fence_unchecked = checking = False
-            result = self.writer.write(entries)
+            result = self.writer.write(entries, may_call=self._may_call)
             self.ops.called(entries, time.monotonic() - started, "ok")
         except SalesforceLimitError as exc:
             m.ERRORS.labels(LIMIT, "call").inc()
@@ -485,10 +495,38 @@ class Sink:
             self.pauses.lift(LIMIT, OUTAGE)
         self._settle(result.acked, result.transient, result.permanent, now)
         self._superseded(result.superseded)
+        deferred = self._defer(result.unsent, now)
         if result.no_access:
             self._hold(result.no_access, result.access_problems, result.describe_limited, now)
             return False
-        return True
+        return not deferred
+
+    def _may_call(self) -> bool:
+        """Whether a flush may start another Salesforce call: not when the call's worst case
+        (:attr:`_Beating.bound_s`) could end later than ``max.poll.interval.ms`` after the
+        last poll, less ``WRITE_MARGIN_S``, nor once the drain's deadline has passed (a
+        stop asked during a flush)."""
+        now = time.monotonic()
+        poll_by = self._polled_at + SINK_MAX_POLL_INTERVAL_MS / 1000 - WRITE_MARGIN_S
+        if now + self._salesforce.bound_s > poll_by:
+            return False
+        return self._stop_at is None or now < self._stop_at + self.settings.drain_timeout_s
+
+    def _defer(self, unsent: list[list[Entry]], now: float) -> bool:
+        """Put back the calls a flush had no time for (:meth:`_may_call`), ready at once, no
+        attempt counted. Each record is capped at its call's size (``Entry.cap``, as
+        :mod:`sinks.probing` caps): a bisection of a refused batch goes on from where it
+        stopped; taken whole again, it would start over and never end. True if any."""
+        for call in unsent:
+            for entry in call:
+                entry.cap = min(entry.cap or len(call), len(call))
+                self.batcher.retry(entry, now, count_attempt=False)
+        if unsent:
+            log.info("flush out of time: %d record(s) in %d call(s) wait for the next turn "
+                     "(max.poll.interval.ms, or the drain's deadline)",
+                     sum(map(len, unsent)), len(unsent),
+                     extra={"count": sum(map(len, unsent))})
+        return bool(unsent)
 
     def _hold(self, held: list[tuple[Entry, RecordError]], problems: list[str],
               limited: bool, now: float) -> None:
@@ -598,9 +636,10 @@ class Sink:
         from the stop's request (SIGTERM), so the flush under way then is within it, and no
         flush starts after it: a stop takes the drain's timeout plus the flush under way at
         its end — one call (``SF_TIMEOUT_S``), which the supervisor's grace
-        (:func:`ops.supervisor.stop_grace`) and compose's ``stop_grace_period`` allow for;
-        rarely more (a call refused for one of its records is bisected, an access check or
-        a new login adds one), and a stop past the grace is killed: nothing lost, the
+        (:func:`ops.supervisor.stop_grace`) and compose's ``stop_grace_period`` allow for
+        (a call refused for one of its records is bisected only while the deadline lasts,
+        :meth:`_may_call`); rarely more (an access check or a new login adds one), and a
+        stop past the grace is killed: nothing lost, the
         offsets of what it had not acknowledged stay uncommitted."""
         deadline = (self._stop_at or time.monotonic()) + self.settings.drain_timeout_s
         if self._assigned:
@@ -612,6 +651,7 @@ class Sink:
                 if wake >= deadline:
                     break
                 time.sleep(max(0.01, min(0.5, wake - now)))
+                self._polled_at = time.monotonic()
                 self.consumer.poll(0)  # serve rebalance callbacks while waiting
                 continue
             self._flush(now)

@@ -52,12 +52,22 @@ Whole-call failures:
   returned apart (``no_access``) and the rest of the call is sent again. Only when describe
   finds every field written in order is the call bisected — splitting a refusal every
   record shares cost 2n−1 calls and dead-lettered every outcome.
+
+Time: ``write(entries, may_call=...)`` asks ``may_call()`` before each call after its first
+one; once it answers False, the calls not made are returned unsent (``unsent``, one list per
+call), the write's verdicts so far kept. The sink uses it so that one flush never holds its
+poll loop past ``max.poll.interval.ms``: a slow Salesforce (each call within
+``SF_TIMEOUT_S``) and a batch bisected to the record it refuses made one flush of many calls,
+the group was left, the commit failed and the batch came back, its refused record
+dead-lettered again. The first call is always made, so each write makes progress; the sink
+caps each unsent call's records at its size (``Entry.cap``), so a bisection goes on where it
+stopped instead of starting again from the whole batch.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,6 +112,8 @@ class WriteResult:
     access_problems: list[str] = field(default_factory=list)  # what is missing, per object
     describe_limited: bool = False  # a describe of them met the API limit
     calls: int = 0
+    #: the calls not made, ``may_call`` having said no: each its records, in a list
+    unsent: list[list[Entry]] = field(default_factory=list)
 
 
 #: a governor limit of the org's automation (a trigger's or a Flow's): Salesforce runs a
@@ -177,15 +189,19 @@ class CollectionWriter:
             raise ValueError("chunk_size must be 1..200 (sObject Collections limit)")
         self.client = client
         self.chunk_size = chunk_size
+        self._may_call: Callable[[], bool] | None = None  # the write under way's (write)
 
-    def write(self, entries: Sequence[Entry]) -> WriteResult:
+    def write(self, entries: Sequence[Entry], *,
+              may_call: Callable[[], bool] | None = None) -> WriteResult:
         """Send ``entries`` (any number) in chunks; raises on retryable whole-call errors.
+        ``may_call``: asked before every call but the first; False leaves the rest unsent.
 
         When a chunk raises, the verdicts of earlier chunks are lost to the caller, which
         requeues every entry: harmless, since the updates are absolute.
         """
         result = WriteResult()
         describer = _DescribeOnce(self.client)
+        self._may_call = may_call
         by_type = sorted(entries, key=lambda e: e.key.sobject)  # stable: oldest first per type
         for start in range(0, len(by_type), self.chunk_size):
             self._write_chunk(by_type[start:start + self.chunk_size], result, describer)
@@ -217,6 +233,9 @@ class CollectionWriter:
                      *, asked: bool = False) -> None:
         """One call; a 400 for it is bisected (``asked``: describe already found every
         field of ``chunk`` in order, so an access code is a record's)."""
+        if result.calls and self._may_call is not None and not self._may_call():
+            result.unsent.append(chunk)
+            return
         result.calls += 1
         try:
             answers = self.client.update_collection([e.payload() for e in chunk],
