@@ -46,12 +46,10 @@ sink settles those records as superseded. Its field is checked before consuming 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +78,7 @@ from common.settings import SINK_MAX_POLL_INTERVAL_MS, KafkaSettings, SinkSettin
 from sinks import fence, start
 from sinks import metrics as m
 from sinks.batch import Batcher, Entry, OffsetTracker, RecordError, Tracked
+from sinks.beating import BeatingClient
 from sinks.deadletters import DeadLetters
 from sinks.mapping import updates_for
 from sinks.observability import SinkOps
@@ -107,49 +106,6 @@ class RunStats:
     superseded: int = 0
 
 
-#: the exchanges one SalesforceClient call may make (common.salesforce: _call's two attempts,
-#: each after a login or a re-login when the token is missing or the session expired)
-CALL_EXCHANGES = 4
-
-
-class _Beating:
-    """The Salesforce client as the sink calls it: every call beats the poll loop's heartbeat
-    (/livez) as it starts and as it ends, and the loop counts as alive through the call for
-    as long as the client bounds one (``SF_TIMEOUT_S``): a slow call is progress, not a
-    wedge (:mod:`common.probes`). Beaten only at the top of the loop, a flush of several
-    calls (a batch bisected to the record Salesforce refuses, describes, the fence check),
-    or one call longer than the liveness silence, was one silence: with a slow but working
-    Salesforce the liveness probe killed the sink mid-write. The credit is the call's worst
-    case: with one SF_TIMEOUT_S, a call that re-logged in first (``SF_TIMEOUT_S=120``) failed
-    the probe all the same."""
-
-    def __init__(self, client: CollectionClient, sink: Sink) -> None:
-        self._client = client
-        self._sink = sink
-        # a SalesforceClient's call is at most four exchanges each bounded by SF_TIMEOUT_S: a
-        # login, the request, and after an expired session a re-login and the request again
-        # (a test's fake has no settings: its calls get no credit)
-        self.bound_s: float = CALL_EXCHANGES * getattr(
-            getattr(client, "settings", None), "timeout_s", 0.0)
-
-    def update_collection(self, records: list[dict[str, Any]], *,
-                          all_or_none: bool = False) -> list[dict[str, Any]]:
-        with self._call():
-            return self._client.update_collection(records, all_or_none=all_or_none)
-
-    def describe(self, sobject: str) -> dict[str, Any]:
-        with self._call():
-            return self._client.describe(sobject)
-
-    @contextlib.contextmanager
-    def _call(self) -> Iterator[None]:
-        self._sink.beat(ahead_s=self.bound_s)
-        try:
-            yield
-        finally:
-            self._sink.beat()
-
-
 class Sink:
     """``Sink(kafka, settings, client).run(max_records=..., timeout=...)``; ``stop()`` from
     a signal handler or another thread ends the loop with a drain and a final commit."""
@@ -159,7 +115,7 @@ class Sink:
         self.kafka = kafka
         self.settings = settings
         self.client = client
-        self._salesforce = _Beating(client, self)  # what the flushes call (/livez)
+        self._salesforce = BeatingClient(client, self.beat)  # what the flushes call (/livez)
         self.writer = CollectionWriter(self._salesforce, chunk_size=settings.batch_size)
         self.serde = AvroSerde("provisioning_outcome", topic=kafka.outcomes,
                                registry=registry_for(kafka))
@@ -503,7 +459,7 @@ class Sink:
 
     def _may_call(self) -> bool:
         """Whether a flush may start another Salesforce call: not when the call's worst case
-        (:attr:`_Beating.bound_s`) could end later than ``max.poll.interval.ms`` after the
+        (:attr:`sinks.beating.BeatingClient.bound_s`) could end later than ``max.poll.interval.ms`` after the
         last poll, less ``WRITE_MARGIN_S``, nor once the drain's deadline has passed (a
         stop asked during a flush)."""
         now = time.monotonic()
@@ -730,7 +686,7 @@ class Sink:
 
     def beat(self, ahead_s: float = 0.0) -> None:
         """The poll loop is alive while a callback waits on the brokers, or a Salesforce
-        call for up to ``ahead_s`` more (:class:`_Beating`): ``_heartbeat`` is then that
+        call for up to ``ahead_s`` more (:class:`sinks.beating.BeatingClient`): ``_heartbeat`` is then that
         call's bound, as if beaten when the call may end at the latest (/livez)."""
         self._heartbeat = time.monotonic() + ahead_s
 

@@ -4,7 +4,7 @@
 * ``/livez``: the poll loop beat within :data:`common.probes.LIVENESS_SILENCE_S` (it polls
   even while paused, so a long limit pause is alive; a Salesforce call beats as it starts
   and ends, and counts as a beat until its worst case — four ``SF_TIMEOUT_S`` — is over:
-  ``sinks.app._Beating``).
+  ``sinks.beating.BeatingClient``).
 * ``/readyz``: it can write back now — started (its consumer's first assignment came, an
   empty one too: the group joined), not paused for Salesforce's API limit or an outage,
   the dead-letter producer not failed, the group's offsets readable from Kafka.

@@ -132,7 +132,7 @@ def test_a_call_that_logs_in_again_first_within_its_bounds_is_alive(clock: Clock
 def test_a_call_stuck_past_its_timeout_still_fails_liveness(clock: Clock) -> None:
     # the client bounds a call by SF_TIMEOUT_S an exchange, four at most (a login, the
     # request, a re-login, the request again): one still waiting long past that is a wedge
-    from sinks.app import CALL_EXCHANGES
+    from sinks.beating import CALL_EXCHANGES
 
     org = SlowOrg(clock, call_s=CALL_EXCHANGES * 120.0 + LIVENESS_SILENCE_S + 1,
                   timeout_s=120.0)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from sinks.app import CALL_EXCHANGES, WRITE_MARGIN_S
+from sinks.app import WRITE_MARGIN_S
 from sinks.batch import Tracked
+from sinks.beating import CALL_EXCHANGES
 from sinks.writer import CollectionWriter
 from tests.sinks.fakes import FakeCollections
 from tests.sinks.test_settings_sink_liveness import BAD, Clock, SlowOrg, refuse_bad, sink_on
