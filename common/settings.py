@@ -792,8 +792,9 @@ class WorkerSettings(_Section):
     retry_deadline_s: float = env("WORKER_RETRY_DEADLINE_S", 120.0, parse=parse_positive_float,
                                   doc="A run of transient WHMCS errors is retried for this "
                                       "long, counted from its first error (the waits before "
-                                      "it, and the ownership-lease and refused-access waits "
-                                      "during it, do not count), then the Order is Failed "
+                                      "it, and the ownership-lease, refused-access and "
+                                      "Salesforce guard-read waits during it, do not count), "
+                                      "then the Order is Failed "
                                       "(WHMCS_UNAVAILABLE); Salesforce's have no deadline "
                                       "(the Order waits).")
     http_port: int = env("WORKER_HTTP_PORT", 9102, parse=parse_port,

@@ -64,6 +64,15 @@ class GuardCheck:
         self.read_at, self.max_age_s, self.refused = read_at, max_age_s, refused
         self._waits = 0  # waits begun so far
         self._read_after = 0  # of those, the ones the verdict at hand was read after
+        self._timed: Callable[[Awaitable[ProvisionResult | None]],
+                              Awaitable[ProvisionResult | None]] | None = None
+
+    def timed_by(self, excluding: Callable[[Awaitable[ProvisionResult | None]],
+                                           Awaitable[ProvisionResult | None]]) -> None:
+        """Each read again is awaited through ``excluding``: the provisioning's run of
+        transient WHMCS errors leaves it out (a Salesforce slow or down, its read retried
+        for minutes, is not WHMCS being unavailable)."""
+        self._timed = excluding
 
     def waiting(self) -> None:
         """A wait begins: a verdict read before it may be stale once it ends."""
@@ -86,7 +95,8 @@ class GuardCheck:
 
     async def _read_again(self) -> None:
         asked_at, waits = self._clock(), self._waits
-        refused = await self._read()
+        read = self._read()
+        refused = await (read if self._timed is None else self._timed(read))
         self.refused, self.read_at, self._read_after = refused, asked_at, waits
 
     async def current(self) -> ProvisionResult | None:

@@ -184,7 +184,9 @@ class _Outage:
     each leads back to the call WHMCS left unanswered, and would otherwise retry it for
     ever; nor does an access refusal (refusals between 503s would restart the deadline for
     ever). The waits during the run that are not WHMCS failing — the fence's (the ownership
-    lease, an intent renewal's flush), the backoff on refused access — are not counted.
+    lease, an intent renewal's flush), the backoff on refused access, the guard's read again
+    before a retried ``AddOrder`` (Salesforce slow or down, its read retried) — are not
+    counted.
 
     On ``time.monotonic``: the clock the retries' backoffs sleep on (asyncio's), so the
     last wait, cut to what is left, ends at the deadline; and it stops while the host is
@@ -345,6 +347,8 @@ class Provisioner:
         # the run of transient errors WORKER_RETRY_DEADLINE_S bounds: none yet (_Outage)
         outage = _Outage()
         fence = outage.fence(fence)
+        if guard is not None:
+            guard.timed_by(outage.excluding)
         created: ProvisionResult | None = None
         attempts = 0
         add_uncertain = False

@@ -387,3 +387,25 @@ def test_a_made_order_ends_the_run_an_acceptorder_error_starts_a_new_one():
         return await Provisioner(wh, policy(retry_deadline_s=0.3, **FAST)).provision(REQ)
     res = asyncio.run(go())
     assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
+
+
+def test_a_slow_guard_read_during_a_run_of_transient_errors_does_not_count():
+    """WHMCS failed twice; before each retried AddOrder the guard was read again, Salesforce
+    taking 0.5 s each time (down, the read retried; retry deadline 0.3 s): that was not
+    WHMCS unavailable. Counted, the Order ended Failed WHMCS_UNAVAILABLE after two 503s."""
+    wh = Scripted([unreachable(), unreachable()])
+    reads = 0
+
+    async def read() -> ProvisionResult | None:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.5)
+        return None  # still Activating: go on
+
+    async def go() -> ProvisionResult:
+        prov = Provisioner(wh, policy(retry_deadline_s=0.3, **FAST))  # type: ignore[arg-type]
+        guard = GuardCheck(read, read_at=lease_clock(), max_age_s=60.0)
+        return await prov.provision(REQ, guard=guard)
+    res = asyncio.run(go())
+    assert (res.status, res.error_code) == ("Provisioned", None), res.error_message
+    assert reads >= 2 and wh.calls.count("AddOrder") == 3
