@@ -27,6 +27,18 @@ before it and records a ``latest.resubscribed`` gap, as a second ``LATEST`` stre
 process does. A position committed later supersedes it (a stored position is resumed
 from, the marker is then not looked at). :func:`load_position` reads it in the same pass.
 
+The owner record: after every ``init_transactions`` (``TransactionalWriter.start`` in
+:mod:`connectors.writer`), before the position is read, the connector commits a record under
+the key ``<connector>|<channel>|owner`` naming its instance (:data:`INSTANCE`), in a
+transaction of its own: the last one committed names the instance whose
+``init_transactions`` came last.
+The same schema again (no file of its own in ``schemas/``), as the LATEST marker's: an
+empty ``replay_id``, the instance in ``event_uuid`` (a uuid4 made once per process, the
+host name and the pid: ``"<uuid> <host> pid <pid>"``), ``committed_at`` the claim's time.
+A fence the connector cannot date (its clocks stopped with the VM) is its own transaction
+timeout if the last owner record is still its own (:func:`load_owner`, ``connectors.source``).
+The position and the LATEST marker are read by their keys: this one is not theirs.
+
 Pitfall: call :func:`load_position` only **after** the transactional producer's
 ``init_transactions`` — that is what fences an older instance and completes or aborts its
 open transaction. Read before it, and a zombie's in-flight batch could commit after we
@@ -35,6 +47,8 @@ read the position, and be written a second time by us.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -73,6 +87,21 @@ def offset_key(connector: str, channel: str) -> bytes:
 LATEST_OPENED_SUFFIX = b"|latest-opened"
 
 
+#: the owner record's key, after the connector's own
+OWNER_SUFFIX = b"|owner"
+#: this process's instance, named in its owner records: made once per process (a uuid4; the
+#: host name and the pid for operators)
+INSTANCE = f"{uuid.uuid4()} {socket.gethostname()} pid {os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """An owner record: the instance whose ``init_transactions`` it followed, and when."""
+
+    instance: str
+    claimed_at_ms: int
+
+
 @dataclass
 class LatestOpened:
     """Filled by :func:`load_position` when the LATEST marker is stored: when a ``LATEST``
@@ -89,6 +118,7 @@ class OffsetCodec:
         self.channel = channel
         self.key = offset_key(connector, channel)
         self.latest_opened_key = self.key + LATEST_OPENED_SUFFIX
+        self.owner_key = self.key + OWNER_SUFFIX
         # Internal topics stay plain Avro (with the sfprov.schema header and the writer
         # schema's fingerprint) even with SCHEMA_REGISTRY_URL: start-up must not depend on
         # the registry, and only the connector and the CLI read them. decode() would read
@@ -113,6 +143,17 @@ class OffsetCodec:
     def latest_opened_value(self, opened_at_ms: int) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The LATEST marker's value: the offsets schema with no replay id (empty)."""
         return self.position_value(Position(b"", KEEPALIVE, opened_at_ms))
+
+    def owner_value(self, instance: str, claimed_at_ms: int
+                    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The owner record's value: the offsets schema with no replay id (empty) and the
+        instance in ``event_uuid``."""
+        return self.position_value(Position(b"", KEEPALIVE, claimed_at_ms, instance))
+
+    def decode_owner(self, value: bytes, headers: Headers | None = None) -> Owner:
+        """``headers``: as :meth:`decode_position`."""
+        rec = self.decode_position(value, headers)
+        return Owner(rec.event_uuid or "", rec.committed_at_ms)
 
     def gap_value(self, *, last_good: Position | None, policy: str, error_code: str,
                   error_message: str, detected_at_ms: int | None = None
@@ -165,6 +206,15 @@ def load_last_gap(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     a gap recorded by an instance that stopped before its gap pass ran is passed again."""
     return _load_last(bootstrap, topic, codec.key, codec.decode_gap,
                       timeout_s=timeout_s, what="replay gaps")
+
+
+def load_owner(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
+                timeout_s: float = 60.0) -> Owner | None:
+    """The last owner record committed for the codec's key, or None; read and refused like
+    :func:`load_position` (to the end: an owner record in a transaction still open there is
+    waited for)."""
+    return _load_last(bootstrap, topic, codec.owner_key, codec.decode_owner,
+                      timeout_s=timeout_s, what="owner record")
 
 
 def _load_last(bootstrap: Connectable, topic: str, key: bytes,

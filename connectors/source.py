@@ -3,6 +3,7 @@
 Life of the process (:meth:`Connector.run`)::
 
     init_transactions          fence an older instance (its open transaction is aborted)
+    owner record               committed alone: this instance claimed the stream last
     load_position              read_committed, to the end of the offsets topic
     loop:
       subscribe                CUSTOM after the committed replay id (or the preset; with
@@ -41,22 +42,33 @@ Failure policies:
   resubscribe.
 * fenced by a newer instance → log it and exit :data:`EXIT_FENCED` (no standby: the newer
   instance owns the stream; do not auto-restart on this code or the two will take turns).
+  Fenced at start-up (in ``init_transactions`` or the owner record's transaction): at
+  once; later, only once the owner record says so (below).
 * paused past the transaction timeout (``CONNECTOR_TRANSACTION_TIMEOUT_S``: SIGSTOP, a frozen
   VM, a long GC, a broker away) with a transaction open → the broker aborts it (its records
   stay invisible to ``read_committed`` readers) and bumps the epoch; the resumed producer
   gets exactly what a newer instance's fence gives, fatal ``_FENCED`` (``connectors.writer``
   has what was measured). The failed transaction's age tells them apart — the broker cannot
-  have timed out a younger one: younger than the timeout → a newer instance →
-  :data:`EXIT_FENCED`; older → perhaps only our own timeout (``TransactionTimedOutError``) →
-  after the resubscribe backoff, a new producer's ``init_transactions`` (fencing a newer
-  instance, if any, and aborting its open transaction), the position read again, and a
-  resubscribe from it: in-process, no operator, no restart. Nothing is lost (the aborted
-  batch is fetched again) or doubled (the position is read after the fence, so it includes
-  whatever a newer instance committed). Two live instances cannot take turns: only the one
-  whose transaction outlived the timeout takes the stream back, and the one it fences then
-  fails a *young* transaction and exits 3. Paused *between* transactions, nothing was open
-  and nothing timed out: it carries on (or, fenced meanwhile, fails its next, young,
-  transaction: exit 3). Repeated timeouts back off like any subscription error.
+  have timed out a younger one: older than the timeout → perhaps only our own timeout
+  (``TransactionTimedOutError``) → after the resubscribe backoff, a new producer's
+  ``init_transactions`` (fencing a newer instance, if any, and aborting its open
+  transaction), the owner record, the position read again, and a resubscribe from it:
+  in-process, no operator, no restart. Younger → a newer instance, unless the pause stopped
+  the host's clocks too (a hypervisor freeze: the age reads as young). So after the backoff
+  the last owner record (:mod:`connectors.offsets`) is read: another instance's → it
+  claimed the stream after our last init → :data:`EXIT_FENCED`; this instance's → no other
+  has claimed it since, the transaction timed out unseen → handled as a
+  ``TransactionTimedOutError``; none, or the read failed → :data:`EXIT_FENCED` (a read
+  failure must not turn a real fence into a take-over). Nothing is lost (the aborted batch
+  is fetched again) or doubled (the position is read after the fence, so it includes
+  whatever a newer instance committed). Two live instances cannot take turns: the newer
+  one commits its owner record right after its init, so the older one, fenced young, finds
+  it and exits 3; the older one, past its timeout (or reading before that record landed),
+  takes the stream back with a new init and owner record, and the one it fences then fails
+  a *young* transaction, finds an owner record not its own, and exits 3. Paused *between*
+  transactions, nothing was open and nothing timed out: it carries on (or, fenced
+  meanwhile, fails its next, young, transaction: exit 3). Repeated timeouts back off like
+  any subscription error.
 * the producer failed otherwise (librdkafka's fatal state without a fence, e.g. the broker
   answered an abort with ``INVALID_TXN_STATE`` while nodes were away; or a
   ``commit_transaction`` that timed out on every retry, which librdkafka keeps as the call in
@@ -127,11 +139,13 @@ from connectors.decode import EventDecoder, KafkaRecord, SchemaCache
 from connectors.observability import end_spans, event_spans
 from connectors.offsets import (
     EVENT,
+    INSTANCE,
     KEEPALIVE,
     LatestOpened,
     OffsetCodec,
     Position,
     load_last_gap,
+    load_owner,
     load_position,
 )
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
@@ -303,7 +317,8 @@ class Connector:
         self.codec = OffsetCodec(connector.name, connector.channel)
         self.txn_id = transactional_id(kafka, connector.name, connector.channel)
         self.writer = TransactionalWriter(kafka, self.txn_id,
-                                          transaction_timeout_s=connector.transaction_timeout_s)
+                                          transaction_timeout_s=connector.transaction_timeout_s,
+                                          owner=self._owner_record)
         serde = AvroSerde("provision_request", topic=kafka.requests,
                           registry=registry_for(kafka))
         self.decoder = EventDecoder(SchemaCache(self.pubsub.get_schema),
@@ -856,14 +871,22 @@ class Connector:
             bound = max(detected_s, min(committed_s, detected_s + LATEST_ACCEPT_WITHIN_S))
         self._rearm_at = bound  # armed once the stream answers or stays open (_arm_gap_pass)
 
+    def _owner_record(self) -> Record:
+        """The owner record, committed after each init_transactions (the writer's ``owner``):
+        this instance claimed the stream, now. The position stays where it is."""
+        value, headers = self.codec.owner_value(INSTANCE, int(time.time() * 1000))
+        return (self.kafka.connector_offsets, self.codec.owner_key, value, headers)
+
     def _on_fenced(self, exc: ProducerFencedError) -> int | None:
         """Exit code for a fence, or None: it may be our own transaction timeout, re-init."""
+        delay = self.backoff.next()
         if not isinstance(exc, TransactionTimedOutError):
-            return self._fenced(exc)
+            if not self._still_owner(exc, delay):
+                return self._fenced(exc)
+            delay = 0.0  # the backoff is over: waited before the owner record was read
         m.TXN_TIMEOUTS.inc()
         m.RECONNECTS.labels("txn_timeout").inc()
         self._reopen_pending = True
-        delay = self.backoff.next()
         self.health.state, self.health.cause, self.health.last_error = \
             "backoff", "txn_timeout", str(exc)
         self.health.failed("kafka")
@@ -875,8 +898,47 @@ class Connector:
         self._stop.wait(delay)
         return None
 
+    def _still_owner(self, exc: ProducerFencedError, delay: float) -> bool:
+        """A fence of a transaction younger than its timeout: a newer instance's, unless the
+        last owner record is still this instance's — then no other instance has claimed the
+        stream since this one's last init, and the broker timed the transaction out while
+        this host's clocks stood still (a hypervisor freeze). Read after the backoff
+        ``delay``: a newer instance commits its owner record right after the init that
+        fenced us, moments ago. None stored, another instance's, a failed read or a stop
+        asked meanwhile: a newer instance's fence (a failed read must not turn one into a
+        take-over)."""
+        self.health.state, self.health.cause, self.health.last_error = \
+            "backoff", "fenced", str(exc)
+        self.health.waiting_until = time.monotonic() + delay
+        if self._stop.wait(delay):
+            return False
+        try:
+            owner = load_owner(KafkaConnection.from_settings(self.kafka),
+                               self.kafka.connector_offsets, self.codec)
+        except KafkaError as read_exc:
+            log.error("fenced in a transaction younger than its timeout, and the owner record "
+                      "cannot be read (%s): taken for a newer instance's fence", read_exc)
+            return False
+        if owner is None:
+            log.error("fenced, and no owner record is stored in %s", self.kafka.connector_offsets)
+            return False
+        claimed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(owner.claimed_at_ms / 1000))
+        if owner.instance != INSTANCE:
+            log.error("fenced: the last owner record in %s names instance %s (claimed %s), not "
+                      "this one (%s)", self.kafka.connector_offsets, owner.instance, claimed,
+                      INSTANCE)
+            return False
+        log.warning("fenced in a transaction younger than its timeout on this host's clocks, "
+                    "yet the last owner record in %s is this instance's (%s, claimed %s): no "
+                    "other instance has claimed the stream since this one's last "
+                    "init_transactions; the broker timed the transaction out while the clocks "
+                    "stood still (a frozen VM)", self.kafka.connector_offsets, INSTANCE, claimed,
+                    extra={"cause": "txn_timeout"})
+        return True
+
     def _reopen(self) -> None:
-        """New producer (fencing any newer instance), then the position: in that order."""
+        """New producer (fencing any newer instance; its owner record committed), then the
+        position: in that order."""
         self.health.resubscribing()
         self.writer.reopen()
         before = self.position

@@ -23,8 +23,23 @@ tells them apart is the transaction's age: the coordinator can only have timed o
 transaction open longer than the timeout. So a fence of an older transaction is raised as
 :class:`TransactionTimedOutError` (perhaps only our own timeout; a new producer's
 ``init_transactions`` decides, see ``connectors.source``), a fence of a younger one as
-``ProducerFencedError`` (certainly a newer instance). A pause *between* transactions
-changes nothing: no transaction was open, so none timed out, and the next one commits.
+``ProducerFencedError`` (a newer instance, as far as the age can tell). A pause *between*
+transactions changes nothing: no transaction was open, so none timed out, and the next one
+commits.
+
+The age cannot tell when the pause stopped this host's clocks too (a hypervisor freeze:
+no local clock sees it), and a transaction the broker timed out reads as young. So, given
+``owner`` (the connector's), every ``init_transactions`` of :meth:`start` and :meth:`reopen`
+is followed by a transaction of its own committing the owner record
+(:mod:`connectors.offsets`: this process's instance), before anything else is written and
+before the caller reads the position. A young fence is a newer instance's only if that
+instance's owner record came after ours: the connector reads the last one before it exits 3,
+and a last record of its own means no other instance has claimed the stream since its last
+init — its own transaction timed out while its clocks stood still (``connectors.source``).
+No two instances take turns: a newer one commits its owner record right after its init, and
+the older one, reading after its backoff, finds it and exits 3; had it read before that
+record landed, its own new init fences the newer one (aborting that owner transaction, were
+it still open), whose owner record is then not the last, and the newer one exits 3.
 
 Any other fatal error is raised as :class:`ProducerFailedError`: librdkafka's fatal state is
 final for the producer, and only a new one (:meth:`reopen`) goes on. A chaos run with two of
@@ -67,6 +82,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError as CKafkaError
@@ -147,7 +163,8 @@ CALL_TIMEOUT_S = 30.0
 class TransactionalWriter:
     def __init__(self, kafka: KafkaSettings, txn_id: str, *, timeout_s: float = CALL_TIMEOUT_S,
                  transaction_timeout_s: float = 60.0,
-                 extra_config: dict[str, Any] | None = None) -> None:
+                 extra_config: dict[str, Any] | None = None,
+                 owner: Callable[[], Record] | None = None) -> None:
         self.txn_id = txn_id
         self.timeout_s = timeout_s
         self.transaction_timeout_s = transaction_timeout_s
@@ -158,9 +175,13 @@ class TransactionalWriter:
         # when the oldest transaction this producer has not settled (committed or aborted)
         # began: a fence is judged by its age, not by the age of the write that met it
         self._unsettled_since: float | None = None
+        # the owner record, committed after every init_transactions (the module's doc)
+        self._owner = owner
 
     def start(self) -> None:
-        """init_transactions: fences any older instance with this transactional.id.
+        """init_transactions: fences any older instance with this transactional.id. Then,
+        given ``owner``, its record is committed in a transaction of its own (:meth:`write`,
+        raising as it does; a fence there is a newer instance's init, come in between).
 
         A retriable failure (librdkafka's "Timed out …, retry call to resume") is retried
         — the call resumes where it was — for ``timeout_s`` of this process's running time
@@ -172,7 +193,7 @@ class TransactionalWriter:
             wait = deadline.attempt(1.0, 5.0)
             try:
                 self._producer.init_transactions(wait)
-                return
+                break
             except KafkaException as exc:
                 code = exc.args[0].code() if exc.args and isinstance(exc.args[0], CKafkaError) \
                     else None
@@ -186,12 +207,15 @@ class TransactionalWriter:
                         or isinstance(error, ProducerFailedError):  # final for this producer
                     raise error from exc
                 log.info("init_transactions not done yet (%s); retrying", exc)
+        if self._owner is not None:
+            self.write([self._owner()])
 
     def reopen(self) -> None:
         """Replace a fenced producer (librdkafka's fatal state is final) and start the new one.
 
         Its ``init_transactions`` bumps the epoch again: a newer instance, if there is one, is
-        fenced in turn. Read the position only after this returns (see ``connectors.offsets``).
+        fenced in turn, and the owner record committed after it names this instance again.
+        Read the position only after this returns (see ``connectors.offsets``).
         """
         old, self._producer = self._producer, Producer(self._config)
         self._unsettled_since = None  # the old one's: settled by the new init_transactions
