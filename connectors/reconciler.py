@@ -23,6 +23,11 @@ Two triggers, one mechanism (:mod:`common.reconcile`, the same as ``sfprov recon
 
 A pass that cannot read the topics whole (the schema registry or a broker away) fails —
 logged, counted, tried again — instead of taking the Orders it did not read for stranded.
+A failed gap pass is tried again after a backoff (:data:`GAP_RETRY_S`, doubling up to
+``CONNECTOR_RECONCILE_INTERVAL_S``, or :data:`GAP_RETRY_MAX_S` when that is 0), and a
+periodic pass due meanwhile runs: retried at each turn, a gap pass Salesforce kept refusing
+(the day's API limit spent, a field missing) cost a query every ~11 s and held every
+periodic pass back.
 
 Division of work: a thread of its own queries Salesforce and reads the topics (slow, never in
 the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` each turn,
@@ -48,6 +53,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from common.avro import AvroSerde, registry_for
+from common.backoff import Backoff
 from common.reconcile import Plan, QueryClient, find_stranded, request_record, sf_time
 from common.settings import ConnectorSettings, KafkaSettings
 
@@ -56,6 +62,8 @@ GAP_SETTLE_S = 10.0
 MAX_REREQUESTS = 3  # re-requests of one Order by this process before it is left to an operator
 GAP_SETTLE_MAX_S = 300.0  # traffic that never pauses for GAP_SETTLE_S: run the gap pass anyway
 GAP_REARM_S = 72 * 3600.0  # a gap recorded this recently is passed again at start-up
+GAP_RETRY_S = 10.0  # the first wait before a failed gap pass is tried again
+GAP_RETRY_MAX_S = 600.0  # the longest wait before a failed gap pass, without periodic passes
 #: Orders remembered as decided and unchanged (find_stranded's ``settled``); past it, no more
 #: are added (a pass then reads as it did without them)
 SETTLED_MAX = 100_000
@@ -101,6 +109,11 @@ class Reconciler:
         self._serde = AvroSerde("provision_request", topic=kafka.requests,
                                 registry=registry_for(kafka))
         self._gap_at: float | None = None
+        # a failed gap pass is tried again no sooner than this (unix time), backing off
+        interval = settings.reconcile_interval_s
+        self._gap_backoff = Backoff(GAP_RETRY_S, max(GAP_RETRY_S, interval if interval > 0
+                                                     else GAP_RETRY_MAX_S), jitter=False)
+        self._gap_retry_at = 0.0
         self._requested: dict[str, int] = {}  # Order → re-requests written by this process
         # Order → its LastModifiedDate when a pass found its request decided: left out of
         # the next passes until it changes (find_stranded's ``settled``)
@@ -198,7 +211,8 @@ class Reconciler:
                 continue
             trigger = "periodic"
             try:
-                if self._gap_at is not None and self._gap_settled():
+                if self._gap_at is not None and self._clock() >= self._gap_retry_at \
+                        and self._gap_settled():
                     trigger, gap_at, self._gap_at = "gap", self._gap_at, None
                     self._pass("gap", older_than_s=0.0, changed_before=gap_at)
                 elif self._clock() >= next_periodic:
@@ -233,9 +247,12 @@ class Reconciler:
             PASSES.labels(trigger, "error").inc()
             log.warning("reconciliation pass (%s) failed: %s", trigger, exc,
                         extra={"cause": repr(exc)})
-            if trigger == "gap":
-                self._gap_at = self._gap_at or kwargs.get("changed_before")  # try again
+            if trigger == "gap":  # try again, after a backoff
+                self._gap_at = self._gap_at or kwargs.get("changed_before")
+                self._gap_retry_at = self._clock() + self._gap_backoff.next_delay()
             return
+        if trigger == "gap":
+            self._gap_backoff.reset()
         PASSES.labels(trigger, "ok").inc()
         LAST_PASS.labels(trigger).set(time.time())
         STRANDED.labels(trigger).set(len(plan.stranded))

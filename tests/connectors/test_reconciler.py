@@ -374,3 +374,43 @@ def test_a_pass_due_while_a_plan_is_being_written_waits_for_the_write(monkeypatc
     assert r.write_due(slow_write) == 0
     assert writes == [1]
     assert r._requested[oid] == 1
+
+
+def test_a_gap_pass_salesforce_keeps_refusing_backs_off_and_lets_periodic_passes_run(
+        monkeypatch):
+    """Salesforce refusing every pass's query (the day's API limit spent, a field missing):
+    the failed gap pass was tried again at each turn — about every 11 s, 328 queries in an
+    hour — and no periodic pass ran meanwhile. An hour on a simulated clock."""
+    clock = [0.0]
+    passes: list[str] = []
+
+    def refused(*_args, **kwargs):
+        passes.append("gap" if kwargs.get("older_than_s") == 0.0 else "periodic")
+        raise RuntimeError("Salesforce 400 INVALID_FIELD: No such column")
+    kafka = KafkaSettings.load({}, topic_prefix="t.")
+    settings = ConnectorSettings.load({})  # CONNECTOR_RECONCILE_INTERVAL_S: 600
+    r = Reconciler(kafka, settings, sf=None, worker_group="t.w",  # type: ignore[arg-type]
+                   written=lambda: 0, clock=lambda: clock[0])
+    monkeypatch.setattr(rec, "find_stranded", refused)
+
+    class Simulated:
+        """An event whose waits advance the clock; set after an hour."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            clock[0] += timeout or 0.0
+            return self.is_set()
+
+        def is_set(self) -> bool:
+            return clock[0] >= 3600.0
+
+        def set(self) -> None:
+            pass
+
+        def clear(self) -> None:
+            pass
+    r._stop, r._wake = Simulated(), Simulated()  # type: ignore[assignment]
+    r.gap_recorded(at=0.0)
+    r._run()
+    assert 3 <= passes.count("gap") <= 12, passes
+    assert passes.count("periodic") >= 4, passes
+    assert r._gap_at == 0.0  # still to be passed
