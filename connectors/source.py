@@ -375,7 +375,9 @@ class Connector:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         latest_opened = LatestOpened()
         try:
-            self.writer.start()
+            if not self._start_writer():
+                self.writer.close()
+                return EXIT_OK
             self._set_position(load_position(KafkaConnection.from_settings(self.kafka),
                                              self.kafka.connector_offsets, self.codec,
                                              latest_opened=latest_opened))
@@ -935,6 +937,31 @@ class Connector:
                     "stood still (a frozen VM)", self.kafka.connector_offsets, INSTANCE, claimed,
                     extra={"cause": "txn_timeout"})
         return True
+
+    def _start_writer(self) -> bool:
+        """``init_transactions`` and the owner record. The owner record's transaction timed
+        out (the process paused or the coordinator away past its timeout: the broker aborted
+        it) or failed the producer: after the backoff a new producer, as the loop does after
+        a transaction timeout — exit 3 there blamed a newer instance that did not exist, and
+        supervisors do not restart it. A young fence still raises (a newer instance's init
+        came in between: exit 3). False: a stop was asked meanwhile."""
+        start = self.writer.start
+        while True:
+            try:
+                start()
+                return True
+            except (TransactionTimedOutError, ProducerFailedError) as exc:
+                cause = "txn_timeout" if isinstance(exc, TransactionTimedOutError) \
+                    else "producer_failed"
+                m.RECONNECTS.labels(cause).inc()
+                if cause == "txn_timeout":
+                    m.TXN_TIMEOUTS.inc()
+                delay = self.backoff.next()
+                log.error("starting: the owner record's transaction failed (%s); a new "
+                          "producer in %.1fs", exc, delay, extra={"cause": cause})
+                if self._stop.wait(delay):
+                    return False
+                start = self.writer.reopen
 
     def _reopen(self) -> None:
         """New producer (fencing any newer instance; its owner record committed), then the

@@ -610,6 +610,11 @@ class Sink:
                 self._polled_at = time.monotonic()
                 self.consumer.poll(0)  # serve rebalance callbacks while waiting
                 continue
+            # between flushes too: a long drain (SINK_DRAIN_TIMEOUT_S above the poll
+            # interval) of a slow bisection never polled, left the group, and its last
+            # commit failed (the consumer is paused: this only serves callbacks)
+            self._polled_at = time.monotonic()
+            self.consumer.poll(0)
             self._flush(now)
         if len(self.batcher):
             log.warning("drain ended with %d records unacknowledged; their offsets stay "

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError as CKafkaError
+from confluent_kafka import KafkaException
 
 from common.errors import KafkaError, ProducerFencedError, TransactionTimedOutError
 from connectors import metrics as m
@@ -292,3 +293,42 @@ def test_the_connector_frozen_in_a_transaction_takes_the_stream_back_and_writes_
                 if _t == conn.kafka.requests]
     assert requests == [b"801", b"801"]  # the batch's two events, once
     assert conn.position is not None and conn.position.replay_id == b"\x02"
+
+
+def test_an_owner_transaction_timed_out_at_start_up_is_taken_back_not_exit_3(monkeypatch):
+    """The first producer's owner transaction waited 75 s (the process paused, or the
+    coordinator away) and the broker aborted it for its age (60 s): a timeout of its own,
+    as in the loop — exit 3 blamed a newer instance that did not exist, never restarted."""
+    clock = [1000.0]
+    monkeypatch.setattr(writer_module, "lease_clock", lambda: clock[0])
+    producers: list[_Calls] = []
+
+    class Stalled(_Calls):
+        def commit_transaction(self, timeout: float) -> None:
+            clock[0] += 75.0
+            raise KafkaException(CKafkaError(CKafkaError._FENCED, "This instance has been "
+                                             "fenced by a newer instance", fatal=True))
+
+        def abort_transaction(self, timeout: float) -> None:
+            raise KafkaException(CKafkaError(CKafkaError._FENCED, "fenced", fatal=True))
+
+    def new_producer(_config: Any) -> _Calls:
+        producers.append(Stalled() if not producers else _Calls())
+        return producers[-1]
+    conn = make(backoff_initial_s=0.01, backoff_max_s=0.02)
+    monkeypatch.setattr(writer_module, "Producer", new_producer)
+    stored = Position(b"\x05", EVENT, 1_700_000_000_000, "u-5")
+    monkeypatch.setattr(source, "load_position", lambda *_a, **_kw: stored)
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: None)
+
+    def subscribe(preset: str, replay_id: bytes | None) -> FakeSubscription:
+        conn.request_stop()  # started: that is all this test asks
+        return FakeSubscription()
+    conn.pubsub = SimpleNamespace(subscribe=subscribe)  # type: ignore[assignment]
+    conn.writer = TransactionalWriter(conn.kafka, "tid", transaction_timeout_s=60.0,
+                                      owner=conn._owner_record)
+    timeouts = m.TXN_TIMEOUTS._value.get()
+    assert conn.run(timeout_s=10.0) == EXIT_OK
+    assert len(producers) == 2 and producers[1].calls[:2] == ["init", "commit"]
+    assert producers[1].committed[0] == [(conn.kafka.connector_offsets, conn.codec.owner_key)]
+    assert m.TXN_TIMEOUTS._value.get() == timeouts + 1

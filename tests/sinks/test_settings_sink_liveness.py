@@ -71,8 +71,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def sink_on(org: SlowOrg, dead: list[Tracked]) -> Sink:
-    sink = assigned_sink(org, dead)
+def sink_on(org: SlowOrg, dead: list[Tracked], **settings: Any) -> Sink:
+    sink = assigned_sink(org, dead, **settings)
     org.sink = sink
     for offset in range(20):
         sink._handle(Message(0, offset))

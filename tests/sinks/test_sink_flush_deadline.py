@@ -10,6 +10,7 @@ clock."""
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -121,5 +122,32 @@ def test_a_stop_during_a_bisection_ends_the_drain_at_its_deadline(clock: Clock) 
         # before: the drain's one flush made every call of the bisection (10, 100 s)
         assert clock.now - stopped <= sink.settings.drain_timeout_s + org.call_s
         assert len(sink.batcher)  # left uncommitted: redelivered, never lost
+    finally:
+        sink.dead_letters.close()
+
+
+def test_a_long_drain_of_a_slow_bisection_polls_within_the_interval(clock: Clock) -> None:
+    """SINK_DRAIN_TIMEOUT_S=400: the drain flushed turn after turn without polling (only
+    its waits polled), 315 s of calls with no poll — past max.poll.interval.ms, the group
+    left and the drain's commit failed."""
+    org = SlowOrg(clock, call_s=35.0, timeout_s=40.0)
+    org.fail_call = refuse_bad
+    dead: list[Tracked] = []
+    sink = sink_on(org, dead, drain_timeout_s=400.0)
+    polls: list[float] = []
+    real_poll = sink.consumer.poll
+
+    def poll(timeout: float = 0) -> Any:
+        polls.append(clock.now)
+        return real_poll(timeout)
+    sink.consumer.poll = poll  # type: ignore[method-assign]
+    sink._polled_at = started = clock.now  # the loop's last poll
+    try:
+        sink.stop()
+        sink._drain()
+        marks = [started, *polls, clock.now]
+        assert max(b - a for a, b in pairwise(marks)) <= MAX_POLL_S - WRITE_MARGIN_S, \
+            [m - started for m in marks]
+        assert [t.offset for t in dead] == [7] and not len(sink.batcher)
     finally:
         sink.dead_letters.close()
