@@ -793,9 +793,7 @@ class WorkerSettings(_Section):
                                   doc="A run of transient WHMCS errors is retried for this "
                                       "long, counted from its first error (the waits before "
                                       "it, and the ownership-lease, refused-access and "
-                                      "Salesforce guard-read waits during it, its own and "
-                                      "those of the AddOrders queued before it, do not "
-                                      "count), "
+                                      "Salesforce guard-read waits during it, do not count), "
                                       "then the Order is Failed "
                                       "(WHMCS_UNAVAILABLE); Salesforce's have no deadline "
                                       "(the Order waits).")

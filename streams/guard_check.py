@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from common.clock import lease_clock
 
@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from streams.provision import ProvisionResult
 
 __all__ = ["GUARD_SLOT_READ_S", "GuardCheck", "GuardRefused", "retrieved"]
-
-T = TypeVar("T")
 
 
 #: how long an ``AddOrder`` holding a WHMCS slot waits for its guard's verdict read once more
@@ -66,20 +64,15 @@ class GuardCheck:
         self.read_at, self.max_age_s, self.refused = read_at, max_age_s, refused
         self._waits = 0  # waits begun so far
         self._read_after = 0  # of those, the ones the verdict at hand was read after
-        self._timed: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None
+        self._timed: Callable[[Awaitable[ProvisionResult | None]],
+                              Awaitable[ProvisionResult | None]] | None = None
 
-    def timed_by(self, excluding: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
-        """Each read again, and each wait :meth:`behind` the reads of the ``AddOrder`` calls
-        in line before this one, is awaited through ``excluding``: the provisioning's run of
-        transient WHMCS errors leaves it out (a Salesforce slow or down, its reads retried
+    def timed_by(self, excluding: Callable[[Awaitable[ProvisionResult | None]],
+                                           Awaitable[ProvisionResult | None]]) -> None:
+        """Each read again is awaited through ``excluding``: the provisioning's run of
+        transient WHMCS errors leaves it out (a Salesforce slow or down, its read retried
         for minutes, is not WHMCS being unavailable)."""
         self._timed = excluding
-
-    async def behind(self, wait: Awaitable[T]) -> T:
-        """``wait`` — for a place among the next ``AddOrder`` calls, or for a WHMCS slot,
-        whose holders may be reading their own guard's verdict — timed as a read
-        (:meth:`timed_by`)."""
-        return await (wait if self._timed is None else self._timed(wait))
 
     def waiting(self) -> None:
         """A wait begins: a verdict read before it may be stale once it ends."""

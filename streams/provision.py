@@ -185,10 +185,8 @@ class _Outage:
     ever; nor does an access refusal (refusals between 503s would restart the deadline for
     ever). The waits during the run that are not WHMCS failing — the fence's (the ownership
     lease, an intent renewal's flush), the backoff on refused access, the guard's read again
-    before a retried ``AddOrder`` and the waits for its place and its WHMCS slot behind the
-    other ``AddOrder`` calls, which read theirs there (Salesforce slow or down, its reads
-    retried) — are not counted. Its own calls and backoffs still are: WHMCS down still ends
-    it at the deadline.
+    before a retried ``AddOrder`` (Salesforce slow or down, its read retried) — are not
+    counted.
 
     On ``time.monotonic``: the clock the retries' backoffs sleep on (asyncio's), so the
     last wait, cut to what is left, ends at the deadline; and it stops while the host is
@@ -797,8 +795,7 @@ class Provisioner:
         # one is slower than GUARD_SLOT_READ_S
         slot_read = guard is not None
         while True:
-            # behind other AddOrders' guard reads (Salesforce slow or down): not WHMCS's time
-            await (nxt.acquire() if guard is None else guard.behind(nxt.acquire()))
+            await nxt.acquire()
             try:
                 while True:
                     if guard is not None:
@@ -810,9 +807,7 @@ class Provisioner:
                     await fence(action, queued=True)
                     if guard is None or not guard.outlived():  # it waited for the lease
                         break
-                # a slot's holder may be reading its guard again too (GUARD_SLOT_READ_S)
-                await (self._slots.acquire() if guard is None
-                       else guard.behind(self._slots.acquire()))
+                await self._slots.acquire()
             finally:
                 nxt.release()
             held = True
