@@ -957,6 +957,12 @@ class Connector:
                 if cause == "txn_timeout":
                     m.TXN_TIMEOUTS.inc()
                 delay = self.backoff.next()
+                # named on /readyz as the loop's Kafka failures are (state, cause, error)
+                self.health.started = True
+                self.health.state, self.health.cause, self.health.last_error = \
+                    "backoff", cause, str(exc)
+                self.health.failed("kafka")
+                self.health.waiting_until = time.monotonic() + delay
                 log.error("starting: the owner record's transaction failed (%s); a new "
                           "producer in %.1fs", exc, delay, extra={"cause": cause})
                 if self._stop.wait(delay):

@@ -332,3 +332,25 @@ def test_an_owner_transaction_timed_out_at_start_up_is_taken_back_not_exit_3(mon
     assert len(producers) == 2 and producers[1].calls[:2] == ["init", "commit"]
     assert producers[1].committed[0] == [(conn.kafka.connector_offsets, conn.codec.owner_key)]
     assert m.TXN_TIMEOUTS._value.get() == timeouts + 1
+
+
+def test_a_start_up_backing_off_after_a_failed_owner_transaction_says_so_on_readyz(
+        monkeypatch):
+    """It said 'starting' with the Kafka check passing and no error, for as long as the new
+    producers kept failing: only the log told."""
+    from common.errors import ProducerFailedError
+    from connectors.observability import ready
+    conn = make(backoff_initial_s=5.0, backoff_max_s=5.0)
+    writes: Writes = conn.writer  # type: ignore[assignment]
+    failure = ProducerFailedError("transaction: the producer failed: Broker: invalid state")
+    writes.start = lambda: (_ for _ in ()).throw(failure)  # type: ignore[method-assign]
+    seen: list[tuple[bool, dict[str, Any]]] = []
+
+    def wait(_timeout: float | None = None) -> bool:
+        seen.append(ready(conn))
+        return True  # then stopped
+    monkeypatch.setattr(conn._stop, "wait", wait)
+    assert conn.run(timeout_s=10.0) == EXIT_OK
+    ok, details = seen[0]
+    assert not ok and details["checks"]["kafka"] is False, details
+    assert "invalid state" in str(details)
