@@ -92,18 +92,25 @@ def _unsettled(rows: dict[str, dict[str, Any]], ids: list[str]) -> list[str]:
             not in FINAL_STATES]
 
 
+def _count(rows: dict[str, dict[str, Any]], ids: list[str], done: list[int]) -> list[str]:
+    """``ids`` not written back; ``done[0]`` counts the others, ``done[1]`` those of them
+    written back ``Failed`` (a soak of the failure path measures nothing it should)."""
+    left = _unsettled(rows, ids)
+    settled = set(ids) - set(left)
+    done[0] += len(settled)
+    done[1] += sum(rows[oid].get("Activation_Status__c") == "Failed" for oid in settled)
+    return left
+
+
 def _settle(p: Pipeline, ids: list[str], allowed_left: int, done: list[int]) -> list[str]:
     """Wait until at most ``allowed_left`` of ``ids`` are not written back, or
     ``SETTLE_TIMEOUT_S`` passed; those not written back. ``done[0]`` counts the rest as
-    they are seen (the sampler's Orders written back so far)."""
+    they are seen (the sampler's Orders written back so far), ``done[1]`` those Failed."""
     if allowed_left <= 0:  # all of them: the harness's wait
-        left = _unsettled(p.wait_settled(ids, timeout=SETTLE_TIMEOUT_S, poll=POLL_S), ids)
-        done[0] += len(ids) - len(left)
-        return left
+        return _count(p.wait_settled(ids, timeout=SETTLE_TIMEOUT_S, poll=POLL_S), ids, done)
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:
-        left = _unsettled(p.wait_settled(ids, timeout=0, poll=POLL_S), ids)  # one read
-        done[0] += len(ids) - len(left)
+        left = _count(p.wait_settled(ids, timeout=0, poll=POLL_S), ids, done)  # one read
         if len(left) <= allowed_left or time.monotonic() >= deadline:
             return left
         ids = left  # read only the Orders still in flight
@@ -115,7 +122,7 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
     """``next_at``: the share of the newest chunk written back before the next is approved
     (the one before it entirely: at most two chunks in flight); 1.0 waits for the whole
     chunk. ``main`` passes ``--next-at`` (``NEXT_AT``)."""
-    done = [0]
+    done = [0, 0]  # Orders written back, and of them Failed (_settle)
     with Pipeline(directory, accounts=500, orders=chunk, broken_every=0, partitions=6) as p:
         sampler = Sampler(p, every_s, done, partial)
         sampler.start()
@@ -152,7 +159,7 @@ def soak(directory: Path, orders: int, chunk: int, every_s: float,
         counters = p.whmcs.counters()
         per_marker = counters.get("orders_by_marker") or {}
         duplicates = counters.get("duplicates") or {k: v for k, v in per_marker.items() if v > 1}
-        invariants = {"approved": approved, "written_back": done[0],
+        invariants = {"approved": approved, "written_back": done[0], "failed": done[1],
                       "missing": len(pending), "missing_orders": sorted(pending)[:20],
                       "whmcs_orders": sum(per_marker.values()), "duplicates": len(duplicates),
                       # Orders with a WHMCS order: one written back without (Failed: the
@@ -208,8 +215,13 @@ def verdict(grown: dict[str, float], invariants: dict[str, Any], after: int
     uncreated = max(0, written - invariants.get("created", written))
     if uncreated:
         line += f"; {uncreated} Orders written back without a WHMCS order (Failed)"
+    # Failed with a WHMCS order too (an AcceptOrder refused, an order not Active): every
+    # Order the soak seeds is provisionable, and its memory must be provisioning's
+    failed = invariants.get("failed", 0)  # soaks recorded before the count have none
+    if failed:
+        line += f"; {failed} Orders written back Failed"
     return (0 if worst <= 10 and not invariants["duplicates"] and not unsettled
-            and not uncreated else 1), line
+            and not uncreated and not failed else 1), line
 
 
 def thread_changes(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -124,7 +124,8 @@ def backlog(p: Pipeline, n: int, profile: Path | None) -> None:
         return detach
 
     result = phase_backlog(p, n, on_track=attach if profile is not None else None)
-    rss = peak_rss_mb(p)
+    # the worker was restarted for the backlog: its peak before is the phase's reading
+    rss = peak_rss_mb(p, result["rss_mb_before_restart"])
     if profile is not None and profile.exists():
         from bench.profile import render, summarize
         print(render(summarize(profile.read_text()), top=20))

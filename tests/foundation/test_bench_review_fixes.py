@@ -156,7 +156,8 @@ def test_stages_clears_the_whmcs_faults_before_the_backlog(
 
     def phase_backlog(pp: Any, n: int, on_track: Any = None) -> dict[str, Any]:
         events.append(f"backlog {n} with faults {sorted(faults)}")
-        return {"seconds": 1.0, "orders_per_s": 10.0, "cpu_ms_per_order": {"worker": 0.5}}
+        return {"seconds": 1.0, "orders_per_s": 10.0, "cpu_ms_per_order": {"worker": 0.5},
+                "rss_mb_before_restart": {}}
 
     monkeypatch.setattr(stages, "Pipeline", pipeline_giving(p))
     monkeypatch.setattr(stages, "settle_span_s", lambda pp, ids, what: (1.0, len(ids)))
@@ -311,3 +312,17 @@ def test_freeze_at_start_anchors_on_the_probe_answering_not_on_readiness(tmp_pat
         child.kill()
         child.wait()
         server.shutdown()
+
+
+def test_stages_backlog_peak_rss_includes_the_worker_before_its_restart(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The backlog restarts the worker (its VmHWM starts again): the peak printed left out
+    the warm-up, steady and burst phases before it, as make bench does not."""
+    import bench.pipeline as bench_pipeline
+    from bench import stages
+
+    monkeypatch.setattr(bench_pipeline, "phase_backlog", lambda pp, n, on_track=None: {
+        "seconds": 1.0, "orders_per_s": 10.0, "cpu_ms_per_order": {"worker": 0.5},
+        "rss_mb_before_restart": {"worker": 400.0}})
+    stages.backlog(SimpleNamespace(procs={}), 10, None)  # type: ignore[arg-type]
+    assert "'worker': 400.0" in capsys.readouterr().out

@@ -236,3 +236,29 @@ def test_an_order_that_never_settles_ends_the_soak_as_missing_and_fails_it(
     fine = {"connector": 1.0, "worker": 1.0, "sink": 1.0}
     code, line = verdict(fine, result["invariants"], 0)
     assert code == 1 and "1 Orders not written back" in line
+
+
+def test_a_soak_whose_orders_all_end_failed_with_a_whmcs_order_each_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AcceptOrder refused for every Order: each ended Failed with a Pending WHMCS order,
+    so written back = created, no duplicate — and the soak passed, its memory figures the
+    failure path's."""
+    class P(SoakPipeline):
+        def __init__(self, *args: object, **kwargs: int) -> None:
+            super().__init__(*args, **kwargs)
+            self.made: list[str] = []
+            self.whmcs = SimpleNamespace(counters=lambda: {
+                "orders_by_marker": {oid: 1 for oid in self.made}})
+
+        def wait_settled(self, ids: list[str], timeout: float,
+                         poll: float) -> dict[str, dict[str, str]]:
+            self.made += [oid for oid in ids if oid not in self.made]
+            return {oid: {"Activation_Status__c": "Failed"} for oid in ids}
+
+    soak_module = fake_soak(monkeypatch, P)
+    result = soak_module.soak(Path("unused"), orders=20, chunk=10, every_s=10, next_at=1.0)
+    assert result["invariants"]["written_back"] == result["invariants"]["created"] == 20
+    assert result["invariants"]["failed"] == 20
+    fine = {"connector": 1.0, "worker": 1.0, "sink": 1.0}
+    code, line = verdict(fine, result["invariants"], 0)
+    assert code == 1 and "20 Orders written back Failed" in line
