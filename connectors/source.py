@@ -949,6 +949,8 @@ class Connector:
         while True:
             try:
                 start()
+                if self.health.started:  # after a failed attempt: a clean start again
+                    self.health = Health()
                 return True
             except (TransactionTimedOutError, ProducerFailedError) as exc:
                 cause = "txn_timeout" if isinstance(exc, TransactionTimedOutError) \
@@ -967,6 +969,10 @@ class Connector:
                           "producer in %.1fs", exc, delay, extra={"cause": cause})
                 if self._stop.wait(delay):
                     return False
+                # starting again: the new producer's init and owner record may take
+                # minutes with the brokers cut, and a backoff long over read as a wedged
+                # loop on /livez (a start is always live)
+                self.health.state = "starting"
                 start = self.writer.reopen
 
     def _reopen(self) -> None:

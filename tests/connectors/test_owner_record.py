@@ -354,3 +354,42 @@ def test_a_start_up_backing_off_after_a_failed_owner_transaction_says_so_on_read
     ok, details = seen[0]
     assert not ok and details["checks"]["kafka"] is False, details
     assert "invalid state" in str(details)
+
+
+def test_a_start_up_retry_is_live_while_its_new_producer_starts_and_clean_once_started(
+        monkeypatch):
+    """After a failed owner transaction the state stayed 'backoff' through the new
+    producer's start (its init and owner record: minutes with the brokers cut), which
+    /livez reads as a loop wedged once 60 s past the backoff; and once started, /readyz
+    still blamed Kafka with the old error until the first stream was accepted."""
+    import time
+
+    from common.errors import ProducerFailedError
+    from connectors import observability
+    from connectors.observability import live, ready
+    conn = make(backoff_initial_s=0.01, backoff_max_s=0.02)
+    writes: Writes = conn.writer  # type: ignore[assignment]
+    failure = ProducerFailedError("transaction: the producer failed: Broker: invalid state")
+    writes.start = lambda: (_ for _ in ()).throw(failure)  # type: ignore[method-assign]
+    seen: dict[str, Any] = {}
+    real = time.monotonic
+
+    def reopen() -> None:  # the new producer's init and owner record take 90 s
+        monkeypatch.setattr(observability, "time", SimpleNamespace(monotonic=lambda: real() + 90))
+        seen["live"] = live(conn)
+        monkeypatch.setattr(observability, "time", time)
+    writes.reopen = reopen  # type: ignore[method-assign]
+    monkeypatch.setattr(source, "load_position", lambda *_a, **_kw: Position(
+        b"\x05", EVENT, 1_700_000_000_000, "u-5"))
+    monkeypatch.setattr(source, "load_last_gap", lambda *_a, **_kw: None)
+
+    class Sub(FakeSubscription):
+        def connected(self) -> bool:
+            seen.setdefault("ready", ready(conn))
+            conn.request_stop()
+            return False
+    conn.pubsub = SimpleNamespace(subscribe=lambda p, r: Sub())  # type: ignore[assignment]
+    assert conn.run(timeout_s=10.0) == EXIT_OK
+    assert seen["live"][0], seen["live"]
+    ok, details = seen["ready"]
+    assert details["checks"]["kafka"] is True and "invalid state" not in str(details), details

@@ -322,7 +322,8 @@ def test_stages_profile_attaches_py_spy_to_the_worker_at_the_hook_not_at_its_sta
         if stop is not None:
             stop()
         seen.append(f"signals after the meter: {[s.signals for s in spies]}")
-        return {"seconds": 1.0, "orders_per_s": 1000.0, "cpu_ms_per_order": {"worker": 0.5}}
+        return {"seconds": 1.0, "orders_per_s": 1000.0, "cpu_ms_per_order": {"worker": 0.5},
+                "rss_mb_before_restart": {}}
 
     monkeypatch.setattr(subprocess, "Popen", Spy)
     monkeypatch.setattr(bench_pipeline, "phase_backlog", phase_backlog)
