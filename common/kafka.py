@@ -60,20 +60,24 @@ _DAY_MS = 24 * 3600 * 1000
 
 
 def dedupe_outlived(requests_retention_ms: int, dedupe_ttl_days: float, *,
-                    source: str = "KAFKA_REQUESTS_RETENTION_MS") -> str:
+                    source: str = "KAFKA_REQUESTS_RETENTION_MS",
+                    segment_ms: int = REQUESTS_SEGMENT_MS) -> str:
     """``""`` when the requests topic deletes every event before the worker forgets its
     IdemKey (retention, a daily segment and an hour for the broker's retention check, at most
     ``WORKER_DEDUPE_TTL_DAYS``); else the warning line: an event replayed after its IdemKey
     was forgotten is decided again, and may get a second outcome record. ``source``: where
     the retention was read (the setting, or the topic's own ``retention.ms`` when it has
-    another: :meth:`EnsureReport.retention_ms`)."""
+    another: :meth:`EnsureReport.retention_ms`); ``segment_ms``: the topic's own
+    ``segment.ms`` when it has another than the declared day (a topic made before daily
+    segments rolls weekly: its events live up to a week longer)."""
     ttl_ms = round(dedupe_ttl_days * _DAY_MS)  # 1.4 days is 120960000 ms, not a hair less
-    longest = requests_retention_ms + REQUESTS_SEGMENT_MS + 3_600_000
+    longest = requests_retention_ms + segment_ms + 3_600_000
     if requests_retention_ms != -1 and longest <= ttl_ms:
         return ""
     kept = ("for ever (-1)" if requests_retention_ms == -1
             else f"up to {math.ceil(longest / _DAY_MS * 10) / 10:.1f} days (retention, "
-                 "its daily segment and an hour for the broker's retention check)")
+                 f"its {'daily' if segment_ms == REQUESTS_SEGMENT_MS else 'last'} segment "
+                 "and an hour for the broker's retention check)")
     fix = (f"Set a finite retention ({source}), and WORKER_DEDUPE_TTL_DAYS over it "
            "by a day and more, to avoid it" if requests_retention_ms == -1
            else f"Set WORKER_DEDUPE_TTL_DAYS to at least "
@@ -93,16 +97,17 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(settings.requests, settings.partitions, rf,
                   {"cleanup.policy": "delete",
                    "retention.ms": str(settings.requests_retention_ms),
+                   "retention.bytes": "-1",
                    "segment.ms": str(REQUESTS_SEGMENT_MS),
                    "min.insync.replicas": isr},
                   "platform events from Salesforce, key OrderId__c"),
         TopicSpec(settings.outcomes, settings.partitions, rf,
                   {"cleanup.policy": "delete", "retention.ms": long_keep,
-                   "min.insync.replicas": isr},
+                   "retention.bytes": "-1", "min.insync.replicas": isr},
                   "provisioning outcomes, key order id"),
         TopicSpec(settings.dead_letters, 3, rf,
                   {"cleanup.policy": "delete", "retention.ms": long_keep,
-                   "min.insync.replicas": isr},
+                   "retention.bytes": "-1", "min.insync.replicas": isr},
                   "records no stage could process, reason in headers"),
         TopicSpec(settings.connector_offsets, 1, rf,
                   {"cleanup.policy": "compact", "retention.ms": "-1",
@@ -111,7 +116,7 @@ def declared_topics(settings: KafkaSettings) -> list[TopicSpec]:
                   "connector replay positions (compacted)"),
         TopicSpec(settings.replay_gaps, 1, rf,
                   {"cleanup.policy": "delete", "retention.ms": "-1",
-                   "min.insync.replicas": isr},
+                   "retention.bytes": "-1", "min.insync.replicas": isr},
                   "replay-id gaps the connector recorded"),
     ]
 
@@ -396,7 +401,12 @@ class EnsureReport:
     def retention_ms(self, topic: str, declared: int) -> int:
         """``topic``'s ``retention.ms`` as the brokers have it; ``declared`` for a topic
         created now, or without a number there."""
-        have = self.configs.get(topic, {}).get("retention.ms")
+        return self.number(topic, "retention.ms", declared)
+
+    def number(self, topic: str, key: str, declared: int) -> int:
+        """``topic``'s config ``key`` as the brokers have it; ``declared`` for a topic
+        created now, or without a number there."""
+        have = self.configs.get(topic, {}).get(key)
         return int(have) if have is not None and have.lstrip("-").isdigit() else declared
 
     @property
@@ -570,11 +580,21 @@ def _unsafe(key: str, have: str | None, want: str) -> str:
     compacted requests topic keeps one event per Order; a compacted dead-letter topic turns
     ``dlq requeue``'s markers into tombstones; offsets or changelogs not compacted lose
     their keys to retention), a retention under Salesforce's 72 hours where the declaration
-    keeps longer (no replay from Kafka past Salesforce's own), or a ``min.insync.replicas``
-    under the declared one (an acknowledged write can be lost with its leader)."""
+    keeps longer (no replay from Kafka past Salesforce's own), a size limit where none is
+    declared (records deleted by size, whatever their age: under a busy day's volume, before
+    Salesforce's 72 hours), a changelog's ``delete.retention.ms`` under the declared one (a
+    worker's store left behind for less than half the declared time is resumed from its
+    offset, though tombstones were dropped meanwhile: an intent settled and forgotten comes
+    back pending), or a ``min.insync.replicas`` under the declared one (an acknowledged
+    write can be lost with its leader)."""
     if key == "cleanup.policy":
         return "its records are kept otherwise than the pipeline relies on"
     number = have.lstrip("-").isdigit() if have is not None else False
+    if key == "retention.bytes" and want == "-1" and number and have != "-1":
+        return "its records are deleted by size, whatever retention.ms says"
+    if key == "delete.retention.ms" and number and want.isdigit() and int(have or 0) < int(want):
+        return ("a worker store left behind longer than half of it keeps entries the "
+                "changelog deleted meanwhile")
     if key == "retention.ms" and number and want.lstrip("-").isdigit():
         kept, declared = int(have or 0), int(want)
         if kept != -1 and kept < SALESFORCE_RETENTION_MS and (

@@ -5,7 +5,8 @@ operator decides. Exit 0 when everything matches the declaration in ``common.kaf
 with ``--drift-ok`` (compose's one-shot ``topics`` service: drift is reported in its log but
 does not keep the pipeline from starting). Exit 3, ``--drift-ok`` or not, when a drift breaks
 a guarantee (``common.kafka._unsafe``: another cleanup policy, a retention under Salesforce's
-72 hours, fewer replicas or a lower ``min.insync.replicas`` than declared): ``make up`` and
+72 hours, a size limit, fewer replicas or a lower ``min.insync.replicas`` than declared):
+``make up`` and
 compose's pipeline services do not start. Exit 1 when Kafka is unreachable or refuses.
 
 The broker is the one ``make up`` runs (:func:`kafka_settings`) unless

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
 from common.kafka import (
+    REQUESTS_SEGMENT_MS,
     UNSAFE,
     PartitionMismatch,
     Stopped,
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     retention = report.retention_ms(kafka.requests, kafka.requests_retention_ms)
     outlived = dedupe_outlived(
         retention, worker.dedupe_ttl_days,
+        # a topic made before daily segments rolls weekly: its events live a week longer
+        segment_ms=report.number(kafka.requests, "segment.ms", REQUESTS_SEGMENT_MS),
         source="KAFKA_REQUESTS_RETENTION_MS" if retention == kafka.requests_retention_ms
         else f"the requests topic's retention.ms, not KAFKA_REQUESTS_RETENTION_MS="
              f"{kafka.requests_retention_ms}")

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from common.kafka import EnsureReport, TopicSpec, declared_topics, describe_drift, ensure_topics
+from common.kafka import (
+    EnsureReport,
+    TopicSpec,
+    changelog_topics,
+    declared_topics,
+    dedupe_outlived,
+    describe_drift,
+    ensure_topics,
+)
 from common.settings import KafkaSettings, WorkerSettings
 
 
@@ -102,6 +110,10 @@ def test_a_broker_default_min_isr_above_the_replicas_is_named():
     ({"retention.ms": "-1"}, None),  # longer than declared: drift, not unsafe
     ({"retention.ms": "300000000"}, None),  # shorter, still past 72 h: drift only
     ({"min.insync.replicas": "3"}, None),  # stricter: drift only
+    # a size limit (the cluster's log.retention.bytes, or set later): deleted by size, a
+    # busy day's events gone before 72 h — not even reported before
+    ({"retention.bytes": "1048576"}, "its records are deleted by size, whatever "
+                                     "retention.ms says"),
 ])
 def test_a_drift_that_breaks_a_guarantee_is_unsafe(config, why):
     """A compacted or 1-hour requests topic, a lowered min.insync.replicas: reported like
@@ -256,3 +268,28 @@ def test_ops_topics_refuses_unsafe_drift_even_with_drift_ok(monkeypatch, capsys,
     out, err = capsys.readouterr()
     assert f"drift: {settings.requests}: retention.ms=" in out
     assert ("break a guarantee" in err) == (code == 3), err
+
+
+def test_a_changelog_keeping_tombstones_shorter_than_declared_is_unsafe():
+    """A worker store left behind 6 h is resumed from its offset (STALE_STORE_S: half the
+    declared day) while the changelog dropped its tombstones after 1 h: an intent settled
+    and forgotten comes back pending. Only a warning before."""
+    settings = KafkaSettings.load({}, bootstrap_servers="127.0.0.1:1", partitions=1)
+    spec = changelog_topics(settings, "sfprov-worker")[1]
+    metadata = SimpleNamespace(topics={spec.name: _topic([[1]])})
+    admin = _Admin({spec.name: {**spec.config, "delete.retention.ms": "3600000"}})
+    [line] = describe_drift(admin, [spec], metadata)   # type: ignore[arg-type]
+    assert line.endswith(" — unsafe: a worker store left behind longer than half of it "
+                         "keeps entries the changelog deleted meanwhile"), line
+    admin = _Admin({spec.name: {**spec.config, "delete.retention.ms": "172800000"}})
+    [line] = describe_drift(admin, [spec], metadata)   # type: ignore[arg-type]
+    assert "unsafe" not in line  # longer: drift only
+
+
+def test_a_requests_topic_rolling_weekly_outlives_the_dedupe_memory():
+    """30 days' retention and weekly segments (a topic made before daily ones) keep events
+    up to ~37 days, past WORKER_DEDUPE_TTL_DAYS=35: the warning counted the declared day."""
+    thirty_days = 30 * 24 * 3600 * 1000
+    assert dedupe_outlived(thirty_days, 35) == ""
+    line = dedupe_outlived(thirty_days, 35, segment_ms=7 * 24 * 3600 * 1000)
+    assert "up to 37.1 days (retention, its last segment" in line, line
