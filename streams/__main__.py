@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from common.errors import KafkaAccessError, KafkaError
 from common.group_describe import check_group_access
 from common.kafka import (
+    CHANGELOG_DELETE_RETENTION_MS,
     REQUESTS_SEGMENT_MS,
     UNSAFE,
     PartitionMismatch,
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if boot.stopping:
         return EXIT_OK  # signalled while starting: nothing taken in yet
     metrics.prime(built.app.tables)  # its tables' names
+    for table in (built.idem, built.intents):
+        # a changelog keeping tombstones less than declared (an unsafe drift, logged above):
+        # its stores go stale sooner, or a deletion missed meanwhile would be kept for ever
+        kept_ms = report.number(table.changelog_topic.get_topic_name(), "delete.retention.ms",
+                                CHANGELOG_DELETE_RETENTION_MS)
+        table.stale_after_s = min(kept_ms, CHANGELOG_DELETE_RETENTION_MS) / 1000 / 2
     server = None
     if worker.http_port:  # in use: one line naming the setting, exit 64
         server = boot.load(lambda: HealthServer(

@@ -114,6 +114,10 @@ class RestoreGuards(faust.Table):
         # (offset, generation, writer). ``on_skipped(table, partition, keys)``: a restore
         # left out records of keys.
         self.writer = uuid.uuid4().hex
+        # a store not kept current this long is read from the changelog's start (_stale):
+        # half the changelog's delete.retention.ms — the worker sets it from the topic's own
+        # when that is shorter than declared (streams.__main__)
+        self.stale_after_s = STALE_STORE_S
         self._suspects: dict[int, dict[int, int]] = {}
         self._claims: dict[int, list[tuple[int, int, str]]] = {}
         self.on_skipped: Callable[[Any, int, list[str]], None] | None = None
@@ -423,7 +427,8 @@ class RestoreGuards(faust.Table):
 
     def _stale(self, store: KeyPartitionedRocksStore, tp: TP) -> bool:
         """``tp``'s local store holds data (a persisted offset) that was last current longer
-        than :data:`STALE_STORE_S` ago — or at a time not known — and this worker did not
+        than ``stale_after_s`` (:data:`STALE_STORE_S` unless the changelog keeps its
+        tombstones less) ago — or at a time not known — and this worker did not
         hold the partition in the generation before this one (a kept partition's store is
         current whatever its age: every write to it was this worker's)."""
         partition = tp.partition
@@ -438,7 +443,7 @@ class RestoreGuards(faust.Table):
             age = time.time() - path.stat().st_mtime if path is not None else None
         except OSError:
             age = None
-        if age is not None and age < STALE_STORE_S:
+        if age is not None and age < self.stale_after_s:
             return False
         log.warning("table %s: partition %d's local store was last current %s; the "
                     "changelog may have dropped deletions since (compaction): it is read "

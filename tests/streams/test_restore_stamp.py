@@ -265,3 +265,12 @@ def test_a_sweep_straddling_a_rebalance_stamps_no_partition_just_assigned(tmp_pa
         changelogs=SimpleNamespace(high=None), _crash=lambda exc: None)
     asyncio.run(Worker._sweep(worker))  # type: ignore[arg-type]
     assert _assigned(table) == -1  # rebuilt, as its age says
+
+
+def test_a_changelog_keeping_tombstones_an_hour_makes_a_store_of_two_hours_stale(tmp_path):
+    """The intents changelog's delete.retention.ms altered to 1 h (an unsafe drift the worker
+    only logs): a store left behind 2 h was resumed from its offset — under half the
+    declared day — though the tombstones of that time were gone."""
+    table = _stale_setup(tmp_path, age_s=2 * 3600)
+    table.stale_after_s = 3600 / 2  # what the worker sets from the topic's 1 h
+    assert _assigned(table) == -1 and table.stored(K) is None
