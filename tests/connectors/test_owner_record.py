@@ -153,13 +153,19 @@ class _Calls(TimingOutCommits):
         super().commit_transaction(timeout)
 
 
-def test_start_and_reopen_commit_the_owner_record_after_init_transactions(monkeypatch):
+def _recording_producers(monkeypatch: pytest.MonkeyPatch) -> list[_Calls]:
+    """Every producer a writer makes from now on, each recording its calls, in order."""
     producers: list[_Calls] = []
 
     def new_producer(_config: Any) -> _Calls:
         producers.append(_Calls())
         return producers[-1]
     monkeypatch.setattr(writer_module, "Producer", new_producer)
+    return producers
+
+
+def test_start_and_reopen_commit_the_owner_record_after_init_transactions(monkeypatch):
+    producers = _recording_producers(monkeypatch)
     claims: list[int] = []
 
     def owner() -> writer_module.Record:
@@ -180,12 +186,7 @@ def test_start_and_reopen_commit_the_owner_record_after_init_transactions(monkey
 
 def test_the_connector_reads_its_position_only_after_its_owner_record_committed(monkeypatch):
     """And the owner record does not move the in-memory position."""
-    producers: list[_Calls] = []
-
-    def new_producer(_config: Any) -> _Calls:
-        producers.append(_Calls())
-        return producers[-1]
-    monkeypatch.setattr(writer_module, "Producer", new_producer)
+    producers = _recording_producers(monkeypatch)
     conn = make()
     conn.writer = TransactionalWriter(conn.kafka, "tid", owner=conn._owner_record)
     stored = Position(b"\x05", EVENT, 1_700_000_000_000, "u-5")
