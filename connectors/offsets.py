@@ -47,6 +47,7 @@ read the position, and be written a second time by us.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -67,6 +68,8 @@ from common.log import redact
 
 EVENT = "event"
 KEEPALIVE = "keepalive"
+log = logging.getLogger("connectors")
+
 T = TypeVar("T")
 Headers = list[tuple[str, Any]]  # a record's headers, as confluent-kafka gives them
 
@@ -215,6 +218,35 @@ def load_owner(bootstrap: Connectable, topic: str, codec: OffsetCodec, *,
     waited for)."""
     return _load_last(bootstrap, topic, codec.owner_key, codec.decode_owner,
                       timeout_s=timeout_s, what="owner record")
+
+
+def still_owner(bootstrap: Connectable, topic: str, codec: OffsetCodec, instance: str) -> bool:
+    """Whether the last owner record names ``instance``: then no other instance has claimed
+    the stream since its last ``init_transactions``, and a fence of its transaction younger
+    than its timeout was the broker timing it out while the host's clocks stood still (a
+    hypervisor freeze). None stored, another instance's, or a failed read: False (a failed
+    read must not turn a newer instance's fence into a take-over). Says why in the log."""
+    try:
+        owner = load_owner(bootstrap, topic, codec)
+    except KafkaError as read_exc:
+        log.error("fenced in a transaction younger than its timeout, and the owner record "
+                  "cannot be read (%s): taken for a newer instance's fence", read_exc)
+        return False
+    if owner is None:
+        log.error("fenced, and no owner record is stored in %s", topic)
+        return False
+    claimed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(owner.claimed_at_ms / 1000))
+    if owner.instance != instance:
+        log.error("fenced: the last owner record in %s names instance %s (claimed %s), not "
+                  "this one (%s)", topic, owner.instance, claimed, instance)
+        return False
+    log.warning("fenced in a transaction younger than its timeout on this host's clocks, "
+                "yet the last owner record in %s is this instance's (%s, claimed %s): no "
+                "other instance has claimed the stream since this one's last "
+                "init_transactions; the broker timed the transaction out while the clocks "
+                "stood still (a frozen VM)", topic, instance, claimed,
+                extra={"cause": "txn_timeout"})
+    return True
 
 
 def _load_last(bootstrap: Connectable, topic: str, key: bytes,

@@ -145,8 +145,8 @@ from connectors.offsets import (
     OffsetCodec,
     Position,
     load_last_gap,
-    load_owner,
     load_position,
+    still_owner,
 )
 from connectors.pubsub.client import PubSubClient, StreamEnded, Subscription
 from connectors.pubsub.errors import REFUSED, REPLAY_INVALID
@@ -886,13 +886,8 @@ class Connector:
             if not self._still_owner(exc, delay):
                 return self._fenced(exc)
             delay = 0.0  # the backoff is over: waited before the owner record was read
-        m.TXN_TIMEOUTS.inc()
-        m.RECONNECTS.labels("txn_timeout").inc()
         self._reopen_pending = True
-        self.health.state, self.health.cause, self.health.last_error = \
-            "backoff", "txn_timeout", str(exc)
-        self.health.failed("kafka")
-        self.health.waiting_until = time.monotonic() + delay
+        self._backing_off("txn_timeout", exc, delay)
         log.error("transaction timed out: %s. Its records are aborted (invisible to "
                   "read_committed readers); in %.1fs a new producer's init_transactions "
                   "takes the stream back and the connector resumes from the committed "
@@ -900,43 +895,31 @@ class Connector:
         self._stop.wait(delay)
         return None
 
+    def _backing_off(self, cause: str, exc: Exception, delay: float) -> None:
+        """A transaction timed out or a producer failed: counted, and named on /readyz as
+        the loop's Kafka failures are (state, cause, error, the wait) until a new producer
+        has taken the stream back."""
+        m.RECONNECTS.labels(cause).inc()
+        if cause == "txn_timeout":
+            m.TXN_TIMEOUTS.inc()
+        self.health.state, self.health.cause, self.health.last_error = \
+            "backoff", cause, str(exc)
+        self.health.failed("kafka")
+        self.health.waiting_until = time.monotonic() + delay
+
     def _still_owner(self, exc: ProducerFencedError, delay: float) -> bool:
         """A fence of a transaction younger than its timeout: a newer instance's, unless the
-        last owner record is still this instance's — then no other instance has claimed the
-        stream since this one's last init, and the broker timed the transaction out while
-        this host's clocks stood still (a hypervisor freeze). Read after the backoff
-        ``delay``: a newer instance commits its owner record right after the init that
-        fenced us, moments ago. None stored, another instance's, a failed read or a stop
-        asked meanwhile: a newer instance's fence (a failed read must not turn one into a
-        take-over)."""
+        last owner record is still this instance's (:func:`connectors.offsets.still_owner`).
+        Read after the backoff ``delay``: a newer instance commits its owner record right
+        after the init that fenced us, moments ago. A stop asked meanwhile: a newer
+        instance's fence."""
         self.health.state, self.health.cause, self.health.last_error = \
             "backoff", "fenced", str(exc)
         self.health.waiting_until = time.monotonic() + delay
         if self._stop.wait(delay):
             return False
-        try:
-            owner = load_owner(KafkaConnection.from_settings(self.kafka),
-                               self.kafka.connector_offsets, self.codec)
-        except KafkaError as read_exc:
-            log.error("fenced in a transaction younger than its timeout, and the owner record "
-                      "cannot be read (%s): taken for a newer instance's fence", read_exc)
-            return False
-        if owner is None:
-            log.error("fenced, and no owner record is stored in %s", self.kafka.connector_offsets)
-            return False
-        claimed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(owner.claimed_at_ms / 1000))
-        if owner.instance != INSTANCE:
-            log.error("fenced: the last owner record in %s names instance %s (claimed %s), not "
-                      "this one (%s)", self.kafka.connector_offsets, owner.instance, claimed,
-                      INSTANCE)
-            return False
-        log.warning("fenced in a transaction younger than its timeout on this host's clocks, "
-                    "yet the last owner record in %s is this instance's (%s, claimed %s): no "
-                    "other instance has claimed the stream since this one's last "
-                    "init_transactions; the broker timed the transaction out while the clocks "
-                    "stood still (a frozen VM)", self.kafka.connector_offsets, INSTANCE, claimed,
-                    extra={"cause": "txn_timeout"})
-        return True
+        return still_owner(KafkaConnection.from_settings(self.kafka),
+                           self.kafka.connector_offsets, self.codec, INSTANCE)
 
     def _start_writer(self) -> bool:
         """``init_transactions`` and the owner record. The owner record's transaction timed
@@ -955,18 +938,12 @@ class Connector:
             except (TransactionTimedOutError, ProducerFailedError) as exc:
                 cause = "txn_timeout" if isinstance(exc, TransactionTimedOutError) \
                     else "producer_failed"
-                m.RECONNECTS.labels(cause).inc()
-                if cause == "txn_timeout":
-                    m.TXN_TIMEOUTS.inc()
                 delay = self.backoff.next()
-                # named on /readyz as the loop's Kafka failures are (state, cause, error)
                 self.health.started = True
-                self.health.state, self.health.cause, self.health.last_error = \
-                    "backoff", cause, str(exc)
-                self.health.failed("kafka")
-                self.health.waiting_until = time.monotonic() + delay
-                log.error("starting: the owner record's transaction failed (%s); a new "
-                          "producer in %.1fs", exc, delay, extra={"cause": cause})
+                self._backing_off(cause, exc, delay)
+                log.error("starting: init_transactions or the owner record's transaction "
+                          "failed (%s); a new producer in %.1fs", exc, delay,
+                          extra={"cause": cause})
                 if self._stop.wait(delay):
                     return False
                 # starting again: the new producer's init and owner record may take

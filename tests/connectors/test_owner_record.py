@@ -212,7 +212,7 @@ def _stored_owner(monkeypatch: pytest.MonkeyPatch, stored: Owner | Exception | N
         if isinstance(stored, Exception):
             raise stored
         return stored
-    monkeypatch.setattr(source, "load_owner", load)
+    monkeypatch.setattr(offsets, "load_owner", load)
     return reads
 
 
