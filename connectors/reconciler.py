@@ -25,9 +25,9 @@ A pass that cannot read the topics whole (the schema registry or a broker away) 
 logged, counted, tried again — instead of taking the Orders it did not read for stranded.
 A failed gap pass is tried again after a backoff (:data:`GAP_RETRY_S`, doubling up to
 ``CONNECTOR_RECONCILE_INTERVAL_S``, or :data:`GAP_RETRY_MAX_S` when that is 0), and a
-periodic pass due meanwhile runs: retried at each turn, a gap pass Salesforce kept refusing
-(the day's API limit spent, a field missing) cost a query every ~11 s and held every
-periodic pass back.
+periodic pass due meanwhile runs; one that gets through makes the gap pass due at once.
+Retried at each turn, a gap pass Salesforce kept refusing (the day's API limit spent, a
+field missing) cost a query every ~11 s and held every periodic pass back.
 
 Division of work: a thread of its own queries Salesforce and reads the topics (slow, never in
 the connector's loop); the connector's loop calls :meth:`Reconciler.write_due` each turn,
@@ -251,8 +251,9 @@ class Reconciler:
                 self._gap_at = self._gap_at or kwargs.get("changed_before")
                 self._gap_retry_at = self._clock() + self._gap_backoff.next_delay()
             return
-        if trigger == "gap":
-            self._gap_backoff.reset()
+        # Salesforce and the topics answered: a gap pass waiting out its backoff is due now
+        self._gap_backoff.reset()
+        self._gap_retry_at = 0.0
         PASSES.labels(trigger, "ok").inc()
         LAST_PASS.labels(trigger).set(time.time())
         STRANDED.labels(trigger).set(len(plan.stranded))

@@ -414,3 +414,49 @@ def test_a_gap_pass_salesforce_keeps_refusing_backs_off_and_lets_periodic_passes
     assert 3 <= passes.count("gap") <= 12, passes
     assert passes.count("periodic") >= 4, passes
     assert r._gap_at == 0.0  # still to be passed
+
+
+def test_a_gap_pass_is_due_again_once_a_periodic_pass_gets_through(monkeypatch):
+    """Salesforce refusing every query for half an hour: the failed gap pass backs off up to
+    the 600 s interval. Once a periodic pass gets through, Salesforce answers again: the gap
+    pass waiting out its backoff runs next (after its settle wait), not when its backoff
+    ends (up to an interval later)."""
+    clock = [0.0]
+    passes: list[tuple[str, float, bool]] = []
+    recovered_at = 1790.0
+
+    def find(*_args, **kwargs):
+        answered = clock[0] >= recovered_at
+        passes.append(("gap" if kwargs.get("older_than_s") == 0.0 else "periodic",
+                       clock[0], answered))
+        if not answered:
+            raise RuntimeError("Salesforce 403 REQUEST_LIMIT_EXCEEDED")
+        return Plan()
+    kafka = KafkaSettings.load({}, topic_prefix="t.")
+    settings = ConnectorSettings.load({})  # CONNECTOR_RECONCILE_INTERVAL_S: 600
+    r = Reconciler(kafka, settings, sf=None, worker_group="t.w",  # type: ignore[arg-type]
+                   written=lambda: 0, clock=lambda: clock[0])
+    monkeypatch.setattr(rec, "find_stranded", find)
+
+    class Simulated:
+        """An event whose waits advance the clock; set after 45 minutes."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            clock[0] += timeout or 0.0
+            return self.is_set()
+
+        def is_set(self) -> bool:
+            return clock[0] >= 2700.0
+
+        def set(self) -> None:
+            pass
+
+        def clear(self) -> None:
+            pass
+    r._stop, r._wake = Simulated(), Simulated()  # type: ignore[assignment]
+    r.gap_recorded(at=0.0)
+    r._run()
+    periodic_ok = next(at for kind, at, ok in passes if kind == "periodic" and ok)
+    gap_ok = next(at for kind, at, ok in passes if kind == "gap" and ok)
+    assert gap_ok - periodic_ok <= 30.0, passes  # its settle wait; 121 s before
+    assert r._gap_at is None  # passed
