@@ -56,13 +56,19 @@ log = logging.getLogger(__name__)
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-def ssl_context(ca_bundle: str) -> ssl.SSLContext:
+def ssl_context(ca_bundle: str = "") -> ssl.SSLContext:
     """The CAs trusted without a bundle (certifi's, as httpx and requests use by default,
     and the system's) and those of ``ca_bundle``: SF_CA_BUNDLE is an extra bundle (as for
-    the Pub/Sub channel); passed as ``verify=path``, httpx and requests trusted it alone."""
+    the Pub/Sub channel); passed as ``verify=path``, httpx and requests trusted it alone.
+
+    Always certifi's too: httpx's default (``verify=True``) trusts ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` *alone* when they are set — the README's way to trust WHMCS's private
+    CA, in every process's environment — and the token endpoint's public certificate was
+    refused: no login, no Order moved."""
     context = ssl.create_default_context()
     context.load_verify_locations(cafile=certifi.where())
-    context.load_verify_locations(cafile=ca_bundle)
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
     return context
 
 
@@ -97,8 +103,8 @@ class SalesforceAuth:
     def __init__(self, settings: SalesforceSettings, *, http: httpx.Client | None = None) -> None:
         self.settings = settings
         self._key = settings.private_key()
-        verify = ssl_context(settings.ca_bundle) if settings.ca_bundle else True
-        self._http = http or httpx.Client(timeout=settings.timeout_s, verify=verify)
+        self._http = http or httpx.Client(timeout=settings.timeout_s,
+                                          verify=ssl_context(settings.ca_bundle))
         self._token: Token | None = None
         self._lock = threading.Lock()
         self.logins = 0

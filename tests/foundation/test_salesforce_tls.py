@@ -124,3 +124,21 @@ def test_the_context_holds_the_default_cas_and_the_bundles(tmp_path):
     subjects = [dict(item[0] for item in ca["subject"]) for ca in context.get_ca_certs()]
     assert {"commonName": "sfprov sandbox CA"} in subjects
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_ssl_cert_file_for_whmcs_does_not_replace_the_public_cas_of_the_token_endpoint(
+        org, tmp_path, monkeypatch):
+    """README: WHMCS's private CA goes in with SSL_CERT_FILE, in every process's
+    environment. httpx's default trusted that file alone: the token endpoint's public
+    certificate was refused (CERTIFICATE_VERIFY_FAILED), no login. Here certifi's bundle
+    (the public CAs) holds the org's CA, SSL_CERT_FILE another, SF_CA_BUNDLE is unset."""
+    public = tmp_path / "certifi.pem"
+    public.write_bytes(Path(org["default"][1]).read_bytes())
+    monkeypatch.setattr(common.salesforce.certifi, "where", lambda: str(public))
+    monkeypatch.setenv("SSL_CERT_FILE", str(org["extra"][1]))  # WHMCS's private CA
+    key, _cert = jwt_keypair(tmp_path / "jwt")
+    client = SalesforceClient(SalesforceSettings.load({
+        "SF_CLIENT_ID": "cid", "SF_USERNAME": "u@example.com", "SF_LOGIN_URL": org["default"][0],
+        "SF_PRIVATE_KEY_PATH": str(key)}))
+    assert client.auth.token().instance_url == org["default"][0]
+    assert client.auth.logins == 1
