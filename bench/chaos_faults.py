@@ -344,9 +344,9 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
                 r.get("Activation_Status__c") in ("Provisioned", "Failed") for r in rows.values()):
             settled = True
             break
-    # quiet: no WHMCS call and no new outcome record for QUIET_S, and for a worker's sweep
-    # interval (+ a margin): a sweep sends an unsent decision again with no WHMCS call, and
-    # read before it, a contradiction it carries would go unseen
+    # quiet: no WHMCS call and no new outcome record for QUIET_S, and for as long as a
+    # worker's sweep may take to act (+ a margin): a sweep sends an unsent decision again
+    # with no WHMCS call, and read before it, a contradiction it carries would go unseen
     quiet_s = max(QUIET_S, quiet_window(p))
     reader = Consumer(p.client_config(**{"group.id": "chaos-settle",
                                          "enable.auto.commit": False}))
@@ -380,11 +380,14 @@ def settle(p: Pipeline, approved: list[str], processes: tuple[str, ...], started
 
 
 def quiet_window(p: Pipeline) -> float:
-    """A worker's sweep interval, as its environment sets it, and a margin."""
-    try:
-        return float(p.env("worker").get("WORKER_SWEEP_INTERVAL_S", 60.0)) + 10.0
-    except ValueError:
-        return 70.0
+    """How long a worker's sweep may take to act on an entry left behind, as its
+    environment sets it: the age it acts at (``WORKER_RECOVERY_AFTER_S``), a sweep interval
+    for the next sweep to come round, and a margin. (The sweep interval alone was 70 s
+    against the default 600 s age: no run ever saw a sweep's late send.)"""
+    from common.settings import WorkerSettings
+
+    worker = WorkerSettings.load(p.env("worker"))
+    return worker.recovery_after_s + worker.sweep_interval_s + 10.0
 
 
 def _ends(reader: Any, topic: str) -> dict[int, int] | None:

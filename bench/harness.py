@@ -487,6 +487,11 @@ class Pipeline:
                                     "whmcs": [(o["id"], o.get("status"))
                                               for o in self.whmcs.orders_for(oid)]})
         broken = set(approved) - set(provisionable)
+        # an Order written back Failed has no WHMCS order in any status (a Pending one with
+        # its invoice, or one cancelled after): neither a duplicate nor "disagreeing"
+        # (no Active one), the at-most-once rule's zero all the same
+        failed_with_order = sorted(oid for oid in approved if whmcs_orders.get(oid, 0) > 0
+                                   and rows.get(oid, {}).get("Activation_Status__c") == "Failed")
         opportunities_behind = self._opportunities_behind(approved, rows, services_by_marker)
         return {
             # the write-back's other half: each Provisioned Order's Opportunity Active, naming
@@ -500,6 +505,8 @@ class Pipeline:
                 "Activation_Status__c") != "Provisioned"),
             "broken_not_failed": sum(1 for oid in broken if rows.get(oid, {}).get(
                 "Activation_Status__c") != "Failed"),
+            "failed_with_whmcs_order": len(failed_with_order),
+            "failed_with_whmcs_order_detail": failed_with_order[:20],
             "approved": len(approved),
             "provisionable": len(provisionable),
             "whmcs_orders": sum(whmcs_orders.values()),

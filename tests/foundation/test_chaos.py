@@ -278,6 +278,10 @@ def test_invariants_hold_salesforce_and_whmcs_to_each_other_order_by_order():
     assert report["disagreeing"] == 3
     assert report["not_provisioned"] == 2  # failed_active, failed_clean
     assert report["broken_not_failed"] == 1
+    # Failed, yet WHMCS holds an order (Active, or Cancelled: neither disagreeing nor a
+    # duplicate before) — the at-most-once rule's zero for an Order that failed
+    assert report["failed_with_whmcs_order_detail"] == ["failed_active", "failed_clean"]
+    assert report["failed_with_whmcs_order"] == 2
     assert report["duplicates"] == 0 and report["missing"] == 0  # what it checked before
 
 
@@ -323,5 +327,26 @@ def test_the_verdict_fails_a_run_whose_reconciliation_repaired_a_lost_order():
              "faults_ok": True}
     assert verdict(clean, 10)
     for key, bad in (("rerequested", 1), ("opportunities_behind", 1), ("duplicates", 1),
-                     ("settled", False), ("approved", 9), ("errors", ["x"])):
+                     ("settled", False), ("approved", 9), ("errors", ["x"]),
+                     ("failed_with_whmcs_order", 1)):
         assert not verdict({**clean, key: bad}, 10), key
+
+
+def test_the_last_quiet_window_outlasts_the_age_a_sweep_acts_at():
+    """The run waits for quiet before its verdict so that a sweep's late send (an unsent
+    decision sent again, a pending intent's outcome) is read and judged; the window was
+    the sweep interval + 10 s (70 s) while the sweep acts only on entries
+    WORKER_RECOVERY_AFTER_S old (600 s by default): no run could see one."""
+    import types
+
+    from bench.chaos import ChaosRun
+    from bench.chaos_faults import quiet_window
+    from common.settings import WorkerSettings
+
+    _run, env, _timeouts = ChaosRun(orders=7526, brokers=3, workers=2, pauses=3, kills=6,
+                                    cuts=2).as_made()
+    worker = WorkerSettings.load(env)
+    p = types.SimpleNamespace(env=lambda name: env)
+    window = quiet_window(p)  # type: ignore[arg-type]
+    assert window >= worker.recovery_after_s + worker.sweep_interval_s
+    assert window <= 300.0  # the run waits for it: the age is lowered in chaos runs
