@@ -24,6 +24,7 @@ mark older than the retention is refused as a replay id), and are not counted as
 from __future__ import annotations
 
 import json
+import os
 import random
 import secrets
 import sqlite3
@@ -97,10 +98,24 @@ class Tx:
 REPLAY_MAX_STEP = 64
 
 
+def _owner_only(path: str) -> None:
+    """The database readable by its owner only: its ``tokens`` table holds the bearer
+    tokens it issued, live for hours (SQLite gives the ``-wal`` and ``-shm`` files the
+    database's mode). Made 0644 under the default umask, any local user could call the
+    sandbox as the integration user."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
+
+
 class Store:
     def __init__(self, path: str, rng: random.Random | None = None) -> None:
         #: draws the gaps between replay numbers (pass a seeded one for a repeatable run)
         self.rng = rng or random.Random()
+        _owner_only(path)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
