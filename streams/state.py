@@ -173,6 +173,9 @@ class Intent:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> Intent | None:
+        if raw is not None and not isinstance(raw, dict):
+            # a list, a string, a number: refused (an UnreadableState), not read as no intent
+            raise TypeError(f"intent of another shape: {type(raw).__name__}")
         if not raw:
             return None
         values = {k: v for k, v in raw.items() if k in _INTENT_FIELDS}
@@ -278,11 +281,21 @@ class DedupeEntry:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DedupeEntry:
-        dups = {u: Decided(d.get("outcome"), bool(d.get("emitted")))
+        # an outcome of another shape is refused here (an UnreadableState, dead-lettered at
+        # once), not met at its send: retried three times, then WORKER_ERROR, never counted
+        # as unreadable
+        dups = {u: Decided(_outcome(d.get("outcome")), bool(d.get("emitted")))
                 for u, d in (raw.get("dups") or {}).items()}
         return cls(str(raw.get("event_uuid") or ""), str(raw.get("status") or ""),
-                   raw.get("outcome"), bool(raw.get("emitted")), int(raw.get("at") or 0), dups,
-                   int(raw.get("last_at") or 0))
+                   _outcome(raw.get("outcome")), bool(raw.get("emitted")),
+                   int(raw.get("at") or 0), dups, int(raw.get("last_at") or 0))
+
+
+def _outcome(value: Any) -> dict[str, Any] | None:
+    """A stored outcome: an object, or none yet."""
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"outcome of another shape: {type(value).__name__}")
+    return value
 
 
 Memory = dict[str, DedupeEntry]  # one Order's dedupe memory: IdemKey → entry
@@ -301,7 +314,19 @@ def has_unsent(entry: Any) -> bool:
 
 
 def memory_from_json(raw: dict[str, Any] | None) -> Memory:
-    return {k: DedupeEntry.from_json(v) for k, v in (raw or {}).items() if isinstance(v, dict)}
+    """An Order's dedupe memory as stored; none stored, an empty one. A value or an entry of
+    another shape raises (an UnreadableState where it is read): passed over, it was read as
+    nothing remembered and the event decided afresh."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TypeError(f"dedupe memory of another shape: {type(raw).__name__}")
+    memory = {}
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            raise TypeError(f"dedupe entry {key!r} of another shape: {type(value).__name__}")
+        memory[key] = DedupeEntry.from_json(value)
+    return memory
 
 
 def memory_to_json(memory: Memory) -> dict[str, Any]:

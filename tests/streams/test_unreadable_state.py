@@ -30,6 +30,12 @@ OID, OTHER = "801000000000001AAA", "801000000000002AAA"
     ("intents", "not an intent"),
     ("idem", {"k0": {"event_uuid": "u0", "dups": ["not", "a", "dict"]}}),
     ("idem", ["a", "list"]),
+    # read as nothing remembered, the event was decided afresh: AddOrder and AcceptOrder
+    # (state review)
+    ("idem", {"k1": [1, 2]}),
+    # an outcome that is no object: retried three times, then WORKER_ERROR
+    ("idem", {"k1": {"event_uuid": "u1", "outcome": "garbage", "at": 1}}),
+    ("intents", []),
 ])
 def test_an_event_of_an_order_whose_state_cannot_be_read_is_dead_lettered_once(table, value):
     sf, wh = Salesforce(order(order_id=OID)), Whmcs()
