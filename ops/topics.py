@@ -1,5 +1,10 @@
 """``python -m ops.topics [--drift-ok]``: create the project's missing topics, report drift.
 
+The worker's table changelogs (``<WORKER_APP_ID>-<table>-changelog``) are among them: made
+here as the worker makes them at its start (``common.kafka.changelog_topics``), and their
+drift — a tombstone retention under the declared day is unsafe — reported before a worker
+starts on them, not only in its log once it has.
+
 Idempotent: existing topics are never changed; a drifted config is reported (exit 2) so an
 operator decides. Exit 0 when everything matches the declaration in ``common.kafka``, or
 with ``--drift-ok`` (compose's one-shot ``topics`` service: drift is reported in its log but
@@ -20,8 +25,8 @@ import sys
 
 from common.envparse import environment, exits_64_on_config_error
 from common.errors import PipelineError
-from common.kafka import declared_topics, ensure_topics
-from common.settings import KafkaSettings
+from common.kafka import changelog_topics, declared_topics, ensure_topics
+from common.settings import KafkaSettings, WorkerSettings
 from ops.kafka_local import local_bootstrap
 from ops.stack import recorded_env
 
@@ -44,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = kafka_settings()
-        report = ensure_topics(settings)
+        changelogs = changelog_topics(
+            settings, settings.topic(WorkerSettings.load(environment()).app_id))
+        report = ensure_topics(settings, extra=changelogs)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for spec in declared_topics(settings):
+    for spec in [*declared_topics(settings), *changelogs]:
         state = "created" if spec.name in report.created else "exists"
         print(f"  {spec.name:<45} {spec.partitions:>2} partitions  {state:<8} {spec.purpose}")
     for line in report.drift:

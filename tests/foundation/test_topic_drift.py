@@ -4,6 +4,7 @@ like one this process created."""
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
@@ -245,15 +246,47 @@ def test_ops_topics_refuses_unsafe_drift_even_with_drift_ok(monkeypatch, capsys,
     """compose's topics service (`--drift-ok`) exited 0 on a compacted, 1-hour requests
     topic, and every pipeline service started on it; `make up` went on too (it stops on 1
     and 3)."""
-
-    import common.kafka as kafka
     import ops.topics as topics
 
     settings = KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "x:1"})
-    specs = declared_topics(settings)
+    _ops_topics_on(monkeypatch, settings, {settings.requests: change})
+    assert topics.main(["--drift-ok"]) == code
+    out, err = capsys.readouterr()
+    assert f"drift: {settings.requests}: retention.ms=" in out
+    assert ("break a guarantee" in err) == (code == 3), err
+
+
+def test_ops_topics_checks_the_workers_changelogs_too(monkeypatch, capsys):
+    """`make topics` and compose's topics service checked only the declared topics: a
+    changelog keeping tombstones an hour (unsafe: a store left behind resumes entries the
+    changelog deleted) was found by the worker alone, once started on it."""
+    import ops.topics as topics
+
+    settings = KafkaSettings.load({"KAFKA_BOOTSTRAP_SERVERS": "x:1"})
+    intents = changelog_topics(settings, settings.topic("sfprov-worker"))[1].name
+    _ops_topics_on(monkeypatch, settings, {intents: {"delete.retention.ms": "3600000"}})
+    assert topics.main(["--drift-ok"]) == 3
+    out, err = capsys.readouterr()
+    assert f"drift: {intents}: delete.retention.ms=" in out and "unsafe" in out
+    assert f"  {intents} " in out  # listed with the others
+    assert "break a guarantee" in err
+
+
+def _ops_topics_on(monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings,
+                   changes: dict[str, dict[str, str]]) -> None:
+    """``ops.topics`` against a cluster holding every topic it declares, the worker's
+    changelogs included, as declared but for ``changes``."""
+    import common.kafka as kafka
+    import ops.topics as topics
+
+    monkeypatch.delenv("WORKER_APP_ID", raising=False)
+    monkeypatch.setenv("SFPROV_ENV_FILE", os.devnull)  # no .env of the checkout
+    specs = [*declared_topics(settings), *changelog_topics(settings,
+                                                           settings.topic("sfprov-worker"))]
     metadata = SimpleNamespace(topics={s.name: _topic([[1]] * s.partitions) for s in specs})
     actual = {s.name: dict(s.config) for s in specs}
-    actual[settings.requests].update(change)
+    for name, change in changes.items():
+        actual[name].update(change)
 
     class Admin:
         def list_topics(self, timeout: float = 0) -> SimpleNamespace:
@@ -264,10 +297,6 @@ def test_ops_topics_refuses_unsafe_drift_even_with_drift_ok(monkeypatch, capsys,
 
     monkeypatch.setattr(kafka, "connect", lambda conn, timeout=30.0: (Admin(), metadata))
     monkeypatch.setattr(topics, "kafka_settings", lambda: settings)
-    assert topics.main(["--drift-ok"]) == code
-    out, err = capsys.readouterr()
-    assert f"drift: {settings.requests}: retention.ms=" in out
-    assert ("break a guarantee" in err) == (code == 3), err
 
 
 def test_a_changelog_keeping_tombstones_shorter_than_declared_is_unsafe():
