@@ -148,7 +148,7 @@ def test_a_gap_pass_is_armed_when_the_stream_stays_open_with_nothing_to_replay(m
     assert conn._subscribe_once(None, time.monotonic() + 3.0) is True
     (gap,) = gaps(conn)
     assert r._gap_at == pytest.approx(epoch_ms(gap["detected_at"]) / 1000, abs=0.002)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 3.0 + 5  # the two deadlines, and room: no hang
 
 
 # -- 2. a topic read in part ----------------------------------------------------------

@@ -166,7 +166,9 @@ def test_a_hung_child_does_not_stretch_the_deadline():
     with pytest.raises(KafkaError) as raised:
         gd.describe_group_isolated(sasl(), "g", 5.0, command=command)
     assert raised.value.retryable and "killed" in str(raised.value)
-    assert time.monotonic() - started < 5.0 + 2 * k.PAUSE_SLACK_S
+    # 5 s, the child's kill and its reap: about 6 s; the bug took 15 s and more (a bound
+    # that leaves a loaded box room, well under the bug)
+    assert time.monotonic() - started < 12.0
 
 def child_answering(monkeypatch, code: int, answer: dict) -> None:
     script = f"import sys; print({json.dumps(json.dumps(answer))}); sys.exit({code})"
