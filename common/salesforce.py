@@ -49,6 +49,7 @@ from common.errors import (
     SalesforceError,
     SalesforceLimitError,
 )
+from common.exchange_watchdog import WATCHED_POOLS, Watchdog, whole_within
 from common.log import redact
 from common.settings import SalesforceSettings
 
@@ -130,18 +131,34 @@ class SalesforceAuth:
     def _post_within(self, url: str, assertion: str, basic: tuple[str, str] | None
                      ) -> httpx.Response:
         """The token request, whole within ``SF_TIMEOUT_S`` (httpx bounds each read: a
-        trickled answer held the login, and every thread waiting for a token, for as long
-        as it took)."""
+        trickled answer — its head as its body — held the login, and every thread waiting
+        for a token, for as long as it took). Its connection, a new one for each login
+        (``Connection: close``: httpx tells of a connection only as it makes it), is shut
+        down when the time is up (:class:`Watchdog`)."""
         deadline = time.monotonic() + self.settings.timeout_s
-        with self._http.stream(
-                "POST", url, data={"grant_type": JWT_GRANT, "assertion": assertion},
-                auth=httpx.BasicAuth(*basic) if basic else httpx.USE_CLIENT_DEFAULT) as resp:
-            body = bytearray()
-            for chunk in resp.iter_bytes():  # decoded (gzip)
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(f"no whole answer within "
-                                            f"{self.settings.timeout_s:g} s (SF_TIMEOUT_S)")
+        watchdog = Watchdog(self.settings.timeout_s)
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event.endswith(".connect_tcp.complete"):  # before the TLS handshake
+                watchdog.watch(info["return_value"].get_extra_info("socket"))
+
+        try:
+            with watchdog, self._http.stream(
+                    "POST", url, data={"grant_type": JWT_GRANT, "assertion": assertion},
+                    headers={"Connection": "close"}, extensions={"trace": trace},
+                    auth=httpx.BasicAuth(*basic) if basic else httpx.USE_CLIENT_DEFAULT
+            ) as resp:
+                body = bytearray()
+                for chunk in resp.iter_bytes():  # decoded (gzip)
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout(whole_within(self.settings.timeout_s))
+        except httpx.HTTPError as exc:
+            if watchdog.fired:  # whatever the shut connection made of it
+                raise httpx.ReadTimeout(whole_within(self.settings.timeout_s)) from exc
+            raise
+        if watchdog.fired:  # read to the shut connection's end, a body may look whole
+            raise httpx.ReadTimeout(whole_within(self.settings.timeout_s))
         # the answer as read, whole (a new response: the streamed one is closed)
         headers = [(k, v) for k, v in resp.headers.items()
                    if k.lower() not in ("content-encoding", "content-length",
@@ -215,39 +232,47 @@ class _TimeoutSession(requests.Session):
 
 
 class _DeadlineAdapter(HTTPAdapter):
-    """Each answer whole within ``whole_s`` (``SF_TIMEOUT_S``): requests bounds each socket
+    """Each exchange whole within ``whole_s`` (``SF_TIMEOUT_S``): requests bounds each socket
     read, so an answer that kept trickling (a proxy, a degraded link) was never cut — the
     call, and every caller queued behind the client's lock, waited as long as it took,
-    with nothing reported. The body is read as it arrives, against the call's deadline,
-    then handed on as a response of its own."""
+    with nothing reported. A :class:`Watchdog` shuts the connection down when the time is
+    up, whatever the exchange is at; the body is read as it arrives, then handed on as a
+    response of its own."""
 
     def __init__(self, whole_s: float) -> None:
         self.whole_s = whole_s
         super().__init__()
 
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS one has connections of its own
+            manager.pool_classes_by_scheme = WATCHED_POOLS
+        return manager
+
     def send(self, request: Any, stream: bool = False, timeout: Any = None,
              verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
         deadline = time.monotonic() + self.whole_s
-        response = super().send(request, stream=True, timeout=timeout, verify=verify,
-                                cert=cert, proxies=proxies)
-        if stream:
-            return response
-        body = bytearray()
+        watchdog = Watchdog(self.whole_s)
         try:
-            while chunk := response.raw.read1(CHUNK, decode_content=True):
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise requests.exceptions.ReadTimeout(
-                        f"no whole answer within {self.whole_s:g} s (SF_TIMEOUT_S)",
-                        request=request)
-        except urllib3.exceptions.HTTPError as exc:
-            # what requests raises reading a body itself (a connection broken mid-answer, a
-            # read timed out, a body that does not decode): a RequestException, an outage
-            response.close()
-            raise requests.exceptions.ConnectionError(exc, request=request) from exc
-        except BaseException:
-            response.close()  # the connection is not used again
+            with watchdog:  # ended before the connection goes back to its pool
+                response = super().send(request, stream=True, timeout=timeout, verify=verify,
+                                        cert=cert, proxies=proxies)
+                body = None if stream else self._body(request, response, deadline)
+        except (requests.RequestException, OSError) as exc:
+            if watchdog.fired:  # whatever the shut connection made of it
+                raise requests.exceptions.ReadTimeout(whole_within(self.whole_s),
+                                                      request=request) from exc
             raise
+        if watchdog.fired:  # read to the shut connection's end, a body may look whole
+            response.close()
+            raise requests.exceptions.ReadTimeout(whole_within(self.whole_s),
+                                                  request=request)
+        if body is None:
+            return response
         response.raw.release_conn()  # read to its end: the connection is kept
         headers = urllib3.HTTPHeaderDict()
         for name, value in response.raw.headers.items():
@@ -257,6 +282,25 @@ class _DeadlineAdapter(HTTPAdapter):
             body=io.BytesIO(bytes(body)), status=response.status_code, reason=response.reason,
             headers=headers, preload_content=False, decode_content=False)
         return self.build_response(request, whole)
+
+    def _body(self, request: Any, response: requests.Response, deadline: float
+              ) -> bytearray:
+        body = bytearray()
+        try:
+            while chunk := response.raw.read1(CHUNK, decode_content=True):
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise requests.exceptions.ReadTimeout(whole_within(self.whole_s),
+                                                          request=request)
+        except urllib3.exceptions.HTTPError as exc:
+            # what requests raises reading a body itself (a connection broken mid-answer, a
+            # read timed out, a body that does not decode): a RequestException, an outage
+            response.close()
+            raise requests.exceptions.ConnectionError(exc, request=request) from exc
+        except BaseException:
+            response.close()  # the connection is not used again
+            raise
+        return body
 
 
 class _ContextAdapter(_DeadlineAdapter):

@@ -510,8 +510,10 @@ class SalesforceSettings(_Section):
                              "(the sandbox's certificate; PEM, checked at start).")
     timeout_s: float = env("SF_TIMEOUT_S", 30.0, parse=parse_positive_float,
                            doc="Timeout of one Salesforce REST call or login, seconds: "
-                               "each wait, and the whole answer (one that keeps trickling "
-                               "in is cut there, retried as an outage).")
+                               "the whole exchange, from connecting to the answer's last "
+                               "byte (an answer that keeps trickling in, its headers as its "
+                               "body, 100 Continue included, is cut there, retried as an "
+                               "outage).")
 
     def validate(self) -> None:
         if not self.private_key_path and not self.private_key_base64:
