@@ -21,6 +21,7 @@ one (or the installed version is another).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from typing import Any
@@ -90,14 +91,17 @@ class Watchdog:
         for sock in self._socks:
             sock.close()  # the copies only: the connection itself stays as it is
 
-    def watch(self, sock: socket.socket | None) -> None:
-        """The exchange uses ``sock`` (from now until the watchdog ends)."""
+    def watch(self, sock: Any) -> None:
+        """The exchange uses ``sock`` (from now until the watchdog ends): a socket, or
+        anything with its descriptor — urllib3's ``SSLTransport`` (TLS inside TLS, through
+        an ``https://`` proxy) has no ``family`` or ``type``, which the copy takes from the
+        descriptor itself."""
+        if sock is None:
+            return
         try:
-            copy = socket.fromfd(sock.fileno(), sock.family, sock.type) if sock else None
+            copy = socket.socket(fileno=os.dup(sock.fileno()))
         except OSError:
             return  # closed already: nothing to wake
-        if copy is None:
-            return
         with self._lock:
             if self._ended:
                 copy.close()
@@ -139,7 +143,7 @@ class _WatchedConnection(urllib3.connection.HTTPConnection):
         self._watched_by(Watchdog.current(), self.sock)
         super().request(*args, **kwargs)
 
-    def _watched_by(self, watchdog: Watchdog | None, sock: socket.socket | None) -> None:
+    def _watched_by(self, watchdog: Watchdog | None, sock: Any) -> None:
         self.watchdog = watchdog
         if watchdog is not None:
             watchdog.watch(sock)

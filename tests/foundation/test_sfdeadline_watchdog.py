@@ -1,4 +1,4 @@
-"""The watchdog that bounds a Salesforce exchange (``common.salesforce.Watchdog``): a
+"""The watchdog that bounds a Salesforce exchange (``common.exchange_watchdog.Watchdog``): a
 socket it is shown after its time is up is shut at once, and one that ended in time never
 touches its socket again (a kept-alive connection a later exchange uses)."""
 
@@ -31,3 +31,26 @@ def test_a_watchdog_ended_never_touches_its_socket():
         theirs.sendall(b"x")
         assert ours.recv(1) == b"x"
         assert not watchdog.fired
+
+
+class _Transport:
+    """What urllib3 hands over for TLS inside TLS (an ``https://`` proxy): its
+    ``SSLTransport`` has the descriptor, but no ``family`` or ``type``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+
+def test_a_tls_transport_over_a_tls_proxy_is_watched_too():
+    """Through HTTPS_PROXY=https://… every REST call raised AttributeError ('SSLTransport'
+    object has no attribute 'family'): not a SalesforceError, the worker dead-lettered its
+    Orders WORKER_ERROR and the sink exited (regression review)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, Watchdog(0.05) as watchdog:
+        watchdog.watch(_Transport(ours))
+        ours.settimeout(1.0)
+        assert ours.recv(1) == b""  # shut when the time was up
+        assert watchdog.fired
