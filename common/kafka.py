@@ -393,6 +393,9 @@ class EnsureReport:
     drift: list[str] = field(default_factory=list)  # human-readable lines
     #: an existing topic's declared config keys as the brokers have them (None: not set)
     configs: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: a topic created now: its partition count (a ``partitioned_as`` one's may not be the
+    #: declared one)
+    partitions: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -490,6 +493,7 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
         made, met = create_topics(admin, [s for s in wave if s.name not in metadata.topics],
                                   timeout=timeout, conn=conn)
         report.created.extend(made)
+        report.partitions.update((s.name, s.partitions) for s in wave if s.name in made)
         raced.extend(met)
         if made or met:
             metadata = _until_led(admin, [*made, *met], metadata, timeout)

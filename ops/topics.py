@@ -49,15 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = kafka_settings()
-        changelogs = changelog_topics(
-            settings, settings.topic(WorkerSettings.load(environment()).app_id))
+        app_id = WorkerSettings.load(environment()).app_id
+        changelogs = changelog_topics(settings, settings.topic(app_id))
         report = ensure_topics(settings, extra=changelogs)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for spec in [*declared_topics(settings), *changelogs]:
         state = "created" if spec.name in report.created else "exists"
-        print(f"  {spec.name:<45} {spec.partitions:>2} partitions  {state:<8} {spec.purpose}")
+        partitions = report.partitions.get(spec.name, spec.partitions)
+        print(f"  {spec.name:<45} {partitions:>2} partitions  {state:<8} {spec.purpose}")
+    print(f"  (the worker's changelogs of WORKER_APP_ID={app_id}: set it as the workers have "
+          "it)")
     for line in report.drift:
         print(f"  drift: {line}")
     if report.unsafe:

@@ -269,6 +269,7 @@ def test_ops_topics_checks_the_workers_changelogs_too(monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert f"drift: {intents}: delete.retention.ms=" in out and "unsafe" in out
     assert f"  {intents} " in out  # listed with the others
+    assert "changelogs of WORKER_APP_ID=sfprov-worker" in out  # which ones: say so
     assert "break a guarantee" in err
 
 

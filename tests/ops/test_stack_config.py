@@ -64,8 +64,9 @@ def test_kafka_local_start_refuses_a_plain_broker_secured(tmp_path, monkeypatch,
 def topics_bootstrap(monkeypatch: pytest.MonkeyPatch) -> str:
     """The broker ``make topics`` (``python -m ops.topics``) goes to."""
     seen = []
-    monkeypatch.setattr(topics, "ensure_topics", lambda settings: seen.append(settings)
-                        or types.SimpleNamespace(created=[], drift=[], ok=True, unsafe=[]))
+    monkeypatch.setattr(topics, "ensure_topics", lambda settings, **_kw: seen.append(settings)
+                        or types.SimpleNamespace(created=[], drift=[], ok=True, unsafe=[],
+                                              partitions={}))
     assert topics.main([]) == 0
     return str(seen[0].bootstrap_servers)
 
