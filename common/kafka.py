@@ -393,8 +393,8 @@ class EnsureReport:
     drift: list[str] = field(default_factory=list)  # human-readable lines
     #: an existing topic's declared config keys as the brokers have them (None: not set)
     configs: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    #: a topic created now: its partition count (a ``partitioned_as`` one's may not be the
-    #: declared one)
+    #: each topic's partition count as the cluster has it (a ``partitioned_as`` one's may
+    #: not be the declared one)
     partitions: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -493,11 +493,15 @@ def ensure_topics(settings: KafkaSettings, *, timeout: float = 30.0,
         made, met = create_topics(admin, [s for s in wave if s.name not in metadata.topics],
                                   timeout=timeout, conn=conn)
         report.created.extend(made)
-        report.partitions.update((s.name, s.partitions) for s in wave if s.name in made)
         raced.extend(met)
         if made or met:
             metadata = _until_led(admin, [*made, *met], metadata, timeout)
-    present = [s for s in specs if s.name in metadata.topics and s.name not in report.created]
+    # a topic partitioned as another is declared with that one's count, as it was made
+    present = [replace(s, partitions=count) if s.partitioned_as and
+               (count := _partition_count(metadata, s.partitioned_as)) is not None else s
+               for s in specs if s.name in metadata.topics and s.name not in report.created]
+    report.partitions.update((s.name, len(metadata.topics[s.name].partitions))
+                             for s in specs if s.name in metadata.topics)
     report.existing.extend(s.name for s in present)
     report.existing.extend(n for n in raced if n not in report.existing)  # not seen after wait
     # Retried for ``timeout`` of running time: a chaos run saw a sink start while the
