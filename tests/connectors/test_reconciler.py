@@ -376,6 +376,30 @@ def test_a_pass_due_while_a_plan_is_being_written_waits_for_the_write(monkeypatc
     assert r._requested[oid] == 1
 
 
+def _simulated_reconciler(clock: list[float], *, until: float) -> Reconciler:
+    """A reconciler (CONNECTOR_RECONCILE_INTERVAL_S: 600) on the simulated ``clock``: its
+    waits advance the clock, and its stop is set once the clock reaches ``until``."""
+
+    class Simulated:
+        def wait(self, timeout: float | None = None) -> bool:
+            clock[0] += timeout or 0.0
+            return self.is_set()
+
+        def is_set(self) -> bool:
+            return clock[0] >= until
+
+        def set(self) -> None:
+            pass
+
+        def clear(self) -> None:
+            pass
+    r = Reconciler(KafkaSettings.load({}, topic_prefix="t."), ConnectorSettings.load({}),
+                   sf=None, worker_group="t.w",  # type: ignore[arg-type]
+                   written=lambda: 0, clock=lambda: clock[0])
+    r._stop, r._wake = Simulated(), Simulated()  # type: ignore[assignment]
+    return r
+
+
 def test_a_gap_pass_salesforce_keeps_refusing_backs_off_and_lets_periodic_passes_run(
         monkeypatch):
     """Salesforce refusing every pass's query (the day's API limit spent, a field missing):
@@ -387,28 +411,8 @@ def test_a_gap_pass_salesforce_keeps_refusing_backs_off_and_lets_periodic_passes
     def refused(*_args, **kwargs):
         passes.append("gap" if kwargs.get("older_than_s") == 0.0 else "periodic")
         raise RuntimeError("Salesforce 400 INVALID_FIELD: No such column")
-    kafka = KafkaSettings.load({}, topic_prefix="t.")
-    settings = ConnectorSettings.load({})  # CONNECTOR_RECONCILE_INTERVAL_S: 600
-    r = Reconciler(kafka, settings, sf=None, worker_group="t.w",  # type: ignore[arg-type]
-                   written=lambda: 0, clock=lambda: clock[0])
     monkeypatch.setattr(rec, "find_stranded", refused)
-
-    class Simulated:
-        """An event whose waits advance the clock; set after an hour."""
-
-        def wait(self, timeout: float | None = None) -> bool:
-            clock[0] += timeout or 0.0
-            return self.is_set()
-
-        def is_set(self) -> bool:
-            return clock[0] >= 3600.0
-
-        def set(self) -> None:
-            pass
-
-        def clear(self) -> None:
-            pass
-    r._stop, r._wake = Simulated(), Simulated()  # type: ignore[assignment]
+    r = _simulated_reconciler(clock, until=3600.0)  # an hour
     r.gap_recorded(at=0.0)
     r._run()
     assert 3 <= passes.count("gap") <= 12, passes
@@ -432,28 +436,8 @@ def test_a_gap_pass_is_due_again_once_a_periodic_pass_gets_through(monkeypatch):
         if not answered:
             raise RuntimeError("Salesforce 403 REQUEST_LIMIT_EXCEEDED")
         return Plan()
-    kafka = KafkaSettings.load({}, topic_prefix="t.")
-    settings = ConnectorSettings.load({})  # CONNECTOR_RECONCILE_INTERVAL_S: 600
-    r = Reconciler(kafka, settings, sf=None, worker_group="t.w",  # type: ignore[arg-type]
-                   written=lambda: 0, clock=lambda: clock[0])
     monkeypatch.setattr(rec, "find_stranded", find)
-
-    class Simulated:
-        """An event whose waits advance the clock; set after 45 minutes."""
-
-        def wait(self, timeout: float | None = None) -> bool:
-            clock[0] += timeout or 0.0
-            return self.is_set()
-
-        def is_set(self) -> bool:
-            return clock[0] >= 2700.0
-
-        def set(self) -> None:
-            pass
-
-        def clear(self) -> None:
-            pass
-    r._stop, r._wake = Simulated(), Simulated()  # type: ignore[assignment]
+    r = _simulated_reconciler(clock, until=2700.0)  # 45 minutes
     r.gap_recorded(at=0.0)
     r._run()
     periodic_ok = next(at for kind, at, ok in passes if kind == "periodic" and ok)
