@@ -7,11 +7,9 @@ A real TLS server on 127.0.0.1; no broker."""
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from common.errors import SalesforceAuthError, SalesforceError
 from common.salesforce import SalesforceClient
 from common.settings import SalesforceSettings
 from sandbox.salesforce.tlsgen import jwt_keypair
-from tests.foundation.test_salesforce_tls import _tls
+from tests.foundation.test_salesforce_tls import https_server
 
 QUERY = {"totalSize": 1, "done": True,
          "records": [{"attributes": {"type": "Order"}, "Id": "801000000000001AAA"}]}
@@ -66,13 +64,7 @@ class _Org(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def org(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    ca, cert, key = _tls(tmp_path / "tls", "deadline CA")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Org)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, ca, _context = https_server(tmp_path / "tls", "deadline CA", _Org)
     jwt_key, _ = jwt_keypair(tmp_path / "jwt")
     try:
         yield f"https://127.0.0.1:{server.server_address[1]}", ca, jwt_key

@@ -37,6 +37,20 @@ def _tls(directory: Path, ca_name: str) -> tuple[Path, Path, Path]:
     return paths
 
 
+def https_server(directory: Path, ca_name: str, handler: type[BaseHTTPRequestHandler]
+                 ) -> tuple[ThreadingHTTPServer, Path, ssl.SSLContext]:
+    """An HTTPS server on 127.0.0.1 serving ``handler`` from a thread, its certificate
+    signed by a CA of its own: (the server, that CA's file, the server's TLS context)."""
+    ca, cert, key = _tls(directory, ca_name)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, ca, context
+
+
 class _Org(BaseHTTPRequestHandler):
     """The token endpoint and the query resource, as little as the client needs."""
 
@@ -67,12 +81,7 @@ def org(tmp_path: Path) -> Iterator[object]:
     (SSL_CERT_FILE), one by the CA of SF_CA_BUNDLE."""
     servers = {}
     for name in ("default", "extra"):
-        ca, cert, key = _tls(tmp_path / name, f"sfprov test {name} CA")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Org)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server, ca, _context = https_server(tmp_path / name, f"sfprov test {name} CA", _Org)
         servers[name] = (server, ca)
     try:
         yield {name: (f"https://127.0.0.1:{s.server_address[1]}", ca)

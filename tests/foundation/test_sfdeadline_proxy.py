@@ -10,13 +10,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from common.salesforce import _ContextAdapter, _TimeoutSession, ssl_context
-from tests.foundation.test_salesforce_tls import _tls
+from tests.foundation.test_salesforce_tls import https_server
 
 
 class _Origin(BaseHTTPRequestHandler):
@@ -59,12 +59,7 @@ def _tunnel(client: socket.socket, context: ssl.SSLContext) -> None:
 @pytest.fixture
 def tls_proxy(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """(origin URL, proxy URL, the CA both certificates are signed by)."""
-    ca, cert, key = _tls(tmp_path / "tls", "sfprov proxy test CA")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    origin.socket = context.wrap_socket(origin.socket, server_side=True)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    origin, ca, context = https_server(tmp_path / "tls", "sfprov proxy test CA", _Origin)
     listener = socket.create_server(("127.0.0.1", 0))
 
     def accept() -> None:
